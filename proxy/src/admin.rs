@@ -1,0 +1,175 @@
+//! The admin listener: metrics, health, and the routes API.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /metrics` | OpenMetrics text |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 while serving, 503 while draining |
+//! | `GET /routes` | `{"routes":[...]}` in the config's field names |
+//! | `PUT /routes/{name}` | JSON with any of `stable`, `canary`, `canary_weight`, `canary_match` |
+//!
+//! Writes need `Authorization: Bearer <token>` whenever `admin.token_file` is
+//! set (it must be set when the admin listener is not loopback). A later
+//! reload of the config file replaces changes made here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::server::{ProxyState, is_draining, stopped};
+use crate::store::UpdateError;
+
+/// Largest admin request body accepted.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+pub async fn run_admin(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _peer)) = accepted else { continue };
+                let state = state.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(admin(state, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    resp
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json_response(status, json!({ "error": message.into() }))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(Full::new(Bytes::from(state.store.metrics().encode())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                    .parse()
+                    .expect("static"),
+            );
+            resp
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if is_draining(&state) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/routes") => {
+            let routing = state.store.load();
+            json_response(StatusCode::OK, json!({ "routes": routing.config.routes }))
+        }
+        (&Method::GET, p) if p.starts_with("/routes/") => {
+            let name = &p["/routes/".len()..];
+            let routing = state.store.load();
+            match routing.config.routes.iter().find(|r| r.name == name) {
+                Some(r) => json_response(StatusCode::OK, json!(r)),
+                None => error(StatusCode::NOT_FOUND, format!("no route named `{name}`")),
+            }
+        }
+        (&Method::PUT, p) if p.starts_with("/routes/") => {
+            let name = p["/routes/".len()..].to_string();
+            put_route(state, req, &name).await
+        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/routes") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
+        }
+        (_, p) if p.starts_with("/routes/") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}; use GET or PUT", req.method()))
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {path}; try /metrics, /healthz, /readyz, /routes"),
+        ),
+    }
+}
+
+async fn put_route(state: Arc<ProxyState>, req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
+    match state.store.admin_token() {
+        Ok(None) => {}
+        Ok(Some(token)) => {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "admin writes need the header `Authorization: Bearer <token>` with the token in admin.token_file",
+                );
+            }
+        }
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("admin.token_file: {e}; writes are refused until it is readable"),
+            );
+        }
+    }
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("could not read the body: {e}")),
+    };
+    let patch: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
+    };
+    let store = state.store.clone();
+    let name_owned = name.to_string();
+    match store.update_route(&name_owned, &patch) {
+        Ok(route) => {
+            tracing::info!(route = %name_owned, "route updated through the admin API");
+            json_response(StatusCode::OK, json!(route))
+        }
+        Err(UpdateError::NotFound(n)) => error(StatusCode::NOT_FOUND, format!("no route named `{n}`")),
+        Err(UpdateError::Invalid(errors)) => error(StatusCode::BAD_REQUEST, errors.to_string()),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,751 @@
+//! The proxy's configuration format (YAML on disk, JSON on the admin API) and
+//! its validation.
+//!
+//! Parsing and validation are two steps on purpose: serde catches type errors
+//! (with the field path in its message), then [`Config::validate`] checks
+//! every rule and reports *all* problems at once, each naming its field path
+//! such as `routes[1].canary_weight`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Weights are held in basis points: 10000 = 100 %.
+pub const WEIGHT_SCALE_BP: u32 = 10_000;
+
+/// The whole proxy configuration, as written by the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Data-plane listener, e.g. `127.0.0.1:8080`.
+    pub listen: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// File holding the bearer token that admin writes must present.
+    /// Required when `listen` is not a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".to_string()
+}
+
+/// Protections for the data-plane listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Time a client has to send a complete HTTP/1 request head.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: String,
+    /// Largest request head (HTTP/1) or header list (HTTP/2) accepted, in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> String {
+    "10s".to_string()
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+/// Upstream protocol of a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 to the upstream (the client may still speak HTTP/2 to us).
+    #[default]
+    Http1,
+    /// Prior-knowledge HTTP/2 (h2c) to the upstream, as gRPC servers need.
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub stable: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// Percent of requests for the canary, 0..=100, at most two decimals.
+    #[serde(default)]
+    pub canary_weight: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub canary_match: Vec<MatchRule>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+fn default_path_prefix() -> String {
+    "/".to_string()
+}
+
+/// An A/B rule: a request whose header (or cookie) equals `value` goes to the canary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP connect timeout to an upstream.
+    #[serde(default = "default_connect_timeout")]
+    pub connect: String,
+    /// Time from sending the request upstream to receiving the response head.
+    /// Bodies may stream for longer (gRPC streams, downloads).
+    #[serde(default = "default_request_timeout")]
+    pub request: String,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect_timeout(),
+            request: default_request_timeout(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> String {
+    "1s".to_string()
+}
+
+fn default_request_timeout() -> String {
+    "30s".to_string()
+}
+
+// === errors ===
+
+/// One problem in a configuration, with the path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<FieldError>);
+
+impl ConfigErrors {
+    pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self(vec![FieldError {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Collector(Vec<FieldError>);
+
+impl Collector {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+// === parsing helpers ===
+
+/// Parses durations such as `500ms`, `1s`, `1.5s`, `2m`, `1h`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    if s.is_empty() {
+        return Err("empty duration; use a number with a unit, e.g. 500ms, 1s, 2m".into());
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(format!(
+                "`{text}` is not a duration; use a number with a unit, e.g. 500ms, 1s, 2m"
+            ));
+        }
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration: bad number"))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let seconds = match unit {
+            "ms" => number / 1000.0,
+            "s" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            "" => {
+                return Err(format!(
+                    "`{text}` has no unit; write e.g. {number}s or {number}ms"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "`{text}` has unknown unit `{other}`; use ms, s, m or h"
+                ));
+            }
+        };
+        total += seconds;
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 || ms == 0 {
+        format!("{ms}ms")
+    } else if ms % 60_000 == 0 && ms >= 60_000 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// Turns a percent with at most two decimals into basis points.
+pub fn percent_to_bp(percent: f64) -> Result<u32, String> {
+    if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+        return Err(format!("{percent} is not in 0..=100"));
+    }
+    let scaled = percent * 100.0;
+    let rounded = scaled.round();
+    if (scaled - rounded).abs() > 1e-6 {
+        return Err(format!("{percent} has more than two decimals"));
+    }
+    Ok(rounded as u32)
+}
+
+/// Basis points back to percent.
+pub fn bp_to_percent(bp: u32) -> f64 {
+    f64::from(bp) / 100.0
+}
+
+/// A parsed upstream address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamUrl {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl UpstreamUrl {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => {
+                return Err(format!(
+                    "`{text}` has scheme `{other}`; use http:// or https://"
+                ));
+            }
+            None => return Err(format!("`{text}` needs a scheme, e.g. http://{text}")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{text}`: user info in upstream URLs is not supported"));
+        }
+        match uri.path_and_query().map(|p| p.as_str()) {
+            None | Some("") | Some("/") => {}
+            Some(p) => {
+                return Err(format!(
+                    "`{text}`: an upstream is scheme://host:port only, without a path (found `{p}`)"
+                ));
+            }
+        }
+        let host = authority.host().trim_matches(|c| c == '[' || c == ']');
+        if host.is_empty() {
+            return Err(format!("`{text}` has no host"));
+        }
+        let port = authority.port_u16().unwrap_or(match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        });
+        Ok(Self {
+            scheme,
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `host:port` with IPv6 brackets as needed.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn valid_route_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+}
+
+// === validated form ===
+
+/// A route after validation: every field parsed into the types the proxy uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRoute {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub protocol: Protocol,
+    pub stable: UpstreamUrl,
+    pub canary: Option<UpstreamUrl>,
+    pub canary_weight_bp: u32,
+    pub canary_match: Vec<ValidMatch>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidMatch {
+    Header {
+        name: http::HeaderName,
+        value: String,
+    },
+    Cookie {
+        name: String,
+        value: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token_file: Option<PathBuf>,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub routes: Vec<ValidRoute>,
+}
+
+impl Config {
+    /// Parses YAML text. Type errors carry serde's field path.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors::single("", e.to_string()))
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("config serializes")
+    }
+
+    /// Checks every rule and returns all problems found, each with its field path.
+    pub fn validate(&self) -> Result<ValidConfig, ConfigErrors> {
+        let mut errs = Collector(Vec::new());
+        let listen = parse_addr(&self.listen, "listen", &mut errs);
+        let admin_listen = parse_addr(&self.admin.listen, "admin.listen", &mut errs);
+        if let Some(addr) = admin_listen
+            && !addr.ip().is_loopback()
+            && self.admin.token_file.is_none()
+        {
+            errs.push(
+                "admin.token_file",
+                format!("required when admin.listen ({addr}) is not a loopback address"),
+            );
+        }
+        let header_read_timeout = match parse_duration(&self.limits.header_read_timeout) {
+            Ok(d) if d.is_zero() => {
+                errs.push("limits.header_read_timeout", "must be greater than 0");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                errs.push("limits.header_read_timeout", e);
+                None
+            }
+        };
+        if self.limits.max_header_bytes < 1024 {
+            errs.push(
+                "limits.max_header_bytes",
+                format!("{} is below the minimum of 1024", self.limits.max_header_bytes),
+            );
+        }
+
+        let mut names = HashSet::new();
+        let mut selectors = HashSet::new();
+        let mut routes = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if let Some(valid) = validate_route(route, &at, &mut errs) {
+                if !names.insert(valid.name.clone()) {
+                    errs.push(
+                        format!("{at}.name"),
+                        format!("`{}` is used by an earlier route; names must be unique", valid.name),
+                    );
+                }
+                let mut hosts = valid.hosts.clone();
+                hosts.sort();
+                if !selectors.insert((hosts, valid.path_prefix.clone())) {
+                    errs.push(
+                        format!("{at}.path_prefix"),
+                        format!(
+                            "an earlier route already has the same hosts and path_prefix `{}`",
+                            valid.path_prefix
+                        ),
+                    );
+                }
+                routes.push(valid);
+            }
+        }
+        if !errs.0.is_empty() {
+            return Err(ConfigErrors(errs.0));
+        }
+        Ok(ValidConfig {
+            listen: listen.expect("checked"),
+            admin_listen: admin_listen.expect("checked"),
+            admin_token_file: self.admin.token_file.clone(),
+            header_read_timeout: header_read_timeout.expect("checked"),
+            max_header_bytes: self.limits.max_header_bytes,
+            routes,
+        })
+    }
+}
+
+fn parse_addr(text: &str, path: &str, errs: &mut Collector) -> Option<SocketAddr> {
+    match text.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                path,
+                format!("`{text}` is not an address like 127.0.0.1:8080"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<ValidRoute> {
+    let before = errs.0.len();
+    if !valid_route_name(&route.name) {
+        errs.push(
+            format!("{at}.name"),
+            format!(
+                "`{}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+                route.name
+            ),
+        );
+    }
+    let mut hosts = Vec::new();
+    for (j, host) in route.hosts.iter().enumerate() {
+        let h = host.trim().to_ascii_lowercase();
+        if !valid_host(&h) {
+            errs.push(format!("{at}.hosts[{j}]"), format!("`{host}` is not a host name"));
+        }
+        hosts.push(h);
+    }
+    if !route.path_prefix.starts_with('/') {
+        errs.push(
+            format!("{at}.path_prefix"),
+            format!("`{}` must start with '/'", route.path_prefix),
+        );
+    }
+    let stable = match UpstreamUrl::parse(&route.stable) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            errs.push(format!("{at}.stable"), e);
+            None
+        }
+    };
+    let canary = match &route.canary {
+        None => None,
+        Some(text) => match UpstreamUrl::parse(text) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errs.push(format!("{at}.canary"), e);
+                None
+            }
+        },
+    };
+    let weight = match percent_to_bp(route.canary_weight) {
+        Ok(bp) => Some(bp),
+        Err(e) => {
+            errs.push(format!("{at}.canary_weight"), e);
+            None
+        }
+    };
+    if route.canary.is_none() && weight.is_some_and(|w| w > 0) {
+        errs.push(
+            format!("{at}.canary_weight"),
+            format!(
+                "{} needs {at}.canary to be set (there is no canary to send traffic to)",
+                route.canary_weight
+            ),
+        );
+    }
+    if route.canary.is_none() && !route.canary_match.is_empty() {
+        errs.push(
+            format!("{at}.canary_match"),
+            format!("rules need {at}.canary to be set"),
+        );
+    }
+    let mut matches = Vec::new();
+    for (j, rule) in route.canary_match.iter().enumerate() {
+        let mp = format!("{at}.canary_match[{j}]");
+        match (&rule.header, &rule.cookie) {
+            (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => matches.push(ValidMatch::Header {
+                    name,
+                    value: rule.value.clone(),
+                }),
+                Err(_) => errs.push(format!("{mp}.header"), format!("`{h}` is not a header name")),
+            },
+            (None, Some(c)) => {
+                if c.is_empty() || c.contains([';', '=', ' ']) {
+                    errs.push(format!("{mp}.cookie"), format!("`{c}` is not a cookie name"));
+                } else {
+                    matches.push(ValidMatch::Cookie {
+                        name: c.clone(),
+                        value: rule.value.clone(),
+                    });
+                }
+            }
+            (Some(_), Some(_)) => errs.push(&mp, "set either `header` or `cookie`, not both"),
+            (None, None) => errs.push(&mp, "set one of `header` or `cookie`"),
+        }
+    }
+    let connect_timeout = positive_duration(&route.timeouts.connect, &format!("{at}.timeouts.connect"), errs);
+    let request_timeout = positive_duration(&route.timeouts.request, &format!("{at}.timeouts.request"), errs);
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(ValidRoute {
+        name: route.name.clone(),
+        hosts,
+        path_prefix: route.path_prefix.clone(),
+        protocol: route.protocol,
+        stable: stable?,
+        canary,
+        canary_weight_bp: weight?,
+        canary_match: matches,
+        connect_timeout: connect_timeout?,
+        request_timeout: request_timeout?,
+    })
+}
+
+fn positive_duration(text: &str, path: &str, errs: &mut Collector) -> Option<Duration> {
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() => {
+            errs.push(path, "must be greater than 0");
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            errs.push(path, e);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:9901
+routes:
+  - name: web
+    hosts: [web.example]
+    path_prefix: /
+    protocol: http1
+    stable: http://127.0.0.1:9001
+    canary: http://127.0.0.1:9002
+    canary_weight: 10
+    canary_match:
+      - header: x-canary
+        value: always
+      - cookie: canary
+        value: always
+    timeouts: { connect: 1s, request: 30s }
+"#;
+
+    #[test]
+    fn example_config_is_valid() {
+        let cfg = Config::from_yaml(EXAMPLE).unwrap();
+        let valid = cfg.validate().unwrap();
+        assert_eq!(valid.routes[0].canary_weight_bp, 1000);
+        assert_eq!(valid.routes[0].canary_match.len(), 2);
+        assert_eq!(valid.routes[0].request_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn every_error_is_listed_with_its_field_path() {
+        let text = r#"
+listen: nowhere
+routes:
+  - name: Web
+    stable: ftp://x
+    canary_weight: 150
+  - name: api
+    stable: http://127.0.0.1:1
+    canary: http://127.0.0.1:2
+    canary_weight: 33.333
+    timeouts: { connect: 5, request: 0s }
+"#;
+        let errs = Config::from_yaml(text).unwrap().validate().unwrap_err();
+        let text = errs.to_string();
+        for expected in [
+            "listen: `nowhere` is not an address",
+            "routes[0].name: `Web`",
+            "routes[0].stable: `ftp://x` has scheme `ftp`",
+            "routes[0].canary_weight: 150 is not in 0..=100",
+            "routes[1].canary_weight: 33.333 has more than two decimals",
+            "routes[1].timeouts.connect: `5` has no unit",
+            "routes[1].timeouts.request: must be greater than 0",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = Config::from_yaml("listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h\n    canary_weight: lots\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routes[0].canary_weight"), "{err}");
+        let err = Config::from_yaml("listen: 127.0.0.1:1\nroutez: []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `routez`"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let cfg = Config::from_yaml("listen: 127.0.0.1:1\nadmin: { listen: 0.0.0.0:9901 }\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("admin.token_file: required"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("3d").is_err());
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn weights_become_basis_points() {
+        assert_eq!(percent_to_bp(33.33).unwrap(), 3333);
+        assert_eq!(percent_to_bp(0.01).unwrap(), 1);
+        assert_eq!(percent_to_bp(100.0).unwrap(), 10_000);
+        assert!(percent_to_bp(-1.0).is_err());
+        assert!(percent_to_bp(f64::NAN).is_err());
+    }
+
+    #[test]
+    fn duplicate_names_and_selectors_are_rejected() {
+        let text = "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1' }\n  - { name: a, stable: 'http://h:2' }\n";
+        let err = Config::from_yaml(text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("routes[1].name: `a` is used by an earlier route"), "{err}");
+        assert!(err.contains("routes[1].path_prefix"), "{err}");
+    }
+}

@@ -1,0 +1,117 @@
+//! `sluice-proxy`: run the data plane, or check a config file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "sluice-proxy", version, about = "Sluice data plane: exact-weight canary split with RED metrics")]
+struct Cli {
+    /// Config file (YAML); watched and reloaded on change.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Log format (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file: exit 0 when valid, 2 with every error listed.
+    Check { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    sluice_proxy::config::parse_duration(s)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { file }) = &cli.command {
+        return check(file);
+    }
+    init_logging(cli.log_format);
+    let Some(path) = cli.config.clone() else {
+        eprintln!("error: --config FILE is required (or use `sluice-proxy check FILE`)");
+        return ExitCode::from(2);
+    };
+    let config = match sluice_proxy::store::read_config_file(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}:\n{e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async move {
+        let options = sluice_proxy::StartOptions {
+            watch_file: Some(path.clone()),
+            drain_timeout: cli.drain_timeout,
+        };
+        let handle = match sluice_proxy::start(config, options).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("signal received; draining");
+        handle.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn check(file: &std::path::Path) -> ExitCode {
+    let result = sluice_proxy::store::read_config_file(file).and_then(|c| {
+        c.validate()?;
+        sluice_proxy::Store::new(c, sluice_proxy::Metrics::new()).map(|_| ())
+    });
+    match result {
+        Ok(()) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{}: invalid", file.display());
+            for e in &errors.0 {
+                eprintln!("  {e}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

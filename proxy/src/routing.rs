@@ -1,0 +1,240 @@
+//! The immutable routing table the request path reads through `ArcSwap`.
+//!
+//! Matching: among routes whose `hosts` contain the request host (or that
+//! have no hosts), the longest `path_prefix` wins; on equal prefixes a route
+//! naming the host beats a route for any host. Prefixes match plain string
+//! prefixes of the path, as in Envoy and nginx `location`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::config::{Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, bp_to_percent};
+use crate::metrics::{BackendLabel, BackendMetrics, Metrics};
+use crate::split::SplitState;
+use crate::upstream::{ClientPool, PoolKey, UpstreamClient};
+
+/// One backend of a route with its pooled client and metric handles.
+pub struct Backend {
+    pub label: BackendLabel,
+    pub url: UpstreamUrl,
+    pub client: UpstreamClient,
+    pub metrics: BackendMetrics,
+    pub pool_key: PoolKey,
+}
+
+pub struct Route {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub protocol: Protocol,
+    pub stable: Backend,
+    pub canary: Option<Backend>,
+    pub split: Arc<SplitState>,
+    pub canary_match: Vec<ValidMatch>,
+    pub request_timeout: Duration,
+}
+
+/// Which backend a request goes to, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitDecision {
+    Stable,
+    CanaryByWeight,
+    CanaryByMatch,
+}
+
+impl Route {
+    /// Chooses the backend: A/B rules first (not counted toward the weight),
+    /// then the exact weighted split.
+    pub fn decide(&self, headers: &HeaderMap) -> SplitDecision {
+        if self.canary.is_none() {
+            return SplitDecision::Stable;
+        }
+        if self.canary_match.iter().any(|rule| rule_matches(rule, headers)) {
+            return SplitDecision::CanaryByMatch;
+        }
+        if self.split.next_is_canary() {
+            SplitDecision::CanaryByWeight
+        } else {
+            SplitDecision::Stable
+        }
+    }
+
+    pub fn backend(&self, decision: SplitDecision) -> &Backend {
+        match decision {
+            SplitDecision::Stable => &self.stable,
+            SplitDecision::CanaryByWeight | SplitDecision::CanaryByMatch => {
+                self.canary.as_ref().unwrap_or(&self.stable)
+            }
+        }
+    }
+}
+
+fn rule_matches(rule: &ValidMatch, headers: &HeaderMap) -> bool {
+    match rule {
+        ValidMatch::Header { name, value } => headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes()),
+        ValidMatch::Cookie { name, value } => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .any(|(k, v)| k.trim() == name && v.trim().trim_matches('"') == value),
+    }
+}
+
+/// A validated, ready-to-serve routing table and the config it came from.
+pub struct Routing {
+    pub config: Config,
+    pub valid: ValidConfig,
+    routes: Vec<Arc<Route>>,
+}
+
+impl Routing {
+    /// Builds a table, reusing pooled clients and the split counters of routes
+    /// whose weight did not change.
+    pub fn build(
+        config: Config,
+        valid: ValidConfig,
+        previous: Option<&Routing>,
+        pool: &ClientPool,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut routes = Vec::with_capacity(valid.routes.len());
+        for r in &valid.routes {
+            let make_backend = |label: BackendLabel, url: &UpstreamUrl| {
+                let pool_key = PoolKey {
+                    url: url.clone(),
+                    protocol: r.protocol,
+                    connect_timeout: r.connect_timeout,
+                };
+                Backend {
+                    label,
+                    url: url.clone(),
+                    client: pool.get(&pool_key),
+                    metrics: metrics.backend(&r.name, label),
+                    pool_key,
+                }
+            };
+            let stable = make_backend(BackendLabel::Stable, &r.stable);
+            let canary = r
+                .canary
+                .as_ref()
+                .map(|u| make_backend(BackendLabel::Canary, u));
+            let split = previous
+                .and_then(|p| p.route_by_name(&r.name))
+                .filter(|old| {
+                    old.split.canary_weight_bp() == r.canary_weight_bp
+                        && old.canary.as_ref().map(|b| &b.url) == r.canary.as_ref()
+                })
+                .map(|old| old.split.clone())
+                .unwrap_or_else(|| Arc::new(SplitState::new(r.canary_weight_bp)));
+            metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
+            routes.push(Arc::new(Route {
+                name: r.name.clone(),
+                hosts: r.hosts.clone(),
+                path_prefix: r.path_prefix.clone(),
+                protocol: r.protocol,
+                stable,
+                canary,
+                split,
+                canary_match: r.canary_match.clone(),
+                request_timeout: r.request_timeout,
+            }));
+        }
+        // Longest prefix first, host-specific before any-host, then config order.
+        routes.sort_by(|a, b| {
+            b.path_prefix
+                .len()
+                .cmp(&a.path_prefix.len())
+                .then_with(|| a.hosts.is_empty().cmp(&b.hosts.is_empty()))
+        });
+        Self {
+            config,
+            valid,
+            routes,
+        }
+    }
+
+    pub fn pool_keys(&self) -> Vec<PoolKey> {
+        self.routes
+            .iter()
+            .flat_map(|r| {
+                std::iter::once(r.stable.pool_key.clone())
+                    .chain(r.canary.as_ref().map(|c| c.pool_key.clone()))
+            })
+            .collect()
+    }
+
+    pub fn route_by_name(&self, name: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    /// The route serving `host` (port already stripped, any case) and `path`.
+    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            path.starts_with(r.path_prefix.as_str())
+                && (r.hosts.is_empty()
+                    || host.is_some_and(|h| r.hosts.iter().any(|rh| host_matches(rh, h))))
+        })
+    }
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    if let Some(suffix) = pattern.strip_prefix("*.") {
+        host.len() > suffix.len() + 1
+            && host.ends_with(suffix)
+            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+    } else {
+        pattern.eq_ignore_ascii_case(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(yaml: &str) -> Routing {
+        let config = Config::from_yaml(yaml).unwrap();
+        let valid = config.validate().unwrap();
+        let metrics = Metrics::new();
+        let pool = ClientPool::default();
+        Routing::build(config, valid, None, &pool, &metrics)
+    }
+
+    #[tokio::test]
+    async fn longest_prefix_and_host_routing() {
+        let t = table(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: root, stable: 'http://127.0.0.1:1' }\n  - { name: api, path_prefix: /api, stable: 'http://127.0.0.1:2' }\n  - { name: api-v2, path_prefix: /api/v2, stable: 'http://127.0.0.1:3' }\n  - { name: shop, hosts: [shop.example], stable: 'http://127.0.0.1:4' }\n  - { name: wild, hosts: ['*.wild.example'], path_prefix: /x, stable: 'http://127.0.0.1:5' }\n",
+        );
+        let name = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.name.clone());
+        assert_eq!(name(None, "/"), Some("root".into()));
+        assert_eq!(name(Some("a"), "/api/v1"), Some("api".into()));
+        assert_eq!(name(Some("a"), "/api/v2/x"), Some("api-v2".into()));
+        assert_eq!(name(Some("shop.example"), "/"), Some("shop".into()));
+        assert_eq!(name(Some("other"), "/"), Some("root".into()));
+        assert_eq!(name(Some("a.wild.example"), "/x"), Some("wild".into()));
+        assert_eq!(name(Some("wild.example"), "/x"), Some("root".into()));
+    }
+
+    #[tokio::test]
+    async fn cookie_and_header_rules_pick_the_canary() {
+        let t = table(
+            "listen: 127.0.0.1:1\nroutes:\n  - name: web\n    stable: http://127.0.0.1:1\n    canary: http://127.0.0.1:2\n    canary_match:\n      - { header: x-canary, value: always }\n      - { cookie: canary, value: always }\n",
+        );
+        let route = t.find(None, "/").unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(route.decide(&h), SplitDecision::Stable);
+        h.insert("cookie", "a=b; canary=always".parse().unwrap());
+        assert_eq!(route.decide(&h), SplitDecision::CanaryByMatch);
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", "always".parse().unwrap());
+        assert_eq!(route.decide(&h), SplitDecision::CanaryByMatch);
+        h.insert("x-canary", "never".parse().unwrap());
+        assert_eq!(route.decide(&h), SplitDecision::Stable);
+    }
+}

@@ -1,0 +1,425 @@
+//! The data-plane listener and the request path.
+//!
+//! Phases of one request, in order: accept -> route (host + path) -> split
+//! (A/B rules, else exact weight) -> forward to the backend's pooled client ->
+//! stream the response back; metrics are recorded once, when the response
+//! body ends ([`crate::body::MeteredBody`]).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::{MeteredBody, Recorder};
+use crate::config::{Protocol, ValidConfig};
+use crate::metrics::UpstreamErrorKind;
+use crate::routing::Backend;
+use crate::store::Store;
+
+/// State shared by every connection of the data-plane listener.
+pub struct ProxyState {
+    pub store: Arc<Store>,
+    /// Set while draining: `/readyz` fails so load balancers stop sending.
+    pub draining: AtomicBool,
+    /// `https` when the listener terminates TLS.
+    pub scheme: &'static str,
+}
+
+/// The hyper connection builder with the configured limits.
+pub fn connection_builder(valid: &ValidConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(valid.header_read_timeout)
+        .max_buf_size(valid.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(valid.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Serves one accepted connection until it closes or the drain ends it.
+pub fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// Accepts plain-TCP connections until `shutdown` flips, then drains.
+pub async fn run_listener(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    builder: auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    serve_connection(TokioIo::new(stream), peer, state.clone(), &builder, &graceful);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    drain(graceful, drain_timeout).await;
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Lets in-flight requests finish, up to `timeout`.
+pub async fn drain(graceful: GracefulShutdown, timeout: Duration) {
+    tracing::info!(?timeout, "draining in-flight requests");
+    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timeout reached; closing the remaining connections");
+    }
+}
+
+// === the request path ===
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn is_upgrade_request(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+/// `TE: trailers` survives (gRPC needs it); `keep_upgrade` keeps an upgrade.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade && let Some(up) = upgrade {
+        headers.insert(header::UPGRADE, up);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute form)
+/// or the Host header.
+fn request_authority(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map(|end| &authority[1..end])
+            .unwrap_or(authority);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+fn plain(status: StatusCode, text: String, recorder: Option<Recorder>) -> Response<MeteredBody> {
+    let mut resp = Response::new(MeteredBody::text(text, recorder));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serves one request end to end; never fails (errors become responses).
+pub async fn handle(
+    state: Arc<ProxyState>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<MeteredBody> {
+    let start = Instant::now();
+    let routing = state.store.load();
+    let authority = request_authority(&req);
+    let host = authority.as_deref().map(strip_port).map(str::to_ascii_lowercase);
+    let Some(route) = routing.find(host.as_deref(), req.uri().path()).cloned() else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!(
+                "sluice: no route for host `{}` and path `{}`\n",
+                host.as_deref().unwrap_or("-"),
+                req.uri().path()
+            ),
+            None,
+        );
+    };
+    drop(routing);
+    let decision = route.decide(req.headers());
+    let backend = route.backend(decision);
+
+    let upgrade = is_upgrade_request(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    add_forwarded_headers(&mut parts.headers, peer, authority.as_deref(), state.scheme);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    let upstream_authority = authority.clone().unwrap_or_else(|| backend.url.authority());
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(upstream_authority.as_str())
+        .path_and_query(path_and_query.as_str())
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("sluice: bad request target `{path_and_query}`\n"),
+                None,
+            );
+        }
+    };
+    match route.protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        Protocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+    }
+
+    let upstream = backend.client.request(Request::from_parts(parts, body));
+    let result = tokio::time::timeout(route.request_timeout, upstream).await;
+    let recorder = Recorder {
+        metrics: backend.metrics.clone(),
+        code: 0,
+        start,
+    };
+    match result {
+        Err(_elapsed) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
+        Ok(Err(e)) => {
+            let kind = classify(&e);
+            tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %e, "upstream request failed");
+            upstream_failure(backend, recorder, kind)
+        }
+        Ok(Ok(mut resp)) => {
+            let status = resp.status();
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                if let Some(client_upgrade) = client_upgrade {
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                }
+                strip_hop_by_hop(resp.headers_mut(), true);
+            } else {
+                strip_hop_by_hop(resp.headers_mut(), false);
+            }
+            let (parts, body) = resp.into_parts();
+            let recorder = Recorder {
+                code: status.as_u16(),
+                ..recorder
+            };
+            Response::from_parts(parts, MeteredBody::new(body, Some(recorder)))
+        }
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
+    if e.is_connect() {
+        let text = format!("{:?}", e);
+        if text.contains("TimedOut") || text.contains("timed out") {
+            return UpstreamErrorKind::Timeout;
+        }
+        if text.contains("tls") || text.contains("Tls") || text.contains("certificate") {
+            return UpstreamErrorKind::Tls;
+        }
+        return UpstreamErrorKind::Connect;
+    }
+    UpstreamErrorKind::Protocol
+}
+
+fn upstream_failure(
+    backend: &Backend,
+    recorder: Recorder,
+    kind: UpstreamErrorKind,
+) -> Response<MeteredBody> {
+    backend.metrics.record_upstream_error(kind);
+    let (status, what) = match kind {
+        UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
+        UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "could not be reached"),
+        UpstreamErrorKind::Tls => (StatusCode::BAD_GATEWAY, "failed the TLS handshake"),
+        UpstreamErrorKind::Protocol | UpstreamErrorKind::Reset => {
+            (StatusCode::BAD_GATEWAY, "broke the exchange")
+        }
+    };
+    let recorder = Recorder {
+        code: status.as_u16(),
+        ..recorder
+    };
+    plain(
+        status,
+        format!(
+            "sluice: upstream {} ({}) {what}\n",
+            backend.label.as_str(),
+            backend.url.authority()
+        ),
+        Some(recorder),
+    )
+}
+
+fn add_forwarded_headers(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    authority: Option<&str>,
+    scheme: &'static str,
+) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let ip = peer.ip().to_string();
+    let joined = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(xff, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(scheme),
+    );
+    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), a);
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((client, upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+}
+
+pub(crate) fn is_draining(state: &ProxyState) -> bool {
+    state.draining.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("x-kept", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "yes");
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("web.example:8080"), "web.example");
+        assert_eq!(strip_port("web.example"), "web.example");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+}

@@ -1,0 +1,267 @@
+//! The one place a routing table is replaced.
+//!
+//! Every source (the watched file, the admin API, a Kubernetes ConfigMap)
+//! hands a whole [`Config`] to [`Store::replace`]: it is validated first, and
+//! only a valid one is built and swapped in atomically. Invalid input changes
+//! nothing; the last good table keeps serving. Writers are serialized so an
+//! admin write and a file reload cannot interleave.
+//!
+//! Settings bound at start (`listen`, `admin`, `limits`) cannot change on a
+//! reload; such a reload is rejected and names the field, so nothing is ever
+//! half applied.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+
+use crate::config::{Config, ConfigErrors, MatchRule, RouteConfig};
+use crate::metrics::{Metrics, ReloadResult};
+use crate::routing::Routing;
+use crate::upstream::ClientPool;
+
+pub struct Store {
+    routing: ArcSwap<Routing>,
+    write_lock: Mutex<()>,
+    pool: ClientPool,
+    metrics: Arc<Metrics>,
+}
+
+/// Why an admin route update was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("no route named `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+impl Store {
+    /// Validates and serves `config`; errors list every problem.
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, ConfigErrors> {
+        let valid = config.validate()?;
+        check_token_file(valid.admin_token_file.as_deref())?;
+        let pool = ClientPool::default();
+        let routing = Routing::build(config, valid, None, &pool, &metrics);
+        Ok(Arc::new(Self {
+            routing: ArcSwap::from_pointee(routing),
+            write_lock: Mutex::new(()),
+            pool,
+            metrics,
+        }))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The table in force now.
+    pub fn load(&self) -> Arc<Routing> {
+        self.routing.load_full()
+    }
+
+    /// Validates `config` and swaps it in, or changes nothing.
+    pub fn replace(&self, config: Config) -> Result<Arc<Routing>, ConfigErrors> {
+        let _guard = self.write_lock.lock().expect("store lock");
+        let result = self.replace_locked(config);
+        self.metrics.record_reload(if result.is_ok() {
+            ReloadResult::Success
+        } else {
+            ReloadResult::Failure
+        });
+        result
+    }
+
+    fn replace_locked(&self, config: Config) -> Result<Arc<Routing>, ConfigErrors> {
+        let current = self.routing.load_full();
+        let valid = config.validate()?;
+        let mut fixed = Vec::new();
+        if config.listen != current.config.listen {
+            fixed.push(("listen", &current.config.listen, &config.listen));
+        }
+        if config.admin.listen != current.config.admin.listen {
+            fixed.push(("admin.listen", &current.config.admin.listen, &config.admin.listen));
+        }
+        if !fixed.is_empty() {
+            return Err(ConfigErrors(
+                fixed
+                    .into_iter()
+                    .map(|(path, old, new)| crate::config::FieldError {
+                        path: path.to_string(),
+                        message: format!("changing `{old}` to `{new}` needs a restart"),
+                    })
+                    .collect(),
+            ));
+        }
+        if config.limits != current.config.limits {
+            return Err(ConfigErrors::single("limits", "changing limits needs a restart"));
+        }
+        check_token_file(valid.admin_token_file.as_deref())?;
+        let routing = Arc::new(Routing::build(
+            config,
+            valid,
+            Some(&current),
+            &self.pool,
+            &self.metrics,
+        ));
+        self.routing.store(routing.clone());
+        self.pool.retain(&routing.pool_keys());
+        Ok(routing)
+    }
+
+    /// Applies an admin patch (any of `stable`, `canary`, `canary_weight`,
+    /// `canary_match`) to one route and swaps the result in.
+    pub fn update_route(&self, name: &str, patch: &Value) -> Result<RouteConfig, UpdateError> {
+        let current = self.load();
+        let mut config = current.config.clone();
+        let route = config
+            .routes
+            .iter_mut()
+            .find(|r| r.name == name)
+            .ok_or_else(|| UpdateError::NotFound(name.to_string()))?;
+        apply_patch(route, patch).map_err(UpdateError::Invalid)?;
+        let index = config
+            .routes
+            .iter()
+            .position(|r| r.name == name)
+            .expect("route found above");
+        let routing = self.replace(config).map_err(UpdateError::Invalid)?;
+        Ok(routing.config.routes[index].clone())
+    }
+
+    /// The admin token, if one is configured.
+    pub fn admin_token(&self) -> Result<Option<String>, String> {
+        let routing = self.load();
+        match &routing.valid.admin_token_file {
+            None => Ok(None),
+            Some(path) => read_token(path).map(Some),
+        }
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token)
+}
+
+fn check_token_file(path: Option<&Path>) -> Result<(), ConfigErrors> {
+    match path {
+        None => Ok(()),
+        Some(p) => read_token(p)
+            .map(|_| ())
+            .map_err(|e| ConfigErrors::single("admin.token_file", e)),
+    }
+}
+
+fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigErrors> {
+    let Value::Object(fields) = patch else {
+        return Err(ConfigErrors::single(
+            "",
+            "the body must be a JSON object with any of stable, canary, canary_weight, canary_match",
+        ));
+    };
+    let mut errors = Vec::new();
+    let mut err = |path: &str, msg: String| {
+        errors.push(crate::config::FieldError {
+            path: path.to_string(),
+            message: msg,
+        })
+    };
+    for (key, value) in fields {
+        match key.as_str() {
+            "stable" => match value.as_str() {
+                Some(s) => route.stable = s.to_string(),
+                None => err("stable", format!("{value} is not a string URL")),
+            },
+            "canary" => match value {
+                Value::Null => route.canary = None,
+                Value::String(s) => route.canary = Some(s.clone()),
+                other => err("canary", format!("{other} is not a string URL or null")),
+            },
+            "canary_weight" => match value.as_f64() {
+                Some(w) => route.canary_weight = w,
+                None => err("canary_weight", format!("{value} is not a number")),
+            },
+            "canary_match" => match serde_json::from_value::<Vec<MatchRule>>(value.clone()) {
+                Ok(rules) => route.canary_match = rules,
+                Err(e) => err("canary_match", e.to_string()),
+            },
+            other => err(
+                other,
+                "unknown field; a route update may set stable, canary, canary_weight, canary_match"
+                    .to_string(),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Reads and parses a config file.
+pub fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::single("", format!("cannot read {}: {e}", path.display())))?;
+    Config::from_yaml(&text)
+}
+
+/// Watches `path` and replaces the table whenever its content changes.
+///
+/// The parent directory is watched, not the file, so editors that write a new
+/// file and rename it, and Kubernetes' symlink swaps, are seen too. A later
+/// file reload replaces any change made through the admin API.
+pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::task::JoinHandle<()>> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut last_text = std::fs::read_to_string(&path).ok();
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher;
+        while rx.recv().await.is_some() {
+            // Let a burst of events (write, chmod, rename) settle first.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while rx.try_recv().is_ok() {}
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            if last_text.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            last_text = Some(text.clone());
+            let result = match Config::from_yaml(&text) {
+                Ok(config) => store.replace(config).map(|_| ()),
+                Err(parse_errors) => {
+                    store.metrics.record_reload(ReloadResult::Failure);
+                    Err(parse_errors)
+                }
+            };
+            match result {
+                Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
+                Err(errors) => tracing::error!(
+                    file = %path.display(),
+                    %errors,
+                    "config rejected; the last good config keeps serving"
+                ),
+            }
+        }
+    }))
+}
