@@ -1,0 +1,355 @@
+//! The demo backend: a small HTTP app whose faults can be set at start and
+//! changed at runtime, so a canary can turn bad in the middle of a release.
+//!
+//! Every path answers 200 with a JSON body naming the backend and the header
+//! `x-backend: <name>`, except a seeded fraction (`error_rate`) that answers
+//! `error_status`. Reserved paths:
+//! - `GET /_backend/stats`: `{"name":..,"requests":N,"by_status":{"200":N,..}}`
+//! - `GET /_backend/healthz`: 200
+//! - `PUT /_backend/faults`: JSON with any of `error_rate`, `error_status`,
+//!   `latency` (`"20ms"` or `"10ms..200ms"`), `stall` (one next request
+//!   waits this long, once).
+//!
+//! Reserved paths are not counted in the stats.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Rng;
+
+/// Added delay of every answer.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum Latency {
+    #[default]
+    None,
+    Fixed(Duration),
+    Uniform(Duration, Duration),
+}
+
+impl Latency {
+    /// Reads `20ms`, `10ms..200ms`, or `0`/`none`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() || t == "0" || t == "none" {
+            return Ok(Latency::None);
+        }
+        let parse = |s: &str| sluice_proxy::config::parse_duration(s);
+        match t.split_once("..") {
+            Some((lo, hi)) => {
+                let (lo, hi) = (parse(lo)?, parse(hi)?);
+                if lo > hi {
+                    return Err(format!("`{text}`: the lower bound is above the upper"));
+                }
+                Ok(Latency::Uniform(lo, hi))
+            }
+            None => Ok(Latency::Fixed(parse(t)?)),
+        }
+    }
+
+    fn pick(&self, rng: &mut Rng) -> Duration {
+        match *self {
+            Latency::None => Duration::ZERO,
+            Latency::Fixed(d) => d,
+            Latency::Uniform(lo, hi) => lo + (hi - lo).mul_f64(rng.next_f64()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Latency::None => "0".into(),
+            Latency::Fixed(d) => sluice_proxy::config::format_duration(*d),
+            Latency::Uniform(a, b) => format!(
+                "{}..{}",
+                sluice_proxy::config::format_duration(*a),
+                sluice_proxy::config::format_duration(*b)
+            ),
+        }
+    }
+}
+
+/// How a backend misbehaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    pub error_rate: f64,
+    pub error_status: u16,
+    pub latency: Latency,
+    /// One next request waits this long, then it is cleared.
+    pub stall: Option<Duration>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            error_rate: 0.0,
+            error_status: 500,
+            latency: Latency::None,
+            stall: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultsPatch {
+    error_rate: Option<f64>,
+    error_status: Option<u16>,
+    latency: Option<String>,
+    stall: Option<String>,
+}
+
+impl Faults {
+    fn apply(&mut self, patch: FaultsPatch) -> Result<(), String> {
+        let mut next = self.clone();
+        if let Some(r) = patch.error_rate {
+            check_rate(r).map_err(|e| format!("error_rate: {e}"))?;
+            next.error_rate = r;
+        }
+        if let Some(s) = patch.error_status {
+            StatusCode::from_u16(s).map_err(|_| format!("error_status: {s} is not an HTTP status"))?;
+            next.error_status = s;
+        }
+        if let Some(l) = patch.latency {
+            next.latency = Latency::parse(&l).map_err(|e| format!("latency: {e}"))?;
+        }
+        if let Some(s) = patch.stall {
+            next.stall = Some(sluice_proxy::config::parse_duration(&s).map_err(|e| format!("stall: {e}"))?);
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+pub fn check_rate(rate: f64) -> Result<(), String> {
+    if rate.is_finite() && (0.0..=1.0).contains(&rate) {
+        Ok(())
+    } else {
+        Err(format!("{rate} is not a fraction in 0..=1"))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    pub listen: SocketAddr,
+    pub name: String,
+    pub faults: Faults,
+    /// Serve prior-knowledge HTTP/2 only (otherwise HTTP/1.1 and h2c).
+    pub http2_only: bool,
+    pub seed: u64,
+}
+
+impl BackendOptions {
+    pub fn new(name: &str) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("static address"),
+            name: name.to_string(),
+            faults: Faults::default(),
+            http2_only: false,
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BackendStats {
+    pub name: String,
+    pub requests: u64,
+    pub by_status: BTreeMap<u16, u64>,
+}
+
+struct BackendState {
+    name: String,
+    faults: Mutex<Faults>,
+    rng: Mutex<Rng>,
+    stats: Mutex<BackendStats>,
+}
+
+/// A running backend.
+pub struct BackendHandle {
+    pub addr: SocketAddr,
+    state: Arc<BackendState>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BackendHandle {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn stats(&self) -> BackendStats {
+        self.state.stats.lock().expect("stats lock").clone()
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *self.state.faults.lock().expect("faults lock") = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.state.faults.lock().expect("faults lock").clone()
+    }
+
+    /// Stops accepting and closes the listener.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds and serves until [`BackendHandle::stop`].
+pub async fn start_backend(options: BackendOptions) -> std::io::Result<BackendHandle> {
+    let listener = TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(BackendState {
+        name: options.name.clone(),
+        faults: Mutex::new(options.faults.clone()),
+        rng: Mutex::new(Rng::new(options.seed)),
+        stats: Mutex::new(BackendStats {
+            name: options.name.clone(),
+            ..Default::default()
+        }),
+    });
+    let (stop, mut stop_rx) = watch::channel(false);
+    let serve_state = state.clone();
+    let task = tokio::spawn(async move {
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if options.http2_only {
+            builder = builder.http2_only();
+        }
+        let builder = Arc::new(builder);
+        loop {
+            tokio::select! {
+                _ = stop_rx.changed() => break,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let state = serve_state.clone();
+                    let builder = builder.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(answer(state, req).await) }
+                        });
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                    });
+                }
+            }
+        }
+    });
+    Ok(BackendHandle {
+        addr,
+        state,
+        stop,
+        task,
+    })
+}
+
+fn json(status: StatusCode, name: &str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    if let Ok(v) = name.parse() {
+        headers.insert("x-backend", v);
+    }
+    resp
+}
+
+async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/_backend/healthz") => return json(StatusCode::OK, &state.name, "{\"ok\":true}".into()),
+        (&Method::GET, "/_backend/stats") => {
+            let stats = state.stats.lock().expect("stats lock").clone();
+            return json(StatusCode::OK, &state.name, serde_json::to_string(&stats).expect("stats serialize"));
+        }
+        (&Method::PUT, "/_backend/faults") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return json(StatusCode::BAD_REQUEST, &state.name, serde_json::json!({"error": e.to_string()}).to_string()),
+            };
+            let result = serde_json::from_slice::<FaultsPatch>(&body)
+                .map_err(|e| format!("bad faults JSON: {e}"))
+                .and_then(|patch| state.faults.lock().expect("faults lock").apply(patch));
+            return match result {
+                Ok(()) => {
+                    let f = state.faults.lock().expect("faults lock").clone();
+                    json(
+                        StatusCode::OK,
+                        &state.name,
+                        serde_json::json!({
+                            "error_rate": f.error_rate,
+                            "error_status": f.error_status,
+                            "latency": f.latency.describe(),
+                        })
+                        .to_string(),
+                    )
+                }
+                Err(e) => json(StatusCode::BAD_REQUEST, &state.name, serde_json::json!({"error": e}).to_string()),
+            };
+        }
+        _ => {}
+    }
+    let method = req.method().to_string();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    // Read the whole request body as it streams, counting bytes only.
+    let mut body = req.into_body();
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    received += d.len() as u64;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let (delay, fail, status) = {
+        let mut faults = state.faults.lock().expect("faults lock");
+        let mut rng = state.rng.lock().expect("rng lock");
+        let stall = faults.stall.take().unwrap_or_default();
+        let delay = stall + faults.latency.pick(&mut rng);
+        let fail = faults.error_rate > 0.0 && rng.next_f64() < faults.error_rate;
+        (delay, fail, faults.error_status)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let status = if fail {
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    } else {
+        StatusCode::OK
+    };
+    {
+        let mut stats = state.stats.lock().expect("stats lock");
+        stats.requests += 1;
+        *stats.by_status.entry(status.as_u16()).or_default() += 1;
+    }
+    let body = serde_json::json!({
+        "backend": state.name,
+        "method": method,
+        "path": path,
+        "host": host,
+        "received_bytes": received,
+        "error": fail,
+    });
+    json(status, &state.name, body.to_string())
+}
