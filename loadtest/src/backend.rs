@@ -117,14 +117,16 @@ impl Faults {
             next.error_rate = r;
         }
         if let Some(s) = patch.error_status {
-            StatusCode::from_u16(s).map_err(|_| format!("error_status: {s} is not an HTTP status"))?;
+            StatusCode::from_u16(s)
+                .map_err(|_| format!("error_status: {s} is not an HTTP status"))?;
             next.error_status = s;
         }
         if let Some(l) = patch.latency {
             next.latency = Latency::parse(&l).map_err(|e| format!("latency: {e}"))?;
         }
         if let Some(s) = patch.stall {
-            next.stall = Some(sluice_proxy::config::parse_duration(&s).map_err(|e| format!("stall: {e}"))?);
+            next.stall =
+                Some(sluice_proxy::config::parse_duration(&s).map_err(|e| format!("stall: {e}"))?);
         }
         *self = next;
         Ok(())
@@ -259,7 +261,10 @@ fn json(status: StatusCode, name: &str, body: String) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
     if let Ok(v) = name.parse() {
         headers.insert("x-backend", v);
     }
@@ -269,15 +274,27 @@ fn json(status: StatusCode, name: &str, body: String) -> Response<Full<Bytes>> {
 async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET, "/_backend/healthz") => return json(StatusCode::OK, &state.name, "{\"ok\":true}".into()),
+        (&Method::GET, "/_backend/healthz") => {
+            return json(StatusCode::OK, &state.name, "{\"ok\":true}".into());
+        }
         (&Method::GET, "/_backend/stats") => {
             let stats = state.stats.lock().expect("stats lock").clone();
-            return json(StatusCode::OK, &state.name, serde_json::to_string(&stats).expect("stats serialize"));
+            return json(
+                StatusCode::OK,
+                &state.name,
+                serde_json::to_string(&stats).expect("stats serialize"),
+            );
         }
         (&Method::PUT, "/_backend/faults") => {
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
-                Err(e) => return json(StatusCode::BAD_REQUEST, &state.name, serde_json::json!({"error": e.to_string()}).to_string()),
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &state.name,
+                        serde_json::json!({"error": e.to_string()}).to_string(),
+                    );
+                }
             };
             let result = serde_json::from_slice::<FaultsPatch>(&body)
                 .map_err(|e| format!("bad faults JSON: {e}"))
@@ -296,7 +313,11 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Response<Fu
                         .to_string(),
                     )
                 }
-                Err(e) => json(StatusCode::BAD_REQUEST, &state.name, serde_json::json!({"error": e}).to_string()),
+                Err(e) => json(
+                    StatusCode::BAD_REQUEST,
+                    &state.name,
+                    serde_json::json!({"error": e}).to_string(),
+                ),
             };
         }
         _ => {}

@@ -52,7 +52,10 @@ mod tests {
     #[test]
     fn latency_specs_parse() {
         use std::time::Duration;
-        assert_eq!(Latency::parse("20ms").unwrap(), Latency::Fixed(Duration::from_millis(20)));
+        assert_eq!(
+            Latency::parse("20ms").unwrap(),
+            Latency::Fixed(Duration::from_millis(20))
+        );
         assert_eq!(
             Latency::parse("10ms..200ms").unwrap(),
             Latency::Uniform(Duration::from_millis(10), Duration::from_millis(200))

@@ -205,7 +205,11 @@ impl Report {
             .collect();
         let _ = writeln!(out, "  status     {}", statuses.join(", "));
         if !self.errors.is_empty() {
-            let errors: Vec<String> = self.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            let errors: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
             let _ = writeln!(out, "  errors     {}", errors.join(", "));
         }
         let l = &self.latency;
@@ -356,13 +360,21 @@ pub async fn run(options: LoadOptions, control: Arc<LoadControl>) -> Result<Repo
         .collect();
     Ok(Report {
         url: shared.options.url.to_string(),
-        mode: if shared.options.rate.is_some() { "open-loop" } else { "closed-loop" },
+        mode: if shared.options.rate.is_some() {
+            "open-loop"
+        } else {
+            "closed-loop"
+        },
         connections: shared.options.connections,
         target_rate: shared.options.rate,
         requests,
         responses,
         duration_secs: elapsed,
-        requests_per_sec: if elapsed > 0.0 { requests as f64 / elapsed } else { 0.0 },
+        requests_per_sec: if elapsed > 0.0 {
+            requests as f64 / elapsed
+        } else {
+            0.0
+        },
         status_counts: tally.statuses,
         errors: tally.errors,
         latency,
@@ -379,7 +391,12 @@ fn new_histogram() -> Histogram<u64> {
 
 async fn connect(shared: &Shared) -> Result<Sender, Failure> {
     let port = shared.options.url.port_u16().unwrap_or(80);
-    let host = shared.options.url.host().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']');
+    let host = shared
+        .options
+        .url
+        .host()
+        .unwrap_or("127.0.0.1")
+        .trim_matches(|c| c == '[' || c == ']');
     let stream = tokio::time::timeout(shared.options.timeout, TcpStream::connect((host, port)))
         .await
         .map_err(|_| Failure::Timeout)?
@@ -406,7 +423,10 @@ fn build_request(shared: &Shared) -> Request<Full<Bytes>> {
     let uri: Uri = if o.http2 {
         o.url.clone()
     } else {
-        shared.path_and_query.parse().expect("path from a valid URL")
+        shared
+            .path_and_query
+            .parse()
+            .expect("path from a valid URL")
     };
     let mut req = Request::builder()
         .method(o.method.clone())
@@ -512,7 +532,12 @@ async fn worker(index: usize, shared: Arc<Shared>) -> (Histogram<u64>, Tally) {
                 histogram.saturating_record(latency_us.max(1));
                 *tally.statuses.entry(status).or_default() += 1;
                 if let Some(tag) = tag {
-                    *tally.header_status.entry(tag).or_default().entry(status).or_default() += 1;
+                    *tally
+                        .header_status
+                        .entry(tag)
+                        .or_default()
+                        .entry(status)
+                        .or_default() += 1;
                 }
                 shared.control.completed.fetch_add(1, Ordering::Relaxed);
                 if status >= 500 {

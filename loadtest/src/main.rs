@@ -13,7 +13,11 @@ use sluice_loadtest::backend::{self, BackendOptions, Faults, Latency};
 use sluice_loadtest::load::{self, LoadControl, LoadOptions};
 
 #[derive(Parser)]
-#[command(name = "sluice-load", version, about = "Load generator and demo backend for Sluice")]
+#[command(
+    name = "sluice-load",
+    version,
+    about = "Load generator and demo backend for Sluice"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -121,13 +125,21 @@ async fn run(args: RunArgs) -> ExitCode {
     options.timeout = args.timeout;
     options.method = match args.method.to_ascii_uppercase().parse() {
         Ok(m) => m,
-        Err(_) => return usage(format!("-m/--method: `{}` is not an HTTP method", args.method)),
+        Err(_) => {
+            return usage(format!(
+                "-m/--method: `{}` is not an HTTP method",
+                args.method
+            ));
+        }
     };
     for h in &args.headers {
         let Some((k, v)) = h.split_once(':') else {
             return usage(format!("-H/--header: `{h}` is not `Name: value`"));
         };
-        match (HeaderName::from_bytes(k.trim().as_bytes()), HeaderValue::from_str(v.trim())) {
+        match (
+            HeaderName::from_bytes(k.trim().as_bytes()),
+            HeaderValue::from_str(v.trim()),
+        ) {
             (Ok(k), Ok(v)) => options.headers.push((k, v)),
             _ => return usage(format!("-H/--header: `{h}` is not a valid header")),
         }
@@ -157,7 +169,10 @@ async fn run(args: RunArgs) -> ExitCode {
         p.abort();
     }
     if args.json {
-        println!("{}", serde_json::to_string(&report).expect("report serializes"));
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("report serializes")
+        );
     } else {
         print!("{}", report.to_text());
     }
@@ -217,7 +232,10 @@ async fn serve(args: BackendArgs) -> ExitCode {
         return usage(format!("--error-rate: {e}"));
     }
     if http::StatusCode::from_u16(args.error_status).is_err() {
-        return usage(format!("--error-status: {} is not an HTTP status", args.error_status));
+        return usage(format!(
+            "--error-status: {} is not an HTTP status",
+            args.error_status
+        ));
     }
     let latency = match Latency::parse(&args.latency) {
         Ok(l) => l,

@@ -58,8 +58,10 @@ pub async fn run_admin(
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("static"),
+    );
     resp
 }
 
@@ -110,12 +112,14 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
             let name = p["/routes/".len()..].to_string();
             put_route(state, req, &name).await
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/routes") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
-        }
-        (_, p) if p.starts_with("/routes/") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}; use GET or PUT", req.method()))
-        }
+        (_, "/metrics" | "/healthz" | "/readyz" | "/routes") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {path}", req.method()),
+        ),
+        (_, p) if p.starts_with("/routes/") => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} is not allowed on {path}; use GET or PUT", req.method()),
+        ),
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {path}; try /metrics, /healthz, /readyz, /routes"),
@@ -123,7 +127,11 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
     }
 }
 
-async fn put_route(state: Arc<ProxyState>, req: Request<Incoming>, name: &str) -> Response<Full<Bytes>> {
+async fn put_route(
+    state: Arc<ProxyState>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Response<Full<Bytes>> {
     match state.store.admin_token() {
         Ok(None) => {}
         Ok(Some(token)) => {
@@ -147,13 +155,26 @@ async fn put_route(state: Arc<ProxyState>, req: Request<Incoming>, name: &str) -
             );
         }
     }
-    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("could not read the body: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("could not read the body: {e}"),
+            );
+        }
     };
     let patch: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
+        }
     };
     let store = state.store.clone();
     let name_owned = name.to_string();
@@ -162,7 +183,9 @@ async fn put_route(state: Arc<ProxyState>, req: Request<Incoming>, name: &str) -
             tracing::info!(route = %name_owned, "route updated through the admin API");
             json_response(StatusCode::OK, json!(route))
         }
-        Err(UpdateError::NotFound(n)) => error(StatusCode::NOT_FOUND, format!("no route named `{n}`")),
+        Err(UpdateError::NotFound(n)) => {
+            error(StatusCode::NOT_FOUND, format!("no route named `{n}`"))
+        }
         Err(UpdateError::Invalid(errors)) => error(StatusCode::BAD_REQUEST, errors.to_string()),
     }
 }

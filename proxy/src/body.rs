@@ -53,7 +53,10 @@ impl MeteredBody {
 
     /// A short text body, e.g. for errors the proxy answers itself.
     pub fn text(text: impl Into<String>, recorder: Option<Recorder>) -> Self {
-        Self::new(http_body_util::Full::new(Bytes::from(text.into())), recorder)
+        Self::new(
+            http_body_util::Full::new(Bytes::from(text.into())),
+            recorder,
+        )
     }
 
     fn finish(&mut self) {

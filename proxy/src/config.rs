@@ -330,7 +330,9 @@ impl UpstreamUrl {
             .authority()
             .ok_or_else(|| format!("`{text}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{text}`: user info in upstream URLs is not supported"));
+            return Err(format!(
+                "`{text}`: user info in upstream URLs is not supported"
+            ));
         }
         match uri.path_and_query().map(|p| p.as_str()) {
             None | Some("") | Some("/") => {}
@@ -460,7 +462,10 @@ impl Config {
         if self.limits.max_header_bytes < 1024 {
             errs.push(
                 "limits.max_header_bytes",
-                format!("{} is below the minimum of 1024", self.limits.max_header_bytes),
+                format!(
+                    "{} is below the minimum of 1024",
+                    self.limits.max_header_bytes
+                ),
             );
         }
 
@@ -469,13 +474,16 @@ impl Config {
         let mut routes = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
+            if !names.insert(route.name.clone()) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` is used by an earlier route; names must be unique",
+                        route.name
+                    ),
+                );
+            }
             if let Some(valid) = validate_route(route, &at, &mut errs) {
-                if !names.insert(valid.name.clone()) {
-                    errs.push(
-                        format!("{at}.name"),
-                        format!("`{}` is used by an earlier route; names must be unique", valid.name),
-                    );
-                }
                 let mut hosts = valid.hosts.clone();
                 hosts.sort();
                 if !selectors.insert((hosts, valid.path_prefix.clone())) {
@@ -532,7 +540,10 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
     for (j, host) in route.hosts.iter().enumerate() {
         let h = host.trim().to_ascii_lowercase();
         if !valid_host(&h) {
-            errs.push(format!("{at}.hosts[{j}]"), format!("`{host}` is not a host name"));
+            errs.push(
+                format!("{at}.hosts[{j}]"),
+                format!("`{host}` is not a host name"),
+            );
         }
         hosts.push(h);
     }
@@ -590,11 +601,17 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
                     name,
                     value: rule.value.clone(),
                 }),
-                Err(_) => errs.push(format!("{mp}.header"), format!("`{h}` is not a header name")),
+                Err(_) => errs.push(
+                    format!("{mp}.header"),
+                    format!("`{h}` is not a header name"),
+                ),
             },
             (None, Some(c)) => {
                 if c.is_empty() || c.contains([';', '=', ' ']) {
-                    errs.push(format!("{mp}.cookie"), format!("`{c}` is not a cookie name"));
+                    errs.push(
+                        format!("{mp}.cookie"),
+                        format!("`{c}` is not a cookie name"),
+                    );
                 } else {
                     matches.push(ValidMatch::Cookie {
                         name: c.clone(),
@@ -606,8 +623,16 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             (None, None) => errs.push(&mp, "set one of `header` or `cookie`"),
         }
     }
-    let connect_timeout = positive_duration(&route.timeouts.connect, &format!("{at}.timeouts.connect"), errs);
-    let request_timeout = positive_duration(&route.timeouts.request, &format!("{at}.timeouts.request"), errs);
+    let connect_timeout = positive_duration(
+        &route.timeouts.connect,
+        &format!("{at}.timeouts.connect"),
+        errs,
+    );
+    let request_timeout = positive_duration(
+        &route.timeouts.request,
+        &format!("{at}.timeouts.request"),
+        errs,
+    );
     if errs.0.len() > before {
         return None;
     }
@@ -715,7 +740,8 @@ routes:
 
     #[test]
     fn non_loopback_admin_needs_a_token() {
-        let cfg = Config::from_yaml("listen: 127.0.0.1:1\nadmin: { listen: 0.0.0.0:9901 }\n").unwrap();
+        let cfg =
+            Config::from_yaml("listen: 127.0.0.1:1\nadmin: { listen: 0.0.0.0:9901 }\n").unwrap();
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.starts_with("admin.token_file: required"), "{err}");
     }
@@ -744,8 +770,15 @@ routes:
     #[test]
     fn duplicate_names_and_selectors_are_rejected() {
         let text = "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1' }\n  - { name: a, stable: 'http://h:2' }\n";
-        let err = Config::from_yaml(text).unwrap().validate().unwrap_err().to_string();
-        assert!(err.contains("routes[1].name: `a` is used by an earlier route"), "{err}");
+        let err = Config::from_yaml(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("routes[1].name: `a` is used by an earlier route"),
+            "{err}"
+        );
         assert!(err.contains("routes[1].path_prefix"), "{err}");
     }
 }

@@ -120,8 +120,12 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             addr: valid.admin_listen,
             source,
         })?;
-    let addr = listener.local_addr().expect("bound listener has an address");
-    let admin_addr = admin_listener.local_addr().expect("bound listener has an address");
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound listener has an address");
     let state = Arc::new(server::ProxyState {
         store: store.clone(),
         draining: AtomicBool::new(false),

@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "sluice-proxy", version, about = "Sluice data plane: exact-weight canary split with RED metrics")]
+#[command(
+    name = "sluice-proxy",
+    version,
+    about = "Sluice data plane: exact-weight canary split with RED metrics"
+)]
 struct Cli {
     /// Config file (YAML); watched and reloaded on change.
     #[arg(long, short = 'c', global = true)]
@@ -109,7 +113,9 @@ async fn wait_for_signal() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -51,7 +51,11 @@ impl Route {
         if self.canary.is_none() {
             return SplitDecision::Stable;
         }
-        if self.canary_match.iter().any(|rule| rule_matches(rule, headers)) {
+        if self
+            .canary_match
+            .iter()
+            .any(|rule| rule_matches(rule, headers))
+        {
             return SplitDecision::CanaryByMatch;
         }
         if self.split.next_is_canary() {

@@ -68,7 +68,9 @@ pub fn serve_connection<I>(
         let state = state.clone();
         async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
@@ -114,7 +116,10 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// Lets in-flight requests finish, up to `timeout`.
 pub async fn drain(graceful: GracefulShutdown, timeout: Duration) {
     tracing::info!(?timeout, "draining in-flight requests");
-    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("drain timeout reached; closing the remaining connections");
     }
 }
@@ -160,7 +165,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     let upgrade = headers.get(header::UPGRADE).cloned();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -218,7 +226,10 @@ pub async fn handle(
     let start = Instant::now();
     let routing = state.store.load();
     let authority = request_authority(&req);
-    let host = authority.as_deref().map(strip_port).map(str::to_ascii_lowercase);
+    let host = authority
+        .as_deref()
+        .map(strip_port)
+        .map(str::to_ascii_lowercase);
     let Some(route) = routing.find(host.as_deref(), req.uri().path()).cloned() else {
         return plain(
             StatusCode::NOT_FOUND,

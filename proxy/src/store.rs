@@ -82,7 +82,11 @@ impl Store {
             fixed.push(("listen", &current.config.listen, &config.listen));
         }
         if config.admin.listen != current.config.admin.listen {
-            fixed.push(("admin.listen", &current.config.admin.listen, &config.admin.listen));
+            fixed.push((
+                "admin.listen",
+                &current.config.admin.listen,
+                &config.admin.listen,
+            ));
         }
         if !fixed.is_empty() {
             return Err(ConfigErrors(
@@ -96,7 +100,10 @@ impl Store {
             ));
         }
         if config.limits != current.config.limits {
-            return Err(ConfigErrors::single("limits", "changing limits needs a restart"));
+            return Err(ConfigErrors::single(
+                "limits",
+                "changing limits needs a restart",
+            ));
         }
         check_token_file(valid.admin_token_file.as_deref())?;
         let routing = Arc::new(Routing::build(

@@ -1,0 +1,498 @@
+//! Test support for Sluice's end-to-end tests: start proxies and backends on
+//! 127.0.0.1, scrape and parse `/metrics`, poll with [`eventually`] instead of
+//! sleeping, and small purpose-built upstreams (header echo, WebSocket-style
+//! upgrade echo, a gRPC-framed HTTP/2 server).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub use sluice_loadtest::{BackendHandle, BackendOptions, Faults, Latency};
+pub use sluice_proxy::ProxyHandle;
+
+// === polling ===
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// === metrics ===
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus/OpenMetrics text into samples.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (head, value) = match line.rfind('}') {
+            Some(end) => (&line[..=end], line[end + 1..].trim()),
+            None => match line.split_once(' ') {
+                Some((h, v)) => (h, v.trim()),
+                None => continue,
+            },
+        };
+        let value = value.split_whitespace().next().unwrap_or("");
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
+            None => (head, BTreeMap::new()),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        let after = &rest[eq + 1..];
+        let Some(after) = after.strip_prefix('"') else {
+            break;
+        };
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key, value);
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// A parsed scrape with lookups by name and label subset.
+pub struct Scrape(pub Vec<Sample>);
+
+impl Scrape {
+    /// Sum of samples named `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value)
+            .sum()
+    }
+}
+
+pub async fn scrape(admin: SocketAddr) -> Scrape {
+    let (status, _, body) = get(&format!("http://{admin}/metrics"))
+        .await
+        .expect("scrape /metrics");
+    assert_eq!(status, StatusCode::OK);
+    Scrape(parse_metrics(&String::from_utf8_lossy(&body)))
+}
+
+// === clients ===
+
+pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// One GET on a fresh connection.
+pub async fn get(url: &str) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
+    send(&h1_client(), Request::get(url).body(Full::default())?).await
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
+    let resp = client.request(req).await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, headers, body))
+}
+
+/// PUTs JSON to an admin URL; returns status and parsed body.
+pub async fn put_json(
+    url: &str,
+    body: serde_json::Value,
+    token: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::put(url).header(header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
+    let (status, _, body) = send(&h1_client(), req).await.expect("admin PUT");
+    let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, value)
+}
+
+// === in-process parts ===
+
+pub async fn backend(name: &str) -> BackendHandle {
+    sluice_loadtest::start_backend(BackendOptions::new(name))
+        .await
+        .expect("start backend")
+}
+
+/// A proxy config around `routes_yaml` (a YAML list), on ephemeral ports.
+pub fn proxy_yaml(routes_yaml: &str) -> String {
+    format!("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nroutes:\n{routes_yaml}")
+}
+
+pub async fn start_proxy(yaml: &str) -> ProxyHandle {
+    let config = sluice_proxy::Config::from_yaml(yaml).expect("test config parses");
+    sluice_proxy::start(config, sluice_proxy::StartOptions::default())
+        .await
+        .expect("proxy starts")
+}
+
+/// A port that was free a moment ago (for child processes that need a fixed port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+// === child processes ===
+
+/// Path of a workspace binary, built by `cargo test --workspace`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --workspace` (tests/run does)",
+        path.display()
+    );
+    path
+}
+
+/// A `sluice-proxy` child process with its own config file.
+pub struct ChildProxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl ChildProxy {
+    /// Writes `routes_yaml` into a config and starts the binary on it.
+    pub async fn start(routes_yaml: &str, extra_args: &[&str]) -> Self {
+        let dir = TempDir::new("proxy");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config_path = dir.path.join("sluice.yaml");
+        std::fs::write(
+            &config_path,
+            format!("listen: {addr}\nadmin:\n  listen: {admin}\nroutes:\n{routes_yaml}"),
+        )
+        .expect("write config");
+        let child = Command::new(bin("sluice-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice-proxy");
+        let proxy = Self {
+            child,
+            addr,
+            admin,
+            config_path,
+            _dir: dir,
+        };
+        let url = format!("http://{admin}/readyz");
+        eventually("sluice-proxy to be ready", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                get(&url)
+                    .await
+                    .ok()
+                    .filter(|(s, _, _)| s.is_success())
+                    .map(|_| ())
+            }
+        })
+        .await;
+        proxy
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (TERM, INT, KILL).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Peak resident memory of the process, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+}
+
+impl Drop for ChildProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sluice-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// === purpose-built upstreams ===
+
+/// Starts an upstream answering every request with a JSON echo of its
+/// method, path, version and headers; `Upgrade` requests get a 101 and
+/// every byte sent afterwards is echoed back.
+pub async fn start_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req| async move {
+                    Ok::<_, Infallible>(echo(req).await)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.headers().contains_key(header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "upgrade")
+            .body(Full::default())
+            .expect("101 response");
+    }
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("echo response")
+}
+
+/// Frames one gRPC message (uncompressed).
+pub fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(message.len() + 5);
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    Bytes::from(out)
+}
+
+/// Splits a gRPC body into its messages.
+pub fn grpc_messages(mut body: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        if body.len() < 5 + len {
+            break;
+        }
+        out.push(body[5..5 + len].to_vec());
+        body = &body[5 + len..];
+    }
+    out
+}
+
+type GrpcBody =
+    StreamBody<futures::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+/// A prior-knowledge HTTP/2 server speaking gRPC framing:
+/// `/test.Echo/Repeat` answers each request message three times (a server
+/// stream) then trailers `grpc-status: 0`; `/test.Echo/Missing` answers
+/// trailers `grpc-status: 5` with a message. Needs `te: trailers`.
+pub async fn start_grpc() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+    let addr = listener.local_addr().expect("grpc addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req| async move {
+                    Ok::<_, Infallible>(grpc(req).await)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn grpc(req: Request<Incoming>) -> Response<GrpcBody> {
+    let path = req.uri().path().to_string();
+    let te_ok = req
+        .headers()
+        .get(header::TE)
+        .is_some_and(|v| v == "trailers");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = Vec::new();
+    let mut trailers = HeaderMap::new();
+    if !te_ok {
+        trailers.insert("grpc-status", "13".parse().expect("static"));
+        trailers.insert(
+            "grpc-message",
+            "missing te: trailers".parse().expect("static"),
+        );
+    } else if path == "/test.Echo/Repeat" {
+        for message in grpc_messages(&body) {
+            for _ in 0..3 {
+                frames.push(Ok(Frame::data(grpc_frame(&message))));
+            }
+        }
+        trailers.insert("grpc-status", "0".parse().expect("static"));
+    } else {
+        trailers.insert("grpc-status", "5".parse().expect("static"));
+        trailers.insert("grpc-message", "no such method".parse().expect("static"));
+    }
+    frames.push(Ok(Frame::trailers(trailers)));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .expect("grpc response")
+}

@@ -1,0 +1,834 @@
+//! End-to-end tests of `sluice-proxy` over real sockets on 127.0.0.1.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use sluice_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn split_route(stable: &BackendHandle, canary: &BackendHandle, weight: f64) -> String {
+    format!(
+        "  - name: web\n    stable: {}\n    canary: {}\n    canary_weight: {weight}\n",
+        stable.url(),
+        canary.url()
+    )
+}
+
+fn bounds(n: u64, weight_bp: u64) -> (u64, u64) {
+    let exact = n * weight_bp;
+    (exact / 10_000, exact.div_ceil(10_000))
+}
+
+async fn set_weight(proxy: &ProxyHandle, weight: f64) {
+    let (status, body) = put_json(
+        &format!("http://{}/routes/web", proxy.admin_addr),
+        json!({ "canary_weight": weight }),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn backend_of(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+    url: &str,
+) -> String {
+    let (status, headers, _) = send(client, Request::get(url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    headers["x-backend"].to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn canary_count_is_exact_after_every_sequential_request() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let proxy = start_proxy(&proxy_yaml(&split_route(&stable, &canary, 10.0))).await;
+    let url = format!("http://{}/", proxy.addr);
+    let client = h1_client();
+    for (weight, weight_bp) in [
+        (10.0, 1000),
+        (33.33, 3333),
+        (50.0, 5000),
+        (0.0, 0),
+        (100.0, 10_000),
+    ] {
+        set_weight(&proxy, weight).await;
+        let mut canaries = 0;
+        for n in 1..=300u64 {
+            if backend_of(&client, &url).await == "canary" {
+                canaries += 1;
+            }
+            let (lo, hi) = bounds(n, weight_bp);
+            assert!(
+                (lo..=hi).contains(&canaries),
+                "weight {weight}: after {n} requests the canary had {canaries}, expected {lo}..={hi}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_count_is_exact_with_16_concurrent_connections() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let proxy = start_proxy(&proxy_yaml(&split_route(&stable, &canary, 10.0))).await;
+    let url = format!("http://{}/", proxy.addr);
+    for (weight, weight_bp) in [
+        (10.0, 1000u64),
+        (33.33, 3333),
+        (50.0, 5000),
+        (0.0, 0),
+        (100.0, 10_000),
+    ] {
+        set_weight(&proxy, weight).await;
+        let mut total = 0u64;
+        let mut canaries = 0u64;
+        for wave in [1u64, 7, 16, 33, 100, 250, 17, 400] {
+            // 16 connections share the wave; all of it completes before we count.
+            let remaining = Arc::new(AtomicU64::new(wave));
+            let wave_canaries = Arc::new(AtomicU64::new(0));
+            let tasks: Vec<_> = (0..16)
+                .map(|_| {
+                    let (remaining, wave_canaries, url) =
+                        (remaining.clone(), wave_canaries.clone(), url.clone());
+                    tokio::spawn(async move {
+                        let client = h1_client();
+                        while remaining
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+                            .is_ok()
+                        {
+                            if backend_of(&client, &url).await == "canary" {
+                                wave_canaries.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            total += wave;
+            canaries += wave_canaries.load(Ordering::SeqCst);
+            let (lo, hi) = bounds(total, weight_bp);
+            assert!(
+                (lo..=hi).contains(&canaries),
+                "weight {weight}: after {total} concurrent requests the canary had {canaries}, expected {lo}..={hi}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn metrics_equal_what_the_upstreams_saw() {
+    let stable = backend("stable").await;
+    let canary = sluice_loadtest::start_backend(BackendOptions {
+        faults: Faults {
+            error_rate: 0.2,
+            error_status: 503,
+            ..Faults::default()
+        },
+        ..BackendOptions::new("canary")
+    })
+    .await
+    .unwrap();
+    let proxy = start_proxy(&proxy_yaml(&split_route(&stable, &canary, 25.0))).await;
+    let mut options =
+        sluice_loadtest::LoadOptions::new(&format!("http://{}/", proxy.addr)).unwrap();
+    options.connections = 8;
+    options.requests = Some(2000);
+    options.duration = Some(Duration::from_secs(60));
+    let report = sluice_loadtest::run(options, sluice_loadtest::LoadControl::new())
+        .await
+        .unwrap();
+    assert_eq!(report.requests, 2000);
+    let (s, c) = (stable.stats(), canary.stats());
+    assert_eq!(s.requests + c.requests, 2000);
+    assert_eq!(c.requests, 500, "exact 25% split");
+    let m = eventually(
+        "metrics to count every request",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin_addr).await;
+            (m.sum("sluice_requests_total", &[]) == 2000.0).then_some(m)
+        },
+    )
+    .await;
+    for (backend, stats) in [("stable", &s), ("canary", &c)] {
+        for (code, n) in &stats.by_status {
+            assert_eq!(
+                m.sum(
+                    "sluice_requests_total",
+                    &[
+                        ("route", "web"),
+                        ("backend", backend),
+                        ("code", &code.to_string())
+                    ]
+                ),
+                *n as f64,
+                "{backend} code {code}"
+            );
+        }
+        assert_eq!(
+            m.sum(
+                "sluice_request_duration_seconds_count",
+                &[("route", "web"), ("backend", backend)]
+            ),
+            stats.requests as f64,
+            "{backend} histogram count"
+        );
+        assert_eq!(
+            m.sum(
+                "sluice_request_duration_seconds_bucket",
+                &[("backend", backend), ("le", "+Inf")]
+            ),
+            stats.requests as f64
+        );
+    }
+    assert!(
+        c.by_status.get(&503).copied().unwrap_or(0) > 50,
+        "{:?}",
+        c.by_status
+    );
+    assert_eq!(
+        m.sum("sluice_route_canary_weight", &[("route", "web")]),
+        25.0
+    );
+    assert_eq!(m.sum("sluice_build_info", &[]), 1.0);
+    // What the client saw matches the proxy's view too.
+    assert_eq!(
+        report.status_counts.get(&503).copied().unwrap_or(0),
+        c.by_status[&503]
+    );
+}
+
+#[tokio::test]
+async fn ab_rules_send_matches_to_the_canary_without_counting_toward_the_weight() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let routes = format!(
+        "{}    canary_match:\n      - {{ header: x-canary, value: always }}\n      - {{ cookie: canary, value: always }}\n",
+        split_route(&stable, &canary, 50.0)
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let url = format!("http://{}/", proxy.addr);
+    let client = h1_client();
+    let mut weighted_canaries = 0;
+    for i in 0..20 {
+        let by_header = Request::get(&url)
+            .header("x-canary", "always")
+            .body(Full::default())
+            .unwrap();
+        let (_, h, _) = send(&client, by_header).await.unwrap();
+        assert_eq!(h["x-backend"], "canary");
+        let by_cookie = Request::get(&url)
+            .header("cookie", "session=1; canary=always")
+            .body(Full::default())
+            .unwrap();
+        let (_, h, _) = send(&client, by_cookie).await.unwrap();
+        assert_eq!(h["x-backend"], "canary");
+        if backend_of(&client, &url).await == "canary" {
+            weighted_canaries += 1;
+        }
+        assert_eq!(
+            weighted_canaries,
+            (i + 1) / 2,
+            "A/B requests must not shift the weighted count"
+        );
+    }
+    let other = Request::get(&url)
+        .header("x-canary", "never")
+        .body(Full::default())
+        .unwrap();
+    let _ = send(&client, other).await.unwrap();
+    assert_eq!(canary.stats().requests, 50);
+}
+
+#[tokio::test]
+async fn routes_by_longest_prefix_and_host_and_404_when_nothing_matches() {
+    let (root, api, shop) = (
+        backend("root").await,
+        backend("api").await,
+        backend("shop").await,
+    );
+    let routes = format!(
+        "  - {{ name: api, hosts: [web.example], path_prefix: /api, stable: '{}' }}\n  - {{ name: root, hosts: [web.example], stable: '{}' }}\n  - {{ name: shop, hosts: [shop.example], path_prefix: /, stable: '{}' }}\n",
+        api.url(),
+        root.url(),
+        shop.url()
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let client = h1_client();
+    let ask = |host: &'static str, path: &'static str| {
+        let req = Request::get(format!("http://{}{path}", proxy.addr))
+            .header("host", host)
+            .body(Full::default())
+            .unwrap();
+        let client = client.clone();
+        async move { send(&client, req).await.unwrap() }
+    };
+    assert_eq!(ask("web.example", "/api/users").await.1["x-backend"], "api");
+    assert_eq!(
+        ask("WEB.example:8080", "/index.html").await.1["x-backend"],
+        "root"
+    );
+    assert_eq!(
+        ask("shop.example", "/api/users").await.1["x-backend"],
+        "shop"
+    );
+    let (status, _, body) = ask("other.example", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(String::from_utf8_lossy(&body).contains("no route for host `other.example`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weight_and_upstream_changes_under_load_fail_no_request() {
+    let (stable, canary, canary2) = (
+        backend("stable").await,
+        backend("canary").await,
+        backend("canary2").await,
+    );
+    let proxy = start_proxy(&proxy_yaml(&split_route(&stable, &canary, 0.0))).await;
+    let mut options =
+        sluice_loadtest::LoadOptions::new(&format!("http://{}/", proxy.addr)).unwrap();
+    options.connections = 8;
+    options.duration = Some(Duration::from_secs(3));
+    options.count_header = Some(http::HeaderName::from_static("x-backend"));
+    let load = tokio::spawn(sluice_loadtest::run(
+        options,
+        sluice_loadtest::LoadControl::new(),
+    ));
+    let admin = format!("http://{}/routes/web", proxy.admin_addr);
+    for step in 0..25u32 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let canary_url = if step % 2 == 0 {
+            canary2.url()
+        } else {
+            canary.url()
+        };
+        let (status, body) = put_json(
+            &admin,
+            json!({ "canary_weight": f64::from(step * 4), "canary": canary_url }),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let report = load.await.unwrap().unwrap();
+    assert!(
+        report.requests > 500,
+        "load too small to prove anything: {}",
+        report.requests
+    );
+    assert!(
+        report.errors.is_empty(),
+        "errors under reload: {:?}",
+        report.errors
+    );
+    assert_eq!(
+        report.status_counts.keys().collect::<Vec<_>>(),
+        vec![&200],
+        "{:?}",
+        report.status_counts
+    );
+    assert!(
+        report.header_counts.contains_key("canary") && report.header_counts.contains_key("canary2")
+    );
+}
+
+#[tokio::test]
+async fn bad_admin_requests_get_clear_errors_and_change_nothing() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let proxy = start_proxy(&proxy_yaml(&split_route(&stable, &canary, 10.0))).await;
+    let admin = format!("http://{}/routes/web", proxy.admin_addr);
+    let cases = [
+        (
+            json!({ "canary_weight": 150 }),
+            "canary_weight: 150 is not in 0..=100",
+        ),
+        (json!({ "canary_weight": 12.345 }), "more than two decimals"),
+        (json!({ "stable": "ftp://x" }), "routes[0].stable"),
+        (json!({ "weight": 5 }), "weight: unknown field"),
+        (
+            json!({ "canary": null }),
+            "routes[0].canary_weight: 10 needs routes[0].canary",
+        ),
+        (json!([1, 2]), "must be a JSON object"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = put_json(&admin, body.clone(), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(expected),
+            "{body}: {error:?} lacks {expected:?}"
+        );
+    }
+    let (status, answer) = put_json(
+        &format!("http://{}/routes/nope", proxy.admin_addr),
+        json!({"canary_weight": 1}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(answer["error"].as_str().unwrap().contains("nope"));
+    let (status, _, body) = send(
+        &h1_client(),
+        Request::put(&admin)
+            .body(Full::new(Bytes::from_static(b"{not json")))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).contains("not JSON"));
+    // The table is untouched.
+    let (_, _, routes) = get(&format!("http://{}/routes", proxy.admin_addr))
+        .await
+        .unwrap();
+    let routes: serde_json::Value = serde_json::from_slice(&routes).unwrap();
+    assert_eq!(routes["routes"][0]["canary_weight"], 10.0);
+    assert_eq!(routes["routes"][0]["canary"], canary.url());
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        m.sum("sluice_config_reloads_total", &[("result", "failure")]),
+        4.0
+    );
+    assert_eq!(m.sum("sluice_route_canary_weight", &[]), 10.0);
+}
+
+#[tokio::test]
+async fn admin_writes_need_the_token_when_one_is_configured() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let dir = TempDir::new("token");
+    let token_file = dir.path.join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  token_file: {}\nroutes:\n{}",
+        token_file.display(),
+        split_route(&stable, &canary, 0.0)
+    );
+    let proxy = start_proxy(&yaml).await;
+    let admin = format!("http://{}/routes/web", proxy.admin_addr);
+    let (status, _) = put_json(&admin, json!({"canary_weight": 5}), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = put_json(&admin, json!({"canary_weight": 5}), Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = put_json(&admin, json!({"canary_weight": 5}), Some("s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["canary_weight"], 5.0);
+}
+
+#[tokio::test]
+async fn bad_config_file_is_rejected_and_the_last_good_table_keeps_serving() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let proxy = ChildProxy::start(&split_route(&stable, &canary, 0.0), &[]).await;
+    let original = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(
+        &proxy.config_path,
+        original.replace("canary_weight: 0", "canary_weight: 150"),
+    )
+    .unwrap();
+    eventually(
+        "the bad reload to be counted",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(proxy.admin).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 1.0).then_some(())
+        },
+    )
+    .await;
+    let (status, headers, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+    assert_eq!(
+        (status, headers["x-backend"].to_str().unwrap()),
+        (StatusCode::OK, "stable")
+    );
+    std::fs::write(&proxy.config_path, "routes: [ this is not yaml").unwrap();
+    eventually(
+        "the unparsable reload to be counted",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(proxy.admin).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 2.0).then_some(())
+        },
+    )
+    .await;
+    // A good file is applied.
+    std::fs::write(
+        &proxy.config_path,
+        original.replace("canary_weight: 0", "canary_weight: 100"),
+    )
+    .unwrap();
+    eventually(
+        "the good reload to apply",
+        Duration::from_secs(10),
+        || async {
+            let (_, h, _) = get(&format!("http://{}/", proxy.addr)).await.ok()?;
+            (h["x-backend"] == "canary").then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn check_command_lists_every_error_with_its_field_path() {
+    let dir = TempDir::new("check");
+    let bad = dir.path.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "listen: 127.0.0.1:8080\nroutes:\n  - name: web\n    stable: http://127.0.0.1:9001\n    canary: http://127.0.0.1:9002\n    canary_weight: 10\n  - name: web\n    stable: http://127.0.0.1:9003\n    path_prefix: /x\n    canary_weight: 150\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("sluice-proxy"))
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("routes[1].canary_weight: 150 is not in 0..=100"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[1].name: `web` is used by an earlier route"),
+        "{stderr}"
+    );
+    let good = dir.path.join("good.yaml");
+    std::fs::write(
+        &good,
+        "listen: 127.0.0.1:8080\nroutes:\n  - { name: web, stable: 'http://127.0.0.1:9001' }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("sluice-proxy"))
+        .arg("check")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_502_counted_on_that_backend() {
+    let stable = backend("stable").await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let routes = format!(
+        "  - name: web\n    stable: {}\n    canary: {dead}\n    canary_weight: 100\n",
+        stable.url()
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let (status, _, body) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream canary"),
+        "{body:?}"
+    );
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("backend", "canary"), ("code", "502")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("backend", "canary"), ("kind", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("sluice_requests_total", &[("backend", "stable")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504_counted_as_timeout() {
+    let slow = sluice_loadtest::start_backend(BackendOptions {
+        faults: Faults {
+            latency: Latency::Fixed(Duration::from_secs(2)),
+            ..Faults::default()
+        },
+        ..BackendOptions::new("slow")
+    })
+    .await
+    .unwrap();
+    let routes = format!(
+        "  - name: web\n    stable: {}\n    timeouts: {{ connect: 1s, request: 200ms }}\n",
+        slow.url()
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let (status, _, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("backend", "stable"), ("code", "504")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("kind", "timeout")]),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set_and_host_is_preserved() {
+    let echo = start_echo().await;
+    let routes = format!("  - {{ name: echo, stable: 'http://{echo}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let req = Request::get(format!("http://{}/x?y=1", proxy.addr))
+        .header("host", "app.example:8443")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "1")
+        .header("keep-alive", "timeout=5")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(&h1_client(), req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let h = &echoed["headers"];
+    assert_eq!(h["host"], "app.example:8443");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "app.example:8443");
+    assert!(
+        h.get("x-drop-me").is_none() && h.get("keep-alive").is_none(),
+        "{h}"
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let proxy = start_proxy(&proxy_yaml(&split_route(&stable, &canary, 50.0))).await;
+    let client = h2_client();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get(format!("http://{}/h2", proxy.addr))
+            .body(Full::default())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), StatusCode::OK);
+        seen.push(resp.headers()["x-backend"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen, ["stable", "canary", "stable", "canary"]);
+}
+
+#[tokio::test]
+async fn grpc_streams_trailers_and_status_pass_through_an_http2_route() {
+    let grpc = start_grpc().await;
+    let routes = format!("  - {{ name: grpc, protocol: http2, stable: 'http://{grpc}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let client = h2_client();
+    let mut body = grpc_frame(b"hello").to_vec();
+    body.extend_from_slice(&grpc_frame(b"world"));
+    let call = |path: &str, body: Vec<u8>| {
+        Request::post(format!("http://{}{path}", proxy.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap()
+    };
+    let resp = client
+        .request(call("/test.Echo/Repeat", body))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers pass through");
+    assert_eq!(trailers["grpc-status"], "0");
+    let messages = grpc_messages(&collected.to_bytes());
+    assert_eq!(messages.len(), 6);
+    assert_eq!(messages[0], b"hello");
+    assert_eq!(messages[5], b"world");
+
+    let resp = client
+        .request(call("/test.Echo/Missing", grpc_frame(b"x").to_vec()))
+        .await
+        .unwrap();
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers pass through");
+    assert_eq!(trailers["grpc-status"], "5");
+    assert_eq!(trailers["grpc-message"], "no such method");
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "grpc"), ("code", "200")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled_both_ways() {
+    let echo = start_echo().await;
+    let routes = format!("  - {{ name: ws, stable: 'http://{echo}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for message in [
+        &b"ping"[..],
+        b"a longer frame of bytes",
+        &[0x81, 0x05, 1, 2, 3, 4, 5],
+    ] {
+        stream.write_all(message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, message);
+    }
+}
+
+#[tokio::test]
+async fn slowloris_clients_are_cut_off_after_the_header_read_timeout() {
+    let stable = backend("stable").await;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nlimits:\n  header_read_timeout: 500ms\nroutes:\n  - {{ name: web, stable: '{}' }}\n",
+        stable.url()
+    );
+    let proxy = start_proxy(&yaml).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the proxy kept a slowloris connection open");
+    // The proxy still serves others.
+    let (status, _, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    // Oversized heads are refused.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    let _ = stream.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(stable.stats().requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_streams_through_with_flat_proxy_memory() {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    let stable = backend("sink").await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        &[],
+    )
+    .await;
+    let chunk = Bytes::from(vec![7u8; 1024 * 1024]);
+    let chunks =
+        futures::stream::iter((0..GIB / chunk.len() as u64).map(move |_| {
+            Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(chunk.clone()))
+        }));
+    let body = http_body_util::StreamBody::new(chunks);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let req = Request::post(format!("http://{}/upload", proxy.addr))
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(answer["received_bytes"], GIB);
+    let peak_mib = proxy.peak_rss_kib() / 1024;
+    assert!(
+        peak_mib < 64,
+        "proxy peak memory {peak_mib} MiB for a 1 GiB upload: the body was buffered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let slow = sluice_loadtest::start_backend(BackendOptions {
+        faults: Faults {
+            latency: Latency::Fixed(Duration::from_millis(800)),
+            ..Faults::default()
+        },
+        ..BackendOptions::new("slow")
+    })
+    .await
+    .unwrap();
+    let mut proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", slow.url()),
+        &["--drain-timeout", "10s"],
+    )
+    .await;
+    let url = format!("http://{}/", proxy.addr);
+    let in_flight: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.map(|(s, _, _)| s) })
+        })
+        .collect();
+    // The backend holds each request 800 ms; signal while all 20 are inside.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal("TERM");
+    for r in in_flight {
+        assert_eq!(
+            r.await.unwrap().expect("in-flight request completes"),
+            StatusCode::OK
+        );
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = proxy.child.wait().unwrap();
+        (s, proxy)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(0));
+    assert_eq!(slow.stats().requests, 20);
+    assert!(
+        get(&url).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
