@@ -1,0 +1,191 @@
+//! Analysis results: every check of a tick is Pass, Fail or Inconclusive.
+//!
+//! Inconclusive is not a soft pass: too little traffic, no data, NaN or an
+//! unreachable provider never advance the weight and never promote.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::Plan;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub outcome: Outcome,
+    /// The measured value, when there is one.
+    pub value: Option<f64>,
+    /// The bound it was held to, e.g. `>= 99` or `<= 0.5s`.
+    pub threshold: String,
+    /// Why, in words (always set for Fail and Inconclusive).
+    pub reason: String,
+}
+
+impl CheckResult {
+    pub fn inconclusive(name: &str, threshold: String, reason: impl Into<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            outcome: Outcome::Inconclusive,
+            value: None,
+            threshold,
+            reason: reason.into(),
+        }
+    }
+
+    /// Judges `value` against optional bounds; NaN and infinities are inconclusive.
+    pub fn bounded(name: &str, value: f64, min: Option<f64>, max: Option<f64>, unit: &str) -> Self {
+        let threshold = match (min, max) {
+            (Some(lo), Some(hi)) => format!("{lo}{unit}..={hi}{unit}"),
+            (Some(lo), None) => format!(">= {lo}{unit}"),
+            (None, Some(hi)) => format!("<= {hi}{unit}"),
+            (None, None) => "any".to_string(),
+        };
+        if !value.is_finite() {
+            return Self::inconclusive(name, threshold, format!("the value is {value}"));
+        }
+        let low = min.is_some_and(|lo| value < lo);
+        let high = max.is_some_and(|hi| value > hi);
+        let (outcome, reason) = if low {
+            (
+                Outcome::Fail,
+                format!("{} is below {}", fmt_value(value, unit), threshold),
+            )
+        } else if high {
+            (
+                Outcome::Fail,
+                format!(
+                    "{} is above the limit {}",
+                    fmt_value(value, unit),
+                    threshold
+                ),
+            )
+        } else {
+            (Outcome::Pass, String::new())
+        };
+        Self {
+            name: name.to_string(),
+            outcome,
+            value: Some(value),
+            threshold,
+            reason,
+        }
+    }
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    if unit == "s" {
+        format!("{:.0}ms", v * 1000.0)
+    } else {
+        format!("{v:.2}{unit}")
+    }
+}
+
+/// One tick's evidence about the canary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    /// Canary requests seen in the tick's window (None if unknown).
+    pub canary_requests: Option<u64>,
+    pub checks: Vec<CheckResult>,
+}
+
+impl Analysis {
+    /// Fail if any check failed, else Inconclusive if any was, else Pass.
+    /// A tick without checks is Inconclusive: nothing was shown.
+    pub fn verdict(&self) -> Outcome {
+        if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+            Outcome::Fail
+        } else if self.checks.is_empty()
+            || self
+                .checks
+                .iter()
+                .any(|c| c.outcome == Outcome::Inconclusive)
+        {
+            Outcome::Inconclusive
+        } else {
+            Outcome::Pass
+        }
+    }
+
+    /// A one-line account of why the tick ended as it did.
+    pub fn summary(&self) -> String {
+        let notable: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| c.outcome != Outcome::Pass)
+            .map(|c| format!("{}: {}", c.name, c.reason))
+            .collect();
+        if notable.is_empty() {
+            let all: Vec<&str> = self.checks.iter().map(|c| c.name.as_str()).collect();
+            format!("all checks passed ({})", all.join(", "))
+        } else {
+            notable.join("; ")
+        }
+    }
+
+    pub fn value_of(&self, name: &str) -> Option<f64> {
+        self.checks
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.value)
+    }
+}
+
+/// The gate on traffic volume that precedes every other check: below
+/// `min_requests`, the other checks would judge noise.
+pub fn request_volume_check(plan: &Plan, canary_requests: Option<u64>) -> CheckResult {
+    let threshold = format!(">= {}", plan.min_requests);
+    match canary_requests {
+        None => {
+            CheckResult::inconclusive("requests", threshold, "the canary request count is unknown")
+        }
+        Some(n) if n < plan.min_requests => CheckResult {
+            name: "requests".into(),
+            outcome: Outcome::Inconclusive,
+            value: Some(n as f64),
+            threshold,
+            reason: format!(
+                "only {n} canary requests this tick (need {})",
+                plan.min_requests
+            ),
+        },
+        Some(n) => CheckResult {
+            name: "requests".into(),
+            outcome: Outcome::Pass,
+            value: Some(n as f64),
+            threshold,
+            reason: String::new(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_prefers_fail_then_inconclusive() {
+        let pass = CheckResult::bounded("a", 1.0, Some(0.0), None, "");
+        let fail = CheckResult::bounded("b", 1.0, None, Some(0.5), "");
+        let nan = CheckResult::bounded("c", f64::NAN, None, Some(0.5), "");
+        assert_eq!(pass.outcome, Outcome::Pass);
+        assert_eq!(fail.outcome, Outcome::Fail);
+        assert_eq!(nan.outcome, Outcome::Inconclusive);
+        let a = |c: Vec<CheckResult>| {
+            Analysis {
+                canary_requests: Some(1),
+                checks: c,
+            }
+            .verdict()
+        };
+        assert_eq!(a(vec![pass.clone(), nan.clone(), fail]), Outcome::Fail);
+        assert_eq!(a(vec![pass.clone(), nan]), Outcome::Inconclusive);
+        assert_eq!(a(vec![pass]), Outcome::Pass);
+        assert_eq!(a(vec![]), Outcome::Inconclusive);
+    }
+}

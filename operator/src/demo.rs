@@ -1,0 +1,271 @@
+//! `sluice demo`: the whole loop in one process. For each scenario it starts
+//! a stable backend (`v1`) and a canary backend (`v2`, with the scenario's
+//! faults), a proxy in front of them, steady open-loop load, and a release
+//! driven by the same [`Driver`] and [`ProxyAdminRouter`] that
+//! `sluice rollout` uses. Each scenario gets its own route name, so with
+//! `--prometheus` no scenario's series leak into another's window.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sluice_loadtest::{BackendOptions, Faults, LoadControl, LoadOptions, start_backend};
+
+use crate::machine::Phase;
+use crate::plan::{LatencyCheck, Plan};
+use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
+use crate::router::ProxyAdminRouter;
+use crate::runner::{Driver, TickReport};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Healthy,
+    Errors,
+    Latency,
+    Silent,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Healthy,
+        Scenario::Errors,
+        Scenario::Latency,
+        Scenario::Silent,
+    ];
+
+    pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
+        match text {
+            "all" => Ok(Self::ALL.to_vec()),
+            "healthy" => Ok(vec![Scenario::Healthy]),
+            "errors" => Ok(vec![Scenario::Errors]),
+            "latency" => Ok(vec![Scenario::Latency]),
+            "silent" => Ok(vec![Scenario::Silent]),
+            other => Err(format!(
+                "`{other}` is not a scenario; use healthy, errors, latency, silent or all"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "healthy",
+            Scenario::Errors => "errors",
+            Scenario::Latency => "latency",
+            Scenario::Silent => "silent",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "a healthy release",
+            Scenario::Errors => "a release answering 8% 5xx",
+            Scenario::Latency => "a release 400 ms slower",
+            Scenario::Silent => "a release nobody calls",
+        }
+    }
+
+    fn faults(self) -> Faults {
+        match self {
+            Scenario::Errors => Faults {
+                error_rate: 0.08,
+                error_status: 500,
+                ..Faults::default()
+            },
+            Scenario::Latency => Faults {
+                latency: sluice_loadtest::Latency::Fixed(Duration::from_millis(400)),
+                ..Faults::default()
+            },
+            Scenario::Healthy | Scenario::Silent => Faults::default(),
+        }
+    }
+
+    /// What must happen for the scenario to count as shown.
+    pub fn expected(self) -> &'static str {
+        match self {
+            Scenario::Healthy => "promoted",
+            Scenario::Errors | Scenario::Latency => "rolled back",
+            Scenario::Silent => "never promoted",
+        }
+    }
+
+    fn met(self, phase: Phase) -> bool {
+        match self {
+            Scenario::Healthy => phase == Phase::Succeeded,
+            Scenario::Errors | Scenario::Latency => phase == Phase::Failed,
+            Scenario::Silent => phase != Phase::Succeeded,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    pub scenarios: Vec<Scenario>,
+    /// Use this Prometheus instead of the proxy provider. It must scrape
+    /// `admin_listen` every second or so.
+    pub prometheus: Option<String>,
+    pub admin_listen: SocketAddr,
+    /// Open-loop load on the proxy, requests per second.
+    pub rate: f64,
+    pub plan: Plan,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            scenarios: Scenario::ALL.to_vec(),
+            prometheus: None,
+            admin_listen: "127.0.0.1:0".parse().expect("static address"),
+            rate: 400.0,
+            plan: demo_plan(),
+        }
+    }
+}
+
+/// The demo's release plan: short ticks so the whole run fits in a minute.
+pub fn demo_plan() -> Plan {
+    Plan {
+        steps_bp: vec![1000, 2500, 5000],
+        interval: Duration::from_secs(1),
+        failure_limit: 2,
+        min_requests: 20,
+        progress_deadline: Duration::from_secs(8),
+        success_rate_min: 99.0,
+        latency: vec![LatencyCheck {
+            quantile: 0.99,
+            max: Duration::from_millis(300),
+        }],
+        ..Plan::default()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: Scenario,
+    pub expected: &'static str,
+    pub outcome: Phase,
+    pub as_expected: bool,
+    pub seconds: f64,
+    /// Requests the canary answered (seen by the load generator).
+    pub canary_requests: u64,
+    /// 5xx answers users got from the canary: the blast radius.
+    pub canary_failures: u64,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("could not start a demo backend: {0}")]
+    Backend(std::io::Error),
+    #[error("could not start the demo proxy: {0}")]
+    Proxy(#[from] sluice_proxy::StartError),
+    #[error("the release could not be driven: {0}")]
+    Run(#[from] crate::runner::RunError),
+}
+
+/// Runs one scenario end to end.
+pub async fn run_scenario(
+    scenario: Scenario,
+    options: &DemoOptions,
+    mut on_tick: impl FnMut(&TickReport),
+) -> Result<ScenarioResult, DemoError> {
+    let v1 = start_backend(BackendOptions::new("v1"))
+        .await
+        .map_err(DemoError::Backend)?;
+    let v2 = start_backend(BackendOptions {
+        faults: scenario.faults(),
+        seed: 7,
+        ..BackendOptions::new("v2")
+    })
+    .await
+    .map_err(DemoError::Backend)?;
+    let route = scenario.name();
+    // The silent scenario's users all call another route.
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: {}\nroutes:\n  - name: {route}\n    path_prefix: /\n    stable: {}\n  - name: other\n    path_prefix: /other\n    stable: {}\n",
+        options.admin_listen,
+        v1.url(),
+        v1.url()
+    );
+    let config = sluice_proxy::Config::from_yaml(&yaml).expect("the demo config is valid");
+    let proxy = sluice_proxy::start(config, sluice_proxy::StartOptions::default()).await?;
+    let admin = format!("http://{}", proxy.admin_addr);
+    let path = if scenario == Scenario::Silent {
+        "/other"
+    } else {
+        "/"
+    };
+    let mut load =
+        LoadOptions::new(&format!("http://{}{path}", proxy.addr)).expect("the demo URL is valid");
+    load.connections = 64;
+    load.rate = Some(options.rate);
+    load.duration = Some(Duration::from_secs(90));
+    load.count_header = Some(http::HeaderName::from_static("x-backend"));
+    let control = LoadControl::new();
+    let load_task = tokio::spawn(sluice_loadtest::run(load, control.clone()));
+
+    let provider = match &options.prometheus {
+        Some(url) => {
+            let mut p = PrometheusProvider::new(url, route);
+            p.window_floor = Duration::from_secs(3);
+            Provider::Prometheus(p)
+        }
+        None => Provider::Proxy(ProxyProvider::new(&admin, route)),
+    };
+    let router = ProxyAdminRouter::new(&admin, route, &v2.url(), None);
+    let driver = Driver::new(route, "v2", options.plan.clone(), router, provider);
+    let started = Instant::now();
+    let result = driver.run(&mut on_tick).await;
+    let seconds = started.elapsed().as_secs_f64();
+    control.stop();
+    let report = load_task
+        .await
+        .expect("load task")
+        .expect("demo load options are valid");
+    proxy.shutdown().await;
+    v1.stop().await;
+    v2.stop().await;
+    let status = result?;
+    let canary_requests = report.header_counts.get("v2").copied().unwrap_or(0);
+    let canary_failures = report
+        .header_status_counts
+        .get("v2")
+        .map(|by| by.iter().filter(|(s, _)| **s >= 500).map(|(_, n)| n).sum())
+        .unwrap_or(0);
+    Ok(ScenarioResult {
+        scenario,
+        expected: scenario.expected(),
+        outcome: status.phase,
+        as_expected: scenario.met(status.phase),
+        seconds,
+        canary_requests,
+        canary_failures,
+        message: status.message,
+    })
+}
+
+/// The closing table.
+pub fn table(results: &[ScenarioResult]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:<28} {:<15} {:<11} {:>7} {:>15} {:>17}  ok",
+        "scenario", "release", "expected", "outcome", "time", "canary served", "canary failures"
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "{:<9} {:<28} {:<15} {:<11} {:>6.1}s {:>15} {:>17}  {}",
+            r.scenario.name(),
+            r.scenario.describe(),
+            r.expected,
+            r.outcome.as_str(),
+            r.seconds,
+            r.canary_requests,
+            r.canary_failures,
+            if r.as_expected { "yes" } else { "NO" }
+        );
+    }
+    out
+}

@@ -1,0 +1,19 @@
+//! Sluice's control plane: the canary state machine ([`machine`]), the
+//! evidence it runs on ([`provider`], [`analysis`]), the routers that move
+//! traffic ([`router`]), and the drivers around them: `sluice rollout` for
+//! plain hosts ([`runner`], [`control`]) and `sluice demo` ([`demo`]).
+//!
+//! The binary `sluice` is a thin wrapper over this library.
+
+pub mod analysis;
+pub mod control;
+pub mod demo;
+pub mod http;
+pub mod machine;
+pub mod plan;
+pub mod provider;
+pub mod router;
+pub mod runner;
+pub mod scrape;
+pub mod view;
+pub mod webhook;

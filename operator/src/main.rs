@@ -1,0 +1,404 @@
+//! `sluice`: progressive delivery from the command line.
+//!
+//! Exit codes of `sluice rollout`: 0 promoted, 1 rolled back, 2 usage or
+//! config error, 3 proxy unreachable at the start.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_operator::control::{self, ControlSocket};
+use sluice_operator::demo::{self, DemoOptions, Scenario};
+use sluice_operator::machine::Phase;
+use sluice_operator::plan::{self, Approval, Plan, QueryCheck, Webhook, WebhookKind};
+use sluice_operator::provider::{PrometheusProvider, Provider, ProxyProvider};
+use sluice_operator::router::{ProxyAdminRouter, RouterError};
+use sluice_operator::runner::Driver;
+use sluice_operator::view::{OutputMode, View};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Progressive delivery: metric-gated canary releases through the Sluice proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Release a canary through a running sluice-proxy (plain hosts).
+    Rollout(Box<RolloutArgs>),
+    /// Approve a release waiting for manual promotion.
+    Promote(ControlArgs),
+    /// Roll a running release back now.
+    Abort(ControlArgs),
+    /// Show the whole loop on this machine: backends, proxy, load and releases.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Live,
+    Plain,
+    Json,
+}
+
+fn output_mode(o: Option<Output>) -> OutputMode {
+    match o {
+        Some(Output::Live) => OutputMode::Live,
+        Some(Output::Plain) => OutputMode::Plain,
+        Some(Output::Json) => OutputMode::Json,
+        None if std::io::stdout().is_terminal() => OutputMode::Live,
+        None => OutputMode::Plain,
+    }
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Canary weights in percent, e.g. 10,25,50.
+    #[arg(long, default_value = "10,20,30,40,50")]
+    steps: String,
+    /// Analysis tick.
+    #[arg(long, default_value = "1m")]
+    interval: String,
+    /// Failed ticks before rollback.
+    #[arg(long, default_value_t = 3)]
+    failure_limit: u32,
+    /// Minimum percent of non-5xx canary answers.
+    #[arg(long, default_value = "99")]
+    success_rate: String,
+    /// Latency gates, e.g. 'p95<=500ms,p99<=1s'.
+    #[arg(long, default_value = "p99<=500ms")]
+    latency: String,
+    /// Canary requests per tick below which a tick is inconclusive.
+    #[arg(long, default_value_t = 20)]
+    min_requests: u64,
+    /// Roll back when no step passes for this long.
+    #[arg(long, default_value = "10m")]
+    progress_deadline: String,
+    /// Webhook as KIND=URL (pre-rollout, rollout, confirm-promotion, post-rollout, rollback); repeatable.
+    #[arg(long = "webhook")]
+    webhooks: Vec<String>,
+    /// `manual` holds before promotion until `sluice promote`.
+    #[arg(long = "approve", default_value = "auto")]
+    approval: String,
+    /// YAML list of custom PromQL checks: [{name, query, min, max}] (needs --prometheus).
+    #[arg(long)]
+    checks_file: Option<PathBuf>,
+}
+
+impl PlanArgs {
+    fn plan(&self) -> Result<Plan, String> {
+        let flag = |name: &str, e: String| format!("--{name}: {e}");
+        let interval = sluice_proxy::config::parse_duration(&self.interval)
+            .map_err(|e| flag("interval", e))?;
+        if interval < Duration::from_millis(100) {
+            return Err("--interval: must be at least 100ms".into());
+        }
+        if self.failure_limit == 0 {
+            return Err("--failure-limit: must be at least 1".into());
+        }
+        let mut webhooks = Vec::new();
+        for w in &self.webhooks {
+            let (kind, url) = w
+                .split_once('=')
+                .ok_or_else(|| flag("webhook", format!("`{w}` is not KIND=URL")))?;
+            let kind = WebhookKind::parse(kind).map_err(|e| flag("webhook", e))?;
+            if !url.starts_with("http://") {
+                return Err(flag("webhook", format!("`{url}` is not an http:// URL")));
+            }
+            webhooks.push(Webhook {
+                kind,
+                url: url.to_string(),
+                timeout: Duration::from_secs(5),
+            });
+        }
+        let queries = match &self.checks_file {
+            None => Vec::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    flag(
+                        "checks-file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                serde_yaml_ng::from_str::<Vec<QueryCheck>>(&text)
+                    .map_err(|e| flag("checks-file", format!("{}: {e}", path.display())))?
+            }
+        };
+        Ok(Plan {
+            steps_bp: plan::parse_steps(&self.steps).map_err(|e| flag("steps", e))?,
+            interval,
+            failure_limit: self.failure_limit,
+            min_requests: self.min_requests,
+            progress_deadline: sluice_proxy::config::parse_duration(&self.progress_deadline)
+                .map_err(|e| flag("progress-deadline", e))?,
+            success_rate_min: plan::parse_percent(&self.success_rate)
+                .map_err(|e| flag("success-rate", e))?,
+            latency: plan::parse_latency(&self.latency).map_err(|e| flag("latency", e))?,
+            queries,
+            approval: Approval::parse(&self.approval).map_err(|e| flag("approve", e))?,
+            webhooks,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    /// The proxy's admin API, e.g. http://127.0.0.1:9901.
+    #[arg(long)]
+    admin: String,
+    /// The route to release on.
+    #[arg(long)]
+    route: String,
+    /// The new revision's upstream, e.g. http://127.0.0.1:9002.
+    #[arg(long)]
+    canary: String,
+    /// File holding the admin bearer token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Use this Prometheus (which scrapes the proxy) instead of reading the proxy's metrics.
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// Smallest range for PromQL rate() windows.
+    #[arg(long, default_value = "30s")]
+    prometheus_window: String,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// live (terminal), plain (a line per tick) or json (an object per tick).
+    #[arg(long, value_enum)]
+    output: Option<Output>,
+    /// Where `sluice promote`/`abort` reach this release.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// The route whose release to act on.
+    route: String,
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// healthy, errors, latency, silent or all.
+    #[arg(long, default_value = "all")]
+    scenario: String,
+    /// Use this Prometheus instead of the proxy provider; it must scrape --admin-listen every second.
+    #[arg(long)]
+    prometheus: Option<String>,
+    /// The demo proxy's admin address (fixed so a Prometheus can scrape it).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    #[arg(long, value_enum)]
+    output: Option<Output>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Rollout(args) => rollout(*args).await,
+            Command::Promote(args) => control_request(args, "promote").await,
+            Command::Abort(args) => control_request(args, "abort").await,
+            Command::Demo(args) => run_demo(args).await,
+        }
+    })
+}
+
+fn usage(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+async fn rollout(args: RolloutArgs) -> ExitCode {
+    let plan = match args.plan.plan() {
+        Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    if !plan.queries.is_empty() && args.prometheus.is_none() {
+        return usage("--checks-file: custom PromQL checks need --prometheus URL");
+    }
+    if let Err(e) = sluice_proxy::config::UpstreamUrl::parse(&args.canary) {
+        return usage(format!("--canary: {e}"));
+    }
+    if !args.admin.starts_with("http://") {
+        return usage(format!("--admin: `{}` is not an http:// URL", args.admin));
+    }
+    let token = match &args.token_file {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => return usage(format!("--token-file: {} is empty", path.display())),
+            Err(e) => return usage(format!("--token-file: cannot read {}: {e}", path.display())),
+        },
+    };
+    let router = ProxyAdminRouter::new(&args.admin, &args.route, &args.canary, token);
+    match router.current().await {
+        Ok(_) => {}
+        Err(RouterError::Refused { status: 404, .. }) => {
+            return usage(format!(
+                "--route: the proxy at {} has no route named `{}`",
+                args.admin, args.route
+            ));
+        }
+        Err(RouterError::Refused {
+            status, message, ..
+        }) => {
+            return usage(format!("--admin: the proxy answered {status}: {message}"));
+        }
+        Err(e) => {
+            eprintln!("error: --admin: the proxy is unreachable: {e}");
+            return ExitCode::from(3);
+        }
+    }
+    let provider = match &args.prometheus {
+        Some(url) => {
+            if !url.starts_with("http://") {
+                return usage(format!("--prometheus: `{url}` is not an http:// URL"));
+            }
+            let mut p = PrometheusProvider::new(url, &args.route);
+            match sluice_proxy::config::parse_duration(&args.prometheus_window) {
+                Ok(w) => p.window_floor = w,
+                Err(e) => return usage(format!("--prometheus-window: {e}")),
+            }
+            Provider::Prometheus(p)
+        }
+        None => Provider::Proxy(ProxyProvider::new(&args.admin, &args.route)),
+    };
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(None);
+    let socket_path = args
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| control::default_socket(&args.route));
+    let _socket = match ControlSocket::bind(&socket_path, commands_tx, status_rx).await {
+        Ok(s) => s,
+        Err(e) => return usage(format!("--control-socket: {e}")),
+    };
+    let mut driver = Driver::new(&args.route, &args.canary, plan, router, provider);
+    driver.commands = Some(commands_rx);
+    driver.status_out = Some(status_tx);
+    let mut view = View::new(output_mode(args.output));
+    let result = tokio::select! {
+        r = driver.run(|tick| view.show(tick)) => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: the route keeps its current weights; run `sluice rollout` again to continue or set canary_weight 0");
+            return ExitCode::from(1);
+        }
+    };
+    match result {
+        Ok(status) if status.phase == Phase::Succeeded => {
+            eprintln!("promoted: {}", status.message);
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            eprintln!("{}", status.message);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn control_request(args: ControlArgs, what: &str) -> ExitCode {
+    let path = args
+        .control_socket
+        .unwrap_or_else(|| control::default_socket(&args.route));
+    match control::request(&path, what).await {
+        Ok(answer) => {
+            println!(
+                "{what}: sent to release `{}` (phase {})",
+                args.route,
+                answer["phase"].as_str().unwrap_or("?")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ control::ControlError::NotRunning { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_demo(args: DemoArgs) -> ExitCode {
+    let scenarios = match Scenario::parse(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => return usage(format!("--scenario: {e}")),
+    };
+    let mut options = DemoOptions {
+        scenarios,
+        prometheus: args.prometheus.clone(),
+        ..DemoOptions::default()
+    };
+    if let Some(addr) = args.admin_listen {
+        options.admin_listen = addr;
+    } else if options.prometheus.is_some() {
+        options.admin_listen = "127.0.0.1:9901".parse().expect("static address");
+    }
+    let mode = output_mode(args.output);
+    let started = std::time::Instant::now();
+    let mut results = Vec::new();
+    for scenario in options.scenarios.clone() {
+        if mode != OutputMode::Json {
+            println!(
+                "\n== {} ({}): expected {}",
+                scenario.name(),
+                scenario.describe(),
+                scenario.expected()
+            );
+        }
+        let mut view = View::new(mode);
+        match demo::run_scenario(scenario, &options, |t| view.show(t)).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("error: scenario {}: {e}", scenario.name());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let all_ok = results.iter().all(|r| r.as_expected);
+    if mode == OutputMode::Json {
+        println!(
+            "{}",
+            serde_json::json!({ "results": results, "seconds": started.elapsed().as_secs_f64(), "ok": all_ok })
+        );
+    } else {
+        println!("\n{}", demo::table(&results));
+        println!(
+            "{} in {:.1}s",
+            if all_ok {
+                "every scenario ended as expected"
+            } else {
+                "SOME SCENARIOS DID NOT END AS EXPECTED"
+            },
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,294 @@
+//! The release plan: how far and how fast the weight moves, and the evidence
+//! each step needs. Every mode (`rollout`, `demo`, `kube`) builds one of
+//! these from its own inputs (flags, annotations), with the same parsers, so
+//! the same text means the same thing everywhere.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sluice_proxy::config::{WEIGHT_SCALE_BP, format_duration, parse_duration, percent_to_bp};
+
+/// One latency gate, e.g. `p95<=500ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyCheck {
+    /// 0 < quantile < 1, e.g. 0.95.
+    pub quantile: f64,
+    pub max: Duration,
+}
+
+impl LatencyCheck {
+    pub fn name(&self) -> String {
+        format!("p{}", trim_float(self.quantile * 100.0))
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{}<={}", self.name(), format_duration(self.max))
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A user query with bounds, run by the Prometheus provider. The query may
+/// use `{{route}}`, `{{backend}}` and `{{interval}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryCheck {
+    pub name: String,
+    pub query: String,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookKind {
+    PreRollout,
+    Rollout,
+    ConfirmPromotion,
+    PostRollout,
+    Rollback,
+}
+
+impl WebhookKind {
+    pub const ALL: [WebhookKind; 5] = [
+        WebhookKind::PreRollout,
+        WebhookKind::Rollout,
+        WebhookKind::ConfirmPromotion,
+        WebhookKind::PostRollout,
+        WebhookKind::Rollback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookKind::PreRollout => "pre-rollout",
+            WebhookKind::Rollout => "rollout",
+            WebhookKind::ConfirmPromotion => "confirm-promotion",
+            WebhookKind::PostRollout => "post-rollout",
+            WebhookKind::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text)
+            .ok_or_else(|| {
+                format!(
+                    "`{text}` is not a webhook kind; use one of pre-rollout, rollout, confirm-promotion, post-rollout, rollback"
+                )
+            })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub kind: WebhookKind,
+    pub url: String,
+    #[serde(default = "default_webhook_timeout", with = "duration_text")]
+    pub timeout: Duration,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Serde for durations written as text (`5s`).
+pub mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&sluice_proxy::config::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        sluice_proxy::config::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Approval {
+    Auto,
+    Manual,
+}
+
+impl Approval {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Approval::Auto),
+            "manual" => Ok(Approval::Manual),
+            other => Err(format!(
+                "`{other}` is not an approval mode; use auto or manual"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Canary weights of the steps, in basis points, strictly increasing.
+    pub steps_bp: Vec<u32>,
+    #[serde(with = "duration_text")]
+    pub interval: Duration,
+    pub failure_limit: u32,
+    pub min_requests: u64,
+    #[serde(with = "duration_text")]
+    pub progress_deadline: Duration,
+    /// Minimum percent of non-5xx canary answers.
+    pub success_rate_min: f64,
+    pub latency: Vec<LatencyCheck>,
+    pub queries: Vec<QueryCheck>,
+    pub approval: Approval,
+    pub webhooks: Vec<Webhook>,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Self {
+            steps_bp: vec![1000, 2000, 3000, 4000, 5000],
+            interval: Duration::from_secs(60),
+            failure_limit: 3,
+            min_requests: 20,
+            progress_deadline: Duration::from_secs(600),
+            success_rate_min: 99.0,
+            latency: vec![LatencyCheck {
+                quantile: 0.99,
+                max: Duration::from_millis(500),
+            }],
+            queries: Vec::new(),
+            approval: Approval::Auto,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+impl Plan {
+    pub fn webhooks_of(&self, kind: WebhookKind) -> impl Iterator<Item = &Webhook> {
+        self.webhooks.iter().filter(move |w| w.kind == kind)
+    }
+
+    /// Whether promotion waits for a gate (manual approval or a
+    /// confirm-promotion webhook) after the last step.
+    pub fn has_promotion_gate(&self) -> bool {
+        self.approval == Approval::Manual
+            || self
+                .webhooks_of(WebhookKind::ConfirmPromotion)
+                .next()
+                .is_some()
+    }
+
+    pub fn steps_text(&self) -> String {
+        self.steps_bp
+            .iter()
+            .map(|bp| trim_float(f64::from(*bp) / 100.0))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+// === parsers shared by flags and annotations ===
+
+/// `10,25,50` -> basis points; each in (0, 100], strictly increasing.
+pub fn parse_steps(text: &str) -> Result<Vec<u32>, String> {
+    let mut steps = Vec::new();
+    for part in text.split(',') {
+        let p = part.trim();
+        let percent: f64 = p.parse().map_err(|_| {
+            format!("`{p}` is not a number (write weights in percent, e.g. 10,25,50)")
+        })?;
+        let bp = percent_to_bp(percent)?;
+        if bp == 0 {
+            return Err("a step of 0 sends the canary nothing; steps must be above 0".into());
+        }
+        if let Some(&last) = steps.last()
+            && bp <= last
+        {
+            return Err(format!(
+                "steps must increase; {p} follows {}",
+                f64::from(last) / 100.0
+            ));
+        }
+        steps.push(bp);
+    }
+    if steps.is_empty() {
+        return Err("give at least one step".into());
+    }
+    debug_assert!(steps.iter().all(|s| *s <= WEIGHT_SCALE_BP));
+    Ok(steps)
+}
+
+/// `p95<=500ms,p99<=1s` -> latency checks.
+pub fn parse_latency(text: &str) -> Result<Vec<LatencyCheck>, String> {
+    let mut checks = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (q, max) = part
+            .split_once("<=")
+            .ok_or_else(|| format!("`{part}` is not like p95<=500ms"))?;
+        let q = q.trim();
+        let number = q
+            .strip_prefix('p')
+            .ok_or_else(|| format!("`{part}`: the quantile must look like p95 or p99.9"))?;
+        let percentile: f64 = number
+            .parse()
+            .map_err(|_| format!("`{part}`: `{q}` is not a percentile like p95"))?;
+        if !(percentile > 0.0 && percentile < 100.0) {
+            return Err(format!(
+                "`{part}`: the percentile must be between 0 and 100"
+            ));
+        }
+        let max = parse_duration(max.trim()).map_err(|e| format!("`{part}`: {e}"))?;
+        checks.push(LatencyCheck {
+            quantile: percentile / 100.0,
+            max,
+        });
+    }
+    if checks.is_empty() {
+        return Err("give at least one check like p99<=500ms".into());
+    }
+    Ok(checks)
+}
+
+/// A percent in 0..=100, e.g. a success-rate minimum.
+pub fn parse_percent(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("{v} is not in 0..=100"));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_parse_to_basis_points_and_must_increase() {
+        assert_eq!(parse_steps("10,25,50").unwrap(), vec![1000, 2500, 5000]);
+        assert_eq!(parse_steps("0.5, 33.33").unwrap(), vec![50, 3333]);
+        assert!(parse_steps("10,5").unwrap_err().contains("must increase"));
+        assert!(parse_steps("0,10").unwrap_err().contains("above 0"));
+        assert!(parse_steps("10,abc").unwrap_err().contains("`abc`"));
+        assert!(parse_steps("150").unwrap_err().contains("0..=100"));
+    }
+
+    #[test]
+    fn latency_checks_parse() {
+        let checks = parse_latency("p95<=500ms, p99.9<=1s").unwrap();
+        assert_eq!(checks[0].quantile, 0.95);
+        assert_eq!(checks[0].max, Duration::from_millis(500));
+        assert_eq!(checks[1].describe(), "p99.9<=1s");
+        assert!(parse_latency("p95<500ms").is_err());
+        assert!(parse_latency("q95<=1s").is_err());
+        assert!(parse_latency("p100<=1s").is_err());
+        assert!(parse_latency("p95<=fast").is_err());
+    }
+}

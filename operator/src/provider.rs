@@ -1,0 +1,425 @@
+//! Metric providers: where a tick's evidence about the canary comes from.
+//!
+//! - [`ProxyProvider`] (the embedded default) scrapes the proxy's admin
+//!   `/metrics` and diffs counters and histogram buckets against the previous
+//!   scrape, so a tick sees exactly the requests since the last one, seconds
+//!   after they happened, with no Prometheus.
+//! - [`PrometheusProvider`] runs instant PromQL queries over the proxy's
+//!   series: `window` is `max(interval, window_floor)` so `rate()` always has
+//!   enough scrapes to work with.
+//! - [`Provider::Scripted`] replays given analyses (for tests of the drivers).
+//!
+//! Every failure to measure (unreachable, empty result, NaN, too few
+//! requests) is an Inconclusive check with its reason, never a pass.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::analysis::{Analysis, CheckResult, Outcome, request_volume_check};
+use crate::http::{HttpClient, encode_query_value};
+use crate::plan::{Plan, QueryCheck};
+use crate::scrape::{Scrape, histogram_quantile};
+
+pub enum Provider {
+    Proxy(ProxyProvider),
+    Prometheus(PrometheusProvider),
+    Scripted(VecDeque<Analysis>),
+}
+
+impl Provider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Proxy(_) => "proxy",
+            Provider::Prometheus(_) => "prometheus",
+            Provider::Scripted(_) => "scripted",
+        }
+    }
+
+    /// Starts a fresh measurement window (after the weight changed).
+    pub async fn reset(&mut self) {
+        if let Provider::Proxy(p) = self {
+            p.reset().await;
+        }
+    }
+
+    pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
+        match self {
+            Provider::Proxy(p) => p.analyse(plan).await,
+            Provider::Prometheus(p) => p.analyse(plan).await,
+            Provider::Scripted(queue) => queue.pop_front().unwrap_or_else(|| Analysis {
+                canary_requests: None,
+                checks: vec![CheckResult::inconclusive(
+                    "script",
+                    "-".into(),
+                    "the script has no more ticks",
+                )],
+            }),
+        }
+    }
+}
+
+/// Builds the checks of a tick from measured values. Below `min_requests`
+/// every other check is Inconclusive too: too little traffic to judge.
+pub fn judge(
+    plan: &Plan,
+    canary_requests: Option<u64>,
+    success_rate: Result<f64, String>,
+    latencies: Vec<Result<f64, String>>,
+    queries: Vec<Result<f64, String>>,
+) -> Analysis {
+    let volume = request_volume_check(plan, canary_requests);
+    let too_few = volume.outcome != Outcome::Pass;
+    let mut checks = vec![volume.clone()];
+    let mut push = |check: CheckResult| {
+        if too_few && check.outcome != Outcome::Inconclusive {
+            checks.push(CheckResult {
+                outcome: Outcome::Inconclusive,
+                reason: format!("not judged: {}", volume.reason),
+                ..check
+            });
+        } else {
+            checks.push(check);
+        }
+    };
+    let threshold = format!(">= {}%", plan.success_rate_min);
+    push(match success_rate {
+        Ok(v) => CheckResult::bounded("success-rate", v, Some(plan.success_rate_min), None, "%"),
+        Err(reason) => CheckResult::inconclusive("success-rate", threshold, reason),
+    });
+    for (check, value) in plan.latency.iter().zip(latencies) {
+        let max = check.max.as_secs_f64();
+        push(match value {
+            Ok(v) => CheckResult::bounded(&check.name(), v, None, Some(max), "s"),
+            Err(reason) => CheckResult::inconclusive(&check.name(), format!("<= {max}s"), reason),
+        });
+    }
+    for (check, value) in plan.queries.iter().zip(queries) {
+        push(match value {
+            Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
+            Err(reason) => CheckResult::inconclusive(&check.name, query_threshold(check), reason),
+        });
+    }
+    Analysis {
+        canary_requests,
+        checks,
+    }
+}
+
+fn query_threshold(check: &QueryCheck) -> String {
+    match (check.min, check.max) {
+        (Some(a), Some(b)) => format!("{a}..={b}"),
+        (Some(a), None) => format!(">= {a}"),
+        (None, Some(b)) => format!("<= {b}"),
+        (None, None) => "any".into(),
+    }
+}
+
+fn all_inconclusive(plan: &Plan, reason: &str) -> Analysis {
+    let n = plan.latency.len();
+    let q = plan.queries.len();
+    let mut a = judge(
+        plan,
+        None,
+        Err(reason.to_string()),
+        vec![Err(reason.to_string()); n],
+        vec![Err(reason.to_string()); q],
+    );
+    a.checks[0].reason = reason.to_string();
+    a
+}
+
+// === impl ProxyProvider ===
+
+/// The canary's cumulative counters at one scrape.
+#[derive(Clone, Debug, PartialEq)]
+struct CanaryCounters {
+    requests: f64,
+    server_errors: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+pub struct ProxyProvider {
+    client: HttpClient,
+    metrics_url: String,
+    route: String,
+    previous: Option<CanaryCounters>,
+}
+
+impl ProxyProvider {
+    /// `admin` is the proxy's admin base URL, e.g. `http://127.0.0.1:9901`.
+    pub fn new(admin: &str, route: &str) -> Self {
+        Self {
+            client: HttpClient::default(),
+            metrics_url: format!("{}/metrics", admin.trim_end_matches('/')),
+            route: route.to_string(),
+            previous: None,
+        }
+    }
+
+    async fn read(&self) -> Result<CanaryCounters, String> {
+        let answer = self
+            .client
+            .get(&self.metrics_url, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("proxy metrics unreachable: {e}"))?;
+        if !answer.status.is_success() {
+            return Err(format!("proxy metrics answered {}", answer.status));
+        }
+        let scrape = Scrape::parse(&answer.text());
+        let labels = [("route", self.route.as_str()), ("backend", "canary")];
+        let requests = scrape.sum("sluice_requests_total", &labels);
+        let server_errors: f64 = scrape
+            .matching("sluice_requests_total", &labels)
+            .filter(|s| s.labels.get("code").is_some_and(|c| c.starts_with('5')))
+            .map(|s| s.value)
+            .sum();
+        Ok(CanaryCounters {
+            requests,
+            server_errors,
+            buckets: scrape.buckets("sluice_request_duration_seconds_bucket", &labels),
+        })
+    }
+
+    pub async fn reset(&mut self) {
+        self.previous = self.read().await.ok();
+    }
+
+    pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
+        let now = match self.read().await {
+            Ok(c) => c,
+            Err(reason) => return all_inconclusive(plan, &reason),
+        };
+        let Some(before) = self.previous.replace(now.clone()) else {
+            return all_inconclusive(plan, "first scrape: no earlier counters to compare with");
+        };
+        if now.requests < before.requests {
+            return all_inconclusive(
+                plan,
+                "the proxy's counters went backwards (restart); measuring afresh",
+            );
+        }
+        let requests = now.requests - before.requests;
+        let errors = now.server_errors - before.server_errors;
+        let success_rate = if requests > 0.0 {
+            Ok(100.0 * (requests - errors) / requests)
+        } else {
+            Err("no canary requests in this window".into())
+        };
+        let delta: Vec<(f64, f64)> = now
+            .buckets
+            .iter()
+            .map(|(le, count)| {
+                let old = before
+                    .buckets
+                    .iter()
+                    .find(|(ble, _)| ble == le)
+                    .map(|(_, c)| *c)
+                    .unwrap_or(0.0);
+                (*le, count - old)
+            })
+            .collect();
+        let latencies = plan
+            .latency
+            .iter()
+            .map(|check| {
+                let v = histogram_quantile(check.quantile, &delta);
+                if v.is_nan() {
+                    Err("no latency observations in this window".to_string())
+                } else {
+                    Ok(v)
+                }
+            })
+            .collect();
+        let queries = plan
+            .queries
+            .iter()
+            .map(|_| Err("custom PromQL checks need the prometheus provider".to_string()))
+            .collect();
+        judge(
+            plan,
+            Some(requests.round() as u64),
+            success_rate,
+            latencies,
+            queries,
+        )
+    }
+}
+
+// === impl PrometheusProvider ===
+
+pub struct PrometheusProvider {
+    client: HttpClient,
+    base: String,
+    route: String,
+    /// The smallest range used in `rate()`/`increase()`.
+    pub window_floor: Duration,
+}
+
+impl PrometheusProvider {
+    pub fn new(base: &str, route: &str) -> Self {
+        Self {
+            client: HttpClient::default(),
+            base: base.trim_end_matches('/').to_string(),
+            route: route.to_string(),
+            window_floor: Duration::from_secs(30),
+        }
+    }
+
+    fn window(&self, plan: &Plan) -> String {
+        let w = plan.interval.max(self.window_floor);
+        format!("{}s", w.as_secs().max(1))
+    }
+
+    /// Fills `{{route}}`, `{{backend}}` and `{{interval}}`.
+    pub fn render(&self, template: &str, window: &str) -> String {
+        template
+            .replace("{{route}}", &self.route)
+            .replace("{{backend}}", "canary")
+            .replace("{{interval}}", window)
+    }
+
+    /// One instant query; Err says why there is no usable number.
+    pub async fn query(&self, promql: &str) -> Result<f64, String> {
+        let url = format!(
+            "{}/api/v1/query?query={}",
+            self.base,
+            encode_query_value(promql)
+        );
+        let answer = self
+            .client
+            .get(&url, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("prometheus unreachable: {e}"))?;
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
+            format!(
+                "prometheus answered {} with a body that is not JSON: {e}",
+                answer.status
+            )
+        })?;
+        if body["status"] != "success" {
+            return Err(format!(
+                "prometheus rejected the query: {}",
+                body["error"].as_str().unwrap_or("unknown error")
+            ));
+        }
+        let data = &body["data"];
+        let value = match data["resultType"].as_str() {
+            Some("vector") => {
+                let result = data["result"].as_array().cloned().unwrap_or_default();
+                if result.is_empty() {
+                    return Err("no data (empty result)".into());
+                }
+                result
+                    .iter()
+                    .map(|r| r["value"][1].as_str().and_then(parse_prom_float))
+                    .try_fold(0.0, |acc, v| v.map(|v| acc + v))
+            }
+            Some("scalar") => data["result"][1].as_str().and_then(parse_prom_float),
+            other => {
+                return Err(format!(
+                    "unexpected result type {other:?}; use a query that gives one number"
+                ));
+            }
+        };
+        match value {
+            Some(v) if v.is_nan() => Err("the query gave NaN (no traffic in the window?)".into()),
+            Some(v) => Ok(v),
+            None => Err("the answer held no number".into()),
+        }
+    }
+
+    pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
+        let w = self.window(plan);
+        let selector = format!("route=\"{}\",backend=\"canary\"", self.route);
+        let requests = self
+            .query(&format!(
+                "sum(increase(sluice_requests_total{{{selector}}}[{w}]))"
+            ))
+            .await;
+        if let Err(reason) = &requests
+            && reason.starts_with("prometheus unreachable")
+        {
+            return all_inconclusive(plan, reason);
+        }
+        let success = self
+            .query(&format!(
+                "100 * sum(rate(sluice_requests_total{{{selector},code!~\"5..\"}}[{w}])) / sum(rate(sluice_requests_total{{{selector}}}[{w}]))"
+            ))
+            .await;
+        let mut latencies = Vec::new();
+        for check in &plan.latency {
+            latencies.push(
+                self.query(&format!(
+                    "histogram_quantile({}, sum by (le) (rate(sluice_request_duration_seconds_bucket{{{selector}}}[{w}])))",
+                    check.quantile
+                ))
+                .await,
+            );
+        }
+        let mut queries = Vec::new();
+        for check in &plan.queries {
+            queries.push(self.query(&self.render(&check.query, &w)).await);
+        }
+        let canary_requests = requests.ok().map(|v| v.max(0.0).round() as u64);
+        judge(plan, canary_requests, success, latencies, queries)
+    }
+}
+
+fn parse_prom_float(text: &str) -> Option<f64> {
+    match text {
+        "NaN" => Some(f64::NAN),
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        t => t.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_few_requests_make_every_check_inconclusive() {
+        let plan = Plan::default();
+        let a = judge(&plan, Some(3), Ok(50.0), vec![Ok(0.1)], vec![]);
+        assert_eq!(a.verdict(), Outcome::Inconclusive);
+        assert!(a.checks.iter().all(|c| c.outcome == Outcome::Inconclusive));
+        assert!(
+            a.summary().contains("only 3 canary requests"),
+            "{}",
+            a.summary()
+        );
+    }
+
+    #[test]
+    fn enough_requests_judge_each_check() {
+        let plan = Plan::default();
+        let a = judge(&plan, Some(100), Ok(92.0), vec![Ok(0.1)], vec![]);
+        assert_eq!(a.verdict(), Outcome::Fail);
+        assert!(
+            a.summary().contains("success-rate: 92.00% is below >= 99%"),
+            "{}",
+            a.summary()
+        );
+        let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.9)], vec![]);
+        assert!(
+            a.summary().contains("p99: 900ms is above the limit"),
+            "{}",
+            a.summary()
+        );
+        let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.1)], vec![]);
+        assert_eq!(a.verdict(), Outcome::Pass);
+    }
+
+    #[test]
+    fn templates_are_filled() {
+        let p = PrometheusProvider::new("http://127.0.0.1:9090", "web");
+        assert_eq!(
+            p.render(
+                "rate(x{route=\"{{route}}\",backend=\"{{backend}}\"}[{{interval}}])",
+                "30s"
+            ),
+            "rate(x{route=\"web\",backend=\"canary\"}[30s])"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Reading Prometheus text: samples, and quantiles from histogram buckets
+//! computed the way PromQL's `histogram_quantile` does.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses Prometheus or OpenMetrics text into samples (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (head, rest) = match line.rfind('}') {
+            Some(end) => (&line[..=end], line[end + 1..].trim()),
+            None => match line.split_once(' ') {
+                Some((h, v)) => (h, v.trim()),
+                None => continue,
+            },
+        };
+        let Some(value) = rest.split_whitespace().next().and_then(parse_value) else {
+            continue;
+        };
+        let (name, labels) = match head.split_once('{') {
+            Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
+            None => (head, BTreeMap::new()),
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+fn parse_value(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        t => t.parse().ok(),
+    }
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
+        let Some(after) = rest[eq + 1..].strip_prefix('"') else {
+            break;
+        };
+        let mut value = String::new();
+        let mut end = after.len();
+        let mut chars = after.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        labels.insert(key, value);
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// Samples with lookups by name and label subset.
+#[derive(Debug, Clone, Default)]
+pub struct Scrape(pub Vec<Sample>);
+
+impl Scrape {
+    pub fn parse(text: &str) -> Self {
+        Self(parse_metrics(text))
+    }
+
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.0.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// Sum of samples named `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
+    }
+
+    /// Cumulative bucket counts by upper bound, summed over other labels.
+    pub fn buckets(&self, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+        let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        for s in self.matching(name, labels) {
+            if let Some(le) = s.labels.get("le").and_then(|l| parse_value(l)) {
+                let entry = by_le.entry(le.to_bits()).or_insert((le, 0.0));
+                entry.1 += s.value;
+            }
+        }
+        let mut v: Vec<(f64, f64)> = by_le.into_values().collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    }
+}
+
+/// PromQL's `histogram_quantile` over cumulative `(upper_bound, count)`
+/// buckets sorted by bound, the last one `+Inf`. NaN when there are no
+/// observations; the highest finite bound when the rank lands in `+Inf`.
+pub fn histogram_quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+    if !(0.0..=1.0).contains(&q) || buckets.len() < 2 {
+        return f64::NAN;
+    }
+    let Some(&(last_le, total)) = buckets.last() else {
+        return f64::NAN;
+    };
+    if last_le != f64::INFINITY || total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let index = buckets
+        .iter()
+        .position(|(_, c)| *c >= rank)
+        .unwrap_or(buckets.len() - 1);
+    if index == buckets.len() - 1 {
+        return buckets[buckets.len() - 2].0;
+    }
+    let (upper, count) = buckets[index];
+    let (lower, below) = if index == 0 {
+        if upper <= 0.0 {
+            return upper;
+        }
+        (0.0, 0.0)
+    } else {
+        buckets[index - 1]
+    };
+    let in_bucket = count - below;
+    if in_bucket <= 0.0 {
+        return upper;
+    }
+    lower + (upper - lower) * (rank - below) / in_bucket
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_openmetrics_text() {
+        let s = Scrape::parse(
+            "# TYPE x counter\nx_total{route=\"a\",code=\"200\"} 3\nx_total{route=\"a\",code=\"500\"} 1\nup 1\nh_bucket{le=\"+Inf\"} 4\n# EOF\n",
+        );
+        assert_eq!(s.sum("x_total", &[("route", "a")]), 4.0);
+        assert_eq!(s.sum("x_total", &[("code", "500")]), 1.0);
+        assert_eq!(s.sum("up", &[]), 1.0);
+        assert_eq!(s.buckets("h_bucket", &[]), vec![(f64::INFINITY, 4.0)]);
+    }
+
+    #[test]
+    fn quantiles_interpolate_like_promql() {
+        let b = [
+            (0.1, 50.0),
+            (0.5, 90.0),
+            (1.0, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        // rank 50 falls exactly at the top of the first bucket.
+        assert!((histogram_quantile(0.5, &b) - 0.1).abs() < 1e-12);
+        // rank 70: halfway through (0.1, 0.5].
+        assert!((histogram_quantile(0.7, &b) - 0.3).abs() < 1e-12);
+        // rank 95: halfway through (0.5, 1.0].
+        assert!((histogram_quantile(0.95, &b) - 0.75).abs() < 1e-12);
+        // Observations above every finite bound answer the highest finite bound.
+        let over = [(0.1, 0.0), (1.0, 0.0), (f64::INFINITY, 10.0)];
+        assert_eq!(histogram_quantile(0.5, &over), 1.0);
+        assert!(histogram_quantile(0.5, &[(0.1, 0.0), (f64::INFINITY, 0.0)]).is_nan());
+    }
+}

@@ -1,0 +1,139 @@
+//! How a release is shown: a live block redrawn in place on a terminal, one
+//! plain line per tick otherwise, or one JSON object per tick.
+
+use std::io::Write;
+
+use crate::analysis::Outcome;
+use crate::runner::TickReport;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputMode {
+    Live,
+    Plain,
+    Json,
+}
+
+pub struct View {
+    mode: OutputMode,
+    drawn_lines: usize,
+}
+
+impl View {
+    pub fn new(mode: OutputMode) -> Self {
+        Self {
+            mode,
+            drawn_lines: 0,
+        }
+    }
+
+    pub fn show(&mut self, tick: &TickReport) {
+        let mut out = std::io::stdout().lock();
+        match self.mode {
+            OutputMode::Json => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(tick).expect("tick serializes")
+                );
+            }
+            OutputMode::Plain => {
+                let _ = writeln!(out, "{}", plain_line(tick));
+            }
+            OutputMode::Live => {
+                if self.drawn_lines > 0 {
+                    // Move up over the previous block and clear it.
+                    let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
+                }
+                let block = live_block(tick);
+                self.drawn_lines = block.lines().count();
+                let _ = write!(out, "{block}");
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+pub fn weight_bar(percent: f64, width: usize) -> String {
+    let filled = ((percent / 100.0) * width as f64).round() as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(filled.min(width)),
+        ".".repeat(width - filled.min(width))
+    )
+}
+
+fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "-".into())
+}
+
+fn latency_text(tick: &TickReport) -> String {
+    if tick.latency.is_empty() {
+        return "-".into();
+    }
+    tick.latency
+        .iter()
+        .map(|(k, v)| format!("{k} {:.0}ms", v * 1000.0))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn plain_line(t: &TickReport) -> String {
+    format!(
+        "{:>6.1}s {} {:<16} weight {:>6}% step {}/{} requests {} success {} latency {} failed {}/{} | {}",
+        t.elapsed_secs,
+        t.release,
+        t.phase.as_str(),
+        t.canary_weight,
+        t.step,
+        t.steps,
+        t.canary_requests
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+        fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
+        latency_text(t),
+        t.failed_checks,
+        t.failure_limit,
+        t.message
+    )
+}
+
+fn live_block(t: &TickReport) -> String {
+    let verdict = match t.verdict {
+        Some(Outcome::Pass) => "pass",
+        Some(Outcome::Fail) => "FAIL",
+        Some(Outcome::Inconclusive) => "inconclusive",
+        None => "-",
+    };
+    format!(
+        "release {}  revision {}  {:.0}s\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
+        t.release,
+        t.revision,
+        t.elapsed_secs,
+        t.phase.as_str(),
+        weight_bar(t.canary_weight, 30),
+        t.canary_weight,
+        t.step,
+        t.steps,
+        t.canary_requests
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "-".into()),
+        fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
+        latency_text(t),
+        verdict,
+        t.failed_checks,
+        t.failure_limit,
+        t.message
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_bar_fills_in_proportion() {
+        assert_eq!(weight_bar(0.0, 10), "[..........]");
+        assert_eq!(weight_bar(50.0, 10), "[#####.....]");
+        assert_eq!(weight_bar(100.0, 10), "[##########]");
+    }
+}
