@@ -117,7 +117,7 @@ impl Analysis {
         let notable: Vec<String> = self
             .checks
             .iter()
-            .filter(|c| c.outcome != Outcome::Pass)
+            .filter(|c| c.outcome != Outcome::Pass && !c.reason.starts_with("not judged:"))
             .map(|c| format!("{}: {}", c.name, c.reason))
             .collect();
         if notable.is_empty() {

@@ -737,6 +737,7 @@ mod tests {
     fn properties_hold_for_random_observation_sequences() {
         let mut gen_rng = sluice_loadtest::Rng::new(0x5eed);
         let mut rng = move || gen_rng.next_u64();
+        let (mut promotions, mut rollbacks, mut restarts) = (0, 0, 0);
         for case in 0..3000 {
             let steps_count = 1 + (rng() % 5) as usize;
             let mut steps = Vec::new();
@@ -780,6 +781,9 @@ mod tests {
                 let before = status.clone();
                 let t = step(&p, before.as_ref(), &o);
                 let new_release = before.as_ref().is_none_or(|b| b.revision != o.revision);
+                if new_release && before.is_some() {
+                    restarts += 1;
+                }
                 if new_release {
                     // A new revision restarts at the first step, weight 0.
                     assert_eq!(t.status.phase, Phase::Initializing, "case {case}");
@@ -813,6 +817,11 @@ mod tests {
                             assert!(p.steps_bp.contains(w), "case {case}: weight {w}")
                         }
                         // No promotion unless every step passed.
+                        Action::Promote => promotions += 1,
+                        _ => {}
+                    }
+                    match a {
+                        Action::Rollback => rollbacks += 1,
                         Action::Promote => assert_eq!(
                             model.passed_in_release,
                             p.steps_bp.len(),
@@ -842,5 +851,10 @@ mod tests {
                 status = Some(t.status);
             }
         }
+        // The random walks really reach every outcome the properties talk about.
+        assert!(
+            promotions > 100 && rollbacks > 100 && restarts > 100,
+            "{promotions} {rollbacks} {restarts}"
+        );
     }
 }

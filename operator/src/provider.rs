@@ -124,7 +124,13 @@ fn all_inconclusive(plan: &Plan, reason: &str) -> Analysis {
         vec![Err(reason.to_string()); n],
         vec![Err(reason.to_string()); q],
     );
-    a.checks[0].reason = reason.to_string();
+    for (i, check) in a.checks.iter_mut().enumerate() {
+        check.reason = if i == 0 {
+            reason.to_string()
+        } else {
+            format!("not judged: {reason}")
+        };
+    }
     a
 }
 
@@ -289,7 +295,13 @@ impl PrometheusProvider {
             .client
             .get(&url, Duration::from_secs(5))
             .await
-            .map_err(|e| format!("prometheus unreachable: {e}"))?;
+            .map_err(|e| {
+                let why = match e {
+                    crate::http::HttpError::Unreachable { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                format!("prometheus unreachable at {}: {why}", self.base)
+            })?;
         let body: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
             format!(
                 "prometheus answered {} with a body that is not JSON: {e}",
@@ -360,7 +372,12 @@ impl PrometheusProvider {
         for check in &plan.queries {
             queries.push(self.query(&self.render(&check.query, &w)).await);
         }
-        let canary_requests = requests.ok().map(|v| v.max(0.0).round() as u64);
+        // No canary series at all means no canary request was ever counted.
+        let canary_requests = match requests {
+            Ok(v) => Some(v.max(0.0).round() as u64),
+            Err(reason) if reason.starts_with("no data") => Some(0),
+            Err(_) => None,
+        };
         judge(plan, canary_requests, success, latencies, queries)
     }
 }

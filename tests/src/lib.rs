@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -47,101 +48,14 @@ where
 
 // === metrics ===
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses Prometheus/OpenMetrics text into samples.
-pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let (head, value) = match line.rfind('}') {
-            Some(end) => (&line[..=end], line[end + 1..].trim()),
-            None => match line.split_once(' ') {
-                Some((h, v)) => (h, v.trim()),
-                None => continue,
-            },
-        };
-        let value = value.split_whitespace().next().unwrap_or("");
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match head.split_once('{') {
-            Some((name, rest)) => (name, parse_labels(rest.trim_end_matches('}'))),
-            None => (head, BTreeMap::new()),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
-        let after = &rest[eq + 1..];
-        let Some(after) = after.strip_prefix('"') else {
-            break;
-        };
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        value.push(if n == 'n' { '\n' } else { n });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        labels.insert(key, value);
-        rest = &after[end..];
-    }
-    labels
-}
-
-/// A parsed scrape with lookups by name and label subset.
-pub struct Scrape(pub Vec<Sample>);
-
-impl Scrape {
-    /// Sum of samples named `name` whose labels include all of `labels`.
-    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .iter()
-            .filter(|s| s.name == name)
-            .filter(|s| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-            .sum()
-    }
-}
+pub use sluice_operator::scrape::{Sample, Scrape, parse_metrics};
 
 pub async fn scrape(admin: SocketAddr) -> Scrape {
     let (status, _, body) = get(&format!("http://{admin}/metrics"))
         .await
         .expect("scrape /metrics");
     assert_eq!(status, StatusCode::OK);
-    Scrape(parse_metrics(&String::from_utf8_lossy(&body)))
+    Scrape::parse(&String::from_utf8_lossy(&body))
 }
 
 // === clients ===
@@ -495,4 +409,183 @@ async fn grpc(req: Request<Incoming>) -> Response<GrpcBody> {
         .header(header::CONTENT_TYPE, "application/grpc")
         .body(StreamBody::new(futures::stream::iter(frames)))
         .expect("grpc response")
+}
+
+// === Prometheus ===
+
+/// A real Prometheus (Debian's `prometheus`) scraping `targets` every second.
+pub struct Prometheus {
+    pub child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(targets: &[SocketAddr]) -> Self {
+        let binary = which("prometheus").unwrap_or_else(|| {
+            panic!("prometheus is not installed: run `apt-get install -y prometheus` (tests/run does this)")
+        });
+        let dir = TempDir::new("prometheus");
+        let port = free_port();
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sluice\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        );
+        let config_path = dir.path.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("write prometheus.yml");
+        let child = Command::new(binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prometheus");
+        let url = format!("http://127.0.0.1:{port}");
+        let prometheus = Self {
+            child,
+            url,
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", prometheus.url);
+        eventually("prometheus to be ready", Duration::from_secs(30), || {
+            let ready = ready.clone();
+            async move {
+                get(&ready)
+                    .await
+                    .ok()
+                    .filter(|(s, _, _)| s.is_success())
+                    .map(|_| ())
+            }
+        })
+        .await;
+        prometheus
+    }
+
+    /// Waits until every target has been scraped successfully.
+    pub async fn wait_for_targets_up(&self, count: usize) {
+        let url = format!("{}/api/v1/query?query=up", self.url);
+        eventually(
+            "prometheus to scrape every target",
+            Duration::from_secs(20),
+            || {
+                let url = url.clone();
+                async move {
+                    let (_, _, body) = get(&url).await.ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                    let up = v["data"]["result"]
+                        .as_array()?
+                        .iter()
+                        .filter(|r| r["value"][1] == "1")
+                        .count();
+                    (up >= count).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+// === sluice rollout as a child process ===
+
+/// A `sluice rollout --output json` child; its tick events arrive on `events`.
+pub struct Rollout {
+    pub child: Child,
+    pub events: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl Rollout {
+    pub fn start(args: &[String]) -> Self {
+        let mut child = Command::new(bin("sluice"))
+            .arg("rollout")
+            .args(args)
+            .args(["--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sluice rollout");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Self { child, events }
+    }
+
+    /// Waits for the exit code; gives up after `limit`.
+    pub async fn wait(mut self, limit: Duration) -> (i32, Vec<serde_json::Value>) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sluice rollout") {
+                let events: Vec<_> = self.events.try_iter().collect();
+                return (status.code().unwrap_or(-1), events);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sluice rollout did not finish within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Rollout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Open-loop load on `url` until stopped (bounded at 120 s).
+pub fn steady_load(
+    url: &str,
+    rate: f64,
+) -> (
+    std::sync::Arc<sluice_loadtest::LoadControl>,
+    tokio::task::JoinHandle<sluice_loadtest::Report>,
+) {
+    let mut options = sluice_loadtest::LoadOptions::new(url).expect("load URL");
+    options.connections = 32;
+    options.rate = Some(rate);
+    options.duration = Some(Duration::from_secs(120));
+    options.count_header = Some(http::HeaderName::from_static("x-backend"));
+    let control = sluice_loadtest::LoadControl::new();
+    let task = tokio::spawn({
+        let control = control.clone();
+        async move {
+            sluice_loadtest::run(options, control)
+                .await
+                .expect("valid load options")
+        }
+    });
+    (control, task)
 }

@@ -1,0 +1,534 @@
+//! `sluice rollout` end to end: a real proxy, real backends, steady load, the
+//! `sluice` binary driving the release, and either the proxy's own metrics or
+//! a real Prometheus scraping the proxy every second.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sluice_tests::*;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    Proxy,
+    Prometheus,
+}
+
+struct Setup {
+    stable: BackendHandle,
+    canary: BackendHandle,
+    proxy: ProxyHandle,
+    prometheus: Option<Prometheus>,
+    dir: TempDir,
+}
+
+impl Setup {
+    async fn new(source: Source, canary_faults: Faults) -> Self {
+        let stable = backend("stable").await;
+        let canary = sluice_loadtest::start_backend(BackendOptions {
+            faults: canary_faults,
+            seed: 3,
+            ..BackendOptions::new("canary")
+        })
+        .await
+        .unwrap();
+        let proxy = start_proxy(&proxy_yaml(&format!(
+            "  - {{ name: web, stable: '{}' }}\n  - {{ name: other, path_prefix: /other, stable: '{}' }}\n",
+            stable.url(),
+            stable.url()
+        )))
+        .await;
+        let prometheus = match source {
+            Source::Proxy => None,
+            Source::Prometheus => {
+                let p = Prometheus::start(&[proxy.admin_addr]).await;
+                p.wait_for_targets_up(1).await;
+                Some(p)
+            }
+        };
+        Self {
+            stable,
+            canary,
+            proxy,
+            prometheus,
+            dir: TempDir::new("rollout"),
+        }
+    }
+
+    fn admin(&self) -> String {
+        format!("http://{}", self.proxy.admin_addr)
+    }
+
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--admin",
+            &self.admin(),
+            "--route",
+            "web",
+            "--canary",
+            &self.canary.url(),
+            "--steps",
+            "20,50",
+            "--interval",
+            "2s",
+            "--failure-limit",
+            "2",
+            "--min-requests",
+            "20",
+            "--progress-deadline",
+            "10s",
+            "--latency",
+            "p99<=300ms",
+            "--control-socket",
+            &self.dir.path.join("control.sock").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = &self.prometheus {
+            args.extend([
+                "--prometheus".to_string(),
+                p.url.clone(),
+                "--prometheus-window".into(),
+                "3s".into(),
+            ]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    async fn route(&self) -> serde_json::Value {
+        let (_, _, body) = get(&format!("{}/routes/web", self.admin())).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+fn phases(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn healthy_release_is_promoted(source: Source) {
+    let s = Setup::new(source, Faults::default()).await;
+    let (load, report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let (code, events) = Rollout::start(&s.args(&[]))
+        .wait(Duration::from_secs(60))
+        .await;
+    load.stop();
+    let report = report.await.unwrap();
+    assert_eq!(code, 0, "phases: {:?}", phases(&events));
+    let weights: Vec<f64> = events
+        .iter()
+        .filter_map(|e| e["canary_weight"].as_f64())
+        .collect();
+    assert!(
+        weights.iter().all(|w| [0.0, 20.0, 50.0].contains(w)),
+        "unplanned weight in {weights:?}"
+    );
+    assert_eq!(phases(&events).last().unwrap(), "Succeeded");
+    let route = s.route().await;
+    assert_eq!(
+        route["stable"],
+        s.canary.url(),
+        "promotion makes the canary stable"
+    );
+    assert!(
+        route.get("canary").is_none() && route["canary_weight"] == 0.0,
+        "{route}"
+    );
+    assert!(
+        report.errors.is_empty() && report.server_errors() == 0,
+        "users saw failures: {:?}",
+        report.status_counts
+    );
+    // After promotion, all traffic reaches the new revision.
+    let (_, h, _) = get(&format!("http://{}/", s.proxy.addr)).await.unwrap();
+    assert_eq!(h["x-backend"], "canary");
+    assert!(s.stable.stats().requests > 0);
+}
+
+async fn failing_release_is_rolled_back(source: Source, faults: Faults, reason: &str) {
+    let s = Setup::new(source, faults).await;
+    let (load, report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let (code, events) = Rollout::start(&s.args(&[]))
+        .wait(Duration::from_secs(60))
+        .await;
+    load.stop();
+    let report = report.await.unwrap();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    let last = events.last().unwrap();
+    assert_eq!(last["phase"], "Failed");
+    assert!(
+        last["message"].as_str().unwrap().contains(reason),
+        "{}",
+        last["message"]
+    );
+    assert!(phases(&events).iter().all(|p| p != "Promoting"));
+    let route = s.route().await;
+    assert_eq!(route["canary_weight"], 0.0);
+    assert_eq!(
+        route["stable"],
+        s.stable.url(),
+        "rollback leaves stable untouched"
+    );
+    let canary_failures: u64 = report
+        .header_status_counts
+        .get("canary")
+        .map(|m| m.iter().filter(|(c, _)| **c >= 500).map(|(_, n)| n).sum())
+        .unwrap_or(0);
+    let stable_failures: u64 = report
+        .header_status_counts
+        .get("stable")
+        .map(|m| m.iter().filter(|(c, _)| **c >= 500).map(|(_, n)| n).sum())
+        .unwrap_or(0);
+    assert_eq!(stable_failures, 0);
+    // The blast radius stays inside the first step.
+    assert!(
+        canary_failures < 100,
+        "{canary_failures} failed user requests before rollback"
+    );
+    // Traffic is back on stable.
+    let before = s.canary.stats().requests;
+    for _ in 0..20 {
+        let (_, h, _) = get(&format!("http://{}/", s.proxy.addr)).await.unwrap();
+        assert_eq!(h["x-backend"], "stable");
+    }
+    assert_eq!(s.canary.stats().requests, before);
+}
+
+async fn silent_release_is_never_promoted(source: Source) {
+    let s = Setup::new(source, Faults::default()).await;
+    // Users only call another route: the canary sees nothing.
+    let (load, _report) = steady_load(&format!("http://{}/other", s.proxy.addr), 100.0);
+    let (code, events) = Rollout::start(&s.args(&[]))
+        .wait(Duration::from_secs(60))
+        .await;
+    load.stop();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    assert!(
+        phases(&events)
+            .iter()
+            .all(|p| p != "Promoting" && p != "Succeeded")
+    );
+    let weights: Vec<f64> = events
+        .iter()
+        .filter_map(|e| e["canary_weight"].as_f64())
+        .collect();
+    assert!(
+        weights.iter().all(|w| *w <= 20.0),
+        "an inconclusive tick advanced the weight: {weights:?}"
+    );
+    assert!(
+        events.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("no conclusive analysis")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthy_release_is_promoted_with_proxy_metrics() {
+    healthy_release_is_promoted(Source::Proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthy_release_is_promoted_with_prometheus() {
+    healthy_release_is_promoted(Source::Prometheus).await;
+}
+
+fn ten_percent_errors() -> Faults {
+    Faults {
+        error_rate: 0.10,
+        error_status: 500,
+        ..Faults::default()
+    }
+}
+
+fn slow_by_400ms() -> Faults {
+    Faults {
+        latency: Latency::Fixed(Duration::from_millis(400)),
+        ..Faults::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_with_ten_percent_errors_is_rolled_back_with_proxy_metrics() {
+    failing_release_is_rolled_back(Source::Proxy, ten_percent_errors(), "success-rate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_with_ten_percent_errors_is_rolled_back_with_prometheus() {
+    failing_release_is_rolled_back(Source::Prometheus, ten_percent_errors(), "success-rate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_400ms_slower_is_rolled_back_with_proxy_metrics() {
+    failing_release_is_rolled_back(Source::Proxy, slow_by_400ms(), "p99").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_400ms_slower_is_rolled_back_with_prometheus() {
+    failing_release_is_rolled_back(Source::Prometheus, slow_by_400ms(), "p99").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_without_traffic_is_never_promoted_with_proxy_metrics() {
+    silent_release_is_never_promoted(Source::Proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_without_traffic_is_never_promoted_with_prometheus() {
+    silent_release_is_never_promoted(Source::Prometheus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_stopped_mid_release_never_promotes() {
+    let mut s = Setup::new(Source::Prometheus, Faults::default()).await;
+    let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let mut args = s.args(&[]);
+    let steps = args.iter().position(|a| a == "20,50").unwrap();
+    args[steps] = "10,20,30,40,50".into();
+    let rollout = Rollout::start(&args);
+    // Let the release start, then take Prometheus away.
+    let first = rollout
+        .events
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a first tick");
+    assert_eq!(first["phase"], "Initializing");
+    s.prometheus.as_mut().unwrap().stop();
+    let (code, events) = rollout.wait(Duration::from_secs(60)).await;
+    load.stop();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    assert!(
+        phases(&events)
+            .iter()
+            .all(|p| p != "Promoting" && p != "Succeeded")
+    );
+    let unreachable = events.iter().any(|e| {
+        e["checks"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("prometheus unreachable")
+            })
+        })
+    });
+    assert!(unreachable, "ticks should say prometheus is unreachable");
+    assert_eq!(s.route().await["canary_weight"], 0.0);
+}
+
+/// A webhook receiver answering `status` (changeable), counting calls.
+async fn start_webhook(status: Arc<AtomicU16>, calls: Arc<AtomicU64>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (status, calls) = (status.clone(), calls.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    let code = status.load(Ordering::SeqCst);
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+                        *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn confirm_promotion_webhook_holds_the_release(source: Source) {
+    let s = Setup::new(source, Faults::default()).await;
+    let (status, calls) = (Arc::new(AtomicU16::new(500)), Arc::new(AtomicU64::new(0)));
+    let hook = start_webhook(status.clone(), calls.clone()).await;
+    let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let rollout = Rollout::start(&s.args(&[
+        "--webhook",
+        &format!("confirm-promotion=http://{hook}/confirm"),
+    ]));
+    let mut waiting_ticks = 0;
+    while waiting_ticks < 3 {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ticks keep coming");
+        assert_ne!(
+            e["phase"], "Promoting",
+            "promoted although confirm-promotion answered 500"
+        );
+        assert_ne!(e["phase"], "Failed", "{e}");
+        if e["phase"] == "WaitingPromotion" {
+            waiting_ticks += 1;
+        }
+    }
+    assert_eq!(
+        s.route().await["canary_weight"],
+        50.0,
+        "held at the last step"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    status.store(200, Ordering::SeqCst);
+    let (code, events) = rollout.wait(Duration::from_secs(30)).await;
+    load.stop();
+    assert_eq!(code, 0, "phases: {:?}", phases(&events));
+    assert_eq!(s.route().await["stable"], s.canary.url());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_promotion_webhook_answering_500_holds_with_proxy_metrics() {
+    confirm_promotion_webhook_holds_the_release(Source::Proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn confirm_promotion_webhook_answering_500_holds_with_prometheus() {
+    confirm_promotion_webhook_holds_the_release(Source::Prometheus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
+    let s = Setup::new(Source::Proxy, Faults::default()).await;
+    let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let socket = s.dir.path.join("control.sock").display().to_string();
+    let rollout = Rollout::start(&s.args(&["--approve", "manual"]));
+    loop {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ticks keep coming");
+        if e["phase"] == "WaitingPromotion" {
+            break;
+        }
+        assert_ne!(e["phase"], "Failed", "{e}");
+    }
+    let out = std::process::Command::new(bin("sluice"))
+        .args(["promote", "web", "--control-socket", &socket])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _) = rollout.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, 0);
+    // With no release running, promote says so (exit 3).
+    let out = std::process::Command::new(bin("sluice"))
+        .args(["abort", "web", "--control-socket", &socket])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no `sluice rollout` is running"));
+
+    // A second release of another revision, aborted by hand mid-way.
+    let next = backend("next").await;
+    let mut args = s.args(&["--approve", "manual"]);
+    let canary_at = args.iter().position(|a| a == "--canary").unwrap() + 1;
+    args[canary_at] = next.url();
+    let rollout = Rollout::start(&args);
+    let e = rollout
+        .events
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a first tick");
+    assert_eq!(e["phase"], "Initializing");
+    let out = std::process::Command::new(bin("sluice"))
+        .args(["abort", "web", "--control-socket", &socket])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, events) = rollout.wait(Duration::from_secs(30)).await;
+    load.stop();
+    assert_eq!(code, 1);
+    assert!(
+        events.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("aborted")
+    );
+    let route = s.route().await;
+    assert_eq!(
+        route["stable"],
+        s.canary.url(),
+        "abort keeps the promoted stable"
+    );
+    assert_eq!(route["canary_weight"], 0.0);
+}
+
+#[test]
+fn usage_errors_exit_2_and_an_unreachable_proxy_exits_3() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let base = [
+        "rollout",
+        "--admin",
+        &dead,
+        "--route",
+        "web",
+        "--canary",
+        "http://127.0.0.1:9",
+    ];
+    for (extra, expected) in [
+        (vec!["--steps", "50,10"], "--steps"),
+        (vec!["--latency", "p95<500ms"], "--latency"),
+        (vec!["--interval", "soon"], "--interval"),
+        (vec!["--webhook", "deploy=http://x"], "--webhook"),
+        (vec!["--success-rate", "101"], "--success-rate"),
+        (vec!["--approve", "maybe"], "--approve"),
+    ] {
+        let out = std::process::Command::new(bin("sluice"))
+            .args(base)
+            .args(&extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+    let out = std::process::Command::new(bin("sluice"))
+        .args(base)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_route_is_a_usage_error() {
+    let s = Setup::new(Source::Proxy, Faults::default()).await;
+    let mut args = s.args(&[]);
+    let route_at = args.iter().position(|a| a == "--route").unwrap() + 1;
+    args[route_at] = "nope".into();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin("sluice"))
+            .arg("rollout")
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no route named `nope`"));
+}
