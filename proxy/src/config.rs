@@ -27,8 +27,34 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// TLS on the data-plane listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// Certificate files of the data-plane listener (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// How `https://` upstreams of a route are verified.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// CA bundle (PEM) to verify upstreams with; the system roots otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and verified in the certificate; the upstream host otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +141,8 @@ pub struct RouteConfig {
     pub canary_match: Vec<MatchRule>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 fn default_path_prefix() -> String {
@@ -400,6 +428,21 @@ pub struct ValidRoute {
     pub canary_match: Vec<ValidMatch>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub upstream_tls: UpstreamTls,
+}
+
+impl ValidRoute {
+    /// TLS settings for an upstream of this route (None for http://).
+    pub fn tls_for(&self, url: &UpstreamUrl) -> Option<crate::tls::UpstreamTlsKey> {
+        (url.scheme == Scheme::Https).then(|| crate::tls::UpstreamTlsKey {
+            ca_file: self.upstream_tls.ca_file.clone(),
+            server_name: self
+                .upstream_tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| url.host.clone()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -421,6 +464,7 @@ pub struct ValidConfig {
     pub admin_token_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub tls: Option<TlsConfig>,
     pub routes: Vec<ValidRoute>,
 }
 
@@ -507,6 +551,7 @@ impl Config {
             admin_token_file: self.admin.token_file.clone(),
             header_read_timeout: header_read_timeout.expect("checked"),
             max_header_bytes: self.limits.max_header_bytes,
+            tls: self.tls.clone(),
             routes,
         })
     }
@@ -633,6 +678,24 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         &format!("{at}.timeouts.request"),
         errs,
     );
+    let uses_https = stable.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
+        || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
+    if let Some(tls) = &route.upstream_tls {
+        if !uses_https {
+            errs.push(
+                format!("{at}.upstream_tls"),
+                "applies to https:// upstreams only; stable and canary are http://",
+            );
+        }
+        if let Some(name) = &tls.server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            errs.push(
+                format!("{at}.upstream_tls.server_name"),
+                format!("`{name}` is not a DNS name or IP address"),
+            );
+        }
+    }
     if errs.0.len() > before {
         return None;
     }
@@ -647,6 +710,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         canary_match: matches,
         connect_timeout: connect_timeout?,
         request_timeout: request_timeout?,
+        upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
     })
 }
 

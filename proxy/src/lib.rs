@@ -13,6 +13,7 @@ pub mod routing;
 pub mod server;
 pub mod split;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -78,6 +79,7 @@ pub struct ProxyHandle {
     data_plane: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    cert_watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ProxyHandle {
@@ -88,7 +90,7 @@ impl ProxyHandle {
         let _ = self.stop.send(true);
         let _ = self.data_plane.await;
         let _ = self.admin.await;
-        if let Some(w) = self.watcher {
+        for w in [self.watcher, self.cert_watcher].into_iter().flatten() {
             w.abort();
         }
     }
@@ -126,10 +128,21 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
     let admin_addr = admin_listener
         .local_addr()
         .expect("bound listener has an address");
+    let terminator = match &valid.tls {
+        Some(tls) => Some(tls::Terminator::new(tls.clone()).map_err(|e| {
+            let (path, message) = e.split_once(": ").unwrap_or(("tls", e.as_str()));
+            StartError::Config(ConfigErrors::single(path, message))
+        })?),
+        None => None,
+    };
     let state = Arc::new(server::ProxyState {
         store: store.clone(),
         draining: AtomicBool::new(false),
-        scheme: "http",
+        scheme: if terminator.is_some() {
+            "https"
+        } else {
+            "http"
+        },
     });
     let (stop, stop_rx) = watch::channel(false);
     let watcher = match &options.watch_file {
@@ -141,11 +154,22 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         ),
         None => None,
     };
+    let cert_watcher = match &terminator {
+        Some(t) => Some(
+            t.watch(metrics.clone())
+                .map_err(|source| StartError::Watch {
+                    path: t.tls.cert_file.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let builder = server::connection_builder(&valid);
     let data_plane = tokio::spawn(server::run_listener(
         listener,
         state.clone(),
         builder,
+        terminator.map(|t| (t, valid.header_read_timeout)),
         stop_rx.clone(),
         options.drain_timeout,
     ));
@@ -160,5 +184,6 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         data_plane,
         admin,
         watcher,
+        cert_watcher,
     })
 }

@@ -19,6 +19,9 @@ struct Cli {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -59,7 +62,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let options = sluice_proxy::StartOptions {
             watch_file: Some(path.clone()),

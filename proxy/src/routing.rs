@@ -115,6 +115,7 @@ impl Routing {
                     url: url.clone(),
                     protocol: r.protocol,
                     connect_timeout: r.connect_timeout,
+                    tls: r.tls_for(url),
                 };
                 Backend {
                     label,

@@ -54,6 +54,26 @@ pub fn connection_builder(valid: &ValidConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Serves a connection on the current task, under a graceful-shutdown watcher.
+async fn serve_watched<I>(
+    io: I,
+    peer: SocketAddr,
+    state: Arc<ProxyState>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Serves one accepted connection until it closes or the drain ends it.
 pub fn serve_connection<I>(
     io: I,
@@ -79,22 +99,41 @@ pub fn serve_connection<I>(
     });
 }
 
-/// Accepts plain-TCP connections until `shutdown` flips, then drains.
+/// Accepts connections (TLS first when `tls` is set) until `shutdown`
+/// flips, then drains.
 pub async fn run_listener(
     listener: TcpListener,
     state: Arc<ProxyState>,
     builder: auto::Builder<TokioExecutor>,
+    tls: Option<(Arc<crate::tls::Terminator>, Duration)>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    let builder = Arc::new(builder);
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    serve_connection(TokioIo::new(stream), peer, state.clone(), &builder, &graceful);
+                    match &tls {
+                        None => serve_connection(TokioIo::new(stream), peer, state.clone(), &builder, &graceful),
+                        Some((terminator, handshake_timeout)) => {
+                            let acceptor = terminator.acceptor();
+                            let (state, builder, watcher) = (state.clone(), builder.clone(), graceful.watcher());
+                            let handshake_timeout = *handshake_timeout;
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls_stream)) => {
+                                        serve_watched(TokioIo::new(tls_stream), peer, state, &builder, watcher).await;
+                                    }
+                                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -321,17 +360,27 @@ pub async fn handle(
 }
 
 fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    if e.is_connect() {
-        let text = format!("{:?}", e);
-        if text.contains("TimedOut") || text.contains("timed out") {
-            return UpstreamErrorKind::Timeout;
-        }
-        if text.contains("tls") || text.contains("Tls") || text.contains("certificate") {
-            return UpstreamErrorKind::Tls;
-        }
-        return UpstreamErrorKind::Connect;
+    if !e.is_connect() {
+        return UpstreamErrorKind::Protocol;
     }
-    UpstreamErrorKind::Protocol
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(c) = s.downcast_ref::<crate::tls::ConnectError>() {
+            return match c {
+                crate::tls::ConnectError::Tls(_) | crate::tls::ConnectError::TlsTimeout => {
+                    UpstreamErrorKind::Tls
+                }
+                crate::tls::ConnectError::Tcp(inner)
+                    if format!("{inner:?}").contains("TimedOut") =>
+                {
+                    UpstreamErrorKind::Timeout
+                }
+                crate::tls::ConnectError::Tcp(_) => UpstreamErrorKind::Connect,
+            };
+        }
+        source = s.source();
+    }
+    UpstreamErrorKind::Connect
 }
 
 fn upstream_failure(

@@ -42,7 +42,7 @@ impl Store {
     /// Validates and serves `config`; errors list every problem.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, ConfigErrors> {
         let valid = config.validate()?;
-        check_token_file(valid.admin_token_file.as_deref())?;
+        check_files(&valid)?;
         let pool = ClientPool::default();
         let routing = Routing::build(config, valid, None, &pool, &metrics);
         Ok(Arc::new(Self {
@@ -105,7 +105,13 @@ impl Store {
                 "changing limits needs a restart",
             ));
         }
-        check_token_file(valid.admin_token_file.as_deref())?;
+        if config.tls != current.config.tls {
+            return Err(ConfigErrors::single(
+                "tls",
+                "changing the listener's TLS settings needs a restart (the certificate files themselves are watched)",
+            ));
+        }
+        check_files(&valid)?;
         let routing = Arc::new(Routing::build(
             config,
             valid,
@@ -158,12 +164,43 @@ fn read_token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-fn check_token_file(path: Option<&Path>) -> Result<(), ConfigErrors> {
-    match path {
-        None => Ok(()),
-        Some(p) => read_token(p)
-            .map(|_| ())
-            .map_err(|e| ConfigErrors::single("admin.token_file", e)),
+/// Checks every file a config names: the admin token, the listener's
+/// certificate and key (and that they match), upstream CA bundles.
+pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    if let Some(p) = &valid.admin_token_file
+        && let Err(e) = read_token(p)
+    {
+        errors.push(crate::config::FieldError {
+            path: "admin.token_file".into(),
+            message: e,
+        });
+    }
+    if let Some(tls) = &valid.tls
+        && let Err(e) = crate::tls::server_config(tls)
+    {
+        let (path, message) = e.split_once(": ").unwrap_or(("tls", e.as_str()));
+        errors.push(crate::config::FieldError {
+            path: path.to_string(),
+            message: message.to_string(),
+        });
+    }
+    for (i, route) in valid.routes.iter().enumerate() {
+        let urls = std::iter::once(&route.stable).chain(route.canary.as_ref());
+        if let Some(key) = urls.filter_map(|u| route.tls_for(u)).next()
+            && let Err(e) = crate::tls::client_config(&key, false)
+        {
+            let message = e.split_once(": ").map(|(_, m)| m.to_string()).unwrap_or(e);
+            errors.push(crate::config::FieldError {
+                path: format!("routes[{i}].upstream_tls.ca_file"),
+                message,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 

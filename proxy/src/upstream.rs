@@ -19,29 +19,49 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use rustls_pki_types::ServerName;
 
 use crate::config::{Protocol, UpstreamUrl};
+use crate::tls::{ConnectError, UpstreamIo, UpstreamTlsKey};
 
-/// A connector that always dials the backend's address.
+/// A connector that always dials the backend's address, then (for https
+/// upstreams) runs a verified TLS handshake.
 #[derive(Clone)]
 pub struct FixedConnector {
     inner: HttpConnector,
     target: Uri,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    handshake_timeout: Duration,
 }
 
 impl tower_service::Service<Uri> for FixedConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Response = UpstreamIo;
+    type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx)
+            .map_err(|e| ConnectError::Tcp(Box::new(e)))
     }
 
     fn call(&mut self, _requested: Uri) -> Self::Future {
-        let fut = tower_service::Service::<Uri>::call(&mut self.inner, self.target.clone());
-        Box::pin(fut)
+        let tcp = tower_service::Service::<Uri>::call(&mut self.inner, self.target.clone());
+        let tls = self.tls.clone();
+        let timeout = self.handshake_timeout;
+        Box::pin(async move {
+            let tcp = tcp.await.map_err(|e| ConnectError::Tcp(Box::new(e)))?;
+            match tls {
+                None => Ok(UpstreamIo::Plain(tcp)),
+                Some((connector, name)) => {
+                    let handshake = connector.connect(name, tcp.into_inner());
+                    let stream = tokio::time::timeout(timeout, handshake)
+                        .await
+                        .map_err(|_| ConnectError::TlsTimeout)?
+                        .map_err(ConnectError::Tls)?;
+                    Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+                }
+            }
+        })
     }
 }
 
@@ -53,6 +73,7 @@ pub struct PoolKey {
     pub url: UpstreamUrl,
     pub protocol: Protocol,
     pub connect_timeout: Duration,
+    pub tls: Option<UpstreamTlsKey>,
 }
 
 fn build_client(key: &PoolKey) -> UpstreamClient {
@@ -64,9 +85,29 @@ fn build_client(key: &PoolKey) -> UpstreamClient {
     let target: Uri = format!("http://{}", key.url.authority())
         .parse()
         .expect("validated upstream authority");
+    let tls = key.tls.as_ref().map(|t| {
+        let config =
+            crate::tls::client_config(t, key.protocol == Protocol::Http2).unwrap_or_else(|e| {
+                // Checked before the table was built; a file broken since then
+                // makes every handshake fail (502, kind="tls") rather than panic.
+                tracing::error!(error = %e, "upstream TLS settings unusable");
+                crate::tls::client_config(
+                    &UpstreamTlsKey {
+                        ca_file: None,
+                        server_name: t.server_name.clone(),
+                    },
+                    false,
+                )
+                .expect("system roots always build")
+            });
+        let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
+        (tokio_rustls::TlsConnector::from(config), name)
+    });
     let connector = FixedConnector {
         inner: http,
         target,
+        tls,
+        handshake_timeout: key.connect_timeout,
     };
     let mut builder = Client::builder(TokioExecutor::new());
     builder

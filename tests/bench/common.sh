@@ -1,5 +1,6 @@
 # Shared helpers of the benchmark scripts (sourced, not run).
 set -euo pipefail
+[ -n "${BENCH_TRACE:-}" ] && set -x
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 WORK="$(mktemp -d /tmp/sluice-bench.XXXXXX)"
 PIDS=()

@@ -589,3 +589,129 @@ pub fn steady_load(
     });
     (control, task)
 }
+
+// === TLS ===
+
+/// A test certificate authority made with rcgen.
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pub cert_pem: String,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Self {
+            cert_pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names` (DNS names or IPs): (cert PEM, key PEM).
+    pub fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("leaf params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sluice test");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes the CA and a leaf for `names` into `dir` as `<stem>.crt`/`<stem>.key`
+    /// (and `<stem>-ca.crt`); returns the three paths.
+    pub fn write_leaf(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        names: &[&str],
+    ) -> (PathBuf, PathBuf, PathBuf) {
+        let (cert, key) = self.leaf(names);
+        let paths = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+            dir.join(format!("{stem}-ca.crt")),
+        );
+        std::fs::write(&paths.0, cert).expect("write cert");
+        std::fs::write(&paths.1, key).expect("write key");
+        std::fs::write(&paths.2, &self.cert_pem).expect("write CA");
+        paths
+    }
+}
+
+/// An HTTPS upstream (the demo backend's answers, over TLS with `cert`/`key`).
+pub async fn start_https_backend(name: &str, cert_pem: &str, key_pem: &str) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .expect("PEM certs");
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("PEM key");
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .expect("server cert");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let addr = listener.local_addr().expect("addr");
+    let name = name.to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, name) = (acceptor.clone(), name.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let name = name.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("x-backend", name.as_str())
+                                .body(Full::new(Bytes::from(format!(
+                                    "{{\"backend\":\"{name}\",\"tls\":true}}"
+                                ))))
+                                .expect("response"),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs curl with `args`; returns (exit code, stdout, stderr).
+pub fn curl(args: &[&str]) -> (i32, String, String) {
+    let binary = which("curl").unwrap_or_else(|| {
+        panic!("curl is not installed: run `apt-get install -y curl` (tests/run does this)")
+    });
+    let out = Command::new(binary).args(args).output().expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

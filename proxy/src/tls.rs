@@ -1,0 +1,335 @@
+//! TLS with rustls and the ring provider, TLS 1.2 and 1.3 only.
+//!
+//! - Termination: the data-plane listener offers ALPN `h2` and `http/1.1`,
+//!   and with `client_ca_file` requires client certificates (mTLS). The
+//!   certificate, key and client CA files are watched; a valid new set is
+//!   used for new connections (open ones keep theirs), an unreadable or
+//!   mismatched set is logged and the old one keeps serving.
+//! - Origination: `https://` upstreams are verified against `ca_file` (or the
+//!   system roots); there is no way to switch verification off.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+
+use crate::config::TlsConfig;
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    std::fs::metadata(path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))?;
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{field}: {} is not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{field}: {} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_roots(path: &Path, field: &str) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path, field)? {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{field}: {} holds an unusable CA certificate: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Loads and checks a certificate and its key; errors name the field.
+pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let certs = read_certs(cert_file, "tls.cert_file")?;
+    std::fs::metadata(key_file)
+        .map_err(|e| format!("tls.key_file: cannot read {}: {e}", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| {
+        format!(
+            "tls.key_file: {} is not a PEM private key: {e}",
+            key_file.display()
+        )
+    })?;
+    CertifiedKey::from_der(certs, key, &provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            format!(
+                "tls.key_file: {} does not belong to the certificate in {}: {e}",
+                key_file.display(),
+                cert_file.display()
+            )
+        })
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Builds the listener's TLS configuration from the files named in `tls`.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+    let key = load_certified_key(&tls.cert_file, &tls.key_file)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match &tls.client_ca_file {
+        Some(ca) => {
+            let roots = read_roots(ca, "tls.client_ca_file")?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| format!("tls.client_ca_file: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(FixedCert(key)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The listener's current TLS configuration, replaced when its files change.
+pub struct Terminator {
+    pub tls: TlsConfig,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl Terminator {
+    pub fn new(tls: TlsConfig) -> Result<Arc<Self>, String> {
+        let config = server_config(&tls)?;
+        Ok(Arc::new(Self {
+            tls,
+            current: ArcSwap::new(config),
+        }))
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.load_full())
+    }
+
+    /// Re-reads the files; on error the old configuration stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config(&self.tls)?;
+        self.current.store(config);
+        Ok(())
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.tls.cert_file.clone(), self.tls.key_file.clone()];
+        files.extend(self.tls.client_ca_file.clone());
+        files
+    }
+
+    /// Watches the certificate files and reloads on change.
+    /// Outcomes count in `sluice_config_reloads_total`.
+    pub fn watch(
+        self: &Arc<Self>,
+        metrics: Arc<crate::Metrics>,
+    ) -> notify::Result<tokio::task::JoinHandle<()>> {
+        use notify::{RecursiveMode, Watcher};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.send(());
+                }
+            })?;
+        let mut dirs: Vec<PathBuf> = self
+            .files()
+            .iter()
+            .map(|f| {
+                f.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for dir in &dirs {
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        }
+        let this = self.clone();
+        let read_all = move |files: &[PathBuf]| {
+            files
+                .iter()
+                .map(|f| std::fs::read(f).ok())
+                .collect::<Vec<_>>()
+        };
+        let files = this.files();
+        let mut last = read_all(&files);
+        Ok(tokio::spawn(async move {
+            let _watcher = watcher;
+            while rx.recv().await.is_some() {
+                // Writers replace cert and key one after the other: let both land.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while rx.try_recv().is_ok() {}
+                let now = read_all(&files);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                match this.reload() {
+                    Ok(()) => {
+                        metrics.record_reload(crate::metrics::ReloadResult::Success);
+                        tracing::info!("TLS certificate reloaded; new connections use it");
+                    }
+                    Err(e) => {
+                        metrics.record_reload(crate::metrics::ReloadResult::Failure);
+                        tracing::error!(error = %e, "TLS files rejected; the previous certificate keeps serving");
+                    }
+                }
+            }
+        }))
+    }
+}
+
+// === origination ===
+
+/// Verification settings of one https upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTlsKey {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: String,
+}
+
+/// A rustls client configuration for an upstream, with ALPN for its protocol.
+pub fn client_config(key: &UpstreamTlsKey, http2: bool) -> Result<Arc<ClientConfig>, String> {
+    let roots = match &key.ca_file {
+        Some(path) => read_roots(path, "upstream_tls.ca_file")?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+            roots
+        }
+    };
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| format!("upstream_tls: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(config))
+}
+
+/// A connection to an upstream, plain or TLS.
+pub enum UpstreamIo {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamIo::Plain(s) => s.connected(),
+            UpstreamIo::Tls(s) => {
+                let (tcp, session) = s.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Why an upstream connection could not be made; `Tls` maps to `kind="tls"`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("tcp connect: {0}")]
+    Tcp(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("TLS handshake: {0}")]
+    Tls(#[source] std::io::Error),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+}

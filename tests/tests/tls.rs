@@ -1,0 +1,385 @@
+//! TLS on the proxy: termination checked with curl (a real client) over
+//! HTTP/1.1 and HTTP/2, certificate rotation, mTLS, and verified https
+//! upstreams. Certificates are made by rcgen.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use sluice_tests::*;
+
+struct TlsProxy {
+    proxy: ProxyHandle,
+    dir: TempDir,
+    ca: TestCa,
+}
+
+impl TlsProxy {
+    async fn start(routes: &str, client_ca: Option<&TestCa>) -> Self {
+        let dir = TempDir::new("tls");
+        let ca = TestCa::new("sluice test CA");
+        let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost", "127.0.0.1"]);
+        let client_ca_line = match client_ca {
+            Some(c) => {
+                let p = dir.path.join("clients-ca.crt");
+                std::fs::write(&p, &c.cert_pem).unwrap();
+                format!("  client_ca_file: {}\n", p.display())
+            }
+            None => String::new(),
+        };
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\ntls:\n  cert_file: {}\n  key_file: {}\n{client_ca_line}routes:\n{routes}",
+            cert.display(),
+            key.display()
+        );
+        let proxy = start_proxy(&yaml).await;
+        Self { proxy, dir, ca }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.proxy.addr.port())
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.path.join("server-ca.crt").display().to_string()
+    }
+}
+
+async fn curl_async(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&refs)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_http1_and_http2_gets_the_same_exact_split_and_metrics() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let echo = start_echo().await;
+    let routes = format!(
+        "  - {{ name: web, stable: '{}', canary: '{}', canary_weight: 50 }}\n  - {{ name: echo, path_prefix: /echo, stable: 'http://{echo}' }}\n",
+        stable.url(),
+        canary.url()
+    );
+    let t = TlsProxy::start(&routes, None).await;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let mut args = vec![
+            "-s".to_string(),
+            "--cacert".into(),
+            t.ca_file(),
+            flag.into(),
+            "-w".into(),
+            "%{http_version} %{http_code}\\n".into(),
+        ];
+        // One curl, ten requests on one connection; -o applies to one URL each.
+        for _ in 0..10 {
+            args.extend(["-o".into(), "/dev/null".into(), t.url("/")]);
+        }
+        let (code, out, err) = curl_async(args).await;
+        assert_eq!(code, 0, "curl {flag}: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 10);
+        assert!(
+            lines.iter().all(|l| *l == format!("{version} 200")),
+            "{flag}: {lines:?}"
+        );
+    }
+    assert_eq!(canary.stats().requests, 10, "exactly half of 20 over TLS");
+    assert_eq!(stable.stats().requests, 10);
+    let m = scrape(t.proxy.admin_addr).await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "web"), ("backend", "canary"), ("code", "200")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        m.sum("sluice_request_duration_seconds_count", &[("route", "web")]),
+        20.0
+    );
+    let (code, body, err) = curl_async(vec![
+        "-s".into(),
+        "--cacert".into(),
+        t.ca_file(),
+        t.url("/echo"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+    // A client that does not trust the CA is refused by curl's own check.
+    let (code, _, _) = curl_async(vec!["-s".into(), t.url("/")]).await;
+    assert_ne!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_serves_new_connections_and_keeps_open_ones() {
+    let stable = backend("stable").await;
+    let t = TlsProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        None,
+    )
+    .await;
+    // An open HTTP/1.1 keep-alive connection made with the first certificate.
+    let first_ca = t.ca.cert_pem.clone();
+    let mut open = tls_client(&first_ca, t.proxy.addr).await;
+    assert_eq!(open.get("/").await, StatusCode::OK);
+
+    let second = TestCa::new("rotated CA");
+    let (cert, key) = second.leaf(&["localhost", "127.0.0.1"]);
+    let second_ca_file = t.dir.path.join("second-ca.crt");
+    std::fs::write(&second_ca_file, &second.cert_pem).unwrap();
+    std::fs::write(t.dir.path.join("server.key"), key).unwrap();
+    std::fs::write(t.dir.path.join("server.crt"), cert).unwrap();
+    let url = t.url("/");
+    let ca = second_ca_file.display().to_string();
+    eventually(
+        "new connections to get the rotated certificate",
+        Duration::from_secs(10),
+        || {
+            let (url, ca) = (url.clone(), ca.clone());
+            async move {
+                (curl_async(vec!["-s".into(), "--cacert".into(), ca, url])
+                    .await
+                    .0
+                    == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        open.get("/").await,
+        StatusCode::OK,
+        "the open connection keeps working"
+    );
+
+    // A key that does not match is rejected; the rotated pair keeps serving.
+    let failures_before = scrape(t.proxy.admin_addr)
+        .await
+        .sum("sluice_config_reloads_total", &[("result", "failure")]);
+    let (_, stray_key) = second.leaf(&["localhost"]);
+    std::fs::write(t.dir.path.join("server.key"), stray_key).unwrap();
+    eventually(
+        "the mismatched key to be rejected",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(t.proxy.admin_addr).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) > failures_before)
+                .then_some(())
+        },
+    )
+    .await;
+    let (code, _, err) = curl_async(vec![
+        "-s".into(),
+        "--cacert".into(),
+        ca.clone(),
+        url.clone(),
+    ])
+    .await;
+    assert_eq!(code, 0, "after a mismatched key: {err}");
+}
+
+/// A minimal HTTP/1.1-over-TLS client holding one connection open.
+struct TlsClient {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl TlsClient {
+    async fn get(&mut self, path: &str) -> StatusCode {
+        let req = http::Request::get(path)
+            .header("host", "localhost")
+            .body(Default::default())
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        self.sender.send_request(req).await.unwrap().status()
+    }
+}
+
+async fn tls_client(ca_pem: &str, addr: std::net::SocketAddr) -> TlsClient {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    TlsClient { sender }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_accepts_a_good_client_certificate_and_refuses_none_or_a_wrong_one() {
+    let stable = backend("stable").await;
+    let clients = TestCa::new("clients CA");
+    let t = TlsProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        Some(&clients),
+    )
+    .await;
+    let (good_cert, good_key, _) =
+        clients.write_leaf(&t.dir.path, "good-client", &["client.example"]);
+    let stranger = TestCa::new("stranger CA");
+    let (bad_cert, bad_key, _) =
+        stranger.write_leaf(&t.dir.path, "bad-client", &["client.example"]);
+    let base = vec![
+        "-s".to_string(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "--cacert".into(),
+        t.ca_file(),
+    ];
+    let with = |cert: &std::path::Path, key: &std::path::Path| {
+        let mut a = base.clone();
+        a.extend([
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+            t.url("/"),
+        ]);
+        a
+    };
+    let (code, out, err) = curl_async(with(&good_cert, &good_key)).await;
+    assert_eq!((code, out.as_str()), (0, "200"), "{err}");
+    let mut none = base.clone();
+    none.push(t.url("/"));
+    let (code, out, _) = curl_async(none).await;
+    assert!(
+        code != 0 && out != "200",
+        "no client certificate must be refused (curl {code}, {out})"
+    );
+    let (code, out, _) = curl_async(with(&bad_cert, &bad_key)).await;
+    assert!(
+        code != 0 && out != "200",
+        "a foreign client certificate must be refused (curl {code}, {out})"
+    );
+    assert_eq!(stable.stats().requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_and_a_wrong_ca_is_a_502_of_kind_tls() {
+    let dir = TempDir::new("upstream-tls");
+    let upstream_ca = TestCa::new("upstream CA");
+    let (cert, key) = upstream_ca.leaf(&["web.internal"]);
+    let upstream = start_https_backend("secure", &cert, &key).await;
+    let right_ca = dir.path.join("upstream-ca.crt");
+    std::fs::write(&right_ca, &upstream_ca.cert_pem).unwrap();
+    let wrong_ca = dir.path.join("wrong-ca.crt");
+    std::fs::write(&wrong_ca, TestCa::new("wrong CA").cert_pem).unwrap();
+    let routes = format!(
+        "  - name: good\n    path_prefix: /good\n    stable: https://{upstream}\n    upstream_tls: {{ ca_file: {}, server_name: web.internal }}\n  - name: bad\n    path_prefix: /bad\n    stable: https://{upstream}\n    upstream_tls: {{ ca_file: {}, server_name: web.internal }}\n  - name: h2\n    path_prefix: /h2\n    protocol: http2\n    stable: https://{upstream}\n    upstream_tls: {{ ca_file: {}, server_name: web.internal }}\n",
+        right_ca.display(),
+        wrong_ca.display(),
+        right_ca.display(),
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let (status, headers, _) = get(&format!("http://{}/good", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-backend"], "secure");
+    let (status, _, _) = get(&format!("http://{}/h2", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "h2 over TLS via ALPN");
+    let (status, _, body) = get(&format!("http://{}/bad", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(String::from_utf8_lossy(&body).contains("TLS"), "{body:?}");
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "bad"), ("kind", "tls")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "bad"), ("code", "502")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
+    let dir = TempDir::new("tls-check");
+    let ca = TestCa::new("check CA");
+    let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost"]);
+    let (_, other_key, _) = ca.write_leaf(&dir.path, "other", &["localhost"]);
+    let garbage = dir.path.join("garbage.crt");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let cases = [
+        (
+            dir.path.join("missing.crt"),
+            key.clone(),
+            "tls.cert_file: cannot read",
+        ),
+        (garbage.clone(), key.clone(), "tls.cert_file"),
+        (cert.clone(), other_key.clone(), "tls.key_file"),
+    ];
+    for (c, k, expected) in cases {
+        let file = dir.path.join("sluice.yaml");
+        std::fs::write(
+            &file,
+            format!(
+                "listen: 127.0.0.1:8443\ntls:\n  cert_file: {}\n  key_file: {}\nroutes:\n  - {{ name: web, stable: 'http://127.0.0.1:9' }}\n",
+                c.display(),
+                k.display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(bin("sluice-proxy"))
+            .arg("check")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr}"
+        );
+    }
+    let file = dir.path.join("good.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen: 127.0.0.1:8443\ntls:\n  cert_file: {}\n  key_file: {}\nroutes:\n  - name: web\n    stable: https://127.0.0.1:9\n    upstream_tls: {{ ca_file: {} }}\n",
+            cert.display(),
+            key.display(),
+            dir.path.join("nope.crt").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin("sluice-proxy"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("routes[0].upstream_tls.ca_file"),
+        "{stderr}"
+    );
+}
