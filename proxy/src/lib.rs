@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod kube_source;
 pub mod metrics;
 pub mod routing;
 pub mod server;

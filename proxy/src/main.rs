@@ -19,6 +19,10 @@ struct Cli {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Read the config from this ConfigMap's `routes.yaml` through the
+    /// Kubernetes API (in-cluster or kubeconfig credentials) and follow it.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
+    kube_configmap: Option<String>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -51,6 +55,9 @@ fn main() -> ExitCode {
         return check(file);
     }
     init_logging(cli.log_format);
+    if let Some(reference) = cli.kube_configmap.clone() {
+        return run_from_configmap(&cli, &reference);
+    }
     let Some(path) = cli.config.clone() else {
         eprintln!("error: --config FILE is required (or use `sluice-proxy check FILE`)");
         return ExitCode::from(2);
@@ -62,12 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.workers {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = builder.enable_all().build().expect("tokio runtime");
-    runtime.block_on(async move {
+    runtime(&cli).block_on(async move {
         let options = sluice_proxy::StartOptions {
             watch_file: Some(path.clone()),
             drain_timeout: cli.drain_timeout,
@@ -83,6 +85,57 @@ fn main() -> ExitCode {
         tracing::info!("signal received; draining");
         handle.shutdown().await;
         tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+fn runtime(cli: &Cli) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.workers {
+        builder.worker_threads(n.max(1));
+    }
+    builder.enable_all().build().expect("tokio runtime")
+}
+
+fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
+    let (ns, name) = match sluice_proxy::kube_source::parse_reference(reference) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: --kube-configmap: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let drain_timeout = cli.drain_timeout;
+    runtime(cli).block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: --kube-configmap: no Kubernetes credentials (in-cluster or kubeconfig): {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let config = match sluice_proxy::kube_source::fetch(client.clone(), &ns, &name).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let options = sluice_proxy::StartOptions {
+            watch_file: None,
+            drain_timeout,
+        };
+        let handle = match sluice_proxy::start(config, options).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: ConfigMap {ns}/{name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let follower = sluice_proxy::kube_source::follow(client, ns, name, handle.store.clone());
+        wait_for_signal().await;
+        follower.abort();
+        handle.shutdown().await;
         ExitCode::SUCCESS
     })
 }

@@ -3,6 +3,8 @@
 //! sleeping, and small purpose-built upstreams (header echo, WebSocket-style
 //! upgrade echo, a gRPC-framed HTTP/2 server).
 
+pub mod fake_kube;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;

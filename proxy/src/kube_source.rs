@@ -1,0 +1,110 @@
+//! `--kube-configmap NAMESPACE/NAME`: the routing table comes from a
+//! ConfigMap's `routes.yaml` key, read and watched through the Kubernetes API
+//! (not a mounted volume, whose kubelet sync can take a minute: a rollback
+//! must not). Each new version is validated and swapped in atomically; an
+//! invalid one is logged, counted in `sluice_config_reloads_total{result="failure"}`,
+//! and the last good table keeps serving.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::runtime::watcher;
+
+use crate::config::{Config, ConfigErrors};
+use crate::metrics::ReloadResult;
+use crate::store::Store;
+
+/// The key of the ConfigMap that holds the proxy's config.
+pub const CONFIG_KEY: &str = "routes.yaml";
+
+/// Parses `NAMESPACE/NAME`.
+pub fn parse_reference(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("`{text}` is not NAMESPACE/NAME")),
+    }
+}
+
+fn config_of(cm: &ConfigMap, ns: &str, name: &str) -> Result<(String, Config), ConfigErrors> {
+    let text = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIG_KEY))
+        .ok_or_else(|| {
+            ConfigErrors::single(
+                "",
+                format!("ConfigMap {ns}/{name} has no `{CONFIG_KEY}` key"),
+            )
+        })?;
+    let config = Config::from_yaml(text)?;
+    Ok((text.clone(), config))
+}
+
+/// Reads the ConfigMap once (to start the proxy).
+pub async fn fetch(client: kube::Client, ns: &str, name: &str) -> Result<Config, String> {
+    let api: Api<ConfigMap> = Api::namespaced(client, ns);
+    let cm = api
+        .get(name)
+        .await
+        .map_err(|e| format!("cannot read ConfigMap {ns}/{name}: {e}"))?;
+    config_of(&cm, ns, name)
+        .map(|(_, c)| c)
+        .map_err(|e| format!("ConfigMap {ns}/{name} `{CONFIG_KEY}`:\n{e}"))
+}
+
+/// Follows the ConfigMap and applies every valid change.
+pub fn follow(
+    client: kube::Client,
+    ns: String,
+    name: String,
+    store: Arc<Store>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<ConfigMap> = Api::namespaced(client, &ns);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut last_applied: Option<String> = None;
+        let mut events = watcher(api, config).boxed();
+        while let Some(event) = events.next().await {
+            let cm = match event {
+                Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => cm,
+                Ok(watcher::Event::Delete(_)) => {
+                    tracing::warn!(configmap = %format!("{ns}/{name}"), "ConfigMap deleted; the last good config keeps serving");
+                    continue;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ConfigMap watch failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let where_ = format!("{ns}/{name}");
+            let (text, config) = match config_of(&cm, &ns, &name) {
+                Ok(parsed) => parsed,
+                Err(errors) => {
+                    // Parse errors and a missing key never reach Store::replace.
+                    store.metrics().record_reload(ReloadResult::Failure);
+                    tracing::error!(configmap = %where_, %errors, "ConfigMap version rejected; the last good config keeps serving");
+                    continue;
+                }
+            };
+            if last_applied.as_deref() == Some(text.as_str()) || store.load().config == config {
+                last_applied = Some(text);
+                continue;
+            }
+            match store.replace(config) {
+                Ok(_) => {
+                    last_applied = Some(text);
+                    tracing::info!(configmap = %where_, "config reloaded from the ConfigMap");
+                }
+                Err(errors) => {
+                    tracing::error!(configmap = %where_, %errors, "ConfigMap version rejected; the last good config keeps serving")
+                }
+            }
+        }
+    })
+}
