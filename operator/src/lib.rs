@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod control;
 pub mod demo;
 pub mod http;
+pub mod kube;
 pub mod machine;
 pub mod plan;
 pub mod provider;

@@ -146,7 +146,8 @@ struct CanaryCounters {
 
 pub struct ProxyProvider {
     client: HttpClient,
-    metrics_url: String,
+    /// One `/metrics` URL per proxy replica; counters are summed.
+    metrics_urls: Vec<String>,
     route: String,
     previous: Option<CanaryCounters>,
 }
@@ -156,22 +157,41 @@ impl ProxyProvider {
     pub fn new(admin: &str, route: &str) -> Self {
         Self {
             client: HttpClient::default(),
-            metrics_url: format!("{}/metrics", admin.trim_end_matches('/')),
+            metrics_urls: vec![format!("{}/metrics", admin.trim_end_matches('/'))],
             route: route.to_string(),
             previous: None,
         }
     }
 
-    async fn read(&self) -> Result<CanaryCounters, String> {
-        let answer = self
-            .client
-            .get(&self.metrics_url, Duration::from_secs(5))
-            .await
-            .map_err(|e| format!("proxy metrics unreachable: {e}"))?;
-        if !answer.status.is_success() {
-            return Err(format!("proxy metrics answered {}", answer.status));
+    /// Scrapes these admin base URLs (every proxy replica) from now on.
+    pub fn set_targets(&mut self, admins: &[String]) {
+        let urls: Vec<String> = admins
+            .iter()
+            .map(|a| format!("{}/metrics", a.trim_end_matches('/')))
+            .collect();
+        if urls != self.metrics_urls {
+            // Another set of replicas: the old baseline does not compare.
+            self.previous = None;
+            self.metrics_urls = urls;
         }
-        let scrape = Scrape::parse(&answer.text());
+    }
+
+    async fn read(&self) -> Result<CanaryCounters, String> {
+        if self.metrics_urls.is_empty() {
+            return Err("no proxy replica to read metrics from".into());
+        }
+        let mut scrape = Scrape::default();
+        for url in &self.metrics_urls {
+            let answer = self
+                .client
+                .get(url, Duration::from_secs(5))
+                .await
+                .map_err(|e| format!("proxy metrics unreachable: {e}"))?;
+            if !answer.status.is_success() {
+                return Err(format!("proxy metrics at {url} answered {}", answer.status));
+            }
+            scrape.0.extend(Scrape::parse(&answer.text()).0);
+        }
         let labels = [("route", self.route.as_str()), ("backend", "canary")];
         let requests = scrape.sum("sluice_requests_total", &labels);
         let server_errors: f64 = scrape

@@ -53,6 +53,31 @@ pub enum RunError {
     },
 }
 
+/// Runs the webhooks the current phase needs and reports them as gates.
+pub async fn collect_gates(
+    http: &HttpClient,
+    plan: &Plan,
+    phase: Option<Phase>,
+    analysing: bool,
+    at_last_step: bool,
+    payload: &WebhookPayload,
+) -> Gates {
+    let mut gates = Gates::default();
+    if phase == Some(Phase::Initialized) {
+        gates.pre_rollout = run_gate(http, plan, WebhookKind::PreRollout, payload).await.map(|g| g.0);
+    }
+    if analysing {
+        gates.rollout = run_gate(http, plan, WebhookKind::Rollout, payload).await.map(|g| g.0);
+        gates.rollback_requested = rollback_requested(http, plan, payload).await;
+    }
+    if phase == Some(Phase::WaitingPromotion) || (analysing && at_last_step) {
+        gates.confirm_promotion = run_gate(http, plan, WebhookKind::ConfirmPromotion, payload)
+            .await
+            .map(|g| g.0);
+    }
+    gates
+}
+
 /// Everything one release needs.
 pub struct Driver<R: Router> {
     pub name: String,
@@ -119,27 +144,10 @@ impl<R: Router> Driver<R> {
             } else {
                 None
             };
-            let mut gates = Gates::default();
-            if phase == Some(Phase::Initialized) {
-                gates.pre_rollout = run_gate(&http, &self.plan, WebhookKind::PreRollout, &payload)
-                    .await
-                    .map(|g| g.0);
-            }
-            if analysing {
-                gates.rollout = run_gate(&http, &self.plan, WebhookKind::Rollout, &payload)
-                    .await
-                    .map(|g| g.0);
-                gates.rollback_requested = rollback_requested(&http, &self.plan, &payload).await;
-            }
             let at_last_step = status
                 .as_ref()
                 .is_some_and(|s| s.step + 1 == self.plan.steps_bp.len());
-            if phase == Some(Phase::WaitingPromotion) || (analysing && at_last_step) {
-                gates.confirm_promotion =
-                    run_gate(&http, &self.plan, WebhookKind::ConfirmPromotion, &payload)
-                        .await
-                        .map(|g| g.0);
-            }
+            let gates = collect_gates(&http, &self.plan, phase, analysing, at_last_step, &payload).await;
             let target_ready = match phase {
                 Some(Phase::Initializing) => self.router.ready().await,
                 _ => true,

@@ -1,0 +1,809 @@
+//! `sluice kube`: the Kubernetes operator. Annotate a Deployment
+//! `sluice.dev/canary: "enabled"` and every new revision of it is released as
+//! a metric-gated canary through a Sluice proxy.
+//!
+//! Reconcile is idempotent and tick-based: each call reads the world, steps
+//! the same state machine `sluice rollout` uses at most once, carries out its
+//! actions, writes the status, and asks to be called again
+//! (`Action::requeue`) when the next tick is due. The status lives on
+//! `app-primary` (annotation `sluice.dev/status`), so an operator restart
+//! resumes where it was, never moving weight backwards or skipping a step.
+
+pub mod annotations;
+pub mod leader;
+pub mod metrics;
+pub mod objects;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::analysis::CheckResult;
+use crate::http::HttpClient;
+use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
+use crate::plan::{QueryCheck, Webhook};
+use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
+use crate::runner::collect_gates;
+use crate::webhook::{WebhookPayload, run_gate};
+use annotations::{MetricsSource, PortRef, Settings};
+use objects::*;
+
+pub const FIELD_MANAGER: &str = "sluice";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What the operator keeps on `app-primary` as `sluice.dev/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeStatus {
+    pub phase: String,
+    pub canary_weight: f64,
+    pub failed_checks: u32,
+    /// The revision of the current (or last) release.
+    pub revision: String,
+    /// The revision `app-primary` runs.
+    pub primary_revision: String,
+    /// A rolled-back revision: not released again until it changes (or `retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
+    pub last_transition: String,
+    pub message: String,
+    pub original_replicas: i64,
+    pub bootstrapped: bool,
+    /// The steps in percent, and the 1-based step in force (0 before the first).
+    pub steps: Vec<f64>,
+    pub step: usize,
+    #[serde(default)]
+    pub last_checks: Vec<CheckResult>,
+    #[serde(default)]
+    pub last_analysis_at: f64,
+    #[serde(default)]
+    pub release_started_at: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<machine::Status>,
+}
+
+impl KubeStatus {
+    pub fn from_primary(primary: &Deployment) -> Option<Self> {
+        primary
+            .annotations()
+            .get(annotations::STATUS)
+            .and_then(|s| serde_json::from_str(s).ok())
+    }
+}
+
+/// Makes the metric provider of a release.
+pub type ProviderFactory = Arc<dyn Fn(&Settings, &str, &str) -> Provider + Send + Sync>;
+
+/// Shared state of the operator.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub prometheus_url: Option<String>,
+    pub proxy_image: String,
+    pub metrics: Arc<metrics::OperatorMetrics>,
+    pub providers: Mutex<HashMap<String, Provider>>,
+    pub make_provider: ProviderFactory,
+    pub http: HttpClient,
+    /// Seconds on a wall clock (statuses outlive the process).
+    pub now: Arc<dyn Fn() -> f64 + Send + Sync>,
+    /// How long to wait between polls while waiting on the cluster.
+    pub poll: Duration,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, identity: &str, prometheus_url: Option<String>, proxy_image: String) -> Self {
+        let reporter = Reporter {
+            controller: "sluice".into(),
+            instance: Some(identity.to_string()),
+        };
+        let prom = prometheus_url.clone();
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            prometheus_url,
+            proxy_image,
+            metrics: metrics::OperatorMetrics::new(),
+            providers: Mutex::new(HashMap::new()),
+            make_provider: Arc::new(move |settings, ns, app| default_provider(settings, ns, app, prom.as_deref())),
+            http: HttpClient::default(),
+            now: Arc::new(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            }),
+            poll: Duration::from_secs(2),
+        }
+    }
+}
+
+fn default_provider(settings: &Settings, ns: &str, app: &str, prometheus: Option<&str>) -> Provider {
+    let route = route_name(app);
+    match (settings.metrics, prometheus) {
+        (MetricsSource::Prometheus, Some(url)) => Provider::Prometheus(PrometheusProvider::new(url, &route)),
+        _ => Provider::Proxy(ProxyProvider::new(
+            &format!("http://{}.{ns}.svc:{PROXY_ADMIN_PORT}", proxy_name(app)),
+            &route,
+        )),
+    }
+}
+
+fn rfc3339(secs: f64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(secs as i64)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
+    Ok(serde_json::to_value(v)?)
+}
+
+async fn apply<K>(client: &kube::Client, ns: &str, object: &Value) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
+        .await?;
+    Ok(())
+}
+
+async fn merge_patch<K>(client: &kube::Client, ns: &str, name: &str, patch: Value) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, d: &Deployment, level: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_: level,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not publish an Event");
+    }
+}
+
+/// Runs the controller until the stream ends (or the future is dropped).
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let api: Api<Deployment> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    Controller::new(api, watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile did not finish");
+            }
+        })
+        .await;
+}
+
+fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(deployment = %d.name_any(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// One reconcile of one Deployment.
+pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = d.namespace().unwrap_or_else(|| "default".into());
+    let name = d.name_any();
+    let has_finalizer = d.finalizers().iter().any(|f| f == annotations::FINALIZER);
+    let primaries: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    if d.metadata.deletion_timestamp.is_some() {
+        if has_finalizer {
+            cleanup(&ctx, &d, &ns, &name, true).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if !annotations::enabled(d.annotations()) {
+        if has_finalizer || primaries.get_opt(&primary_name(&name)).await?.is_some() {
+            return cleanup(&ctx, &d, &ns, &name, false).await;
+        }
+        return Ok(Action::await_change());
+    }
+    let mut settings = match annotations::parse(d.annotations(), ctx.prometheus_url.is_some()) {
+        Ok(s) => s,
+        Err(e) => {
+            publish(&ctx, &d, EventType::Warning, "InvalidAnnotation", format!("{e}; nothing was created or changed")).await;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    if let Err(e) = load_extras(&ctx, &ns, &mut settings).await {
+        publish(&ctx, &d, EventType::Warning, "InvalidConfig", format!("{e}; nothing was created or changed")).await;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(service) = services.get_opt(&name).await? else {
+        publish(
+            &ctx,
+            &d,
+            EventType::Warning,
+            "ServiceNotFound",
+            format!("Service {name} not found in {ns}: Sluice fronts the Service named like the Deployment"),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    let service_value = to_value(&service)?;
+    let port = match resolve_port(&service_value, settings.port.as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            publish(&ctx, &d, EventType::Warning, "InvalidAnnotation", e).await;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    if !has_finalizer {
+        let mut finalizers = d.finalizers().to_vec();
+        finalizers.push(annotations::FINALIZER.to_string());
+        merge_patch::<Deployment>(&ctx.client, &ns, &name, json!({"metadata": {"finalizers": finalizers}})).await?;
+    }
+    let dv = to_value(&*d)?;
+    let revision = revision_of(&ctx, &ns, &dv).await?;
+    let Some(primary) = primaries.get_opt(&primary_name(&name)).await? else {
+        bootstrap(&ctx, &ns, &name, &dv, &service_value, port, &revision, &settings).await?;
+        return Ok(Action::requeue(ctx.poll));
+    };
+    let mut status = KubeStatus::from_primary(&primary).unwrap_or_default();
+    if !status.bootstrapped {
+        return take_over(&ctx, &d, &ns, &name, &primary, &service_value, port, status).await;
+    }
+    sync_hpas(&ctx, &ns, &name, &dv).await?;
+    release_tick(&ctx, &d, &ns, &name, &dv, &primary, port, &revision, &settings, &mut status).await
+}
+
+/// Reads the checks and webhooks ConfigMaps named by the annotations.
+async fn load_extras(ctx: &Context, ns: &str, settings: &mut Settings) -> Result<(), String> {
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(name) = &settings.checks_configmap {
+        let text = configmap_key(&cms, name, "checks.yaml", annotations::CHECKS).await?;
+        settings.plan.queries = serde_yaml_ng::from_str::<Vec<QueryCheck>>(&text)
+            .map_err(|e| format!("annotation {}: ConfigMap {name} key checks.yaml: {e}", annotations::CHECKS))?;
+    }
+    if let Some(name) = &settings.webhooks_configmap {
+        let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;
+        settings.plan.webhooks = serde_yaml_ng::from_str::<Vec<Webhook>>(&text)
+            .map_err(|e| format!("annotation {}: ConfigMap {name} key webhooks.yaml: {e}", annotations::WEBHOOKS))?;
+    }
+    Ok(())
+}
+
+async fn configmap_key(cms: &Api<ConfigMap>, name: &str, key: &str, annotation: &str) -> Result<String, String> {
+    let cm = cms
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("annotation {annotation}: cannot read ConfigMap {name}: {e}"))?
+        .ok_or_else(|| format!("annotation {annotation}: ConfigMap {name} not found"))?;
+    cm.data
+        .and_then(|d| d.get(key).cloned())
+        .ok_or_else(|| format!("annotation {annotation}: ConfigMap {name} has no key {key}"))
+}
+
+/// The Service port to proxy: by name or number, else the first.
+fn resolve_port(service: &Value, wanted: Option<&PortRef>) -> Result<i32, String> {
+    let ports = service["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let found = match wanted {
+        None => ports.first(),
+        Some(PortRef::Number(n)) => ports.iter().find(|p| p["port"].as_i64() == Some(i64::from(*n))),
+        Some(PortRef::Name(n)) => ports.iter().find(|p| p["name"].as_str() == Some(n.as_str())),
+    };
+    let allowed: Vec<String> = ports
+        .iter()
+        .map(|p| format!("{}/{}", p["name"].as_str().unwrap_or("-"), p["port"]))
+        .collect();
+    found
+        .and_then(|p| p["port"].as_i64())
+        .map(|p| p as i32)
+        .ok_or_else(|| {
+            format!(
+                "annotation {}: `{}` matches no port of the Service (allowed: {})",
+                annotations::PORT,
+                match wanted {
+                    Some(PortRef::Name(n)) => n.clone(),
+                    Some(PortRef::Number(n)) => n.to_string(),
+                    None => String::new(),
+                },
+                allowed.join(", ")
+            )
+        })
+}
+
+/// The revision of the user's pod template and the config it references.
+async fn revision_of(ctx: &Context, ns: &str, d: &Value) -> Result<String, Error> {
+    let template = &d["spec"]["template"];
+    let refs = config_refs(template);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let mut cm_data = BTreeMap::new();
+    for name in &refs.configmaps {
+        let v = match cms.get_opt(name).await? {
+            Some(cm) => json!({"data": cm.data, "binaryData": cm.binary_data}),
+            None => Value::Null,
+        };
+        cm_data.insert(name.clone(), v);
+    }
+    let mut secret_data = BTreeMap::new();
+    for name in &refs.secrets {
+        let v = match secrets.get_opt(name).await? {
+            Some(s) => to_value(&s.data)?,
+            None => Value::Null,
+        };
+        secret_data.insert(name.clone(), v);
+    }
+    Ok(revision_hash(template, &cm_data, &secret_data))
+}
+
+/// (Re)writes the `-primary` copies of the ConfigMaps and Secrets `template` references.
+async fn copy_configs(ctx: &Context, ns: &str, app: &str, template: &Value, owner: &Value) -> Result<(), Error> {
+    let refs = config_refs(template);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    for name in &refs.configmaps {
+        if let Some(cm) = cms.get_opt(name).await? {
+            apply::<ConfigMap>(&ctx.client, ns, &config_copy(&to_value(&cm)?, owner, app)).await?;
+        }
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    for name in &refs.secrets {
+        if let Some(s) = secrets.get_opt(name).await? {
+            apply::<Secret>(&ctx.client, ns, &config_copy(&to_value(&s)?, owner, app)).await?;
+        }
+    }
+    Ok(())
+}
+
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (seed >> (i % 16 * 8)) as u8);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates everything Sluice needs for `app`; traffic does not move yet.
+#[allow(clippy::too_many_arguments)]
+async fn bootstrap(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    d: &Value,
+    service: &Value,
+    port: i32,
+    revision: &str,
+    settings: &Settings,
+) -> Result<(), Error> {
+    let owner = owner_reference(d);
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
+    copy_configs(ctx, ns, app, &d["spec"]["template"], &owner).await?;
+    let selector: BTreeMap<String, String> = original_selector(service);
+    apply::<Service>(&ctx.client, ns, &service_copy(service, &primary_name(app), &primary_labels(&selector_of(d)), &owner, app)).await?;
+    apply::<Service>(&ctx.client, ns, &service_copy(service, &canary_service_name(app), &selector, &owner, app)).await?;
+    apply::<Secret>(&ctx.client, ns, &admin_secret(app, &random_token(), &owner)).await?;
+    for (kind, object) in proxy_rbac(app, &owner) {
+        match kind.as_str() {
+            "serviceaccounts" => apply::<ServiceAccount>(&ctx.client, ns, &object).await?,
+            "roles" => apply::<Role>(&ctx.client, ns, &object).await?,
+            _ => apply::<RoleBinding>(&ctx.client, ns, &object).await?,
+        }
+    }
+    apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, port, 0, &owner)).await?;
+    apply::<Deployment>(&ctx.client, ns, &proxy_deployment(app, ns, &ctx.proxy_image, &owner)).await?;
+    apply::<Service>(&ctx.client, ns, &proxy_admin_service(app, &owner)).await?;
+    let mut primary = primary_deployment(d, replicas, &owner);
+    let status = KubeStatus {
+        phase: "Initializing".into(),
+        revision: revision.to_string(),
+        primary_revision: revision.to_string(),
+        original_replicas: d["spec"]["replicas"].as_i64().unwrap_or(1),
+        message: format!("waiting for {} and the proxy to be ready", primary_name(app)),
+        steps: settings.plan.steps_bp.iter().map(|b| f64::from(*b) / 100.0).collect(),
+        last_transition: rfc3339((ctx.now)()),
+        ..KubeStatus::default()
+    };
+    primary["metadata"]["annotations"] = json!({annotations::STATUS: serde_json::to_string(&status)?});
+    apply::<Deployment>(&ctx.client, ns, &primary).await?;
+    sync_hpas(ctx, ns, app, d).await?;
+    Ok(())
+}
+
+/// The user's Service selector before Sluice pointed it at the proxy.
+fn original_selector(service: &Value) -> BTreeMap<String, String> {
+    if let Some(saved) = service["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].as_str()
+        && let Ok(sel) = serde_json::from_str(saved)
+    {
+        return sel;
+    }
+    service["spec"]["selector"]
+        .as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+/// Once `app-primary` and the proxy are ready: Service `app` selects the
+/// proxy, then the user's Deployment (now the canary) scales to 0.
+#[allow(clippy::too_many_arguments)]
+async fn take_over(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    primary: &Deployment,
+    service: &Value,
+    port: i32,
+    mut status: KubeStatus,
+) -> Result<Action, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let proxy = deployments.get_opt(&proxy_name(app)).await?;
+    let ready = rolled_out(&to_value(primary)?) && proxy.as_ref().map(to_value).transpose()?.is_some_and(|p| rolled_out(&p));
+    if !ready {
+        return Ok(Action::requeue(ctx.poll));
+    }
+    if service["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].is_null() {
+        let mut s = service.clone();
+        let selector = original_selector(service);
+        let mut original_target = Value::Null;
+        if let Some(ports) = s["spec"]["ports"].as_array_mut() {
+            for p in ports.iter_mut().filter(|p| p["port"].as_i64() == Some(i64::from(port))) {
+                original_target = p.get("targetPort").cloned().unwrap_or(json!(port));
+                p["targetPort"] = json!(PROXY_HTTP_PORT);
+            }
+        }
+        s["spec"]["selector"] = json!(proxy_pod_labels(app));
+        if !s["metadata"]["annotations"].is_object() {
+            s["metadata"]["annotations"] = json!({});
+        }
+        s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR] = json!(serde_json::to_string(&selector)?);
+        s["metadata"]["annotations"][annotations::ORIGINAL_TARGET_PORT] = json!(original_target.to_string());
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+        services.replace(app, &PostParams::default(), &serde_json::from_value(s)?).await?;
+    }
+    merge_patch::<Deployment>(&ctx.client, ns, app, json!({"spec": {"replicas": 0}})).await?;
+    status.bootstrapped = true;
+    status.phase = "Initialized".into();
+    status.message = format!("Service {app} now goes through the Sluice proxy to {}", primary_name(app));
+    status.last_transition = rfc3339((ctx.now)());
+    save_status(ctx, ns, app, &status).await?;
+    publish(ctx, d, EventType::Normal, "Initialized", status.message.clone()).await;
+    Ok(Action::requeue(ctx.poll))
+}
+
+async fn save_status(ctx: &Context, ns: &str, app: &str, status: &KubeStatus) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": {annotations::STATUS: serde_json::to_string(status)?}}});
+    merge_patch::<Deployment>(&ctx.client, ns, &primary_name(app), patch).await?;
+    ctx.metrics.observe(ns, app, status);
+    Ok(())
+}
+
+/// HPAs aimed at `app` get a twin aimed at `app-primary`.
+async fn sync_hpas(ctx: &Context, ns: &str, app: &str, d: &Value) -> Result<(), Error> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    let owner = owner_reference(d);
+    for hpa in hpas.list(&ListParams::default()).await?.items {
+        let target = hpa.spec.as_ref().map(|s| &s.scale_target_ref);
+        if target.is_some_and(|t| t.kind == "Deployment" && t.name == app) {
+            apply::<HorizontalPodAutoscaler>(&ctx.client, ns, &hpa_twin(&to_value(&hpa)?, app, &owner)).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn scale(ctx: &Context, ns: &str, name: &str, replicas: i64) -> Result<(), Error> {
+    merge_patch::<Deployment>(&ctx.client, ns, name, json!({"spec": {"replicas": replicas}})).await
+}
+
+async fn set_weight(ctx: &Context, ns: &str, app: &str, port: i32, bp: u32, owner: &Value) -> Result<(), Error> {
+    apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, port, bp, owner)).await
+}
+
+/// Proxy replica admin URLs, for the proxy provider.
+async fn proxy_targets(ctx: &Context, ns: &str, app: &str) -> Result<Vec<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("sluice.dev/release={app},app.kubernetes.io/name=sluice-proxy");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.status.and_then(|s| s.pod_ip))
+        .map(|ip| format!("http://{ip}:{PROXY_ADMIN_PORT}"))
+        .collect())
+}
+
+fn take_command(primary: &Deployment) -> Option<String> {
+    primary.annotations().get(annotations::COMMAND).cloned()
+}
+
+/// One step of a release (or nothing, when there is nothing to release).
+#[allow(clippy::too_many_arguments)]
+async fn release_tick(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    primary: &Deployment,
+    port: i32,
+    revision: &str,
+    settings: &Settings,
+    status: &mut KubeStatus,
+) -> Result<Action, Error> {
+    let plan = &settings.plan;
+    let key = format!("{ns}/{app}");
+    let owner = owner_reference(dv);
+    let mut command = None;
+    if let Some(c) = take_command(primary) {
+        merge_patch::<Deployment>(&ctx.client, ns, &primary_name(app), json!({"metadata": {"annotations": {annotations::COMMAND: null}}}))
+            .await?;
+        match c.as_str() {
+            "approve" => command = Some(Command::Approve),
+            "abort" => command = Some(Command::Abort),
+            "retry" => {
+                status.failed_revision = None;
+                if status.machine.as_ref().is_some_and(|m| m.phase == Phase::Failed) {
+                    status.machine = None;
+                }
+                status.message = "retry requested".into();
+                save_status(ctx, ns, app, status).await?;
+            }
+            other => tracing::warn!(%other, "unknown command annotation ignored"),
+        }
+    }
+    let active = status.machine.as_ref().is_some_and(|m| !m.phase.is_terminal());
+    if !active {
+        if revision == status.primary_revision {
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        if status.failed_revision.as_deref() == Some(revision) {
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    }
+    let now = (ctx.now)();
+    let phase = status.machine.as_ref().filter(|_| active).map(|m| m.phase);
+    let previous = status.machine.clone().filter(|m| !m.phase.is_terminal() || m.revision == revision);
+    let analysing = phase.is_some_and(Phase::analyses) && now - status.last_analysis_at >= plan.interval.as_secs_f64();
+    let mut provider = ctx
+        .providers
+        .lock()
+        .expect("providers lock")
+        .remove(&key)
+        .unwrap_or_else(|| (ctx.make_provider)(settings, ns, app));
+    let analysis = if analysing {
+        if let Provider::Proxy(p) = &mut provider
+            && settings.metrics == MetricsSource::Proxy
+            && let Ok(targets) = proxy_targets(ctx, ns, app).await
+            && !targets.is_empty()
+        {
+            p.set_targets(&targets);
+        }
+        status.last_analysis_at = now;
+        Some(provider.analyse(plan).await)
+    } else {
+        None
+    };
+    let payload = WebhookPayload {
+        name: app.to_string(),
+        namespace: Some(ns.to_string()),
+        kind: "",
+        phase: phase.map(Phase::as_str).unwrap_or("Initializing"),
+        canary_weight: status.canary_weight,
+        revision: revision.to_string(),
+    };
+    let at_last_step = previous.as_ref().is_some_and(|m| m.step + 1 == plan.steps_bp.len());
+    let gates = collect_gates(&ctx.http, plan, phase, analysing, at_last_step, &payload).await;
+    let target_ready = match phase {
+        Some(Phase::Initializing) => {
+            let user = to_value(d)?;
+            user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1 && rolled_out(&user)
+        }
+        Some(Phase::Promoting) => {
+            let expected = primary_template(&dv["spec"]["template"], &selector_of(dv));
+            let pv = to_value(primary)?;
+            canonical_json(&pv["spec"]["template"]) == canonical_json(&expected) && rolled_out(&pv)
+        }
+        _ => true,
+    };
+    let obs = Observation {
+        now,
+        revision: revision.to_string(),
+        target_ready,
+        analysis: analysis.clone(),
+        gates,
+        command,
+    };
+    let t = machine::step(plan, previous.as_ref(), &obs);
+    for action in &t.actions {
+        match action {
+            MachineAction::Initialize => {
+                let replicas = primary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(1);
+                scale(ctx, ns, app, i64::from(replicas)).await?;
+                set_weight(ctx, ns, app, port, 0, &owner).await?;
+                status.release_started_at = now;
+                provider.reset().await;
+            }
+            MachineAction::SetWeight(bp) => {
+                set_weight(ctx, ns, app, port, *bp, &owner).await?;
+                provider.reset().await;
+            }
+            MachineAction::Promote => {
+                copy_configs(ctx, ns, app, &dv["spec"]["template"], &owner).await?;
+                let template = primary_template(&dv["spec"]["template"], &selector_of(dv));
+                let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+                let mut p = to_value(&deployments.get(&primary_name(app)).await?)?;
+                p["spec"]["template"] = template;
+                deployments.replace(&primary_name(app), &PostParams::default(), &serde_json::from_value(p)?).await?;
+            }
+            MachineAction::Finalise => {
+                set_weight(ctx, ns, app, port, 0, &owner).await?;
+                scale(ctx, ns, app, 0).await?;
+            }
+            MachineAction::Rollback => {
+                set_weight(ctx, ns, app, port, 0, &owner).await?;
+                scale(ctx, ns, app, 0).await?;
+                status.failed_revision = Some(revision.to_string());
+            }
+            MachineAction::Notify(kind) => {
+                let _ = run_gate(&ctx.http, plan, *kind, &payload).await;
+            }
+            MachineAction::Event(level, text) => {
+                let (t, reason) = match level {
+                    Level::Normal => (EventType::Normal, "Progress"),
+                    Level::Warning => (EventType::Warning, "RolledBack"),
+                };
+                publish(ctx, d, t, reason, text.clone()).await;
+            }
+        }
+    }
+    ctx.providers.lock().expect("providers lock").insert(key, provider);
+    let m = &t.status;
+    let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
+    if newly(Phase::Succeeded) {
+        status.primary_revision = revision.to_string();
+        ctx.metrics.release_ended(ns, app, "succeeded", now - status.release_started_at);
+        publish(ctx, d, EventType::Normal, "Promoted", m.message.clone()).await;
+    }
+    if newly(Phase::Failed) {
+        ctx.metrics.release_ended(ns, app, "failed", now - status.release_started_at);
+    }
+    if previous.as_ref().is_none_or(|old| old.phase != m.phase) {
+        status.last_transition = rfc3339(now);
+    }
+    status.phase = m.phase.as_str().to_string();
+    status.canary_weight = f64::from(m.canary_weight_bp) / 100.0;
+    status.failed_checks = m.failed_checks;
+    status.revision = revision.to_string();
+    status.message = m.message.clone();
+    status.steps = plan.steps_bp.iter().map(|b| f64::from(*b) / 100.0).collect();
+    status.step = if matches!(m.phase, Phase::Initializing | Phase::Initialized) { 0 } else { m.step + 1 };
+    if let Some(a) = &analysis {
+        status.last_checks = a.checks.clone();
+    }
+    status.machine = Some(t.status.clone());
+    save_status(ctx, ns, app, status).await?;
+    Ok(Action::requeue(match t.next {
+        NextTick::Now => Duration::from_millis(50),
+        NextTick::Soon => ctx.poll,
+        NextTick::Interval => {
+            let due = status.last_analysis_at + plan.interval.as_secs_f64() - now;
+            Duration::from_secs_f64(due.clamp(0.05, plan.interval.as_secs_f64()))
+        }
+        NextTick::Idle => Duration::from_secs(60),
+    }))
+}
+
+/// Undoes the take-over: the user's Deployment back to its replicas, the
+/// Service back to its selector, then everything Sluice made is deleted.
+async fn cleanup(ctx: &Context, d: &Deployment, ns: &str, app: &str, deleting: bool) -> Result<Action, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let primary = deployments.get_opt(&primary_name(app)).await?;
+    let status = primary.as_ref().and_then(KubeStatus::from_primary).unwrap_or_default();
+    if !deleting && let Some(p) = &primary {
+        let replicas = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .map(i64::from)
+            .unwrap_or(status.original_replicas)
+            .max(status.original_replicas);
+        let user = to_value(d)?;
+        if user["spec"]["replicas"].as_i64() != Some(replicas) {
+            scale(ctx, ns, app, replicas).await?;
+            return Ok(Action::requeue(ctx.poll));
+        }
+        if status.bootstrapped && !rolled_out(&user) {
+            // Traffic moves back only once the user's pods can take it.
+            return Ok(Action::requeue(ctx.poll));
+        }
+    }
+    if let Some(service) = services.get_opt(app).await? {
+        let mut s = to_value(&service)?;
+        if let Some(saved) = s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].as_str() {
+            let selector: Value = serde_json::from_str(saved)?;
+            let target: Option<Value> = s["metadata"]["annotations"][annotations::ORIGINAL_TARGET_PORT]
+                .as_str()
+                .and_then(|t| serde_json::from_str(t).ok());
+            s["spec"]["selector"] = selector;
+            if let (Some(target), Some(ports)) = (target, s["spec"]["ports"].as_array_mut()) {
+                for p in ports.iter_mut().filter(|p| p["targetPort"] == json!(PROXY_HTTP_PORT)) {
+                    p["targetPort"] = target.clone();
+                }
+            }
+            if let Some(a) = s["metadata"]["annotations"].as_object_mut() {
+                a.remove(annotations::ORIGINAL_SELECTOR);
+                a.remove(annotations::ORIGINAL_TARGET_PORT);
+            }
+            services.replace(app, &PostParams::default(), &serde_json::from_value(s)?).await?;
+        }
+    }
+    let dp = DeleteParams::default();
+    let _ = deployments.delete(&proxy_name(app), &dp).await;
+    let _ = deployments.delete(&primary_name(app), &dp).await;
+    for svc in [primary_name(app), canary_service_name(app), proxy_name(app)] {
+        let _ = services.delete(&svc, &dp).await;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let _ = cms.delete(&proxy_name(app), &dp).await;
+    let _ = secrets.delete(&admin_secret_name(app), &dp).await;
+    let refs = config_refs(&to_value(d)?["spec"]["template"]);
+    for name in &refs.configmaps {
+        let _ = cms.delete(&primary_name(name), &dp).await;
+    }
+    for name in &refs.secrets {
+        let _ = secrets.delete(&primary_name(name), &dp).await;
+    }
+    let _ = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns).delete(&proxy_name(app), &dp).await;
+    let _ = Api::<Role>::namespaced(ctx.client.clone(), ns).delete(&proxy_name(app), &dp).await;
+    let _ = Api::<RoleBinding>::namespaced(ctx.client.clone(), ns).delete(&proxy_name(app), &dp).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    for hpa in hpas.list(&ListParams::default().labels(&format!("sluice.dev/release={app}"))).await?.items {
+        let _ = hpas.delete(&hpa.name_any(), &dp).await;
+    }
+    let finalizers: Vec<String> = d.finalizers().iter().filter(|f| *f != annotations::FINALIZER).cloned().collect();
+    merge_patch::<Deployment>(&ctx.client, ns, app, json!({"metadata": {"finalizers": finalizers}})).await?;
+    ctx.providers.lock().expect("providers lock").remove(&format!("{ns}/{app}"));
+    ctx.metrics.forget(ns, app);
+    if !deleting {
+        publish(ctx, d, EventType::Normal, "Released", format!("Sluice no longer manages {app}; Service {app} selects its original pods")).await;
+    }
+    Ok(Action::await_change())
+}
