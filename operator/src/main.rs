@@ -40,6 +40,30 @@ enum Command {
     Abort(ControlArgs),
     /// Show the whole loop on this machine: backends, proxy, load and releases.
     Demo(DemoArgs),
+    /// Run the Kubernetes operator (canaries Deployments annotated sluice.dev/canary: "enabled").
+    Kube(KubeArgs),
+}
+
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// Only watch this namespace (default: all namespaces).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Prometheus that scrapes the proxies; enables sluice.dev/metrics: prometheus (the default then).
+    #[arg(long)]
+    prometheus_url: Option<String>,
+    /// Image of the proxy Deployments the operator creates.
+    #[arg(long, default_value = concat!("ghcr.io/sluice-dev/sluice-proxy:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
+    /// Operator metrics and health.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    metrics_listen: SocketAddr,
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else sluice-system).
+    #[arg(long)]
+    leader_namespace: Option<String>,
+    /// This replica's name in the Lease (default: $HOSTNAME).
+    #[arg(long)]
+    identity: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -217,6 +241,7 @@ fn main() -> ExitCode {
             Command::Promote(args) => control_request(args, "promote").await,
             Command::Abort(args) => control_request(args, "abort").await,
             Command::Demo(args) => run_demo(args).await,
+            Command::Kube(args) => run_kube(args).await,
         }
     })
 }
@@ -400,5 +425,48 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+async fn run_kube(args: KubeArgs) -> ExitCode {
+    use sluice_operator::kube as op;
+    if let Some(url) = &args.prometheus_url
+        && !url.starts_with("http://")
+    {
+        return usage(format!("--prometheus-url: `{url}` is not an http:// URL"));
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: no Kubernetes credentials (in-cluster or kubeconfig): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("sluice-{}", std::process::id()));
+    let lease_ns = args
+        .leader_namespace
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "sluice-system".into());
+    let ctx = std::sync::Arc::new(op::Context::new(
+        client.clone(),
+        &identity,
+        args.prometheus_url,
+        args.proxy_image,
+    ));
+    let listener = match tokio::net::TcpListener::bind(args.metrics_listen).await {
+        Ok(l) => l,
+        Err(e) => return usage(format!("--metrics-listen {}: {e}", args.metrics_listen)),
+    };
+    tokio::spawn(op::metrics::serve(listener, ctx.metrics.clone()));
+    let leader = op::leader::LeaderConfig::new(&lease_ns, &identity);
+    tokio::select! {
+        _ = op::leader::run_as_leader(client, leader, op::run(ctx, args.namespace)) => {
+            eprintln!("error: leadership lost or the controller stopped; exiting so the replica restarts");
+            ExitCode::from(1)
+        }
+        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
     }
 }

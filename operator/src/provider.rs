@@ -7,12 +7,12 @@
 //! - [`PrometheusProvider`] runs instant PromQL queries over the proxy's
 //!   series: `window` is `max(interval, window_floor)` so `rate()` always has
 //!   enough scrapes to work with.
-//! - [`Provider::Scripted`] replays given analyses (for tests of the drivers).
+//! - [`Provider::Scripted`] asks a function for each tick's analysis (for tests
+//!   of the drivers, where the real providers are not the subject).
 //!
 //! Every failure to measure (unreachable, empty result, NaN, too few
 //! requests) is an Inconclusive check with its reason, never a pass.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::analysis::{Analysis, CheckResult, Outcome, request_volume_check};
@@ -23,7 +23,7 @@ use crate::scrape::{Scrape, histogram_quantile};
 pub enum Provider {
     Proxy(ProxyProvider),
     Prometheus(PrometheusProvider),
-    Scripted(VecDeque<Analysis>),
+    Scripted(Box<dyn FnMut() -> Analysis + Send>),
 }
 
 impl Provider {
@@ -46,14 +46,7 @@ impl Provider {
         match self {
             Provider::Proxy(p) => p.analyse(plan).await,
             Provider::Prometheus(p) => p.analyse(plan).await,
-            Provider::Scripted(queue) => queue.pop_front().unwrap_or_else(|| Analysis {
-                canary_requests: None,
-                checks: vec![CheckResult::inconclusive(
-                    "script",
-                    "-".into(),
-                    "the script has no more ticks",
-                )],
-            }),
+            Provider::Scripted(next) => next(),
         }
     }
 }

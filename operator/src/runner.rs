@@ -64,10 +64,14 @@ pub async fn collect_gates(
 ) -> Gates {
     let mut gates = Gates::default();
     if phase == Some(Phase::Initialized) {
-        gates.pre_rollout = run_gate(http, plan, WebhookKind::PreRollout, payload).await.map(|g| g.0);
+        gates.pre_rollout = run_gate(http, plan, WebhookKind::PreRollout, payload)
+            .await
+            .map(|g| g.0);
     }
     if analysing {
-        gates.rollout = run_gate(http, plan, WebhookKind::Rollout, payload).await.map(|g| g.0);
+        gates.rollout = run_gate(http, plan, WebhookKind::Rollout, payload)
+            .await
+            .map(|g| g.0);
         gates.rollback_requested = rollback_requested(http, plan, payload).await;
     }
     if phase == Some(Phase::WaitingPromotion) || (analysing && at_last_step) {
@@ -147,7 +151,8 @@ impl<R: Router> Driver<R> {
             let at_last_step = status
                 .as_ref()
                 .is_some_and(|s| s.step + 1 == self.plan.steps_bp.len());
-            let gates = collect_gates(&http, &self.plan, phase, analysing, at_last_step, &payload).await;
+            let gates =
+                collect_gates(&http, &self.plan, phase, analysing, at_last_step, &payload).await;
             let target_ready = match phase {
                 Some(Phase::Initializing) => self.router.ready().await,
                 _ => true,

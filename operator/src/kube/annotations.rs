@@ -96,7 +96,10 @@ pub fn enabled(annotations: &BTreeMap<String, String>) -> bool {
 }
 
 /// Reads every `sluice.dev/*` annotation; the first bad one is the error.
-pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> Result<Settings, AnnotationError> {
+pub fn parse(
+    annotations: &BTreeMap<String, String>,
+    have_prometheus: bool,
+) -> Result<Settings, AnnotationError> {
     let err = |annotation: &str, value: &str, problem: String, allowed: &str| AnnotationError {
         annotation: annotation.to_string(),
         value: value.to_string(),
@@ -108,7 +111,12 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
             && !KNOWN.contains(&key.as_str())
             && ![STATUS, COMMAND, ORIGINAL_SELECTOR, ORIGINAL_TARGET_PORT].contains(&key.as_str())
         {
-            return Err(err(key, value, "unknown annotation".into(), &KNOWN.join(", ")));
+            return Err(err(
+                key,
+                value,
+                "unknown annotation".into(),
+                &KNOWN.join(", "),
+            ));
         }
     }
     if let Some(v) = annotations.get(CANARY)
@@ -119,12 +127,19 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
     let mut plan = Plan::default();
     let get = |k: &str| annotations.get(k).map(String::as_str);
     if let Some(v) = get(STEPS) {
-        plan.steps_bp = plan::parse_steps(v).map_err(|e| err(STEPS, v, e, "increasing percents in (0,100], e.g. 10,25,50"))?;
+        plan.steps_bp = plan::parse_steps(v)
+            .map_err(|e| err(STEPS, v, e, "increasing percents in (0,100], e.g. 10,25,50"))?;
     }
     if let Some(v) = get(INTERVAL) {
-        let d = sluice_proxy::config::parse_duration(v).map_err(|e| err(INTERVAL, v, e, "a duration of at least 5s, e.g. 30s, 1m"))?;
+        let d = sluice_proxy::config::parse_duration(v)
+            .map_err(|e| err(INTERVAL, v, e, "a duration of at least 5s, e.g. 30s, 1m"))?;
         if d < Duration::from_secs(5) {
-            return Err(err(INTERVAL, v, "shorter than 5s".into(), "a duration of at least 5s, e.g. 30s, 1m"));
+            return Err(err(
+                INTERVAL,
+                v,
+                "shorter than 5s".into(),
+                "a duration of at least 5s, e.g. 30s, 1m",
+            ));
         }
         plan.interval = d;
     }
@@ -134,13 +149,22 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
             .parse::<u32>()
             .ok()
             .filter(|n| *n >= 1)
-            .ok_or_else(|| err(FAILURE_LIMIT, v, "not a whole number of at least 1".into(), "1, 2, 3, ..."))?;
+            .ok_or_else(|| {
+                err(
+                    FAILURE_LIMIT,
+                    v,
+                    "not a whole number of at least 1".into(),
+                    "1, 2, 3, ...",
+                )
+            })?;
     }
     if let Some(v) = get(SUCCESS_RATE) {
-        plan.success_rate_min = plan::parse_percent(v).map_err(|e| err(SUCCESS_RATE, v, e, "a percent in 0..=100, e.g. 99 or 99.5"))?;
+        plan.success_rate_min = plan::parse_percent(v)
+            .map_err(|e| err(SUCCESS_RATE, v, e, "a percent in 0..=100, e.g. 99 or 99.5"))?;
     }
     if let Some(v) = get(LATENCY) {
-        plan.latency = plan::parse_latency(v).map_err(|e| err(LATENCY, v, e, "quantile gates like p95<=500ms,p99<=1s"))?;
+        plan.latency = plan::parse_latency(v)
+            .map_err(|e| err(LATENCY, v, e, "quantile gates like p95<=500ms,p99<=1s"))?;
     }
     if let Some(v) = get(MIN_REQUESTS) {
         plan.min_requests = v
@@ -149,8 +173,8 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
             .map_err(|_| err(MIN_REQUESTS, v, "not a whole number".into(), "0, 1, 2, ..."))?;
     }
     if let Some(v) = get(PROGRESS_DEADLINE) {
-        plan.progress_deadline =
-            sluice_proxy::config::parse_duration(v).map_err(|e| err(PROGRESS_DEADLINE, v, e, "a duration, e.g. 10m"))?;
+        plan.progress_deadline = sluice_proxy::config::parse_duration(v)
+            .map_err(|e| err(PROGRESS_DEADLINE, v, e, "a duration, e.g. 10m"))?;
     }
     if let Some(v) = get(APPROVAL) {
         plan.approval = Approval::parse(v).map_err(|e| err(APPROVAL, v, e, "auto, manual"))?;
@@ -168,14 +192,35 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
                 "proxy, or prometheus once the operator has --prometheus-url",
             ));
         }
-        Some(other) => return Err(err(METRICS, other, "unknown provider".into(), "prometheus, proxy")),
+        Some(other) => {
+            return Err(err(
+                METRICS,
+                other,
+                "unknown provider".into(),
+                "prometheus, proxy",
+            ));
+        }
     };
     let port = match get(PORT) {
         None => None,
-        Some(v) if v.trim().is_empty() => return Err(err(PORT, v, "empty".into(), "a Service port name or number")),
+        Some(v) if v.trim().is_empty() => {
+            return Err(err(
+                PORT,
+                v,
+                "empty".into(),
+                "a Service port name or number",
+            ));
+        }
         Some(v) => match v.trim().parse::<i32>() {
             Ok(n) if (1..=65535).contains(&n) => Some(PortRef::Number(n)),
-            Ok(_) => return Err(err(PORT, v, "not a port number".into(), "1..65535 or a port name")),
+            Ok(_) => {
+                return Err(err(
+                    PORT,
+                    v,
+                    "not a port number".into(),
+                    "1..65535 or a port name",
+                ));
+            }
             Err(_) => Some(PortRef::Name(v.trim().to_string())),
         },
     };
@@ -183,7 +228,12 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
         match get(k) {
             None => Ok(None),
             Some(v) if is_dns_label(v) => Ok(Some(v.to_string())),
-            Some(v) => Err(err(k, v, "not a ConfigMap name".into(), "a ConfigMap name in the Deployment's namespace")),
+            Some(v) => Err(err(
+                k,
+                v,
+                "not a ConfigMap name".into(),
+                "a ConfigMap name in the Deployment's namespace",
+            )),
         }
     };
     let checks_configmap = name_of(CHECKS)?;
@@ -207,7 +257,8 @@ pub fn parse(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> R
 fn is_dns_label(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 253
-        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -215,7 +266,10 @@ mod tests {
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -227,7 +281,10 @@ mod tests {
         assert_eq!(s.plan.min_requests, 20);
         assert_eq!(s.plan.progress_deadline, Duration::from_secs(600));
         assert_eq!(s.metrics, MetricsSource::Proxy);
-        assert_eq!(parse(&ann(&[(CANARY, "enabled")]), true).unwrap().metrics, MetricsSource::Prometheus);
+        assert_eq!(
+            parse(&ann(&[(CANARY, "enabled")]), true).unwrap().metrics,
+            MetricsSource::Prometheus
+        );
     }
 
     #[test]
@@ -243,7 +300,10 @@ mod tests {
         ] {
             let e = parse(&ann(&[(CANARY, "enabled"), (key, value)]), false).unwrap_err();
             let text = e.to_string();
-            assert!(text.starts_with(&format!("annotation {key}: `{value}` is invalid")), "{text}");
+            assert!(
+                text.starts_with(&format!("annotation {key}: `{value}` is invalid")),
+                "{text}"
+            );
             assert!(text.contains(needle), "{text}");
         }
     }

@@ -60,17 +60,23 @@ pub async fn try_acquire(client: &kube::Client, cfg: &LeaderConfig) -> Result<bo
     };
     let current = lease.spec.clone().unwrap_or_default();
     let ours = current.holder_identity.as_deref() == Some(cfg.identity.as_str());
-    let held_for = SignedDuration::from_secs(i64::from(current.lease_duration_seconds.unwrap_or(duration_secs)));
-    let expired = current
-        .renew_time
-        .as_ref()
-        .is_none_or(|t| t.0.saturating_add(held_for).map(|end| end < now).unwrap_or(true))
-        || current.holder_identity.is_none();
+    let held_for = SignedDuration::from_secs(i64::from(
+        current.lease_duration_seconds.unwrap_or(duration_secs),
+    ));
+    let expired = current.renew_time.as_ref().is_none_or(|t| {
+        t.0.saturating_add(held_for)
+            .map(|end| end < now)
+            .unwrap_or(true)
+    }) || current.holder_identity.is_none();
     if !ours && !expired {
         return Ok(false);
     }
     let transitions = current.lease_transitions.unwrap_or(0) + if ours { 0 } else { 1 };
-    let acquired = if ours { current.acquire_time.clone() } else { None };
+    let acquired = if ours {
+        current.acquire_time.clone()
+    } else {
+        None
+    };
     lease.spec = Some(spec(transitions, acquired));
     match api.replace(&cfg.name, &PostParams::default(), &lease).await {
         Ok(_) => Ok(true),
@@ -81,11 +87,17 @@ pub async fn try_acquire(client: &kube::Client, cfg: &LeaderConfig) -> Result<bo
 
 /// Waits until this replica leads, then runs `work` while it keeps leading.
 /// Returns when `work` ends or leadership is lost.
-pub async fn run_as_leader<F: std::future::Future<Output = ()>>(client: kube::Client, cfg: LeaderConfig, work: F) {
+pub async fn run_as_leader<F: std::future::Future<Output = ()>>(
+    client: kube::Client,
+    cfg: LeaderConfig,
+    work: F,
+) {
     loop {
         match try_acquire(&client, &cfg).await {
             Ok(true) => break,
-            Ok(false) => tracing::debug!(identity = %cfg.identity, "another replica leads; waiting"),
+            Ok(false) => {
+                tracing::debug!(identity = %cfg.identity, "another replica leads; waiting")
+            }
             Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
         }
         tokio::time::sleep(cfg.renew_every).await;

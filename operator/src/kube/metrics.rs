@@ -29,7 +29,9 @@ pub struct ResultLabels {
 }
 
 fn duration_histogram() -> Histogram {
-    Histogram::new([30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0])
+    Histogram::new([
+        30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+    ])
 }
 
 pub struct OperatorMetrics {
@@ -69,9 +71,19 @@ impl OperatorMetrics {
             phase.clone(),
         );
         let releases = Family::<ResultLabels, Counter>::default();
-        registry.register("canary_releases", "Finished releases by result", releases.clone());
-        let duration: Family<ReleaseLabels, Histogram, fn() -> Histogram> = Family::new_with_constructor(duration_histogram);
-        registry.register_with_unit("canary_duration", "Time from release start to its end", Unit::Seconds, duration.clone());
+        registry.register(
+            "canary_releases",
+            "Finished releases by result",
+            releases.clone(),
+        );
+        let duration: Family<ReleaseLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "canary_duration",
+            "Time from release start to its end",
+            Unit::Seconds,
+            duration.clone(),
+        );
         Arc::new(Self {
             registry,
             weight,
@@ -102,7 +114,9 @@ impl OperatorMetrics {
                 result: result.to_string(),
             })
             .inc();
-        self.duration.get_or_create(&Self::labels(ns, name)).observe(seconds.max(0.0));
+        self.duration
+            .get_or_create(&Self::labels(ns, name))
+            .observe(seconds.max(0.0));
     }
 
     pub fn forget(&self, ns: &str, name: &str) {
@@ -115,5 +129,43 @@ impl OperatorMetrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("String write");
         out
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` for the operator.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetrics>) {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let (status, body, content_type) = match req.uri().path() {
+                            "/metrics" => (
+                                200,
+                                metrics.encode(),
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            ),
+                            "/healthz" | "/readyz" => (200, "ok\n".to_string(), "text/plain"),
+                            _ => (404, "not found\n".to_string(), "text/plain"),
+                        };
+                        let resp = http::Response::builder()
+                            .status(status)
+                            .header("content-type", content_type)
+                            .body(Full::new(bytes::Bytes::from(body)))
+                            .expect("response");
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
     }
 }

@@ -113,7 +113,12 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, identity: &str, prometheus_url: Option<String>, proxy_image: String) -> Self {
+    pub fn new(
+        client: kube::Client,
+        identity: &str,
+        prometheus_url: Option<String>,
+        proxy_image: String,
+    ) -> Self {
         let reporter = Reporter {
             controller: "sluice".into(),
             instance: Some(identity.to_string()),
@@ -126,7 +131,9 @@ impl Context {
             proxy_image,
             metrics: metrics::OperatorMetrics::new(),
             providers: Mutex::new(HashMap::new()),
-            make_provider: Arc::new(move |settings, ns, app| default_provider(settings, ns, app, prom.as_deref())),
+            make_provider: Arc::new(move |settings, ns, app| {
+                default_provider(settings, ns, app, prom.as_deref())
+            }),
             http: HttpClient::default(),
             now: Arc::new(|| {
                 std::time::SystemTime::now()
@@ -139,10 +146,17 @@ impl Context {
     }
 }
 
-fn default_provider(settings: &Settings, ns: &str, app: &str, prometheus: Option<&str>) -> Provider {
+fn default_provider(
+    settings: &Settings,
+    ns: &str,
+    app: &str,
+    prometheus: Option<&str>,
+) -> Provider {
     let route = route_name(app);
     match (settings.metrics, prometheus) {
-        (MetricsSource::Prometheus, Some(url)) => Provider::Prometheus(PrometheusProvider::new(url, &route)),
+        (MetricsSource::Prometheus, Some(url)) => {
+            Provider::Prometheus(PrometheusProvider::new(url, &route))
+        }
         _ => Provider::Proxy(ProxyProvider::new(
             &format!("http://{}.{ns}.svc:{PROXY_ADMIN_PORT}", proxy_name(app)),
             &route,
@@ -162,23 +176,39 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
 
 async fn apply<K>(client: &kube::Client, ns: &str, object: &Value) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(object))
-        .await?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await?;
     Ok(())
 }
 
-async fn merge_patch<K>(client: &kube::Client, ns: &str, name: &str, patch: Value) -> Result<(), Error>
+async fn merge_patch<K>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    patch: Value,
+) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
@@ -237,12 +267,26 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     let mut settings = match annotations::parse(d.annotations(), ctx.prometheus_url.is_some()) {
         Ok(s) => s,
         Err(e) => {
-            publish(&ctx, &d, EventType::Warning, "InvalidAnnotation", format!("{e}; nothing was created or changed")).await;
+            publish(
+                &ctx,
+                &d,
+                EventType::Warning,
+                "InvalidAnnotation",
+                format!("{e}; nothing was created or changed"),
+            )
+            .await;
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
     if let Err(e) = load_extras(&ctx, &ns, &mut settings).await {
-        publish(&ctx, &d, EventType::Warning, "InvalidConfig", format!("{e}; nothing was created or changed")).await;
+        publish(
+            &ctx,
+            &d,
+            EventType::Warning,
+            "InvalidConfig",
+            format!("{e}; nothing was created or changed"),
+        )
+        .await;
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
@@ -268,12 +312,28 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
     if !has_finalizer {
         let mut finalizers = d.finalizers().to_vec();
         finalizers.push(annotations::FINALIZER.to_string());
-        merge_patch::<Deployment>(&ctx.client, &ns, &name, json!({"metadata": {"finalizers": finalizers}})).await?;
+        merge_patch::<Deployment>(
+            &ctx.client,
+            &ns,
+            &name,
+            json!({"metadata": {"finalizers": finalizers}}),
+        )
+        .await?;
     }
     let dv = to_value(&*d)?;
     let revision = revision_of(&ctx, &ns, &dv).await?;
     let Some(primary) = primaries.get_opt(&primary_name(&name)).await? else {
-        bootstrap(&ctx, &ns, &name, &dv, &service_value, port, &revision, &settings).await?;
+        bootstrap(
+            &ctx,
+            &ns,
+            &name,
+            &dv,
+            &service_value,
+            port,
+            &revision,
+            &settings,
+        )
+        .await?;
         return Ok(Action::requeue(ctx.poll));
     };
     let mut status = KubeStatus::from_primary(&primary).unwrap_or_default();
@@ -281,7 +341,19 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         return take_over(&ctx, &d, &ns, &name, &primary, &service_value, port, status).await;
     }
     sync_hpas(&ctx, &ns, &name, &dv).await?;
-    release_tick(&ctx, &d, &ns, &name, &dv, &primary, port, &revision, &settings, &mut status).await
+    release_tick(
+        &ctx,
+        &d,
+        &ns,
+        &name,
+        &dv,
+        &primary,
+        port,
+        &revision,
+        &settings,
+        &mut status,
+    )
+    .await
 }
 
 /// Reads the checks and webhooks ConfigMaps named by the annotations.
@@ -289,18 +361,31 @@ async fn load_extras(ctx: &Context, ns: &str, settings: &mut Settings) -> Result
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(name) = &settings.checks_configmap {
         let text = configmap_key(&cms, name, "checks.yaml", annotations::CHECKS).await?;
-        settings.plan.queries = serde_yaml_ng::from_str::<Vec<QueryCheck>>(&text)
-            .map_err(|e| format!("annotation {}: ConfigMap {name} key checks.yaml: {e}", annotations::CHECKS))?;
+        settings.plan.queries = serde_yaml_ng::from_str::<Vec<QueryCheck>>(&text).map_err(|e| {
+            format!(
+                "annotation {}: ConfigMap {name} key checks.yaml: {e}",
+                annotations::CHECKS
+            )
+        })?;
     }
     if let Some(name) = &settings.webhooks_configmap {
         let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;
-        settings.plan.webhooks = serde_yaml_ng::from_str::<Vec<Webhook>>(&text)
-            .map_err(|e| format!("annotation {}: ConfigMap {name} key webhooks.yaml: {e}", annotations::WEBHOOKS))?;
+        settings.plan.webhooks = serde_yaml_ng::from_str::<Vec<Webhook>>(&text).map_err(|e| {
+            format!(
+                "annotation {}: ConfigMap {name} key webhooks.yaml: {e}",
+                annotations::WEBHOOKS
+            )
+        })?;
     }
     Ok(())
 }
 
-async fn configmap_key(cms: &Api<ConfigMap>, name: &str, key: &str, annotation: &str) -> Result<String, String> {
+async fn configmap_key(
+    cms: &Api<ConfigMap>,
+    name: &str,
+    key: &str,
+    annotation: &str,
+) -> Result<String, String> {
     let cm = cms
         .get_opt(name)
         .await
@@ -313,11 +398,18 @@ async fn configmap_key(cms: &Api<ConfigMap>, name: &str, key: &str, annotation: 
 
 /// The Service port to proxy: by name or number, else the first.
 fn resolve_port(service: &Value, wanted: Option<&PortRef>) -> Result<i32, String> {
-    let ports = service["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let ports = service["spec"]["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let found = match wanted {
         None => ports.first(),
-        Some(PortRef::Number(n)) => ports.iter().find(|p| p["port"].as_i64() == Some(i64::from(*n))),
-        Some(PortRef::Name(n)) => ports.iter().find(|p| p["name"].as_str() == Some(n.as_str())),
+        Some(PortRef::Number(n)) => ports
+            .iter()
+            .find(|p| p["port"].as_i64() == Some(i64::from(*n))),
+        Some(PortRef::Name(n)) => ports
+            .iter()
+            .find(|p| p["name"].as_str() == Some(n.as_str())),
     };
     let allowed: Vec<String> = ports
         .iter()
@@ -366,7 +458,13 @@ async fn revision_of(ctx: &Context, ns: &str, d: &Value) -> Result<String, Error
 }
 
 /// (Re)writes the `-primary` copies of the ConfigMaps and Secrets `template` references.
-async fn copy_configs(ctx: &Context, ns: &str, app: &str, template: &Value, owner: &Value) -> Result<(), Error> {
+async fn copy_configs(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    template: &Value,
+    owner: &Value,
+) -> Result<(), Error> {
     let refs = config_refs(template);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     for name in &refs.configmaps {
@@ -394,7 +492,10 @@ fn random_token() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (seed >> (i % 16 * 8)) as u8);
+        bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = (seed >> (i % 16 * 8)) as u8);
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -415,8 +516,24 @@ async fn bootstrap(
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
     copy_configs(ctx, ns, app, &d["spec"]["template"], &owner).await?;
     let selector: BTreeMap<String, String> = original_selector(service);
-    apply::<Service>(&ctx.client, ns, &service_copy(service, &primary_name(app), &primary_labels(&selector_of(d)), &owner, app)).await?;
-    apply::<Service>(&ctx.client, ns, &service_copy(service, &canary_service_name(app), &selector, &owner, app)).await?;
+    apply::<Service>(
+        &ctx.client,
+        ns,
+        &service_copy(
+            service,
+            &primary_name(app),
+            &primary_labels(&selector_of(d)),
+            &owner,
+            app,
+        ),
+    )
+    .await?;
+    apply::<Service>(
+        &ctx.client,
+        ns,
+        &service_copy(service, &canary_service_name(app), &selector, &owner, app),
+    )
+    .await?;
     apply::<Secret>(&ctx.client, ns, &admin_secret(app, &random_token(), &owner)).await?;
     for (kind, object) in proxy_rbac(app, &owner) {
         match kind.as_str() {
@@ -426,7 +543,12 @@ async fn bootstrap(
         }
     }
     apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, port, 0, &owner)).await?;
-    apply::<Deployment>(&ctx.client, ns, &proxy_deployment(app, ns, &ctx.proxy_image, &owner)).await?;
+    apply::<Deployment>(
+        &ctx.client,
+        ns,
+        &proxy_deployment(app, ns, &ctx.proxy_image, &owner),
+    )
+    .await?;
     apply::<Service>(&ctx.client, ns, &proxy_admin_service(app, &owner)).await?;
     let mut primary = primary_deployment(d, replicas, &owner);
     let status = KubeStatus {
@@ -434,12 +556,21 @@ async fn bootstrap(
         revision: revision.to_string(),
         primary_revision: revision.to_string(),
         original_replicas: d["spec"]["replicas"].as_i64().unwrap_or(1),
-        message: format!("waiting for {} and the proxy to be ready", primary_name(app)),
-        steps: settings.plan.steps_bp.iter().map(|b| f64::from(*b) / 100.0).collect(),
+        message: format!(
+            "waiting for {} and the proxy to be ready",
+            primary_name(app)
+        ),
+        steps: settings
+            .plan
+            .steps_bp
+            .iter()
+            .map(|b| f64::from(*b) / 100.0)
+            .collect(),
         last_transition: rfc3339((ctx.now)()),
         ..KubeStatus::default()
     };
-    primary["metadata"]["annotations"] = json!({annotations::STATUS: serde_json::to_string(&status)?});
+    primary["metadata"]["annotations"] =
+        json!({annotations::STATUS: serde_json::to_string(&status)?});
     apply::<Deployment>(&ctx.client, ns, &primary).await?;
     sync_hpas(ctx, ns, app, d).await?;
     Ok(())
@@ -454,7 +585,11 @@ fn original_selector(service: &Value) -> BTreeMap<String, String> {
     }
     service["spec"]["selector"]
         .as_object()
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -473,7 +608,12 @@ async fn take_over(
 ) -> Result<Action, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let proxy = deployments.get_opt(&proxy_name(app)).await?;
-    let ready = rolled_out(&to_value(primary)?) && proxy.as_ref().map(to_value).transpose()?.is_some_and(|p| rolled_out(&p));
+    let ready = rolled_out(&to_value(primary)?)
+        && proxy
+            .as_ref()
+            .map(to_value)
+            .transpose()?
+            .is_some_and(|p| rolled_out(&p));
     if !ready {
         return Ok(Action::requeue(ctx.poll));
     }
@@ -482,7 +622,10 @@ async fn take_over(
         let selector = original_selector(service);
         let mut original_target = Value::Null;
         if let Some(ports) = s["spec"]["ports"].as_array_mut() {
-            for p in ports.iter_mut().filter(|p| p["port"].as_i64() == Some(i64::from(port))) {
+            for p in ports
+                .iter_mut()
+                .filter(|p| p["port"].as_i64() == Some(i64::from(port)))
+            {
                 original_target = p.get("targetPort").cloned().unwrap_or(json!(port));
                 p["targetPort"] = json!(PROXY_HTTP_PORT);
             }
@@ -491,23 +634,38 @@ async fn take_over(
         if !s["metadata"]["annotations"].is_object() {
             s["metadata"]["annotations"] = json!({});
         }
-        s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR] = json!(serde_json::to_string(&selector)?);
-        s["metadata"]["annotations"][annotations::ORIGINAL_TARGET_PORT] = json!(original_target.to_string());
+        s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR] =
+            json!(serde_json::to_string(&selector)?);
+        s["metadata"]["annotations"][annotations::ORIGINAL_TARGET_PORT] =
+            json!(original_target.to_string());
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-        services.replace(app, &PostParams::default(), &serde_json::from_value(s)?).await?;
+        services
+            .replace(app, &PostParams::default(), &serde_json::from_value(s)?)
+            .await?;
     }
     merge_patch::<Deployment>(&ctx.client, ns, app, json!({"spec": {"replicas": 0}})).await?;
     status.bootstrapped = true;
     status.phase = "Initialized".into();
-    status.message = format!("Service {app} now goes through the Sluice proxy to {}", primary_name(app));
+    status.message = format!(
+        "Service {app} now goes through the Sluice proxy to {}",
+        primary_name(app)
+    );
     status.last_transition = rfc3339((ctx.now)());
     save_status(ctx, ns, app, &status).await?;
-    publish(ctx, d, EventType::Normal, "Initialized", status.message.clone()).await;
+    publish(
+        ctx,
+        d,
+        EventType::Normal,
+        "Initialized",
+        status.message.clone(),
+    )
+    .await;
     Ok(Action::requeue(ctx.poll))
 }
 
 async fn save_status(ctx: &Context, ns: &str, app: &str, status: &KubeStatus) -> Result<(), Error> {
-    let patch = json!({"metadata": {"annotations": {annotations::STATUS: serde_json::to_string(status)?}}});
+    let patch =
+        json!({"metadata": {"annotations": {annotations::STATUS: serde_json::to_string(status)?}}});
     merge_patch::<Deployment>(&ctx.client, ns, &primary_name(app), patch).await?;
     ctx.metrics.observe(ns, app, status);
     Ok(())
@@ -520,17 +678,35 @@ async fn sync_hpas(ctx: &Context, ns: &str, app: &str, d: &Value) -> Result<(), 
     for hpa in hpas.list(&ListParams::default()).await?.items {
         let target = hpa.spec.as_ref().map(|s| &s.scale_target_ref);
         if target.is_some_and(|t| t.kind == "Deployment" && t.name == app) {
-            apply::<HorizontalPodAutoscaler>(&ctx.client, ns, &hpa_twin(&to_value(&hpa)?, app, &owner)).await?;
+            apply::<HorizontalPodAutoscaler>(
+                &ctx.client,
+                ns,
+                &hpa_twin(&to_value(&hpa)?, app, &owner),
+            )
+            .await?;
         }
     }
     Ok(())
 }
 
 async fn scale(ctx: &Context, ns: &str, name: &str, replicas: i64) -> Result<(), Error> {
-    merge_patch::<Deployment>(&ctx.client, ns, name, json!({"spec": {"replicas": replicas}})).await
+    merge_patch::<Deployment>(
+        &ctx.client,
+        ns,
+        name,
+        json!({"spec": {"replicas": replicas}}),
+    )
+    .await
 }
 
-async fn set_weight(ctx: &Context, ns: &str, app: &str, port: i32, bp: u32, owner: &Value) -> Result<(), Error> {
+async fn set_weight(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    port: i32,
+    bp: u32,
+    owner: &Value,
+) -> Result<(), Error> {
     apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, port, bp, owner)).await
 }
 
@@ -571,14 +747,23 @@ async fn release_tick(
     let owner = owner_reference(dv);
     let mut command = None;
     if let Some(c) = take_command(primary) {
-        merge_patch::<Deployment>(&ctx.client, ns, &primary_name(app), json!({"metadata": {"annotations": {annotations::COMMAND: null}}}))
-            .await?;
+        merge_patch::<Deployment>(
+            &ctx.client,
+            ns,
+            &primary_name(app),
+            json!({"metadata": {"annotations": {annotations::COMMAND: null}}}),
+        )
+        .await?;
         match c.as_str() {
             "approve" => command = Some(Command::Approve),
             "abort" => command = Some(Command::Abort),
             "retry" => {
                 status.failed_revision = None;
-                if status.machine.as_ref().is_some_and(|m| m.phase == Phase::Failed) {
+                if status
+                    .machine
+                    .as_ref()
+                    .is_some_and(|m| m.phase == Phase::Failed)
+                {
                     status.machine = None;
                 }
                 status.message = "retry requested".into();
@@ -587,7 +772,10 @@ async fn release_tick(
             other => tracing::warn!(%other, "unknown command annotation ignored"),
         }
     }
-    let active = status.machine.as_ref().is_some_and(|m| !m.phase.is_terminal());
+    let active = status
+        .machine
+        .as_ref()
+        .is_some_and(|m| !m.phase.is_terminal());
     if !active {
         if revision == status.primary_revision {
             return Ok(Action::requeue(Duration::from_secs(60)));
@@ -598,8 +786,12 @@ async fn release_tick(
     }
     let now = (ctx.now)();
     let phase = status.machine.as_ref().filter(|_| active).map(|m| m.phase);
-    let previous = status.machine.clone().filter(|m| !m.phase.is_terminal() || m.revision == revision);
-    let analysing = phase.is_some_and(Phase::analyses) && now - status.last_analysis_at >= plan.interval.as_secs_f64();
+    let previous = status
+        .machine
+        .clone()
+        .filter(|m| !m.phase.is_terminal() || m.revision == revision);
+    let analysing = phase.is_some_and(Phase::analyses)
+        && now - status.last_analysis_at >= plan.interval.as_secs_f64();
     let mut provider = ctx
         .providers
         .lock()
@@ -627,7 +819,9 @@ async fn release_tick(
         canary_weight: status.canary_weight,
         revision: revision.to_string(),
     };
-    let at_last_step = previous.as_ref().is_some_and(|m| m.step + 1 == plan.steps_bp.len());
+    let at_last_step = previous
+        .as_ref()
+        .is_some_and(|m| m.step + 1 == plan.steps_bp.len());
     let gates = collect_gates(&ctx.http, plan, phase, analysing, at_last_step, &payload).await;
     let target_ready = match phase {
         Some(Phase::Initializing) => {
@@ -653,7 +847,12 @@ async fn release_tick(
     for action in &t.actions {
         match action {
             MachineAction::Initialize => {
-                let replicas = primary.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(1);
+                let replicas = primary
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(1)
+                    .max(1);
                 scale(ctx, ns, app, i64::from(replicas)).await?;
                 set_weight(ctx, ns, app, port, 0, &owner).await?;
                 status.release_started_at = now;
@@ -669,7 +868,13 @@ async fn release_tick(
                 let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
                 let mut p = to_value(&deployments.get(&primary_name(app)).await?)?;
                 p["spec"]["template"] = template;
-                deployments.replace(&primary_name(app), &PostParams::default(), &serde_json::from_value(p)?).await?;
+                deployments
+                    .replace(
+                        &primary_name(app),
+                        &PostParams::default(),
+                        &serde_json::from_value(p)?,
+                    )
+                    .await?;
             }
             MachineAction::Finalise => {
                 set_weight(ctx, ns, app, port, 0, &owner).await?;
@@ -692,16 +897,21 @@ async fn release_tick(
             }
         }
     }
-    ctx.providers.lock().expect("providers lock").insert(key, provider);
+    ctx.providers
+        .lock()
+        .expect("providers lock")
+        .insert(key, provider);
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
     if newly(Phase::Succeeded) {
         status.primary_revision = revision.to_string();
-        ctx.metrics.release_ended(ns, app, "succeeded", now - status.release_started_at);
+        ctx.metrics
+            .release_ended(ns, app, "succeeded", now - status.release_started_at);
         publish(ctx, d, EventType::Normal, "Promoted", m.message.clone()).await;
     }
     if newly(Phase::Failed) {
-        ctx.metrics.release_ended(ns, app, "failed", now - status.release_started_at);
+        ctx.metrics
+            .release_ended(ns, app, "failed", now - status.release_started_at);
     }
     if previous.as_ref().is_none_or(|old| old.phase != m.phase) {
         status.last_transition = rfc3339(now);
@@ -711,8 +921,16 @@ async fn release_tick(
     status.failed_checks = m.failed_checks;
     status.revision = revision.to_string();
     status.message = m.message.clone();
-    status.steps = plan.steps_bp.iter().map(|b| f64::from(*b) / 100.0).collect();
-    status.step = if matches!(m.phase, Phase::Initializing | Phase::Initialized) { 0 } else { m.step + 1 };
+    status.steps = plan
+        .steps_bp
+        .iter()
+        .map(|b| f64::from(*b) / 100.0)
+        .collect();
+    status.step = if matches!(m.phase, Phase::Initializing | Phase::Initialized) {
+        0
+    } else {
+        m.step + 1
+    };
     if let Some(a) = &analysis {
         status.last_checks = a.checks.clone();
     }
@@ -731,11 +949,20 @@ async fn release_tick(
 
 /// Undoes the take-over: the user's Deployment back to its replicas, the
 /// Service back to its selector, then everything Sluice made is deleted.
-async fn cleanup(ctx: &Context, d: &Deployment, ns: &str, app: &str, deleting: bool) -> Result<Action, Error> {
+async fn cleanup(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    deleting: bool,
+) -> Result<Action, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     let primary = deployments.get_opt(&primary_name(app)).await?;
-    let status = primary.as_ref().and_then(KubeStatus::from_primary).unwrap_or_default();
+    let status = primary
+        .as_ref()
+        .and_then(KubeStatus::from_primary)
+        .unwrap_or_default();
     if !deleting && let Some(p) = &primary {
         let replicas = p
             .spec
@@ -758,12 +985,16 @@ async fn cleanup(ctx: &Context, d: &Deployment, ns: &str, app: &str, deleting: b
         let mut s = to_value(&service)?;
         if let Some(saved) = s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].as_str() {
             let selector: Value = serde_json::from_str(saved)?;
-            let target: Option<Value> = s["metadata"]["annotations"][annotations::ORIGINAL_TARGET_PORT]
+            let target: Option<Value> = s["metadata"]["annotations"]
+                [annotations::ORIGINAL_TARGET_PORT]
                 .as_str()
                 .and_then(|t| serde_json::from_str(t).ok());
             s["spec"]["selector"] = selector;
             if let (Some(target), Some(ports)) = (target, s["spec"]["ports"].as_array_mut()) {
-                for p in ports.iter_mut().filter(|p| p["targetPort"] == json!(PROXY_HTTP_PORT)) {
+                for p in ports
+                    .iter_mut()
+                    .filter(|p| p["targetPort"] == json!(PROXY_HTTP_PORT))
+                {
                     p["targetPort"] = target.clone();
                 }
             }
@@ -771,7 +1002,9 @@ async fn cleanup(ctx: &Context, d: &Deployment, ns: &str, app: &str, deleting: b
                 a.remove(annotations::ORIGINAL_SELECTOR);
                 a.remove(annotations::ORIGINAL_TARGET_PORT);
             }
-            services.replace(app, &PostParams::default(), &serde_json::from_value(s)?).await?;
+            services
+                .replace(app, &PostParams::default(), &serde_json::from_value(s)?)
+                .await?;
         }
     }
     let dp = DeleteParams::default();
@@ -791,19 +1024,50 @@ async fn cleanup(ctx: &Context, d: &Deployment, ns: &str, app: &str, deleting: b
     for name in &refs.secrets {
         let _ = secrets.delete(&primary_name(name), &dp).await;
     }
-    let _ = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns).delete(&proxy_name(app), &dp).await;
-    let _ = Api::<Role>::namespaced(ctx.client.clone(), ns).delete(&proxy_name(app), &dp).await;
-    let _ = Api::<RoleBinding>::namespaced(ctx.client.clone(), ns).delete(&proxy_name(app), &dp).await;
+    let _ = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .delete(&proxy_name(app), &dp)
+        .await;
+    let _ = Api::<Role>::namespaced(ctx.client.clone(), ns)
+        .delete(&proxy_name(app), &dp)
+        .await;
+    let _ = Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
+        .delete(&proxy_name(app), &dp)
+        .await;
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    for hpa in hpas.list(&ListParams::default().labels(&format!("sluice.dev/release={app}"))).await?.items {
+    for hpa in hpas
+        .list(&ListParams::default().labels(&format!("sluice.dev/release={app}")))
+        .await?
+        .items
+    {
         let _ = hpas.delete(&hpa.name_any(), &dp).await;
     }
-    let finalizers: Vec<String> = d.finalizers().iter().filter(|f| *f != annotations::FINALIZER).cloned().collect();
-    merge_patch::<Deployment>(&ctx.client, ns, app, json!({"metadata": {"finalizers": finalizers}})).await?;
-    ctx.providers.lock().expect("providers lock").remove(&format!("{ns}/{app}"));
+    let finalizers: Vec<String> = d
+        .finalizers()
+        .iter()
+        .filter(|f| *f != annotations::FINALIZER)
+        .cloned()
+        .collect();
+    merge_patch::<Deployment>(
+        &ctx.client,
+        ns,
+        app,
+        json!({"metadata": {"finalizers": finalizers}}),
+    )
+    .await?;
+    ctx.providers
+        .lock()
+        .expect("providers lock")
+        .remove(&format!("{ns}/{app}"));
     ctx.metrics.forget(ns, app);
     if !deleting {
-        publish(ctx, d, EventType::Normal, "Released", format!("Sluice no longer manages {app}; Service {app} selects its original pods")).await;
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "Released",
+            format!("Sluice no longer manages {app}; Service {app} selects its original pods"),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }

@@ -37,7 +37,10 @@ fn visit_refs(pod_spec: &mut Value, f: &mut dyn FnMut(&str, &mut Value)) {
             if let Some(n) = v.pointer_mut("/secret/secretName") {
                 f("secret", n);
             }
-            if let Some(sources) = v.pointer_mut("/projected/sources").and_then(Value::as_array_mut) {
+            if let Some(sources) = v
+                .pointer_mut("/projected/sources")
+                .and_then(Value::as_array_mut)
+            {
                 for s in sources {
                     if let Some(n) = s.pointer_mut("/configMap/name") {
                         f("configmap", n);
@@ -50,7 +53,9 @@ fn visit_refs(pod_spec: &mut Value, f: &mut dyn FnMut(&str, &mut Value)) {
         }
     }
     for list in ["containers", "initContainers"] {
-        let Some(containers) = pod_spec.get_mut(list).and_then(Value::as_array_mut) else { continue };
+        let Some(containers) = pod_spec.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
         for c in containers {
             if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
                 for e in env {
@@ -103,7 +108,14 @@ pub fn canonical_json(v: &Value) -> String {
                 .collect();
             format!("{{{}}}", parts.join(","))
         }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(canonical_json)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         other => other.to_string(),
     }
 }
@@ -111,7 +123,11 @@ pub fn canonical_json(v: &Value) -> String {
 /// The revision: sha256 over canonical JSON of the pod template and the data
 /// of every ConfigMap and Secret it references (missing ones as null);
 /// the first 16 hex digits. Stable across Sluice versions by construction.
-pub fn revision_hash(template: &Value, configmaps: &BTreeMap<String, Value>, secrets: &BTreeMap<String, Value>) -> String {
+pub fn revision_hash(
+    template: &Value,
+    configmaps: &BTreeMap<String, Value>,
+    secrets: &BTreeMap<String, Value>,
+) -> String {
     let input = json!({
         "template": template,
         "configMaps": configmaps,
@@ -240,7 +256,13 @@ pub fn config_copy(source: &Value, owner: &Value, app: &str) -> Value {
 }
 
 /// A Service like the user's, selecting `selector`, under another name.
-pub fn service_copy(user_service: &Value, name: &str, selector: &BTreeMap<String, String>, owner: &Value, app: &str) -> Value {
+pub fn service_copy(
+    user_service: &Value,
+    name: &str,
+    selector: &BTreeMap<String, String>,
+    owner: &Value,
+    app: &str,
+) -> Value {
     let ports: Vec<Value> = user_service["spec"]["ports"]
         .as_array()
         .cloned()
@@ -263,17 +285,31 @@ pub fn service_copy(user_service: &Value, name: &str, selector: &BTreeMap<String
 
 pub fn proxy_pod_labels(app: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_string(), "sluice-proxy".to_string()),
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-proxy".to_string(),
+        ),
         ("sluice.dev/release".to_string(), app.to_string()),
     ])
 }
 
 /// The proxy's config: one route named after the app, stable on
 /// `app-primary`, canary on `app-canary`.
-pub fn proxy_config(app: &str, namespace: &str, port: i32, canary_weight_bp: u32) -> sluice_proxy::Config {
+pub fn proxy_config(
+    app: &str,
+    namespace: &str,
+    port: i32,
+    canary_weight_bp: u32,
+) -> sluice_proxy::Config {
     let route_name: String = app
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     sluice_proxy::Config {
         listen: format!("0.0.0.0:{PROXY_HTTP_PORT}"),
@@ -289,7 +325,10 @@ pub fn proxy_config(app: &str, namespace: &str, port: i32, canary_weight_bp: u32
             path_prefix: "/".into(),
             protocol: Default::default(),
             stable: format!("http://{}.{namespace}.svc:{port}", primary_name(app)),
-            canary: Some(format!("http://{}.{namespace}.svc:{port}", canary_service_name(app))),
+            canary: Some(format!(
+                "http://{}.{namespace}.svc:{port}",
+                canary_service_name(app)
+            )),
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
             canary_match: Vec::new(),
             timeouts: Default::default(),
@@ -303,7 +342,13 @@ pub fn route_name(app: &str) -> String {
     proxy_config(app, "x", 80, 0).routes[0].name.clone()
 }
 
-pub fn proxy_configmap(app: &str, namespace: &str, port: i32, canary_weight_bp: u32, owner: &Value) -> Value {
+pub fn proxy_configmap(
+    app: &str,
+    namespace: &str,
+    port: i32,
+    canary_weight_bp: u32,
+    owner: &Value,
+) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -461,15 +506,27 @@ mod tests {
         let p = primary_deployment(&u, 3, &owner_reference(&u));
         assert_eq!(p["metadata"]["name"], "app-primary");
         assert_eq!(p["spec"]["selector"]["matchLabels"]["app"], "app-primary");
-        assert_eq!(p["spec"]["template"]["metadata"]["labels"]["app"], "app-primary");
+        assert_eq!(
+            p["spec"]["template"]["metadata"]["labels"]["app"],
+            "app-primary"
+        );
         assert_eq!(p["spec"]["template"]["metadata"]["labels"]["version"], "v1");
         let c = &p["spec"]["template"]["spec"]["containers"][0];
-        assert_eq!(c["env"][0]["valueFrom"]["configMapKeyRef"]["name"], "settings-primary");
+        assert_eq!(
+            c["env"][0]["valueFrom"]["configMapKeyRef"]["name"],
+            "settings-primary"
+        );
         assert_eq!(c["envFrom"][0]["secretRef"]["name"], "creds-primary");
-        assert_eq!(p["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], "files-primary");
+        assert_eq!(
+            p["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
+            "files-primary"
+        );
         assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], "u1");
         let refs = config_refs(&u["spec"]["template"]);
-        assert_eq!(refs.configmaps.into_iter().collect::<Vec<_>>(), ["files", "settings"]);
+        assert_eq!(
+            refs.configmaps.into_iter().collect::<Vec<_>>(),
+            ["files", "settings"]
+        );
         assert_eq!(refs.secrets.into_iter().collect::<Vec<_>>(), ["creds"]);
     }
 
@@ -484,14 +541,24 @@ mod tests {
         let cms2 = BTreeMap::from([("settings".to_string(), json!({"k": "2"}))]);
         assert_ne!(a, revision_hash(&t, &cms2, &BTreeMap::new()));
         // Pinned: the scheme must not change between Sluice versions.
-        assert_eq!(canonical_json(&json!({"b": [1, {"d": 2, "c": 3}], "a": "x"})), r#"{"a":"x","b":[1,{"c":3,"d":2}]}"#);
+        assert_eq!(
+            canonical_json(&json!({"b": [1, {"d": 2, "c": 3}], "a": "x"})),
+            r#"{"a":"x","b":[1,{"c":3,"d":2}]}"#
+        );
         assert_eq!(a.len(), 16);
     }
 
     #[test]
     fn the_proxy_config_is_valid_for_the_proxy() {
         let c = proxy_config("shop.web", "prod", 8080, 2500);
-        assert!(c.validate().is_ok() || c.validate().unwrap_err().0.iter().all(|e| e.path == "admin.token_file"));
+        assert!(
+            c.validate().is_ok()
+                || c.validate()
+                    .unwrap_err()
+                    .0
+                    .iter()
+                    .all(|e| e.path == "admin.token_file")
+        );
         assert_eq!(c.routes[0].name, "shop-web");
         assert_eq!(c.routes[0].stable, "http://shop.web-primary.prod.svc:8080");
         assert_eq!(c.routes[0].canary_weight, 25.0);

@@ -1,0 +1,614 @@
+//! `sluice kube` against the fake API server, through a real `kube::Client`.
+//!
+//! Most tests call `reconcile` directly with a controllable clock and a
+//! scripted metric provider, playing kubelet in between (marking
+//! Deployments ready): every step is deterministic and fast. One test runs
+//! the real controller under leader election.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use serde_json::{Value, json};
+use sluice_operator::analysis::{Analysis, CheckResult, Outcome};
+use sluice_operator::kube::{self as op, Context, KubeStatus};
+use sluice_operator::provider::Provider;
+use sluice_tests::eventually;
+use sluice_tests::fake_kube::FakeKube;
+
+const NS: &str = "shop";
+const APPS: &str = "apis/apps/v1";
+
+struct World {
+    fake: FakeKube,
+    ctx: Arc<Context>,
+    clock: Arc<AtomicU64>,
+    script: Arc<std::sync::Mutex<VecDeque<Outcome>>>,
+}
+
+fn verdict(outcome: Outcome) -> Analysis {
+    Analysis {
+        canary_requests: Some(100),
+        checks: vec![CheckResult {
+            name: "success-rate".into(),
+            outcome,
+            value: Some(if outcome == Outcome::Fail {
+                80.0
+            } else {
+                100.0
+            }),
+            threshold: ">= 99%".into(),
+            reason: if outcome == Outcome::Pass {
+                String::new()
+            } else {
+                format!("scripted {outcome:?}")
+            },
+        }],
+    }
+}
+
+fn context(
+    fake: &FakeKube,
+    clock: &Arc<AtomicU64>,
+    script: &Arc<std::sync::Mutex<VecDeque<Outcome>>>,
+) -> Arc<Context> {
+    let mut ctx = Context::new(
+        fake.client(),
+        "test-operator",
+        None,
+        "sluice-proxy:test".into(),
+    );
+    let c = clock.clone();
+    ctx.now = Arc::new(move || c.load(Ordering::SeqCst) as f64);
+    let s = script.clone();
+    // Each tick's analysis comes from the script (pass when it runs out).
+    ctx.make_provider = Arc::new(move |_, _, _| {
+        let s = s.clone();
+        Provider::Scripted(Box::new(move || {
+            verdict(s.lock().unwrap().pop_front().unwrap_or(Outcome::Pass))
+        }))
+    });
+    ctx.poll = Duration::from_millis(10);
+    Arc::new(ctx)
+}
+
+impl World {
+    async fn new(annotations: Value) -> Self {
+        let fake = FakeKube::start().await;
+        fake.put(
+            "api/v1",
+            "configmaps",
+            NS,
+            json!({"metadata": {"name": "settings"}, "data": {"greeting": "hello"}}),
+        );
+        fake.put(
+            "api/v1",
+            "services",
+            NS,
+            json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}}),
+        );
+        let mut ann = json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "20,50", "sluice.dev/interval": "10s", "sluice.dev/failure-limit": "2"});
+        sluice_tests::fake_kube::merge(&mut ann, &annotations);
+        fake.put(
+            APPS,
+            "deployments",
+            NS,
+            json!({
+                "metadata": {"name": "app", "annotations": ann},
+                "spec": {
+                    "replicas": 3,
+                    "selector": {"matchLabels": {"app": "app"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "app"}},
+                        "spec": {"containers": [{"name": "app", "image": "app:1", "envFrom": [{"configMapRef": {"name": "settings"}}]}]},
+                    },
+                },
+            }),
+        );
+        fake.make_ready(NS, "app");
+        let clock = Arc::new(AtomicU64::new(1_000_000));
+        let script = Arc::new(std::sync::Mutex::new(VecDeque::new()));
+        let ctx = context(&fake, &clock, &script);
+        Self {
+            fake,
+            ctx,
+            clock,
+            script,
+        }
+    }
+
+    async fn tick(&self) {
+        let api: Api<Deployment> = Api::namespaced(self.fake.client(), NS);
+        let d = api.get("app").await.unwrap();
+        op::reconcile(Arc::new(d), self.ctx.clone()).await.unwrap();
+    }
+
+    fn advance(&self, secs: u64) {
+        self.clock.fetch_add(secs, Ordering::SeqCst);
+    }
+
+    fn deployment(&self, name: &str) -> Value {
+        self.fake
+            .get(APPS, "deployments", NS, name)
+            .unwrap_or_else(|| panic!("no Deployment {name}"))
+    }
+
+    fn status(&self) -> KubeStatus {
+        let p = self.deployment("app-primary");
+        serde_json::from_str(
+            p["metadata"]["annotations"]["sluice.dev/status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn weight(&self) -> f64 {
+        let cm = self
+            .fake
+            .get("api/v1", "configmaps", NS, "app-sluice")
+            .unwrap();
+        let config =
+            sluice_proxy::Config::from_yaml(cm["data"]["routes.yaml"].as_str().unwrap()).unwrap();
+        config.routes[0].canary_weight
+    }
+
+    fn replicas(&self, name: &str) -> i64 {
+        self.deployment(name)["spec"]["replicas"].as_i64().unwrap()
+    }
+
+    fn events(&self) -> Vec<(String, String, String)> {
+        self.fake
+            .names("apis/events.k8s.io/v1", "events", NS)
+            .into_iter()
+            .filter_map(|n| self.fake.get("apis/events.k8s.io/v1", "events", NS, &n))
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap_or_default().to_string(),
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["note"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Bootstraps: objects created, then take-over once everything is ready.
+    async fn bootstrapped(self) -> Self {
+        self.tick().await;
+        self.fake.make_ready(NS, "app-primary");
+        self.fake.make_ready(NS, "app-sluice");
+        self.tick().await;
+        assert_eq!(self.status().phase, "Initialized");
+        self
+    }
+
+    /// Ticks until the phase is `phase`, playing kubelet and the clock.
+    async fn until(&self, phase: &str, limit: usize) -> Vec<f64> {
+        let mut weights = Vec::new();
+        for _ in 0..limit {
+            let s = self.status();
+            if s.phase == phase {
+                return weights;
+            }
+            for d in ["app", "app-primary"] {
+                self.fake.make_ready(NS, d);
+            }
+            self.advance(10);
+            self.tick().await;
+            let w = self.weight();
+            if weights.last() != Some(&w) {
+                weights.push(w);
+            }
+        }
+        panic!("never reached {phase}; status: {:?}", self.status());
+    }
+
+    fn set_image(&self, image: &str) {
+        self.fake.merge_into(
+            APPS,
+            "deployments",
+            NS,
+            "app",
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image, "envFrom": [{"configMapRef": {"name": "settings"}}]}]}}}}),
+        );
+    }
+}
+
+#[tokio::test]
+async fn annotating_creates_exactly_the_objects_and_moves_traffic_only_when_ready() {
+    let w = World::new(json!({})).await;
+    w.tick().await;
+    let mut deployments = w.fake.names(APPS, "deployments", NS);
+    deployments.sort();
+    assert_eq!(deployments, ["app", "app-primary", "app-sluice"]);
+    let mut services = w.fake.names("api/v1", "services", NS);
+    services.sort();
+    assert_eq!(services, ["app", "app-canary", "app-primary", "app-sluice"]);
+    let mut cms = w.fake.names("api/v1", "configmaps", NS);
+    cms.sort();
+    assert_eq!(cms, ["app-sluice", "settings", "settings-primary"]);
+    assert_eq!(w.fake.names("api/v1", "secrets", NS), ["app-sluice-admin"]);
+    for (prefix, plural) in [
+        ("api/v1", "serviceaccounts"),
+        ("apis/rbac.authorization.k8s.io/v1", "roles"),
+        ("apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    ] {
+        assert_eq!(w.fake.names(prefix, plural, NS), ["app-sluice"], "{plural}");
+    }
+    let primary = w.deployment("app-primary");
+    assert_eq!(
+        primary["spec"]["selector"]["matchLabels"]["app"],
+        "app-primary"
+    );
+    assert_eq!(primary["spec"]["replicas"], 3);
+    assert_eq!(
+        primary["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+        "settings-primary"
+    );
+    let app_uid = w.deployment("app")["metadata"]["uid"].clone();
+    for (prefix, plural, name) in [
+        (APPS, "deployments", "app-primary"),
+        (APPS, "deployments", "app-sluice"),
+        ("api/v1", "services", "app-canary"),
+        ("api/v1", "configmaps", "app-sluice"),
+    ] {
+        let o = w.fake.get(prefix, plural, NS, name).unwrap();
+        assert_eq!(
+            o["metadata"]["ownerReferences"][0]["uid"], app_uid,
+            "{name} is owned by app"
+        );
+    }
+    assert_eq!(
+        w.fake.get("api/v1", "services", NS, "app-canary").unwrap()["spec"]["selector"],
+        json!({"app": "app"})
+    );
+    let proxy = w.deployment("app-sluice");
+    assert_eq!(
+        proxy["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!([
+            "--kube-configmap",
+            "shop/app-sluice",
+            "--log-format",
+            "json"
+        ])
+    );
+    assert_eq!(w.weight(), 0.0);
+
+    // Not ready yet: the Service still selects the user's pods.
+    w.tick().await;
+    assert_eq!(
+        w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["selector"],
+        json!({"app": "app"})
+    );
+    assert_eq!(w.replicas("app"), 3);
+    w.fake.make_ready(NS, "app-primary");
+    w.tick().await;
+    assert_eq!(
+        w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["selector"],
+        json!({"app": "app"}),
+        "the proxy is not ready yet"
+    );
+    w.fake.make_ready(NS, "app-sluice");
+    w.tick().await;
+    let svc = w.fake.get("api/v1", "services", NS, "app").unwrap();
+    assert_eq!(
+        svc["spec"]["selector"],
+        json!({"app.kubernetes.io/name": "sluice-proxy", "sluice.dev/release": "app"})
+    );
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(
+        w.replicas("app"),
+        0,
+        "the canary is scaled down after the take-over"
+    );
+    assert_eq!(w.status().phase, "Initialized");
+    // The proxy's ConfigMap holds a config the proxy accepts.
+    let cm = w
+        .fake
+        .get("api/v1", "configmaps", NS, "app-sluice")
+        .unwrap();
+    let config =
+        sluice_proxy::Config::from_yaml(cm["data"]["routes.yaml"].as_str().unwrap()).unwrap();
+    let valid = config.validate().unwrap();
+    assert_eq!(valid.routes[0].stable.host, "app-primary.shop.svc");
+    assert_eq!(valid.routes[0].stable.port, 80);
+}
+
+#[tokio::test]
+async fn a_new_image_is_released_step_by_step_and_promoted() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    let before = w.status().primary_revision.clone();
+    w.set_image("app:2");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Initializing");
+    assert_eq!(
+        w.replicas("app"),
+        3,
+        "the canary scales to the primary's replicas"
+    );
+    let weights = w.until("Succeeded", 20).await;
+    assert_eq!(
+        weights,
+        [0.0, 20.0, 50.0, 0.0],
+        "the ConfigMap weights follow the steps"
+    );
+    let primary = w.deployment("app-primary");
+    assert_eq!(
+        primary["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
+    );
+    assert_eq!(
+        primary["spec"]["template"]["metadata"]["labels"]["app"],
+        "app-primary"
+    );
+    assert_eq!(w.replicas("app"), 0);
+    let s = w.status();
+    assert_ne!(s.primary_revision, before);
+    assert_eq!(s.canary_weight, 0.0);
+    assert!(
+        w.events()
+            .iter()
+            .any(|(t, r, _)| t == "Normal" && r == "Promoted"),
+        "{:?}",
+        w.events()
+    );
+    let metrics = w.ctx.metrics.encode();
+    assert!(
+        metrics.contains(
+            "sluice_canary_releases_total{namespace=\"shop\",name=\"app\",result=\"succeeded\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_canary_phase{namespace=\"shop\",name=\"app\"} 6"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn failing_analysis_rolls_back_and_the_same_revision_does_not_restart() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail]);
+    w.set_image("app:bad");
+    w.until("Failed", 20).await;
+    assert_eq!(w.weight(), 0.0);
+    assert_eq!(w.replicas("app"), 0);
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:1"
+    );
+    assert!(
+        w.events()
+            .iter()
+            .any(|(t, _, note)| t == "Warning" && note.contains("rolled back")),
+        "{:?}",
+        w.events()
+    );
+    // Reconciling again with the same revision changes nothing.
+    for _ in 0..3 {
+        w.advance(60);
+        w.tick().await;
+    }
+    assert_eq!(w.status().phase, "Failed");
+    assert_eq!(w.replicas("app"), 0);
+    // `kubectl sluice retry` (a command annotation) releases it again.
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app-primary",
+        json!({"metadata": {"annotations": {"sluice.dev/command": "retry"}}}),
+    );
+    w.tick().await;
+    assert_eq!(w.status().phase, "Initializing");
+}
+
+#[tokio::test]
+async fn a_changed_configmap_is_a_release_and_the_primary_keeps_its_copy_until_promotion() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.fake.merge_into(
+        "api/v1",
+        "configmaps",
+        NS,
+        "settings",
+        json!({"data": {"greeting": "bonjour"}}),
+    );
+    w.tick().await;
+    assert_eq!(
+        w.status().phase,
+        "Initializing",
+        "a referenced ConfigMap change is a new revision"
+    );
+    w.until("Progressing", 10).await;
+    let copy = w
+        .fake
+        .get("api/v1", "configmaps", NS, "settings-primary")
+        .unwrap();
+    assert_eq!(
+        copy["data"]["greeting"], "hello",
+        "stable keeps its own copy during the release"
+    );
+    w.until("Succeeded", 20).await;
+    let copy = w
+        .fake
+        .get("api/v1", "configmaps", NS, "settings-primary")
+        .unwrap();
+    assert_eq!(copy["data"]["greeting"], "bonjour");
+}
+
+#[tokio::test]
+async fn an_operator_restart_mid_release_resumes_at_the_same_step() {
+    let mut w = World::new(json!({"sluice.dev/steps": "10,20,30"}))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.advance(10);
+    w.tick().await;
+    assert_eq!(w.weight(), 20.0);
+    let before = w.status();
+    // A new operator process: fresh memory, same cluster state.
+    w.ctx = context(&w.fake, &w.clock, &w.script);
+    w.script.lock().unwrap().push_back(Outcome::Inconclusive);
+    w.tick().await;
+    assert_eq!(w.weight(), 20.0, "no weight moves backwards");
+    assert_eq!(w.status().step, before.step);
+    w.advance(10);
+    w.tick().await;
+    assert_eq!(w.weight(), 20.0, "an inconclusive tick holds");
+    w.advance(10);
+    w.tick().await;
+    assert_eq!(w.weight(), 30.0, "the next step follows, none skipped");
+}
+
+#[tokio::test]
+async fn an_invalid_annotation_is_a_warning_event_and_nothing_is_created_or_changed() {
+    let w = World::new(json!({"sluice.dev/steps": "50,10"})).await;
+    let writes_before = w.fake.writes().len();
+    w.tick().await;
+    let events = w.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (kind, reason, note) = &events[0];
+    assert_eq!(
+        (kind.as_str(), reason.as_str()),
+        ("Warning", "InvalidAnnotation")
+    );
+    assert!(
+        note.contains("sluice.dev/steps") && note.contains("`50,10`") && note.contains("allowed"),
+        "{note}"
+    );
+    let writes: Vec<_> = w.fake.writes()[writes_before..]
+        .iter()
+        .filter(|(_, p)| !p.contains("/events"))
+        .cloned()
+        .collect();
+    assert!(writes.is_empty(), "writes besides the Event: {writes:?}");
+    assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+}
+
+#[tokio::test]
+async fn removing_the_annotation_restores_the_service_and_replicas() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 3, "replicas restored first");
+    assert!(w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["selector"]["app.kubernetes.io/name"].is_string(), "traffic stays on the proxy until the pods are ready");
+    w.fake.make_ready(NS, "app");
+    w.tick().await;
+    let svc = w.fake.get("api/v1", "services", NS, "app").unwrap();
+    assert_eq!(svc["spec"]["selector"], json!({"app": "app"}));
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 9898);
+    assert!(
+        svc["metadata"]["annotations"]
+            .get("sluice.dev/original-selector")
+            .is_none()
+    );
+    assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+    let mut services = w.fake.names("api/v1", "services", NS);
+    services.sort();
+    assert_eq!(services, ["app"]);
+    assert_eq!(w.fake.names("api/v1", "configmaps", NS), ["settings"]);
+    assert!(
+        w.deployment("app")["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn an_hpa_on_the_deployment_gets_a_twin_on_the_primary() {
+    let w = World::new(json!({})).await;
+    w.fake.put(
+        "apis/autoscaling/v2",
+        "horizontalpodautoscalers",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}, "minReplicas": 2, "maxReplicas": 5}}),
+    );
+    w.tick().await;
+    let twin = w
+        .fake
+        .get(
+            "apis/autoscaling/v2",
+            "horizontalpodautoscalers",
+            NS,
+            "app-primary",
+        )
+        .expect("HPA twin");
+    assert_eq!(twin["spec"]["scaleTargetRef"]["name"], "app-primary");
+    assert_eq!(twin["spec"]["maxReplicas"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_runs_under_a_lease_and_a_second_replica_waits() {
+    let w = World::new(json!({})).await;
+    let client = w.fake.client();
+    let cfg = op::leader::LeaderConfig {
+        renew_every: Duration::from_millis(200),
+        lease_duration: Duration::from_secs(2),
+        ..op::leader::LeaderConfig::new("sluice-system", "replica-a")
+    };
+    let ctx = w.ctx.clone();
+    let leader = tokio::spawn(op::leader::run_as_leader(
+        client.clone(),
+        cfg.clone(),
+        op::run(ctx, Some(NS.into())),
+    ));
+    eventually(
+        "the leading replica to bootstrap app",
+        Duration::from_secs(10),
+        || async {
+            w.fake
+                .get(APPS, "deployments", NS, "app-primary")
+                .map(|_| ())
+        },
+    )
+    .await;
+    let other = op::leader::LeaderConfig {
+        identity: "replica-b".into(),
+        ..cfg.clone()
+    };
+    assert!(
+        !op::leader::try_acquire(&client, &other).await.unwrap(),
+        "the lease is held"
+    );
+    let lease = w
+        .fake
+        .get(
+            "apis/coordination.k8s.io/v1",
+            "leases",
+            "sluice-system",
+            "sluice-operator",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    leader.abort();
+    // Once replica-a stops renewing, replica-b takes over.
+    eventually(
+        "replica-b to take the lease",
+        Duration::from_secs(10),
+        || {
+            let (client, other) = (client.clone(), other.clone());
+            async move {
+                op::leader::try_acquire(&client, &other)
+                    .await
+                    .ok()
+                    .filter(|x| *x)
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
+}
