@@ -102,6 +102,9 @@ pub enum Command {
     Approve,
     /// Roll back now.
     Abort,
+    /// Skip the remaining steps and promote now (`kubectl sluice promote --full`):
+    /// a human override of the analysis, used deliberately.
+    PromoteNow,
 }
 
 /// Results of the webhooks the driver ran for this tick (None: none configured or not run).
@@ -358,6 +361,13 @@ fn rollback(mut s: Status, now: f64, reason: String) -> Transition {
 fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     if obs.command == Some(Command::Abort) {
         return rollback(s, obs.now, "aborted by a user".into());
+    }
+    if obs.command == Some(Command::PromoteNow) {
+        let mut t = promote(s, obs.now);
+        t.status.message = "promoted by a user, skipping the remaining steps".into();
+        t.actions
+            .push(Action::Event(Level::Normal, t.status.message.clone()));
+        return t;
     }
     if obs.gates.rollback_requested {
         return rollback(s, obs.now, "a rollback webhook asked for it".into());

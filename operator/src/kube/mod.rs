@@ -13,6 +13,7 @@ pub mod annotations;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
+pub mod plugin;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -757,6 +758,7 @@ async fn release_tick(
         match c.as_str() {
             "approve" => command = Some(Command::Approve),
             "abort" => command = Some(Command::Abort),
+            "promote-full" => command = Some(Command::PromoteNow),
             "retry" => {
                 status.failed_revision = None;
                 if status

@@ -1,0 +1,320 @@
+//! `kubectl sluice`: look at and steer canaried Deployments.
+//!
+//! It reads the status Sluice keeps on `<name>-primary` and steers a release
+//! by setting the annotation `sluice.dev/command` there (`approve`,
+//! `promote-full`, `abort`, `retry`), which the operator consumes on its next
+//! reconcile. It uses the kubeconfig like kubectl does (`KUBECONFIG`, the
+//! current context and its namespace).
+
+use std::fmt::Write as _;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use super::KubeStatus;
+use super::annotations;
+use super::objects::primary_name;
+use crate::analysis::Outcome;
+use crate::view::weight_bar;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl PluginError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            PluginError::Usage(_) | PluginError::NotFound(_) => ExitCode::from(2),
+            PluginError::Kube(_) => ExitCode::from(4),
+        }
+    }
+}
+
+pub struct Plugin {
+    pub client: kube::Client,
+    pub namespace: String,
+}
+
+/// A canaried Deployment and its status (None before the operator saw it).
+pub struct Release {
+    pub name: String,
+    pub status: Option<KubeStatus>,
+    pub age: String,
+}
+
+fn age(since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
+    let Some(t) = since else { return "-".into() };
+    let secs = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(t.0)
+        .as_secs()
+        .max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+impl Plugin {
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Every Deployment in the namespace that opted in.
+    pub async fn releases(&self) -> Result<Vec<Release>, PluginError> {
+        let all = self.deployments().list(&ListParams::default()).await?.items;
+        let mut out = Vec::new();
+        for d in all.iter().filter(|d| annotations::enabled(d.annotations())) {
+            let name = d.name_any();
+            let primary = all.iter().find(|p| p.name_any() == primary_name(&name));
+            out.push(Release {
+                status: primary.and_then(KubeStatus::from_primary),
+                age: age(d.metadata.creation_timestamp.as_ref()),
+                name,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The release `name`, or an error listing the canaried Deployments.
+    pub async fn release(&self, name: &str) -> Result<Release, PluginError> {
+        let mut releases = self.releases().await?;
+        match releases.iter().position(|r| r.name == name) {
+            Some(i) => Ok(releases.swap_remove(i)),
+            None => {
+                let names: Vec<&str> = releases.iter().map(|r| r.name.as_str()).collect();
+                Err(PluginError::NotFound(format!(
+                    "no canaried Deployment `{name}` in namespace {}; canaried here: {}",
+                    self.namespace,
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )))
+            }
+        }
+    }
+
+    async fn command(&self, name: &str, command: &str) -> Result<(), PluginError> {
+        let patch = json!({"metadata": {"annotations": {annotations::COMMAND: command}}});
+        self.deployments()
+            .patch(
+                &primary_name(name),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn promote(&self, name: &str, full: bool) -> Result<String, PluginError> {
+        let r = self.release(name).await?;
+        let phase = r.status.as_ref().map(|s| s.phase.as_str()).unwrap_or("-");
+        let allowed = if full {
+            ["Progressing", "WaitingPromotion"].contains(&phase)
+        } else {
+            phase == "WaitingPromotion" || phase == "Progressing"
+        };
+        if !allowed {
+            return Err(PluginError::Usage(format!(
+                "{name} is {phase}: promote applies to a release in Progressing or WaitingPromotion"
+            )));
+        }
+        self.command(name, if full { "promote-full" } else { "approve" })
+            .await?;
+        Ok(if full {
+            format!("{name}: promotion requested now, skipping the remaining steps")
+        } else {
+            format!("{name}: promotion approved; it promotes once every step has passed")
+        })
+    }
+
+    pub async fn abort(&self, name: &str) -> Result<String, PluginError> {
+        let r = self.release(name).await?;
+        let phase = r
+            .status
+            .as_ref()
+            .map(|s| s.phase.clone())
+            .unwrap_or_default();
+        if ["Succeeded", "Failed", "Initialized", ""].contains(&phase.as_str()) {
+            return Err(PluginError::Usage(format!(
+                "{name} has no release in progress (phase {})",
+                if phase.is_empty() { "-" } else { &phase }
+            )));
+        }
+        self.command(name, "abort").await?;
+        Ok(format!("{name}: rollback requested"))
+    }
+
+    pub async fn retry(&self, name: &str) -> Result<String, PluginError> {
+        let r = self.release(name).await?;
+        let failed = r.status.as_ref().and_then(|s| s.failed_revision.clone());
+        let Some(revision) = failed else {
+            return Err(PluginError::Usage(format!(
+                "{name} has no rolled-back revision to retry"
+            )));
+        };
+        self.command(name, "retry").await?;
+        Ok(format!(
+            "{name}: revision {revision} will be released again"
+        ))
+    }
+
+    /// 0 succeeded, 1 failed, 3 still in progress when `timeout` runs out.
+    pub async fn status(&self, name: &str, timeout: Duration) -> Result<(u8, String), PluginError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.release(name).await?;
+            let (phase, message) = r
+                .status
+                .as_ref()
+                .map(|s| (s.phase.clone(), s.message.clone()))
+                .unwrap_or_else(|| ("-".into(), "not yet seen by the operator".into()));
+            let code = match phase.as_str() {
+                "Succeeded" | "Initialized" => Some(0),
+                "Failed" => Some(1),
+                _ => None,
+            };
+            if let Some(c) = code {
+                return Ok((c, format!("{name}: {phase}: {message}")));
+            }
+            if Instant::now() >= deadline {
+                return Ok((3, format!("{name}: {phase}: {message}")));
+            }
+            tokio::time::sleep(Duration::from_millis(500).min(deadline - Instant::now())).await;
+        }
+    }
+}
+
+/// The table of `kubectl sluice get`.
+pub fn table(releases: &[Release]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<17} {:<24} {:<18} {:<40} {:>5}",
+        "NAME", "PHASE", "WEIGHT", "STEPS", "LAST CHECKS", "AGE"
+    );
+    for r in releases {
+        let (phase, weight, steps, checks) = match &r.status {
+            None => ("Pending".into(), "-".into(), "-".into(), "-".into()),
+            Some(s) => (
+                s.phase.clone(),
+                format!(
+                    "{} {:>5}%",
+                    weight_bar(s.canary_weight, 10),
+                    s.canary_weight
+                ),
+                steps_text(s),
+                checks_text(s, false),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<17} {:<24} {:<18} {:<40} {:>5}",
+            r.name, phase, weight, steps, checks, r.age
+        );
+    }
+    out
+}
+
+/// Steps with the current one marked: `10,[25],50`.
+pub fn steps_text(s: &KubeStatus) -> String {
+    s.steps
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let w = if w.fract() == 0.0 {
+                format!("{w:.0}")
+            } else {
+                w.to_string()
+            };
+            if i + 1 == s.step && !["Succeeded", "Failed"].contains(&s.phase.as_str()) {
+                format!("[{w}]")
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn checks_text(s: &KubeStatus, long: bool) -> String {
+    if s.last_checks.is_empty() {
+        return "-".into();
+    }
+    let parts: Vec<String> = s
+        .last_checks
+        .iter()
+        .map(|c| {
+            let mark = match c.outcome {
+                Outcome::Pass => "ok",
+                Outcome::Fail => "FAIL",
+                Outcome::Inconclusive => "?",
+            };
+            let value = c
+                .value
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into());
+            if long {
+                format!(
+                    "{:<14} {:<5} {:>10} (want {}) {}",
+                    c.name, mark, value, c.threshold, c.reason
+                )
+            } else {
+                format!("{} {mark}", c.name)
+            }
+        })
+        .collect();
+    if long {
+        parts.join("\n    ")
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The detail view of one release.
+pub fn detail(r: &Release) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", r.name);
+    match &r.status {
+        None => {
+            let _ = writeln!(
+                out,
+                "  phase     Pending (the operator has not bootstrapped it yet)"
+            );
+        }
+        Some(s) => {
+            let _ = writeln!(out, "  phase     {}   since {}", s.phase, s.last_transition);
+            let _ = writeln!(
+                out,
+                "  weight    {} {}%",
+                weight_bar(s.canary_weight, 30),
+                s.canary_weight
+            );
+            let _ = writeln!(out, "  steps     {}", steps_text(s));
+            let _ = writeln!(out, "  failed    {} checks", s.failed_checks);
+            let _ = writeln!(
+                out,
+                "  revision  {} (primary runs {})",
+                s.revision, s.primary_revision
+            );
+            let _ = writeln!(out, "  checks    {}", checks_text(s, true));
+            let _ = writeln!(out, "  message   {}", s.message);
+        }
+    }
+    let _ = writeln!(out, "  age       {}", r.age);
+    out
+}

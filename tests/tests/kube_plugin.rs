@@ -1,0 +1,255 @@
+//! `kubectl sluice` (the `kubectl-sluice` binary) against the fake API
+//! server through a kubeconfig, every subcommand and its error paths.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_tests::fake_kube::FakeKube;
+use sluice_tests::*;
+
+const APPS: &str = "apis/apps/v1";
+
+struct Plugin {
+    fake: FakeKube,
+    kubeconfig: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+fn status(phase: &str, weight: f64, step: usize, failed_revision: Option<&str>) -> String {
+    json!({
+        "phase": phase, "canaryWeight": weight, "failedChecks": 1, "revision": "abc123", "primaryRevision": "0ld",
+        "failedRevision": failed_revision, "lastTransition": "2026-11-26T10:00:00Z", "message": format!("{phase} for the test"),
+        "originalReplicas": 2, "bootstrapped": true, "steps": [20.0, 50.0], "step": step,
+        "lastChecks": [
+            {"name": "success-rate", "outcome": "pass", "value": 99.7, "threshold": ">= 99%", "reason": ""},
+            {"name": "p99", "outcome": "fail", "value": 0.61, "threshold": "<= 0.5s", "reason": "610ms is above the limit"},
+        ],
+    })
+    .to_string()
+}
+
+impl Plugin {
+    async fn new() -> Self {
+        let fake = FakeKube::start().await;
+        let dir = TempDir::new("kubectl");
+        let kubeconfig = dir.path.join("config");
+        fake.kubeconfig(&kubeconfig);
+        let annotated = json!({"sluice.dev/canary": "enabled"});
+        for name in ["app", "web"] {
+            fake.put(APPS, "deployments", "default", json!({"metadata": {"name": name, "annotations": annotated}, "spec": {"replicas": 0}}));
+        }
+        fake.put(
+            APPS,
+            "deployments",
+            "default",
+            json!({"metadata": {"name": "plain"}, "spec": {"replicas": 1}}),
+        );
+        let this = Self {
+            fake,
+            kubeconfig,
+            _dir: dir,
+        };
+        this.set_status("WaitingPromotion", 50.0, 2, None);
+        this
+    }
+
+    fn set_status(&self, phase: &str, weight: f64, step: usize, failed: Option<&str>) {
+        self.fake.put(
+            APPS,
+            "deployments",
+            "default",
+            json!({"metadata": {"name": "app-primary", "annotations": {"sluice.dev/status": status(phase, weight, step, failed)}}, "spec": {"replicas": 2}}),
+        );
+    }
+
+    fn command_annotation(&self) -> Value {
+        self.fake
+            .get(APPS, "deployments", "default", "app-primary")
+            .unwrap()["metadata"]["annotations"]["sluice.dev/command"]
+            .clone()
+    }
+
+    async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let kubeconfig = self.kubeconfig.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(bin("kubectl-sluice"))
+                .args(&args)
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_lists_canaried_deployments_and_shows_one_in_detail() {
+    let p = Plugin::new().await;
+    let (code, out, err) = p.run(&["get"]).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("PHASE") && lines[0].contains("WEIGHT"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("app ")
+            && lines[1].contains("WaitingPromotion")
+            && lines[1].contains("[#####.....]"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("20,[50]") && lines[1].contains("p99 FAIL"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("web ") && lines[2].contains("Pending"),
+        "{out}"
+    );
+    assert!(!out.contains("plain"), "not canaried: {out}");
+    let (code, out, _) = p.run(&["get", "app"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("phase     WaitingPromotion"), "{out}");
+    assert!(out.contains("steps     20,[50]"), "{out}");
+    assert!(
+        out.contains("p99")
+            && out.contains("(want <= 0.5s)")
+            && out.contains("610ms is above the limit"),
+        "{out}"
+    );
+    let (code, _, err) = p.run(&["get", "nope"]).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no canaried Deployment `nope` in namespace default; canaried here: app, web"),
+        "{err}"
+    );
+    let (code, _, err) = p.run(&["-n", "other", "get", "app"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("canaried here: none"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_redraws_until_interrupted() {
+    let p = Plugin::new().await;
+    let mut child = Command::new(bin("kubectl-sluice"))
+        .args(["get", "--watch"])
+        .env("KUBECONFIG", &p.kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    child.kill().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.matches("NAME").count() >= 2,
+        "expected at least two frames: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_and_abort_set_the_command_the_operator_consumes() {
+    let p = Plugin::new().await;
+    let (code, out, err) = p.run(&["promote", "app"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("promotion approved"));
+    assert_eq!(p.command_annotation(), "approve");
+    let (code, _, _) = p.run(&["promote", "app", "--full"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(p.command_annotation(), "promote-full");
+    let (code, out, _) = p.run(&["abort", "app"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("rollback requested"));
+    assert_eq!(p.command_annotation(), "abort");
+    // Error paths: nothing to promote or abort.
+    let (code, _, err) = p.run(&["promote", "web"]).await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("promote applies to a release in Progressing or WaitingPromotion"),
+        "{err}"
+    );
+    p.set_status("Succeeded", 0.0, 2, None);
+    let (code, _, err) = p.run(&["abort", "app"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no release in progress"), "{err}");
+    let (code, _, err) = p.run(&["promote", "ghost"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("canaried here: app, web"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_needs_a_rolled_back_revision() {
+    let p = Plugin::new().await;
+    let (code, _, err) = p.run(&["retry", "app"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no rolled-back revision to retry"), "{err}");
+    p.set_status("Failed", 0.0, 1, Some("bad123"));
+    let (code, out, err) = p.run(&["retry", "app"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bad123 will be released again"));
+    assert_eq!(p.command_annotation(), "retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exit_codes_follow_the_phase_and_timeout_waits() {
+    let p = Plugin::new().await;
+    assert_eq!(p.run(&["status", "app"]).await.0, 3, "in progress");
+    p.set_status("Failed", 0.0, 1, Some("x"));
+    assert_eq!(p.run(&["status", "app"]).await.0, 1);
+    p.set_status("Succeeded", 0.0, 2, None);
+    let (code, out, _) = p.run(&["status", "app"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("app: Succeeded"));
+    // --timeout waits for the end of a release.
+    p.set_status("Progressing", 20.0, 1, None);
+    let fake = p.fake.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        fake.merge_into(
+            APPS,
+            "deployments",
+            "default",
+            "app-primary",
+            json!({"metadata": {"annotations": {"sluice.dev/status": status("Succeeded", 0.0, 2, None)}}}),
+        );
+    });
+    let (code, _, _) = p.run(&["status", "app", "--timeout", "10s"]).await;
+    assert_eq!(code, 0);
+    let (code, _, err) = p.run(&["status", "nope"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("nope"));
+    let (code, _, err) = p.run(&["status", "app", "--timeout", "soon"]).await;
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_exit_4() {
+    let dir = TempDir::new("kubectl-dead");
+    let config = dir.path.join("config");
+    std::fs::write(
+        &config,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: http://127.0.0.1:{}\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\ncurrent-context: x\nusers:\n- name: x\n  user: {{}}\n", free_port()),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin("kubectl-sluice"))
+            .arg("get")
+            .env("KUBECONFIG", &config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Kubernetes API"));
+}
