@@ -659,15 +659,9 @@ impl FakeKube {
                 None => not_found(&target.kind.1, name),
             },
             (&Method::POST, _) => {
-                let mut object: Value = match serde_json::from_slice(&body) {
+                let mut object: Value = match parse_json(&body) {
                     Ok(v) => v,
-                    Err(e) => {
-                        return status_error(
-                            StatusCode::BAD_REQUEST,
-                            "BadRequest",
-                            format!("bad JSON: {e}"),
-                        );
-                    }
+                    Err(resp) => return *resp,
                 };
                 if object["metadata"]["name"].as_str().is_none() {
                     if let Some(prefix) = object["metadata"]["generateName"].as_str() {
@@ -702,15 +696,9 @@ impl FakeKube {
                 let Some(existing) = self.get(&target.kind.0, &target.kind.1, &ns, name) else {
                     return not_found(&target.kind.1, name);
                 };
-                let mut object: Value = match serde_json::from_slice(&body) {
+                let mut object: Value = match parse_json(&body) {
                     Ok(v) => v,
-                    Err(e) => {
-                        return status_error(
-                            StatusCode::BAD_REQUEST,
-                            "BadRequest",
-                            format!("bad JSON: {e}"),
-                        );
-                    }
+                    Err(resp) => return *resp,
                 };
                 if let Some(rv) = object["metadata"]["resourceVersion"].as_str()
                     && Some(rv) != existing["metadata"]["resourceVersion"].as_str()
@@ -735,15 +723,9 @@ impl FakeKube {
             }
             (&Method::PATCH, Some(name)) => {
                 let existing = self.get(&target.kind.0, &target.kind.1, &ns, name);
-                let patch: Value = match serde_json::from_slice(&body) {
+                let patch: Value = match parse_json(&body) {
                     Ok(v) => v,
-                    Err(e) => {
-                        return status_error(
-                            StatusCode::BAD_REQUEST,
-                            "BadRequest",
-                            format!("bad JSON: {e}"),
-                        );
-                    }
+                    Err(resp) => return *resp,
                 };
                 let is_apply = content_type.starts_with("application/apply-patch");
                 let mut object = match existing {
@@ -922,6 +904,17 @@ impl FakeKube {
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .expect("watch response")
     }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Box<Response<FakeBody>>> {
+    serde_json::from_slice(body).map_err(|e| {
+        let resp = status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("bad JSON: {e}"),
+        );
+        Box::new(resp)
+    })
 }
 
 fn not_found(plural: &str, name: &str) -> Response<FakeBody> {

@@ -48,6 +48,18 @@ where
     }
 }
 
+/// Waits until `url` answers 2xx, or panics naming `what`.
+pub async fn wait_until_ok(what: &str, url: &str, timeout: Duration) {
+    eventually(what, timeout, || async move {
+        get(url)
+            .await
+            .ok()
+            .filter(|(s, _, _)| s.is_success())
+            .map(|_| ())
+    })
+    .await;
+}
+
 // === metrics ===
 
 pub use sluice_operator::scrape::{Sample, Scrape, parse_metrics};
@@ -186,17 +198,11 @@ impl ChildProxy {
             config_path,
             _dir: dir,
         };
-        let url = format!("http://{admin}/readyz");
-        eventually("sluice-proxy to be ready", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                get(&url)
-                    .await
-                    .ok()
-                    .filter(|(s, _, _)| s.is_success())
-                    .map(|_| ())
-            }
-        })
+        wait_until_ok(
+            "sluice-proxy to be ready",
+            &format!("http://{admin}/readyz"),
+            Duration::from_secs(10),
+        )
         .await;
         proxy
     }
@@ -257,20 +263,29 @@ impl Drop for TempDir {
 
 // === purpose-built upstreams ===
 
-/// Starts an upstream answering every request with a JSON echo of its
-/// method, path, version and headers; `Upgrade` requests get a 101 and
-/// every byte sent afterwards is echoed back.
-pub async fn start_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let addr = listener.local_addr().expect("echo addr");
+/// Serves HTTP/1.1 (with upgrades) and prior-knowledge HTTP/2 on an
+/// ephemeral 127.0.0.1 port with `handler`; returns the address.
+pub async fn serve_http<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind test server");
+    let addr = listener.local_addr().expect("test server address");
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let handler = handler.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req| async move {
-                    Ok::<_, Infallible>(echo(req).await)
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -279,6 +294,13 @@ pub async fn start_echo() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Starts an upstream answering every request with a JSON echo of its
+/// method, path, version and headers; `Upgrade` requests get a 101 and
+/// every byte sent afterwards is echoed back.
+pub async fn start_echo() -> SocketAddr {
+    serve_http(echo).await
 }
 
 async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -355,24 +377,7 @@ type GrpcBody =
 /// stream) then trailers `grpc-status: 0`; `/test.Echo/Missing` answers
 /// trailers `grpc-status: 5` with a message. Needs `te: trailers`.
 pub async fn start_grpc() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
-    let addr = listener.local_addr().expect("grpc addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req| async move {
-                    Ok::<_, Infallible>(grpc(req).await)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    serve_http(grpc).await
 }
 
 async fn grpc(req: Request<Incoming>) -> Response<GrpcBody> {
@@ -453,17 +458,11 @@ impl Prometheus {
             url,
             _dir: dir,
         };
-        let ready = format!("{}/-/ready", prometheus.url);
-        eventually("prometheus to be ready", Duration::from_secs(30), || {
-            let ready = ready.clone();
-            async move {
-                get(&ready)
-                    .await
-                    .ok()
-                    .filter(|(s, _, _)| s.is_success())
-                    .map(|_| ())
-            }
-        })
+        wait_until_ok(
+            "prometheus to be ready",
+            &format!("{}/-/ready", prometheus.url),
+            Duration::from_secs(30),
+        )
         .await;
         prometheus
     }

@@ -13,6 +13,39 @@ fn routes(stable: &str, canary: &str, weight: &str) -> String {
     )
 }
 
+/// Writes a new `routes.yaml` (or removes the key, with `None`).
+fn write_config(fake: &FakeKube, text: Option<String>) {
+    fake.merge_into(
+        "api/v1",
+        "configmaps",
+        "shop",
+        "app-sluice",
+        json!({"data": {"routes.yaml": text, "other": "x"}}),
+    );
+}
+
+async fn wait_for_weight(proxy: &ProxyHandle, weight: f64) {
+    eventually(
+        "the new weight to apply",
+        Duration::from_secs(10),
+        || async { (route_weight(proxy).await == Some(weight)).then_some(()) },
+    )
+    .await;
+}
+
+async fn wait_for_failures(proxy: &ProxyHandle, failures: f64) {
+    eventually(
+        "the rejected version to be counted",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(proxy.admin_addr).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == failures)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 async fn route_weight(proxy: &ProxyHandle) -> Option<f64> {
     let (_, _, body) = get(&format!("http://{}/routes/app", proxy.admin_addr))
         .await
@@ -43,73 +76,24 @@ async fn the_proxy_follows_its_configmap_and_keeps_the_last_good_table() {
         proxy.store.clone(),
     );
 
-    fake.merge_into(
-        "api/v1",
-        "configmaps",
-        "shop",
-        "app-sluice",
-        json!({"data": {"routes.yaml": routes(&stable.url(), &canary.url(), "100")}}),
-    );
-    eventually(
-        "the new weight to apply",
-        Duration::from_secs(10),
-        || async { (route_weight(&proxy).await == Some(100.0)).then_some(()) },
-    )
-    .await;
+    let config_with = |weight: &str| Some(routes(&stable.url(), &canary.url(), weight));
+    write_config(&fake, config_with("100"));
+    wait_for_weight(&proxy, 100.0).await;
     let (_, h, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
     assert_eq!(h["x-backend"], "canary");
 
-    // An invalid version is rejected and counted; the last good table serves.
-    fake.merge_into(
-        "api/v1",
-        "configmaps",
-        "shop",
-        "app-sluice",
-        json!({"data": {"routes.yaml": routes(&stable.url(), &canary.url(), "150")}}),
-    );
-    eventually(
-        "the invalid version to be counted",
-        Duration::from_secs(10),
-        || async {
-            let m = scrape(proxy.admin_addr).await;
-            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 1.0).then_some(())
-        },
-    )
-    .await;
-    fake.merge_into(
-        "api/v1",
-        "configmaps",
-        "shop",
-        "app-sluice",
-        json!({"data": {"routes.yaml": null, "other": "x"}}),
-    );
-    eventually(
-        "the missing key to be counted",
-        Duration::from_secs(10),
-        || async {
-            let m = scrape(proxy.admin_addr).await;
-            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 2.0).then_some(())
-        },
-    )
-    .await;
+    // An invalid version, then a missing key: rejected and counted; the last good table serves.
+    write_config(&fake, config_with("150"));
+    wait_for_failures(&proxy, 1.0).await;
+    write_config(&fake, None);
+    wait_for_failures(&proxy, 2.0).await;
     assert_eq!(route_weight(&proxy).await, Some(100.0));
     let (_, h, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
     assert_eq!(h["x-backend"], "canary");
 
     // Back to a valid version.
-    fake.merge_into(
-        "api/v1",
-        "configmaps",
-        "shop",
-        "app-sluice",
-        json!({"data": {"routes.yaml": routes(&stable.url(), &canary.url(), "0")}}),
-    );
-    eventually(
-        "the good version to apply",
-        Duration::from_secs(10),
-        || async { (route_weight(&proxy).await == Some(0.0)).then_some(()) },
-    )
-    .await;
+    write_config(&fake, config_with("0"));
+    wait_for_weight(&proxy, 0.0).await;
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 //! `sluice` binary driving the release, and either the proxy's own metrics or
 //! a real Prometheus scraping the proxy every second.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -11,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sluice_tests::*;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -107,6 +105,14 @@ impl Setup {
         let (_, _, body) = get(&format!("{}/routes/web", self.admin())).await.unwrap();
         serde_json::from_slice(&body).unwrap()
     }
+}
+
+/// Runs the `sluice` binary with `args` (blocking; for short commands).
+fn sluice(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("sluice"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn phases(events: &[serde_json::Value]) -> Vec<String> {
@@ -234,14 +240,32 @@ async fn silent_release_is_never_promoted(source: Source) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn healthy_release_is_promoted_with_proxy_metrics() {
-    healthy_release_is_promoted(Source::Proxy).await;
+/// One test per metric provider for the same scenario.
+macro_rules! with_both_providers {
+    ($($proxy:ident, $prometheus:ident => $scenario:ident($($arg:expr),*);)+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $proxy() {
+            $scenario(Source::Proxy $(, $arg)*).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $prometheus() {
+            $scenario(Source::Prometheus $(, $arg)*).await;
+        }
+    )+};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn healthy_release_is_promoted_with_prometheus() {
-    healthy_release_is_promoted(Source::Prometheus).await;
+with_both_providers! {
+    healthy_release_is_promoted_with_proxy_metrics, healthy_release_is_promoted_with_prometheus
+        => healthy_release_is_promoted();
+    release_with_ten_percent_errors_is_rolled_back_with_proxy_metrics, release_with_ten_percent_errors_is_rolled_back_with_prometheus
+        => failing_release_is_rolled_back(ten_percent_errors(), "success-rate");
+    release_400ms_slower_is_rolled_back_with_proxy_metrics, release_400ms_slower_is_rolled_back_with_prometheus
+        => failing_release_is_rolled_back(slow_by_400ms(), "p99");
+    release_without_traffic_is_never_promoted_with_proxy_metrics, release_without_traffic_is_never_promoted_with_prometheus
+        => silent_release_is_never_promoted();
+    confirm_promotion_webhook_answering_500_holds_with_proxy_metrics, confirm_promotion_webhook_answering_500_holds_with_prometheus
+        => confirm_promotion_webhook_holds_the_release();
 }
 
 fn ten_percent_errors() -> Faults {
@@ -257,36 +281,6 @@ fn slow_by_400ms() -> Faults {
         latency: Latency::Fixed(Duration::from_millis(400)),
         ..Faults::default()
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn release_with_ten_percent_errors_is_rolled_back_with_proxy_metrics() {
-    failing_release_is_rolled_back(Source::Proxy, ten_percent_errors(), "success-rate").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn release_with_ten_percent_errors_is_rolled_back_with_prometheus() {
-    failing_release_is_rolled_back(Source::Prometheus, ten_percent_errors(), "success-rate").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn release_400ms_slower_is_rolled_back_with_proxy_metrics() {
-    failing_release_is_rolled_back(Source::Proxy, slow_by_400ms(), "p99").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn release_400ms_slower_is_rolled_back_with_prometheus() {
-    failing_release_is_rolled_back(Source::Prometheus, slow_by_400ms(), "p99").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn release_without_traffic_is_never_promoted_with_proxy_metrics() {
-    silent_release_is_never_promoted(Source::Proxy).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn release_without_traffic_is_never_promoted_with_prometheus() {
-    silent_release_is_never_promoted(Source::Prometheus).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -328,31 +322,16 @@ async fn prometheus_stopped_mid_release_never_promotes() {
 
 /// A webhook receiver answering `status` (changeable), counting calls.
 async fn start_webhook(status: Arc<AtomicU16>, calls: Arc<AtomicU64>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (status, calls) = (status.clone(), calls.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req| {
-                    let code = status.load(Ordering::SeqCst);
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    async move {
-                        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")));
-                        *resp.status_mut() = StatusCode::from_u16(code).unwrap();
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    serve_http(move |_req| {
+        let code = status.load(Ordering::SeqCst);
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+            *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+            resp
         }
-    });
-    addr
+    })
+    .await
 }
 
 async fn confirm_promotion_webhook_holds_the_release(source: Source) {
@@ -393,16 +372,6 @@ async fn confirm_promotion_webhook_holds_the_release(source: Source) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn confirm_promotion_webhook_answering_500_holds_with_proxy_metrics() {
-    confirm_promotion_webhook_holds_the_release(Source::Proxy).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn confirm_promotion_webhook_answering_500_holds_with_prometheus() {
-    confirm_promotion_webhook_holds_the_release(Source::Prometheus).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
     let s = Setup::new(Source::Proxy, Faults::default()).await;
     let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
@@ -418,10 +387,7 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         }
         assert_ne!(e["phase"], "Failed", "{e}");
     }
-    let out = std::process::Command::new(bin("sluice"))
-        .args(["promote", "web", "--control-socket", &socket])
-        .output()
-        .unwrap();
+    let out = sluice(&["promote", "web", "--control-socket", &socket]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -431,10 +397,7 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
     let (code, _) = rollout.wait(Duration::from_secs(30)).await;
     assert_eq!(code, 0);
     // With no release running, promote says so (exit 3).
-    let out = std::process::Command::new(bin("sluice"))
-        .args(["abort", "web", "--control-socket", &socket])
-        .output()
-        .unwrap();
+    let out = sluice(&["abort", "web", "--control-socket", &socket]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `sluice rollout` is running"));
 
@@ -449,10 +412,7 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         .recv_timeout(Duration::from_secs(30))
         .expect("a first tick");
     assert_eq!(e["phase"], "Initializing");
-    let out = std::process::Command::new(bin("sluice"))
-        .args(["abort", "web", "--control-socket", &socket])
-        .output()
-        .unwrap();
+    let out = sluice(&["abort", "web", "--control-socket", &socket]);
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -584,14 +584,7 @@ fn original_selector(service: &Value) -> BTreeMap<String, String> {
     {
         return sel;
     }
-    service["spec"]["selector"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
+    string_map(&service["spec"]["selector"])
 }
 
 /// Once `app-primary` and the proxy are ready: Service `app` selects the

@@ -221,8 +221,12 @@ pub fn primary_deployment(user: &Value, replicas: i64, owner: &Value) -> Value {
 }
 
 pub fn selector_of(deployment: &Value) -> BTreeMap<String, String> {
-    deployment["spec"]["selector"]["matchLabels"]
-        .as_object()
+    string_map(&deployment["spec"]["selector"]["matchLabels"])
+}
+
+/// A JSON object of strings (labels, selectors) as a map; empty otherwise.
+pub fn string_map(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
         .map(|m| {
             m.iter()
                 .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
