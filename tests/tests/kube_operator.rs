@@ -612,3 +612,72 @@ async fn the_controller_runs_under_a_lease_and_a_second_replica_waits() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn deleting_the_deployment_restores_the_service_before_it_goes() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    assert!(
+        w.deployment("app")["metadata"]["finalizers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "sluice.dev/cleanup")
+    );
+    let api: Api<Deployment> = Api::namespaced(w.fake.client(), NS);
+    api.delete("app", &Default::default()).await.unwrap();
+    // The finalizer holds it until Sluice has cleaned up.
+    assert!(w.deployment("app")["metadata"]["deletionTimestamp"].is_string());
+    w.tick().await;
+    assert!(
+        w.fake.get(APPS, "deployments", NS, "app").is_none(),
+        "gone once the finalizer is removed"
+    );
+    assert_eq!(
+        w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["selector"],
+        json!({"app": "app"})
+    );
+    assert!(w.fake.get(APPS, "deployments", NS, "app-primary").is_none());
+    assert!(
+        w.fake
+            .get("api/v1", "configmaps", NS, "app-sluice")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn manual_approval_holds_until_the_approve_command() {
+    let w = World::new(json!({"sluice.dev/approval": "manual"}))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    w.until("WaitingPromotion", 20).await;
+    for _ in 0..3 {
+        w.advance(10);
+        w.tick().await;
+    }
+    assert_eq!(
+        w.status().phase,
+        "WaitingPromotion",
+        "held without approval"
+    );
+    assert_eq!(w.weight(), 50.0);
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app-primary",
+        json!({"metadata": {"annotations": {"sluice.dev/command": "approve"}}}),
+    );
+    w.until("Succeeded", 10).await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
+    );
+    assert!(
+        w.deployment("app-primary")["metadata"]["annotations"]
+            .get("sluice.dev/command")
+            .is_none(),
+        "the command is consumed"
+    );
+}
