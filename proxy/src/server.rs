@@ -176,10 +176,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// An HTTP/1.1 protocol upgrade to tunnel (WebSocket and the like). `h2c`
+/// upgrades are not tunnelled: the request is served as plain HTTP/1.1
+/// (clients that want h2c use prior knowledge, which the listener speaks).
 fn is_upgrade_request(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
         && connection_has(req.headers(), "upgrade")
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("h2c"))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

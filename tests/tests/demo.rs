@@ -1,0 +1,96 @@
+//! `sluice demo`, the README's main command: every scenario ends as expected,
+//! with the proxy provider and with a real Prometheus.
+
+use std::process::Command;
+
+use sluice_tests::*;
+
+fn demo(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = Command::new(bin("sluice"))
+        .arg("demo")
+        .args(args)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("results").is_some())
+        .unwrap_or(serde_json::Value::Null);
+    (
+        out.status.code().unwrap_or(-1),
+        summary,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn outcomes(summary: &serde_json::Value) -> Vec<(String, String, bool)> {
+    summary["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r["as_expected"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_demo_scenario_ends_as_expected() {
+    let (code, summary, stderr) = tokio::task::spawn_blocking(|| demo(&[])).await.unwrap();
+    assert_eq!(code, 0, "{summary}\n{stderr}");
+    assert_eq!(
+        outcomes(&summary),
+        [
+            ("healthy".into(), "Succeeded".into(), true),
+            ("errors".into(), "Failed".into(), true),
+            ("latency".into(), "Failed".into(), true),
+            ("silent".into(), "Failed".into(), true),
+        ]
+    );
+    let results = summary["results"].as_array().unwrap();
+    assert_eq!(
+        results[3]["canary_requests"], 0,
+        "the silent canary served nothing"
+    );
+    assert!(
+        results[1]["canary_failures"].as_u64().unwrap() > 0,
+        "the errors scenario shows its blast radius"
+    );
+    assert!(summary["seconds"].as_f64().unwrap() < 120.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_on_a_real_prometheus() {
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let prometheus = Prometheus::start(&[admin]).await;
+    let url = prometheus.url.clone();
+    let (code, summary, stderr) = tokio::task::spawn_blocking(move || {
+        demo(&[
+            "--scenario",
+            "errors",
+            "--prometheus",
+            &url,
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{summary}\n{stderr}");
+    assert_eq!(
+        outcomes(&summary),
+        [("errors".into(), "Failed".into(), true)]
+    );
+    let message = summary["results"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("success-rate"),
+        "rolled back on Prometheus' evidence: {message}"
+    );
+    drop(prometheus);
+}
