@@ -492,3 +492,47 @@ async fn an_unknown_route_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no route named `nope`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_custom_promql_check_gates_the_release() {
+    let s = Setup::new(Source::Prometheus, Faults::default()).await;
+    let checks = s.dir.path.join("checks.yaml");
+    // The built-in checks pass; this one cannot (the canary gets ~40 req/s).
+    std::fs::write(
+        &checks,
+        "- name: canary-rate-cap\n  query: sum(rate(sluice_requests_total{route=\"{{route}}\",backend=\"{{backend}}\"}[{{interval}}]))\n  max: 1\n",
+    )
+    .unwrap();
+    let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let checks_arg = checks.display().to_string();
+    let (code, events) = Rollout::start(&s.args(&["--checks-file", &checks_arg]))
+        .wait(Duration::from_secs(60))
+        .await;
+    load.stop();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    let message = events.last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("canary-rate-cap") && message.contains("above the limit"),
+        "{message}"
+    );
+    // Without Prometheus, custom checks are a usage error.
+    let out = sluice(&[
+        "rollout",
+        "--admin",
+        &s.admin(),
+        "--route",
+        "web",
+        "--canary",
+        &s.canary.url(),
+        "--checks-file",
+        &checks_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--checks-file: custom PromQL checks need --prometheus")
+    );
+}
