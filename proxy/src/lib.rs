@@ -57,6 +57,13 @@ pub struct StartOptions {
     pub watch_file: Option<PathBuf>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// `None`: serve on the caller's runtime (in-process use, tests, the
+    /// demo). `Some(n)`: serve on `n` dedicated threads, each with its own
+    /// single-threaded runtime, its own `SO_REUSEPORT` listener and its own
+    /// upstream connection pools, like nginx's workers: no work stealing and
+    /// no cross-thread wake-ups on the request path (the binary's default,
+    /// one per core).
+    pub threads: Option<usize>,
 }
 
 impl Default for StartOptions {
@@ -64,8 +71,81 @@ impl Default for StartOptions {
         Self {
             watch_file: None,
             drain_timeout: Duration::from_secs(30),
+            threads: None,
         }
     }
+}
+
+/// Binds `addr` with `SO_REUSEPORT` so several threads can accept on it.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Everything a serving thread needs.
+struct Worker {
+    slot: usize,
+    state: Arc<server::ProxyState>,
+    valid: config::ValidConfig,
+    tls: Option<Arc<tls::Terminator>>,
+    stop: watch::Receiver<bool>,
+    drain_timeout: Duration,
+}
+
+/// Starts serving thread `worker.slot` on `addr`; returns the bound address
+/// once it listens, and the thread.
+fn spawn_worker(
+    worker: Worker,
+    addr: SocketAddr,
+) -> Result<(SocketAddr, std::thread::JoinHandle<()>), std::io::Error> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("sluice-worker-{}", worker.slot))
+        .spawn(move || {
+            upstream::set_worker_slot(worker.slot);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match bind_reuseport(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(listener.local_addr());
+                let builder = server::connection_builder(&worker.valid);
+                let tls = worker.tls.map(|t| (t, worker.valid.header_read_timeout));
+                server::run_listener(
+                    listener,
+                    worker.state,
+                    builder,
+                    tls,
+                    worker.stop,
+                    worker.drain_timeout,
+                )
+                .await;
+            });
+        })?;
+    let bound = ready_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("serving thread ended before listening"))??;
+    Ok((bound, thread))
 }
 
 /// A running proxy.
@@ -105,17 +185,21 @@ impl ProxyHandle {
 /// Binds both listeners and serves `config` until [`ProxyHandle::shutdown`].
 pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle, StartError> {
     let metrics = Metrics::new();
-    let store = Store::new(config, metrics.clone())?;
+    let threads = options.threads.unwrap_or(0);
+    let store = Store::with_threads(config, metrics.clone(), threads)?;
     let routing = store.load();
     let valid = routing.valid.clone();
     drop(routing);
-    let listener = TcpListener::bind(valid.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "listen",
-            addr: valid.listen,
-            source,
-        })?;
+    let bind_error = |source| StartError::Bind {
+        what: "listen",
+        addr: valid.listen,
+        source,
+    };
+    let listener = if threads == 0 {
+        Some(TcpListener::bind(valid.listen).await.map_err(bind_error)?)
+    } else {
+        None
+    };
     let admin_listener = TcpListener::bind(valid.admin_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -123,9 +207,6 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             addr: valid.admin_listen,
             source,
         })?;
-    let addr = listener
-        .local_addr()
-        .expect("bound listener has an address");
     let admin_addr = admin_listener
         .local_addr()
         .expect("bound listener has an address");
@@ -165,15 +246,51 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         ),
         None => None,
     };
-    let builder = server::connection_builder(&valid);
-    let data_plane = tokio::spawn(server::run_listener(
-        listener,
-        state.clone(),
-        builder,
-        terminator.map(|t| (t, valid.header_read_timeout)),
-        stop_rx.clone(),
-        options.drain_timeout,
-    ));
+    let (addr, data_plane) = match listener {
+        Some(listener) => {
+            let addr = listener.local_addr().map_err(bind_error)?;
+            let builder = server::connection_builder(&valid);
+            let task = tokio::spawn(server::run_listener(
+                listener,
+                state.clone(),
+                builder,
+                terminator.map(|t| (t, valid.header_read_timeout)),
+                stop_rx.clone(),
+                options.drain_timeout,
+            ));
+            (addr, task)
+        }
+        None => {
+            let mut addr = valid.listen;
+            let mut handles = Vec::with_capacity(threads);
+            for slot in 1..=threads {
+                let worker = Worker {
+                    slot,
+                    state: state.clone(),
+                    valid: valid.clone(),
+                    tls: terminator.clone(),
+                    stop: stop_rx.clone(),
+                    drain_timeout: options.drain_timeout,
+                };
+                // The first thread learns the port (config port 0); the others share it.
+                let (bound, handle) = match spawn_worker(worker, addr) {
+                    Ok(x) => x,
+                    Err(source) => {
+                        let _ = stop.send(true);
+                        return Err(bind_error(source));
+                    }
+                };
+                addr = bound;
+                handles.push(handle);
+            }
+            let task = tokio::task::spawn_blocking(move || {
+                for h in handles {
+                    let _ = h.join();
+                }
+            });
+            (addr, task)
+        }
+    };
     let admin = tokio::spawn(admin::run_admin(admin_listener, state.clone(), stop_rx));
     tracing::info!(%addr, %admin_addr, routes = valid.routes.len(), "sluice-proxy serving");
     Ok(ProxyHandle {

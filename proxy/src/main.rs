@@ -23,7 +23,8 @@ struct Cli {
     /// Kubernetes API (in-cluster or kubeconfig credentials) and follow it.
     #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
     kube_configmap: Option<String>,
-    /// Worker threads (default: one per core).
+    /// Serving threads, each with its own runtime, listener (SO_REUSEPORT)
+    /// and upstream pools (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
     /// Log format (level from RUST_LOG, default info).
@@ -69,10 +70,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime(&cli).block_on(async move {
+    runtime().block_on(async move {
         let options = sluice_proxy::StartOptions {
             watch_file: Some(path.clone()),
             drain_timeout: cli.drain_timeout,
+            threads: Some(workers(&cli)),
         };
         let handle = match sluice_proxy::start(config, options).await {
             Ok(h) => h,
@@ -89,12 +91,23 @@ fn main() -> ExitCode {
     })
 }
 
-fn runtime(cli: &Cli) -> tokio::runtime::Runtime {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.workers {
-        builder.worker_threads(n.max(1));
-    }
-    builder.enable_all().build().expect("tokio runtime")
+fn workers(cli: &Cli) -> usize {
+    cli.workers
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    // Requests are served on dedicated per-core threads (see `--workers`);
+    // this runtime only runs the admin API, config watchers and signals.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
@@ -106,7 +119,8 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
         }
     };
     let drain_timeout = cli.drain_timeout;
-    runtime(cli).block_on(async move {
+    let threads = workers(cli);
+    runtime().block_on(async move {
         let client = match kube::Client::try_default().await {
             Ok(c) => c,
             Err(e) => {
@@ -124,6 +138,7 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
         let options = sluice_proxy::StartOptions {
             watch_file: None,
             drain_timeout,
+            threads: Some(threads),
         };
         let handle = match sluice_proxy::start(config, options).await {
             Ok(h) => h,

@@ -13,13 +13,13 @@ use http::HeaderMap;
 use crate::config::{Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, bp_to_percent};
 use crate::metrics::{BackendLabel, BackendMetrics, Metrics};
 use crate::split::SplitState;
-use crate::upstream::{ClientPool, PoolKey, UpstreamClient};
+use crate::upstream::{BackendClients, ClientPool, PoolKey};
 
 /// One backend of a route with its pooled client and metric handles.
 pub struct Backend {
     pub label: BackendLabel,
     pub url: UpstreamUrl,
-    pub client: UpstreamClient,
+    pub client: BackendClients,
     pub metrics: BackendMetrics,
     pub pool_key: PoolKey,
 }

@@ -331,7 +331,10 @@ pub async fn handle(
         }
     }
 
-    let upstream = backend.client.request(Request::from_parts(parts, body));
+    let upstream = backend
+        .client
+        .current()
+        .request(Request::from_parts(parts, body));
     let result = tokio::time::timeout(route.request_timeout, upstream).await;
     let recorder = Recorder {
         metrics: backend.metrics.clone(),

@@ -41,9 +41,19 @@ pub enum UpdateError {
 impl Store {
     /// Validates and serves `config`; errors list every problem.
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Arc<Self>, ConfigErrors> {
+        Self::with_threads(config, metrics, 0)
+    }
+
+    /// Like [`Store::new`], with upstream clients for `threads` dedicated
+    /// serving threads (see [`crate::StartOptions::threads`]).
+    pub fn with_threads(
+        config: Config,
+        metrics: Arc<Metrics>,
+        threads: usize,
+    ) -> Result<Arc<Self>, ConfigErrors> {
         let valid = config.validate()?;
         check_files(&valid)?;
-        let pool = ClientPool::default();
+        let pool = ClientPool::new(threads);
         let routing = Routing::build(config, valid, None, &pool, &metrics);
         Ok(Arc::new(Self {
             routing: ArcSwap::from_pointee(routing),

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -122,18 +122,57 @@ fn build_client(key: &PoolKey) -> UpstreamClient {
     builder.build(connector)
 }
 
+thread_local! {
+    /// Which serving thread this is: 0 for the caller's runtime, 1.. for the
+    /// dedicated per-core threads.
+    static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving thread `slot` (1-based).
+pub fn set_worker_slot(slot: usize) {
+    WORKER_SLOT.with(|s| s.set(slot));
+}
+
+/// One client per serving thread for a backend, so that each thread's
+/// requests use connections driven by that same thread (no cross-thread
+/// wake-ups on the hot path).
+#[derive(Clone)]
+pub struct BackendClients(Arc<[UpstreamClient]>);
+
+impl BackendClients {
+    /// The client of the current serving thread.
+    pub fn current(&self) -> &UpstreamClient {
+        let slot = WORKER_SLOT.with(|s| s.get());
+        &self.0[slot % self.0.len()]
+    }
+}
+
 /// Clients by [`PoolKey`], shared across routing tables.
-#[derive(Default)]
 pub struct ClientPool {
-    clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
+    slots: usize,
+    clients: Mutex<HashMap<PoolKey, BackendClients>>,
+}
+
+impl Default for ClientPool {
+    fn default() -> Self {
+        Self::new(0)
+    }
 }
 
 impl ClientPool {
-    /// The client for `key`, reusing the existing one (and its connections).
-    pub fn get(&self, key: &PoolKey) -> UpstreamClient {
+    /// A pool for `threads` dedicated serving threads (0: the caller's runtime only).
+    pub fn new(threads: usize) -> Self {
+        Self {
+            slots: threads + 1,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The clients for `key`, reusing the existing ones (and their connections).
+    pub fn get(&self, key: &PoolKey) -> BackendClients {
         let mut map = self.clients.lock().expect("pool lock");
         map.entry(key.clone())
-            .or_insert_with(|| build_client(key))
+            .or_insert_with(|| BackendClients((0..self.slots).map(|_| build_client(key)).collect()))
             .clone()
     }
 
