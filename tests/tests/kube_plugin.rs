@@ -145,7 +145,8 @@ async fn get_watch_redraws_until_interrupted() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Frames come every 2 s; 6 s leaves room for a slow start.
+    tokio::time::sleep(Duration::from_millis(6000)).await;
     child.kill().unwrap();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await

@@ -832,3 +832,71 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn upstream_connections_survive_a_reload_that_keeps_the_backend() {
+    // An upstream that counts the TCP connections it accepts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let canary = backend("canary").await;
+    let routes = format!(
+        "  - {{ name: web, stable: 'http://{upstream}', canary: '{}', canary_weight: 0 }}\n",
+        canary.url()
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let client = h1_client();
+    let url = format!("http://{}/", proxy.addr);
+    for _ in 0..10 {
+        assert_eq!(
+            send(&client, Request::get(&url).body(Full::default()).unwrap())
+                .await
+                .unwrap()
+                .0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "sequential requests share one pooled connection"
+    );
+    // A reload that changes the weight and the canary, but keeps this backend.
+    let (status, body) = put_json(
+        &format!("http://{}/routes/web", proxy.admin_addr),
+        json!({"canary_weight": 0.01}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for _ in 0..10 {
+        let (status, _, _) = send(&client, Request::get(&url).body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the reload kept the backend's pool and its connection"
+    );
+}
