@@ -66,6 +66,12 @@ fn fmt_opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
     v.map(f).unwrap_or_else(|| "-".into())
 }
 
+fn requests_text(t: &TickReport) -> String {
+    t.canary_requests
+        .map(|n| n.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 fn latency_text(tick: &TickReport) -> String {
     if tick.latency.is_empty() {
         return "-".into();
@@ -86,9 +92,7 @@ pub fn plain_line(t: &TickReport) -> String {
         t.canary_weight,
         t.step,
         t.steps,
-        t.canary_requests
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "-".into()),
+        requests_text(t),
         fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
         latency_text(t),
         t.failed_checks,
@@ -114,9 +118,7 @@ fn live_block(t: &TickReport) -> String {
         t.canary_weight,
         t.step,
         t.steps,
-        t.canary_requests
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "-".into()),
+        requests_text(t),
         fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
         latency_text(t),
         verdict,

@@ -22,9 +22,7 @@ use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 /// (api prefix like `apis/apps/v1` or `api/v1`, plural)
@@ -359,34 +357,18 @@ fn now_rfc3339() -> String {
 
 impl FakeKube {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake kube");
-        let addr = listener.local_addr().expect("addr");
         let (events, _) = broadcast::channel(4096);
-        let fake = Self {
-            addr,
+        let mut fake = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             store: Arc::new(Mutex::new(Store::default())),
             events,
         };
         let server = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(req).await) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        fake.addr = crate::serve_http(move |req| {
+            let server = server.clone();
+            async move { server.handle(req).await }
+        })
+        .await;
         fake
     }
 

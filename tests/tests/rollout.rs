@@ -115,6 +115,15 @@ fn sluice(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn phases(events: &[serde_json::Value]) -> Vec<String> {
     events
         .iter()
@@ -388,12 +397,7 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         assert_ne!(e["phase"], "Failed", "{e}");
     }
     let out = sluice(&["promote", "web", "--control-socket", &socket]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let (code, _) = rollout.wait(Duration::from_secs(30)).await;
     assert_eq!(code, 0);
     // With no release running, promote says so (exit 3).
@@ -413,12 +417,7 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         .expect("a first tick");
     assert_eq!(e["phase"], "Initializing");
     let out = sluice(&["abort", "web", "--control-socket", &socket]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let (code, events) = rollout.wait(Duration::from_secs(30)).await;
     load.stop();
     assert_eq!(code, 1);
