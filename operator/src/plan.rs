@@ -182,14 +182,6 @@ impl Plan {
                 .next()
                 .is_some()
     }
-
-    pub fn steps_text(&self) -> String {
-        self.steps_bp
-            .iter()
-            .map(|bp| trim_float(f64::from(*bp) / 100.0))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
 }
 
 // === parsers shared by flags and annotations ===

@@ -175,11 +175,6 @@ impl ProxyHandle {
             w.abort();
         }
     }
-
-    /// Resolves when the data plane has stopped.
-    pub fn is_finished(&self) -> bool {
-        self.data_plane.is_finished()
-    }
 }
 
 /// Binds both listeners and serves `config` until [`ProxyHandle::shutdown`].

@@ -181,12 +181,4 @@ impl ClientPool {
         let mut map = self.clients.lock().expect("pool lock");
         map.retain(|k, _| keep.contains(k));
     }
-
-    pub fn len(&self) -> usize {
-        self.clients.lock().expect("pool lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
