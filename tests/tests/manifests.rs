@@ -17,12 +17,12 @@ fn root() -> PathBuf {
 }
 
 fn validator() -> PathBuf {
-    let venv = root().join("target/k8s-venv/bin/kubernetes-validate");
+    let venv = root().join("target/py-venv/bin/kubernetes-validate");
     if venv.is_file() {
         return venv;
     }
     which("kubernetes-validate").unwrap_or_else(|| {
-        panic!("kubernetes-validate is missing: tests/run installs it (python3 -m venv target/k8s-venv && target/k8s-venv/bin/pip install kubernetes-validate)")
+        panic!("kubernetes-validate is missing: tests/run installs it (python3 -m venv target/py-venv && target/py-venv/bin/pip install kubernetes-validate)")
     })
 }
 
