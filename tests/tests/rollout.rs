@@ -535,3 +535,49 @@ async fn a_custom_promql_check_gates_the_release() {
             .contains("--checks-file: custom PromQL checks need --prometheus")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_webhook_answering_2xx_aborts_and_a_failing_pre_rollout_never_starts() {
+    let s = Setup::new(Source::Proxy, Faults::default()).await;
+    let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    // rollback webhook: 200 means "roll back now".
+    let (ok, calls) = (Arc::new(AtomicU16::new(200)), Arc::new(AtomicU64::new(0)));
+    let hook = start_webhook(ok, calls.clone()).await;
+    let (code, events) =
+        Rollout::start(&s.args(&["--webhook", &format!("rollback=http://{hook}/stop")]))
+            .wait(Duration::from_secs(60))
+            .await;
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    assert!(
+        events.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("a rollback webhook asked for it")
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 1);
+    assert_eq!(s.route().await["canary_weight"], 0.0);
+    // pre-rollout webhook answering 500: the weight never leaves 0.
+    let (failing, calls) = (Arc::new(AtomicU16::new(500)), Arc::new(AtomicU64::new(0)));
+    let hook = start_webhook(failing, calls.clone()).await;
+    let (code, events) =
+        Rollout::start(&s.args(&["--webhook", &format!("pre-rollout=http://{hook}/check")]))
+            .wait(Duration::from_secs(60))
+            .await;
+    load.stop();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    assert!(
+        events.iter().all(|e| e["canary_weight"] == 0.0),
+        "traffic moved before pre-rollout passed"
+    );
+    assert!(
+        events.last().unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("pre-rollout")
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one call per attempt up to the failure limit"
+    );
+}
