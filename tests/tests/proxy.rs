@@ -900,3 +900,59 @@ async fn upstream_connections_survive_a_reload_that_keeps_the_backend() {
         "the reload kept the backend's pool and its connection"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_dies_mid_body_is_counted_as_reset() {
+    // A raw upstream: a head promising 1000 bytes, 10 of them, then close.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: web, stable: 'http://{upstream}' }}\n"
+    )))
+    .await;
+    let resp = h1_client()
+        .request(
+            Request::get(format!("http://{}/", proxy.addr))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the head arrived before the upstream died"
+    );
+    assert!(
+        resp.into_body().collect().await.is_err(),
+        "the client must see the body cut short, not a complete response"
+    );
+    let m = eventually(
+        "the reset to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin_addr).await;
+            (m.sum("sluice_upstream_errors_total", &[("kind", "reset")]) == 1.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("backend", "stable"), ("code", "200")]
+        ),
+        1.0
+    );
+}

@@ -1,0 +1,170 @@
+//! The Kubernetes entry points as processes, with a kubeconfig pointing at the
+//! fake API server: `sluice kube` (operator) and `sluice-proxy --kube-configmap`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_tests::fake_kube::FakeKube;
+use sluice_tests::*;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
+    let fake = FakeKube::start().await;
+    let dir = TempDir::new("kube-bin");
+    let kubeconfig = dir.path.join("config");
+    fake.kubeconfig(&kubeconfig);
+    fake.put("api/v1", "services", "shop", json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}}));
+    fake.put(
+        "apis/apps/v1",
+        "deployments",
+        "shop",
+        json!({"metadata": {"name": "app", "annotations": {"sluice.dev/canary": "enabled"}},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                        "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}}),
+    );
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let _operator = Killed(
+        Command::new(bin("sluice"))
+            .args([
+                "kube",
+                "--namespace",
+                "shop",
+                "--metrics-listen",
+                &metrics,
+                "--leader-namespace",
+                "sluice-system",
+                "--identity",
+                "op-1",
+                "--proxy-image",
+                "sluice-proxy:test",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually(
+        "the operator to create app-primary",
+        Duration::from_secs(20),
+        || async {
+            fake.get("apis/apps/v1", "deployments", "shop", "app-primary")
+                .map(|_| ())
+        },
+    )
+    .await;
+    let proxy = fake
+        .get("apis/apps/v1", "deployments", "shop", "app-sluice")
+        .unwrap();
+    assert_eq!(
+        proxy["spec"]["template"]["spec"]["containers"][0]["image"],
+        "sluice-proxy:test"
+    );
+    let lease = fake
+        .get(
+            "apis/coordination.k8s.io/v1",
+            "leases",
+            "sluice-system",
+            "sluice-operator",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "op-1");
+    wait_until_ok(
+        "operator metrics",
+        &format!("http://{metrics}/healthz"),
+        Duration::from_secs(5),
+    )
+    .await;
+    // Bootstrap finishes once the cluster reports the new Deployments ready.
+    fake.make_ready("shop", "app-primary");
+    fake.make_ready("shop", "app-sluice");
+    eventually(
+        "the Service to select the proxy",
+        Duration::from_secs(20),
+        || async {
+            let svc = fake.get("api/v1", "services", "shop", "app")?;
+            (svc["spec"]["selector"]["app.kubernetes.io/name"] == "sluice-proxy").then_some(())
+        },
+    )
+    .await;
+    let text = get(&format!("http://{metrics}/metrics")).await.unwrap().2;
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("sluice_canary_phase{namespace=\"shop\",name=\"app\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
+    let fake = FakeKube::start().await;
+    let dir = TempDir::new("proxy-cm");
+    let kubeconfig = dir.path.join("config");
+    fake.kubeconfig(&kubeconfig);
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let (listen, admin) = (free_port(), free_port());
+    let config = |weight: u32| {
+        format!(
+            "listen: 127.0.0.1:{listen}\nadmin:\n  listen: 127.0.0.1:{admin}\nroutes:\n  - {{ name: app, stable: '{}', canary: '{}', canary_weight: {weight} }}\n",
+            stable.url(),
+            canary.url()
+        )
+    };
+    fake.put(
+        "api/v1",
+        "configmaps",
+        "shop",
+        json!({"metadata": {"name": "app-sluice"}, "data": {"routes.yaml": config(0)}}),
+    );
+    let _proxy = Killed(
+        Command::new(bin("sluice-proxy"))
+            .args(["--kube-configmap", "shop/app-sluice", "--workers", "2"])
+            .env("KUBECONFIG", &kubeconfig)
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_ok(
+        "the proxy to be ready",
+        &format!("http://127.0.0.1:{admin}/readyz"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let (_, h, _) = get(&format!("http://127.0.0.1:{listen}/")).await.unwrap();
+    assert_eq!(h["x-backend"], "stable");
+    fake.merge_into(
+        "api/v1",
+        "configmaps",
+        "shop",
+        "app-sluice",
+        json!({"data": {"routes.yaml": config(100)}}),
+    );
+    eventually(
+        "the ConfigMap change to apply",
+        Duration::from_secs(10),
+        || async {
+            let (_, h, _) = get(&format!("http://127.0.0.1:{listen}/")).await.ok()?;
+            (h["x-backend"] == "canary").then_some(())
+        },
+    )
+    .await;
+    // A bad reference is a usage error that names the flag.
+    let out = Command::new(bin("sluice-proxy"))
+        .args(["--kube-configmap", "no-slash"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--kube-configmap: `no-slash` is not NAMESPACE/NAME")
+    );
+}
