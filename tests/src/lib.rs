@@ -162,6 +162,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `sluice-proxy check FILE`: (exit code, stderr).
+pub fn proxy_check(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(bin("sluice-proxy"))
+        .arg("check")
+        .arg(file)
+        .output()
+        .expect("run sluice-proxy check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A `sluice-proxy` child process with its own config file.
 pub struct ChildProxy {
     pub child: Child,

@@ -485,13 +485,8 @@ async fn check_command_lists_every_error_with_its_field_path() {
         "listen: 127.0.0.1:8080\nroutes:\n  - name: web\n    stable: http://127.0.0.1:9001\n    canary: http://127.0.0.1:9002\n    canary_weight: 10\n  - name: web\n    stable: http://127.0.0.1:9003\n    path_prefix: /x\n    canary_weight: 150\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin("sluice-proxy"))
-        .arg("check")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = proxy_check(&bad);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("routes[1].canary_weight: 150 is not in 0..=100"),
         "{stderr}"
@@ -506,17 +501,8 @@ async fn check_command_lists_every_error_with_its_field_path() {
         "listen: 127.0.0.1:8080\nroutes:\n  - { name: web, stable: 'http://127.0.0.1:9001' }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(bin("sluice-proxy"))
-        .arg("check")
-        .arg(&good)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stderr) = proxy_check(&good);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[tokio::test]

@@ -108,7 +108,11 @@ impl Setup {
 }
 
 /// Runs the `sluice` binary with `args` (blocking; for short commands).
-fn sluice(args: &[&str]) -> std::process::Output {
+fn sluice<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
     std::process::Command::new(bin("sluice"))
         .args(args)
         .output()
@@ -396,12 +400,12 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         }
         assert_ne!(e["phase"], "Failed", "{e}");
     }
-    let out = sluice(&["promote", "web", "--control-socket", &socket]);
+    let out = sluice(["promote", "web", "--control-socket", &socket]);
     assert_exit(&out, 0);
     let (code, _) = rollout.wait(Duration::from_secs(30)).await;
     assert_eq!(code, 0);
     // With no release running, promote says so (exit 3).
-    let out = sluice(&["abort", "web", "--control-socket", &socket]);
+    let out = sluice(["abort", "web", "--control-socket", &socket]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `sluice rollout` is running"));
 
@@ -416,7 +420,7 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         .recv_timeout(Duration::from_secs(30))
         .expect("a first tick");
     assert_eq!(e["phase"], "Initializing");
-    let out = sluice(&["abort", "web", "--control-socket", &socket]);
+    let out = sluice(["abort", "web", "--control-socket", &socket]);
     assert_exit(&out, 0);
     let (code, events) = rollout.wait(Duration::from_secs(30)).await;
     load.stop();
@@ -456,19 +460,12 @@ fn usage_errors_exit_2_and_an_unreachable_proxy_exits_3() {
         (vec!["--success-rate", "101"], "--success-rate"),
         (vec!["--approve", "maybe"], "--approve"),
     ] {
-        let out = std::process::Command::new(bin("sluice"))
-            .args(base)
-            .args(&extra)
-            .output()
-            .unwrap();
+        let out = sluice(base.iter().chain(&extra));
         assert_eq!(out.status.code(), Some(2), "{extra:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{extra:?}: {stderr}");
     }
-    let out = std::process::Command::new(bin("sluice"))
-        .args(base)
-        .output()
-        .unwrap();
+    let out = sluice(base);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"));
 }
@@ -480,11 +477,7 @@ async fn an_unknown_route_is_a_usage_error() {
     let route_at = args.iter().position(|a| a == "--route").unwrap() + 1;
     args[route_at] = "nope".into();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin("sluice"))
-            .arg("rollout")
-            .args(args)
-            .output()
-            .unwrap()
+        sluice(std::iter::once("rollout".to_string()).chain(args))
     })
     .await
     .unwrap();
@@ -518,7 +511,7 @@ async fn a_custom_promql_check_gates_the_release() {
         "{message}"
     );
     // Without Prometheus, custom checks are a usage error.
-    let out = sluice(&[
+    let out = sluice([
         "rollout",
         "--admin",
         &s.admin(),

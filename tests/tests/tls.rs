@@ -348,13 +348,8 @@ async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
             ),
         )
         .unwrap();
-        let out = std::process::Command::new(bin("sluice-proxy"))
-            .arg("check")
-            .arg(&file)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let (code, stderr) = proxy_check(&file);
+        assert_eq!(code, Some(2), "{stderr}");
         assert!(
             stderr.contains(expected),
             "expected {expected:?} in {stderr}"
@@ -371,13 +366,8 @@ async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(bin("sluice-proxy"))
-        .arg("check")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2));
+    let (code, stderr) = proxy_check(&file);
+    assert_eq!(code, Some(2));
     assert!(
         stderr.contains("routes[0].upstream_tls.ca_file"),
         "{stderr}"

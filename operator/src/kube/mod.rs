@@ -175,12 +175,26 @@ fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
     Ok(serde_json::to_value(v)?)
 }
 
-async fn apply<K>(client: &kube::Client, ns: &str, object: &Value) -> Result<(), Error>
-where
+/// Typed namespaced objects the operator writes through `Api<K>`.
+trait NamespacedResource:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> NamespacedResource for K where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+        + std::fmt::Debug
+{
+}
+
+async fn apply<K>(client: &kube::Client, ns: &str, object: &Value) -> Result<(), Error>
+where
+    K: NamespacedResource,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
@@ -201,10 +215,7 @@ async fn merge_patch<K>(
     patch: Value,
 ) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
+    K: NamespacedResource,
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
