@@ -7,8 +7,9 @@
 //! - `GET /_backend/stats`: `{"name":..,"requests":N,"by_status":{"200":N,..}}`
 //! - `GET /_backend/healthz`: 200
 //! - `PUT /_backend/faults`: JSON with any of `error_rate`, `error_status`,
-//!   `latency` (`"20ms"` or `"10ms..200ms"`), `stall` (one next request
-//!   waits this long, once).
+//!   `latency` (`"20ms"` or `"10ms..200ms"`), `slow_rate` and
+//!   `slow_latency` (an exact, evenly spread share of requests takes this
+//!   delay instead), `stall` (one next request waits this long, once).
 //!
 //! Reserved paths are not counted in the stats.
 
@@ -36,6 +37,22 @@ pub enum Latency {
     None,
     Fixed(Duration),
     Uniform(Duration, Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slow_requests_are_spread_exactly() {
+        let mut slow = 0;
+        for n in 0..10_000u64 {
+            if super::picked(n, 0.012) {
+                slow += 1;
+            }
+            let expected = ((n + 1) as f64 * 0.012).floor() as u64;
+            assert_eq!(slow, expected, "after {} requests", n + 1);
+        }
+        assert_eq!(slow, 120);
+    }
 }
 
 impl Latency {
@@ -85,6 +102,11 @@ pub struct Faults {
     pub error_rate: f64,
     pub error_status: u16,
     pub latency: Latency,
+    /// Share of requests that take `slow_latency` instead of `latency`.
+    /// Spread exactly like the proxy's split: after N requests,
+    /// floor(N·rate) or ceil(N·rate) of them were slow, never bunched.
+    pub slow_rate: f64,
+    pub slow_latency: Latency,
     /// One next request waits this long, then it is cleared.
     pub stall: Option<Duration>,
 }
@@ -95,6 +117,8 @@ impl Default for Faults {
             error_rate: 0.0,
             error_status: 500,
             latency: Latency::None,
+            slow_rate: 0.0,
+            slow_latency: Latency::None,
             stall: None,
         }
     }
@@ -106,6 +130,8 @@ struct FaultsPatch {
     error_rate: Option<f64>,
     error_status: Option<u16>,
     latency: Option<String>,
+    slow_rate: Option<f64>,
+    slow_latency: Option<String>,
     stall: Option<String>,
 }
 
@@ -123,6 +149,13 @@ impl Faults {
         }
         if let Some(l) = patch.latency {
             next.latency = Latency::parse(&l).map_err(|e| format!("latency: {e}"))?;
+        }
+        if let Some(r) = patch.slow_rate {
+            check_rate(r).map_err(|e| format!("slow_rate: {e}"))?;
+            next.slow_rate = r;
+        }
+        if let Some(l) = patch.slow_latency {
+            next.slow_latency = Latency::parse(&l).map_err(|e| format!("slow_latency: {e}"))?;
         }
         if let Some(s) = patch.stall {
             next.stall =
@@ -175,6 +208,14 @@ struct BackendState {
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     stats: Mutex<BackendStats>,
+    /// Requests answered so far, for the exact spread of slow ones.
+    served: std::sync::atomic::AtomicU64,
+}
+
+/// Whether request number `n` (0-based) is one of the `rate` share, spread
+/// exactly: `floor((n+1)·rate) > floor(n·rate)`.
+fn picked(n: u64, rate: f64) -> bool {
+    ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
 }
 
 /// A running backend.
@@ -217,6 +258,7 @@ pub async fn start_backend(options: BackendOptions) -> std::io::Result<BackendHa
         name: options.name.clone(),
         faults: Mutex::new(options.faults.clone()),
         rng: Mutex::new(Rng::new(options.seed)),
+        served: std::sync::atomic::AtomicU64::new(0),
         stats: Mutex::new(BackendStats {
             name: options.name.clone(),
             ..Default::default()
@@ -309,6 +351,8 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Response<Fu
                             "error_rate": f.error_rate,
                             "error_status": f.error_status,
                             "latency": f.latency.describe(),
+                            "slow_rate": f.slow_rate,
+                            "slow_latency": f.slow_latency.describe(),
                         })
                         .to_string(),
                     )
@@ -347,7 +391,15 @@ async fn answer(state: Arc<BackendState>, req: Request<Incoming>) -> Response<Fu
         let mut faults = state.faults.lock().expect("faults lock");
         let mut rng = state.rng.lock().expect("rng lock");
         let stall = faults.stall.take().unwrap_or_default();
-        let delay = stall + faults.latency.pick(&mut rng);
+        let n = state
+            .served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let latency = if faults.slow_rate > 0.0 && picked(n, faults.slow_rate) {
+            faults.slow_latency
+        } else {
+            faults.latency
+        };
+        let delay = stall + latency.pick(&mut rng);
         let fail = faults.error_rate > 0.0 && rng.next_f64() < faults.error_rate;
         (delay, fail, faults.error_status)
     };

@@ -82,6 +82,13 @@ struct BackendArgs {
     /// Added delay: fixed (20ms) or uniform (10ms..200ms).
     #[arg(long, default_value = "0")]
     latency: String,
+    /// Fraction of requests (0..=1) that take --slow-latency instead, spread
+    /// exactly and evenly (e.g. 0.012: 12 of every 1,000, never bunched).
+    #[arg(long, default_value_t = 0.0)]
+    slow_rate: f64,
+    /// Delay of the slow requests (fixed or a range).
+    #[arg(long, default_value = "0")]
+    slow_latency: String,
     /// Serve prior-knowledge HTTP/2 only.
     #[arg(long)]
     http2: bool,
@@ -241,6 +248,13 @@ async fn serve(args: BackendArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage(format!("--latency: {e}")),
     };
+    if let Err(e) = backend::check_rate(args.slow_rate) {
+        return usage(format!("--slow-rate: {e}"));
+    }
+    let slow_latency = match Latency::parse(&args.slow_latency) {
+        Ok(l) => l,
+        Err(e) => return usage(format!("--slow-latency: {e}")),
+    };
     let options = BackendOptions {
         listen: args.listen,
         name: args.name,
@@ -248,6 +262,8 @@ async fn serve(args: BackendArgs) -> ExitCode {
             error_rate: args.error_rate,
             error_status: args.error_status,
             latency,
+            slow_rate: args.slow_rate,
+            slow_latency,
             stall: None,
         },
         http2_only: args.http2,

@@ -78,6 +78,48 @@ impl CheckResult {
     }
 }
 
+impl CheckResult {
+    /// A latency gate `name<=max`, judged by `within` when the counts decide
+    /// it exactly (requests at or under a bucket bound), else by the value.
+    pub fn latency(name: &str, reading: LatencyReading, max: f64) -> Self {
+        let mut check = Self::bounded(name, reading.value, None, Some(max), "s");
+        if let Some(within) = reading.within
+            && check.outcome != Outcome::Inconclusive
+        {
+            if within {
+                check.outcome = Outcome::Pass;
+                check.reason = String::new();
+            } else {
+                check.outcome = Outcome::Fail;
+                check.reason = format!(
+                    "{} is above the limit {}",
+                    fmt_value(reading.value.max(max), "s"),
+                    check.threshold
+                );
+            }
+        }
+        check
+    }
+}
+
+/// A measured latency quantile: its value (as `histogram_quantile` gives
+/// it) and, when the counts decide it exactly, whether the quantile is
+/// within the gate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyReading {
+    pub value: f64,
+    pub within: Option<bool>,
+}
+
+impl From<f64> for LatencyReading {
+    fn from(value: f64) -> Self {
+        Self {
+            value,
+            within: None,
+        }
+    }
+}
+
 fn fmt_value(v: f64, unit: &str) -> String {
     if unit == "s" {
         format!("{:.0}ms", v * 1000.0)
@@ -89,9 +131,20 @@ fn fmt_value(v: f64, unit: &str) -> String {
 /// One tick's evidence about the canary.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
-    /// Canary requests seen in the tick's window (None if unknown).
+    /// Weighted canary requests seen in the tick's window (None if unknown).
     pub canary_requests: Option<u64>,
     pub checks: Vec<CheckResult>,
+    /// Canary traffic sent by A/B rules in the same window: shown, not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbTraffic>,
+}
+
+/// Requests an A/B rule (`canary_match`) sent to the canary in a window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AbTraffic {
+    pub requests: u64,
+    /// Percent classified `success`; None without requests.
+    pub success_rate: Option<f64>,
 }
 
 impl Analysis {
@@ -180,6 +233,7 @@ mod tests {
             Analysis {
                 canary_requests: Some(1),
                 checks: c,
+                ab: None,
             }
             .verdict()
         };

@@ -7,6 +7,7 @@
 
 pub mod analysis;
 pub mod control;
+pub mod counters;
 pub mod demo;
 pub mod http;
 pub mod kube;

@@ -562,6 +562,7 @@ mod tests {
                 threshold: ">= 99".into(),
                 reason: format!("{outcome:?}"),
             }],
+            ab: None,
         }
     }
 

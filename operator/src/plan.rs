@@ -235,6 +235,7 @@ pub fn parse_latency(text: &str) -> Result<Vec<LatencyCheck>, String> {
             ));
         }
         let max = parse_duration(max.trim()).map_err(|e| format!("`{part}`: {e}"))?;
+        check_bucket_bound(max).map_err(|e| format!("`{part}`: {e}"))?;
         checks.push(LatencyCheck {
             quantile: percentile / 100.0,
             max,
@@ -244,6 +245,28 @@ pub fn parse_latency(text: &str) -> Result<Vec<LatencyCheck>, String> {
         return Err("give at least one check like p99<=500ms".into());
     }
     Ok(checks)
+}
+
+/// A latency gate must be a bound of the proxy's duration histogram, so it
+/// is decided by counts at that bound, never by interpolating inside a
+/// bucket (which is wrong both ways).
+pub fn check_bucket_bound(max: Duration) -> Result<(), String> {
+    use sluice_proxy::metrics::{is_duration_bound, nearest_duration_bounds};
+    if is_duration_bound(max) {
+        return Ok(());
+    }
+    let (below, above) = nearest_duration_bounds(max);
+    let nearest: Vec<String> = [below, above]
+        .into_iter()
+        .flatten()
+        .map(format_duration)
+        .collect();
+    Err(format!(
+        "{} is not a bound of the proxy's latency buckets, so it could only be judged by interpolation; use the nearest bound{}: {} (bounds run 1ms..30s at 1, 1.2, 1.4, 1.6, 1.8, 2, 2.25, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9 per decade)",
+        format_duration(max),
+        if nearest.len() > 1 { "s" } else { "" },
+        nearest.join(" or ")
+    ))
 }
 
 /// A percent in 0..=100, e.g. a success-rate minimum.
@@ -282,5 +305,10 @@ mod tests {
         assert!(parse_latency("q95<=1s").is_err());
         assert!(parse_latency("p100<=1s").is_err());
         assert!(parse_latency("p95<=fast").is_err());
+        let off = parse_latency("p99<=270ms").unwrap_err();
+        assert!(off.contains("`p99<=270ms`: 270ms is not a bound"), "{off}");
+        assert!(off.contains("250ms or 300ms"), "{off}");
+        assert!(parse_latency("p99<=22500ms").is_ok());
+        assert!(parse_latency("p99<=1m").unwrap_err().contains("30s"));
     }
 }

@@ -15,10 +15,13 @@
 
 use std::time::Duration;
 
-use crate::analysis::{Analysis, CheckResult, Outcome, request_volume_check};
+use crate::analysis::{
+    AbTraffic, Analysis, CheckResult, LatencyReading, Outcome, request_volume_check,
+};
+use crate::counters::{Arm, Counters, Window};
 use crate::http::{HttpClient, encode_query_value};
 use crate::plan::{Plan, QueryCheck};
-use crate::scrape::{Scrape, histogram_quantile};
+use crate::scrape::Scrape;
 
 pub enum Provider {
     Proxy(ProxyProvider),
@@ -57,7 +60,7 @@ pub fn judge(
     plan: &Plan,
     canary_requests: Option<u64>,
     success_rate: Result<f64, String>,
-    latencies: Vec<Result<f64, String>>,
+    latencies: Vec<Result<LatencyReading, String>>,
     queries: Vec<Result<f64, String>>,
 ) -> Analysis {
     let volume = request_volume_check(plan, canary_requests);
@@ -82,7 +85,7 @@ pub fn judge(
     for (check, value) in plan.latency.iter().zip(latencies) {
         let max = check.max.as_secs_f64();
         push(match value {
-            Ok(v) => CheckResult::bounded(&check.name(), v, None, Some(max), "s"),
+            Ok(v) => CheckResult::latency(&check.name(), v, max),
             Err(reason) => CheckResult::inconclusive(&check.name(), format!("<= {max}s"), reason),
         });
     }
@@ -95,6 +98,7 @@ pub fn judge(
     Analysis {
         canary_requests,
         checks,
+        ab: None,
     }
 }
 
@@ -129,20 +133,11 @@ fn all_inconclusive(plan: &Plan, reason: &str) -> Analysis {
 
 // === impl ProxyProvider ===
 
-/// The canary's cumulative counters at one scrape.
-#[derive(Clone, Debug, PartialEq)]
-struct CanaryCounters {
-    requests: f64,
-    server_errors: f64,
-    buckets: Vec<(f64, f64)>,
-}
-
 pub struct ProxyProvider {
     client: HttpClient,
-    /// One `/metrics` URL per proxy replica; counters are summed.
+    /// One `/metrics` URL per proxy replica; each is diffed on its own.
     metrics_urls: Vec<String>,
-    route: String,
-    previous: Option<CanaryCounters>,
+    counters: Counters,
 }
 
 impl ProxyProvider {
@@ -151,29 +146,26 @@ impl ProxyProvider {
         Self {
             client: HttpClient::default(),
             metrics_urls: vec![format!("{}/metrics", admin.trim_end_matches('/'))],
-            route: route.to_string(),
-            previous: None,
+            counters: Counters::new(route),
         }
     }
 
     /// Scrapes these admin base URLs (every proxy replica) from now on.
+    /// Replicas seen before keep their baselines; new ones start one.
     pub fn set_targets(&mut self, admins: &[String]) {
-        let urls: Vec<String> = admins
+        self.metrics_urls = admins
             .iter()
             .map(|a| format!("{}/metrics", a.trim_end_matches('/')))
             .collect();
-        if urls != self.metrics_urls {
-            // Another set of replicas: the old baseline does not compare.
-            self.previous = None;
-            self.metrics_urls = urls;
-        }
     }
 
-    async fn read(&self) -> Result<CanaryCounters, String> {
+    /// Scrapes every replica and returns the traffic since the last scrape.
+    /// On an error nothing is remembered, so the next window covers this one.
+    pub async fn window(&mut self) -> Result<Window, String> {
         if self.metrics_urls.is_empty() {
             return Err("no proxy replica to read metrics from".into());
         }
-        let mut scrape = Scrape::default();
+        let mut scrapes = Vec::with_capacity(self.metrics_urls.len());
         for url in &self.metrics_urls {
             let answer = self
                 .client
@@ -183,85 +175,74 @@ impl ProxyProvider {
             if !answer.status.is_success() {
                 return Err(format!("proxy metrics at {url} answered {}", answer.status));
             }
-            scrape.0.extend(Scrape::parse(&answer.text()).0);
+            scrapes.push((url.clone(), Scrape::parse(&answer.text()).0));
         }
-        let labels = [("route", self.route.as_str()), ("backend", "canary")];
-        let requests = scrape.sum("sluice_requests_total", &labels);
-        let server_errors: f64 = scrape
-            .matching("sluice_requests_total", &labels)
-            .filter(|s| s.labels.get("code").is_some_and(|c| c.starts_with('5')))
-            .map(|s| s.value)
-            .sum();
-        Ok(CanaryCounters {
-            requests,
-            server_errors,
-            buckets: scrape.buckets("sluice_request_duration_seconds_bucket", &labels),
-        })
+        Ok(self.counters.observe(&scrapes))
     }
 
     pub async fn reset(&mut self) {
-        self.previous = self.read().await.ok();
+        if self.window().await.is_err() {
+            self.counters.clear();
+        }
     }
 
     pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
-        let now = match self.read().await {
-            Ok(c) => c,
+        let had_baseline = self.counters.has_baseline();
+        let window = match self.window().await {
+            Ok(w) => w,
             Err(reason) => return all_inconclusive(plan, &reason),
         };
-        let Some(before) = self.previous.replace(now.clone()) else {
+        if !had_baseline {
             return all_inconclusive(plan, "first scrape: no earlier counters to compare with");
-        };
-        if now.requests < before.requests {
-            return all_inconclusive(
-                plan,
-                "the proxy's counters went backwards (restart); measuring afresh",
-            );
         }
-        let requests = now.requests - before.requests;
-        let errors = now.server_errors - before.server_errors;
-        let success_rate = if requests > 0.0 {
-            Ok(100.0 * (requests - errors) / requests)
-        } else {
-            Err("no canary requests in this window".into())
-        };
-        let delta: Vec<(f64, f64)> = now
-            .buckets
-            .iter()
-            .map(|(le, count)| {
-                let old = before
-                    .buckets
-                    .iter()
-                    .find(|(ble, _)| ble == le)
-                    .map(|(_, c)| *c)
-                    .unwrap_or(0.0);
-                (*le, count - old)
-            })
-            .collect();
-        let latencies = plan
-            .latency
-            .iter()
-            .map(|check| {
-                let v = histogram_quantile(check.quantile, &delta);
-                if v.is_nan() {
-                    Err("no latency observations in this window".to_string())
-                } else {
-                    Ok(v)
-                }
-            })
-            .collect();
-        let queries = plan
-            .queries
-            .iter()
-            .map(|_| Err("custom PromQL checks need the prometheus provider".to_string()))
-            .collect();
-        judge(
-            plan,
-            Some(requests.round() as u64),
-            success_rate,
-            latencies,
-            queries,
-        )
+        analyse_window(plan, &window)
     }
+}
+
+/// The checks of one window of the weighted canary arm; A/B traffic shown apart.
+pub fn analyse_window(plan: &Plan, window: &Window) -> Analysis {
+    let canary = &window.canary;
+    let success_rate = canary
+        .success_rate()
+        .ok_or_else(|| "no canary requests in this window".to_string());
+    let latencies = plan
+        .latency
+        .iter()
+        .map(|check| latency_reading(canary, check.quantile, check.max.as_secs_f64()))
+        .collect();
+    let queries = plan
+        .queries
+        .iter()
+        .map(|_| Err("custom PromQL checks need the prometheus provider".to_string()))
+        .collect();
+    let mut analysis = judge(
+        plan,
+        Some(canary.requests.round() as u64),
+        success_rate,
+        latencies,
+        queries,
+    );
+    if window.canary_match.requests > 0.0 {
+        analysis.ab = Some(AbTraffic {
+            requests: window.canary_match.requests.round() as u64,
+            success_rate: window.canary_match.success_rate(),
+        });
+    }
+    analysis
+}
+
+/// The quantile of an arm, decided by counts: the `q` quantile is within
+/// `max` (a bucket bound) iff at least `q` of the requests took `max` or less.
+fn latency_reading(arm: &Arm, q: f64, max: f64) -> Result<LatencyReading, String> {
+    let value = arm.quantile(q);
+    if value.is_nan() {
+        return Err("no latency observations in this window".to_string());
+    }
+    let total = arm.buckets.last().map(|b| b.1).unwrap_or(0.0);
+    let within = arm
+        .slower_than(max)
+        .map(|slow| (total - slow) >= q * total - 1e-9 * total.max(1.0));
+    Ok(LatencyReading { value, within })
 }
 
 // === impl PrometheusProvider ===
@@ -355,7 +336,10 @@ impl PrometheusProvider {
 
     pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
         let w = self.window(plan);
-        let selector = format!("route=\"{}\",backend=\"canary\"", self.route);
+        let selector = format!(
+            "route=\"{}\",backend=\"canary\",decision=\"weight\"",
+            self.route
+        );
         let requests = self
             .query(&format!(
                 "sum(increase(sluice_requests_total{{{selector}}}[{w}]))"
@@ -368,7 +352,7 @@ impl PrometheusProvider {
         }
         let success = self
             .query(&format!(
-                "100 * sum(rate(sluice_requests_total{{{selector},code!~\"5..\"}}[{w}])) / sum(rate(sluice_requests_total{{{selector}}}[{w}]))"
+                "100 * (sum(rate(sluice_requests_total{{{selector},classification=\"success\"}}[{w}])) or vector(0)) / sum(rate(sluice_requests_total{{{selector}}}[{w}]))"
             ))
             .await;
         let mut latencies = Vec::new();
@@ -378,7 +362,8 @@ impl PrometheusProvider {
                     "histogram_quantile({}, sum by (le) (rate(sluice_request_duration_seconds_bucket{{{selector}}}[{w}])))",
                     check.quantile
                 ))
-                .await,
+                .await
+                .map(LatencyReading::from),
             );
         }
         let mut queries = Vec::new();
@@ -411,7 +396,7 @@ mod tests {
     #[test]
     fn too_few_requests_make_every_check_inconclusive() {
         let plan = Plan::default();
-        let a = judge(&plan, Some(3), Ok(50.0), vec![Ok(0.1)], vec![]);
+        let a = judge(&plan, Some(3), Ok(50.0), vec![Ok(0.1.into())], vec![]);
         assert_eq!(a.verdict(), Outcome::Inconclusive);
         assert!(a.checks.iter().all(|c| c.outcome == Outcome::Inconclusive));
         assert!(
@@ -424,20 +409,20 @@ mod tests {
     #[test]
     fn enough_requests_judge_each_check() {
         let plan = Plan::default();
-        let a = judge(&plan, Some(100), Ok(92.0), vec![Ok(0.1)], vec![]);
+        let a = judge(&plan, Some(100), Ok(92.0), vec![Ok(0.1.into())], vec![]);
         assert_eq!(a.verdict(), Outcome::Fail);
         assert!(
             a.summary().contains("success-rate: 92.00% is below >= 99%"),
             "{}",
             a.summary()
         );
-        let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.9)], vec![]);
+        let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.9.into())], vec![]);
         assert!(
             a.summary().contains("p99: 900ms is above the limit"),
             "{}",
             a.summary()
         );
-        let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.1)], vec![]);
+        let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.1.into())], vec![]);
         assert_eq!(a.verdict(), Outcome::Pass);
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::analysis::{CheckResult, Outcome};
+use crate::analysis::{AbTraffic, CheckResult, Outcome};
 use crate::http::HttpClient;
 use crate::machine::{Action, Command, Gates, Level, NextTick, Observation, Phase, Status, step};
 use crate::plan::{Plan, WebhookKind};
@@ -39,6 +39,9 @@ pub struct TickReport {
     pub latency: BTreeMap<String, f64>,
     pub verdict: Option<Outcome>,
     pub checks: Vec<CheckResult>,
+    /// Canary traffic sent by A/B rules in the window: shown apart, not judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbTraffic>,
     pub message: String,
 }
 
@@ -298,6 +301,7 @@ impl<R: Router> Driver<R> {
             latency,
             verdict: analysis.map(|a| a.verdict()),
             checks: analysis.map(|a| a.checks.clone()).unwrap_or_default(),
+            ab: analysis.and_then(|a| a.ab.clone()),
             message,
         }
     }

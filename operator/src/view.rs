@@ -83,9 +83,21 @@ fn latency_text(tick: &TickReport) -> String {
         .join(" ")
 }
 
+/// A/B-rule traffic, shown apart from the weighted canary the gate judges.
+pub fn ab_text(ab: Option<&crate::analysis::AbTraffic>) -> String {
+    match ab {
+        None => "-".into(),
+        Some(ab) => format!(
+            "{} requests, success {}",
+            ab.requests,
+            fmt_opt(ab.success_rate, |v| format!("{v:.2}%"))
+        ),
+    }
+}
+
 pub fn plain_line(t: &TickReport) -> String {
     format!(
-        "{:>6.1}s {} {:<16} weight {:>6}% step {}/{} requests {} success {} latency {} failed {}/{} | {}",
+        "{:>6.1}s {} {:<16} weight {:>6}% step {}/{} requests {} success {} latency {} a/b {} failed {}/{} | {}",
         t.elapsed_secs,
         t.release,
         t.phase.as_str(),
@@ -95,6 +107,7 @@ pub fn plain_line(t: &TickReport) -> String {
         requests_text(t),
         fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
         latency_text(t),
+        ab_text(t.ab.as_ref()),
         t.failed_checks,
         t.failure_limit,
         t.message
@@ -109,7 +122,7 @@ fn live_block(t: &TickReport) -> String {
         None => "-",
     };
     format!(
-        "release {}  revision {}  {:.0}s\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
+        "release {}  revision {}  {:.0}s\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}  (weighted: what the gate judges)\n  a/b rule  {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
         t.release,
         t.revision,
         t.elapsed_secs,
@@ -121,6 +134,7 @@ fn live_block(t: &TickReport) -> String {
         requests_text(t),
         fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
         latency_text(t),
+        ab_text(t.ab.as_ref()),
         verdict,
         t.failed_checks,
         t.failure_limit,

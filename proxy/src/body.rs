@@ -1,8 +1,10 @@
 //! The response body the proxy streams back, which records the request's
 //! metrics exactly once: when the body ends, fails, or is dropped by a client
-//! that went away.
+//! that went away; and [`InFlight`], which records a client that went away
+//! before there was a response at all.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -11,20 +13,99 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::metrics::{BackendMetrics, UpstreamErrorKind};
+use crate::metrics::{BackendMetrics, Classification, Series, UpstreamErrorKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The status the proxy counts for a client that left while it was still
+/// waiting for the upstream's response head (nginx's convention).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A request on its way to the upstream. Dropped before [`InFlight::answered`]
+/// (the client went away and hyper dropped the request's future), it
+/// records `code="499",classification="failure"` with the time so far: a
+/// canary that hangs until its callers give up is counted, not invisible.
+/// It is not an upstream error (`sluice_upstream_errors_total` is untouched).
+pub struct InFlight {
+    series: Option<Arc<Series>>,
+    start: Instant,
+}
+
+impl InFlight {
+    pub fn new(series: Arc<Series>, start: Instant) -> Self {
+        Self {
+            series: Some(series),
+            start,
+        }
+    }
+
+    /// The request has an answer (from the upstream or the proxy); the
+    /// returned series is for the [`Recorder`].
+    pub fn answered(mut self) -> Arc<Series> {
+        self.series.take().expect("answered once")
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(series) = self.series.take() {
+            series.record(
+                CLIENT_CLOSED_REQUEST,
+                Classification::Failure,
+                self.start.elapsed(),
+            );
+        }
+    }
+}
+
+/// How a gRPC response is judged: the route's failure codes and the
+/// `grpc-status` seen so far (head of a trailers-only response, or trailers).
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcJudge {
+    pub failure_codes: crate::grpc::Codes,
+    pub status: Option<u32>,
+}
+
 /// What to record when the response is over.
 pub struct Recorder {
-    pub metrics: BackendMetrics,
+    pub series: Arc<Series>,
+    pub errors: BackendMetrics,
     pub code: u16,
     pub start: Instant,
+    /// Set for gRPC responses.
+    pub grpc: Option<GrpcJudge>,
+}
+
+/// How a response body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// The last frame was sent.
+    Complete,
+    /// The upstream reset or closed before the end.
+    UpstreamFailed,
+    /// The client went away (the body was dropped unfinished).
+    ClientLeft,
 }
 
 impl Recorder {
-    fn finish(self) {
-        self.metrics.record(self.code, self.start.elapsed());
+    fn finish(self, end: End) {
+        let failed = self.code >= 500
+            || match end {
+                End::UpstreamFailed => true,
+                // The upstream had answered; the client chose to leave.
+                End::ClientLeft => false,
+                // A gRPC stream that ends without a status is UNKNOWN to clients.
+                End::Complete => self.grpc.is_some_and(|g| {
+                    g.failure_codes
+                        .contains(g.status.unwrap_or(crate::grpc::UNKNOWN))
+                }),
+            };
+        let class = if failed {
+            Classification::Failure
+        } else {
+            Classification::Success
+        };
+        self.series.record(self.code, class, self.start.elapsed());
     }
 }
 
@@ -43,10 +124,8 @@ impl MeteredBody {
         let mut this = Self { inner, recorder };
         // An empty body may never be polled; record now so the count is
         // visible as soon as the client has the response.
-        if this.inner.is_end_stream()
-            && let Some(r) = this.recorder.take()
-        {
-            r.finish();
+        if this.inner.is_end_stream() {
+            this.finish(End::Complete);
         }
         this
     }
@@ -59,9 +138,9 @@ impl MeteredBody {
         )
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, end: End) {
         if let Some(r) = self.recorder.take() {
-            r.finish();
+            r.finish(end);
         }
     }
 }
@@ -76,16 +155,22 @@ impl Body for MeteredBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.finish(),
+            Poll::Ready(None) => self.finish(End::Complete),
             Poll::Ready(Some(Err(_))) => {
                 if let Some(r) = &self.recorder {
-                    r.metrics.record_upstream_error(UpstreamErrorKind::Reset);
+                    r.errors.record_upstream_error(UpstreamErrorKind::Reset);
                 }
-                self.finish();
+                self.finish(End::UpstreamFailed);
             }
-            Poll::Ready(Some(Ok(_))) => {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(judge) = self.recorder.as_mut().and_then(|r| r.grpc.as_mut())
+                    && let Some(status) = crate::grpc::status(trailers)
+                {
+                    judge.status = Some(status);
+                }
                 if self.inner.is_end_stream() {
-                    self.finish();
+                    self.finish(End::Complete);
                 }
             }
             Poll::Pending => {}
@@ -104,6 +189,6 @@ impl Body for MeteredBody {
 
 impl Drop for MeteredBody {
     fn drop(&mut self) {
-        self.finish();
+        self.finish(End::ClientLeft);
     }
 }

@@ -143,6 +143,11 @@ pub struct RouteConfig {
     pub timeouts: Timeouts,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTls>,
+    /// gRPC statuses that count as a failure of the upstream (names or
+    /// numbers); default UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+    /// UNAVAILABLE, DATA_LOSS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_failure_codes: Option<Vec<crate::grpc::CodeRef>>,
 }
 
 fn default_path_prefix() -> String {
@@ -297,13 +302,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
     let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) || ms == 0 {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(60_000) && ms >= 60_000 {
+    if ms == 0 && us == 0 {
+        "0ms".to_string()
+    } else if !us.is_multiple_of(1000) {
+        format!("{}ms", us as f64 / 1000.0)
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
+    } else if ms >= 1000 && ms.is_multiple_of(100) {
+        format!("{}s", ms as f64 / 1000.0)
+    } else {
+        format!("{ms}ms")
     }
 }
 
@@ -429,6 +441,7 @@ pub struct ValidRoute {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub upstream_tls: UpstreamTls,
+    pub grpc_failure_codes: crate::grpc::Codes,
 }
 
 impl ValidRoute {
@@ -696,6 +709,18 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             );
         }
     }
+    let grpc_failure_codes = match &route.grpc_failure_codes {
+        None => crate::grpc::Codes::default(),
+        Some(list) => match crate::grpc::Codes::resolve(list) {
+            Ok(codes) => codes,
+            Err(bad) => {
+                for (j, message) in bad {
+                    errs.push(format!("{at}.grpc_failure_codes[{j}]"), message);
+                }
+                crate::grpc::Codes::default()
+            }
+        },
+    };
     if errs.0.len() > before {
         return None;
     }
@@ -711,6 +736,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         connect_timeout: connect_timeout?,
         request_timeout: request_timeout?,
         upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
+        grpc_failure_codes,
     })
 }
 
@@ -774,6 +800,7 @@ routes:
     canary: http://127.0.0.1:2
     canary_weight: 33.333
     timeouts: { connect: 5, request: 0s }
+    grpc_failure_codes: [INTERNAL, BROKEN, 14]
 "#;
         let errs = Config::from_yaml(text).unwrap().validate().unwrap_err();
         let text = errs.to_string();
@@ -785,6 +812,7 @@ routes:
             "routes[1].canary_weight: 33.333 has more than two decimals",
             "routes[1].timeouts.connect: `5` has no unit",
             "routes[1].timeouts.request: must be greater than 0",
+            "routes[1].grpc_failure_codes[1]: `BROKEN` is not a gRPC status code; use one of OK, CANCELLED,",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
@@ -820,6 +848,13 @@ routes:
         assert_eq!(format_duration(Duration::from_secs(90)), "90s");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_micros(2250)), "2.25ms");
+        assert_eq!(format_duration(Duration::from_millis(22_500)), "22.5s");
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        for text in ["1.2ms", "2.25ms", "22.5s", "90s", "2m", "1500ms"] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{text}");
+        }
     }
 
     #[test]

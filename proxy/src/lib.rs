@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod grpc;
 pub mod kube_source;
 pub mod metrics;
 pub mod routing;
@@ -16,6 +17,7 @@ pub mod split;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,7 +111,7 @@ fn spawn_worker(
     let thread = std::thread::Builder::new()
         .name(format!("sluice-worker-{}", worker.slot))
         .spawn(move || {
-            upstream::set_worker_slot(worker.slot);
+            crate::worker::set_slot(worker.slot);
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -179,8 +181,8 @@ impl ProxyHandle {
 
 /// Binds both listeners and serves `config` until [`ProxyHandle::shutdown`].
 pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle, StartError> {
-    let metrics = Metrics::new();
     let threads = options.threads.unwrap_or(0);
+    let metrics = Metrics::with_threads(threads);
     let store = Store::with_threads(config, metrics.clone(), threads)?;
     let routing = store.load();
     let valid = routing.valid.clone();

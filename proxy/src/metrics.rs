@@ -1,26 +1,110 @@
 //! The proxy's own RED metrics, exposed in OpenMetrics text on the admin
 //! listener. Names are an interface (dashboards, alerts and the control loop's
-//! `proxy` provider read them), see DESIGN.md.
+//! `proxy` provider read them), see the README's metrics table.
 //!
-//! Per-route handles are resolved once when a routing table is built
-//! ([`RouteMetrics`]), so the request path touches no label strings.
+//! - `sluice_requests_total{route, backend, code, classification, decision}`
+//!   and `sluice_request_duration_seconds{route, backend, decision}` are kept
+//!   in [`Series`]: one per (route, backend, decision), resolved once when a
+//!   routing table is built, kept across reloads (counters never go back), and
+//!   sharded per serving thread (plain relaxed atomics on the thread's own
+//!   cache lines, summed at scrape time), so the request path takes no lock and
+//!   allocates nothing.
+//! - `classification` is `success` or `failure`; see [`Classification`].
+//! - `decision` is `weight` (chosen by the exact split; stable traffic is
+//!   always `weight`) or `match` (sent to the canary by an A/B rule). The gate
+//!   judges weighted traffic only.
+//! - The duration buckets are a fixed log-linear layout
+//!   ([`DURATION_BUCKET_BOUNDS_US`]): every threshold between 1 ms and 30 s
+//!   is within 10% of a bound, and the usual gate values (100 ms, 250 ms,
+//!   300 ms, 500 ms, 1 s, ...) are bounds exactly, so a gate is decided by
+//!   counts, never by interpolation.
+//! - Every series always shows `code="200",classification="success"` and
+//!   `code="500",classification="failure"` (at 0 until used), so a sum over
+//!   either classification is never an empty vector in PromQL.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::atomic::AtomicU64;
 
-/// Upper bounds of the request duration histogram, in seconds.
-pub const DURATION_BUCKETS: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+use crate::worker;
+
+/// Mantissas of one decade of the duration layout, in units of the decade's
+/// tenth: 1, 1.2, 1.4, 1.6, 1.8, 2, 2.25, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9.
+/// Consecutive bounds differ by at most 20%, so any value is within
+/// sqrt(1.2) - 1 < 10% of a bound.
+const DECADE: [u64; 17] = [
+    100, 120, 140, 160, 180, 200, 225, 250, 300, 350, 400, 450, 500, 600, 700, 800, 900,
 ];
+
+/// Upper bounds of the request duration histogram in microseconds: the
+/// decade layout from 1 ms to 9 s, then 10, 12, 14, 16, 18, 20, 22.5, 25 and
+/// 30 s (77 bounds, plus `+Inf`).
+pub const DURATION_BUCKET_BOUNDS_US: [u64; 77] = bucket_bounds();
+
+const fn bucket_bounds() -> [u64; 77] {
+    let mut out = [0u64; 77];
+    let mut i = 0;
+    let mut scale = 10; // 1 ms = 100 * 10 us
+    while i < 68 {
+        out[i] = DECADE[i % 17] * scale;
+        i += 1;
+        if i % 17 == 0 {
+            scale *= 10;
+        }
+    }
+    let tail = [100, 120, 140, 160, 180, 200, 225, 250, 300];
+    let mut j = 0;
+    while j < tail.len() {
+        out[68 + j] = tail[j] * 100_000;
+        j += 1;
+    }
+    out
+}
+
+/// The duration bounds in seconds, as the `le` labels show them.
+pub fn duration_bounds_secs() -> impl Iterator<Item = f64> {
+    DURATION_BUCKET_BOUNDS_US
+        .iter()
+        .map(|us| *us as f64 / 1_000_000.0)
+}
+
+/// Whether `d` is exactly one of the histogram's bounds.
+pub fn is_duration_bound(d: Duration) -> bool {
+    d.subsec_nanos().is_multiple_of(1000)
+        && u64::try_from(d.as_micros()).is_ok_and(|us| DURATION_BUCKET_BOUNDS_US.contains(&us))
+}
+
+/// The bounds just below and just above `d` (either may be missing at the
+/// ends of the layout).
+pub fn nearest_duration_bounds(d: Duration) -> (Option<Duration>, Option<Duration>) {
+    let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let below = DURATION_BUCKET_BOUNDS_US
+        .iter()
+        .rev()
+        .find(|b| **b <= us)
+        .map(|b| Duration::from_micros(*b));
+    let above = DURATION_BUCKET_BOUNDS_US
+        .iter()
+        .find(|b| **b >= us)
+        .map(|b| Duration::from_micros(*b));
+    (below, above)
+}
+
+/// Index of the bucket a duration of `us` microseconds falls in (`le` is
+/// inclusive); the last index is `+Inf`.
+fn bucket_index(us: u64) -> usize {
+    DURATION_BUCKET_BOUNDS_US.partition_point(|b| *b < us)
+}
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum BackendLabel {
@@ -45,6 +129,33 @@ macro_rules! lower_case_label {
 }
 
 lower_case_label!(BackendLabel { Stable => "stable", Canary => "canary" });
+
+/// Whether the upstream did its part, the `classification` label.
+///
+/// Failure is: a 5xx the client got (the proxy's own 502/503/504 too); an
+/// upstream that reset or closed before the response ended; a gRPC response
+/// whose `grpc-status` is in the route's failure set; a client that gave up
+/// while still waiting for the upstream's response head (`code="499"`).
+/// Everything else is success, including a client that leaves mid-body after
+/// a non-5xx head: the upstream had answered.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Classification {
+    Success,
+    Failure,
+}
+
+lower_case_label!(Classification { Success => "success", Failure => "failure" });
+
+/// Why a request went to the backend it went to, the `decision` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Decision {
+    /// The exact weighted split (all stable traffic is `weight`).
+    Weight,
+    /// A `canary_match` A/B rule.
+    Match,
+}
+
+lower_case_label!(Decision { Weight => "weight", Match => "match" });
 
 /// Where an upstream exchange failed; the `kind` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -73,19 +184,6 @@ pub enum ReloadResult {
 lower_case_label!(ReloadResult { Success => "success", Failure => "failure" });
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub route: String,
-    pub backend: BackendLabel,
-    pub code: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteBackendLabels {
-    pub route: String,
-    pub backend: BackendLabel,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
     pub route: String,
     pub backend: BackendLabel,
@@ -107,37 +205,215 @@ pub struct VersionLabels {
     pub version: String,
 }
 
-fn new_duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS)
+// === impl Series ===
+
+/// Counts of one hundred status codes (`1xx`, `2xx`, ...) by classification.
+struct CodePage([[AtomicU64; 2]; 100]);
+
+impl CodePage {
+    fn new() -> Box<Self> {
+        Box::new(Self(std::array::from_fn(|_| {
+            [AtomicU64::new(0), AtomicU64::new(0)]
+        })))
+    }
 }
+
+/// Status codes the text shows even at 0 (see the module doc).
+const PINNED: [(u16, Classification); 2] = [
+    (200, Classification::Success),
+    (500, Classification::Failure),
+];
+
+/// One serving thread's counts; aligned so two threads never write one line.
+#[repr(align(128))]
+struct Shard {
+    /// `pages[c]` holds codes `(c+1)*100 ..`; allocated on first use.
+    pages: [OnceLock<Box<CodePage>>; 9],
+    /// Non-cumulative bucket counts, the last one `+Inf`.
+    buckets: [AtomicU64; DURATION_BUCKET_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            pages: Default::default(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The request counts and durations of one (route, backend, decision).
+pub struct Series {
+    route: String,
+    backend: BackendLabel,
+    decision: Decision,
+    shards: Box<[Shard]>,
+}
+
+impl std::fmt::Debug for Series {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Series")
+            .field("route", &self.route)
+            .field("backend", &self.backend)
+            .field("decision", &self.decision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Series {
+    fn new(route: &str, backend: BackendLabel, decision: Decision, slots: usize) -> Self {
+        Self {
+            route: route.to_string(),
+            backend,
+            decision,
+            shards: (0..slots.max(1)).map(|_| Shard::new()).collect(),
+        }
+    }
+
+    pub fn backend(&self) -> BackendLabel {
+        self.backend
+    }
+
+    pub fn decision(&self) -> Decision {
+        self.decision
+    }
+
+    /// Records one finished request: the status the client got, its
+    /// classification and its whole duration.
+    pub fn record(&self, code: u16, classification: Classification, elapsed: Duration) {
+        let shard = &self.shards[worker::slot() % self.shards.len()];
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        shard.buckets[bucket_index(us)].fetch_add(1, Ordering::Relaxed);
+        shard.sum_us.fetch_add(us, Ordering::Relaxed);
+        let code = code.clamp(100, 999);
+        let page = shard.pages[usize::from(code / 100 - 1)].get_or_init(CodePage::new);
+        page.0[usize::from(code % 100)][classification as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Totals over every shard: `(code, classification, count)` for every
+    /// code seen, plus the pinned rows.
+    pub fn code_counts(&self) -> Vec<(u16, Classification, u64)> {
+        let mut out = Vec::new();
+        for page_index in 0..9u16 {
+            for offset in 0..100u16 {
+                let code = (page_index + 1) * 100 + offset;
+                for class in [Classification::Success, Classification::Failure] {
+                    let mut seen = false;
+                    let mut total = 0u64;
+                    for shard in self.shards.iter() {
+                        if let Some(page) = shard.pages[usize::from(page_index)].get() {
+                            seen = true;
+                            total +=
+                                page.0[usize::from(offset)][class as usize].load(Ordering::Relaxed);
+                        }
+                    }
+                    if (seen && total > 0) || PINNED.contains(&(code, class)) {
+                        out.push((code, class, total));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Totals over every shard: (sum in seconds, count, non-cumulative
+    /// buckets as `(upper bound, count)` with `+Inf` last).
+    pub fn histogram(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> = duration_bounds_secs()
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|b| (b, 0))
+            .collect();
+        let mut sum_us = 0u64;
+        for shard in self.shards.iter() {
+            sum_us = sum_us.wrapping_add(shard.sum_us.load(Ordering::Relaxed));
+            for (slot, count) in buckets.iter_mut().zip(shard.buckets.iter()) {
+                slot.1 += count.load(Ordering::Relaxed);
+            }
+        }
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        (sum_us as f64 / 1_000_000.0, count, buckets)
+    }
+}
+
+/// Every [`Series`] ever made, encoded at scrape time.
+#[derive(Debug, Default)]
+struct TrafficCollector {
+    series: Mutex<Vec<Arc<Series>>>,
+}
+
+impl Collector for TrafficCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let series = self.series.lock().expect("metrics lock").clone();
+        {
+            let mut family = encoder.encode_descriptor(
+                "requests",
+                "Requests answered, by route, backend, the status code the client got, classification and split decision",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &series {
+                for (code, class, count) in s.code_counts() {
+                    let code = code.to_string();
+                    let labels = [
+                        ("route", s.route.as_str()),
+                        ("backend", s.backend.as_str()),
+                        ("code", code.as_str()),
+                        ("classification", class.as_str()),
+                        ("decision", s.decision.as_str()),
+                    ];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "request_duration",
+            "Time from request received to response end",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for s in &series {
+            let (sum, count, buckets) = s.histogram();
+            let labels = [
+                ("route", s.route.as_str()),
+                ("backend", s.backend.as_str()),
+                ("decision", s.decision.as_str()),
+            ];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+// === impl Metrics ===
 
 /// All metric families of one proxy process.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    durations: Family<RouteBackendLabels, Histogram, fn() -> Histogram>,
+    traffic: Arc<TrafficCollector>,
+    /// Shards per series: one per serving thread plus the caller's runtime.
+    slots: usize,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     canary_weight: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
+    /// Metrics for in-process use (one shard per series).
     pub fn new() -> Arc<Self> {
+        Self::with_threads(0)
+    }
+
+    /// Metrics sharded for `threads` dedicated serving threads.
+    pub fn with_threads(threads: usize) -> Arc<Self> {
         let mut registry = Registry::with_prefix("sluice");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by route, backend and the status code the client got",
-            requests.clone(),
-        );
-        let durations: Family<RouteBackendLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(new_duration_histogram);
-        registry.register_with_unit(
-            "request_duration",
-            "Time from request received to response end",
-            Unit::Seconds,
-            durations.clone(),
-        );
+        let traffic = Arc::new(TrafficCollector::default());
+        registry.register_collector(Box::new(traffic.clone()));
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -151,6 +427,9 @@ impl Metrics {
             canary_weight.clone(),
         );
         let reloads = Family::<ReloadLabels, Counter>::default();
+        for result in [ReloadResult::Success, ReloadResult::Failure] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
         registry.register(
             "config_reloads",
             "Configuration reload attempts, by result",
@@ -165,8 +444,8 @@ impl Metrics {
         registry.register("build_info", "Sluice proxy build", build_info);
         Arc::new(Self {
             registry,
-            requests,
-            durations,
+            traffic,
+            slots: threads + 1,
             upstream_errors,
             canary_weight,
             reloads,
@@ -175,7 +454,7 @@ impl Metrics {
 
     /// OpenMetrics text of every family.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
+        let mut out = String::with_capacity(32 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
@@ -193,29 +472,34 @@ impl Metrics {
             .set(percent);
     }
 
+    /// The series of (route, backend, decision), made on first use and kept
+    /// for the life of the process.
+    pub fn series(&self, route: &str, backend: BackendLabel, decision: Decision) -> Arc<Series> {
+        let mut all = self.traffic.series.lock().expect("metrics lock");
+        if let Some(s) = all
+            .iter()
+            .find(|s| s.route == route && s.backend == backend && s.decision == decision)
+        {
+            return s.clone();
+        }
+        let s = Arc::new(Series::new(route, backend, decision, self.slots));
+        all.push(s.clone());
+        s
+    }
+
     /// Handles for one route and backend, resolved once per routing table.
     pub fn backend(&self, route: &str, backend: BackendLabel) -> BackendMetrics {
-        let duration = self
-            .durations
-            .get_or_create(&RouteBackendLabels {
-                route: route.to_string(),
-                backend,
-            })
-            .clone();
         BackendMetrics {
             inner: Arc::new(BackendMetricsInner {
                 route: route.to_string(),
                 backend,
-                duration,
-                by_code: RwLock::new(HashMap::new()),
-                requests: self.requests.clone(),
                 errors: self.upstream_errors.clone(),
             }),
         }
     }
 }
 
-/// Pre-resolved metric handles of one (route, backend) pair.
+/// Pre-resolved upstream-error handles of one (route, backend) pair.
 #[derive(Clone)]
 pub struct BackendMetrics {
     inner: Arc<BackendMetricsInner>,
@@ -224,43 +508,10 @@ pub struct BackendMetrics {
 struct BackendMetricsInner {
     route: String,
     backend: BackendLabel,
-    duration: Histogram,
-    by_code: RwLock<HashMap<u16, Counter>>,
-    requests: Family<RequestLabels, Counter>,
     errors: Family<UpstreamErrorLabels, Counter>,
 }
 
 impl BackendMetrics {
-    /// Records one finished request: its status and its whole duration.
-    pub fn record(&self, code: u16, elapsed: Duration) {
-        self.inner.duration.observe(elapsed.as_secs_f64());
-        let counter = {
-            let map = self.inner.by_code.read().expect("metrics lock");
-            map.get(&code).cloned()
-        };
-        let counter = match counter {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .inner
-                    .requests
-                    .get_or_create(&RequestLabels {
-                        route: self.inner.route.clone(),
-                        backend: self.inner.backend,
-                        code,
-                    })
-                    .clone();
-                self.inner
-                    .by_code
-                    .write()
-                    .expect("metrics lock")
-                    .insert(code, c.clone());
-                c
-            }
-        };
-        counter.inc();
-    }
-
     pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
         self.inner
             .errors
@@ -280,22 +531,105 @@ mod tests {
     #[test]
     fn names_match_the_documented_interface() {
         let m = Metrics::new();
-        let b = m.backend("web", BackendLabel::Canary);
-        b.record(503, Duration::from_millis(20));
-        b.record_upstream_error(UpstreamErrorKind::Connect);
+        let canary = m.series("web", BackendLabel::Canary, Decision::Weight);
+        canary.record(503, Classification::Failure, Duration::from_millis(20));
+        m.series("web", BackendLabel::Canary, Decision::Match)
+            .record(200, Classification::Success, Duration::from_millis(300));
+        m.backend("web", BackendLabel::Canary)
+            .record_upstream_error(UpstreamErrorKind::Connect);
         m.set_canary_weight("web", 33.33);
         m.record_reload(ReloadResult::Success);
         let text = m.encode();
         for needle in [
-            "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"503\"} 1",
-            "sluice_request_duration_seconds_count{route=\"web\",backend=\"canary\"} 1",
-            "sluice_request_duration_seconds_bucket{le=\"0.025\",route=\"web\",backend=\"canary\"} 1",
+            "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"503\",classification=\"failure\",decision=\"weight\"} 1",
+            "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"200\",classification=\"success\",decision=\"weight\"} 0",
+            "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"500\",classification=\"failure\",decision=\"weight\"} 0",
+            "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"200\",classification=\"success\",decision=\"match\"} 1",
+            "sluice_request_duration_seconds_count{route=\"web\",backend=\"canary\",decision=\"weight\"} 1",
+            "sluice_request_duration_seconds_bucket{le=\"0.02\",route=\"web\",backend=\"canary\",decision=\"weight\"} 1",
+            "sluice_request_duration_seconds_bucket{le=\"0.018\",route=\"web\",backend=\"canary\",decision=\"weight\"} 0",
+            "sluice_request_duration_seconds_bucket{le=\"0.3\",route=\"web\",backend=\"canary\",decision=\"match\"} 1",
+            "sluice_request_duration_seconds_bucket{le=\"0.25\",route=\"web\",backend=\"canary\",decision=\"match\"} 0",
             "sluice_upstream_errors_total{route=\"web\",backend=\"canary\",kind=\"connect\"} 1",
             "sluice_route_canary_weight{route=\"web\"} 33.33",
             "sluice_config_reloads_total{result=\"success\"} 1",
+            "sluice_config_reloads_total{result=\"failure\"} 0",
             "sluice_build_info{version=",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn bucket_layout_puts_every_threshold_within_ten_percent_of_a_bound() {
+        let bounds: Vec<f64> = duration_bounds_secs().collect();
+        assert_eq!(bounds.first(), Some(&0.001));
+        assert_eq!(bounds.last(), Some(&30.0));
+        assert!(
+            bounds
+                .windows(2)
+                .all(|w| w[1] > w[0] && w[1] / w[0] <= 1.2 + 1e-9)
+        );
+        // Every millisecond value from 5 ms to 10 s has a bound within 10%.
+        for ms in 5..=10_000u64 {
+            let v = ms as f64 / 1000.0;
+            let nearest = bounds
+                .iter()
+                .map(|b| (b / v).max(v / b))
+                .fold(f64::INFINITY, f64::min);
+            assert!(nearest <= 1.1, "{ms} ms is {nearest} from a bound");
+        }
+        for gate_ms in [
+            5, 10, 25, 50, 100, 200, 250, 300, 400, 500, 800, 1000, 2000, 5000,
+        ] {
+            assert!(
+                is_duration_bound(Duration::from_millis(gate_ms)),
+                "{gate_ms} ms"
+            );
+        }
+        assert!(!is_duration_bound(Duration::from_millis(270)));
+        assert_eq!(
+            nearest_duration_bounds(Duration::from_millis(270)),
+            (
+                Some(Duration::from_millis(250)),
+                Some(Duration::from_millis(300))
+            )
+        );
+    }
+
+    #[test]
+    fn durations_land_in_the_bucket_whose_bound_is_inclusive() {
+        assert_eq!(bucket_index(1000), 0);
+        assert_eq!(bucket_index(1001), 1);
+        assert_eq!(bucket_index(300_000), 42);
+        assert_eq!(DURATION_BUCKET_BOUNDS_US[42], 300_000);
+        assert_eq!(bucket_index(u64::MAX), DURATION_BUCKET_BOUNDS_US.len());
+    }
+
+    #[test]
+    fn shards_of_every_thread_are_summed() {
+        let m = Metrics::with_threads(3);
+        let s = m.series("web", BackendLabel::Stable, Decision::Weight);
+        let threads: Vec<_> = (1..=3)
+            .map(|slot| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    worker::set_slot(slot);
+                    for _ in 0..1000 {
+                        s.record(200, Classification::Success, Duration::from_millis(2));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        s.record(502, Classification::Failure, Duration::from_millis(2));
+        let counts = s.code_counts();
+        assert!(counts.contains(&(200, Classification::Success, 3000)));
+        assert!(counts.contains(&(502, Classification::Failure, 1)));
+        let (sum, count, _) = s.histogram();
+        assert_eq!(count, 3001);
+        assert!((sum - 6.002).abs() < 1e-9, "{sum}");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::config::{Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, bp_to_percent};
-use crate::metrics::{BackendLabel, BackendMetrics, Metrics};
+use crate::metrics::{BackendLabel, BackendMetrics, Decision, Metrics, Series};
 use crate::split::SplitState;
 use crate::upstream::{BackendClients, ClientPool, PoolKey};
 
@@ -21,7 +21,21 @@ pub struct Backend {
     pub url: UpstreamUrl,
     pub client: BackendClients,
     pub metrics: BackendMetrics,
+    /// Requests chosen by the weighted split (all stable traffic).
+    pub weighted: Arc<Series>,
+    /// Requests sent here by an A/B rule (canaries of routes with rules).
+    pub matched: Option<Arc<Series>>,
     pub pool_key: PoolKey,
+}
+
+impl Backend {
+    /// The series a request sent here for `decision` is counted in.
+    pub fn series(&self, decision: SplitDecision) -> &Arc<Series> {
+        match (decision, &self.matched) {
+            (SplitDecision::CanaryByMatch, Some(matched)) => matched,
+            _ => &self.weighted,
+        }
+    }
 }
 
 pub struct Route {
@@ -34,6 +48,7 @@ pub struct Route {
     pub split: Arc<SplitState>,
     pub canary_match: Vec<ValidMatch>,
     pub request_timeout: Duration,
+    pub grpc_failure_codes: crate::grpc::Codes,
 }
 
 /// Which backend a request goes to, and why.
@@ -117,11 +132,14 @@ impl Routing {
                     connect_timeout: r.connect_timeout,
                     tls: r.tls_for(url),
                 };
+                let has_rules = label == BackendLabel::Canary && !r.canary_match.is_empty();
                 Backend {
                     label,
                     url: url.clone(),
                     client: pool.get(&pool_key),
                     metrics: metrics.backend(&r.name, label),
+                    weighted: metrics.series(&r.name, label, Decision::Weight),
+                    matched: has_rules.then(|| metrics.series(&r.name, label, Decision::Match)),
                     pool_key,
                 }
             };
@@ -149,6 +167,7 @@ impl Routing {
                 split,
                 canary_match: r.canary_match.clone(),
                 request_timeout: r.request_timeout,
+                grpc_failure_codes: r.grpc_failure_codes,
             }));
         }
         // Longest prefix first, host-specific before any-host, then config order.

@@ -21,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::{MeteredBody, Recorder};
+use crate::body::{GrpcJudge, InFlight, MeteredBody, Recorder};
 use crate::config::{Protocol, ValidConfig};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::Backend;
@@ -331,15 +331,18 @@ pub async fn handle(
         }
     }
 
+    let in_flight = InFlight::new(backend.series(decision).clone(), start);
     let upstream = backend
         .client
         .current()
         .request(Request::from_parts(parts, body));
     let result = tokio::time::timeout(route.request_timeout, upstream).await;
     let recorder = Recorder {
-        metrics: backend.metrics.clone(),
+        series: in_flight.answered(),
+        errors: backend.metrics.clone(),
         code: 0,
         start,
+        grpc: None,
     };
     match result {
         Err(_elapsed) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
@@ -359,9 +362,14 @@ pub async fn handle(
             } else {
                 strip_hop_by_hop(resp.headers_mut(), false);
             }
+            let grpc = crate::grpc::is_grpc(resp.headers()).then(|| GrpcJudge {
+                failure_codes: route.grpc_failure_codes,
+                status: crate::grpc::status(resp.headers()),
+            });
             let (parts, body) = resp.into_parts();
             let recorder = Recorder {
                 code: status.as_u16(),
+                grpc,
                 ..recorder
             };
             Response::from_parts(parts, MeteredBody::new(body, Some(recorder)))

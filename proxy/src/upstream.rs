@@ -122,17 +122,6 @@ fn build_client(key: &PoolKey) -> UpstreamClient {
     builder.build(connector)
 }
 
-thread_local! {
-    /// Which serving thread this is: 0 for the caller's runtime, 1.. for the
-    /// dedicated per-core threads.
-    static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Marks the current thread as serving thread `slot` (1-based).
-pub fn set_worker_slot(slot: usize) {
-    WORKER_SLOT.with(|s| s.set(slot));
-}
-
 /// One client per serving thread for a backend, so that each thread's
 /// requests use connections driven by that same thread (no cross-thread
 /// wake-ups on the hot path).
@@ -142,8 +131,7 @@ pub struct BackendClients(Arc<[UpstreamClient]>);
 impl BackendClients {
     /// The client of the current serving thread.
     pub fn current(&self) -> &UpstreamClient {
-        let slot = WORKER_SLOT.with(|s| s.get());
-        &self.0[slot % self.0.len()]
+        &self.0[crate::worker::slot() % self.0.len()]
     }
 }
 

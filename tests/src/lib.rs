@@ -587,9 +587,22 @@ pub fn steady_load(
     std::sync::Arc<sluice_loadtest::LoadControl>,
     tokio::task::JoinHandle<sluice_loadtest::Report>,
 ) {
+    impatient_load(url, rate, Duration::from_secs(10))
+}
+
+/// Like [`steady_load`], with clients that give up after `patience`.
+pub fn impatient_load(
+    url: &str,
+    rate: f64,
+    patience: Duration,
+) -> (
+    std::sync::Arc<sluice_loadtest::LoadControl>,
+    tokio::task::JoinHandle<sluice_loadtest::Report>,
+) {
     let mut options = sluice_loadtest::LoadOptions::new(url).expect("load URL");
-    options.connections = 32;
+    options.connections = 64;
     options.rate = Some(rate);
+    options.timeout = patience;
     options.duration = Some(Duration::from_secs(120));
     options.count_header = Some(http::HeaderName::from_static("x-backend"));
     let control = sluice_loadtest::LoadControl::new();

@@ -47,6 +47,7 @@ fn verdict(outcome: Outcome) -> Analysis {
                 format!("scripted {outcome:?}")
             },
         }],
+        ab: None,
     }
 }
 

@@ -296,6 +296,56 @@ fn slow_by_400ms() -> Faults {
     }
 }
 
+/// A canary that hangs until its callers give up: every one of its requests
+/// is a client cancel (`499`, a failure), so the release rolls back instead
+/// of holding on "no answers" or passing on the stable's traffic.
+async fn hanging_release_is_rolled_back(source: Source) {
+    let s = Setup::new(
+        source,
+        Faults {
+            latency: Latency::Fixed(Duration::from_secs(5)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let (load, report) = impatient_load(
+        &format!("http://{}/", s.proxy.addr),
+        100.0,
+        Duration::from_secs(1),
+    );
+    let (code, events) = Rollout::start(&s.args(&[]))
+        .wait(Duration::from_secs(60))
+        .await;
+    load.stop();
+    let report = report.await.unwrap();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    let last = events.last().unwrap();
+    assert_eq!(last["phase"], "Failed");
+    assert!(
+        last["message"].as_str().unwrap().contains("success-rate"),
+        "{}",
+        last["message"]
+    );
+    assert!(report.errors.get("timeout").copied().unwrap_or(0) > 0);
+    let m = scrape(s.proxy.admin_addr).await;
+    assert!(
+        m.sum(
+            "sluice_requests_total",
+            &[
+                ("backend", "canary"),
+                ("code", "499"),
+                ("classification", "failure")
+            ]
+        ) >= 20.0
+    );
+    assert_eq!(s.route().await["canary_weight"], 0.0);
+}
+
+with_both_providers! {
+    release_that_hangs_until_clients_give_up_is_rolled_back_with_proxy_metrics, release_that_hangs_until_clients_give_up_is_rolled_back_with_prometheus
+        => hanging_release_is_rolled_back();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_stopped_mid_release_never_promotes() {
     let mut s = Setup::new(Source::Prometheus, Faults::default()).await;

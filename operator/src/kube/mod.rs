@@ -77,6 +77,9 @@ pub struct KubeStatus {
     pub step: usize,
     #[serde(default)]
     pub last_checks: Vec<CheckResult>,
+    /// Canary traffic sent by A/B rules in the last window (not judged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ab: Option<crate::analysis::AbTraffic>,
     #[serde(default)]
     pub last_analysis_at: f64,
     #[serde(default)]
@@ -939,6 +942,7 @@ async fn release_tick(
     };
     if let Some(a) = &analysis {
         status.last_checks = a.checks.clone();
+        status.last_ab = a.ab.clone();
     }
     status.machine = Some(t.status.clone());
     save_status(ctx, ns, app, status).await?;

@@ -337,6 +337,7 @@ pub fn proxy_config(
             canary_match: Vec::new(),
             timeouts: Default::default(),
             upstream_tls: None,
+            grpc_failure_codes: None,
         }],
     }
 }

@@ -312,6 +312,11 @@ pub fn detail(r: &Release) -> String {
                 s.revision, s.primary_revision
             );
             let _ = writeln!(out, "  checks    {}", checks_text(s, true));
+            let _ = writeln!(
+                out,
+                "  a/b rule  {}  (canary traffic sent by canary_match rules; not judged)",
+                crate::view::ab_text(s.last_ab.as_ref())
+            );
             let _ = writeln!(out, "  message   {}", s.message);
         }
     }
