@@ -159,8 +159,6 @@ pub enum DemoError {
     Backend(std::io::Error),
     #[error("could not start the demo proxy: {0}")]
     Proxy(#[from] sluice_proxy::StartError),
-    #[error("the release could not be driven: {0}")]
-    Run(#[from] crate::runner::RunError),
 }
 
 /// Runs one scenario end to end.
@@ -207,7 +205,7 @@ pub async fn run_scenario(
     let provider = match &options.prometheus {
         Some(url) => {
             let mut p = PrometheusProvider::new(url, route);
-            p.window_floor = Duration::from_secs(3);
+            p.window_floor = Duration::from_secs(2);
             Provider::Prometheus(p)
         }
         None => Provider::Proxy(ProxyProvider::new(&admin, route)),
@@ -215,7 +213,7 @@ pub async fn run_scenario(
     let router = ProxyAdminRouter::new(&admin, route, &v2.url(), None);
     let driver = Driver::new(route, "v2", options.plan.clone(), router, provider);
     let started = Instant::now();
-    let result = driver.run(&mut on_tick).await;
+    let status = driver.run(&mut on_tick).await;
     let seconds = started.elapsed().as_secs_f64();
     control.stop();
     let report = load_task
@@ -225,7 +223,6 @@ pub async fn run_scenario(
     proxy.shutdown().await;
     v1.stop().await;
     v2.stop().await;
-    let status = result?;
     let canary_requests = report.header_counts.get("v2").copied().unwrap_or(0);
     let canary_failures = report
         .header_status_counts

@@ -16,7 +16,7 @@ use sluice_operator::machine::Phase;
 use sluice_operator::plan::{self, Approval, Plan, QueryCheck, Webhook, WebhookKind};
 use sluice_operator::provider::{PrometheusProvider, Provider, ProxyProvider};
 use sluice_operator::router::{ProxyAdminRouter, RouterError};
-use sluice_operator::runner::Driver;
+use sluice_operator::runner::{Driver, SavedRelease, StateFile, wall_clock};
 use sluice_operator::view::{OutputMode, View};
 
 #[derive(Parser)]
@@ -312,6 +312,40 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         .control_socket
         .clone()
         .unwrap_or_else(|| control::default_socket(&args.route));
+    let state = StateFile::beside(&socket_path);
+    let saved = match state.load() {
+        Ok(s) => s,
+        Err(e) => {
+            return usage(format!(
+                "--control-socket: {e}; remove it to start the release afresh"
+            ));
+        }
+    };
+    let resume = match saved {
+        Some(saved) => match resumable(&saved, &args, &router).await {
+            Ok(()) => {
+                let paused = (wall_clock() - saved.saved_at).max(0.0);
+                eprintln!(
+                    "resuming the release of {} on route `{}` where it was left {:.0}s ago: {} at {}% (state in {})",
+                    saved.revision,
+                    saved.route,
+                    paused,
+                    saved.status.phase.as_str(),
+                    f64::from(saved.status.canary_weight_bp) / 100.0,
+                    state.path.display()
+                );
+                Some((saved.status, paused))
+            }
+            Err(why) => {
+                eprintln!(
+                    "note: not resuming the release saved in {}: {why}; starting afresh",
+                    state.path.display()
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let _socket = match ControlSocket::bind(&socket_path, commands_tx, status_rx).await {
         Ok(s) => s,
         Err(e) => return usage(format!("--control-socket: {e}")),
@@ -319,28 +353,82 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     let mut driver = Driver::new(&args.route, &args.canary, plan, router, provider);
     driver.commands = Some(commands_rx);
     driver.status_out = Some(status_tx);
+    driver.state = Some(state.clone());
+    driver.resume = resume;
     let mut view = View::new(output_mode(args.output));
-    let result = tokio::select! {
-        r = driver.run(|tick| view.show(tick)) => r,
+    let status = tokio::select! {
+        s = driver.run(|tick| view.show(tick)) => s,
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted: the route keeps its current weights; run `sluice rollout` again to continue or set canary_weight 0");
-            return ExitCode::from(1);
+            let saved = state.load().ok().flatten();
+            let at = saved
+                .as_ref()
+                .map(|s| format!(
+                    "{} at {}%",
+                    s.status.phase.as_str(),
+                    f64::from(s.status.canary_weight_bp) / 100.0
+                ))
+                .unwrap_or_else(|| "before its first step".into());
+            eprintln!(
+                "interrupted: the release was {at}, and route `{}` keeps its current weights. Its state is saved in {}. Run the same `sluice rollout` command again to resume from there (the time until then does not count toward the progress deadline); or send all traffic to stable with `PUT {}/routes/{} {{\"canary_weight\": 0}}`.",
+                args.route,
+                state.path.display(),
+                args.admin.trim_end_matches('/'),
+                args.route
+            );
+            return ExitCode::from(130);
         }
     };
-    match result {
-        Ok(status) if status.phase == Phase::Succeeded => {
-            eprintln!("promoted: {}", status.message);
-            ExitCode::SUCCESS
-        }
-        Ok(status) => {
-            eprintln!("{}", status.message);
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+    if status.phase == Phase::Succeeded {
+        eprintln!("promoted: {}", status.message);
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", status.message);
+        ExitCode::from(1)
     }
+}
+
+/// Whether a saved release can be resumed against the route as it is now:
+/// same route and canary, and (unless a routing action is still pending,
+/// which the resumed release re-applies) the route still has the weight the
+/// release had set.
+async fn resumable(
+    saved: &SavedRelease,
+    args: &RolloutArgs,
+    router: &ProxyAdminRouter,
+) -> Result<(), String> {
+    if saved.route != args.route || saved.revision != args.canary {
+        return Err(format!(
+            "it is the release of {} on route `{}`",
+            saved.revision, saved.route
+        ));
+    }
+    if saved.status.phase.is_terminal() && saved.status.unconfirmed.is_none() {
+        return Err(format!(
+            "that release already ended ({})",
+            saved.status.phase.as_str()
+        ));
+    }
+    if saved.status.unconfirmed.is_some() {
+        return Ok(());
+    }
+    let route = router
+        .current()
+        .await
+        .map_err(|e| format!("cannot read the route: {e}"))?;
+    let weight = route["canary_weight"].as_f64().unwrap_or(0.0);
+    let expected = f64::from(saved.status.canary_weight_bp) / 100.0;
+    if route["canary"].as_str() != Some(args.canary.as_str()) && saved.status.canary_weight_bp > 0 {
+        return Err(format!(
+            "the route's canary is now {}, not {}",
+            route["canary"], args.canary
+        ));
+    }
+    if (weight - expected).abs() > 1e-9 {
+        return Err(format!(
+            "the route's canary weight is now {weight}%, not the {expected}% the release had set"
+        ));
+    }
+    Ok(())
 }
 
 async fn control_request(args: ControlArgs, what: &str) -> ExitCode {
@@ -377,6 +465,12 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         prometheus: args.prometheus.clone(),
         ..DemoOptions::default()
     };
+    if options.prometheus.is_some() {
+        // Each tick judges its own window of Prometheus samples, and rate()
+        // needs two scrapes in it: two-second ticks with a 1 s scrape.
+        options.plan.interval = Duration::from_secs(2);
+        options.plan.progress_deadline = Duration::from_secs(16);
+    }
     if let Some(addr) = args.admin_listen {
         options.admin_listen = addr;
     } else if options.prometheus.is_some() {

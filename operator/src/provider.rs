@@ -5,8 +5,12 @@
 //!   scrape, so a tick sees exactly the requests since the last one, seconds
 //!   after they happened, with no Prometheus.
 //! - [`PrometheusProvider`] runs instant PromQL queries over the proxy's
-//!   series: `window` is `max(interval, window_floor)` so `rate()` always has
-//!   enough scrapes to work with.
+//!   series. Consecutive ticks judge consecutive windows that never overlap
+//!   (each failure is counted once): a tick's window runs from the end of
+//!   the last judged window (or the last weight change) to now, and every
+//!   query is evaluated at that instant. A window shorter than
+//!   `window_floor` (too few scrapes for `rate()`) is not judged yet: the
+//!   tick is Inconclusive and the next one judges the longer window.
 //! - [`Provider::Scripted`] asks a function for each tick's analysis (for tests
 //!   of the drivers, where the real providers are not the subject).
 //!
@@ -40,8 +44,10 @@ impl Provider {
 
     /// Starts a fresh measurement window (after the weight changed).
     pub async fn reset(&mut self) {
-        if let Provider::Proxy(p) = self {
-            p.reset().await;
+        match self {
+            Provider::Proxy(p) => p.reset().await,
+            Provider::Prometheus(p) => p.reset(),
+            Provider::Scripted(_) => {}
         }
     }
 
@@ -253,6 +259,8 @@ pub struct PrometheusProvider {
     route: String,
     /// The smallest range used in `rate()`/`increase()`.
     pub window_floor: Duration,
+    /// Wall-clock end of the last judged window (or of the last reset).
+    last_end: Option<f64>,
 }
 
 impl PrometheusProvider {
@@ -262,12 +270,13 @@ impl PrometheusProvider {
             base: base.trim_end_matches('/').to_string(),
             route: route.to_string(),
             window_floor: Duration::from_secs(30),
+            last_end: None,
         }
     }
 
-    fn window(&self, plan: &Plan) -> String {
-        let w = plan.interval.max(self.window_floor);
-        format!("{}s", w.as_secs().max(1))
+    /// The next window starts now.
+    pub fn reset(&mut self) {
+        self.last_end = Some(crate::runner::wall_clock());
     }
 
     /// Fills `{{route}}`, `{{backend}}` and `{{interval}}`.
@@ -278,13 +287,21 @@ impl PrometheusProvider {
             .replace("{{interval}}", window)
     }
 
-    /// One instant query; Err says why there is no usable number.
+    /// One instant query, now; Err says why there is no usable number.
     pub async fn query(&self, promql: &str) -> Result<f64, String> {
-        let url = format!(
+        self.query_at(promql, None).await
+    }
+
+    /// One instant query evaluated at `at` (Unix seconds) when given.
+    pub async fn query_at(&self, promql: &str, at: Option<f64>) -> Result<f64, String> {
+        let mut url = format!(
             "{}/api/v1/query?query={}",
             self.base,
             encode_query_value(promql)
         );
+        if let Some(t) = at {
+            url.push_str(&format!("&time={t:.3}"));
+        }
         let answer = self
             .client
             .get(&url, Duration::from_secs(5))
@@ -335,40 +352,58 @@ impl PrometheusProvider {
     }
 
     pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
-        let w = self.window(plan);
+        let now = crate::runner::wall_clock();
+        let floor = self.window_floor.as_secs_f64();
+        let start = self
+            .last_end
+            .unwrap_or(now - plan.interval.as_secs_f64().max(floor));
+        let span = now - start;
+        if span + 0.05 < floor {
+            return all_inconclusive(
+                plan,
+                &format!(
+                    "this window has {span:.1}s of the {floor}s Prometheus needs (--prometheus-window); it is judged with the next tick"
+                ),
+            );
+        }
+        let w = format!("{}ms", (span * 1000.0).round() as u64);
+        let at = Some(now);
         let selector = format!(
             "route=\"{}\",backend=\"canary\",decision=\"weight\"",
             self.route
         );
         let requests = self
-            .query(&format!(
-                "sum(increase(sluice_requests_total{{{selector}}}[{w}]))"
-            ))
+            .query_at(
+                &format!("sum(increase(sluice_requests_total{{{selector}}}[{w}]))"),
+                at,
+            )
             .await;
         if let Err(reason) = &requests
             && reason.starts_with("prometheus unreachable")
         {
+            // Not judged: the next tick judges this window too.
             return all_inconclusive(plan, reason);
         }
+        self.last_end = Some(now);
         let success = self
-            .query(&format!(
+            .query_at(&format!(
                 "100 * (sum(rate(sluice_requests_total{{{selector},classification=\"success\"}}[{w}])) or vector(0)) / sum(rate(sluice_requests_total{{{selector}}}[{w}]))"
-            ))
+            ), at)
             .await;
         let mut latencies = Vec::new();
         for check in &plan.latency {
             latencies.push(
-                self.query(&format!(
+                self.query_at(&format!(
                     "histogram_quantile({}, sum by (le) (rate(sluice_request_duration_seconds_bucket{{{selector}}}[{w}])))",
                     check.quantile
-                ))
+                ), at)
                 .await
                 .map(LatencyReading::from),
             );
         }
         let mut queries = Vec::new();
         for check in &plan.queries {
-            queries.push(self.query(&self.render(&check.query, &w)).await);
+            queries.push(self.query_at(&self.render(&check.query, &w), at).await);
         }
         // No canary series at all means no canary request was ever counted.
         let canary_requests = match requests {

@@ -43,6 +43,12 @@ pub trait Router {
     fn ready(&self) -> impl Future<Output = bool> + Send;
 }
 
+fn has_rules(route: &serde_json::Value) -> bool {
+    route["canary_match"]
+        .as_array()
+        .is_some_and(|rules| !rules.is_empty())
+}
+
 /// Drives one route of a `sluice-proxy` through `PUT /routes/{name}`.
 #[derive(Clone)]
 pub struct ProxyAdminRouter {
@@ -123,13 +129,31 @@ impl Router for ProxyAdminRouter {
         self.put(json!({ "stable": self.canary_url })).await
     }
 
+    /// Without A/B rules the canary is removed. A route with rules keeps
+    /// them, and its canary slot keeps pointing at the promoted revision,
+    /// which is now the stable: matching requests reach the stable until the
+    /// next release points the slot at its canary.
     async fn finalise(&self) -> Result<(), RouterError> {
-        self.put(json!({ "canary_weight": 0, "canary": null }))
-            .await
+        if has_rules(&self.current().await?) {
+            self.put(json!({ "canary_weight": 0 })).await
+        } else {
+            self.put(json!({ "canary_weight": 0, "canary": null }))
+                .await
+        }
     }
 
+    /// Weight 0. A route with A/B rules also points its canary slot at the
+    /// stable, so requests matching a rule stop reaching the rolled-back
+    /// canary too; the rules stay for the next release.
     async fn rollback(&self) -> Result<(), RouterError> {
-        self.put(json!({ "canary_weight": 0 })).await
+        let route = self.current().await?;
+        if has_rules(&route) {
+            let stable = route["stable"].clone();
+            self.put(json!({ "canary_weight": 0, "canary": stable }))
+                .await
+        } else {
+            self.put(json!({ "canary_weight": 0 })).await
+        }
     }
 
     /// The canary accepts TCP connections.

@@ -1,20 +1,32 @@
 //! The driver loop around the state machine for one release: wait for the
 //! next tick, gather the observation (analysis, webhooks, readiness, a
-//! human's command), step the machine, carry out its actions.
+//! human's command), step the machine, persist the decision, carry out its
+//! actions, and confirm them.
 //!
-//! A transition is only kept once all its actions succeeded: if the router
-//! cannot apply a weight, the status stays where it was and the tick is
-//! retried shortly, so the recorded state never runs ahead of the traffic.
+//! Decisions are never lost: the status is saved (when a state file is set)
+//! *before* its actions run, with the routing action marked unconfirmed; the
+//! machine re-issues that action on every tick until the router has applied
+//! it. A rollback whose router call fails is retried until it lands, with a
+//! growing pause (up to 5 s) between tries, and no tick can advance the
+//! weight meanwhile.
+//!
+//! `sluice rollout` keeps its state in a file next to its control socket, so
+//! a rerun of the same command after an interruption resumes the release at
+//! the step it had reached, with the time it was not running left out of the
+//! progress deadline.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::analysis::{AbTraffic, CheckResult, Outcome};
 use crate::http::HttpClient;
-use crate::machine::{Action, Command, Gates, Level, NextTick, Observation, Phase, Status, step};
+use crate::machine::{
+    Action, Command, Gates, Level, NextTick, Observation, Phase, Status, confirm, step,
+};
 use crate::plan::{Plan, WebhookKind};
 use crate::provider::Provider;
 use crate::router::{Router, RouterError};
@@ -42,21 +54,23 @@ pub struct TickReport {
     /// Canary traffic sent by A/B rules in the window: shown apart, not judged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ab: Option<AbTraffic>,
+    /// A routing action decided but not yet applied (the router failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<String>,
     pub message: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("could not apply `{action}` for {for_secs:.0}s: {source}")]
-    Router {
-        action: String,
-        for_secs: f64,
-        #[source]
-        source: RouterError,
-    },
+/// Seconds since the Unix epoch: statuses outlive the process.
+pub fn wall_clock() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// Runs the webhooks the current phase needs and reports them as gates.
+/// Rollback webhooks are polled on every tick of a release that has not
+/// started promoting, as Flagger does.
 pub async fn collect_gates(
     http: &HttpClient,
     plan: &Plan,
@@ -75,6 +89,11 @@ pub async fn collect_gates(
         gates.rollout = run_gate(http, plan, WebhookKind::Rollout, payload)
             .await
             .map(|g| g.0);
+    }
+    if matches!(
+        phase,
+        Some(Phase::Initialized | Phase::Progressing | Phase::WaitingPromotion)
+    ) {
         gates.rollback_requested = rollback_requested(http, plan, payload).await;
     }
     if phase == Some(Phase::WaitingPromotion) || (analysing && at_last_step) {
@@ -84,6 +103,62 @@ pub async fn collect_gates(
     }
     gates
 }
+
+// === impl StateFile ===
+
+/// What `sluice rollout` saves so that a rerun resumes the release.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedRelease {
+    pub route: String,
+    /// The canary URL: the release's revision.
+    pub revision: String,
+    /// Wall-clock seconds of the save.
+    pub saved_at: f64,
+    pub status: Status,
+}
+
+/// A JSON file holding a [`SavedRelease`], replaced atomically on each save.
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    pub path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file that goes with a control socket: `<socket>.state.json`.
+    pub fn beside(socket: &Path) -> Self {
+        let mut name = socket.file_name().unwrap_or_default().to_os_string();
+        name.push(".state.json");
+        Self {
+            path: socket.with_file_name(name),
+        }
+    }
+
+    /// The saved release, if there is a readable one.
+    pub fn load(&self) -> Result<Option<SavedRelease>, String> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{} is not a saved release: {e}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
+        }
+    }
+
+    pub fn save(&self, saved: &SavedRelease) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(saved).expect("status serializes"),
+        )?;
+        std::fs::rename(&tmp, &self.path)
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+// === impl Driver ===
 
 /// Everything one release needs.
 pub struct Driver<R: Router> {
@@ -98,6 +173,10 @@ pub struct Driver<R: Router> {
     pub status_out: Option<watch::Sender<Option<Status>>>,
     /// Delay of a `NextTick::Soon` poll.
     pub poll: Duration,
+    /// Where the status is saved after every tick (`sluice rollout`).
+    pub state: Option<StateFile>,
+    /// A release to resume, and how long no driver ran it.
+    pub resume: Option<(Status, f64)>,
 }
 
 impl<R: Router> Driver<R> {
@@ -111,41 +190,75 @@ impl<R: Router> Driver<R> {
             commands: None,
             status_out: None,
             poll: Duration::from_millis(250),
+            state: None,
+            resume: None,
         }
     }
 
-    /// Runs the release to its end (Succeeded or Failed).
-    pub async fn run(mut self, mut report: impl FnMut(&TickReport)) -> Result<Status, RunError> {
-        let clock = Instant::now();
+    fn save(&self, status: &Status) {
+        let Some(state) = &self.state else { return };
+        let saved = SavedRelease {
+            route: self.name.clone(),
+            revision: self.revision.clone(),
+            saved_at: wall_clock(),
+            status: status.clone(),
+        };
+        if let Err(e) = state.save(&saved) {
+            tracing::warn!(file = %state.path.display(), error = %e, "could not save the release state");
+        }
+    }
+
+    fn payload(&self, status: Option<&Status>) -> WebhookPayload {
+        WebhookPayload {
+            name: self.name.clone(),
+            namespace: None,
+            kind: "",
+            phase: status.map(|s| s.phase.as_str()).unwrap_or("Initializing"),
+            canary_weight: status
+                .map(|s| f64::from(s.canary_weight_bp) / 100.0)
+                .unwrap_or(0.0),
+            revision: self.revision.clone(),
+        }
+    }
+
+    /// Runs the release to its end (Succeeded or Failed, with its routing
+    /// applied) and returns the final status.
+    pub async fn run(mut self, mut report: impl FnMut(&TickReport)) -> Status {
+        let started = Instant::now();
         let http = HttpClient::default();
-        let mut status: Option<Status> = None;
+        let (mut status, mut paused_for) = match self.resume.take() {
+            Some((s, paused)) => (Some(s), paused),
+            None => (None, 0.0),
+        };
+        if status.as_ref().is_some_and(|s| s.phase.analyses()) {
+            // A resumed release measures from now, not from before the pause.
+            self.provider.reset().await;
+        }
         let mut next = NextTick::Now;
-        let mut failing_since: Option<Instant> = None;
+        let mut failures_in_a_row = 0u32;
         loop {
             let wait = match next {
                 NextTick::Now => Duration::ZERO,
-                NextTick::Soon => self.poll,
+                NextTick::Soon => self.poll * 2u32.saturating_pow(failures_in_a_row.min(5)),
                 NextTick::Interval => self.plan.interval,
                 NextTick::Idle => {
-                    return Ok(status.expect("a release has a status once started"));
+                    if status.as_ref().is_some_and(|s| s.unconfirmed.is_none()) {
+                        if let Some(state) = &self.state {
+                            state.remove();
+                        }
+                        return status.expect("checked above");
+                    }
+                    self.poll
                 }
             };
+            let wait = wait.min(Duration::from_secs(5).max(self.plan.interval));
             let (command, full_interval) = self.wait(wait).await;
             let full_interval = full_interval && next == NextTick::Interval;
             let phase = status.as_ref().map(|s| s.phase);
-            let now = clock.elapsed().as_secs_f64();
-            let payload = WebhookPayload {
-                name: self.name.clone(),
-                namespace: None,
-                kind: "",
-                phase: phase.map(Phase::as_str).unwrap_or("Initializing"),
-                canary_weight: status
-                    .as_ref()
-                    .map(|s| f64::from(s.canary_weight_bp) / 100.0)
-                    .unwrap_or(0.0),
-                revision: self.revision.clone(),
-            };
-            let analysing = phase.is_some_and(Phase::analyses) && full_interval;
+            let now = wall_clock();
+            let payload = self.payload(status.as_ref());
+            let pending = status.as_ref().is_some_and(|s| s.unconfirmed.is_some());
+            let analysing = phase.is_some_and(Phase::analyses) && full_interval && !pending;
             let analysis = if analysing {
                 Some(self.provider.analyse(&self.plan).await)
             } else {
@@ -167,37 +280,41 @@ impl<R: Router> Driver<R> {
                 analysis: analysis.clone(),
                 gates,
                 command,
+                paused_for: std::mem::take(&mut paused_for),
             };
-            let t = step(&self.plan, status.as_ref(), &obs);
+            let mut t = step(&self.plan, status.as_ref(), &obs);
+            // The decision is recorded before anything is carried out.
+            self.save(&t.status);
+            let after = self.payload(Some(&t.status));
             let mut message = t.status.message.clone();
-            match self.apply(&t.actions, &http, &payload).await {
+            match self.apply(&t.actions, &http, &after).await {
                 Ok(events) => {
-                    failing_since = None;
+                    failures_in_a_row = 0;
+                    if t.status.unconfirmed.is_some() {
+                        confirm(&mut t.status);
+                        self.save(&t.status);
+                    }
                     if !events.is_empty() {
                         message = events.join("; ");
                     }
-                    status = Some(t.status.clone());
                     next = t.next;
                 }
                 Err((action, e)) => {
-                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    failures_in_a_row += 1;
                     tracing::warn!(release = %self.name, %action, error = %e, "could not apply; retrying");
-                    if since.elapsed() > self.plan.progress_deadline {
-                        return Err(RunError::Router {
-                            action,
-                            for_secs: since.elapsed().as_secs_f64(),
-                            source: e,
-                        });
-                    }
-                    message = format!("could not apply {action}: {e}; retrying");
+                    message = format!(
+                        "could not apply {action}: {e}; retrying (the decision stands: {})",
+                        t.status.message
+                    );
                     next = NextTick::Soon;
                 }
             }
+            status = Some(t.status);
             if let Some(out) = &self.status_out {
                 let _ = out.send(status.clone());
             }
             if let Some(s) = &status {
-                report(&self.tick_report(s, analysis.as_ref(), message, clock));
+                report(&self.tick_report(s, analysis.as_ref(), message, started));
             }
         }
     }
@@ -226,6 +343,8 @@ impl<R: Router> Driver<R> {
         }
     }
 
+    /// Carries out the actions in order; stops at the first routing action
+    /// the router refuses.
     async fn apply(
         &mut self,
         actions: &[Action],
@@ -249,9 +368,10 @@ impl<R: Router> Driver<R> {
                     Ok(())
                 }
                 Action::Event(level, text) => {
-                    // The view shows events; logs keep them at info for operators.
-                    let warning = *level == Level::Warning;
-                    tracing::info!(release = %self.name, warning, "{text}");
+                    match level {
+                        Level::Warning => tracing::warn!(release = %self.name, "{text}"),
+                        Level::Normal => tracing::info!(release = %self.name, "{text}"),
+                    }
                     events.push(text.clone());
                     Ok(())
                 }
@@ -271,7 +391,7 @@ impl<R: Router> Driver<R> {
         s: &Status,
         analysis: Option<&crate::analysis::Analysis>,
         message: String,
-        clock: Instant,
+        started: Instant,
     ) -> TickReport {
         let latency = analysis
             .map(|a| {
@@ -283,7 +403,7 @@ impl<R: Router> Driver<R> {
             })
             .unwrap_or_default();
         TickReport {
-            elapsed_secs: clock.elapsed().as_secs_f64(),
+            elapsed_secs: started.elapsed().as_secs_f64(),
             release: self.name.clone(),
             revision: s.revision.clone(),
             phase: s.phase,
@@ -302,6 +422,7 @@ impl<R: Router> Driver<R> {
             verdict: analysis.map(|a| a.verdict()),
             checks: analysis.map(|a| a.checks.clone()).unwrap_or_default(),
             ab: analysis.and_then(|a| a.ab.clone()),
+            unconfirmed: s.unconfirmed.as_ref().map(|a| format!("{a:?}")),
             message,
         }
     }

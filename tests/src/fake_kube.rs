@@ -45,6 +45,8 @@ struct Store {
     history: Vec<WatchEvent>,
     /// Every write request, for tests that assert what was (not) changed.
     writes: Vec<(String, String)>,
+    /// Writes to refuse: (plural, name) -> how many more to refuse with 500.
+    failing_writes: BTreeMap<(String, String), u32>,
 }
 
 /// A running fake API server.
@@ -418,6 +420,17 @@ impl FakeKube {
             .collect()
     }
 
+    /// The next `times` writes (create, replace, patch, delete) to the named
+    /// object are refused with `500 InternalError`, as an API server whose
+    /// etcd times out does. (Not 503: kube's client retries those itself.)
+    pub fn fail_writes(&self, plural: &str, name: &str, times: u32) {
+        self.store
+            .lock()
+            .expect("store")
+            .failing_writes
+            .insert((plural.to_string(), name.to_string()), times);
+    }
+
     /// Every write so far: (method, path).
     pub fn writes(&self) -> Vec<(String, String)> {
         self.store.lock().expect("store").writes.clone()
@@ -623,11 +636,24 @@ impl FakeKube {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if method != Method::GET {
-            self.store
-                .lock()
-                .expect("store")
-                .writes
-                .push((method.to_string(), path.clone()));
+            let mut store = self.store.lock().expect("store");
+            store.writes.push((method.to_string(), path.clone()));
+            let name = target.name.clone().unwrap_or_default();
+            if let Some(left) = store
+                .failing_writes
+                .get_mut(&(target.kind.1.clone(), name.clone()))
+                && *left > 0
+            {
+                *left -= 1;
+                return status_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!(
+                        "Internal error occurred: etcdserver: request timed out ({} {name})",
+                        target.kind.1
+                    ),
+                );
+            }
         }
         let ns = target.namespace.clone().unwrap_or_default();
         match (&method, &target.name) {

@@ -529,6 +529,8 @@ pub fn which(program: &str) -> Option<PathBuf> {
 pub struct Rollout {
     pub child: Child,
     pub events: std::sync::mpsc::Receiver<serde_json::Value>,
+    /// The thread forwarding stdout lines; it ends at the child's EOF.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Rollout {
@@ -543,7 +545,7 @@ impl Rollout {
             .expect("spawn sluice rollout");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, events) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str(&line)
                     && tx.send(v).is_err()
@@ -552,14 +554,22 @@ impl Rollout {
                 }
             }
         });
-        Self { child, events }
+        Self {
+            child,
+            events,
+            reader: Some(reader),
+        }
     }
 
-    /// Waits for the exit code; gives up after `limit`.
+    /// Waits for the exit code; gives up after `limit`. The events returned
+    /// are every line the child printed: the reader thread has reached EOF.
     pub async fn wait(mut self, limit: Duration) -> (i32, Vec<serde_json::Value>) {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for sluice rollout") {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("the stdout reader thread");
+                }
                 let events: Vec<_> = self.events.try_iter().collect();
                 return (status.code().unwrap_or(-1), events);
             }

@@ -96,12 +96,18 @@ async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
         },
     )
     .await;
-    let text = get(&format!("http://{metrics}/metrics")).await.unwrap().2;
-    let text = String::from_utf8_lossy(&text);
-    assert!(
-        text.contains("sluice_canary_phase{namespace=\"shop\",name=\"app\"} 1"),
-        "{text}"
-    );
+    // The status (and its metric) is saved right after the Service switch.
+    eventually(
+        "the phase metric to show Initialized",
+        Duration::from_secs(5),
+        || async {
+            let text = get(&format!("http://{metrics}/metrics")).await.ok()?.2;
+            String::from_utf8_lossy(&text)
+                .contains("sluice_canary_phase{namespace=\"shop\",name=\"app\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -682,3 +682,142 @@ async fn manual_approval_holds_until_the_approve_command() {
         "the command is consumed"
     );
 }
+
+fn machine_unconfirmed(w: &World) -> Option<String> {
+    w.status()
+        .machine
+        .and_then(|m| m.unconfirmed)
+        .map(|a| format!("{a:?}"))
+}
+
+#[tokio::test]
+async fn a_rollback_decided_while_the_api_refuses_writes_is_kept_and_applied_once_it_accepts() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:bad");
+    w.until("Progressing", 10).await;
+    assert_eq!(w.weight(), 20.0);
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail]);
+    w.advance(10);
+    w.tick().await;
+    // The tick that decides the rollback finds the API refusing the proxy's
+    // ConfigMap three times.
+    w.fake.fail_writes("configmaps", "app-sluice", 3);
+    w.advance(10);
+    w.tick().await;
+    assert_eq!(w.status().phase, "Failed", "{}", w.status().message);
+    assert_eq!(machine_unconfirmed(&w).as_deref(), Some("Rollback"));
+    assert_eq!(w.weight(), 20.0, "not applied yet");
+    assert!(w.status().message.contains("could not apply Rollback"));
+    // Later ticks would pass (the script runs out), yet nothing advances:
+    // they re-apply the rollback until it lands.
+    for _ in 0..5 {
+        w.advance(10);
+        w.tick().await;
+        assert!(
+            w.weight() <= 20.0,
+            "weight went up after the rollback decision"
+        );
+        assert_eq!(w.status().phase, "Failed");
+    }
+    assert_eq!(w.weight(), 0.0);
+    assert_eq!(machine_unconfirmed(&w), None);
+    assert_eq!(w.replicas("app"), 0, "the canary is scaled down");
+}
+
+#[tokio::test]
+async fn an_abort_is_not_lost_when_the_api_refuses_its_rollback() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app-primary",
+        json!({"metadata": {"annotations": {"sluice.dev/command": "abort"}}}),
+    );
+    w.fake.fail_writes("configmaps", "app-sluice", 2);
+    w.tick().await;
+    assert_eq!(w.status().phase, "Failed");
+    assert!(
+        w.deployment("app-primary")["metadata"]["annotations"]
+            .get("sluice.dev/command")
+            .is_none(),
+        "the command is consumed once its decision is on record"
+    );
+    assert_eq!(w.weight(), 20.0);
+    for _ in 0..3 {
+        w.tick().await;
+    }
+    assert_eq!(w.weight(), 0.0);
+    assert_eq!(machine_unconfirmed(&w), None);
+}
+
+#[tokio::test]
+async fn operator_downtime_does_not_count_toward_the_progress_deadline() {
+    let mut w = World::new(json!({"sluice.dev/progress-deadline": "30s"}))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    // The operator is gone for ten minutes; a new process takes over.
+    w.advance(600);
+    w.ctx = context(&w.fake, &w.clock, &w.script);
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Inconclusive, Outcome::Inconclusive]);
+    w.tick().await;
+    assert_eq!(w.status().phase, "Progressing", "{}", w.status().message);
+    w.advance(10);
+    w.tick().await;
+    assert_eq!(w.status().phase, "Progressing", "{}", w.status().message);
+    // The deadline still holds for the release's own time.
+    w.script.lock().unwrap().extend([
+        Outcome::Inconclusive,
+        Outcome::Inconclusive,
+        Outcome::Inconclusive,
+    ]);
+    w.until("Failed", 10).await;
+    assert!(w.status().message.contains("no conclusive analysis"));
+}
+
+#[tokio::test]
+async fn a_new_revision_during_promotion_is_queued_and_released_after_it() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    // Walk to promotion without letting app-primary finish its rollout.
+    for _ in 0..10 {
+        if w.status().phase == "Promoting" {
+            break;
+        }
+        w.fake.make_ready(NS, "app");
+        w.advance(10);
+        w.tick().await;
+    }
+    assert_eq!(w.status().phase, "Promoting");
+    w.set_image("app:3");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Promoting");
+    assert!(
+        w.status().message.contains("queued"),
+        "{}",
+        w.status().message
+    );
+    w.fake.make_ready(NS, "app-primary");
+    w.until("Succeeded", 5).await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2",
+        "the promotion finished with the revision it started with"
+    );
+    w.tick().await;
+    w.tick().await;
+    assert_eq!(w.status().phase, "Initializing", "{}", w.status().message);
+    assert_ne!(w.status().revision, w.status().primary_revision);
+}

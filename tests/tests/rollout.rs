@@ -94,7 +94,7 @@ impl Setup {
                 "--prometheus".to_string(),
                 p.url.clone(),
                 "--prometheus-window".into(),
-                "3s".into(),
+                "2s".into(),
             ]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -174,7 +174,12 @@ async fn healthy_release_is_promoted(source: Source) {
     assert!(s.stable.stats().requests > 0);
 }
 
-async fn failing_release_is_rolled_back(source: Source, faults: Faults, reason: &str) {
+async fn failing_release_is_rolled_back(
+    source: Source,
+    faults: Faults,
+    reason: &str,
+    max_failures: u64,
+) {
     let s = Setup::new(source, faults).await;
     let (load, report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
     let (code, events) = Rollout::start(&s.args(&[]))
@@ -209,9 +214,9 @@ async fn failing_release_is_rolled_back(source: Source, faults: Faults, reason: 
         .map(|m| m.iter().filter(|(c, _)| **c >= 500).map(|(_, n)| n).sum())
         .unwrap_or(0);
     assert_eq!(stable_failures, 0);
-    // The blast radius stays inside the first step.
+    // The blast radius stays inside the first steps.
     assert!(
-        canary_failures < 100,
+        canary_failures < max_failures,
         "{canary_failures} failed user requests before rollback"
     );
     // Traffic is back on stable.
@@ -272,9 +277,11 @@ with_both_providers! {
     healthy_release_is_promoted_with_proxy_metrics, healthy_release_is_promoted_with_prometheus
         => healthy_release_is_promoted();
     release_with_ten_percent_errors_is_rolled_back_with_proxy_metrics, release_with_ten_percent_errors_is_rolled_back_with_prometheus
-        => failing_release_is_rolled_back(ten_percent_errors(), "success-rate");
+        => failing_release_is_rolled_back(ten_percent_errors(), "success-rate", 100);
     release_400ms_slower_is_rolled_back_with_proxy_metrics, release_400ms_slower_is_rolled_back_with_prometheus
-        => failing_release_is_rolled_back(slow_by_400ms(), "p99");
+        => failing_release_is_rolled_back(slow_by_400ms(), "p99", 100);
+    release_failing_every_request_is_rolled_back_with_proxy_metrics, release_failing_every_request_is_rolled_back_with_prometheus
+        => failing_release_is_rolled_back(all_errors(), "success-rate: 0.00%", 600);
     release_without_traffic_is_never_promoted_with_proxy_metrics, release_without_traffic_is_never_promoted_with_prometheus
         => silent_release_is_never_promoted();
     confirm_promotion_webhook_answering_500_holds_with_proxy_metrics, confirm_promotion_webhook_answering_500_holds_with_prometheus
@@ -285,6 +292,16 @@ fn ten_percent_errors() -> Faults {
     Faults {
         error_rate: 0.10,
         error_status: 500,
+        ..Faults::default()
+    }
+}
+
+/// No request succeeds: PromQL's success numerator is an empty vector, which
+/// must read as 0%, not as "no data".
+fn all_errors() -> Faults {
+    Faults {
+        error_rate: 1.0,
+        error_status: 503,
         ..Faults::default()
     }
 }

@@ -86,6 +86,13 @@ pub struct KubeStatus {
     pub release_started_at: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machine: Option<machine::Status>,
+    /// When the operator last ticked this release (wall clock): a longer
+    /// gap at its next tick is operator downtime, not held against the release.
+    #[serde(default)]
+    pub last_tick_at: f64,
+    /// The pod template being promoted, recorded when promotion was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoting_template: Option<Value>,
 }
 
 impl KubeStatus {
@@ -108,6 +115,8 @@ pub struct Context {
     pub proxy_image: String,
     pub metrics: Arc<metrics::OperatorMetrics>,
     pub providers: Mutex<HashMap<String, Provider>>,
+    /// Releases this process has ticked at least once (`ns/app`).
+    pub resumed: Mutex<std::collections::HashSet<String>>,
     pub make_provider: ProviderFactory,
     pub http: HttpClient,
     /// Seconds on a wall clock (statuses outlive the process).
@@ -135,6 +144,7 @@ impl Context {
             proxy_image,
             metrics: metrics::OperatorMetrics::new(),
             providers: Mutex::new(HashMap::new()),
+            resumed: Mutex::new(std::collections::HashSet::new()),
             make_provider: Arc::new(move |settings, ns, app| {
                 default_provider(settings, ns, app, prom.as_deref())
             }),
@@ -736,7 +746,96 @@ fn take_command(primary: &Deployment) -> Option<String> {
     primary.annotations().get(annotations::COMMAND).cloned()
 }
 
+/// Puts a release's metric provider back into the context when dropped, so
+/// an early return (an API error) never loses its baseline.
+struct Borrowed<'a> {
+    ctx: &'a Context,
+    key: String,
+    provider: Option<Provider>,
+}
+
+impl Borrowed<'_> {
+    fn get(&mut self) -> &mut Provider {
+        self.provider.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            self.ctx
+                .providers
+                .lock()
+                .expect("providers lock")
+                .insert(self.key.clone(), p);
+        }
+    }
+}
+
+/// Carries out one routing action of the machine on the cluster.
+#[allow(clippy::too_many_arguments)]
+async fn apply_routing(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    primary: &Deployment,
+    port: i32,
+    owner: &Value,
+    status: &KubeStatus,
+    action: &MachineAction,
+) -> Result<(), Error> {
+    match action {
+        MachineAction::Initialize => {
+            let replicas = primary
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1)
+                .max(1);
+            scale(ctx, ns, app, i64::from(replicas)).await?;
+            set_weight(ctx, ns, app, port, 0, owner).await
+        }
+        MachineAction::SetWeight(bp) => set_weight(ctx, ns, app, port, *bp, owner).await,
+        MachineAction::Promote => {
+            // The template recorded when promotion was decided: a revision
+            // arriving meanwhile is queued, never promoted in its place.
+            let source = status
+                .promoting_template
+                .clone()
+                .unwrap_or_else(|| dv["spec"]["template"].clone());
+            copy_configs(ctx, ns, app, &source, owner).await?;
+            let template = primary_template(&source, &selector_of(dv));
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let mut p = to_value(&deployments.get(&primary_name(app)).await?)?;
+            if canonical_json(&p["spec"]["template"]) != canonical_json(&template) {
+                p["spec"]["template"] = template;
+                deployments
+                    .replace(
+                        &primary_name(app),
+                        &PostParams::default(),
+                        &serde_json::from_value(p)?,
+                    )
+                    .await?;
+            }
+            Ok(())
+        }
+        MachineAction::Finalise | MachineAction::Rollback => {
+            set_weight(ctx, ns, app, port, 0, owner).await?;
+            scale(ctx, ns, app, 0).await
+        }
+        MachineAction::Notify(_) | MachineAction::Event(..) => Ok(()),
+    }
+}
+
 /// One step of a release (or nothing, when there is nothing to release).
+///
+/// Order, so that no decision is lost: read the command annotation, step
+/// the machine, save the status (the decision, with its routing action
+/// marked unconfirmed), only then clear the command annotation, then carry
+/// out the actions and save again once the routing action is confirmed. A
+/// failed API call leaves the decision in the status; the next reconcile
+/// re-issues it.
 #[allow(clippy::too_many_arguments)]
 async fn release_tick(
     ctx: &Context,
@@ -753,39 +852,45 @@ async fn release_tick(
     let plan = &settings.plan;
     let key = format!("{ns}/{app}");
     let owner = owner_reference(dv);
-    let mut command = None;
-    if let Some(c) = take_command(primary) {
-        merge_patch::<Deployment>(
-            &ctx.client,
-            ns,
-            &primary_name(app),
-            json!({"metadata": {"annotations": {annotations::COMMAND: null}}}),
-        )
-        .await?;
-        match c.as_str() {
-            "approve" => command = Some(Command::Approve),
-            "abort" => command = Some(Command::Abort),
-            "promote-full" => command = Some(Command::PromoteNow),
-            "retry" => {
-                status.failed_revision = None;
-                if status
-                    .machine
-                    .as_ref()
-                    .is_some_and(|m| m.phase == Phase::Failed)
-                {
-                    status.machine = None;
-                }
-                status.message = "retry requested".into();
-                save_status(ctx, ns, app, status).await?;
-            }
-            other => tracing::warn!(%other, "unknown command annotation ignored"),
+    let raw_command = take_command(primary);
+    let command = match raw_command.as_deref() {
+        None => None,
+        Some("approve") => Some(Command::Approve),
+        Some("abort") => Some(Command::Abort),
+        Some("promote-full") => Some(Command::PromoteNow),
+        Some("retry") => {
+            status.failed_revision = None;
+            Some(Command::Retry)
         }
-    }
-    let active = status
+        Some(other) => {
+            publish(
+                ctx,
+                d,
+                EventType::Warning,
+                "UnknownCommand",
+                format!(
+                    "annotation {}: `{other}` is not a command; use approve, promote-full, abort or retry",
+                    annotations::COMMAND
+                ),
+            )
+            .await;
+            None
+        }
+    };
+    let pending = status
         .machine
         .as_ref()
-        .is_some_and(|m| !m.phase.is_terminal());
-    if !active {
+        .is_some_and(|m| m.unconfirmed.is_some());
+    let active = pending
+        || status
+            .machine
+            .as_ref()
+            .is_some_and(|m| !m.phase.is_terminal());
+    let retrying = command == Some(Command::Retry);
+    if !active && !retrying {
+        if raw_command.is_some() {
+            clear_command(ctx, ns, app).await?;
+        }
         if revision == status.primary_revision {
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
@@ -798,25 +903,49 @@ async fn release_tick(
     let previous = status
         .machine
         .clone()
-        .filter(|m| !m.phase.is_terminal() || m.revision == revision);
-    let analysing = phase.is_some_and(Phase::analyses)
-        && now - status.last_analysis_at >= plan.interval.as_secs_f64();
-    let mut provider = ctx
-        .providers
-        .lock()
-        .expect("providers lock")
-        .remove(&key)
-        .unwrap_or_else(|| (ctx.make_provider)(settings, ns, app));
-    let analysis = if analysing {
-        if let Provider::Proxy(p) = &mut provider
-            && settings.metrics == MetricsSource::Proxy
-            && let Ok(targets) = proxy_targets(ctx, ns, app).await
-            && !targets.is_empty()
-        {
-            p.set_targets(&targets);
-        }
+        .filter(|m| !m.phase.is_terminal() || m.unconfirmed.is_some() || m.revision == revision);
+    // The first tick of this process for a running release: the time no
+    // operator ran it is not held against it, and the provider takes a
+    // fresh baseline instead of judging a window it did not see.
+    let resumed = active
+        && ctx
+            .resumed
+            .lock()
+            .expect("resumed lock")
+            .insert(key.clone());
+    let paused_for = if resumed && status.last_tick_at > 0.0 {
+        (now - status.last_tick_at - plan.interval.as_secs_f64() - ctx.poll.as_secs_f64()).max(0.0)
+    } else {
+        0.0
+    };
+    let mut borrowed = Borrowed {
+        ctx,
+        key: key.clone(),
+        provider: Some(
+            ctx.providers
+                .lock()
+                .expect("providers lock")
+                .remove(&key)
+                .unwrap_or_else(|| (ctx.make_provider)(settings, ns, app)),
+        ),
+    };
+    if let Provider::Proxy(p) = borrowed.get()
+        && settings.metrics == MetricsSource::Proxy
+        && let Ok(targets) = proxy_targets(ctx, ns, app).await
+        && !targets.is_empty()
+    {
+        p.set_targets(&targets);
+    }
+    if resumed && phase.is_some_and(Phase::analyses) {
+        borrowed.get().reset().await;
         status.last_analysis_at = now;
-        Some(provider.analyse(plan).await)
+    }
+    let analysing = phase.is_some_and(Phase::analyses)
+        && !pending
+        && now - status.last_analysis_at >= plan.interval.as_secs_f64();
+    let analysis = if analysing {
+        status.last_analysis_at = now;
+        Some(borrowed.get().analyse(plan).await)
     } else {
         None
     };
@@ -838,7 +967,11 @@ async fn release_tick(
             user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1 && rolled_out(&user)
         }
         Some(Phase::Promoting) => {
-            let expected = primary_template(&dv["spec"]["template"], &selector_of(dv));
+            let source = status
+                .promoting_template
+                .clone()
+                .unwrap_or_else(|| dv["spec"]["template"].clone());
+            let expected = primary_template(&source, &selector_of(dv));
             let pv = to_value(primary)?;
             canonical_json(&pv["spec"]["template"]) == canonical_json(&expected) && rolled_out(&pv)
         }
@@ -851,84 +984,131 @@ async fn release_tick(
         analysis: analysis.clone(),
         gates,
         command,
+        paused_for,
     };
-    let t = machine::step(plan, previous.as_ref(), &obs);
-    for action in &t.actions {
-        match action {
-            MachineAction::Initialize => {
-                let replicas = primary
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .unwrap_or(1)
-                    .max(1);
-                scale(ctx, ns, app, i64::from(replicas)).await?;
-                set_weight(ctx, ns, app, port, 0, &owner).await?;
-                status.release_started_at = now;
-                provider.reset().await;
-            }
-            MachineAction::SetWeight(bp) => {
-                set_weight(ctx, ns, app, port, *bp, &owner).await?;
-                provider.reset().await;
-            }
-            MachineAction::Promote => {
-                copy_configs(ctx, ns, app, &dv["spec"]["template"], &owner).await?;
-                let template = primary_template(&dv["spec"]["template"], &selector_of(dv));
-                let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-                let mut p = to_value(&deployments.get(&primary_name(app)).await?)?;
-                p["spec"]["template"] = template;
-                deployments
-                    .replace(
-                        &primary_name(app),
-                        &PostParams::default(),
-                        &serde_json::from_value(p)?,
-                    )
-                    .await?;
-            }
-            MachineAction::Finalise => {
-                set_weight(ctx, ns, app, port, 0, &owner).await?;
-                scale(ctx, ns, app, 0).await?;
-            }
-            MachineAction::Rollback => {
-                set_weight(ctx, ns, app, port, 0, &owner).await?;
-                scale(ctx, ns, app, 0).await?;
-                status.failed_revision = Some(revision.to_string());
-            }
-            MachineAction::Notify(kind) => {
-                let _ = run_gate(&ctx.http, plan, *kind, &payload).await;
-            }
-            MachineAction::Event(level, text) => {
-                let (t, reason) = match level {
-                    Level::Normal => (EventType::Normal, "Progress"),
-                    Level::Warning => (EventType::Warning, "RolledBack"),
-                };
-                publish(ctx, d, t, reason, text.clone()).await;
-            }
-        }
-    }
-    ctx.providers
-        .lock()
-        .expect("providers lock")
-        .insert(key, provider);
+    let mut t = machine::step(plan, previous.as_ref(), &obs);
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
-    if newly(Phase::Succeeded) {
-        status.primary_revision = revision.to_string();
-        ctx.metrics
-            .release_ended(ns, app, "succeeded", now - status.release_started_at);
-        publish(ctx, d, EventType::Normal, "Promoted", m.message.clone()).await;
+    if t.actions.contains(&MachineAction::Initialize) && !pending {
+        status.release_started_at = now;
+    }
+    if t.actions.contains(&MachineAction::Promote) && status.promoting_template.is_none() {
+        status.promoting_template = Some(dv["spec"]["template"].clone());
     }
     if newly(Phase::Failed) {
+        status.failed_revision = Some(m.revision.clone());
         ctx.metrics
             .release_ended(ns, app, "failed", now - status.release_started_at);
+    }
+    if newly(Phase::Succeeded) {
+        status.primary_revision = m.revision.clone();
+        status.promoting_template = None;
+        ctx.metrics
+            .release_ended(ns, app, "succeeded", now - status.release_started_at);
     }
     if previous.as_ref().is_none_or(|old| old.phase != m.phase) {
         status.last_transition = rfc3339(now);
     }
+    status.last_tick_at = now;
+    if let Some(a) = &analysis {
+        status.last_checks = a.checks.clone();
+        status.last_ab = a.ab.clone();
+    }
+    record_machine(status, &t.status, plan);
+    // 1. The decision is saved before anything is carried out.
+    save_status(ctx, ns, app, status).await?;
+    // 2. The command is consumed only once its effect is on record.
+    if raw_command.is_some() {
+        clear_command(ctx, ns, app).await?;
+    }
+    // 3. Carry it out.
+    let mut failed = None;
+    for action in &t.actions {
+        if action.is_routing() {
+            match apply_routing(ctx, ns, app, dv, primary, port, &owner, status, action).await {
+                Ok(()) => {
+                    if matches!(
+                        action,
+                        MachineAction::Initialize | MachineAction::SetWeight(_)
+                    ) {
+                        borrowed.get().reset().await;
+                    }
+                }
+                Err(e) => {
+                    failed = Some((action.clone(), e));
+                    break;
+                }
+            }
+            continue;
+        }
+        match action {
+            MachineAction::Notify(kind) => {
+                let after = WebhookPayload {
+                    phase: t.status.phase.as_str(),
+                    canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
+                    ..payload.clone()
+                };
+                let _ = run_gate(&ctx.http, plan, *kind, &after).await;
+            }
+            MachineAction::Event(level, text) => {
+                let (ty, reason) = match level {
+                    Level::Normal => (EventType::Normal, "Progress"),
+                    Level::Warning if t.status.phase == Phase::Failed => {
+                        (EventType::Warning, "RolledBack")
+                    }
+                    Level::Warning => (EventType::Warning, "Override"),
+                };
+                publish(ctx, d, ty, reason, text.clone()).await;
+            }
+            _ => {}
+        }
+    }
+    if let Some((action, e)) = failed {
+        tracing::warn!(deployment = %key, ?action, error = %e, "could not apply; the decision is kept and retried");
+        status.message = format!(
+            "could not apply {action:?}: {e}; retrying (the decision stands: {})",
+            t.status.message
+        );
+        let _ = save_status(ctx, ns, app, status).await;
+        return Ok(Action::requeue(ctx.poll));
+    }
+    // 4. Confirmed.
+    if t.status.unconfirmed.is_some() {
+        machine::confirm(&mut t.status);
+        record_machine(status, &t.status, plan);
+        save_status(ctx, ns, app, status).await?;
+    }
+    if newly_phase(&previous, &t.status, Phase::Succeeded) {
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "Promoted",
+            t.status.message.clone(),
+        )
+        .await;
+    }
+    Ok(Action::requeue(match t.next {
+        NextTick::Now => Duration::from_millis(50),
+        NextTick::Soon => ctx.poll,
+        NextTick::Interval => {
+            let due = status.last_analysis_at + plan.interval.as_secs_f64() - now;
+            Duration::from_secs_f64(due.clamp(0.05, plan.interval.as_secs_f64()))
+        }
+        NextTick::Idle => Duration::from_secs(60),
+    }))
+}
+
+fn newly_phase(previous: &Option<machine::Status>, now: &machine::Status, p: Phase) -> bool {
+    now.phase == p && previous.as_ref().is_none_or(|old| old.phase != p)
+}
+
+/// Copies the machine's status into the operator's.
+fn record_machine(status: &mut KubeStatus, m: &machine::Status, plan: &crate::plan::Plan) {
     status.phase = m.phase.as_str().to_string();
     status.canary_weight = f64::from(m.canary_weight_bp) / 100.0;
     status.failed_checks = m.failed_checks;
-    status.revision = revision.to_string();
+    status.revision = m.revision.clone();
     status.message = m.message.clone();
     status.steps = plan
         .steps_bp
@@ -940,21 +1120,17 @@ async fn release_tick(
     } else {
         m.step + 1
     };
-    if let Some(a) = &analysis {
-        status.last_checks = a.checks.clone();
-        status.last_ab = a.ab.clone();
-    }
-    status.machine = Some(t.status.clone());
-    save_status(ctx, ns, app, status).await?;
-    Ok(Action::requeue(match t.next {
-        NextTick::Now => Duration::from_millis(50),
-        NextTick::Soon => ctx.poll,
-        NextTick::Interval => {
-            let due = status.last_analysis_at + plan.interval.as_secs_f64() - now;
-            Duration::from_secs_f64(due.clamp(0.05, plan.interval.as_secs_f64()))
-        }
-        NextTick::Idle => Duration::from_secs(60),
-    }))
+    status.machine = Some(m.clone());
+}
+
+async fn clear_command(ctx: &Context, ns: &str, app: &str) -> Result<(), Error> {
+    merge_patch::<Deployment>(
+        &ctx.client,
+        ns,
+        &primary_name(app),
+        json!({"metadata": {"annotations": {annotations::COMMAND: null}}}),
+    )
+    .await
 }
 
 /// Undoes the take-over: the user's Deployment back to its replicas, the

@@ -1,0 +1,542 @@
+use super::*;
+use crate::analysis::CheckResult;
+use crate::plan::{Approval, Webhook};
+use std::time::Duration;
+
+fn plan() -> Plan {
+    Plan {
+        steps_bp: vec![1000, 2500, 5000],
+        interval: Duration::from_secs(10),
+        failure_limit: 2,
+        progress_deadline: Duration::from_secs(60),
+        ..Plan::default()
+    }
+}
+
+fn analysis(outcome: Outcome) -> Analysis {
+    Analysis {
+        canary_requests: Some(100),
+        checks: vec![CheckResult {
+            name: "success-rate".into(),
+            outcome,
+            value: Some(1.0),
+            threshold: ">= 99".into(),
+            reason: format!("{outcome:?}"),
+        }],
+        ab: None,
+    }
+}
+
+fn obs(now: f64, revision: &str, a: Option<Outcome>) -> Observation {
+    Observation {
+        now,
+        revision: revision.into(),
+        target_ready: true,
+        analysis: a.map(analysis),
+        ..Observation::default()
+    }
+}
+
+/// Steps the machine like a driver whose router always succeeds.
+fn drive(plan: &Plan, s: Option<&Status>, o: &Observation) -> Transition {
+    let mut t = step(plan, s, o);
+    confirm(&mut t.status);
+    t
+}
+
+/// Drives a release from nothing to Progressing at the first step.
+fn started(plan: &Plan) -> Status {
+    let t = drive(plan, None, &obs(0.0, "r1", None));
+    assert_eq!(t.actions, vec![Action::Initialize]);
+    let t = drive(plan, Some(&t.status), &obs(0.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Initialized);
+    let t = drive(plan, Some(&t.status), &obs(0.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Progressing);
+    assert_eq!(t.actions, vec![Action::SetWeight(1000)]);
+    t.status
+}
+
+#[test]
+fn passing_ticks_walk_the_steps_then_promote_and_finalise() {
+    let p = plan();
+    let mut s = started(&p);
+    let mut weights = vec![];
+    for i in 1..=3 {
+        let t = drive(
+            &p,
+            Some(&s),
+            &obs(f64::from(i) * 10.0, "r1", Some(Outcome::Pass)),
+        );
+        for a in &t.actions {
+            if let Action::SetWeight(w) = a {
+                weights.push(*w);
+            }
+        }
+        s = t.status;
+    }
+    assert_eq!(weights, vec![2500, 5000]);
+    assert_eq!(s.phase, Phase::Promoting);
+    let t = drive(&p, Some(&s), &obs(31.0, "r1", None));
+    assert_eq!(
+        (t.status.phase, t.actions.clone()),
+        (Phase::Finalising, vec![Action::Finalise])
+    );
+    let t = drive(&p, Some(&t.status), &obs(32.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Succeeded);
+    assert_eq!(t.status.canary_weight_bp, 0);
+    assert!(
+        t.actions
+            .contains(&Action::Notify(WebhookKind::PostRollout))
+    );
+}
+
+#[test]
+fn inconclusive_holds_and_the_deadline_rolls_back() {
+    let p = plan();
+    let mut s = started(&p);
+    for i in 1..6 {
+        let t = drive(
+            &p,
+            Some(&s),
+            &obs(f64::from(i) * 10.0, "r1", Some(Outcome::Inconclusive)),
+        );
+        assert_eq!(
+            t.status.canary_weight_bp, 1000,
+            "inconclusive never advances"
+        );
+        assert!(t.actions.is_empty());
+        s = t.status;
+    }
+    let t = drive(&p, Some(&s), &obs(60.0, "r1", Some(Outcome::Inconclusive)));
+    assert_eq!(t.status.phase, Phase::Failed);
+    assert_eq!(t.status.canary_weight_bp, 0);
+    assert_eq!(t.actions[0], Action::Rollback);
+    assert!(
+        t.status.message.contains("no conclusive analysis"),
+        "{}",
+        t.status.message
+    );
+}
+
+#[test]
+fn time_the_driver_was_not_running_does_not_count_toward_the_deadline() {
+    let p = plan();
+    let s = started(&p);
+    // The operator was down for 100 s, then ticks again: not a deadline miss.
+    let mut o = obs(105.0, "r1", Some(Outcome::Inconclusive));
+    o.paused_for = 100.0;
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(t.status.phase, Phase::Progressing, "{}", t.status.message);
+    // Without the pause credit the same tick would have rolled back.
+    let t = drive(&p, Some(&s), &obs(105.0, "r1", Some(Outcome::Inconclusive)));
+    assert_eq!(t.status.phase, Phase::Failed);
+}
+
+#[test]
+fn failed_revision_does_not_restart_until_it_changes_or_is_retried() {
+    let p = plan();
+    let mut s = started(&p);
+    for i in 1..=2 {
+        s = drive(&p, Some(&s), &obs(f64::from(i), "r1", Some(Outcome::Fail))).status;
+    }
+    assert_eq!(s.phase, Phase::Failed);
+    let t = drive(&p, Some(&s), &obs(5.0, "r1", Some(Outcome::Pass)));
+    assert_eq!(t.status.phase, Phase::Failed);
+    assert_eq!(t.next, NextTick::Idle);
+    let mut retry = obs(6.0, "r1", None);
+    retry.command = Some(Command::Retry);
+    let t = drive(&p, Some(&s), &retry);
+    assert_eq!(t.status.phase, Phase::Initializing);
+    assert!(t.actions.contains(&Action::Initialize));
+    let t = drive(&p, Some(&s), &obs(6.0, "r2", None));
+    assert_eq!(t.status.phase, Phase::Initializing);
+    assert_eq!(t.status.revision, "r2");
+}
+
+#[test]
+fn approval_is_recorded_and_the_next_passing_tick_promotes() {
+    let p = Plan {
+        approval: Approval::Manual,
+        ..plan()
+    };
+    let mut s = started(&p);
+    for i in 1..=3 {
+        s = drive(&p, Some(&s), &obs(f64::from(i), "r1", Some(Outcome::Pass))).status;
+    }
+    assert_eq!(s.phase, Phase::WaitingPromotion);
+    // Waiting on a human is not a deadline matter.
+    let t = drive(
+        &p,
+        Some(&s),
+        &obs(1000.0, "r1", Some(Outcome::Inconclusive)),
+    );
+    assert_eq!(t.status.phase, Phase::WaitingPromotion);
+    // Approval alone (a tick without analysis) never promotes.
+    let mut o = obs(1001.0, "r1", None);
+    o.command = Some(Command::Approve);
+    let t = drive(&p, Some(&t.status), &o);
+    assert_eq!(t.status.phase, Phase::WaitingPromotion);
+    assert!(t.actions.is_empty());
+    // Nor does a failing or an inconclusive tick after it.
+    let t = drive(&p, Some(&t.status), &obs(1002.0, "r1", Some(Outcome::Fail)));
+    assert_eq!(t.status.phase, Phase::WaitingPromotion);
+    let t = drive(
+        &p,
+        Some(&t.status),
+        &obs(1003.0, "r1", Some(Outcome::Inconclusive)),
+    );
+    assert_eq!(t.status.phase, Phase::WaitingPromotion);
+    let t = drive(&p, Some(&t.status), &obs(1004.0, "r1", Some(Outcome::Pass)));
+    assert_eq!(t.status.phase, Phase::Promoting);
+    assert_eq!(t.actions, vec![Action::Promote]);
+}
+
+#[test]
+fn approving_right_after_a_failing_tick_does_not_promote() {
+    let p = Plan {
+        approval: Approval::Manual,
+        failure_limit: 5,
+        ..plan()
+    };
+    let mut s = started(&p);
+    for i in 1..=3 {
+        s = drive(&p, Some(&s), &obs(f64::from(i), "r1", Some(Outcome::Pass))).status;
+    }
+    let t = drive(&p, Some(&s), &obs(4.0, "r1", Some(Outcome::Fail)));
+    let mut o = obs(5.0, "r1", None);
+    o.command = Some(Command::Approve);
+    let t = drive(&p, Some(&t.status), &o);
+    assert_ne!(t.status.phase, Phase::Promoting);
+    assert!(!t.actions.contains(&Action::Promote));
+}
+
+#[test]
+fn promote_full_is_an_evented_override() {
+    let p = plan();
+    let s = started(&p);
+    let mut o = obs(1.0, "r1", None);
+    o.command = Some(Command::PromoteNow);
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(t.status.phase, Phase::Promoting);
+    assert!(t.actions.contains(&Action::Promote));
+    assert!(t.actions.iter().any(|a| matches!(
+        a,
+        Action::Event(Level::Warning, text) if text.contains("override")
+    )));
+}
+
+#[test]
+fn confirm_promotion_webhook_holds_while_it_fails() {
+    let p = Plan {
+        webhooks: vec![Webhook {
+            kind: WebhookKind::ConfirmPromotion,
+            url: "http://127.0.0.1:1/".into(),
+            timeout: Duration::from_secs(1),
+        }],
+        ..plan()
+    };
+    let mut s = started(&p);
+    for i in 1..=3 {
+        let mut o = obs(f64::from(i), "r1", Some(Outcome::Pass));
+        o.gates.confirm_promotion = Some(false);
+        s = drive(&p, Some(&s), &o).status;
+    }
+    assert_eq!(s.phase, Phase::WaitingPromotion);
+    let mut o = obs(5.0, "r1", Some(Outcome::Pass));
+    o.gates.confirm_promotion = Some(false);
+    s = drive(&p, Some(&s), &o).status;
+    assert_eq!(s.phase, Phase::WaitingPromotion);
+    o.gates.confirm_promotion = Some(true);
+    assert_eq!(drive(&p, Some(&s), &o).status.phase, Phase::Promoting);
+}
+
+#[test]
+fn rollback_webhook_and_abort_end_the_release_and_notify_post_rollout() {
+    let p = plan();
+    let s = started(&p);
+    let mut o = obs(1.0, "r1", Some(Outcome::Pass));
+    o.gates.rollback_requested = true;
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(
+        (t.status.phase, t.status.canary_weight_bp),
+        (Phase::Failed, 0)
+    );
+    assert!(
+        t.actions
+            .contains(&Action::Notify(WebhookKind::PostRollout))
+    );
+    let mut o = obs(1.0, "r1", None);
+    o.command = Some(Command::Abort);
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(
+        (t.status.phase, t.actions[0].clone()),
+        (Phase::Failed, Action::Rollback)
+    );
+}
+
+#[test]
+fn an_unconfirmed_rollback_is_reissued_and_nothing_advances_meanwhile() {
+    let p = plan();
+    let s = started(&p);
+    let mut o = obs(1.0, "r1", None);
+    o.command = Some(Command::Abort);
+    // The router fails: the driver does not confirm.
+    let mut t = step(&p, Some(&s), &o);
+    assert_eq!(t.status.unconfirmed, Some(Action::Rollback));
+    for i in 2..20 {
+        let mut o = obs(f64::from(i) * 10.0, "r1", Some(Outcome::Pass));
+        o.command = Some(if i % 2 == 0 {
+            Command::PromoteNow
+        } else {
+            Command::Approve
+        });
+        t = step(&p, Some(&t.status), &o);
+        assert_eq!(t.actions, vec![Action::Rollback], "tick {i}");
+        assert_eq!(
+            (t.status.phase, t.status.canary_weight_bp),
+            (Phase::Failed, 0)
+        );
+    }
+    confirm(&mut t.status);
+    let t = step(&p, Some(&t.status), &obs(500.0, "r1", Some(Outcome::Pass)));
+    assert!(t.actions.is_empty());
+    assert_eq!(t.next, NextTick::Idle);
+}
+
+#[test]
+fn an_unconfirmed_weight_is_superseded_by_an_abort() {
+    let p = plan();
+    let s = started(&p);
+    let t = step(&p, Some(&s), &obs(10.0, "r1", Some(Outcome::Pass)));
+    assert_eq!(t.status.unconfirmed, Some(Action::SetWeight(2500)));
+    let t = step(&p, Some(&t.status), &obs(11.0, "r1", None));
+    assert_eq!(t.actions, vec![Action::SetWeight(2500)]);
+    let mut o = obs(12.0, "r1", None);
+    o.command = Some(Command::Abort);
+    let t = step(&p, Some(&t.status), &o);
+    assert_eq!(t.actions[0], Action::Rollback);
+    assert_eq!(t.status.unconfirmed, Some(Action::Rollback));
+}
+
+#[test]
+fn a_new_revision_during_promotion_is_queued() {
+    let p = plan();
+    let mut s = started(&p);
+    for i in 1..=3 {
+        s = drive(&p, Some(&s), &obs(f64::from(i), "r1", Some(Outcome::Pass))).status;
+    }
+    assert_eq!(s.phase, Phase::Promoting);
+    let mut o = obs(4.0, "r2", None);
+    o.target_ready = false;
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(t.status.phase, Phase::Promoting);
+    assert_eq!(t.status.revision, "r1");
+    assert_eq!(t.status.queued_revision.as_deref(), Some("r2"));
+    let t = drive(&p, Some(&t.status), &obs(5.0, "r2", None));
+    assert_eq!(t.status.phase, Phase::Finalising);
+    let t = drive(&p, Some(&t.status), &obs(6.0, "r2", None));
+    assert_eq!(
+        (t.status.phase, t.status.revision.as_str()),
+        (Phase::Succeeded, "r1")
+    );
+    assert_eq!(t.next, NextTick::Now);
+    let t = drive(&p, Some(&t.status), &obs(7.0, "r2", None));
+    assert_eq!(
+        (t.status.phase, t.status.revision.as_str()),
+        (Phase::Initializing, "r2")
+    );
+}
+
+// === property test against an independent model ===
+
+/// What the reference model knows, from the plan, the observations it
+/// generated and what its simulated router applied: never the machine's
+/// status fields.
+#[derive(Default)]
+struct Model {
+    /// Weight the router has applied (None before the first Initialize).
+    router_weight: Option<u32>,
+    /// The last routing action issued and not yet applied.
+    pending: Option<Action>,
+    /// A rollback was issued in the current release.
+    rollback_decided: bool,
+    /// An `Approve` command arrived in the current release.
+    approved: bool,
+}
+
+#[test]
+fn properties_hold_against_an_independent_model() {
+    let mut gen_rng = sluice_loadtest::Rng::new(0x5eed);
+    let mut rng = move || gen_rng.next_u64();
+    let (mut promotions, mut rollbacks, mut reissued, mut overrides) = (0, 0, 0, 0);
+    for case in 0..3000 {
+        let steps_count = 1 + (rng() % 4) as usize;
+        let mut steps = Vec::new();
+        let mut w = 0;
+        for _ in 0..steps_count {
+            w += 1 + (rng() % 3000) as u32;
+            steps.push(w.min(10_000));
+        }
+        steps.dedup();
+        let last_weight = *steps.last().unwrap();
+        let with_confirm_hook = rng() % 4 == 0;
+        let p = Plan {
+            steps_bp: steps.clone(),
+            failure_limit: 1 + (rng() % 4) as u32,
+            progress_deadline: Duration::from_secs(10 + rng() % 100),
+            approval: if rng() % 4 == 0 {
+                Approval::Manual
+            } else {
+                Approval::Auto
+            },
+            webhooks: if with_confirm_hook {
+                vec![Webhook {
+                    kind: WebhookKind::ConfirmPromotion,
+                    url: "http://127.0.0.1:1/".into(),
+                    timeout: Duration::from_secs(1),
+                }]
+            } else {
+                Vec::new()
+            },
+            ..Plan::default()
+        };
+        let mut status: Option<Status> = None;
+        let mut revision = 1;
+        let mut now = 0.0;
+        let mut model = Model::default();
+        let ticks = 120;
+        for tick in 0..ticks {
+            // The last ticks are calm: no commands, a router that works.
+            let calm = tick >= ticks - 20;
+            now += (rng() % 20) as f64;
+            if !calm && rng() % 40 == 0 {
+                revision += 1;
+            }
+            let analysis = match rng() % 4 {
+                0 => None,
+                1 => Some(Outcome::Fail),
+                2 => Some(Outcome::Inconclusive),
+                _ => Some(Outcome::Pass),
+            };
+            let mut o = obs(now, &format!("r{revision}"), analysis);
+            o.target_ready = rng() % 5 != 0;
+            if !calm {
+                o.command = match rng() % 16 {
+                    0 => Some(Command::Approve),
+                    1 => Some(Command::Abort),
+                    2 => Some(Command::PromoteNow),
+                    3 => Some(Command::Retry),
+                    _ => None,
+                };
+                o.gates.rollback_requested = rng() % 30 == 0;
+                o.gates.rollout = match rng() % 6 {
+                    0 => Some(false),
+                    1 => Some(true),
+                    _ => None,
+                };
+            }
+            if with_confirm_hook {
+                o.gates.confirm_promotion = Some(rng() % 2 == 0);
+            }
+            if o.command == Some(Command::Approve) {
+                model.approved = true;
+            }
+            let mut t = step(&p, status.as_ref(), &o);
+            let routing: Vec<&Action> = t.actions.iter().filter(|a| a.is_routing()).collect();
+            assert!(routing.len() <= 1, "case {case}: {:?}", t.actions);
+            if let Some(&action) = routing.first() {
+                let is_reissue = model.pending.as_ref() == Some(action);
+                if is_reissue {
+                    reissued += 1;
+                }
+                if *action == Action::Initialize && !is_reissue {
+                    // A new release (new revision or retry): fresh model state.
+                    model.rollback_decided = false;
+                    model.approved = o.command == Some(Command::Approve);
+                }
+                match action {
+                    Action::SetWeight(w) => {
+                        assert!(p.steps_bp.contains(w), "case {case}: weight {w}");
+                        assert!(
+                            !model.rollback_decided,
+                            "case {case}: weight {w} after a rollback was decided"
+                        );
+                    }
+                    Action::Promote if !is_reissue => {
+                        promotions += 1;
+                        assert!(
+                            !model.rollback_decided,
+                            "case {case}: promoted after rollback"
+                        );
+                        if o.command == Some(Command::PromoteNow) {
+                            overrides += 1;
+                        } else {
+                            let verdict_passed = o.analysis.as_ref().is_some_and(|a| {
+                                a.checks.iter().all(|c| c.outcome == Outcome::Pass)
+                            }) && o.gates.rollout != Some(false);
+                            assert!(
+                                verdict_passed,
+                                "case {case} tick {tick}: promoted without a passing analysis"
+                            );
+                            assert_eq!(
+                                model.router_weight,
+                                Some(last_weight),
+                                "case {case} tick {tick}: promoted before the last step's weight was in force"
+                            );
+                            assert!(
+                                p.approval == Approval::Auto || model.approved,
+                                "case {case}: promoted without approval"
+                            );
+                            assert!(
+                                !with_confirm_hook || o.gates.confirm_promotion == Some(true),
+                                "case {case}: promoted past a closed confirm-promotion gate"
+                            );
+                            assert!(!o.gates.rollback_requested);
+                        }
+                    }
+                    Action::Rollback => {
+                        if !is_reissue {
+                            rollbacks += 1;
+                        }
+                        model.rollback_decided = true;
+                    }
+                    _ => {}
+                }
+                if model.pending.is_some() && !is_reissue {
+                    // Only a rollback or a new release may replace a pending action.
+                    assert!(
+                        matches!(action, Action::Rollback | Action::Initialize),
+                        "case {case}: {:?} replaced pending {:?}",
+                        action,
+                        model.pending
+                    );
+                }
+                let applied = calm || rng() % 10 < 6;
+                if applied {
+                    model.router_weight = match action {
+                        Action::Initialize | Action::Rollback | Action::Finalise => Some(0),
+                        Action::SetWeight(w) => Some(*w),
+                        _ => model.router_weight,
+                    };
+                    model.pending = None;
+                    confirm(&mut t.status);
+                } else {
+                    model.pending = Some(action.clone());
+                }
+            } else if let Some(pending) = &model.pending {
+                panic!("case {case} tick {tick}: pending {pending:?} was not reissued");
+            }
+            status = Some(t.status);
+        }
+        // A decided rollback has been applied by the end of the calm ticks.
+        if model.rollback_decided {
+            assert_eq!(model.pending, None, "case {case}");
+            assert_eq!(model.router_weight, Some(0), "case {case}");
+        }
+    }
+    // The random walks really reach every outcome the properties talk about.
+    assert!(
+        promotions > 100 && rollbacks > 100 && reissued > 100 && overrides > 10,
+        "{promotions} {rollbacks} {reissued} {overrides}"
+    );
+}
