@@ -7,15 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::plan::Plan;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Pass,
     Fail,
+    #[default]
     Inconclusive,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub name: String,
     pub outcome: Outcome,
@@ -25,6 +26,29 @@ pub struct CheckResult {
     pub threshold: String,
     /// Why, in words (always set for Fail and Inconclusive).
     pub reason: String,
+    /// A failure of this check rolls back at once (the sequential gate has
+    /// already budgeted its false alarms), not after `failure_limit` ticks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decisive: bool,
+    /// The sequential gate's evidence behind this check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceReport>,
+}
+
+/// The sequential gate's evidence for one check: likelihood-ratio mixtures
+/// against "no worse than ρ₀" (fail side) and against "ρ_max times worse"
+/// (pass side), with the values they must reach.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceReport {
+    pub fail: f64,
+    pub fail_threshold: f64,
+    pub pass: f64,
+    pub pass_threshold: f64,
+    /// The pass side reached its threshold: the canary is shown no worse.
+    pub proven: bool,
+    /// Events per request so far, canary and primary.
+    pub canary_rate: Option<f64>,
+    pub primary_rate: Option<f64>,
 }
 
 impl CheckResult {
@@ -35,6 +59,7 @@ impl CheckResult {
             value: None,
             threshold,
             reason: reason.into(),
+            ..Self::default()
         }
     }
 
@@ -74,6 +99,7 @@ impl CheckResult {
             value: Some(value),
             threshold,
             reason,
+            ..Self::default()
         }
     }
 }
@@ -137,6 +163,11 @@ pub struct Analysis {
     /// Canary traffic sent by A/B rules in the same window: shown, not judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ab: Option<AbTraffic>,
+    /// Whether the evidence allows promotion. None (the threshold gate): a
+    /// passing tick does. The sequential gate sets it: promotion needs its
+    /// pass side, while a step may advance on exposure without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotable: Option<bool>,
 }
 
 /// Requests an A/B rule (`canary_match`) sent to the canary in a window.
@@ -181,6 +212,18 @@ impl Analysis {
         }
     }
 
+    /// Whether a failure in this tick rolls back at once.
+    pub fn decisive_failure(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.decisive && c.outcome == Outcome::Fail)
+    }
+
+    /// Whether this tick allows promotion (it must also pass).
+    pub fn promotes(&self) -> bool {
+        self.verdict() == Outcome::Pass && self.promotable != Some(false)
+    }
+
     pub fn value_of(&self, name: &str) -> Option<f64> {
         self.checks
             .iter()
@@ -206,6 +249,7 @@ pub fn request_volume_check(plan: &Plan, canary_requests: Option<u64>) -> CheckR
                 "only {n} canary requests this tick (need {})",
                 plan.min_requests
             ),
+            ..CheckResult::default()
         },
         Some(n) => CheckResult {
             name: "requests".into(),
@@ -213,6 +257,7 @@ pub fn request_volume_check(plan: &Plan, canary_requests: Option<u64>) -> CheckR
             value: Some(n as f64),
             threshold,
             reason: String::new(),
+            ..CheckResult::default()
         },
     }
 }
@@ -233,7 +278,7 @@ mod tests {
             Analysis {
                 canary_requests: Some(1),
                 checks: c,
-                ab: None,
+                ..Analysis::default()
             }
             .verdict()
         };

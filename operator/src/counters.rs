@@ -18,15 +18,50 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
+
 use crate::scrape::{Sample, histogram_quantile};
 
 /// One arm's traffic in a window.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Arm {
     pub requests: f64,
     pub failures: f64,
     /// Cumulative duration buckets `(le, count)`, sorted, `+Inf` last.
+    #[serde(with = "buckets_text")]
     pub buckets: Vec<(f64, f64)>,
+}
+
+/// Serde for `(le, count)` buckets: `le` as the text Prometheus uses, so
+/// `+Inf` survives JSON.
+pub mod buckets_text {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[(f64, f64)], s: S) -> Result<S::Ok, S::Error> {
+        let rows: Vec<(String, f64)> = b
+            .iter()
+            .map(|(le, c)| {
+                let le = if le.is_infinite() {
+                    "+Inf".to_string()
+                } else {
+                    le.to_string()
+                };
+                (le, *c)
+            })
+            .collect();
+        rows.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, f64)>, D::Error> {
+        Vec::<(String, f64)>::deserialize(d)?
+            .into_iter()
+            .map(|(le, c)| {
+                super::parse_le(&le).map(|le| (le, c)).ok_or_else(|| {
+                    serde::de::Error::custom(format!("`{le}` is not a bucket bound"))
+                })
+            })
+            .collect()
+    }
 }
 
 impl Arm {
@@ -52,7 +87,8 @@ impl Arm {
         histogram_quantile(q, &self.buckets)
     }
 
-    fn add_bucket(&mut self, le: f64, count: f64) {
+    /// Adds `count` to the cumulative bucket `le` (call [`Arm::finish`] after).
+    pub fn add_bucket(&mut self, le: f64, count: f64) {
         match self
             .buckets
             .iter_mut()
@@ -63,7 +99,18 @@ impl Arm {
         }
     }
 
-    fn finish(&mut self) {
+    /// Adds another window's traffic to this one (both cumulative buckets).
+    pub fn add(&mut self, other: &Arm) {
+        self.requests += other.requests;
+        self.failures += other.failures;
+        for (le, count) in &other.buckets {
+            self.add_bucket(*le, *count);
+        }
+        self.finish();
+    }
+
+    /// Sorts the buckets and makes them monotonic.
+    pub fn finish(&mut self) {
         self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut highest = 0.0f64;
         for (_, c) in &mut self.buckets {
@@ -82,8 +129,20 @@ pub struct Window {
     pub canary_match: Arm,
 }
 
+impl Window {
+    /// Sorts and repairs every arm's buckets.
+    pub fn finish(&mut self) {
+        for arm in [&mut self.stable, &mut self.canary, &mut self.canary_match] {
+            arm.finish();
+        }
+    }
+}
+
 /// Which arm a sample belongs to.
-fn arm_of<'a>(window: &'a mut Window, labels: &BTreeMap<String, String>) -> Option<&'a mut Arm> {
+pub fn arm_of<'a>(
+    window: &'a mut Window,
+    labels: &BTreeMap<String, String>,
+) -> Option<&'a mut Arm> {
     let decision = labels.get("decision").map(String::as_str);
     match (labels.get("backend").map(String::as_str), decision) {
         (Some("stable"), Some("weight") | None) => Some(&mut window.stable),
@@ -177,13 +236,7 @@ impl Counters {
             next.insert(target.clone(), seen);
         }
         self.last = next;
-        for arm in [
-            &mut window.stable,
-            &mut window.canary,
-            &mut window.canary_match,
-        ] {
-            arm.finish();
-        }
+        window.finish();
         window
     }
 }

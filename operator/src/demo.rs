@@ -2,7 +2,9 @@
 //! a stable backend (`v1`) and a canary backend (`v2`, with the scenario's
 //! faults), a proxy in front of them, steady open-loop load, and a release
 //! driven by the same [`Driver`] and [`ProxyAdminRouter`] that
-//! `sluice rollout` uses. Each scenario gets its own route name, so with
+//! `sluice rollout` uses, under the sequential gate (the canary judged
+//! against the primary). Both versions fail 1% of requests, as real
+//! services do. Each scenario gets its own route name, so with
 //! `--prometheus` no scenario's series leak into another's window.
 
 use std::net::SocketAddr;
@@ -11,8 +13,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sluice_loadtest::{BackendOptions, Faults, LoadControl, LoadOptions, start_backend};
 
+use crate::gate::GateSettings;
 use crate::machine::Phase;
-use crate::plan::{LatencyCheck, Plan};
+use crate::plan::{Gate, Plan};
 use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
 use crate::router::ProxyAdminRouter;
 use crate::runner::{Driver, TickReport};
@@ -21,14 +24,16 @@ use crate::runner::{Driver, TickReport};
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     Healthy,
+    Noisy,
     Errors,
     Latency,
     Silent,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Healthy,
+        Scenario::Noisy,
         Scenario::Errors,
         Scenario::Latency,
         Scenario::Silent,
@@ -37,19 +42,22 @@ impl Scenario {
     pub fn parse(text: &str) -> Result<Vec<Scenario>, String> {
         match text {
             "all" => Ok(Self::ALL.to_vec()),
-            "healthy" => Ok(vec![Scenario::Healthy]),
-            "errors" => Ok(vec![Scenario::Errors]),
-            "latency" => Ok(vec![Scenario::Latency]),
-            "silent" => Ok(vec![Scenario::Silent]),
-            other => Err(format!(
-                "`{other}` is not a scenario; use healthy, errors, latency, silent or all"
-            )),
+            other => Self::ALL
+                .into_iter()
+                .find(|s| s.name() == other)
+                .map(|s| vec![s])
+                .ok_or_else(|| {
+                    format!(
+                        "`{other}` is not a scenario; use healthy, noisy, errors, latency, silent or all"
+                    )
+                }),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Healthy => "healthy",
+            Scenario::Noisy => "noisy",
             Scenario::Errors => "errors",
             Scenario::Latency => "latency",
             Scenario::Silent => "silent",
@@ -58,25 +66,32 @@ impl Scenario {
 
     pub fn describe(self) -> &'static str {
         match self {
-            Scenario::Healthy => "a healthy release",
-            Scenario::Errors => "a release answering 8% 5xx",
-            Scenario::Latency => "a release 400 ms slower",
+            Scenario::Healthy => "both versions fail 1%",
+            Scenario::Noisy => "primary fails 2%, canary 6% (3x)",
+            Scenario::Errors => "canary fails 8% (primary 1%)",
+            Scenario::Latency => "canary 400 ms slower",
             Scenario::Silent => "a release nobody calls",
         }
     }
 
-    fn faults(self) -> Faults {
+    /// The primary's and the canary's faults.
+    fn faults(self) -> (Faults, Faults) {
+        let failing = |rate: f64| Faults {
+            error_rate: rate,
+            error_status: 500,
+            ..Faults::default()
+        };
         match self {
-            Scenario::Errors => Faults {
-                error_rate: 0.08,
-                error_status: 500,
-                ..Faults::default()
-            },
-            Scenario::Latency => Faults {
-                latency: sluice_loadtest::Latency::Fixed(Duration::from_millis(400)),
-                ..Faults::default()
-            },
-            Scenario::Healthy | Scenario::Silent => Faults::default(),
+            Scenario::Healthy | Scenario::Silent => (failing(0.01), failing(0.01)),
+            Scenario::Noisy => (failing(0.02), failing(0.06)),
+            Scenario::Errors => (failing(0.01), failing(0.08)),
+            Scenario::Latency => (
+                failing(0.01),
+                Faults {
+                    latency: sluice_loadtest::Latency::Fixed(Duration::from_millis(400)),
+                    ..failing(0.01)
+                },
+            ),
         }
     }
 
@@ -84,7 +99,7 @@ impl Scenario {
     pub fn expected(self) -> &'static str {
         match self {
             Scenario::Healthy => "promoted",
-            Scenario::Errors | Scenario::Latency => "rolled back",
+            Scenario::Noisy | Scenario::Errors | Scenario::Latency => "rolled back",
             Scenario::Silent => "never promoted",
         }
     }
@@ -92,7 +107,7 @@ impl Scenario {
     fn met(self, phase: Phase) -> bool {
         match self {
             Scenario::Healthy => phase == Phase::Succeeded,
-            Scenario::Errors | Scenario::Latency => phase == Phase::Failed,
+            Scenario::Noisy | Scenario::Errors | Scenario::Latency => phase == Phase::Failed,
             Scenario::Silent => phase != Phase::Succeeded,
         }
     }
@@ -116,25 +131,29 @@ impl Default for DemoOptions {
             scenarios: Scenario::ALL.to_vec(),
             prometheus: None,
             admin_listen: "127.0.0.1:0".parse().expect("static address"),
-            rate: 400.0,
+            rate: 1000.0,
             plan: demo_plan(),
         }
     }
 }
 
-/// The demo's release plan: short ticks so the whole run fits in a minute.
+/// The demo's release plan: the sequential gate with short steps and a
+/// scrape a second, so the whole run fits in about a minute. `rho-max` 2
+/// (a canary twice as bad is never promoted) lets a healthy canary be shown
+/// no worse in seconds at the demo's 1,000 req/s.
 pub fn demo_plan() -> Plan {
     Plan {
         steps_bp: vec![1000, 2500, 5000],
-        interval: Duration::from_secs(1),
+        interval: Duration::from_secs(2),
+        scrape_interval: Duration::from_secs(1),
         failure_limit: 2,
-        min_requests: 20,
+        min_requests: 50,
         progress_deadline: Duration::from_secs(8),
-        success_rate_min: 99.0,
-        latency: vec![LatencyCheck {
-            quantile: 0.99,
-            max: Duration::from_millis(300),
-        }],
+        max_duration: Duration::from_secs(90),
+        gate: Gate::Sequential(GateSettings {
+            rho_max: 2.0,
+            ..GateSettings::default()
+        }),
         ..Plan::default()
     }
 }
@@ -150,6 +169,9 @@ pub struct ScenarioResult {
     pub canary_requests: u64,
     /// 5xx answers users got from the canary: the blast radius.
     pub canary_failures: u64,
+    /// The evidence at the decision, per sequential check: (check, against
+    /// the canary, its threshold, for it, its threshold).
+    pub evidence: Vec<(String, f64, f64, f64, f64)>,
     pub message: String,
 }
 
@@ -167,11 +189,16 @@ pub async fn run_scenario(
     options: &DemoOptions,
     mut on_tick: impl FnMut(&TickReport),
 ) -> Result<ScenarioResult, DemoError> {
-    let v1 = start_backend(BackendOptions::new("v1"))
-        .await
-        .map_err(DemoError::Backend)?;
+    let (primary_faults, canary_faults) = scenario.faults();
+    let v1 = start_backend(BackendOptions {
+        faults: primary_faults,
+        seed: 5,
+        ..BackendOptions::new("v1")
+    })
+    .await
+    .map_err(DemoError::Backend)?;
     let v2 = start_backend(BackendOptions {
-        faults: scenario.faults(),
+        faults: canary_faults,
         seed: 7,
         ..BackendOptions::new("v2")
     })
@@ -213,7 +240,33 @@ pub async fn run_scenario(
     let router = ProxyAdminRouter::new(&admin, route, &v2.url(), None);
     let driver = Driver::new(route, "v2", options.plan.clone(), router, provider);
     let started = Instant::now();
-    let status = driver.run(&mut on_tick).await;
+    let mut last_evidence = Vec::new();
+    let status = driver
+        .run(|tick: &TickReport| {
+            let evidence: Vec<_> = tick
+                .checks
+                .iter()
+                .filter_map(|c| {
+                    c.evidence
+                        .as_ref()
+                        .filter(|e| e.fail_threshold > 0.0)
+                        .map(|e| {
+                            (
+                                c.name.clone(),
+                                e.fail,
+                                e.fail_threshold,
+                                e.pass,
+                                e.pass_threshold,
+                            )
+                        })
+                })
+                .collect();
+            if !evidence.is_empty() {
+                last_evidence = evidence;
+            }
+            on_tick(tick)
+        })
+        .await;
     let seconds = started.elapsed().as_secs_f64();
     control.stop();
     let report = load_task
@@ -237,23 +290,24 @@ pub async fn run_scenario(
         seconds,
         canary_requests,
         canary_failures,
+        evidence: last_evidence,
         message: status.message,
     })
 }
 
-/// The closing table.
+/// The closing table, and the evidence each decision rested on.
 pub fn table(results: &[ScenarioResult]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<9} {:<28} {:<15} {:<11} {:>7} {:>15} {:>17}  ok",
+        "{:<9} {:<34} {:<15} {:<11} {:>7} {:>15} {:>17}  ok",
         "scenario", "release", "expected", "outcome", "time", "canary served", "canary failures"
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{:<9} {:<28} {:<15} {:<11} {:>6.1}s {:>15} {:>17}  {}",
+            "{:<9} {:<34} {:<15} {:<11} {:>6.1}s {:>15} {:>17}  {}",
             r.scenario.name(),
             r.scenario.describe(),
             r.expected,
@@ -262,6 +316,33 @@ pub fn table(results: &[ScenarioResult]) -> String {
             r.canary_requests,
             r.canary_failures,
             if r.as_expected { "yes" } else { "NO" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nevidence at the decision (likelihood ratios against and for the canary, from the sequential gate)"
+    );
+    for r in results {
+        let evidence: Vec<String> = r
+            .evidence
+            .iter()
+            .map(|(name, against, fail_at, for_it, pass_at)| {
+                format!(
+                    "{name}: against {} (rolls back at {fail_at:.0}), for {} (promotes at {pass_at:.0})",
+                    crate::view::likelihood(*against),
+                    crate::view::likelihood(*for_it)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<9} {}",
+            r.scenario.name(),
+            if evidence.is_empty() {
+                "no weighted canary traffic".to_string()
+            } else {
+                evidence.join("; ")
+            }
         );
     }
     out

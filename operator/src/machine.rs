@@ -27,6 +27,12 @@
 //!   and is evented as such.
 //! - While waiting, checks still run and failures still roll back; waiting
 //!   on a human does not count toward the deadline.
+//! - The sequential gate ([`crate::gate`]) ticks on every scrape. A
+//!   decisive failure (its fail side) rolls back at once; a step advances
+//!   once it has lasted `interval` with enough canary requests and nothing
+//!   failed; promotion also needs the gate's pass side (the canary shown no
+//!   worse than the primary), and a release not shown so within
+//!   `max_duration` rolls back.
 //! - `Promoting` -> `Finalising` -> `Succeeded` as the target confirms each.
 //! - Rollback always ends at weight 0 with phase `Failed`.
 //! - Decisions are never lost: a router action is recorded in the status
@@ -118,6 +124,13 @@ pub struct Status {
     /// A revision that arrived during a promotion, released after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queued_revision: Option<String>,
+    /// When the weight in force was set (the sequential gate's step dwell).
+    #[serde(default)]
+    pub step_started_at: f64,
+    /// The sequential gate's evidence, carried for the driver (which
+    /// updates it from each scrape); dropped when a release (re)starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<crate::gate::GateState>,
 }
 
 /// What a human asked for through `sluice promote` / `sluice abort` /
@@ -347,6 +360,7 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
             s.step = 0;
             s.canary_weight_bp = plan.steps_bp[0];
             s.last_progress_at = obs.now;
+            s.step_started_at = obs.now;
             let msg = format!("advancing to step 1 of {}", plan.steps_bp.len());
             transition(&mut s, Phase::Progressing, obs.now, msg);
             let weight = s.canary_weight_bp;
@@ -404,6 +418,21 @@ fn reissue(plan: &Plan, mut s: Status, obs: &Observation, pending: Action) -> Tr
         }
         if obs.gates.rollback_requested {
             return rollback(s, obs.now, "a rollback webhook asked for it".into());
+        }
+        if obs
+            .analysis
+            .as_ref()
+            .is_some_and(Analysis::decisive_failure)
+        {
+            let why = obs.analysis.as_ref().map(Analysis::summary);
+            return rollback(
+                s,
+                obs.now,
+                format!(
+                    "the canary is worse than the primary: {}",
+                    why.unwrap_or_default()
+                ),
+            );
         }
         if obs.analysis.as_ref().map(Analysis::verdict) == Some(Outcome::Fail) {
             s.failed_checks += 1;
@@ -469,6 +498,8 @@ fn start(obs: &Observation, message: String, mut actions: Vec<Action>) -> Transi
         message,
         unconfirmed: None,
         queued_revision: None,
+        step_started_at: obs.now,
+        gate: None,
     };
     actions.push(Action::Initialize);
     Transition::new(status, actions, NextTick::Soon)
@@ -530,6 +561,27 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
         verdict = Outcome::Fail;
         why = "a rollout webhook failed".into();
     }
+    if verdict == Outcome::Fail && analysis.decisive_failure() {
+        // The sequential gate has budgeted its false alarms already.
+        return rollback(
+            s,
+            obs.now,
+            format!("the canary is worse than the primary: {why}"),
+        );
+    }
+    if plan.is_sequential()
+        && verdict != Outcome::Fail
+        && obs.now - s.started_at >= plan.max_duration.as_secs_f64()
+    {
+        return rollback(
+            s,
+            obs.now,
+            format!(
+                "not shown to be no worse than the primary within the maximum release duration ({}): {why}",
+                sluice_proxy::config::format_duration(plan.max_duration)
+            ),
+        );
+    }
     match verdict {
         Outcome::Fail => {
             s.failed_checks += 1;
@@ -564,11 +616,21 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             Transition::hold(s, NextTick::Interval)
         }
         Outcome::Pass => {
-            s.passed_steps = s.passed_steps.max(s.step + 1);
             s.last_progress_at = obs.now;
+            let dwell = obs.now - s.step_started_at;
+            if plan.is_sequential() && dwell + 1e-6 < plan.interval.as_secs_f64() {
+                s.message = format!(
+                    "at {}% for {dwell:.0}s of {}: {why}",
+                    pct(s.canary_weight_bp),
+                    sluice_proxy::config::format_duration(plan.interval)
+                );
+                return Transition::hold(s, NextTick::Interval);
+            }
+            s.passed_steps = s.passed_steps.max(s.step + 1);
             if s.step + 1 < plan.steps_bp.len() {
                 s.step += 1;
                 s.canary_weight_bp = plan.steps_bp[s.step];
+                s.step_started_at = obs.now;
                 s.message = format!(
                     "step {} passed; advancing to {}% ({})",
                     s.step,
@@ -579,6 +641,13 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
                 return Transition::new(s, vec![Action::SetWeight(weight)], NextTick::Interval);
             }
             // This tick passed with the weight at the last step.
+            if !analysis.promotes() {
+                s.message = format!(
+                    "at the last step ({}%); promotion waits until the canary is shown to be no worse than the primary: {why}",
+                    pct(s.canary_weight_bp)
+                );
+                return Transition::hold(s, NextTick::Interval);
+            }
             match closed_gate(plan, &s, obs) {
                 None => promote(s, obs.now),
                 Some(waiting) => {

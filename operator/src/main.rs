@@ -42,6 +42,42 @@ enum Command {
     Demo(DemoArgs),
     /// Run the Kubernetes operator (canaries Deployments annotated sluice.dev/canary: "enabled").
     Kube(KubeArgs),
+    /// Run the gate and the state machine on simulated traffic, many times: how long a
+    /// release takes at your traffic, how often it rolls back, what it catches.
+    Simulate(Box<SimulateArgs>),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Requests per second on the route, both arms together.
+    #[arg(long, default_value = "400")]
+    rps: String,
+    /// The primary's failure rate: `1%` or a fraction like `0.01`.
+    #[arg(long, default_value = "1%")]
+    primary_errors: String,
+    /// The canary's failure rate.
+    #[arg(long, default_value = "1%")]
+    canary_errors: String,
+    /// Durations of both arms' requests, uniform in this range.
+    #[arg(long, default_value = "10ms..50ms")]
+    durations: String,
+    /// Delay the canary adds to every request, e.g. `+400ms`.
+    #[arg(long, default_value = "+0ms")]
+    canary_delay: String,
+    /// Both arms slowed by this much from this long after the first canary request, e.g. `300ms@20s`.
+    #[arg(long)]
+    slowdown: Option<String>,
+    /// Releases to simulate.
+    #[arg(long, default_value_t = 1000)]
+    runs: u32,
+    /// Seed: the same seed gives the same runs.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
 }
 
 #[derive(clap::Args)]
@@ -88,19 +124,51 @@ struct PlanArgs {
     /// Canary weights in percent, e.g. 10,25,50.
     #[arg(long, default_value = "10,20,30,40,50")]
     steps: String,
-    /// Analysis tick.
+    /// How the canary is judged: `sequential` (against the primary, continuously; the default)
+    /// or `threshold` (its own numbers against fixed thresholds every interval, as Flagger).
+    #[arg(long, default_value = "sequential")]
+    gate: String,
+    /// Threshold gate: the analysis tick. Sequential gate: the least time a step lasts.
     #[arg(long, default_value = "1m")]
     interval: String,
-    /// Failed ticks before rollback.
+    /// Sequential gate: how often the proxy's counters are read and the evidence updated.
+    #[arg(long, default_value = "2s")]
+    scrape_interval: String,
+    /// Sequential gate: chance of rolling back a canary no worse than the primary.
+    #[arg(long, default_value = "0.01")]
+    alpha: String,
+    /// Sequential gate: chance of promoting a canary rho-max times worse than the primary.
+    #[arg(long, default_value = "0.05")]
+    beta: String,
+    /// Sequential gate: the ratio to the primary's failure rate still counted as no worse.
+    #[arg(long, default_value = "1.0")]
+    rho0: String,
+    /// Sequential gate: a canary this many times worse than the primary is never promoted.
+    #[arg(long, default_value = "1.5")]
+    rho_max: String,
+    /// Sequential gate: a canary failure rate under this percent is fine whatever the primary does.
+    #[arg(long, default_value = "0.1")]
+    failure_floor: String,
+    /// Sequential gate: latency bounds (bucket bounds) compared with the primary, e.g. 300ms,1s;
+    /// default: the bound just above the primary's p99, learnt at the start.
+    #[arg(long)]
+    latency_bound: Option<String>,
+    /// Sequential gate: roll back when not shown to be no worse than the primary within this long.
+    #[arg(long, default_value = "30m")]
+    max_duration: String,
+    /// Failed ticks (of threshold checks and ceilings) before rollback.
     #[arg(long, default_value_t = 3)]
     failure_limit: u32,
-    /// Minimum percent of non-5xx canary answers.
-    #[arg(long, default_value = "99")]
-    success_rate: String,
-    /// Latency gates, e.g. 'p95<=500ms,p99<=1s'.
-    #[arg(long, default_value = "p99<=500ms")]
-    latency: String,
-    /// Canary requests per tick below which a tick is inconclusive.
+    /// Minimum percent of canary answers classified success (threshold gate default 99;
+    /// under the sequential gate a ceiling, off unless given).
+    #[arg(long)]
+    success_rate: Option<String>,
+    /// Latency gates, e.g. 'p95<=500ms,p99<=1s' (threshold gate default p99<=500ms;
+    /// under the sequential gate ceilings, off unless given).
+    #[arg(long)]
+    latency: Option<String>,
+    /// Threshold gate: canary requests a tick needs. Sequential gate: canary requests a step
+    /// needs before the weight may advance.
     #[arg(long, default_value_t = 20)]
     min_requests: u64,
     /// Roll back when no step passes for this long.
@@ -120,8 +188,10 @@ struct PlanArgs {
 impl PlanArgs {
     fn plan(&self) -> Result<Plan, String> {
         let flag = |name: &str, e: String| format!("--{name}: {e}");
-        let interval = sluice_proxy::config::parse_duration(&self.interval)
-            .map_err(|e| flag("interval", e))?;
+        let duration = |name: &str, text: &str| {
+            sluice_proxy::config::parse_duration(text).map_err(|e| flag(name, e))
+        };
+        let interval = duration("interval", &self.interval)?;
         if interval < Duration::from_millis(100) {
             return Err("--interval: must be at least 100ms".into());
         }
@@ -156,16 +226,49 @@ impl PlanArgs {
                     .map_err(|e| flag("checks-file", format!("{}: {e}", path.display())))?
             }
         };
+        let mut gate = plan::Gate::parse(&self.gate).map_err(|e| flag("gate", e))?;
+        if let plan::Gate::Sequential(settings) = &mut gate {
+            let number =
+                |name: &str, text: &str| plan::parse_number(text).map_err(|e| flag(name, e));
+            settings.alpha = number("alpha", &self.alpha)?;
+            settings.beta = number("beta", &self.beta)?;
+            settings.rho0 = number("rho0", &self.rho0)?;
+            settings.rho_max = number("rho-max", &self.rho_max)?;
+            settings.failure_floor = plan::parse_percent(&self.failure_floor)
+                .map_err(|e| flag("failure-floor", e))?
+                / 100.0;
+            if let Some(bounds) = &self.latency_bound {
+                settings.latency_bounds =
+                    plan::parse_bounds(bounds).map_err(|e| flag("latency-bound", e))?;
+            }
+            settings.validate(|field| format!("--{}", field.replace('_', "-")))?;
+        }
+        let sequential = matches!(gate, plan::Gate::Sequential(_));
+        let success_rate_min = match &self.success_rate {
+            Some(v) => Some(plan::parse_percent(v).map_err(|e| flag("success-rate", e))?),
+            None if sequential => None,
+            None => Some(plan::THRESHOLD_SUCCESS_RATE),
+        };
+        let latency = match &self.latency {
+            Some(v) => plan::parse_latency(v).map_err(|e| flag("latency", e))?,
+            None if sequential => Vec::new(),
+            None => plan::threshold_latency(),
+        };
+        let scrape_interval = duration("scrape-interval", &self.scrape_interval)?;
+        if scrape_interval < Duration::from_millis(100) {
+            return Err("--scrape-interval: must be at least 100ms".into());
+        }
         Ok(Plan {
             steps_bp: plan::parse_steps(&self.steps).map_err(|e| flag("steps", e))?,
             interval,
             failure_limit: self.failure_limit,
             min_requests: self.min_requests,
-            progress_deadline: sluice_proxy::config::parse_duration(&self.progress_deadline)
-                .map_err(|e| flag("progress-deadline", e))?,
-            success_rate_min: plan::parse_percent(&self.success_rate)
-                .map_err(|e| flag("success-rate", e))?,
-            latency: plan::parse_latency(&self.latency).map_err(|e| flag("latency", e))?,
+            progress_deadline: duration("progress-deadline", &self.progress_deadline)?,
+            gate,
+            scrape_interval,
+            max_duration: duration("max-duration", &self.max_duration)?,
+            success_rate_min,
+            latency,
             queries,
             approval: Approval::parse(&self.approval).map_err(|e| flag("approve", e))?,
             webhooks,
@@ -242,6 +345,7 @@ fn main() -> ExitCode {
             Command::Abort(args) => control_request(args, "abort").await,
             Command::Demo(args) => run_demo(args).await,
             Command::Kube(args) => run_kube(args).await,
+            Command::Simulate(args) => run_simulate(*args),
         }
     })
 }
@@ -468,7 +572,8 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     if options.prometheus.is_some() {
         // Each tick judges its own window of Prometheus samples, and rate()
         // needs two scrapes in it: two-second ticks with a 1 s scrape.
-        options.plan.interval = Duration::from_secs(2);
+        options.plan.scrape_interval = Duration::from_secs(2);
+        options.plan.interval = Duration::from_secs(4);
         options.plan.progress_deadline = Duration::from_secs(16);
     }
     if let Some(addr) = args.admin_listen {
@@ -520,6 +625,108 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `1%` (percent) or `0.01` (a fraction).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim();
+    let value = match t.strip_suffix('%') {
+        Some(p) => plan::parse_percent(p)? / 100.0,
+        None => plan::parse_number(t)?,
+    };
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("`{text}` is not a rate in 0..=1 (or 0%..=100%)"));
+    }
+    Ok(value)
+}
+
+fn run_simulate(args: SimulateArgs) -> ExitCode {
+    use sluice_operator::simulate::{ArmProfile, Scenario, Slowdown, simulate};
+    let flag = |name: &str, e: String| format!("--{name}: {e}");
+    let parsed = (|| -> Result<Scenario, String> {
+        let plan = args.plan.plan()?;
+        let rps = plan::parse_number(&args.rps)
+            .ok()
+            .filter(|r| *r > 0.0)
+            .ok_or_else(|| flag("rps", format!("`{}` is not a positive rate", args.rps)))?;
+        let latency = match sluice_loadtest::Latency::parse(&args.durations) {
+            Ok(sluice_loadtest::Latency::Uniform(lo, hi)) => (lo, hi),
+            Ok(sluice_loadtest::Latency::Fixed(d)) => (d, d),
+            Ok(sluice_loadtest::Latency::None) => (Duration::ZERO, Duration::ZERO),
+            Err(e) => return Err(flag("durations", e)),
+        };
+        let delay = sluice_proxy::config::parse_duration(args.canary_delay.trim_start_matches('+'))
+            .map_err(|e| flag("canary-delay", e))?;
+        let slowdown = match &args.slowdown {
+            None => None,
+            Some(text) => {
+                let (extra, at) = text.split_once('@').ok_or_else(|| {
+                    flag(
+                        "slowdown",
+                        format!("`{text}` is not EXTRA@WHEN, e.g. 300ms@20s"),
+                    )
+                })?;
+                let d = |t: &str| {
+                    sluice_proxy::config::parse_duration(t.trim_start_matches('+'))
+                        .map_err(|e| flag("slowdown", e))
+                };
+                Some(Slowdown {
+                    extra: d(extra)?,
+                    at: d(at)?,
+                })
+            }
+        };
+        if args.runs == 0 {
+            return Err("--runs: must be at least 1".into());
+        }
+        Ok(Scenario {
+            rps,
+            plan,
+            primary: ArmProfile {
+                errors: parse_rate(&args.primary_errors).map_err(|e| flag("primary-errors", e))?,
+                latency,
+                extra: Duration::ZERO,
+            },
+            canary: ArmProfile {
+                errors: parse_rate(&args.canary_errors).map_err(|e| flag("canary-errors", e))?,
+                latency,
+                extra: delay,
+            },
+            slowdown,
+            runs: args.runs,
+            seed: args.seed,
+        })
+    })();
+    let scenario = match parsed {
+        Ok(s) => s,
+        Err(e) => return usage(e),
+    };
+    let started = std::time::Instant::now();
+    let (summary, _) = simulate(&scenario);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "rps": scenario.rps,
+                "steps": args.plan.steps,
+                "gate": args.plan.gate,
+                "primary_errors": scenario.primary.errors,
+                "canary_errors": scenario.canary.errors,
+                "canary_delay_secs": scenario.canary.extra.as_secs_f64(),
+                "slowdown": args.slowdown,
+                "seed": scenario.seed,
+                "summary": summary,
+                "rollback_rate": summary.rollback_rate(),
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "{}",
+            sluice_operator::view::simulation_table(&scenario, &summary)
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 async fn run_kube(args: KubeArgs) -> ExitCode {

@@ -130,18 +130,73 @@ impl Approval {
     }
 }
 
+/// How the canary is judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Gate {
+    /// Flagger's way: every interval, the canary's own numbers against fixed
+    /// thresholds, `failure_limit` failing ticks roll back.
+    Threshold,
+    /// The default: the canary against the primary, continuously, with
+    /// anytime-valid error rates ([`crate::gate`]).
+    Sequential(crate::gate::GateSettings),
+}
+
+impl Gate {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "sequential" => Ok(Gate::Sequential(Default::default())),
+            "threshold" => Ok(Gate::Threshold),
+            other => Err(format!(
+                "`{other}` is not a gate; use sequential (the canary against the primary) or threshold (fixed thresholds, as Flagger)"
+            )),
+        }
+    }
+
+    pub fn settings(&self) -> Option<&crate::gate::GateSettings> {
+        match self {
+            Gate::Sequential(s) => Some(s),
+            Gate::Threshold => None,
+        }
+    }
+}
+
+/// The ceilings the threshold gate applies when none are given: Flagger's
+/// usual pair. The sequential gate has no ceilings unless given.
+pub const THRESHOLD_SUCCESS_RATE: f64 = 99.0;
+pub fn threshold_latency() -> Vec<LatencyCheck> {
+    vec![LatencyCheck {
+        quantile: 0.99,
+        max: Duration::from_millis(500),
+    }]
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Canary weights of the steps, in basis points, strictly increasing.
     pub steps_bp: Vec<u32>,
+    /// Threshold gate: the analysis tick. Sequential gate: the least time a
+    /// step lasts before the weight may advance.
     #[serde(with = "duration_text")]
     pub interval: Duration,
     pub failure_limit: u32,
+    /// Threshold gate: canary requests a tick needs. Sequential gate:
+    /// canary requests a step needs before the weight may advance.
     pub min_requests: u64,
     #[serde(with = "duration_text")]
     pub progress_deadline: Duration,
-    /// Minimum percent of non-5xx canary answers.
-    pub success_rate_min: f64,
+    pub gate: Gate,
+    /// Sequential gate: how often the proxy is scraped and the evidence
+    /// updated (independent of `interval`).
+    #[serde(with = "duration_text")]
+    pub scrape_interval: Duration,
+    /// Sequential gate: roll back when the canary is not shown to be no
+    /// worse than the primary within this long.
+    #[serde(with = "duration_text")]
+    pub max_duration: Duration,
+    /// Minimum percent of canary answers classified `success` (a ceiling
+    /// under the sequential gate; the threshold gate's main check).
+    pub success_rate_min: Option<f64>,
     pub latency: Vec<LatencyCheck>,
     pub queries: Vec<QueryCheck>,
     pub approval: Approval,
@@ -156,11 +211,11 @@ impl Default for Plan {
             failure_limit: 3,
             min_requests: 20,
             progress_deadline: Duration::from_secs(600),
-            success_rate_min: 99.0,
-            latency: vec![LatencyCheck {
-                quantile: 0.99,
-                max: Duration::from_millis(500),
-            }],
+            gate: Gate::Sequential(crate::gate::GateSettings::default()),
+            scrape_interval: Duration::from_secs(2),
+            max_duration: Duration::from_secs(30 * 60),
+            success_rate_min: None,
+            latency: Vec::new(),
             queries: Vec::new(),
             approval: Approval::Auto,
             webhooks: Vec::new(),
@@ -169,6 +224,29 @@ impl Default for Plan {
 }
 
 impl Plan {
+    /// Flagger's plan: the threshold gate with its usual ceilings.
+    pub fn threshold() -> Self {
+        Self {
+            gate: Gate::Threshold,
+            success_rate_min: Some(THRESHOLD_SUCCESS_RATE),
+            latency: threshold_latency(),
+            ..Self::default()
+        }
+    }
+
+    pub fn is_sequential(&self) -> bool {
+        matches!(self.gate, Gate::Sequential(_))
+    }
+
+    /// How long the driver waits for the next analysis tick.
+    pub fn tick_interval(&self) -> Duration {
+        if self.is_sequential() {
+            self.scrape_interval
+        } else {
+            self.interval
+        }
+    }
+
     pub fn webhooks_of(&self, kind: WebhookKind) -> impl Iterator<Item = &Webhook> {
         self.webhooks.iter().filter(move |w| w.kind == kind)
     }
@@ -267,6 +345,29 @@ pub fn check_bucket_bound(max: Duration) -> Result<(), String> {
         if nearest.len() > 1 { "s" } else { "" },
         nearest.join(" or ")
     ))
+}
+
+/// A plain number (`0.01`, `1.5`).
+pub fn parse_number(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("`{text}` is not a number"))
+}
+
+/// Latency bounds: `300ms,1s`; each must be a bucket bound.
+pub fn parse_bounds(text: &str) -> Result<Vec<Duration>, String> {
+    let mut bounds = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let d = parse_duration(part).map_err(|e| format!("`{part}`: {e}"))?;
+        check_bucket_bound(d).map_err(|e| format!("`{part}`: {e}"))?;
+        bounds.push(d);
+    }
+    if bounds.is_empty() {
+        return Err("give at least one bound like 300ms".into());
+    }
+    Ok(bounds)
 }
 
 /// A percent in 0..=100, e.g. a success-rate minimum.

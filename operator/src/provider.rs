@@ -23,6 +23,7 @@ use crate::analysis::{
     AbTraffic, Analysis, CheckResult, LatencyReading, Outcome, request_volume_check,
 };
 use crate::counters::{Arm, Counters, Window};
+use crate::gate::GateState;
 use crate::http::{HttpClient, encode_query_value};
 use crate::plan::{Plan, QueryCheck};
 use crate::scrape::Scrape;
@@ -58,6 +59,83 @@ impl Provider {
             Provider::Scripted(next) => next(),
         }
     }
+
+    /// One analysis tick under the plan's gate. The sequential gate first
+    /// adds this scrape's window (taken at `weight_bp`) to `gate`, the
+    /// release's evidence, then judges all of it; ceilings (a success rate,
+    /// latency gates, custom queries), when given, are judged on the
+    /// canary's traffic since the step began.
+    pub async fn tick(
+        &mut self,
+        plan: &Plan,
+        gate: &mut Option<GateState>,
+        weight_bp: u32,
+    ) -> Analysis {
+        let Some(settings) = plan.gate.settings() else {
+            return self.analyse(plan).await;
+        };
+        let (window, queries) = match self {
+            Provider::Scripted(next) => return next(),
+            Provider::Proxy(p) => (p.window().await, Vec::new()),
+            Provider::Prometheus(p) => match p.window(plan).await {
+                Ok((w, queries)) => (Ok(w), queries),
+                Err(e) => (Err(e), Vec::new()),
+            },
+        };
+        let window = match window {
+            Ok(w) => w,
+            Err(reason) => return all_inconclusive(plan, &reason),
+        };
+        let state = gate.get_or_insert_with(|| GateState::new(settings));
+        state.observe(settings, &window, weight_bp);
+        let mut analysis = state.analysis(settings, plan.min_requests);
+        if state.step_canary.requests >= plan.min_requests as f64 {
+            analysis
+                .checks
+                .extend(ceiling_checks(plan, &state.step_canary, queries));
+        }
+        if window.canary_match.requests > 0.0 {
+            analysis.ab = Some(AbTraffic {
+                requests: window.canary_match.requests.round() as u64,
+                success_rate: window.canary_match.success_rate(),
+            });
+        }
+        analysis
+    }
+}
+
+/// The ceilings of a sequential release, on the canary's traffic since the
+/// step began (and custom query results, when the provider ran them).
+pub fn ceiling_checks(
+    plan: &Plan,
+    step: &Arm,
+    queries: Vec<Result<f64, String>>,
+) -> Vec<CheckResult> {
+    let mut checks = Vec::new();
+    if let Some(min) = plan.success_rate_min {
+        checks.push(match step.success_rate() {
+            Some(v) => CheckResult::bounded("success-rate", v, Some(min), None, "%"),
+            None => CheckResult::inconclusive(
+                "success-rate",
+                format!(">= {min}%"),
+                "no canary requests at this step",
+            ),
+        });
+    }
+    for check in &plan.latency {
+        let max = check.max.as_secs_f64();
+        checks.push(match latency_reading(step, check.quantile, max) {
+            Ok(v) => CheckResult::latency(&check.name(), v, max),
+            Err(reason) => CheckResult::inconclusive(&check.name(), format!("<= {max}s"), reason),
+        });
+    }
+    for (check, value) in plan.queries.iter().zip(queries) {
+        checks.push(match value {
+            Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
+            Err(reason) => CheckResult::inconclusive(&check.name, query_threshold(check), reason),
+        });
+    }
+    checks
 }
 
 /// Builds the checks of a tick from measured values. Below `min_requests`
@@ -83,11 +161,12 @@ pub fn judge(
             checks.push(check);
         }
     };
-    let threshold = format!(">= {}%", plan.success_rate_min);
-    push(match success_rate {
-        Ok(v) => CheckResult::bounded("success-rate", v, Some(plan.success_rate_min), None, "%"),
-        Err(reason) => CheckResult::inconclusive("success-rate", threshold, reason),
-    });
+    if let Some(min) = plan.success_rate_min {
+        push(match success_rate {
+            Ok(v) => CheckResult::bounded("success-rate", v, Some(min), None, "%"),
+            Err(reason) => CheckResult::inconclusive("success-rate", format!(">= {min}%"), reason),
+        });
+    }
     for (check, value) in plan.latency.iter().zip(latencies) {
         let max = check.max.as_secs_f64();
         push(match value {
@@ -105,6 +184,7 @@ pub fn judge(
         canary_requests,
         checks,
         ab: None,
+        promotable: None,
     }
 }
 
@@ -292,8 +372,9 @@ impl PrometheusProvider {
         self.query_at(promql, None).await
     }
 
-    /// One instant query evaluated at `at` (Unix seconds) when given.
-    pub async fn query_at(&self, promql: &str, at: Option<f64>) -> Result<f64, String> {
+    /// Runs an instant query (at `at`, Unix seconds, when given) and
+    /// returns its `data` object.
+    async fn fetch(&self, promql: &str, at: Option<f64>) -> Result<serde_json::Value, String> {
         let mut url = format!(
             "{}/api/v1/query?query={}",
             self.base,
@@ -325,7 +406,39 @@ impl PrometheusProvider {
                 body["error"].as_str().unwrap_or("unknown error")
             ));
         }
-        let data = &body["data"];
+        Ok(body["data"].clone())
+    }
+
+    /// The samples of a vector query: labels and value.
+    async fn vector_at(
+        &self,
+        promql: &str,
+        at: f64,
+    ) -> Result<Vec<(std::collections::BTreeMap<String, String>, f64)>, String> {
+        let data = self.fetch(promql, Some(at)).await?;
+        if data["resultType"] != "vector" {
+            return Err(format!("expected a vector from `{promql}`"));
+        }
+        Ok(data["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| {
+                let value = r["value"][1].as_str().and_then(parse_prom_float)?;
+                let labels = r["metric"]
+                    .as_object()?
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
+                Some((labels, value))
+            })
+            .collect())
+    }
+
+    /// One instant query evaluated at `at` (Unix seconds) when given.
+    pub async fn query_at(&self, promql: &str, at: Option<f64>) -> Result<f64, String> {
+        let data = self.fetch(promql, at).await?;
         let value = match data["resultType"].as_str() {
             Some("vector") => {
                 let result = data["result"].as_array().cloned().unwrap_or_default();
@@ -351,22 +464,75 @@ impl PrometheusProvider {
         }
     }
 
-    pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
+    /// The next window to judge: its end (now) and its range for PromQL, or
+    /// why it is too short yet.
+    fn span(&self, plan: &Plan) -> Result<(f64, String), String> {
         let now = crate::runner::wall_clock();
         let floor = self.window_floor.as_secs_f64();
         let start = self
             .last_end
-            .unwrap_or(now - plan.interval.as_secs_f64().max(floor));
+            .unwrap_or(now - plan.tick_interval().as_secs_f64().max(floor));
         let span = now - start;
         if span + 0.05 < floor {
-            return all_inconclusive(
-                plan,
-                &format!(
-                    "this window has {span:.1}s of the {floor}s Prometheus needs (--prometheus-window); it is judged with the next tick"
-                ),
+            return Err(format!(
+                "this window has {span:.1}s of the {floor}s Prometheus needs (--prometheus-window); it is judged with the next tick"
+            ));
+        }
+        Ok((now, format!("{}ms", (span * 1000.0).round() as u64)))
+    }
+
+    /// The route's traffic per arm over the next window (the sequential
+    /// gate's input), and the custom queries over the same window.
+    pub async fn window(
+        &mut self,
+        plan: &Plan,
+    ) -> Result<(Window, Vec<Result<f64, String>>), String> {
+        let (now, w) = self.span(plan)?;
+        let route = &self.route;
+        let requests = self
+            .vector_at(
+                &format!("sum by (backend, decision, classification) (increase(sluice_requests_total{{route=\"{route}\"}}[{w}]))"),
+                now,
+            )
+            .await?;
+        let buckets = self
+            .vector_at(
+                &format!("sum by (backend, decision, le) (increase(sluice_request_duration_seconds_bucket{{route=\"{route}\"}}[{w}]))"),
+                now,
+            )
+            .await?;
+        let mut window = Window::default();
+        for (labels, value) in requests {
+            if let Some(arm) = crate::counters::arm_of(&mut window, &labels) {
+                arm.requests += value.max(0.0);
+                if labels.get("classification").map(String::as_str) == Some("failure") {
+                    arm.failures += value.max(0.0);
+                }
+            }
+        }
+        for (labels, value) in buckets {
+            let le = labels.get("le").and_then(|l| parse_prom_float(l));
+            if let (Some(arm), Some(le)) = (crate::counters::arm_of(&mut window, &labels), le) {
+                arm.add_bucket(le, value.max(0.0));
+            }
+        }
+        window.finish();
+        let mut queries = Vec::new();
+        for check in &plan.queries {
+            queries.push(
+                self.query_at(&self.render(&check.query, &w), Some(now))
+                    .await,
             );
         }
-        let w = format!("{}ms", (span * 1000.0).round() as u64);
+        self.last_end = Some(now);
+        Ok((window, queries))
+    }
+
+    pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
+        let (now, w) = match self.span(plan) {
+            Ok(span) => span,
+            Err(reason) => return all_inconclusive(plan, &reason),
+        };
         let at = Some(now);
         let selector = format!(
             "route=\"{}\",backend=\"canary\",decision=\"weight\"",
@@ -430,7 +596,7 @@ mod tests {
 
     #[test]
     fn too_few_requests_make_every_check_inconclusive() {
-        let plan = Plan::default();
+        let plan = Plan::threshold();
         let a = judge(&plan, Some(3), Ok(50.0), vec![Ok(0.1.into())], vec![]);
         assert_eq!(a.verdict(), Outcome::Inconclusive);
         assert!(a.checks.iter().all(|c| c.outcome == Outcome::Inconclusive));
@@ -443,7 +609,7 @@ mod tests {
 
     #[test]
     fn enough_requests_judge_each_check() {
-        let plan = Plan::default();
+        let plan = Plan::threshold();
         let a = judge(&plan, Some(100), Ok(92.0), vec![Ok(0.1.into())], vec![]);
         assert_eq!(a.verdict(), Outcome::Fail);
         assert!(

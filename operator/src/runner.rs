@@ -240,7 +240,7 @@ impl<R: Router> Driver<R> {
             let wait = match next {
                 NextTick::Now => Duration::ZERO,
                 NextTick::Soon => self.poll * 2u32.saturating_pow(failures_in_a_row.min(5)),
-                NextTick::Interval => self.plan.interval,
+                NextTick::Interval => self.plan.tick_interval(),
                 NextTick::Idle => {
                     if status.as_ref().is_some_and(|s| s.unconfirmed.is_none()) {
                         if let Some(state) = &self.state {
@@ -251,7 +251,7 @@ impl<R: Router> Driver<R> {
                     self.poll
                 }
             };
-            let wait = wait.min(Duration::from_secs(5).max(self.plan.interval));
+            let wait = wait.min(Duration::from_secs(5).max(self.plan.tick_interval()));
             let (command, full_interval) = self.wait(wait).await;
             let full_interval = full_interval && next == NextTick::Interval;
             let phase = status.as_ref().map(|s| s.phase);
@@ -259,8 +259,10 @@ impl<R: Router> Driver<R> {
             let payload = self.payload(status.as_ref());
             let pending = status.as_ref().is_some_and(|s| s.unconfirmed.is_some());
             let analysing = phase.is_some_and(Phase::analyses) && full_interval && !pending;
+            let mut gate = status.as_ref().and_then(|s| s.gate.clone());
             let analysis = if analysing {
-                Some(self.provider.analyse(&self.plan).await)
+                let weight = status.as_ref().map(|s| s.canary_weight_bp).unwrap_or(0);
+                Some(self.provider.tick(&self.plan, &mut gate, weight).await)
             } else {
                 None
             };
@@ -283,6 +285,10 @@ impl<R: Router> Driver<R> {
                 paused_for: std::mem::take(&mut paused_for),
             };
             let mut t = step(&self.plan, status.as_ref(), &obs);
+            if !t.actions.contains(&Action::Initialize) {
+                // The evidence belongs to this release; a new one starts without.
+                t.status.gate = gate;
+            }
             // The decision is recorded before anything is carried out.
             self.save(&t.status);
             let after = self.payload(Some(&t.status));

@@ -53,6 +53,41 @@ impl View {
     }
 }
 
+/// A likelihood ratio for people: plain below a million, powers of ten above.
+pub fn likelihood(v: f64) -> String {
+    if !v.is_finite() || v >= 1e6 {
+        format!("{v:.1e}")
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The sequential gate's evidence, one entry per check.
+pub fn evidence_text(checks: &[crate::analysis::CheckResult]) -> String {
+    let parts: Vec<String> = checks
+        .iter()
+        .filter_map(|c| {
+            let e = c.evidence.as_ref().filter(|e| e.fail_threshold > 0.0)?;
+            Some(format!(
+                "{} against {}/{:.0} for {}/{:.0}{}",
+                c.name,
+                likelihood(e.fail),
+                e.fail_threshold,
+                likelihood(e.pass),
+                e.pass_threshold,
+                if e.proven { " (shown no worse)" } else { "" }
+            ))
+        })
+        .collect();
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
 pub fn weight_bar(percent: f64, width: usize) -> String {
     let filled = ((percent / 100.0) * width as f64).round() as usize;
     format!(
@@ -122,7 +157,7 @@ fn live_block(t: &TickReport) -> String {
         None => "-",
     };
     format!(
-        "release {}  revision {}  {:.0}s\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}  (weighted: what the gate judges)\n  a/b rule  {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
+        "release {}  revision {}  {:.0}s\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}  (weighted: what the gate judges)\n  evidence  {}\n  a/b rule  {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
         t.release,
         t.revision,
         t.elapsed_secs,
@@ -134,12 +169,119 @@ fn live_block(t: &TickReport) -> String {
         requests_text(t),
         fmt_opt(t.success_rate, |v| format!("{v:.2}%")),
         latency_text(t),
+        evidence_text(&t.checks),
         ab_text(t.ab.as_ref()),
         verdict,
         t.failed_checks,
         t.failure_limit,
         t.message
     )
+}
+
+/// The text `sluice simulate` prints.
+pub fn simulation_table(
+    sc: &crate::simulate::Scenario,
+    summary: &crate::simulate::Summary,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let plan = &sc.plan;
+    let steps: Vec<String> = plan
+        .steps_bp
+        .iter()
+        .map(|b| format!("{}", f64::from(*b) / 100.0))
+        .collect();
+    let gate = match plan.gate.settings() {
+        Some(g) => format!(
+            "sequential gate (alpha {}, beta {}, rho0 {}, rho-max {}), a scrape every {}, steps of at least {}",
+            g.alpha,
+            g.beta,
+            g.rho0,
+            g.rho_max,
+            sluice_proxy::config::format_duration(plan.scrape_interval),
+            sluice_proxy::config::format_duration(plan.interval)
+        ),
+        None => format!(
+            "threshold gate, a tick every {}, failure limit {}",
+            sluice_proxy::config::format_duration(plan.interval),
+            plan.failure_limit
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "{} releases at {} req/s, steps {}%: {gate}",
+        summary.runs,
+        sc.rps,
+        steps.join(",")
+    );
+    let profile = |p: &crate::simulate::ArmProfile| {
+        format!(
+            "{:.2}% failures, {}..{}{}",
+            p.errors * 100.0,
+            sluice_proxy::config::format_duration(p.latency.0),
+            sluice_proxy::config::format_duration(p.latency.1),
+            if p.extra.is_zero() {
+                String::new()
+            } else {
+                format!(" +{}", sluice_proxy::config::format_duration(p.extra))
+            }
+        )
+    };
+    let _ = writeln!(out, "primary: {}", profile(&sc.primary));
+    let _ = writeln!(out, "canary:  {}", profile(&sc.canary));
+    if let Some(s) = &sc.slowdown {
+        let _ = writeln!(
+            out,
+            "both arms +{} from {} after the first canary request",
+            sluice_proxy::config::format_duration(s.extra),
+            sluice_proxy::config::format_duration(s.at)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<30} {:>6} {:>8}   {:>8} {:>8} {:>8} {:>8}",
+        "outcome", "runs", "share", "p50 s", "p90 s", "p99 s", "max s"
+    );
+    let share = |n: u32| 100.0 * f64::from(n) / f64::from(summary.runs.max(1));
+    let row = |out: &mut String, name: &str, n: u32, t: Option<&crate::simulate::Times>| {
+        let times = t
+            .map(|t| {
+                format!(
+                    "{:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+                    t.p50, t.p90, t.p99, t.max
+                )
+            })
+            .unwrap_or_else(|| format!("{:>8} {:>8} {:>8} {:>8}", "-", "-", "-", "-"));
+        let _ = writeln!(out, "{name:<30} {n:>6} {:>7.1}%   {times}", share(n));
+    };
+    row(
+        &mut out,
+        "promoted",
+        summary.promoted,
+        summary.time_to_promotion.as_ref(),
+    );
+    row(
+        &mut out,
+        "rolled back",
+        summary.rolled_back,
+        summary.time_to_rollback.as_ref(),
+    );
+    let _ = writeln!(
+        out,
+        "  on evidence {}, for lack of it (deadline or maximum duration) {}",
+        summary.rolled_back_on_evidence, summary.rolled_back_undecided
+    );
+    let _ = writeln!(
+        out,
+        "{}: {:.2}% (times from the first canary request)",
+        if summary.canary_worse {
+            "detection rate (the canary is worse)"
+        } else {
+            "false-rollback rate (the canary is no worse)"
+        },
+        share(summary.rolled_back)
+    );
+    out
 }
 
 #[cfg(test)]

@@ -63,8 +63,9 @@ fn scripted(outcomes: Vec<Outcome>) -> Provider {
             value: Some(99.0),
             threshold: ">= 99%".into(),
             reason: "scripted".into(),
+            ..CheckResult::default()
         }],
-        ab: None,
+        ..Analysis::default()
     }))
 }
 
@@ -181,7 +182,10 @@ impl AbSetup {
             "2",
             "--min-requests",
             "20",
-            // A 1% error baseline is healthy here; the threshold gate needs room.
+            // These tests are about decisions, not the gate: the threshold
+            // gate on short ticks, with room for a 1% error baseline.
+            "--gate",
+            "threshold",
             "--success-rate",
             "95",
             "--progress-deadline",

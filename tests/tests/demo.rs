@@ -48,6 +48,7 @@ async fn every_demo_scenario_ends_as_expected() {
         outcomes(&summary),
         [
             ("healthy".into(), "Succeeded".into(), true),
+            ("noisy".into(), "Failed".into(), true),
             ("errors".into(), "Failed".into(), true),
             ("latency".into(), "Failed".into(), true),
             ("silent".into(), "Failed".into(), true),
@@ -55,12 +56,40 @@ async fn every_demo_scenario_ends_as_expected() {
     );
     let results = summary["results"].as_array().unwrap();
     assert_eq!(
-        results[3]["canary_requests"], 0,
+        results[4]["canary_requests"], 0,
         "the silent canary served nothing"
     );
     assert!(
-        results[1]["canary_failures"].as_u64().unwrap() > 0,
+        results[2]["canary_failures"].as_u64().unwrap() > 0,
         "the errors scenario shows its blast radius"
+    );
+    // The healthy canary was promoted on evidence for it; the noisy one, 3x
+    // worse than a primary that itself fails 2%, was rolled back on evidence
+    // against it.
+    let evidence = |r: &serde_json::Value, check: &str| {
+        r["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e[0] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {check} evidence in {r}"))
+    };
+    let healthy = evidence(&results[0], "errors");
+    assert!(
+        healthy[3].as_f64().unwrap() >= healthy[4].as_f64().unwrap(),
+        "{healthy}"
+    );
+    let noisy = evidence(&results[1], "errors");
+    assert!(
+        noisy[1].as_f64().unwrap() >= noisy[2].as_f64().unwrap(),
+        "{noisy}"
+    );
+    assert!(
+        results[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("worse than the primary")
     );
     assert!(summary["seconds"].as_f64().unwrap() < 120.0);
 }
@@ -89,7 +118,7 @@ async fn the_demo_runs_on_a_real_prometheus() {
     );
     let message = summary["results"][0]["message"].as_str().unwrap();
     assert!(
-        message.contains("success-rate"),
+        message.contains("worse than the primary") && message.contains("errors"),
         "rolled back on Prometheus' evidence: {message}"
     );
     drop(prometheus);

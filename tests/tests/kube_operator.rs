@@ -46,8 +46,9 @@ fn verdict(outcome: Outcome) -> Analysis {
             } else {
                 format!("scripted {outcome:?}")
             },
+            ..CheckResult::default()
         }],
-        ab: None,
+        ..Analysis::default()
     }
 }
 

@@ -24,9 +24,18 @@ pub const METRICS: &str = "sluice.dev/metrics";
 pub const CHECKS: &str = "sluice.dev/checks";
 pub const WEBHOOKS: &str = "sluice.dev/webhooks";
 pub const APPROVAL: &str = "sluice.dev/approval";
+pub const GATE: &str = "sluice.dev/gate";
+pub const ALPHA: &str = "sluice.dev/alpha";
+pub const BETA: &str = "sluice.dev/beta";
+pub const RHO0: &str = "sluice.dev/rho0";
+pub const RHO_MAX: &str = "sluice.dev/rho-max";
+pub const FAILURE_FLOOR: &str = "sluice.dev/failure-floor";
+pub const LATENCY_BOUND: &str = "sluice.dev/latency-bound";
+pub const MAX_DURATION: &str = "sluice.dev/max-duration";
+pub const SCRAPE_INTERVAL: &str = "sluice.dev/scrape-interval";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
-pub const KNOWN: [&str; 13] = [
+pub const KNOWN: [&str; 22] = [
     CANARY,
     PORT,
     STEPS,
@@ -40,7 +49,21 @@ pub const KNOWN: [&str; 13] = [
     CHECKS,
     WEBHOOKS,
     APPROVAL,
+    GATE,
+    ALPHA,
+    BETA,
+    RHO0,
+    RHO_MAX,
+    FAILURE_FLOOR,
+    LATENCY_BOUND,
+    MAX_DURATION,
+    SCRAPE_INTERVAL,
 ];
+
+/// How often the operator reads the proxies under the sequential gate,
+/// unless `sluice.dev/scrape-interval` says otherwise: each scrape is a
+/// status write, so the operator is less eager than `sluice rollout`.
+pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Annotations Sluice itself writes (never user input).
 pub const STATUS: &str = "sluice.dev/status";
@@ -124,8 +147,83 @@ pub fn parse(
     {
         return Err(err(CANARY, v, "only `enabled` opts in".into(), "enabled"));
     }
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        scrape_interval: DEFAULT_SCRAPE_INTERVAL,
+        ..Plan::default()
+    };
     let get = |k: &str| annotations.get(k).map(String::as_str);
+    if let Some(v) = get(GATE) {
+        plan.gate = plan::Gate::parse(v).map_err(|e| err(GATE, v, e, "sequential, threshold"))?;
+    }
+    if let plan::Gate::Sequential(settings) = &mut plan.gate {
+        let number = |k: &str, allowed: &str| -> Result<Option<f64>, AnnotationError> {
+            get(k)
+                .map(|v| plan::parse_number(v).map_err(|e| err(k, v, e, allowed)))
+                .transpose()
+        };
+        if let Some(v) = number(ALPHA, "a probability in (0, 0.5), e.g. 0.01")? {
+            settings.alpha = v;
+        }
+        if let Some(v) = number(BETA, "a probability in (0, 0.5), e.g. 0.05")? {
+            settings.beta = v;
+        }
+        if let Some(v) = number(RHO0, "a ratio above 0, e.g. 1.0")? {
+            settings.rho0 = v;
+        }
+        if let Some(v) = number(RHO_MAX, "a ratio above rho0, e.g. 1.5")? {
+            settings.rho_max = v;
+        }
+        if let Some(v) = get(FAILURE_FLOOR) {
+            settings.failure_floor = plan::parse_percent(v)
+                .map_err(|e| err(FAILURE_FLOOR, v, e, "a percent, e.g. 0.1"))?
+                / 100.0;
+        }
+        if let Some(v) = get(LATENCY_BOUND) {
+            settings.latency_bounds = plan::parse_bounds(v)
+                .map_err(|e| err(LATENCY_BOUND, v, e, "bucket bounds like 300ms,1s"))?;
+        }
+        let names = |field: &str| match field {
+            "alpha" => ALPHA,
+            "beta" => BETA,
+            "rho0" => RHO0,
+            "rho_max" => RHO_MAX,
+            "failure_floor" => FAILURE_FLOOR,
+            _ => LATENCY_BOUND,
+        };
+        settings
+            .validate(|f| format!("annotation {}", names(f)))
+            .map_err(|e| {
+                let (annotation, problem) = e.split_once(": ").unwrap_or(("", e.as_str()));
+                let annotation = annotation.trim_start_matches("annotation ").to_string();
+                let value = get(&annotation).unwrap_or_default().to_string();
+                err(
+                    &annotation,
+                    &value,
+                    problem.to_string(),
+                    "see the README's gate settings",
+                )
+            })?;
+    } else {
+        plan.success_rate_min = Some(plan::THRESHOLD_SUCCESS_RATE);
+        plan.latency = plan::threshold_latency();
+    }
+    if let Some(v) = get(MAX_DURATION) {
+        plan.max_duration = sluice_proxy::config::parse_duration(v)
+            .map_err(|e| err(MAX_DURATION, v, e, "a duration, e.g. 30m"))?;
+    }
+    if let Some(v) = get(SCRAPE_INTERVAL) {
+        let d = sluice_proxy::config::parse_duration(v)
+            .map_err(|e| err(SCRAPE_INTERVAL, v, e, "a duration of at least 1s, e.g. 5s"))?;
+        if d < Duration::from_secs(1) {
+            return Err(err(
+                SCRAPE_INTERVAL,
+                v,
+                "shorter than 1s".into(),
+                "a duration of at least 1s, e.g. 5s",
+            ));
+        }
+        plan.scrape_interval = d;
+    }
     if let Some(v) = get(STEPS) {
         plan.steps_bp = plan::parse_steps(v)
             .map_err(|e| err(STEPS, v, e, "increasing percents in (0,100], e.g. 10,25,50"))?;
@@ -159,8 +257,10 @@ pub fn parse(
             })?;
     }
     if let Some(v) = get(SUCCESS_RATE) {
-        plan.success_rate_min = plan::parse_percent(v)
-            .map_err(|e| err(SUCCESS_RATE, v, e, "a percent in 0..=100, e.g. 99 or 99.5"))?;
+        plan.success_rate_min = Some(
+            plan::parse_percent(v)
+                .map_err(|e| err(SUCCESS_RATE, v, e, "a percent in 0..=100, e.g. 99 or 99.5"))?,
+        );
     }
     if let Some(v) = get(LATENCY) {
         plan.latency = plan::parse_latency(v)
@@ -285,6 +385,48 @@ mod tests {
             parse(&ann(&[(CANARY, "enabled")]), true).unwrap().metrics,
             MetricsSource::Prometheus
         );
+        // The sequential gate by default, with no ceilings.
+        let g = s.plan.gate.settings().expect("sequential by default");
+        assert_eq!((g.alpha, g.beta, g.rho0, g.rho_max), (0.01, 0.05, 1.0, 1.5));
+        assert_eq!(g.failure_floor, 0.001);
+        assert!(g.latency_bounds.is_empty());
+        assert_eq!(s.plan.scrape_interval, Duration::from_secs(5));
+        assert_eq!(s.plan.max_duration, Duration::from_secs(1800));
+        assert_eq!(s.plan.success_rate_min, None);
+        assert!(s.plan.latency.is_empty());
+        // Flagger's gate, with its usual thresholds.
+        let t = parse(&ann(&[(CANARY, "enabled"), (GATE, "threshold")]), false).unwrap();
+        assert_eq!(t.plan.gate, plan::Gate::Threshold);
+        assert_eq!(t.plan.success_rate_min, Some(99.0));
+        assert_eq!(t.plan.latency.len(), 1);
+    }
+
+    #[test]
+    fn gate_settings_are_read_and_checked() {
+        let s = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (ALPHA, "0.001"),
+                (BETA, "0.1"),
+                (RHO0, "1.1"),
+                (RHO_MAX, "2"),
+                (FAILURE_FLOOR, "0.5"),
+                (LATENCY_BOUND, "300ms,1s"),
+                (MAX_DURATION, "1h"),
+                (SCRAPE_INTERVAL, "2s"),
+            ]),
+            false,
+        )
+        .unwrap();
+        let g = s.plan.gate.settings().unwrap();
+        assert_eq!((g.alpha, g.beta, g.rho0, g.rho_max), (0.001, 0.1, 1.1, 2.0));
+        assert_eq!(g.failure_floor, 0.005);
+        assert_eq!(
+            g.latency_bounds,
+            vec![Duration::from_millis(300), Duration::from_secs(1)]
+        );
+        assert_eq!(s.plan.max_duration, Duration::from_secs(3600));
+        assert_eq!(s.plan.scrape_interval, Duration::from_secs(2));
     }
 
     #[test]
@@ -296,6 +438,12 @@ mod tests {
             (LATENCY, "p95<500ms", "p95<500ms"),
             (APPROVAL, "sometimes", "auto, manual"),
             (METRICS, "datadog", "prometheus, proxy"),
+            (GATE, "magic", "sequential, threshold"),
+            (ALPHA, "0.7", "not in (0, 0.5)"),
+            (RHO_MAX, "0.5", "must be above 1"),
+            (LATENCY_BOUND, "270ms", "250ms or 300ms"),
+            (SCRAPE_INTERVAL, "100ms", "shorter than 1s"),
+            (LATENCY, "p99<=270ms", "not a bound"),
             ("sluice.dev/stepz", "10", "unknown annotation"),
         ] {
             let e = parse(&ann(&[(CANARY, "enabled"), (key, value)]), false).unwrap_err();

@@ -914,7 +914,8 @@ async fn release_tick(
             .expect("resumed lock")
             .insert(key.clone());
     let paused_for = if resumed && status.last_tick_at > 0.0 {
-        (now - status.last_tick_at - plan.interval.as_secs_f64() - ctx.poll.as_secs_f64()).max(0.0)
+        (now - status.last_tick_at - plan.tick_interval().as_secs_f64() - ctx.poll.as_secs_f64())
+            .max(0.0)
     } else {
         0.0
     };
@@ -942,10 +943,12 @@ async fn release_tick(
     }
     let analysing = phase.is_some_and(Phase::analyses)
         && !pending
-        && now - status.last_analysis_at >= plan.interval.as_secs_f64();
+        && now - status.last_analysis_at >= plan.tick_interval().as_secs_f64();
+    let mut gate = previous.as_ref().and_then(|m| m.gate.clone());
     let analysis = if analysing {
         status.last_analysis_at = now;
-        Some(borrowed.get().analyse(plan).await)
+        let weight = previous.as_ref().map(|m| m.canary_weight_bp).unwrap_or(0);
+        Some(borrowed.get().tick(plan, &mut gate, weight).await)
     } else {
         None
     };
@@ -987,6 +990,9 @@ async fn release_tick(
         paused_for,
     };
     let mut t = machine::step(plan, previous.as_ref(), &obs);
+    if !t.actions.contains(&MachineAction::Initialize) {
+        t.status.gate = gate;
+    }
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
     if t.actions.contains(&MachineAction::Initialize) && !pending {
@@ -1092,8 +1098,9 @@ async fn release_tick(
         NextTick::Now => Duration::from_millis(50),
         NextTick::Soon => ctx.poll,
         NextTick::Interval => {
-            let due = status.last_analysis_at + plan.interval.as_secs_f64() - now;
-            Duration::from_secs_f64(due.clamp(0.05, plan.interval.as_secs_f64()))
+            let tick = plan.tick_interval().as_secs_f64();
+            let due = status.last_analysis_at + tick - now;
+            Duration::from_secs_f64(due.clamp(0.05, tick))
         }
         NextTick::Idle => Duration::from_secs(60),
     }))

@@ -9,8 +9,82 @@ fn plan() -> Plan {
         interval: Duration::from_secs(10),
         failure_limit: 2,
         progress_deadline: Duration::from_secs(60),
-        ..Plan::default()
+        ..Plan::threshold()
     }
+}
+
+fn sequential_plan() -> Plan {
+    Plan {
+        interval: Duration::from_secs(10),
+        max_duration: Duration::from_secs(300),
+        ..Plan {
+            gate: crate::plan::Gate::Sequential(Default::default()),
+            ..plan()
+        }
+    }
+}
+
+/// A sequential-gate tick: not failed (exposure met), proven or not.
+fn gate_tick(now: f64, proven: bool) -> Observation {
+    let mut o = obs(now, "r1", Some(Outcome::Pass));
+    if let Some(a) = o.analysis.as_mut() {
+        a.promotable = Some(proven);
+    }
+    o
+}
+
+#[test]
+fn the_sequential_gate_advances_after_the_dwell_and_promotes_only_when_proven() {
+    let p = sequential_plan();
+    let mut s = started(&p);
+    // Ticks every 2 s: the first step lasts its 10 s dwell.
+    let mut weights = vec![];
+    let mut now = 0.0;
+    while now < 30.0 {
+        now += 2.0;
+        let t = drive(&p, Some(&s), &gate_tick(now, false));
+        for a in &t.actions {
+            if let Action::SetWeight(w) = a {
+                weights.push((now, *w));
+            }
+        }
+        s = t.status;
+    }
+    assert_eq!(weights, vec![(10.0, 2500), (20.0, 5000)]);
+    assert_eq!(s.phase, Phase::Progressing);
+    assert!(s.message.contains("shown to be no worse"), "{}", s.message);
+    // Not proven: holds at the last step until the maximum duration.
+    let t = drive(&p, Some(&s), &gate_tick(100.0, false));
+    assert_eq!(t.status.phase, Phase::Progressing);
+    let t = drive(&p, Some(&t.status), &gate_tick(102.0, true));
+    assert_eq!(t.status.phase, Phase::Promoting);
+    let t = drive(&p, Some(&s), &gate_tick(300.0, false));
+    assert_eq!(t.status.phase, Phase::Failed);
+    assert!(
+        t.status.message.contains("maximum release duration"),
+        "{}",
+        t.status.message
+    );
+}
+
+#[test]
+fn a_decisive_failure_rolls_back_at_once() {
+    let p = sequential_plan();
+    let s = started(&p);
+    let mut o = obs(2.0, "r1", Some(Outcome::Fail));
+    if let Some(a) = o.analysis.as_mut() {
+        a.checks[0].decisive = true;
+    }
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(
+        t.status.phase,
+        Phase::Failed,
+        "failure limit 2 does not apply"
+    );
+    assert!(t.actions.contains(&Action::Rollback));
+    // A ceiling (not decisive) still counts toward the failure limit.
+    let t = drive(&p, Some(&s), &obs(2.0, "r1", Some(Outcome::Fail)));
+    assert_eq!(t.status.phase, Phase::Progressing);
 }
 
 fn analysis(outcome: Outcome) -> Analysis {
@@ -22,8 +96,9 @@ fn analysis(outcome: Outcome) -> Analysis {
             value: Some(1.0),
             threshold: ">= 99".into(),
             reason: format!("{outcome:?}"),
+            ..CheckResult::default()
         }],
-        ab: None,
+        ..Analysis::default()
     }
 }
 
@@ -380,7 +455,15 @@ fn properties_hold_against_an_independent_model() {
         steps.dedup();
         let last_weight = *steps.last().unwrap();
         let with_confirm_hook = rng() % 4 == 0;
+        let sequential = rng() % 2 == 0;
         let p = Plan {
+            gate: if sequential {
+                crate::plan::Gate::Sequential(Default::default())
+            } else {
+                crate::plan::Gate::Threshold
+            },
+            interval: Duration::from_secs(rng() % 30),
+            max_duration: Duration::from_secs(60 + rng() % 600),
             steps_bp: steps.clone(),
             failure_limit: 1 + (rng() % 4) as u32,
             progress_deadline: Duration::from_secs(10 + rng() % 100),
@@ -419,6 +502,14 @@ fn properties_hold_against_an_independent_model() {
                 _ => Some(Outcome::Pass),
             };
             let mut o = obs(now, &format!("r{revision}"), analysis);
+            if let Some(a) = o.analysis.as_mut() {
+                a.checks[0].decisive = a.checks[0].outcome == Outcome::Fail && rng() % 3 == 0;
+                a.promotable = match rng() % 3 {
+                    0 => Some(false),
+                    1 => Some(true),
+                    _ => None,
+                };
+            }
             o.target_ready = rng() % 5 != 0;
             if !calm {
                 o.command = match rng() % 16 {
@@ -441,6 +532,7 @@ fn properties_hold_against_an_independent_model() {
             if o.command == Some(Command::Approve) {
                 model.approved = true;
             }
+            let pending_before = model.pending.clone();
             let mut t = step(&p, status.as_ref(), &o);
             let routing: Vec<&Action> = t.actions.iter().filter(|a| a.is_routing()).collect();
             assert!(routing.len() <= 1, "case {case}: {:?}", t.actions);
@@ -477,6 +569,11 @@ fn properties_hold_against_an_independent_model() {
                             assert!(
                                 verdict_passed,
                                 "case {case} tick {tick}: promoted without a passing analysis"
+                            );
+                            assert_ne!(
+                                o.analysis.as_ref().and_then(|a| a.promotable),
+                                Some(false),
+                                "case {case} tick {tick}: promoted on evidence that does not allow it"
                             );
                             assert_eq!(
                                 model.router_weight,
@@ -525,6 +622,23 @@ fn properties_hold_against_an_independent_model() {
                 }
             } else if let Some(pending) = &model.pending {
                 panic!("case {case} tick {tick}: pending {pending:?} was not reissued");
+            }
+            // A decisive failure seen by an active, unblocked release rolls back now.
+            let decisive = o
+                .analysis
+                .as_ref()
+                .is_some_and(|a| a.checks[0].decisive && a.checks[0].outcome == Outcome::Fail);
+            if decisive
+                && status.as_ref().is_some_and(|s| s.phase.analyses())
+                && !matches!(pending_before, Some(Action::Promote | Action::Finalise))
+                && o.revision == status.as_ref().unwrap().revision
+                && o.command != Some(Command::PromoteNow)
+            {
+                assert_eq!(
+                    t.status.phase,
+                    Phase::Failed,
+                    "case {case} tick {tick}: a decisive failure did not roll back"
+                );
             }
             status = Some(t.status);
         }

@@ -1,0 +1,362 @@
+//! The sequential gate end to end: `sluice rollout` (its default gate)
+//! against a real proxy and seeded backends that both fail 1% of requests,
+//! steady open-loop load, the proxy's own metrics or a real Prometheus. The
+//! scenarios of `tests/bench/gate-power` at a smaller scale: a healthy canary
+//! is promoted, a worse one is rolled back on evidence, and a slowdown of
+//! both arms is not held against the canary.
+
+use std::time::Duration;
+
+use sluice_tests::*;
+
+/// These releases each put 400 req/s through a debug build on two cores:
+/// one at a time, so that no release is judged on another's CPU starvation.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
+
+struct Release {
+    stable: BackendHandle,
+    canary: BackendHandle,
+    proxy: ProxyHandle,
+    prometheus: Option<Prometheus>,
+    dir: TempDir,
+}
+
+fn one_percent(seed_faults: Faults) -> Faults {
+    Faults {
+        error_rate: 0.01,
+        ..seed_faults
+    }
+}
+
+impl Release {
+    async fn new(canary: Faults, with_prometheus: bool) -> Self {
+        let stable = sluice_loadtest::start_backend(BackendOptions {
+            faults: one_percent(Faults::default()),
+            seed: 11,
+            ..BackendOptions::new("stable")
+        })
+        .await
+        .unwrap();
+        let canary = sluice_loadtest::start_backend(BackendOptions {
+            faults: canary,
+            seed: 12,
+            ..BackendOptions::new("canary")
+        })
+        .await
+        .unwrap();
+        let proxy = start_proxy(&proxy_yaml(&format!(
+            "  - {{ name: web, stable: '{}' }}\n",
+            stable.url()
+        )))
+        .await;
+        let prometheus = if with_prometheus {
+            let p = Prometheus::start(&[proxy.admin_addr]).await;
+            p.wait_for_targets_up(1).await;
+            Some(p)
+        } else {
+            None
+        };
+        Self {
+            stable,
+            canary,
+            proxy,
+            prometheus,
+            dir: TempDir::new("gate"),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--admin",
+            &format!("http://{}", self.proxy.admin_addr),
+            "--route",
+            "web",
+            "--canary",
+            &self.canary.url(),
+            "--steps",
+            "20,50",
+            "--interval",
+            "3s",
+            "--scrape-interval",
+            "1s",
+            "--min-requests",
+            "50",
+            // Smaller scale than production: a canary twice as bad must not
+            // be promoted (beta), so a healthy one is shown so sooner.
+            "--rho-max",
+            "2",
+            "--max-duration",
+            "150s",
+            "--progress-deadline",
+            "30s",
+            "--control-socket",
+            &self.dir.path.join("control.sock").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = &self.prometheus {
+            // Each tick judges its own window of 1 s scrapes: two of them.
+            let scrape = args.iter().position(|a| a == "--scrape-interval").unwrap();
+            args[scrape + 1] = "2s".into();
+            args.extend([
+                "--prometheus".into(),
+                p.url.clone(),
+                "--prometheus-window".into(),
+                "2s".into(),
+            ]);
+        }
+        args
+    }
+
+    /// Runs the release under 400 req/s of load; (exit code, events, report).
+    async fn run(&self) -> (i32, Vec<serde_json::Value>, sluice_loadtest::Report) {
+        let (load, report) = steady_load(&format!("http://{}/", self.proxy.addr), 400.0);
+        let (code, events) = Rollout::start(&self.args())
+            .wait(Duration::from_secs(200))
+            .await;
+        load.stop();
+        (code, events, report.await.unwrap())
+    }
+
+    async fn route(&self) -> serde_json::Value {
+        let (_, _, body) = get(&format!("http://{}/routes/web", self.proxy.admin_addr))
+            .await
+            .unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+fn last_message(events: &[serde_json::Value]) -> String {
+    events
+        .last()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The evidence report of a check in the last event that has it.
+fn evidence(events: &[serde_json::Value], check: &str) -> serde_json::Value {
+    events
+        .iter()
+        .rev()
+        .filter_map(|e| e["checks"].as_array())
+        .flatten()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(check)))
+        .map(|c| c["evidence"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+async fn healthy_canary_is_promoted(with_prometheus: bool) {
+    let _serial = one_at_a_time().await;
+    let r = Release::new(one_percent(Faults::default()), with_prometheus).await;
+    let (code, events, report) = r.run().await;
+    assert_eq!(code, 0, "{}", last_message(&events));
+    let errors = evidence(&events, "errors");
+    assert_eq!(errors["proven"], true, "{errors}");
+    assert_eq!(r.route().await["stable"], r.canary.url());
+    // Users saw the baseline, nothing more.
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.server_errors() * 100 <= report.requests * 3);
+    assert!(r.stable.stats().requests > 0);
+}
+
+async fn worse_canary_is_rolled_back_on_evidence(canary: Faults, check: &str) {
+    let _serial = one_at_a_time().await;
+    let r = Release::new(canary, false).await;
+    let (code, events, _) = r.run().await;
+    assert_eq!(code, 1, "{}", last_message(&events));
+    let message = last_message(&events);
+    assert!(
+        message.contains("worse than the primary") && message.contains(check),
+        "rolled back by the gate's evidence on {check}: {message}"
+    );
+    let e = evidence(&events, check);
+    assert!(
+        e["fail"].as_f64().unwrap() >= e["fail_threshold"].as_f64().unwrap(),
+        "{e}"
+    );
+    assert!(
+        events.iter().all(|e| e["phase"] != "Promoting"),
+        "never promoted"
+    );
+    let route = r.route().await;
+    assert_eq!(route["canary_weight"], 0.0);
+    assert_eq!(route["stable"], r.stable.url());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_as_good_as_the_primary_is_promoted() {
+    healthy_canary_is_promoted(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_as_good_as_the_primary_is_promoted_on_prometheus_data() {
+    healthy_canary_is_promoted(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_failing_twice_as_often_as_the_primary_is_rolled_back() {
+    worse_canary_is_rolled_back_on_evidence(
+        Faults {
+            error_rate: 0.02,
+            ..Faults::default()
+        },
+        "errors",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_failing_8_percent_is_rolled_back_within_its_first_step() {
+    let _serial = one_at_a_time().await;
+    let r = Release::new(
+        Faults {
+            error_rate: 0.08,
+            ..Faults::default()
+        },
+        false,
+    )
+    .await;
+    let (code, events, report) = r.run().await;
+    assert_eq!(code, 1, "{}", last_message(&events));
+    assert!(last_message(&events).contains("worse than the primary"));
+    // Decided at the first step: the weight never reached the second.
+    let weights: Vec<f64> = events
+        .iter()
+        .filter_map(|e| e["canary_weight"].as_f64())
+        .collect();
+    assert!(weights.iter().all(|w| *w <= 20.0), "{weights:?}");
+    // The blast radius: users got few of the canary's failures.
+    let canary_failures: u64 = report
+        .header_status_counts
+        .get("canary")
+        .map(|m| m.iter().filter(|(c, _)| **c >= 500).map(|(_, n)| n).sum())
+        .unwrap_or(0);
+    assert!(canary_failures < 100, "{canary_failures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_400ms_slower_is_rolled_back_on_latency() {
+    worse_canary_is_rolled_back_on_evidence(
+        Faults {
+            error_rate: 0.01,
+            latency: Latency::Fixed(Duration::from_millis(400)),
+            ..Faults::default()
+        },
+        "latency",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slowdown_of_both_arms_mid_release_is_not_held_against_the_canary() {
+    let _serial = one_at_a_time().await;
+    let r = Release::new(one_percent(Faults::default()), false).await;
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
+    let rollout = Rollout::start(&r.args());
+    // Once the canary has traffic (and the bound was learnt), slow both down.
+    loop {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ticks");
+        if e["phase"] == "Progressing"
+            && e["checks"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["name"].as_str().unwrap_or("").starts_with("latency>"))
+            })
+        {
+            break;
+        }
+    }
+    let slow = Faults {
+        error_rate: 0.01,
+        latency: Latency::Fixed(Duration::from_millis(100)),
+        ..Faults::default()
+    };
+    r.stable.set_faults(slow.clone());
+    r.canary.set_faults(slow);
+    let (code, events) = rollout.wait(Duration::from_secs(200)).await;
+    load.stop();
+    let _ = report.await;
+    assert_eq!(code, 0, "{}", last_message(&events));
+    let latency = evidence(&events, "latency>");
+    assert!(
+        latency["canary_rate"].as_f64().unwrap() > 0.3,
+        "the canary was slowed: {latency}"
+    );
+    assert!(
+        latency["primary_rate"].as_f64().unwrap() > 0.3,
+        "the primary was slowed too: {latency}"
+    );
+}
+
+#[test]
+fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("sluice"))
+            .arg("simulate")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let base = [
+        "--rps",
+        "400",
+        "--steps",
+        "10,25,50",
+        "--interval",
+        "10s",
+        "--scrape-interval",
+        "1s",
+        "--runs",
+        "40",
+        "--max-duration",
+        "10m",
+        "--json",
+    ];
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = base.to_vec();
+        all.extend_from_slice(args);
+        let out = run(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let worse = json(&["--primary-errors", "1%", "--canary-errors", "8%"]);
+    assert_eq!(worse["summary"]["rolled_back"], 40, "{worse}");
+    assert!(
+        worse["summary"]["time_to_rollback"]["p50"]
+            .as_f64()
+            .unwrap()
+            < 5.0
+    );
+    let healthy = json(&["--primary-errors", "1%", "--canary-errors", "1%"]);
+    assert_eq!(healthy["summary"]["promoted"], 40, "{healthy}");
+    // Deterministic for a seed.
+    assert_eq!(
+        json(&["--canary-errors", "2%", "--seed", "7"])["summary"],
+        json(&["--canary-errors", "2%", "--seed", "7"])["summary"]
+    );
+    for (args, flag) in [
+        (vec!["--canary-errors", "120%"], "--canary-errors"),
+        (vec!["--rps", "0"], "--rps"),
+        (vec!["--slowdown", "300ms"], "--slowdown"),
+        (vec!["--alpha", "0.9"], "--alpha"),
+        (vec!["--latency-bound", "270ms"], "--latency-bound"),
+        (vec!["--gate", "magic"], "--gate"),
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
