@@ -285,9 +285,20 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    serve_http_on("127.0.0.1:0".parse().expect("static address"), handler).await
+}
+
+/// Like [`serve_http`], on `addr`.
+pub async fn serve_http_on<F, Fut, B>(addr: SocketAddr, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind(addr)
         .await
-        .expect("bind test server");
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let addr = listener.local_addr().expect("test server address");
     tokio::spawn(async move {
         loop {
@@ -690,6 +701,39 @@ impl TestCa {
 
 /// An HTTPS upstream (the demo backend's answers, over TLS with `cert`/`key`).
 pub async fn start_https_backend(name: &str, cert_pem: &str, key_pem: &str) -> SocketAddr {
+    let name = name.to_string();
+    serve_https_on(
+        "127.0.0.1:0".parse().expect("static address"),
+        cert_pem,
+        key_pem,
+        move |_req: Request<Incoming>| {
+            let name = name.clone();
+            async move {
+                Response::builder()
+                    .header("x-backend", name.as_str())
+                    .body(Full::new(Bytes::from(format!(
+                        "{{\"backend\":\"{name}\",\"tls\":true}}"
+                    ))))
+                    .expect("response")
+            }
+        },
+    )
+    .await
+}
+
+/// Serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on `addr` with `handler`.
+pub async fn serve_https_on<F, Fut, B>(
+    addr: SocketAddr,
+    cert_pem: &str,
+    key_pem: &str,
+    handler: F,
+) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use rustls_pki_types::pem::PemObject;
     let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
@@ -705,31 +749,23 @@ pub async fn start_https_backend(name: &str, cert_pem: &str, key_pem: &str) -> S
     .expect("server cert");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     let addr = listener.local_addr().expect("addr");
-    let name = name.to_string();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (acceptor, name) = (acceptor.clone(), name.clone());
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let name = name.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            Response::builder()
-                                .header("x-backend", name.as_str())
-                                .body(Full::new(Bytes::from(format!(
-                                    "{{\"backend\":\"{name}\",\"tls\":true}}"
-                                ))))
-                                .expect("response"),
-                        )
-                    }
+                let service = hyper::service::service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -738,6 +774,53 @@ pub async fn start_https_backend(name: &str, cert_pem: &str, key_pem: &str) -> S
         }
     });
     addr
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn kubernetes_validator() -> PathBuf {
+    let venv = workspace_root().join("target/py-venv/bin/kubernetes-validate");
+    if venv.is_file() {
+        return venv;
+    }
+    which("kubernetes-validate").unwrap_or_else(|| {
+        panic!("kubernetes-validate is missing: tests/run installs it (python3 -m venv target/py-venv && target/py-venv/bin/pip install kubernetes-validate)")
+    })
+}
+
+/// Checks YAML documents with `kubernetes-validate --strict` for 1.35;
+/// panics naming `name` and the validator's complaints.
+pub fn kubernetes_validate(name: &str, yaml: &str) {
+    let dir = TempDir::new("validate");
+    let file = dir.path.join(format!("{name}.yaml"));
+    std::fs::write(&file, yaml).expect("write manifest");
+    let out = Command::new(kubernetes_validator())
+        .args(["--strict", "-k", "1.35.0", "--quiet"])
+        .arg(&file)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("ERROR"),
+        "{name} does not validate:\n{text}"
+    );
+}
+
+/// `kubectl`, with a message naming what to install when it is missing.
+pub fn kubectl() -> PathBuf {
+    which("kubectl").unwrap_or_else(|| {
+        panic!("kubectl is missing: tests/run installs Debian's kubernetes-client")
+    })
 }
 
 /// Runs curl with `args`; returns (exit code, stdout, stderr).

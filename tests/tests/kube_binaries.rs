@@ -20,9 +20,11 @@ impl Drop for Killed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
     let fake = FakeKube::start().await;
+    fake.install_operator_rbac();
     let dir = TempDir::new("kube-bin");
     let kubeconfig = dir.path.join("config");
-    fake.kubeconfig(&kubeconfig);
+    let token = fake.service_account_token("sluice-system", "sluice-operator");
+    fake.kubeconfig_with(&kubeconfig, Some(&token));
     fake.put("api/v1", "services", "shop", json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}}));
     fake.put(
         "apis/apps/v1",
@@ -113,9 +115,26 @@ async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
     let fake = FakeKube::start().await;
+    // The proxy runs as its own ServiceAccount, with the Role the operator
+    // makes for it: read its one ConfigMap, nothing else.
+    let owner = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "app", "uid": "u1"});
+    for (plural, object) in sluice_operator::kube::objects::proxy_rbac("app", &owner) {
+        let prefix = if plural == "serviceaccounts" {
+            "api/v1"
+        } else {
+            "apis/rbac.authorization.k8s.io/v1"
+        };
+        let mut object = object;
+        object["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ownerReferences");
+        fake.put(prefix, &plural, "shop", object);
+    }
     let dir = TempDir::new("proxy-cm");
     let kubeconfig = dir.path.join("config");
-    fake.kubeconfig(&kubeconfig);
+    let token = fake.service_account_token("shop", "app-sluice");
+    fake.kubeconfig_with(&kubeconfig, Some(&token));
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let (listen, admin) = (free_port(), free_port());
     let config = |weight: u32| {

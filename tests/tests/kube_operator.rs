@@ -17,7 +17,7 @@ use sluice_operator::analysis::{Analysis, CheckResult, Outcome};
 use sluice_operator::kube::{self as op, Context, KubeStatus};
 use sluice_operator::provider::Provider;
 use sluice_tests::eventually;
-use sluice_tests::fake_kube::FakeKube;
+use sluice_tests::fake_kube::{FakeKube, Options, Readiness};
 
 const NS: &str = "shop";
 const APPS: &str = "apis/apps/v1";
@@ -57,8 +57,9 @@ fn context(
     clock: &Arc<AtomicU64>,
     script: &Arc<std::sync::Mutex<VecDeque<Outcome>>>,
 ) -> Arc<Context> {
+    // The operator runs as its own ServiceAccount, with the shipped RBAC.
     let mut ctx = Context::new(
-        fake.client(),
+        fake.operator_client(),
         "test-operator",
         None,
         "sluice-proxy:test".into(),
@@ -79,7 +80,12 @@ fn context(
 
 impl World {
     async fn new(annotations: Value) -> Self {
-        let fake = FakeKube::start().await;
+        Self::with(annotations, Options::default()).await
+    }
+
+    async fn with(annotations: Value, options: Options) -> Self {
+        let fake = FakeKube::start_with(options).await;
+        fake.install_operator_rbac();
         fake.put(
             "api/v1",
             "configmaps",
@@ -556,7 +562,7 @@ async fn an_hpa_on_the_deployment_gets_a_twin_on_the_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_runs_under_a_lease_and_a_second_replica_waits() {
     let w = World::new(json!({})).await;
-    let client = w.fake.client();
+    let client = w.fake.operator_client();
     let cfg = op::leader::LeaderConfig {
         renew_every: Duration::from_millis(200),
         lease_duration: Duration::from_secs(2),
@@ -821,4 +827,118 @@ async fn a_new_revision_during_promotion_is_queued_and_released_after_it() {
     w.tick().await;
     assert_eq!(w.status().phase, "Initializing", "{}", w.status().message);
     assert_ne!(w.status().revision, w.status().primary_revision);
+}
+
+/// Pods become ready on their own (a kubelet with a readiness delay) and the
+/// EndpointSlice controller follows: from the moment the app serves, through
+/// the take-over, a release and its promotion, Service `app` never lacks a
+/// ready endpoint on its `http` port, checked at every change the API sees.
+#[tokio::test]
+async fn the_service_always_has_a_ready_endpoint_through_takeover_release_and_promotion() {
+    let w = World::with(
+        json!({}),
+        Options {
+            readiness: Readiness::After(Duration::from_millis(40)),
+            ..Options::default()
+        },
+    )
+    .await;
+    eventually("the app serves", Duration::from_secs(10), || {
+        let ready = w.fake.view(|v| v.ready_endpoints(NS, "app", "http")) >= 3;
+        async move { ready.then_some(()) }
+    })
+    .await;
+    w.fake.invariant("Service app has a ready endpoint", |v| {
+        match v.ready_endpoints(NS, "app", "http") {
+            0 => Err("Service app has no ready endpoint on port http".into()),
+            _ => Ok(()),
+        }
+    });
+    let drive = |phase: &'static str| {
+        let w = &w;
+        async move {
+            for _ in 0..200 {
+                if w.fake.get(APPS, "deployments", NS, "app-primary").is_some()
+                    && w.status().phase == phase
+                {
+                    return;
+                }
+                w.advance(10);
+                w.tick().await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            panic!("never reached {phase}");
+        }
+    };
+    drive("Initialized").await;
+    let selector = w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["selector"].clone();
+    assert_ne!(
+        selector,
+        json!({"app": "app"}),
+        "the Service fronts the proxy now"
+    );
+    w.set_image("app:2");
+    w.tick().await;
+    drive("Succeeded").await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
+    );
+    assert!(w.fake.view(|v| v.ready_endpoints(NS, "app", "http")) >= 1);
+    assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
+}
+
+/// Every whole object the operator sends (creates, replaces, server-side
+/// applies) through bootstrap, a release, a rollback and the removal of the
+/// annotation validates with `kubernetes-validate --strict` for 1.35.
+/// (Merge patches are partial objects; the fake's own schema decoding
+/// checks those.)
+#[tokio::test]
+async fn every_object_the_operator_writes_validates_strictly() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Succeeded", 20).await;
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail, Outcome::Fail]);
+    w.set_image("app:3");
+    w.until("Failed", 20).await;
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    w.tick().await;
+    let operator = "system:serviceaccount:sluice-system:sluice-operator";
+    let mut docs = Vec::new();
+    let mut kinds = std::collections::BTreeSet::new();
+    for r in w.fake.write_records() {
+        let whole = matches!(r.method.as_str(), "POST" | "PUT")
+            || r.content_type == "application/apply-patch+yaml";
+        if r.user != operator || !whole || !r.body.is_object() {
+            continue;
+        }
+        kinds.insert(r.body["kind"].as_str().unwrap_or("?").to_string());
+        // JSON is YAML, and keeps timestamps strings.
+        docs.push(format!("{}\n", r.body));
+    }
+    for kind in [
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Event",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "the operator wrote no whole {kind}: {kinds:?}"
+        );
+    }
+    sluice_tests::kubernetes_validate("operator-writes", &docs.join("---\n"));
 }

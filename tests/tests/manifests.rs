@@ -16,21 +16,8 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-fn validator() -> PathBuf {
-    let venv = root().join("target/py-venv/bin/kubernetes-validate");
-    if venv.is_file() {
-        return venv;
-    }
-    which("kubernetes-validate").unwrap_or_else(|| {
-        panic!("kubernetes-validate is missing: tests/run installs it (python3 -m venv target/py-venv && target/py-venv/bin/pip install kubernetes-validate)")
-    })
-}
-
 fn kustomize(dir: &str) -> String {
-    let kubectl = which("kubectl").unwrap_or_else(|| {
-        panic!("kubectl (with kustomize) is missing: install kubectl to render deploy/")
-    });
-    let out = Command::new(kubectl)
+    let out = Command::new(kubectl())
         .args(["kustomize", &root().join(dir).display().to_string()])
         .output()
         .unwrap();
@@ -43,23 +30,7 @@ fn kustomize(dir: &str) -> String {
 }
 
 fn validate(name: &str, yaml: &str) {
-    let dir = TempDir::new("manifests");
-    let file = dir.path.join(format!("{name}.yaml"));
-    std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(validator())
-        .args(["--strict", "-k", "1.35.0", "--quiet"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && !text.contains("ERROR"),
-        "{name} does not validate:\n{text}"
-    );
+    kubernetes_validate(name, yaml);
 }
 
 fn documents(yaml: &str) -> Vec<Value> {

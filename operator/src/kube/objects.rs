@@ -472,14 +472,20 @@ pub fn hpa_twin(hpa: &Value, app: &str, owner: &Value) -> Value {
 }
 
 /// Whether a Deployment has rolled out its current spec and is fully ready.
+/// Whether a Deployment has finished rolling out its current template, by
+/// `kubectl rollout status`'s rule: the controller has seen this
+/// generation, every replica runs the new template, no pod of an older
+/// template is left, and every new pod is available. (`readyReplicas`
+/// alone counts old pods too: not enough.)
 pub fn rolled_out(d: &Value) -> bool {
     let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
     let generation = d["metadata"]["generation"].as_i64().unwrap_or(0);
     let s = &d["status"];
+    let count = |f: &str| s[f].as_i64().unwrap_or(0);
     s["observedGeneration"].as_i64().unwrap_or(-1) >= generation
-        && s["updatedReplicas"].as_i64().unwrap_or(0) >= want
-        && s["readyReplicas"].as_i64().unwrap_or(0) >= want
-        && s["availableReplicas"].as_i64().unwrap_or(0) >= want
+        && count("updatedReplicas") >= want
+        && count("replicas") <= count("updatedReplicas")
+        && count("availableReplicas") >= count("updatedReplicas")
 }
 
 #[cfg(test)]

@@ -1,0 +1,1828 @@
+//! The fake API server against oracles that are not itself: the real
+//! `kubectl` (its own strategic merge, computed client-side with
+//! `kubectl patch --local`; and as a client of the `fake-apiserver` binary,
+//! with results expected from the Kubernetes documentation), and the API's
+//! documented status codes and Status bodies.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_tests::fake_kube::{self, FakeKube, Options};
+use sluice_tests::*;
+
+const APPS: &str = "apis/apps/v1";
+const OPERATOR: &str = "system:serviceaccount:sluice-system:sluice-operator";
+
+fn deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web", "team": "a"},
+            "finalizers": ["f1", "f2"],
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o1", "uid": "u1"}]},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                "containers": [
+                    {"name": "a", "image": "a:1", "args": ["--x"],
+                     "env": [{"name": "E1", "value": "1"}, {"name": "E2", "value": "2"}],
+                     "ports": [{"containerPort": 80, "protocol": "TCP"}, {"containerPort": 81, "protocol": "TCP"}],
+                     "volumeMounts": [{"name": "v1", "mountPath": "/v1"}]},
+                    {"name": "b", "image": "b:1"},
+                ],
+                "volumes": [{"name": "v1", "emptyDir": {}}, {"name": "v2", "configMap": {"name": "c"}}],
+                "tolerations": [{"key": "k", "operator": "Exists"}],
+            }},
+        },
+    })
+}
+
+/// Hand-picked patches covering every directive, then seeded random ones.
+fn patches() -> Vec<Value> {
+    let mut out: Vec<Value> = vec![
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "c:1"}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "b:2"}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "c:1"}, {"name": "a", "image": "a:2"}]}}}}),
+        json!({"spec": {"template": {"spec": {"$setElementOrder/containers": [{"name": "b"}, {"name": "a"}], "containers": [{"name": "a", "image": "a:3"}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"$patch": "replace"}, {"name": "z", "image": "z:1"}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "env": [{"name": "E3", "value": "3"}, {"name": "E1", "$patch": "delete"}]}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 82}]}]}}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "args": ["--y"]}]}}}}),
+        json!({"spec": {"template": {"spec": {"volumes": [{"name": "v3", "secret": {"secretName": "s"}}]}}}}),
+        json!({"spec": {"template": {"spec": {"volumes": [{"name": "v2", "$retainKeys": ["name", "emptyDir"], "emptyDir": {}}]}}}}),
+        json!({"spec": {"template": {"spec": {"tolerations": [{"key": "other", "operator": "Exists"}]}}}}),
+        json!({"spec": {"template": {"metadata": {"$patch": "delete"}}}}),
+        json!({"spec": {"template": {"metadata": {"labels": {"$patch": "replace", "z": "1"}}}}}),
+        json!({"metadata": {"labels": {"team": null, "tier": "front"}, "annotations": {"x": null, "y": "1"}}}),
+        json!({"metadata": {"finalizers": ["f3"]}}),
+        json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["f1"]}}),
+        json!({"metadata": {"$setElementOrder/finalizers": ["f2", "f1"], "finalizers": ["f1"]}}),
+        json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "o2", "uid": "u2"}]}}),
+        json!({"metadata": {"ownerReferences": [{"uid": "u1", "$patch": "delete"}]}}),
+        json!({"spec": {"replicas": null, "strategy": {"type": "Recreate"}}}),
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "q", "image": "q:1", "env": [{"name": "X", "value": null}]}]}}}}),
+        json!({"metadata": {"newmap": {"a": null, "b": "1"}}}),
+    ];
+    // Random patches: containers, env, ports and labels, with deletes.
+    let mut rng = sluice_loadtest::Rng::new(0xfa4e);
+    let mut pick = |n: u64| (rng.next_u64() % n) as usize;
+    let names = ["a", "b", "c", "d"];
+    for _ in 0..60 {
+        let mut containers = Vec::new();
+        for _ in 0..pick(3) + 1 {
+            let name = names[pick(names.len() as u64)];
+            let mut c = json!({"name": name});
+            match pick(6) {
+                0 => c["$patch"] = json!("delete"),
+                1 => c["image"] = json!(format!("{name}:{}", pick(9))),
+                2 => {
+                    c["env"] =
+                        json!([{"name": format!("E{}", pick(4)), "value": format!("{}", pick(9))}])
+                }
+                3 => c["env"] = json!([{"name": format!("E{}", pick(4)), "$patch": "delete"}]),
+                4 => c["ports"] = json!([{"containerPort": 80 + pick(4)}]),
+                _ => c["args"] = json!([format!("--v{}", pick(3))]),
+            }
+            containers.push(c);
+        }
+        let mut patch = json!({"spec": {"template": {"spec": {"containers": containers}}}});
+        if pick(3) == 0 {
+            patch["metadata"] = json!({"labels": {format!("l{}", pick(3)): if pick(2) == 0 { Value::Null } else { json!("v") }}});
+        }
+        if pick(4) == 0 {
+            let order: Vec<Value> = names
+                .iter()
+                .rev()
+                .take(pick(4) + 1)
+                .map(|n| json!({"name": n}))
+                .collect();
+            patch["spec"]["template"]["spec"]["$setElementOrder/containers"] = json!(order);
+        }
+        out.push(patch);
+    }
+    out
+}
+
+/// What `kubectl patch --local --type strategic` makes of a patch, or its error.
+fn kubectl_local_patch(file: &std::path::Path, patch: &Value) -> Result<Value, String> {
+    let out = Command::new(kubectl())
+        .args([
+            "patch",
+            "--local",
+            "--type",
+            "strategic",
+            "-o",
+            "json",
+            "-f",
+        ])
+        .arg(file)
+        .arg("-p")
+        .arg(patch.to_string())
+        .output()
+        .expect("run kubectl");
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).expect("kubectl prints JSON"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn strategic_merge_patches_give_what_kubectl_computes() {
+    let dir = TempDir::new("smp");
+    let file = dir.path.join("deployment.json");
+    let original = deployment();
+    std::fs::write(&file, original.to_string()).unwrap();
+    let schema = fake_kube::schema::Schema::get().kind("apps/v1", "Deployment");
+    let mut compared = 0;
+    let mut errors_agreed = 0;
+    for patch in patches() {
+        let ours = fake_kube::merge::strategic_merge(&original, &patch, schema);
+        match (kubectl_local_patch(&file, &patch), ours) {
+            (Ok(expected), Ok(got)) => {
+                assert_eq!(got, expected, "patch {patch}");
+                compared += 1;
+            }
+            (Err(_), Err(_)) => errors_agreed += 1,
+            (Ok(expected), Err(e)) => {
+                panic!("patch {patch}: we refused ({e}), kubectl gave {expected}")
+            }
+            (Err(e), Ok(got)) => panic!("patch {patch}: kubectl refused ({e}), we gave {got}"),
+        }
+    }
+    assert!(compared >= 70, "only {compared} patches compared");
+    assert!(errors_agreed <= 10, "{errors_agreed}");
+}
+
+// === kubectl as a client of the fake-apiserver binary ===
+
+/// The `fake-apiserver` binary, with a kubeconfig for its admin.
+struct ApiServer {
+    child: Child,
+    dir: TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl ApiServer {
+    fn start(ready_after: &str) -> Self {
+        let dir = TempDir::new("fake-apiserver");
+        let kubeconfig = dir.path.join("kubeconfig");
+        let mut child = Command::new(bin("fake-apiserver"))
+            .args(["--listen", "127.0.0.1:0", "--ready-after", ready_after])
+            .arg("--kubeconfig-out")
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fake-apiserver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read fake-apiserver's first line");
+        if !line.starts_with("listening on 127.0.0.1:") {
+            let mut err = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err);
+            panic!("fake-apiserver did not start: {line:?} {err}");
+        }
+        Self {
+            child,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(kubectl());
+        c.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.dir.path)
+            .args(args);
+        c
+    }
+
+    /// kubectl ARGS: (succeeded, stdout, stderr).
+    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self.command(args).output().expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.kubectl(args);
+        assert!(ok, "kubectl {args:?} failed: {err}");
+        out
+    }
+
+    /// Writes `yaml` to a file and returns its path.
+    fn file(&self, name: &str, yaml: &str) -> String {
+        let path = self.dir.path.join(name);
+        std::fs::write(&path, yaml).expect("write manifest");
+        path.display().to_string()
+    }
+
+    fn json(&self, what: &[&str]) -> Value {
+        let mut args = vec!["get"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&args)).expect("kubectl prints JSON")
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The example of "Declarative Management of Kubernetes Objects Using
+/// Configuration Files": a field another writer set (`replicas`, by
+/// `kubectl scale`) survives; a field removed from the file that the last
+/// apply set (`minReadySeconds`) is cleared; a changed one is updated.
+#[test]
+fn kubectl_apply_merges_three_ways() {
+    let api = ApiServer::start("100ms");
+    let first = api.file(
+        "deploy.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+spec:
+  selector:
+    matchLabels:
+      app: nginx
+  minReadySeconds: 5
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+",
+    );
+    assert!(
+        api.ok(&["apply", "--validate=false", "-f", &first])
+            .contains("created")
+    );
+    let live = api.json(&["deployment", "nginx-deployment"]);
+    let last = live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .expect("apply records the last-applied configuration");
+    assert_eq!(
+        serde_json::from_str::<Value>(last).unwrap()["spec"]["minReadySeconds"],
+        5
+    );
+    // Defaulted by the API server, not in the file.
+    assert_eq!(live["spec"]["replicas"], 1);
+    assert_eq!(live["spec"]["strategy"]["type"], "RollingUpdate");
+    assert!(
+        api.ok(&["scale", "deployment/nginx-deployment", "--replicas=2"])
+            .contains("scaled")
+    );
+    let second = api.file(
+        "deploy2.yaml",
+        &std::fs::read_to_string(&first)
+            .unwrap()
+            .replace("  minReadySeconds: 5\n", "")
+            .replace("nginx:1.14.2", "nginx:1.16.1"),
+    );
+    assert!(
+        api.ok(&["apply", "--validate=false", "-f", &second])
+            .contains("configured")
+    );
+    let live = api.json(&["deployment", "nginx-deployment"]);
+    assert_eq!(live["spec"]["replicas"], 2, "kept: set by kubectl scale");
+    assert!(
+        live["spec"].get("minReadySeconds").is_none(),
+        "cleared: {}",
+        live["spec"]
+    );
+    assert_eq!(
+        live["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.16.1"
+    );
+    // The Deployment controller made the pods and reports them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = api.json(&["deployment", "nginx-deployment"]);
+        let s = &live["status"];
+        if s["readyReplicas"] == 2
+            && s["updatedReplicas"] == 2
+            && s["observedGeneration"] == live["metadata"]["generation"]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never rolled out: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pods = api.json(&["pods", "-l", "app=nginx"]);
+    let images: Vec<&Value> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["spec"]["containers"][0]["image"])
+        .collect();
+    assert_eq!(images, [&json!("nginx:1.16.1"), &json!("nginx:1.16.1")]);
+}
+
+/// Server-side apply as its documentation describes it: a manager that sets
+/// a field another owns conflicts (409) unless it forces, which moves the
+/// ownership; fields a manager stops applying are removed unless another
+/// manager still owns them; a Service's selector is one atomic map.
+#[test]
+fn kubectl_server_side_apply_owns_fields_conflicts_and_removes() {
+    let api = ApiServer::start("100ms");
+    let apply = |manager: &str, data: &str, force: bool| {
+        let file = api.file(
+            &format!("cm-{manager}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata: {data}\n"
+            ),
+        );
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "--field-manager",
+            manager,
+            "-f",
+            &file,
+        ];
+        if force {
+            args.push("--force-conflicts");
+        }
+        api.kubectl(&args)
+    };
+    let data = |api: &ApiServer| api.json(&["configmap", "settings"])["data"].clone();
+    assert!(apply("alice", "{a: '1', b: '2'}", false).0);
+    let (ok, _, err) = apply("bob", "{a: '9'}", false);
+    assert!(!ok, "a changed field owned by alice must conflict");
+    assert!(
+        err.contains("Apply failed with 1 conflict")
+            && err.contains("conflict with \"alice\"")
+            && err.contains(".data.a"),
+        "{err}"
+    );
+    assert_eq!(
+        data(&api),
+        json!({"a": "1", "b": "2"}),
+        "a conflict changes nothing"
+    );
+    // The same value is shared ownership, not a conflict.
+    assert!(apply("bob", "{b: '2'}", false).0);
+    // Forcing takes the field.
+    assert!(apply("bob", "{a: '9', b: '2'}", true).0);
+    assert_eq!(data(&api), json!({"a": "9", "b": "2"}));
+    let live = api.json(&["configmap", "settings", "--show-managed-fields"]);
+    let owners = |field: &str| -> Vec<String> {
+        live["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m["operation"] == "Apply"
+                    && m["fieldsV1"]["f:data"].get(format!("f:{field}")).is_some()
+            })
+            .map(|m| m["manager"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(owners("a"), ["bob"], "force moved a to bob");
+    let mut b = owners("b");
+    b.sort();
+    assert_eq!(b, ["alice", "bob"]);
+    // alice stops applying b: bob still owns it, so it stays; she adds c.
+    assert!(apply("alice", "{c: '3'}", false).0);
+    assert_eq!(data(&api), json!({"a": "9", "b": "2", "c": "3"}));
+    // alice stops applying c, which only she owned: it is removed.
+    assert!(apply("alice", "{d: '4'}", false).0);
+    assert_eq!(data(&api), json!({"a": "9", "b": "2", "d": "4"}));
+
+    // spec.selector of a Service is atomic: a different selector conflicts
+    // as a whole, and a forced one replaces it rather than merging keys.
+    let service = |manager: &str, selector: &str, force: bool| {
+        let file = api.file(
+            &format!("svc-{manager}.yaml"),
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector: {selector}\n  ports:\n  - port: 80\n"
+            ),
+        );
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--validate=false",
+            "--field-manager",
+            manager,
+            "-f",
+            &file,
+        ];
+        if force {
+            args.push("--force-conflicts");
+        }
+        api.kubectl(&args)
+    };
+    assert!(service("alice", "{app: web, track: stable}", false).0);
+    let (ok, _, err) = service("bob", "{app: web}", false);
+    assert!(!ok && err.contains(".spec.selector"), "{err}");
+    assert!(service("bob", "{app: web}", true).0);
+    assert_eq!(
+        api.json(&["service", "web"])["spec"]["selector"],
+        json!({"app": "web"})
+    );
+}
+
+/// "Update API Objects in Place Using kubectl patch": a strategic merge
+/// patch merges containers by name and replaces lists without a patch
+/// strategy (tolerations); a JSON merge patch replaces the whole list; a
+/// JSON patch applies its operations, and a failed `test` changes nothing.
+#[test]
+fn kubectl_patch_strategic_merge_and_json() {
+    let api = ApiServer::start("100ms");
+    let file = api.file(
+        "patch-demo.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: patch-demo
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: patch-demo-ctr
+        image: nginx
+      tolerations:
+      - effect: NoSchedule
+        key: dedicated
+        value: test-team
+",
+    );
+    api.ok(&["apply", "--validate=false", "-f", &file]);
+    let containers = |api: &ApiServer| -> Vec<String> {
+        api.json(&["deployment", "patch-demo"])["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}={}",
+                    c["name"].as_str().unwrap(),
+                    c["image"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    api.ok(&["patch", "deployment", "patch-demo", "--patch",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"patch-demo-ctr-2","image":"redis"}]}}}}"#]);
+    assert_eq!(
+        containers(&api),
+        ["patch-demo-ctr-2=redis", "patch-demo-ctr=nginx"]
+    );
+    api.ok(&["patch", "deployment", "patch-demo", "--patch",
+        r#"{"spec":{"template":{"spec":{"tolerations":[{"effect":"NoSchedule","key":"disktype","value":"ssd"}]}}}}"#]);
+    let tolerations =
+        api.json(&["deployment", "patch-demo"])["spec"]["template"]["spec"]["tolerations"].clone();
+    assert_eq!(
+        tolerations,
+        json!([{"effect": "NoSchedule", "key": "disktype", "value": "ssd"}])
+    );
+    api.ok(&["patch", "deployment", "patch-demo", "--type", "merge", "--patch",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"patch-demo-ctr-3","image":"gcr.io/google-samples/hello-app:2.0"}]}}}}"#]);
+    assert_eq!(
+        containers(&api),
+        ["patch-demo-ctr-3=gcr.io/google-samples/hello-app:2.0"]
+    );
+    api.ok(&["patch", "deployment", "patch-demo", "--type", "json", "--patch",
+        r#"[{"op":"replace","path":"/spec/replicas","value":3},{"op":"add","path":"/metadata/labels","value":{"tier":"web"}}]"#]);
+    let live = api.json(&["deployment", "patch-demo"]);
+    assert_eq!(
+        (
+            live["spec"]["replicas"].clone(),
+            live["metadata"]["labels"].clone()
+        ),
+        (json!(3), json!({"tier": "web"}))
+    );
+    let (ok, _, err) = api.kubectl(&["patch", "deployment", "patch-demo", "--type", "json", "--patch",
+        r#"[{"op":"replace","path":"/spec/replicas","value":5},{"op":"test","path":"/spec/replicas","value":4}]"#]);
+    assert!(!ok, "a failed test operation must fail the patch");
+    // A 422 without causes: kubectl says "The request is invalid".
+    assert!(
+        err.contains("The request is invalid") && err.contains("test failed"),
+        "{err}"
+    );
+    assert_eq!(
+        api.json(&["deployment", "patch-demo"])["spec"]["replicas"],
+        3,
+        "nothing applied"
+    );
+    // A patch that breaks validation is refused whole, with the field named.
+    let (ok, _, err) = api.kubectl(&[
+        "patch",
+        "deployment",
+        "patch-demo",
+        "--type",
+        "merge",
+        "--patch",
+        r#"{"spec":{"selector":{"matchLabels":{"app":"other"}}}}"#,
+    ]);
+    assert!(
+        !ok && err.contains("spec.selector") && err.contains("field is immutable"),
+        "{err}"
+    );
+}
+
+/// `kubectl get -w --output-watch-events`: the existing objects as ADDED,
+/// then every change in order.
+#[test]
+fn kubectl_get_watch_streams_every_change_in_order() {
+    let api = ApiServer::start("100ms");
+    let cm = |name: &str, value: &str| {
+        api.file(
+            &format!("{name}.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{value}'\n"),
+        )
+    };
+    api.ok(&["create", "--validate=false", "-f", &cm("before", "0")]);
+    let mut watch = api
+        .command(&[
+            "get",
+            "configmaps",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kubectl get -w");
+    let mut stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let events = serde_json::Deserializer::from_reader(&mut stdout).into_iter::<Value>();
+        for e in events {
+            match e {
+                Ok(e) => {
+                    if tx.send(e).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a watch event within 10 s")
+    };
+    let first = next();
+    assert_eq!(
+        (
+            first["type"].as_str(),
+            first["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("before"))
+    );
+    api.ok(&["create", "--validate=false", "-f", &cm("during", "1")]);
+    api.ok(&[
+        "patch",
+        "configmap",
+        "during",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"v":"2"}}"#,
+    ]);
+    api.ok(&["delete", "configmap", "during"]);
+    let seen: Vec<(String, String)> = (0..3)
+        .map(|_| {
+            let e = next();
+            (
+                e["type"].as_str().unwrap().to_string(),
+                e["object"]["data"]["v"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ADDED".into(), "1".into()),
+            ("MODIFIED".into(), "2".into()),
+            ("DELETED".into(), "2".into())
+        ]
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    drop(rx);
+    reader.join().expect("watch reader");
+}
+
+/// `kubectl delete`: by default the garbage collector removes dependents in
+/// the background; `--cascade=orphan` leaves them without their owner
+/// reference; `--cascade=foreground` deletes dependents before the owner.
+#[test]
+fn kubectl_delete_cascades_orphans_and_foreground() {
+    let api = ApiServer::start("50ms");
+    let deployment = |name: &str| {
+        api.file(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - {{name: c, image: 'nginx:1'}}\n"
+            ),
+        )
+    };
+    let pods = |app: &str| -> Vec<Value> {
+        api.json(&["pods", "-l", &format!("app={app}")])["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for name in ["background", "orphan", "foreground"] {
+        api.ok(&["apply", "--validate=false", "-f", &deployment(name)]);
+        wait("two pods", &|| pods(name).len() == 2);
+    }
+    api.ok(&["delete", "deployment", "background"]);
+    wait("dependents collected", &|| pods("background").is_empty());
+
+    api.ok(&["delete", "deployment", "orphan", "--cascade=orphan"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let left = pods("orphan");
+    assert_eq!(left.len(), 2, "orphaned pods stay");
+    assert!(
+        left.iter()
+            .all(|p| p["metadata"].get("ownerReferences").is_none()),
+        "{left:?}"
+    );
+
+    api.ok(&[
+        "delete",
+        "deployment",
+        "foreground",
+        "--cascade=foreground",
+        "--wait=true",
+        "--timeout=20s",
+    ]);
+    assert!(
+        pods("foreground").is_empty(),
+        "the owner went only after its dependents"
+    );
+    let (ok, _, err) = api.kubectl(&["get", "deployment", "foreground"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+/// `kubectl auth can-i --as` answers from the shipped RBAC (the operator's
+/// ClusterRole and leader Role) and from a namespaced Role with
+/// resourceNames; a forbidden request carries the API's message.
+#[test]
+fn kubectl_auth_can_i_follows_the_shipped_rbac() {
+    let api = ApiServer::start("100ms");
+    let can = |who: &str, args: &[&str]| -> String {
+        let mut all = vec!["auth", "can-i", "--as", who];
+        all.extend_from_slice(args);
+        let (_, out, err) = api.kubectl(&all);
+        assert!(
+            out.trim() == "yes" || out.trim() == "no",
+            "{all:?}: {out} {err}"
+        );
+        out.trim().to_string()
+    };
+    // Expected answers read off deploy/operator/rbac.yaml.
+    for (args, expected) in [
+        (vec!["patch", "deployments", "-n", "shop"], "yes"),
+        (
+            vec![
+                "update",
+                "deployments",
+                "--subresource",
+                "finalizers",
+                "-n",
+                "shop",
+            ],
+            "yes",
+        ),
+        (vec!["get", "secrets", "-n", "shop"], "yes"),
+        (vec!["list", "pods", "-n", "shop"], "yes"),
+        (vec!["delete", "pods", "-n", "shop"], "no"),
+        (vec!["create", "events.events.k8s.io", "-n", "shop"], "yes"),
+        (
+            vec![
+                "create",
+                "leases.coordination.k8s.io",
+                "-n",
+                "sluice-system",
+            ],
+            "yes",
+        ),
+        (
+            vec!["create", "leases.coordination.k8s.io", "-n", "shop"],
+            "no",
+        ),
+        (
+            vec!["escalate", "roles.rbac.authorization.k8s.io", "-n", "shop"],
+            "no",
+        ),
+        (vec!["list", "secrets", "--all-namespaces"], "yes"),
+    ] {
+        assert_eq!(can(OPERATOR, &args), expected, "operator: can-i {args:?}");
+    }
+    let rbac = api.file(
+        "proxy-rbac.yaml",
+        "apiVersion: v1
+kind: ServiceAccount
+metadata: {name: web-sluice, namespace: shop}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: web-sluice, namespace: shop}
+rules:
+- apiGroups: ['']
+  resources: [configmaps]
+  resourceNames: [web-sluice]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: web-sluice, namespace: shop}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: web-sluice}
+subjects:
+- {kind: ServiceAccount, name: web-sluice, namespace: shop}
+",
+    );
+    api.ok(&["apply", "--validate=false", "-f", &rbac]);
+    let proxy = "system:serviceaccount:shop:web-sluice";
+    assert_eq!(
+        can(proxy, &["get", "configmaps/web-sluice", "-n", "shop"]),
+        "yes"
+    );
+    assert_eq!(can(proxy, &["get", "configmaps/other", "-n", "shop"]), "no");
+    assert_eq!(
+        can(proxy, &["list", "configmaps", "-n", "shop"]),
+        "no",
+        "resourceNames needs a name"
+    );
+    assert_eq!(
+        can(proxy, &["get", "configmaps/web-sluice", "-n", "other"]),
+        "no"
+    );
+    let (ok, _, err) = api.kubectl(&["--as", OPERATOR, "delete", "pod", "x", "-n", "shop"]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "pods \"x\" is forbidden: User \"{OPERATOR}\" cannot delete resource \"pods\" in API group \"\" in the namespace \"shop\""
+        )),
+        "{err}"
+    );
+}
+
+// === the wire: status codes, Status bodies, watches ===
+
+/// One request to an in-process fake as its admin: (status, body, headers).
+async fn call(
+    fake: &FakeKube,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: impl Into<bytes::Bytes>,
+) -> (u16, Value, http::HeaderMap) {
+    call_as(
+        fake,
+        fake_kube::ADMIN_TOKEN,
+        method,
+        path,
+        content_type,
+        body,
+    )
+    .await
+}
+
+/// One request with `token` as the caller's identity.
+async fn call_as(
+    fake: &FakeKube,
+    token: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: impl Into<bytes::Bytes>,
+) -> (u16, Value, http::HeaderMap) {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", fake.addr))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", content_type)
+        .body(http_body_util::Full::new(body.into()))
+        .expect("request");
+    let (status, headers, body) = send(&h1_client(), req).await.expect("the fake answers");
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: the answer is not JSON ({e}): {body:?}"));
+    (status.as_u16(), value, headers)
+}
+
+/// The API's `Status` body for a failure, checked field by field.
+fn assert_status(body: &Value, code: u16, reason: &str) {
+    assert_eq!(body["kind"], "Status", "{body}");
+    assert_eq!(body["apiVersion"], "v1", "{body}");
+    assert_eq!(body["status"], "Failure", "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["reason"], reason, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+const CMS: &str = "/api/v1/namespaces/shop/configmaps";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/shop/deployments";
+
+fn web_deployment(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                "containers": [{"name": "app", "image": "app:1", "ports": [{"name": "http", "containerPort": 8080}]}],
+            }},
+        },
+    })
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_api_status_codes_and_bodies() {
+    let fake = FakeKube::start().await;
+    // Malformed JSON: 400.
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        CMS,
+        "application/json",
+        r#"{"metadata": {"name": "x""#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert_status(&body, 400, "BadRequest");
+    // A wrong type: 400 naming the field.
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        CMS,
+        "application/json",
+        r#"{"metadata": {"name": "x"}, "data": {"k": 5}}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("data"), "{body}");
+    // Unknown field: refused under Strict, dropped with a Warning otherwise.
+    let mut d = web_deployment("web");
+    d["spec"]["foo"] = json!(1);
+    let strict = format!("{DEPLOYMENTS}?fieldValidation=Strict");
+    let (code, body, _) = call(&fake, "POST", &strict, "application/json", d.to_string()).await;
+    assert_eq!(code, 400);
+    assert_status(&body, 400, "BadRequest");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(r#"strict decoding error: unknown field "spec.foo""#),
+        "{body}"
+    );
+    assert!(
+        fake.get(APPS, "deployments", "shop", "web").is_none(),
+        "nothing stored"
+    );
+    let (code, body, headers) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        d.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let warning = headers
+        .get("warning")
+        .map(|w| w.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        warning.contains(r#"unknown field \"spec.foo\""#)
+            || warning.contains(r#"unknown field "spec.foo""#),
+        "{warning:?}"
+    );
+    assert!(body["spec"].get("foo").is_none(), "{body}");
+    // Wrong content types: 415.
+    let one = format!("{DEPLOYMENTS}/web");
+    let (code, body, _) = call(&fake, "PATCH", &one, "text/plain", "{}").await;
+    assert_eq!(code, 415);
+    assert_status(&body, 415, "UnsupportedMediaType");
+    let (code, body, _) = call(&fake, "POST", CMS, "application/merge-patch+json", "{}").await;
+    assert_eq!(code, 415);
+    assert_status(&body, 415, "UnsupportedMediaType");
+    // Apply without a field manager: 400.
+    let (code, body, _) = call(
+        &fake,
+        "PATCH",
+        &one,
+        "application/apply-patch+yaml",
+        d.to_string(),
+    )
+    .await;
+    assert_eq!(code, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("fieldManager: Required value"),
+        "{body}"
+    );
+    // Unknown resource and object: 404 with the API's wording.
+    let (code, body, _) = call(&fake, "GET", &format!("{DEPLOYMENTS}/nope"), "", "").await;
+    assert_eq!(code, 404);
+    assert_status(&body, 404, "NotFound");
+    assert_eq!(body["message"], r#"deployments.apps "nope" not found"#);
+    assert_eq!(
+        body["details"],
+        json!({"name": "nope", "group": "apps", "kind": "deployments"})
+    );
+    // A create of what exists: 409 AlreadyExists.
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        d.to_string(),
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_status(&body, 409, "AlreadyExists");
+    // A stale resourceVersion: 409 Conflict.
+    let mut stale = fake.get(APPS, "deployments", "shop", "web").unwrap();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    let (code, body, _) = call(&fake, "PUT", &one, "application/json", stale.to_string()).await;
+    assert_eq!(code, 409);
+    assert_status(&body, 409, "Conflict");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the object has been modified"),
+        "{body}"
+    );
+}
+
+/// Admission as the API server runs it: RBAC escalation prevention for
+/// Roles, OwnerReferencesPermissionEnforcement for `blockOwnerDeletion`, and
+/// Pod Security in a namespace that enforces `restricted`.
+#[tokio::test]
+async fn admission_refuses_escalation_unowned_finalizers_and_privileged_pods() {
+    let fake = FakeKube::start_with(Options {
+        readiness: fake_kube::Readiness::After(Duration::from_millis(20)),
+        ..Options::default()
+    })
+    .await;
+    fake.install_operator_rbac();
+    let operator = fake.service_account_token("sluice-system", "sluice-operator");
+    let roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles";
+    let role = |name: &str, resource: &str, verb: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": [resource], "verbs": [verb]}]})
+        .to_string()
+    };
+    // The operator may grant what it holds (get configmaps), not more.
+    let (code, body, _) = call_as(
+        &fake,
+        &operator,
+        "POST",
+        roles,
+        "application/json",
+        role("reader", "configmaps", "get"),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body, _) = call_as(
+        &fake,
+        &operator,
+        "POST",
+        roles,
+        "application/json",
+        role("killer", "pods", "delete"),
+    )
+    .await;
+    assert_eq!(code, 403);
+    assert_status(&body, 403, "Forbidden");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("is attempting to grant RBAC permissions not currently held"),
+        "{body}"
+    );
+    // A writer that may create ConfigMaps but not update Deployment finalizers.
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        web_deployment("web").to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let uid = fake.get(APPS, "deployments", "shop", "web").unwrap()["metadata"]["uid"].clone();
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        roles,
+        "application/json",
+        role("writer", "configmaps", "create"),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "writer"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"},
+        "subjects": [{"kind": "ServiceAccount", "name": "writer", "namespace": "shop"}]});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings",
+        "application/json",
+        binding.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let writer = fake.service_account_token("shop", "writer");
+    let owned = |name: &str, block: bool| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": uid, "blockOwnerDeletion": block}]}})
+        .to_string()
+    };
+    let (code, body, _) = call_as(
+        &fake,
+        &writer,
+        "POST",
+        CMS,
+        "application/json",
+        owned("a", true),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on"),
+        "{body}"
+    );
+    let (code, _, _) = call_as(
+        &fake,
+        &writer,
+        "POST",
+        CMS,
+        "application/json",
+        owned("b", false),
+    )
+    .await;
+    assert_eq!(code, 201);
+    // The operator holds update on deployments/finalizers.
+    let (code, body, _) = call_as(
+        &fake,
+        &operator,
+        "POST",
+        CMS,
+        "application/json",
+        owned("c", true),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    // Pod Security: a privileged pod in a restricted namespace.
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "locked", "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/api/v1/namespaces",
+        "application/json",
+        ns.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let mut d = web_deployment("host");
+    d["spec"]["template"]["spec"]["hostNetwork"] = json!(true);
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/apis/apps/v1/namespaces/locked/deployments",
+        "application/json",
+        d.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "the Deployment itself is admitted: {body}");
+    until("ReplicaFailure", || {
+        fake.get(APPS, "deployments", "locked", "host")
+            .is_some_and(|d| {
+                d["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["type"] == "ReplicaFailure"
+                            && c["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("forbidden"))
+                    })
+            })
+    })
+    .await;
+    assert!(fake.names("api/v1", "pods", "locked").is_empty());
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "i"}]}});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/api/v1/namespaces/locked/pods",
+        "application/json",
+        pod.to_string(),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert_status(&body, 403, "Forbidden");
+}
+
+/// 422 Invalid with the API's field paths, for the kinds Sluice writes.
+#[tokio::test]
+async fn invalid_objects_are_refused_with_every_cause_and_its_field() {
+    let fake = FakeKube::start().await;
+    let invalid = |body: &Value| -> Vec<(String, String)> {
+        assert_status(body, 422, "Invalid");
+        body["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["field"].as_str().unwrap().to_string(),
+                    c["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let has = |causes: &[(String, String)], field: &str, words: &str| {
+        assert!(
+            causes.iter().any(|(f, m)| f == field && m.contains(words)),
+            "no cause on {field} saying {words:?}: {causes:?}"
+        );
+    };
+    // Deployment: name, label value, selector vs template.
+    let mut d = web_deployment("Web_1");
+    d["metadata"]["labels"] = json!({"team": "x".repeat(64)});
+    d["spec"]["template"]["metadata"]["labels"] = json!({"app": "other"});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        d.to_string(),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    let causes = invalid(&body);
+    has(&causes, "metadata.name", "a lowercase RFC 1123 subdomain");
+    has(
+        &causes,
+        "metadata.labels",
+        "must be no more than 63 characters",
+    );
+    has(
+        &causes,
+        "spec.template.metadata.labels",
+        "`selector` does not match template `labels`",
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(r#"Deployment.apps "Web_1" is invalid: ["#),
+        "{body}"
+    );
+    // Deployment: the selector is immutable.
+    let web = web_deployment("web");
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        web.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let patch = json!({"spec": {"selector": {"matchLabels": {"app": "web", "v": "2"}}, "template": {"metadata": {"labels": {"app": "web", "v": "2"}}}}});
+    let (code, body, _) = call(
+        &fake,
+        "PATCH",
+        &format!("{DEPLOYMENTS}/web"),
+        "application/merge-patch+json",
+        patch.to_string(),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    has(&invalid(&body), "spec.selector", "field is immutable");
+    // Service: clusterIP is immutable once set.
+    let services = "/api/v1/namespaces/shop/services";
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+    let (code, body, _) = call(&fake, "POST", services, "application/json", svc.to_string()).await;
+    assert_eq!(code, 201);
+    assert!(
+        body["spec"]["clusterIP"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("10.")),
+        "allocated: {body}"
+    );
+    let (code, body, _) = call(
+        &fake,
+        "PATCH",
+        &format!("{services}/web"),
+        "application/merge-patch+json",
+        r#"{"spec": {"clusterIP": "10.9.9.9"}}"#,
+    )
+    .await;
+    assert_eq!(code, 422);
+    has(&invalid(&body), "spec.clusterIP", "field is immutable");
+    // ConfigMap: two controllers, a bad key.
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "a", "uid": "u1", "controller": true},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "b", "uid": "u2", "controller": true},
+    ]}, "data": {"bad key": "v"}});
+    let (code, body, _) = call(&fake, "POST", CMS, "application/json", cm.to_string()).await;
+    assert_eq!(code, 422);
+    let causes = invalid(&body);
+    has(
+        &causes,
+        "metadata.ownerReferences",
+        "Only one reference can have Controller set to true",
+    );
+    has(
+        &causes,
+        "data[bad key]",
+        "a valid config key must consist of alphanumeric characters",
+    );
+    // HPA: minReplicas and a target.
+    let hpa = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
+        "spec": {"minReplicas": 0, "maxReplicas": 3, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers",
+        "application/json",
+        hpa.to_string(),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    has(
+        &invalid(&body),
+        "spec.minReplicas",
+        "must be greater than or equal to 1",
+    );
+    // Role: a rule without verbs.
+    let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "r"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"]}]});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles",
+        "application/json",
+        role.to_string(),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    has(
+        &invalid(&body),
+        "rules[0].verbs",
+        "verbs must contain at least one value",
+    );
+    // Lease: a negative duration.
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": -1}});
+    let (code, body, _) = call(
+        &fake,
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/shop/leases",
+        "application/json",
+        lease.to_string(),
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    has(
+        &invalid(&body),
+        "spec.leaseDurationSeconds",
+        "must be greater than 0",
+    );
+}
+
+/// A watch from a resourceVersion older than the history is 410 Gone (an
+/// ERROR event with an Expired Status); one within it replays in order.
+#[tokio::test]
+async fn a_watch_from_a_compacted_version_is_gone_and_a_recent_one_replays() {
+    let fake = FakeKube::start_with(Options {
+        history: 5,
+        ..Options::default()
+    })
+    .await;
+    let first = fake.put(
+        "api/v1",
+        "configmaps",
+        "shop",
+        json!({"metadata": {"name": "c0"}, "data": {"i": "0"}}),
+    );
+    let old_rv = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut rvs = Vec::new();
+    for i in 1..=20 {
+        let o = fake.put(
+            "api/v1",
+            "configmaps",
+            "shop",
+            json!({"metadata": {"name": format!("c{i}")}, "data": {"i": i.to_string()}}),
+        );
+        rvs.push(
+            o["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let url = format!(
+        "http://{}{CMS}?watch=true&resourceVersion={old_rv}&timeoutSeconds=1",
+        fake.addr
+    );
+    let lines = watch_lines(&url, Duration::from_secs(5)).await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "ERROR");
+    assert_status(&lines[0]["object"], 410, "Expired");
+    assert!(
+        lines[0]["object"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too old resource version")
+    );
+    // From the third-newest: exactly the two newer events, in order.
+    let from = &rvs[17];
+    let url = format!(
+        "http://{}{CMS}?watch=true&resourceVersion={from}&timeoutSeconds=1",
+        fake.addr
+    );
+    let lines = watch_lines(&url, Duration::from_secs(5)).await;
+    let got: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["type"].as_str().unwrap(),
+                l["object"]["metadata"]["resourceVersion"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [("ADDED", rvs[18].as_str()), ("ADDED", rvs[19].as_str())]
+    );
+}
+
+/// Every JSON line of a watch until it ends or `limit` passes.
+async fn watch_lines(url: &str, limit: Duration) -> Vec<Value> {
+    let resp = open_watch(url).await;
+    read_watch(resp, limit).await.0
+}
+
+async fn open_watch(url: &str) -> hyper::Response<hyper::body::Incoming> {
+    let req = http::Request::get(url)
+        .header(
+            "authorization",
+            format!("Bearer {}", fake_kube::ADMIN_TOKEN),
+        )
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let resp = h1_client().request(req).await.expect("watch request");
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// Reads a watch body: (events, whether the server ended it).
+async fn read_watch(
+    resp: hyper::Response<hyper::body::Incoming>,
+    limit: Duration,
+) -> (Vec<Value>, bool) {
+    use http_body_util::BodyExt;
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    let ended = loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break false,
+            Ok(None) => break true,
+            Ok(Some(frame)) => {
+                if let Ok(data) = frame.expect("watch body").into_data() {
+                    buf.extend_from_slice(&data);
+                    while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=i).collect();
+                        out.push(serde_json::from_slice(&line).expect("a watch line is JSON"));
+                    }
+                }
+            }
+        }
+    };
+    (out, ended)
+}
+
+#[tokio::test]
+async fn bookmarks_come_to_watchers_that_ask_and_only_to_them() {
+    let fake = FakeKube::start_with(Options {
+        bookmark_interval: Duration::from_millis(100),
+        ..Options::default()
+    })
+    .await;
+    let o = fake.put(
+        "api/v1",
+        "configmaps",
+        "shop",
+        json!({"metadata": {"name": "c"}}),
+    );
+    let rv = o["metadata"]["resourceVersion"].as_str().unwrap();
+    let asking = open_watch(&format!(
+        "http://{}{CMS}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true",
+        fake.addr
+    ))
+    .await;
+    let silent = open_watch(&format!(
+        "http://{}{CMS}?watch=true&resourceVersion={rv}",
+        fake.addr
+    ))
+    .await;
+    let (lines, _) = read_watch(asking, Duration::from_millis(700)).await;
+    let bookmarks: Vec<&Value> = lines.iter().filter(|l| l["type"] == "BOOKMARK").collect();
+    assert!(bookmarks.len() >= 3, "{lines:?}");
+    for b in &bookmarks {
+        assert_eq!(b["object"]["kind"], "ConfigMap");
+        let brv: u64 = b["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(brv >= rv.parse::<u64>().unwrap(), "{b}");
+    }
+    let (lines, _) = read_watch(silent, Duration::from_millis(300)).await;
+    assert!(lines.iter().all(|l| l["type"] != "BOOKMARK"), "{lines:?}");
+}
+
+/// A watcher that does not read falls behind; the server ends its watch
+/// instead of dropping events: what it got has no gap, and it ends.
+#[tokio::test]
+async fn a_lagging_watcher_is_cut_off_never_given_a_gap() {
+    let fake = FakeKube::start_with(Options {
+        watch_buffer: 16,
+        ..Options::default()
+    })
+    .await;
+    let o = fake.put(
+        "api/v1",
+        "configmaps",
+        "shop",
+        json!({"metadata": {"name": "start"}}),
+    );
+    let rv: u64 = o["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let resp = open_watch(&format!(
+        "http://{}{CMS}?watch=true&resourceVersion={rv}",
+        fake.addr
+    ))
+    .await;
+    // Far more than socket buffers hold, while nobody reads.
+    let big = "x".repeat(64 * 1024);
+    let writes = 400u64;
+    for i in 0..writes {
+        fake.put(
+            "api/v1",
+            "configmaps",
+            "shop",
+            json!({"metadata": {"name": format!("c{i}")}, "data": {"big": big}}),
+        );
+    }
+    let (lines, ended) = read_watch(resp, Duration::from_secs(30)).await;
+    assert!(ended, "the server must end a lagging watch");
+    let got: Vec<u64> = lines
+        .iter()
+        .map(|l| {
+            l["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        !got.is_empty() && (got.len() as u64) < writes,
+        "cut off part-way: {} events",
+        got.len()
+    );
+    let expected: Vec<u64> = (rv + 1..=rv + got.len() as u64).collect();
+    assert_eq!(got, expected, "no gap before the end");
+    // A re-list then sees everything.
+    let (code, list, _) = call(&fake, "GET", CMS, "", "").await;
+    assert_eq!(code, 200);
+    assert_eq!(list["items"].as_array().unwrap().len() as u64, writes + 1);
+    assert_eq!(
+        list["metadata"]["resourceVersion"],
+        (rv + writes).to_string()
+    );
+}
+
+/// Random patches of every type, some malformed, at a Deployment: the fake
+/// answers each with a JSON body (a Status with the same code when it
+/// refuses), never a 5xx, and keeps serving.
+#[tokio::test]
+async fn random_patches_never_break_the_server() {
+    let fake = FakeKube::start().await;
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        web_deployment("web").to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let seed = std::env::var("SLUICE_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    let mut rng = sluice_loadtest::Rng::new(seed);
+    let one = format!("{DEPLOYMENTS}/web");
+    let types = [
+        "application/merge-patch+json",
+        "application/strategic-merge-patch+json",
+        "application/json-patch+json",
+        "application/apply-patch+yaml",
+    ];
+    let mut codes = std::collections::BTreeMap::new();
+    for i in 0..fuzz_cases() {
+        let ct = types[(rng.next_u64() % 4) as usize];
+        let body = if rng.next_u64().is_multiple_of(10) {
+            // Bytes that are not JSON at all.
+            (0..(rng.next_u64() % 40))
+                .map(|_| (rng.next_u64() % 256) as u8)
+                .collect::<Vec<u8>>()
+        } else if ct == "application/json-patch+json" {
+            random_json_patch(&mut rng).to_string().into_bytes()
+        } else {
+            let mut v = random_value(&mut rng, 0);
+            if ct == "application/apply-patch+yaml"
+                && v.is_object()
+                && rng.next_u64().is_multiple_of(2)
+            {
+                v["apiVersion"] = json!("apps/v1");
+                v["kind"] = json!("Deployment");
+            }
+            v.to_string().into_bytes()
+        };
+        let path = if ct == "application/apply-patch+yaml" && i % 3 != 0 {
+            format!("{one}?fieldManager=fuzz&force={}", i % 2 == 0)
+        } else {
+            one.clone()
+        };
+        let (code, answer, _) = call(&fake, "PATCH", &path, ct, body.clone()).await;
+        assert!(
+            code < 500,
+            "{ct} {}: {code} {answer}",
+            String::from_utf8_lossy(&body)
+        );
+        if code >= 400 {
+            assert_eq!(answer["kind"], "Status", "{answer}");
+            assert_eq!(answer["code"], code, "{answer}");
+        } else {
+            assert_eq!(answer["metadata"]["name"], "web", "{answer}");
+        }
+        *codes.entry(code).or_insert(0) += 1;
+    }
+    // The generator reaches both success and each kind of refusal.
+    assert!(
+        codes.contains_key(&200) && codes.contains_key(&400) && codes.contains_key(&422),
+        "{codes:?}"
+    );
+    let (code, _, _) = call(&fake, "GET", &one, "", "").await;
+    assert_eq!(code, 200, "still serving");
+}
+
+/// 400 cases; `SLUICE_FUZZ_CASES` (and `SLUICE_FUZZ_SEED`) for a longer run.
+fn fuzz_cases() -> u64 {
+    std::env::var("SLUICE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
+const KEYS: &[&str] = &[
+    "metadata",
+    "spec",
+    "labels",
+    "annotations",
+    "replicas",
+    "template",
+    "containers",
+    "name",
+    "image",
+    "ports",
+    "containerPort",
+    "env",
+    "value",
+    "selector",
+    "matchLabels",
+    "app",
+    "$patch",
+    "$setElementOrder/containers",
+    "$retainKeys",
+    "$deleteFromPrimitiveList/finalizers",
+    "finalizers",
+    "ownerReferences",
+    "uid",
+    "strategy",
+    "x",
+];
+
+fn random_value(rng: &mut sluice_loadtest::Rng, depth: u32) -> Value {
+    let pick = |rng: &mut sluice_loadtest::Rng, n: u64| rng.next_u64() % n;
+    match pick(rng, if depth > 4 { 5 } else { 8 }) {
+        0 => Value::Null,
+        1 => json!(pick(rng, 5) as i64 - 1),
+        2 => json!(["delete", "replace", "merge", "web", "app:2", ""][pick(rng, 6) as usize]),
+        3 => json!(pick(rng, 2) == 0),
+        4 => json!("x".repeat(pick(rng, 70) as usize)),
+        5 | 6 => {
+            let mut m = serde_json::Map::new();
+            for _ in 0..pick(rng, 4) {
+                let k = KEYS[pick(rng, KEYS.len() as u64) as usize];
+                m.insert(k.to_string(), random_value(rng, depth + 1));
+            }
+            Value::Object(m)
+        }
+        _ => Value::Array(
+            (0..pick(rng, 3))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+        ),
+    }
+}
+
+fn random_json_patch(rng: &mut sluice_loadtest::Rng) -> Value {
+    let ops = ["add", "remove", "replace", "move", "copy", "test", "bogus"];
+    let paths = [
+        "/spec/replicas",
+        "/metadata/labels/x",
+        "/spec/template/spec/containers/0/image",
+        "/spec/template/spec/containers/-",
+        "/spec/selector",
+        "/nope/deeper",
+        "",
+        "/metadata/name",
+        "bad",
+    ];
+    let n = rng.next_u64() % 4;
+    Value::Array(
+        (0..n)
+            .map(|_| {
+                let mut op = json!({
+                    "op": ops[(rng.next_u64() % ops.len() as u64) as usize],
+                    "path": paths[(rng.next_u64() % paths.len() as u64) as usize],
+                });
+                if !rng.next_u64().is_multiple_of(3) {
+                    op["value"] = random_value(rng, 3);
+                }
+                if rng.next_u64().is_multiple_of(2) {
+                    op["from"] = json!(paths[(rng.next_u64() % paths.len() as u64) as usize]);
+                }
+                op
+            })
+            .collect(),
+    )
+}
+
+// === controllers ===
+
+/// The Deployment controller rolls a new template out within maxSurge and
+/// maxUnavailable while the kubelet makes pods ready after a delay; the
+/// EndpointSlice controller follows. An invariant checked at every change
+/// holds through it, and the same invariant catches a scale to zero.
+#[tokio::test]
+async fn a_rolling_update_keeps_ready_endpoints_and_the_invariant_catches_an_outage() {
+    let fake = FakeKube::start_with(Options {
+        readiness: fake_kube::Readiness::After(Duration::from_millis(150)),
+        ..Options::default()
+    })
+    .await;
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        DEPLOYMENTS,
+        "application/json",
+        web_deployment("web").to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        "/api/v1/namespaces/shop/services",
+        "application/json",
+        svc.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let rolled_out = |generation: i64| {
+        let d = fake.get(APPS, "deployments", "shop", "web").unwrap();
+        let s = &d["status"];
+        s["observedGeneration"] == generation
+            && s["updatedReplicas"] == 2
+            && s["readyReplicas"] == 2
+            && s["replicas"] == 2
+    };
+    until("first rollout", || rolled_out(1)).await;
+    assert_eq!(fake.view(|v| v.ready_endpoints("shop", "web", "http")), 2);
+    fake.invariant("web has a ready endpoint", |v| {
+        match v.ready_endpoints("shop", "web", "http") {
+            0 => Err("Service web has no ready endpoint on http".into()),
+            _ => Ok(()),
+        }
+    });
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}});
+    let (code, body, _) = call(
+        &fake,
+        "PATCH",
+        &format!("{DEPLOYMENTS}/web"),
+        "application/strategic-merge-patch+json",
+        patch.to_string(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["metadata"]["generation"], 2);
+    until("second rollout", || rolled_out(2)).await;
+    // Old pods gone, new ones ready: maxUnavailable 25% of 2 is 0, so at no
+    // time were fewer than two ready.
+    let images: Vec<String> = fake.view(|v| {
+        v.list("api/v1", "pods", "shop")
+            .iter()
+            .map(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    });
+    assert_eq!(images, ["app:2", "app:2"]);
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    // The checker is not blind: scaling to zero is an outage it records.
+    let (code, _, _) = call(
+        &fake,
+        "PATCH",
+        &format!("{DEPLOYMENTS}/web"),
+        "application/merge-patch+json",
+        r#"{"spec": {"replicas": 0}}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    until("the outage is seen", || !fake.violations().is_empty()).await;
+    assert!(fake.violations()[0].detail.contains("no ready endpoint"));
+}
+
+/// Waits up to 10 s for `f`.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
