@@ -32,6 +32,19 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// More data-plane listeners besides `listen` (one per port of a
+    /// multi-port Service, say). A route serves the listener it names in
+    /// `listener`; routes without one serve `listen`. Fixed at start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// An extra data-plane listener (plain HTTP/1.1 and h2c, like `listen`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: String,
 }
 
 /// Certificate files of the data-plane listener (PEM).
@@ -148,6 +161,9 @@ pub struct RouteConfig {
     /// UNAVAILABLE, DATA_LOSS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_failure_codes: Option<Vec<crate::grpc::CodeRef>>,
+    /// The extra listener (by name) this route serves; `listen` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
 }
 
 fn default_path_prefix() -> String {
@@ -431,6 +447,8 @@ fn valid_host(host: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidRoute {
     pub name: String,
+    /// 0 for `listen`, 1 + i for `listeners[i]`.
+    pub listener: usize,
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub protocol: Protocol,
@@ -473,6 +491,8 @@ pub enum ValidMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidConfig {
     pub listen: SocketAddr,
+    /// Extra listeners: (name, address); a route's `listener` is 1 + its index.
+    pub listeners: Vec<(String, SocketAddr)>,
     pub admin_listen: SocketAddr,
     pub admin_token_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
@@ -526,11 +546,63 @@ impl Config {
             );
         }
 
+        let mut listeners = Vec::new();
+        let mut addrs: HashSet<SocketAddr> = listen.into_iter().chain(admin_listen).collect();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            if !valid_route_name(&l.name) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+                        l.name
+                    ),
+                );
+            } else if listeners.iter().any(|(n, _)| *n == l.name) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!("`{}` is used by an earlier listener", l.name),
+                );
+            }
+            if let Some(addr) = parse_addr(&l.listen, &format!("{at}.listen"), &mut errs) {
+                if addr.port() != 0 && !addrs.insert(addr) {
+                    errs.push(
+                        format!("{at}.listen"),
+                        format!(
+                            "{addr} is already used by listen, admin.listen or an earlier listener"
+                        ),
+                    );
+                }
+                listeners.push((l.name.clone(), addr));
+            }
+        }
         let mut names = HashSet::new();
         let mut selectors = HashSet::new();
         let mut routes = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
+            let listener = match &route.listener {
+                None => 0,
+                Some(name) => match self.listeners.iter().position(|l| &l.name == name) {
+                    Some(i) => i + 1,
+                    None => {
+                        let known: Vec<&str> =
+                            self.listeners.iter().map(|l| l.name.as_str()).collect();
+                        errs.push(
+                            format!("{at}.listener"),
+                            format!(
+                                "`{name}` is not a listener (listeners: {})",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                        0
+                    }
+                },
+            };
             if !names.insert(route.name.clone()) {
                 errs.push(
                     format!("{at}.name"),
@@ -540,10 +612,11 @@ impl Config {
                     ),
                 );
             }
-            if let Some(valid) = validate_route(route, &at, &mut errs) {
+            if let Some(mut valid) = validate_route(route, &at, &mut errs) {
+                valid.listener = listener;
                 let mut hosts = valid.hosts.clone();
                 hosts.sort();
-                if !selectors.insert((hosts, valid.path_prefix.clone())) {
+                if !selectors.insert((listener, hosts, valid.path_prefix.clone())) {
                     errs.push(
                         format!("{at}.path_prefix"),
                         format!(
@@ -560,6 +633,7 @@ impl Config {
         }
         Ok(ValidConfig {
             listen: listen.expect("checked"),
+            listeners,
             admin_listen: admin_listen.expect("checked"),
             admin_token_file: self.admin.token_file.clone(),
             header_read_timeout: header_read_timeout.expect("checked"),
@@ -726,6 +800,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
     }
     Some(ValidRoute {
         name: route.name.clone(),
+        listener: 0,
         hosts,
         path_prefix: route.path_prefix.clone(),
         protocol: route.protocol,

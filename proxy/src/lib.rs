@@ -94,19 +94,20 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Everything a serving thread needs.
 struct Worker {
     slot: usize,
-    state: Arc<server::ProxyState>,
+    /// One state per listener, in listener order.
+    states: Vec<Arc<server::ProxyState>>,
     valid: config::ValidConfig,
     tls: Option<Arc<tls::Terminator>>,
     stop: watch::Receiver<bool>,
     drain_timeout: Duration,
 }
 
-/// Starts serving thread `worker.slot` on `addr`; returns the bound address
-/// once it listens, and the thread.
+/// Starts serving thread `worker.slot` on `addrs` (every listener); returns
+/// the bound addresses once it listens, and the thread.
 fn spawn_worker(
     worker: Worker,
-    addr: SocketAddr,
-) -> Result<(SocketAddr, std::thread::JoinHandle<()>), std::io::Error> {
+    addrs: Vec<SocketAddr>,
+) -> Result<(Vec<SocketAddr>, std::thread::JoinHandle<()>), std::io::Error> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("sluice-worker-{}", worker.slot))
@@ -123,25 +124,43 @@ fn spawn_worker(
                 }
             };
             runtime.block_on(async move {
-                let listener = match bind_reuseport(addr) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
+                let mut listeners = Vec::with_capacity(addrs.len());
+                for addr in &addrs {
+                    match bind_reuseport(*addr) {
+                        Ok(l) => listeners.push(l),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
                     }
-                };
-                let _ = ready_tx.send(listener.local_addr());
-                let builder = server::connection_builder(&worker.valid);
-                let tls = worker.tls.map(|t| (t, worker.valid.header_read_timeout));
-                server::run_listener(
-                    listener,
-                    worker.state,
-                    builder,
-                    tls,
-                    worker.stop,
-                    worker.drain_timeout,
-                )
-                .await;
+                }
+                let bound: std::io::Result<Vec<SocketAddr>> =
+                    listeners.iter().map(TcpListener::local_addr).collect();
+                let _ = ready_tx.send(bound);
+                let mut tasks = Vec::new();
+                for (i, (listener, state)) in listeners.into_iter().zip(worker.states).enumerate() {
+                    let builder = server::connection_builder(&worker.valid);
+                    // TLS terminates on the main listener only.
+                    let tls = (i == 0)
+                        .then(|| {
+                            worker
+                                .tls
+                                .clone()
+                                .map(|t| (t, worker.valid.header_read_timeout))
+                        })
+                        .flatten();
+                    tasks.push(tokio::spawn(server::run_listener(
+                        listener,
+                        state,
+                        builder,
+                        tls,
+                        worker.stop.clone(),
+                        worker.drain_timeout,
+                    )));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
             });
         })?;
     let bound = ready_rx
@@ -154,11 +173,15 @@ fn spawn_worker(
 pub struct ProxyHandle {
     /// The data-plane address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The extra listeners' bound addresses, in config order.
+    pub listener_addrs: Vec<SocketAddr>,
     /// The admin address actually bound.
     pub admin_addr: SocketAddr,
     pub store: Arc<Store>,
     state: Arc<server::ProxyState>,
     stop: watch::Sender<bool>,
+    /// The admin listener stops only after the data plane has drained.
+    admin_stop: watch::Sender<bool>,
     data_plane: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
@@ -166,12 +189,19 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Starts failing `/readyz` (load balancers stop sending) while every
+    /// listener keeps serving.
+    pub fn begin_drain(&self) {
+        self.state.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain
-    /// timeout), then returns.
+    /// timeout), then stops the admin listener and returns.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
         let _ = self.data_plane.await;
+        let _ = self.admin_stop.send(true);
         let _ = self.admin.await;
         for w in [self.watcher, self.cert_watcher].into_iter().flatten() {
             w.abort();
@@ -192,8 +222,22 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         addr: valid.listen,
         source,
     };
-    let listener = if threads == 0 {
-        Some(TcpListener::bind(valid.listen).await.map_err(bind_error)?)
+    let all_addrs: Vec<SocketAddr> = std::iter::once(valid.listen)
+        .chain(valid.listeners.iter().map(|(_, a)| *a))
+        .collect();
+    let listeners = if threads == 0 {
+        let mut bound = Vec::new();
+        for (i, addr) in all_addrs.iter().enumerate() {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    what: if i == 0 { "listen" } else { "listeners" },
+                    addr: *addr,
+                    source,
+                })?;
+            bound.push(l);
+        }
+        Some(bound)
     } else {
         None
     };
@@ -214,9 +258,24 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         })?),
         None => None,
     };
+    let draining = Arc::new(AtomicBool::new(false));
+    let state_for = |listener: usize| {
+        Arc::new(server::ProxyState {
+            store: store.clone(),
+            draining: draining.clone(),
+            listener,
+            scheme: if terminator.is_some() && listener == 0 {
+                "https"
+            } else {
+                "http"
+            },
+        })
+    };
+    let states: Vec<Arc<server::ProxyState>> = (0..all_addrs.len()).map(state_for).collect();
     let state = Arc::new(server::ProxyState {
         store: store.clone(),
-        draining: AtomicBool::new(false),
+        draining: draining.clone(),
+        listener: 0,
         scheme: if terminator.is_some() {
             "https"
         } else {
@@ -243,41 +302,53 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         ),
         None => None,
     };
-    let (addr, data_plane) = match listener {
-        Some(listener) => {
-            let addr = listener.local_addr().map_err(bind_error)?;
-            let builder = server::connection_builder(&valid);
-            let task = tokio::spawn(server::run_listener(
-                listener,
-                state.clone(),
-                builder,
-                terminator.map(|t| (t, valid.header_read_timeout)),
-                stop_rx.clone(),
-                options.drain_timeout,
-            ));
-            (addr, task)
+    let (bound_addrs, data_plane) = match listeners {
+        Some(listeners) => {
+            let mut bound = Vec::new();
+            let mut tasks = Vec::new();
+            for (i, (listener, state)) in listeners.into_iter().zip(states).enumerate() {
+                bound.push(listener.local_addr().map_err(bind_error)?);
+                let builder = server::connection_builder(&valid);
+                let tls = (i == 0)
+                    .then(|| terminator.clone().map(|t| (t, valid.header_read_timeout)))
+                    .flatten();
+                tasks.push(tokio::spawn(server::run_listener(
+                    listener,
+                    state,
+                    builder,
+                    tls,
+                    stop_rx.clone(),
+                    options.drain_timeout,
+                )));
+            }
+            let task = tokio::spawn(async move {
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+            (bound, task)
         }
         None => {
-            let mut addr = valid.listen;
+            let mut addrs = all_addrs.clone();
             let mut handles = Vec::with_capacity(threads);
             for slot in 1..=threads {
                 let worker = Worker {
                     slot,
-                    state: state.clone(),
+                    states: states.clone(),
                     valid: valid.clone(),
                     tls: terminator.clone(),
                     stop: stop_rx.clone(),
                     drain_timeout: options.drain_timeout,
                 };
-                // The first thread learns the port (config port 0); the others share it.
-                let (bound, handle) = match spawn_worker(worker, addr) {
+                // The first thread learns the ports (config port 0); the others share them.
+                let (bound, handle) = match spawn_worker(worker, addrs.clone()) {
                     Ok(x) => x,
                     Err(source) => {
                         let _ = stop.send(true);
                         return Err(bind_error(source));
                     }
                 };
-                addr = bound;
+                addrs = bound;
                 handles.push(handle);
             }
             let task = tokio::task::spawn_blocking(move || {
@@ -285,17 +356,27 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
                     let _ = h.join();
                 }
             });
-            (addr, task)
+            (addrs, task)
         }
     };
-    let admin = tokio::spawn(admin::run_admin(admin_listener, state.clone(), stop_rx));
+    let addr = bound_addrs[0];
+    let listener_addrs = bound_addrs[1..].to_vec();
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    drop(stop_rx);
+    let admin = tokio::spawn(admin::run_admin(
+        admin_listener,
+        state.clone(),
+        admin_stop_rx,
+    ));
     tracing::info!(%addr, %admin_addr, routes = valid.routes.len(), "sluice-proxy serving");
     Ok(ProxyHandle {
         addr,
+        listener_addrs,
         admin_addr,
         store,
         state,
         stop,
+        admin_stop,
         data_plane,
         admin,
         watcher,

@@ -19,6 +19,11 @@ struct Cli {
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// After SIGTERM/SIGINT, how long `/readyz` answers 503 while the
+    /// listeners keep accepting, so load balancers and kube-proxy stop
+    /// sending before the listeners close.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_delay: Duration,
     /// Read the config from this ConfigMap's `routes.yaml` through the
     /// Kubernetes API (in-cluster or kubeconfig credentials) and follow it.
     #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
@@ -84,11 +89,21 @@ fn main() -> ExitCode {
             }
         };
         wait_for_signal().await;
-        tracing::info!("signal received; draining");
-        handle.shutdown().await;
+        drain(handle, cli.drain_delay).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// The drain sequence: readiness fails first, the listeners keep accepting
+/// for `delay`, then they close and in-flight requests get the drain
+/// timeout; the admin listener answers until the very end.
+async fn drain(handle: sluice_proxy::ProxyHandle, delay: Duration) {
+    tracing::info!(?delay, "signal received; /readyz now fails, still serving");
+    handle.begin_drain();
+    tokio::time::sleep(delay).await;
+    tracing::info!("closing the listeners; draining in-flight requests");
+    handle.shutdown().await;
 }
 
 fn workers(cli: &Cli) -> usize {
@@ -119,6 +134,7 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
         }
     };
     let drain_timeout = cli.drain_timeout;
+    let drain_delay = cli.drain_delay;
     let threads = workers(cli);
     runtime().block_on(async move {
         let client = match kube::Client::try_default().await {
@@ -150,7 +166,7 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
         let follower = sluice_proxy::kube_source::follow(client, ns, name, handle.store.clone());
         wait_for_signal().await;
         follower.abort();
-        handle.shutdown().await;
+        drain(handle, drain_delay).await;
         ExitCode::SUCCESS
     })
 }

@@ -40,6 +40,8 @@ impl Backend {
 
 pub struct Route {
     pub name: String,
+    /// The listener it serves (0: `listen`).
+    pub listener: usize,
     pub hosts: Vec<String>,
     pub path_prefix: String,
     pub protocol: Protocol,
@@ -159,6 +161,7 @@ impl Routing {
             metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
             routes.push(Arc::new(Route {
                 name: r.name.clone(),
+                listener: r.listener,
                 hosts: r.hosts.clone(),
                 path_prefix: r.path_prefix.clone(),
                 protocol: r.protocol,
@@ -198,10 +201,12 @@ impl Routing {
         self.routes.iter().find(|r| r.name == name)
     }
 
-    /// The route serving `host` (port already stripped, any case) and `path`.
-    pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+    /// The route of `listener` serving `host` (port already stripped, any
+    /// case) and `path`.
+    pub fn find(&self, listener: usize, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| {
-            path.starts_with(r.path_prefix.as_str())
+            r.listener == listener
+                && path.starts_with(r.path_prefix.as_str())
                 && (r.hosts.is_empty()
                     || host.is_some_and(|h| r.hosts.iter().any(|rh| host_matches(rh, h))))
         })
@@ -235,7 +240,7 @@ mod tests {
         let t = table(
             "listen: 127.0.0.1:1\nroutes:\n  - { name: root, stable: 'http://127.0.0.1:1' }\n  - { name: api, path_prefix: /api, stable: 'http://127.0.0.1:2' }\n  - { name: api-v2, path_prefix: /api/v2, stable: 'http://127.0.0.1:3' }\n  - { name: shop, hosts: [shop.example], stable: 'http://127.0.0.1:4' }\n  - { name: wild, hosts: ['*.wild.example'], path_prefix: /x, stable: 'http://127.0.0.1:5' }\n",
         );
-        let name = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.name.clone());
+        let name = |h: Option<&str>, p: &str| t.find(0, h, p).map(|r| r.name.clone());
         assert_eq!(name(None, "/"), Some("root".into()));
         assert_eq!(name(Some("a"), "/api/v1"), Some("api".into()));
         assert_eq!(name(Some("a"), "/api/v2/x"), Some("api-v2".into()));
@@ -250,7 +255,7 @@ mod tests {
         let t = table(
             "listen: 127.0.0.1:1\nroutes:\n  - name: web\n    stable: http://127.0.0.1:1\n    canary: http://127.0.0.1:2\n    canary_match:\n      - { header: x-canary, value: always }\n      - { cookie: canary, value: always }\n",
         );
-        let route = t.find(None, "/").unwrap();
+        let route = t.find(0, None, "/").unwrap();
         let mut h = HeaderMap::new();
         assert_eq!(route.decide(&h), SplitDecision::Stable);
         h.insert("cookie", "a=b; canary=always".parse().unwrap());

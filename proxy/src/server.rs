@@ -31,7 +31,10 @@ use crate::store::Store;
 pub struct ProxyState {
     pub store: Arc<Store>,
     /// Set while draining: `/readyz` fails so load balancers stop sending.
-    pub draining: AtomicBool,
+    /// Shared by every listener's state.
+    pub draining: Arc<AtomicBool>,
+    /// Which listener this state serves (0: `listen`, 1 + i: `listeners[i]`).
+    pub listener: usize,
     /// `https` when the listener terminates TLS.
     pub scheme: &'static str,
 }
@@ -276,7 +279,10 @@ pub async fn handle(
         .as_deref()
         .map(strip_port)
         .map(str::to_ascii_lowercase);
-    let Some(route) = routing.find(host.as_deref(), req.uri().path()).cloned() else {
+    let Some(route) = routing
+        .find(state.listener, host.as_deref(), req.uri().path())
+        .cloned()
+    else {
         return plain(
             StatusCode::NOT_FOUND,
             format!(

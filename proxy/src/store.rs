@@ -91,6 +91,12 @@ impl Store {
         if config.listen != current.config.listen {
             fixed.push(("listen", &current.config.listen, &config.listen));
         }
+        if config.listeners != current.config.listeners {
+            return Err(ConfigErrors::single(
+                "listeners",
+                "adding, removing or moving listeners needs a restart",
+            ));
+        }
         if config.admin.listen != current.config.admin.listen {
             fixed.push((
                 "admin.listen",

@@ -748,7 +748,20 @@ fn kubectl_auth_can_i_follows_the_shipped_rbac() {
             vec!["escalate", "roles.rbac.authorization.k8s.io", "-n", "shop"],
             "no",
         ),
-        (vec!["list", "secrets", "--all-namespaces"], "yes"),
+        (vec!["list", "secrets", "--all-namespaces"], "no"),
+        (
+            vec!["list", "endpointslices.discovery.k8s.io", "-n", "shop"],
+            "yes",
+        ),
+        (
+            vec![
+                "update",
+                "horizontalpodautoscalers.autoscaling",
+                "-n",
+                "shop",
+            ],
+            "no",
+        ),
     ] {
         assert_eq!(can(OPERATOR, &args), expected, "operator: can-i {args:?}");
     }

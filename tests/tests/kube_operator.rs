@@ -186,11 +186,18 @@ impl World {
     /// Bootstraps: objects created, then take-over once everything is ready.
     async fn bootstrapped(self) -> Self {
         self.tick().await;
+        self.tick().await;
         self.fake.make_ready(NS, "app-primary");
         self.fake.make_ready(NS, "app-sluice");
-        self.tick().await;
-        assert_eq!(self.status().phase, "Initialized");
-        self
+        // The Service moves to the proxy; its endpoints follow; then the
+        // user's Deployment scales down.
+        for _ in 0..5 {
+            if self.status().phase == "Initialized" {
+                return self;
+            }
+            self.tick().await;
+        }
+        panic!("never Initialized: {:?}", self.status());
     }
 
     /// Ticks until the phase is `phase`, playing kubelet and the clock.
@@ -237,7 +244,7 @@ async fn annotating_creates_exactly_the_objects_and_moves_traffic_only_when_read
     assert_eq!(services, ["app", "app-canary", "app-primary", "app-sluice"]);
     let mut cms = w.fake.names("api/v1", "configmaps", NS);
     cms.sort();
-    assert_eq!(cms, ["app-sluice", "settings", "settings-primary"]);
+    assert_eq!(cms, ["app-primary-settings", "app-sluice", "settings"]);
     assert_eq!(w.fake.names("api/v1", "secrets", NS), ["app-sluice-admin"]);
     for (prefix, plural) in [
         ("api/v1", "serviceaccounts"),
@@ -254,7 +261,7 @@ async fn annotating_creates_exactly_the_objects_and_moves_traffic_only_when_read
     assert_eq!(primary["spec"]["replicas"], 3);
     assert_eq!(
         primary["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"],
-        "settings-primary"
+        "app-primary-settings"
     );
     let app_uid = w.deployment("app")["metadata"]["uid"].clone();
     for (prefix, plural, name) in [
@@ -271,17 +278,34 @@ async fn annotating_creates_exactly_the_objects_and_moves_traffic_only_when_read
     }
     assert_eq!(
         w.fake.get("api/v1", "services", NS, "app-canary").unwrap()["spec"]["selector"],
-        json!({"app": "app"})
+        json!({"app": "app", "pod-template-hash": "none"}),
+        "no canary pods yet: the canary Service selects nothing"
     );
     let proxy = w.deployment("app-sluice");
+    let container = &proxy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
-        proxy["spec"]["template"]["spec"]["containers"][0]["args"],
+        container["args"],
         json!([
             "--kube-configmap",
             "shop/app-sluice",
             "--log-format",
-            "json"
+            "json",
+            "--drain-delay=5s",
+            "--drain-timeout=20s"
         ])
+    );
+    // The proxy listens on the port the Service targets, and its pods carry
+    // the Service's selector labels besides its own.
+    assert_eq!(container["ports"][0]["containerPort"], 9898);
+    assert_eq!(
+        proxy["spec"]["template"]["metadata"]["labels"],
+        json!({"app": "app", "app.kubernetes.io/name": "sluice-proxy", "sluice.dev/release": "app"})
+    );
+    assert!(
+        w.fake
+            .get("apis/policy/v1", "poddisruptionbudgets", NS, "app-sluice")
+            .is_some(),
+        "the proxy has a PodDisruptionBudget"
     );
     assert_eq!(w.weight(), 0.0);
 
@@ -306,7 +330,18 @@ async fn annotating_creates_exactly_the_objects_and_moves_traffic_only_when_read
         svc["spec"]["selector"],
         json!({"app.kubernetes.io/name": "sluice-proxy", "sluice.dev/release": "app"})
     );
-    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert_eq!(
+        svc["spec"]["ports"][0]["targetPort"], 9898,
+        "the ports stay: the proxy listens on them"
+    );
+    assert_eq!(
+        w.replicas("app"),
+        3,
+        "not before the Service's endpoints are the proxy's"
+    );
+    let proxies = w.fake.view(|v| v.ready_endpoints(NS, "app", "http"));
+    assert!(proxies >= 1, "the proxy serves Service app");
+    w.tick().await;
     assert_eq!(
         w.replicas("app"),
         0,
@@ -436,7 +471,7 @@ async fn a_changed_configmap_is_a_release_and_the_primary_keeps_its_copy_until_p
     w.until("Progressing", 10).await;
     let copy = w
         .fake
-        .get("api/v1", "configmaps", NS, "settings-primary")
+        .get("api/v1", "configmaps", NS, "app-primary-settings")
         .unwrap();
     assert_eq!(
         copy["data"]["greeting"], "hello",
@@ -445,7 +480,7 @@ async fn a_changed_configmap_is_a_release_and_the_primary_keeps_its_copy_until_p
     w.until("Succeeded", 20).await;
     let copy = w
         .fake
-        .get("api/v1", "configmaps", NS, "settings-primary")
+        .get("api/v1", "configmaps", NS, "app-primary-settings")
         .unwrap();
     assert_eq!(copy["data"]["greeting"], "bonjour");
 }
@@ -524,6 +559,11 @@ async fn removing_the_annotation_restores_the_service_and_replicas() {
             .get("sluice.dev/original-selector")
             .is_none()
     );
+    assert!(
+        w.fake.get(APPS, "deployments", NS, "app-sluice").is_some(),
+        "the proxy stays until the Service's own pods are its endpoints"
+    );
+    w.tick().await;
     assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
     let mut services = w.fake.names("api/v1", "services", NS);
     services.sort();

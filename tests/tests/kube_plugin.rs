@@ -29,6 +29,15 @@ fn status(phase: &str, weight: f64, step: usize, failed_revision: Option<&str>) 
     .to_string()
 }
 
+/// A valid Deployment spec (the API server refuses writes to invalid ones).
+fn spec(name: &str, replicas: i64) -> Value {
+    json!({
+        "replicas": replicas,
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}},
+    })
+}
+
 impl Plugin {
     async fn new() -> Self {
         let fake = FakeKube::start().await;
@@ -37,13 +46,13 @@ impl Plugin {
         fake.kubeconfig(&kubeconfig);
         let annotated = json!({"sluice.dev/canary": "enabled"});
         for name in ["app", "web"] {
-            fake.put(APPS, "deployments", "default", json!({"metadata": {"name": name, "annotations": annotated}, "spec": {"replicas": 0}}));
+            fake.put(APPS, "deployments", "default", json!({"metadata": {"name": name, "annotations": annotated}, "spec": spec(name, 0)}));
         }
         fake.put(
             APPS,
             "deployments",
             "default",
-            json!({"metadata": {"name": "plain"}, "spec": {"replicas": 1}}),
+            json!({"metadata": {"name": "plain"}, "spec": spec("plain", 1)}),
         );
         let this = Self {
             fake,
@@ -59,7 +68,7 @@ impl Plugin {
             APPS,
             "deployments",
             "default",
-            json!({"metadata": {"name": "app-primary", "annotations": {"sluice.dev/status": status(phase, weight, step, failed)}}, "spec": {"replicas": 2}}),
+            json!({"metadata": {"name": "app-primary", "annotations": {"sluice.dev/status": status(phase, weight, step, failed)}}, "spec": spec("app-primary", 2)}),
         );
     }
 

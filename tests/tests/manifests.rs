@@ -102,8 +102,12 @@ fn generated() -> String {
         "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}});
     let owner = objects::owner_reference(&user);
     let selector = objects::selector_of(&user);
+    // A low port too: the proxy then needs the unprivileged-port sysctl.
+    let mut two_ports = service.clone();
+    two_ports["spec"]["ports"] = json!([{"name": "http", "port": 80, "targetPort": 9898}, {"name": "grpc", "port": 81, "targetPort": 80, "appProtocol": "grpc"}]);
+    let ports = objects::proxied_ports(&two_ports, &user, 80).expect("ports resolve");
     let mut docs = vec![
-        objects::primary_deployment(&user, 2, &owner),
+        objects::primary_deployment(&user, 2, &owner, "0123456789abcdef"),
         objects::service_copy(
             &service,
             "app-primary",
@@ -112,8 +116,16 @@ fn generated() -> String {
             "app",
         ),
         objects::service_copy(&service, "app-canary", &selector, &owner, "app"),
-        objects::proxy_configmap("app", "shop", 80, 1000, &owner),
-        objects::proxy_deployment("app", "shop", "sluice-proxy:0.1.0", &owner),
+        objects::proxy_configmap("app", "shop", &ports, 1000, &owner),
+        objects::proxy_deployment(
+            "app",
+            "shop",
+            "sluice-proxy:0.1.0",
+            &owner,
+            &ports,
+            &selector,
+        ),
+        objects::proxy_pdb("app", &owner),
         objects::proxy_admin_service("app", &owner),
         objects::admin_secret("app", "t0ken", &owner),
         objects::config_copy(

@@ -786,10 +786,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     .unwrap();
     let mut proxy = ChildProxy::start(
         &format!("  - {{ name: web, stable: '{}' }}\n", slow.url()),
-        &["--drain-timeout", "10s"],
+        &["--drain-timeout", "10s", "--drain-delay", "1500ms"],
     )
     .await;
     let url = format!("http://{}/", proxy.addr);
+    let readyz = format!("http://{}/readyz", proxy.admin);
+    assert_eq!(get(&readyz).await.unwrap().0, StatusCode::OK);
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
             let url = url.clone();
@@ -799,12 +801,34 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     // The backend holds each request 800 ms; signal while all 20 are inside.
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.signal("TERM");
+    // The drain delay: readiness fails at once, new connections are still
+    // served (endpoints take time to drop the pod).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get(&readyz).await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let late = tokio::spawn({
+        let url = url.clone();
+        async move { get(&url).await.map(|(s, _, _)| s) }
+    });
     for r in in_flight {
         assert_eq!(
             r.await.unwrap().expect("in-flight request completes"),
             StatusCode::OK
         );
     }
+    assert_eq!(
+        late.await
+            .unwrap()
+            .expect("a request during the drain delay is served"),
+        StatusCode::OK
+    );
+    // The admin listener answers until the data plane has drained.
+    assert_eq!(
+        get(&readyz).await.unwrap().0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     let status = tokio::task::spawn_blocking(move || {
         let s = proxy.child.wait().unwrap();
         (s, proxy)
@@ -812,7 +836,11 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     .await
     .unwrap();
     assert_eq!(status.0.code(), Some(0));
-    assert_eq!(slow.stats().requests, 20);
+    assert_eq!(
+        slow.stats().requests,
+        21,
+        "20 in flight and one during the drain delay"
+    );
     assert!(
         get(&url).await.is_err(),
         "no new connections after shutdown"

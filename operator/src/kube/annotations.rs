@@ -70,6 +70,8 @@ pub const STATUS: &str = "sluice.dev/status";
 pub const COMMAND: &str = "sluice.dev/command";
 pub const ORIGINAL_SELECTOR: &str = "sluice.dev/original-selector";
 pub const ORIGINAL_TARGET_PORT: &str = "sluice.dev/original-target-port";
+/// The user's Service ports before the take-over (JSON), for the way back.
+pub const ORIGINAL_PORTS: &str = "sluice.dev/original-ports";
 pub const FINALIZER: &str = "sluice.dev/cleanup";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +134,14 @@ pub fn parse(
     for (key, value) in annotations {
         if key.starts_with(PREFIX)
             && !KNOWN.contains(&key.as_str())
-            && ![STATUS, COMMAND, ORIGINAL_SELECTOR, ORIGINAL_TARGET_PORT].contains(&key.as_str())
+            && ![
+                STATUS,
+                COMMAND,
+                ORIGINAL_SELECTOR,
+                ORIGINAL_TARGET_PORT,
+                ORIGINAL_PORTS,
+            ]
+            .contains(&key.as_str())
         {
             return Err(err(
                 key,

@@ -23,14 +23,18 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use crate::analysis::CheckResult;
 use crate::http::HttpClient;
@@ -52,6 +56,10 @@ pub enum Error {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Other(String),
+    /// An object with a name Sluice would use exists and is not Sluice's:
+    /// nothing is overwritten; the release waits with a Warning Event.
+    #[error("{0}")]
+    Foreign(String),
 }
 
 /// What the operator keeps on `app-primary` as `sluice.dev/status`.
@@ -232,9 +240,89 @@ where
     K::DynamicType: Default,
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::Merge(&patch)).await?;
     Ok(())
+}
+
+/// Fails with [`Error::Foreign`] when `name` exists and is not Sluice's for
+/// the Deployment `owner_uid` (see [`is_ours`]).
+async fn ensure_ours<K>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<(), Error>
+where
+    K: NamespacedResource + Serialize,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(name).await? {
+        Some(existing) if !is_ours(&to_value(&existing)?, owner_uid) => {
+            Err(Error::Foreign(format!(
+                "{} {ns}/{name} exists and is not Sluice's (it lacks the label {MANAGED_BY}=sluice or an owner reference to this Deployment); Sluice does not overwrite or delete it: rename or remove it",
+                K::kind(&K::DynamicType::default())
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Server-side apply of an object Sluice owns, refusing to take over one it
+/// does not.
+async fn apply_owned<K>(
+    client: &kube::Client,
+    ns: &str,
+    object: &Value,
+    owner_uid: &str,
+) -> Result<(), Error>
+where
+    K: NamespacedResource + Serialize,
+    K::DynamicType: Default,
+{
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    ensure_ours::<K>(client, ns, name, owner_uid).await?;
+    apply::<K>(client, ns, object).await
+}
+
+/// Deletes `name` only when it is Sluice's for `owner_uid`, with a uid
+/// precondition so a same-named object created meanwhile is never hit.
+async fn delete_owned<K>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<(), Error>
+where
+    K: NamespacedResource + Serialize,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let Some(existing) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let v = to_value(&existing)?;
+    if !is_ours(&v, owner_uid) {
+        tracing::info!(%ns, %name, "not Sluice's; left alone");
+        return Ok(());
+    }
+    let uid = v["metadata"]["uid"].as_str().map(str::to_string);
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid,
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn publish(ctx: &Context, d: &Deployment, level: EventType, reason: &str, note: String) {
@@ -256,7 +344,26 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
+    let services: Api<Service> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    // A change to a Service Sluice took over (a GitOps re-apply) reconciles
+    // its Deployment at once, so drift is undone in seconds.
     Controller::new(api, watcher::Config::default())
+        .watches(
+            services,
+            watcher::Config::default().labels(""),
+            |svc: Service| {
+                let taken_over = svc
+                    .annotations()
+                    .contains_key(annotations::ORIGINAL_SELECTOR);
+                let ns = svc.namespace();
+                taken_over
+                    .then(|| ns.map(|ns| ObjectRef::new(&svc.name_any()).within(&ns)))
+                    .flatten()
+            },
+        )
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
@@ -271,8 +378,33 @@ fn error_policy(d: Arc<Deployment>, error: &Error, _ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(5))
 }
 
-/// One reconcile of one Deployment.
+/// One reconcile of one Deployment. An object in the way that is not
+/// Sluice's stops it with a Warning Event, nothing overwritten.
 pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+    match reconcile_owned(d.clone(), ctx.clone()).await {
+        Err(Error::Foreign(why)) => {
+            publish(&ctx, &d, EventType::Warning, "ForeignObject", why).await;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        other => other,
+    }
+}
+
+/// Whether Sluice has taken `d` on: its finalizer is on `d`, or an
+/// `app-primary` it owns exists. Only then does it clean up.
+async fn managed(ctx: &Context, d: &Deployment, ns: &str, name: &str) -> Result<bool, Error> {
+    if d.finalizers().iter().any(|f| f == annotations::FINALIZER) {
+        return Ok(true);
+    }
+    let primaries: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let uid = d.uid().unwrap_or_default();
+    Ok(match primaries.get_opt(&primary_name(name)).await? {
+        Some(p) => is_ours(&to_value(&p)?, &uid),
+        None => false,
+    })
+}
+
+async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = d.namespace().unwrap_or_else(|| "default".into());
     let name = d.name_any();
     let has_finalizer = d.finalizers().iter().any(|f| f == annotations::FINALIZER);
@@ -284,10 +416,35 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     if !annotations::enabled(d.annotations()) {
-        if has_finalizer || primaries.get_opt(&primary_name(&name)).await?.is_some() {
+        if managed(&ctx, &d, &ns, &name).await? {
             return cleanup(&ctx, &d, &ns, &name, false).await;
         }
         return Ok(Action::await_change());
+    }
+    let selector_problem = {
+        let dv = to_value(&*d)?;
+        let sel = &dv["spec"]["selector"];
+        if sel["matchExpressions"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+        {
+            Some("spec.selector.matchExpressions is not supported: Sluice renames the selector's matchLabels for app-primary, and expressions would still select the canary's pods; use matchLabels only".to_string())
+        } else if selector_of(&dv).is_empty() {
+            Some("spec.selector.matchLabels is empty: Sluice needs labels to tell the primary's pods from the canary's".to_string())
+        } else {
+            check_names(&name, &selector_of(&dv)).err()
+        }
+    };
+    if let Some(problem) = selector_problem {
+        publish(
+            &ctx,
+            &d,
+            EventType::Warning,
+            "Unsupported",
+            format!("{problem}; nothing was created or changed"),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(300)));
     }
     let mut settings = match annotations::parse(d.annotations(), ctx.prometheus_url.is_some()) {
         Ok(s) => s,
@@ -327,26 +484,44 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let service_value = to_value(&service)?;
-    let port = match resolve_port(&service_value, settings.port.as_ref()) {
+    let original = original_service(&service_value);
+    let port = match resolve_port(&original, settings.port.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             publish(&ctx, &d, EventType::Warning, "InvalidAnnotation", e).await;
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
-    if !has_finalizer {
-        let mut finalizers = d.finalizers().to_vec();
-        finalizers.push(annotations::FINALIZER.to_string());
-        merge_patch::<Deployment>(
-            &ctx.client,
-            &ns,
-            &name,
-            json!({"metadata": {"finalizers": finalizers}}),
-        )
-        .await?;
-    }
     let dv = to_value(&*d)?;
-    let revision = revision_of(&ctx, &ns, &dv).await?;
+    let ports = match proxied_ports(&original, &dv, port) {
+        Ok(p) => p,
+        Err(e) => {
+            publish(
+                &ctx,
+                &d,
+                EventType::Warning,
+                "Unsupported",
+                format!("{e}; nothing was created or changed"),
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    if original_selector(&service_value).is_empty() {
+        publish(
+            &ctx,
+            &d,
+            EventType::Warning,
+            "Unsupported",
+            format!("Service {name} has no selector; Sluice fronts Services that select pods. Nothing was created or changed"),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    if !has_finalizer {
+        add_finalizer(&ctx, &d, &ns, &name).await?;
+    }
+    let (revision, _) = revision_of(&ctx, &ns, &dv).await?;
     let Some(primary) = primaries.get_opt(&primary_name(&name)).await? else {
         bootstrap(
             &ctx,
@@ -354,17 +529,33 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
             &name,
             &dv,
             &service_value,
-            port,
+            &ports,
             &revision,
             &settings,
         )
         .await?;
         return Ok(Action::requeue(ctx.poll));
     };
+    if !is_ours(&to_value(&primary)?, &d.uid().unwrap_or_default()) {
+        return Err(Error::Foreign(format!(
+            "Deployment {ns}/{} exists and is not Sluice's (a Flagger primary or the user's own?); Sluice does not overwrite or delete it: rename or remove it",
+            primary_name(&name)
+        )));
+    }
     let mut status = KubeStatus::from_primary(&primary).unwrap_or_default();
     if !status.bootstrapped {
-        return take_over(&ctx, &d, &ns, &name, &primary, &service_value, port, status).await;
+        return take_over(&ctx, &d, &ns, &name, &primary, &service_value, status).await;
     }
+    restore_routing(&ctx, &d, &ns, &name, &service_value).await?;
+    ensure_proxy(
+        &ctx,
+        &ns,
+        &name,
+        &dv,
+        &ports,
+        &original_selector(&service_value),
+    )
+    .await?;
     sync_hpas(&ctx, &ns, &name, &dv).await?;
     release_tick(
         &ctx,
@@ -373,7 +564,7 @@ pub async fn reconcile(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, 
         &name,
         &dv,
         &primary,
-        port,
+        &ports,
         &revision,
         &settings,
         &mut status,
@@ -457,9 +648,22 @@ fn resolve_port(service: &Value, wanted: Option<&PortRef>) -> Result<i32, String
         })
 }
 
-/// The revision of the user's pod template and the config it references.
-async fn revision_of(ctx: &Context, ns: &str, d: &Value) -> Result<String, Error> {
+/// The revision of the user's pod template and the config it references,
+/// and the hash of that config alone (for the primary's pod template).
+async fn revision_of(ctx: &Context, ns: &str, d: &Value) -> Result<(String, String), Error> {
     let template = &d["spec"]["template"];
+    let (cm_data, secret_data) = config_data(ctx, ns, template).await?;
+    Ok((
+        revision_hash(template, &cm_data, &secret_data),
+        config_hash(&cm_data, &secret_data),
+    ))
+}
+
+type ConfigData = (BTreeMap<String, Value>, BTreeMap<String, Value>);
+
+/// ConfigMap data and Secret digests of what `template` references
+/// (missing ones as null).
+async fn config_data(ctx: &Context, ns: &str, template: &Value) -> Result<ConfigData, Error> {
     let refs = config_refs(template);
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
@@ -474,12 +678,15 @@ async fn revision_of(ctx: &Context, ns: &str, d: &Value) -> Result<String, Error
     let mut secret_data = BTreeMap::new();
     for name in &refs.secrets {
         let v = match secrets.get_opt(name).await? {
-            Some(s) => to_value(&s.data)?,
+            Some(s) => json!(secret_digest(
+                s.metadata.uid.as_deref().unwrap_or_default(),
+                &to_value(&s.data)?
+            )),
             None => Value::Null,
         };
         secret_data.insert(name.clone(), v);
     }
-    Ok(revision_hash(template, &cm_data, &secret_data))
+    Ok((cm_data, secret_data))
 }
 
 /// (Re)writes the `-primary` copies of the ConfigMaps and Secrets `template` references.
@@ -491,16 +698,29 @@ async fn copy_configs(
     owner: &Value,
 ) -> Result<(), Error> {
     let refs = config_refs(template);
+    let uid = owner["uid"].as_str().unwrap_or_default();
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     for name in &refs.configmaps {
         if let Some(cm) = cms.get_opt(name).await? {
-            apply::<ConfigMap>(&ctx.client, ns, &config_copy(&to_value(&cm)?, owner, app)).await?;
+            apply_owned::<ConfigMap>(
+                &ctx.client,
+                ns,
+                &config_copy(&to_value(&cm)?, owner, app),
+                uid,
+            )
+            .await?;
         }
     }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for name in &refs.secrets {
         if let Some(s) = secrets.get_opt(name).await? {
-            apply::<Secret>(&ctx.client, ns, &config_copy(&to_value(&s)?, owner, app)).await?;
+            apply_owned::<Secret>(
+                &ctx.client,
+                ns,
+                &config_copy(&to_value(&s)?, owner, app),
+                uid,
+            )
+            .await?;
         }
     }
     Ok(())
@@ -526,6 +746,8 @@ fn random_token() -> String {
 }
 
 /// Creates everything Sluice needs for `app`; traffic does not move yet.
+/// First checks that no object it would write exists without being its
+/// own: then nothing at all is created.
 #[allow(clippy::too_many_arguments)]
 async fn bootstrap(
     ctx: &Context,
@@ -533,19 +755,44 @@ async fn bootstrap(
     app: &str,
     d: &Value,
     service: &Value,
-    port: i32,
+    ports: &[ProxiedPort],
     revision: &str,
     settings: &Settings,
 ) -> Result<(), Error> {
     let owner = owner_reference(d);
+    let uid = owner["uid"].as_str().unwrap_or_default().to_string();
+    let c = &ctx.client;
+    let refs = config_refs(&d["spec"]["template"]);
+    for name in [primary_name(app), proxy_name(app)] {
+        ensure_ours::<Deployment>(c, ns, &name, &uid).await?;
+    }
+    for name in [primary_name(app), canary_service_name(app), proxy_name(app)] {
+        ensure_ours::<Service>(c, ns, &name, &uid).await?;
+    }
+    ensure_ours::<ConfigMap>(c, ns, &proxy_name(app), &uid).await?;
+    ensure_ours::<Secret>(c, ns, &admin_secret_name(app), &uid).await?;
+    for name in &refs.configmaps {
+        ensure_ours::<ConfigMap>(c, ns, &config_copy_name(app, name), &uid).await?;
+    }
+    for name in &refs.secrets {
+        ensure_ours::<Secret>(c, ns, &config_copy_name(app, name), &uid).await?;
+    }
+    ensure_ours::<ServiceAccount>(c, ns, &proxy_name(app), &uid).await?;
+    ensure_ours::<Role>(c, ns, &proxy_name(app), &uid).await?;
+    ensure_ours::<RoleBinding>(c, ns, &proxy_name(app), &uid).await?;
+    ensure_ours::<PodDisruptionBudget>(c, ns, &proxy_name(app), &uid).await?;
+
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
     copy_configs(ctx, ns, app, &d["spec"]["template"], &owner).await?;
-    let selector: BTreeMap<String, String> = original_selector(service);
+    // After a take-over (app-primary deleted and made again) the Service
+    // points at the proxy: its copies take the recorded original ports.
+    let original = original_service(service);
+    let selector: BTreeMap<String, String> = string_map(&original["spec"]["selector"]);
     apply::<Service>(
-        &ctx.client,
+        c,
         ns,
         &service_copy(
-            service,
+            &original,
             &primary_name(app),
             &primary_labels(&selector_of(d)),
             &owner,
@@ -553,29 +800,41 @@ async fn bootstrap(
         ),
     )
     .await?;
+    // The canary Service selects the user's pods of the release under way
+    // (their pod-template-hash, set when the canary is ready): the proxy's
+    // pods carry the user's labels too and must never be its endpoints.
+    let mut canary_selector = selector.clone();
+    canary_selector.insert(TEMPLATE_HASH.into(), "none".into());
     apply::<Service>(
-        &ctx.client,
+        c,
         ns,
-        &service_copy(service, &canary_service_name(app), &selector, &owner, app),
+        &service_copy(
+            &original,
+            &canary_service_name(app),
+            &canary_selector,
+            &owner,
+            app,
+        ),
     )
     .await?;
-    apply::<Secret>(&ctx.client, ns, &admin_secret(app, &random_token(), &owner)).await?;
+    // The admin token is made once: re-applying would change it under the
+    // running proxies.
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+    if secrets.get_opt(&admin_secret_name(app)).await?.is_none() {
+        apply::<Secret>(c, ns, &admin_secret(app, &random_token(), &owner)).await?;
+    }
     for (kind, object) in proxy_rbac(app, &owner) {
         match kind.as_str() {
-            "serviceaccounts" => apply::<ServiceAccount>(&ctx.client, ns, &object).await?,
-            "roles" => apply::<Role>(&ctx.client, ns, &object).await?,
-            _ => apply::<RoleBinding>(&ctx.client, ns, &object).await?,
+            "serviceaccounts" => apply::<ServiceAccount>(c, ns, &object).await?,
+            "roles" => apply::<Role>(c, ns, &object).await?,
+            _ => apply::<RoleBinding>(c, ns, &object).await?,
         }
     }
-    apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, port, 0, &owner)).await?;
-    apply::<Deployment>(
-        &ctx.client,
-        ns,
-        &proxy_deployment(app, ns, &ctx.proxy_image, &owner),
-    )
-    .await?;
-    apply::<Service>(&ctx.client, ns, &proxy_admin_service(app, &owner)).await?;
-    let mut primary = primary_deployment(d, replicas, &owner);
+    apply::<ConfigMap>(c, ns, &proxy_configmap(app, ns, ports, 0, &owner)).await?;
+    ensure_proxy(ctx, ns, app, d, ports, &selector).await?;
+    apply::<Service>(c, ns, &proxy_admin_service(app, &owner)).await?;
+    let (cm_data, secret_data) = config_data(ctx, ns, &d["spec"]["template"]).await?;
+    let mut primary = primary_deployment(d, replicas, &owner, &config_hash(&cm_data, &secret_data));
     let status = KubeStatus {
         phase: "Initializing".into(),
         revision: revision.to_string(),
@@ -596,9 +855,36 @@ async fn bootstrap(
     };
     primary["metadata"]["annotations"] =
         json!({annotations::STATUS: serde_json::to_string(&status)?});
-    apply::<Deployment>(&ctx.client, ns, &primary).await?;
+    apply::<Deployment>(c, ns, &primary).await?;
     sync_hpas(ctx, ns, app, d).await?;
     Ok(())
+}
+
+/// The user's Service as it was before Sluice took it over: the recorded
+/// selector and target ports put back (itself when never taken over).
+fn original_service(service: &Value) -> Value {
+    let mut s = service.clone();
+    s["spec"]["selector"] = json!(original_selector(service));
+    let annotations = &service["metadata"]["annotations"];
+    if let Some(ports) = annotations[annotations::ORIGINAL_PORTS]
+        .as_str()
+        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+    {
+        s["spec"]["ports"] = ports;
+    } else if let Some(target) = annotations[annotations::ORIGINAL_TARGET_PORT]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        && let Some(ports) = s["spec"]["ports"].as_array_mut()
+    {
+        // Written by Sluice before per-port records.
+        for p in ports
+            .iter_mut()
+            .filter(|p| p["targetPort"] == json!(PROXY_HTTP_PORT))
+        {
+            p["targetPort"] = target.clone();
+        }
+    }
+    s
 }
 
 /// The user's Service selector before Sluice pointed it at the proxy.
@@ -621,7 +907,6 @@ async fn take_over(
     app: &str,
     primary: &Deployment,
     service: &Value,
-    port: i32,
     mut status: KubeStatus,
 ) -> Result<Action, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
@@ -635,31 +920,32 @@ async fn take_over(
     if !ready {
         return Ok(Action::requeue(ctx.poll));
     }
-    if service["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].is_null() {
+    if !points_at_proxy(service, app) {
+        if !service["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].is_null() {
+            // Taken over before, then changed (a re-apply): restore.
+            restore_routing(ctx, d, ns, app, service).await?;
+            return Ok(Action::requeue(ctx.poll));
+        }
+        // Only the selector changes: the proxy listens on the ports the
+        // Service already targets.
         let mut s = service.clone();
         let selector = original_selector(service);
-        let mut original_target = Value::Null;
-        if let Some(ports) = s["spec"]["ports"].as_array_mut() {
-            for p in ports
-                .iter_mut()
-                .filter(|p| p["port"].as_i64() == Some(i64::from(port)))
-            {
-                original_target = p.get("targetPort").cloned().unwrap_or(json!(port));
-                p["targetPort"] = json!(PROXY_HTTP_PORT);
-            }
-        }
         s["spec"]["selector"] = json!(proxy_pod_labels(app));
         if !s["metadata"]["annotations"].is_object() {
             s["metadata"]["annotations"] = json!({});
         }
         s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR] =
             json!(serde_json::to_string(&selector)?);
-        s["metadata"]["annotations"][annotations::ORIGINAL_TARGET_PORT] =
-            json!(original_target.to_string());
         let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
         services
-            .replace(app, &PostParams::default(), &serde_json::from_value(s)?)
+            .replace(app, &sluice_post(), &serde_json::from_value(s)?)
             .await?;
+        // The user's pods go only once the proxy's endpoints are ready.
+        return Ok(Action::requeue(ctx.poll));
+    }
+
+    if !proxy_serves(ctx, ns, app).await? {
+        return Ok(Action::requeue(ctx.poll));
     }
     merge_patch::<Deployment>(&ctx.client, ns, app, json!({"spec": {"replicas": 0}})).await?;
     status.bootstrapped = true;
@@ -679,6 +965,245 @@ async fn take_over(
     )
     .await;
     Ok(Action::requeue(ctx.poll))
+}
+
+/// Whether Service `app` routes through the proxy: it selects exactly the
+/// proxy's pods, and its ports are the user's own (the proxy listens on
+/// them; Services taken over by Sluice before 0.2 targeted port 8080).
+fn points_at_proxy(service: &Value, app: &str) -> bool {
+    string_map(&service["spec"]["selector"]) == proxy_pod_labels(app)
+        && service["spec"]["ports"] == original_service(service)["spec"]["ports"]
+}
+
+/// Ready endpoints of Service `name` from its EndpointSlices, and how many
+/// of them are the proxy's pods (`app-sluice-...`).
+async fn ready_endpoints(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    app: &str,
+) -> Result<(usize, usize), Error> {
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+    let mut ready = 0;
+    let mut proxies = 0;
+    let prefix = format!("{}-", proxy_name(app));
+    for slice in slices.list(&lp).await?.items {
+        for e in &slice.endpoints {
+            // The API: an unset `ready` means ready.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            ready += 1;
+            if e.target_ref
+                .as_ref()
+                .and_then(|r| r.name.as_deref())
+                .is_some_and(|n| n.starts_with(&prefix))
+            {
+                proxies += 1;
+            }
+        }
+    }
+    Ok((ready, proxies))
+}
+
+/// Whether traffic to Service `app` reaches the proxy now: the Service
+/// selects it and its EndpointSlices list a ready proxy pod. Nothing is
+/// scaled down before this holds.
+async fn proxy_serves(ctx: &Context, ns: &str, app: &str) -> Result<bool, Error> {
+    let (_, proxies) = ready_endpoints(ctx, ns, app, app).await?;
+    Ok(proxies > 0)
+}
+
+/// Puts Service `app` back through the proxy when something changed it. A
+/// `kubectl apply` of the original manifest merges the user's selector into
+/// the proxy's (still only the proxy's pods match: they carry the user's
+/// labels too); a forced server-side apply replaces it (the proxy's pods and
+/// the canary's match; nobody loses endpoints). Either way it is put back.
+/// What the user changed becomes the new original (the selector without the
+/// proxy's keys), so the way back honours it. One update.
+async fn restore_routing(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    service: &Value,
+) -> Result<bool, Error> {
+    if points_at_proxy(service, app) {
+        return Ok(false);
+    }
+    let proxy_labels = proxy_pod_labels(app);
+    let mut s = original_service(service);
+    if !s["metadata"]["annotations"].is_object() {
+        s["metadata"]["annotations"] = json!({});
+    }
+    let drifted = string_map(&service["spec"]["selector"]);
+    let intent: BTreeMap<String, String> = drifted
+        .iter()
+        .filter(|(k, _)| !proxy_labels.contains_key(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let selector_drifted = drifted != proxy_labels;
+    if !intent.is_empty() {
+        s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR] =
+            json!(serde_json::to_string(&intent)?);
+    }
+    if let Some(a) = s["metadata"]["annotations"].as_object_mut() {
+        a.remove(annotations::ORIGINAL_TARGET_PORT);
+        a.remove(annotations::ORIGINAL_PORTS);
+    }
+    s["spec"]["selector"] = json!(proxy_labels);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    services
+        .replace(app, &sluice_post(), &serde_json::from_value(s)?)
+        .await?;
+    if selector_drifted {
+        publish(
+            ctx,
+            d,
+            EventType::Warning,
+            "ServiceDrift",
+            format!(
+                "Service {app} was changed to select {} (a re-apply of its manifest?); it selects the Sluice proxy again. Have your GitOps tool ignore spec.selector of this Service (see the README)",
+                serde_json::to_string(&drifted)?
+            ),
+        )
+        .await;
+    }
+    Ok(true)
+}
+
+/// The label the Deployment controller puts on each template's pods.
+const TEMPLATE_HASH: &str = "pod-template-hash";
+
+/// Points Service `app-canary` at the user's pods of the current release:
+/// the Service's original selector plus their `pod-template-hash` (the
+/// proxy's pods carry the original labels too, and must never be canary
+/// endpoints).
+async fn point_canary(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    owner: &Value,
+) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let service = to_value(&services.get(app).await?)?;
+    let mut selector = original_selector(&service);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let deployment_selector = selector_of(dv)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let proxy = proxy_pod_labels(app);
+    let newest = pods
+        .list(&ListParams::default().labels(&deployment_selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            let labels = p.labels();
+            !proxy.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    let Some(hash) = newest.and_then(|p| p.labels().get(TEMPLATE_HASH).cloned()) else {
+        return Err(Error::Other(format!(
+            "no pod of {app} carries a {TEMPLATE_HASH} label yet; the canary Service is pointed once there is"
+        )));
+    };
+    selector.insert(TEMPLATE_HASH.into(), hash);
+    let original = original_service(&service);
+    apply::<Service>(
+        &ctx.client,
+        ns,
+        &service_copy(&original, &canary_service_name(app), &selector, owner, app),
+    )
+    .await
+}
+
+/// Creates or updates the proxy's Deployment and PodDisruptionBudget when
+/// what they should be differs from what runs: the ports (the Service's
+/// changed), the labels (its selector changed), or the operator itself
+/// (an upgraded operator brings its proxy image and settings). The
+/// recorded spec hash keeps this to one read per reconcile.
+async fn ensure_proxy(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    ports: &[ProxiedPort],
+    service_labels: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let owner = owner_reference(dv);
+    let uid = owner["uid"].as_str().unwrap_or_default().to_string();
+    let mut desired = proxy_deployment(app, ns, &ctx.proxy_image, &owner, ports, service_labels);
+    let hash = {
+        let digest = sha2::Sha256::digest(canonical_json(&desired).as_bytes());
+        digest
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    desired["metadata"]["annotations"] = json!({SPEC_HASH: hash});
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    match deployments.get_opt(&proxy_name(app)).await? {
+        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => {}
+        Some(current) if !is_ours(&to_value(&current)?, &uid) => {
+            return Err(Error::Foreign(format!(
+                "Deployment {ns}/{} exists and is not Sluice's; Sluice does not overwrite or delete it: rename or remove it",
+                proxy_name(app)
+            )));
+        }
+        _ => {
+            apply::<Deployment>(&ctx.client, ns, &desired).await?;
+            apply_owned::<PodDisruptionBudget>(&ctx.client, ns, &proxy_pdb(app, &owner), &uid)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Annotation on the proxy Deployment: the hash of the spec Sluice applied.
+const SPEC_HASH: &str = "sluice.dev/spec-hash";
+
+/// Between releases the user's Deployment (the canary) runs no pods. A
+/// re-apply of its manifest scales it back up; it is scaled down again,
+/// only once Service `app` is served by the proxy.
+async fn settle_idle_canary(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+) -> Result<(), Error> {
+    let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    if replicas == 0 || !proxy_serves(ctx, ns, app).await? {
+        return Ok(());
+    }
+    scale(ctx, ns, app, 0).await?;
+    publish(
+        ctx,
+        d,
+        EventType::Normal,
+        "DeploymentDrift",
+        format!(
+            "{app} was scaled to {replicas} outside a release (a re-apply of its manifest?); between releases it runs no pods (the primary {} serves), so it is scaled to 0 again",
+            primary_name(app)
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Writes as field manager `sluice`, so `managedFields` shows which fields
+/// Sluice set (GitOps tools can ignore exactly those).
+fn sluice_post() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    }
 }
 
 async fn save_status(ctx: &Context, ns: &str, app: &str, status: &KubeStatus) -> Result<(), Error> {
@@ -721,11 +1246,11 @@ async fn set_weight(
     ctx: &Context,
     ns: &str,
     app: &str,
-    port: i32,
+    ports: &[ProxiedPort],
     bp: u32,
     owner: &Value,
 ) -> Result<(), Error> {
-    apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, port, bp, owner)).await
+    apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, ports, bp, owner)).await
 }
 
 /// Proxy replica admin URLs, for the proxy provider.
@@ -780,7 +1305,7 @@ async fn apply_routing(
     app: &str,
     dv: &Value,
     primary: &Deployment,
-    port: i32,
+    ports: &[ProxiedPort],
     owner: &Value,
     status: &KubeStatus,
     action: &MachineAction,
@@ -794,9 +1319,14 @@ async fn apply_routing(
                 .unwrap_or(1)
                 .max(1);
             scale(ctx, ns, app, i64::from(replicas)).await?;
-            set_weight(ctx, ns, app, port, 0, owner).await
+            set_weight(ctx, ns, app, ports, 0, owner).await
         }
-        MachineAction::SetWeight(bp) => set_weight(ctx, ns, app, port, *bp, owner).await,
+        MachineAction::SetWeight(bp) => {
+            if *bp > 0 {
+                point_canary(ctx, ns, app, dv, owner).await?;
+            }
+            set_weight(ctx, ns, app, ports, *bp, owner).await
+        }
         MachineAction::Promote => {
             // The template recorded when promotion was decided: a revision
             // arriving meanwhile is queued, never promoted in its place.
@@ -805,7 +1335,13 @@ async fn apply_routing(
                 .clone()
                 .unwrap_or_else(|| dv["spec"]["template"].clone());
             copy_configs(ctx, ns, app, &source, owner).await?;
-            let template = primary_template(&source, &selector_of(dv));
+            let (cm_data, secret_data) = config_data(ctx, ns, &source).await?;
+            let template = primary_template(
+                &source,
+                &selector_of(dv),
+                app,
+                &config_hash(&cm_data, &secret_data),
+            );
             let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
             let mut p = to_value(&deployments.get(&primary_name(app)).await?)?;
             if canonical_json(&p["spec"]["template"]) != canonical_json(&template) {
@@ -813,7 +1349,7 @@ async fn apply_routing(
                 deployments
                     .replace(
                         &primary_name(app),
-                        &PostParams::default(),
+                        &sluice_post(),
                         &serde_json::from_value(p)?,
                     )
                     .await?;
@@ -821,7 +1357,14 @@ async fn apply_routing(
             Ok(())
         }
         MachineAction::Finalise | MachineAction::Rollback => {
-            set_weight(ctx, ns, app, port, 0, owner).await?;
+            set_weight(ctx, ns, app, ports, 0, owner).await?;
+            // Never scale the user's Deployment to 0 while its Service
+            // might route to it directly (drift not yet restored).
+            if !proxy_serves(ctx, ns, app).await? {
+                return Err(Error::Other(format!(
+                    "Service {app} has no ready proxy endpoint yet; {app} is scaled down once it has"
+                )));
+            }
             scale(ctx, ns, app, 0).await
         }
         MachineAction::Notify(_) | MachineAction::Event(..) => Ok(()),
@@ -844,7 +1387,7 @@ async fn release_tick(
     app: &str,
     dv: &Value,
     primary: &Deployment,
-    port: i32,
+    ports: &[ProxiedPort],
     revision: &str,
     settings: &Settings,
     status: &mut KubeStatus,
@@ -890,6 +1433,11 @@ async fn release_tick(
     if !active && !retrying {
         if raw_command.is_some() {
             clear_command(ctx, ns, app).await?;
+        }
+        let idle = revision == status.primary_revision
+            || status.failed_revision.as_deref() == Some(revision);
+        if idle {
+            settle_idle_canary(ctx, d, ns, app).await?;
         }
         if revision == status.primary_revision {
             return Ok(Action::requeue(Duration::from_secs(60)));
@@ -974,9 +1522,11 @@ async fn release_tick(
                 .promoting_template
                 .clone()
                 .unwrap_or_else(|| dv["spec"]["template"].clone());
-            let expected = primary_template(&source, &selector_of(dv));
+            let expected = primary_template(&source, &selector_of(dv), app, "");
             let pv = to_value(primary)?;
-            canonical_json(&pv["spec"]["template"]) == canonical_json(&expected) && rolled_out(&pv)
+            canonical_json(&without_config_hash(&pv["spec"]["template"]))
+                == canonical_json(&without_config_hash(&expected))
+                && rolled_out(&pv)
         }
         _ => true,
     };
@@ -1031,7 +1581,7 @@ async fn release_tick(
     let mut failed = None;
     for action in &t.actions {
         if action.is_routing() {
-            match apply_routing(ctx, ns, app, dv, primary, port, &owner, status, action).await {
+            match apply_routing(ctx, ns, app, dv, primary, ports, &owner, status, action).await {
                 Ok(()) => {
                     if matches!(
                         action,
@@ -1106,6 +1656,24 @@ async fn release_tick(
     }))
 }
 
+/// A pod template without [`CONFIG_HASH`] (config can change while a
+/// promotion rolls out; the template is what tells it is done).
+fn without_config_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(CONFIG_HASH);
+        }
+        if meta
+            .get("annotations")
+            .is_some_and(|a| a.as_object().is_none_or(|a| a.is_empty()))
+        {
+            meta.remove("annotations");
+        }
+    }
+    t
+}
+
 fn newly_phase(previous: &Option<machine::Status>, now: &machine::Status, p: Phase) -> bool {
     now.phase == p && previous.as_ref().is_none_or(|old| old.phase != p)
 }
@@ -1140,8 +1708,74 @@ async fn clear_command(ctx: &Context, ns: &str, app: &str) -> Result<(), Error> 
     .await
 }
 
+/// Adds Sluice's finalizer with a JSON patch that first tests the
+/// resourceVersion it was read at: a stale (cached) object fails the test
+/// (422) instead of overwriting a finalizer someone else added meanwhile.
+async fn add_finalizer(ctx: &Context, d: &Deployment, ns: &str, name: &str) -> Result<(), Error> {
+    let rv = d.resource_version().unwrap_or_default();
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv})];
+    if d.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| !f.is_empty())
+    {
+        ops.push(
+            json!({"op": "add", "path": "/metadata/finalizers/-", "value": annotations::FINALIZER}),
+        );
+    } else {
+        ops.push(
+            json!({"op": "add", "path": "/metadata/finalizers", "value": [annotations::FINALIZER]}),
+        );
+    }
+    json_patch(ctx, ns, name, ops).await
+}
+
+/// Removes Sluice's finalizer by index, testing the resourceVersion and the
+/// entry at that index first.
+async fn remove_finalizer(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let Some(index) = d
+        .finalizers()
+        .iter()
+        .position(|f| f == annotations::FINALIZER)
+    else {
+        return Ok(());
+    };
+    let rv = d.resource_version().unwrap_or_default();
+    let path = format!("/metadata/finalizers/{index}");
+    json_patch(
+        ctx,
+        ns,
+        name,
+        vec![
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}),
+            json!({"op": "test", "path": path, "value": annotations::FINALIZER}),
+            json!({"op": "remove", "path": path}),
+        ],
+    )
+    .await
+}
+
+async fn json_patch(ctx: &Context, ns: &str, name: &str, ops: Vec<Value>) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(name, &params, &Patch::<()>::Json(patch)).await?;
+    Ok(())
+}
+
 /// Undoes the take-over: the user's Deployment back to its replicas, the
-/// Service back to its selector, then everything Sluice made is deleted.
+/// Service back to its selector and ports, then what Sluice made for this
+/// Deployment is deleted: only objects that carry its label and an owner
+/// reference to this Deployment ([`is_ours`]); anything else with the same
+/// names (a Flagger primary, a user's `db-primary` Secret) is left alone.
 async fn cleanup(
     ctx: &Context,
     d: &Deployment,
@@ -1151,7 +1785,11 @@ async fn cleanup(
 ) -> Result<Action, Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let primary = deployments.get_opt(&primary_name(app)).await?;
+    let uid = d.uid().unwrap_or_default();
+    let primary = deployments
+        .get_opt(&primary_name(app))
+        .await?
+        .filter(|p| to_value(p).is_ok_and(|v| is_ours(&v, &uid)));
     let status = primary
         .as_ref()
         .and_then(KubeStatus::from_primary)
@@ -1175,78 +1813,61 @@ async fn cleanup(
         }
     }
     if let Some(service) = services.get_opt(app).await? {
-        let mut s = to_value(&service)?;
-        if let Some(saved) = s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].as_str() {
-            let selector: Value = serde_json::from_str(saved)?;
-            let target: Option<Value> = s["metadata"]["annotations"]
-                [annotations::ORIGINAL_TARGET_PORT]
-                .as_str()
-                .and_then(|t| serde_json::from_str(t).ok());
-            s["spec"]["selector"] = selector;
-            if let (Some(target), Some(ports)) = (target, s["spec"]["ports"].as_array_mut()) {
-                for p in ports
-                    .iter_mut()
-                    .filter(|p| p["targetPort"] == json!(PROXY_HTTP_PORT))
-                {
-                    p["targetPort"] = target.clone();
-                }
-            }
-            if let Some(a) = s["metadata"]["annotations"].as_object_mut() {
+        let s = to_value(&service)?;
+        if s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].is_string() {
+            let mut restored = original_service(&s);
+            if let Some(a) = restored["metadata"]["annotations"].as_object_mut() {
                 a.remove(annotations::ORIGINAL_SELECTOR);
                 a.remove(annotations::ORIGINAL_TARGET_PORT);
+                a.remove(annotations::ORIGINAL_PORTS);
             }
             services
-                .replace(app, &PostParams::default(), &serde_json::from_value(s)?)
+                .replace(app, &sluice_post(), &serde_json::from_value(restored)?)
                 .await?;
+            if !deleting {
+                // The proxy goes only once the Service's own pods are its
+                // ready endpoints.
+                return Ok(Action::requeue(ctx.poll));
+            }
         }
     }
-    let dp = DeleteParams::default();
-    let _ = deployments.delete(&proxy_name(app), &dp).await;
-    let _ = deployments.delete(&primary_name(app), &dp).await;
-    for svc in [primary_name(app), canary_service_name(app), proxy_name(app)] {
-        let _ = services.delete(&svc, &dp).await;
+    if !deleting && primary.is_some() && d.spec.as_ref().and_then(|s| s.replicas) != Some(0) {
+        let (ready, proxies) = ready_endpoints(ctx, ns, app, app).await?;
+        if ready <= proxies {
+            return Ok(Action::requeue(ctx.poll));
+        }
     }
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let _ = cms.delete(&proxy_name(app), &dp).await;
-    let _ = secrets.delete(&admin_secret_name(app), &dp).await;
+    let c = &ctx.client;
+    delete_owned::<Deployment>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<Deployment>(c, ns, &primary_name(app), &uid).await?;
+    for svc in [primary_name(app), canary_service_name(app), proxy_name(app)] {
+        delete_owned::<Service>(c, ns, &svc, &uid).await?;
+    }
+    delete_owned::<ConfigMap>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<Secret>(c, ns, &admin_secret_name(app), &uid).await?;
     let refs = config_refs(&to_value(d)?["spec"]["template"]);
     for name in &refs.configmaps {
-        let _ = cms.delete(&primary_name(name), &dp).await;
+        delete_owned::<ConfigMap>(c, ns, &config_copy_name(app, name), &uid).await?;
+        // Copies named by Sluice before per-app names.
+        delete_owned::<ConfigMap>(c, ns, &primary_name(name), &uid).await?;
     }
     for name in &refs.secrets {
-        let _ = secrets.delete(&primary_name(name), &dp).await;
+        delete_owned::<Secret>(c, ns, &config_copy_name(app, name), &uid).await?;
+        delete_owned::<Secret>(c, ns, &primary_name(name), &uid).await?;
     }
-    let _ = Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
-        .delete(&proxy_name(app), &dp)
-        .await;
-    let _ = Api::<Role>::namespaced(ctx.client.clone(), ns)
-        .delete(&proxy_name(app), &dp)
-        .await;
-    let _ = Api::<RoleBinding>::namespaced(ctx.client.clone(), ns)
-        .delete(&proxy_name(app), &dp)
-        .await;
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    delete_owned::<ServiceAccount>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<Role>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<RoleBinding>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<PodDisruptionBudget>(c, ns, &proxy_name(app), &uid).await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), ns);
     for hpa in hpas
         .list(&ListParams::default().labels(&format!("sluice.dev/release={app}")))
         .await?
         .items
     {
-        let _ = hpas.delete(&hpa.name_any(), &dp).await;
+        delete_owned::<HorizontalPodAutoscaler>(c, ns, &hpa.name_any(), &uid).await?;
     }
-    let finalizers: Vec<String> = d
-        .finalizers()
-        .iter()
-        .filter(|f| *f != annotations::FINALIZER)
-        .cloned()
-        .collect();
-    merge_patch::<Deployment>(
-        &ctx.client,
-        ns,
-        app,
-        json!({"metadata": {"finalizers": finalizers}}),
-    )
-    .await?;
+    remove_finalizer(ctx, d, ns, app).await?;
     ctx.providers
         .lock()
         .expect("providers lock")

@@ -3,8 +3,13 @@
 //!
 //! - `app-primary`: a copy of the Deployment; every selector label value
 //!   gets `-primary`, and ConfigMaps/Secrets the pod template references are
-//!   replaced by `<name>-primary` copies, so a canary's new config never
-//!   leaks into stable.
+//!   replaced by `app-primary-<name>` copies (one set per app, so two apps
+//!   sharing a ConfigMap never overwrite each other's copy), so a canary's
+//!   new config never leaks into stable.
+//!
+//! Everything Sluice makes carries `app.kubernetes.io/managed-by: sluice`
+//! and an owner reference to the user's Deployment; [`is_ours`] is the
+//! test every overwrite and delete passes first.
 //! - Services `app-primary` and `app-canary`.
 //! - The proxy: ConfigMap `app-sluice` (key `routes.yaml`), Deployment and
 //!   admin Service `app-sluice`, its ServiceAccount/Role/RoleBinding (read
@@ -120,21 +125,249 @@ pub fn canonical_json(v: &Value) -> String {
     }
 }
 
-/// The revision: sha256 over canonical JSON of the pod template and the data
-/// of every ConfigMap and Secret it references (missing ones as null);
-/// the first 16 hex digits. Stable across Sluice versions by construction.
+/// The revision of a release: sha256 over canonical JSON of
+///
+/// - the pod template **as the user wrote it**: [`strip_defaults`] removes
+///   the values the API server fills in (and empty maps, lists and nulls),
+///   so a cluster that starts defaulting a field, or a client library that
+///   starts exposing one, does not make a release of an unchanged template;
+/// - the data of every ConfigMap the template references (missing ones as
+///   null);
+/// - for every Secret it references, [`secret_digest`]: a keyed hash, never
+///   a plain hash of the data, because the revision is readable by anyone
+///   who can read the Deployment.
+///
+/// The first 16 hex digits. Stable across Sluice versions by construction
+/// (pinned by tests).
 pub fn revision_hash(
     template: &Value,
     configmaps: &BTreeMap<String, Value>,
     secrets: &BTreeMap<String, Value>,
 ) -> String {
     let input = json!({
-        "template": template,
+        "template": strip_defaults(template),
         "configMaps": configmaps,
         "secrets": secrets,
     });
     let digest = Sha256::digest(canonical_json(&input).as_bytes());
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let mut inner = Sha256::new();
+    inner.update(pad(0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(pad(0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// What a revision (and the primary's config hash) records of a Secret:
+/// HMAC-SHA256 of its data keyed by the Secret's uid. It changes when the
+/// data changes, and someone who can read the Deployment but not the
+/// Secret cannot test guesses of the data against it.
+pub fn secret_digest(uid: &str, data: &Value) -> String {
+    let mac = hmac_sha256(uid.as_bytes(), canonical_json(data).as_bytes());
+    mac.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A pod template without the values the API server defaults (Kubernetes
+/// 1.35's `SetDefaults_*` for pods and containers) and without empty maps,
+/// lists and nulls: what determines a release. Removed when equal to their
+/// default:
+///
+/// - pod spec: `restartPolicy: Always`, `dnsPolicy: ClusterFirst`,
+///   `schedulerName: default-scheduler`, `terminationGracePeriodSeconds: 30`,
+///   `securityContext: {}`, `enableServiceLinks: true`;
+/// - containers (and init containers): `terminationMessagePath:
+///   /dev/termination-log`, `terminationMessagePolicy: File`,
+///   `imagePullPolicy` (`Always` for `:latest` or untagged images,
+///   `IfNotPresent` otherwise), `resources: {}`, ports' `protocol: TCP`;
+/// - probes: `timeoutSeconds: 1`, `periodSeconds: 10`,
+///   `successThreshold: 1`, `failureThreshold: 3`, `httpGet.scheme: HTTP`;
+/// - volumes: `defaultMode: 420` of ConfigMap, Secret, projected and
+///   downward-API volumes; env `fieldRef.apiVersion: v1`;
+/// - `metadata.creationTimestamp: null`.
+pub fn strip_defaults(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("creationTimestamp");
+    }
+    if let Some(spec) = t.get_mut("spec").and_then(Value::as_object_mut) {
+        let defaults = [
+            ("restartPolicy", json!("Always")),
+            ("dnsPolicy", json!("ClusterFirst")),
+            ("schedulerName", json!("default-scheduler")),
+            ("terminationGracePeriodSeconds", json!(30)),
+            ("enableServiceLinks", json!(true)),
+        ];
+        remove_equal(spec, &defaults);
+        for list in ["containers", "initContainers"] {
+            for c in spec
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                strip_container(c);
+            }
+        }
+        for v in spec
+            .get_mut("volumes")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            for kind in ["configMap", "secret", "projected", "downwardAPI"] {
+                if let Some(k) = v.get_mut(kind).and_then(Value::as_object_mut) {
+                    remove_equal(k, &[("defaultMode", json!(420))]);
+                }
+            }
+        }
+    }
+    drop_empty(&mut t);
+    t
+}
+
+fn remove_equal(map: &mut serde_json::Map<String, Value>, defaults: &[(&str, Value)]) {
+    for (k, v) in defaults {
+        if map.get(*k) == Some(v) {
+            map.remove(*k);
+        }
+    }
+}
+
+fn strip_container(c: &mut Value) {
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let Some(m) = c.as_object_mut() else { return };
+    let last = image.rsplit('/').next().unwrap_or_default();
+    let untagged_or_latest =
+        !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"));
+    let pull = if untagged_or_latest {
+        "Always"
+    } else {
+        "IfNotPresent"
+    };
+    remove_equal(
+        m,
+        &[
+            ("terminationMessagePath", json!("/dev/termination-log")),
+            ("terminationMessagePolicy", json!("File")),
+            ("imagePullPolicy", json!(pull)),
+        ],
+    );
+    for p in m
+        .get_mut("ports")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(p) = p.as_object_mut() {
+            remove_equal(p, &[("protocol", json!("TCP"))]);
+        }
+    }
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = m.get_mut(probe).and_then(Value::as_object_mut) {
+            remove_equal(
+                p,
+                &[
+                    ("timeoutSeconds", json!(1)),
+                    ("periodSeconds", json!(10)),
+                    ("successThreshold", json!(1)),
+                    ("failureThreshold", json!(3)),
+                ],
+            );
+            if let Some(h) = p.get_mut("httpGet").and_then(Value::as_object_mut) {
+                remove_equal(h, &[("scheme", json!("HTTP"))]);
+            }
+        }
+    }
+    for e in m
+        .get_mut("env")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(f) = e
+            .pointer_mut("/valueFrom/fieldRef")
+            .and_then(Value::as_object_mut)
+        {
+            remove_equal(f, &[("apiVersion", json!("v1"))]);
+        }
+    }
+}
+
+/// Removes nulls and empty maps and lists, bottom-up.
+fn drop_empty(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                drop_empty(x);
+            }
+            m.retain(|_, x| !is_empty(x));
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_empty),
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Whether `object` is Sluice's for the Deployment whose uid is
+/// `owner_uid`: it carries `app.kubernetes.io/managed-by: sluice` and an
+/// owner reference to that Deployment. Sluice overwrites and deletes only
+/// such objects; anything else with a name it would use (a Flagger
+/// primary, a user's own `db-primary` Secret) is left alone.
+pub fn is_ours(object: &Value, owner_uid: &str) -> bool {
+    object["metadata"]["labels"][MANAGED_BY] == "sluice"
+        && object["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid))
+}
+
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// The longest name suffix Sluice adds to a Service name (`-primary`).
+const LONGEST_SERVICE_SUFFIX: usize = PRIMARY_SUFFIX.len();
+
+/// Checks that every name and label value Sluice derives from `app` and
+/// its selector stays within Kubernetes' limits: Service names are DNS-1035
+/// labels (63 characters), label values 63 characters.
+pub fn check_names(app: &str, selector: &BTreeMap<String, String>) -> Result<(), String> {
+    let longest = primary_name(app);
+    if longest.len() > 63 {
+        return Err(format!(
+            "the Service name {longest} would be {} characters; Kubernetes allows 63 (a DNS-1035 label), so the Deployment name may have at most {} characters",
+            longest.len(),
+            63 - LONGEST_SERVICE_SUFFIX
+        ));
+    }
+    for (k, v) in selector {
+        let value = format!("{v}{PRIMARY_SUFFIX}");
+        if value.len() > 63 {
+            return Err(format!(
+                "the selector label {k}={v} becomes {k}={value} on {longest}, {} characters; label values may have at most 63",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub fn primary_name(name: &str) -> String {
@@ -153,6 +386,11 @@ pub fn admin_secret_name(name: &str) -> String {
     format!("{name}-sluice-admin")
 }
 
+/// The name of `app-primary`'s copy of ConfigMap or Secret `name`.
+pub fn config_copy_name(app: &str, name: &str) -> String {
+    format!("{}-{name}", primary_name(app))
+}
+
 /// Selector labels with `-primary` values.
 pub fn primary_labels(selector: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     selector
@@ -162,8 +400,15 @@ pub fn primary_labels(selector: &BTreeMap<String, String>) -> BTreeMap<String, S
 }
 
 /// The pod template of `app-primary`: selector labels renamed, ConfigMap and
-/// Secret references pointed at the `-primary` copies.
-pub fn primary_template(template: &Value, selector: &BTreeMap<String, String>) -> Value {
+/// Secret references pointed at `app`'s copies, and the hash of the copied
+/// config ([`CONFIG_HASH`]) so that a config-only release restarts the
+/// primary's pods when it is promoted.
+pub fn primary_template(
+    template: &Value,
+    selector: &BTreeMap<String, String>,
+    app: &str,
+    config_hash: &str,
+) -> Value {
     let mut t = template.clone();
     if !t["metadata"].is_object() {
         t["metadata"] = json!({});
@@ -177,11 +422,35 @@ pub fn primary_template(template: &Value, selector: &BTreeMap<String, String>) -
     if let Some(spec) = t.get_mut("spec") {
         visit_refs(spec, &mut |_, name| {
             if let Some(n) = name.as_str() {
-                *name = json!(primary_name(n));
+                *name = json!(config_copy_name(app, n));
             }
         });
     }
+    if !config_hash.is_empty() {
+        if !t["metadata"]["annotations"].is_object() {
+            t["metadata"]["annotations"] = json!({});
+        }
+        t["metadata"]["annotations"][CONFIG_HASH] = json!(config_hash);
+    }
     t
+}
+
+/// Pod-template annotation of `app-primary`: the hash of the config copies
+/// its pods use.
+pub const CONFIG_HASH: &str = "sluice.dev/config-hash";
+
+/// The hash of the config a template references: ConfigMap data and
+/// [`secret_digest`]s, as the revision hash takes them.
+pub fn config_hash(
+    configmaps: &BTreeMap<String, Value>,
+    secrets: &BTreeMap<String, Value>,
+) -> String {
+    if configmaps.is_empty() && secrets.is_empty() {
+        return String::new();
+    }
+    let input = json!({"configMaps": configmaps, "secrets": secrets});
+    let digest = Sha256::digest(canonical_json(&input).as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn owner_reference(deployment: &Value) -> Value {
@@ -200,13 +469,13 @@ fn managed_labels(app: &str) -> Value {
 }
 
 /// `app-primary` from the user's Deployment.
-pub fn primary_deployment(user: &Value, replicas: i64, owner: &Value) -> Value {
+pub fn primary_deployment(user: &Value, replicas: i64, owner: &Value, config_hash: &str) -> Value {
     let name = user["metadata"]["name"].as_str().unwrap_or_default();
     let selector = selector_of(user);
     let mut spec = user["spec"].clone();
     spec["replicas"] = json!(replicas);
     spec["selector"] = json!({"matchLabels": primary_labels(&selector)});
-    spec["template"] = primary_template(&user["spec"]["template"], &selector);
+    spec["template"] = primary_template(&user["spec"]["template"], &selector, name, config_hash);
     let mut labels = user["metadata"]["labels"].clone();
     if !labels.is_object() {
         labels = json!({});
@@ -243,13 +512,13 @@ fn merge_into(target: &mut Value, extra: &Value) {
     }
 }
 
-/// A copy of a ConfigMap or Secret under its `-primary` name.
+/// `app`'s copy of a ConfigMap or Secret, named by [`config_copy_name`].
 pub fn config_copy(source: &Value, owner: &Value, app: &str) -> Value {
     let name = source["metadata"]["name"].as_str().unwrap_or_default();
     let mut copy = json!({
         "apiVersion": source["apiVersion"],
         "kind": source["kind"],
-        "metadata": {"name": primary_name(name), "labels": managed_labels(app), "ownerReferences": [owner]},
+        "metadata": {"name": config_copy_name(app, name), "labels": managed_labels(app), "ownerReferences": [owner]},
     });
     for k in ["data", "binaryData", "stringData", "type", "immutable"] {
         if let Some(v) = source.get(k) {
@@ -297,16 +566,113 @@ pub fn proxy_pod_labels(app: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The proxy's config: one route named after the app, stable on
-/// `app-primary`, canary on `app-canary`.
-pub fn proxy_config(
-    app: &str,
-    namespace: &str,
-    port: i32,
-    canary_weight_bp: u32,
-) -> sluice_proxy::Config {
-    let route_name: String = app
-        .chars()
+/// One port of the user's Service as the proxy serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxiedPort {
+    /// The Service port (what clients and the `-primary`/`-canary`
+    /// Services use).
+    pub service_port: i32,
+    /// The Service port's name ("" when unnamed).
+    pub name: String,
+    /// The container port the Service targets on the user's pods: the proxy
+    /// listens on the same port, so the Service's `targetPort` never changes.
+    pub container_port: i32,
+    /// A named `targetPort`: the proxy's container declares the same name.
+    pub target_name: Option<String>,
+    /// `appProtocol: kubernetes.io/h2c` or `grpc` (or a `grpc`/`h2c` port
+    /// name): the route speaks HTTP/2 to the upstreams.
+    pub http2: bool,
+}
+
+/// The proxy's admin port: 9901, or the next one no proxied port uses.
+pub fn admin_port(ports: &[ProxiedPort]) -> i32 {
+    (PROXY_ADMIN_PORT..)
+        .find(|p| ports.iter().all(|x| x.container_port != *p))
+        .expect("a free port")
+}
+
+/// Every port of the user's (original) Service, resolved against the
+/// user's pod template. The proxy serves all of them (never a port that
+/// nothing listens on); `main` comes first. Ports Sluice cannot proxy are
+/// refused, naming the port.
+pub fn proxied_ports(service: &Value, user: &Value, main: i32) -> Result<Vec<ProxiedPort>, String> {
+    let containers: Vec<Value> = user["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let declared = |name: &str| {
+        containers
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_i64())
+    };
+    let mut out: Vec<ProxiedPort> = Vec::new();
+    for p in service["spec"]["ports"].as_array().into_iter().flatten() {
+        let service_port = p["port"].as_i64().unwrap_or(0) as i32;
+        let name = p["name"].as_str().unwrap_or_default().to_string();
+        let label = if name.is_empty() {
+            service_port.to_string()
+        } else {
+            name.clone()
+        };
+        let protocol = p["protocol"].as_str().unwrap_or("TCP");
+        if protocol != "TCP" {
+            return Err(format!(
+                "Service port {label} is {protocol}; Sluice proxies HTTP over TCP only"
+            ));
+        }
+        let (container_port, target_name) = match &p["targetPort"] {
+            Value::Null => (service_port, None),
+            Value::Number(n) => (n.as_i64().unwrap_or(0) as i32, None),
+            Value::String(s) => match s.parse::<i32>() {
+                Ok(n) => (n, None),
+                Err(_) => match declared(s) {
+                    Some(n) => (n as i32, Some(s.clone())),
+                    None => {
+                        return Err(format!(
+                            "Service port {label} targets the port name `{s}`, which no container of the Deployment declares"
+                        ));
+                    }
+                },
+            },
+            other => {
+                return Err(format!(
+                    "Service port {label}: targetPort {other} is not a port"
+                ));
+            }
+        };
+        let app_protocol = p["appProtocol"].as_str().unwrap_or_default();
+        let http2 = matches!(app_protocol, "kubernetes.io/h2c" | "grpc" | "h2c")
+            || name == "grpc"
+            || name.starts_with("grpc-")
+            || name == "h2c"
+            || name.starts_with("h2c-");
+        if out.iter().any(|o| o.container_port == container_port) {
+            // Two Service ports on one container port: one listener serves both.
+            continue;
+        }
+        out.push(ProxiedPort {
+            service_port,
+            name,
+            container_port,
+            target_name,
+            http2,
+        });
+    }
+    match out.iter().position(|p| p.service_port == main) {
+        Some(i) => {
+            let m = out.remove(i);
+            out.insert(0, m);
+            Ok(out)
+        }
+        None => Err(format!("the Service has no port {main}")),
+    }
+}
+
+/// The route name of `app`'s main port (metrics `route` label).
+pub fn route_name(app: &str) -> String {
+    app.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_lowercase()
@@ -314,43 +680,93 @@ pub fn proxy_config(
                 '-'
             }
         })
-        .collect();
-    sluice_proxy::Config {
-        listen: format!("0.0.0.0:{PROXY_HTTP_PORT}"),
-        admin: sluice_proxy::config::AdminConfig {
-            listen: format!("0.0.0.0:{PROXY_ADMIN_PORT}"),
-            token_file: Some(ADMIN_TOKEN_PATH.into()),
-        },
-        limits: Default::default(),
-        tls: None,
-        routes: vec![sluice_proxy::config::RouteConfig {
-            name: route_name,
+        .collect()
+}
+
+/// The route (and listener) name of an extra port.
+fn port_route_name(app: &str, p: &ProxiedPort) -> String {
+    let suffix = if p.name.is_empty() {
+        format!("port-{}", p.service_port)
+    } else {
+        route_name(&p.name)
+    };
+    let mut name = format!("{}-{suffix}", route_name(app));
+    name.truncate(63);
+    name.trim_end_matches('-').to_string()
+}
+
+/// The proxy's config: one route per Service port (the main port on
+/// `listen`, the others on their own listeners), stable on `app-primary`,
+/// canary on `app-canary`, all at the same weight. `version` identifies
+/// the config (its replicas report it back).
+pub fn proxy_config(
+    app: &str,
+    namespace: &str,
+    ports: &[ProxiedPort],
+    canary_weight_bp: u32,
+) -> sluice_proxy::Config {
+    let route = |p: &ProxiedPort, name: String, listener: Option<String>| {
+        sluice_proxy::config::RouteConfig {
+            name,
             hosts: Vec::new(),
             path_prefix: "/".into(),
-            protocol: Default::default(),
-            stable: format!("http://{}.{namespace}.svc:{port}", primary_name(app)),
+            protocol: if p.http2 {
+                sluice_proxy::config::Protocol::Http2
+            } else {
+                Default::default()
+            },
+            stable: format!(
+                "http://{}.{namespace}.svc:{}",
+                primary_name(app),
+                p.service_port
+            ),
             canary: Some(format!(
-                "http://{}.{namespace}.svc:{port}",
-                canary_service_name(app)
+                "http://{}.{namespace}.svc:{}",
+                canary_service_name(app),
+                p.service_port
             )),
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
             canary_match: Vec::new(),
             timeouts: Default::default(),
             upstream_tls: None,
             grpc_failure_codes: None,
-        }],
+            listener,
+        }
+    };
+    let mut routes = Vec::new();
+    let mut listeners = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        if i == 0 {
+            routes.push(route(p, route_name(app), None));
+        } else {
+            let name = port_route_name(app, p);
+            listeners.push(sluice_proxy::config::ListenerConfig {
+                name: name.clone(),
+                listen: format!("0.0.0.0:{}", p.container_port),
+            });
+            routes.push(route(p, name.clone(), Some(name)));
+        }
     }
-}
-
-/// The route name inside the proxy config (metrics `route` label).
-pub fn route_name(app: &str) -> String {
-    proxy_config(app, "x", 80, 0).routes[0].name.clone()
+    sluice_proxy::Config {
+        listen: format!(
+            "0.0.0.0:{}",
+            ports.first().map_or(PROXY_HTTP_PORT, |p| p.container_port)
+        ),
+        admin: sluice_proxy::config::AdminConfig {
+            listen: format!("0.0.0.0:{}", admin_port(ports)),
+            token_file: Some(ADMIN_TOKEN_PATH.into()),
+        },
+        limits: Default::default(),
+        tls: None,
+        routes,
+        listeners,
+    }
 }
 
 pub fn proxy_configmap(
     app: &str,
     namespace: &str,
-    port: i32,
+    ports: &[ProxiedPort],
     canary_weight_bp: u32,
     owner: &Value,
 ) -> Value {
@@ -358,7 +774,7 @@ pub fn proxy_configmap(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": proxy_name(app), "labels": managed_labels(app), "ownerReferences": [owner]},
-        "data": {sluice_proxy::kube_source::CONFIG_KEY: proxy_config(app, namespace, port, canary_weight_bp).to_yaml()},
+        "data": {sluice_proxy::kube_source::CONFIG_KEY: proxy_config(app, namespace, ports, canary_weight_bp).to_yaml()},
     })
 }
 
@@ -399,37 +815,82 @@ pub fn proxy_rbac(app: &str, owner: &Value) -> [(String, Value); 3] {
     ]
 }
 
-pub fn proxy_deployment(app: &str, namespace: &str, image: &str, owner: &Value) -> Value {
-    let labels = proxy_pod_labels(app);
+/// Seconds a terminating proxy keeps serving after SIGTERM with `/readyz`
+/// failing (`--drain-delay`), so endpoints drop it before it closes.
+pub const PROXY_DRAIN_DELAY_SECS: i64 = 5;
+/// Seconds in-flight requests get after the listeners close.
+pub const PROXY_DRAIN_TIMEOUT_SECS: i64 = 20;
+
+/// The proxy's Deployment. Its pods carry the proxy's labels (its selector)
+/// and the user's Service's original selector `service_labels`, and listen
+/// on the user's container ports: a re-apply of the user's Service
+/// (selector merged or replaced, target ports as they were) still reaches
+/// a proxy, never a port nothing listens on. Two replicas, spread across
+/// nodes and zones, a PodDisruptionBudget ([`proxy_pdb`]), and a drain
+/// sequence on termination: `/readyz` fails first, the listeners keep
+/// serving for the drain delay, then in-flight requests get the drain
+/// timeout.
+pub fn proxy_deployment(
+    app: &str,
+    namespace: &str,
+    image: &str,
+    owner: &Value,
+    ports: &[ProxiedPort],
+    service_labels: &BTreeMap<String, String>,
+) -> Value {
+    let selector = proxy_pod_labels(app);
+    let mut pod_labels: BTreeMap<String, String> = service_labels.clone();
+    pod_labels.extend(selector.clone());
     let mut meta_labels = managed_labels(app);
-    merge_into(&mut meta_labels, &json!(labels));
+    merge_into(&mut meta_labels, &json!(selector));
+    let admin = admin_port(ports);
+    let mut container_ports: Vec<Value> = ports
+        .iter()
+        .map(|p| match &p.target_name {
+            Some(n) => json!({"name": n, "containerPort": p.container_port, "protocol": "TCP"}),
+            None => json!({"containerPort": p.container_port, "protocol": "TCP"}),
+        })
+        .collect();
+    container_ports
+        .push(json!({"name": "sluice-admin", "containerPort": admin, "protocol": "TCP"}));
+    let mut pod_security = json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}});
+    if ports.iter().any(|p| p.container_port < 1024) {
+        // A safe sysctl: lets the non-root proxy bind the app's low port.
+        pod_security["sysctls"] =
+            json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]);
+    }
+    let spread = |key: &str| json!({"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": selector}});
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": proxy_name(app), "labels": meta_labels, "ownerReferences": [owner]},
         "spec": {
             "replicas": 2,
-            "selector": {"matchLabels": labels},
+            "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {
-                    "labels": labels,
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": PROXY_ADMIN_PORT.to_string(), "prometheus.io/path": "/metrics"},
+                    "labels": pod_labels,
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": admin.to_string(), "prometheus.io/path": "/metrics"},
                 },
                 "spec": {
                     "serviceAccountName": proxy_name(app),
                     "automountServiceAccountToken": true,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "terminationGracePeriodSeconds": PROXY_DRAIN_DELAY_SECS + PROXY_DRAIN_TIMEOUT_SECS + 5,
+                    "securityContext": pod_security,
+                    "topologySpreadConstraints": [spread("kubernetes.io/hostname"), spread("topology.kubernetes.io/zone")],
                     "containers": [{
                         "name": "proxy",
                         "image": image,
-                        "args": ["--kube-configmap", format!("{namespace}/{}", proxy_name(app)), "--log-format", "json"],
-                        "ports": [
-                            {"name": "http", "containerPort": PROXY_HTTP_PORT, "protocol": "TCP"},
-                            {"name": "admin", "containerPort": PROXY_ADMIN_PORT, "protocol": "TCP"},
+                        "args": [
+                            "--kube-configmap", format!("{namespace}/{}", proxy_name(app)),
+                            "--log-format", "json",
+                            format!("--drain-delay={PROXY_DRAIN_DELAY_SECS}s"),
+                            format!("--drain-timeout={PROXY_DRAIN_TIMEOUT_SECS}s"),
                         ],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 2},
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10},
+                        "ports": container_ports,
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "sluice-admin"}, "periodSeconds": 2, "failureThreshold": 1},
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "sluice-admin"}, "periodSeconds": 10},
                         "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
@@ -444,6 +905,16 @@ pub fn proxy_deployment(app: &str, namespace: &str, image: &str, owner: &Value) 
     })
 }
 
+/// At most one proxy replica is disrupted voluntarily (node drains) at a time.
+pub fn proxy_pdb(app: &str, owner: &Value) -> Value {
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": proxy_name(app), "labels": managed_labels(app), "ownerReferences": [owner]},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": proxy_pod_labels(app)}},
+    })
+}
+
 /// The proxy's admin Service (metrics for Prometheus and the proxy provider).
 pub fn proxy_admin_service(app: &str, owner: &Value) -> Value {
     json!({
@@ -453,7 +924,7 @@ pub fn proxy_admin_service(app: &str, owner: &Value) -> Value {
         "spec": {
             "type": "ClusterIP",
             "selector": proxy_pod_labels(app),
-            "ports": [{"name": "admin", "port": PROXY_ADMIN_PORT, "targetPort": "admin", "protocol": "TCP"}],
+            "ports": [{"name": "admin", "port": PROXY_ADMIN_PORT, "targetPort": "sluice-admin", "protocol": "TCP"}],
         },
     })
 }
@@ -514,7 +985,7 @@ mod tests {
     #[test]
     fn the_primary_gets_primary_labels_and_its_own_config_copies() {
         let u = user();
-        let p = primary_deployment(&u, 3, &owner_reference(&u));
+        let p = primary_deployment(&u, 3, &owner_reference(&u), "abc");
         assert_eq!(p["metadata"]["name"], "app-primary");
         assert_eq!(p["spec"]["selector"]["matchLabels"]["app"], "app-primary");
         assert_eq!(
@@ -525,12 +996,16 @@ mod tests {
         let c = &p["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(
             c["env"][0]["valueFrom"]["configMapKeyRef"]["name"],
-            "settings-primary"
+            "app-primary-settings"
         );
-        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "creds-primary");
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "app-primary-creds");
+        assert_eq!(
+            p["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH],
+            "abc"
+        );
         assert_eq!(
             p["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
-            "files-primary"
+            "app-primary-files"
         );
         assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], "u1");
         let refs = config_refs(&u["spec"]["template"]);
@@ -561,7 +1036,14 @@ mod tests {
 
     #[test]
     fn the_proxy_config_is_valid_for_the_proxy() {
-        let c = proxy_config("shop.web", "prod", 8080, 2500);
+        let ports = [ProxiedPort {
+            service_port: 8080,
+            name: "http".into(),
+            container_port: 9898,
+            target_name: None,
+            http2: false,
+        }];
+        let c = proxy_config("shop.web", "prod", &ports, 2500);
         assert!(
             c.validate().is_ok()
                 || c.validate()
@@ -573,5 +1055,110 @@ mod tests {
         assert_eq!(c.routes[0].name, "shop-web");
         assert_eq!(c.routes[0].stable, "http://shop.web-primary.prod.svc:8080");
         assert_eq!(c.routes[0].canary_weight, 25.0);
+    }
+
+    /// The API server's defaults and empty values do not make a revision;
+    /// a change the user makes does.
+    #[test]
+    fn the_revision_ignores_defaulted_fields_and_empty_values() {
+        let t = user()["spec"]["template"].clone();
+        let base = revision_hash(&t, &BTreeMap::new(), &BTreeMap::new());
+        let mut defaulted = t.clone();
+        let spec = &mut defaulted["spec"];
+        spec["restartPolicy"] = json!("Always");
+        spec["dnsPolicy"] = json!("ClusterFirst");
+        spec["schedulerName"] = json!("default-scheduler");
+        spec["terminationGracePeriodSeconds"] = json!(30);
+        spec["securityContext"] = json!({});
+        spec["volumes"][0]["configMap"]["defaultMode"] = json!(420);
+        let c = &mut spec["containers"][0];
+        c["terminationMessagePath"] = json!("/dev/termination-log");
+        c["terminationMessagePolicy"] = json!("File");
+        c["imagePullPolicy"] = json!("IfNotPresent");
+        c["resources"] = json!({});
+        c["ports"] = json!([{"containerPort": 80, "protocol": "TCP"}]);
+        c["readinessProbe"] = json!({"httpGet": {"path": "/", "port": 80, "scheme": "HTTP"}, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3});
+        defaulted["metadata"]["creationTimestamp"] = Value::Null;
+        let mut declared = t.clone();
+        declared["spec"]["containers"][0]["ports"] = json!([{"containerPort": 80}]);
+        declared["spec"]["containers"][0]["readinessProbe"] =
+            json!({"httpGet": {"path": "/", "port": 80}});
+        let declared_hash = revision_hash(&declared, &BTreeMap::new(), &BTreeMap::new());
+        assert_eq!(
+            revision_hash(&defaulted, &BTreeMap::new(), &BTreeMap::new()),
+            declared_hash
+        );
+        assert_ne!(
+            base, declared_hash,
+            "ports and a probe are the user's change"
+        );
+        // A non-default value is the user's choice.
+        let mut chosen = declared.clone();
+        chosen["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");
+        assert_ne!(
+            revision_hash(&chosen, &BTreeMap::new(), &BTreeMap::new()),
+            declared_hash
+        );
+        // `:latest` defaults to Always.
+        let mut latest = t.clone();
+        latest["spec"]["containers"][0]["image"] = json!("app:latest");
+        let plain = revision_hash(&latest, &BTreeMap::new(), &BTreeMap::new());
+        latest["spec"]["containers"][0]["imagePullPolicy"] = json!("Always");
+        assert_eq!(
+            revision_hash(&latest, &BTreeMap::new(), &BTreeMap::new()),
+            plain
+        );
+        // Pinned: this template's revision must not change between versions.
+        assert_eq!(base, "267b6fb250600550");
+    }
+
+    #[test]
+    fn a_secret_is_recorded_by_a_keyed_digest_never_a_plain_hash() {
+        let data = json!({"password": "aHVudGVyMg=="});
+        let a = secret_digest("uid-1", &data);
+        assert_eq!(a, secret_digest("uid-1", &data));
+        assert_ne!(
+            a,
+            secret_digest("uid-2", &data),
+            "keyed by the Secret's uid"
+        );
+        assert_ne!(a, secret_digest("uid-1", &json!({"password": "b3RoZXI="})));
+        let plain: String = Sha256::digest(canonical_json(&data).as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(a, plain);
+        // RFC 4231 test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn only_labelled_and_owned_objects_are_ours() {
+        let ours = json!({"metadata": {"labels": {MANAGED_BY: "sluice"}, "ownerReferences": [{"uid": "u1"}]}});
+        assert!(is_ours(&ours, "u1"));
+        assert!(!is_ours(&ours, "u2"), "another app's");
+        let unlabelled = json!({"metadata": {"ownerReferences": [{"uid": "u1"}]}});
+        assert!(!is_ours(&unlabelled, "u1"));
+        let flagger = json!({"metadata": {"labels": {MANAGED_BY: "flagger"}}});
+        assert!(!is_ours(&flagger, "u1"));
+    }
+
+    #[test]
+    fn names_past_the_limits_are_refused_naming_the_limit() {
+        let app = "a".repeat(56);
+        let e = check_names(&app, &BTreeMap::new()).unwrap_err();
+        assert!(
+            e.contains("64 characters") && e.contains("at most 55"),
+            "{e}"
+        );
+        assert!(check_names(&"a".repeat(55), &BTreeMap::new()).is_ok());
+        let selector = BTreeMap::from([("app".to_string(), "v".repeat(56))]);
+        let e = check_names("web", &selector).unwrap_err();
+        assert!(e.contains("label values may have at most 63"), "{e}");
     }
 }

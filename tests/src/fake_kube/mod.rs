@@ -150,6 +150,15 @@ pub const KINDS: &[KindInfo] = &[
         ["deploy"]
     ),
     kind!(
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        "policy",
+        "v1",
+        true,
+        ["pdb"]
+    ),
+    kind!(
         "horizontalpodautoscalers",
         "horizontalpodautoscaler",
         "HorizontalPodAutoscaler",
@@ -331,6 +340,8 @@ struct Store {
     history: VecDeque<WatchEvent>,
     compacted_rv: u64,
     writes: Vec<WriteRecord>,
+    /// Every authorised request: who, and the RBAC attributes.
+    requests: Vec<(String, rbac::Attributes)>,
     failing_writes: BTreeMap<(String, String), u32>,
     /// Extra defaults the API server fills into pod templates (a test can
     /// add one, as a newer API server would).
@@ -671,6 +682,11 @@ impl FakeKube {
     /// Every write so far, with who made it and the body.
     pub fn write_records(&self) -> Vec<WriteRecord> {
         self.inner.store.lock().expect("store").writes.clone()
+    }
+
+    /// Every request the server authorised, as (user, RBAC attributes).
+    pub fn requests(&self) -> Vec<(String, rbac::Attributes)> {
+        self.inner.store.lock().expect("store").requests.clone()
     }
 
     /// The next `times` writes (create, replace, patch, delete) to the named
@@ -1345,6 +1361,7 @@ fn resource_list(group: &str, version: &str) -> Value {
             "horizontalpodautoscalers",
             "services",
             "pods",
+            "poddisruptionbudgets",
         ]
         .contains(&k.plural)
         {
@@ -1588,8 +1605,10 @@ impl FakeKube {
             return self.review(&target, &user, verb, &body, &content_type);
         }
         {
-            let store = self.inner.store.lock().expect("store");
-            if !self.policy_allows(&store, &user, &attrs) {
+            let mut store = self.inner.store.lock().expect("store");
+            if self.policy_allows(&store, &user, &attrs) {
+                store.requests.push((user.name.clone(), attrs.clone()));
+            } else {
                 let what = match &target.name {
                     Some(n) => format!("{} \"{n}\"", target.info.group_label()),
                     None => target.info.group_label(),
@@ -1962,7 +1981,53 @@ impl FakeKube {
                 o
             }
             (&Method::PATCH, None) if !is_apply => return not_found(info, &name),
+            (&Method::PATCH, None)
+                if !self.policy_allows(
+                    &store,
+                    user,
+                    &rbac::Attributes {
+                        verb: "create".into(),
+                        group: info.group.into(),
+                        resource: info.plural.into(),
+                        subresource: None,
+                        namespace: target.namespace.clone(),
+                        name: Some(name.clone()),
+                    },
+                ) =>
+            {
+                // An apply that creates is authorised as `create` too.
+                return status_error(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "{} \"{name}\" is forbidden: {}",
+                        info.group_label(),
+                        rbac::Attributes {
+                            verb: "create".into(),
+                            group: info.group.into(),
+                            resource: info.plural.into(),
+                            subresource: None,
+                            namespace: target.namespace.clone(),
+                            name: None,
+                        }
+                        .denial(user)
+                    ),
+                );
+            }
             (&Method::PATCH, _) => {
+                if existing.is_none() {
+                    store.requests.push((
+                        user.name.clone(),
+                        rbac::Attributes {
+                            verb: "create".into(),
+                            group: info.group.into(),
+                            resource: info.plural.into(),
+                            subresource: None,
+                            namespace: target.namespace.clone(),
+                            name: Some(name.clone()),
+                        },
+                    ));
+                }
                 let base = existing
                     .clone()
                     .unwrap_or_else(|| json!({"metadata": {"name": name}}));

@@ -435,6 +435,7 @@ pub fn validate(kind: &str, object: &Value, old: Option<&Value>) -> Vec<Cause> {
         "Service" => service(object, old, &mut out),
         "ConfigMap" | "Secret" => config(kind, object, old, &mut out),
         "HorizontalPodAutoscaler" => hpa(object, &mut out),
+        "PodDisruptionBudget" => pdb(object, &mut out),
         "Lease" => lease(object, &mut out),
         "Event" => event(object, &mut out),
         "Role" | "ClusterRole" => role(object, &mut out),
@@ -770,6 +771,41 @@ fn event(e: &Value, out: &mut Vec<Cause>) {
     }
     if e["regarding"].is_null() {
         out.push(Cause::required("regarding"));
+    }
+}
+
+/// A PodDisruptionBudget sets exactly one of minAvailable and
+/// maxUnavailable, each a non-negative count or a percentage.
+fn pdb(p: &Value, out: &mut Vec<Cause>) {
+    let spec = &p["spec"];
+    let set: Vec<&str> = ["minAvailable", "maxUnavailable"]
+        .into_iter()
+        .filter(|k| !spec[*k].is_null())
+        .collect();
+    if set.len() == 2 {
+        out.push(Cause::invalid(
+            "spec",
+            spec,
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    for k in set {
+        let v = &spec[k];
+        let ok = match v {
+            Value::Number(n) => n.as_i64().is_some_and(|n| n >= 0),
+            Value::String(s) => s
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n <= 100),
+            _ => false,
+        };
+        if !ok {
+            out.push(Cause::invalid(
+                &format!("spec.{k}"),
+                v,
+                "must be a non-negative integer or a percentage from 0% to 100%",
+            ));
+        }
     }
 }
 
