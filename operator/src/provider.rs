@@ -337,6 +337,10 @@ pub struct PrometheusProvider {
     client: HttpClient,
     base: String,
     route: String,
+    /// In Kubernetes, the proxy's namespace: Prometheus attaches it to every
+    /// series it scrapes there, and two apps of the same name in different
+    /// namespaces must not mix.
+    namespace: Option<String>,
     /// The smallest range used in `rate()`/`increase()`.
     pub window_floor: Duration,
     /// Wall-clock end of the last judged window (or of the last reset).
@@ -349,8 +353,24 @@ impl PrometheusProvider {
             client: HttpClient::default(),
             base: base.trim_end_matches('/').to_string(),
             route: route.to_string(),
+            namespace: None,
             window_floor: Duration::from_secs(30),
             last_end: None,
+        }
+    }
+
+    /// Only series from `namespace` (the `namespace` target label).
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_string());
+        self
+    }
+
+    /// The label matchers of this route's series: `route="…"` and, in
+    /// Kubernetes, `namespace="…"`.
+    pub fn matchers(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("route=\"{}\",namespace=\"{ns}\"", self.route),
+            None => format!("route=\"{}\"", self.route),
         }
     }
 
@@ -359,10 +379,11 @@ impl PrometheusProvider {
         self.last_end = Some(crate::runner::wall_clock());
     }
 
-    /// Fills `{{route}}`, `{{backend}}` and `{{interval}}`.
+    /// Fills `{{route}}`, `{{namespace}}`, `{{backend}}` and `{{interval}}`.
     pub fn render(&self, template: &str, window: &str) -> String {
         template
             .replace("{{route}}", &self.route)
+            .replace("{{namespace}}", self.namespace.as_deref().unwrap_or(""))
             .replace("{{backend}}", "canary")
             .replace("{{interval}}", window)
     }
@@ -488,16 +509,16 @@ impl PrometheusProvider {
         plan: &Plan,
     ) -> Result<(Window, Vec<Result<f64, String>>), String> {
         let (now, w) = self.span(plan)?;
-        let route = &self.route;
+        let m = self.matchers();
         let requests = self
             .vector_at(
-                &format!("sum by (backend, decision, classification) (increase(sluice_requests_total{{route=\"{route}\"}}[{w}]))"),
+                &format!("sum by (backend, decision, classification) (increase(sluice_requests_total{{{m}}}[{w}]))"),
                 now,
             )
             .await?;
         let buckets = self
             .vector_at(
-                &format!("sum by (backend, decision, le) (increase(sluice_request_duration_seconds_bucket{{route=\"{route}\"}}[{w}]))"),
+                &format!("sum by (backend, decision, le) (increase(sluice_request_duration_seconds_bucket{{{m}}}[{w}]))"),
                 now,
             )
             .await?;
@@ -534,10 +555,7 @@ impl PrometheusProvider {
             Err(reason) => return all_inconclusive(plan, &reason),
         };
         let at = Some(now);
-        let selector = format!(
-            "route=\"{}\",backend=\"canary\",decision=\"weight\"",
-            self.route
-        );
+        let selector = format!("{},backend=\"canary\",decision=\"weight\"", self.matchers());
         let requests = self
             .query_at(
                 &format!("sum(increase(sluice_requests_total{{{selector}}}[{w}]))"),

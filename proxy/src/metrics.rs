@@ -401,6 +401,7 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     canary_weight: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     reloads: Family<ReloadLabels, Counter>,
+    last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Metrics {
@@ -435,6 +436,13 @@ impl Metrics {
             "Configuration reload attempts, by result",
             reloads.clone(),
         );
+        let last_reload_ok = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        last_reload_ok.set(1);
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last configuration reload succeeded (or none was tried), 0 while the last one was rejected",
+            last_reload_ok.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -449,6 +457,7 @@ impl Metrics {
             upstream_errors,
             canary_weight,
             reloads,
+            last_reload_ok,
         })
     }
 
@@ -462,6 +471,8 @@ impl Metrics {
 
     pub fn record_reload(&self, result: ReloadResult) {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.last_reload_ok
+            .set(i64::from(result == ReloadResult::Success));
     }
 
     pub fn set_canary_weight(&self, route: &str, percent: f64) {

@@ -604,7 +604,8 @@ async fn the_controller_runs_under_a_lease_and_a_second_replica_waits() {
     let w = World::new(json!({})).await;
     let client = w.fake.operator_client();
     let cfg = op::leader::LeaderConfig {
-        renew_every: Duration::from_millis(200),
+        retry_period: Duration::from_millis(200),
+        renew_deadline: Duration::from_secs(1),
         lease_duration: Duration::from_secs(2),
         ..op::leader::LeaderConfig::new("sluice-system", "replica-a")
     };
@@ -643,22 +644,107 @@ async fn the_controller_runs_under_a_lease_and_a_second_replica_waits() {
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
     leader.abort();
-    // Once replica-a stops renewing, replica-b takes over.
-    eventually(
-        "replica-b to take the lease",
-        Duration::from_secs(10),
-        || {
-            let (client, other) = (client.clone(), other.clone());
-            async move {
-                op::leader::try_acquire(&client, &other)
-                    .await
-                    .ok()
-                    .filter(|x| *x)
-                    .map(|_| ())
+    // Once replica-a stops renewing, replica-b takes over: after the record
+    // has stood unchanged for the lease duration on replica-b's own clock.
+    let mut elector = op::leader::Elector::new(other.clone());
+    let watching = std::time::Instant::now();
+    let mut taken = false;
+    while watching.elapsed() < Duration::from_secs(10) {
+        if elector.try_acquire_or_renew(&client).await.unwrap() {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(taken, "replica-b never took the lease");
+    assert!(
+        watching.elapsed() >= cfg.lease_duration,
+        "taken after {:?}, before the lease duration",
+        watching.elapsed()
+    );
+}
+
+/// A leader whose lease renewals hang (a stuck connection to the API
+/// server) stops acting within its renew deadline, before the lease can
+/// expire; only then does another replica take over. They never act at once.
+#[tokio::test]
+async fn a_leader_whose_renewals_hang_stops_before_another_takes_over() {
+    let fake = FakeKube::start().await;
+    fake.install_operator_rbac();
+    let cfg = op::leader::LeaderConfig {
+        retry_period: Duration::from_millis(100),
+        renew_deadline: Duration::from_millis(800),
+        lease_duration: Duration::from_millis(2000),
+        ..op::leader::LeaderConfig::new("sluice-system", "replica-a")
+    };
+    let acts = Arc::new(std::sync::Mutex::new(
+        Vec::<(&str, std::time::Instant)>::new(),
+    ));
+    let work = |who: &'static str| {
+        let acts = acts.clone();
+        async move {
+            loop {
+                acts.lock().unwrap().push((who, std::time::Instant::now()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        },
-    )
+        }
+    };
+    let a = tokio::spawn(op::leader::run_as_leader(
+        fake.operator_client(),
+        cfg.clone(),
+        work("a"),
+    ));
+    eventually("replica-a to lead", Duration::from_secs(5), || {
+        let acting = acts.lock().unwrap().iter().any(|(w, _)| *w == "a");
+        async move { acting.then_some(()) }
+    })
     .await;
+    // Replica-a's connection to the API server hangs from now on.
+    let hung_at = std::time::Instant::now();
+    fake.hang(
+        "system:serviceaccount:sluice-system:sluice-operator",
+        "leases",
+        "sluice-operator",
+        Duration::from_secs(60),
+    );
+    let b = tokio::spawn(op::leader::run_as_leader(
+        fake.client(),
+        op::leader::LeaderConfig {
+            identity: "replica-b".into(),
+            ..cfg.clone()
+        },
+        work("b"),
+    ));
+    eventually("replica-b to lead", Duration::from_secs(10), || {
+        let acting = acts.lock().unwrap().iter().any(|(w, _)| *w == "b");
+        async move { acting.then_some(()) }
+    })
+    .await;
+    let acts = acts.lock().unwrap().clone();
+    let last_a = acts
+        .iter()
+        .filter(|(w, _)| *w == "a")
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    let first_b = acts
+        .iter()
+        .filter(|(w, _)| *w == "b")
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    assert!(last_a < first_b, "both acted at once");
+    let stopped_after = last_a.duration_since(hung_at);
+    assert!(
+        stopped_after <= cfg.renew_deadline + cfg.retry_period + Duration::from_millis(300),
+        "replica-a kept acting {stopped_after:?} after its renewals hung"
+    );
+    assert!(
+        first_b.duration_since(hung_at) >= cfg.lease_duration,
+        "replica-b took over before the lease could expire"
+    );
+    assert!(a.is_finished(), "replica-a stepped down");
+    b.abort();
 }
 
 #[tokio::test]

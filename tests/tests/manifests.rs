@@ -251,3 +251,87 @@ fn monitoring_objects_carry_the_release_label_kube_prometheus_stack_selects() {
         );
     }
 }
+
+/// The shipped alert rules behave as documented, by `promtool test rules`
+/// over tests/prometheus/rules_test.yaml.
+#[test]
+fn alert_rules_pass_their_promtool_tests() {
+    let promtool = which("promtool").unwrap_or_else(|| {
+        panic!(
+            "promtool is missing: it comes with Debian's prometheus package (tests/run installs it)"
+        )
+    });
+    let rule =
+        documents(&std::fs::read_to_string(root().join("deploy/prometheus/rules.yaml")).unwrap())
+            .into_iter()
+            .find(|d| d["kind"] == "PrometheusRule")
+            .expect("rules.yaml holds a PrometheusRule");
+    let dir = TempDir::new("promtool");
+    std::fs::write(
+        dir.path.join("rules.yaml"),
+        serde_yaml_ng::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+    let test = dir.path.join("rules_test.yaml");
+    std::fs::copy(root().join("tests/prometheus/rules_test.yaml"), &test).unwrap();
+    let check = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(dir.path.join("rules.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let out = Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(&test)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The ServiceMonitor keeps the operator's `namespace` label (the release's
+/// namespace, not the operator's), and the PodMonitor scrapes the port the
+/// proxy's pods declare.
+#[test]
+fn monitors_keep_release_labels_and_scrape_the_proxy_admin_port() {
+    let sm = documents(
+        &std::fs::read_to_string(root().join("deploy/prometheus/servicemonitor.yaml")).unwrap(),
+    );
+    assert_eq!(sm[0]["spec"]["endpoints"][0]["honorLabels"], true);
+    let pm = documents(
+        &std::fs::read_to_string(root().join("deploy/prometheus/podmonitor.yaml")).unwrap(),
+    );
+    let port = pm[0]["spec"]["podMetricsEndpoints"][0]["port"].clone();
+    let user = json!({"metadata": {"name": "app", "uid": "u"}, "spec": {"selector": {"matchLabels": {"app": "app"}},
+        "template": {"spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}}}});
+    let service =
+        json!({"spec": {"selector": {"app": "app"}, "ports": [{"port": 80, "targetPort": 8080}]}});
+    let ports = objects::proxied_ports(&service, &user, 80).unwrap();
+    let proxy = objects::proxy_deployment(
+        "app",
+        "shop",
+        "img",
+        &objects::owner_reference(&user),
+        &ports,
+        &objects::selector_of(&user),
+    );
+    let names: Vec<Value> = proxy["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert!(
+        names.contains(&port),
+        "PodMonitor port {port} not among {names:?}"
+    );
+}

@@ -104,6 +104,16 @@ impl OperatorMetrics {
         let l = Self::labels(ns, name);
         self.weight.get_or_create(&l).set(status.canary_weight);
         self.phase.get_or_create(&l).set(phase_code(&status.phase));
+        // Every result exists at 0 from the first sight of a release, so
+        // `increase()` sees the first failure (a series born at 1 does not
+        // increase).
+        for result in ["succeeded", "failed"] {
+            let _ = self.releases.get_or_create(&ResultLabels {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+                result: result.to_string(),
+            });
+        }
     }
 
     pub fn release_ended(&self, ns: &str, name: &str, result: &str, seconds: f64) {

@@ -177,7 +177,7 @@ fn default_provider(
     let route = route_name(app);
     match (settings.metrics, prometheus) {
         (MetricsSource::Prometheus, Some(url)) => {
-            Provider::Prometheus(PrometheusProvider::new(url, &route))
+            Provider::Prometheus(PrometheusProvider::new(url, &route).in_namespace(ns))
         }
         _ => Provider::Proxy(ProxyProvider::new(
             &format!("http://{}.{ns}.svc:{PROXY_ADMIN_PORT}", proxy_name(app)),

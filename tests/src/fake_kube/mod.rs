@@ -343,6 +343,9 @@ struct Store {
     /// Every authorised request: who, and the RBAC attributes.
     requests: Vec<(String, rbac::Attributes)>,
     failing_writes: BTreeMap<(String, String), u32>,
+    /// Requests by this user to this (resource, name) wait this long
+    /// before they are served: an API server or network that hangs.
+    hangs: BTreeMap<(String, String, String), Duration>,
     /// Extra defaults the API server fills into pod templates (a test can
     /// add one, as a newer API server would).
     extra_template_defaults: BTreeMap<String, Value>,
@@ -687,6 +690,15 @@ impl FakeKube {
     /// Every request the server authorised, as (user, RBAC attributes).
     pub fn requests(&self) -> Vec<(String, rbac::Attributes)> {
         self.inner.store.lock().expect("store").requests.clone()
+    }
+
+    /// From now on, every request `user` makes to `plural`/`name` hangs for
+    /// `for_how_long` before it is served (as with a stuck connection).
+    pub fn hang(&self, user: &str, plural: &str, name: &str, for_how_long: Duration) {
+        self.inner.store.lock().expect("store").hangs.insert(
+            (user.to_string(), plural.to_string(), name.to_string()),
+            for_how_long,
+        );
     }
 
     /// The next `times` writes (create, replace, patch, delete) to the named
@@ -1555,6 +1567,20 @@ impl FakeKube {
                 );
             }
         };
+        let hang = {
+            let store = self.inner.store.lock().expect("store");
+            store
+                .hangs
+                .get(&(
+                    user.name.clone(),
+                    target.info.plural.to_string(),
+                    target.name.clone().unwrap_or_default(),
+                ))
+                .copied()
+        };
+        if let Some(d) = hang {
+            tokio::time::sleep(d).await;
+        }
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
