@@ -453,15 +453,30 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub async fn start(targets: &[SocketAddr]) -> Self {
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Self::start_with_targets(&format!("      - targets: [{}]\n", list.join(", "))).await
+    }
+
+    /// Each target scraped with a `namespace` target label, as Kubernetes
+    /// service discovery attaches it.
+    pub async fn start_in_namespaces(targets: &[(SocketAddr, &str)]) -> Self {
+        let configs: String = targets
+            .iter()
+            .map(|(t, ns)| {
+                format!("      - targets: ['{t}']\n        labels: {{namespace: '{ns}'}}\n")
+            })
+            .collect();
+        Self::start_with_targets(&configs).await
+    }
+
+    async fn start_with_targets(static_configs: &str) -> Self {
         let binary = which("prometheus").unwrap_or_else(|| {
             panic!("prometheus is not installed: run `apt-get install -y prometheus` (tests/run does this)")
         });
         let dir = TempDir::new("prometheus");
         let port = free_port();
-        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sluice\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    static_configs:\n      - targets: [{}]\n",
-            list.join(", ")
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sluice\n    scrape_interval: 1s\n    scrape_timeout: 900ms\n    static_configs:\n{static_configs}"
         );
         let config_path = dir.path.join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");

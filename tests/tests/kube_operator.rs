@@ -960,7 +960,7 @@ async fn a_new_revision_during_promotion_is_queued_and_released_after_it() {
 /// the take-over, a release and its promotion, Service `app` never lacks a
 /// ready endpoint on its `http` port, checked at every change the API sees.
 #[tokio::test]
-async fn the_service_always_has_a_ready_endpoint_through_takeover_release_and_promotion() {
+async fn the_service_always_has_a_ready_endpoint_through_takeover_release_promotion_and_a_drain() {
     let w = World::with(
         json!({}),
         Options {
@@ -1011,6 +1011,30 @@ async fn the_service_always_has_a_ready_endpoint_through_takeover_release_and_pr
         "app:2"
     );
     assert!(w.fake.view(|v| v.ready_endpoints(NS, "app", "http")) >= 1);
+    // A node drain evicts one proxy pod: the other serves until the
+    // Deployment replaces it (the PodDisruptionBudget allows one at a time).
+    let pdb = w
+        .fake
+        .get("apis/policy/v1", "poddisruptionbudgets", NS, "app-sluice")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let proxy_pods: Vec<String> = w
+        .fake
+        .names("api/v1", "pods", NS)
+        .into_iter()
+        .filter(|n| n.starts_with("app-sluice-"))
+        .collect();
+    assert_eq!(proxy_pods.len(), 2, "{proxy_pods:?}");
+    w.fake.delete("api/v1", "pods", NS, &proxy_pods[0]);
+    eventually(
+        "the evicted proxy pod to be replaced",
+        Duration::from_secs(10),
+        || {
+            let ready = w.fake.view(|v| v.ready_endpoints(NS, "app", "http")) == 2;
+            async move { ready.then_some(()) }
+        },
+    )
+    .await;
     assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
 }
 
@@ -1067,4 +1091,463 @@ async fn every_object_the_operator_writes_validates_strictly() {
         );
     }
     sluice_tests::kubernetes_validate("operator-writes", &docs.join("---\n"));
+}
+
+// === adversarial scenarios ===
+
+impl World {
+    /// One reconcile of Deployment `name`.
+    async fn tick_app(&self, name: &str) {
+        let api: Api<Deployment> = Api::namespaced(self.fake.client(), NS);
+        let d = api.get(name).await.unwrap();
+        op::reconcile(Arc::new(d), self.ctx.clone()).await.unwrap();
+    }
+
+    /// A Deployment `name` (3 replicas, image app:1) and its Service.
+    fn add_app(&self, name: &str, annotations: Value, extra_spec: Value) {
+        self.fake.put(
+            "api/v1",
+            "services",
+            NS,
+            json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}}),
+        );
+        let mut container = json!({"name": "app", "image": "app:1"});
+        sluice_tests::fake_kube::merge(&mut container, &extra_spec);
+        self.fake.put(
+            APPS,
+            "deployments",
+            NS,
+            json!({
+                "metadata": {"name": name, "annotations": annotations},
+                "spec": {
+                    "replicas": 3,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [container]}},
+                },
+            }),
+        );
+        self.fake.make_ready(NS, name);
+    }
+
+    /// Ticks `name` until its status phase is `phase`, playing kubelet.
+    async fn settle(&self, name: &str, phase: &str) {
+        for _ in 0..20 {
+            for d in [
+                name.to_string(),
+                format!("{name}-primary"),
+                format!("{name}-sluice"),
+            ] {
+                self.fake.make_ready(NS, &d);
+            }
+            self.tick_app(name).await;
+            let status = self
+                .fake
+                .get(APPS, "deployments", NS, &format!("{name}-primary"))
+                .and_then(|p| {
+                    p["metadata"]["annotations"]["sluice.dev/status"]
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .and_then(|s| serde_json::from_str::<KubeStatus>(&s).ok());
+            if status.is_some_and(|s| s.phase == phase) {
+                return;
+            }
+        }
+        panic!("{name} never reached {phase}");
+    }
+}
+
+/// Objects named like Sluice's but made by someone else (here Flagger's,
+/// for an app it manages): Sluice neither cleans them up for a Deployment
+/// without its annotation, nor takes them over for one with it.
+#[tokio::test]
+async fn a_primary_sluice_did_not_make_is_never_touched() {
+    let w = World::new(json!({"sluice.dev/canary": null})).await;
+    let flagger = json!({"app.kubernetes.io/managed-by": "flagger"});
+    w.fake.put(
+        APPS,
+        "deployments",
+        NS,
+        json!({"metadata": {"name": "app-primary", "labels": flagger}, "spec": {"replicas": 3,
+            "selector": {"matchLabels": {"app": "app-primary"}},
+            "template": {"metadata": {"labels": {"app": "app-primary"}}, "spec": {"containers": [{"name": "app", "image": "app:0"}]}}}}),
+    );
+    for svc in ["app-primary", "app-canary"] {
+        w.fake.put(
+            "api/v1",
+            "services",
+            NS,
+            json!({"metadata": {"name": svc, "labels": flagger}, "spec": {"selector": {"app": svc}, "ports": [{"port": 80}]}}),
+        );
+    }
+    w.fake.put(
+        "api/v1",
+        "configmaps",
+        NS,
+        json!({"metadata": {"name": "settings-primary", "labels": flagger}, "data": {"greeting": "hi"}}),
+    );
+    // What the operator wrote, other than Events.
+    let operator_writes = |w: &World| -> Vec<String> {
+        w.fake
+            .write_records()
+            .into_iter()
+            .filter(|r| r.user.ends_with(":sluice-operator") && !r.path.contains("/events"))
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect()
+    };
+    w.tick().await;
+    assert_eq!(
+        operator_writes(&w),
+        Vec::<String>::new(),
+        "nothing written for an app Sluice does not manage"
+    );
+    // Asked to manage `app`, Sluice refuses to take Flagger's objects.
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": "enabled"}}}),
+    );
+    w.tick().await;
+    w.tick().await;
+    assert_eq!(
+        operator_writes(&w),
+        Vec::<String>::new(),
+        "no object written, no finalizer added"
+    );
+    assert!(
+        w.events().iter().any(|(t, r, n)| t == "Warning"
+            && r == "ForeignObject"
+            && n.contains("app-primary")
+            && n.contains("not Sluice's")),
+        "{:?}",
+        w.events()
+    );
+    assert!(w.fake.get(APPS, "deployments", NS, "app-sluice").is_none());
+    assert_eq!(w.replicas("app"), 3);
+    assert_eq!(w.replicas("app-primary"), 3);
+}
+
+/// Two canaried apps reference one ConfigMap: each primary gets its own
+/// copy, and one app's cleanup leaves the other's. A user's own Secret
+/// named like an old-style copy (`db-primary`) is never written or deleted.
+#[tokio::test]
+async fn apps_sharing_a_configmap_keep_their_own_copies_and_a_users_secret_is_left_alone() {
+    let w = World::new(json!({})).await;
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "db"}, "data": {"password": "czNjcjN0"}}),
+    );
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "db-primary"}, "data": {"password": "bWluZQ=="}}),
+    );
+    let users_secret = w.fake.get("api/v1", "secrets", NS, "db-primary").unwrap();
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1", "envFrom": [{"configMapRef": {"name": "settings"}}, {"secretRef": {"name": "db"}}]}]}}}}),
+    );
+    w.add_app(
+        "web",
+        json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "50"}),
+        json!({"envFrom": [{"configMapRef": {"name": "settings"}}]}),
+    );
+    w.settle("app", "Initialized").await;
+    w.settle("web", "Initialized").await;
+    let uid = |n: &str| w.deployment(n)["metadata"]["uid"].clone();
+    for (copy, owner) in [
+        ("app-primary-settings", "app"),
+        ("web-primary-settings", "web"),
+    ] {
+        let cm = w
+            .fake
+            .get("api/v1", "configmaps", NS, copy)
+            .unwrap_or_else(|| panic!("{copy}"));
+        assert_eq!(cm["metadata"]["ownerReferences"][0]["uid"], uid(owner));
+        assert_eq!(cm["data"]["greeting"], "hello");
+    }
+    assert!(
+        w.fake
+            .get("api/v1", "secrets", NS, "app-primary-db")
+            .is_some()
+    );
+    // web stops being canaried: its copy goes, app's stays.
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "web",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    for _ in 0..6 {
+        w.fake.make_ready(NS, "web");
+        w.tick_app("web").await;
+    }
+    assert!(
+        w.fake.get(APPS, "deployments", NS, "web-primary").is_none(),
+        "web released"
+    );
+    assert!(
+        w.fake
+            .get("api/v1", "configmaps", NS, "web-primary-settings")
+            .is_none()
+    );
+    assert!(
+        w.fake
+            .get("api/v1", "configmaps", NS, "app-primary-settings")
+            .is_some()
+    );
+    // app stops too: the user's own db-primary survives its cleanup.
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    for _ in 0..6 {
+        w.fake.make_ready(NS, "app");
+        w.tick().await;
+    }
+    assert!(
+        w.fake
+            .get("api/v1", "secrets", NS, "app-primary-db")
+            .is_none()
+    );
+    let after = w
+        .fake
+        .get("api/v1", "secrets", NS, "db-primary")
+        .expect("the user's Secret stays");
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        users_secret["metadata"]["resourceVersion"]
+    );
+}
+
+/// A 56-character name would make a 64-character Service `<name>-primary`:
+/// refused with an Event naming the limit, before anything is created.
+#[tokio::test]
+async fn a_56_character_name_is_refused_with_an_event_naming_the_limit() {
+    let w = World::new(json!({"sluice.dev/canary": null})).await;
+    let name = "a".repeat(56);
+    w.add_app(&name, json!({"sluice.dev/canary": "enabled"}), json!({}));
+    w.tick_app(&name).await;
+    let note = w
+        .events()
+        .into_iter()
+        .find(|(t, r, _)| t == "Warning" && r == "Unsupported")
+        .map(|(_, _, n)| n)
+        .expect("an Unsupported event");
+    assert!(
+        note.contains("63") && note.contains("at most 55 characters"),
+        "{note}"
+    );
+    assert_eq!(
+        w.fake.names(APPS, "deployments", NS).len(),
+        2,
+        "app and the long one only"
+    );
+    assert!(w.deployment(&name)["metadata"]["finalizers"].is_null());
+}
+
+/// A Service with an HTTP port and a gRPC port (appProtocol grpc, a named
+/// target port): both are proxied, the gRPC one over HTTP/2; the Service's
+/// ports never change; both have ready endpoints after the take-over.
+#[tokio::test]
+async fn every_port_of_a_multi_port_service_is_proxied_grpc_over_http2() {
+    let w = World::new(json!({})).await;
+    w.fake.put(
+        "api/v1",
+        "services",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [
+            {"name": "http", "port": 80, "targetPort": 9898},
+            {"name": "grpc", "port": 9090, "targetPort": "grpc-port", "appProtocol": "grpc"},
+        ]}}),
+    );
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1",
+            "ports": [{"containerPort": 9898}, {"name": "grpc-port", "containerPort": 9091}]}]}}}}),
+    );
+    let ports_before =
+        w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["ports"].clone();
+    let w = w.bootstrapped().await;
+    let cm = w
+        .fake
+        .get("api/v1", "configmaps", NS, "app-sluice")
+        .unwrap();
+    let config =
+        sluice_proxy::Config::from_yaml(cm["data"]["routes.yaml"].as_str().unwrap()).unwrap();
+    let valid = config.validate().expect("the proxy accepts it");
+    assert_eq!(valid.listen.port(), 9898);
+    assert_eq!(valid.listeners.len(), 1);
+    assert_eq!(valid.listeners[0].1.port(), 9091);
+    let grpc = valid.routes.iter().find(|r| r.listener == 1).unwrap();
+    assert_eq!(grpc.protocol, sluice_proxy::config::Protocol::Http2);
+    let grpc_route = config.routes.iter().find(|r| r.listener.is_some()).unwrap();
+    assert_eq!(grpc_route.stable, "http://app-primary.shop.svc:9090");
+    let proxy = w.deployment("app-sluice");
+    let ports = &proxy["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "grpc-port" && p["containerPort"] == 9091),
+        "{ports}"
+    );
+    let svc = w.fake.get("api/v1", "services", NS, "app").unwrap();
+    assert_eq!(
+        svc["spec"]["ports"], ports_before,
+        "the Service's ports are the user's"
+    );
+    for port in ["http", "grpc"] {
+        assert!(
+            w.fake.view(|v| v.ready_endpoints(NS, "app", port)) >= 1,
+            "no ready endpoint on {port}"
+        );
+    }
+}
+
+/// GitOps re-applies the user's manifests mid-release with the real kubectl:
+/// a client-side apply (the selector is three-way merged into the proxy's),
+/// a forced server-side apply (it is replaced), and a re-apply of the
+/// Deployment after the release. Service `app` has a ready endpoint at every
+/// moment; Sluice restores its routing each time with an Event; the release
+/// succeeds; the re-scaled Deployment goes back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitops_re_applies_never_leave_the_service_without_endpoints() {
+    let w = World::with(
+        json!({}),
+        Options {
+            tls: true,
+            readiness: Readiness::After(Duration::from_millis(30)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let dir = sluice_tests::TempDir::new("gitops");
+    let kubeconfig = dir.path.join("kubeconfig");
+    w.fake.kubeconfig(&kubeconfig);
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_tests::kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .args(["-n", NS, "--validate=false"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let service = dir.path.join("service.yaml");
+    std::fs::write(
+        &service,
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: app\nspec:\n  selector:\n    app: app\n  ports:\n  - name: http\n    port: 80\n    targetPort: 9898\n",
+    )
+    .unwrap();
+    let deployment = |image: &str| {
+        let path = dir
+            .path
+            .join(format!("deployment-{image}.yaml").replace(':', "-"));
+        std::fs::write(
+            &path,
+            format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\n  annotations:\n    sluice.dev/canary: enabled\n    sluice.dev/steps: '20,50'\n    sluice.dev/interval: 10s\n    sluice.dev/failure-limit: '2'\nspec:\n  replicas: 3\n  selector:\n    matchLabels:\n      app: app\n  template:\n    metadata:\n      labels:\n        app: app\n    spec:\n      containers:\n      - name: app\n        image: {image}\n        envFrom:\n        - configMapRef:\n            name: settings\n"),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let service_path = service.display().to_string();
+    kubectl(&["apply", "-f", &service_path, "-f", &deployment("app:1")]);
+    eventually("the app serves", Duration::from_secs(10), || {
+        let ready = w.fake.view(|v| v.ready_endpoints(NS, "app", "http")) >= 3;
+        async move { ready.then_some(()) }
+    })
+    .await;
+    w.fake.invariant("Service app has a ready endpoint", |v| {
+        match v.ready_endpoints(NS, "app", "http") {
+            0 => Err("Service app has no ready endpoint on port http".into()),
+            _ => Ok(()),
+        }
+    });
+    let drive = |done: &'static (dyn Fn(&World) -> bool + Sync)| {
+        let w = &w;
+        async move {
+            for _ in 0..300 {
+                if w.fake.get(APPS, "deployments", NS, "app-primary").is_some() && done(w) {
+                    return;
+                }
+                w.advance(10);
+                w.tick().await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("never got there; status {:?}", w.status());
+        }
+    };
+    drive(&|w| w.status().phase == "Initialized").await;
+    kubectl(&["apply", "-f", &deployment("app:2")]);
+    drive(&|w| w.status().phase == "Progressing" && w.weight() > 0.0).await;
+    let proxy_selector =
+        json!({"app.kubernetes.io/name": "sluice-proxy", "sluice.dev/release": "app"});
+    let selector =
+        || w.fake.get("api/v1", "services", NS, "app").unwrap()["spec"]["selector"].clone();
+    // 1. Client-side apply: kubectl merges the file's selector into the live one.
+    kubectl(&["apply", "-f", &service_path]);
+    assert_eq!(
+        selector(),
+        json!({"app": "app", "app.kubernetes.io/name": "sluice-proxy", "sluice.dev/release": "app"})
+    );
+    w.tick().await;
+    assert_eq!(selector(), proxy_selector, "restored");
+    // 2. A forced server-side apply replaces the selector.
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager",
+        "flux",
+        "-f",
+        &service_path,
+    ]);
+    assert_eq!(selector(), json!({"app": "app"}));
+    w.tick().await;
+    assert_eq!(selector(), proxy_selector, "restored");
+    // Both drifts are on one Event (a series of 2, as Kubernetes counts
+    // repeats of an event).
+    let drift = w
+        .fake
+        .names("apis/events.k8s.io/v1", "events", NS)
+        .into_iter()
+        .filter_map(|n| w.fake.get("apis/events.k8s.io/v1", "events", NS, &n))
+        .find(|e| e["reason"] == "ServiceDrift")
+        .expect("a ServiceDrift event");
+    assert_eq!(drift["series"]["count"], 2, "{drift}");
+    drive(&|w| w.status().phase == "Succeeded").await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
+    );
+    assert_eq!(w.replicas("app"), 0);
+    // 3. The Deployment's manifest re-applied after the release: 3 replicas
+    //    again, scaled back to 0 by Sluice.
+    kubectl(&["apply", "-f", &deployment("app:2")]);
+    assert_eq!(w.replicas("app"), 3);
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 0);
+    assert!(w.events().iter().any(|(_, r, _)| r == "DeploymentDrift"));
+    assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
 }

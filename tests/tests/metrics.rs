@@ -382,3 +382,86 @@ async fn bad_grpc_codes_and_off_layout_latency_gates_are_usage_errors_naming_the
         "{stderr}"
     );
 }
+
+/// Two apps named `web` in two namespaces, one Prometheus: each release is
+/// judged on its own namespace's traffic. The canary in `shop` fails 30%,
+/// the one in `blog` 1% (like its stable); neither reading mixes in the other.
+#[tokio::test]
+async fn the_same_route_in_two_namespaces_is_read_apart() {
+    let mut proxies = Vec::new();
+    let mut keep = Vec::new();
+    for rate in [0.30, 0.01] {
+        let stable = sluice_loadtest::start_backend(BackendOptions {
+            faults: Faults {
+                error_rate: 0.01,
+                ..Faults::default()
+            },
+            ..BackendOptions::new("stable")
+        })
+        .await
+        .unwrap();
+        let canary = sluice_loadtest::start_backend(BackendOptions {
+            faults: Faults {
+                error_rate: rate,
+                ..Faults::default()
+            },
+            ..BackendOptions::new("canary")
+        })
+        .await
+        .unwrap();
+        let proxy = start_proxy(&proxy_yaml(&route(&stable.url(), &canary.url(), 50.0))).await;
+        proxies.push(proxy);
+        keep.push((stable, canary));
+    }
+    let prometheus = Prometheus::start_in_namespaces(&[
+        (proxies[0].admin_addr, "shop"),
+        (proxies[1].admin_addr, "blog"),
+    ])
+    .await;
+    prometheus.wait_for_targets_up(2).await;
+    let n = 2000u64;
+    for proxy in &proxies {
+        let mut load =
+            sluice_loadtest::LoadOptions::new(&format!("http://{}/", proxy.addr)).unwrap();
+        load.connections = 20;
+        load.requests = Some(n);
+        load.duration = Some(Duration::from_secs(60));
+        sluice_loadtest::run(load, sluice_loadtest::LoadControl::new())
+            .await
+            .unwrap();
+    }
+    let plan = Plan {
+        min_requests: 1,
+        success_rate_min: Some(95.0),
+        ..Plan::default()
+    };
+    let mut readings = Vec::new();
+    for ns in ["shop", "blog"] {
+        let mut prom = PrometheusProvider::new(&prometheus.url, "web").in_namespace(ns);
+        prom.window_floor = Duration::from_secs(60);
+        let total = format!(
+            "sum(sluice_requests_total{{{},backend=\"canary\",decision=\"weight\"}})",
+            prom.matchers()
+        );
+        eventually(
+            "prometheus to scrape every request",
+            Duration::from_secs(15),
+            || {
+                let (prom, q) = (&prom, total.clone());
+                async move { (prom.query(&q).await.ok()? == (n / 2) as f64).then_some(()) }
+            },
+        )
+        .await;
+        // (The total above is exact: exactly this namespace's requests. The
+        // analysis's count uses increase(), which Prometheus extrapolates.)
+        let a = prom.analyse(&plan).await;
+        let success = a.checks.iter().find(|c| c.name == "success-rate").unwrap();
+        readings.push(success.value.unwrap());
+    }
+    assert!(
+        readings[0] < 80.0 && readings[1] > 95.0,
+        "success rates shop {:.1}%, blog {:.1}%",
+        readings[0],
+        readings[1]
+    );
+}

@@ -518,13 +518,11 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         .await;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    if !has_finalizer {
-        add_finalizer(&ctx, &d, &ns, &name).await?;
-    }
     let (revision, _) = revision_of(&ctx, &ns, &dv).await?;
     let Some(primary) = primaries.get_opt(&primary_name(&name)).await? else {
         bootstrap(
             &ctx,
+            &d,
             &ns,
             &name,
             &dv,
@@ -541,6 +539,9 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
             "Deployment {ns}/{} exists and is not Sluice's (a Flagger primary or the user's own?); Sluice does not overwrite or delete it: rename or remove it",
             primary_name(&name)
         )));
+    }
+    if !has_finalizer {
+        add_finalizer(&ctx, &d, &ns, &name).await?;
     }
     let mut status = KubeStatus::from_primary(&primary).unwrap_or_default();
     if !status.bootstrapped {
@@ -751,6 +752,7 @@ fn random_token() -> String {
 #[allow(clippy::too_many_arguments)]
 async fn bootstrap(
     ctx: &Context,
+    user: &Deployment,
     ns: &str,
     app: &str,
     d: &Value,
@@ -781,6 +783,14 @@ async fn bootstrap(
     ensure_ours::<Role>(c, ns, &proxy_name(app), &uid).await?;
     ensure_ours::<RoleBinding>(c, ns, &proxy_name(app), &uid).await?;
     ensure_ours::<PodDisruptionBudget>(c, ns, &proxy_name(app), &uid).await?;
+    // Nothing in the way: from here on Sluice manages this Deployment.
+    if !user
+        .finalizers()
+        .iter()
+        .any(|f| f == annotations::FINALIZER)
+    {
+        add_finalizer(ctx, user, ns, app).await?;
+    }
 
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
     copy_configs(ctx, ns, app, &d["spec"]["template"], &owner).await?;
