@@ -1551,3 +1551,132 @@ async fn gitops_re_applies_never_leave_the_service_without_endpoints() {
     assert!(w.events().iter().any(|(_, r, _)| r == "DeploymentDrift"));
     assert!(w.fake.violations().is_empty(), "{:?}", w.fake.violations());
 }
+
+/// Every call the operator makes through a whole life (the controller and
+/// leader election running, a take-over, a promoted and a rolled-back
+/// release, an HPA twin, Service drift, the annotation removed) is allowed by
+/// the shipped RBAC (the fake refuses anything else with 403), and every
+/// permission the shipped RBAC grants is used, save the two the API server
+/// itself demands without a request of that kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_rbac_is_exactly_what_the_operator_uses() {
+    let w = World::new(json!({})).await;
+    w.fake.put(
+        "apis/autoscaling/v2",
+        "horizontalpodautoscalers",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": {"minReplicas": 2, "maxReplicas": 5,
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"}}}),
+    );
+    // The controller and leader election, as `sluice kube` runs them.
+    let cfg = op::leader::LeaderConfig {
+        retry_period: Duration::from_millis(100),
+        renew_deadline: Duration::from_millis(800),
+        lease_duration: Duration::from_secs(2),
+        ..op::leader::LeaderConfig::new("sluice-system", "replica-a")
+    };
+    let controller = tokio::spawn(op::leader::run_as_leader(
+        w.fake.operator_client(),
+        cfg,
+        op::run(w.ctx.clone(), Some(NS.into())),
+    ));
+    eventually(
+        "the controller to bootstrap app",
+        Duration::from_secs(10),
+        || {
+            let made = w.fake.get(APPS, "deployments", NS, "app-primary").is_some();
+            async move { made.then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    controller.abort();
+    let _ = controller.await;
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Succeeded", 20).await;
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail, Outcome::Fail]);
+    w.set_image("app:3");
+    w.until("Failed", 20).await;
+    for _ in 0..2 {
+        w.fake.merge_into(
+            "api/v1",
+            "services",
+            NS,
+            "app",
+            json!({"spec": {"selector": {"app": "app"}}}),
+        );
+        w.tick().await;
+    }
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    for _ in 0..6 {
+        w.fake.make_ready(NS, "app");
+        w.tick().await;
+    }
+    assert!(
+        w.fake.get(APPS, "deployments", NS, "app-primary").is_none(),
+        "cleaned up"
+    );
+    let operator = "system:serviceaccount:sluice-system:sluice-operator";
+    let used: std::collections::BTreeSet<(String, String, String)> = w
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|(user, _)| user == operator)
+        .map(|(_, a)| {
+            let resource = match a.subresource {
+                Some(sub) => format!("{}/{sub}", a.resource),
+                None => a.resource,
+            };
+            (a.group, resource, a.verb)
+        })
+        .collect();
+    let rbac =
+        std::fs::read_to_string(sluice_tests::workspace_root().join("deploy/operator/rbac.yaml"))
+            .unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&rbac) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            g.as_str().unwrap().to_string(),
+                            r.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Demanded by the API server, not called: granting the proxy's Role
+    // (get/list/watch on one ConfigMap) needs them held (escalation
+    // prevention); blockOwnerDeletion needs update on the owner's finalizers.
+    let demanded: [(&str, &str, &str); 3] = [
+        ("", "configmaps", "list"),
+        ("", "configmaps", "watch"),
+        ("apps", "deployments/finalizers", "update"),
+    ];
+    let unused: Vec<_> = granted
+        .iter()
+        .filter(|(g, r, v)| !used.contains(&(g.clone(), r.clone(), v.clone())))
+        .filter(|(g, r, v)| !demanded.contains(&(g.as_str(), r.as_str(), v.as_str())))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used: {unused:?}\nused: {used:?}"
+    );
+    let ungranted: Vec<_> = used.iter().filter(|u| !granted.contains(*u)).collect();
+    assert!(ungranted.is_empty(), "used without a rule: {ungranted:?}");
+}

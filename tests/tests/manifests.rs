@@ -155,6 +155,7 @@ fn generated() -> String {
 fn shipped_kustomizations_validate_strictly_for_kubernetes_1_35() {
     for dir in [
         "deploy/operator",
+        "deploy/operator-namespaced",
         "deploy/examples/podinfo",
         "deploy/prometheus",
     ] {
@@ -334,4 +335,48 @@ fn monitors_keep_release_labels_and_scrape_the_proxy_admin_port() {
         names.contains(&port),
         "PodMonitor port {port} not among {names:?}"
     );
+}
+
+/// The namespaced install holds nothing cluster-scoped, watches only its
+/// namespace, and its Role grants exactly what the ClusterRole does.
+#[test]
+fn the_namespaced_install_is_a_role_with_the_cluster_roles_rules() {
+    let yaml = kustomize("deploy/operator-namespaced");
+    validate("operator-namespaced", &yaml);
+    let docs = documents(&yaml);
+    for d in &docs {
+        assert!(
+            !["Namespace", "ClusterRole", "ClusterRoleBinding"]
+                .contains(&d["kind"].as_str().unwrap()),
+            "cluster-scoped {} in the namespaced install",
+            d["kind"]
+        );
+        assert_eq!(
+            d["metadata"]["namespace"], "shop",
+            "{} {}",
+            d["kind"], d["metadata"]["name"]
+        );
+        for s in d["subjects"].as_array().into_iter().flatten() {
+            assert_eq!(
+                s["namespace"], "shop",
+                "a binding's subject outside the namespace"
+            );
+        }
+    }
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&json!("--namespace=$(POD_NAMESPACE)")),
+        "{args}"
+    );
+    let cluster = documents(&kustomize("deploy/operator"));
+    let rules_of = |docs: &[Value], kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == "sluice-operator")
+            .unwrap_or_else(|| panic!("no {kind} sluice-operator"))["rules"]
+            .clone()
+    };
+    assert_eq!(rules_of(&docs, "Role"), rules_of(&cluster, "ClusterRole"));
 }

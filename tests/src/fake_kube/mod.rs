@@ -597,9 +597,15 @@ impl FakeKube {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc).expect("rbac.yaml is YAML");
+            let mut v: Value = serde::Deserialize::deserialize(doc).expect("rbac.yaml is YAML");
             if v.is_null() {
                 continue;
+            }
+            // As kustomize does with the install's namespace.
+            for subject in v["subjects"].as_array_mut().into_iter().flatten() {
+                if subject["kind"] == "ServiceAccount" && subject["namespace"].is_null() {
+                    subject["namespace"] = json!(OPERATOR_NAMESPACE);
+                }
             }
             let api = v["apiVersion"].as_str().unwrap_or_default();
             let kind = v["kind"].as_str().unwrap_or_default();
