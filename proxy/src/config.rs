@@ -19,7 +19,6 @@ pub const WEIGHT_SCALE_BP: u32 = 10_000;
 
 /// The whole proxy configuration, as written by the user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Data-plane listener, e.g. `127.0.0.1:8080`.
     pub listen: String,
@@ -41,7 +40,6 @@ pub struct Config {
 
 /// An extra data-plane listener (plain HTTP/1.1 and h2c, like `listen`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
     pub listen: String,
@@ -49,7 +47,6 @@ pub struct ListenerConfig {
 
 /// Certificate files of the data-plane listener (PEM).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -60,7 +57,6 @@ pub struct TlsConfig {
 
 /// How `https://` upstreams of a route are verified.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// CA bundle (PEM) to verify upstreams with; the system roots otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -71,7 +67,6 @@ pub struct UpstreamTls {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
@@ -96,7 +91,6 @@ fn default_admin_listen() -> String {
 
 /// Protections for the data-plane listener.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Time a client has to send a complete HTTP/1 request head.
     #[serde(default = "default_header_read_timeout")]
@@ -135,7 +129,6 @@ pub enum Protocol {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -172,7 +165,6 @@ fn default_path_prefix() -> String {
 
 /// An A/B rule: a request whose header (or cookie) equals `value` goes to the canary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MatchRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
@@ -182,7 +174,6 @@ pub struct MatchRule {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP connect timeout to an upstream.
     #[serde(default = "default_connect_timeout")]
@@ -503,8 +494,34 @@ pub struct ValidConfig {
 
 impl Config {
     /// Parses YAML text. Type errors carry serde's field path.
+    /// Parses YAML strictly: a field no part of the config knows is an
+    /// error naming its path (a typo, or a field of a newer Sluice).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigErrors::single("", e.to_string()))
+        let (config, unknown) = Self::from_yaml_lenient(text)?;
+        if unknown.is_empty() {
+            return Ok(config);
+        }
+        Err(ConfigErrors(
+            unknown
+                .into_iter()
+                .map(|path| FieldError {
+                    path,
+                    message: "unknown field (a typo, or a field of a newer Sluice)".into(),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Parses YAML, ignoring fields it does not know and returning their
+    /// paths: how a proxy reads a config its operator wrote, so that an
+    /// operator one version ahead (a new optional field) never stops an
+    /// older proxy's updates. The caller logs what was ignored.
+    pub fn from_yaml_lenient(text: &str) -> Result<(Self, Vec<String>), ConfigErrors> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let mut unknown = Vec::new();
+        let config = serde_ignored::deserialize(de, |path| unknown.push(field_path(&path)))
+            .map_err(|e: serde_yaml_ng::Error| ConfigErrors::single("", e.to_string()))?;
+        Ok((config, unknown))
     }
 
     pub fn to_yaml(&self) -> String {
@@ -641,6 +658,36 @@ impl Config {
             tls: self.tls.clone(),
             routes,
         })
+    }
+}
+
+/// `routes.0.name` (serde_ignored's path) as `routes[0].name`.
+pub fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    let mut out = String::new();
+    for part in path.to_string().split('.') {
+        if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// Deserializes `value` and refuses fields `T` does not know, naming them.
+pub fn strict_from_json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let parsed: T = serde_ignored::deserialize(value, |path| unknown.push(field_path(&path)))
+        .map_err(|e| e.to_string())?;
+    if unknown.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(format!("unknown field {}", unknown.join(", ")))
     }
 }
 
@@ -902,7 +949,27 @@ routes:
         let err = Config::from_yaml("listen: 127.0.0.1:1\nroutez: []\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unknown field `routez`"), "{err}");
+        assert!(err.contains("routez: unknown field"), "{err}");
+        let err = Config::from_yaml("listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h\n    timeouts: {connct: 1s}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("routes[0].timeouts.connct: unknown field"),
+            "{err}"
+        );
+    }
+
+    /// A config written by an operator one version ahead, with fields this
+    /// proxy does not know: read leniently, the known part is used and the
+    /// unknown fields are named.
+    #[test]
+    fn unknown_fields_are_named_and_ignored_when_lenient() {
+        let text = "listen: 127.0.0.1:1\nretries: {budget: 0.2}\nroutes:\n  - name: a\n    stable: http://h\n    canary: http://c\n    outlier_detection: {}\n    canary_weight: 5\n";
+        let (config, unknown) = Config::from_yaml_lenient(text).unwrap();
+        assert_eq!(unknown, ["retries", "routes[0].outlier_detection"]);
+        assert_eq!(config.routes[0].canary_weight, 5.0);
+        assert!(config.validate().is_ok());
+        assert!(Config::from_yaml(text).is_err(), "strict for files");
     }
 
     #[test]

@@ -249,10 +249,12 @@ fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigError
                 Some(w) => route.canary_weight = w,
                 None => err("canary_weight", format!("{value} is not a number")),
             },
-            "canary_match" => match serde_json::from_value::<Vec<MatchRule>>(value.clone()) {
-                Ok(rules) => route.canary_match = rules,
-                Err(e) => err("canary_match", e.to_string()),
-            },
+            "canary_match" => {
+                match crate::config::strict_from_json::<Vec<MatchRule>>(value.clone()) {
+                    Ok(rules) => route.canary_match = rules,
+                    Err(e) => err("canary_match", e.to_string()),
+                }
+            }
             other => err(
                 other,
                 "unknown field; a route update may set stable, canary, canary_weight, canary_match"

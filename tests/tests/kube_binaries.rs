@@ -181,6 +181,29 @@ async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
         },
     )
     .await;
+    // An operator one version ahead writes a field this proxy does not know:
+    // the rest of its change (the weight back to 0) still applies.
+    let newer = format!(
+        "listen: 127.0.0.1:{listen}\nadmin:\n  listen: 127.0.0.1:{admin}\nroutes:\n  - {{ name: app, stable: '{}', canary: '{}', canary_weight: 0, outlier_detection: {{ consecutive_5xx: 5 }} }}\n",
+        stable.url(),
+        canary.url()
+    );
+    fake.merge_into(
+        "api/v1",
+        "configmaps",
+        "shop",
+        "app-sluice",
+        json!({"data": {"routes.yaml": newer}}),
+    );
+    eventually(
+        "the newer operator's config to apply",
+        Duration::from_secs(10),
+        || async {
+            let (_, h, _) = get(&format!("http://127.0.0.1:{listen}/")).await.ok()?;
+            (h["x-backend"] == "stable").then_some(())
+        },
+    )
+    .await;
     // A bad reference is a usage error that names the flag.
     let out = Command::new(bin("sluice-proxy"))
         .args(["--kube-configmap", "no-slash"])

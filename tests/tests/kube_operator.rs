@@ -57,12 +57,21 @@ fn context(
     clock: &Arc<AtomicU64>,
     script: &Arc<std::sync::Mutex<VecDeque<Outcome>>>,
 ) -> Arc<Context> {
+    context_with_image(fake, clock, script, "sluice-proxy:test")
+}
+
+fn context_with_image(
+    fake: &FakeKube,
+    clock: &Arc<AtomicU64>,
+    script: &Arc<std::sync::Mutex<VecDeque<Outcome>>>,
+    proxy_image: &str,
+) -> Arc<Context> {
     // The operator runs as its own ServiceAccount, with the shipped RBAC.
     let mut ctx = Context::new(
         fake.operator_client(),
         "test-operator",
         None,
-        "sluice-proxy:test".into(),
+        proxy_image.into(),
     );
     let c = clock.clone();
     ctx.now = Arc::new(move || c.load(Ordering::SeqCst) as f64);
@@ -1679,4 +1688,35 @@ async fn the_shipped_rbac_is_exactly_what_the_operator_uses() {
     );
     let ungranted: Vec<_> = used.iter().filter(|u| !granted.contains(*u)).collect();
     assert!(ungranted.is_empty(), "used without a rule: {ungranted:?}");
+}
+
+/// An upgraded operator (a new proxy image) rolls its proxies to it at the
+/// next reconcile, and then leaves them alone.
+#[tokio::test]
+async fn an_upgraded_operator_upgrades_the_proxies_it_manages() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    let image = |w: &World| {
+        w.deployment("app-sluice")["spec"]["template"]["spec"]["containers"][0]["image"].clone()
+    };
+    assert_eq!(image(&w), "sluice-proxy:test");
+    let upgraded = context_with_image(&w.fake, &w.clock, &w.script, "sluice-proxy:next");
+    let api: Api<Deployment> = Api::namespaced(w.fake.client(), NS);
+    op::reconcile(Arc::new(api.get("app").await.unwrap()), upgraded.clone())
+        .await
+        .unwrap();
+    assert_eq!(image(&w), "sluice-proxy:next");
+    let proxy_writes = || {
+        w.fake
+            .write_records()
+            .iter()
+            .filter(|r| {
+                r.user.ends_with(":sluice-operator") && r.path.ends_with("/deployments/app-sluice")
+            })
+            .count()
+    };
+    let before = proxy_writes();
+    op::reconcile(Arc::new(api.get("app").await.unwrap()), upgraded)
+        .await
+        .unwrap();
+    assert_eq!(proxy_writes(), before, "no rewrite when nothing changed");
 }
