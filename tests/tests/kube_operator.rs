@@ -377,6 +377,13 @@ async fn a_new_image_is_released_step_by_step_and_promoted() {
     w.tick().await;
     assert_eq!(w.status().phase, "Initializing");
     assert_eq!(
+        w.status().observed_generation,
+        w.deployment("app")["metadata"]["generation"]
+            .as_i64()
+            .unwrap(),
+        "the status says which generation it reflects"
+    );
+    assert_eq!(
         w.replicas("app"),
         3,
         "the canary scales to the primary's replicas"

@@ -17,7 +17,19 @@ struct Plugin {
 }
 
 fn status(phase: &str, weight: f64, step: usize, failed_revision: Option<&str>) -> String {
+    status_at(phase, weight, step, failed_revision, 1)
+}
+
+/// A status the operator wrote having seen `generation` of the Deployment.
+fn status_at(
+    phase: &str,
+    weight: f64,
+    step: usize,
+    failed_revision: Option<&str>,
+    generation: i64,
+) -> String {
     json!({
+        "observedGeneration": generation,
         "phase": phase, "canaryWeight": weight, "failedChecks": 1, "revision": "abc123", "primaryRevision": "0ld",
         "failedRevision": failed_revision, "lastTransition": "2026-11-26T10:00:00Z", "message": format!("{phase} for the test"),
         "originalReplicas": 2, "bootstrapped": true, "steps": [20.0, 50.0], "step": step,
@@ -213,7 +225,11 @@ async fn retry_needs_a_rolled_back_revision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_exit_codes_follow_the_phase_and_timeout_waits() {
     let p = Plugin::new().await;
-    assert_eq!(p.run(&["status", "app"]).await.0, 3, "in progress");
+    assert_eq!(
+        p.run(&["status", "app", "--timeout", "500ms"]).await.0,
+        3,
+        "in progress"
+    );
     p.set_status("Failed", 0.0, 1, Some("x"));
     assert_eq!(p.run(&["status", "app"]).await.0, 1);
     p.set_status("Succeeded", 0.0, 2, None);
@@ -235,6 +251,38 @@ async fn status_exit_codes_follow_the_phase_and_timeout_waits() {
     });
     let (code, _, _) = p.run(&["status", "app", "--timeout", "10s"]).await;
     assert_eq!(code, 0);
+    // A new generation (kubectl apply of a new image): the status still
+    // says Succeeded, from the previous release, and is not trusted until
+    // the operator has seen the new generation.
+    p.fake.merge_into(
+        APPS,
+        "deployments",
+        "default",
+        "app",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}}),
+    );
+    let generation =
+        p.fake.get(APPS, "deployments", "default", "app").unwrap()["metadata"]["generation"]
+            .as_i64()
+            .unwrap();
+    assert_eq!(generation, 2);
+    let (code, out, _) = p.run(&["status", "app", "--timeout", "1s"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("not yet seen generation 2"), "{out}");
+    // Without --timeout it waits as long as it takes.
+    let fake = p.fake.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        fake.merge_into(
+            APPS,
+            "deployments",
+            "default",
+            "app-primary",
+            json!({"metadata": {"annotations": {"sluice.dev/status": status_at("Succeeded", 0.0, 2, None, 2)}}}),
+        );
+    });
+    let (code, out, _) = p.run(&["status", "app"]).await;
+    assert_eq!(code, 0, "{out}");
     let (code, _, err) = p.run(&["status", "nope"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("nope"));

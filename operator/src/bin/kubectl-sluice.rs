@@ -41,12 +41,14 @@ enum Command {
     Abort { name: String },
     /// Release a rolled-back revision again.
     Retry { name: String },
-    /// Exit 0 succeeded, 1 failed, 3 in progress (for CI).
+    /// Wait for the release of the Deployment's current generation to end:
+    /// exit 0 succeeded, 1 failed, 3 still in progress at the timeout (for CI).
     Status {
         name: String,
-        /// Wait up to this long for the release to end.
-        #[arg(long, default_value = "0s", value_parser = parse_duration)]
-        timeout: Duration,
+        /// Give up after this long (exit 3); 0 or unset waits without limit,
+        /// as `kubectl rollout status` does.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
     },
 }
 
@@ -104,7 +106,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status { name, timeout } => {
-                let (code, line) = p.status(&name, timeout).await?;
+                let (code, line) = p.status(&name, timeout.filter(|t| !t.is_zero())).await?;
                 println!("{line}");
                 Ok(ExitCode::from(code))
             }

@@ -101,6 +101,10 @@ pub struct KubeStatus {
     /// The pod template being promoted, recorded when promotion was decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoting_template: Option<Value>,
+    /// The user's Deployment generation this status reflects: `kubectl
+    /// sluice status` trusts the phase only once it is current.
+    #[serde(default)]
+    pub observed_generation: i64,
 }
 
 impl KubeStatus {
@@ -544,6 +548,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         add_finalizer(&ctx, &d, &ns, &name).await?;
     }
     let mut status = KubeStatus::from_primary(&primary).unwrap_or_default();
+    status.observed_generation = d.metadata.generation.unwrap_or(0);
     if !status.bootstrapped {
         return take_over(&ctx, &d, &ns, &name, &primary, &service_value, status).await;
     }
@@ -861,6 +866,7 @@ async fn bootstrap(
             .map(|b| f64::from(*b) / 100.0)
             .collect(),
         last_transition: rfc3339((ctx.now)()),
+        observed_generation: d["metadata"]["generation"].as_i64().unwrap_or(0),
         ..KubeStatus::default()
     };
     primary["metadata"]["annotations"] =
@@ -1448,6 +1454,12 @@ async fn release_tick(
             || status.failed_revision.as_deref() == Some(revision);
         if idle {
             settle_idle_canary(ctx, d, ns, app).await?;
+            // A new generation with nothing to release (replicas, a
+            // revert): the status says it has been seen.
+            let saved = KubeStatus::from_primary(primary).map_or(0, |s| s.observed_generation);
+            if saved != status.observed_generation {
+                save_status(ctx, ns, app, status).await?;
+            }
         }
         if revision == status.primary_revision {
             return Ok(Action::requeue(Duration::from_secs(60)));

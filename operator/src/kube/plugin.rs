@@ -50,6 +50,8 @@ pub struct Release {
     pub name: String,
     pub status: Option<KubeStatus>,
     pub age: String,
+    /// The user's Deployment's `metadata.generation`.
+    pub generation: i64,
 }
 
 fn age(since: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> String {
@@ -81,6 +83,7 @@ impl Plugin {
             out.push(Release {
                 status: primary.and_then(KubeStatus::from_primary),
                 age: age(d.metadata.creation_timestamp.as_ref()),
+                generation: d.metadata.generation.unwrap_or(0),
                 name,
             });
         }
@@ -173,17 +176,36 @@ impl Plugin {
         ))
     }
 
-    /// 0 succeeded, 1 failed, 3 still in progress when `timeout` runs out.
-    pub async fn status(&self, name: &str, timeout: Duration) -> Result<(u8, String), PluginError> {
-        let deadline = Instant::now() + timeout;
+    /// 0 succeeded, 1 failed, 3 still in progress when `timeout` runs out
+    /// (`None`: wait without limit, as `kubectl rollout status` does).
+    ///
+    /// A phase counts only once the operator has seen the Deployment's
+    /// current generation: right after a `kubectl apply` of a new image the
+    /// status still says the previous release `Succeeded`, and CI must not
+    /// pass on it.
+    pub async fn status(
+        &self,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(u8, String), PluginError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let r = self.release(name).await?;
-            let (phase, message) = r
-                .status
-                .as_ref()
-                .map(|s| (s.phase.clone(), s.message.clone()))
-                .unwrap_or_else(|| ("-".into(), "not yet seen by the operator".into()));
+            let observed = r.status.as_ref().map_or(0, |s| s.observed_generation);
+            let current = observed >= r.generation;
+            let (phase, message) = match &r.status {
+                None => ("-".to_string(), "not yet seen by the operator".to_string()),
+                Some(s) if !current => (
+                    s.phase.clone(),
+                    format!(
+                        "the operator has not yet seen generation {} of the Deployment (it last saw {observed})",
+                        r.generation
+                    ),
+                ),
+                Some(s) => (s.phase.clone(), s.message.clone()),
+            };
             let code = match phase.as_str() {
+                _ if !current => None,
                 "Succeeded" | "Initialized" => Some(0),
                 "Failed" => Some(1),
                 _ => None,
@@ -191,10 +213,12 @@ impl Plugin {
             if let Some(c) = code {
                 return Ok((c, format!("{name}: {phase}: {message}")));
             }
-            if Instant::now() >= deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
                 return Ok((3, format!("{name}: {phase}: {message}")));
             }
-            tokio::time::sleep(Duration::from_millis(500).min(deadline - Instant::now())).await;
+            let pause = Duration::from_millis(500);
+            tokio::time::sleep(left.map_or(pause, |l| l.min(pause))).await;
         }
     }
 }
