@@ -374,14 +374,15 @@ async fn a_new_image_is_released_step_by_step_and_promoted() {
     let w = World::new(json!({})).await.bootstrapped().await;
     let before = w.status().primary_revision.clone();
     w.set_image("app:2");
+    let applied = w.deployment("app")["metadata"]["generation"]
+        .as_i64()
+        .unwrap();
     w.tick().await;
     assert_eq!(w.status().phase, "Initializing");
     assert_eq!(
         w.status().observed_generation,
-        w.deployment("app")["metadata"]["generation"]
-            .as_i64()
-            .unwrap(),
-        "the status says which generation it reflects"
+        applied,
+        "the status says which generation of the user's change it reflects"
     );
     assert_eq!(
         w.replicas("app"),
