@@ -100,6 +100,18 @@ struct KubeArgs {
     /// This replica's name in the Lease (default: $HOSTNAME).
     #[arg(long)]
     identity: Option<String>,
+    /// How the operator learns that every proxy replica serves the config it
+    /// wrote before it scales anything down: `pods` asks each ready proxy
+    /// pod's admin port (`sluice-admin`) at its IP; `off` takes readiness as enough
+    /// (for clusters whose NetworkPolicies keep the operator from the proxies).
+    #[arg(long, value_enum, default_value = "pods")]
+    proxy_config_check: ProxyConfigCheck,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProxyConfigCheck {
+    Pods,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -751,12 +763,16 @@ async fn run_kube(args: KubeArgs) -> ExitCode {
         .leader_namespace
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "sluice-system".into());
-    let ctx = std::sync::Arc::new(op::Context::new(
+    let mut ctx = op::Context::new(
         client.clone(),
         &identity,
         args.prometheus_url,
         args.proxy_image,
-    ));
+    );
+    if let ProxyConfigCheck::Off = args.proxy_config_check {
+        ctx.proxy_digests = None;
+    }
+    let ctx = std::sync::Arc::new(ctx);
     let listener = match tokio::net::TcpListener::bind(args.metrics_listen).await {
         Ok(l) => l,
         Err(e) => return usage(format!("--metrics-listen {}: {e}", args.metrics_listen)),

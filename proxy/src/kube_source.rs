@@ -50,16 +50,27 @@ fn config_of(cm: &ConfigMap, ns: &str, name: &str) -> Result<(String, Config), C
     Ok((text.clone(), config))
 }
 
-/// Reads the ConfigMap once (to start the proxy).
-pub async fn fetch(client: kube::Client, ns: &str, name: &str) -> Result<Config, String> {
+/// What identifies a config text: the first 16 hex digits of its SHA-256.
+/// The proxy reports the digest of the ConfigMap text it serves
+/// (`sluice_config_source{sha256}`), so the operator can tell when
+/// every replica has a config it wrote, whatever fields either side knows.
+pub fn digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads the ConfigMap once (to start the proxy): its text and config.
+pub async fn fetch(client: kube::Client, ns: &str, name: &str) -> Result<(String, Config), String> {
     let api: Api<ConfigMap> = Api::namespaced(client, ns);
     let cm = api
         .get(name)
         .await
         .map_err(|e| format!("cannot read ConfigMap {ns}/{name}: {e}"))?;
-    config_of(&cm, ns, name)
-        .map(|(_, c)| c)
-        .map_err(|e| format!("ConfigMap {ns}/{name} `{CONFIG_KEY}`:\n{e}"))
+    config_of(&cm, ns, name).map_err(|e| format!("ConfigMap {ns}/{name} `{CONFIG_KEY}`:\n{e}"))
 }
 
 /// Follows the ConfigMap and applies every valid change.
@@ -99,11 +110,13 @@ pub fn follow(
                 }
             };
             if last_applied.as_deref() == Some(text.as_str()) || store.load().config == config {
+                store.metrics().set_config_digest(&digest(&text));
                 last_applied = Some(text);
                 continue;
             }
             match store.replace(config) {
                 Ok(_) => {
+                    store.metrics().set_config_digest(&digest(&text));
                     last_applied = Some(text);
                     tracing::info!(configmap = %where_, "config reloaded from the ConfigMap");
                 }

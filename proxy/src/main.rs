@@ -144,7 +144,7 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        let config = match sluice_proxy::kube_source::fetch(client.clone(), &ns, &name).await {
+        let (text, config) = match sluice_proxy::kube_source::fetch(client.clone(), &ns, &name).await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -163,6 +163,10 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        handle
+            .store
+            .metrics()
+            .set_config_digest(&sluice_proxy::kube_source::digest(&text));
         let follower = sluice_proxy::kube_source::follow(client, ns, name, handle.store.clone());
         wait_for_signal().await;
         follower.abort();

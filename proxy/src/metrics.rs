@@ -175,6 +175,11 @@ lower_case_label!(UpstreamErrorKind {
     Reset => "reset",
 });
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DigestLabels {
+    pub sha256: String,
+}
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum ReloadResult {
     Success,
@@ -402,6 +407,7 @@ pub struct Metrics {
     canary_weight: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     reloads: Family<ReloadLabels, Counter>,
     last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
+    config_source: Family<DigestLabels, Gauge>,
 }
 
 impl Metrics {
@@ -443,6 +449,12 @@ impl Metrics {
             "1 when the last configuration reload succeeded (or none was tried), 0 while the last one was rejected",
             last_reload_ok.clone(),
         );
+        let config_source = Family::<DigestLabels, Gauge>::default();
+        registry.register(
+            "config_source",
+            "1 for the digest (sha256) of the config text this proxy serves, when it follows a ConfigMap",
+            config_source.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -458,6 +470,7 @@ impl Metrics {
             canary_weight,
             reloads,
             last_reload_ok,
+            config_source,
         })
     }
 
@@ -467,6 +480,16 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The config text now served (one series, at 1).
+    pub fn set_config_digest(&self, digest: &str) {
+        self.config_source.clear();
+        self.config_source
+            .get_or_create(&DigestLabels {
+                sha256: digest.to_string(),
+            })
+            .set(1);
     }
 
     pub fn record_reload(&self, result: ReloadResult) {

@@ -86,9 +86,33 @@ async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
         Duration::from_secs(5),
     )
     .await;
-    // Bootstrap finishes once the cluster reports the new Deployments ready.
+    // Bootstrap finishes once the cluster reports the new Deployments ready
+    // and every proxy replica says (on its admin port, at its pod IP) that
+    // it serves the ConfigMap's text. The proxy pods here are one admin
+    // endpoint on 127.0.0.1 that answers what the test tells it.
+    let served = std::sync::Arc::new(std::sync::Mutex::new("0123456789abcdef".to_string()));
+    let answer = served.clone();
+    serve_http_on("127.0.0.1:9901".parse().unwrap(), move |_req| {
+        let text = format!(
+            "sluice_config_source{{sha256=\"{}\"}} 1\n",
+            answer.lock().unwrap()
+        );
+        async move { hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text))) }
+    })
+    .await;
     fake.make_ready("shop", "app-primary");
     fake.make_ready("shop", "app-sluice");
+    for pod in fake.names("api/v1", "pods", "shop") {
+        if pod.starts_with("app-sluice-") {
+            fake.merge_into(
+                "api/v1",
+                "pods",
+                "shop",
+                &pod,
+                json!({"status": {"podIP": "127.0.0.1"}}),
+            );
+        }
+    }
     eventually(
         "the Service to select the proxy",
         Duration::from_secs(20),
@@ -98,6 +122,25 @@ async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
         },
     )
     .await;
+    // While the proxies report another config, the user's pods stay.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replicas = |name: &str| {
+        fake.get("apis/apps/v1", "deployments", "shop", name)
+            .unwrap()["spec"]["replicas"]
+            .clone()
+    };
+    assert_eq!(
+        replicas("app"),
+        1,
+        "scaled down before the proxies had the config"
+    );
+    let text = fake
+        .get("api/v1", "configmaps", "shop", "app-sluice")
+        .unwrap()["data"]["routes.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    *served.lock().unwrap() = sha256_prefix(&text);
     // The status (and its metric) is saved right after the Service switch.
     eventually(
         "the phase metric to show Initialized",
@@ -110,6 +153,25 @@ async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
         },
     )
     .await;
+    assert_eq!(replicas("app"), 0);
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`, by `sha256sum`.
+fn sha256_prefix(text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum (coreutils) on PATH");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..16].to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +227,24 @@ async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
     .await;
     let (_, h, _) = get(&format!("http://127.0.0.1:{listen}/")).await.unwrap();
     assert_eq!(h["x-backend"], "stable");
+    // It reports which text it serves, for the operator to wait on.
+    let serves = |text: String| {
+        let want = format!(
+            "sluice_config_source{{sha256=\"{}\"}} 1",
+            sha256_prefix(&text)
+        );
+        async move {
+            let body = get(&format!("http://127.0.0.1:{admin}/metrics"))
+                .await
+                .ok()?
+                .2;
+            String::from_utf8_lossy(&body).contains(&want).then_some(())
+        }
+    };
+    eventually("the first text's digest", Duration::from_secs(5), || {
+        serves(config(0))
+    })
+    .await;
     fake.merge_into(
         "api/v1",
         "configmaps",
@@ -180,6 +260,10 @@ async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
             (h["x-backend"] == "canary").then_some(())
         },
     )
+    .await;
+    eventually("the new text's digest", Duration::from_secs(5), || {
+        serves(config(100))
+    })
     .await;
     // An operator one version ahead writes a field this proxy does not know:
     // the rest of its change (the weight back to 0) still applies.
@@ -203,6 +287,10 @@ async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
             (h["x-backend"] == "stable").then_some(())
         },
     )
+    .await;
+    eventually("the newer text's digest", Duration::from_secs(5), || {
+        serves(newer.clone())
+    })
     .await;
     // A bad reference is a usage error that names the flag.
     let out = Command::new(bin("sluice-proxy"))

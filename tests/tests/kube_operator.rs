@@ -14,8 +14,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use serde_json::{Value, json};
 use sluice_operator::analysis::{Analysis, CheckResult, Outcome};
-use sluice_operator::kube::{self as op, Context, KubeStatus};
+use sluice_operator::kube::{self as op, Context, KubeStatus, ReplicaConfig};
 use sluice_operator::provider::Provider;
+use sluice_proxy::kube_source::digest;
 use sluice_tests::eventually;
 use sluice_tests::fake_kube::{FakeKube, Options, Readiness};
 
@@ -27,7 +28,12 @@ struct World {
     ctx: Arc<Context>,
     clock: Arc<AtomicU64>,
     script: Arc<std::sync::Mutex<VecDeque<Outcome>>>,
+    /// What the proxy replicas answer when asked which config they serve;
+    /// None: two replicas that follow their ConfigMap at once.
+    proxy_answer: ProxyAnswer,
 }
+
+type ProxyAnswer = Arc<std::sync::Mutex<Option<Vec<ReplicaConfig>>>>;
 
 fn verdict(outcome: Outcome) -> Analysis {
     Analysis {
@@ -56,14 +62,16 @@ fn context(
     fake: &FakeKube,
     clock: &Arc<AtomicU64>,
     script: &Arc<std::sync::Mutex<VecDeque<Outcome>>>,
+    answer: &ProxyAnswer,
 ) -> Arc<Context> {
-    context_with_image(fake, clock, script, "sluice-proxy:test")
+    context_with_image(fake, clock, script, answer, "sluice-proxy:test")
 }
 
 fn context_with_image(
     fake: &FakeKube,
     clock: &Arc<AtomicU64>,
     script: &Arc<std::sync::Mutex<VecDeque<Outcome>>>,
+    answer: &ProxyAnswer,
     proxy_image: &str,
 ) -> Arc<Context> {
     // The operator runs as its own ServiceAccount, with the shipped RBAC.
@@ -84,6 +92,25 @@ fn context_with_image(
         }))
     });
     ctx.poll = Duration::from_millis(10);
+    // The proxy pods have no process behind them here: by default they
+    // report the digest of their ConfigMap as it is now.
+    let (fake, answer) = (fake.clone(), answer.clone());
+    ctx.proxy_digests = Some(Arc::new(move |ns: String, app: String| {
+        let replicas = answer.lock().unwrap().clone().unwrap_or_else(|| {
+            let digest = fake
+                .get("api/v1", "configmaps", &ns, &format!("{app}-sluice"))
+                .and_then(|cm| cm["data"]["routes.yaml"].as_str().map(digest))
+                .ok_or_else(|| "no ConfigMap".to_string());
+            ["a", "b"]
+                .iter()
+                .map(|p| ReplicaConfig {
+                    pod: format!("{app}-sluice-{p}"),
+                    digest: digest.clone(),
+                })
+                .collect()
+        });
+        Box::pin(async move { Ok(replicas) })
+    }));
     Arc::new(ctx)
 }
 
@@ -128,12 +155,14 @@ impl World {
         fake.make_ready(NS, "app");
         let clock = Arc::new(AtomicU64::new(1_000_000));
         let script = Arc::new(std::sync::Mutex::new(VecDeque::new()));
-        let ctx = context(&fake, &clock, &script);
+        let proxy_answer = ProxyAnswer::default();
+        let ctx = context(&fake, &clock, &script, &proxy_answer);
         Self {
             fake,
             ctx,
             clock,
             script,
+            proxy_answer,
         }
     }
 
@@ -515,7 +544,7 @@ async fn an_operator_restart_mid_release_resumes_at_the_same_step() {
     assert_eq!(w.weight(), 20.0);
     let before = w.status();
     // A new operator process: fresh memory, same cluster state.
-    w.ctx = context(&w.fake, &w.clock, &w.script);
+    w.ctx = context(&w.fake, &w.clock, &w.script, &w.proxy_answer);
     w.script.lock().unwrap().push_back(Outcome::Inconclusive);
     w.tick().await;
     assert_eq!(w.weight(), 20.0, "no weight moves backwards");
@@ -916,7 +945,7 @@ async fn operator_downtime_does_not_count_toward_the_progress_deadline() {
     w.until("Progressing", 10).await;
     // The operator is gone for ten minutes; a new process takes over.
     w.advance(600);
-    w.ctx = context(&w.fake, &w.clock, &w.script);
+    w.ctx = context(&w.fake, &w.clock, &w.script, &w.proxy_answer);
     w.script
         .lock()
         .unwrap()
@@ -1707,7 +1736,13 @@ async fn an_upgraded_operator_upgrades_the_proxies_it_manages() {
         w.deployment("app-sluice")["spec"]["template"]["spec"]["containers"][0]["image"].clone()
     };
     assert_eq!(image(&w), "sluice-proxy:test");
-    let upgraded = context_with_image(&w.fake, &w.clock, &w.script, "sluice-proxy:next");
+    let upgraded = context_with_image(
+        &w.fake,
+        &w.clock,
+        &w.script,
+        &w.proxy_answer,
+        "sluice-proxy:next",
+    );
     let api: Api<Deployment> = Api::namespaced(w.fake.client(), NS);
     op::reconcile(Arc::new(api.get("app").await.unwrap()), upgraded.clone())
         .await
@@ -1727,4 +1762,96 @@ async fn an_upgraded_operator_upgrades_the_proxies_it_manages() {
         .await
         .unwrap();
     assert_eq!(proxy_writes(), before, "no rewrite when nothing changed");
+}
+
+impl World {
+    /// The digest of the proxy ConfigMap's text as it is now.
+    fn config_digest(&self) -> String {
+        let cm = self
+            .fake
+            .get("api/v1", "configmaps", NS, "app-sluice")
+            .expect("the proxy ConfigMap");
+        digest(cm["data"]["routes.yaml"].as_str().unwrap())
+    }
+
+    /// The proxy replicas answer `answers` (pod name, digest or failure)
+    /// from now on; None: they follow their ConfigMap at once again.
+    fn proxies_answer(&self, answers: Option<Vec<(&str, Result<String, String>)>>) {
+        *self.proxy_answer.lock().unwrap() = answers.map(|a| {
+            a.into_iter()
+                .map(|(pod, digest)| ReplicaConfig {
+                    pod: pod.into(),
+                    digest,
+                })
+                .collect()
+        });
+    }
+}
+
+/// Nothing is scaled down before every proxy replica serves the config the
+/// operator wrote: a replica still on an older config, or one that cannot
+/// be asked, holds the take-over and a rollback's scale-down of the canary.
+#[tokio::test]
+async fn nothing_is_scaled_down_while_a_proxy_replica_serves_an_older_config() {
+    let w = World::new(json!({})).await;
+    w.tick().await;
+    w.tick().await;
+    let current = w.config_digest();
+    w.proxies_answer(Some(vec![
+        ("app-sluice-a", Ok(current.clone())),
+        ("app-sluice-b", Ok("0123456789abcdef".into())),
+    ]));
+    w.fake.make_ready(NS, "app-primary");
+    w.fake.make_ready(NS, "app-sluice");
+    for _ in 0..5 {
+        w.tick().await;
+    }
+    assert_eq!(w.replicas("app"), 3, "scaled down under a stale proxy");
+    assert_ne!(w.status().phase, "Initialized");
+    w.proxies_answer(Some(vec![
+        ("app-sluice-a", Ok(current.clone())),
+        ("app-sluice-b", Err("connection refused".into())),
+    ]));
+    for _ in 0..3 {
+        w.tick().await;
+    }
+    assert_eq!(w.replicas("app"), 3, "scaled down with a proxy unheard");
+    w.proxies_answer(None);
+    for _ in 0..5 {
+        w.tick().await;
+    }
+    assert_eq!(w.status().phase, "Initialized");
+    assert_eq!(w.replicas("app"), 0);
+
+    // A release; the proxies then stop following while the analysis fails.
+    w.set_image("app:bad");
+    w.until("Progressing", 10).await;
+    w.fake.make_ready(NS, "app");
+    assert!(w.weight() > 0.0);
+    let progressing = w.config_digest();
+    w.proxies_answer(Some(vec![
+        ("app-sluice-a", Ok(progressing.clone())),
+        ("app-sluice-b", Ok(progressing.clone())),
+    ]));
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail, Outcome::Fail]);
+    for _ in 0..6 {
+        w.advance(10);
+        w.tick().await;
+    }
+    assert_eq!(w.weight(), 0.0, "the rollback is written to the proxies");
+    assert_ne!(w.config_digest(), progressing);
+    assert!(
+        w.replicas("app") > 0,
+        "the canary was scaled down while the proxies still send it traffic"
+    );
+    w.proxies_answer(None);
+    for _ in 0..3 {
+        w.advance(10);
+        w.tick().await;
+    }
+    assert_eq!(w.status().phase, "Failed");
+    assert_eq!(w.replicas("app"), 0);
 }

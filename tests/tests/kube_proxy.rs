@@ -63,7 +63,7 @@ async fn the_proxy_follows_its_configmap_and_keeps_the_last_good_table() {
         "shop",
         json!({"metadata": {"name": "app-sluice"}, "data": {"routes.yaml": routes(&stable.url(), &canary.url(), "0")}}),
     );
-    let config = sluice_proxy::kube_source::fetch(fake.client(), "shop", "app-sluice")
+    let (_, config) = sluice_proxy::kube_source::fetch(fake.client(), "shop", "app-sluice")
         .await
         .unwrap();
     let proxy = sluice_proxy::start(config, sluice_proxy::StartOptions::default())

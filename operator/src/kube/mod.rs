@@ -119,6 +119,23 @@ impl KubeStatus {
 /// Makes the metric provider of a release.
 pub type ProviderFactory = Arc<dyn Fn(&Settings, &str, &str) -> Provider + Send + Sync>;
 
+/// What one ready proxy replica says about the config it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaConfig {
+    /// The pod's name.
+    pub pod: String,
+    /// The digest it reports, or why it could not be read.
+    pub digest: Result<String, String>,
+}
+
+/// Asks the ready proxy replicas of (namespace, app) which config they
+/// serve: one answer per ready replica.
+pub type DigestProbe = Arc<
+    dyn Fn(String, String) -> futures::future::BoxFuture<'static, Result<Vec<ReplicaConfig>, Error>>
+        + Send
+        + Sync,
+>;
+
 /// Shared state of the operator.
 pub struct Context {
     pub client: kube::Client,
@@ -135,6 +152,10 @@ pub struct Context {
     pub now: Arc<dyn Fn() -> f64 + Send + Sync>,
     /// How long to wait between polls while waiting on the cluster.
     pub poll: Duration,
+    /// Which config the proxy replicas serve (by default their admin
+    /// `/metrics`, read at the pod's IP). None: `--proxy-config-check off`,
+    /// where a proxy's readiness is taken as having the config.
+    pub proxy_digests: Option<DigestProbe>,
 }
 
 impl Context {
@@ -149,6 +170,7 @@ impl Context {
             instance: Some(identity.to_string()),
         };
         let prom = prometheus_url.clone();
+        let client_for_probe = client.clone();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -168,8 +190,124 @@ impl Context {
                     .as_secs_f64()
             }),
             poll: Duration::from_secs(2),
+            proxy_digests: Some({
+                let client = client_for_probe.clone();
+                let http = HttpClient::default();
+                Arc::new(move |ns: String, app: String| {
+                    let (client, http) = (client.clone(), http.clone());
+                    Box::pin(async move { scrape_proxy_digests(&client, &http, &ns, &app).await })
+                })
+            }),
         }
     }
+}
+
+/// The default [`DigestProbe`]: each ready proxy pod's admin `/metrics`,
+/// read for `sluice_config_source{sha256}`.
+async fn scrape_proxy_digests(
+    client: &kube::Client,
+    http: &HttpClient,
+    ns: &str,
+    app: &str,
+) -> Result<Vec<ReplicaConfig>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = proxy_pod_labels(app)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = Vec::new();
+    for pod in pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+    {
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        if !ready || pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let port = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.ports.as_ref())
+            .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("sluice-admin")))
+            .map(|p| p.container_port);
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let digest = match (ip, port) {
+            (Some(ip), Some(port)) => {
+                let url = format!("http://{ip}:{port}/metrics");
+                match http.get(&url, Duration::from_secs(2)).await {
+                    Ok(answer) => served_digest(&answer.text())
+                        .ok_or_else(|| format!("{url} reports no sluice_config_source")),
+                    Err(e) => Err(format!("{url}: {e}")),
+                }
+            }
+            _ => Err("no pod IP or sluice-admin port yet".into()),
+        };
+        out.push(ReplicaConfig {
+            pod: pod_name,
+            digest,
+        });
+    }
+    Ok(out)
+}
+
+/// The digest in a proxy's metrics text, if it reports one.
+pub fn served_digest(metrics: &str) -> Option<String> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix("sluice_config_source{sha256=\"")?;
+        let (digest, value) = rest.split_once("\"}")?;
+        (value.trim() == "1").then(|| digest.to_string())
+    })
+}
+
+/// Whether every ready proxy replica serves the config now in the proxy's
+/// ConfigMap (at least one replica, all agreeing): the data plane has
+/// what the operator wrote, and nothing is scaled down before. `Ok(None)`
+/// when they do; otherwise what is still missing, naming the replica.
+/// A replica that cannot be asked counts as not there yet: the operator
+/// never guesses (`--proxy-config-check off` trusts readiness instead).
+async fn proxies_lag(ctx: &Context, ns: &str, app: &str) -> Result<Option<String>, Error> {
+    let Some(probe) = &ctx.proxy_digests else {
+        return Ok(None);
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(text) = cms
+        .get_opt(&proxy_name(app))
+        .await?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(sluice_proxy::kube_source::CONFIG_KEY).cloned())
+    else {
+        return Ok(Some(format!(
+            "ConfigMap {} has no {}",
+            proxy_name(app),
+            sluice_proxy::kube_source::CONFIG_KEY
+        )));
+    };
+    let want = sluice_proxy::kube_source::digest(&text);
+    let replicas = probe(ns.to_string(), app.to_string()).await?;
+    Ok(config_lag(&want, &replicas))
+}
+
+/// What keeps the replicas from all serving config `want`, if anything.
+pub fn config_lag(want: &str, replicas: &[ReplicaConfig]) -> Option<String> {
+    if replicas.is_empty() {
+        return Some("no ready proxy replica".into());
+    }
+    replicas.iter().find_map(|r| match &r.digest {
+        Ok(d) if d == want => None,
+        Ok(d) => Some(format!("proxy {} serves config {d}, not {want} yet", r.pod)),
+        Err(e) => Some(format!(
+            "cannot ask proxy {} which config it serves: {e}",
+            r.pod
+        )),
+    })
 }
 
 fn default_provider(
@@ -963,6 +1101,10 @@ async fn take_over(
     if !proxy_serves(ctx, ns, app).await? {
         return Ok(Action::requeue(ctx.poll));
     }
+    if let Some(lag) = proxies_lag(ctx, ns, app).await? {
+        tracing::info!(namespace = ns, app, "take-over waits: {lag}");
+        return Ok(Action::requeue(ctx.poll));
+    }
     merge_patch::<Deployment>(&ctx.client, ns, app, json!({"spec": {"replicas": 0}})).await?;
     status.bootstrapped = true;
     status.phase = "Initialized".into();
@@ -1379,6 +1521,13 @@ async fn apply_routing(
             if !proxy_serves(ctx, ns, app).await? {
                 return Err(Error::Other(format!(
                     "Service {app} has no ready proxy endpoint yet; {app} is scaled down once it has"
+                )));
+            }
+            // The canary's pods go only once every proxy replica has the
+            // config that sends them nothing.
+            if let Some(lag) = proxies_lag(ctx, ns, app).await? {
+                return Err(Error::Other(format!(
+                    "{lag}; {app} is scaled down once every proxy replica serves the new config"
                 )));
             }
             scale(ctx, ns, app, 0).await
