@@ -96,6 +96,13 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
                 text(StatusCode::OK, "ready\n")
             }
         }
+        (&Method::GET, "/version") => json_response(
+            StatusCode::OK,
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config_sha256": state.store.metrics().config_digest(),
+            }),
+        ),
         (&Method::GET, "/routes") => {
             let routing = state.store.load();
             json_response(StatusCode::OK, json!({ "routes": routing.config.routes }))
@@ -112,7 +119,7 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
             let name = p["/routes/".len()..].to_string();
             put_route(state, req, &name).await
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/routes") => error(
+        (_, "/metrics" | "/healthz" | "/readyz" | "/version" | "/routes") => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{} is not allowed on {path}", req.method()),
         ),
@@ -122,7 +129,7 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            format!("no admin endpoint {path}; try /metrics, /healthz, /readyz, /routes"),
+            format!("no admin endpoint {path}; try /metrics, /healthz, /readyz, /version, /routes"),
         ),
     }
 }

@@ -408,6 +408,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
     config_source: Family<DigestLabels, Gauge>,
+    config_digest: std::sync::Mutex<Option<String>>,
 }
 
 impl Metrics {
@@ -471,6 +472,7 @@ impl Metrics {
             reloads,
             last_reload_ok,
             config_source,
+            config_digest: std::sync::Mutex::new(None),
         })
     }
 
@@ -484,12 +486,18 @@ impl Metrics {
 
     /// The config text now served (one series, at 1).
     pub fn set_config_digest(&self, digest: &str) {
+        *self.config_digest.lock().expect("digest") = Some(digest.to_string());
         self.config_source.clear();
         self.config_source
             .get_or_create(&DigestLabels {
                 sha256: digest.to_string(),
             })
             .set(1);
+    }
+
+    /// The digest of the ConfigMap text served, when following one.
+    pub fn config_digest(&self) -> Option<String> {
+        self.config_digest.lock().expect("digest").clone()
     }
 
     pub fn record_reload(&self, result: ReloadResult) {

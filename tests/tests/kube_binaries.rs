@@ -292,6 +292,14 @@ async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
         serves(newer.clone())
     })
     .await;
+    let version: serde_json::Value = serde_json::from_slice(
+        &get(&format!("http://127.0.0.1:{admin}/version"))
+            .await
+            .unwrap()
+            .2,
+    )
+    .unwrap();
+    assert_eq!(version["config_sha256"], sha256_prefix(&newer));
     // A bad reference is a usage error that names the flag.
     let out = Command::new(bin("sluice-proxy"))
         .args(["--kube-configmap", "no-slash"])
