@@ -850,3 +850,72 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `value` as a Lua table constructor (JSON null is nil: left out).
+fn lua_literal(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let string = |s: &str| {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\{:03}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    };
+    match value {
+        Value::Null => "nil".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => string(s),
+        Value::Array(items) => format!(
+            "{{{}}}",
+            items.iter().map(lua_literal).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| format!("[{}] = {}", string(k), lua_literal(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs the shipped Argo CD health check (`deploy/argocd/health.lua`) on
+/// `object` with Lua 5.1, the language version of Argo CD's interpreter;
+/// returns (status, message).
+pub fn argocd_health(object: &serde_json::Value) -> (String, String) {
+    let lua = which("lua5.1").unwrap_or_else(|| {
+        panic!("lua5.1 is missing: run `apt-get install -y lua5.1` (tests/run does this)")
+    });
+    let script = std::fs::read_to_string(workspace_root().join("deploy/argocd/health.lua"))
+        .expect("deploy/argocd/health.lua");
+    let program = format!(
+        "obj = {}\nlocal function check()\n{script}\nend\nlocal hs = check()\nio.write(hs.status, \"\\n\", hs.message or \"\", \"\\n\")\n",
+        lua_literal(object)
+    );
+    let mut child = Command::new(lua)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lua5.1");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), program.as_bytes())
+        .expect("write the program");
+    let out = child.wait_with_output().expect("lua5.1 output");
+    assert!(
+        out.status.success(),
+        "health.lua failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, message) = text.split_once('\n').expect("status line");
+    (status.to_string(), message.trim_end().to_string())
+}

@@ -17,8 +17,8 @@ use sluice_operator::analysis::{Analysis, CheckResult, Outcome};
 use sluice_operator::kube::{self as op, Context, KubeStatus, ReplicaConfig};
 use sluice_operator::provider::Provider;
 use sluice_proxy::kube_source::digest;
-use sluice_tests::eventually;
 use sluice_tests::fake_kube::{FakeKube, Options, Readiness};
+use sluice_tests::{argocd_health, eventually};
 
 const NS: &str = "shop";
 const APPS: &str = "apis/apps/v1";
@@ -620,6 +620,11 @@ async fn removing_the_annotation_restores_the_service_and_replicas() {
             .as_array()
             .is_none_or(|f| f.is_empty())
     );
+    let left = w.deployment("app")["metadata"]["annotations"].clone();
+    assert!(
+        left.get("sluice.dev/phase").is_none() && left.get("sluice.dev/message").is_none(),
+        "{left}"
+    );
 }
 
 #[tokio::test]
@@ -842,6 +847,11 @@ async fn manual_approval_holds_until_the_approve_command() {
         "held without approval"
     );
     assert_eq!(w.weight(), 50.0);
+    assert_eq!(
+        argocd_health(&w.deployment("app")).0,
+        "Suspended",
+        "Argo CD shows a held release as suspended"
+    );
     w.fake.merge_into(
         APPS,
         "deployments",
@@ -1854,4 +1864,52 @@ async fn nothing_is_scaled_down_while_a_proxy_replica_serves_an_older_config() {
     }
     assert_eq!(w.status().phase, "Failed");
     assert_eq!(w.replicas("app"), 0);
+}
+
+/// The shipped Argo CD health check (`deploy/argocd/health.lua`, run by
+/// Lua 5.1) reads each phase of a release from the user's Deployment as
+/// the operator leaves it, and any other Deployment by Argo CD's own rules.
+#[tokio::test]
+async fn the_argo_cd_health_check_follows_the_release() {
+    let w = World::new(json!({})).await;
+    let health = |w: &World| argocd_health(&w.deployment("app"));
+    assert_eq!(health(&w).0, "Progressing", "before Sluice has taken it on");
+    let w = w.bootstrapped().await;
+    assert_eq!(health(&w).0, "Healthy");
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail, Outcome::Fail]);
+    w.set_image("app:bad");
+    w.until("Progressing", 10).await;
+    let (status, message) = health(&w);
+    assert_eq!(status, "Progressing");
+    assert!(message.starts_with("Sluice Progressing"), "{message}");
+    w.until("Failed", 20).await;
+    let (status, message) = health(&w);
+    assert_eq!(status, "Degraded");
+    assert!(message.starts_with("Sluice Failed: "), "{message}");
+    w.set_image("app:2");
+    w.until("Succeeded", 30).await;
+    assert_eq!(health(&w).0, "Healthy");
+
+    // app-primary carries no opt-in annotation: the Deployment rules.
+    let primary = w.deployment("app-primary");
+    assert_eq!(argocd_health(&primary).0, "Healthy");
+    let mut newer = primary.clone();
+    newer["metadata"]["generation"] =
+        json!(primary["metadata"]["generation"].as_i64().unwrap() + 1);
+    assert_eq!(argocd_health(&newer).0, "Progressing");
+    let mut rolling = primary.clone();
+    rolling["status"]["updatedReplicas"] = json!(1);
+    let (status, message) = argocd_health(&rolling);
+    assert_eq!(status, "Progressing");
+    assert!(message.contains("1 out of 3 new replicas"), "{message}");
+    let mut stuck = rolling.clone();
+    stuck["status"]["conditions"] =
+        json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]);
+    assert_eq!(argocd_health(&stuck).0, "Degraded");
+    let mut paused = rolling;
+    paused["spec"]["paused"] = json!(true);
+    assert_eq!(argocd_health(&paused).0, "Suspended");
 }

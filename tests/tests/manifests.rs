@@ -157,6 +157,7 @@ fn shipped_kustomizations_validate_strictly_for_kubernetes_1_35() {
         "deploy/operator",
         "deploy/operator-namespaced",
         "deploy/examples/podinfo",
+        "deploy/argocd",
         "deploy/prometheus",
     ] {
         let yaml = kustomize(dir);

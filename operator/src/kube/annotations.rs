@@ -73,6 +73,10 @@ pub const ORIGINAL_TARGET_PORT: &str = "sluice.dev/original-target-port";
 /// The user's Service ports before the take-over (JSON), for the way back.
 pub const ORIGINAL_PORTS: &str = "sluice.dev/original-ports";
 pub const FINALIZER: &str = "sluice.dev/cleanup";
+/// The phase and message, mirrored on the user's Deployment (for GitOps
+/// health checks, which see only the object they track).
+pub const PHASE: &str = "sluice.dev/phase";
+pub const MESSAGE: &str = "sluice.dev/message";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnnotationError {
@@ -140,6 +144,8 @@ pub fn parse(
                 ORIGINAL_SELECTOR,
                 ORIGINAL_TARGET_PORT,
                 ORIGINAL_PORTS,
+                PHASE,
+                MESSAGE,
             ]
             .contains(&key.as_str())
         {

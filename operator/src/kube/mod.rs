@@ -152,6 +152,8 @@ pub struct Context {
     pub now: Arc<dyn Fn() -> f64 + Send + Sync>,
     /// How long to wait between polls while waiting on the cluster.
     pub poll: Duration,
+    /// The (phase, message) last mirrored on each user's Deployment.
+    pub mirrored: std::sync::Mutex<HashMap<String, (String, String)>>,
     /// Which config the proxy replicas serve (by default their admin
     /// `/metrics`, read at the pod's IP). None: `--proxy-config-check off`,
     /// where a proxy's readiness is taken as having the config.
@@ -190,6 +192,7 @@ impl Context {
                     .as_secs_f64()
             }),
             poll: Duration::from_secs(2),
+            mirrored: Default::default(),
             proxy_digests: Some({
                 let client = client_for_probe.clone();
                 let http = HttpClient::default();
@@ -1369,7 +1372,44 @@ async fn save_status(ctx: &Context, ns: &str, app: &str, status: &KubeStatus) ->
         json!({"metadata": {"annotations": {annotations::STATUS: serde_json::to_string(status)?}}});
     merge_patch::<Deployment>(&ctx.client, ns, &primary_name(app), patch).await?;
     ctx.metrics.observe(ns, app, status);
+    mirror_phase(ctx, ns, app, status).await;
     Ok(())
+}
+
+/// Removes the mirrored phase from the user's Deployment (when Sluice lets
+/// it go); whether there was one to remove.
+async fn unmirror_phase(ctx: &Context, d: &Deployment, ns: &str, app: &str) -> Result<bool, Error> {
+    ctx.mirrored
+        .lock()
+        .expect("mirrored")
+        .remove(&format!("{ns}/{app}"));
+    let a = d.annotations();
+    if !a.contains_key(annotations::PHASE) && !a.contains_key(annotations::MESSAGE) {
+        return Ok(false);
+    }
+    let patch = json!({"metadata": {"annotations": {annotations::PHASE: null, annotations::MESSAGE: null}}});
+    merge_patch::<Deployment>(&ctx.client, ns, app, patch).await?;
+    Ok(true)
+}
+
+/// Mirrors the phase and message onto the user's Deployment when they
+/// change, so a GitOps tool's health check (which sees only the objects it
+/// tracks) can read them: `deploy/argocd/health.lua`. Cosmetic: a failed
+/// write is logged and tried again at the next status change or restart.
+async fn mirror_phase(ctx: &Context, ns: &str, app: &str, status: &KubeStatus) {
+    let key = format!("{ns}/{app}");
+    let message: String = status.message.chars().take(256).collect();
+    let now = (status.phase.clone(), message);
+    if ctx.mirrored.lock().expect("mirrored").get(&key) == Some(&now) {
+        return;
+    }
+    let patch = json!({"metadata": {"annotations": {annotations::PHASE: now.0, annotations::MESSAGE: now.1}}});
+    match merge_patch::<Deployment>(&ctx.client, ns, app, patch).await {
+        Ok(()) => {
+            ctx.mirrored.lock().expect("mirrored").insert(key, now);
+        }
+        Err(e) => tracing::warn!(namespace = ns, app, "cannot mirror the phase on {app}: {e}"),
+    }
 }
 
 /// HPAs aimed at `app` get a twin aimed at `app-primary`.
@@ -1996,6 +2036,7 @@ async fn cleanup(
                 .replace(app, &sluice_post(), &serde_json::from_value(restored)?)
                 .await?;
             if !deleting {
+                unmirror_phase(ctx, d, ns, app).await?;
                 // The proxy goes only once the Service's own pods are its
                 // ready endpoints.
                 return Ok(Action::requeue(ctx.poll));
@@ -2037,6 +2078,10 @@ async fn cleanup(
         .items
     {
         delete_owned::<HorizontalPodAutoscaler>(c, ns, &hpa.name_any(), &uid).await?;
+    }
+    if !deleting && unmirror_phase(ctx, d, ns, app).await? {
+        // The finalizer's patch is tested against the version just replaced.
+        return Ok(Action::requeue(ctx.poll));
     }
     remove_finalizer(ctx, d, ns, app).await?;
     ctx.providers
