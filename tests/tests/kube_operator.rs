@@ -1913,3 +1913,98 @@ async fn the_argo_cd_health_check_follows_the_release() {
     paused["spec"]["paused"] = json!(true);
     assert_eq!(argocd_health(&paused).0, "Suspended");
 }
+
+/// A Deployment whose selector uses `matchExpressions` is refused with a
+/// Warning Event that says why; nothing is created.
+#[tokio::test]
+async fn a_match_expressions_selector_is_refused_with_an_event() {
+    let w = World::new(json!({})).await;
+    w.fake.put(
+        "api/v1",
+        "services",
+        NS,
+        json!({"metadata": {"name": "other"}, "spec": {"selector": {"app": "other"}, "ports": [{"port": 80}]}}),
+    );
+    w.fake.put(
+        APPS,
+        "deployments",
+        NS,
+        json!({
+            "metadata": {"name": "other", "annotations": {"sluice.dev/canary": "enabled"}},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "other"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}]},
+                "template": {
+                    "metadata": {"labels": {"app": "other", "tier": "web"}},
+                    "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+                },
+            },
+        }),
+    );
+    let api: Api<Deployment> = Api::namespaced(w.fake.client(), NS);
+    op::reconcile(Arc::new(api.get("other").await.unwrap()), w.ctx.clone())
+        .await
+        .unwrap();
+    let events = w.events();
+    assert!(
+        events.iter().any(
+            |(t, _, note)| t == "Warning" && note.contains("matchExpressions is not supported")
+        ),
+        "{events:?}"
+    );
+    let mut deployments = w.fake.names(APPS, "deployments", NS);
+    deployments.sort();
+    assert_eq!(deployments, ["app", "other"]);
+    assert_eq!(
+        w.fake.get("api/v1", "services", NS, "other").unwrap()["spec"]["selector"],
+        json!({"app": "other"})
+    );
+}
+
+/// A user who deletes `app-primary` gets it back from the next reconcile,
+/// built from the Service's recorded original selector and ports, not from
+/// the Service as taken over (which selects the proxy).
+#[tokio::test]
+async fn a_deleted_primary_is_bootstrapped_again_from_the_recorded_service() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    let recorded = |w: &World| {
+        w.fake.get("api/v1", "services", NS, "app").unwrap()["metadata"]["annotations"]
+            ["sluice.dev/original-selector"]
+            .clone()
+    };
+    let before = recorded(&w);
+    assert!(before.as_str().unwrap().contains("\"app\""), "{before}");
+    w.fake.delete(APPS, "deployments", NS, "app-primary");
+    for _ in 0..3 {
+        w.tick().await;
+    }
+    w.fake.make_ready(NS, "app-primary");
+    w.fake.make_ready(NS, "app-sluice");
+    w.fake.make_ready(NS, "app");
+    for _ in 0..6 {
+        w.tick().await;
+    }
+    assert_eq!(w.status().phase, "Initialized", "{:?}", w.status());
+    assert_eq!(
+        recorded(&w),
+        before,
+        "the recorded selector was overwritten"
+    );
+    let primary = w.deployment("app-primary");
+    assert_eq!(
+        primary["spec"]["selector"]["matchLabels"],
+        json!({"app": "app-primary"})
+    );
+    for svc in ["app-primary", "app-canary"] {
+        let s = w.fake.get("api/v1", "services", NS, svc).unwrap();
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 9898, "{svc}: {s}");
+        assert!(
+            s["spec"]["selector"]
+                .get("app.kubernetes.io/name")
+                .is_none(),
+            "{svc} selects the proxy: {s}"
+        );
+    }
+    let canary = w.fake.get("api/v1", "services", NS, "app-canary").unwrap();
+    assert_eq!(canary["spec"]["selector"]["app"], "app");
+}
