@@ -258,6 +258,28 @@ impl Collector {
     }
 }
 
+/// Runs a config parse so that a panic in it (a bug) becomes an error:
+/// a reload never takes the watcher that runs it down with it, and the
+/// last good config keeps serving.
+pub fn guarded<T>(f: impl FnOnce() -> Result<T, ConfigErrors>) -> Result<T, ConfigErrors> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ConfigErrors::single(
+                "",
+                format!(
+                    "internal error while reading the config ({why}); please report it with the config"
+                ),
+            ))
+        }
+    }
+}
+
 // === parsing helpers ===
 
 /// Parses durations such as `500ms`, `1s`, `1.5s`, `2m`, `1h`, `1m30s`.
@@ -304,8 +326,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         };
         total += seconds;
     }
-    Ok(Duration::from_secs_f64(total))
+    if !total.is_finite() || total > MAX_DURATION_SECS {
+        return Err(format!(
+            "`{text}` is too long; a duration is at most 8760h (a year)"
+        ));
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| format!("`{text}` is not a duration: {e}"))
 }
+
+/// The longest duration [`parse_duration`] accepts: a year. Anything
+/// longer is a typo, and would overflow timers.
+const MAX_DURATION_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
@@ -879,6 +910,126 @@ fn positive_duration(text: &str, path: &str, errs: &mut Collector) -> Option<Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A small deterministic generator for the no-panic tests.
+    struct Dice(u64);
+
+    impl Dice {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[(self.next() % from.len() as u64) as usize]
+        }
+
+        /// A string of 0..12 pieces that look like parts of numbers and units.
+        fn text(&mut self) -> String {
+            const PIECES: &[&str] = &[
+                "0",
+                "1",
+                "9",
+                "99999999999999999999",
+                ".",
+                "..",
+                "5",
+                "ms",
+                "s",
+                "m",
+                "h",
+                "d",
+                "-",
+                "+",
+                "e",
+                "1e400",
+                " ",
+                "%",
+                ",",
+                "µ",
+                "NaN",
+                "inf",
+                "\u{0}",
+                "18446744073709551616",
+            ];
+            let n = self.next() % 12;
+            (0..n).map(|_| self.pick(PIECES)).collect()
+        }
+    }
+
+    #[test]
+    fn no_input_panics_the_duration_parser() {
+        let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let text = dice.text();
+            let _ = parse_duration(&text);
+        }
+        assert!(
+            parse_duration("99999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(parse_duration("1e400s").is_err());
+        assert_eq!(
+            parse_duration("8760h").unwrap(),
+            Duration::from_secs(31_536_000)
+        );
+    }
+
+    #[test]
+    fn no_config_text_panics_the_parser() {
+        let mut dice = Dice(0xdead_beef_cafe_f00d);
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        const VALUES: &[&str] = &[
+            "99999999999999999999h",
+            "-1",
+            "1e400",
+            "",
+            "~",
+            "[]",
+            "{}",
+            "\"\"",
+            "0",
+            "0ms",
+            "http://",
+            "https://[::1",
+            "127.0.0.1:99999",
+            "NaN",
+            "101",
+            "x: y: z",
+            "- a",
+            "&a",
+            "*a",
+        ];
+        for _ in 0..3_000 {
+            // Replace the values of a few lines with odd ones.
+            let mut text = String::new();
+            for line in &lines {
+                if dice.next() % 5 == 0
+                    && let Some((key, _)) = line.split_once(':')
+                {
+                    text.push_str(&format!("{key}: {}\n", dice.pick(VALUES)));
+                } else {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+            let _ = Config::from_yaml(&text);
+            let _ = Config::from_yaml_lenient(&text);
+        }
+    }
+
+    #[test]
+    fn a_panicking_parse_is_an_error_not_a_dead_caller() {
+        let result: Result<(), ConfigErrors> = guarded(|| panic!("boom in the parser"));
+        let message = result.unwrap_err().to_string();
+        assert!(
+            message.contains("internal error") && message.contains("boom in the parser"),
+            "{message}"
+        );
+    }
 
     const EXAMPLE: &str = r#"
 listen: 127.0.0.1:8080

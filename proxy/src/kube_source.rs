@@ -43,7 +43,7 @@ fn config_of(cm: &ConfigMap, ns: &str, name: &str) -> Result<(String, Config), C
     // Lenient: an operator one version ahead may write fields this proxy
     // does not know yet; they are ignored with a warning, never a reason
     // to stop following the ConfigMap.
-    let (config, unknown) = Config::from_yaml_lenient(text)?;
+    let (config, unknown) = crate::config::guarded(|| Config::from_yaml_lenient(text))?;
     if !unknown.is_empty() {
         tracing::warn!(configmap = %format!("{ns}/{name}"), fields = ?unknown, "ignoring config fields this proxy does not know (written by a newer operator?)");
     }

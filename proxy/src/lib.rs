@@ -195,6 +195,27 @@ impl ProxyHandle {
         self.state.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Resolves, with what happened, if a background watcher (the config
+    /// file's, the certificates') ever stops. It should not: a proxy whose
+    /// watcher is gone would silently ignore every later change, so the
+    /// binary drains and exits non-zero for its supervisor to restart it.
+    pub async fn watcher_stopped(&mut self) -> String {
+        async fn ended(handle: &mut Option<tokio::task::JoinHandle<()>>, what: &str) -> String {
+            match handle {
+                Some(h) => match h.await {
+                    Ok(()) => format!("the {what} watcher stopped"),
+                    Err(e) => format!("the {what} watcher failed: {e}"),
+                },
+                None => std::future::pending().await,
+            }
+        }
+        let (config, certs) = (&mut self.watcher, &mut self.cert_watcher);
+        tokio::select! {
+            why = ended(config, "config file") => why,
+            why = ended(certs, "certificate") => why,
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain
     /// timeout), then stops the admin listener and returns.
     pub async fn shutdown(self) {

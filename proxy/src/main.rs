@@ -88,10 +88,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        wait_for_signal().await;
-        drain(handle, cli.drain_delay).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
+        let mut handle = handle;
+        let failure = tokio::select! {
+            _ = wait_for_signal() => None,
+            why = handle.watcher_stopped() => Some(why),
+        };
+        finish(handle, cli.drain_delay, failure).await
     })
 }
 
@@ -99,7 +101,7 @@ fn main() -> ExitCode {
 /// for `delay`, then they close and in-flight requests get the drain
 /// timeout; the admin listener answers until the very end.
 async fn drain(handle: sluice_proxy::ProxyHandle, delay: Duration) {
-    tracing::info!(?delay, "signal received; /readyz now fails, still serving");
+    tracing::info!(?delay, "draining: /readyz now fails, still serving");
     handle.begin_drain();
     tokio::time::sleep(delay).await;
     tracing::info!("closing the listeners; draining in-flight requests");
@@ -167,12 +169,39 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
             .store
             .metrics()
             .set_config_digest(&sluice_proxy::kube_source::digest(&text));
-        let follower = sluice_proxy::kube_source::follow(client, ns, name, handle.store.clone());
-        wait_for_signal().await;
+        let mut follower =
+            sluice_proxy::kube_source::follow(client, ns, name, handle.store.clone());
+        let mut handle = handle;
+        let failure = tokio::select! {
+            _ = wait_for_signal() => None,
+            why = handle.watcher_stopped() => Some(why),
+            ended = &mut follower => Some(match ended {
+                Ok(()) => "the ConfigMap follower stopped".to_string(),
+                Err(e) => format!("the ConfigMap follower failed: {e}"),
+            }),
+        };
         follower.abort();
-        drain(handle, drain_delay).await;
-        ExitCode::SUCCESS
+        finish(handle, drain_delay, failure).await
     })
+}
+
+/// Drains; exit 0 after a signal, 1 after a background task stopped (the
+/// supervisor restarts the proxy rather than let it serve a frozen config).
+async fn finish(
+    handle: sluice_proxy::ProxyHandle,
+    delay: Duration,
+    failure: Option<String>,
+) -> ExitCode {
+    if let Some(why) = &failure {
+        tracing::error!("{why}; draining and exiting so that the proxy is restarted");
+    }
+    drain(handle, delay).await;
+    tracing::info!("stopped");
+    if failure.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn check(file: &std::path::Path) -> ExitCode {

@@ -308,10 +308,16 @@ pub async fn handle(
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    let upstream_authority = authority.clone().unwrap_or_else(|| backend.url.authority());
+    // The URI names the backend, never the client's Host: the upstream
+    // pool is keyed by it, so no value a client sends can open upstream
+    // connections. The client's Host goes in the Host header (HTTP/1).
+    let backend_authority = backend.url.authority();
+    let upstream_authority = authority
+        .clone()
+        .unwrap_or_else(|| backend_authority.clone());
     parts.uri = match Uri::builder()
         .scheme("http")
-        .authority(upstream_authority.as_str())
+        .authority(backend_authority.as_str())
         .path_and_query(path_and_query.as_str())
         .build()
     {
@@ -332,6 +338,9 @@ pub async fn handle(
             }
         }
         Protocol::Http2 => {
+            // `:authority` is the backend's (an h2 request may not carry a
+            // Host that differs from it, RFC 9113 §8.3.1); the client's
+            // is in X-Forwarded-Host.
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
         }

@@ -309,7 +309,7 @@ pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::tas
                 continue;
             }
             last_text = Some(text.clone());
-            let result = match Config::from_yaml(&text) {
+            let result = match crate::config::guarded(|| Config::from_yaml(&text)) {
                 Ok(config) => store.replace(config).map(|_| ()),
                 Err(parse_errors) => {
                     store.metrics.record_reload(ReloadResult::Failure);

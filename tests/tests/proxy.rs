@@ -459,7 +459,30 @@ async fn bad_config_file_is_rejected_and_the_last_good_table_keeps_serving() {
         },
     )
     .await;
-    // A good file is applied.
+    // A duration too large for any timer is an error that names the field
+    // (it once panicked the parser and killed the watcher, so every later
+    // change was silently ignored).
+    let overflow = original.replace(
+        "canary_weight: 0",
+        "canary_weight: 50\n    timeouts: { connect: 99999999999999999999h }",
+    );
+    std::fs::write(&proxy.config_path, &overflow).unwrap();
+    eventually(
+        "the overflowing reload to be counted",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(proxy.admin).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 3.0).then_some(())
+        },
+    )
+    .await;
+    let (code, stderr) = proxy_check(&proxy.config_path);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("routes[0].timeouts.connect") && stderr.contains("too long"),
+        "{stderr}"
+    );
+    // A good file is applied: the watcher is still alive.
     std::fs::write(
         &proxy.config_path,
         original.replace("canary_weight: 0", "canary_weight: 100"),
@@ -913,4 +936,115 @@ async fn upstream_connections_survive_a_reload_that_keeps_the_backend() {
         1,
         "the reload kept the backend's pool and its connection"
     );
+}
+
+/// An upstream that counts the TCP connections it accepts and records the
+/// Host (HTTP/1) or `:authority` (HTTP/2) and X-Forwarded-Host it is sent.
+async fn counting_upstream(
+    http2: bool,
+) -> (
+    std::net::SocketAddr,
+    Arc<AtomicU64>,
+    Arc<std::sync::Mutex<Vec<(String, String)>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (counter, log) = (accepted.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let host = req
+                            .uri()
+                            .authority()
+                            .map(|a| a.to_string())
+                            .or_else(|| {
+                                req.headers()
+                                    .get(http::header::HOST)
+                                    .map(|h| h.to_str().unwrap_or_default().to_string())
+                            })
+                            .unwrap_or_default();
+                        let forwarded = req
+                            .headers()
+                            .get("x-forwarded-host")
+                            .map(|h| h.to_str().unwrap_or_default().to_string())
+                            .unwrap_or_default();
+                        log.lock().unwrap().push((host, forwarded));
+                        async {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                if http2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, svc)
+                    .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, accepted, seen)
+}
+
+/// 300 requests with 300 different Host headers open one upstream
+/// connection, on an HTTP/1 route and on an HTTP/2 route: the pools belong
+/// to backends, and nothing a client sends makes new upstream connections.
+#[tokio::test]
+async fn distinct_host_headers_share_the_backends_connection() {
+    for http2 in [false, true] {
+        let (upstream, accepted, seen) = counting_upstream(http2).await;
+        let protocol = if http2 { "http2" } else { "http1" };
+        let routes =
+            format!("  - {{ name: web, protocol: {protocol}, stable: 'http://{upstream}' }}\n");
+        let proxy = start_proxy(&proxy_yaml(&routes)).await;
+        let client = h1_client();
+        for i in 0..300 {
+            let host = if i % 2 == 0 {
+                format!("tenant-{i}.example")
+            } else {
+                format!("tenant-{i}.example:{}", 1000 + i)
+            };
+            let req = Request::get(format!("http://{}/", proxy.addr))
+                .header(http::header::HOST, &host)
+                .body(Full::default())
+                .unwrap();
+            assert_eq!(send(&client, req).await.unwrap().0, StatusCode::OK);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "{protocol}: upstream connections for 300 Host values"
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 300);
+        if http2 {
+            assert_eq!(
+                seen[1].0,
+                upstream.to_string(),
+                "h2 :authority is the backend's"
+            );
+        } else {
+            assert_eq!(
+                seen[1].0, "tenant-1.example:1001",
+                "HTTP/1 keeps the client's Host"
+            );
+        }
+        assert_eq!(seen[1].1, "tenant-1.example:1001");
+    }
 }

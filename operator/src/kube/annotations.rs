@@ -378,6 +378,54 @@ fn is_dns_label(v: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn no_annotation_value_panics_the_parser() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const VALUES: &[&str] = &[
+            "99999999999999999999h",
+            "1e400",
+            "-1",
+            "",
+            "NaN",
+            "inf",
+            "0",
+            "100",
+            "101",
+            "10,20,30",
+            "50,10",
+            "p99<=300ms",
+            "p99<=99999999999999999999h",
+            "p0<=1ms",
+            "300ms,1s",
+            "1%",
+            "150%",
+            "auto",
+            "manual",
+            "prometheus",
+            "proxy",
+            "sequential",
+            "threshold",
+            ",,,",
+            "µ",
+        ];
+        for _ in 0..5_000 {
+            let mut annotations = BTreeMap::new();
+            annotations.insert(super::CANARY.to_string(), "enabled".to_string());
+            for _ in 0..(next() % 6) {
+                let key = super::KNOWN[(next() % super::KNOWN.len() as u64) as usize];
+                let value = VALUES[(next() % VALUES.len() as u64) as usize];
+                annotations.insert(key.to_string(), value.to_string());
+            }
+            let _ = super::parse(&annotations, next() % 2 == 0);
+        }
+    }
+
     use super::*;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
