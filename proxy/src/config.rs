@@ -1007,7 +1007,7 @@ mod tests {
             // Replace the values of a few lines with odd ones.
             let mut text = String::new();
             for line in &lines {
-                if dice.next() % 5 == 0
+                if dice.next().is_multiple_of(5)
                     && let Some((key, _)) = line.split_once(':')
                 {
                     text.push_str(&format!("{key}: {}\n", dice.pick(VALUES)));
