@@ -111,6 +111,16 @@ impl HttpClient {
         self.call(Method::GET, url, None, None, timeout).await
     }
 
+    /// A GET with `Authorization: Bearer <token>` when a token is given.
+    pub async fn get_with(
+        &self,
+        url: &str,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Answer, HttpError> {
+        self.call(Method::GET, url, None, token, timeout).await
+    }
+
     pub async fn send_json(
         &self,
         method: Method,

@@ -78,7 +78,11 @@ impl ProxyAdminRouter {
     pub async fn current(&self) -> Result<serde_json::Value, RouterError> {
         let answer = self
             .client
-            .get(&self.route_url(), Duration::from_secs(5))
+            .get_with(
+                &self.route_url(),
+                self.token.as_deref(),
+                Duration::from_secs(5),
+            )
             .await?;
         let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
         if !answer.status.is_success() {

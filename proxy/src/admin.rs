@@ -8,9 +8,11 @@
 //! | `GET /routes` | `{"routes":[...]}` in the config's field names |
 //! | `PUT /routes/{name}` | JSON with any of `stable`, `canary`, `canary_weight`, `canary_match` |
 //!
-//! Writes need `Authorization: Bearer <token>` whenever `admin.token_file` is
-//! set (it must be set when the admin listener is not loopback). A later
-//! reload of the config file replaces changes made here.
+//! The routes API (reads and writes) needs `Authorization: Bearer <token>`
+//! whenever `admin.token_file` is set (it must be set when the admin
+//! listener is not loopback); `/metrics`, `/healthz`, `/readyz` and
+//! `/version` stay open. A later reload of the config file replaces
+//! changes made here. Admin connections have the data plane's time limits.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::conn::{Activity, ConnLimits, Connections, Tracked, supervise};
 use crate::server::{ProxyState, is_draining, stopped};
 use crate::store::UpdateError;
 
@@ -33,23 +36,40 @@ const MAX_ADMIN_BODY: usize = 1024 * 1024;
 pub async fn run_admin(
     listener: TcpListener,
     state: Arc<ProxyState>,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let connections = Connections::default();
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => break,
             accepted = listener.accept() => {
-                let Ok((stream, _peer)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
+                let activity = Activity::new();
+                let requests = activity.clone();
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(admin(state, req).await) }
+                    let guard = requests.begin();
+                    async move {
+                        let response = admin(state, req).await;
+                        Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
+                    }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let conn = Box::pin(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(supervise(
+                    conn,
+                    |c| c.graceful_shutdown(),
+                    connections.enter(),
+                    activity,
+                    limits,
+                    peer,
+                ));
             }
         }
     }
@@ -104,10 +124,16 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
             }),
         ),
         (&Method::GET, "/routes") => {
+            if let Some(refused) = unauthorized(&state, &req) {
+                return refused;
+            }
             let routing = state.store.load();
             json_response(StatusCode::OK, json!({ "routes": routing.config.routes }))
         }
         (&Method::GET, p) if p.starts_with("/routes/") => {
+            if let Some(refused) = unauthorized(&state, &req) {
+                return refused;
+            }
             let name = &p["/routes/".len()..];
             let routing = state.store.load();
             match routing.config.routes.iter().find(|r| r.name == name) {
@@ -134,13 +160,13 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
     }
 }
 
-async fn put_route(
-    state: Arc<ProxyState>,
-    req: Request<Incoming>,
-    name: &str,
-) -> Response<Full<Bytes>> {
+/// With `admin.token_file` set, the routes API (reads too: they show
+/// upstream addresses and the A/B values that opt anyone into the canary)
+/// needs `Authorization: Bearer <token>`, compared in constant time. The
+/// refusal, if any.
+fn unauthorized(state: &ProxyState, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
     match state.store.admin_token() {
-        Ok(None) => {}
+        Ok(None) => None,
         Ok(Some(token)) => {
             let presented = req
                 .headers()
@@ -148,19 +174,27 @@ async fn put_route(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim);
-            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-                return error(
+            (!presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))).then(|| {
+                error(
                     StatusCode::UNAUTHORIZED,
-                    "admin writes need the header `Authorization: Bearer <token>` with the token in admin.token_file",
-                );
-            }
+                    "the routes API needs the header `Authorization: Bearer <token>` with the token in admin.token_file",
+                )
+            })
         }
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("admin.token_file: {e}; writes are refused until it is readable"),
-            );
-        }
+        Err(e) => Some(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("admin.token_file: {e}; the routes API is refused until it is readable"),
+        )),
+    }
+}
+
+async fn put_route(
+    state: Arc<ProxyState>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Response<Full<Bytes>> {
+    if let Some(refused) = unauthorized(&state, &req) {
+        return refused;
     }
     let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()

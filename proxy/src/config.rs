@@ -98,6 +98,13 @@ pub struct Limits {
     /// Largest request head (HTTP/1) or header list (HTTP/2) accepted, in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 with GOAWAY).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    /// Interval of HTTP/2 keep-alive pings to clients; `0s` turns them off.
+    #[serde(default = "default_h2_keepalive")]
+    pub h2_keepalive: String,
 }
 
 impl Default for Limits {
@@ -105,12 +112,22 @@ impl Default for Limits {
         Self {
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
+            idle_timeout: default_idle_timeout(),
+            h2_keepalive: default_h2_keepalive(),
         }
     }
 }
 
 fn default_header_read_timeout() -> String {
     "10s".to_string()
+}
+
+fn default_idle_timeout() -> String {
+    "60s".to_string()
+}
+
+fn default_h2_keepalive() -> String {
+    "30s".to_string()
 }
 
 fn default_max_header_bytes() -> usize {
@@ -519,6 +536,9 @@ pub struct ValidConfig {
     pub admin_token_file: Option<PathBuf>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub idle_timeout: Duration,
+    /// None: no keep-alive pings.
+    pub h2_keepalive: Option<Duration>,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<ValidRoute>,
 }
@@ -581,6 +601,15 @@ impl Config {
             Ok(d) => Some(d),
             Err(e) => {
                 errs.push("limits.header_read_timeout", e);
+                None
+            }
+        };
+        let idle_timeout =
+            positive_duration(&self.limits.idle_timeout, "limits.idle_timeout", &mut errs);
+        let h2_keepalive = match parse_duration(&self.limits.h2_keepalive) {
+            Ok(d) => Some((!d.is_zero()).then_some(d)),
+            Err(e) => {
+                errs.push("limits.h2_keepalive", e);
                 None
             }
         };
@@ -686,6 +715,8 @@ impl Config {
             admin_token_file: self.admin.token_file.clone(),
             header_read_timeout: header_read_timeout.expect("checked"),
             max_header_bytes: self.limits.max_header_bytes,
+            idle_timeout: idle_timeout.expect("checked"),
+            h2_keepalive: h2_keepalive.expect("checked"),
             tls: self.tls.clone(),
             routes,
         })

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod grpc;
 pub mod kube_source;
 pub mod metrics;
@@ -141,19 +142,13 @@ fn spawn_worker(
                 for (i, (listener, state)) in listeners.into_iter().zip(worker.states).enumerate() {
                     let builder = server::connection_builder(&worker.valid);
                     // TLS terminates on the main listener only.
-                    let tls = (i == 0)
-                        .then(|| {
-                            worker
-                                .tls
-                                .clone()
-                                .map(|t| (t, worker.valid.header_read_timeout))
-                        })
-                        .flatten();
+                    let tls = (i == 0).then(|| worker.tls.clone()).flatten();
                     tasks.push(tokio::spawn(server::run_listener(
                         listener,
                         state,
                         builder,
                         tls,
+                        server::conn_limits(&worker.valid),
                         worker.stop.clone(),
                         worker.drain_timeout,
                     )));
@@ -330,14 +325,13 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             for (i, (listener, state)) in listeners.into_iter().zip(states).enumerate() {
                 bound.push(listener.local_addr().map_err(bind_error)?);
                 let builder = server::connection_builder(&valid);
-                let tls = (i == 0)
-                    .then(|| terminator.clone().map(|t| (t, valid.header_read_timeout)))
-                    .flatten();
+                let tls = (i == 0).then(|| terminator.clone()).flatten();
                 tasks.push(tokio::spawn(server::run_listener(
                     listener,
                     state,
                     builder,
                     tls,
+                    server::conn_limits(&valid),
                     stop_rx.clone(),
                     options.drain_timeout,
                 )));
@@ -387,6 +381,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
     let admin = tokio::spawn(admin::run_admin(
         admin_listener,
         state.clone(),
+        server::conn_limits(&valid),
         admin_stop_rx,
     ));
     tracing::info!(%addr, %admin_addr, routes = valid.routes.len(), "sluice-proxy serving");

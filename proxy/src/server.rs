@@ -17,12 +17,12 @@ use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{GrpcJudge, InFlight, MeteredBody, Recorder};
 use crate::config::{Protocol, ValidConfig};
+use crate::conn::{Activity, ConnLimits, Connections, Entered, Tracked, supervise};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::Backend;
 use crate::store::Store;
@@ -41,6 +41,8 @@ pub struct ProxyState {
 
 /// The hyper connection builder with the configured limits.
 pub fn connection_builder(valid: &ValidConfig) -> auto::Builder<TokioExecutor> {
+    // The first request head of a connection (before hyper knows its
+    // protocol) and idle connections are bounded in `crate::conn`.
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -53,53 +55,53 @@ pub fn connection_builder(valid: &ValidConfig) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(valid.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(valid.h2_keepalive);
     builder
 }
 
-/// Serves a connection on the current task, under a graceful-shutdown watcher.
-async fn serve_watched<I>(
-    io: I,
-    peer: SocketAddr,
-    state: Arc<ProxyState>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    I: Read + Write + Unpin + Send + 'static,
-{
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+/// The per-connection time limits of `valid`.
+pub fn conn_limits(valid: &ValidConfig) -> ConnLimits {
+    ConnLimits {
+        header_read_timeout: valid.header_read_timeout,
+        idle_timeout: valid.idle_timeout,
     }
 }
 
-/// Serves one accepted connection until it closes or the drain ends it.
-pub fn serve_connection<I>(
+/// Serves one accepted connection (plain or TLS) on its own task, under
+/// the connection limits, until it closes or a drain ends it.
+fn serve<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<ProxyState>,
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    entered: Entered,
+    limits: ConnLimits,
 ) where
     I: Read + Write + Unpin + Send + 'static,
 {
+    let activity = Activity::new();
+    let requests = activity.clone();
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(state, req, peer).await) }
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(io, service)
-        .into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let guard = requests.begin();
+        async move {
+            let response = handle(state, req, peer).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
+    let conn = Box::pin(
+        builder
+            .serve_connection_with_upgrades(io, service)
+            .into_owned(),
+    );
+    tokio::spawn(supervise(
+        conn,
+        |c| c.graceful_shutdown(),
+        entered,
+        activity,
+        limits,
+        peer,
+    ));
 }
 
 /// Accepts connections (TLS first when `tls` is set) until `shutdown`
@@ -108,11 +110,12 @@ pub async fn run_listener(
     listener: TcpListener,
     state: Arc<ProxyState>,
     builder: auto::Builder<TokioExecutor>,
-    tls: Option<(Arc<crate::tls::Terminator>, Duration)>,
+    tls: Option<Arc<crate::tls::Terminator>>,
+    limits: ConnLimits,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    let connections = Connections::default();
     let builder = Arc::new(builder);
     loop {
         tokio::select! {
@@ -120,16 +123,16 @@ pub async fn run_listener(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let entered = connections.enter();
                     match &tls {
-                        None => serve_connection(TokioIo::new(stream), peer, state.clone(), &builder, &graceful),
-                        Some((terminator, handshake_timeout)) => {
+                        None => serve(TokioIo::new(stream), peer, state.clone(), &builder, entered, limits),
+                        Some(terminator) => {
                             let acceptor = terminator.acceptor();
-                            let (state, builder, watcher) = (state.clone(), builder.clone(), graceful.watcher());
-                            let handshake_timeout = *handshake_timeout;
+                            let (state, builder) = (state.clone(), builder.clone());
                             tokio::spawn(async move {
-                                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls_stream)) => {
-                                        serve_watched(TokioIo::new(tls_stream), peer, state, &builder, watcher).await;
+                                        serve(TokioIo::new(tls_stream), peer, state, &builder, entered, limits);
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -147,23 +150,13 @@ pub async fn run_listener(
         }
     }
     drop(listener);
-    drain(graceful, drain_timeout).await;
+    tracing::info!(timeout = ?drain_timeout, "draining in-flight requests");
+    connections.drain(drain_timeout).await;
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// Lets in-flight requests finish, up to `timeout`.
-pub async fn drain(graceful: GracefulShutdown, timeout: Duration) {
-    tracing::info!(?timeout, "draining in-flight requests");
-    if tokio::time::timeout(timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timeout reached; closing the remaining connections");
-    }
 }
 
 // === the request path ===

@@ -187,13 +187,24 @@ pub struct ChildProxy {
 impl ChildProxy {
     /// Writes `routes_yaml` into a config and starts the binary on it.
     pub async fn start(routes_yaml: &str, extra_args: &[&str]) -> Self {
+        Self::start_with(routes_yaml, "", "", extra_args).await
+    }
+
+    /// Like [`ChildProxy::start`], with more lines under `admin:`
+    /// (indented) and at the top level of the config.
+    pub async fn start_with(
+        routes_yaml: &str,
+        admin_yaml: &str,
+        top_yaml: &str,
+        extra_args: &[&str],
+    ) -> Self {
         let dir = TempDir::new("proxy");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config_path = dir.path.join("sluice.yaml");
         std::fs::write(
             &config_path,
-            format!("listen: {addr}\nadmin:\n  listen: {admin}\nroutes:\n{routes_yaml}"),
+            format!("listen: {addr}\nadmin:\n  listen: {admin}\n{admin_yaml}{top_yaml}routes:\n{routes_yaml}"),
         )
         .expect("write config");
         let child = Command::new(bin("sluice-proxy"))

@@ -1,0 +1,252 @@
+//! Connection supervision: every client connection, in every protocol and
+//! over TLS, is bounded in time.
+//!
+//! - A connection that has not produced one complete request head within
+//!   `limits.header_read_timeout` is closed. This covers a client that
+//!   connects and sends nothing (before hyper even knows HTTP/1 from
+//!   HTTP/2), a partial HTTP/2 preface, and silence after a TLS handshake.
+//!   Later request heads on an HTTP/1 connection are bounded by hyper's
+//!   own header timer.
+//! - A connection with no request in flight for `limits.idle_timeout` is
+//!   shut down gracefully: an idle HTTP/1 keep-alive connection is closed,
+//!   an HTTP/2 connection gets GOAWAY. Keep-alive pings do not count as
+//!   activity; requests (until their response body ends) do.
+//!   If the client does not complete the graceful close (an HTTP/2 client
+//!   that never answers the GOAWAY's PING), the connection is closed after
+//!   another idle timeout.
+//! - A drain shuts every connection down gracefully and waits, up to the
+//!   drain timeout, for them to finish.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{Notify, watch};
+
+/// The live connections of a listener, and the signal that drains them.
+pub struct Connections {
+    draining: watch::Sender<bool>,
+    live: Arc<Live>,
+}
+
+struct Live {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            draining: watch::channel(false).0,
+            live: Arc::new(Live {
+                count: AtomicUsize::new(0),
+                none: Notify::new(),
+            }),
+        }
+    }
+}
+
+impl Connections {
+    /// Counts a new connection until the returned guard is dropped.
+    pub fn enter(&self) -> Entered {
+        self.live.count.fetch_add(1, Ordering::SeqCst);
+        Entered {
+            live: self.live.clone(),
+            draining: self.draining.subscribe(),
+        }
+    }
+
+    /// Asks every connection to finish gracefully; waits until none is
+    /// left, or `timeout`.
+    pub async fn drain(&self, timeout: Duration) {
+        let _ = self.draining.send(true);
+        let none_left = async {
+            loop {
+                let notified = self.live.none.notified();
+                if self.live.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(timeout, none_left).await.is_err() {
+            tracing::warn!(
+                left = self.live.count.load(Ordering::SeqCst),
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+    }
+}
+
+/// One live connection (see [`Connections::enter`]).
+pub struct Entered {
+    live: Arc<Live>,
+    draining: watch::Receiver<bool>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.live.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.live.none.notify_waiters();
+        }
+    }
+}
+
+/// The requests of one connection, as the supervisor sees them.
+pub struct Activity {
+    start: Instant,
+    requests: AtomicU64,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `start` of the last request start or end.
+    last: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A request head has arrived; it is in flight until the guard drops
+    /// (with its response body).
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.last.store(self.now_ms(), Ordering::SeqCst);
+        RequestGuard(self.clone())
+    }
+
+    /// How long the connection has had no request in flight (zero while
+    /// one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let last = self.last.load(Ordering::SeqCst);
+        Duration::from_millis(self.now_ms().saturating_sub(last))
+    }
+}
+
+/// Keeps a request in flight (see [`Activity::begin`]).
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.last.store(a.now_ms(), Ordering::SeqCst);
+        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request in flight until it ends.
+pub struct Tracked<B> {
+    inner: B,
+    _guard: RequestGuard,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, guard: RequestGuard) -> Self {
+        Self {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The time limits of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Drives `conn` to its end under the limits (see the module docs).
+/// `shutdown` starts its graceful shutdown (hyper's `graceful_shutdown`).
+pub async fn supervise<C, E>(
+    mut conn: Pin<Box<C>>,
+    shutdown: fn(Pin<&mut C>),
+    entered: Entered,
+    activity: Arc<Activity>,
+    limits: ConnLimits,
+    peer: std::net::SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut draining = entered.draining.clone();
+    let first_request = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request);
+    let every = (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When a graceful shutdown began, if one did.
+    let mut closing: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = &mut first_request, if activity.requests.load(Ordering::SeqCst) == 0 => {
+                tracing::debug!(%peer, timeout = ?limits.header_read_timeout, "no complete request head in time; closing");
+                break;
+            }
+            _ = draining.wait_for(|d| *d), if closing.is_none() => {
+                shutdown(conn.as_mut());
+                closing = Some(Instant::now());
+            }
+            _ = ticks.tick() => {
+                let idle = activity.idle_for() >= limits.idle_timeout;
+                match closing {
+                    None if idle => {
+                        tracing::debug!(%peer, timeout = ?limits.idle_timeout, "idle; closing");
+                        shutdown(conn.as_mut());
+                        closing = Some(Instant::now());
+                    }
+                    // A graceful shutdown waits on the client (an HTTP/2
+                    // GOAWAY's PING); one that stays idle for another
+                    // idle timeout is closed outright.
+                    Some(since) if idle && since.elapsed() >= limits.idle_timeout => {
+                        tracing::debug!(%peer, "no graceful close from the client; closing");
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    drop(entered);
+}

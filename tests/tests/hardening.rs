@@ -1,0 +1,238 @@
+//! The proxy under clients that misbehave: silent or slow connections,
+//! idle ones, many Host values, and readers of the admin API without the
+//! token. Real sockets and the real `sluice-proxy` binary.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use sluice_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads until the peer closes (true) or `limit` passes (false); anything
+/// the peer sends first is returned too.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> (bool, Vec<u8>) {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return (false, seen),
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, seen),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A proxy binary with 1 s header and idle timeouts and an admin token.
+async fn strict_proxy(upstream: &BackendHandle, extra: &str) -> (ChildProxy, String) {
+    let dir = TempDir::new("hardening");
+    let token_file = dir.path.join("token");
+    let token = "s3cret-token-for-tests";
+    std::fs::write(&token_file, token).unwrap();
+    let routes = format!(
+        "  - {{ name: web, stable: '{}' }}\n  - {{ name: grpc, path_prefix: /grpc, protocol: http2, stable: '{}' }}\n",
+        upstream.url(),
+        upstream.url()
+    );
+    let proxy = ChildProxy::start_with(
+        &routes,
+        &format!("  token_file: {}\n", token_file.display()),
+        &format!("limits:\n  header_read_timeout: 1s\n  idle_timeout: 1s\n{extra}"),
+        &[],
+    )
+    .await;
+    std::mem::forget(dir);
+    (proxy, token.to_string())
+}
+
+#[tokio::test]
+async fn a_connection_without_a_complete_request_head_is_closed_in_every_protocol() {
+    let upstream = backend("stable").await;
+    let (proxy, _) = strict_proxy(&upstream, "").await;
+    let cases: [(&str, &[u8]); 4] = [
+        ("nothing at all", b""),
+        ("a partial HTTP/2 preface", b"PRI * HTTP/2.0\r\n"),
+        (
+            "an HTTP/2 preface and no request",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        ),
+        ("half an HTTP/1 head", b"GET / HTTP/1.1\r\nHost: web\r\n"),
+    ];
+    for (what, sent) in cases {
+        for addr in [proxy.addr, proxy.admin] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(sent).await.unwrap();
+            let (closed, _) = closed_within(&mut stream, Duration::from_secs(6)).await;
+            assert!(
+                closed,
+                "{what} on {addr}: still open after 6 s (timeout 1 s)"
+            );
+        }
+    }
+    // A client that keeps to the timeout is served.
+    let (status, _, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_silent_client_after_the_tls_handshake_is_closed() {
+    let upstream = backend("stable").await;
+    let dir = TempDir::new("hardening-tls");
+    let ca = TestCa::new("sluice hardening CA");
+    let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost"]);
+    let (proxy, _) = strict_proxy(
+        &upstream,
+        &format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let mut tls = tls_connect(&ca.cert_pem, proxy.addr).await;
+    let (closed, _) = closed_within(&mut tls, Duration::from_secs(6)).await;
+    assert!(
+        closed,
+        "a TLS client that sends no request is still connected after 6 s"
+    );
+}
+
+async fn tls_connect(
+    ca_pem: &str,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
+/// HTTP/2 frames as (type, flags, stream, payload), read until `until`
+/// returns true, the peer closes, or 6 s pass.
+async fn read_frames(
+    stream: &mut tokio::net::TcpStream,
+    mut until: impl FnMut(u8, u8, u32) -> bool,
+) -> Vec<(u8, u8, u32)> {
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let mut head = [0u8; 9];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read_exact(&mut head)).await {
+            Ok(Ok(_)) => {}
+            _ => return frames,
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).await.is_err() {
+            return frames;
+        }
+        if kind == 4 && flags & 1 == 0 {
+            // Acknowledge the server's SETTINGS, as a client must.
+            stream
+                .write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+                .await
+                .unwrap();
+        }
+        frames.push((kind, flags, id));
+        if until(kind, flags, id) {
+            return frames;
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_http2_ones_get_goaway() {
+    let upstream = backend("stable").await;
+    let (proxy, _) = strict_proxy(&upstream, "").await;
+
+    // HTTP/1.1 keep-alive: one request, then silence.
+    let mut h1 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    h1.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let (closed, seen) = closed_within(&mut h1, Duration::from_secs(6)).await;
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    assert!(
+        closed,
+        "an idle HTTP/1.1 connection is still open after 6 s (idle timeout 1 s)"
+    );
+
+    // HTTP/2 with prior knowledge: one GET (HPACK: :method GET, :scheme
+    // http, :path /, :authority web), then silence: GOAWAY, then close.
+    let mut h2 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let block = [0x82, 0x86, 0x84, 0x41, 0x03, b'w', b'e', b'b'];
+    let mut headers = vec![0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1];
+    headers.extend_from_slice(&block);
+    h2.write_all(&headers).await.unwrap();
+    let frames = read_frames(&mut h2, |kind, _, _| kind == 7).await;
+    assert!(
+        frames.iter().any(|&(kind, _, id)| kind == 1 && id == 1),
+        "no response HEADERS: {frames:?}"
+    );
+    assert_eq!(
+        frames.last().map(|f| f.0),
+        Some(7),
+        "no GOAWAY after the idle timeout: {frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_routes_api_needs_the_token_for_reads_too() {
+    let upstream = backend("stable").await;
+    let (proxy, token) = strict_proxy(&upstream, "").await;
+    let client = h1_client();
+    let admin = |path: &str, auth: Option<&str>| {
+        let mut req = http::Request::get(format!("http://{}{path}", proxy.admin));
+        if let Some(a) = auth {
+            req = req.header(http::header::AUTHORIZATION, a);
+        }
+        req.body(http_body_util::Full::default()).unwrap()
+    };
+    for path in ["/routes", "/routes/web"] {
+        for auth in [None, Some("Bearer wrong"), Some("s3cret-token-for-tests")] {
+            let (status, _, body) = send(&client, admin(path, auth)).await.unwrap();
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
+            assert!(
+                !String::from_utf8_lossy(&body).contains(&upstream.url()),
+                "{path} leaks the upstream to {auth:?}"
+            );
+        }
+        let bearer = format!("Bearer {token}");
+        let (status, _, body) = send(&client, admin(path, Some(&bearer))).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{path} with the token");
+        assert!(String::from_utf8_lossy(&body).contains(&upstream.url()));
+    }
+    for path in ["/metrics", "/healthz", "/readyz", "/version"] {
+        let (status, _, _) = send(&client, admin(path, None)).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{path} stays open");
+    }
+}
