@@ -344,6 +344,27 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             (bound, task)
         }
         None => {
+            // The serving threads share each port with SO_REUSEPORT, which
+            // would also let a second proxy on the same port silently take
+            // part of the traffic with its own weights. A plain bind first
+            // fails when anything already listens there.
+            for (i, addr) in all_addrs.iter().enumerate() {
+                if addr.port() != 0
+                    && let Err(source) = std::net::TcpListener::bind(addr)
+                {
+                    let _ = stop.send(true);
+                    return Err(StartError::Bind {
+                        what: if i == 0 { "listen" } else { "listeners" },
+                        addr: *addr,
+                        source: std::io::Error::new(
+                            source.kind(),
+                            format!(
+                                "{source} (is another sluice-proxy or server already listening there?)"
+                            ),
+                        ),
+                    });
+                }
+            }
             let mut addrs = all_addrs.clone();
             let mut handles = Vec::with_capacity(threads);
             for slot in 1..=threads {

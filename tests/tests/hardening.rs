@@ -236,3 +236,54 @@ async fn the_routes_api_needs_the_token_for_reads_too() {
         assert_eq!(status, StatusCode::OK, "{path} stays open");
     }
 }
+
+/// A second proxy on a port the first already serves refuses to start
+/// (SO_REUSEPORT would otherwise let it take part of the traffic with its
+/// own weights), naming the port; the first keeps all the traffic.
+#[tokio::test]
+async fn a_second_proxy_on_the_same_port_refuses_to_start() {
+    let stable = backend("stable").await;
+    let first = ChildProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        &[],
+    )
+    .await;
+    let dir = TempDir::new("second");
+    let config = dir.path.join("second.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {}\nadmin:\n  listen: 127.0.0.1:{}\nroutes:\n  - {{ name: web, stable: '{}' }}\n",
+            first.addr,
+            free_port(),
+            stable.url()
+        ),
+    )
+    .unwrap();
+    let mut second = std::process::Command::new(bin("sluice-proxy"))
+        .args(["--config", config.to_str().unwrap(), "--workers", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("the second proxy is still running on {}", first.addr);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&first.addr.to_string()) && stderr.contains("already listening"),
+        "{stderr}"
+    );
+    let (status, _, _) = get(&format!("http://{}/", first.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
