@@ -153,7 +153,7 @@ impl Terminator {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if event.is_ok_and(|e| crate::store::is_change(&e)) {
                     let _ = tx.send(());
                 }
             })?;

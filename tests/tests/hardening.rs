@@ -287,3 +287,53 @@ async fn a_second_proxy_on_the_same_port_refuses_to_start() {
     let (status, _, _) = get(&format!("http://{}/", first.addr)).await.unwrap();
     assert_eq!(status, StatusCode::OK);
 }
+
+/// An idle proxy leaves its config file alone: it reads it again only when
+/// the directory sees a change (its own reads used to wake the watcher,
+/// which read the file again, ten times a second).
+#[tokio::test]
+async fn an_idle_proxy_does_not_reread_its_config() {
+    use notify::Watcher;
+    let stable = backend("stable").await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        &[],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let opens = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = opens.clone();
+    let config = proxy.config_path.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(e) = event
+            && matches!(
+                e.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Open(_))
+            )
+            && e.paths.iter().any(|p| p == &config)
+        {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    watcher
+        .watch(
+            proxy.config_path.parent().unwrap(),
+            notify::RecursiveMode::NonRecursive,
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        opens.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the idle proxy opened its config file"
+    );
+    // A change is still seen.
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    std::fs::write(&proxy.config_path, text.replace("name: web", "name: web2")).unwrap();
+    eventually("the change to apply", Duration::from_secs(10), || async {
+        let m = scrape(proxy.admin).await;
+        (m.sum("sluice_config_reloads_total", &[("result", "success")]) >= 1.0).then_some(())
+    })
+    .await;
+}
