@@ -26,6 +26,9 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub limits: Limits,
+    /// Which forwarding headers from clients are trusted.
+    #[serde(default, skip_serializing_if = "Forwarding::is_default")]
+    pub forwarding: Forwarding,
     /// TLS on the data-plane listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -36,6 +39,24 @@ pub struct Config {
     /// `listener`; routes without one serve `listen`. Fixed at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerConfig>,
+}
+
+/// Forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`,
+/// `X-Real-IP`) from clients. With `trusted_hops: 0` (the default) the
+/// proxy trusts none: it replaces them with what it saw. With N > 0 the
+/// proxy sits behind N trusted proxies (a load balancer, say): the
+/// rightmost N `X-Forwarded-For` entries are kept and the peer appended,
+/// and the other headers are passed on as those proxies set them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarding {
+    #[serde(default)]
+    pub trusted_hops: u32,
+}
+
+impl Forwarding {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// An extra data-plane listener (plain HTTP/1.1 and h2c, like `listen`).
@@ -539,6 +560,8 @@ pub struct ValidConfig {
     pub idle_timeout: Duration,
     /// None: no keep-alive pings.
     pub h2_keepalive: Option<Duration>,
+    /// See [`Forwarding`].
+    pub trusted_hops: u32,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<ValidRoute>,
 }
@@ -716,6 +739,7 @@ impl Config {
             header_read_timeout: header_read_timeout.expect("checked"),
             max_header_bytes: self.limits.max_header_bytes,
             idle_timeout: idle_timeout.expect("checked"),
+            trusted_hops: self.forwarding.trusted_hops,
             h2_keepalive: h2_keepalive.expect("checked"),
             tls: self.tls.clone(),
             routes,

@@ -286,6 +286,7 @@ pub async fn handle(
             None,
         );
     };
+    let trusted_hops = routing.valid.trusted_hops;
     drop(routing);
     let decision = route.decide(req.headers());
     let backend = route.backend(decision);
@@ -294,7 +295,13 @@ pub async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
-    add_forwarded_headers(&mut parts.headers, peer, authority.as_deref(), state.scheme);
+    add_forwarded_headers(
+        &mut parts.headers,
+        peer,
+        authority.as_deref(),
+        state.scheme,
+        trusted_hops,
+    );
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -443,22 +450,49 @@ fn add_forwarded_headers(
     peer: SocketAddr,
     authority: Option<&str>,
     scheme: &'static str,
+    trusted_hops: u32,
 ) {
     let xff = HeaderName::from_static("x-forwarded-for");
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let real_ip = HeaderName::from_static("x-real-ip");
+    let forwarded = HeaderName::from_static("forwarded");
     let ip = peer.ip().to_string();
-    let joined = match headers.get(&xff).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&joined) {
+    // The rightmost `trusted_hops` entries were added by trusted proxies;
+    // anything left of them is the client's word.
+    let prior: Vec<String> = headers
+        .get_all(&xff)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    let keep = prior.len().min(trusted_hops as usize);
+    let mut chain = prior[prior.len() - keep..].to_vec();
+    let client = chain.first().cloned().unwrap_or_else(|| ip.clone());
+    chain.push(ip);
+    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
         headers.insert(xff, v);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(scheme),
-    );
-    if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), a);
+    let trusted = trusted_hops > 0;
+    if !trusted || !headers.contains_key(&xfp) {
+        headers.insert(xfp, HeaderValue::from_static(scheme));
+    }
+    if !trusted || !headers.contains_key(&xfh) {
+        headers.remove(&xfh);
+        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
+            headers.insert(xfh, a);
+        }
+    }
+    if !trusted || !headers.contains_key(&real_ip) {
+        if let Ok(v) = HeaderValue::from_str(&client) {
+            headers.insert(real_ip, v);
+        }
+    }
+    if !trusted {
+        headers.remove(forwarded);
     }
 }
 

@@ -337,3 +337,47 @@ async fn an_idle_proxy_does_not_reread_its_config() {
     })
     .await;
 }
+
+/// Forwarding headers from clients are not trusted by default: the
+/// upstream sees what the proxy saw. Behind N trusted proxies
+/// (`forwarding.trusted_hops`), the rightmost N hops are kept.
+#[tokio::test]
+async fn forwarding_headers_are_trusted_only_as_configured() {
+    let echo = start_echo().await;
+    let route = format!("  - {{ name: web, stable: 'http://{echo}' }}\n");
+    let client = h1_client();
+    let spoofed = |addr: SocketAddr| {
+        http::Request::get(format!("http://{addr}/"))
+            .header(http::header::HOST, "shop.example")
+            .header("x-forwarded-for", "1.2.3.4, 5.6.7.8")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "admin.internal")
+            .header("forwarded", "for=1.2.3.4;proto=https")
+            .header("x-real-ip", "1.2.3.4")
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    let seen = |body: &[u8]| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["headers"].clone()
+    };
+
+    let untrusting = ChildProxy::start(&route, &[]).await;
+    let (status, _, body) = send(&client, spoofed(untrusting.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let h = seen(&body);
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(h["x-forwarded-host"], "shop.example", "{h}");
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{h}");
+    assert!(h.get("forwarded").is_none(), "{h}");
+
+    let behind_one =
+        ChildProxy::start_with(&route, "", "forwarding:\n  trusted_hops: 1\n", &[]).await;
+    let (status, _, body) = send(&client, spoofed(behind_one.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let h = seen(&body);
+    assert_eq!(h["x-forwarded-for"], "5.6.7.8, 127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert_eq!(h["x-forwarded-host"], "admin.internal", "{h}");
+    assert_eq!(h["forwarded"], "for=1.2.3.4;proto=https", "{h}");
+}

@@ -757,6 +757,7 @@ pub fn proxy_config(
             token_file: Some(ADMIN_TOKEN_PATH.into()),
         },
         limits: Default::default(),
+        forwarding: Default::default(),
         tls: None,
         routes,
         listeners,
