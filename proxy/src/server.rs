@@ -486,10 +486,10 @@ fn add_forwarded_headers(
             headers.insert(xfh, a);
         }
     }
-    if !trusted || !headers.contains_key(&real_ip) {
-        if let Ok(v) = HeaderValue::from_str(&client) {
-            headers.insert(real_ip, v);
-        }
+    if (!trusted || !headers.contains_key(&real_ip))
+        && let Ok(v) = HeaderValue::from_str(&client)
+    {
+        headers.insert(real_ip, v);
     }
     if !trusted {
         headers.remove(forwarded);
