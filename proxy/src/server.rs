@@ -436,11 +436,9 @@ fn upstream_failure(
     };
     plain(
         status,
-        format!(
-            "sluice: upstream {} ({}) {what}\n",
-            backend.label.as_str(),
-            backend.url.authority()
-        ),
+        // The address stays out of the answer (clients need not learn the
+        // topology); the log and the metrics name the backend.
+        format!("sluice: upstream {} {what}\n", backend.label.as_str()),
         Some(recorder),
     )
 }

@@ -229,6 +229,18 @@ pub fn client_config(key: &UpstreamTlsKey, http2: bool) -> Result<Arc<ClientConf
             roots
         }
     };
+    with_roots(roots, http2)
+}
+
+/// The configuration for an upstream whose `ca_file` broke after it was
+/// checked: it trusts nothing, so every handshake fails (502,
+/// `kind="tls"`). It never falls back to the system roots, which would
+/// trust certificates the user did not choose.
+pub fn fail_closed_config(http2: bool) -> Arc<ClientConfig> {
+    with_roots(RootCertStore::empty(), http2).expect("an empty root store always builds")
+}
+
+fn with_roots(roots: RootCertStore, http2: bool) -> Result<Arc<ClientConfig>, String> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| format!("upstream_tls: {e}"))?

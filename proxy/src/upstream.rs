@@ -89,16 +89,9 @@ fn build_client(key: &PoolKey) -> UpstreamClient {
         let config =
             crate::tls::client_config(t, key.protocol == Protocol::Http2).unwrap_or_else(|e| {
                 // Checked before the table was built; a file broken since then
-                // makes every handshake fail (502, kind="tls") rather than panic.
-                tracing::error!(error = %e, "upstream TLS settings unusable");
-                crate::tls::client_config(
-                    &UpstreamTlsKey {
-                        ca_file: None,
-                        server_name: t.server_name.clone(),
-                    },
-                    false,
-                )
-                .expect("system roots always build")
+                // makes every handshake fail (502, kind="tls"): fail closed.
+                tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
+                crate::tls::fail_closed_config(key.protocol == Protocol::Http2)
             });
         let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
         (tokio_rustls::TlsConnector::from(config), name)

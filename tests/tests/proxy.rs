@@ -543,6 +543,11 @@ async fn upstream_down_is_a_502_counted_on_that_backend() {
         String::from_utf8_lossy(&body).contains("upstream canary"),
         "{body:?}"
     );
+    assert!(
+        !String::from_utf8_lossy(&body).contains(dead.trim_start_matches("http://")),
+        "the 502 names the internal address: {}",
+        String::from_utf8_lossy(&body)
+    );
     let m = scrape(proxy.admin_addr).await;
     assert_eq!(
         m.sum(

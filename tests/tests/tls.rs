@@ -373,3 +373,42 @@ async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
         "{stderr}"
     );
 }
+
+/// An https upstream whose `ca_file` is unusable when its client is built
+/// fails closed: the configuration trusts nothing (not the system roots),
+/// so the handshake to a server signed by the right CA fails, while the
+/// configuration from the readable file succeeds against the same server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_upstream_ca_fails_closed() {
+    let dir = TempDir::new("fail-closed");
+    let ca = TestCa::new("upstream CA");
+    let (cert, key) = ca.leaf(&["web.internal"]);
+    let upstream = start_https_backend("secure", &cert, &key).await;
+    let ca_file = dir.path.join("ca.crt");
+    std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+    let handshake = |config: std::sync::Arc<rustls::ClientConfig>| async move {
+        let tcp = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        tokio_rustls::TlsConnector::from(config)
+            .connect(
+                rustls_pki_types::ServerName::try_from("web.internal").unwrap(),
+                tcp,
+            )
+            .await
+            .map(|_| ())
+    };
+    let key = sluice_proxy::tls::UpstreamTlsKey {
+        ca_file: Some(ca_file.clone()),
+        server_name: "web.internal".into(),
+    };
+    let good = sluice_proxy::tls::client_config(&key, false).unwrap();
+    assert!(handshake(good).await.is_ok(), "the readable CA is trusted");
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let err = sluice_proxy::tls::client_config(&key, false).unwrap_err();
+    assert!(err.contains("upstream_tls.ca_file"), "{err}");
+    let closed = sluice_proxy::tls::fail_closed_config(false);
+    let refused = handshake(closed).await.unwrap_err();
+    assert!(
+        refused.to_string().to_lowercase().contains("unknown"),
+        "{refused}"
+    );
+}
