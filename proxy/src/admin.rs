@@ -65,7 +65,7 @@ pub async fn run_admin(
                 tokio::spawn(supervise(
                     conn,
                     |c| c.graceful_shutdown(),
-                    connections.enter(),
+                    connections.enter(None),
                     activity,
                     limits,
                     peer,

@@ -66,6 +66,69 @@ pub struct GrpcJudge {
     pub status: Option<u32>,
 }
 
+/// A request body on its way upstream: as the client sends it, or capped
+/// at `limits.max_request_body` (a body that grows past it ends in an
+/// error, and `exceeded` tells the request path to answer 413).
+pub enum UpstreamBody {
+    Whole(hyper::body::Incoming),
+    Capped {
+        inner: hyper::body::Incoming,
+        left: u64,
+        exceeded: Arc<std::sync::atomic::AtomicBool>,
+    },
+}
+
+/// The error of a body that grew past its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than limits.max_request_body")]
+pub struct BodyTooLarge;
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Whole(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            UpstreamBody::Capped {
+                inner,
+                left,
+                exceeded,
+            } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > *left {
+                        exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *left -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                other => other.map(|f| f.map(|r| r.map_err(Into::into))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Whole(inner) | UpstreamBody::Capped { inner, .. } => {
+                inner.is_end_stream()
+            }
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Whole(inner) | UpstreamBody::Capped { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
 /// What to record when the response is over.
 pub struct Recorder {
     pub series: Arc<Series>,
@@ -74,6 +137,8 @@ pub struct Recorder {
     pub start: Instant,
     /// Set for gRPC responses.
     pub grpc: Option<GrpcJudge>,
+    /// The route's in-flight place, given back when the response ends.
+    pub permit: Option<crate::routing::Permit>,
 }
 
 /// How a response body ended.

@@ -126,6 +126,20 @@ pub struct Limits {
     /// Interval of HTTP/2 keep-alive pings to clients; `0s` turns them off.
     #[serde(default = "default_h2_keepalive")]
     pub h2_keepalive: String,
+    /// Open client connections per proxy (all listeners); a connection over
+    /// it is closed at once and counted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Requests in flight per route; more are answered 503 and counted.
+    #[serde(default = "default_max_requests_in_flight")]
+    pub max_requests_in_flight: usize,
+    /// Largest request body, e.g. `10MiB`; larger ones are answered 413.
+    /// Unset: no limit (bodies stream, so memory does not grow with them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<String>,
+    /// Concurrent streams per HTTP/2 client connection.
+    #[serde(default = "default_h2_max_streams")]
+    pub h2_max_streams: u32,
 }
 
 impl Default for Limits {
@@ -135,12 +149,28 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             idle_timeout: default_idle_timeout(),
             h2_keepalive: default_h2_keepalive(),
+            max_connections: default_max_connections(),
+            max_requests_in_flight: default_max_requests_in_flight(),
+            max_request_body: None,
+            h2_max_streams: default_h2_max_streams(),
         }
     }
 }
 
 fn default_header_read_timeout() -> String {
     "10s".to_string()
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+fn default_max_requests_in_flight() -> usize {
+    10_000
+}
+
+fn default_h2_max_streams() -> u32 {
+    256
 }
 
 fn default_idle_timeout() -> String {
@@ -376,6 +406,33 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// longer is a typo, and would overflow timers.
 const MAX_DURATION_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
+/// Parses sizes such as `1024`, `512KiB`, `10MiB`, `1GiB` (also `KB`,
+/// `MB`, `GB` as powers of 1000) into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let s = text.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; use e.g. 1048576, 512KiB, 10MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "`{text}` has unknown unit `{other}`; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
 /// Formats a duration the way [`parse_duration`] reads it.
 pub fn format_duration(d: Duration) -> String {
     let us = d.as_micros();
@@ -562,6 +619,11 @@ pub struct ValidConfig {
     pub h2_keepalive: Option<Duration>,
     /// See [`Forwarding`].
     pub trusted_hops: u32,
+    pub max_connections: usize,
+    pub max_requests_in_flight: usize,
+    /// Bytes; None: no limit.
+    pub max_request_body: Option<u64>,
+    pub h2_max_streams: u32,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<ValidRoute>,
 }
@@ -633,6 +695,30 @@ impl Config {
             Ok(d) => Some((!d.is_zero()).then_some(d)),
             Err(e) => {
                 errs.push("limits.h2_keepalive", e);
+                None
+            }
+        };
+        for (field, value) in [
+            ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_requests_in_flight",
+                self.limits.max_requests_in_flight,
+            ),
+            ("limits.h2_max_streams", self.limits.h2_max_streams as usize),
+        ] {
+            if value == 0 {
+                errs.push(field, "must be at least 1");
+            }
+        }
+        let max_request_body = match self.limits.max_request_body.as_deref().map(parse_size) {
+            None => None,
+            Some(Ok(0)) => {
+                errs.push("limits.max_request_body", "must be greater than 0");
+                None
+            }
+            Some(Ok(n)) => Some(n),
+            Some(Err(e)) => {
+                errs.push("limits.max_request_body", e);
                 None
             }
         };
@@ -740,6 +826,10 @@ impl Config {
             max_header_bytes: self.limits.max_header_bytes,
             idle_timeout: idle_timeout.expect("checked"),
             trusted_hops: self.forwarding.trusted_hops,
+            max_connections: self.limits.max_connections,
+            max_requests_in_flight: self.limits.max_requests_in_flight,
+            max_request_body,
+            h2_max_streams: self.limits.h2_max_streams,
             h2_keepalive: h2_keepalive.expect("checked"),
             tls: self.tls.clone(),
             routes,

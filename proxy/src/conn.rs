@@ -26,6 +26,49 @@ use std::time::{Duration, Instant};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, watch};
 
+/// The client connections open in the whole process, against
+/// `limits.max_connections`.
+pub struct Capacity {
+    open: AtomicUsize,
+    max: usize,
+    metrics: Arc<crate::Metrics>,
+}
+
+impl Capacity {
+    pub fn new(max: usize, metrics: Arc<crate::Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+            metrics,
+        })
+    }
+
+    /// A place for one more connection, or None (counted) when all are taken.
+    pub fn try_open(self: &Arc<Self>) -> Option<Opened> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            self.metrics.record_connection_rejected();
+            return None;
+        }
+        self.metrics.connection_opened(true);
+        Some(Opened(self.clone()))
+    }
+}
+
+/// One open connection (see [`Capacity::try_open`]).
+pub struct Opened(Arc<Capacity>);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.connection_opened(false);
+    }
+}
+
 /// The live connections of a listener, and the signal that drains them.
 pub struct Connections {
     draining: watch::Sender<bool>,
@@ -50,12 +93,14 @@ impl Default for Connections {
 }
 
 impl Connections {
-    /// Counts a new connection until the returned guard is dropped.
-    pub fn enter(&self) -> Entered {
+    /// Counts a new connection until the returned guard is dropped (which
+    /// also gives back its place, if it holds one).
+    pub fn enter(&self, opened: Option<Opened>) -> Entered {
         self.live.count.fetch_add(1, Ordering::SeqCst);
         Entered {
             live: self.live.clone(),
             draining: self.draining.subscribe(),
+            _opened: opened,
         }
     }
 
@@ -85,6 +130,7 @@ impl Connections {
 pub struct Entered {
     live: Arc<Live>,
     draining: watch::Receiver<bool>,
+    _opened: Option<Opened>,
 }
 
 impl Drop for Entered {

@@ -275,6 +275,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         None => None,
     };
     let draining = Arc::new(AtomicBool::new(false));
+    let capacity = conn::Capacity::new(valid.max_connections, metrics.clone());
     let state_for = |listener: usize| {
         Arc::new(server::ProxyState {
             store: store.clone(),
@@ -285,6 +286,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             } else {
                 "http"
             },
+            capacity: capacity.clone(),
         })
     };
     let states: Vec<Arc<server::ProxyState>> = (0..all_addrs.len()).map(state_for).collect();
@@ -297,6 +299,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         } else {
             "http"
         },
+        capacity: capacity.clone(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let watcher = match &options.watch_file {

@@ -175,6 +175,24 @@ lower_case_label!(UpstreamErrorKind {
     Reset => "reset",
 });
 
+/// Why the proxy refused a request itself; the `reason` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RejectReason {
+    MaxRequestsInFlight,
+    BodyTooLarge,
+}
+
+lower_case_label!(RejectReason {
+    MaxRequestsInFlight => "max_requests_in_flight",
+    BodyTooLarge => "body_too_large",
+});
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub route: String,
+    pub reason: RejectReason,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DigestLabels {
     pub sha256: String,
@@ -409,6 +427,9 @@ pub struct Metrics {
     last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
     config_source: Family<DigestLabels, Gauge>,
     config_digest: std::sync::Mutex<Option<String>>,
+    rejected: Family<RejectLabels, Counter>,
+    connections_rejected: Counter,
+    open_connections: Gauge,
 }
 
 impl Metrics {
@@ -456,6 +477,24 @@ impl Metrics {
             "1 for the digest (sha256) of the config text this proxy serves, when it follows a ConfigMap",
             config_source.clone(),
         );
+        let rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "rejected",
+            "Requests the proxy answered itself because a limit was reached (503 max_requests_in_flight, 413 body_too_large)",
+            rejected.clone(),
+        );
+        let connections_rejected = Counter::default();
+        registry.register(
+            "connections_rejected",
+            "Client connections closed at once because limits.max_connections were open",
+            connections_rejected.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open now, all listeners",
+            open_connections.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -473,6 +512,9 @@ impl Metrics {
             last_reload_ok,
             config_source,
             config_digest: std::sync::Mutex::new(None),
+            rejected,
+            connections_rejected,
+            open_connections,
         })
     }
 
@@ -493,6 +535,30 @@ impl Metrics {
                 sha256: digest.to_string(),
             })
             .set(1);
+    }
+
+    /// A request the proxy refused itself (a limit).
+    pub fn record_rejected(&self, route: &str, reason: RejectReason) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                route: route.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// A client connection closed at once (limits.max_connections).
+    pub fn record_connection_rejected(&self) {
+        self.connections_rejected.inc();
+    }
+
+    /// Open client connections, +1 or -1.
+    pub fn connection_opened(&self, opened: bool) {
+        if opened {
+            self.open_connections.inc();
+        } else {
+            self.open_connections.dec();
+        }
     }
 
     /// The digest of the ConfigMap text served, when following one.

@@ -51,6 +51,21 @@ pub struct Route {
     pub canary_match: Vec<ValidMatch>,
     pub request_timeout: Duration,
     pub grpc_failure_codes: crate::grpc::Codes,
+    /// Requests in flight on this route (kept across reloads by name).
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_in_flight: usize,
+    /// `limits.max_request_body` in bytes.
+    pub max_body: Option<u64>,
+}
+
+/// A request's place among its route's requests in flight; given back
+/// when dropped.
+pub struct Permit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Which backend a request goes to, and why.
@@ -62,6 +77,17 @@ pub enum SplitDecision {
 }
 
 impl Route {
+    /// A place for one more request in flight, or None at the limit.
+    pub fn admit(&self) -> Option<Permit> {
+        use std::sync::atomic::Ordering;
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_in_flight).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(self.in_flight.clone()))
+    }
+
     /// Chooses the backend: A/B rules first (not counted toward the weight),
     /// then the exact weighted split.
     pub fn decide(&self, headers: &HeaderMap) -> SplitDecision {
@@ -171,6 +197,12 @@ impl Routing {
                 canary_match: r.canary_match.clone(),
                 request_timeout: r.request_timeout,
                 grpc_failure_codes: r.grpc_failure_codes,
+                in_flight: previous
+                    .and_then(|p| p.route_by_name(&r.name))
+                    .map(|old| old.in_flight.clone())
+                    .unwrap_or_default(),
+                max_in_flight: valid.max_requests_in_flight,
+                max_body: valid.max_request_body,
             }));
         }
         // Longest prefix first, host-specific before any-host, then config order.

@@ -20,10 +20,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::body::{GrpcJudge, InFlight, MeteredBody, Recorder};
+use crate::body::{GrpcJudge, InFlight, MeteredBody, Recorder, UpstreamBody};
 use crate::config::{Protocol, ValidConfig};
 use crate::conn::{Activity, ConnLimits, Connections, Entered, Tracked, supervise};
-use crate::metrics::UpstreamErrorKind;
+use crate::metrics::{RejectReason, UpstreamErrorKind};
 use crate::routing::Backend;
 use crate::store::Store;
 
@@ -37,6 +37,9 @@ pub struct ProxyState {
     pub listener: usize,
     /// `https` when the listener terminates TLS.
     pub scheme: &'static str,
+    /// Open client connections of the whole process (shared by every
+    /// listener and thread).
+    pub capacity: Arc<crate::conn::Capacity>,
 }
 
 /// The hyper connection builder with the configured limits.
@@ -54,7 +57,7 @@ pub fn connection_builder(valid: &ValidConfig) -> auto::Builder<TokioExecutor> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(valid.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(valid.h2_max_streams)
         .keep_alive_interval(valid.h2_keepalive);
     builder
 }
@@ -122,8 +125,13 @@ pub async fn run_listener(
             _ = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Over limits.max_connections: closed at once, counted.
+                    let Some(opened) = state.capacity.try_open() else {
+                        drop(stream);
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
-                    let entered = connections.enter();
+                    let entered = connections.enter(Some(opened));
                     match &tls {
                         None => serve(TokioIo::new(stream), peer, state.clone(), &builder, entered, limits),
                         Some(terminator) => {
@@ -346,6 +354,63 @@ pub async fn handle(
         }
     }
 
+    // Limits the proxy answers itself; such answers count on the backend
+    // chosen (the client got them) and in sluice_rejected_total.
+    let refuse = |status: StatusCode, reason: RejectReason, text: String| {
+        state.store.metrics().record_rejected(&route.name, reason);
+        let recorder = Recorder {
+            series: backend.series(decision).clone(),
+            errors: backend.metrics.clone(),
+            code: status.as_u16(),
+            start,
+            grpc: None,
+            permit: None,
+        };
+        plain(status, text, Some(recorder))
+    };
+    let Some(permit) = route.admit() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::MaxRequestsInFlight,
+            format!(
+                "sluice: route {} has {} requests in flight, its limit\n",
+                route.name, route.max_in_flight
+            ),
+        );
+    };
+    let too_large = || {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            RejectReason::BodyTooLarge,
+            format!(
+                "sluice: the request body is larger than {} bytes, the limit\n",
+                route.max_body.unwrap_or_default()
+            ),
+        )
+    };
+    let (body, exceeded) = match route.max_body {
+        None => (UpstreamBody::Whole(body), None),
+        Some(max) => {
+            let declared = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return too_large();
+            }
+            let exceeded = Arc::new(AtomicBool::new(false));
+            (
+                UpstreamBody::Capped {
+                    inner: body,
+                    left: max,
+                    exceeded: exceeded.clone(),
+                },
+                Some(exceeded),
+            )
+        }
+    };
+
     let in_flight = InFlight::new(backend.series(decision).clone(), start);
     let upstream = backend
         .client
@@ -358,9 +423,11 @@ pub async fn handle(
         code: 0,
         start,
         grpc: None,
+        permit: Some(permit),
     };
     match result {
         Err(_elapsed) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
+        Ok(Err(_)) if exceeded.is_some_and(|e| e.load(Ordering::SeqCst)) => too_large(),
         Ok(Err(e)) => {
             let kind = classify(&e);
             tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %e, "upstream request failed");

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -65,7 +64,7 @@ impl tower_service::Service<Uri> for FixedConnector {
     }
 }
 
-pub type UpstreamClient = Client<FixedConnector, Incoming>;
+pub type UpstreamClient = Client<FixedConnector, crate::body::UpstreamBody>;
 
 /// Everything that shapes an upstream connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

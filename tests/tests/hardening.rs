@@ -381,3 +381,149 @@ async fn forwarding_headers_are_trusted_only_as_configured() {
     assert_eq!(h["x-forwarded-host"], "admin.internal", "{h}");
     assert_eq!(h["forwarded"], "for=1.2.3.4;proto=https", "{h}");
 }
+
+/// `limits.max_connections`: a connection over the limit is closed at once
+/// and counted; a place freed is a place for the next.
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_counted() {
+    let stable = backend("stable").await;
+    let proxy = ChildProxy::start_with(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        "",
+        "limits:\n  max_connections: 3\n",
+        &["--workers", "2"],
+    )
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(c);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await;
+    let (closed, seen) = closed_within(&mut fourth, Duration::from_secs(3)).await;
+    assert!(
+        closed && seen.is_empty(),
+        "the fourth connection was served: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_connections_rejected_total", &[]), 1.0);
+    assert_eq!(m.sum("sluice_open_connections", &[]), 3.0);
+    drop(open.pop());
+    eventually(
+        "a freed place to serve a new connection",
+        Duration::from_secs(5),
+        || async {
+            let (status, _, _) = get(&format!("http://{}/", proxy.addr)).await.ok()?;
+            (status == StatusCode::OK).then_some(())
+        },
+    )
+    .await;
+}
+
+/// `limits.max_requests_in_flight`: with 2 allowed per route and an
+/// upstream that takes 1 s, 6 concurrent requests get 2 answers and 4
+/// immediate 503s, counted in sluice_rejected_total.
+#[tokio::test]
+async fn requests_over_the_routes_limit_are_answered_503() {
+    let slow = serve_http(|_req| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"slow",
+        )))
+    })
+    .await;
+    let proxy = ChildProxy::start_with(
+        &format!("  - {{ name: web, stable: 'http://{slow}' }}\n"),
+        "",
+        "limits:\n  max_requests_in_flight: 2\n",
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/", proxy.addr);
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.unwrap().0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap());
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!((ok, refused), (2, 4), "{statuses:?}");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_rejected_total",
+            &[("route", "web"), ("reason", "max_requests_in_flight")]
+        ),
+        4.0
+    );
+    // The places come back once the answers are done.
+    let (status, _, _) = get(&url).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// `limits.max_request_body`: a declared or a streamed (chunked) body over
+/// the limit is answered 413 and counted; one under it goes through.
+#[tokio::test]
+async fn request_bodies_over_the_limit_are_answered_413() {
+    let echo = start_echo().await;
+    let proxy = ChildProxy::start_with(
+        &format!("  - {{ name: web, stable: 'http://{echo}' }}\n"),
+        "",
+        "limits:\n  max_request_body: 1KiB\n",
+        &[],
+    )
+    .await;
+    let client = h1_client();
+    let post = |body: Vec<u8>| {
+        http::Request::post(format!("http://{}/", proxy.addr))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap()
+    };
+    let (status, _, _) = send(&client, post(vec![b'a'; 512])).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send(&client, post(vec![b'a'; 2048])).await.unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "declared length");
+    // Chunked, no length: the proxy finds out while streaming.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        raw.write_all(b"400\r\n").await.unwrap();
+        raw.write_all(&[b'b'; 0x400]).await.unwrap();
+        raw.write_all(b"\r\n").await.unwrap();
+    }
+    let _ = raw.write_all(b"0\r\n\r\n").await;
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), raw.read_exact(&mut head))
+        .await
+        .expect("an answer to the chunked upload")
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "chunked");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_rejected_total",
+            &[("route", "web"), ("reason", "body_too_large")]
+        ),
+        2.0
+    );
+}
