@@ -245,6 +245,42 @@ impl Routing {
     }
 }
 
+/// The path a request is routed on, normalised as nginx does: percent-
+/// decoding is left alone, runs of `/` become one, and `.` and `..`
+/// segments are resolved (never above the root). So `//admin` and
+/// `/public/../admin` are routed as `/admin`, the path the upstream
+/// will serve; the request itself is forwarded as the client sent it.
+pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let needs = path.contains("//") || path.split('/').any(|seg| seg == "." || seg == "..");
+    if !needs {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" if i != last => {}
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut normal = String::with_capacity(path.len());
+    for seg in &out {
+        normal.push('/');
+        normal.push_str(seg);
+    }
+    if normal.is_empty()
+        || (matches!(segments.last(), Some(&".") | Some(&"..")) && !normal.ends_with('/'))
+    {
+        normal.push('/');
+    }
+    std::borrow::Cow::Owned(normal)
+}
+
 fn host_matches(pattern: &str, host: &str) -> bool {
     if let Some(suffix) = pattern.strip_prefix("*.") {
         host.len() > suffix.len() + 1
@@ -258,6 +294,25 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_normalised_for_routing_as_nginx_does() {
+        for (raw, normal) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/public/../admin/x", "/admin/x"),
+            ("/./admin", "/admin"),
+            ("/../../etc", "/etc"),
+            ("/a/b/..", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/", "/a/"),
+            ("/..", "/"),
+        ] {
+            assert_eq!(normalise_path(raw), normal, "{raw}");
+        }
+    }
 
     fn table(yaml: &str) -> Routing {
         let config = Config::from_yaml(yaml).unwrap();

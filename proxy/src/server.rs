@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -60,6 +60,22 @@ pub fn connection_builder(valid: &ValidConfig) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(valid.h2_max_streams)
         .keep_alive_interval(valid.h2_keepalive);
     builder
+}
+
+/// Joins several `cookie` fields into one, with `"; "`.
+fn join_cookies(headers: &mut HeaderMap) {
+    let fields: Vec<&HeaderValue> = headers.get_all(header::COOKIE).iter().collect();
+    if fields.len() < 2 {
+        return;
+    }
+    let joined: Vec<u8> = fields
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
 }
 
 /// The per-connection time limits of `valid`.
@@ -170,12 +186,13 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
 // === the request path ===
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// `Trailer` is not among them (RFC 9110 §6.6.2): it announces trailer
+/// fields, which an HTTP/1.1 peer sends only when announced.
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -267,6 +284,9 @@ fn plain(status: StatusCode, text: String, recorder: Option<Recorder>) -> Respon
     resp
 }
 
+/// The methods the proxy forwards (answered in `Allow`).
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+
 /// Serves one request end to end; never fails (errors become responses).
 pub async fn handle(
     state: Arc<ProxyState>,
@@ -274,6 +294,23 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<MeteredBody> {
     let start = Instant::now();
+    // Requests a reverse proxy answers itself.
+    if req.method() == Method::CONNECT {
+        let mut resp = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "sluice: CONNECT is not supported; this is a reverse proxy\n".into(),
+            None,
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return resp;
+    }
+    if req.method() == Method::OPTIONS && req.uri().path() == "*" {
+        let mut resp = plain(StatusCode::OK, String::new(), None);
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return resp;
+    }
     let routing = state.store.load();
     let authority = request_authority(&req);
     let host = authority
@@ -281,7 +318,11 @@ pub async fn handle(
         .map(strip_port)
         .map(str::to_ascii_lowercase);
     let Some(route) = routing
-        .find(state.listener, host.as_deref(), req.uri().path())
+        .find(
+            state.listener,
+            host.as_deref(),
+            &crate::routing::normalise_path(req.uri().path()),
+        )
         .cloned()
     else {
         return plain(
@@ -340,6 +381,11 @@ pub async fn handle(
     };
     match route.protocol {
         Protocol::Http1 => {
+            // HTTP/2 splits cookies into fields; HTTP/1.1 takes one
+            // (RFC 9113 §8.2.3).
+            if parts.version == Version::HTTP_2 {
+                join_cookies(&mut parts.headers);
+            }
             parts.version = Version::HTTP_11;
             if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
                 parts.headers.insert(header::HOST, v);

@@ -527,3 +527,102 @@ async fn request_bodies_over_the_limit_are_answered_413() {
         2.0
     );
 }
+
+/// HTTP semantics a proxy must keep: HTTP/1.1 trailers pass (the
+/// `Trailer` field is not hop-by-hop); cookies from an HTTP/2 client reach
+/// an HTTP/1.1 upstream as one field; paths with `//` or dot-segments are
+/// routed as normalised (as nginx does); CONNECT and `OPTIONS *` get
+/// deliberate answers.
+#[tokio::test]
+async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
+    // An HTTP/1.1 upstream that answers with a trailer and reports the
+    // cookie fields it got.
+    let upstream = serve_http(|req: http::Request<hyper::body::Incoming>| async move {
+        let cookies: Vec<String> = req
+            .headers()
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .collect();
+        let body = format!("{}|{}", req.uri().path(), cookies.join("||"));
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc123".parse().unwrap());
+        let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+            Ok(hyper::body::Frame::data(bytes::Bytes::from(body))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        http::Response::builder()
+            .header(http::header::TRAILER, "x-checksum")
+            .body(http_body_util::StreamBody::new(futures::stream::iter(
+                frames,
+            )))
+            .unwrap()
+    })
+    .await;
+    let other = backend("other").await;
+    let routes = format!(
+        "  - {{ name: admin, path_prefix: /admin, stable: 'http://{upstream}' }}\n  - {{ name: rest, stable: '{}' }}\n",
+        other.url()
+    );
+    let proxy = ChildProxy::start(&routes, &[]).await;
+
+    // Trailers reach an HTTP/1.1 client.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(b"GET /admin HTTP/1.1\r\nHost: web\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(text.contains("x-checksum: abc123"), "{text}");
+
+    // Routed on the normalised path, forwarded as sent.
+    for path in ["//admin/x", "/public/../admin/x", "/./admin/x"] {
+        let (status, _, body) = get(&format!("http://{}{path}", proxy.addr)).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert!(
+            body.starts_with(&format!("{path}|")),
+            "{path} went elsewhere: {body}"
+        );
+    }
+
+    // Two cookie fields over HTTP/2 become one over HTTP/1.1.
+    let req = http::Request::get(format!("http://{}/admin", proxy.addr))
+        .header(http::header::COOKIE, "a=1")
+        .header(http::header::COOKIE, "b=2")
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, _, body) = send(&h2_client(), req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&body), "/admin|a=1; b=2");
+
+    // CONNECT: refused, saying why; OPTIONS *: the methods, not forwarded.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(
+        text.starts_with("http/1.1 405") && text.contains("allow:"),
+        "{text}"
+    );
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(b"OPTIONS * HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(
+        text.starts_with("http/1.1 200") && text.contains("allow: get"),
+        "{text}"
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_requests_total", &[("route", "rest")]),
+        0.0,
+        "OPTIONS * or CONNECT was forwarded"
+    );
+}
