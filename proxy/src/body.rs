@@ -66,16 +66,79 @@ pub struct GrpcJudge {
     pub status: Option<u32>,
 }
 
-/// A request body on its way upstream: as the client sends it, or capped
-/// at `limits.max_request_body` (a body that grows past it ends in an
-/// error, and `exceeded` tells the request path to answer 413).
-pub enum UpstreamBody {
-    Whole(hyper::body::Incoming),
-    Capped {
-        inner: hyper::body::Incoming,
-        left: u64,
-        exceeded: Arc<std::sync::atomic::AtomicBool>,
-    },
+/// A request body on its way upstream, watched: when it has been sent
+/// (the request timeout starts then), when its last chunk came (a client
+/// that pauses too long gets 408), and whether it grew past
+/// `limits.max_request_body` (it then ends in an error and the request
+/// path answers 413).
+pub struct UpstreamBody {
+    inner: hyper::body::Incoming,
+    /// Bytes still allowed; None: no cap.
+    left: Option<u64>,
+    progress: Arc<BodyProgress>,
+}
+
+/// What the request path knows of an [`UpstreamBody`] on its way.
+pub struct BodyProgress {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+    exceeded: std::sync::atomic::AtomicBool,
+    sent: tokio::sync::Notify,
+}
+
+impl BodyProgress {
+    fn mark_done(&self) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.sent.notify_waiters();
+        }
+    }
+
+    /// Resolves once the whole body has gone upstream.
+    pub async fn sent(&self) {
+        loop {
+            let notified = self.sent.notified();
+            if self.is_sent() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn is_sent(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Time since the last chunk (or the start).
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = self.last_ms.load(std::sync::atomic::Ordering::SeqCst);
+        let now = self.start.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(now.saturating_sub(last))
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(inner: hyper::body::Incoming, cap: Option<u64>) -> (Self, Arc<BodyProgress>) {
+        let progress = Arc::new(BodyProgress {
+            start: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            done: std::sync::atomic::AtomicBool::new(inner.is_end_stream()),
+            exceeded: std::sync::atomic::AtomicBool::new(false),
+            sent: tokio::sync::Notify::new(),
+        });
+        (
+            Self {
+                inner,
+                left: cap,
+                progress: progress.clone(),
+            },
+            progress,
+        )
+    }
 }
 
 /// The error of a body that grew past its cap.
@@ -91,41 +154,42 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Whole(inner) => Pin::new(inner)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(Into::into))),
-            UpstreamBody::Capped {
-                inner,
-                left,
-                exceeded,
-            } => match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let p = &this.progress;
+                p.last_ms.store(
+                    p.start.elapsed().as_millis() as u64,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(left) = &mut this.left {
                     if len > *left {
-                        exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
+                        p.exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *left -= len;
-                    Poll::Ready(Some(Ok(frame)))
                 }
-                other => other.map(|f| f.map(|r| r.map_err(Into::into))),
-            },
+                if this.inner.is_end_stream() {
+                    p.mark_done();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.progress.mark_done();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Whole(inner) | UpstreamBody::Capped { inner, .. } => {
-                inner.is_end_stream()
-            }
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            UpstreamBody::Whole(inner) | UpstreamBody::Capped { inner, .. } => inner.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
 

@@ -246,10 +246,15 @@ pub struct Timeouts {
     /// TCP connect timeout to an upstream.
     #[serde(default = "default_connect_timeout")]
     pub connect: String,
-    /// Time from sending the request upstream to receiving the response head.
+    /// Time from the end of the request body (sent upstream) to the
+    /// response head, so a slow upload is not charged to the backend.
     /// Bodies may stream for longer (gRPC streams, downloads).
     #[serde(default = "default_request_timeout")]
     pub request: String,
+    /// Longest pause between chunks of a request body the client sends;
+    /// a longer one is answered 408.
+    #[serde(default = "default_body_idle_timeout")]
+    pub idle: String,
 }
 
 impl Default for Timeouts {
@@ -257,6 +262,7 @@ impl Default for Timeouts {
         Self {
             connect: default_connect_timeout(),
             request: default_request_timeout(),
+            idle: default_body_idle_timeout(),
         }
     }
 }
@@ -267,6 +273,10 @@ fn default_connect_timeout() -> String {
 
 fn default_request_timeout() -> String {
     "30s".to_string()
+}
+
+fn default_body_idle_timeout() -> String {
+    "60s".to_string()
 }
 
 // === errors ===
@@ -575,6 +585,8 @@ pub struct ValidRoute {
     pub canary_match: Vec<ValidMatch>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Longest pause between request body chunks.
+    pub body_idle_timeout: Duration,
     pub upstream_tls: UpstreamTls,
     pub grpc_failure_codes: crate::grpc::Codes,
 }
@@ -988,6 +1000,8 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         &format!("{at}.timeouts.request"),
         errs,
     );
+    let body_idle_timeout =
+        positive_duration(&route.timeouts.idle, &format!("{at}.timeouts.idle"), errs);
     let uses_https = stable.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
         || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
     if let Some(tls) = &route.upstream_tls {
@@ -1033,6 +1047,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         canary_match: matches,
         connect_timeout: connect_timeout?,
         request_timeout: request_timeout?,
+        body_idle_timeout: body_idle_timeout?,
         upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
         grpc_failure_codes,
     })

@@ -50,6 +50,7 @@ pub struct Route {
     pub split: Arc<SplitState>,
     pub canary_match: Vec<ValidMatch>,
     pub request_timeout: Duration,
+    pub body_idle_timeout: Duration,
     pub grpc_failure_codes: crate::grpc::Codes,
     /// Requests in flight on this route (kept across reloads by name).
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -196,6 +197,7 @@ impl Routing {
                 split,
                 canary_match: r.canary_match.clone(),
                 request_timeout: r.request_timeout,
+                body_idle_timeout: r.body_idle_timeout,
                 grpc_failure_codes: r.grpc_failure_codes,
                 in_flight: previous
                     .and_then(|p| p.route_by_name(&r.name))

@@ -284,6 +284,14 @@ fn plain(status: StatusCode, text: String, recorder: Option<Recorder>) -> Respon
     resp
 }
 
+/// Which side stopped an exchange by taking too long.
+enum Stalled {
+    /// No response head within the request timeout after the body.
+    Upstream,
+    /// The client paused its request body too long.
+    Client,
+}
+
 /// The methods the proxy forwards (answered in `Allow`).
 const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 
@@ -434,35 +442,45 @@ pub async fn handle(
             ),
         )
     };
-    let (body, exceeded) = match route.max_body {
-        None => (UpstreamBody::Whole(body), None),
-        Some(max) => {
-            let declared = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return too_large();
-            }
-            let exceeded = Arc::new(AtomicBool::new(false));
-            (
-                UpstreamBody::Capped {
-                    inner: body,
-                    left: max,
-                    exceeded: exceeded.clone(),
-                },
-                Some(exceeded),
-            )
+    if let Some(max) = route.max_body {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return too_large();
         }
-    };
+    }
+    let (body, progress) = UpstreamBody::new(body, route.max_body);
 
     let in_flight = InFlight::new(backend.series(decision).clone(), start);
     let upstream = backend
         .client
         .current()
         .request(Request::from_parts(parts, body));
-    let result = tokio::time::timeout(route.request_timeout, upstream).await;
+    // The request timeout runs from the end of the request body, so a
+    // slow upload is not charged to the backend; a client that pauses its
+    // body longer than `timeouts.idle` gets 408.
+    let response_due = async {
+        progress.sent().await;
+        tokio::time::sleep(route.request_timeout).await;
+    };
+    let client_stalled = async {
+        let every =
+            (route.body_idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            if !progress.is_sent() && progress.idle_for() >= route.body_idle_timeout {
+                return;
+            }
+        }
+    };
+    let result = tokio::select! {
+        answer = upstream => Ok(answer),
+        _ = response_due => Err(Stalled::Upstream),
+        _ = client_stalled => Err(Stalled::Client),
+    };
     let recorder = Recorder {
         series: in_flight.answered(),
         errors: backend.metrics.clone(),
@@ -472,8 +490,19 @@ pub async fn handle(
         permit: Some(permit),
     };
     match result {
-        Err(_elapsed) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
-        Ok(Err(_)) if exceeded.is_some_and(|e| e.load(Ordering::SeqCst)) => too_large(),
+        Err(Stalled::Upstream) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
+        Err(Stalled::Client) => plain(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "sluice: the request body paused for more than {:?}\n",
+                route.body_idle_timeout
+            ),
+            Some(Recorder {
+                code: StatusCode::REQUEST_TIMEOUT.as_u16(),
+                ..recorder
+            }),
+        ),
+        Ok(Err(_)) if progress.exceeded() => too_large(),
         Ok(Err(e)) => {
             let kind = classify(&e);
             tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %e, "upstream request failed");

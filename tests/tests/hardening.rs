@@ -626,3 +626,56 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
         "OPTIONS * or CONNECT was forwarded"
     );
 }
+
+/// The request timeout starts when the request body has been sent: an
+/// upload slower than the timeout is not a 504 charged to the backend. A
+/// client that pauses its body longer than `timeouts.idle` gets 408, and
+/// that is not an upstream error either.
+#[tokio::test]
+async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() {
+    // An upstream that answers once it has the whole body.
+    let echo = serve_http(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(n.to_string())))
+    })
+    .await;
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - {{ name: web, stable: 'http://{echo}', timeouts: {{ request: 1s, idle: 1s }} }}\n"
+        ),
+        &[],
+    )
+    .await;
+    // 2.4 s of upload in 6 pieces, each pause under the idle timeout.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(
+        b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 60\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        raw.write_all(&[b'x'; 10]).await.unwrap();
+    }
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "a slow upload: {text}");
+
+    // 10 bytes of 100, then silence.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(6)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 408"), "a stalled upload: {text}");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
+    assert_eq!(m.sum("sluice_requests_total", &[("code", "504")]), 0.0);
+}
