@@ -255,6 +255,12 @@ pub struct Timeouts {
     /// a longer one is answered 408.
     #[serde(default = "default_body_idle_timeout")]
     pub idle: String,
+    /// How long an idle pooled upstream connection is kept: below the
+    /// keep-alive of common servers (Node 5 s), so the proxy closes it
+    /// before the server does and never sends on a connection the server
+    /// is closing.
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub upstream_idle: String,
 }
 
 impl Default for Timeouts {
@@ -263,6 +269,7 @@ impl Default for Timeouts {
             connect: default_connect_timeout(),
             request: default_request_timeout(),
             idle: default_body_idle_timeout(),
+            upstream_idle: default_upstream_idle_timeout(),
         }
     }
 }
@@ -273,6 +280,10 @@ fn default_connect_timeout() -> String {
 
 fn default_request_timeout() -> String {
     "30s".to_string()
+}
+
+fn default_upstream_idle_timeout() -> String {
+    "4s".to_string()
 }
 
 fn default_body_idle_timeout() -> String {
@@ -584,6 +595,8 @@ pub struct ValidRoute {
     pub canary_weight_bp: u32,
     pub canary_match: Vec<ValidMatch>,
     pub connect_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this.
+    pub upstream_idle_timeout: Duration,
     pub request_timeout: Duration,
     /// Longest pause between request body chunks.
     pub body_idle_timeout: Duration,
@@ -1002,6 +1015,11 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
     );
     let body_idle_timeout =
         positive_duration(&route.timeouts.idle, &format!("{at}.timeouts.idle"), errs);
+    let upstream_idle_timeout = positive_duration(
+        &route.timeouts.upstream_idle,
+        &format!("{at}.timeouts.upstream_idle"),
+        errs,
+    );
     let uses_https = stable.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
         || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
     if let Some(tls) = &route.upstream_tls {
@@ -1046,6 +1064,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         canary_weight_bp: weight?,
         canary_match: matches,
         connect_timeout: connect_timeout?,
+        upstream_idle_timeout: upstream_idle_timeout?,
         request_timeout: request_timeout?,
         body_idle_timeout: body_idle_timeout?,
         upstream_tls: route.upstream_tls.clone().unwrap_or_default(),

@@ -159,6 +159,7 @@ impl Routing {
                     url: url.clone(),
                     protocol: r.protocol,
                     connect_timeout: r.connect_timeout,
+                    idle_timeout: r.upstream_idle_timeout,
                     tls: r.tls_for(url),
                 };
                 let has_rules = label == BackendLabel::Canary && !r.canary_match.is_empty();

@@ -72,6 +72,7 @@ pub struct PoolKey {
     pub url: UpstreamUrl,
     pub protocol: Protocol,
     pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
     pub tls: Option<UpstreamTlsKey>,
 }
 
@@ -105,7 +106,7 @@ fn build_client(key: &PoolKey) -> UpstreamClient {
     builder
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(key.idle_timeout)
         .pool_max_idle_per_host(1024);
     if key.protocol == Protocol::Http2 {
         builder.http2_only(true);

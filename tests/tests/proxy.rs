@@ -1055,3 +1055,31 @@ async fn distinct_host_headers_share_the_backends_connection() {
         assert_eq!(seen[1].1, "tenant-1.example:1001");
     }
 }
+
+/// Idle pooled upstream connections are closed after
+/// `timeouts.upstream_idle` (default 4 s, below common servers' keep-alive),
+/// so the proxy never reuses a connection the server is about to close.
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout() {
+    let (upstream, accepted, _) = counting_upstream(false).await;
+    let routes = format!(
+        "  - {{ name: web, stable: 'http://{upstream}', timeouts: {{ upstream_idle: 300ms }} }}\n"
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let url = format!("http://{}/", proxy.addr);
+    for _ in 0..3 {
+        assert_eq!(get(&url).await.unwrap().0, StatusCode::OK);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "back to back: one connection"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(&url).await.unwrap().0, StatusCode::OK);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "after the idle timeout the pooled connection was closed and a new one opened"
+    );
+}
