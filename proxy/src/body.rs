@@ -72,7 +72,8 @@ pub struct GrpcJudge {
 /// `limits.max_request_body` (it then ends in an error and the request
 /// path answers 413).
 pub struct UpstreamBody {
-    inner: hyper::body::Incoming,
+    /// None: no body (a retried request without one).
+    inner: Option<hyper::body::Incoming>,
     /// Bytes still allowed; None: no cap.
     left: Option<u64>,
     progress: Arc<BodyProgress>,
@@ -132,12 +133,27 @@ impl UpstreamBody {
         });
         (
             Self {
-                inner,
+                inner: Some(inner),
                 left: cap,
                 progress: progress.clone(),
             },
             progress,
         )
+    }
+
+    /// A request body with nothing in it.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            left: None,
+            progress: Arc::new(BodyProgress {
+                start: Instant::now(),
+                last_ms: std::sync::atomic::AtomicU64::new(0),
+                done: std::sync::atomic::AtomicBool::new(true),
+                exceeded: std::sync::atomic::AtomicBool::new(false),
+                sent: tokio::sync::Notify::new(),
+            }),
+        }
     }
 }
 
@@ -155,7 +171,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let p = &this.progress;
                 p.last_ms.store(
@@ -170,7 +189,7 @@ impl Body for UpstreamBody {
                     }
                     *left -= len;
                 }
-                if this.inner.is_end_stream() {
+                if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) {
                     p.mark_done();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -185,11 +204,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), |i| i.size_hint())
     }
 }
 

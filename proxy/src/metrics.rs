@@ -188,6 +188,12 @@ lower_case_label!(RejectReason {
 });
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub route: String,
+    pub backend: BackendLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
     pub route: String,
     pub reason: RejectReason,
@@ -428,6 +434,7 @@ pub struct Metrics {
     config_source: Family<DigestLabels, Gauge>,
     config_digest: std::sync::Mutex<Option<String>>,
     rejected: Family<RejectLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
 }
@@ -483,6 +490,12 @@ impl Metrics {
             "Requests the proxy answered itself because a limit was reached (503 max_requests_in_flight, 413 body_too_large)",
             rejected.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests without a body tried once more after their backend could not be reached (within a budget of 20% of requests plus 10)",
+            retries.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "connections_rejected",
@@ -513,6 +526,7 @@ impl Metrics {
             config_source,
             config_digest: std::sync::Mutex::new(None),
             rejected,
+            retries,
             connections_rejected,
             open_connections,
         })
@@ -602,6 +616,13 @@ impl Metrics {
                 route: route.to_string(),
                 backend,
                 errors: self.upstream_errors.clone(),
+                retries: self
+                    .retries
+                    .get_or_create(&RetryLabels {
+                        route: route.to_string(),
+                        backend,
+                    })
+                    .clone(),
             }),
         }
     }
@@ -617,9 +638,15 @@ struct BackendMetricsInner {
     route: String,
     backend: BackendLabel,
     errors: Family<UpstreamErrorLabels, Counter>,
+    retries: Counter,
 }
 
 impl BackendMetrics {
+    /// A request tried once more after its backend could not be reached.
+    pub fn record_retry(&self) {
+        self.inner.retries.inc();
+    }
+
     pub fn record_upstream_error(&self, kind: UpstreamErrorKind) {
         self.inner
             .errors

@@ -26,6 +26,34 @@ pub struct Backend {
     /// Requests sent here by an A/B rule (canaries of routes with rules).
     pub matched: Option<Arc<Series>>,
     pub pool_key: PoolKey,
+    /// Retries allowed: 20% of requests, plus 10 (as Linkerd's budget).
+    pub retry_budget: Arc<RetryBudget>,
+}
+
+/// How many retries a backend may still make: at most 20% of its
+/// requests plus 10, counted since the table was built.
+#[derive(Default)]
+pub struct RetryBudget {
+    requests: std::sync::atomic::AtomicU64,
+    retries: std::sync::atomic::AtomicU64,
+}
+
+impl RetryBudget {
+    pub fn note_request(&self) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn try_retry(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let allowed = self.requests.load(Ordering::Relaxed) / 5 + 10;
+        self.retries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                (r < allowed).then_some(r + 1)
+            })
+            .is_ok()
+    }
 }
 
 impl Backend {
@@ -171,6 +199,7 @@ impl Routing {
                     weighted: metrics.series(&r.name, label, Decision::Weight),
                     matched: has_rules.then(|| metrics.series(&r.name, label, Decision::Match)),
                     pool_key,
+                    retry_budget: Arc::default(),
                 }
             };
             let stable = make_backend(BackendLabel::Stable, &r.stable);

@@ -455,10 +455,31 @@ pub async fn handle(
     let (body, progress) = UpstreamBody::new(body, route.max_body);
 
     let in_flight = InFlight::new(backend.series(decision).clone(), start);
-    let upstream = backend
-        .client
-        .current()
-        .request(Request::from_parts(parts, body));
+    // A request without a body that could not reach the backend at all
+    // (connect refused or timed out: no byte was written) is tried once
+    // more, within the backend's retry budget.
+    backend.retry_budget.note_request();
+    let again = (progress.is_sent() && !upgrade).then(|| {
+        let mut copy = Request::new(UpstreamBody::empty());
+        *copy.method_mut() = parts.method.clone();
+        *copy.uri_mut() = parts.uri.clone();
+        *copy.version_mut() = parts.version;
+        *copy.headers_mut() = parts.headers.clone();
+        copy
+    });
+    let client = backend.client.current();
+    let upstream = async {
+        match client.request(Request::from_parts(parts, body)).await {
+            Err(e) if e.is_connect() => match again {
+                Some(again) if backend.retry_budget.try_retry() => {
+                    backend.metrics.record_retry();
+                    client.request(again).await
+                }
+                _ => Err(e),
+            },
+            other => other,
+        }
+    };
     // The request timeout runs from the end of the request body, so a
     // slow upload is not charged to the backend; a client that pauses its
     // body longer than `timeouts.idle` gets 408.

@@ -679,3 +679,55 @@ async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() 
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
     assert_eq!(m.sum("sluice_requests_total", &[("code", "504")]), 0.0);
 }
+
+/// A request without a body whose backend cannot be reached is tried once
+/// more, within a budget of 20% of the backend's requests plus 10; a request
+/// with a body is never retried.
+#[tokio::test]
+async fn unreachable_backends_get_one_retry_within_the_budget() {
+    let dead = free_port();
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: 'http://127.0.0.1:{dead}' }}\n"),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/", proxy.addr);
+    let post = http::Request::post(&url)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"payload",
+        )))
+        .unwrap();
+    assert_eq!(
+        send(&h1_client(), post).await.unwrap().0,
+        StatusCode::BAD_GATEWAY
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_retries_total",
+            &[("route", "web"), ("backend", "stable")]
+        ),
+        0.0,
+        "a request with a body was retried"
+    );
+    for _ in 0..100 {
+        assert_eq!(get(&url).await.unwrap().0, StatusCode::BAD_GATEWAY);
+    }
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_retries_total",
+            &[("route", "web"), ("backend", "stable")]
+        ),
+        30.0,
+        "the budget after 101 requests: 101 / 5 + 10"
+    );
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "web"), ("kind", "connect")]
+        ),
+        101.0,
+        "one error per request, however often it was tried"
+    );
+}
