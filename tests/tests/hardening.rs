@@ -28,6 +28,22 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// An upstream that answers (with the length it read) only once it has
+/// the whole request body.
+async fn body_reader() -> SocketAddr {
+    serve_http(|req: http::Request<hyper::body::Incoming>| async move {
+        use http_body_util::BodyExt;
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(n.to_string())))
+    })
+    .await
+}
+
 /// A proxy binary with 1 s header and idle timeouts and an admin token.
 async fn strict_proxy(upstream: &BackendHandle, extra: &str) -> (ChildProxy, String) {
     let dir = TempDir::new("hardening");
@@ -483,7 +499,9 @@ async fn requests_over_the_routes_limit_are_answered_503() {
 /// the limit is answered 413 and counted; one under it goes through.
 #[tokio::test]
 async fn request_bodies_over_the_limit_are_answered_413() {
-    let echo = start_echo().await;
+    // An upstream that answers only once it has read the whole body, so
+    // the cap is always reached before any answer.
+    let echo = body_reader().await;
     let proxy = ChildProxy::start_with(
         &format!("  - {{ name: web, stable: 'http://{echo}' }}\n"),
         "",
@@ -633,18 +651,7 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
 /// that is not an upstream error either.
 #[tokio::test]
 async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() {
-    // An upstream that answers once it has the whole body.
-    let echo = serve_http(|req: http::Request<hyper::body::Incoming>| async move {
-        use http_body_util::BodyExt;
-        let n = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes().len())
-            .unwrap_or(0);
-        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(n.to_string())))
-    })
-    .await;
+    let echo = body_reader().await;
     let proxy = ChildProxy::start(
         &format!(
             "  - {{ name: web, stable: 'http://{echo}', timeouts: {{ request: 1s, idle: 1s }} }}\n"
