@@ -666,6 +666,36 @@ pub fn impatient_load(
 
 // === TLS ===
 
+/// A TLS connection to `addr` as `localhost`, trusting only `ca_pem`.
+pub async fn tls_connect(
+    ca_pem: &str,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the TLS listener");
+    connector
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").expect("server name"),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake")
+}
+
 /// A test certificate authority made with rcgen.
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,

@@ -879,29 +879,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[tokio::test]
 async fn upstream_connections_survive_a_reload_that_keeps_the_backend() {
-    // An upstream that counts the TCP connections it accepts.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
-                        Bytes::from_static(b"ok"),
-                    )))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+    let (upstream, accepted, _) = counting_upstream(false).await;
     let canary = backend("canary").await;
     let routes = format!(
         "  - {{ name: web, stable: 'http://{upstream}', canary: '{}', canary_weight: 0 }}\n",

@@ -213,52 +213,79 @@ async fn scrape_proxy_digests(
     ns: &str,
     app: &str,
 ) -> Result<Vec<ReplicaConfig>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let selector = proxy_pod_labels(app)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
     let mut out = Vec::new();
-    for pod in pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-    {
-        let ready = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        if !ready || pod.metadata.deletion_timestamp.is_some() {
+    for pod in proxy_pods(client, ns, app).await? {
+        if !pod.ready {
             continue;
         }
-        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let port = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first())
-            .and_then(|c| c.ports.as_ref())
-            .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("sluice-admin")))
-            .map(|p| p.container_port);
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        let digest = match (ip, port) {
-            (Some(ip), Some(port)) => {
-                let url = format!("http://{ip}:{port}/metrics");
+        let digest = match &pod.admin {
+            Some(admin) => {
+                let url = format!("{admin}/metrics");
                 match http.get(&url, Duration::from_secs(2)).await {
                     Ok(answer) => served_digest(&answer.text())
                         .ok_or_else(|| format!("{url} reports no sluice_config_source")),
                     Err(e) => Err(format!("{url}: {e}")),
                 }
             }
-            _ => Err("no pod IP or sluice-admin port yet".into()),
+            None => Err("no pod IP yet".into()),
         };
         out.push(ReplicaConfig {
-            pod: pod_name,
+            pod: pod.name,
             digest,
         });
     }
     Ok(out)
+}
+
+/// A proxy pod of an app, as the operator reaches it.
+struct ProxyPod {
+    name: String,
+    /// Ready, and not going away.
+    ready: bool,
+    /// `http://IP:PORT` of its admin listener (the container's
+    /// `sluice-admin` port), once it has an IP.
+    admin: Option<String>,
+}
+
+/// The proxy pods of `app`, by their labels.
+async fn proxy_pods(client: &kube::Client, ns: &str, app: &str) -> Result<Vec<ProxyPod>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = proxy_pod_labels(app)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|pod| {
+            let ready = pod.metadata.deletion_timestamp.is_none()
+                && pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let port = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.ports.as_ref())
+                .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("sluice-admin")))
+                .map_or(PROXY_ADMIN_PORT, |p| p.container_port);
+            let admin = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .map(|ip| format!("http://{ip}:{port}"));
+            ProxyPod {
+                name: pod.metadata.name.unwrap_or_default(),
+                ready,
+                admin,
+            }
+        })
+        .collect())
 }
 
 /// The digest in a proxy's metrics text, if it reports one.
@@ -1453,15 +1480,10 @@ async fn set_weight(
 
 /// Proxy replica admin URLs, for the proxy provider.
 async fn proxy_targets(ctx: &Context, ns: &str, app: &str) -> Result<Vec<String>, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!("sluice.dev/release={app},app.kubernetes.io/name=sluice-proxy");
-    Ok(pods
-        .list(&ListParams::default().labels(&selector))
+    Ok(proxy_pods(&ctx.client, ns, app)
         .await?
-        .items
         .into_iter()
-        .filter_map(|p| p.status.and_then(|s| s.pod_ip))
-        .map(|ip| format!("http://{ip}:{PROXY_ADMIN_PORT}"))
+        .filter_map(|p| p.admin)
         .collect())
 }
 

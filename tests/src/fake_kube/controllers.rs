@@ -71,24 +71,23 @@ pub fn reconcile(fake: &FakeKube) {
     let mut store = fake.inner.store.lock().expect("store");
     collect_garbage(fake, &mut store);
     kubelet(fake, &mut store);
-    let deployments: Vec<(Key, Value)> = store
-        .objects
-        .iter()
-        .filter(|((k, _, _), _)| k.0 == APPS && k.1 == "deployments")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (key, d) in deployments {
+    for (key, d) in all_of(&store, APPS, "deployments") {
         deployment(fake, &mut store, &key.1, &d);
     }
-    let services: Vec<(Key, Value)> = store
-        .objects
-        .iter()
-        .filter(|((k, _, _), _)| k.0 == CORE && k.1 == "services")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (key, s) in services {
+    for (key, s) in all_of(&store, CORE, "services") {
         endpoints(fake, &mut store, &key.1, &s);
     }
+}
+
+/// Every object of one kind in every namespace, copied out of the store
+/// (the controllers change the store while they walk them).
+fn all_of(store: &Store, prefix: &str, plural: &str) -> Vec<(Key, Value)> {
+    store
+        .objects
+        .iter()
+        .filter(|((k, _, _), _)| k.0 == prefix && k.1 == plural)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn collect_garbage(fake: &FakeKube, store: &mut Store) {
