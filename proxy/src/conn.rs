@@ -15,7 +15,12 @@
 //!   that never answers the GOAWAY's PING), the connection is closed after
 //!   another idle timeout.
 //! - A drain shuts every connection down gracefully and waits, up to the
-//!   drain timeout, for them to finish.
+//!   drain timeout, for them to finish. Upgraded connections (WebSocket
+//!   and other tunnels) are tracked apart, in [`ProxyState::tunnels`]:
+//!   a drain waits for them too, within the same timeout, and cuts the
+//!   ones still open when it runs out.
+//!
+//! [`ProxyState::tunnels`]: crate::server::ProxyState::tunnels
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,6 +61,14 @@ impl Capacity {
         }
         self.metrics.connection_opened(true);
         Some(Opened(self.clone()))
+    }
+
+    /// A place for a connection that already had one and is carried on
+    /// in another form (an upgraded tunnel): counted, never refused.
+    pub fn carry_on(self: &Arc<Self>) -> Opened {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.metrics.connection_opened(true);
+        Opened(self.clone())
     }
 }
 

@@ -276,6 +276,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
     };
     let draining = Arc::new(AtomicBool::new(false));
     let capacity = conn::Capacity::new(valid.max_connections, metrics.clone());
+    let tunnels = Arc::new(conn::Connections::default());
     let state_for = |listener: usize| {
         Arc::new(server::ProxyState {
             store: store.clone(),
@@ -287,6 +288,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
                 "http"
             },
             capacity: capacity.clone(),
+            tunnels: tunnels.clone(),
         })
     };
     let states: Vec<Arc<server::ProxyState>> = (0..all_addrs.len()).map(state_for).collect();
@@ -300,6 +302,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             "http"
         },
         capacity: capacity.clone(),
+        tunnels,
     });
     let (stop, stop_rx) = watch::channel(false);
     let watcher = match &options.watch_file {

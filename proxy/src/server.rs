@@ -40,6 +40,9 @@ pub struct ProxyState {
     /// Open client connections of the whole process (shared by every
     /// listener and thread).
     pub capacity: Arc<crate::conn::Capacity>,
+    /// Upgraded connections (WebSocket and other tunnels) of the whole
+    /// process: a drain waits for them as for requests, then cuts them.
+    pub tunnels: Arc<Connections>,
 }
 
 /// The hyper connection builder with the configured limits.
@@ -175,7 +178,14 @@ pub async fn run_listener(
     }
     drop(listener);
     tracing::info!(timeout = ?drain_timeout, "draining in-flight requests");
+    let deadline = tokio::time::Instant::now() + drain_timeout;
     connections.drain(drain_timeout).await;
+    // Then the tunnels, within what is left of the same timeout; the ones
+    // still open after it are cut when this serving thread ends.
+    state
+        .tunnels
+        .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
@@ -534,7 +544,10 @@ pub async fn handle(
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 if let Some(client_upgrade) = client_upgrade {
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                    // The tunnel still holds the client's connection: it
+                    // counts as open and a drain waits for it.
+                    let held = state.tunnels.enter(Some(state.capacity.carry_on()));
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, held));
                 }
                 strip_hop_by_hop(resp.headers_mut(), true);
             } else {
@@ -658,7 +671,11 @@ fn add_forwarded_headers(
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _held: Entered,
+) {
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
             let mut client = TokioIo::new(client);

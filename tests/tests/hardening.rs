@@ -711,3 +711,80 @@ async fn unreachable_backends_get_one_retry_within_the_budget() {
         "one error per request, however often it was tried"
     );
 }
+
+/// Opens a WebSocket tunnel through the proxy at `addr` and checks that it
+/// echoes.
+async fn open_tunnel(addr: SocketAddr) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    assert!(tunnel_echoes(&mut stream, b"hello").await);
+    stream
+}
+
+async fn tunnel_echoes(stream: &mut tokio::net::TcpStream, message: &[u8]) -> bool {
+    if stream.write_all(message).await.is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; message.len()];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut back)).await,
+        Ok(Ok(_))
+    ) && back == message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_get_the_drain_timeout_then_are_cut() {
+    let echo = start_echo().await;
+    let mut proxy = ChildProxy::start(
+        &format!("  - {{ name: ws, stable: 'http://{echo}' }}\n"),
+        &["--drain-delay", "300ms", "--drain-timeout", "3s"],
+    )
+    .await;
+    let mut tunnel = open_tunnel(proxy.addr).await;
+    let open = scrape(proxy.admin)
+        .await
+        .sum("sluice_open_connections", &[]);
+    assert_eq!(open, 1.0, "an open tunnel counts as an open connection");
+    let signalled = Instant::now();
+    proxy.signal("TERM");
+    // Past the drain delay the listener is closed, yet the tunnel lives on
+    // and the proxy waits for it.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "the listener closes after the drain delay"
+    );
+    assert!(
+        tunnel_echoes(&mut tunnel, b"still there during the drain").await,
+        "a tunnel is cut before the drain timeout"
+    );
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "the proxy exited while a tunnel was open and the drain timeout had not passed"
+    );
+    // At the drain timeout the tunnel is cut and the proxy exits.
+    let (closed, _) = closed_within(&mut tunnel, Duration::from_secs(6)).await;
+    assert!(closed, "the tunnel outlived the drain timeout");
+    let cut_after = signalled.elapsed();
+    assert!(
+        cut_after >= Duration::from_millis(3000),
+        "the tunnel was cut {cut_after:?} after SIGTERM, before the 300 ms delay + 3 s timeout"
+    );
+    let status = tokio::task::spawn_blocking(move || proxy.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.code().is_some(),
+        "the proxy ended by a signal: {status:?}"
+    );
+}
