@@ -369,34 +369,13 @@ pub async fn handle(
         state.scheme,
         trusted_hops,
     );
+    // Upstream connections are dialled to the backend whatever the request
+    // says (see `crate::upstream`): no value a client sends opens one.
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    // The URI names the backend, never the client's Host: the upstream
-    // pool is keyed by it, so no value a client sends can open upstream
-    // connections. The client's Host goes in the Host header (HTTP/1).
-    let backend_authority = backend.url.authority();
-    let upstream_authority = authority
-        .clone()
-        .unwrap_or_else(|| backend_authority.clone());
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(backend_authority.as_str())
-        .path_and_query(path_and_query.as_str())
-        .build()
-    {
-        Ok(uri) => uri,
-        Err(_) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("sluice: bad request target `{path_and_query}`\n"),
-                None,
-            );
-        }
-    };
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     match route.protocol {
         Protocol::Http1 => {
             // HTTP/2 splits cookies into fields; HTTP/1.1 takes one
@@ -405,8 +384,20 @@ pub async fn handle(
                 join_cookies(&mut parts.headers);
             }
             parts.version = Version::HTTP_11;
-            if let Ok(v) = HeaderValue::from_str(&upstream_authority) {
-                parts.headers.insert(header::HOST, v);
+            // Origin form; the client's Host (or the backend's, for a client
+            // that sent none) in the Host header.
+            parts.uri = Uri::from(path_and_query);
+            let host_is_authority = authority.as_deref().is_some_and(|a| {
+                parts.headers.get(header::HOST).map(HeaderValue::as_bytes) == Some(a.as_bytes())
+            });
+            if !host_is_authority {
+                let host = authority.as_deref().map_or_else(
+                    || HeaderValue::from_str(&backend.url.authority()),
+                    HeaderValue::from_str,
+                );
+                if let Ok(v) = host {
+                    parts.headers.insert(header::HOST, v);
+                }
             }
         }
         Protocol::Http2 => {
@@ -415,6 +406,25 @@ pub async fn handle(
             // is in X-Forwarded-Host.
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
+            let scheme = match backend.url.scheme {
+                crate::config::Scheme::Http => "http",
+                crate::config::Scheme::Https => "https",
+            };
+            parts.uri = match Uri::builder()
+                .scheme(scheme)
+                .authority(backend.url.authority().as_str())
+                .path_and_query(path_and_query)
+                .build()
+            {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "sluice: bad request target\n".to_string(),
+                        None,
+                    );
+                }
+            };
         }
     }
 
@@ -465,11 +475,12 @@ pub async fn handle(
     let (body, progress) = UpstreamBody::new(body, route.max_body);
 
     let in_flight = InFlight::new(backend.series(decision).clone(), start);
-    // A request without a body that could not reach the backend at all
-    // (connect refused or timed out: no byte was written) is tried once
-    // more, within the backend's retry budget.
+    // A request that provably never reached the backend is tried once
+    // more on a fresh connection, within the backend's retry budget (the
+    // rules are in `crate::upstream`). The copy is for the cases where
+    // hyper cannot hand the request back: bodiless requests only.
     backend.retry_budget.note_request();
-    let again = (progress.is_sent() && !upgrade).then(|| {
+    let copy = (progress.is_sent() && !upgrade).then(|| {
         let mut copy = Request::new(UpstreamBody::empty());
         *copy.method_mut() = parts.method.clone();
         *copy.uri_mut() = parts.uri.clone();
@@ -477,19 +488,15 @@ pub async fn handle(
         *copy.headers_mut() = parts.headers.clone();
         copy
     });
-    let client = backend.client.current();
-    let upstream = async {
-        match client.request(Request::from_parts(parts, body)).await {
-            Err(e) if e.is_connect() => match again {
-                Some(again) if backend.retry_budget.try_retry() => {
-                    backend.metrics.record_retry();
-                    client.request(again).await
-                }
-                _ => Err(e),
-            },
-            other => other,
-        }
-    };
+    let upstream = backend
+        .client
+        .send(Request::from_parts(parts, body), copy, || {
+            let allowed = backend.retry_budget.try_retry();
+            if allowed {
+                backend.metrics.record_retry();
+            }
+            allowed
+        });
     // The request timeout runs from the end of the request body, so a
     // slow upload is not charged to the backend; a client that pauses its
     // body longer than `timeouts.idle` gets 408.
@@ -534,10 +541,9 @@ pub async fn handle(
             }),
         ),
         Ok(Err(_)) if progress.exceeded() => too_large(),
-        Ok(Err(e)) => {
-            let kind = classify(&e);
-            tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %e, "upstream request failed");
-            upstream_failure(backend, recorder, kind)
+        Ok(Err(failure)) => {
+            tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
+            upstream_failure(backend, recorder, failure.kind)
         }
         Ok(Ok(mut resp)) => {
             let status = resp.status();
@@ -566,30 +572,6 @@ pub async fn handle(
             Response::from_parts(parts, MeteredBody::new(body, Some(recorder)))
         }
     }
-}
-
-fn classify(e: &hyper_util::client::legacy::Error) -> UpstreamErrorKind {
-    if !e.is_connect() {
-        return UpstreamErrorKind::Protocol;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(c) = s.downcast_ref::<crate::tls::ConnectError>() {
-            return match c {
-                crate::tls::ConnectError::Tls(_) | crate::tls::ConnectError::TlsTimeout => {
-                    UpstreamErrorKind::Tls
-                }
-                crate::tls::ConnectError::Tcp(inner)
-                    if format!("{inner:?}").contains("TimedOut") =>
-                {
-                    UpstreamErrorKind::Timeout
-                }
-                crate::tls::ConnectError::Tcp(_) => UpstreamErrorKind::Connect,
-            };
-        }
-        source = s.source();
-    }
-    UpstreamErrorKind::Connect
 }
 
 fn upstream_failure(

@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -260,23 +259,6 @@ pub enum UpstreamIo {
     Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
 }
 
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        match self {
-            UpstreamIo::Plain(s) => s.connected(),
-            UpstreamIo::Tls(s) => {
-                let (tcp, session) = s.inner().get_ref();
-                let connected = tcp.connected();
-                if session.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
-}
-
 impl hyper::rt::Read for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -344,4 +326,6 @@ pub enum ConnectError {
     Tls(#[source] std::io::Error),
     #[error("TLS handshake timed out")]
     TlsTimeout,
+    #[error("tcp connect timed out")]
+    TcpTimeout,
 }

@@ -1,70 +1,53 @@
-//! Upstream clients: one pooled hyper client per backend.
+//! Upstream connections: per serving thread pools of hyper client
+//! connections, keyed by backend.
 //!
-//! Each client dials one fixed address whatever the request URI says, so the
-//! request can carry the client's original authority (Host is preserved for
-//! HTTP/1 and HTTP/2 upstreams alike) while the pool still belongs to the
-//! backend. Clients are kept in a [`ClientPool`] keyed by everything that
-//! shapes a connection, so a reload that keeps a backend keeps its warm
-//! connections.
+//! Each backend ([`PoolKey`]: its address and everything that shapes a
+//! connection) has one [`Upstream`], and that has one slot per serving
+//! thread. A request takes an idle HTTP/1.1 connection of its own thread's
+//! slot (the most recently used one), or dials a new one; the connection's
+//! task runs on that same thread, so a request costs no cross-thread
+//! wake-up, no spawned task and no shared lock. An HTTP/2 backend has one
+//! multiplexed connection per thread.
+//!
+//! Nothing a client sends reaches this module's keys: the connection is
+//! always dialled to the backend's address, whatever the request's Host.
+//!
+//! - An HTTP/1.1 connection goes back to its slot when the response body
+//!   has been read to its end; a response abandoned half-way closes it.
+//! - A pooled connection idle for `timeouts.upstream_idle` is closed by its
+//!   own task (one timer per connection, none per request).
+//! - [`BackendClients::send`] retries once, on a fresh connection, a
+//!   request that provably never reached the backend: the connect failed,
+//!   the pooled connection was found closed before the request was written
+//!   (hyper hands the request back), or an HTTP/2 backend refused the
+//!   stream (`REFUSED_STREAM`, which promises it did no work). A bodiless
+//!   idempotent request is also retried when a reused HTTP/1.1 connection
+//!   closed before any byte of the response came: the stale keep-alive
+//!   race, where the server closed the connection as the request went out.
+//!   Anything else, and every request whose body may have been read, is
+//!   never retried. Retries come from a budget (see
+//!   [`crate::routing::RetryBudget`]).
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
 
+use crate::body::UpstreamBody;
 use crate::config::{Protocol, UpstreamUrl};
+use crate::metrics::UpstreamErrorKind;
 use crate::tls::{ConnectError, UpstreamIo, UpstreamTlsKey};
-
-/// A connector that always dials the backend's address, then (for https
-/// upstreams) runs a verified TLS handshake.
-#[derive(Clone)]
-pub struct FixedConnector {
-    inner: HttpConnector,
-    target: Uri,
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    handshake_timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for FixedConnector {
-    type Response = UpstreamIo;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.inner, cx)
-            .map_err(|e| ConnectError::Tcp(Box::new(e)))
-    }
-
-    fn call(&mut self, _requested: Uri) -> Self::Future {
-        let tcp = tower_service::Service::<Uri>::call(&mut self.inner, self.target.clone());
-        let tls = self.tls.clone();
-        let timeout = self.handshake_timeout;
-        Box::pin(async move {
-            let tcp = tcp.await.map_err(|e| ConnectError::Tcp(Box::new(e)))?;
-            match tls {
-                None => Ok(UpstreamIo::Plain(tcp)),
-                Some((connector, name)) => {
-                    let handshake = connector.connect(name, tcp.into_inner());
-                    let stream = tokio::time::timeout(timeout, handshake)
-                        .await
-                        .map_err(|_| ConnectError::TlsTimeout)?
-                        .map_err(ConnectError::Tls)?;
-                    Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
-                }
-            }
-        })
-    }
-}
-
-pub type UpstreamClient = Client<FixedConnector, crate::body::UpstreamBody>;
 
 /// Everything that shapes an upstream connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -76,59 +59,525 @@ pub struct PoolKey {
     pub tls: Option<UpstreamTlsKey>,
 }
 
-fn build_client(key: &PoolKey) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(key.connect_timeout));
-    http.enforce_http(false);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let target: Uri = format!("http://{}", key.url.authority())
-        .parse()
-        .expect("validated upstream authority");
-    let tls = key.tls.as_ref().map(|t| {
-        let config =
-            crate::tls::client_config(t, key.protocol == Protocol::Http2).unwrap_or_else(|e| {
-                // Checked before the table was built; a file broken since then
-                // makes every handshake fail (502, kind="tls"): fail closed.
-                tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
-                crate::tls::fail_closed_config(key.protocol == Protocol::Http2)
-            });
-        let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
-        (tokio_rustls::TlsConnector::from(config), name)
-    });
-    let connector = FixedConnector {
-        inner: http,
-        target,
-        tls,
-        handshake_timeout: key.connect_timeout,
-    };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(key.idle_timeout)
-        .pool_max_idle_per_host(1024);
-    if key.protocol == Protocol::Http2 {
-        builder.http2_only(true);
-        builder.http2_keep_alive_interval(Some(Duration::from_secs(30)));
-    }
-    builder.build(connector)
+/// Idle HTTP/1.1 connections kept per backend and serving thread at most.
+const MAX_IDLE_PER_SLOT: usize = 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: UpstreamErrorKind,
+    pub error: crate::body::BoxError,
 }
 
-/// One client per serving thread for a backend, so that each thread's
-/// requests use connections driven by that same thread (no cross-thread
-/// wake-ups on the hot path).
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// How one attempt ended, when it did not get a response.
+enum Missed {
+    /// The request never left: it is handed back.
+    Unsent(Box<Request<UpstreamBody>>, Failure),
+    /// The request may have reached the backend; `retryable` says
+    /// whether a copy of it may be sent again (see the module docs).
+    Sent { failure: Failure, retryable: bool },
+}
+
+/// The connections of one backend, one slot per serving thread.
+pub struct Upstream {
+    key: PoolKey,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    slots: Box<[Slot]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Idle HTTP/1.1 connections, the most recently used last.
+    idle: Mutex<Vec<Idle>>,
+    /// The multiplexed HTTP/2 connection.
+    h2: Mutex<Option<H2Conn>>,
+}
+
 #[derive(Clone)]
-pub struct BackendClients(Arc<[UpstreamClient]>);
+struct H2Conn {
+    sender: http2::SendRequest<UpstreamBody>,
+    streams: Arc<Streams>,
+}
+
+/// The exchanges running on an HTTP/2 connection, and since when it has
+/// had none.
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    mark: IdleMark,
+}
+
+/// One exchange on an HTTP/2 connection, until its response body ends or
+/// is dropped.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn new(streams: &Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.mark.0.store(IdleMark::now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    mark: Arc<IdleMark>,
+}
+
+/// When a pooled connection was last given back (milliseconds since the
+/// process's clock origin), or [`IdleMark::IN_USE`].
+struct IdleMark(AtomicU64);
+
+impl IdleMark {
+    const IN_USE: u64 = u64::MAX;
+
+    fn now_ms() -> u64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    fn idle_for(&self) -> Duration {
+        match self.0.load(Ordering::Relaxed) {
+            Self::IN_USE => Duration::ZERO,
+            since => Duration::from_millis(Self::now_ms().saturating_sub(since)),
+        }
+    }
+}
+
+impl Upstream {
+    fn new(key: &PoolKey, slots: usize) -> Self {
+        let tls = key.tls.as_ref().map(|t| {
+            let config = crate::tls::client_config(t, key.protocol == Protocol::Http2)
+                .unwrap_or_else(|e| {
+                    // Checked before the table was built; a file broken since
+                    // then makes every handshake fail (502, kind="tls"): fail
+                    // closed.
+                    tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
+                    crate::tls::fail_closed_config(key.protocol == Protocol::Http2)
+                });
+            let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
+            (tokio_rustls::TlsConnector::from(config), name)
+        });
+        Self {
+            key: key.clone(),
+            tls,
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    fn slot(&self) -> (usize, &Slot) {
+        let i = crate::worker::slot() % self.slots.len();
+        (i, &self.slots[i])
+    }
+
+    /// A TCP (and TLS) connection to the backend.
+    async fn dial(&self) -> Result<UpstreamIo, ConnectError> {
+        let url = &self.key.url;
+        let timeout = self.key.connect_timeout;
+        let host = url.host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, url.port)))
+            .await
+            .map_err(|_| ConnectError::TcpTimeout)?
+            .map_err(|e| ConnectError::Tcp(Box::new(e)))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(UpstreamIo::Plain(TokioIo::new(tcp))),
+            Some((connector, name)) => {
+                let handshake = connector.connect(name.clone(), tcp);
+                let stream = tokio::time::timeout(timeout, handshake)
+                    .await
+                    .map_err(|_| ConnectError::TlsTimeout)?
+                    .map_err(ConnectError::Tls)?;
+                Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
+            }
+        }
+    }
+
+    /// A new HTTP/1.1 connection, its task spawned on this thread.
+    async fn connect_h1(&self) -> Result<Idle, Failure> {
+        let io = self.dial().await.map_err(connect_failure)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| Failure {
+                kind: UpstreamErrorKind::Protocol,
+                error: e.into(),
+            })?;
+        let mark = Arc::new(IdleMark(AtomicU64::new(IdleMark::IN_USE)));
+        let idle_timeout = self.key.idle_timeout;
+        let watched = mark.clone();
+        tokio::spawn(async move {
+            let conn = conn.with_upgrades();
+            tokio::pin!(conn);
+            let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, "upstream connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = ticks.tick() => {
+                        if watched.idle_for() >= idle_timeout {
+                            // Dropping the connection closes it; its sender
+                            // in the pool then reads as closed.
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Idle { sender, mark })
+    }
+
+    /// The most recently used open idle connection of this thread, if any.
+    fn checkout(&self, slot: &Slot) -> Option<Idle> {
+        let mut idle = slot.idle.lock().expect("pool lock");
+        while let Some(candidate) = idle.pop() {
+            if candidate.sender.is_closed() || candidate.mark.idle_for() >= self.key.idle_timeout {
+                continue;
+            }
+            candidate.mark.0.store(IdleMark::IN_USE, Ordering::Relaxed);
+            return Some(candidate);
+        }
+        None
+    }
+
+    fn give_back(&self, slot: usize, conn: Idle) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        conn.mark.0.store(IdleMark::now_ms(), Ordering::Relaxed);
+        let mut idle = self.slots[slot].idle.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE_PER_SLOT {
+            idle.push(conn);
+        }
+    }
+
+    async fn attempt_h1(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        fresh: bool,
+    ) -> Result<Response<Pooled>, Missed> {
+        let (slot_index, slot) = self.slot();
+        let (mut conn, reused) = loop {
+            // A pooled connection is ready at once unless its task is still
+            // winding up the last response; one that closes meanwhile (a
+            // response that said `Connection: close`) is passed over.
+            match (!fresh).then(|| self.checkout(slot)).flatten() {
+                Some(mut c) => {
+                    if std::future::poll_fn(|cx| c.sender.poll_ready(cx))
+                        .await
+                        .is_ok()
+                    {
+                        break (c, true);
+                    }
+                }
+                None => match self.connect_h1().await {
+                    Ok(c) => break (c, false),
+                    Err(f) => return Err(Missed::Unsent(Box::new(req), f)),
+                },
+            }
+        };
+        let bodiless_idempotent = req.body().is_end_stream() && is_idempotent(req.method());
+        let sent = conn.sender.try_send_request(req).await;
+        match sent {
+            Ok(resp) => {
+                let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                let hold = if upgraded {
+                    Hold::Nothing
+                } else {
+                    Hold::GiveBack(GiveBack {
+                        upstream: self.clone(),
+                        slot: slot_index,
+                        conn,
+                    })
+                };
+                let mut pooled = resp.map(|body| Pooled { body, hold });
+                pooled.body_mut().maybe_give_back();
+                Ok(pooled)
+            }
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(Missed::Unsent(
+                    Box::new(req),
+                    protocol_failure(e.into_error()),
+                )),
+                None => {
+                    let error = e.into_error();
+                    // The stale keep-alive race: a reused connection that the
+                    // backend closed before answering anything.
+                    let stale = reused && error.is_incomplete_message();
+                    Err(Missed::Sent {
+                        retryable: stale && bodiless_idempotent,
+                        failure: protocol_failure(error),
+                    })
+                }
+            },
+        }
+    }
+
+    /// This thread's HTTP/2 connection, dialled if there is none open.
+    async fn h2_conn(&self, fresh: bool) -> Result<H2Conn, Failure> {
+        let (_, slot) = self.slot();
+        if !fresh {
+            let current = slot.h2.lock().expect("pool lock");
+            if let Some(c) = current.as_ref().filter(|c| !c.sender.is_closed()) {
+                return Ok(c.clone());
+            }
+        }
+        let io = self.dial().await.map_err(connect_failure)?;
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let (sender, conn) = builder.handshake(io).await.map_err(protocol_failure)?;
+        let streams = Arc::new(Streams {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            mark: IdleMark(AtomicU64::new(IdleMark::now_ms())),
+        });
+        let idle_timeout = self.key.idle_timeout;
+        let watched = streams.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = ticks.tick() => {
+                        // No exchange for the idle timeout: closed (requests
+                        // that hold the sender then dial a new one).
+                        if watched.open.load(Ordering::Relaxed) == 0
+                            && watched.mark.idle_for() >= idle_timeout
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let conn = H2Conn { sender, streams };
+        *slot.h2.lock().expect("pool lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn attempt_h2(
+        &self,
+        req: Request<UpstreamBody>,
+        fresh: bool,
+    ) -> Result<Response<Pooled>, Missed> {
+        let H2Conn {
+            mut sender,
+            streams,
+        } = match self.h2_conn(fresh).await {
+            Ok(c) => c,
+            Err(f) => return Err(Missed::Unsent(Box::new(req), f)),
+        };
+        let guard = StreamGuard::new(&streams);
+        let bodiless = req.body().is_end_stream();
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp.map(|body| Pooled {
+                body,
+                hold: Hold::Stream { _guard: guard },
+            })),
+            Err(mut e) => match e.take_message() {
+                Some(req) => Err(Missed::Unsent(
+                    Box::new(req),
+                    protocol_failure(e.into_error()),
+                )),
+                None => {
+                    let error = e.into_error();
+                    let refused = h2_refused(&error);
+                    Err(Missed::Sent {
+                        retryable: refused && bodiless,
+                        failure: protocol_failure(error),
+                    })
+                }
+            },
+        }
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        fresh: bool,
+    ) -> Result<Response<Pooled>, Missed> {
+        match self.key.protocol {
+            Protocol::Http1 => self.attempt_h1(req, fresh).await,
+            Protocol::Http2 => self.attempt_h2(req, fresh).await,
+        }
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn h2_refused(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn connect_failure(e: ConnectError) -> Failure {
+    let kind = match &e {
+        ConnectError::Tls(_) | ConnectError::TlsTimeout => UpstreamErrorKind::Tls,
+        ConnectError::TcpTimeout => UpstreamErrorKind::Timeout,
+        ConnectError::Tcp(_) => UpstreamErrorKind::Connect,
+    };
+    Failure {
+        kind,
+        error: e.into(),
+    }
+}
+
+fn protocol_failure(e: hyper::Error) -> Failure {
+    Failure {
+        kind: UpstreamErrorKind::Protocol,
+        error: e.into(),
+    }
+}
+
+/// A connection to give back to its slot when the response body ends.
+struct GiveBack {
+    upstream: Arc<Upstream>,
+    slot: usize,
+    conn: Idle,
+}
+
+/// What a response body holds of its connection.
+enum Hold {
+    /// An HTTP/1.1 connection, given back when the body ends.
+    GiveBack(GiveBack),
+    /// An HTTP/2 exchange, counted until the body ends or is dropped.
+    Stream {
+        _guard: StreamGuard,
+    },
+    Nothing,
+}
+
+/// An upstream response body; an HTTP/1.1 connection goes back to its pool
+/// once this body has been read to its end (one abandoned half-way is
+/// dropped, which closes it).
+pub struct Pooled {
+    body: Incoming,
+    hold: Hold,
+}
+
+impl Pooled {
+    fn maybe_give_back(&mut self) {
+        if self.body.is_end_stream()
+            && let Hold::GiveBack(_) = &self.hold
+            && let Hold::GiveBack(b) = std::mem::replace(&mut self.hold, Hold::Nothing)
+        {
+            b.upstream.give_back(b.slot, b.conn);
+        }
+    }
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.maybe_give_back(),
+            Poll::Ready(Some(Err(_))) => self.hold = Hold::Nothing,
+            Poll::Ready(Some(Ok(_))) => self.maybe_give_back(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The connections of one backend, shared by every serving thread.
+#[derive(Clone)]
+pub struct BackendClients(Arc<Upstream>);
 
 impl BackendClients {
-    /// The client of the current serving thread.
-    pub fn current(&self) -> &UpstreamClient {
-        &self.0[crate::worker::slot() % self.0.len()]
+    /// Sends `req` to the backend. `copy` is a copy of a bodiless request
+    /// for the retries that need one; `may_retry` takes a retry from the
+    /// budget (it is called only when a retry is allowed by the rules in
+    /// the module docs).
+    pub async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        copy: Option<Request<UpstreamBody>>,
+        may_retry: impl FnOnce() -> bool,
+    ) -> Result<Response<Pooled>, Failure> {
+        match self.0.attempt(req, false).await {
+            Ok(resp) => Ok(resp),
+            Err(Missed::Unsent(req, failure)) => {
+                if may_retry() {
+                    tracing::debug!(error = %failure, "request never reached the backend; retrying on a fresh connection");
+                    self.finish(self.0.attempt(*req, true).await)
+                } else {
+                    Err(failure)
+                }
+            }
+            Err(Missed::Sent { failure, retryable }) => match copy {
+                Some(copy) if retryable && may_retry() => {
+                    tracing::debug!(error = %failure, "the backend did not take the request; retrying on a fresh connection");
+                    self.finish(self.0.attempt(copy, true).await)
+                }
+                _ => Err(failure),
+            },
+        }
+    }
+
+    fn finish(
+        &self,
+        attempt: Result<Response<Pooled>, Missed>,
+    ) -> Result<Response<Pooled>, Failure> {
+        attempt.map_err(|missed| match missed {
+            Missed::Unsent(_, failure) | Missed::Sent { failure, .. } => failure,
+        })
     }
 }
 
-/// Clients by [`PoolKey`], shared across routing tables.
+/// Upstreams by [`PoolKey`], shared across routing tables.
 pub struct ClientPool {
     slots: usize,
     clients: Mutex<HashMap<PoolKey, BackendClients>>,
@@ -149,15 +598,15 @@ impl ClientPool {
         }
     }
 
-    /// The clients for `key`, reusing the existing ones (and their connections).
+    /// The upstream for `key`, reusing the existing one (and its connections).
     pub fn get(&self, key: &PoolKey) -> BackendClients {
         let mut map = self.clients.lock().expect("pool lock");
         map.entry(key.clone())
-            .or_insert_with(|| BackendClients((0..self.slots).map(|_| build_client(key)).collect()))
+            .or_insert_with(|| BackendClients(Arc::new(Upstream::new(key, self.slots))))
             .clone()
     }
 
-    /// Drops clients no longer used by the current table.
+    /// Drops upstreams no longer used by the current table.
     pub fn retain(&self, keep: &[PoolKey]) {
         let mut map = self.clients.lock().expect("pool lock");
         map.retain(|k, _| keep.contains(k));

@@ -660,9 +660,9 @@ async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() 
     assert_eq!(m.sum("sluice_requests_total", &[("code", "504")]), 0.0);
 }
 
-/// A request without a body whose backend cannot be reached is tried once
-/// more, within a budget of 20% of the backend's requests plus 10; a request
-/// with a body is never retried.
+/// A request whose backend cannot be reached (no byte was written) is tried
+/// once more, whatever its method, within a budget of 20% of the backend's
+/// requests plus 10.
 #[tokio::test]
 async fn unreachable_backends_get_one_retry_within_the_budget() {
     let dead = free_port();
@@ -687,8 +687,8 @@ async fn unreachable_backends_get_one_retry_within_the_budget() {
             "sluice_upstream_retries_total",
             &[("route", "web"), ("backend", "stable")]
         ),
-        0.0,
-        "a request with a body was retried"
+        1.0,
+        "a POST that never reached the backend (connect refused) is retried once"
     );
     for _ in 0..100 {
         assert_eq!(get(&url).await.unwrap().0, StatusCode::BAD_GATEWAY);
@@ -786,5 +786,190 @@ async fn websocket_tunnels_get_the_drain_timeout_then_are_cut() {
     assert!(
         status.code().is_some(),
         "the proxy ended by a signal: {status:?}"
+    );
+}
+
+/// An HTTP/1.1 upstream written on raw sockets, to misbehave precisely:
+/// it answers the first request of each connection, then closes the
+/// connection on the second without answering (a server closing a
+/// keep-alive connection just as a request goes out); a POST it reads
+/// whole and then closes without answering (it may have processed it).
+/// Counts the requests it read: (GETs, POSTs).
+async fn closing_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicUsize::new(0),
+    ));
+    let counts = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for nth in 0.. {
+                    // One request head (and a Content-Length body).
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + length);
+                    if head.starts_with("post") {
+                        seen.1.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    seen.0.fetch_add(1, Ordering::SeqCst);
+                    if nth == 1 {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// The stale keep-alive race: a reused connection closed by the backend
+/// before it answered a GET is retried on a fresh one (the client gets
+/// 200); a POST the backend read and dropped is never retried (502).
+#[tokio::test]
+async fn a_closed_keep_alive_connection_is_retried_for_a_get_and_never_for_a_post() {
+    use std::sync::atomic::Ordering;
+    let (upstream, seen) = closing_upstream().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: 'http://{upstream}' }}\n"),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/", proxy.addr);
+    let client = h1_client();
+    let get = || {
+        http::Request::get(&url)
+            .body(http_body_util::Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(&client, get()).await.unwrap().0, StatusCode::OK);
+    // Sent on the pooled connection, which the backend closes unanswered.
+    let (status, _, body) = send(&client, get()).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(seen.0.load(Ordering::SeqCst), 3, "two GETs and one retry");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_upstream_retries_total", &[("route", "web")]),
+        1.0
+    );
+    assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 2.0);
+    // A POST on the pooled connection: the backend reads it and closes.
+    let post = http::Request::post(&url)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"charge the card",
+        )))
+        .unwrap();
+    assert_eq!(
+        send(&client, post).await.unwrap().0,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        seen.1.load(Ordering::SeqCst),
+        1,
+        "a POST the backend may have processed was sent again"
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_upstream_retries_total", &[("route", "web")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "web"), ("kind", "protocol")]
+        ),
+        1.0
+    );
+}
+
+/// An HTTP/2 backend that refuses the first stream it is offered
+/// (`REFUSED_STREAM`: it promises it did no work) and answers 200 to the
+/// rest. Counts the streams it saw.
+async fn refusing_h2_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if streams.fetch_add(1, Ordering::SeqCst) == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let _ = respond.send_response(http::Response::new(()), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, counted)
+}
+
+#[tokio::test]
+async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
+    use std::sync::atomic::Ordering;
+    let (upstream, streams) = refusing_h2_upstream().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: grpc, protocol: http2, stable: 'http://{upstream}' }}\n"),
+        &[],
+    )
+    .await;
+    let url = format!("http://{}/svc/Method", proxy.addr);
+    let (status, _, body) = get(&url).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        2,
+        "refused once, then served"
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_upstream_retries_total", &[("route", "grpc")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("route", "grpc")]),
+        0.0
     );
 }
