@@ -10,8 +10,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::metrics::{BackendMetrics, Classification, Series, UpstreamErrorKind};
 
@@ -76,7 +74,37 @@ pub struct UpstreamBody {
     inner: Option<hyper::body::Incoming>,
     /// Bytes still allowed; None: no cap.
     left: Option<u64>,
-    progress: Arc<BodyProgress>,
+    /// None for a request with no body (it is sent from the start).
+    progress: Option<Arc<BodyProgress>>,
+}
+
+/// The request path's view of an [`UpstreamBody`]'s progress; a request
+/// without a body costs no allocation and counts as sent from the start.
+pub struct Progress(Option<Arc<BodyProgress>>);
+
+impl Progress {
+    /// Resolves once the whole body has gone upstream.
+    pub async fn sent(&self) {
+        if let Some(p) = &self.0 {
+            p.sent().await;
+        }
+    }
+
+    pub fn is_sent(&self) -> bool {
+        self.0.as_ref().is_none_or(|p| p.is_sent())
+    }
+
+    /// Time since the last chunk (or the start); zero once sent.
+    pub fn idle_for(&self) -> std::time::Duration {
+        match &self.0 {
+            Some(p) if !p.is_sent() => p.idle_for(),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.0.as_ref().is_some_and(|p| p.exceeded())
+    }
 }
 
 /// What the request path knows of an [`UpstreamBody`] on its way.
@@ -123,13 +151,15 @@ impl BodyProgress {
 }
 
 impl UpstreamBody {
-    pub fn new(inner: hyper::body::Incoming, cap: Option<u64>) -> (Self, Arc<BodyProgress>) {
-        let progress = Arc::new(BodyProgress {
-            start: Instant::now(),
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-            done: std::sync::atomic::AtomicBool::new(inner.is_end_stream()),
-            exceeded: std::sync::atomic::AtomicBool::new(false),
-            sent: tokio::sync::Notify::new(),
+    pub fn new(inner: hyper::body::Incoming, cap: Option<u64>) -> (Self, Progress) {
+        let progress = (!inner.is_end_stream()).then(|| {
+            Arc::new(BodyProgress {
+                start: Instant::now(),
+                last_ms: std::sync::atomic::AtomicU64::new(0),
+                done: std::sync::atomic::AtomicBool::new(false),
+                exceeded: std::sync::atomic::AtomicBool::new(false),
+                sent: tokio::sync::Notify::new(),
+            })
         });
         (
             Self {
@@ -137,7 +167,7 @@ impl UpstreamBody {
                 left: cap,
                 progress: progress.clone(),
             },
-            progress,
+            Progress(progress),
         )
     }
 
@@ -146,13 +176,7 @@ impl UpstreamBody {
         Self {
             inner: None,
             left: None,
-            progress: Arc::new(BodyProgress {
-                start: Instant::now(),
-                last_ms: std::sync::atomic::AtomicU64::new(0),
-                done: std::sync::atomic::AtomicBool::new(true),
-                exceeded: std::sync::atomic::AtomicBool::new(false),
-                sent: tokio::sync::Notify::new(),
-            }),
+            progress: None,
         }
     }
 }
@@ -176,7 +200,9 @@ impl Body for UpstreamBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let p = &this.progress;
+                let Some(p) = &this.progress else {
+                    return Poll::Ready(Some(Ok(frame)));
+                };
                 p.last_ms.store(
                     p.start.elapsed().as_millis() as u64,
                     std::sync::atomic::Ordering::SeqCst,
@@ -195,7 +221,9 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                this.progress.mark_done();
+                if let Some(p) = &this.progress {
+                    p.mark_done();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -260,17 +288,47 @@ impl Recorder {
 }
 
 pub struct MeteredBody {
-    inner: UnsyncBoxBody<Bytes, BoxError>,
+    inner: Inner,
     recorder: Option<Recorder>,
 }
 
+/// The bodies the proxy answers with (an enum, not a boxed trait object:
+/// no allocation per response).
+enum Inner {
+    Upstream(crate::upstream::Pooled),
+    Text(http_body_util::Full<Bytes>),
+}
+
+impl Inner {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Text(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Text(b) => b.size_hint(),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Text(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+}
+
 impl MeteredBody {
-    pub fn new<B>(body: B, recorder: Option<Recorder>) -> Self
-    where
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let inner = body.map_err(Into::into).boxed_unsync();
+    /// An upstream's response body.
+    pub fn new(body: crate::upstream::Pooled, recorder: Option<Recorder>) -> Self {
+        Self::from_inner(Inner::Upstream(body), recorder)
+    }
+
+    fn from_inner(inner: Inner, recorder: Option<Recorder>) -> Self {
         let mut this = Self { inner, recorder };
         // An empty body may never be polled; record now so the count is
         // visible as soon as the client has the response.
@@ -282,8 +340,8 @@ impl MeteredBody {
 
     /// A short text body, e.g. for errors the proxy answers itself.
     pub fn text(text: impl Into<String>, recorder: Option<Recorder>) -> Self {
-        Self::new(
-            http_body_util::Full::new(Bytes::from(text.into())),
+        Self::from_inner(
+            Inner::Text(http_body_util::Full::new(Bytes::from(text.into()))),
             recorder,
         )
     }
@@ -303,7 +361,7 @@ impl Body for MeteredBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = self.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.finish(End::Complete),
             Poll::Ready(Some(Err(_))) => {

@@ -103,11 +103,17 @@ fn serve<I>(
 {
     let activity = Activity::new();
     let requests = activity.clone();
+    // The client's address as a header value, formatted once per connection.
+    let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a header value");
     let service = hyper::service::service_fn(move |req| {
         let state = state.clone();
         let guard = requests.begin();
+        let client = Client {
+            addr: peer,
+            ip: peer_ip.clone(),
+        };
         async move {
-            let response = handle(state, req, peer).await;
+            let response = handle(state, req, client).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
@@ -260,15 +266,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute form)
-/// or the Host header.
-fn request_authority(req: &Request<Incoming>) -> Option<String> {
+/// or the Host header (shared, not copied).
+fn request_authority(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return HeaderValue::from_str(a.as_str()).ok();
     }
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
+        .filter(|h| h.to_str().is_ok())
+        .cloned()
+}
+
+/// The client of a connection.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as a header value.
+    pub ip: HeaderValue,
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -309,7 +322,7 @@ const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 pub async fn handle(
     state: Arc<ProxyState>,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    client: Client,
 ) -> Response<MeteredBody> {
     let start = Instant::now();
     // Requests a reverse proxy answers itself.
@@ -329,12 +342,16 @@ pub async fn handle(
             .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
         return resp;
     }
-    let routing = state.store.load();
+    let routing = state.store.peek();
     let authority = request_authority(&req);
-    let host = authority
-        .as_deref()
-        .map(strip_port)
-        .map(str::to_ascii_lowercase);
+    let authority_str = authority.as_ref().and_then(|a| a.to_str().ok());
+    let host = authority_str.map(strip_port).map(|h| {
+        if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(h.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(h)
+        }
+    });
     let Some(route) = routing
         .find(
             state.listener,
@@ -347,7 +364,7 @@ pub async fn handle(
             StatusCode::NOT_FOUND,
             format!(
                 "sluice: no route for host `{}` and path `{}`\n",
-                host.as_deref().unwrap_or("-"),
+                authority_str.map(strip_port).unwrap_or("-"),
                 req.uri().path()
             ),
             None,
@@ -364,8 +381,8 @@ pub async fn handle(
     strip_hop_by_hop(&mut parts.headers, upgrade);
     add_forwarded_headers(
         &mut parts.headers,
-        peer,
-        authority.as_deref(),
+        &client,
+        authority.as_ref(),
         state.scheme,
         trusted_hops,
     );
@@ -387,14 +404,10 @@ pub async fn handle(
             // Origin form; the client's Host (or the backend's, for a client
             // that sent none) in the Host header.
             parts.uri = Uri::from(path_and_query);
-            let host_is_authority = authority.as_deref().is_some_and(|a| {
-                parts.headers.get(header::HOST).map(HeaderValue::as_bytes) == Some(a.as_bytes())
-            });
-            if !host_is_authority {
-                let host = authority.as_deref().map_or_else(
-                    || HeaderValue::from_str(&backend.url.authority()),
-                    HeaderValue::from_str,
-                );
+            if parts.headers.get(header::HOST) != authority.as_ref() || authority.is_none() {
+                let host = authority
+                    .clone()
+                    .map_or_else(|| HeaderValue::from_str(&backend.url.authority()), Ok);
                 if let Ok(v) = host {
                     parts.headers.insert(header::HOST, v);
                 }
@@ -505,6 +518,10 @@ pub async fn handle(
         tokio::time::sleep(route.request_timeout).await;
     };
     let client_stalled = async {
+        if progress.is_sent() {
+            // Nothing left to send (no body): no timer to keep.
+            return std::future::pending().await;
+        }
         let every =
             (route.body_idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
@@ -603,8 +620,8 @@ fn upstream_failure(
 
 fn add_forwarded_headers(
     headers: &mut HeaderMap,
-    peer: SocketAddr,
-    authority: Option<&str>,
+    client: &Client,
+    authority: Option<&HeaderValue>,
     scheme: &'static str,
     trusted_hops: u32,
 ) {
@@ -613,7 +630,20 @@ fn add_forwarded_headers(
     let xfh = HeaderName::from_static("x-forwarded-host");
     let real_ip = HeaderName::from_static("x-real-ip");
     let forwarded = HeaderName::from_static("forwarded");
-    let ip = peer.ip().to_string();
+    if trusted_hops == 0 {
+        // Nothing the client sent is kept: what the proxy saw, with no
+        // formatting per request.
+        headers.insert(xff, client.ip.clone());
+        headers.insert(xfp, HeaderValue::from_static(scheme));
+        match authority {
+            Some(a) => headers.insert(xfh, a.clone()),
+            None => headers.remove(xfh),
+        };
+        headers.insert(real_ip, client.ip.clone());
+        headers.remove(forwarded);
+        return;
+    }
+    let ip = client.addr.ip().to_string();
     // The rightmost `trusted_hops` entries were added by trusted proxies;
     // anything left of them is the client's word.
     let prior: Vec<String> = headers
@@ -638,8 +668,8 @@ fn add_forwarded_headers(
     }
     if !trusted || !headers.contains_key(&xfh) {
         headers.remove(&xfh);
-        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(a).ok()) {
-            headers.insert(xfh, a);
+        if let Some(a) = authority {
+            headers.insert(xfh, a.clone());
         }
     }
     if (!trusted || !headers.contains_key(&real_ip))

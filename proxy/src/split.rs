@@ -36,10 +36,13 @@ impl SplitState {
             0 => false,
             WEIGHT_SCALE_BP => true,
             w => {
-                let n = u128::from(self.counter.fetch_add(1, Ordering::Relaxed));
-                let w = u128::from(w);
-                let scale = u128::from(WEIGHT_SCALE_BP);
-                (n + 1) * w / scale > n * w / scale
+                // The decision depends on n only modulo the scale
+                // (floor((n + kW)·w/W) = floor(n·w/W) + k·w), so small u64
+                // products give the same answer as the formula in u128.
+                let scale = u64::from(WEIGHT_SCALE_BP);
+                let r = self.counter.fetch_add(1, Ordering::Relaxed) % scale;
+                let w = u64::from(w);
+                (r + 1) * w / scale > r * w / scale
             }
         }
     }
@@ -68,6 +71,26 @@ mod tests {
                 }
                 let (lo, hi) = expected_bounds(n, w);
                 assert!(canary >= lo && canary <= hi, "w={w} n={n} canary={canary}");
+            }
+        }
+    }
+
+    /// The formula of the module docs in 128-bit arithmetic, for any n.
+    fn reference(n: u64, w: u32) -> bool {
+        let (n, w) = (u128::from(n), u128::from(w));
+        (n + 1) * w / 10_000 > n * w / 10_000
+    }
+
+    #[test]
+    fn modular_arithmetic_matches_the_formula_for_any_request_number() {
+        let starts = [0, 9_999, 10_000, 1 << 32, (1 << 53) + 7, u64::MAX - 30_000];
+        for w in [1, 7, 1000, 3333, 5000, 9999] {
+            for start in starts {
+                let split = SplitState::new(w);
+                split.counter.store(start, Ordering::Relaxed);
+                for n in start..start.saturating_add(25_000) {
+                    assert_eq!(split.next_is_canary(), reference(n, w), "w={w} n={n}");
+                }
             }
         }
     }

@@ -72,6 +72,12 @@ impl Store {
         self.routing.load_full()
     }
 
+    /// The current table for a short look (no reference count taken; do
+    /// not hold it across an await).
+    pub fn peek(&self) -> arc_swap::Guard<Arc<Routing>> {
+        self.routing.load()
+    }
+
     /// Validates `config` and swaps it in, or changes nothing.
     pub fn replace(&self, config: Config) -> Result<Arc<Routing>, ConfigErrors> {
         let _guard = self.write_lock.lock().expect("store lock");

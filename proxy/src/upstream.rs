@@ -20,7 +20,8 @@
 //!   request that provably never reached the backend: the connect failed,
 //!   the pooled connection was found closed before the request was written
 //!   (hyper hands the request back), or an HTTP/2 backend refused the
-//!   stream (`REFUSED_STREAM`, which promises it did no work). A bodiless
+//!   stream (`REFUSED_STREAM`, which promises it did no work; an idempotent
+//!   request cut by the backend's GOAWAY too). A bodiless
 //!   idempotent request is also retried when a reused HTTP/1.1 connection
 //!   closed before any byte of the response came: the stale keep-alive
 //!   race, where the server closed the connection as the request went out.
@@ -282,10 +283,20 @@ impl Upstream {
             // response that said `Connection: close`) is passed over.
             match (!fresh).then(|| self.checkout(slot)).flatten() {
                 Some(mut c) => {
-                    if std::future::poll_fn(|cx| c.sender.poll_ready(cx))
-                        .await
-                        .is_ok()
-                    {
+                    let now = std::future::poll_fn(|cx| Poll::Ready(c.sender.poll_ready(cx))).await;
+                    let ready = match now {
+                        Poll::Ready(r) => r.is_ok(),
+                        // Still winding up: wait a little, never forever.
+                        Poll::Pending => matches!(
+                            tokio::time::timeout(
+                                self.key.connect_timeout,
+                                std::future::poll_fn(|cx| c.sender.poll_ready(cx))
+                            )
+                            .await,
+                            Ok(Ok(()))
+                        ),
+                    };
+                    if ready {
                         break (c, true);
                     }
                 }
@@ -397,6 +408,7 @@ impl Upstream {
         };
         let guard = StreamGuard::new(&streams);
         let bodiless = req.body().is_end_stream();
+        let idempotent = is_idempotent(req.method());
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|body| Pooled {
                 body,
@@ -409,9 +421,9 @@ impl Upstream {
                 )),
                 None => {
                     let error = e.into_error();
-                    let refused = h2_refused(&error);
+                    let turned_away = h2_turned_away(&error, idempotent);
                     Err(Missed::Sent {
-                        retryable: refused && bodiless,
+                        retryable: turned_away && bodiless,
                         failure: protocol_failure(error),
                     })
                 }
@@ -438,11 +450,16 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-fn h2_refused(error: &hyper::Error) -> bool {
+/// Whether an HTTP/2 backend turned a stream away unprocessed: reset
+/// with `REFUSED_STREAM` (always safe to retry, RFC 9113 §8.7), or cut by
+/// the backend's GOAWAY (retried for idempotent requests only, as the
+/// GOAWAY may have come after the stream was processed).
+fn h2_turned_away(error: &hyper::Error, idempotent: bool) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (idempotent && h2.is_go_away() && h2.is_remote());
         }
         source = s.source();
     }
