@@ -3,11 +3,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p sluice-proxy && strip target/release/sluice-proxy
+RUN cargo build --profile release-proxy --locked -p sluice-proxy && strip target/release-proxy/sluice-proxy
 
 # Distroless: no shell, no package manager; runs as uid 65532 (nonroot).
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/sluice-proxy /usr/local/bin/sluice-proxy
+COPY --from=build /src/target/release-proxy/sluice-proxy /usr/local/bin/sluice-proxy
 USER 65532:65532
 EXPOSE 8080 9901
 ENTRYPOINT ["/usr/local/bin/sluice-proxy"]
