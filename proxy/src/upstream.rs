@@ -266,6 +266,11 @@ impl Upstream {
         }
         conn.mark.0.store(IdleMark::now_ms(), Ordering::Relaxed);
         let mut idle = self.slots[slot].idle.lock().expect("pool lock");
+        // Checkouts take from the top; connections that closed at the
+        // bottom (their idle timeout, the server) are swept out here.
+        if idle.first().is_some_and(|c| c.sender.is_closed()) {
+            idle.retain(|c| !c.sender.is_closed());
+        }
         if idle.len() < MAX_IDLE_PER_SLOT {
             idle.push(conn);
         }
