@@ -326,7 +326,7 @@ impl Upstream {
                     })
                 };
                 let mut pooled = resp.map(|body| Pooled { body, hold });
-                pooled.body_mut().maybe_give_back();
+                pooled.body_mut().maybe_give_back(false);
                 Ok(pooled)
             }
             Err(mut e) => match e.take_message() {
@@ -517,8 +517,10 @@ pub struct Pooled {
 }
 
 impl Pooled {
-    fn maybe_give_back(&mut self) {
-        if self.body.is_end_stream()
+    /// Gives the HTTP/1.1 connection back once the body is known to be
+    /// over: its end was read (`ended`), or its length says so.
+    fn maybe_give_back(&mut self, ended: bool) {
+        if (ended || self.body.is_end_stream())
             && let Hold::GiveBack(_) = &self.hold
             && let Hold::GiveBack(b) = std::mem::replace(&mut self.hold, Hold::Nothing)
         {
@@ -537,9 +539,12 @@ impl Body for Pooled {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.maybe_give_back(),
+            // A chunked or close-delimited body has no length to tell its
+            // end by: its end is the end of the frames, or trailers (the
+            // last frame there can be; the reader may stop polling then).
+            Poll::Ready(None) => self.maybe_give_back(true),
+            Poll::Ready(Some(Ok(frame))) => self.maybe_give_back(frame.is_trailers()),
             Poll::Ready(Some(Err(_))) => self.hold = Hold::Nothing,
-            Poll::Ready(Some(Ok(_))) => self.maybe_give_back(),
             Poll::Pending => {}
         }
         polled

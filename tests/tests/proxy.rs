@@ -1061,3 +1061,97 @@ async fn idle_upstream_connections_are_closed_after_the_upstream_idle_timeout() 
         "after the idle timeout the pooled connection was closed and a new one opened"
     );
 }
+
+/// A body of unknown length (sent chunked), popped from the end.
+struct Chunks(Vec<&'static str>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop()
+                .map(|c| Ok(http_body::Frame::data(Bytes::from(c)))),
+        )
+    }
+}
+
+/// Responses without a body (HEAD, 204, 304), chunked ones, and a `Connection: close` answer, one after the other on pooled
+/// upstream connections: each arrives whole, and a connection is reused
+/// unless the upstream closed it.
+#[tokio::test]
+async fn pooled_upstream_connections_survive_every_kind_of_response_end() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut resp = http::Response::new(http_body_util::Either::Left(
+                            Full::new(Bytes::from_static(b"hello")),
+                        ));
+                        match req.uri().path() {
+                            "/204" => *resp.status_mut() = StatusCode::NO_CONTENT,
+                            "/304" => *resp.status_mut() = StatusCode::NOT_MODIFIED,
+                            "/close" => {
+                                resp.headers_mut()
+                                    .insert(http::header::CONNECTION, "close".parse().unwrap());
+                            }
+                            "/chunked" => {
+                                resp = http::Response::new(http_body_util::Either::Right(Chunks(
+                                    vec!["three", "two ", "one "],
+                                )));
+                            }
+                            _ => {}
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let routes = format!("  - {{ name: web, stable: 'http://{upstream}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let client = h1_client();
+    let base = format!("http://{}", proxy.addr);
+    let steps: [(&str, &str, StatusCode, &[u8]); 8] = [
+        ("HEAD", "/", StatusCode::OK, b""),
+        ("GET", "/", StatusCode::OK, b"hello"),
+        ("GET", "/204", StatusCode::NO_CONTENT, b""),
+        ("GET", "/304", StatusCode::NOT_MODIFIED, b""),
+        ("GET", "/chunked", StatusCode::OK, b"one two three"),
+        ("HEAD", "/chunked", StatusCode::OK, b""),
+        ("GET", "/close", StatusCode::OK, b"hello"),
+        ("GET", "/", StatusCode::OK, b"hello"),
+    ];
+    for (method, path, status, body) in steps {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .body(Full::default())
+            .unwrap();
+        let (got, _, got_body) = tokio::time::timeout(Duration::from_secs(5), send(&client, req))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {path} hung"))
+            .unwrap();
+        assert_eq!(got, status, "{method} {path}");
+        assert_eq!(&got_body[..], body, "{method} {path}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one upstream connection for everything up to the `Connection: close` answer, one after it"
+    );
+}
