@@ -31,6 +31,12 @@ use std::time::{Duration, Instant};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, watch};
 
+/// How often to check a timeout of `timeout`: a quarter of it, between
+/// 10 ms and 1 s, so the check is late by at most that much.
+pub fn check_every(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
 /// The client connections open in the whole process, against
 /// `limits.max_connections`.
 pub struct Capacity {
@@ -266,7 +272,7 @@ pub async fn supervise<C, E>(
     let mut draining = entered.draining.clone();
     let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
-    let every = (limits.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let every = check_every(limits.idle_timeout);
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When a graceful shutdown began, if one did.

@@ -522,8 +522,7 @@ pub async fn handle(
             // Nothing left to send (no body): no timer to keep.
             return std::future::pending().await;
         }
-        let every =
-            (route.body_idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let every = crate::conn::check_every(route.body_idle_timeout);
         loop {
             tokio::time::sleep(every).await;
             if !progress.is_sent() && progress.idle_for() >= route.body_idle_timeout {

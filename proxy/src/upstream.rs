@@ -213,36 +213,11 @@ impl Upstream {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|e| Failure {
-                kind: UpstreamErrorKind::Protocol,
-                error: e.into(),
-            })?;
+            .map_err(protocol_failure)?;
         let mark = Arc::new(IdleMark(AtomicU64::new(IdleMark::IN_USE)));
-        let idle_timeout = self.key.idle_timeout;
         let watched = mark.clone();
-        tokio::spawn(async move {
-            let conn = conn.with_upgrades();
-            tokio::pin!(conn);
-            let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    ended = conn.as_mut() => {
-                        if let Err(e) = ended {
-                            tracing::debug!(error = %e, "upstream connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = ticks.tick() => {
-                        if watched.idle_for() >= idle_timeout {
-                            // Dropping the connection closes it; its sender
-                            // in the pool then reads as closed.
-                            return;
-                        }
-                    }
-                }
-            }
+        drive(conn.with_upgrades(), self.key.idle_timeout, move || {
+            watched.idle_for()
         });
         Ok(Idle { sender, mark })
     }
@@ -367,31 +342,14 @@ impl Upstream {
             open: std::sync::atomic::AtomicUsize::new(0),
             mark: IdleMark(AtomicU64::new(IdleMark::now_ms())),
         });
-        let idle_timeout = self.key.idle_timeout;
         let watched = streams.clone();
-        tokio::spawn(async move {
-            tokio::pin!(conn);
-            let every = (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    ended = conn.as_mut() => {
-                        if let Err(e) = ended {
-                            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = ticks.tick() => {
-                        // No exchange for the idle timeout: closed (requests
-                        // that hold the sender then dial a new one).
-                        if watched.open.load(Ordering::Relaxed) == 0
-                            && watched.mark.idle_for() >= idle_timeout
-                        {
-                            return;
-                        }
-                    }
-                }
+        // Idle while no exchange runs; requests that hold the sender of a
+        // connection closed meanwhile dial a new one.
+        drive(conn, self.key.idle_timeout, move || {
+            if watched.open.load(Ordering::Relaxed) == 0 {
+                watched.mark.idle_for()
+            } else {
+                Duration::ZERO
             }
         });
         let conn = H2Conn { sender, streams };
@@ -446,6 +404,37 @@ impl Upstream {
             Protocol::Http2 => self.attempt_h2(req, fresh).await,
         }
     }
+}
+
+/// Drives an upstream connection on its own task (on this thread) until
+/// it ends, or until `idle_for` reaches `idle_timeout`: dropping it then
+/// closes it, and its sender in the pool reads as closed. One timer per
+/// connection, none per request.
+fn drive<C, E>(conn: C, idle_timeout: Duration, idle_for: impl Fn() -> Duration + Send + 'static)
+where
+    C: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        let mut ticks = tokio::time::interval(crate::conn::check_every(idle_timeout));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                    return;
+                }
+                _ = ticks.tick() => {
+                    if idle_for() >= idle_timeout {
+                        return;
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn is_idempotent(method: &Method) -> bool {
