@@ -334,6 +334,27 @@ where
 /// Starts an upstream answering every request with a JSON echo of its
 /// method, path, version and headers; `Upgrade` requests get a 101 and
 /// every byte sent afterwards is echoed back.
+/// Sends a WebSocket upgrade request to `addr` on a raw connection and
+/// reads the response head; returns the connection (a tunnel, if the
+/// answer was 101) and the head as text.
+pub async fn websocket_handshake(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .expect("send the upgrade request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream
+            .read_exact(&mut byte)
+            .await
+            .expect("read the response head");
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
 pub async fn start_echo() -> SocketAddr {
     serve_http(echo).await
 }

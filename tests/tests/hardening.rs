@@ -715,18 +715,8 @@ async fn unreachable_backends_get_one_retry_within_the_budget() {
 /// Opens a WebSocket tunnel through the proxy at `addr` and checks that it
 /// echoes.
 async fn open_tunnel(addr: SocketAddr) -> tokio::net::TcpStream {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /chat HTTP/1.1\r\nHost: ws.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let (mut stream, head) = websocket_handshake(addr).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(tunnel_echoes(&mut stream, b"hello").await);
     stream
 }
