@@ -70,8 +70,12 @@ pub struct GrpcJudge {
 /// `limits.max_request_body` (it then ends in an error and the request
 /// path answers 413).
 pub struct UpstreamBody {
-    /// None: no body (a retried request without one).
+    /// None: no body (a retried request without one), or `full`.
     inner: Option<hyper::body::Incoming>,
+    /// A body held whole (a mirrored copy's).
+    full: Option<Bytes>,
+    /// Copies the body for a mirrored request.
+    tee: Option<Box<crate::mirror::Tee>>,
     /// Bytes still allowed; None: no cap.
     left: Option<u64>,
     /// None for a request with no body (it is sent from the start).
@@ -164,6 +168,8 @@ impl UpstreamBody {
         (
             Self {
                 inner: Some(inner),
+                full: None,
+                tee: None,
                 left: cap,
                 progress: progress.clone(),
             },
@@ -173,11 +179,24 @@ impl UpstreamBody {
 
     /// A request body with nothing in it.
     pub fn empty() -> Self {
+        Self::full(None)
+    }
+
+    /// A body held whole (None or empty: no body).
+    pub fn full(bytes: Option<Bytes>) -> Self {
         Self {
             inner: None,
+            full: bytes.filter(|b| !b.is_empty()),
+            tee: None,
             left: None,
             progress: None,
         }
+    }
+
+    /// Copies the body for a mirrored request as it streams (the body must
+    /// not have ended yet).
+    pub fn tee(&mut self, tee: crate::mirror::Tee) {
+        self.tee = Some(Box::new(tee));
     }
 }
 
@@ -196,10 +215,16 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(this.full.take().map(|b| Ok(Frame::data(b))));
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(tee) = &mut this.tee {
+                    tee.frame(&frame);
+                    if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) {
+                        tee.end();
+                    }
+                }
                 let Some(p) = &this.progress else {
                     return Poll::Ready(Some(Ok(frame)));
                 };
@@ -224,6 +249,9 @@ impl Body for UpstreamBody {
                 if let Some(p) = &this.progress {
                     p.mark_done();
                 }
+                if let Some(tee) = &mut this.tee {
+                    tee.end();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
@@ -232,13 +260,19 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|i| i.is_end_stream())
+        match &self.inner {
+            Some(i) => i.is_end_stream(),
+            None => self.full.is_none(),
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| http_body::SizeHint::with_exact(0), |i| i.size_hint())
+        match &self.inner {
+            Some(i) => i.size_hint(),
+            None => {
+                http_body::SizeHint::with_exact(self.full.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

@@ -225,6 +225,62 @@ pub struct RouteConfig {
     /// The extra listener (by name) this route serves; `listen` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
+    /// Sticky sessions: a client stays on the backend it was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityConfig>,
+    /// A copy of some of the stable's requests goes to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<MirrorConfig>,
+}
+
+/// Session affinity of a route: set exactly one of `cookie` or `header`.
+///
+/// - `cookie`: the proxy assigns a client without the cookie by the exact
+///   weighted split and sets the cookie on that response; a request whose
+///   cookie names a backend still in the route goes there (`decision=
+///   "affinity"`) and does not count toward the weight.
+/// - `header`: the value of an existing header (a user id) is hashed into
+///   10,000 buckets; bucket < weight (in basis points) means canary. The
+///   hash is fixed (FNV-1a), so the assignment survives restarts, and a
+///   growing weight only moves users from stable to canary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AffinityConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Lifetime of the cookie (`Max-Age`); a session cookie when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+}
+
+/// Traffic mirroring: `percent` of the requests the stable serves are
+/// copied to the canary, fire and forget. The client only ever gets the
+/// stable's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorConfig {
+    /// 0..=100, at most two decimals; exact over any run of requests.
+    pub percent: f64,
+    /// Requests with a larger body are not mirrored (counted in
+    /// `sluice_mirror_skipped_total{reason="body_too_large"}`).
+    #[serde(default = "default_mirror_max_body")]
+    pub max_body: String,
+    /// Methods that may be mirrored; the idempotent ones by default (GET,
+    /// HEAD, OPTIONS, TRACE, PUT, DELETE). Add POST or PATCH explicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Mirror requests in flight at most; a copy over it is dropped and
+    /// counted (`reason="queue_full"`).
+    #[serde(default = "default_mirror_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_mirror_max_body() -> String {
+    "64KiB".to_string()
+}
+
+fn default_mirror_in_flight() -> usize {
+    512
 }
 
 fn default_path_prefix() -> String {
@@ -602,6 +658,35 @@ pub struct ValidRoute {
     pub body_idle_timeout: Duration,
     pub upstream_tls: UpstreamTls,
     pub grpc_failure_codes: crate::grpc::Codes,
+    pub affinity: Option<ValidAffinity>,
+    pub mirror: Option<ValidMirror>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValidAffinity {
+    Cookie {
+        name: String,
+        max_age: Option<Duration>,
+    },
+    Header {
+        name: http::HeaderName,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidMirror {
+    pub percent_bp: u32,
+    pub max_body: u64,
+    pub methods: Vec<http::Method>,
+    pub max_in_flight: usize,
+}
+
+/// Whether `name` is an RFC 6265 cookie name (an RFC 9110 token).
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl ValidRoute {
@@ -865,7 +950,8 @@ impl Config {
 /// `routes.0.name` (serde_ignored's path) as `routes[0].name`.
 pub fn field_path(path: &serde_ignored::Path<'_>) -> String {
     let mut out = String::new();
-    for part in path.to_string().split('.') {
+    // serde_ignored shows an `Option`'s content as `?`: not a field.
+    for part in path.to_string().split('.').filter(|p| *p != "?") {
         if part.chars().all(|c| c.is_ascii_digit()) && !part.is_empty() {
             out.push_str(&format!("[{part}]"));
         } else {
@@ -1003,6 +1089,20 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             (None, None) => errs.push(&mp, "set one of `header` or `cookie`"),
         }
     }
+    let affinity = route
+        .affinity
+        .as_ref()
+        .and_then(|a| validate_affinity(a, at, errs));
+    let mirror = route
+        .mirror
+        .as_ref()
+        .and_then(|m| validate_mirror(m, at, errs));
+    if route.canary.is_none() && route.mirror.is_some() {
+        errs.push(
+            format!("{at}.mirror"),
+            format!("needs {at}.canary to be set (the copies go to the canary)"),
+        );
+    }
     let connect_timeout = positive_duration(
         &route.timeouts.connect,
         &format!("{at}.timeouts.connect"),
@@ -1069,6 +1169,119 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         body_idle_timeout: body_idle_timeout?,
         upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
         grpc_failure_codes,
+        affinity,
+        mirror,
+    })
+}
+
+fn validate_affinity(
+    affinity: &AffinityConfig,
+    at: &str,
+    errs: &mut Collector,
+) -> Option<ValidAffinity> {
+    let at = format!("{at}.affinity");
+    match (&affinity.cookie, &affinity.header) {
+        (Some(cookie), None) => {
+            if !valid_cookie_name(cookie) {
+                errs.push(
+                    format!("{at}.cookie"),
+                    format!("`{cookie}` is not a valid cookie name (a token: letters, digits and !#$%&'*+-.^_`|~)"),
+                );
+                return None;
+            }
+            let max_age = match &affinity.max_age {
+                None => None,
+                Some(text) => Some(positive_duration(text, &format!("{at}.max_age"), errs)?),
+            };
+            Some(ValidAffinity::Cookie {
+                name: cookie.clone(),
+                max_age,
+            })
+        }
+        (None, Some(header)) => {
+            if affinity.max_age.is_some() {
+                errs.push(format!("{at}.max_age"), "applies to `cookie` affinity only");
+            }
+            match http::HeaderName::from_bytes(header.as_bytes()) {
+                Ok(name) => Some(ValidAffinity::Header { name }),
+                Err(_) => {
+                    errs.push(
+                        format!("{at}.header"),
+                        format!("`{header}` is not a header name"),
+                    );
+                    None
+                }
+            }
+        }
+        (Some(_), Some(_)) => {
+            errs.push(&at, "set either `cookie` or `header`, not both");
+            None
+        }
+        (None, None) => {
+            errs.push(&at, "set one of `cookie` or `header`");
+            None
+        }
+    }
+}
+
+/// The methods mirrored when `mirror.methods` is unset: the idempotent ones.
+pub const MIRROR_DEFAULT_METHODS: [http::Method; 6] = [
+    http::Method::GET,
+    http::Method::HEAD,
+    http::Method::OPTIONS,
+    http::Method::TRACE,
+    http::Method::PUT,
+    http::Method::DELETE,
+];
+
+fn validate_mirror(mirror: &MirrorConfig, at: &str, errs: &mut Collector) -> Option<ValidMirror> {
+    let at = format!("{at}.mirror");
+    let before = errs.0.len();
+    let percent_bp = match percent_to_bp(mirror.percent) {
+        Ok(bp) => bp,
+        Err(e) => {
+            errs.push(format!("{at}.percent"), e);
+            0
+        }
+    };
+    let max_body = match parse_size(&mirror.max_body) {
+        Ok(n) => n,
+        Err(e) => {
+            errs.push(format!("{at}.max_body"), e);
+            0
+        }
+    };
+    let methods = match &mirror.methods {
+        None => MIRROR_DEFAULT_METHODS.to_vec(),
+        Some(list) => {
+            let mut methods = Vec::new();
+            for (j, m) in list.iter().enumerate() {
+                let upper = m.to_ascii_uppercase();
+                match upper.as_str() {
+                    "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS"
+                    | "TRACE" => methods.push(
+                        http::Method::from_bytes(upper.as_bytes()).expect("a standard method"),
+                    ),
+                    _ => errs.push(
+                        format!("{at}.methods[{j}]"),
+                        format!("`{m}` is not a method the proxy forwards (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE)"),
+                    ),
+                }
+            }
+            if list.is_empty() {
+                errs.push(format!("{at}.methods"), "must name at least one method");
+            }
+            methods
+        }
+    };
+    if mirror.max_in_flight == 0 {
+        errs.push(format!("{at}.max_in_flight"), "must be greater than 0");
+    }
+    (errs.0.len() == before).then_some(ValidMirror {
+        percent_bp,
+        max_body,
+        methods,
+        max_in_flight: mirror.max_in_flight,
     })
 }
 

@@ -6,12 +6,14 @@
 //! the end-to-end tests run the same code in-process.
 
 pub mod admin;
+pub mod affinity;
 pub mod body;
 pub mod config;
 pub mod conn;
 pub mod grpc;
 pub mod kube_source;
 pub mod metrics;
+pub mod mirror;
 pub mod routing;
 pub mod server;
 pub mod split;

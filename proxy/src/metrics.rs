@@ -153,9 +153,41 @@ pub enum Decision {
     Weight,
     /// A `canary_match` A/B rule.
     Match,
+    /// Session affinity: the client's cookie, or the hash of its header.
+    Affinity,
+    /// A mirrored copy (the client never sees its answer).
+    Mirror,
 }
 
-lower_case_label!(Decision { Weight => "weight", Match => "match" });
+lower_case_label!(Decision {
+    Weight => "weight",
+    Match => "match",
+    Affinity => "affinity",
+    Mirror => "mirror",
+});
+
+/// Why a request picked for mirroring was not copied; the `reason` label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum MirrorSkip {
+    /// Its body was larger than `mirror.max_body`.
+    BodyTooLarge,
+    /// `mirror.max_in_flight` copies were in flight.
+    QueueFull,
+    /// The client's body never completed.
+    Incomplete,
+}
+
+lower_case_label!(MirrorSkip {
+    BodyTooLarge => "body_too_large",
+    QueueFull => "queue_full",
+    Incomplete => "incomplete",
+});
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorSkipLabels {
+    pub route: String,
+    pub reason: MirrorSkip,
+}
 
 /// Where an upstream exchange failed; the `kind` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -435,6 +467,7 @@ pub struct Metrics {
     config_digest: std::sync::Mutex<Option<String>>,
     rejected: Family<RejectLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
+    mirror_skipped: Family<MirrorSkipLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
 }
@@ -496,6 +529,12 @@ impl Metrics {
             "Requests without a body tried once more after their backend could not be reached (within a budget of 20% of requests plus 10)",
             retries.clone(),
         );
+        let mirror_skipped = Family::<MirrorSkipLabels, Counter>::default();
+        registry.register(
+            "mirror_skipped",
+            "Requests picked for mirroring that were not copied to the canary, by reason",
+            mirror_skipped.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "connections_rejected",
@@ -527,6 +566,7 @@ impl Metrics {
             config_digest: std::sync::Mutex::new(None),
             rejected,
             retries,
+            mirror_skipped,
             connections_rejected,
             open_connections,
         })
@@ -549,6 +589,17 @@ impl Metrics {
                 sha256: digest.to_string(),
             })
             .set(1);
+    }
+
+    /// The counter of mirror copies of `route` skipped for `reason`
+    /// (made at once, so it is exposed at 0).
+    pub fn mirror_skipped(&self, route: &str, reason: MirrorSkip) -> Counter {
+        self.mirror_skipped
+            .get_or_create(&MirrorSkipLabels {
+                route: route.to_string(),
+                reason,
+            })
+            .clone()
     }
 
     /// A request the proxy refused itself (a limit).

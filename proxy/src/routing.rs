@@ -25,6 +25,8 @@ pub struct Backend {
     pub weighted: Arc<Series>,
     /// Requests sent here by an A/B rule (canaries of routes with rules).
     pub matched: Option<Arc<Series>>,
+    /// Requests sent here by session affinity (routes with `affinity`).
+    pub affine: Option<Arc<Series>>,
     pub pool_key: PoolKey,
     /// Retries allowed: 20% of requests, plus 10 (as Linkerd's budget).
     pub retry_budget: Arc<RetryBudget>,
@@ -59,10 +61,14 @@ impl RetryBudget {
 impl Backend {
     /// The series a request sent here for `decision` is counted in.
     pub fn series(&self, decision: SplitDecision) -> &Arc<Series> {
-        match (decision, &self.matched) {
-            (SplitDecision::CanaryByMatch, Some(matched)) => matched,
-            _ => &self.weighted,
+        match decision {
+            SplitDecision::CanaryByMatch => self.matched.as_ref(),
+            SplitDecision::StableByAffinity | SplitDecision::CanaryByAffinity => {
+                self.affine.as_ref()
+            }
+            SplitDecision::Stable | SplitDecision::CanaryByWeight => None,
         }
+        .unwrap_or(&self.weighted)
     }
 }
 
@@ -85,6 +91,8 @@ pub struct Route {
     pub max_in_flight: usize,
     /// `limits.max_request_body` in bytes.
     pub max_body: Option<u64>,
+    pub affinity: Option<crate::affinity::Affinity>,
+    pub mirror: Option<crate::mirror::Mirror>,
 }
 
 /// A request's place among its route's requests in flight; given back
@@ -100,9 +108,27 @@ impl Drop for Permit {
 /// Which backend a request goes to, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SplitDecision {
+    /// By the weighted split (or a route without a canary).
     Stable,
     CanaryByWeight,
     CanaryByMatch,
+    StableByAffinity,
+    CanaryByAffinity,
+}
+
+impl SplitDecision {
+    /// Whether the weighted split placed the request (a new client, for
+    /// cookie affinity).
+    pub fn by_weight(self) -> bool {
+        matches!(self, Self::Stable | Self::CanaryByWeight)
+    }
+
+    pub fn is_canary(self) -> bool {
+        matches!(
+            self,
+            Self::CanaryByWeight | Self::CanaryByMatch | Self::CanaryByAffinity
+        )
+    }
 }
 
 impl Route {
@@ -117,8 +143,8 @@ impl Route {
             .map(|_| Permit(self.in_flight.clone()))
     }
 
-    /// Chooses the backend: A/B rules first (not counted toward the weight),
-    /// then the exact weighted split.
+    /// Chooses the backend: A/B rules first, then session affinity (neither
+    /// counted toward the weight), then the exact weighted split.
     pub fn decide(&self, headers: &HeaderMap) -> SplitDecision {
         if self.canary.is_none() {
             return SplitDecision::Stable;
@@ -130,6 +156,17 @@ impl Route {
         {
             return SplitDecision::CanaryByMatch;
         }
+        if let Some(affinity) = &self.affinity {
+            match affinity.assigned(headers, self.split.canary_weight_bp()) {
+                Some(crate::affinity::Assigned::Canary) => {
+                    return SplitDecision::CanaryByAffinity;
+                }
+                Some(crate::affinity::Assigned::Stable) => {
+                    return SplitDecision::StableByAffinity;
+                }
+                None => {}
+            }
+        }
         if self.split.next_is_canary() {
             SplitDecision::CanaryByWeight
         } else {
@@ -138,11 +175,10 @@ impl Route {
     }
 
     pub fn backend(&self, decision: SplitDecision) -> &Backend {
-        match decision {
-            SplitDecision::Stable => &self.stable,
-            SplitDecision::CanaryByWeight | SplitDecision::CanaryByMatch => {
-                self.canary.as_ref().unwrap_or(&self.stable)
-            }
+        if decision.is_canary() {
+            self.canary.as_ref().unwrap_or(&self.stable)
+        } else {
+            &self.stable
         }
     }
 }
@@ -153,13 +189,9 @@ fn rule_matches(rule: &ValidMatch, headers: &HeaderMap) -> bool {
             .get_all(name)
             .iter()
             .any(|v| v.as_bytes() == value.as_bytes()),
-        ValidMatch::Cookie { name, value } => headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .any(|(k, v)| k.trim() == name && v.trim().trim_matches('"') == value),
+        ValidMatch::Cookie { name, value } => {
+            crate::affinity::cookie_values(headers, name).any(|v| v == value)
+        }
     }
 }
 
@@ -191,6 +223,10 @@ impl Routing {
                     tls: r.tls_for(url),
                 };
                 let has_rules = label == BackendLabel::Canary && !r.canary_match.is_empty();
+                let affine = r
+                    .affinity
+                    .is_some()
+                    .then(|| metrics.series(&r.name, label, Decision::Affinity));
                 Backend {
                     label,
                     url: url.clone(),
@@ -198,6 +234,7 @@ impl Routing {
                     metrics: metrics.backend(&r.name, label),
                     weighted: metrics.series(&r.name, label, Decision::Weight),
                     matched: has_rules.then(|| metrics.series(&r.name, label, Decision::Match)),
+                    affine,
                     pool_key,
                     retry_budget: Arc::default(),
                 }
@@ -216,6 +253,21 @@ impl Routing {
                 .map(|old| old.split.clone())
                 .unwrap_or_else(|| Arc::new(SplitState::new(r.canary_weight_bp)));
             metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
+            let old = previous.and_then(|p| p.route_by_name(&r.name));
+            let affinity = r.affinity.as_ref().map(|a| {
+                crate::affinity::Affinity::new(a, &r.path_prefix, &r.stable, r.canary.as_ref())
+            });
+            let mirror = r.mirror.as_ref().zip(canary.as_ref()).map(|(m, c)| {
+                crate::mirror::Mirror::new(
+                    &r.name,
+                    m,
+                    old.and_then(|o| o.mirror.as_ref()).filter(|_| {
+                        old.and_then(|o| o.canary.as_ref()).map(|b| &b.url) == Some(&c.url)
+                    }),
+                    metrics.series(&r.name, BackendLabel::Canary, Decision::Mirror),
+                    metrics,
+                )
+            });
             routes.push(Arc::new(Route {
                 name: r.name.clone(),
                 listener: r.listener,
@@ -235,6 +287,8 @@ impl Routing {
                     .unwrap_or_default(),
                 max_in_flight: valid.max_requests_in_flight,
                 max_body: valid.max_request_body,
+                affinity,
+                mirror,
             }));
         }
         // Longest prefix first, host-specific before any-host, then config order.

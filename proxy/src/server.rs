@@ -485,7 +485,41 @@ pub async fn handle(
             return too_large();
         }
     }
-    let (body, progress) = UpstreamBody::new(body, route.max_body);
+    let set_cookie = route.affinity.as_ref().and_then(|a| {
+        a.response_cookie(
+            &parts.headers,
+            decision.by_weight().then(|| decision.is_canary()),
+            route.split.canary_weight_bp(),
+            state.scheme == "https",
+        )
+        .cloned()
+    });
+    let (mut body, progress) = UpstreamBody::new(body, route.max_body);
+    if let Some(mirror) = &route.mirror
+        && !upgrade
+        && !decision.is_canary()
+    {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(place) = mirror.pick(&parts.method, declared) {
+            let mut head = Request::new(());
+            *head.method_mut() = parts.method.clone();
+            *head.uri_mut() = parts.uri.clone();
+            *head.version_mut() = parts.version;
+            *head.headers_mut() = parts.headers.clone();
+            let copy_body = if progress.is_sent() {
+                crate::mirror::CopyBody::Empty
+            } else {
+                let (tee, copy_body) = crate::mirror::Tee::new(mirror.max_body);
+                body.tee(tee);
+                copy_body
+            };
+            crate::mirror::launch(route.clone(), head.into_parts().0, copy_body, place);
+        }
+    }
 
     let in_flight = InFlight::new(backend.series(decision).clone(), start);
     // A request that provably never reached the backend is tried once
@@ -574,6 +608,10 @@ pub async fn handle(
                 strip_hop_by_hop(resp.headers_mut(), true);
             } else {
                 strip_hop_by_hop(resp.headers_mut(), false);
+            }
+            // A client the weighted split just placed keeps its backend.
+            if let Some(cookie) = set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, cookie);
             }
             let grpc = crate::grpc::is_grpc(resp.headers()).then(|| GrpcJudge {
                 failure_codes: route.grpc_failure_codes,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::Value;
 
-use crate::config::{Config, ConfigErrors, MatchRule, RouteConfig};
+use crate::config::{AffinityConfig, Config, ConfigErrors, MatchRule, MirrorConfig, RouteConfig};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::routing::Routing;
 use crate::upstream::ClientPool;
@@ -147,7 +147,8 @@ impl Store {
     }
 
     /// Applies an admin patch (any of `stable`, `canary`, `canary_weight`,
-    /// `canary_match`) to one route and swaps the result in.
+    /// `canary_match`, `affinity`, `mirror`; null removes the last three's
+    /// setting) to one route and swaps the result in.
     pub fn update_route(&self, name: &str, patch: &Value) -> Result<RouteConfig, UpdateError> {
         let current = self.load();
         let mut config = current.config.clone();
@@ -226,11 +227,14 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
     }
 }
 
+const PATCH_FIELDS: &str =
+    "a route update may set stable, canary, canary_weight, canary_match, affinity, mirror";
+
 fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigErrors> {
     let Value::Object(fields) = patch else {
         return Err(ConfigErrors::single(
             "",
-            "the body must be a JSON object with any of stable, canary, canary_weight, canary_match",
+            format!("the body must be a JSON object; {PATCH_FIELDS}"),
         ));
     };
     let mut errors = Vec::new();
@@ -261,11 +265,21 @@ fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigError
                     Err(e) => err("canary_match", e.to_string()),
                 }
             }
-            other => err(
-                other,
-                "unknown field; a route update may set stable, canary, canary_weight, canary_match"
-                    .to_string(),
-            ),
+            "affinity" => match value {
+                Value::Null => route.affinity = None,
+                _ => match crate::config::strict_from_json::<AffinityConfig>(value.clone()) {
+                    Ok(a) => route.affinity = Some(a),
+                    Err(e) => err("affinity", e.to_string()),
+                },
+            },
+            "mirror" => match value {
+                Value::Null => route.mirror = None,
+                _ => match crate::config::strict_from_json::<MirrorConfig>(value.clone()) {
+                    Ok(m) => route.mirror = Some(m),
+                    Err(e) => err("mirror", e.to_string()),
+                },
+            },
+            other => err(other, format!("unknown field; {PATCH_FIELDS}")),
         }
     }
     if errors.is_empty() {

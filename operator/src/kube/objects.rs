@@ -727,6 +727,8 @@ pub fn proxy_config(
             )),
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
             canary_match: Vec::new(),
+            affinity: None,
+            mirror: None,
             timeouts: Default::default(),
             upstream_tls: None,
             grpc_failure_codes: None,
