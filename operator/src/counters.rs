@@ -120,19 +120,27 @@ impl Arm {
     }
 }
 
-/// A route's traffic between two scrapes, by arm. Weighted traffic only in
-/// `stable` and `canary`; A/B-rule traffic apart in `canary_match`.
+/// A route's traffic between two scrapes, by arm. Weighted (and sticky)
+/// traffic in `stable` and `canary`; A/B-rule traffic apart in
+/// `canary_match`, mirrored copies in `canary_mirror`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Window {
     pub stable: Arm,
     pub canary: Arm,
     pub canary_match: Arm,
+    /// The canary's answers to mirrored copies.
+    pub canary_mirror: Arm,
 }
 
 impl Window {
     /// Sorts and repairs every arm's buckets.
     pub fn finish(&mut self) {
-        for arm in [&mut self.stable, &mut self.canary, &mut self.canary_match] {
+        for arm in [
+            &mut self.stable,
+            &mut self.canary,
+            &mut self.canary_match,
+            &mut self.canary_mirror,
+        ] {
             arm.finish();
         }
     }
@@ -145,9 +153,12 @@ pub fn arm_of<'a>(
 ) -> Option<&'a mut Arm> {
     let decision = labels.get("decision").map(String::as_str);
     match (labels.get("backend").map(String::as_str), decision) {
-        (Some("stable"), Some("weight") | None) => Some(&mut window.stable),
-        (Some("canary"), Some("weight") | None) => Some(&mut window.canary),
+        // Sticky (affinity) traffic was placed by the weight once and is
+        // user traffic like it: judged with it.
+        (Some("stable"), Some("weight" | "affinity") | None) => Some(&mut window.stable),
+        (Some("canary"), Some("weight" | "affinity") | None) => Some(&mut window.canary),
         (Some("canary"), Some("match")) => Some(&mut window.canary_match),
+        (Some("canary"), Some("mirror")) => Some(&mut window.canary_mirror),
         _ => None,
     }
 }

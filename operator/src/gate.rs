@@ -308,6 +308,106 @@ pub struct GateState {
     pub step_canary: Arm,
     /// Scrapes observed.
     pub scrapes: u64,
+    /// Both arms' traffic over the whole release (an experiment's report;
+    /// the primary's rates a blue/green soak is judged against).
+    #[serde(default)]
+    pub total_stable: Arm,
+    #[serde(default)]
+    pub total_canary: Arm,
+    /// Blue/green after the switch: the new version against the primary's
+    /// rates from before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakEvidence>,
+}
+
+/// A blue/green soak's evidence. With all traffic on the new version there
+/// is no primary traffic to compare with at the same time, so its failures
+/// (and slow requests) are tested against the primary's rates measured
+/// before the switch, `r`: a mixture of Poisson likelihood ratios
+/// `Π m^{e} e^{-n·ρ₀·r·(m−1)}` over the same grid. For Bernoulli requests at
+/// a rate `q ≤ ρ₀·r` each factor has expectation `1 + q(m−1)` times
+/// `e^{-ρ₀·r·(m−1)} ≤ 1`, so Ville's inequality bounds false rollbacks by
+/// α as in the two-arm test, given the reference rate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SoakEvidence {
+    /// The primary's failure rate before the switch.
+    pub reference_failure_rate: f64,
+    pub errors: Evidence,
+    /// Per latency bound: the primary's share of slower requests, and the
+    /// evidence.
+    pub latency: Vec<(f64, f64, Evidence)>,
+}
+
+/// The mode of a tick's observation, by strategy and weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arms {
+    /// Weighted (and sticky) canary traffic against the primary's.
+    Weighted,
+    /// Mirrored copies against the primary's traffic (blue/green before
+    /// the switch).
+    Mirror,
+    /// Every canary request, by weight or by A/B rule (an experiment).
+    AllCanary,
+    /// All traffic on the new version (blue/green soak).
+    Soak,
+}
+
+impl Arms {
+    pub fn of(strategy: &crate::plan::Strategy, weight_bp: u32) -> Self {
+        use crate::plan::Strategy;
+        match strategy {
+            Strategy::Canary => Arms::Weighted,
+            Strategy::BlueGreen { .. } if weight_bp == 0 => Arms::Mirror,
+            Strategy::BlueGreen { .. } => Arms::Soak,
+            Strategy::Experiment { .. } => Arms::AllCanary,
+        }
+    }
+
+    /// The window as the gate judges it in this mode.
+    pub fn select(self, mut window: Window) -> Window {
+        match self {
+            Arms::Weighted | Arms::Soak => {}
+            Arms::Mirror => window.canary = std::mem::take(&mut window.canary_mirror),
+            Arms::AllCanary => {
+                let matched = window.canary_match.clone();
+                window.canary.add(&matched);
+            }
+        }
+        window
+    }
+}
+
+/// `rate` with one pseudo-event, so a primary that never failed in the
+/// sample still has a positive reference.
+fn smoothed_rate(events: f64, requests: f64) -> f64 {
+    (events + 0.5) / (requests + 1.0)
+}
+
+impl Evidence {
+    /// Adds one scrape of the new version alone against a reference rate
+    /// (see [`SoakEvidence`]).
+    fn observe_against(&mut self, s: &GateSettings, n_c: f64, e_c: f64, reference: f64) {
+        let n_c = n_c.max(0.0);
+        let e_c = e_c.clamp(0.0, n_c);
+        self.canary_requests += n_c;
+        self.canary_events += e_c;
+        self.stable_requests += n_c;
+        self.stable_events += n_c * reference;
+        if n_c == 0.0 {
+            return;
+        }
+        for (acc, m) in self.fail.iter_mut().zip(FAIL_GRID) {
+            *acc += xlogy(e_c, m) - n_c * s.rho0 * reference * (m - 1.0);
+        }
+        for (acc, m) in self.pass.iter_mut().zip(PASS_GRID) {
+            *acc += xlogy(e_c, m) - n_c * s.rho_max * reference * (m - 1.0);
+        }
+        let f = s.failure_floor;
+        for (acc, m) in self.floor.iter_mut().zip(FLOOR_GRID) {
+            let p = f * m;
+            *acc += xlogy(e_c, p / f) + xlogy(n_c - e_c, (1.0 - p) / (1.0 - f));
+        }
+    }
 }
 
 impl GateState {
@@ -327,8 +427,79 @@ impl GateState {
         }
     }
 
+    /// Adds one blue/green soak scrape: the new version alone, against the
+    /// primary's rates before the switch.
+    pub fn observe_soak(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
+        self.scrapes += 1;
+        if weight_bp != self.step_weight_bp {
+            self.step_weight_bp = weight_bp;
+            self.step_canary_requests = 0.0;
+            self.step_canary = Arm::default();
+        }
+        let reference = &self.total_stable;
+        let soak = self.soak.get_or_insert_with(|| SoakEvidence {
+            reference_failure_rate: smoothed_rate(reference.failures, reference.requests),
+            errors: Evidence::new(),
+            latency: self
+                .latency
+                .iter()
+                .map(|l| {
+                    let total = reference.buckets.last().map(|b| b.1).unwrap_or(0.0);
+                    let slow = reference.slower_than(l.bound).unwrap_or(0.0);
+                    (l.bound, smoothed_rate(slow, total), Evidence::new())
+                })
+                .collect(),
+        });
+        let c = &window.canary;
+        soak.errors.observe_against(
+            settings,
+            c.requests,
+            c.failures,
+            soak.reference_failure_rate,
+        );
+        for (bound, reference, evidence) in &mut soak.latency {
+            let total = c.buckets.last().map(|b| b.1).unwrap_or(0.0);
+            let slow = c.slower_than(*bound).unwrap_or(0.0);
+            evidence.observe_against(settings, total, slow, *reference);
+        }
+        self.step_canary_requests += c.requests;
+        self.step_canary.add(c);
+        self.total_canary.add(c);
+    }
+
+    /// The checks of a soak: exposure and the tests against the primary's
+    /// rates before the switch.
+    pub fn soak_analysis(&self, settings: &GateSettings, min_requests: u64) -> Analysis {
+        let mut analysis = self.analysis(settings, min_requests);
+        analysis.checks.retain(|c| c.name == "exposure");
+        if let Some(soak) = &self.soak {
+            analysis.checks.push(sequential_check(
+                "errors",
+                "failures against the primary before the switch",
+                &soak.errors,
+                settings,
+            ));
+            for (bound, _, evidence) in &soak.latency {
+                let name = format!(
+                    "latency>{}",
+                    sluice_proxy::config::format_duration(Duration::from_secs_f64(*bound))
+                );
+                analysis.checks.push(sequential_check(
+                    &name,
+                    "requests slower than the bound, against the primary before the switch",
+                    evidence,
+                    settings,
+                ));
+            }
+        }
+        analysis.promotable = None;
+        analysis
+    }
+
     /// Adds one scrape's window, taken while the canary weight was `weight_bp`.
     pub fn observe(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
+        self.total_stable.add(&window.stable);
+        self.total_canary.add(&window.canary);
         self.scrapes += 1;
         if weight_bp != self.step_weight_bp {
             self.step_weight_bp = weight_bp;

@@ -15,6 +15,7 @@ pub mod kube;
 pub mod machine;
 pub mod plan;
 pub mod provider;
+pub mod report;
 pub mod router;
 pub mod runner;
 pub mod scrape;

@@ -46,8 +46,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use sluice_proxy::config::WEIGHT_SCALE_BP;
+
 use crate::analysis::{Analysis, Outcome};
-use crate::plan::{Plan, WebhookKind};
+use crate::plan::{Plan, Strategy, WebhookKind};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Phase {
@@ -59,6 +61,9 @@ pub enum Phase {
     Finalising,
     Succeeded,
     Failed,
+    /// An experiment ran its time: the report is out and the route is back
+    /// on stable (nothing was promoted).
+    Concluded,
 }
 
 impl Phase {
@@ -72,11 +77,12 @@ impl Phase {
             Phase::Finalising => "Finalising",
             Phase::Succeeded => "Succeeded",
             Phase::Failed => "Failed",
+            Phase::Concluded => "Concluded",
         }
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed)
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Concluded)
     }
 
     /// Phases whose ticks carry an analysis.
@@ -95,6 +101,7 @@ impl Phase {
             Phase::Finalising => 5,
             Phase::Succeeded => 6,
             Phase::Failed => 7,
+            Phase::Concluded => 8,
         }
     }
 }
@@ -302,7 +309,7 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
         return reissue(plan, s, obs, pending);
     }
     match s.phase {
-        Phase::Succeeded => Transition::hold(s, NextTick::Idle),
+        Phase::Succeeded | Phase::Concluded => Transition::hold(s, NextTick::Idle),
         Phase::Failed => {
             if obs.command == Some(Command::Retry) {
                 start(
@@ -358,13 +365,34 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
                 return Transition::hold(s, NextTick::Interval);
             }
             s.step = 0;
-            s.canary_weight_bp = plan.steps_bp[0];
             s.last_progress_at = obs.now;
             s.step_started_at = obs.now;
-            let msg = format!("advancing to step 1 of {}", plan.steps_bp.len());
+            let (weight, msg) = match &plan.strategy {
+                Strategy::Canary => (
+                    plan.steps_bp[0],
+                    format!("advancing to step 1 of {}", plan.steps_bp.len()),
+                ),
+                Strategy::BlueGreen { .. } => (
+                    0,
+                    "judging the new version on mirrored traffic (weight 0)".to_string(),
+                ),
+                Strategy::Experiment { duration } => (
+                    plan.steps_bp[0],
+                    format!(
+                        "experiment started at {}% for {}",
+                        pct(plan.steps_bp[0]),
+                        sluice_proxy::config::format_duration(*duration)
+                    ),
+                ),
+            };
+            s.canary_weight_bp = weight;
             transition(&mut s, Phase::Progressing, obs.now, msg);
-            let weight = s.canary_weight_bp;
-            Transition::new(s, vec![Action::SetWeight(weight)], NextTick::Interval)
+            let actions = if weight > 0 {
+                vec![Action::SetWeight(weight)]
+            } else {
+                Vec::new()
+            };
+            Transition::new(s, actions, NextTick::Interval)
         }
         Phase::Progressing | Phase::WaitingPromotion => analyse(plan, s, obs),
         Phase::Promoting => {
@@ -534,6 +562,12 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     if obs.command == Some(Command::Abort) {
         return rollback(s, obs.now, "aborted by a user".into());
     }
+    if obs.command == Some(Command::PromoteNow)
+        && matches!(plan.strategy, Strategy::Experiment { .. })
+    {
+        s.message = "an experiment never promotes; it ends on stable when its time is up (abort ends it now)".into();
+        return Transition::hold(s, NextTick::Interval);
+    }
     if obs.command == Some(Command::PromoteNow) {
         let message = format!(
             "promoted by a user override (promote --full) at {}%, skipping the remaining steps and the analysis",
@@ -560,6 +594,15 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     if obs.gates.rollout == Some(false) && verdict != Outcome::Fail {
         verdict = Outcome::Fail;
         why = "a rollout webhook failed".into();
+    }
+    match plan.strategy {
+        Strategy::Canary => {}
+        Strategy::BlueGreen { iterations, soak } => {
+            return blue_green(plan, s, obs, analysis, (verdict, why), iterations, soak);
+        }
+        Strategy::Experiment { duration } => {
+            return experiment(plan, s, obs, analysis, (verdict, why), duration);
+        }
     }
     if verdict == Outcome::Fail && analysis.decisive_failure() {
         // The sequential gate has budgeted its false alarms already.
@@ -661,6 +704,188 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             }
         }
     }
+}
+
+/// Blue/green: judged on mirrored copies at weight 0, then switched to
+/// 100% in one step and soaked; any failure in the soak switches back.
+fn blue_green(
+    plan: &Plan,
+    mut s: Status,
+    obs: &Observation,
+    analysis: &Analysis,
+    (verdict, why): (Outcome, String),
+    iterations: u32,
+    soak: std::time::Duration,
+) -> Transition {
+    let switched = s.canary_weight_bp >= WEIGHT_SCALE_BP;
+    let dwell = obs.now - s.step_started_at;
+    if verdict == Outcome::Fail {
+        if switched {
+            return rollback(
+                s,
+                obs.now,
+                format!("failed during the soak; all traffic is back on the primary: {why}"),
+            );
+        }
+        if analysis.decisive_failure() {
+            return rollback(
+                s,
+                obs.now,
+                format!("worse than the primary on mirrored traffic (no user saw it): {why}"),
+            );
+        }
+        s.failed_checks += 1;
+        if s.failed_checks >= plan.failure_limit {
+            return rollback(
+                s,
+                obs.now,
+                format!(
+                    "failure limit {} reached on mirrored traffic: {why}",
+                    plan.failure_limit
+                ),
+            );
+        }
+        s.message = format!(
+            "check failed on mirrored traffic ({} of {}): {why}",
+            s.failed_checks, plan.failure_limit
+        );
+        return Transition::hold(s, NextTick::Interval);
+    }
+    if !switched && obs.now - s.started_at >= plan.max_duration.as_secs_f64() {
+        return rollback(
+            s,
+            obs.now,
+            format!(
+                "not shown to be no worse than the primary on mirrored traffic within the maximum release duration ({}): {why}",
+                sluice_proxy::config::format_duration(plan.max_duration)
+            ),
+        );
+    }
+    if verdict == Outcome::Inconclusive {
+        if deadline_passed(plan, &s, obs.now) {
+            return rollback(
+                s,
+                obs.now,
+                format!(
+                    "no conclusive analysis within the progress deadline ({}): {why}",
+                    sluice_proxy::config::format_duration(plan.progress_deadline)
+                ),
+            );
+        }
+        s.message = if switched {
+            format!(
+                "soaking for {dwell:.0}s of {}: inconclusive: {why}",
+                sluice_proxy::config::format_duration(soak)
+            )
+        } else {
+            format!("judging mirrored traffic: inconclusive: {why}")
+        };
+        return Transition::hold(s, NextTick::Interval);
+    }
+    s.last_progress_at = obs.now;
+    if switched {
+        if dwell + 1e-6 < soak.as_secs_f64() {
+            s.message = format!(
+                "soaking at 100% for {dwell:.0}s of {}: {why}",
+                sluice_proxy::config::format_duration(soak)
+            );
+            return Transition::hold(s, NextTick::Interval);
+        }
+        return promote(s, obs.now);
+    }
+    let needed = f64::from(iterations) * plan.interval.as_secs_f64();
+    if dwell + 1e-6 < needed {
+        s.message = format!("judging mirrored traffic for {dwell:.0}s of {needed:.0}s: {why}");
+        return Transition::hold(s, NextTick::Interval);
+    }
+    if !analysis.promotes() {
+        s.message = format!(
+            "the switch waits until the new version is shown to be no worse than the primary on mirrored traffic: {why}"
+        );
+        return Transition::hold(s, NextTick::Interval);
+    }
+    if let Some(waiting) = closed_gate(plan, &s, obs) {
+        let waiting = waiting.replace("all steps passed", "mirrored traffic passed");
+        if s.phase != Phase::WaitingPromotion {
+            transition(&mut s, Phase::WaitingPromotion, obs.now, waiting);
+        } else {
+            s.message = waiting;
+        }
+        return Transition::hold(s, NextTick::Interval);
+    }
+    s.passed_steps = 1;
+    s.canary_weight_bp = WEIGHT_SCALE_BP;
+    s.step_started_at = obs.now;
+    let message = format!(
+        "switched all traffic to the new version in one step; soaking for {}",
+        sluice_proxy::config::format_duration(soak)
+    );
+    transition(&mut s, Phase::Progressing, obs.now, message.clone());
+    Transition::new(
+        s,
+        vec![
+            Action::SetWeight(WEIGHT_SCALE_BP),
+            Action::Event(Level::Normal, message),
+        ],
+        NextTick::Interval,
+    )
+}
+
+/// An experiment: both versions side by side for `duration`, then back on
+/// stable with a report. A canary shown worse ends it early (Failed).
+fn experiment(
+    plan: &Plan,
+    mut s: Status,
+    obs: &Observation,
+    analysis: &Analysis,
+    (verdict, why): (Outcome, String),
+    duration: std::time::Duration,
+) -> Transition {
+    if verdict == Outcome::Fail {
+        if analysis.decisive_failure() {
+            return rollback(
+                s,
+                obs.now,
+                format!("experiment stopped early: the canary is worse than the primary: {why}"),
+            );
+        }
+        s.failed_checks += 1;
+        if s.failed_checks >= plan.failure_limit {
+            return rollback(
+                s,
+                obs.now,
+                format!(
+                    "experiment stopped early: failure limit {} reached: {why}",
+                    plan.failure_limit
+                ),
+            );
+        }
+    }
+    let ran = obs.now - s.step_started_at;
+    if ran + 1e-6 >= duration.as_secs_f64() {
+        let message = format!(
+            "experiment concluded after {}; the route is back on stable",
+            sluice_proxy::config::format_duration(duration)
+        );
+        s.canary_weight_bp = 0;
+        transition(&mut s, Phase::Concluded, obs.now, message.clone());
+        return Transition::new(
+            s,
+            vec![
+                Action::Rollback,
+                Action::Event(Level::Normal, message),
+                Action::Notify(WebhookKind::PostRollout),
+            ],
+            NextTick::Idle,
+        );
+    }
+    s.last_progress_at = obs.now;
+    s.message = format!(
+        "experiment at {}% for {ran:.0}s of {}: {why}",
+        pct(s.canary_weight_bp),
+        sluice_proxy::config::format_duration(duration)
+    );
+    Transition::hold(s, NextTick::Interval)
 }
 
 /// Why promotion must still wait after a passing tick, if it must.

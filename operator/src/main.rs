@@ -133,9 +133,10 @@ fn output_mode(o: Option<Output>) -> OutputMode {
 
 #[derive(clap::Args)]
 struct PlanArgs {
-    /// Canary weights in percent, e.g. 10,25,50.
-    #[arg(long, default_value = "10,20,30,40,50")]
-    steps: String,
+    /// Canary weights in percent, e.g. 10,25,50 (default 10,20,30,40,50); an experiment's one
+    /// weight (default 50; 0 to use only the route's A/B rules).
+    #[arg(long)]
+    steps: Option<String>,
     /// How the canary is judged: `sequential` (against the primary, continuously; the default)
     /// or `threshold` (its own numbers against fixed thresholds every interval, as Flagger).
     #[arg(long, default_value = "sequential")]
@@ -195,6 +196,38 @@ struct PlanArgs {
     /// YAML list of custom PromQL checks: [{name, query, min, max}] (needs --prometheus).
     #[arg(long)]
     checks_file: Option<PathBuf>,
+    /// The release's shape: `canary` (steps), `blue-green` (judged on mirrored traffic, then a
+    /// switch 0 -> 100 and a soak) or `experiment` (both versions side by side for a fixed time,
+    /// a report, no promotion).
+    #[arg(long, default_value = "canary")]
+    strategy: String,
+    /// Blue/green: intervals the new version is judged on mirrored traffic before the switch (at least).
+    #[arg(long, default_value = "1")]
+    iterations: String,
+    /// Blue/green: how long the new version is watched after the switch before promotion.
+    #[arg(long, default_value = "5m")]
+    soak: String,
+    /// Experiment: how long both versions serve side by side.
+    #[arg(long, default_value = "10m")]
+    experiment_duration: String,
+    /// Sticky sessions: the cookie that keeps a client on its backend.
+    #[arg(long)]
+    affinity_cookie: Option<String>,
+    /// Lifetime of the affinity cookie (a session cookie when unset).
+    #[arg(long)]
+    affinity_max_age: Option<String>,
+    /// Sticky sessions by a hash of this request header (e.g. a user id).
+    #[arg(long)]
+    affinity_header: Option<String>,
+    /// Percent of the stable's requests copied to the new version (blue-green default 100).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Requests with a larger body are not mirrored.
+    #[arg(long)]
+    mirror_max_body: Option<String>,
+    /// Methods mirrored, comma-separated (default: the idempotent ones).
+    #[arg(long)]
+    mirror_methods: Option<String>,
 }
 
 impl PlanArgs {
@@ -270,8 +303,34 @@ impl PlanArgs {
         if scrape_interval < Duration::from_millis(100) {
             return Err("--scrape-interval: must be at least 100ms".into());
         }
-        Ok(Plan {
-            steps_bp: plan::parse_steps(&self.steps).map_err(|e| flag("steps", e))?,
+        let strategy = plan::Strategy::parse(
+            &self.strategy,
+            &self.iterations,
+            &self.soak,
+            &self.experiment_duration,
+        )
+        .map_err(|(name, e)| flag(name, e))?;
+        let traffic = plan::Traffic::parse(
+            &plan::TrafficText {
+                affinity_cookie: self.affinity_cookie.as_deref(),
+                affinity_max_age: self.affinity_max_age.as_deref(),
+                affinity_header: self.affinity_header.as_deref(),
+                mirror: self.mirror.as_deref(),
+                mirror_max_body: self.mirror_max_body.as_deref(),
+                mirror_methods: self.mirror_methods.as_deref(),
+            },
+            &strategy,
+        )
+        .map_err(|(name, e)| flag(&name, e))?;
+        let experiment = matches!(strategy, plan::Strategy::Experiment { .. });
+        let steps_bp = match self.steps.as_deref() {
+            Some(text) if experiment && text.trim() == "0" => vec![0],
+            Some(text) => plan::parse_steps(text).map_err(|e| flag("steps", e))?,
+            None if experiment => vec![5000],
+            None => plan::parse_steps("10,20,30,40,50").map_err(|e| flag("steps", e))?,
+        };
+        let mut plan = Plan {
+            steps_bp,
             interval,
             failure_limit: self.failure_limit,
             min_requests: self.min_requests,
@@ -284,7 +343,11 @@ impl PlanArgs {
             queries,
             approval: Approval::parse(&self.approval).map_err(|e| flag("approve", e))?,
             webhooks,
-        })
+            strategy,
+            traffic,
+        };
+        plan.apply_strategy(|name| format!("--{name}"))?;
+        Ok(plan)
     }
 }
 
@@ -389,7 +452,8 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             Err(e) => return usage(format!("--token-file: cannot read {}: {e}", path.display())),
         },
     };
-    let router = ProxyAdminRouter::new(&args.admin, &args.route, &args.canary, token);
+    let router = ProxyAdminRouter::new(&args.admin, &args.route, &args.canary, token)
+        .with_traffic(plan.traffic.clone());
     match router.current().await {
         Ok(_) => {}
         Err(RouterError::Refused { status: 404, .. }) => {
@@ -496,6 +560,9 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     };
     if status.phase == Phase::Succeeded {
         eprintln!("promoted: {}", status.message);
+        ExitCode::SUCCESS
+    } else if status.phase == Phase::Concluded {
+        eprintln!("{}", status.message);
         ExitCode::SUCCESS
     } else {
         eprintln!("{}", status.message);
@@ -720,7 +787,7 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
             "{}",
             serde_json::json!({
                 "rps": scenario.rps,
-                "steps": args.plan.steps,
+                "steps": args.plan.steps.as_deref().unwrap_or("10,20,30,40,50"),
                 "gate": args.plan.gate,
                 "primary_errors": scenario.primary.errors,
                 "canary_errors": scenario.canary.errors,

@@ -171,6 +171,197 @@ pub fn threshold_latency() -> Vec<LatencyCheck> {
     }]
 }
 
+/// The shape of a release.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The weight moves step by step (the default).
+    #[default]
+    Canary,
+    /// The new version takes mirrored traffic only (weight 0) for at least
+    /// `iterations` × `interval` and until the gate shows it no worse than
+    /// the primary on the same requests; then all traffic switches to it
+    /// in one step, and it is watched for `soak` against the primary's
+    /// rates from before the switch. Any failure then switches back at
+    /// once; a clean soak promotes.
+    BlueGreen {
+        iterations: u32,
+        #[serde(with = "duration_text")]
+        soak: Duration,
+    },
+    /// Both versions serve side by side at the first step's weight (and
+    /// any A/B rules of the route) for `duration`, judged by the gate's
+    /// statistics; a report ends it and the route returns to stable. No
+    /// promotion. A canary the gate shows to be worse ends it early.
+    Experiment {
+        #[serde(with = "duration_text")]
+        duration: Duration,
+    },
+}
+
+impl Strategy {
+    pub const NAMES: &'static str = "canary, blue-green, experiment";
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Canary => "canary",
+            Strategy::BlueGreen { .. } => "blue-green",
+            Strategy::Experiment { .. } => "experiment",
+        }
+    }
+
+    /// A strategy by name, with its settings: `iterations`, `soak` (blue-green)
+    /// and `duration` (experiment), given as text.
+    pub fn parse(
+        name: &str,
+        iterations: &str,
+        soak: &str,
+        duration: &str,
+    ) -> Result<Self, (&'static str, String)> {
+        match name {
+            "canary" => Ok(Strategy::Canary),
+            "blue-green" => {
+                let iterations: u32 =
+                    iterations.trim().parse().ok().filter(|n| *n >= 1).ok_or((
+                        "iterations",
+                        format!("`{iterations}` is not a whole number of at least 1"),
+                    ))?;
+                let soak = parse_duration(soak).map_err(|e| ("soak", e))?;
+                Ok(Strategy::BlueGreen { iterations, soak })
+            }
+            "experiment" => {
+                let duration = parse_duration(duration).map_err(|e| ("experiment-duration", e))?;
+                if duration.is_zero() {
+                    return Err(("experiment-duration", "must be greater than 0".into()));
+                }
+                Ok(Strategy::Experiment { duration })
+            }
+            other => Err((
+                "strategy",
+                format!(
+                    "`{other}` is not a strategy this version knows; use one of {}",
+                    Self::NAMES
+                ),
+            )),
+        }
+    }
+}
+
+/// What a release sets on its proxy route besides the weight: session
+/// affinity and mirroring (blue/green mirrors 100% unless told otherwise).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Traffic {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<sluice_proxy::config::AffinityConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<sluice_proxy::config::MirrorConfig>,
+}
+
+/// The raw settings of [`Traffic`], as flags or annotations give them.
+#[derive(Clone, Debug, Default)]
+pub struct TrafficText<'a> {
+    pub affinity_cookie: Option<&'a str>,
+    pub affinity_max_age: Option<&'a str>,
+    pub affinity_header: Option<&'a str>,
+    pub mirror: Option<&'a str>,
+    pub mirror_max_body: Option<&'a str>,
+    pub mirror_methods: Option<&'a str>,
+}
+
+impl Traffic {
+    /// Parses and checks the settings with the proxy's own rules. An error
+    /// names the setting: `affinity-cookie`, `affinity-max-age`,
+    /// `affinity-header`, `mirror`, `mirror-max-body` or `mirror-methods`.
+    pub fn parse(t: &TrafficText<'_>, strategy: &Strategy) -> Result<Self, (String, String)> {
+        use sluice_proxy::config::{AffinityConfig, MirrorConfig};
+        let affinity = match (t.affinity_cookie, t.affinity_header) {
+            (None, None) => {
+                if t.affinity_max_age.is_some() {
+                    return Err((
+                        "affinity-max-age".into(),
+                        "applies with affinity-cookie only".into(),
+                    ));
+                }
+                None
+            }
+            (Some(_), Some(_)) => {
+                return Err((
+                    "affinity-cookie".into(),
+                    "set either affinity-cookie or affinity-header, not both".into(),
+                ));
+            }
+            (cookie, header) => Some(AffinityConfig {
+                cookie: cookie.map(str::to_string),
+                max_age: t.affinity_max_age.map(str::to_string),
+                header: header.map(str::to_string),
+            }),
+        };
+        if let Some(a) = &affinity
+            && let Err(e) = sluice_proxy::config::check_affinity(a)
+        {
+            let first = &e.0[0];
+            let name = match first.path.as_str() {
+                "affinity.max_age" => "affinity-max-age",
+                "affinity.header" => "affinity-header",
+                _ => "affinity-cookie",
+            };
+            return Err((name.into(), first.message.clone()));
+        }
+        let blue_green = matches!(strategy, Strategy::BlueGreen { .. });
+        let percent = match t.mirror {
+            None if blue_green => Some(100.0),
+            None => None,
+            Some(text) => Some(
+                text.trim()
+                    .trim_end_matches('%')
+                    .parse::<f64>()
+                    .map_err(|_| ("mirror".to_string(), format!("`{text}` is not a percent")))?,
+            ),
+        };
+        let mirror = match percent {
+            None => {
+                if t.mirror_max_body.is_some() || t.mirror_methods.is_some() {
+                    return Err((
+                        "mirror".into(),
+                        "mirror-max-body and mirror-methods need a mirror percent".into(),
+                    ));
+                }
+                None
+            }
+            Some(percent) => {
+                let mirror = MirrorConfig {
+                    percent,
+                    max_body: t.mirror_max_body.unwrap_or("64KiB").to_string(),
+                    methods: t.mirror_methods.map(|m| {
+                        m.split(',')
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty())
+                            .collect()
+                    }),
+                    max_in_flight: 512,
+                };
+                if let Err(e) = sluice_proxy::config::check_mirror(&mirror) {
+                    let first = &e.0[0];
+                    let name = match first.path.as_str() {
+                        "mirror.max_body" => "mirror-max-body",
+                        p if p.starts_with("mirror.methods") => "mirror-methods",
+                        _ => "mirror",
+                    };
+                    return Err((name.into(), first.message.clone()));
+                }
+                if blue_green && percent <= 0.0 {
+                    return Err((
+                        "mirror".into(),
+                        "blue-green judges the new version on mirrored traffic before the switch; give a percent above 0".into(),
+                    ));
+                }
+                Some(mirror)
+            }
+        };
+        Ok(Self { affinity, mirror })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// Canary weights of the steps, in basis points, strictly increasing.
@@ -201,6 +392,10 @@ pub struct Plan {
     pub queries: Vec<QueryCheck>,
     pub approval: Approval,
     pub webhooks: Vec<Webhook>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub traffic: Traffic,
 }
 
 impl Default for Plan {
@@ -219,6 +414,8 @@ impl Default for Plan {
             queries: Vec::new(),
             approval: Approval::Auto,
             webhooks: Vec::new(),
+            strategy: Strategy::Canary,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -236,6 +433,36 @@ impl Plan {
 
     pub fn is_sequential(&self) -> bool {
         matches!(self.gate, Gate::Sequential(_))
+    }
+
+    /// Checks that the strategy fits the rest of the plan, and fixes the
+    /// steps it implies: blue/green has one step (100%), an experiment one
+    /// (its weight). `flag` names a setting as the caller's user wrote it.
+    pub fn apply_strategy(&mut self, flag: impl Fn(&str) -> String) -> Result<(), String> {
+        match self.strategy {
+            Strategy::Canary => Ok(()),
+            Strategy::BlueGreen { .. } | Strategy::Experiment { .. } if !self.is_sequential() => {
+                Err(format!(
+                    "{}: {} judges the new version against the primary with the sequential gate; drop {} threshold",
+                    flag("strategy"),
+                    self.strategy.name(),
+                    flag("gate")
+                ))
+            }
+            Strategy::BlueGreen { .. } => {
+                self.steps_bp = vec![WEIGHT_SCALE_BP];
+                Ok(())
+            }
+            Strategy::Experiment { .. } => {
+                if self.steps_bp.len() != 1 {
+                    return Err(format!(
+                        "{}: an experiment runs at one weight; give one value (or 0 with the route's A/B rules)",
+                        flag("steps")
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     /// How long the driver waits for the next analysis tick.

@@ -86,9 +86,16 @@ impl Provider {
             Ok(w) => w,
             Err(reason) => return all_inconclusive(plan, &reason),
         };
+        let arms = crate::gate::Arms::of(&plan.strategy, weight_bp);
+        let window = arms.select(window);
         let state = gate.get_or_insert_with(|| GateState::new(settings));
-        state.observe(settings, &window, weight_bp);
-        let mut analysis = state.analysis(settings, plan.min_requests);
+        let mut analysis = if arms == crate::gate::Arms::Soak {
+            state.observe_soak(settings, &window, weight_bp);
+            state.soak_analysis(settings, plan.min_requests)
+        } else {
+            state.observe(settings, &window, weight_bp);
+            state.analysis(settings, plan.min_requests)
+        };
         if state.step_canary.requests >= plan.min_requests as f64 {
             analysis
                 .checks

@@ -57,6 +57,8 @@ pub struct ProxyAdminRouter {
     route: String,
     canary_url: String,
     token: Option<String>,
+    /// Affinity and mirroring the release sets on the route.
+    traffic: crate::plan::Traffic,
 }
 
 impl ProxyAdminRouter {
@@ -67,7 +69,25 @@ impl ProxyAdminRouter {
             route: route.to_string(),
             canary_url: canary_url.to_string(),
             token,
+            traffic: crate::plan::Traffic::default(),
         }
+    }
+
+    /// Sets `traffic` on the route when the release starts. Mirroring
+    /// ends with the release (rollback, promotion, the end of an
+    /// experiment); affinity stays on the route, where it does nothing
+    /// until the next release gives the canary weight.
+    pub fn with_traffic(mut self, traffic: crate::plan::Traffic) -> Self {
+        self.traffic = traffic;
+        self
+    }
+
+    /// `patch` plus `mirror: null` when this release mirrors.
+    fn ending(&self, mut patch: serde_json::Value) -> serde_json::Value {
+        if self.traffic.mirror.is_some() {
+            patch["mirror"] = serde_json::Value::Null;
+        }
+        patch
     }
 
     fn route_url(&self) -> String {
@@ -120,8 +140,14 @@ impl ProxyAdminRouter {
 
 impl Router for ProxyAdminRouter {
     async fn initialize(&self) -> Result<(), RouterError> {
-        self.put(json!({ "canary": self.canary_url, "canary_weight": 0 }))
-            .await
+        let mut patch = json!({ "canary": self.canary_url, "canary_weight": 0 });
+        if let Some(a) = &self.traffic.affinity {
+            patch["affinity"] = json!(a);
+        }
+        if let Some(m) = &self.traffic.mirror {
+            patch["mirror"] = json!(m);
+        }
+        self.put(patch).await
     }
 
     async fn set_weight(&self, canary_weight_bp: u32) -> Result<(), RouterError> {
@@ -139,9 +165,9 @@ impl Router for ProxyAdminRouter {
     /// next release points the slot at its canary.
     async fn finalise(&self) -> Result<(), RouterError> {
         if has_rules(&self.current().await?) {
-            self.put(json!({ "canary_weight": 0 })).await
+            self.put(self.ending(json!({ "canary_weight": 0 }))).await
         } else {
-            self.put(json!({ "canary_weight": 0, "canary": null }))
+            self.put(json!({ "canary_weight": 0, "canary": null, "mirror": null }))
                 .await
         }
     }
@@ -153,10 +179,10 @@ impl Router for ProxyAdminRouter {
         let route = self.current().await?;
         if has_rules(&route) {
             let stable = route["stable"].clone();
-            self.put(json!({ "canary_weight": 0, "canary": stable }))
+            self.put(self.ending(json!({ "canary_weight": 0, "canary": stable })))
                 .await
         } else {
-            self.put(json!({ "canary_weight": 0 })).await
+            self.put(self.ending(json!({ "canary_weight": 0 }))).await
         }
     }
 

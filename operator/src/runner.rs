@@ -58,6 +58,48 @@ pub struct TickReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unconfirmed: Option<String>,
     pub message: String,
+    /// `canary`, `blue-green` or `experiment`.
+    pub strategy: &'static str,
+    /// Session affinity and mirroring on the route, for people.
+    pub traffic: String,
+    /// An experiment's report, on the tick that ends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::ExperimentReport>,
+}
+
+/// The route settings of a plan, for people: `mirror 100%, affinity cookie app`.
+pub fn traffic_text(plan: &Plan) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = &plan.traffic.mirror {
+        parts.push(format!("mirror {}%", m.percent));
+    }
+    if let Some(a) = &plan.traffic.affinity {
+        match (&a.cookie, &a.header) {
+            (Some(c), _) => parts.push(format!("affinity cookie {c}")),
+            (_, Some(h)) => parts.push(format!("affinity header {h}")),
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        "-".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The experiment report for a tick that ended an experiment, if this one did.
+pub fn experiment_report(
+    plan: &Plan,
+    before: Option<Phase>,
+    after: &Status,
+) -> Option<crate::report::ExperimentReport> {
+    let ended = after.phase.is_terminal() && !before.is_some_and(Phase::is_terminal);
+    if !ended || !matches!(plan.strategy, crate::plan::Strategy::Experiment { .. }) {
+        return None;
+    }
+    let settings = plan.gate.settings()?;
+    let gate = after.gate.clone().unwrap_or_default();
+    Some(crate::report::experiment(&gate, settings))
 }
 
 /// Seconds since the Unix epoch: statuses outlive the process.
@@ -315,12 +357,18 @@ impl<R: Router> Driver<R> {
                     next = NextTick::Soon;
                 }
             }
+            let ended = experiment_report(&self.plan, phase, &t.status);
+            if let Some(r) = &ended {
+                tracing::info!(release = %self.name, "{r}");
+            }
             status = Some(t.status);
             if let Some(out) = &self.status_out {
                 let _ = out.send(status.clone());
             }
             if let Some(s) = &status {
-                report(&self.tick_report(s, analysis.as_ref(), message, started));
+                let mut tick = self.tick_report(s, analysis.as_ref(), message, started);
+                tick.report = ended;
+                report(&tick);
             }
         }
     }
@@ -430,6 +478,9 @@ impl<R: Router> Driver<R> {
             ab: analysis.and_then(|a| a.ab.clone()),
             unconfirmed: s.unconfirmed.as_ref().map(|a| format!("{a:?}")),
             message,
+            strategy: self.plan.strategy.name(),
+            traffic: traffic_text(&self.plan),
+            report: None,
         }
     }
 }

@@ -299,7 +299,7 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
         let window = Window {
             stable: draw_arm(&mut rng, n - n_canary, &sc.primary, slow),
             canary: draw_arm(&mut rng, n_canary, &sc.canary, slow),
-            canary_match: Arm::default(),
+            ..Window::default()
         };
         now += dt;
         analysis = Some(match &plan.gate {

@@ -38,13 +38,19 @@ impl View {
             }
             OutputMode::Plain => {
                 let _ = writeln!(out, "{}", plain_line(tick));
+                if let Some(r) = &tick.report {
+                    let _ = write!(out, "{r}");
+                }
             }
             OutputMode::Live => {
                 if self.drawn_lines > 0 {
                     // Move up over the previous block and clear it.
                     let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
                 }
-                let block = live_block(tick);
+                let mut block = live_block(tick);
+                if let Some(r) = &tick.report {
+                    block.push_str(&r.to_string());
+                }
                 self.drawn_lines = block.lines().count();
                 let _ = write!(out, "{block}");
             }
@@ -132,9 +138,10 @@ pub fn ab_text(ab: Option<&crate::analysis::AbTraffic>) -> String {
 
 pub fn plain_line(t: &TickReport) -> String {
     format!(
-        "{:>6.1}s {} {:<16} weight {:>6}% step {}/{} requests {} success {} latency {} a/b {} failed {}/{} | {}",
+        "{:>6.1}s {} {} {:<16} weight {:>6}% step {}/{} requests {} success {} latency {} a/b {} failed {}/{} | {}",
         t.elapsed_secs,
         t.release,
+        t.strategy,
         t.phase.as_str(),
         t.canary_weight,
         t.step,
@@ -157,10 +164,12 @@ fn live_block(t: &TickReport) -> String {
         None => "-",
     };
     format!(
-        "release {}  revision {}  {:.0}s\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}  (weighted: what the gate judges)\n  evidence  {}\n  a/b rule  {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
+        "release {}  revision {}  {:.0}s\n  strategy  {} ({})\n  phase     {}\n  weight    {} {}%  (step {}/{})\n  canary    {} requests, success {}, {}  (weighted: what the gate judges)\n  evidence  {}\n  a/b rule  {}\n  checks    {} (failed {}/{})\n  decision  {}\n",
         t.release,
         t.revision,
         t.elapsed_secs,
+        t.strategy,
+        t.traffic,
         t.phase.as_str(),
         weight_bar(t.canary_weight, 30),
         t.canary_weight,

@@ -1174,6 +1174,35 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
     })
 }
 
+/// Checks route settings on their own (for control planes that bring
+/// them): errors name the field under `affinity.` / `mirror.`.
+pub fn check_affinity(affinity: &AffinityConfig) -> Result<ValidAffinity, ConfigErrors> {
+    let mut errs = Collector(Vec::new());
+    match validate_affinity(affinity, "", &mut errs) {
+        Some(valid) if errs.0.is_empty() => Ok(valid),
+        _ => Err(ConfigErrors(strip_leading_dot(errs.0))),
+    }
+}
+
+/// See [`check_affinity`].
+pub fn check_mirror(mirror: &MirrorConfig) -> Result<ValidMirror, ConfigErrors> {
+    let mut errs = Collector(Vec::new());
+    match validate_mirror(mirror, "", &mut errs) {
+        Some(valid) if errs.0.is_empty() => Ok(valid),
+        _ => Err(ConfigErrors(strip_leading_dot(errs.0))),
+    }
+}
+
+fn strip_leading_dot(errors: Vec<FieldError>) -> Vec<FieldError> {
+    errors
+        .into_iter()
+        .map(|e| FieldError {
+            path: e.path.trim_start_matches('.').to_string(),
+            ..e
+        })
+        .collect()
+}
+
 fn validate_affinity(
     affinity: &AffinityConfig,
     at: &str,

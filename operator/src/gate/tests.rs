@@ -207,6 +207,7 @@ fn a_slowdown_of_both_arms_is_not_held_against_the_canary() {
             stable: arm(360.0, 360.0),
             canary: arm(40.0, 40.0),
             canary_match: Arm::default(),
+            canary_mirror: Arm::default(),
         };
         state.observe(&s, &window, 1000);
     }
@@ -220,6 +221,7 @@ fn a_slowdown_of_both_arms_is_not_held_against_the_canary() {
         stable: arm(360.0, 4.0),
         canary: arm(40.0, 40.0),
         canary_match: Arm::default(),
+        canary_mirror: Arm::default(),
     };
     state.observe(&s, &window, 1000);
     let a = state.analysis(&s, 20);
@@ -242,6 +244,7 @@ fn the_automatic_bound_is_the_bucket_bound_above_the_primarys_p99() {
         stable: stable.clone(),
         canary: Arm::default(),
         canary_match: Arm::default(),
+        canary_mirror: Arm::default(),
     };
     state.observe(&s, &window, 1000);
     assert!(
@@ -263,6 +266,7 @@ fn the_automatic_bound_is_the_bucket_bound_above_the_primarys_p99() {
         stable: fast,
         canary: Arm::default(),
         canary_match: Arm::default(),
+        canary_mirror: Arm::default(),
     };
     state.observe(&s, &window, 1000);
     assert_eq!(state.latency[0].bound, MIN_LEARNT_BOUND);
@@ -283,6 +287,7 @@ fn the_evidence_survives_a_restart_through_its_json() {
             stable: arm(sc.2, sc.3),
             canary: arm(sc.0, sc.1),
             canary_match: Arm::default(),
+            canary_mirror: Arm::default(),
         };
         state.observe(&s, &window, 2500);
     }
@@ -329,4 +334,68 @@ fn settings_are_checked_and_errors_name_the_setting() {
         assert!(e.starts_with(flag), "{e}");
     }
     assert!(GateSettings::default().validate(name).is_ok());
+}
+
+/// A blue/green soak: all traffic on the new version, judged against the
+/// primary's rates from before the switch.
+fn soaked(failure_rate_after: f64, seed: u64, ticks: usize) -> (GateState, Option<usize>) {
+    let s = GateSettings {
+        latency_bounds: vec![Duration::from_millis(300)],
+        ..GateSettings::default()
+    };
+    let mut state = GateState::new(&s);
+    let mut rng = seed;
+    let mut draw = |n: usize, p: f64| {
+        (0..n)
+            .filter(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng % 1_000_000) as f64 / 1e6 < p
+            })
+            .count() as f64
+    };
+    let arm = |n: f64, failures: f64| Arm {
+        requests: n,
+        failures,
+        buckets: vec![(0.3, n), (f64::INFINITY, n)],
+    };
+    // Before the switch: 10 minutes of the primary at 1% failures, 100/s.
+    for _ in 0..300 {
+        let window = Window {
+            stable: arm(200.0, draw(200, 0.01)),
+            ..Window::default()
+        };
+        state.observe(&s, &window, 0);
+    }
+    let mut failed_at = None;
+    for tick in 0..ticks {
+        let window = Window {
+            canary: arm(200.0, draw(200, failure_rate_after)),
+            ..Window::default()
+        };
+        state.observe_soak(&s, &window, 10_000);
+        let a = state.soak_analysis(&s, 20);
+        if a.decisive_failure() && failed_at.is_none() {
+            failed_at = Some(tick);
+        }
+    }
+    (state, failed_at)
+}
+
+#[test]
+fn a_soak_fails_a_worse_version_within_ticks_and_rarely_an_equal_one() {
+    // Ten times the primary's failure rate: caught within a few scrapes.
+    let (_, failed_at) = soaked(0.10, 7, 30);
+    assert!(failed_at.is_some_and(|t| t <= 3), "{failed_at:?}");
+    // The same rate as the primary: 20 soaks of 5 minutes, none fails
+    // (α = 1% per check).
+    let false_alarms = (0..20)
+        .filter(|seed| soaked(0.01, 100 + seed, 150).1.is_some())
+        .count();
+    assert_eq!(false_alarms, 0);
+    // And the reference is the primary's measured rate.
+    let (state, _) = soaked(0.01, 3, 1);
+    let reference = state.soak.unwrap().reference_failure_rate;
+    assert!((reference - 0.01).abs() < 0.002, "{reference}");
 }

@@ -654,3 +654,157 @@ fn properties_hold_against_an_independent_model() {
         "{promotions} {rollbacks} {reissued} {overrides}"
     );
 }
+
+fn blue_green_plan() -> Plan {
+    let mut p = Plan {
+        strategy: crate::plan::Strategy::BlueGreen {
+            iterations: 2,
+            soak: Duration::from_secs(30),
+        },
+        ..sequential_plan()
+    };
+    p.apply_strategy(|f| f.to_string()).unwrap();
+    p
+}
+
+/// Initializing -> Initialized -> Progressing without a weight change.
+fn started_at_zero(plan: &Plan) -> Status {
+    let t = drive(plan, None, &obs(0.0, "r1", None));
+    let t = drive(plan, Some(&t.status), &obs(0.0, "r1", None));
+    let t = drive(plan, Some(&t.status), &obs(0.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Progressing);
+    t.status
+}
+
+#[test]
+fn blue_green_switches_in_one_step_after_mirrored_evidence_then_soaks_and_promotes() {
+    let p = blue_green_plan();
+    assert_eq!(p.steps_bp, vec![10_000]);
+    let s = started_at_zero(&p);
+    assert_eq!(s.canary_weight_bp, 0, "judged on mirrored traffic first");
+    // Proven before two intervals: waits for the iterations.
+    let t = drive(&p, Some(&s), &gate_tick(12.0, true));
+    assert!(t.actions.is_empty(), "{:?}", t.actions);
+    // Two intervals, but not proven yet: no switch.
+    let t = drive(&p, Some(&t.status), &gate_tick(20.0, false));
+    assert!(t.actions.is_empty());
+    assert!(
+        t.status.message.contains("shown to be no worse"),
+        "{}",
+        t.status.message
+    );
+    // Proven: the switch is one step from 0 to 100%.
+    let t = drive(&p, Some(&t.status), &gate_tick(22.0, true));
+    assert_eq!(t.actions[0], Action::SetWeight(10_000));
+    assert_eq!(t.status.canary_weight_bp, 10_000);
+    // The soak lasts 30 s; passing ticks before it hold.
+    let t = drive(&p, Some(&t.status), &gate_tick(40.0, false));
+    assert_eq!(t.status.phase, Phase::Progressing);
+    assert!(t.status.message.contains("soaking"), "{}", t.status.message);
+    let t = drive(&p, Some(&t.status), &gate_tick(52.0, false));
+    assert_eq!(t.status.phase, Phase::Promoting);
+}
+
+#[test]
+fn a_blue_green_failure_in_the_soak_switches_back_at_once() {
+    let p = blue_green_plan();
+    let s = started_at_zero(&p);
+    let t = drive(&p, Some(&s), &gate_tick(20.0, true));
+    assert_eq!(t.status.canary_weight_bp, 10_000);
+    // A ceiling failure (not decisive) would be one of failure_limit
+    // before the switch; in the soak it switches back at once.
+    let t = drive(&p, Some(&t.status), &obs(24.0, "r1", Some(Outcome::Fail)));
+    assert_eq!(t.status.phase, Phase::Failed);
+    assert_eq!(t.status.canary_weight_bp, 0);
+    assert!(t.actions.contains(&Action::Rollback));
+    assert!(t.status.message.contains("soak"), "{}", t.status.message);
+    // Before the switch, the same failure counts toward the limit.
+    let t = drive(&p, Some(&s), &obs(4.0, "r1", Some(Outcome::Fail)));
+    assert_eq!(t.status.phase, Phase::Progressing);
+    assert_eq!(t.status.failed_checks, 1);
+}
+
+fn experiment_plan() -> Plan {
+    let mut p = Plan {
+        strategy: crate::plan::Strategy::Experiment {
+            duration: Duration::from_secs(60),
+        },
+        steps_bp: vec![5000],
+        ..sequential_plan()
+    };
+    p.apply_strategy(|f| f.to_string()).unwrap();
+    p
+}
+
+#[test]
+fn an_experiment_runs_its_time_then_returns_to_stable_without_promoting() {
+    let p = experiment_plan();
+    let t = drive(&p, None, &obs(0.0, "r1", None));
+    let t = drive(&p, Some(&t.status), &obs(0.0, "r1", None));
+    let t = drive(&p, Some(&t.status), &obs(0.0, "r1", None));
+    assert_eq!(t.actions, vec![Action::SetWeight(5000)]);
+    let mut s = t.status;
+    // Proven no worse early: it still runs its whole time.
+    for now in [10.0, 30.0, 58.0] {
+        let t = drive(&p, Some(&s), &gate_tick(now, true));
+        assert!(t.actions.is_empty(), "{:?}", t.actions);
+        s = t.status;
+    }
+    // promote --full does not promote an experiment.
+    let mut o = gate_tick(59.0, true);
+    o.command = Some(Command::PromoteNow);
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(t.status.phase, Phase::Progressing);
+    let t = drive(&p, Some(&t.status), &gate_tick(60.0, true));
+    assert_eq!(t.status.phase, Phase::Concluded);
+    assert!(t.actions.contains(&Action::Rollback));
+    assert!(!t.actions.contains(&Action::Promote));
+    assert_eq!(t.status.canary_weight_bp, 0);
+    // Concluded is terminal.
+    let t = drive(&p, Some(&t.status), &gate_tick(70.0, true));
+    assert_eq!(t.next, NextTick::Idle);
+}
+
+#[test]
+fn a_canary_shown_worse_ends_an_experiment_early() {
+    let p = experiment_plan();
+    let s = started_at_zero(&p);
+    let mut o = obs(10.0, "r1", Some(Outcome::Fail));
+    if let Some(a) = o.analysis.as_mut() {
+        a.checks[0].decisive = true;
+    }
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(t.status.phase, Phase::Failed);
+    assert!(
+        t.status.message.contains("stopped early"),
+        "{}",
+        t.status.message
+    );
+}
+
+#[test]
+fn strategies_refuse_the_threshold_gate_and_experiments_take_one_weight() {
+    let mut p = Plan {
+        strategy: crate::plan::Strategy::BlueGreen {
+            iterations: 1,
+            soak: Duration::from_secs(1),
+        },
+        ..plan()
+    };
+    let e = p.apply_strategy(|f| format!("--{f}")).unwrap_err();
+    assert!(e.contains("--strategy") && e.contains("--gate"), "{e}");
+    let mut p = Plan {
+        strategy: crate::plan::Strategy::Experiment {
+            duration: Duration::from_secs(1),
+        },
+        ..sequential_plan()
+    };
+    let e = p.apply_strategy(|f| format!("--{f}")).unwrap_err();
+    assert!(e.contains("--steps"), "{e}");
+    assert!(
+        crate::plan::Strategy::parse("rainbow", "1", "1m", "1m")
+            .unwrap_err()
+            .1
+            .contains("not a strategy this version knows")
+    );
+}
