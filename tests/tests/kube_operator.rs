@@ -2008,3 +2008,195 @@ async fn a_deleted_primary_is_bootstrapped_again_from_the_recorded_service() {
     let canary = w.fake.get("api/v1", "services", NS, "app-canary").unwrap();
     assert_eq!(canary["spec"]["selector"]["app"], "app");
 }
+
+impl World {
+    /// The proxy route as the operator last wrote it.
+    fn route(&self) -> sluice_proxy::config::RouteConfig {
+        let cm = self
+            .fake
+            .get("api/v1", "configmaps", NS, "app-sluice")
+            .unwrap();
+        sluice_proxy::Config::from_yaml(cm["data"]["routes.yaml"].as_str().unwrap())
+            .unwrap()
+            .routes[0]
+            .clone()
+    }
+
+    fn primary_image(&self) -> String {
+        self.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// One tick as in [`World::until`]: kubelet, the clock, the operator.
+    async fn step(&self) {
+        for d in ["app", "app-primary"] {
+            self.fake.make_ready(NS, d);
+        }
+        self.advance(10);
+        self.tick().await;
+    }
+
+    /// Ticks until the ConfigMap's weight is `weight`.
+    async fn until_weight(&self, weight: f64, limit: usize) {
+        for _ in 0..limit {
+            if self.weight() == weight && self.status().phase == "Progressing" {
+                return;
+            }
+            self.step().await;
+        }
+        panic!("never at weight {weight}; status: {:?}", self.status());
+    }
+}
+
+#[tokio::test]
+async fn a_blue_green_release_mirrors_then_switches_in_one_step_and_keeps_blue_until_the_soak_ends()
+{
+    let w = World::new(json!({
+        "sluice.dev/strategy": "blue-green",
+        "sluice.dev/soak": "30s",
+        "sluice.dev/affinity-cookie": "app-session",
+    }))
+    .await
+    .bootstrapped()
+    .await;
+    // Affinity is on the route from the start; no mirror between releases.
+    assert_eq!(
+        w.route().affinity.unwrap().cookie.as_deref(),
+        Some("app-session")
+    );
+    assert!(w.route().mirror.is_none());
+    w.set_image("app:2");
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 3, "green is brought up fully");
+    assert_eq!(w.route().mirror.as_ref().map(|m| m.percent), Some(100.0));
+    assert_eq!(w.weight(), 0.0, "judged on copies only");
+    w.until_weight(100.0, 10).await;
+    // Soaking: all traffic on green, blue still scaled and unchanged.
+    assert_eq!(w.replicas("app-primary"), 3);
+    assert_eq!(w.primary_image(), "app:1");
+    assert_eq!(w.status().strategy, "blue-green");
+    let weights = w.until("Succeeded", 20).await;
+    assert_eq!(weights.first(), Some(&100.0));
+    assert_eq!(weights.last(), Some(&0.0), "{weights:?}");
+    assert!(
+        weights.iter().all(|w| *w == 0.0 || *w == 100.0),
+        "one step: {weights:?}"
+    );
+    assert_eq!(w.primary_image(), "app:2");
+    assert!(
+        w.route().mirror.is_none(),
+        "mirroring ended with the release"
+    );
+    assert!(w.route().affinity.is_some());
+    let table = sluice_operator::kube::plugin::table(&[sluice_operator::kube::plugin::Release {
+        name: "app".into(),
+        generation: 1,
+        status: Some(w.status()),
+        age: "1m".into(),
+    }]);
+    assert!(
+        table.contains("STRATEGY") && table.contains("blue-green"),
+        "{table}"
+    );
+}
+
+#[tokio::test]
+async fn a_blue_green_release_failing_in_its_soak_switches_back_and_blue_never_changed() {
+    let w = World::new(json!({"sluice.dev/strategy": "blue-green", "sluice.dev/soak": "60s"}))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    w.tick().await;
+    w.until_weight(100.0, 10).await;
+    w.script.lock().unwrap().push_back(Outcome::Fail);
+    w.until("Failed", 5).await;
+    assert_eq!(w.weight(), 0.0);
+    assert_eq!(w.primary_image(), "app:1");
+    assert_eq!(w.replicas("app-primary"), 3);
+    assert!(
+        w.status().message.contains("soak"),
+        "{}",
+        w.status().message
+    );
+    assert!(w.route().mirror.is_none());
+}
+
+#[tokio::test]
+async fn an_experiment_ends_on_stable_with_a_report_and_promotes_nothing() {
+    let w = World::new(json!({
+        "sluice.dev/strategy": "experiment",
+        "sluice.dev/experiment-duration": "30s",
+        "sluice.dev/steps": "25",
+    }))
+    .await
+    .bootstrapped()
+    .await;
+    w.set_image("app:2");
+    w.tick().await;
+    let weights = w.until("Concluded", 20).await;
+    assert!(weights.contains(&25.0), "{weights:?}");
+    assert_eq!(weights.last(), Some(&0.0));
+    assert_eq!(w.primary_image(), "app:1", "nothing promoted");
+    let s = w.status();
+    assert!(s.report.is_some(), "{s:?}");
+    assert!(
+        w.events()
+            .iter()
+            .any(|(_, r, note)| r == "ExperimentReport" && note.contains("stable")),
+        "{:?}",
+        w.events()
+    );
+    let detail = sluice_operator::kube::plugin::detail(&sluice_operator::kube::plugin::Release {
+        name: "app".into(),
+        generation: 1,
+        status: Some(s),
+        age: "1m".into(),
+    });
+    assert!(
+        detail.contains("experiment") && detail.contains("experiment report"),
+        "{detail}"
+    );
+    // Stays concluded: the same revision is not released again.
+    w.step().await;
+    assert_eq!(w.status().phase, "Concluded");
+}
+
+#[tokio::test]
+async fn bad_strategy_and_traffic_annotations_are_warning_events_and_nothing_is_created() {
+    for (annotation, value, expected) in [
+        (
+            "sluice.dev/strategy",
+            "rainbow",
+            "not a strategy this version knows",
+        ),
+        (
+            "sluice.dev/affinity-cookie",
+            "a b",
+            "not a valid cookie name",
+        ),
+        ("sluice.dev/mirror", "150", "150 is not in 0..=100"),
+        ("sluice.dev/soak", "later", "sluice.dev/soak"),
+    ] {
+        let mut ann = json!({ annotation: value });
+        if annotation == "sluice.dev/soak" {
+            ann["sluice.dev/strategy"] = json!("blue-green");
+        }
+        let w = World::new(ann).await;
+        w.tick().await;
+        let events = w.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (kind, reason, note) = &events[0];
+        assert_eq!(
+            (kind.as_str(), reason.as_str()),
+            ("Warning", "InvalidAnnotation")
+        );
+        assert!(
+            note.contains(annotation) && note.contains(expected),
+            "{note}"
+        );
+        assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+    }
+}

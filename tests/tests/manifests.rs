@@ -157,6 +157,8 @@ fn shipped_kustomizations_validate_strictly_for_kubernetes_1_35() {
         "deploy/operator",
         "deploy/operator-namespaced",
         "deploy/examples/podinfo",
+        "deploy/examples/blue-green",
+        "deploy/examples/experiment",
         "deploy/argocd",
         "deploy/prometheus",
     ] {
@@ -164,6 +166,28 @@ fn shipped_kustomizations_validate_strictly_for_kubernetes_1_35() {
         assert!(!documents(&yaml).is_empty(), "{dir} renders nothing");
         validate(&dir.replace('/', "-"), &yaml);
     }
+}
+
+#[test]
+fn every_example_deployments_annotations_are_accepted_by_the_operator() {
+    let mut seen = Vec::new();
+    for dir in [
+        "deploy/examples/podinfo",
+        "deploy/examples/blue-green",
+        "deploy/examples/experiment",
+    ] {
+        for doc in documents(&kustomize(dir)) {
+            if doc["kind"] != "Deployment" {
+                continue;
+            }
+            let annotations: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(doc["metadata"]["annotations"].clone()).unwrap();
+            let settings = sluice_operator::kube::annotations::parse(&annotations, false)
+                .unwrap_or_else(|e| panic!("{dir}: {e}"));
+            seen.push(settings.plan.strategy.name());
+        }
+    }
+    assert_eq!(seen, ["canary", "blue-green", "experiment"]);
 }
 
 #[test]

@@ -33,9 +33,19 @@ pub const FAILURE_FLOOR: &str = "sluice.dev/failure-floor";
 pub const LATENCY_BOUND: &str = "sluice.dev/latency-bound";
 pub const MAX_DURATION: &str = "sluice.dev/max-duration";
 pub const SCRAPE_INTERVAL: &str = "sluice.dev/scrape-interval";
+pub const STRATEGY: &str = "sluice.dev/strategy";
+pub const ITERATIONS: &str = "sluice.dev/iterations";
+pub const SOAK: &str = "sluice.dev/soak";
+pub const EXPERIMENT_DURATION: &str = "sluice.dev/experiment-duration";
+pub const MIRROR: &str = "sluice.dev/mirror";
+pub const MIRROR_MAX_BODY: &str = "sluice.dev/mirror-max-body";
+pub const MIRROR_METHODS: &str = "sluice.dev/mirror-methods";
+pub const AFFINITY_COOKIE: &str = "sluice.dev/affinity-cookie";
+pub const AFFINITY_MAX_AGE: &str = "sluice.dev/affinity-max-age";
+pub const AFFINITY_HEADER: &str = "sluice.dev/affinity-header";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
-pub const KNOWN: [&str; 22] = [
+pub const KNOWN: [&str; 32] = [
     CANARY,
     PORT,
     STEPS,
@@ -58,6 +68,16 @@ pub const KNOWN: [&str; 22] = [
     LATENCY_BOUND,
     MAX_DURATION,
     SCRAPE_INTERVAL,
+    STRATEGY,
+    ITERATIONS,
+    SOAK,
+    EXPERIMENT_DURATION,
+    MIRROR,
+    MIRROR_MAX_BODY,
+    MIRROR_METHODS,
+    AFFINITY_COOKIE,
+    AFFINITY_MAX_AGE,
+    AFFINITY_HEADER,
 ];
 
 /// How often the operator reads the proxies under the sequential gate,
@@ -294,6 +314,64 @@ pub fn parse(
     if let Some(v) = get(APPROVAL) {
         plan.approval = Approval::parse(v).map_err(|e| err(APPROVAL, v, e, "auto, manual"))?;
     }
+    plan.strategy = plan::Strategy::parse(
+        get(STRATEGY).unwrap_or("canary"),
+        get(ITERATIONS).unwrap_or("1"),
+        get(SOAK).unwrap_or("5m"),
+        get(EXPERIMENT_DURATION).unwrap_or("10m"),
+    )
+    .map_err(|(name, e)| {
+        let (annotation, allowed) = match name {
+            "iterations" => (ITERATIONS, "a whole number of at least 1"),
+            "soak" => (SOAK, "a duration, e.g. 5m"),
+            "experiment-duration" => (EXPERIMENT_DURATION, "a duration, e.g. 10m"),
+            _ => (STRATEGY, plan::Strategy::NAMES),
+        };
+        err(annotation, get(annotation).unwrap_or_default(), e, allowed)
+    })?;
+    if matches!(plan.strategy, plan::Strategy::Experiment { .. }) && get(STEPS).is_none() {
+        plan.steps_bp = vec![5000];
+    }
+    plan.traffic = plan::Traffic::parse(
+        &plan::TrafficText {
+            affinity_cookie: get(AFFINITY_COOKIE),
+            affinity_max_age: get(AFFINITY_MAX_AGE),
+            affinity_header: get(AFFINITY_HEADER),
+            mirror: get(MIRROR),
+            mirror_max_body: get(MIRROR_MAX_BODY),
+            mirror_methods: get(MIRROR_METHODS),
+        },
+        &plan.strategy,
+    )
+    .map_err(|(name, e)| {
+        let annotation = format!("{PREFIX}{name}");
+        let allowed = match name.as_str() {
+            "affinity-cookie" => "a cookie name (a token: letters, digits and !#$%&'*+-.^_`|~)",
+            "affinity-header" => "a header name",
+            "affinity-max-age" => "a duration, with affinity-cookie",
+            "mirror-max-body" => "a size, e.g. 64KiB",
+            "mirror-methods" => "methods, e.g. GET,HEAD,POST",
+            _ => "a percent in 0..=100",
+        };
+        let value = get(&annotation).unwrap_or_default().to_string();
+        err(&annotation, &value, e, allowed)
+    })?;
+    plan.apply_strategy(|f| match f {
+        "steps" => format!("annotation {STEPS}"),
+        "gate" => format!("annotation {GATE}"),
+        _ => format!("annotation {STRATEGY}"),
+    })
+    .map_err(|e| {
+        let (annotation, problem) = e.split_once(": ").unwrap_or(("", e.as_str()));
+        let annotation = annotation.trim_start_matches("annotation ").to_string();
+        let value = get(&annotation).unwrap_or_default().to_string();
+        err(
+            &annotation,
+            &value,
+            problem.to_string(),
+            plan::Strategy::NAMES,
+        )
+    })?;
     let metrics = match get(METRICS) {
         None if have_prometheus => MetricsSource::Prometheus,
         None => MetricsSource::Proxy,

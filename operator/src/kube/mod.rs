@@ -39,7 +39,7 @@ use sha2::Digest;
 use crate::analysis::CheckResult;
 use crate::http::HttpClient;
 use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
-use crate::plan::{QueryCheck, Webhook};
+use crate::plan::{QueryCheck, Traffic, Webhook};
 use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
 use crate::runner::collect_gates;
 use crate::webhook::{WebhookPayload, run_gate};
@@ -105,6 +105,15 @@ pub struct KubeStatus {
     /// sluice status` trusts the phase only once it is current.
     #[serde(default)]
     pub observed_generation: i64,
+    /// `canary`, `blue-green` or `experiment`.
+    #[serde(default)]
+    pub strategy: String,
+    /// Affinity and mirroring of the release, for people (`-`: none).
+    #[serde(default)]
+    pub traffic: String,
+    /// The report of the last experiment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::ExperimentReport>,
 }
 
 impl KubeStatus {
@@ -1013,7 +1022,12 @@ async fn bootstrap(
             _ => apply::<RoleBinding>(c, ns, &object).await?,
         }
     }
-    apply::<ConfigMap>(c, ns, &proxy_configmap(app, ns, ports, 0, &owner)).await?;
+    apply::<ConfigMap>(
+        c,
+        ns,
+        &proxy_configmap_with(app, ns, ports, 0, &owner, &at_rest(&settings.plan.traffic)),
+    )
+    .await?;
     ensure_proxy(ctx, ns, app, d, ports, &selector).await?;
     apply::<Service>(c, ns, &proxy_admin_service(app, &owner)).await?;
     let (cm_data, secret_data) = config_data(ctx, ns, &d["spec"]["template"]).await?;
@@ -1474,8 +1488,23 @@ async fn set_weight(
     ports: &[ProxiedPort],
     bp: u32,
     owner: &Value,
+    traffic: &Traffic,
 ) -> Result<(), Error> {
-    apply::<ConfigMap>(&ctx.client, ns, &proxy_configmap(app, ns, ports, bp, owner)).await
+    apply::<ConfigMap>(
+        &ctx.client,
+        ns,
+        &proxy_configmap_with(app, ns, ports, bp, owner, traffic),
+    )
+    .await
+}
+
+/// A release's route settings between releases: affinity stays (it does
+/// nothing at weight 0), mirroring ends with the release.
+fn at_rest(traffic: &Traffic) -> Traffic {
+    Traffic {
+        affinity: traffic.affinity.clone(),
+        mirror: None,
+    }
 }
 
 /// Proxy replica admin URLs, for the proxy provider.
@@ -1529,6 +1558,7 @@ async fn apply_routing(
     owner: &Value,
     status: &KubeStatus,
     action: &MachineAction,
+    traffic: &Traffic,
 ) -> Result<(), Error> {
     match action {
         MachineAction::Initialize => {
@@ -1539,13 +1569,17 @@ async fn apply_routing(
                 .unwrap_or(1)
                 .max(1);
             scale(ctx, ns, app, i64::from(replicas)).await?;
-            set_weight(ctx, ns, app, ports, 0, owner).await
+            if traffic.mirror.is_some() {
+                // Copies go to the canary from the start (blue/green).
+                point_canary(ctx, ns, app, dv, owner).await?;
+            }
+            set_weight(ctx, ns, app, ports, 0, owner, traffic).await
         }
         MachineAction::SetWeight(bp) => {
             if *bp > 0 {
                 point_canary(ctx, ns, app, dv, owner).await?;
             }
-            set_weight(ctx, ns, app, ports, *bp, owner).await
+            set_weight(ctx, ns, app, ports, *bp, owner, traffic).await
         }
         MachineAction::Promote => {
             // The template recorded when promotion was decided: a revision
@@ -1577,7 +1611,7 @@ async fn apply_routing(
             Ok(())
         }
         MachineAction::Finalise | MachineAction::Rollback => {
-            set_weight(ctx, ns, app, ports, 0, owner).await?;
+            set_weight(ctx, ns, app, ports, 0, owner, &at_rest(traffic)).await?;
             // Never scale the user's Deployment to 0 while its Service
             // might route to it directly (drift not yet restored).
             if !proxy_serves(ctx, ns, app).await? {
@@ -1795,6 +1829,16 @@ async fn release_tick(
         ctx.metrics
             .release_ended(ns, app, "succeeded", now - status.release_started_at);
     }
+    if newly(Phase::Concluded) {
+        ctx.metrics
+            .release_ended(ns, app, "concluded", now - status.release_started_at);
+    }
+    let report = crate::runner::experiment_report(plan, phase, m);
+    if report.is_some() {
+        status.report = report.clone();
+    } else if t.actions.contains(&MachineAction::Initialize) {
+        status.report = None;
+    }
     if previous.as_ref().is_none_or(|old| old.phase != m.phase) {
         status.last_transition = rfc3339(now);
     }
@@ -1814,7 +1858,20 @@ async fn release_tick(
     let mut failed = None;
     for action in &t.actions {
         if action.is_routing() {
-            match apply_routing(ctx, ns, app, dv, primary, ports, &owner, status, action).await {
+            let applied = apply_routing(
+                ctx,
+                ns,
+                app,
+                dv,
+                primary,
+                ports,
+                &owner,
+                status,
+                action,
+                &plan.traffic,
+            )
+            .await;
+            match applied {
                 Ok(()) => {
                     if matches!(
                         action,
@@ -1877,6 +1934,9 @@ async fn release_tick(
         )
         .await;
     }
+    if let Some(r) = report {
+        publish(ctx, d, EventType::Normal, "ExperimentReport", r.to_string()).await;
+    }
     Ok(Action::requeue(match t.next {
         NextTick::Now => Duration::from_millis(50),
         NextTick::Soon => ctx.poll,
@@ -1913,6 +1973,8 @@ fn newly_phase(previous: &Option<machine::Status>, now: &machine::Status, p: Pha
 
 /// Copies the machine's status into the operator's.
 fn record_machine(status: &mut KubeStatus, m: &machine::Status, plan: &crate::plan::Plan) {
+    status.strategy = plan.strategy.name().to_string();
+    status.traffic = crate::runner::traffic_text(plan);
     status.phase = m.phase.as_str().to_string();
     status.canary_weight = f64::from(m.canary_weight_bp) / 100.0;
     status.failed_checks = m.failed_checks;

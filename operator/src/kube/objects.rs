@@ -15,6 +15,7 @@
 //!   admin Service `app-sluice`, its ServiceAccount/Role/RoleBinding (read
 //!   that one ConfigMap), and Secret `app-sluice-admin` (admin token).
 
+use crate::plan::Traffic;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
@@ -705,6 +706,18 @@ pub fn proxy_config(
     ports: &[ProxiedPort],
     canary_weight_bp: u32,
 ) -> sluice_proxy::Config {
+    proxy_config_with(app, namespace, ports, canary_weight_bp, &Traffic::default())
+}
+
+/// [`proxy_config`] with a release's route settings (affinity, mirroring)
+/// on every route.
+pub fn proxy_config_with(
+    app: &str,
+    namespace: &str,
+    ports: &[ProxiedPort],
+    canary_weight_bp: u32,
+    traffic: &Traffic,
+) -> sluice_proxy::Config {
     let route = |p: &ProxiedPort, name: String, listener: Option<String>| {
         sluice_proxy::config::RouteConfig {
             name,
@@ -727,8 +740,8 @@ pub fn proxy_config(
             )),
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
             canary_match: Vec::new(),
-            affinity: None,
-            mirror: None,
+            affinity: traffic.affinity.clone(),
+            mirror: traffic.mirror.clone(),
             timeouts: Default::default(),
             upstream_tls: None,
             grpc_failure_codes: None,
@@ -773,11 +786,30 @@ pub fn proxy_configmap(
     canary_weight_bp: u32,
     owner: &Value,
 ) -> Value {
+    proxy_configmap_with(
+        app,
+        namespace,
+        ports,
+        canary_weight_bp,
+        owner,
+        &Traffic::default(),
+    )
+}
+
+/// [`proxy_configmap`] with a release's route settings.
+pub fn proxy_configmap_with(
+    app: &str,
+    namespace: &str,
+    ports: &[ProxiedPort],
+    canary_weight_bp: u32,
+    owner: &Value,
+    traffic: &Traffic,
+) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": proxy_name(app), "labels": managed_labels(app), "ownerReferences": [owner]},
-        "data": {sluice_proxy::kube_source::CONFIG_KEY: proxy_config(app, namespace, ports, canary_weight_bp).to_yaml()},
+        "data": {sluice_proxy::kube_source::CONFIG_KEY: proxy_config_with(app, namespace, ports, canary_weight_bp, traffic).to_yaml()},
     })
 }
 

@@ -206,7 +206,7 @@ impl Plugin {
             };
             let code = match phase.as_str() {
                 _ if !current => None,
-                "Succeeded" | "Initialized" => Some(0),
+                "Succeeded" | "Initialized" | "Concluded" => Some(0),
                 "Failed" => Some(1),
                 _ => None,
             };
@@ -228,13 +228,20 @@ pub fn table(releases: &[Release]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:<17} {:<24} {:<18} {:<40} {:>5}",
-        "NAME", "PHASE", "WEIGHT", "STEPS", "LAST CHECKS", "AGE"
+        "{:<24} {:<11} {:<17} {:<24} {:<18} {:<40} {:>5}",
+        "NAME", "STRATEGY", "PHASE", "WEIGHT", "STEPS", "LAST CHECKS", "AGE"
     );
     for r in releases {
-        let (phase, weight, steps, checks) = match &r.status {
-            None => ("Pending".into(), "-".into(), "-".into(), "-".into()),
+        let (strategy, phase, weight, steps, checks) = match &r.status {
+            None => (
+                "-".into(),
+                "Pending".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
             Some(s) => (
+                strategy_of(s),
                 s.phase.clone(),
                 format!(
                     "{} {:>5}%",
@@ -247,11 +254,21 @@ pub fn table(releases: &[Release]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<24} {:<17} {:<24} {:<18} {:<40} {:>5}",
-            r.name, phase, weight, steps, checks, r.age
+            "{:<24} {:<11} {:<17} {:<24} {:<18} {:<40} {:>5}",
+            r.name, strategy, phase, weight, steps, checks, r.age
         );
     }
     out
+}
+
+/// The strategy of a status (`canary` for statuses written before
+/// strategies existed).
+fn strategy_of(s: &KubeStatus) -> String {
+    if s.strategy.is_empty() {
+        "canary".into()
+    } else {
+        s.strategy.clone()
+    }
 }
 
 /// Steps with the current one marked: `10,[25],50`.
@@ -265,7 +282,8 @@ pub fn steps_text(s: &KubeStatus) -> String {
             } else {
                 w.to_string()
             };
-            if i + 1 == s.step && !["Succeeded", "Failed"].contains(&s.phase.as_str()) {
+            if i + 1 == s.step && !["Succeeded", "Failed", "Concluded"].contains(&s.phase.as_str())
+            {
                 format!("[{w}]")
             } else {
                 w
@@ -322,6 +340,12 @@ pub fn detail(r: &Release) -> String {
         }
         Some(s) => {
             let _ = writeln!(out, "  phase     {}   since {}", s.phase, s.last_transition);
+            let traffic = if s.traffic.is_empty() {
+                "-"
+            } else {
+                s.traffic.as_str()
+            };
+            let _ = writeln!(out, "  strategy  {} ({traffic})", strategy_of(s));
             let _ = writeln!(
                 out,
                 "  weight    {} {}%",
@@ -342,6 +366,11 @@ pub fn detail(r: &Release) -> String {
                 crate::view::ab_text(s.last_ab.as_ref())
             );
             let _ = writeln!(out, "  message   {}", s.message);
+            if let Some(report) = &s.report {
+                for line in report.to_string().lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
         }
     }
     let _ = writeln!(out, "  age       {}", r.age);
