@@ -197,6 +197,8 @@ pub fn launch(
         }
         head.headers
             .insert(MIRROR_HEADER, HeaderValue::from_static("1"));
+        // The copy's body is whole: nothing to wait for.
+        head.headers.remove(http::header::EXPECT);
         if let Some(b) = &bytes {
             head.headers
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));

@@ -493,6 +493,41 @@ mod futures_stream {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_routes_mirror_copies_with_the_canarys_authority() {
+    let stable = noisy("stable").await;
+    let (canary, seen) = recording_canary(Duration::from_millis(50)).await;
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - name: web\n    protocol: http2\n    stable: '{}'\n    canary: 'http://{canary}'\n    canary_weight: 0\n    mirror: {{ percent: 50 }}\n",
+            stable.url()
+        ),
+        &[],
+    )
+    .await;
+    // An HTTP/2 client through an HTTP/2 (h2c) route.
+    let client = h2_client();
+    for i in 0..40 {
+        let req = Request::get(format!("http://{}/h2/{i}", proxy.addr))
+            .body(Full::default())
+            .unwrap();
+        let (status, headers, _) = send(&client, req).await.unwrap();
+        assert!(status == StatusCode::OK || status == StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(headers["x-backend"], "stable");
+    }
+    eventually("20 copies over h2c", Duration::from_secs(10), || async {
+        (seen.lock().unwrap().len() == 20).then_some(())
+    })
+    .await;
+    let paths: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    assert!(paths.iter().all(|p| p.starts_with("/h2/")), "{paths:?}");
+}
+
 #[tokio::test]
 async fn bad_affinity_and_mirror_settings_are_refused_naming_the_field() {
     let dir = TempDir::new("strategies");
