@@ -7,13 +7,15 @@
 //!   the canary receives exactly `percent` of them (±1). Upgrades are never
 //!   mirrored.
 //! - The client gets the stable's answer only and never waits for the copy:
-//!   the copy is sent from its own task after the client's request body has
-//!   been read (the body is copied as it streams to the stable, up to
-//!   `mirror.max_body`).
+//!   the copy is sent from its own task once the stable has answered (or
+//!   failed) and the client's request body has been read (the body is
+//!   copied as it streams to the stable, up to `mirror.max_body`), so its
+//!   work never comes before the client's own request.
 //! - Bounded: at most `mirror.max_in_flight` copies are in flight per route;
 //!   a copy over that is dropped. Every pick that is not sent is counted in
 //!   `sluice_mirror_skipped_total{route,reason}` (`queue_full`,
-//!   `body_too_large`, `incomplete` for a client body that never ended).
+//!   `body_too_large`, `incomplete` for a client body that never ended or
+//!   a client that left before the stable answered).
 //! - Measured: the canary's answers to copies are recorded in
 //!   `sluice_requests_total{backend="canary",decision="mirror"}` and the
 //!   duration histogram, so the gate can judge a release on them before
@@ -153,9 +155,53 @@ impl Tee {
     }
 }
 
+/// A copy made, to be sent once the stable has answered the client's
+/// request (so the copy's connect and write never come before the
+/// client's own). Dropped unsent (the client went away first), it counts
+/// as `incomplete`.
+pub struct PendingCopy {
+    job: Option<(
+        Arc<Route>,
+        http::request::Parts,
+        CopyBody,
+        OwnedSemaphorePermit,
+    )>,
+}
+
+impl PendingCopy {
+    /// `head` is the request as forwarded to the stable.
+    pub fn new(
+        route: Arc<Route>,
+        head: http::request::Parts,
+        body: CopyBody,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            job: Some((route, head, body, permit)),
+        }
+    }
+
+    /// Sends the copy from a task of its own.
+    pub fn launch(mut self) {
+        if let Some((route, head, body, permit)) = self.job.take() {
+            launch(route, head, body, permit);
+        }
+    }
+}
+
+impl Drop for PendingCopy {
+    fn drop(&mut self) {
+        if let Some((route, ..)) = self.job.take()
+            && let Some(mirror) = &route.mirror
+        {
+            mirror.incomplete.inc();
+        }
+    }
+}
+
 /// Sends the copy of a request to the route's canary from a task of its
 /// own. `head` is the request as forwarded to the stable.
-pub fn launch(
+fn launch(
     route: Arc<Route>,
     mut head: http::request::Parts,
     body: CopyBody,

@@ -495,6 +495,7 @@ pub async fn handle(
         .cloned()
     });
     let (mut body, progress) = UpstreamBody::new(body, route.max_body);
+    let mut copy_job = None;
     if let Some(mirror) = &route.mirror
         && !upgrade
         && !decision.is_canary()
@@ -517,7 +518,12 @@ pub async fn handle(
                 body.tee(tee);
                 copy_body
             };
-            crate::mirror::launch(route.clone(), head.into_parts().0, copy_body, place);
+            copy_job = Some(crate::mirror::PendingCopy::new(
+                route.clone(),
+                head.into_parts().0,
+                copy_body,
+                place,
+            ));
         }
     }
 
@@ -569,6 +575,9 @@ pub async fn handle(
         _ = response_due => Err(Stalled::Upstream),
         _ = client_stalled => Err(Stalled::Client),
     };
+    if let Some(job) = copy_job {
+        job.launch();
+    }
     let recorder = Recorder {
         series: in_flight.answered(),
         errors: backend.metrics.clone(),
