@@ -305,6 +305,25 @@ mod tests {
     }
 
     #[test]
+    fn sticky_traffic_is_judged_with_the_weighted_and_mirrored_copies_are_apart() {
+        let body = |n: u64| {
+            format!(
+                "sluice_requests_total{{route=\"web\",backend=\"stable\",code=\"200\",classification=\"success\",decision=\"affinity\"}} {n}\n\
+                 sluice_requests_total{{route=\"web\",backend=\"canary\",code=\"500\",classification=\"failure\",decision=\"affinity\"}} {n}\n\
+                 sluice_requests_total{{route=\"web\",backend=\"canary\",code=\"200\",classification=\"success\",decision=\"mirror\"}} {}\n",
+                3 * n
+            )
+        };
+        let mut c = Counters::new("web");
+        c.observe(&scrape(&[("a", body(0))]));
+        let w = c.observe(&scrape(&[("a", body(5))]));
+        assert_eq!(w.stable.requests, 5.0);
+        assert_eq!((w.canary.requests, w.canary.failures), (5.0, 5.0));
+        assert_eq!(w.canary_mirror.requests, 15.0);
+        assert_eq!(w.canary_match.requests, 0.0);
+    }
+
+    #[test]
     fn one_replica_restarting_does_not_turn_counts_negative() {
         let mut c = Counters::new("web");
         c.observe(&scrape(&[

@@ -562,7 +562,10 @@ impl PrometheusProvider {
             Err(reason) => return all_inconclusive(plan, &reason),
         };
         let at = Some(now);
-        let selector = format!("{},backend=\"canary\",decision=\"weight\"", self.matchers());
+        let selector = format!(
+            "{},backend=\"canary\",decision=~\"weight|affinity\"",
+            self.matchers()
+        );
         let requests = self
             .query_at(
                 &format!("sum(increase(sluice_requests_total{{{selector}}}[{w}]))"),
