@@ -378,3 +378,129 @@ async fn unknown_strategies_and_bad_route_settings_are_usage_errors_and_change_n
     }
     assert_eq!(r.route().await, before, "nothing was applied");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blue_green_release_is_judged_on_mirrored_traffic_through_prometheus() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let r = Release::new().await;
+    let prometheus = Prometheus::start(&[r.proxy.admin_addr]).await;
+    prometheus.wait_for_targets_up(1).await;
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let mut args = r.args(&[
+        "--strategy",
+        "blue-green",
+        "--soak",
+        "6s",
+        "--prometheus",
+        &prometheus.url,
+        "--prometheus-window",
+        "2s",
+    ]);
+    let scrape = args.iter().position(|a| a == "--scrape-interval").unwrap();
+    args[scrape + 1] = "2s".into();
+    let (code, events) = Rollout::start(&args).wait(Duration::from_secs(150)).await;
+    load.stop();
+    let report = report.await.unwrap();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert_eq!(weights(&events), vec![0.0, 100.0, 0.0], "{events:?}");
+    // Before the switch the gate saw the copies (Prometheus's windows of
+    // the canary's decision="mirror" series): its exposure grew at weight 0.
+    let exposure_at_zero = events
+        .iter()
+        .filter(|e| e["canary_weight"] == 0.0 && e["phase"] == "Progressing")
+        .filter_map(|e| e["canary_requests"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        exposure_at_zero >= 50,
+        "{exposure_at_zero} mirrored requests judged"
+    );
+    assert_eq!(r.route().await["stable"], r.canary.url());
+    assert!(report.server_errors() * 100 <= report.requests * 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_experiment_on_a_b_rules_alone_compares_the_testers_with_everyone_else() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stable = sluice_loadtest::start_backend(BackendOptions {
+        faults: one_percent(),
+        seed: 31,
+        ..BackendOptions::new("stable")
+    })
+    .await
+    .unwrap();
+    let canary = sluice_loadtest::start_backend(BackendOptions {
+        faults: one_percent(),
+        seed: 32,
+        ..BackendOptions::new("canary")
+    })
+    .await
+    .unwrap();
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - name: web\n    stable: '{}'\n    canary: '{}'\n    canary_match:\n      - {{ header: x-tester, value: 'yes' }}\n",
+        stable.url(),
+        stable.url()
+    )))
+    .await;
+    let dir = TempDir::new("ab-experiment");
+    let url = format!("http://{}/", proxy.addr);
+    let (everyone, _) = steady_load(&url, 200.0);
+    let mut options = sluice_loadtest::LoadOptions::new(&url).unwrap();
+    options.rate = Some(60.0);
+    options.connections = 8;
+    options.duration = Some(Duration::from_secs(60));
+    options.count_header = Some(http::HeaderName::from_static("x-backend"));
+    options.headers.push((
+        http::HeaderName::from_static("x-tester"),
+        http::HeaderValue::from_static("yes"),
+    ));
+    let testers_control = sluice_loadtest::LoadControl::new();
+    let testers = tokio::spawn({
+        let control = testers_control.clone();
+        async move { sluice_loadtest::run(options, control).await.unwrap() }
+    });
+    let args: Vec<String> = [
+        "--admin",
+        &format!("http://{}", proxy.admin_addr),
+        "--route",
+        "web",
+        "--canary",
+        &canary.url(),
+        "--strategy",
+        "experiment",
+        "--steps",
+        "0",
+        "--experiment-duration",
+        "6s",
+        "--scrape-interval",
+        "1s",
+        "--min-requests",
+        "20",
+        "--latency-bound",
+        "100ms",
+        "--control-socket",
+        &dir.path.join("control.sock").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (code, events) = Rollout::start(&args).wait(Duration::from_secs(60)).await;
+    everyone.stop();
+    testers_control.stop();
+    let testers = testers.await.unwrap();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert_eq!(weights(&events), vec![0.0], "no weight ever moved");
+    let report = &events.last().unwrap()["report"];
+    let canary_requests = report["canary"]["requests"].as_u64().unwrap();
+    let stable_requests = report["stable"]["requests"].as_u64().unwrap();
+    // The testers' requests (60/s) are the canary arm; everyone else's the stable's.
+    assert!(canary_requests >= 150, "{report}");
+    assert!(stable_requests > 3 * canary_requests, "{report}");
+    assert!(testers.header_counts.get("canary").copied().unwrap_or(0) >= canary_requests);
+    // Ended on stable: the rules' slot points at the stable again.
+    let (_, _, body) = get(&format!("http://{}/routes/web", proxy.admin_addr))
+        .await
+        .unwrap();
+    let route: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(route["canary"], stable.url(), "{route}");
+}
