@@ -20,6 +20,19 @@ use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
 use crate::router::ProxyAdminRouter;
 use crate::runner::{Driver, TickReport};
 
+/// Turns the demo's plan into a blue/green one: every request copied to
+/// the new version while it is judged, then one switch and a 6 s soak.
+pub fn blue_green(plan: &mut Plan) {
+    plan.strategy = crate::plan::Strategy::BlueGreen {
+        iterations: 1,
+        soak: Duration::from_secs(6),
+    };
+    plan.traffic = crate::plan::Traffic::parse(&Default::default(), &plan.strategy)
+        .expect("the default blue/green traffic is valid");
+    plan.apply_strategy(|f| format!("--{f}"))
+        .expect("the demo plan is sequential");
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
@@ -237,7 +250,8 @@ pub async fn run_scenario(
         }
         None => Provider::Proxy(ProxyProvider::new(&admin, route)),
     };
-    let router = ProxyAdminRouter::new(&admin, route, &v2.url(), None);
+    let router = ProxyAdminRouter::new(&admin, route, &v2.url(), None)
+        .with_traffic(options.plan.traffic.clone());
     let driver = Driver::new(route, "v2", options.plan.clone(), router, provider);
     let started = Instant::now();
     let mut last_evidence = Vec::new();

@@ -402,6 +402,9 @@ struct DemoArgs {
     admin_listen: Option<SocketAddr>,
     #[arg(long, value_enum)]
     output: Option<Output>,
+    /// `canary` (steps) or `blue-green` (judged on mirrored copies, then one switch and a soak).
+    #[arg(long, default_value = "canary")]
+    strategy: String,
 }
 
 fn main() -> ExitCode {
@@ -648,6 +651,15 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         prometheus: args.prometheus.clone(),
         ..DemoOptions::default()
     };
+    match args.strategy.as_str() {
+        "canary" => {}
+        "blue-green" => demo::blue_green(&mut options.plan),
+        other => {
+            return usage(format!(
+                "--strategy: `{other}` is not a strategy the demo shows; use canary or blue-green"
+            ));
+        }
+    }
     if options.prometheus.is_some() {
         // Each tick judges its own window of Prometheus samples, and rate()
         // needs two scrapes in it: two-second ticks with a 1 s scrape.

@@ -5,7 +5,12 @@ use std::process::Command;
 
 use sluice_tests::*;
 
+/// Each demo puts 1,000 req/s through a debug build: one at a time, so no
+/// scenario is judged on another's CPU starvation.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn demo(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(bin("sluice"))
         .arg("demo")
         .args(args)
@@ -122,4 +127,36 @@ async fn the_demo_runs_on_a_real_prometheus() {
         "rolled back on Prometheus' evidence: {message}"
     );
     drop(prometheus);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blue_green_demo_judges_on_copies_and_no_user_meets_a_bad_release() {
+    let (code, summary, stderr) =
+        tokio::task::spawn_blocking(|| demo(&["--strategy", "blue-green"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{summary}\n{stderr}");
+    assert_eq!(
+        outcomes(&summary),
+        [
+            ("healthy".into(), "Succeeded".into(), true),
+            ("noisy".into(), "Failed".into(), true),
+            ("errors".into(), "Failed".into(), true),
+            ("latency".into(), "Failed".into(), true),
+            ("silent".into(), "Failed".into(), true),
+        ]
+    );
+    let results = summary["results"].as_array().unwrap();
+    // The bad releases were judged on mirrored copies and rolled back
+    // before the switch: no user request reached them.
+    for r in &results[1..] {
+        assert_eq!(r["canary_requests"], 0, "{r}");
+    }
+    // The healthy one took all traffic after its switch.
+    assert!(results[0]["canary_requests"].as_u64().unwrap() > 0);
+    let (code, _, stderr) = tokio::task::spawn_blocking(|| demo(&["--strategy", "rainbow"]))
+        .await
+        .unwrap();
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--strategy: `rainbow`"), "{stderr}");
 }
