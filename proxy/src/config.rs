@@ -1092,7 +1092,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
     let affinity = route
         .affinity
         .as_ref()
-        .and_then(|a| validate_affinity(a, at, errs));
+        .and_then(|a| validate_affinity(a, Some(&route.path_prefix), at, errs));
     let mirror = route
         .mirror
         .as_ref()
@@ -1178,7 +1178,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
 /// them): errors name the field under `affinity.` / `mirror.`.
 pub fn check_affinity(affinity: &AffinityConfig) -> Result<ValidAffinity, ConfigErrors> {
     let mut errs = Collector(Vec::new());
-    match validate_affinity(affinity, "", &mut errs) {
+    match validate_affinity(affinity, None, "", &mut errs) {
         Some(valid) if errs.0.is_empty() => Ok(valid),
         _ => Err(ConfigErrors(strip_leading_dot(errs.0))),
     }
@@ -1205,12 +1205,22 @@ fn strip_leading_dot(errors: Vec<FieldError>) -> Vec<FieldError> {
 
 fn validate_affinity(
     affinity: &AffinityConfig,
+    path: Option<&str>,
     at: &str,
     errs: &mut Collector,
 ) -> Option<ValidAffinity> {
     let at = format!("{at}.affinity");
     match (&affinity.cookie, &affinity.header) {
         (Some(cookie), None) => {
+            if let Some(path) = path
+                && !path.bytes().all(|b| b.is_ascii_graphic() && b != b';')
+            {
+                errs.push(
+                    format!("{at}.cookie"),
+                    format!("the route's path_prefix `{path}` cannot be a cookie's Path (it holds a space, `;` or a control character)"),
+                );
+                return None;
+            }
             if !valid_cookie_name(cookie) {
                 errs.push(
                     format!("{at}.cookie"),
@@ -1331,6 +1341,25 @@ fn positive_duration(text: &str, path: &str, errs: &mut Collector) -> Option<Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mirroring_needs_a_canary_and_affinity_one_kind() {
+        let errors = Config::from_yaml(
+            "listen: 127.0.0.1:1\nroutes:\n  - name: web\n    stable: http://127.0.0.1:2\n    mirror: { percent: 5 }\n    affinity: {}\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            errors.contains("routes[0].mirror: needs routes[0].canary"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("routes[0].affinity: set one of `cookie` or `header`"),
+            "{errors}"
+        );
+    }
 
     /// A small deterministic generator for the no-panic tests.
     struct Dice(u64);

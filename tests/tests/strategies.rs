@@ -562,6 +562,10 @@ async fn bad_affinity_and_mirror_settings_are_refused_naming_the_field() {
             "mirror: { percent: 5, colour: red }",
             "routes[0].mirror.colour: unknown field",
         ),
+        (
+            "path_prefix: '/a b'\n    affinity: { cookie: c }",
+            "routes[0].affinity.cookie: the route's path_prefix `/a b` cannot be a cookie's Path",
+        ),
     ];
     for (i, (line, expected)) in cases.iter().enumerate() {
         let file = dir.path.join(format!("bad{i}.yaml"));
