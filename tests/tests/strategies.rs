@@ -494,6 +494,58 @@ mod futures_stream {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_over_the_in_flight_bound_are_dropped_and_counted() {
+    let stable = noisy("stable").await;
+    let (canary, seen) = recording_canary(Duration::from_secs(2)).await;
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - name: web\n    stable: '{}'\n    canary: 'http://{canary}'\n    mirror: {{ percent: 100, max_in_flight: 3 }}\n",
+            stable.url()
+        ),
+        &[],
+    )
+    .await;
+    // Ten requests well within the canary's 2 s: three copies are out,
+    // seven are dropped, and no client waits.
+    let client = h1_client();
+    let start = Instant::now();
+    for i in 0..10 {
+        let req = Request::get(format!("http://{}/q/{i}", proxy.addr))
+            .body(Full::default())
+            .unwrap();
+        send(&client, req).await.unwrap();
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_mirror_skipped_total",
+            &[("route", "web"), ("reason", "queue_full")]
+        ),
+        7.0
+    );
+    eventually("the three copies", Duration::from_secs(10), || async {
+        (seen.lock().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    // Once they are answered, copies flow again.
+    let req = Request::get(format!("http://{}/q/after", proxy.addr))
+        .body(Full::default())
+        .unwrap();
+    send(&client, req).await.unwrap();
+    eventually(
+        "a copy after the bound freed",
+        Duration::from_secs(10),
+        || async { (seen.lock().unwrap().len() == 4).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_routes_mirror_copies_with_the_canarys_authority() {
     let stable = noisy("stable").await;
     let (canary, seen) = recording_canary(Duration::from_millis(50)).await;
