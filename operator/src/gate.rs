@@ -430,12 +430,7 @@ impl GateState {
     /// Adds one blue/green soak scrape: the new version alone, against the
     /// primary's rates before the switch.
     pub fn observe_soak(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
-        self.scrapes += 1;
-        if weight_bp != self.step_weight_bp {
-            self.step_weight_bp = weight_bp;
-            self.step_canary_requests = 0.0;
-            self.step_canary = Arm::default();
-        }
+        self.enter_step(weight_bp);
         let reference = &self.total_stable;
         let soak = self.soak.get_or_insert_with(|| SoakEvidence {
             reference_failure_rate: smoothed_rate(reference.failures, reference.requests),
@@ -467,45 +462,72 @@ impl GateState {
         self.total_canary.add(c);
     }
 
-    /// The checks of a soak: exposure and the tests against the primary's
-    /// rates before the switch.
-    pub fn soak_analysis(&self, settings: &GateSettings, min_requests: u64) -> Analysis {
-        let mut analysis = self.analysis(settings, min_requests);
-        analysis.checks.retain(|c| c.name == "exposure");
-        if let Some(soak) = &self.soak {
-            analysis.checks.push(sequential_check(
-                "errors",
-                "failures against the primary before the switch",
-                &soak.errors,
-                settings,
-            ));
-            for (bound, _, evidence) in &soak.latency {
-                let name = format!(
-                    "latency>{}",
-                    sluice_proxy::config::format_duration(Duration::from_secs_f64(*bound))
-                );
-                analysis.checks.push(sequential_check(
-                    &name,
-                    "requests slower than the bound, against the primary before the switch",
-                    evidence,
-                    settings,
-                ));
-            }
-        }
-        analysis.promotable = None;
-        analysis
-    }
-
-    /// Adds one scrape's window, taken while the canary weight was `weight_bp`.
-    pub fn observe(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
-        self.total_stable.add(&window.stable);
-        self.total_canary.add(&window.canary);
+    /// Counts a scrape taken at `weight_bp`; a new weight starts a new
+    /// step's exposure.
+    fn enter_step(&mut self, weight_bp: u32) {
         self.scrapes += 1;
         if weight_bp != self.step_weight_bp {
             self.step_weight_bp = weight_bp;
             self.step_canary_requests = 0.0;
             self.step_canary = Arm::default();
         }
+    }
+
+    /// Whether the step has the canary requests it needs.
+    fn exposure_check(&self, min_requests: u64) -> CheckResult {
+        let exposure = self.step_canary_requests;
+        let enough = exposure >= min_requests as f64;
+        CheckResult {
+            name: "exposure".into(),
+            outcome: if enough {
+                Outcome::Pass
+            } else {
+                Outcome::Inconclusive
+            },
+            value: Some(exposure),
+            threshold: format!(">= {min_requests} canary requests at this step"),
+            reason: if enough {
+                String::new()
+            } else {
+                format!("only {exposure:.0} canary requests at this step (need {min_requests})")
+            },
+            ..CheckResult::default()
+        }
+    }
+
+    /// The checks of a soak: exposure and the tests against the primary's
+    /// rates before the switch.
+    pub fn soak_analysis(&self, settings: &GateSettings, min_requests: u64) -> Analysis {
+        let mut checks = vec![self.exposure_check(min_requests)];
+        if let Some(soak) = &self.soak {
+            checks.push(sequential_check(
+                "errors",
+                "failures against the primary before the switch",
+                &soak.errors,
+                settings,
+            ));
+            for (bound, _, evidence) in &soak.latency {
+                checks.push(sequential_check(
+                    &latency_check_name(*bound),
+                    "requests slower than the bound, against the primary before the switch",
+                    evidence,
+                    settings,
+                ));
+            }
+        }
+        Analysis {
+            canary_requests: Some(self.step_canary_requests.round() as u64),
+            checks,
+            ab: None,
+            promotable: None,
+        }
+    }
+
+    /// Adds one scrape's window, taken while the canary weight was `weight_bp`.
+    pub fn observe(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
+        self.total_stable.add(&window.stable);
+        self.total_canary.add(&window.canary);
+        self.enter_step(weight_bp);
         let (c, s) = (&window.canary, &window.stable);
         self.step_canary_requests += c.requests;
         self.step_canary.add(c);
@@ -558,24 +580,7 @@ impl GateState {
     /// The checks of the evidence so far. `min_requests` is the canary
     /// exposure a step needs before the weight may advance.
     pub fn analysis(&self, settings: &GateSettings, min_requests: u64) -> Analysis {
-        let mut checks = Vec::new();
-        let exposure = self.step_canary_requests;
-        checks.push(CheckResult {
-            name: "exposure".into(),
-            outcome: if exposure >= min_requests as f64 {
-                Outcome::Pass
-            } else {
-                Outcome::Inconclusive
-            },
-            value: Some(exposure),
-            threshold: format!(">= {min_requests} canary requests at this step"),
-            reason: if exposure >= min_requests as f64 {
-                String::new()
-            } else {
-                format!("only {exposure:.0} canary requests at this step (need {min_requests})")
-            },
-            ..CheckResult::default()
-        });
+        let mut checks = vec![self.exposure_check(min_requests)];
         checks.push(sequential_check(
             "errors",
             "failures",
@@ -583,10 +588,7 @@ impl GateState {
             settings,
         ));
         for l in &self.latency {
-            let name = format!(
-                "latency>{}",
-                sluice_proxy::config::format_duration(Duration::from_secs_f64(l.bound))
-            );
+            let name = latency_check_name(l.bound);
             let what = if l.learnt {
                 "requests slower than the primary's p99 bound"
             } else {
@@ -613,7 +615,7 @@ impl GateState {
             .filter_map(|c| c.evidence.as_ref())
             .all(|e| e.proven);
         Analysis {
-            canary_requests: Some(exposure.round() as u64),
+            canary_requests: Some(self.step_canary_requests.round() as u64),
             checks,
             ab: None,
             promotable: Some(promotable),
@@ -621,11 +623,21 @@ impl GateState {
     }
 }
 
-fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> CheckResult {
+/// The name of the check on requests slower than `bound` seconds.
+pub fn latency_check_name(bound: f64) -> String {
+    format!(
+        "latency>{}",
+        sluice_proxy::config::format_duration(Duration::from_secs_f64(bound))
+    )
+}
+
+/// The evidence's statistics against their thresholds. `exp` is monotone,
+/// so `fail >= fail_threshold` is the fail side's verdict exactly.
+pub fn evidence_report(e: &Evidence, s: &GateSettings) -> EvidenceReport {
     let fail = e.fail_statistic();
     let pass = e.pass_statistic();
     let (fail_at, pass_at) = (s.fail_threshold(), s.pass_threshold());
-    let report = EvidenceReport {
+    EvidenceReport {
         fail: fail.exp(),
         fail_threshold: fail_at.exp(),
         pass: pass.exp(),
@@ -633,7 +645,11 @@ fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> C
         proven: pass >= pass_at,
         canary_rate: (e.canary_requests > 0.0).then(|| e.canary_events / e.canary_requests),
         primary_rate: (e.stable_requests > 0.0).then(|| e.stable_events / e.stable_requests),
-    };
+    }
+}
+
+fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> CheckResult {
+    let report = evidence_report(e, s);
     let rates = format!(
         "canary {} vs primary {}",
         pct(report.canary_rate),
@@ -646,7 +662,7 @@ fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> C
             format!("{rho}× the primary")
         }
     };
-    let (outcome, reason) = if fail >= fail_at {
+    let (outcome, reason) = if report.fail >= report.fail_threshold {
         (
             Outcome::Fail,
             format!(

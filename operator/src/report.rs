@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::counters::Arm;
-use crate::gate::{Evidence, GateSettings, GateState};
+use crate::gate::{Evidence, GateSettings, GateState, evidence_report, latency_check_name};
 
 const Z: f64 = 1.96;
 
@@ -124,12 +124,11 @@ pub fn arm_report(arm: &Arm) -> ArmReport {
     }
 }
 
-fn comparison(check: &str, e: &Evidence, s: &GateSettings) -> Comparison {
-    let against = e.fail_statistic();
-    let support = e.pass_statistic();
-    let verdict = if against >= s.fail_threshold() {
+fn comparison(check: &str, e: &Evidence, settings: &GateSettings) -> Comparison {
+    let r = evidence_report(e, settings);
+    let verdict = if r.fail >= r.fail_threshold {
         "worse than the primary"
-    } else if support >= s.pass_threshold() {
+    } else if r.proven {
         "shown no worse than the primary"
     } else {
         "not shown either way"
@@ -138,8 +137,8 @@ fn comparison(check: &str, e: &Evidence, s: &GateSettings) -> Comparison {
         check: check.to_string(),
         verdict: verdict.to_string(),
         ratio: e.observed_ratio(),
-        evidence_against: against.exp(),
-        evidence_for: support.exp(),
+        evidence_against: r.fail,
+        evidence_for: r.pass,
     }
 }
 
@@ -147,11 +146,11 @@ fn comparison(check: &str, e: &Evidence, s: &GateSettings) -> Comparison {
 pub fn experiment(gate: &GateState, settings: &GateSettings) -> ExperimentReport {
     let mut comparisons = vec![comparison("errors", &gate.errors, settings)];
     for l in &gate.latency {
-        let name = format!(
-            "latency>{}",
-            sluice_proxy::config::format_duration(std::time::Duration::from_secs_f64(l.bound))
-        );
-        comparisons.push(comparison(&name, &l.evidence, settings));
+        comparisons.push(comparison(
+            &latency_check_name(l.bound),
+            &l.evidence,
+            settings,
+        ));
     }
     ExperimentReport {
         stable: arm_report(&gate.total_stable),
