@@ -44,6 +44,8 @@
 //!   long that takes. Weight never goes up after a rollback is decided.
 //! - Post-rollout webhooks run after a promotion and after a rollback.
 
+use std::ops::ControlFlow;
+
 use serde::{Deserialize, Serialize};
 
 use sluice_proxy::config::WEIGHT_SCALE_BP;
@@ -727,24 +729,20 @@ fn blue_green(
                 format!("failed during the soak; all traffic is back on the primary: {why}"),
             );
         }
-        if analysis.decisive_failure() {
-            return rollback(
-                s,
-                obs.now,
-                format!("worse than the primary on mirrored traffic (no user saw it): {why}"),
-            );
-        }
-        s.failed_checks += 1;
-        if s.failed_checks >= plan.failure_limit {
-            return rollback(
-                s,
-                obs.now,
-                format!(
-                    "failure limit {} reached on mirrored traffic: {why}",
-                    plan.failure_limit
-                ),
-            );
-        }
+        let mut s = match count_failure(
+            plan,
+            s,
+            obs.now,
+            analysis,
+            format!("worse than the primary on mirrored traffic (no user saw it): {why}"),
+            format!(
+                "failure limit {} reached on mirrored traffic: {why}",
+                plan.failure_limit
+            ),
+        ) {
+            ControlFlow::Continue(s) => s,
+            ControlFlow::Break(rolled_back) => return rolled_back,
+        };
         s.message = format!(
             "check failed on mirrored traffic ({} of {}): {why}",
             s.failed_checks, plan.failure_limit
@@ -831,6 +829,28 @@ fn blue_green(
     )
 }
 
+/// A failing tick of a blue/green or experiment release: a decisive
+/// failure rolls back at once (`worse`), any other counts toward
+/// `failure_limit` and rolls back when it reaches it (`at_limit`).
+/// Continue: the release goes on, with the failure counted.
+fn count_failure(
+    plan: &Plan,
+    mut s: Status,
+    now: f64,
+    analysis: &Analysis,
+    worse: String,
+    at_limit: String,
+) -> ControlFlow<Transition, Status> {
+    if analysis.decisive_failure() {
+        return ControlFlow::Break(rollback(s, now, worse));
+    }
+    s.failed_checks += 1;
+    if s.failed_checks >= plan.failure_limit {
+        return ControlFlow::Break(rollback(s, now, at_limit));
+    }
+    ControlFlow::Continue(s)
+}
+
 /// An experiment: both versions side by side for `duration`, then back on
 /// stable with a report. A canary shown worse ends it early (Failed).
 fn experiment(
@@ -842,24 +862,20 @@ fn experiment(
     duration: std::time::Duration,
 ) -> Transition {
     if verdict == Outcome::Fail {
-        if analysis.decisive_failure() {
-            return rollback(
-                s,
-                obs.now,
-                format!("experiment stopped early: the canary is worse than the primary: {why}"),
-            );
-        }
-        s.failed_checks += 1;
-        if s.failed_checks >= plan.failure_limit {
-            return rollback(
-                s,
-                obs.now,
-                format!(
-                    "experiment stopped early: failure limit {} reached: {why}",
-                    plan.failure_limit
-                ),
-            );
-        }
+        s = match count_failure(
+            plan,
+            s,
+            obs.now,
+            analysis,
+            format!("experiment stopped early: the canary is worse than the primary: {why}"),
+            format!(
+                "experiment stopped early: failure limit {} reached: {why}",
+                plan.failure_limit
+            ),
+        ) {
+            ControlFlow::Continue(s) => s,
+            ControlFlow::Break(rolled_back) => return rolled_back,
+        };
     }
     let ran = obs.now - s.step_started_at;
     if ran + 1e-6 >= duration.as_secs_f64() {
