@@ -187,6 +187,18 @@ pub fn parse(
         ..Plan::default()
     };
     let get = |k: &str| annotations.get(k).map(String::as_str);
+    // An error of the form `annotation NAME: problem`, from a check that
+    // was told how to name each setting.
+    let named_error = |e: String, allowed: &str| {
+        let (annotation, problem) = e.split_once(": ").unwrap_or(("", e.as_str()));
+        let annotation = annotation.trim_start_matches("annotation ");
+        err(
+            annotation,
+            get(annotation).unwrap_or_default(),
+            problem.to_string(),
+            allowed,
+        )
+    };
     if let Some(v) = get(GATE) {
         plan.gate = plan::Gate::parse(v).map_err(|e| err(GATE, v, e, "sequential, threshold"))?;
     }
@@ -227,17 +239,7 @@ pub fn parse(
         };
         settings
             .validate(|f| format!("annotation {}", names(f)))
-            .map_err(|e| {
-                let (annotation, problem) = e.split_once(": ").unwrap_or(("", e.as_str()));
-                let annotation = annotation.trim_start_matches("annotation ").to_string();
-                let value = get(&annotation).unwrap_or_default().to_string();
-                err(
-                    &annotation,
-                    &value,
-                    problem.to_string(),
-                    "see the README's gate settings",
-                )
-            })?;
+            .map_err(|e| named_error(e, "see the README's gate settings"))?;
     } else {
         plan.success_rate_min = Some(plan::THRESHOLD_SUCCESS_RATE);
         plan.latency = plan::threshold_latency();
@@ -361,17 +363,7 @@ pub fn parse(
         "gate" => format!("annotation {GATE}"),
         _ => format!("annotation {STRATEGY}"),
     })
-    .map_err(|e| {
-        let (annotation, problem) = e.split_once(": ").unwrap_or(("", e.as_str()));
-        let annotation = annotation.trim_start_matches("annotation ").to_string();
-        let value = get(&annotation).unwrap_or_default().to_string();
-        err(
-            &annotation,
-            &value,
-            problem.to_string(),
-            plan::Strategy::NAMES,
-        )
-    })?;
+    .map_err(|e| named_error(e, plan::Strategy::NAMES))?;
     let metrics = match get(METRICS) {
         None if have_prometheus => MetricsSource::Prometheus,
         None => MetricsSource::Proxy,
