@@ -475,15 +475,21 @@ pub async fn handle(
             ),
         )
     };
-    if let Some(max) = route.max_body {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return too_large();
-        }
+    // The declared body length, read once for the body limit and mirroring
+    // (and not at all on routes with neither).
+    let declared = (route.max_body.is_some() || route.mirror.is_some())
+        .then(|| {
+            parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .flatten();
+    if let Some(max) = route.max_body
+        && declared.is_some_and(|n| n > max)
+    {
+        return too_large();
     }
     let set_cookie = route.affinity.as_ref().and_then(|a| {
         a.response_cookie(
@@ -499,32 +505,21 @@ pub async fn handle(
     if let Some(mirror) = &route.mirror
         && !upgrade
         && !decision.is_canary()
+        && let Some(place) = mirror.pick(&parts.method, declared)
     {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(place) = mirror.pick(&parts.method, declared) {
-            let mut head = Request::new(());
-            *head.method_mut() = parts.method.clone();
-            *head.uri_mut() = parts.uri.clone();
-            *head.version_mut() = parts.version;
-            *head.headers_mut() = parts.headers.clone();
-            let copy_body = if progress.is_sent() {
-                crate::mirror::CopyBody::Empty
-            } else {
-                let (tee, copy_body) = crate::mirror::Tee::new(mirror.max_body);
-                body.tee(tee);
-                copy_body
-            };
-            copy_job = Some(crate::mirror::PendingCopy::new(
-                route.clone(),
-                head.into_parts().0,
-                copy_body,
-                place,
-            ));
-        }
+        let copy_body = if progress.is_sent() {
+            crate::mirror::CopyBody::Empty
+        } else {
+            let (tee, copy_body) = crate::mirror::Tee::new(mirror.max_body);
+            body.tee(tee);
+            copy_body
+        };
+        copy_job = Some(crate::mirror::PendingCopy::new(
+            route.clone(),
+            head_copy(&parts, ()).into_parts().0,
+            copy_body,
+            place,
+        ));
     }
 
     let in_flight = InFlight::new(backend.series(decision).clone(), start);
@@ -533,14 +528,7 @@ pub async fn handle(
     // rules are in `crate::upstream`). The copy is for the cases where
     // hyper cannot hand the request back: bodiless requests only.
     backend.retry_budget.note_request();
-    let copy = (progress.is_sent() && !upgrade).then(|| {
-        let mut copy = Request::new(UpstreamBody::empty());
-        *copy.method_mut() = parts.method.clone();
-        *copy.uri_mut() = parts.uri.clone();
-        *copy.version_mut() = parts.version;
-        *copy.headers_mut() = parts.headers.clone();
-        copy
-    });
+    let copy = (progress.is_sent() && !upgrade).then(|| head_copy(&parts, UpstreamBody::empty()));
     let upstream = backend
         .client
         .send(Request::from_parts(parts, body), copy, || {
@@ -635,6 +623,17 @@ pub async fn handle(
             Response::from_parts(parts, MeteredBody::new(body, Some(recorder)))
         }
     }
+}
+
+/// A request with the head of `parts` (method, target, version, headers;
+/// no extensions) and `body`.
+fn head_copy<B>(parts: &http::request::Parts, body: B) -> Request<B> {
+    let mut copy = Request::new(body);
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    copy
 }
 
 fn upstream_failure(

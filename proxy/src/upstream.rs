@@ -304,22 +304,11 @@ impl Upstream {
                 pooled.body_mut().maybe_give_back(false);
                 Ok(pooled)
             }
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(Missed::Unsent(
-                    Box::new(req),
-                    protocol_failure(e.into_error()),
-                )),
-                None => {
-                    let error = e.into_error();
-                    // The stale keep-alive race: a reused connection that the
-                    // backend closed before answering anything.
-                    let stale = reused && error.is_incomplete_message();
-                    Err(Missed::Sent {
-                        retryable: stale && bodiless_idempotent,
-                        failure: protocol_failure(error),
-                    })
-                }
-            },
+            // The stale keep-alive race: a reused connection that the
+            // backend closed before answering anything.
+            Err(e) => Err(missed(e, |error| {
+                reused && error.is_incomplete_message() && bodiless_idempotent
+            })),
         }
     }
 
@@ -377,20 +366,9 @@ impl Upstream {
                 body,
                 hold: Hold::Stream { _guard: guard },
             })),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(Missed::Unsent(
-                    Box::new(req),
-                    protocol_failure(e.into_error()),
-                )),
-                None => {
-                    let error = e.into_error();
-                    let turned_away = h2_turned_away(&error, idempotent);
-                    Err(Missed::Sent {
-                        retryable: turned_away && bodiless,
-                        failure: protocol_failure(error),
-                    })
-                }
-            },
+            Err(e) => Err(missed(e, |error| {
+                h2_turned_away(error, idempotent) && bodiless
+            })),
         }
     }
 
@@ -402,6 +380,25 @@ impl Upstream {
         match self.key.protocol {
             Protocol::Http1 => self.attempt_h1(req, fresh).await,
             Protocol::Http2 => self.attempt_h2(req, fresh).await,
+        }
+    }
+}
+
+/// How a request hyper did not get an answer for missed: handed back
+/// unsent, or sent, and then retryable only if `retryable` says so of the
+/// error.
+fn missed(
+    mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+    retryable: impl FnOnce(&hyper::Error) -> bool,
+) -> Missed {
+    match e.take_message() {
+        Some(req) => Missed::Unsent(Box::new(req), protocol_failure(e.into_error())),
+        None => {
+            let error = e.into_error();
+            Missed::Sent {
+                retryable: retryable(&error),
+                failure: protocol_failure(error),
+            }
         }
     }
 }
