@@ -126,6 +126,30 @@ pub async fn backend(name: &str) -> BackendHandle {
         .expect("start backend")
 }
 
+/// A backend that fails `error_rate` of its requests (seeded dice), as real
+/// services do.
+pub async fn failing_backend(name: &str, error_rate: f64, seed: u64) -> BackendHandle {
+    sluice_loadtest::start_backend(BackendOptions {
+        faults: Faults {
+            error_rate,
+            ..Faults::default()
+        },
+        seed,
+        ..BackendOptions::new(name)
+    })
+    .await
+    .expect("start backend")
+}
+
+/// The message of the last tick a `sluice rollout --output json` printed.
+pub fn last_message(events: &[serde_json::Value]) -> String {
+    events
+        .last()
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A proxy config around `routes_yaml` (a YAML list), on ephemeral ports.
 pub fn proxy_yaml(routes_yaml: &str) -> String {
     format!("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nroutes:\n{routes_yaml}")

@@ -30,6 +30,15 @@ fn demo(args: &[&str]) -> (i32, serde_json::Value, String) {
     )
 }
 
+/// Every scenario, and the phase it must end in.
+const EXPECTED: [(&str, &str); 5] = [
+    ("healthy", "Succeeded"),
+    ("noisy", "Failed"),
+    ("errors", "Failed"),
+    ("latency", "Failed"),
+    ("silent", "Failed"),
+];
+
 fn outcomes(summary: &serde_json::Value) -> Vec<(String, String, bool)> {
     summary["results"]
         .as_array()
@@ -51,13 +60,7 @@ async fn every_demo_scenario_ends_as_expected() {
     assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(
         outcomes(&summary),
-        [
-            ("healthy".into(), "Succeeded".into(), true),
-            ("noisy".into(), "Failed".into(), true),
-            ("errors".into(), "Failed".into(), true),
-            ("latency".into(), "Failed".into(), true),
-            ("silent".into(), "Failed".into(), true),
-        ]
+        EXPECTED.map(|(s, p)| (s.to_string(), p.to_string(), true))
     );
     let results = summary["results"].as_array().unwrap();
     assert_eq!(
@@ -138,13 +141,7 @@ async fn the_blue_green_demo_judges_on_copies_and_no_user_meets_a_bad_release() 
     assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(
         outcomes(&summary),
-        [
-            ("healthy".into(), "Succeeded".into(), true),
-            ("noisy".into(), "Failed".into(), true),
-            ("errors".into(), "Failed".into(), true),
-            ("latency".into(), "Failed".into(), true),
-            ("silent".into(), "Failed".into(), true),
-        ]
+        EXPECTED.map(|(s, p)| (s.to_string(), p.to_string(), true))
     );
     let results = summary["results"].as_array().unwrap();
     // The bad releases were judged on mirrored copies and rolled back

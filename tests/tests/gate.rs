@@ -34,13 +34,7 @@ fn one_percent(seed_faults: Faults) -> Faults {
 
 impl Release {
     async fn new(canary: Faults, with_prometheus: bool) -> Self {
-        let stable = sluice_loadtest::start_backend(BackendOptions {
-            faults: one_percent(Faults::default()),
-            seed: 11,
-            ..BackendOptions::new("stable")
-        })
-        .await
-        .unwrap();
+        let stable = failing_backend("stable", 0.01, 11).await;
         let canary = sluice_loadtest::start_backend(BackendOptions {
             faults: canary,
             seed: 12,
@@ -129,14 +123,6 @@ impl Release {
             .unwrap();
         serde_json::from_slice(&body).unwrap()
     }
-}
-
-fn last_message(events: &[serde_json::Value]) -> String {
-    events
-        .last()
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// The evidence report of a check in the last event that has it.

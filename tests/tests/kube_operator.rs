@@ -221,6 +221,19 @@ impl World {
             .collect()
     }
 
+    /// The note of the one Event there is, which must be a Warning
+    /// `InvalidAnnotation`.
+    fn the_invalid_annotation_event(&self) -> String {
+        let events = self.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let (kind, reason, note) = &events[0];
+        assert_eq!(
+            (kind.as_str(), reason.as_str()),
+            ("Warning", "InvalidAnnotation")
+        );
+        note.clone()
+    }
+
     /// Bootstraps: objects created, then take-over once everything is ready.
     async fn bootstrapped(self) -> Self {
         self.tick().await;
@@ -562,13 +575,7 @@ async fn an_invalid_annotation_is_a_warning_event_and_nothing_is_created_or_chan
     let w = World::new(json!({"sluice.dev/steps": "50,10"})).await;
     let writes_before = w.fake.writes().len();
     w.tick().await;
-    let events = w.events();
-    assert_eq!(events.len(), 1, "{events:?}");
-    let (kind, reason, note) = &events[0];
-    assert_eq!(
-        (kind.as_str(), reason.as_str()),
-        ("Warning", "InvalidAnnotation")
-    );
+    let note = w.the_invalid_annotation_event();
     assert!(
         note.contains("sluice.dev/steps") && note.contains("`50,10`") && note.contains("allowed"),
         "{note}"
@@ -2186,13 +2193,7 @@ async fn bad_strategy_and_traffic_annotations_are_warning_events_and_nothing_is_
         }
         let w = World::new(ann).await;
         w.tick().await;
-        let events = w.events();
-        assert_eq!(events.len(), 1, "{events:?}");
-        let (kind, reason, note) = &events[0];
-        assert_eq!(
-            (kind.as_str(), reason.as_str()),
-            ("Warning", "InvalidAnnotation")
-        );
+        let note = w.the_invalid_annotation_event();
         assert!(
             note.contains(annotation) && note.contains(expected),
             "{note}"

@@ -26,20 +26,8 @@ fn one_percent() -> Faults {
 
 impl Release {
     async fn new() -> Self {
-        let stable = sluice_loadtest::start_backend(BackendOptions {
-            faults: one_percent(),
-            seed: 21,
-            ..BackendOptions::new("stable")
-        })
-        .await
-        .unwrap();
-        let canary = sluice_loadtest::start_backend(BackendOptions {
-            faults: one_percent(),
-            seed: 22,
-            ..BackendOptions::new("canary")
-        })
-        .await
-        .unwrap();
+        let stable = failing_backend("stable", 0.01, 21).await;
+        let canary = failing_backend("canary", 0.01, 22).await;
         let proxy = start_proxy(&proxy_yaml(&format!(
             "  - {{ name: web, stable: '{}' }}\n",
             stable.url()
@@ -95,14 +83,6 @@ impl Release {
             .await
             .sum("sluice_requests_total", labels)
     }
-}
-
-fn last_message(events: &[serde_json::Value]) -> String {
-    events
-        .last()
-        .and_then(|e| e["message"].as_str())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn weights(events: &[serde_json::Value]) -> Vec<f64> {
@@ -422,20 +402,8 @@ async fn a_blue_green_release_is_judged_on_mirrored_traffic_through_prometheus()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_experiment_on_a_b_rules_alone_compares_the_testers_with_everyone_else() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let stable = sluice_loadtest::start_backend(BackendOptions {
-        faults: one_percent(),
-        seed: 31,
-        ..BackendOptions::new("stable")
-    })
-    .await
-    .unwrap();
-    let canary = sluice_loadtest::start_backend(BackendOptions {
-        faults: one_percent(),
-        seed: 32,
-        ..BackendOptions::new("canary")
-    })
-    .await
-    .unwrap();
+    let stable = failing_backend("stable", 0.01, 31).await;
+    let canary = failing_backend("canary", 0.01, 32).await;
     let proxy = start_proxy(&proxy_yaml(&format!(
         "  - name: web\n    stable: '{}'\n    canary: '{}'\n    canary_match:\n      - {{ header: x-tester, value: 'yes' }}\n",
         stable.url(),

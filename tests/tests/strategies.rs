@@ -14,15 +14,7 @@ use sluice_tests::*;
 
 /// Backends that fail 1% of requests, as real services do.
 async fn noisy(name: &str) -> BackendHandle {
-    sluice_loadtest::start_backend(BackendOptions {
-        faults: Faults {
-            error_rate: 0.01,
-            ..Faults::default()
-        },
-        ..BackendOptions::new(name)
-    })
-    .await
-    .expect("start backend")
+    failing_backend(name, 0.01, 1).await
 }
 
 /// One client with a cookie jar for one cookie.
