@@ -251,11 +251,8 @@ fn launch(
             head.headers.remove(http::header::TRANSFER_ENCODING);
         }
         let req = Request::from_parts(head, UpstreamBody::full(bytes));
-        let sent = tokio::time::timeout(
-            route.request_timeout,
-            canary.client.send(req, None, || false),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(route.request_timeout, canary.client.send(req, || false)).await;
         let failed = |kind: UpstreamErrorKind, code: u16| {
             canary.metrics.record_upstream_error(kind);
             mirror

@@ -238,6 +238,15 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those the Connection header names.
 /// `TE: trailers` survives (gRPC needs it); `keep_upgrade` keeps an upgrade.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names present, no hashing, for the common case.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if present.is_empty() {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -253,7 +262,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
     let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named.iter().chain(present.iter()) {
         headers.remove(name);
     }
     if te_trailers {
@@ -516,7 +525,9 @@ pub async fn handle(
         };
         copy_job = Some(crate::mirror::PendingCopy::new(
             route.clone(),
-            head_copy(&parts, ()).into_parts().0,
+            head_copy(&parts.method, &parts.uri, parts.version, &parts.headers, ())
+                .into_parts()
+                .0,
             copy_body,
             place,
         ));
@@ -528,16 +539,13 @@ pub async fn handle(
     // rules are in `crate::upstream`). The copy is for the cases where
     // hyper cannot hand the request back: bodiless requests only.
     backend.retry_budget.note_request();
-    let copy = (progress.is_sent() && !upgrade).then(|| head_copy(&parts, UpstreamBody::empty()));
-    let upstream = backend
-        .client
-        .send(Request::from_parts(parts, body), copy, || {
-            let allowed = backend.retry_budget.try_retry();
-            if allowed {
-                backend.metrics.record_retry();
-            }
-            allowed
-        });
+    let upstream = backend.client.send(Request::from_parts(parts, body), || {
+        let allowed = backend.retry_budget.try_retry();
+        if allowed {
+            backend.metrics.record_retry();
+        }
+        allowed
+    });
     // The request timeout runs from the end of the request body, so a
     // slow upload is not charged to the backend; a client that pauses its
     // body longer than `timeouts.idle` gets 408.
@@ -594,6 +602,10 @@ pub async fn handle(
         }
         Ok(Ok(mut resp)) => {
             let status = resp.status();
+            // The proxy speaks its own version to the client (RFC 9110
+            // §6.2), whatever the backend's was (an HTTP/1.0 backend's
+            // version would otherwise reach an HTTP/1.1 client).
+            *resp.version_mut() = Version::HTTP_11;
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 if let Some(client_upgrade) = client_upgrade {
@@ -625,15 +637,32 @@ pub async fn handle(
     }
 }
 
-/// A request with the head of `parts` (method, target, version, headers;
-/// no extensions) and `body`.
-fn head_copy<B>(parts: &http::request::Parts, body: B) -> Request<B> {
+/// A request with a copy of a request's head (method, target, version,
+/// headers; no extensions) and `body`.
+pub(crate) fn head_copy<B>(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+    body: B,
+) -> Request<B> {
     let mut copy = Request::new(body);
-    *copy.method_mut() = parts.method.clone();
-    *copy.uri_mut() = parts.uri.clone();
-    *copy.version_mut() = parts.version;
-    *copy.headers_mut() = parts.headers.clone();
+    *copy.method_mut() = method.clone();
+    *copy.uri_mut() = uri.clone();
+    *copy.version_mut() = version;
+    *copy.headers_mut() = headers.clone();
     copy
+}
+
+/// [`head_copy`] of a request, with no body.
+pub(crate) fn bodiless_copy<A>(req: &Request<A>) -> Request<UpstreamBody> {
+    head_copy(
+        req.method(),
+        req.uri(),
+        req.version(),
+        req.headers(),
+        UpstreamBody::empty(),
+    )
 }
 
 fn upstream_failure(

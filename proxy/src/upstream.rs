@@ -80,14 +80,19 @@ impl std::fmt::Display for Failure {
 enum Missed {
     /// The request never left: it is handed back.
     Unsent(Box<Request<UpstreamBody>>, Failure),
-    /// The request may have reached the backend; `retryable` says
-    /// whether a copy of it may be sent again (see the module docs).
-    Sent { failure: Failure, retryable: bool },
+    /// The request may have reached the backend; `again` is the request
+    /// to send once more when the rules in the module docs allow it.
+    Sent {
+        failure: Failure,
+        again: Option<Box<Request<UpstreamBody>>>,
+    },
 }
 
 /// The connections of one backend, one slot per serving thread.
 pub struct Upstream {
     key: PoolKey,
+    /// Plain-TCP HTTP/1.1: bodiless requests use [`crate::h1`].
+    own_codec: bool,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     slots: Box<[Slot]>,
 }
@@ -96,6 +101,8 @@ pub struct Upstream {
 struct Slot {
     /// Idle HTTP/1.1 connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of Sluice's own HTTP/1.1 codec ([`crate::h1`]).
+    own: Mutex<OwnPool>,
     /// The multiplexed HTTP/2 connection.
     h2: Mutex<Option<H2Conn>>,
 }
@@ -130,6 +137,17 @@ impl Drop for StreamGuard {
             self.0.mark.0.store(IdleMark::now_ms(), Ordering::Relaxed);
         }
     }
+}
+
+/// Idle connections of Sluice's own codec. They have no task of their
+/// own: a sweeper task (one per slot, while the slot has idle connections)
+/// closes the ones idle for `timeouts.upstream_idle` or closed by the
+/// backend, and a checkout looks at the socket before reusing one.
+#[derive(Default)]
+struct OwnPool {
+    /// The most recently used last, with when each was given back.
+    idle: Vec<(Box<crate::h1::Conn>, u64)>,
+    sweeping: bool,
 }
 
 struct Idle {
@@ -174,6 +192,7 @@ impl Upstream {
         });
         Self {
             key: key.clone(),
+            own_codec: key.protocol == Protocol::Http1 && key.tls.is_none(),
             tls,
             slots: (0..slots).map(|_| Slot::default()).collect(),
         }
@@ -184,16 +203,25 @@ impl Upstream {
         (i, &self.slots[i])
     }
 
+    /// A TCP connection to the backend.
+    async fn dial_tcp(&self) -> Result<TcpStream, ConnectError> {
+        let url = &self.key.url;
+        let host = url.host.trim_start_matches('[').trim_end_matches(']');
+        let tcp = tokio::time::timeout(
+            self.key.connect_timeout,
+            TcpStream::connect((host, url.port)),
+        )
+        .await
+        .map_err(|_| ConnectError::TcpTimeout)?
+        .map_err(|e| ConnectError::Tcp(Box::new(e)))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
     /// A TCP (and TLS) connection to the backend.
     async fn dial(&self) -> Result<UpstreamIo, ConnectError> {
-        let url = &self.key.url;
         let timeout = self.key.connect_timeout;
-        let host = url.host.trim_start_matches('[').trim_end_matches(']');
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, url.port)))
-            .await
-            .map_err(|_| ConnectError::TcpTimeout)?
-            .map_err(|e| ConnectError::Tcp(Box::new(e)))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = self.dial_tcp().await?;
         match &self.tls {
             None => Ok(UpstreamIo::Plain(TokioIo::new(tcp))),
             Some((connector, name)) => {
@@ -256,6 +284,10 @@ impl Upstream {
         req: Request<UpstreamBody>,
         fresh: bool,
     ) -> Result<Response<Pooled>, Missed> {
+        let upgrade = req.headers().contains_key(http::header::UPGRADE);
+        if self.own_codec && !upgrade && req.body().is_end_stream() {
+            return self.attempt_own(req, fresh).await;
+        }
         let (slot_index, slot) = self.slot();
         let (mut conn, reused) = loop {
             // A pooled connection is ready at once unless its task is still
@@ -286,7 +318,11 @@ impl Upstream {
                 },
             }
         };
-        let bodiless_idempotent = req.body().is_end_stream() && is_idempotent(req.method());
+        // The copy for the stale keep-alive race (hyper does not hand back
+        // a request it wrote).
+        let again =
+            (reused && !upgrade && req.body().is_end_stream() && is_idempotent(req.method()))
+                .then(|| Box::new(crate::server::bodiless_copy(&req)));
         let sent = conn.sender.try_send_request(req).await;
         match sent {
             Ok(resp) => {
@@ -300,16 +336,100 @@ impl Upstream {
                         conn,
                     })
                 };
-                let mut pooled = resp.map(|body| Pooled { body, hold });
+                let mut pooled = resp.map(|body| Pooled {
+                    body: Source::Hyper(body),
+                    hold,
+                });
                 pooled.body_mut().maybe_give_back(false);
                 Ok(pooled)
             }
             // The stale keep-alive race: a reused connection that the
             // backend closed before answering anything.
-            Err(e) => Err(missed(e, |error| {
-                reused && error.is_incomplete_message() && bodiless_idempotent
-            })),
+            Err(e) => Err(missed(e, again, hyper::Error::is_incomplete_message)),
         }
+    }
+
+    /// One exchange with Sluice's own codec, in this task.
+    async fn attempt_own(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+        fresh: bool,
+    ) -> Result<Response<Pooled>, Missed> {
+        let (slot_index, slot) = self.slot();
+        let (conn, reused) = match (!fresh).then(|| self.checkout_own(slot)).flatten() {
+            Some(conn) => (conn, true),
+            None => match self.dial_tcp().await {
+                Ok(tcp) => (crate::h1::Conn::new(tcp), false),
+                Err(e) => return Err(Missed::Unsent(Box::new(req), connect_failure(e))),
+            },
+        };
+        match conn.exchange(&req).await {
+            Ok(exchanged) => {
+                let mut pooled = Pooled {
+                    body: Source::Own(exchanged.body),
+                    hold: Hold::Own {
+                        upstream: self.clone(),
+                        slot: slot_index,
+                    },
+                };
+                pooled.give_back_spare();
+                Ok(exchanged.response.map(|()| pooled))
+            }
+            Err(crate::h1::SendError::Unwritten(e)) => Err(Missed::Unsent(
+                Box::new(req),
+                Failure {
+                    kind: UpstreamErrorKind::Protocol,
+                    error: e.into(),
+                },
+            )),
+            // The stale keep-alive race, as for hyper's connections.
+            Err(crate::h1::SendError::ClosedUnanswered(e)) => Err(Missed::Sent {
+                failure: Failure {
+                    kind: UpstreamErrorKind::Protocol,
+                    error: e.into(),
+                },
+                again: (reused && is_idempotent(req.method())).then(|| Box::new(req)),
+            }),
+            Err(e @ crate::h1::SendError::Protocol(_)) => Err(Missed::Sent {
+                failure: Failure {
+                    kind: UpstreamErrorKind::Protocol,
+                    error: e.into(),
+                },
+                again: None,
+            }),
+        }
+    }
+
+    /// The most recently used idle connection of the own codec that is
+    /// still open and not idle too long.
+    fn checkout_own(&self, slot: &Slot) -> Option<Box<crate::h1::Conn>> {
+        let mut pool = slot.own.lock().expect("pool lock");
+        let now = IdleMark::now_ms();
+        while let Some((mut conn, since)) = pool.idle.pop() {
+            if Duration::from_millis(now.saturating_sub(since)) < self.key.idle_timeout
+                && conn.still_open()
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn give_back_own(self: &Arc<Self>, slot: usize, conn: Box<crate::h1::Conn>) {
+        let mut pool = self.slots[slot].own.lock().expect("pool lock");
+        if pool.idle.len() >= MAX_IDLE_PER_SLOT {
+            return;
+        }
+        if !pool.sweeping {
+            // The sweeper runs on this thread's runtime, where the
+            // connection's socket is registered.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            pool.sweeping = true;
+            runtime.spawn(sweep(Arc::downgrade(self), slot));
+        }
+        pool.idle.push((conn, IdleMark::now_ms()));
     }
 
     /// This thread's HTTP/2 connection, dialled if there is none open.
@@ -359,16 +479,19 @@ impl Upstream {
             Err(f) => return Err(Missed::Unsent(Box::new(req), f)),
         };
         let guard = StreamGuard::new(&streams);
-        let bodiless = req.body().is_end_stream();
         let idempotent = is_idempotent(req.method());
+        // The copy for a stream the backend turns away (hyper does not
+        // hand back a request it sent).
+        let again = req
+            .body()
+            .is_end_stream()
+            .then(|| Box::new(crate::server::bodiless_copy(&req)));
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(|body| Pooled {
-                body,
+                body: Source::Hyper(body),
                 hold: Hold::Stream { _guard: guard },
             })),
-            Err(e) => Err(missed(e, |error| {
-                h2_turned_away(error, idempotent) && bodiless
-            })),
+            Err(e) => Err(missed(e, again, |error| h2_turned_away(error, idempotent))),
         }
     }
 
@@ -385,10 +508,11 @@ impl Upstream {
 }
 
 /// How a request hyper did not get an answer for missed: handed back
-/// unsent, or sent, and then retryable only if `retryable` says so of the
-/// error.
+/// unsent, or sent, and then sent `again` only if `retryable` says so of
+/// the error.
 fn missed(
     mut e: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+    again: Option<Box<Request<UpstreamBody>>>,
     retryable: impl FnOnce(&hyper::Error) -> bool,
 ) -> Missed {
     match e.take_message() {
@@ -396,9 +520,36 @@ fn missed(
         None => {
             let error = e.into_error();
             Missed::Sent {
-                retryable: retryable(&error),
+                again: again.filter(|_| retryable(&error)),
                 failure: protocol_failure(error),
             }
+        }
+    }
+}
+
+/// Closes the idle own-codec connections of one slot that have been idle
+/// for `timeouts.upstream_idle` or were closed by the backend, until the
+/// slot has none (or its upstream is gone).
+async fn sweep(upstream: std::sync::Weak<Upstream>, slot: usize) {
+    let Some(timeout) = upstream.upgrade().map(|u| u.key.idle_timeout) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(crate::conn::check_every(timeout));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        let mut pool = upstream.slots[slot].own.lock().expect("pool lock");
+        let now = IdleMark::now_ms();
+        pool.idle.retain_mut(|(conn, since)| {
+            Duration::from_millis(now.saturating_sub(*since)) < timeout && conn.still_open()
+        });
+        if pool.idle.is_empty() {
+            pool.sweeping = false;
+            return;
         }
     }
 }
@@ -487,6 +638,11 @@ struct GiveBack {
 enum Hold {
     /// An HTTP/1.1 connection, given back when the body ends.
     GiveBack(GiveBack),
+    /// Where an own-codec connection goes when the body ends.
+    Own {
+        upstream: Arc<Upstream>,
+        slot: usize,
+    },
     /// An HTTP/2 exchange, counted until the body ends or is dropped.
     Stream {
         _guard: StreamGuard,
@@ -498,8 +654,25 @@ enum Hold {
 /// once this body has been read to its end (one abandoned half-way is
 /// dropped, which closes it).
 pub struct Pooled {
-    body: Incoming,
+    body: Source,
     hold: Hold,
+}
+
+/// Who reads a response body.
+enum Source {
+    /// A hyper client connection.
+    Hyper(Incoming),
+    /// Sluice's own codec, in the reader's task.
+    Own(crate::h1::Body1),
+}
+
+impl Source {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Hyper(b) => b.is_end_stream(),
+            Source::Own(b) => b.is_end_stream(),
+        }
+    }
 }
 
 impl Pooled {
@@ -513,17 +686,37 @@ impl Pooled {
             b.upstream.give_back(b.slot, b.conn);
         }
     }
+
+    /// Gives an own-codec connection back once its body has been read.
+    fn give_back_spare(&mut self) {
+        if let Source::Own(body) = &mut self.body
+            && let Some(conn) = body.take_spare()
+            && let Hold::Own { upstream, slot } = std::mem::replace(&mut self.hold, Hold::Nothing)
+        {
+            upstream.give_back_own(slot, conn);
+        }
+    }
 }
 
 impl Body for Pooled {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let body = match &mut self.body {
+            Source::Own(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if polled.is_ready() {
+                    self.give_back_spare();
+                }
+                return polled;
+            }
+            Source::Hyper(body) => body,
+        };
+        let polled = Pin::new(body).poll_frame(cx).map_err(Into::into);
         match &polled {
             // A chunked or close-delimited body has no length to tell its
             // end by: its end is the end of the frames, or trailers (the
@@ -541,7 +734,10 @@ impl Body for Pooled {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Source::Hyper(b) => b.size_hint(),
+            Source::Own(b) => b.size_hint(),
+        }
     }
 }
 
@@ -550,14 +746,12 @@ impl Body for Pooled {
 pub struct BackendClients(Arc<Upstream>);
 
 impl BackendClients {
-    /// Sends `req` to the backend. `copy` is a copy of a bodiless request
-    /// for the retries that need one; `may_retry` takes a retry from the
+    /// Sends `req` to the backend. `may_retry` takes a retry from the
     /// budget (it is called only when a retry is allowed by the rules in
     /// the module docs).
     pub async fn send(
         &self,
         req: Request<UpstreamBody>,
-        copy: Option<Request<UpstreamBody>>,
         may_retry: impl FnOnce() -> bool,
     ) -> Result<Response<Pooled>, Failure> {
         match self.0.attempt(req, false).await {
@@ -570,10 +764,10 @@ impl BackendClients {
                     Err(failure)
                 }
             }
-            Err(Missed::Sent { failure, retryable }) => match copy {
-                Some(copy) if retryable && may_retry() => {
+            Err(Missed::Sent { failure, again }) => match again {
+                Some(again) if may_retry() => {
                     tracing::debug!(error = %failure, "the backend did not take the request; retrying on a fresh connection");
-                    self.finish(self.0.attempt(copy, true).await)
+                    self.finish(self.0.attempt(*again, true).await)
                 }
                 _ => Err(failure),
             },

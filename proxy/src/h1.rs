@@ -1,0 +1,661 @@
+//! Sluice's own HTTP/1.1 upstream codec, for the most common exchange: a
+//! request without a body (GET, HEAD, DELETE, ...) to a plain-TCP HTTP/1.1
+//! backend, and no protocol upgrade.
+//!
+//! The exchange runs in the request's own task: the request head is
+//! written, the response head read and parsed (with `httparse`) there, and
+//! the response body is read from the socket as the client side polls it.
+//! There is no connection task, no channel and no hand-off per request.
+//! Requests with a body, upgrades, TLS and HTTP/2 backends go through
+//! hyper's client connections (`crate::upstream`).
+//!
+//! Framing follows RFC 9112 §6.3, in this order:
+//! 1. A response to HEAD, and every 1xx, 204 and 304 response, ends at
+//!    its head. Informational responses (1xx other than 101) are read and
+//!    passed over; a 101 to a request that asked for no upgrade is an error.
+//! 2. `Transfer-Encoding` ending in `chunked`: a chunked body (chunk
+//!    extensions are ignored, trailers are passed on). Any other transfer
+//!    coding: the body runs until the backend closes. A `Content-Length`
+//!    next to a `Transfer-Encoding` is dropped, and the connection is not
+//!    reused (it may be a smuggling attempt).
+//! 3. `Content-Length`: that many bytes. Several values must all be equal;
+//!    anything else is a protocol error (502).
+//! 4. Otherwise the body runs until the backend closes.
+//!
+//! A connection is reused only after an HTTP/1.1 response whose body had a
+//! length or was chunked, without `Connection: close`, and with nothing
+//! left unread behind the response. A response head over
+//! [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] fields is a protocol error.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The largest response head (and trailer section) read.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields a response head (or trailer section) may have.
+pub const MAX_HEADERS: usize = 128;
+/// The longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 8192;
+
+/// A plain-TCP connection to an HTTP/1.1 backend and its read buffer.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Reused for every request head written on this connection.
+    head: Vec<u8>,
+    /// Reused for the header positions of every head read.
+    spans: Vec<Span>,
+}
+
+/// Why an exchange failed before a response head.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing of the request was written: it never reached the backend.
+    Unwritten(std::io::Error),
+    /// The connection closed (or was reset) after the request was written
+    /// and before any byte of a response: the stale keep-alive race on a
+    /// reused connection.
+    ClosedUnanswered(std::io::Error),
+    /// Anything else: a broken or malformed response, an I/O error
+    /// part-way.
+    Protocol(crate::body::BoxError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Unwritten(e) => write!(f, "the request could not be written: {e}"),
+            SendError::ClosedUnanswered(e) => {
+                write!(f, "the connection closed before a response: {e}")
+            }
+            SendError::Protocol(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+fn protocol(message: impl Into<String>) -> SendError {
+    SendError::Protocol(message.into().into())
+}
+
+/// How a response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+impl Conn {
+    /// A connection, boxed once for its life (it moves between the pool
+    /// and response bodies).
+    pub fn new(io: TcpStream) -> Box<Self> {
+        Box::new(Self {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            spans: Vec::new(),
+        })
+    }
+
+    /// Whether an idle connection is still usable: the backend has neither
+    /// closed it nor sent anything unasked. Costs no system call unless
+    /// the socket had an event since the last read.
+    pub fn still_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Writes the head of `req` (which has no body) and reads the response
+    /// head. The response's body reads the rest from this connection.
+    pub async fn exchange(
+        mut self: Box<Self>,
+        req: &Request<crate::body::UpstreamBody>,
+    ) -> Result<Exchanged, SendError> {
+        encode_head(req, &mut self.head);
+        let mut written = 0;
+        while written < self.head.len() {
+            match self.io.write(&self.head[written..]).await {
+                Ok(0) => {
+                    let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                    return Err(if written == 0 {
+                        SendError::Unwritten(e)
+                    } else {
+                        SendError::Protocol(e.into())
+                    });
+                }
+                Ok(n) => written += n,
+                Err(e) if written == 0 => return Err(SendError::Unwritten(e)),
+                Err(e) => return Err(SendError::Protocol(e.into())),
+            }
+        }
+        let head_request = req.method() == http::Method::HEAD;
+        let mut answered = false;
+        loop {
+            if !self.buf.is_empty() {
+                answered = true;
+                if let Some(parsed) = parse_head(&mut self.buf, &mut self.spans, head_request)? {
+                    return Ok(Exchanged {
+                        response: parsed.response,
+                        body: Body1::new(self, parsed.framing, parsed.reusable),
+                    });
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
+                self.buf.reserve(READ_SIZE);
+            }
+            match self.io.read_buf(&mut self.buf).await {
+                Ok(0) if !answered => {
+                    return Err(SendError::ClosedUnanswered(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
+                }
+                Ok(0) => {
+                    return Err(protocol(
+                        "the backend closed in the middle of a response head",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if !answered
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionAborted
+                                | std::io::ErrorKind::BrokenPipe
+                        ) =>
+                {
+                    return Err(SendError::ClosedUnanswered(e));
+                }
+                Err(e) => return Err(SendError::Protocol(e.into())),
+            }
+        }
+    }
+}
+
+/// A response head and the body that reads the rest.
+pub struct Exchanged {
+    pub response: Response<()>,
+    pub body: Body1,
+}
+
+/// Writes `METHOD target HTTP/1.1`, the header fields and the blank line.
+/// Header names and values come from `http` types, which hold no CR or LF.
+fn encode_head(req: &Request<crate::body::UpstreamBody>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+struct Parsed {
+    response: Response<()>,
+    framing: Framing,
+    reusable: bool,
+}
+
+/// Positions of one header field in a head buffer.
+#[derive(Clone, Copy, Default)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// The part of `buf` a head (or trailer section) must fit in.
+fn limited(buf: &[u8]) -> &[u8] {
+    &buf[..buf.len().min(MAX_HEAD_BYTES)]
+}
+
+/// Records where each of `fields` (parsed from `base`) lies in `base`.
+fn record_spans(base: &[u8], fields: &[httparse::Header<'_>], spans: &mut Vec<Span>) {
+    spans.clear();
+    spans.extend(fields.iter().map(|field| Span {
+        name: offset_in(base, field.name.as_bytes()),
+        value: offset_in(base, field.value),
+    }));
+}
+
+/// Room for the header fields of one head, not initialised (httparse
+/// writes the ones it finds).
+fn field_room<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
+/// Parses the header fields of a complete head or trailer section
+/// (`bytes` holds exactly that section) into a map, sharing `bytes`.
+fn header_map(bytes: &Bytes, spans: &[Span]) -> Result<HeaderMap, SendError> {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for span in spans {
+        let name = HeaderName::from_bytes(&bytes[span.name.0..span.name.1])
+            .map_err(|_| protocol("a response header name is not valid"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(span.value.0..span.value.1))
+            .map_err(|_| {
+                protocol(format!(
+                    "the value of response header `{name}` is not valid"
+                ))
+            })?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Parses a response head at the start of `buf`, passing over
+/// informational responses. None: the head is not complete yet.
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_request: bool,
+) -> Result<Option<Parsed>, SendError> {
+    loop {
+        let mut fields = field_room();
+        let mut parsed = httparse::Response::new(&mut []);
+        let (len, code, minor) = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, limited(buf), &mut fields)
+        {
+            Ok(httparse::Status::Complete(len)) => {
+                record_spans(buf, parsed.headers, spans);
+                (
+                    len,
+                    parsed.code.unwrap_or_default(),
+                    parsed.version.unwrap_or_default(),
+                )
+            }
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+                return Err(protocol(format!(
+                    "the response head is larger than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(protocol(format!(
+                    "the response head has more than {MAX_HEADERS} header fields"
+                )));
+            }
+            Err(e) => return Err(protocol(format!("malformed response head: {e}"))),
+        };
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| protocol(format!("response status {code} is not valid")))?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(protocol(
+                "101 Switching Protocols to a request that asked for no upgrade",
+            ));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = header_map(&head, spans)?;
+        let version = if minor == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        let (framing, smuggled) = framing(&mut headers, status, head_request)?;
+        let reusable = version == Version::HTTP_11
+            && !smuggled
+            && framing != Framing::UntilClose
+            && !has_token(&headers, header::CONNECTION, "close");
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.version_mut() = version;
+        *response.headers_mut() = headers;
+        return Ok(Some(Parsed {
+            response,
+            framing,
+            reusable,
+        }));
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// How the body of a response with `status` (to a HEAD request or not) is
+/// delimited, and whether it carried both `Transfer-Encoding` and
+/// `Content-Length` (the latter is then removed).
+fn framing(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<(Framing, bool), SendError> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Empty, false));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|c| !c.is_empty())
+            .map(str::to_ascii_lowercase);
+        let smuggled = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok(match last.as_deref() {
+            Some("chunked") => (Framing::Chunked, smuggled),
+            _ => (Framing::UntilClose, smuggled),
+        });
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| protocol("the response's Content-Length is not a number"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(protocol("the response has differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => {
+            if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1
+                || headers
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes().contains(&b','))
+            {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            (Framing::Length(n), false)
+        }
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Clone, Copy, Debug)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: the trailer section and its blank line.
+    Trailers,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Length(u64),
+    Chunked(Chunk),
+    UntilClose,
+    Done,
+}
+
+/// A response body read from its connection as it is polled. Once it has
+/// been read to its end, a connection that may be reused waits in
+/// [`Body1::take_spare`] for its pool; otherwise it is closed.
+pub struct Body1 {
+    conn: Option<Box<Conn>>,
+    state: State,
+    reusable: bool,
+    spare: Option<Box<Conn>>,
+    /// The size the body declared (for the size hint).
+    length: Option<u64>,
+}
+
+impl Body1 {
+    fn new(conn: Box<Conn>, framing: Framing, reusable: bool) -> Self {
+        let (state, length) = match framing {
+            Framing::Empty => (State::Done, Some(0)),
+            Framing::Length(0) => (State::Done, Some(0)),
+            Framing::Length(n) => (State::Length(n), Some(n)),
+            Framing::Chunked => (State::Chunked(Chunk::Size), None),
+            Framing::UntilClose => (State::UntilClose, None),
+        };
+        let mut body = Self {
+            conn: Some(conn),
+            state,
+            reusable,
+            spare: None,
+            length,
+        };
+        if matches!(body.state, State::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The connection, once the body has been read to its end and the
+    /// connection may carry another request.
+    pub fn take_spare(&mut self) -> Option<Box<Conn>> {
+        self.spare.take()
+    }
+
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.buf.is_empty()
+        {
+            self.spare = Some(conn);
+        }
+    }
+
+    fn fail(&mut self, message: &str) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+        self.state = State::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(message.to_string().into())))
+    }
+}
+
+/// Reads more into the connection's buffer: Ready(Ok(0)) at its end.
+fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 2 {
+        conn.buf.reserve(READ_SIZE);
+    }
+    let read = conn.io.read_buf(&mut conn.buf);
+    tokio::pin!(read);
+    std::future::Future::poll(read, cx)
+}
+
+/// The position just after the first CRLF in `buf`.
+fn line_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
+}
+
+/// The size of a chunk from its size line (extensions ignored).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(digits_end);
+    let rest = rest.trim_ascii_start();
+    if digits.is_empty() || digits.len() > 16 || !(rest.is_empty() || rest[0] == b';') {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+impl Body for Body1 {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            // Decode what is buffered; break out to read more.
+            match this.state {
+                State::Done => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let take = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(take).freeze();
+                        let left = left - take as u64;
+                        this.state = State::Length(left);
+                        if left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(Chunk::Size) => match line_end(&conn.buf) {
+                    Some(end) => {
+                        let Some(size) = chunk_size(&conn.buf[..end - 2]) else {
+                            return this.fail("a malformed chunk size in the response body");
+                        };
+                        conn.buf.advance(end);
+                        this.state = State::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                        continue;
+                    }
+                    None if conn.buf.len() > MAX_CHUNK_LINE => {
+                        return this.fail("a chunk-size line in the response body is too long");
+                    }
+                    None => {}
+                },
+                State::Chunked(Chunk::Data(left)) => {
+                    if !conn.buf.is_empty() {
+                        let take = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(left).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(take).freeze();
+                        let left = left - take as u64;
+                        this.state = State::Chunked(if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                State::Chunked(Chunk::DataEnd) => {
+                    if conn.buf.len() >= 2 {
+                        if &conn.buf[..2] != b"\r\n" {
+                            return this.fail("a chunk in the response body does not end in CRLF");
+                        }
+                        conn.buf.advance(2);
+                        this.state = State::Chunked(Chunk::Size);
+                        continue;
+                    }
+                }
+                State::Chunked(Chunk::Trailers) => {
+                    if conn.buf.starts_with(b"\r\n") {
+                        conn.buf.advance(2);
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    match httparse::parse_headers(limited(&conn.buf), &mut fields) {
+                        Ok(httparse::Status::Complete((len, found))) => {
+                            record_spans(&conn.buf, found, &mut conn.spans);
+                            let section = conn.buf.split_to(len).freeze();
+                            let trailers = match header_map(&section, &conn.spans) {
+                                Ok(t) => t,
+                                Err(e) => return this.fail(&e.to_string()),
+                            };
+                            this.finish();
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                        Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_HEAD_BYTES => {
+                            return this.fail("the response's trailer section is too large");
+                        }
+                        Ok(httparse::Status::Partial) => {}
+                        Err(e) => return this.fail(&format!("malformed response trailers: {e}")),
+                    }
+                }
+            }
+            match poll_fill(conn, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    if matches!(this.state, State::UntilClose) {
+                        this.state = State::Done;
+                        this.conn = None;
+                        return Poll::Ready(None);
+                    }
+                    return this.fail(
+                        "the backend closed the connection before the end of the response body",
+                    );
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    return this.fail(&format!("reading the response body: {e}"));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done) || self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.state, self.length) {
+            (State::Done, _) => SizeHint::with_exact(0),
+            (State::Length(left), Some(_)) => SizeHint::with_exact(left),
+            _ => SizeHint::default(),
+        }
+    }
+}
