@@ -270,6 +270,10 @@ pub async fn supervise<C, E>(
     E: std::fmt::Display,
 {
     let mut draining = entered.draining.clone();
+    // Made once: a wait made anew on every wake-up of the connection's
+    // task would register and unregister with the drain signal each time.
+    let drain_started = draining.wait_for(|d| *d);
+    tokio::pin!(drain_started);
     let first_request = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request);
     let every = check_every(limits.idle_timeout);
@@ -279,6 +283,8 @@ pub async fn supervise<C, E>(
     let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
+            // The connection first: most wake-ups are its.
+            biased;
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -289,7 +295,7 @@ pub async fn supervise<C, E>(
                 tracing::debug!(%peer, timeout = ?limits.header_read_timeout, "no complete request head in time; closing");
                 break;
             }
-            _ = draining.wait_for(|d| *d), if closing.is_none() => {
+            _ = &mut drain_started, if closing.is_none() => {
                 shutdown(conn.as_mut());
                 closing = Some(Instant::now());
             }

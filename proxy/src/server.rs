@@ -238,21 +238,25 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers, including those the Connection header names.
 /// `TE: trailers` survives (gRPC needs it); `keep_upgrade` keeps an upgrade.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names present, no hashing, for the common case.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
-    if present.is_empty() {
+    // One pass over the names present, no hashing and no allocation, for
+    // the common case of none.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
+    // Other fields the Connection header names (rare): only those present.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(t))
+                && headers.contains_key(*t)
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     let te_trailers = headers
         .get(header::TE)
@@ -262,7 +266,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         });
     let upgrade = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(present.iter()) {
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
         headers.remove(name);
     }
     if te_trailers {
