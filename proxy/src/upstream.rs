@@ -1,13 +1,17 @@
-//! Upstream connections: per serving thread pools of hyper client
-//! connections, keyed by backend.
+//! Upstream connections: per serving thread pools, keyed by backend.
 //!
 //! Each backend ([`PoolKey`]: its address and everything that shapes a
 //! connection) has one [`Upstream`], and that has one slot per serving
 //! thread. A request takes an idle HTTP/1.1 connection of its own thread's
-//! slot (the most recently used one), or dials a new one; the connection's
-//! task runs on that same thread, so a request costs no cross-thread
-//! wake-up, no spawned task and no shared lock. An HTTP/2 backend has one
-//! multiplexed connection per thread.
+//! slot (the most recently used one), or dials a new one, so a request
+//! costs no cross-thread wake-up and no shared lock. An HTTP/2 backend has
+//! one multiplexed connection per thread.
+//!
+//! A bodiless request to a plain-TCP HTTP/1.1 backend (no upgrade) goes
+//! through Sluice's own codec ([`crate::h1`]) in the request's own task;
+//! its idle connections have no task, and a sweeper per slot closes them.
+//! Every other request uses a hyper client connection whose task runs on
+//! the same thread.
 //!
 //! Nothing a client sends reaches this module's keys: the connection is
 //! always dialled to the backend's address, whatever the request's Host.
