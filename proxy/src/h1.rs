@@ -439,6 +439,8 @@ pub struct Body1 {
     state: State,
     reusable: bool,
     spare: Option<Box<Conn>>,
+    /// A failure to report on the next poll (see [`Body1::fail`]).
+    failure: Option<String>,
     /// The size the body declared (for the size hint).
     length: Option<u64>,
 }
@@ -457,6 +459,7 @@ impl Body1 {
             state,
             reusable,
             spare: None,
+            failure: None,
             length,
         };
         if matches!(body.state, State::Done) {
@@ -481,10 +484,20 @@ impl Body1 {
         }
     }
 
-    fn fail(&mut self, message: &str) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
+    /// Closes the connection and reports `message` on the next poll, not
+    /// this one: the reader (hyper's connection to the client) then first
+    /// sends what it has of the response, head and data, as it would had
+    /// the failure come later.
+    fn fail(
+        &mut self,
+        cx: &mut Context<'_>,
+        message: &str,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::body::BoxError>>> {
         self.state = State::Done;
         self.conn = None;
-        Poll::Ready(Some(Err(message.to_string().into())))
+        self.failure = Some(message.to_string());
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -526,6 +539,9 @@ impl Body for Body1 {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(failure) = this.failure.take() {
+            return Poll::Ready(Some(Err(failure.into())));
+        }
         loop {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -560,7 +576,7 @@ impl Body for Body1 {
                 State::Chunked(Chunk::Size) => match line_end(&conn.buf) {
                     Some(end) => {
                         let Some(size) = chunk_size(&conn.buf[..end - 2]) else {
-                            return this.fail("a malformed chunk size in the response body");
+                            return this.fail(cx, "a malformed chunk size in the response body");
                         };
                         conn.buf.advance(end);
                         this.state = State::Chunked(if size == 0 {
@@ -571,7 +587,7 @@ impl Body for Body1 {
                         continue;
                     }
                     None if conn.buf.len() > MAX_CHUNK_LINE => {
-                        return this.fail("a chunk-size line in the response body is too long");
+                        return this.fail(cx, "a chunk-size line in the response body is too long");
                     }
                     None => {}
                 },
@@ -594,7 +610,8 @@ impl Body for Body1 {
                 State::Chunked(Chunk::DataEnd) => {
                     if conn.buf.len() >= 2 {
                         if &conn.buf[..2] != b"\r\n" {
-                            return this.fail("a chunk in the response body does not end in CRLF");
+                            return this
+                                .fail(cx, "a chunk in the response body does not end in CRLF");
                         }
                         conn.buf.advance(2);
                         this.state = State::Chunked(Chunk::Size);
@@ -614,16 +631,18 @@ impl Body for Body1 {
                             let section = conn.buf.split_to(len).freeze();
                             let trailers = match header_map(&section, &conn.spans) {
                                 Ok(t) => t,
-                                Err(e) => return this.fail(&e.to_string()),
+                                Err(e) => return this.fail(cx, &e.to_string()),
                             };
                             this.finish();
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                         Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_HEAD_BYTES => {
-                            return this.fail("the response's trailer section is too large");
+                            return this.fail(cx, "the response's trailer section is too large");
                         }
                         Ok(httparse::Status::Partial) => {}
-                        Err(e) => return this.fail(&format!("malformed response trailers: {e}")),
+                        Err(e) => {
+                            return this.fail(cx, &format!("malformed response trailers: {e}"));
+                        }
                     }
                 }
             }
@@ -636,19 +655,20 @@ impl Body for Body1 {
                         return Poll::Ready(None);
                     }
                     return this.fail(
+                        cx,
                         "the backend closed the connection before the end of the response body",
                     );
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    return this.fail(&format!("reading the response body: {e}"));
+                    return this.fail(cx, &format!("reading the response body: {e}"));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done) || self.conn.is_none()
+        self.failure.is_none() && (matches!(self.state, State::Done) || self.conn.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
