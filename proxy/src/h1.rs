@@ -511,6 +511,12 @@ fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<std::io::Result<usiz
     std::future::Future::poll(read, cx)
 }
 
+/// Up to `left` bytes from the front of `buf`, and how many are left then.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    (buf.split_to(take).freeze(), left - take as u64)
+}
+
 /// The position just after the first CRLF in `buf`.
 fn line_end(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
@@ -554,12 +560,7 @@ impl Body for Body1 {
                 }
                 State::Length(left) => {
                     if !conn.buf.is_empty() {
-                        let take = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(left).unwrap_or(usize::MAX));
-                        let data = conn.buf.split_to(take).freeze();
-                        let left = left - take as u64;
+                        let (data, left) = take_up_to(&mut conn.buf, left);
                         this.state = State::Length(left);
                         if left == 0 {
                             this.finish();
@@ -593,12 +594,7 @@ impl Body for Body1 {
                 },
                 State::Chunked(Chunk::Data(left)) => {
                     if !conn.buf.is_empty() {
-                        let take = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(left).unwrap_or(usize::MAX));
-                        let data = conn.buf.split_to(take).freeze();
-                        let left = left - take as u64;
+                        let (data, left) = take_up_to(&mut conn.buf, left);
                         this.state = State::Chunked(if left == 0 {
                             Chunk::DataEnd
                         } else {
