@@ -113,7 +113,10 @@ fn serve<I>(
             ip: peer_ip.clone(),
         };
         async move {
-            let response = handle(state, req, client).await;
+            // Boxed: hyper keeps room for this future in every connection,
+            // idle or not, and the request path's state is kilobytes; boxed,
+            // an idle keep-alive connection holds a pointer instead.
+            let response = Box::pin(handle(state, req, client)).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
