@@ -41,6 +41,7 @@ async fn impatient_requests(url: &str, n: usize, patience: Duration, http2: bool
 }
 
 async fn client_that_gives_up_is_a_499_failure(http2: bool) {
+    let _shared = LATENCY_SENSITIVE.read().await;
     let stable = backend("stable").await;
     let canary = sluice_loadtest::start_backend(BackendOptions {
         faults: Faults {
@@ -126,6 +127,7 @@ async fn an_http2_client_that_resets_its_stream_is_a_499_failure_on_the_backend_
 
 #[tokio::test]
 async fn ab_rule_traffic_is_counted_apart_from_weighted_traffic() {
+    let _shared = LATENCY_SENSITIVE.read().await;
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let routes = format!(
         "{}    canary_match:\n      - {{ header: x-canary, value: always }}\n",
@@ -201,6 +203,7 @@ async fn ab_rule_traffic_is_counted_apart_from_weighted_traffic() {
 
 #[tokio::test]
 async fn an_upstream_that_closes_mid_body_is_a_failure_under_the_code_it_sent() {
+    let _shared = LATENCY_SENSITIVE.read().await;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -255,12 +258,13 @@ async fn an_upstream_that_closes_mid_body_is_a_failure_under_the_code_it_sent() 
 /// A canary at weight 100 behind a proxy, `n` requests through it, and the
 /// `p99<=300ms` gate judged by both providers over exactly that traffic.
 /// The p99 gate tests measure time against a bucket bound 30 ms above the
-/// slowest request: one at a time, so that neither is measured on the
-/// other's (or its Prometheus's) CPU.
-static LATENCY_SENSITIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// slowest request: each runs alone (write), so that it is not measured on
+/// the CPU of another test of this file that loads a proxy or runs a
+/// Prometheus (those take it to read, and run alongside each other).
+static LATENCY_SENSITIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 async fn p99_gate_on(faults: Faults, n: usize) -> (Outcome, Outcome, f64) {
-    let _serial = LATENCY_SENSITIVE.lock().await;
+    let _alone = LATENCY_SENSITIVE.write().await;
     let stable = backend("stable").await;
     let canary = sluice_loadtest::start_backend(BackendOptions {
         faults,
@@ -394,6 +398,7 @@ async fn bad_grpc_codes_and_off_layout_latency_gates_are_usage_errors_naming_the
 /// the one in `blog` 1% (like its stable); neither reading mixes in the other.
 #[tokio::test]
 async fn the_same_route_in_two_namespaces_is_read_apart() {
+    let _shared = LATENCY_SENSITIVE.read().await;
     let mut proxies = Vec::new();
     let mut keep = Vec::new();
     for rate in [0.30, 0.01] {
