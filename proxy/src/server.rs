@@ -293,6 +293,59 @@ fn request_authority(req: &Request<Incoming>) -> Option<HeaderValue> {
         .cloned()
 }
 
+/// Why an HTTP/1 request's Host is refused with 400 (RFC 9112 §3.2), if
+/// it is: more than one Host field (a backend might read another one than
+/// the proxy routed by), a value that is not a host and optional port, or
+/// none at all on an HTTP/1.1 request whose target names no authority.
+/// HTTP/1.0 requests may leave Host out; HTTP/2 requests carry
+/// `:authority` instead.
+fn host_problem(req: &Request<Incoming>) -> Option<&'static str> {
+    if req.version() != Version::HTTP_11 && req.version() != Version::HTTP_10 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some("sluice: the request has more than one Host header field\n"),
+        (Some(host), None) if !is_host_and_port(host.as_bytes()) => {
+            Some("sluice: the Host header field is not a host and optional port\n")
+        }
+        (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
+            Some("sluice: an HTTP/1.1 request needs a Host header field\n")
+        }
+        _ => None,
+    }
+}
+
+/// Whether `value` has only the characters of `uri-host [ ":" port ]`
+/// (RFC 3986: registered names, IPv4, bracketed IPv6) and no user info.
+fn is_host_and_port(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'%'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'['
+                        | b']'
+                )
+        })
+}
+
 /// The client of a connection.
 pub struct Client {
     pub addr: SocketAddr,
@@ -357,6 +410,9 @@ pub async fn handle(
         resp.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
         return resp;
+    }
+    if let Some(problem) = host_problem(&req) {
+        return plain(StatusCode::BAD_REQUEST, problem.to_string(), None);
     }
     let routing = state.store.peek();
     let authority = request_authority(&req);

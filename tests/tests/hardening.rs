@@ -963,3 +963,83 @@ async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
         0.0
     );
 }
+
+/// RFC 9112 §3.2: an HTTP/1 request with two Host fields, a Host that is
+/// not a host and port, or (on HTTP/1.1) no Host and no authority in its
+/// target is answered 400 by the proxy and never forwarded, so a backend
+/// cannot read a different Host than the one the proxy routed by. HTTP/1.0
+/// may leave Host out, and an absolute-form target supplies the authority.
+#[tokio::test]
+async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() {
+    let echo = start_echo().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: echo, stable: 'http://{echo}' }}\n"),
+        &[],
+    )
+    .await;
+    let exchange = |head: &'static [u8]| async move {
+        let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        raw.write_all(head).await.unwrap();
+        let (closed, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+        assert!(closed, "the proxy kept the connection open after: {seen:?}");
+        String::from_utf8_lossy(&seen).to_string()
+    };
+    let refused: [(&[u8], &str); 5] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+            "more than one Host",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nhost: a.example\r\nConnection: close\r\n\r\n",
+            "more than one Host",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "needs a Host",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: user@a.example\r\nConnection: close\r\n\r\n",
+            "not a host and optional port",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: a.example/x\r\nConnection: close\r\n\r\n",
+            "not a host and optional port",
+        ),
+    ];
+    for (head, why) in refused {
+        let text = exchange(head).await;
+        assert!(
+            text.starts_with("HTTP/1.1 400") && text.contains(why),
+            "{}: {text}",
+            String::from_utf8_lossy(head)
+        );
+    }
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_requests_total", &[("route", "echo")]),
+        0.0,
+        "a refused request was forwarded"
+    );
+
+    let body_of = |text: &str| -> serde_json::Value {
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    // HTTP/1.0 without Host: forwarded with the backend's authority.
+    let text = exchange(b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert_eq!(body_of(&text)["headers"]["host"], echo.to_string());
+    // Absolute form without Host: the target's authority is the Host.
+    let text =
+        exchange(b"GET http://app.example:8080/abs HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(body_of(&text)["headers"]["host"], "app.example:8080");
+    // An IPv6 literal with a port is a Host.
+    let text = exchange(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_requests_total", &[("route", "echo")]), 3.0);
+}
