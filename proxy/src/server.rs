@@ -226,7 +226,9 @@ fn is_upgrade_request(req: &Request<Incoming>) -> bool {
             .headers()
             .get(header::UPGRADE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !v.trim().eq_ignore_ascii_case("h2c"))
+            // No h2c in the list: a backend that took it would speak
+            // HTTP/2 with the client through the tunnel, past the routing.
+            .is_some_and(|v| !v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

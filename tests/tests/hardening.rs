@@ -1043,3 +1043,66 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_requests_total", &[("route", "echo")]), 3.0);
 }
+
+/// An upgrade that offers h2c, alone or in a list, is not passed on: a
+/// backend that took it would speak HTTP/2 with the client through a
+/// tunnel, past the proxy's routing and metrics (h2c smuggling). The
+/// request goes on as a plain one; a websocket upgrade still tunnels.
+#[tokio::test]
+async fn an_upgrade_offering_h2c_is_forwarded_as_a_plain_request() {
+    let echo = start_echo().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: echo, stable: 'http://{echo}' }}\n"),
+        &[],
+    )
+    .await;
+    for offer in ["h2c", "websocket, h2c", "H2C , websocket"] {
+        let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {offer}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        );
+        raw.write_all(head.as_bytes()).await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The echo answers JSON ending in `}`; read until then.
+        while !seen.ends_with(b"}") {
+            let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "`{offer}`: no full answer: {}",
+                        String::from_utf8_lossy(&seen)
+                    )
+                })
+                .unwrap();
+            assert!(
+                n > 0,
+                "`{offer}`: closed after {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen);
+        assert!(text.starts_with("HTTP/1.1 200"), "`{offer}`: {text}");
+        let body: serde_json::Value =
+            serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let headers = &body["headers"];
+        assert!(
+            headers.get("upgrade").is_none() && headers.get("http2-settings").is_none(),
+            "`{offer}` reached the backend: {headers}"
+        );
+    }
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(
+        b"GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+}
