@@ -65,6 +65,10 @@ pub const LEARN_REQUESTS: f64 = 500.0;
 /// differences are connection set-up and scheduling noise (a canary's pool
 /// is colder than the primary's), not what a release is judged on.
 pub const MIN_LEARNT_BOUND: f64 = 0.01;
+/// The share of requests a learnt bound (the bucket just above the
+/// primary's p99) lets through: what a blue/green soak holds the new
+/// version to at least, on such a bound (see [`SoakEvidence`]).
+pub const LEARNT_BOUND_SHARE: f64 = 0.01;
 
 /// What a user tunes (flags and `sluice.dev/*` annotations).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -328,6 +332,13 @@ pub struct GateState {
 /// a rate `q ≤ ρ₀·r` each factor has expectation `1 + q(m−1)` times
 /// `e^{-ρ₀·r·(m−1)} ≤ 1`, so Ville's inequality bounds false rollbacks by
 /// α as in the two-arm test, given the reference rate.
+///
+/// On a latency bound learnt from the primary (its p99 bucket), the
+/// reference is at least [`LEARNT_BOUND_SHARE`]: the new version keeps its
+/// p99 under the primary's. A two-arm test cancels noise both arms share
+/// (a busy node, a GC pause in the proxy); a soak cannot, and a reference
+/// of a few hundredths of a percent would roll back a healthy version on
+/// the first such hiccup. A configured bound keeps the measured share.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SoakEvidence {
     /// The primary's failure rate before the switch.
@@ -441,7 +452,18 @@ impl GateState {
                 .map(|l| {
                     let total = reference.buckets.last().map(|b| b.1).unwrap_or(0.0);
                     let slow = reference.slower_than(l.bound).unwrap_or(0.0);
-                    (l.bound, smoothed_rate(slow, total), Evidence::new())
+                    let measured = smoothed_rate(slow, total);
+                    // A learnt bound is the primary's p99 bucket: the new
+                    // version alone is held to that (at most 1% slower),
+                    // not to the share the primary happened to show, which
+                    // can be far below 1% and, with no primary traffic at
+                    // the same time, cannot absorb the machine's noise.
+                    let reference = if l.learnt {
+                        measured.max(LEARNT_BOUND_SHARE)
+                    } else {
+                        measured
+                    };
+                    (l.bound, reference, Evidence::new())
                 })
                 .collect(),
         });

@@ -336,6 +336,82 @@ fn settings_are_checked_and_errors_name_the_setting() {
     assert!(GateSettings::default().validate(name).is_ok());
 }
 
+/// How many of `n` requests fall under probability `p`, drawn from `rng`
+/// (xorshift64): repeatable runs without a dependency.
+fn xorshift_count(rng: &mut u64, n: usize, p: f64) -> f64 {
+    (0..n)
+        .filter(|_| {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            (*rng % 1_000_000) as f64 / 1e6 < p
+        })
+        .count() as f64
+}
+
+/// A blue/green soak on a latency bound learnt from the primary, which
+/// answered 0.03% of its requests over 10 ms: the new version, at
+/// `slow_after` over it, 200 requests a scrape. The tick of the first
+/// decisive failure, if any, and the state.
+fn soaked_on_a_learnt_bound(
+    slow_after: f64,
+    seed: u64,
+    ticks: usize,
+) -> (GateState, Option<usize>) {
+    let s = GateSettings::default();
+    let mut state = GateState::new(&s);
+    let mut rng = seed;
+    let arm = |n: f64, slow: f64| Arm {
+        requests: n,
+        failures: 0.0,
+        buckets: vec![
+            (0.005, n - slow),
+            (0.01, n - slow),
+            (0.3, n),
+            (f64::INFINITY, n),
+        ],
+    };
+    for _ in 0..300 {
+        let window = Window {
+            stable: arm(200.0, xorshift_count(&mut rng, 200, 0.0003)),
+            ..Window::default()
+        };
+        state.observe(&s, &window, 0);
+    }
+    let mut failed_at = None;
+    for tick in 0..ticks {
+        let window = Window {
+            canary: arm(200.0, xorshift_count(&mut rng, 200, slow_after)),
+            ..Window::default()
+        };
+        state.observe_soak(&s, &window, 10_000);
+        if failed_at.is_none() && state.soak_analysis(&s, 20).decisive_failure() {
+            failed_at = Some(tick);
+        }
+    }
+    (state, failed_at)
+}
+
+#[test]
+fn a_soak_on_a_learnt_bound_holds_the_new_version_to_the_primarys_p99() {
+    // The bound learnt is 10 ms, and the reference is its 1%, not the
+    // primary's 0.03%.
+    let (state, _) = soaked_on_a_learnt_bound(0.0003, 1, 1);
+    let latency = &state.soak.as_ref().unwrap().latency;
+    assert_eq!(latency.len(), 1);
+    assert_eq!((latency[0].0, latency[0].1), (0.01, LEARNT_BOUND_SHARE));
+    assert!(state.latency[0].learnt);
+    // Half a percent over the primary's p99 (a noisy node, 17 times the
+    // primary's share): 10 soaks of 150 scrapes, none rolls back.
+    let false_alarms = (0..10)
+        .filter(|seed| soaked_on_a_learnt_bound(0.005, 200 + seed, 150).1.is_some())
+        .count();
+    assert_eq!(false_alarms, 0);
+    // 5% over it, a p99 well past the primary's: caught within a few scrapes.
+    let (_, failed_at) = soaked_on_a_learnt_bound(0.05, 9, 60);
+    assert!(failed_at.is_some_and(|t| t <= 10), "{failed_at:?}");
+}
+
 /// A blue/green soak: all traffic on the new version, judged against the
 /// primary's rates from before the switch.
 fn soaked(failure_rate_after: f64, seed: u64, ticks: usize) -> (GateState, Option<usize>) {
@@ -345,16 +421,7 @@ fn soaked(failure_rate_after: f64, seed: u64, ticks: usize) -> (GateState, Optio
     };
     let mut state = GateState::new(&s);
     let mut rng = seed;
-    let mut draw = |n: usize, p: f64| {
-        (0..n)
-            .filter(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                (rng % 1_000_000) as f64 / 1e6 < p
-            })
-            .count() as f64
-    };
+    let mut draw = |n: usize, p: f64| xorshift_count(&mut rng, n, p);
     let arm = |n: f64, failures: f64| Arm {
         requests: n,
         failures,
