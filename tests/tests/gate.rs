@@ -97,6 +97,11 @@ impl Release {
             // Each tick judges its own window of 1 s scrapes: two of them.
             let scrape = args.iter().position(|a| a == "--scrape-interval").unwrap();
             args[scrape + 1] = "2s".into();
+            // Half as many ticks in the same time, each on what Prometheus
+            // had scraped by then: proof takes longer, and once in a full
+            // run it took more than 150 s for a healthy canary.
+            let max = args.iter().position(|a| a == "--max-duration").unwrap();
+            args[max + 1] = "300s".into();
             args.extend([
                 "--prometheus".into(),
                 p.url.clone(),
@@ -111,7 +116,7 @@ impl Release {
     async fn run(&self) -> (i32, Vec<serde_json::Value>, sluice_loadtest::Report) {
         let (load, report) = steady_load(&format!("http://{}/", self.proxy.addr), 400.0);
         let (code, events) = Rollout::start(&self.args())
-            .wait(Duration::from_secs(200))
+            .wait(Duration::from_secs(360))
             .await;
         load.stop();
         (code, events, report.await.unwrap())
