@@ -964,6 +964,27 @@ async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
     );
 }
 
+/// A proxy with one route, `echo`, to an echo backend; and the backend's
+/// address.
+async fn echo_proxy() -> (SocketAddr, ChildProxy) {
+    let echo = start_echo().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: echo, stable: 'http://{echo}' }}\n"),
+        &[],
+    )
+    .await;
+    (echo, proxy)
+}
+
+/// The echo backend's report (JSON) in a raw HTTP/1 response.
+fn echoed(response: &str) -> serde_json::Value {
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
 /// RFC 9112 §3.2: an HTTP/1 request with two Host fields, a Host that is
 /// not a host and port, or (on HTTP/1.1) no Host and no authority in its
 /// target is answered 400 by the proxy and never forwarded, so a backend
@@ -971,12 +992,7 @@ async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
 /// may leave Host out, and an absolute-form target supplies the authority.
 #[tokio::test]
 async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() {
-    let echo = start_echo().await;
-    let proxy = ChildProxy::start(
-        &format!("  - {{ name: echo, stable: 'http://{echo}' }}\n"),
-        &[],
-    )
-    .await;
+    let (echo, proxy) = echo_proxy().await;
     let exchange = |head: &'static [u8]| async move {
         let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         raw.write_all(head).await.unwrap();
@@ -1021,22 +1037,15 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
         "a refused request was forwarded"
     );
 
-    let body_of = |text: &str| -> serde_json::Value {
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
-    };
     // HTTP/1.0 without Host: forwarded with the backend's authority.
     let text = exchange(b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.0 200"), "{text}");
-    assert_eq!(body_of(&text)["headers"]["host"], echo.to_string());
+    assert_eq!(echoed(&text)["headers"]["host"], echo.to_string());
     // Absolute form without Host: the target's authority is the Host.
     let text =
         exchange(b"GET http://app.example:8080/abs HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert_eq!(body_of(&text)["headers"]["host"], "app.example:8080");
+    assert_eq!(echoed(&text)["headers"]["host"], "app.example:8080");
     // An IPv6 literal with a port is a Host.
     let text = exchange(b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -1050,12 +1059,7 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
 /// request goes on as a plain one; a websocket upgrade still tunnels.
 #[tokio::test]
 async fn an_upgrade_offering_h2c_is_forwarded_as_a_plain_request() {
-    let echo = start_echo().await;
-    let proxy = ChildProxy::start(
-        &format!("  - {{ name: echo, stable: 'http://{echo}' }}\n"),
-        &[],
-    )
-    .await;
+    let (_, proxy) = echo_proxy().await;
     for offer in ["h2c", "websocket, h2c", "H2C , websocket"] {
         let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         let head = format!(
@@ -1084,8 +1088,7 @@ async fn an_upgrade_offering_h2c_is_forwarded_as_a_plain_request() {
         }
         let text = String::from_utf8_lossy(&seen);
         assert!(text.starts_with("HTTP/1.1 200"), "`{offer}`: {text}");
-        let body: serde_json::Value =
-            serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+        let body = echoed(&text);
         let headers = &body["headers"];
         assert!(
             headers.get("upgrade").is_none() && headers.get("http2-settings").is_none(),

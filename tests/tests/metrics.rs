@@ -203,9 +203,9 @@ async fn ab_rule_traffic_is_counted_apart_from_weighted_traffic() {
 
 #[tokio::test]
 async fn an_upstream_that_closes_mid_body_is_a_failure_under_the_code_it_sent() {
-    let _shared = LATENCY_SENSITIVE.read().await;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _shared = LATENCY_SENSITIVE.read().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move {
