@@ -152,6 +152,18 @@ pub struct Entered {
     _opened: Option<Opened>,
 }
 
+impl Entered {
+    /// The drain signal: true once a drain has started.
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.draining.clone()
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+}
+
 impl Drop for Entered {
     fn drop(&mut self) {
         if self.live.count.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -134,6 +134,68 @@ impl Conn {
         req: &Request<crate::body::UpstreamBody>,
     ) -> Result<Exchanged, SendError> {
         encode_head(req, &mut self.head);
+        let mut spans = std::mem::take(&mut self.spans);
+        let (mut conn, parsed) = self
+            .send_head(req.method() == http::Method::HEAD, &mut spans)
+            .await?;
+        let mut headers = header_map(&parsed.bytes, &spans)?;
+        conn.spans = spans;
+        // What the framing rules changed: a Content-Length beside a
+        // Transfer-Encoding goes, repeated equal lengths become one.
+        if parsed.smuggled {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        if let (Framing::Length(n), true) = (parsed.framing, parsed.repeated_length) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        let mut response = Response::new(());
+        *response.status_mut() = parsed.status;
+        *response.version_mut() = if parsed.http11 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        };
+        *response.headers_mut() = headers;
+        Ok(Exchanged {
+            response,
+            body: Body1::new(conn, parsed.framing, parsed.reusable),
+        })
+    }
+
+    /// The buffer for the next request head, emptied: the caller writes a
+    /// complete head (request line, fields, blank line) for
+    /// [`Conn::exchange_raw`].
+    pub fn head_buf(&mut self) -> &mut Vec<u8> {
+        self.head.clear();
+        &mut self.head
+    }
+
+    /// Writes the head in [`Conn::head_buf`] (a request without a body)
+    /// and reads the response head, leaving its fields as positions in
+    /// `spans` (no header map is built). The response's body reads the rest
+    /// from this connection.
+    pub async fn exchange_raw(
+        self: Box<Self>,
+        head_request: bool,
+        spans: &mut Vec<Span>,
+    ) -> Result<RawExchanged, SendError> {
+        let (conn, parsed) = self.send_head(head_request, spans).await?;
+        Ok(RawExchanged {
+            head: RawHead {
+                status: parsed.status,
+                bytes: parsed.bytes,
+                framing: parsed.framing,
+            },
+            body: Body1::new(conn, parsed.framing, parsed.reusable),
+        })
+    }
+
+    /// Writes `self.head` and reads the response head.
+    async fn send_head(
+        mut self: Box<Self>,
+        head_request: bool,
+        spans: &mut Vec<Span>,
+    ) -> Result<(Box<Self>, Parsed), SendError> {
         let mut written = 0;
         while written < self.head.len() {
             match self.io.write(&self.head[written..]).await {
@@ -150,16 +212,12 @@ impl Conn {
                 Err(e) => return Err(SendError::Protocol(e.into())),
             }
         }
-        let head_request = req.method() == http::Method::HEAD;
         let mut answered = false;
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                if let Some(parsed) = parse_head(&mut self.buf, &mut self.spans, head_request)? {
-                    return Ok(Exchanged {
-                        response: parsed.response,
-                        body: Body1::new(self, parsed.framing, parsed.reusable),
-                    });
+                if let Some(parsed) = parse_head(&mut self.buf, spans, head_request)? {
+                    return Ok((self, parsed));
                 }
             }
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
@@ -194,6 +252,68 @@ impl Conn {
     }
 }
 
+/// A response head read by [`Conn::exchange_raw`]: its status, its bytes
+/// (status line, fields, blank line) and how its body is framed.
+pub struct RawHead {
+    pub status: StatusCode,
+    pub bytes: Bytes,
+    framing: Framing,
+}
+
+/// How a response body reaches a client, from the framing rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// Exactly this many bytes.
+    Exactly(u64),
+    /// An unknown length (chunked or close-delimited upstream).
+    Unknown,
+}
+
+impl RawHead {
+    /// The header fields, as `(name, value)`, in the order received.
+    pub fn fields<'a>(&'a self, spans: &'a [Span]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        head_fields(&self.bytes, spans)
+    }
+
+    pub fn body_length(&self) -> BodyLength {
+        match self.framing {
+            Framing::Empty => BodyLength::None,
+            Framing::Length(n) => BodyLength::Exactly(n),
+            Framing::Chunked | Framing::UntilClose => BodyLength::Unknown,
+        }
+    }
+}
+
+/// A response head read raw and the body that reads the rest.
+pub struct RawExchanged {
+    pub head: RawHead,
+    pub body: Body1,
+}
+
+/// The fields at `spans` of the head in `base`, as `(name, value)`.
+fn head_fields<'a>(
+    base: &'a [u8],
+    spans: &'a [Span],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {
+    spans.iter().map(move |s| s.of(base))
+}
+
+/// The fields of a raw response head as a map (fields that are not valid
+/// header values are left out).
+pub fn header_map_of(head: &RawHead, spans: &[Span]) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for (name, value) in head.fields(spans) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
+    }
+    map
+}
+
 /// A response head and the body that reads the rest.
 pub struct Exchanged {
     pub response: Response<()>,
@@ -218,20 +338,38 @@ fn encode_head(req: &Request<crate::body::UpstreamBody>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// A response head as parsed, before any header map is built.
 struct Parsed {
-    response: Response<()>,
+    status: StatusCode,
+    http11: bool,
+    /// The whole head: status line, fields and the blank line.
+    bytes: Bytes,
     framing: Framing,
+    /// A `Content-Length` came beside a `Transfer-Encoding` (and is void).
+    smuggled: bool,
+    /// The length was given more than once (all equal).
+    repeated_length: bool,
     reusable: bool,
 }
 
 /// Positions of one header field in a head buffer.
 #[derive(Clone, Copy, Default)]
-struct Span {
+pub struct Span {
     name: (usize, usize),
     value: (usize, usize),
 }
 
-fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
+impl Span {
+    /// The field's name and value in `base`, the buffer it was parsed from.
+    pub fn of(self, base: &[u8]) -> (&[u8], &[u8]) {
+        (
+            &base[self.name.0..self.name.1],
+            &base[self.value.0..self.value.1],
+        )
+    }
+}
+
+pub(crate) fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
     let start = part.as_ptr() as usize - base.as_ptr() as usize;
     (start, start + part.len())
 }
@@ -242,7 +380,7 @@ fn limited(buf: &[u8]) -> &[u8] {
 }
 
 /// Records where each of `fields` (parsed from `base`) lies in `base`.
-fn record_spans(base: &[u8], fields: &[httparse::Header<'_>], spans: &mut Vec<Span>) {
+pub(crate) fn record_spans(base: &[u8], fields: &[httparse::Header<'_>], spans: &mut Vec<Span>) {
     spans.clear();
     spans.extend(fields.iter().map(|field| Span {
         name: offset_in(base, field.name.as_bytes()),
@@ -323,67 +461,84 @@ fn parse_head(
             continue;
         }
         let head = buf.split_to(len).freeze();
-        let mut headers = header_map(&head, spans)?;
-        let version = if minor == 1 {
-            Version::HTTP_11
-        } else {
-            Version::HTTP_10
-        };
-        let (framing, smuggled) = framing(&mut headers, status, head_request)?;
-        let reusable = version == Version::HTTP_11
-            && !smuggled
-            && framing != Framing::UntilClose
-            && !has_token(&headers, header::CONNECTION, "close");
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.version_mut() = version;
-        *response.headers_mut() = headers;
+        let framed = framing(head_fields(&head, spans), status, head_request)?;
+        let http11 = minor == 1;
+        let reusable = http11
+            && !framed.smuggled
+            && framed.framing != Framing::UntilClose
+            && !head_fields(&head, spans).any(|(name, value)| {
+                name.eq_ignore_ascii_case(b"connection") && has_token(value, "close")
+            });
         return Ok(Some(Parsed {
-            response,
-            framing,
+            status,
+            http11,
+            bytes: head,
+            framing: framed.framing,
+            smuggled: framed.smuggled,
+            repeated_length: framed.repeated_length,
             reusable,
         }));
     }
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether the comma-separated list `value` has `token` (any case).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How a response body is framed, from its head's fields.
+struct Framed {
+    framing: Framing,
+    smuggled: bool,
+    repeated_length: bool,
 }
 
 /// How the body of a response with `status` (to a HEAD request or not) is
-/// delimited, and whether it carried both `Transfer-Encoding` and
-/// `Content-Length` (the latter is then removed).
-fn framing(
-    headers: &mut HeaderMap,
+/// delimited, from its header `fields`; whether it carried both
+/// `Transfer-Encoding` and `Content-Length` (the length is then void), and
+/// whether the length was given more than once.
+fn framing<'a>(
+    fields: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
     status: StatusCode,
     head_request: bool,
-) -> Result<(Framing, bool), SendError> {
+) -> Result<Framed, SendError> {
+    let no_body = |framing| Framed {
+        framing,
+        smuggled: false,
+        repeated_length: false,
+    };
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Empty, false));
+        return Ok(no_body(Framing::Empty));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty())
-            .map(str::to_ascii_lowercase);
-        let smuggled = headers.remove(header::CONTENT_LENGTH).is_some();
-        return Ok(match last.as_deref() {
-            Some("chunked") => (Framing::Chunked, smuggled),
-            _ => (Framing::UntilClose, smuggled),
+    let named = |wanted: &'static [u8]| {
+        fields
+            .clone()
+            .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted))
+            .map(|(_, value)| value)
+    };
+    if named(b"transfer-encoding").next().is_some() {
+        let last_chunked = named(b"transfer-encoding")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty())
+            .last()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        return Ok(Framed {
+            framing: if last_chunked {
+                Framing::Chunked
+            } else {
+                Framing::UntilClose
+            },
+            smuggled: named(b"content-length").next().is_some(),
+            repeated_length: false,
         });
     }
     let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
+    let mut values = 0;
+    for value in named(b"content-length") {
+        for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
             let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
@@ -393,20 +548,16 @@ fn framing(
                 return Err(protocol("the response has differing Content-Length values"));
             }
             length = Some(n);
+            values += 1;
         }
     }
     Ok(match length {
-        Some(n) => {
-            if headers.get_all(header::CONTENT_LENGTH).iter().count() > 1
-                || headers
-                    .get(header::CONTENT_LENGTH)
-                    .is_some_and(|v| v.as_bytes().contains(&b','))
-            {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            (Framing::Length(n), false)
-        }
-        None => (Framing::UntilClose, false),
+        Some(n) => Framed {
+            framing: Framing::Length(n),
+            smuggled: false,
+            repeated_length: values > 1,
+        },
+        None => no_body(Framing::UntilClose),
     })
 }
 

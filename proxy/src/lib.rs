@@ -10,6 +10,7 @@ pub mod affinity;
 pub mod body;
 pub mod config;
 pub mod conn;
+pub mod fast;
 pub mod grpc;
 pub mod h1;
 pub mod kube_source;

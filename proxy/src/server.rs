@@ -89,16 +89,17 @@ pub fn conn_limits(valid: &ValidConfig) -> ConnLimits {
     }
 }
 
-/// Serves one accepted connection (plain or TLS) on its own task, under
-/// the connection limits, until it closes or a drain ends it.
-fn serve<I>(
+/// Serves one accepted connection (plain or TLS) with hyper, under the
+/// connection limits, until it closes or a drain ends it.
+pub(crate) fn serve_hyper<I>(
     io: I,
     peer: SocketAddr,
     state: Arc<ProxyState>,
     builder: &auto::Builder<TokioExecutor>,
     entered: Entered,
     limits: ConnLimits,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: Read + Write + Unpin + Send + 'static,
 {
     let activity = Activity::new();
@@ -125,14 +126,14 @@ fn serve<I>(
             .serve_connection_with_upgrades(io, service)
             .into_owned(),
     );
-    tokio::spawn(supervise(
+    supervise(
         conn,
         |c| c.graceful_shutdown(),
         entered,
         activity,
         limits,
         peer,
-    ));
+    )
 }
 
 /// Accepts connections (TLS first when `tls` is set) until `shutdown`
@@ -161,14 +162,17 @@ pub async fn run_listener(
                     let _ = stream.set_nodelay(true);
                     let entered = connections.enter(Some(opened));
                     match &tls {
-                        None => serve(TokioIo::new(stream), peer, state.clone(), &builder, entered, limits),
+                        // Sluice's own HTTP/1.1 path first (`crate::fast`).
+                        None => {
+                            tokio::spawn(crate::fast::serve(stream, peer, state.clone(), builder.clone(), entered, limits));
+                        }
                         Some(terminator) => {
                             let acceptor = terminator.acceptor();
                             let (state, builder) = (state.clone(), builder.clone());
                             tokio::spawn(async move {
                                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls_stream)) => {
-                                        serve(TokioIo::new(tls_stream), peer, state, &builder, entered, limits);
+                                        serve_hyper(TokioIo::new(tls_stream), peer, state, &builder, entered, limits).await;
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -320,7 +324,7 @@ fn host_problem(req: &Request<Incoming>) -> Option<&'static str> {
 
 /// Whether `value` has only the characters of `uri-host [ ":" port ]`
 /// (RFC 3986: registered names, IPv4, bracketed IPv6) and no user info.
-fn is_host_and_port(value: &[u8]) -> bool {
+pub(crate) fn is_host_and_port(value: &[u8]) -> bool {
     !value.is_empty()
         && value.iter().all(|&b| {
             b.is_ascii_alphanumeric()
@@ -355,7 +359,7 @@ pub struct Client {
     pub ip: HeaderValue,
 }
 
-fn strip_port(authority: &str) -> &str {
+pub(crate) fn strip_port(authority: &str) -> &str {
     if authority.starts_with('[') {
         return authority
             .find(']')
@@ -730,7 +734,7 @@ pub(crate) fn bodiless_copy<A>(req: &Request<A>) -> Request<UpstreamBody> {
     )
 }
 
-fn upstream_failure(
+pub(crate) fn upstream_failure(
     backend: &Backend,
     recorder: Recorder,
     kind: UpstreamErrorKind,

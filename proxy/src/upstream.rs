@@ -92,6 +92,33 @@ enum Missed {
     },
 }
 
+/// How an own-codec exchange failed, for the retry rules.
+enum OwnMiss {
+    /// Nothing of the request was written.
+    Unwritten(Failure),
+    /// Closed after the request was written, before any byte of a
+    /// response: the stale keep-alive race.
+    ClosedUnanswered(Failure),
+    /// Anything else: the request may have been acted on.
+    Broken(Failure),
+}
+
+impl From<crate::h1::SendError> for OwnMiss {
+    fn from(e: crate::h1::SendError) -> Self {
+        let failure = |error: crate::body::BoxError| Failure {
+            kind: UpstreamErrorKind::Protocol,
+            error,
+        };
+        match e {
+            crate::h1::SendError::Unwritten(e) => OwnMiss::Unwritten(failure(e.into())),
+            crate::h1::SendError::ClosedUnanswered(e) => {
+                OwnMiss::ClosedUnanswered(failure(e.into()))
+            }
+            e @ crate::h1::SendError::Protocol(_) => OwnMiss::Broken(failure(e.into())),
+        }
+    }
+}
+
 /// The connections of one backend, one slot per serving thread.
 pub struct Upstream {
     key: PoolKey,
@@ -359,49 +386,76 @@ impl Upstream {
         req: Request<UpstreamBody>,
         fresh: bool,
     ) -> Result<Response<Pooled>, Missed> {
-        let (slot_index, slot) = self.slot();
-        let (conn, reused) = match (!fresh).then(|| self.checkout_own(slot)).flatten() {
-            Some(conn) => (conn, true),
-            None => match self.dial_tcp().await {
-                Ok(tcp) => (crate::h1::Conn::new(tcp), false),
-                Err(e) => return Err(Missed::Unsent(Box::new(req), connect_failure(e))),
-            },
+        let (slot, conn, reused) = match self.own_conn(fresh).await {
+            Ok(c) => c,
+            Err(f) => return Err(Missed::Unsent(Box::new(req), f)),
         };
         match conn.exchange(&req).await {
-            Ok(exchanged) => {
-                let mut pooled = Pooled {
-                    body: Source::Own(exchanged.body),
-                    hold: Hold::Own {
-                        upstream: self.clone(),
-                        slot: slot_index,
-                    },
-                };
-                pooled.give_back_spare();
-                Ok(exchanged.response.map(|()| pooled))
-            }
-            Err(crate::h1::SendError::Unwritten(e)) => Err(Missed::Unsent(
-                Box::new(req),
-                Failure {
-                    kind: UpstreamErrorKind::Protocol,
-                    error: e.into(),
+            Ok(exchanged) => Ok(exchanged
+                .response
+                .map(|()| self.own_pooled(slot, exchanged.body))),
+            Err(e) => Err(match OwnMiss::from(e) {
+                OwnMiss::Unwritten(failure) => Missed::Unsent(Box::new(req), failure),
+                // The stale keep-alive race, as for hyper's connections.
+                OwnMiss::ClosedUnanswered(failure) => Missed::Sent {
+                    failure,
+                    again: (reused && is_idempotent(req.method())).then(|| Box::new(req)),
                 },
-            )),
-            // The stale keep-alive race, as for hyper's connections.
-            Err(crate::h1::SendError::ClosedUnanswered(e)) => Err(Missed::Sent {
-                failure: Failure {
-                    kind: UpstreamErrorKind::Protocol,
-                    error: e.into(),
+                OwnMiss::Broken(failure) => Missed::Sent {
+                    failure,
+                    again: None,
                 },
-                again: (reused && is_idempotent(req.method())).then(|| Box::new(req)),
-            }),
-            Err(e @ crate::h1::SendError::Protocol(_)) => Err(Missed::Sent {
-                failure: Failure {
-                    kind: UpstreamErrorKind::Protocol,
-                    error: e.into(),
-                },
-                again: None,
             }),
         }
+    }
+
+    /// One exchange of a raw request head (see [`BackendClients::send_raw`]);
+    /// on failure, whether the rules allow sending it again.
+    async fn attempt_raw(
+        self: &Arc<Self>,
+        write_head: &impl Fn(&mut Vec<u8>),
+        head_request: bool,
+        spans: &mut Vec<crate::h1::Span>,
+        fresh: bool,
+    ) -> Result<(crate::h1::RawHead, Pooled), (Failure, bool)> {
+        let (slot, mut conn, reused) = self.own_conn(fresh).await.map_err(|f| (f, true))?;
+        write_head(conn.head_buf());
+        match conn.exchange_raw(head_request, spans).await {
+            Ok(exchanged) => Ok((exchanged.head, self.own_pooled(slot, exchanged.body))),
+            Err(e) => Err(match OwnMiss::from(e) {
+                OwnMiss::Unwritten(failure) => (failure, true),
+                OwnMiss::ClosedUnanswered(failure) => (failure, reused),
+                OwnMiss::Broken(failure) => (failure, false),
+            }),
+        }
+    }
+
+    /// An own-codec connection of this thread's slot (the slot's index, the
+    /// connection, and whether it was pooled): a pooled one unless
+    /// `fresh`, else a new one.
+    async fn own_conn(&self, fresh: bool) -> Result<(usize, Box<crate::h1::Conn>, bool), Failure> {
+        let (slot_index, slot) = self.slot();
+        if let Some(conn) = (!fresh).then(|| self.checkout_own(slot)).flatten() {
+            return Ok((slot_index, conn, true));
+        }
+        match self.dial_tcp().await {
+            Ok(tcp) => Ok((slot_index, crate::h1::Conn::new(tcp), false)),
+            Err(e) => Err(connect_failure(e)),
+        }
+    }
+
+    /// A response body of the own codec, which gives its connection back
+    /// to `slot` once read to its end.
+    fn own_pooled(self: &Arc<Self>, slot: usize, body: crate::h1::Body1) -> Pooled {
+        let mut pooled = Pooled {
+            body: Source::Own(body),
+            hold: Hold::Own {
+                upstream: self.clone(),
+                slot,
+            },
+        };
+        pooled.give_back_spare();
+        pooled
     }
 
     /// The most recently used idle connection of the own codec that is
@@ -775,6 +829,42 @@ impl BackendClients {
                 }
                 _ => Err(failure),
             },
+        }
+    }
+
+    /// Whether [`BackendClients::send_raw`] serves this backend: a
+    /// plain-TCP HTTP/1.1 one.
+    pub fn takes_raw(&self) -> bool {
+        self.0.own_codec
+    }
+
+    /// Sends an idempotent request without a body (GET or HEAD) whose
+    /// head `write_head` writes, through the own codec, by the same retry
+    /// rules as [`BackendClients::send`]. The response's fields are left
+    /// as positions in `spans`.
+    pub async fn send_raw(
+        &self,
+        write_head: impl Fn(&mut Vec<u8>),
+        head_request: bool,
+        spans: &mut Vec<crate::h1::Span>,
+        may_retry: impl FnOnce() -> bool,
+    ) -> Result<(crate::h1::RawHead, Pooled), Failure> {
+        match self
+            .0
+            .attempt_raw(&write_head, head_request, spans, false)
+            .await
+        {
+            Ok(answer) => Ok(answer),
+            Err((failure, again)) => {
+                if !(again && may_retry()) {
+                    return Err(failure);
+                }
+                tracing::debug!(error = %failure, "the backend did not take the request; retrying on a fresh connection");
+                self.0
+                    .attempt_raw(&write_head, head_request, spans, true)
+                    .await
+                    .map_err(|(failure, _)| failure)
+            }
         }
     }
 
