@@ -19,7 +19,7 @@
 //! `keep-alive`, a missing, repeated or malformed `Host`, a route with A/B
 //! rules, session affinity, mirroring or an HTTP/2 or TLS backend, a route
 //! at its in-flight limit, `trusted_hops` above 0, no route at all, a head
-//! over [`MAX_FIELDS`] fields or `limits.max_request_header_bytes`, and
+//! over [`MAX_FIELDS`] fields or `limits.max_header_bytes`, and
 //! anything `httparse` refuses. hyper then answers exactly as it would
 //! have from the start (400, 404, 431, 503 and so on), so every rule of
 //! the general path holds for those requests unchanged.
@@ -34,9 +34,9 @@
 //! carry none.
 //!
 //! Time limits are those of [`crate::conn`]: the first request head must
-//! be complete within `timeouts.header_read` of the connection's start,
-//! a later one within `timeouts.header_read` of its first byte; a
-//! connection idle between requests for `timeouts.idle` is closed, and so
+//! be complete within `limits.header_read_timeout` of the connection's start,
+//! a later one within `limits.header_read_timeout` of its first byte; a
+//! connection idle between requests for `limits.idle_timeout` is closed, and so
 //! is an idle one when a drain starts (a request in flight finishes first,
 //! with `Connection: close`). A client that closes its connection while
 //! its request waits for the backend is counted as 499, as on the general
@@ -707,29 +707,7 @@ fn response_field(name: &[u8]) -> ResponseField {
 /// unreserved, sub-delims, `:`, `@`, `/`, `?` and `%` (anything else goes
 /// to hyper, which decides).
 fn is_target_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-                | b'@'
-                | b'/'
-                | b'?'
-                | b'%'
-        )
+    crate::server::is_uri_common(b) || matches!(b, b'@' | b'/' | b'?')
 }
 
 /// `bytes` as text; callers pass bytes checked to be ASCII.

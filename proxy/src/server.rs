@@ -326,30 +326,34 @@ fn host_problem(req: &Request<Incoming>) -> Option<&'static str> {
 /// (RFC 3986: registered names, IPv4, bracketed IPv6) and no user info.
 pub(crate) fn is_host_and_port(value: &[u8]) -> bool {
     !value.is_empty()
-        && value.iter().all(|&b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'-' | b'.'
-                        | b'_'
-                        | b'~'
-                        | b'%'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b';'
-                        | b'='
-                        | b':'
-                        | b'['
-                        | b']'
-                )
-        })
+        && value
+            .iter()
+            .all(|&b| is_uri_common(b) || matches!(b, b'[' | b']'))
+}
+
+/// RFC 3986's unreserved characters, sub-delims, `:` and `%`: what both a
+/// host and a path may hold.
+pub(crate) fn is_uri_common(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+        )
 }
 
 /// The client of a connection.

@@ -311,6 +311,44 @@ impl Drop for TempDir {
 
 // === purpose-built upstreams ===
 
+/// Reads one HTTP/1 request from a raw connection, for backends written on
+/// raw sockets: the head (bytes already in `buf` first) and the body its
+/// `Content-Length` announces. What follows stays in `buf`. None: the
+/// connection ended first.
+pub async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buf[head_end..head_end + length].to_vec();
+    buf.drain(..head_end + length);
+    Some((head, body))
+}
+
 /// Serves HTTP/1.1 (with upgrades) and prior-knowledge HTTP/2 on an
 /// ephemeral 127.0.0.1 port with `handler`; returns the address.
 pub async fn serve_http<F, Fut, B>(handler: F) -> SocketAddr

@@ -62,34 +62,7 @@ async fn raw_backend() -> RawBackend {
 
 async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
-        let length = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse::<usize>().ok())?
-            })
-            .unwrap_or(0);
-        while buf.len() < length {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        buf.drain(..length);
+    while let Some((head, _)) = read_request(&mut stream, &mut buf).await {
         seen.lock().unwrap().push(head.clone());
         let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
         if path == "/slow" {
@@ -148,11 +121,25 @@ async fn read_until(stream: &mut TcpStream, want: &str, times: usize) -> String 
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// A fresh connection to the proxy with `request` written on it.
+async fn sent(proxy: &ChildProxy, request: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    stream
+}
+
+/// `request` on a fresh connection, and what came back until the proxy
+/// closed it (5 s at most): (closed, text).
+async fn answer_to_the_end(proxy: &ChildProxy, request: &[u8]) -> (bool, String) {
+    let mut stream = sent(proxy, request).await;
+    let (closed, bytes) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    (closed, String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// One request on a fresh connection; the response bytes (a response
 /// that keeps the connection open is read up to its end by length).
 async fn exchange(proxy: &ChildProxy, request: &str, want: &str) -> String {
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut stream = sent(proxy, request.as_bytes()).await;
     read_until(&mut stream, want, 1).await
 }
 
@@ -327,13 +314,8 @@ async fn requests_it_does_not_serve_get_the_general_paths_answers() {
     let proxy = proxy_for(&backend, "").await;
     // HTTP/1.0: served (by hyper, which answers in the client's version)
     // and closed.
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /length HTTP/1.0\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (closed, bytes) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&bytes);
+    let (closed, text) =
+        answer_to_the_end(&proxy, b"GET /length HTTP/1.0\r\nHost: a\r\n\r\n").await;
     assert!(
         closed && text.starts_with("HTTP/1.0 200 OK\r\n") && text.ends_with("hello"),
         "{text}"
@@ -353,10 +335,7 @@ async fn requests_it_does_not_serve_get_the_general_paths_answers() {
         "GET /echo HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
         "b".repeat(70 * 1024)
     );
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream.write_all(big.as_bytes()).await.unwrap();
-    let (_, bytes) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&bytes);
+    let (_, text) = answer_to_the_end(&proxy, big.as_bytes()).await;
     assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
     // Expect: 100-continue on a GET, a Connection field naming another
     // field, and a target with characters outside the plain set that
@@ -374,11 +353,11 @@ async fn requests_it_does_not_serve_get_the_general_paths_answers() {
         );
     }
     // HTTP/2 with prior knowledge: the server's SETTINGS frame answers.
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .unwrap();
+    let mut stream = sent(
+        &proxy,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await;
     let mut frame = [0u8; 9];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut frame))
         .await
@@ -396,13 +375,11 @@ async fn requests_it_does_not_serve_get_the_general_paths_answers() {
 async fn a_client_asking_to_close_gets_connection_close_and_the_end() {
     let backend = raw_backend().await;
     let proxy = proxy_for(&backend, "").await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /length HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n")
-        .await
-        .unwrap();
-    let (closed, bytes) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    let text = String::from_utf8_lossy(&bytes);
+    let (closed, text) = answer_to_the_end(
+        &proxy,
+        b"GET /length HTTP/1.1\r\nHost: a\r\nConnection: Close\r\n\r\n",
+    )
+    .await;
     assert!(closed, "still open after {text}");
     assert_eq!(
         text,
@@ -411,8 +388,8 @@ async fn a_client_asking_to_close_gets_connection_close_and_the_end() {
 }
 
 /// A later request head on a keep-alive connection must also be complete
-/// within `timeouts.header_read` of its first byte; an idle connection
-/// is closed after `timeouts.idle`.
+/// within `limits.header_read_timeout` of its first byte; an idle
+/// connection is closed after `limits.idle_timeout`.
 #[tokio::test]
 async fn a_later_request_head_and_an_idle_connection_are_bounded_in_time() {
     let backend = raw_backend().await;
@@ -421,11 +398,7 @@ async fn a_later_request_head_and_an_idle_connection_are_bounded_in_time() {
         "limits:\n  header_read_timeout: 1s\n  idle_timeout: 2s\n",
     )
     .await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /length HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = sent(&proxy, b"GET /length HTTP/1.1\r\nHost: a\r\n\r\n").await;
     read_until(&mut stream, "hello", 1).await;
     let started = Instant::now();
     stream
@@ -444,11 +417,7 @@ async fn a_later_request_head_and_an_idle_connection_are_bounded_in_time() {
         "a partial head was closed after {took:?}, not about 1 s"
     );
 
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /length HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = sent(&proxy, b"GET /length HTTP/1.1\r\nHost: a\r\n\r\n").await;
     read_until(&mut stream, "hello", 1).await;
     let started = Instant::now();
     let (closed, _) = read_until_closed(&mut stream, Duration::from_secs(6)).await;
@@ -465,11 +434,7 @@ async fn a_later_request_head_and_an_idle_connection_are_bounded_in_time() {
 async fn a_client_that_leaves_while_its_request_waits_is_counted_499() {
     let backend = raw_backend().await;
     let proxy = proxy_for(&backend, "").await;
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let stream = sent(&proxy, b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n").await;
     eventually(
         "the backend to get the request",
         Duration::from_secs(5),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use sluice_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the scripted backend does for one request.
@@ -141,19 +141,7 @@ async fn scripted_backend() -> Scripted {
 /// Answers the bodiless requests of one connection from the script.
 async fn answer(mut stream: TcpStream, seen: Arc<std::sync::Mutex<Vec<String>>>) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        buf.drain(..end);
+    while let Some((head, _)) = read_request(&mut stream, &mut buf).await {
         let mut words = head.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         seen.lock().unwrap().push(format!("{method} {path}"));
