@@ -358,13 +358,7 @@ impl ClientConn {
             |out| out.extend_from_slice(upstream_head),
             head.head_method,
             &mut self.response_fields,
-            || {
-                let allowed = backend.retry_budget.try_retry();
-                if allowed {
-                    backend.metrics.record_retry();
-                }
-                allowed
-            },
+            || backend.take_retry(),
         );
         let result = tokio::select! {
             biased;

@@ -59,6 +59,15 @@ impl RetryBudget {
 }
 
 impl Backend {
+    /// A retry from the retry budget, counted when taken.
+    pub fn take_retry(&self) -> bool {
+        let allowed = self.retry_budget.try_retry();
+        if allowed {
+            self.metrics.record_retry();
+        }
+        allowed
+    }
+
     /// The series a request sent here for `decision` is counted in.
     pub fn series(&self, decision: SplitDecision) -> &Arc<Series> {
         match decision {

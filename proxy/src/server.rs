@@ -612,13 +612,9 @@ pub async fn handle(
     // rules are in `crate::upstream`). The copy is for the cases where
     // hyper cannot hand the request back: bodiless requests only.
     backend.retry_budget.note_request();
-    let upstream = backend.client.send(Request::from_parts(parts, body), || {
-        let allowed = backend.retry_budget.try_retry();
-        if allowed {
-            backend.metrics.record_retry();
-        }
-        allowed
-    });
+    let upstream = backend
+        .client
+        .send(Request::from_parts(parts, body), || backend.take_retry());
     // The request timeout runs from the end of the request body, so a
     // slow upload is not charged to the backend; a client that pauses its
     // body longer than `timeouts.idle` gets 408.

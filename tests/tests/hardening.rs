@@ -9,25 +9,6 @@ use http::StatusCode;
 use sluice_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Reads until the peer closes (true) or `limit` passes (false); anything
-/// the peer sends first is returned too.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    limit: Duration,
-) -> (bool, Vec<u8>) {
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => return (false, seen),
-            Ok(Ok(0)) | Ok(Err(_)) => return (true, seen),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// An upstream that answers (with the length it read) only once it has
 /// the whole request body.
 async fn body_reader() -> SocketAddr {

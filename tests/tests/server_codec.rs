@@ -88,21 +88,6 @@ async fn proxy_for(backend: &RawBackend, top: &str) -> ChildProxy {
     .await
 }
 
-/// Reads from `stream` until it closes or `limit` passes: (closed, bytes).
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (bool, Vec<u8>) {
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, stream.read(&mut buf)).await {
-            Err(_) => return (false, seen),
-            Ok(Ok(0)) | Ok(Err(_)) => return (true, seen),
-            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// Reads until `want` appears `times` times in what came, or 5 s pass.
 async fn read_until(stream: &mut TcpStream, want: &str, times: usize) -> String {
     let mut seen = Vec::new();
@@ -132,7 +117,7 @@ async fn sent(proxy: &ChildProxy, request: &[u8]) -> TcpStream {
 /// closed it (5 s at most): (closed, text).
 async fn answer_to_the_end(proxy: &ChildProxy, request: &[u8]) -> (bool, String) {
     let mut stream = sent(proxy, request).await;
-    let (closed, bytes) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let (closed, bytes) = closed_within(&mut stream, Duration::from_secs(5)).await;
     (closed, String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -405,7 +390,7 @@ async fn a_later_request_head_and_an_idle_connection_are_bounded_in_time() {
         .write_all(b"GET /length HTTP/1.1\r\nHo")
         .await
         .unwrap();
-    let (closed, bytes) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let (closed, bytes) = closed_within(&mut stream, Duration::from_secs(5)).await;
     assert!(
         closed && bytes.is_empty(),
         "{:?}",
@@ -420,7 +405,7 @@ async fn a_later_request_head_and_an_idle_connection_are_bounded_in_time() {
     let mut stream = sent(&proxy, b"GET /length HTTP/1.1\r\nHost: a\r\n\r\n").await;
     read_until(&mut stream, "hello", 1).await;
     let started = Instant::now();
-    let (closed, _) = read_until_closed(&mut stream, Duration::from_secs(6)).await;
+    let (closed, _) = closed_within(&mut stream, Duration::from_secs(6)).await;
     let took = started.elapsed();
     assert!(
         closed && took >= Duration::from_millis(1900),
