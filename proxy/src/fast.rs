@@ -385,12 +385,12 @@ impl ClientConn {
             None => {
                 let local =
                     crate::server::upstream_failure(backend, recorder, UpstreamErrorKind::Timeout);
-                self.write_local(local, close).await
+                self.write_local(local, head.head_method, close).await
             }
             Some(Err(failure)) => {
                 tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
                 let local = crate::server::upstream_failure(backend, recorder, failure.kind);
-                self.write_local(local, close).await
+                self.write_local(local, head.head_method, close).await
             }
             Some(Ok((response, body))) => {
                 let length = response.body_length();
@@ -501,9 +501,12 @@ impl ClientConn {
     }
 
     /// Writes a response the proxy made itself (an upstream failure).
+    /// Its body is left out when the request was HEAD (the length stays,
+    /// as for a GET); dropped unsent, the body still records its metrics.
     async fn write_local(
         &mut self,
         response: Response<MeteredBody>,
+        head_method: bool,
         close: bool,
     ) -> std::io::Result<()> {
         let (parts, body) = response.into_parts();
@@ -522,6 +525,12 @@ impl ClientConn {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
         end_head(out, parts.headers.contains_key(http::header::DATE), close);
+        if head_method {
+            drop(body);
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+            return Ok(());
+        }
         self.write_body(body, length.is_none()).await
     }
 

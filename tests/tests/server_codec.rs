@@ -444,3 +444,29 @@ async fn a_client_that_leaves_while_its_request_waits_is_counted_499() {
     })
     .await;
 }
+
+/// An answer the proxy makes itself (here 502: the backend is down) has
+/// no body when the request was HEAD, so the next response on the
+/// connection is read from the right place.
+#[tokio::test]
+async fn a_local_answer_to_head_has_no_body() {
+    let dead = free_port();
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: fast, stable: 'http://127.0.0.1:{dead}' }}\n"),
+        &[],
+    )
+    .await;
+    let mut stream = sent(
+        &proxy,
+        b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    let text = read_until(&mut stream, "HTTP/1.1 502 ", 2).await;
+    let text = read_until_more(&mut stream, text, "could not be reached\n").await;
+    let second = text[1..].find("HTTP/1.1 502 ").expect("two answers") + 1;
+    assert!(
+        text[..second].ends_with("\r\n\r\n") && !text[..second].contains("sluice:"),
+        "the HEAD answer carried a body: {text:?}"
+    );
+    assert_eq!(text.matches("could not be reached").count(), 1, "{text:?}");
+}
