@@ -37,10 +37,19 @@ impl InFlight {
         }
     }
 
-    /// The request has an answer (from the upstream or the proxy); the
-    /// returned series is for the [`Recorder`].
-    pub fn answered(mut self) -> Arc<Series> {
-        self.series.take().expect("answered once")
+    /// The request has an answer (from the upstream or the proxy): the
+    /// [`Recorder`] that counts it when its body ends, on the backend's
+    /// `errors`, giving back the route's `permit` then. Its code is set
+    /// once the answer's status is known.
+    pub fn answered(mut self, errors: BackendMetrics, permit: crate::routing::Permit) -> Recorder {
+        Recorder {
+            series: self.series.take().expect("answered once"),
+            errors,
+            code: 0,
+            start: self.start,
+            grpc: None,
+            permit: Some(permit),
+        }
     }
 }
 

@@ -174,7 +174,7 @@ impl ClientConn {
                 Ok(None) => return Ended::Closed,
                 Err(HandOver) => return Ended::HandOver,
             };
-            let Some(checked) = self.check(&head) else {
+            let Some(checked) = self.check(&head, state.scheme) else {
                 return Ended::HandOver;
             };
             match self.forward(state, entered, &head, &checked).await {
@@ -277,21 +277,32 @@ impl ClientConn {
         }
     }
 
-    /// Whether the request is one this path serves (see the module docs).
-    fn check(&self, head: &Head) -> Option<Checked> {
+    /// Whether the request is one this path serves (see the module docs),
+    /// and, in the same pass over its fields, the request head for the
+    /// backend in `upstream_head`: the client's request line and fields,
+    /// less the hop-by-hop and forwarding ones, then the forwarding fields
+    /// as the proxy saw the request (the same ones, and the same values,
+    /// as [`crate::server::handle`] sends with `trusted_hops: 0`).
+    fn check(&mut self, head: &Head, scheme: &str) -> Option<Checked> {
         let target = &self.buf[head.target.0..head.target.1];
         if target.first() != Some(&b'/') || !target.iter().all(|&b| is_target_byte(b)) {
             return None;
         }
+        let out = &mut self.upstream_head;
+        out.clear();
+        out.extend_from_slice(if head.head_method { b"HEAD " } else { b"GET " });
+        out.extend_from_slice(target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut host = None;
         let mut close = false;
-        for (name, value) in fields(&self.buf, &self.fields) {
+        for (name, value) in crate::h1::head_fields(&self.buf, &self.fields) {
             match classify(name) {
                 Field::Host => {
                     if host.is_some() || !crate::server::is_host_and_port(value) {
                         return None;
                     }
-                    host = Some(crate::h1::offset_in(&self.buf, value));
+                    host = Some(value);
+                    put_field(out, name, value);
                 }
                 Field::Connection => {
                     for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -303,10 +314,20 @@ impl ClientConn {
                     }
                 }
                 Field::Refused => return None,
-                Field::Dropped | Field::Forwarding | Field::Other => {}
+                Field::Dropped | Field::Forwarding => {}
+                Field::Other => put_field(out, name, value),
             }
         }
-        Some(Checked { host: host?, close })
+        let host = host?;
+        put_field(out, b"x-forwarded-for", self.ip.as_bytes());
+        put_field(out, b"x-forwarded-proto", scheme.as_bytes());
+        put_field(out, b"x-forwarded-host", host);
+        put_field(out, b"x-real-ip", self.ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Some(Checked {
+            host: crate::h1::offset_in(&self.buf, host),
+            close,
+        })
     }
 
     /// Forwards a checked request and writes the response. Err: the route
@@ -347,7 +368,6 @@ impl ClientConn {
             let decision = route.decide(&http::HeaderMap::new());
             (route, decision, permit)
         };
-        self.write_upstream_head(head, checked, state.scheme);
         self.buf.advance(head.len);
 
         let backend = route.backend(decision);
@@ -373,26 +393,21 @@ impl ClientConn {
         // Decided now, so a drain that started while the backend worked
         // is announced in this response.
         let close = checked.close || entered.is_draining();
-        let recorder = Recorder {
-            series: in_flight.answered(),
-            errors: backend.metrics.clone(),
-            code: 0,
-            start,
-            grpc: None,
-            permit: Some(permit),
-        };
+        let recorder = in_flight.answered(backend.metrics.clone(), permit);
+        let result = result
+            .ok_or(UpstreamErrorKind::Timeout)
+            .and_then(|answer| {
+                answer.map_err(|failure| {
+                    tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
+                    failure.kind
+                })
+            });
         let written = match result {
-            None => {
-                let local =
-                    crate::server::upstream_failure(backend, recorder, UpstreamErrorKind::Timeout);
+            Err(kind) => {
+                let local = crate::server::upstream_failure(backend, recorder, kind);
                 self.write_local(local, head.head_method, close).await
             }
-            Some(Err(failure)) => {
-                tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
-                let local = crate::server::upstream_failure(backend, recorder, failure.kind);
-                self.write_local(local, head.head_method, close).await
-            }
-            Some(Ok((response, body))) => {
+            Ok((response, body)) => {
                 let length = response.body_length();
                 let grpc = self.write_response_head(&response, head.head_method, close, &route);
                 let recorder = Recorder {
@@ -411,30 +426,6 @@ impl ClientConn {
             Ok(()) if !close => Served::KeepAlive,
             _ => Served::Close,
         })
-    }
-
-    /// The request head for the backend: the client's request line and
-    /// fields, less the hop-by-hop and forwarding ones, then the
-    /// forwarding fields as the proxy saw the request (the same ones, and
-    /// the same values, as [`crate::server::handle`] sends with
-    /// `trusted_hops: 0`).
-    fn write_upstream_head(&mut self, head: &Head, checked: &Checked, scheme: &str) {
-        let out = &mut self.upstream_head;
-        out.clear();
-        out.extend_from_slice(if head.head_method { b"HEAD " } else { b"GET " });
-        out.extend_from_slice(&self.buf[head.target.0..head.target.1]);
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in fields(&self.buf, &self.fields) {
-            if matches!(classify(name), Field::Host | Field::Other) {
-                put_field(out, name, value);
-            }
-        }
-        let host = &self.buf[checked.host.0..checked.host.1];
-        put_field(out, b"x-forwarded-for", self.ip.as_bytes());
-        put_field(out, b"x-forwarded-proto", scheme.as_bytes());
-        put_field(out, b"x-forwarded-host", host);
-        put_field(out, b"x-real-ip", self.ip.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
 
     /// The response head for the client from the backend's (see the module
@@ -645,7 +636,7 @@ enum Field {
 }
 
 fn classify(name: &[u8]) -> Field {
-    const TABLE: [(&[u8], Field); 13] = [
+    const TABLE: [(&[u8], Field); 14] = [
         (b"host", Field::Host),
         (b"connection", Field::Connection),
         (b"keep-alive", Field::Dropped),
@@ -659,17 +650,13 @@ fn classify(name: &[u8]) -> Field {
         (b"transfer-encoding", Field::Refused),
         (b"upgrade", Field::Refused),
         (b"expect", Field::Refused),
+        (b"te", Field::Refused),
     ];
-    if name.eq_ignore_ascii_case(b"te") {
-        return Field::Refused;
-    }
-    TABLE
-        .iter()
-        .find(|(known, _)| known.len() == name.len() && known.eq_ignore_ascii_case(name))
-        .map_or(Field::Other, |&(_, field)| field)
+    look_up(name, &TABLE, Field::Other)
 }
 
 /// Response fields, by what this path does with them.
+#[derive(Clone, Copy)]
 enum ResponseField {
     /// Never passed on: `Connection`, `Keep-Alive`, `Proxy-Connection`,
     /// `TE`, `Transfer-Encoding`, `Upgrade` (the body's framing is the
@@ -682,28 +669,26 @@ enum ResponseField {
 }
 
 fn response_field(name: &[u8]) -> ResponseField {
-    const HOP_BY_HOP: [&[u8]; 6] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"transfer-encoding",
-        b"upgrade",
+    const TABLE: [(&[u8], ResponseField); 9] = [
+        (b"connection", ResponseField::HopByHop),
+        (b"keep-alive", ResponseField::HopByHop),
+        (b"proxy-connection", ResponseField::HopByHop),
+        (b"te", ResponseField::HopByHop),
+        (b"transfer-encoding", ResponseField::HopByHop),
+        (b"upgrade", ResponseField::HopByHop),
+        (b"content-length", ResponseField::ContentLength),
+        (b"date", ResponseField::Date),
+        (b"content-type", ResponseField::ContentType),
     ];
-    if HOP_BY_HOP
+    look_up(name, &TABLE, ResponseField::Other)
+}
+
+/// What `table` says of the field `name` (any case), else `otherwise`.
+fn look_up<T: Copy>(name: &[u8], table: &[(&[u8], T)], otherwise: T) -> T {
+    table
         .iter()
-        .any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
-    {
-        ResponseField::HopByHop
-    } else if name.eq_ignore_ascii_case(b"content-length") {
-        ResponseField::ContentLength
-    } else if name.eq_ignore_ascii_case(b"date") {
-        ResponseField::Date
-    } else if name.eq_ignore_ascii_case(b"content-type") {
-        ResponseField::ContentType
-    } else {
-        ResponseField::Other
-    }
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map_or(otherwise, |&(_, kind)| kind)
 }
 
 /// The bytes a request target served here may have: RFC 3986's
@@ -716,10 +701,6 @@ fn is_target_byte(b: u8) -> bool {
 /// `bytes` as text; callers pass bytes checked to be ASCII.
 fn ascii(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
-}
-
-fn fields<'a>(base: &'a [u8], spans: &'a [Span]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-    spans.iter().map(move |s| s.of(base))
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

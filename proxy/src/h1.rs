@@ -293,7 +293,7 @@ pub struct RawExchanged {
 }
 
 /// The fields at `spans` of the head in `base`, as `(name, value)`.
-fn head_fields<'a>(
+pub(crate) fn head_fields<'a>(
     base: &'a [u8],
     spans: &'a [Span],
 ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone {

@@ -643,14 +643,7 @@ pub async fn handle(
     if let Some(job) = copy_job {
         job.launch();
     }
-    let recorder = Recorder {
-        series: in_flight.answered(),
-        errors: backend.metrics.clone(),
-        code: 0,
-        start,
-        grpc: None,
-        permit: Some(permit),
-    };
+    let recorder = in_flight.answered(backend.metrics.clone(), permit);
     match result {
         Err(Stalled::Upstream) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
         Err(Stalled::Client) => plain(
