@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod load;
+mod pace;
 
 pub use backend::{BackendHandle, BackendOptions, Faults, Latency, start_backend};
 pub use load::{LoadControl, LoadOptions, Report, UsageError, run};

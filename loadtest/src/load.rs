@@ -5,7 +5,10 @@
 //! `rate`, spread over the connections; each request has an *intended* send
 //! time on a fixed schedule and its latency is measured from that time, so a
 //! stalled server shows up in the percentiles instead of silently slowing the
-//! load down (no coordinated omission, as in wrk2).
+//! load down (no coordinated omission, as in wrk2). The intended times are
+//! kept to within microseconds, not tokio's millisecond ticks (see
+//! `pace.rs`), so the load arrives at an even pace and a latency holds no
+//! rounding of the generator's.
 //!
 //! Every run is bounded: by a duration, a request count, or both (whichever
 //! comes first), and by an external stop flag.
@@ -23,6 +26,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
 use tokio::net::TcpStream;
+
+use crate::pace::Pacer;
 
 /// Why a run cannot start; each names the flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +238,8 @@ struct Shared {
     deadline: Option<Instant>,
     /// Time between two intended sends on one connection (open loop).
     interval: Option<Duration>,
+    /// Ends the open loop's waits at their intended times (see [`Pacer`]).
+    pacer: Option<Pacer>,
     authority: String,
     path_and_query: String,
 }
@@ -315,6 +322,7 @@ pub async fn run(options: LoadOptions, control: Arc<LoadControl>) -> Result<Repo
         control,
         issued: AtomicU64::new(0),
         start,
+        pacer: interval.map(|_| Pacer::new()),
         interval,
         authority,
         path_and_query,
@@ -504,8 +512,8 @@ async fn worker(index: usize, shared: Arc<Shared>) -> (Histogram<u64>, Tally) {
             break;
         }
         sent_here += 1;
-        if intended > Instant::now() {
-            tokio::time::sleep_until(intended.into()).await;
+        if let Some(pacer) = &shared.pacer {
+            pacer.until(intended).await;
         }
         if sender.is_none() {
             match connect(&shared).await {

@@ -104,6 +104,44 @@ async fn open_loop_latency_shows_a_one_second_stall() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_sends_at_an_even_pace_not_in_millisecond_bursts() {
+    // 4 connections at 2,000 req/s in total: one request due every 0.5 ms,
+    // the connections' schedules staggered by 0.5 ms. Sleeping on a
+    // millisecond timer wheel would end every wait on a millisecond tick,
+    // so the requests would arrive in pairs (every other gap near zero);
+    // paced to the microsecond, the gaps stay near 0.5 ms.
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
+    let seen = arrivals.clone();
+    let addr = serve_http(move |_req| {
+        seen.lock().unwrap().push(std::time::Instant::now());
+        async { http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok"))) }
+    })
+    .await;
+    let mut o = LoadOptions::new(&format!("http://{addr}/")).unwrap();
+    o.connections = 4;
+    o.rate = Some(2000.0);
+    o.duration = Some(Duration::from_millis(1500));
+    let report = run(o, LoadControl::new()).await.unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let mut times = arrivals.lock().unwrap().clone();
+    times.sort();
+    // Skip the first 100 (connections being opened).
+    let gaps: Vec<Duration> = times[100..].windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.len() > 2000, "{} requests arrived", times.len());
+    let bunched = gaps
+        .iter()
+        .filter(|g| **g < Duration::from_micros(150))
+        .count();
+    let share = bunched as f64 / gaps.len() as f64;
+    assert!(
+        share < 0.25,
+        "{bunched} of {} gaps under 0.15 ms ({:.0}%): the load arrives in bursts",
+        gaps.len(),
+        share * 100.0
+    );
+}
+
 #[tokio::test]
 async fn error_injection_lands_in_the_binomial_band() {
     let b = sluice_loadtest::start_backend(BackendOptions {
