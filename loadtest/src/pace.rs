@@ -10,14 +10,19 @@
 //! at the proxy and at the generator, and a proxy is then measured on the
 //! bursts the generator made.
 //!
-//! On Linux the [`Pacer`] ends each wait at its deadline to within a few
-//! microseconds: one `timerfd` (a kernel high-resolution timer) armed for the
-//! earliest deadline and read through the runtime's own event loop, with one
-//! driver task that wakes every wait that is due each time the timer fires.
-//! That costs two system calls per firing and no thread. Elsewhere it falls
-//! back to tokio's timer.
+//! On Linux the [`Pacer`] ends each wait within [`QUANTUM`] after its
+//! deadline: one `timerfd` (a kernel high-resolution timer) armed for the
+//! earliest deadline, rounded up to a multiple of the quantum, and read
+//! through the runtime's own event loop, with one driver task that wakes
+//! every wait that is due each time it fires. The rounding bounds the
+//! firings to one per quantum however high the rate: each firing costs two
+//! system calls and a timer interrupt, and reprogramming a timer is dear in a
+//! virtual machine. Elsewhere it falls back to tokio's timer.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A wait ends at most this long after its deadline (on Linux).
+pub(crate) const QUANTUM: Duration = Duration::from_micros(100);
 
 /// Shared by the connections of one open-loop run.
 pub(crate) struct Pacer {
@@ -94,6 +99,8 @@ mod linux {
         /// `None` when no timerfd could be made (then waits use tokio's timer).
         fd: Option<AsyncFd<OwnedFd>>,
         waits: Mutex<Waits>,
+        /// Where the quantum grid starts.
+        origin: Instant,
     }
 
     impl Shared {
@@ -123,6 +130,15 @@ mod linux {
         driver: Option<JoinHandle<()>>,
     }
 
+    /// `deadline` rounded up to the quantum grid that starts at `origin`,
+    /// so that waits due within one quantum share one firing.
+    fn slot(origin: Instant, deadline: Instant) -> Instant {
+        let q = super::QUANTUM.as_nanos();
+        let since = deadline.saturating_duration_since(origin).as_nanos();
+        let rounded = since.div_ceil(q) * q;
+        origin + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+    }
+
     impl Timer {
         pub(super) fn new() -> Self {
             // `AsyncFd::new` is deprecated because a type's `as_raw_fd` may
@@ -139,6 +155,7 @@ mod linux {
             let shared = Arc::new(Shared {
                 fd,
                 waits: Mutex::new(Waits::default()),
+                origin: Instant::now(),
             });
             let driver = shared
                 .fd
@@ -161,9 +178,10 @@ mod linux {
                     deadline,
                     waker: cx.waker().clone(),
                 });
-                if waits.armed.is_none_or(|armed| deadline < armed) {
-                    waits.armed = Some(deadline);
-                    self.shared.arm(fd, deadline);
+                let at = slot(self.shared.origin, deadline);
+                if waits.armed.is_none_or(|armed| at < armed) {
+                    waits.armed = Some(at);
+                    self.shared.arm(fd, at);
                 }
                 Poll::Pending
             })
@@ -203,9 +221,9 @@ mod linux {
                 while waits.heap.peek().is_some_and(|w| w.deadline <= now) {
                     due.push(waits.heap.pop().expect("peeked").waker);
                 }
-                waits.armed = waits.heap.peek().map(|w| w.deadline);
-                if let Some(next) = waits.armed {
-                    shared.arm(fd, next);
+                waits.armed = waits.heap.peek().map(|w| slot(shared.origin, w.deadline));
+                if let Some(at) = waits.armed {
+                    shared.arm(fd, at);
                 }
             }
             for waker in due {
