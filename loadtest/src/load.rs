@@ -6,9 +6,9 @@
 //! time on a fixed schedule and its latency is measured from that time, so a
 //! stalled server shows up in the percentiles instead of silently slowing the
 //! load down (no coordinated omission, as in wrk2). The intended times are
-//! kept to within microseconds, not tokio's millisecond ticks (see
-//! `pace.rs`), so the load arrives at an even pace and a latency holds no
-//! rounding of the generator's.
+//! kept to within 100 µs, not tokio's millisecond ticks (see `pace.rs`), so
+//! the load arrives at an even pace and a latency holds little rounding of
+//! the generator's own.
 //!
 //! Every run is bounded: by a duration, a request count, or both (whichever
 //! comes first), and by an external stop flag.

@@ -1,4 +1,4 @@
-//! Microsecond pacing for the open loop.
+//! Sub-millisecond pacing for the open loop.
 //!
 //! tokio's timer wheel has a resolution of one millisecond: a sleep ends on
 //! the first tick at or after its deadline. For an open loop at tens of

@@ -110,7 +110,7 @@ async fn open_loop_sends_at_an_even_pace_not_in_millisecond_bursts() {
     // the connections' schedules staggered by 0.5 ms. Sleeping on a
     // millisecond timer wheel would end every wait on a millisecond tick,
     // so the requests would arrive in pairs (every other gap near zero);
-    // paced to the microsecond, the gaps stay near 0.5 ms.
+    // paced to within 0.1 ms, the gaps stay near 0.5 ms.
     let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::with_capacity(4096)));
     let seen = arrivals.clone();
     let addr = serve_http(move |_req| {
