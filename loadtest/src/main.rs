@@ -63,6 +63,10 @@ struct RunArgs {
     /// Per-request timeout.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Send load for this long first and leave it out of the report (e.g.
+    /// 1s), so that the report is of a steady state, not of the start.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    warmup: Duration,
     /// Print one JSON report instead of text.
     #[arg(long)]
     json: bool,
@@ -130,6 +134,7 @@ async fn run(args: RunArgs) -> ExitCode {
     };
     options.http2 = args.http2;
     options.timeout = args.timeout;
+    options.warmup = args.warmup;
     options.method = match args.method.to_ascii_uppercase().parse() {
         Ok(m) => m,
         Err(_) => {
@@ -195,7 +200,7 @@ fn spawn_progress(
     if quiet {
         return None;
     }
-    let total = options.duration;
+    let total = options.duration.map(|d| d + options.warmup);
     let terminal = std::io::stderr().is_terminal();
     Some(tokio::spawn(async move {
         let start = std::time::Instant::now();

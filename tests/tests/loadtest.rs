@@ -142,6 +142,59 @@ async fn open_loop_sends_at_an_even_pace_not_in_millisecond_bursts() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warmup_is_sent_but_left_out_of_the_report() {
+    // The backend's first request stalls 500 ms: inside the warm-up, so the
+    // report, of the steady state after it, must not show it.
+    let b = sluice_loadtest::start_backend(BackendOptions {
+        faults: Faults {
+            stall: Some(Duration::from_millis(500)),
+            ..Faults::default()
+        },
+        ..BackendOptions::new("app")
+    })
+    .await
+    .unwrap();
+    let mut o = LoadOptions::new(&b.url()).unwrap();
+    o.connections = 2;
+    o.rate = Some(200.0);
+    o.warmup = Duration::from_secs(1);
+    o.duration = Some(Duration::from_secs(1));
+    let report = run(o, LoadControl::new()).await.unwrap();
+    let seen = b.stats().requests;
+    assert!(
+        (report.requests as f64 - 200.0).abs() <= 10.0,
+        "{} requests reported for 1 s at 200/s after the warm-up",
+        report.requests
+    );
+    assert!(
+        seen >= report.requests + 190,
+        "the backend saw {seen} requests, the report {}: the warm-up was not sent",
+        report.requests
+    );
+    assert_eq!(report.histogram.len(), report.requests);
+    assert!(
+        report.latency.max_ms < 250.0,
+        "max {} ms: the warm-up's 500 ms stall is in the report",
+        report.latency.max_ms
+    );
+
+    // A request bound counts measured requests only.
+    let mut o = LoadOptions::new(&b.url()).unwrap();
+    o.connections = 2;
+    o.warmup = Duration::from_millis(200);
+    o.duration = None;
+    o.requests = Some(300);
+    let before = b.stats().requests;
+    let report = run(o, LoadControl::new()).await.unwrap();
+    assert_eq!(report.requests, 300);
+    assert_eq!(report.status_counts.values().sum::<u64>(), 300);
+    assert!(
+        b.stats().requests - before > 300,
+        "closed loop: no request was sent in the warm-up"
+    );
+}
+
 #[tokio::test]
 async fn error_injection_lands_in_the_binomial_band() {
     let b = sluice_loadtest::start_backend(BackendOptions {
