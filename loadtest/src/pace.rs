@@ -19,10 +19,11 @@
 //! system calls and a timer interrupt, and reprogramming a timer is dear in a
 //! virtual machine. Elsewhere it falls back to tokio's timer.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A wait ends at most this long after its deadline (on Linux).
-pub(crate) const QUANTUM: Duration = Duration::from_micros(100);
+#[cfg(target_os = "linux")]
+const QUANTUM: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// Shared by the connections of one open-loop run.
 pub(crate) struct Pacer {
