@@ -104,26 +104,24 @@ mod linux {
         origin: Instant,
     }
 
-    impl Shared {
-        /// Arms the timer for `deadline`; a deadline already passed fires at
-        /// once (a zero value would disarm it instead).
-        fn arm(&self, fd: &AsyncFd<OwnedFd>, deadline: Instant) {
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_nanos(1));
-            let spec = Itimerspec {
-                it_interval: Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-                it_value: Timespec {
-                    tv_sec: left.as_secs() as _,
-                    tv_nsec: left.subsec_nanos() as _,
-                },
-            };
-            // Arming a valid timerfd with a valid value cannot fail.
-            let _ = timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec);
-        }
+    /// Arms the timer for `deadline`; a deadline already passed fires at
+    /// once (a zero value would disarm it instead).
+    fn arm(fd: &AsyncFd<OwnedFd>, deadline: Instant) {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1));
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            },
+        };
+        // Arming a valid timerfd with a valid value cannot fail.
+        let _ = timerfd_settime(fd.get_ref(), TimerfdTimerFlags::empty(), &spec);
     }
 
     pub(super) struct Timer {
@@ -182,7 +180,7 @@ mod linux {
                 let at = slot(self.shared.origin, deadline);
                 if waits.armed.is_none_or(|armed| at < armed) {
                     waits.armed = Some(at);
-                    self.shared.arm(fd, at);
+                    arm(fd, at);
                 }
                 Poll::Pending
             })
@@ -224,7 +222,7 @@ mod linux {
                 }
                 waits.armed = waits.heap.peek().map(|w| slot(shared.origin, w.deadline));
                 if let Some(at) = waits.armed {
-                    shared.arm(fd, at);
+                    arm(fd, at);
                 }
             }
             for waker in due {
