@@ -49,6 +49,12 @@ pub struct EvidenceReport {
     /// Events per request so far, canary and primary.
     pub canary_rate: Option<f64>,
     pub primary_rate: Option<f64>,
+    /// The over-dispersion `φ` the evidence is tempered by (1: binomial).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispersion: Option<f64>,
+    /// Seconds a jump of the canary has been held as a possible incident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding_for: Option<f64>,
 }
 
 impl CheckResult {
@@ -146,6 +152,11 @@ impl From<f64> for LatencyReading {
     }
 }
 
+fn rate(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.2}%", v * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn fmt_value(v: f64, unit: &str) -> String {
     if unit == "s" {
         format!("{:.0}ms", v * 1000.0)
@@ -196,6 +207,37 @@ impl Analysis {
         }
     }
 
+    /// What promotion still waits for, in numbers: each check whose pass
+    /// side has not reached its threshold, with how far it is.
+    pub fn missing(&self) -> String {
+        let missing: Vec<String> = self
+            .checks
+            .iter()
+            .filter_map(|c| {
+                let e = c.evidence.as_ref()?;
+                if e.proven {
+                    return None;
+                }
+                if e.pass_threshold == 0.0 {
+                    return Some(format!("{}: {}", c.name, c.reason));
+                }
+                Some(format!(
+                    "{}: evidence for the canary {:.1} of the {:.0} needed (canary {} vs primary {})",
+                    c.name,
+                    e.pass,
+                    e.pass_threshold,
+                    rate(e.canary_rate),
+                    rate(e.primary_rate)
+                ))
+            })
+            .collect();
+        if missing.is_empty() {
+            self.summary()
+        } else {
+            missing.join("; ")
+        }
+    }
+
     /// A one-line account of why the tick ended as it did.
     pub fn summary(&self) -> String {
         let notable: Vec<String> = self
@@ -204,7 +246,14 @@ impl Analysis {
             .filter(|c| c.outcome != Outcome::Pass && !c.reason.starts_with("not judged:"))
             .map(|c| format!("{}: {}", c.name, c.reason))
             .collect();
-        if notable.is_empty() {
+        if notable.is_empty() && self.promotable == Some(false) {
+            // Nothing failed, but promotion still waits: never "all passed".
+            let all: Vec<&str> = self.checks.iter().map(|c| c.name.as_str()).collect();
+            format!(
+                "nothing failed ({}); not yet shown no worse",
+                all.join(", ")
+            )
+        } else if notable.is_empty() {
             let all: Vec<&str> = self.checks.iter().map(|c| c.name.as_str()).collect();
             format!("all checks passed ({})", all.join(", "))
         } else {

@@ -130,6 +130,8 @@ pub struct Window {
     pub canary_match: Arm,
     /// The canary's answers to mirrored copies.
     pub canary_mirror: Arm,
+    /// How long the window lasted, in seconds (0: unknown).
+    pub seconds: f64,
 }
 
 impl Window {
@@ -166,7 +168,8 @@ pub fn arm_of<'a>(
 const REQUESTS: &str = "sluice_requests_total";
 const BUCKETS: &str = "sluice_request_duration_seconds_bucket";
 
-fn series_key(sample: &Sample) -> String {
+/// A series' identity: its name and every label.
+pub fn series_key(sample: &Sample) -> String {
     let mut key = sample.name.clone();
     for (k, v) in &sample.labels {
         key.push('\u{1}');
@@ -223,26 +226,10 @@ impl Counters {
                 let key = series_key(s);
                 let delta = match previous {
                     None => 0.0,
-                    Some(prev) => match prev.get(&key) {
-                        Some(old) if s.value >= *old => s.value - old,
-                        // Went down: reset, counted again from 0.
-                        Some(_) => s.value,
-                        // New series on a known target: started at 0.
-                        None => s.value,
-                    },
+                    Some(prev) => counter_delta(prev.get(&key).copied(), s.value),
                 };
                 seen.insert(key, s.value);
-                let Some(arm) = arm_of(&mut window, &s.labels) else {
-                    continue;
-                };
-                if s.name == REQUESTS {
-                    arm.requests += delta;
-                    if s.labels.get("classification").map(String::as_str) == Some("failure") {
-                        arm.failures += delta;
-                    }
-                } else if let Some(le) = s.labels.get("le").and_then(|l| parse_le(l)) {
-                    arm.add_bucket(le, delta);
-                }
+                add_sample(&mut window, s, delta);
             }
             next.insert(target.clone(), seen);
         }
@@ -252,7 +239,32 @@ impl Counters {
     }
 }
 
-fn parse_le(text: &str) -> Option<f64> {
+/// What a counter counted between an earlier value (None: the series is
+/// new, so it started at 0) and `now`; one that went down was reset and
+/// counts again from 0.
+pub fn counter_delta(before: Option<f64>, now: f64) -> f64 {
+    match before {
+        Some(old) if now >= old => now - old,
+        _ => now,
+    }
+}
+
+/// Adds `delta` of a request-count or bucket sample to its arm.
+pub fn add_sample(window: &mut Window, s: &Sample, delta: f64) {
+    let Some(arm) = arm_of(window, &s.labels) else {
+        return;
+    };
+    if s.name == REQUESTS {
+        arm.requests += delta;
+        if s.labels.get("classification").map(String::as_str) == Some("failure") {
+            arm.failures += delta;
+        }
+    } else if let Some(le) = s.labels.get("le").and_then(|l| parse_le(l)) {
+        arm.add_bucket(le, delta);
+    }
+}
+
+pub(crate) fn parse_le(text: &str) -> Option<f64> {
     match text {
         "+Inf" => Some(f64::INFINITY),
         t => t.parse().ok(),

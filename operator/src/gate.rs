@@ -1,50 +1,48 @@
 //! The sequential gate: the canary judged against the primary, continuously,
-//! with error rates that hold at every look.
+//! with error rates that hold at every look, on real traffic.
 //!
 //! Both arms are counted by the same proxy at the same time. For each kind
-//! of bad event (failures, and requests slower than a latency bound `T`),
-//! every scrape gives weighted-traffic deltas per arm: requests `n_c`, `n_s`
-//! and events `e_c`, `e_s`.
+//! of bad event (failures, and requests slower than a latency bound), every
+//! scrape's weighted-traffic deltas feed an [`Evidence`] (see
+//! [`evidence`] for the model, the rules that make it robust to bursts,
+//! clumps and incidents, and the proof). This module runs a release's
+//! checks through it:
 //!
-//! **Model.** Events in each arm are Poisson with the canary's rate per
-//! request `ρ` times the primary's. Given `k = e_c + e_s` events in a scrape,
-//! `e_c ~ Binomial(k, θ(ρ))` with `θ(ρ) = ρ·n_c / (ρ·n_c + n_s)`. This uses
-//! the split as it was in that scrape, so changing weights are fine, and the
-//! primary's own level (an incident, a load spike hitting both) cancels out.
+//! - **Baseline.** Before the canary gets traffic, the primary alone is
+//!   measured for `baseline` (default 30 s): its traffic, failure rate,
+//!   how much its counts vary (the dispersion prior) and, without a
+//!   configured latency bound, its p99 (the learnt bound: the bucket bound
+//!   above the p99 of its first [`LEARN_REQUESTS`] requests, at least
+//!   [`MIN_LEARNT_BOUND`]). [`forecast`] then says what the release can
+//!   decide at this traffic.
+//! - **Latency tolerance.** On a bound `T`, the primary's slow requests are
+//!   those over `T` and the canary's those over `T⁺`, the first bucket bound
+//!   at least `T·(1 + latency_tolerance)` (default 10%: the next bound, 11–20%
+//!   up). A canary up to that much slower than the primary over its whole
+//!   distribution is exactly as likely to pass `T⁺` as the primary `T`, so
+//!   it is "no worse"; a real slowdown still shows in seconds. (A tolerance
+//!   on the ratio of slow counts would not do: at the p99 a 5% slower
+//!   lognormal has 1.3–1.9 times as many slow requests, depending on its
+//!   spread.)
+//! - **Warm-up.** The canary's latency is not evidence during its first
+//!   `warmup` (default 10 s of canary traffic): caches, JIT and pools are
+//!   cold. Its failures are judged from the first request.
+//! - **Checks share α.** With `m` checks (failures and each bound), each
+//!   fails at `m/α` (Bonferroni). A blue/green release spends `α/2` on the
+//!   mirror phase and `α/2` on the soak.
+//! - **Blue/green soak.** With all traffic on the new version there is no
+//!   primary traffic to compare at the same time, so its failures (and slow
+//!   requests) are tested against an upper confidence bound of the
+//!   primary's rate measured before the switch: the exact binomial bound at
+//!   `α/4`, so a reference that came out low by chance cannot roll back an
+//!   equal version. The test itself spends the other `α/4`.
 //!
-//! **Fail side.** `M = Σ_j π_j Π_scrapes [θ(ρ_j)/θ(ρ₀)]^{e_c} [(1−θ(ρ_j))/(1−θ(ρ₀))]^{e_s}`
-//! over a grid `ρ_j > ρ₀` ([`FAIL_GRID`] times `ρ₀`, equal weights). For
-//! any true `ρ ≤ ρ₀` each factor has expectation `(θ θ_j/θ₀ + (1−θ)(1−θ_j)/(1−θ₀))^k ≤ 1`
-//! (it is 1 at `θ = θ₀` and increases with `θ`), so `M` is a nonnegative
-//! supermartingale and, by Ville's inequality, `P(ever M ≥ 1/α') ≤ α'`,
-//! whenever the gate looks and however long it runs. The check fails, at
-//! once, when `M ≥ m/α` (`m` checks share `α`: Bonferroni).
-//!
-//! **Pass side.** The mirror image: against `ρ ≥ ρ_max`, alternatives
-//! [`PASS_GRID`] times `ρ_max`, all below it. A canary at least `ρ_max` times
-//! worse passes with probability at most `β/2`. With few events there is
-//! little ratio information, so a check also passes when the canary's own
-//! event rate is shown to be under the absolute floor: the same construction
-//! on the canary's requests alone, `Π (p'/f)^{e_c} ((1−p')/(1−f))^{n_c−e_c}`
-//! mixed over `p'` in [`FLOOR_GRID`] times the floor `f`, a supermartingale
-//! whenever the rate is `≥ f` (a beta-binomial-style confidence sequence).
-//! It passes at `2/β`, so a canary that is both `ρ_max` times worse and over
-//! the floor is promoted with probability at most `β` per check.
-//!
-//! **Bernoulli requests.** Real requests fail one by one, so given `k` the
-//! canary's share is hypergeometric, not binomial. With `ρ₀ = 1` its mean is
-//! the same and it is smaller in convex order (Hoeffding, 1963), so the
-//! likelihood ratio (convex in `e_c`) still has expectation at most 1: the
-//! bound holds. For `ρ₀ ≠ 1` it holds to the first order in the event rate.
-//!
-//! **Latency.** The same test runs on the requests slower than each bound
-//! `T` (a bucket bound: `count(+Inf) − count(le=T)`). Without a configured
-//! bound, `T` is the bucket bound just above the primary's p99 measured on
-//! the first [`LEARN_REQUESTS`] primary requests of the release, and at
-//! least [`MIN_LEARNT_BOUND`].
-//!
-//! The evidence (log-likelihood sums per grid point) is plain data kept in
-//! the release's status, so it survives restarts and weight steps.
+//! The evidence is plain data kept in the release's status, so it survives
+//! restarts and weight steps.
+
+pub mod evidence;
+pub mod forecast;
+pub mod special;
 
 use std::time::Duration;
 
@@ -52,13 +50,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::analysis::{Analysis, CheckResult, EvidenceReport, Outcome};
 use crate::counters::{Arm, Window};
+pub use evidence::{Counts, Evidence, FAIL_GRID, FLOOR_GRID, PASS_GRID, Tuning};
 
-/// Fail-side alternatives, as multiples of `ρ₀`.
-pub const FAIL_GRID: [f64; 7] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
-/// Pass-side alternatives, as multiples of `ρ_max`.
-pub const PASS_GRID: [f64; 6] = [0.8, 0.67, 0.5, 0.33, 0.2, 0.1];
-/// Absolute-floor alternatives, as multiples of the floor.
-pub const FLOOR_GRID: [f64; 5] = [0.5, 0.25, 0.1, 0.05, 0.01];
 /// Primary requests measured before an automatic latency bound is fixed.
 pub const LEARN_REQUESTS: f64 = 500.0;
 /// The lowest bound learnt automatically (a bucket bound): below it,
@@ -69,6 +62,22 @@ pub const MIN_LEARNT_BOUND: f64 = 0.01;
 /// primary's p99) lets through: what a blue/green soak holds the new
 /// version to at least, on such a bound (see [`SoakEvidence`]).
 pub const LEARNT_BOUND_SHARE: f64 = 0.01;
+
+fn default_incident_allowance() -> Duration {
+    Duration::from_secs(20)
+}
+
+fn default_warmup() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_latency_tolerance() -> f64 {
+    0.1
+}
+
+fn default_baseline() -> Duration {
+    Duration::from_secs(30)
+}
 
 /// What a user tunes (flags and `sluice.dev/*` annotations).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -86,6 +95,22 @@ pub struct GateSettings {
     /// Latency bounds (bucket bounds); empty: one, learnt from the primary.
     #[serde(with = "durations_text")]
     pub latency_bounds: Vec<Duration>,
+    /// An excursion of one arm shorter than this never rolls back on its own.
+    #[serde(
+        default = "default_incident_allowance",
+        with = "crate::plan::duration_text"
+    )]
+    pub incident_allowance: Duration,
+    /// The canary's first seconds of traffic, when its latency is not evidence.
+    #[serde(default = "default_warmup", with = "crate::plan::duration_text")]
+    pub warmup: Duration,
+    /// How much slower than the primary the canary may be and still be "no
+    /// worse", as a fraction (0.1: 10%).
+    #[serde(default = "default_latency_tolerance")]
+    pub latency_tolerance: f64,
+    /// How long the primary is measured before the first step.
+    #[serde(default = "default_baseline", with = "crate::plan::duration_text")]
+    pub baseline: Duration,
 }
 
 impl Default for GateSettings {
@@ -97,6 +122,10 @@ impl Default for GateSettings {
             rho_max: 1.5,
             failure_floor: 0.001,
             latency_bounds: Vec::new(),
+            incident_allowance: default_incident_allowance(),
+            warmup: default_warmup(),
+            latency_tolerance: default_latency_tolerance(),
+            baseline: default_baseline(),
         }
     }
 }
@@ -120,6 +149,9 @@ mod durations_text {
             .collect()
     }
 }
+
+/// The longest `incident_allowance`, `warmup` and `baseline` accepted.
+pub const LONGEST_SETTING: Duration = Duration::from_secs(600);
 
 impl GateSettings {
     /// Checks the values; errors name the setting (`name` maps a field to
@@ -165,118 +197,63 @@ impl GateSettings {
             crate::plan::check_bucket_bound(*b)
                 .map_err(|e| format!("{}: {e}", name("latency_bounds")))?;
         }
+        for (field, value) in [
+            ("incident_allowance", self.incident_allowance),
+            ("warmup", self.warmup),
+            ("baseline", self.baseline),
+        ] {
+            if value > LONGEST_SETTING {
+                return Err(format!(
+                    "{}: {} is longer than the {} allowed",
+                    name(field),
+                    sluice_proxy::config::format_duration(value),
+                    sluice_proxy::config::format_duration(LONGEST_SETTING)
+                ));
+            }
+        }
+        if !(self.latency_tolerance.is_finite() && (0.0..=1.0).contains(&self.latency_tolerance)) {
+            return Err(format!(
+                "{}: {} is not a fraction in [0, 1] (0.1 is 10%)",
+                name("latency_tolerance"),
+                self.latency_tolerance
+            ));
+        }
         Ok(())
     }
 
     /// How many checks share `α`.
-    fn checks(&self) -> usize {
+    pub fn checks(&self) -> usize {
         1 + self.latency_bounds.len().max(1)
     }
 
-    /// `ln(m/α)`: the fail side's threshold on the log mixture.
+    /// `ln(m/α)`: the fail side's threshold of a canary release.
     pub fn fail_threshold(&self) -> f64 {
         (self.checks() as f64 / self.alpha).ln()
     }
 
-    /// `ln(2/β)`: the pass side's threshold (ratio and floor share `β`).
+    /// `ln(1/β)`: the pass side's threshold.
     pub fn pass_threshold(&self) -> f64 {
-        (2.0 / self.beta).ln()
+        (1.0 / self.beta).ln()
     }
-}
 
-// === impl Evidence ===
-
-/// Accumulated evidence about one kind of bad event.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Evidence {
-    /// Log-likelihood ratio sums per [`FAIL_GRID`] point.
-    pub fail: Vec<f64>,
-    /// Per [`PASS_GRID`] point.
-    pub pass: Vec<f64>,
-    /// Per [`FLOOR_GRID`] point.
-    pub floor: Vec<f64>,
-    pub canary_requests: f64,
-    pub canary_events: f64,
-    pub stable_requests: f64,
-    pub stable_events: f64,
-}
-
-/// `ln(Σ exp(x_i) / len)`: the log of an equal-weight mixture.
-fn log_mean_exp(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    let max = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    if max == f64::NEG_INFINITY {
-        return max;
-    }
-    let sum: f64 = xs.iter().map(|x| (x - max).exp()).sum();
-    max + (sum / xs.len() as f64).ln()
-}
-
-/// `a·ln(x)` with `0·ln(0) = 0`.
-fn xlogy(a: f64, x: f64) -> f64 {
-    if a == 0.0 { 0.0 } else { a * x.ln() }
-}
-
-impl Evidence {
-    fn new() -> Self {
-        Self {
-            fail: vec![0.0; FAIL_GRID.len()],
-            pass: vec![0.0; PASS_GRID.len()],
-            floor: vec![0.0; FLOOR_GRID.len()],
-            ..Self::default()
+    /// What the evidence needs, with `alpha` the budget of this phase.
+    pub fn tuning(&self, alpha: f64) -> Tuning {
+        Tuning {
+            fail_threshold: (self.checks() as f64 / alpha).ln(),
+            pass_threshold: self.pass_threshold(),
+            rho0: self.rho0,
+            rho_max: self.rho_max,
+            failure_floor: self.failure_floor,
+            incident_allowance: self.incident_allowance.as_secs_f64(),
         }
     }
 
-    /// Adds one scrape: `n_c`, `e_c` canary requests and events, `n_s`, `e_s`
-    /// the primary's.
-    pub fn observe(&mut self, s: &GateSettings, n_c: f64, e_c: f64, n_s: f64, e_s: f64) {
-        let (n_c, n_s) = (n_c.max(0.0), n_s.max(0.0));
-        let e_c = e_c.clamp(0.0, n_c);
-        let e_s = e_s.clamp(0.0, n_s);
-        self.canary_requests += n_c;
-        self.canary_events += e_c;
-        self.stable_requests += n_s;
-        self.stable_events += e_s;
-        if n_c > 0.0 {
-            let f = s.failure_floor;
-            for (acc, m) in self.floor.iter_mut().zip(FLOOR_GRID) {
-                let p = f * m;
-                *acc += xlogy(e_c, p / f) + xlogy(n_c - e_c, (1.0 - p) / (1.0 - f));
-            }
-        }
-        if n_c == 0.0 || n_s == 0.0 || e_c + e_s == 0.0 {
-            return;
-        }
-        let theta = |rho: f64| rho * n_c / (rho * n_c + n_s);
-        let ratio = |rho_alt: f64, rho_null: f64| {
-            let (ta, tn) = (theta(rho_alt), theta(rho_null));
-            xlogy(e_c, ta / tn) + xlogy(e_s, (1.0 - ta) / (1.0 - tn))
-        };
-        for (acc, m) in self.fail.iter_mut().zip(FAIL_GRID) {
-            *acc += ratio(s.rho0 * m, s.rho0);
-        }
-        for (acc, m) in self.pass.iter_mut().zip(PASS_GRID) {
-            *acc += ratio(s.rho_max * m, s.rho_max);
-        }
-    }
-
-    /// `ln M` of the fail side.
-    pub fn fail_statistic(&self) -> f64 {
-        log_mean_exp(&self.fail)
-    }
-
-    /// `ln` of the pass side: the better of the ratio and floor mixtures.
-    pub fn pass_statistic(&self) -> f64 {
-        log_mean_exp(&self.pass).max(log_mean_exp(&self.floor))
-    }
-
-    /// The canary's events per request over the primary's (None without data).
-    pub fn observed_ratio(&self) -> Option<f64> {
-        let c = self.canary_events / self.canary_requests;
-        let s = self.stable_events / self.stable_requests;
-        (self.canary_requests > 0.0 && self.stable_requests > 0.0 && s > 0.0).then(|| c / s)
+    /// The bucket bound the canary's requests are judged at on bound `T`.
+    pub fn canary_bound(&self, bound: f64) -> f64 {
+        let wanted = bound * (1.0 + self.latency_tolerance) - 1e-12;
+        sluice_proxy::metrics::duration_bounds_secs()
+            .find(|b| *b >= wanted)
+            .unwrap_or(bound)
     }
 }
 
@@ -285,11 +262,39 @@ impl Evidence {
 /// Evidence for one latency bound.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyEvidence {
-    /// The bound in seconds (a bucket bound).
+    /// The bound in seconds (a bucket bound) the primary is counted at.
     pub bound: f64,
+    /// The bound the canary is counted at (the tolerance above `bound`).
+    #[serde(default)]
+    pub canary_bound: f64,
     /// Whether it was learnt from the primary's p99 (not configured).
     pub learnt: bool,
     pub evidence: Evidence,
+}
+
+impl LatencyEvidence {
+    fn new(settings: &GateSettings, bound: f64, learnt: bool) -> Self {
+        Self {
+            bound,
+            canary_bound: settings.canary_bound(bound),
+            learnt,
+            evidence: Evidence::new(),
+        }
+    }
+
+    /// This bound's counts of one window.
+    fn counts(&self, canary: &Arm, stable: &Arm) -> Counts {
+        Counts {
+            canary_requests: total(canary),
+            canary_events: canary.slower_than(self.canary_bound).unwrap_or(0.0),
+            stable_requests: total(stable),
+            stable_events: stable.slower_than(self.bound).unwrap_or(0.0),
+        }
+    }
+}
+
+fn total(arm: &Arm) -> f64 {
+    arm.buckets.last().map(|b| b.1).unwrap_or(0.0)
 }
 
 /// Everything the gate remembers about a release; kept in its status.
@@ -322,31 +327,82 @@ pub struct GateState {
     /// rates from before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<SoakEvidence>,
+    /// Seconds of windows observed (the gate's clock).
+    #[serde(default)]
+    pub clock: f64,
+    /// When the canary's first window began, on the gate's clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_since: Option<f64>,
+    /// The primary's traffic before the canary got any, and for how long.
+    #[serde(default)]
+    pub baseline: Arm,
+    #[serde(default)]
+    pub baseline_seconds: f64,
 }
 
-/// A blue/green soak's evidence. With all traffic on the new version there
-/// is no primary traffic to compare with at the same time, so its failures
-/// (and slow requests) are tested against the primary's rates measured
-/// before the switch, `r`: a mixture of Poisson likelihood ratios
-/// `Π m^{e} e^{-n·ρ₀·r·(m−1)}` over the same grid. For Bernoulli requests at
-/// a rate `q ≤ ρ₀·r` each factor has expectation `1 + q(m−1)` times
-/// `e^{-ρ₀·r·(m−1)} ≤ 1`, so Ville's inequality bounds false rollbacks by
-/// α as in the two-arm test, given the reference rate.
+/// A blue/green soak's evidence: the new version alone, each bad event
+/// tested against the primary's rate before the switch (see the module
+/// docs). A Poisson likelihood-ratio mixture `Π m^{e} e^{-n·ρ₀·r·(m−1)}`
+/// over [`FAIL_GRID`] with `r` the reference's upper bound: for Bernoulli
+/// requests at a rate `q ≤ ρ₀·r` each factor has expectation
+/// `(1 + q(m−1))·e^{-ρ₀·r·(m−1)} ≤ 1`, so Ville's inequality bounds false
+/// rollbacks as in the two-arm test. Tempered by the dispersion learnt
+/// before the switch; no scrape adds more than [`evidence::SCRAPE_CAP`] of
+/// the threshold.
 ///
 /// On a latency bound learnt from the primary (its p99 bucket), the
 /// reference is at least [`LEARNT_BOUND_SHARE`]: the new version keeps its
 /// p99 under the primary's. A two-arm test cancels noise both arms share
-/// (a busy node, a GC pause in the proxy); a soak cannot, and a reference
-/// of a few hundredths of a percent would roll back a healthy version on
-/// the first such hiccup. A configured bound keeps the measured share.
+/// (a busy node, a GC pause in the proxy); a soak cannot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SoakEvidence {
-    /// The primary's failure rate before the switch.
+    /// The upper bound of the primary's failure rate before the switch.
     pub reference_failure_rate: f64,
-    pub errors: Evidence,
-    /// Per latency bound: the primary's share of slower requests, and the
+    pub errors: OneArm,
+    /// Per latency bound: the reference share of slower requests, and the
     /// evidence.
-    pub latency: Vec<(f64, f64, Evidence)>,
+    pub latency: Vec<(f64, f64, OneArm)>,
+}
+
+/// The evidence of one version alone against a reference rate.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OneArm {
+    pub sums: Vec<f64>,
+    pub requests: f64,
+    pub events: f64,
+    pub reference: f64,
+    pub phi: f64,
+}
+
+impl OneArm {
+    fn new(reference: f64, phi: f64) -> Self {
+        Self {
+            sums: vec![0.0; FAIL_GRID.len()],
+            reference,
+            phi: phi.max(1.0),
+            ..Self::default()
+        }
+    }
+
+    fn observe(&mut self, rho0: f64, cap: f64, requests: f64, events: f64) {
+        let n = requests.max(0.0);
+        let e = events.clamp(0.0, n);
+        self.requests += n;
+        self.events += e;
+        if n == 0.0 {
+            return;
+        }
+        for (sum, m) in self.sums.iter_mut().zip(FAIL_GRID) {
+            let ratio =
+                if e == 0.0 { 0.0 } else { e * m.ln() } - n * rho0 * self.reference * (m - 1.0);
+            *sum += (ratio / self.phi).min(cap);
+        }
+    }
+
+    /// `ln` of the equal-weight mixture.
+    pub fn statistic(&self) -> f64 {
+        evidence::log_sum_exp(self.sums.iter().copied()) - (self.sums.len().max(1) as f64).ln()
+    }
 }
 
 /// The mode of a tick's observation, by strategy and weight.
@@ -386,37 +442,12 @@ impl Arms {
         }
         window
     }
-}
 
-/// `rate` with one pseudo-event, so a primary that never failed in the
-/// sample still has a positive reference.
-fn smoothed_rate(events: f64, requests: f64) -> f64 {
-    (events + 0.5) / (requests + 1.0)
-}
-
-impl Evidence {
-    /// Adds one scrape of the new version alone against a reference rate
-    /// (see [`SoakEvidence`]).
-    fn observe_against(&mut self, s: &GateSettings, n_c: f64, e_c: f64, reference: f64) {
-        let n_c = n_c.max(0.0);
-        let e_c = e_c.clamp(0.0, n_c);
-        self.canary_requests += n_c;
-        self.canary_events += e_c;
-        self.stable_requests += n_c;
-        self.stable_events += n_c * reference;
-        if n_c == 0.0 {
-            return;
-        }
-        for (acc, m) in self.fail.iter_mut().zip(FAIL_GRID) {
-            *acc += xlogy(e_c, m) - n_c * s.rho0 * reference * (m - 1.0);
-        }
-        for (acc, m) in self.pass.iter_mut().zip(PASS_GRID) {
-            *acc += xlogy(e_c, m) - n_c * s.rho_max * reference * (m - 1.0);
-        }
-        let f = s.failure_floor;
-        for (acc, m) in self.floor.iter_mut().zip(FLOOR_GRID) {
-            let p = f * m;
-            *acc += xlogy(e_c, p / f) + xlogy(n_c - e_c, (1.0 - p) / (1.0 - f));
+    /// The share of `α` this mode's two-arm evidence may spend.
+    pub fn alpha(self, settings: &GateSettings) -> f64 {
+        match self {
+            Arms::Mirror => settings.alpha / 2.0,
+            _ => settings.alpha,
         }
     }
 }
@@ -428,60 +459,92 @@ impl GateState {
             latency: settings
                 .latency_bounds
                 .iter()
-                .map(|b| LatencyEvidence {
-                    bound: b.as_secs_f64(),
-                    learnt: false,
-                    evidence: Evidence::new(),
-                })
+                .map(|b| LatencyEvidence::new(settings, b.as_secs_f64(), false))
                 .collect(),
             ..Self::default()
+        }
+    }
+
+    /// The window's length, or the scrape interval when it does not say.
+    fn advance(&mut self, window: &Window) -> (f64, f64) {
+        let seconds = if window.seconds > 0.0 {
+            window.seconds
+        } else {
+            1.0
+        };
+        self.clock += seconds;
+        (self.clock, seconds)
+    }
+
+    /// Adds one window taken before the canary gets traffic: the primary
+    /// alone, for the baseline (its traffic, dispersion and latency bound).
+    pub fn observe_baseline(&mut self, settings: &GateSettings, window: &Window) {
+        let (_, seconds) = self.advance(window);
+        let s = &window.stable;
+        self.baseline.add(s);
+        self.baseline_seconds += seconds;
+        self.errors.observe_primary(s.requests, s.failures);
+        if settings.latency_bounds.is_empty() && self.latency.is_empty() {
+            self.learn(settings, s);
+        }
+        for l in &mut self.latency {
+            let slow = s.slower_than(l.bound).unwrap_or(0.0);
+            l.evidence.observe_primary(total(s), slow);
         }
     }
 
     /// Adds one blue/green soak scrape: the new version alone, against the
     /// primary's rates before the switch.
     pub fn observe_soak(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
+        self.advance(window);
         self.enter_step(weight_bp);
-        let reference = &self.total_stable;
-        let soak = self.soak.get_or_insert_with(|| SoakEvidence {
-            reference_failure_rate: smoothed_rate(reference.failures, reference.requests),
-            errors: Evidence::new(),
-            latency: self
-                .latency
-                .iter()
-                .map(|l| {
-                    let total = reference.buckets.last().map(|b| b.1).unwrap_or(0.0);
-                    let slow = reference.slower_than(l.bound).unwrap_or(0.0);
-                    let measured = smoothed_rate(slow, total);
-                    // A learnt bound is the primary's p99 bucket: the new
-                    // version alone is held to that (at most 1% slower),
-                    // not to the share the primary happened to show, which
-                    // can be far below 1% and, with no primary traffic at
-                    // the same time, cannot absorb the machine's noise.
-                    let reference = if l.learnt {
-                        measured.max(LEARNT_BOUND_SHARE)
-                    } else {
-                        measured
-                    };
-                    (l.bound, reference, Evidence::new())
-                })
-                .collect(),
-        });
+        if self.soak.is_none() {
+            self.soak = Some(self.start_soak(settings));
+        }
+        let checks = settings.checks() as f64;
+        let threshold = (checks / (settings.alpha / 4.0)).ln();
+        let cap = evidence::SCRAPE_CAP * threshold;
         let c = &window.canary;
-        soak.errors.observe_against(
-            settings,
-            c.requests,
-            c.failures,
-            soak.reference_failure_rate,
-        );
-        for (bound, reference, evidence) in &mut soak.latency {
-            let total = c.buckets.last().map(|b| b.1).unwrap_or(0.0);
-            let slow = c.slower_than(*bound).unwrap_or(0.0);
-            evidence.observe_against(settings, total, slow, *reference);
+        let soak = self.soak.as_mut().expect("set above");
+        soak.errors
+            .observe(settings.rho0, cap, c.requests, c.failures);
+        for (bound, _, arm) in &mut soak.latency {
+            let slow = c.slower_than(settings.canary_bound(*bound)).unwrap_or(0.0);
+            arm.observe(settings.rho0, cap, total(c), slow);
         }
         self.step_canary_requests += c.requests;
         self.step_canary.add(c);
         self.total_canary.add(c);
+    }
+
+    /// The soak's references, from the primary's traffic before the switch.
+    fn start_soak(&self, settings: &GateSettings) -> SoakEvidence {
+        let level = settings.alpha / 4.0;
+        let reference = &self.total_stable;
+        let upper = |events: f64, n: f64| special::binomial_upper_bound(events, n, level);
+        SoakEvidence {
+            reference_failure_rate: upper(reference.failures, reference.requests),
+            errors: OneArm::new(
+                upper(reference.failures, reference.requests),
+                self.errors.phi(),
+            ),
+            latency: self
+                .latency
+                .iter()
+                .map(|l| {
+                    let n = total(reference);
+                    let slow = reference.slower_than(l.bound).unwrap_or(0.0);
+                    let mut share = upper(slow, n);
+                    // A learnt bound is the primary's p99 bucket: the new
+                    // version alone is held to that (at most 1% slower),
+                    // not to the share the primary happened to show.
+                    if l.learnt {
+                        share = share.max(LEARNT_BOUND_SHARE);
+                    }
+                    (l.bound, share, OneArm::new(share, l.evidence.phi()))
+                })
+                .collect(),
+        }
     }
 
     /// Counts a scrape taken at `weight_bp`; a new weight starts a new
@@ -522,18 +585,14 @@ impl GateState {
     pub fn soak_analysis(&self, settings: &GateSettings, min_requests: u64) -> Analysis {
         let mut checks = vec![self.exposure_check(min_requests)];
         if let Some(soak) = &self.soak {
-            checks.push(sequential_check(
-                "errors",
-                "failures against the primary before the switch",
-                &soak.errors,
-                settings,
-            ));
-            for (bound, _, evidence) in &soak.latency {
-                checks.push(sequential_check(
+            let threshold = (settings.checks() as f64 / (settings.alpha / 4.0)).ln();
+            checks.push(soak_check("errors", "failures", &soak.errors, threshold));
+            for (bound, _, arm) in &soak.latency {
+                checks.push(soak_check(
                     &latency_check_name(*bound),
-                    "requests slower than the bound, against the primary before the switch",
-                    evidence,
-                    settings,
+                    "requests slower than the bound",
+                    arm,
+                    threshold,
                 ));
             }
         }
@@ -545,30 +604,58 @@ impl GateState {
         }
     }
 
-    /// Adds one scrape's window, taken while the canary weight was `weight_bp`.
-    pub fn observe(&mut self, settings: &GateSettings, window: &Window, weight_bp: u32) {
+    /// Adds one scrape's window, taken while the canary weight was
+    /// `weight_bp`, judged in mode `arms`.
+    pub fn observe(
+        &mut self,
+        settings: &GateSettings,
+        window: &Window,
+        weight_bp: u32,
+        arms: Arms,
+    ) {
+        let (at, seconds) = self.advance(window);
         self.total_stable.add(&window.stable);
         self.total_canary.add(&window.canary);
         self.enter_step(weight_bp);
         let (c, s) = (&window.canary, &window.stable);
+        if c.requests > 0.0 && self.canary_since.is_none() {
+            self.canary_since = Some(at - seconds);
+        }
         self.step_canary_requests += c.requests;
         self.step_canary.add(c);
-        self.errors
-            .observe(settings, c.requests, c.failures, s.requests, s.failures);
+        let tuning = settings.tuning(arms.alpha(settings));
+        self.errors.observe(
+            &tuning,
+            at,
+            seconds,
+            weight_bp,
+            Counts {
+                canary_requests: c.requests,
+                canary_events: c.failures,
+                stable_requests: s.requests,
+                stable_events: s.failures,
+            },
+        );
         if settings.latency_bounds.is_empty() && self.latency.is_empty() {
-            self.learn(s);
+            self.learn(settings, s);
         }
+        let warm = self
+            .canary_since
+            .is_some_and(|since| at - since > settings.warmup.as_secs_f64() + 1e-9);
         for l in &mut self.latency {
-            let slow = |arm: &Arm| arm.slower_than(l.bound).unwrap_or(0.0);
-            let total = |arm: &Arm| arm.buckets.last().map(|b| b.1).unwrap_or(0.0);
-            l.evidence
-                .observe(settings, total(c), slow(c), total(s), slow(s));
+            let counts = l.counts(c, s);
+            if warm {
+                l.evidence.observe(&tuning, at, seconds, weight_bp, counts);
+            } else {
+                l.evidence
+                    .observe_primary(counts.stable_requests, counts.stable_events);
+            }
         }
     }
 
     /// Gathers the primary's durations until a bound can be fixed: the
     /// bucket bound just above its p99.
-    fn learn(&mut self, stable: &Arm) {
+    fn learn(&mut self, settings: &GateSettings, stable: &Arm) {
         for (le, count) in &stable.buckets {
             match self
                 .learning
@@ -580,35 +667,41 @@ impl GateState {
             }
         }
         self.learning.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let total = self.learning.last().map(|b| b.1).unwrap_or(0.0);
-        if total < LEARN_REQUESTS {
+        let seen = self.learning.last().map(|b| b.1).unwrap_or(0.0);
+        if seen < LEARN_REQUESTS {
             return;
         }
-        let rank = 0.99 * total;
+        let rank = 0.99 * seen;
         if let Some((bound, _)) = self
             .learning
             .iter()
             .find(|(b, c)| b.is_finite() && *c >= rank)
         {
-            self.latency.push(LatencyEvidence {
-                bound: bound.max(MIN_LEARNT_BOUND),
-                learnt: true,
-                evidence: Evidence::new(),
-            });
+            self.latency.push(LatencyEvidence::new(
+                settings,
+                bound.max(MIN_LEARNT_BOUND),
+                true,
+            ));
         }
         self.learning.clear();
     }
 
     /// The checks of the evidence so far. `min_requests` is the canary
     /// exposure a step needs before the weight may advance.
-    pub fn analysis(&self, settings: &GateSettings, min_requests: u64) -> Analysis {
+    pub fn analysis(&self, settings: &GateSettings, min_requests: u64, arms: Arms) -> Analysis {
+        let tuning = settings.tuning(arms.alpha(settings));
         let mut checks = vec![self.exposure_check(min_requests)];
         checks.push(sequential_check(
             "errors",
             "failures",
             &self.errors,
+            &tuning,
             settings,
+            self.clock,
         ));
+        let warming = self
+            .canary_since
+            .map(|since| (since + settings.warmup.as_secs_f64() - self.clock).max(0.0));
         for l in &self.latency {
             let name = latency_check_name(l.bound);
             let what = if l.learnt {
@@ -616,7 +709,15 @@ impl GateState {
             } else {
                 "requests slower than the bound"
             };
-            checks.push(sequential_check(&name, what, &l.evidence, settings));
+            let mut check =
+                sequential_check(&name, what, &l.evidence, &tuning, settings, self.clock);
+            if let Some(left) = warming.filter(|left| *left > 0.0) {
+                check.reason = format!(
+                    "not judged yet: the canary's warm-up ({left:.0}s of {} left)",
+                    sluice_proxy::config::format_duration(settings.warmup)
+                );
+            }
+            checks.push(check);
         }
         if self.latency.is_empty() && settings.latency_bounds.is_empty() {
             let seen = self.learning.last().map(|b| b.1).unwrap_or(0.0);
@@ -653,25 +754,38 @@ pub fn latency_check_name(bound: f64) -> String {
     )
 }
 
-/// The evidence's statistics against their thresholds. `exp` is monotone,
-/// so `fail >= fail_threshold` is the fail side's verdict exactly.
+/// The evidence's statistics against their thresholds (a canary release's
+/// `α`). `exp` is monotone, so `fail >= fail_threshold` is the fail side's
+/// verdict exactly.
 pub fn evidence_report(e: &Evidence, s: &GateSettings) -> EvidenceReport {
+    report_with(e, &s.tuning(s.alpha), 0.0)
+}
+
+fn report_with(e: &Evidence, t: &Tuning, now: f64) -> EvidenceReport {
     let fail = e.fail_statistic();
     let pass = e.pass_statistic();
-    let (fail_at, pass_at) = (s.fail_threshold(), s.pass_threshold());
     EvidenceReport {
         fail: fail.exp(),
-        fail_threshold: fail_at.exp(),
+        fail_threshold: t.fail_threshold.exp(),
         pass: pass.exp(),
-        pass_threshold: pass_at.exp(),
-        proven: pass >= pass_at,
+        pass_threshold: t.pass_threshold.exp(),
+        proven: pass >= t.pass_threshold,
         canary_rate: (e.canary_requests > 0.0).then(|| e.canary_events / e.canary_requests),
         primary_rate: (e.stable_requests > 0.0).then(|| e.stable_events / e.stable_requests),
+        dispersion: Some(e.phi()),
+        holding_for: e.holding_for(now),
     }
 }
 
-fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> CheckResult {
-    let report = evidence_report(e, s);
+fn sequential_check(
+    name: &str,
+    what: &str,
+    e: &Evidence,
+    t: &Tuning,
+    s: &GateSettings,
+    now: f64,
+) -> CheckResult {
+    let report = report_with(e, t, now);
     let rates = format!(
         "canary {} vs primary {}",
         pct(report.canary_rate),
@@ -684,11 +798,25 @@ fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> C
             format!("{rho}× the primary")
         }
     };
+    let dispersion = if e.phi() > 1.05 {
+        format!("; dispersion {:.1}", e.phi())
+    } else {
+        String::new()
+    };
+    let held = report
+        .holding_for
+        .map(|secs| {
+            format!(
+                "; a jump of the canary is held as a possible incident ({secs:.0}s of {})",
+                sluice_proxy::config::format_duration(s.incident_allowance)
+            )
+        })
+        .unwrap_or_default();
     let (outcome, reason) = if report.fail >= report.fail_threshold {
         (
             Outcome::Fail,
             format!(
-                "{what}: {rates}, worse than {} (evidence {:.0}, rollback at {:.0})",
+                "{what}: {rates}, worse than {} (evidence {:.0}, rollback at {:.0}{dispersion})",
                 times(s.rho0),
                 report.fail,
                 report.fail_threshold
@@ -698,7 +826,7 @@ fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> C
         (
             Outcome::Pass,
             format!(
-                "{what}: {rates}, shown to be better than {} times worse",
+                "{what}: {rates}, shown to be better than {} times worse at this weight{dispersion}{held}",
                 s.rho_max
             ),
         )
@@ -706,7 +834,7 @@ fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> C
         (
             Outcome::Pass,
             format!(
-                "{what}: not worse so far ({rates}; evidence against {:.1} of {:.0}, for {:.1} of {:.0})",
+                "{what}: not worse so far ({rates}; evidence against {:.1} of {:.0}, for {:.1} of {:.0}{dispersion}{held})",
                 report.fail, report.fail_threshold, report.pass, report.pass_threshold
             ),
         )
@@ -716,12 +844,41 @@ fn sequential_check(name: &str, what: &str, e: &Evidence, s: &GateSettings) -> C
         outcome,
         value: e.observed_ratio(),
         threshold: format!(
-            "ratio to primary: fail at ≥{}× (α), promote when ≤{}× is shown (β)",
+            "ratio to primary: fail at ≥{}× (α), promote when ≤{}× is shown at this weight (β)",
             s.rho0, s.rho_max
         ),
         reason,
         decisive: outcome == Outcome::Fail,
         evidence: Some(report),
+    }
+}
+
+fn soak_check(name: &str, what: &str, arm: &OneArm, threshold: f64) -> CheckResult {
+    let fail = arm.statistic();
+    let rate = (arm.requests > 0.0).then(|| arm.events / arm.requests);
+    let failed = fail >= threshold;
+    let reason = format!(
+        "{what}: new version {} against the primary's {} before the switch (upper bound; evidence {:.1} of {:.0})",
+        pct(rate),
+        pct(Some(arm.reference)),
+        fail.exp(),
+        threshold.exp()
+    );
+    CheckResult {
+        name: name.to_string(),
+        outcome: if failed { Outcome::Fail } else { Outcome::Pass },
+        value: rate.map(|r| r / arm.reference.max(1e-12)),
+        threshold: "ratio to the primary's rate before the switch".into(),
+        reason,
+        decisive: failed,
+        evidence: Some(EvidenceReport {
+            fail: fail.exp(),
+            fail_threshold: threshold.exp(),
+            canary_rate: rate,
+            primary_rate: Some(arm.reference),
+            dispersion: Some(arm.phi),
+            ..EvidenceReport::default()
+        }),
     }
 }
 

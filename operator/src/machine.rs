@@ -92,6 +92,12 @@ impl Phase {
         matches!(self, Phase::Progressing | Phase::WaitingPromotion)
     }
 
+    /// Phases whose ticks read the metrics: the analysing ones, and
+    /// `Initializing`, which measures the primary's baseline.
+    pub fn measures(self) -> bool {
+        self.analyses() || self == Phase::Initializing
+    }
+
     /// A stable number for the `sluice_canary_phase` gauge.
     pub fn code(self) -> i64 {
         match self {
@@ -140,6 +146,10 @@ pub struct Status {
     /// updates it from each scrape); dropped when a release (re)starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<crate::gate::GateState>,
+    /// The maximum duration passed with nothing decided, and the release
+    /// waits for a person (`--when-undecided hold`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undecided: bool,
 }
 
 /// What a human asked for through `sluice promote` / `sluice abort` /
@@ -330,15 +340,40 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
             if obs.command == Some(Command::Abort) {
                 return rollback(s, obs.now, "aborted by a user".into());
             }
-            if obs.target_ready {
-                transition(&mut s, Phase::Initialized, obs.now, "canary ready".into());
-                Transition::hold(s, NextTick::Now)
+            let baseline = plan.baseline().as_secs_f64();
+            let measured = obs.now - s.started_at;
+            let baseline_done = measured + 1e-6 >= baseline;
+            if obs.target_ready && baseline_done {
+                let forecast = plan.gate.settings().and_then(|settings| {
+                    crate::gate::forecast::forecast(plan, settings, s.gate.as_ref()?)
+                });
+                let mut actions = Vec::new();
+                let message = match forecast {
+                    Some(f) => {
+                        actions.push(Action::Event(Level::Normal, f.to_string()));
+                        format!("canary ready; {f}")
+                    }
+                    None => "canary ready".into(),
+                };
+                transition(&mut s, Phase::Initialized, obs.now, message);
+                Transition::new(s, actions, NextTick::Now)
             } else if deadline_passed(plan, &s, obs.now) {
                 rollback(
                     s,
                     obs.now,
                     "the canary did not become ready within the progress deadline".into(),
                 )
+            } else if !baseline_done {
+                s.message = format!(
+                    "measuring the primary before the first step ({measured:.0}s of {}){}",
+                    sluice_proxy::config::format_duration(plan.baseline()),
+                    if obs.target_ready {
+                        ""
+                    } else {
+                        "; waiting for the canary to become ready"
+                    }
+                );
+                Transition::hold(s, NextTick::Interval)
             } else {
                 s.message = "waiting for the canary to become ready".into();
                 Transition::hold(s, NextTick::Soon)
@@ -530,6 +565,7 @@ fn start(obs: &Observation, message: String, mut actions: Vec<Action>) -> Transi
         queued_revision: None,
         step_started_at: obs.now,
         gate: None,
+        undecided: false,
     };
     actions.push(Action::Initialize);
     Transition::new(status, actions, NextTick::Soon)
@@ -614,18 +650,17 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             format!("the canary is worse than the primary: {why}"),
         );
     }
+    let at_last_step = s.step + 1 >= plan.steps_bp.len();
+    // Before the last step a release keeps stepping; the policy applies
+    // once the last weight has been reached.
     if plan.is_sequential()
         && verdict != Outcome::Fail
+        && at_last_step
+        && !analysis.promotes()
         && obs.now - s.started_at >= plan.max_duration.as_secs_f64()
+        && let Some(t) = undecided(plan, &mut s, obs, analysis)
     {
-        return rollback(
-            s,
-            obs.now,
-            format!(
-                "not shown to be no worse than the primary within the maximum release duration ({}): {why}",
-                sluice_proxy::config::format_duration(plan.max_duration)
-            ),
-        );
+        return t;
     }
     match verdict {
         Outcome::Fail => {
@@ -688,8 +723,9 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             // This tick passed with the weight at the last step.
             if !analysis.promotes() {
                 s.message = format!(
-                    "at the last step ({}%); promotion waits until the canary is shown to be no worse than the primary: {why}",
-                    pct(s.canary_weight_bp)
+                    "at the last step ({}%); promotion waits until the canary is shown no worse than the primary at this weight. Still missing: {}",
+                    pct(s.canary_weight_bp),
+                    analysis.missing()
                 );
                 return Transition::hold(s, NextTick::Interval);
             }
@@ -704,6 +740,82 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
                     Transition::hold(s, NextTick::Interval)
                 }
             }
+        }
+    }
+}
+
+/// The maximum duration has passed with nothing decided: what
+/// `--when-undecided` says.
+fn undecided(
+    plan: &Plan,
+    s: &mut Status,
+    obs: &Observation,
+    analysis: &Analysis,
+) -> Option<Transition> {
+    let max = sluice_proxy::config::format_duration(plan.max_duration);
+    if s.undecided {
+        // Already waiting for a person: an approval decides, on a tick
+        // that passed (nothing failed, nothing inconclusive).
+        let policy = plan.when_undecided == crate::plan::Undecided::Promote
+            && closed_gate(plan, s, obs).is_none();
+        if (s.approved || policy) && analysis.verdict() == Outcome::Pass {
+            let message = if s.approved {
+                format!(
+                    "promoted by a person after the release was undecided for {max} (evidence then: {})",
+                    analysis.missing()
+                )
+            } else {
+                format!(
+                    "promoted undecided (--when-undecided promote): not shown to be no worse than the primary within {max}: {}",
+                    analysis.missing()
+                )
+            };
+            let mut t = promote(s.clone(), obs.now);
+            t.status.message = message.clone();
+            t.actions.push(Action::Event(Level::Warning, message));
+            return Some(t);
+        }
+        s.message = format!(
+            "undecided after {max}; waiting for `sluice promote` or `sluice abort` (a failure still rolls back, proof still promotes). Still missing: {}",
+            analysis.missing()
+        );
+        return Some(Transition::hold(s.clone(), NextTick::Interval));
+    }
+    match plan.when_undecided {
+        crate::plan::Undecided::Rollback => Some(rollback(
+            s.clone(),
+            obs.now,
+            format!(
+                "not shown to be no worse than the primary within the maximum release duration ({max}): {}",
+                analysis.missing()
+            ),
+        )),
+        crate::plan::Undecided::Promote
+            if closed_gate(plan, s, obs).is_none() && analysis.verdict() == Outcome::Pass =>
+        {
+            let message = format!(
+                "promoted undecided (--when-undecided promote): not shown to be no worse than the primary within {max}: {}",
+                analysis.missing()
+            );
+            let mut t = promote(s.clone(), obs.now);
+            t.status.message = message.clone();
+            t.actions.push(Action::Event(Level::Warning, message));
+            Some(t)
+        }
+        // Hold, or promote past a promotion gate that is still closed
+        // (a manual approval, a confirm-promotion webhook): wait.
+        crate::plan::Undecided::Hold | crate::plan::Undecided::Promote => {
+            s.undecided = true;
+            let message = format!(
+                "undecided after {max}: nothing failed, but the canary is not yet shown no worse than the primary; waiting for a person (`sluice promote` or `sluice abort`; `kubectl sluice promote` or `abort`). Still missing: {}",
+                analysis.missing()
+            );
+            transition(s, Phase::WaitingPromotion, obs.now, message.clone());
+            Some(Transition::new(
+                s.clone(),
+                vec![Action::Event(Level::Warning, message)],
+                NextTick::Interval,
+            ))
         }
     }
 }
@@ -749,15 +861,12 @@ fn blue_green(
         );
         return Transition::hold(s, NextTick::Interval);
     }
-    if !switched && obs.now - s.started_at >= plan.max_duration.as_secs_f64() {
-        return rollback(
-            s,
-            obs.now,
-            format!(
-                "not shown to be no worse than the primary on mirrored traffic within the maximum release duration ({}): {why}",
-                sluice_proxy::config::format_duration(plan.max_duration)
-            ),
-        );
+    if !switched
+        && !analysis.promotes()
+        && obs.now - s.started_at >= plan.max_duration.as_secs_f64()
+        && let Some(t) = undecided(plan, &mut s, obs, analysis)
+    {
+        return t;
     }
     if verdict == Outcome::Inconclusive {
         if deadline_passed(plan, &s, obs.now) {

@@ -161,6 +161,46 @@ impl Gate {
     }
 }
 
+/// What happens when the sequential gate has not decided within the
+/// maximum release duration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Undecided {
+    /// Wait for a person (`WaitingPromotion`): `promote` or `abort`. The
+    /// checks keep running, so a canary shown worse still rolls back and
+    /// one shown no worse is promoted.
+    #[default]
+    Hold,
+    /// Promote, with a Warning Event saying it was not shown no worse.
+    Promote,
+    /// Roll back for lack of evidence.
+    Rollback,
+}
+
+impl Undecided {
+    pub const NAMES: &'static str = "hold, promote, rollback";
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "hold" => Ok(Undecided::Hold),
+            "promote" => Ok(Undecided::Promote),
+            "rollback" => Ok(Undecided::Rollback),
+            other => Err(format!(
+                "`{other}` is not what to do when undecided; use one of {}",
+                Self::NAMES
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Undecided::Hold => "hold",
+            Undecided::Promote => "promote",
+            Undecided::Rollback => "rollback",
+        }
+    }
+}
+
 /// The ceilings the threshold gate applies when none are given: Flagger's
 /// usual pair. The sequential gate has no ceilings unless given.
 pub const THRESHOLD_SUCCESS_RATE: f64 = 99.0;
@@ -396,6 +436,10 @@ pub struct Plan {
     pub strategy: Strategy,
     #[serde(default)]
     pub traffic: Traffic,
+    /// Sequential gate: what happens when nothing is decided within
+    /// `max_duration`.
+    #[serde(default)]
+    pub when_undecided: Undecided,
 }
 
 impl Default for Plan {
@@ -416,6 +460,7 @@ impl Default for Plan {
             webhooks: Vec::new(),
             strategy: Strategy::Canary,
             traffic: Traffic::default(),
+            when_undecided: Undecided::Hold,
         }
     }
 }
@@ -463,6 +508,11 @@ impl Plan {
                 Ok(())
             }
         }
+    }
+
+    /// The baseline measured before the first step (sequential gate only).
+    pub fn baseline(&self) -> std::time::Duration {
+        self.gate.settings().map(|s| s.baseline).unwrap_or_default()
     }
 
     /// How long the driver waits for the next analysis tick.

@@ -64,14 +64,19 @@ impl Provider {
     /// adds this scrape's window (taken at `weight_bp`) to `gate`, the
     /// release's evidence, then judges all of it; ceilings (a success rate,
     /// latency gates, custom queries), when given, are judged on the
-    /// canary's traffic since the step began.
+    /// canary's traffic since the step began. During the `baseline`
+    /// (before the first step) only the primary is measured.
     pub async fn tick(
         &mut self,
         plan: &Plan,
         gate: &mut Option<GateState>,
         weight_bp: u32,
+        baseline: bool,
     ) -> Analysis {
         let Some(settings) = plan.gate.settings() else {
+            if baseline {
+                return all_inconclusive(plan, "measuring the primary before the first step");
+            }
             return self.analyse(plan).await;
         };
         let (window, queries) = match self {
@@ -86,15 +91,19 @@ impl Provider {
             Ok(w) => w,
             Err(reason) => return all_inconclusive(plan, &reason),
         };
+        let state = gate.get_or_insert_with(|| GateState::new(settings));
+        if baseline {
+            state.observe_baseline(settings, &window);
+            return all_inconclusive(plan, "measuring the primary before the first step");
+        }
         let arms = crate::gate::Arms::of(&plan.strategy, weight_bp);
         let window = arms.select(window);
-        let state = gate.get_or_insert_with(|| GateState::new(settings));
         let mut analysis = if arms == crate::gate::Arms::Soak {
             state.observe_soak(settings, &window, weight_bp);
             state.soak_analysis(settings, plan.min_requests)
         } else {
-            state.observe(settings, &window, weight_bp);
-            state.analysis(settings, plan.min_requests)
+            state.observe(settings, &window, weight_bp, arms);
+            state.analysis(settings, plan.min_requests, arms)
         };
         if state.step_canary.requests >= plan.min_requests as f64 {
             analysis
@@ -204,7 +213,7 @@ fn query_threshold(check: &QueryCheck) -> String {
     }
 }
 
-fn all_inconclusive(plan: &Plan, reason: &str) -> Analysis {
+pub fn all_inconclusive(plan: &Plan, reason: &str) -> Analysis {
     let n = plan.latency.len();
     let q = plan.queries.len();
     let mut a = judge(
@@ -231,6 +240,8 @@ pub struct ProxyProvider {
     /// One `/metrics` URL per proxy replica; each is diffed on its own.
     metrics_urls: Vec<String>,
     counters: Counters,
+    /// When the counters were last read (a window's length).
+    last_read: Option<std::time::Instant>,
 }
 
 impl ProxyProvider {
@@ -240,6 +251,7 @@ impl ProxyProvider {
             client: HttpClient::default(),
             metrics_urls: vec![format!("{}/metrics", admin.trim_end_matches('/'))],
             counters: Counters::new(route),
+            last_read: None,
         }
     }
 
@@ -270,12 +282,20 @@ impl ProxyProvider {
             }
             scrapes.push((url.clone(), Scrape::parse(&answer.text()).0));
         }
-        Ok(self.counters.observe(&scrapes))
+        let now = std::time::Instant::now();
+        let mut window = self.counters.observe(&scrapes);
+        window.seconds = self
+            .last_read
+            .map(|at| now.duration_since(at).as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_read = Some(now);
+        Ok(window)
     }
 
     pub async fn reset(&mut self) {
         if self.window().await.is_err() {
             self.counters.clear();
+            self.last_read = None;
         }
     }
 
@@ -352,6 +372,9 @@ pub struct PrometheusProvider {
     pub window_floor: Duration,
     /// Wall-clock end of the last judged window (or of the last reset).
     last_end: Option<f64>,
+    /// The raw counter values, per series, at `last_end`: the next window
+    /// is the difference from these.
+    last_values: Option<std::collections::HashMap<String, f64>>,
 }
 
 impl PrometheusProvider {
@@ -363,6 +386,7 @@ impl PrometheusProvider {
             namespace: None,
             window_floor: Duration::from_secs(30),
             last_end: None,
+            last_values: None,
         }
     }
 
@@ -384,6 +408,7 @@ impl PrometheusProvider {
     /// The next window starts now.
     pub fn reset(&mut self) {
         self.last_end = Some(crate::runner::wall_clock());
+        self.last_values = None;
     }
 
     /// Fills `{{route}}`, `{{namespace}}`, `{{backend}}` and `{{interval}}`.
@@ -509,42 +534,74 @@ impl PrometheusProvider {
         Ok((now, format!("{}ms", (span * 1000.0).round() as u64)))
     }
 
+    /// The raw values of this route's request and bucket counters at `at`
+    /// (Unix seconds): each series' latest sample then, with all its labels
+    /// (so every proxy replica is its own series).
+    async fn counters_at(&self, at: f64) -> Result<Vec<crate::scrape::Sample>, String> {
+        let m = self.matchers();
+        let mut samples = Vec::new();
+        for name in [
+            "sluice_requests_total",
+            "sluice_request_duration_seconds_bucket",
+        ] {
+            for (labels, value) in self.vector_at(&format!("{name}{{{m}}}"), at).await? {
+                samples.push(crate::scrape::Sample {
+                    name: name.to_string(),
+                    labels,
+                    value,
+                });
+            }
+        }
+        Ok(samples)
+    }
+
     /// The route's traffic per arm over the next window (the sequential
     /// gate's input), and the custom queries over the same window.
+    ///
+    /// The window is the difference of the raw counters at its two ends,
+    /// per series (a series that went down was reset and counts from 0; a
+    /// new one from 0), never `increase()`, which extrapolates each window
+    /// to its edges and so over- or under-counts every window by a share of
+    /// a scrape. Consecutive windows share their ends, so every request is
+    /// counted once, in the window whose end first saw it.
     pub async fn window(
         &mut self,
         plan: &Plan,
     ) -> Result<(Window, Vec<Result<f64, String>>), String> {
         let (now, w) = self.span(plan)?;
-        let m = self.matchers();
-        let requests = self
-            .vector_at(
-                &format!("sum by (backend, decision, classification) (increase(sluice_requests_total{{{m}}}[{w}]))"),
-                now,
-            )
-            .await?;
-        let buckets = self
-            .vector_at(
-                &format!("sum by (backend, decision, le) (increase(sluice_request_duration_seconds_bucket{{{m}}}[{w}]))"),
-                now,
-            )
-            .await?;
+        let start = self.last_end;
+        let before = match self.last_values.take() {
+            Some(values) => values,
+            None => match start {
+                Some(t) => self
+                    .counters_at(t)
+                    .await?
+                    .iter()
+                    .map(|s| (crate::counters::series_key(s), s.value))
+                    .collect(),
+                None => std::collections::HashMap::new(),
+            },
+        };
+        let after = self.counters_at(now).await;
+        let after = match after {
+            Ok(a) => a,
+            Err(e) => {
+                self.last_values = Some(before);
+                return Err(e);
+            }
+        };
         let mut window = Window::default();
-        for (labels, value) in requests {
-            if let Some(arm) = crate::counters::arm_of(&mut window, &labels) {
-                arm.requests += value.max(0.0);
-                if labels.get("classification").map(String::as_str) == Some("failure") {
-                    arm.failures += value.max(0.0);
-                }
+        let mut values = std::collections::HashMap::new();
+        for sample in &after {
+            let key = crate::counters::series_key(sample);
+            if start.is_some() {
+                let delta = crate::counters::counter_delta(before.get(&key).copied(), sample.value);
+                crate::counters::add_sample(&mut window, sample, delta.max(0.0));
             }
-        }
-        for (labels, value) in buckets {
-            let le = labels.get("le").and_then(|l| parse_prom_float(l));
-            if let (Some(arm), Some(le)) = (crate::counters::arm_of(&mut window, &labels), le) {
-                arm.add_bucket(le, value.max(0.0));
-            }
+            values.insert(key, sample.value);
         }
         window.finish();
+        window.seconds = start.map(|t| now - t).unwrap_or(0.0);
         let mut queries = Vec::new();
         for check in &plan.queries {
             queries.push(
@@ -553,6 +610,13 @@ impl PrometheusProvider {
             );
         }
         self.last_end = Some(now);
+        self.last_values = Some(values);
+        if start.is_none() {
+            return Err(
+                "first read of Prometheus: it sets the counters the next window is measured from"
+                    .into(),
+            );
+        }
         Ok((window, queries))
     }
 

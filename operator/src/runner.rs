@@ -272,7 +272,7 @@ impl<R: Router> Driver<R> {
             Some((s, paused)) => (Some(s), paused),
             None => (None, 0.0),
         };
-        if status.as_ref().is_some_and(|s| s.phase.analyses()) {
+        if status.as_ref().is_some_and(|s| s.phase.measures()) {
             // A resumed release measures from now, not from before the pause.
             self.provider.reset().await;
         }
@@ -300,11 +300,17 @@ impl<R: Router> Driver<R> {
             let now = wall_clock();
             let payload = self.payload(status.as_ref());
             let pending = status.as_ref().is_some_and(|s| s.unconfirmed.is_some());
-            let analysing = phase.is_some_and(Phase::analyses) && full_interval && !pending;
+            let measuring = phase.is_some_and(Phase::measures) && full_interval && !pending;
+            let analysing = measuring && phase.is_some_and(Phase::analyses);
             let mut gate = status.as_ref().and_then(|s| s.gate.clone());
-            let analysis = if analysing {
+            let analysis = if measuring {
                 let weight = status.as_ref().map(|s| s.canary_weight_bp).unwrap_or(0);
-                Some(self.provider.tick(&self.plan, &mut gate, weight).await)
+                let baseline = phase == Some(Phase::Initializing);
+                let a = self
+                    .provider
+                    .tick(&self.plan, &mut gate, weight, baseline)
+                    .await;
+                analysing.then_some(a)
             } else {
                 None
             };

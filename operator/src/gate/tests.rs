@@ -1,6 +1,13 @@
+//! The gate's promises, each on many seeded runs (the seed is in every
+//! assertion message), against simple simulated scrapes written here apart
+//! from `sluice simulate`.
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use super::evidence::{Counts, Evidence, RESTARTS_KEPT, restart_weight};
 use super::*;
 use crate::simulate::binomial;
-use sluice_loadtest::Rng;
 
 fn settings() -> GateSettings {
     GateSettings {
@@ -9,76 +16,45 @@ fn settings() -> GateSettings {
     }
 }
 
-/// One scrape's counts per arm: (n_c, e_c, n_s, e_s).
-type Scrape = (f64, f64, f64, f64);
-
-/// The reference: the mixture likelihood ratio recomputed from scratch, as a
-/// product of binomial likelihood ratios over the scrapes (binomial
-/// coefficients cancel), without logs or the incremental state.
-fn direct_mixture(scrapes: &[Scrape], null: f64, alternatives: &[f64]) -> f64 {
-    let mut total = 0.0;
-    for rho in alternatives {
-        let mut product = 1.0;
-        for &(n_c, e_c, n_s, e_s) in scrapes {
-            if n_c == 0.0 || n_s == 0.0 || e_c + e_s == 0.0 {
-                continue;
-            }
-            let t_alt = rho * n_c / (rho * n_c + n_s);
-            let t_null = null * n_c / (null * n_c + n_s);
-            let k = e_c + e_s;
-            let lik = |t: f64| t.powf(e_c) * (1.0 - t).powf(k - e_c);
-            product *= lik(t_alt) / lik(t_null);
-        }
-        total += product;
-    }
-    total / alternatives.len() as f64
-}
-
-#[test]
-fn incremental_evidence_equals_the_direct_mixture() {
-    let s = settings();
-    let mut rng = Rng::new(11);
-    for case in 0..200 {
-        let mut e = Evidence::new();
-        let mut scrapes = Vec::new();
-        for _ in 0..(1 + rng.next_u64() % 12) {
-            let n_c = (rng.next_u64() % 60) as f64;
-            let n_s = (rng.next_u64() % 300) as f64;
-            let e_c = binomial(&mut rng, n_c as u64, 0.05) as f64;
-            let e_s = binomial(&mut rng, n_s as u64, 0.03) as f64;
-            e.observe(&s, n_c, e_c, n_s, e_s);
-            scrapes.push((n_c, e_c, n_s, e_s));
-        }
-        let fail_alts: Vec<f64> = FAIL_GRID.iter().map(|m| m * s.rho0).collect();
-        let pass_alts: Vec<f64> = PASS_GRID.iter().map(|m| m * s.rho_max).collect();
-        let fail = direct_mixture(&scrapes, s.rho0, &fail_alts);
-        let pass = direct_mixture(&scrapes, s.rho_max, &pass_alts);
-        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
-        assert!(
-            close(e.fail_statistic().exp(), fail),
-            "case {case}: {} vs {fail}",
-            e.fail_statistic().exp()
-        );
-        let ratio_pass = log_mean_exp(&e.pass).exp();
-        assert!(
-            close(ratio_pass, pass),
-            "case {case}: {ratio_pass} vs {pass}"
-        );
+/// Two-second scrapes of `rps` requests at `weight`, the arms failing at
+/// `p_s` and `p_c`; failures come in clumps of `clump`.
+fn scrape(rng: &mut SmallRng, rps: f64, weight: f64, p_s: f64, p_c: f64, clump: u64) -> Counts {
+    let n = (rps * 2.0) as u64;
+    let n_c = (n as f64 * weight).round() as u64;
+    let n_s = n - n_c;
+    let draw = |rng: &mut SmallRng, n: u64, p: f64| (binomial(rng, n / clump, p) * clump) as f64;
+    Counts {
+        canary_requests: n_c as f64,
+        canary_events: draw(rng, n_c, p_c),
+        stable_requests: n_s as f64,
+        stable_events: draw(rng, n_s, p_s),
     }
 }
 
-/// Simulated scrapes of two arms failing per request at `p_s` and `p_c`,
-/// `rps` requests a second, a scrape a second, at canary weight `weight`.
-fn scrapes(rng: &mut Rng, rps: u64, weight: f64, p_s: f64, p_c: f64, count: usize) -> Vec<Scrape> {
-    (0..count)
-        .map(|_| {
-            let n_c = (rps as f64 * weight).round() as u64;
-            let n_s = rps - n_c;
+/// Feeds `scrapes` (each with its weight) to fresh evidence; the second
+/// (counted from 1) of the first scrape at which the fail side reached its
+/// threshold, if any.
+fn first_failure(t: &Tuning, scrapes: impl Iterator<Item = (u32, Counts)>) -> Option<f64> {
+    let mut e = Evidence::new();
+    for (i, (weight, c)) in scrapes.enumerate() {
+        let at = 2.0 * (i + 1) as f64;
+        e.observe(t, at, 2.0, weight, c);
+        if e.fail_statistic() >= t.fail_threshold {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// Ten minutes at 10%, 25% and 50%, 400 req/s: the steps of a release.
+fn release(rng: &mut SmallRng, p_s: f64, p_c: f64, clump: u64) -> Vec<(u32, Counts)> {
+    [1000u32, 2500, 5000]
+        .into_iter()
+        .flat_map(|w| std::iter::repeat_n(w, 100))
+        .map(|w| {
             (
-                n_c as f64,
-                binomial(rng, n_c, p_c) as f64,
-                n_s as f64,
-                binomial(rng, n_s, p_s) as f64,
+                w,
+                scrape(rng, 400.0, f64::from(w) / 10_000.0, p_s, p_c, clump),
             )
         })
         .collect()
@@ -87,382 +63,477 @@ fn scrapes(rng: &mut Rng, rps: u64, weight: f64, p_s: f64, p_c: f64, count: usiz
 #[test]
 fn an_equal_canary_fails_at_most_alpha_of_the_time_however_long_it_is_watched() {
     let s = settings();
-    let mut rng = Rng::new(21);
-    let runs = 600;
-    let mut false_alarms = 0;
-    for _ in 0..runs {
+    let t = s.tuning(s.alpha);
+    for (clump, seed) in [(1u64, 21u64), (3, 22)] {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let runs = 400;
+        let alarms = (0..runs)
+            .filter(|_| {
+                first_failure(&t, release(&mut rng, 0.01, 0.01, clump).into_iter()).is_some()
+            })
+            .count();
+        // The bound is α per check (α/2 here); allow sampling noise above it.
+        assert!(
+            alarms as f64 / runs as f64 <= s.alpha / 2.0 + 0.012,
+            "seed {seed}, clumps of {clump}: {alarms} of {runs} equal canaries were called worse"
+        );
+    }
+}
+
+#[test]
+fn clumps_are_measured_as_dispersion_and_count_as_one_failure() {
+    let t = settings().tuning(0.01);
+    for (clump, low, high) in [(1u64, 0.8, 1.35), (3, 2.2, 4.0)] {
+        let mut rng = SmallRng::seed_from_u64(7 + clump);
         let mut e = Evidence::new();
-        // Ten minutes of scrapes at changing weights, watched after each one.
-        'run: for weight in [0.1, 0.25, 0.5] {
-            for sc in scrapes(&mut rng, 400, weight, 0.01, 0.01, 200) {
-                e.observe(&s, sc.0, sc.1, sc.2, sc.3);
-                if e.fail_statistic() >= s.fail_threshold() {
-                    false_alarms += 1;
-                    break 'run;
-                }
-            }
+        for (i, (w, c)) in release(&mut rng, 0.01, 0.01, clump).into_iter().enumerate() {
+            e.observe(&t, 2.0 * (i + 1) as f64, 2.0, w, c);
+        }
+        let phi = e.phi();
+        assert!(
+            (low..high).contains(&phi),
+            "seed {}: clumps of {clump} measured as dispersion {phi}",
+            7 + clump
+        );
+    }
+}
+
+#[test]
+fn a_canary_failing_from_its_first_request_is_rolled_back_in_seconds() {
+    let t = settings().tuning(0.01);
+    let mut rng = SmallRng::seed_from_u64(31);
+    let mut times = Vec::new();
+    for _ in 0..200 {
+        let scrapes = release(&mut rng, 0.01, 0.08, 1).into_iter();
+        times.push(first_failure(&t, scrapes).expect("8% against 1% is caught"));
+    }
+    times.sort_by(f64::total_cmp);
+    // No single scrape decides (each adds at most 3/4 of the threshold):
+    // two scrapes at the earliest, and most by the second or third.
+    assert!(times[0] >= 4.0, "seed 31: {times:?}");
+    assert!(times[100] <= 6.0, "seed 31: median {}", times[100]);
+}
+
+/// A healthy stretch at 50%, then the canary at `factor` times its rate
+/// for `seconds`, then healthy again (or until the end, for a regression).
+fn excursion(rng: &mut SmallRng, factor: f64, from: usize, seconds: usize) -> Vec<(u32, Counts)> {
+    (0..300)
+        .map(|i| {
+            let during = i >= from && i < from + seconds / 2;
+            let p_c = if during { 0.01 * factor } else { 0.01 };
+            (5000, scrape(rng, 400.0, 0.5, 0.01, p_c, 1))
+        })
+        .collect()
+}
+
+#[test]
+fn an_incident_within_the_allowance_never_rolls_back_a_healthy_canary() {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(41);
+    let mut alarms = 0;
+    for _ in 0..200 {
+        // 10× for 18 s, two minutes into the step.
+        if first_failure(&t, excursion(&mut rng, 10.0, 60, 18).into_iter()).is_some() {
+            alarms += 1;
         }
     }
-    // The bound is alpha / checks per check; allow sampling noise above it.
-    let rate = f64::from(false_alarms) / f64::from(runs);
     assert!(
-        rate <= s.alpha / 2.0 + 0.01,
-        "{false_alarms} of {runs} equal canaries were called worse"
+        alarms <= 2,
+        "seed 41: {alarms} of 200 incidents rolled back"
     );
 }
 
 #[test]
-fn a_canary_rho_max_times_worse_is_shown_no_worse_at_most_beta_of_the_time() {
+fn a_regression_that_outlasts_the_allowance_is_rolled_back_soon_after() {
     let s = settings();
-    let mut rng = Rng::new(31);
-    let runs = 300;
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(43);
+    let mut times = Vec::new();
+    for _ in 0..100 {
+        // 10× from two minutes in, for good.
+        let at = first_failure(&t, excursion(&mut rng, 10.0, 60, 1000).into_iter())
+            .expect("a lasting regression is caught");
+        times.push(at - 120.0);
+    }
+    times.sort_by(f64::total_cmp);
+    let allowance = s.incident_allowance.as_secs_f64();
+    assert!(
+        times[0] > allowance,
+        "seed 43: caught within the allowance: {times:?}"
+    );
+    assert!(
+        times[50] <= allowance + 12.0,
+        "seed 43: median {}",
+        times[50]
+    );
+}
+
+#[test]
+fn a_late_regression_is_caught_as_fast_after_a_long_healthy_hold() {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(47);
+    let mut times = Vec::new();
+    for _ in 0..40 {
+        let mut e = Evidence::new();
+        // Thirty minutes healthy at 50%, then 3× worse.
+        let mut caught = None;
+        for i in 0..1200 {
+            let p_c = if i < 900 { 0.01 } else { 0.03 };
+            e.observe(
+                &t,
+                2.0 * (i + 1) as f64,
+                2.0,
+                5000,
+                scrape(&mut rng, 400.0, 0.5, 0.01, p_c, 1),
+            );
+            if e.fail_statistic() >= t.fail_threshold {
+                caught = Some(2.0 * (i + 1) as f64 - 1800.0);
+                break;
+            }
+        }
+        times.push(caught.expect("a 3× regression is caught"));
+        // Only the newest restarts are kept, whatever the hold's length.
+        assert!(e.fail.len() <= RESTARTS_KEPT + 1);
+    }
+    times.sort_by(f64::total_cmp);
+    assert!(
+        times[0] > 0.0,
+        "seed 47: a false alarm before the regression: {times:?}"
+    );
+    assert!(times[20] <= 60.0, "seed 47: median {}", times[20]);
+}
+
+#[test]
+fn promotion_needs_evidence_from_the_current_weight() {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(53);
+    let runs = 200;
     let mut proven = 0;
     for _ in 0..runs {
         let mut e = Evidence::new();
-        for sc in scrapes(&mut rng, 400, 0.5, 0.01, 0.015, 600) {
-            e.observe(&s, sc.0, sc.1, sc.2, sc.3);
-            if e.pass_statistic() >= s.pass_threshold() {
-                proven += 1;
-                break;
+        // Equal for ten minutes at 10% and 25%: plenty of pass evidence there.
+        let mut at = 0.0;
+        for w in [1000u32, 2500] {
+            for _ in 0..150 {
+                at += 2.0;
+                e.observe(
+                    &t,
+                    at,
+                    2.0,
+                    w,
+                    scrape(&mut rng, 400.0, f64::from(w) / 1e4, 0.01, 0.01, 1),
+                );
             }
         }
+        assert!(
+            e.pass_statistic() >= t.pass_threshold,
+            "seed 53: equal arms are shown no worse"
+        );
+        // Then 1.5× worse at 50% (ρ_max): the pass side starts again there.
+        let mut shown = false;
+        for _ in 0..300 {
+            at += 2.0;
+            e.observe(
+                &t,
+                at,
+                2.0,
+                5000,
+                scrape(&mut rng, 400.0, 0.5, 0.01, 0.015, 1),
+            );
+            shown |= e.pass_statistic() >= t.pass_threshold;
+        }
+        if shown {
+            proven += 1;
+        }
     }
-    let rate = f64::from(proven) / f64::from(runs);
     assert!(
-        rate <= s.beta + 0.03,
-        "{proven} of {runs} canaries 1.5x worse were shown no worse"
+        proven as f64 / runs as f64 <= s.beta,
+        "seed 53: {proven} of {runs} canaries 1.5× worse at the last weight were shown no worse"
     );
 }
 
 #[test]
-fn a_much_worse_canary_fails_within_a_few_scrapes() {
-    let s = settings();
-    let mut rng = Rng::new(41);
-    let mut worst = 0;
-    for _ in 0..200 {
-        let mut e = Evidence::new();
-        let mut taken = 0;
-        for sc in scrapes(&mut rng, 400, 0.1, 0.01, 0.08, 60) {
-            taken += 1;
-            e.observe(&s, sc.0, sc.1, sc.2, sc.3);
-            if e.fail_statistic() >= s.fail_threshold() {
-                break;
-            }
+fn restart_weights_share_half_and_decay_slowly() {
+    // The weights decay like k^-1.1: a long tail, normalised to ½ in all.
+    let total: f64 = (1..200_000).map(restart_weight).sum();
+    assert!(total < 0.5 && total > 0.3, "{total}");
+    assert!(restart_weight(2) < restart_weight(1));
+    // Hours of restarts every 30 s still weigh over 1e-5 each.
+    assert!(restart_weight(500) > 1e-5, "{}", restart_weight(500));
+}
+
+/// A window of `n` requests per arm, durations from `bucket` (per arm:
+/// the bucket bound each request lands in).
+fn window(stable: &[(f64, f64)], canary: &[(f64, f64)], seconds: f64) -> Window {
+    let arm = |buckets: &[(f64, f64)]| {
+        let mut a = Arm::default();
+        let mut total = 0.0;
+        for (le, count) in buckets {
+            total += count;
+            a.add_bucket(*le, total);
         }
-        worst = worst.max(taken);
+        a.add_bucket(f64::INFINITY, total);
+        a.requests = total;
+        a.finish();
+        a
+    };
+    Window {
+        stable: arm(stable),
+        canary: arm(canary),
+        seconds,
+        ..Window::default()
     }
-    assert!(worst <= 15, "an 8x canary took {worst} one-second scrapes");
 }
 
 #[test]
-fn a_healthy_canary_is_shown_no_worse_and_without_failures_only_by_the_floor() {
-    let s = settings();
-    let mut rng = Rng::new(51);
-    let mut e = Evidence::new();
-    let mut scrapes_needed = None;
-    for (i, sc) in scrapes(&mut rng, 400, 0.5, 0.01, 0.01, 900)
-        .into_iter()
-        .enumerate()
-    {
-        e.observe(&s, sc.0, sc.1, sc.2, sc.3);
-        if e.pass_statistic() >= s.pass_threshold() {
-            scrapes_needed = Some(i + 1);
+fn the_learnt_bound_comes_from_the_baseline_and_the_canary_gets_its_tolerance() {
+    let s = GateSettings::default();
+    let mut g = GateState::new(&s);
+    // The primary alone: 99% within 50 ms, 1% up to 70 ms.
+    for _ in 0..10 {
+        g.observe_baseline(&s, &window(&[(0.05, 990.0), (0.07, 10.0)], &[], 2.0));
+    }
+    assert_eq!(g.latency.len(), 1, "learnt during the baseline");
+    let bound = &g.latency[0];
+    assert_eq!(bound.bound, 0.05);
+    // 10% tolerance: the canary is counted at the next bound, 60 ms.
+    assert_eq!(bound.canary_bound, 0.06);
+    assert_eq!(g.baseline_seconds, 20.0);
+    assert_eq!(g.baseline.requests, 10_000.0);
+}
+
+#[test]
+fn a_canary_a_little_slower_is_no_worse_and_a_slow_one_fails() {
+    let s = GateSettings {
+        latency_bounds: vec![Duration::from_millis(50)],
+        warmup: Duration::ZERO,
+        ..GateSettings::default()
+    };
+    let run = |canary: &[(f64, f64)]| {
+        let mut g = GateState::new(&s);
+        for _ in 0..60 {
+            g.observe(
+                &s,
+                &window(&[(0.05, 396.0), (0.06, 4.0)], canary, 2.0),
+                5000,
+                Arms::Weighted,
+            );
+        }
+        let a = g.analysis(&s, 20, Arms::Weighted);
+        a.checks
+            .iter()
+            .find(|c| c.name == "latency>50ms")
+            .map(|c| c.outcome)
+    };
+    // 5% slower: its 1% now lands between 50 and 60 ms, under the tolerance.
+    assert_eq!(run(&[(0.05, 380.0), (0.06, 20.0)]), Some(Outcome::Pass));
+    // Slower past the tolerance: 10% of requests over 60 ms.
+    assert_eq!(
+        run(&[(0.05, 360.0), (0.06, 0.0), (0.07, 40.0)]),
+        Some(Outcome::Fail)
+    );
+}
+
+#[test]
+fn a_cold_canarys_latency_is_not_judged_during_its_warm_up() {
+    let s = GateSettings {
+        latency_bounds: vec![Duration::from_millis(50)],
+        warmup: Duration::from_secs(10),
+        ..GateSettings::default()
+    };
+    let mut g = GateState::new(&s);
+    let slow = [(0.05, 0.0), (0.06, 0.0), (0.2, 400.0)];
+    let fine = [(0.05, 396.0), (0.06, 4.0)];
+    // Five 2 s windows of a canary three times slower: its warm-up.
+    for _ in 0..5 {
+        g.observe(&s, &window(&fine, &slow, 2.0), 5000, Arms::Weighted);
+        let a = g.analysis(&s, 20, Arms::Weighted);
+        assert_ne!(a.verdict(), Outcome::Fail);
+    }
+    // Then equal: never fails.
+    for _ in 0..100 {
+        g.observe(&s, &window(&fine, &fine, 2.0), 5000, Arms::Weighted);
+    }
+    assert_ne!(g.analysis(&s, 20, Arms::Weighted).verdict(), Outcome::Fail);
+    // The same slowness after the warm-up, once it outlasts the incident
+    // allowance (20 s), fails.
+    let mut failed_after = None;
+    for i in 1..=20 {
+        g.observe(&s, &window(&fine, &slow, 2.0), 5000, Arms::Weighted);
+        if g.analysis(&s, 20, Arms::Weighted).verdict() == Outcome::Fail {
+            failed_after = Some(2 * i);
             break;
         }
     }
-    assert!(
-        scrapes_needed.is_some_and(|n| n <= 600),
-        "a healthy canary was not shown no worse in 600 s: {scrapes_needed:?}"
-    );
-    // Neither arm fails: no ratio information; the floor decides, and only
-    // once the canary has had enough requests to bound its rate under 0.1%.
-    let mut e = Evidence::new();
-    e.observe(&s, 1000.0, 0.0, 9000.0, 0.0);
-    assert!(
-        e.pass_statistic() < s.pass_threshold(),
-        "1,000 requests are too few"
-    );
-    for _ in 0..9 {
-        e.observe(&s, 1000.0, 0.0, 9000.0, 0.0);
-    }
-    assert!(
-        e.pass_statistic() >= s.pass_threshold(),
-        "10,000 clean requests are enough"
-    );
-    assert_eq!(e.fail_statistic(), 0.0);
+    let secs = failed_after.expect("a lasting slowdown fails");
+    assert!((22..=30).contains(&secs), "failed after {secs}s");
 }
 
 #[test]
-fn a_slowdown_of_both_arms_is_not_held_against_the_canary() {
-    let s = settings();
-    let mut state = GateState::new(&s);
-    let arm = |n: f64, slow: f64| Arm {
-        requests: n,
-        failures: 0.0,
-        buckets: vec![(0.3, n - slow), (f64::INFINITY, n)],
-    };
-    // Every request of both arms is over the bound, for two minutes.
-    for _ in 0..120 {
-        let window = Window {
-            stable: arm(360.0, 360.0),
-            canary: arm(40.0, 40.0),
-            canary_match: Arm::default(),
-            canary_mirror: Arm::default(),
-        };
-        state.observe(&s, &window, 1000);
-    }
-    let a = state.analysis(&s, 20);
-    let latency = a.checks.iter().find(|c| c.name == "latency>300ms").unwrap();
-    assert_eq!(latency.outcome, Outcome::Pass, "{}", latency.reason);
-    assert!(latency.evidence.as_ref().unwrap().proven);
-    // The canary alone being slow fails at once.
-    let mut state = GateState::new(&s);
-    let window = Window {
-        stable: arm(360.0, 4.0),
-        canary: arm(40.0, 40.0),
-        canary_match: Arm::default(),
-        canary_mirror: Arm::default(),
-    };
-    state.observe(&s, &window, 1000);
-    let a = state.analysis(&s, 20);
-    let latency = a.checks.iter().find(|c| c.name == "latency>300ms").unwrap();
-    assert_eq!(latency.outcome, Outcome::Fail);
-    assert!(latency.decisive && a.decisive_failure());
-}
-
-#[test]
-fn the_automatic_bound_is_the_bucket_bound_above_the_primarys_p99() {
+fn a_soak_holds_an_equal_version_against_the_references_upper_bound() {
     let s = GateSettings::default();
-    let mut state = GateState::new(&s);
-    // 1% of the primary's requests take 40-45 ms, the rest 10 ms.
-    let stable = Arm {
-        requests: 250.0,
-        failures: 0.0,
-        buckets: vec![(0.01, 247.0), (0.045, 250.0), (f64::INFINITY, 250.0)],
-    };
-    let window = Window {
-        stable: stable.clone(),
-        canary: Arm::default(),
-        canary_match: Arm::default(),
-        canary_mirror: Arm::default(),
-    };
-    state.observe(&s, &window, 1000);
+    let mut rng = SmallRng::seed_from_u64(61);
+    let runs = 300;
+    let mut alarms = 0;
+    let mut caught = 0;
+    for run in 0..runs {
+        let worse = run % 2 == 1;
+        let mut g = GateState::new(&s);
+        // A 60 s reference at 20 req/s (about 12 failures), then 5 minutes alone.
+        for _ in 0..30 {
+            let n = 40u64;
+            let w = Window {
+                stable: Arm {
+                    requests: n as f64,
+                    failures: binomial(&mut rng, n, 0.01) as f64,
+                    buckets: Vec::new(),
+                },
+                seconds: 2.0,
+                ..Window::default()
+            };
+            g.observe(&s, &w, 0, Arms::Mirror);
+        }
+        let p = if worse { 0.08 } else { 0.01 };
+        let mut failed = false;
+        for _ in 0..150 {
+            let n = 40u64;
+            let w = Window {
+                canary: Arm {
+                    requests: n as f64,
+                    failures: binomial(&mut rng, n, p) as f64,
+                    buckets: Vec::new(),
+                },
+                seconds: 2.0,
+                ..Window::default()
+            };
+            g.observe_soak(&s, &w, 10_000);
+            failed |= g.soak_analysis(&s, 20).verdict() == Outcome::Fail;
+        }
+        match (worse, failed) {
+            (false, true) => alarms += 1,
+            (true, true) => caught += 1,
+            _ => {}
+        }
+    }
     assert!(
-        state.latency.is_empty(),
-        "250 requests are too few to learn from"
+        alarms <= 2,
+        "seed 61: {alarms} of {} equal versions failed the soak",
+        runs / 2
     );
-    state.observe(&s, &window, 1000);
-    assert_eq!(state.latency.len(), 1);
-    assert_eq!(state.latency[0].bound, 0.045);
-    assert!(state.latency[0].learnt);
-    // A primary answering in under a millisecond gets the 10 ms floor.
-    let mut state = GateState::new(&s);
-    let fast = Arm {
-        requests: 600.0,
-        failures: 0.0,
-        buckets: vec![(0.001, 600.0), (f64::INFINITY, 600.0)],
-    };
-    let window = Window {
-        stable: fast,
-        canary: Arm::default(),
-        canary_match: Arm::default(),
-        canary_mirror: Arm::default(),
-    };
-    state.observe(&s, &window, 1000);
-    assert_eq!(state.latency[0].bound, MIN_LEARNT_BOUND);
+    assert!(
+        caught >= runs / 2 - 2,
+        "seed 61: {caught} of {} 8× worse versions caught",
+        runs / 2
+    );
 }
 
 #[test]
 fn the_evidence_survives_a_restart_through_its_json() {
     let s = settings();
-    let mut rng = Rng::new(61);
-    let mut state = GateState::new(&s);
-    for sc in scrapes(&mut rng, 400, 0.25, 0.01, 0.02, 30) {
-        let arm = |n: f64, e: f64| Arm {
-            requests: n,
-            failures: e,
-            buckets: vec![(0.3, n), (f64::INFINITY, n)],
-        };
-        let window = Window {
-            stable: arm(sc.2, sc.3),
-            canary: arm(sc.0, sc.1),
-            canary_match: Arm::default(),
-            canary_mirror: Arm::default(),
-        };
-        state.observe(&s, &window, 2500);
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(71);
+    let mut e = Evidence::new();
+    let scrapes = release(&mut rng, 0.01, 0.01, 1);
+    for (i, (w, c)) in scrapes.iter().take(150).enumerate() {
+        e.observe(&t, 2.0 * (i + 1) as f64, 2.0, *w, *c);
     }
-    let text = serde_json::to_string(&state).unwrap();
-    let back: GateState = serde_json::from_str(&text).unwrap();
-    assert_eq!(back, state);
-    assert_eq!(back.analysis(&s, 20), state.analysis(&s, 20));
+    let mut copy: Evidence = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+    for (i, (w, c)) in scrapes.iter().enumerate().skip(150) {
+        e.observe(&t, 2.0 * (i + 1) as f64, 2.0, *w, *c);
+        copy.observe(&t, 2.0 * (i + 1) as f64, 2.0, *w, *c);
+    }
+    assert_eq!(e.fail_statistic(), copy.fail_statistic());
+    assert_eq!(e.pass_statistic(), copy.pass_statistic());
+    assert_eq!(e.phi(), copy.phi());
 }
 
 #[test]
 fn settings_are_checked_and_errors_name_the_setting() {
     let name = |f: &str| format!("--{}", f.replace('_', "-"));
-    let bad = [
-        GateSettings {
-            alpha: 0.0,
-            ..GateSettings::default()
-        },
-        GateSettings {
-            beta: 0.7,
-            ..GateSettings::default()
-        },
-        GateSettings {
-            rho_max: 0.9,
-            ..GateSettings::default()
-        },
-        GateSettings {
-            failure_floor: 1.5,
-            ..GateSettings::default()
-        },
-        GateSettings {
-            latency_bounds: vec![Duration::from_millis(270)],
-            ..GateSettings::default()
-        },
-    ];
-    let flags = [
-        "--alpha",
-        "--beta",
-        "--rho-max",
-        "--failure-floor",
-        "--latency-bounds",
-    ];
-    for (s, flag) in bad.iter().zip(flags) {
-        let e = s.validate(name).unwrap_err();
-        assert!(e.starts_with(flag), "{e}");
-    }
-    assert!(GateSettings::default().validate(name).is_ok());
-}
-
-/// How many of `n` requests fall under probability `p`, drawn from `rng`
-/// (xorshift64): repeatable runs without a dependency.
-fn xorshift_count(rng: &mut u64, n: usize, p: f64) -> f64 {
-    (0..n)
-        .filter(|_| {
-            *rng ^= *rng << 13;
-            *rng ^= *rng >> 7;
-            *rng ^= *rng << 17;
-            (*rng % 1_000_000) as f64 / 1e6 < p
+    let bad = |s: GateSettings| s.validate(name).unwrap_err();
+    let ok = GateSettings::default();
+    assert!(ok.validate(name).is_ok());
+    assert!(
+        bad(GateSettings {
+            alpha: 0.7,
+            ..ok.clone()
         })
-        .count() as f64
-}
-
-/// A blue/green soak on a latency bound learnt from the primary, which
-/// answered 0.03% of its requests over 10 ms: the new version, at
-/// `slow_after` over it, 200 requests a scrape. The tick of the first
-/// decisive failure, if any, and the state.
-fn soaked_on_a_learnt_bound(
-    slow_after: f64,
-    seed: u64,
-    ticks: usize,
-) -> (GateState, Option<usize>) {
-    let s = GateSettings::default();
-    let mut state = GateState::new(&s);
-    let mut rng = seed;
-    let arm = |n: f64, slow: f64| Arm {
-        requests: n,
-        failures: 0.0,
-        buckets: vec![
-            (0.005, n - slow),
-            (0.01, n - slow),
-            (0.3, n),
-            (f64::INFINITY, n),
-        ],
-    };
-    for _ in 0..300 {
-        let window = Window {
-            stable: arm(200.0, xorshift_count(&mut rng, 200, 0.0003)),
-            ..Window::default()
-        };
-        state.observe(&s, &window, 0);
+        .starts_with("--alpha")
+    );
+    assert!(
+        bad(GateSettings {
+            beta: 0.0,
+            ..ok.clone()
+        })
+        .starts_with("--beta")
+    );
+    assert!(
+        bad(GateSettings {
+            rho_max: 0.9,
+            ..ok.clone()
+        })
+        .starts_with("--rho-max")
+    );
+    assert!(
+        bad(GateSettings {
+            failure_floor: 1.5,
+            ..ok.clone()
+        })
+        .starts_with("--failure-floor")
+    );
+    let e = bad(GateSettings {
+        latency_tolerance: 2.0,
+        ..ok.clone()
+    });
+    assert!(e.starts_with("--latency-tolerance"), "{e}");
+    for (field, s) in [
+        (
+            "--incident-allowance",
+            GateSettings {
+                incident_allowance: Duration::from_secs(3600),
+                ..ok.clone()
+            },
+        ),
+        (
+            "--warmup",
+            GateSettings {
+                warmup: Duration::from_secs(3600),
+                ..ok.clone()
+            },
+        ),
+        (
+            "--baseline",
+            GateSettings {
+                baseline: Duration::from_secs(3600),
+                ..ok.clone()
+            },
+        ),
+    ] {
+        let e = bad(s);
+        assert!(
+            e.starts_with(field) && e.contains("longer than the 10m"),
+            "{e}"
+        );
     }
-    let mut failed_at = None;
-    for tick in 0..ticks {
-        let window = Window {
-            canary: arm(200.0, xorshift_count(&mut rng, 200, slow_after)),
-            ..Window::default()
-        };
-        state.observe_soak(&s, &window, 10_000);
-        if failed_at.is_none() && state.soak_analysis(&s, 20).decisive_failure() {
-            failed_at = Some(tick);
-        }
-    }
-    (state, failed_at)
-}
-
-#[test]
-fn a_soak_on_a_learnt_bound_holds_the_new_version_to_the_primarys_p99() {
-    // The bound learnt is 10 ms, and the reference is its 1%, not the
-    // primary's 0.03%.
-    let (state, _) = soaked_on_a_learnt_bound(0.0003, 1, 1);
-    let latency = &state.soak.as_ref().unwrap().latency;
-    assert_eq!(latency.len(), 1);
-    assert_eq!((latency[0].0, latency[0].1), (0.01, LEARNT_BOUND_SHARE));
-    assert!(state.latency[0].learnt);
-    // Half a percent over the primary's p99 (a noisy node, 17 times the
-    // primary's share): 10 soaks of 150 scrapes, none rolls back.
-    let false_alarms = (0..10)
-        .filter(|seed| soaked_on_a_learnt_bound(0.005, 200 + seed, 150).1.is_some())
-        .count();
-    assert_eq!(false_alarms, 0);
-    // 5% over it, a p99 well past the primary's: caught within a few scrapes.
-    let (_, failed_at) = soaked_on_a_learnt_bound(0.05, 9, 60);
-    assert!(failed_at.is_some_and(|t| t <= 10), "{failed_at:?}");
-}
-
-/// A blue/green soak: all traffic on the new version, judged against the
-/// primary's rates from before the switch.
-fn soaked(failure_rate_after: f64, seed: u64, ticks: usize) -> (GateState, Option<usize>) {
-    let s = GateSettings {
-        latency_bounds: vec![Duration::from_millis(300)],
-        ..GateSettings::default()
-    };
-    let mut state = GateState::new(&s);
-    let mut rng = seed;
-    let mut draw = |n: usize, p: f64| xorshift_count(&mut rng, n, p);
-    let arm = |n: f64, failures: f64| Arm {
-        requests: n,
-        failures,
-        buckets: vec![(0.3, n), (f64::INFINITY, n)],
-    };
-    // Before the switch: 10 minutes of the primary at 1% failures, 100/s.
-    for _ in 0..300 {
-        let window = Window {
-            stable: arm(200.0, draw(200, 0.01)),
-            ..Window::default()
-        };
-        state.observe(&s, &window, 0);
-    }
-    let mut failed_at = None;
-    for tick in 0..ticks {
-        let window = Window {
-            canary: arm(200.0, draw(200, failure_rate_after)),
-            ..Window::default()
-        };
-        state.observe_soak(&s, &window, 10_000);
-        let a = state.soak_analysis(&s, 20);
-        if a.decisive_failure() && failed_at.is_none() {
-            failed_at = Some(tick);
-        }
-    }
-    (state, failed_at)
+    let e = bad(GateSettings {
+        latency_bounds: vec![Duration::from_millis(270)],
+        ..ok
+    });
+    assert!(
+        e.starts_with("--latency-bounds") && e.contains("250ms or 300ms"),
+        "{e}"
+    );
 }
 
 #[test]
-fn a_soak_fails_a_worse_version_within_ticks_and_rarely_an_equal_one() {
-    // Ten times the primary's failure rate: caught within a few scrapes.
-    let (_, failed_at) = soaked(0.10, 7, 30);
-    assert!(failed_at.is_some_and(|t| t <= 3), "{failed_at:?}");
-    // The same rate as the primary: 20 soaks of 5 minutes, none fails
-    // (α = 1% per check).
-    let false_alarms = (0..20)
-        .filter(|seed| soaked(0.01, 100 + seed, 150).1.is_some())
-        .count();
-    assert_eq!(false_alarms, 0);
-    // And the reference is the primary's measured rate.
-    let (state, _) = soaked(0.01, 3, 1);
-    let reference = state.soak.unwrap().reference_failure_rate;
-    assert!((reference - 0.01).abs() < 0.002, "{reference}");
+fn a_state_saved_by_the_previous_version_still_loads() {
+    // Fields added since (dispersion, restarts, holds, warm-up) default.
+    let old = r#"{"alpha":0.01,"beta":0.05,"rho0":1.0,"rho_max":1.5,"failure_floor":0.001,"latency_bounds":["300ms"]}"#;
+    let s: GateSettings = serde_json::from_str(old).unwrap();
+    assert_eq!(s.incident_allowance, Duration::from_secs(20));
+    assert_eq!(s.warmup, Duration::from_secs(10));
+    assert_eq!(s.baseline, Duration::from_secs(30));
 }

@@ -1752,18 +1752,21 @@ async fn release_tick(
     {
         p.set_targets(&targets);
     }
-    if resumed && phase.is_some_and(Phase::analyses) {
+    if resumed && phase.is_some_and(Phase::measures) {
         borrowed.get().reset().await;
         status.last_analysis_at = now;
     }
-    let analysing = phase.is_some_and(Phase::analyses)
+    let measuring = phase.is_some_and(Phase::measures)
         && !pending
         && now - status.last_analysis_at >= plan.tick_interval().as_secs_f64();
+    let analysing = measuring && phase.is_some_and(Phase::analyses);
     let mut gate = previous.as_ref().and_then(|m| m.gate.clone());
-    let analysis = if analysing {
+    let analysis = if measuring {
         status.last_analysis_at = now;
         let weight = previous.as_ref().map(|m| m.canary_weight_bp).unwrap_or(0);
-        Some(borrowed.get().tick(plan, &mut gate, weight).await)
+        let baseline = phase == Some(Phase::Initializing);
+        let a = borrowed.get().tick(plan, &mut gate, weight, baseline).await;
+        analysing.then_some(a)
     } else {
         None
     };

@@ -18,7 +18,12 @@ fn sequential_plan() -> Plan {
         interval: Duration::from_secs(10),
         max_duration: Duration::from_secs(300),
         ..Plan {
-            gate: crate::plan::Gate::Sequential(Default::default()),
+            // Most tests start at the first step at once; the baseline
+            // has tests of its own.
+            gate: crate::plan::Gate::Sequential(crate::gate::GateSettings {
+                baseline: Duration::ZERO,
+                ..Default::default()
+            }),
             ..plan()
         }
     }
@@ -52,19 +57,141 @@ fn the_sequential_gate_advances_after_the_dwell_and_promotes_only_when_proven() 
     }
     assert_eq!(weights, vec![(10.0, 2500), (20.0, 5000)]);
     assert_eq!(s.phase, Phase::Progressing);
-    assert!(s.message.contains("shown to be no worse"), "{}", s.message);
+    assert!(s.message.contains("shown no worse"), "{}", s.message);
     // Not proven: holds at the last step until the maximum duration.
     let t = drive(&p, Some(&s), &gate_tick(100.0, false));
     assert_eq!(t.status.phase, Phase::Progressing);
     let t = drive(&p, Some(&t.status), &gate_tick(102.0, true));
     assert_eq!(t.status.phase, Phase::Promoting);
-    let t = drive(&p, Some(&s), &gate_tick(300.0, false));
+    // Undecided at the maximum duration: --when-undecided rollback rolls back.
+    let rollback = Plan {
+        when_undecided: crate::plan::Undecided::Rollback,
+        ..p.clone()
+    };
+    let t = drive(&rollback, Some(&s), &gate_tick(300.0, false));
     assert_eq!(t.status.phase, Phase::Failed);
     assert!(
         t.status.message.contains("maximum release duration"),
         "{}",
         t.status.message
     );
+}
+
+#[test]
+fn an_undecided_release_waits_for_a_person_by_default() {
+    let p = sequential_plan();
+    let mut s = started(&p);
+    for now in [10.0, 20.0] {
+        s = drive(&p, Some(&s), &gate_tick(now, false)).status;
+    }
+    let t = drive(&p, Some(&s), &gate_tick(300.0, false));
+    assert_eq!(t.status.phase, Phase::WaitingPromotion);
+    assert!(t.status.undecided);
+    assert!(!t.actions.iter().any(Action::is_routing), "{:?}", t.actions);
+    assert!(
+        t.actions.iter().any(
+            |a| matches!(a, Action::Event(Level::Warning, m) if m.contains("undecided after 5m"))
+        ),
+        "{:?}",
+        t.actions
+    );
+    // It says what is missing, never that all checks passed.
+    assert!(
+        t.status.message.contains("Still missing"),
+        "{}",
+        t.status.message
+    );
+    assert!(
+        !t.status.message.contains("all checks passed"),
+        "{}",
+        t.status.message
+    );
+    // Still judged: a failure rolls back.
+    let mut fail = obs(302.0, "r1", Some(Outcome::Fail));
+    fail.analysis.as_mut().unwrap().checks[0].decisive = true;
+    let failed = drive(&p, Some(&t.status), &fail);
+    assert_eq!(failed.status.phase, Phase::Failed);
+    // Proof after all promotes on its own.
+    let proven = drive(&p, Some(&t.status), &gate_tick(302.0, true));
+    assert_eq!(proven.status.phase, Phase::Promoting);
+    // Unproven ticks hold; a person's approval promotes on the next passing tick.
+    let held = drive(&p, Some(&t.status), &gate_tick(302.0, false));
+    assert_eq!(held.status.phase, Phase::WaitingPromotion);
+    let mut approve = gate_tick(304.0, false);
+    approve.command = Some(Command::Approve);
+    let approved = drive(&p, Some(&held.status), &approve);
+    assert_eq!(approved.status.phase, Phase::Promoting);
+    assert!(
+        approved.status.message.contains("promoted by a person"),
+        "{}",
+        approved.status.message
+    );
+    // --when-undecided promote promotes at once, with a warning.
+    let promote = Plan {
+        when_undecided: crate::plan::Undecided::Promote,
+        ..p.clone()
+    };
+    let t = drive(&promote, Some(&s), &gate_tick(300.0, false));
+    assert_eq!(t.status.phase, Phase::Promoting);
+    assert!(t.actions.iter().any(
+        |a| matches!(a, Action::Event(Level::Warning, m) if m.contains("promoted undecided"))
+    ));
+}
+
+#[test]
+fn the_baseline_measures_the_primary_before_the_first_step() {
+    let p = Plan {
+        gate: crate::plan::Gate::Sequential(crate::gate::GateSettings {
+            baseline: Duration::from_secs(30),
+            ..Default::default()
+        }),
+        ..sequential_plan()
+    };
+    let t = drive(&p, None, &obs(0.0, "r1", None));
+    let mut s = t.status;
+    // Ready at once, but the primary is measured first, on scrape ticks.
+    for now in [2.0, 14.0, 28.0] {
+        let t = drive(&p, Some(&s), &obs(now, "r1", None));
+        assert_eq!(t.status.phase, Phase::Initializing, "at {now}");
+        assert_eq!(t.next, NextTick::Interval);
+        assert!(
+            t.status.message.contains("measuring the primary"),
+            "{}",
+            t.status.message
+        );
+        s = t.status;
+    }
+    // With a measured baseline the forecast is said as an Event.
+    s.gate = Some(crate::gate::GateState {
+        baseline: crate::counters::Arm {
+            requests: 12_000.0,
+            failures: 120.0,
+            buckets: Vec::new(),
+        },
+        baseline_seconds: 30.0,
+        ..crate::gate::GateState::default()
+    });
+    let t = drive(&p, Some(&s), &obs(30.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Initialized);
+    let event = t
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Event(Level::Normal, m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("a forecast event");
+    assert!(
+        event.contains("400.0 req/s") && event.contains("1.00% failures"),
+        "{event}"
+    );
+    assert!(
+        event.contains("expected to be promoted in about"),
+        "{event}"
+    );
+    let t = drive(&p, Some(&t.status), &obs(30.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Progressing);
+    assert_eq!(t.actions, vec![Action::SetWeight(1000)]);
 }
 
 #[test]
@@ -481,6 +608,11 @@ fn properties_hold_against_an_independent_model() {
             } else {
                 Vec::new()
             },
+            when_undecided: match rng() % 3 {
+                0 => crate::plan::Undecided::Hold,
+                1 => crate::plan::Undecided::Promote,
+                _ => crate::plan::Undecided::Rollback,
+            },
             ..Plan::default()
         };
         let mut status: Option<Status> = None;
@@ -570,10 +702,25 @@ fn properties_hold_against_an_independent_model() {
                                 verdict_passed,
                                 "case {case} tick {tick}: promoted without a passing analysis"
                             );
-                            assert_ne!(
-                                o.analysis.as_ref().and_then(|a| a.promotable),
-                                Some(false),
+                            // Unproven evidence promotes only on a person's
+                            // word, once the release is undecided.
+                            let undecided = status.as_ref().is_some_and(|s| s.undecided);
+                            let by_policy = t.status.message.contains("promoted undecided")
+                                && p.when_undecided == crate::plan::Undecided::Promote;
+                            assert!(
+                                undecided
+                                    || by_policy
+                                    || o.analysis.as_ref().and_then(|a| a.promotable)
+                                        != Some(false),
                                 "case {case} tick {tick}: promoted on evidence that does not allow it"
+                            );
+                            assert!(
+                                !undecided
+                                    || model.approved
+                                    || by_policy
+                                    || o.analysis.as_ref().and_then(|a| a.promotable)
+                                        != Some(false),
+                                "case {case} tick {tick}: an undecided release promoted without approval or proof"
                             );
                             assert_eq!(
                                 model.router_weight,

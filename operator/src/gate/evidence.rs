@@ -1,0 +1,757 @@
+//! The evidence about one kind of bad event (failures, or requests slower
+//! than a latency bound): the canary against the primary, scrape by scrape.
+//!
+//! Every scrape gives, per arm, the requests `n` and the bad events `e`
+//! since the last one. Given `k = e_c + e_s`, the canary's share is
+//! `Binomial(k, θ(ρ))` with `θ(ρ) = ρ·n_c / (ρ·n_c + n_s)` when events in
+//! each arm are Poisson and the canary's rate per request is `ρ` times the
+//! primary's. The scrape's log-likelihood ratio of an alternative `ρ_a`
+//! against a null `ρ_n` is `ℓ = e_c·ln(θ_a/θ_n) + e_s·ln((1−θ_a)/(1−θ_n))`.
+//! Whatever both arms share (an upstream incident, a traffic spike) cancels.
+//!
+//! Real traffic is not Poisson, so the ratios are used with four rules,
+//! each of which keeps the evidence an e-process (see the proof below):
+//!
+//! 1. **Dispersion.** Each `ℓ` is divided by `φ ≥ 1`, the over-dispersion
+//!    of the event counts: how much more they vary from scrape to scrape
+//!    than the binomial model says. `φ` is estimated from the data before
+//!    the scrape (never from the scrape itself): the primary's own counts
+//!    in consecutive bins of [`BIN_EVENTS`] events (a Pearson statistic of
+//!    each pair, which has mean 1 for Poisson counts at any level and any
+//!    slow drift), and the canary-against-primary split in consecutive
+//!    bins at one weight (a 2×2 Pearson statistic: an A/A comparison of the
+//!    two arms over time, mean 1 when the split does not vary). The mean
+//!    of all pair statistics, shrunk toward 1 by [`DISPERSION_PRIOR_PAIRS`]
+//!    pseudo-pairs, floored at 1. Failures that come in clumps of `c` give
+//!    `φ ≈ c`, so a clump counts as one failure.
+//! 2. **The fail side** is an e-detector: a mixture over [`FAIL_GRID`]
+//!    (`ρ₀` times 1.25 … 30) restarted at the canary's first request
+//!    (weight ½), at every weight change and every [`RESTART_EVERY`]
+//!    (the k-th restart weighs `∝ (k+1)^-1.1`, together ½), so a canary that turns bad
+//!    after a long healthy hold is caught as fast as one bad from the start
+//!    would be. The newest [`RESTARTS_KEPT`] restarts and the first are
+//!    kept. A scrape's `ℓ` is capped at [`SCRAPE_CAP`] of the component's
+//!    threshold, so no single scrape rolls back on its own. The check fails
+//!    when `Σ w_r M_r ≥ m/α`.
+//! 3. **Incidents.** A scrape in which the canary's share is significantly
+//!    above [`JUMP`] times its own recent level (the *reference*: its
+//!    ratio to the primary over the last [`REFERENCE_SPAN`], leaving out
+//!    the newest [`REFERENCE_LAG`]) starts a *hold*: its positive evidence
+//!    is set aside, not added. The hold goes on while the canary stays
+//!    significantly above the reference (one quiet scrape is forgiven once
+//!    the hold has three). If it lasts longer than the incident allowance
+//!    (`--incident-allowance`, plus one scrape for the partial scrapes at
+//!    its ends), the set-aside evidence is added back: it was a
+//!    regression, not an incident. If it ends sooner, it is dropped: an
+//!    excursion of one arm shorter than the allowance (a node going bad,
+//!    a dependency's hiccup, a GC storm) never rolls back a release that
+//!    was healthy before it. The first scrape has no reference, so a
+//!    canary that fails from its first request is judged at once.
+//! 4. **The pass side** ("the canary is not `ρ_max` times worse") uses only
+//!    the scrapes at the current weight, so a canary worse only at the
+//!    final weight is not promoted on evidence from earlier steps. It is a
+//!    mixture over [`PASS_GRID`] (most weight on "as good as the primary"),
+//!    averaged with the absolute floor's mixture (the canary's own rate
+//!    under `--failure-floor`); the check is shown no worse when the average
+//!    reaches `1/β`. Scrapes in which the *primary* jumps (its incident makes
+//!    the canary look good) add no positive pass evidence.
+//!
+//! **Why the promises hold.** Each scrape multiplies every alternative's
+//! running product by a factor `X = exp(ℓ/φ)`. Under the null (the canary
+//! no worse than `ρ₀`), `E[exp(ℓ)] ≤ 1` given the past (the binomial
+//! likelihood ratio; for Bernoulli requests the hypergeometric share is
+//! smaller in convex order, Hoeffding 1963), and `φ ≥ 1` fixed before the
+//! scrape gives `E[X] ≤ E[exp(ℓ)]^{1/φ} ≤ 1` (Jensen). When counts are
+//! over-dispersed by `φ_true ≤ φ` in the quasi-binomial sense (clumps of
+//! `φ_true` events), `exp(ℓ/φ_true)` is the likelihood ratio of the clump
+//! counts, so `E[X] ≤ 1` again. Every other rule only replaces a factor
+//! by a smaller one (a cap, `min(X, 1)` during a hold) or gives the
+//! set-aside factors back (which restores the uncapped product): the
+//! evidence is never above the plain product, which is a nonnegative
+//! supermartingale. The restarted components, weighted by `w_r` with
+//! `Σ w_r ≤ 1`, form an e-detector: `Σ w_r M_r` plus the weight of the
+//! restarts still to come is a supermartingale starting at most at 1, so
+//! by Ville's inequality it ever reaches `m/α` with probability at most
+//! `α/m`. The pass side is the mirror image against `ρ ≥ ρ_max`. What the
+//! bounds assume is stated in the README: the dispersion estimate is not
+//! below the truth, and excursions longer than the allowance are real.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Fail-side alternatives, as multiples of `ρ₀`.
+pub const FAIL_GRID: [f64; 7] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+/// Pass-side alternatives as multiples of `ρ_max`, with their prior
+/// weights: most on "as good as the primary" (`ρ_max · 0.67 = 1` at the
+/// default `ρ_max` of 1.5), where a healthy canary is.
+pub const PASS_GRID: [(f64, f64); 3] = [(0.67, 0.6), (0.8, 0.2), (0.5, 0.2)];
+/// Absolute-floor alternatives, as multiples of the floor.
+pub const FLOOR_GRID: [f64; 5] = [0.5, 0.25, 0.1, 0.05, 0.01];
+/// Seconds between restarts of the fail side.
+pub const RESTART_EVERY: f64 = 30.0;
+/// Restarted components kept besides the first.
+pub const RESTARTS_KEPT: usize = 6;
+/// A jump of the canary's share to this many times its reference starts
+/// a hold.
+pub const JUMP: f64 = 1.5;
+/// How significant a jump (and its continuation) must be.
+pub const JUMP_P: f64 = 0.05;
+/// Seconds of kept scrapes the reference is taken from…
+pub const REFERENCE_SPAN: f64 = 120.0;
+/// …leaving out the newest this many (unless there is nothing older), so
+/// an incident's own first scrapes never become its reference.
+pub const REFERENCE_LAG: f64 = 12.0;
+/// Pseudo-events that pull a short reference toward "as the primary".
+pub const REFERENCE_PRIOR_EVENTS: f64 = 10.0;
+/// Events per bin of the dispersion estimate.
+pub const BIN_EVENTS: f64 = 10.0;
+/// Pseudo-pairs at `φ = 1` in the dispersion estimate.
+pub const DISPERSION_PRIOR_PAIRS: f64 = 4.0;
+/// No scrape adds more than this share of a fail threshold.
+pub const SCRAPE_CAP: f64 = 0.75;
+
+/// One scrape's counts of one kind of bad event, per arm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub canary_requests: f64,
+    pub canary_events: f64,
+    pub stable_requests: f64,
+    pub stable_events: f64,
+}
+
+impl Counts {
+    fn sane(self) -> Self {
+        let canary_requests = self.canary_requests.max(0.0);
+        let stable_requests = self.stable_requests.max(0.0);
+        Self {
+            canary_requests,
+            canary_events: self.canary_events.clamp(0.0, canary_requests),
+            stable_requests,
+            stable_events: self.stable_events.clamp(0.0, stable_requests),
+        }
+    }
+
+    fn events(&self) -> f64 {
+        self.canary_events + self.stable_events
+    }
+
+    /// `θ(ρ)`: the canary's expected share of this scrape's events.
+    fn theta(&self, rho: f64) -> f64 {
+        rho * self.canary_requests / (rho * self.canary_requests + self.stable_requests)
+    }
+
+    /// The log-likelihood ratio of `rho_alt` against `rho_null`.
+    fn log_ratio(&self, rho_alt: f64, rho_null: f64) -> f64 {
+        let (ta, tn) = (self.theta(rho_alt), self.theta(rho_null));
+        xlogy(self.canary_events, ta / tn) + xlogy(self.stable_events, (1.0 - ta) / (1.0 - tn))
+    }
+}
+
+/// What the evidence needs from the settings of a release.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tuning {
+    /// `ln(m/α)`: the fail side's threshold on `ln Σ w_r M_r`.
+    pub fail_threshold: f64,
+    /// `ln(1/β)`: the pass side's threshold.
+    pub pass_threshold: f64,
+    pub rho0: f64,
+    pub rho_max: f64,
+    pub failure_floor: f64,
+    /// Seconds of an excursion of one arm that never roll back on their own.
+    pub incident_allowance: f64,
+}
+
+/// `a·ln(x)` with `0·ln(0) = 0`.
+fn xlogy(a: f64, x: f64) -> f64 {
+    if a == 0.0 { 0.0 } else { a * x.ln() }
+}
+
+/// `ln Σ exp(x_i)`.
+pub(crate) fn log_sum_exp(xs: impl IntoIterator<Item = f64>) -> f64 {
+    let xs: Vec<f64> = xs.into_iter().collect();
+    let max = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + xs.iter().map(|x| (x - max).exp()).sum::<f64>().ln()
+}
+
+// === impl Component ===
+
+/// One mixture of likelihood-ratio products, started at some scrape.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Component {
+    /// Its weight in the e-detector (1 on the pass side).
+    pub weight: f64,
+    /// Log running product per alternative.
+    pub sums: Vec<f64>,
+    /// Positive evidence set aside during a hold, per alternative.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<f64>,
+    /// When it started (seconds on the gate's clock).
+    pub since: f64,
+}
+
+impl Component {
+    fn new(alternatives: usize, weight: f64, since: f64) -> Self {
+        Self {
+            weight,
+            sums: vec![0.0; alternatives],
+            held: Vec::new(),
+            since,
+        }
+    }
+
+    /// `ln Σ_j π_j exp(sums_j)`.
+    fn value(&self, log_prior: impl Fn(usize) -> f64) -> f64 {
+        log_sum_exp(self.sums.iter().enumerate().map(|(j, s)| s + log_prior(j)))
+    }
+
+    /// Adds one scrape's ratios, each at most `cap`; during a hold only
+    /// the negative part is added and the positive part is set aside.
+    fn add(&mut self, ratios: &[f64], cap: f64, hold: bool) {
+        if self.held.len() != self.sums.len() {
+            self.held = vec![0.0; self.sums.len()];
+        }
+        for ((sum, held), r) in self.sums.iter_mut().zip(&mut self.held).zip(ratios) {
+            let r = r.min(cap);
+            if hold {
+                *sum += r.min(0.0);
+                *held += r.max(0.0);
+            } else {
+                *sum += r;
+            }
+        }
+    }
+
+    /// The hold was a regression: the set-aside evidence counts.
+    fn give_back(&mut self) {
+        for (sum, held) in self.sums.iter_mut().zip(&mut self.held) {
+            *sum += *held;
+            *held = 0.0;
+        }
+    }
+
+    /// The hold was an incident: the set-aside evidence is dropped.
+    fn forget_held(&mut self) {
+        self.held.iter_mut().for_each(|h| *h = 0.0);
+    }
+}
+
+// === impl Dispersion ===
+
+/// The running estimate of `φ` (see the module docs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dispersion {
+    /// Sum of the pair statistics, and how many pairs.
+    pub sum: f64,
+    pub pairs: f64,
+    /// The open bin of (canary events, primary events) at `bin_weight_bp`,
+    /// and the last closed one.
+    pub bin: [f64; 2],
+    pub last_bin: Option<[f64; 2]>,
+    pub bin_weight_bp: u32,
+    /// The open bin of the primary's (events, requests), and the last one.
+    pub primary_bin: [f64; 2],
+    pub last_primary_bin: Option<[f64; 2]>,
+}
+
+/// The Pearson statistic of a 2×2 table (None with an empty margin).
+fn pearson_2x2(a: [f64; 2], b: [f64; 2]) -> Option<f64> {
+    let n = a[0] + a[1] + b[0] + b[1];
+    let margins = [a[0] + a[1], b[0] + b[1], a[0] + b[0], a[1] + b[1]];
+    if margins.iter().any(|m| *m <= 0.0) {
+        return None;
+    }
+    let d = a[0] * b[1] - a[1] * b[0];
+    Some(d * d * n / margins.iter().product::<f64>())
+}
+
+impl Dispersion {
+    /// `φ`: at least 1.
+    pub fn phi(&self) -> f64 {
+        ((self.sum + DISPERSION_PRIOR_PAIRS) / (self.pairs + DISPERSION_PRIOR_PAIRS)).max(1.0)
+    }
+
+    fn add_pair(&mut self, statistic: f64) {
+        if statistic.is_finite() {
+            self.sum += statistic;
+            self.pairs += 1.0;
+        }
+    }
+
+    /// The primary's events and requests of one scrape.
+    fn observe_primary(&mut self, events: f64, requests: f64) {
+        self.primary_bin[0] += events;
+        self.primary_bin[1] += requests;
+        if self.primary_bin[0] < BIN_EVENTS {
+            return;
+        }
+        if let Some(last) = self.last_primary_bin {
+            // Given both bins' events, the first's share is binomial in
+            // its share of the requests when the rate did not change.
+            let k = last[0] + self.primary_bin[0];
+            let q = last[1] / (last[1] + self.primary_bin[1]);
+            if q > 0.0 && q < 1.0 {
+                self.add_pair((last[0] - k * q).powi(2) / (k * q * (1.0 - q)));
+            }
+        }
+        self.last_primary_bin = Some(self.primary_bin);
+        self.primary_bin = [0.0; 2];
+    }
+
+    /// The split of one scrape's events between the arms, at `weight_bp`.
+    fn observe_split(&mut self, canary_events: f64, stable_events: f64, weight_bp: u32) {
+        if weight_bp != self.bin_weight_bp {
+            self.bin = [0.0; 2];
+            self.last_bin = None;
+            self.bin_weight_bp = weight_bp;
+        }
+        self.bin[0] += canary_events;
+        self.bin[1] += stable_events;
+        if self.bin[0] + self.bin[1] < BIN_EVENTS {
+            return;
+        }
+        if let Some(last) = self.last_bin
+            && let Some(x2) = pearson_2x2(last, self.bin)
+        {
+            self.add_pair(x2);
+        }
+        self.last_bin = Some(self.bin);
+        self.bin = [0.0; 2];
+    }
+}
+
+// === impl Hold ===
+
+/// A scrape kept for the reference: (end time, counts).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    pub at: f64,
+    pub counts: Counts,
+}
+
+/// A jump of the canary being held as a possible incident.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// When the first held scrape began.
+    pub since: f64,
+    /// Scrapes significantly above the reference so far.
+    pub elevated: u32,
+    /// Quiet scrapes in a row.
+    pub quiet: u32,
+    /// Lasted longer than the allowance: a regression, judged in full.
+    pub confirmed: bool,
+    /// Its scrapes, which join the reference if it is confirmed.
+    pub scrapes: Vec<Kept>,
+}
+
+// === impl Evidence ===
+
+/// The evidence about one kind of bad event over a release.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Totals of the judged scrapes (reports and the plan statement).
+    pub canary_requests: f64,
+    pub canary_events: f64,
+    pub stable_requests: f64,
+    pub stable_events: f64,
+    pub dispersion: Dispersion,
+    /// The fail side's components, the first one (if still kept) from the
+    /// canary's first request.
+    pub fail: Vec<Component>,
+    pub restarts: u32,
+    pub last_restart: f64,
+    /// When the canary's first judged scrape began.
+    pub canary_since: Option<f64>,
+    /// The weight the pass side's evidence is for.
+    pub pass_weight_bp: u32,
+    pub pass: Component,
+    pub floor: Component,
+    pub reference: VecDeque<Kept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// Holds that ended as incidents (their evidence dropped).
+    #[serde(default)]
+    pub incidents: u32,
+    /// The previous scrape's weight, to see a change.
+    pub weight_bp: u32,
+    /// The previous scrape, if it was above the reference (not
+    /// significantly) and counted in full: a hold that starts next takes
+    /// it in, as an incident's partial first scrape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<(Kept, Vec<f64>)>,
+}
+
+/// The exponent of the restarts' weights: the k-th weighs `∝ (k+1)^-1.1`,
+/// so a restart hours into a hold still starts with a usable share.
+const RESTART_DECAY: f64 = 1.1;
+
+/// `Σ_{k≥1} (k+1)^-RESTART_DECAY`, so the restarts' weights add up to ½.
+fn restart_norm() -> f64 {
+    // ζ(1.1) − 1, by the Euler–Maclaurin tail after 10⁴ terms.
+    let n = 10_000u32;
+    let head: f64 = (2..=n).map(|k| f64::from(k).powf(-RESTART_DECAY)).sum();
+    let n = f64::from(n);
+    head + n.powf(1.0 - RESTART_DECAY) / (RESTART_DECAY - 1.0) - 0.5 * n.powf(-RESTART_DECAY)
+}
+
+/// The weight of the `k`-th restart (k ≥ 1): the restarts share ½.
+pub fn restart_weight(k: u32) -> f64 {
+    thread_local! {
+        static NORM: f64 = restart_norm();
+    }
+    0.5 * (f64::from(k) + 1.0).powf(-RESTART_DECAY) / NORM.with(|n| *n)
+}
+
+fn fail_log_prior(_: usize) -> f64 {
+    -(FAIL_GRID.len() as f64).ln()
+}
+
+fn pass_log_prior(j: usize) -> f64 {
+    PASS_GRID[j].1.ln()
+}
+
+fn floor_log_prior(_: usize) -> f64 {
+    -(FLOOR_GRID.len() as f64).ln()
+}
+
+/// `P(X ≥ x)` for `X ~ Binomial(n, p)`, continuous in `n` and `x` (used
+/// with counts divided by `φ`).
+fn binomial_upper_tail(n: f64, x: f64, p: f64) -> f64 {
+    if x <= 0.0 {
+        return 1.0;
+    }
+    if x > n {
+        return 0.0;
+    }
+    crate::gate::special::regularized_beta(x, n - x + 1.0, p)
+}
+
+impl Evidence {
+    pub fn new() -> Self {
+        Self {
+            pass: Component::new(PASS_GRID.len(), 1.0, 0.0),
+            floor: Component::new(FLOOR_GRID.len(), 1.0, 0.0),
+            ..Self::default()
+        }
+    }
+
+    /// `φ`, the over-dispersion the evidence is tempered by.
+    pub fn phi(&self) -> f64 {
+        self.dispersion.phi()
+    }
+
+    /// A scrape of the primary alone (before the canary gets traffic):
+    /// it teaches the dispersion.
+    pub fn observe_primary(&mut self, requests: f64, events: f64) {
+        if requests > 0.0 {
+            self.dispersion
+                .observe_primary(events.clamp(0.0, requests), requests);
+        }
+    }
+
+    /// Adds one scrape that ends at `at` (seconds on the gate's clock) and
+    /// lasted `seconds`, taken while the canary weight was `weight_bp`.
+    pub fn observe(&mut self, t: &Tuning, at: f64, seconds: f64, weight_bp: u32, c: Counts) {
+        let c = c.sane();
+        let seconds = seconds.max(1e-3);
+        let began = at - seconds;
+        // φ is fixed before this scrape is seen.
+        let phi = self.phi();
+        if c.canary_requests <= 0.0 && self.canary_since.is_none() {
+            self.dispersion
+                .observe_primary(c.stable_events, c.stable_requests);
+            return;
+        }
+        self.canary_requests += c.canary_requests;
+        self.canary_events += c.canary_events;
+        self.stable_requests += c.stable_requests;
+        self.stable_events += c.stable_events;
+        if self.canary_since.is_none() {
+            self.canary_since = Some(began);
+            self.fail = vec![Component::new(FAIL_GRID.len(), 0.5, began)];
+            self.last_restart = began;
+            self.weight_bp = weight_bp;
+            self.pass_weight_bp = weight_bp;
+        } else if weight_bp != self.weight_bp {
+            self.restart(began);
+            self.weight_bp = weight_bp;
+        } else if began - self.last_restart >= RESTART_EVERY - 1e-9 {
+            self.restart(began);
+        }
+        if weight_bp != self.pass_weight_bp {
+            self.pass = Component::new(PASS_GRID.len(), 1.0, began);
+            self.floor = Component::new(FLOOR_GRID.len(), 1.0, began);
+            self.pass_weight_bp = weight_bp;
+        }
+        let two_arms = c.canary_requests > 0.0 && c.stable_requests > 0.0 && c.events() > 0.0;
+        let ratios = |null: f64, alternatives: &mut dyn Iterator<Item = f64>| -> Vec<f64> {
+            alternatives
+                .map(|alt| {
+                    if two_arms {
+                        c.log_ratio(alt, null) / phi
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let fail = ratios(t.rho0, &mut FAIL_GRID.iter().map(|m| m * t.rho0));
+        let mut pass = ratios(t.rho_max, &mut PASS_GRID.iter().map(|m| m.0 * t.rho_max));
+        let floor: Vec<f64> = FLOOR_GRID
+            .iter()
+            .map(|m| {
+                if c.canary_requests > 0.0 {
+                    let (f, p) = (t.failure_floor, t.failure_floor * m);
+                    (xlogy(c.canary_events, p / f)
+                        + xlogy(c.canary_requests - c.canary_events, (1.0 - p) / (1.0 - f)))
+                        / phi
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (up, down, above) = if two_arms {
+            self.jumps(t, &c, began, phi)
+        } else {
+            (false, false, false)
+        };
+        let previous = self.above.take();
+        let starts = up && self.hold.is_none();
+        let hold = self.track_hold(t, up, down, Kept { at, counts: c }, seconds);
+        if starts && let Some((kept, ratios)) = previous {
+            self.take_into_hold(t, kept, &ratios);
+        }
+        if !hold && above && self.hold.is_none() {
+            self.above = Some((Kept { at, counts: c }, fail.clone()));
+        }
+        for comp in &mut self.fail {
+            let threshold = t.fail_threshold - comp.weight.ln();
+            comp.add(&fail, SCRAPE_CAP * threshold, hold);
+        }
+        if down {
+            pass.iter_mut().for_each(|r| *r = r.min(0.0));
+        }
+        self.pass.add(&pass, f64::INFINITY, false);
+        self.floor.add(&floor, f64::INFINITY, false);
+        self.dispersion
+            .observe_primary(c.stable_events, c.stable_requests);
+        self.dispersion
+            .observe_split(c.canary_events, c.stable_events, weight_bp);
+        while self
+            .reference
+            .front()
+            .is_some_and(|k| at - k.at > REFERENCE_SPAN)
+        {
+            self.reference.pop_front();
+        }
+    }
+
+    /// A new fail-side component, and the oldest restarted one dropped.
+    fn restart(&mut self, began: f64) {
+        self.restarts += 1;
+        self.fail.push(Component::new(
+            FAIL_GRID.len(),
+            restart_weight(self.restarts),
+            began,
+        ));
+        self.last_restart = began;
+        let first_kept = self.fail.first().is_some_and(|c| c.weight == 0.5);
+        let restarted = self.fail.len() - usize::from(first_kept);
+        if restarted > RESTARTS_KEPT {
+            self.fail.remove(usize::from(first_kept));
+        }
+    }
+
+    /// The canary's ratio to the primary over the kept recent scrapes,
+    /// pulled toward 1 by a few pseudo-events (None before any).
+    pub fn reference_ratio(&self, now: f64) -> Option<f64> {
+        let sum = |lag: f64| {
+            self.reference
+                .iter()
+                .filter(|k| now - k.at >= lag)
+                .fold(Counts::default(), |acc, k| Counts {
+                    canary_requests: acc.canary_requests + k.counts.canary_requests,
+                    canary_events: acc.canary_events + k.counts.canary_events,
+                    stable_requests: acc.stable_requests + k.counts.stable_requests,
+                    stable_events: acc.stable_events + k.counts.stable_events,
+                })
+        };
+        let mut s = sum(REFERENCE_LAG);
+        if s.events() < 1.0 || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
+            // A young reference: its older half, so the newest scrapes
+            // (perhaps an incident's start) are never all of it.
+            let keep = self.reference.len().div_ceil(2);
+            s = self
+                .reference
+                .iter()
+                .take(keep)
+                .fold(Counts::default(), |acc, k| Counts {
+                    canary_requests: acc.canary_requests + k.counts.canary_requests,
+                    canary_events: acc.canary_events + k.counts.canary_events,
+                    stable_requests: acc.stable_requests + k.counts.stable_requests,
+                    stable_events: acc.stable_events + k.counts.stable_events,
+                });
+        }
+        if self.reference.is_empty() || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
+            return None;
+        }
+        let share = s.canary_requests / (s.canary_requests + s.stable_requests);
+        let canary = (s.canary_events + REFERENCE_PRIOR_EVENTS * share) / s.canary_requests;
+        let stable = (s.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / s.stable_requests;
+        Some(canary / stable)
+    }
+
+    /// Puts a scrape already counted (the one before a hold began, above
+    /// the reference) into the hold: its positive evidence is set aside and
+    /// it leaves the reference.
+    fn take_into_hold(&mut self, t: &Tuning, kept: Kept, ratios: &[f64]) {
+        for comp in &mut self.fail {
+            if comp.since < kept.at - 1e-9 {
+                let cap = SCRAPE_CAP * (t.fail_threshold - comp.weight.ln());
+                if comp.held.len() != comp.sums.len() {
+                    comp.held = vec![0.0; comp.sums.len()];
+                }
+                for ((sum, held), r) in comp.sums.iter_mut().zip(&mut comp.held).zip(ratios) {
+                    let positive = r.min(cap).max(0.0);
+                    *sum -= positive;
+                    *held += positive;
+                }
+            }
+        }
+        if self.reference.back().is_some_and(|k| k.at == kept.at) {
+            self.reference.pop_back();
+        }
+        if let Some(hold) = self.hold.as_mut() {
+            // The previous scrape lasted about as long as this one.
+            let length = hold
+                .scrapes
+                .first()
+                .map(|k| k.at - hold.since)
+                .unwrap_or(0.0);
+            hold.since -= length;
+            hold.scrapes.insert(0, kept);
+        }
+    }
+
+    /// Whether the canary's share jumped up (or the primary's up, `down`)
+    /// against the reference in this scrape, and whether it is above the
+    /// reference at all.
+    fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> (bool, bool, bool) {
+        let Some(r) = self.reference_ratio(began) else {
+            return (false, false, false);
+        };
+        let (k, ec, es) = (
+            c.events() / phi,
+            c.canary_events / phi,
+            c.stable_events / phi,
+        );
+        let (high, low) = (r.max(t.rho0), r.min(t.rho0));
+        let up = if self.hold.is_some() {
+            binomial_upper_tail(k, ec, c.theta(high)) < JUMP_P
+        } else {
+            c.canary_events >= 2.0 && binomial_upper_tail(k, ec, c.theta(JUMP * high)) < JUMP_P
+        };
+        let down = c.stable_events >= 2.0
+            && binomial_upper_tail(k, es, 1.0 - c.theta(low / JUMP)) < JUMP_P;
+        let above = c.canary_events > k * phi * c.theta(high) && c.canary_events >= 1.0;
+        (up, down, above)
+    }
+
+    /// Moves the hold on by one scrape; whether the scrape is held.
+    fn track_hold(&mut self, t: &Tuning, up: bool, down: bool, kept: Kept, seconds: f64) -> bool {
+        // An incident of the allowance covers at most this many scrapes
+        // (its first and last may be partial), and one more may be above
+        // the reference by chance.
+        let most = (t.incident_allowance / seconds).ceil() as u32 + 2;
+        let Some(hold) = self.hold.as_mut() else {
+            if up {
+                self.hold = Some(Hold {
+                    since: kept.at - seconds,
+                    elevated: 1,
+                    quiet: 0,
+                    confirmed: false,
+                    scrapes: vec![kept],
+                });
+                return true;
+            }
+            if !down {
+                self.reference.push_back(kept);
+            }
+            return false;
+        };
+        if up {
+            hold.elevated += 1;
+            hold.quiet = 0;
+        } else {
+            hold.quiet += 1;
+        }
+        let ended = hold.quiet >= 2 || (hold.quiet == 1 && hold.elevated < 3);
+        if ended {
+            let was_confirmed = hold.confirmed;
+            self.hold = None;
+            for comp in &mut self.fail {
+                comp.forget_held();
+            }
+            if !was_confirmed {
+                self.incidents += 1;
+            }
+            if !down {
+                self.reference.push_back(kept);
+            }
+            return false;
+        }
+        if hold.confirmed {
+            self.reference.push_back(kept);
+            return false;
+        }
+        if hold.elevated > most {
+            hold.confirmed = true;
+            let scrapes = std::mem::take(&mut hold.scrapes);
+            self.reference.extend(scrapes);
+            self.reference.push_back(kept);
+            for comp in &mut self.fail {
+                comp.give_back();
+            }
+            return false;
+        }
+        hold.scrapes.push(kept);
+        true
+    }
+
+    /// `ln Σ w_r M_r`: the fail side's statistic (the check fails at
+    /// [`Tuning::fail_threshold`]).
+    pub fn fail_statistic(&self) -> f64 {
+        log_sum_exp(
+            self.fail
+                .iter()
+                .map(|c| c.value(fail_log_prior) + c.weight.ln()),
+        )
+    }
+
+    /// `ln((E_ratio + E_floor) / 2)`: the pass side's statistic.
+    pub fn pass_statistic(&self) -> f64 {
+        log_sum_exp([
+            self.pass.value(pass_log_prior),
+            self.floor.value(floor_log_prior),
+        ]) - std::f64::consts::LN_2
+    }
+
+    /// The canary's events per request over the primary's (None without data).
+    pub fn observed_ratio(&self) -> Option<f64> {
+        let c = self.canary_events / self.canary_requests;
+        let s = self.stable_events / self.stable_requests;
+        (self.canary_requests > 0.0 && self.stable_requests > 0.0 && s > 0.0).then(|| c / s)
+    }
+
+    /// Seconds the current hold has lasted, if one is going on and not
+    /// yet confirmed.
+    pub fn holding_for(&self, now: f64) -> Option<f64> {
+        self.hold
+            .as_ref()
+            .filter(|h| !h.confirmed)
+            .map(|h| now - h.since)
+    }
+}
