@@ -58,26 +58,57 @@ struct SimulateArgs {
     /// The canary's failure rate.
     #[arg(long, default_value = "1%")]
     canary_errors: String,
-    /// Durations of both arms' requests, uniform in this range.
-    #[arg(long, default_value = "10ms..50ms")]
+    /// Both arms' durations: a lognormal `MEDIAN~SIGMA` (e.g. `20ms~0.5`),
+    /// or a fixed duration (`20ms`).
+    #[arg(long, default_value = "20ms~0.5")]
     durations: String,
-    /// Delay the canary adds to every request, e.g. `+400ms`.
+    /// Delay the canary adds to every request, e.g. `+50ms`.
     #[arg(long, default_value = "+0ms")]
     canary_delay: String,
-    /// Both arms slowed by this much from this long after the first canary request, e.g. `300ms@20s`.
+    /// The canary's durations as a multiple of the primary's, e.g. `1.05`.
+    #[arg(long, default_value = "1")]
+    canary_slower: String,
+    /// Both arms' failure counts vary from scrape to scrape with this many
+    /// times the binomial variance (1: none).
+    #[arg(long, default_value = "1")]
+    dispersion: String,
+    /// Both arms' failures come in clumps of this many requests.
+    #[arg(long, default_value_t = 1)]
+    clump: u32,
+    /// Replay this traffic instead of the flags above: a JSON-lines file, or a
+    /// directory of *.jsonl files (run r uses the r-th, cycling).
     #[arg(long)]
-    slowdown: Option<String>,
+    trace: Option<PathBuf>,
+    /// Where the gate reads: `proxy` (its counters every scrape) or `prometheus`.
+    #[arg(long, value_enum, default_value = "proxy")]
+    provider: SimProviderArg,
+    /// With --provider prometheus: how often Prometheus scrapes the proxy.
+    #[arg(long, default_value = "15s")]
+    prometheus_scrape: String,
+    /// With --provider prometheus: the shortest window judged.
+    #[arg(long, default_value = "30s")]
+    prometheus_window: String,
+    /// How long a run may go on (default: the maximum duration plus a minute);
+    /// a release still running then counts as held.
+    #[arg(long)]
+    horizon: Option<String>,
     /// Releases to simulate.
     #[arg(long, default_value_t = 1000)]
     runs: u32,
     /// Seed: the same seed gives the same runs.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object (every run's outcome and the summary) instead of a table.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     plan: PlanArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SimProviderArg {
+    Proxy,
+    Prometheus,
 }
 
 #[derive(clap::Args)]
@@ -112,6 +143,16 @@ struct KubeArgs {
 enum ProxyConfigCheck {
     Pods,
     Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UndecidedArg {
+    /// Wait for a person (`sluice promote` / `sluice abort`).
+    Hold,
+    /// Promote, with a warning.
+    Promote,
+    /// Roll back for lack of evidence.
+    Rollback,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -166,9 +207,28 @@ struct PlanArgs {
     /// default: the bound just above the primary's p99, learnt at the start.
     #[arg(long)]
     latency_bound: Option<String>,
-    /// Sequential gate: roll back when not shown to be no worse than the primary within this long.
+    /// Sequential gate: how long a release may take to show the canary no worse
+    /// (then --when-undecided applies).
     #[arg(long, default_value = "30m")]
     max_duration: String,
+    /// Sequential gate: what happens when nothing is decided within --max-duration.
+    #[arg(long, value_enum, default_value = "hold")]
+    when_undecided: UndecidedArg,
+    /// Sequential gate: an excursion of one arm shorter than this (an incident)
+    /// never rolls back a release that was healthy before it.
+    #[arg(long, default_value = "20s")]
+    incident_allowance: String,
+    /// Sequential gate: the canary's first seconds of traffic, when its latency
+    /// is not judged (cold caches, JIT).
+    #[arg(long, default_value = "10s")]
+    warmup: String,
+    /// Sequential gate: how much slower than the primary the canary may be and
+    /// still be no worse, e.g. 10%.
+    #[arg(long, default_value = "10%")]
+    latency_tolerance: String,
+    /// Sequential gate: how long the primary is measured before the first step.
+    #[arg(long, default_value = "30s")]
+    baseline: String,
     /// Failed ticks (of threshold checks and ceilings) before rollback.
     #[arg(long, default_value_t = 3)]
     failure_limit: u32,
@@ -286,6 +346,13 @@ impl PlanArgs {
                 settings.latency_bounds =
                     plan::parse_bounds(bounds).map_err(|e| flag("latency-bound", e))?;
             }
+            settings.incident_allowance = duration("incident-allowance", &self.incident_allowance)?;
+            settings.warmup = duration("warmup", &self.warmup)?;
+            settings.baseline = duration("baseline", &self.baseline)?;
+            settings.latency_tolerance =
+                plan::parse_percent(self.latency_tolerance.trim().trim_end_matches('%'))
+                    .map_err(|e| flag("latency-tolerance", e))?
+                    / 100.0;
             settings.validate(|field| format!("--{}", field.replace('_', "-")))?;
         }
         let sequential = matches!(gate, plan::Gate::Sequential(_));
@@ -345,6 +412,11 @@ impl PlanArgs {
             webhooks,
             strategy,
             traffic,
+            when_undecided: match self.when_undecided {
+                UndecidedArg::Hold => plan::Undecided::Hold,
+                UndecidedArg::Promote => plan::Undecided::Promote,
+                UndecidedArg::Rollback => plan::Undecided::Rollback,
+            },
         };
         plan.apply_strategy(|name| format!("--{name}"))?;
         Ok(plan)
@@ -732,60 +804,97 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 fn run_simulate(args: SimulateArgs) -> ExitCode {
-    use sluice_operator::simulate::{ArmProfile, Scenario, Slowdown, simulate};
+    use sluice_operator::simulate::{ArmTraffic, Scenario, Segment, SimProvider, Trace, simulate};
     let flag = |name: &str, e: String| format!("--{name}: {e}");
     let parsed = (|| -> Result<Scenario, String> {
         let plan = args.plan.plan()?;
         let rps = plan::parse_number(&args.rps)
             .ok()
-            .filter(|r| *r > 0.0)
-            .ok_or_else(|| flag("rps", format!("`{}` is not a positive rate", args.rps)))?;
-        let latency = match sluice_loadtest::Latency::parse(&args.durations) {
-            Ok(sluice_loadtest::Latency::Uniform(lo, hi)) => (lo, hi),
-            Ok(sluice_loadtest::Latency::Fixed(d)) => (d, d),
-            Ok(sluice_loadtest::Latency::None) => (Duration::ZERO, Duration::ZERO),
-            Err(e) => return Err(flag("durations", e)),
-        };
+            .filter(|r| *r >= 0.0)
+            .ok_or_else(|| flag("rps", format!("`{}` is not a rate of 0 or more", args.rps)))?;
+        let (median_ms, sigma) =
+            parse_durations(&args.durations).map_err(|e| flag("durations", e))?;
         let delay = sluice_proxy::config::parse_duration(args.canary_delay.trim_start_matches('+'))
             .map_err(|e| flag("canary-delay", e))?;
-        let slowdown = match &args.slowdown {
-            None => None,
-            Some(text) => {
-                let (extra, at) = text.split_once('@').ok_or_else(|| {
-                    flag(
-                        "slowdown",
-                        format!("`{text}` is not EXTRA@WHEN, e.g. 300ms@20s"),
-                    )
-                })?;
-                let d = |t: &str| {
-                    sluice_proxy::config::parse_duration(t.trim_start_matches('+'))
-                        .map_err(|e| flag("slowdown", e))
-                };
-                Some(Slowdown {
-                    extra: d(extra)?,
-                    at: d(at)?,
-                })
-            }
-        };
+        let slower = plan::parse_number(&args.canary_slower)
+            .ok()
+            .filter(|v| *v > 0.0)
+            .ok_or_else(|| {
+                flag(
+                    "canary-slower",
+                    format!("`{}` is not a positive factor", args.canary_slower),
+                )
+            })?;
+        let dispersion = plan::parse_number(&args.dispersion)
+            .ok()
+            .filter(|v| *v >= 1.0)
+            .ok_or_else(|| {
+                flag(
+                    "dispersion",
+                    format!(
+                        "`{}` is not a variance multiple of at least 1",
+                        args.dispersion
+                    ),
+                )
+            })?;
+        if args.clump == 0 {
+            return Err("--clump: must be at least 1".into());
+        }
         if args.runs == 0 {
             return Err("--runs: must be at least 1".into());
         }
-        Ok(Scenario {
+        let primary = ArmTraffic {
+            fail: parse_rate(&args.primary_errors).map_err(|e| flag("primary-errors", e))?,
+            clump: args.clump,
+            median_ms,
+            sigma,
+            add_ms: 0.0,
+            dispersion,
+        };
+        let canary = ArmTraffic {
+            fail: parse_rate(&args.canary_errors).map_err(|e| flag("canary-errors", e))?,
+            median_ms: median_ms * slower,
+            add_ms: delay.as_secs_f64() * 1000.0,
+            ..primary
+        };
+        let first = Segment {
+            t: 0.0,
             rps,
+            primary,
+            canary,
+        };
+        let traces = match &args.trace {
+            Some(path) => Trace::load(path, first).map_err(|e| flag("trace", e))?,
+            None => vec![Trace::constant(first)],
+        };
+        let duration = |name: &str, text: &str| {
+            sluice_proxy::config::parse_duration(text).map_err(|e| flag(name, e))
+        };
+        let provider = match args.provider {
+            SimProviderArg::Proxy => SimProvider::Proxy,
+            SimProviderArg::Prometheus => {
+                let scrape = duration("prometheus-scrape", &args.prometheus_scrape)?;
+                let window = duration("prometheus-window", &args.prometheus_window)?;
+                if scrape < Duration::from_secs(1) {
+                    return Err("--prometheus-scrape: must be at least 1s".into());
+                }
+                SimProvider::Prometheus {
+                    scrape_secs: scrape.as_secs_f64(),
+                    window_secs: window.as_secs_f64(),
+                }
+            }
+        };
+        let horizon = match &args.horizon {
+            Some(h) => duration("horizon", h)?,
+            None => plan.max_duration + Duration::from_secs(60),
+        };
+        Ok(Scenario {
             plan,
-            primary: ArmProfile {
-                errors: parse_rate(&args.primary_errors).map_err(|e| flag("primary-errors", e))?,
-                latency,
-                extra: Duration::ZERO,
-            },
-            canary: ArmProfile {
-                errors: parse_rate(&args.canary_errors).map_err(|e| flag("canary-errors", e))?,
-                latency,
-                extra: delay,
-            },
-            slowdown,
+            traces,
+            provider,
             runs: args.runs,
             seed: args.seed,
+            horizon,
         })
     })();
     let scenario = match parsed {
@@ -793,31 +902,43 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
         Err(e) => return usage(e),
     };
     let started = std::time::Instant::now();
-    let (summary, _) = simulate(&scenario);
+    let (summary, runs) = simulate(&scenario);
     if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "rps": scenario.rps,
                 "steps": args.plan.steps.as_deref().unwrap_or("10,20,30,40,50"),
                 "gate": args.plan.gate,
-                "primary_errors": scenario.primary.errors,
-                "canary_errors": scenario.canary.errors,
-                "canary_delay_secs": scenario.canary.extra.as_secs_f64(),
-                "slowdown": args.slowdown,
+                "provider": scenario.provider,
+                "traces": scenario.traces.iter().map(|t| t.source.clone()).collect::<Vec<_>>(),
                 "seed": scenario.seed,
                 "summary": summary,
                 "rollback_rate": summary.rollback_rate(),
+                "runs": runs,
                 "seconds": started.elapsed().as_secs_f64(),
             })
         );
     } else {
-        println!(
-            "{}",
-            sluice_operator::view::simulation_table(&scenario, &summary)
-        );
+        println!("{}", sluice_operator::simulate::table(&scenario, &summary));
     }
     ExitCode::SUCCESS
+}
+
+/// `20ms~0.5` (a lognormal's median and sigma) or `20ms` (fixed).
+fn parse_durations(text: &str) -> Result<(f64, f64), String> {
+    let (median, sigma) = match text.split_once('~') {
+        Some((m, s)) => (m, plan::parse_number(s)?),
+        None => (text, 0.0),
+    };
+    if !(0.0..=5.0).contains(&sigma) {
+        return Err(format!("`{text}`: sigma {sigma} is not in 0..=5"));
+    }
+    let median = sluice_proxy::config::parse_duration(median.trim())
+        .map_err(|e| format!("`{text}`: {e}"))?;
+    if median.is_zero() {
+        return Err(format!("`{text}`: the median must be above 0"));
+    }
+    Ok((median.as_secs_f64() * 1000.0, sigma))
 }
 
 async fn run_kube(args: KubeArgs) -> ExitCode {

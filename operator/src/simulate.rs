@@ -1,87 +1,91 @@
 //! `sluice simulate`: the exact gate and state machine of a release, on
 //! simulated traffic, many times over, so a user can see before a release
-//! how long it takes at their traffic and what it can catch.
+//! how long it takes at their traffic and what it can catch, on traffic
+//! they describe ([`trace`]).
 //!
 //! Each run drives [`crate::machine::step`] with a router that always
-//! works. Every tick (a scrape for the sequential gate, an interval for the
-//! threshold gate) the proxy's traffic is drawn: `rps × tick` requests,
-//! split between the arms exactly as the proxy splits them (the counter
-//! starts again at each weight change), each arm's failures drawn from a
-//! binomial at its error rate, and its durations from a uniform range plus
-//! its added delay (and a slowdown of both arms from some moment, when
-//! given) into the proxy's own histogram buckets. The resulting
-//! [`Window`]s go through the same code the proxy provider's windows do.
-//! The same `seed` gives the same runs.
+//! works, on a clock that advances by the scrape interval. Whenever the
+//! machine measures (the baseline, then every analysis tick), the proxy's
+//! traffic of that interval is drawn from the trace: `rps × seconds`
+//! requests (carrying the fraction over), split between the arms exactly as
+//! the proxy splits them (the counter starts again at each weight change),
+//! each arm's failures drawn per request (in clumps, with the scrape-to-
+//! scrape dispersion of the trace) and its durations from a lognormal plus
+//! a fixed delay, into the proxy's own histogram buckets. Blue/green
+//! mirrors the primary's requests to the new version, then switches all
+//! traffic to it. The resulting [`Window`]s go through the same code as
+//! the proxy provider's windows, or, with the Prometheus provider, through
+//! Prometheus-like sampling of the cumulative counters: a sample every
+//! `--prometheus-scrape` (at a random phase per run), each window the
+//! difference of the samples at its two ends.
+//!
+//! Runs are independent: run `r`'s random state is seeded from a hash of
+//! `(seed, r)`, and the same seed gives the same runs.
+
+pub mod trace;
 
 use std::time::Duration;
 
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Binomial, Distribution, Gamma};
 use serde::Serialize;
-use sluice_loadtest::Rng;
 use sluice_proxy::config::WEIGHT_SCALE_BP;
 use sluice_proxy::metrics::duration_bounds_secs;
 
 use crate::analysis::Analysis;
 use crate::counters::{Arm, Window};
-use crate::gate::GateState;
+use crate::gate::{Arms, GateState};
 use crate::machine::{self, Action, Observation, Phase, Status};
-use crate::plan::{Gate, Plan};
+use crate::plan::{Gate, Plan, Strategy};
+pub use trace::{ArmTraffic, Segment, Trace};
 
-/// How one arm behaves.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ArmProfile {
-    /// Fraction of requests that fail.
-    pub errors: f64,
-    /// Durations are uniform in this range...
-    pub latency: (Duration, Duration),
-    /// ...plus this delay.
-    pub extra: Duration,
-}
-
-impl Default for ArmProfile {
-    fn default() -> Self {
-        Self {
-            errors: 0.0,
-            latency: (Duration::from_millis(10), Duration::from_millis(50)),
-            extra: Duration::ZERO,
-        }
-    }
-}
-
-/// Both arms get slower by `extra` from `at` on (a platform-wide slowdown).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Slowdown {
-    pub at: Duration,
-    pub extra: Duration,
+/// Where the gate reads its windows.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SimProvider {
+    /// The proxy's counters, read every scrape interval.
+    Proxy,
+    /// Prometheus samples every `scrape_secs`; windows of at least `window_secs`.
+    Prometheus { scrape_secs: f64, window_secs: f64 },
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scenario {
-    pub rps: f64,
     pub plan: Plan,
-    pub primary: ArmProfile,
-    pub canary: ArmProfile,
-    pub slowdown: Option<Slowdown>,
+    /// Run `r` uses trace `r % len`.
+    pub traces: Vec<Trace>,
+    pub provider: SimProvider,
     pub runs: u32,
     pub seed: u64,
+    /// How long a run may go on; one still undecided then ends `held`.
+    pub horizon: Duration,
 }
 
 /// How one simulated release ended.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunResult {
+    pub run: u64,
     pub outcome: Outcome,
-    /// Seconds from the first canary request to the decision.
+    /// Seconds from the first canary request to the end.
     pub seconds: f64,
-    pub message: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Promoted,
+    /// Promoted at the maximum duration without proof (`--when-undecided promote`).
+    PromotedUndecided,
     /// Rolled back on evidence (a failed check).
     RolledBack,
     /// Rolled back for lack of evidence (a deadline or the maximum duration).
     RolledBackUndecided,
+    /// Waiting for a person at the horizon (undecided, or a manual approval).
+    Held,
+    /// An experiment ran its time.
+    Concluded,
 }
 
 /// Seconds-to-decision percentiles of a set of runs.
@@ -113,11 +117,13 @@ impl Times {
 pub struct Summary {
     pub runs: u32,
     pub promoted: u32,
+    pub promoted_undecided: u32,
+    /// On evidence and for lack of it.
     pub rolled_back: u32,
     pub rolled_back_on_evidence: u32,
     pub rolled_back_undecided: u32,
-    /// Whether the canary is worse than the primary in this scenario.
-    pub canary_worse: bool,
+    pub held: u32,
+    pub concluded: u32,
     pub time_to_promotion: Option<Times>,
     pub time_to_rollback: Option<Times>,
 }
@@ -128,64 +134,79 @@ impl Summary {
     }
 }
 
+/// The seed of run `run`: SplitMix64's finalizer over both, so runs of one
+/// seed start from unrelated states (nearby seeds do not share streams).
+pub fn run_seed(seed: u64, run: u64) -> u64 {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    mix(mix(seed.wrapping_add(0x9E37_79B9_7F4A_7C15)) ^ run.wrapping_mul(0xD1B5_4A32_D192_ED03))
+}
+
 // === sampling ===
 
-/// A draw from Binomial(n, p): inversion for small means, a normal
-/// approximation (rounded and clamped) above 30 successes expected.
-pub fn binomial(rng: &mut Rng, n: u64, p: f64) -> u64 {
+/// A draw from Binomial(n, p).
+pub fn binomial(rng: &mut SmallRng, n: u64, p: f64) -> u64 {
     if n == 0 || p <= 0.0 {
         return 0;
     }
     if p >= 1.0 {
         return n;
     }
-    if p > 0.5 {
-        return n - binomial(rng, n, 1.0 - p);
-    }
-    let mean = n as f64 * p;
-    if mean > 30.0 {
-        // Box-Muller.
-        let (u1, u2) = (rng.next_f64().max(1e-300), rng.next_f64());
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        let x = (mean + z * (mean * (1.0 - p)).sqrt()).round();
-        return x.clamp(0.0, n as f64) as u64;
-    }
-    let u = rng.next_f64();
-    let q = p / (1.0 - p);
-    let mut pmf = (1.0 - p).powf(n as f64);
-    let mut cdf = pmf;
-    let mut k = 0u64;
-    while u > cdf && k < n {
-        pmf *= q * (n - k) as f64 / (k + 1) as f64;
-        k += 1;
-        cdf += pmf;
-        if pmf < 1e-18 && cdf > 0.999_999 {
-            break;
-        }
-    }
-    k
+    Binomial::new(n, p).map(|b| b.sample(rng)).unwrap_or(0)
 }
 
-/// One arm's window: `n` requests drawn from `profile` (plus `slow` delay).
-fn draw_arm(rng: &mut Rng, n: u64, profile: &ArmProfile, slow: Duration) -> Arm {
-    let failures = binomial(rng, n, profile.errors);
-    let (lo, hi) = profile.latency;
-    let shift = (profile.extra + slow).as_secs_f64();
-    let (lo, hi) = (lo.as_secs_f64() + shift, hi.as_secs_f64() + shift);
-    let cdf = |x: f64| {
-        if hi <= lo {
-            if x >= lo { 1.0 } else { 0.0 }
-        } else {
-            ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+/// The standard normal CDF (Abramowitz–Stegun 7.1.26 through erf; about
+/// 1e-7 absolute), enough to spread durations over buckets.
+fn normal_cdf(x: f64) -> f64 {
+    let z = x.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-z * z).exp();
+    if x >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
+/// `P(duration ≤ x seconds)` for an arm.
+fn duration_cdf(a: &ArmTraffic, x: f64) -> f64 {
+    let y = x * 1000.0 - a.add_ms;
+    if y <= 0.0 {
+        return 0.0;
+    }
+    if a.sigma <= 0.0 {
+        return if y >= a.median_ms { 1.0 } else { 0.0 };
+    }
+    normal_cdf((y / a.median_ms).ln() / a.sigma)
+}
+
+/// One arm's window: `n` requests drawn from `a`.
+fn draw_arm(rng: &mut SmallRng, n: u64, a: &ArmTraffic) -> Arm {
+    let mut p = a.fail;
+    if a.dispersion > 1.0 && n > 0 && p > 0.0 {
+        // The rate varies from window to window: a gamma multiplier whose
+        // variance makes the count's variance `dispersion` × binomial.
+        let mean = n as f64 * p;
+        let shape = mean / (a.dispersion - 1.0);
+        if let Ok(g) = Gamma::new(shape, 1.0 / shape) {
+            p = (p * g.sample(rng)).min(1.0);
         }
-    };
-    // Multinomial over the buckets, one conditional binomial at a time.
+    }
+    let clump = u64::from(a.clump.max(1));
+    let failures = (binomial(rng, n / clump, p) * clump + binomial(rng, n % clump, p)).min(n);
     let mut buckets = Vec::new();
-    let (mut left, mut below_prob, mut cumulative) = (n, 0.0, 0u64);
+    let (mut left, mut below, mut cumulative) = (n, 0.0, 0u64);
     for bound in duration_bounds_secs() {
-        let p = cdf(bound);
-        let in_bucket = p - below_prob;
-        let rest = 1.0 - below_prob;
+        let p = duration_cdf(a, bound);
+        let in_bucket = p - below;
+        let rest = 1.0 - below;
         let k = if left == 0 || in_bucket <= 0.0 {
             0
         } else if rest <= in_bucket {
@@ -195,7 +216,7 @@ fn draw_arm(rng: &mut Rng, n: u64, profile: &ArmProfile, slow: Duration) -> Arm 
         };
         left -= k;
         cumulative += k;
-        below_prob = p;
+        below = p;
         buckets.push((bound, cumulative as f64));
     }
     buckets.push((f64::INFINITY, n as f64));
@@ -205,8 +226,6 @@ fn draw_arm(rng: &mut Rng, n: u64, profile: &ArmProfile, slow: Duration) -> Arm 
         buckets,
     }
 }
-
-// === runs ===
 
 /// Exact split of `n` more requests at `weight_bp`, `counted` being the
 /// requests since the weight was set: the canary's share.
@@ -218,20 +237,187 @@ fn canary_share(counted: u64, n: u64, weight_bp: u32) -> u64 {
     (after - before) as u64
 }
 
+// === runs ===
+
+/// The route's traffic as a run draws it.
+struct Traffic<'a> {
+    trace: &'a Trace,
+    rng: SmallRng,
+    carry: f64,
+    split_counted: u64,
+    split_weight: u32,
+    mirror_percent: f64,
+    mirror_carry: f64,
+}
+
+impl Traffic<'_> {
+    /// The window of `seconds` starting at trace time `t`, at `weight_bp`
+    /// (split at the trace's changes within it).
+    fn draw(&mut self, t: f64, seconds: f64, weight_bp: u32, blue_green: bool) -> Window {
+        if weight_bp != self.split_weight {
+            self.split_weight = weight_bp;
+            self.split_counted = 0;
+        }
+        let mut window = Window {
+            seconds,
+            ..Window::default()
+        };
+        let (mut from, end) = (t, t + seconds);
+        while from < end - 1e-9 {
+            let to = self.trace.next_change(from).unwrap_or(end).min(end);
+            let seg = *self.trace.at(from);
+            let exact = seg.rps * (to - from) + self.carry;
+            let n = exact.floor() as u64;
+            self.carry = exact - n as f64;
+            let n_canary = canary_share(self.split_counted, n, weight_bp);
+            self.split_counted += n;
+            let stable = draw_arm(&mut self.rng, n - n_canary, &seg.primary);
+            let canary = draw_arm(&mut self.rng, n_canary, &seg.canary);
+            window.stable.add(&stable);
+            window.canary.add(&canary);
+            if blue_green && weight_bp == 0 && self.mirror_percent > 0.0 {
+                let exact = (n - n_canary) as f64 * self.mirror_percent / 100.0 + self.mirror_carry;
+                let copies = exact.floor() as u64;
+                self.mirror_carry = exact - copies as f64;
+                let mirror = draw_arm(&mut self.rng, copies, &seg.canary);
+                window.canary_mirror.add(&mirror);
+            }
+            from = to;
+        }
+        window
+    }
+}
+
+/// Subtracts cumulative arms (Prometheus samples) `before` from `after`.
+fn difference(after: &Window, before: &Window) -> Window {
+    let arm = |a: &Arm, b: &Arm| {
+        let mut out = Arm {
+            requests: a.requests - b.requests,
+            failures: a.failures - b.failures,
+            buckets: a.buckets.clone(),
+        };
+        for (le, count) in &mut out.buckets {
+            let old = b
+                .buckets
+                .iter()
+                .find(|(x, _)| x.to_bits() == le.to_bits())
+                .map(|x| x.1)
+                .unwrap_or(0.0);
+            *count -= old;
+        }
+        out
+    };
+    Window {
+        stable: arm(&after.stable, &before.stable),
+        canary: arm(&after.canary, &before.canary),
+        canary_match: arm(&after.canary_match, &before.canary_match),
+        canary_mirror: arm(&after.canary_mirror, &before.canary_mirror),
+        seconds: 0.0,
+    }
+}
+
+/// Prometheus as the simulated gate sees it: cumulative counters, sampled
+/// every `scrape` seconds from `phase`.
+struct Sampled {
+    scrape: f64,
+    floor: f64,
+    phase: f64,
+    cumulative: Window,
+    samples: Vec<(f64, Window)>,
+    last_end: Option<f64>,
+}
+
+impl Sampled {
+    /// Adds traffic that ended at `now`, sampling at every sample time passed.
+    fn add(&mut self, window: &Window, began: f64, now: f64) {
+        let before = ((began - self.phase) / self.scrape).floor();
+        let after = ((now - self.phase) / self.scrape).floor();
+        for arm in [
+            (&mut self.cumulative.stable, &window.stable),
+            (&mut self.cumulative.canary, &window.canary),
+            (&mut self.cumulative.canary_mirror, &window.canary_mirror),
+        ] {
+            arm.0.add(arm.1);
+        }
+        if after > before {
+            self.samples.push((now, self.cumulative.clone()));
+            if self.samples.len() > 64 {
+                self.samples.remove(0);
+            }
+        }
+    }
+
+    fn latest(&self, at: f64) -> Window {
+        self.samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at + 1e-9)
+            .map(|(_, w)| w.clone())
+            .unwrap_or_default()
+    }
+
+    /// The window since the last judged one, once it spans the floor.
+    fn window(&mut self, now: f64) -> Option<Window> {
+        let start = *self.last_end.get_or_insert(now);
+        if now - start + 1e-9 < self.floor {
+            return None;
+        }
+        let mut w = difference(&self.latest(now), &self.latest(start));
+        w.finish();
+        w.seconds = now - start;
+        self.last_end = Some(now);
+        Some(w)
+    }
+}
+
 /// One release, start to decision.
 pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
-    let mut rng = Rng::new(sc.seed ^ run.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let plan = &sc.plan;
+    let trace = &sc.traces[(run % sc.traces.len() as u64) as usize];
+    let mut rng = SmallRng::seed_from_u64(run_seed(sc.seed, run));
+    let phase_offset = rng.random::<f64>();
+    let mut traffic = Traffic {
+        trace,
+        rng,
+        carry: 0.0,
+        split_counted: 0,
+        split_weight: 0,
+        mirror_percent: plan
+            .traffic
+            .mirror
+            .as_ref()
+            .map(|m| m.percent)
+            .unwrap_or(0.0),
+        mirror_carry: 0.0,
+    };
+    let blue_green = matches!(plan.strategy, Strategy::BlueGreen { .. });
+    let mut sampled = match sc.provider {
+        SimProvider::Proxy => None,
+        SimProvider::Prometheus {
+            scrape_secs,
+            window_secs,
+        } => Some(Sampled {
+            scrape: scrape_secs,
+            floor: window_secs,
+            phase: phase_offset * scrape_secs,
+            cumulative: Window::default(),
+            samples: Vec::new(),
+            last_end: None,
+        }),
+    };
     let dt = plan.tick_interval().as_secs_f64();
-    let limit = plan.max_duration.as_secs_f64() + plan.progress_deadline.as_secs_f64() + 600.0;
+    let limit = sc.horizon.as_secs_f64() + plan.baseline().as_secs_f64();
     let mut now = 0.0;
     let mut status: Option<Status> = None;
     let mut first_canary_at: Option<f64> = None;
-    let mut split_counted = 0u64;
-    let mut split_weight = 0u32;
-    let mut carry = 0.0;
     let mut gate: Option<GateState> = None;
     let mut analysis: Option<Analysis> = None;
+    let end = |outcome, now: f64, first: Option<f64>, reason: String| RunResult {
+        run,
+        outcome,
+        seconds: now - first.unwrap_or(now),
+        reason,
+    };
     loop {
         let obs = Observation {
             now,
@@ -245,85 +431,124 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
         if !t.actions.contains(&Action::Initialize) {
             t.status.gate = gate.clone();
         }
+        let weight_changed = t.actions.iter().any(|a| matches!(a, Action::SetWeight(_)));
         let s = t.status;
-        if s.phase.is_terminal() || s.phase == Phase::Promoting {
-            let seconds = now - first_canary_at.unwrap_or(now);
-            let outcome = if s.phase == Phase::Failed {
-                if s.message.contains("deadline") || s.message.contains("maximum release duration")
+        match s.phase {
+            Phase::Promoting | Phase::Succeeded => {
+                let outcome = if s.message.contains("promoted undecided") {
+                    Outcome::PromotedUndecided
+                } else {
+                    Outcome::Promoted
+                };
+                return end(outcome, now, first_canary_at, s.message);
+            }
+            Phase::Failed => {
+                let outcome = if s.message.contains("deadline")
+                    || s.message.contains("maximum release duration")
                 {
                     Outcome::RolledBackUndecided
                 } else {
                     Outcome::RolledBack
-                }
-            } else {
-                Outcome::Promoted
-            };
-            return RunResult {
-                outcome,
-                seconds,
-                message: s.message,
-            };
+                };
+                return end(outcome, now, first_canary_at, s.message);
+            }
+            Phase::Concluded => return end(Outcome::Concluded, now, first_canary_at, s.message),
+            _ => {}
         }
         if now > limit {
-            return RunResult {
-                outcome: Outcome::RolledBackUndecided,
-                seconds: now - first_canary_at.unwrap_or(now),
-                message: "the simulation's time limit".into(),
-            };
+            return end(Outcome::Held, now, first_canary_at, s.message);
         }
-        let analyses = s.phase.analyses();
+        let measures = s.phase.measures();
+        let baseline = s.phase == Phase::Initializing;
         let weight = s.canary_weight_bp;
         status = Some(s);
-        if !analyses {
-            // Initializing and Initialized move on at once in a simulation.
+        if !measures {
+            // Initialized moves on at once in a simulation.
             continue;
         }
-        if weight != split_weight {
-            split_weight = weight;
-            split_counted = 0;
+        if weight_changed && let Some(p) = sampled.as_mut() {
+            // The provider starts a new window at a weight change.
+            p.last_end = Some(now);
         }
-        if first_canary_at.is_none() && weight > 0 {
+        if first_canary_at.is_none() && !baseline && weight > 0 {
             first_canary_at = Some(now);
         }
-        // One tick of traffic.
-        let exact = sc.rps * dt + carry;
-        let n = exact.floor() as u64;
-        carry = exact - n as f64;
-        let n_canary = canary_share(split_counted, n, weight);
-        split_counted += n;
-        let slow = sc
-            .slowdown
-            .filter(|s| first_canary_at.is_some_and(|f| now - f >= s.at.as_secs_f64()))
-            .map(|s| s.extra)
-            .unwrap_or_default();
-        let window = Window {
-            stable: draw_arm(&mut rng, n - n_canary, &sc.primary, slow),
-            canary: draw_arm(&mut rng, n_canary, &sc.canary, slow),
-            ..Window::default()
-        };
+        // Trace time: seconds since the canary's first request.
+        let trace_t = now - first_canary_at.unwrap_or(now);
+        let drawn = traffic.draw(trace_t, dt, if baseline { 0 } else { weight }, blue_green);
+        let began = now;
         now += dt;
+        let window = match sampled.as_mut() {
+            None => Some(drawn),
+            Some(p) => {
+                p.add(&drawn, began, now);
+                p.window(now)
+            }
+        };
         analysis = Some(match &plan.gate {
             Gate::Sequential(settings) => {
                 let state = gate.get_or_insert_with(|| GateState::new(settings));
-                state.observe(settings, &window, weight);
-                let mut a = state.analysis(settings, plan.min_requests);
-                if state.step_canary.requests >= plan.min_requests as f64 {
-                    a.checks.extend(crate::provider::ceiling_checks(
+                match window {
+                    None => crate::provider::all_inconclusive(
                         plan,
-                        &state.step_canary,
-                        Vec::new(),
-                    ));
+                        "this window is shorter than Prometheus needs",
+                    ),
+                    Some(w) if baseline => {
+                        state.observe_baseline(settings, &w);
+                        crate::provider::all_inconclusive(plan, "baseline")
+                    }
+                    Some(w) => {
+                        let arms = Arms::of(&plan.strategy, weight);
+                        let w = arms.select(w);
+                        let mut a = if arms == Arms::Soak {
+                            state.observe_soak(settings, &w, weight);
+                            state.soak_analysis(settings, plan.min_requests)
+                        } else {
+                            state.observe(settings, &w, weight, arms);
+                            state.analysis(settings, plan.min_requests, arms)
+                        };
+                        if state.step_canary.requests >= plan.min_requests as f64 {
+                            a.checks.extend(crate::provider::ceiling_checks(
+                                plan,
+                                &state.step_canary,
+                                Vec::new(),
+                            ));
+                        }
+                        a
+                    }
                 }
-                a
             }
-            Gate::Threshold => crate::provider::analyse_window(plan, &window),
+            Gate::Threshold => match window {
+                Some(w) if !baseline => crate::provider::analyse_window(plan, &w),
+                _ => crate::provider::all_inconclusive(plan, "no window yet"),
+            },
         });
     }
 }
 
-/// Every run of a scenario, summarised.
+/// Every run of a scenario, summarised (runs spread over the machine's cores).
 pub fn simulate(sc: &Scenario) -> (Summary, Vec<RunResult>) {
-    let results: Vec<RunResult> = (0..u64::from(sc.runs)).map(|i| run_one(sc, i)).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(sc.runs.max(1) as usize) as u64;
+    let mut results: Vec<RunResult> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                scope.spawn(move || {
+                    (0..u64::from(sc.runs))
+                        .filter(|r| r % threads == thread)
+                        .map(|r| run_one(sc, r))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulation thread panicked"))
+            .collect()
+    });
+    results.sort_by_key(|r| r.run);
     let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count() as u32;
     let times = |pred: &dyn Fn(Outcome) -> bool| {
         Times::of(
@@ -334,28 +559,158 @@ pub fn simulate(sc: &Scenario) -> (Summary, Vec<RunResult>) {
                 .collect(),
         )
     };
-    let rho0 = sc.plan.gate.settings().map(|s| s.rho0).unwrap_or(1.0);
     let summary = Summary {
         runs: sc.runs,
         promoted: count(Outcome::Promoted),
+        promoted_undecided: count(Outcome::PromotedUndecided),
         rolled_back: count(Outcome::RolledBack) + count(Outcome::RolledBackUndecided),
         rolled_back_on_evidence: count(Outcome::RolledBack),
         rolled_back_undecided: count(Outcome::RolledBackUndecided),
-        canary_worse: sc.canary.errors > sc.primary.errors * rho0 + 1e-12
-            || sc.canary.extra > sc.primary.extra,
-        time_to_promotion: times(&|o| o == Outcome::Promoted),
-        time_to_rollback: times(&|o| o != Outcome::Promoted),
+        held: count(Outcome::Held),
+        concluded: count(Outcome::Concluded),
+        time_to_promotion: times(&|o| matches!(o, Outcome::Promoted | Outcome::PromotedUndecided)),
+        time_to_rollback: times(&|o| {
+            matches!(o, Outcome::RolledBack | Outcome::RolledBackUndecided)
+        }),
     };
     (summary, results)
+}
+
+/// The summary as a table for people.
+pub fn table(sc: &Scenario, summary: &Summary) -> String {
+    use std::fmt::Write as _;
+    let plan = &sc.plan;
+    let mut out = String::new();
+    let steps: Vec<String> = plan
+        .steps_bp
+        .iter()
+        .map(|b| format!("{}", f64::from(*b) / 100.0))
+        .collect();
+    let fmt = sluice_proxy::config::format_duration;
+    let gate = match plan.gate.settings() {
+        Some(g) => format!(
+            "sequential gate (alpha {}, beta {}, rho0 {}, rho-max {}), a scrape every {}, steps of at least {}, baseline {}, warm-up {}, incident allowance {}",
+            g.alpha,
+            g.beta,
+            g.rho0,
+            g.rho_max,
+            fmt(plan.scrape_interval),
+            fmt(plan.interval),
+            fmt(g.baseline),
+            fmt(g.warmup),
+            fmt(g.incident_allowance)
+        ),
+        None => format!(
+            "threshold gate, a tick every {}, failure limit {}",
+            fmt(plan.interval),
+            plan.failure_limit
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "{} releases, steps {}%: {gate}",
+        summary.runs,
+        steps.join(",")
+    );
+    if let [only] = sc.traces.as_slice()
+        && let [seg] = only.segments.as_slice()
+    {
+        let arm = |a: &ArmTraffic| {
+            format!(
+                "{:.2}% failures{}{}, lognormal median {}ms sigma {}{}",
+                a.fail * 100.0,
+                if a.clump > 1 {
+                    format!(" in clumps of {}", a.clump)
+                } else {
+                    String::new()
+                },
+                if a.dispersion > 1.0 {
+                    format!(" (dispersion {})", a.dispersion)
+                } else {
+                    String::new()
+                },
+                a.median_ms,
+                a.sigma,
+                if a.add_ms > 0.0 {
+                    format!(" +{}ms", a.add_ms)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        let _ = writeln!(out, "{} req/s", seg.rps);
+        let _ = writeln!(out, "primary: {}", arm(&seg.primary));
+        let _ = writeln!(out, "canary:  {}", arm(&seg.canary));
+    } else {
+        let _ = writeln!(
+            out,
+            "traffic: {} trace(s), run r replays trace r mod {}",
+            sc.traces.len(),
+            sc.traces.len()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<30} {:>6} {:>8}   {:>8} {:>8} {:>8} {:>8}",
+        "outcome", "runs", "share", "p50", "p90", "p99", "max"
+    );
+    let row = |out: &mut String, name: &str, n: u32, t: Option<&Times>| {
+        let share = 100.0 * f64::from(n) / f64::from(summary.runs.max(1));
+        let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}s")).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{name:<30} {n:>6} {share:>7.1}%   {:>8} {:>8} {:>8} {:>8}",
+            cell(t.map(|t| t.p50)),
+            cell(t.map(|t| t.p90)),
+            cell(t.map(|t| t.p99)),
+            cell(t.map(|t| t.max))
+        );
+    };
+    row(
+        &mut out,
+        "promoted",
+        summary.promoted + summary.promoted_undecided,
+        summary.time_to_promotion.as_ref(),
+    );
+    row(
+        &mut out,
+        "rolled back",
+        summary.rolled_back,
+        summary.time_to_rollback.as_ref(),
+    );
+    if summary.rolled_back_undecided > 0 {
+        row(
+            &mut out,
+            "  of which for lack of evidence",
+            summary.rolled_back_undecided,
+            None,
+        );
+    }
+    if summary.held > 0 {
+        row(&mut out, "held for a person", summary.held, None);
+    }
+    if summary.concluded > 0 {
+        row(&mut out, "concluded (experiment)", summary.concluded, None);
+    }
+    let _ = writeln!(
+        out,
+        "\ntimes are from the first canary request; seed {}",
+        sc.seed
+    );
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn rng(seed: u64) -> SmallRng {
+        SmallRng::seed_from_u64(seed)
+    }
+
     #[test]
     fn binomial_draws_have_the_right_mean_and_bounds() {
-        let mut rng = Rng::new(3);
+        let mut rng = rng(3);
         for (n, p) in [(400u64, 0.01), (50, 0.3), (1000, 0.9), (20, 1.0), (0, 0.5)] {
             let draws: Vec<u64> = (0..4000).map(|_| binomial(&mut rng, n, p)).collect();
             assert!(draws.iter().all(|k| *k <= n));
@@ -380,16 +735,100 @@ mod tests {
     }
 
     #[test]
-    fn drawn_durations_fill_the_buckets_of_their_range() {
-        let mut rng = Rng::new(9);
-        let profile = ArmProfile {
-            latency: (Duration::from_millis(255), Duration::from_millis(270)),
-            ..ArmProfile::default()
+    fn lognormal_durations_have_their_median_and_tail() {
+        let a = ArmTraffic {
+            median_ms: 20.0,
+            sigma: 0.5,
+            add_ms: 50.0,
+            ..ArmTraffic::default()
         };
-        let arm = draw_arm(&mut rng, 1000, &profile, Duration::ZERO);
-        assert_eq!(arm.slower_than(0.25), Some(1000.0));
-        assert_eq!(arm.slower_than(0.3), Some(0.0));
-        let slowed = draw_arm(&mut rng, 1000, &profile, Duration::from_millis(100));
-        assert_eq!(slowed.slower_than(0.35), Some(1000.0));
+        let arm = draw_arm(&mut rng(9), 100_000, &a);
+        // Nothing under the added 50 ms; half under 70 ms.
+        assert_eq!(arm.slower_than(0.05), Some(100_000.0));
+        let under_70 = 100_000.0 - arm.slower_than(0.07).unwrap();
+        assert!((under_70 - 50_000.0).abs() < 1_000.0, "{under_70}");
+        // The p99 of the lognormal part is 20·e^{2.326·0.5} = 64 ms: about
+        // 1% over 114 ms, and 0.6% over the 120 ms bound.
+        let over_120 = arm.slower_than(0.12).unwrap();
+        assert!((over_120 - 620.0).abs() < 150.0, "{over_120}");
+    }
+
+    #[test]
+    fn clumps_and_dispersion_keep_the_mean_and_raise_the_variance() {
+        let mut rng = rng(5);
+        let stats = |a: &ArmTraffic, rng: &mut SmallRng| {
+            let xs: Vec<f64> = (0..4000).map(|_| draw_arm(rng, 800, a).failures).collect();
+            let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (xs.len() - 1) as f64;
+            (mean, var)
+        };
+        let plain = ArmTraffic::default();
+        let (m, v) = stats(&plain, &mut rng);
+        assert!(
+            (m - 8.0).abs() < 0.3 && (v / 7.92 - 1.0).abs() < 0.15,
+            "{m} {v}"
+        );
+        let clumped = ArmTraffic { clump: 3, ..plain };
+        let (m, v) = stats(&clumped, &mut rng);
+        assert!(
+            (m - 8.0).abs() < 0.4 && (v / 7.92 - 3.0).abs() < 0.5,
+            "{m} {v}"
+        );
+        let dispersed = ArmTraffic {
+            dispersion: 8.0,
+            ..plain
+        };
+        let (m, v) = stats(&dispersed, &mut rng);
+        assert!(
+            (m - 8.0).abs() < 0.5 && (v / 7.92 - 8.0).abs() < 1.6,
+            "{m} {v}"
+        );
+    }
+
+    #[test]
+    fn runs_of_one_seed_are_independent() {
+        // The first draws of neighbouring runs share nothing, at any offset
+        // (SplitMix64 seeded `seed ^ r·G` made run r+2 replay run r two
+        // draws later).
+        let draws = |run: u64| -> Vec<u64> {
+            let mut r = SmallRng::seed_from_u64(run_seed(1, run));
+            (0..64).map(|_| r.random::<u64>()).collect()
+        };
+        for run in 0..50 {
+            let a = draws(run);
+            for other in run + 1..run + 4 {
+                let b = draws(other);
+                assert!(
+                    a.iter().all(|x| !b.contains(x)),
+                    "runs {run} and {other} share draws"
+                );
+            }
+        }
+        // And their failure counts are uncorrelated across many runs.
+        let first_counts: Vec<(f64, f64)> = (0..2000u64)
+            .map(|run| {
+                let mut a = SmallRng::seed_from_u64(run_seed(7, run));
+                let mut b = SmallRng::seed_from_u64(run_seed(7, run + 1));
+                let arm = ArmTraffic::default();
+                (
+                    draw_arm(&mut a, 400, &arm).failures,
+                    draw_arm(&mut b, 400, &arm).failures,
+                )
+            })
+            .collect();
+        let n = first_counts.len() as f64;
+        let (mx, my) = first_counts
+            .iter()
+            .fold((0.0, 0.0), |acc, (x, y)| (acc.0 + x / n, acc.1 + y / n));
+        let cov = first_counts
+            .iter()
+            .map(|(x, y)| (x - mx) * (y - my))
+            .sum::<f64>()
+            / n;
+        let var = |f: &dyn Fn(&(f64, f64)) -> f64, m: f64| {
+            first_counts.iter().map(|p| (f(p) - m).powi(2)).sum::<f64>() / n
+        };
+        let corr = cov / (var(&|p| p.0, mx) * var(&|p| p.1, my)).sqrt();
+        assert!(corr.abs() < 0.08, "correlation {corr}");
     }
 }
