@@ -93,6 +93,25 @@ struct BackendArgs {
     /// Delay of the slow requests (fixed or a range).
     #[arg(long, default_value = "0")]
     slow_latency: String,
+    /// Failures come in runs of this many requests (the share failing stays --error-rate).
+    #[arg(long, default_value_t = 1)]
+    error_run: u32,
+    /// Incidents start at random, on average one this often (e.g. 2m)...
+    #[arg(long)]
+    incident_every: Option<String>,
+    /// ...last this long...
+    #[arg(long, default_value = "10s")]
+    incident_for: String,
+    /// ...and fail this share of requests meanwhile (0..=1).
+    #[arg(long, default_value_t = 0.1)]
+    incident_error_rate: f64,
+    /// For this long after its first request the backend is slower (a cold
+    /// cache or JIT) by --warmup-latency.
+    #[arg(long, default_value = "0s")]
+    warmup: String,
+    /// The delay added during the warm-up (fixed or a range).
+    #[arg(long, default_value = "0")]
+    warmup_latency: String,
     /// Serve prior-knowledge HTTP/2 only.
     #[arg(long)]
     http2: bool,
@@ -260,17 +279,55 @@ async fn serve(args: BackendArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return usage(format!("--slow-latency: {e}")),
     };
+    let duration = |name: &str, text: &str| {
+        sluice_proxy::config::parse_duration(text).map_err(|e| format!("--{name}: {e}"))
+    };
+    let incident_every = match args
+        .incident_every
+        .as_deref()
+        .map(|t| duration("incident-every", t))
+    {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return usage(e),
+    };
+    let incident_for = match duration("incident-for", &args.incident_for) {
+        Ok(d) => d,
+        Err(e) => return usage(e),
+    };
+    let warmup = match duration("warmup", &args.warmup) {
+        Ok(d) => d,
+        Err(e) => return usage(e),
+    };
+    let warmup_latency = match Latency::parse(&args.warmup_latency) {
+        Ok(l) => l,
+        Err(e) => return usage(format!("--warmup-latency: {e}")),
+    };
+    let faults = Faults {
+        error_rate: args.error_rate,
+        error_status: args.error_status,
+        latency,
+        slow_rate: args.slow_rate,
+        slow_latency,
+        stall: None,
+        error_burst: backend::ErrorBurst {
+            run: args.error_run,
+            incident_every,
+            incident_for,
+            incident_error_rate: args.incident_error_rate,
+        },
+        warmup: (!warmup.is_zero()).then_some(backend::Warmup {
+            duration: warmup,
+            latency: warmup_latency,
+        }),
+    };
+    if let Err(e) = faults.check() {
+        return usage(format!("--{}", e.replacen('_', "-", 2)));
+    }
     let options = BackendOptions {
         listen: args.listen,
         name: args.name,
-        faults: Faults {
-            error_rate: args.error_rate,
-            error_status: args.error_status,
-            latency,
-            slow_rate: args.slow_rate,
-            slow_latency,
-            stall: None,
-        },
+        faults,
         http2_only: args.http2,
         seed: args.seed,
     };
