@@ -20,10 +20,13 @@
 //!    each pair, which has mean 1 for Poisson counts at any level and any
 //!    slow drift), and the canary-against-primary split in consecutive
 //!    bins at one weight (a 2×2 Pearson statistic: an A/A comparison of the
-//!    two arms over time, mean 1 when the split does not vary). The mean
-//!    of all pair statistics, shrunk toward 1 by [`DISPERSION_PRIOR_PAIRS`]
-//!    pseudo-pairs, floored at 1. Failures that come in clumps of `c` give
-//!    `φ ≈ c`, so a clump counts as one failure.
+//!    two arms over time, mean 1 when the split does not vary). The split's
+//!    pairs decide; the primary's (learnt from the baseline on) are a
+//!    prior worth [`PRIMARY_PRIOR_PAIRS`] of them, itself shrunk toward 1 by
+//!    [`DISPERSION_PRIOR_PAIRS`] pseudo-pairs; at least 1. Bursts that hit
+//!    both arms alike cancel in the two-arm test, so the split (not the
+//!    primary) says how much the comparison is over-dispersed. Failures
+//!    that come in clumps of `c` give `φ ≈ c`: a clump counts as one.
 //! 2. **The fail side** is an e-detector: a mixture over [`FAIL_GRID`]
 //!    (`ρ₀` times 1.25 … 30) restarted at the canary's first request
 //!    (weight ½), at every weight change and every [`RESTART_EVERY`]
@@ -95,6 +98,9 @@ pub const RESTARTS_KEPT: usize = 6;
 /// A jump of the canary's share to this many times its reference starts
 /// a hold.
 pub const JUMP: f64 = 1.5;
+/// A jump of the primary's share to this many times its reference is an
+/// incident there: those scrapes add no pass evidence.
+pub const PRIMARY_JUMP: f64 = 3.0;
 /// How significant a jump (and its continuation) must be.
 pub const JUMP_P: f64 = 0.05;
 /// Seconds of kept scrapes the reference is taken from…
@@ -106,8 +112,10 @@ pub const REFERENCE_LAG: f64 = 12.0;
 pub const REFERENCE_PRIOR_EVENTS: f64 = 10.0;
 /// Events per bin of the dispersion estimate.
 pub const BIN_EVENTS: f64 = 10.0;
-/// Pseudo-pairs at `φ = 1` in the dispersion estimate.
+/// Pseudo-pairs at `φ = 1` in the primary's dispersion estimate.
 pub const DISPERSION_PRIOR_PAIRS: f64 = 4.0;
+/// How many of the split's pairs the primary's estimate counts for.
+pub const PRIMARY_PRIOR_PAIRS: f64 = 8.0;
 /// No scrape adds more than this share of a fail threshold.
 pub const SCRAPE_CAP: f64 = 0.75;
 
@@ -244,9 +252,17 @@ impl Component {
 /// The running estimate of `φ` (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dispersion {
-    /// Sum of the pair statistics, and how many pairs.
+    /// Sum of the split's pair statistics (the A/A comparison of the two
+    /// arms over time), and how many pairs.
     pub sum: f64,
     pub pairs: f64,
+    /// The same for the primary's own counts: a prior, which the split's
+    /// pairs outweigh as they come (the primary's bursts that both arms
+    /// share cancel in the two-arm test and must not temper it for good).
+    #[serde(default)]
+    pub primary_sum: f64,
+    #[serde(default)]
+    pub primary_pairs: f64,
     /// The open bin of (canary events, primary events) at `bin_weight_bp`,
     /// and the last closed one.
     pub bin: [f64; 2],
@@ -257,28 +273,28 @@ pub struct Dispersion {
     pub last_primary_bin: Option<[f64; 2]>,
 }
 
-/// The Pearson statistic of a 2×2 table (None with an empty margin).
+/// The Pearson statistic of a 2×2 table with `N − 1` for `N` (None with an
+/// empty margin): given the margins its mean is exactly 1 when rows and
+/// columns are independent (the plain `N` version's is `N/(N−1)`, which
+/// would read a little dispersion into every small table).
 fn pearson_2x2(a: [f64; 2], b: [f64; 2]) -> Option<f64> {
     let n = a[0] + a[1] + b[0] + b[1];
     let margins = [a[0] + a[1], b[0] + b[1], a[0] + b[0], a[1] + b[1]];
-    if margins.iter().any(|m| *m <= 0.0) {
+    if margins.iter().any(|m| *m <= 0.0) || n < 2.0 {
         return None;
     }
     let d = a[0] * b[1] - a[1] * b[0];
-    Some(d * d * n / margins.iter().product::<f64>())
+    Some(d * d * (n - 1.0) / margins.iter().product::<f64>())
 }
 
 impl Dispersion {
-    /// `φ`: at least 1.
+    /// `φ`: at least 1. The split's pairs, with the primary's estimate as
+    /// a prior worth [`PRIMARY_PRIOR_PAIRS`] of them.
     pub fn phi(&self) -> f64 {
-        ((self.sum + DISPERSION_PRIOR_PAIRS) / (self.pairs + DISPERSION_PRIOR_PAIRS)).max(1.0)
-    }
-
-    fn add_pair(&mut self, statistic: f64) {
-        if statistic.is_finite() {
-            self.sum += statistic;
-            self.pairs += 1.0;
-        }
+        let prior = ((self.primary_sum + DISPERSION_PRIOR_PAIRS)
+            / (self.primary_pairs + DISPERSION_PRIOR_PAIRS))
+            .max(1.0);
+        ((self.sum + PRIMARY_PRIOR_PAIRS * prior) / (self.pairs + PRIMARY_PRIOR_PAIRS)).max(1.0)
     }
 
     /// The primary's events and requests of one scrape.
@@ -293,8 +309,10 @@ impl Dispersion {
             // its share of the requests when the rate did not change.
             let k = last[0] + self.primary_bin[0];
             let q = last[1] / (last[1] + self.primary_bin[1]);
-            if q > 0.0 && q < 1.0 {
-                self.add_pair((last[0] - k * q).powi(2) / (k * q * (1.0 - q)));
+            let statistic = (last[0] - k * q).powi(2) / (k * q * (1.0 - q));
+            if q > 0.0 && q < 1.0 && statistic.is_finite() {
+                self.primary_sum += statistic;
+                self.primary_pairs += 1.0;
             }
         }
         self.last_primary_bin = Some(self.primary_bin);
@@ -315,8 +333,10 @@ impl Dispersion {
         }
         if let Some(last) = self.last_bin
             && let Some(x2) = pearson_2x2(last, self.bin)
+            && x2.is_finite()
         {
-            self.add_pair(x2);
+            self.sum += x2;
+            self.pairs += 1.0;
         }
         self.last_bin = Some(self.bin);
         self.bin = [0.0; 2];
@@ -654,8 +674,11 @@ impl Evidence {
         } else {
             c.canary_events >= 2.0 && binomial_upper_tail(k, ec, c.theta(JUMP * high)) < JUMP_P
         };
+        // The primary's own jumps matter to the pass side only when large
+        // (an incident there makes a bad canary look good); the ordinary
+        // burstiness of its events must not starve promotion.
         let down = c.stable_events >= 2.0
-            && binomial_upper_tail(k, es, 1.0 - c.theta(low / JUMP)) < JUMP_P;
+            && binomial_upper_tail(k, es, 1.0 - c.theta(low / PRIMARY_JUMP)) < JUMP_P;
         let above = c.canary_events > k * phi * c.theta(high) && c.canary_events >= 1.0;
         (up, down, above)
     }

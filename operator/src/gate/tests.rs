@@ -98,6 +98,72 @@ fn clumps_are_measured_as_dispersion_and_count_as_one_failure() {
     }
 }
 
+/// A release whose arms each have short incidents (`rate` for 4 s, one
+/// every 200 s on average, independently per arm: 2% of the time) on top
+/// of 1% in clumps.
+fn release_with_incidents(rng: &mut SmallRng, rate: f64, clump: u64) -> Vec<(u32, Counts)> {
+    use rand::RngExt;
+    let mut until = [0.0f64; 2];
+    let mut scrapes = release(rng, 0.01, 0.01, clump);
+    for (i, (w, c)) in scrapes.iter_mut().enumerate() {
+        let at = 2.0 * i as f64;
+        for (arm, end) in until.iter_mut().enumerate() {
+            // A start in this scrape: probability 2 s / 200 s.
+            if at >= *end && rng.random::<f64>() < 2.0 / 200.0 {
+                *end = at + 4.0;
+            }
+            if at < *end {
+                let weight = f64::from(*w) / 10_000.0;
+                let again = scrape(rng, 400.0, weight, rate, rate, clump);
+                if arm == 0 {
+                    c.stable_events = again.stable_events;
+                } else {
+                    c.canary_events = again.canary_events;
+                }
+            }
+        }
+    }
+    scrapes
+}
+
+#[test]
+fn short_incidents_in_either_arm_do_not_roll_back_a_healthy_canary() {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let seed = 41;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let runs = 300;
+    let mut alarms = 0;
+    let mut phis = Vec::new();
+    for _ in 0..runs {
+        let scrapes = release_with_incidents(&mut rng, 0.10, 3);
+        let mut e = Evidence::new();
+        // The 30 s baseline of the primary alone, as a release has.
+        let baseline = (0..15).map(|_| (0, scrape(&mut rng, 400.0, 0.0, 0.01, 0.01, 3)));
+        let mut alarmed = false;
+        for (i, (w, c)) in baseline.chain(scrapes).enumerate() {
+            let at = 2.0 * (i + 1) as f64;
+            e.observe(&t, at, 2.0, w, c);
+            alarmed |= e.fail_statistic() >= t.fail_threshold;
+        }
+        alarms += usize::from(alarmed);
+        phis.push(e.phi());
+    }
+    phis.sort_by(f64::total_cmp);
+    let median = phis[phis.len() / 2];
+    // Clumps of 3 are φ ≈ 3; the incidents (one arm 10x for 4 s, a sixth
+    // of all failures) are the holds' business and must not multiply it.
+    assert!(
+        (2.2..4.5).contains(&median),
+        "seed {seed}: median dispersion {median} with clumps of 3 and short incidents"
+    );
+    // α/2 per check, and sampling noise.
+    assert!(
+        alarms as f64 / runs as f64 <= s.alpha / 2.0 + 0.012,
+        "seed {seed}: {alarms} of {runs} healthy canaries with short incidents were called worse"
+    );
+}
+
 #[test]
 fn a_canary_failing_from_its_first_request_is_rolled_back_in_seconds() {
     let t = settings().tuning(0.01);
