@@ -37,6 +37,8 @@ pub fn blue_green(plan: &mut Plan) {
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     Healthy,
+    Bursty,
+    Cold,
     Noisy,
     Errors,
     Latency,
@@ -44,8 +46,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Healthy,
+        Scenario::Bursty,
+        Scenario::Cold,
         Scenario::Noisy,
         Scenario::Errors,
         Scenario::Latency,
@@ -61,7 +65,7 @@ impl Scenario {
                 .map(|s| vec![s])
                 .ok_or_else(|| {
                     format!(
-                        "`{other}` is not a scenario; use healthy, noisy, errors, latency, silent or all"
+                        "`{other}` is not a scenario; use healthy, bursty, cold, noisy, errors, latency, silent or all"
                     )
                 }),
         }
@@ -70,6 +74,8 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Healthy => "healthy",
+            Scenario::Bursty => "bursty",
+            Scenario::Cold => "cold",
             Scenario::Noisy => "noisy",
             Scenario::Errors => "errors",
             Scenario::Latency => "latency",
@@ -80,6 +86,10 @@ impl Scenario {
     pub fn describe(self) -> &'static str {
         match self {
             Scenario::Healthy => "both versions fail 1%",
+            Scenario::Bursty => {
+                "both versions fail 1%, each failure followed by a second (a client retrying)"
+            }
+            Scenario::Cold => "the canary is 300 ms slower for its first 4 s (a cold cache)",
             Scenario::Noisy => "primary fails 2%, canary 6% (3x)",
             Scenario::Errors => "canary fails 8% (primary 1%)",
             Scenario::Latency => "canary 400 ms slower",
@@ -96,6 +106,30 @@ impl Scenario {
         };
         match self {
             Scenario::Healthy | Scenario::Silent => (failing(0.01), failing(0.01)),
+            Scenario::Bursty => {
+                // Pairs, not longer runs or incidents: on the demo's
+                // 3 s baseline `sluice simulate --clump 2` promotes 99.8%
+                // of such releases (seed 1, 500 runs); clumps of 3 need
+                // the baseline a real release has to learn them.
+                let bursty = Faults {
+                    error_burst: sluice_loadtest::backend::ErrorBurst {
+                        run: 2,
+                        ..Default::default()
+                    },
+                    ..failing(0.01)
+                };
+                (bursty.clone(), bursty)
+            }
+            Scenario::Cold => (
+                failing(0.01),
+                Faults {
+                    warmup: Some(sluice_loadtest::backend::Warmup {
+                        duration: Duration::from_secs(4),
+                        latency: sluice_loadtest::Latency::Fixed(Duration::from_millis(300)),
+                    }),
+                    ..failing(0.01)
+                },
+            ),
             Scenario::Noisy => (failing(0.02), failing(0.06)),
             Scenario::Errors => (failing(0.01), failing(0.08)),
             Scenario::Latency => (
@@ -111,7 +145,7 @@ impl Scenario {
     /// What must happen for the scenario to count as shown.
     pub fn expected(self) -> &'static str {
         match self {
-            Scenario::Healthy => "promoted",
+            Scenario::Healthy | Scenario::Bursty | Scenario::Cold => "promoted",
             Scenario::Noisy | Scenario::Errors | Scenario::Latency => "rolled back",
             Scenario::Silent => "never promoted",
         }
@@ -119,7 +153,7 @@ impl Scenario {
 
     fn met(self, phase: Phase) -> bool {
         match self {
-            Scenario::Healthy => phase == Phase::Succeeded,
+            Scenario::Healthy | Scenario::Bursty | Scenario::Cold => phase == Phase::Succeeded,
             Scenario::Noisy | Scenario::Errors | Scenario::Latency => phase == Phase::Failed,
             Scenario::Silent => phase != Phase::Succeeded,
         }
@@ -163,8 +197,17 @@ pub fn demo_plan() -> Plan {
         min_requests: 50,
         progress_deadline: Duration::from_secs(8),
         max_duration: Duration::from_secs(90),
+        // Nobody is there to decide for an undecided release.
+        when_undecided: crate::plan::Undecided::Rollback,
         gate: Gate::Sequential(GateSettings {
             rho_max: 2.0,
+            // Long enough to measure the primary's traffic and p99 at
+            // 1,000 req/s; the canary is up before the demo starts.
+            baseline: Duration::from_secs(3),
+            // The demo's backends answer at once, so a bound learnt from
+            // their p99 would judge the laptop's scheduling noise, which
+            // comes in bursts and takes long to show no worse.
+            latency_bounds: vec![Duration::from_millis(250)],
             ..GateSettings::default()
         }),
         ..Plan::default()

@@ -32,6 +32,9 @@ pub enum Provider {
     Proxy(ProxyProvider),
     Prometheus(PrometheusProvider),
     Scripted(Box<dyn FnMut() -> Analysis + Send>),
+    /// Windows of traffic from a function of the canary weight, judged by
+    /// the real gate (for tests of the drivers with the gate in the loop).
+    Windows(Box<dyn FnMut(u32) -> Window + Send>),
 }
 
 impl Provider {
@@ -40,6 +43,7 @@ impl Provider {
             Provider::Proxy(_) => "proxy",
             Provider::Prometheus(_) => "prometheus",
             Provider::Scripted(_) => "scripted",
+            Provider::Windows(_) => "windows",
         }
     }
 
@@ -48,7 +52,7 @@ impl Provider {
         match self {
             Provider::Proxy(p) => p.reset().await,
             Provider::Prometheus(p) => p.reset(),
-            Provider::Scripted(_) => {}
+            Provider::Scripted(_) | Provider::Windows(_) => {}
         }
     }
 
@@ -57,6 +61,7 @@ impl Provider {
             Provider::Proxy(p) => p.analyse(plan).await,
             Provider::Prometheus(p) => p.analyse(plan).await,
             Provider::Scripted(next) => next(),
+            Provider::Windows(next) => analyse_window(plan, &next(0)),
         }
     }
 
@@ -73,14 +78,15 @@ impl Provider {
         weight_bp: u32,
         baseline: bool,
     ) -> Analysis {
+        if baseline && (matches!(self, Provider::Scripted(_)) || plan.gate.settings().is_none()) {
+            return all_inconclusive(plan, "measuring the primary before the first step");
+        }
         let Some(settings) = plan.gate.settings() else {
-            if baseline {
-                return all_inconclusive(plan, "measuring the primary before the first step");
-            }
             return self.analyse(plan).await;
         };
         let (window, queries) = match self {
             Provider::Scripted(next) => return next(),
+            Provider::Windows(next) => (Ok(next(weight_bp)), Vec::new()),
             Provider::Proxy(p) => (p.window().await, Vec::new()),
             Provider::Prometheus(p) => match p.window(plan).await {
                 Ok((w, queries)) => (Ok(w), queries),

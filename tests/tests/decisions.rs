@@ -88,6 +88,11 @@ async fn a_rollback_the_router_refuses_is_kept_and_applied_once_it_can_be() {
         interval: Duration::from_millis(100),
         failure_limit: 1,
         progress_deadline: Duration::from_secs(30),
+        // Scripted verdicts: nothing to measure before the first step.
+        gate: sluice_operator::plan::Gate::Sequential(sluice_operator::gate::GateSettings {
+            baseline: Duration::ZERO,
+            ..Default::default()
+        }),
         ..Plan::default()
     };
     // Step 1 passes (weight 50), then a failure decides the rollback; every

@@ -31,8 +31,10 @@ fn demo(args: &[&str]) -> (i32, serde_json::Value, String) {
 }
 
 /// Every scenario, and the phase it must end in.
-const EXPECTED: [(&str, &str); 5] = [
+const EXPECTED: [(&str, &str); 7] = [
     ("healthy", "Succeeded"),
+    ("bursty", "Succeeded"),
+    ("cold", "Succeeded"),
     ("noisy", "Failed"),
     ("errors", "Failed"),
     ("latency", "Failed"),
@@ -64,11 +66,11 @@ async fn every_demo_scenario_ends_as_expected() {
     );
     let results = summary["results"].as_array().unwrap();
     assert_eq!(
-        results[4]["canary_requests"], 0,
+        results[6]["canary_requests"], 0,
         "the silent canary served nothing"
     );
     assert!(
-        results[2]["canary_failures"].as_u64().unwrap() > 0,
+        results[4]["canary_failures"].as_u64().unwrap() > 0,
         "the errors scenario shows its blast radius"
     );
     // The healthy canary was promoted on evidence for it; the noisy one, 3x
@@ -88,18 +90,25 @@ async fn every_demo_scenario_ends_as_expected() {
         healthy[3].as_f64().unwrap() >= healthy[4].as_f64().unwrap(),
         "{healthy}"
     );
-    let noisy = evidence(&results[1], "errors");
+    let noisy = evidence(&results[3], "errors");
     assert!(
         noisy[1].as_f64().unwrap() >= noisy[2].as_f64().unwrap(),
         "{noisy}"
     );
     assert!(
-        results[1]["message"]
+        results[3]["message"]
             .as_str()
             .unwrap()
             .contains("worse than the primary")
     );
-    assert!(summary["seconds"].as_f64().unwrap() < 120.0);
+    // The bursty and the cold canaries were promoted too (in EXPECTED);
+    // the bursts were measured as dispersion.
+    let bursty = evidence(&results[1], "errors");
+    assert!(
+        bursty[3].as_f64().unwrap() >= bursty[4].as_f64().unwrap(),
+        "{bursty}"
+    );
+    assert!(summary["seconds"].as_f64().unwrap() < 180.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,11 +155,13 @@ async fn the_blue_green_demo_judges_on_copies_and_no_user_meets_a_bad_release() 
     let results = summary["results"].as_array().unwrap();
     // The bad releases were judged on mirrored copies and rolled back
     // before the switch: no user request reached them.
-    for r in &results[1..] {
+    for r in &results[3..] {
         assert_eq!(r["canary_requests"], 0, "{r}");
     }
-    // The healthy one took all traffic after its switch.
-    assert!(results[0]["canary_requests"].as_u64().unwrap() > 0);
+    // The healthy ones took all traffic after their switch.
+    for r in &results[..3] {
+        assert!(r["canary_requests"].as_u64().unwrap() > 0, "{r}");
+    }
     let (code, _, stderr) = tokio::task::spawn_blocking(|| demo(&["--strategy", "rainbow"]))
         .await
         .unwrap();

@@ -2,8 +2,10 @@
 //! against a real proxy and seeded backends that both fail 1% of requests,
 //! steady open-loop load, the proxy's own metrics or a real Prometheus. The
 //! scenarios of `tests/bench/gate-power` at a smaller scale: a healthy canary
-//! is promoted, a worse one is rolled back on evidence, and a slowdown of
-//! both arms is not held against the canary.
+//! is promoted (also when both arms fail in bursts, and when the canary
+//! starts cold), a worse one is rolled back on evidence, a slowdown of both
+//! arms is not held against the canary, and a release too quiet to decide is
+//! held for a person, who promotes it.
 
 use std::time::Duration;
 
@@ -34,7 +36,17 @@ fn one_percent(seed_faults: Faults) -> Faults {
 
 impl Release {
     async fn new(canary: Faults, with_prometheus: bool) -> Self {
-        let stable = failing_backend("stable", 0.01, 11).await;
+        Self::with(one_percent(Faults::default()), canary, with_prometheus).await
+    }
+
+    async fn with(stable: Faults, canary: Faults, with_prometheus: bool) -> Self {
+        let stable = sluice_loadtest::start_backend(BackendOptions {
+            faults: stable,
+            seed: 11,
+            ..BackendOptions::new("stable")
+        })
+        .await
+        .unwrap();
         let canary = sluice_loadtest::start_backend(BackendOptions {
             faults: canary,
             seed: 12,
@@ -87,6 +99,9 @@ impl Release {
             "150s",
             "--progress-deadline",
             "30s",
+            // Short: the canary is up before the release starts here.
+            "--baseline",
+            "3s",
             "--control-socket",
             &self.dir.path.join("control.sock").display().to_string(),
         ]
@@ -287,6 +302,132 @@ async fn a_slowdown_of_both_arms_mid_release_is_not_held_against_the_canary() {
     );
 }
 
+/// Both arms fail 1% in runs of two (a client's retry after each failure).
+fn bursty(seed_faults: Faults) -> Faults {
+    Faults {
+        error_burst: sluice_loadtest::backend::ErrorBurst {
+            run: 2,
+            ..Default::default()
+        },
+        ..one_percent(seed_faults)
+    }
+}
+
+/// On this plan (1 s scrapes, 3 s steps) `sluice simulate --clump 2
+/// --baseline 20s` rolls back 0.7% of such releases (seed 1, 1,000 runs):
+/// the gate learns the dispersion from the baseline, so it gets 20 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_healthy_canary_is_promoted_when_both_arms_fail_in_bursts() {
+    let _serial = one_at_a_time().await;
+    let r = Release::with(bursty(Faults::default()), bursty(Faults::default()), false).await;
+    let mut args = r.args();
+    let baseline = args.iter().position(|a| a == "--baseline").unwrap();
+    args[baseline + 1] = "20s".into();
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
+    let (code, events) = Rollout::start(&args).wait(Duration::from_secs(360)).await;
+    load.stop();
+    let _ = report.await;
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert_eq!(r.route().await["stable"], r.canary.url());
+    // The bursts were there, and measured: the failures' dispersion is
+    // above the binomial's.
+    let errors = evidence(&events, "errors");
+    assert!(
+        errors["dispersion"].as_f64().unwrap() > 1.2,
+        "runs of two failures were measured as dispersion: {errors}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_slow_only_while_cold_is_promoted() {
+    let _serial = one_at_a_time().await;
+    let cold = Faults {
+        warmup: Some(sluice_loadtest::backend::Warmup {
+            duration: Duration::from_secs(4),
+            latency: Latency::Fixed(Duration::from_millis(300)),
+        }),
+        ..one_percent(Faults::default())
+    };
+    let r = Release::new(cold, false).await;
+    let (code, events, report) = r.run().await;
+    assert_eq!(code, 0, "{}", last_message(&events));
+    // It really was slow at first: users saw some 300 ms answers.
+    assert!(
+        report.latency.max_ms >= 300.0,
+        "the canary's cold start was slow: {:?}",
+        report.latency
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["checks"].as_array().is_some_and(|c| c
+                .iter()
+                .any(|c| c["reason"].as_str().unwrap_or("").contains("warm-up")))),
+        "the live view said the latency waited for the warm-up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_too_quiet_to_decide_is_held_then_promoted_by_a_person() {
+    let _serial = one_at_a_time().await;
+    let r = Release::new(one_percent(Faults::default()), false).await;
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 5.0);
+    let mut args = r.args();
+    for (flag, value) in [("--max-duration", "25s"), ("--min-requests", "5")] {
+        let i = args.iter().position(|a| a == flag).unwrap();
+        args[i + 1] = value.into();
+    }
+    let rollout = Rollout::start(&args);
+    // The forecast said so at the start, and then the release waits.
+    let mut forecast = None;
+    let held = loop {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("ticks until the release is held");
+        let message = e["message"].as_str().unwrap_or_default().to_string();
+        if message.contains("baseline:") {
+            forecast = Some(message.clone());
+        }
+        assert_ne!(e["phase"], "Failed", "{message}");
+        if e["phase"] == "WaitingPromotion" {
+            break message;
+        }
+    };
+    let forecast = forecast.expect("a forecast from the baseline");
+    assert!(
+        forecast.contains("not expected to be shown no worse"),
+        "{forecast}"
+    );
+    assert!(held.contains("undecided after 25s"), "{held}");
+    assert!(held.contains("Still missing"), "{held}");
+    assert!(!held.contains("all checks passed"), "{held}");
+    // Still held a few ticks later: nothing is rolled back for lack of evidence.
+    for _ in 0..3 {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(10))
+            .expect("ticks while held");
+        assert_eq!(e["phase"], "WaitingPromotion", "{e}");
+    }
+    let socket = r.dir.path.join("control.sock");
+    let out = std::process::Command::new(bin("sluice"))
+        .args(["promote", "web", "--control-socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, events) = rollout.wait(Duration::from_secs(60)).await;
+    load.stop();
+    let _ = report.await;
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert_eq!(r.route().await["stable"], r.canary.url());
+}
+
 #[test]
 fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
     let run = |args: &[&str]| {
@@ -339,8 +480,11 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
     );
     for (args, flag) in [
         (vec!["--canary-errors", "120%"], "--canary-errors"),
-        (vec!["--rps", "0"], "--rps"),
-        (vec!["--slowdown", "300ms"], "--slowdown"),
+        (vec!["--rps=-1"], "--rps"),
+        (vec!["--durations", "20ms~9"], "--durations"),
+        (vec!["--dispersion", "0.5"], "--dispersion"),
+        (vec!["--trace", "/nonexistent/trace.jsonl"], "--trace"),
+        (vec!["--when-undecided", "wait"], "--when-undecided"),
         (vec!["--alpha", "0.9"], "--alpha"),
         (vec!["--latency-bound", "270ms"], "--latency-bound"),
         (vec!["--gate", "magic"], "--gate"),

@@ -134,7 +134,8 @@ impl World {
             NS,
             json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}}),
         );
-        let mut ann = json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "20,50", "sluice.dev/interval": "10s", "sluice.dev/failure-limit": "2"});
+        // No baseline unless a test asks: the scripted analyses start at once.
+        let mut ann = json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "20,50", "sluice.dev/interval": "10s", "sluice.dev/failure-limit": "2", "sluice.dev/baseline": "0s"});
         sluice_tests::fake_kube::merge(&mut ann, &annotations);
         fake.put(
             APPS,
@@ -833,6 +834,89 @@ async fn deleting_the_deployment_restores_the_service_before_it_goes() {
         w.fake
             .get("api/v1", "configmaps", NS, "app-sluice")
             .is_none()
+    );
+}
+
+/// The proxy's traffic as the real gate sees it, at `rps` requests a second
+/// in 5 s scrapes (the operator's default), both arms failing one request
+/// in a hundred, every request 5 ms.
+fn steady_windows(rps: f64) -> Provider {
+    let mut served = 0u64;
+    Provider::Windows(Box::new(move |weight_bp| {
+        let n = (rps * 5.0) as u64;
+        let canary = n * u64::from(weight_bp) / 10_000;
+        let arm = |requests: u64, served: &mut u64| {
+            let failures = (*served + requests) / 100 - *served / 100;
+            *served += requests;
+            sluice_operator::counters::Arm {
+                requests: requests as f64,
+                failures: failures as f64,
+                buckets: vec![(0.005, requests as f64), (f64::INFINITY, requests as f64)],
+            }
+        };
+        sluice_operator::counters::Window {
+            stable: arm(n - canary, &mut served),
+            canary: arm(canary, &mut served),
+            seconds: 5.0,
+            ..Default::default()
+        }
+    }))
+}
+
+#[tokio::test]
+async fn a_release_too_quiet_to_decide_states_its_plan_then_waits_for_a_person() {
+    let mut w = World::new(json!({
+        "sluice.dev/baseline": "30s",
+        "sluice.dev/max-duration": "3m",
+        "sluice.dev/min-requests": "5",
+    }))
+    .await;
+    // 5 req/s through the real gate instead of scripted verdicts.
+    let mut ctx = context(&w.fake, &w.clock, &w.script, &w.proxy_answer);
+    Arc::get_mut(&mut ctx)
+        .expect("not shared yet")
+        .make_provider = Arc::new(|_, _, _| steady_windows(5.0));
+    w.ctx = ctx;
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("WaitingPromotion", 40).await;
+    let events = w.events();
+    let plan = events
+        .iter()
+        .find(|(_, reason, _)| reason == "Plan")
+        .unwrap_or_else(|| panic!("a Plan Event from the baseline: {events:?}"));
+    assert_eq!(plan.0, "Normal");
+    assert!(plan.2.contains("5.0 req/s"), "{}", plan.2);
+    assert!(
+        plan.2.contains("not expected to be shown no worse"),
+        "{}",
+        plan.2
+    );
+    let held = events
+        .iter()
+        .find(|(_, reason, _)| reason == "Undecided")
+        .unwrap_or_else(|| panic!("an Undecided Event: {events:?}"));
+    assert_eq!(held.0, "Warning");
+    assert!(held.2.contains("waiting for a person"), "{}", held.2);
+    assert_eq!(w.weight(), 50.0);
+    // Nothing is rolled back for lack of evidence while it waits.
+    for _ in 0..6 {
+        w.advance(10);
+        w.tick().await;
+    }
+    let s = w.status();
+    assert_eq!(s.phase, "WaitingPromotion", "{:?}", s);
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app-primary",
+        json!({"metadata": {"annotations": {"sluice.dev/command": "approve"}}}),
+    );
+    w.until("Succeeded", 10).await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
     );
 }
 

@@ -61,6 +61,12 @@ impl Release {
             "120s",
             "--progress-deadline",
             "30s",
+            // Short releases on a quiet machine: a short baseline and
+            // warm-up (the canary is up before the release starts).
+            "--baseline",
+            "2s",
+            "--warmup",
+            "2s",
             "--control-socket",
             &self.dir.path.join("control.sock").display().to_string(),
         ]
@@ -446,6 +452,8 @@ async fn an_experiment_on_a_b_rules_alone_compares_the_testers_with_everyone_els
         "20",
         "--latency-bound",
         "100ms",
+        "--baseline",
+        "2s",
         "--control-socket",
         &dir.path.join("control.sock").display().to_string(),
     ]

@@ -43,9 +43,14 @@ pub const MIRROR_METHODS: &str = "sluice.dev/mirror-methods";
 pub const AFFINITY_COOKIE: &str = "sluice.dev/affinity-cookie";
 pub const AFFINITY_MAX_AGE: &str = "sluice.dev/affinity-max-age";
 pub const AFFINITY_HEADER: &str = "sluice.dev/affinity-header";
+pub const WHEN_UNDECIDED: &str = "sluice.dev/when-undecided";
+pub const INCIDENT_ALLOWANCE: &str = "sluice.dev/incident-allowance";
+pub const WARMUP: &str = "sluice.dev/warmup";
+pub const LATENCY_TOLERANCE: &str = "sluice.dev/latency-tolerance";
+pub const BASELINE: &str = "sluice.dev/baseline";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
-pub const KNOWN: [&str; 32] = [
+pub const KNOWN: [&str; 37] = [
     CANARY,
     PORT,
     STEPS,
@@ -78,6 +83,11 @@ pub const KNOWN: [&str; 32] = [
     AFFINITY_COOKIE,
     AFFINITY_MAX_AGE,
     AFFINITY_HEADER,
+    WHEN_UNDECIDED,
+    INCIDENT_ALLOWANCE,
+    WARMUP,
+    LATENCY_TOLERANCE,
+    BASELINE,
 ];
 
 /// How often the operator reads the proxies under the sequential gate,
@@ -229,12 +239,35 @@ pub fn parse(
             settings.latency_bounds = plan::parse_bounds(v)
                 .map_err(|e| err(LATENCY_BOUND, v, e, "bucket bounds like 300ms,1s"))?;
         }
+        let duration = |k: &str, allowed: &str| -> Result<Option<Duration>, AnnotationError> {
+            get(k)
+                .map(|v| sluice_proxy::config::parse_duration(v).map_err(|e| err(k, v, e, allowed)))
+                .transpose()
+        };
+        if let Some(d) = duration(INCIDENT_ALLOWANCE, "a duration up to 10m, e.g. 20s")? {
+            settings.incident_allowance = d;
+        }
+        if let Some(d) = duration(WARMUP, "a duration up to 10m, e.g. 10s")? {
+            settings.warmup = d;
+        }
+        if let Some(d) = duration(BASELINE, "a duration up to 10m, e.g. 30s")? {
+            settings.baseline = d;
+        }
+        if let Some(v) = get(LATENCY_TOLERANCE) {
+            settings.latency_tolerance = plan::parse_percent(v.trim().trim_end_matches('%'))
+                .map_err(|e| err(LATENCY_TOLERANCE, v, e, "a percent, e.g. 10%"))?
+                / 100.0;
+        }
         let names = |field: &str| match field {
             "alpha" => ALPHA,
             "beta" => BETA,
             "rho0" => RHO0,
             "rho_max" => RHO_MAX,
             "failure_floor" => FAILURE_FLOOR,
+            "incident_allowance" => INCIDENT_ALLOWANCE,
+            "warmup" => WARMUP,
+            "baseline" => BASELINE,
+            "latency_tolerance" => LATENCY_TOLERANCE,
             _ => LATENCY_BOUND,
         };
         settings
@@ -247,6 +280,10 @@ pub fn parse(
     if let Some(v) = get(MAX_DURATION) {
         plan.max_duration = sluice_proxy::config::parse_duration(v)
             .map_err(|e| err(MAX_DURATION, v, e, "a duration, e.g. 30m"))?;
+    }
+    if let Some(v) = get(WHEN_UNDECIDED) {
+        plan.when_undecided = plan::Undecided::parse(v)
+            .map_err(|e| err(WHEN_UNDECIDED, v, e, plan::Undecided::NAMES))?;
     }
     if let Some(v) = get(SCRAPE_INTERVAL) {
         let d = sluice_proxy::config::parse_duration(v)
@@ -547,10 +584,16 @@ mod tests {
                 (LATENCY_BOUND, "300ms,1s"),
                 (MAX_DURATION, "1h"),
                 (SCRAPE_INTERVAL, "2s"),
+                (WHEN_UNDECIDED, "rollback"),
+                (INCIDENT_ALLOWANCE, "45s"),
+                (WARMUP, "1m"),
+                (LATENCY_TOLERANCE, "25%"),
+                (BASELINE, "0s"),
             ]),
             false,
         )
         .unwrap();
+        assert_eq!(s.plan.when_undecided, plan::Undecided::Rollback);
         let g = s.plan.gate.settings().unwrap();
         assert_eq!((g.alpha, g.beta, g.rho0, g.rho_max), (0.001, 0.1, 1.1, 2.0));
         assert_eq!(g.failure_floor, 0.005);
@@ -560,6 +603,28 @@ mod tests {
         );
         assert_eq!(s.plan.max_duration, Duration::from_secs(3600));
         assert_eq!(s.plan.scrape_interval, Duration::from_secs(2));
+        assert_eq!(g.incident_allowance, Duration::from_secs(45));
+        assert_eq!(g.warmup, Duration::from_secs(60));
+        assert_eq!(g.latency_tolerance, 0.25);
+        assert_eq!(g.baseline, Duration::ZERO);
+        // Defaults: hold for a person, a 20 s allowance, 10 s warm-up, 10%, 30 s.
+        let d = parse(&ann(&[(CANARY, "enabled")]), false).unwrap();
+        assert_eq!(d.plan.when_undecided, plan::Undecided::Hold);
+        let g = d.plan.gate.settings().unwrap();
+        assert_eq!(
+            (
+                g.incident_allowance,
+                g.warmup,
+                g.latency_tolerance,
+                g.baseline
+            ),
+            (
+                Duration::from_secs(20),
+                Duration::from_secs(10),
+                0.1,
+                Duration::from_secs(30)
+            )
+        );
     }
 
     #[test]
@@ -576,6 +641,11 @@ mod tests {
             (RHO_MAX, "0.5", "must be above 1"),
             (LATENCY_BOUND, "270ms", "250ms or 300ms"),
             (SCRAPE_INTERVAL, "100ms", "shorter than 1s"),
+            (WHEN_UNDECIDED, "wait", "hold, promote, rollback"),
+            (INCIDENT_ALLOWANCE, "1h", "longer than the 10m"),
+            (WARMUP, "soon", "a duration"),
+            (LATENCY_TOLERANCE, "150%", "0..=100"),
+            (BASELINE, "-5s", "a duration"),
             (LATENCY, "p99<=270ms", "not a bound"),
             ("sluice.dev/stepz", "10", "unknown annotation"),
         ] {

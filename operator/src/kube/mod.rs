@@ -1901,9 +1901,14 @@ async fn release_tick(
             }
             MachineAction::Event(level, text) => {
                 let (ty, reason) = match level {
+                    // The forecast from the baseline: what the release can decide.
+                    Level::Normal if text.starts_with("baseline:") => (EventType::Normal, "Plan"),
                     Level::Normal => (EventType::Normal, "Progress"),
                     Level::Warning if t.status.phase == Phase::Failed => {
                         (EventType::Warning, "RolledBack")
+                    }
+                    Level::Warning if text.starts_with("undecided after") => {
+                        (EventType::Warning, "Undecided")
                     }
                     Level::Warning => (EventType::Warning, "Override"),
                 };
