@@ -39,7 +39,8 @@
 //! 3. **Incidents.** A scrape in which the canary's share is significantly
 //!    above [`JUMP`] times its own recent level (the *reference*: its
 //!    ratio to the primary over the last [`REFERENCE_SPAN`], leaving out
-//!    the newest [`REFERENCE_LAG`]) starts a *hold*: its positive evidence
+//!    the newest [`REFERENCE_LAG`]), when its own rate there leaves room
+//!    for such a rise, starts a *hold*: its positive evidence
 //!    is set aside, not added. The hold goes on while the canary stays
 //!    significantly above the reference (one quiet scrape is forgiven once
 //!    the hold has three). If it lasts longer than the incident allowance
@@ -588,6 +589,16 @@ impl Evidence {
     /// The canary's ratio to the primary over the kept recent scrapes,
     /// pulled toward 1 by a few pseudo-events (None before any).
     pub fn reference_ratio(&self, now: f64) -> Option<f64> {
+        let s = self.reference_counts(now)?;
+        let share = s.canary_requests / (s.canary_requests + s.stable_requests);
+        let canary = (s.canary_events + REFERENCE_PRIOR_EVENTS * share) / s.canary_requests;
+        let stable = (s.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / s.stable_requests;
+        Some(canary / stable)
+    }
+
+    /// The kept scrapes the reference is taken from, summed (None before
+    /// any with traffic in both arms).
+    fn reference_counts(&self, now: f64) -> Option<Counts> {
         let sum = |lag: f64| {
             self.reference
                 .iter()
@@ -618,10 +629,7 @@ impl Evidence {
         if self.reference.is_empty() || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
             return None;
         }
-        let share = s.canary_requests / (s.canary_requests + s.stable_requests);
-        let canary = (s.canary_events + REFERENCE_PRIOR_EVENTS * share) / s.canary_requests;
-        let stable = (s.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / s.stable_requests;
-        Some(canary / stable)
+        Some(s)
     }
 
     /// Puts a scrape already counted (the one before a hold began, above
@@ -669,10 +677,19 @@ impl Evidence {
             c.stable_events / phi,
         );
         let (high, low) = (r.max(t.rho0), r.min(t.rho0));
+        // An incident raises the canary's own rate by JUMP, which a canary
+        // already failing two requests in three cannot do: its share of
+        // the events may look higher than a young reference pulled toward
+        // the primary, but it is judged, not held.
+        let own_rate_can_rise = self
+            .reference_counts(began)
+            .is_some_and(|s| JUMP * (s.canary_events + 1.0) / (s.canary_requests + 1.0) < 1.0);
         let up = if self.hold.is_some() {
             binomial_upper_tail(k, ec, c.theta(high)) < JUMP_P
         } else {
-            c.canary_events >= 2.0 && binomial_upper_tail(k, ec, c.theta(JUMP * high)) < JUMP_P
+            c.canary_events >= 2.0
+                && own_rate_can_rise
+                && binomial_upper_tail(k, ec, c.theta(JUMP * high)) < JUMP_P
         };
         // The primary's own jumps matter to the pass side only when large
         // (an incident there makes a bad canary look good); the ordinary
