@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod fast;
+pub mod fields;
 pub mod grpc;
 pub mod h1;
 pub mod kube_source;

@@ -1,0 +1,369 @@
+//! Rules on header fields and request targets that every request path
+//! applies the same way (the own HTTP/1.1 path, hyper's HTTP/1.1 and
+//! HTTP/2 paths, and the own upstream codec). This module only looks at
+//! bytes; it imports nothing of the proxy's.
+//!
+//! - **Fields a client may not send on.** `X-Sluice-*` is the proxy's own
+//!   namespace (`X-Sluice-Mirror: 1` marks its mirror copies, which the
+//!   README invites backends to treat as free of side effects): a client's
+//!   is always dropped. A name with `_` is dropped unless the route keeps
+//!   such names ([`ClientField::Underscored`]); the underscore spellings of
+//!   the fields the proxy sets or frames by are dropped even then
+//!   ([`ClientField::Reserved`]), since a backend that maps names
+//!   CGI-style reads `X_Forwarded_For` as `X-Forwarded-For`.
+//! - **Hosts.** A Host field, an absolute-form target's authority and an
+//!   HTTP/2 `:authority` must each be `host [ ":" port ]` (RFC 3986: a
+//!   registered name or IPv4 address, or a bracketed IPv6 address; a port
+//!   of digits), so user info (`a@b`) never reaches a backend or a route
+//!   match.
+//! - **Transfer codings.** A request's `Transfer-Encoding` must be exactly
+//!   `chunked` (any case, once): another coding is 501 (nginx's answer),
+//!   a malformed list (an empty element, `chunked` twice, parameters) 400.
+//!   A response's must be exactly `chunked` too: any other coding would
+//!   have to be undone before the proxy re-frames the body (502).
+//! - **Lengths.** A `Content-Length` is one or more equal decimal numbers
+//!   (`5`, `5, 5`, two fields of `5`); anything else is not a length.
+
+/// What the request paths do with a client's header field, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientField {
+    /// Passed on (subject to the paths' own hop-by-hop and forwarding rules).
+    Ordinary,
+    /// `X-Sluice-*`, or the underscore spelling of a field the proxy sets
+    /// or frames by: never passed on.
+    Reserved,
+    /// A name with `_`: passed on only on routes with
+    /// `underscore_headers: keep`.
+    Underscored,
+}
+
+/// The proxy's own field namespace.
+const PROXY_PREFIX: &[u8] = b"x-sluice-";
+
+/// Fields whose underscore spellings are never passed on: what the proxy
+/// sets (forwarding), frames by, or treats as hop-by-hop.
+const RESERVED_SPELLINGS: [&[u8]; 14] = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"forwarded",
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"upgrade",
+    b"trailer",
+];
+
+/// What becomes of a client's field named `name` (any case).
+pub fn client_field(name: &[u8]) -> ClientField {
+    let underscored = name.contains(&b'_');
+    let dashed = |i: usize| -> u8 {
+        match name[i] {
+            b'_' => b'-',
+            b => b.to_ascii_lowercase(),
+        }
+    };
+    let spelled =
+        |known: &[u8]| name.len() >= known.len() && (0..known.len()).all(|i| dashed(i) == known[i]);
+    if spelled(PROXY_PREFIX) {
+        return ClientField::Reserved;
+    }
+    if !underscored {
+        return ClientField::Ordinary;
+    }
+    if RESERVED_SPELLINGS
+        .iter()
+        .any(|known| known.len() == name.len() && spelled(known))
+    {
+        ClientField::Reserved
+    } else {
+        ClientField::Underscored
+    }
+}
+
+/// Whether `value` is `uri-host [ ":" port ]` (RFC 3986): a registered
+/// name or IPv4 address (unreserved characters, sub-delims and `%`), or an
+/// IPv6 address in brackets, then optionally `:` and up to five digits. No
+/// user info, path, space or second colon.
+pub fn is_host_and_port(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &value[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => (&value[..=end], None),
+            [b':', port @ ..] => (&value[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        }
+    };
+    !host.is_empty()
+        && (host[0] == b'[' || host.iter().all(|&b| is_reg_name_byte(b)))
+        && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+}
+
+/// RFC 3986's unreserved characters, sub-delims and `%`: what a
+/// registered name may hold.
+pub fn is_reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// RFC 3986's unreserved characters, sub-delims, `:` and `%`: what both a
+/// host and a path may hold.
+pub fn is_uri_common(b: u8) -> bool {
+    is_reg_name_byte(b) || b == b':'
+}
+
+/// What a message's `Transfer-Encoding` fields say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferCoding {
+    /// No `Transfer-Encoding` field.
+    Absent,
+    /// Exactly `chunked`.
+    Chunked,
+    /// A list that is not one (an empty element, `chunked` more than
+    /// once, parameters, spaces within an element).
+    Malformed,
+    /// A coding other than `chunked` alone (`gzip, chunked`, `identity`,
+    /// `chunked, gzip`).
+    Unsupported,
+}
+
+/// Reads the values of every `Transfer-Encoding` field of a message.
+pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> TransferCoding {
+    let mut seen = false;
+    let mut chunked = 0;
+    let mut others = false;
+    for value in values {
+        seen = true;
+        for element in value.split(|&b| b == b',') {
+            let element = element.trim_ascii();
+            if element.is_empty()
+                || !element
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                return TransferCoding::Malformed;
+            }
+            if element.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else {
+                others = true;
+            }
+        }
+    }
+    match (seen, chunked, others) {
+        (false, ..) => TransferCoding::Absent,
+        (true, 2.., _) => TransferCoding::Malformed,
+        (true, 1, false) => TransferCoding::Chunked,
+        (true, ..) => TransferCoding::Unsupported,
+    }
+}
+
+/// Why `Content-Length` fields are not a length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LengthError {
+    /// A value (or list element) is not a decimal number.
+    NotANumber,
+    /// Values differ.
+    Differing,
+}
+
+/// The length the `Content-Length` fields' values give (None: no field),
+/// and whether it was given more than once.
+pub fn content_length<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<(u64, bool)>, LengthError> {
+    let mut length: Option<u64> = None;
+    let mut repeated = false;
+    for value in values {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(LengthError::NotANumber)?;
+            match length {
+                Some(l) if l != n => return Err(LengthError::Differing),
+                Some(_) => repeated = true,
+                None => length = Some(n),
+            }
+        }
+    }
+    Ok(length.map(|n| (n, repeated)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxys_fields_and_underscore_spellings_are_told_apart() {
+        for name in ["X-Sluice-Mirror", "x-sluice-anything", "X_Sluice_Mirror"] {
+            assert_eq!(
+                client_field(name.as_bytes()),
+                ClientField::Reserved,
+                "{name}"
+            );
+        }
+        for name in [
+            "X_Forwarded_For",
+            "x_real_ip",
+            "X_FORWARDED_HOST",
+            "content_length",
+            "Transfer_Encoding",
+            "HOST_",
+        ] {
+            let expected = if name == "HOST_" {
+                ClientField::Underscored
+            } else {
+                ClientField::Reserved
+            };
+            assert_eq!(client_field(name.as_bytes()), expected, "{name}");
+        }
+        for name in ["my_header", "x_forwarded_for_app", "_"] {
+            assert_eq!(
+                client_field(name.as_bytes()),
+                ClientField::Underscored,
+                "{name}"
+            );
+        }
+        for name in ["X-Forwarded-For", "accept", "x-sluice", "x-sluic-e"] {
+            assert_eq!(
+                client_field(name.as_bytes()),
+                ClientField::Ordinary,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_are_a_host_and_an_optional_port() {
+        for good in [
+            "a",
+            "web.example",
+            "Fast.Example:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "host:",
+            "under_score.example",
+        ] {
+            assert!(is_host_and_port(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a@b",
+            "user@a.example",
+            "a.example/x",
+            "a b",
+            "a:b:c",
+            "a:8o",
+            "a:123456",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "[a@b]",
+            "a\tb",
+        ] {
+            assert!(!is_host_and_port(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_are_chunked_alone_or_refused() {
+        let coding = |values: &[&str]| transfer_coding(values.iter().map(|v| v.as_bytes()));
+        assert_eq!(coding(&[]), TransferCoding::Absent);
+        for chunked in [&["chunked"][..], &["Chunked"], &[" chunked "]] {
+            assert_eq!(coding(chunked), TransferCoding::Chunked, "{chunked:?}");
+        }
+        for unsupported in [
+            &["gzip, chunked"][..],
+            &["identity, chunked"],
+            &["chunked, gzip"],
+            &["identity"],
+            &["gzip"],
+            &["gzip", "chunked"],
+        ] {
+            assert_eq!(
+                coding(unsupported),
+                TransferCoding::Unsupported,
+                "{unsupported:?}"
+            );
+        }
+        for malformed in [
+            &[",chunked"][..],
+            &["chunked,"],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["chunked;q=1"],
+            &["chun ked"],
+            &[""],
+        ] {
+            assert_eq!(
+                coding(malformed),
+                TransferCoding::Malformed,
+                "{malformed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lengths_are_equal_decimal_numbers() {
+        let length = |values: &[&str]| content_length(values.iter().map(|v| v.as_bytes()));
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(length(&["5"]), Ok(Some((5, false))));
+        assert_eq!(length(&["5, 5"]), Ok(Some((5, true))));
+        assert_eq!(length(&["3", "3"]), Ok(Some((3, true))));
+        assert_eq!(length(&["5", "7"]), Err(LengthError::Differing));
+        for bad in [
+            "abc",
+            "-1",
+            "+5",
+            "0x5",
+            "",
+            "5,",
+            "1 2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(length(&[bad]), Err(LengthError::NotANumber), "{bad}");
+        }
+    }
+}
