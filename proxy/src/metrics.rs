@@ -207,6 +207,43 @@ lower_case_label!(UpstreamErrorKind {
     Reset => "reset",
 });
 
+/// How a client failed its own request; the `kind` label of
+/// `sluice_client_errors_total`. A client's fault is never a backend's:
+/// such a request is not counted in `sluice_requests_total` and never
+/// in `sluice_upstream_errors_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// The request body's framing is broken (a chunk-size line that is
+    /// not a size, chunk data without its CRLF, an HTTP/2 body longer or
+    /// shorter than its `content-length`): answered 400.
+    MalformedBody,
+    /// The client's connection (or stream) ended before its body did:
+    /// answered 400 if it can still read the answer.
+    IncompleteBody,
+    /// The client paused its body longer than `timeouts.idle`: answered 408.
+    BodyTimeout,
+}
+
+lower_case_label!(ClientErrorKind {
+    MalformedBody => "malformed_body",
+    IncompleteBody => "incomplete_body",
+    BodyTimeout => "body_timeout",
+});
+
+impl ClientErrorKind {
+    pub const ALL: [ClientErrorKind; 3] = [
+        ClientErrorKind::MalformedBody,
+        ClientErrorKind::IncompleteBody,
+        ClientErrorKind::BodyTimeout,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientErrorLabels {
+    pub route: String,
+    pub kind: ClientErrorKind,
+}
+
 /// Why the proxy refused a request itself; the `reason` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RejectReason {
@@ -468,6 +505,7 @@ pub struct Metrics {
     rejected: Family<RejectLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     mirror_skipped: Family<MirrorSkipLabels, Counter>,
+    client_errors: Family<ClientErrorLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
 }
@@ -535,6 +573,12 @@ impl Metrics {
             "Requests picked for mirroring that were not copied to the canary, by reason",
             mirror_skipped.clone(),
         );
+        let client_errors = Family::<ClientErrorLabels, Counter>::default();
+        registry.register(
+            "client_errors",
+            "Requests that failed by their client's fault (a malformed or incomplete body, a body paused too long), by kind; never counted against a backend",
+            client_errors.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "connections_rejected",
@@ -567,6 +611,7 @@ impl Metrics {
             rejected,
             retries,
             mirror_skipped,
+            client_errors,
             connections_rejected,
             open_connections,
         })
@@ -600,6 +645,19 @@ impl Metrics {
                 reason,
             })
             .clone()
+    }
+
+    /// The client-error counters of `route`, one per kind (made at once,
+    /// so they are exposed at 0).
+    pub fn client_errors(&self, route: &str) -> ClientErrors {
+        ClientErrors(ClientErrorKind::ALL.map(|kind| {
+            self.client_errors
+                .get_or_create(&ClientErrorLabels {
+                    route: route.to_string(),
+                    kind,
+                })
+                .clone()
+        }))
     }
 
     /// A request the proxy refused itself (a limit).
@@ -679,6 +737,17 @@ impl Metrics {
     }
 }
 
+/// Pre-resolved `sluice_client_errors_total` handles of one route, one
+/// per [`ClientErrorKind`].
+#[derive(Clone, Debug)]
+pub struct ClientErrors([Counter; 3]);
+
+impl ClientErrors {
+    pub fn record(&self, kind: ClientErrorKind) {
+        self.0[kind as usize].inc();
+    }
+}
+
 /// Pre-resolved upstream-error handles of one (route, backend) pair.
 #[derive(Clone)]
 pub struct BackendMetrics {
@@ -725,6 +794,8 @@ mod tests {
             .record_upstream_error(UpstreamErrorKind::Connect);
         m.set_canary_weight("web", 33.33);
         m.record_reload(ReloadResult::Success);
+        m.client_errors("web")
+            .record(ClientErrorKind::MalformedBody);
         let text = m.encode();
         for needle in [
             "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"503\",classification=\"failure\",decision=\"weight\"} 1",
@@ -738,6 +809,9 @@ mod tests {
             "sluice_request_duration_seconds_bucket{le=\"0.25\",route=\"web\",backend=\"canary\",decision=\"match\"} 0",
             "sluice_upstream_errors_total{route=\"web\",backend=\"canary\",kind=\"connect\"} 1",
             "sluice_route_canary_weight{route=\"web\"} 33.33",
+            "sluice_client_errors_total{route=\"web\",kind=\"malformed_body\"} 1",
+            "sluice_client_errors_total{route=\"web\",kind=\"incomplete_body\"} 0",
+            "sluice_client_errors_total{route=\"web\",kind=\"body_timeout\"} 0",
             "sluice_config_reloads_total{result=\"success\"} 1",
             "sluice_config_reloads_total{result=\"failure\"} 0",
             "sluice_build_info{version=",
