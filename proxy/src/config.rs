@@ -231,6 +231,32 @@ pub struct RouteConfig {
     /// A copy of some of the stable's requests goes to the canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+    /// What becomes of request header fields whose names contain `_`.
+    #[serde(default, skip_serializing_if = "UnderscoreHeaders::is_default")]
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+/// Request header fields whose names contain `_` (a route's
+/// `underscore_headers`). `drop` (the default, as nginx does): they never
+/// reach the backend, because a backend that maps names CGI-style (`-`
+/// and `_` both become `_`) would read a client's `X_Forwarded_For` as the
+/// proxy's `X-Forwarded-For`. `keep`: they are passed on, except the
+/// underscore spellings of the fields the proxy sets or frames by
+/// (forwarding fields, `Host`, `Content-Length`, `Transfer-Encoding`,
+/// hop-by-hop fields, `X-Sluice-*`), which are always dropped. A/B rules
+/// and header affinity read the client's fields either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    #[default]
+    Drop,
+    Keep,
+}
+
+impl UnderscoreHeaders {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Session affinity of a route: set exactly one of `cookie` or `header`.
@@ -660,6 +686,9 @@ pub struct ValidRoute {
     pub grpc_failure_codes: crate::grpc::Codes,
     pub affinity: Option<ValidAffinity>,
     pub mirror: Option<ValidMirror>,
+    /// Request fields with `_` in their names are passed on (see
+    /// [`UnderscoreHeaders`]).
+    pub keep_underscore_headers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1171,6 +1200,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         grpc_failure_codes,
         affinity,
         mirror,
+        keep_underscore_headers: route.underscore_headers == UnderscoreHeaders::Keep,
     })
 }
 
@@ -1571,6 +1601,24 @@ routes:
         assert_eq!(config.routes[0].canary_weight, 5.0);
         assert!(config.validate().is_ok());
         assert!(Config::from_yaml(text).is_err(), "strict for files");
+    }
+
+    #[test]
+    fn underscore_headers_are_dropped_unless_a_route_keeps_them() {
+        let text = "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1' }\n  - { name: b, path_prefix: /b, stable: 'http://h:2', underscore_headers: keep }\n";
+        let valid = Config::from_yaml(text).unwrap().validate().unwrap();
+        assert!(!valid.routes[0].keep_underscore_headers);
+        assert!(valid.routes[1].keep_underscore_headers);
+        let err = Config::from_yaml(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1', underscore_headers: allow }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("routes[0].underscore_headers")
+                && err.contains("unknown variant `allow`, expected `drop` or `keep`"),
+            "{err}"
+        );
     }
 
     #[test]
