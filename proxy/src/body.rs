@@ -1,7 +1,17 @@
 //! The response body the proxy streams back, which records the request's
 //! metrics exactly once: when the body ends, fails, or is dropped by a client
-//! that went away; and [`InFlight`], which records a client that went away
-//! before there was a response at all.
+//! that went away; [`InFlight`], which records a client that went away
+//! before there was a response at all; and [`UpstreamBody`], the request
+//! body on its way upstream, which tells the client's faults apart from
+//! the backend's.
+//!
+//! A client's fault is never a backend's: when the request body breaks on
+//! the client's side (a malformed chunk, a connection that ends before the
+//! body does, a body paused too long) the request is counted in
+//! `sluice_client_errors_total{route,kind}` only, never in
+//! `sluice_requests_total` or `sluice_upstream_errors_total`, and a client
+//! that leaves before its body has gone upstream is such a fault too, not
+//! a 499 on the backend.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +21,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::metrics::{BackendMetrics, Classification, Series, UpstreamErrorKind};
+use crate::metrics::{
+    BackendMetrics, Classification, ClientErrorKind, ClientErrors, Series, UpstreamErrorKind,
+};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,9 +36,15 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// records `code="499",classification="failure"` with the time so far: a
 /// canary that hangs until its callers give up is counted, not invisible.
 /// It is not an upstream error (`sluice_upstream_errors_total` is untouched).
+/// A client that went away before its request body had all gone upstream
+/// is the client's own fault: `sluice_client_errors_total{kind=
+/// "incomplete_body"}`, nothing on the backend.
 pub struct InFlight {
     series: Option<Arc<Series>>,
     start: Instant,
+    /// The request body's progress and the route's client-error counters
+    /// (requests with a body).
+    body: Option<(Progress, ClientErrors)>,
 }
 
 impl InFlight {
@@ -34,7 +52,30 @@ impl InFlight {
         Self {
             series: Some(series),
             start,
+            body: None,
         }
+    }
+
+    /// Watches the request's body: a client that leaves before it has
+    /// gone upstream is counted in `errors`, not on the backend.
+    pub fn with_body(mut self, progress: &Progress, errors: &ClientErrors) -> Self {
+        if progress.0.is_some() {
+            self.body = Some((progress.clone(), errors.clone()));
+        }
+        self
+    }
+
+    /// The request's outcome is counted elsewhere (a limit the proxy
+    /// answered itself).
+    pub fn answered_elsewhere(mut self) {
+        self.series = None;
+    }
+
+    /// The request failed by its client's fault: counted as `kind` in the
+    /// route's client errors, nothing on the backend.
+    pub fn client_failed(mut self, errors: &ClientErrors, kind: ClientErrorKind) {
+        self.series = None;
+        errors.record(kind);
     }
 
     /// The request has an answer (from the upstream or the proxy): the
@@ -56,6 +97,12 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(series) = self.series.take() {
+            if let Some((progress, errors)) = &self.body
+                && !progress.is_sent()
+            {
+                errors.record(ClientErrorKind::IncompleteBody);
+                return;
+            }
             series.record(
                 CLIENT_CLOSED_REQUEST,
                 Classification::Failure,
@@ -75,12 +122,18 @@ pub struct GrpcJudge {
 
 /// A request body on its way upstream, watched: when it has been sent
 /// (the request timeout starts then), when its last chunk came (a client
-/// that pauses too long gets 408), and whether it grew past
+/// that pauses too long gets 408), whether it grew past
 /// `limits.max_request_body` (it then ends in an error and the request
-/// path answers 413).
+/// path answers 413), and whether it broke on the client's side
+/// ([`Progress::client_fault`]).
 pub struct UpstreamBody {
     /// None: no body (a retried request without one), or `full`.
     inner: Option<hyper::body::Incoming>,
+    /// Frames read ahead of the upstream exchange ([`UpstreamBody::read_ahead`]),
+    /// handed on first.
+    ahead: std::collections::VecDeque<Frame<Bytes>>,
+    /// `inner` has ended (during the read-ahead).
+    inner_ended: bool,
     /// A body held whole (a mirrored copy's).
     full: Option<Bytes>,
     /// Copies the body for a mirrored request.
@@ -93,6 +146,7 @@ pub struct UpstreamBody {
 
 /// The request path's view of an [`UpstreamBody`]'s progress; a request
 /// without a body costs no allocation and counts as sent from the start.
+#[derive(Clone)]
 pub struct Progress(Option<Arc<BodyProgress>>);
 
 impl Progress {
@@ -118,6 +172,18 @@ impl Progress {
     pub fn exceeded(&self) -> bool {
         self.0.as_ref().is_some_and(|p| p.exceeded())
     }
+
+    /// How the body broke on the client's side, if it did.
+    pub fn client_fault(&self) -> Option<ClientErrorKind> {
+        let code = self
+            .0
+            .as_ref()?
+            .client_fault
+            .load(std::sync::atomic::Ordering::SeqCst);
+        ClientErrorKind::ALL
+            .into_iter()
+            .find(|kind| *kind as u8 + 1 == code)
+    }
 }
 
 /// What the request path knows of an [`UpstreamBody`] on its way.
@@ -126,6 +192,8 @@ pub struct BodyProgress {
     last_ms: std::sync::atomic::AtomicU64,
     done: std::sync::atomic::AtomicBool,
     exceeded: std::sync::atomic::AtomicBool,
+    /// 0, or 1 + the [`ClientErrorKind`] the client's body broke with.
+    client_fault: std::sync::atomic::AtomicU8,
     sent: tokio::sync::Notify,
 }
 
@@ -171,12 +239,15 @@ impl UpstreamBody {
                 last_ms: std::sync::atomic::AtomicU64::new(0),
                 done: std::sync::atomic::AtomicBool::new(false),
                 exceeded: std::sync::atomic::AtomicBool::new(false),
+                client_fault: std::sync::atomic::AtomicU8::new(0),
                 sent: tokio::sync::Notify::new(),
             })
         });
         (
             Self {
                 inner: Some(inner),
+                ahead: std::collections::VecDeque::new(),
+                inner_ended: false,
                 full: None,
                 tee: None,
                 left: cap,
@@ -195,6 +266,8 @@ impl UpstreamBody {
     pub fn full(bytes: Option<Bytes>) -> Self {
         Self {
             inner: None,
+            ahead: std::collections::VecDeque::new(),
+            inner_ended: false,
             full: bytes.filter(|b| !b.is_empty()),
             tee: None,
             left: None,
@@ -207,22 +280,34 @@ impl UpstreamBody {
     pub fn tee(&mut self, tee: crate::mirror::Tee) {
         self.tee = Some(Box::new(tee));
     }
-}
 
-/// The error of a body that grew past its cap.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body is larger than limits.max_request_body")]
-pub struct BodyTooLarge;
+    /// Reads the body ahead of the upstream exchange until it ends or
+    /// `limit` bytes have come, so that a body that breaks within its
+    /// first `limit` bytes (a bad chunk-size line, a client that closes
+    /// before its declared length) never reaches a backend. What was read
+    /// goes upstream first. Err: the body failed (too large, or broken by
+    /// the client: see [`Progress::client_fault`]).
+    pub async fn read_ahead(&mut self, limit: usize) -> Result<(), BoxError> {
+        let mut gathered = 0;
+        while gathered < limit && !self.inner_ended && self.inner.is_some() {
+            match std::future::poll_fn(|cx| self.poll_inner(cx)).await {
+                Some(Ok(frame)) => {
+                    gathered += frame.data_ref().map_or(0, Bytes::len);
+                    self.ahead.push_back(frame);
+                }
+                Some(Err(e)) => return Err(e),
+                None => self.inner_ended = true,
+            }
+        }
+        Ok(())
+    }
 
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.get_mut();
+    /// The next frame of `inner`, watched (see the type's docs).
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
+        if this.inner_ended {
+            return Poll::Ready(None);
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(this.full.take().map(|b| Ok(Frame::data(b))));
         };
@@ -255,6 +340,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
+                this.inner_ended = true;
                 if let Some(p) = &this.progress {
                     p.mark_done();
                 }
@@ -263,25 +349,109 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                // Everything `inner` reports is the client's side: its
+                // connection or stream, and the framing of what it sent.
+                if let Some(p) = &this.progress {
+                    p.client_fault.store(
+                        client_fault_kind(&e) as u8 + 1,
+                        std::sync::atomic::Ordering::SeqCst,
+                    );
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// How a client's request body failed, from hyper's error: the
+/// connection or stream ended early (an EOF before the declared length or
+/// the last chunk, a reset stream, a broken connection), or what it sent
+/// is not a valid body.
+fn client_fault_kind(error: &hyper::Error) -> ClientErrorKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => ClientErrorKind::IncompleteBody,
+                _ => ClientErrorKind::MalformedBody,
+            };
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            // A stream the proxy reset for a protocol error is a malformed
+            // body (its length disagrees with its content-length, say); a
+            // stream the client reset, or lost with its connection, was
+            // cut short.
+            return if h2.reason() == Some(h2::Reason::PROTOCOL_ERROR) && !h2.is_remote() {
+                ClientErrorKind::MalformedBody
+            } else {
+                ClientErrorKind::IncompleteBody
+            };
+        }
+        source = e.source();
+    }
+    // hyper's "connection error": the body was cut by its connection's end.
+    ClientErrorKind::IncompleteBody
+}
+
+/// The error of a body that grew past its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than limits.max_request_body")]
+pub struct BodyTooLarge;
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.ahead.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        this.poll_inner(cx)
+    }
 
     fn is_end_stream(&self) -> bool {
+        if !self.ahead.is_empty() {
+            return false;
+        }
         match &self.inner {
+            Some(_) if self.inner_ended => true,
             Some(i) => i.is_end_stream(),
             None => self.full.is_none(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        match &self.inner {
+        let rest = match &self.inner {
+            Some(_) if self.inner_ended => http_body::SizeHint::with_exact(0),
             Some(i) => i.size_hint(),
             None => {
                 http_body::SizeHint::with_exact(self.full.as_ref().map_or(0, |b| b.len() as u64))
             }
+        };
+        if self.ahead.is_empty() {
+            return rest;
         }
+        // What was read ahead comes before the rest.
+        let ahead: u64 = self
+            .ahead
+            .iter()
+            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use crate::config::{Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, bp_to_percent};
-use crate::metrics::{BackendLabel, BackendMetrics, Decision, Metrics, Series};
+use crate::metrics::{BackendLabel, BackendMetrics, ClientErrors, Decision, Metrics, Series};
 use crate::split::SplitState;
 use crate::upstream::{BackendClients, ClientPool, PoolKey};
 
@@ -102,6 +102,11 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub affinity: Option<crate::affinity::Affinity>,
     pub mirror: Option<crate::mirror::Mirror>,
+    /// Requests that failed by their client's fault, by kind.
+    pub client_errors: ClientErrors,
+    /// Request fields with `_` in their names are passed on
+    /// (`underscore_headers: keep`).
+    pub keep_underscore_headers: bool,
 }
 
 /// A request's place among its route's requests in flight; given back
@@ -298,6 +303,8 @@ impl Routing {
                 max_body: valid.max_request_body,
                 affinity,
                 mirror,
+                client_errors: metrics.client_errors(&r.name),
+                keep_underscore_headers: r.keep_underscore_headers,
             }));
         }
         // Longest prefix first, host-specific before any-host, then config order.
@@ -376,11 +383,21 @@ pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(normal)
 }
 
+/// Whether `host` is `pattern`'s host; `*.suffix` is one DNS label or
+/// more before `.suffix`, so `a@x.example` (user info, refused before
+/// routing anyway) is never a name under `x.example`.
 fn host_matches(pattern: &str, host: &str) -> bool {
     if let Some(suffix) = pattern.strip_prefix("*.") {
-        host.len() > suffix.len() + 1
-            && host.ends_with(suffix)
-            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        let host = host.as_bytes();
+        let Some(labels_end) = host.len().checked_sub(suffix.len() + 1) else {
+            return false;
+        };
+        labels_end > 0
+            && host.ends_with(suffix.as_bytes())
+            && host[labels_end] == b'.'
+            && host[..labels_end]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     } else {
         pattern.eq_ignore_ascii_case(host)
     }
@@ -430,6 +447,19 @@ mod tests {
         assert_eq!(name(Some("other"), "/"), Some("root".into()));
         assert_eq!(name(Some("a.wild.example"), "/x"), Some("wild".into()));
         assert_eq!(name(Some("wild.example"), "/x"), Some("root".into()));
+        assert_eq!(name(Some("a.b.wild.example"), "/x"), Some("wild".into()));
+        for not_a_name in [
+            "a@x.wild.example",
+            "a@wild.example",
+            "a b.wild.example",
+            ".wild.example",
+        ] {
+            assert_eq!(
+                name(Some(not_a_name), "/x"),
+                Some("root".into()),
+                "{not_a_name}"
+            );
+        }
     }
 
     #[tokio::test]
