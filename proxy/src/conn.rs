@@ -14,6 +14,14 @@
 //!   If the client does not complete the graceful close (an HTTP/2 client
 //!   that never answers the GOAWAY's PING), the connection is closed after
 //!   another idle timeout.
+//! - A client that half-closes its connection (ends its input) after
+//!   pipelining HTTP/1.1 requests gets every one of them answered before
+//!   the connection closes. hyper reads an end of input during a request
+//!   as a client gone and drops that request, so [`ClientIo`] keeps the
+//!   end from hyper while a request read from bytes that came before the
+//!   previous answer is in flight (a lone request whose client closes is
+//!   still dropped and counted 499: nothing on the wire tells a half-close
+//!   from a close, and nginx reads it so too).
 //! - A drain shuts every connection down gracefully and waits, up to the
 //!   drain timeout, for them to finish. Upgraded connections (WebSocket
 //!   and other tunnels) are tracked apart, in [`ProxyState::tunnels`]:
@@ -23,12 +31,14 @@
 //! [`ProxyState::tunnels`]: crate::server::ProxyState::tunnels
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
 /// How often to check a timeout of `timeout`: a quarter of it, between
@@ -179,6 +189,18 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `start` of the last request start or end.
     last: AtomicU64,
+    /// The order of the connection's reads and writes ([`ClientIo`]): a
+    /// counter, the last read asked for and the last write made.
+    io_seq: AtomicU64,
+    last_read: AtomicU64,
+    last_write: AtomicU64,
+    /// The request in flight was read from bytes that came before the
+    /// previous answer went out (it was pipelined).
+    pipelined: AtomicBool,
+    /// The connection's task, while [`ClientIo`] keeps an end of input
+    /// from hyper: woken when the requests in flight are over.
+    held_end: Mutex<Option<Waker>>,
+    holding: AtomicBool,
 }
 
 impl Activity {
@@ -188,6 +210,12 @@ impl Activity {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             last: AtomicU64::new(0),
+            io_seq: AtomicU64::new(0),
+            last_read: AtomicU64::new(0),
+            last_write: AtomicU64::new(0),
+            pipelined: AtomicBool::new(false),
+            held_end: Mutex::new(None),
+            holding: AtomicBool::new(false),
         })
     }
 
@@ -198,10 +226,33 @@ impl Activity {
     /// A request head has arrived; it is in flight until the guard drops
     /// (with its response body).
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
-        self.requests.fetch_add(1, Ordering::SeqCst);
+        // hyper parsed this head without reading since the last answer
+        // went out: its bytes came before it.
+        let earlier = self.requests.fetch_add(1, Ordering::SeqCst) > 0;
+        let unread = self.last_read.load(Ordering::SeqCst) < self.last_write.load(Ordering::SeqCst);
+        self.pipelined.store(earlier && unread, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.last.store(self.now_ms(), Ordering::SeqCst);
         RequestGuard(self.clone())
+    }
+
+    fn note_io(&self, at: &AtomicU64) {
+        at.store(
+            self.io_seq.fetch_add(1, Ordering::SeqCst) + 1,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Whether an end of input that came now is kept from hyper: a
+    /// pipelined request is in flight. Then `waker` is woken when it is
+    /// over.
+    fn hold_end(&self, waker: &Waker) -> bool {
+        if self.in_flight.load(Ordering::SeqCst) == 0 || !self.pipelined.load(Ordering::SeqCst) {
+            return false;
+        }
+        *self.held_end.lock().expect("waker lock") = Some(waker.clone());
+        self.holding.store(true, Ordering::SeqCst);
+        true
     }
 
     /// How long the connection has had no request in flight (zero while
@@ -222,7 +273,132 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let a = &self.0;
         a.last.store(a.now_ms(), Ordering::SeqCst);
-        a.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if a.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && a.holding.swap(false, Ordering::SeqCst)
+        {
+            // The connection's task reads the held end of input now.
+            if let Some(waker) = a.held_end.lock().expect("waker lock").take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// A client connection as hyper reads it: first the bytes the own path
+/// already read (`prefix`), then the socket; and an end of input kept
+/// from hyper while a pipelined HTTP/1.1 request is in flight (see the
+/// module docs). Reads and writes are noted in the connection's
+/// [`Activity`] to tell pipelined requests (a head hyper parsed without
+/// reading since the last answer went out).
+pub struct ClientIo<T> {
+    prefix: Bytes,
+    inner: T,
+    activity: Arc<Activity>,
+    /// HTTP/2 (its preface came first): hyper's own rules stand.
+    http2: Option<bool>,
+    /// The client's input has ended; hyper is told once no pipelined
+    /// request is in flight.
+    ended: bool,
+}
+
+/// The HTTP/2 connection preface's start.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+impl<T> ClientIo<T> {
+    pub fn new(inner: T, prefix: Bytes, activity: Arc<Activity>) -> Self {
+        Self {
+            prefix,
+            inner,
+            activity,
+            http2: None,
+            ended: false,
+        }
+    }
+}
+
+/// The protocol the first bytes of a connection show: HTTP/2 if they
+/// start its preface (or could); None before any byte.
+fn protocol_of(first: &[u8]) -> Option<bool> {
+    let n = first.len().min(H2_PREFACE.len());
+    (n > 0).then(|| first[..n] == H2_PREFACE[..n])
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.activity.note_io(&this.activity.last_read);
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            if this.http2.is_none() {
+                this.http2 = protocol_of(&this.prefix[..n]);
+            }
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        if !this.ended {
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                    this.ended = true;
+                }
+                Poll::Ready(Ok(())) => {
+                    if this.http2.is_none() {
+                        this.http2 = protocol_of(&buf.filled()[before..]);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                other => return other,
+            }
+        }
+        if this.http2 != Some(true) && this.activity.hold_end(cx.waker()) {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.note_io(&this.activity.last_write);
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.note_io(&this.activity.last_write);
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
