@@ -4,7 +4,8 @@
 //!
 //! Such a request is served in the connection's own task from the bytes
 //! it arrived in: its head is parsed with `httparse`, checked, copied to
-//! the backend with the hop-by-hop fields dropped and the forwarding
+//! the backend with the hop-by-hop fields, the client's `X-Sluice-*` and
+//! the names with `_` dropped (see [`crate::fields`]) and the forwarding
 //! fields added (no header map, no URI parse), and the response head is
 //! copied back the same way. Routing, the exact split, the route's
 //! in-flight limit, retries, timeouts and every metric are the ones the
@@ -17,8 +18,9 @@
 //! HTTP/1.0 or HTTP/2 (prior knowledge), a target that is not a plain
 //! origin-form path, a `Connection` field naming anything but `close` or
 //! `keep-alive`, a missing, repeated or malformed `Host`, a route with A/B
-//! rules, session affinity, mirroring or an HTTP/2 or TLS backend, a route
-//! at its in-flight limit, `trusted_hops` above 0, no route at all, a head
+//! rules, session affinity, mirroring or an HTTP/2 or TLS backend, a field
+//! with `_` in its name on a route that keeps such fields, a route at its
+//! in-flight limit, `trusted_hops` above 0, no route at all, a head
 //! over [`MAX_FIELDS`] fields or `limits.max_header_bytes`, and
 //! anything `httparse` refuses. hyper then answers exactly as it would
 //! have from the start (400, 404, 431, 503 and so on), so every rule of
@@ -30,8 +32,11 @@
 //! and chunked otherwise (trailers are not passed on: the client did not
 //! ask for them with `TE: trailers`), `Date` when the backend sent none,
 //! and `Connection: close` when the client asked for it or a drain runs.
-//! A response to `HEAD` keeps the backend's `Content-Length`; 204 and 304
-//! carry none.
+//! A response to `HEAD` keeps the backend's `Content-Length` (once: the
+//! codec checked it is one number, and a HEAD response whose length is
+//! not is a 502); 204 and 304 carry none. Informational responses (103
+//! Early Hints, but 100: no client here asked for it) go to the client as
+//! they come, ahead of the final one.
 //!
 //! Time limits are those of [`crate::conn`]: the first request head must
 //! be complete within `limits.header_read_timeout` of the connection's start,
@@ -40,25 +45,28 @@
 //! is an idle one when a drain starts (a request in flight finishes first,
 //! with `Connection: close`). A client that closes its connection while
 //! its request waits for the backend is counted as 499, as on the general
-//! path.
+//! path; but an end of input after pipelined requests (more were buffered,
+//! or this one came before the previous answer) is a half-close: every
+//! request already read is answered, then the connection closes.
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Response, StatusCode};
 use http_body::Body;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::body::{GrpcJudge, InFlight, MeteredBody, Recorder};
 use crate::conn::{ConnLimits, Entered};
+use crate::fields::ClientField;
 use crate::h1::{BodyLength, Span};
 use crate::metrics::UpstreamErrorKind;
 use crate::routing::Route;
@@ -92,15 +100,12 @@ pub async fn serve(
         response_fields: Vec::new(),
         ip: peer.ip().to_string(),
         max_head,
+        read_closed: false,
     };
     let opened = Instant::now();
     if conn.run(&state, &entered, limits, opened).await == Ended::HandOver {
         let ClientConn { io, buf, .. } = conn;
-        let io = Rewind {
-            prefix: buf.freeze(),
-            io: TokioIo::new(io),
-        };
-        crate::server::serve_hyper(io, peer, state, &builder, entered, limits).await;
+        crate::server::serve_hyper(io, buf.freeze(), peer, state, &builder, entered, limits).await;
     }
 }
 
@@ -135,6 +140,10 @@ struct ClientConn {
     /// The client's IP, formatted once.
     ip: String,
     max_head: usize,
+    /// The client has closed its side (a half-close after pipelined
+    /// requests): the requests already read are answered, then the
+    /// connection closes.
+    read_closed: bool,
 }
 
 /// A parsed request head: its length and where its parts lie in the
@@ -142,6 +151,8 @@ struct ClientConn {
 struct Head {
     len: usize,
     head_method: bool,
+    /// The client sent it before it had the previous response.
+    pipelined: bool,
     target: (usize, usize),
 }
 
@@ -151,6 +162,9 @@ struct Checked {
     host: (usize, usize),
     /// The client asked to close after this response.
     close: bool,
+    /// Fields with `_` in their names were left out of the backend's head
+    /// (a route that keeps them hands the request to hyper).
+    underscored: bool,
 }
 
 impl ClientConn {
@@ -166,11 +180,13 @@ impl ClientConn {
         tokio::pin!(drain);
         let mut served = 0u64;
         loop {
+            // Bytes already here came before the last response went out.
+            let pipelined = served > 0 && !self.buf.is_empty();
             let head = match self
                 .read_head(served == 0, opened, limits, &mut drain)
                 .await
             {
-                Ok(Some(head)) => head,
+                Ok(Some(head)) => Head { pipelined, ..head },
                 Ok(None) => return Ended::Closed,
                 Err(HandOver) => return Ended::HandOver,
             };
@@ -220,6 +236,11 @@ impl ClientConn {
             {
                 return Ok(Some(head));
             }
+            if self.read_closed {
+                // A half-closed client sends no more: what is left (if
+                // anything) is no request.
+                return Ok(None);
+            }
             let deadline = match head_started {
                 Some(start) => start + limits.header_read_timeout,
                 None if first => opened + limits.header_read_timeout,
@@ -268,6 +289,7 @@ impl ClientConn {
                 Ok(Some(Head {
                     len,
                     head_method,
+                    pipelined: false,
                     target: crate::h1::offset_in(&self.buf, target),
                 }))
             }
@@ -295,10 +317,11 @@ impl ClientConn {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut host = None;
         let mut close = false;
+        let mut underscored = false;
         for (name, value) in crate::h1::head_fields(&self.buf, &self.fields) {
             match classify(name) {
                 Field::Host => {
-                    if host.is_some() || !crate::server::is_host_and_port(value) {
+                    if host.is_some() || !crate::fields::is_host_and_port(value) {
                         return None;
                     }
                     host = Some(value);
@@ -315,7 +338,11 @@ impl ClientConn {
                 }
                 Field::Refused => return None,
                 Field::Dropped | Field::Forwarding => {}
-                Field::Other => put_field(out, name, value),
+                Field::Other => match crate::fields::client_field(name) {
+                    ClientField::Ordinary => put_field(out, name, value),
+                    ClientField::Reserved => {}
+                    ClientField::Underscored => underscored = true,
+                },
             }
         }
         let host = host?;
@@ -327,6 +354,7 @@ impl ClientConn {
         Some(Checked {
             host: crate::h1::offset_in(&self.buf, host),
             close,
+            underscored,
         })
     }
 
@@ -361,6 +389,7 @@ impl ClientConn {
                     &crate::routing::normalise_path(path),
                 )
                 .filter(|route| serves(route))
+                .filter(|route| !(checked.underscored && route.keep_underscore_headers))
                 .ok_or(HandOver)?
                 .clone();
             drop(routing);
@@ -374,17 +403,33 @@ impl ClientConn {
         let in_flight = InFlight::new(backend.series(decision).clone(), start);
         backend.retry_budget.note_request();
         let upstream_head = &self.upstream_head;
+        // Informational responses (103 Early Hints) go to the client as
+        // they come, ahead of the final one; what the socket does not take
+        // at once goes with the final head.
+        let (io, out) = (&self.io, &mut self.out);
+        let mut interim = |response: &crate::h1::RawHead, spans: &[Span]| {
+            interim_head(out, response, spans);
+            write_now(io, out);
+        };
         let send = backend.client.send_raw(
             |out| out.extend_from_slice(upstream_head),
             head.head_method,
             &mut self.response_fields,
+            &mut interim,
             || backend.take_retry(),
+        );
+        let gone = client_gone(
+            &self.io,
+            &mut self.buf,
+            self.max_head,
+            &mut self.read_closed,
+            head.pipelined,
         );
         let result = tokio::select! {
             biased;
             answer = send => Some(answer),
             _ = tokio::time::sleep(route.request_timeout) => None,
-            _ = client_gone(&self.io, &mut self.buf, self.max_head) => {
+            _ = gone => {
                 // Dropping the request counts it as 499.
                 drop(in_flight);
                 return Ok(Served::Close);
@@ -437,18 +482,14 @@ impl ClientConn {
         close: bool,
         route: &Route,
     ) -> Option<GrpcJudge> {
+        // `out` may hold informational heads not yet written.
         let out = &mut self.out;
-        out.clear();
         status_line(out, response.status);
         let spans = &self.response_fields;
-        // Fields the backend's Connection names are its hop-by-hop ones.
-        let named: Vec<&[u8]> = response
-            .fields(spans)
-            .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
-            .flat_map(|(_, value)| value.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-            .collect();
+        let named = connection_named(response, spans);
+        // A HEAD response passes on the length a GET would have had, once
+        // (the codec checked that all its values agree).
+        let mut head_length = response.declared_length();
         let no_content = response.status == StatusCode::NO_CONTENT
             || response.status == StatusCode::NOT_MODIFIED;
         let mut dated = false;
@@ -456,8 +497,12 @@ impl ClientConn {
         for (name, value) in response.fields(spans) {
             let keep = match response_field(name) {
                 ResponseField::HopByHop => false,
-                // A HEAD response keeps the length a GET would have had.
-                ResponseField::ContentLength => head_method && !no_content,
+                ResponseField::ContentLength => {
+                    if let Some(n) = head_length.take().filter(|_| head_method && !no_content) {
+                        put_field(out, name, itoa(n, &mut [0; 20]));
+                    }
+                    false
+                }
                 ResponseField::Date => {
                     dated = true;
                     true
@@ -501,8 +546,8 @@ impl ClientConn {
         close: bool,
     ) -> std::io::Result<()> {
         let (parts, body) = response.into_parts();
+        // `out` may hold informational heads not yet written.
         let out = &mut self.out;
-        out.clear();
         status_line(out, parts.status);
         for (name, value) in &parts.headers {
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
@@ -584,6 +629,50 @@ impl ClientConn {
 /// The request is not one this path serves.
 struct HandOver;
 
+/// The field names a response's `Connection` lists: the backend's own
+/// hop-by-hop fields.
+fn connection_named<'a>(response: &'a crate::h1::RawHead, spans: &'a [Span]) -> Vec<&'a [u8]> {
+    response
+        .fields(spans)
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, value)| value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// Appends an informational response head for the client: the backend's
+/// status and fields, less the hop-by-hop ones and any length.
+fn interim_head(out: &mut Vec<u8>, response: &crate::h1::RawHead, spans: &[Span]) {
+    status_line(out, response.status);
+    let named = connection_named(response, spans);
+    for (name, value) in response.fields(spans) {
+        let keep = match response_field(name) {
+            ResponseField::HopByHop | ResponseField::ContentLength => false,
+            ResponseField::Date | ResponseField::ContentType => true,
+            ResponseField::Other => !named.iter().any(|n| n.eq_ignore_ascii_case(name)),
+        };
+        if keep {
+            put_field(out, name, value);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes what of `out` the socket takes now, without waiting; the rest
+/// stays in `out` (to go with what follows; a broken connection shows
+/// there).
+fn write_now(io: &TcpStream, out: &mut Vec<u8>) {
+    while !out.is_empty() {
+        match io.try_write(out) {
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 enum Next {
     Flush,
     Frame(Option<Result<http_body::Frame<Bytes>, crate::body::BoxError>>),
@@ -591,10 +680,23 @@ enum Next {
 
 /// Resolves when the client closes its connection (or it fails) while a
 /// request waits; bytes it sends meanwhile (a pipelined request) are kept.
-async fn client_gone(io: &TcpStream, buf: &mut BytesMut, limit: usize) {
+/// The end of its input after pipelined requests (more are buffered, or
+/// this one was sent before the previous answer) is a half-close, not a
+/// client gone: `read_closed` is set, and the requests already read are
+/// answered. A lone request's client that closes is gone (a 499): nothing
+/// on the wire tells a half-close from a close, and nginx and hyper read
+/// it so too.
+async fn client_gone(
+    io: &TcpStream,
+    buf: &mut BytesMut,
+    limit: usize,
+    read_closed: &mut bool,
+    pipelined: bool,
+) {
     loop {
-        if buf.len() >= limit {
-            // Enough pipelined bytes to look at later; read no more.
+        if buf.len() >= limit || *read_closed {
+            // Enough pipelined bytes to look at later, or no more to come:
+            // read no more.
             return std::future::pending().await;
         }
         if io.readable().await.is_err() {
@@ -602,7 +704,8 @@ async fn client_gone(io: &TcpStream, buf: &mut BytesMut, limit: usize) {
         }
         buf.reserve(READ_SIZE);
         match io.try_read_buf(buf) {
-            Ok(0) => return,
+            Ok(0) if buf.is_empty() && !pipelined => return,
+            Ok(0) => *read_closed = true,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => return,
@@ -695,7 +798,7 @@ fn look_up<T: Copy>(name: &[u8], table: &[(&[u8], T)], otherwise: T) -> T {
 /// unreserved, sub-delims, `:`, `@`, `/`, `?` and `%` (anything else goes
 /// to hyper, which decides).
 fn is_target_byte(b: u8) -> bool {
-    crate::server::is_uri_common(b) || matches!(b, b'@' | b'/' | b'?')
+    crate::fields::is_uri_common(b) || matches!(b, b'@' | b'/' | b'?')
 }
 
 /// `bytes` as text; callers pass bytes checked to be ASCII.
@@ -767,59 +870,6 @@ fn http_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(text.as_bytes());
     });
-}
-
-/// A connection's socket with bytes already read from it in front, for
-/// hyper to read first.
-pub struct Rewind {
-    prefix: Bytes,
-    io: TokioIo<TcpStream>,
-}
-
-impl hyper::rt::Read for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
 }
 
 #[cfg(test)]

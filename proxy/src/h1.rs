@@ -12,14 +12,21 @@
 //! Framing follows RFC 9112 §6.3, in this order:
 //! 1. A response to HEAD, and every 1xx, 204 and 304 response, ends at
 //!    its head. Informational responses (1xx other than 101) are read and
-//!    passed over; a 101 to a request that asked for no upgrade is an error.
-//! 2. `Transfer-Encoding` ending in `chunked`: a chunked body (chunk
-//!    extensions are ignored, trailers are passed on). Any other transfer
-//!    coding: the body runs until the backend closes. A `Content-Length`
-//!    next to a `Transfer-Encoding` is dropped, and the connection is not
-//!    reused (it may be a smuggling attempt).
+//!    handed to the caller's `interim` (the own server path passes them to
+//!    its client; 100 is dropped, no client of the own codec asked for
+//!    it); a 101 to a request that asked for no upgrade is an error.
+//! 2. `Transfer-Encoding`: exactly `chunked` is a chunked body (chunk
+//!    extensions are ignored, trailers are passed on; a chunk-size line or
+//!    the end of a chunk may end in a bare LF, as nginx and HAProxy
+//!    accept). Any other coding (`chunked, gzip`, `gzip, chunked`) is a
+//!    protocol error: the proxy re-frames bodies and would have to undo
+//!    it. A `Content-Length` next to a `Transfer-Encoding` is dropped, and
+//!    the connection is not reused (it may be a smuggling attempt).
 //! 3. `Content-Length`: that many bytes. Several values must all be equal;
-//!    anything else is a protocol error (502).
+//!    anything else is a protocol error (502). The field is checked on
+//!    every response without `Transfer-Encoding`, HEAD, 204 and 304 too
+//!    (a HEAD response passes its length on: `abc` or `5` and `7` would
+//!    reach the client).
 //! 4. Otherwise the body runs until the backend closes.
 //!
 //! A connection is reused only after an HTTP/1.1 response whose body had a
@@ -36,6 +43,8 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::fields::{LengthError, TransferCoding};
 
 /// The largest response head (and trailer section) read.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -135,8 +144,13 @@ impl Conn {
     ) -> Result<Exchanged, SendError> {
         encode_head(req, &mut self.head);
         let mut spans = std::mem::take(&mut self.spans);
+        // hyper's server, which answers these requests, cannot send a 1xx.
         let (mut conn, parsed) = self
-            .send_head(req.method() == http::Method::HEAD, &mut spans)
+            .send_head(
+                req.method() == http::Method::HEAD,
+                &mut spans,
+                &mut |_, _| {},
+            )
             .await?;
         let mut headers = header_map(&parsed.bytes, &spans)?;
         conn.spans = spans;
@@ -145,7 +159,7 @@ impl Conn {
         if parsed.smuggled {
             headers.remove(header::CONTENT_LENGTH);
         }
-        if let (Framing::Length(n), true) = (parsed.framing, parsed.repeated_length) {
+        if let (Some(n), true) = (parsed.declared, parsed.repeated_length) {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
         let mut response = Response::new(());
@@ -172,29 +186,34 @@ impl Conn {
 
     /// Writes the head in [`Conn::head_buf`] (a request without a body)
     /// and reads the response head, leaving its fields as positions in
-    /// `spans` (no header map is built). The response's body reads the rest
+    /// `spans` (no header map is built); informational responses before it
+    /// go to `interim` as they come. The response's body reads the rest
     /// from this connection.
     pub async fn exchange_raw(
         self: Box<Self>,
         head_request: bool,
         spans: &mut Vec<Span>,
+        interim: &mut Interim<'_>,
     ) -> Result<RawExchanged, SendError> {
-        let (conn, parsed) = self.send_head(head_request, spans).await?;
+        let (conn, parsed) = self.send_head(head_request, spans, interim).await?;
         Ok(RawExchanged {
             head: RawHead {
                 status: parsed.status,
                 bytes: parsed.bytes,
                 framing: parsed.framing,
+                declared: parsed.declared,
             },
             body: Body1::new(conn, parsed.framing, parsed.reusable),
         })
     }
 
-    /// Writes `self.head` and reads the response head.
+    /// Writes `self.head` and reads the response head (informational
+    /// ones to `interim`).
     async fn send_head(
         mut self: Box<Self>,
         head_request: bool,
         spans: &mut Vec<Span>,
+        interim: &mut Interim<'_>,
     ) -> Result<(Box<Self>, Parsed), SendError> {
         let mut written = 0;
         while written < self.head.len() {
@@ -216,7 +235,7 @@ impl Conn {
         loop {
             if !self.buf.is_empty() {
                 answered = true;
-                if let Some(parsed) = parse_head(&mut self.buf, spans, head_request)? {
+                if let Some(parsed) = parse_head(&mut self.buf, spans, head_request, interim)? {
                     return Ok((self, parsed));
                 }
             }
@@ -252,12 +271,18 @@ impl Conn {
     }
 }
 
+/// Where informational (1xx) response heads go as they come: the head and
+/// its fields' positions.
+pub type Interim<'a> = dyn FnMut(&RawHead, &[Span]) + Send + 'a;
+
 /// A response head read by [`Conn::exchange_raw`]: its status, its bytes
 /// (status line, fields, blank line) and how its body is framed.
 pub struct RawHead {
     pub status: StatusCode,
     pub bytes: Bytes,
     framing: Framing,
+    /// The `Content-Length` it gave (checked; when no `Transfer-Encoding`).
+    declared: Option<u64>,
 }
 
 /// How a response body reaches a client, from the framing rules.
@@ -275,6 +300,12 @@ impl RawHead {
     /// The header fields, as `(name, value)`, in the order received.
     pub fn fields<'a>(&'a self, spans: &'a [Span]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
         head_fields(&self.bytes, spans)
+    }
+
+    /// The length a `Content-Length` field gave (the one a response to
+    /// HEAD passes on), checked to be one number.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.declared
     }
 
     pub fn body_length(&self) -> BodyLength {
@@ -347,6 +378,8 @@ struct Parsed {
     framing: Framing,
     /// A `Content-Length` came beside a `Transfer-Encoding` (and is void).
     smuggled: bool,
+    /// The `Content-Length` given (checked), without `Transfer-Encoding`.
+    declared: Option<u64>,
     /// The length was given more than once (all equal).
     repeated_length: bool,
     reusable: bool,
@@ -412,12 +445,14 @@ fn header_map(bytes: &Bytes, spans: &[Span]) -> Result<HeaderMap, SendError> {
     Ok(map)
 }
 
-/// Parses a response head at the start of `buf`, passing over
-/// informational responses. None: the head is not complete yet.
+/// Parses a response head at the start of `buf`, handing informational
+/// responses to `interim` (but 100: no client of this codec asked for
+/// it). None: the head is not complete yet.
 fn parse_head(
     buf: &mut BytesMut,
     spans: &mut Vec<Span>,
     head_request: bool,
+    interim: &mut Interim<'_>,
 ) -> Result<Option<Parsed>, SendError> {
     loop {
         let mut fields = field_room();
@@ -454,7 +489,16 @@ fn parse_head(
             ));
         }
         if status.is_informational() {
-            buf.advance(len);
+            let head = buf.split_to(len).freeze();
+            if status != StatusCode::CONTINUE {
+                let head = RawHead {
+                    status,
+                    bytes: head,
+                    framing: Framing::Empty,
+                    declared: None,
+                };
+                interim(&head, spans);
+            }
             if buf.is_empty() {
                 return Ok(None);
             }
@@ -475,6 +519,7 @@ fn parse_head(
             bytes: head,
             framing: framed.framing,
             smuggled: framed.smuggled,
+            declared: framed.declared,
             repeated_length: framed.repeated_length,
             reusable,
         }));
@@ -492,72 +537,58 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
 struct Framed {
     framing: Framing,
     smuggled: bool,
+    declared: Option<u64>,
     repeated_length: bool,
 }
 
 /// How the body of a response with `status` (to a HEAD request or not) is
-/// delimited, from its header `fields`; whether it carried both
-/// `Transfer-Encoding` and `Content-Length` (the length is then void), and
-/// whether the length was given more than once.
+/// delimited, from its header `fields` (the rules are in the module docs);
+/// whether it carried both `Transfer-Encoding` and `Content-Length` (the
+/// length is then void), the length given, and whether it was given more
+/// than once.
 fn framing<'a>(
     fields: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone,
     status: StatusCode,
     head_request: bool,
 ) -> Result<Framed, SendError> {
-    let no_body = |framing| Framed {
-        framing,
-        smuggled: false,
-        repeated_length: false,
-    };
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(no_body(Framing::Empty));
-    }
     let named = |wanted: &'static [u8]| {
         fields
             .clone()
             .filter(move |(name, _)| name.eq_ignore_ascii_case(wanted))
             .map(|(_, value)| value)
     };
-    if named(b"transfer-encoding").next().is_some() {
-        let last_chunked = named(b"transfer-encoding")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|c| !c.is_empty())
-            .last()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
-        return Ok(Framed {
-            framing: if last_chunked {
-                Framing::Chunked
-            } else {
-                Framing::UntilClose
-            },
-            smuggled: named(b"content-length").next().is_some(),
-            repeated_length: false,
-        });
-    }
-    let mut length: Option<u64> = None;
-    let mut values = 0;
-    for value in named(b"content-length") {
-        for part in value.split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| protocol("the response's Content-Length is not a number"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(protocol("the response has differing Content-Length values"));
-            }
-            length = Some(n);
-            values += 1;
+    let coding = crate::fields::transfer_coding(named(b"transfer-encoding"));
+    let length = match coding {
+        TransferCoding::Absent => {
+            crate::fields::content_length(named(b"content-length")).map_err(|e| match e {
+                LengthError::NotANumber => {
+                    protocol("the response's Content-Length is not a number")
+                }
+                LengthError::Differing => {
+                    protocol("the response has differing Content-Length values")
+                }
+            })?
         }
-    }
-    Ok(match length {
-        Some(n) => Framed {
-            framing: Framing::Length(n),
-            smuggled: false,
-            repeated_length: values > 1,
-        },
-        None => no_body(Framing::UntilClose),
+        _ => None,
+    };
+    let smuggled = coding != TransferCoding::Absent && named(b"content-length").next().is_some();
+    let no_body =
+        head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = match coding {
+        _ if no_body => Framing::Empty,
+        TransferCoding::Chunked => Framing::Chunked,
+        TransferCoding::Malformed | TransferCoding::Unsupported => {
+            return Err(protocol(
+                "the response's Transfer-Encoding is not `chunked` alone (the proxy would have to undo another coding)",
+            ));
+        }
+        TransferCoding::Absent => length.map_or(Framing::UntilClose, |(n, _)| Framing::Length(n)),
+    };
+    Ok(Framed {
+        framing,
+        smuggled,
+        declared: length.map(|(n, _)| n),
+        repeated_length: length.is_some_and(|(_, repeated)| repeated),
     })
 }
 
@@ -668,13 +699,24 @@ fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
     (buf.split_to(take).freeze(), left - take as u64)
 }
 
-/// The position just after the first CRLF in `buf`.
-fn line_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n").map(|i| i + 2)
+/// The first line in `buf`: where its content ends (before CRLF, or a
+/// bare LF) and where the next line starts.
+fn line_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.iter().position(|&b| b == b'\n')?;
+    let content = if lf > 0 && buf[lf - 1] == b'\r' {
+        lf - 1
+    } else {
+        lf
+    };
+    Some((content, lf + 1))
 }
 
-/// The size of a chunk from its size line (extensions ignored).
+/// The size of a chunk from its size line (extensions ignored; a bare CR
+/// anywhere is refused).
 fn chunk_size(line: &[u8]) -> Option<u64> {
+    if line.contains(&b'\r') {
+        return None;
+    }
     let digits_end = line
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
@@ -726,8 +768,8 @@ impl Body for Body1 {
                     }
                 }
                 State::Chunked(Chunk::Size) => match line_end(&conn.buf) {
-                    Some(end) => {
-                        let Some(size) = chunk_size(&conn.buf[..end - 2]) else {
+                    Some((content, end)) => {
+                        let Some(size) = chunk_size(&conn.buf[..content]) else {
                             return this.fail(cx, "a malformed chunk size in the response body");
                         };
                         conn.buf.advance(end);
@@ -755,19 +797,34 @@ impl Body for Body1 {
                     }
                 }
                 State::Chunked(Chunk::DataEnd) => {
-                    if conn.buf.len() >= 2 {
-                        if &conn.buf[..2] != b"\r\n" {
+                    // CRLF, or a bare LF (see the module docs).
+                    let end = match conn.buf.first() {
+                        Some(b'\n') => Some(1),
+                        Some(b'\r') if conn.buf.len() >= 2 => (conn.buf[1] == b'\n').then_some(2),
+                        Some(b'\r') | None => Some(0),
+                        Some(_) => None,
+                    };
+                    match end {
+                        None => {
                             return this
                                 .fail(cx, "a chunk in the response body does not end in CRLF");
                         }
-                        conn.buf.advance(2);
-                        this.state = State::Chunked(Chunk::Size);
-                        continue;
+                        Some(0) => {}
+                        Some(n) => {
+                            conn.buf.advance(n);
+                            this.state = State::Chunked(Chunk::Size);
+                            continue;
+                        }
                     }
                 }
                 State::Chunked(Chunk::Trailers) => {
-                    if conn.buf.starts_with(b"\r\n") {
-                        conn.buf.advance(2);
+                    let blank = if conn.buf.starts_with(b"\r\n") {
+                        2
+                    } else {
+                        usize::from(conn.buf.starts_with(b"\n"))
+                    };
+                    if blank > 0 {
+                        conn.buf.advance(blank);
                         this.finish();
                         return Poll::Ready(None);
                     }
@@ -823,6 +880,88 @@ impl Body for Body1 {
             (State::Done, _) => SizeHint::with_exact(0),
             (State::Length(left), Some(_)) => SizeHint::with_exact(left),
             _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(head: &str, status: u16, head_request: bool) -> Result<Framed, SendError> {
+        let fields: Vec<(&[u8], &[u8])> = head
+            .split("\r\n")
+            .filter_map(|line| line.split_once(": "))
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
+            .collect();
+        framing(
+            fields.iter().copied(),
+            StatusCode::from_u16(status).unwrap(),
+            head_request,
+        )
+    }
+
+    #[test]
+    fn a_head_response_length_is_checked_and_passed_on_once() {
+        let head = framed("content-length: 5, 5\r\ncontent-length: 5", 200, true).unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert_eq!((head.declared, head.repeated_length), (Some(5), true));
+        for bad in [
+            "content-length: abc",
+            "content-length: 5\r\ncontent-length: 7",
+        ] {
+            assert!(framed(bad, 200, true).is_err(), "{bad}");
+        }
+        // Beside a Transfer-Encoding the length is void, not checked.
+        let head = framed(
+            "transfer-encoding: chunked\r\ncontent-length: abc",
+            200,
+            true,
+        )
+        .unwrap();
+        assert!(head.smuggled && head.declared.is_none());
+    }
+
+    #[test]
+    fn only_chunked_alone_frames_a_response_body() {
+        assert_eq!(
+            framed("transfer-encoding: Chunked", 200, false)
+                .unwrap()
+                .framing,
+            Framing::Chunked
+        );
+        for coding in [
+            "chunked, gzip",
+            "gzip, chunked",
+            "identity",
+            "chunked, chunked",
+        ] {
+            assert!(
+                framed(&format!("transfer-encoding: {coding}"), 200, false).is_err(),
+                "{coding}"
+            );
+        }
+        // No body to undo: a HEAD or 304 answer with another coding passes.
+        assert!(framed("transfer-encoding: gzip, chunked", 200, true).is_ok());
+        assert!(framed("transfer-encoding: gzip, chunked", 304, false).is_ok());
+    }
+
+    #[test]
+    fn chunk_lines_end_in_crlf_or_a_bare_lf() {
+        assert_eq!(line_end(b"5\r\nhello"), Some((1, 3)));
+        assert_eq!(line_end(b"5\nhello"), Some((1, 2)));
+        assert_eq!(line_end(b"5"), None);
+        assert_eq!(chunk_size(b"1f"), Some(31));
+        assert_eq!(chunk_size(b"5 ; name=value"), Some(5));
+        for bad in [
+            &b"zz"[..],
+            b"0x5",
+            b"-1",
+            b"",
+            b"5\rx",
+            b"12345678901234567",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 }

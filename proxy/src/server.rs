@@ -1,9 +1,23 @@
 //! The data-plane listener and the request path.
 //!
-//! Phases of one request, in order: accept -> route (host + path) -> split
+//! Phases of one request, in order: accept -> check (target, Host,
+//! transfer coding: `request_problem`) -> route (host + path) -> split
 //! (A/B rules, else exact weight) -> forward to the backend's pooled client ->
 //! stream the response back; metrics are recorded once, when the response
 //! body ends ([`crate::body::MeteredBody`]).
+//!
+//! - Fields a client may not send on (`X-Sluice-*`, names with `_` unless
+//!   the route keeps them: [`crate::fields`]) are removed before forwarding;
+//!   A/B rules and affinity still read them.
+//! - The first 16 KiB of an HTTP/1 request body (the whole of most) are
+//!   read before the backend is contacted, so a body that breaks there
+//!   never reaches it. A body that breaks on the client's side, before or
+//!   after, is the client's fault: 400 (408 for one paused longer than
+//!   `timeouts.idle`), counted in `sluice_client_errors_total` and never
+//!   on the backend, whose exchange hyper abandons (the connection is
+//!   closed, not pooled).
+//! - A 101 goes to the client only when it asked to upgrade to that
+//!   protocol; any other is a 502.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +28,6 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -22,8 +35,9 @@ use tokio::sync::watch;
 
 use crate::body::{GrpcJudge, InFlight, MeteredBody, Recorder, UpstreamBody};
 use crate::config::{Protocol, ValidConfig};
-use crate::conn::{Activity, ConnLimits, Connections, Entered, Tracked, supervise};
-use crate::metrics::{RejectReason, UpstreamErrorKind};
+use crate::conn::{Activity, ClientIo, ConnLimits, Connections, Entered, Tracked, supervise};
+use crate::fields::TransferCoding;
+use crate::metrics::{ClientErrorKind, RejectReason, UpstreamErrorKind};
 use crate::routing::Backend;
 use crate::store::Store;
 
@@ -90,9 +104,11 @@ pub fn conn_limits(valid: &ValidConfig) -> ConnLimits {
 }
 
 /// Serves one accepted connection (plain or TLS) with hyper, under the
-/// connection limits, until it closes or a drain ends it.
+/// connection limits, until it closes or a drain ends it. `prefix`: bytes
+/// already read from it (by the own path), read first.
 pub(crate) fn serve_hyper<I>(
     io: I,
+    prefix: bytes::Bytes,
     peer: SocketAddr,
     state: Arc<ProxyState>,
     builder: &auto::Builder<TokioExecutor>,
@@ -100,10 +116,11 @@ pub(crate) fn serve_hyper<I>(
     limits: ConnLimits,
 ) -> impl Future<Output = ()> + Send + 'static
 where
-    I: Read + Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let requests = activity.clone();
+    let io = TokioIo::new(ClientIo::new(io, prefix, activity.clone()));
     // The client's address as a header value, formatted once per connection.
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a header value");
     let service = hyper::service::service_fn(move |req| {
@@ -172,7 +189,7 @@ pub async fn run_listener(
                             tokio::spawn(async move {
                                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls_stream)) => {
-                                        serve_hyper(TokioIo::new(tls_stream), peer, state, &builder, entered, limits).await;
+                                        serve_hyper(tls_stream, bytes::Bytes::new(), peer, state, &builder, entered, limits).await;
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -244,6 +261,27 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether a 101's `Upgrade` names only protocols the request `offered`
+/// (any case); a 101 without one agrees to nothing.
+fn upgrade_agrees(offered: &HeaderValue, response: &HeaderMap) -> bool {
+    let tokens = |value: &HeaderValue| -> Vec<String> {
+        value
+            .to_str()
+            .unwrap_or_default()
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect()
+    };
+    let offered = tokens(offered);
+    let chosen: Vec<String> = response
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(tokens)
+        .collect();
+    !chosen.is_empty() && chosen.iter().all(|c| offered.contains(c))
+}
+
 /// Removes hop-by-hop headers, including those the Connection header names.
 /// `TE: trailers` survives (gRPC needs it); `keep_upgrade` keeps an upgrade.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -299,61 +337,120 @@ fn request_authority(req: &Request<Incoming>) -> Option<HeaderValue> {
         .cloned()
 }
 
-/// Why an HTTP/1 request's Host is refused with 400 (RFC 9112 §3.2), if
-/// it is: more than one Host field (a backend might read another one than
-/// the proxy routed by), a value that is not a host and optional port, or
-/// none at all on an HTTP/1.1 request whose target names no authority.
-/// HTTP/1.0 requests may leave Host out; HTTP/2 requests carry
-/// `:authority` instead.
-fn host_problem(req: &Request<Incoming>) -> Option<&'static str> {
-    if req.version() != Version::HTTP_11 && req.version() != Version::HTTP_10 {
-        return None;
+/// Why a request is refused before it is routed, if it is; it is then
+/// never forwarded (see `crate::fields` for the rules on hosts and
+/// codings):
+/// - The target is origin-form (`/…`), or an `http`/`https` absolute URI
+///   whose authority is a host and optional port and whose path starts
+///   with `/` (HTTP/2: `:scheme`, `:authority`, `:path` alike); `*` is for
+///   OPTIONS only (answered by the proxy itself). 400 otherwise: a backend
+///   never gets `GET ?a=1` or `Host: a@other-host`.
+/// - HTTP/1 (RFC 9112 §3.2): one Host field, a host and optional port; an
+///   HTTP/1.1 request whose target names no authority needs one. HTTP/1.0
+///   requests may leave it out. HTTP/2: a Host field, when sent, is one
+///   valid host that agrees with `:authority` (RFC 9113 §8.3.1). 400.
+/// - `Transfer-Encoding` is exactly `chunked`: 501 for another coding,
+///   400 for a malformed list.
+/// - HTTP/2 `content-length` fields are equal numbers (they are merged
+///   into one): 400 otherwise.
+fn request_problem(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)> {
+    let bad = |text| Some((StatusCode::BAD_REQUEST, text));
+    let uri = req.uri();
+    let path_ok = uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str().starts_with('/'));
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) if path_ok => {}
+        (None, None) => {
+            return bad("sluice: the request target is not a path starting with `/`\n");
+        }
+        (Some("http" | "https"), Some(authority)) => {
+            if !crate::fields::is_host_and_port(authority.as_str().as_bytes()) {
+                return bad(
+                    "sluice: the request target's authority is not a host and optional port\n",
+                );
+            }
+            if !path_ok {
+                return bad("sluice: the request target's path does not start with `/`\n");
+            }
+        }
+        _ => {
+            return bad("sluice: the request target is not a path or an http(s) URI\n");
+        }
     }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => Some("sluice: the request has more than one Host header field\n"),
-        (Some(host), None) if !is_host_and_port(host.as_bytes()) => {
-            Some("sluice: the Host header field is not a host and optional port\n")
+        (Some(_), Some(_)) => {
+            return bad("sluice: the request has more than one Host header field\n");
         }
-        (None, _) if req.version() == Version::HTTP_11 && req.uri().authority().is_none() => {
-            Some("sluice: an HTTP/1.1 request needs a Host header field\n")
+        (Some(host), None) if !crate::fields::is_host_and_port(host.as_bytes()) => {
+            return bad("sluice: the Host header field is not a host and optional port\n");
         }
-        _ => None,
+        (Some(host), None)
+            if req.version() == Version::HTTP_2
+                && uri.authority().is_some_and(|a| {
+                    !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes())
+                }) =>
+        {
+            return bad("sluice: the Host header field differs from :authority\n");
+        }
+        (None, _) if req.version() == Version::HTTP_11 && uri.authority().is_none() => {
+            return bad("sluice: an HTTP/1.1 request needs a Host header field\n");
+        }
+        _ => {}
+    }
+    let codings = req.headers().get_all(header::TRANSFER_ENCODING);
+    match crate::fields::transfer_coding(codings.iter().map(HeaderValue::as_bytes)) {
+        TransferCoding::Absent | TransferCoding::Chunked => {}
+        TransferCoding::Malformed => {
+            return bad("sluice: the request's Transfer-Encoding is not a valid list of codings\n");
+        }
+        TransferCoding::Unsupported => {
+            return Some((
+                StatusCode::NOT_IMPLEMENTED,
+                "sluice: the request's Transfer-Encoding is not `chunked` alone; no other coding is decoded\n",
+            ));
+        }
+    }
+    if req.version() == Version::HTTP_2 {
+        let lengths = req.headers().get_all(header::CONTENT_LENGTH);
+        if crate::fields::content_length(lengths.iter().map(HeaderValue::as_bytes)).is_err() {
+            return bad("sluice: the request's content-length fields are not one number\n");
+        }
+    }
+    None
+}
+
+/// One `content-length` field for the (equal, checked) values an HTTP/2
+/// request carried, so an HTTP/1.1 backend gets one line.
+fn merge_lengths(headers: &mut HeaderMap) {
+    let lengths = headers.get_all(header::CONTENT_LENGTH);
+    if let Ok(Some((n, true))) =
+        crate::fields::content_length(lengths.iter().map(HeaderValue::as_bytes))
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
 }
 
-/// Whether `value` has only the characters of `uri-host [ ":" port ]`
-/// (RFC 3986: registered names, IPv4, bracketed IPv6) and no user info.
-pub(crate) fn is_host_and_port(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value
-            .iter()
-            .all(|&b| is_uri_common(b) || matches!(b, b'[' | b']'))
-}
-
-/// RFC 3986's unreserved characters, sub-delims, `:` and `%`: what both a
-/// host and a path may hold.
-pub(crate) fn is_uri_common(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'%'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-                | b':'
-        )
+/// Removes the fields a client may not send on (see `crate::fields`):
+/// the proxy's own (`X-Sluice-*`), and those with `_` in their names
+/// unless `keep_underscores`.
+fn strip_client_fields(headers: &mut HeaderMap, keep_underscores: bool) {
+    use crate::fields::ClientField;
+    let refused = |name: &HeaderName| match crate::fields::client_field(name.as_str().as_bytes()) {
+        ClientField::Ordinary => false,
+        ClientField::Reserved => true,
+        ClientField::Underscored => !keep_underscores,
+    };
+    // One pass over the names present, no allocation, for the common case
+    // of none.
+    if !headers.keys().any(refused) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| refused(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// The client of a connection.
@@ -394,6 +491,73 @@ enum Stalled {
     Client,
 }
 
+/// How a request's exchange ended, before the answer is made. It lives
+/// for one match on the stack; boxing the response would cost an
+/// allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    Answered(Response<crate::upstream::Pooled>),
+    UpstreamFailed(crate::upstream::Failure),
+    UpstreamTimedOut,
+    /// The body grew past `limits.max_request_body`.
+    TooLarge,
+    /// The client's body broke (see `crate::body`), with what hyper said.
+    ClientFailed(ClientErrorKind, String),
+}
+
+/// Bytes of an HTTP/1 request body read before the backend is contacted
+/// (the whole body when it is shorter): a body that breaks within them
+/// (a bad chunk-size line, a client that closes early) never reaches a
+/// backend. nginx reads whole bodies first; this keeps memory per request
+/// small and bodies streaming.
+const READ_AHEAD_BYTES: usize = 16 * 1024;
+
+/// The answer to a request whose client broke its own body (see
+/// `crate::body`): 400, or 408 for a body paused longer than
+/// `timeouts.idle`. It is counted in the route's client errors only. An
+/// HTTP/1 connection closes after it: the rest of the body cannot be
+/// told from a next request.
+fn client_failed_answer(
+    route: &crate::routing::Route,
+    kind: ClientErrorKind,
+    detail: &str,
+    version: Version,
+) -> Response<MeteredBody> {
+    let (status, text) = match kind {
+        ClientErrorKind::MalformedBody => (
+            StatusCode::BAD_REQUEST,
+            format!("sluice: the request body is malformed: {detail}\n"),
+        ),
+        ClientErrorKind::IncompleteBody => (
+            StatusCode::BAD_REQUEST,
+            format!("sluice: the request body was cut short: {detail}\n"),
+        ),
+        ClientErrorKind::BodyTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "sluice: the request body paused for more than {:?}\n",
+                route.body_idle_timeout
+            ),
+        ),
+    };
+    let mut resp = plain(status, text, None);
+    if version != Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The message of the error at the end of `error`'s source chain (what
+/// went wrong, without the layers it passed through).
+fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
 /// The methods the proxy forwards (answered in `Allow`).
 const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 
@@ -421,8 +585,17 @@ pub async fn handle(
             .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
         return resp;
     }
-    if let Some(problem) = host_problem(&req) {
-        return plain(StatusCode::BAD_REQUEST, problem.to_string(), None);
+    if let Some((status, problem)) = request_problem(&req) {
+        let mut resp = plain(status, problem.to_string(), None);
+        if req.version() != Version::HTTP_2 {
+            // What follows the head cannot be read as framed.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
+    if req.version() == Version::HTTP_2 {
+        merge_lengths(req.headers_mut());
     }
     let routing = state.store.peek();
     let authority = request_authority(&req);
@@ -461,6 +634,10 @@ pub async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_client_fields(&mut parts.headers, route.keep_underscore_headers);
+    let offered_upgrade = upgrade
+        .then(|| parts.headers.get(header::UPGRADE).cloned())
+        .flatten();
     add_forwarded_headers(
         &mut parts.headers,
         &client,
@@ -606,15 +783,9 @@ pub async fn handle(
         ));
     }
 
-    let in_flight = InFlight::new(backend.series(decision).clone(), start);
-    // A request that provably never reached the backend is tried once
-    // more on a fresh connection, within the backend's retry budget (the
-    // rules are in `crate::upstream`). The copy is for the cases where
-    // hyper cannot hand the request back: bodiless requests only.
-    backend.retry_budget.note_request();
-    let upstream = backend
-        .client
-        .send(Request::from_parts(parts, body), || backend.take_retry());
+    let in_flight = InFlight::new(backend.series(decision).clone(), start)
+        .with_body(&progress, &route.client_errors);
+    let version = parts.version;
     // The request timeout runs from the end of the request body, so a
     // slow upload is not charged to the backend; a client that pauses its
     // body longer than `timeouts.idle` gets 408.
@@ -635,47 +806,99 @@ pub async fn handle(
             }
         }
     };
-    let result = tokio::select! {
-        answer = upstream => Ok(answer),
-        _ = response_due => Err(Stalled::Upstream),
-        _ = client_stalled => Err(Stalled::Client),
+    tokio::pin!(client_stalled);
+    let result = 'exchange: {
+        // The start of an HTTP/1 body (the whole of most) is read before
+        // the backend is contacted, so a body that breaks there never
+        // reaches it. HTTP/2 bodies stream at once: a client may wait for
+        // the response head before it sends (gRPC's bidirectional streams).
+        if version != Version::HTTP_2 && !progress.is_sent() {
+            tokio::select! {
+                read = body.read_ahead(READ_AHEAD_BYTES) => if let Err(error) = read {
+                    break 'exchange Ok(Err(crate::upstream::Failure {
+                        kind: UpstreamErrorKind::Protocol,
+                        error,
+                    }));
+                },
+                () = &mut client_stalled => break 'exchange Err(Stalled::Client),
+            }
+        }
+        // A request that provably never reached the backend is tried once
+        // more on a fresh connection, within the backend's retry budget
+        // (the rules are in `crate::upstream`). The copy is for the cases
+        // where hyper cannot hand the request back: bodiless requests only.
+        backend.retry_budget.note_request();
+        let upstream = backend
+            .client
+            .send(Request::from_parts(parts, body), || backend.take_retry());
+        tokio::select! {
+            answer = upstream => Ok(answer),
+            _ = response_due => Err(Stalled::Upstream),
+            () = &mut client_stalled => Err(Stalled::Client),
+        }
     };
     if let Some(job) = copy_job {
         job.launch();
     }
-    let recorder = in_flight.answered(backend.metrics.clone(), permit);
-    match result {
-        Err(Stalled::Upstream) => upstream_failure(backend, recorder, UpstreamErrorKind::Timeout),
-        Err(Stalled::Client) => plain(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "sluice: the request body paused for more than {:?}\n",
-                route.body_idle_timeout
-            ),
-            Some(Recorder {
-                code: StatusCode::REQUEST_TIMEOUT.as_u16(),
-                ..recorder
-            }),
-        ),
-        Ok(Err(_)) if progress.exceeded() => too_large(),
-        Ok(Err(failure)) => {
+    // A body that broke on the client's side is the client's fault, even
+    // when it broke the upstream exchange (which hyper then abandons: the
+    // connection is closed, never pooled).
+    let outcome = match result {
+        Ok(Ok(resp)) => Outcome::Answered(resp),
+        Ok(Err(_)) if progress.exceeded() => Outcome::TooLarge,
+        Ok(Err(failure)) => match progress.client_fault() {
+            Some(kind) => Outcome::ClientFailed(kind, innermost_cause(&*failure.error)),
+            None => Outcome::UpstreamFailed(failure),
+        },
+        Err(Stalled::Upstream) => Outcome::UpstreamTimedOut,
+        Err(Stalled::Client) => Outcome::ClientFailed(ClientErrorKind::BodyTimeout, String::new()),
+    };
+    match outcome {
+        Outcome::ClientFailed(kind, detail) => {
+            tracing::debug!(route = %route.name, kind = kind.as_str(), %detail, "the client's request body failed");
+            in_flight.client_failed(&route.client_errors, kind);
+            client_failed_answer(&route, kind, &detail, version)
+        }
+        Outcome::TooLarge => {
+            // Counted by `too_large` (on the backend chosen, as a limit).
+            in_flight.answered_elsewhere();
+            too_large()
+        }
+        Outcome::UpstreamTimedOut => {
+            let recorder = in_flight.answered(backend.metrics.clone(), permit);
+            upstream_failure(backend, recorder, UpstreamErrorKind::Timeout)
+        }
+        Outcome::UpstreamFailed(failure) => {
             tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
+            let recorder = in_flight.answered(backend.metrics.clone(), permit);
             upstream_failure(backend, recorder, failure.kind)
         }
-        Ok(Ok(mut resp)) => {
+        Outcome::Answered(mut resp) => {
+            let recorder = in_flight.answered(backend.metrics.clone(), permit);
             let status = resp.status();
             // The proxy speaks its own version to the client (RFC 9110
             // §6.2), whatever the backend's was (an HTTP/1.0 backend's
             // version would otherwise reach an HTTP/1.1 client).
             *resp.version_mut() = Version::HTTP_11;
             if status == StatusCode::SWITCHING_PROTOCOLS {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                if let Some(client_upgrade) = client_upgrade {
-                    // The tunnel still holds the client's connection: it
-                    // counts as open and a drain waits for it.
-                    let held = state.tunnels.enter(Some(state.capacity.carry_on()));
-                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade, held));
+                // Relayed only to a request that asked to upgrade, and to
+                // a protocol it offered (RFC 9110 §7.8); any other 101 is
+                // the backend's error, and dropping it closes the
+                // connection it would have taken over.
+                let (Some(client_upgrade), Some(offered)) = (client_upgrade, offered_upgrade)
+                else {
+                    tracing::debug!(route = %route.name, backend = backend.label.as_str(), "101 to a request that asked for no upgrade");
+                    return upstream_failure(backend, recorder, UpstreamErrorKind::Protocol);
+                };
+                if !upgrade_agrees(&offered, resp.headers()) {
+                    tracing::debug!(route = %route.name, backend = backend.label.as_str(), "101 to a protocol the request did not offer");
+                    return upstream_failure(backend, recorder, UpstreamErrorKind::Protocol);
                 }
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                // The tunnel still holds the client's connection: it
+                // counts as open and a drain waits for it.
+                let held = state.tunnels.enter(Some(state.capacity.carry_on()));
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, held));
                 strip_hop_by_hop(resp.headers_mut(), true);
             } else {
                 strip_hop_by_hop(resp.headers_mut(), false);
@@ -860,6 +1083,41 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "yes");
+    }
+
+    #[test]
+    fn a_101_agrees_only_to_an_offered_protocol() {
+        let offered = HeaderValue::from_static("websocket, foo/2");
+        let answer = |value: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::UPGRADE, HeaderValue::from_static(v));
+            }
+            upgrade_agrees(&offered, &h)
+        };
+        assert!(answer(Some("websocket")));
+        assert!(answer(Some("WebSocket")));
+        assert!(answer(Some("foo/2")));
+        assert!(!answer(Some("h2c")));
+        assert!(!answer(Some("websocket, h2c")));
+        assert!(!answer(Some("foo")));
+        assert!(!answer(None));
+    }
+
+    #[test]
+    fn client_fields_of_the_proxy_and_with_underscores_are_removed() {
+        let mut h = HeaderMap::new();
+        for name in ["x-sluice-mirror", "x_forwarded_for", "my_header", "accept"] {
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        let mut kept = h.clone();
+        strip_client_fields(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["accept"]);
+        strip_client_fields(&mut kept, true);
+        let mut names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "my_header"]);
     }
 
     #[test]

@@ -349,6 +349,7 @@ impl Upstream {
                 },
             }
         };
+        let head_request = req.method() == Method::HEAD;
         // The copy for the stale keep-alive race (hyper does not hand back
         // a request it wrote).
         let again =
@@ -356,7 +357,17 @@ impl Upstream {
                 .then(|| Box::new(crate::server::bodiless_copy(&req)));
         let sent = conn.sender.try_send_request(req).await;
         match sent {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                if let Err(problem) = check_framing(&mut resp, head_request) {
+                    // `conn` is dropped here: the connection is closed.
+                    return Err(Missed::Sent {
+                        failure: Failure {
+                            kind: UpstreamErrorKind::Protocol,
+                            error: problem.into(),
+                        },
+                        again: None,
+                    });
+                }
                 let upgraded = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 let hold = if upgraded {
                     Hold::Nothing
@@ -416,11 +427,12 @@ impl Upstream {
         write_head: &impl Fn(&mut Vec<u8>),
         head_request: bool,
         spans: &mut Vec<crate::h1::Span>,
+        interim: &mut crate::h1::Interim<'_>,
         fresh: bool,
     ) -> Result<(crate::h1::RawHead, Pooled), (Failure, bool)> {
         let (slot, mut conn, reused) = self.own_conn(fresh).await.map_err(|f| (f, true))?;
         write_head(conn.head_buf());
-        match conn.exchange_raw(head_request, spans).await {
+        match conn.exchange_raw(head_request, spans, interim).await {
             Ok(exchanged) => Ok((exchanged.head, self.own_pooled(slot, exchanged.body))),
             Err(e) => Err(match OwnMiss::from(e) {
                 OwnMiss::Unwritten(failure) => (failure, true),
@@ -563,6 +575,49 @@ impl Upstream {
             Protocol::Http2 => self.attempt_h2(req, fresh).await,
         }
     }
+}
+
+/// The framing rules of the own codec (`crate::h1`) that hyper's client
+/// does not apply, so a response gets the same answer on every path: a
+/// `Content-Length` that is not one number (hyper does not read it on a
+/// response to HEAD, which passes it on), and a `Transfer-Encoding` other
+/// than `chunked` alone (the proxy would have to undo it). Repeated equal
+/// lengths become one field.
+fn check_framing(resp: &mut Response<Incoming>, head_request: bool) -> Result<(), &'static str> {
+    use crate::fields::TransferCoding;
+    let status = resp.status();
+    let headers = resp.headers_mut();
+    let codings = headers.get_all(http::header::TRANSFER_ENCODING);
+    let coding = crate::fields::transfer_coding(codings.iter().map(http::HeaderValue::as_bytes));
+    let has_body = !(head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED);
+    match coding {
+        TransferCoding::Absent => {
+            let lengths = headers.get_all(http::header::CONTENT_LENGTH);
+            match crate::fields::content_length(lengths.iter().map(http::HeaderValue::as_bytes)) {
+                Err(crate::fields::LengthError::NotANumber) => {
+                    return Err("the response's Content-Length is not a number");
+                }
+                Err(crate::fields::LengthError::Differing) => {
+                    return Err("the response has differing Content-Length values");
+                }
+                Ok(Some((n, true))) => {
+                    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(n));
+                }
+                Ok(_) => {}
+            }
+        }
+        TransferCoding::Chunked => {}
+        TransferCoding::Malformed | TransferCoding::Unsupported if has_body => {
+            return Err(
+                "the response's Transfer-Encoding is not `chunked` alone (the proxy would have to undo another coding)",
+            );
+        }
+        TransferCoding::Malformed | TransferCoding::Unsupported => {}
+    }
+    Ok(())
 }
 
 /// How a request hyper did not get an answer for missed: handed back
@@ -841,17 +896,19 @@ impl BackendClients {
     /// Sends an idempotent request without a body (GET or HEAD) whose
     /// head `write_head` writes, through the own codec, by the same retry
     /// rules as [`BackendClients::send`]. The response's fields are left
-    /// as positions in `spans`.
+    /// as positions in `spans`; informational responses before it go to
+    /// `interim`.
     pub async fn send_raw(
         &self,
         write_head: impl Fn(&mut Vec<u8>),
         head_request: bool,
         spans: &mut Vec<crate::h1::Span>,
+        interim: &mut crate::h1::Interim<'_>,
         may_retry: impl FnOnce() -> bool,
     ) -> Result<(crate::h1::RawHead, Pooled), Failure> {
         match self
             .0
-            .attempt_raw(&write_head, head_request, spans, false)
+            .attempt_raw(&write_head, head_request, spans, interim, false)
             .await
         {
             Ok(answer) => Ok(answer),
@@ -861,7 +918,7 @@ impl BackendClients {
                 }
                 tracing::debug!(error = %failure, "the backend did not take the request; retrying on a fresh connection");
                 self.0
-                    .attempt_raw(&write_head, head_request, spans, true)
+                    .attempt_raw(&write_head, head_request, spans, interim, true)
                     .await
                     .map_err(|(failure, _)| failure)
             }
