@@ -15,13 +15,16 @@
 //!   that never answers the GOAWAY's PING), the connection is closed after
 //!   another idle timeout.
 //! - A client that half-closes its connection (ends its input) after
-//!   pipelining HTTP/1.1 requests gets every one of them answered before
-//!   the connection closes. hyper reads an end of input during a request
-//!   as a client gone and drops that request, so [`ClientIo`] keeps the
-//!   end from hyper while a request read from bytes that came before the
-//!   previous answer is in flight (a lone request whose client closes is
-//!   still dropped and counted 499: nothing on the wire tells a half-close
-//!   from a close, and nginx reads it so too).
+//!   pipelining HTTP/1.1 requests gets them answered before the connection
+//!   closes. hyper reads an end of input during a request as a client gone
+//!   and drops that request, so [`ClientIo`] keeps the end from hyper while
+//!   a request without a body, read from bytes that came before the
+//!   previous answer, is in flight. A lone request whose client closes is
+//!   still dropped and counted 499 (nothing on the wire tells a half-close
+//!   from a close, and nginx reads it so too), and so is a request with a
+//!   body that is the last before the end: the end may be cutting its body,
+//!   and hyper reads bodies ahead of the request path, so only hyper can
+//!   tell (a cut body is then the client's fault, see `crate::body`).
 //! - A drain shuts every connection down gracefully and waits, up to the
 //!   drain timeout, for them to finish. Upgraded connections (WebSocket
 //!   and other tunnels) are tracked apart, in [`ProxyState::tunnels`]:
@@ -197,6 +200,13 @@ pub struct Activity {
     /// The request in flight was read from bytes that came before the
     /// previous answer went out (it was pipelined).
     pipelined: AtomicBool,
+    /// The first request was pipelined (on the own path, before the
+    /// connection came to hyper).
+    first_pipelined: AtomicBool,
+    /// The request in flight has a body: an end of input may cut it (hyper
+    /// decodes bodies ahead of their reader, so no one here can tell when
+    /// it has all come), and hyper must see it.
+    has_body: AtomicBool,
     /// The connection's task, while [`ClientIo`] keeps an end of input
     /// from hyper: woken when the requests in flight are over.
     held_end: Mutex<Option<Waker>>,
@@ -214,6 +224,8 @@ impl Activity {
             last_read: AtomicU64::new(0),
             last_write: AtomicU64::new(0),
             pipelined: AtomicBool::new(false),
+            first_pipelined: AtomicBool::new(false),
+            has_body: AtomicBool::new(false),
             held_end: Mutex::new(None),
             holding: AtomicBool::new(false),
         })
@@ -228,12 +240,27 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
         // hyper parsed this head without reading since the last answer
         // went out: its bytes came before it.
-        let earlier = self.requests.fetch_add(1, Ordering::SeqCst) > 0;
-        let unread = self.last_read.load(Ordering::SeqCst) < self.last_write.load(Ordering::SeqCst);
-        self.pipelined.store(earlier && unread, Ordering::SeqCst);
+        let pipelined = if self.requests.fetch_add(1, Ordering::SeqCst) > 0 {
+            self.last_read.load(Ordering::SeqCst) < self.last_write.load(Ordering::SeqCst)
+        } else {
+            self.first_pipelined.load(Ordering::SeqCst)
+        };
+        self.pipelined.store(pipelined, Ordering::SeqCst);
+        self.has_body.store(false, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         self.last.store(self.now_ms(), Ordering::SeqCst);
         RequestGuard(self.clone())
+    }
+
+    /// The connection's first request was pipelined behind requests the
+    /// own path answered.
+    pub fn first_pipelined(&self) {
+        self.first_pipelined.store(true, Ordering::SeqCst);
+    }
+
+    /// The request just begun has a body.
+    pub fn with_body(&self) {
+        self.has_body.store(true, Ordering::SeqCst);
     }
 
     fn note_io(&self, at: &AtomicU64) {
@@ -244,10 +271,13 @@ impl Activity {
     }
 
     /// Whether an end of input that came now is kept from hyper: a
-    /// pipelined request is in flight. Then `waker` is woken when it is
-    /// over.
+    /// pipelined request without a body is in flight. Then `waker` is woken
+    /// when it is over.
     fn hold_end(&self, waker: &Waker) -> bool {
-        if self.in_flight.load(Ordering::SeqCst) == 0 || !self.pipelined.load(Ordering::SeqCst) {
+        if self.in_flight.load(Ordering::SeqCst) == 0
+            || !self.pipelined.load(Ordering::SeqCst)
+            || self.has_body.load(Ordering::SeqCst)
+        {
             return false;
         }
         *self.held_end.lock().expect("waker lock") = Some(waker.clone());

@@ -103,9 +103,13 @@ pub async fn serve(
         read_closed: false,
     };
     let opened = Instant::now();
-    if conn.run(&state, &entered, limits, opened).await == Ended::HandOver {
+    if let Ended::HandOver { pipelined } = conn.run(&state, &entered, limits, opened).await {
         let ClientConn { io, buf, .. } = conn;
-        crate::server::serve_hyper(io, buf.freeze(), peer, state, &builder, entered, limits).await;
+        let prefix = crate::server::Prefix {
+            bytes: buf.freeze(),
+            pipelined,
+        };
+        crate::server::serve_hyper(io, prefix, peer, state, &builder, entered, limits).await;
     }
 }
 
@@ -114,8 +118,9 @@ pub async fn serve(
 enum Ended {
     /// Closed (by either side, a time limit or a drain).
     Closed,
-    /// A request this path does not serve: hyper takes over.
-    HandOver,
+    /// A request this path does not serve: hyper takes over (the request
+    /// came before the previous answer went out when `pipelined`).
+    HandOver { pipelined: bool },
 }
 
 /// What became of one request.
@@ -188,10 +193,10 @@ impl ClientConn {
             {
                 Ok(Some(head)) => Head { pipelined, ..head },
                 Ok(None) => return Ended::Closed,
-                Err(HandOver) => return Ended::HandOver,
+                Err(HandOver) => return Ended::HandOver { pipelined },
             };
             let Some(checked) = self.check(&head, state.scheme) else {
-                return Ended::HandOver;
+                return Ended::HandOver { pipelined };
             };
             match self.forward(state, entered, &head, &checked).await {
                 Ok(Served::KeepAlive) => {
@@ -202,7 +207,7 @@ impl ClientConn {
                     let _ = self.io.shutdown().await;
                     return Ended::Closed;
                 }
-                Err(HandOver) => return Ended::HandOver,
+                Err(HandOver) => return Ended::HandOver { pipelined },
             }
         }
     }

@@ -103,12 +103,20 @@ pub fn conn_limits(valid: &ValidConfig) -> ConnLimits {
     }
 }
 
+/// Bytes of a connection the own path read before it handed the
+/// connection to hyper.
+pub(crate) struct Prefix {
+    pub bytes: bytes::Bytes,
+    /// The first request in them came before the previous answer went out.
+    pub pipelined: bool,
+}
+
 /// Serves one accepted connection (plain or TLS) with hyper, under the
-/// connection limits, until it closes or a drain ends it. `prefix`: bytes
-/// already read from it (by the own path), read first.
+/// connection limits, until it closes or a drain ends it; `prefix` is read
+/// first.
 pub(crate) fn serve_hyper<I>(
     io: I,
-    prefix: bytes::Bytes,
+    prefix: Prefix,
     peer: SocketAddr,
     state: Arc<ProxyState>,
     builder: &auto::Builder<TokioExecutor>,
@@ -119,13 +127,19 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
+    if prefix.pipelined {
+        activity.first_pipelined();
+    }
     let requests = activity.clone();
-    let io = TokioIo::new(ClientIo::new(io, prefix, activity.clone()));
+    let io = TokioIo::new(ClientIo::new(io, prefix.bytes, activity.clone()));
     // The client's address as a header value, formatted once per connection.
     let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a header value");
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = state.clone();
         let guard = requests.begin();
+        if !http_body::Body::is_end_stream(req.body()) {
+            requests.with_body();
+        }
         let client = Client {
             addr: peer,
             ip: peer_ip.clone(),
@@ -189,7 +203,8 @@ pub async fn run_listener(
                             tokio::spawn(async move {
                                 match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls_stream)) => {
-                                        serve_hyper(tls_stream, bytes::Bytes::new(), peer, state, &builder, entered, limits).await;
+                                        let prefix = Prefix { bytes: bytes::Bytes::new(), pipelined: false };
+                                        serve_hyper(tls_stream, prefix, peer, state, &builder, entered, limits).await;
                                     }
                                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
