@@ -583,6 +583,8 @@ pub async fn handle(
     client: Client,
 ) -> Response<MeteredBody> {
     let start = Instant::now();
+    // The client's version (the request's is the backend's from routing on).
+    let client_version = req.version();
     // Requests a reverse proxy answers itself.
     if req.method() == Method::CONNECT {
         let mut resp = plain(
@@ -800,7 +802,6 @@ pub async fn handle(
 
     let in_flight = InFlight::new(backend.series(decision).clone(), start)
         .with_body(&progress, &route.client_errors);
-    let version = parts.version;
     // The request timeout runs from the end of the request body, so a
     // slow upload is not charged to the backend; a client that pauses its
     // body longer than `timeouts.idle` gets 408.
@@ -827,7 +828,7 @@ pub async fn handle(
         // the backend is contacted, so a body that breaks there never
         // reaches it. HTTP/2 bodies stream at once: a client may wait for
         // the response head before it sends (gRPC's bidirectional streams).
-        if version != Version::HTTP_2 && !progress.is_sent() {
+        if client_version != Version::HTTP_2 && !progress.is_sent() {
             tokio::select! {
                 read = body.read_ahead(READ_AHEAD_BYTES) => if let Err(error) = read {
                     break 'exchange Ok(Err(crate::upstream::Failure {
@@ -872,7 +873,7 @@ pub async fn handle(
         Outcome::ClientFailed(kind, detail) => {
             tracing::debug!(route = %route.name, kind = kind.as_str(), %detail, "the client's request body failed");
             in_flight.client_failed(&route.client_errors, kind);
-            client_failed_answer(&route, kind, &detail, version)
+            client_failed_answer(&route, kind, &detail, client_version)
         }
         Outcome::TooLarge => {
             // Counted by `too_large` (on the backend chosen, as a limit).

@@ -886,3 +886,34 @@ async fn early_hints_reach_an_http11_client_before_the_final_response() {
         "{rest}"
     );
 }
+
+/// An HTTP/2 request body streams to the backend at once, not read ahead
+/// (a client may wait for the response head before it sends, as gRPC's
+/// bidirectional streams do), also on a route to an HTTP/1.1 backend.
+#[tokio::test]
+async fn an_http2_body_is_not_read_ahead() {
+    let early = serve_http(|_req: http::Request<hyper::body::Incoming>| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"answered before the body",
+        )))
+    })
+    .await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: early, stable: 'http://{early}' }}\n"),
+        &[],
+    )
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("http://h.example/stream")
+        .body(())
+        .unwrap();
+    // Headers only: the body is still to come.
+    let (answer, _body) = client.send_request(req, false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("the response head before the request body")
+        .unwrap();
+    assert_eq!(answer.status(), http::StatusCode::OK);
+}
