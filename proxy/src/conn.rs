@@ -211,6 +211,28 @@ pub struct Activity {
     /// from hyper: woken when the requests in flight are over.
     held_end: Mutex<Option<Waker>>,
     holding: AtomicBool,
+    /// Informational heads for the HTTP/1.1 request in flight.
+    interim: InterimHeads,
+}
+
+/// Informational (1xx) response heads on their way to an HTTP/1.1 client
+/// of hyper's server, which cannot send them itself. [`ClientIo`] writes
+/// them only where no byte of another response can be cut: when hyper
+/// asks it to flush (hyper has nothing buffered then), or before hyper's
+/// next bytes when nothing was written since such a flush (those bytes
+/// start the final head). Heads that cannot be placed so by the time the
+/// final head is on its way are dropped ([`Activity::settle_interim`]).
+#[derive(Default)]
+struct InterimHeads {
+    bytes: Mutex<Vec<u8>>,
+    /// `bytes` is not empty.
+    pending: AtomicBool,
+    /// A request in flight may still send heads.
+    open: AtomicBool,
+    /// hyper has flushed and written nothing since.
+    flushed: AtomicBool,
+    /// The connection's task, woken to write heads that came.
+    task: futures::task::AtomicWaker,
 }
 
 impl Activity {
@@ -228,6 +250,7 @@ impl Activity {
             has_body: AtomicBool::new(false),
             held_end: Mutex::new(None),
             holding: AtomicBool::new(false),
+            interim: InterimHeads::default(),
         })
     }
 
@@ -256,6 +279,40 @@ impl Activity {
     /// own path answered.
     pub fn first_pipelined(&self) {
         self.first_pipelined.store(true, Ordering::SeqCst);
+    }
+
+    /// The request in flight may send informational heads
+    /// ([`Activity::send_interim`]) until [`Activity::settle_interim`].
+    pub fn expect_interim(&self) {
+        self.interim.open.store(true, Ordering::SeqCst);
+    }
+
+    /// An informational response head for the client, written as soon as
+    /// it can be (see [`InterimHeads`]).
+    pub fn send_interim(&self, head: &[u8]) {
+        let heads = &self.interim;
+        if !heads.open.load(Ordering::SeqCst) {
+            return;
+        }
+        heads
+            .bytes
+            .lock()
+            .expect("interim lock")
+            .extend_from_slice(head);
+        heads.pending.store(true, Ordering::SeqCst);
+        heads.task.wake();
+    }
+
+    /// The final response head is next: no more informational heads, and
+    /// those that could not be written yet are dropped unless they can
+    /// still go first (hyper has nothing buffered).
+    pub fn settle_interim(&self) {
+        let heads = &self.interim;
+        heads.open.store(false, Ordering::SeqCst);
+        if heads.pending.load(Ordering::SeqCst) && !heads.flushed.load(Ordering::SeqCst) {
+            heads.bytes.lock().expect("interim lock").clear();
+            heads.pending.store(false, Ordering::SeqCst);
+        }
     }
 
     /// The request just begun has a body.
@@ -392,6 +449,39 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> ClientIo<T> {
+    /// Writes the informational heads waiting, if hyper has nothing
+    /// buffered (see [`InterimHeads`]).
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let heads = &self.activity.interim;
+        if !heads.pending.load(Ordering::SeqCst) || !heads.flushed.load(Ordering::SeqCst) {
+            return Poll::Ready(Ok(()));
+        }
+        let mut bytes = heads.bytes.lock().expect("interim lock");
+        while !bytes.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    bytes.drain(..n);
+                }
+                other => return other.map_ok(|_| ()),
+            }
+        }
+        heads.pending.store(false, Ordering::SeqCst);
+        Poll::Ready(Ok(()))
+    }
+
+    /// hyper writes: the heads waiting go first when they may.
+    fn wrote(&self, written: &Poll<std::io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.note_io(&self.activity.last_write);
+            self.activity.interim.flushed.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -399,10 +489,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        std::task::ready!(this.poll_interim(cx))?;
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.note_io(&this.activity.last_write);
-        }
+        this.wrote(&written);
         written
     }
 
@@ -412,10 +501,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        std::task::ready!(this.poll_interim(cx))?;
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.note_io(&this.activity.last_write);
-        }
+        this.wrote(&written);
         written
     }
 
@@ -423,8 +511,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
         self.inner.is_write_vectored()
     }
 
+    /// hyper flushes only with nothing buffered: informational heads may
+    /// go now (it polls this on every turn of its connection's loop, so
+    /// waking the task sends them).
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let heads = &this.activity.interim;
+        heads.flushed.store(true, Ordering::SeqCst);
+        if heads.open.load(Ordering::SeqCst) {
+            heads.task.register(cx.waker());
+        }
+        std::task::ready!(this.poll_interim(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -12,9 +12,9 @@
 //! Framing follows RFC 9112 §6.3, in this order:
 //! 1. A response to HEAD, and every 1xx, 204 and 304 response, ends at
 //!    its head. Informational responses (1xx other than 101) are read and
-//!    handed to the caller's `interim` (the own server path passes them to
-//!    its client; 100 is dropped, no client of the own codec asked for
-//!    it); a 101 to a request that asked for no upgrade is an error.
+//!    handed to the caller's `interim` as they come (100 is dropped: the
+//!    proxy's server answers `Expect` itself); a 101 to a request that
+//!    asked for no upgrade is an error.
 //! 2. `Transfer-Encoding`: exactly `chunked` is a chunked body (chunk
 //!    extensions are ignored, trailers are passed on; a chunk-size line or
 //!    the end of a chunk may end in a bare LF, as nginx and HAProxy
@@ -137,20 +137,17 @@ impl Conn {
     }
 
     /// Writes the head of `req` (which has no body) and reads the response
-    /// head. The response's body reads the rest from this connection.
+    /// head (informational ones to `interim`). The response's body reads
+    /// the rest from this connection.
     pub async fn exchange(
         mut self: Box<Self>,
         req: &Request<crate::body::UpstreamBody>,
+        interim: &mut Interim<'_>,
     ) -> Result<Exchanged, SendError> {
         encode_head(req, &mut self.head);
         let mut spans = std::mem::take(&mut self.spans);
-        // hyper's server, which answers these requests, cannot send a 1xx.
         let (mut conn, parsed) = self
-            .send_head(
-                req.method() == http::Method::HEAD,
-                &mut spans,
-                &mut |_, _| {},
-            )
+            .send_head(req.method() == http::Method::HEAD, &mut spans, interim)
             .await?;
         let mut headers = header_map(&parsed.bytes, &spans)?;
         conn.spans = spans;

@@ -18,6 +18,10 @@
 //!   closed, not pooled).
 //! - A 101 goes to the client only when it asked to upgrade to that
 //!   protocol; any other is a 502.
+//! - Informational responses (103 Early Hints) reach an HTTP/1.1 client as
+//!   they come, though hyper's server cannot send them: they go through
+//!   the connection's [`Activity`] to [`ClientIo`], which writes them where
+//!   no other response can be cut. HTTP/2 clients do not get them.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -143,12 +147,16 @@ where
         let client = Client {
             addr: peer,
             ip: peer_ip.clone(),
+            activity: requests.clone(),
         };
+        let settle = requests.clone();
         async move {
             // Boxed: hyper keeps room for this future in every connection,
             // idle or not, and the request path's state is kilobytes; boxed,
             // an idle keep-alive connection holds a pointer instead.
             let response = Box::pin(handle(state, req, client)).await;
+            // The final head comes next: no informational one after it.
+            settle.settle_interim();
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
@@ -274,6 +282,39 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// An informational response's head for an HTTP/1.1 client: its status
+/// and fields, less the hop-by-hop ones (and those `Connection` names)
+/// and any length.
+fn interim_head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for (name, value) in headers {
+        if HOP_BY_HOP.contains(name)
+            || name == header::CONTENT_LENGTH
+            || named.iter().any(|n| n.eq_ignore_ascii_case(name.as_str()))
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// Whether a 101's `Upgrade` names only protocols the request `offered`
@@ -473,6 +514,9 @@ pub struct Client {
     pub addr: SocketAddr,
     /// `addr`'s IP as a header value.
     pub ip: HeaderValue,
+    /// Its connection's requests; informational responses for it go
+    /// through them ([`Activity::send_interim`]).
+    pub activity: Arc<Activity>,
 }
 
 pub(crate) fn strip_port(authority: &str) -> &str {
@@ -662,6 +706,22 @@ pub async fn handle(
         state.scheme,
         trusted_hops,
     );
+    // An HTTP/1.1 client gets the backend's informational responses (103
+    // Early Hints) as they come; HTTP/1.0 clients may not (RFC 9110
+    // §15.2), and hyper's HTTP/2 server cannot send them.
+    if client_version == Version::HTTP_11 {
+        client.activity.expect_interim();
+        let activity = client.activity.clone();
+        parts
+            .extensions
+            .insert(crate::upstream::Informational(Arc::new(
+                move |status, headers| {
+                    if status != StatusCode::SWITCHING_PROTOCOLS {
+                        activity.send_interim(&interim_head(status, headers));
+                    }
+                },
+            )));
+    }
     // Upstream connections are dialled to the backend whatever the request
     // says (see `crate::upstream`): no value a client sends opens one.
     let path_and_query = parts
@@ -955,15 +1015,20 @@ pub(crate) fn head_copy<B>(
     copy
 }
 
-/// [`head_copy`] of a request, with no body.
+/// [`head_copy`] of a request, with no body (and where its informational
+/// responses go, if it says).
 pub(crate) fn bodiless_copy<A>(req: &Request<A>) -> Request<UpstreamBody> {
-    head_copy(
+    let mut copy = head_copy(
         req.method(),
         req.uri(),
         req.version(),
         req.headers(),
         UpstreamBody::empty(),
-    )
+    );
+    if let Some(sink) = req.extensions().get::<crate::upstream::Informational>() {
+        copy.extensions_mut().insert(sink.clone());
+    }
+    copy
 }
 
 pub(crate) fn upstream_failure(

@@ -64,6 +64,16 @@ pub struct PoolKey {
     pub tls: Option<UpstreamTlsKey>,
 }
 
+/// A request extension: where the backend's informational (1xx)
+/// responses go, as they come (HTTP/1.1 backends; neither the own codec
+/// nor hyper's client hands over 100, which the proxy's server answers
+/// itself).
+#[derive(Clone)]
+pub struct Informational(pub Arc<InformationalSink>);
+
+/// What an [`Informational`] calls with each response's status and fields.
+pub type InformationalSink = dyn Fn(http::StatusCode, &http::HeaderMap) + Send + Sync;
+
 /// Idle HTTP/1.1 connections kept per backend and serving thread at most.
 const MAX_IDLE_PER_SLOT: usize = 1024;
 
@@ -355,6 +365,14 @@ impl Upstream {
         let again =
             (reused && !upgrade && req.body().is_end_stream() && is_idempotent(req.method()))
                 .then(|| Box::new(crate::server::bodiless_copy(&req)));
+        let mut req = req;
+        if let Some(sink) = req.extensions().get::<Informational>().cloned() {
+            hyper::ext::on_informational(&mut req, move |res| {
+                if res.status() != http::StatusCode::CONTINUE {
+                    (sink.0)(res.status(), res.headers());
+                }
+            });
+        }
         let sent = conn.sender.try_send_request(req).await;
         match sent {
             Ok(mut resp) => {
@@ -401,7 +419,13 @@ impl Upstream {
             Ok(c) => c,
             Err(f) => return Err(Missed::Unsent(Box::new(req), f)),
         };
-        match conn.exchange(&req).await {
+        let sink = req.extensions().get::<Informational>().cloned();
+        let mut interim = |head: &crate::h1::RawHead, spans: &[crate::h1::Span]| {
+            if let Some(sink) = &sink {
+                (sink.0)(head.status, &crate::h1::header_map_of(head, spans));
+            }
+        };
+        match conn.exchange(&req, &mut interim).await {
             Ok(exchanged) => Ok(exchanged
                 .response
                 .map(|()| self.own_pooled(slot, exchanged.body))),

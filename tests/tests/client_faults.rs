@@ -855,36 +855,45 @@ async fn bare_lf_chunk_lines_in_a_response_are_accepted() {
 }
 
 /// An informational response (103 Early Hints) reaches an HTTP/1.1
-/// client on the own path as it comes, before the final response exists.
+/// client as it comes, before the final response exists, on either path
+/// and whichever upstream client carries the request (the own codec for a
+/// GET, hyper's for a POST).
 #[tokio::test]
 async fn early_hints_reach_an_http11_client_before_the_final_response() {
     let s = Setup::new("").await;
-    let mut stream = TcpStream::connect(s.proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /own/early-hints HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !seen.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("the 103 before the final response")
-            .unwrap();
-        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
+    for route in ROUTES {
+        for request in [
+            format!("GET /{route}/early-hints HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+            format!(
+                "POST /{route}/early-hints HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            ),
+        ] {
+            let mut stream = TcpStream::connect(s.proxy.addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("{request}: no 103 before the final response"))
+                    .unwrap();
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(
+                String::from_utf8_lossy(&seen).to_ascii_lowercase(),
+                "http/1.1 103 early hints\r\nlink: </s.css>; rel=preload\r\n\r\n",
+                "{request}"
+            );
+            s.backend(route).release.notify_one();
+            let (_, rest) = closed_within(&mut stream, Duration::from_secs(5)).await;
+            let rest = String::from_utf8_lossy(&rest);
+            assert!(
+                rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.ends_with("ok"),
+                "{request}: {rest}"
+            );
+        }
     }
-    assert_eq!(
-        String::from_utf8_lossy(&seen),
-        "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
-    );
-    s.own.release.notify_one();
-    let (_, rest) = closed_within(&mut stream, Duration::from_secs(5)).await;
-    let rest = String::from_utf8_lossy(&rest);
-    assert!(
-        rest.starts_with("HTTP/1.1 200 OK\r\n") && rest.ends_with("ok"),
-        "{rest}"
-    );
 }
 
 /// An HTTP/2 request body streams to the backend at once, not read ahead
