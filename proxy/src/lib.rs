@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod fast;
 pub mod fields;
+pub mod file_watch;
 pub mod grpc;
 pub mod h1;
 pub mod kube_source;

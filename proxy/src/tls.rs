@@ -24,7 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
-use crate::config::TlsConfig;
+use crate::config::{TlsConfig, UpstreamTlsKey};
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -152,7 +152,7 @@ impl Terminator {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| crate::store::is_change(&e)) {
+                if event.is_ok_and(|e| crate::file_watch::is_change(&e)) {
                     let _ = tx.send(());
                 }
             })?;
@@ -207,13 +207,6 @@ impl Terminator {
 }
 
 // === origination ===
-
-/// Verification settings of one https upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamTlsKey {
-    pub ca_file: Option<PathBuf>,
-    pub server_name: String,
-}
 
 /// A rustls client configuration for an upstream, with ALPN for its protocol.
 pub fn client_config(key: &UpstreamTlsKey, http2: bool) -> Result<Arc<ClientConfig>, String> {

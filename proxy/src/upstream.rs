@@ -50,9 +50,9 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
-use crate::config::{Protocol, UpstreamUrl};
+use crate::config::{Protocol, UpstreamTlsKey, UpstreamUrl};
 use crate::metrics::UpstreamErrorKind;
-use crate::tls::{ConnectError, UpstreamIo, UpstreamTlsKey};
+use crate::tls::{ConnectError, UpstreamIo};
 
 /// Everything that shapes an upstream connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
