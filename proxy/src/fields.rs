@@ -17,12 +17,66 @@
 //!   of digits), so user info (`a@b`) never reaches a backend or a route
 //!   match.
 //! - **Transfer codings.** A request's `Transfer-Encoding` must be exactly
-//!   `chunked` (any case, once): another coding is 501 (nginx's answer),
-//!   a malformed list (an empty element, `chunked` twice, parameters) 400.
-//!   A response's must be exactly `chunked` too: any other coding would
-//!   have to be undone before the proxy re-frames the body (502).
+//!   `chunked` (any case, once): a list that ends in `chunked` after
+//!   other codings is 501 (nginx's answer: the proxy decodes none of
+//!   them), one that does not end in `chunked` (its length cannot be
+//!   told, RFC 9112 §6.3) or is malformed (an empty element, `chunked`
+//!   twice, parameters) 400. A response's must be exactly `chunked` too:
+//!   any other coding would have to be undone before the proxy re-frames
+//!   the body (502).
+//! - **Field access.** [`Fields`] is how the rules, the routing and the
+//!   A/B rules read a message's fields, whatever holds them: a head the
+//!   proxy's own HTTP/1.1 codec parsed, or an `http::HeaderMap`.
 //! - **Lengths.** A `Content-Length` is one or more equal decimal numbers
 //!   (`5`, `5, 5`, two fields of `5`); anything else is not a length.
+
+/// A message's header fields, whatever holds them.
+pub trait Fields {
+    /// Calls `each` with every field's name (as received: compare it
+    /// without case) and value, in order.
+    fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8]));
+
+    /// Calls `each` with the value of every field named `name` (lower
+    /// case), in order, until it returns true; whether one did.
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        let mut found = false;
+        self.each(&mut |field, value| {
+            if !found && field.eq_ignore_ascii_case(name.as_bytes()) && each(value) {
+                found = true;
+            }
+        });
+        found
+    }
+
+    /// The value of the first field named `name` (lower case).
+    fn first<'s>(&'s self, name: &str) -> Option<&'s [u8]> {
+        let mut first = None;
+        self.values(name, &mut |value| {
+            first = Some(value);
+            true
+        });
+        first
+    }
+}
+
+impl Fields for http::HeaderMap {
+    fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8])) {
+        for (name, value) in self {
+            each(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| each(v.as_bytes()))
+    }
+}
+
+/// Whether the comma-separated list `value` has `token` (any case).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
 
 /// What the request paths do with a client's header field, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,9 +213,12 @@ pub enum TransferCoding {
     /// A list that is not one (an empty element, `chunked` more than
     /// once, parameters, spaces within an element).
     Malformed,
-    /// A coding other than `chunked` alone (`gzip, chunked`, `identity`,
-    /// `chunked, gzip`).
+    /// Codings before a final `chunked` (`gzip, chunked`, `identity,
+    /// chunked`): the proxy decodes none of them.
     Unsupported,
+    /// A list whose last coding is not `chunked` (`gzip`, `chunked,
+    /// gzip`): a request's length cannot be told (RFC 9112 §6.3).
+    NotChunkedLast,
 }
 
 /// Reads the values of every `Transfer-Encoding` field of a message.
@@ -169,6 +226,7 @@ pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Transf
     let mut seen = false;
     let mut chunked = 0;
     let mut others = false;
+    let mut last_chunked = false;
     for value in values {
         seen = true;
         for element in value.split(|&b| b == b',') {
@@ -180,7 +238,8 @@ pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Transf
             {
                 return TransferCoding::Malformed;
             }
-            if element.eq_ignore_ascii_case(b"chunked") {
+            last_chunked = element.eq_ignore_ascii_case(b"chunked");
+            if last_chunked {
                 chunked += 1;
             } else {
                 others = true;
@@ -191,7 +250,8 @@ pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Transf
         (false, ..) => TransferCoding::Absent,
         (true, 2.., _) => TransferCoding::Malformed,
         (true, 1, false) => TransferCoding::Chunked,
-        (true, ..) => TransferCoding::Unsupported,
+        _ if !last_chunked => TransferCoding::NotChunkedLast,
+        _ => TransferCoding::Unsupported,
     }
 }
 
@@ -317,15 +377,24 @@ mod tests {
         for unsupported in [
             &["gzip, chunked"][..],
             &["identity, chunked"],
-            &["chunked, gzip"],
-            &["identity"],
-            &["gzip"],
             &["gzip", "chunked"],
         ] {
             assert_eq!(
                 coding(unsupported),
                 TransferCoding::Unsupported,
                 "{unsupported:?}"
+            );
+        }
+        for not_last in [
+            &["chunked, gzip"][..],
+            &["identity"],
+            &["gzip"],
+            &["chunked", "gzip"],
+        ] {
+            assert_eq!(
+                coding(not_last),
+                TransferCoding::NotChunkedLast,
+                "{not_last:?}"
             );
         }
         for malformed in [

@@ -574,7 +574,9 @@ fn framing<'a>(
     let framing = match coding {
         _ if no_body => Framing::Empty,
         TransferCoding::Chunked => Framing::Chunked,
-        TransferCoding::Malformed | TransferCoding::Unsupported => {
+        TransferCoding::Malformed
+        | TransferCoding::Unsupported
+        | TransferCoding::NotChunkedLast => {
             return Err(protocol(
                 "the response's Transfer-Encoding is not `chunked` alone (the proxy would have to undo another coding)",
             ));

@@ -15,6 +15,7 @@ pub mod fields;
 pub mod file_watch;
 pub mod grpc;
 pub mod h1;
+pub mod http1;
 pub mod kube_source;
 pub mod metrics;
 pub mod mirror;

@@ -458,7 +458,7 @@ fn request_problem(req: &Request<Incoming>) -> Option<(StatusCode, &'static str)
     let codings = req.headers().get_all(header::TRANSFER_ENCODING);
     match crate::fields::transfer_coding(codings.iter().map(HeaderValue::as_bytes)) {
         TransferCoding::Absent | TransferCoding::Chunked => {}
-        TransferCoding::Malformed => {
+        TransferCoding::Malformed | TransferCoding::NotChunkedLast => {
             return bad("sluice: the request's Transfer-Encoding is not a valid list of codings\n");
         }
         TransferCoding::Unsupported => {

@@ -634,12 +634,18 @@ fn check_framing(resp: &mut Response<Incoming>, head_request: bool) -> Result<()
             }
         }
         TransferCoding::Chunked => {}
-        TransferCoding::Malformed | TransferCoding::Unsupported if has_body => {
+        TransferCoding::Malformed
+        | TransferCoding::Unsupported
+        | TransferCoding::NotChunkedLast
+            if has_body =>
+        {
             return Err(
                 "the response's Transfer-Encoding is not `chunked` alone (the proxy would have to undo another coding)",
             );
         }
-        TransferCoding::Malformed | TransferCoding::Unsupported => {}
+        TransferCoding::Malformed
+        | TransferCoding::Unsupported
+        | TransferCoding::NotChunkedLast => {}
     }
     Ok(())
 }
