@@ -31,7 +31,7 @@
 //!   (`5`, `5, 5`, two fields of `5`); anything else is not a length.
 
 /// A message's header fields, whatever holds them.
-pub trait Fields {
+pub trait Fields: Sync {
     /// Calls `each` with every field's name (as received: compare it
     /// without case) and value, in order.
     fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8]));

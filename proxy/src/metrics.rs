@@ -660,14 +660,15 @@ impl Metrics {
         }))
     }
 
-    /// A request the proxy refused itself (a limit).
-    pub fn record_rejected(&self, route: &str, reason: RejectReason) {
+    /// The counter of requests the proxy refuses itself on `route` for
+    /// `reason` (a limit), resolved once per routing table.
+    pub fn rejected(&self, route: &str, reason: RejectReason) -> Counter {
         self.rejected
             .get_or_create(&RejectLabels {
                 route: route.to_string(),
                 reason,
             })
-            .inc();
+            .clone()
     }
 
     /// A client connection closed at once (limits.max_connections).

@@ -2,7 +2,7 @@
 //! the types a user writes, their defaults, and the parsers of their
 //! values (durations, sizes, weights, upstream URLs). Checking the rules
 //! and building the [`ValidConfig`] the proxy runs on is
-//! [`validate`]'s part.
+//! the `validate` submodule's part.
 //!
 //! Parsing and validation are two steps on purpose: serde catches type errors
 //! (with the field path in its message), then [`Config::validate`] checks

@@ -29,7 +29,7 @@
 //!   may end in a bare LF, which nginx and HAProxy accept too (refusing it
 //!   would cut bodies those peers deliver).
 //!
-//! Writing ([`write`]): status lines, fields, chunk framing and `Date`,
+//! Writing ([`mod@write`]): status lines, fields, chunk framing and `Date`,
 //! into a caller's buffer.
 
 pub mod framing;

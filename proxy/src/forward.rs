@@ -1,0 +1,656 @@
+//! Phase 4 of a request, for both protocols: send it to the backend the
+//! route phase decided, and wait for the answer's head.
+//!
+//! - **The head a backend gets** ([`upstream_head`]): the client's method,
+//!   path and fields, less the hop-by-hop ones (and those `Connection`
+//!   names; `TE: trailers` is kept, gRPC needs it), `Expect` (the proxy
+//!   answers it itself), the client's framing fields (the proxy frames the
+//!   body itself: its length when known, else chunked) and the fields a
+//!   client may not send on (`crate::fields`: `X-Sluice-*`, names with `_`
+//!   unless the route keeps them). An HTTP/1.1 backend gets the client's
+//!   Host (the target's authority for an absolute-form target or an
+//!   HTTP/2 client, the backend's own for an HTTP/1.0 client that sent
+//!   none), and one `cookie` field for an HTTP/2 client's several; an
+//!   HTTP/2 backend gets its own address as `:authority`. Then the
+//!   forwarding fields: with `trusted_hops: 0` whatever the client sent is
+//!   replaced by what the proxy saw (`X-Forwarded-For` and `X-Real-IP` the
+//!   peer, `X-Forwarded-Proto` the listener's scheme, `X-Forwarded-Host`
+//!   the authority; `Forwarded` dropped); behind N trusted proxies the
+//!   rightmost N `X-Forwarded-For` entries are kept and the peer appended,
+//!   and the other fields those proxies set are passed on.
+//! - **The body.** The first 16 KiB of an HTTP/1 request body (the whole
+//!   of most) are read before the backend is contacted, so a body that
+//!   breaks there never reaches it, and a body read whole can be sent
+//!   again. HTTP/2 bodies stream at once: a client may wait for the
+//!   response head before it sends (gRPC's bidirectional streams).
+//! - **Time.** `timeouts.request` runs from the end of the request body to
+//!   the response head (504); a client that pauses its body longer than
+//!   `timeouts.idle` gets 408 (its fault, not the backend's).
+//! - **Mirroring.** A request the stable serves may be picked for a copy
+//!   (`crate::mirror`): the body is copied as it streams, and the copy is
+//!   sent once the stable has answered.
+//! - **Sending again** follows `crate::upstream`'s rules, from the
+//!   backend's retry budget.
+//!
+//! The outcome ([`Outcome`]) is what the answer phase turns into the
+//! client's answer; every request leaves here with exactly one thing that
+//! will record it (`crate::record`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Version};
+
+use crate::body::{Progress, UpstreamBody};
+use crate::config::Protocol;
+use crate::fields::{ClientField, Fields, has_token};
+use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
+use crate::mirror::CopyHead;
+use crate::record::{InFlight, Recorder};
+use crate::route::{BodyKind, ClientRequest, Routed, Target};
+use crate::routing::Backend;
+use crate::upstream::h1::Interim;
+use crate::upstream::{Head, Request, Response, SendFailure};
+
+/// Bytes of an HTTP/1 request body read before the backend is contacted
+/// (the whole body when it is shorter). nginx reads whole bodies first;
+/// this keeps memory per request small and bodies streaming.
+pub const READ_AHEAD_BYTES: usize = 16 * 1024;
+
+/// The client of a connection, as the request heads show it.
+pub struct Client {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as a field value, formatted once per connection.
+    pub ip: HeaderValue,
+    /// `https` on a TLS listener, else `http`.
+    pub scheme: &'static str,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, scheme: &'static str) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a field value");
+        Self { addr, ip, scheme }
+    }
+}
+
+/// How a request's exchange ended, for the answer phase. It lives for one
+/// match on the stack; boxing the response would cost an allocation per
+/// request.
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    /// The backend answered.
+    Answered {
+        response: Response,
+        recorder: Recorder,
+    },
+    /// The backend failed or took too long (`kind` says which): the proxy
+    /// answers 502 or 504, counted on the backend.
+    Failed {
+        kind: UpstreamErrorKind,
+        recorder: Recorder,
+    },
+    /// The client broke its own body (counted in the route's client
+    /// errors): 400, or 408 for a body paused too long.
+    ClientFault {
+        kind: ClientErrorKind,
+        detail: String,
+    },
+    /// The body grew past `limits.max_request_body`: 413, counted on the
+    /// backend chosen as a limit.
+    TooLarge { recorder: Recorder },
+    /// The client went away before an answer (counted: a 499, or its
+    /// fault when its body had not all come).
+    Gone,
+}
+
+/// A request's way to its backend.
+pub struct Exchange<'r, 'b> {
+    pub routed: &'r Routed,
+    pub req: &'r ClientRequest<'r>,
+    pub client: &'r Client,
+    pub body: UpstreamBody<'b>,
+    pub progress: Progress,
+    pub interim: &'r mut Interim<'r>,
+}
+
+/// What stopped an attempt before its answer.
+enum Stop {
+    /// No response head within the request timeout after the body.
+    TimedOut,
+    /// The client paused its request body too long.
+    ClientStalled,
+    /// The client went away.
+    Gone,
+}
+
+/// Sends the request (see the module docs). `gone` resolves when the
+/// client has gone away (never, for a protocol that drops the request
+/// instead).
+pub async fn forward(
+    exchange: Exchange<'_, '_>,
+    gone: Pin<&mut (dyn Future<Output = ()> + Send + '_)>,
+) -> Outcome {
+    let Exchange {
+        routed,
+        req,
+        client,
+        mut body,
+        progress,
+        interim,
+    } = exchange;
+    let route = &routed.route;
+    let backend = route.backend(routed.decision);
+    let (head, copy_head) = upstream_head(req, routed, backend, client, wants_copy(req, routed));
+    let mut copy_job = None;
+    if let (Some(copy_head), Some(mirror)) = (copy_head, &route.mirror)
+        && let Some(place) = mirror.pick(req.method, declared(req))
+    {
+        let copy_body = if progress.has_body() {
+            let (tee, copy_body) = crate::body::Tee::new(mirror.max_body);
+            body.tee(tee);
+            copy_body
+        } else {
+            crate::body::CopyBody::Empty
+        };
+        copy_job = Some(mirror.copy(copy_head, copy_body, place));
+    }
+    let in_flight = InFlight::new(backend.series(routed.decision).clone(), routed.start)
+        .with_body(&progress, &route.client_errors);
+    let mut upstream = Request {
+        method: req.method.clone(),
+        head,
+        has_body: progress.has_body(),
+        body: Some(body),
+        chunked: req.body == BodyKind::Streamed,
+        upgrade: req.upgrade.is_some(),
+        interim,
+        spans: Vec::new(),
+    };
+    let mut gone = gone;
+    let stalled = client_stalled(&progress, route.body_idle_timeout);
+    tokio::pin!(stalled);
+    let read_ahead_first = req.version != Version::HTTP_2 && !progress.is_sent();
+    let result = attempt(
+        backend,
+        &mut upstream,
+        &progress,
+        route.request_timeout,
+        read_ahead_first,
+        stalled.as_mut(),
+        gone.as_mut(),
+    )
+    .await;
+    if let Some(job) = copy_job {
+        job.launch();
+    }
+    outcome(result, in_flight, backend, routed, &progress)
+}
+
+/// Whether a request may be copied to the canary: its route mirrors, the
+/// stable serves it, and it is no upgrade.
+fn wants_copy(req: &ClientRequest<'_>, routed: &Routed) -> bool {
+    routed.route.mirror.is_some() && !routed.decision.is_canary() && req.upgrade.is_none()
+}
+
+/// The body length the client declared.
+fn declared(req: &ClientRequest<'_>) -> Option<u64> {
+    match req.body {
+        BodyKind::Length(n) => Some(n),
+        BodyKind::None => Some(0),
+        BodyKind::Streamed => None,
+    }
+}
+
+/// Resolves when the client has paused its body longer than `limit`
+/// (never for a request whose body is all sent).
+async fn client_stalled(progress: &Progress, limit: Duration) {
+    if progress.is_sent() {
+        return std::future::pending().await;
+    }
+    let every = crate::conn::check_every(limit);
+    loop {
+        tokio::time::sleep(every).await;
+        if !progress.is_sent() && progress.idle_for() >= limit {
+            return;
+        }
+    }
+}
+
+/// One attempt at a backend: the read-ahead (when `read_ahead`), then the
+/// exchange, against the request timeout, a stalled client and a client
+/// gone.
+async fn attempt(
+    backend: &Backend,
+    upstream: &mut Request<'_, '_>,
+    progress: &Progress,
+    request_timeout: Duration,
+    read_ahead: bool,
+    mut stalled: Pin<&mut impl Future<Output = ()>>,
+    mut gone: Pin<&mut (dyn Future<Output = ()> + Send + '_)>,
+) -> Result<Result<Response, SendFailure>, Stop> {
+    if read_ahead && let Some(body) = upstream.body.as_mut() {
+        tokio::select! {
+            read = body.read_ahead(READ_AHEAD_BYTES) => if let Err(e) = read {
+                return Ok(Err(SendFailure::Body(e)));
+            },
+            () = stalled.as_mut() => return Err(Stop::ClientStalled),
+            () = gone.as_mut() => return Err(Stop::Gone),
+        }
+    }
+    backend.retry_budget.note_request();
+    let response_due = async {
+        progress.sent().await;
+        tokio::time::sleep(request_timeout).await;
+    };
+    let sent = backend.client.send(upstream, || backend.take_retry());
+    tokio::select! {
+        answer = sent => Ok(answer),
+        () = response_due => Err(Stop::TimedOut),
+        () = stalled => Err(Stop::ClientStalled),
+        () = gone => Err(Stop::Gone),
+    }
+}
+
+/// The outcome of an attempt (see [`Outcome`]).
+fn outcome(
+    result: Result<Result<Response, SendFailure>, Stop>,
+    in_flight: InFlight,
+    backend: &Backend,
+    routed: &Routed,
+    progress: &Progress,
+) -> Outcome {
+    let route = &routed.route;
+    let failed = |in_flight: InFlight, kind| Outcome::Failed {
+        kind,
+        recorder: in_flight.answered(backend.metrics.clone(), None),
+    };
+    match result {
+        Ok(Ok(response)) => Outcome::Answered {
+            response,
+            recorder: in_flight.answered(backend.metrics.clone(), None),
+        },
+        Ok(Err(SendFailure::Body(_))) if progress.exceeded() => {
+            route.rejected_too_large.inc();
+            in_flight.answered_elsewhere();
+            Outcome::TooLarge {
+                recorder: Recorder {
+                    series: backend.series(routed.decision).clone(),
+                    errors: backend.metrics.clone(),
+                    code: 413,
+                    start: routed.start,
+                    grpc: None,
+                    permit: None,
+                },
+            }
+        }
+        Ok(Err(SendFailure::Body(error))) => {
+            let kind = progress
+                .client_fault()
+                .unwrap_or(ClientErrorKind::IncompleteBody);
+            in_flight.client_failed(&route.client_errors, kind);
+            Outcome::ClientFault {
+                kind,
+                detail: crate::body::innermost_cause(&*error),
+            }
+        }
+        Ok(Err(SendFailure::Upstream(failure))) => {
+            tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
+            failed(in_flight, failure.kind)
+        }
+        Err(Stop::TimedOut) => failed(in_flight, UpstreamErrorKind::Timeout),
+        Err(Stop::ClientStalled) => {
+            in_flight.client_failed(&route.client_errors, ClientErrorKind::BodyTimeout);
+            Outcome::ClientFault {
+                kind: ClientErrorKind::BodyTimeout,
+                detail: String::new(),
+            }
+        }
+        Err(Stop::Gone) => {
+            drop(in_flight);
+            Outcome::Gone
+        }
+    }
+}
+
+/// A request field, by what [`upstream_head`] does with it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Host,
+    /// Hop-by-hop: `Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`,
+    /// `Transfer-Encoding`, `Upgrade`.
+    HopByHop,
+    /// The proxy frames the body itself: its framing field goes where
+    /// the client's first was.
+    Framing,
+    /// The proxy answers `Expect` itself.
+    Expect,
+    Xff,
+    /// The other forwarding fields.
+    Forwarding,
+    Cookie,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Field {
+    const TABLE: [(&[u8], Field); 16] = [
+        (b"host", Field::Host),
+        (b"connection", Field::HopByHop),
+        (b"keep-alive", Field::HopByHop),
+        (b"proxy-connection", Field::HopByHop),
+        (b"te", Field::HopByHop),
+        (b"transfer-encoding", Field::HopByHop),
+        (b"upgrade", Field::HopByHop),
+        (b"content-length", Field::Framing),
+        (b"expect", Field::Expect),
+        (b"x-forwarded-for", Field::Xff),
+        (b"x-forwarded-proto", Field::Forwarding),
+        (b"x-forwarded-host", Field::Forwarding),
+        (b"x-real-ip", Field::Forwarding),
+        (b"forwarded", Field::Forwarding),
+        (b"cookie", Field::Cookie),
+        (b"http2-settings", Field::HopByHop),
+    ];
+    TABLE
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map_or(Field::Other, |&(_, kind)| kind)
+}
+
+/// The field names the client's `Connection` lists (its own hop-by-hop
+/// fields), but the tokens the proxy reads itself.
+fn connection_named(fields: &dyn Fields) -> Vec<&[u8]> {
+    let mut named = Vec::new();
+    fields.values("connection", &mut |value| {
+        named.extend(
+            value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| {
+                    !t.is_empty()
+                        && !t.eq_ignore_ascii_case(b"close")
+                        && !t.eq_ignore_ascii_case(b"keep-alive")
+                        && !t.eq_ignore_ascii_case(b"upgrade")
+                }),
+        );
+        false
+    });
+    named
+}
+
+/// Calls `emit` with each field a backend gets (the rules in the module
+/// docs), in order: the client's that pass, then the forwarding fields.
+/// `host`: what a Host field says (None: the client's passes unchanged);
+/// `one_cookie`: an HTTP/2 client's `cookie` fields go as one (to an
+/// HTTP/1.1 backend, RFC 9113 §8.2.3); `framing`: the proxy's framing
+/// field, where the client's first was (else after the forwarding ones).
+fn each_forwarded_field(
+    req: &ClientRequest<'_>,
+    routed: &Routed,
+    client: &Client,
+    host: Option<&[u8]>,
+    one_cookie: bool,
+    mut framing: Option<(&[u8], &[u8])>,
+    emit: &mut dyn FnMut(&[u8], &[u8]),
+) {
+    let keep_underscores = routed.route.keep_underscore_headers;
+    let trusted = routed.trusted_hops > 0;
+    let named = connection_named(req.fields);
+    let join_cookies = one_cookie && req.version == Version::HTTP_2;
+    let mut cookies: Option<Vec<u8>> = None;
+    let mut xff: Vec<&[u8]> = Vec::new();
+    let mut present = [false; 3];
+    if let Some(host) = host {
+        emit(b"host", host);
+    }
+    req.fields.each(&mut |name, value| match classify(name) {
+        Field::Host if host.is_none() => emit(name, value),
+        Field::Framing => {
+            if let Some((name, value)) = framing.take() {
+                emit(name, value);
+            }
+        }
+        Field::Host | Field::HopByHop | Field::Expect => {}
+        Field::Xff => xff.extend(
+            value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|e| !e.is_empty()),
+        ),
+        Field::Forwarding if trusted => {
+            for (i, known) in [&b"x-forwarded-proto"[..], b"x-forwarded-host", b"x-real-ip"]
+                .iter()
+                .enumerate()
+            {
+                present[i] |= name.eq_ignore_ascii_case(known);
+            }
+            emit(name, value);
+        }
+        Field::Forwarding => {}
+        Field::Cookie if join_cookies => match &mut cookies {
+            Some(joined) => {
+                joined.extend_from_slice(b"; ");
+                joined.extend_from_slice(value);
+            }
+            None => cookies = Some(value.to_vec()),
+        },
+        Field::Cookie | Field::Other => {
+            if named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                return;
+            }
+            match crate::fields::client_field(name) {
+                ClientField::Ordinary => emit(name, value),
+                ClientField::Underscored if keep_underscores => emit(name, value),
+                ClientField::Underscored | ClientField::Reserved => {}
+            }
+        }
+    });
+    if let Some(joined) = cookies {
+        emit(b"cookie", &joined);
+    }
+    forwarding_fields(req, routed, client, &xff, present, emit);
+    if let Some((name, value)) = framing {
+        emit(name, value);
+    }
+}
+
+/// The forwarding fields a backend gets (see the module docs): `xff` the
+/// client's `X-Forwarded-For` entries, `present` whether it sent
+/// `X-Forwarded-Proto`, `-Host` and `X-Real-IP` (read only with trusted
+/// hops).
+fn forwarding_fields(
+    req: &ClientRequest<'_>,
+    routed: &Routed,
+    client: &Client,
+    xff: &[&[u8]],
+    present: [bool; 3],
+    emit: &mut dyn FnMut(&[u8], &[u8]),
+) {
+    let trusted = routed.trusted_hops > 0;
+    let ip = client.ip.as_bytes();
+    let authority = req.authority().map(str::as_bytes);
+    if !trusted {
+        emit(b"x-forwarded-for", ip);
+        emit(b"x-forwarded-proto", client.scheme.as_bytes());
+        if let Some(authority) = authority {
+            emit(b"x-forwarded-host", authority);
+        }
+        emit(b"x-real-ip", ip);
+        return;
+    }
+    // The rightmost `trusted_hops` entries were added by trusted proxies;
+    // anything left of them is the client's word.
+    let keep = xff.len().min(routed.trusted_hops as usize);
+    let chain = &xff[xff.len() - keep..];
+    let mut joined = Vec::new();
+    for entry in chain {
+        joined.extend_from_slice(entry);
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip);
+    emit(b"x-forwarded-for", &joined);
+    if !present[0] {
+        emit(b"x-forwarded-proto", client.scheme.as_bytes());
+    }
+    if !present[1]
+        && let Some(authority) = authority
+    {
+        emit(b"x-forwarded-host", authority);
+    }
+    if !present[2] {
+        emit(b"x-real-ip", chain.first().copied().unwrap_or(ip));
+    }
+}
+
+/// Whether the client asked for trailers (`TE: trailers`).
+pub fn wants_trailers(fields: &dyn Fields) -> bool {
+    fields.values("te", &mut |v| has_token(v, "trailers"))
+}
+
+/// The head `backend` gets for the client's request (see the module
+/// docs), and, when `copy`, the same head for a mirrored copy (without
+/// its framing).
+pub fn upstream_head(
+    req: &ClientRequest<'_>,
+    routed: &Routed,
+    backend: &Backend,
+    client: &Client,
+    copy: bool,
+) -> (Head, Option<CopyHead>) {
+    match backend.client.protocol() {
+        Protocol::Http1 => {
+            let (head, copy) = h1_head(req, routed, backend, client, copy);
+            (Head::H1(head), copy.map(CopyHead::H1))
+        }
+        Protocol::Http2 => {
+            let parts = h2_head(req, routed, backend, client);
+            let copy = copy.then(|| crate::upstream::copy_parts(&parts));
+            (Head::H2(parts), copy.map(CopyHead::H2))
+        }
+    }
+}
+
+fn h1_head(
+    req: &ClientRequest<'_>,
+    routed: &Routed,
+    backend: &Backend,
+    client: &Client,
+    copy: bool,
+) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut length = [0; 20];
+    let framing: Option<(&[u8], &[u8])> = match req.body {
+        BodyKind::Length(n) => Some((b"content-length", crate::http1::write::itoa(n, &mut length))),
+        BodyKind::Streamed => Some((b"transfer-encoding", b"chunked")),
+        BodyKind::None if expects_body(req.method) => Some((b"content-length", b"0")),
+        BodyKind::None => None,
+    };
+    let mut head = h1_fields(req, routed, backend, client, framing);
+    if let Some(offered) = req.upgrade {
+        crate::http1::write::field(&mut head, b"upgrade", offered);
+        crate::http1::write::field(&mut head, b"connection", b"upgrade");
+    }
+    head.extend_from_slice(b"\r\n");
+    // A copy's body is whole: its head gets its own length (`crate::mirror`).
+    let copy = copy.then(|| h1_fields(req, routed, backend, client, None));
+    (head, copy)
+}
+
+/// The request line and fields of an HTTP/1.1 head (no blank line).
+fn h1_fields(
+    req: &ClientRequest<'_>,
+    routed: &Routed,
+    backend: &Backend,
+    client: &Client,
+    framing: Option<(&[u8], &[u8])>,
+) -> Vec<u8> {
+    use crate::http1::write;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.target.path_and_query().as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // The Host: the client's as it sent it for an origin-form target, the
+    // authority for an absolute one (or an HTTP/2 client's), the backend's
+    // for a client that sent none.
+    let backend_authority;
+    let host = match req.target {
+        Target::Absolute { authority, .. } => Some(authority.as_bytes()),
+        _ if req.fields.first("host").is_some() => None,
+        _ => {
+            backend_authority = backend.url.authority();
+            Some(backend_authority.as_bytes())
+        }
+    };
+    each_forwarded_field(
+        req,
+        routed,
+        client,
+        host,
+        true,
+        framing,
+        &mut |name, value| write::field(&mut out, name, value),
+    );
+    if wants_trailers(req.fields) {
+        write::field(&mut out, b"te", b"trailers");
+    }
+    out
+}
+
+/// Methods whose requests carry a body as a rule: one without is sent
+/// with `content-length: 0`, as nginx and hyper do.
+fn expects_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+fn h2_head(
+    req: &ClientRequest<'_>,
+    routed: &Routed,
+    backend: &Backend,
+    client: &Client,
+) -> http::request::Parts {
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = req.method.clone();
+    parts.version = Version::HTTP_2;
+    let scheme = match backend.url.scheme {
+        crate::config::Scheme::Http => "http",
+        crate::config::Scheme::Https => "https",
+    };
+    // `:authority` is the backend's (an h2 request may not carry a Host
+    // that differs from it, RFC 9113 §8.3.1); the client's is in
+    // X-Forwarded-Host.
+    parts.uri = http::Uri::builder()
+        .scheme(scheme)
+        .authority(backend.url.authority().as_str())
+        .path_and_query(req.target.path_and_query())
+        .build()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    let headers = &mut parts.headers;
+    // No Host: the fields go after `:authority`, which is the backend's.
+    each_forwarded_field(
+        req,
+        routed,
+        client,
+        Some(b""),
+        false,
+        None,
+        &mut |name, value| {
+            if name.eq_ignore_ascii_case(b"host") {
+                return;
+            }
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(name, value);
+            }
+        },
+    );
+    if wants_trailers(req.fields) {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let BodyKind::Length(n) = req.body {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    parts
+}
