@@ -167,14 +167,7 @@ pub fn answer(outcome: Outcome, routed: &Routed, offered: Option<&[u8]>) -> Opti
 /// timeout, counted as an upstream error of `kind`.
 fn failed(kind: UpstreamErrorKind, recorder: Recorder) -> Local {
     recorder.errors.record_upstream_error(kind);
-    let (status, what) = match kind {
-        UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
-        UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "could not be reached"),
-        UpstreamErrorKind::Tls => (StatusCode::BAD_GATEWAY, "failed the TLS handshake"),
-        UpstreamErrorKind::Protocol | UpstreamErrorKind::Reset => {
-            (StatusCode::BAD_GATEWAY, "broke the exchange")
-        }
-    };
+    let (status, what) = crate::forward::failure_status(kind);
     let label = recorder.series.backend().as_str();
     Local::new(
         status,

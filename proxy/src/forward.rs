@@ -31,6 +31,17 @@
 //!   sent once the stable has answered.
 //! - **Sending again** follows `crate::upstream`'s rules, from the
 //!   backend's retry budget.
+//! - **Failover.** A request the canary provably never started on (its
+//!   connect was refused or failed, its connection closed before anything
+//!   of the request was written, or an HTTP/2 canary refused the stream)
+//!   goes to the stable instead, when its route has `failover: stable`
+//!   (the default), its body can be sent again (none, or read ahead
+//!   whole), and the stable's retry budget allows one more request. The
+//!   canary is still charged the failure (its 502 or 504 and its upstream
+//!   error are recorded as if the client had got them), so the gate sees
+//!   a crashing canary exactly as before; the client gets the stable's
+//!   answer, counted on the stable; `sluice_failovers_total{route}` counts
+//!   it.
 //!
 //! The outcome ([`Outcome`]) is what the answer phase turns into the
 //! client's answer; every request leaves here with exactly one thing that
@@ -41,7 +52,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Version};
+use http::{HeaderValue, Method, StatusCode, Version};
 
 use crate::body::{Progress, UpstreamBody};
 use crate::config::Protocol;
@@ -52,7 +63,7 @@ use crate::record::{InFlight, Recorder};
 use crate::route::{BodyKind, ClientRequest, Routed, Target};
 use crate::routing::Backend;
 use crate::upstream::h1::Interim;
-use crate::upstream::{Head, Request, Response, SendFailure};
+use crate::upstream::{Failure, Head, Request, Response, SendFailure};
 
 /// Bytes of an HTTP/1 request body read before the backend is contacted
 /// (the whole body when it is shorter). nginx reads whole bodies first;
@@ -185,7 +196,65 @@ pub async fn forward(
     if let Some(job) = copy_job {
         job.launch();
     }
-    outcome(result, in_flight, backend, routed, &progress)
+    let fails_over = match &result {
+        Ok(Err(SendFailure::Upstream(failure))) => may_fail_over(routed, failure, &upstream),
+        _ => false,
+    };
+    if !fails_over {
+        return outcome(result, in_flight, backend, routed, &progress);
+    }
+    // The canary is charged what the client would have got from it.
+    if let Ok(Err(SendFailure::Upstream(failure))) = result {
+        tracing::debug!(route = %route.name, error = %failure, "the canary never started the request; failing over to the stable");
+        backend.metrics.record_upstream_error(failure.kind);
+        let recorder = in_flight.answered(backend.metrics.clone(), None);
+        Recorder {
+            code: failure_status(failure.kind).0.as_u16(),
+            ..recorder
+        }
+        .record_now();
+    }
+    route.failovers.inc();
+    let stable = &route.stable;
+    upstream.head = upstream_head(req, routed, stable, client, false).0;
+    upstream.rewind();
+    let in_flight = InFlight::new(stable.weighted.clone(), routed.start)
+        .with_body(&progress, &route.client_errors);
+    let result = attempt(
+        stable,
+        &mut upstream,
+        &progress,
+        route.request_timeout,
+        false,
+        stalled.as_mut(),
+        gone.as_mut(),
+    )
+    .await;
+    outcome(result, in_flight, stable, routed, &progress)
+}
+
+/// Whether a request that failed on its backend goes to the stable
+/// instead (see the module docs); takes the stable's budget when it does.
+fn may_fail_over(routed: &Routed, failure: &Failure, upstream: &Request<'_, '_>) -> bool {
+    failure.unstarted
+        && routed.route.failover
+        && routed.decision.is_canary()
+        && routed.route.canary.is_some()
+        && upstream.resendable()
+        && routed.route.stable.retry_budget.try_retry()
+}
+
+/// The status the proxy answers for a backend failure of `kind`, and
+/// what happened, in words.
+pub fn failure_status(kind: UpstreamErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        UpstreamErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out"),
+        UpstreamErrorKind::Connect => (StatusCode::BAD_GATEWAY, "could not be reached"),
+        UpstreamErrorKind::Tls => (StatusCode::BAD_GATEWAY, "failed the TLS handshake"),
+        UpstreamErrorKind::Protocol | UpstreamErrorKind::Reset => {
+            (StatusCode::BAD_GATEWAY, "broke the exchange")
+        }
+    }
 }
 
 /// Whether a request may be copied to the canary: its route mirrors, the

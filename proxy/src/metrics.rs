@@ -506,6 +506,7 @@ pub struct Metrics {
     retries: Family<RetryLabels, Counter>,
     mirror_skipped: Family<MirrorSkipLabels, Counter>,
     client_errors: Family<ClientErrorLabels, Counter>,
+    failovers: Family<RouteLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
 }
@@ -579,6 +580,12 @@ impl Metrics {
             "Requests that failed by their client's fault (a malformed or incomplete body, a body paused too long), by kind; never counted against a backend",
             client_errors.clone(),
         );
+        let failovers = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Requests the canary provably never started on (connect refused, closed before the request was written, REFUSED_STREAM) that went to the stable instead; the canary is still charged the failure",
+            failovers.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "connections_rejected",
@@ -612,6 +619,7 @@ impl Metrics {
             retries,
             mirror_skipped,
             client_errors,
+            failovers,
             connections_rejected,
             open_connections,
         })
@@ -643,6 +651,15 @@ impl Metrics {
             .get_or_create(&MirrorSkipLabels {
                 route: route.to_string(),
                 reason,
+            })
+            .clone()
+    }
+
+    /// The failover counter of `route` (made at once, so it is exposed at 0).
+    pub fn failovers(&self, route: &str) -> Counter {
+        self.failovers
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
             })
             .clone()
     }

@@ -164,6 +164,10 @@ pub struct Route {
     /// Request fields with `_` in their names are passed on
     /// (`underscore_headers: keep`).
     pub keep_underscore_headers: bool,
+    /// A request the canary provably never started on goes to the stable.
+    pub failover: bool,
+    /// Requests that went to the stable so.
+    pub failovers: Counter,
     /// Requests refused at `limits.max_requests_in_flight`.
     pub rejected_in_flight: Counter,
     /// Requests refused for a body over `limits.max_request_body`.
@@ -421,6 +425,8 @@ fn build_route(
         mirror,
         client_errors: metrics.client_errors(&r.name),
         keep_underscore_headers: r.keep_underscore_headers,
+        failover: r.failover,
+        failovers: metrics.failovers(&r.name),
         rejected_in_flight: metrics.rejected(&r.name, RejectReason::MaxRequestsInFlight),
         rejected_too_large: metrics.rejected(&r.name, RejectReason::BodyTooLarge),
     }

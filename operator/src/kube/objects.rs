@@ -747,6 +747,7 @@ pub fn proxy_config_with(
             grpc_failure_codes: None,
             listener,
             underscore_headers: Default::default(),
+            failover: Default::default(),
         }
     };
     let mut routes = Vec::new();

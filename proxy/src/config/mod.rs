@@ -235,6 +235,31 @@ pub struct RouteConfig {
     /// What becomes of request header fields whose names contain `_`.
     #[serde(default, skip_serializing_if = "UnderscoreHeaders::is_default")]
     pub underscore_headers: UnderscoreHeaders,
+    /// Where a request goes that the canary provably never started on.
+    #[serde(default, skip_serializing_if = "Failover::is_default")]
+    pub failover: Failover,
+}
+
+/// A route's failover (`failover`). `stable` (the default): a request the
+/// canary provably never started on (its connect was refused or failed,
+/// its connection closed before the request was written, or its HTTP/2
+/// stream was refused with `REFUSED_STREAM`) goes to the stable instead,
+/// within the stable's retry budget, when its body can be sent again; the
+/// canary is still charged the failure, so the gate sees it as before,
+/// and `sluice_failovers_total{route}` counts it. `off`: the client gets
+/// the proxy's 502.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failover {
+    #[default]
+    Stable,
+    Off,
+}
+
+impl Failover {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Request header fields whose names contain `_` (a route's

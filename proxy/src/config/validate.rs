@@ -66,6 +66,9 @@ pub struct ValidRoute {
     /// Request fields with `_` in their names are passed on (see
     /// [`UnderscoreHeaders`]).
     pub keep_underscore_headers: bool,
+    /// A request the canary provably never started on goes to the stable
+    /// (see [`Failover`]).
+    pub failover: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -557,6 +560,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         affinity,
         mirror,
         keep_underscore_headers: route.underscore_headers == UnderscoreHeaders::Keep,
+        failover: route.failover == Failover::Stable,
     })
 }
 

@@ -150,7 +150,8 @@ impl Request<'_, '_> {
         }
     }
 
-    fn rewind(&mut self) {
+    /// Starts the body over, to send the request again.
+    pub fn rewind(&mut self) {
         if let Some(body) = &mut self.body {
             body.rewind();
         }
