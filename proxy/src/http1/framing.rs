@@ -325,6 +325,10 @@ impl Decoder {
             if buf.len() > MAX_CHUNK_LINE {
                 return Err(DecodeError("a chunk-size line is too long"));
             }
+            // A CR not followed by LF is refused at once, not waited on.
+            if memchr::memchr(b'\r', buf).is_some_and(|cr| cr + 1 < buf.len()) {
+                return Err(DecodeError("a chunk-size line has a bare CR"));
+            }
             return Ok(None);
         };
         if lf > 0 && buf[lf - 1] == b'\r' {
@@ -399,7 +403,12 @@ fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
     let (digits, rest) = line.split_at(digits_end);
-    let rest = rest.trim_ascii_start();
+    // Whitespace (BWS) may come before the extensions' `;`: SP and HTAB.
+    let spaces = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[spaces..];
     if digits.is_empty() || digits.len() > 16 {
         return Err(DecodeError("a chunk size is not 1 to 16 hex digits"));
     }
