@@ -223,12 +223,36 @@ pub enum TransferCoding {
 
 /// Reads the values of every `Transfer-Encoding` field of a message.
 pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> TransferCoding {
-    let mut seen = false;
-    let mut chunked = 0;
-    let mut others = false;
-    let mut last_chunked = false;
+    let mut reader = CodingReader::default();
     for value in values {
-        seen = true;
+        reader.push(value);
+    }
+    reader.coding()
+}
+
+/// The `Transfer-Encoding` of a message's fields.
+pub fn transfer_coding_in(fields: &dyn Fields) -> TransferCoding {
+    let mut reader = CodingReader::default();
+    fields.values("transfer-encoding", &mut |value| {
+        reader.push(value);
+        false
+    });
+    reader.coding()
+}
+
+/// Reads `Transfer-Encoding` values one at a time.
+#[derive(Default)]
+struct CodingReader {
+    seen: bool,
+    malformed: bool,
+    chunked: usize,
+    others: bool,
+    last_chunked: bool,
+}
+
+impl CodingReader {
+    fn push(&mut self, value: &[u8]) {
+        self.seen = true;
         for element in value.split(|&b| b == b',') {
             let element = element.trim_ascii();
             if element.is_empty()
@@ -236,22 +260,26 @@ pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Transf
                     .iter()
                     .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
             {
-                return TransferCoding::Malformed;
+                self.malformed = true;
             }
-            last_chunked = element.eq_ignore_ascii_case(b"chunked");
-            if last_chunked {
-                chunked += 1;
+            self.last_chunked = element.eq_ignore_ascii_case(b"chunked");
+            if self.last_chunked {
+                self.chunked += 1;
             } else {
-                others = true;
+                self.others = true;
             }
         }
     }
-    match (seen, chunked, others) {
-        (false, ..) => TransferCoding::Absent,
-        (true, 2.., _) => TransferCoding::Malformed,
-        (true, 1, false) => TransferCoding::Chunked,
-        _ if !last_chunked => TransferCoding::NotChunkedLast,
-        _ => TransferCoding::Unsupported,
+
+    fn coding(&self) -> TransferCoding {
+        match (self.seen, self.chunked, self.others) {
+            (false, ..) => TransferCoding::Absent,
+            _ if self.malformed => TransferCoding::Malformed,
+            (true, 2.., _) => TransferCoding::Malformed,
+            (true, 1, false) => TransferCoding::Chunked,
+            _ if !self.last_chunked => TransferCoding::NotChunkedLast,
+            _ => TransferCoding::Unsupported,
+        }
     }
 }
 
@@ -269,23 +297,60 @@ pub enum LengthError {
 pub fn content_length<'a>(
     values: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<Option<(u64, bool)>, LengthError> {
-    let mut length: Option<u64> = None;
-    let mut repeated = false;
+    let mut reader = LengthReader::default();
     for value in values {
+        reader.push(value);
+    }
+    reader.length()
+}
+
+/// The length a message's `Content-Length` fields give (see
+/// [`content_length`]).
+pub fn content_length_in(fields: &dyn Fields) -> Result<Option<(u64, bool)>, LengthError> {
+    let mut reader = LengthReader::default();
+    fields.values("content-length", &mut |value| {
+        reader.push(value);
+        false
+    });
+    reader.length()
+}
+
+/// Reads `Content-Length` values one at a time.
+#[derive(Default)]
+struct LengthReader {
+    length: Option<u64>,
+    repeated: bool,
+    error: Option<LengthError>,
+}
+
+impl LengthReader {
+    fn push(&mut self, value: &[u8]) {
         for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
-            let n = (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or(LengthError::NotANumber)?;
-            match length {
-                Some(l) if l != n => return Err(LengthError::Differing),
-                Some(_) => repeated = true,
-                None => length = Some(n),
+            let Some(n) =
+                (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten()
+            else {
+                self.error.get_or_insert(LengthError::NotANumber);
+                return;
+            };
+            match self.length {
+                Some(l) if l != n => {
+                    self.error.get_or_insert(LengthError::Differing);
+                }
+                Some(_) => self.repeated = true,
+                None => self.length = Some(n),
             }
         }
     }
-    Ok(length.map(|n| (n, repeated)))
+
+    fn length(&self) -> Result<Option<(u64, bool)>, LengthError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.length.map(|n| (n, self.repeated))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -56,10 +56,12 @@ use http::{HeaderValue, Method, StatusCode, Version};
 
 use crate::body::{Progress, UpstreamBody};
 use crate::config::Protocol;
-use crate::fields::{ClientField, Fields, has_token};
+use crate::conn::Timer;
+use crate::fields::ClientField;
 use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
 use crate::mirror::CopyHead;
 use crate::record::{InFlight, Recorder};
+use crate::reuse::Reused;
 use crate::route::{BodyKind, ClientRequest, Routed, Target};
 use crate::routing::Backend;
 use crate::upstream::h1::Interim;
@@ -124,6 +126,8 @@ pub struct Exchange<'r, 'b> {
     pub body: UpstreamBody<'b>,
     pub progress: Progress,
     pub interim: &'r mut Interim<'r>,
+    /// The connection's timer, for the request timeout.
+    pub timer: &'r mut Timer,
 }
 
 /// What stopped an attempt before its answer.
@@ -150,6 +154,7 @@ pub async fn forward(
         mut body,
         progress,
         interim,
+        timer,
     } = exchange;
     let route = &routed.route;
     let backend = route.backend(routed.decision);
@@ -177,22 +182,18 @@ pub async fn forward(
         chunked: req.body == BodyKind::Streamed,
         upgrade: req.upgrade.is_some(),
         interim,
-        spans: Vec::new(),
     };
     let mut gone = gone;
     let stalled = client_stalled(&progress, route.body_idle_timeout);
     tokio::pin!(stalled);
     let read_ahead_first = req.version != Version::HTTP_2 && !progress.is_sent();
-    let result = attempt(
-        backend,
-        &mut upstream,
-        &progress,
-        route.request_timeout,
-        read_ahead_first,
-        stalled.as_mut(),
-        gone.as_mut(),
-    )
-    .await;
+    let waits = Waits {
+        progress: &progress,
+        timer,
+        stalled: stalled.as_mut(),
+        gone: gone.as_mut(),
+    };
+    let result = attempt(backend, &mut upstream, routed, read_ahead_first, waits).await;
     if let Some(job) = copy_job {
         job.launch();
     }
@@ -220,16 +221,13 @@ pub async fn forward(
     upstream.rewind();
     let in_flight = InFlight::new(stable.weighted.clone(), routed.start)
         .with_body(&progress, &route.client_errors);
-    let result = attempt(
-        stable,
-        &mut upstream,
-        &progress,
-        route.request_timeout,
-        false,
-        stalled.as_mut(),
-        gone.as_mut(),
-    )
-    .await;
+    let waits = Waits {
+        progress: &progress,
+        timer,
+        stalled: stalled.as_mut(),
+        gone: gone.as_mut(),
+    };
+    let result = attempt(stable, &mut upstream, routed, false, waits).await;
     outcome(result, in_flight, stable, routed, &progress)
 }
 
@@ -287,18 +285,32 @@ async fn client_stalled(progress: &Progress, limit: Duration) {
     }
 }
 
+/// What an attempt waits on besides its answer.
+struct Waits<'w, 'g, S> {
+    progress: &'w Progress,
+    timer: &'w mut Timer,
+    /// Resolves when the client has paused its body too long.
+    stalled: Pin<&'w mut S>,
+    /// Resolves when the client has gone away.
+    gone: Pin<&'w mut (dyn Future<Output = ()> + Send + 'g)>,
+}
+
 /// One attempt at a backend: the read-ahead (when `read_ahead`), then the
 /// exchange, against the request timeout, a stalled client and a client
 /// gone.
-async fn attempt(
+async fn attempt<S: Future<Output = ()>>(
     backend: &Backend,
     upstream: &mut Request<'_, '_>,
-    progress: &Progress,
-    request_timeout: Duration,
+    routed: &Routed,
     read_ahead: bool,
-    mut stalled: Pin<&mut impl Future<Output = ()>>,
-    mut gone: Pin<&mut (dyn Future<Output = ()> + Send + '_)>,
+    waits: Waits<'_, '_, S>,
 ) -> Result<Result<Response, SendFailure>, Stop> {
+    let Waits {
+        progress,
+        timer,
+        mut stalled,
+        mut gone,
+    } = waits;
     if read_ahead && let Some(body) = upstream.body.as_mut() {
         tokio::select! {
             read = body.read_ahead(READ_AHEAD_BYTES) => if let Err(e) = read {
@@ -308,13 +320,23 @@ async fn attempt(
             () = gone.as_mut() => return Err(Stop::Gone),
         }
     }
-    backend.retry_budget.note_request();
+    backend.retry_budget.note_request(routed.start);
+    let timeout = routed.route.request_timeout;
+    // The request timeout runs from the end of the request body (its start
+    // for a request without one: no clock read).
     let response_due = async {
-        progress.sent().await;
-        tokio::time::sleep(request_timeout).await;
+        let at = if progress.has_body() {
+            progress.sent().await;
+            std::time::Instant::now() + timeout
+        } else {
+            routed.start + timeout
+        };
+        timer.until(at.into()).await;
     };
     let sent = backend.client.send(upstream, || backend.take_retry());
     tokio::select! {
+        // The answer first: most wake-ups are its.
+        biased;
         answer = sent => Ok(answer),
         () = response_due => Err(Stop::TimedOut),
         () = stalled => Err(Stop::ClientStalled),
@@ -429,9 +451,9 @@ fn classify(name: &[u8]) -> Field {
 
 /// The field names the client's `Connection` lists (its own hop-by-hop
 /// fields), but the tokens the proxy reads itself.
-fn connection_named(fields: &dyn Fields) -> Vec<&[u8]> {
+fn connection_named<'a>(req: &ClientRequest<'a>) -> Vec<&'a [u8]> {
     let mut named = Vec::new();
-    fields.values("connection", &mut |value| {
+    req.summary.each_connection(req.fields, &mut |value| {
         named.extend(
             value
                 .split(|&b| b == b',')
@@ -443,7 +465,6 @@ fn connection_named(fields: &dyn Fields) -> Vec<&[u8]> {
                         && !t.eq_ignore_ascii_case(b"upgrade")
                 }),
         );
-        false
     });
     named
 }
@@ -465,7 +486,7 @@ fn each_forwarded_field(
 ) {
     let keep_underscores = routed.route.keep_underscore_headers;
     let trusted = routed.trusted_hops > 0;
-    let named = connection_named(req.fields);
+    let named = connection_named(req);
     let join_cookies = one_cookie && req.version == Version::HTTP_2;
     let mut cookies: Option<Vec<u8>> = None;
     let mut xff: Vec<&[u8]> = Vec::new();
@@ -572,11 +593,6 @@ fn forwarding_fields(
     }
 }
 
-/// Whether the client asked for trailers (`TE: trailers`).
-pub fn wants_trailers(fields: &dyn Fields) -> bool {
-    fields.values("te", &mut |v| has_token(v, "trailers"))
-}
-
 /// The head `backend` gets for the client's request (see the module
 /// docs), and, when `copy`, the same head for a mirrored copy (without
 /// its framing).
@@ -606,7 +622,7 @@ fn h1_head(
     backend: &Backend,
     client: &Client,
     copy: bool,
-) -> (Vec<u8>, Option<Vec<u8>>) {
+) -> (Reused<Vec<u8>>, Option<Vec<u8>>) {
     let mut length = [0; 20];
     let framing: Option<(&[u8], &[u8])> = match req.body {
         BodyKind::Length(n) => Some((b"content-length", crate::http1::write::itoa(n, &mut length))),
@@ -622,7 +638,7 @@ fn h1_head(
     head.extend_from_slice(b"\r\n");
     // A copy's body is whole: its head gets its own length (`crate::mirror`).
     let copy = copy.then(|| h1_fields(req, routed, backend, client, None));
-    (head, copy)
+    (head, copy.map(|c| c.to_vec()))
 }
 
 /// The request line and fields of an HTTP/1.1 head (no blank line).
@@ -632,9 +648,9 @@ fn h1_fields(
     backend: &Backend,
     client: &Client,
     framing: Option<(&[u8], &[u8])>,
-) -> Vec<u8> {
+) -> Reused<Vec<u8>> {
     use crate::http1::write;
-    let mut out = Vec::with_capacity(512);
+    let mut out: Reused<Vec<u8>> = Reused::take();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.target.path_and_query().as_bytes());
@@ -645,7 +661,7 @@ fn h1_fields(
     let backend_authority;
     let host = match req.target {
         Target::Absolute { authority, .. } => Some(authority.as_bytes()),
-        _ if req.fields.first("host").is_some() => None,
+        _ if req.summary.host.is_some() => None,
         _ => {
             backend_authority = backend.url.authority();
             Some(backend_authority.as_bytes())
@@ -660,7 +676,7 @@ fn h1_fields(
         framing,
         &mut |name, value| write::field(&mut out, name, value),
     );
-    if wants_trailers(req.fields) {
+    if req.summary.trailers {
         write::field(&mut out, b"te", b"trailers");
     }
     out
@@ -715,7 +731,7 @@ fn h2_head(
             }
         },
     );
-    if wants_trailers(req.fields) {
+    if req.summary.trailers {
         headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
     if let BodyKind::Length(n) = req.body {

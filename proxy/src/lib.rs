@@ -50,6 +50,7 @@ pub mod kube_source;
 pub mod metrics;
 pub mod mirror;
 pub mod record;
+pub mod reuse;
 pub mod route;
 pub mod routing;
 pub mod split;

@@ -188,7 +188,9 @@ fn copy_head(target: &Target, head: CopyHead, length: usize) -> Head {
                 crate::http1::write::content_length(&mut bytes, length as u64);
             }
             bytes.extend_from_slice(b"\r\n");
-            Head::H1(bytes)
+            let mut head: crate::reuse::Reused<Vec<u8>> = crate::reuse::Reused::take();
+            head.extend_from_slice(&bytes);
+            Head::H1(head)
         }
         CopyHead::H2(mut parts) => {
             // `:authority` is the backend's on HTTP/2 routes.
@@ -244,7 +246,6 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         chunked: false,
         upgrade: false,
         interim: &mut ignore,
-        spans: Vec::new(),
     };
     let sent = tokio::time::timeout(
         target.request_timeout,

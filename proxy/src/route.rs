@@ -110,9 +110,70 @@ pub struct ClientRequest<'a> {
     pub version: Version,
     pub target: Target<'a>,
     pub fields: &'a dyn Fields,
+    /// What the phases read of `fields` again and again, read once.
+    pub summary: Summary<'a>,
     pub body: BodyKind,
     /// The protocols an HTTP/1.1 upgrade offers (never `h2c`).
     pub upgrade: Option<&'a [u8]>,
+}
+
+/// The fields every request's phases look at, read in one pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary<'a> {
+    /// The first Host field, and how many there are.
+    pub host: Option<&'a [u8]>,
+    pub hosts: usize,
+    /// The first Connection field, and how many there are.
+    pub connection: Option<&'a [u8]>,
+    pub connections: usize,
+    /// The first Upgrade field.
+    pub upgrade: Option<&'a [u8]>,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// `TE: trailers`.
+    pub trailers: bool,
+}
+
+impl<'a> Summary<'a> {
+    /// Reads `fields` once.
+    pub fn of(fields: &'a dyn Fields) -> Self {
+        let mut s = Self::default();
+        fields.each(&mut |name, value| match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                s.host.get_or_insert(value);
+                s.hosts += 1;
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                s.connection.get_or_insert(value);
+                s.connections += 1;
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                s.upgrade.get_or_insert(value);
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                s.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            }
+            2 if name.eq_ignore_ascii_case(b"te") => {
+                s.trailers |= crate::fields::has_token(value, "trailers");
+            }
+            _ => {}
+        });
+        s
+    }
+
+    /// Calls `each` with every value of the request's Connection fields.
+    pub fn each_connection(&self, fields: &'a dyn Fields, each: &mut dyn FnMut(&'a [u8])) {
+        match (self.connection, self.connections) {
+            (Some(only), 1) => each(only),
+            (None, _) => {}
+            _ => {
+                fields.values("connection", &mut |v| {
+                    each(v);
+                    false
+                });
+            }
+        }
+    }
 }
 
 impl<'a> ClientRequest<'a> {
@@ -121,10 +182,7 @@ impl<'a> ClientRequest<'a> {
     pub fn authority(&self) -> Option<&'a str> {
         match self.target {
             Target::Absolute { authority, .. } => Some(authority),
-            _ => self
-                .fields
-                .first("host")
-                .and_then(|h| std::str::from_utf8(h).ok()),
+            _ => self.summary.host.and_then(|h| std::str::from_utf8(h).ok()),
         }
     }
 }
@@ -177,17 +235,10 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
     }
     check_target(&req.target)?;
     check_hosts(req)?;
-    if req.version == Version::HTTP_2 {
-        let mut lengths = Vec::new();
-        req.fields.values("content-length", &mut |v| {
-            lengths.push(v);
-            false
-        });
-        if crate::fields::content_length(lengths).is_err() {
-            return Err(Refusal::bad(
-                "sluice: the request's content-length fields are not one number\n",
-            ));
-        }
+    if req.version == Version::HTTP_2 && crate::fields::content_length_in(req.fields).is_err() {
+        return Err(Refusal::bad(
+            "sluice: the request's content-length fields are not one number\n",
+        ));
     }
     Ok(())
 }
@@ -227,23 +278,19 @@ fn check_target(target: &Target<'_>) -> Result<(), Refusal> {
 }
 
 fn check_hosts(req: &ClientRequest<'_>) -> Result<(), Refusal> {
-    let mut hosts = Vec::with_capacity(1);
-    req.fields.values("host", &mut |v| {
-        hosts.push(v);
-        hosts.len() > 1
-    });
+    let (first, count) = (req.summary.host, req.summary.hosts);
     let target_authority = match req.target {
         Target::Absolute { authority, .. } => Some(authority),
         _ => None,
     };
-    match hosts[..] {
-        [_, _, ..] => Err(Refusal::bad(
+    match first {
+        Some(_) if count > 1 => Err(Refusal::bad(
             "sluice: the request has more than one Host header field\n",
         )),
-        [host] if !crate::fields::is_host_and_port(host) => Err(Refusal::bad(
+        Some(host) if !crate::fields::is_host_and_port(host) => Err(Refusal::bad(
             "sluice: the Host header field is not a host and optional port\n",
         )),
-        [host]
+        Some(host)
             if req.version == Version::HTTP_2
                 && target_authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host)) =>
         {
@@ -251,7 +298,7 @@ fn check_hosts(req: &ClientRequest<'_>) -> Result<(), Refusal> {
                 "sluice: the Host header field differs from :authority\n",
             ))
         }
-        [] if req.version == Version::HTTP_11 && target_authority.is_none() => Err(Refusal::bad(
+        None if req.version == Version::HTTP_11 && target_authority.is_none() => Err(Refusal::bad(
             "sluice: an HTTP/1.1 request needs a Host header field\n",
         )),
         _ => Ok(()),
@@ -430,6 +477,7 @@ mod tests {
             version,
             target: Target::parse(target),
             fields: &map,
+            summary: Summary::of(&map),
             body: BodyKind::None,
             upgrade: None,
         };

@@ -65,16 +65,20 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    fn window_now() -> u64 {
+    fn window_at(at: std::time::Instant) -> u64 {
         static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
         let origin = *ORIGIN.get_or_init(std::time::Instant::now);
-        origin.elapsed().as_secs() / BUDGET_WINDOW.as_secs()
+        at.saturating_duration_since(origin).as_secs() / BUDGET_WINDOW.as_secs()
     }
 
-    /// The current window's slot, after clearing what went out of the
-    /// two windows counted.
-    fn slot(&self) -> usize {
-        let now = Self::window_now();
+    fn window_now() -> u64 {
+        Self::window_at(std::time::Instant::now())
+    }
+
+    /// The slot of the window of `at`, after clearing what went out of
+    /// the two windows counted.
+    fn slot(&self, at: std::time::Instant) -> usize {
+        let now = Self::window_at(at);
         let seen = self.window.load(Ordering::Relaxed);
         if seen != now
             && self
@@ -96,13 +100,14 @@ impl RetryBudget {
         (now % 2) as usize
     }
 
-    pub fn note_request(&self) {
-        self.requests[self.slot()].fetch_add(1, Ordering::Relaxed);
+    /// A request was made at `at` (its start: no clock read per request).
+    pub fn note_request(&self, at: std::time::Instant) {
+        self.requests[self.slot(at)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget, if there is one.
     pub fn try_retry(&self) -> bool {
-        let slot = self.slot();
+        let slot = self.slot(std::time::Instant::now());
         let requests =
             self.requests[0].load(Ordering::Relaxed) + self.requests[1].load(Ordering::Relaxed);
         let taken =

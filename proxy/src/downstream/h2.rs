@@ -27,10 +27,10 @@ use super::ProxyState;
 use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
 use crate::body::UpstreamBody;
 use crate::config::ValidConfig;
-use crate::conn::{Activity, ConnLimits, Entered, Tracked, supervise};
+use crate::conn::{Activity, ConnLimits, Entered, Timer, Tracked, supervise};
 use crate::fields::Fields;
 use crate::forward::{Client, Exchange};
-use crate::route::{BodyKind, ClientRequest, Target};
+use crate::route::{BodyKind, ClientRequest, Summary, Target};
 
 /// hyper's HTTP/2 server with the configured limits.
 pub fn builder(valid: &ValidConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
@@ -116,6 +116,7 @@ async fn handle(
         version: Version::HTTP_2,
         target,
         fields: &parts.headers,
+        summary: Summary::of(&parts.headers),
         body: body_kind,
         upgrade: None,
     };
@@ -130,6 +131,8 @@ async fn handle(
     };
     let (body, progress) = UpstreamBody::hyper(incoming, routed.route.max_body);
     let mut ignore = |_: StatusCode, _: &dyn Fields| {};
+    // Streams run at once: each has a timer of its own.
+    let mut timer = Timer::default();
     let exchange = Exchange {
         routed: &routed,
         req: &req,
@@ -137,6 +140,7 @@ async fn handle(
         body,
         progress,
         interim: &mut ignore,
+        timer: &mut timer,
     };
     let gone = std::pin::pin!(std::future::pending::<()>());
     let outcome = crate::forward::forward(exchange, gone).await;

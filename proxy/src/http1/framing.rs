@@ -54,14 +54,10 @@ fn bad(reason: &'static str) -> Refused {
 
 /// A request's body framing from its fields (the rules in the module docs).
 pub fn request(fields: &dyn Fields, minor: u8) -> Result<Framing, Refused> {
-    let mut coding_fields = Vec::new();
-    fields.values("transfer-encoding", &mut |v| {
-        coding_fields.push(v);
-        false
-    });
-    let has_length = fields.first("content-length").is_some();
-    if !coding_fields.is_empty() {
-        if has_length {
+    let coding = crate::fields::transfer_coding_in(fields);
+    let length = crate::fields::content_length_in(fields);
+    if coding != TransferCoding::Absent {
+        if !matches!(length, Ok(None)) {
             return Err(bad(
                 "the request has both Transfer-Encoding and Content-Length",
             ));
@@ -70,7 +66,7 @@ pub fn request(fields: &dyn Fields, minor: u8) -> Result<Framing, Refused> {
             return Err(bad("an HTTP/1.0 request has a Transfer-Encoding"));
         }
     }
-    match crate::fields::transfer_coding(coding_fields) {
+    match coding {
         TransferCoding::Absent => {}
         TransferCoding::Chunked => return Ok(Framing::Chunked),
         TransferCoding::Malformed => {
@@ -90,7 +86,7 @@ pub fn request(fields: &dyn Fields, minor: u8) -> Result<Framing, Refused> {
             });
         }
     }
-    match length_of(fields) {
+    match length {
         Ok(None | Some((0, _))) => Ok(Framing::Empty),
         Ok(Some((n, _))) => Ok(Framing::Length(n)),
         Err(LengthError::NotANumber) => Err(bad("the request's Content-Length is not a number")),
@@ -98,15 +94,6 @@ pub fn request(fields: &dyn Fields, minor: u8) -> Result<Framing, Refused> {
             Err(bad("the request has Content-Length values that differ"))
         }
     }
-}
-
-fn length_of(fields: &dyn Fields) -> Result<Option<(u64, bool)>, LengthError> {
-    let mut values = Vec::new();
-    fields.values("content-length", &mut |v| {
-        values.push(v);
-        false
-    });
-    crate::fields::content_length(values)
 }
 
 /// A response's framing, and the length it declared.
@@ -124,13 +111,8 @@ pub fn response(
     status: StatusCode,
     head_request: bool,
 ) -> Result<ResponseFraming, &'static str> {
-    let mut coding_fields = Vec::new();
-    fields.values("transfer-encoding", &mut |v| {
-        coding_fields.push(v);
-        false
-    });
-    let coding = crate::fields::transfer_coding(coding_fields);
-    let declared = match length_of(fields) {
+    let coding = crate::fields::transfer_coding_in(fields);
+    let declared = match crate::fields::content_length_in(fields) {
         Ok(length) => length.map(|(n, _)| n),
         Err(LengthError::NotANumber) => {
             return Err("the response's Content-Length is not a number");

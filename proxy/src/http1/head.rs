@@ -54,6 +54,34 @@ impl Fields for FieldsOf<'_> {
             each(name, value);
         }
     }
+
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        self.iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name.as_bytes()) && each(v))
+    }
+
+    fn first<'s>(&'s self, name: &str) -> Option<&'s [u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+}
+
+impl crate::reuse::Shelved for Vec<Span> {
+    fn shelf() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Self>>> {
+        thread_local! {
+            static SHELF: std::cell::RefCell<Vec<Vec<Span>>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        &SHELF
+    }
+
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+
+    fn room(&self) -> usize {
+        self.capacity() * std::mem::size_of::<Span>()
+    }
 }
 
 /// Why bytes are not a head.

@@ -37,6 +37,7 @@ use crate::body::UpstreamBody;
 use crate::fields::Fields;
 use crate::http1::framing::{Decoded, Decoder, Framing, ResponseFraming};
 use crate::http1::head::{FieldsOf, HeadError, Span, StatusLine, parse_response};
+use crate::reuse::Reused;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 8192;
@@ -102,8 +103,9 @@ pub struct ResponseHead {
     pub status: StatusCode,
     /// HTTP/1.`minor`.
     pub minor: u8,
-    pub bytes: Bytes,
-    pub spans: Vec<Span>,
+    /// A copy of the head (from this thread's shelf: see `crate::reuse`).
+    pub bytes: Reused<Vec<u8>>,
+    pub spans: Reused<Vec<Span>>,
     pub framing: ResponseFraming,
 }
 
@@ -204,8 +206,7 @@ impl Conn {
     /// Writes the request `head` and the body (if any) and reads the
     /// response head (informational ones to `interim`), at the same time
     /// (see the module docs). `upgrade`: the request asked to upgrade, and
-    /// a 101 hands the connection over. `spans` is room for the response
-    /// head's field positions (the caller's, reused).
+    /// a 101 hands the connection over.
     pub async fn exchange(
         mut self: Box<Self>,
         head: &[u8],
@@ -213,7 +214,6 @@ impl Conn {
         head_request: bool,
         upgrade: bool,
         interim: &mut Interim<'_>,
-        mut spans: Vec<Span>,
     ) -> Result<Exchanged, SendError> {
         self.out.clear();
         self.out.extend_from_slice(head);
@@ -230,8 +230,12 @@ impl Conn {
                 .await?;
         let request_sent = sending.all_written(&self.out) && sending.write_failed.is_none();
         drop(sending);
-        let bytes = self.buf.split_to(line.len).freeze();
-        std::mem::swap(&mut self.spans, &mut spans);
+        // The head is copied out, so the read buffer stays one piece.
+        let mut bytes: Reused<Vec<u8>> = Reused::take();
+        bytes.extend_from_slice(&self.buf[..line.len]);
+        self.buf.advance(line.len);
+        let mut spans: Reused<Vec<Span>> = Reused::take();
+        std::mem::swap(&mut self.spans, &mut *spans);
         let fields = FieldsOf::new(&bytes, &spans);
         if line.status == StatusCode::SWITCHING_PROTOCOLS {
             let framing = ResponseFraming {

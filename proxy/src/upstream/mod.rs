@@ -58,7 +58,6 @@ use crate::BoxError;
 use crate::body::UpstreamBody;
 use crate::config::{Protocol, UpstreamTlsKey, UpstreamUrl};
 use crate::fields::Fields;
-use crate::http1::head::Span;
 use crate::metrics::UpstreamErrorKind;
 use idle::IdleMark;
 use io::{ConnectError, UpstreamIo};
@@ -117,7 +116,7 @@ pub(crate) enum Missed {
 /// A request's head as its backend's protocol takes it.
 pub enum Head {
     /// The whole HTTP/1.1 head: request line, fields, blank line.
-    H1(Vec<u8>),
+    H1(crate::reuse::Reused<Vec<u8>>),
     /// An HTTP/2 request's head (`:authority` the backend's).
     H2(http::request::Parts),
 }
@@ -136,8 +135,6 @@ pub struct Request<'s, 'b> {
     pub upgrade: bool,
     /// Where informational responses go.
     pub interim: &'s mut h1::Interim<'s>,
-    /// Room for a response head's field positions (reused).
-    pub spans: Vec<Span>,
 }
 
 impl Request<'_, '_> {
@@ -339,16 +336,8 @@ impl Upstream {
             chunked: req.chunked,
         });
         let head_request = req.method == Method::HEAD;
-        let spans = std::mem::take(&mut req.spans);
         let exchanged = conn
-            .exchange(
-                head,
-                outgoing,
-                head_request,
-                req.upgrade,
-                req.interim,
-                spans,
-            )
+            .exchange(head, outgoing, head_request, req.upgrade, req.interim)
             .await;
         let failure = |error: BoxError, unstarted| Failure {
             kind: UpstreamErrorKind::Protocol,

@@ -46,18 +46,18 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::ProxyState;
 use crate::body::UpstreamBody;
-use crate::conn::{ConnLimits, Entered};
+use crate::conn::{ConnLimits, Entered, Timer};
 use crate::fields::Fields;
 use crate::forward::{Client, Exchange, Outcome};
 use crate::http1::framing::Framing;
 use crate::http1::head::{FieldsOf, HeadError, RequestLine, Span};
-use crate::route::{BodyKind, ClientRequest, Routed, Target};
+use crate::route::{BodyKind, ClientRequest, Routed, Summary, Target};
 use inbound::{Inbound, READ_SIZE};
 use write::{Next, Reply, Writer};
 
@@ -83,7 +83,9 @@ pub async fn serve<S>(
             interim: Vec::new(),
         }),
         out: Vec::new(),
+        head_bytes: Vec::new(),
         head_spans: Vec::new(),
+        timer: Timer::default(),
         client,
         max_head,
     };
@@ -108,8 +110,11 @@ struct Conn<S> {
     inbound: Mutex<Inbound<S>>,
     /// The answer being written.
     out: Vec<u8>,
-    /// Where the request head's fields lie (reused).
+    /// The request head's bytes and where its fields lie (reused).
+    head_bytes: Vec<u8>,
     head_spans: Vec<Span>,
+    /// The request timeout's timer (see [`Timer`]).
+    timer: Timer,
     client: Client,
     max_head: usize,
 }
@@ -117,7 +122,8 @@ struct Conn<S> {
 /// A request head read from the connection.
 struct Head {
     line: RequestLine,
-    bytes: Bytes,
+    /// A copy of the head (the connection's buffer, reused).
+    bytes: Vec<u8>,
     spans: Vec<Span>,
     /// When its first byte came (the request's start).
     start: Instant,
@@ -139,35 +145,27 @@ struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    fn of(fields: &FieldsOf<'a>, minor: u8) -> Self {
+    fn of(fields: &'a FieldsOf<'a>, summary: &Summary<'a>, minor: u8) -> Self {
         let (mut close, mut keep_alive, mut upgrade_token) = (false, false, false);
-        let (mut expect_continue, mut wants_trailers, mut upgrade) = (false, false, None);
-        for (name, value) in fields.iter() {
-            if name.eq_ignore_ascii_case(b"connection") {
-                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                    upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
-                }
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = Some(value);
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
-            } else if name.eq_ignore_ascii_case(b"te") {
-                wants_trailers |= crate::fields::has_token(value, "trailers");
+        summary.each_connection(fields, &mut |value| {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
             }
-        }
+        });
         // An upgrade offering h2c is not passed on: a backend that took it
         // would speak HTTP/2 with the client through the tunnel, past the
         // routing. The request goes on as a plain one.
-        let upgrade = upgrade
+        let upgrade = summary
+            .upgrade
             .filter(|offer| minor == 1 && upgrade_token && !crate::fields::has_token(offer, "h2c"));
         Self {
             close: close || (minor == 0 && !keep_alive),
             keep_alive: minor == 0 && keep_alive,
-            expect_continue: minor == 1 && expect_continue,
+            expect_continue: minor == 1 && summary.expect_continue,
             upgrade,
-            wants_trailers,
+            wants_trailers: summary.trailers,
         }
     }
 }
@@ -221,6 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 }
             };
             let next = self.serve_one(state, entered, &head).await;
+            self.head_bytes = head.bytes;
             self.head_spans = head.spans;
             match next {
                 Next::KeepAlive => {
@@ -261,7 +260,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             if !inbound.buf.is_empty() {
                 match crate::http1::head::parse_request(&inbound.buf, self.max_head, &mut spans) {
                     Ok(Some(line)) => {
-                        let bytes = inbound.buf.split_to(line.len).freeze();
+                        // Copied out: the buffer stays one piece, and the
+                        // body reader may append to it meanwhile.
+                        let mut bytes = std::mem::take(&mut self.head_bytes);
+                        bytes.clear();
+                        bytes.extend_from_slice(&inbound.buf[..line.len]);
+                        inbound.buf.advance(line.len);
                         let start = head_started.unwrap_or_else(Instant::now);
                         return Read::Head(Head {
                             line,
@@ -318,7 +322,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     async fn serve_one(&mut self, state: &ProxyState, entered: &Entered, head: &Head) -> Next {
         let line = &head.line;
         let fields = FieldsOf::new(&head.bytes, &head.spans);
-        let facts = Facts::of(&fields, line.minor);
+        let summary = Summary::of(&fields);
+        let facts = Facts::of(&fields, &summary, line.minor);
         let mut reply = Reply {
             head_request: line.method == Method::HEAD,
             minor: line.minor,
@@ -344,6 +349,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             },
             target: Target::parse(target),
             fields: &fields,
+            summary,
             body: match framing {
                 Framing::Length(n) => BodyKind::Length(n),
                 Framing::Chunked => BodyKind::Streamed,
@@ -393,7 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     /// it (its body, a watch for a client gone, informational heads);
     /// whether the request body was read to its end.
     async fn exchange(
-        &self,
+        &mut self,
         routed: &Routed,
         req: &ClientRequest<'_>,
         framing: Framing,
@@ -418,6 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             body,
             progress: progress.clone(),
             interim: &mut interim,
+            timer: &mut self.timer,
         };
         let outcome = crate::forward::forward(exchange, gone).await;
         (outcome, progress.is_sent())
