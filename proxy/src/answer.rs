@@ -111,7 +111,7 @@ pub fn answer(outcome: Outcome, routed: &Routed, offered: Option<&[u8]>) -> Opti
                 tracing::debug!(route = %route.name, "101 to a protocol the request did not offer");
                 return Some(Answer::Local(failed(UpstreamErrorKind::Protocol, recorder)));
             }
-            let grpc = crate::grpc::is_grpc(&response.head).then(|| GrpcJudge {
+            let grpc = response.head.is_grpc().then(|| GrpcJudge {
                 failure_codes: route.grpc_failure_codes,
                 status: crate::grpc::status(&response.head),
             });
@@ -226,21 +226,25 @@ pub fn response_field(name: &[u8]) -> ResponseField {
 
 /// Calls `emit` with each field of a backend's response head the client
 /// gets (`Content-Length` and `Date` included: the writer decides), in
-/// order, less the hop-by-hop ones and those its `Connection` names.
+/// order, less the hop-by-hop ones and those its `Connection` names
+/// (`connection`: it has such a field).
 pub fn each_passed_field<'h>(
     head: &'h dyn Fields,
+    connection: bool,
     emit: &mut dyn FnMut(ResponseField, &'h [u8], &'h [u8]),
 ) {
     let mut named: Vec<&[u8]> = Vec::new();
-    head.values("connection", &mut |value| {
-        named.extend(
-            value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|t| !t.is_empty()),
-        );
-        false
-    });
+    if connection {
+        head.values("connection", &mut |value| {
+            named.extend(
+                value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|t| !t.is_empty()),
+            );
+            false
+        });
+    }
     head.each(&mut |name, value| {
         let kind = response_field(name);
         let dropped = kind == ResponseField::HopByHop
@@ -296,7 +300,7 @@ mod tests {
             );
         }
         let mut passed = Vec::new();
-        each_passed_field(&h, &mut |_, name, _| {
+        each_passed_field(&h, true, &mut |_, name, _| {
             passed.push(String::from_utf8_lossy(name).into_owned())
         });
         passed.sort();

@@ -240,6 +240,37 @@ pub fn transfer_coding_in(fields: &dyn Fields) -> TransferCoding {
     reader.coding()
 }
 
+/// A message's framing fields (`Transfer-Encoding`, `Content-Length`),
+/// read while its fields go by once.
+#[derive(Default)]
+pub struct FramingFields {
+    coding: CodingReader,
+    length: LengthReader,
+}
+
+impl FramingFields {
+    /// Takes one field in; whether it was a framing field.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.coding.push(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            self.length.push(value);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    pub fn coding(&self) -> TransferCoding {
+        self.coding.coding()
+    }
+
+    /// As [`content_length`] says.
+    pub fn length(&self) -> Result<Option<(u64, bool)>, LengthError> {
+        self.length.length()
+    }
+}
+
 /// Reads `Transfer-Encoding` values one at a time.
 #[derive(Default)]
 struct CodingReader {

@@ -182,6 +182,7 @@ pub async fn forward(
         chunked: req.body == BodyKind::Streamed,
         upgrade: req.upgrade.is_some(),
         interim,
+        start: routed.start,
     };
     let mut gone = gone;
     let stalled = client_stalled(&progress, route.body_idle_timeout);

@@ -246,6 +246,7 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         chunked: false,
         upgrade: false,
         interim: &mut ignore,
+        start,
     };
     let sent = tokio::time::timeout(
         target.request_timeout,

@@ -184,7 +184,7 @@ fn passed_response(passed: Passed, head_request: bool) -> Response<AnswerBody> {
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    crate::answer::each_passed_field(&head, &mut |kind, name, value| {
+    crate::answer::each_passed_field(&head, head.has_connection(), &mut |kind, name, value| {
         if kind == ResponseField::ContentLength {
             return;
         }

@@ -24,7 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::head::{FieldsOf, HeadError, Span, parse_trailers};
-use crate::fields::{Fields, LengthError, TransferCoding};
+use crate::fields::{Fields, FramingFields, LengthError, TransferCoding};
 
 /// How a body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,8 +111,21 @@ pub fn response(
     status: StatusCode,
     head_request: bool,
 ) -> Result<ResponseFraming, &'static str> {
-    let coding = crate::fields::transfer_coding_in(fields);
-    let declared = match crate::fields::content_length_in(fields) {
+    let mut read = FramingFields::default();
+    fields.each(&mut |name, value| {
+        read.push(name, value);
+    });
+    response_of(&read, status, head_request)
+}
+
+/// [`response`], from framing fields already read.
+pub fn response_of(
+    read: &FramingFields,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<ResponseFraming, &'static str> {
+    let coding = read.coding();
+    let declared = match read.length() {
         Ok(length) => length.map(|(n, _)| n),
         Err(LengthError::NotANumber) => {
             return Err("the response's Content-Length is not a number");

@@ -107,6 +107,10 @@ pub struct ResponseHead {
     pub bytes: Reused<Vec<u8>>,
     pub spans: Reused<Vec<Span>>,
     pub framing: ResponseFraming,
+    /// It has a `Connection` field (whose named fields are not passed on).
+    pub connection: bool,
+    /// Its `content-type` is gRPC's.
+    pub grpc: bool,
 }
 
 impl ResponseHead {
@@ -248,18 +252,32 @@ impl Conn {
                 bytes,
                 spans,
                 framing,
+                connection: true,
+                grpc: false,
             };
             return Ok(Exchanged {
                 head,
                 answered: Answered::Upgraded(self),
             });
         }
-        let framing = crate::http1::framing::response(&fields, line.status, head_request)
+        // One pass over the fields for everything read of them here.
+        let mut read = crate::fields::FramingFields::default();
+        let (mut connection, mut close, mut grpc) = (false, false, false);
+        for (name, value) in fields.iter() {
+            if read.push(name, value) {
+                continue;
+            }
+            if name.eq_ignore_ascii_case(b"connection") {
+                connection = true;
+                close |= crate::fields::has_token(value, "close");
+            } else if name.eq_ignore_ascii_case(b"content-type") {
+                grpc = value.starts_with(b"application/grpc");
+            }
+        }
+        let framing = crate::http1::framing::response_of(&read, line.status, head_request)
             .map_err(protocol)?;
-        let reusable = line.minor == 1
-            && request_sent
-            && framing.framing != Framing::UntilClose
-            && !fields.values("connection", &mut |v| crate::fields::has_token(v, "close"));
+        let reusable =
+            line.minor == 1 && request_sent && framing.framing != Framing::UntilClose && !close;
         let body = Body1::new(self, framing.framing, reusable);
         Ok(Exchanged {
             head: ResponseHead {
@@ -268,6 +286,8 @@ impl Conn {
                 bytes,
                 spans,
                 framing,
+                connection,
+                grpc,
             },
             answered: Answered::Body(body),
         })

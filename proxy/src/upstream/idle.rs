@@ -9,9 +9,14 @@ pub struct IdleMark(AtomicU64);
 
 impl IdleMark {
     pub fn now_ms() -> u64 {
+        Self::ms_at(Instant::now())
+    }
+
+    /// `at` on the clock's milliseconds.
+    pub fn ms_at(at: Instant) -> u64 {
         static ORIGIN: OnceLock<Instant> = OnceLock::new();
         let origin = *ORIGIN.get_or_init(Instant::now);
-        u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(at.saturating_duration_since(origin).as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn now() -> Self {

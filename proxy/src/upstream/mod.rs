@@ -135,6 +135,9 @@ pub struct Request<'s, 'b> {
     pub upgrade: bool,
     /// Where informational responses go.
     pub interim: &'s mut h1::Interim<'s>,
+    /// When the request began: an HTTP/1.1 connection's idle marks are
+    /// taken from it (no clock read per request).
+    pub start: std::time::Instant,
 }
 
 impl Request<'_, '_> {
@@ -166,6 +169,22 @@ impl ResponseHead {
         match self {
             ResponseHead::H1(h) => h.status,
             ResponseHead::H2(p) => p.status,
+        }
+    }
+
+    /// Whether it has a `Connection` field.
+    pub fn has_connection(&self) -> bool {
+        match self {
+            ResponseHead::H1(h) => h.connection,
+            ResponseHead::H2(p) => p.headers.contains_key(http::header::CONNECTION),
+        }
+    }
+
+    /// Whether it is a gRPC response (`content-type: application/grpc…`).
+    pub fn is_grpc(&self) -> bool {
+        match self {
+            ResponseHead::H1(h) => h.grpc,
+            ResponseHead::H2(p) => crate::grpc::is_grpc(&p.headers),
         }
     }
 
@@ -279,9 +298,13 @@ impl Upstream {
     /// An HTTP/1.1 connection of this thread's slot (the slot's index, the
     /// connection, and whether it was pooled): a pooled one unless
     /// `fresh`, else a new one.
-    async fn h1_conn(&self, fresh: bool) -> Result<(usize, Box<h1::Conn>, bool), Failure> {
+    async fn h1_conn(
+        &self,
+        fresh: bool,
+        now: u64,
+    ) -> Result<(usize, Box<h1::Conn>, bool), Failure> {
         let (slot_index, slot) = self.slot();
-        if let Some(conn) = (!fresh).then(|| self.checkout(slot)).flatten() {
+        if let Some(conn) = (!fresh).then(|| self.checkout(slot, now)).flatten() {
             return Ok((slot_index, conn, true));
         }
         let io = self.dial().await.map_err(connect_failure)?;
@@ -290,9 +313,8 @@ impl Upstream {
 
     /// The most recently used idle connection that is still open and not
     /// idle too long.
-    fn checkout(&self, slot: &Slot) -> Option<Box<h1::Conn>> {
+    fn checkout(&self, slot: &Slot, now: u64) -> Option<Box<h1::Conn>> {
         let mut pool = slot.h1.lock().expect("pool lock");
-        let now = IdleMark::now_ms();
         while let Some((mut conn, since)) = pool.idle.pop() {
             if Duration::from_millis(now.saturating_sub(since)) < self.key.idle_timeout
                 && conn.still_open()
@@ -303,7 +325,8 @@ impl Upstream {
         None
     }
 
-    fn give_back(self: &Arc<Self>, slot: usize, conn: Box<h1::Conn>) {
+    /// Puts `conn` back in `slot`'s pool, idle since `now` (ms).
+    fn give_back(self: &Arc<Self>, slot: usize, conn: Box<h1::Conn>, now: u64) {
         let mut pool = self.slots[slot].h1.lock().expect("pool lock");
         if pool.idle.len() >= MAX_IDLE_PER_SLOT {
             return;
@@ -317,7 +340,7 @@ impl Upstream {
             pool.sweeping = true;
             runtime.spawn(sweep(Arc::downgrade(self), slot));
         }
-        pool.idle.push((conn, IdleMark::now_ms()));
+        pool.idle.push((conn, now));
     }
 
     /// One HTTP/1.1 exchange, in this task.
@@ -326,7 +349,8 @@ impl Upstream {
         req: &mut Request<'_, '_>,
         fresh: bool,
     ) -> Result<Response, Missed> {
-        let (slot, conn, reused) = self.h1_conn(fresh).await.map_err(Missed::Unsent)?;
+        let now = IdleMark::ms_at(req.start);
+        let (slot, conn, reused) = self.h1_conn(fresh, now).await.map_err(Missed::Unsent)?;
         let Head::H1(head) = &req.head else {
             unreachable!("an HTTP/1.1 backend gets an HTTP/1.1 head");
         };
@@ -345,7 +369,7 @@ impl Upstream {
             unstarted,
         };
         match exchanged {
-            Ok(exchanged) => Ok(self.h1_response(slot, exchanged)),
+            Ok(exchanged) => Ok(self.h1_response(slot, exchanged, now)),
             Err(h1::SendError::Unwritten(e)) => Err(Missed::Unsent(failure(e.into(), true))),
             // The stale keep-alive race.
             Err(h1::SendError::ClosedUnanswered(e)) => Err(Missed::Sent {
@@ -360,7 +384,7 @@ impl Upstream {
         }
     }
 
-    fn h1_response(self: &Arc<Self>, slot: usize, exchanged: h1::Exchanged) -> Response {
+    fn h1_response(self: &Arc<Self>, slot: usize, exchanged: h1::Exchanged, now: u64) -> Response {
         let (body, upgraded) = match exchanged.answered {
             h1::Answered::Body(body) => (body, None),
             h1::Answered::Upgraded(conn) => (h1::Body1::empty(), Some(conn)),
@@ -370,6 +394,7 @@ impl Upstream {
             hold: Hold::H1 {
                 upstream: self.clone(),
                 slot,
+                since: now,
             },
         };
         body.give_back_spare();
@@ -544,10 +569,12 @@ fn protocol_failure(error: BoxError) -> Failure {
 
 /// What a response body holds of its connection.
 enum Hold {
-    /// Where an HTTP/1.1 connection goes when the body ends.
+    /// Where an HTTP/1.1 connection goes when the body ends, and its
+    /// idle mark (its request's start).
     H1 {
         upstream: Arc<Upstream>,
         slot: usize,
+        since: u64,
     },
     /// An HTTP/2 exchange, counted until the body ends or is dropped.
     Stream {
@@ -577,9 +604,13 @@ impl Pooled {
     fn give_back_spare(&mut self) {
         if let Source::H1(body) = &mut self.body
             && let Some(conn) = body.take_spare()
-            && let Hold::H1 { upstream, slot } = std::mem::replace(&mut self.hold, Hold::Nothing)
+            && let Hold::H1 {
+                upstream,
+                slot,
+                since,
+            } = std::mem::replace(&mut self.hold, Hold::Nothing)
         {
-            upstream.give_back(slot, conn);
+            upstream.give_back(slot, conn, since);
         }
     }
 }

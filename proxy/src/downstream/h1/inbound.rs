@@ -218,7 +218,7 @@ pub(super) fn interim<S: AsyncWrite + Unpin>(
     let mut inbound = inbound.lock().expect("inbound lock");
     let inbound = &mut *inbound;
     crate::http1::write::status_line(&mut inbound.interim, 1, status);
-    crate::answer::each_passed_field(fields, &mut |kind, name, value| {
+    crate::answer::each_passed_field(fields, true, &mut |kind, name, value| {
         if kind != ResponseField::ContentLength {
             crate::http1::write::field(&mut inbound.interim, name, value);
         }

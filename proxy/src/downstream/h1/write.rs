@@ -271,18 +271,20 @@ fn no_content(status: StatusCode) -> bool {
 fn passed_fields(out: &mut Vec<u8>, head: &ResponseHead, pass_length: bool) -> bool {
     let mut length = pass_length.then(|| head.declared_length()).flatten();
     let mut dated = false;
-    crate::answer::each_passed_field(head, &mut |kind, name, value| match kind {
-        ResponseField::ContentLength => {
-            if let Some(n) = length.take() {
-                write::field(out, name, write::itoa(n, &mut [0; 20]));
+    crate::answer::each_passed_field(head, head.has_connection(), &mut |kind, name, value| {
+        match kind {
+            ResponseField::ContentLength => {
+                if let Some(n) = length.take() {
+                    write::field(out, name, write::itoa(n, &mut [0; 20]));
+                }
             }
+            ResponseField::Date => {
+                dated = true;
+                write::field(out, name, value);
+            }
+            ResponseField::HopByHop => {}
+            ResponseField::Other => write::field(out, name, value),
         }
-        ResponseField::Date => {
-            dated = true;
-            write::field(out, name, value);
-        }
-        ResponseField::HopByHop => {}
-        ResponseField::Other => write::field(out, name, value),
     });
     dated
 }
