@@ -61,7 +61,14 @@ pub async fn run_listener(
                     };
                     let _ = stream.set_nodelay(true);
                     let entered = connections.enter(Some(opened));
-                    tokio::spawn(serve(stream, peer, serving.clone(), entered));
+                    let serving = serving.clone();
+                    // Apart: a plain connection's task keeps no room for a
+                    // TLS handshake.
+                    if let Some(terminator) = serving.tls.clone() {
+                        tokio::spawn(serve_tls(stream, peer, terminator, serving, entered));
+                    } else {
+                        tokio::spawn(dispatch(stream, peer, serving, entered, Instant::now(), false));
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -89,23 +96,22 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-/// One accepted connection: TLS first when configured, then its protocol.
-async fn serve(
+/// One accepted connection on a TLS listener: the handshake, then its
+/// protocol.
+async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    terminator: Arc<crate::tls::Terminator>,
     serving: Arc<Serving>,
     entered: Entered,
 ) {
     let opened = Instant::now();
-    let limits = serving.limits;
-    let Some(terminator) = &serving.tls else {
-        return dispatch(stream, peer, &serving, entered, opened, false).await;
-    };
     let acceptor = terminator.acceptor();
+    let limits = serving.limits;
     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            dispatch(tls, peer, &serving, entered, opened, h2).await;
+            dispatch(tls, peer, serving, entered, opened, h2).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -116,7 +122,7 @@ async fn serve(
 async fn dispatch<S>(
     mut io: S,
     peer: SocketAddr,
-    serving: &Serving,
+    serving: Arc<Serving>,
     entered: Entered,
     opened: Instant,
     h2: bool,
@@ -136,7 +142,10 @@ async fn dispatch<S>(
     };
     if h2 || first.starts_with(H2_PREFACE) {
         let io = Rewind::new(io, first.freeze());
-        crate::downstream::h2::serve(io, client, state, &serving.h2, entered, serving.limits).await;
+        // Boxed: an HTTP/1.1 connection's task keeps no room for it.
+        let serve =
+            crate::downstream::h2::serve(io, client, state, &serving.h2, entered, serving.limits);
+        Box::pin(serve).await;
     } else {
         crate::downstream::h1::serve(io, first, client, state, entered, serving.limits, opened)
             .await;

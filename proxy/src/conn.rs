@@ -323,35 +323,28 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// A timer a connection's requests use in turn, one at a time, for their
-/// deadlines: armed once, and moved only when it fires before the deadline
-/// of the request waiting on it. Deadlines of consecutive requests only
+/// A sleep far off, for [`until`]: the first deadline moves it.
+pub fn far_off() -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Resolves once `at` has passed, on `timer`: a sleep a connection's
+/// requests use in turn, one at a time, for their deadlines (from
+/// [`far_off`]). It is moved only when it fires before the deadline of the
+/// request waiting on it, and deadlines of consecutive requests only
 /// grow, so a request costs a comparison, not a timer of its own (which
 /// tokio inserts into and removes from its wheel each time); the timer
 /// fires about once per timeout, whatever the request rate.
-pub struct Timer(Pin<Box<tokio::time::Sleep>>);
-
-impl Default for Timer {
-    fn default() -> Self {
-        // Far off: the first deadline moves it.
-        let far = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        Self(Box::pin(tokio::time::sleep_until(far)))
-    }
-}
-
-impl Timer {
-    /// Resolves once `at` has passed.
-    pub async fn until(&mut self, at: tokio::time::Instant) {
-        loop {
-            if self.0.deadline() > at {
-                self.0.as_mut().reset(at);
-            }
-            self.0.as_mut().await;
-            if tokio::time::Instant::now() >= at {
-                return;
-            }
-            self.0.as_mut().reset(at);
+pub async fn until(mut timer: Pin<&mut tokio::time::Sleep>, at: tokio::time::Instant) {
+    loop {
+        if timer.deadline() > at {
+            timer.as_mut().reset(at);
         }
+        timer.as_mut().await;
+        if tokio::time::Instant::now() >= at {
+            return;
+        }
+        timer.as_mut().reset(at);
     }
 }
 

@@ -56,7 +56,6 @@ use http::{HeaderValue, Method, StatusCode, Version};
 
 use crate::body::{Progress, UpstreamBody};
 use crate::config::Protocol;
-use crate::conn::Timer;
 use crate::fields::ClientField;
 use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
 use crate::mirror::CopyHead;
@@ -126,8 +125,9 @@ pub struct Exchange<'r, 'b> {
     pub body: UpstreamBody<'b>,
     pub progress: Progress,
     pub interim: &'r mut Interim<'r>,
-    /// The connection's timer, for the request timeout.
-    pub timer: &'r mut Timer,
+    /// The connection's timer, for the request timeout (see
+    /// [`crate::conn::until`]).
+    pub timer: Pin<&'r mut tokio::time::Sleep>,
 }
 
 /// What stopped an attempt before its answer.
@@ -154,7 +154,7 @@ pub async fn forward(
         mut body,
         progress,
         interim,
-        timer,
+        mut timer,
     } = exchange;
     let route = &routed.route;
     let backend = route.backend(routed.decision);
@@ -185,12 +185,19 @@ pub async fn forward(
         start: routed.start,
     };
     let mut gone = gone;
-    let stalled = client_stalled(&progress, route.body_idle_timeout);
+    // A request without a body keeps no room for the watch of its body.
+    let stalled = async {
+        if progress.has_body() {
+            Box::pin(client_stalled(&progress, route.body_idle_timeout)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::pin!(stalled);
     let read_ahead_first = req.version != Version::HTTP_2 && !progress.is_sent();
     let waits = Waits {
         progress: &progress,
-        timer,
+        timer: timer.as_mut(),
         stalled: stalled.as_mut(),
         gone: gone.as_mut(),
     };
@@ -224,7 +231,7 @@ pub async fn forward(
         .with_body(&progress, &route.client_errors);
     let waits = Waits {
         progress: &progress,
-        timer,
+        timer: timer.as_mut(),
         stalled: stalled.as_mut(),
         gone: gone.as_mut(),
     };
@@ -289,7 +296,7 @@ async fn client_stalled(progress: &Progress, limit: Duration) {
 /// What an attempt waits on besides its answer.
 struct Waits<'w, 'g, S> {
     progress: &'w Progress,
-    timer: &'w mut Timer,
+    timer: Pin<&'w mut tokio::time::Sleep>,
     /// Resolves when the client has paused its body too long.
     stalled: Pin<&'w mut S>,
     /// Resolves when the client has gone away.
@@ -332,7 +339,7 @@ async fn attempt<S: Future<Output = ()>>(
         } else {
             routed.start + timeout
         };
-        timer.until(at.into()).await;
+        crate::conn::until(timer, at.into()).await;
     };
     let sent = backend.client.send(upstream, || backend.take_retry());
     tokio::select! {

@@ -27,7 +27,7 @@ use super::ProxyState;
 use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
 use crate::body::UpstreamBody;
 use crate::config::ValidConfig;
-use crate::conn::{Activity, ConnLimits, Entered, Timer, Tracked, supervise};
+use crate::conn::{Activity, ConnLimits, Entered, Tracked, supervise};
 use crate::fields::Fields;
 use crate::forward::{Client, Exchange};
 use crate::route::{BodyKind, ClientRequest, Summary, Target};
@@ -62,9 +62,8 @@ pub async fn serve<I>(
         let (state, client) = (state.clone(), client.clone());
         let guard = requests.begin();
         async move {
-            // Boxed: hyper keeps room for this future in every stream, and
-            // the request path's state is kilobytes.
-            let response = Box::pin(handle(&state, req, &client)).await;
+            // Not boxed: hyper runs each stream as a task of its own.
+            let response = handle(&state, req, &client).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
         }
     });
@@ -132,7 +131,7 @@ async fn handle(
     let (body, progress) = UpstreamBody::hyper(incoming, routed.route.max_body);
     let mut ignore = |_: StatusCode, _: &dyn Fields| {};
     // Streams run at once: each has a timer of its own.
-    let mut timer = Timer::default();
+    let timer = std::pin::pin!(crate::conn::far_off());
     let exchange = Exchange {
         routed: &routed,
         req: &req,
@@ -140,7 +139,7 @@ async fn handle(
         body,
         progress,
         interim: &mut ignore,
-        timer: &mut timer,
+        timer,
     };
     let gone = std::pin::pin!(std::future::pending::<()>());
     let outcome = crate::forward::forward(exchange, gone).await;

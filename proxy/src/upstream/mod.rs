@@ -497,7 +497,9 @@ impl Upstream {
     ) -> Result<Response, Missed> {
         match self.key.protocol {
             Protocol::Http1 => self.attempt_h1(req, fresh).await,
-            Protocol::Http2 => self.attempt_h2(req, fresh).await,
+            // Boxed: hyper's exchange is large, and every request's state
+            // would keep room for it.
+            Protocol::Http2 => Box::pin(self.attempt_h2(req, fresh)).await,
         }
     }
 }

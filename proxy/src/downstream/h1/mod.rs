@@ -52,7 +52,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::ProxyState;
 use crate::body::UpstreamBody;
-use crate::conn::{ConnLimits, Entered, Timer};
+use crate::conn::{ConnLimits, Entered};
 use crate::fields::Fields;
 use crate::forward::{Client, Exchange, Outcome};
 use crate::http1::framing::Framing;
@@ -85,7 +85,7 @@ pub async fn serve<S>(
         out: Vec::new(),
         head_bytes: Vec::new(),
         head_spans: Vec::new(),
-        timer: Timer::default(),
+        timer: Box::pin(crate::conn::far_off()),
         client,
         max_head,
     };
@@ -113,8 +113,8 @@ struct Conn<S> {
     /// The request head's bytes and where its fields lie (reused).
     head_bytes: Vec<u8>,
     head_spans: Vec<Span>,
-    /// The request timeout's timer (see [`Timer`]).
-    timer: Timer,
+    /// The request timeout's timer (see [`crate::conn::until`]).
+    timer: Pin<Box<tokio::time::Sleep>>,
     client: Client,
     max_head: usize,
 }
@@ -424,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             body,
             progress: progress.clone(),
             interim: &mut interim,
-            timer: &mut self.timer,
+            timer: self.timer.as_mut(),
         };
         let outcome = crate::forward::forward(exchange, gone).await;
         (outcome, progress.is_sent())
