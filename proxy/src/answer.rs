@@ -145,6 +145,11 @@ pub fn answer(outcome: Outcome, routed: &Routed, offered: Option<&[u8]>) -> Opti
                         route.body_idle_timeout
                     ),
                 ),
+                // Not an answer anyone reads: the client is gone.
+                ClientErrorKind::LeftBeforeSent => (
+                    StatusCode::BAD_REQUEST,
+                    "sluice: the client went away\n".to_string(),
+                ),
             };
             tracing::debug!(route = %route.name, kind = kind.as_str(), %detail, "the client's request body failed");
             Answer::Local(Local {

@@ -50,6 +50,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode, Version};
@@ -158,6 +159,9 @@ pub async fn forward(
     } = exchange;
     let route = &routed.route;
     let backend = route.backend(routed.decision);
+    // Set by the upstream side once anything of the request may have
+    // reached the backend (a client gone before that is no 499 on it).
+    let written = AtomicBool::new(false);
     let (head, copy_head) = upstream_head(req, routed, backend, client, wants_copy(req, routed));
     let mut copy_job = None;
     if let (Some(copy_head), Some(mirror)) = (copy_head, &route.mirror)
@@ -172,8 +176,13 @@ pub async fn forward(
         };
         copy_job = Some(mirror.copy(copy_head, copy_body, place));
     }
-    let in_flight = InFlight::new(backend.series(routed.decision).clone(), routed.start)
-        .with_body(&progress, &route.client_errors);
+    let in_flight = InFlight::new(
+        backend.series(routed.decision).clone(),
+        routed.start,
+        &written,
+        &route.client_errors,
+    )
+    .with_body(&progress, &route.client_errors);
     let mut upstream = Request {
         method: req.method.clone(),
         head,
@@ -183,6 +192,7 @@ pub async fn forward(
         upgrade: req.upgrade.is_some(),
         interim,
         start: routed.start,
+        written: &written,
     };
     let mut gone = gone;
     // A request without a body keeps no room for the watch of its body.
@@ -227,8 +237,13 @@ pub async fn forward(
     let stable = &route.stable;
     upstream.head = upstream_head(req, routed, stable, client, false).0;
     upstream.rewind();
-    let in_flight = InFlight::new(stable.weighted.clone(), routed.start)
-        .with_body(&progress, &route.client_errors);
+    let in_flight = InFlight::new(
+        stable.weighted.clone(),
+        routed.start,
+        &written,
+        &route.client_errors,
+    )
+    .with_body(&progress, &route.client_errors);
     let waits = Waits {
         progress: &progress,
         timer: timer.as_mut(),
@@ -355,13 +370,13 @@ async fn attempt<S: Future<Output = ()>>(
 /// The outcome of an attempt (see [`Outcome`]).
 fn outcome(
     result: Result<Result<Response, SendFailure>, Stop>,
-    in_flight: InFlight,
+    in_flight: InFlight<'_>,
     backend: &Backend,
     routed: &Routed,
     progress: &Progress,
 ) -> Outcome {
     let route = &routed.route;
-    let failed = |in_flight: InFlight, kind| Outcome::Failed {
+    let failed = |in_flight: InFlight<'_>, kind| Outcome::Failed {
         kind,
         recorder: in_flight.answered(backend.metrics.clone(), None),
     };

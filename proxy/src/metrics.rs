@@ -222,19 +222,24 @@ pub enum ClientErrorKind {
     IncompleteBody,
     /// The client paused its body longer than `timeouts.idle`: answered 408.
     BodyTimeout,
+    /// The client went away before anything of its request was written
+    /// to the backend (which is not charged a 499 for it).
+    LeftBeforeSent,
 }
 
 lower_case_label!(ClientErrorKind {
     MalformedBody => "malformed_body",
     IncompleteBody => "incomplete_body",
     BodyTimeout => "body_timeout",
+    LeftBeforeSent => "left_before_sent",
 });
 
 impl ClientErrorKind {
-    pub const ALL: [ClientErrorKind; 3] = [
+    pub const ALL: [ClientErrorKind; 4] = [
         ClientErrorKind::MalformedBody,
         ClientErrorKind::IncompleteBody,
         ClientErrorKind::BodyTimeout,
+        ClientErrorKind::LeftBeforeSent,
     ];
 }
 
@@ -758,7 +763,7 @@ impl Metrics {
 /// Pre-resolved `sluice_client_errors_total` handles of one route, one
 /// per [`ClientErrorKind`].
 #[derive(Clone, Debug)]
-pub struct ClientErrors([Counter; 3]);
+pub struct ClientErrors([Counter; 4]);
 
 impl ClientErrors {
     pub fn record(&self, kind: ClientErrorKind) {

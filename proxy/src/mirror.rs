@@ -238,6 +238,8 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         CopyHead::H2(parts) => (parts.method.clone(), copy_head(target, head, length)),
     };
     let mut ignore = |_: http::StatusCode, _: &dyn crate::fields::Fields| {};
+    // A copy is recorded from its own outcome, not from what was written.
+    let written = std::sync::atomic::AtomicBool::new(false);
     let mut req = crate::upstream::Request {
         method,
         head,
@@ -247,6 +249,7 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         upgrade: false,
         interim: &mut ignore,
         start,
+        written: &written,
     };
     let sent = tokio::time::timeout(
         target.request_timeout,

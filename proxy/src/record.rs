@@ -8,7 +8,10 @@
 //!   invisible. A client that went away before its request body had all
 //!   gone upstream is the client's own fault instead:
 //!   `sluice_client_errors_total{kind="incomplete_body"}`, nothing on the
-//!   backend.
+//!   backend; and so is one that went away before anything of its request
+//!   was written to the backend (`kind="left_before_sent"`: the proxy was
+//!   still dialling, or held the whole body read ahead), since the backend
+//!   had nothing to answer yet.
 //! - [`Recorder`] is what an answer records when its body ends: the code
 //!   the client got, success or failure, the whole duration.
 //! - [`MeteredBody`] carries the answer's body to the client and calls its
@@ -24,7 +27,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -64,20 +67,31 @@ impl Drop for Permit {
 }
 
 /// A request on its way to a backend (see the module docs).
-pub struct InFlight {
+pub struct InFlight<'w> {
     series: Option<Arc<Series>>,
     start: Instant,
     /// The request body's progress and the route's client-error counters
     /// (requests with a body).
     body: Option<(Progress, ClientErrors)>,
+    /// Set once anything of the request may have reached the backend, and
+    /// the route's client-error counters.
+    written: (&'w AtomicBool, &'w ClientErrors),
 }
 
-impl InFlight {
-    pub fn new(series: Arc<Series>, start: Instant) -> Self {
+impl<'w> InFlight<'w> {
+    /// `written` is set by the upstream side once anything of the request
+    /// may have reached the backend.
+    pub fn new(
+        series: Arc<Series>,
+        start: Instant,
+        written: &'w AtomicBool,
+        errors: &'w ClientErrors,
+    ) -> Self {
         Self {
             series: Some(series),
             start,
             body: None,
+            written: (written, errors),
         }
     }
 
@@ -119,13 +133,18 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(series) = self.series.take() {
             if let Some((progress, errors)) = &self.body
                 && !progress.is_sent()
             {
                 errors.record(ClientErrorKind::IncompleteBody);
+                return;
+            }
+            let (written, errors) = &self.written;
+            if !written.load(Ordering::SeqCst) {
+                errors.record(ClientErrorKind::LeftBeforeSent);
                 return;
             }
             series.record(

@@ -24,6 +24,7 @@
 //! request went out, and with nothing left unread behind the response.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -148,6 +149,9 @@ struct Sending<'s, 'b> {
     /// (the chunk's end) follows it.
     big: Option<(Bytes, bool)>,
     wrote_any: bool,
+    /// Set with the first byte written (the request's flag: see
+    /// `super::Request::written`).
+    written: &'s AtomicBool,
     flushed: bool,
     /// Writing failed: the backend may still have answered (it closes
     /// after an early answer), so the response is read first.
@@ -218,6 +222,7 @@ impl Conn {
         head_request: bool,
         upgrade: bool,
         interim: &mut Interim<'_>,
+        written: &AtomicBool,
     ) -> Result<Exchanged, SendError> {
         self.out.clear();
         self.out.extend_from_slice(head);
@@ -225,6 +230,7 @@ impl Conn {
             body: body.filter(|b| !b.body.is_end_stream()),
             big: None,
             wrote_any: false,
+            written,
             flushed: false,
             write_failed: None,
             answered: false,
@@ -415,7 +421,10 @@ impl Conn {
                 Poll::Ready(Ok(n)) => n,
             };
             progressed = true;
-            sending.wrote_any = true;
+            if !sending.wrote_any {
+                sending.wrote_any = true;
+                sending.written.store(true, Ordering::SeqCst);
+            }
             sending.flushed = false;
             let from_out = n.min(self.out.len());
             self.out.drain(..from_out);

@@ -45,6 +45,7 @@ pub mod io;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -138,6 +139,10 @@ pub struct Request<'s, 'b> {
     /// When the request began: an HTTP/1.1 connection's idle marks are
     /// taken from it (no clock read per request).
     pub start: std::time::Instant,
+    /// Set once anything of the request may have reached the backend: a
+    /// byte written to an HTTP/1.1 connection, or the request handed to
+    /// hyper's HTTP/2 client (and not handed back).
+    pub written: &'s AtomicBool,
 }
 
 impl Request<'_, '_> {
@@ -361,7 +366,14 @@ impl Upstream {
         });
         let head_request = req.method == Method::HEAD;
         let exchanged = conn
-            .exchange(head, outgoing, head_request, req.upgrade, req.interim)
+            .exchange(
+                head,
+                outgoing,
+                head_request,
+                req.upgrade,
+                req.interim,
+                req.written,
+            )
             .await;
         let failure = |error: BoxError, unstarted| Failure {
             kind: UpstreamErrorKind::Protocol,
@@ -434,6 +446,8 @@ impl Upstream {
         let parts = copy_parts(parts);
         let idempotent = is_idempotent(&req.method);
         let body = req.body.take().unwrap_or_else(UpstreamBody::empty);
+        // Handed to hyper: it may write the head at any time now.
+        req.written.store(true, Ordering::SeqCst);
         let result = match body.into_static() {
             Ok(body) => {
                 let request = http::Request::from_parts(parts, h2::H2Body::Direct(body));
@@ -461,6 +475,9 @@ impl Upstream {
                 }
             }
         };
+        if matches!(result, Err(h2::Miss::Unsent(_))) {
+            req.written.store(false, Ordering::SeqCst);
+        }
         let (response, guard) = result.map_err(|miss| match miss {
             h2::Miss::Unsent(error) => Missed::Unsent(Failure {
                 unstarted: true,
