@@ -182,7 +182,7 @@ pub async fn forward(
         &written,
         &route.client_errors,
     )
-    .with_body(&progress, &route.client_errors);
+    .with_body(&progress, &route.client_errors, &route.rejected_too_large);
     let mut upstream = Request {
         method: req.method.clone(),
         head,
@@ -212,6 +212,7 @@ pub async fn forward(
         gone: gone.as_mut(),
     };
     let result = attempt(backend, &mut upstream, routed, read_ahead_first, waits).await;
+    let result = blame_body(result, &progress);
     if let Some(job) = copy_job {
         job.launch();
     }
@@ -243,7 +244,7 @@ pub async fn forward(
         &written,
         &route.client_errors,
     )
-    .with_body(&progress, &route.client_errors);
+    .with_body(&progress, &route.client_errors, &route.rejected_too_large);
     let waits = Waits {
         progress: &progress,
         timer: timer.as_mut(),
@@ -251,7 +252,26 @@ pub async fn forward(
         gone: gone.as_mut(),
     };
     let result = attempt(stable, &mut upstream, routed, false, waits).await;
+    let result = blame_body(result, &progress);
     outcome(result, in_flight, stable, routed, &progress)
+}
+
+/// What an attempt came to.
+type Attempted = Result<Result<Response, SendFailure>, Stop>;
+
+/// A backend failure that followed the request body's own failure is the
+/// body's: hyper's HTTP/2 client resets the stream when the body it sends
+/// fails (broken by the client, or past `limits.max_request_body`) and
+/// reports the reset, not the body's error.
+fn blame_body(result: Attempted, progress: &Progress) -> Attempted {
+    match result {
+        Ok(Err(SendFailure::Upstream(failure)))
+            if progress.exceeded() || progress.client_fault().is_some() =>
+        {
+            Ok(Err(SendFailure::Body(failure.error)))
+        }
+        other => other,
+    }
 }
 
 /// Whether a request that failed on its backend goes to the stable
@@ -327,7 +347,7 @@ async fn attempt<S: Future<Output = ()>>(
     routed: &Routed,
     read_ahead: bool,
     waits: Waits<'_, '_, S>,
-) -> Result<Result<Response, SendFailure>, Stop> {
+) -> Attempted {
     let Waits {
         progress,
         timer,
@@ -369,7 +389,7 @@ async fn attempt<S: Future<Output = ()>>(
 
 /// The outcome of an attempt (see [`Outcome`]).
 fn outcome(
-    result: Result<Result<Response, SendFailure>, Stop>,
+    result: Attempted,
     in_flight: InFlight<'_>,
     backend: &Backend,
     routed: &Routed,
@@ -396,6 +416,7 @@ fn outcome(
                     start: routed.start,
                     grpc: None,
                     permit: None,
+                    body: None,
                 },
             }
         }

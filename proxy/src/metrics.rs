@@ -672,14 +672,14 @@ impl Metrics {
     /// The client-error counters of `route`, one per kind (made at once,
     /// so they are exposed at 0).
     pub fn client_errors(&self, route: &str) -> ClientErrors {
-        ClientErrors(ClientErrorKind::ALL.map(|kind| {
+        ClientErrors(Arc::new(ClientErrorKind::ALL.map(|kind| {
             self.client_errors
                 .get_or_create(&ClientErrorLabels {
                     route: route.to_string(),
                     kind,
                 })
                 .clone()
-        }))
+        })))
     }
 
     /// The counter of requests the proxy refuses itself on `route` for
@@ -761,9 +761,9 @@ impl Metrics {
 }
 
 /// Pre-resolved `sluice_client_errors_total` handles of one route, one
-/// per [`ClientErrorKind`].
+/// per [`ClientErrorKind`] (shared: a request with a body holds them).
 #[derive(Clone, Debug)]
-pub struct ClientErrors([Counter; 4]);
+pub struct ClientErrors(Arc<[Counter; 4]>);
 
 impl ClientErrors {
     pub fn record(&self, kind: ClientErrorKind) {

@@ -283,6 +283,7 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         start,
         grpc,
         permit: None,
+        body: None,
     };
     let mut body = MeteredBody::new(response.body, Some(recorder));
     // Read to the end (the recorder counts it there), within the request

@@ -16,8 +16,12 @@
 //!   the client got, success or failure, the whole duration.
 //! - [`MeteredBody`] carries the answer's body to the client and calls its
 //!   recorder when the body ends, fails (the upstream broke it: a failure
-//!   and an upstream error of kind `reset`), or is dropped unfinished (the
-//!   client left: counted as what it was, the upstream had answered).
+//!   and an upstream error of kind `reset`; but when the request body had
+//!   failed first, broken by the client or past `limits.max_request_body`,
+//!   the backend's answer was cut for it: counted as that client error or
+//!   as a `body_too_large` rejection, nothing on the backend), or is
+//!   dropped unfinished (the client left: counted as what it was, the
+//!   upstream had answered).
 //! - [`Permit`] is a request's place among its route's requests in flight,
 //!   given back when its answer is recorded.
 //!
@@ -33,6 +37,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::BoxError;
 use crate::body::Progress;
@@ -70,9 +75,8 @@ impl Drop for Permit {
 pub struct InFlight<'w> {
     series: Option<Arc<Series>>,
     start: Instant,
-    /// The request body's progress and the route's client-error counters
-    /// (requests with a body).
-    body: Option<(Progress, ClientErrors)>,
+    /// The request body's watch (requests with a body).
+    body: Option<BodyWatch>,
     /// Set once anything of the request may have reached the backend, and
     /// the route's client-error counters.
     written: (&'w AtomicBool, &'w ClientErrors),
@@ -96,10 +100,21 @@ impl<'w> InFlight<'w> {
     }
 
     /// Watches the request's body: a client that leaves before it has
-    /// gone upstream is counted in `errors`, not on the backend.
-    pub fn with_body(mut self, progress: &Progress, errors: &ClientErrors) -> Self {
+    /// gone upstream is counted in `errors`, not on the backend, and so is
+    /// a body that fails after the answer began (in `errors`, or in
+    /// `too_large` past the cap).
+    pub fn with_body(
+        mut self,
+        progress: &Progress,
+        errors: &ClientErrors,
+        too_large: &Counter,
+    ) -> Self {
         if progress.has_body() {
-            self.body = Some((progress.clone(), errors.clone()));
+            self.body = Some(BodyWatch {
+                progress: progress.clone(),
+                errors: errors.clone(),
+                too_large: too_large.clone(),
+            });
         }
         self
     }
@@ -129,6 +144,7 @@ impl<'w> InFlight<'w> {
             start: self.start,
             grpc: None,
             permit,
+            body: self.body.take(),
         }
     }
 }
@@ -136,10 +152,10 @@ impl<'w> InFlight<'w> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(series) = self.series.take() {
-            if let Some((progress, errors)) = &self.body
-                && !progress.is_sent()
+            if let Some(watch) = &self.body
+                && !watch.progress.is_sent()
             {
-                errors.record(ClientErrorKind::IncompleteBody);
+                watch.errors.record(ClientErrorKind::IncompleteBody);
                 return;
             }
             let (written, errors) = &self.written;
@@ -152,6 +168,32 @@ impl Drop for InFlight<'_> {
                 Classification::Failure,
                 self.start.elapsed(),
             );
+        }
+    }
+}
+
+/// A request body's progress, and where its failures are counted when
+/// they are the client's doing.
+pub struct BodyWatch {
+    progress: Progress,
+    errors: ClientErrors,
+    too_large: Counter,
+}
+
+impl BodyWatch {
+    /// Counts the body's failure if it was the client's doing (broken, or
+    /// past the cap); whether it was.
+    fn count_clients_doing(&self) -> bool {
+        if self.progress.exceeded() {
+            self.too_large.inc();
+            return true;
+        }
+        match self.progress.client_fault() {
+            Some(kind) => {
+                self.errors.record(kind);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -174,6 +216,9 @@ pub struct Recorder {
     pub grpc: Option<GrpcJudge>,
     /// The route's in-flight place, given back when the answer ends.
     pub permit: Option<Permit>,
+    /// The request body's watch: a body that failed first is why an
+    /// answer broke off.
+    pub body: Option<BodyWatch>,
 }
 
 /// How an answer's body ended.
@@ -195,6 +240,16 @@ impl Recorder {
     }
 
     fn finish(self, end: End) {
+        if end == End::UpstreamFailed {
+            if self
+                .body
+                .as_ref()
+                .is_some_and(BodyWatch::count_clients_doing)
+            {
+                return;
+            }
+            self.errors.record_upstream_error(UpstreamErrorKind::Reset);
+        }
         let failed = self.code >= 500
             || match end {
                 End::UpstreamFailed => true,
@@ -281,12 +336,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
         };
         match &polled {
             Poll::Ready(None) => self.finish(End::Complete),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(r) = &self.recorder {
-                    r.errors.record_upstream_error(UpstreamErrorKind::Reset);
-                }
-                self.finish(End::UpstreamFailed);
-            }
+            Poll::Ready(Some(Err(_))) => self.finish(End::UpstreamFailed),
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(judge) = self.recorder.as_mut().and_then(|r| r.grpc.as_mut())

@@ -368,6 +368,7 @@ pub fn route(
             start,
             grpc: None,
             permit: None,
+            body: None,
         };
         Refusal {
             recorder: Some(recorder),

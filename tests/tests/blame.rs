@@ -5,6 +5,10 @@
 //! - A client that leaves before anything of its request was written to
 //!   the backend is no 499 on it (counted as
 //!   `sluice_client_errors_total{kind="left_before_sent"}`).
+//! - An HTTP/2 body that grows past `limits.max_request_body` is the
+//!   client's doing whether it breaks before the backend's answer (413) or
+//!   after it (the answer is cut, counted as a 413 rejection): never a
+//!   502 or a reset charged to the backend.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_tests::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 /// A route `r` on every path to `backend`, with more settings `extra`
 /// (`, key: value`).
@@ -96,5 +100,121 @@ async fn a_client_gone_before_its_request_was_written_charges_no_backend() {
         m.sum("sluice_requests_total", &[("route", "r")]),
         0.0,
         "a request never written was counted on its backend"
+    );
+}
+
+/// An HTTP/2 backend that answers `/early` with its head at once, then
+/// reads the request body, and everything else once the body is read.
+async fn h2_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let early = req.uri().path().ends_with("/early");
+                        let mut body = req.into_body();
+                        let mut sending = None;
+                        if early {
+                            sending = respond.send_response(http::Response::new(()), false).ok();
+                        }
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        let sending = match sending {
+                            Some(s) => Some(s),
+                            None => respond.send_response(http::Response::new(()), false).ok(),
+                        };
+                        if let Some(mut s) = sending {
+                            let _ = s.send_data(Bytes::from_static(b"done"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 client's body that grows past `limits.max_request_body`
+/// (no `content-length`, so only its bytes tell) is 413 when the backend
+/// had not answered yet, and when it had, the answer is cut and counted
+/// as a 413 rejection; neither is a failure or an upstream error on the
+/// backend.
+#[tokio::test]
+async fn an_http2_body_past_the_cap_is_never_charged_to_the_backend() {
+    let backend = h2_backend().await;
+    let proxy = ChildProxy::start_with(
+        &route(backend, ", protocol: http2"),
+        "",
+        "limits:\n  max_request_body: 1KiB\n",
+        &[],
+    )
+    .await;
+    let big = Bytes::from(vec![b'x'; 4096]);
+
+    let mut client = h2_connect(proxy.addr).await;
+    let req = http::Request::post("http://a/wait").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(big.clone(), true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), 413, "before the backend answered");
+
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://a/early").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("a head in time")
+        .expect("a head");
+    assert_eq!(answer.status(), 200);
+    send.send_data(big, true).unwrap();
+    let mut body = answer.into_body();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            match data {
+                Ok(data) => got.extend_from_slice(&data),
+                Err(_) => return Err(got),
+            }
+        }
+        Ok(got)
+    })
+    .await
+    .expect("the answer's end in time");
+    assert!(read.is_err(), "the answer was not cut: {read:?}");
+
+    let m = eventually(
+        "both bodies to be counted as too large",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let rejected = m.sum(
+                "sluice_rejected_total",
+                &[("route", "r"), ("reason", "body_too_large")],
+            );
+            (rejected == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "r"), ("classification", "failure")]
+        ),
+        0.0,
+        "a body past the cap was a failure of the backend"
+    );
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("route", "r")]),
+        0.0,
+        "a body past the cap was an upstream error"
     );
 }
