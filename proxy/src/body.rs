@@ -10,8 +10,12 @@
 //! - A body that grows past `limits.max_request_body` ends in
 //!   [`BodyTooLarge`] ([`Progress::exceeded`]): 413.
 //! - [`Progress`] says when the whole body has gone upstream (the request
-//!   timeout starts then) and how long the client has paused (408 past
-//!   `timeouts.idle`).
+//!   timeout starts then) and who holds the rest up ([`Progress::stall`]):
+//!   the client, when the proxy has asked it for more and waits (408 past
+//!   `timeouts.idle`), or the backend, when it has stopped taking what the
+//!   proxy has (504, on the backend). A pause the backend causes (it reads
+//!   slowly, so the proxy reads no more from the client) is never the
+//!   client's.
 //! - The body can be read ahead of the upstream exchange
 //!   ([`UpstreamBody::read_ahead`]), so one that breaks early never
 //!   reaches a backend; what was read goes first, and a body read ahead
@@ -90,6 +94,16 @@ pub struct UpstreamBody<'a> {
     progress: Option<Arc<BodyProgress>>,
 }
 
+/// Who holds a request body up (see [`Progress::stall`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    Client,
+    Backend,
+}
+
+/// Not yet (a time in [`BodyProgress`]).
+const NEVER: u64 = u64::MAX;
+
 /// The request path's view of an [`UpstreamBody`]'s progress; a request
 /// without a body costs no allocation and counts as sent from the start.
 #[derive(Clone, Default)]
@@ -98,7 +112,12 @@ pub struct Progress(Option<Arc<BodyProgress>>);
 /// What the request path knows of an [`UpstreamBody`] on its way.
 pub struct BodyProgress {
     start: Instant,
-    last_ms: AtomicU64,
+    /// Since when (ms from `start`) the proxy has waited on the client for
+    /// more of the body; [`NEVER`] while it is not waiting.
+    waiting_ms: AtomicU64,
+    /// When the upstream side last asked for more of the body; [`NEVER`]
+    /// before it first did.
+    asked_ms: AtomicU64,
     done: AtomicBool,
     exceeded: AtomicBool,
     /// 0, or 1 + the [`ClientErrorKind`] the client's body broke with.
@@ -126,16 +145,23 @@ impl Progress {
             .is_none_or(|p| p.done.load(Ordering::SeqCst))
     }
 
-    /// Time since the last chunk (or the start); zero once sent.
-    pub fn idle_for(&self) -> Duration {
-        match &self.0 {
-            Some(p) if !self.is_sent() => {
-                let last = p.last_ms.load(Ordering::SeqCst);
-                let now = p.start.elapsed().as_millis() as u64;
-                Duration::from_millis(now.saturating_sub(last))
-            }
-            _ => Duration::ZERO,
+    /// Who has held the body up for `limit` or more, if anyone (never once
+    /// it has all gone): the client, when the proxy has waited on it that
+    /// long; else the backend, when it has taken nothing of the body for
+    /// that long since it first asked for it.
+    pub fn stall(&self, limit: Duration) -> Option<Stall> {
+        let p = self.0.as_ref()?;
+        if p.done.load(Ordering::SeqCst) {
+            return None;
         }
+        let now = p.start.elapsed().as_millis() as u64;
+        let limit = limit.as_millis() as u64;
+        let waiting = p.waiting_ms.load(Ordering::SeqCst);
+        if waiting != NEVER {
+            return (now.saturating_sub(waiting) >= limit).then_some(Stall::Client);
+        }
+        let asked = p.asked_ms.load(Ordering::SeqCst);
+        (asked != NEVER && now.saturating_sub(asked) >= limit).then_some(Stall::Backend)
     }
 
     /// The body grew past `limits.max_request_body`.
@@ -163,7 +189,8 @@ impl BodyProgress {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            waiting_ms: AtomicU64::new(NEVER),
+            asked_ms: AtomicU64::new(NEVER),
             done: AtomicBool::new(false),
             exceeded: AtomicBool::new(false),
             client_fault: AtomicU8::new(0),
@@ -177,9 +204,25 @@ impl BodyProgress {
         }
     }
 
-    fn note_chunk(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::SeqCst);
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The proxy asked the client for more and has to wait.
+    fn wait_on_client(&self) {
+        if self.waiting_ms.load(Ordering::SeqCst) == NEVER {
+            self.waiting_ms.store(self.now_ms(), Ordering::SeqCst);
+        }
+    }
+
+    /// The client gave what the proxy asked for (or ended).
+    fn client_answered(&self) {
+        self.waiting_ms.store(NEVER, Ordering::SeqCst);
+    }
+
+    /// The upstream side asked for more of the body.
+    fn note_asked(&self) {
+        self.asked_ms.store(self.now_ms(), Ordering::SeqCst);
     }
 
     fn fault(&self, kind: ClientErrorKind) {
@@ -320,18 +363,27 @@ impl<'a> UpstreamBody<'a> {
         if self.ended {
             return Poll::Ready(None);
         }
-        let polled: Option<Result<Frame<Bytes>, ClientFault>> = match &mut self.source {
-            Source::Full(bytes) => bytes.take().map(|b| Ok(Frame::data(b))),
-            Source::Client(reader) => std::task::ready!(reader.poll_frame(cx)),
-            Source::Hyper(incoming) => match std::task::ready!(Pin::new(incoming).poll_frame(cx)) {
-                Some(Ok(frame)) => Some(Ok(frame)),
-                Some(Err(e)) => Some(Err(ClientFault {
-                    kind: client_fault_kind(&e),
-                    detail: innermost_cause(&e),
-                })),
-                None => None,
-            },
+        let polled: Poll<Option<Result<Frame<Bytes>, ClientFault>>> = match &mut self.source {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Client(reader) => reader.poll_frame(cx),
+            Source::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map(|polled| {
+                polled.map(|frame| {
+                    frame.map_err(|e| ClientFault {
+                        kind: client_fault_kind(&e),
+                        detail: innermost_cause(&e),
+                    })
+                })
+            }),
         };
+        let Poll::Ready(polled) = polled else {
+            if let Some(p) = &self.progress {
+                p.wait_on_client();
+            }
+            return Poll::Pending;
+        };
+        if let Some(p) = &self.progress {
+            p.client_answered();
+        }
         let source_done = match &self.source {
             Source::Full(bytes) => bytes.is_none(),
             Source::Client(reader) => reader.is_end_stream(),
@@ -351,9 +403,6 @@ impl<'a> UpstreamBody<'a> {
                 }
                 if let Some(tee) = &mut self.tee {
                     tee.frame(&frame);
-                }
-                if let Some(p) = &self.progress {
-                    p.note_chunk();
                 }
                 if source_done || frame.is_trailers() {
                     self.finish();
@@ -427,6 +476,9 @@ impl Body for UpstreamBody<'_> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(p) = &this.progress {
+            p.note_asked();
+        }
         if this.sent_ahead < this.ahead.len() {
             let frame = if this.whole {
                 this.sent_ahead += 1;

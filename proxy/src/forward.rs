@@ -24,8 +24,10 @@
 //!   again. HTTP/2 bodies stream at once: a client may wait for the
 //!   response head before it sends (gRPC's bidirectional streams).
 //! - **Time.** `timeouts.request` runs from the end of the request body to
-//!   the response head (504); a client that pauses its body longer than
-//!   `timeouts.idle` gets 408 (its fault, not the backend's).
+//!   the response head (504); a client that keeps the proxy waiting for
+//!   its body longer than `timeouts.idle` gets 408 (its fault, not the
+//!   backend's), and a backend that stops taking the body that long is a
+//!   504 on the backend (`crate::body::Progress::stall`).
 //! - **Mirroring.** A request the stable serves may be picked for a copy
 //!   (`crate::mirror`): the body is copied as it streams, and the copy is
 //!   sent once the stable has answered.
@@ -55,7 +57,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method, StatusCode, Version};
 
-use crate::body::{Progress, UpstreamBody};
+use crate::body::{Progress, Stall, UpstreamBody};
 use crate::config::Protocol;
 use crate::fields::ClientField;
 use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
@@ -137,6 +139,8 @@ enum Stop {
     TimedOut,
     /// The client paused its request body too long.
     ClientStalled,
+    /// The backend stopped taking the request body too long.
+    BackendStalled,
     /// The client went away.
     Gone,
 }
@@ -198,9 +202,9 @@ pub async fn forward(
     // A request without a body keeps no room for the watch of its body.
     let stalled = async {
         if progress.has_body() {
-            Box::pin(client_stalled(&progress, route.body_idle_timeout)).await;
+            Box::pin(body_stalled(&progress, route.body_idle_timeout)).await
         } else {
-            std::future::pending::<()>().await;
+            std::future::pending::<Stall>().await
         }
     };
     tokio::pin!(stalled);
@@ -313,18 +317,25 @@ fn declared(req: &ClientRequest<'_>) -> Option<u64> {
     }
 }
 
-/// Resolves when the client has paused its body longer than `limit`
-/// (never for a request whose body is all sent).
-async fn client_stalled(progress: &Progress, limit: Duration) {
+/// Resolves when the client or the backend has held the body up for
+/// `limit` (never for a request whose body is all sent).
+async fn body_stalled(progress: &Progress, limit: Duration) -> Stall {
     if progress.is_sent() {
         return std::future::pending().await;
     }
     let every = crate::conn::check_every(limit);
     loop {
         tokio::time::sleep(every).await;
-        if !progress.is_sent() && progress.idle_for() >= limit {
-            return;
+        if let Some(stall) = progress.stall(limit) {
+            return stall;
         }
+    }
+}
+
+fn stalled_stop(stall: Stall) -> Stop {
+    match stall {
+        Stall::Client => Stop::ClientStalled,
+        Stall::Backend => Stop::BackendStalled,
     }
 }
 
@@ -332,7 +343,7 @@ async fn client_stalled(progress: &Progress, limit: Duration) {
 struct Waits<'w, 'g, S> {
     progress: &'w Progress,
     timer: Pin<&'w mut tokio::time::Sleep>,
-    /// Resolves when the client has paused its body too long.
+    /// Resolves when the client or the backend held the body up too long.
     stalled: Pin<&'w mut S>,
     /// Resolves when the client has gone away.
     gone: Pin<&'w mut (dyn Future<Output = ()> + Send + 'g)>,
@@ -341,7 +352,7 @@ struct Waits<'w, 'g, S> {
 /// One attempt at a backend: the read-ahead (when `read_ahead`), then the
 /// exchange, against the request timeout, a stalled client and a client
 /// gone.
-async fn attempt<S: Future<Output = ()>>(
+async fn attempt<S: Future<Output = Stall>>(
     backend: &Backend,
     upstream: &mut Request<'_, '_>,
     routed: &Routed,
@@ -359,7 +370,7 @@ async fn attempt<S: Future<Output = ()>>(
             read = body.read_ahead(READ_AHEAD_BYTES) => if let Err(e) = read {
                 return Ok(Err(SendFailure::Body(e)));
             },
-            () = stalled.as_mut() => return Err(Stop::ClientStalled),
+            stall = stalled.as_mut() => return Err(stalled_stop(stall)),
             () = gone.as_mut() => return Err(Stop::Gone),
         }
     }
@@ -382,7 +393,7 @@ async fn attempt<S: Future<Output = ()>>(
         biased;
         answer = sent => Ok(answer),
         () = response_due => Err(Stop::TimedOut),
-        () = stalled => Err(Stop::ClientStalled),
+        stall = stalled => Err(stalled_stop(stall)),
         () = gone => Err(Stop::Gone),
     }
 }
@@ -434,7 +445,7 @@ fn outcome(
             tracing::debug!(route = %route.name, backend = backend.label.as_str(), error = %failure, "upstream request failed");
             failed(in_flight, failure.kind)
         }
-        Err(Stop::TimedOut) => failed(in_flight, UpstreamErrorKind::Timeout),
+        Err(Stop::TimedOut | Stop::BackendStalled) => failed(in_flight, UpstreamErrorKind::Timeout),
         Err(Stop::ClientStalled) => {
             in_flight.client_failed(&route.client_errors, ClientErrorKind::BodyTimeout);
             Outcome::ClientFault {

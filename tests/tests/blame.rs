@@ -9,13 +9,15 @@
 //!   client's doing whether it breaks before the backend's answer (413) or
 //!   after it (the answer is cut, counted as a 413 rejection): never a
 //!   502 or a reset charged to the backend.
+//! - A backend that stops taking a request body is the backend's fault
+//!   (504, counted on it), not the client's (408).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_tests::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A route `r` on every path to `backend`, with more settings `extra`
@@ -216,5 +218,95 @@ async fn an_http2_body_past_the_cap_is_never_charged_to_the_backend() {
         m.sum("sluice_upstream_errors_total", &[("route", "r")]),
         0.0,
         "a body past the cap was an upstream error"
+    );
+}
+
+/// A backend that reads a request head and then neither reads the body
+/// nor answers: it holds its connections open.
+async fn deaf_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut piece).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
+                        _ => return,
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that stops taking the request body while the client keeps
+/// sending is the backend's fault: 504, a failure and a timeout on the
+/// backend, and no `body_timeout` blamed on the client.
+#[tokio::test]
+async fn a_backend_that_stops_reading_the_body_is_not_the_clients_fault() {
+    let backend = deaf_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ", timeouts: { idle: 1s }"), &[]).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let total: usize = 256 << 20;
+    // The client sends as fast as the proxy takes it; the kernel's buffers
+    // fill well before the end.
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        let piece = vec![b'y'; 64 << 10];
+        for _ in 0..total / piece.len() {
+            writer.write_all(&piece).await?;
+        }
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = Vec::new();
+    let mut piece = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut piece).await {
+                Ok(n) if n > 0 => answer.extend_from_slice(&piece[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    sender.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504 "), "answer: {text:?}");
+    let m = eventually(
+        "the backend's timeout to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let failed = m.sum(
+                "sluice_requests_total",
+                &[
+                    ("route", "r"),
+                    ("code", "504"),
+                    ("classification", "failure"),
+                ],
+            );
+            (failed == 1.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "r"), ("kind", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("sluice_client_errors_total", &[("route", "r")]),
+        0.0,
+        "the client was blamed for the backend's stall"
     );
 }
