@@ -11,6 +11,7 @@
 //!   502 or a reset charged to the backend.
 //! - A backend that stops taking a request body is the backend's fault
 //!   (504, counted on it), not the client's (408).
+//! - A backend that sends informational heads without end gets a 502.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -308,5 +309,78 @@ async fn a_backend_that_stops_reading_the_body_is_not_the_clients_fault() {
         m.sum("sluice_client_errors_total", &[("route", "r")]),
         0.0,
         "the client was blamed for the backend's stall"
+    );
+}
+
+/// A backend that sends `count` informational (103) heads, then a 200.
+async fn hinting_backend(count: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut piece).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
+                        _ => return,
+                    }
+                }
+                let hint = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
+                let mut out = hint.repeat(count);
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                let _ = stream.write_all(&out).await;
+                let _ = stream.read(&mut piece).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A GET to the proxy on a fresh connection: everything it answered
+/// until it closed (or 5 s).
+async fn get_all(proxy: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (_, bytes) = closed_within(&mut stream, Duration::from_secs(5)).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A few informational heads pass; a backend that sends more than the
+/// proxy keeps track of (the proxy would hold them all for a client that
+/// does not read) is a 502 and a protocol error on the backend.
+#[tokio::test]
+async fn endless_informational_heads_are_a_502() {
+    let (few, many) = (hinting_backend(3).await, hinting_backend(1000).await);
+    let routes = format!(
+        "  - {{ name: few, path_prefix: /few, stable: 'http://{few}' }}\n  - {{ name: many, path_prefix: /many, stable: 'http://{many}' }}\n"
+    );
+    let proxy = ChildProxy::start(&routes, &[]).await;
+    let text = get_all(proxy.addr, "/few").await;
+    assert_eq!(text.matches("HTTP/1.1 103 ").count(), 3, "{text}");
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    let text = get_all(proxy.addr, "/many").await;
+    assert!(
+        text.contains("HTTP/1.1 502 ") && !text.contains("HTTP/1.1 200 OK"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    let m = eventually("the 502 to be counted", Duration::from_secs(5), || async {
+        let m = scrape(proxy.admin).await;
+        (m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "many"), ("kind", "protocol")],
+        ) == 1.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "many"), ("code", "502")]
+        ),
+        1.0
     );
 }

@@ -15,9 +15,10 @@
 //! ambiguous head is a protocol error (502) and the connection is
 //! dropped. Informational responses (1xx but 101) are handed to the
 //! caller's `interim` as they come (100 is dropped: the proxy answers
-//! `Expect` itself); a 101 ends the exchange and hands the connection over
-//! (a tunnel) when the request asked to upgrade, and is an error
-//! otherwise.
+//! `Expect` itself), at most [`MAX_INFORMATIONAL`] of them: more is a
+//! protocol error, so no backend has the proxy relay heads without end. A
+//! 101 ends the exchange and hands the connection over (a tunnel) when the
+//! request asked to upgrade, and is an error otherwise.
 //!
 //! A connection is reused only after an HTTP/1.1 response whose body had
 //! a length or was chunked, without `Connection: close`, after the whole
@@ -47,6 +48,9 @@ const LARGE_READ: usize = 64 * 1024;
 /// Request bytes gathered before a write; a larger data frame is written
 /// on its own, not copied.
 const GATHER: usize = 16 * 1024;
+/// Informational heads a response may have before its final one (RFC
+/// 9110 sets no limit; a backend sends one or two 103s in practice).
+pub const MAX_INFORMATIONAL: usize = 16;
 /// A read buffer larger than this is let go of when its connection goes
 /// back to the pool.
 const KEEP: usize = 16 * 1024;
@@ -158,6 +162,8 @@ struct Sending<'s, 'b> {
     write_failed: Option<std::io::Error>,
     /// A byte of a response came.
     answered: bool,
+    /// Informational heads read so far.
+    informational: usize,
 }
 
 impl Sending<'_, '_> {
@@ -234,6 +240,7 @@ impl Conn {
             flushed: false,
             write_failed: None,
             answered: false,
+            informational: 0,
         };
         let line =
             std::future::poll_fn(|cx| self.poll_exchange(cx, &mut sending, upgrade, interim))
@@ -320,7 +327,9 @@ impl Conn {
                 Poll::Ready(Ok(_)) => {
                     sending.answered = true;
                     progressed = true;
-                    if let Some(line) = self.parse_head(upgrade, interim)? {
+                    if let Some(line) =
+                        self.parse_head(upgrade, interim, &mut sending.informational)?
+                    {
                         return Poll::Ready(Ok(line));
                     }
                 }
@@ -441,12 +450,14 @@ impl Conn {
     }
 
     /// Parses the response heads at the front of the buffer: informational
-    /// ones go to `interim` (100 is dropped); the final one (or a 101 when
-    /// `upgrade`) is returned, left in the buffer. None: not complete yet.
+    /// ones go to `interim` (100 is dropped), counted in `informational`;
+    /// the final one (or a 101 when `upgrade`) is returned, left in the
+    /// buffer. None: not complete yet.
     fn parse_head(
         &mut self,
         upgrade: bool,
         interim: &mut Interim<'_>,
+        informational: &mut usize,
     ) -> Result<Option<StatusLine>, SendError> {
         loop {
             let line = match parse_response(&self.buf, &mut self.spans) {
@@ -471,6 +482,12 @@ impl Conn {
             }
             if !line.status.is_informational() {
                 return Ok(Some(line));
+            }
+            *informational += 1;
+            if *informational > MAX_INFORMATIONAL {
+                return Err(protocol(format!(
+                    "more than {MAX_INFORMATIONAL} informational responses before the final one"
+                )));
             }
             let head = self.buf.split_to(line.len).freeze();
             if line.status != StatusCode::CONTINUE {

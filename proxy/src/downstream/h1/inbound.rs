@@ -205,10 +205,15 @@ pub(super) async fn gone<S: AsyncRead + Unpin>(
     .await
 }
 
+/// Bytes of informational heads held for a client that does not take them;
+/// later heads are dropped until it does (they are hints: a client may do
+/// without them).
+const MAX_HELD_INTERIM: usize = 16 * 1024;
+
 /// Writes an informational response head (103 Early Hints) for an
 /// HTTP/1.1 client as it comes: its status and fields, less the hop-by-hop
 /// ones and any length. What the socket does not take at once goes with
-/// the final head.
+/// the final head, up to [`MAX_HELD_INTERIM`] bytes.
 pub(super) fn interim<S: AsyncWrite + Unpin>(
     inbound: &Mutex<Inbound<S>>,
     status: StatusCode,
@@ -217,6 +222,10 @@ pub(super) fn interim<S: AsyncWrite + Unpin>(
     use crate::answer::ResponseField;
     let mut inbound = inbound.lock().expect("inbound lock");
     let inbound = &mut *inbound;
+    write_now(&mut inbound.io, &mut inbound.interim);
+    if inbound.interim.len() > MAX_HELD_INTERIM {
+        return;
+    }
     crate::http1::write::status_line(&mut inbound.interim, 1, status);
     crate::answer::each_passed_field(fields, true, &mut |kind, name, value| {
         if kind != ResponseField::ContentLength {
@@ -225,4 +234,41 @@ pub(super) fn interim<S: AsyncWrite + Unpin>(
     });
     inbound.interim.extend_from_slice(b"\r\n");
     write_now(&mut inbound.io, &mut inbound.interim);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend's informational heads for a client that never reads: once
+    /// the kernel's buffers are full, the proxy holds at most
+    /// [`MAX_HELD_INTERIM`] bytes of them (and one head past it).
+    #[tokio::test]
+    async fn heads_held_for_a_client_that_does_not_read_are_capped() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let inbound = Mutex::new(Inbound {
+            io: server,
+            buf: BytesMut::new(),
+            read_closed: false,
+            interim: Vec::new(),
+        });
+        let mut fields = http::HeaderMap::new();
+        fields.insert("link", "</s.css>; rel=preload".parse().unwrap());
+        let hints = StatusCode::from_u16(103).unwrap();
+        // About 9 MB of heads, more than the kernel buffers for a peer
+        // that does not read.
+        for _ in 0..200_000 {
+            interim(&inbound, hints, &fields);
+        }
+        let held = inbound.lock().unwrap().interim.len();
+        assert!(
+            held > 0 && held <= MAX_HELD_INTERIM + 128,
+            "{held} bytes held"
+        );
+        drop(client);
+    }
 }
