@@ -21,6 +21,8 @@
 //!   reaches a backend; what was read goes first, and a body read ahead
 //!   whole can be sent again (a retry or a failover to another backend).
 //! - A [`Tee`] copies the body as it streams, for a mirrored request.
+//! - The client's trailers go on filtered as its head is
+//!   (`crate::fields::trailer_passes`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -90,6 +92,8 @@ pub struct UpstreamBody<'a> {
     tee: Option<Box<Tee>>,
     /// Bytes still allowed; None: no cap.
     left: Option<u64>,
+    /// Trailer names with `_` go on (the route keeps such names).
+    keep_underscores: bool,
     /// None for a request with no body (it is sent from the start).
     progress: Option<Arc<BodyProgress>>,
 }
@@ -242,6 +246,7 @@ impl<'a> UpstreamBody<'a> {
             touched: false,
             tee: None,
             left: cap,
+            keep_underscores: false,
             progress: progress.clone(),
         };
         (body, Progress(progress))
@@ -272,6 +277,7 @@ impl<'a> UpstreamBody<'a> {
             touched: false,
             tee: None,
             left: None,
+            keep_underscores: false,
             progress: None,
         }
     }
@@ -279,6 +285,11 @@ impl<'a> UpstreamBody<'a> {
     /// A request with nothing in it.
     pub fn empty() -> Self {
         Self::full(None)
+    }
+
+    /// Passes trailer names with `_` on (a route that keeps such names).
+    pub fn keep_underscore_names(&mut self) {
+        self.keep_underscores = true;
     }
 
     /// Copies the body for a mirrored request as it streams (the body
@@ -351,6 +362,7 @@ impl<'a> UpstreamBody<'a> {
             touched: self.touched,
             tee: self.tee,
             left: self.left,
+            keep_underscores: self.keep_underscores,
             progress: self.progress,
         })
     }
@@ -391,6 +403,10 @@ impl<'a> UpstreamBody<'a> {
         };
         match polled {
             Some(Ok(frame)) => {
+                let frame = match frame.into_trailers() {
+                    Ok(trailers) => Frame::trailers(self.filter(trailers)),
+                    Err(frame) => frame,
+                };
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if let Some(left) = &mut self.left {
                     if len > *left {
@@ -420,6 +436,17 @@ impl<'a> UpstreamBody<'a> {
                 Poll::Ready(None)
             }
         }
+    }
+
+    /// The client's trailers that go on (see the module docs).
+    fn filter(&self, trailers: http::HeaderMap) -> http::HeaderMap {
+        let mut kept = http::HeaderMap::with_capacity(trailers.len());
+        for (name, value) in &trailers {
+            if crate::fields::trailer_passes(name.as_str().as_bytes(), self.keep_underscores) {
+                kept.append(name, value.clone());
+            }
+        }
+        kept
     }
 
     fn finish(&mut self) {

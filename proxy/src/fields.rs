@@ -11,6 +11,10 @@
 //!   the fields the proxy sets or frames by are dropped even then
 //!   ([`ClientField::Reserved`]), since a backend that maps names
 //!   CGI-style reads `X_Forwarded_For` as `X-Forwarded-For`.
+//! - **Request trailers** ([`trailer_passes`]) lose what a head would:
+//!   the fields above, and the ones the request paths set, frame by or
+//!   treat as hop-by-hop (a backend that merges trailers into the head
+//!   would read them as the proxy's).
 //! - **Hosts.** A Host field, an absolute-form target's authority and an
 //!   HTTP/2 `:authority` must each be `host [ ":" port ]` (RFC 3986: a
 //!   registered name or IPv4 address, or a bracketed IPv6 address; a port
@@ -137,6 +141,42 @@ pub fn client_field(name: &[u8]) -> ClientField {
         ClientField::Reserved
     } else {
         ClientField::Underscored
+    }
+}
+
+/// Fields a client's trailer section never passes on: hop-by-hop, framing,
+/// routing and forwarding fields, which only the head may carry and the
+/// proxy sets itself.
+const NOT_TRAILERS: [&[u8]; 16] = [
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+    b"trailer",
+    b"http2-settings",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"forwarded",
+];
+
+/// Whether a client's trailer field named `name` goes on to a backend
+/// (see the module docs); `keep_underscores`: the route keeps names with
+/// `_`.
+pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
+    if NOT_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return false;
+    }
+    match client_field(name) {
+        ClientField::Ordinary => true,
+        ClientField::Underscored => keep_underscores,
+        ClientField::Reserved => false,
     }
 }
 
@@ -387,6 +427,29 @@ impl LengthReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailers_pass_unless_a_head_would_drop_them_or_only_a_head_may_carry_them() {
+        for name in ["X-Sum", "grpc-status", "Server-Timing"] {
+            assert!(trailer_passes(name.as_bytes(), false), "{name}");
+        }
+        for name in [
+            "X-Sluice-Mirror",
+            "Connection",
+            "TE",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Host",
+            "Trailer",
+            "X-Forwarded-For",
+            "Forwarded",
+            "X_Forwarded_For",
+        ] {
+            assert!(!trailer_passes(name.as_bytes(), true), "{name}");
+        }
+        assert!(!trailer_passes(b"x_custom", false));
+        assert!(trailer_passes(b"x_custom", true));
+    }
 
     #[test]
     fn the_proxys_fields_and_underscore_spellings_are_told_apart() {

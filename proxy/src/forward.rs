@@ -18,6 +18,8 @@
 //!   the authority; `Forwarded` dropped); behind N trusted proxies the
 //!   rightmost N `X-Forwarded-For` entries are kept and the peer appended,
 //!   and the other fields those proxies set are passed on.
+//! - **Trailers** a client sends go on less the same fields
+//!   (`crate::fields::trailer_passes`).
 //! - **The body.** The first 16 KiB of an HTTP/1 request body (the whole
 //!   of most) are read before the backend is contacted, so a body that
 //!   breaks there never reaches it, and a body read whole can be sent
@@ -167,6 +169,9 @@ pub async fn forward(
     // reached the backend (a client gone before that is no 499 on it).
     let written = AtomicBool::new(false);
     let (head, copy_head) = upstream_head(req, routed, backend, client, wants_copy(req, routed));
+    if route.keep_underscore_headers {
+        body.keep_underscore_names();
+    }
     let mut copy_job = None;
     if let (Some(copy_head), Some(mirror)) = (copy_head, &route.mirror)
         && let Some(place) = mirror.pick(req.method, declared(req))

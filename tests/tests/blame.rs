@@ -12,8 +12,11 @@
 //! - A backend that stops taking a request body is the backend's fault
 //!   (504, counted on it), not the client's (408).
 //! - A backend that sends informational heads without end gets a 502.
+//! - Request trailers are filtered like header fields: `X-Sluice-*`,
+//!   hop-by-hop, framing and forwarding names never reach a backend.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -383,4 +386,102 @@ async fn endless_informational_heads_are_a_502() {
         ),
         1.0
     );
+}
+
+/// A backend that records every byte it gets and answers each request
+/// (read with [`read_request`]) with a 200.
+async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let all = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let all = all.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 4096];
+                loop {
+                    match stream.read(&mut piece).await {
+                        Ok(n) if n > 0 => {
+                            buf.extend_from_slice(&piece[..n]);
+                            all.lock().unwrap().extend_from_slice(&piece[..n]);
+                        }
+                        _ => return,
+                    }
+                    // A chunked body ends with its trailer section's blank
+                    // line.
+                    if buf.windows(5).any(|w| w == b"\r\n0\r\n") && buf.ends_with(b"\r\n\r\n") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                        buf.clear();
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Request trailers reach the backend, less the names a client may not
+/// send on as header fields: `X-Sluice-*`, hop-by-hop and framing fields,
+/// forwarding fields and names with `_`. From an HTTP/1.1 client and from
+/// an HTTP/2 client alike.
+#[tokio::test]
+async fn request_trailers_are_filtered_like_header_fields() {
+    let (backend, seen) = recording_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ""), &[]).await;
+    let refused = [
+        "x-sluice-mirror",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "host",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x_forwarded_for",
+    ];
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 9\r\nX-Sluice-Mirror: 1\r\nConnection: close\r\nKeep-Alive: 5\r\nContent-Length: 5\r\nHost: b\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+
+    let mut client = h2_connect(proxy.addr).await;
+    let req = http::Request::post("http://a/y").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(Bytes::from_static(b"hello"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", "10".parse().unwrap());
+    trailers.insert("x-sluice-mirror", "1".parse().unwrap());
+    trailers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    trailers.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
+    send.send_trailers(trailers).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    let sections: Vec<&str> = got
+        .split("\r\n0\r\n")
+        .skip(1)
+        .map(|rest| rest.split("\r\n\r\n").next().unwrap_or_default())
+        .collect();
+    assert_eq!(sections.len(), 2, "two chunked bodies: {got}");
+    assert_eq!(sections[0], "x-sum: 9", "HTTP/1.1 client's trailers");
+    assert_eq!(sections[1], "x-sum: 10", "HTTP/2 client's trailers");
+    for name in refused {
+        assert!(
+            sections.iter().all(|s| !s.contains(name)),
+            "{name} reached the backend in a trailer: {sections:?}"
+        );
+    }
 }
