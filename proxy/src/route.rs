@@ -15,8 +15,9 @@
 //! - HTTP/1 (RFC 9112 §3.2): one Host field, a host and optional port; an
 //!   HTTP/1.1 request whose target names no authority needs one (HTTP/1.0
 //!   may leave it out). HTTP/2: a Host field, when sent, is one valid host
-//!   that agrees with `:authority` (RFC 9113 §8.3.1); `content-length`
-//!   fields are equal numbers. 400.
+//!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
+//!   one of them (RFC 9110 §7.2); `content-length` fields are equal
+//!   numbers. 400.
 //! - No route for the host (port and case ignored) and the normalised
 //!   path: 404.
 //!
@@ -300,6 +301,11 @@ fn check_hosts(req: &ClientRequest<'_>) -> Result<(), Refusal> {
         }
         None if req.version == Version::HTTP_11 && target_authority.is_none() => Err(Refusal::bad(
             "sluice: an HTTP/1.1 request needs a Host header field\n",
+        )),
+        // RFC 9110 §7.2: a client sends its authority as `:authority` or
+        // Host; an HTTP/2 request with neither gets no backend's Host.
+        None if req.version == Version::HTTP_2 && target_authority.is_none() => Err(Refusal::bad(
+            "sluice: an HTTP/2 request needs :authority or a Host header field\n",
         )),
         _ => Ok(()),
     }

@@ -485,3 +485,56 @@ async fn request_trailers_are_filtered_like_header_fields() {
         );
     }
 }
+
+/// A backend that answers every request head it reads with a 200, and
+/// counts them.
+async fn counting_backend() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count: Arc<Mutex<usize>> = Arc::default();
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_request(&mut stream, &mut buf).await.is_some() {
+                    *counted.lock().unwrap() += 1;
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// An HTTP/2 request with neither `:authority` nor a Host field is 400
+/// and never reaches a backend, as an HTTP/1.1 request without Host is;
+/// with either, it is forwarded.
+#[tokio::test]
+async fn an_http2_request_without_an_authority_is_400() {
+    let (backend, count) = counting_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ""), &[]).await;
+    let mut client = h2_connect(proxy.addr).await;
+    for (uri, host, status) in [
+        ("/none", None, 400),
+        ("/host", Some("a.example"), 200),
+        ("http://a.example/authority", None, 200),
+    ] {
+        let mut req = http::Request::get(uri);
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let (answer, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(answer.status(), status, "{uri}");
+        client = client.ready().await.unwrap();
+    }
+    assert_eq!(*count.lock().unwrap(), 2);
+}
