@@ -26,8 +26,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::accept::stopped;
 use crate::conn::{Activity, ConnLimits, Connections, Tracked, supervise};
-use crate::server::{ProxyState, is_draining, stopped};
+use crate::downstream::ProxyState;
 use crate::store::UpdateError;
 
 /// Largest admin request body accepted.
@@ -110,7 +111,7 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if is_draining(&state) {
+            if state.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else {
                 text(StatusCode::OK, "ready\n")

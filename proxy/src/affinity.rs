@@ -24,9 +24,10 @@
 //!   the weight only moves users from stable to canary. Requests without the
 //!   header take the weighted split.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 
 use crate::config::{UpstreamUrl, ValidAffinity, WEIGHT_SCALE_BP};
+use crate::fields::Fields;
 
 /// Where an affinity rule sends a request, if anywhere.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,11 +100,11 @@ impl Affinity {
 
     /// The backend this request is assigned to at `weight_bp`, or None when
     /// the weighted split decides it.
-    pub fn assigned(&self, headers: &HeaderMap, weight_bp: u32) -> Option<Assigned> {
+    pub fn assigned(&self, fields: &dyn Fields, weight_bp: u32) -> Option<Assigned> {
         match self {
             Self::Header(name) => {
-                let value = headers.get(name)?;
-                Some(if bucket(value.as_bytes()) < weight_bp {
+                let value = fields.first(name.as_str())?;
+                Some(if bucket(value) < weight_bp {
                     Assigned::Canary
                 } else {
                     Assigned::Stable
@@ -113,15 +114,16 @@ impl Affinity {
                 if !in_release(c.canary_token.is_some(), weight_bp) {
                     return None;
                 }
-                cookie_values(headers, &c.name).find_map(|v| {
+                let mut assigned = None;
+                cookies(fields, &c.name, &mut |v| {
                     if v == c.stable_token {
-                        Some(Assigned::Stable)
+                        assigned = Some(Assigned::Stable);
                     } else if c.canary_token.as_deref() == Some(v) {
-                        Some(Assigned::Canary)
-                    } else {
-                        None
+                        assigned = Some(Assigned::Canary);
                     }
-                })
+                    assigned.is_some()
+                });
+                assigned
             }
         }
     }
@@ -131,7 +133,7 @@ impl Affinity {
     /// a release, or the deletion of a cookie sent outside one.
     pub fn response_cookie(
         &self,
-        request: &HeaderMap,
+        request: &dyn Fields,
         placed: Option<bool>,
         weight_bp: u32,
         secure: bool,
@@ -142,24 +144,27 @@ impl Affinity {
         if in_release(c.canary_token.is_some(), weight_bp) {
             placed.map(|canary| &c.set[usize::from(canary)][usize::from(secure)])
         } else {
-            cookie_values(request, &c.name)
-                .next()
-                .is_some()
-                .then(|| &c.clear[usize::from(secure)])
+            cookies(request, &c.name, &mut |_| true).then(|| &c.clear[usize::from(secure)])
         }
     }
 }
 
-/// The values of every cookie called `name` in the request.
-pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().trim_matches('"'))
+/// Calls `each` with the value of every cookie called `name` in the
+/// request's `cookie` fields, until it returns true; whether one did.
+pub fn cookies<'s>(
+    fields: &'s dyn Fields,
+    name: &str,
+    each: &mut dyn FnMut(&'s str) -> bool,
+) -> bool {
+    fields.values("cookie", &mut |value| {
+        let Ok(text) = std::str::from_utf8(value) else {
+            return false;
+        };
+        text.split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(k, _)| k.trim() == name)
+            .any(|(_, v)| each(v.trim().trim_matches('"')))
+    })
 }
 
 /// `role.<8 hex digits of the backend address's hash>`.
@@ -193,6 +198,7 @@ pub fn bucket(value: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[test]
     fn buckets_are_fixed_values_of_the_published_hash() {

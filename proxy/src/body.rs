@@ -1,212 +1,492 @@
-//! The response body the proxy streams back, which records the request's
-//! metrics exactly once: when the body ends, fails, or is dropped by a client
-//! that went away; and [`InFlight`], which records a client that went away
-//! before there was a response at all.
+//! The request body on its way upstream ([`UpstreamBody`]), whoever reads
+//! it from the client: the own HTTP/1.1 connection ([`ClientBody`]) or
+//! hyper's HTTP/2 server (its `Incoming`). It tells the client's faults
+//! apart from everything else, so a client's fault is never a backend's:
+//!
+//! - A body that breaks on the client's side (a malformed chunk, a
+//!   connection or stream that ends before the body does) records which
+//!   fault it was ([`Progress::client_fault`]); the request path answers
+//!   400 and counts it in `sluice_client_errors_total` only.
+//! - A body that grows past `limits.max_request_body` ends in
+//!   [`BodyTooLarge`] ([`Progress::exceeded`]): 413.
+//! - [`Progress`] says when the whole body has gone upstream (the request
+//!   timeout starts then) and who holds the rest up ([`Progress::stall`]):
+//!   the client, when the proxy has asked it for more and waits (408 past
+//!   `timeouts.idle`), or the backend, when it has stopped taking what the
+//!   proxy has (504, on the backend). A pause the backend causes (it reads
+//!   slowly, so the proxy reads no more from the client) is never the
+//!   client's.
+//! - The body can be read ahead of the upstream exchange
+//!   ([`UpstreamBody::read_ahead`]), so one that breaks early never
+//!   reaches a backend; what was read goes first, and a body read ahead
+//!   whole can be sent again (a retry or a failover to another backend).
+//! - A [`Tee`] copies the body as it streams, for a mirrored request.
+//! - The client's trailers go on filtered as its head is
+//!   (`crate::fields::trailer_passes`).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::metrics::{BackendMetrics, Classification, Series, UpstreamErrorKind};
+use crate::BoxError;
+use crate::metrics::ClientErrorKind;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The status the proxy counts for a client that left while it was still
-/// waiting for the upstream's response head (nginx's convention).
-pub const CLIENT_CLOSED_REQUEST: u16 = 499;
-
-/// A request on its way to the upstream. Dropped before [`InFlight::answered`]
-/// (the client went away and hyper dropped the request's future), it
-/// records `code="499",classification="failure"` with the time so far: a
-/// canary that hangs until its callers give up is counted, not invisible.
-/// It is not an upstream error (`sluice_upstream_errors_total` is untouched).
-pub struct InFlight {
-    series: Option<Arc<Series>>,
-    start: Instant,
+/// How a client broke its request body.
+#[derive(Debug)]
+pub struct ClientFault {
+    pub kind: ClientErrorKind,
+    /// What was wrong, for the answer and the log.
+    pub detail: String,
 }
 
-impl InFlight {
-    pub fn new(series: Arc<Series>, start: Instant) -> Self {
-        Self {
-            series: Some(series),
-            start,
-        }
-    }
-
-    /// The request has an answer (from the upstream or the proxy): the
-    /// [`Recorder`] that counts it when its body ends, on the backend's
-    /// `errors`, giving back the route's `permit` then. Its code is set
-    /// once the answer's status is known.
-    pub fn answered(mut self, errors: BackendMetrics, permit: crate::routing::Permit) -> Recorder {
-        Recorder {
-            series: self.series.take().expect("answered once"),
-            errors,
-            code: 0,
-            start: self.start,
-            grpc: None,
-            permit: Some(permit),
-        }
+impl std::fmt::Display for ClientFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(series) = self.series.take() {
-            series.record(
-                CLIENT_CLOSED_REQUEST,
-                Classification::Failure,
-                self.start.elapsed(),
-            );
-        }
-    }
+impl std::error::Error for ClientFault {}
+
+/// A request body read from a client connection by the proxy's own code
+/// (the HTTP/1.1 downstream); every error it gives is the client's fault.
+pub trait ClientBody: Send {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>>;
+    fn is_end_stream(&self) -> bool;
+    fn size_hint(&self) -> SizeHint;
 }
 
-/// How a gRPC response is judged: the route's failure codes and the
-/// `grpc-status` seen so far (head of a trailers-only response, or trailers).
-#[derive(Clone, Copy, Debug)]
-pub struct GrpcJudge {
-    pub failure_codes: crate::grpc::Codes,
-    pub status: Option<u32>,
+/// Where the body comes from.
+enum Source<'a> {
+    /// The own HTTP/1.1 downstream's reader.
+    Client(&'a mut (dyn ClientBody + 'a)),
+    /// hyper's HTTP/2 server.
+    Hyper(hyper::body::Incoming),
+    /// Held whole (a mirrored copy's), or none.
+    Full(Option<Bytes>),
 }
 
-/// A request body on its way upstream, watched: when it has been sent
-/// (the request timeout starts then), when its last chunk came (a client
-/// that pauses too long gets 408), and whether it grew past
-/// `limits.max_request_body` (it then ends in an error and the request
-/// path answers 413).
-pub struct UpstreamBody {
-    /// None: no body (a retried request without one), or `full`.
-    inner: Option<hyper::body::Incoming>,
-    /// A body held whole (a mirrored copy's).
-    full: Option<Bytes>,
-    /// Copies the body for a mirrored request.
-    tee: Option<Box<crate::mirror::Tee>>,
+/// A request body on its way upstream, watched (see the module docs).
+pub struct UpstreamBody<'a> {
+    source: Source<'a>,
+    /// Frames read ahead of the upstream exchange, handed on first.
+    ahead: VecDeque<Frame<Bytes>>,
+    /// Whether `ahead` is the whole body (read ahead to its end).
+    whole: bool,
+    /// Frames handed on from `ahead` so far (kept when the body was read
+    /// whole, so it can be sent again).
+    sent_ahead: usize,
+    /// The source has ended.
+    ended: bool,
+    /// A frame was handed on that cannot be handed on again (anything
+    /// not read ahead whole).
+    touched: bool,
+    tee: Option<Box<Tee>>,
     /// Bytes still allowed; None: no cap.
     left: Option<u64>,
+    /// Trailer names with `_` go on (the route keeps such names).
+    keep_underscores: bool,
     /// None for a request with no body (it is sent from the start).
     progress: Option<Arc<BodyProgress>>,
 }
 
+/// Who holds a request body up (see [`Progress::stall`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stall {
+    Client,
+    Backend,
+}
+
+/// Not yet (a time in [`BodyProgress`]).
+const NEVER: u64 = u64::MAX;
+
 /// The request path's view of an [`UpstreamBody`]'s progress; a request
 /// without a body costs no allocation and counts as sent from the start.
+#[derive(Clone, Default)]
 pub struct Progress(Option<Arc<BodyProgress>>);
+
+/// What the request path knows of an [`UpstreamBody`] on its way.
+pub struct BodyProgress {
+    start: Instant,
+    /// Since when (ms from `start`) the proxy has waited on the client for
+    /// more of the body; [`NEVER`] while it is not waiting.
+    waiting_ms: AtomicU64,
+    /// When the upstream side last asked for more of the body; [`NEVER`]
+    /// before it first did.
+    asked_ms: AtomicU64,
+    done: AtomicBool,
+    exceeded: AtomicBool,
+    /// 0, or 1 + the [`ClientErrorKind`] the client's body broke with.
+    client_fault: AtomicU8,
+    sent: tokio::sync::Notify,
+}
 
 impl Progress {
     /// Resolves once the whole body has gone upstream.
     pub async fn sent(&self) {
         if let Some(p) = &self.0 {
-            p.sent().await;
+            loop {
+                let notified = p.sent.notified();
+                if p.done.load(Ordering::SeqCst) {
+                    return;
+                }
+                notified.await;
+            }
         }
     }
 
     pub fn is_sent(&self) -> bool {
-        self.0.as_ref().is_none_or(|p| p.is_sent())
+        self.0
+            .as_ref()
+            .is_none_or(|p| p.done.load(Ordering::SeqCst))
     }
 
-    /// Time since the last chunk (or the start); zero once sent.
-    pub fn idle_for(&self) -> std::time::Duration {
-        match &self.0 {
-            Some(p) if !p.is_sent() => p.idle_for(),
-            _ => std::time::Duration::ZERO,
+    /// Who has held the body up for `limit` or more, if anyone (never once
+    /// it has all gone): the client, when the proxy has waited on it that
+    /// long; else the backend, when it has taken nothing of the body for
+    /// that long since it first asked for it.
+    pub fn stall(&self, limit: Duration) -> Option<Stall> {
+        let p = self.0.as_ref()?;
+        if p.done.load(Ordering::SeqCst) {
+            return None;
         }
+        let now = p.start.elapsed().as_millis() as u64;
+        let limit = limit.as_millis() as u64;
+        let waiting = p.waiting_ms.load(Ordering::SeqCst);
+        if waiting != NEVER {
+            return (now.saturating_sub(waiting) >= limit).then_some(Stall::Client);
+        }
+        let asked = p.asked_ms.load(Ordering::SeqCst);
+        (asked != NEVER && now.saturating_sub(asked) >= limit).then_some(Stall::Backend)
     }
 
+    /// The body grew past `limits.max_request_body`.
     pub fn exceeded(&self) -> bool {
-        self.0.as_ref().is_some_and(|p| p.exceeded())
+        self.0
+            .as_ref()
+            .is_some_and(|p| p.exceeded.load(Ordering::SeqCst))
     }
-}
 
-/// What the request path knows of an [`UpstreamBody`] on its way.
-pub struct BodyProgress {
-    start: Instant,
-    last_ms: std::sync::atomic::AtomicU64,
-    done: std::sync::atomic::AtomicBool,
-    exceeded: std::sync::atomic::AtomicBool,
-    sent: tokio::sync::Notify,
+    /// How the body broke on the client's side, if it did.
+    pub fn client_fault(&self) -> Option<ClientErrorKind> {
+        let code = self.0.as_ref()?.client_fault.load(Ordering::SeqCst);
+        ClientErrorKind::ALL
+            .into_iter()
+            .find(|kind| *kind as u8 + 1 == code)
+    }
+
+    /// Whether there is a body at all.
+    pub fn has_body(&self) -> bool {
+        self.0.is_some()
+    }
 }
 
 impl BodyProgress {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            waiting_ms: AtomicU64::new(NEVER),
+            asked_ms: AtomicU64::new(NEVER),
+            done: AtomicBool::new(false),
+            exceeded: AtomicBool::new(false),
+            client_fault: AtomicU8::new(0),
+            sent: tokio::sync::Notify::new(),
+        })
+    }
+
     fn mark_done(&self) {
-        if !self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if !self.done.swap(true, Ordering::SeqCst) {
             self.sent.notify_waiters();
         }
     }
 
-    /// Resolves once the whole body has gone upstream.
-    pub async fn sent(&self) {
-        loop {
-            let notified = self.sent.notified();
-            if self.is_sent() {
-                return;
-            }
-            notified.await;
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// The proxy asked the client for more and has to wait.
+    fn wait_on_client(&self) {
+        if self.waiting_ms.load(Ordering::SeqCst) == NEVER {
+            self.waiting_ms.store(self.now_ms(), Ordering::SeqCst);
         }
     }
 
-    pub fn is_sent(&self) -> bool {
-        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    /// The client gave what the proxy asked for (or ended).
+    fn client_answered(&self) {
+        self.waiting_ms.store(NEVER, Ordering::SeqCst);
     }
 
-    /// Time since the last chunk (or the start).
-    pub fn idle_for(&self) -> std::time::Duration {
-        let last = self.last_ms.load(std::sync::atomic::Ordering::SeqCst);
-        let now = self.start.elapsed().as_millis() as u64;
-        std::time::Duration::from_millis(now.saturating_sub(last))
+    /// The upstream side asked for more of the body.
+    fn note_asked(&self) {
+        self.asked_ms.store(self.now_ms(), Ordering::SeqCst);
     }
 
-    pub fn exceeded(&self) -> bool {
-        self.exceeded.load(std::sync::atomic::Ordering::SeqCst)
+    fn fault(&self, kind: ClientErrorKind) {
+        self.client_fault.store(kind as u8 + 1, Ordering::SeqCst);
     }
 }
 
-impl UpstreamBody {
-    pub fn new(inner: hyper::body::Incoming, cap: Option<u64>) -> (Self, Progress) {
-        let progress = (!inner.is_end_stream()).then(|| {
-            Arc::new(BodyProgress {
-                start: Instant::now(),
-                last_ms: std::sync::atomic::AtomicU64::new(0),
-                done: std::sync::atomic::AtomicBool::new(false),
-                exceeded: std::sync::atomic::AtomicBool::new(false),
-                sent: tokio::sync::Notify::new(),
-            })
-        });
-        (
-            Self {
-                inner: Some(inner),
-                full: None,
-                tee: None,
-                left: cap,
-                progress: progress.clone(),
-            },
-            Progress(progress),
-        )
+impl<'a> UpstreamBody<'a> {
+    fn with_source(source: Source<'a>, has_body: bool, cap: Option<u64>) -> (Self, Progress) {
+        let progress = has_body.then(BodyProgress::new);
+        let body = Self {
+            source,
+            ahead: VecDeque::new(),
+            whole: false,
+            sent_ahead: 0,
+            ended: !has_body,
+            touched: false,
+            tee: None,
+            left: cap,
+            keep_underscores: false,
+            progress: progress.clone(),
+        };
+        (body, Progress(progress))
     }
 
-    /// A request body with nothing in it.
-    pub fn empty() -> Self {
-        Self::full(None)
+    /// The body the own HTTP/1.1 downstream reads; `cap` is
+    /// `limits.max_request_body`.
+    pub fn client(reader: &'a mut (dyn ClientBody + 'a), cap: Option<u64>) -> (Self, Progress) {
+        let has_body = !reader.is_end_stream();
+        Self::with_source(Source::Client(reader), has_body, cap)
+    }
+
+    /// An HTTP/2 client's body, as hyper's server reads it.
+    pub fn hyper(incoming: hyper::body::Incoming, cap: Option<u64>) -> (Self, Progress) {
+        let has_body = !incoming.is_end_stream();
+        Self::with_source(Source::Hyper(incoming), has_body, cap)
     }
 
     /// A body held whole (None or empty: no body).
     pub fn full(bytes: Option<Bytes>) -> Self {
+        let bytes = bytes.filter(|b| !b.is_empty());
         Self {
-            inner: None,
-            full: bytes.filter(|b| !b.is_empty()),
+            ended: bytes.is_none(),
+            source: Source::Full(bytes),
+            ahead: VecDeque::new(),
+            whole: false,
+            sent_ahead: 0,
+            touched: false,
             tee: None,
             left: None,
+            keep_underscores: false,
             progress: None,
         }
     }
 
-    /// Copies the body for a mirrored request as it streams (the body must
-    /// not have ended yet).
-    pub fn tee(&mut self, tee: crate::mirror::Tee) {
+    /// A request with nothing in it.
+    pub fn empty() -> Self {
+        Self::full(None)
+    }
+
+    /// Passes trailer names with `_` on (a route that keeps such names).
+    pub fn keep_underscore_names(&mut self) {
+        self.keep_underscores = true;
+    }
+
+    /// Copies the body for a mirrored request as it streams (the body
+    /// must not have been handed on yet).
+    pub fn tee(&mut self, mut tee: Tee) {
+        for frame in &self.ahead {
+            tee.frame(frame);
+        }
+        if self.whole || self.ended {
+            tee.end();
+        }
         self.tee = Some(Box::new(tee));
     }
+
+    /// Reads the body ahead of the upstream exchange until it ends or
+    /// `limit` bytes have come (see the module docs). Err: the body failed
+    /// (too large, or broken by the client: see [`Progress`]).
+    pub async fn read_ahead(&mut self, limit: usize) -> Result<(), BoxError> {
+        let mut gathered = 0;
+        while gathered < limit && !self.ended {
+            match std::future::poll_fn(|cx| self.poll_source(cx)).await {
+                Some(Ok(frame)) => {
+                    gathered += frame.data_ref().map_or(0, Bytes::len);
+                    self.ahead.push_back(frame);
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
+            }
+        }
+        self.whole = self.ended;
+        Ok(())
+    }
+
+    /// Whether the body, as far as it was handed on, can be sent again:
+    /// nothing of it was taken beyond what was read ahead whole (or there
+    /// is none). [`UpstreamBody::rewind`] makes it so.
+    pub fn can_resend(&self) -> bool {
+        !self.touched
+    }
+
+    /// Starts the body over (see [`UpstreamBody::can_resend`]).
+    pub fn rewind(&mut self) {
+        self.sent_ahead = 0;
+    }
+
+    /// Whether the client's body has been read to its end.
+    pub fn is_complete(&self) -> bool {
+        self.ended
+    }
+
+    /// The body with the client reader's lifetime gone, when it does not
+    /// read from one (an HTTP/2 client's, a whole one); else itself back.
+    pub fn into_static(self) -> Result<UpstreamBody<'static>, Self> {
+        let source = match self.source {
+            Source::Client(reader) => {
+                return Err(Self {
+                    source: Source::Client(reader),
+                    ..self
+                });
+            }
+            Source::Hyper(incoming) => Source::Hyper(incoming),
+            Source::Full(bytes) => Source::Full(bytes),
+        };
+        Ok(UpstreamBody {
+            source,
+            ahead: self.ahead,
+            whole: self.whole,
+            sent_ahead: self.sent_ahead,
+            ended: self.ended,
+            touched: self.touched,
+            tee: self.tee,
+            left: self.left,
+            keep_underscores: self.keep_underscores,
+            progress: self.progress,
+        })
+    }
+
+    /// The next frame of the source, watched (see the module docs).
+    fn poll_source(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let polled: Poll<Option<Result<Frame<Bytes>, ClientFault>>> = match &mut self.source {
+            Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Client(reader) => reader.poll_frame(cx),
+            Source::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map(|polled| {
+                polled.map(|frame| {
+                    frame.map_err(|e| ClientFault {
+                        kind: client_fault_kind(&e),
+                        detail: innermost_cause(&e),
+                    })
+                })
+            }),
+        };
+        let Poll::Ready(polled) = polled else {
+            if let Some(p) = &self.progress {
+                p.wait_on_client();
+            }
+            return Poll::Pending;
+        };
+        if let Some(p) = &self.progress {
+            p.client_answered();
+        }
+        let source_done = match &self.source {
+            Source::Full(bytes) => bytes.is_none(),
+            Source::Client(reader) => reader.is_end_stream(),
+            Source::Hyper(incoming) => incoming.is_end_stream(),
+        };
+        match polled {
+            Some(Ok(frame)) => {
+                let frame = match frame.into_trailers() {
+                    Ok(trailers) => Frame::trailers(self.filter(trailers)),
+                    Err(frame) => frame,
+                };
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(left) = &mut self.left {
+                    if len > *left {
+                        if let Some(p) = &self.progress {
+                            p.exceeded.store(true, Ordering::SeqCst);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *left -= len;
+                }
+                if let Some(tee) = &mut self.tee {
+                    tee.frame(&frame);
+                }
+                if source_done || frame.is_trailers() {
+                    self.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(fault)) => {
+                if let Some(p) = &self.progress {
+                    p.fault(fault.kind);
+                }
+                Poll::Ready(Some(Err(Box::new(fault))))
+            }
+            None => {
+                self.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    /// The client's trailers that go on (see the module docs).
+    fn filter(&self, trailers: http::HeaderMap) -> http::HeaderMap {
+        let mut kept = http::HeaderMap::with_capacity(trailers.len());
+        for (name, value) in &trailers {
+            if crate::fields::trailer_passes(name.as_str().as_bytes(), self.keep_underscores) {
+                kept.append(name, value.clone());
+            }
+        }
+        kept
+    }
+
+    fn finish(&mut self) {
+        self.ended = true;
+        if let Some(tee) = &mut self.tee {
+            tee.end();
+        }
+        if let Some(p) = &self.progress {
+            p.mark_done();
+        }
+    }
+}
+
+/// The message of the error at the end of `error`'s source chain (what
+/// went wrong, without the layers it passed through).
+pub fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// How an HTTP/2 client's request body failed, from hyper's error: the
+/// stream ended early (reset by the client, lost with its connection), or
+/// what it sent is not a valid body (a length that disagrees with its
+/// `content-length`, for which the proxy resets the stream).
+fn client_fault_kind(error: &hyper::Error) -> ClientErrorKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return if h2.reason() == Some(h2::Reason::PROTOCOL_ERROR) && !h2.is_remote() {
+                ClientErrorKind::MalformedBody
+            } else {
+                ClientErrorKind::IncompleteBody
+            };
+        }
+        source = e.source();
+    }
+    ClientErrorKind::IncompleteBody
 }
 
 /// The error of a body that grew past its cap.
@@ -214,7 +494,7 @@ impl UpstreamBody {
 #[error("the request body is larger than limits.max_request_body")]
 pub struct BodyTooLarge;
 
-impl Body for UpstreamBody {
+impl Body for UpstreamBody<'_> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -223,223 +503,221 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(this.full.take().map(|b| Ok(Frame::data(b))));
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(tee) = &mut this.tee {
-                    tee.frame(&frame);
-                    if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) {
-                        tee.end();
-                    }
-                }
-                let Some(p) = &this.progress else {
-                    return Poll::Ready(Some(Ok(frame)));
-                };
-                p.last_ms.store(
-                    p.start.elapsed().as_millis() as u64,
-                    std::sync::atomic::Ordering::SeqCst,
-                );
-                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                if let Some(left) = &mut this.left {
-                    if len > *left {
-                        p.exceeded.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                    }
-                    *left -= len;
-                }
-                if this.inner.as_ref().is_none_or(|i| i.is_end_stream()) {
-                    p.mark_done();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(None) => {
-                if let Some(p) = &this.progress {
-                    p.mark_done();
-                }
-                if let Some(tee) = &mut this.tee {
-                    tee.end();
-                }
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Pending => Poll::Pending,
+        if let Some(p) = &this.progress {
+            p.note_asked();
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Some(i) => i.is_end_stream(),
-            None => self.full.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match &self.inner {
-            Some(i) => i.size_hint(),
-            None => {
-                http_body::SizeHint::with_exact(self.full.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
-
-/// What to record when the response is over.
-pub struct Recorder {
-    pub series: Arc<Series>,
-    pub errors: BackendMetrics,
-    pub code: u16,
-    pub start: Instant,
-    /// Set for gRPC responses.
-    pub grpc: Option<GrpcJudge>,
-    /// The route's in-flight place, given back when the response ends.
-    pub permit: Option<crate::routing::Permit>,
-}
-
-/// How a response body ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
-    /// The last frame was sent.
-    Complete,
-    /// The upstream reset or closed before the end.
-    UpstreamFailed,
-    /// The client went away (the body was dropped unfinished).
-    ClientLeft,
-}
-
-impl Recorder {
-    fn finish(self, end: End) {
-        let failed = self.code >= 500
-            || match end {
-                End::UpstreamFailed => true,
-                // The upstream had answered; the client chose to leave.
-                End::ClientLeft => false,
-                // A gRPC stream that ends without a status is UNKNOWN to clients.
-                End::Complete => self.grpc.is_some_and(|g| {
-                    g.failure_codes
-                        .contains(g.status.unwrap_or(crate::grpc::UNKNOWN))
-                }),
+        if this.sent_ahead < this.ahead.len() {
+            let frame = if this.whole {
+                this.sent_ahead += 1;
+                clone_frame(&this.ahead[this.sent_ahead - 1])
+            } else {
+                this.touched = true;
+                this.ahead.pop_front().expect("checked")
             };
-        let class = if failed {
-            Classification::Failure
-        } else {
-            Classification::Success
-        };
-        self.series.record(self.code, class, self.start.elapsed());
-    }
-}
-
-pub struct MeteredBody {
-    inner: Inner,
-    recorder: Option<Recorder>,
-}
-
-/// The bodies the proxy answers with (an enum, not a boxed trait object:
-/// no allocation per response).
-enum Inner {
-    Upstream(crate::upstream::Pooled),
-    Text(http_body_util::Full<Bytes>),
-}
-
-impl Inner {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inner::Upstream(b) => b.is_end_stream(),
-            Inner::Text(b) => b.is_end_stream(),
+            return Poll::Ready(Some(Ok(frame)));
         }
+        if this.whole {
+            return Poll::Ready(None);
+        }
+        this.touched = true;
+        this.poll_source(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.whole {
+            return self.sent_ahead >= self.ahead.len();
+        }
+        self.ahead.is_empty() && self.ended
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Inner::Upstream(b) => b.size_hint(),
-            Inner::Text(b) => b.size_hint(),
+        let queued: u64 = self
+            .ahead
+            .iter()
+            .skip(if self.whole { self.sent_ahead } else { 0 })
+            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        if self.whole || self.ended {
+            return SizeHint::with_exact(queued);
         }
-    }
-
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Inner::Text(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        let rest = match &self.source {
+            Source::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Source::Client(reader) => reader.size_hint(),
+            Source::Hyper(incoming) => incoming.size_hint(),
+        };
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + queued);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + queued);
         }
+        hint
     }
 }
 
-impl MeteredBody {
-    /// An upstream's response body.
-    pub fn new(body: crate::upstream::Pooled, recorder: Option<Recorder>) -> Self {
-        Self::from_inner(Inner::Upstream(body), recorder)
+/// A copy of a frame (data shares its bytes).
+fn clone_frame(frame: &Frame<Bytes>) -> Frame<Bytes> {
+    match frame.data_ref() {
+        Some(data) => Frame::data(data.clone()),
+        None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
     }
+}
 
-    fn from_inner(inner: Inner, recorder: Option<Recorder>) -> Self {
-        let mut this = Self { inner, recorder };
-        // An empty body may never be polled; record now so the count is
-        // visible as soon as the client has the response.
-        if this.inner.is_end_stream() {
-            this.finish(End::Complete);
-        }
-        this
-    }
+/// Copies a request body as it streams (for a mirrored request), up to a
+/// limit; the copy goes to its receiver when the body ends.
+pub struct Tee {
+    buf: BytesMut,
+    limit: u64,
+    over: bool,
+    done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+}
 
-    /// A short text body, e.g. for errors the proxy answers itself.
-    pub fn text(text: impl Into<String>, recorder: Option<Recorder>) -> Self {
-        Self::from_inner(
-            Inner::Text(http_body_util::Full::new(Bytes::from(text.into()))),
-            recorder,
+/// The body of a copy: none, or the one a [`Tee`] will hand over (None
+/// in it: the body grew past the limit).
+pub enum CopyBody {
+    Empty,
+    Pending(tokio::sync::oneshot::Receiver<Option<Bytes>>),
+}
+
+impl Tee {
+    pub fn new(limit: u64) -> (Self, CopyBody) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            Self {
+                buf: BytesMut::new(),
+                limit,
+                over: false,
+                done: Some(tx),
+            },
+            CopyBody::Pending(rx),
         )
     }
 
-    fn finish(&mut self, end: End) {
-        if let Some(r) = self.recorder.take() {
-            r.finish(end);
+    fn frame(&mut self, frame: &Frame<Bytes>) {
+        if self.over {
+            return;
+        }
+        if let Some(data) = frame.data_ref() {
+            if (self.buf.len() + data.len()) as u64 > self.limit {
+                self.over = true;
+                self.buf = BytesMut::new();
+            } else {
+                self.buf.extend_from_slice(data);
+            }
+        }
+    }
+
+    /// The body ended: the copy may go (None: it grew past the limit).
+    fn end(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let body = (!self.over).then(|| std::mem::take(&mut self.buf).freeze());
+            let _ = tx.send(body);
         }
     }
 }
 
-impl Body for MeteredBody {
-    type Data = Bytes;
-    type Error = BoxError;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = self.inner.poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.finish(End::Complete),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(r) = &self.recorder {
-                    r.errors.record_upstream_error(UpstreamErrorKind::Reset);
-                }
-                self.finish(End::UpstreamFailed);
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(judge) = self.recorder.as_mut().and_then(|r| r.grpc.as_mut())
-                    && let Some(status) = crate::grpc::status(trailers)
-                {
-                    judge.status = Some(status);
-                }
-                if self.inner.is_end_stream() {
-                    self.finish(End::Complete);
-                }
-            }
-            Poll::Pending => {}
+    /// A client body of fixed frames, then an optional fault.
+    struct Frames(VecDeque<Result<Bytes, ClientErrorKind>>);
+
+    impl ClientBody for Frames {
+        fn poll_frame(
+            &mut self,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>> {
+            Poll::Ready(self.0.pop_front().map(|f| match f {
+                Ok(data) => Ok(Frame::data(data)),
+                Err(kind) => Err(ClientFault {
+                    kind,
+                    detail: "broken".into(),
+                }),
+            }))
         }
-        polled
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::default()
+        }
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    async fn collect(body: &mut UpstreamBody<'_>) -> Result<Vec<u8>, BoxError> {
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+        {
+            if let Some(d) = frame?.data_ref() {
+                out.extend_from_slice(d);
+            }
+        }
+        Ok(out)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    #[tokio::test]
+    async fn a_body_read_ahead_whole_can_be_sent_twice() {
+        let mut frames = Frames(VecDeque::from([
+            Ok(Bytes::from("ab")),
+            Ok(Bytes::from("cd")),
+        ]));
+        let (mut body, progress) = UpstreamBody::client(&mut frames, None);
+        body.read_ahead(1024).await.unwrap();
+        assert!(progress.is_sent() && body.can_resend());
+        assert_eq!(collect(&mut body).await.unwrap(), b"abcd");
+        body.rewind();
+        assert_eq!(collect(&mut body).await.unwrap(), b"abcd");
     }
-}
 
-impl Drop for MeteredBody {
-    fn drop(&mut self) {
-        self.finish(End::ClientLeft);
+    #[tokio::test]
+    async fn a_body_read_ahead_in_part_cannot_be_sent_again_once_streamed() {
+        let mut frames = Frames(VecDeque::from([
+            Ok(Bytes::from("ab")),
+            Ok(Bytes::from("cd")),
+        ]));
+        let (mut body, progress) = UpstreamBody::client(&mut frames, None);
+        body.read_ahead(1).await.unwrap();
+        assert!(!progress.is_sent() && body.can_resend());
+        assert_eq!(collect(&mut body).await.unwrap(), b"abcd");
+        assert!(!body.can_resend() && progress.is_sent());
+    }
+
+    #[tokio::test]
+    async fn client_faults_and_caps_are_told_apart() {
+        let mut frames = Frames(VecDeque::from([
+            Ok(Bytes::from("ab")),
+            Err(ClientErrorKind::MalformedBody),
+        ]));
+        let (mut body, progress) = UpstreamBody::client(&mut frames, None);
+        assert!(collect(&mut body).await.is_err());
+        assert_eq!(
+            progress.client_fault(),
+            Some(ClientErrorKind::MalformedBody)
+        );
+        assert!(!progress.exceeded());
+        let mut frames = Frames(VecDeque::from([Ok(Bytes::from("abc"))]));
+        let (mut body, progress) = UpstreamBody::client(&mut frames, Some(2));
+        assert!(collect(&mut body).await.is_err());
+        assert!(progress.exceeded() && progress.client_fault().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tee_copies_what_was_read_ahead_and_the_rest() {
+        let mut frames = Frames(VecDeque::from([
+            Ok(Bytes::from("ab")),
+            Ok(Bytes::from("cd")),
+        ]));
+        let (mut body, _) = UpstreamBody::client(&mut frames, None);
+        body.read_ahead(1).await.unwrap();
+        let (tee, copy) = Tee::new(100);
+        body.tee(tee);
+        collect(&mut body).await.unwrap();
+        let CopyBody::Pending(rx) = copy else {
+            panic!("a copy is pending")
+        };
+        assert_eq!(rx.await.unwrap().unwrap(), Bytes::from("abcd"));
     }
 }

@@ -1,26 +1,26 @@
 //! Connection supervision: every client connection, in every protocol and
-//! over TLS, is bounded in time.
+//! over TLS, is bounded in time, and counted.
 //!
 //! - A connection that has not produced one complete request head within
 //!   `limits.header_read_timeout` is closed. This covers a client that
-//!   connects and sends nothing (before hyper even knows HTTP/1 from
+//!   connects and sends nothing (before the proxy even knows HTTP/1 from
 //!   HTTP/2), a partial HTTP/2 preface, and silence after a TLS handshake.
-//!   Later request heads on an HTTP/1 connection are bounded by hyper's
-//!   own header timer.
+//!   A later HTTP/1.1 request head must be complete within the same time
+//!   of its first byte (`crate::downstream::h1`).
 //! - A connection with no request in flight for `limits.idle_timeout` is
 //!   shut down gracefully: an idle HTTP/1 keep-alive connection is closed,
 //!   an HTTP/2 connection gets GOAWAY. Keep-alive pings do not count as
-//!   activity; requests (until their response body ends) do.
-//!   If the client does not complete the graceful close (an HTTP/2 client
-//!   that never answers the GOAWAY's PING), the connection is closed after
+//!   activity; requests (until their response body ends) do. If the
+//!   client does not complete the graceful close (an HTTP/2 client that
+//!   never answers the GOAWAY's PING), the connection is closed after
 //!   another idle timeout.
+//! - At most `limits.max_connections` client connections are open in the
+//!   whole process ([`Capacity`]); more are closed at once and counted.
 //! - A drain shuts every connection down gracefully and waits, up to the
 //!   drain timeout, for them to finish. Upgraded connections (WebSocket
-//!   and other tunnels) are tracked apart, in [`ProxyState::tunnels`]:
-//!   a drain waits for them too, within the same timeout, and cuts the
-//!   ones still open when it runs out.
-//!
-//! [`ProxyState::tunnels`]: crate::server::ProxyState::tunnels
+//!   and other tunnels) are tracked apart, in `ProxyState::tunnels`: a
+//!   drain waits for them too, within the same timeout, and cuts the ones
+//!   still open when it runs out.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
 /// How often to check a timeout of `timeout`: a quarter of it, between
@@ -172,7 +174,7 @@ impl Drop for Entered {
     }
 }
 
-/// The requests of one connection, as the supervisor sees them.
+/// The requests of one HTTP/2 connection, as the supervisor sees them.
 pub struct Activity {
     start: Instant,
     requests: AtomicU64,
@@ -226,6 +228,66 @@ impl Drop for RequestGuard {
     }
 }
 
+/// A client connection with bytes already read from it (the first bytes
+/// the proxy looked at to tell HTTP/2 from HTTP/1.1) put back in front.
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(inner: T, prefix: Bytes) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// A response body that keeps its request in flight until it ends.
 pub struct Tracked<B> {
     inner: B,
@@ -258,6 +320,31 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A sleep far off, for [`until`]: the first deadline moves it.
+pub fn far_off() -> tokio::time::Sleep {
+    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Resolves once `at` has passed, on `timer`: a sleep a connection's
+/// requests use in turn, one at a time, for their deadlines (from
+/// [`far_off`]). It is moved only when it fires before the deadline of the
+/// request waiting on it, and deadlines of consecutive requests only
+/// grow, so a request costs a comparison, not a timer of its own (which
+/// tokio inserts into and removes from its wheel each time); the timer
+/// fires about once per timeout, whatever the request rate.
+pub async fn until(mut timer: Pin<&mut tokio::time::Sleep>, at: tokio::time::Instant) {
+    loop {
+        if timer.deadline() > at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().await;
+        if tokio::time::Instant::now() >= at {
+            return;
+        }
+        timer.as_mut().reset(at);
     }
 }
 

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::fields::Fields;
+
 /// The canonical codes, by number.
 pub const NAMES: [&str; 17] = [
     "OK",
@@ -101,17 +103,17 @@ impl Codes {
 }
 
 /// Whether a response is a gRPC one (`content-type: application/grpc...`).
-pub fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+pub fn is_grpc(fields: &dyn Fields) -> bool {
+    fields
+        .first("content-type")
+        .is_some_and(|v| v.starts_with(b"application/grpc"))
 }
 
 /// The `grpc-status` of a header block, if it has one. A value that is not a
 /// number counts as `UNKNOWN`, as clients read it.
-pub fn status(headers: &http::HeaderMap) -> Option<u32> {
-    headers.get("grpc-status").map(|v| {
-        std::str::from_utf8(v.as_bytes())
+pub fn status(fields: &dyn Fields) -> Option<u32> {
+    fields.first("grpc-status").map(|v| {
+        std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(UNKNOWN)

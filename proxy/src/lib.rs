@@ -4,20 +4,55 @@
 //!
 //! The binary `sluice-proxy` is a thin wrapper over [`start`]; the demo and
 //! the end-to-end tests run the same code in-process.
+//!
+//! # Structure
+//!
+//! A request moves through named phases, one way, each a module that only
+//! looks down (at the phases before it and at the modules below them):
+//!
+//! ```text
+//! accept        listener, TLS, HTTP/2 or HTTP/1.1, connection limits    accept, conn
+//!   -> read head   HTTP/1.1: the own codec, in the connection's task      downstream::h1, http1
+//!                  HTTP/2: hyper's server                                  downstream::h2
+//!   -> route       checks, route, A/B rules, affinity, exact split        route (routing, split, affinity)
+//!   -> forward     upstream head, body, timeouts, retries, mirror copy    forward (upstream, mirror, body)
+//!                  HTTP/1.1 backends: the own codec; HTTP/2: hyper        upstream::h1, upstream::h2
+//!   -> answer      the client's answer, streamed back                      answer, downstream::*
+//!   -> record      RED metrics, once, at the end                           record (metrics)
+//! ```
+//!
+//! Both protocols share every phase but the reading of heads and the
+//! writing of answers: a request reaches the route phase as a
+//! [`route::ClientRequest`] whatever carried it, and leaves the forward
+//! phase as a [`forward::Outcome`]. Below the phases: the routing table
+//! ([`routing`], replaced whole by [`store`] on every valid reload, from
+//! [`config`], the file format, and its validation), the rules on fields
+//! ([`fields`]), the HTTP/1.1 codec without I/O ([`http1`]), the request
+//! body on its way upstream ([`body`]), connection supervision ([`conn`]),
+//! TLS ([`tls`]) and the metric families ([`metrics`]). The admin listener
+//! ([`admin`]) and the Kubernetes ConfigMap source ([`kube_source`]) sit
+//! beside the request path.
 
+pub mod accept;
 pub mod admin;
 pub mod affinity;
+pub mod answer;
 pub mod body;
 pub mod config;
 pub mod conn;
-pub mod fast;
+pub mod downstream;
+pub mod fields;
+pub mod file_watch;
+pub mod forward;
 pub mod grpc;
-pub mod h1;
+pub mod http1;
 pub mod kube_source;
 pub mod metrics;
 pub mod mirror;
+pub mod record;
+pub mod reuse;
+pub mod route;
 pub mod routing;
-pub mod server;
 pub mod split;
 pub mod store;
 pub mod tls;
@@ -34,6 +69,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::{Config, ConfigErrors};
+
+/// The error type bodies and exchanges carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use metrics::Metrics;
 pub use store::Store;
 
@@ -100,7 +138,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 struct Worker {
     slot: usize,
     /// One state per listener, in listener order.
-    states: Vec<Arc<server::ProxyState>>,
+    states: Vec<Arc<downstream::ProxyState>>,
     valid: config::ValidConfig,
     tls: Option<Arc<tls::Terminator>>,
     stop: watch::Receiver<bool>,
@@ -144,15 +182,12 @@ fn spawn_worker(
                 let _ = ready_tx.send(bound);
                 let mut tasks = Vec::new();
                 for (i, (listener, state)) in listeners.into_iter().zip(worker.states).enumerate() {
-                    let builder = server::connection_builder(&worker.valid);
                     // TLS terminates on the main listener only.
                     let tls = (i == 0).then(|| worker.tls.clone()).flatten();
-                    tasks.push(tokio::spawn(server::run_listener(
+                    let serving = serving(state, &worker.valid, tls);
+                    tasks.push(tokio::spawn(accept::run_listener(
                         listener,
-                        state,
-                        builder,
-                        tls,
-                        server::conn_limits(&worker.valid),
+                        serving,
                         worker.stop.clone(),
                         worker.drain_timeout,
                     )));
@@ -168,6 +203,20 @@ fn spawn_worker(
     Ok((bound, thread))
 }
 
+/// What a listener's connections are served with.
+fn serving(
+    state: Arc<downstream::ProxyState>,
+    valid: &config::ValidConfig,
+    tls: Option<Arc<tls::Terminator>>,
+) -> accept::Serving {
+    accept::Serving {
+        state,
+        h2: downstream::h2::builder(valid),
+        tls,
+        limits: accept::conn_limits(valid),
+    }
+}
+
 /// A running proxy.
 pub struct ProxyHandle {
     /// The data-plane address actually bound (useful with port 0).
@@ -177,7 +226,7 @@ pub struct ProxyHandle {
     /// The admin address actually bound.
     pub admin_addr: SocketAddr,
     pub store: Arc<Store>,
-    state: Arc<server::ProxyState>,
+    state: Arc<downstream::ProxyState>,
     stop: watch::Sender<bool>,
     /// The admin listener stops only after the data plane has drained.
     admin_stop: watch::Sender<bool>,
@@ -282,7 +331,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
     let capacity = conn::Capacity::new(valid.max_connections, metrics.clone());
     let tunnels = Arc::new(conn::Connections::default());
     let state_for = |listener: usize| {
-        Arc::new(server::ProxyState {
+        Arc::new(downstream::ProxyState {
             store: store.clone(),
             draining: draining.clone(),
             listener,
@@ -295,8 +344,8 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             tunnels: tunnels.clone(),
         })
     };
-    let states: Vec<Arc<server::ProxyState>> = (0..all_addrs.len()).map(state_for).collect();
-    let state = Arc::new(server::ProxyState {
+    let states: Vec<Arc<downstream::ProxyState>> = (0..all_addrs.len()).map(state_for).collect();
+    let state = Arc::new(downstream::ProxyState {
         store: store.clone(),
         draining: draining.clone(),
         listener: 0,
@@ -334,14 +383,10 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             let mut tasks = Vec::new();
             for (i, (listener, state)) in listeners.into_iter().zip(states).enumerate() {
                 bound.push(listener.local_addr().map_err(bind_error)?);
-                let builder = server::connection_builder(&valid);
                 let tls = (i == 0).then(|| terminator.clone()).flatten();
-                tasks.push(tokio::spawn(server::run_listener(
+                tasks.push(tokio::spawn(accept::run_listener(
                     listener,
-                    state,
-                    builder,
-                    tls,
-                    server::conn_limits(&valid),
+                    serving(state, &valid, tls),
                     stop_rx.clone(),
                     options.drain_timeout,
                 )));
@@ -412,7 +457,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
     let admin = tokio::spawn(admin::run_admin(
         admin_listener,
         state.clone(),
-        server::conn_limits(&valid),
+        accept::conn_limits(&valid),
         admin_stop_rx,
     ));
     tracing::info!(%addr, %admin_addr, routes = valid.routes.len(), "sluice-proxy serving");

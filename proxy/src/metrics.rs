@@ -207,6 +207,48 @@ lower_case_label!(UpstreamErrorKind {
     Reset => "reset",
 });
 
+/// How a client failed its own request; the `kind` label of
+/// `sluice_client_errors_total`. A client's fault is never a backend's:
+/// such a request is not counted in `sluice_requests_total` and never
+/// in `sluice_upstream_errors_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ClientErrorKind {
+    /// The request body's framing is broken (a chunk-size line that is
+    /// not a size, chunk data without its CRLF, an HTTP/2 body longer or
+    /// shorter than its `content-length`): answered 400.
+    MalformedBody,
+    /// The client's connection (or stream) ended before its body did:
+    /// answered 400 if it can still read the answer.
+    IncompleteBody,
+    /// The client paused its body longer than `timeouts.idle`: answered 408.
+    BodyTimeout,
+    /// The client went away before anything of its request was written
+    /// to the backend (which is not charged a 499 for it).
+    LeftBeforeSent,
+}
+
+lower_case_label!(ClientErrorKind {
+    MalformedBody => "malformed_body",
+    IncompleteBody => "incomplete_body",
+    BodyTimeout => "body_timeout",
+    LeftBeforeSent => "left_before_sent",
+});
+
+impl ClientErrorKind {
+    pub const ALL: [ClientErrorKind; 4] = [
+        ClientErrorKind::MalformedBody,
+        ClientErrorKind::IncompleteBody,
+        ClientErrorKind::BodyTimeout,
+        ClientErrorKind::LeftBeforeSent,
+    ];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientErrorLabels {
+    pub route: String,
+    pub kind: ClientErrorKind,
+}
+
 /// Why the proxy refused a request itself; the `reason` label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum RejectReason {
@@ -468,6 +510,8 @@ pub struct Metrics {
     rejected: Family<RejectLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     mirror_skipped: Family<MirrorSkipLabels, Counter>,
+    client_errors: Family<ClientErrorLabels, Counter>,
+    failovers: Family<RouteLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
 }
@@ -535,6 +579,18 @@ impl Metrics {
             "Requests picked for mirroring that were not copied to the canary, by reason",
             mirror_skipped.clone(),
         );
+        let client_errors = Family::<ClientErrorLabels, Counter>::default();
+        registry.register(
+            "client_errors",
+            "Requests that failed by their client's fault (a malformed or incomplete body, a body paused too long), by kind; never counted against a backend",
+            client_errors.clone(),
+        );
+        let failovers = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "failovers",
+            "Requests the canary provably never started on (connect refused, closed before the request was written, REFUSED_STREAM) that went to the stable instead; the canary is still charged the failure",
+            failovers.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "connections_rejected",
@@ -567,6 +623,8 @@ impl Metrics {
             rejected,
             retries,
             mirror_skipped,
+            client_errors,
+            failovers,
             connections_rejected,
             open_connections,
         })
@@ -602,14 +660,37 @@ impl Metrics {
             .clone()
     }
 
-    /// A request the proxy refused itself (a limit).
-    pub fn record_rejected(&self, route: &str, reason: RejectReason) {
+    /// The failover counter of `route` (made at once, so it is exposed at 0).
+    pub fn failovers(&self, route: &str) -> Counter {
+        self.failovers
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+            })
+            .clone()
+    }
+
+    /// The client-error counters of `route`, one per kind (made at once,
+    /// so they are exposed at 0).
+    pub fn client_errors(&self, route: &str) -> ClientErrors {
+        ClientErrors(Arc::new(ClientErrorKind::ALL.map(|kind| {
+            self.client_errors
+                .get_or_create(&ClientErrorLabels {
+                    route: route.to_string(),
+                    kind,
+                })
+                .clone()
+        })))
+    }
+
+    /// The counter of requests the proxy refuses itself on `route` for
+    /// `reason` (a limit), resolved once per routing table.
+    pub fn rejected(&self, route: &str, reason: RejectReason) -> Counter {
         self.rejected
             .get_or_create(&RejectLabels {
                 route: route.to_string(),
                 reason,
             })
-            .inc();
+            .clone()
     }
 
     /// A client connection closed at once (limits.max_connections).
@@ -679,6 +760,17 @@ impl Metrics {
     }
 }
 
+/// Pre-resolved `sluice_client_errors_total` handles of one route, one
+/// per [`ClientErrorKind`] (shared: a request with a body holds them).
+#[derive(Clone, Debug)]
+pub struct ClientErrors(Arc<[Counter; 4]>);
+
+impl ClientErrors {
+    pub fn record(&self, kind: ClientErrorKind) {
+        self.0[kind as usize].inc();
+    }
+}
+
 /// Pre-resolved upstream-error handles of one (route, backend) pair.
 #[derive(Clone)]
 pub struct BackendMetrics {
@@ -725,6 +817,8 @@ mod tests {
             .record_upstream_error(UpstreamErrorKind::Connect);
         m.set_canary_weight("web", 33.33);
         m.record_reload(ReloadResult::Success);
+        m.client_errors("web")
+            .record(ClientErrorKind::MalformedBody);
         let text = m.encode();
         for needle in [
             "sluice_requests_total{route=\"web\",backend=\"canary\",code=\"503\",classification=\"failure\",decision=\"weight\"} 1",
@@ -738,6 +832,9 @@ mod tests {
             "sluice_request_duration_seconds_bucket{le=\"0.25\",route=\"web\",backend=\"canary\",decision=\"match\"} 0",
             "sluice_upstream_errors_total{route=\"web\",backend=\"canary\",kind=\"connect\"} 1",
             "sluice_route_canary_weight{route=\"web\"} 33.33",
+            "sluice_client_errors_total{route=\"web\",kind=\"malformed_body\"} 1",
+            "sluice_client_errors_total{route=\"web\",kind=\"incomplete_body\"} 0",
+            "sluice_client_errors_total{route=\"web\",kind=\"body_timeout\"} 0",
             "sluice_config_reloads_total{result=\"success\"} 1",
             "sluice_config_reloads_total{result=\"failure\"} 0",
             "sluice_build_info{version=",

@@ -23,20 +23,21 @@
 //!   can tell them from real requests (and, e.g., skip side effects).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, Request};
-use http_body::Frame;
+use http::{HeaderValue, Method};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{MeteredBody, Recorder, UpstreamBody};
-use crate::config::ValidMirror;
-use crate::metrics::{Classification, Metrics, MirrorSkip, Series, UpstreamErrorKind};
-use crate::routing::Route;
+use crate::body::{CopyBody, UpstreamBody};
+use crate::config::{UpstreamUrl, ValidMirror};
+use crate::metrics::{
+    BackendMetrics, Classification, Metrics, MirrorSkip, Series, UpstreamErrorKind,
+};
+use crate::record::{GrpcJudge, MeteredBody, Recorder};
 use crate::split::SplitState;
+use crate::upstream::{BackendClients, Head, SendFailure};
 
 /// The header every copy carries.
 pub const MIRROR_HEADER: &str = "x-sluice-mirror";
@@ -48,19 +49,41 @@ pub struct Mirror {
     methods: Vec<Method>,
     slots: Arc<Semaphore>,
     bound: usize,
+    target: Arc<Target>,
+}
+
+/// Where a route's copies go and what they are counted in.
+struct Target {
+    canary: BackendClients,
+    /// The canary's upstream errors.
+    errors: BackendMetrics,
+    /// The canary's `host:port` (an HTTP/2 copy's `:authority`).
+    authority: String,
     /// The canary's series for copies (`decision="mirror"`).
-    pub series: Arc<Series>,
+    series: Arc<Series>,
+    grpc_failure_codes: crate::grpc::Codes,
+    request_timeout: Duration,
     too_large: Counter,
     queue_full: Counter,
     incomplete: Counter,
+}
+
+/// The canary a route mirrors to, and the route settings its copies use.
+pub struct MirrorTo<'a> {
+    pub route: &'a str,
+    pub canary: &'a BackendClients,
+    pub errors: BackendMetrics,
+    pub url: &'a UpstreamUrl,
+    pub grpc_failure_codes: crate::grpc::Codes,
+    pub request_timeout: Duration,
 }
 
 impl Mirror {
     /// The route's mirroring; the counter and the in-flight bound carry
     /// over from `previous` when the percent and the bound are unchanged.
     pub fn new(
-        route: &str,
         rule: &ValidMirror,
+        to: MirrorTo<'_>,
         previous: Option<&Mirror>,
         series: Arc<Series>,
         metrics: &Metrics,
@@ -77,10 +100,17 @@ impl Mirror {
                 .map(|p| p.slots.clone())
                 .unwrap_or_else(|| Arc::new(Semaphore::new(rule.max_in_flight))),
             bound: rule.max_in_flight,
-            series,
-            too_large: metrics.mirror_skipped(route, MirrorSkip::BodyTooLarge),
-            queue_full: metrics.mirror_skipped(route, MirrorSkip::QueueFull),
-            incomplete: metrics.mirror_skipped(route, MirrorSkip::Incomplete),
+            target: Arc::new(Target {
+                canary: to.canary.clone(),
+                errors: to.errors,
+                authority: to.url.authority(),
+                series,
+                grpc_failure_codes: to.grpc_failure_codes,
+                request_timeout: to.request_timeout,
+                too_large: metrics.mirror_skipped(to.route, MirrorSkip::BodyTooLarge),
+                queue_full: metrics.mirror_skipped(to.route, MirrorSkip::QueueFull),
+                incomplete: metrics.mirror_skipped(to.route, MirrorSkip::Incomplete),
+            }),
         }
     }
 
@@ -91,68 +121,34 @@ impl Mirror {
             return None;
         }
         if declared_len.is_some_and(|n| n > self.max_body) {
-            self.too_large.inc();
+            self.target.too_large.inc();
             return None;
         }
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
-                self.queue_full.inc();
+                self.target.queue_full.inc();
                 None
             }
         }
     }
-}
 
-/// Copies a request body as it streams to the stable.
-pub struct Tee {
-    buf: BytesMut,
-    limit: u64,
-    over: bool,
-    done: Option<oneshot::Sender<Option<Bytes>>>,
-}
-
-/// The body of a copy: none, or the one a [`Tee`] will hand over.
-pub enum CopyBody {
-    Empty,
-    Pending(oneshot::Receiver<Option<Bytes>>),
-}
-
-impl Tee {
-    pub fn new(limit: u64) -> (Self, CopyBody) {
-        let (tx, rx) = oneshot::channel();
-        (
-            Self {
-                buf: BytesMut::new(),
-                limit,
-                over: false,
-                done: Some(tx),
-            },
-            CopyBody::Pending(rx),
-        )
-    }
-
-    pub fn frame(&mut self, frame: &Frame<Bytes>) {
-        if self.over {
-            return;
-        }
-        if let Some(data) = frame.data_ref() {
-            if (self.buf.len() + data.len()) as u64 > self.limit {
-                self.over = true;
-                self.buf = BytesMut::new();
-            } else {
-                self.buf.extend_from_slice(data);
-            }
+    /// A copy of a request picked by [`Mirror::pick`], to be sent by
+    /// [`PendingCopy::launch`]: `head` is its head as forwarded to the
+    /// stable, less its framing fields.
+    pub fn copy(&self, head: CopyHead, body: CopyBody, place: OwnedSemaphorePermit) -> PendingCopy {
+        PendingCopy {
+            job: Some((self.target.clone(), head, body, place)),
         }
     }
+}
 
-    /// The body ended: the copy may go (None: it grew past the limit).
-    pub fn end(&mut self) {
-        if let Some(tx) = self.done.take() {
-            let body = (!self.over).then(|| std::mem::take(&mut self.buf).freeze());
-            let _ = tx.send(body);
-        }
-    }
+/// A copy's head as forwarded to the stable, without its framing.
+pub enum CopyHead {
+    /// The request line and fields, without framing fields or the blank
+    /// line.
+    H1(Vec<u8>),
+    H2(http::request::Parts),
 }
 
 /// A copy made, to be sent once the stable has answered the client's
@@ -160,134 +156,150 @@ impl Tee {
 /// client's own). Dropped unsent (the client went away first), it counts
 /// as `incomplete`.
 pub struct PendingCopy {
-    job: Option<(
-        Arc<Route>,
-        http::request::Parts,
-        CopyBody,
-        OwnedSemaphorePermit,
-    )>,
+    job: Option<(Arc<Target>, CopyHead, CopyBody, OwnedSemaphorePermit)>,
 }
 
 impl PendingCopy {
-    /// `head` is the request as forwarded to the stable.
-    pub fn new(
-        route: Arc<Route>,
-        head: http::request::Parts,
-        body: CopyBody,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        Self {
-            job: Some((route, head, body, permit)),
-        }
-    }
-
     /// Sends the copy from a task of its own.
     pub fn launch(mut self) {
-        if let Some((route, head, body, permit)) = self.job.take() {
-            launch(route, head, body, permit);
+        if let Some((target, head, body, permit)) = self.job.take() {
+            tokio::spawn(async move {
+                let _permit = permit;
+                send_copy(&target, head, body).await;
+            });
         }
     }
 }
 
 impl Drop for PendingCopy {
     fn drop(&mut self) {
-        if let Some((route, ..)) = self.job.take()
-            && let Some(mirror) = &route.mirror
-        {
-            mirror.incomplete.inc();
+        if let Some((target, ..)) = self.job.take() {
+            target.incomplete.inc();
         }
     }
 }
 
-/// Sends the copy of a request to the route's canary from a task of its
-/// own. `head` is the request as forwarded to the stable.
-fn launch(
-    route: Arc<Route>,
-    mut head: http::request::Parts,
-    body: CopyBody,
-    permit: OwnedSemaphorePermit,
-) {
-    tokio::spawn(async move {
-        let _permit = permit;
-        let Some(mirror) = route.mirror.as_ref() else {
-            return;
-        };
-        let Some(canary) = route.canary.as_ref() else {
-            return;
-        };
-        let bytes = match body {
-            CopyBody::Empty => None,
-            CopyBody::Pending(rx) => match rx.await {
-                Ok(Some(bytes)) => Some(bytes),
-                Ok(None) => {
-                    mirror.too_large.inc();
-                    return;
-                }
-                Err(_) => {
-                    mirror.incomplete.inc();
-                    return;
-                }
-            },
-        };
-        let start = Instant::now();
-        if head.version == http::Version::HTTP_2 {
+/// The copy's head, marked as a copy, with its whole body's length.
+fn copy_head(target: &Target, head: CopyHead, length: usize) -> Head {
+    match head {
+        CopyHead::H1(mut bytes) => {
+            crate::http1::write::field(&mut bytes, MIRROR_HEADER.as_bytes(), b"1");
+            if length > 0 {
+                crate::http1::write::content_length(&mut bytes, length as u64);
+            }
+            bytes.extend_from_slice(b"\r\n");
+            let mut head: crate::reuse::Reused<Vec<u8>> = crate::reuse::Reused::take();
+            head.extend_from_slice(&bytes);
+            Head::H1(head)
+        }
+        CopyHead::H2(mut parts) => {
             // `:authority` is the backend's on HTTP/2 routes.
-            let scheme = head.uri.scheme().cloned();
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = scheme;
-            parts.authority = canary.url.authority().parse().ok();
-            parts.path_and_query = head.uri.path_and_query().cloned();
-            if let Ok(uri) = http::Uri::from_parts(parts) {
-                head.uri = uri;
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = parts.uri.scheme().cloned();
+            uri.authority = target.authority.parse().ok();
+            uri.path_and_query = parts.uri.path_and_query().cloned();
+            if let Ok(uri) = http::Uri::from_parts(uri) {
+                parts.uri = uri;
             }
-        }
-        head.headers
-            .insert(MIRROR_HEADER, HeaderValue::from_static("1"));
-        // The copy's body is whole: nothing to wait for.
-        head.headers.remove(http::header::EXPECT);
-        if let Some(b) = &bytes {
-            head.headers
-                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-            head.headers.remove(http::header::TRANSFER_ENCODING);
-        }
-        let req = Request::from_parts(head, UpstreamBody::full(bytes));
-        let sent =
-            tokio::time::timeout(route.request_timeout, canary.client.send(req, || false)).await;
-        let failed = |kind: UpstreamErrorKind, code: u16| {
-            canary.metrics.record_upstream_error(kind);
-            mirror
-                .series
-                .record(code, Classification::Failure, start.elapsed());
-        };
-        match sent {
-            Err(_) => failed(UpstreamErrorKind::Timeout, 504),
-            Ok(Err(e)) => failed(e.kind, 502),
-            Ok(Ok(resp)) => {
-                let code = resp.status().as_u16();
-                let grpc = crate::grpc::is_grpc(resp.headers()).then(|| crate::body::GrpcJudge {
-                    failure_codes: route.grpc_failure_codes,
-                    status: crate::grpc::status(resp.headers()),
-                });
-                let recorder = Recorder {
-                    series: mirror.series.clone(),
-                    errors: canary.metrics.clone(),
-                    code,
-                    start,
-                    grpc,
-                    permit: None,
-                };
-                let mut body = MeteredBody::new(resp.into_body(), Some(recorder));
-                // Read to the end (the recorder counts it there), within
-                // the request timeout.
-                let _ = tokio::time::timeout(route.request_timeout, async {
-                    while let Some(frame) = body.frame().await {
-                        if frame.is_err() {
-                            break;
-                        }
-                    }
-                })
-                .await;
+            parts
+                .headers
+                .insert(MIRROR_HEADER, HeaderValue::from_static("1"));
+            if length > 0 {
+                parts
+                    .headers
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
             }
+            Head::H2(parts)
         }
+    }
+}
+
+/// Sends a copy to the canary, waits for its whole answer (within the
+/// request timeout) and counts it.
+async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
+    let bytes = match body {
+        CopyBody::Empty => None,
+        CopyBody::Pending(rx) => match rx.await {
+            Ok(Some(bytes)) => Some(bytes),
+            Ok(None) => {
+                target.too_large.inc();
+                return;
+            }
+            Err(_) => {
+                target.incomplete.inc();
+                return;
+            }
+        },
+    };
+    let start = Instant::now();
+    let length = bytes.as_ref().map_or(0, |b| b.len());
+    let (method, head) = match &head {
+        CopyHead::H1(bytes) => (method_of(bytes), copy_head(target, head, length)),
+        CopyHead::H2(parts) => (parts.method.clone(), copy_head(target, head, length)),
+    };
+    let mut ignore = |_: http::StatusCode, _: &dyn crate::fields::Fields| {};
+    // A copy is recorded from its own outcome, not from what was written.
+    let written = std::sync::atomic::AtomicBool::new(false);
+    let mut req = crate::upstream::Request {
+        method,
+        head,
+        has_body: length > 0,
+        body: Some(UpstreamBody::full(bytes)),
+        chunked: false,
+        upgrade: false,
+        interim: &mut ignore,
+        start,
+        written: &written,
+    };
+    let sent = tokio::time::timeout(
+        target.request_timeout,
+        target.canary.send(&mut req, || false),
+    )
+    .await;
+    let failed = |kind: UpstreamErrorKind, code: u16| {
+        target.errors.record_upstream_error(kind);
+        target
+            .series
+            .record(code, Classification::Failure, start.elapsed());
+    };
+    let response = match sent {
+        Err(_) => return failed(UpstreamErrorKind::Timeout, 504),
+        Ok(Err(SendFailure::Upstream(e))) => return failed(e.kind, 502),
+        Ok(Err(SendFailure::Body(_))) => {
+            target.incomplete.inc();
+            return;
+        }
+        Ok(Ok(response)) => response,
+    };
+    let code = response.head.status().as_u16();
+    let grpc = crate::grpc::is_grpc(&response.head).then(|| GrpcJudge {
+        failure_codes: target.grpc_failure_codes,
+        status: crate::grpc::status(&response.head),
     });
+    let recorder = Recorder {
+        series: target.series.clone(),
+        errors: target.errors.clone(),
+        code,
+        start,
+        grpc,
+        permit: None,
+        body: None,
+    };
+    let mut body = MeteredBody::new(response.body, Some(recorder));
+    // Read to the end (the recorder counts it there), within the request
+    // timeout.
+    let _ = tokio::time::timeout(target.request_timeout, async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The method of an HTTP/1.1 head's request line.
+fn method_of(head: &[u8]) -> Method {
+    let end = head.iter().position(|&b| b == b' ').unwrap_or(head.len());
+    Method::from_bytes(&head[..end]).unwrap_or(Method::GET)
 }

@@ -6,12 +6,19 @@
 //! prefixes of the path, as in Envoy and nginx `location`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::HeaderMap;
+use crate::config::{
+    Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, ValidRoute, bp_to_percent,
+};
+use crate::fields::Fields;
+use prometheus_client::metrics::counter::Counter;
 
-use crate::config::{Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, bp_to_percent};
-use crate::metrics::{BackendLabel, BackendMetrics, Decision, Metrics, Series};
+use crate::metrics::{
+    BackendLabel, BackendMetrics, ClientErrors, Decision, Metrics, RejectReason, Series,
+};
+use crate::record::Permit;
 use crate::split::SplitState;
 use crate::upstream::{BackendClients, ClientPool, PoolKey};
 
@@ -33,28 +40,83 @@ pub struct Backend {
 }
 
 /// How many retries a backend may still make: at most 20% of its
-/// requests plus 10, counted since the table was built.
-#[derive(Default)]
+/// requests plus 10, over the last 10 to 20 seconds (two windows of 10 s),
+/// as Linkerd's budget. A backend's budget outlives reloads that keep it.
 pub struct RetryBudget {
-    requests: std::sync::atomic::AtomicU64,
-    retries: std::sync::atomic::AtomicU64,
+    /// The current window's number (seconds since the process's clock
+    /// origin / 10).
+    window: AtomicU64,
+    /// Requests and retries, by window number modulo 2.
+    requests: [AtomicU64; 2],
+    retries: [AtomicU64; 2],
+}
+
+/// A retry budget's window.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            window: AtomicU64::new(Self::window_now()),
+            requests: Default::default(),
+            retries: Default::default(),
+        }
+    }
 }
 
 impl RetryBudget {
-    pub fn note_request(&self) {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn window_at(at: std::time::Instant) -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+        at.saturating_duration_since(origin).as_secs() / BUDGET_WINDOW.as_secs()
+    }
+
+    fn window_now() -> u64 {
+        Self::window_at(std::time::Instant::now())
+    }
+
+    /// The slot of the window of `at`, after clearing what went out of
+    /// the two windows counted.
+    fn slot(&self, at: std::time::Instant) -> usize {
+        let now = Self::window_at(at);
+        let seen = self.window.load(Ordering::Relaxed);
+        if seen != now
+            && self
+                .window
+                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // The slot of `now` held the window before `seen` (or older).
+            let stale: &[usize] = if now == seen + 1 {
+                &[(now % 2) as usize]
+            } else {
+                &[0, 1]
+            };
+            for &i in stale {
+                self.requests[i].store(0, Ordering::Relaxed);
+                self.retries[i].store(0, Ordering::Relaxed);
+            }
+        }
+        (now % 2) as usize
+    }
+
+    /// A request was made at `at` (its start: no clock read per request).
+    pub fn note_request(&self, at: std::time::Instant) {
+        self.requests[self.slot(at)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget, if there is one.
     pub fn try_retry(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        let allowed = self.requests.load(Ordering::Relaxed) / 5 + 10;
-        self.retries
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
-                (r < allowed).then_some(r + 1)
-            })
-            .is_ok()
+        let slot = self.slot(std::time::Instant::now());
+        let requests =
+            self.requests[0].load(Ordering::Relaxed) + self.requests[1].load(Ordering::Relaxed);
+        let taken =
+            self.retries[0].load(Ordering::Relaxed) + self.retries[1].load(Ordering::Relaxed);
+        if taken >= requests / 5 + 10 {
+            return false;
+        }
+        self.retries[slot].fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -102,16 +164,19 @@ pub struct Route {
     pub max_body: Option<u64>,
     pub affinity: Option<crate::affinity::Affinity>,
     pub mirror: Option<crate::mirror::Mirror>,
-}
-
-/// A request's place among its route's requests in flight; given back
-/// when dropped.
-pub struct Permit(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
+    /// Requests that failed by their client's fault, by kind.
+    pub client_errors: ClientErrors,
+    /// Request fields with `_` in their names are passed on
+    /// (`underscore_headers: keep`).
+    pub keep_underscore_headers: bool,
+    /// A request the canary provably never started on goes to the stable.
+    pub failover: bool,
+    /// Requests that went to the stable so.
+    pub failovers: Counter,
+    /// Requests refused at `limits.max_requests_in_flight`.
+    pub rejected_in_flight: Counter,
+    /// Requests refused for a body over `limits.max_request_body`.
+    pub rejected_too_large: Counter,
 }
 
 /// Which backend a request goes to, and why.
@@ -143,18 +208,12 @@ impl SplitDecision {
 impl Route {
     /// A place for one more request in flight, or None at the limit.
     pub fn admit(&self) -> Option<Permit> {
-        use std::sync::atomic::Ordering;
-        self.in_flight
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.max_in_flight).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Permit(self.in_flight.clone()))
+        Permit::take(&self.in_flight, self.max_in_flight)
     }
 
     /// Chooses the backend: A/B rules first, then session affinity (neither
     /// counted toward the weight), then the exact weighted split.
-    pub fn decide(&self, headers: &HeaderMap) -> SplitDecision {
+    pub fn decide(&self, headers: &dyn Fields) -> SplitDecision {
         if self.canary.is_none() {
             return SplitDecision::Stable;
         }
@@ -192,14 +251,13 @@ impl Route {
     }
 }
 
-fn rule_matches(rule: &ValidMatch, headers: &HeaderMap) -> bool {
+fn rule_matches(rule: &ValidMatch, fields: &dyn Fields) -> bool {
     match rule {
-        ValidMatch::Header { name, value } => headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.as_bytes() == value.as_bytes()),
+        ValidMatch::Header { name, value } => {
+            fields.values(name.as_str(), &mut |v| v == value.as_bytes())
+        }
         ValidMatch::Cookie { name, value } => {
-            crate::affinity::cookie_values(headers, name).any(|v| v == value)
+            crate::affinity::cookies(fields, name, &mut |v| v == value)
         }
     }
 }
@@ -212,8 +270,8 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Builds a table, reusing pooled clients and the split counters of routes
-    /// whose weight did not change.
+    /// Builds a table, reusing pooled clients, retry budgets and the split
+    /// counters of routes whose weight did not change.
     pub fn build(
         config: Config,
         valid: ValidConfig,
@@ -221,85 +279,14 @@ impl Routing {
         pool: &ClientPool,
         metrics: &Metrics,
     ) -> Self {
-        let mut routes = Vec::with_capacity(valid.routes.len());
-        for r in &valid.routes {
-            let make_backend = |label: BackendLabel, url: &UpstreamUrl| {
-                let pool_key = PoolKey {
-                    url: url.clone(),
-                    protocol: r.protocol,
-                    connect_timeout: r.connect_timeout,
-                    idle_timeout: r.upstream_idle_timeout,
-                    tls: r.tls_for(url),
-                };
-                let has_rules = label == BackendLabel::Canary && !r.canary_match.is_empty();
-                let affine = r
-                    .affinity
-                    .is_some()
-                    .then(|| metrics.series(&r.name, label, Decision::Affinity));
-                Backend {
-                    label,
-                    url: url.clone(),
-                    client: pool.get(&pool_key),
-                    metrics: metrics.backend(&r.name, label),
-                    weighted: metrics.series(&r.name, label, Decision::Weight),
-                    matched: has_rules.then(|| metrics.series(&r.name, label, Decision::Match)),
-                    affine,
-                    pool_key,
-                    retry_budget: Arc::default(),
-                }
-            };
-            let stable = make_backend(BackendLabel::Stable, &r.stable);
-            let canary = r
-                .canary
-                .as_ref()
-                .map(|u| make_backend(BackendLabel::Canary, u));
-            let split = previous
-                .and_then(|p| p.route_by_name(&r.name))
-                .filter(|old| {
-                    old.split.canary_weight_bp() == r.canary_weight_bp
-                        && old.canary.as_ref().map(|b| &b.url) == r.canary.as_ref()
-                })
-                .map(|old| old.split.clone())
-                .unwrap_or_else(|| Arc::new(SplitState::new(r.canary_weight_bp)));
-            metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
-            let old = previous.and_then(|p| p.route_by_name(&r.name));
-            let affinity = r.affinity.as_ref().map(|a| {
-                crate::affinity::Affinity::new(a, &r.path_prefix, &r.stable, r.canary.as_ref())
-            });
-            let mirror = r.mirror.as_ref().zip(canary.as_ref()).map(|(m, c)| {
-                crate::mirror::Mirror::new(
-                    &r.name,
-                    m,
-                    old.and_then(|o| o.mirror.as_ref()).filter(|_| {
-                        old.and_then(|o| o.canary.as_ref()).map(|b| &b.url) == Some(&c.url)
-                    }),
-                    metrics.series(&r.name, BackendLabel::Canary, Decision::Mirror),
-                    metrics,
-                )
-            });
-            routes.push(Arc::new(Route {
-                name: r.name.clone(),
-                listener: r.listener,
-                hosts: r.hosts.clone(),
-                path_prefix: r.path_prefix.clone(),
-                protocol: r.protocol,
-                stable,
-                canary,
-                split,
-                canary_match: r.canary_match.clone(),
-                request_timeout: r.request_timeout,
-                body_idle_timeout: r.body_idle_timeout,
-                grpc_failure_codes: r.grpc_failure_codes,
-                in_flight: previous
-                    .and_then(|p| p.route_by_name(&r.name))
-                    .map(|old| old.in_flight.clone())
-                    .unwrap_or_default(),
-                max_in_flight: valid.max_requests_in_flight,
-                max_body: valid.max_request_body,
-                affinity,
-                mirror,
-            }));
-        }
+        let mut routes: Vec<Arc<Route>> = valid
+            .routes
+            .iter()
+            .map(|r| {
+                let old = previous.and_then(|p| p.route_by_name(&r.name));
+                Arc::new(build_route(r, &valid, old.map(|o| &**o), pool, metrics))
+            })
+            .collect();
         // Longest prefix first, host-specific before any-host, then config order.
         routes.sort_by(|a, b| {
             b.path_prefix
@@ -340,6 +327,116 @@ impl Routing {
     }
 }
 
+/// One backend of route `r`, its retry budget kept from `old` (the
+/// route's previous version) when the backend is the same.
+fn build_backend(
+    r: &ValidRoute,
+    label: BackendLabel,
+    url: &UpstreamUrl,
+    old: Option<&Route>,
+    pool: &ClientPool,
+    metrics: &Metrics,
+) -> Backend {
+    let pool_key = PoolKey {
+        url: url.clone(),
+        protocol: r.protocol,
+        connect_timeout: r.connect_timeout,
+        idle_timeout: r.upstream_idle_timeout,
+        tls: r.tls_for(url),
+    };
+    let has_rules = label == BackendLabel::Canary && !r.canary_match.is_empty();
+    let affine = r
+        .affinity
+        .is_some()
+        .then(|| metrics.series(&r.name, label, Decision::Affinity));
+    let old_backend = old.and_then(|o| match label {
+        BackendLabel::Stable => Some(&o.stable),
+        BackendLabel::Canary => o.canary.as_ref(),
+    });
+    let retry_budget = old_backend
+        .filter(|b| b.pool_key == pool_key)
+        .map(|b| b.retry_budget.clone())
+        .unwrap_or_default();
+    Backend {
+        label,
+        url: url.clone(),
+        client: pool.get(&pool_key),
+        metrics: metrics.backend(&r.name, label),
+        weighted: metrics.series(&r.name, label, Decision::Weight),
+        matched: has_rules.then(|| metrics.series(&r.name, label, Decision::Match)),
+        affine,
+        pool_key,
+        retry_budget,
+    }
+}
+
+/// Route `r` of a new table; `old` is its previous version, if any.
+fn build_route(
+    r: &ValidRoute,
+    valid: &ValidConfig,
+    old: Option<&Route>,
+    pool: &ClientPool,
+    metrics: &Metrics,
+) -> Route {
+    let stable = build_backend(r, BackendLabel::Stable, &r.stable, old, pool, metrics);
+    let canary = r
+        .canary
+        .as_ref()
+        .map(|u| build_backend(r, BackendLabel::Canary, u, old, pool, metrics));
+    let split = old
+        .filter(|old| {
+            old.split.canary_weight_bp() == r.canary_weight_bp
+                && old.canary.as_ref().map(|b| &b.url) == r.canary.as_ref()
+        })
+        .map(|old| old.split.clone())
+        .unwrap_or_else(|| Arc::new(SplitState::new(r.canary_weight_bp)));
+    metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
+    let affinity = r
+        .affinity
+        .as_ref()
+        .map(|a| crate::affinity::Affinity::new(a, &r.path_prefix, &r.stable, r.canary.as_ref()));
+    let mirror = r.mirror.as_ref().zip(canary.as_ref()).map(|(m, c)| {
+        let to = crate::mirror::MirrorTo {
+            route: &r.name,
+            canary: &c.client,
+            errors: c.metrics.clone(),
+            url: &c.url,
+            grpc_failure_codes: r.grpc_failure_codes,
+            request_timeout: r.request_timeout,
+        };
+        let kept = old
+            .and_then(|o| o.mirror.as_ref())
+            .filter(|_| old.and_then(|o| o.canary.as_ref()).map(|b| &b.url) == Some(&c.url));
+        let series = metrics.series(&r.name, BackendLabel::Canary, Decision::Mirror);
+        crate::mirror::Mirror::new(m, to, kept, series, metrics)
+    });
+    Route {
+        name: r.name.clone(),
+        listener: r.listener,
+        hosts: r.hosts.clone(),
+        path_prefix: r.path_prefix.clone(),
+        protocol: r.protocol,
+        stable,
+        canary,
+        split,
+        canary_match: r.canary_match.clone(),
+        request_timeout: r.request_timeout,
+        body_idle_timeout: r.body_idle_timeout,
+        grpc_failure_codes: r.grpc_failure_codes,
+        in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
+        max_in_flight: valid.max_requests_in_flight,
+        max_body: valid.max_request_body,
+        affinity,
+        mirror,
+        client_errors: metrics.client_errors(&r.name),
+        keep_underscore_headers: r.keep_underscore_headers,
+        failover: r.failover,
+        failovers: metrics.failovers(&r.name),
+        rejected_in_flight: metrics.rejected(&r.name, RejectReason::MaxRequestsInFlight),
+        rejected_too_large: metrics.rejected(&r.name, RejectReason::BodyTooLarge),
+    }
+}
+
 /// The path a request is routed on, normalised as nginx does: percent-
 /// decoding is left alone, runs of `/` become one, and `.` and `..`
 /// segments are resolved (never above the root). So `//admin` and
@@ -376,11 +473,21 @@ pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(normal)
 }
 
+/// Whether `host` is `pattern`'s host; `*.suffix` is one DNS label or
+/// more before `.suffix`, so `a@x.example` (user info, refused before
+/// routing anyway) is never a name under `x.example`.
 fn host_matches(pattern: &str, host: &str) -> bool {
     if let Some(suffix) = pattern.strip_prefix("*.") {
-        host.len() > suffix.len() + 1
-            && host.ends_with(suffix)
-            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+        let host = host.as_bytes();
+        let Some(labels_end) = host.len().checked_sub(suffix.len() + 1) else {
+            return false;
+        };
+        labels_end > 0
+            && host.ends_with(suffix.as_bytes())
+            && host[labels_end] == b'.'
+            && host[..labels_end]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     } else {
         pattern.eq_ignore_ascii_case(host)
     }
@@ -389,6 +496,7 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     #[test]
     fn paths_are_normalised_for_routing_as_nginx_does() {
@@ -430,6 +538,19 @@ mod tests {
         assert_eq!(name(Some("other"), "/"), Some("root".into()));
         assert_eq!(name(Some("a.wild.example"), "/x"), Some("wild".into()));
         assert_eq!(name(Some("wild.example"), "/x"), Some("root".into()));
+        assert_eq!(name(Some("a.b.wild.example"), "/x"), Some("wild".into()));
+        for not_a_name in [
+            "a@x.wild.example",
+            "a@wild.example",
+            "a b.wild.example",
+            ".wild.example",
+        ] {
+            assert_eq!(
+                name(Some(not_a_name), "/x"),
+                Some("root".into()),
+                "{not_a_name}"
+            );
+        }
     }
 
     #[tokio::test]

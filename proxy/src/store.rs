@@ -296,22 +296,6 @@ pub fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
     Config::from_yaml(&text)
 }
 
-/// Whether a file-system event can have changed a file's content: a
-/// create, write, rename or removal. Opening and reading (which the watcher
-/// itself does) are not, or every read would trigger the next.
-pub fn is_change(event: &notify::Event) -> bool {
-    use notify::EventKind;
-    matches!(
-        event.kind,
-        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
-    ) && !matches!(
-        event.kind,
-        EventKind::Modify(notify::event::ModifyKind::Metadata(
-            notify::event::MetadataKind::AccessTime
-        ))
-    )
-}
-
 /// Watches `path` and replaces the table whenever its content changes.
 ///
 /// The parent directory is watched, not the file, so editors that write a new
@@ -321,7 +305,7 @@ pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::tas
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| is_change(&e)) {
+        if event.is_ok_and(|e| crate::file_watch::is_change(&e)) {
             let _ = tx.send(());
         }
     })?;

@@ -9,22 +9,19 @@
 //!   system roots); there is no way to switch verification off.
 
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioIo;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpStream;
 
 use crate::config::TlsConfig;
+pub use crate::config::UpstreamTlsKey;
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -152,7 +149,7 @@ impl Terminator {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                if event.is_ok_and(|e| crate::store::is_change(&e)) {
+                if event.is_ok_and(|e| crate::file_watch::is_change(&e)) {
                     let _ = tx.send(());
                 }
             })?;
@@ -208,13 +205,6 @@ impl Terminator {
 
 // === origination ===
 
-/// Verification settings of one https upstream.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamTlsKey {
-    pub ca_file: Option<PathBuf>,
-    pub server_name: String,
-}
-
 /// A rustls client configuration for an upstream, with ALPN for its protocol.
 pub fn client_config(key: &UpstreamTlsKey, http2: bool) -> Result<Arc<ClientConfig>, String> {
     let roots = match &key.ca_file {
@@ -251,81 +241,4 @@ fn with_roots(roots: RootCertStore, http2: bool) -> Result<Arc<ClientConfig>, St
         vec![b"http/1.1".to_vec()]
     };
     Ok(Arc::new(config))
-}
-
-/// A connection to an upstream, plain or TLS.
-pub enum UpstreamIo {
-    Plain(TokioIo<TcpStream>),
-    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>),
-}
-
-impl hyper::rt::Read for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl hyper::rt::Write for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            UpstreamIo::Plain(s) => s.is_write_vectored(),
-            UpstreamIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
-/// Why an upstream connection could not be made; `Tls` maps to `kind="tls"`.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("tcp connect: {0}")]
-    Tcp(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("TLS handshake: {0}")]
-    Tls(#[source] std::io::Error),
-    #[error("TLS handshake timed out")]
-    TlsTimeout,
-    #[error("tcp connect timed out")]
-    TcpTimeout,
 }

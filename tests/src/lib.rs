@@ -332,40 +332,94 @@ pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
 
 /// Reads one HTTP/1 request from a raw connection, for backends written on
 /// raw sockets: the head (bytes already in `buf` first) and the body its
-/// `Content-Length` announces. What follows stays in `buf`. None: the
-/// connection ended first.
-pub async fn read_request(
-    stream: &mut tokio::net::TcpStream,
+/// `Content-Length` announces, or its chunks (decoded) when it is
+/// `Transfer-Encoding: chunked`. What follows stays in `buf`. None: the
+/// connection ended first (or a chunk-size line is not a size).
+pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Option<(String, Vec<u8>)> {
-    let mut chunk = [0u8; 4096];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break i + 4;
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        fill(stream, buf).await?;
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let length = head
-        .lines()
-        .find_map(|l| {
+    let field = |wanted: &str| {
+        head.lines().find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
+            name.eq_ignore_ascii_case(wanted)
+                .then(|| value.trim().to_ascii_lowercase())
         })
+    };
+    if field("transfer-encoding").as_deref() == Some("chunked") {
+        buf.drain(..head_end);
+        let body = read_chunks(stream, buf).await?;
+        return Some((head, body));
+    }
+    let length = field("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
     while buf.len() < head_end + length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        fill(stream, buf).await?;
     }
     let body = buf[head_end..head_end + length].to_vec();
     buf.drain(..head_end + length);
     Some((head, body))
+}
+
+/// Reads more of `stream` into `buf`; None at its end.
+async fn fill<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+/// Reads a chunked body (and its trailer section) from the front of
+/// `buf`, reading more as needed; returns its data.
+async fn read_chunks<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            fill(stream, buf).await?;
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailer fields (if any) up to the blank line.
+            loop {
+                if buf.starts_with(b"\r\n") {
+                    buf.drain(..2);
+                    return Some(body);
+                }
+                match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    Some(i) => {
+                        buf.drain(..i + 4);
+                        return Some(body);
+                    }
+                    None => fill(stream, buf).await?,
+                }
+            }
+        }
+        while buf.len() < size + 2 {
+            fill(stream, buf).await?;
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
+    }
 }
 
 /// Serves HTTP/1.1 (with upgrades) and prior-knowledge HTTP/2 on an

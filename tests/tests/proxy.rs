@@ -532,8 +532,10 @@ async fn check_command_lists_every_error_with_its_field_path() {
 async fn upstream_down_is_a_502_counted_on_that_backend() {
     let stable = backend("stable").await;
     let dead = format!("http://127.0.0.1:{}", free_port());
+    // Failover off: with it (the default) the client would get the
+    // stable's answer and the canary still be charged (tests/failover.rs).
     let routes = format!(
-        "  - name: web\n    stable: {}\n    canary: {dead}\n    canary_weight: 100\n",
+        "  - name: web\n    stable: {}\n    canary: {dead}\n    canary_weight: 100\n    failover: off\n",
         stable.url()
     );
     let proxy = start_proxy(&proxy_yaml(&routes)).await;

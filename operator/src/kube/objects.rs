@@ -746,6 +746,8 @@ pub fn proxy_config_with(
             upstream_tls: None,
             grpc_failure_codes: None,
             listener,
+            underscore_headers: Default::default(),
+            failover: Default::default(),
         }
     };
     let mut routes = Vec::new();

@@ -1,14 +1,15 @@
-//! The proxy's configuration format (YAML on disk, JSON on the admin API) and
-//! its validation.
+//! The proxy's configuration format (YAML on disk, JSON on the admin API):
+//! the types a user writes, their defaults, and the parsers of their
+//! values (durations, sizes, weights, upstream URLs). Checking the rules
+//! and building the [`ValidConfig`] the proxy runs on is
+//! the `validate` submodule's part.
 //!
 //! Parsing and validation are two steps on purpose: serde catches type errors
 //! (with the field path in its message), then [`Config::validate`] checks
 //! every rule and reports *all* problems at once, each naming its field path
 //! such as `routes[1].canary_weight`.
 
-use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -231,6 +232,57 @@ pub struct RouteConfig {
     /// A copy of some of the stable's requests goes to the canary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+    /// What becomes of request header fields whose names contain `_`.
+    #[serde(default, skip_serializing_if = "UnderscoreHeaders::is_default")]
+    pub underscore_headers: UnderscoreHeaders,
+    /// Where a request goes that the canary provably never started on.
+    #[serde(default, skip_serializing_if = "Failover::is_default")]
+    pub failover: Failover,
+}
+
+/// A route's failover (`failover`). `stable` (the default): a request the
+/// canary provably never started on (its connect was refused or failed,
+/// its connection closed before the request was written, or its HTTP/2
+/// stream was refused with `REFUSED_STREAM`) goes to the stable instead,
+/// within the stable's retry budget, when its body can be sent again; the
+/// canary is still charged the failure, so the gate sees it as before,
+/// and `sluice_failovers_total{route}` counts it. `off`: the client gets
+/// the proxy's 502.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Failover {
+    #[default]
+    Stable,
+    Off,
+}
+
+impl Failover {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Request header fields whose names contain `_` (a route's
+/// `underscore_headers`). `drop` (the default, as nginx does): they never
+/// reach the backend, because a backend that maps names CGI-style (`-`
+/// and `_` both become `_`) would read a client's `X_Forwarded_For` as the
+/// proxy's `X-Forwarded-For`. `keep`: they are passed on, except the
+/// underscore spellings of the fields the proxy sets or frames by
+/// (forwarding fields, `Host`, `Content-Length`, `Transfer-Encoding`,
+/// hop-by-hop fields, `X-Sluice-*`), which are always dropped. A/B rules
+/// and header affinity read the client's fields either way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    #[default]
+    Drop,
+    Keep,
+}
+
+impl UnderscoreHeaders {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Session affinity of a route: set exactly one of `cookie` or `header`.
@@ -392,16 +444,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-struct Collector(Vec<FieldError>);
+mod validate;
 
-impl Collector {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-}
+pub use validate::*;
 
 /// Runs a config parse so that a panic in it (a bug) becomes an error:
 /// a reload never takes the watcher that runs it down with it, and the
@@ -617,127 +662,6 @@ impl UpstreamUrl {
     }
 }
 
-fn valid_route_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-fn valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
-}
-
-// === validated form ===
-
-/// A route after validation: every field parsed into the types the proxy uses.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidRoute {
-    pub name: String,
-    /// 0 for `listen`, 1 + i for `listeners[i]`.
-    pub listener: usize,
-    pub hosts: Vec<String>,
-    pub path_prefix: String,
-    pub protocol: Protocol,
-    pub stable: UpstreamUrl,
-    pub canary: Option<UpstreamUrl>,
-    pub canary_weight_bp: u32,
-    pub canary_match: Vec<ValidMatch>,
-    pub connect_timeout: Duration,
-    /// Idle pooled upstream connections are closed after this.
-    pub upstream_idle_timeout: Duration,
-    pub request_timeout: Duration,
-    /// Longest pause between request body chunks.
-    pub body_idle_timeout: Duration,
-    pub upstream_tls: UpstreamTls,
-    pub grpc_failure_codes: crate::grpc::Codes,
-    pub affinity: Option<ValidAffinity>,
-    pub mirror: Option<ValidMirror>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ValidAffinity {
-    Cookie {
-        name: String,
-        max_age: Option<Duration>,
-    },
-    Header {
-        name: http::HeaderName,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidMirror {
-    pub percent_bp: u32,
-    pub max_body: u64,
-    pub methods: Vec<http::Method>,
-    pub max_in_flight: usize,
-}
-
-/// Whether `name` is an RFC 6265 cookie name (an RFC 9110 token).
-pub fn valid_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-impl ValidRoute {
-    /// TLS settings for an upstream of this route (None for http://).
-    pub fn tls_for(&self, url: &UpstreamUrl) -> Option<crate::tls::UpstreamTlsKey> {
-        (url.scheme == Scheme::Https).then(|| crate::tls::UpstreamTlsKey {
-            ca_file: self.upstream_tls.ca_file.clone(),
-            server_name: self
-                .upstream_tls
-                .server_name
-                .clone()
-                .unwrap_or_else(|| url.host.clone()),
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ValidMatch {
-    Header {
-        name: http::HeaderName,
-        value: String,
-    },
-    Cookie {
-        name: String,
-        value: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidConfig {
-    pub listen: SocketAddr,
-    /// Extra listeners: (name, address); a route's `listener` is 1 + its index.
-    pub listeners: Vec<(String, SocketAddr)>,
-    pub admin_listen: SocketAddr,
-    pub admin_token_file: Option<PathBuf>,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub idle_timeout: Duration,
-    /// None: no keep-alive pings.
-    pub h2_keepalive: Option<Duration>,
-    /// See [`Forwarding`].
-    pub trusted_hops: u32,
-    pub max_connections: usize,
-    pub max_requests_in_flight: usize,
-    /// Bytes; None: no limit.
-    pub max_request_body: Option<u64>,
-    pub h2_max_streams: u32,
-    pub tls: Option<TlsConfig>,
-    pub routes: Vec<ValidRoute>,
-}
-
 impl Config {
     /// Parses YAML text. Type errors carry serde's field path.
     /// Parses YAML strictly: a field no part of the config knows is an
@@ -773,178 +697,6 @@ impl Config {
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).expect("config serializes")
     }
-
-    /// Checks every rule and returns all problems found, each with its field path.
-    pub fn validate(&self) -> Result<ValidConfig, ConfigErrors> {
-        let mut errs = Collector(Vec::new());
-        let listen = parse_addr(&self.listen, "listen", &mut errs);
-        let admin_listen = parse_addr(&self.admin.listen, "admin.listen", &mut errs);
-        if let Some(addr) = admin_listen
-            && !addr.ip().is_loopback()
-            && self.admin.token_file.is_none()
-        {
-            errs.push(
-                "admin.token_file",
-                format!("required when admin.listen ({addr}) is not a loopback address"),
-            );
-        }
-        let header_read_timeout = match parse_duration(&self.limits.header_read_timeout) {
-            Ok(d) if d.is_zero() => {
-                errs.push("limits.header_read_timeout", "must be greater than 0");
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                errs.push("limits.header_read_timeout", e);
-                None
-            }
-        };
-        let idle_timeout =
-            positive_duration(&self.limits.idle_timeout, "limits.idle_timeout", &mut errs);
-        let h2_keepalive = match parse_duration(&self.limits.h2_keepalive) {
-            Ok(d) => Some((!d.is_zero()).then_some(d)),
-            Err(e) => {
-                errs.push("limits.h2_keepalive", e);
-                None
-            }
-        };
-        for (field, value) in [
-            ("limits.max_connections", self.limits.max_connections),
-            (
-                "limits.max_requests_in_flight",
-                self.limits.max_requests_in_flight,
-            ),
-            ("limits.h2_max_streams", self.limits.h2_max_streams as usize),
-        ] {
-            if value == 0 {
-                errs.push(field, "must be at least 1");
-            }
-        }
-        let max_request_body = match self.limits.max_request_body.as_deref().map(parse_size) {
-            None => None,
-            Some(Ok(0)) => {
-                errs.push("limits.max_request_body", "must be greater than 0");
-                None
-            }
-            Some(Ok(n)) => Some(n),
-            Some(Err(e)) => {
-                errs.push("limits.max_request_body", e);
-                None
-            }
-        };
-        if self.limits.max_header_bytes < 1024 {
-            errs.push(
-                "limits.max_header_bytes",
-                format!(
-                    "{} is below the minimum of 1024",
-                    self.limits.max_header_bytes
-                ),
-            );
-        }
-
-        let mut listeners = Vec::new();
-        let mut addrs: HashSet<SocketAddr> = listen.into_iter().chain(admin_listen).collect();
-        for (i, l) in self.listeners.iter().enumerate() {
-            let at = format!("listeners[{i}]");
-            if !valid_route_name(&l.name) {
-                errs.push(
-                    format!("{at}.name"),
-                    format!(
-                        "`{}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
-                        l.name
-                    ),
-                );
-            } else if listeners.iter().any(|(n, _)| *n == l.name) {
-                errs.push(
-                    format!("{at}.name"),
-                    format!("`{}` is used by an earlier listener", l.name),
-                );
-            }
-            if let Some(addr) = parse_addr(&l.listen, &format!("{at}.listen"), &mut errs) {
-                if addr.port() != 0 && !addrs.insert(addr) {
-                    errs.push(
-                        format!("{at}.listen"),
-                        format!(
-                            "{addr} is already used by listen, admin.listen or an earlier listener"
-                        ),
-                    );
-                }
-                listeners.push((l.name.clone(), addr));
-            }
-        }
-        let mut names = HashSet::new();
-        let mut selectors = HashSet::new();
-        let mut routes = Vec::new();
-        for (i, route) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}]");
-            let listener = match &route.listener {
-                None => 0,
-                Some(name) => match self.listeners.iter().position(|l| &l.name == name) {
-                    Some(i) => i + 1,
-                    None => {
-                        let known: Vec<&str> =
-                            self.listeners.iter().map(|l| l.name.as_str()).collect();
-                        errs.push(
-                            format!("{at}.listener"),
-                            format!(
-                                "`{name}` is not a listener (listeners: {})",
-                                if known.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    known.join(", ")
-                                }
-                            ),
-                        );
-                        0
-                    }
-                },
-            };
-            if !names.insert(route.name.clone()) {
-                errs.push(
-                    format!("{at}.name"),
-                    format!(
-                        "`{}` is used by an earlier route; names must be unique",
-                        route.name
-                    ),
-                );
-            }
-            if let Some(mut valid) = validate_route(route, &at, &mut errs) {
-                valid.listener = listener;
-                let mut hosts = valid.hosts.clone();
-                hosts.sort();
-                if !selectors.insert((listener, hosts, valid.path_prefix.clone())) {
-                    errs.push(
-                        format!("{at}.path_prefix"),
-                        format!(
-                            "an earlier route already has the same hosts and path_prefix `{}`",
-                            valid.path_prefix
-                        ),
-                    );
-                }
-                routes.push(valid);
-            }
-        }
-        if !errs.0.is_empty() {
-            return Err(ConfigErrors(errs.0));
-        }
-        Ok(ValidConfig {
-            listen: listen.expect("checked"),
-            listeners,
-            admin_listen: admin_listen.expect("checked"),
-            admin_token_file: self.admin.token_file.clone(),
-            header_read_timeout: header_read_timeout.expect("checked"),
-            max_header_bytes: self.limits.max_header_bytes,
-            idle_timeout: idle_timeout.expect("checked"),
-            trusted_hops: self.forwarding.trusted_hops,
-            max_connections: self.limits.max_connections,
-            max_requests_in_flight: self.limits.max_requests_in_flight,
-            max_request_body,
-            h2_max_streams: self.limits.h2_max_streams,
-            h2_keepalive: h2_keepalive.expect("checked"),
-            tls: self.tls.clone(),
-            routes,
-        })
-    }
 }
 
 /// `routes.0.name` (serde_ignored's path) as `routes[0].name`.
@@ -975,366 +727,6 @@ pub fn strict_from_json<T: serde::de::DeserializeOwned>(
         Ok(parsed)
     } else {
         Err(format!("unknown field {}", unknown.join(", ")))
-    }
-}
-
-fn parse_addr(text: &str, path: &str, errs: &mut Collector) -> Option<SocketAddr> {
-    match text.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            errs.push(
-                path,
-                format!("`{text}` is not an address like 127.0.0.1:8080"),
-            );
-            None
-        }
-    }
-}
-
-fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<ValidRoute> {
-    let before = errs.0.len();
-    if !valid_route_name(&route.name) {
-        errs.push(
-            format!("{at}.name"),
-            format!(
-                "`{}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
-                route.name
-            ),
-        );
-    }
-    let mut hosts = Vec::new();
-    for (j, host) in route.hosts.iter().enumerate() {
-        let h = host.trim().to_ascii_lowercase();
-        if !valid_host(&h) {
-            errs.push(
-                format!("{at}.hosts[{j}]"),
-                format!("`{host}` is not a host name"),
-            );
-        }
-        hosts.push(h);
-    }
-    if !route.path_prefix.starts_with('/') {
-        errs.push(
-            format!("{at}.path_prefix"),
-            format!("`{}` must start with '/'", route.path_prefix),
-        );
-    }
-    let stable = match UpstreamUrl::parse(&route.stable) {
-        Ok(u) => Some(u),
-        Err(e) => {
-            errs.push(format!("{at}.stable"), e);
-            None
-        }
-    };
-    let canary = match &route.canary {
-        None => None,
-        Some(text) => match UpstreamUrl::parse(text) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                errs.push(format!("{at}.canary"), e);
-                None
-            }
-        },
-    };
-    let weight = match percent_to_bp(route.canary_weight) {
-        Ok(bp) => Some(bp),
-        Err(e) => {
-            errs.push(format!("{at}.canary_weight"), e);
-            None
-        }
-    };
-    if route.canary.is_none() && weight.is_some_and(|w| w > 0) {
-        errs.push(
-            format!("{at}.canary_weight"),
-            format!(
-                "{} needs {at}.canary to be set (there is no canary to send traffic to)",
-                route.canary_weight
-            ),
-        );
-    }
-    if route.canary.is_none() && !route.canary_match.is_empty() {
-        errs.push(
-            format!("{at}.canary_match"),
-            format!("rules need {at}.canary to be set"),
-        );
-    }
-    let mut matches = Vec::new();
-    for (j, rule) in route.canary_match.iter().enumerate() {
-        let mp = format!("{at}.canary_match[{j}]");
-        match (&rule.header, &rule.cookie) {
-            (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => matches.push(ValidMatch::Header {
-                    name,
-                    value: rule.value.clone(),
-                }),
-                Err(_) => errs.push(
-                    format!("{mp}.header"),
-                    format!("`{h}` is not a header name"),
-                ),
-            },
-            (None, Some(c)) => {
-                if c.is_empty() || c.contains([';', '=', ' ']) {
-                    errs.push(
-                        format!("{mp}.cookie"),
-                        format!("`{c}` is not a cookie name"),
-                    );
-                } else {
-                    matches.push(ValidMatch::Cookie {
-                        name: c.clone(),
-                        value: rule.value.clone(),
-                    });
-                }
-            }
-            (Some(_), Some(_)) => errs.push(&mp, "set either `header` or `cookie`, not both"),
-            (None, None) => errs.push(&mp, "set one of `header` or `cookie`"),
-        }
-    }
-    let affinity = route
-        .affinity
-        .as_ref()
-        .and_then(|a| validate_affinity(a, Some(&route.path_prefix), at, errs));
-    let mirror = route
-        .mirror
-        .as_ref()
-        .and_then(|m| validate_mirror(m, at, errs));
-    if route.canary.is_none() && route.mirror.is_some() {
-        errs.push(
-            format!("{at}.mirror"),
-            format!("needs {at}.canary to be set (the copies go to the canary)"),
-        );
-    }
-    let connect_timeout = positive_duration(
-        &route.timeouts.connect,
-        &format!("{at}.timeouts.connect"),
-        errs,
-    );
-    let request_timeout = positive_duration(
-        &route.timeouts.request,
-        &format!("{at}.timeouts.request"),
-        errs,
-    );
-    let body_idle_timeout =
-        positive_duration(&route.timeouts.idle, &format!("{at}.timeouts.idle"), errs);
-    let upstream_idle_timeout = positive_duration(
-        &route.timeouts.upstream_idle,
-        &format!("{at}.timeouts.upstream_idle"),
-        errs,
-    );
-    let uses_https = stable.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
-        || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
-    if let Some(tls) = &route.upstream_tls {
-        if !uses_https {
-            errs.push(
-                format!("{at}.upstream_tls"),
-                "applies to https:// upstreams only; stable and canary are http://",
-            );
-        }
-        if let Some(name) = &tls.server_name
-            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
-        {
-            errs.push(
-                format!("{at}.upstream_tls.server_name"),
-                format!("`{name}` is not a DNS name or IP address"),
-            );
-        }
-    }
-    let grpc_failure_codes = match &route.grpc_failure_codes {
-        None => crate::grpc::Codes::default(),
-        Some(list) => match crate::grpc::Codes::resolve(list) {
-            Ok(codes) => codes,
-            Err(bad) => {
-                for (j, message) in bad {
-                    errs.push(format!("{at}.grpc_failure_codes[{j}]"), message);
-                }
-                crate::grpc::Codes::default()
-            }
-        },
-    };
-    if errs.0.len() > before {
-        return None;
-    }
-    Some(ValidRoute {
-        name: route.name.clone(),
-        listener: 0,
-        hosts,
-        path_prefix: route.path_prefix.clone(),
-        protocol: route.protocol,
-        stable: stable?,
-        canary,
-        canary_weight_bp: weight?,
-        canary_match: matches,
-        connect_timeout: connect_timeout?,
-        upstream_idle_timeout: upstream_idle_timeout?,
-        request_timeout: request_timeout?,
-        body_idle_timeout: body_idle_timeout?,
-        upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
-        grpc_failure_codes,
-        affinity,
-        mirror,
-    })
-}
-
-/// Checks route settings on their own (for control planes that bring
-/// them): errors name the field under `affinity.` / `mirror.`.
-pub fn check_affinity(affinity: &AffinityConfig) -> Result<ValidAffinity, ConfigErrors> {
-    let mut errs = Collector(Vec::new());
-    match validate_affinity(affinity, None, "", &mut errs) {
-        Some(valid) if errs.0.is_empty() => Ok(valid),
-        _ => Err(ConfigErrors(strip_leading_dot(errs.0))),
-    }
-}
-
-/// See [`check_affinity`].
-pub fn check_mirror(mirror: &MirrorConfig) -> Result<ValidMirror, ConfigErrors> {
-    let mut errs = Collector(Vec::new());
-    match validate_mirror(mirror, "", &mut errs) {
-        Some(valid) if errs.0.is_empty() => Ok(valid),
-        _ => Err(ConfigErrors(strip_leading_dot(errs.0))),
-    }
-}
-
-fn strip_leading_dot(errors: Vec<FieldError>) -> Vec<FieldError> {
-    errors
-        .into_iter()
-        .map(|e| FieldError {
-            path: e.path.trim_start_matches('.').to_string(),
-            ..e
-        })
-        .collect()
-}
-
-fn validate_affinity(
-    affinity: &AffinityConfig,
-    path: Option<&str>,
-    at: &str,
-    errs: &mut Collector,
-) -> Option<ValidAffinity> {
-    let at = format!("{at}.affinity");
-    match (&affinity.cookie, &affinity.header) {
-        (Some(cookie), None) => {
-            if let Some(path) = path
-                && !path.bytes().all(|b| b.is_ascii_graphic() && b != b';')
-            {
-                errs.push(
-                    format!("{at}.cookie"),
-                    format!("the route's path_prefix `{path}` cannot be a cookie's Path (it holds a space, `;` or a control character)"),
-                );
-                return None;
-            }
-            if !valid_cookie_name(cookie) {
-                errs.push(
-                    format!("{at}.cookie"),
-                    format!("`{cookie}` is not a valid cookie name (a token: letters, digits and !#$%&'*+-.^_`|~)"),
-                );
-                return None;
-            }
-            let max_age = match &affinity.max_age {
-                None => None,
-                Some(text) => Some(positive_duration(text, &format!("{at}.max_age"), errs)?),
-            };
-            Some(ValidAffinity::Cookie {
-                name: cookie.clone(),
-                max_age,
-            })
-        }
-        (None, Some(header)) => {
-            if affinity.max_age.is_some() {
-                errs.push(format!("{at}.max_age"), "applies to `cookie` affinity only");
-            }
-            match http::HeaderName::from_bytes(header.as_bytes()) {
-                Ok(name) => Some(ValidAffinity::Header { name }),
-                Err(_) => {
-                    errs.push(
-                        format!("{at}.header"),
-                        format!("`{header}` is not a header name"),
-                    );
-                    None
-                }
-            }
-        }
-        (Some(_), Some(_)) => {
-            errs.push(&at, "set either `cookie` or `header`, not both");
-            None
-        }
-        (None, None) => {
-            errs.push(&at, "set one of `cookie` or `header`");
-            None
-        }
-    }
-}
-
-/// The methods mirrored when `mirror.methods` is unset: the idempotent ones.
-pub const MIRROR_DEFAULT_METHODS: [http::Method; 6] = [
-    http::Method::GET,
-    http::Method::HEAD,
-    http::Method::OPTIONS,
-    http::Method::TRACE,
-    http::Method::PUT,
-    http::Method::DELETE,
-];
-
-fn validate_mirror(mirror: &MirrorConfig, at: &str, errs: &mut Collector) -> Option<ValidMirror> {
-    let at = format!("{at}.mirror");
-    let before = errs.0.len();
-    let percent_bp = match percent_to_bp(mirror.percent) {
-        Ok(bp) => bp,
-        Err(e) => {
-            errs.push(format!("{at}.percent"), e);
-            0
-        }
-    };
-    let max_body = match parse_size(&mirror.max_body) {
-        Ok(n) => n,
-        Err(e) => {
-            errs.push(format!("{at}.max_body"), e);
-            0
-        }
-    };
-    let methods = match &mirror.methods {
-        None => MIRROR_DEFAULT_METHODS.to_vec(),
-        Some(list) => {
-            let mut methods = Vec::new();
-            for (j, m) in list.iter().enumerate() {
-                let upper = m.to_ascii_uppercase();
-                match upper.as_str() {
-                    "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS"
-                    | "TRACE" => methods.push(
-                        http::Method::from_bytes(upper.as_bytes()).expect("a standard method"),
-                    ),
-                    _ => errs.push(
-                        format!("{at}.methods[{j}]"),
-                        format!("`{m}` is not a method the proxy forwards (GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE)"),
-                    ),
-                }
-            }
-            if list.is_empty() {
-                errs.push(format!("{at}.methods"), "must name at least one method");
-            }
-            methods
-        }
-    };
-    if mirror.max_in_flight == 0 {
-        errs.push(format!("{at}.max_in_flight"), "must be greater than 0");
-    }
-    (errs.0.len() == before).then_some(ValidMirror {
-        percent_bp,
-        max_body,
-        methods,
-        max_in_flight: mirror.max_in_flight,
-    })
-}
-
-fn positive_duration(text: &str, path: &str, errs: &mut Collector) -> Option<Duration> {
-    match parse_duration(text) {
-        Ok(d) if d.is_zero() => {
-            errs.push(path, "must be greater than 0");
-            None
-        }
-        Ok(d) => Some(d),
-        Err(e) => {
-            errs.push(path, e);
-            None
-        }
     }
 }
 
@@ -1571,6 +963,24 @@ routes:
         assert_eq!(config.routes[0].canary_weight, 5.0);
         assert!(config.validate().is_ok());
         assert!(Config::from_yaml(text).is_err(), "strict for files");
+    }
+
+    #[test]
+    fn underscore_headers_are_dropped_unless_a_route_keeps_them() {
+        let text = "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1' }\n  - { name: b, path_prefix: /b, stable: 'http://h:2', underscore_headers: keep }\n";
+        let valid = Config::from_yaml(text).unwrap().validate().unwrap();
+        assert!(!valid.routes[0].keep_underscore_headers);
+        assert!(valid.routes[1].keep_underscore_headers);
+        let err = Config::from_yaml(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1', underscore_headers: allow }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("routes[0].underscore_headers")
+                && err.contains("unknown variant `allow`, expected `drop` or `keep`"),
+            "{err}"
+        );
     }
 
     #[test]

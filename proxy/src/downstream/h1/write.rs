@@ -1,0 +1,327 @@
+//! Writing an answer to an HTTP/1.1 client, and the tunnel after a 101.
+//!
+//! A backend's answer keeps its status and fields in their order (less
+//! what `crate::answer` leaves out), then the proxy's framing: the body's
+//! length when it is known, else chunked (an HTTP/1.0 client gets the
+//! body until the connection closes); none for 1xx, 204 and 304; a
+//! response to HEAD keeps the length a GET would get, once. Then `Date`
+//! when the backend sent none, and `Connection: close` when the
+//! connection ends after it. Trailers reach clients that asked for them
+//! (`TE: trailers`). The body is gathered up to 16 KiB and written
+//! whenever the backend has nothing more ready, so a small answer is one
+//! write and a large one streams.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
+use crate::conn::Entered;
+use crate::http1::write;
+use crate::upstream::ResponseHead;
+use crate::upstream::h1::Conn as UpstreamConn;
+
+/// Answer bytes gathered before a write.
+const GATHER: usize = 16 * 1024;
+
+/// What comes of polling an answer's body.
+enum Step {
+    /// Nothing ready: write what is gathered.
+    Flush,
+    Frame(Option<Result<http_body::Frame<bytes::Bytes>, crate::BoxError>>),
+}
+
+/// What follows an answer on the connection.
+pub(super) enum Next {
+    KeepAlive,
+    Close,
+    /// The request was upgraded: a tunnel to this backend connection.
+    Tunnel(Box<UpstreamConn>),
+}
+
+/// How an answer is written.
+#[derive(Clone, Copy)]
+pub(super) struct Reply {
+    pub head_request: bool,
+    /// The client's HTTP/1.`minor`.
+    pub minor: u8,
+    /// The connection closes after the answer.
+    pub close: bool,
+    /// An HTTP/1.0 client keeps the connection if the answer's length is
+    /// known.
+    pub keep_alive: bool,
+    pub wants_trailers: bool,
+}
+
+impl Reply {
+    /// The answer to a request the proxy could not read: the connection
+    /// closes after it.
+    pub fn closing() -> Self {
+        Self {
+            head_request: false,
+            minor: 1,
+            close: true,
+            keep_alive: false,
+            wants_trailers: false,
+        }
+    }
+}
+
+/// Where an answer goes: the client's connection, the buffer it is
+/// gathered in, and the informational heads not written yet (they go
+/// first).
+pub(super) struct Writer<'a, S> {
+    pub io: &'a mut S,
+    pub out: &'a mut Vec<u8>,
+    pub interim: &'a mut Vec<u8>,
+}
+
+impl<S: AsyncWrite + Unpin> Writer<'_, S> {
+    /// Writes `answer`; what follows it on the connection.
+    pub async fn answer(self, answer: Answer, reply: Reply) -> Next {
+        match answer {
+            Answer::Local(local) => self.local(local, reply).await,
+            Answer::Passed(passed) => self.passed(passed, reply).await,
+        }
+    }
+
+    /// Writes an answer the proxy made itself. Its body is left out when
+    /// the request was HEAD (the length stays, as for a GET); dropped
+    /// unsent, the body still records its metrics.
+    pub async fn local(mut self, local: Local, mut reply: Reply) -> Next {
+        reply.close |= local.close;
+        let out = self.start_head();
+        write::status_line(out, reply.minor, local.status);
+        write::field(out, b"content-type", b"text/plain; charset=utf-8");
+        if local.allow {
+            write::field(out, b"allow", crate::answer::ALLOWED.as_bytes());
+        }
+        let length = local.body.size_hint().exact().unwrap_or(0);
+        write::content_length(out, length);
+        end_head(out, false, &reply, true);
+        let body = (!reply.head_request).then_some(local.body);
+        self.send(body, false, &reply).await
+    }
+
+    /// Writes a backend's answer (see the module docs); a 101 becomes a
+    /// tunnel.
+    async fn passed(mut self, passed: Passed, mut reply: Reply) -> Next {
+        let Passed {
+            head,
+            body,
+            set_cookie,
+            tunnel,
+        } = passed;
+        let status = head.status();
+        let no_body = reply.head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let length = match &head {
+            ResponseHead::H1(h) => match h.framing.framing {
+                crate::http1::framing::Framing::Length(n) => Some(n),
+                crate::http1::framing::Framing::Empty => Some(0),
+                _ => None,
+            },
+            ResponseHead::H2(_) => body.size_hint().exact(),
+        };
+        // An HTTP/1.0 client reads a body of unknown length to the end of
+        // the connection.
+        let chunked = length.is_none() && reply.minor == 1;
+        reply.close |= length.is_none() && reply.minor == 0 && !no_body;
+        let out = self.start_head();
+        write::status_line(out, if tunnel.is_some() { 1 } else { reply.minor }, status);
+        let dated = passed_fields(out, &head, reply.head_request && !no_content(status));
+        if let Some(cookie) = set_cookie {
+            write::field(out, b"set-cookie", cookie.as_bytes());
+        }
+        if tunnel.is_some() {
+            if let Some(offered) = crate::fields::Fields::first(&head, "upgrade") {
+                write::field(out, b"upgrade", offered);
+            }
+            write::field(out, b"connection", b"upgrade");
+        } else if !no_body {
+            match length {
+                Some(n) => write::content_length(out, n),
+                None if chunked => write::field(out, b"transfer-encoding", b"chunked"),
+                None => {}
+            }
+        }
+        end_head(out, dated, &reply, length.is_some() || no_body);
+        if let Some(upstream) = tunnel {
+            drop(body);
+            return match self.flush_out().await {
+                Ok(()) => Next::Tunnel(upstream),
+                Err(_) => Next::Close,
+            };
+        }
+        let body = (!no_body).then_some(body);
+        self.send(body, chunked, &reply).await
+    }
+
+    /// The answer's buffer, with the informational heads that could not
+    /// be written yet in front.
+    fn start_head(&mut self) -> &mut Vec<u8> {
+        self.out.clear();
+        self.out.append(self.interim);
+        self.out
+    }
+
+    /// Writes the head gathered in `out` and `body` after it; what
+    /// follows on the connection.
+    async fn send(mut self, body: Option<AnswerBody>, chunked: bool, reply: &Reply) -> Next {
+        let written = match body {
+            Some(body) => self.write_body(body, chunked, reply.wants_trailers).await,
+            None => self.flush_out().await,
+        };
+        match written {
+            Ok(()) if !reply.close => Next::KeepAlive,
+            _ => Next::Close,
+        }
+    }
+
+    async fn flush_out(&mut self) -> std::io::Result<()> {
+        self.io.write_all(self.out).await?;
+        self.out.clear();
+        self.io.flush().await
+    }
+
+    /// Writes the head gathered in `out` and `body` after it, chunked or
+    /// not; what is gathered is written whenever the body has nothing
+    /// ready. Err: the client is gone or the body broke off (the
+    /// connection is then closed).
+    async fn write_body(
+        &mut self,
+        mut body: AnswerBody,
+        chunked: bool,
+        wants_trailers: bool,
+    ) -> std::io::Result<()> {
+        let (io, out) = (&mut *self.io, &mut *self.out);
+        let mut ended = false;
+        loop {
+            let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Pending if !out.is_empty() => Poll::Ready(Step::Flush),
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(frame) => Poll::Ready(Step::Frame(frame)),
+            })
+            .await;
+            let frame = match step {
+                Step::Flush => {
+                    io.write_all(out).await?;
+                    out.clear();
+                    io.flush().await?;
+                    continue;
+                }
+                Step::Frame(None) => break,
+                Step::Frame(Some(Err(e))) => {
+                    // What came is sent; the cut shows as a closed connection.
+                    let _ = io.write_all(out).await;
+                    return Err(std::io::Error::other(e));
+                }
+                Step::Frame(Some(Ok(frame))) => frame,
+            };
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if chunked {
+                        let trailers = frame.trailers_ref().filter(|_| wants_trailers);
+                        write::last_chunk(out, trailers);
+                        ended = true;
+                    }
+                    continue;
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                write::chunk_size_line(out, data.len());
+            }
+            if out.len() + data.len() <= GATHER {
+                out.extend_from_slice(&data);
+            } else {
+                let mut both = (&out[..]).chain(data);
+                io.write_all_buf(&mut both).await?;
+                out.clear();
+            }
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        if chunked && !ended {
+            write::last_chunk(out, None);
+        }
+        io.write_all(out).await?;
+        out.clear();
+        io.flush().await
+    }
+}
+
+fn no_content(status: StatusCode) -> bool {
+    status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+}
+
+/// Writes a backend's fields the client gets; `pass_length`: the length
+/// it declared goes on (once: a response to HEAD). Whether it had `Date`.
+fn passed_fields(out: &mut Vec<u8>, head: &ResponseHead, pass_length: bool) -> bool {
+    let mut length = pass_length.then(|| head.declared_length()).flatten();
+    let mut dated = false;
+    crate::answer::each_passed_field(head, head.has_connection(), &mut |kind, name, value| {
+        match kind {
+            ResponseField::ContentLength => {
+                if let Some(n) = length.take() {
+                    write::field(out, name, write::itoa(n, &mut [0; 20]));
+                }
+            }
+            ResponseField::Date => {
+                dated = true;
+                write::field(out, name, value);
+            }
+            ResponseField::HopByHop => {}
+            ResponseField::Other => write::field(out, name, value),
+        }
+    });
+    dated
+}
+
+/// `Date` (unless `dated`), the connection's fate, and the blank line.
+/// `framed`: the answer's end can be told without closing.
+fn end_head(out: &mut Vec<u8>, dated: bool, reply: &Reply, framed: bool) {
+    if !dated {
+        write::date_field(out);
+    }
+    if reply.close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if reply.minor == 0 && reply.keep_alive && framed {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Copies bytes both ways between an upgraded client connection and its
+/// backend until either closes (or the drain cuts it, with `held`): first
+/// what each side sent past the 101 (`client_rest`, and what the backend
+/// connection had buffered).
+pub(super) async fn tunnel<S>(
+    mut client: S,
+    client_rest: BytesMut,
+    upstream: Box<UpstreamConn>,
+    _held: Entered,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut upstream, upstream_rest) = (*upstream).into_parts();
+    let started = async {
+        upstream.write_all(&client_rest).await?;
+        client.write_all(&upstream_rest).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    if let Err(e) = started.await {
+        tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+    }
+}

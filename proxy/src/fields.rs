@@ -1,0 +1,597 @@
+//! Rules on header fields and request targets that every request path
+//! applies the same way (the own HTTP/1.1 path, hyper's HTTP/1.1 and
+//! HTTP/2 paths, and the own upstream codec). This module only looks at
+//! bytes; it imports nothing of the proxy's.
+//!
+//! - **Fields a client may not send on.** `X-Sluice-*` is the proxy's own
+//!   namespace (`X-Sluice-Mirror: 1` marks its mirror copies, which the
+//!   README invites backends to treat as free of side effects): a client's
+//!   is always dropped. A name with `_` is dropped unless the route keeps
+//!   such names ([`ClientField::Underscored`]); the underscore spellings of
+//!   the fields the proxy sets or frames by are dropped even then
+//!   ([`ClientField::Reserved`]), since a backend that maps names
+//!   CGI-style reads `X_Forwarded_For` as `X-Forwarded-For`.
+//! - **Request trailers** ([`trailer_passes`]) lose what a head would:
+//!   the fields above, and the ones the request paths set, frame by or
+//!   treat as hop-by-hop (a backend that merges trailers into the head
+//!   would read them as the proxy's).
+//! - **Hosts.** A Host field, an absolute-form target's authority and an
+//!   HTTP/2 `:authority` must each be `host [ ":" port ]` (RFC 3986: a
+//!   registered name or IPv4 address, or a bracketed IPv6 address; a port
+//!   of digits), so user info (`a@b`) never reaches a backend or a route
+//!   match.
+//! - **Transfer codings.** A request's `Transfer-Encoding` must be exactly
+//!   `chunked` (any case, once): a list that ends in `chunked` after
+//!   other codings is 501 (nginx's answer: the proxy decodes none of
+//!   them), one that does not end in `chunked` (its length cannot be
+//!   told, RFC 9112 §6.3) or is malformed (an empty element, `chunked`
+//!   twice, parameters) 400. A response's must be exactly `chunked` too:
+//!   any other coding would have to be undone before the proxy re-frames
+//!   the body (502).
+//! - **Field access.** [`Fields`] is how the rules, the routing and the
+//!   A/B rules read a message's fields, whatever holds them: a head the
+//!   proxy's own HTTP/1.1 codec parsed, or an `http::HeaderMap`.
+//! - **Lengths.** A `Content-Length` is one or more equal decimal numbers
+//!   (`5`, `5, 5`, two fields of `5`); anything else is not a length.
+
+/// A message's header fields, whatever holds them.
+pub trait Fields: Sync {
+    /// Calls `each` with every field's name (as received: compare it
+    /// without case) and value, in order.
+    fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8]));
+
+    /// Calls `each` with the value of every field named `name` (lower
+    /// case), in order, until it returns true; whether one did.
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        let mut found = false;
+        self.each(&mut |field, value| {
+            if !found && field.eq_ignore_ascii_case(name.as_bytes()) && each(value) {
+                found = true;
+            }
+        });
+        found
+    }
+
+    /// The value of the first field named `name` (lower case).
+    fn first<'s>(&'s self, name: &str) -> Option<&'s [u8]> {
+        let mut first = None;
+        self.values(name, &mut |value| {
+            first = Some(value);
+            true
+        });
+        first
+    }
+}
+
+impl Fields for http::HeaderMap {
+    fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8])) {
+        for (name, value) in self {
+            each(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        self.get_all(name).iter().any(|v| each(v.as_bytes()))
+    }
+}
+
+/// Whether the comma-separated list `value` has `token` (any case).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// What the request paths do with a client's header field, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientField {
+    /// Passed on (subject to the paths' own hop-by-hop and forwarding rules).
+    Ordinary,
+    /// `X-Sluice-*`, or the underscore spelling of a field the proxy sets
+    /// or frames by: never passed on.
+    Reserved,
+    /// A name with `_`: passed on only on routes with
+    /// `underscore_headers: keep`.
+    Underscored,
+}
+
+/// The proxy's own field namespace.
+const PROXY_PREFIX: &[u8] = b"x-sluice-";
+
+/// Fields whose underscore spellings are never passed on: what the proxy
+/// sets (forwarding), frames by, or treats as hop-by-hop.
+const RESERVED_SPELLINGS: [&[u8]; 14] = [
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"forwarded",
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"upgrade",
+    b"trailer",
+];
+
+/// What becomes of a client's field named `name` (any case).
+pub fn client_field(name: &[u8]) -> ClientField {
+    let underscored = name.contains(&b'_');
+    let dashed = |i: usize| -> u8 {
+        match name[i] {
+            b'_' => b'-',
+            b => b.to_ascii_lowercase(),
+        }
+    };
+    let spelled =
+        |known: &[u8]| name.len() >= known.len() && (0..known.len()).all(|i| dashed(i) == known[i]);
+    if spelled(PROXY_PREFIX) {
+        return ClientField::Reserved;
+    }
+    if !underscored {
+        return ClientField::Ordinary;
+    }
+    if RESERVED_SPELLINGS
+        .iter()
+        .any(|known| known.len() == name.len() && spelled(known))
+    {
+        ClientField::Reserved
+    } else {
+        ClientField::Underscored
+    }
+}
+
+/// Fields a client's trailer section never passes on: hop-by-hop, framing,
+/// routing and forwarding fields, which only the head may carry and the
+/// proxy sets itself.
+const NOT_TRAILERS: [&[u8]; 16] = [
+    b"host",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"transfer-encoding",
+    b"upgrade",
+    b"trailer",
+    b"http2-settings",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-real-ip",
+    b"forwarded",
+];
+
+/// Whether a client's trailer field named `name` goes on to a backend
+/// (see the module docs); `keep_underscores`: the route keeps names with
+/// `_`.
+pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
+    if NOT_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return false;
+    }
+    match client_field(name) {
+        ClientField::Ordinary => true,
+        ClientField::Underscored => keep_underscores,
+        ClientField::Reserved => false,
+    }
+}
+
+/// Whether `value` is `uri-host [ ":" port ]` (RFC 3986): a registered
+/// name or IPv4 address (unreserved characters, sub-delims and `%`), or an
+/// IPv6 address in brackets, then optionally `:` and up to five digits. No
+/// user info, path, space or second colon.
+pub fn is_host_and_port(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inside = &value[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => (&value[..=end], None),
+            [b':', port @ ..] => (&value[..=end], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        }
+    };
+    !host.is_empty()
+        && (host[0] == b'[' || host.iter().all(|&b| is_reg_name_byte(b)))
+        && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+}
+
+/// RFC 3986's unreserved characters, sub-delims and `%`: what a
+/// registered name may hold.
+pub fn is_reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// RFC 3986's unreserved characters, sub-delims, `:` and `%`: what both a
+/// host and a path may hold.
+pub fn is_uri_common(b: u8) -> bool {
+    is_reg_name_byte(b) || b == b':'
+}
+
+/// What a message's `Transfer-Encoding` fields say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferCoding {
+    /// No `Transfer-Encoding` field.
+    Absent,
+    /// Exactly `chunked`.
+    Chunked,
+    /// A list that is not one (an empty element, `chunked` more than
+    /// once, parameters, spaces within an element).
+    Malformed,
+    /// Codings before a final `chunked` (`gzip, chunked`, `identity,
+    /// chunked`): the proxy decodes none of them.
+    Unsupported,
+    /// A list whose last coding is not `chunked` (`gzip`, `chunked,
+    /// gzip`): a request's length cannot be told (RFC 9112 §6.3).
+    NotChunkedLast,
+}
+
+/// Reads the values of every `Transfer-Encoding` field of a message.
+pub fn transfer_coding<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> TransferCoding {
+    let mut reader = CodingReader::default();
+    for value in values {
+        reader.push(value);
+    }
+    reader.coding()
+}
+
+/// The `Transfer-Encoding` of a message's fields.
+pub fn transfer_coding_in(fields: &dyn Fields) -> TransferCoding {
+    let mut reader = CodingReader::default();
+    fields.values("transfer-encoding", &mut |value| {
+        reader.push(value);
+        false
+    });
+    reader.coding()
+}
+
+/// A message's framing fields (`Transfer-Encoding`, `Content-Length`),
+/// read while its fields go by once.
+#[derive(Default)]
+pub struct FramingFields {
+    coding: CodingReader,
+    length: LengthReader,
+}
+
+impl FramingFields {
+    /// Takes one field in; whether it was a framing field.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.coding.push(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            self.length.push(value);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    pub fn coding(&self) -> TransferCoding {
+        self.coding.coding()
+    }
+
+    /// As [`content_length`] says.
+    pub fn length(&self) -> Result<Option<(u64, bool)>, LengthError> {
+        self.length.length()
+    }
+}
+
+/// Reads `Transfer-Encoding` values one at a time.
+#[derive(Default)]
+struct CodingReader {
+    seen: bool,
+    malformed: bool,
+    chunked: usize,
+    others: bool,
+    last_chunked: bool,
+}
+
+impl CodingReader {
+    fn push(&mut self, value: &[u8]) {
+        self.seen = true;
+        for element in value.split(|&b| b == b',') {
+            let element = element.trim_ascii();
+            if element.is_empty()
+                || !element
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                self.malformed = true;
+            }
+            self.last_chunked = element.eq_ignore_ascii_case(b"chunked");
+            if self.last_chunked {
+                self.chunked += 1;
+            } else {
+                self.others = true;
+            }
+        }
+    }
+
+    fn coding(&self) -> TransferCoding {
+        match (self.seen, self.chunked, self.others) {
+            (false, ..) => TransferCoding::Absent,
+            _ if self.malformed => TransferCoding::Malformed,
+            (true, 2.., _) => TransferCoding::Malformed,
+            (true, 1, false) => TransferCoding::Chunked,
+            _ if !self.last_chunked => TransferCoding::NotChunkedLast,
+            _ => TransferCoding::Unsupported,
+        }
+    }
+}
+
+/// Why `Content-Length` fields are not a length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LengthError {
+    /// A value (or list element) is not a decimal number.
+    NotANumber,
+    /// Values differ.
+    Differing,
+}
+
+/// The length the `Content-Length` fields' values give (None: no field),
+/// and whether it was given more than once.
+pub fn content_length<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<(u64, bool)>, LengthError> {
+    let mut reader = LengthReader::default();
+    for value in values {
+        reader.push(value);
+    }
+    reader.length()
+}
+
+/// The length a message's `Content-Length` fields give (see
+/// [`content_length`]).
+pub fn content_length_in(fields: &dyn Fields) -> Result<Option<(u64, bool)>, LengthError> {
+    let mut reader = LengthReader::default();
+    fields.values("content-length", &mut |value| {
+        reader.push(value);
+        false
+    });
+    reader.length()
+}
+
+/// Reads `Content-Length` values one at a time.
+#[derive(Default)]
+struct LengthReader {
+    length: Option<u64>,
+    repeated: bool,
+    error: Option<LengthError>,
+}
+
+impl LengthReader {
+    fn push(&mut self, value: &[u8]) {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let Some(n) =
+                (!part.is_empty() && part.len() <= 19 && part.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                    .flatten()
+            else {
+                self.error.get_or_insert(LengthError::NotANumber);
+                return;
+            };
+            match self.length {
+                Some(l) if l != n => {
+                    self.error.get_or_insert(LengthError::Differing);
+                }
+                Some(_) => self.repeated = true,
+                None => self.length = Some(n),
+            }
+        }
+    }
+
+    fn length(&self) -> Result<Option<(u64, bool)>, LengthError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.length.map(|n| (n, self.repeated))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_pass_unless_a_head_would_drop_them_or_only_a_head_may_carry_them() {
+        for name in ["X-Sum", "grpc-status", "Server-Timing"] {
+            assert!(trailer_passes(name.as_bytes(), false), "{name}");
+        }
+        for name in [
+            "X-Sluice-Mirror",
+            "Connection",
+            "TE",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Host",
+            "Trailer",
+            "X-Forwarded-For",
+            "Forwarded",
+            "X_Forwarded_For",
+        ] {
+            assert!(!trailer_passes(name.as_bytes(), true), "{name}");
+        }
+        assert!(!trailer_passes(b"x_custom", false));
+        assert!(trailer_passes(b"x_custom", true));
+    }
+
+    #[test]
+    fn the_proxys_fields_and_underscore_spellings_are_told_apart() {
+        for name in ["X-Sluice-Mirror", "x-sluice-anything", "X_Sluice_Mirror"] {
+            assert_eq!(
+                client_field(name.as_bytes()),
+                ClientField::Reserved,
+                "{name}"
+            );
+        }
+        for name in [
+            "X_Forwarded_For",
+            "x_real_ip",
+            "X_FORWARDED_HOST",
+            "content_length",
+            "Transfer_Encoding",
+            "HOST_",
+        ] {
+            let expected = if name == "HOST_" {
+                ClientField::Underscored
+            } else {
+                ClientField::Reserved
+            };
+            assert_eq!(client_field(name.as_bytes()), expected, "{name}");
+        }
+        for name in ["my_header", "x_forwarded_for_app", "_"] {
+            assert_eq!(
+                client_field(name.as_bytes()),
+                ClientField::Underscored,
+                "{name}"
+            );
+        }
+        for name in ["X-Forwarded-For", "accept", "x-sluice", "x-sluic-e"] {
+            assert_eq!(
+                client_field(name.as_bytes()),
+                ClientField::Ordinary,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn hosts_are_a_host_and_an_optional_port() {
+        for good in [
+            "a",
+            "web.example",
+            "Fast.Example:8080",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "host:",
+            "under_score.example",
+        ] {
+            assert!(is_host_and_port(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a@b",
+            "user@a.example",
+            "a.example/x",
+            "a b",
+            "a:b:c",
+            "a:8o",
+            "a:123456",
+            ":80",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "[a@b]",
+            "a\tb",
+        ] {
+            assert!(!is_host_and_port(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_codings_are_chunked_alone_or_refused() {
+        let coding = |values: &[&str]| transfer_coding(values.iter().map(|v| v.as_bytes()));
+        assert_eq!(coding(&[]), TransferCoding::Absent);
+        for chunked in [&["chunked"][..], &["Chunked"], &[" chunked "]] {
+            assert_eq!(coding(chunked), TransferCoding::Chunked, "{chunked:?}");
+        }
+        for unsupported in [
+            &["gzip, chunked"][..],
+            &["identity, chunked"],
+            &["gzip", "chunked"],
+        ] {
+            assert_eq!(
+                coding(unsupported),
+                TransferCoding::Unsupported,
+                "{unsupported:?}"
+            );
+        }
+        for not_last in [
+            &["chunked, gzip"][..],
+            &["identity"],
+            &["gzip"],
+            &["chunked", "gzip"],
+        ] {
+            assert_eq!(
+                coding(not_last),
+                TransferCoding::NotChunkedLast,
+                "{not_last:?}"
+            );
+        }
+        for malformed in [
+            &[",chunked"][..],
+            &["chunked,"],
+            &["chunked, chunked"],
+            &["chunked", "chunked"],
+            &["chunked;q=1"],
+            &["chun ked"],
+            &[""],
+        ] {
+            assert_eq!(
+                coding(malformed),
+                TransferCoding::Malformed,
+                "{malformed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lengths_are_equal_decimal_numbers() {
+        let length = |values: &[&str]| content_length(values.iter().map(|v| v.as_bytes()));
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(length(&["5"]), Ok(Some((5, false))));
+        assert_eq!(length(&["5, 5"]), Ok(Some((5, true))));
+        assert_eq!(length(&["3", "3"]), Ok(Some((3, true))));
+        assert_eq!(length(&["5", "7"]), Err(LengthError::Differing));
+        for bad in [
+            "abc",
+            "-1",
+            "+5",
+            "0x5",
+            "",
+            "5,",
+            "1 2",
+            "99999999999999999999",
+        ] {
+            assert_eq!(length(&[bad]), Err(LengthError::NotANumber), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Request and response heads (and trailer sections): parsed with
+//! `httparse`, then checked against the rules the module docs list. A
+//! head's fields stay where they are in the buffer ([`Span`]); nothing is
+//! copied or allocated per field.
+
+use http::{Method, StatusCode};
+
+use crate::fields::Fields;
+
+/// The most header fields a head (or trailer section) may have.
+pub const MAX_FIELDS: usize = 128;
+/// The largest response head (and trailer section) read.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Positions of one header field in the buffer it was parsed from.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Span {
+    /// The field's name and value in `base`, the buffer it was parsed from.
+    pub fn of(self, base: &[u8]) -> (&[u8], &[u8]) {
+        (
+            &base[self.name.0..self.name.1],
+            &base[self.value.0..self.value.1],
+        )
+    }
+}
+
+/// A head's fields: where they lie in the buffer they were parsed from.
+#[derive(Clone, Copy)]
+pub struct FieldsOf<'a> {
+    pub base: &'a [u8],
+    pub spans: &'a [Span],
+}
+
+impl<'a> FieldsOf<'a> {
+    pub fn new(base: &'a [u8], spans: &'a [Span]) -> Self {
+        Self { base, spans }
+    }
+
+    /// `(name, value)` of each field, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone + use<'a> {
+        let base = self.base;
+        self.spans.iter().map(move |s| s.of(base))
+    }
+}
+
+impl Fields for FieldsOf<'_> {
+    fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8])) {
+        for (name, value) in self.iter() {
+            each(name, value);
+        }
+    }
+
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        self.iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name.as_bytes()) && each(v))
+    }
+
+    fn first<'s>(&'s self, name: &str) -> Option<&'s [u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+}
+
+impl crate::reuse::Shelved for Vec<Span> {
+    fn shelf() -> &'static std::thread::LocalKey<std::cell::RefCell<Vec<Self>>> {
+        thread_local! {
+            static SHELF: std::cell::RefCell<Vec<Vec<Span>>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        &SHELF
+    }
+
+    fn clear(&mut self) {
+        Vec::clear(self);
+    }
+
+    fn room(&self) -> usize {
+        self.capacity() * std::mem::size_of::<Span>()
+    }
+}
+
+/// Why bytes are not a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Over the size limit or [`MAX_FIELDS`] fields.
+    TooLarge,
+    /// Not a well-formed head: what is wrong with it.
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadError::TooLarge => f.write_str("the head is too large"),
+            HeadError::Malformed(what) => f.write_str(what),
+        }
+    }
+}
+
+/// A parsed request line and the length of its whole head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestLine {
+    pub method: Method,
+    /// Where the request target lies in the buffer.
+    pub target: (usize, usize),
+    /// HTTP/1.`minor` (0 or 1).
+    pub minor: u8,
+    /// Bytes of the head, its blank line included.
+    pub len: usize,
+}
+
+/// A parsed status line and the length of its whole head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusLine {
+    pub status: StatusCode,
+    pub minor: u8,
+    pub len: usize,
+}
+
+/// Room for the fields of one head, not initialised (httparse writes the
+/// ones it finds).
+fn field_room<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_FIELDS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS]
+}
+
+/// Parses the request head at the start of `buf` (at most `max_len`
+/// bytes of it), its fields' positions into `spans`. None: not complete
+/// yet.
+pub fn parse_request(
+    buf: &[u8],
+    max_len: usize,
+    spans: &mut Vec<Span>,
+) -> Result<Option<RequestLine>, HeadError> {
+    let window = &buf[..buf.len().min(max_len)];
+    let mut room = field_room();
+    let mut req = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut req, window, &mut room)
+    {
+        Ok(httparse::Status::Complete(len)) => {
+            check_line_ends(&buf[..len])?;
+            let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+                .map_err(|_| HeadError::Malformed("the method is not a token"))?;
+            let target = req.path.unwrap_or_default().as_bytes();
+            if !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
+                return Err(HeadError::Malformed(
+                    "the request target has a byte that is not visible ASCII",
+                ));
+            }
+            record_spans(buf, req.headers, spans);
+            Ok(Some(RequestLine {
+                method,
+                target: offset_in(buf, target),
+                minor: req.version.unwrap_or_default(),
+                len,
+            }))
+        }
+        Ok(httparse::Status::Partial) if window.len() >= max_len => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// Parses the response head at the start of `buf` (at most
+/// [`MAX_RESPONSE_HEAD`] bytes), its fields' positions into `spans`.
+/// None: not complete yet.
+pub fn parse_response(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<StatusLine>, HeadError> {
+    let window = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
+    let mut room = field_room();
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, window, &mut room)
+    {
+        Ok(httparse::Status::Complete(len)) => {
+            check_line_ends(&buf[..len])?;
+            let code = resp.code.unwrap_or_default();
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| HeadError::Malformed("the status code is not 100 to 999"))?;
+            record_spans(buf, resp.headers, spans);
+            Ok(Some(StatusLine {
+                status,
+                minor: resp.version.unwrap_or_default(),
+                len,
+            }))
+        }
+        Ok(httparse::Status::Partial) if window.len() >= MAX_RESPONSE_HEAD => {
+            Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// Parses the trailer section at the start of `buf` (after a last chunk),
+/// its fields' positions into `spans`: its length, or None when not
+/// complete. `strict`: its lines must end in CRLF (a request's).
+pub fn parse_trailers(
+    buf: &[u8],
+    spans: &mut Vec<Span>,
+    strict: bool,
+) -> Result<Option<usize>, HeadError> {
+    let window = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    match httparse::parse_headers(window, &mut fields) {
+        Ok(httparse::Status::Complete((len, found))) => {
+            if strict {
+                check_line_ends(&buf[..len])?;
+            }
+            record_spans(buf, found, spans);
+            Ok(Some(len))
+        }
+        Ok(httparse::Status::Partial) if window.len() >= MAX_RESPONSE_HEAD => {
+            Err(HeadError::TooLarge)
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// What an `httparse` error says of the head.
+fn refused(e: httparse::Error) -> HeadError {
+    HeadError::Malformed(match e {
+        httparse::Error::TooManyHeaders => return HeadError::TooLarge,
+        httparse::Error::HeaderName => {
+            "a field name is not a token, has whitespace before its colon, or a line is folded (obs-fold)"
+        }
+        httparse::Error::HeaderValue => {
+            "a field value has a control character (NUL, a bare CR, ...)"
+        }
+        httparse::Error::NewLine => "a line does not end where it should",
+        httparse::Error::Status => "the status line is not `HTTP/1.x SP code SP reason`",
+        httparse::Error::Token => {
+            "the request line is not `METHOD SP target SP HTTP/1.x` (one space apart)"
+        }
+        httparse::Error::Version => "the HTTP version is not HTTP/1.0 or HTTP/1.1",
+    })
+}
+
+/// Every line of a complete head ends in CRLF: no bare LF (which
+/// `httparse` accepts as a line end) and no bare CR.
+fn check_line_ends(head: &[u8]) -> Result<(), HeadError> {
+    let mut line_ends = 0;
+    for lf in memchr::memchr_iter(b'\n', head) {
+        if lf == 0 || head[lf - 1] != b'\r' {
+            return Err(HeadError::Malformed("a line ends in a bare LF"));
+        }
+        line_ends += 1;
+    }
+    // Each LF has its own CR before it: any other CR is a bare one.
+    if memchr::memchr_iter(b'\r', head).count() != line_ends {
+        return Err(HeadError::Malformed("a bare CR"));
+    }
+    Ok(())
+}
+
+/// Where `part` (a slice of `base`) lies in `base`.
+fn offset_in(base: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// Records where each of `fields` (parsed from `base`) lies in `base`.
+fn record_spans(base: &[u8], fields: &[httparse::Header<'_>], spans: &mut Vec<Span>) {
+    spans.clear();
+    spans.extend(fields.iter().map(|field| Span {
+        name: offset_in(base, field.name.as_bytes()),
+        value: offset_in(base, field.value),
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(bytes: &[u8]) -> Result<Option<RequestLine>, HeadError> {
+        parse_request(bytes, 64 * 1024, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_well_formed_request_head_is_parsed_in_place() {
+        let bytes = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept:\t*/* \r\n\r\nbody";
+        let mut spans = Vec::new();
+        let line = parse_request(bytes, 1024, &mut spans).unwrap().unwrap();
+        assert_eq!(line.method, Method::GET);
+        assert_eq!(&bytes[line.target.0..line.target.1], b"/a?b=1");
+        assert_eq!((line.minor, line.len), (1, bytes.len() - 4));
+        let fields: Vec<_> = FieldsOf::new(bytes, &spans).iter().collect();
+        assert_eq!(
+            fields,
+            [(&b"Host"[..], &b"x"[..]), (&b"Accept"[..], &b"*/*"[..])]
+        );
+        assert_eq!(request(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn heads_with_ambiguous_line_ends_or_fields_are_refused() {
+        for (what, bytes) in [
+            ("bare LF", &b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n"[..]),
+            ("only LFs", b"GET / HTTP/1.1\nHost: x\n\n"),
+            ("bare CR", b"GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n"),
+            ("NUL", b"GET / HTTP/1.1\r\nHost: x\0y\r\n\r\n"),
+            ("space before colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
+            ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\n y\r\n\r\n"),
+            ("two spaces", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            (
+                "non-ASCII target",
+                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
+            ),
+        ] {
+            assert!(
+                matches!(request(bytes), Err(HeadError::Malformed(_))),
+                "{what}: {:?}",
+                request(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn heads_over_the_limits_are_too_large() {
+        let long = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        assert_eq!(
+            parse_request(long.as_bytes(), 1024, &mut Vec::new()),
+            Err(HeadError::TooLarge)
+        );
+        let many: String = (0..=MAX_FIELDS).map(|i| format!("X{i}: 1\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(request(many.as_bytes()), Err(HeadError::TooLarge));
+    }
+
+    #[test]
+    fn response_heads_follow_the_same_rules() {
+        let mut spans = Vec::new();
+        let line = parse_response(b"HTTP/1.0 299 \r\nA: b\r\n\r\n", &mut spans)
+            .unwrap()
+            .unwrap();
+        assert_eq!((line.status.as_u16(), line.minor), (299, 0));
+        for bad in [
+            &b"HTTP/1.1 200 OK\nA: b\n\n"[..],
+            b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA : b\r\n\r\n",
+            b"HTTP/1.1 099 X\r\n\r\n",
+            b"not http\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_response(bad, &mut spans),
+                    Err(HeadError::Malformed(_))
+                ),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

@@ -1,0 +1,533 @@
+//! Phase 3 of a request, for both protocols: check it, find its route,
+//! decide its backend.
+//!
+//! A client's request head reaches this phase as a [`ClientRequest`],
+//! whichever protocol carried it (the own HTTP/1.1 codec, or hyper's
+//! HTTP/2 server). Requests refused here are never forwarded; the answer
+//! says why ([`Refusal`]):
+//! - `CONNECT` is 405 and `OPTIONS *` 200, both with `Allow`: a reverse
+//!   proxy answers them itself.
+//! - The target is origin-form (`/…`), or an `http`/`https` absolute URI
+//!   whose authority is a host and optional port and whose path starts
+//!   with `/` (HTTP/2: `:scheme`, `:authority`, `:path` alike); `*` is for
+//!   OPTIONS only. 400 otherwise: a backend never gets `GET ?a=1` or
+//!   `Host: a@other-host` (the rules on hosts are `crate::fields`').
+//! - HTTP/1 (RFC 9112 §3.2): one Host field, a host and optional port; an
+//!   HTTP/1.1 request whose target names no authority needs one (HTTP/1.0
+//!   may leave it out). HTTP/2: a Host field, when sent, is one valid host
+//!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
+//!   one of them (RFC 9110 §7.2); `content-length` fields are equal
+//!   numbers. 400.
+//! - No route for the host (port and case ignored) and the normalised
+//!   path: 404.
+//!
+//! Then the backend is decided (A/B rules, then affinity, then the exact
+//! weighted split: [`crate::routing::Route::decide`]), and the request
+//! takes a place among its route's requests in flight (503 at the limit)
+//! and has its declared length checked against `limits.max_request_body`
+//! (413); both refusals count on the backend chosen, as the client got
+//! them.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, StatusCode, Version};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::fields::Fields;
+use crate::record::{Permit, Recorder};
+use crate::routing::{Route, SplitDecision};
+use crate::store::Store;
+
+/// A client's request target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/path?query`.
+    Origin(&'a str),
+    /// `scheme://authority/path?query` (an HTTP/2 request is one).
+    Absolute {
+        scheme: &'a str,
+        authority: &'a str,
+        path_and_query: &'a str,
+    },
+    /// `*`.
+    Asterisk,
+    /// Anything else (an authority-form target, a relative path).
+    Other,
+}
+
+impl<'a> Target<'a> {
+    /// Reads an HTTP/1.1 request target (visible ASCII).
+    pub fn parse(target: &'a str) -> Self {
+        if target.starts_with('/') {
+            return Target::Origin(target);
+        }
+        if target == "*" {
+            return Target::Asterisk;
+        }
+        let Some((scheme, rest)) = target.split_once("://") else {
+            return Target::Other;
+        };
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        Target::Absolute {
+            scheme,
+            authority: &rest[..end],
+            path_and_query: &rest[end..],
+        }
+    }
+
+    /// The path and query a backend gets (`/` for none).
+    pub fn path_and_query(&self) -> &'a str {
+        match self {
+            Target::Origin(p) => p,
+            Target::Absolute { path_and_query, .. } if !path_and_query.is_empty() => path_and_query,
+            _ => "/",
+        }
+    }
+
+    /// The path alone.
+    pub fn path(&self) -> &'a str {
+        let pq = self.path_and_query();
+        pq.split_once('?').map_or(pq, |(path, _)| path)
+    }
+}
+
+/// How the client's request body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Of a length not told in advance (HTTP/1.1 chunked, or an HTTP/2
+    /// body without `content-length`).
+    Streamed,
+}
+
+/// A client's request head, as every phase reads it.
+pub struct ClientRequest<'a> {
+    pub method: &'a Method,
+    /// The client's HTTP version.
+    pub version: Version,
+    pub target: Target<'a>,
+    pub fields: &'a dyn Fields,
+    /// What the phases read of `fields` again and again, read once.
+    pub summary: Summary<'a>,
+    pub body: BodyKind,
+    /// The protocols an HTTP/1.1 upgrade offers (never `h2c`).
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// The fields every request's phases look at, read in one pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary<'a> {
+    /// The first Host field, and how many there are.
+    pub host: Option<&'a [u8]>,
+    pub hosts: usize,
+    /// The first Connection field, and how many there are.
+    pub connection: Option<&'a [u8]>,
+    pub connections: usize,
+    /// The first Upgrade field.
+    pub upgrade: Option<&'a [u8]>,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// `TE: trailers`.
+    pub trailers: bool,
+}
+
+impl<'a> Summary<'a> {
+    /// Reads `fields` once.
+    pub fn of(fields: &'a dyn Fields) -> Self {
+        let mut s = Self::default();
+        fields.each(&mut |name, value| match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                s.host.get_or_insert(value);
+                s.hosts += 1;
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                s.connection.get_or_insert(value);
+                s.connections += 1;
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => {
+                s.upgrade.get_or_insert(value);
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                s.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+            }
+            2 if name.eq_ignore_ascii_case(b"te") => {
+                s.trailers |= crate::fields::has_token(value, "trailers");
+            }
+            _ => {}
+        });
+        s
+    }
+
+    /// Calls `each` with every value of the request's Connection fields.
+    pub fn each_connection(&self, fields: &'a dyn Fields, each: &mut dyn FnMut(&'a [u8])) {
+        match (self.connection, self.connections) {
+            (Some(only), 1) => each(only),
+            (None, _) => {}
+            _ => {
+                fields.values("connection", &mut |v| {
+                    each(v);
+                    false
+                });
+            }
+        }
+    }
+}
+
+impl<'a> ClientRequest<'a> {
+    /// The host the client asked for, `host[:port]`: the target's
+    /// authority, else the Host field.
+    pub fn authority(&self) -> Option<&'a str> {
+        match self.target {
+            Target::Absolute { authority, .. } => Some(authority),
+            _ => self.summary.host.and_then(|h| std::str::from_utf8(h).ok()),
+        }
+    }
+}
+
+/// An answer the proxy gives itself instead of forwarding.
+pub struct Refusal {
+    pub status: StatusCode,
+    pub text: Cow<'static, str>,
+    /// The answer names the methods the proxy forwards (`Allow`).
+    pub allow: bool,
+    /// Counts the answer on the backend chosen (a limit the proxy enforced).
+    pub recorder: Option<Recorder>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, text: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            text: text.into(),
+            allow: false,
+            recorder: None,
+        }
+    }
+
+    fn bad(text: &'static str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, text)
+    }
+}
+
+/// The methods the proxy forwards (answered in `Allow`).
+pub const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
+
+/// Whether the request is one the proxy answers itself or refuses (the
+/// rules in the module docs), before it is routed.
+pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
+    if *req.method == Method::CONNECT {
+        return Err(Refusal {
+            allow: true,
+            ..Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "sluice: CONNECT is not supported; this is a reverse proxy\n",
+            )
+        });
+    }
+    if *req.method == Method::OPTIONS && req.target == Target::Asterisk {
+        return Err(Refusal {
+            allow: true,
+            ..Refusal::new(StatusCode::OK, "")
+        });
+    }
+    check_target(&req.target)?;
+    check_hosts(req)?;
+    if req.version == Version::HTTP_2 && crate::fields::content_length_in(req.fields).is_err() {
+        return Err(Refusal::bad(
+            "sluice: the request's content-length fields are not one number\n",
+        ));
+    }
+    Ok(())
+}
+
+fn check_target(target: &Target<'_>) -> Result<(), Refusal> {
+    match target {
+        Target::Origin(_) => Ok(()),
+        Target::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } => {
+            if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+                return Err(Refusal::bad(
+                    "sluice: the request target is not a path or an http(s) URI\n",
+                ));
+            }
+            if !crate::fields::is_host_and_port(authority.as_bytes()) {
+                return Err(Refusal::bad(
+                    "sluice: the request target's authority is not a host and optional port\n",
+                ));
+            }
+            if !path_and_query.starts_with('/') {
+                return Err(Refusal::bad(
+                    "sluice: the request target's path does not start with `/`\n",
+                ));
+            }
+            Ok(())
+        }
+        Target::Asterisk => Err(Refusal::bad(
+            "sluice: the request target is not a path starting with `/`\n",
+        )),
+        Target::Other => Err(Refusal::bad(
+            "sluice: the request target is not a path or an http(s) URI\n",
+        )),
+    }
+}
+
+fn check_hosts(req: &ClientRequest<'_>) -> Result<(), Refusal> {
+    let (first, count) = (req.summary.host, req.summary.hosts);
+    let target_authority = match req.target {
+        Target::Absolute { authority, .. } => Some(authority),
+        _ => None,
+    };
+    match first {
+        Some(_) if count > 1 => Err(Refusal::bad(
+            "sluice: the request has more than one Host header field\n",
+        )),
+        Some(host) if !crate::fields::is_host_and_port(host) => Err(Refusal::bad(
+            "sluice: the Host header field is not a host and optional port\n",
+        )),
+        Some(host)
+            if req.version == Version::HTTP_2
+                && target_authority.is_some_and(|a| !a.as_bytes().eq_ignore_ascii_case(host)) =>
+        {
+            Err(Refusal::bad(
+                "sluice: the Host header field differs from :authority\n",
+            ))
+        }
+        None if req.version == Version::HTTP_11 && target_authority.is_none() => Err(Refusal::bad(
+            "sluice: an HTTP/1.1 request needs a Host header field\n",
+        )),
+        // RFC 9110 §7.2: a client sends its authority as `:authority` or
+        // Host; an HTTP/2 request with neither gets no backend's Host.
+        None if req.version == Version::HTTP_2 && target_authority.is_none() => Err(Refusal::bad(
+            "sluice: an HTTP/2 request needs :authority or a Host header field\n",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Where a request goes.
+pub struct Routed {
+    pub route: Arc<Route>,
+    pub decision: SplitDecision,
+    /// The request's place among the route's requests in flight.
+    pub permit: Permit,
+    /// When the request's head was read.
+    pub start: Instant,
+    /// `forwarding.trusted_hops`.
+    pub trusted_hops: u32,
+    /// A client the weighted split just placed keeps its backend
+    /// (cookie affinity): the answer sets this cookie.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// Finds the route of a checked request on `listener` and decides its
+/// backend (see the module docs).
+pub fn route(
+    store: &Store,
+    listener: usize,
+    req: &ClientRequest<'_>,
+    secure: bool,
+    start: Instant,
+) -> Result<Routed, Refusal> {
+    let routing = store.peek();
+    let authority = req.authority();
+    let host = authority.map(strip_port).map(|h| {
+        if h.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(h.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(h)
+        }
+    });
+    let path = req.target.path();
+    let Some(route) = routing
+        .find(
+            listener,
+            host.as_deref(),
+            &crate::routing::normalise_path(path),
+        )
+        .cloned()
+    else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "sluice: no route for host `{}` and path `{path}`\n",
+                authority.map(strip_port).unwrap_or("-"),
+            ),
+        ));
+    };
+    let trusted_hops = routing.valid.trusted_hops;
+    drop(routing);
+    let decision = route.decide(req.fields);
+    let refuse = |status: StatusCode, rejected: &Counter, text: String| {
+        rejected.inc();
+        let backend = route.backend(decision);
+        let recorder = Recorder {
+            series: backend.series(decision).clone(),
+            errors: backend.metrics.clone(),
+            code: status.as_u16(),
+            start,
+            grpc: None,
+            permit: None,
+            body: None,
+        };
+        Refusal {
+            recorder: Some(recorder),
+            ..Refusal::new(status, text)
+        }
+    };
+    let Some(permit) = route.admit() else {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &route.rejected_in_flight,
+            format!(
+                "sluice: route {} has {} requests in flight, its limit\n",
+                route.name, route.max_in_flight
+            ),
+        ));
+    };
+    if let (Some(max), BodyKind::Length(n)) = (route.max_body, req.body)
+        && n > max
+    {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &route.rejected_too_large,
+            too_large_text(max),
+        ));
+    }
+    let set_cookie = route.affinity.as_ref().and_then(|a| {
+        a.response_cookie(
+            req.fields,
+            decision.by_weight().then(|| decision.is_canary()),
+            route.split.canary_weight_bp(),
+            secure,
+        )
+        .cloned()
+    });
+    Ok(Routed {
+        route,
+        decision,
+        permit,
+        start,
+        trusted_hops,
+        set_cookie,
+    })
+}
+
+/// The answer's text for a body over `limits.max_request_body`.
+pub fn too_large_text(max: u64) -> String {
+    format!("sluice: the request body is larger than {max} bytes, the limit\n")
+}
+
+/// The host of `host[:port]` (an IPv6 address without its brackets).
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map(|end| &authority[1..end])
+            .unwrap_or(authority);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("web.example:8080"), "web.example");
+        assert_eq!(strip_port("web.example"), "web.example");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn targets_are_read_by_their_form() {
+        assert_eq!(Target::parse("/a?b"), Target::Origin("/a?b"));
+        assert_eq!(Target::parse("*"), Target::Asterisk);
+        assert_eq!(
+            Target::parse("http://a.example:8/x?y"),
+            Target::Absolute {
+                scheme: "http",
+                authority: "a.example:8",
+                path_and_query: "/x?y"
+            }
+        );
+        assert_eq!(Target::parse("http://a.example").path_and_query(), "/");
+        assert_eq!(Target::parse("example.com:443"), Target::Other);
+        assert_eq!(Target::parse("/a/b?c=d").path(), "/a/b");
+    }
+
+    fn checked(
+        method: Method,
+        version: Version,
+        target: &str,
+        fields: &[(&str, &str)],
+    ) -> Option<u16> {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in fields {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let req = ClientRequest {
+            method: &method,
+            version,
+            target: Target::parse(target),
+            fields: &map,
+            summary: Summary::of(&map),
+            body: BodyKind::None,
+            upgrade: None,
+        };
+        check(&req).err().map(|r| r.status.as_u16())
+    }
+
+    #[test]
+    fn targets_and_hosts_are_checked_before_routing() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(checked(Method::GET, v11, "/x", &[("host", "a")]), None);
+        assert_eq!(checked(Method::GET, v11, "/x", &[]), Some(400));
+        assert_eq!(checked(Method::GET, Version::HTTP_10, "/x", &[]), None);
+        assert_eq!(checked(Method::GET, v11, "http://a@b/x", &[]), Some(400));
+        assert_eq!(checked(Method::GET, v11, "ftp://b/x", &[]), Some(400));
+        assert_eq!(checked(Method::GET, v11, "http://b:8o/x", &[]), Some(400));
+        assert_eq!(checked(Method::GET, v11, "http://b/x", &[]), None);
+        assert_eq!(checked(Method::GET, v11, "*", &[("host", "a")]), Some(400));
+        assert_eq!(
+            checked(Method::OPTIONS, v11, "*", &[("host", "a")]),
+            Some(200)
+        );
+        assert_eq!(checked(Method::CONNECT, v11, "a:443", &[]), Some(405));
+        assert_eq!(
+            checked(Method::GET, v11, "/x", &[("host", "a"), ("host", "a")]),
+            Some(400)
+        );
+        assert_eq!(
+            checked(Method::GET, v11, "/x", &[("host", "a@b")]),
+            Some(400)
+        );
+        let v2 = Version::HTTP_2;
+        assert_eq!(
+            checked(Method::GET, v2, "http://a/x", &[("host", "b")]),
+            Some(400)
+        );
+        assert_eq!(
+            checked(
+                Method::GET,
+                v2,
+                "http://a/x",
+                &[("content-length", "5"), ("content-length", "7")]
+            ),
+            Some(400)
+        );
+    }
+}

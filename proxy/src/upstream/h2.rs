@@ -1,0 +1,274 @@
+//! HTTP/2 backends, through hyper's client: one multiplexed connection per
+//! backend and serving thread, driven by its own task on that thread.
+//!
+//! hyper's client polls a request body from that task, so the body must
+//! own its source: an HTTP/2 client's body (hyper's own) or one held whole
+//! is handed over as it is; a body the own HTTP/1.1 downstream reads from
+//! its client's connection is pumped to it, frame by frame, through a
+//! small channel, by the request's task. A pump that stops before the
+//! body's end (the backend answered and the request path moved on) ends
+//! the body in an error, so the backend gets a reset stream, never a
+//! request cut short that looks whole.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::idle::IdleMark;
+use super::io::UpstreamIo;
+use crate::BoxError;
+use crate::body::UpstreamBody;
+
+/// An HTTP/2 connection of one serving thread.
+#[derive(Clone)]
+pub(super) struct H2Conn {
+    sender: http2::SendRequest<H2Body>,
+    streams: Arc<Streams>,
+}
+
+/// The exchanges running on an HTTP/2 connection, and since when it has
+/// had none.
+pub(super) struct Streams {
+    open: AtomicUsize,
+    mark: IdleMark,
+}
+
+/// One exchange on an HTTP/2 connection, until its response body ends or
+/// is dropped.
+pub(super) struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn new(streams: &Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.mark.touch();
+        }
+    }
+}
+
+/// A request body as hyper's client polls it.
+pub(super) enum H2Body {
+    /// A body that owns its source.
+    Direct(UpstreamBody<'static>),
+    /// Frames pumped by the request's task (see the module docs).
+    Pumped {
+        frames: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+        /// The pump reached the body's end.
+        complete: Arc<AtomicBool>,
+    },
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            H2Body::Direct(body) => Pin::new(body).poll_frame(cx),
+            H2Body::Pumped { frames, complete } => match frames.poll_recv(cx) {
+                Poll::Ready(None) if !complete.load(Ordering::SeqCst) => Poll::Ready(Some(Err(
+                    "the request body was abandoned before its end".into(),
+                ))),
+                other => other,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            H2Body::Direct(body) => body.is_end_stream(),
+            H2Body::Pumped { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            H2Body::Direct(body) => body.size_hint(),
+            H2Body::Pumped { .. } => SizeHint::default(),
+        }
+    }
+}
+
+/// The pump's end of a pumped body's channel.
+pub(super) type FrameSender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// Moves `body`'s frames into `frames` until the body ends (Ok), fails
+/// (its error), or the receiver is gone (Ok: hyper stopped reading).
+pub(super) async fn pump(
+    body: &mut UpstreamBody<'_>,
+    frames: FrameSender,
+    complete: Arc<AtomicBool>,
+) -> Result<(), BoxError> {
+    loop {
+        let Ok(room) = frames.reserve().await else {
+            return Ok(());
+        };
+        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            None => {
+                complete.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            Some(Ok(frame)) => room.send(Ok(frame)),
+            Some(Err(e)) => {
+                room.send(Err("the request body failed".into()));
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// A pumped body and the pump's ends.
+pub(super) fn pumped() -> (H2Body, FrameSender, Arc<AtomicBool>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let complete = Arc::new(AtomicBool::new(false));
+    let body = H2Body::Pumped {
+        frames: rx,
+        complete: complete.clone(),
+    };
+    (body, tx, complete)
+}
+
+impl H2Conn {
+    /// Whether the connection may carry another stream.
+    pub(super) fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+}
+
+/// A new HTTP/2 connection over `io`, driven by a task of its own on this
+/// thread, closed after `idle_timeout` without a stream.
+pub(super) async fn handshake(
+    io: UpstreamIo,
+    idle_timeout: Duration,
+) -> Result<H2Conn, hyper::Error> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let (sender, conn) = builder.handshake(TokioIo::new(io)).await?;
+    let streams = Arc::new(Streams {
+        open: AtomicUsize::new(0),
+        mark: IdleMark::now(),
+    });
+    let watched = streams.clone();
+    // Idle while no exchange runs; requests that hold the sender of a
+    // connection closed meanwhile dial a new one.
+    drive(conn, idle_timeout, move || {
+        if watched.open.load(Ordering::Relaxed) == 0 {
+            watched.mark.idle_for()
+        } else {
+            Duration::ZERO
+        }
+    });
+    Ok(H2Conn { sender, streams })
+}
+
+/// Drives an upstream connection on its own task (on this thread) until
+/// it ends, or until `idle_for` reaches `idle_timeout`: dropping it then
+/// closes it, and its sender in the pool reads as closed. One timer per
+/// connection, none per request.
+fn drive<C, E>(conn: C, idle_timeout: Duration, idle_for: impl Fn() -> Duration + Send + 'static)
+where
+    C: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    tokio::spawn(async move {
+        tokio::pin!(conn);
+        let mut ticks = tokio::time::interval(crate::conn::check_every(idle_timeout));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "upstream connection ended with an error");
+                    }
+                    return;
+                }
+                _ = ticks.tick() => {
+                    if idle_for() >= idle_timeout {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// How an exchange on an HTTP/2 connection missed.
+pub(super) enum Miss {
+    /// hyper handed the request back: it never left.
+    Unsent(hyper::Error),
+    /// The request may have reached the backend; `refused`: reset with
+    /// `REFUSED_STREAM`, `cut`: cut by the backend's GOAWAY (see
+    /// [`turned_away`]).
+    Sent {
+        error: hyper::Error,
+        refused: bool,
+        cut: bool,
+    },
+    /// The request body failed while it was pumped.
+    Body(BoxError),
+}
+
+/// One exchange on `conn`: the response (and the stream's guard), or how
+/// it missed.
+pub(super) async fn send(
+    conn: H2Conn,
+    req: http::Request<H2Body>,
+) -> Result<(http::Response<hyper::body::Incoming>, StreamGuard), Miss> {
+    let H2Conn {
+        mut sender,
+        streams,
+    } = conn;
+    let guard = StreamGuard::new(&streams);
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok((resp, guard)),
+        Err(mut e) => {
+            let handed_back = e.take_message().is_some();
+            let error = e.into_error();
+            if handed_back {
+                return Err(Miss::Unsent(error));
+            }
+            let (refused, cut) = turned_away(&error);
+            Err(Miss::Sent {
+                error,
+                refused,
+                cut,
+            })
+        }
+    }
+}
+
+/// How an HTTP/2 backend turned a stream away: reset with
+/// `REFUSED_STREAM` (it promises it did no work, RFC 9113 §8.7: safe to
+/// send anywhere again), or cut by the backend's GOAWAY (which may have
+/// come after the stream was processed: sent again only when idempotent).
+fn turned_away(error: &hyper::Error) -> (bool, bool) {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return (
+                h2.reason() == Some(h2::Reason::REFUSED_STREAM),
+                h2.is_go_away() && h2.is_remote(),
+            );
+        }
+        source = s.source();
+    }
+    (false, false)
+}

@@ -1,0 +1,751 @@
+//! The backends' side of the forward phase: connections, per serving
+//! thread pools keyed by backend, and the rules for sending a request
+//! again.
+//!
+//! Each backend ([`PoolKey`]: its address and everything that shapes a
+//! connection) has one [`Upstream`], and that has one slot per serving
+//! thread. A request takes an idle connection of its own thread's slot
+//! (the most recently used one) or dials a new one, so a request costs no
+//! cross-thread wake-up and no shared lock.
+//!
+//! - **HTTP/1.1 backends**, plain or TLS, go through Sluice's own client
+//!   ([`h1`]) in the request's own task. Idle connections have no task: a
+//!   checkout looks at the socket first (no system call unless the backend
+//!   closed or wrote meanwhile), and a sweeper per slot closes connections
+//!   idle for `timeouts.upstream_idle`. A connection goes back to its slot
+//!   when its response body has been read to the end; one abandoned
+//!   half-way is closed.
+//! - **HTTP/2 backends** go through hyper's client ([`h2`]): one
+//!   multiplexed connection per thread, closed by its own task after
+//!   `timeouts.upstream_idle` without a stream.
+//!
+//! Nothing a client sends reaches this module's keys: the connection is
+//! always dialled to the backend's address, whatever the request's Host.
+//!
+//! **Sending again.** [`BackendClients::send`] sends a request once more,
+//! on a fresh connection, when it provably never reached the backend: the
+//! connect failed (refused, timed out, TLS), the connection was found
+//! closed before anything of the request was written, or an HTTP/2 backend
+//! refused the stream (`REFUSED_STREAM`, which promises it did no work; an
+//! idempotent request cut by the backend's GOAWAY too). A bodiless
+//! idempotent request is also sent again when a reused HTTP/1.1
+//! connection closed before any byte of the response came: the stale
+//! keep-alive race, where the server closed the connection as the request
+//! went out. A request whose body was streamed is sent again only when
+//! the whole body was read ahead (so it can be sent from its start). Any
+//! other request is never sent again. Retries come from a budget (see
+//! `crate::routing::RetryBudget`). A failure says whether the request
+//! provably never started on the backend ([`Failure::unstarted`]): the
+//! forward phase may then give it to another backend (a failover).
+
+pub mod h1;
+pub mod h2;
+pub mod idle;
+pub mod io;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use rustls_pki_types::ServerName;
+
+use crate::BoxError;
+use crate::body::UpstreamBody;
+use crate::config::{Protocol, UpstreamTlsKey, UpstreamUrl};
+use crate::fields::Fields;
+use crate::metrics::UpstreamErrorKind;
+use idle::IdleMark;
+use io::{ConnectError, UpstreamIo};
+
+/// Everything that shapes an upstream connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub url: UpstreamUrl,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls: Option<UpstreamTlsKey>,
+}
+
+/// Idle HTTP/1.1 connections kept per backend and serving thread at most.
+const MAX_IDLE_PER_SLOT: usize = 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug)]
+pub struct Failure {
+    pub kind: UpstreamErrorKind,
+    pub error: BoxError,
+    /// The request provably never started on the backend: nothing of it
+    /// was written, or an HTTP/2 backend refused its stream.
+    pub unstarted: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// The backend's side failed.
+    Upstream(Failure),
+    /// The request body failed (the client broke it, or it grew past its
+    /// limit): not the backend's doing.
+    Body(BoxError),
+}
+
+/// How one attempt missed.
+#[derive(Debug)]
+pub(crate) enum Missed {
+    /// Nothing of the request reached the backend.
+    Unsent(Failure),
+    /// The request may have reached the backend; `retry`: the rules in
+    /// the module docs allow sending it again.
+    Sent { failure: Failure, retry: bool },
+    /// The request body failed.
+    Body(BoxError),
+}
+
+/// A request's head as its backend's protocol takes it.
+pub enum Head {
+    /// The whole HTTP/1.1 head: request line, fields, blank line.
+    H1(crate::reuse::Reused<Vec<u8>>),
+    /// An HTTP/2 request's head (`:authority` the backend's).
+    H2(http::request::Parts),
+}
+
+/// A request on its way to a backend.
+pub struct Request<'s, 'b> {
+    pub method: Method,
+    pub head: Head,
+    /// None once handed to hyper's HTTP/2 client.
+    pub body: Option<UpstreamBody<'b>>,
+    /// The request had a body to send.
+    pub has_body: bool,
+    /// HTTP/1.1: the body goes chunked (the head says so).
+    pub chunked: bool,
+    /// The request asked to upgrade: a 101 hands the connection over.
+    pub upgrade: bool,
+    /// Where informational responses go.
+    pub interim: &'s mut h1::Interim<'s>,
+    /// When the request began: an HTTP/1.1 connection's idle marks are
+    /// taken from it (no clock read per request).
+    pub start: std::time::Instant,
+    /// Set once anything of the request may have reached the backend: a
+    /// byte written to an HTTP/1.1 connection, or the request handed to
+    /// hyper's HTTP/2 client (and not handed back).
+    pub written: &'s AtomicBool,
+}
+
+impl Request<'_, '_> {
+    /// Whether the request can be sent again from its start (see the
+    /// module docs).
+    pub fn resendable(&self) -> bool {
+        match &self.body {
+            Some(body) => body.can_resend(),
+            None => !self.has_body,
+        }
+    }
+
+    /// Starts the body over, to send the request again.
+    pub fn rewind(&mut self) {
+        if let Some(body) = &mut self.body {
+            body.rewind();
+        }
+    }
+}
+
+/// A response's head, as its backend's protocol gave it.
+pub enum ResponseHead {
+    H1(h1::ResponseHead),
+    H2(http::response::Parts),
+}
+
+impl ResponseHead {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ResponseHead::H1(h) => h.status,
+            ResponseHead::H2(p) => p.status,
+        }
+    }
+
+    /// Whether it has a `Connection` field.
+    pub fn has_connection(&self) -> bool {
+        match self {
+            ResponseHead::H1(h) => h.connection,
+            ResponseHead::H2(p) => p.headers.contains_key(http::header::CONNECTION),
+        }
+    }
+
+    /// Whether it is a gRPC response (`content-type: application/grpc…`).
+    pub fn is_grpc(&self) -> bool {
+        match self {
+            ResponseHead::H1(h) => h.grpc,
+            ResponseHead::H2(p) => crate::grpc::is_grpc(&p.headers),
+        }
+    }
+
+    /// The length the head declared (HTTP/1.1; a HEAD answer passes it on).
+    pub fn declared_length(&self) -> Option<u64> {
+        match self {
+            ResponseHead::H1(h) => h.framing.declared,
+            ResponseHead::H2(p) => p
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+        }
+    }
+}
+
+impl Fields for ResponseHead {
+    fn each<'s>(&'s self, each: &mut dyn FnMut(&'s [u8], &'s [u8])) {
+        match self {
+            ResponseHead::H1(h) => {
+                for (name, value) in h.fields().iter() {
+                    each(name, value);
+                }
+            }
+            ResponseHead::H2(p) => p.headers.each(each),
+        }
+    }
+
+    fn values<'s>(&'s self, name: &str, each: &mut dyn FnMut(&'s [u8]) -> bool) -> bool {
+        match self {
+            ResponseHead::H1(h) => h
+                .fields()
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name.as_bytes()) && each(v)),
+            ResponseHead::H2(p) => Fields::values(&p.headers, name, each),
+        }
+    }
+}
+
+/// A backend's answer.
+pub struct Response {
+    pub head: ResponseHead,
+    pub body: Pooled,
+    /// A 101 to an upgrade: the connection to tunnel.
+    pub upgraded: Option<Box<h1::Conn>>,
+}
+
+/// The connections of one backend, one slot per serving thread.
+pub struct Upstream {
+    key: PoolKey,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    slots: Box<[Slot]>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// Idle HTTP/1.1 connections.
+    h1: Mutex<H1Pool>,
+    /// The multiplexed HTTP/2 connection.
+    h2: Mutex<Option<h2::H2Conn>>,
+}
+
+/// Idle HTTP/1.1 connections of one slot. They have no task of their
+/// own: a sweeper task (one per slot, while the slot has idle connections)
+/// closes the ones idle for `timeouts.upstream_idle` or closed by the
+/// backend, and a checkout looks at the socket before reusing one.
+#[derive(Default)]
+struct H1Pool {
+    /// The most recently used last, with when each was given back.
+    idle: Vec<(Box<h1::Conn>, u64)>,
+    sweeping: bool,
+}
+
+impl Upstream {
+    fn new(key: &PoolKey, slots: usize) -> Self {
+        let tls = key.tls.as_ref().map(|t| {
+            let config = crate::tls::client_config(t, key.protocol == Protocol::Http2)
+                .unwrap_or_else(|e| {
+                    // Checked before the table was built; a file broken since
+                    // then makes every handshake fail (502, kind="tls"): fail
+                    // closed.
+                    tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
+                    crate::tls::fail_closed_config(key.protocol == Protocol::Http2)
+                });
+            let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
+            (tokio_rustls::TlsConnector::from(config), name)
+        });
+        Self {
+            key: key.clone(),
+            tls,
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    fn slot(&self) -> (usize, &Slot) {
+        let i = crate::worker::slot() % self.slots.len();
+        (i, &self.slots[i])
+    }
+
+    /// A TCP (and TLS) connection to the backend.
+    async fn dial(&self) -> Result<UpstreamIo, ConnectError> {
+        let url = &self.key.url;
+        io::dial(
+            &url.host,
+            url.port,
+            self.key.connect_timeout,
+            self.tls.as_ref(),
+        )
+        .await
+    }
+
+    /// An HTTP/1.1 connection of this thread's slot (the slot's index, the
+    /// connection, and whether it was pooled): a pooled one unless
+    /// `fresh`, else a new one.
+    async fn h1_conn(
+        &self,
+        fresh: bool,
+        now: u64,
+    ) -> Result<(usize, Box<h1::Conn>, bool), Failure> {
+        let (slot_index, slot) = self.slot();
+        if let Some(conn) = (!fresh).then(|| self.checkout(slot, now)).flatten() {
+            return Ok((slot_index, conn, true));
+        }
+        let io = self.dial().await.map_err(connect_failure)?;
+        Ok((slot_index, h1::Conn::new(io), false))
+    }
+
+    /// The most recently used idle connection that is still open and not
+    /// idle too long.
+    fn checkout(&self, slot: &Slot, now: u64) -> Option<Box<h1::Conn>> {
+        let mut pool = slot.h1.lock().expect("pool lock");
+        while let Some((mut conn, since)) = pool.idle.pop() {
+            if Duration::from_millis(now.saturating_sub(since)) < self.key.idle_timeout
+                && conn.still_open()
+            {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Puts `conn` back in `slot`'s pool, idle since `now` (ms).
+    fn give_back(self: &Arc<Self>, slot: usize, conn: Box<h1::Conn>, now: u64) {
+        let mut pool = self.slots[slot].h1.lock().expect("pool lock");
+        if pool.idle.len() >= MAX_IDLE_PER_SLOT {
+            return;
+        }
+        if !pool.sweeping {
+            // The sweeper runs on this thread's runtime, where the
+            // connection's socket is registered.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            pool.sweeping = true;
+            runtime.spawn(sweep(Arc::downgrade(self), slot));
+        }
+        pool.idle.push((conn, now));
+    }
+
+    /// One HTTP/1.1 exchange, in this task.
+    async fn attempt_h1(
+        self: &Arc<Self>,
+        req: &mut Request<'_, '_>,
+        fresh: bool,
+    ) -> Result<Response, Missed> {
+        let now = IdleMark::ms_at(req.start);
+        let (slot, conn, reused) = self.h1_conn(fresh, now).await.map_err(Missed::Unsent)?;
+        let Head::H1(head) = &req.head else {
+            unreachable!("an HTTP/1.1 backend gets an HTTP/1.1 head");
+        };
+        let bodiless = !req.has_body;
+        let outgoing = req.body.as_mut().map(|body| h1::Outgoing {
+            body,
+            chunked: req.chunked,
+        });
+        let head_request = req.method == Method::HEAD;
+        let exchanged = conn
+            .exchange(
+                head,
+                outgoing,
+                head_request,
+                req.upgrade,
+                req.interim,
+                req.written,
+            )
+            .await;
+        let failure = |error: BoxError, unstarted| Failure {
+            kind: UpstreamErrorKind::Protocol,
+            error,
+            unstarted,
+        };
+        match exchanged {
+            Ok(exchanged) => Ok(self.h1_response(slot, exchanged, now)),
+            Err(h1::SendError::Unwritten(e)) => Err(Missed::Unsent(failure(e.into(), true))),
+            // The stale keep-alive race.
+            Err(h1::SendError::ClosedUnanswered(e)) => Err(Missed::Sent {
+                failure: failure(e.into(), false),
+                retry: reused && bodiless && !req.upgrade && is_idempotent(&req.method),
+            }),
+            Err(h1::SendError::Body(e)) => Err(Missed::Body(e)),
+            Err(e @ h1::SendError::Protocol(_)) => Err(Missed::Sent {
+                failure: failure(e.into(), false),
+                retry: false,
+            }),
+        }
+    }
+
+    fn h1_response(self: &Arc<Self>, slot: usize, exchanged: h1::Exchanged, now: u64) -> Response {
+        let (body, upgraded) = match exchanged.answered {
+            h1::Answered::Body(body) => (body, None),
+            h1::Answered::Upgraded(conn) => (h1::Body1::empty(), Some(conn)),
+        };
+        let mut body = Pooled {
+            body: Source::H1(body),
+            hold: Hold::H1 {
+                upstream: self.clone(),
+                slot,
+                since: now,
+            },
+        };
+        body.give_back_spare();
+        Response {
+            head: ResponseHead::H1(exchanged.head),
+            body,
+            upgraded,
+        }
+    }
+
+    /// This thread's HTTP/2 connection, dialled if there is none open.
+    async fn h2_conn(&self, fresh: bool) -> Result<h2::H2Conn, Failure> {
+        let (_, slot) = self.slot();
+        if !fresh {
+            let current = slot.h2.lock().expect("pool lock");
+            if let Some(c) = current.as_ref().filter(|c| c.is_open()) {
+                return Ok(c.clone());
+            }
+        }
+        let io = self.dial().await.map_err(connect_failure)?;
+        let conn = h2::handshake(io, self.key.idle_timeout)
+            .await
+            .map_err(|e| protocol_failure(e.into()))?;
+        *slot.h2.lock().expect("pool lock") = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// One HTTP/2 exchange. The body goes to hyper (pumped when it reads
+    /// from the own downstream: see [`h2`]).
+    async fn attempt_h2(&self, req: &mut Request<'_, '_>, fresh: bool) -> Result<Response, Missed> {
+        let conn = self.h2_conn(fresh).await.map_err(Missed::Unsent)?;
+        let Head::H2(parts) = &req.head else {
+            unreachable!("an HTTP/2 backend gets an HTTP/2 head");
+        };
+        // The head again, for a stream the backend turns away (hyper does
+        // not hand back a request it sent).
+        let parts = copy_parts(parts);
+        let idempotent = is_idempotent(&req.method);
+        let body = req.body.take().unwrap_or_else(UpstreamBody::empty);
+        // Handed to hyper: it may write the head at any time now.
+        req.written.store(true, Ordering::SeqCst);
+        let result = match body.into_static() {
+            Ok(body) => {
+                let request = http::Request::from_parts(parts, h2::H2Body::Direct(body));
+                h2::send(conn, request).await
+            }
+            Err(mut body) => {
+                let (pumped, frames, complete) = h2::pumped();
+                let request = http::Request::from_parts(parts, pumped);
+                let sent = h2::send(conn, request);
+                let pump = h2::pump(&mut body, frames, complete);
+                tokio::pin!(sent, pump);
+                // The pump runs until the body's end or the answer's head,
+                // whichever comes first (see `h2`).
+                let mut pumping = true;
+                loop {
+                    tokio::select! {
+                        answer = &mut sent => break answer,
+                        pumped = &mut pump, if pumping => {
+                            pumping = false;
+                            if let Err(e) = pumped {
+                                break Err(h2::Miss::Body(e));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if matches!(result, Err(h2::Miss::Unsent(_))) {
+            req.written.store(false, Ordering::SeqCst);
+        }
+        let (response, guard) = result.map_err(|miss| match miss {
+            h2::Miss::Unsent(error) => Missed::Unsent(Failure {
+                unstarted: true,
+                ..protocol_failure(error.into())
+            }),
+            h2::Miss::Sent {
+                error,
+                refused,
+                cut,
+            } => Missed::Sent {
+                retry: refused || (cut && idempotent),
+                failure: Failure {
+                    unstarted: refused,
+                    ..protocol_failure(error.into())
+                },
+            },
+            h2::Miss::Body(e) => Missed::Body(e),
+        })?;
+        let (parts, body) = response.into_parts();
+        Ok(Response {
+            head: ResponseHead::H2(parts),
+            body: Pooled {
+                body: Source::H2(body),
+                hold: Hold::Stream { _guard: guard },
+            },
+            upgraded: None,
+        })
+    }
+
+    async fn attempt(
+        self: &Arc<Self>,
+        req: &mut Request<'_, '_>,
+        fresh: bool,
+    ) -> Result<Response, Missed> {
+        match self.key.protocol {
+            Protocol::Http1 => self.attempt_h1(req, fresh).await,
+            // Boxed: hyper's exchange is large, and every request's state
+            // would keep room for it.
+            Protocol::Http2 => Box::pin(self.attempt_h2(req, fresh)).await,
+        }
+    }
+}
+
+/// A copy of a request head (no extensions).
+pub fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = http::Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// Closes the idle HTTP/1.1 connections of one slot that have been idle
+/// for `timeouts.upstream_idle` or were closed by the backend, until the
+/// slot has none (or its upstream is gone).
+async fn sweep(upstream: std::sync::Weak<Upstream>, slot: usize) {
+    let Some(timeout) = upstream.upgrade().map(|u| u.key.idle_timeout) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(crate::conn::check_every(timeout));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(upstream) = upstream.upgrade() else {
+            return;
+        };
+        let mut pool = upstream.slots[slot].h1.lock().expect("pool lock");
+        let now = IdleMark::now_ms();
+        pool.idle.retain_mut(|(conn, since)| {
+            Duration::from_millis(now.saturating_sub(*since)) < timeout && conn.still_open()
+        });
+        if pool.idle.is_empty() {
+            pool.sweeping = false;
+            return;
+        }
+    }
+}
+
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn connect_failure(e: ConnectError) -> Failure {
+    let kind = match &e {
+        ConnectError::Tls(_) | ConnectError::TlsTimeout => UpstreamErrorKind::Tls,
+        ConnectError::TcpTimeout => UpstreamErrorKind::Timeout,
+        ConnectError::Tcp(_) => UpstreamErrorKind::Connect,
+    };
+    Failure {
+        kind,
+        error: e.into(),
+        unstarted: true,
+    }
+}
+
+fn protocol_failure(error: BoxError) -> Failure {
+    Failure {
+        kind: UpstreamErrorKind::Protocol,
+        error,
+        unstarted: false,
+    }
+}
+
+/// What a response body holds of its connection.
+enum Hold {
+    /// Where an HTTP/1.1 connection goes when the body ends, and its
+    /// idle mark (its request's start).
+    H1 {
+        upstream: Arc<Upstream>,
+        slot: usize,
+        since: u64,
+    },
+    /// An HTTP/2 exchange, counted until the body ends or is dropped.
+    Stream {
+        _guard: h2::StreamGuard,
+    },
+    Nothing,
+}
+
+/// An upstream response body; an HTTP/1.1 connection goes back to its
+/// pool once this body has been read to its end (one abandoned half-way
+/// is dropped, which closes it).
+pub struct Pooled {
+    body: Source,
+    hold: Hold,
+}
+
+/// Who reads a response body.
+enum Source {
+    /// Sluice's own HTTP/1.1 client, in the reader's task.
+    H1(h1::Body1),
+    /// hyper's HTTP/2 client.
+    H2(hyper::body::Incoming),
+}
+
+impl Pooled {
+    /// Gives an HTTP/1.1 connection back once its body has been read.
+    fn give_back_spare(&mut self) {
+        if let Source::H1(body) = &mut self.body
+            && let Some(conn) = body.take_spare()
+            && let Hold::H1 {
+                upstream,
+                slot,
+                since,
+            } = std::mem::replace(&mut self.hold, Hold::Nothing)
+        {
+            upstream.give_back(slot, conn, since);
+        }
+    }
+}
+
+impl Body for Pooled {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.body {
+            Source::H1(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if polled.is_ready() {
+                    self.give_back_spare();
+                }
+                polled
+            }
+            Source::H2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Source::H1(b) => b.is_end_stream(),
+            Source::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Source::H1(b) => b.size_hint(),
+            Source::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// The connections of one backend, shared by every serving thread.
+#[derive(Clone)]
+pub struct BackendClients(Arc<Upstream>);
+
+impl BackendClients {
+    /// Sends `req` to the backend. `may_retry` takes a retry from the
+    /// budget (it is called only when the rules in the module docs allow
+    /// sending the request again).
+    pub async fn send(
+        &self,
+        req: &mut Request<'_, '_>,
+        may_retry: impl FnOnce() -> bool,
+    ) -> Result<Response, SendFailure> {
+        let failure = match self.0.attempt(req, false).await {
+            Ok(response) => return Ok(response),
+            Err(Missed::Body(e)) => return Err(SendFailure::Body(e)),
+            Err(Missed::Unsent(failure)) if req.resendable() => failure,
+            Err(Missed::Sent {
+                failure,
+                retry: true,
+            }) if req.resendable() => failure,
+            Err(Missed::Unsent(failure) | Missed::Sent { failure, .. }) => {
+                return Err(SendFailure::Upstream(failure));
+            }
+        };
+        if !may_retry() {
+            return Err(SendFailure::Upstream(failure));
+        }
+        tracing::debug!(error = %failure, "the backend did not take the request; sending it again on a fresh connection");
+        req.rewind();
+        match self.0.attempt(req, true).await {
+            Ok(response) => Ok(response),
+            Err(Missed::Body(e)) => Err(SendFailure::Body(e)),
+            Err(Missed::Unsent(failure) | Missed::Sent { failure, .. }) => {
+                Err(SendFailure::Upstream(failure))
+            }
+        }
+    }
+
+    /// The backend's protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.0.key.protocol
+    }
+}
+
+/// Upstreams by [`PoolKey`], shared across routing tables.
+pub struct ClientPool {
+    slots: usize,
+    clients: Mutex<HashMap<PoolKey, BackendClients>>,
+}
+
+impl Default for ClientPool {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl ClientPool {
+    /// A pool for `threads` dedicated serving threads (0: the caller's runtime only).
+    pub fn new(threads: usize) -> Self {
+        Self {
+            slots: threads + 1,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The upstream for `key`, reusing the existing one (and its connections).
+    pub fn get(&self, key: &PoolKey) -> BackendClients {
+        let mut map = self.clients.lock().expect("pool lock");
+        map.entry(key.clone())
+            .or_insert_with(|| BackendClients(Arc::new(Upstream::new(key, self.slots))))
+            .clone()
+    }
+
+    /// Drops upstreams no longer used by the current table.
+    pub fn retain(&self, keep: &[PoolKey]) {
+        let mut map = self.clients.lock().expect("pool lock");
+        map.retain(|k, _| keep.contains(k));
+    }
+}

@@ -1,0 +1,540 @@
+//! A backend is charged only for what it did: crafted requests on real
+//! 127.0.0.1 sockets, against the real `sluice-proxy` binary, for the
+//! findings of the cold review of proxy-31 that still applied.
+//!
+//! - A client that leaves before anything of its request was written to
+//!   the backend is no 499 on it (counted as
+//!   `sluice_client_errors_total{kind="left_before_sent"}`).
+//! - An HTTP/2 body that grows past `limits.max_request_body` is the
+//!   client's doing whether it breaks before the backend's answer (413) or
+//!   after it (the answer is cut, counted as a 413 rejection): never a
+//!   502 or a reset charged to the backend.
+//! - A backend that stops taking a request body is the backend's fault
+//!   (504, counted on it), not the client's (408).
+//! - A backend that sends informational heads without end gets a 502.
+//! - Request trailers are filtered like header fields: `X-Sluice-*`,
+//!   hop-by-hop, framing and forwarding names never reach a backend.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A route `r` on every path to `backend`, with more settings `extra`
+/// (`, key: value`).
+fn route(backend: SocketAddr, extra: &str) -> String {
+    format!("  - {{ name: r, path_prefix: /, stable: 'http://{backend}'{extra} }}\n")
+}
+
+/// A backend address whose connects hang: its listener's accept queue is
+/// full and it never accepts, so the kernel drops further SYNs. Keep the
+/// returned listener and connections alive while it is used.
+async fn unreachable_backend() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    let mut hung = false;
+    for _ in 0..16 {
+        match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => held.push(stream),
+            Ok(Err(e)) => panic!("connect to the filled listener failed: {e}"),
+            Err(_) => {
+                hung = true;
+                break;
+            }
+        }
+    }
+    assert!(hung, "the listener's accept queue never filled");
+    (addr, listener, held)
+}
+
+/// An HTTP/2 connection to the proxy (prior knowledge).
+async fn h2_connect(proxy: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.ready().await.unwrap()
+}
+
+/// A client that leaves while the proxy still dials the backend (nothing
+/// of its request was written) is not a 499 on that backend: neither an
+/// HTTP/1.1 client that closes its connection after a GET nor an HTTP/2
+/// client that resets its stream.
+#[tokio::test]
+async fn a_client_gone_before_its_request_was_written_charges_no_backend() {
+    let (backend, _listener, _held) = unreachable_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ", timeouts: { connect: 10s }"), &[]).await;
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Time for the proxy to route it and start dialling.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+
+    let mut client = h2_connect(proxy.addr).await;
+    let req = http::Request::get("http://a/y").body(()).unwrap();
+    let (answer, _) = client.send_request(req, true).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Dropping the only handle on the stream resets it (CANCEL).
+    drop(answer);
+
+    let m = eventually(
+        "both requests to be counted as clients that left",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let left = m.sum(
+                "sluice_client_errors_total",
+                &[("route", "r"), ("kind", "left_before_sent")],
+            );
+            (left == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum("sluice_requests_total", &[("route", "r")]),
+        0.0,
+        "a request never written was counted on its backend"
+    );
+}
+
+/// An HTTP/2 backend that answers `/early` with its head at once, then
+/// reads the request body, and everything else once the body is read.
+async fn h2_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let early = req.uri().path().ends_with("/early");
+                        let mut body = req.into_body();
+                        let mut sending = None;
+                        if early {
+                            sending = respond.send_response(http::Response::new(()), false).ok();
+                        }
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        let sending = match sending {
+                            Some(s) => Some(s),
+                            None => respond.send_response(http::Response::new(()), false).ok(),
+                        };
+                        if let Some(mut s) = sending {
+                            let _ = s.send_data(Bytes::from_static(b"done"), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 client's body that grows past `limits.max_request_body`
+/// (no `content-length`, so only its bytes tell) is 413 when the backend
+/// had not answered yet, and when it had, the answer is cut and counted
+/// as a 413 rejection; neither is a failure or an upstream error on the
+/// backend.
+#[tokio::test]
+async fn an_http2_body_past_the_cap_is_never_charged_to_the_backend() {
+    let backend = h2_backend().await;
+    let proxy = ChildProxy::start_with(
+        &route(backend, ", protocol: http2"),
+        "",
+        "limits:\n  max_request_body: 1KiB\n",
+        &[],
+    )
+    .await;
+    let big = Bytes::from(vec![b'x'; 4096]);
+
+    let mut client = h2_connect(proxy.addr).await;
+    let req = http::Request::post("http://a/wait").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(big.clone(), true).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(answer.status(), 413, "before the backend answered");
+
+    let mut client = client.ready().await.unwrap();
+    let req = http::Request::post("http://a/early").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("a head in time")
+        .expect("a head");
+    assert_eq!(answer.status(), 200);
+    send.send_data(big, true).unwrap();
+    let mut body = answer.into_body();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            match data {
+                Ok(data) => got.extend_from_slice(&data),
+                Err(_) => return Err(got),
+            }
+        }
+        Ok(got)
+    })
+    .await
+    .expect("the answer's end in time");
+    assert!(read.is_err(), "the answer was not cut: {read:?}");
+
+    let m = eventually(
+        "both bodies to be counted as too large",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let rejected = m.sum(
+                "sluice_rejected_total",
+                &[("route", "r"), ("reason", "body_too_large")],
+            );
+            (rejected == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "r"), ("classification", "failure")]
+        ),
+        0.0,
+        "a body past the cap was a failure of the backend"
+    );
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("route", "r")]),
+        0.0,
+        "a body past the cap was an upstream error"
+    );
+}
+
+/// A backend that reads a request head and then neither reads the body
+/// nor answers: it holds its connections open.
+async fn deaf_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut piece).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
+                        _ => return,
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that stops taking the request body while the client keeps
+/// sending is the backend's fault: 504, a failure and a timeout on the
+/// backend, and no `body_timeout` blamed on the client.
+#[tokio::test]
+async fn a_backend_that_stops_reading_the_body_is_not_the_clients_fault() {
+    let backend = deaf_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ", timeouts: { idle: 1s }"), &[]).await;
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let total: usize = 256 << 20;
+    // The client sends as fast as the proxy takes it; the kernel's buffers
+    // fill well before the end.
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: {total}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await?;
+        let piece = vec![b'y'; 64 << 10];
+        for _ in 0..total / piece.len() {
+            writer.write_all(&piece).await?;
+        }
+        Ok::<_, std::io::Error>(writer)
+    });
+    let mut answer = Vec::new();
+    let mut piece = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match reader.read(&mut piece).await {
+                Ok(n) if n > 0 => answer.extend_from_slice(&piece[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    sender.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 504 "), "answer: {text:?}");
+    let m = eventually(
+        "the backend's timeout to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let failed = m.sum(
+                "sluice_requests_total",
+                &[
+                    ("route", "r"),
+                    ("code", "504"),
+                    ("classification", "failure"),
+                ],
+            );
+            (failed == 1.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "r"), ("kind", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("sluice_client_errors_total", &[("route", "r")]),
+        0.0,
+        "the client was blamed for the backend's stall"
+    );
+}
+
+/// A backend that sends `count` informational (103) heads, then a 200.
+async fn hinting_backend(count: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut piece).await {
+                        Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
+                        _ => return,
+                    }
+                }
+                let hint = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
+                let mut out = hint.repeat(count);
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                let _ = stream.write_all(&out).await;
+                let _ = stream.read(&mut piece).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A GET to the proxy on a fresh connection: everything it answered
+/// until it closed (or 5 s).
+async fn get_all(proxy: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let (_, bytes) = closed_within(&mut stream, Duration::from_secs(5)).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A few informational heads pass; a backend that sends more than the
+/// proxy keeps track of (the proxy would hold them all for a client that
+/// does not read) is a 502 and a protocol error on the backend.
+#[tokio::test]
+async fn endless_informational_heads_are_a_502() {
+    let (few, many) = (hinting_backend(3).await, hinting_backend(1000).await);
+    let routes = format!(
+        "  - {{ name: few, path_prefix: /few, stable: 'http://{few}' }}\n  - {{ name: many, path_prefix: /many, stable: 'http://{many}' }}\n"
+    );
+    let proxy = ChildProxy::start(&routes, &[]).await;
+    let text = get_all(proxy.addr, "/few").await;
+    assert_eq!(text.matches("HTTP/1.1 103 ").count(), 3, "{text}");
+    assert!(text.contains("HTTP/1.1 200 OK"), "{text}");
+    let text = get_all(proxy.addr, "/many").await;
+    assert!(
+        text.contains("HTTP/1.1 502 ") && !text.contains("HTTP/1.1 200 OK"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    let m = eventually("the 502 to be counted", Duration::from_secs(5), || async {
+        let m = scrape(proxy.admin).await;
+        (m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "many"), ("kind", "protocol")],
+        ) == 1.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "many"), ("code", "502")]
+        ),
+        1.0
+    );
+}
+
+/// A backend that records every byte it gets and answers each request
+/// (read with [`read_request`]) with a 200.
+async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let all = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let all = all.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut piece = [0u8; 4096];
+                loop {
+                    match stream.read(&mut piece).await {
+                        Ok(n) if n > 0 => {
+                            buf.extend_from_slice(&piece[..n]);
+                            all.lock().unwrap().extend_from_slice(&piece[..n]);
+                        }
+                        _ => return,
+                    }
+                    // A chunked body ends with its trailer section's blank
+                    // line.
+                    if buf.windows(5).any(|w| w == b"\r\n0\r\n") && buf.ends_with(b"\r\n\r\n") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                        buf.clear();
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Request trailers reach the backend, less the names a client may not
+/// send on as header fields: `X-Sluice-*`, hop-by-hop and framing fields,
+/// forwarding fields and names with `_`. From an HTTP/1.1 client and from
+/// an HTTP/2 client alike.
+#[tokio::test]
+async fn request_trailers_are_filtered_like_header_fields() {
+    let (backend, seen) = recording_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ""), &[]).await;
+    let refused = [
+        "x-sluice-mirror",
+        "connection",
+        "keep-alive",
+        "content-length",
+        "host",
+        "x-forwarded-for",
+        "x-real-ip",
+        "x_forwarded_for",
+    ];
+
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n5\r\nhello\r\n0\r\nX-Sum: 9\r\nX-Sluice-Mirror: 1\r\nConnection: close\r\nKeep-Alive: 5\r\nContent-Length: 5\r\nHost: b\r\nX-Forwarded-For: 6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+
+    let mut client = h2_connect(proxy.addr).await;
+    let req = http::Request::post("http://a/y").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    send.send_data(Bytes::from_static(b"hello"), false).unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", "10".parse().unwrap());
+    trailers.insert("x-sluice-mirror", "1".parse().unwrap());
+    trailers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    trailers.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
+    send.send_trailers(trailers).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()).to_ascii_lowercase();
+    let sections: Vec<&str> = got
+        .split("\r\n0\r\n")
+        .skip(1)
+        .map(|rest| rest.split("\r\n\r\n").next().unwrap_or_default())
+        .collect();
+    assert_eq!(sections.len(), 2, "two chunked bodies: {got}");
+    assert_eq!(sections[0], "x-sum: 9", "HTTP/1.1 client's trailers");
+    assert_eq!(sections[1], "x-sum: 10", "HTTP/2 client's trailers");
+    for name in refused {
+        assert!(
+            sections.iter().all(|s| !s.contains(name)),
+            "{name} reached the backend in a trailer: {sections:?}"
+        );
+    }
+}
+
+/// A backend that answers every request head it reads with a 200, and
+/// counts them.
+async fn counting_backend() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count: Arc<Mutex<usize>> = Arc::default();
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_request(&mut stream, &mut buf).await.is_some() {
+                    *counted.lock().unwrap() += 1;
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// An HTTP/2 request with neither `:authority` nor a Host field is 400
+/// and never reaches a backend, as an HTTP/1.1 request without Host is;
+/// with either, it is forwarded.
+#[tokio::test]
+async fn an_http2_request_without_an_authority_is_400() {
+    let (backend, count) = counting_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ""), &[]).await;
+    let mut client = h2_connect(proxy.addr).await;
+    for (uri, host, status) in [
+        ("/none", None, 400),
+        ("/host", Some("a.example"), 200),
+        ("http://a.example/authority", None, 200),
+    ] {
+        let mut req = http::Request::get(uri);
+        if let Some(host) = host {
+            req = req.header("host", host);
+        }
+        let (answer, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(answer.status(), status, "{uri}");
+        client = client.ready().await.unwrap();
+    }
+    assert_eq!(*count.lock().unwrap(), 2);
+}
