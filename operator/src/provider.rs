@@ -97,37 +97,55 @@ impl Provider {
             Ok(w) => w,
             Err(reason) => return all_inconclusive(plan, &reason),
         };
-        let state = gate.get_or_insert_with(|| GateState::new(settings));
-        if baseline {
-            state.observe_baseline(settings, &window);
-            return all_inconclusive(plan, "measuring the primary before the first step");
-        }
-        let arms = crate::gate::Arms::of(&plan.strategy, weight_bp);
-        let window = arms.select(window);
-        let mut analysis = if arms == crate::gate::Arms::Soak {
-            state.observe_soak(settings, &window, weight_bp);
-            state.soak_analysis(settings, plan.min_requests)
-        } else {
-            state.observe(settings, &window, weight_bp, arms);
-            state.analysis(settings, plan.min_requests, arms)
-        };
-        if state.step_canary.requests >= plan.min_requests as f64 {
-            analysis
-                .checks
-                .extend(ceiling_checks(plan, &state.step_canary, queries));
-        }
-        if window.canary_match.requests > 0.0 {
-            analysis.ab = Some(AbTraffic {
-                requests: window.canary_match.requests.round() as u64,
-                success_rate: window.canary_match.success_rate(),
-            });
-        }
-        analysis
+        judge_sequential(plan, settings, gate, window, weight_bp, baseline, queries)
     }
 }
 
 /// The ceilings of a sequential release, on the canary's traffic since the
 /// step began (and custom query results, when the provider ran them).
+/// The sequential gate's judgement of one window taken at `weight_bp`
+/// (the live providers and `sluice simulate` both come here): during the
+/// `baseline` it only measures the primary; otherwise the window joins
+/// `gate`, the release's evidence, and every check is judged, with the
+/// ceilings (and their `queries`) on the canary's traffic since the step
+/// began.
+pub fn judge_sequential(
+    plan: &Plan,
+    settings: &crate::gate::GateSettings,
+    gate: &mut Option<GateState>,
+    window: Window,
+    weight_bp: u32,
+    baseline: bool,
+    queries: Vec<Result<f64, String>>,
+) -> Analysis {
+    let state = gate.get_or_insert_with(|| GateState::new(settings));
+    if baseline {
+        state.observe_baseline(settings, &window);
+        return all_inconclusive(plan, "measuring the primary before the first step");
+    }
+    let arms = crate::gate::Arms::of(&plan.strategy, weight_bp);
+    let window = arms.select(window);
+    let mut analysis = if arms == crate::gate::Arms::Soak {
+        state.observe_soak(settings, &window, weight_bp);
+        state.soak_analysis(settings, plan.min_requests)
+    } else {
+        state.observe(settings, &window, weight_bp, arms);
+        state.analysis(settings, plan.min_requests, arms)
+    };
+    if state.step_canary.requests >= plan.min_requests as f64 {
+        analysis
+            .checks
+            .extend(ceiling_checks(plan, &state.step_canary, queries));
+    }
+    if window.canary_match.requests > 0.0 {
+        analysis.ab = Some(AbTraffic {
+            requests: window.canary_match.requests.round() as u64,
+            success_rate: window.canary_match.success_rate(),
+        });
+    }
+    analysis
+}
+
 pub fn ceiling_checks(
     plan: &Plan,
     step: &Arm,

@@ -35,7 +35,7 @@ use sluice_proxy::metrics::duration_bounds_secs;
 
 use crate::analysis::Analysis;
 use crate::counters::{Arm, Window};
-use crate::gate::{Arms, GateState};
+use crate::gate::GateState;
 use crate::machine::{self, Action, Observation, Phase, Status};
 use crate::plan::{Gate, Plan, Strategy};
 pub use trace::{ArmTraffic, Segment, Trace};
@@ -486,38 +486,21 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
             }
         };
         analysis = Some(match &plan.gate {
-            Gate::Sequential(settings) => {
-                let state = gate.get_or_insert_with(|| GateState::new(settings));
-                match window {
-                    None => crate::provider::all_inconclusive(
-                        plan,
-                        "this window is shorter than Prometheus needs",
-                    ),
-                    Some(w) if baseline => {
-                        state.observe_baseline(settings, &w);
-                        crate::provider::all_inconclusive(plan, "baseline")
-                    }
-                    Some(w) => {
-                        let arms = Arms::of(&plan.strategy, weight);
-                        let w = arms.select(w);
-                        let mut a = if arms == Arms::Soak {
-                            state.observe_soak(settings, &w, weight);
-                            state.soak_analysis(settings, plan.min_requests)
-                        } else {
-                            state.observe(settings, &w, weight, arms);
-                            state.analysis(settings, plan.min_requests, arms)
-                        };
-                        if state.step_canary.requests >= plan.min_requests as f64 {
-                            a.checks.extend(crate::provider::ceiling_checks(
-                                plan,
-                                &state.step_canary,
-                                Vec::new(),
-                            ));
-                        }
-                        a
-                    }
-                }
-            }
+            Gate::Sequential(settings) => match window {
+                None => crate::provider::all_inconclusive(
+                    plan,
+                    "this window is shorter than Prometheus needs",
+                ),
+                Some(w) => crate::provider::judge_sequential(
+                    plan,
+                    settings,
+                    &mut gate,
+                    w,
+                    weight,
+                    baseline,
+                    Vec::new(),
+                ),
+            },
             Gate::Threshold => match window {
                 Some(w) if !baseline => crate::provider::analyse_window(plan, &w),
                 _ => crate::provider::all_inconclusive(plan, "no window yet"),
