@@ -130,6 +130,25 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The canary's ratio to the primary in these (summed reference)
+    /// counts, pulled toward 1 by a few pseudo-events.
+    fn reference_ratio(&self) -> f64 {
+        let share = self.canary_requests / (self.canary_requests + self.stable_requests);
+        let canary = (self.canary_events + REFERENCE_PRIOR_EVENTS * share) / self.canary_requests;
+        let stable =
+            (self.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / self.stable_requests;
+        canary / stable
+    }
+
+    fn plus(self, other: &Counts) -> Self {
+        Self {
+            canary_requests: self.canary_requests + other.canary_requests,
+            canary_events: self.canary_events + other.canary_events,
+            stable_requests: self.stable_requests + other.stable_requests,
+            stable_events: self.stable_events + other.stable_events,
+        }
+    }
+
     fn sane(self) -> Self {
         let canary_requests = self.canary_requests.max(0.0);
         let stable_requests = self.stable_requests.max(0.0);
@@ -586,16 +605,6 @@ impl Evidence {
         }
     }
 
-    /// The canary's ratio to the primary over the kept recent scrapes,
-    /// pulled toward 1 by a few pseudo-events (None before any).
-    pub fn reference_ratio(&self, now: f64) -> Option<f64> {
-        let s = self.reference_counts(now)?;
-        let share = s.canary_requests / (s.canary_requests + s.stable_requests);
-        let canary = (s.canary_events + REFERENCE_PRIOR_EVENTS * share) / s.canary_requests;
-        let stable = (s.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / s.stable_requests;
-        Some(canary / stable)
-    }
-
     /// The kept scrapes the reference is taken from, summed (None before
     /// any with traffic in both arms).
     fn reference_counts(&self, now: f64) -> Option<Counts> {
@@ -603,12 +612,7 @@ impl Evidence {
             self.reference
                 .iter()
                 .filter(|k| now - k.at >= lag)
-                .fold(Counts::default(), |acc, k| Counts {
-                    canary_requests: acc.canary_requests + k.counts.canary_requests,
-                    canary_events: acc.canary_events + k.counts.canary_events,
-                    stable_requests: acc.stable_requests + k.counts.stable_requests,
-                    stable_events: acc.stable_events + k.counts.stable_events,
-                })
+                .fold(Counts::default(), |acc, k| acc.plus(&k.counts))
         };
         let mut s = sum(REFERENCE_LAG);
         if s.events() < 1.0 || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
@@ -619,12 +623,7 @@ impl Evidence {
                 .reference
                 .iter()
                 .take(keep)
-                .fold(Counts::default(), |acc, k| Counts {
-                    canary_requests: acc.canary_requests + k.counts.canary_requests,
-                    canary_events: acc.canary_events + k.counts.canary_events,
-                    stable_requests: acc.stable_requests + k.counts.stable_requests,
-                    stable_events: acc.stable_events + k.counts.stable_events,
-                });
+                .fold(Counts::default(), |acc, k| acc.plus(&k.counts));
         }
         if self.reference.is_empty() || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
             return None;
@@ -668,9 +667,10 @@ impl Evidence {
     /// against the reference in this scrape, and whether it is above the
     /// reference at all.
     fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> (bool, bool, bool) {
-        let Some(r) = self.reference_ratio(began) else {
+        let Some(reference) = self.reference_counts(began) else {
             return (false, false, false);
         };
+        let r = reference.reference_ratio();
         let (k, ec, es) = (
             c.events() / phi,
             c.canary_events / phi,
@@ -681,9 +681,8 @@ impl Evidence {
         // already failing two requests in three cannot do: its share of
         // the events may look higher than a young reference pulled toward
         // the primary, but it is judged, not held.
-        let own_rate_can_rise = self
-            .reference_counts(began)
-            .is_some_and(|s| JUMP * (s.canary_events + 1.0) / (s.canary_requests + 1.0) < 1.0);
+        let own_rate_can_rise =
+            JUMP * (reference.canary_events + 1.0) / (reference.canary_requests + 1.0) < 1.0;
         let up = if self.hold.is_some() {
             binomial_upper_tail(k, ec, c.theta(high)) < JUMP_P
         } else {
