@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
@@ -419,4 +419,22 @@ pub async fn supervise<C, E>(
         }
     }
     drop(entered);
+}
+
+/// Reads more of a connection into `buf`, with room for at least `size`
+/// bytes (reserved when less than half of it is spare): `Ready(Ok(0))` at
+/// its end. Both HTTP/1.1 readers, the client's and the backend's, fill
+/// their buffers through here.
+pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    size: usize,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < size / 2 {
+        buf.reserve(size);
+    }
+    let read = tokio::io::AsyncReadExt::read_buf(io, buf);
+    tokio::pin!(read);
+    std::future::Future::poll(read, cx)
 }

@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::io::UpstreamIo;
 use crate::BoxError;
 use crate::body::UpstreamBody;
+use crate::conn::poll_fill;
 use crate::fields::Fields;
 use crate::http1::framing::{Decoded, Decoder, Framing, ResponseFraming};
 use crate::http1::head::{FieldsOf, HeadError, Span, StatusLine, parse_response};
@@ -521,31 +522,6 @@ fn closed(sending: &mut Sending<'_, '_>, error: Option<std::io::Error>) -> SendE
     } else {
         SendError::Protocol(error.into())
     }
-}
-
-/// Reads more into `buf` (at least `size` bytes of room): Ready(Ok(0)) at
-/// its end.
-fn poll_fill(
-    io: &mut UpstreamIo,
-    buf: &mut BytesMut,
-    size: usize,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < size / 2 {
-        buf.reserve(size);
-    }
-    poll_read_buf(io, buf, cx)
-}
-
-/// `poll_read` into the spare room of `buf`.
-fn poll_read_buf(
-    io: &mut UpstreamIo,
-    buf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    let read = tokio::io::AsyncReadExt::read_buf(io, buf);
-    tokio::pin!(read);
-    std::future::Future::poll(read, cx)
 }
 
 /// A response body read from its connection as it is polled. Once it has

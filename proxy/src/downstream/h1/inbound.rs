@@ -17,6 +17,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::{ClientBody, ClientFault, Progress};
+use crate::conn::poll_fill;
 use crate::fields::Fields;
 use crate::http1::framing::{Decoded, Decoder, Framing};
 use crate::metrics::ClientErrorKind;
@@ -38,21 +39,6 @@ pub(super) struct Inbound<S> {
     /// Informational heads the socket did not take at once; they go
     /// before the final head.
     pub interim: Vec<u8>,
-}
-
-/// Reads more into `buf` (room for at least `size` bytes).
-pub(super) fn poll_fill<S: AsyncRead + Unpin>(
-    io: &mut S,
-    buf: &mut BytesMut,
-    size: usize,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if buf.capacity() - buf.len() < size / 2 {
-        buf.reserve(size);
-    }
-    let read = tokio::io::AsyncReadExt::read_buf(io, buf);
-    tokio::pin!(read);
-    std::future::Future::poll(read, cx)
 }
 
 /// Writes what of `out` the socket takes now, without waiting; the rest

@@ -299,7 +299,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             };
             let idle = inbound.buf.is_empty();
             let read = std::future::poll_fn(|cx| {
-                inbound::poll_fill(&mut inbound.io, &mut inbound.buf, READ_SIZE, cx)
+                crate::conn::poll_fill(&mut inbound.io, &mut inbound.buf, READ_SIZE, cx)
             });
             tokio::select! {
                 biased;
