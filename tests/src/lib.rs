@@ -330,6 +330,21 @@ pub async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
 
 // === purpose-built upstreams ===
 
+/// Reads from a raw connection until `buf` holds a whole HTTP/1 head (up
+/// to its blank line); where that head ends in `buf`. None: the connection
+/// ended first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<usize> {
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(i + 4);
+        }
+        fill(stream, buf).await?;
+    }
+}
+
 /// Reads one HTTP/1 request from a raw connection, for backends written on
 /// raw sockets: the head (bytes already in `buf` first) and the body its
 /// `Content-Length` announces, or its chunks (decoded) when it is
@@ -339,12 +354,7 @@ pub async fn read_request<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> Option<(String, Vec<u8>)> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        fill(stream, buf).await?;
-    };
+    let head_end = read_head(stream, buf).await?;
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let field = |wanted: &str| {
         head.lines().find_map(|l| {
@@ -420,6 +430,43 @@ async fn read_chunks<S: tokio::io::AsyncRead + Unpin>(
         body.extend_from_slice(&buf[..size]);
         buf.drain(..size + 2);
     }
+}
+
+/// An HTTP/2 backend on raw h2 (prior knowledge) that resets its first
+/// `refused` streams with `REFUSED_STREAM` (it promises it did no work:
+/// `usize::MAX` refuses all) and answers the rest 200 with
+/// `x-backend: name`; its address, and how many streams it saw.
+pub async fn h2_refusing_backend(
+    name: &'static str,
+    refused: usize,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let streams = streams.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if streams.fetch_add(1, Ordering::SeqCst) < refused {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let answer = Response::builder()
+                            .header("x-backend", name)
+                            .body(())
+                            .unwrap();
+                        let _ = respond.send_response(answer, true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, counted)
 }
 
 /// Serves HTTP/1.1 (with upgrades) and prior-knowledge HTTP/2 on an

@@ -234,13 +234,8 @@ async fn deaf_backend() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut stream = stream;
-                let mut buf = Vec::new();
-                let mut piece = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut piece).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
-                        _ => return,
-                    }
+                if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 tokio::time::sleep(Duration::from_secs(30)).await;
             });
@@ -323,18 +318,14 @@ async fn hinting_backend(count: usize) -> SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut piece = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut piece).await {
-                        Ok(n) if n > 0 => buf.extend_from_slice(&piece[..n]),
-                        _ => return,
-                    }
+                if read_head(&mut stream, &mut buf).await.is_none() {
+                    return;
                 }
                 let hint = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
                 let mut out = hint.repeat(count);
                 out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                 let _ = stream.write_all(&out).await;
-                let _ = stream.read(&mut piece).await;
+                let _ = stream.read(&mut [0u8; 1024]).await;
             });
         }
     });

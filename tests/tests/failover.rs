@@ -6,47 +6,12 @@
 //! `sluice_failovers_total{route}` counts it. A route with `failover: off`
 //! answers 502 as before. The real binary, real sockets.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use sluice_tests::*;
-
-/// An HTTP/2 backend on raw h2 that refuses every stream with
-/// `REFUSED_STREAM` when `refuse`, else answers 200 with `x-backend: name`;
-/// and the streams it saw.
-async fn h2_backend(name: &'static str, refuse: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let streams = Arc::new(AtomicUsize::new(0));
-    let counted = streams.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    streams.fetch_add(1, Ordering::SeqCst);
-                    if refuse {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    } else {
-                        let answer = http::Response::builder()
-                            .header("x-backend", name)
-                            .body(())
-                            .unwrap();
-                        let _ = respond.send_response(answer, true);
-                    }
-                }
-            });
-        }
-    });
-    (addr, counted)
-}
 
 /// What the clients got: statuses and the backends that answered.
 async fn send_all(requests: Vec<Request<Full<Bytes>>>) -> Vec<(StatusCode, Option<String>)> {
@@ -150,8 +115,8 @@ async fn a_request_the_canary_never_started_goes_to_the_stable_and_still_charges
 
 #[tokio::test]
 async fn a_stream_an_http2_canary_refused_goes_to_the_stable() {
-    let (stable, stable_streams) = h2_backend("stable", false).await;
-    let (canary, canary_streams) = h2_backend("canary", true).await;
+    let (stable, stable_streams) = h2_refusing_backend("stable", 0).await;
+    let (canary, canary_streams) = h2_refusing_backend("canary", usize::MAX).await;
     let proxy = ChildProxy::start(
         &format!(
             "  - {{ name: grpc, protocol: http2, stable: 'http://{stable}', canary: 'http://{canary}', canary_weight: 100 }}\n"

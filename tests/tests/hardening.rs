@@ -870,39 +870,10 @@ async fn a_closed_keep_alive_connection_is_retried_for_a_get_and_never_for_a_pos
     );
 }
 
-/// An HTTP/2 backend that refuses the first stream it is offered
-/// (`REFUSED_STREAM`: it promises it did no work) and answers 200 to the
-/// rest. Counts the streams it saw.
-async fn refusing_h2_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::Ordering;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let streams = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = streams.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    if streams.fetch_add(1, Ordering::SeqCst) == 0 {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    } else {
-                        let _ = respond.send_response(http::Response::new(()), true);
-                    }
-                }
-            });
-        }
-    });
-    (addr, counted)
-}
-
 #[tokio::test]
 async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
     use std::sync::atomic::Ordering;
-    let (upstream, streams) = refusing_h2_upstream().await;
+    let (upstream, streams) = h2_refusing_backend("stable", 1).await;
     let proxy = ChildProxy::start(
         &format!("  - {{ name: grpc, protocol: http2, stable: 'http://{upstream}' }}\n"),
         &[],
