@@ -162,13 +162,44 @@ pub async fn start_proxy(yaml: &str) -> ProxyHandle {
         .expect("proxy starts")
 }
 
-/// A port that was free a moment ago (for child processes that need a fixed port).
+/// A port that was free a moment ago, for child processes that need a
+/// fixed port before they start.
+///
+/// Taken from below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), never twice in one test process: a
+/// port from `bind(0)` is released before the child binds it, and in that
+/// window any outgoing connection of the busy test machine may take it as
+/// its source port (the child then fails with "Address already in use").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::Mutex;
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (10_000u16, ephemeral_low)
+    } else {
+        (ephemeral_low.saturating_add(1), u16::MAX)
+    };
+    let span = u32::from(high - low);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    let start = (std::process::id().wrapping_mul(7919) ^ nanos) % span;
+    for i in 0..span {
+        let port = low + ((start + i) % span) as u16;
+        if handed.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed.push(port);
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 between {low} and {high}");
 }
 
 // === child processes ===
