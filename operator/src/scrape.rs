@@ -18,13 +18,10 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
-        let (head, rest) = match line.rfind('}') {
-            Some(end) => (&line[..=end], line[end + 1..].trim()),
-            None => match line.split_once(' ') {
-                Some((h, v)) => (h, v.trim()),
-                None => continue,
-            },
+        let Some((head, rest)) = split_head(line) else {
+            continue;
         };
+        let rest = rest.trim();
         let Some(value) = rest.split_whitespace().next().and_then(parse_value) else {
             continue;
         };
@@ -39,6 +36,31 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
         });
     }
     out
+}
+
+/// Splits a sample line into its name with labels and the rest (value,
+/// timestamp, exemplar). The label set ends at the first `}` outside a
+/// quoted value: a label value may hold a `}`, and an OpenMetrics exemplar
+/// (`… 5 # {trace_id="…"} 0.5`) has braces of its own after the value.
+fn split_head(line: &str) -> Option<(&str, &str)> {
+    let open = line.find(|c: char| c == '{' || c.is_whitespace())?;
+    if !line[open..].starts_with('{') {
+        return Some((&line[..open], &line[open..]));
+    }
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line[open..].char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => {
+                let end = open + i;
+                return Some((&line[..=end], &line[end + 1..]));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn parse_value(text: &str) -> Option<f64> {
@@ -173,6 +195,23 @@ mod tests {
         assert_eq!(s.sum("x_total", &[("code", "500")]), 1.0);
         assert_eq!(s.sum("up", &[]), 1.0);
         assert_eq!(s.buckets("h_bucket", &[]), vec![(f64::INFINITY, 4.0)]);
+    }
+
+    #[test]
+    fn exemplars_timestamps_and_braces_in_values_do_not_move_the_value() {
+        let s = Scrape::parse(concat!(
+            "x_total{route=\"a\",code=\"200\"} 5 # {trace_id=\"4b}f\"} 0.5 1700000000.1\n",
+            "x_total{route=\"b}\\\"c\",code=\"200\"} 7 1700000000\n",
+            "y_bucket{le=\"0.1\"} 9 # {span_id=\"1\"} 0.05\n",
+            "z 2 1700000000\n",
+            "broken{route=\"a\" 3\n",
+        ));
+        assert_eq!(s.sum("x_total", &[("route", "a")]), 5.0);
+        assert_eq!(s.sum("x_total", &[("route", "b}\"c")]), 7.0);
+        assert_eq!(s.buckets("y_bucket", &[]), vec![(0.1, 9.0)]);
+        assert_eq!(s.sum("z", &[]), 2.0);
+        // A label set that never closes is not a sample.
+        assert_eq!(s.0.len(), 4);
     }
 
     #[test]
