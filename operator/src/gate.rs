@@ -64,7 +64,7 @@ pub const MIN_LEARNT_BOUND: f64 = 0.01;
 pub const LEARNT_BOUND_SHARE: f64 = 0.01;
 
 fn default_incident_allowance() -> Duration {
-    Duration::from_secs(20)
+    Duration::from_secs(30)
 }
 
 fn default_warmup() -> Duration {

@@ -216,7 +216,7 @@ struct PlanArgs {
     when_undecided: UndecidedArg,
     /// Sequential gate: an excursion of one arm shorter than this (an incident)
     /// never rolls back a release that was healthy before it.
-    #[arg(long, default_value = "20s")]
+    #[arg(long, default_value = "30s")]
     incident_allowance: String,
     /// Sequential gate: the canary's first seconds of traffic, when its latency
     /// is not judged (cold caches, JIT).

@@ -46,11 +46,17 @@
 //!    the hold has three). If it lasts longer than the incident allowance
 //!    (`--incident-allowance`, plus one scrape for the partial scrapes at
 //!    its ends), the set-aside evidence is added back: it was a
-//!    regression, not an incident. If it ends sooner, it is dropped: an
-//!    excursion of one arm shorter than the allowance (a node going bad,
-//!    a dependency's hiccup, a GC storm) never rolls back a release that
-//!    was healthy before it. The first scrape has no reference, so a
-//!    canary that fails from its first request is judged at once.
+//!    regression, not an incident. If it ends sooner, it was an incident
+//!    only if its scrapes together were a jump at [`INCIDENT_P`]; then its
+//!    evidence is dropped: an excursion of one arm shorter than the
+//!    allowance (a node going bad, a dependency's hiccup, a GC storm)
+//!    never rolls back a release that was healthy before it. A hold that
+//!    never got there, with the canary still above the reference in the
+//!    quiet scrapes that end it, was a run of high scrapes (a canary a
+//!    little worse all along draws them by chance): its evidence is added back, so
+//!    a moderate regression is not slowed by dropping its worst scrapes.
+//!    The first scrape has no reference, so a canary that fails from its
+//!    first request is judged at once.
 //! 4. **The pass side** ("the canary is not `ρ_max` times worse") uses only
 //!    the scrapes at the current weight, so a canary worse only at the
 //!    final weight is not promoted on evidence from earlier steps. It is a
@@ -104,6 +110,11 @@ pub const JUMP: f64 = 1.5;
 pub const PRIMARY_JUMP: f64 = 3.0;
 /// How significant a jump (and its continuation) must be.
 pub const JUMP_P: f64 = 0.05;
+/// How significant a hold's scrapes together must be against [`JUMP`]
+/// times the reference for the hold to be an incident when it ends within
+/// the allowance. A hold that never gets there was a run of high scrapes
+/// (of a canary a little worse all along, or chance): its evidence counts.
+pub const INCIDENT_P: f64 = 0.001;
 /// Seconds of kept scrapes the reference is taken from…
 pub const REFERENCE_SPAN: f64 = 120.0;
 /// …leaving out the newest this many (unless there is nothing older), so
@@ -383,6 +394,14 @@ pub struct Hold {
     pub quiet: u32,
     /// Lasted longer than the allowance: a regression, judged in full.
     pub confirmed: bool,
+    /// Its scrapes together were a jump at [`INCIDENT_P`]: if it ends
+    /// within the allowance, it was an incident.
+    #[serde(default)]
+    pub strong: bool,
+    /// Whether every quiet scrape since the last elevated one was still
+    /// above the reference.
+    #[serde(default)]
+    pub quiet_above: bool,
     /// Its scrapes, which join the reference if it is confirmed.
     pub scrapes: Vec<Kept>,
 }
@@ -553,14 +572,19 @@ impl Evidence {
                 }
             })
             .collect();
-        let (up, down, above) = if two_arms {
+        let (up, down, above, strong) = if two_arms {
             self.jumps(t, &c, began, phi)
         } else {
-            (false, false, false)
+            (false, false, false, false)
         };
         let previous = self.above.take();
         let starts = up && self.hold.is_none();
-        let hold = self.track_hold(t, up, down, Kept { at, counts: c }, seconds);
+        let hold = self.track_hold(
+            t,
+            (up, down, above, strong),
+            Kept { at, counts: c },
+            seconds,
+        );
         if starts && let Some((kept, ratios)) = previous {
             self.take_into_hold(t, kept, &ratios);
         }
@@ -664,11 +688,12 @@ impl Evidence {
     }
 
     /// Whether the canary's share jumped up (or the primary's up, `down`)
-    /// against the reference in this scrape, and whether it is above the
-    /// reference at all.
-    fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> (bool, bool, bool) {
+    /// against the reference in this scrape, whether it is above the
+    /// reference at all, and whether the hold's scrapes with this one are
+    /// a jump at [`INCIDENT_P`].
+    fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> (bool, bool, bool, bool) {
         let Some(reference) = self.reference_counts(began) else {
-            return (false, false, false);
+            return (false, false, false, false);
         };
         let r = reference.reference_ratio();
         let (k, ec, es) = (
@@ -696,11 +721,26 @@ impl Evidence {
         let down = c.stable_events >= 2.0
             && binomial_upper_tail(k, es, 1.0 - c.theta(low / PRIMARY_JUMP)) < JUMP_P;
         let above = c.canary_events > k * phi * c.theta(high) && c.canary_events >= 1.0;
-        (up, down, above)
+        let strong = up && {
+            let held = self.hold.iter().flat_map(|h| &h.scrapes);
+            let all = held.fold(*c, |acc, kept| acc.plus(&kept.counts));
+            binomial_upper_tail(
+                all.events() / phi,
+                all.canary_events / phi,
+                all.theta(JUMP * high),
+            ) < INCIDENT_P
+        };
+        (up, down, above, strong)
     }
 
     /// Moves the hold on by one scrape; whether the scrape is held.
-    fn track_hold(&mut self, t: &Tuning, up: bool, down: bool, kept: Kept, seconds: f64) -> bool {
+    fn track_hold(
+        &mut self,
+        t: &Tuning,
+        (up, down, above, strong): (bool, bool, bool, bool),
+        kept: Kept,
+        seconds: f64,
+    ) -> bool {
         // An incident of the allowance covers at most this many scrapes
         // (its first and last may be partial), and one more may be above
         // the reference by chance.
@@ -712,6 +752,8 @@ impl Evidence {
                     elevated: 1,
                     quiet: 0,
                     confirmed: false,
+                    strong,
+                    quiet_above: true,
                     scrapes: vec![kept],
                 });
                 return true;
@@ -724,17 +766,26 @@ impl Evidence {
         if up {
             hold.elevated += 1;
             hold.quiet = 0;
+            hold.strong |= strong;
+            hold.quiet_above = true;
         } else {
             hold.quiet += 1;
+            hold.quiet_above &= above;
         }
         let ended = hold.quiet >= 2 || (hold.quiet == 1 && hold.elevated < 3);
         if ended {
-            let was_confirmed = hold.confirmed;
+            // Not a jump, and the canary still above its level after it:
+            // the canary's own level, whose evidence counts.
+            let incident = !hold.confirmed && (hold.strong || !hold.quiet_above);
             self.hold = None;
             for comp in &mut self.fail {
-                comp.forget_held();
+                if incident {
+                    comp.forget_held();
+                } else {
+                    comp.give_back();
+                }
             }
-            if !was_confirmed {
+            if incident {
                 self.incidents += 1;
             }
             if !down {

@@ -244,7 +244,7 @@ pub fn parse(
                 .map(|v| sluice_proxy::config::parse_duration(v).map_err(|e| err(k, v, e, allowed)))
                 .transpose()
         };
-        if let Some(d) = duration(INCIDENT_ALLOWANCE, "a duration up to 10m, e.g. 20s")? {
+        if let Some(d) = duration(INCIDENT_ALLOWANCE, "a duration up to 10m, e.g. 30s")? {
             settings.incident_allowance = d;
         }
         if let Some(d) = duration(WARMUP, "a duration up to 10m, e.g. 10s")? {
@@ -607,7 +607,7 @@ mod tests {
         assert_eq!(g.warmup, Duration::from_secs(60));
         assert_eq!(g.latency_tolerance, 0.25);
         assert_eq!(g.baseline, Duration::ZERO);
-        // Defaults: hold for a person, a 20 s allowance, 10 s warm-up, 10%, 30 s.
+        // Defaults: hold for a person, a 30 s allowance, 10 s warm-up, 10%, 30 s.
         let d = parse(&ann(&[(CANARY, "enabled")]), false).unwrap();
         assert_eq!(d.plan.when_undecided, plan::Undecided::Hold);
         let g = d.plan.gate.settings().unwrap();
@@ -619,7 +619,7 @@ mod tests {
                 g.baseline
             ),
             (
-                Duration::from_secs(20),
+                Duration::from_secs(30),
                 Duration::from_secs(10),
                 0.1,
                 Duration::from_secs(30)
