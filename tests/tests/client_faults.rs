@@ -1,17 +1,15 @@
-//! Conformance of both HTTP/1.1 request paths (the own path in
-//! `proxy/src/fast.rs` and hyper's in `proxy/src/server.rs`) and of
-//! HTTP/2 to the rules of issue #31: a client's fault is never charged to
-//! a backend, and nothing careful peers (nginx, HAProxy) refuse is
-//! forwarded.
+//! Conformance of the proxy's request paths (HTTP/1.1 through its own
+//! codec, HTTP/2 through hyper's server) to the rules of issue #31: a
+//! client's fault is never charged to a backend, and nothing careful peers
+//! (nginx, HAProxy) refuse is forwarded.
 //!
 //! Every probe is raw bytes to the real `sluice-proxy` binary, with
 //! backends on raw sockets that record every byte they get. Each probe
-//! runs on two routes: `own`, which forwards by weight alone (a bodiless
-//! GET or HEAD takes the own path; a request with a body is handed to
-//! hyper mid-connection), and `ab`, which has an A/B rule (hyper's path
-//! from the first byte). Checked: the answer, the bytes each backend got
-//! (none for a client's fault), and the metrics (the backend's counts
-//! unchanged, `sluice_client_errors_total` grown).
+//! runs on two routes: `own`, which forwards by weight alone, and `ab`,
+//! which has an A/B rule and a canary (the route phase decides by headers
+//! before anything is forwarded). Checked: the answer, the bytes each
+//! backend got (none for a client's fault), and the metrics (the backend's
+//! counts unchanged, `sluice_client_errors_total` grown).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
