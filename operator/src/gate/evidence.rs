@@ -76,7 +76,8 @@
 //! `φ_true` events), `exp(ℓ/φ_true)` is the likelihood ratio of the clump
 //! counts, so `E[X] ≤ 1` again. Every other rule only replaces a factor
 //! by a smaller one (a cap, `min(X, 1)` during a hold) or gives the
-//! set-aside factors back (which restores the uncapped product): the
+//! set-aside factors back (which restores the capped product, whether the hold ends as a
+//! regression or as a run of high scrapes): the
 //! evidence is never above the plain product, which is a nonnegative
 //! supermartingale. The restarted components, weighted by `w_r` with
 //! `Σ w_r ≤ 1`, form an e-detector: `Σ w_r M_r` plus the weight of the
