@@ -12,55 +12,28 @@ pub struct Sample {
 
 /// Parses Prometheus or OpenMetrics text into samples (comments skipped).
 pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.starts_with('#') || line.is_empty() {
-            continue;
-        }
-        let Some((head, rest)) = split_head(line) else {
-            continue;
-        };
-        let rest = rest.trim();
-        let Some(value) = rest.split_whitespace().next().and_then(parse_value) else {
-            continue;
-        };
-        let (name, labels) = match head.split_once('{') {
-            Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
-            None => (head, BTreeMap::new()),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
-    }
-    out
+    text.lines().filter_map(parse_sample).collect()
 }
 
-/// Splits a sample line into its name with labels and the rest (value,
-/// timestamp, exemplar). The label set ends at the first `}` outside a
-/// quoted value: a label value may hold a `}`, and an OpenMetrics exemplar
-/// (`… 5 # {trace_id="…"} 0.5`) has braces of its own after the value.
-fn split_head(line: &str) -> Option<(&str, &str)> {
-    let open = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    if !line[open..].starts_with('{') {
-        return Some((&line[..open], &line[open..]));
+/// One sample line: its name, its labels and its value (a timestamp or an
+/// OpenMetrics exemplar after the value is skipped); None for a comment, a
+/// blank line or a line that is no sample.
+fn parse_sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.starts_with('#') || line.is_empty() {
+        return None;
     }
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, c) in line[open..].char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '}' if !quoted => {
-                let end = open + i;
-                return Some((&line[..=end], &line[end + 1..]));
-            }
-            _ => {}
-        }
-    }
-    None
+    let (name, rest) = line.split_at(line.find(|c: char| c == '{' || c.is_whitespace())?);
+    let (labels, rest) = match rest.strip_prefix('{') {
+        Some(set) => parse_labels(set)?,
+        None => (BTreeMap::new(), rest),
+    };
+    let value = rest.split_whitespace().next().and_then(parse_value)?;
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
 }
 
 fn parse_value(text: &str) -> Option<f64> {
@@ -72,16 +45,23 @@ fn parse_value(text: &str) -> Option<f64> {
     }
 }
 
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
+/// A label set after its `{`: the labels, and the text after the `}` that
+/// ends it, the first outside a quoted value (a label value may hold a
+/// `}`, and an exemplar after the value, `… 5 # {trace_id="…"} 0.5`, has
+/// braces of its own). None when it is malformed or never ends.
+fn parse_labels(set: &str) -> Option<(BTreeMap<String, String>, &str)> {
     let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
-        let Some(after) = rest[eq + 1..].strip_prefix('"') else {
-            break;
-        };
+    let mut rest = set;
+    loop {
+        rest = rest.trim_start().trim_start_matches(',').trim_start();
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((labels, after));
+        }
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim().to_string();
+        let after = rest[eq + 1..].strip_prefix('"')?;
         let mut value = String::new();
-        let mut end = after.len();
+        let mut end = None;
         let mut chars = after.char_indices();
         while let Some((i, c)) = chars.next() {
             match c {
@@ -91,16 +71,15 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
                     }
                 }
                 '"' => {
-                    end = i + 1;
+                    end = Some(i + 1);
                     break;
                 }
                 c => value.push(c),
             }
         }
         labels.insert(key, value);
-        rest = &after[end..];
+        rest = &after[end?..];
     }
-    labels
 }
 
 /// Samples with lookups by name and label subset.
