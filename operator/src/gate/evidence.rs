@@ -53,8 +53,9 @@
 //!    never rolls back a release that was healthy before it. A hold that
 //!    never got there, with the canary still above the reference in the
 //!    quiet scrapes that end it, was a run of high scrapes (a canary a
-//!    little worse all along draws them by chance): its evidence is added back, so
-//!    a moderate regression is not slowed by dropping its worst scrapes.
+//!    little worse all along draws them by chance): its evidence is added
+//!    back, so a moderate regression is not slowed by dropping its worst
+//!    scrapes.
 //!    The first scrape has no reference, so a canary that fails from its
 //!    first request is judged at once.
 //! 4. **The pass side** ("the canary is not `ρ_max` times worse") uses only
@@ -76,9 +77,9 @@
 //! `φ_true` events), `exp(ℓ/φ_true)` is the likelihood ratio of the clump
 //! counts, so `E[X] ≤ 1` again. Every other rule only replaces a factor
 //! by a smaller one (a cap, `min(X, 1)` during a hold) or gives the
-//! set-aside factors back (which restores the capped product, whether the hold ends as a
-//! regression or as a run of high scrapes): the
-//! evidence is never above the plain product, which is a nonnegative
+//! set-aside factors back (which restores the capped product, whether the
+//! hold ends as a regression or as a run of high scrapes): the evidence is
+//! never above the plain product, which is a nonnegative
 //! supermartingale. The restarted components, weighted by `w_r` with
 //! `Σ w_r ≤ 1`, form an e-detector: `Σ w_r M_r` plus the weight of the
 //! restarts still to come is a supermartingale starting at most at 1, so
@@ -384,6 +385,21 @@ pub struct Kept {
     pub counts: Counts,
 }
 
+/// What one scrape shows against the canary's reference
+/// ([`Evidence::jumps`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Look {
+    /// The canary's share jumped up (significantly above [`JUMP`] times
+    /// the reference; in a hold, above the reference).
+    up: bool,
+    /// The primary's share jumped up ([`PRIMARY_JUMP`]).
+    down: bool,
+    /// The canary's share is above the reference at all.
+    above: bool,
+    /// The hold's scrapes with this one are a jump at [`INCIDENT_P`].
+    strong: bool,
+}
+
 /// A jump of the canary being held as a possible incident.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
@@ -573,30 +589,25 @@ impl Evidence {
                 }
             })
             .collect();
-        let (up, down, above, strong) = if two_arms {
+        let look = if two_arms {
             self.jumps(t, &c, began, phi)
         } else {
-            (false, false, false, false)
+            Look::default()
         };
         let previous = self.above.take();
-        let starts = up && self.hold.is_none();
-        let hold = self.track_hold(
-            t,
-            (up, down, above, strong),
-            Kept { at, counts: c },
-            seconds,
-        );
+        let starts = look.up && self.hold.is_none();
+        let hold = self.track_hold(t, look, Kept { at, counts: c }, seconds);
         if starts && let Some((kept, ratios)) = previous {
             self.take_into_hold(t, kept, &ratios);
         }
-        if !hold && above && self.hold.is_none() {
+        if !hold && look.above && self.hold.is_none() {
             self.above = Some((Kept { at, counts: c }, fail.clone()));
         }
         for comp in &mut self.fail {
             let threshold = t.fail_threshold - comp.weight.ln();
             comp.add(&fail, SCRAPE_CAP * threshold, hold);
         }
-        if down {
+        if look.down {
             pass.iter_mut().for_each(|r| *r = r.min(0.0));
         }
         self.pass.add(&pass, f64::INFINITY, false);
@@ -688,13 +699,10 @@ impl Evidence {
         }
     }
 
-    /// Whether the canary's share jumped up (or the primary's up, `down`)
-    /// against the reference in this scrape, whether it is above the
-    /// reference at all, and whether the hold's scrapes with this one are
-    /// a jump at [`INCIDENT_P`].
-    fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> (bool, bool, bool, bool) {
+    /// What this scrape shows against the canary's reference.
+    fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> Look {
         let Some(reference) = self.reference_counts(began) else {
-            return (false, false, false, false);
+            return Look::default();
         };
         let r = reference.reference_ratio();
         let (k, ec, es) = (
@@ -731,17 +739,22 @@ impl Evidence {
                 all.theta(JUMP * high),
             ) < INCIDENT_P
         };
-        (up, down, above, strong)
+        Look {
+            up,
+            down,
+            above,
+            strong,
+        }
     }
 
     /// Moves the hold on by one scrape; whether the scrape is held.
-    fn track_hold(
-        &mut self,
-        t: &Tuning,
-        (up, down, above, strong): (bool, bool, bool, bool),
-        kept: Kept,
-        seconds: f64,
-    ) -> bool {
+    fn track_hold(&mut self, t: &Tuning, look: Look, kept: Kept, seconds: f64) -> bool {
+        let Look {
+            up,
+            down,
+            above,
+            strong,
+        } = look;
         // An incident of the allowance covers at most this many scrapes
         // (its first and last may be partial), and one more may be above
         // the reference by chance.
