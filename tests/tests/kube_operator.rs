@@ -273,6 +273,17 @@ impl World {
         panic!("never reached {phase}; status: {:?}", self.status());
     }
 
+    /// A `kubectl sluice` command, as its annotation on the primary.
+    fn command(&self, command: &str) {
+        self.fake.merge_into(
+            APPS,
+            "deployments",
+            NS,
+            "app-primary",
+            json!({"metadata": {"annotations": {"sluice.dev/command": command}}}),
+        );
+    }
+
     fn set_image(&self, image: &str) {
         self.fake.merge_into(
             APPS,
@@ -482,10 +493,7 @@ async fn failing_analysis_rolls_back_and_the_same_revision_does_not_restart() {
     w.until("Failed", 20).await;
     assert_eq!(w.weight(), 0.0);
     assert_eq!(w.replicas("app"), 0);
-    assert_eq!(
-        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
-        "app:1"
-    );
+    assert_eq!(w.primary_image(), "app:1");
     assert!(
         w.events()
             .iter()
@@ -501,13 +509,7 @@ async fn failing_analysis_rolls_back_and_the_same_revision_does_not_restart() {
     assert_eq!(w.status().phase, "Failed");
     assert_eq!(w.replicas("app"), 0);
     // `kubectl sluice retry` (a command annotation) releases it again.
-    w.fake.merge_into(
-        APPS,
-        "deployments",
-        NS,
-        "app-primary",
-        json!({"metadata": {"annotations": {"sluice.dev/command": "retry"}}}),
-    );
+    w.command("retry");
     w.tick().await;
     assert_eq!(w.status().phase, "Initializing");
 }
@@ -906,18 +908,9 @@ async fn a_release_too_quiet_to_decide_states_its_plan_then_waits_for_a_person()
     }
     let s = w.status();
     assert_eq!(s.phase, "WaitingPromotion", "{:?}", s);
-    w.fake.merge_into(
-        APPS,
-        "deployments",
-        NS,
-        "app-primary",
-        json!({"metadata": {"annotations": {"sluice.dev/command": "approve"}}}),
-    );
+    w.command("approve");
     w.until("Succeeded", 10).await;
-    assert_eq!(
-        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
-        "app:2"
-    );
+    assert_eq!(w.primary_image(), "app:2");
 }
 
 #[tokio::test]
@@ -943,18 +936,9 @@ async fn manual_approval_holds_until_the_approve_command() {
         "Suspended",
         "Argo CD shows a held release as suspended"
     );
-    w.fake.merge_into(
-        APPS,
-        "deployments",
-        NS,
-        "app-primary",
-        json!({"metadata": {"annotations": {"sluice.dev/command": "approve"}}}),
-    );
+    w.command("approve");
     w.until("Succeeded", 10).await;
-    assert_eq!(
-        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
-        "app:2"
-    );
+    assert_eq!(w.primary_image(), "app:2");
     assert!(
         w.deployment("app-primary")["metadata"]["annotations"]
             .get("sluice.dev/command")
@@ -1012,13 +996,7 @@ async fn an_abort_is_not_lost_when_the_api_refuses_its_rollback() {
     let w = World::new(json!({})).await.bootstrapped().await;
     w.set_image("app:2");
     w.until("Progressing", 10).await;
-    w.fake.merge_into(
-        APPS,
-        "deployments",
-        NS,
-        "app-primary",
-        json!({"metadata": {"annotations": {"sluice.dev/command": "abort"}}}),
-    );
+    w.command("abort");
     w.fake.fail_writes("configmaps", "app-sluice", 2);
     w.tick().await;
     assert_eq!(w.status().phase, "Failed");
@@ -1092,7 +1070,7 @@ async fn a_new_revision_during_promotion_is_queued_and_released_after_it() {
     w.fake.make_ready(NS, "app-primary");
     w.until("Succeeded", 5).await;
     assert_eq!(
-        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        w.primary_image(),
         "app:2",
         "the promotion finished with the revision it started with"
     );
@@ -1153,10 +1131,7 @@ async fn the_service_always_has_a_ready_endpoint_through_takeover_release_promot
     w.set_image("app:2");
     w.tick().await;
     drive("Succeeded").await;
-    assert_eq!(
-        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
-        "app:2"
-    );
+    assert_eq!(w.primary_image(), "app:2");
     assert!(w.fake.view(|v| v.ready_endpoints(NS, "app", "http")) >= 1);
     // A node drain evicts one proxy pod: the other serves until the
     // Deployment replaces it (the PodDisruptionBudget allows one at a time).
@@ -1684,10 +1659,7 @@ async fn gitops_re_applies_never_leave_the_service_without_endpoints() {
         .expect("a ServiceDrift event");
     assert_eq!(drift["series"]["count"], 2, "{drift}");
     drive(&|w| w.status().phase == "Succeeded").await;
-    assert_eq!(
-        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
-        "app:2"
-    );
+    assert_eq!(w.primary_image(), "app:2");
     assert_eq!(w.replicas("app"), 0);
     // 3. The Deployment's manifest re-applied after the release: 3 replicas
     //    again, scaled back to 0 by Sluice.
