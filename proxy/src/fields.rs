@@ -183,7 +183,8 @@ pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
 /// Whether `value` is `uri-host [ ":" port ]` (RFC 3986): a registered
 /// name or IPv4 address (unreserved characters, sub-delims and `%`), or an
 /// IPv6 address in brackets, then optionally `:` and up to five digits. No
-/// user info, path, space or second colon.
+/// user info, path, space or second colon, and no empty label in a name
+/// (`a..b`, `.a`; one final dot, `a.`, is the root's and allowed).
 pub fn is_host_and_port(value: &[u8]) -> bool {
     let (host, port) = if value.first() == Some(&b'[') {
         let Some(end) = value.iter().position(|&b| b == b']') else {
@@ -208,8 +209,12 @@ pub fn is_host_and_port(value: &[u8]) -> bool {
             None => (value, None),
         }
     };
+    let labels_ok = |name: &[u8]| {
+        let name = name.strip_suffix(b".").unwrap_or(name);
+        !name.is_empty() && name.split(|&b| b == b'.').all(|label| !label.is_empty())
+    };
     !host.is_empty()
-        && (host[0] == b'[' || host.iter().all(|&b| is_reg_name_byte(b)))
+        && (host[0] == b'[' || (host.iter().all(|&b| is_reg_name_byte(b)) && labels_ok(host)))
         && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 

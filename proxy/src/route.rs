@@ -7,6 +7,9 @@
 //! says why ([`Refusal`]):
 //! - `CONNECT` is 405 and `OPTIONS *` 200, both with `Allow`: a reverse
 //!   proxy answers them itself.
+//! - A method is upper-case letters, `-` and `_` (nginx's rule): `get` is
+//!   a method of its own to the RFC, but a backend that compares methods
+//!   without case would read it as `GET`. 400.
 //! - The target is origin-form (`/…`), or an `http`/`https` absolute URI
 //!   whose authority is a host and optional port and whose path starts
 //!   with `/` (HTTP/2: `:scheme`, `:authority`, `:path` alike); `*` is for
@@ -17,7 +20,8 @@
 //!   may leave it out). HTTP/2: a Host field, when sent, is one valid host
 //!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
 //!   one of them (RFC 9110 §7.2); `content-length` fields are equal
-//!   numbers. 400.
+//!   numbers; no field value starts or ends with a space or tab (RFC 9113
+//!   §8.2.1: such a request is malformed). 400.
 //! - No route for the host (port and case ignored) and the normalised
 //!   path: 404.
 //!
@@ -219,6 +223,16 @@ pub const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE";
 /// Whether the request is one the proxy answers itself or refuses (the
 /// rules in the module docs), before it is routed.
 pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
+    if !req
+        .method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+    {
+        return Err(Refusal::bad(
+            "sluice: the method is not upper-case letters, `-` and `_`\n",
+        ));
+    }
     if *req.method == Method::CONNECT {
         return Err(Refusal {
             allow: true,
@@ -236,10 +250,22 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
     }
     check_target(&req.target)?;
     check_hosts(req)?;
-    if req.version == Version::HTTP_2 && crate::fields::content_length_in(req.fields).is_err() {
-        return Err(Refusal::bad(
-            "sluice: the request's content-length fields are not one number\n",
-        ));
+    if req.version == Version::HTTP_2 {
+        if crate::fields::content_length_in(req.fields).is_err() {
+            return Err(Refusal::bad(
+                "sluice: the request's content-length fields are not one number\n",
+            ));
+        }
+        let mut padded = false;
+        req.fields.each(&mut |_, value| {
+            padded |= matches!(value.first().zip(value.last()), Some((a, z))
+                if matches!(a, b' ' | b'\t') || matches!(z, b' ' | b'\t'));
+        });
+        if padded {
+            return Err(Refusal::bad(
+                "sluice: a field value starts or ends with a space or tab\n",
+            ));
+        }
     }
     Ok(())
 }

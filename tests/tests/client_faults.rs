@@ -523,6 +523,26 @@ async fn targets_and_authorities_that_are_not_host_and_port_are_400() {
                 format!("GET /{route}/x HTTP/1.1\r\nHost: a@x.example\r\n\r\n"),
                 "Host header field is not a host",
             ),
+            (
+                "an empty label in Host",
+                format!("GET /{route}/x HTTP/1.1\r\nHost: a..x.example\r\n\r\n"),
+                "Host header field is not a host",
+            ),
+            (
+                "a Host that starts with a dot",
+                format!("GET /{route}/x HTTP/1.1\r\nHost: .x.example\r\n\r\n"),
+                "Host header field is not a host",
+            ),
+            (
+                "an empty label in the target's authority",
+                format!("GET http://x..example/{route}/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+                "authority is not a host",
+            ),
+            (
+                "a method in lower case",
+                format!("get /{route}/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+                "method is not upper-case",
+            ),
         ] {
             let text = s.probe(request.as_bytes(), false).await;
             assert!(
@@ -565,8 +585,9 @@ async fn h2_request(
     answer.map(|a| a.status()).map_err(|e| e.reason())
 }
 
-/// HTTP/2: `:authority` with user info, a `:path` that is not a path,
-/// and a Host that disagrees with `:authority` are refused (400, or a
+/// HTTP/2: `:authority` with user info or an empty label, a `:path` that
+/// is not a path, a field value padded with spaces or tabs (RFC 9113
+/// §8.2.1) and a Host that disagrees with `:authority` are refused (400, or a
 /// stream reset with PROTOCOL_ERROR where the HTTP/2 layer itself finds
 /// the request malformed, RFC 9113 §8.1.1); `content-length` fields that
 /// differ too. Equal ones reach the backend as one.
@@ -595,6 +616,21 @@ async fn http2_authorities_paths_and_lengths_are_checked() {
                 "content-length fields that differ",
                 format!("http://h.example/{route}/x"),
                 vec![("content-length", "5"), ("content-length", "7")],
+            ),
+            (
+                "a field value with a leading space",
+                format!("http://h.example/{route}/x"),
+                vec![("x-a", " padded")],
+            ),
+            (
+                "a field value with a trailing tab",
+                format!("http://h.example/{route}/x"),
+                vec![("x-a", "padded\t")],
+            ),
+            (
+                "an empty label in :authority",
+                format!("http://h..example/{route}/x"),
+                vec![],
             ),
         ] {
             let answer = h2_request(addr, &uri, &extra, b"hello").await;
@@ -923,4 +959,35 @@ async fn an_http2_body_is_not_read_ahead() {
         .expect("the response head before the request body")
         .unwrap();
     assert_eq!(answer.status(), http::StatusCode::OK);
+}
+
+/// A status code past 599 is not HTTP's (RFC 9110 §15): from an HTTP/1.1
+/// backend (the own codec, above) and from an HTTP/2 one alike, the
+/// client gets 502 and the backend is charged a protocol error.
+#[tokio::test]
+async fn a_status_past_599_from_an_http2_backend_is_502() {
+    let backend = serve_http(|_req| async {
+        http::Response::builder()
+            .status(600)
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"odd")))
+            .unwrap()
+    })
+    .await;
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - {{ name: h2, path_prefix: /, stable: 'http://{backend}', protocol: http2 }}\n"
+        ),
+        &[],
+    )
+    .await;
+    let (status, _, body) = get(&format!("http://{}/x", proxy.addr)).await.unwrap();
+    assert_eq!(status, http::StatusCode::BAD_GATEWAY, "{body:?}");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "h2"), ("kind", "protocol")]
+        ),
+        1.0
+    );
 }

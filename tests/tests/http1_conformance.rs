@@ -101,6 +101,7 @@ fn answer_for(last: &str) -> &'static [u8] {
         "bare-lf" => b"HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\nok",
         "nul" => b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok",
         "space-before-colon" => b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 2\r\n\r\nok",
+        "status-600" => b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok",
         "bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nmore\r\n0\r\n\r\n",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     }
@@ -258,6 +259,7 @@ async fn every_ambiguous_response_is_502_and_its_connection_dropped() {
         "bare-lf",
         "nul",
         "space-before-colon",
+        "status-600",
     ];
     for (route, backend) in [("own", &own), ("ab", &ab)] {
         for defect in defects {

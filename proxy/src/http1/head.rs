@@ -179,8 +179,11 @@ pub fn parse_response(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Status
         Ok(httparse::Status::Complete(len)) => {
             check_line_ends(&buf[..len])?;
             let code = resp.code.unwrap_or_default();
+            // RFC 9110 §15: a status code is 100 to 599.
             let status = StatusCode::from_u16(code)
-                .map_err(|_| HeadError::Malformed("the status code is not 100 to 999"))?;
+                .ok()
+                .filter(|s| s.as_u16() <= 599)
+                .ok_or(HeadError::Malformed("the status code is not 100 to 599"))?;
             record_spans(buf, resp.headers, spans);
             Ok(Some(StatusLine {
                 status,

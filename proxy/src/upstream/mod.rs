@@ -497,6 +497,15 @@ impl Upstream {
             h2::Miss::Body(e) => Missed::Body(e),
         })?;
         let (parts, body) = response.into_parts();
+        // RFC 9110 §15: a status code is 100 to 599 (the own HTTP/1.1
+        // codec refuses the rest as it parses). Dropping the body resets
+        // the stream.
+        if parts.status.as_u16() > 599 {
+            return Err(Missed::Sent {
+                retry: false,
+                failure: protocol_failure("the status code is not 100 to 599".into()),
+            });
+        }
         Ok(Response {
             head: ResponseHead::H2(parts),
             body: Pooled {
