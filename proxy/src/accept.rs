@@ -35,7 +35,7 @@ pub fn conn_limits(valid: &ValidConfig) -> ConnLimits {
 /// What a listener's connections are served with.
 pub struct Serving {
     pub state: Arc<ProxyState>,
-    pub h2: hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor>,
+    pub h2: crate::downstream::h2::Settings,
     pub tls: Option<Arc<crate::tls::Terminator>>,
     pub limits: ConnLimits,
 }

@@ -1,6 +1,6 @@
 //! The request body on its way upstream ([`UpstreamBody`]), whoever reads
-//! it from the client: the own HTTP/1.1 connection ([`ClientBody`]) or
-//! hyper's HTTP/2 server (its `Incoming`). It tells the client's faults
+//! it from the client: the own HTTP/1.1 connection ([`ClientBody`]) or an
+//! HTTP/2 stream ([`H2Incoming`]). It tells the client's faults
 //! apart from everything else, so a client's fault is never a backend's:
 //!
 //! - A body that breaks on the client's side (a malformed chunk, a
@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -68,8 +68,8 @@ pub trait ClientBody: Send {
 enum Source<'a> {
     /// The own HTTP/1.1 downstream's reader.
     Client(&'a mut (dyn ClientBody + 'a)),
-    /// hyper's HTTP/2 server.
-    Hyper(hyper::body::Incoming),
+    /// An HTTP/2 client's stream.
+    H2(H2Incoming),
     /// Held whole (a mirrored copy's), or none.
     Full(Option<Bytes>),
 }
@@ -259,10 +259,10 @@ impl<'a> UpstreamBody<'a> {
         Self::with_source(Source::Client(reader), has_body, cap)
     }
 
-    /// An HTTP/2 client's body, as hyper's server reads it.
-    pub fn hyper(incoming: hyper::body::Incoming, cap: Option<u64>) -> (Self, Progress) {
+    /// An HTTP/2 client's body, as the HTTP/2 downstream reads it.
+    pub fn h2(incoming: H2Incoming, cap: Option<u64>) -> (Self, Progress) {
         let has_body = !incoming.is_end_stream();
-        Self::with_source(Source::Hyper(incoming), has_body, cap)
+        Self::with_source(Source::H2(incoming), has_body, cap)
     }
 
     /// A body held whole (None or empty: no body).
@@ -350,7 +350,7 @@ impl<'a> UpstreamBody<'a> {
                     ..self
                 });
             }
-            Source::Hyper(incoming) => Source::Hyper(incoming),
+            Source::H2(incoming) => Source::H2(incoming),
             Source::Full(bytes) => Source::Full(bytes),
         };
         Ok(UpstreamBody {
@@ -378,7 +378,7 @@ impl<'a> UpstreamBody<'a> {
         let polled: Poll<Option<Result<Frame<Bytes>, ClientFault>>> = match &mut self.source {
             Source::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Source::Client(reader) => reader.poll_frame(cx),
-            Source::Hyper(incoming) => Pin::new(incoming).poll_frame(cx).map(|polled| {
+            Source::H2(incoming) => Pin::new(incoming).poll_frame(cx).map(|polled| {
                 polled.map(|frame| {
                     frame.map_err(|e| ClientFault {
                         kind: client_fault_kind(&e),
@@ -399,7 +399,7 @@ impl<'a> UpstreamBody<'a> {
         let source_done = match &self.source {
             Source::Full(bytes) => bytes.is_none(),
             Source::Client(reader) => reader.is_end_stream(),
-            Source::Hyper(incoming) => incoming.is_end_stream(),
+            Source::H2(incoming) => incoming.is_end_stream(),
         };
         match polled {
             Some(Ok(frame)) => {
@@ -470,23 +470,78 @@ pub fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
     last.to_string()
 }
 
-/// How an HTTP/2 client's request body failed, from hyper's error: the
-/// stream ended early (reset by the client, lost with its connection), or
-/// what it sent is not a valid body (a length that disagrees with its
-/// `content-length`, for which the proxy resets the stream).
-fn client_fault_kind(error: &hyper::Error) -> ClientErrorKind {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return if h2.reason() == Some(h2::Reason::PROTOCOL_ERROR) && !h2.is_remote() {
-                ClientErrorKind::MalformedBody
-            } else {
-                ClientErrorKind::IncompleteBody
-            };
-        }
-        source = e.source();
+/// How an HTTP/2 client's request body failed: the stream ended early
+/// (reset by the client, lost with its connection), or what it sent is
+/// not a valid body (a length that disagrees with its `content-length`,
+/// for which the proxy resets the stream).
+fn client_fault_kind(error: &h2::Error) -> ClientErrorKind {
+    if error.reason() == Some(h2::Reason::PROTOCOL_ERROR) && !error.is_remote() {
+        ClientErrorKind::MalformedBody
+    } else {
+        ClientErrorKind::IncompleteBody
     }
-    ClientErrorKind::IncompleteBody
+}
+
+/// An HTTP/2 client's request body as the request path reads it: data as
+/// it comes (the client gets its window back as it is handed on), then
+/// trailers.
+pub struct H2Incoming {
+    recv: h2::RecvStream,
+    /// What `content-length` says is still to come.
+    left: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Incoming {
+    pub fn new(recv: h2::RecvStream, declared: Option<u64>) -> Self {
+        Self {
+            recv,
+            left: declared,
+            data_done: false,
+        }
+    }
+}
+
+impl Body for H2Incoming {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut this.left {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            _ if self.recv.is_end_stream() => SizeHint::with_exact(0),
+            Some(left) => SizeHint::with_exact(left),
+            None => SizeHint::default(),
+        }
+    }
 }
 
 /// The error of a body that grew past its cap.
@@ -545,7 +600,7 @@ impl Body for UpstreamBody<'_> {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Source::Client(reader) => reader.size_hint(),
-            Source::Hyper(incoming) => incoming.size_hint(),
+            Source::H2(incoming) => incoming.size_hint(),
         };
         let mut hint = SizeHint::new();
         hint.set_lower(rest.lower() + queued);

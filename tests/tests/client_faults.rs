@@ -930,6 +930,46 @@ async fn early_hints_reach_an_http11_client_before_the_final_response() {
     }
 }
 
+/// An informational response (103 Early Hints) from an HTTP/1.1 backend
+/// reaches an HTTP/2 client as an informational HEADERS frame, before the
+/// final response exists, with its fields and without hop-by-hop ones.
+#[tokio::test]
+async fn early_hints_reach_an_http2_client_before_the_final_response() {
+    let s = Setup::new("").await;
+    for route in ROUTES {
+        let tcp = TcpStream::connect(s.proxy.addr).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://h.example/{route}/early-hints"))
+            .body(())
+            .unwrap();
+        let (mut answer, _) = client.send_request(req, true).unwrap();
+        let hint = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| answer.poll_informational(cx)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{route}: no 103 before the final response"))
+        .expect("an informational response")
+        .unwrap();
+        assert_eq!(hint.status().as_u16(), 103, "{route}");
+        assert_eq!(
+            hint.headers().get("link").map(|v| v.to_str().unwrap()),
+            Some("</s.css>; rel=preload"),
+            "{route}"
+        );
+        s.backend(route).release.notify_one();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("the final response in time")
+            .unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK, "{route}");
+        let mut body = answer.into_body();
+        let data = body.data().await.expect("a body").unwrap();
+        assert_eq!(&data[..], b"ok", "{route}");
+    }
+}
+
 /// An HTTP/2 request body streams to the backend at once, not read ahead
 /// (a client may wait for the response head before it sends, as gRPC's
 /// bidirectional streams do), also on a route to an HTTP/1.1 backend.

@@ -135,6 +135,32 @@ async fn read_frames(
     }
 }
 
+/// `limits.h2_keepalive`: an HTTP/2 connection gets PINGs (not
+/// acknowledgements) at that interval.
+#[tokio::test]
+async fn http2_connections_get_keep_alive_pings() {
+    let upstream = backend("stable").await;
+    let proxy = ChildProxy::start_with(
+        &format!("  - {{ name: web, stable: '{}' }}\n", upstream.url()),
+        "",
+        "limits:\n  h2_keepalive: 1s\n",
+        &[],
+    )
+    .await;
+    let mut h2 = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let frames = read_frames(&mut h2, |kind, flags, _| kind == 6 && flags & 1 == 0).await;
+    assert!(
+        frames
+            .last()
+            .is_some_and(|&(kind, flags, id)| (kind, flags, id) == (6, 0, 0)),
+        "no PING within 6 s (keep-alive every 1 s): {frames:?}"
+    );
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_and_http2_ones_get_goaway() {
     let upstream = backend("stable").await;

@@ -650,6 +650,72 @@ async fn http2_clients_are_served() {
     assert_eq!(seen, ["stable", "canary", "stable", "canary"]);
 }
 
+/// Bodies larger than HTTP/2's windows cross both ways under flow control:
+/// a 3 MiB upload is echoed back whole (its length and a digest of its
+/// bytes), through a route to an HTTP/1.1 backend and one to an HTTP/2
+/// backend. The client is the `h2` crate with its default 64 KiB windows,
+/// so the proxy must give window back as it hands data on, and wait for
+/// the client's window before it sends more.
+#[tokio::test]
+async fn http2_bodies_larger_than_the_windows_cross_whole_both_ways() {
+    let echo = serve_http(|req: Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        http::Response::new(Full::new(body))
+    })
+    .await;
+    let routes = format!(
+        "  - {{ name: h1, path_prefix: /h1, stable: 'http://{echo}' }}\n  - {{ name: h2, path_prefix: /h2, protocol: http2, stable: 'http://{echo}' }}\n"
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let sent: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let sent = Bytes::from(sent);
+    for route in ["h1", "h2"] {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = Request::post(format!("http://h.example/{route}/echo"))
+            .body(())
+            .unwrap();
+        let (answer, mut upload) = client.send_request(req, false).unwrap();
+        let feed = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut rest = sent;
+                while !rest.is_empty() {
+                    upload.reserve_capacity(rest.len().min(64 * 1024));
+                    let room = std::future::poll_fn(|cx| upload.poll_capacity(cx))
+                        .await
+                        .expect("the stream stays open")
+                        .unwrap();
+                    let piece = rest.split_to(room.min(rest.len()));
+                    upload.send_data(piece, rest.is_empty()).unwrap();
+                }
+            })
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{route}");
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("the body in time")
+        {
+            let data = data.unwrap();
+            body.flow_control().release_capacity(data.len()).unwrap();
+            got.extend_from_slice(&data);
+        }
+        feed.await.unwrap();
+        assert_eq!(got.len(), sent.len(), "{route}");
+        assert!(got == sent[..], "{route}: the echoed bytes differ");
+    }
+}
+
 #[tokio::test]
 async fn grpc_streams_trailers_and_status_pass_through_an_http2_route() {
     let grpc = start_grpc().await;

@@ -1,46 +1,74 @@
 //! HTTP/2 client connections (prior knowledge, or ALPN `h2` over TLS),
-//! served by hyper's HTTP/2 server: hyper reads each stream's head (phase
-//! 2) and the shared phases run on it as on an HTTP/1.1 request.
+//! served on the `h2` crate directly: each stream's head (phase 2) runs
+//! the shared phases in a task of its own, as an HTTP/1.1 request does in
+//! its connection's task, and its answer streams back under HTTP/2's flow
+//! control.
 //!
 //! - The connection is supervised by `crate::conn`: the first request's
 //!   head within `limits.header_read_timeout`, GOAWAY after
 //!   `limits.idle_timeout` without a stream, at most `limits.h2_max_streams`
-//!   streams at once, keep-alive PINGs every `limits.h2_keepalive`.
+//!   streams at once, keep-alive PINGs every `limits.h2_keepalive` (a
+//!   connection whose PING is not answered within 20 s is closed).
+//! - Windows of 1 MiB per stream and per connection, frames of 16 KiB,
+//!   at most 400 KiB of an answer buffered per stream before the proxy
+//!   stops reading it from the backend (hyper's server's settings, which
+//!   this module replaced). The `h2` crate bounds resets (rapid reset)
+//!   and header blocks (CONTINUATION floods) itself.
 //! - A body streams to the backend at once, never read ahead (a client may
 //!   wait for the response head before it sends: gRPC's bidirectional
-//!   streams).
+//!   streams); the client gets window back as the proxy hands data on.
 //! - A client that resets its stream while it waits is counted as 499 on
-//!   the backend it waited for (hyper drops the request, and with it the
-//!   record in flight).
-//! - Informational responses do not reach HTTP/2 clients: hyper's server
-//!   has no way to send them.
+//!   the backend it waited for, as an HTTP/1.1 client that goes away; one
+//!   that resets it while the answer streams stops the answer.
+//! - Informational responses (103 Early Hints) from the backend reach the
+//!   client as they come, before the final answer.
+//! - Answers carry `date`, and the `content-length` of a body whose length
+//!   is known.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::Body;
 
 use super::ProxyState;
 use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
-use crate::body::UpstreamBody;
+use crate::body::{H2Incoming, UpstreamBody};
 use crate::config::ValidConfig;
-use crate::conn::{Activity, ConnLimits, Entered, Tracked, supervise};
+use crate::conn::{Activity, ConnLimits, Entered, RequestGuard, supervise};
 use crate::fields::Fields;
 use crate::forward::{Client, Exchange};
 use crate::route::{BodyKind, ClientRequest, Summary, Target};
 
-/// hyper's HTTP/2 server with the configured limits.
-pub fn builder(valid: &ValidConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+/// How long an unanswered keep-alive PING keeps a connection open.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The HTTP/2 settings every client connection gets.
+#[derive(Clone)]
+pub struct Settings {
+    builder: h2::server::Builder,
+    keepalive: Option<Duration>,
+}
+
+/// The HTTP/2 server's settings from the configured limits.
+pub fn builder(valid: &ValidConfig) -> Settings {
+    let mut builder = h2::server::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .initial_window_size(1024 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_send_buffer_size(400 * 1024)
+        .max_local_error_reset_streams(Some(1024))
         .max_header_list_size(u32::try_from(valid.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(valid.h2_max_streams)
-        .keep_alive_interval(valid.h2_keepalive);
-    builder
+        .max_concurrent_streams(valid.h2_max_streams);
+    Settings {
+        builder,
+        keepalive: valid.h2_keepalive,
+    }
 }
 
 /// Serves one HTTP/2 connection until it closes, a time limit, or a drain.
@@ -48,33 +76,24 @@ pub async fn serve<I>(
     io: I,
     client: Client,
     state: Arc<ProxyState>,
-    builder: &hyper::server::conn::http2::Builder<TokioExecutor>,
+    settings: &Settings,
     entered: Entered,
     limits: ConnLimits,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
-    let requests = activity.clone();
     let peer = client.addr;
-    let client = Arc::new(client);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (state, client) = (state.clone(), client.clone());
-        let guard = requests.begin();
-        async move {
-            // Boxed: hyper spawns each stream as a task of its own, and the
-            // request path's state is large; inline, it was copied with
-            // every move of the stream's future (memmove was 8% of an h2c
-            // load's profile; boxed, about 3% more requests per second in
-            // alternating runs of the h2c bench).
-            let response = Box::pin(handle(&state, req, &client)).await;
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, guard)))
-        }
+    let conn = Box::pin(Connection {
+        phase: Phase::Handshake(settings.builder.handshake(io)),
+        shared: Arc::new((state, client)),
+        activity: activity.clone(),
+        keepalive: settings.keepalive.map(KeepAlive::new),
+        closing: false,
     });
-    let conn = Box::pin(builder.serve_connection(TokioIo::new(io), service));
     supervise(
         conn,
-        |c| c.graceful_shutdown(),
+        Connection::graceful_shutdown,
         entered,
         activity,
         limits,
@@ -83,14 +102,234 @@ pub async fn serve<I>(
     .await;
 }
 
-/// Serves one stream: the phases, then the answer for hyper.
+/// One client connection, as a future that accepts its streams and
+/// spawns a task for each, until the connection ends.
+struct Connection<I> {
+    phase: Phase<I>,
+    shared: Arc<(Arc<ProxyState>, Client)>,
+    activity: Arc<Activity>,
+    keepalive: Option<KeepAlive>,
+    /// A graceful shutdown was asked for (perhaps before the handshake
+    /// ended).
+    closing: bool,
+}
+
+enum Phase<I> {
+    Handshake(h2::server::Handshake<I, Bytes>),
+    Serving(h2::server::Connection<I, Bytes>),
+}
+
+impl<I> Connection<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    /// GOAWAY: no new streams; the connection ends when its streams have.
+    fn graceful_shutdown(mut self: Pin<&mut Self>) {
+        self.closing = true;
+        if let Phase::Serving(conn) = &mut self.phase {
+            conn.graceful_shutdown();
+        }
+    }
+}
+
+impl<I> Future for Connection<I>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let conn = match &mut this.phase {
+                Phase::Handshake(handshake) => {
+                    let mut conn = ready!(Pin::new(handshake).poll(cx))?;
+                    if this.closing {
+                        conn.graceful_shutdown();
+                    }
+                    if let Some(keepalive) = &mut this.keepalive {
+                        keepalive.pings = conn.ping_pong();
+                    }
+                    this.phase = Phase::Serving(conn);
+                    continue;
+                }
+                Phase::Serving(conn) => conn,
+            };
+            if let Some(keepalive) = &mut this.keepalive
+                && keepalive.poll_timed_out(cx)
+            {
+                tracing::debug!(peer = %this.shared.1.addr, "keep-alive PING unanswered; closing");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+            }
+            match ready!(conn.poll_accept(cx)) {
+                Some(Ok((req, respond))) => {
+                    let guard = this.activity.begin();
+                    tokio::spawn(stream(this.shared.clone(), req, respond, guard));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+/// Keep-alive PINGs: one every interval, and a connection whose PING goes
+/// unanswered for [`PING_TIMEOUT`] is closed.
+struct KeepAlive {
+    every: Duration,
+    pings: Option<h2::PingPong>,
+    /// The next PING, or the deadline of the one in flight.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    in_flight: bool,
+}
+
+impl KeepAlive {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            pings: None,
+            timer: Box::pin(tokio::time::sleep(every)),
+            in_flight: false,
+        }
+    }
+
+    /// Sends PINGs when due and reads their answers; true when one went
+    /// unanswered too long.
+    fn poll_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(pings) = &mut self.pings else {
+            return false;
+        };
+        if self.in_flight {
+            match pings.poll_pong(cx) {
+                Poll::Ready(Ok(_)) => {
+                    self.in_flight = false;
+                    let next = tokio::time::Instant::now() + self.every;
+                    self.timer.as_mut().reset(next);
+                }
+                Poll::Ready(Err(_)) => {
+                    self.pings = None;
+                    return false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            if self.in_flight {
+                return true;
+            }
+            if pings.send_ping(h2::Ping::opaque()).is_err() {
+                self.pings = None;
+                return false;
+            }
+            self.in_flight = true;
+            let deadline = tokio::time::Instant::now() + PING_TIMEOUT;
+            self.timer.as_mut().reset(deadline);
+            // Registers the wake-up for the answer and the deadline.
+            return self.poll_timed_out(cx);
+        }
+        false
+    }
+}
+
+/// One stream, in a task of its own: the phases, then its answer.
+async fn stream(
+    shared: Arc<(Arc<ProxyState>, Client)>,
+    req: Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    guard: RequestGuard,
+) {
+    let (state, client) = &*shared;
+    let respond = Mutex::new(respond);
+    // Boxed: the request path's state is large, and the task's future
+    // would be copied with every move.
+    let Some(response) = Box::pin(handle(state, req, client, &respond)).await else {
+        return;
+    };
+    let mut respond = respond.into_inner().expect("the stream's lock");
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    let Ok(send) = respond.send_response(Response::from_parts(parts, ()), end) else {
+        return;
+    };
+    if !end {
+        pipe(body, send).await;
+    }
+    drop(guard);
+}
+
+/// Streams an answer's body to the client under flow control: a frame
+/// read from the backend is sent once the stream has room (the `h2` crate
+/// buffers it up to the send buffer's size, then gives no room, so the
+/// backend is read no faster than the client takes it); a reset by the
+/// client stops it (dropping the body records it). Capacity is asked for
+/// only with a frame in hand, so a body that waits pins none of the
+/// connection's window.
+async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>) {
+    loop {
+        let frame = std::future::poll_fn(|cx| {
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Some)
+        })
+        .await;
+        let data = match frame {
+            // Reset by the client.
+            None => return,
+            Some(None) => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Some(Err(_))) => {
+                send.send_reset(h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers);
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let end = body.is_end_stream();
+        if !data.is_empty() {
+            send.reserve_capacity(1);
+            let room = std::future::poll_fn(|cx| {
+                if send.poll_reset(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                while send.capacity() == 0 {
+                    match ready!(send.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return Poll::Ready(false),
+                    }
+                }
+                Poll::Ready(true)
+            });
+            if !room.await {
+                return;
+            }
+        }
+        if send.send_data(data, end).is_err() || end {
+            return;
+        }
+    }
+}
+
+/// Serves one stream's phases: its answer, or None when the client reset
+/// the stream before there was one.
 async fn handle(
     state: &ProxyState,
-    req: Request<Incoming>,
+    req: Request<h2::RecvStream>,
     client: &Client,
-) -> Response<AnswerBody> {
+    respond: &Mutex<h2::server::SendResponse<Bytes>>,
+) -> Option<Response<AnswerBody>> {
     let start = Instant::now();
-    let (parts, incoming) = req.into_parts();
+    let (parts, recv) = req.into_parts();
     let target = match (parts.uri.scheme_str(), parts.uri.authority()) {
         (Some(scheme), Some(authority)) => Target::Absolute {
             scheme,
@@ -102,17 +341,14 @@ async fn handle(
             _ => Target::Other,
         },
     };
-    let body_kind = if http_body::Body::is_end_stream(&incoming) {
-        BodyKind::None
-    } else {
-        match parts
-            .headers
-            .first("content-length")
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-        {
-            Some(n) => BodyKind::Length(n),
-            None => BodyKind::Streamed,
-        }
+    let declared = parts
+        .headers
+        .first("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    let body_kind = match declared {
+        _ if recv.is_end_stream() => BodyKind::None,
+        Some(n) => BodyKind::Length(n),
+        None => BodyKind::Streamed,
     };
     let req = ClientRequest {
         method: &parts.method,
@@ -125,15 +361,24 @@ async fn handle(
     };
     let head_request = parts.method == Method::HEAD;
     if let Err(refusal) = crate::route::check(&req) {
-        return local(crate::answer::refused(refusal));
+        return Some(local(crate::answer::refused(refusal)));
     }
     let secure = state.scheme == "https";
     let routed = match crate::route::route(&state.store, state.listener, &req, secure, start) {
         Ok(routed) => routed,
-        Err(refusal) => return local(crate::answer::refused(refusal)),
+        Err(refusal) => return Some(local(crate::answer::refused(refusal))),
     };
-    let (body, progress) = UpstreamBody::hyper(incoming, routed.route.max_body);
-    let mut ignore = |_: StatusCode, _: &dyn Fields| {};
+    let incoming = H2Incoming::new(recv, declared);
+    let (body, progress) = UpstreamBody::h2(incoming, routed.route.max_body);
+    let mut interim = |status: StatusCode, fields: &dyn Fields| {
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        copy_passed_fields(fields, false, head.headers_mut());
+        let _ = respond
+            .lock()
+            .expect("the stream's lock")
+            .send_informational(head);
+    };
     // Streams run at once: each has a timer of its own.
     let timer = std::pin::pin!(crate::conn::far_off());
     let exchange = Exchange {
@@ -142,25 +387,54 @@ async fn handle(
         client,
         body,
         progress,
-        interim: &mut ignore,
+        interim: &mut interim,
         timer,
     };
-    let gone = std::pin::pin!(std::future::pending::<()>());
+    let gone = std::future::poll_fn(|cx| {
+        let mut respond = respond.lock().expect("the stream's lock");
+        respond.poll_reset(cx).map(|_| ())
+    });
+    let gone = std::pin::pin!(gone);
     let outcome = crate::forward::forward(exchange, gone).await;
-    match crate::answer::answer(outcome, &routed, None) {
-        Some(Answer::Passed(passed)) => passed_response(passed, head_request),
-        Some(Answer::Local(answer)) => local(answer),
-        // Only an HTTP/1.1 downstream watches for a client gone; hyper
-        // drops the request instead.
-        None => local(Local::new(StatusCode::BAD_REQUEST, "", None)),
+    match crate::answer::answer(outcome, &routed, None)? {
+        Answer::Passed(passed) => Some(passed_response(passed, head_request)),
+        Answer::Local(answer) => Some(local(answer)),
     }
 }
 
-/// The proxy's own answer for hyper.
+/// The fields of a response head as a client gets them (see
+/// `crate::answer`): less the hop-by-hop and framing ones.
+fn copy_passed_fields(fields: &dyn Fields, has_connection: bool, into: &mut HeaderMap) {
+    crate::answer::each_passed_field(fields, has_connection, &mut |kind, name, value| {
+        if kind == ResponseField::ContentLength {
+            return;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(value),
+        ) {
+            into.append(name, value);
+        }
+    });
+}
+
+/// `date`, and the length of a body whose length is known.
+fn finish_head(headers: &mut HeaderMap, body: &AnswerBody) {
+    headers
+        .entry(http::header::DATE)
+        .or_insert_with(crate::http1::write::date_value);
+    if !body.is_end_stream()
+        && let Some(n) = body.size_hint().exact()
+    {
+        headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(n));
+    }
+}
+
+/// The proxy's own answer.
 fn local(answer: Local) -> Response<AnswerBody> {
-    let mut resp = Response::new(answer.body);
-    *resp.status_mut() = answer.status;
-    let headers = resp.headers_mut();
+    let mut headers = HeaderMap::new();
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -171,10 +445,14 @@ fn local(answer: Local) -> Response<AnswerBody> {
             HeaderValue::from_static(crate::answer::ALLOWED),
         );
     }
+    finish_head(&mut headers, &answer.body);
+    let mut resp = Response::new(answer.body);
+    *resp.status_mut() = answer.status;
+    *resp.headers_mut() = headers;
     resp
 }
 
-/// A backend's answer for hyper (see `crate::answer`): its fields less the
+/// A backend's answer (see `crate::answer`): its fields less the
 /// hop-by-hop and framing ones; a response to HEAD keeps its length.
 fn passed_response(passed: Passed, head_request: bool) -> Response<AnswerBody> {
     let Passed {
@@ -183,26 +461,17 @@ fn passed_response(passed: Passed, head_request: bool) -> Response<AnswerBody> {
         set_cookie,
         ..
     } = passed;
-    let status = head.status();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status();
     let headers = resp.headers_mut();
-    crate::answer::each_passed_field(&head, head.has_connection(), &mut |kind, name, value| {
-        if kind == ResponseField::ContentLength {
-            return;
-        }
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(value),
-        ) {
-            headers.append(name, value);
-        }
-    });
+    copy_passed_fields(&head, head.has_connection(), headers);
     if head_request && let Some(n) = head.declared_length() {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     if let Some(cookie) = set_cookie {
         headers.append(http::header::SET_COOKIE, cookie);
     }
-    resp
+    finish_head(headers, &body);
+    let (parts, ()) = resp.into_parts();
+    Response::from_parts(parts, body)
 }

@@ -70,9 +70,21 @@ pub fn itoa(mut n: u64, room: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// `date: <now>` and its line end; the date is formatted once a second
-/// per thread.
+/// `date: <now>` and its line end.
 pub fn date_field(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"date: ");
+    with_date(|text| out.extend_from_slice(text.as_bytes()));
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The date now, as an HTTP/2 `date` field's value.
+pub fn date_value() -> http::HeaderValue {
+    with_date(|text| http::HeaderValue::from_str(text).expect("an HTTP date is visible ASCII"))
+}
+
+/// Calls `with` with the date now in HTTP's form, formatted once a second
+/// per thread.
+fn with_date<T>(with: impl FnOnce(&str) -> T) -> T {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -80,15 +92,13 @@ pub fn date_field(out: &mut Vec<u8>) {
     let second = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    out.extend_from_slice(b"date: ");
     CACHE.with_borrow_mut(|(at, text)| {
         if *at != second {
             *at = second;
             *text = httpdate::fmt_http_date(now);
         }
-        out.extend_from_slice(text.as_bytes());
-    });
-    out.extend_from_slice(b"\r\n");
+        with(text)
+    })
 }
 
 #[cfg(test)]

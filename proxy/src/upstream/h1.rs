@@ -579,7 +579,7 @@ impl Body1 {
     }
 
     /// Closes the connection and reports `message` on the next poll, not
-    /// this one: a reader that gathers (hyper's HTTP/2 server) first sends
+    /// this one: a reader that gathers frames before it writes first sends
     /// what it has of the response, as it would had the failure come later.
     fn fail(
         &mut self,
