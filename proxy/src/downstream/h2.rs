@@ -215,6 +215,7 @@ impl KeepAlive {
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             if self.in_flight {
+                self.pings = None;
                 return true;
             }
             if pings.send_ping(h2::Ping::opaque()).is_err() {
@@ -373,7 +374,7 @@ async fn handle(
     let mut interim = |status: StatusCode, fields: &dyn Fields| {
         let mut head = Response::new(());
         *head.status_mut() = status;
-        copy_passed_fields(fields, false, head.headers_mut());
+        copy_passed_fields(fields, true, head.headers_mut());
         let _ = respond
             .lock()
             .expect("the stream's lock")
