@@ -193,6 +193,79 @@ mod tests {
         assert_eq!(s.0.len(), 4);
     }
 
+    /// Text written by a real client library (the `prometheus-client`
+    /// crate's OpenMetrics encoder): label values it escapes (quote,
+    /// backslash, newline) and with braces, gauges of NaN and ±Inf, a
+    /// counter with an exemplar, a histogram with exemplars, `# EOF`.
+    #[test]
+    fn reads_what_a_prometheus_client_library_writes() {
+        use prometheus_client::encoding::text::encode;
+        use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
+        use prometheus_client::registry::Registry;
+        use std::sync::atomic::AtomicU64;
+
+        let mut registry = Registry::default();
+        let requests =
+            Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default(
+            );
+        registry.register("requests", "Requests", requests.clone());
+        let odd = "a \"quoted\" \\ back\nslash} {x=\"1\"}";
+        requests
+            .get_or_create(&vec![
+                ("route".into(), odd.into()),
+                ("code".into(), "500".into()),
+            ])
+            .inc_by(3);
+        requests
+            .get_or_create(&vec![
+                ("route".into(), "plain".into()),
+                ("code".into(), "200".into()),
+            ])
+            .inc_by(40);
+        let mut gauges = Vec::new();
+        for (name, value) in [
+            ("nan", f64::NAN),
+            ("pos", f64::INFINITY),
+            ("neg", f64::NEG_INFINITY),
+        ] {
+            let gauge = Gauge::<f64, AtomicU64>::default();
+            gauge.set(value);
+            registry.register(format!("level_{name}"), "A level", gauge.clone());
+            gauges.push(gauge);
+        }
+        let traced = CounterWithExemplar::<Vec<(String, String)>>::default();
+        registry.register("traced", "Traced", traced.clone());
+        traced.inc_by(7, Some(vec![("trace_id".into(), "4b}f 9".into())]), None);
+        let latency = HistogramWithExemplars::<Vec<(String, String)>>::new([0.1, 0.5].into_iter());
+        registry.register("latency", "Latency", latency.clone());
+        latency.observe(0.05, Some(vec![("span".into(), "1".into())]), None);
+        latency.observe(0.3, None, None);
+        latency.observe(2.0, Some(vec![("span".into(), "2".into())]), None);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains(" # {"), "the exemplar is written: {text}");
+
+        let s = Scrape::parse(&text);
+        assert_eq!(s.sum("requests_total", &[("route", odd)]), 3.0, "{text}");
+        assert_eq!(s.sum("requests_total", &[("code", "200")]), 40.0, "{text}");
+        assert_eq!(s.sum("requests_total", &[]), 43.0, "{text}");
+        assert!(s.sum("level_nan", &[]).is_nan(), "{text}");
+        assert_eq!(s.sum("level_pos", &[]), f64::INFINITY, "{text}");
+        assert_eq!(s.sum("level_neg", &[]), f64::NEG_INFINITY, "{text}");
+        assert_eq!(s.sum("traced_total", &[]), 7.0, "{text}");
+        assert_eq!(
+            s.buckets("latency_bucket", &[]),
+            vec![(0.1, 1.0), (0.5, 2.0), (f64::INFINITY, 3.0)],
+            "{text}"
+        );
+        assert_eq!(s.sum("latency_count", &[]), 3.0, "{text}");
+        assert_eq!(s.sum("latency_sum", &[]), 2.35, "{text}");
+        drop(gauges);
+    }
+
     #[test]
     fn quantiles_interpolate_like_promql() {
         let b = [
