@@ -1,11 +1,37 @@
-//! The few HTTP calls the control plane makes (proxy admin API, Prometheus,
+//! The HTTP calls the control plane makes (proxy admin API, Prometheus,
 //! webhooks), each with a timeout and an error that names the URL.
+//!
+//! # https and credentials
+//!
+//! Every call may be `http://` or `https://`. https trusts the platform's
+//! roots (`rustls-native-certs`) and, per endpoint, a CA bundle of its
+//! own. Credentials come from an **access file** (`--access-file`, YAML),
+//! a list of endpoints each matched by URL prefix (the longest wins):
+//!
+//! ```yaml
+//! - url: https://prometheus.internal:9443/
+//!   ca_file: /etc/sluice/ca.pem              # PEM, added to the platform's roots
+//!   bearer_token_file: /etc/sluice/prom-token
+//! - url: https://hooks.internal/
+//!   basic_auth: { username: sluice, password_file: /etc/sluice/hook-password }
+//!   headers: { X-Api-Key: /etc/sluice/api-key }   # each value read from that file
+//! ```
+//!
+//! Files are read once, at start; a missing or empty file, a CA file with
+//! no certificate, an unknown field or a URL that is not http(s) is an
+//! error naming the entry and the field. Secret values are held as
+//! [`Secret`], which prints as `<redacted>`; they go out only in request
+//! headers marked sensitive (never indexed by HPACK), and no error, log
+//! line or status carries them (a URL's user info is shown as `***`).
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -16,22 +42,263 @@ pub enum HttpError {
     Unreachable { url: String, reason: String },
     #[error("{url}: no answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
-    #[error("{url}: `{url}` is not a valid http:// URL")]
+    #[error("{url}: `{url}` is not a valid http:// or https:// URL")]
     BadUrl { url: String },
+}
+
+/// A value that must never be shown: it prints as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The first line of `path`, trimmed (a trailing newline is not part
+    /// of a token). `what` names the setting in the error.
+    pub fn from_file(what: &str, path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))?;
+        let value = text.lines().next().unwrap_or_default().trim().to_string();
+        if value.is_empty() {
+            return Err(format!("{what}: {} is empty", path.display()));
+        }
+        Ok(Self(value))
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One entry of the access file, as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointFile {
+    url: String,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    basic_auth: Option<BasicAuthFile>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BasicAuthFile {
+    username: String,
+    password_file: PathBuf,
+}
+
+/// How calls to one endpoint prove who makes them.
+#[derive(Clone, Debug, Default)]
+struct Credentials {
+    bearer: Option<Secret>,
+    basic: Option<(String, Secret)>,
+    headers: Vec<(HeaderName, Secret)>,
+}
+
+impl Credentials {
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        let mut set = |name: HeaderName, value: String| {
+            if let Ok(mut value) = HeaderValue::from_str(&value) {
+                value.set_sensitive(true);
+                headers.insert(name, value);
+            }
+        };
+        if let Some(token) = &self.bearer {
+            set(header::AUTHORIZATION, format!("Bearer {}", token.expose()));
+        }
+        if let Some((user, password)) = &self.basic {
+            use base64::Engine;
+            let pair = format!("{user}:{}", password.expose());
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+            set(header::AUTHORIZATION, format!("Basic {encoded}"));
+        }
+        for (name, value) in &self.headers {
+            set(name.clone(), value.expose().to_string());
+        }
+    }
+}
+
+type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An endpoint of the access file, ready: its URL prefix, its client
+/// (trusting its CA) and its credentials.
+struct Endpoint {
+    prefix: String,
+    client: Inner,
+    credentials: Credentials,
+}
+
+/// The endpoints every [`HttpClient`] uses (installed once at start).
+static ACCESS: OnceLock<Arc<Vec<Endpoint>>> = OnceLock::new();
+
+/// Reads the access file at `path` (see the module docs) and installs it
+/// for every client made after. The error names the file, the entry and
+/// the field.
+pub fn install_access_file(path: &Path) -> Result<(), String> {
+    let endpoints = read_access_file(path)?;
+    ACCESS
+        .set(Arc::new(endpoints))
+        .map_err(|_| "--access-file: given twice".to_string())
+}
+
+fn read_access_file(path: &Path) -> Result<Vec<Endpoint>, String> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--access-file: cannot read {shown}: {e}"))?;
+    let entries: Vec<EndpointFile> =
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("--access-file: {shown}: {e}"))?;
+    let mut endpoints = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let at = format!("--access-file: {shown}: entry {i}");
+        let uri: http::Uri = entry
+            .url
+            .parse()
+            .map_err(|_| format!("{at}: url: `{}` is not a URL", shown_url(&entry.url)))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!(
+                "{at}: url: `{}` is not an http:// or https:// URL",
+                shown_url(&entry.url)
+            ));
+        }
+        if entry.bearer_token_file.is_some() && entry.basic_auth.is_some() {
+            return Err(format!(
+                "{at}: bearer_token_file and basic_auth both set the Authorization header; give one"
+            ));
+        }
+        let bearer = entry
+            .bearer_token_file
+            .as_deref()
+            .map(|p| Secret::from_file(&format!("{at}: bearer_token_file"), p))
+            .transpose()?;
+        let basic = match entry.basic_auth {
+            Some(b) => {
+                if b.username.is_empty() || b.username.contains(':') {
+                    return Err(format!(
+                        "{at}: basic_auth.username: must be non-empty and hold no `:`"
+                    ));
+                }
+                let password = Secret::from_file(
+                    &format!("{at}: basic_auth.password_file"),
+                    &b.password_file,
+                )?;
+                Some((b.username, password))
+            }
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for (name, file) in &entry.headers {
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{at}: headers: `{name}` is not a header name"))?;
+            let value = Secret::from_file(&format!("{at}: headers.{name}"), file)?;
+            if HeaderValue::from_str(value.expose()).is_err() {
+                return Err(format!(
+                    "{at}: headers.{name}: {} holds a byte a header value may not",
+                    file.display()
+                ));
+            }
+            headers.push((header, value));
+        }
+        let client =
+            client_trusting(entry.ca_file.as_deref()).map_err(|e| format!("{at}: ca_file: {e}"))?;
+        endpoints.push(Endpoint {
+            prefix: entry.url,
+            client,
+            credentials: Credentials {
+                bearer,
+                basic,
+                headers,
+            },
+        });
+    }
+    Ok(endpoints)
+}
+
+/// A client that speaks http and https, trusting the platform's roots and
+/// the certificates in `ca_file`.
+fn client_trusting(ca_file: Option<&Path>) -> Result<Inner, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        use rustls_pki_types::pem::PemObject;
+        let shown = path.display();
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        let mut added = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{shown}: not PEM: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{shown}: a certificate rustls refuses: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{shown} holds no PEM certificate"));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(Duration::from_secs(2)));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+/// `url` with any user info shown as `***`.
+pub fn shown_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    /// For URLs no endpoint of the access file matches.
+    inner: Inner,
+    endpoints: Arc<Vec<Endpoint>>,
 }
 
 impl Default for HttpClient {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
+        static PLAIN: OnceLock<Inner> = OnceLock::new();
+        let inner = PLAIN
+            .get_or_init(|| client_trusting(None).expect("no CA file to read"))
+            .clone();
         Self {
-            inner: Client::builder(TokioExecutor::new()).build(connector),
+            inner,
+            endpoints: ACCESS.get().cloned().unwrap_or_default(),
         }
     }
 }
@@ -57,30 +324,36 @@ impl HttpClient {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Answer, HttpError> {
-        let uri: http::Uri = url.parse().map_err(|_| HttpError::BadUrl {
-            url: url.to_string(),
-        })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(HttpError::BadUrl {
-                url: url.to_string(),
-            });
+        let bad = || HttpError::BadUrl {
+            url: shown_url(url),
+        };
+        let uri: http::Uri = url.parse().map_err(|_| bad())?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad());
         }
+        let endpoint = self
+            .endpoints
+            .iter()
+            .filter(|e| url.starts_with(&e.prefix))
+            .max_by_key(|e| e.prefix.len());
+        let client = endpoint.map_or(&self.inner, |e| &e.client);
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let req = match body {
+        let mut req = match body {
             Some((content_type, bytes)) => req
                 .header(header::CONTENT_TYPE, content_type)
                 .body(Full::new(bytes)),
             None => req.body(Full::default()),
         }
-        .map_err(|_| HttpError::BadUrl {
-            url: url.to_string(),
-        })?;
+        .map_err(|_| bad())?;
+        if let Some(e) = endpoint {
+            e.credentials.apply(req.headers_mut());
+        }
+        let url = &shown_url(url);
         let exchange = async {
-            let resp = self
-                .inner
+            let resp = client
                 .request(req)
                 .await
                 .map_err(|e| HttpError::Unreachable {
@@ -168,4 +441,46 @@ pub fn encode_query_value(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_in_a_url_is_never_shown() {
+        assert_eq!(
+            shown_url("https://u:p4ss@h.example:9/x?a=b@c"),
+            "https://***@h.example:9/x?a=b@c"
+        );
+        assert_eq!(shown_url("http://h.example/a@b"), "http://h.example/a@b");
+        let e = HttpError::BadUrl {
+            url: shown_url("ftp://u:p4ss@h"),
+        };
+        assert!(!e.to_string().contains("p4ss"), "{e}");
+    }
+
+    #[test]
+    fn secrets_print_redacted_and_go_out_as_sensitive_headers() {
+        let credentials = Credentials {
+            bearer: None,
+            basic: Some(("Aladdin".into(), Secret("open sesame".into()))),
+            headers: vec![(HeaderName::from_static("x-api-key"), Secret("k3y".into()))],
+        };
+        let shown = format!("{credentials:?}");
+        assert!(
+            !shown.contains("open sesame") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        let mut headers = http::HeaderMap::new();
+        credentials.apply(&mut headers);
+        // RFC 7617 §2's example.
+        assert_eq!(
+            headers[header::AUTHORIZATION],
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert!(headers[header::AUTHORIZATION].is_sensitive());
+        assert_eq!(headers["x-api-key"], "k3y");
+        assert!(headers["x-api-key"].is_sensitive());
+    }
 }

@@ -119,6 +119,10 @@ struct KubeArgs {
     /// Prometheus that scrapes the proxies; enables sluice.dev/metrics: prometheus (the default then).
     #[arg(long)]
     prometheus_url: Option<String>,
+    /// YAML list of endpoints (URL prefix) with their CA bundle, bearer token, basic auth or
+    /// headers, each read from a file: used by every outbound call (Prometheus, webhooks).
+    #[arg(long)]
+    access_file: Option<PathBuf>,
     /// Image of the proxy Deployments the operator creates.
     #[arg(long, default_value = concat!("ghcr.io/sluice-dev/sluice-proxy:", env!("CARGO_PKG_VERSION")))]
     proxy_image: String,
@@ -309,8 +313,14 @@ impl PlanArgs {
                 .split_once('=')
                 .ok_or_else(|| flag("webhook", format!("`{w}` is not KIND=URL")))?;
             let kind = WebhookKind::parse(kind).map_err(|e| flag("webhook", e))?;
-            if !url.starts_with("http://") {
-                return Err(flag("webhook", format!("`{url}` is not an http:// URL")));
+            if !is_http_url(url) {
+                return Err(flag(
+                    "webhook",
+                    format!(
+                        "`{}` is not an http:// or https:// URL",
+                        sluice_operator::http::shown_url(url)
+                    ),
+                ));
             }
             webhooks.push(Webhook {
                 kind,
@@ -443,6 +453,10 @@ struct RolloutArgs {
     /// Smallest range for PromQL rate() windows.
     #[arg(long, default_value = "30s")]
     prometheus_window: String,
+    /// YAML list of endpoints (URL prefix) with their CA bundle, bearer token, basic auth or
+    /// headers, each read from a file: used by every outbound call (Prometheus, webhooks).
+    #[arg(long)]
+    access_file: Option<PathBuf>,
     #[command(flatten)]
     plan: PlanArgs,
     /// live (terminal), plain (a line per tick) or json (an object per tick).
@@ -506,6 +520,11 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn rollout(args: RolloutArgs) -> ExitCode {
+    if let Some(path) = &args.access_file
+        && let Err(e) = sluice_operator::http::install_access_file(path)
+    {
+        return usage(e);
+    }
     let plan = match args.plan.plan() {
         Ok(p) => p,
         Err(e) => return usage(e),
@@ -549,8 +568,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     }
     let provider = match &args.prometheus {
         Some(url) => {
-            if !url.starts_with("http://") {
-                return usage(format!("--prometheus: `{url}` is not an http:// URL"));
+            if !is_http_url(url) {
+                return usage(format!(
+                    "--prometheus: `{}` is not an http:// or https:// URL",
+                    sluice_operator::http::shown_url(url)
+                ));
             }
             let mut p = PrometheusProvider::new(url, &args.route);
             match sluice_proxy::config::parse_duration(&args.prometheus_window) {
@@ -941,12 +963,25 @@ fn parse_durations(text: &str) -> Result<(f64, f64), String> {
     Ok((median.as_secs_f64() * 1000.0, sigma))
 }
 
+/// Whether `url` is `http://…` or `https://…`.
+fn is_http_url(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 async fn run_kube(args: KubeArgs) -> ExitCode {
     use sluice_operator::kube as op;
     if let Some(url) = &args.prometheus_url
-        && !url.starts_with("http://")
+        && !is_http_url(url)
     {
-        return usage(format!("--prometheus-url: `{url}` is not an http:// URL"));
+        return usage(format!(
+            "--prometheus-url: `{}` is not an http:// or https:// URL",
+            sluice_operator::http::shown_url(url)
+        ));
+    }
+    if let Some(path) = &args.access_file
+        && let Err(e) = sluice_operator::http::install_access_file(path)
+    {
+        return usage(e);
     }
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
