@@ -1,18 +1,22 @@
 //! Outbound calls over https with credentials (issue #27): `sluice rollout`
 //! gates a release on a real Prometheus that sits behind nginx, which
 //! serves https with a certificate from a CA made here and answers 401
-//! without the right bearer token. The CA and the token reach `sluice`
-//! only through `--access-file`; the token never shows in what `sluice`
-//! prints. Bad access files are refused at start, naming the entry and
+//! without the right bearer token, and asks a `confirm-promotion` webhook
+//! served over https (another certificate of that CA) that wants basic
+//! auth. The CA, the token and the password reach `sluice` only through
+//! `--access-file`; no secret shows in what `sluice` prints. Bad access files are refused at start, naming the entry and
 //! the field.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sluice_tests::*;
 
 const TOKEN: &str = "prom-secret-7f3a9c1e";
+const PASSWORD: &str = "hook-pass-2b8d";
 
 /// nginx as an https front for `upstream` that wants `Authorization:
 /// Bearer TOKEN`; its access log holds one status per line.
@@ -93,18 +97,33 @@ fn baseline() -> Faults {
 }
 
 /// `sluice rollout` with `args`, its output captured (blocking: run it on
-/// a blocking thread while load runs).
+/// a blocking thread while load runs); killed, and the test failed, when
+/// it has not ended within 120 s.
 fn run_sluice(args: Vec<String>) -> std::process::Output {
-    Command::new(bin("sluice"))
+    let child = Command::new(bin("sluice"))
         .arg("rollout")
         .args(args)
         .args(["--output", "json"])
-        .output()
-        .expect("run sluice rollout")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sluice rollout");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(out) => out.expect("sluice rollout's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("sluice rollout did not end within 120 s");
+        }
+    }
 }
 
 #[tokio::test]
-async fn a_release_is_gated_on_prometheus_behind_https_and_a_bearer_token() {
+async fn a_release_is_gated_on_prometheus_and_a_webhook_behind_https_with_credentials() {
     let dir = TempDir::new("outbound");
     let stable = sluice_loadtest::start_backend(BackendOptions {
         faults: baseline(),
@@ -132,15 +151,51 @@ async fn a_release_is_gated_on_prometheus_behind_https_and_a_bearer_token() {
     let front = Front::start(&dir.path, &prometheus.url, &cert, &key).await;
     let url = format!("https://127.0.0.1:{}", front.port);
 
+    // The webhook: 200 with basic auth `sluice:PASSWORD`, 401 otherwise.
+    let (hook_cert, hook_key) = ca.leaf(&["localhost"]);
+    let (allowed, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, r) = (allowed.clone(), refused.clone());
+    let hook = serve_https_on(
+        "127.0.0.1:0".parse().unwrap(),
+        &hook_cert,
+        &hook_key,
+        move |req: http::Request<hyper::body::Incoming>| {
+            use base64::Engine;
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("sluice:{PASSWORD}"))
+            );
+            let ok = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == expected.as_str());
+            let counter = if ok { a.clone() } else { r.clone() };
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                http::Response::builder()
+                    .status(if ok { 200 } else { 401 })
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap()
+            }
+        },
+    )
+    .await;
+    let hook_url = format!("https://localhost:{}/confirm", hook.port());
+
     let token_file = dir.path.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let password_file = dir.path.join("password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
     let access = dir.path.join("access.yaml");
     std::fs::write(
         &access,
         format!(
-            "- url: {url}/\n  ca_file: {}\n  bearer_token_file: {}\n",
-            ca_file.display(),
-            token_file.display()
+            "- url: {url}/\n  ca_file: {ca}\n  bearer_token_file: {}\n\
+             - url: https://localhost:{}/\n  ca_file: {ca}\n  basic_auth: {{ username: sluice, password_file: {} }}\n",
+            token_file.display(),
+            hook.port(),
+            password_file.display(),
+            ca = ca_file.display(),
         ),
     )
     .unwrap();
@@ -171,6 +226,8 @@ async fn a_release_is_gated_on_prometheus_behind_https_and_a_bearer_token() {
         "2s",
         "--access-file",
         &access.display().to_string(),
+        "--webhook",
+        &format!("confirm-promotion={hook_url}"),
         "--control-socket",
         &dir.path.join("control.sock").display().to_string(),
     ]
@@ -195,9 +252,17 @@ async fn a_release_is_gated_on_prometheus_behind_https_and_a_bearer_token() {
     );
     assert_eq!(front.answered("401"), 0, "a call went without the token");
     assert!(
-        !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
-        "the token was printed"
+        allowed.load(Ordering::SeqCst) >= 1 && refused.load(Ordering::SeqCst) == 0,
+        "the webhook was not called with its basic auth: {} allowed, {} refused",
+        allowed.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst)
     );
+    for secret in [TOKEN, PASSWORD] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "a secret was printed"
+        );
+    }
 }
 
 /// Bad access files: each refused at start (exit 2) with an error naming
