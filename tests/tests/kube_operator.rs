@@ -2153,12 +2153,16 @@ async fn a_blue_green_release_mirrors_then_switches_in_one_step_and_keeps_blue_u
         "mirroring ended with the release"
     );
     assert!(w.route().affinity.is_some());
-    let table = sluice_operator::kube::plugin::table(&[sluice_operator::kube::plugin::Release {
-        name: "app".into(),
-        generation: 1,
-        status: Some(w.status()),
-        age: "1m".into(),
-    }]);
+    let table = sluice_operator::kube::plugin::table(
+        &[sluice_operator::kube::plugin::Release {
+            namespace: "default".into(),
+            name: "app".into(),
+            generation: 1,
+            status: Some(w.status()),
+            age: "1m".into(),
+        }],
+        false,
+    );
     assert!(
         table.contains("STRATEGY") && table.contains("blue-green"),
         "{table}"
@@ -2213,6 +2217,7 @@ async fn an_experiment_ends_on_stable_with_a_report_and_promotes_nothing() {
         w.events()
     );
     let detail = sluice_operator::kube::plugin::detail(&sluice_operator::kube::plugin::Release {
+        namespace: "default".into(),
         name: "app".into(),
         generation: 1,
         status: Some(s),

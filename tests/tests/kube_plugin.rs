@@ -311,3 +311,145 @@ async fn an_unreachable_cluster_is_exit_4() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Kubernetes API"));
 }
+
+/// `get -A` lists every namespace's releases with a NAMESPACE column;
+/// `-o json` and `-o yaml` print what the table shows as data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_all_namespaces_and_json_and_yaml_output() {
+    let p = Plugin::new().await;
+    let annotated = json!({"sluice.dev/canary": "enabled"});
+    p.fake.put(
+        APPS,
+        "deployments",
+        "other",
+        json!({"metadata": {"name": "app", "annotations": annotated}, "spec": spec("app", 0)}),
+    );
+    p.fake.put(
+        APPS,
+        "deployments",
+        "other",
+        json!({"metadata": {"name": "app-primary", "annotations": {"sluice.dev/status": status("Progressing", 20.0, 1, None)}}, "spec": spec("app-primary", 2)}),
+    );
+    let (code, out, err) = p.run(&["get", "-A"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..2], ["NAMESPACE", "NAME"], "{out}");
+    let named: Vec<(&str, &str, &str)> = rows[1..].iter().map(|r| (r[0], r[1], r[3])).collect();
+    assert_eq!(
+        named,
+        [
+            ("default", "app", "WaitingPromotion"),
+            ("default", "web", "Pending"),
+            ("other", "app", "Progressing"),
+        ],
+        "{out}"
+    );
+
+    let (code, out, err) = p.run(&["get", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(list[0]["name"], "app");
+    assert_eq!(list[0]["namespace"], "default");
+    assert_eq!(list[0]["status"]["phase"], "WaitingPromotion");
+    assert_eq!(list[0]["status"]["canaryWeight"], 50.0);
+    assert!(list[1]["status"].is_null(), "{out}");
+
+    let (code, out, err) = p.run(&["-n", "other", "get", "app", "-o", "yaml"]).await;
+    assert_eq!(code, 0, "{err}");
+    let one: Value = serde_yaml_ng::from_str(&out).unwrap();
+    assert_eq!(one["namespace"], "other");
+    assert_eq!(one["status"]["phase"], "Progressing");
+    assert_eq!(one["status"]["step"], 1);
+
+    let (code, _, err) = p.run(&["get", "-o", "table"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values: json, yaml"), "{err}");
+}
+
+/// `--kubeconfig` and `--context` pick the cluster as kubectl does: the
+/// file's current context points at a dead server here, so only
+/// `--context fake` reaches the API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubeconfig_and_context_flags_pick_the_cluster() {
+    let p = Plugin::new().await;
+    let text = std::fs::read_to_string(&p.kubeconfig).unwrap();
+    let dead = free_port();
+    let two = text
+        .replace("current-context: fake", "current-context: dead")
+        .replace(
+            "contexts:\n",
+            "contexts:\n- name: dead\n  context:\n    cluster: dead\n    user: fake\n",
+        )
+        .replace(
+            "clusters:\n",
+            &format!("clusters:\n- name: dead\n  cluster:\n    server: http://127.0.0.1:{dead}\n"),
+        );
+    let path = p._dir.path.join("two-contexts");
+    std::fs::write(&path, two).unwrap();
+    let path = path.display().to_string();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(bin("kubectl-sluice"))
+                .args(&args)
+                .env_remove("KUBECONFIG")
+                .env("HOME", "/nonexistent")
+                .output()
+                .unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (code, out, err) = run(vec![
+        "get".into(),
+        "--kubeconfig".into(),
+        path.clone(),
+        "--context".into(),
+        "fake".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with("app ")),
+        "{out}"
+    );
+    let (code, _, err) = run(vec!["get".into(), "--kubeconfig".into(), path.clone()])
+        .await
+        .unwrap();
+    assert_eq!(code, 4, "the current context's server is dead: {err}");
+    let (code, _, err) = run(vec![
+        "get".into(),
+        "--kubeconfig".into(),
+        path,
+        "--context".into(),
+        "nope".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 4);
+    assert!(err.contains("nope"), "{err}");
+}
+
+/// `completion bash|zsh|fish` prints a script that knows the subcommands
+/// and the values of `-o`; another shell is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completion_scripts_for_bash_zsh_and_fish() {
+    let p = Plugin::new().await;
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = p.run(&["completion", shell]).await;
+        assert_eq!(code, 0, "{shell}: {err}");
+        for word in ["promote", "abort", "status", "all-namespaces", "yaml"] {
+            assert!(out.contains(word), "{shell}: no `{word}` in the script");
+        }
+    }
+    let (code, _, err) = p.run(&["completion", "powershell-7"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values: bash, zsh, fish"), "{err}");
+}

@@ -1,6 +1,10 @@
 //! `kubectl sluice`: the kubectl plugin (install this binary on PATH as
 //! `kubectl-sluice`). Exit codes: 0 ok, 2 usage error or unknown name,
 //! 4 Kubernetes API error; `status`: 0 succeeded, 1 failed, 3 in progress.
+//!
+//! The flags kubectl users type without thinking work as in kubectl:
+//! `-n`, `--kubeconfig`, `--context`, `get -A`, `get -o json|yaml`, and
+//! `completion bash|zsh|fish` prints a completion script.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,8 +22,29 @@ struct Cli {
     /// Namespace (default: the kubeconfig context's).
     #[arg(short = 'n', long, global = true)]
     namespace: Option<String>,
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true)]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How `get` prints.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// Shells `completion` writes a script for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -28,8 +53,19 @@ enum Command {
     Get {
         name: Option<String>,
         /// Redraw every 2 seconds until interrupted.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "output")]
         watch: bool,
+        /// Every namespace (a NAMESPACE column is added).
+        #[arg(short = 'A', long, conflicts_with = "name")]
+        all_namespaces: bool,
+        /// Print the releases as JSON or YAML (the status Sluice keeps on each).
+        #[arg(short, long, value_enum)]
+        output: Option<Format>,
+    },
+    /// Print a shell completion script: `source <(kubectl sluice completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
     },
     /// Approve a release held for manual promotion, or with --full skip the remaining steps.
     Promote {
@@ -62,11 +98,51 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
+/// A client from the kubeconfig as kubectl would pick it: `--kubeconfig`
+/// or the default places, and `--context` or the current context.
+async fn client(cli: &Cli) -> Result<kube::Client, String> {
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match (&cli.kubeconfig, &cli.context) {
+        (Some(path), _) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?
+        }
+        (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| format!("--context {context}: {e}"))?,
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| format!("cannot reach Kubernetes with the kubeconfig: {e}"))?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot reach Kubernetes: {e}"))
+}
+
 async fn run(cli: Cli) -> ExitCode {
-    let client = match kube::Client::try_default().await {
+    if let Command::Completion { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        let shell = match shell {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        };
+        clap_complete::generate(
+            shell,
+            &mut command,
+            "kubectl-sluice",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let client = match client(&cli).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: cannot reach Kubernetes with the kubeconfig: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(4);
         }
     };
@@ -76,10 +152,33 @@ async fn run(cli: Cli) -> ExitCode {
     let p = Plugin { client, namespace };
     let result: Result<ExitCode, PluginError> = async {
         match cli.command {
-            Command::Get { name, watch } => loop {
-                let text = match &name {
-                    Some(n) => plugin::detail(&p.release(n).await?),
-                    None => plugin::table(&p.releases().await?),
+            Command::Get {
+                name,
+                watch,
+                all_namespaces,
+                output,
+            } => loop {
+                let releases = match &name {
+                    Some(n) => vec![p.release(n).await?],
+                    None if all_namespaces => p.releases_everywhere().await?,
+                    None => p.releases().await?,
+                };
+                let text = match (output, &name) {
+                    (Some(format), _) => {
+                        let value = match &name {
+                            Some(_) => serde_json::to_value(&releases[0]),
+                            None => serde_json::to_value(&releases),
+                        }
+                        .expect("a release serializes");
+                        match format {
+                            Format::Json => {
+                                format!("{}\n", serde_json::to_string_pretty(&value).expect("JSON"))
+                            }
+                            Format::Yaml => serde_yaml_ng::to_string(&value).expect("YAML"),
+                        }
+                    }
+                    (None, Some(_)) => plugin::detail(&releases[0]),
+                    (None, None) => plugin::table(&releases, all_namespaces),
                 };
                 if watch {
                     print!("\x1b[2J\x1b[H{text}");
@@ -105,6 +204,7 @@ async fn run(cli: Cli) -> ExitCode {
                 println!("{}", p.retry(&name).await?);
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Completion { .. } => unreachable!("answered before connecting"),
             Command::Status { name, timeout } => {
                 let (code, line) = p.status(&name, timeout.filter(|t| !t.is_zero())).await?;
                 println!("{line}");

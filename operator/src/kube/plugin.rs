@@ -46,7 +46,10 @@ pub struct Plugin {
 }
 
 /// A canaried Deployment and its status (None before the operator saw it).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Release {
+    pub namespace: String,
     pub name: String,
     pub status: Option<KubeStatus>,
     pub age: String,
@@ -75,19 +78,34 @@ impl Plugin {
 
     /// Every Deployment in the namespace that opted in.
     pub async fn releases(&self) -> Result<Vec<Release>, PluginError> {
-        let all = self.deployments().list(&ListParams::default()).await?.items;
+        self.list(self.deployments()).await
+    }
+
+    /// Every Deployment that opted in, in every namespace the user may
+    /// list (`-A`).
+    pub async fn releases_everywhere(&self) -> Result<Vec<Release>, PluginError> {
+        self.list(Api::all(self.client.clone())).await
+    }
+
+    async fn list(&self, api: Api<Deployment>) -> Result<Vec<Release>, PluginError> {
+        let all = api.list(&ListParams::default()).await?.items;
         let mut out = Vec::new();
         for d in all.iter().filter(|d| annotations::enabled(d.annotations())) {
             let name = d.name_any();
-            let primary = all.iter().find(|p| p.name_any() == primary_name(&name));
+            let namespace = d.namespace().unwrap_or_default();
+            let primary = all.iter().find(|p| {
+                p.name_any() == primary_name(&name)
+                    && p.namespace().unwrap_or_default() == namespace
+            });
             out.push(Release {
                 status: primary.and_then(KubeStatus::from_primary),
                 age: age(d.metadata.creation_timestamp.as_ref()),
                 generation: d.metadata.generation.unwrap_or(0),
+                namespace,
                 name,
             });
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Ok(out)
     }
 
@@ -224,8 +242,13 @@ impl Plugin {
 }
 
 /// The table of `kubectl sluice get`.
-pub fn table(releases: &[Release]) -> String {
+/// The releases as a table; `namespaces`: with a NAMESPACE column first,
+/// as `kubectl get -A` prints.
+pub fn table(releases: &[Release], namespaces: bool) -> String {
     let mut out = String::new();
+    if namespaces {
+        let _ = write!(out, "{:<20} ", "NAMESPACE");
+    }
     let _ = writeln!(
         out,
         "{:<24} {:<11} {:<17} {:<24} {:<18} {:<40} {:>5}",
@@ -252,6 +275,9 @@ pub fn table(releases: &[Release]) -> String {
                 checks_text(s, false),
             ),
         };
+        if namespaces {
+            let _ = write!(out, "{:<20} ", r.namespace);
+        }
         let _ = writeln!(
             out,
             "{:<24} {:<11} {:<17} {:<24} {:<18} {:<40} {:>5}",
