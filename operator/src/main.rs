@@ -184,7 +184,7 @@ struct PlanArgs {
     steps: Option<String>,
     /// How the canary is judged: `sequential` (against the primary, continuously; the default)
     /// or `threshold` (its own numbers against fixed thresholds every interval, as Flagger).
-    #[arg(long, default_value = "sequential")]
+    #[arg(long, default_value = "sequential", value_parser = ["sequential", "threshold"])]
     gate: String,
     /// Threshold gate: the analysis tick. Sequential gate: the least time a step lasts.
     #[arg(long, default_value = "1m")]
@@ -255,7 +255,7 @@ struct PlanArgs {
     #[arg(long = "webhook")]
     webhooks: Vec<String>,
     /// `manual` holds before promotion until `sluice promote`.
-    #[arg(long = "approve", default_value = "auto")]
+    #[arg(long = "approve", default_value = "auto", value_parser = ["auto", "manual"])]
     approval: String,
     /// YAML list of custom PromQL checks: [{name, query, min, max}] (needs --prometheus).
     #[arg(long)]
@@ -263,7 +263,7 @@ struct PlanArgs {
     /// The release's shape: `canary` (steps), `blue-green` (judged on mirrored traffic, then a
     /// switch 0 -> 100 and a soak) or `experiment` (both versions side by side for a fixed time,
     /// a report, no promotion).
-    #[arg(long, default_value = "canary")]
+    #[arg(long, default_value = "canary", value_parser = ["canary", "blue-green", "experiment"])]
     strategy: String,
     /// Blue/green: intervals the new version is judged on mirrored traffic before the switch (at least).
     #[arg(long, default_value = "1")]
@@ -477,8 +477,10 @@ struct ControlArgs {
 
 #[derive(clap::Args)]
 struct DemoArgs {
-    /// healthy, errors, latency, silent or all.
-    #[arg(long, default_value = "all")]
+    /// Which scenario to run, or all of them.
+    #[arg(long, default_value = "all", value_parser = [
+        "all", "healthy", "bursty", "cold", "noisy", "errors", "latency", "silent",
+    ])]
     scenario: String,
     /// Use this Prometheus instead of the proxy provider; it must scrape --admin-listen every second.
     #[arg(long)]
@@ -489,7 +491,7 @@ struct DemoArgs {
     #[arg(long, value_enum)]
     output: Option<Output>,
     /// `canary` (steps) or `blue-green` (judged on mirrored copies, then one switch and a soak).
-    #[arg(long, default_value = "canary")]
+    #[arg(long, default_value = "canary", value_parser = ["canary", "blue-green", "experiment"])]
     strategy: String,
 }
 

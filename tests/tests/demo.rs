@@ -166,5 +166,9 @@ async fn the_blue_green_demo_judges_on_copies_and_no_user_meets_a_bad_release() 
         .await
         .unwrap();
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--strategy: `rainbow`"), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'rainbow' for '--strategy")
+            && stderr.contains("possible values: canary, blue-green, experiment"),
+        "{stderr}"
+    );
 }

@@ -321,7 +321,7 @@ async fn unknown_strategies_and_bad_route_settings_are_usage_errors_and_change_n
     for (extra, expected) in [
         (
             vec!["--strategy", "rainbow"],
-            "--strategy: `rainbow` is not a strategy this version knows",
+            "[possible values: canary, blue-green, experiment]",
         ),
         (
             vec!["--affinity-cookie", "my cookie"],
