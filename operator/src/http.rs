@@ -322,6 +322,7 @@ impl HttpClient {
         url: &str,
         body: Option<(&str, Bytes)>,
         token: Option<&str>,
+        headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<Answer, HttpError> {
         let bad = || HttpError::BadUrl {
@@ -340,6 +341,9 @@ impl HttpClient {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let mut req = match body {
             Some((content_type, bytes)) => req
@@ -381,7 +385,7 @@ impl HttpClient {
     }
 
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<Answer, HttpError> {
-        self.call(Method::GET, url, None, None, timeout).await
+        self.call(Method::GET, url, None, None, &[], timeout).await
     }
 
     /// A GET with `Authorization: Bearer <token>` when a token is given.
@@ -391,7 +395,7 @@ impl HttpClient {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Answer, HttpError> {
-        self.call(Method::GET, url, None, token, timeout).await
+        self.call(Method::GET, url, None, token, &[], timeout).await
     }
 
     pub async fn send_json(
@@ -402,12 +406,27 @@ impl HttpClient {
         token: Option<&str>,
         timeout: Duration,
     ) -> Result<Answer, HttpError> {
+        self.post_json_with(method, url, value, token, &[], timeout)
+            .await
+    }
+
+    /// Like [`HttpClient::send_json`], with more header fields.
+    pub async fn post_json_with(
+        &self,
+        method: Method,
+        url: &str,
+        value: &serde_json::Value,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Answer, HttpError> {
         let body = Bytes::from(value.to_string());
         self.call(
             method,
             url,
             Some(("application/json", body)),
             token,
+            headers,
             timeout,
         )
         .await

@@ -171,7 +171,11 @@ pub enum Command {
 /// Results of the webhooks the driver ran for this tick (None: none configured or not run).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Gates {
+    /// `confirm-rollout`: false holds the release before any traffic.
+    pub confirm_rollout: Option<bool>,
     pub pre_rollout: Option<bool>,
+    /// `confirm-traffic-increase`: false holds the weight where it is.
+    pub confirm_traffic_increase: Option<bool>,
     pub rollout: Option<bool>,
     pub confirm_promotion: Option<bool>,
     /// A rollback webhook answered 2xx: abort the release.
@@ -385,6 +389,12 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
             }
             if obs.gates.rollback_requested {
                 return rollback(s, obs.now, "a rollback webhook asked for it".into());
+            }
+            if obs.gates.confirm_rollout == Some(false) {
+                s.message =
+                    "waiting for the confirm-rollout webhooks to answer 2xx (no traffic to the canary yet)"
+                        .into();
+                return Transition::hold(s, NextTick::Interval);
             }
             if obs.gates.pre_rollout == Some(false) {
                 s.failed_checks += 1;
@@ -707,6 +717,15 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
                 return Transition::hold(s, NextTick::Interval);
             }
             s.passed_steps = s.passed_steps.max(s.step + 1);
+            if s.step + 1 < plan.steps_bp.len() && obs.gates.confirm_traffic_increase == Some(false)
+            {
+                s.message = format!(
+                    "step {} passed; holding at {}% until the confirm-traffic-increase webhooks answer 2xx ({why})",
+                    s.step + 1,
+                    pct(s.canary_weight_bp)
+                );
+                return Transition::hold(s, NextTick::Interval);
+            }
             if s.step + 1 < plan.steps_bp.len() {
                 s.step += 1;
                 s.canary_weight_bp = plan.steps_bp[s.step];

@@ -251,9 +251,14 @@ struct PlanArgs {
     /// Roll back when no step passes for this long.
     #[arg(long, default_value = "10m")]
     progress_deadline: String,
-    /// Webhook as KIND=URL (pre-rollout, rollout, confirm-promotion, post-rollout, rollback); repeatable.
+    /// Webhook as KIND=URL (confirm-rollout, pre-rollout, rollout, confirm-traffic-increase,
+    /// confirm-promotion, post-rollout, rollback, event); repeatable.
     #[arg(long = "webhook")]
     webhooks: Vec<String>,
+    /// YAML list of webhooks as Flagger's analysis.webhooks writes them: [{name, type, url,
+    /// timeout, metadata, retries, headers}].
+    #[arg(long)]
+    webhooks_file: Option<PathBuf>,
     /// `manual` holds before promotion until `sluice promote`.
     #[arg(long = "approve", default_value = "auto", value_parser = ["auto", "manual"])]
     approval: String,
@@ -322,11 +327,19 @@ impl PlanArgs {
                     ),
                 ));
             }
-            webhooks.push(Webhook {
-                kind,
-                url: url.to_string(),
-                timeout: Duration::from_secs(5),
-            });
+            webhooks.push(Webhook::new(kind, url));
+        }
+        if let Some(path) = &self.webhooks_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                flag(
+                    "webhooks-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            webhooks.extend(
+                sluice_operator::plan::parse_webhooks(&text, &path.display().to_string())
+                    .map_err(|e| flag("webhooks-file", e))?,
+            );
         }
         let queries = match &self.checks_file {
             None => Vec::new(),

@@ -3,6 +3,7 @@
 //! these from its own inputs (flags, annotations), with the same parsers, so
 //! the same text means the same thing everywhere.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -43,32 +44,55 @@ pub struct QueryCheck {
     pub max: Option<f64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A webhook's kind, with Flagger's semantics (see `crate::webhook`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WebhookKind {
+    /// Before the canary gets any traffic; the release waits until every
+    /// one answers 2xx (nothing counts as failed meanwhile).
+    ConfirmRollout,
+    /// Before the first step; a failure counts toward the failure limit.
     PreRollout,
+    /// Every analysis tick; a failure fails the tick. Flagger's default
+    /// when a webhook names no type.
+    #[default]
     Rollout,
+    /// Before each weight increase; the release holds its weight until
+    /// every one answers 2xx.
+    ConfirmTrafficIncrease,
+    /// Before promotion; the release waits (analysis goes on).
     ConfirmPromotion,
+    /// After the release ends, promoted or rolled back; failures are
+    /// logged only.
     PostRollout,
+    /// Polled while the release runs; a 2xx asks for a rollback.
     Rollback,
+    /// Every event of the release, with its message; never gates.
+    Event,
 }
 
 impl WebhookKind {
-    pub const ALL: [WebhookKind; 5] = [
+    pub const ALL: [WebhookKind; 8] = [
+        WebhookKind::ConfirmRollout,
         WebhookKind::PreRollout,
         WebhookKind::Rollout,
+        WebhookKind::ConfirmTrafficIncrease,
         WebhookKind::ConfirmPromotion,
         WebhookKind::PostRollout,
         WebhookKind::Rollback,
+        WebhookKind::Event,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            WebhookKind::ConfirmRollout => "confirm-rollout",
             WebhookKind::PreRollout => "pre-rollout",
             WebhookKind::Rollout => "rollout",
+            WebhookKind::ConfirmTrafficIncrease => "confirm-traffic-increase",
             WebhookKind::ConfirmPromotion => "confirm-promotion",
             WebhookKind::PostRollout => "post-rollout",
             WebhookKind::Rollback => "rollback",
+            WebhookKind::Event => "event",
         }
     }
 
@@ -78,22 +102,110 @@ impl WebhookKind {
             .find(|k| k.as_str() == text)
             .ok_or_else(|| {
                 format!(
-                    "`{text}` is not a webhook kind; use one of pre-rollout, rollout, confirm-promotion, post-rollout, rollback"
+                    "`{text}` is not a webhook kind; use one of confirm-rollout, pre-rollout, rollout, confirm-traffic-increase, confirm-promotion, post-rollout, rollback, event"
                 )
             })
     }
 }
 
+/// A webhook as Flagger's `analysis.webhooks` writes one (`name`, `type`,
+/// `url`, `timeout`, `metadata`, `retries`), plus Sluice's `headers`
+/// (values in the clear: secrets belong in the access file).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Webhook {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, alias = "type")]
     pub kind: WebhookKind,
     pub url: String,
-    #[serde(default = "default_webhook_timeout", with = "duration_text")]
+    #[serde(default = "default_webhook_timeout", with = "timeout_text")]
     pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+    /// Calls again after a failure, this many times, with a growing pause.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Webhook {
+    /// A webhook of `kind` to `url` with the defaults (the `--webhook
+    /// KIND=URL` flag).
+    pub fn new(kind: WebhookKind, url: &str) -> Self {
+        Self {
+            name: String::new(),
+            kind,
+            url: url.to_string(),
+            timeout: default_webhook_timeout(),
+            metadata: BTreeMap::new(),
+            retries: 0,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// What is wrong with it, if anything: its URL's scheme, its header
+    /// names and values.
+    pub fn check(&self) -> Result<(), String> {
+        let at = if self.name.is_empty() {
+            format!("{} webhook {}", self.kind.as_str(), self.url)
+        } else {
+            format!("webhook `{}`", self.name)
+        };
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(format!(
+                "{at}: url: `{}` is not an http:// or https:// URL",
+                crate::http::shown_url(&self.url)
+            ));
+        }
+        for (name, value) in &self.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(format!("{at}: headers.{name}: not a valid header field"));
+            }
+        }
+        if self.retries > 10 {
+            return Err(format!("{at}: retries: {} is above 10", self.retries));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a list of webhooks written as Flagger's `analysis.webhooks`
+/// (YAML or JSON); `what` names the source in errors.
+pub fn parse_webhooks(text: &str, what: &str) -> Result<Vec<Webhook>, String> {
+    let hooks: Vec<Webhook> = serde_yaml_ng::from_str(text).map_err(|e| format!("{what}: {e}"))?;
+    for hook in &hooks {
+        hook.check().map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(hooks)
 }
 
 fn default_webhook_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+/// A webhook's `timeout`, as [`duration_text`] with the field named in
+/// errors.
+mod timeout_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        super::duration_text::serialize(d, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        sluice_proxy::config::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("timeout: {e}")))
+    }
 }
 
 /// Serde for durations written as text (`5s`).

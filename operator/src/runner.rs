@@ -112,20 +112,34 @@ pub fn wall_clock() -> f64 {
 
 /// Runs the webhooks the current phase needs and reports them as gates.
 /// Rollback webhooks are polled on every tick of a release that has not
-/// started promoting, as Flagger does.
+/// started promoting, as Flagger does; `confirm-traffic-increase` ones only
+/// when the tick's analysis passed before the last step (the weight would
+/// go up).
 pub async fn collect_gates(
     http: &HttpClient,
     plan: &Plan,
     phase: Option<Phase>,
-    analysing: bool,
+    analysis: Option<&crate::analysis::Analysis>,
     at_last_step: bool,
     payload: &WebhookPayload,
 ) -> Gates {
+    let analysing = analysis.is_some();
     let mut gates = Gates::default();
     if phase == Some(Phase::Initialized) {
-        gates.pre_rollout = run_gate(http, plan, WebhookKind::PreRollout, payload)
+        gates.confirm_rollout = run_gate(http, plan, WebhookKind::ConfirmRollout, payload)
             .await
             .map(|g| g.0);
+        if gates.confirm_rollout != Some(false) {
+            gates.pre_rollout = run_gate(http, plan, WebhookKind::PreRollout, payload)
+                .await
+                .map(|g| g.0);
+        }
+    }
+    if !at_last_step && analysis.is_some_and(|a| a.verdict() == crate::analysis::Outcome::Pass) {
+        gates.confirm_traffic_increase =
+            run_gate(http, plan, WebhookKind::ConfirmTrafficIncrease, payload)
+                .await
+                .map(|g| g.0);
     }
     if analysing {
         gates.rollout = run_gate(http, plan, WebhookKind::Rollout, payload)
@@ -317,8 +331,15 @@ impl<R: Router> Driver<R> {
             let at_last_step = status
                 .as_ref()
                 .is_some_and(|s| s.step + 1 == self.plan.steps_bp.len());
-            let gates =
-                collect_gates(&http, &self.plan, phase, analysing, at_last_step, &payload).await;
+            let gates = collect_gates(
+                &http,
+                &self.plan,
+                phase,
+                analysis.as_ref(),
+                at_last_step,
+                &payload,
+            )
+            .await;
             let target_ready = match phase {
                 Some(Phase::Initializing) => self.router.ready().await,
                 _ => true,
@@ -432,6 +453,14 @@ impl<R: Router> Driver<R> {
                         Level::Warning => tracing::warn!(release = %self.name, "{text}"),
                         Level::Normal => tracing::info!(release = %self.name, "{text}"),
                     }
+                    crate::webhook::send_event(
+                        http,
+                        &self.plan,
+                        payload,
+                        *level == Level::Warning,
+                        text,
+                    )
+                    .await;
                     events.push(text.clone());
                     Ok(())
                 }

@@ -1,5 +1,14 @@
-//! Webhooks: POST JSON naming the release, phase and weight. A 2xx answer
-//! passes; any other status, an unreachable URL or a timeout fails.
+//! Webhooks, compatible with Flagger's: each is POSTed JSON with Flagger's
+//! fields (`name`, `namespace`, `phase`, `checksum` (the revision),
+//! `metadata`: the hook's own map, passed as written) and Sluice's
+//! (`kind`, `canary_weight`, `revision`), and the hook's `headers`. A 2xx
+//! answer passes; any other status, an unreachable URL or a timeout
+//! fails, after `retries` more calls with pauses of 0.5 s, 1 s, 2 s, …
+//! (capped at 5 s). What passing and failing do depends on the kind
+//! (`crate::plan::WebhookKind`). An `event` webhook gets every event of the
+//! release with `metadata.eventMessage`, `metadata.eventType` (`Normal` or
+//! `Warning`) and `metadata.timestamp` (ms since the epoch) added, as
+//! Flagger sends them; it never gates.
 
 use http::Method;
 use serde::Serialize;
@@ -38,28 +47,89 @@ pub async fn run_gate(
     if hooks.is_empty() {
         return None;
     }
-    let body = serde_json::to_value(WebhookPayload {
+    let mut results = Vec::new();
+    for hook in hooks {
+        results.push(call(client, hook, kind, payload, &[]).await);
+    }
+    Some((results.iter().all(|r| r.passed), results))
+}
+
+/// Sends an event to every `event` webhook (see the module docs); failures
+/// are logged, never returned.
+pub async fn send_event(
+    client: &HttpClient,
+    plan: &Plan,
+    payload: &WebhookPayload,
+    warning: bool,
+    message: &str,
+) {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+        .to_string();
+    let extra = [
+        ("eventMessage", message),
+        ("eventType", if warning { "Warning" } else { "Normal" }),
+        ("timestamp", timestamp.as_str()),
+    ];
+    for hook in plan.webhooks_of(WebhookKind::Event) {
+        let result = call(client, hook, WebhookKind::Event, payload, &extra).await;
+        if !result.passed {
+            tracing::warn!(release = %payload.name, url = %result.url, detail = %result.detail, "event webhook failed");
+        }
+    }
+}
+
+/// One webhook, with its retries.
+async fn call(
+    client: &HttpClient,
+    hook: &crate::plan::Webhook,
+    kind: WebhookKind,
+    payload: &WebhookPayload,
+    extra_metadata: &[(&str, &str)],
+) -> HookResult {
+    let mut body = serde_json::to_value(WebhookPayload {
         kind: kind.as_str(),
         ..payload.clone()
     })
     .expect("payload serializes");
-    let mut results = Vec::new();
-    for hook in hooks {
+    let mut metadata: serde_json::Map<String, serde_json::Value> = hook
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    for (k, v) in extra_metadata {
+        metadata.insert((*k).to_string(), (*v).into());
+    }
+    body["checksum"] = payload.revision.clone().into();
+    body["metadata"] = metadata.into();
+    let headers: Vec<(&str, &str)> = hook
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut pause = std::time::Duration::from_millis(500);
+    let mut attempt = 0;
+    loop {
         let result = client
-            .send_json(Method::POST, &hook.url, &body, None, hook.timeout)
+            .post_json_with(Method::POST, &hook.url, &body, None, &headers, hook.timeout)
             .await;
         let (passed, detail) = match result {
             Ok(answer) if answer.status.is_success() => (true, answer.status.to_string()),
             Ok(answer) => (false, format!("answered {}", answer.status)),
             Err(e) => (false, e.to_string()),
         };
-        results.push(HookResult {
-            url: hook.url.clone(),
-            passed,
-            detail,
-        });
+        if passed || attempt >= hook.retries {
+            return HookResult {
+                url: crate::http::shown_url(&hook.url),
+                passed,
+                detail,
+            };
+        }
+        attempt += 1;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
-    Some((results.iter().all(|r| r.passed), results))
 }
 
 /// For `rollback` webhooks: a 2xx from any of them asks for a rollback.

@@ -467,12 +467,29 @@ pub fn parse(
             "set sluice.dev/metrics: prometheus (and run the operator with --prometheus-url)",
         ));
     }
+    // Webhooks: a ConfigMap's name, or the list itself inline, as Flagger's
+    // `analysis.webhooks` writes it.
+    let mut plan = plan;
+    let webhooks_configmap = match get(WEBHOOKS) {
+        Some(v) if v.trim_start().starts_with(['-', '[']) => {
+            plan.webhooks = crate::plan::parse_webhooks(v, "the list").map_err(|e| {
+                err(
+                    WEBHOOKS,
+                    v,
+                    e,
+                    "a YAML list as Flagger's analysis.webhooks: [{name, type, url, timeout, metadata, retries, headers}]",
+                )
+            })?;
+            None
+        }
+        _ => name_of(WEBHOOKS)?,
+    };
     Ok(Settings {
         plan,
         port,
         metrics,
         checks_configmap,
-        webhooks_configmap: name_of(WEBHOOKS)?,
+        webhooks_configmap,
     })
 }
 
@@ -648,6 +665,17 @@ mod tests {
             (BASELINE, "-5s", "a duration"),
             (LATENCY, "p99<=270ms", "not a bound"),
             ("sluice.dev/stepz", "10", "unknown annotation"),
+            (
+                WEBHOOKS,
+                "- url: http://a/\n  type: rolout\n",
+                "unknown variant `rolout`",
+            ),
+            (
+                WEBHOOKS,
+                "- name: x\n  url: ftp://a/\n",
+                "webhook `x`: url:",
+            ),
+            (WEBHOOKS, "Hooks", "not a ConfigMap name"),
         ] {
             let e = parse(&ann(&[(CANARY, "enabled"), (key, value)]), false).unwrap_err();
             let text = e.to_string();
@@ -657,5 +685,28 @@ mod tests {
             );
             assert!(text.contains(needle), "{text}");
         }
+    }
+
+    #[test]
+    fn webhooks_are_flaggers_list_inline_or_a_configmap_name() {
+        let inline = "- name: load-test\n  url: http://flagger-loadtester.test/\n  timeout: 5s\n  metadata:\n    cmd: \"hey -z 1m http://podinfo-canary:9898/\"\n- name: gate\n  type: confirm-traffic-increase\n  url: https://gate.test/\n  retries: 2\n";
+        let s = parse(&ann(&[(CANARY, "enabled"), (WEBHOOKS, inline)]), false).unwrap();
+        assert_eq!(s.webhooks_configmap, None);
+        let hooks = &s.plan.webhooks;
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].kind, crate::plan::WebhookKind::Rollout);
+        assert_eq!(hooks[0].timeout, Duration::from_secs(5));
+        assert_eq!(
+            hooks[0].metadata["cmd"],
+            "hey -z 1m http://podinfo-canary:9898/"
+        );
+        assert_eq!(
+            hooks[1].kind,
+            crate::plan::WebhookKind::ConfirmTrafficIncrease
+        );
+        assert_eq!(hooks[1].retries, 2);
+        let s = parse(&ann(&[(CANARY, "enabled"), (WEBHOOKS, "my-hooks")]), false).unwrap();
+        assert_eq!(s.webhooks_configmap.as_deref(), Some("my-hooks"));
+        assert!(s.plan.webhooks.is_empty());
     }
 }

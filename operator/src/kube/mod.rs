@@ -39,7 +39,7 @@ use sha2::Digest;
 use crate::analysis::CheckResult;
 use crate::http::HttpClient;
 use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
-use crate::plan::{QueryCheck, Traffic, Webhook};
+use crate::plan::{QueryCheck, Traffic};
 use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
 use crate::runner::collect_gates;
 use crate::webhook::{WebhookPayload, run_gate};
@@ -769,12 +769,13 @@ async fn load_extras(ctx: &Context, ns: &str, settings: &mut Settings) -> Result
     }
     if let Some(name) = &settings.webhooks_configmap {
         let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;
-        settings.plan.webhooks = serde_yaml_ng::from_str::<Vec<Webhook>>(&text).map_err(|e| {
-            format!(
-                "annotation {}: ConfigMap {name} key webhooks.yaml: {e}",
+        settings.plan.webhooks = crate::plan::parse_webhooks(
+            &text,
+            &format!(
+                "annotation {}: ConfigMap {name} key webhooks.yaml",
                 annotations::WEBHOOKS
-            )
-        })?;
+            ),
+        )?;
     }
     Ok(())
 }
@@ -1781,7 +1782,15 @@ async fn release_tick(
     let at_last_step = previous
         .as_ref()
         .is_some_and(|m| m.step + 1 == plan.steps_bp.len());
-    let gates = collect_gates(&ctx.http, plan, phase, analysing, at_last_step, &payload).await;
+    let gates = collect_gates(
+        &ctx.http,
+        plan,
+        phase,
+        analysis.as_ref(),
+        at_last_step,
+        &payload,
+    )
+    .await;
     let target_ready = match phase {
         Some(Phase::Initializing) => {
             let user = to_value(d)?;
@@ -1913,6 +1922,13 @@ async fn release_tick(
                     Level::Warning => (EventType::Warning, "Override"),
                 };
                 publish(ctx, d, ty, reason, text.clone()).await;
+                let after = WebhookPayload {
+                    phase: t.status.phase.as_str(),
+                    canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
+                    ..payload.clone()
+                };
+                crate::webhook::send_event(&ctx.http, plan, &after, *level == Level::Warning, text)
+                    .await;
             }
             _ => {}
         }

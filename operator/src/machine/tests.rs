@@ -431,9 +431,8 @@ fn promote_full_is_an_evented_override() {
 fn confirm_promotion_webhook_holds_while_it_fails() {
     let p = Plan {
         webhooks: vec![Webhook {
-            kind: WebhookKind::ConfirmPromotion,
-            url: "http://127.0.0.1:1/".into(),
             timeout: Duration::from_secs(1),
+            ..Webhook::new(WebhookKind::ConfirmPromotion, "http://127.0.0.1:1/")
         }],
         ..plan()
     };
@@ -601,9 +600,8 @@ fn properties_hold_against_an_independent_model() {
             },
             webhooks: if with_confirm_hook {
                 vec![Webhook {
-                    kind: WebhookKind::ConfirmPromotion,
-                    url: "http://127.0.0.1:1/".into(),
                     timeout: Duration::from_secs(1),
+                    ..Webhook::new(WebhookKind::ConfirmPromotion, "http://127.0.0.1:1/")
                 }]
             } else {
                 Vec::new()
@@ -954,4 +952,47 @@ fn strategies_refuse_the_threshold_gate_and_experiments_take_one_weight() {
             .1
             .contains("not a strategy this version knows")
     );
+}
+
+#[test]
+fn confirm_rollout_holds_before_any_traffic_without_counting_failures() {
+    let p = plan();
+    let t = drive(&p, None, &obs(0.0, "r1", None));
+    let t = drive(&p, Some(&t.status), &obs(0.0, "r1", None));
+    assert_eq!(t.status.phase, Phase::Initialized);
+    let mut s = t.status;
+    for i in 1..=5 {
+        let mut o = obs(f64::from(i), "r1", None);
+        o.gates.confirm_rollout = Some(false);
+        let t = drive(&p, Some(&s), &o);
+        assert_eq!(t.status.phase, Phase::Initialized, "{}", t.status.message);
+        assert!(t.actions.is_empty(), "{:?}", t.actions);
+        assert_eq!(t.status.failed_checks, 0);
+        s = t.status;
+    }
+    let mut o = obs(6.0, "r1", None);
+    o.gates.confirm_rollout = Some(true);
+    let t = drive(&p, Some(&s), &o);
+    assert_eq!(t.status.phase, Phase::Progressing);
+    assert_eq!(t.actions, vec![Action::SetWeight(1000)]);
+}
+
+#[test]
+fn confirm_traffic_increase_holds_the_weight_of_a_passing_step() {
+    let p = plan();
+    let mut s = started(&p);
+    let weight = s.canary_weight_bp;
+    for i in 1..=3 {
+        let mut o = obs(f64::from(i) * 100.0, "r1", Some(Outcome::Pass));
+        o.gates.confirm_traffic_increase = Some(false);
+        let t = drive(&p, Some(&s), &o);
+        assert_eq!(t.status.canary_weight_bp, weight, "{}", t.status.message);
+        assert!(t.actions.is_empty(), "{:?}", t.actions);
+        assert_eq!(t.status.failed_checks, 0);
+        s = t.status;
+    }
+    let mut o = obs(400.0, "r1", Some(Outcome::Pass));
+    o.gates.confirm_traffic_increase = Some(true);
+    let t = drive(&p, Some(&s), &o);
+    assert!(t.status.canary_weight_bp > weight, "{}", t.status.message);
 }
