@@ -469,7 +469,6 @@ pub fn parse(
     }
     // Webhooks: a ConfigMap's name, or the list itself inline, as Flagger's
     // `analysis.webhooks` writes it.
-    let mut plan = plan;
     let webhooks_configmap = match get(WEBHOOKS) {
         Some(v) if v.trim_start().starts_with(['-', '[']) => {
             plan.webhooks = crate::plan::parse_webhooks(v, "the list").map_err(|e| {
