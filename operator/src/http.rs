@@ -66,6 +66,11 @@ impl Secret {
     fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The value, to put in a request (never in a message).
+    pub fn expose_for_request(&self) -> &str {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Secret {

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod http;
 pub mod kube;
 pub mod machine;
+pub mod notify;
 pub mod plan;
 pub mod provider;
 pub mod report;

@@ -123,6 +123,8 @@ struct KubeArgs {
     /// headers, each read from a file: used by every outbound call (Prometheus, webhooks).
     #[arg(long)]
     access_file: Option<PathBuf>,
+    #[command(flatten)]
+    notify: NotifyArgs,
     /// Image of the proxy Deployments the operator creates.
     #[arg(long, default_value = concat!("ghcr.io/sluice-dev/sluice-proxy:", env!("CARGO_PKG_VERSION")))]
     proxy_image: String,
@@ -471,6 +473,8 @@ struct RolloutArgs {
     #[arg(long)]
     access_file: Option<PathBuf>,
     #[command(flatten)]
+    notify: NotifyArgs,
+    #[command(flatten)]
     plan: PlanArgs,
     /// live (terminal), plain (a line per tick) or json (an object per tick).
     #[arg(long, value_enum)]
@@ -542,6 +546,10 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     }
     let plan = match args.plan.plan() {
         Ok(p) => p,
+        Err(e) => return usage(e),
+    };
+    let notify_channels = match args.notify.channels() {
+        Ok(c) => c,
         Err(e) => return usage(e),
     };
     if !plan.queries.is_empty() && args.prometheus.is_none() {
@@ -647,6 +655,9 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     driver.status_out = Some(status_tx);
     driver.state = Some(state.clone());
     driver.resume = resume;
+    let notifier =
+        sluice_operator::notify::Notifier::start(notify_channels, args.notify.notify_steps, None);
+    driver.notifier = notifier.clone();
     let mut view = View::new(output_mode(args.output));
     let status = tokio::select! {
         s = driver.run(|tick| view.show(tick)) => s,
@@ -670,6 +681,8 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             return ExitCode::from(130);
         }
     };
+    // The last notes (promoted, rolled back) go out before the process ends.
+    notifier.flush(Duration::from_secs(10)).await;
     if status.phase == Phase::Succeeded {
         eprintln!("promoted: {}", status.message);
         ExitCode::SUCCESS
@@ -978,6 +991,26 @@ fn parse_durations(text: &str) -> Result<(f64, f64), String> {
     Ok((median.as_secs_f64() * 1000.0, sigma))
 }
 
+#[derive(clap::Args)]
+struct NotifyArgs {
+    /// Chat notifications as SERVICE=FILE (slack, teams, discord or webhook; the file holds the
+    /// incoming-webhook URL); repeatable.
+    #[arg(long = "notify")]
+    notify: Vec<String>,
+    /// Notify every weight step too (default: start, waiting, promoted, rolled back, undecided).
+    #[arg(long)]
+    notify_steps: bool,
+}
+
+impl NotifyArgs {
+    fn channels(&self) -> Result<Vec<sluice_operator::notify::Channel>, String> {
+        self.notify
+            .iter()
+            .map(|n| sluice_operator::notify::Channel::from_flag("--notify", n))
+            .collect()
+    }
+}
+
 /// Whether `url` is `http://…` or `https://…`.
 fn is_http_url(url: &str) -> bool {
     url.starts_with("http://") || url.starts_with("https://")
@@ -998,6 +1031,10 @@ async fn run_kube(args: KubeArgs) -> ExitCode {
     {
         return usage(e);
     }
+    let notify_channels = match args.notify.channels() {
+        Ok(c) => c,
+        Err(e) => return usage(e),
+    };
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
@@ -1022,6 +1059,11 @@ async fn run_kube(args: KubeArgs) -> ExitCode {
     if let ProxyConfigCheck::Off = args.proxy_config_check {
         ctx.proxy_digests = None;
     }
+    ctx.notifier = sluice_operator::notify::Notifier::start(
+        notify_channels,
+        args.notify.notify_steps,
+        Some(ctx.metrics.notifications_failed.clone()),
+    );
     let ctx = std::sync::Arc::new(ctx);
     let listener = match tokio::net::TcpListener::bind(args.metrics_listen).await {
         Ok(l) => l,

@@ -233,6 +233,8 @@ pub struct Driver<R: Router> {
     pub state: Option<StateFile>,
     /// A release to resume, and how long no driver ran it.
     pub resume: Option<(Status, f64)>,
+    /// Chat notifications of what happens to the release.
+    pub notifier: crate::notify::Notifier,
 }
 
 impl<R: Router> Driver<R> {
@@ -248,6 +250,7 @@ impl<R: Router> Driver<R> {
             poll: Duration::from_millis(250),
             state: None,
             resume: None,
+            notifier: crate::notify::Notifier::none(),
         }
     }
 
@@ -384,6 +387,8 @@ impl<R: Router> Driver<R> {
                     next = NextTick::Soon;
                 }
             }
+            self.notifier
+                .observe(&self.name, None, status.as_ref(), &t.status);
             let ended = experiment_report(&self.plan, phase, &t.status);
             if let Some(r) = &ended {
                 tracing::info!(release = %self.name, "{r}");

@@ -40,6 +40,8 @@ pub struct OperatorMetrics {
     phase: Family<ReleaseLabels, Gauge>,
     releases: Family<ResultLabels, Counter>,
     duration: Family<ReleaseLabels, Histogram, fn() -> Histogram>,
+    /// Notifications that could not be sent, by `service`.
+    pub notifications_failed: Family<Vec<(String, String)>, Counter>,
 }
 
 pub fn phase_code(phase: &str) -> i64 {
@@ -84,12 +86,19 @@ impl OperatorMetrics {
             Unit::Seconds,
             duration.clone(),
         );
+        let notifications_failed = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "notifications_failed",
+            "Chat notifications that could not be sent after their retries, by service",
+            notifications_failed.clone(),
+        );
         Arc::new(Self {
             registry,
             weight,
             phase,
             releases,
             duration,
+            notifications_failed,
         })
     }
 

@@ -167,6 +167,8 @@ pub struct Context {
     /// `/metrics`, read at the pod's IP). None: `--proxy-config-check off`,
     /// where a proxy's readiness is taken as having the config.
     pub proxy_digests: Option<DigestProbe>,
+    /// Operator-wide chat notifications (`--notify`).
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Context {
@@ -210,6 +212,7 @@ impl Context {
                     Box::pin(async move { scrape_proxy_digests(&client, &http, &ns, &app).await })
                 })
             }),
+            notifier: crate::notify::Notifier::none(),
         }
     }
 }
@@ -1822,6 +1825,8 @@ async fn release_tick(
     if !t.actions.contains(&MachineAction::Initialize) {
         t.status.gate = gate;
     }
+    ctx.notifier
+        .observe(app, Some(ns), previous.as_ref(), &t.status);
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
     if t.actions.contains(&MachineAction::Initialize) && !pending {
