@@ -9,10 +9,13 @@
 //!   `limits.idle_timeout` without a stream, at most `limits.h2_max_streams`
 //!   streams at once, keep-alive PINGs every `limits.h2_keepalive` (a
 //!   connection whose PING is not answered within 20 s is closed).
-//! - Windows of 1 MiB per stream and per connection, frames of 16 KiB,
-//!   at most 400 KiB of an answer buffered per stream before the proxy
-//!   stops reading it from the backend (hyper's server's settings, which
-//!   this module replaced). The `h2` crate bounds resets (rapid reset)
+//! - Windows of 512 KiB per stream and 4 MiB per connection (see
+//!   [`STREAM_WINDOW`]), frames of 16 KiB, at most 400 KiB of an answer
+//!   buffered per stream before the proxy stops reading it from the
+//!   backend.
+//! - A response to HEAD never has a body, the proxy's own answers
+//!   included; a backend's reset code reaches the client; trailers lose
+//!   the fields HTTP/2 forbids. The `h2` crate bounds resets (rapid reset)
 //!   and header blocks (CONTINUATION floods) itself.
 //! - A body streams to the backend at once, never read ahead (a client may
 //!   wait for the response head before it sends: gRPC's bidirectional
@@ -44,6 +47,15 @@ use crate::fields::Fields;
 use crate::forward::{Client, Exchange};
 use crate::route::{BodyKind, ClientRequest, Summary, Target};
 
+/// Flow-control windows for clients' request bodies: a stream may have
+/// 512 KiB in flight, the connection 4 MiB, so an upload whose backend
+/// stopped reading holds back at most an eighth of the connection's window
+/// and the other streams' bodies keep flowing (with equal windows one
+/// stalled upload stopped every body on the connection). At most 4 MiB
+/// per connection is held for bodies the backends have not taken.
+const STREAM_WINDOW: u32 = 512 * 1024;
+const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 /// How long an unanswered keep-alive PING keeps a connection open.
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -58,8 +70,8 @@ pub struct Settings {
 pub fn builder(valid: &ValidConfig) -> Settings {
     let mut builder = h2::server::Builder::new();
     builder
-        .initial_window_size(1024 * 1024)
-        .initial_connection_window_size(1024 * 1024)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(16 * 1024)
         .max_send_buffer_size(400 * 1024)
         .max_local_error_reset_streams(Some(1024))
@@ -240,6 +252,7 @@ async fn stream(
     guard: RequestGuard,
 ) {
     let (state, client) = &*shared;
+    let head_request = req.method() == Method::HEAD;
     let respond = Mutex::new(respond);
     // Boxed: the request path's state is large, and the task's future
     // would be copied with every move.
@@ -248,7 +261,9 @@ async fn stream(
     };
     let mut respond = respond.into_inner().expect("the stream's lock");
     let (parts, body) = response.into_parts();
-    let end = body.is_end_stream();
+    // A response to HEAD has no body, the proxy's own answers included
+    // (their length stays in the head, as a GET's would be).
+    let end = head_request || body.is_end_stream();
     let Ok(send) = respond.send_response(Response::from_parts(parts, ()), end) else {
         return;
     };
@@ -281,15 +296,18 @@ async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>) {
                 let _ = send.send_data(Bytes::new(), true);
                 return;
             }
-            Some(Some(Err(_))) => {
-                send.send_reset(h2::Reason::INTERNAL_ERROR);
+            Some(Some(Err(e))) => {
+                send.send_reset(reset_reason(&*e));
                 return;
             }
             Some(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        let _ = send.send_trailers(trailers);
+                    if let Ok(mut trailers) = frame.into_trailers() {
+                        drop_connection_fields(&mut trailers);
+                        if send.send_trailers(trailers).is_err() {
+                            send.send_reset(h2::Reason::INTERNAL_ERROR);
+                        }
                         return;
                     }
                     continue;
@@ -318,6 +336,35 @@ async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>) {
         if send.send_data(data, end).is_err() || end {
             return;
         }
+    }
+}
+
+/// The reset code for a backend's answer that broke: the backend's own
+/// (an HTTP/2 backend's RST_STREAM: CANCEL, REFUSED_STREAM,
+/// ENHANCE_YOUR_CALM reach gRPC clients as such), else INTERNAL_ERROR.
+fn reset_reason(error: &(dyn std::error::Error + 'static)) -> h2::Reason {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(reason) = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) {
+            return reason;
+        }
+        source = e.source();
+    }
+    h2::Reason::INTERNAL_ERROR
+}
+
+/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2) from trailers an
+/// HTTP/1.1 backend sent: the peer would reset the stream for them.
+fn drop_connection_fields(trailers: &mut HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ] {
+        trailers.remove(name);
     }
 }
 
