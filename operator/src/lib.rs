@@ -9,6 +9,7 @@ pub mod analysis;
 pub mod control;
 pub mod counters;
 pub mod demo;
+pub mod external;
 pub mod gate;
 pub mod http;
 pub mod kube;

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sluice_operator::control::{self, ControlSocket};
 use sluice_operator::demo::{self, DemoOptions, Scenario};
 use sluice_operator::machine::Phase;
-use sluice_operator::plan::{self, Approval, Plan, QueryCheck, Webhook, WebhookKind};
+use sluice_operator::plan::{self, Approval, Plan, Webhook, WebhookKind};
 use sluice_operator::provider::{PrometheusProvider, Provider, ProxyProvider};
 use sluice_operator::router::{ProxyAdminRouter, RouterError};
 use sluice_operator::runner::{Driver, SavedRelease, StateFile, wall_clock};
@@ -352,8 +352,8 @@ impl PlanArgs {
                         format!("cannot read {}: {e}", path.display()),
                     )
                 })?;
-                serde_yaml_ng::from_str::<Vec<QueryCheck>>(&text)
-                    .map_err(|e| flag("checks-file", format!("{}: {e}", path.display())))?
+                plan::parse_checks(&text, &path.display().to_string())
+                    .map_err(|e| flag("checks-file", e))?
             }
         };
         let mut gate = plan::Gate::parse(&self.gate).map_err(|e| flag("gate", e))?;
@@ -552,7 +552,12 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(e),
     };
-    if !plan.queries.is_empty() && args.prometheus.is_none() {
+    if plan
+        .queries
+        .iter()
+        .any(|c| !sluice_operator::external::is_external(c))
+        && args.prometheus.is_none()
+    {
         return usage("--checks-file: custom PromQL checks need --prometheus URL");
     }
     if let Err(e) = sluice_proxy::config::UpstreamUrl::parse(&args.canary) {

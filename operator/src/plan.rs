@@ -32,16 +32,100 @@ fn trim_float(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// A user query with bounds, run by the Prometheus provider. The query may
-/// use `{{route}}`, `{{backend}}` and `{{interval}}`.
+/// A user check with bounds: a PromQL query (which may use `{{route}}`,
+/// `{{backend}}` and `{{interval}}`), a number read from any JSON API, or a
+/// Datadog metrics query.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueryCheck {
     pub name: String,
+    /// Where the number comes from: `prometheus` (PromQL, the default),
+    /// `web` (any JSON API) or `datadog` (see `crate::external`).
+    #[serde(default)]
+    pub provider: QueryProvider,
+    /// PromQL, or a Datadog metrics query.
+    #[serde(default)]
     pub query: String,
+    /// `web`: the URL to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `web`: `GET` (the default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `web`: the JSON body of a POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// `web`: where the number is in the answer (RFC 9535 JSONPath,
+    /// e.g. `$.data.errorRate`); it must match one number (or a string
+    /// holding one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_path: Option<String>,
+    /// `datadog`: the API's base URL (default `https://api.datadoghq.com`;
+    /// another site's, e.g. `https://api.datadoghq.eu`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     #[serde(default)]
     pub min: Option<f64>,
     #[serde(default)]
     pub max: Option<f64>,
+}
+
+/// The source of a custom check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueryProvider {
+    #[default]
+    Prometheus,
+    Web,
+    Datadog,
+}
+
+impl QueryCheck {
+    /// What is missing or wrong for its provider.
+    pub fn check(&self) -> Result<(), String> {
+        let at = format!("check `{}`", self.name);
+        match self.provider {
+            QueryProvider::Prometheus | QueryProvider::Datadog if self.query.trim().is_empty() => {
+                return Err(format!("{at}: query: empty"));
+            }
+            QueryProvider::Web => {
+                let url = self.url.as_deref().unwrap_or_default();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(format!(
+                        "{at}: url: `{}` is not an http:// or https:// URL",
+                        crate::http::shown_url(url)
+                    ));
+                }
+                match self.method.as_deref() {
+                    None | Some("GET" | "POST") => {}
+                    Some(m) => return Err(format!("{at}: method: `{m}` is not GET or POST")),
+                }
+                let path = self.json_path.as_deref().unwrap_or_default();
+                serde_json_path::JsonPath::parse(path)
+                    .map_err(|e| format!("{at}: json_path: `{path}` is not a JSONPath: {e}"))?;
+            }
+            _ => {}
+        }
+        if let Some(a) = &self.address
+            && !(a.starts_with("http://") || a.starts_with("https://"))
+        {
+            return Err(format!(
+                "{at}: address: `{a}` is not an http:// or https:// URL"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a list of custom checks (YAML); `what` names the source in
+/// errors.
+pub fn parse_checks(text: &str, what: &str) -> Result<Vec<QueryCheck>, String> {
+    let checks: Vec<QueryCheck> =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("{what}: {e}"))?;
+    for check in &checks {
+        check.check().map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(checks)
 }
 
 /// A webhook's kind, with Flagger's semantics (see `crate::webhook`).

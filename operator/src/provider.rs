@@ -57,12 +57,14 @@ impl Provider {
     }
 
     pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
-        match self {
+        let mut analysis = match self {
             Provider::Proxy(p) => p.analyse(plan).await,
             Provider::Prometheus(p) => p.analyse(plan).await,
-            Provider::Scripted(next) => next(),
+            Provider::Scripted(next) => return next(),
             Provider::Windows(next) => analyse_window(plan, &next(0)),
-        }
+        };
+        crate::external::overlay(plan, &mut analysis, plan.interval).await;
+        analysis
     }
 
     /// One analysis tick under the plan's gate. The sequential gate first
@@ -97,7 +99,12 @@ impl Provider {
             Ok(w) => w,
             Err(reason) => return all_inconclusive(plan, &reason),
         };
-        judge_sequential(plan, settings, gate, window, weight_bp, baseline, queries)
+        let mut analysis =
+            judge_sequential(plan, settings, gate, window, weight_bp, baseline, queries);
+        if !baseline {
+            crate::external::overlay(plan, &mut analysis, plan.interval).await;
+        }
+        analysis
     }
 }
 
@@ -228,7 +235,7 @@ pub fn judge(
     }
 }
 
-fn query_threshold(check: &QueryCheck) -> String {
+pub(crate) fn query_threshold(check: &QueryCheck) -> String {
     match (check.min, check.max) {
         (Some(a), Some(b)) => format!("{a}..={b}"),
         (Some(a), None) => format!(">= {a}"),
@@ -351,6 +358,7 @@ pub fn analyse_window(plan: &Plan, window: &Window) -> Analysis {
         .queries
         .iter()
         .map(|_| Err("custom PromQL checks need the prometheus provider".to_string()))
+        // (web and Datadog checks are read by `crate::external` over this.)
         .collect();
     let mut analysis = judge(
         plan,
@@ -628,6 +636,10 @@ impl PrometheusProvider {
         window.seconds = start.map(|t| now - t).unwrap_or(0.0);
         let mut queries = Vec::new();
         for check in &plan.queries {
+            if crate::external::is_external(check) {
+                queries.push(Err("read outside Prometheus".to_string()));
+                continue;
+            }
             queries.push(
                 self.query_at(&self.render(&check.query, &w), Some(now))
                     .await,
@@ -685,6 +697,10 @@ impl PrometheusProvider {
         }
         let mut queries = Vec::new();
         for check in &plan.queries {
+            if crate::external::is_external(check) {
+                queries.push(Err("read outside Prometheus".to_string()));
+                continue;
+            }
             queries.push(self.query_at(&self.render(&check.query, &w), at).await);
         }
         // No canary series at all means no canary request was ever counted.

@@ -458,15 +458,9 @@ pub fn parse(
             )),
         }
     };
+    // Whether its PromQL checks need the prometheus provider is known once
+    // the ConfigMap is read (web and Datadog checks do not).
     let checks_configmap = name_of(CHECKS)?;
-    if checks_configmap.is_some() && metrics != MetricsSource::Prometheus {
-        return Err(err(
-            CHECKS,
-            get(CHECKS).unwrap_or_default(),
-            "custom PromQL checks need the prometheus provider".into(),
-            "set sluice.dev/metrics: prometheus (and run the operator with --prometheus-url)",
-        ));
-    }
     // Webhooks: a ConfigMap's name, or the list itself inline, as Flagger's
     // `analysis.webhooks` writes it.
     let webhooks_configmap = match get(WEBHOOKS) {

@@ -39,7 +39,7 @@ use sha2::Digest;
 use crate::analysis::CheckResult;
 use crate::http::HttpClient;
 use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
-use crate::plan::{QueryCheck, Traffic};
+use crate::plan::Traffic;
 use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
 use crate::runner::collect_gates;
 use crate::webhook::{WebhookPayload, run_gate};
@@ -763,12 +763,26 @@ async fn load_extras(ctx: &Context, ns: &str, settings: &mut Settings) -> Result
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(name) = &settings.checks_configmap {
         let text = configmap_key(&cms, name, "checks.yaml", annotations::CHECKS).await?;
-        settings.plan.queries = serde_yaml_ng::from_str::<Vec<QueryCheck>>(&text).map_err(|e| {
-            format!(
-                "annotation {}: ConfigMap {name} key checks.yaml: {e}",
+        settings.plan.queries = crate::plan::parse_checks(
+            &text,
+            &format!(
+                "annotation {}: ConfigMap {name} key checks.yaml",
                 annotations::CHECKS
-            )
-        })?;
+            ),
+        )?;
+        if settings.metrics != annotations::MetricsSource::Prometheus
+            && let Some(c) = settings
+                .plan
+                .queries
+                .iter()
+                .find(|c| !crate::external::is_external(c))
+        {
+            return Err(format!(
+                "annotation {}: ConfigMap {name}: check `{}` is PromQL and needs the prometheus provider (set sluice.dev/metrics: prometheus and run the operator with --prometheus-url), or give it provider: web or datadog",
+                annotations::CHECKS,
+                c.name
+            ));
+        }
     }
     if let Some(name) = &settings.webhooks_configmap {
         let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;

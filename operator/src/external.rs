@@ -1,0 +1,214 @@
+//! Custom checks read outside Prometheus, whatever provider the gate reads
+//! its counters from:
+//!
+//! - **web**: `GET` (or `POST` with `body`) `url`, read the number at
+//!   `json_path` (RFC 9535 JSONPath) in the JSON answer. It must match
+//!   exactly one value: a number, or a string holding one.
+//! - **datadog**: Datadog's metrics query API (`GET {address}/api/v1/query`
+//!   with `from`, `to` (Unix seconds) and `query`), over the last analysis
+//!   interval; the value is the last non-null point of the first series.
+//!   The API and application keys come from the access file, as the
+//!   headers Datadog documents (`DD-API-KEY`, `DD-APPLICATION-KEY`) on an
+//!   entry for the address.
+//!
+//! Either's credentials and CA come from the access file (`crate::http`).
+//! A value outside its bounds fails the check; a call that fails, an
+//! answer that is not JSON or a path that matches nothing makes it
+//! Inconclusive with the reason, as a PromQL check's would.
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::Value;
+
+use crate::analysis::{Analysis, CheckResult};
+use crate::http::HttpClient;
+use crate::plan::{Plan, QueryCheck, QueryProvider};
+
+const DATADOG: &str = "https://api.datadoghq.com";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether `check` is read here rather than by the Prometheus provider.
+pub fn is_external(check: &QueryCheck) -> bool {
+    check.provider != QueryProvider::Prometheus
+}
+
+/// Reads every external check of `plan` and puts its result in
+/// `analysis` in place of what the provider put there (a check that was
+/// not judged because the canary had too little traffic stays not judged).
+/// `window`: the span a Datadog query covers.
+pub async fn overlay(plan: &Plan, analysis: &mut Analysis, window: Duration) {
+    let checks: Vec<&QueryCheck> = plan.queries.iter().filter(|c| is_external(c)).collect();
+    if checks.is_empty() {
+        return;
+    }
+    let http = HttpClient::default();
+    for check in checks {
+        let threshold = crate::provider::query_threshold(check);
+        let fresh = match evaluate(&http, check, window).await {
+            Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
+            Err(reason) => CheckResult::inconclusive(&check.name, threshold, reason),
+        };
+        match analysis.checks.iter_mut().find(|c| c.name == check.name) {
+            Some(slot) if slot.reason.starts_with("not judged:") => {
+                slot.value = fresh.value;
+            }
+            Some(slot) => *slot = fresh,
+            None => analysis.checks.push(fresh),
+        }
+    }
+}
+
+/// The number `check` reads now.
+pub async fn evaluate(
+    http: &HttpClient,
+    check: &QueryCheck,
+    window: Duration,
+) -> Result<f64, String> {
+    match check.provider {
+        QueryProvider::Web => web(http, check).await,
+        QueryProvider::Datadog => datadog(http, check, window).await,
+        QueryProvider::Prometheus => {
+            Err("a PromQL check is read by the prometheus provider".into())
+        }
+    }
+}
+
+async fn web(http: &HttpClient, check: &QueryCheck) -> Result<f64, String> {
+    let url = check.url.as_deref().unwrap_or_default();
+    let path = check.json_path.as_deref().unwrap_or("$");
+    let answer = match check.method.as_deref() {
+        Some("POST") => {
+            let body: Value = match &check.body {
+                Some(text) => {
+                    serde_json::from_str(text).map_err(|e| format!("body: not JSON: {e}"))?
+                }
+                None => Value::Object(Default::default()),
+            };
+            http.send_json(Method::POST, url, &body, None, TIMEOUT)
+                .await
+        }
+        _ => http.get(url, TIMEOUT).await,
+    }
+    .map_err(|e| e.to_string())?;
+    if !answer.status.is_success() {
+        return Err(format!(
+            "{} answered {}",
+            crate::http::shown_url(url),
+            answer.status
+        ));
+    }
+    let json: Value = serde_json::from_slice(&answer.body).map_err(|e| {
+        format!(
+            "{}: the answer is not JSON: {e}",
+            crate::http::shown_url(url)
+        )
+    })?;
+    number_at(&json, path)
+}
+
+/// The one number at `path` in `json`.
+pub fn number_at(json: &Value, path: &str) -> Result<f64, String> {
+    let parsed = serde_json_path::JsonPath::parse(path)
+        .map_err(|e| format!("json_path `{path}` is not a JSONPath: {e}"))?;
+    let found = parsed.query(json).all();
+    match found.as_slice() {
+        [] => Err(format!("json_path `{path}` matched nothing")),
+        [one] => {
+            as_number(one).ok_or_else(|| format!("json_path `{path}` matched {one}, not a number"))
+        }
+        many => Err(format!(
+            "json_path `{path}` matched {} values; it must match one",
+            many.len()
+        )),
+    }
+}
+
+fn as_number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok().filter(|f: &f64| f.is_finite()),
+        _ => None,
+    }
+}
+
+async fn datadog(http: &HttpClient, check: &QueryCheck, window: Duration) -> Result<f64, String> {
+    let base = check
+        .address
+        .as_deref()
+        .unwrap_or(DATADOG)
+        .trim_end_matches('/');
+    let to = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let from = to.saturating_sub(window.as_secs().max(60));
+    let url = format!(
+        "{base}/api/v1/query?from={from}&to={to}&query={}",
+        crate::http::encode_query_value(&check.query)
+    );
+    let answer = http.get(&url, TIMEOUT).await.map_err(|e| e.to_string())?;
+    let json: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    if !answer.status.is_success() {
+        let why = json["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        return Err(format!("Datadog answered {}: {why}", answer.status));
+    }
+    if json["status"] == "error" {
+        return Err(format!(
+            "Datadog: {}",
+            json["error"].as_str().unwrap_or("the query failed")
+        ));
+    }
+    let Some(series) = json["series"].as_array().and_then(|s| s.first()) else {
+        return Err("Datadog returned no series for the query (no data in the window)".into());
+    };
+    series["pointlist"]
+        .as_array()
+        .and_then(|points| {
+            points
+                .iter()
+                .rev()
+                .find_map(|p| p.as_array().and_then(|p| p.get(1)).and_then(Value::as_f64))
+        })
+        .ok_or_else(|| "Datadog's series has no point with a value in the window".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_json_path_must_match_one_number() {
+        let doc = json!({"data": {"rate": 0.02, "text": "1.5", "list": [1, 2], "name": "x"}});
+        assert_eq!(number_at(&doc, "$.data.rate"), Ok(0.02));
+        assert_eq!(number_at(&doc, "$.data.text"), Ok(1.5));
+        assert!(
+            number_at(&doc, "$.data.nope")
+                .unwrap_err()
+                .contains("matched nothing")
+        );
+        assert!(
+            number_at(&doc, "$.data.list[*]")
+                .unwrap_err()
+                .contains("matched 2 values")
+        );
+        assert!(
+            number_at(&doc, "$.data.name")
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(
+            number_at(&doc, "data.rate")
+                .unwrap_err()
+                .contains("not a JSONPath")
+        );
+    }
+}
