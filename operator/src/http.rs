@@ -155,21 +155,71 @@ static ACCESS: OnceLock<Arc<Vec<Endpoint>>> = OnceLock::new();
 /// for every client made after. The error names the file, the entry and
 /// the field.
 pub fn install_access_file(path: &Path) -> Result<(), String> {
-    let endpoints = read_access_file(path)?;
-    ACCESS
-        .set(Arc::new(endpoints))
-        .map_err(|_| "--access-file: given twice".to_string())
-}
-
-fn read_access_file(path: &Path) -> Result<Vec<Endpoint>, String> {
-    let shown = path.display();
+    let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--access-file: cannot read {shown}: {e}"))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let endpoints = parse_access(&text, &format!("--access-file: {shown}"), &|file: &str| {
+        let path = base.join(file);
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    })?;
+    install(endpoints, "--access-file")
+}
+
+/// Like [`install_access_file`], from a Kubernetes Secret's data: its key
+/// `access.yaml` is the list, and every `*_file` in it names another key
+/// of the same Secret (`what` names the Secret in errors).
+pub fn install_access_data(
+    data: &std::collections::BTreeMap<String, Vec<u8>>,
+    what: &str,
+) -> Result<(), String> {
+    let text = data
+        .get("access.yaml")
+        .ok_or_else(|| format!("{what}: no key access.yaml"))?;
+    let text =
+        std::str::from_utf8(text).map_err(|_| format!("{what}: access.yaml is not UTF-8"))?;
+    let endpoints = parse_access(text, &format!("{what} key access.yaml"), &|key: &str| {
+        data.get(key)
+            .cloned()
+            .ok_or_else(|| format!("the Secret has no key {key}"))
+    })?;
+    install(endpoints, what)
+}
+
+fn install(endpoints: Vec<Endpoint>, what: &str) -> Result<(), String> {
+    ACCESS
+        .set(Arc::new(endpoints))
+        .map_err(|_| format!("{what}: access is given twice"))
+}
+
+/// A value read with `read` (a file, or a Secret's key): its first line,
+/// trimmed; `what` names the field in errors.
+fn secret_from(
+    read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+    what: &str,
+    name: &str,
+) -> Result<Secret, String> {
+    let bytes = read(name).map_err(|e| format!("{what}: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{what}: {name} is not UTF-8"))?;
+    let value = text.lines().next().unwrap_or_default().trim().to_string();
+    if value.is_empty() {
+        return Err(format!("{what}: {name} is empty"));
+    }
+    Ok(Secret(value))
+}
+
+/// Parses an access list (see the module docs), reading the files it names
+/// with `read`; `at` names the source in errors.
+fn parse_access(
+    text: &str,
+    at: &str,
+    read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
+) -> Result<Vec<Endpoint>, String> {
     let entries: Vec<EndpointFile> =
-        serde_yaml_ng::from_str(&text).map_err(|e| format!("--access-file: {shown}: {e}"))?;
+        serde_yaml_ng::from_str(text).map_err(|e| format!("{at}: {e}"))?;
     let mut endpoints = Vec::new();
     for (i, entry) in entries.into_iter().enumerate() {
-        let at = format!("--access-file: {shown}: entry {i}");
+        let at = format!("{at}: entry {i}");
         let uri: http::Uri = entry
             .url
             .parse()
@@ -185,10 +235,11 @@ fn read_access_file(path: &Path) -> Result<Vec<Endpoint>, String> {
                 "{at}: bearer_token_file and basic_auth both set the Authorization header; give one"
             ));
         }
+        let name = |p: &Path| p.to_string_lossy().into_owned();
         let bearer = entry
             .bearer_token_file
             .as_deref()
-            .map(|p| Secret::from_file(&format!("{at}: bearer_token_file"), p))
+            .map(|p| secret_from(read, &format!("{at}: bearer_token_file"), &name(p)))
             .transpose()?;
         let basic = match entry.basic_auth {
             Some(b) => {
@@ -197,29 +248,37 @@ fn read_access_file(path: &Path) -> Result<Vec<Endpoint>, String> {
                         "{at}: basic_auth.username: must be non-empty and hold no `:`"
                     ));
                 }
-                let password = Secret::from_file(
+                let password = secret_from(
+                    read,
                     &format!("{at}: basic_auth.password_file"),
-                    &b.password_file,
+                    &name(&b.password_file),
                 )?;
                 Some((b.username, password))
             }
             None => None,
         };
         let mut headers = Vec::new();
-        for (name, file) in &entry.headers {
-            let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("{at}: headers: `{name}` is not a header name"))?;
-            let value = Secret::from_file(&format!("{at}: headers.{name}"), file)?;
+        for (header_name, file) in &entry.headers {
+            let header = HeaderName::from_bytes(header_name.as_bytes())
+                .map_err(|_| format!("{at}: headers: `{header_name}` is not a header name"))?;
+            let value = secret_from(read, &format!("{at}: headers.{header_name}"), &name(file))?;
             if HeaderValue::from_str(value.expose()).is_err() {
                 return Err(format!(
-                    "{at}: headers.{name}: {} holds a byte a header value may not",
+                    "{at}: headers.{header_name}: {} holds a byte a header value may not",
                     file.display()
                 ));
             }
             headers.push((header, value));
         }
-        let client =
-            client_trusting(entry.ca_file.as_deref()).map_err(|e| format!("{at}: ca_file: {e}"))?;
+        let ca = match &entry.ca_file {
+            Some(p) => Some((
+                name(p),
+                read(&name(p)).map_err(|e| format!("{at}: ca_file: {e}"))?,
+            )),
+            None => None,
+        };
+        let client = client_trusting(ca.as_ref().map(|(n, pem)| (n.as_str(), pem.as_slice())))
+            .map_err(|e| format!("{at}: ca_file: {e}"))?;
         endpoints.push(Endpoint {
             prefix: entry.url,
             client,
@@ -234,17 +293,15 @@ fn read_access_file(path: &Path) -> Result<Vec<Endpoint>, String> {
 }
 
 /// A client that speaks http and https, trusting the platform's roots and
-/// the certificates in `ca_file`.
-fn client_trusting(ca_file: Option<&Path>) -> Result<Inner, String> {
+/// the certificates in `ca` (its name, for errors, and its PEM).
+fn client_trusting(ca: Option<(&str, &[u8])>) -> Result<Inner, String> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
-    if let Some(path) = ca_file {
+    if let Some((shown, pem)) = ca {
         use rustls_pki_types::pem::PemObject;
-        let shown = path.display();
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
         let mut added = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
             let cert = cert.map_err(|e| format!("{shown}: not PEM: {e}"))?;
             roots
                 .add(cert)

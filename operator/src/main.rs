@@ -121,8 +121,12 @@ struct KubeArgs {
     prometheus_url: Option<String>,
     /// YAML list of endpoints (URL prefix) with their CA bundle, bearer token, basic auth or
     /// headers, each read from a file: used by every outbound call (Prometheus, webhooks).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "access_secret")]
     access_file: Option<PathBuf>,
+    /// The same list from a Secret read through the API (NAMESPACE/NAME): its key access.yaml,
+    /// whose *_file fields name other keys of that Secret.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    access_secret: Option<String>,
     #[command(flatten)]
     notify: NotifyArgs,
     /// Image of the proxy Deployments the operator creates.
@@ -1047,6 +1051,28 @@ async fn run_kube(args: KubeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(reference) = &args.access_secret {
+        let what = format!("--access-secret {reference}");
+        let Some((ns, name)) = reference.split_once('/') else {
+            return usage(format!("{what}: not NAMESPACE/NAME"));
+        };
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), ns);
+        let secret = match secrets.get_opt(name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return usage(format!("{what}: no such Secret")),
+            Err(e) => return usage(format!("{what}: cannot read it: {e}")),
+        };
+        let data: std::collections::BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        if let Err(e) = sluice_operator::http::install_access_data(&data, &what) {
+            return usage(e);
+        }
+    }
     let identity = args
         .identity
         .or_else(|| std::env::var("HOSTNAME").ok())

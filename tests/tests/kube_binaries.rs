@@ -312,3 +312,160 @@ async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
             .contains("--kube-configmap: `no-slash` is not NAMESPACE/NAME")
     );
 }
+
+/// `sluice kube --access-secret NS/NAME` reads its outbound credentials
+/// from a Secret through the API server, with the operator's own RBAC (a
+/// ServiceAccount token and the shipped ClusterRole): a good Secret lets
+/// it run, and no secret value shows in its output, the Events or the
+/// status it writes; a Secret without a key the list names, or no Secret,
+/// is refused at start naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_kube_reads_its_access_secret_under_its_rbac_and_never_shows_it() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let token_value = "prom-bearer-9c8b7a";
+    let fake = FakeKube::start().await;
+    fake.install_operator_rbac();
+    let dir = TempDir::new("kube-access");
+    let kubeconfig = dir.path.join("config");
+    let token = fake.service_account_token("sluice-system", "sluice-operator");
+    fake.kubeconfig_with(&kubeconfig, Some(&token));
+    let access = "- url: https://prometheus.example:9443/\n  bearer_token_file: token\n";
+    fake.put(
+        "api/v1",
+        "secrets",
+        "sluice-system",
+        json!({"metadata": {"name": "sluice-access"},
+               "data": {"access.yaml": b64(access), "token": b64(token_value)}}),
+    );
+    fake.put(
+        "api/v1",
+        "secrets",
+        "sluice-system",
+        json!({"metadata": {"name": "half"}, "data": {"access.yaml": b64(access)}}),
+    );
+    fake.put("api/v1", "services", "shop", json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}}));
+    fake.put(
+        "apis/apps/v1",
+        "deployments",
+        "shop",
+        json!({"metadata": {"name": "app", "annotations": {"sluice.dev/canary": "enabled"}},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "app"}},
+                        "template": {"metadata": {"labels": {"app": "app"}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}}}}),
+    );
+    let run = |secret: &str, metrics: &str| {
+        let mut command = Command::new(bin("sluice"));
+        command
+            .args([
+                "kube",
+                "--namespace",
+                "shop",
+                "--metrics-listen",
+                metrics,
+                "--leader-namespace",
+                "sluice-system",
+                "--identity",
+                "op-1",
+                "--proxy-image",
+                "sluice-proxy:test",
+                "--access-secret",
+                secret,
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    for (secret, expected) in [
+        (
+            "sluice-system/half",
+            "--access-secret sluice-system/half key access.yaml: entry 0: bearer_token_file: the Secret has no key token",
+        ),
+        (
+            "sluice-system/nope",
+            "--access-secret sluice-system/nope: no such Secret",
+        ),
+    ] {
+        let metrics = format!("127.0.0.1:{}", free_port());
+        let out = tokio::task::spawn_blocking({
+            let mut command = run(secret, &metrics);
+            move || command.output().unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{secret}: {stderr}");
+        assert!(stderr.contains(expected), "{secret}: {stderr}");
+    }
+
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let child = run("sluice-system/sluice-access", &metrics)
+        .spawn()
+        .unwrap();
+    let mut operator = Killed(child);
+    eventually(
+        "the operator to create app-primary",
+        Duration::from_secs(20),
+        || async {
+            fake.get("apis/apps/v1", "deployments", "shop", "app-primary")
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|(user, a)| user.contains("sluice-operator")
+                && format!("{a:?}").contains("sluice-access")),
+        "the Secret was read as the operator"
+    );
+    let _ = operator.0.kill();
+    let out = operator.0.wait_with_output_now();
+    let mut everything = out;
+    for (prefix, plural) in [
+        ("api/v1", "events"),
+        ("apis/events.k8s.io/v1", "events"),
+        ("api/v1", "configmaps"),
+    ] {
+        for object in fake.view(|v| {
+            v.list(prefix, plural, "shop")
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        }) {
+            everything.push_str(&object.to_string());
+        }
+    }
+    for name in fake.names("apis/apps/v1", "deployments", "shop") {
+        everything.push_str(
+            &fake
+                .get("apis/apps/v1", "deployments", "shop", &name)
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(
+        !everything.contains(token_value),
+        "the token shows in the operator's output, an Event, a ConfigMap or a status"
+    );
+}
+
+trait OutputNow {
+    fn wait_with_output_now(&mut self) -> String;
+}
+
+impl OutputNow for Child {
+    /// What the killed child wrote to stdout and stderr.
+    fn wait_with_output_now(&mut self) -> String {
+        use std::io::Read;
+        let _ = self.wait();
+        let mut text = String::new();
+        if let Some(out) = self.stdout.as_mut() {
+            let _ = out.read_to_string(&mut text);
+        }
+        if let Some(err) = self.stderr.as_mut() {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    }
+}
