@@ -157,8 +157,12 @@ async fn get_lists_canaried_deployments_and_shows_one_in_detail() {
     assert!(err.contains("canaried here: none"), "{err}");
 }
 
+/// `get --watch` follows an API watch: each change to a release redraws
+/// the table with it, and the plugin lists once and then watches instead of
+/// polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn get_watch_redraws_until_interrupted() {
+async fn get_watch_redraws_on_each_change_from_an_api_watch() {
+    use std::io::Read;
     let p = Plugin::new().await;
     let mut child = Command::new(bin("kubectl-sluice"))
         .args(["get", "--watch"])
@@ -166,16 +170,59 @@ async fn get_watch_redraws_until_interrupted() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    // Frames come every 2 s; 6 s leaves room for a slow start.
-    tokio::time::sleep(Duration::from_millis(6000)).await;
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, frames) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut text = String::new();
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            // Frames start with the clear-screen sequence.
+            while let Some(end) = text[1..].find("\x1b[2J").map(|i| i + 1) {
+                let frame: String = text.drain(..end).collect();
+                let _ = tx.send(frame);
+            }
+            if text.ends_with('\n') && text.contains("NAME") {
+                let _ = tx.send(std::mem::take(&mut text));
+            }
+        }
+    });
+    let frame = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match frames.recv_timeout(left) {
+                Ok(f) if f.contains(what) => return f,
+                Ok(_) => continue,
+                Err(_) => panic!("no frame with {what} within 10 s"),
+            }
+        }
+    };
+    frame("WaitingPromotion");
+    for (phase, weight) in [("Promoting", 50.0), ("Succeeded", 0.0)] {
+        p.set_status(phase, weight, 2, None);
+        let f = frame(phase);
+        assert!(f.contains("NAME"), "{f}");
+    }
     child.kill().unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let _ = child.wait();
+    let requests = p.fake.requests();
+    let lists = requests
+        .iter()
+        .filter(|(_, a)| a.verb == "list" && a.resource == "deployments")
+        .count();
+    let watches = requests
+        .iter()
+        .filter(|(_, a)| a.verb == "watch" && a.resource == "deployments")
+        .count();
+    assert!(watches >= 1, "the plugin never watched");
+    // One list per frame (three frames), plus the watch's own initial list.
     assert!(
-        text.matches("NAME").count() >= 2,
-        "expected at least two frames: {text}"
+        lists <= 5,
+        "{lists} lists: the plugin polls instead of watching"
     );
 }
 

@@ -52,7 +52,7 @@ enum Command {
     /// Phase, weight, steps and last checks of one or every canaried Deployment.
     Get {
         name: Option<String>,
-        /// Redraw every 2 seconds until interrupted.
+        /// Redraw whenever a release changes (an API watch), until interrupted.
         #[arg(short, long, conflicts_with = "output")]
         watch: bool,
         /// Every namespace (a NAMESPACE column is added).
@@ -157,41 +157,80 @@ async fn run(cli: Cli) -> ExitCode {
                 watch,
                 all_namespaces,
                 output,
-            } => loop {
-                let releases = match &name {
-                    Some(n) => vec![p.release(n).await?],
-                    None if all_namespaces => p.releases_everywhere().await?,
-                    None => p.releases().await?,
-                };
-                let text = match (output, &name) {
-                    (Some(format), _) => {
-                        let value = match &name {
-                            Some(_) => serde_json::to_value(&releases[0]),
-                            None => serde_json::to_value(&releases),
-                        }
-                        .expect("a release serializes");
-                        match format {
-                            Format::Json => {
-                                format!("{}\n", serde_json::to_string_pretty(&value).expect("JSON"))
+            } => {
+                // A watch wakes the redraw; the AGE column is refreshed
+                // every 30 s even when nothing changes.
+                let mut changes = Box::pin(p.changes(all_namespaces));
+                let mut first = true;
+                loop {
+                    let releases = match &name {
+                        Some(n) => vec![p.release(n).await?],
+                        None if all_namespaces => p.releases_everywhere().await?,
+                        None => p.releases().await?,
+                    };
+                    let text = match (output, &name) {
+                        (Some(format), _) => {
+                            let value = match &name {
+                                Some(_) => serde_json::to_value(&releases[0]),
+                                None => serde_json::to_value(&releases),
                             }
-                            Format::Yaml => serde_yaml_ng::to_string(&value).expect("YAML"),
+                            .expect("a release serializes");
+                            match format {
+                                Format::Json => format!(
+                                    "{}\n",
+                                    serde_json::to_string_pretty(&value).expect("JSON")
+                                ),
+                                Format::Yaml => serde_yaml_ng::to_string(&value).expect("YAML"),
+                            }
+                        }
+                        (None, Some(_)) => plugin::detail(&releases[0]),
+                        (None, None) => plugin::table(&releases, all_namespaces),
+                    };
+                    if watch {
+                        print!("\x1b[2J\x1b[H{text}");
+                    } else {
+                        print!("{text}");
+                    }
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    if !watch {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    use futures::StreamExt;
+                    loop {
+                        let next = tokio::time::timeout(Duration::from_secs(30), changes.next());
+                        match next.await {
+                            // Nothing for 30 s: redraw for the ages.
+                            Err(_) => break,
+                            Ok(None) => return Ok(ExitCode::SUCCESS),
+                            // The watch restarts by itself (a fresh list).
+                            Ok(Some(Err(e))) => {
+                                eprintln!("{e}; watching again");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                break;
+                            }
+                            // The initial list ends the first wait only.
+                            Ok(Some(Ok(()))) if first => {
+                                first = false;
+                                continue;
+                            }
+                            Ok(Some(Ok(()))) => {
+                                // A burst of changes (a release step writes
+                                // several objects) draws once.
+                                let quiet = tokio::time::sleep(Duration::from_millis(200));
+                                tokio::pin!(quiet);
+                                loop {
+                                    tokio::select! {
+                                        _ = &mut quiet => break,
+                                        more = changes.next() => if more.is_none() { break },
+                                    }
+                                }
+                                break;
+                            }
                         }
                     }
-                    (None, Some(_)) => plugin::detail(&releases[0]),
-                    (None, None) => plugin::table(&releases, all_namespaces),
-                };
-                if watch {
-                    print!("\x1b[2J\x1b[H{text}");
-                } else {
-                    print!("{text}");
                 }
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
-                if !watch {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            },
+            }
             Command::Promote { name, full } => {
                 println!("{}", p.promote(&name, full).await?);
                 Ok(ExitCode::SUCCESS)

@@ -87,6 +87,31 @@ impl Plugin {
         self.list(Api::all(self.client.clone())).await
     }
 
+    /// Resolves when a Deployment in the namespace (every namespace: `all`)
+    /// changes, as the API server's watch reports it; `Ok(false)` when the
+    /// watch ended. The first call waits for the watch's initial list.
+    pub fn changes(
+        &self,
+        all: bool,
+    ) -> impl futures::Stream<Item = Result<(), PluginError>> + Send + 'static {
+        use futures::StreamExt;
+        let api: Api<Deployment> = if all {
+            Api::all(self.client.clone())
+        } else {
+            self.deployments()
+        };
+        kube::runtime::watcher(api, kube::runtime::watcher::Config::default()).filter_map(
+            |event| async move {
+                use kube::runtime::watcher::Event;
+                match event {
+                    Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(Ok(())),
+                    Ok(Event::Init | Event::InitApply(_)) => None,
+                    Err(e) => Some(Err(PluginError::Usage(format!("the watch failed: {e}")))),
+                }
+            },
+        )
+    }
+
     async fn list(&self, api: Api<Deployment>) -> Result<Vec<Release>, PluginError> {
         let all = api.list(&ListParams::default()).await?.items;
         let mut out = Vec::new();
