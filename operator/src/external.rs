@@ -37,15 +37,14 @@ pub fn is_external(check: &QueryCheck) -> bool {
 /// `analysis` in place of what the provider put there (a check that was
 /// not judged because the canary had too little traffic stays not judged).
 /// `window`: the span a Datadog query covers.
-pub async fn overlay(plan: &Plan, analysis: &mut Analysis, window: Duration) {
+pub async fn overlay(plan: &Plan, analysis: &mut Analysis, window: Duration, http: &HttpClient) {
     let checks: Vec<&QueryCheck> = plan.queries.iter().filter(|c| is_external(c)).collect();
     if checks.is_empty() {
         return;
     }
-    let http = HttpClient::default();
     for check in checks {
         let threshold = crate::provider::query_threshold(check);
-        let fresh = match evaluate(&http, check, window).await {
+        let fresh = match evaluate(http, check, window).await {
             Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
             Err(reason) => CheckResult::inconclusive(&check.name, threshold, reason),
         };

@@ -67,6 +67,11 @@ impl Secret {
         &self.0
     }
 
+    /// A value got another way (a Secret's key).
+    pub fn from_value(value: &str) -> Self {
+        Self(value.to_string())
+    }
+
     /// The value, to put in a request (never in a message).
     pub fn expose_for_request(&self) -> &str {
         &self.0
@@ -142,6 +147,7 @@ type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An endpoint of the access file, ready: its URL prefix, its client
 /// (trusting its CA) and its credentials.
+#[derive(Clone)]
 struct Endpoint {
     prefix: String,
     client: Inner,
@@ -173,6 +179,21 @@ pub fn install_access_data(
     data: &std::collections::BTreeMap<String, Vec<u8>>,
     what: &str,
 ) -> Result<(), String> {
+    let access = parse_access_data(data, what)?;
+    install(access.0.as_ref().clone(), what)
+}
+
+/// An access list of one app (`sluice.dev/access`), for
+/// [`HttpClient::with_access`].
+#[derive(Clone)]
+pub struct Access(Arc<Vec<Endpoint>>);
+
+/// Reads an access list from a Secret's data (see
+/// [`install_access_data`]) without installing it.
+pub fn parse_access_data(
+    data: &std::collections::BTreeMap<String, Vec<u8>>,
+    what: &str,
+) -> Result<Access, String> {
     let text = data
         .get("access.yaml")
         .ok_or_else(|| format!("{what}: no key access.yaml"))?;
@@ -183,7 +204,7 @@ pub fn install_access_data(
             .cloned()
             .ok_or_else(|| format!("the Secret has no key {key}"))
     })?;
-    install(endpoints, what)
+    Ok(Access(Arc::new(endpoints)))
 }
 
 fn install(endpoints: Vec<Endpoint>, what: &str) -> Result<(), String> {
@@ -352,6 +373,19 @@ pub struct HttpClient {
     endpoints: Arc<Vec<Endpoint>>,
 }
 
+impl HttpClient {
+    /// This client with `access`'s endpoints too (they win over the
+    /// process-wide ones for the same URL prefix).
+    pub fn with_access(&self, access: &Access) -> Self {
+        let mut endpoints = access.0.as_ref().clone();
+        endpoints.extend(self.endpoints.iter().cloned());
+        Self {
+            inner: self.inner.clone(),
+            endpoints: Arc::new(endpoints),
+        }
+    }
+}
+
 impl Default for HttpClient {
     fn default() -> Self {
         static PLAIN: OnceLock<Inner> = OnceLock::new();
@@ -394,10 +428,12 @@ impl HttpClient {
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(bad());
         }
+        // The longest prefix wins; of equal ones, the first (an app's own).
         let endpoint = self
             .endpoints
             .iter()
             .filter(|e| url.starts_with(&e.prefix))
+            .rev()
             .max_by_key(|e| e.prefix.len());
         let client = endpoint.map_or(&self.inner, |e| &e.client);
         let mut req = Request::builder().method(method).uri(uri);

@@ -89,6 +89,19 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// A channel to `url` (from a Secret's key; `what` names it in errors).
+    pub fn from_url(service: Service, url: &str, what: &str) -> Result<Self, String> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("{what}: not an http:// or https:// URL"));
+        }
+        Ok(Self {
+            service,
+            url: Secret::from_value(url),
+        })
+    }
+}
+
 /// What happened to a release.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoteKind {

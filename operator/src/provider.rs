@@ -47,6 +47,25 @@ impl Provider {
         }
     }
 
+    /// The client its calls (and the custom checks read outside
+    /// Prometheus) use.
+    pub fn http(&self) -> HttpClient {
+        match self {
+            Provider::Proxy(p) => p.client.clone(),
+            Provider::Prometheus(p) => p.client.clone(),
+            Provider::Scripted(_) | Provider::Windows(_) => HttpClient::default(),
+        }
+    }
+
+    /// Makes its calls with `http` (an app's own access, on Kubernetes).
+    pub fn set_http(&mut self, http: HttpClient) {
+        match self {
+            Provider::Proxy(p) => p.client = http,
+            Provider::Prometheus(p) => p.client = http,
+            Provider::Scripted(_) | Provider::Windows(_) => {}
+        }
+    }
+
     /// Starts a fresh measurement window (after the weight changed).
     pub async fn reset(&mut self) {
         match self {
@@ -63,7 +82,8 @@ impl Provider {
             Provider::Scripted(next) => return next(),
             Provider::Windows(next) => analyse_window(plan, &next(0)),
         };
-        crate::external::overlay(plan, &mut analysis, plan.interval).await;
+        let http = self.http();
+        crate::external::overlay(plan, &mut analysis, plan.interval, &http).await;
         analysis
     }
 
@@ -102,7 +122,8 @@ impl Provider {
         let mut analysis =
             judge_sequential(plan, settings, gate, window, weight_bp, baseline, queries);
         if !baseline {
-            crate::external::overlay(plan, &mut analysis, plan.interval).await;
+            let http = self.http();
+            crate::external::overlay(plan, &mut analysis, plan.interval, &http).await;
         }
         analysis
     }

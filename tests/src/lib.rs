@@ -204,6 +204,29 @@ pub fn free_port() -> u16 {
 
 // === child processes ===
 
+/// Runs `command` with its stdout and stderr captured, as
+/// `Command::output` does, but kills it and fails the test when it has not
+/// ended within `limit` (blocking: call it from a blocking thread).
+pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {command:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("the child's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{command:?} did not end within {limit:?}");
+        }
+    }
+}
+
 /// Path of a workspace binary, built by `cargo test --workspace`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -202,24 +202,10 @@ async fn a_release_driven_by_flagger_style_webhooks_and_a_loadtester() {
     .map(|s| s.to_string())
     .collect();
     let out = tokio::task::spawn_blocking(move || {
-        let child = Command::new(bin("sluice"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                panic!("sluice rollout did not end within 120 s");
-            }
-        }
+        output_within(
+            Command::new(bin("sluice")).args(args),
+            Duration::from_secs(120),
+        )
     })
     .await
     .unwrap();

@@ -2262,3 +2262,129 @@ async fn bad_strategy_and_traffic_annotations_are_warning_events_and_nothing_is_
         assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
     }
 }
+
+/// An app's own Secrets: `sluice.dev/access` gives its webhooks the CA and
+/// basic auth of an https endpoint, `sluice.dev/notify` its Slack channel.
+/// The operator reads both through the API with its RBAC; no value shows
+/// in the Events or the status. A Secret that is not there is a Warning
+/// Event that names it, and nothing is created.
+#[tokio::test]
+async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel() {
+    use base64::Engine;
+    use std::sync::atomic::AtomicUsize;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    const PASSWORD: &str = "app-hook-pass-5e6f";
+    let ca = sluice_tests::TestCa::new("app test CA");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let (allowed, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, r) = (allowed.clone(), refused.clone());
+    let hook = sluice_tests::serve_https_on(
+        "127.0.0.1:0".parse().unwrap(),
+        &cert,
+        &key,
+        move |req: http::Request<hyper::body::Incoming>| {
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("sluice:{PASSWORD}"))
+            );
+            let ok = req
+                .headers()
+                .get("authorization")
+                .is_some_and(|v| v == expected.as_str());
+            if ok { &a } else { &r }.fetch_add(1, Ordering::SeqCst);
+            async move {
+                http::Response::builder()
+                    .status(if ok { 200 } else { 401 })
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap()
+            }
+        },
+    )
+    .await;
+    let notes: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let log = notes.clone();
+    let slack = sluice_tests::serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let secret_path = req.uri().path() == "/services/T1/B1/app-slack-s3cr3t";
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if secret_path {
+                log.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            }
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()))
+        }
+    })
+    .await;
+    let slack_url = format!("http://{slack}/services/T1/B1/app-slack-s3cr3t");
+    let webhooks = format!(
+        "- name: smoke\n  url: https://localhost:{}/smoke\n",
+        hook.port()
+    );
+    let w = World::new(json!({
+        "sluice.dev/webhooks": webhooks,
+        "sluice.dev/access": "app-access",
+        "sluice.dev/notify": "app-notify",
+    }))
+    .await;
+    // First without the Secrets: refused, naming the one missing.
+    w.tick().await;
+    let events = w.events();
+    assert!(
+        events.iter().any(|(kind, reason, note)| kind == "Warning"
+            && reason == "InvalidConfig"
+            && note.contains("no Secret app-access")),
+        "{events:?}"
+    );
+    assert!(w.fake.get(APPS, "deployments", NS, "app-primary").is_none());
+    let access = format!(
+        "- url: https://localhost:{}/\n  ca_file: ca.pem\n  basic_auth: {{ username: sluice, password_file: password }}\n",
+        hook.port()
+    );
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-access"}, "data": {"access.yaml": b64(&access), "ca.pem": b64(&ca.cert_pem), "password": b64(PASSWORD)}}),
+    );
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-notify"}, "data": {"slack": b64(&slack_url)}}),
+    );
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Succeeded", 20).await;
+    assert!(
+        allowed.load(Ordering::SeqCst) >= 1 && refused.load(Ordering::SeqCst) == 0,
+        "the rollout webhook did not get the app's credentials: {} allowed, {} refused",
+        allowed.load(Ordering::SeqCst),
+        refused.load(Ordering::SeqCst)
+    );
+    let notes = eventually("the Slack notes", Duration::from_secs(10), || {
+        let notes = notes.clone();
+        async move {
+            let seen = notes.lock().unwrap().clone();
+            seen.iter()
+                .any(|n| n["text"].as_str().is_some_and(|t| t.contains("promoted")))
+                .then_some(seen)
+        }
+    })
+    .await;
+    assert!(
+        notes[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Sluice: shop/app ")),
+        "{notes:?}"
+    );
+    let mut shown = format!("{:?}", w.events());
+    shown.push_str(&w.deployment("app-primary").to_string());
+    shown.push_str(&w.deployment("app").to_string());
+    assert!(
+        !shown.contains(PASSWORD) && !shown.contains("app-slack-s3cr3t"),
+        "a secret value shows in the Events or the status"
+    );
+}

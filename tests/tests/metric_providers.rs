@@ -7,7 +7,7 @@
 //! one outside them rolls it back, naming the check.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -150,24 +150,10 @@ async fn release(
     args.extend(extra.iter().map(|s| s.to_string()));
     let (load, _report) = steady_load(&format!("http://{}/", proxy.addr), 100.0);
     let out = tokio::task::spawn_blocking(move || {
-        let child = Command::new(bin("sluice"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                panic!("sluice rollout did not end within 60 s");
-            }
-        }
+        output_within(
+            Command::new(bin("sluice")).args(args),
+            Duration::from_secs(60),
+        )
     })
     .await
     .unwrap();

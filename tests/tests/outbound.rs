@@ -100,26 +100,13 @@ fn baseline() -> Faults {
 /// a blocking thread while load runs); killed, and the test failed, when
 /// it has not ended within 120 s.
 fn run_sluice(args: Vec<String>) -> std::process::Output {
-    let child = Command::new(bin("sluice"))
-        .arg("rollout")
-        .args(args)
-        .args(["--output", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sluice rollout");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(out) => out.expect("sluice rollout's output"),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("sluice rollout did not end within 120 s");
-        }
-    }
+    output_within(
+        Command::new(bin("sluice"))
+            .arg("rollout")
+            .args(args)
+            .args(["--output", "json"]),
+        Duration::from_secs(120),
+    )
 }
 
 #[tokio::test]

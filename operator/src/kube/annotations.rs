@@ -48,9 +48,17 @@ pub const INCIDENT_ALLOWANCE: &str = "sluice.dev/incident-allowance";
 pub const WARMUP: &str = "sluice.dev/warmup";
 pub const LATENCY_TOLERANCE: &str = "sluice.dev/latency-tolerance";
 pub const BASELINE: &str = "sluice.dev/baseline";
+/// A Secret in the app's namespace whose `access.yaml` gives this app's
+/// outbound calls their CA and credentials (see `crate::http`).
+pub const ACCESS: &str = "sluice.dev/access";
+/// A Secret in the app's namespace whose keys `slack`, `teams`, `discord`,
+/// `webhook` hold chat incoming-webhook URLs for this app's releases.
+pub const NOTIFY: &str = "sluice.dev/notify";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
-pub const KNOWN: [&str; 37] = [
+pub const KNOWN: [&str; 39] = [
+    ACCESS,
+    NOTIFY,
     CANARY,
     PORT,
     STEPS,
@@ -147,6 +155,10 @@ pub struct Settings {
     pub metrics: MetricsSource,
     pub checks_configmap: Option<String>,
     pub webhooks_configmap: Option<String>,
+    /// `sluice.dev/access`: the Secret with this app's outbound access.
+    pub access_secret: Option<String>,
+    /// `sluice.dev/notify`: the Secret with this app's chat channels.
+    pub notify_secret: Option<String>,
 }
 
 /// Whether the Deployment opted in.
@@ -477,12 +489,26 @@ pub fn parse(
         }
         _ => name_of(WEBHOOKS)?,
     };
+    let secret_of = |k: &str| -> Result<Option<String>, AnnotationError> {
+        match get(k) {
+            None => Ok(None),
+            Some(v) if is_dns_label(v) => Ok(Some(v.to_string())),
+            Some(v) => Err(err(
+                k,
+                v,
+                "not a Secret name".into(),
+                "a Secret name in the Deployment's namespace",
+            )),
+        }
+    };
     Ok(Settings {
         plan,
         port,
         metrics,
         checks_configmap,
         webhooks_configmap,
+        access_secret: secret_of(ACCESS)?,
+        notify_secret: secret_of(NOTIFY)?,
     })
 }
 

@@ -169,6 +169,12 @@ pub struct Context {
     pub proxy_digests: Option<DigestProbe>,
     /// Operator-wide chat notifications (`--notify`).
     pub notifier: crate::notify::Notifier,
+    /// Each app's outbound client when it names an access Secret
+    /// (`sluice.dev/access`), by `ns/app`.
+    pub app_http: std::sync::Mutex<HashMap<String, HttpClient>>,
+    /// Each app's own chat channels (`sluice.dev/notify`), by `ns/app`,
+    /// with a digest of the Secret's data they were made from.
+    pub app_notifiers: std::sync::Mutex<HashMap<String, (String, crate::notify::Notifier)>>,
 }
 
 impl Context {
@@ -213,6 +219,8 @@ impl Context {
                 })
             }),
             notifier: crate::notify::Notifier::none(),
+            app_http: Default::default(),
+            app_notifiers: Default::default(),
         }
     }
 }
@@ -644,7 +652,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
-    if let Err(e) = load_extras(&ctx, &ns, &mut settings).await {
+    if let Err(e) = load_extras(&ctx, &ns, &name, &mut settings).await {
         publish(
             &ctx,
             &d,
@@ -758,8 +766,119 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     .await
 }
 
-/// Reads the checks and webhooks ConfigMaps named by the annotations.
-async fn load_extras(ctx: &Context, ns: &str, settings: &mut Settings) -> Result<(), String> {
+/// The data of the Secret `name` that annotation `annotation` names.
+async fn secret_data(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    annotation: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, String> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match secrets.get_opt(name).await {
+        Ok(Some(s)) => Ok(s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()),
+        Ok(None) => Err(format!(
+            "annotation {annotation}: no Secret {name} in namespace {ns}"
+        )),
+        Err(e) => Err(format!(
+            "annotation {annotation}: cannot read Secret {name}: {e}"
+        )),
+    }
+}
+
+/// Reads an app's access and notification Secrets (`sluice.dev/access`,
+/// `sluice.dev/notify`) into the context. The values are credentials:
+/// errors name the Secret and key, never a value.
+async fn load_secrets(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    settings: &Settings,
+) -> Result<(), String> {
+    let key = format!("{ns}/{app}");
+    match &settings.access_secret {
+        Some(name) => {
+            let data = secret_data(ctx, ns, name, annotations::ACCESS).await?;
+            let access = crate::http::parse_access_data(
+                &data,
+                &format!("annotation {}: Secret {name}", annotations::ACCESS),
+            )?;
+            let http = ctx.http.with_access(&access);
+            ctx.app_http
+                .lock()
+                .expect("app_http lock")
+                .insert(key.clone(), http);
+        }
+        None => {
+            ctx.app_http.lock().expect("app_http lock").remove(&key);
+        }
+    }
+    match &settings.notify_secret {
+        Some(name) => {
+            let data = secret_data(ctx, ns, name, annotations::NOTIFY).await?;
+            use sha2::Digest;
+            let mut digest = sha2::Sha256::new();
+            for (k, v) in &data {
+                digest.update(k.as_bytes());
+                digest.update([0]);
+                digest.update(v);
+                digest.update([0]);
+            }
+            let digest = format!("{:x}", digest.finalize());
+            let same = ctx
+                .app_notifiers
+                .lock()
+                .expect("app_notifiers lock")
+                .get(&key)
+                .is_some_and(|(d, _)| *d == digest);
+            if !same {
+                let mut channels = Vec::new();
+                for (k, v) in &data {
+                    let what = format!("annotation {}: Secret {name} key {k}", annotations::NOTIFY);
+                    let service =
+                        crate::notify::Service::parse(k).map_err(|e| format!("{what}: {e}"))?;
+                    let url =
+                        String::from_utf8(v.clone()).map_err(|_| format!("{what}: not UTF-8"))?;
+                    channels.push(crate::notify::Channel::from_url(
+                        service,
+                        url.trim(),
+                        &what,
+                    )?);
+                }
+                let notifier = crate::notify::Notifier::start(
+                    channels,
+                    false,
+                    Some(ctx.metrics.notifications_failed.clone()),
+                );
+                ctx.app_notifiers
+                    .lock()
+                    .expect("app_notifiers lock")
+                    .insert(key, (digest, notifier));
+            }
+        }
+        None => {
+            ctx.app_notifiers
+                .lock()
+                .expect("app_notifiers lock")
+                .remove(&key);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the checks and webhooks ConfigMaps and the Secrets named by the
+/// annotations.
+async fn load_extras(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    settings: &mut Settings,
+) -> Result<(), String> {
+    load_secrets(ctx, ns, app, settings).await?;
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(name) = &settings.checks_configmap {
         let text = configmap_key(&cms, name, "checks.yaml", annotations::CHECKS).await?;
@@ -1673,6 +1792,14 @@ async fn release_tick(
 ) -> Result<Action, Error> {
     let plan = &settings.plan;
     let key = format!("{ns}/{app}");
+    // The app's own access (`sluice.dev/access`), else the operator's.
+    let http = ctx
+        .app_http
+        .lock()
+        .expect("app_http lock")
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(|| ctx.http.clone());
     let owner = owner_reference(dv);
     let raw_command = take_command(primary);
     let command = match raw_command.as_deref() {
@@ -1763,6 +1890,7 @@ async fn release_tick(
                 .unwrap_or_else(|| (ctx.make_provider)(settings, ns, app)),
         ),
     };
+    borrowed.get().set_http(http.clone());
     if let Provider::Proxy(p) = borrowed.get()
         && settings.metrics == MetricsSource::Proxy
         && let Ok(targets) = proxy_targets(ctx, ns, app).await
@@ -1800,7 +1928,7 @@ async fn release_tick(
         .as_ref()
         .is_some_and(|m| m.step + 1 == plan.steps_bp.len());
     let gates = collect_gates(
-        &ctx.http,
+        &http,
         plan,
         phase,
         analysis.as_ref(),
@@ -1841,6 +1969,14 @@ async fn release_tick(
     }
     ctx.notifier
         .observe(app, Some(ns), previous.as_ref(), &t.status);
+    if let Some((_, own)) = ctx
+        .app_notifiers
+        .lock()
+        .expect("app_notifiers lock")
+        .get(&key)
+    {
+        own.observe(app, Some(ns), previous.as_ref(), &t.status);
+    }
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
     if t.actions.contains(&MachineAction::Initialize) && !pending {
@@ -1925,7 +2061,7 @@ async fn release_tick(
                     canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
                     ..payload.clone()
                 };
-                let _ = run_gate(&ctx.http, plan, *kind, &after).await;
+                let _ = run_gate(&http, plan, *kind, &after).await;
             }
             MachineAction::Event(level, text) => {
                 let (ty, reason) = match level {
@@ -1946,7 +2082,7 @@ async fn release_tick(
                     canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
                     ..payload.clone()
                 };
-                crate::webhook::send_event(&ctx.http, plan, &after, *level == Level::Warning, text)
+                crate::webhook::send_event(&http, plan, &after, *level == Level::Warning, text)
                     .await;
             }
             _ => {}
