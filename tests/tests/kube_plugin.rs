@@ -500,3 +500,48 @@ async fn completion_scripts_for_bash_zsh_and_fish() {
     assert_eq!(code, 2);
     assert!(err.contains("possible values: bash, zsh, fish"), "{err}");
 }
+
+/// `lint` prints every problem of a Deployment's annotations at once (from
+/// a file of several documents, or from the cluster) and exits 2; valid
+/// annotations exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lint_prints_every_problem_at_once() {
+    let p = Plugin::new().await;
+    let bad = json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "10,5", "sluice.dev/interval": "2s", "sluice.dev/gate": "magic", "sluice.dev/stepz": "1"});
+    let file = p._dir.path.join("app.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: x}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: shop\n  annotations: {bad}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: fine\n  annotations: {{sluice.dev/canary: enabled}}\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = p.run(&["lint", "-f", &file.display().to_string()]).await;
+    assert_eq!(code, 2, "{err}");
+    for needle in [
+        "Deployment shop: annotation sluice.dev/steps: `10,5` is invalid",
+        "Deployment shop: annotation sluice.dev/interval: `2s` is invalid",
+        "Deployment shop: annotation sluice.dev/gate: `magic` is invalid",
+        "Deployment shop: annotation sluice.dev/stepz: `1` is invalid: unknown annotation",
+    ] {
+        assert!(out.contains(needle), "no `{needle}` in {out}");
+    }
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(!out.contains("fine"), "{out}");
+
+    p.fake.put(
+        APPS,
+        "deployments",
+        "default",
+        json!({"metadata": {"name": "broken", "annotations": bad}, "spec": spec("broken", 1)}),
+    );
+    let (code, out, _) = p.run(&["lint", "broken"]).await;
+    assert_eq!(code, 2);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    let (code, out, err) = p.run(&["lint", "app"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no problem"), "{out}");
+    let (code, _, err) = p.run(&["lint", "nope"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no Deployment `nope`"), "{err}");
+}

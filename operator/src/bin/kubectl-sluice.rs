@@ -62,6 +62,15 @@ enum Command {
         #[arg(short, long, value_enum)]
         output: Option<Format>,
     },
+    /// Check a Deployment's sluice.dev/ annotations, from the cluster (NAME) or a file (-f),
+    /// and print every problem at once: exit 0 when there is none, 2 otherwise.
+    Lint {
+        #[arg(required_unless_present = "filename")]
+        name: Option<String>,
+        /// A YAML file of one or more Deployments (`-` reads stdin), as `kubectl apply -f` takes.
+        #[arg(short = 'f', long, conflicts_with = "name")]
+        filename: Option<std::path::PathBuf>,
+    },
     /// Print a shell completion script: `source <(kubectl sluice completion bash)`.
     Completion {
         #[arg(value_enum)]
@@ -123,7 +132,80 @@ async fn client(cli: &Cli) -> Result<kube::Client, String> {
     kube::Client::try_from(config).map_err(|e| format!("cannot reach Kubernetes: {e}"))
 }
 
+/// Every problem of each Deployment in `docs` (YAML documents), one line
+/// each, named by the Deployment.
+fn lint_documents(text: &str, source: &str) -> Result<(usize, usize, String), String> {
+    use serde::Deserialize;
+    let mut out = String::new();
+    let (mut deployments, mut problems) = (0, 0);
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml_ng::Value::deserialize(doc)
+            .map_err(|e| format!("{source}: document {}: {e}", i + 1))?;
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("Deployment") {
+            continue;
+        }
+        deployments += 1;
+        let name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let annotations: std::collections::BTreeMap<String, String> = value["metadata"]
+            .get("annotations")
+            .map(|a| serde_yaml_ng::from_value(a.clone()))
+            .transpose()
+            .map_err(|e| format!("{source}: Deployment {name}: annotations: {e}"))?
+            .unwrap_or_default();
+        for p in sluice_operator::kube::annotations::lint(&annotations, true) {
+            problems += 1;
+            out.push_str(&format!("Deployment {name}: {p}\n"));
+        }
+    }
+    Ok((deployments, problems, out))
+}
+
 async fn run(cli: Cli) -> ExitCode {
+    if let Command::Lint {
+        filename: Some(path),
+        ..
+    } = &cli.command
+    {
+        let text = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            match std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                Ok(_) => text,
+                Err(e) => {
+                    eprintln!("error: -f -: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        } else {
+            match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: -f {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
+        };
+        return match lint_documents(&text, &path.display().to_string()) {
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+            Ok((0, _, _)) => {
+                eprintln!("error: {} holds no Deployment", path.display());
+                ExitCode::from(2)
+            }
+            Ok((n, 0, _)) => {
+                println!("{n} Deployment(s): no problem");
+                ExitCode::SUCCESS
+            }
+            Ok((_, _, problems)) => {
+                print!("{problems}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Completion { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
         let shell = match shell {
@@ -244,6 +326,28 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Completion { .. } => unreachable!("answered before connecting"),
+            Command::Lint { name, .. } => {
+                let name = name.expect("a name or -f, as clap checks");
+                let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+                    kube::Api::namespaced(p.client.clone(), &p.namespace);
+                let Some(d) = api.get_opt(&name).await? else {
+                    return Err(PluginError::NotFound(format!(
+                        "no Deployment `{name}` in namespace {}",
+                        p.namespace
+                    )));
+                };
+                let annotations = d.metadata.annotations.clone().unwrap_or_default();
+                let problems = sluice_operator::kube::annotations::lint(&annotations, true);
+                if problems.is_empty() {
+                    println!("Deployment {name}: no problem");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    for p in problems {
+                        println!("Deployment {name}: {p}");
+                    }
+                    Ok(ExitCode::from(2))
+                }
+            }
             Command::Status { name, timeout } => {
                 let (code, line) = p.status(&name, timeout.filter(|t| !t.is_zero())).await?;
                 println!("{line}");

@@ -167,6 +167,24 @@ pub fn enabled(annotations: &BTreeMap<String, String>) -> bool {
 }
 
 /// Reads every `sluice.dev/*` annotation; the first bad one is the error.
+/// Every problem of a Deployment's annotations, not just the first:
+/// each invalid one is set aside and the rest parsed again, until they
+/// pass (`kubectl sluice lint`). Empty when the annotations are valid.
+pub fn lint(annotations: &BTreeMap<String, String>, have_prometheus: bool) -> Vec<AnnotationError> {
+    let mut left = annotations.clone();
+    let mut problems = Vec::new();
+    while let Err(e) = parse(&left, have_prometheus) {
+        let removed = left.remove(&e.annotation).is_some();
+        problems.push(e);
+        // A problem no single annotation causes (nothing left to set
+        // aside) ends the search.
+        if !removed || problems.len() > annotations.len() {
+            break;
+        }
+    }
+    problems
+}
+
 pub fn parse(
     annotations: &BTreeMap<String, String>,
     have_prometheus: bool,

@@ -837,7 +837,8 @@ async fn load_secrets(
                 .is_some_and(|(d, _)| *d == digest);
             if !same {
                 let mut channels = Vec::new();
-                for (k, v) in &data {
+                let steps = data.get("steps").is_some_and(|v| v.trim_ascii() == b"true");
+                for (k, v) in data.iter().filter(|(k, _)| *k != "steps") {
                     let what = format!("annotation {}: Secret {name} key {k}", annotations::NOTIFY);
                     let service =
                         crate::notify::Service::parse(k).map_err(|e| format!("{what}: {e}"))?;
@@ -851,7 +852,7 @@ async fn load_secrets(
                 }
                 let notifier = crate::notify::Notifier::start(
                     channels,
-                    false,
+                    steps,
                     Some(ctx.metrics.notifications_failed.clone()),
                 );
                 ctx.app_notifiers
