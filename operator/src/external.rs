@@ -114,12 +114,30 @@ pub fn number_at(json: &Value, path: &str) -> Result<f64, String> {
     match found.as_slice() {
         [] => Err(format!("json_path `{path}` matched nothing")),
         [one] => {
-            as_number(one).ok_or_else(|| format!("json_path `{path}` matched {one}, not a number"))
+            // Never the value itself: the answer may be anything the
+            // endpoint returns.
+            as_number(one).ok_or_else(|| {
+                format!(
+                    "json_path `{path}` matched {}, not a number",
+                    json_kind(one)
+                )
+            })
         }
         many => Err(format!(
             "json_path `{path}` matched {} values; it must match one",
             many.len()
         )),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

@@ -149,7 +149,8 @@ type Inner = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// (trusting its CA) and its credentials.
 #[derive(Clone)]
 struct Endpoint {
-    prefix: String,
+    /// The entry's URL: calls match by scheme, host and port, then path.
+    at: http::Uri,
     client: Inner,
     credentials: Credentials,
 }
@@ -236,8 +237,23 @@ fn parse_access(
     at: &str,
     read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
 ) -> Result<Vec<Endpoint>, String> {
-    let entries: Vec<EndpointFile> =
-        serde_yaml_ng::from_str(text).map_err(|e| format!("{at}: {e}"))?;
+    // serde's message may quote a value (a password written inline):
+    // only where, and what the list may hold.
+    let entries: Vec<EndpointFile> = serde_yaml_ng::from_str(text).map_err(|e| {
+        let place = e
+            .location()
+            .map(|l| format!(" at line {} column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        let field = e
+            .to_string()
+            .split_once("unknown field `")
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(f, _)| format!(": unknown field `{f}`"))
+            .unwrap_or_default();
+        format!(
+            "{at}: not an access list{place}{field} (a list of {{url, ca_file, bearer_token_file, basic_auth: {{username, password_file}}, headers: {{NAME: FILE}}}}; secrets go in files, never inline)"
+        )
+    })?;
     let mut endpoints = Vec::new();
     for (i, entry) in entries.into_iter().enumerate() {
         let at = format!("{at}: entry {i}");
@@ -262,6 +278,13 @@ fn parse_access(
             .as_deref()
             .map(|p| secret_from(read, &format!("{at}: bearer_token_file"), &name(p)))
             .transpose()?;
+        if let Some(token) = &bearer
+            && HeaderValue::from_str(token.expose()).is_err()
+        {
+            return Err(format!(
+                "{at}: bearer_token_file: holds a byte a header value may not"
+            ));
+        }
         let basic = match entry.basic_auth {
             Some(b) => {
                 if b.username.is_empty() || b.username.contains(':') {
@@ -274,6 +297,13 @@ fn parse_access(
                     &format!("{at}: basic_auth.password_file"),
                     &name(&b.password_file),
                 )?;
+                if HeaderValue::from_str(password.expose()).is_err()
+                    || HeaderValue::from_str(&b.username).is_err()
+                {
+                    return Err(format!(
+                        "{at}: basic_auth: holds a byte a header value may not"
+                    ));
+                }
                 Some((b.username, password))
             }
             None => None,
@@ -301,7 +331,7 @@ fn parse_access(
         let client = client_trusting(ca.as_ref().map(|(n, pem)| (n.as_str(), pem.as_slice())))
             .map_err(|e| format!("{at}: ca_file: {e}"))?;
         endpoints.push(Endpoint {
-            prefix: entry.url,
+            at: uri,
             client,
             credentials: Credentials {
                 bearer,
@@ -352,18 +382,61 @@ fn client_trusting(ca: Option<(&str, &[u8])>) -> Result<Inner, String> {
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-/// `url` with any user info shown as `***`.
+/// Whether an access entry for `at` applies to a call to `url`: the same
+/// scheme, host and port (a host is never matched by prefix, so an entry
+/// for `https://a.example` gives nothing to `https://a.example.evil.com`),
+/// and a path under the entry's, at a segment boundary.
+fn covers(at: &http::Uri, url: &http::Uri) -> bool {
+    let port = |u: &http::Uri| {
+        u.port_u16().unwrap_or(if u.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        })
+    };
+    let same_host = match (at.host(), url.host()) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    };
+    let (base, path) = (at.path(), url.path());
+    at.scheme_str()
+        .zip(url.scheme_str())
+        .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+        && same_host
+        && port(at) == port(url)
+        && (base == "/"
+            || path == base
+            || path.starts_with(base)
+                && (base.ends_with('/') || path[base.len()..].starts_with('/')))
+}
+
+/// `url` as it may be shown: user info as `***@` and a query as `?***`
+/// (either may hold a credential: `https://u:p@h/`, `?api_key=…`). Text
+/// without a scheme is read as starting with an authority.
 pub fn shown_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest[..end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    }
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = match rest[..end].rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..end]),
+        None => rest[..end].to_string(),
+    };
+    let tail = &rest[end..];
+    let tail = match tail.find(['?', '#']) {
+        Some(q) => format!("{}?***", &tail[..q]),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// Whether `url` is an `http://` or `https://` URL with a host (a parsed
+/// check, not a prefix).
+pub fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    })
 }
 
 #[derive(Clone)]
@@ -374,6 +447,16 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// A client with no access entries at all, not even the process-wide
+    /// ones: for URLs an app's annotations give (its webhooks, checks and
+    /// channels), which must not carry the operator's credentials.
+    pub fn plain() -> Self {
+        Self {
+            inner: Self::default().inner,
+            endpoints: Arc::default(),
+        }
+    }
+
     /// This client with `access`'s endpoints too (they win over the
     /// process-wide ones for the same URL prefix).
     pub fn with_access(&self, access: &Access) -> Self {
@@ -428,13 +511,13 @@ impl HttpClient {
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(bad());
         }
-        // The longest prefix wins; of equal ones, the first (an app's own).
+        // The longest path wins; of equal ones, the first (an app's own).
         let endpoint = self
             .endpoints
             .iter()
-            .filter(|e| url.starts_with(&e.prefix))
+            .filter(|e| covers(&e.at, &uri))
             .rev()
-            .max_by_key(|e| e.prefix.len());
+            .max_by_key(|e| e.at.path().len());
         let client = endpoint.map_or(&self.inner, |e| &e.client);
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(t) = token {
@@ -451,7 +534,12 @@ impl HttpClient {
         }
         .map_err(|_| bad())?;
         if let Some(e) = endpoint {
+            // An explicit token (the proxy admin's) is never replaced.
+            let explicit = req.headers().get(header::AUTHORIZATION).cloned();
             e.credentials.apply(req.headers_mut());
+            if let Some(v) = explicit {
+                req.headers_mut().insert(header::AUTHORIZATION, v);
+            }
         }
         let url = &shown_url(url);
         let exchange = async {
@@ -565,12 +653,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_entry_covers_its_own_host_and_path_only() {
+        let at = |u: &str| u.parse::<http::Uri>().unwrap();
+        let entry = at("https://a.example/api");
+        assert!(covers(&entry, &at("https://a.example/api")));
+        assert!(covers(
+            &entry,
+            &at("https://A.example:443/api/v1/query?x=1")
+        ));
+        assert!(!covers(&entry, &at("https://a.example.evil.com/api")));
+        assert!(!covers(&entry, &at("https://a.example/apix")));
+        assert!(!covers(&entry, &at("http://a.example/api")));
+        assert!(!covers(&entry, &at("https://a.example:8443/api")));
+        assert!(!covers(&entry, &at("https://evil.com/a.example/api")));
+        let root = at("https://a.example");
+        assert!(covers(&root, &at("https://a.example/anything")));
+        assert!(!covers(&root, &at("https://a.example.evil.com/")));
+    }
+
+    #[test]
     fn user_info_in_a_url_is_never_shown() {
         assert_eq!(
             shown_url("https://u:p4ss@h.example:9/x?a=b@c"),
-            "https://***@h.example:9/x?a=b@c"
+            "https://***@h.example:9/x?***"
         );
         assert_eq!(shown_url("http://h.example/a@b"), "http://h.example/a@b");
+        assert_eq!(
+            shown_url("http://h.example/m?api_key=QS3CR3T"),
+            "http://h.example/m?***"
+        );
+        assert_eq!(shown_url("u:p4ss@h:9090"), "***@h:9090");
         let e = HttpError::BadUrl {
             url: shown_url("ftp://u:p4ss@h"),
         };

@@ -320,9 +320,12 @@ impl PlanArgs {
         }
         let mut webhooks = Vec::new();
         for w in &self.webhooks {
-            let (kind, url) = w
-                .split_once('=')
-                .ok_or_else(|| flag("webhook", format!("`{w}` is not KIND=URL")))?;
+            let (kind, url) = w.split_once('=').ok_or_else(|| {
+                flag(
+                    "webhook",
+                    format!("`{}` is not KIND=URL", sluice_operator::http::shown_url(w)),
+                )
+            })?;
             let kind = WebhookKind::parse(kind).map_err(|e| flag("webhook", e))?;
             if !is_http_url(url) {
                 return Err(flag(
@@ -664,8 +667,12 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     driver.status_out = Some(status_tx);
     driver.state = Some(state.clone());
     driver.resume = resume;
-    let notifier =
-        sluice_operator::notify::Notifier::start(notify_channels, args.notify.notify_steps, None);
+    let notifier = sluice_operator::notify::Notifier::start(
+        notify_channels,
+        args.notify.notify_steps,
+        None,
+        sluice_operator::http::HttpClient::default(),
+    );
     driver.notifier = notifier.clone();
     let mut view = View::new(output_mode(args.output));
     let status = tokio::select! {
@@ -1020,9 +1027,9 @@ impl NotifyArgs {
     }
 }
 
-/// Whether `url` is `http://…` or `https://…`.
+/// Whether `url` is an `http://` or `https://` URL with a host.
 fn is_http_url(url: &str) -> bool {
-    url.starts_with("http://") || url.starts_with("https://")
+    sluice_operator::http::is_http_url(url)
 }
 
 async fn run_kube(args: KubeArgs) -> ExitCode {
@@ -1094,6 +1101,7 @@ async fn run_kube(args: KubeArgs) -> ExitCode {
         notify_channels,
         args.notify.notify_steps,
         Some(ctx.metrics.notifications_failed.clone()),
+        sluice_operator::http::HttpClient::default(),
     );
     let ctx = std::sync::Arc::new(ctx);
     let listener = match tokio::net::TcpListener::bind(args.metrics_listen).await {

@@ -74,26 +74,31 @@ pub struct Channel {
 impl Channel {
     /// `SERVICE=FILE`, the file holding the URL (`what` names the flag).
     pub fn from_flag(what: &str, text: &str) -> Result<Self, String> {
-        let (service, file) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{what}: `{text}` is not SERVICE=FILE"))?;
+        // The value may be the URL itself, given by mistake: never echoed.
+        let (service, file) = text.split_once('=').ok_or_else(|| {
+            format!("{what}: not SERVICE=FILE (e.g. slack=/etc/sluice/slack-url)")
+        })?;
         let service = Service::parse(service).map_err(|e| format!("{what}: {e}"))?;
-        let url = Secret::from_file(what, Path::new(file))?;
-        let shown = crate::http::shown_url(url.expose_for_request());
-        if !(shown.starts_with("http://") || shown.starts_with("https://")) {
+        if file.contains("://") {
             return Err(format!(
-                "{what}: {file} does not hold an http:// or https:// URL"
+                "{what}: {}= gives a URL; put it in a file and give the file's path (the URL is a credential)",
+                service.as_str()
             ));
         }
-        Ok(Self { service, url })
+        let url = Secret::from_file(what, Path::new(file))?;
+        Self::from_url(
+            service,
+            url.expose_for_request(),
+            &format!("{what}: {file}"),
+        )
     }
 }
 
 impl Channel {
     /// A channel to `url` (from a Secret's key; `what` names it in errors).
     pub fn from_url(service: Service, url: &str, what: &str) -> Result<Self, String> {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("{what}: not an http:// or https:// URL"));
+        if !crate::http::is_http_url(url) {
+            return Err(format!("{what}: does not hold an http:// or https:// URL"));
         }
         Ok(Self {
             service,
@@ -263,13 +268,13 @@ impl Notifier {
         channels: Vec<Channel>,
         steps: bool,
         failed: Option<Family<Vec<(String, String)>, Counter>>,
+        http: HttpClient,
     ) -> Self {
         if channels.is_empty() {
             return Self::none();
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Note>(64);
         let worker = tokio::spawn(async move {
-            let http = HttpClient::default();
             let mut last_sent: Vec<Option<tokio::time::Instant>> = vec![None; channels.len()];
             let mut warned = vec![false; channels.len()];
             while let Some(note) = rx.recv().await {

@@ -90,7 +90,7 @@ impl QueryCheck {
             }
             QueryProvider::Web => {
                 let url = self.url.as_deref().unwrap_or_default();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                if !crate::http::is_http_url(url) {
                     return Err(format!(
                         "{at}: url: `{}` is not an http:// or https:// URL",
                         crate::http::shown_url(url)
@@ -212,6 +212,10 @@ pub struct Webhook {
     pub retries: u32,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Flagger's `muteAlert` (its alerts for this hook's failures): read so
+    /// that Flagger's lists parse; Sluice sends no alerts of its own for it.
+    #[serde(default, rename = "muteAlert", skip_serializing)]
+    pub mute_alert: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -230,6 +234,7 @@ impl Webhook {
             metadata: BTreeMap::new(),
             retries: 0,
             headers: BTreeMap::new(),
+            mute_alert: false,
         }
     }
 
@@ -237,11 +242,15 @@ impl Webhook {
     /// names and values.
     pub fn check(&self) -> Result<(), String> {
         let at = if self.name.is_empty() {
-            format!("{} webhook {}", self.kind.as_str(), self.url)
+            format!(
+                "{} webhook {}",
+                self.kind.as_str(),
+                crate::http::shown_url(&self.url)
+            )
         } else {
             format!("webhook `{}`", self.name)
         };
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        if !crate::http::is_http_url(&self.url) {
             return Err(format!(
                 "{at}: url: `{}` is not an http:// or https:// URL",
                 crate::http::shown_url(&self.url)

@@ -47,21 +47,23 @@ impl Provider {
         }
     }
 
-    /// The client its calls (and the custom checks read outside
-    /// Prometheus) use.
-    pub fn http(&self) -> HttpClient {
+    /// The client the custom checks read outside Prometheus use: the one
+    /// [`Provider::set_checks_http`] gave, else the provider's own.
+    pub fn checks_http(&self) -> HttpClient {
         match self {
-            Provider::Proxy(p) => p.client.clone(),
-            Provider::Prometheus(p) => p.client.clone(),
+            Provider::Proxy(p) => p.checks_client.clone().unwrap_or_else(|| p.client.clone()),
+            Provider::Prometheus(p) => p.checks_client.clone().unwrap_or_else(|| p.client.clone()),
             Provider::Scripted(_) | Provider::Windows(_) => HttpClient::default(),
         }
     }
 
-    /// Makes its calls with `http` (an app's own access, on Kubernetes).
-    pub fn set_http(&mut self, http: HttpClient) {
+    /// Reads the web and Datadog checks with `http` (on Kubernetes: the
+    /// app's own access, never the operator's, since an app's annotations
+    /// choose those URLs).
+    pub fn set_checks_http(&mut self, http: HttpClient) {
         match self {
-            Provider::Proxy(p) => p.client = http,
-            Provider::Prometheus(p) => p.client = http,
+            Provider::Proxy(p) => p.checks_client = Some(http),
+            Provider::Prometheus(p) => p.checks_client = Some(http),
             Provider::Scripted(_) | Provider::Windows(_) => {}
         }
     }
@@ -82,7 +84,7 @@ impl Provider {
             Provider::Scripted(next) => return next(),
             Provider::Windows(next) => analyse_window(plan, &next(0)),
         };
-        let http = self.http();
+        let http = self.checks_http();
         crate::external::overlay(plan, &mut analysis, plan.interval, &http).await;
         analysis
     }
@@ -122,7 +124,7 @@ impl Provider {
         let mut analysis =
             judge_sequential(plan, settings, gate, window, weight_bp, baseline, queries);
         if !baseline {
-            let http = self.http();
+            let http = self.checks_http();
             crate::external::overlay(plan, &mut analysis, plan.interval, &http).await;
         }
         analysis
@@ -289,6 +291,8 @@ pub fn all_inconclusive(plan: &Plan, reason: &str) -> Analysis {
 
 pub struct ProxyProvider {
     client: HttpClient,
+    /// For the web and Datadog checks, when not `client`.
+    checks_client: Option<HttpClient>,
     /// One `/metrics` URL per proxy replica; each is diffed on its own.
     metrics_urls: Vec<String>,
     counters: Counters,
@@ -301,6 +305,7 @@ impl ProxyProvider {
     pub fn new(admin: &str, route: &str) -> Self {
         Self {
             client: HttpClient::default(),
+            checks_client: None,
             metrics_urls: vec![format!("{}/metrics", admin.trim_end_matches('/'))],
             counters: Counters::new(route),
             last_read: None,
@@ -415,6 +420,8 @@ fn latency_reading(arm: &Arm, q: f64, max: f64) -> Result<LatencyReading, String
 
 pub struct PrometheusProvider {
     client: HttpClient,
+    /// For the web and Datadog checks, when not `client`.
+    checks_client: Option<HttpClient>,
     base: String,
     route: String,
     /// In Kubernetes, the proxy's namespace: Prometheus attaches it to every
@@ -434,6 +441,7 @@ impl PrometheusProvider {
     pub fn new(base: &str, route: &str) -> Self {
         Self {
             client: HttpClient::default(),
+            checks_client: None,
             base: base.trim_end_matches('/').to_string(),
             route: route.to_string(),
             namespace: None,

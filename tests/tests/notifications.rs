@@ -204,7 +204,11 @@ async fn bad_notify_flags_are_usage_errors() {
     std::fs::write(&not_url, "hooks.slack.com/services/x\n").unwrap();
     for (flag, expected) in [
         ("irc=/dev/null".to_string(), "not a notification service"),
-        ("slack".to_string(), "is not SERVICE=FILE"),
+        ("slack".to_string(), "not SERVICE=FILE"),
+        (
+            "slack=https://hooks.slack.com/services/T0/B0/SECRETX".to_string(),
+            "gives a URL; put it in a file",
+        ),
         (
             format!("slack={}", dir.path.join("missing").display()),
             "cannot read",
@@ -234,6 +238,9 @@ async fn bad_notify_flags_are_usage_errors() {
             stderr.contains("--notify") && stderr.contains(expected),
             "{flag}: {stderr}"
         );
-        assert!(!stderr.contains("hooks.slack.com"), "{stderr}");
+        assert!(
+            !stderr.contains("hooks.slack.com") && !stderr.contains("SECRETX"),
+            "{stderr}"
+        );
     }
 }

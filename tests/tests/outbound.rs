@@ -264,6 +264,8 @@ async fn bad_access_files_are_refused_naming_the_entry_and_field() {
     let secret = dir.path.join("secret");
     std::fs::write(&secret, format!("{TOKEN}\n")).unwrap();
     let missing = dir.path.join("missing");
+    let control = dir.path.join("control");
+    std::fs::write(&control, "tok\x7fen\n").unwrap();
     let cases = [
         (
             "a CA file with no certificate",
@@ -309,6 +311,19 @@ async fn bad_access_files_are_refused_naming_the_entry_and_field() {
                 secret.display()
             ),
             "entry 0: url:",
+        ),
+        (
+            "a password written inline",
+            "- url: https://a.example/\n  basic_auth: \"sluice:hunter2-inline\"\n".to_string(),
+            "not an access list at line 2",
+        ),
+        (
+            "a token holding a control byte",
+            format!(
+                "- url: https://a.example/\n  bearer_token_file: {}\n",
+                control.display()
+            ),
+            "bearer_token_file: holds a byte",
         ),
         (
             "two ways to set Authorization",

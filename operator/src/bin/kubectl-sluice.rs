@@ -242,8 +242,9 @@ async fn run(cli: Cli) -> ExitCode {
             } => {
                 // A watch wakes the redraw; the AGE column is refreshed
                 // every 30 s even when nothing changes.
+                // The watch's initial list redraws too: a change between
+                // the first frame's list and the watch would be missed.
                 let mut changes = Box::pin(p.changes(all_namespaces));
-                let mut first = true;
                 loop {
                     let releases = match &name {
                         Some(n) => vec![p.release(n).await?],
@@ -279,35 +280,26 @@ async fn run(cli: Cli) -> ExitCode {
                         return Ok(ExitCode::SUCCESS);
                     }
                     use futures::StreamExt;
-                    loop {
-                        let next = tokio::time::timeout(Duration::from_secs(30), changes.next());
-                        match next.await {
-                            // Nothing for 30 s: redraw for the ages.
-                            Err(_) => break,
-                            Ok(None) => return Ok(ExitCode::SUCCESS),
-                            // The watch restarts by itself (a fresh list).
-                            Ok(Some(Err(e))) => {
-                                eprintln!("{e}; watching again");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                break;
-                            }
-                            // The initial list ends the first wait only.
-                            Ok(Some(Ok(()))) if first => {
-                                first = false;
-                                continue;
-                            }
-                            Ok(Some(Ok(()))) => {
-                                // A burst of changes (a release step writes
-                                // several objects) draws once.
-                                let quiet = tokio::time::sleep(Duration::from_millis(200));
-                                tokio::pin!(quiet);
-                                loop {
-                                    tokio::select! {
-                                        _ = &mut quiet => break,
-                                        more = changes.next() => if more.is_none() { break },
-                                    }
+                    let next = tokio::time::timeout(Duration::from_secs(30), changes.next());
+                    match next.await {
+                        // Nothing for 30 s: redraw for the ages.
+                        Err(_) => {}
+                        Ok(None) => return Ok(ExitCode::SUCCESS),
+                        // The watch restarts by itself (a fresh list).
+                        Ok(Some(Err(e))) => {
+                            eprintln!("{e}; watching again");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        Ok(Some(Ok(()))) => {
+                            // A burst of changes (a release step writes
+                            // several objects) draws once.
+                            let quiet = tokio::time::sleep(Duration::from_millis(200));
+                            tokio::pin!(quiet);
+                            loop {
+                                tokio::select! {
+                                    _ = &mut quiet => break,
+                                    more = changes.next() => if more.is_none() { break },
                                 }
-                                break;
                             }
                         }
                     }

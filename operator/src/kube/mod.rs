@@ -807,7 +807,7 @@ async fn load_secrets(
                 &data,
                 &format!("annotation {}: Secret {name}", annotations::ACCESS),
             )?;
-            let http = ctx.http.with_access(&access);
+            let http = HttpClient::plain().with_access(&access);
             ctx.app_http
                 .lock()
                 .expect("app_http lock")
@@ -854,6 +854,7 @@ async fn load_secrets(
                     channels,
                     steps,
                     Some(ctx.metrics.notifications_failed.clone()),
+                    HttpClient::plain(),
                 );
                 ctx.app_notifiers
                     .lock()
@@ -1793,14 +1794,17 @@ async fn release_tick(
 ) -> Result<Action, Error> {
     let plan = &settings.plan;
     let key = format!("{ns}/{app}");
-    // The app's own access (`sluice.dev/access`), else the operator's.
+    // The URLs an app's annotations give (webhooks, web and Datadog
+    // checks, chat channels) get the app's own access
+    // (`sluice.dev/access`) and never the operator's: an app team must not
+    // be able to point one at a host the operator holds credentials for.
     let http = ctx
         .app_http
         .lock()
         .expect("app_http lock")
         .get(&key)
         .cloned()
-        .unwrap_or_else(|| ctx.http.clone());
+        .unwrap_or_else(HttpClient::plain);
     let owner = owner_reference(dv);
     let raw_command = take_command(primary);
     let command = match raw_command.as_deref() {
@@ -1891,7 +1895,7 @@ async fn release_tick(
                 .unwrap_or_else(|| (ctx.make_provider)(settings, ns, app)),
         ),
     };
-    borrowed.get().set_http(http.clone());
+    borrowed.get().set_checks_http(http.clone());
     if let Provider::Proxy(p) = borrowed.get()
         && settings.metrics == MetricsSource::Proxy
         && let Ok(targets) = proxy_targets(ctx, ns, app).await
