@@ -43,7 +43,7 @@ pub async fn overlay(plan: &Plan, analysis: &mut Analysis, window: Duration, htt
         return;
     }
     for check in checks {
-        let threshold = crate::provider::query_threshold(check);
+        let threshold = check.threshold();
         let fresh = match evaluate(http, check, window).await {
             Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
             Err(reason) => CheckResult::inconclusive(&check.name, threshold, reason),

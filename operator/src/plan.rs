@@ -81,6 +81,16 @@ pub enum QueryProvider {
 }
 
 impl QueryCheck {
+    /// Its bounds as a check's threshold reads: `1..=2`, `>= 1`, `<= 2`.
+    pub fn threshold(&self) -> String {
+        match (self.min, self.max) {
+            (Some(a), Some(b)) => format!("{a}..={b}"),
+            (Some(a), None) => format!(">= {a}"),
+            (None, Some(b)) => format!("<= {b}"),
+            (None, None) => "any".into(),
+        }
+    }
+
     /// What is missing or wrong for its provider.
     pub fn check(&self) -> Result<(), String> {
         let at = format!("check `{}`", self.name);

@@ -25,7 +25,7 @@ use crate::analysis::{
 use crate::counters::{Arm, Counters, Window};
 use crate::gate::GateState;
 use crate::http::{HttpClient, encode_query_value};
-use crate::plan::{Plan, QueryCheck};
+use crate::plan::Plan;
 use crate::scrape::Scrape;
 
 pub enum Provider {
@@ -202,7 +202,7 @@ pub fn ceiling_checks(
     for (check, value) in plan.queries.iter().zip(queries) {
         checks.push(match value {
             Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
-            Err(reason) => CheckResult::inconclusive(&check.name, query_threshold(check), reason),
+            Err(reason) => CheckResult::inconclusive(&check.name, check.threshold(), reason),
         });
     }
     checks
@@ -247,7 +247,7 @@ pub fn judge(
     for (check, value) in plan.queries.iter().zip(queries) {
         push(match value {
             Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
-            Err(reason) => CheckResult::inconclusive(&check.name, query_threshold(check), reason),
+            Err(reason) => CheckResult::inconclusive(&check.name, check.threshold(), reason),
         });
     }
     Analysis {
@@ -255,15 +255,6 @@ pub fn judge(
         checks,
         ab: None,
         promotable: None,
-    }
-}
-
-pub(crate) fn query_threshold(check: &QueryCheck) -> String {
-    match (check.min, check.max) {
-        (Some(a), Some(b)) => format!("{a}..={b}"),
-        (Some(a), None) => format!(">= {a}"),
-        (None, Some(b)) => format!("<= {b}"),
-        (None, None) => "any".into(),
     }
 }
 
