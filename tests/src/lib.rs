@@ -227,6 +227,96 @@ pub fn output_within(command: &mut Command, limit: Duration) -> std::process::Ou
     }
 }
 
+/// `sluice rollout` with `extra` flags for a route whose proxy is never
+/// reached (its admin address refuses): for flags refused before anything
+/// is dialled. Its exit code and stderr.
+pub fn rollout_refusal(extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin("sluice"))
+        .args([
+            "rollout",
+            "--admin",
+            "http://127.0.0.1:1",
+            "--route",
+            "web",
+            "--canary",
+            "http://127.0.0.1:2",
+        ])
+        .args(extra)
+        .output()
+        .expect("run sluice rollout");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An https endpoint that answers 200 to requests with basic auth
+/// `user:password` and 401 to any other; how many of each it got.
+pub struct BasicAuthEndpoint {
+    pub addr: SocketAddr,
+    allowed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BasicAuthEndpoint {
+    /// Serves on 127.0.0.1 with the certificate `cert_pem`/`key_pem`.
+    pub async fn start(cert_pem: &str, key_pem: &str, user: &str, password: &str) -> Self {
+        use base64::Engine;
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let (allowed, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, r) = (allowed.clone(), refused.clone());
+        let addr = serve_https_on(
+            "127.0.0.1:0".parse().expect("static address"),
+            cert_pem,
+            key_pem,
+            move |req: Request<Incoming>| {
+                let ok = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .is_some_and(|v| v == expected.as_str());
+                if ok { &a } else { &r }.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    Response::builder()
+                        .status(if ok { 200 } else { 401 })
+                        .body(Full::new(Bytes::new()))
+                        .expect("response")
+                }
+            },
+        )
+        .await;
+        Self {
+            addr,
+            allowed,
+            refused,
+        }
+    }
+
+    /// Requests with the right credentials so far.
+    pub fn allowed(&self) -> usize {
+        self.allowed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests without them so far.
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An HTTP/2 connection (prior knowledge) to `addr`, ready for a request.
+pub async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client.ready().await.unwrap()
+}
+
 /// Path of a workspace binary, built by `cargo test --workspace`.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -54,16 +54,6 @@ async fn unreachable_backend() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpS
     (addr, listener, held)
 }
 
-/// An HTTP/2 connection to the proxy (prior knowledge).
-async fn h2_connect(proxy: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client.ready().await.unwrap()
-}
-
 /// A client that leaves while the proxy still dials the backend (nothing
 /// of its request was written) is not a 499 on that backend: neither an
 /// HTTP/1.1 client that closes its connection after a GET nor an HTTP/2

@@ -306,22 +306,8 @@ async fn bad_webhook_lists_are_refused_naming_the_field() {
     ] {
         let file = dir.path.join("webhooks.yaml");
         std::fs::write(&file, yaml).unwrap();
-        let out = Command::new(bin("sluice"))
-            .args([
-                "rollout",
-                "--admin",
-                "http://127.0.0.1:1",
-                "--route",
-                "web",
-                "--canary",
-                "http://127.0.0.1:2",
-                "--webhooks-file",
-                &file.display().to_string(),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{yaml}: {stderr}");
+        let (code, stderr) = rollout_refusal(&["--webhooks-file", &file.display().to_string()]);
+        assert_eq!(code, Some(2), "{yaml}: {stderr}");
         assert!(
             stderr.contains("--webhooks-file") && stderr.contains(expected),
             "{yaml}: {stderr}"

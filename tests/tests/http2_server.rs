@@ -16,13 +16,21 @@ use sluice_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-async fn h2_connect(proxy: SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = TcpStream::connect(proxy).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client.ready().await.unwrap()
+/// Reads from `socket` into `seen` until `done` says so: false when the
+/// peer closed (or failed) first.
+async fn read_until(
+    socket: &mut TcpStream,
+    seen: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) -> bool {
+    let mut buf = [0u8; 4096];
+    while !done(seen) {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
 }
 
 #[tokio::test]
@@ -119,16 +127,13 @@ async fn trailers_lose_the_fields_http2_forbids_and_the_answer_arrives() {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
+                if !read_until(&mut socket, &mut seen, |s| {
+                    s.windows(4).any(|w| w == b"\r\n\r\n")
+                })
+                .await
+                {
+                    return;
                 }
                 let _ = socket
                     .write_all(
@@ -176,30 +181,21 @@ async fn stalling_backend() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
                 let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
+                if !read_until(&mut socket, &mut seen, |s| {
+                    s.windows(4).any(|w| w == b"\r\n\r\n")
+                })
+                .await
+                {
+                    return;
                 }
                 if String::from_utf8_lossy(&seen).contains("/stall") {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     return;
                 }
                 let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                while seen.len() < end + 5 {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
+                if !read_until(&mut socket, &mut seen, |s| s.len() >= end + 5).await {
+                    return;
                 }
                 let _ = socket
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")

@@ -2271,36 +2271,11 @@ async fn bad_strategy_and_traffic_annotations_are_warning_events_and_nothing_is_
 #[tokio::test]
 async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel() {
     use base64::Engine;
-    use std::sync::atomic::AtomicUsize;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     const PASSWORD: &str = "app-hook-pass-5e6f";
     let ca = sluice_tests::TestCa::new("app test CA");
     let (cert, key) = ca.leaf(&["localhost"]);
-    let (allowed, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (a, r) = (allowed.clone(), refused.clone());
-    let hook = sluice_tests::serve_https_on(
-        "127.0.0.1:0".parse().unwrap(),
-        &cert,
-        &key,
-        move |req: http::Request<hyper::body::Incoming>| {
-            let expected = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("sluice:{PASSWORD}"))
-            );
-            let ok = req
-                .headers()
-                .get("authorization")
-                .is_some_and(|v| v == expected.as_str());
-            if ok { &a } else { &r }.fetch_add(1, Ordering::SeqCst);
-            async move {
-                http::Response::builder()
-                    .status(if ok { 200 } else { 401 })
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap()
-            }
-        },
-    )
-    .await;
+    let hook = sluice_tests::BasicAuthEndpoint::start(&cert, &key, "sluice", PASSWORD).await;
     let notes: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
     let log = notes.clone();
     let slack = sluice_tests::serve_http(move |req: http::Request<hyper::body::Incoming>| {
@@ -2321,7 +2296,7 @@ async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel(
     let slack_url = format!("http://{slack}/services/T1/B1/app-slack-s3cr3t");
     let webhooks = format!(
         "- name: smoke\n  url: https://localhost:{}/smoke\n",
-        hook.port()
+        hook.addr.port()
     );
     let w = World::new(json!({
         "sluice.dev/webhooks": webhooks,
@@ -2341,7 +2316,7 @@ async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel(
     assert!(w.fake.get(APPS, "deployments", NS, "app-primary").is_none());
     let access = format!(
         "- url: https://localhost:{}/\n  ca_file: ca.pem\n  basic_auth: {{ username: sluice, password_file: password }}\n",
-        hook.port()
+        hook.addr.port()
     );
     w.fake.put(
         "api/v1",
@@ -2359,10 +2334,10 @@ async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel(
     w.set_image("app:2");
     w.until("Succeeded", 20).await;
     assert!(
-        allowed.load(Ordering::SeqCst) >= 1 && refused.load(Ordering::SeqCst) == 0,
+        hook.allowed() >= 1 && hook.refused() == 0,
         "the rollout webhook did not get the app's credentials: {} allowed, {} refused",
-        allowed.load(Ordering::SeqCst),
-        refused.load(Ordering::SeqCst)
+        hook.allowed(),
+        hook.refused()
     );
     let notes = eventually("the Slack notes", Duration::from_secs(10), || {
         let notes = notes.clone();

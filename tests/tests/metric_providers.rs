@@ -269,22 +269,9 @@ async fn bad_checks_are_refused_naming_the_check_and_field() {
             "unknown field `jsonpath`",
         ),
     ] {
-        let out = Command::new(bin("sluice"))
-            .args([
-                "rollout",
-                "--admin",
-                "http://127.0.0.1:1",
-                "--route",
-                "web",
-                "--canary",
-                "http://127.0.0.1:2",
-                "--checks-file",
-                &write(&dir.path, "checks.yaml", yaml),
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{yaml}: {stderr}");
+        let (code, stderr) =
+            rollout_refusal(&["--checks-file", &write(&dir.path, "checks.yaml", yaml)]);
+        assert_eq!(code, Some(2), "{yaml}: {stderr}");
         assert!(
             stderr.contains("--checks-file") && stderr.contains(expected),
             "{yaml}: {stderr}"

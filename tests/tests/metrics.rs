@@ -370,22 +370,8 @@ async fn bad_grpc_codes_and_off_layout_latency_gates_are_usage_errors_naming_the
         stderr.contains("routes[0].grpc_failure_codes[1]: `TEAPOT` is not a gRPC status code; use one of OK, CANCELLED, UNKNOWN"),
         "{stderr}"
     );
-    let out = std::process::Command::new(bin("sluice"))
-        .args([
-            "rollout",
-            "--admin",
-            "http://127.0.0.1:1",
-            "--route",
-            "web",
-            "--canary",
-            "http://127.0.0.1:2",
-            "--latency",
-            "p99<=270ms",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = rollout_refusal(&["--latency", "p99<=270ms"]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("--latency: `p99<=270ms`: 270ms is not a bound")
             && stderr.contains("250ms or 300ms"),

@@ -218,22 +218,8 @@ async fn bad_notify_flags_are_usage_errors() {
             "does not hold an http:// or https:// URL",
         ),
     ] {
-        let out = Command::new(bin("sluice"))
-            .args([
-                "rollout",
-                "--admin",
-                "http://127.0.0.1:1",
-                "--route",
-                "web",
-                "--canary",
-                "http://127.0.0.1:2",
-                "--notify",
-                &flag,
-            ])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        let (code, stderr) = rollout_refusal(&["--notify", &flag]);
+        assert_eq!(code, Some(2), "{flag}: {stderr}");
         assert!(
             stderr.contains("--notify") && stderr.contains(expected),
             "{flag}: {stderr}"

@@ -9,8 +9,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sluice_tests::*;
@@ -140,34 +138,8 @@ async fn a_release_is_gated_on_prometheus_and_a_webhook_behind_https_with_creden
 
     // The webhook: 200 with basic auth `sluice:PASSWORD`, 401 otherwise.
     let (hook_cert, hook_key) = ca.leaf(&["localhost"]);
-    let (allowed, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (a, r) = (allowed.clone(), refused.clone());
-    let hook = serve_https_on(
-        "127.0.0.1:0".parse().unwrap(),
-        &hook_cert,
-        &hook_key,
-        move |req: http::Request<hyper::body::Incoming>| {
-            use base64::Engine;
-            let expected = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("sluice:{PASSWORD}"))
-            );
-            let ok = req
-                .headers()
-                .get("authorization")
-                .is_some_and(|v| v == expected.as_str());
-            let counter = if ok { a.clone() } else { r.clone() };
-            counter.fetch_add(1, Ordering::SeqCst);
-            async move {
-                http::Response::builder()
-                    .status(if ok { 200 } else { 401 })
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap()
-            }
-        },
-    )
-    .await;
-    let hook_url = format!("https://localhost:{}/confirm", hook.port());
+    let hook = BasicAuthEndpoint::start(&hook_cert, &hook_key, "sluice", PASSWORD).await;
+    let hook_url = format!("https://localhost:{}/confirm", hook.addr.port());
 
     let token_file = dir.path.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -180,7 +152,7 @@ async fn a_release_is_gated_on_prometheus_and_a_webhook_behind_https_with_creden
             "- url: {url}/\n  ca_file: {ca}\n  bearer_token_file: {}\n\
              - url: https://localhost:{}/\n  ca_file: {ca}\n  basic_auth: {{ username: sluice, password_file: {} }}\n",
             token_file.display(),
-            hook.port(),
+            hook.addr.port(),
             password_file.display(),
             ca = ca_file.display(),
         ),
@@ -239,10 +211,10 @@ async fn a_release_is_gated_on_prometheus_and_a_webhook_behind_https_with_creden
     );
     assert_eq!(front.answered("401"), 0, "a call went without the token");
     assert!(
-        allowed.load(Ordering::SeqCst) >= 1 && refused.load(Ordering::SeqCst) == 0,
+        hook.allowed() >= 1 && hook.refused() == 0,
         "the webhook was not called with its basic auth: {} allowed, {} refused",
-        allowed.load(Ordering::SeqCst),
-        refused.load(Ordering::SeqCst)
+        hook.allowed(),
+        hook.refused()
     );
     for secret in [TOKEN, PASSWORD] {
         assert!(
@@ -337,18 +309,8 @@ async fn bad_access_files_are_refused_naming_the_entry_and_field() {
     for (what, yaml, expected) in cases {
         let access = dir.path.join("access.yaml");
         std::fs::write(&access, yaml).unwrap();
-        let out = run_sluice(vec![
-            "--admin".into(),
-            "http://127.0.0.1:1".into(),
-            "--route".into(),
-            "web".into(),
-            "--canary".into(),
-            "http://127.0.0.1:2".into(),
-            "--access-file".into(),
-            access.display().to_string(),
-        ]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        let (code, stderr) = rollout_refusal(&["--access-file", &access.display().to_string()]);
+        assert_eq!(code, Some(2), "{what}: {stderr}");
         assert!(
             stderr.contains("--access-file") && stderr.contains(expected),
             "{what}: {stderr}"
