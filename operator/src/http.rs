@@ -63,10 +63,6 @@ impl Secret {
         Ok(Self(value))
     }
 
-    fn expose(&self) -> &str {
-        &self.0
-    }
-
     /// A value got another way (a Secret's key).
     pub fn from_value(value: &str) -> Self {
         Self(value.to_string())
@@ -129,16 +125,19 @@ impl Credentials {
             }
         };
         if let Some(token) = &self.bearer {
-            set(header::AUTHORIZATION, format!("Bearer {}", token.expose()));
+            set(
+                header::AUTHORIZATION,
+                format!("Bearer {}", token.expose_for_request()),
+            );
         }
         if let Some((user, password)) = &self.basic {
             use base64::Engine;
-            let pair = format!("{user}:{}", password.expose());
+            let pair = format!("{user}:{}", password.expose_for_request());
             let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
             set(header::AUTHORIZATION, format!("Basic {encoded}"));
         }
         for (name, value) in &self.headers {
-            set(name.clone(), value.expose().to_string());
+            set(name.clone(), value.expose_for_request().to_string());
         }
     }
 }
@@ -279,7 +278,7 @@ fn parse_access(
             .map(|p| secret_from(read, &format!("{at}: bearer_token_file"), &name(p)))
             .transpose()?;
         if let Some(token) = &bearer
-            && HeaderValue::from_str(token.expose()).is_err()
+            && HeaderValue::from_str(token.expose_for_request()).is_err()
         {
             return Err(format!(
                 "{at}: bearer_token_file: holds a byte a header value may not"
@@ -297,7 +296,7 @@ fn parse_access(
                     &format!("{at}: basic_auth.password_file"),
                     &name(&b.password_file),
                 )?;
-                if HeaderValue::from_str(password.expose()).is_err()
+                if HeaderValue::from_str(password.expose_for_request()).is_err()
                     || HeaderValue::from_str(&b.username).is_err()
                 {
                     return Err(format!(
@@ -313,7 +312,7 @@ fn parse_access(
             let header = HeaderName::from_bytes(header_name.as_bytes())
                 .map_err(|_| format!("{at}: headers: `{header_name}` is not a header name"))?;
             let value = secret_from(read, &format!("{at}: headers.{header_name}"), &name(file))?;
-            if HeaderValue::from_str(value.expose()).is_err() {
+            if HeaderValue::from_str(value.expose_for_request()).is_err() {
                 return Err(format!(
                     "{at}: headers.{header_name}: {} holds a byte a header value may not",
                     file.display()
