@@ -1,0 +1,162 @@
+//! Cleanup: when the annotation goes (or the Deployment is deleted), the
+//! take-over is undone in order (the user's Deployment back to its
+//! replicas, Service `app` back to its selector and ports once those pods
+//! are ready), then what Sluice made is deleted, only what is provably its
+//! own, and the finalizer is removed.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+
+use super::annotations;
+use super::api::{
+    delete_owned, publish, remove_finalizer, scale, sluice_post, to_value, unmirror_phase,
+};
+use super::objects::*;
+use super::services::{original_service, ready_endpoints};
+use super::{Context, Error, KubeStatus};
+
+/// Whether Sluice has taken `d` on: its finalizer is on `d`, or an
+/// `app-primary` it owns exists. Only then does it clean up.
+pub(super) async fn managed(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    if d.finalizers().iter().any(|f| f == annotations::FINALIZER) {
+        return Ok(true);
+    }
+    let primaries: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let uid = d.uid().unwrap_or_default();
+    Ok(match primaries.get_opt(&primary_name(name)).await? {
+        Some(p) => is_ours(&to_value(&p)?, &uid),
+        None => false,
+    })
+}
+
+/// Undoes the take-over: the user's Deployment back to its replicas, the
+/// Service back to its selector and ports, then what Sluice made for this
+/// Deployment is deleted: only objects that carry its label and an owner
+/// reference to this Deployment ([`is_ours`]); anything else with the same
+/// names (a Flagger primary, a user's `db-primary` Secret) is left alone.
+pub(super) async fn cleanup(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    deleting: bool,
+) -> Result<Action, Error> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let uid = d.uid().unwrap_or_default();
+    let primary = deployments
+        .get_opt(&primary_name(app))
+        .await?
+        .filter(|p| to_value(p).is_ok_and(|v| is_ours(&v, &uid)));
+    let status = primary
+        .as_ref()
+        .and_then(KubeStatus::from_primary)
+        .unwrap_or_default();
+    if !deleting && let Some(p) = &primary {
+        let replicas = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .map(i64::from)
+            .unwrap_or(status.original_replicas)
+            .max(status.original_replicas);
+        let user = to_value(d)?;
+        if user["spec"]["replicas"].as_i64() != Some(replicas) {
+            scale(ctx, ns, app, replicas).await?;
+            return Ok(Action::requeue(ctx.poll));
+        }
+        if status.bootstrapped && !rolled_out(&user) {
+            // Traffic moves back only once the user's pods can take it.
+            return Ok(Action::requeue(ctx.poll));
+        }
+    }
+    if let Some(service) = services.get_opt(app).await? {
+        let s = to_value(&service)?;
+        if s["metadata"]["annotations"][annotations::ORIGINAL_SELECTOR].is_string() {
+            let mut restored = original_service(&s);
+            if let Some(a) = restored["metadata"]["annotations"].as_object_mut() {
+                a.remove(annotations::ORIGINAL_SELECTOR);
+                a.remove(annotations::ORIGINAL_TARGET_PORT);
+                a.remove(annotations::ORIGINAL_PORTS);
+            }
+            services
+                .replace(app, &sluice_post(), &serde_json::from_value(restored)?)
+                .await?;
+            if !deleting {
+                unmirror_phase(ctx, d, ns, app).await?;
+                // The proxy goes only once the Service's own pods are its
+                // ready endpoints.
+                return Ok(Action::requeue(ctx.poll));
+            }
+        }
+    }
+    if !deleting && primary.is_some() && d.spec.as_ref().and_then(|s| s.replicas) != Some(0) {
+        let (ready, proxies) = ready_endpoints(ctx, ns, app, app).await?;
+        if ready <= proxies {
+            return Ok(Action::requeue(ctx.poll));
+        }
+    }
+    let c = &ctx.client;
+    delete_owned::<Deployment>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<Deployment>(c, ns, &primary_name(app), &uid).await?;
+    for svc in [primary_name(app), canary_service_name(app), proxy_name(app)] {
+        delete_owned::<Service>(c, ns, &svc, &uid).await?;
+    }
+    delete_owned::<ConfigMap>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<Secret>(c, ns, &admin_secret_name(app), &uid).await?;
+    let refs = config_refs(&to_value(d)?["spec"]["template"]);
+    for name in &refs.configmaps {
+        delete_owned::<ConfigMap>(c, ns, &config_copy_name(app, name), &uid).await?;
+        // Copies named by Sluice before per-app names.
+        delete_owned::<ConfigMap>(c, ns, &primary_name(name), &uid).await?;
+    }
+    for name in &refs.secrets {
+        delete_owned::<Secret>(c, ns, &config_copy_name(app, name), &uid).await?;
+        delete_owned::<Secret>(c, ns, &primary_name(name), &uid).await?;
+    }
+    delete_owned::<ServiceAccount>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<Role>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<RoleBinding>(c, ns, &proxy_name(app), &uid).await?;
+    delete_owned::<PodDisruptionBudget>(c, ns, &proxy_name(app), &uid).await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), ns);
+    for hpa in hpas
+        .list(&ListParams::default().labels(&format!("sluice.dev/release={app}")))
+        .await?
+        .items
+    {
+        delete_owned::<HorizontalPodAutoscaler>(c, ns, &hpa.name_any(), &uid).await?;
+    }
+    if !deleting && unmirror_phase(ctx, d, ns, app).await? {
+        // The finalizer's patch is tested against the version just replaced.
+        return Ok(Action::requeue(ctx.poll));
+    }
+    remove_finalizer(ctx, d, ns, app).await?;
+    ctx.providers
+        .lock()
+        .expect("providers lock")
+        .remove(&format!("{ns}/{app}"));
+    ctx.metrics.forget(ns, app);
+    if !deleting {
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "Released",
+            format!("Sluice no longer manages {app}; Service {app} selects its original pods"),
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}

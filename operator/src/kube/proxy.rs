@@ -1,0 +1,248 @@
+//! The app's proxy: its Deployment and PodDisruptionBudget, its pods,
+//! the config (weights and route settings) written to its ConfigMap, and
+//! whether every ready replica serves that config yet.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::api::{apply, apply_owned, to_value};
+use super::objects::*;
+use super::{Context, Error, ReplicaConfig};
+use crate::http::HttpClient;
+use crate::plan::Traffic;
+
+/// The default [`DigestProbe`]: each ready proxy pod's admin `/metrics`,
+/// read for `sluice_config_source{sha256}`.
+pub(super) async fn scrape_proxy_digests(
+    client: &kube::Client,
+    http: &HttpClient,
+    ns: &str,
+    app: &str,
+) -> Result<Vec<ReplicaConfig>, Error> {
+    let mut out = Vec::new();
+    for pod in proxy_pods(client, ns, app).await? {
+        if !pod.ready {
+            continue;
+        }
+        let digest = match &pod.admin {
+            Some(admin) => {
+                let url = format!("{admin}/metrics");
+                match http.get(&url, Duration::from_secs(2)).await {
+                    Ok(answer) => served_digest(&answer.text())
+                        .ok_or_else(|| format!("{url} reports no sluice_config_source")),
+                    Err(e) => Err(format!("{url}: {e}")),
+                }
+            }
+            None => Err("no pod IP yet".into()),
+        };
+        out.push(ReplicaConfig {
+            pod: pod.name,
+            digest,
+        });
+    }
+    Ok(out)
+}
+
+/// A proxy pod of an app, as the operator reaches it.
+pub(super) struct ProxyPod {
+    name: String,
+    /// Ready, and not going away.
+    ready: bool,
+    /// `http://IP:PORT` of its admin listener (the container's
+    /// `sluice-admin` port), once it has an IP.
+    admin: Option<String>,
+}
+
+/// The proxy pods of `app`, by their labels.
+pub(super) async fn proxy_pods(
+    client: &kube::Client,
+    ns: &str,
+    app: &str,
+) -> Result<Vec<ProxyPod>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = proxy_pod_labels(app)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .into_iter()
+        .map(|pod| {
+            let ready = pod.metadata.deletion_timestamp.is_none()
+                && pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let port = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.ports.as_ref())
+                .and_then(|p| p.iter().find(|p| p.name.as_deref() == Some("sluice-admin")))
+                .map_or(PROXY_ADMIN_PORT, |p| p.container_port);
+            let admin = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .map(|ip| format!("http://{ip}:{port}"));
+            ProxyPod {
+                name: pod.metadata.name.unwrap_or_default(),
+                ready,
+                admin,
+            }
+        })
+        .collect())
+}
+
+/// The digest in a proxy's metrics text, if it reports one.
+pub fn served_digest(metrics: &str) -> Option<String> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix("sluice_config_source{sha256=\"")?;
+        let (digest, value) = rest.split_once("\"}")?;
+        (value.trim() == "1").then(|| digest.to_string())
+    })
+}
+
+/// Whether every ready proxy replica serves the config now in the proxy's
+/// ConfigMap (at least one replica, all agreeing): the data plane has
+/// what the operator wrote, and nothing is scaled down before. `Ok(None)`
+/// when they do; otherwise what is still missing, naming the replica.
+/// A replica that cannot be asked counts as not there yet: the operator
+/// never guesses (`--proxy-config-check off` trusts readiness instead).
+pub(super) async fn proxies_lag(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+) -> Result<Option<String>, Error> {
+    let Some(probe) = &ctx.proxy_digests else {
+        return Ok(None);
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(text) = cms
+        .get_opt(&proxy_name(app))
+        .await?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(sluice_proxy::kube_source::CONFIG_KEY).cloned())
+    else {
+        return Ok(Some(format!(
+            "ConfigMap {} has no {}",
+            proxy_name(app),
+            sluice_proxy::kube_source::CONFIG_KEY
+        )));
+    };
+    let want = sluice_proxy::kube_source::digest(&text);
+    let replicas = probe(ns.to_string(), app.to_string()).await?;
+    Ok(config_lag(&want, &replicas))
+}
+
+/// What keeps the replicas from all serving config `want`, if anything.
+pub fn config_lag(want: &str, replicas: &[ReplicaConfig]) -> Option<String> {
+    if replicas.is_empty() {
+        return Some("no ready proxy replica".into());
+    }
+    replicas.iter().find_map(|r| match &r.digest {
+        Ok(d) if d == want => None,
+        Ok(d) => Some(format!("proxy {} serves config {d}, not {want} yet", r.pod)),
+        Err(e) => Some(format!(
+            "cannot ask proxy {} which config it serves: {e}",
+            r.pod
+        )),
+    })
+}
+
+/// Creates or updates the proxy's Deployment and PodDisruptionBudget when
+/// what they should be differs from what runs: the ports (the Service's
+/// changed), the labels (its selector changed), or the operator itself
+/// (an upgraded operator brings its proxy image and settings). The
+/// recorded spec hash keeps this to one read per reconcile.
+pub(super) async fn ensure_proxy(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    ports: &[ProxiedPort],
+    service_labels: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let owner = owner_reference(dv);
+    let uid = owner["uid"].as_str().unwrap_or_default().to_string();
+    let mut desired = proxy_deployment(app, ns, &ctx.proxy_image, &owner, ports, service_labels);
+    let hash = {
+        let digest = sha2::Sha256::digest(canonical_json(&desired).as_bytes());
+        digest
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    desired["metadata"]["annotations"] = json!({SPEC_HASH: hash});
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    match deployments.get_opt(&proxy_name(app)).await? {
+        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => {}
+        Some(current) if !is_ours(&to_value(&current)?, &uid) => {
+            return Err(Error::Foreign(format!(
+                "Deployment {ns}/{} exists and is not Sluice's; Sluice does not overwrite or delete it: rename or remove it",
+                proxy_name(app)
+            )));
+        }
+        _ => {
+            apply::<Deployment>(&ctx.client, ns, &desired).await?;
+            apply_owned::<PodDisruptionBudget>(&ctx.client, ns, &proxy_pdb(app, &owner), &uid)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Annotation on the proxy Deployment: the hash of the spec Sluice applied.
+pub(super) const SPEC_HASH: &str = "sluice.dev/spec-hash";
+
+pub(super) async fn set_weight(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    ports: &[ProxiedPort],
+    bp: u32,
+    owner: &Value,
+    traffic: &Traffic,
+) -> Result<(), Error> {
+    apply::<ConfigMap>(
+        &ctx.client,
+        ns,
+        &proxy_configmap_with(app, ns, ports, bp, owner, traffic),
+    )
+    .await
+}
+
+/// A release's route settings between releases: affinity stays (it does
+/// nothing at weight 0), mirroring ends with the release.
+pub(super) fn at_rest(traffic: &Traffic) -> Traffic {
+    Traffic {
+        affinity: traffic.affinity.clone(),
+        mirror: None,
+    }
+}
+
+/// Proxy replica admin URLs, for the proxy provider.
+pub(super) async fn proxy_targets(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(proxy_pods(&ctx.client, ns, app)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.admin)
+        .collect())
+}

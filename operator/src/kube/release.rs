@@ -1,0 +1,531 @@
+//! Release: one tick of the state machine per reconcile. It reads the
+//! command, measures (through the app's metric provider), runs the gates,
+//! steps the machine, saves the decision, and carries out its routing
+//! actions (weights in the proxy's ConfigMap, the canary's scale, the
+//! primary's template on promotion).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use serde_json::Value;
+
+use super::annotations::{MetricsSource, Settings};
+use super::api::{publish, rfc3339, save_status, scale, sluice_post, to_value};
+use super::commands::{clear_command, read_command};
+use super::drift::settle_idle_canary;
+use super::inputs::{config_data, copy_configs};
+use super::objects::*;
+use super::proxy::{at_rest, proxies_lag, proxy_targets, set_weight};
+use super::services::{point_canary, proxy_serves};
+use super::{Context, Error, KubeStatus};
+use crate::http::HttpClient;
+use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
+use crate::plan::Traffic;
+use crate::provider::Provider;
+use crate::runner::collect_gates;
+use crate::webhook::{WebhookPayload, run_gate};
+
+/// Puts a release's metric provider back into the context when dropped, so
+/// an early return (an API error) never loses its baseline.
+pub(super) struct Borrowed<'a> {
+    ctx: &'a Context,
+    key: String,
+    provider: Option<Provider>,
+}
+
+impl Borrowed<'_> {
+    fn get(&mut self) -> &mut Provider {
+        self.provider.as_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            self.ctx
+                .providers
+                .lock()
+                .expect("providers lock")
+                .insert(self.key.clone(), p);
+        }
+    }
+}
+
+/// Carries out one routing action of the machine on the cluster.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn apply_routing(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    primary: &Deployment,
+    ports: &[ProxiedPort],
+    owner: &Value,
+    status: &KubeStatus,
+    action: &MachineAction,
+    traffic: &Traffic,
+) -> Result<(), Error> {
+    match action {
+        MachineAction::Initialize => {
+            let replicas = primary
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1)
+                .max(1);
+            scale(ctx, ns, app, i64::from(replicas)).await?;
+            if traffic.mirror.is_some() {
+                // Copies go to the canary from the start (blue/green).
+                point_canary(ctx, ns, app, dv, owner).await?;
+            }
+            set_weight(ctx, ns, app, ports, 0, owner, traffic).await
+        }
+        MachineAction::SetWeight(bp) => {
+            if *bp > 0 {
+                point_canary(ctx, ns, app, dv, owner).await?;
+            }
+            set_weight(ctx, ns, app, ports, *bp, owner, traffic).await
+        }
+        MachineAction::Promote => {
+            // The template recorded when promotion was decided: a revision
+            // arriving meanwhile is queued, never promoted in its place.
+            let source = status
+                .promoting_template
+                .clone()
+                .unwrap_or_else(|| dv["spec"]["template"].clone());
+            copy_configs(ctx, ns, app, &source, owner).await?;
+            let (cm_data, secret_data) = config_data(ctx, ns, &source).await?;
+            let template = primary_template(
+                &source,
+                &selector_of(dv),
+                app,
+                &config_hash(&cm_data, &secret_data),
+            );
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let mut p = to_value(&deployments.get(&primary_name(app)).await?)?;
+            if canonical_json(&p["spec"]["template"]) != canonical_json(&template) {
+                p["spec"]["template"] = template;
+                deployments
+                    .replace(
+                        &primary_name(app),
+                        &sluice_post(),
+                        &serde_json::from_value(p)?,
+                    )
+                    .await?;
+            }
+            Ok(())
+        }
+        MachineAction::Finalise | MachineAction::Rollback => {
+            set_weight(ctx, ns, app, ports, 0, owner, &at_rest(traffic)).await?;
+            // Never scale the user's Deployment to 0 while its Service
+            // might route to it directly (drift not yet restored).
+            if !proxy_serves(ctx, ns, app).await? {
+                return Err(Error::Other(format!(
+                    "Service {app} has no ready proxy endpoint yet; {app} is scaled down once it has"
+                )));
+            }
+            // The canary's pods go only once every proxy replica has the
+            // config that sends them nothing.
+            if let Some(lag) = proxies_lag(ctx, ns, app).await? {
+                return Err(Error::Other(format!(
+                    "{lag}; {app} is scaled down once every proxy replica serves the new config"
+                )));
+            }
+            scale(ctx, ns, app, 0).await
+        }
+        MachineAction::Notify(_) | MachineAction::Event(..) => Ok(()),
+    }
+}
+
+/// One step of a release (or nothing, when there is nothing to release).
+///
+/// Order, so that no decision is lost: read the command annotation, step
+/// the machine, save the status (the decision, with its routing action
+/// marked unconfirmed), only then clear the command annotation, then carry
+/// out the actions and save again once the routing action is confirmed. A
+/// failed API call leaves the decision in the status; the next reconcile
+/// re-issues it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn release_tick(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    primary: &Deployment,
+    ports: &[ProxiedPort],
+    revision: &str,
+    settings: &Settings,
+    status: &mut KubeStatus,
+) -> Result<Action, Error> {
+    let plan = &settings.plan;
+    let key = format!("{ns}/{app}");
+    // The URLs an app's annotations give (webhooks, web and Datadog
+    // checks, chat channels) get the app's own access
+    // (`sluice.dev/access`) and never the operator's: an app team must not
+    // be able to point one at a host the operator holds credentials for.
+    let http = ctx
+        .app_http
+        .lock()
+        .expect("app_http lock")
+        .get(&key)
+        .cloned()
+        .unwrap_or_else(HttpClient::plain);
+    let owner = owner_reference(dv);
+    let (raw_command, command) = read_command(ctx, d, primary, status).await;
+    let pending = status
+        .machine
+        .as_ref()
+        .is_some_and(|m| m.unconfirmed.is_some());
+    let active = pending
+        || status
+            .machine
+            .as_ref()
+            .is_some_and(|m| !m.phase.is_terminal());
+    let retrying = command == Some(Command::Retry);
+    if !active && !retrying {
+        if raw_command.is_some() {
+            clear_command(ctx, ns, app).await?;
+        }
+        let idle = revision == status.primary_revision
+            || status.failed_revision.as_deref() == Some(revision);
+        if idle {
+            settle_idle_canary(ctx, d, ns, app).await?;
+            // A new generation with nothing to release (replicas, a
+            // revert): the status says it has been seen.
+            let saved = KubeStatus::from_primary(primary).map_or(0, |s| s.observed_generation);
+            if saved != status.observed_generation {
+                save_status(ctx, ns, app, status).await?;
+            }
+        }
+        if revision == status.primary_revision {
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        if status.failed_revision.as_deref() == Some(revision) {
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    }
+    let now = (ctx.now)();
+    let phase = status.machine.as_ref().filter(|_| active).map(|m| m.phase);
+    let previous = status
+        .machine
+        .clone()
+        .filter(|m| !m.phase.is_terminal() || m.unconfirmed.is_some() || m.revision == revision);
+    // The first tick of this process for a running release: the time no
+    // operator ran it is not held against it, and the provider takes a
+    // fresh baseline instead of judging a window it did not see.
+    let resumed = active
+        && ctx
+            .resumed
+            .lock()
+            .expect("resumed lock")
+            .insert(key.clone());
+    let paused_for = if resumed && status.last_tick_at > 0.0 {
+        (now - status.last_tick_at - plan.tick_interval().as_secs_f64() - ctx.poll.as_secs_f64())
+            .max(0.0)
+    } else {
+        0.0
+    };
+    let mut borrowed = Borrowed {
+        ctx,
+        key: key.clone(),
+        provider: Some(
+            ctx.providers
+                .lock()
+                .expect("providers lock")
+                .remove(&key)
+                .unwrap_or_else(|| (ctx.make_provider)(settings, ns, app)),
+        ),
+    };
+    borrowed.get().set_checks_http(http.clone());
+    if let Provider::Proxy(p) = borrowed.get()
+        && settings.metrics == MetricsSource::Proxy
+        && let Ok(targets) = proxy_targets(ctx, ns, app).await
+        && !targets.is_empty()
+    {
+        p.set_targets(&targets);
+    }
+    if resumed && phase.is_some_and(Phase::measures) {
+        borrowed.get().reset().await;
+        status.last_analysis_at = now;
+    }
+    let measuring = phase.is_some_and(Phase::measures)
+        && !pending
+        && now - status.last_analysis_at >= plan.tick_interval().as_secs_f64();
+    let analysing = measuring && phase.is_some_and(Phase::analyses);
+    let mut gate = previous.as_ref().and_then(|m| m.gate.clone());
+    let analysis = if measuring {
+        status.last_analysis_at = now;
+        let weight = previous.as_ref().map(|m| m.canary_weight_bp).unwrap_or(0);
+        let baseline = phase == Some(Phase::Initializing);
+        let a = borrowed.get().tick(plan, &mut gate, weight, baseline).await;
+        analysing.then_some(a)
+    } else {
+        None
+    };
+    let payload = WebhookPayload {
+        name: app.to_string(),
+        namespace: Some(ns.to_string()),
+        kind: "",
+        phase: phase.map(Phase::as_str).unwrap_or("Initializing"),
+        canary_weight: status.canary_weight,
+        revision: revision.to_string(),
+    };
+    let at_last_step = previous
+        .as_ref()
+        .is_some_and(|m| m.step + 1 == plan.steps_bp.len());
+    let gates = collect_gates(
+        &http,
+        plan,
+        phase,
+        analysis.as_ref(),
+        at_last_step,
+        &payload,
+    )
+    .await;
+    let target_ready = match phase {
+        Some(Phase::Initializing) => {
+            let user = to_value(d)?;
+            user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1 && rolled_out(&user)
+        }
+        Some(Phase::Promoting) => {
+            let source = status
+                .promoting_template
+                .clone()
+                .unwrap_or_else(|| dv["spec"]["template"].clone());
+            let expected = primary_template(&source, &selector_of(dv), app, "");
+            let pv = to_value(primary)?;
+            canonical_json(&without_config_hash(&pv["spec"]["template"]))
+                == canonical_json(&without_config_hash(&expected))
+                && rolled_out(&pv)
+        }
+        _ => true,
+    };
+    let obs = Observation {
+        now,
+        revision: revision.to_string(),
+        target_ready,
+        analysis: analysis.clone(),
+        gates,
+        command,
+        paused_for,
+    };
+    let mut t = machine::step(plan, previous.as_ref(), &obs);
+    if !t.actions.contains(&MachineAction::Initialize) {
+        t.status.gate = gate;
+    }
+    ctx.notifier
+        .observe(app, Some(ns), previous.as_ref(), &t.status);
+    if let Some((_, own)) = ctx
+        .app_notifiers
+        .lock()
+        .expect("app_notifiers lock")
+        .get(&key)
+    {
+        own.observe(app, Some(ns), previous.as_ref(), &t.status);
+    }
+    let m = &t.status;
+    let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
+    if t.actions.contains(&MachineAction::Initialize) && !pending {
+        status.release_started_at = now;
+    }
+    if t.actions.contains(&MachineAction::Promote) && status.promoting_template.is_none() {
+        status.promoting_template = Some(dv["spec"]["template"].clone());
+    }
+    if newly(Phase::Failed) {
+        status.failed_revision = Some(m.revision.clone());
+        ctx.metrics
+            .release_ended(ns, app, "failed", now - status.release_started_at);
+    }
+    if newly(Phase::Succeeded) {
+        status.primary_revision = m.revision.clone();
+        status.promoting_template = None;
+        ctx.metrics
+            .release_ended(ns, app, "succeeded", now - status.release_started_at);
+    }
+    if newly(Phase::Concluded) {
+        ctx.metrics
+            .release_ended(ns, app, "concluded", now - status.release_started_at);
+    }
+    let report = crate::runner::experiment_report(plan, phase, m);
+    if report.is_some() {
+        status.report = report.clone();
+    } else if t.actions.contains(&MachineAction::Initialize) {
+        status.report = None;
+    }
+    if previous.as_ref().is_none_or(|old| old.phase != m.phase) {
+        status.last_transition = rfc3339(now);
+    }
+    status.last_tick_at = now;
+    if let Some(a) = &analysis {
+        status.last_checks = a.checks.clone();
+        status.last_ab = a.ab.clone();
+    }
+    record_machine(status, &t.status, plan);
+    // 1. The decision is saved before anything is carried out.
+    save_status(ctx, ns, app, status).await?;
+    // 2. The command is consumed only once its effect is on record.
+    if raw_command.is_some() {
+        clear_command(ctx, ns, app).await?;
+    }
+    // 3. Carry it out.
+    let mut failed = None;
+    for action in &t.actions {
+        if action.is_routing() {
+            let applied = apply_routing(
+                ctx,
+                ns,
+                app,
+                dv,
+                primary,
+                ports,
+                &owner,
+                status,
+                action,
+                &plan.traffic,
+            )
+            .await;
+            match applied {
+                Ok(()) => {
+                    if matches!(
+                        action,
+                        MachineAction::Initialize | MachineAction::SetWeight(_)
+                    ) {
+                        borrowed.get().reset().await;
+                    }
+                }
+                Err(e) => {
+                    failed = Some((action.clone(), e));
+                    break;
+                }
+            }
+            continue;
+        }
+        match action {
+            MachineAction::Notify(kind) => {
+                let after = WebhookPayload {
+                    phase: t.status.phase.as_str(),
+                    canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
+                    ..payload.clone()
+                };
+                let _ = run_gate(&http, plan, *kind, &after).await;
+            }
+            MachineAction::Event(level, text) => {
+                let (ty, reason) = match level {
+                    // The forecast from the baseline: what the release can decide.
+                    Level::Normal if text.starts_with("baseline:") => (EventType::Normal, "Plan"),
+                    Level::Normal => (EventType::Normal, "Progress"),
+                    Level::Warning if t.status.phase == Phase::Failed => {
+                        (EventType::Warning, "RolledBack")
+                    }
+                    Level::Warning if text.starts_with("undecided after") => {
+                        (EventType::Warning, "Undecided")
+                    }
+                    Level::Warning => (EventType::Warning, "Override"),
+                };
+                publish(ctx, d, ty, reason, text.clone()).await;
+                let after = WebhookPayload {
+                    phase: t.status.phase.as_str(),
+                    canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
+                    ..payload.clone()
+                };
+                crate::webhook::send_event(&http, plan, &after, *level == Level::Warning, text)
+                    .await;
+            }
+            _ => {}
+        }
+    }
+    if let Some((action, e)) = failed {
+        tracing::warn!(deployment = %key, ?action, error = %e, "could not apply; the decision is kept and retried");
+        status.message = format!(
+            "could not apply {action:?}: {e}; retrying (the decision stands: {})",
+            t.status.message
+        );
+        let _ = save_status(ctx, ns, app, status).await;
+        return Ok(Action::requeue(ctx.poll));
+    }
+    // 4. Confirmed.
+    if t.status.unconfirmed.is_some() {
+        machine::confirm(&mut t.status);
+        record_machine(status, &t.status, plan);
+        save_status(ctx, ns, app, status).await?;
+    }
+    if newly_phase(&previous, &t.status, Phase::Succeeded) {
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "Promoted",
+            t.status.message.clone(),
+        )
+        .await;
+    }
+    if let Some(r) = report {
+        publish(ctx, d, EventType::Normal, "ExperimentReport", r.to_string()).await;
+    }
+    Ok(Action::requeue(match t.next {
+        NextTick::Now => Duration::from_millis(50),
+        NextTick::Soon => ctx.poll,
+        NextTick::Interval => {
+            let tick = plan.tick_interval().as_secs_f64();
+            let due = status.last_analysis_at + tick - now;
+            Duration::from_secs_f64(due.clamp(0.05, tick))
+        }
+        NextTick::Idle => Duration::from_secs(60),
+    }))
+}
+
+/// A pod template without [`CONFIG_HASH`] (config can change while a
+/// promotion rolls out; the template is what tells it is done).
+pub(super) fn without_config_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(CONFIG_HASH);
+        }
+        if meta
+            .get("annotations")
+            .is_some_and(|a| a.as_object().is_none_or(|a| a.is_empty()))
+        {
+            meta.remove("annotations");
+        }
+    }
+    t
+}
+
+pub(super) fn newly_phase(
+    previous: &Option<machine::Status>,
+    now: &machine::Status,
+    p: Phase,
+) -> bool {
+    now.phase == p && previous.as_ref().is_none_or(|old| old.phase != p)
+}
+
+/// Copies the machine's status into the operator's.
+pub(super) fn record_machine(
+    status: &mut KubeStatus,
+    m: &machine::Status,
+    plan: &crate::plan::Plan,
+) {
+    status.strategy = plan.strategy.name().to_string();
+    status.traffic = crate::runner::traffic_text(plan);
+    status.phase = m.phase.as_str().to_string();
+    status.canary_weight = f64::from(m.canary_weight_bp) / 100.0;
+    status.failed_checks = m.failed_checks;
+    status.revision = m.revision.clone();
+    status.message = m.message.clone();
+    status.steps = plan
+        .steps_bp
+        .iter()
+        .map(|b| f64::from(*b) / 100.0)
+        .collect();
+    status.step = if matches!(m.phase, Phase::Initializing | Phase::Initialized) {
+        0
+    } else {
+        m.step + 1
+    };
+    status.machine = Some(m.clone());
+}
