@@ -1,6 +1,13 @@
 //! Operator metrics: `sluice_canary_weight`, `sluice_canary_phase`,
 //! `sluice_canary_releases_total{result}`, `sluice_canary_duration_seconds`,
 //! each labelled with the Deployment's `namespace` and `name`.
+//!
+//! `sluice_canary_phase` is [`Phase::code`]: every phase of the state
+//! machine has its own non-negative number, stable across releases (alert
+//! rules and dashboards compare against them; a new phase takes the next
+//! free number). The list of phases is read from the enum itself
+//! ([`every_phase`]), so the gauge and its HELP text cannot miss one. `-1`
+//! is left only for a status whose phase text names no phase at all.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -44,21 +51,77 @@ pub struct OperatorMetrics {
     pub notifications_failed: Family<Vec<(String, String)>, Counter>,
 }
 
+/// Every phase of [`Phase`], in declaration order.
+///
+/// Read from the enum's own serde derive (the variant list it hands a
+/// deserializer), not written out here, so a phase added to the machine is
+/// covered without an edit to this file.
+pub fn every_phase() -> Vec<Phase> {
+    use serde::Deserialize;
+    use serde::de::IntoDeserializer;
+    let mut names: &'static [&'static str] = &[];
+    let _ = Phase::deserialize(VariantNames(&mut names));
+    names
+        .iter()
+        .map(|name| {
+            Phase::deserialize(
+                IntoDeserializer::<serde::de::value::Error>::into_deserializer(*name),
+            )
+            .expect("a unit variant deserializes from its own name")
+        })
+        .collect()
+}
+
+/// The gauge's value for a status's phase text; `-1` for text that names
+/// no phase.
 pub fn phase_code(phase: &str) -> i64 {
-    [
-        Phase::Initializing,
-        Phase::Initialized,
-        Phase::Progressing,
-        Phase::WaitingPromotion,
-        Phase::Promoting,
-        Phase::Finalising,
-        Phase::Succeeded,
-        Phase::Failed,
-    ]
-    .into_iter()
-    .find(|p| p.as_str() == phase)
-    .map(Phase::code)
-    .unwrap_or(-1)
+    every_phase()
+        .into_iter()
+        .find(|p| p.as_str() == phase)
+        .map(Phase::code)
+        .unwrap_or(-1)
+}
+
+/// The HELP text of `sluice_canary_phase`: every code with its phase.
+pub fn phase_help() -> String {
+    let codes: Vec<String> = every_phase()
+        .into_iter()
+        .map(|p| format!("{} {}", p.code(), p.as_str()))
+        .collect();
+    format!(
+        "Release phase: {} (-1: a phase this operator does not know)",
+        codes.join(", ")
+    )
+}
+
+/// A deserializer that only records the variant names an enum's derive
+/// passes to `deserialize_enum`, then stops.
+struct VariantNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for VariantNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom(
+            "only an enum's variant names are read",
+        ))
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = variants;
+        Err(serde::de::Error::custom("variant names read"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct identifier ignored_any
+    }
 }
 
 impl OperatorMetrics {
@@ -67,11 +130,7 @@ impl OperatorMetrics {
         let weight = Family::<ReleaseLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("canary_weight", "Canary weight in percent", weight.clone());
         let phase = Family::<ReleaseLabels, Gauge>::default();
-        registry.register(
-            "canary_phase",
-            "Release phase: 0 Initializing, 1 Initialized, 2 Progressing, 3 WaitingPromotion, 4 Promoting, 5 Finalising, 6 Succeeded, 7 Failed",
-            phase.clone(),
-        );
+        registry.register("canary_phase", phase_help(), phase.clone());
         let releases = Family::<ResultLabels, Counter>::default();
         registry.register(
             "canary_releases",
@@ -186,5 +245,72 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<OperatorMetri
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn every_phase_of_the_machine_has_its_own_non_negative_code() {
+        let phases = every_phase();
+        assert!(
+            phases.contains(&Phase::Concluded) && phases.contains(&Phase::Initializing),
+            "the phase list is read from the enum: {phases:?}"
+        );
+        let mut seen: BTreeMap<i64, Phase> = BTreeMap::new();
+        for phase in phases {
+            let code = phase_code(phase.as_str());
+            assert!(code >= 0, "phase {phase:?} exports {code}");
+            assert_eq!(code, phase.code(), "phase {phase:?}");
+            if let Some(other) = seen.insert(code, phase) {
+                panic!("phases {other:?} and {phase:?} share the code {code}");
+            }
+            assert!(
+                phase_help().contains(&format!("{code} {}", phase.as_str())),
+                "the HELP text misses {phase:?}: {}",
+                phase_help()
+            );
+        }
+    }
+
+    #[test]
+    fn phase_codes_dashboards_and_alerts_use_stay_the_same() {
+        // deploy/prometheus/rules.yaml's SluiceCanaryStuck reads 2 and 3.
+        let fixed = [
+            ("Initializing", 0),
+            ("Initialized", 1),
+            ("Progressing", 2),
+            ("WaitingPromotion", 3),
+            ("Promoting", 4),
+            ("Finalising", 5),
+            ("Succeeded", 6),
+            ("Failed", 7),
+            ("Concluded", 8),
+        ];
+        for (name, code) in fixed {
+            assert_eq!(phase_code(name), code, "{name}");
+        }
+        assert_eq!(phase_code("NoSuchPhase"), -1);
+        assert_eq!(phase_code(""), -1);
+    }
+
+    #[test]
+    fn a_concluded_experiment_exports_its_phase() {
+        let metrics = OperatorMetrics::new();
+        let status = KubeStatus {
+            phase: Phase::Concluded.as_str().to_string(),
+            ..KubeStatus::default()
+        };
+        metrics.observe("lab", "exp", &status);
+        let text = metrics.encode();
+        assert!(
+            text.contains("sluice_canary_phase{namespace=\"lab\",name=\"exp\"} 8"),
+            "{text}"
+        );
+        assert!(text.contains("8 Concluded"), "{text}");
     }
 }
