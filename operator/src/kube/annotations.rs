@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use super::knobs::{self, CanaryScale, ProxySettings, RouteSettings};
 use crate::plan::{self, Approval, Plan};
 
 pub const PREFIX: &str = "sluice.dev/";
@@ -54,9 +55,21 @@ pub const ACCESS: &str = "sluice.dev/access";
 /// A Secret in the app's namespace whose keys `slack`, `teams`, `discord`,
 /// `webhook` hold chat incoming-webhook URLs for this app's releases.
 pub const NOTIFY: &str = "sluice.dev/notify";
+/// Per-app knobs ([`super::knobs`]).
+pub const MATCH: &str = "sluice.dev/match";
+pub const REQUEST_TIMEOUT: &str = "sluice.dev/request-timeout";
+pub const CONNECT_TIMEOUT: &str = "sluice.dev/connect-timeout";
+pub const IDLE_TIMEOUT: &str = "sluice.dev/idle-timeout";
+pub const UPSTREAM_IDLE_TIMEOUT: &str = "sluice.dev/upstream-idle-timeout";
+pub const PROXY_REPLICAS: &str = "sluice.dev/proxy-replicas";
+pub const PROXY_RESOURCES: &str = "sluice.dev/proxy-resources";
+pub const PROXY_AUTOSCALE: &str = "sluice.dev/proxy-autoscale";
+pub const CANARY_SCALE: &str = "sluice.dev/canary-scale";
+pub const ROLLBACK_WINDOW: &str = "sluice.dev/rollback-window";
+pub const ABORT_SCALE_DOWN_DELAY: &str = "sluice.dev/abort-scale-down-delay";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
-pub const KNOWN: [&str; 39] = [
+pub const KNOWN: &[&str] = &[
     ACCESS,
     NOTIFY,
     CANARY,
@@ -96,6 +109,17 @@ pub const KNOWN: [&str; 39] = [
     WARMUP,
     LATENCY_TOLERANCE,
     BASELINE,
+    MATCH,
+    REQUEST_TIMEOUT,
+    CONNECT_TIMEOUT,
+    IDLE_TIMEOUT,
+    UPSTREAM_IDLE_TIMEOUT,
+    PROXY_REPLICAS,
+    PROXY_RESOURCES,
+    PROXY_AUTOSCALE,
+    CANARY_SCALE,
+    ROLLBACK_WINDOW,
+    ABORT_SCALE_DOWN_DELAY,
 ];
 
 /// How often the operator reads the proxies under the sequential gate,
@@ -159,6 +183,15 @@ pub struct Settings {
     pub access_secret: Option<String>,
     /// `sluice.dev/notify`: the Secret with this app's chat channels.
     pub notify_secret: Option<String>,
+    /// A/B rules and timeouts of the app's routes.
+    pub route: RouteSettings,
+    /// The app's proxy Deployment (replicas, resources, HPA).
+    pub proxy: ProxySettings,
+    pub canary_scale: CanaryScale,
+    /// How many earlier promoted revisions a revert may return to at once.
+    pub rollback_window: usize,
+    /// How long a rolled-back canary stays up, out of the traffic.
+    pub abort_scale_down_delay: Duration,
 }
 
 /// Whether the Deployment opted in.
@@ -527,7 +560,172 @@ pub fn parse(
         webhooks_configmap,
         access_secret: secret_of(ACCESS)?,
         notify_secret: secret_of(NOTIFY)?,
+        route: route_settings(annotations)?,
+        proxy: proxy_settings(annotations)?,
+        canary_scale: match get(CANARY_SCALE) {
+            None | Some("full") => CanaryScale::Full,
+            Some("proportional") => CanaryScale::Proportional,
+            Some(v) => {
+                return Err(err(
+                    CANARY_SCALE,
+                    v,
+                    "unknown scaling".into(),
+                    "full, proportional",
+                ));
+            }
+        },
+        rollback_window: match get(ROLLBACK_WINDOW) {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= 20)
+                .ok_or_else(|| {
+                    err(
+                        ROLLBACK_WINDOW,
+                        v,
+                        "not a whole number in 0..=20".into(),
+                        "0 (off), 1, 2, ... 20",
+                    )
+                })?,
+        },
+        abort_scale_down_delay: match get(ABORT_SCALE_DOWN_DELAY) {
+            None => Duration::ZERO,
+            Some(v) => {
+                let allowed = "a duration up to 24h, e.g. 10m (0s: off)";
+                let d = sluice_proxy::config::parse_duration(v)
+                    .map_err(|e| err(ABORT_SCALE_DOWN_DELAY, v, e, allowed))?;
+                if d > Duration::from_secs(24 * 3600) {
+                    return Err(err(
+                        ABORT_SCALE_DOWN_DELAY,
+                        v,
+                        "longer than 24h".into(),
+                        allowed,
+                    ));
+                }
+                d
+            }
+        },
     })
+}
+
+fn annotation_error(
+    annotation: &str,
+    value: &str,
+    problem: String,
+    allowed: &str,
+) -> AnnotationError {
+    AnnotationError {
+        annotation: annotation.to_string(),
+        value: value.to_string(),
+        problem,
+        allowed: allowed.to_string(),
+    }
+}
+
+/// `sluice.dev/match` and the route timeouts, checked as the proxy checks
+/// its config.
+fn route_settings(
+    annotations: &BTreeMap<String, String>,
+) -> Result<RouteSettings, AnnotationError> {
+    const RULES: &str = "a YAML list of {header: NAME, value: V} or {cookie: NAME, value: V}, e.g. [{header: x-canary, value: \"1\"}]";
+    const DURATION: &str = "a duration above 0, e.g. 500ms, 10s, 2m";
+    let mut route = RouteSettings::default();
+    if let Some(v) = annotations.get(MATCH) {
+        route.canary_match =
+            knobs::parse_match(v).map_err(|e| annotation_error(MATCH, v, e, RULES))?;
+        knobs::validate_route(&route).map_err(|e| annotation_error(MATCH, v, e, RULES))?;
+    }
+    for (annotation, field) in [
+        (REQUEST_TIMEOUT, &mut route.timeouts.request),
+        (CONNECT_TIMEOUT, &mut route.timeouts.connect),
+        (IDLE_TIMEOUT, &mut route.timeouts.idle),
+        (UPSTREAM_IDLE_TIMEOUT, &mut route.timeouts.upstream_idle),
+    ] {
+        if let Some(v) = annotations.get(annotation) {
+            *field = v.trim().to_string();
+        }
+    }
+    // The proxy's validator names the timeout (`timeouts.request: ...`).
+    if let Err(e) = knobs::validate_route(&RouteSettings {
+        canary_match: Vec::new(),
+        timeouts: route.timeouts.clone(),
+    }) {
+        let annotation = [
+            ("timeouts.request", REQUEST_TIMEOUT),
+            ("timeouts.connect", CONNECT_TIMEOUT),
+            ("timeouts.idle", IDLE_TIMEOUT),
+            ("timeouts.upstream_idle", UPSTREAM_IDLE_TIMEOUT),
+        ]
+        .into_iter()
+        .find(|(field, _)| e.starts_with(&format!("{field}:")))
+        .map_or(REQUEST_TIMEOUT, |(_, a)| a);
+        let problem = e
+            .split_once(": ")
+            .map_or(e.as_str(), |(_, p)| p)
+            .to_string();
+        let value = annotations.get(annotation).cloned().unwrap_or_default();
+        return Err(annotation_error(annotation, &value, problem, DURATION));
+    }
+    Ok(route)
+}
+
+/// The proxy Deployment's replicas, resources and HPA.
+fn proxy_settings(
+    annotations: &BTreeMap<String, String>,
+) -> Result<ProxySettings, AnnotationError> {
+    let mut proxy = ProxySettings::default();
+    if let Some(v) = annotations.get(PROXY_REPLICAS) {
+        proxy.replicas = v
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                annotation_error(
+                    PROXY_REPLICAS,
+                    v,
+                    "not a whole number in 1..=100".into(),
+                    "1, 2, 3, ... 100 (default 2)",
+                )
+            })?;
+    }
+    if let Some(v) = annotations.get(PROXY_RESOURCES) {
+        proxy.resources = knobs::parse_resources(v).map_err(|e| {
+            annotation_error(
+                PROXY_RESOURCES,
+                v,
+                e,
+                "YAML like {requests: {cpu: 200m, memory: 64Mi}, limits: {memory: 512Mi}}",
+            )
+        })?;
+    }
+    if let Some(v) = annotations.get(PROXY_AUTOSCALE) {
+        const ALLOWED: &str = "min=N,max=M,cpu=PERCENT, e.g. min=2,max=10,cpu=70";
+        let autoscale = knobs::parse_autoscale(v)
+            .map_err(|e| annotation_error(PROXY_AUTOSCALE, v, e, ALLOWED))?;
+        if annotations.contains_key(PROXY_REPLICAS) {
+            return Err(annotation_error(
+                PROXY_AUTOSCALE,
+                v,
+                format!("{PROXY_REPLICAS} is set too; the HPA owns the proxy's replicas"),
+                "one of proxy-autoscale or proxy-replicas",
+            ));
+        }
+        if !knobs::has_cpu_request(&proxy.resources) {
+            return Err(annotation_error(
+                PROXY_AUTOSCALE,
+                v,
+                format!(
+                    "the proxy has no CPU request ({PROXY_RESOURCES}), and CPU utilisation is a percent of it"
+                ),
+                ALLOWED,
+            ));
+        }
+        proxy.autoscale = Some(autoscale);
+    }
+    Ok(proxy)
 }
 
 fn is_dns_label(v: &str) -> bool {
@@ -713,6 +911,68 @@ mod tests {
                 "webhook `x`: url:",
             ),
             (WEBHOOKS, "Hooks", "not a ConfigMap name"),
+            (MATCH, "x-canary=1", "not a list of rules"),
+            (
+                MATCH,
+                "[{header: x-canary}]",
+                "rule 1: missing field `value`",
+            ),
+            (
+                MATCH,
+                "[{heder: x-canary, value: \"1\"}]",
+                "rule 1: unknown key `heder`",
+            ),
+            (
+                MATCH,
+                "- {header: x-a, value: \"1\"}\n- {header: \"bad header\", value: x}\n",
+                "rule 2.header: `bad header` is not a header name",
+            ),
+            (MATCH, "[{header: a, cookie: b, value: x}]", "not both"),
+            (MATCH, "[]", "an empty list"),
+            (REQUEST_TIMEOUT, "0s", "must be greater than 0"),
+            (REQUEST_TIMEOUT, "soon", "not a duration"),
+            (CONNECT_TIMEOUT, "0ms", "must be greater than 0"),
+            (IDLE_TIMEOUT, "1x", "unknown unit `x`"),
+            (UPSTREAM_IDLE_TIMEOUT, "", "empty duration"),
+            (PROXY_REPLICAS, "0", "1..=100"),
+            (PROXY_REPLICAS, "two", "1..=100"),
+            (
+                PROXY_RESOURCES,
+                "{requests: {cpu: 1x}}",
+                "not a Kubernetes quantity",
+            ),
+            (PROXY_RESOURCES, "{requests: {gpu: 1}}", "unknown resource"),
+            (
+                PROXY_RESOURCES,
+                "{reqests: {cpu: 1}}",
+                "unknown key `reqests`",
+            ),
+            (
+                PROXY_RESOURCES,
+                "{requests: {memory: 1Gi}, limits: {memory: 512Mi}}",
+                "requests.memory must be less than or equal to limits.memory",
+            ),
+            (PROXY_RESOURCES, "{limits: {cpu: 0}}", "must be above 0"),
+            (
+                PROXY_AUTOSCALE,
+                "min=3,max=2,cpu=70",
+                "max 2 is not in min..=100",
+            ),
+            (
+                PROXY_AUTOSCALE,
+                "min=1,max=5",
+                "min, max and cpu are all needed",
+            ),
+            (
+                PROXY_AUTOSCALE,
+                "min=1,max=5,cpu=70,mem=3",
+                "unknown key `mem`",
+            ),
+            (CANARY_SCALE, "half", "full, proportional"),
+            (ROLLBACK_WINDOW, "21", "0..=20"),
+            (ROLLBACK_WINDOW, "-1", "0..=20"),
+            (ABORT_SCALE_DOWN_DELAY, "48h", "longer than 24h"),
+            (ABORT_SCALE_DOWN_DELAY, "later", "a duration"),
         ] {
             let e = parse(&ann(&[(CANARY, "enabled"), (key, value)]), false).unwrap_err();
             let text = e.to_string();
@@ -745,5 +1005,87 @@ mod tests {
         let s = parse(&ann(&[(CANARY, "enabled"), (WEBHOOKS, "my-hooks")]), false).unwrap();
         assert_eq!(s.webhooks_configmap.as_deref(), Some("my-hooks"));
         assert!(s.plan.webhooks.is_empty());
+    }
+
+    #[test]
+    fn the_knobs_are_read_with_todays_behaviour_as_default() {
+        let d = parse(&ann(&[(CANARY, "enabled")]), false).unwrap();
+        assert!(d.route.canary_match.is_empty());
+        assert_eq!(d.route.timeouts.request, "30s");
+        assert_eq!(d.proxy, knobs::ProxySettings::default());
+        assert_eq!(d.proxy.replicas, 2);
+        assert_eq!(d.canary_scale, CanaryScale::Full);
+        assert_eq!(d.rollback_window, 0);
+        assert_eq!(d.abort_scale_down_delay, Duration::ZERO);
+        let s = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (
+                    MATCH,
+                    "- header: x-canary\n  value: \"1\"\n- cookie: beta\n  value: yes\n",
+                ),
+                (REQUEST_TIMEOUT, "2s"),
+                (CONNECT_TIMEOUT, "300ms"),
+                (
+                    PROXY_RESOURCES,
+                    "{requests: {cpu: 250m, memory: 64Mi}, limits: {cpu: 1, memory: 512Mi}}",
+                ),
+                (PROXY_AUTOSCALE, "min=2,max=8,cpu=75%"),
+                (CANARY_SCALE, "proportional"),
+                (ROLLBACK_WINDOW, "3"),
+                (ABORT_SCALE_DOWN_DELAY, "10m"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.route.canary_match.len(), 2);
+        assert_eq!(s.route.canary_match[0].header.as_deref(), Some("x-canary"));
+        assert_eq!(s.route.canary_match[0].value, "1");
+        assert_eq!(s.route.canary_match[1].cookie.as_deref(), Some("beta"));
+        assert_eq!(s.route.timeouts.request, "2s");
+        assert_eq!(s.route.timeouts.connect, "300ms");
+        assert_eq!(s.route.timeouts.idle, "60s");
+        assert_eq!(s.proxy.resources["limits"]["cpu"], "1");
+        assert_eq!(
+            s.proxy.autoscale,
+            Some(knobs::Autoscale {
+                min: 2,
+                max: 8,
+                cpu_percent: 75
+            })
+        );
+        assert_eq!(s.canary_scale, CanaryScale::Proportional);
+        assert_eq!(s.rollback_window, 3);
+        assert_eq!(s.abort_scale_down_delay, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn the_proxy_has_one_owner_of_its_replica_count_and_an_hpa_needs_a_cpu_request() {
+        let e = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (PROXY_REPLICAS, "3"),
+                (PROXY_AUTOSCALE, "min=2,max=8,cpu=75"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.annotation, PROXY_AUTOSCALE);
+        assert!(
+            e.to_string()
+                .contains("sluice.dev/proxy-replicas is set too"),
+            "{e}"
+        );
+        let e = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (PROXY_RESOURCES, "{limits: {memory: 1Gi}}"),
+                (PROXY_AUTOSCALE, "min=2,max=8,cpu=75"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.annotation, PROXY_AUTOSCALE);
+        assert!(e.to_string().contains("no CPU request"), "{e}");
     }
 }

@@ -36,6 +36,7 @@
 //! manifests (pure), [`annotations`] parses the settings (pure).
 
 pub mod annotations;
+pub mod knobs;
 pub mod leader;
 pub mod metrics;
 pub mod objects;
