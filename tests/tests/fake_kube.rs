@@ -275,10 +275,7 @@ spec:
         - containerPort: 80
 ",
     );
-    assert!(
-        api.ok(&["apply", "--validate=false", "-f", &first])
-            .contains("created")
-    );
+    assert!(api.ok(&["apply", "-f", &first]).contains("created"));
     let live = api.json(&["deployment", "nginx-deployment"]);
     let last = live["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
         .as_str()
@@ -301,10 +298,7 @@ spec:
             .replace("  minReadySeconds: 5\n", "")
             .replace("nginx:1.14.2", "nginx:1.16.1"),
     );
-    assert!(
-        api.ok(&["apply", "--validate=false", "-f", &second])
-            .contains("configured")
-    );
+    assert!(api.ok(&["apply", "-f", &second]).contains("configured"));
     let live = api.json(&["deployment", "nginx-deployment"]);
     assert_eq!(live["spec"]["replicas"], 2, "kept: set by kubectl scale");
     assert!(
@@ -357,7 +351,6 @@ fn kubectl_server_side_apply_owns_fields_conflicts_and_removes() {
         let mut args = vec![
             "apply",
             "--server-side",
-            "--validate=false",
             "--field-manager",
             manager,
             "-f",
@@ -424,7 +417,6 @@ fn kubectl_server_side_apply_owns_fields_conflicts_and_removes() {
         let mut args = vec![
             "apply",
             "--server-side",
-            "--validate=false",
             "--field-manager",
             manager,
             "-f",
@@ -477,7 +469,7 @@ spec:
         value: test-team
 ",
     );
-    api.ok(&["apply", "--validate=false", "-f", &file]);
+    api.ok(&["apply", "-f", &file]);
     let containers = |api: &ApiServer| -> Vec<String> {
         api.json(&["deployment", "patch-demo"])["spec"]["template"]["spec"]["containers"]
             .as_array()
@@ -562,7 +554,7 @@ fn kubectl_get_watch_streams_every_change_in_order() {
             &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{value}'\n"),
         )
     };
-    api.ok(&["create", "--validate=false", "-f", &cm("before", "0")]);
+    api.ok(&["create", "-f", &cm("before", "0")]);
     let mut watch = api
         .command(&[
             "get",
@@ -603,7 +595,7 @@ fn kubectl_get_watch_streams_every_change_in_order() {
         ),
         (Some("ADDED"), Some("before"))
     );
-    api.ok(&["create", "--validate=false", "-f", &cm("during", "1")]);
+    api.ok(&["create", "-f", &cm("during", "1")]);
     api.ok(&[
         "patch",
         "configmap",
@@ -665,7 +657,7 @@ fn kubectl_delete_cascades_orphans_and_foreground() {
         }
     };
     for name in ["background", "orphan", "foreground"] {
-        api.ok(&["apply", "--validate=false", "-f", &deployment(name)]);
+        api.ok(&["apply", "-f", &deployment(name)]);
         wait("two pods", &|| pods(name).len() == 2);
     }
     api.ok(&["delete", "deployment", "background"]);
@@ -695,6 +687,89 @@ fn kubectl_delete_cascades_orphans_and_foreground() {
     );
     let (ok, _, err) = api.kubectl(&["get", "deployment", "foreground"]);
     assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+/// kubectl's default validation against the fake as against a real server:
+/// it reads `/openapi/v3`, finds that PATCH takes `fieldValidation`, and
+/// leaves the check to the server (`fieldValidation=Strict`), whose strict
+/// decoding refuses an unknown field with the real wording, on create and
+/// on a patch of an existing object. `--validate=warn` applies and kubectl
+/// prints the server's warning; `--validate=false` drops the field silently.
+#[test]
+fn kubectl_default_validation_is_the_servers_strict_decoding() {
+    let api = ApiServer::start("50ms");
+    let manifest = |name: &str, extra: &str| {
+        api.file(
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n{extra}  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - {{name: c, image: 'nginx:1'}}\n"
+            ),
+        )
+    };
+    let bad = manifest("strict", "  foo: bar\n");
+    for verb in ["apply", "create"] {
+        let (ok, _, err) = api.kubectl(&[verb, "-f", &bad]);
+        assert!(!ok, "kubectl {verb} took an unknown field");
+        assert!(
+            err.contains(&format!(
+                "Error from server (BadRequest): error when creating \"{bad}\": Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.foo\""
+            )),
+            "kubectl {verb}: {err}"
+        );
+    }
+    let (ok, _, err) = api.kubectl(&["get", "deployment", "strict"]);
+    assert!(
+        !ok && err.contains("NotFound"),
+        "nothing was created: {err}"
+    );
+
+    // A valid file applies with default validation; the same file with an
+    // unknown field is refused as a patch too, and nothing changes.
+    let good = manifest("strict", "");
+    assert!(api.ok(&["apply", "-f", &good]).contains("created"));
+    let bad2 = manifest("strict", "  foo: bar\n  minReadySeconds: 3\n");
+    let (ok, _, err) = api.kubectl(&["apply", "-f", &bad2]);
+    assert!(
+        !ok && err.contains("Error from server (BadRequest)")
+            && err.contains("strict decoding error: unknown field \"spec.foo\""),
+        "{err}"
+    );
+    assert!(
+        api.json(&["deployment", "strict"])["spec"]
+            .get("minReadySeconds")
+            .is_none()
+    );
+
+    // Warn: applied without the field, and kubectl prints the warning.
+    let (ok, _, err) = api.kubectl(&["apply", "--validate=warn", "-f", &bad]);
+    assert!(ok, "{err}");
+    assert!(err.contains("Warning: unknown field \"spec.foo\""), "{err}");
+    let warned = manifest("warned", "  foo: bar\n");
+    let (ok, _, err) = api.kubectl(&["create", "--validate=warn", "-f", &warned]);
+    assert!(
+        ok && err.contains("Warning: unknown field \"spec.foo\""),
+        "{err}"
+    );
+    assert!(
+        api.json(&["deployment", "warned"])["spec"]
+            .get("foo")
+            .is_none()
+    );
+
+    // false: Ignore, no warning.
+    let ignored = manifest("ignored", "  foo: bar\n");
+    let (ok, _, err) = api.kubectl(&["apply", "--validate=false", "-f", &ignored]);
+    assert!(ok && !err.contains("Warning"), "{err}");
+
+    // kubectl explain reads the same documents.
+    let explained = api.ok(&["explain", "deployment.spec"]);
+    assert!(
+        explained.contains("KIND:")
+            && explained.contains("Deployment")
+            && explained.contains("replicas\t<integer>")
+            && explained.contains("template\t<PodTemplateSpec> -required-"),
+        "{explained}"
+    );
 }
 
 /// `kubectl auth can-i --as` answers from the shipped RBAC (the operator's
@@ -788,7 +863,7 @@ subjects:
 - {kind: ServiceAccount, name: web-sluice, namespace: shop}
 ",
     );
-    api.ok(&["apply", "--validate=false", "-f", &rbac]);
+    api.ok(&["apply", "-f", &rbac]);
     let proxy = "system:serviceaccount:shop:web-sluice";
     assert_eq!(
         can(proxy, &["get", "configmaps/web-sluice", "-n", "shop"]),

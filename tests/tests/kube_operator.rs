@@ -1566,7 +1566,7 @@ async fn gitops_re_applies_never_leave_the_service_without_endpoints() {
     let kubectl = |args: &[&str]| {
         let out = std::process::Command::new(sluice_tests::kubectl())
             .env("KUBECONFIG", &kubeconfig)
-            .args(["-n", NS, "--validate=false"])
+            .args(["-n", NS])
             .args(args)
             .output()
             .unwrap();

@@ -36,6 +36,7 @@
 pub mod apply;
 pub mod controllers;
 pub mod merge;
+pub mod openapi;
 mod protobuf;
 pub mod rbac;
 pub mod schema;
@@ -273,6 +274,7 @@ fn reason_of(code: StatusCode) -> &'static str {
         403 => "Forbidden",
         404 => "NotFound",
         405 => "MethodNotAllowed",
+        406 => "NotAcceptable",
         409 => "Conflict",
         410 => "Expired",
         415 => "UnsupportedMediaType",
@@ -1326,6 +1328,15 @@ fn parse_path(path: &str, addr: SocketAddr) -> Option<Route> {
     }))
 }
 
+/// The resources with a `status` subresource.
+pub(crate) const STATUS_SUBRESOURCES: &[&str] = &[
+    "deployments",
+    "horizontalpodautoscalers",
+    "services",
+    "pods",
+    "poddisruptionbudgets",
+];
+
 fn group_list() -> Value {
     let mut groups: Vec<(&str, &str)> = KINDS
         .iter()
@@ -1374,15 +1385,7 @@ fn resource_list(group: &str, version: &str) -> Value {
             "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
             "kind": k.kind, "verbs": verbs, "shortNames": k.short,
         }));
-        if [
-            "deployments",
-            "horizontalpodautoscalers",
-            "services",
-            "pods",
-            "poddisruptionbudgets",
-        ]
-        .contains(&k.plural)
-        {
+        if STATUS_SUBRESOURCES.contains(&k.plural) {
             resources.push(json!({
                 "name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced,
                 "kind": k.kind, "verbs": ["get", "patch", "update"],
@@ -1548,14 +1551,21 @@ impl FakeKube {
                 Err(resp) => return resp,
             }
         };
+        if method == Method::GET
+            && let Some(resp) = openapi::serve(&path, &q, &headers)
+        {
+            return resp;
+        }
         let target = match parse_path(&path, self.addr) {
             Some(Route::Resource(t)) => t,
             Some(Route::Discovery(body)) => return respond(StatusCode::OK, &body),
             Some(Route::UnknownResource(_)) | None if path.starts_with("/openapi") => {
+                // Only OpenAPI v3 is published (v2 is what kubectl falls
+                // back to when v3 fails).
                 return status_error(
                     StatusCode::NOT_FOUND,
                     "NotFound",
-                    "the fake API server publishes no OpenAPI document".into(),
+                    "the server could not find the requested resource".into(),
                 );
             }
             Some(Route::UnknownResource(what)) => {
@@ -2187,8 +2197,13 @@ impl FakeKube {
             if let Some(resp) = decode_failure(info, &problems, strict) {
                 return resp;
             }
+            // Warn (the default) names each dropped field; Ignore drops
+            // them silently.
+            let ignore = q.get("fieldValidation").map(String::as_str) == Some("Ignore");
             for p in problems {
-                if let validate::DecodeProblem::UnknownField(f) = p {
+                if let validate::DecodeProblem::UnknownField(f) = p
+                    && !ignore
+                {
                     warnings.push(format!("unknown field \"{f}\""));
                 }
             }

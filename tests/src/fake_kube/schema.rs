@@ -122,6 +122,22 @@ impl Schema {
         })
     }
 
+    /// Every definition, by its full name (`io.k8s.api.apps.v1.Deployment`).
+    pub fn definitions(&self) -> &BTreeMap<String, Value> {
+        &self.defs
+    }
+
+    /// The definition name of a kind (`apiVersion` like `apps/v1` or `v1`).
+    pub fn definition_name(&self, api_version: &str, kind: &str) -> Option<&str> {
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        self.by_gvk
+            .get(&(group.to_string(), version.to_string(), kind.to_string()))
+            .map(String::as_str)
+    }
+
     fn resolve<'a>(&'a self, mut value: &'a Value) -> &'a Value {
         for _ in 0..8 {
             match value.get("$ref").and_then(Value::as_str) {
