@@ -67,6 +67,8 @@ pub const PROXY_AUTOSCALE: &str = "sluice.dev/proxy-autoscale";
 pub const CANARY_SCALE: &str = "sluice.dev/canary-scale";
 pub const ROLLBACK_WINDOW: &str = "sluice.dev/rollback-window";
 pub const ABORT_SCALE_DOWN_DELAY: &str = "sluice.dev/abort-scale-down-delay";
+/// Which Service ports are HTTP (see [`super::ports`]).
+pub const HTTP_PORTS: &str = "sluice.dev/http-ports";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
 pub const KNOWN: &[&str] = &[
@@ -120,6 +122,7 @@ pub const KNOWN: &[&str] = &[
     CANARY_SCALE,
     ROLLBACK_WINDOW,
     ABORT_SCALE_DOWN_DELAY,
+    HTTP_PORTS,
 ];
 
 /// How often the operator reads the proxies under the sequential gate,
@@ -192,6 +195,9 @@ pub struct Settings {
     pub rollback_window: usize,
     /// How long a rolled-back canary stays up, out of the traffic.
     pub abort_scale_down_delay: Duration,
+    /// `sluice.dev/http-ports`: exactly these Service ports are HTTP
+    /// (None: guessed, see [`super::ports`]).
+    pub http_ports: Option<Vec<PortRef>>,
 }
 
 /// Whether the Deployment opted in.
@@ -558,6 +564,18 @@ pub fn parse(
         metrics,
         checks_configmap,
         webhooks_configmap,
+        http_ports: get(HTTP_PORTS)
+            .map(|v| {
+                super::ports::parse_http_ports(v).map_err(|e| {
+                    err(
+                        HTTP_PORTS,
+                        v,
+                        e,
+                        "Service port names or numbers, comma separated, e.g. http,8080",
+                    )
+                })
+            })
+            .transpose()?,
         access_secret: secret_of(ACCESS)?,
         notify_secret: secret_of(NOTIFY)?,
         route: route_settings(annotations)?,

@@ -139,10 +139,18 @@ pub(super) async fn bootstrap(
     apply::<ConfigMap>(
         c,
         ns,
-        &proxy_configmap_with(app, ns, ports, 0, &owner, &at_rest(&settings.plan.traffic)),
+        &proxy_configmap_for(
+            app,
+            ns,
+            ports,
+            0,
+            &owner,
+            &at_rest(&settings.plan.traffic),
+            &settings.route.at_rest(),
+        ),
     )
     .await?;
-    ensure_proxy(ctx, ns, app, d, ports, &selector).await?;
+    ensure_proxy(ctx, ns, app, d, ports, &selector, &settings.proxy).await?;
     apply::<Service>(c, ns, &proxy_admin_service(app, &owner)).await?;
     let (cm_data, secret_data) = config_data(ctx, ns, &d["spec"]["template"]).await?;
     let mut primary = primary_deployment(d, replicas, &owner, &config_hash(&cm_data, &secret_data));
@@ -165,6 +173,10 @@ pub(super) async fn bootstrap(
         observed_generation: d["metadata"]["generation"].as_i64().unwrap_or(0),
         ..KubeStatus::default()
     };
+    // The first primary is a promoted revision too: a revert to it later
+    // is inside the rollback window.
+    let mut status = status;
+    status.remember_promoted(revision, &d["spec"]["template"], settings.rollback_window);
     primary["metadata"]["annotations"] =
         json!({annotations::STATUS: serde_json::to_string(&status)?});
     apply::<Deployment>(c, ns, &primary).await?;

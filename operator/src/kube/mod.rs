@@ -48,6 +48,7 @@ mod cleanup;
 mod commands;
 mod drift;
 mod inputs;
+pub mod ports;
 mod proxy;
 mod release;
 mod services;
@@ -154,6 +155,25 @@ pub struct KubeStatus {
     /// The report of the last experiment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<crate::report::ExperimentReport>,
+    /// The last promoted revisions, newest first (the primary's own
+    /// included), kept while `sluice.dev/rollback-window` is set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub promoted: Vec<PromotedRevision>,
+    /// When a rolled-back canary, kept up by
+    /// `sluice.dev/abort-scale-down-delay`, is scaled to 0 (wall clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_at: Option<f64>,
+}
+
+/// A promoted revision, remembered for `sluice.dev/rollback-window`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotedRevision {
+    /// The revision hash (pod template and the config it references).
+    pub revision: String,
+    /// The user's pod template, defaults stripped, without Sluice's config
+    /// hash.
+    pub template: Value,
 }
 
 impl KubeStatus {
@@ -163,6 +183,43 @@ impl KubeStatus {
             .get(annotations::STATUS)
             .and_then(|s| serde_json::from_str(s).ok())
     }
+
+    /// Records a promoted revision (newest first), keeping the primary's
+    /// and `window` before it (`sluice.dev/rollback-window`); nothing when
+    /// the window is off.
+    pub fn remember_promoted(&mut self, revision: &str, template: &Value, window: usize) {
+        if window == 0 {
+            self.promoted.clear();
+            return;
+        }
+        self.promoted.retain(|p| p.revision != revision);
+        self.promoted.insert(
+            0,
+            PromotedRevision {
+                revision: revision.to_string(),
+                template: without_config_hash(&strip_defaults(template)),
+            },
+        );
+        self.promoted.truncate(window + 1);
+    }
+}
+
+/// A pod template without [`CONFIG_HASH`] (config can change while a
+/// promotion rolls out; the template is what tells it is done).
+pub(crate) fn without_config_hash(template: &Value) -> Value {
+    let mut t = template.clone();
+    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            a.remove(CONFIG_HASH);
+        }
+        if meta
+            .get("annotations")
+            .is_some_and(|a| a.as_object().is_none_or(|a| a.is_empty()))
+        {
+            meta.remove("annotations");
+        }
+    }
+    t
 }
 
 /// Makes the metric provider of a release.
@@ -487,6 +544,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         &dv,
         &ports,
         &original_selector(&service_value),
+        &settings.proxy,
     )
     .await?;
     sync_hpas(&ctx, &ns, &name, &dv).await?;

@@ -15,6 +15,7 @@
 //!   admin Service `app-sluice`, its ServiceAccount/Role/RoleBinding (read
 //!   that one ConfigMap), and Secret `app-sluice-admin` (admin token).
 
+use super::knobs::{Autoscale, ProxySettings, RouteSettings};
 use crate::plan::Traffic;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -718,6 +719,26 @@ pub fn proxy_config_with(
     canary_weight_bp: u32,
     traffic: &Traffic,
 ) -> sluice_proxy::Config {
+    proxy_config_for(
+        app,
+        namespace,
+        ports,
+        canary_weight_bp,
+        traffic,
+        &RouteSettings::default(),
+    )
+}
+
+/// [`proxy_config_with`] with the app's own route settings (A/B rules,
+/// timeouts: `sluice.dev/match`, `sluice.dev/request-timeout`, ...).
+pub fn proxy_config_for(
+    app: &str,
+    namespace: &str,
+    ports: &[ProxiedPort],
+    canary_weight_bp: u32,
+    traffic: &Traffic,
+    app_route: &RouteSettings,
+) -> sluice_proxy::Config {
     let route = |p: &ProxiedPort, name: String, listener: Option<String>| {
         sluice_proxy::config::RouteConfig {
             name,
@@ -739,10 +760,10 @@ pub fn proxy_config_with(
                 p.service_port
             )),
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
-            canary_match: Vec::new(),
+            canary_match: app_route.canary_match.clone(),
             affinity: traffic.affinity.clone(),
             mirror: traffic.mirror.clone(),
-            timeouts: Default::default(),
+            timeouts: app_route.timeouts.clone(),
             upstream_tls: None,
             grpc_failure_codes: None,
             listener,
@@ -807,11 +828,33 @@ pub fn proxy_configmap_with(
     owner: &Value,
     traffic: &Traffic,
 ) -> Value {
+    proxy_configmap_for(
+        app,
+        namespace,
+        ports,
+        canary_weight_bp,
+        owner,
+        traffic,
+        &RouteSettings::default(),
+    )
+}
+
+/// [`proxy_configmap_with`] with the app's own route settings.
+pub fn proxy_configmap_for(
+    app: &str,
+    namespace: &str,
+    ports: &[ProxiedPort],
+    canary_weight_bp: u32,
+    owner: &Value,
+    traffic: &Traffic,
+    app_route: &RouteSettings,
+) -> Value {
+    let config = proxy_config_for(app, namespace, ports, canary_weight_bp, traffic, app_route);
     json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": proxy_name(app), "labels": managed_labels(app), "ownerReferences": [owner]},
-        "data": {sluice_proxy::kube_source::CONFIG_KEY: proxy_config_with(app, namespace, ports, canary_weight_bp, traffic).to_yaml()},
+        "data": {sluice_proxy::kube_source::CONFIG_KEY: config.to_yaml()},
     })
 }
 
@@ -875,6 +918,30 @@ pub fn proxy_deployment(
     ports: &[ProxiedPort],
     service_labels: &BTreeMap<String, String>,
 ) -> Value {
+    proxy_deployment_for(
+        app,
+        namespace,
+        image,
+        owner,
+        ports,
+        service_labels,
+        &ProxySettings::default(),
+    )
+}
+
+/// [`proxy_deployment`] with the app's replicas and resources
+/// (`sluice.dev/proxy-replicas`, `sluice.dev/proxy-resources`). With
+/// `sluice.dev/proxy-autoscale` the replicas written here are only the
+/// start: [`proxy_hpa`] owns them (see `ensure_proxy`).
+pub fn proxy_deployment_for(
+    app: &str,
+    namespace: &str,
+    image: &str,
+    owner: &Value,
+    ports: &[ProxiedPort],
+    service_labels: &BTreeMap<String, String>,
+    settings: &ProxySettings,
+) -> Value {
     let selector = proxy_pod_labels(app);
     let mut pod_labels: BTreeMap<String, String> = service_labels.clone();
     pod_labels.extend(selector.clone());
@@ -902,7 +969,7 @@ pub fn proxy_deployment(
         "kind": "Deployment",
         "metadata": {"name": proxy_name(app), "labels": meta_labels, "ownerReferences": [owner]},
         "spec": {
-            "replicas": 2,
+            "replicas": settings.autoscale.map_or(settings.replicas, |a| a.min),
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
@@ -928,7 +995,7 @@ pub fn proxy_deployment(
                         "ports": container_ports,
                         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "sluice-admin"}, "periodSeconds": 2, "failureThreshold": 1},
                         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "sluice-admin"}, "periodSeconds": 10},
-                        "resources": {"requests": {"cpu": "100m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+                        "resources": settings.resources,
                         "securityContext": {
                             "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                             "capabilities": {"drop": ["ALL"]},
@@ -962,6 +1029,25 @@ pub fn proxy_admin_service(app: &str, owner: &Value) -> Value {
             "type": "ClusterIP",
             "selector": proxy_pod_labels(app),
             "ports": [{"name": "admin", "port": PROXY_ADMIN_PORT, "targetPort": "sluice-admin", "protocol": "TCP"}],
+        },
+    })
+}
+
+/// The proxy's HorizontalPodAutoscaler (`sluice.dev/proxy-autoscale`),
+/// named like the proxy Deployment it scales, on CPU utilisation.
+pub fn proxy_hpa(app: &str, owner: &Value, autoscale: &Autoscale) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": proxy_name(app), "labels": managed_labels(app), "ownerReferences": [owner]},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": proxy_name(app)},
+            "minReplicas": autoscale.min,
+            "maxReplicas": autoscale.max,
+            "metrics": [{
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": autoscale.cpu_percent}},
+            }],
         },
     })
 }

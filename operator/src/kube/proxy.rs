@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
@@ -13,7 +14,8 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use super::api::{apply, apply_owned, to_value};
+use super::api::{apply, apply_owned, delete_owned, to_value};
+use super::knobs::{ProxySettings, RouteSettings};
 use super::objects::*;
 use super::{Context, Error, ReplicaConfig};
 use crate::http::HttpClient;
@@ -174,12 +176,33 @@ pub(super) async fn ensure_proxy(
     dv: &Value,
     ports: &[ProxiedPort],
     service_labels: &BTreeMap<String, String>,
+    settings: &ProxySettings,
 ) -> Result<(), Error> {
     let owner = owner_reference(dv);
     let uid = owner["uid"].as_str().unwrap_or_default().to_string();
-    let mut desired = proxy_deployment(app, ns, &ctx.proxy_image, &owner, ports, service_labels);
+    let mut desired = proxy_deployment_for(
+        app,
+        ns,
+        &ctx.proxy_image,
+        &owner,
+        ports,
+        service_labels,
+        settings,
+    );
+    // With an HPA the replica count is the HPA's: it is left out of the
+    // hash, and a re-apply keeps the count the HPA chose.
+    let hashed = match &settings.autoscale {
+        Some(autoscale) => {
+            let mut d = desired.clone();
+            if let Some(spec) = d["spec"].as_object_mut() {
+                spec.remove("replicas");
+            }
+            json!({"deployment": d, "hpa": [autoscale.min, autoscale.max, autoscale.cpu_percent]})
+        }
+        None => desired.clone(),
+    };
     let hash = {
-        let digest = sha2::Sha256::digest(canonical_json(&desired).as_bytes());
+        let digest = sha2::Sha256::digest(canonical_json(&hashed).as_bytes());
         digest
             .iter()
             .take(8)
@@ -196,7 +219,27 @@ pub(super) async fn ensure_proxy(
                 proxy_name(app)
             )));
         }
-        _ => {
+        current => {
+            if settings.autoscale.is_some()
+                && let Some(replicas) = current.and_then(|c| c.spec).and_then(|s| s.replicas)
+            {
+                desired["spec"]["replicas"] = json!(replicas);
+            }
+            match &settings.autoscale {
+                Some(autoscale) => {
+                    apply_owned::<HorizontalPodAutoscaler>(
+                        &ctx.client,
+                        ns,
+                        &proxy_hpa(app, &owner, autoscale),
+                        &uid,
+                    )
+                    .await?
+                }
+                None => {
+                    delete_owned::<HorizontalPodAutoscaler>(&ctx.client, ns, &proxy_name(app), &uid)
+                        .await?
+                }
+            }
             apply::<Deployment>(&ctx.client, ns, &desired).await?;
             apply_owned::<PodDisruptionBudget>(&ctx.client, ns, &proxy_pdb(app, &owner), &uid)
                 .await?;
@@ -208,6 +251,7 @@ pub(super) async fn ensure_proxy(
 /// Annotation on the proxy Deployment: the hash of the spec Sluice applied.
 pub(super) const SPEC_HASH: &str = "sluice.dev/spec-hash";
 
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn set_weight(
     ctx: &Context,
     ns: &str,
@@ -216,13 +260,49 @@ pub(super) async fn set_weight(
     bp: u32,
     owner: &Value,
     traffic: &Traffic,
+    route: &RouteSettings,
 ) -> Result<(), Error> {
     apply::<ConfigMap>(
         &ctx.client,
         ns,
-        &proxy_configmap_with(app, ns, ports, bp, owner, traffic),
+        &proxy_configmap_for(app, ns, ports, bp, owner, traffic, route),
     )
     .await
+}
+
+/// Between releases, the proxy's config follows the app's route settings
+/// (a changed `sluice.dev/request-timeout` applies without a release):
+/// the at-rest config (weight 0, no A/B rule, no mirroring) is written
+/// when the ConfigMap holds anything else.
+pub(super) async fn settle_route(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    ports: &[ProxiedPort],
+    owner: &Value,
+    traffic: &Traffic,
+    route: &RouteSettings,
+) -> Result<(), Error> {
+    let desired = proxy_configmap_for(
+        app,
+        ns,
+        ports,
+        0,
+        owner,
+        &at_rest(traffic),
+        &route.at_rest(),
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let current = cms
+        .get_opt(&proxy_name(app))
+        .await?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(sluice_proxy::kube_source::CONFIG_KEY).cloned());
+    let key = sluice_proxy::kube_source::CONFIG_KEY;
+    if current.as_deref() != desired["data"][key].as_str() {
+        apply::<ConfigMap>(&ctx.client, ns, &desired).await?;
+    }
+    Ok(())
 }
 
 /// A release's route settings between releases: affinity stays (it does

@@ -17,13 +17,13 @@ use super::api::{publish, rfc3339, save_status, scale, sluice_post, to_value};
 use super::commands::{clear_command, read_command};
 use super::drift::settle_idle_canary;
 use super::inputs::{config_data, copy_configs};
+use super::knobs::CanaryScale;
 use super::objects::*;
-use super::proxy::{at_rest, proxies_lag, proxy_targets, set_weight};
+use super::proxy::{at_rest, proxies_lag, proxy_targets, set_weight, settle_route};
 use super::services::{point_canary, proxy_serves};
-use super::{Context, Error, KubeStatus};
+use super::{Context, Error, KubeStatus, without_config_hash};
 use crate::http::HttpClient;
 use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
-use crate::plan::Traffic;
 use crate::provider::Provider;
 use crate::runner::collect_gates;
 use crate::webhook::{WebhookPayload, run_gate};
@@ -55,6 +55,13 @@ impl Drop for Borrowed<'_> {
 }
 
 /// Carries out one routing action of the machine on the cluster.
+///
+/// A/B rules (`sluice.dev/match`) are written from `Initialize` on, so a
+/// matching request reaches the canary at weight 0, and removed with the
+/// weight at `Finalise` and `Rollback`. With `canary-scale: proportional`
+/// the canary's replicas follow each weight. With an
+/// `abort-scale-down-delay` a rollback leaves the canary's pods up (out of
+/// the traffic); the caller records when they go ([`scale_down_due`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn apply_routing(
     ctx: &Context,
@@ -66,28 +73,47 @@ pub(super) async fn apply_routing(
     owner: &Value,
     status: &KubeStatus,
     action: &MachineAction,
-    traffic: &Traffic,
+    settings: &Settings,
 ) -> Result<(), Error> {
+    let traffic = &settings.plan.traffic;
+    let primary_replicas = i64::from(
+        primary
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(1),
+    );
     match action {
         MachineAction::Initialize => {
-            let replicas = primary
-                .spec
-                .as_ref()
-                .and_then(|s| s.replicas)
-                .unwrap_or(1)
-                .max(1);
-            scale(ctx, ns, app, i64::from(replicas)).await?;
-            if traffic.mirror.is_some() {
-                // Copies go to the canary from the start (blue/green).
+            scale(
+                ctx,
+                ns,
+                app,
+                settings.canary_scale.replicas(primary_replicas, 0),
+            )
+            .await?;
+            if traffic.mirror.is_some() || !settings.route.canary_match.is_empty() {
+                // Copies (blue/green) and A/B matches go to the canary
+                // from the start.
                 point_canary(ctx, ns, app, dv, owner).await?;
             }
-            set_weight(ctx, ns, app, ports, 0, owner, traffic).await
+            set_weight(ctx, ns, app, ports, 0, owner, traffic, &settings.route).await
         }
         MachineAction::SetWeight(bp) => {
+            if settings.canary_scale == CanaryScale::Proportional {
+                scale(
+                    ctx,
+                    ns,
+                    app,
+                    settings.canary_scale.replicas(primary_replicas, *bp),
+                )
+                .await?;
+            }
             if *bp > 0 {
                 point_canary(ctx, ns, app, dv, owner).await?;
             }
-            set_weight(ctx, ns, app, ports, *bp, owner, traffic).await
+            set_weight(ctx, ns, app, ports, *bp, owner, traffic, &settings.route).await
         }
         MachineAction::Promote => {
             // The template recorded when promotion was decided: a revision
@@ -119,25 +145,45 @@ pub(super) async fn apply_routing(
             Ok(())
         }
         MachineAction::Finalise | MachineAction::Rollback => {
-            set_weight(ctx, ns, app, ports, 0, owner, &at_rest(traffic)).await?;
-            // Never scale the user's Deployment to 0 while its Service
-            // might route to it directly (drift not yet restored).
-            if !proxy_serves(ctx, ns, app).await? {
-                return Err(Error::Other(format!(
-                    "Service {app} has no ready proxy endpoint yet; {app} is scaled down once it has"
-                )));
+            set_weight(
+                ctx,
+                ns,
+                app,
+                ports,
+                0,
+                owner,
+                &at_rest(traffic),
+                &settings.route.at_rest(),
+            )
+            .await?;
+            if *action == MachineAction::Rollback && !settings.abort_scale_down_delay.is_zero() {
+                // Kept up for people to look at; scaled down when due.
+                return Ok(());
             }
-            // The canary's pods go only once every proxy replica has the
-            // config that sends them nothing.
-            if let Some(lag) = proxies_lag(ctx, ns, app).await? {
-                return Err(Error::Other(format!(
-                    "{lag}; {app} is scaled down once every proxy replica serves the new config"
-                )));
-            }
-            scale(ctx, ns, app, 0).await
+            scale_down_canary(ctx, ns, app).await
         }
         MachineAction::Notify(_) | MachineAction::Event(..) => Ok(()),
     }
+}
+
+/// Scales the user's Deployment (the canary) to 0, once nothing can reach
+/// it any more.
+async fn scale_down_canary(ctx: &Context, ns: &str, app: &str) -> Result<(), Error> {
+    // Never scale the user's Deployment to 0 while its Service
+    // might route to it directly (drift not yet restored).
+    if !proxy_serves(ctx, ns, app).await? {
+        return Err(Error::Other(format!(
+            "Service {app} has no ready proxy endpoint yet; {app} is scaled down once it has"
+        )));
+    }
+    // The canary's pods go only once every proxy replica has the
+    // config that sends them nothing.
+    if let Some(lag) = proxies_lag(ctx, ns, app).await? {
+        return Err(Error::Other(format!(
+            "{lag}; {app} is scaled down once every proxy replica serves the new config"
+        )));
+    }
+    scale(ctx, ns, app, 0).await
 }
 
 /// One step of a release (or nothing, when there is nothing to release).
@@ -192,8 +238,27 @@ pub(super) async fn release_tick(
         }
         let idle = revision == status.primary_revision
             || status.failed_revision.as_deref() == Some(revision);
+        if let Some(due) = status.scale_down_at
+            && (ctx.now)() >= due
+        {
+            // The rolled-back canary's delay is over.
+            scale_down_canary(ctx, ns, app).await?;
+            status.scale_down_at = None;
+            save_status(ctx, ns, app, status).await?;
+            publish(
+                ctx,
+                d,
+                EventType::Normal,
+                "ScaledDown",
+                format!("the rolled-back canary {app} was kept up for its abort-scale-down-delay; scaled to 0"),
+            )
+            .await;
+        }
         if idle {
-            settle_idle_canary(ctx, d, ns, app).await?;
+            settle_route(ctx, ns, app, ports, &owner, &plan.traffic, &settings.route).await?;
+            if status.scale_down_at.is_none() {
+                settle_idle_canary(ctx, d, ns, app).await?;
+            }
             // A new generation with nothing to release (replicas, a
             // revert): the status says it has been seen.
             let saved = KubeStatus::from_primary(primary).map_or(0, |s| s.observed_generation);
@@ -202,10 +267,18 @@ pub(super) async fn release_tick(
             }
         }
         if revision == status.primary_revision {
-            return Ok(Action::requeue(Duration::from_secs(60)));
+            return Ok(Action::requeue(until_scale_down(
+                status,
+                (ctx.now)(),
+                Duration::from_secs(60),
+            )));
         }
         if status.failed_revision.as_deref() == Some(revision) {
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            return Ok(Action::requeue(until_scale_down(
+                status,
+                (ctx.now)(),
+                Duration::from_secs(300),
+            )));
         }
     }
     let now = (ctx.now)();
@@ -314,6 +387,27 @@ pub(super) async fn release_tick(
         paused_for,
     };
     let mut t = machine::step(plan, previous.as_ref(), &obs);
+    let fresh_start = t.actions.contains(&MachineAction::Initialize)
+        && previous
+            .as_ref()
+            .is_none_or(|m| m.revision != revision || m.phase.is_terminal());
+    let reverted = fresh_start && in_rollback_window(status, revision, settings.rollback_window);
+    if reverted {
+        // A revert to a revision promoted before: promoted at once, with
+        // no canary traffic and no analysis.
+        let mut s = t.status.clone();
+        s.phase = Phase::Promoting;
+        s.message = format!(
+            "revision {revision} was promoted before (within sluice.dev/rollback-window: {}); promoting it at once, without analysis",
+            settings.rollback_window
+        );
+        s.unconfirmed = Some(MachineAction::Promote);
+        t = machine::Transition {
+            status: s,
+            actions: vec![MachineAction::Promote],
+            next: NextTick::Now,
+        };
+    }
     if !t.actions.contains(&MachineAction::Initialize) {
         t.status.gate = gate;
     }
@@ -329,8 +423,10 @@ pub(super) async fn release_tick(
     }
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
-    if t.actions.contains(&MachineAction::Initialize) && !pending {
+    if (t.actions.contains(&MachineAction::Initialize) && !pending) || reverted {
         status.release_started_at = now;
+        // A new release replaces a rolled-back canary kept up.
+        status.scale_down_at = None;
     }
     if t.actions.contains(&MachineAction::Promote) && status.promoting_template.is_none() {
         status.promoting_template = Some(dv["spec"]["template"].clone());
@@ -341,6 +437,11 @@ pub(super) async fn release_tick(
             .release_ended(ns, app, "failed", now - status.release_started_at);
     }
     if newly(Phase::Succeeded) {
+        let template = status
+            .promoting_template
+            .clone()
+            .unwrap_or_else(|| dv["spec"]["template"].clone());
+        status.remember_promoted(&m.revision, &template, settings.rollback_window);
         status.primary_revision = m.revision.clone();
         status.promoting_template = None;
         ctx.metrics
@@ -376,16 +477,7 @@ pub(super) async fn release_tick(
     for action in &t.actions {
         if action.is_routing() {
             let applied = apply_routing(
-                ctx,
-                ns,
-                app,
-                dv,
-                primary,
-                ports,
-                &owner,
-                status,
-                action,
-                &plan.traffic,
+                ctx, ns, app, dv, primary, ports, &owner, status, action, settings,
             )
             .await;
             match applied {
@@ -447,6 +539,19 @@ pub(super) async fn release_tick(
         let _ = save_status(ctx, ns, app, status).await;
         return Ok(Action::requeue(ctx.poll));
     }
+    if t.actions.contains(&MachineAction::Rollback) && !settings.abort_scale_down_delay.is_zero() {
+        status.scale_down_at = Some(now + settings.abort_scale_down_delay.as_secs_f64());
+    }
+    if reverted {
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "RollbackWindow",
+            t.status.message.clone(),
+        )
+        .await;
+    }
     // 4. Confirmed.
     if t.status.unconfirmed.is_some() {
         machine::confirm(&mut t.status);
@@ -474,33 +579,32 @@ pub(super) async fn release_tick(
             let due = status.last_analysis_at + tick - now;
             Duration::from_secs_f64(due.clamp(0.05, tick))
         }
-        NextTick::Idle => Duration::from_secs(60),
+        NextTick::Idle => until_scale_down(status, now, Duration::from_secs(60)),
     }))
 }
 
-/// A pod template without [`CONFIG_HASH`] (config can change while a
-/// promotion rolls out; the template is what tells it is done).
-pub(super) fn without_config_hash(template: &Value) -> Value {
-    let mut t = template.clone();
-    if let Some(meta) = t.get_mut("metadata").and_then(Value::as_object_mut) {
-        if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            a.remove(CONFIG_HASH);
-        }
-        if meta
-            .get("annotations")
-            .is_some_and(|a| a.as_object().is_none_or(|a| a.is_empty()))
-        {
-            meta.remove("annotations");
-        }
+/// `otherwise`, or sooner when a rolled-back canary is due to be scaled
+/// down: the scale-down happens on time with no other change.
+fn until_scale_down(status: &KubeStatus, now: f64, otherwise: Duration) -> Duration {
+    match status.scale_down_at {
+        Some(due) => Duration::from_secs_f64((due - now).clamp(0.05, otherwise.as_secs_f64())),
+        None => otherwise,
     }
-    t
 }
 
-pub(super) fn newly_phase(
-    previous: &Option<machine::Status>,
-    now: &machine::Status,
-    p: Phase,
-) -> bool {
+/// Whether `revision` is one of the last `window` revisions promoted
+/// before the one the primary runs.
+fn in_rollback_window(status: &KubeStatus, revision: &str, window: usize) -> bool {
+    window > 0
+        && status
+            .promoted
+            .iter()
+            .filter(|p| p.revision != status.primary_revision)
+            .take(window)
+            .any(|p| p.revision == revision)
+}
+
+fn newly_phase(previous: &Option<machine::Status>, now: &machine::Status, p: Phase) -> bool {
     now.phase == p && previous.as_ref().is_none_or(|old| old.phase != p)
 }
 
