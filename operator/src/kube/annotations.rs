@@ -746,6 +746,105 @@ fn proxy_settings(
     Ok(proxy)
 }
 
+/// The operator's own bad-value cases: (annotation, value, what its error
+/// says), each refused alone beside `sluice.dev/canary: enabled`. Public
+/// so the admission policy's test (tests/tests/admission_policy.rs) applies
+/// the very same cases through `kubectl apply`.
+#[doc(hidden)]
+pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
+    (STEPS, "10,5", "steps must increase"),
+    (INTERVAL, "2s", "shorter than 5s"),
+    (FAILURE_LIMIT, "0", "at least 1"),
+    (LATENCY, "p95<500ms", "p95<500ms"),
+    (APPROVAL, "sometimes", "auto, manual"),
+    (METRICS, "datadog", "prometheus, proxy"),
+    (GATE, "magic", "sequential, threshold"),
+    (ALPHA, "0.7", "not in (0, 0.5)"),
+    (RHO_MAX, "0.5", "must be above 1"),
+    (LATENCY_BOUND, "270ms", "250ms or 300ms"),
+    (SCRAPE_INTERVAL, "100ms", "shorter than 1s"),
+    (WHEN_UNDECIDED, "wait", "hold, promote, rollback"),
+    (INCIDENT_ALLOWANCE, "1h", "longer than the 10m"),
+    (WARMUP, "soon", "a duration"),
+    (LATENCY_TOLERANCE, "150%", "0..=100"),
+    (BASELINE, "-5s", "a duration"),
+    (LATENCY, "p99<=270ms", "not a bound"),
+    ("sluice.dev/stepz", "10", "unknown annotation"),
+    (
+        WEBHOOKS,
+        "- url: http://a/\n  type: rolout\n",
+        "unknown variant `rolout`",
+    ),
+    (
+        WEBHOOKS,
+        "- name: x\n  url: ftp://a/\n",
+        "webhook `x`: url:",
+    ),
+    (WEBHOOKS, "Hooks", "not a ConfigMap name"),
+    (MATCH, "x-canary=1", "not a list of rules"),
+    (
+        MATCH,
+        "[{header: x-canary}]",
+        "rule 1: missing field `value`",
+    ),
+    (
+        MATCH,
+        "[{heder: x-canary, value: \"1\"}]",
+        "rule 1: unknown key `heder`",
+    ),
+    (
+        MATCH,
+        "- {header: x-a, value: \"1\"}\n- {header: \"bad header\", value: x}\n",
+        "rule 2.header: `bad header` is not a header name",
+    ),
+    (MATCH, "[{header: a, cookie: b, value: x}]", "not both"),
+    (MATCH, "[]", "an empty list"),
+    (REQUEST_TIMEOUT, "0s", "must be greater than 0"),
+    (REQUEST_TIMEOUT, "soon", "not a duration"),
+    (CONNECT_TIMEOUT, "0ms", "must be greater than 0"),
+    (IDLE_TIMEOUT, "1x", "unknown unit `x`"),
+    (UPSTREAM_IDLE_TIMEOUT, "", "empty duration"),
+    (PROXY_REPLICAS, "0", "1..=100"),
+    (PROXY_REPLICAS, "two", "1..=100"),
+    (
+        PROXY_RESOURCES,
+        "{requests: {cpu: 1x}}",
+        "not a Kubernetes quantity",
+    ),
+    (PROXY_RESOURCES, "{requests: {gpu: 1}}", "unknown resource"),
+    (
+        PROXY_RESOURCES,
+        "{reqests: {cpu: 1}}",
+        "unknown key `reqests`",
+    ),
+    (
+        PROXY_RESOURCES,
+        "{requests: {memory: 1Gi}, limits: {memory: 512Mi}}",
+        "requests.memory must be less than or equal to limits.memory",
+    ),
+    (PROXY_RESOURCES, "{limits: {cpu: 0}}", "must be above 0"),
+    (
+        PROXY_AUTOSCALE,
+        "min=3,max=2,cpu=70",
+        "max 2 is not in min..=100",
+    ),
+    (
+        PROXY_AUTOSCALE,
+        "min=1,max=5",
+        "min, max and cpu are all needed",
+    ),
+    (
+        PROXY_AUTOSCALE,
+        "min=1,max=5,cpu=70,mem=3",
+        "unknown key `mem`",
+    ),
+    (CANARY_SCALE, "half", "full, proportional"),
+    (ROLLBACK_WINDOW, "21", "0..=20"),
+    (ROLLBACK_WINDOW, "-1", "0..=20"),
+    (ABORT_SCALE_DOWN_DELAY, "48h", "longer than 24h"),
+    (ABORT_SCALE_DOWN_DELAY, "later", "a duration"),
+];
+
 fn is_dns_label(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 253
@@ -899,99 +998,7 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_annotation_value_and_what_is_allowed() {
-        for (key, value, needle) in [
-            (STEPS, "10,5", "steps must increase"),
-            (INTERVAL, "2s", "shorter than 5s"),
-            (FAILURE_LIMIT, "0", "at least 1"),
-            (LATENCY, "p95<500ms", "p95<500ms"),
-            (APPROVAL, "sometimes", "auto, manual"),
-            (METRICS, "datadog", "prometheus, proxy"),
-            (GATE, "magic", "sequential, threshold"),
-            (ALPHA, "0.7", "not in (0, 0.5)"),
-            (RHO_MAX, "0.5", "must be above 1"),
-            (LATENCY_BOUND, "270ms", "250ms or 300ms"),
-            (SCRAPE_INTERVAL, "100ms", "shorter than 1s"),
-            (WHEN_UNDECIDED, "wait", "hold, promote, rollback"),
-            (INCIDENT_ALLOWANCE, "1h", "longer than the 10m"),
-            (WARMUP, "soon", "a duration"),
-            (LATENCY_TOLERANCE, "150%", "0..=100"),
-            (BASELINE, "-5s", "a duration"),
-            (LATENCY, "p99<=270ms", "not a bound"),
-            ("sluice.dev/stepz", "10", "unknown annotation"),
-            (
-                WEBHOOKS,
-                "- url: http://a/\n  type: rolout\n",
-                "unknown variant `rolout`",
-            ),
-            (
-                WEBHOOKS,
-                "- name: x\n  url: ftp://a/\n",
-                "webhook `x`: url:",
-            ),
-            (WEBHOOKS, "Hooks", "not a ConfigMap name"),
-            (MATCH, "x-canary=1", "not a list of rules"),
-            (
-                MATCH,
-                "[{header: x-canary}]",
-                "rule 1: missing field `value`",
-            ),
-            (
-                MATCH,
-                "[{heder: x-canary, value: \"1\"}]",
-                "rule 1: unknown key `heder`",
-            ),
-            (
-                MATCH,
-                "- {header: x-a, value: \"1\"}\n- {header: \"bad header\", value: x}\n",
-                "rule 2.header: `bad header` is not a header name",
-            ),
-            (MATCH, "[{header: a, cookie: b, value: x}]", "not both"),
-            (MATCH, "[]", "an empty list"),
-            (REQUEST_TIMEOUT, "0s", "must be greater than 0"),
-            (REQUEST_TIMEOUT, "soon", "not a duration"),
-            (CONNECT_TIMEOUT, "0ms", "must be greater than 0"),
-            (IDLE_TIMEOUT, "1x", "unknown unit `x`"),
-            (UPSTREAM_IDLE_TIMEOUT, "", "empty duration"),
-            (PROXY_REPLICAS, "0", "1..=100"),
-            (PROXY_REPLICAS, "two", "1..=100"),
-            (
-                PROXY_RESOURCES,
-                "{requests: {cpu: 1x}}",
-                "not a Kubernetes quantity",
-            ),
-            (PROXY_RESOURCES, "{requests: {gpu: 1}}", "unknown resource"),
-            (
-                PROXY_RESOURCES,
-                "{reqests: {cpu: 1}}",
-                "unknown key `reqests`",
-            ),
-            (
-                PROXY_RESOURCES,
-                "{requests: {memory: 1Gi}, limits: {memory: 512Mi}}",
-                "requests.memory must be less than or equal to limits.memory",
-            ),
-            (PROXY_RESOURCES, "{limits: {cpu: 0}}", "must be above 0"),
-            (
-                PROXY_AUTOSCALE,
-                "min=3,max=2,cpu=70",
-                "max 2 is not in min..=100",
-            ),
-            (
-                PROXY_AUTOSCALE,
-                "min=1,max=5",
-                "min, max and cpu are all needed",
-            ),
-            (
-                PROXY_AUTOSCALE,
-                "min=1,max=5,cpu=70,mem=3",
-                "unknown key `mem`",
-            ),
-            (CANARY_SCALE, "half", "full, proportional"),
-            (ROLLBACK_WINDOW, "21", "0..=20"),
-            (ROLLBACK_WINDOW, "-1", "0..=20"),
-            (ABORT_SCALE_DOWN_DELAY, "48h", "longer than 24h"),
-            (ABORT_SCALE_DOWN_DELAY, "later", "a duration"),
-        ] {
+        for &(key, value, needle) in BAD_VALUE_CASES {
             let e = parse(&ann(&[(CANARY, "enabled"), (key, value)]), false).unwrap_err();
             let text = e.to_string();
             assert!(
