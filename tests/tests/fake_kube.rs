@@ -1914,3 +1914,172 @@ async fn until(what: &str, f: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One Event store behind `v1` and `events.k8s.io/v1`: an Event the
+/// operator's recorder (kube's `Recorder`, through `events.k8s.io/v1`)
+/// writes, and its series update (a merge patch), are what the real
+/// `kubectl get events` and `kubectl describe deployment` (both `v1`) show,
+/// mapped field by field; field selectors of either version find it, and a
+/// watch on each version sees it in that version's form.
+// kubectl runs blocking; the fake is served by the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_events_are_the_core_events_kubectl_shows() {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use k8s_openapi::api::events::v1::Event as NewEvent;
+    use kube::api::{Api, PostParams, WatchEvent, WatchParams};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let fake = FakeKube::start_with(Options {
+        tls: true,
+        ..Options::default()
+    })
+    .await;
+    let dir = TempDir::new("fake-events");
+    let kubeconfig = dir.path.join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let client = fake.client();
+    let core_watch = Api::<CoreEvent>::namespaced(client.clone(), "shop")
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch v1 events");
+    let new_watch = Api::<NewEvent>::namespaced(client.clone(), "shop")
+        .watch(&WatchParams::default(), "0")
+        .await
+        .expect("watch events.k8s.io events");
+    let deployment: Deployment = serde_json::from_value(web_deployment("web")).unwrap();
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "sluice".into(),
+            instance: Some("sluice-0".into()),
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "RolledBack".into(),
+        note: Some("canary failed its gate".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(&deployment, &());
+    for _ in 0..2 {
+        recorder.publish(&event, &reference).await.expect("publish");
+    }
+
+    let kubectl = |args: &[&str]| -> String {
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &dir.path)
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed: Value =
+        serde_json::from_str(&kubectl(&["get", "events", "-n", "shop", "-o", "json"])).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "one Event, its repeat a series: {listed}");
+    let e = &items[0];
+    assert_eq!(e["apiVersion"], "v1");
+    assert_eq!(e["message"], "canary failed its gate");
+    assert_eq!(e["reason"], "RolledBack");
+    assert_eq!(e["type"], "Warning");
+    assert_eq!(e["involvedObject"]["kind"], "Deployment");
+    assert_eq!(e["involvedObject"]["name"], "web");
+    assert_eq!(
+        e["involvedObject"]["uid"],
+        json!(deployment.metadata.uid.clone().unwrap())
+    );
+    assert_eq!(e["reportingComponent"], "sluice");
+    assert_eq!(e["reportingInstance"], "sluice-0");
+    assert_eq!(
+        e["source"],
+        json!({"component": "sluice", "host": "sluice-0"})
+    );
+    assert_eq!(e["series"]["count"], 2, "{e}");
+    assert!(e["eventTime"].is_string());
+
+    let described = kubectl(&["describe", "deployment", "web", "-n", "shop"]);
+    let events = described
+        .split("Events:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Events section: {described}"));
+    assert!(
+        events.contains("Warning")
+            && events.contains("RolledBack")
+            && events.contains("sluice")
+            && events.contains("canary failed its gate"),
+        "{events}"
+    );
+
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["get", "-n", "shop", "-o", "name"];
+        all.extend_from_slice(args);
+        kubectl(&all).lines().map(str::to_string).collect()
+    };
+    let name = e["metadata"]["name"].as_str().unwrap();
+    let uid = deployment.metadata.uid.clone().unwrap();
+    for selector in [
+        format!("involvedObject.uid={uid}"),
+        "involvedObject.name=web,involvedObject.kind=Deployment,involvedObject.namespace=shop"
+            .to_string(),
+        "reason=RolledBack,type=Warning".to_string(),
+    ] {
+        assert_eq!(
+            names(&["events", "--field-selector", &selector]),
+            [format!("event/{name}")],
+            "{selector}"
+        );
+    }
+    for selector in [
+        "type=Normal",
+        "involvedObject.name=other",
+        "reason!=RolledBack",
+    ] {
+        assert!(
+            names(&["events", "--field-selector", selector]).is_empty(),
+            "{selector}"
+        );
+    }
+    assert_eq!(
+        names(&[
+            "events.v1.events.k8s.io",
+            "--field-selector",
+            "regarding.name=web,reportingController=sluice"
+        ]),
+        [format!("event.events.k8s.io/{name}")]
+    );
+
+    // Each watch saw the Event created and then its series, in its own form.
+    let seen = |stream: std::pin::Pin<Box<dyn futures::Stream<Item = Value> + Send>>| async move {
+        tokio::time::timeout(Duration::from_secs(10), stream.take(2).collect::<Vec<_>>())
+            .await
+            .expect("two watch events")
+    };
+    let core: Vec<Value> = seen(Box::pin(core_watch.map(|e| match e.expect("watch") {
+        WatchEvent::Added(o) | WatchEvent::Modified(o) => serde_json::to_value(o).unwrap(),
+        other => panic!("{other:?}"),
+    })))
+    .await;
+    assert_eq!(core[0]["message"], "canary failed its gate");
+    assert_eq!(core[1]["series"]["count"], 2);
+    let new: Vec<Value> = seen(Box::pin(new_watch.map(|e| match e.expect("watch") {
+        WatchEvent::Added(o) | WatchEvent::Modified(o) => serde_json::to_value(o).unwrap(),
+        other => panic!("{other:?}"),
+    })))
+    .await;
+    assert_eq!(new[0]["note"], "canary failed its gate");
+    assert_eq!(new[0]["regarding"]["name"], "web");
+    assert_eq!(new[1]["series"]["count"], 2);
+}

@@ -35,6 +35,7 @@
 
 pub mod apply;
 pub mod controllers;
+pub mod events;
 pub mod merge;
 pub mod openapi;
 mod protobuf;
@@ -379,7 +380,9 @@ impl View<'_> {
         self.store
             .objects
             .iter()
-            .filter(|((k, n, _), _)| k.0 == prefix && k.1 == plural && n == ns)
+            .filter(|((k, n, _), _)| {
+                k.0 == events::storage_prefix(prefix, plural) && k.1 == plural && n == ns
+            })
             .map(|(_, v)| v)
             .collect()
     }
@@ -451,6 +454,8 @@ struct Watcher {
     namespace: Option<String>,
     labels: Option<String>,
     fields: Option<String>,
+    /// The resource the watch was opened on (an Event's version).
+    view: &'static KindInfo,
     tx: tokio::sync::mpsc::Sender<Value>,
 }
 
@@ -650,21 +655,30 @@ impl FakeKube {
 
     fn key(prefix: &str, plural: &str, ns: &str, name: &str) -> Key {
         (
-            (prefix.to_string(), plural.to_string()),
+            (
+                events::storage_prefix(prefix, plural).to_string(),
+                plural.to_string(),
+            ),
             ns.to_string(),
             name.to_string(),
         )
     }
 
-    /// The stored object, if any.
+    /// The stored object, if any (an Event in the version asked for).
     pub fn get(&self, prefix: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
-        self.inner
+        let stored = self
+            .inner
             .store
             .lock()
             .expect("store")
             .objects
             .get(&Self::key(prefix, plural, ns, name))
-            .cloned()
+            .cloned()?;
+        Some(if events::is_events_view(prefix, plural) {
+            events::to_events(&stored)
+        } else {
+            stored
+        })
     }
 
     /// Names of stored objects of a kind in a namespace.
@@ -673,7 +687,9 @@ impl FakeKube {
         store
             .objects
             .keys()
-            .filter(|(k, n, _)| k.0 == prefix && k.1 == plural && n == ns)
+            .filter(|(k, n, _)| {
+                k.0 == events::storage_prefix(prefix, plural) && k.1 == plural && n == ns
+            })
             .map(|(_, _, name)| name.clone())
             .collect()
     }
@@ -901,7 +917,6 @@ impl FakeKube {
         }
         // Each watcher has a bounded buffer: one that lags is cut off, so it
         // re-lists, rather than silently missing an event.
-        let line = json!({"type": event.event_type, "object": event.object});
         let mut watchers = self.inner.watchers.lock().expect("watchers");
         watchers.retain(|w| {
             if w.kind != event.kind
@@ -910,7 +925,8 @@ impl FakeKube {
             {
                 return !w.tx.is_closed();
             }
-            w.tx.try_send(line.clone()).is_ok()
+            let line = json!({"type": event.event_type, "object": served_as(w.view, event.object.clone())});
+            w.tx.try_send(line).is_ok()
         });
         drop(watchers);
         self.check_invariants(store);
@@ -1247,7 +1263,11 @@ fn fields_match(selector: &str, object: &Value) -> bool {
                 None => return true,
             },
         };
-        let actual = object.pointer(&format!("/{}", k.replace('.', "/")));
+        let actual = if object["kind"] == "Event" {
+            events::field_value(object, k)
+        } else {
+            object.pointer(&format!("/{}", k.replace('.', "/")))
+        };
         (actual.and_then(Value::as_str) == Some(v)) != negate
     })
 }
@@ -1903,7 +1923,8 @@ impl FakeKube {
         user: &User,
     ) -> Response<FakeBody> {
         let info = target.info;
-        let prefix = info.prefix();
+        let events_view = events::is_events_view(&info.prefix(), info.plural);
+        let prefix = events::storage_prefix(&info.prefix(), info.plural).to_string();
         let is_apply = content_type == "application/apply-patch+yaml";
         let allowed_types: &[&str] = if *method == Method::PATCH {
             &[
@@ -1961,7 +1982,12 @@ impl FakeKube {
             _ => unreachable!("writes without a name are creates"),
         };
         let key = Self::key(&prefix, info.plural, ns, &name);
-        let existing = store.objects.get(&key).cloned();
+        let stored_existing = store.objects.get(&key).cloned();
+        // Writes through events.k8s.io/v1 see and make that version's form.
+        let existing = match &stored_existing {
+            Some(e) if events_view => Some(events::to_events(e)),
+            other => other.clone(),
+        };
         // The namespace in the body must be the request's.
         if let Some(body_ns) = patch["metadata"]["namespace"].as_str()
             && info.namespaced
@@ -2241,6 +2267,8 @@ impl FakeKube {
                 format!("pods \"{name}\" is forbidden: {problem}"),
             );
         }
+        object["apiVersion"] = json!(info.api_version());
+        object["kind"] = json!(info.kind);
         let causes = validate::validate(info.kind, &object, existing.as_ref());
         if !causes.is_empty() {
             return self.invalid(info, &name, causes);
@@ -2269,14 +2297,18 @@ impl FakeKube {
         if existing.is_some() && existing.as_ref() == Some(&object) {
             return respond(StatusCode::OK, &object);
         }
+        if events_view {
+            object = events::to_core(&object);
+        }
         let stored = self.commit(
             &mut store,
             &prefix,
             info.plural,
             ns,
             object,
-            existing.as_ref(),
+            stored_existing.as_ref(),
         );
+        let stored = served_as(info, stored);
         if deleting && finalizers == 0 {
             self.remove(&mut store, &key);
         }
@@ -2584,7 +2616,7 @@ impl FakeKube {
             _ => {}
         }
         let gone = self.delete_key(&mut store, &key).expect("present above");
-        respond(StatusCode::OK, &gone)
+        respond(StatusCode::OK, &served_as(target.info, gone))
     }
 
     /// `kubectl auth can-i`: a SelfSubjectAccessReview for the caller.
@@ -2643,17 +2675,19 @@ impl FakeKube {
     fn list(&self, target: &Target, q: &BTreeMap<String, String>) -> Response<FakeBody> {
         let store = self.inner.store.lock().expect("store");
         let labels = q.get("labelSelector").map(String::as_str);
-        let fields = q.get("fieldSelector").map(String::as_str);
+        let fields = stored_field_selector(target.info, q.get("fieldSelector"));
+        let fields = fields.as_deref();
+        let storage = events::storage_prefix(&target.info.prefix(), target.info.plural).to_string();
         let items: Vec<Value> = store
             .objects
             .iter()
             .filter(|((k, ns, _), o)| {
-                k.0 == target.info.prefix()
+                k.0 == storage
                     && k.1 == target.info.plural
                     && target.namespace.as_ref().is_none_or(|n| n == ns)
                     && selected(labels, fields, o)
             })
-            .map(|(_, o)| o.clone())
+            .map(|(_, o)| served_as(target.info, o.clone()))
             .collect();
         // Pages: `limit` items, `continue` is the offset.
         let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -2688,8 +2722,11 @@ impl FakeKube {
             .unwrap_or(Duration::from_secs(290));
         let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
         let labels = q.get("labelSelector").cloned();
-        let fields = q.get("fieldSelector").cloned();
-        let kind = (target.info.prefix(), target.info.plural.to_string());
+        let fields = stored_field_selector(target.info, q.get("fieldSelector"));
+        let kind = (
+            events::storage_prefix(&target.info.prefix(), target.info.plural).to_string(),
+            target.info.plural.to_string(),
+        );
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<Value>(self.inner.options.watch_buffer.max(1));
         {
@@ -2723,7 +2760,7 @@ impl FakeKube {
                         if target.namespace.as_ref().is_none_or(|n| *n == e.namespace)
                             && selected(labels.as_deref(), fields.as_deref(), &e.object)
                         {
-                            pending.push(json!({"type": e.event_type, "object": e.object}));
+                            pending.push(json!({"type": e.event_type, "object": served_as(target.info, e.object.clone())}));
                         }
                     }
                 }
@@ -2733,7 +2770,7 @@ impl FakeKube {
                             && target.namespace.as_ref().is_none_or(|n| n == ns)
                             && selected(labels.as_deref(), fields.as_deref(), o)
                         {
-                            pending.push(json!({"type": "ADDED", "object": o}));
+                            pending.push(json!({"type": "ADDED", "object": served_as(target.info, o.clone())}));
                         }
                     }
                 }
@@ -2757,6 +2794,7 @@ impl FakeKube {
                 namespace: target.namespace.clone(),
                 labels: labels.clone(),
                 fields: fields.clone(),
+                view: target.info,
                 tx: tx.clone(),
             });
         }
@@ -2800,6 +2838,25 @@ impl FakeKube {
             .body(BodyExt::boxed(StreamBody::new(stream)))
             .expect("watch response")
     }
+}
+
+/// A stored object as the resource it was asked through shows it.
+fn served_as(info: &KindInfo, object: Value) -> Value {
+    if events::is_events_view(&info.prefix(), info.plural) {
+        events::to_events(&object)
+    } else {
+        object
+    }
+}
+
+/// A request's field selector in the names of the stored form.
+fn stored_field_selector(info: &KindInfo, selector: Option<&String>) -> Option<String> {
+    let selector = selector?;
+    Some(if events::is_events_view(&info.prefix(), info.plural) {
+        events::core_field_selector(selector)
+    } else {
+        selector.clone()
+    })
 }
 
 fn store_view(store: &Store) -> View<'_> {

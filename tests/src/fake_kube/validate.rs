@@ -437,7 +437,10 @@ pub fn validate(kind: &str, object: &Value, old: Option<&Value>) -> Vec<Cause> {
         "HorizontalPodAutoscaler" => hpa(object, &mut out),
         "PodDisruptionBudget" => pdb(object, &mut out),
         "Lease" => lease(object, &mut out),
-        "Event" => event(object, &mut out),
+        // The events.k8s.io/v1 rules; a core/v1 Event may be the legacy
+        // shape (no eventTime or reporter), as the real server allows.
+        "Event" if object["apiVersion"] == "events.k8s.io/v1" => event(object, &mut out),
+        "Event" => legacy_event(object, &mut out),
         "Role" | "ClusterRole" => role(object, &mut out),
         "RoleBinding" | "ClusterRoleBinding" => binding(kind, object, old, &mut out),
         _ => {}
@@ -737,6 +740,32 @@ fn lease(l: &Value, out: &mut Vec<Cause>) {
             "spec.leaseDurationSeconds",
             &l["spec"]["leaseDurationSeconds"],
             "must be greater than 0",
+        ));
+    }
+}
+
+/// A core/v1 Event: the involved object's namespace is the Event's.
+fn legacy_event(e: &Value, out: &mut Vec<Cause>) {
+    let ns = e["metadata"]["namespace"].as_str().unwrap_or_default();
+    if let Some(involved) = e["involvedObject"]["namespace"].as_str()
+        && !involved.is_empty()
+        && !ns.is_empty()
+        && involved != ns
+    {
+        out.push(Cause::invalid(
+            "involvedObject.namespace",
+            &e["involvedObject"]["namespace"],
+            "does not match event.namespace",
+        ));
+    }
+    if let Some(t) = e["type"].as_str()
+        && !t.is_empty()
+        && !["Normal", "Warning"].contains(&t)
+    {
+        out.push(Cause::not_supported(
+            "type",
+            &e["type"],
+            &["Normal", "Warning"],
         ));
     }
 }
