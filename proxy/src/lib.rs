@@ -55,6 +55,7 @@ pub mod route;
 pub mod routing;
 pub mod split;
 pub mod store;
+pub mod tcp;
 pub mod tls;
 pub mod upstream;
 pub mod worker;
@@ -234,6 +235,8 @@ pub struct ProxyHandle {
     admin: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     cert_watcher: Option<tokio::task::JoinHandle<()>>,
+    tcp: Arc<tcp::TcpListeners>,
+    drain_timeout: Duration,
 }
 
 impl ProxyHandle {
@@ -264,12 +267,27 @@ impl ProxyHandle {
         }
     }
 
+    /// The address a plain TCP listener (`tcp_listeners`) is bound to now,
+    /// by name (useful with port 0; follows reloads).
+    pub fn tcp_listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.tcp
+            .addrs()
+            .into_iter()
+            .find_map(|(n, a)| (n == name).then_some(a))
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to the drain
     /// timeout), then stops the admin listener and returns.
     pub async fn shutdown(self) {
         self.state.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
-        let _ = self.data_plane.await;
+        let data_plane = self.data_plane;
+        tokio::join!(
+            async {
+                let _ = data_plane.await;
+            },
+            self.tcp.shutdown(self.drain_timeout)
+        );
         let _ = self.admin_stop.send(true);
         let _ = self.admin.await;
         for w in [self.watcher, self.cert_watcher].into_iter().flatten() {
@@ -450,6 +468,15 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             (addrs, task)
         }
     };
+    let tcp_listeners = tcp::TcpListeners::new(metrics.tcp.clone(), capacity.clone());
+    if let Err(e) = store.attach_tcp(tcp_listeners.clone()) {
+        let _ = stop.send(true);
+        return Err(StartError::Bind {
+            what: "tcp_listeners",
+            addr: e.addr,
+            source: e.source,
+        });
+    }
     let addr = bound_addrs[0];
     let listener_addrs = bound_addrs[1..].to_vec();
     let (admin_stop, admin_stop_rx) = watch::channel(false);
@@ -473,5 +500,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         admin,
         watcher,
         cert_watcher,
+        tcp: tcp_listeners,
+        drain_timeout: options.drain_timeout,
     })
 }

@@ -514,6 +514,8 @@ pub struct Metrics {
     failovers: Family<RouteLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
+    /// The plain TCP listeners' families (`sluice_tcp_*`).
+    pub tcp: crate::tcp::metrics::TcpMetrics,
 }
 
 impl Metrics {
@@ -610,6 +612,8 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Sluice proxy build", build_info);
+        let tcp =
+            crate::tcp::metrics::TcpMetrics::register(registry.sub_registry_with_prefix("tcp"));
         Arc::new(Self {
             registry,
             traffic,
@@ -627,6 +631,7 @@ impl Metrics {
             failovers,
             connections_rejected,
             open_connections,
+            tcp,
         })
     }
 

@@ -6,9 +6,11 @@
 //! nothing; the last good table keeps serving. Writers are serialized so an
 //! admin write and a file reload cannot interleave.
 //!
-//! Settings bound at start (`listen`, `admin`, `limits`) cannot change on a
-//! reload; such a reload is rejected and names the field, so nothing is ever
-//! half applied.
+//! Settings bound at start (`listen`, `admin`, `limits`, `listeners`) cannot
+//! change on a reload; such a reload is rejected and names the field, so
+//! nothing is ever half applied. `tcp_listeners` can: their new addresses
+//! are bound before the swap, and a reload whose address cannot be bound is
+//! rejected naming it (see [`crate::tcp`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,9 @@ pub struct Store {
     write_lock: Mutex<()>,
     pool: ClientPool,
     metrics: Arc<Metrics>,
+    /// The plain TCP listeners, reconciled with every replaced config
+    /// (set once the proxy serves; see [`crate::tcp`]).
+    tcp: std::sync::OnceLock<Arc<crate::tcp::TcpListeners>>,
 }
 
 /// Why an admin route update was refused.
@@ -60,11 +65,31 @@ impl Store {
             write_lock: Mutex::new(()),
             pool,
             metrics,
+            tcp: std::sync::OnceLock::new(),
         }))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Serves the current config's TCP listeners on `tcp`, and makes every
+    /// later replacement reconcile them with its config.
+    pub fn attach_tcp(
+        &self,
+        tcp: Arc<crate::tcp::TcpListeners>,
+    ) -> Result<(), crate::tcp::BindError> {
+        // Under the write lock: no reload can slip between the first
+        // binding and the hook.
+        let _guard = self.write_lock.lock().expect("store lock");
+        tcp.start(&self.load().valid.tcp_listeners)?;
+        let _ = self.tcp.set(tcp);
+        Ok(())
+    }
+
+    /// The plain TCP listeners serving now: (name, bound address).
+    pub fn tcp_listener_addrs(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.tcp.get().map(|t| t.addrs()).unwrap_or_default()
     }
 
     /// The table in force now.
@@ -134,6 +159,12 @@ impl Store {
             ));
         }
         check_files(&valid)?;
+        // New TCP addresses are bound before the swap, so a port that is
+        // taken refuses the reload instead of half applying it.
+        let tcp = match self.tcp.get() {
+            Some(tcp) => Some((tcp, tcp.prepare(&valid.tcp_listeners)?)),
+            None => None,
+        };
         let routing = Arc::new(Routing::build(
             config,
             valid,
@@ -142,6 +173,9 @@ impl Store {
             &self.metrics,
         ));
         self.routing.store(routing.clone());
+        if let Some((tcp, prepared)) = tcp {
+            tcp.commit(prepared);
+        }
         self.pool.retain(&routing.pool_keys());
         Ok(routing)
     }

@@ -105,7 +105,7 @@ fn generated() -> String {
     // A low port too: the proxy then needs the unprivileged-port sysctl.
     let mut two_ports = service.clone();
     two_ports["spec"]["ports"] = json!([{"name": "http", "port": 80, "targetPort": 9898}, {"name": "grpc", "port": 81, "targetPort": 80, "appProtocol": "grpc"}]);
-    let ports = objects::proxied_ports(&two_ports, &user, 80).expect("ports resolve");
+    let ports = objects::proxied_ports(&two_ports, &user, 80, None).expect("ports resolve");
     let mut docs = vec![
         objects::primary_deployment(&user, 2, &owner, "0123456789abcdef"),
         objects::service_copy(
@@ -341,7 +341,7 @@ fn monitors_keep_release_labels_and_scrape_the_proxy_admin_port() {
         "template": {"spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}]}}}});
     let service =
         json!({"spec": {"selector": {"app": "app"}, "ports": [{"port": 80, "targetPort": 8080}]}});
-    let ports = objects::proxied_ports(&service, &user, 80).unwrap();
+    let ports = objects::proxied_ports(&service, &user, 80, None).unwrap();
     let proxy = objects::proxy_deployment(
         "app",
         "shop",

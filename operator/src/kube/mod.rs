@@ -481,7 +481,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         }
     };
     let dv = to_value(&*d)?;
-    let ports = match proxied_ports(&original, &dv, port) {
+    let ports = match proxied_ports(&original, &dv, port, settings.http_ports.as_deref()) {
         Ok(p) => p,
         Err(e) => {
             publish(

@@ -584,6 +584,9 @@ pub struct ProxiedPort {
     /// `appProtocol: kubernetes.io/h2c` or `grpc` (or a `grpc`/`h2c` port
     /// name): the route speaks HTTP/2 to the upstreams.
     pub http2: bool,
+    /// An HTTP port (a route); else forwarded as plain TCP to the stable
+    /// (see [`super::ports`]).
+    pub http: bool,
 }
 
 /// The proxy's admin port: 9901, or the next one no proxied port uses.
@@ -596,8 +599,16 @@ pub fn admin_port(ports: &[ProxiedPort]) -> i32 {
 /// Every port of the user's (original) Service, resolved against the
 /// user's pod template. The proxy serves all of them (never a port that
 /// nothing listens on); `main` comes first. Ports Sluice cannot proxy are
-/// refused, naming the port.
-pub fn proxied_ports(service: &Value, user: &Value, main: i32) -> Result<Vec<ProxiedPort>, String> {
+/// refused, naming the port. Which are HTTP: [`super::ports`].
+pub fn proxied_ports(
+    service: &Value,
+    user: &Value,
+    main: i32,
+    http_ports: Option<&[super::annotations::PortRef]>,
+) -> Result<Vec<ProxiedPort>, String> {
+    if let Some(listed) = http_ports {
+        super::ports::check_http_ports(service, listed)?;
+    }
     let containers: Vec<Value> = user["spec"]["template"]["spec"]["containers"]
         .as_array()
         .cloned()
@@ -621,7 +632,7 @@ pub fn proxied_ports(service: &Value, user: &Value, main: i32) -> Result<Vec<Pro
         let protocol = p["protocol"].as_str().unwrap_or("TCP");
         if protocol != "TCP" {
             return Err(format!(
-                "Service port {label} is {protocol}; Sluice proxies HTTP over TCP only"
+                "Service port {label} is {protocol}; the Sluice proxy forwards TCP only (HTTP, or plain TCP), and a taken-over Service sends every port to it: move the {protocol} port to a Service of its own"
             ));
         }
         let (container_port, target_name) = match &p["targetPort"] {
@@ -650,6 +661,16 @@ pub fn proxied_ports(service: &Value, user: &Value, main: i32) -> Result<Vec<Pro
             || name.starts_with("grpc-")
             || name == "h2c"
             || name.starts_with("h2c-");
+        let http = super::ports::is_http(p, service_port == main, http_ports);
+        if service_port == main && !http {
+            return Err(format!(
+                "Service port {label} is the port Sluice judges the release on ({} or the first port) but it is not HTTP (appProtocol, name or {}): point {} at an HTTP port, or list this one in {}",
+                super::annotations::PORT,
+                super::annotations::HTTP_PORTS,
+                super::annotations::PORT,
+                super::annotations::HTTP_PORTS,
+            ));
+        }
         if out.iter().any(|o| o.container_port == container_port) {
             // Two Service ports on one container port: one listener serves both.
             continue;
@@ -660,6 +681,7 @@ pub fn proxied_ports(service: &Value, user: &Value, main: i32) -> Result<Vec<Pro
             container_port,
             target_name,
             http2,
+            http,
         });
     }
     match out.iter().position(|p| p.service_port == main) {
@@ -773,8 +795,17 @@ pub fn proxy_config_for(
     };
     let mut routes = Vec::new();
     let mut listeners = Vec::new();
+    let mut tcp_listeners = Vec::new();
     for (i, p) in ports.iter().enumerate() {
-        if i == 0 {
+        if !p.http {
+            // Plain TCP, to the stable pods only: no split, no HTTP.
+            tcp_listeners.push(sluice_proxy::config::TcpListenerConfig {
+                name: port_route_name(app, p),
+                listen: format!("0.0.0.0:{}", p.container_port),
+                upstream: format!("{}.{namespace}.svc:{}", primary_name(app), p.service_port),
+                timeouts: Default::default(),
+            });
+        } else if i == 0 {
             routes.push(route(p, route_name(app), None));
         } else {
             let name = port_route_name(app, p);
@@ -799,6 +830,7 @@ pub fn proxy_config_for(
         tls: None,
         routes,
         listeners,
+        tcp_listeners,
     }
 }
 
@@ -1165,6 +1197,7 @@ mod tests {
             container_port: 9898,
             target_name: None,
             http2: false,
+            http: true,
         }];
         let c = proxy_config("shop.web", "prod", &ports, 2500);
         assert!(

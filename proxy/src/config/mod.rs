@@ -40,6 +40,11 @@ pub struct Config {
     /// `listener`; routes without one serve `listen`. Fixed at start.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerConfig>,
+    /// Plain TCP (L4) listeners: each connection is forwarded byte for
+    /// byte to one upstream, without any HTTP (a database port, TLS
+    /// passed through, ...). Added, removed and changed on reload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_listeners: Vec<TcpListenerConfig>,
 }
 
 /// Forwarding headers (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`,
@@ -65,6 +70,54 @@ impl Forwarding {
 pub struct ListenerConfig {
     pub name: String,
     pub listen: String,
+}
+
+/// A plain TCP listener (see [`crate::tcp`]): every client connection is
+/// forwarded to `upstream` as bytes, in both directions, with no HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpListenerConfig {
+    /// Names the listener in metrics (`listener` label) and errors; unique
+    /// among `listeners` and `tcp_listeners`.
+    pub name: String,
+    /// Address to listen on, e.g. `0.0.0.0:5432`.
+    pub listen: String,
+    /// `host:port` to forward to (a name is resolved at each connect),
+    /// e.g. `db-primary.prod.svc:5432`; no scheme.
+    pub upstream: String,
+    #[serde(default, skip_serializing_if = "TcpTimeouts::is_default")]
+    pub timeouts: TcpTimeouts,
+}
+
+/// Time limits of a TCP listener's connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpTimeouts {
+    /// Resolving and connecting to the upstream; when it runs out the
+    /// client's connection is closed.
+    #[serde(default = "default_connect_timeout")]
+    pub connect: String,
+    /// A connection with no byte in either direction for this long is
+    /// closed on both sides (as Envoy's TCP proxy, 1 hour by default).
+    #[serde(default = "default_tcp_idle_timeout")]
+    pub idle: String,
+}
+
+impl Default for TcpTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect_timeout(),
+            idle: default_tcp_idle_timeout(),
+        }
+    }
+}
+
+impl TcpTimeouts {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_tcp_idle_timeout() -> String {
+    "1h".to_string()
 }
 
 /// Certificate files of the data-plane listener (PEM).

@@ -152,6 +152,76 @@ pub struct ValidConfig {
     pub h2_max_streams: u32,
     pub tls: Option<TlsConfig>,
     pub routes: Vec<ValidRoute>,
+    /// Plain TCP listeners, in config order.
+    pub tcp_listeners: Vec<ValidTcpListener>,
+}
+
+/// A plain TCP listener after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidTcpListener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub upstream: TcpUpstream,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Where a TCP listener forwards to: a host name or IP literal, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TcpUpstream {
+    /// Without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl TcpUpstream {
+    /// Parses `host:port` (`[v6]:port` for IPv6 literals).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.contains("://") {
+            return Err(format!(
+                "`{text}` has a scheme; a TCP upstream is host:port, e.g. db-primary:5432"
+            ));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!(
+                "`{text}` has no port; a TCP upstream is host:port, e.g. db-primary:5432"
+            ));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => {
+                return Err(format!("`{text}`: `{port}` is not a port (1-65535)"));
+            }
+            Ok(p) => p,
+        };
+        let host = if let Some(inner) = host.strip_prefix('[') {
+            let Some(v6) = inner.strip_suffix(']') else {
+                return Err(format!("`{text}`: `{host}` lacks its closing `]`"));
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("`{text}`: `{v6}` is not an IPv6 address"));
+            }
+            v6.to_string()
+        } else if host.contains(':') {
+            return Err(format!(
+                "`{text}`: write an IPv6 address in brackets, e.g. [::1]:5432"
+            ));
+        } else if host.is_empty() || host.contains('*') || !valid_host(host) {
+            return Err(format!("`{text}`: `{host}` is not a host name"));
+        } else {
+            host.to_ascii_lowercase()
+        };
+        Ok(Self { host, port })
+    }
+}
+
+impl std::fmt::Display for TcpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
 }
 
 impl Config {
@@ -172,6 +242,7 @@ impl Config {
         let limits = self.validate_limits(&mut errs);
         let listeners = self.validate_listeners(listen, admin_listen, &mut errs);
         let routes = self.validate_routes(&mut errs);
+        let tcp_listeners = self.validate_tcp_listeners(listen, admin_listen, &mut errs);
         if !errs.0.is_empty() {
             return Err(ConfigErrors(errs.0));
         }
@@ -191,6 +262,7 @@ impl Config {
             h2_keepalive: limits.h2_keepalive.expect("checked"),
             tls: self.tls.clone(),
             routes,
+            tcp_listeners,
         })
     }
 }
@@ -306,6 +378,79 @@ impl Config {
             }
         }
         listeners
+    }
+
+    /// The plain TCP listeners: names unique among all listeners, each
+    /// address used once (port 0 aside), upstream and timeouts parsed.
+    fn validate_tcp_listeners(
+        &self,
+        listen: Option<SocketAddr>,
+        admin_listen: Option<SocketAddr>,
+        errs: &mut Collector,
+    ) -> Vec<ValidTcpListener> {
+        let mut used: HashSet<SocketAddr> = listen.into_iter().chain(admin_listen).collect();
+        used.extend(
+            self.listeners
+                .iter()
+                .filter_map(|l| l.listen.parse::<SocketAddr>().ok()),
+        );
+        let mut out: Vec<ValidTcpListener> = Vec::new();
+        for (i, l) in self.tcp_listeners.iter().enumerate() {
+            let at = format!("tcp_listeners[{i}]");
+            let before = errs.0.len();
+            if !valid_route_name(&l.name) {
+                errs.push(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
+                        l.name
+                    ),
+                );
+            } else if self.listeners.iter().any(|h| h.name == l.name)
+                || self.tcp_listeners[..i].iter().any(|t| t.name == l.name)
+            {
+                errs.push(
+                    format!("{at}.name"),
+                    format!(
+                        "`{}` is used by an earlier listener; names must be unique across listeners and tcp_listeners",
+                        l.name
+                    ),
+                );
+            }
+            let addr = parse_addr(&l.listen, &format!("{at}.listen"), errs);
+            if let Some(addr) = addr
+                && addr.port() != 0
+                && !used.insert(addr)
+            {
+                errs.push(
+                    format!("{at}.listen"),
+                    format!(
+                        "{addr} is already used by listen, admin.listen, a listener or an earlier tcp listener"
+                    ),
+                );
+            }
+            let upstream = match TcpUpstream::parse(l.upstream.trim()) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    errs.push(format!("{at}.upstream"), e);
+                    None
+                }
+            };
+            let connect_timeout =
+                positive_duration(&l.timeouts.connect, &format!("{at}.timeouts.connect"), errs);
+            let idle_timeout =
+                positive_duration(&l.timeouts.idle, &format!("{at}.timeouts.idle"), errs);
+            if errs.0.len() == before {
+                out.push(ValidTcpListener {
+                    name: l.name.clone(),
+                    listen: addr.expect("checked"),
+                    upstream: upstream.expect("checked"),
+                    connect_timeout: connect_timeout.expect("checked"),
+                    idle_timeout: idle_timeout.expect("checked"),
+                });
+            }
+        }
+        out
     }
 
     /// Every route, each on its listener, with names and selectors unique.
