@@ -685,6 +685,28 @@ pub async fn start_echo() -> SocketAddr {
     serve_http(echo).await
 }
 
+/// A raw TCP echo server on 127.0.0.1: each connection's bytes are sent
+/// back as they come (through one bounded buffer), and once the client
+/// closes its sending half the server closes its own (half-close seen
+/// through, as a TCP proxy must pass it on).
+pub async fn start_tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind tcp echo");
+    let addr = listener.local_addr().expect("tcp echo address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+                    let _ = write.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.headers().contains_key(header::UPGRADE) {
         let upgrade = hyper::upgrade::on(&mut req);
