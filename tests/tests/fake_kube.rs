@@ -662,14 +662,29 @@ fn kubectl_delete_cascades_orphans_and_foreground() {
     }
     api.ok(&["delete", "deployment", "background"]);
     wait("dependents collected", &|| pods("background").is_empty());
+    assert!(
+        api.json(&["rs", "-l", "app=background"])["items"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the ReplicaSet went with its Deployment"
+    );
 
     api.ok(&["delete", "deployment", "orphan", "--cascade=orphan"]);
     std::thread::sleep(Duration::from_millis(500));
     let left = pods("orphan");
     assert_eq!(left.len(), 2, "orphaned pods stay");
+    // The ReplicaSet lost its owner and stays; its pods are still its own.
+    let sets = api.json(&["rs", "-l", "app=orphan"]);
+    let sets = sets["items"].as_array().unwrap();
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert!(
+        sets[0]["metadata"].get("ownerReferences").is_none(),
+        "{sets:?}"
+    );
     assert!(
         left.iter()
-            .all(|p| p["metadata"].get("ownerReferences").is_none()),
+            .all(|p| p["metadata"]["ownerReferences"][0]["uid"] == sets[0]["metadata"]["uid"]),
         "{left:?}"
     );
 
@@ -2082,4 +2097,264 @@ async fn recorder_events_are_the_core_events_kubectl_shows() {
     assert_eq!(new[0]["note"], "canary failed its gate");
     assert_eq!(new[0]["regarding"]["name"], "web");
     assert_eq!(new[1]["series"]["count"], 2);
+}
+
+/// Deployments roll through ReplicaSets as the real controller does,
+/// driven and read with the real kubectl: maxSurge 30% of 10 rounds up to
+/// 3 and maxUnavailable 25% rounds down to 2, so through the whole rollout
+/// there are never more than 13 pods nor fewer than 8 available (an
+/// invariant checked after every change, which the rollout reaches
+/// exactly); the ReplicaSets are `<name>-<pod-template-hash>` with the hash
+/// on their labels, selector and pods and the revision annotated; Recreate
+/// never runs both templates; both bounds zero is a 422; deleting the
+/// Deployment takes its ReplicaSets and their pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_updates_follow_max_surge_and_max_unavailable() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    let fake = FakeKube::start_with(Options {
+        tls: true,
+        readiness: fake_kube::Readiness::After(Duration::from_millis(150)),
+        ..Options::default()
+    })
+    .await;
+    let dir = TempDir::new("fake-rollout");
+    let kubeconfig = dir.path.join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let peak_pods = Arc::new(AtomicI64::new(0));
+    let least_available = Arc::new(AtomicI64::new(i64::MAX));
+    let (peak, least) = (peak_pods.clone(), least_available.clone());
+    fake.invariant("rollout bounds", move |view| {
+        let pods: Vec<&Value> = view
+            .list("api/v1", "pods", "shop")
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web")
+            .collect();
+        let total = pods.len() as i64;
+        let ready = pods
+            .iter()
+            .filter(|p| {
+                p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+            .count() as i64;
+        let templates = view.list(APPS, "replicasets", "shop").len();
+        peak.fetch_max(total, Ordering::SeqCst);
+        if total > 13 {
+            return Err(format!("{total} pods, more than 10 + maxSurge 3"));
+        }
+        // During an update (two templates), availability holds.
+        if templates >= 2 {
+            least.fetch_min(ready, Ordering::SeqCst);
+            if ready < 8 {
+                return Err(format!(
+                    "{ready} available, fewer than 10 - maxUnavailable 2"
+                ));
+            }
+        }
+        Ok(())
+    });
+    let kubectl = |args: &[&str]| -> (bool, String, String) {
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &dir.path)
+            .args(["-n", "shop"])
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ok = |args: &[&str]| -> String {
+        let (ok, out, err) = kubectl(args);
+        assert!(ok, "kubectl {args:?}: {err}");
+        out
+    };
+    let manifest = |name: &str, replicas: u32, strategy: &str, image: &str| {
+        let path = dir.path.join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  strategy:\n{strategy}  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - {{name: c, image: '{image}'}}\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let rolling =
+        "    type: RollingUpdate\n    rollingUpdate: {maxSurge: 30%, maxUnavailable: 25%}\n";
+    ok(&["apply", "-f", &manifest("web", 10, rolling, "web:1")]);
+    ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    ok(&["apply", "-f", &manifest("web", 10, rolling, "web:2")]);
+    let status = ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    assert_eq!(peak_pods.load(Ordering::SeqCst), 13, "the surge was used");
+    assert_eq!(
+        least_available.load(Ordering::SeqCst),
+        8,
+        "the unavailability was used"
+    );
+
+    let sets: Value = serde_json::from_str(&ok(&["get", "rs", "-o", "json"])).unwrap();
+    let mut sets = sets["items"].as_array().unwrap().clone();
+    sets.sort_by_key(|rs| {
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    assert_eq!(sets.len(), 2);
+    let deployment: Value =
+        serde_json::from_str(&ok(&["get", "deployment", "web", "-o", "json"])).unwrap();
+    for (rs, (revision, replicas, image)) in
+        sets.iter().zip([("1", 0, "web:1"), ("2", 10, "web:2")])
+    {
+        let hash = rs["metadata"]["labels"]["pod-template-hash"]
+            .as_str()
+            .unwrap();
+        assert_eq!(rs["metadata"]["name"], format!("web-{hash}"));
+        assert_eq!(
+            rs["spec"]["selector"]["matchLabels"]["pod-template-hash"],
+            hash
+        );
+        assert_eq!(
+            rs["spec"]["template"]["metadata"]["labels"]["pod-template-hash"],
+            hash
+        );
+        assert_eq!(
+            rs["spec"]["template"]["spec"]["containers"][0]["image"],
+            image
+        );
+        assert_eq!(
+            rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            revision
+        );
+        assert_eq!(rs["spec"]["replicas"], replicas);
+        assert_eq!(rs["status"]["replicas"], replicas);
+        assert_eq!(
+            rs["metadata"]["ownerReferences"][0]["uid"],
+            deployment["metadata"]["uid"]
+        );
+        assert_eq!(rs["metadata"]["ownerReferences"][0]["controller"], true);
+    }
+    let pods: Value =
+        serde_json::from_str(&ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
+    let pods = pods["items"].as_array().unwrap();
+    assert_eq!(pods.len(), 10);
+    for p in pods {
+        assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
+        assert_eq!(
+            p["metadata"]["ownerReferences"][0]["uid"],
+            sets[1]["metadata"]["uid"]
+        );
+        assert_eq!(
+            p["metadata"]["labels"]["pod-template-hash"],
+            sets[1]["metadata"]["labels"]["pod-template-hash"]
+        );
+    }
+    let s = &deployment["status"];
+    assert_eq!(
+        (
+            &s["replicas"],
+            &s["updatedReplicas"],
+            &s["readyReplicas"],
+            &s["availableReplicas"],
+            &s["unavailableReplicas"],
+            &s["observedGeneration"]
+        ),
+        (
+            &json!(10),
+            &json!(10),
+            &json!(10),
+            &json!(10),
+            &json!(0),
+            &deployment["metadata"]["generation"]
+        )
+    );
+    let condition = |kind: &str| {
+        s["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} condition: {s}"))
+    };
+    assert_eq!(condition("Available")["status"], "True");
+    assert_eq!(condition("Available")["reason"], "MinimumReplicasAvailable");
+    assert_eq!(condition("Progressing")["reason"], "NewReplicaSetAvailable");
+
+    // Recreate: the old pods all go before any new one exists.
+    let both = Arc::new(AtomicI64::new(0));
+    let seen_both = both.clone();
+    fake.invariant("recreate never overlaps", move |view| {
+        let mut hashes: Vec<String> = view
+            .list("api/v1", "pods", "shop")
+            .into_iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "once")
+            .filter_map(|p| {
+                p["metadata"]["labels"]["pod-template-hash"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        hashes.sort();
+        hashes.dedup();
+        if hashes.len() > 1 {
+            seen_both.fetch_add(1, Ordering::SeqCst);
+            return Err(format!("pods of templates {hashes:?} at once"));
+        }
+        Ok(())
+    });
+    let recreate = "    type: Recreate\n";
+    ok(&["apply", "-f", &manifest("once", 3, recreate, "once:1")]);
+    ok(&["rollout", "status", "deployment/once", "--timeout=30s"]);
+    ok(&["apply", "-f", &manifest("once", 3, recreate, "once:2")]);
+    ok(&["rollout", "status", "deployment/once", "--timeout=30s"]);
+    assert_eq!(both.load(Ordering::SeqCst), 0, "{:?}", fake.violations());
+    let images = ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=once",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(images, "once:2 once:2 once:2");
+
+    // Both bounds zero is refused as the API's validation does.
+    for zero in [
+        "{maxSurge: 0, maxUnavailable: 0}",
+        "{maxSurge: 0%, maxUnavailable: 0%}",
+    ] {
+        let strategy = format!("    type: RollingUpdate\n    rollingUpdate: {zero}\n");
+        let (ok_, _, err) = kubectl(&["apply", "-f", &manifest("zero", 2, &strategy, "z:1")]);
+        assert!(!ok_, "{zero} was taken");
+        assert!(
+            err.contains("The Deployment \"zero\" is invalid: spec.strategy.rollingUpdate.maxUnavailable: Invalid value:")
+                && err.contains("may not be 0 when `maxSurge` is 0"),
+            "{err}"
+        );
+    }
+
+    // Garbage collection: Deployment -> ReplicaSets -> Pods.
+    ok(&["delete", "deployment", "web"]);
+    until("the ReplicaSets and pods of web are collected", || {
+        fake.names(APPS, "replicasets", "shop")
+            .iter()
+            .all(|n| !n.starts_with("web-"))
+            && fake
+                .names("api/v1", "pods", "shop")
+                .iter()
+                .all(|n| !n.starts_with("web-"))
+    })
+    .await;
 }

@@ -1,13 +1,29 @@
 //! The controllers a cluster runs, minimal but real enough that "the
 //! Service always has ready endpoints" can be checked:
 //!
-//! - **Deployments** get Pods of their template (labelled with its
-//!   `pod-template-hash`, owned by the Deployment). When the template
-//!   changes, Pods of the new template are created, and the old ones are
-//!   deleted once the new ones are ready (a rolling update with full surge,
-//!   never fewer ready pods). The status reports `replicas`,
-//!   `updatedReplicas`, `readyReplicas`, `availableReplicas` and
-//!   `observedGeneration`.
+//! - **Deployments** own one ReplicaSet per pod template, named
+//!   `<deployment>-<pod-template-hash>`, the hash on its labels, its
+//!   selector and its pods, its revision in `deployment.kubernetes.io/revision`
+//!   (a rollback to an older template makes that ReplicaSet the newest
+//!   revision). A template change rolls by `spec.strategy`: **RollingUpdate**
+//!   grows the new ReplicaSet while the ReplicaSets' replicas stay within
+//!   `replicas + maxSurge` and shrinks the old ones (their unavailable pods
+//!   first) while the available pods stay at least
+//!   `replicas - maxUnavailable` (percents: surge rounds up, unavailability
+//!   down; both resolving to zero allows one unavailable, as the real
+//!   controller), one or the other per pass; **Recreate** scales every old
+//!   ReplicaSet to zero and starts the new one once their pods are gone.
+//!   Old ReplicaSets beyond `revisionHistoryLimit` are deleted; a paused
+//!   Deployment does not roll. The status reports `replicas`,
+//!   `updatedReplicas`, `readyReplicas`, `availableReplicas`,
+//!   `unavailableReplicas`, `observedGeneration` and the `Available`,
+//!   `Progressing` (`NewReplicaSetCreated`, `ReplicaSetUpdated`,
+//!   `NewReplicaSetAvailable`) and `ReplicaFailure` conditions. A pod is
+//!   available as soon as it is ready (`minReadySeconds` is not waited for).
+//! - **ReplicaSets** own Pods of their template (`<replicaset>-<5 chars>`),
+//!   created up to `spec.replicas`; a surplus is deleted not-ready first,
+//!   then youngest. Every ReplicaSet deletes before any creates in a pass,
+//!   so pods never outnumber the ReplicaSets' replicas.
 //! - **Pods** (the kubelet) get an IP, and become ready after the
 //!   configured delay, or when a test calls [`super::FakeKube::make_ready`].
 //!   In a namespace labelled `pod-security.kubernetes.io/enforce: restricted`
@@ -71,8 +87,23 @@ pub fn reconcile(fake: &FakeKube) {
     let mut store = fake.inner.store.lock().expect("store");
     collect_garbage(fake, &mut store);
     kubelet(fake, &mut store);
+    let mut progress = Vec::new();
     for (key, d) in all_of(&store, APPS, "deployments") {
-        deployment(fake, &mut store, &key.1, &d);
+        if let Some(p) = deployment(fake, &mut store, &key.1, &d) {
+            progress.push((key, p));
+        }
+    }
+    // Every ReplicaSet deletes its surplus before any creates, so the
+    // pods never outnumber the ReplicaSets' sum.
+    for create in [false, true] {
+        for (key, rs) in all_of(&store, APPS, "replicasets") {
+            replica_set(fake, &mut store, &key.1, &rs, create);
+        }
+    }
+    for (key, (new_name, progressed)) in progress {
+        if let Some(d) = store.objects.get(&key).cloned() {
+            deployment_status(fake, &mut store, &key.1, &d, &new_name, progressed);
+        }
     }
     for (key, s) in all_of(&store, CORE, "services") {
         endpoints(fake, &mut store, &key.1, &s);
@@ -260,53 +291,547 @@ pub fn pod_security_problem(view: &View<'_>, ns: &str, pod: &Value) -> Option<St
     })
 }
 
-fn deployment(fake: &FakeKube, store: &mut Store, ns: &str, d: &Value) {
-    if d["metadata"]["deletionTimestamp"].is_string() {
+/// The controller reference `owner` gives its dependents.
+fn controller_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
+    json!([{"apiVersion": api_version, "kind": kind, "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}])
+}
+
+/// An int-or-percent of `total`: a percent rounds up for surge, down for
+/// unavailability (as the Deployment controller's ResolveFenceposts).
+pub fn scaled_value(v: &Value, total: i64, round_up: bool) -> i64 {
+    match v {
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        Value::String(s) => {
+            let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+            if round_up {
+                (pct * total + 99) / 100
+            } else {
+                pct * total / 100
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// (maxSurge, maxUnavailable) of a RollingUpdate Deployment, resolved
+/// against its replicas; both zero becomes an unavailability of one, as
+/// the real controller does for a replica count that rounds both down.
+pub fn fenceposts(d: &Value) -> (i64, i64) {
+    let desired = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
+    let r = &d["spec"]["strategy"]["rollingUpdate"];
+    let surge = scaled_value(&r["maxSurge"], desired, true).max(0);
+    let unavailable = scaled_value(&r["maxUnavailable"], desired, false)
+        .max(0)
+        .min(desired);
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
+}
+
+fn pods_owned(store: &Store, ns: &str, uid: &Value) -> Vec<(Key, Value)> {
+    store
+        .objects
+        .iter()
+        .filter(|((k, n, _), p)| k.1 == "pods" && n == ns && owned_by(p, uid))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn replicas_of(rs: &Value) -> i64 {
+    rs["spec"]["replicas"].as_i64().unwrap_or(0)
+}
+
+fn revision_of(rs: &Value) -> i64 {
+    rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
+}
+
+fn count(store: &Store, ns: &str, rs: &Value, f: impl Fn(&Value) -> bool) -> i64 {
+    pods_owned(store, ns, &rs["metadata"]["uid"])
+        .iter()
+        .filter(|(_, p)| f(p))
+        .count() as i64
+}
+
+fn set_rs_replicas(
+    fake: &FakeKube,
+    store: &mut Store,
+    ns: &str,
+    rs: &Value,
+    replicas: i64,
+    d: &Value,
+) {
+    let name = rs["metadata"]["name"].as_str().unwrap_or_default();
+    let key = FakeKube::key(APPS, "replicasets", ns, name);
+    let Some(latest) = store.objects.get(&key).cloned() else {
         return;
+    };
+    let mut next = latest.clone();
+    next["spec"]["replicas"] = json!(replicas);
+    let desired = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let (surge, _) = fenceposts(d);
+    next["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"] =
+        json!(desired.to_string());
+    next["metadata"]["annotations"]["deployment.kubernetes.io/max-replicas"] =
+        json!((desired + surge).to_string());
+    if next != latest {
+        fake.commit(store, APPS, "replicasets", ns, next, Some(&latest));
+    }
+}
+
+/// The Deployment controller: one ReplicaSet per pod template (named
+/// `<deployment>-<pod-template-hash>`), scaled by the strategy.
+fn deployment(
+    fake: &FakeKube,
+    store: &mut Store,
+    ns: &str,
+    d: &Value,
+) -> Option<(String, Option<(&'static str, String)>)> {
+    if d["metadata"]["deletionTimestamp"].is_string() {
+        return None;
     }
     let uid = d["metadata"]["uid"].clone();
     let name = d["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let desired = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0) as usize;
+    let desired = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
     let template = &d["spec"]["template"];
     let hash = template_hash(template);
-    let pods: Vec<(Key, Value)> = store
+    let owned: Vec<Value> = store
         .objects
         .iter()
-        .filter(|((k, n, _), p)| k.1 == "pods" && n == ns && owned_by(p, &uid))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|((k, n, _), rs)| k.1 == "replicasets" && n == ns && owned_by(rs, &uid))
+        .map(|(_, v)| v.clone())
         .collect();
-    let current: Vec<&(Key, Value)> = pods
+    let max_revision = owned.iter().map(revision_of).max().unwrap_or(0);
+    let mut new_rs = owned
         .iter()
-        .filter(|(_, p)| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str())
+        .find(|rs| rs["metadata"]["labels"]["pod-template-hash"] == hash.as_str())
+        .cloned();
+    let mut old: Vec<Value> = owned
+        .iter()
+        .filter(|rs| rs["metadata"]["labels"]["pod-template-hash"] != hash.as_str())
+        .cloned()
         .collect();
-    let mut failure = None;
-    // Scale the current template to the desired count.
-    if current.len() < desired {
-        let mut labels = template["metadata"]["labels"].clone();
-        if !labels.is_object() {
-            labels = json!({});
+    old.sort_by_key(revision_of);
+    let recreate = d["spec"]["strategy"]["type"] == "Recreate";
+    let (surge, unavailable) = if recreate {
+        (0, desired)
+    } else {
+        fenceposts(d)
+    };
+    let old_replicas: i64 = old.iter().map(replicas_of).sum();
+    let mut progress: Option<(&'static str, String)> = None;
+    match &new_rs {
+        None => {
+            let mut labels = template["metadata"]["labels"].clone();
+            if !labels.is_object() {
+                labels = json!({});
+            }
+            labels["pod-template-hash"] = json!(hash);
+            let mut selector = d["spec"]["selector"].clone();
+            selector["matchLabels"]["pod-template-hash"] = json!(hash);
+            let mut rs_template = template.clone();
+            rs_template["metadata"]["labels"] = labels.clone();
+            // The first ReplicaSet (or Recreate once the old pods are gone)
+            // starts at full size; a rolling one within the surge.
+            let start = if recreate {
+                if old_replicas == 0 && old.iter().all(|rs| count(store, ns, rs, |_| true) == 0) {
+                    desired
+                } else {
+                    0
+                }
+            } else if old.is_empty() {
+                desired
+            } else {
+                (desired + surge - old_replicas).clamp(0, desired)
+            };
+            let rs_name = format!("{name}-{hash}");
+            let rs = json!({
+                "apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": rs_name, "labels": labels,
+                    "annotations": {
+                        "deployment.kubernetes.io/revision": (max_revision + 1).to_string(),
+                        "deployment.kubernetes.io/desired-replicas": desired.to_string(),
+                        "deployment.kubernetes.io/max-replicas": (desired + surge).to_string(),
+                    },
+                    "ownerReferences": controller_ref("apps/v1", "Deployment", d)},
+                "spec": {"replicas": start, "selector": selector, "template": rs_template,
+                    "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0)},
+            });
+            let stored = fake.commit(store, APPS, "replicasets", ns, rs, None);
+            progress = Some((
+                "NewReplicaSetCreated",
+                format!("Created new replica set \"{rs_name}\""),
+            ));
+            new_rs = Some(stored);
         }
-        labels["pod-template-hash"] = json!(hash);
-        for i in 0..(desired - current.len()) {
-            let mut n = current.len() + i;
+        Some(rs) if revision_of(rs) < max_revision => {
+            // A rollback to an older template: it becomes the newest revision.
+            let mut next = rs.clone();
+            next["metadata"]["annotations"]["deployment.kubernetes.io/revision"] =
+                json!((max_revision + 1).to_string());
+            new_rs = Some(fake.commit(store, APPS, "replicasets", ns, next, Some(rs)));
+        }
+        Some(_) => {}
+    }
+    let new_rs = new_rs.expect("made above");
+    let new_name = new_rs["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let paused = d["spec"]["paused"] == true;
+    if !paused {
+        if recreate {
+            // Recreate: every old pod goes before a new one starts.
+            for rs in &old {
+                if replicas_of(rs) > 0 {
+                    set_rs_replicas(fake, store, ns, rs, 0, d);
+                }
+            }
+            let old_pods: i64 = old.iter().map(|rs| count(store, ns, rs, |_| true)).sum();
+            if old_pods == 0 && replicas_of(&new_rs) != desired {
+                set_rs_replicas(fake, store, ns, &new_rs, desired, d);
+            }
+        } else {
+            rolling_update(
+                fake,
+                store,
+                ns,
+                d,
+                &new_rs,
+                &old,
+                desired,
+                surge,
+                unavailable,
+            );
+        }
+    }
+    // Old ReplicaSets beyond revisionHistoryLimit, scaled to zero, go.
+    let limit = d["spec"]["revisionHistoryLimit"]
+        .as_i64()
+        .unwrap_or(10)
+        .max(0) as usize;
+    let idle: Vec<Value> = old
+        .iter()
+        .filter_map(|rs| {
+            let key = FakeKube::key(APPS, "replicasets", ns, rs["metadata"]["name"].as_str()?);
+            store.objects.get(&key).cloned()
+        })
+        .filter(|rs| replicas_of(rs) == 0 && count(store, ns, rs, |_| true) == 0)
+        .collect();
+    if idle.len() > limit {
+        for rs in idle.iter().take(idle.len() - limit) {
+            let key = FakeKube::key(
+                APPS,
+                "replicasets",
+                ns,
+                rs["metadata"]["name"].as_str().unwrap_or_default(),
+            );
+            fake.delete_key(store, &key);
+        }
+    }
+    Some((new_name, progress))
+}
+
+/// RollingUpdate: the new ReplicaSet grows while every ReplicaSet's
+/// replicas stay within replicas + maxSurge; old ones shrink while the
+/// available pods stay at least replicas - maxUnavailable. One of the two
+/// per pass, as the real controller, so pods never outrun the bounds.
+#[allow(clippy::too_many_arguments)]
+fn rolling_update(
+    fake: &FakeKube,
+    store: &mut Store,
+    ns: &str,
+    d: &Value,
+    new_rs: &Value,
+    old: &[Value],
+    desired: i64,
+    surge: i64,
+    unavailable: i64,
+) {
+    let new_replicas = replicas_of(new_rs);
+    let old_replicas: i64 = old.iter().map(replicas_of).sum();
+    let total = new_replicas + old_replicas;
+    let max_total = desired + surge;
+    // Scale up the new ReplicaSet.
+    if new_replicas < desired && total < max_total {
+        let want = (new_replicas + (max_total - total)).min(desired);
+        set_rs_replicas(fake, store, ns, new_rs, want, d);
+        return;
+    }
+    if new_replicas > desired && old_replicas == 0 {
+        set_rs_replicas(fake, store, ns, new_rs, desired, d);
+        return;
+    }
+    // Scale down old ReplicaSets: first their pods that are not
+    // available (they count for nothing), then within the availability bound.
+    let min_available = desired - unavailable;
+    let all_pods: i64 = std::iter::once(new_rs)
+        .chain(old)
+        .map(|rs| {
+            count(store, ns, rs, |p| {
+                p["metadata"]["deletionTimestamp"].is_null()
+            })
+        })
+        .sum();
+    let new_unavailable = new_replicas - count(store, ns, new_rs, is_ready);
+    let mut cleanup = (all_pods - min_available - new_unavailable).max(0);
+    let mut changed = Vec::new();
+    for rs in old {
+        if cleanup == 0 {
+            break;
+        }
+        let not_ready = replicas_of(rs) - count(store, ns, rs, is_ready);
+        let cut = not_ready.min(cleanup).max(0);
+        if cut > 0 {
+            cleanup -= cut;
+            changed.push((rs["metadata"]["name"].clone(), replicas_of(rs) - cut));
+        }
+    }
+    let current = |rs: &Value, changed: &[(Value, i64)]| {
+        changed
+            .iter()
+            .find(|(n, _)| *n == rs["metadata"]["name"])
+            .map(|(_, r)| *r)
+            .unwrap_or_else(|| replicas_of(rs))
+    };
+    let available: i64 = std::iter::once(new_rs)
+        .chain(old)
+        .map(|rs| count(store, ns, rs, is_ready).min(current(rs, &changed)))
+        .sum();
+    let mut down = (available - min_available).max(0);
+    for rs in old {
+        if down == 0 {
+            break;
+        }
+        let now = current(rs, &changed);
+        let cut = now.min(down);
+        if cut > 0 {
+            down -= cut;
+            changed.retain(|(n, _)| *n != rs["metadata"]["name"]);
+            changed.push((rs["metadata"]["name"].clone(), now - cut));
+        }
+    }
+    for (rs_name, replicas) in changed {
+        if let Some(rs) = old.iter().find(|rs| rs["metadata"]["name"] == rs_name) {
+            set_rs_replicas(fake, store, ns, rs, replicas, d);
+        }
+    }
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str, old: &Value) -> Value {
+    let now = super::now_rfc3339();
+    let previous = old
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind);
+    let transition = match previous {
+        Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
+        _ => json!(now),
+    };
+    let update = match previous {
+        Some(p) if p["status"] == status && p["reason"] == reason && p["message"] == message => {
+            p["lastUpdateTime"].clone()
+        }
+        _ => json!(now),
+    };
+    json!({"type": kind, "status": status, "lastUpdateTime": update, "lastTransitionTime": transition,
+        "reason": reason, "message": message})
+}
+
+/// The Deployment's status, from its ReplicaSets and their pods, as
+/// calculateStatus and the progress conditions report it.
+fn deployment_status(
+    fake: &FakeKube,
+    store: &mut Store,
+    ns: &str,
+    d: &Value,
+    new_name: &str,
+    progress: Option<(&'static str, String)>,
+) {
+    let name = d["metadata"]["name"].as_str().unwrap_or_default();
+    let key = FakeKube::key(APPS, "deployments", ns, name);
+    let Some(latest) = store.objects.get(&key).cloned() else {
+        return;
+    };
+    let uid = &d["metadata"]["uid"];
+    let sets: Vec<Value> = store
+        .objects
+        .iter()
+        .filter(|((k, n, _), rs)| k.1 == "replicasets" && n == ns && owned_by(rs, uid))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let desired = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
+    let (mut pods, mut updated, mut ready, mut spec_total) = (0, 0, 0, 0);
+    let mut failure = None;
+    for rs in &sets {
+        let all = count(store, ns, rs, |_| true);
+        pods += all;
+        ready += count(store, ns, rs, is_ready);
+        spec_total += replicas_of(rs);
+        if rs["metadata"]["name"] == new_name {
+            updated = all;
+        }
+        if let Some(c) = rs["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "ReplicaFailure" && c["status"] == "True")
+        {
+            failure = Some(c["message"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    let available = ready;
+    let old_conditions = &latest["status"]["conditions"];
+    let recreate = d["spec"]["strategy"]["type"] == "Recreate";
+    let unavailable_allowed = if recreate { desired } else { fenceposts(d).1 };
+    let mut conditions = Vec::new();
+    conditions.push(if available >= desired - unavailable_allowed {
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.",
+            old_conditions,
+        )
+    } else {
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.",
+            old_conditions,
+        )
+    });
+    let complete = updated == desired && pods == desired && available == desired;
+    let (reason, message) = if complete {
+        (
+            "NewReplicaSetAvailable".to_string(),
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
+    } else if let Some((r, m)) = progress {
+        (r.to_string(), m)
+    } else {
+        let previous = old_conditions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Progressing" && c["reason"] == "NewReplicaSetCreated");
+        match previous {
+            Some(p)
+                if p["message"].as_str().is_some_and(|m| m.contains(new_name)) && updated == 0 =>
+            {
+                (
+                    "NewReplicaSetCreated".to_string(),
+                    p["message"].as_str().unwrap_or_default().to_string(),
+                )
+            }
+            _ => (
+                "ReplicaSetUpdated".to_string(),
+                format!("ReplicaSet \"{new_name}\" is progressing."),
+            ),
+        }
+    };
+    conditions.push(condition(
+        "Progressing",
+        "True",
+        &reason,
+        &message,
+        old_conditions,
+    ));
+    if let Some(message) = failure {
+        conditions.push(condition(
+            "ReplicaFailure",
+            "True",
+            "FailedCreate",
+            &message,
+            old_conditions,
+        ));
+    }
+    let status = json!({
+        "observedGeneration": d["metadata"]["generation"],
+        "replicas": pods,
+        "updatedReplicas": updated,
+        "readyReplicas": ready,
+        "availableReplicas": available,
+        "unavailableReplicas": (spec_total - available).max(0),
+        "conditions": conditions,
+    });
+    if latest["status"] != status {
+        let mut next = latest.clone();
+        next["status"] = status;
+        fake.commit(store, APPS, "deployments", ns, next, Some(&latest));
+    }
+}
+
+/// The ReplicaSet controller: pods of its template up to its replicas
+/// (named `<replicaset>-<5 characters>`), the surplus deleted not-ready
+/// first; its status counts them.
+fn replica_set(fake: &FakeKube, store: &mut Store, ns: &str, rs: &Value, create: bool) {
+    if rs["metadata"]["deletionTimestamp"].is_string() {
+        return;
+    }
+    let name = rs["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let uid = rs["metadata"]["uid"].clone();
+    let want = replicas_of(rs).max(0) as usize;
+    let mut pods = pods_owned(store, ns, &uid);
+    let mut failure = None;
+    if pods.len() > want && !create {
+        // Not ready first, then the youngest.
+        pods.sort_by_key(|(_, p)| {
+            (
+                is_ready(p),
+                std::cmp::Reverse(
+                    p["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                ),
+            )
+        });
+        for (key, _) in pods.iter().take(pods.len() - want) {
+            fake.remove(store, key);
+        }
+    } else if pods.len() < want && create {
+        let template = &rs["spec"]["template"];
+        for _ in 0..(want - pods.len()) {
             let pod_name = loop {
-                let candidate = format!("{name}-{hash}-{n}");
+                let suffix: String = {
+                    let seed = format!("{name}{}{}", store.rv, store.next_ip);
+                    let digest = Sha256::digest(seed.as_bytes());
+                    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+                    digest
+                        .iter()
+                        .take(5)
+                        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+                        .collect()
+                };
+                let candidate = format!("{name}-{suffix}");
                 if !store
                     .objects
                     .contains_key(&FakeKube::key(CORE, "pods", ns, &candidate))
                 {
                     break candidate;
                 }
-                n += 1;
+                store.next_ip += 1;
             };
             store.next_ip += 1;
             let mut pod = json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": pod_name, "labels": labels, "annotations": template["metadata"]["annotations"],
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+                "metadata": {"name": pod_name, "generateName": format!("{name}-"), "labels": template["metadata"]["labels"],
+                    "annotations": template["metadata"]["annotations"],
+                    "ownerReferences": controller_ref("apps/v1", "ReplicaSet", rs)},
                 "spec": template["spec"],
                 "status": {"podIP": format!("10.244.{}.{}", store.next_ip / 250, store.next_ip % 250 + 1)},
             });
@@ -330,61 +855,38 @@ fn deployment(fake: &FakeKube, store: &mut Store, ns: &str, d: &Value) {
                     .insert(u.to_string(), Instant::now());
             }
         }
-    } else if current.len() > desired {
-        for (key, _) in current.iter().skip(desired) {
-            fake.remove(store, key);
-        }
     }
-    // Old templates go once the current one is fully ready.
-    let ready_current = store
-        .objects
-        .iter()
-        .filter(|((k, n, _), p)| {
-            k.1 == "pods"
-                && n == ns
-                && owned_by(p, &uid)
-                && p["metadata"]["labels"]["pod-template-hash"] == hash.as_str()
-                && is_ready(p)
-        })
-        .count();
-    if ready_current >= desired {
-        for (key, p) in &pods {
-            if p["metadata"]["labels"]["pod-template-hash"] != hash.as_str() {
-                fake.remove(store, key);
-            }
-        }
-    }
-    // Status, from the pods as they are now.
-    let now: Vec<Value> = store
-        .objects
-        .iter()
-        .filter(|((k, n, _), p)| k.1 == "pods" && n == ns && owned_by(p, &uid))
-        .map(|(_, v)| v.clone())
-        .collect();
-    let updated = now
-        .iter()
-        .filter(|p| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str())
-        .count();
-    let ready = now.iter().filter(|p| is_ready(p)).count();
-    let mut status = json!({
-        "observedGeneration": d["metadata"]["generation"],
-        "replicas": now.len(),
-        "updatedReplicas": updated,
-        "readyReplicas": ready,
-        "availableReplicas": ready,
-        "unavailableReplicas": now.len().saturating_sub(ready),
-    });
-    if let Some(message) = failure {
-        status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}]);
-    }
-    let key = FakeKube::key(APPS, "deployments", ns, &name);
+    let now = pods_owned(store, ns, &uid);
+    let ready = now.iter().filter(|(_, p)| is_ready(p)).count();
+    let key = FakeKube::key(APPS, "replicasets", ns, &name);
     let Some(latest) = store.objects.get(&key).cloned() else {
         return;
     };
+    let mut status = json!({
+        "replicas": now.len(),
+        "fullyLabeledReplicas": now.len(),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "observedGeneration": latest["metadata"]["generation"],
+    });
+    if let Some(message) = failure.or_else(|| {
+        // A failure stays reported until the pods are all there.
+        (now.len() < want).then(|| {
+            latest["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "ReplicaFailure")
+                .and_then(|c| c["message"].as_str())
+                .map(str::to_string)
+        })?
+    }) {
+        status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}]);
+    }
     if latest["status"] != status {
         let mut next = latest.clone();
         next["status"] = status;
-        fake.commit(store, APPS, "deployments", ns, next, Some(&latest));
+        fake.commit(store, APPS, "replicasets", ns, next, Some(&latest));
     }
 }
 
@@ -477,58 +979,82 @@ fn endpoints(fake: &FakeKube, store: &mut Store, ns: &str, svc: &Value) {
     }
 }
 
-/// Marks every pod of a Deployment's current template ready now.
+/// The ReplicaSets a Deployment owns, and which is its current template's.
+fn replica_sets_of(store: &Store, ns: &str, d: &Value) -> Vec<(bool, Value)> {
+    let hash = template_hash(&d["spec"]["template"]);
+    store
+        .objects
+        .iter()
+        .filter(|((k, n, _), rs)| {
+            k.1 == "replicasets" && n == ns && owned_by(rs, &d["metadata"]["uid"])
+        })
+        .map(|(_, rs)| {
+            (
+                rs["metadata"]["labels"]["pod-template-hash"] == hash.as_str(),
+                rs.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Marks every pod of a Deployment's current template ready now (the
+/// kubelet), again as the rollout makes more, until it has rolled out.
 pub fn make_ready(fake: &FakeKube, ns: &str, name: &str) -> Option<Value> {
-    reconcile(fake);
-    {
-        let mut store = fake.inner.store.lock().expect("store");
-        let d = store
-            .objects
-            .get(&FakeKube::key(APPS, "deployments", ns, name))?
-            .clone();
-        let hash = template_hash(&d["spec"]["template"]);
-        let uid = d["metadata"]["uid"].clone();
-        let pods: Vec<(Key, Value)> = store
-            .objects
-            .iter()
-            .filter(|((k, n, _), p)| {
-                k.1 == "pods"
-                    && n == ns
-                    && owned_by(p, &uid)
-                    && p["metadata"]["labels"]["pod-template-hash"] == hash.as_str()
-                    && !is_ready(p)
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (key, mut pod) in pods {
-            let old = pod.clone();
-            set_ready(&mut pod, true);
-            fake.commit(&mut store, CORE, "pods", &key.1, pod, Some(&old));
+    for _ in 0..200 {
+        reconcile(fake);
+        let done = {
+            let mut store = fake.inner.store.lock().expect("store");
+            let d = store
+                .objects
+                .get(&FakeKube::key(APPS, "deployments", ns, name))?
+                .clone();
+            let mut pods = Vec::new();
+            for (_, rs) in replica_sets_of(&store, ns, &d)
+                .into_iter()
+                .filter(|(current, _)| *current)
+            {
+                pods.extend(pods_owned(&store, ns, &rs["metadata"]["uid"]));
+            }
+            let waiting: Vec<(Key, Value)> =
+                pods.into_iter().filter(|(_, p)| !is_ready(p)).collect();
+            for (key, mut pod) in waiting.clone() {
+                let old = pod.clone();
+                set_ready(&mut pod, true);
+                fake.commit(&mut store, CORE, "pods", &key.1, pod, Some(&old));
+            }
+            let desired = d["spec"]["replicas"].as_i64().unwrap_or(1);
+            let s = &d["status"];
+            waiting.is_empty()
+                && s["observedGeneration"] == d["metadata"]["generation"]
+                && s["updatedReplicas"] == desired
+                && s["replicas"] == desired
+                && s["availableReplicas"] == desired
+        };
+        if done {
+            break;
         }
     }
     reconcile(fake);
     fake.get(APPS, "deployments", ns, name)
 }
 
-/// Pods by name of a Deployment (tests inspect them).
+/// Pods by name of a Deployment, through its ReplicaSets (tests inspect them).
 pub fn pods_of(fake: &FakeKube, ns: &str, deployment: &str) -> BTreeMap<String, Value> {
     let Some(d) = fake.get(APPS, "deployments", ns, deployment) else {
         return BTreeMap::new();
     };
-    let uid = d["metadata"]["uid"].clone();
-    fake.view(|v| {
-        v.list(CORE, "pods", ns)
-            .into_iter()
-            .filter(|p| owned_by(p, &uid))
-            .map(|p| {
-                (
-                    p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    p.clone(),
-                )
-            })
-            .collect()
-    })
+    let store = fake.inner.store.lock().expect("store");
+    replica_sets_of(&store, ns, &d)
+        .into_iter()
+        .flat_map(|(_, rs)| pods_owned(&store, ns, &rs["metadata"]["uid"]))
+        .map(|(_, p)| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p,
+            )
+        })
+        .collect()
 }

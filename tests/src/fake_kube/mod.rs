@@ -152,6 +152,15 @@ pub const KINDS: &[KindInfo] = &[
         ["deploy"]
     ),
     kind!(
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        "apps",
+        "v1",
+        true,
+        ["rs"]
+    ),
+    kind!(
         "poddisruptionbudgets",
         "poddisruptionbudget",
         "PodDisruptionBudget",
@@ -1028,11 +1037,18 @@ fn defaults(store: &mut Store, info: &KindInfo, object: &mut Value, old: Option<
             default_field(spec, "replicas", json!(1));
             default_field(spec, "revisionHistoryLimit", json!(10));
             default_field(spec, "progressDeadlineSeconds", json!(600));
-            default_field(
-                spec,
-                "strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-            );
+            // SetDefaults_Deployment: RollingUpdate, 25% and 25%.
+            default_field(spec, "strategy", json!({}));
+            if let Some(strategy) = spec.get_mut("strategy").filter(|s| s.is_object()) {
+                default_field(strategy, "type", json!("RollingUpdate"));
+                if strategy["type"] == "RollingUpdate" {
+                    default_field(strategy, "rollingUpdate", json!({}));
+                    if let Some(r) = strategy.get_mut("rollingUpdate").filter(|r| r.is_object()) {
+                        default_field(r, "maxUnavailable", json!("25%"));
+                        default_field(r, "maxSurge", json!("25%"));
+                    }
+                }
+            }
             let Some(pod) = spec
                 .get_mut("template")
                 .and_then(|t| t.get_mut("spec"))
@@ -1351,6 +1367,7 @@ fn parse_path(path: &str, addr: SocketAddr) -> Option<Route> {
 /// The resources with a `status` subresource.
 pub(crate) const STATUS_SUBRESOURCES: &[&str] = &[
     "deployments",
+    "replicasets",
     "horizontalpodautoscalers",
     "services",
     "pods",

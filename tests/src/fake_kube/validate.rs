@@ -523,8 +523,75 @@ fn containers(spec: &Value, field: &str, out: &mut Vec<Cause>) {
     }
 }
 
+/// An int-or-percent's value as written (a percent's number), or None
+/// when it is neither.
+fn int_or_percent(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.strip_suffix('%').and_then(|n| n.parse().ok()),
+        _ => None,
+    }
+}
+
+/// `spec.strategy`, as ValidateDeploymentStrategy: RollingUpdate's
+/// maxSurge and maxUnavailable are non-negative ints or percents (at most
+/// 100% unavailable) and not both zero; Recreate takes no rollingUpdate.
+fn deployment_strategy(strategy: &Value, out: &mut Vec<Cause>) {
+    let kind = strategy["type"].as_str().unwrap_or("RollingUpdate");
+    let rolling = &strategy["rollingUpdate"];
+    match kind {
+        "Recreate" => {
+            if !rolling.is_null() {
+                out.push(Cause::forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                ));
+            }
+        }
+        "RollingUpdate" => {
+            let mut values = Vec::new();
+            for field in ["maxUnavailable", "maxSurge"] {
+                let v = &rolling[field];
+                if v.is_null() {
+                    values.push(None);
+                    continue;
+                }
+                let path = format!("spec.strategy.rollingUpdate.{field}");
+                match int_or_percent(v) {
+                    None => out.push(Cause::invalid(
+                        &path,
+                        v,
+                        "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')",
+                    )),
+                    Some(n) if n < 0 => {
+                        out.push(Cause::invalid(&path, v, "must be greater than or equal to 0"))
+                    }
+                    Some(n) if field == "maxUnavailable" && v.is_string() && n > 100 => {
+                        out.push(Cause::invalid(&path, v, "must not be greater than 100%"))
+                    }
+                    Some(_) => {}
+                }
+                values.push(int_or_percent(v));
+            }
+            if values == [Some(0), Some(0)] {
+                out.push(Cause::invalid(
+                    "spec.strategy.rollingUpdate.maxUnavailable",
+                    &rolling["maxUnavailable"],
+                    "may not be 0 when `maxSurge` is 0",
+                ));
+            }
+        }
+        _ => out.push(Cause::not_supported(
+            "spec.strategy.type",
+            &strategy["type"],
+            &["Recreate", "RollingUpdate"],
+        )),
+    }
+}
+
 fn deployment(d: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {
     let spec = &d["spec"];
+    deployment_strategy(&spec["strategy"], out);
     let selector = &spec["selector"];
     let empty_selector = selector["matchLabels"]
         .as_object()
