@@ -24,10 +24,21 @@
 //!   the owner reference; Foreground: the owner waits for them).
 //! - **Subresources**: `status` for the kinds that have one, and a
 //!   Deployment's `scale` (autoscaling/v1 Scale), as `kubectl scale` uses.
-//! - **Controllers** ([`controllers`]) run: Deployments get Pods (a rolling
-//!   update when the template changes), Pods become ready after a delay (or
-//!   when a test says so), Deployments report replica counts and
-//!   `observedGeneration`, Services get EndpointSlices of their ready pods.
+//! - **OpenAPI v3** ([`openapi`]): `/openapi/v3` and one document per
+//!   group-version, from the same 1.35 schema, with every operation's
+//!   `x-kubernetes-group-version-kind` and query parameters, so kubectl's
+//!   default validation hands unknown fields to the server
+//!   (`fieldValidation=Strict`: refused with the real wording; `Warn`: a
+//!   `Warning` header; `Ignore`: dropped silently) and `kubectl explain` works.
+//! - **Events** ([`events`]): one store behind `v1` and `events.k8s.io/v1`,
+//!   converted by the documented field mapping, with field selectors and
+//!   watches on both versions.
+//! - **Controllers** ([`controllers`]) run: Deployments own ReplicaSets
+//!   (`pod-template-hash`, revisions) that own Pods, and roll by
+//!   `maxSurge`/`maxUnavailable` or Recreate, reporting status and
+//!   conditions as the real controller; Pods become ready after a delay (or
+//!   when a test says so); Services get EndpointSlices of their pods with
+//!   `ready`/`serving`/`terminating` conditions.
 //!   Invariants registered by a test are checked after every change.
 //! - **Watches** start from a resourceVersion (410 Gone once it has been
 //!   compacted away), send bookmarks when asked, and a watcher that lags
