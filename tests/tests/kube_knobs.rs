@@ -510,18 +510,54 @@ async fn the_request_timeout_reaches_the_route_and_a_slow_backend_gets_a_504_at_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proportional_canary_runs_replicas_in_step_with_its_weight() {
-    let w = World::new(10, json!({"sluice.dev/canary-scale": "proportional"}))
-        .await
-        .bootstrapped()
-        .await;
+    let w = World::new(10, json!({"sluice.dev/canary-scale": "proportional"})).await;
+    // The user's HPA on the Deployment (it scales the canary in a release).
+    w.fake.put(
+        HPAS,
+        "horizontalpodautoscalers",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+            "minReplicas": 4, "maxReplicas": 10,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        }}),
+    );
+    let w = w.bootstrapped().await;
+    let bounds = |name: &str| {
+        let hpa = w
+            .fake
+            .get(HPAS, "horizontalpodautoscalers", NS, name)
+            .unwrap();
+        (
+            hpa["spec"]["minReplicas"].as_i64().unwrap(),
+            hpa["spec"]["maxReplicas"].as_i64().unwrap(),
+        )
+    };
     assert_eq!(w.replicas("app-primary"), 10);
     assert_eq!(w.replicas("app"), 0);
     w.set_image("app:2");
     w.tick().await;
     assert_eq!(w.replicas("app"), 1, "at weight 0: one pod");
+    w.until("Progressing", 10).await;
+    w.step(0).await;
+    assert_eq!(w.weight(), 20.0);
+    assert_eq!(w.replicas("app"), 2, "20% of 10 is 2 pods");
+    assert_eq!(bounds("app"), (1, 2), "the canary's HPA scaled to 20%");
+    assert_eq!(
+        bounds("app-primary"),
+        (4, 10),
+        "the primary's twin keeps the user's bounds"
+    );
     let seen = w.until("Succeeded", 40).await;
-    // 20% of 10 is 2 pods, 50% is 5; scaled to 0 once promoted.
-    assert!(seen.contains(&(20.0, 2)), "{seen:?}");
+    w.step(0).await;
+    assert_eq!(bounds("app"), (4, 10), "the user's bounds are back");
+    assert!(
+        w.fake
+            .get(HPAS, "horizontalpodautoscalers", NS, "app")
+            .unwrap()["metadata"]["annotations"]["sluice.dev/original-bounds"]
+            .is_null()
+    );
+    // 50% of 10 is 5 pods; scaled to 0 once promoted.
     assert!(seen.contains(&(50.0, 5)), "{seen:?}");
     assert!(
         seen.iter()

@@ -137,6 +137,9 @@ pub const ORIGINAL_SELECTOR: &str = "sluice.dev/original-selector";
 pub const ORIGINAL_TARGET_PORT: &str = "sluice.dev/original-target-port";
 /// The user's Service ports before the take-over (JSON), for the way back.
 pub const ORIGINAL_PORTS: &str = "sluice.dev/original-ports";
+/// On a user's HPA aimed at the app, while a proportional release scales
+/// its bounds: its own `minReplicas` and `maxReplicas` (JSON).
+pub const ORIGINAL_BOUNDS: &str = "sluice.dev/original-bounds";
 pub const FINALIZER: &str = "sluice.dev/cleanup";
 /// The phase and message, mirrored on the user's Deployment (for GitOps
 /// health checks, which see only the object they track).

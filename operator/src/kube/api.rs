@@ -254,6 +254,28 @@ pub(super) async fn add_finalizer(
     ns: &str,
     name: &str,
 ) -> Result<(), Error> {
+    match json_patch(ctx, ns, name, finalizer_ops(d)).await {
+        // The object changed since it was read (a status update by the
+        // Deployment controller, say): once more on a fresh read, with the
+        // same test, so a finalizer added meanwhile is still never lost.
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let fresh = api.get(name).await?;
+            if fresh
+                .finalizers()
+                .iter()
+                .any(|f| f == annotations::FINALIZER)
+            {
+                return Ok(());
+            }
+            json_patch(ctx, ns, name, finalizer_ops(&fresh)).await
+        }
+        other => other,
+    }
+}
+
+/// A JSON patch adding Sluice's finalizer to `d` as read.
+fn finalizer_ops(d: &Deployment) -> Vec<Value> {
     let rv = d.resource_version().unwrap_or_default();
     let mut ops = vec![json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv})];
     if d.metadata
@@ -269,7 +291,7 @@ pub(super) async fn add_finalizer(
             json!({"op": "add", "path": "/metadata/finalizers", "value": [annotations::FINALIZER]}),
         );
     }
-    json_patch(ctx, ns, name, ops).await
+    ops
 }
 
 /// Removes Sluice's finalizer by index, testing the resourceVersion and the

@@ -16,8 +16,9 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 use super::annotations::{self, Settings};
-use super::api::{add_finalizer, apply, ensure_ours, rfc3339, to_value};
+use super::api::{add_finalizer, apply, ensure_ours, merge_patch, rfc3339, to_value};
 use super::inputs::{config_data, copy_configs};
+use super::knobs::CanaryScale;
 use super::objects::*;
 use super::proxy::{at_rest, ensure_proxy};
 use super::services::{TEMPLATE_HASH, original_service};
@@ -180,24 +181,117 @@ pub(super) async fn bootstrap(
     primary["metadata"]["annotations"] =
         json!({annotations::STATUS: serde_json::to_string(&status)?});
     apply::<Deployment>(c, ns, &primary).await?;
-    sync_hpas(ctx, ns, app, d).await?;
+    sync_hpas(ctx, ns, app, d, None).await?;
     Ok(())
 }
 
-/// HPAs aimed at `app` get a twin aimed at `app-primary`.
-pub(super) async fn sync_hpas(ctx: &Context, ns: &str, app: &str, d: &Value) -> Result<(), Error> {
+/// HPAs aimed at `app` get a twin aimed at `app-primary`, with the
+/// user's own bounds.
+///
+/// `canary`: during a release with `sluice.dev/canary-scale:
+/// proportional`, the scaling and weight in force. The user's HPA aimed at
+/// `app` (which scales the canary) then has its `minReplicas` and
+/// `maxReplicas` scaled like the canary's replicas (`ceil(n × weight /
+/// 100)`, at least 1), so it does not undo them; its own bounds are kept
+/// in its annotation `sluice.dev/original-bounds` and put back when the
+/// release ends (`None`), as they are when Sluice lets the app go
+/// ([`restore_hpa_bounds`]).
+pub(super) async fn sync_hpas(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    d: &Value,
+    canary: Option<(CanaryScale, u32)>,
+) -> Result<(), Error> {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     let owner = owner_reference(d);
     for hpa in hpas.list(&ListParams::default()).await?.items {
         let target = hpa.spec.as_ref().map(|s| &s.scale_target_ref);
-        if target.is_some_and(|t| t.kind == "Deployment" && t.name == app) {
-            apply::<HorizontalPodAutoscaler>(
-                &ctx.client,
-                ns,
-                &hpa_twin(&to_value(&hpa)?, app, &owner),
-            )
-            .await?;
+        if !target.is_some_and(|t| t.kind == "Deployment" && t.name == app) {
+            continue;
+        }
+        let mut user = to_value(&hpa)?;
+        let original = original_bounds(&user);
+        if let Some((min, max)) = original {
+            user["spec"]["minReplicas"] = json!(min);
+            user["spec"]["maxReplicas"] = json!(max);
+        }
+        apply::<HorizontalPodAutoscaler>(&ctx.client, ns, &hpa_twin(&user, app, &owner)).await?;
+        let name = hpa.name_any();
+        let (min, max) = bounds(&user);
+        match canary {
+            Some((scaling, bp)) => {
+                let want = (scaling.replicas(min, bp), scaling.replicas(max, bp));
+                if bounds(&to_value(&hpa)?) != want || original.is_none() {
+                    merge_patch::<HorizontalPodAutoscaler>(
+                        &ctx.client,
+                        ns,
+                        &name,
+                        json!({
+                            "metadata": {"annotations": {annotations::ORIGINAL_BOUNDS: json!({"minReplicas": min, "maxReplicas": max}).to_string()}},
+                            "spec": {"minReplicas": want.0, "maxReplicas": want.1},
+                        }),
+                    )
+                    .await?;
+                }
+            }
+            None if original.is_some() => put_bounds_back(ctx, ns, &name, min, max).await?,
+            None => {}
         }
     }
     Ok(())
+}
+
+/// Puts the user's own bounds back on every HPA aimed at `app`.
+pub(super) async fn restore_hpa_bounds(ctx: &Context, ns: &str, app: &str) -> Result<(), Error> {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+    for hpa in hpas.list(&ListParams::default()).await?.items {
+        let target = hpa.spec.as_ref().map(|s| &s.scale_target_ref);
+        if !target.is_some_and(|t| t.kind == "Deployment" && t.name == app) {
+            continue;
+        }
+        if let Some((min, max)) = original_bounds(&to_value(&hpa)?) {
+            put_bounds_back(ctx, ns, &hpa.name_any(), min, max).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn put_bounds_back(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<(), Error> {
+    merge_patch::<HorizontalPodAutoscaler>(
+        &ctx.client,
+        ns,
+        name,
+        json!({
+            "metadata": {"annotations": {annotations::ORIGINAL_BOUNDS: null}},
+            "spec": {"minReplicas": min, "maxReplicas": max},
+        }),
+    )
+    .await
+}
+
+/// An HPA's (min, max); min defaults to 1, as the API's.
+fn bounds(hpa: &Value) -> (i64, i64) {
+    (
+        hpa["spec"]["minReplicas"].as_i64().unwrap_or(1),
+        hpa["spec"]["maxReplicas"].as_i64().unwrap_or(1),
+    )
+}
+
+/// The user's own bounds, recorded while a proportional release scales them.
+fn original_bounds(hpa: &Value) -> Option<(i64, i64)> {
+    let saved: Value = serde_json::from_str(
+        hpa["metadata"]["annotations"][annotations::ORIGINAL_BOUNDS].as_str()?,
+    )
+    .ok()?;
+    Some((
+        saved["minReplicas"].as_i64()?,
+        saved["maxReplicas"].as_i64()?,
+    ))
 }

@@ -18,6 +18,7 @@ use super::annotations;
 use super::api::{
     delete_owned, publish, remove_finalizer, scale, sluice_post, to_value, unmirror_phase,
 };
+use super::bootstrap::restore_hpa_bounds;
 use super::objects::*;
 use super::services::{original_service, ready_endpoints};
 use super::{Context, Error, KubeStatus};
@@ -108,6 +109,7 @@ pub(super) async fn cleanup(
             return Ok(Action::requeue(ctx.poll));
         }
     }
+    restore_hpa_bounds(ctx, ns, app).await?;
     let c = &ctx.client;
     delete_owned::<Deployment>(c, ns, &proxy_name(app), &uid).await?;
     delete_owned::<Deployment>(c, ns, &primary_name(app), &uid).await?;

@@ -106,8 +106,10 @@ pub enum CanaryScale {
     #[default]
     Full,
     /// `ceil(primary replicas × weight / 100)`, at least 1, set at each
-    /// weight change; an HPA aimed at the app has its twin's bounds for
-    /// the canary scaled the same way (see `sync_hpas`).
+    /// weight change. A user's HPA aimed at the app (it scales the
+    /// canary during a release) has its bounds scaled the same way for the
+    /// release, and put back after; its twin on `app-primary` keeps the
+    /// user's bounds (see `sync_hpas`).
     Proportional,
 }
 

@@ -33,7 +33,10 @@
 //! `app-canary`). Phases call helpers, and a later phase may call an
 //! earlier one's pieces (take-over and release use drift repair; release
 //! uses commands), never the other way round. [`objects`] builds the
-//! manifests (pure), [`annotations`] parses the settings (pure).
+//! manifests (pure), [`annotations`] parses the settings (pure), and
+//! [`knobs`] holds the per-app knobs' types and rules (A/B rules, route
+//! timeouts, the proxy's replicas, resources and HPA, canary scaling,
+//! rollback window, abort scale-down delay).
 
 pub mod annotations;
 pub mod knobs;
@@ -547,7 +550,12 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         &settings.proxy,
     )
     .await?;
-    sync_hpas(&ctx, &ns, &name, &dv).await?;
+    // A proportional release scales the bounds of the canary's HPA too.
+    let releasing = status.machine.as_ref().filter(|m| !m.phase.is_terminal());
+    let canary_bounds = releasing
+        .filter(|_| settings.canary_scale == knobs::CanaryScale::Proportional)
+        .map(|m| (settings.canary_scale, m.canary_weight_bp));
+    sync_hpas(&ctx, &ns, &name, &dv, canary_bounds).await?;
     release_tick(
         &ctx,
         &d,
