@@ -5,7 +5,7 @@
 //!
 //! - **Fields a client may not send on.** `X-Sluice-*` is the proxy's own
 //!   namespace (`X-Sluice-Mirror: 1` marks its mirror copies, which the
-//!   README invites backends to treat as free of side effects): a client's
+//!   proxy reference, docs/proxy.md, invites backends to treat as free of side effects): a client's
 //!   is always dropped. A name with `_` is dropped unless the route keeps
 //!   such names ([`ClientField::Underscored`]); the underscore spellings of
 //!   the fields the proxy sets or frames by are dropped even then

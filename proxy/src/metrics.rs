@@ -1,6 +1,6 @@
 //! The proxy's own RED metrics, exposed in OpenMetrics text on the admin
 //! listener. Names are an interface (dashboards, alerts and the control loop's
-//! `proxy` provider read them), see the README's metrics table.
+//! `proxy` provider read them), see the metrics table in docs/proxy.md.
 //!
 //! - `sluice_requests_total{route, backend, code, classification, decision}`
 //!   and `sluice_request_duration_seconds{route, backend, decision}` are kept

@@ -10,7 +10,7 @@
 //! checked by the model reading what they wrote.
 //!
 //! Where RFC 9112 lets a recipient choose, the model states Sluice's
-//! choice (the README's "Ambiguous HTTP/1.1 requests"): an empty element
+//! choice (docs/proxy.md, "Ambiguous HTTP/1.1 requests"): an empty element
 //! or parameters in a `Transfer-Encoding` list are refused, a chunk line
 //! of a response may end in a bare LF (a request's may not).
 //!

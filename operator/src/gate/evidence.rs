@@ -85,7 +85,7 @@
 //! restarts still to come is a supermartingale starting at most at 1, so
 //! by Ville's inequality it ever reaches `m/α` with probability at most
 //! `α/m`. The pass side is the mirror image against `ρ ≥ ρ_max`. What the
-//! bounds assume is stated in the README: the dispersion estimate is not
+//! bounds assume is stated in docs/gate.md: the dispersion estimate is not
 //! below the truth, and excursions longer than the allowance are real.
 
 use std::collections::VecDeque;

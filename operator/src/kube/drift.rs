@@ -66,7 +66,7 @@ pub(super) async fn restore_routing(
             EventType::Warning,
             "ServiceDrift",
             format!(
-                "Service {app} was changed to select {} (a re-apply of its manifest?); it selects the Sluice proxy again. Have your GitOps tool ignore spec.selector of this Service (see the README)",
+                "Service {app} was changed to select {} (a re-apply of its manifest?); it selects the Sluice proxy again. Have your GitOps tool ignore spec.selector of this Service (see docs/gitops.md)",
                 serde_json::to_string(&drifted)?
             ),
         )
