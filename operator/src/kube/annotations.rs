@@ -344,7 +344,7 @@ pub fn parse(
         };
         settings
             .validate(|f| format!("annotation {}", names(f)))
-            .map_err(|e| named_error(e, "see the README's gate settings"))?;
+            .map_err(|e| named_error(e, "see docs/gate.md"))?;
     } else {
         plan.success_rate_min = Some(plan::THRESHOLD_SUCCESS_RATE);
         plan.latency = plan::threshold_latency();
