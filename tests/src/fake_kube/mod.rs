@@ -44,6 +44,7 @@
 //!   compacted away), send bookmarks when asked, and a watcher that lags
 //!   behind its bounded buffer has its watch ended, never an event dropped.
 
+pub mod admission_policy;
 pub mod apply;
 pub mod controllers;
 pub mod events;
@@ -250,6 +251,24 @@ pub const KINDS: &[KindInfo] = &[
         "discovery.k8s.io",
         "v1",
         true,
+        []
+    ),
+    kind!(
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicy",
+        "ValidatingAdmissionPolicy",
+        "admissionregistration.k8s.io",
+        "v1",
+        false,
+        []
+    ),
+    kind!(
+        "validatingadmissionpolicybindings",
+        "validatingadmissionpolicybinding",
+        "ValidatingAdmissionPolicyBinding",
+        "admissionregistration.k8s.io",
+        "v1",
+        false,
         []
     ),
     KindInfo {
@@ -2301,6 +2320,38 @@ impl FakeKube {
         if !causes.is_empty() {
             return self.invalid(info, &name, causes);
         }
+        // Admission policies (CEL), after the object is known to be valid.
+        let policy_warnings = match admission_policy::admit(
+            &store,
+            info,
+            &admission_policy::Attributes {
+                operation: if existing.is_none() {
+                    "CREATE"
+                } else {
+                    "UPDATE"
+                },
+                group: info.group,
+                version: info.version,
+                kind: info.kind,
+                resource: info.plural,
+                subresource: target.subresource.as_deref().unwrap_or_default(),
+                namespace: ns,
+                name: &name,
+                object: &object,
+                old_object: existing.as_ref(),
+                namespace_object: store.objects.get(&(
+                    (String::from("api/v1"), String::from("namespaces")),
+                    String::new(),
+                    ns.to_string(),
+                )),
+                user: Some(user),
+                dry_run: q.contains_key("dryRun"),
+            },
+        ) {
+            Ok(w) => w,
+            Err(resp) => return *resp,
+        };
+        warnings.extend(policy_warnings);
         if !is_apply {
             apply::record_update(
                 existing.as_ref(),
