@@ -17,6 +17,7 @@ pub mod machine;
 pub mod notify;
 pub mod plan;
 pub mod provider;
+pub mod record;
 pub mod report;
 pub mod router;
 pub mod runner;

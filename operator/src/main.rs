@@ -667,6 +667,7 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     driver.status_out = Some(status_tx);
     driver.state = Some(state.clone());
     driver.resume = resume;
+    driver.records = Some(sluice_operator::record::RecordFile::beside(&socket_path));
     let notifier = sluice_operator::notify::Notifier::start(
         notify_channels,
         args.notify.notify_steps,

@@ -235,6 +235,10 @@ pub struct Driver<R: Router> {
     pub resume: Option<(Status, f64)>,
     /// Chat notifications of what happens to the release.
     pub notifier: crate::notify::Notifier,
+    /// Where the release record is kept (`sluice rollout`: next to the
+    /// state file), and who watches it (the dashboard, `--report`).
+    pub records: Option<crate::record::RecordFile>,
+    pub record_out: Option<watch::Sender<Option<crate::record::ReleaseRecord>>>,
 }
 
 impl<R: Router> Driver<R> {
@@ -251,6 +255,29 @@ impl<R: Router> Driver<R> {
             state: None,
             resume: None,
             notifier: crate::notify::Notifier::none(),
+            records: None,
+            record_out: None,
+        }
+    }
+
+    /// The record to continue: the saved one of this revision if the
+    /// release is resumed, else none (a new one starts with the release).
+    fn resumed_record(&self, status: Option<&Status>) -> Option<crate::record::ReleaseRecord> {
+        let status = status?;
+        let all = self.records.as_ref()?.load().ok()?;
+        all.into_iter()
+            .rev()
+            .find(|r| r.revision == status.revision && r.app == self.name && !r.ended())
+    }
+
+    fn keep_record(&self, record: &crate::record::ReleaseRecord) {
+        if let Some(file) = &self.records
+            && let Err(e) = file.save(record)
+        {
+            tracing::warn!(error = %e, "could not save the release record");
+        }
+        if let Some(out) = &self.record_out {
+            let _ = out.send(Some(record.clone()));
         }
     }
 
@@ -293,6 +320,7 @@ impl<R: Router> Driver<R> {
             // A resumed release measures from now, not from before the pause.
             self.provider.reset().await;
         }
+        let mut record = self.resumed_record(status.as_ref());
         let mut next = NextTick::Now;
         let mut failures_in_a_row = 0u32;
         loop {
@@ -361,6 +389,27 @@ impl<R: Router> Driver<R> {
                 // The evidence belongs to this release; a new one starts without.
                 t.status.gate = gate;
             }
+            if t.actions.contains(&Action::Initialize) || record.is_none() {
+                record = Some(crate::record::ReleaseRecord::new(
+                    None,
+                    &self.name,
+                    &self.revision,
+                    &self.plan,
+                    now,
+                ));
+            }
+            let ended = experiment_report(&self.plan, phase, &t.status);
+            if let Some(r) = record.as_mut() {
+                r.observe(
+                    now,
+                    status.as_ref(),
+                    &t.status,
+                    analysis.as_ref(),
+                    &t.actions,
+                    ended.as_ref(),
+                );
+                self.keep_record(r);
+            }
             // The decision is recorded before anything is carried out.
             self.save(&t.status);
             let after = self.payload(Some(&t.status));
@@ -389,7 +438,6 @@ impl<R: Router> Driver<R> {
             }
             self.notifier
                 .observe(&self.name, None, status.as_ref(), &t.status);
-            let ended = experiment_report(&self.plan, phase, &t.status);
             if let Some(r) = &ended {
                 tracing::info!(release = %self.name, "{r}");
             }

@@ -1,0 +1,775 @@
+//! The release record: what happened in one release, kept as it runs, so a
+//! person can see *why* it was promoted or rolled back (the report and the
+//! dashboard draw it; `kubectl sluice report` reads it back).
+//!
+//! - **Per scrape** (every measured tick): each arm's requests, failures
+//!   and slow requests per latency bound *in that scrape's window* (not
+//!   cumulative), the window's p50 and p99 (bucket upper bounds, as the
+//!   experiment report reads them), the canary weight and phase, and the
+//!   sequential gate's evidence against and for the canary per check with
+//!   its thresholds (`ln` of the likelihood ratios, as the gate keeps them).
+//! - **Decisions**: every change of phase or weight, with the machine's
+//!   reason, the evidence of each check at that moment and the check that
+//!   decided it (see [`deciding_check`]).
+//! - **Events**: every Event the machine emitted, with its level.
+//!
+//! The arms' counts come from the gate's running totals (the same numbers
+//! the evidence is computed from); a plan without the sequential gate
+//! records the canary's requests and failures from its analysis instead.
+//!
+//! Compact: numbers are rounded (evidence to 3 decimals, times to 0.1 s,
+//! latencies to 0.1 ms) and a scrape has short, fixed fields; a 30-minute
+//! release at 5 s scrapes with two latency bounds is about 165 KB of JSON
+//! (tested below: under 180 KB), well inside Kubernetes' 1 MiB object
+//! limit; the Kubernetes store also holds its ConfigMap under a byte
+//! budget, dropping the oldest releases first (see `kube::records`). A release longer than [`MAX_SCRAPES`]
+//! scrapes keeps its first scrapes and thins the rest, so the record never
+//! outgrows the object; decisions and events are never dropped.
+//!
+//! Serialised as JSON with `version` ([`RECORD_VERSION`]); a reader refuses
+//! a newer version by name rather than misreading it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::{Analysis, Outcome};
+use crate::counters::Arm;
+use crate::gate::GateState;
+use crate::machine::{Action, Level, Phase, Status};
+use crate::plan::Plan;
+
+/// The record format's version; bumped on an incompatible change.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Scrapes kept per release before older ones are thinned (every other
+/// one dropped, outside the first tenth): 2 hours at 5 s.
+pub const MAX_SCRAPES: usize = 1440;
+
+/// One release, start to end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub version: u32,
+    /// Kubernetes namespace; none on plain hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The app (Kubernetes) or route (plain hosts).
+    pub app: String,
+    pub revision: String,
+    /// `canary`, `blue-green` or `experiment`.
+    pub strategy: String,
+    /// The plan's weights in percent.
+    pub steps: Vec<f64>,
+    /// Wall-clock seconds (Unix) when the release started.
+    pub started_at: f64,
+    /// Wall-clock seconds of the last update.
+    pub updated_at: f64,
+    /// The latest phase and weight (percent).
+    pub phase: Phase,
+    pub weight: f64,
+    /// `promoted`, `rolled back` or `concluded` once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The latest message of the machine.
+    pub message: String,
+    /// The primary's latency bounds in seconds, in the order of each arm's
+    /// `slow` counts.
+    pub bounds: Vec<f64>,
+    pub scrapes: Vec<Scrape>,
+    pub decisions: Vec<Decision>,
+    pub events: Vec<RecordEvent>,
+    /// An experiment's report, once it concluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::ExperimentReport>,
+}
+
+/// One measured tick.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scrape {
+    /// Seconds since the release started.
+    pub t: f64,
+    /// Canary weight in percent during the window.
+    pub weight: f64,
+    pub phase: Phase,
+    pub canary: ArmSample,
+    pub primary: ArmSample,
+    pub checks: Vec<CheckSample>,
+}
+
+/// One arm's traffic in one scrape's window.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArmSample {
+    pub requests: u64,
+    pub failures: u64,
+    /// Requests slower than each of the record's `bounds` (the canary's at
+    /// the tolerance above it, as the gate counts them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slow: Vec<u64>,
+    /// Window quantiles in seconds; none without requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<f64>,
+}
+
+/// A check's state after a scrape: the gate's evidence (log likelihood
+/// ratios) with the thresholds it must reach, or a plain measured value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckSample {
+    pub check: String,
+    pub outcome: Outcome,
+    /// Evidence against the canary (fail side) and its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against_threshold: Option<f64>,
+    /// Evidence for the canary (pass side) and its threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_canary: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_threshold: Option<f64>,
+    /// A check without the gate: its value and bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub threshold: String,
+    /// Failures (or slow requests) per request so far, canary and primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_rate: Option<f64>,
+}
+
+/// A change of phase or weight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub t: f64,
+    pub from: Option<Phase>,
+    pub to: Phase,
+    /// Weight in percent after the decision.
+    pub weight: f64,
+    /// `start`, `advance`, `promote`, `rollback`, `conclude`, `finish`, `pause`.
+    pub kind: String,
+    /// The machine's reason.
+    pub reason: String,
+    /// The check that decided it, when the evidence did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
+    /// Every check's evidence at that moment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<CheckSample>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordEvent {
+    pub t: f64,
+    pub warning: bool,
+    pub text: String,
+}
+
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+fn finite(v: f64, places: i32) -> Option<f64> {
+    v.is_finite().then(|| round(v, places))
+}
+
+/// `new - old` of cumulative arm totals (a window).
+fn window(new: &Arm, old: Option<&Arm>) -> Arm {
+    let Some(old) = old else { return new.clone() };
+    let same_buckets = new.buckets.len() == old.buckets.len()
+        && new
+            .buckets
+            .iter()
+            .zip(&old.buckets)
+            .all(|(a, b)| a.0 == b.0);
+    Arm {
+        requests: (new.requests - old.requests).max(0.0),
+        failures: (new.failures - old.failures).max(0.0),
+        buckets: if same_buckets {
+            new.buckets
+                .iter()
+                .zip(&old.buckets)
+                .map(|(a, b)| (a.0, (a.1 - b.1).max(0.0)))
+                .collect()
+        } else {
+            new.buckets.clone()
+        },
+    }
+}
+
+fn sample(arm: &Arm, bounds: &[f64]) -> ArmSample {
+    let q = |q: f64| {
+        crate::report::quantile(arm, q)
+            .value
+            .and_then(|v| finite(v, 4))
+    };
+    ArmSample {
+        requests: arm.requests.round() as u64,
+        failures: arm.failures.round() as u64,
+        slow: bounds
+            .iter()
+            .map(|b| arm.slower_than(*b).unwrap_or(0.0).round() as u64)
+            .collect(),
+        p50: q(0.5),
+        p99: q(0.99),
+    }
+}
+
+/// The checks of one analysis, as recorded.
+pub fn check_samples(analysis: &Analysis) -> Vec<CheckSample> {
+    analysis
+        .checks
+        .iter()
+        .map(|c| {
+            let e = c.evidence.as_ref();
+            CheckSample {
+                check: c.name.clone(),
+                outcome: c.outcome,
+                against: e.and_then(|e| finite(e.fail, 3)),
+                against_threshold: e.and_then(|e| finite(e.fail_threshold, 3)),
+                for_canary: e.and_then(|e| finite(e.pass, 3)),
+                for_threshold: e.and_then(|e| finite(e.pass_threshold, 3)),
+                value: if e.is_some() {
+                    None
+                } else {
+                    c.value.and_then(|v| finite(v, 6))
+                },
+                threshold: if e.is_some() {
+                    String::new()
+                } else {
+                    c.threshold.clone()
+                },
+                canary_rate: e.and_then(|e| e.canary_rate).and_then(|v| finite(v, 6)),
+                primary_rate: e.and_then(|e| e.primary_rate).and_then(|v| finite(v, 6)),
+            }
+        })
+        .collect()
+}
+
+/// The check that decided a decision of `kind`: for a rollback, the
+/// failing check whose evidence against went furthest past its threshold
+/// (or the first failing one); for an advance or promotion, the check that
+/// was proven last (its evidence for the canary nearest its threshold),
+/// since the step waited for it.
+pub fn deciding_check(kind: &str, checks: &[CheckSample]) -> Option<String> {
+    let ratio = |v: Option<f64>, t: Option<f64>| match (v, t) {
+        (Some(v), Some(t)) if t > 0.0 => v / t,
+        _ => 0.0,
+    };
+    match kind {
+        "rollback" => checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Fail)
+            .max_by(|a, b| {
+                ratio(a.against, a.against_threshold)
+                    .total_cmp(&ratio(b.against, b.against_threshold))
+            })
+            .map(|c| c.check.clone()),
+        "advance" | "promote" | "conclude" => checks
+            .iter()
+            .filter(|c| c.outcome == Outcome::Pass)
+            .min_by(|a, b| {
+                ratio(a.for_canary, a.for_threshold)
+                    .total_cmp(&ratio(b.for_canary, b.for_threshold))
+            })
+            .map(|c| c.check.clone()),
+        _ => None,
+    }
+}
+
+fn decision_kind(before: Option<&Status>, after: &Status) -> Option<&'static str> {
+    let from = before.map(|s| s.phase);
+    let phase_changed = from != Some(after.phase);
+    let weight_changed = before.is_none_or(|b| b.canary_weight_bp != after.canary_weight_bp);
+    if !phase_changed && !weight_changed {
+        return None;
+    }
+    Some(match after.phase {
+        Phase::Initializing | Phase::Initialized => "start",
+        Phase::Failed => "rollback",
+        Phase::Promoting => "promote",
+        Phase::Succeeded | Phase::Finalising => "finish",
+        Phase::Concluded => "conclude",
+        Phase::WaitingPromotion => "pause",
+        _ if after.canary_weight_bp > before.map(|b| b.canary_weight_bp).unwrap_or_default() => {
+            "advance"
+        }
+        _ => "change",
+    })
+}
+
+impl ReleaseRecord {
+    /// A new record for a release of `revision` that starts now.
+    pub fn new(
+        namespace: Option<&str>,
+        app: &str,
+        revision: &str,
+        plan: &Plan,
+        started_at: f64,
+    ) -> Self {
+        Self {
+            version: RECORD_VERSION,
+            namespace: namespace.map(str::to_string),
+            app: app.to_string(),
+            revision: revision.to_string(),
+            strategy: plan.strategy.name().to_string(),
+            steps: plan
+                .steps_bp
+                .iter()
+                .map(|b| f64::from(*b) / 100.0)
+                .collect(),
+            started_at: round(started_at, 1),
+            updated_at: round(started_at, 1),
+            phase: Phase::Initializing,
+            weight: 0.0,
+            outcome: None,
+            message: String::new(),
+            bounds: Vec::new(),
+            scrapes: Vec::new(),
+            decisions: Vec::new(),
+            events: Vec::new(),
+            report: None,
+        }
+    }
+
+    /// Reads a record from JSON; a newer version is refused by name.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not a release record: {e}"))?;
+        let version = v["version"].as_u64().unwrap_or(0);
+        if version != u64::from(RECORD_VERSION) {
+            return Err(format!(
+                "release record version {version} is not the version {RECORD_VERSION} this Sluice reads"
+            ));
+        }
+        serde_json::from_value(v).map_err(|e| format!("not a release record: {e}"))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record serializes")
+    }
+
+    /// Whether the release has ended.
+    pub fn ended(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Seconds since the release started at wall-clock `now`.
+    fn at(&self, now: f64) -> f64 {
+        round((now - self.started_at).max(0.0), 1)
+    }
+
+    /// Adds one tick of the control loop: `before` and `after` are the
+    /// machine's status around the step (`after.gate` the evidence after
+    /// this tick's scrape, `before.gate` before it), `analysis` the tick's
+    /// analysis if it judged, `actions` what the machine decided.
+    pub fn observe(
+        &mut self,
+        now: f64,
+        before: Option<&Status>,
+        after: &Status,
+        analysis: Option<&Analysis>,
+        actions: &[Action],
+        report: Option<&crate::report::ExperimentReport>,
+    ) {
+        let t = self.at(now);
+        let old_gate = before.and_then(|s| s.gate.as_ref());
+        let new_gate = after.gate.as_ref();
+        let scraped = match (old_gate, new_gate) {
+            (_, Some(g)) => old_gate.is_none_or(|o| o.scrapes != g.scrapes),
+            (_, None) => analysis.is_some(),
+        };
+        if scraped {
+            // The rates are kept with decisions only: they are the
+            // arms' counts summed, and a third of a scrape's size.
+            let checks = analysis
+                .map(check_samples)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| CheckSample {
+                    canary_rate: None,
+                    primary_rate: None,
+                    ..c
+                })
+                .collect();
+            let weight_bp = before.map(|s| s.canary_weight_bp).unwrap_or(0);
+            let phase = before.map(|s| s.phase).unwrap_or(after.phase);
+            let scrape = match new_gate {
+                Some(g) => self.gate_scrape(t, weight_bp, phase, old_gate, g, checks),
+                None => Scrape {
+                    t,
+                    weight: f64::from(weight_bp) / 100.0,
+                    phase,
+                    canary: analysis_sample(analysis),
+                    primary: ArmSample::default(),
+                    checks,
+                },
+            };
+            self.push_scrape(scrape);
+        }
+        for action in actions {
+            if let Action::Event(level, text) = action {
+                self.events.push(RecordEvent {
+                    t,
+                    warning: *level == Level::Warning,
+                    text: text.clone(),
+                });
+            }
+        }
+        if let Some(kind) = decision_kind(before, after) {
+            let evidence = analysis
+                .map(check_samples)
+                .or_else(|| self.scrapes.last().map(|s| s.checks.clone()))
+                .unwrap_or_default();
+            self.decisions.push(Decision {
+                t,
+                from: before.map(|s| s.phase),
+                to: after.phase,
+                weight: f64::from(after.canary_weight_bp) / 100.0,
+                kind: kind.to_string(),
+                reason: after.message.clone(),
+                check: deciding_check(kind, &evidence),
+                evidence,
+            });
+        }
+        self.phase = after.phase;
+        self.weight = f64::from(after.canary_weight_bp) / 100.0;
+        self.message = after.message.clone();
+        self.updated_at = round(now, 1);
+        self.outcome = match after.phase {
+            Phase::Succeeded => Some("promoted".into()),
+            Phase::Failed => Some("rolled back".into()),
+            Phase::Concluded => Some("concluded".into()),
+            _ => None,
+        };
+        if let Some(r) = report {
+            self.report = Some(r.clone());
+        }
+    }
+
+    fn gate_scrape(
+        &mut self,
+        t: f64,
+        weight_bp: u32,
+        phase: Phase,
+        old: Option<&GateState>,
+        g: &GateState,
+        checks: Vec<CheckSample>,
+    ) -> Scrape {
+        let bounds: Vec<f64> = g.latency.iter().map(|l| l.bound).collect();
+        if self.bounds.is_empty() || self.bounds.len() != bounds.len() {
+            self.bounds = bounds.clone();
+        }
+        // A new release (the gate was reset) starts its totals at zero.
+        let old = old.filter(|o| o.scrapes < g.scrapes);
+        let canary = window(&g.total_canary, old.map(|o| &o.total_canary));
+        let primary = window(&g.total_stable, old.map(|o| &o.total_stable));
+        let canary_bounds: Vec<f64> = g.latency.iter().map(|l| l.canary_bound).collect();
+        Scrape {
+            t,
+            weight: f64::from(weight_bp) / 100.0,
+            phase,
+            canary: sample(&canary, &canary_bounds),
+            primary: sample(&primary, &bounds),
+            checks,
+        }
+    }
+
+    fn push_scrape(&mut self, scrape: Scrape) {
+        self.scrapes.push(scrape);
+        if self.scrapes.len() > MAX_SCRAPES {
+            let keep = MAX_SCRAPES / 10;
+            let mut i = 0usize;
+            self.scrapes.retain(|_| {
+                i += 1;
+                i <= keep || i % 2 == 0
+            });
+        }
+    }
+}
+
+fn analysis_sample(analysis: Option<&Analysis>) -> ArmSample {
+    let Some(a) = analysis else {
+        return ArmSample::default();
+    };
+    let requests = a.canary_requests.unwrap_or(0);
+    let failures = a
+        .value_of("success-rate")
+        .map(|rate| ((100.0 - rate) / 100.0 * requests as f64).round() as u64)
+        .unwrap_or(0);
+    ArmSample {
+        requests,
+        failures,
+        ..ArmSample::default()
+    }
+}
+
+// === impl RecordFile ===
+
+/// Plain hosts: the records of a route's releases in a JSON file next to
+/// the control socket's state file (`<socket>.releases.json`), the last
+/// [`DEFAULT_KEEP`] kept, newest last.
+#[derive(Clone, Debug)]
+pub struct RecordFile {
+    pub path: std::path::PathBuf,
+}
+
+/// Releases kept per app when nothing says otherwise.
+pub const DEFAULT_KEEP: usize = 10;
+
+impl RecordFile {
+    pub fn beside(socket: &std::path::Path) -> Self {
+        let mut name = socket.file_name().unwrap_or_default().to_os_string();
+        name.push(".releases.json");
+        Self {
+            path: socket.with_file_name(name),
+        }
+    }
+
+    /// Every record in the file, oldest first (none if there is no file).
+    pub fn load(&self) -> Result<Vec<ReleaseRecord>, String> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => {
+                records_from_json(&text).map_err(|e| format!("{}: {e}", self.path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
+        }
+    }
+
+    /// Saves `record` (replacing the one of the same start, else added).
+    pub fn save(&self, record: &ReleaseRecord) -> Result<(), String> {
+        let mut all = self.load().unwrap_or_default();
+        upsert(&mut all, record.clone(), DEFAULT_KEEP);
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, records_to_json(&all))
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+    }
+}
+
+/// Puts `record` in `all` (replacing one with the same revision and start),
+/// keeping the newest `keep`.
+pub fn upsert(all: &mut Vec<ReleaseRecord>, record: ReleaseRecord, keep: usize) {
+    match all
+        .iter_mut()
+        .find(|r| r.started_at == record.started_at && r.revision == record.revision)
+    {
+        Some(slot) => *slot = record,
+        None => all.push(record),
+    }
+    all.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+    let extra = all.len().saturating_sub(keep.max(1));
+    all.drain(..extra);
+}
+
+/// A list of records as JSON: `{"version":1,"releases":[...]}`.
+pub fn records_to_json(all: &[ReleaseRecord]) -> String {
+    serde_json::json!({"version": RECORD_VERSION, "releases": all}).to_string()
+}
+
+pub fn records_from_json(text: &str) -> Result<Vec<ReleaseRecord>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not a list of release records: {e}"))?;
+    let Some(list) = v["releases"].as_array() else {
+        return Err("not a list of release records: no `releases`".into());
+    };
+    list.iter()
+        .map(|r| ReleaseRecord::from_json(&r.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::{GateSettings, GateState};
+
+    fn arm(requests: f64, failures: f64, slow_over_100ms: f64) -> Arm {
+        Arm {
+            requests,
+            failures,
+            buckets: vec![
+                (0.05, requests - slow_over_100ms - requests * 0.01),
+                (0.1, requests - slow_over_100ms),
+                (0.25, requests),
+                (f64::INFINITY, requests),
+            ],
+        }
+    }
+
+    fn status(phase: Phase, weight_bp: u32, gate: Option<GateState>) -> Status {
+        Status {
+            phase,
+            revision: "v2".into(),
+            step: 0,
+            canary_weight_bp: weight_bp,
+            passed_steps: 0,
+            failed_checks: 0,
+            approved: false,
+            started_at: 0.0,
+            last_progress_at: 0.0,
+            last_transition_at: 0.0,
+            message: format!("{phase:?} at {weight_bp}"),
+            unconfirmed: None,
+            queued_revision: None,
+            step_started_at: 0.0,
+            gate,
+            undecided: false,
+        }
+    }
+
+    fn analysis(fail: bool) -> Analysis {
+        let settings = GateSettings::default();
+        let mut a = Analysis::default();
+        for (name, against) in [("errors", 1.234567), ("latency<=100ms", 0.5)] {
+            a.checks.push(crate::analysis::CheckResult {
+                name: name.into(),
+                outcome: if fail && name == "errors" {
+                    Outcome::Fail
+                } else {
+                    Outcome::Pass
+                },
+                evidence: Some(crate::analysis::EvidenceReport {
+                    fail: if fail { 9.0 } else { against },
+                    fail_threshold: settings.fail_threshold(),
+                    pass: 3.1,
+                    pass_threshold: settings.pass_threshold(),
+                    proven: !fail,
+                    canary_rate: Some(0.0123456789),
+                    primary_rate: Some(0.001),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        a
+    }
+
+    fn gate_at(scrapes: u64, canary: f64, stable: f64) -> GateState {
+        let settings = GateSettings {
+            latency_bounds: vec![std::time::Duration::from_millis(100)],
+            ..GateSettings::default()
+        };
+        let mut g = GateState::new(&settings);
+        g.scrapes = scrapes;
+        g.total_canary = arm(canary, canary * 0.01, canary * 0.02);
+        g.total_stable = arm(stable, stable * 0.001, stable * 0.005);
+        g
+    }
+
+    #[test]
+    fn a_scrape_records_each_arms_window_not_the_totals() {
+        let plan = crate::demo::demo_plan();
+        let mut r = ReleaseRecord::new(None, "web", "v2", &plan, 1000.0);
+        let before = status(Phase::Progressing, 500, Some(gate_at(3, 100.0, 1900.0)));
+        let after = status(Phase::Progressing, 500, Some(gate_at(4, 200.0, 3800.0)));
+        r.observe(
+            1005.0,
+            Some(&before),
+            &after,
+            Some(&analysis(false)),
+            &[],
+            None,
+        );
+        assert_eq!(r.scrapes.len(), 1);
+        let s = &r.scrapes[0];
+        assert_eq!(s.t, 5.0);
+        assert_eq!(s.weight, 5.0);
+        assert_eq!((s.canary.requests, s.canary.failures), (100, 1));
+        assert_eq!((s.primary.requests, s.primary.failures), (1900, 2));
+        assert_eq!(r.bounds.len(), 1);
+        assert_eq!(s.primary.slow, vec![10]);
+        assert_eq!(s.checks[0].against, Some(1.235));
+        assert!(r.decisions.is_empty(), "nothing changed, nothing decided");
+    }
+
+    #[test]
+    fn a_rollback_names_the_failing_check_and_keeps_its_evidence() {
+        let plan = crate::demo::demo_plan();
+        let mut r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
+        let before = status(Phase::Progressing, 500, Some(gate_at(3, 100.0, 1900.0)));
+        let after = status(Phase::Failed, 0, Some(gate_at(4, 200.0, 3800.0)));
+        let events = [Action::Event(Level::Warning, "rolled back".into())];
+        r.observe(
+            12.0,
+            Some(&before),
+            &after,
+            Some(&analysis(true)),
+            &events,
+            None,
+        );
+        let d = &r.decisions[0];
+        assert_eq!(d.kind, "rollback");
+        assert_eq!(d.check.as_deref(), Some("errors"));
+        assert_eq!(d.evidence[0].against, Some(9.0));
+        assert_eq!(r.outcome.as_deref(), Some("rolled back"));
+        assert!(r.events[0].warning);
+        let back = ReleaseRecord::from_json(&r.to_json()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_newer_record_version_is_refused_by_name() {
+        let plan = crate::demo::demo_plan();
+        let r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
+        let text = r.to_json().replace("\"version\":1", "\"version\":2");
+        let err = ReleaseRecord::from_json(&text).unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+    }
+
+    #[test]
+    fn a_thirty_minute_release_at_five_second_scrapes_fits_well_inside_a_kubernetes_object() {
+        let plan = crate::demo::demo_plan();
+        let mut r = ReleaseRecord::new(Some("shop"), "checkout", "v2", &plan, 0.0);
+        let mut before = status(Phase::Progressing, 500, Some(gate_at(0, 0.0, 0.0)));
+        for i in 1..=360u64 {
+            let weight = 500 + (i as u32 / 36) * 500;
+            let mut g = gate_at(i, 123.0 * i as f64, 4567.0 * i as f64);
+            g.latency.push(g.latency[0].clone());
+            let after = status(Phase::Progressing, weight, Some(g));
+            let events = [Action::Event(Level::Normal, format!("weight {weight}"))];
+            let acts: &[Action] = if weight != before.canary_weight_bp {
+                &events
+            } else {
+                &[]
+            };
+            r.observe(
+                i as f64 * 5.0,
+                Some(&before),
+                &after,
+                Some(&analysis(false)),
+                acts,
+                None,
+            );
+            before = after;
+        }
+        assert_eq!(r.scrapes.len(), 360);
+        let size = r.to_json().len();
+        eprintln!("a 30-minute record: {size} bytes");
+        // Kubernetes refuses objects over 1 MiB (etcd's request limit);
+        // the record must leave room for several releases in one ConfigMap.
+        assert!(size < 180 * 1024, "a 30-minute record is {size} bytes");
+        let ten = records_to_json(&vec![r; 3]);
+        assert!(ten.len() < 1024 * 1024 * 6 / 10, "{} bytes", ten.len());
+    }
+
+    #[test]
+    fn upsert_keeps_the_newest_n_and_replaces_the_same_release() {
+        let plan = crate::demo::demo_plan();
+        let mut all = Vec::new();
+        for start in 0..5 {
+            upsert(
+                &mut all,
+                ReleaseRecord::new(None, "web", "v2", &plan, f64::from(start)),
+                3,
+            );
+        }
+        let mut again = ReleaseRecord::new(None, "web", "v2", &plan, 4.0);
+        again.message = "updated".into();
+        upsert(&mut all, again, 3);
+        let starts: Vec<f64> = all.iter().map(|r| r.started_at).collect();
+        assert_eq!(starts, vec![2.0, 3.0, 4.0]);
+        assert_eq!(all[2].message, "updated");
+    }
+}
