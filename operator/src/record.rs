@@ -483,7 +483,7 @@ impl ReleaseRecord {
             let mut i = 0usize;
             self.scrapes.retain(|_| {
                 i += 1;
-                i <= keep || i % 2 == 0
+                i <= keep || i.is_multiple_of(2)
             });
         }
     }
