@@ -363,7 +363,8 @@ impl ReleaseRecord {
     /// Adds one tick of the control loop: `before` and `after` are the
     /// machine's status around the step (`after.gate` the evidence after
     /// this tick's scrape, `before.gate` before it), `analysis` the tick's
-    /// analysis if it judged, `actions` what the machine decided.
+    /// analysis if it judged, `actions` what the machine decided. Returns
+    /// whether anything was added (a scrape, an event or a decision).
     pub fn observe(
         &mut self,
         now: f64,
@@ -372,8 +373,9 @@ impl ReleaseRecord {
         analysis: Option<&Analysis>,
         actions: &[Action],
         report: Option<&crate::report::ExperimentReport>,
-    ) {
+    ) -> bool {
         let t = self.at(now);
+        let sizes = (self.scrapes.len(), self.events.len(), self.decisions.len());
         let old_gate = before.and_then(|s| s.gate.as_ref());
         let new_gate = after.gate.as_ref();
         let scraped = match (old_gate, new_gate) {
@@ -446,6 +448,7 @@ impl ReleaseRecord {
         if let Some(r) = report {
             self.report = Some(r.clone());
         }
+        scraped || sizes != (self.scrapes.len(), self.events.len(), self.decisions.len())
     }
 
     fn gate_scrape(
@@ -578,6 +581,66 @@ pub fn records_from_json(text: &str) -> Result<Vec<ReleaseRecord>, String> {
     list.iter()
         .map(|r| ReleaseRecord::from_json(&r.to_string()))
         .collect()
+}
+
+// === Kubernetes: the records ConfigMap ===
+
+/// The ConfigMap holding an app's release records: `<app>-sluice-releases`.
+pub fn configmap_name(app: &str) -> String {
+    format!("{app}-sluice-releases")
+}
+
+/// Bytes of record data a ConfigMap may hold: Kubernetes refuses objects
+/// over 1 MiB; this leaves room for metadata and a margin.
+pub const CONFIGMAP_BUDGET: usize = 900 * 1024;
+
+/// The data key of one release: `release-<start, unix seconds>.json`
+/// (sorts by start; one key per release so `kubectl get -o yaml` shows
+/// each release apart).
+pub fn data_key(record: &ReleaseRecord) -> String {
+    format!("release-{:013.1}.json", record.started_at)
+}
+
+/// The records in a ConfigMap's `data` (any key that is not a record is
+/// named in the error).
+pub fn from_configmap_data(
+    data: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<ReleaseRecord>, String> {
+    let mut all = data
+        .iter()
+        .filter(|(k, _)| k.starts_with("release-") && k.ends_with(".json"))
+        .map(|(k, v)| ReleaseRecord::from_json(v).map_err(|e| format!("key {k}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    all.sort_by(|a, b| a.started_at.total_cmp(&b.started_at));
+    Ok(all)
+}
+
+/// The data of the ConfigMap for `all` (oldest first): the newest `keep`,
+/// then the oldest dropped until it fits [`CONFIGMAP_BUDGET`] (the newest
+/// is always kept).
+pub fn to_configmap_data(
+    all: &[ReleaseRecord],
+    keep: usize,
+) -> std::collections::BTreeMap<String, String> {
+    let start = all.len().saturating_sub(keep.max(1));
+    let mut kept: Vec<(String, String)> = all[start..]
+        .iter()
+        .map(|r| (data_key(r), r.to_json()))
+        .collect();
+    while kept.len() > 1
+        && kept.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > CONFIGMAP_BUDGET
+    {
+        kept.remove(0);
+    }
+    kept.into_iter().collect()
+}
+
+/// The release of `revision` (the newest of it), or the newest release.
+pub fn pick<'a>(all: &'a [ReleaseRecord], revision: Option<&str>) -> Option<&'a ReleaseRecord> {
+    match revision {
+        Some(rev) => all.iter().rev().find(|r| r.revision == rev),
+        None => all.last(),
+    }
 }
 
 #[cfg(test)]
@@ -771,5 +834,35 @@ mod tests {
         let starts: Vec<f64> = all.iter().map(|r| r.started_at).collect();
         assert_eq!(starts, vec![2.0, 3.0, 4.0]);
         assert_eq!(all[2].message, "updated");
+    }
+
+    #[test]
+    fn the_configmap_keeps_the_newest_n_within_its_byte_budget() {
+        let plan = crate::demo::demo_plan();
+        let mut all = Vec::new();
+        for start in 0..12 {
+            let mut r = ReleaseRecord::new(
+                Some("shop"),
+                "web",
+                &format!("v{start}"),
+                &plan,
+                f64::from(start) * 100.0,
+            );
+            // 200 KB each: only four fit in the budget.
+            r.message = "x".repeat(200 * 1024);
+            all.push(r);
+        }
+        let data = to_configmap_data(&all, 10);
+        assert_eq!(data.len(), 4);
+        let back = from_configmap_data(&data).unwrap();
+        let revisions: Vec<&str> = back.iter().map(|r| r.revision.as_str()).collect();
+        assert_eq!(revisions, ["v8", "v9", "v10", "v11"]);
+        assert_eq!(pick(&back, Some("v9")).unwrap().revision, "v9");
+        assert_eq!(pick(&back, None).unwrap().revision, "v11");
+        for a in &mut all {
+            a.message.clear();
+        }
+        assert_eq!(to_configmap_data(&all, 10).len(), 10);
+        assert_eq!(to_configmap_data(&all, 3).len(), 3);
     }
 }

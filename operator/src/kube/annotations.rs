@@ -67,6 +67,8 @@ pub const PROXY_AUTOSCALE: &str = "sluice.dev/proxy-autoscale";
 pub const CANARY_SCALE: &str = "sluice.dev/canary-scale";
 pub const ROLLBACK_WINDOW: &str = "sluice.dev/rollback-window";
 pub const ABORT_SCALE_DOWN_DELAY: &str = "sluice.dev/abort-scale-down-delay";
+/// How many releases' records `<app>-sluice-releases` keeps.
+pub const KEEP_RELEASES: &str = "sluice.dev/keep-releases";
 /// Which Service ports are HTTP (see [`super::ports`]).
 pub const HTTP_PORTS: &str = "sluice.dev/http-ports";
 
@@ -122,6 +124,7 @@ pub const KNOWN: &[&str] = &[
     CANARY_SCALE,
     ROLLBACK_WINDOW,
     ABORT_SCALE_DOWN_DELAY,
+    KEEP_RELEASES,
     HTTP_PORTS,
 ];
 
@@ -198,6 +201,8 @@ pub struct Settings {
     pub rollback_window: usize,
     /// How long a rolled-back canary stays up, out of the traffic.
     pub abort_scale_down_delay: Duration,
+    /// Releases kept in the records ConfigMap (`sluice.dev/keep-releases`).
+    pub keep_releases: usize,
     /// `sluice.dev/http-ports`: exactly these Service ports are HTTP
     /// (None: guessed, see [`super::ports`]).
     pub http_ports: Option<Vec<PortRef>>,
@@ -628,6 +633,22 @@ pub fn parse(
                 d
             }
         },
+        keep_releases: match get(KEEP_RELEASES) {
+            None => crate::record::DEFAULT_KEEP,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        KEEP_RELEASES,
+                        v,
+                        "not a whole number in 1..=100".into(),
+                        "1, 2, ... 100",
+                    )
+                })?,
+        },
     })
 }
 
@@ -844,6 +865,8 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
     (CANARY_SCALE, "half", "full, proportional"),
     (ROLLBACK_WINDOW, "21", "0..=20"),
     (ROLLBACK_WINDOW, "-1", "0..=20"),
+    (KEEP_RELEASES, "0", "1..=100"),
+    (KEEP_RELEASES, "ten", "1..=100"),
     (ABORT_SCALE_DOWN_DELAY, "48h", "longer than 24h"),
     (ABORT_SCALE_DOWN_DELAY, "later", "a duration"),
 ];

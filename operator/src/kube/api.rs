@@ -339,3 +339,74 @@ pub(super) async fn json_patch(
     api.patch(name, &params, &Patch::<()>::Json(patch)).await?;
     Ok(())
 }
+
+/// Adds one tick to the app's release record, kept in the ConfigMap
+/// `<app>-sluice-releases` (owned by the user's Deployment, so it goes with
+/// it; kept when Sluice lets go of the app, as history). The newest
+/// `keep` releases stay (`sluice.dev/keep-releases`), within the object's
+/// size limit. A record that cannot be written is a warning: the release
+/// itself goes on.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn keep_record(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    owner: &Value,
+    keep: usize,
+    plan: &crate::plan::Plan,
+    fresh: bool,
+    now: f64,
+    before: Option<&crate::machine::Status>,
+    after: &crate::machine::Status,
+    analysis: Option<&crate::analysis::Analysis>,
+    actions: &[crate::machine::Action],
+    report: Option<&crate::report::ExperimentReport>,
+) {
+    use crate::record::{self, ReleaseRecord};
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let name = record::configmap_name(app);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let mut all = match api.get_opt(&name).await {
+        Ok(Some(cm)) => match record::from_configmap_data(&cm.data.unwrap_or_default()) {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(configmap = %name, namespace = %ns, error = %e, "release records unreadable; starting the list afresh");
+                Vec::new()
+            }
+        },
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(configmap = %name, namespace = %ns, error = %e, "cannot read the release records");
+            return;
+        }
+    };
+    let current = (!fresh)
+        .then(|| {
+            all.iter()
+                .rev()
+                .find(|r| r.revision == after.revision && !r.ended())
+                .cloned()
+        })
+        .flatten();
+    let mut rec =
+        current.unwrap_or_else(|| ReleaseRecord::new(Some(ns), app, &after.revision, plan, now));
+    if !rec.observe(now, before, after, analysis, actions, report) {
+        return;
+    }
+    record::upsert(&mut all, rec, usize::MAX);
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {MANAGED_BY: "sluice", "sluice.dev/release": app},
+            "ownerReferences": [owner],
+        },
+        "data": record::to_configmap_data(&all, keep),
+    });
+    let uid = owner["uid"].as_str().unwrap_or_default();
+    if let Err(e) = apply_owned::<ConfigMap>(&ctx.client, ns, &object, uid).await {
+        tracing::warn!(configmap = %name, namespace = %ns, error = %e, "cannot write the release record");
+    }
+}

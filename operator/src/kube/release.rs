@@ -466,6 +466,22 @@ pub(super) async fn release_tick(
         status.last_ab = a.ab.clone();
     }
     record_machine(status, &t.status, plan);
+    super::api::keep_record(
+        ctx,
+        ns,
+        app,
+        &owner,
+        settings.keep_releases,
+        plan,
+        fresh_start || reverted,
+        now,
+        previous.as_ref(),
+        &t.status,
+        analysis.as_ref(),
+        &t.actions,
+        report.as_ref(),
+    )
+    .await;
     // 1. The decision is saved before anything is carried out.
     save_status(ctx, ns, app, status).await?;
     // 2. The command is consumed only once its effect is on record.
