@@ -414,7 +414,9 @@ fn candidates(key: &str) -> Vec<&'static str> {
             "10,,20",
             "1e1,20",
         ],
-        "failure-limit" | "min-requests" | "iterations" | "rollback-window" => whole.to_vec(),
+        "failure-limit" | "min-requests" | "iterations" | "rollback-window" | "keep-releases" => {
+            whole.to_vec()
+        }
         "latency" => vec![
             "p95<=500ms",
             "p95<500ms",
