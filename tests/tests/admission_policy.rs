@@ -123,6 +123,38 @@ fn variable<'a>(policy: &'a Value, name: &str) -> &'a str {
 }
 
 #[test]
+fn every_example_deployment_is_admitted() {
+    let policy = policy();
+    let mut seen = 0;
+    for dir in [
+        "deploy/examples/podinfo",
+        "deploy/examples/blue-green",
+        "deploy/examples/experiment",
+    ] {
+        let out = Command::new(kubectl())
+            .args([
+                "kustomize",
+                &workspace_root().join(dir).display().to_string(),
+            ])
+            .output()
+            .expect("run kubectl kustomize");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for d in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: serde_yaml_ng::Value = serde::Deserialize::deserialize(d).expect("YAML");
+            let doc = serde_json::to_value(v).expect("JSON");
+            if doc["kind"] != "Deployment" {
+                continue;
+            }
+            let set: BTreeMap<String, String> =
+                serde_json::from_value(doc["metadata"]["annotations"].clone()).unwrap_or_default();
+            assert_eq!(denials(&policy, &set), Vec::<String>::new(), "{dir}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 3, "only {seen} example Deployments");
+}
+
+#[test]
 fn the_policys_annotation_names_are_the_operators() {
     let policy = policy();
     let mut known = literals(variable(&policy, "known"));
@@ -198,9 +230,16 @@ async fn kubectl_apply_refuses_each_bad_annotation_of_the_operators_tests_naming
     fake.kubeconfig(&kubeconfig);
     let (ok, out) = kubectl_run(
         &kubeconfig,
-        &["apply", "-f", &policy_path().display().to_string()],
+        &[
+            "apply",
+            "-k",
+            &workspace_root()
+                .join("deploy/operator")
+                .display()
+                .to_string(),
+        ],
     );
-    assert!(ok, "kubectl apply of the policy: {out}");
+    assert!(ok, "kubectl apply -k deploy/operator: {out}");
     assert!(
         out.contains("validatingadmissionpolicy.admissionregistration.k8s.io/sluice-annotations created")
             && out.contains("validatingadmissionpolicybinding.admissionregistration.k8s.io/sluice-annotations created"),
