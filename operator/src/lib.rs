@@ -19,6 +19,7 @@ pub mod plan;
 pub mod provider;
 pub mod record;
 pub mod report;
+pub mod report_html;
 pub mod router;
 pub mod runner;
 pub mod scrape;

@@ -489,6 +489,9 @@ struct RolloutArgs {
     /// Where `sluice promote`/`abort` reach this release.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Write the release report (one self-contained HTML file) here when the release ends.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -555,6 +558,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
+    if let Some(file) = &args.report
+        && let Err(e) = sluice_operator::report_html::check_writable(file)
+    {
+        return usage(format!("--report: {e}"));
+    }
     let notify_channels = match args.notify.channels() {
         Ok(c) => c,
         Err(e) => return usage(e),
@@ -668,6 +676,8 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     driver.state = Some(state.clone());
     driver.resume = resume;
     driver.records = Some(sluice_operator::record::RecordFile::beside(&socket_path));
+    let (record_tx, record_rx) = tokio::sync::watch::channel(None);
+    driver.record_out = Some(record_tx);
     let notifier = sluice_operator::notify::Notifier::start(
         notify_channels,
         args.notify.notify_steps,
@@ -700,6 +710,16 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     };
     // The last notes (promoted, rolled back) go out before the process ends.
     notifier.flush(Duration::from_secs(10)).await;
+    if let Some(file) = &args.report {
+        let record = record_rx.borrow().clone();
+        match record {
+            Some(r) => match std::fs::write(file, sluice_operator::report_html::report(&r)) {
+                Ok(()) => eprintln!("report written to {}", file.display()),
+                Err(e) => eprintln!("error: --report: cannot write {}: {e}", file.display()),
+            },
+            None => eprintln!("error: --report: the release recorded nothing to report"),
+        }
+    }
     if status.phase == Phase::Succeeded {
         eprintln!("promoted: {}", status.message);
         ExitCode::SUCCESS
