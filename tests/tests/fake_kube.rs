@@ -160,7 +160,9 @@ fn strategic_merge_patches_give_what_kubectl_computes() {
 
 // === kubectl as a client of the fake-apiserver binary ===
 
-/// The `fake-apiserver` binary, with a kubeconfig for its admin.
+/// The `fake-apiserver` binary, with a kubeconfig for its admin. Pods
+/// deleted gracefully go at once (`--termination-cap 0s`): these tests do
+/// not look at terminating pods, except the one that starts its own.
 struct ApiServer {
     child: Child,
     dir: TempDir,
@@ -173,6 +175,7 @@ impl ApiServer {
         let kubeconfig = dir.path.join("kubeconfig");
         let mut child = Command::new(bin("fake-apiserver"))
             .args(["--listen", "127.0.0.1:0", "--ready-after", ready_after])
+            .args(["--termination-cap", "0s"])
             .arg("--kubeconfig-out")
             .arg(&kubeconfig)
             .stdout(Stdio::piped())
@@ -329,6 +332,7 @@ spec:
         .as_array()
         .unwrap()
         .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| &p["spec"]["containers"][0]["image"])
         .collect();
     assert_eq!(images, [&json!("nginx:1.16.1"), &json!("nginx:1.16.1")]);
@@ -1892,11 +1896,12 @@ async fn a_rolling_update_keeps_ready_endpoints_and_the_invariant_catches_an_out
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["metadata"]["generation"], 2);
     until("second rollout", || rolled_out(2)).await;
-    // Old pods gone, new ones ready: maxUnavailable 25% of 2 is 0, so at no
+    // Old pods terminating or gone, new ones ready: maxUnavailable 25% of 2 is 0, so at no
     // time were fewer than two ready.
     let images: Vec<String> = fake.view(|v| {
         v.list("api/v1", "pods", "shop")
             .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .map(|p| {
                 p["spec"]["containers"][0]["image"]
                     .as_str()
@@ -2116,6 +2121,8 @@ async fn rolling_updates_follow_max_surge_and_max_unavailable() {
     let fake = FakeKube::start_with(Options {
         tls: true,
         readiness: fake_kube::Readiness::After(Duration::from_millis(150)),
+        // Terminating pods are not what this test looks at.
+        termination_cap: Some(Duration::ZERO),
         ..Options::default()
     })
     .await;
@@ -2130,6 +2137,9 @@ async fn rolling_updates_follow_max_surge_and_max_unavailable() {
             .list("api/v1", "pods", "shop")
             .into_iter()
             .filter(|p| p["metadata"]["labels"]["app"] == "web")
+            // The bounds are on the pods that run: terminating ones do
+            // not count, as for the real controller.
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .collect();
         let total = pods.len() as i64;
         let ready = pods
@@ -2247,7 +2257,13 @@ async fn rolling_updates_follow_max_surge_and_max_unavailable() {
     }
     let pods: Value =
         serde_json::from_str(&ok(&["get", "pods", "-l", "app=web", "-o", "json"])).unwrap();
-    let pods = pods["items"].as_array().unwrap();
+    // The old ReplicaSet's pods may still be terminating: the running ones.
+    let pods: Vec<&Value> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
     assert_eq!(pods.len(), 10);
     for p in pods {
         assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "ReplicaSet");
@@ -2357,4 +2373,492 @@ async fn rolling_updates_follow_max_surge_and_max_unavailable() {
                 .all(|n| !n.starts_with("web-"))
     })
     .await;
+}
+
+// === server-side printing and graceful pod deletion ===
+
+/// kubectl's human output, split into its tables (blank-line separated),
+/// each row a map from the header's column to the cell.
+fn printed_tables(out: &str) -> Vec<Vec<std::collections::BTreeMap<String, String>>> {
+    out.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+            let header = lines.next().expect("a header line");
+            let bytes = header.as_bytes();
+            // A column starts after two or more spaces (headers such as
+            // `LAST SEEN` hold one).
+            let mut starts = vec![0];
+            for i in 2..bytes.len() {
+                if bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ' {
+                    starts.push(i);
+                }
+            }
+            let cut = |line: &str, i: usize| -> String {
+                let from = starts[i].min(line.len());
+                let to = starts
+                    .get(i + 1)
+                    .map_or(line.len(), |e| (*e).min(line.len()));
+                line[from..to].trim().to_string()
+            };
+            let names: Vec<String> = (0..starts.len()).map(|i| cut(header, i)).collect();
+            lines
+                .map(|l| {
+                    names
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| (n.clone(), cut(l, i)))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn headers_of(out: &str) -> Vec<String> {
+    out.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            b.lines()
+                .next()
+                .unwrap()
+                .split("  ")
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+/// `kubectl get` asks for Tables: events show the reason and message in
+/// their columns, deployments, ReplicaSets, pods and Services the real
+/// columns (`-o wide` more), `-w` a new row per change, `-o json` the
+/// objects as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_prints_the_servers_tables() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, PostParams};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+    let fake = FakeKube::start_with(Options {
+        tls: true,
+        ..Options::default()
+    })
+    .await;
+    let dir = TempDir::new("fake-tables");
+    let kubeconfig = dir.path.join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let client = fake.client();
+    let deployment: Deployment = serde_json::from_value(web_deployment("web")).unwrap();
+    let deployment = Api::<Deployment>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create the Deployment");
+    fake.put(
+        "api/v1",
+        "services",
+        "shop",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.9",
+                "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}),
+    );
+    fake.make_ready("shop", "web").expect("the Deployment");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "sluice".into(),
+            instance: Some("sluice-0".into()),
+        },
+    );
+    let reference = kube::Resource::object_ref(&deployment, &());
+    recorder
+        .publish(
+            &Event {
+                type_: EventType::Warning,
+                reason: "RolledBack".into(),
+                note: Some("canary failed its gate: success rate 80% < 99%".into()),
+                action: "Reconcile".into(),
+                secondary: None,
+            },
+            &reference,
+        )
+        .await
+        .expect("publish");
+
+    let kubectl = |args: &[&str]| -> String {
+        let out = Command::new(kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &dir.path)
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let events = kubectl(&["get", "events", "-n", "shop"]);
+    assert_eq!(
+        headers_of(&events),
+        ["LAST SEEN|TYPE|REASON|OBJECT|MESSAGE"],
+        "{events}"
+    );
+    let rows = &printed_tables(&events)[0];
+    let row = rows
+        .iter()
+        .find(|r| r["REASON"] == "RolledBack")
+        .unwrap_or_else(|| panic!("no RolledBack row: {events}"));
+    assert_eq!(row["TYPE"], "Warning", "{events}");
+    assert_eq!(row["OBJECT"], "deployment/web", "{events}");
+    assert_eq!(
+        row["MESSAGE"], "canary failed its gate: success rate 80% < 99%",
+        "{events}"
+    );
+    assert!(row["LAST SEEN"].ends_with('s'), "an age: {events}");
+
+    let all = kubectl(&["get", "deploy,rs,pods,svc", "-n", "shop"]);
+    assert_eq!(
+        headers_of(&all),
+        [
+            "NAME|READY|UP-TO-DATE|AVAILABLE|AGE",
+            "NAME|DESIRED|CURRENT|READY|AGE",
+            "NAME|READY|STATUS|RESTARTS|AGE",
+            "NAME|TYPE|CLUSTER-IP|EXTERNAL-IP|PORT(S)|AGE",
+        ],
+        "{all}"
+    );
+    let tables = printed_tables(&all);
+    let d = &tables[0][0];
+    assert_eq!(
+        (
+            d["NAME"].as_str(),
+            d["READY"].as_str(),
+            d["UP-TO-DATE"].as_str(),
+            d["AVAILABLE"].as_str()
+        ),
+        ("deployment.apps/web", "2/2", "2", "2"),
+        "{all}"
+    );
+    let rs = &tables[1][0];
+    assert!(rs["NAME"].starts_with("replicaset.apps/web-"), "{all}");
+    assert_eq!(
+        (
+            rs["DESIRED"].as_str(),
+            rs["CURRENT"].as_str(),
+            rs["READY"].as_str()
+        ),
+        ("2", "2", "2"),
+        "{all}"
+    );
+    assert_eq!(tables[2].len(), 2, "{all}");
+    for p in &tables[2] {
+        assert_eq!(
+            (
+                p["READY"].as_str(),
+                p["STATUS"].as_str(),
+                p["RESTARTS"].as_str()
+            ),
+            ("1/1", "Running", "0"),
+            "{all}"
+        );
+    }
+    let svc = &tables[3][0];
+    assert_eq!(
+        (
+            svc["NAME"].as_str(),
+            svc["TYPE"].as_str(),
+            svc["CLUSTER-IP"].as_str(),
+            svc["EXTERNAL-IP"].as_str(),
+            svc["PORT(S)"].as_str()
+        ),
+        ("service/web", "ClusterIP", "10.96.0.9", "<none>", "80/TCP"),
+        "{all}"
+    );
+
+    let wide = kubectl(&["get", "deploy", "web", "-n", "shop", "-o", "wide"]);
+    assert_eq!(
+        headers_of(&wide),
+        ["NAME|READY|UP-TO-DATE|AVAILABLE|AGE|CONTAINERS|IMAGES|SELECTOR"],
+        "{wide}"
+    );
+    let w = &printed_tables(&wide)[0][0];
+    assert_eq!(
+        (
+            w["CONTAINERS"].as_str(),
+            w["IMAGES"].as_str(),
+            w["SELECTOR"].as_str()
+        ),
+        ("app", "app:1", "app=web"),
+        "{wide}"
+    );
+    let slices = kubectl(&["get", "endpointslices", "-n", "shop"]);
+    assert_eq!(
+        headers_of(&slices),
+        ["NAME|ADDRESSTYPE|PORTS|ENDPOINTS|AGE"],
+        "{slices}"
+    );
+    let s = &printed_tables(&slices)[0][0];
+    assert_eq!(
+        (s["ADDRESSTYPE"].as_str(), s["PORTS"].as_str()),
+        ("IPv4", "8080")
+    );
+    assert_eq!(s["ENDPOINTS"].split(',').count(), 2, "{slices}");
+
+    // -o json: the plain list, whole objects.
+    let listed: Value =
+        serde_json::from_str(&kubectl(&["get", "deploy", "-n", "shop", "-o", "json"])).unwrap();
+    assert_eq!(listed["kind"], "List");
+    assert_eq!(listed["items"][0]["kind"], "Deployment");
+    assert_eq!(listed["items"][0]["spec"]["replicas"], 2);
+
+    // -w: a new row when the Deployment changes.
+    let mut watch = Command::new(sluice_tests::kubectl())
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", &dir.path)
+        .args(["get", "deploy", "web", "-n", "shop", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a line from kubectl get -w within 10 s")
+    };
+    assert!(next().starts_with("NAME "), "the header first");
+    assert!(next().starts_with("web "), "the row");
+    kubectl(&["scale", "deploy", "web", "-n", "shop", "--replicas", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = next();
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cells[0], "web", "{line}");
+        assert!(!line.starts_with("NAME"), "one header only: {line}");
+        if cells[1].ends_with("/3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no row for 3 replicas");
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    drop(rx);
+    reader.join().expect("watch reader");
+}
+
+/// One GET with an `Accept` header, as the admin of a plain-HTTP fake.
+async fn get_accepting(fake: &FakeKube, path: &str, accept: &str) -> (u16, Value) {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(format!("http://{}{path}", fake.addr))
+        .header(
+            "authorization",
+            format!("Bearer {}", fake_kube::ADMIN_TOKEN),
+        )
+        .header("accept", accept)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let (status, _, body) = send(&h1_client(), req).await.expect("the fake answers");
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body:?}"));
+    (status.as_u16(), value)
+}
+
+const AS_TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+
+/// The Table on the wire: every column with its type, format and priority
+/// (the wide ones 1), a cell per column, the object per `includeObject`,
+/// `v1beta1` when only that is asked, 406 for a version the server lacks,
+/// 400 for a bad `includeObject`, the default table for kinds without a
+/// printer, and a watch's rows as one-row Tables, columns only in the first.
+#[tokio::test]
+async fn tables_on_the_wire_follow_the_meta_api() {
+    let fake = FakeKube::start().await;
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        CMS,
+        "application/json",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}}).to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (code, t) = get_accepting(&fake, CMS, AS_TABLE).await;
+    assert_eq!(code, 200, "{t}");
+    assert_eq!(
+        (t["kind"].as_str(), t["apiVersion"].as_str()),
+        (Some("Table"), Some("meta.k8s.io/v1"))
+    );
+    let names: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Name", "Data", "Age"]);
+    assert_eq!(t["columnDefinitions"][0]["format"], "name");
+    assert_eq!(t["columnDefinitions"][1]["type"], "integer");
+    for c in t["columnDefinitions"].as_array().unwrap() {
+        assert!(
+            c["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "{c}"
+        );
+        assert_eq!(c["priority"], 0, "{c}");
+    }
+    let row = &t["rows"][0];
+    assert_eq!(row["cells"][0], "c");
+    assert_eq!(row["cells"][1], 2);
+    assert!(row["cells"][2].as_str().unwrap().ends_with('s'), "{row}");
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(row["object"]["metadata"]["name"], "c");
+    assert!(row["object"].get("data").is_none(), "{row}");
+
+    let (_, t) = get_accepting(&fake, &format!("{CMS}?includeObject=Object"), AS_TABLE).await;
+    assert_eq!(t["rows"][0]["object"]["data"]["b"], "2", "{t}");
+    let (_, t) = get_accepting(&fake, &format!("{CMS}?includeObject=None"), AS_TABLE).await;
+    assert!(t["rows"][0].get("object").is_none(), "{t}");
+    let (code, t) = get_accepting(&fake, &format!("{CMS}?includeObject=All"), AS_TABLE).await;
+    assert_status(&t, 400, "BadRequest");
+    assert_eq!(code, 400);
+    let (code, t) = get_accepting(
+        &fake,
+        CMS,
+        "application/json;as=Table;v=v1beta1;g=meta.k8s.io",
+    )
+    .await;
+    assert_eq!(
+        (code, t["apiVersion"].as_str()),
+        (200, Some("meta.k8s.io/v1beta1"))
+    );
+    let (code, t) = get_accepting(&fake, CMS, "application/json;as=Table;v=v2;g=meta.k8s.io").await;
+    assert_status(&t, 406, "NotAcceptable");
+    assert_eq!(code, 406);
+    let (code, t) = get_accepting(&fake, CMS, "application/json").await;
+    assert_eq!((code, t["kind"].as_str()), (200, Some("ConfigMapList")));
+    let (_, t) = get_accepting(&fake, &format!("{CMS}/c"), AS_TABLE).await;
+    assert_eq!(
+        (t["kind"].as_str(), t["rows"].as_array().map(Vec::len)),
+        (Some("Table"), Some(1))
+    );
+
+    // Pods: the wide columns are sent with priority 1.
+    let (_, t) = get_accepting(&fake, "/api/v1/namespaces/shop/pods", AS_TABLE).await;
+    let prio: Vec<(String, i64)> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["priority"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        prio,
+        [
+            ("Name".into(), 0),
+            ("Ready".into(), 0),
+            ("Status".into(), 0),
+            ("Restarts".into(), 0),
+            ("Age".into(), 0),
+            ("IP".into(), 1),
+            ("Node".into(), 1),
+            ("Nominated Node".into(), 1),
+            ("Readiness Gates".into(), 1),
+        ]
+    );
+    // A kind without a printer: Name and Created At (a date).
+    let (code, _, _) = call(
+        &fake,
+        "POST",
+        "/apis/coordination.k8s.io/v1/namespaces/shop/leases",
+        "application/json",
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (_, t) = get_accepting(
+        &fake,
+        "/apis/coordination.k8s.io/v1/namespaces/shop/leases",
+        AS_TABLE,
+    )
+    .await;
+    assert_eq!(t["columnDefinitions"][1]["name"], "Created At", "{t}");
+    assert_eq!(t["columnDefinitions"][1]["type"], "date", "{t}");
+    let created = t["rows"][0]["cells"][1].as_str().unwrap();
+    assert!(
+        fake_kube::tables::parse_rfc3339(created).is_some(),
+        "{created}"
+    );
+
+    // A watch as Table: one-row Tables, the columns in the first only.
+    let url = format!("http://{}{CMS}?watch=true", fake.addr);
+    let req = http::Request::builder()
+        .uri(&url)
+        .header(
+            "authorization",
+            format!("Bearer {}", fake_kube::ADMIN_TOKEN),
+        )
+        .header("accept", AS_TABLE)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let client = h1_client();
+    let watch = tokio::spawn(async move {
+        use http_body_util::BodyExt;
+        let resp = client.request(req).await.expect("watch");
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut lines = Vec::new();
+        while lines.len() < 2 {
+            let frame = body.frame().await.expect("a frame").expect("body");
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+            }
+            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                lines.push(serde_json::from_slice::<Value>(&line).unwrap());
+            }
+        }
+        lines
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (code, _, _) = call(
+        &fake,
+        "PATCH",
+        &format!("{CMS}/c"),
+        "application/merge-patch+json",
+        r#"{"data":{"c":"3"}}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let lines = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .expect("two watch events")
+        .unwrap();
+    assert_eq!(lines[0]["type"], "ADDED");
+    assert_eq!(lines[0]["object"]["kind"], "Table");
+    assert_eq!(
+        lines[0]["object"]["columnDefinitions"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    assert_eq!(lines[0]["object"]["rows"][0]["cells"][1], 2);
+    assert_eq!(lines[1]["type"], "MODIFIED");
+    assert_eq!(lines[1]["object"]["columnDefinitions"], json!([]));
+    assert_eq!(lines[1]["object"]["rows"][0]["cells"][1], 3);
 }

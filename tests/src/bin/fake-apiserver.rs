@@ -19,7 +19,7 @@ use sluice_tests::fake_kube::{FakeKube, Options, Readiness};
 
 fn usage(msg: &str) -> ExitCode {
     eprintln!(
-        "error: {msg}\nusage: fake-apiserver [--listen 127.0.0.1:0] [--kubeconfig-out FILE] [--ready-after 100ms|manual]"
+        "error: {msg}\nusage: fake-apiserver [--listen 127.0.0.1:0] [--kubeconfig-out FILE] [--ready-after 100ms|manual] [--termination-cap 0s]"
     );
     ExitCode::from(2)
 }
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("static address");
     let mut kubeconfig: Option<PathBuf> = None;
     let mut readiness = Readiness::After(Duration::from_millis(100));
+    let mut termination_cap = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -50,6 +51,15 @@ fn main() -> ExitCode {
                 },
                 Err(e) => return usage(&e),
             },
+            // Pods deleted gracefully are gone after at most this long
+            // (default: their whole grace period, as a real cluster).
+            "--termination-cap" => match value("--termination-cap").and_then(|v| {
+                sluice_proxy::config::parse_duration(&v)
+                    .map_err(|e| format!("--termination-cap: {e}"))
+            }) {
+                Ok(d) => termination_cap = Some(d),
+                Err(e) => return usage(&e),
+            },
             other => return usage(&format!("unknown argument `{other}`")),
         }
     }
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
         let fake = FakeKube::start_with(Options {
             listen,
             readiness,
+            termination_cap,
             tls: true,
             ..Options::default()
         })

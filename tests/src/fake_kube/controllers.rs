@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{FakeKube, Key, Readiness, Store, View, validate};
+use super::{FakeKube, Key, Readiness, Store, View, termination, validate};
 
 const APPS: &str = "apis/apps/v1";
 const CORE: &str = "api/v1";
@@ -87,6 +87,7 @@ pub fn reconcile(fake: &FakeKube) {
     let mut store = fake.inner.store.lock().expect("store");
     collect_garbage(fake, &mut store);
     kubelet(fake, &mut store);
+    termination::kubelet(fake, &mut store);
     let mut progress = Vec::new();
     for (key, d) in all_of(&store, APPS, "deployments") {
         if let Some(p) = deployment(fake, &mut store, &key.1, &d) {
@@ -331,13 +332,26 @@ pub fn fenceposts(d: &Value) -> (i64, i64) {
     }
 }
 
+/// The active pods an owner has: terminating ones do not count, as for
+/// the real ReplicaSet controller.
 fn pods_owned(store: &Store, ns: &str, uid: &Value) -> Vec<(Key, Value)> {
     store
         .objects
         .iter()
-        .filter(|((k, n, _), p)| k.1 == "pods" && n == ns && owned_by(p, uid))
+        .filter(|((k, n, _), p)| {
+            k.1 == "pods" && n == ns && owned_by(p, uid) && !termination::is_terminating(p)
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
+}
+
+/// Every pod an owner has, terminating ones too (Recreate waits for them).
+fn all_pods(store: &Store, ns: &str, rs: &Value) -> i64 {
+    store
+        .objects
+        .iter()
+        .filter(|((k, n, _), p)| k.1 == "pods" && n == ns && owned_by(p, &rs["metadata"]["uid"]))
+        .count() as i64
 }
 
 fn replicas_of(rs: &Value) -> i64 {
@@ -442,7 +456,7 @@ fn deployment(
             // The first ReplicaSet (or Recreate once the old pods are gone)
             // starts at full size; a rolling one within the surge.
             let start = if recreate {
-                if old_replicas == 0 && old.iter().all(|rs| count(store, ns, rs, |_| true) == 0) {
+                if old_replicas == 0 && old.iter().all(|rs| all_pods(store, ns, rs) == 0) {
                     desired
                 } else {
                     0
@@ -495,7 +509,7 @@ fn deployment(
                     set_rs_replicas(fake, store, ns, rs, 0, d);
                 }
             }
-            let old_pods: i64 = old.iter().map(|rs| count(store, ns, rs, |_| true)).sum();
+            let old_pods: i64 = old.iter().map(|rs| all_pods(store, ns, rs)).sum();
             if old_pods == 0 && replicas_of(&new_rs) != desired {
                 set_rs_replicas(fake, store, ns, &new_rs, desired, d);
             }
@@ -801,7 +815,8 @@ fn replica_set(fake: &FakeKube, store: &mut Store, ns: &str, rs: &Value, create:
             )
         });
         for (key, _) in pods.iter().take(pods.len() - want) {
-            fake.remove(store, key);
+            // With the pod's own grace period, as the real controller.
+            fake.delete_key(store, key);
         }
     } else if pods.len() < want && create {
         let template = &rs["spec"]["template"];
@@ -835,6 +850,7 @@ fn replica_set(fake: &FakeKube, store: &mut Store, ns: &str, rs: &Value, create:
                 "spec": template["spec"],
                 "status": {"podIP": format!("10.244.{}.{}", store.next_ip / 250, store.next_ip % 250 + 1)},
             });
+            pod["spec"]["nodeName"] = json!(termination::NODE);
             if pod["metadata"]["annotations"].is_null() {
                 pod["metadata"]
                     .as_object_mut()

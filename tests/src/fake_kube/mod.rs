@@ -53,6 +53,8 @@ pub mod openapi;
 mod protobuf;
 pub mod rbac;
 pub mod schema;
+pub mod tables;
+pub mod termination;
 pub mod validate;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -472,6 +474,11 @@ pub struct Options {
     pub tls: bool,
     /// How long the garbage collector waits before deleting dependents.
     pub gc_delay: Duration,
+    /// The longest a pod stays terminating after a graceful delete (whole
+    /// seconds), whatever its grace period; `None` (the default) waits the
+    /// full period as a real kubelet whose containers take it all. Test
+    /// helpers that do not look at terminating pods set `Some(ZERO)`.
+    pub termination_cap: Option<Duration>,
 }
 
 impl Default for Options {
@@ -482,6 +489,7 @@ impl Default for Options {
             watch_buffer: 1_000,
             bookmark_interval: Duration::from_secs(1),
             gc_delay: Duration::from_millis(50),
+            termination_cap: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             tls: false,
         }
@@ -832,6 +840,19 @@ impl FakeKube {
         deleted
     }
 
+    /// Ends a terminating pod's grace period now (its containers exited):
+    /// the pod is removed (or held by its finalizers). None when there is
+    /// no such pod; a pod that is not terminating is left alone.
+    pub fn finish_terminating(&self, ns: &str, pod: &str) -> Option<Value> {
+        let mut store = self.inner.store.lock().expect("store");
+        let key = Self::key("api/v1", "pods", ns, pod);
+        let current = store.objects.get(&key)?.clone();
+        if !termination::is_terminating(&current) {
+            return Some(current);
+        }
+        termination::end(self, &mut store, &key)
+    }
+
     /// Marks every pod of a Deployment's current template ready now (the
     /// kubelet), and waits until the Deployment reports it.
     pub fn make_ready(&self, ns: &str, name: &str) -> Option<Value> {
@@ -1002,6 +1023,18 @@ impl FakeKube {
 
     /// DELETE semantics: finalizers hold the object with a deletionTimestamp.
     fn delete_key(&self, store: &mut Store, key: &Key) -> Option<Value> {
+        self.delete_key_with(store, key, None)
+    }
+
+    /// DELETE with a grace period asked (pods terminate gracefully:
+    /// [`termination`]).
+    fn delete_key_with(&self, store: &mut Store, key: &Key, grace: Option<i64>) -> Option<Value> {
+        if key.0.0 == "api/v1"
+            && key.0.1 == "pods"
+            && let Some(held) = termination::begin(self, store, key, grace)
+        {
+            return Some(held);
+        }
         let object = store.objects.get(key)?.clone();
         let finalizers = object["metadata"]["finalizers"]
             .as_array()
@@ -1793,14 +1826,53 @@ impl FakeKube {
                 );
             }
         }
+        // Server-side printing (`kubectl get`): a Table when asked for one.
+        let table = if method == Method::GET {
+            let accept = headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            match tables::requested(accept, q.get("includeObject").map(String::as_str)) {
+                Ok(t) => t,
+                Err((code, message)) => {
+                    let code = StatusCode::from_u16(code).expect("a status code");
+                    return status_error(code, reason_of(code), message);
+                }
+            }
+        } else {
+            None
+        };
         let response = match verb {
-            "watch" => self.watch(&target, q),
-            "list" => self.list(&target, &q),
+            "watch" => self.watch(&target, q, table),
+            "list" => self.list(&target, &q, table),
             "get" => {
                 let name = target.name.as_deref().expect("get has a name");
-                match self.get(&target.info.prefix(), target.info.plural, &ns, name) {
-                    Some(o) => respond(StatusCode::OK, &o),
-                    None => not_found(target.info, name),
+                match (
+                    self.get(&target.info.prefix(), target.info.plural, &ns, name),
+                    table,
+                ) {
+                    (Some(o), None) => respond(StatusCode::OK, &o),
+                    (Some(o), Some(t)) => {
+                        let stored = self
+                            .get(
+                                events::storage_prefix(&target.info.prefix(), target.info.plural),
+                                target.info.plural,
+                                &ns,
+                                name,
+                            )
+                            .unwrap_or_else(|| o.clone());
+                        let rv = o["metadata"]["resourceVersion"].clone();
+                        respond(
+                            StatusCode::OK,
+                            &tables::table(
+                                target.info,
+                                &[(stored, o)],
+                                json!({"resourceVersion": rv}),
+                                t,
+                                true,
+                            ),
+                        )
+                    }
+                    (None, _) => not_found(target.info, name),
                 }
             }
             "delete" => self.delete_request(&target, &ns, &q, &body),
@@ -2694,7 +2766,25 @@ impl FakeKube {
             }
             _ => {}
         }
-        let gone = self.delete_key(&mut store, &key).expect("present above");
+        let grace = match options["gracePeriodSeconds"]
+            .as_i64()
+            .map(Ok)
+            .or_else(|| q.get("gracePeriodSeconds").map(|g| g.parse::<i64>()))
+        {
+            None => None,
+            Some(Ok(g)) if g >= 0 => Some(g),
+            Some(_) => {
+                drop(store);
+                return status_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: gracePeriodSeconds: Invalid value: must be a non-negative integer".into(),
+                );
+            }
+        };
+        let gone = self
+            .delete_key_with(&mut store, &key, grace)
+            .expect("present above");
         respond(StatusCode::OK, &served_as(target.info, gone))
     }
 
@@ -2751,13 +2841,18 @@ impl FakeKube {
         respond(StatusCode::CREATED, &out)
     }
 
-    fn list(&self, target: &Target, q: &BTreeMap<String, String>) -> Response<FakeBody> {
+    fn list(
+        &self,
+        target: &Target,
+        q: &BTreeMap<String, String>,
+        table: Option<tables::TableRequest>,
+    ) -> Response<FakeBody> {
         let store = self.inner.store.lock().expect("store");
         let labels = q.get("labelSelector").map(String::as_str);
         let fields = stored_field_selector(target.info, q.get("fieldSelector"));
         let fields = fields.as_deref();
         let storage = events::storage_prefix(&target.info.prefix(), target.info.plural).to_string();
-        let items: Vec<Value> = store
+        let items: Vec<(Value, Value)> = store
             .objects
             .iter()
             .filter(|((k, ns, _), o)| {
@@ -2766,7 +2861,7 @@ impl FakeKube {
                     && target.namespace.as_ref().is_none_or(|n| n == ns)
                     && selected(labels, fields, o)
             })
-            .map(|(_, o)| served_as(target.info, o.clone()))
+            .map(|(_, o)| (o.clone(), served_as(target.info, o.clone())))
             .collect();
         // Pages: `limit` items, `continue` is the offset.
         let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -2775,11 +2870,18 @@ impl FakeKube {
             .and_then(|l| l.parse().ok())
             .filter(|l| *l > 0)
             .unwrap_or(usize::MAX);
-        let page: Vec<Value> = items.iter().skip(offset).take(limit).cloned().collect();
+        let page: Vec<(Value, Value)> = items.iter().skip(offset).take(limit).cloned().collect();
         let mut metadata = json!({"resourceVersion": store.rv.to_string()});
         if offset.saturating_add(limit) < items.len() {
             metadata["continue"] = json!((offset + limit).to_string());
         }
+        if let Some(t) = table {
+            return respond(
+                StatusCode::OK,
+                &tables::table(target.info, &page, metadata, t, true),
+            );
+        }
+        let page: Vec<Value> = page.into_iter().map(|(_, served)| served).collect();
         let body = json!({
             "kind": format!("{}List", target.info.kind),
             "apiVersion": target.info.api_version(),
@@ -2789,7 +2891,12 @@ impl FakeKube {
         respond(StatusCode::OK, &body)
     }
 
-    fn watch(&self, target: &Target, q: BTreeMap<String, String>) -> Response<FakeBody> {
+    fn watch(
+        &self,
+        target: &Target,
+        q: BTreeMap<String, String>,
+        table: Option<tables::TableRequest>,
+    ) -> Response<FakeBody> {
         let from: Option<u64> = q
             .get("resourceVersion")
             .filter(|v| !v.is_empty() && *v != "0")
@@ -2886,11 +2993,19 @@ impl FakeKube {
             tokio::pin!(deadline);
             let mut tick = tokio::time::interval(bookmark_every);
             tick.tick().await;
+            let mut first_table = true;
             loop {
                 tokio::select! {
                     _ = &mut deadline => return,
                     line = rx.recv() => match line {
-                        Some(line) => {
+                        Some(mut line) => {
+                            if let Some(t) = table
+                                && line["type"] != "ERROR"
+                                && line["type"] != "BOOKMARK"
+                            {
+                                line["object"] = tables::watch_row(info, line["object"].take(), t, first_table);
+                                first_table = false;
+                            }
                             if out.send(line).await.is_err() {
                                 return;
                             }
