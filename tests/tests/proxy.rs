@@ -1213,3 +1213,169 @@ async fn pooled_upstream_connections_survive_every_kind_of_response_end() {
         "one upstream connection for everything up to the `Connection: close` answer, one after it"
     );
 }
+
+/// A real HTTP/2 backend that answers before it has read the request
+/// body (RFC 9113 §8.1): `/413` answers 413 with a body of
+/// `EARLY_ANSWER` bytes, then reads the request body; `/reset` answers 200
+/// with that body, then resets the stream with `NO_ERROR`. Each answer's
+/// body comes a moment after its head. What it saw of
+/// each request body's end goes to `seen`: `reset` (the proxy let the
+/// stream go without ending it: never a cut body that looks whole) or
+/// `ended after N bytes`.
+async fn h2_early_backend(seen: Arc<std::sync::Mutex<Vec<String>>>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let reset = req.uri().path() == "/reset";
+                        let (head, mut body) = req.into_parts();
+                        drop(head);
+                        // The body is read (and its window given back) all
+                        // along, as the answer goes out.
+                        let reader_seen = seen.clone();
+                        let reader = tokio::spawn(async move {
+                            let mut got = 0;
+                            let end = loop {
+                                match body.data().await {
+                                    Some(Ok(data)) => {
+                                        got += data.len();
+                                        let _ = body.flow_control().release_capacity(data.len());
+                                    }
+                                    Some(Err(_)) => break "reset".to_string(),
+                                    None => break format!("ended after {got} bytes"),
+                                }
+                            };
+                            if !reset {
+                                reader_seen.lock().unwrap().push(end);
+                            }
+                        });
+                        let status = if reset { 200 } else { 413 };
+                        let head = http::Response::builder()
+                            .status(status)
+                            .header("content-length", EARLY_ANSWER)
+                            .body(())
+                            .unwrap();
+                        let mut sending = respond.send_response(head, false).unwrap();
+                        // The head first, its body a moment later (a stream
+                        // reset meanwhile would cut it).
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        // Within the proxy's windows (so all of it goes out
+                        // now, none of it queued when a reset clears the
+                        // queue).
+                        sending.reserve_capacity(EARLY_ANSWER);
+                        while sending.capacity() < EARLY_ANSWER {
+                            let more = std::future::poll_fn(|cx| sending.poll_capacity(cx)).await;
+                            if !matches!(more, Some(Ok(_))) {
+                                seen.lock().unwrap().push("the answer was cut".into());
+                                return;
+                            }
+                        }
+                        sending.send_data(early_answer(), true).unwrap();
+                        if reset {
+                            // Time for the connection to write it out.
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            sending.send_reset(h2::Reason::NO_ERROR);
+                            seen.lock().unwrap().push("reset by the backend".into());
+                            reader.abort();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+const EARLY_ANSWER: usize = 300 * 1024;
+
+fn early_answer() -> Bytes {
+    (0..EARLY_ANSWER)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// An HTTP/1.1 client whose request body (1 MiB, far past the backend's
+/// windows) is still on its way when an HTTP/2 backend answers gets the
+/// whole answer (413 or 200, then `RST_STREAM(NO_ERROR)`), then its
+/// connection closes (the rest of its body was never read); the backend
+/// sees the request stream reset, never ended as if whole.
+#[tokio::test]
+async fn an_http2_backend_answering_before_the_request_body_ends_is_relayed_whole() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let backend = h2_early_backend(seen.clone()).await;
+    let routes = format!("  - {{ name: web, protocol: http2, stable: 'http://{backend}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    const SENT: usize = 1024 * 1024;
+    for (path, status) in [("/413", "413"), ("/reset", "200")] {
+        let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut read, mut write) = stream.into_split();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {SENT}\r\n\r\n");
+        let writer = tokio::spawn(async move {
+            write.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b'x'; 16 * 1024];
+            for _ in 0..SENT / chunk.len() {
+                if write.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let read_all = async {
+            loop {
+                match read.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!("{path}: reading failed after {} bytes: {e}", got.len()),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read_all)
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the connection was not closed after the answer"));
+        writer.abort();
+        let end = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{path}: no head in {:?}", String::from_utf8_lossy(&got)))
+            + 4;
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("http/1.1 {status} ")),
+            "{path}: {head}"
+        );
+        assert!(head.contains("connection: close"), "{path}: {head}");
+        assert!(
+            head.contains(&format!("content-length: {EARLY_ANSWER}")),
+            "{path}: {head}"
+        );
+        assert_eq!(got.len() - end, EARLY_ANSWER, "{path}: the answer was cut");
+        assert!(
+            got[end..] == early_answer()[..],
+            "{path}: the answer's bytes differ"
+        );
+    }
+    let seen = eventually(
+        "the backend to see both request streams end",
+        Duration::from_secs(5),
+        || async {
+            let seen = seen.lock().unwrap().clone();
+            (seen.len() == 2).then_some(seen)
+        },
+    )
+    .await;
+    assert!(seen.contains(&"reset".to_string()), "{seen:?}");
+    assert!(
+        seen.contains(&"reset by the backend".to_string()),
+        "{seen:?}"
+    );
+}

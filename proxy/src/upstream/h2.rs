@@ -5,10 +5,20 @@
 //! own its source: an HTTP/2 client's body (hyper's own) or one held whole
 //! is handed over as it is; a body the own HTTP/1.1 downstream reads from
 //! its client's connection is pumped to it, frame by frame, through a
-//! small channel, by the request's task. A pump that stops before the
-//! body's end (the backend answered and the request path moved on) ends
-//! the body in an error, so the backend gets a reset stream, never a
-//! request cut short that looks whole.
+//! small channel, by the request's task.
+//!
+//! **An answer before the body's end** (RFC 9113 §8.1: a 413, or a whole
+//! answer then `RST_STREAM(NO_ERROR)`): the pump stops at the answer's
+//! head, as with an HTTP/1.1 backend, and the rest of the client's body
+//! is not read (the client's connection closes after the answer, see
+//! `crate::downstream::h1`). The request stream stays open, idle, while
+//! the answer is relayed: resetting it at once would cut the answer too.
+//! Its sender ([`Rest`]) is held by the response body and dropped with it,
+//! which ends the request body in an error, so the backend gets a reset
+//! stream (`CANCEL`), never a request cut short that looks whole. A
+//! backend that waits for the rest of the body before it ends its answer
+//! gets no more of it (it times out like with an HTTP/1.1 backend); an
+//! HTTP/2 client's body, hyper's own, streams both ways at once.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -108,29 +118,49 @@ impl Body for H2Body {
 /// The pump's end of a pumped body's channel.
 pub(super) type FrameSender = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
-/// Moves `body`'s frames into `frames` until the body ends (Ok), fails
-/// (its error), or the receiver is gone (Ok: hyper stopped reading).
+/// The sender of a pumped body the pump left before its end, held until
+/// the answer has been relayed (see the module docs); dropping it resets
+/// the request stream.
+pub(super) struct Rest {
+    _sender: FrameSender,
+}
+
+/// Moves `body`'s frames into `frames` until the body ends (Ok, and the
+/// sender dropped: the body's end), fails (its error; the sender dropped
+/// after the error), or the receiver is gone (Ok: hyper stopped reading).
+/// A pump stopped before it returns leaves the sender in `frames`.
 pub(super) async fn pump(
     body: &mut UpstreamBody<'_>,
-    frames: FrameSender,
+    frames: &mut Option<FrameSender>,
     complete: Arc<AtomicBool>,
 ) -> Result<(), BoxError> {
     loop {
-        let Ok(room) = frames.reserve().await else {
+        let Some(sender) = frames.as_ref() else {
+            return Ok(());
+        };
+        let Ok(room) = sender.reserve().await else {
             return Ok(());
         };
         match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
             None => {
                 complete.store(true, Ordering::SeqCst);
+                drop(room);
+                *frames = None;
                 return Ok(());
             }
             Some(Ok(frame)) => room.send(Ok(frame)),
             Some(Err(e)) => {
                 room.send(Err("the request body failed".into()));
+                *frames = None;
                 return Err(e);
             }
         }
     }
+}
+
+/// What is left of a pump stopped before the body's end.
+pub(super) fn rest(frames: Option<FrameSender>) -> Option<Rest> {
+    frames.map(|sender| Rest { _sender: sender })
 }
 
 /// A pumped body and the pump's ends.

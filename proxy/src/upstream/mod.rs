@@ -448,6 +448,7 @@ impl Upstream {
         let body = req.body.take().unwrap_or_else(UpstreamBody::empty);
         // Handed to hyper: it may write the head at any time now.
         req.written.store(true, Ordering::SeqCst);
+        let mut rest = None;
         let result = match body.into_static() {
             Ok(body) => {
                 let request = http::Request::from_parts(parts, h2::H2Body::Direct(body));
@@ -455,24 +456,31 @@ impl Upstream {
             }
             Err(mut body) => {
                 let (pumped, frames, complete) = h2::pumped();
+                let mut frames = Some(frames);
                 let request = http::Request::from_parts(parts, pumped);
-                let sent = h2::send(conn, request);
-                let pump = h2::pump(&mut body, frames, complete);
-                tokio::pin!(sent, pump);
-                // The pump runs until the body's end or the answer's head,
-                // whichever comes first (see `h2`).
-                let mut pumping = true;
-                loop {
-                    tokio::select! {
-                        answer = &mut sent => break answer,
-                        pumped = &mut pump, if pumping => {
-                            pumping = false;
-                            if let Err(e) = pumped {
-                                break Err(h2::Miss::Body(e));
+                let result = {
+                    let sent = h2::send(conn, request);
+                    let pump = h2::pump(&mut body, &mut frames, complete);
+                    tokio::pin!(sent, pump);
+                    // The pump runs until the body's end or the answer's
+                    // head, whichever comes first (see `h2`).
+                    let mut pumping = true;
+                    loop {
+                        tokio::select! {
+                            answer = &mut sent => break answer,
+                            pumped = &mut pump, if pumping => {
+                                pumping = false;
+                                if let Err(e) = pumped {
+                                    break Err(h2::Miss::Body(e));
+                                }
                             }
                         }
                     }
-                }
+                };
+                // An answer before the body's end: the stream stays open
+                // until the answer has been relayed.
+                rest = h2::rest(frames);
+                result
             }
         };
         if matches!(result, Err(h2::Miss::Unsent(_))) {
@@ -510,7 +518,10 @@ impl Upstream {
             head: ResponseHead::H2(parts),
             body: Pooled {
                 body: Source::H2(body),
-                hold: Hold::Stream { _guard: guard },
+                hold: Hold::Stream {
+                    _guard: guard,
+                    _rest: rest,
+                },
             },
             upgraded: None,
         })
@@ -604,9 +615,12 @@ enum Hold {
         slot: usize,
         since: u64,
     },
-    /// An HTTP/2 exchange, counted until the body ends or is dropped.
+    /// An HTTP/2 exchange, counted until the body ends or is dropped,
+    /// and the request stream when the answer came before the request
+    /// body's end (see [`h2`]).
     Stream {
         _guard: h2::StreamGuard,
+        _rest: Option<h2::Rest>,
     },
     Nothing,
 }

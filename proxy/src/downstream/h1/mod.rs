@@ -23,6 +23,13 @@
 //!   early answer, a client fault), or the answer broke off. A connection
 //!   idle between requests for `limits.idle_timeout` is closed, and so is
 //!   an idle one when a drain starts.
+//! - **Lingering close.** A connection closed with the request body not
+//!   read to its end (an early answer, a refusal) is half-closed after the
+//!   answer, and what the client still sends is read and thrown away until
+//!   it closes its side, for at most [`LINGER`] (nginx's
+//!   `lingering_close`): closing a socket with unread bytes makes the
+//!   kernel reset the connection, and a client still sending its body
+//!   would lose the end of the answer it had not read yet.
 //! - **Pipelining and half-close.** Pipelined requests are answered in
 //!   order. A client that closes its connection while its request waits is
 //!   counted as 499 on the backend it waited for; but an end of input after
@@ -82,6 +89,7 @@ pub async fn serve<S>(
             read_closed: false,
             interim: Vec::new(),
         }),
+        unread_body: false,
         out: Vec::new(),
         head_bytes: Vec::new(),
         head_spans: Vec::new(),
@@ -93,6 +101,9 @@ pub async fn serve<S>(
         Next::Close => {
             let inbound = conn.inbound.get_mut().expect("inbound lock");
             let _ = inbound.io.shutdown().await;
+            if conn.unread_body && !inbound.read_closed {
+                linger(&mut inbound.io).await;
+            }
         }
         Next::Tunnel(upstream) => {
             // The tunnel still holds the client's connection: it counts as
@@ -106,8 +117,25 @@ pub async fn serve<S>(
     }
 }
 
+/// How long a closing connection reads and throws away what its client
+/// still sends (see the module docs).
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and throws away what the client sends until it closes its side,
+/// fails, or [`LINGER`] has passed.
+async fn linger<S: AsyncRead + Unpin>(io: &mut S) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(1..) = io.read(&mut sink).await {}
+    })
+    .await;
+}
+
 struct Conn<S> {
     inbound: Mutex<Inbound<S>>,
+    /// The connection closes with a request body not read to its end.
+    unread_body: bool,
     /// The answer being written.
     out: Vec<u8>,
     /// The request head's bytes and where its fields lie (reused).
@@ -360,6 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         // A body not read cannot be told from a next request.
         let unread_body = framing != Framing::Empty;
         if let Err(refusal) = crate::route::check(&req) {
+            self.unread_body = unread_body;
             reply.close |= unread_body || refusal.status == StatusCode::BAD_REQUEST;
             return self
                 .writer()
@@ -371,6 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             match crate::route::route(&state.store, state.listener, &req, secure, head.start) {
                 Ok(routed) => routed,
                 Err(refusal) => {
+                    self.unread_body = unread_body;
                     reply.close |= unread_body;
                     return self
                         .writer()
@@ -391,6 +421,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             // The client is gone (counted as such).
             return Next::Close;
         };
+        self.unread_body = !body_read;
         reply.close |= !body_read || entered.is_draining();
         self.writer().answer(answer, reply).await
     }
