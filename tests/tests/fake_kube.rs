@@ -2862,3 +2862,183 @@ async fn tables_on_the_wire_follow_the_meta_api() {
     assert_eq!(lines[1]["object"]["columnDefinitions"], json!([]));
     assert_eq!(lines[1]["object"]["rows"][0]["cells"][1], 3);
 }
+
+/// `kubectl delete pod`: with a grace period the pod stays, terminating
+/// (deletionTimestamp, deletionGracePeriodSeconds; a second delete only
+/// shortens it), its endpoint `ready: false, serving: true, terminating:
+/// true` and out of the Service's ready endpoints, its ReplicaSet not
+/// counting it and making a replacement; `--now` goes after a second,
+/// `--force --grace-period=0` at once; a scale-down deletes gracefully too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_delete_pod_terminates_gracefully() {
+    let fake = FakeKube::start_with(Options {
+        tls: true,
+        ..Options::default()
+    })
+    .await;
+    let dir = TempDir::new("fake-terminating");
+    let kubeconfig = dir.path.join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let mut web = web_deployment("web");
+    web["spec"]["replicas"] = json!(3);
+    fake.put(APPS, "deployments", "shop", web);
+    fake.put(
+        "api/v1",
+        "services",
+        "shop",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    );
+    fake.make_ready("shop", "web").expect("the Deployment");
+    let kubectl = |args: &[&str]| -> String {
+        let out = Command::new(sluice_tests::kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &dir.path)
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let pod = |name: &str| -> Option<Value> { fake.get("api/v1", "pods", "shop", name) };
+    let endpoint_of = |name: &str| -> Option<Value> {
+        let slices: Value = serde_json::from_str(&kubectl(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "shop",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        slices["items"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["targetRef"]["name"] == name)
+            .map(|e| e["conditions"].clone())
+    };
+    let names: Vec<String> = fake_kube::controllers::pods_of(&fake, "shop", "web")
+        .into_keys()
+        .collect();
+    assert_eq!(names.len(), 3);
+    let (a, b, c) = (&names[0], &names[1], &names[2]);
+    assert_eq!(fake.view(|v| v.ready_endpoints("shop", "web", "http")), 3);
+
+    // The default grace period: the pod's terminationGracePeriodSeconds, 30.
+    let before = fake_kube::tables::now_seconds();
+    kubectl(&["delete", "pod", a, "-n", "shop", "--wait=false"]);
+    let held = pod(a).expect("a terminating pod stays");
+    assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], 30);
+    let at =
+        fake_kube::tables::parse_rfc3339(held["metadata"]["deletionTimestamp"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        (before + 29..=before + 32).contains(&at),
+        "{at} vs {before}"
+    );
+    until("the endpoint is terminating", || {
+        fake.view(|v| v.ready_endpoints("shop", "web", "http")) == 2
+    })
+    .await;
+    assert_eq!(
+        endpoint_of(a),
+        Some(json!({"ready": false, "serving": true, "terminating": true}))
+    );
+    let printed = kubectl(&["get", "pod", a, "-n", "shop"]);
+    assert_eq!(
+        printed_tables(&printed)[0][0]["STATUS"],
+        "Terminating",
+        "{printed}"
+    );
+    // The ReplicaSet does not count it: a replacement comes.
+    until("a replacement pod", || {
+        fake_kube::controllers::pods_of(&fake, "shop", "web").len() == 3 && pod(a).is_some()
+    })
+    .await;
+    let rs_name = fake
+        .names(APPS, "replicasets", "shop")
+        .pop()
+        .expect("a ReplicaSet");
+    until("the ReplicaSet counts three running pods", || {
+        fake.get(APPS, "replicasets", "shop", &rs_name).unwrap()["status"]["replicas"] == 3
+    })
+    .await;
+    // A second delete shortens the period, never lengthens it.
+    kubectl(&[
+        "delete",
+        "pod",
+        a,
+        "-n",
+        "shop",
+        "--wait=false",
+        "--grace-period=20",
+    ]);
+    assert_eq!(
+        pod(a).unwrap()["metadata"]["deletionGracePeriodSeconds"],
+        20
+    );
+    kubectl(&[
+        "delete",
+        "pod",
+        a,
+        "-n",
+        "shop",
+        "--wait=false",
+        "--grace-period=60",
+    ]);
+    assert_eq!(
+        pod(a).unwrap()["metadata"]["deletionGracePeriodSeconds"],
+        20
+    );
+    // The kubelet is done early when a test says so.
+    fake.finish_terminating("shop", a);
+    assert!(pod(a).is_none());
+    until("the endpoint is gone", || endpoint_of(a).is_none()).await;
+
+    // --now: one second, then gone (kubectl waits for it).
+    let started = Instant::now();
+    kubectl(&["delete", "pod", b, "-n", "shop", "--now"]);
+    assert!(pod(b).is_none());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // --force --grace-period=0: at once.
+    kubectl(&[
+        "delete",
+        "pod",
+        c,
+        "-n",
+        "shop",
+        "--force",
+        "--grace-period=0",
+    ]);
+    assert!(pod(c).is_none());
+
+    // A scale-down deletes with the pod's grace period too.
+    fake.make_ready("shop", "web").expect("the Deployment");
+    kubectl(&["scale", "deploy", "web", "-n", "shop", "--replicas", "1"]);
+    until("two pods terminating", || {
+        fake.view(|v| {
+            v.list("api/v1", "pods", "shop")
+                .iter()
+                .filter(|p| p["metadata"]["deletionGracePeriodSeconds"] == 30)
+                .count()
+                == 2
+        })
+    })
+    .await;
+    until("the Deployment reports one replica", || {
+        let d = fake.get(APPS, "deployments", "shop", "web").unwrap();
+        d["status"]["replicas"] == 1 && d["status"]["readyReplicas"] == 1
+    })
+    .await;
+    assert_eq!(fake.view(|v| v.ready_endpoints("shop", "web", "http")), 1);
+    assert_eq!(fake.names("api/v1", "pods", "shop").len(), 3);
+}
