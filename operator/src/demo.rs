@@ -170,6 +170,8 @@ pub struct DemoOptions {
     /// Open-loop load on the proxy, requests per second.
     pub rate: f64,
     pub plan: Plan,
+    /// The dashboard's store, filled with each scenario's release record.
+    pub dashboard: Option<crate::dashboard::LocalSource>,
 }
 
 impl Default for DemoOptions {
@@ -180,6 +182,7 @@ impl Default for DemoOptions {
             admin_listen: "127.0.0.1:0".parse().expect("static address"),
             rate: 1000.0,
             plan: demo_plan(),
+            dashboard: None,
         }
     }
 }
@@ -295,7 +298,12 @@ pub async fn run_scenario(
     };
     let router = ProxyAdminRouter::new(&admin, route, &v2.url(), None)
         .with_traffic(options.plan.traffic.clone());
-    let driver = Driver::new(route, "v2", options.plan.clone(), router, provider);
+    let mut driver = Driver::new(route, "v2", options.plan.clone(), router, provider);
+    if let Some(store) = &options.dashboard {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        driver.record_out = Some(tx);
+        store.follow(rx);
+    }
     let started = Instant::now();
     let mut last_evidence = Vec::new();
     let status = driver

@@ -8,6 +8,7 @@
 pub mod analysis;
 pub mod control;
 pub mod counters;
+pub mod dashboard;
 pub mod demo;
 pub mod external;
 pub mod gate;

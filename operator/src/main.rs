@@ -492,6 +492,9 @@ struct RolloutArgs {
     /// Write the release report (one self-contained HTML file) here when the release ends.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Serve the web dashboard on this address while the release runs, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -520,6 +523,10 @@ struct DemoArgs {
     /// `canary` (steps) or `blue-green` (judged on mirrored copies, then one switch and a soak).
     #[arg(long, default_value = "canary", value_parser = ["canary", "blue-green", "experiment"])]
     strategy: String,
+    /// Serve the web dashboard on this address (e.g. 127.0.0.1:8080); it stays up after the
+    /// scenarios until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -541,6 +548,15 @@ fn main() -> ExitCode {
             Command::Simulate(args) => run_simulate(*args),
         }
     })
+}
+
+/// Stops a background task (the dashboard) when the command ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
@@ -566,6 +582,13 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     let notify_channels = match args.notify.channels() {
         Ok(c) => c,
         Err(e) => return usage(e),
+    };
+    let dashboard_listener = match args.dashboard {
+        Some(addr) => match sluice_operator::dashboard::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return usage(format!("--dashboard: {e}")),
+        },
+        None => None,
     };
     if plan
         .queries
@@ -678,6 +701,26 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     driver.records = Some(sluice_operator::record::RecordFile::beside(&socket_path));
     let (record_tx, record_rx) = tokio::sync::watch::channel(None);
     driver.record_out = Some(record_tx);
+    let _dashboard = dashboard_listener.map(|listener| {
+        let store = sluice_operator::dashboard::LocalSource {
+            control_socket: Some(socket_path.clone()),
+            ..Default::default()
+        };
+        // Earlier releases of the route, then this one as it runs.
+        let records = sluice_operator::record::RecordFile::beside(&socket_path);
+        for r in records.load().unwrap_or_default() {
+            store.put(r);
+        }
+        store.follow(record_rx.clone());
+        eprintln!(
+            "dashboard on http://{}",
+            listener.local_addr().expect("bound")
+        );
+        AbortOnDrop(sluice_operator::dashboard::serve(
+            listener,
+            sluice_operator::dashboard::Source::Local(store),
+        ))
+    });
     let notifier = sluice_operator::notify::Notifier::start(
         notify_channels,
         args.notify.notify_steps,
@@ -831,6 +874,23 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     } else if options.prometheus.is_some() {
         options.admin_listen = "127.0.0.1:9901".parse().expect("static address");
     }
+    let mut dashboard = None;
+    if let Some(addr) = args.dashboard {
+        let listener = match sluice_operator::dashboard::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => return usage(format!("--dashboard: {e}")),
+        };
+        let store = sluice_operator::dashboard::LocalSource::default();
+        options.dashboard = Some(store.clone());
+        eprintln!(
+            "dashboard on http://{}",
+            listener.local_addr().expect("bound")
+        );
+        dashboard = Some(AbortOnDrop(sluice_operator::dashboard::serve(
+            listener,
+            sluice_operator::dashboard::Source::Local(store),
+        )));
+    }
     let mode = output_mode(args.output);
     let started = std::time::Instant::now();
     let mut results = Vec::new();
@@ -869,6 +929,10 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
             },
             started.elapsed().as_secs_f64()
         );
+    }
+    if dashboard.is_some() {
+        eprintln!("the dashboard stays up; Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
     }
     if all_ok {
         ExitCode::SUCCESS

@@ -86,6 +86,21 @@ enum Command {
     Abort { name: String },
     /// Release a rolled-back revision again.
     Retry { name: String },
+    /// Write the release report of NAME (its latest release, or --revision's) as one
+    /// self-contained HTML file to stdout: `kubectl sluice report web > web.html`.
+    Report {
+        name: String,
+        /// The revision whose (latest) release to report.
+        #[arg(long)]
+        revision: Option<String>,
+    },
+    /// Serve the web dashboard on 127.0.0.1 with your kubeconfig and RBAC (every action
+    /// is yours), until interrupted.
+    Dashboard {
+        /// The local port.
+        #[arg(long, default_value_t = 3100)]
+        port: u16,
+    },
     /// Wait for the release of the Deployment's current generation to end:
     /// exit 0 succeeded, 1 failed, 3 still in progress at the timeout (for CI).
     Status {
@@ -234,6 +249,31 @@ async fn run(cli: Cli) -> ExitCode {
     let p = Plugin { client, namespace };
     let result: Result<ExitCode, PluginError> = async {
         match cli.command {
+            Command::Report { name, revision } => {
+                print!("{}", p.report(&name, revision.as_deref()).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Dashboard { port } => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let listener = sluice_operator::dashboard::bind(addr)
+                    .await
+                    .map_err(|e| PluginError::Usage(format!("--port: {e}")))?;
+                println!(
+                    "Sluice dashboard on http://{addr} (namespace {}); Ctrl-C to stop",
+                    p.namespace
+                );
+                let plugin = std::sync::Arc::new(Plugin {
+                    client: p.client.clone(),
+                    namespace: p.namespace.clone(),
+                });
+                let task = sluice_operator::dashboard::serve(
+                    listener,
+                    sluice_operator::dashboard::Source::Kube(plugin),
+                );
+                let _ = tokio::signal::ctrl_c().await;
+                task.abort();
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Get {
                 name,
                 watch,

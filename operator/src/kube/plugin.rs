@@ -154,6 +154,56 @@ impl Plugin {
         }
     }
 
+    /// The release records of `name` (oldest first), from the ConfigMap
+    /// `<name>-sluice-releases` the operator keeps.
+    pub async fn records(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::record::ReleaseRecord>, PluginError> {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let cm_name = crate::record::configmap_name(name);
+        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+        let Some(cm) = cms.get_opt(&cm_name).await? else {
+            return Ok(Vec::new());
+        };
+        crate::record::from_configmap_data(&cm.data.unwrap_or_default())
+            .map_err(|e| PluginError::Usage(format!("ConfigMap {}/{cm_name}: {e}", self.namespace)))
+    }
+
+    /// Every release record of every canaried Deployment in the namespace.
+    pub async fn all_records(&self) -> Result<Vec<crate::record::ReleaseRecord>, PluginError> {
+        let mut all = Vec::new();
+        for r in self.releases().await? {
+            all.extend(self.records(&r.name).await?);
+        }
+        Ok(all)
+    }
+
+    /// The release report of `name` (its latest release, or the latest of
+    /// `revision`) as a self-contained HTML document.
+    pub async fn report(&self, name: &str, revision: Option<&str>) -> Result<String, PluginError> {
+        self.release(name).await?;
+        let all = self.records(name).await?;
+        if all.is_empty() {
+            return Err(PluginError::NotFound(format!(
+                "{name} has no recorded release yet (ConfigMap {}/{} is missing or empty)",
+                self.namespace,
+                crate::record::configmap_name(name)
+            )));
+        }
+        match crate::record::pick(&all, revision) {
+            Some(r) => Ok(crate::report_html::report(r)),
+            None => Err(PluginError::NotFound(format!(
+                "{name} has no recorded release of revision `{}`; recorded: {}",
+                revision.unwrap_or_default(),
+                all.iter()
+                    .map(|r| r.revision.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
     async fn command(&self, name: &str, command: &str) -> Result<(), PluginError> {
         let patch = json!({"metadata": {"annotations": {annotations::COMMAND: command}}});
         self.deployments()

@@ -1,0 +1,570 @@
+//! The web dashboard: every release, one release's plots (the report's,
+//! [`crate::report_html`]) kept live, and promote/abort/retry buttons.
+//! Served by axum on 127.0.0.1 by default, by the tools people already
+//! run: `sluice rollout --dashboard ADDR`, `sluice demo --dashboard ADDR`
+//! and `kubectl sluice dashboard [--port N]`.
+//!
+//! Rules it keeps:
+//!
+//! - **Whose credentials.** Actions go through the [`Source`]: on plain
+//!   hosts the release's control socket, on Kubernetes the user's own
+//!   client (their kubeconfig and RBAC: a refusal is shown as Kubernetes
+//!   worded it). The dashboard holds no credentials of its own.
+//! - **No cross-site actions.** A browser session gets a random session
+//!   cookie (`HttpOnly`, `SameSite=Strict`) and a random token bound to it;
+//!   an action is a POST from the confirmation page carrying that token. A
+//!   POST without the session, with another token, with an `Origin` (or,
+//!   without one, `Sec-Fetch-Site`) that is not this dashboard, or with a
+//!   `Host` that is not the address it listens on (DNS rebinding) is
+//!   refused with 403 and nothing is done.
+//! - **Confirmation.** A button leads to a page that says what will happen
+//!   and asks again; only its form acts.
+//! - **Works without JavaScript.** Every page is server-rendered. The only
+//!   script, small and inline, polls the release's body every 2 s while it
+//!   runs and swaps it in (live updates); without it the page is a snapshot.
+//! - **Bad input.** An unknown release or page is a 404 page; a port in use
+//!   is the caller's exit 2, naming the address ([`bind`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use crate::record::{ReleaseRecord, data_key};
+use crate::report_html::{fmt_t, page, release_body, release_name};
+
+/// Where releases come from and where actions go.
+#[derive(Clone)]
+pub enum Source {
+    /// Plain hosts and the demo: records in memory (filled by the running
+    /// drivers), actions through a control socket when there is one.
+    Local(LocalSource),
+    /// Kubernetes, with the user's client.
+    Kube(Arc<crate::kube::plugin::Plugin>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LocalSource {
+    pub records: Arc<Mutex<Vec<ReleaseRecord>>>,
+    /// The running release's control socket (`sluice rollout`).
+    pub control_socket: Option<PathBuf>,
+}
+
+impl LocalSource {
+    /// Adds or replaces `record` (the same release is replaced).
+    pub fn put(&self, record: ReleaseRecord) {
+        let mut all = self.records.lock().expect("records lock");
+        crate::record::upsert(&mut all, record, 100);
+    }
+
+    /// Keeps the store current from a driver's record channel.
+    pub fn follow(&self, mut rx: tokio::sync::watch::Receiver<Option<ReleaseRecord>>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = rx.borrow_and_update().clone();
+                if let Some(r) = r {
+                    me.put(r);
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// A release's address in URLs: namespace (`_` on plain hosts), app, id.
+fn id_of(r: &ReleaseRecord) -> String {
+    data_key(r).trim_end_matches(".json").to_string()
+}
+
+fn ns_of(r: &ReleaseRecord) -> &str {
+    r.namespace.as_deref().unwrap_or("_")
+}
+
+fn href(r: &ReleaseRecord) -> String {
+    format!("/releases/{}/{}/{}", ns_of(r), r.app, id_of(r))
+}
+
+impl Source {
+    async fn records(&self) -> Result<Vec<ReleaseRecord>, String> {
+        match self {
+            Source::Local(l) => Ok(l.records.lock().expect("records lock").clone()),
+            Source::Kube(p) => p.all_records().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Carries out `action` on the release of `app`; the text to show.
+    async fn act(&self, ns: &str, app: &str, action: &str) -> Result<String, String> {
+        match self {
+            Source::Local(l) => {
+                let Some(path) = &l.control_socket else {
+                    return Err(
+                        "this release has no control socket: it cannot be steered from here".into(),
+                    );
+                };
+                let what = match action {
+                    "promote" => "promote",
+                    "abort" => "abort",
+                    other => {
+                        return Err(format!(
+                            "`{other}` is not possible on a plain host; use promote or abort"
+                        ));
+                    }
+                };
+                let reply = crate::control::request(path, what)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if reply["ok"] == true {
+                    Ok(format!(
+                        "{app}: {action} sent; the release is {}",
+                        reply["phase"].as_str().unwrap_or("?")
+                    ))
+                } else {
+                    Err(reply["error"].as_str().unwrap_or("refused").to_string())
+                }
+            }
+            Source::Kube(p) => {
+                let p = crate::kube::plugin::Plugin {
+                    client: p.client.clone(),
+                    namespace: ns.to_string(),
+                };
+                let r = match action {
+                    "promote" => p.promote(app, true).await,
+                    "abort" => p.abort(app).await,
+                    "retry" => p.retry(app).await,
+                    other => return Err(format!("unknown action `{other}`")),
+                };
+                r.map_err(|e| match e {
+                    crate::kube::plugin::PluginError::Kube(kube::Error::Api(s)) => {
+                        format!(
+                            "Kubernetes refused: {} ({} {})",
+                            s.message, s.code, s.reason
+                        )
+                    }
+                    other => other.to_string(),
+                })
+            }
+        }
+    }
+
+    async fn find(&self, ns: &str, app: &str, id: &str) -> Result<Option<ReleaseRecord>, String> {
+        Ok(self
+            .records()
+            .await?
+            .into_iter()
+            .find(|r| ns_of(r) == ns && r.app == app && id_of(r) == id))
+    }
+}
+
+struct Shared {
+    source: Source,
+    /// session id -> its action token.
+    sessions: Mutex<HashMap<String, String>>,
+    /// The `Host` values this dashboard answers to.
+    hosts: Vec<String>,
+}
+
+type App = Arc<Shared>;
+
+fn random_hex() -> String {
+    use rand::RngExt;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const SESSION_COOKIE: &str = "sluice_session";
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The session of this request (made if there is none): (id, token, new).
+fn session(app: &App, headers: &HeaderMap) -> (String, String, bool) {
+    let mut sessions = app.sessions.lock().expect("sessions lock");
+    if let Some(id) = cookie(headers, SESSION_COOKIE)
+        && let Some(token) = sessions.get(&id)
+    {
+        return (id, token.clone(), false);
+    }
+    let (id, token) = (random_hex(), random_hex());
+    sessions.insert(id.clone(), token.clone());
+    (id, token, true)
+}
+
+fn with_session(mut resp: Response, id: &str, new: bool) -> Response {
+    if new
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict"
+        ))
+    {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn nav() -> Markup {
+    html! { nav { a href="/" { "All releases" } } }
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(page(
+            "Not found",
+            nav(),
+            html! { p data-error="not-found" { (what) } p { a href="/" { "See every release" } } },
+            None,
+        )),
+    )
+        .into_response()
+}
+
+fn error_page(status: StatusCode, title: &str, text: &str) -> Response {
+    (
+        status,
+        Html(page(
+            title,
+            nav(),
+            html! { p data-error=(status.as_u16()) { (text) } },
+            None,
+        )),
+    )
+        .into_response()
+}
+
+fn age(r: &ReleaseRecord) -> String {
+    fmt_t(crate::runner::wall_clock() - r.started_at)
+}
+
+async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    let (sid, _, new) = session(&app, &headers);
+    let mut all = match app.source.records().await {
+        Ok(all) => all,
+        Err(e) => return error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    };
+    all.sort_by(|a, b| b.started_at.total_cmp(&a.started_at));
+    let body = html! {
+        @if all.is_empty() { p { "No release recorded yet." } }
+        table data-table="releases" {
+            caption { "Every recorded release, newest first" }
+            thead { tr {
+                th.l scope="col" { "namespace" } th.l scope="col" { "app" } th.l scope="col" { "revision" }
+                th.l scope="col" { "strategy" } th.l scope="col" { "phase" } th scope="col" { "weight" }
+                th scope="col" { "age" } th.l scope="col" { "outcome" }
+            } }
+            tbody { @for r in &all {
+                tr data-release=(href(r)) {
+                    td.l { (r.namespace.as_deref().unwrap_or("-")) }
+                    td.l { a href=(href(r)) { (r.app) } }
+                    td.l { code { (r.revision) } }
+                    td.l { (r.strategy) }
+                    td.l data-field="phase" { (r.phase.as_str()) }
+                    td data-field="weight" { (r.weight) "%" }
+                    td { (age(r)) }
+                    td.l data-field="outcome" { (r.outcome.as_deref().unwrap_or("running")) }
+                }
+            } }
+        }
+    };
+    let resp = Html(page("Sluice releases", nav(), body, None)).into_response();
+    with_session(resp, &sid, new)
+}
+
+/// Polls the body while the release runs and swaps it in.
+const LIVE_JS: &str = r#"(function(){var m=document.getElementById('live');if(!m||m.dataset.ended==='true')return;
+function tick(){fetch(m.dataset.src,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null}).then(function(t){
+if(t!==null){m.innerHTML=t;var e=m.querySelector('[data-ended]');if(e&&e.dataset.ended==='true')return;}setTimeout(tick,2000)}).catch(function(){setTimeout(tick,4000)})}
+setTimeout(tick,2000)})();"#;
+
+fn live_body(r: &ReleaseRecord) -> Markup {
+    html! {
+        div data-ended=(r.ended()) hidden {}
+        (release_body(r))
+    }
+}
+
+fn actions(r: &ReleaseRecord, kube: bool) -> Vec<&'static str> {
+    match (r.ended(), r.outcome.as_deref()) {
+        (false, _) => vec!["promote", "abort"],
+        (true, Some("rolled back")) if kube => vec!["retry"],
+        _ => vec![],
+    }
+}
+
+async fn release(
+    State(app): State<App>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    let (sid, _, new) = session(&app, &headers);
+    let r = match app.source.find(&ns, &name, &id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(&format!("There is no release {id} of {name} in {ns}.")),
+        Err(e) => return error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    };
+    let kube = matches!(app.source, Source::Kube(_));
+    let base = href(&r);
+    let body = html! {
+        p { a href=(format!("{base}/report")) download { "Download the report (HTML)" } " · " a href=(format!("{base}/record.json")) { "the record (JSON)" } }
+        @let acts = actions(&r, kube);
+        @if !acts.is_empty() {
+            div.actions { @for a in acts { a href=(format!("{base}/confirm?action={a}")) role="button" data-action=(a) { button tabindex="-1" { (a) } } } }
+        }
+        @if !r.ended() { p.live { "Live: this page follows the release every 2 s." } }
+        div id="live" data-src=(format!("{base}/body")) data-ended=(r.ended()) { (live_body(&r)) }
+    };
+    let title = format!("Release of {} ({})", release_name(&r), r.revision);
+    let resp = Html(page(&title, nav(), body, Some(LIVE_JS))).into_response();
+    with_session(resp, &sid, new)
+}
+
+async fn body(
+    State(app): State<App>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    match app.source.find(&ns, &name, &id).await {
+        Ok(Some(r)) => Html(live_body(&r).into_string()).into_response(),
+        Ok(None) => not_found("no such release"),
+        Err(e) => error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    }
+}
+
+async fn report(
+    State(app): State<App>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    match app.source.find(&ns, &name, &id).await {
+        Ok(Some(r)) => Html(crate::report_html::report(&r)).into_response(),
+        Ok(None) => not_found("no such release"),
+        Err(e) => error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    }
+}
+
+async fn record_json(
+    State(app): State<App>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    match app.source.find(&ns, &name, &id).await {
+        Ok(Some(r)) => ([(header::CONTENT_TYPE, "application/json")], r.to_json()).into_response(),
+        Ok(None) => not_found("no such release"),
+        Err(e) => error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ConfirmQuery {
+    action: String,
+}
+
+fn what_it_does(action: &str) -> &'static str {
+    match action {
+        "promote" => {
+            "Promote now: skip the remaining steps and the analysis and send all traffic to the new revision."
+        }
+        "abort" => "Abort: roll back now, all traffic to the primary.",
+        "retry" => "Retry: release the rolled-back revision again from the first step.",
+        _ => "",
+    }
+}
+
+async fn confirm(
+    State(app): State<App>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+    Query(q): Query<ConfirmQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    let (sid, token, new) = session(&app, &headers);
+    if what_it_does(&q.action).is_empty() {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Unknown action",
+            &format!("`{}` is not an action: promote, abort or retry", q.action),
+        );
+    }
+    let r = match app.source.find(&ns, &name, &id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(&format!("There is no release {id} of {name} in {ns}.")),
+        Err(e) => return error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    };
+    let base = href(&r);
+    let body = html! {
+        p { "Release " strong { (release_name(&r)) } ", revision " code { (r.revision) } ", is " (r.phase.as_str()) " at " (r.weight) "%." }
+        p { (what_it_does(&q.action)) }
+        form method="post" action=(format!("{base}/action")) {
+            input type="hidden" name="token" value=(token);
+            input type="hidden" name="action" value=(q.action);
+            button type="submit" data-confirm=(q.action) { "Yes, " (q.action) }
+            " " a href=(base) { "Cancel" }
+        }
+    };
+    let resp = Html(page(&format!("Confirm: {}", q.action), nav(), body, None)).into_response();
+    with_session(resp, &sid, new)
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    token: Option<String>,
+    action: String,
+}
+
+/// Why a state-changing request is not from this dashboard's own page.
+fn cross_site(app: &App, headers: &HeaderMap) -> Option<String> {
+    let header_str = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    match header_str(header::ORIGIN) {
+        Some(origin) => {
+            let ok = app.hosts.iter().any(|h| origin == format!("http://{h}"));
+            (!ok).then(|| format!("the request came from {origin}, not from this dashboard"))
+        }
+        None => match header_str(axum::http::HeaderName::from_static("sec-fetch-site")) {
+            Some("same-origin") | None => None,
+            Some(other) => Some(format!("the request is {other}, not from this dashboard")),
+        },
+    }
+}
+
+fn host_refused(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    (!app.hosts.iter().any(|h| h == host)).then(|| {
+        error_page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            &format!("this dashboard does not answer to host {host}"),
+        )
+    })
+}
+
+async fn act(
+    State(app): State<App>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Some(r) = host_refused(&app, &headers) {
+        return r;
+    }
+    if let Some(why) = cross_site(&app, &headers) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            &format!("Refused: {why}."),
+        );
+    }
+    let expected = cookie(&headers, SESSION_COOKIE).and_then(|sid| {
+        app.sessions
+            .lock()
+            .expect("sessions lock")
+            .get(&sid)
+            .cloned()
+    });
+    match (expected, form.token) {
+        (Some(want), Some(got)) if want == got => {}
+        _ => {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                "Refused: this request does not carry this session's token; open the release page and use its buttons.",
+            );
+        }
+    }
+    let r = match app.source.find(&ns, &name, &id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return not_found(&format!("There is no release {id} of {name} in {ns}.")),
+        Err(e) => return error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
+    };
+    match app.source.act(&ns, &r.app, &form.action).await {
+        Ok(_) => Redirect::to(&href(&r)).into_response(),
+        Err(e) => {
+            let back = href(&r);
+            (
+                StatusCode::FORBIDDEN,
+                Html(page(
+                    &format!("{} was refused", form.action),
+                    nav(),
+                    html! { p data-error="refused" { (e) } p { a href=(back) { "Back to the release" } } },
+                    None,
+                )),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn fallback() -> Response {
+    not_found("There is no such page.")
+}
+
+/// A listener on `addr`; the error names the address (the caller exits 2).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves the dashboard on `listener` until the task is dropped.
+pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::JoinHandle<()> {
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let mut hosts = vec![addr.to_string()];
+    if addr.ip().is_loopback() {
+        hosts.push(format!("localhost:{}", addr.port()));
+    }
+    let app: App = Arc::new(Shared {
+        source,
+        sessions: Mutex::new(HashMap::new()),
+        hosts,
+    });
+    let router = Router::new()
+        .route("/", get(list))
+        .route("/releases/{ns}/{app}/{id}", get(release))
+        .route("/releases/{ns}/{app}/{id}/body", get(body))
+        .route("/releases/{ns}/{app}/{id}/report", get(report))
+        .route("/releases/{ns}/{app}/{id}/record.json", get(record_json))
+        .route("/releases/{ns}/{app}/{id}/confirm", get(confirm))
+        .route("/releases/{ns}/{app}/{id}/action", post(act))
+        .fallback(fallback)
+        .with_state(app);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::warn!(error = %e, "the dashboard stopped");
+        }
+    })
+}
