@@ -3042,3 +3042,140 @@ async fn kubectl_delete_pod_terminates_gracefully() {
     assert_eq!(fake.view(|v| v.ready_endpoints("shop", "web", "http")), 1);
     assert_eq!(fake.names("api/v1", "pods", "shop").len(), 3);
 }
+
+/// `minReadySeconds`: a ready pod is available only after it has been ready
+/// that long (READY 2/2 but AVAILABLE 0 at first, as `kubectl get`
+/// prints), and a rolling update with `maxUnavailable: 0` waits for it
+/// before it takes an old pod away; `kubectl rollout history` shows each
+/// revision's `kubernetes.io/change-cause`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_ready_seconds_delays_availability_and_history_shows_change_causes() {
+    let fake = FakeKube::start_with(Options {
+        tls: true,
+        termination_cap: Some(Duration::ZERO),
+        ..Options::default()
+    })
+    .await;
+    let dir = TempDir::new("fake-min-ready");
+    let kubeconfig = dir.path.join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let kubectl = |args: &[&str]| -> String {
+        let out = Command::new(sluice_tests::kubectl())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &dir.path)
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut web = web_deployment("web");
+    web["metadata"]["annotations"] = json!({"kubernetes.io/change-cause": "first release"});
+    web["spec"]["minReadySeconds"] = json!(2);
+    web["spec"]["strategy"] =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    let file = dir.path.join("web.json");
+    std::fs::write(&file, web.to_string()).unwrap();
+    kubectl(&["create", "-n", "shop", "-f", file.to_str().unwrap()]);
+    fake.make_ready("shop", "web");
+    let printed = kubectl(&["get", "deploy", "web", "-n", "shop"]);
+    let row = &printed_tables(&printed)[0][0];
+    assert_eq!(
+        (row["READY"].as_str(), row["AVAILABLE"].as_str()),
+        ("2/2", "0"),
+        "ready but not yet available: {printed}"
+    );
+    let started = Instant::now();
+    until("available after minReadySeconds", || {
+        fake.get(APPS, "deployments", "shop", "web").unwrap()["status"]["availableReplicas"] == 2
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "available after {:?}",
+        started.elapsed()
+    );
+    let printed = kubectl(&["get", "deploy", "web", "-n", "shop"]);
+    assert_eq!(
+        printed_tables(&printed)[0][0]["AVAILABLE"],
+        "2",
+        "{printed}"
+    );
+
+    // A new template: the surge pod is made ready at once, yet no old pod
+    // goes until it has been ready two seconds.
+    kubectl(&["set", "image", "deploy/web", "-n", "shop", "app=app:2"]);
+    kubectl(&[
+        "annotate",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "--overwrite",
+        "kubernetes.io/change-cause=image app:2",
+    ]);
+    let old_rs = |fake: &FakeKube| -> i64 {
+        fake.view(|v| {
+            v.list(APPS, "replicasets", "shop")
+                .iter()
+                .filter(|rs| rs["spec"]["template"]["spec"]["containers"][0]["image"] == "app:1")
+                .map(|rs| rs["spec"]["replicas"].as_i64().unwrap())
+                .sum()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut first_ready: Option<Instant> = None;
+    loop {
+        let pods = fake_kube::controllers::pods_of(&fake, "shop", "web");
+        let new_ready = pods.values().any(|p| {
+            p["spec"]["containers"][0]["image"] == "app:2"
+                && p["status"]["conditions"][0]["status"] == "True"
+        });
+        if !new_ready {
+            for p in pods.values() {
+                if p["spec"]["containers"][0]["image"] == "app:2" {
+                    let mut p = p.clone();
+                    p["status"]["conditions"] = json!([
+                        {"type": "Ready", "status": "True", "lastTransitionTime": fake_kube::now_rfc3339()},
+                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": fake_kube::now_rfc3339()},
+                    ]);
+                    fake.put("api/v1", "pods", "shop", p);
+                    first_ready.get_or_insert_with(Instant::now);
+                }
+            }
+        }
+        if old_rs(&fake) < 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old ReplicaSet never shrank");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waited = first_ready.expect("a new pod was made ready").elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "an old pod went {waited:?} after the new one was ready"
+    );
+    fake.make_ready("shop", "web");
+    until("the second rollout completes", || {
+        let d = fake.get(APPS, "deployments", "shop", "web").unwrap();
+        d["status"]["availableReplicas"] == 2
+            && d["status"]["updatedReplicas"] == 2
+            && old_rs(&fake) == 0
+    })
+    .await;
+    let history = kubectl(&["rollout", "history", "deploy/web", "-n", "shop"]);
+    let rows = &printed_tables(history.split_once('\n').unwrap().1)[0];
+    let causes: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["REVISION"].as_str(), r["CHANGE-CAUSE"].as_str()))
+        .collect();
+    assert_eq!(
+        causes,
+        [("1", "first release"), ("2", "image app:2")],
+        "{history}"
+    );
+}

@@ -13,13 +13,18 @@
 //!   down; both resolving to zero allows one unavailable, as the real
 //!   controller), one or the other per pass; **Recreate** scales every old
 //!   ReplicaSet to zero and starts the new one once their pods are gone.
+//!   The Deployment's annotations (but its own bookkeeping and
+//!   `last-applied-configuration`) are copied onto its current ReplicaSet,
+//!   so `kubectl rollout history` shows `kubernetes.io/change-cause`.
 //!   Old ReplicaSets beyond `revisionHistoryLimit` are deleted; a paused
 //!   Deployment does not roll. The status reports `replicas`,
 //!   `updatedReplicas`, `readyReplicas`, `availableReplicas`,
 //!   `unavailableReplicas`, `observedGeneration` and the `Available`,
 //!   `Progressing` (`NewReplicaSetCreated`, `ReplicaSetUpdated`,
 //!   `NewReplicaSetAvailable`) and `ReplicaFailure` conditions. A pod is
-//!   available as soon as it is ready (`minReadySeconds` is not waited for).
+//!   available once it has been ready for `minReadySeconds` (whole seconds
+//!   from its Ready condition's `lastTransitionTime`); availability, not
+//!   readiness, is what `maxUnavailable` and the status count.
 //! - **ReplicaSets** own Pods of their template (`<replicaset>-<5 chars>`),
 //!   created up to `spec.replicas`; a surplus is deleted not-ready first,
 //!   then youngest. Every ReplicaSet deletes before any creates in a pass,
@@ -197,13 +202,79 @@ fn collect_garbage(fake: &FakeKube, store: &mut Store) {
     }
 }
 
+/// The kubelet's report: phase, the Ready and ContainersReady conditions
+/// (their `lastTransitionTime` kept while the status stays, so
+/// `minReadySeconds` counts from when the pod became ready) and one
+/// running container status per container.
 fn set_ready(pod: &mut Value, ready: bool) {
     let status = if ready { "True" } else { "False" };
+    let since = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready" && c["status"] == status)
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .map(str::to_string)
+        .unwrap_or_else(super::now_rfc3339);
     pod["status"]["phase"] = json!("Running");
     pod["status"]["conditions"] = json!([
-        {"type": "Ready", "status": status},
-        {"type": "ContainersReady", "status": status},
+        {"type": "Ready", "status": status, "lastTransitionTime": since},
+        {"type": "ContainersReady", "status": status, "lastTransitionTime": since},
     ]);
+    let statuses: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "ready": ready, "restartCount": 0,
+                "started": true, "state": {"running": {"startedAt": since}}})
+        })
+        .collect();
+    pod["status"]["containerStatuses"] = json!(statuses);
+}
+
+/// Available: ready for at least `min_ready_seconds` (whole seconds, from
+/// the Ready condition's `lastTransitionTime`), as the real controllers.
+fn is_available(pod: &Value, min_ready_seconds: i64) -> bool {
+    if !is_ready(pod) {
+        return false;
+    }
+    if min_ready_seconds <= 0 {
+        return true;
+    }
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .and_then(super::tables::parse_rfc3339)
+        .is_some_and(|since| since + min_ready_seconds <= super::tables::now_seconds())
+}
+
+/// The annotations the real controller copies from a Deployment to its
+/// new ReplicaSet: all but its own bookkeeping and kubectl's last applied
+/// configuration.
+fn copied_annotations(d: &Value) -> Vec<(String, Value)> {
+    const SKIPPED: &[&str] = &[
+        "kubectl.kubernetes.io/last-applied-configuration",
+        "deployment.kubernetes.io/revision",
+        "deployment.kubernetes.io/revision-history",
+        "deployment.kubernetes.io/desired-replicas",
+        "deployment.kubernetes.io/max-replicas",
+        "deprecated.deployment.rollback.to",
+    ];
+    d["metadata"]["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !SKIPPED.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+fn min_ready_seconds(object: &Value) -> i64 {
+    object["spec"]["minReadySeconds"].as_i64().unwrap_or(0)
 }
 
 /// Delayed readiness.
@@ -495,7 +566,24 @@ fn deployment(
         }
         Some(_) => {}
     }
-    let new_rs = new_rs.expect("made above");
+    let mut new_rs = new_rs.expect("made above");
+    // The Deployment's own annotations (`kubernetes.io/change-cause` for
+    // `kubectl rollout history`) go onto its current ReplicaSet.
+    // So does its `minReadySeconds`.
+    let copied = copied_annotations(d);
+    let min_ready = json!(min_ready_seconds(d));
+    if new_rs["spec"]["minReadySeconds"] != min_ready
+        || copied
+            .iter()
+            .any(|(k, v)| new_rs["metadata"]["annotations"][k.as_str()] != *v)
+    {
+        let mut next = new_rs.clone();
+        next["spec"]["minReadySeconds"] = min_ready;
+        for (k, v) in copied {
+            next["metadata"]["annotations"][k.as_str()] = v;
+        }
+        new_rs = fake.commit(store, APPS, "replicasets", ns, next, Some(&new_rs));
+    }
     let new_name = new_rs["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -595,14 +683,16 @@ fn rolling_update(
             })
         })
         .sum();
-    let new_unavailable = new_replicas - count(store, ns, new_rs, is_ready);
+    let min_ready = min_ready_seconds(d);
+    let available_pod = |p: &Value| is_available(p, min_ready);
+    let new_unavailable = new_replicas - count(store, ns, new_rs, available_pod);
     let mut cleanup = (all_pods - min_available - new_unavailable).max(0);
     let mut changed = Vec::new();
     for rs in old {
         if cleanup == 0 {
             break;
         }
-        let not_ready = replicas_of(rs) - count(store, ns, rs, is_ready);
+        let not_ready = replicas_of(rs) - count(store, ns, rs, available_pod);
         let cut = not_ready.min(cleanup).max(0);
         if cut > 0 {
             cleanup -= cut;
@@ -618,7 +708,7 @@ fn rolling_update(
     };
     let available: i64 = std::iter::once(new_rs)
         .chain(old)
-        .map(|rs| count(store, ns, rs, is_ready).min(current(rs, &changed)))
+        .map(|rs| count(store, ns, rs, available_pod).min(current(rs, &changed)))
         .sum();
     let mut down = (available - min_available).max(0);
     for rs in old {
@@ -685,11 +775,14 @@ fn deployment_status(
         .collect();
     let desired = d["spec"]["replicas"].as_i64().unwrap_or(1).max(0);
     let (mut pods, mut updated, mut ready, mut spec_total) = (0, 0, 0, 0);
+    let mut available = 0;
+    let min_ready = min_ready_seconds(d);
     let mut failure = None;
     for rs in &sets {
         let all = count(store, ns, rs, |_| true);
         pods += all;
         ready += count(store, ns, rs, is_ready);
+        available += count(store, ns, rs, |p| is_available(p, min_ready));
         spec_total += replicas_of(rs);
         if rs["metadata"]["name"] == new_name {
             updated = all;
@@ -703,7 +796,6 @@ fn deployment_status(
             failure = Some(c["message"].as_str().unwrap_or_default().to_string());
         }
     }
-    let available = ready;
     let old_conditions = &latest["status"]["conditions"];
     let recreate = d["spec"]["strategy"]["type"] == "Recreate";
     let unavailable_allowed = if recreate { desired } else { fenceposts(d).1 };
@@ -874,6 +966,10 @@ fn replica_set(fake: &FakeKube, store: &mut Store, ns: &str, rs: &Value, create:
     }
     let now = pods_owned(store, ns, &uid);
     let ready = now.iter().filter(|(_, p)| is_ready(p)).count();
+    let available = now
+        .iter()
+        .filter(|(_, p)| is_available(p, min_ready_seconds(rs)))
+        .count();
     let key = FakeKube::key(APPS, "replicasets", ns, &name);
     let Some(latest) = store.objects.get(&key).cloned() else {
         return;
@@ -882,7 +978,7 @@ fn replica_set(fake: &FakeKube, store: &mut Store, ns: &str, rs: &Value, create:
         "replicas": now.len(),
         "fullyLabeledReplicas": now.len(),
         "readyReplicas": ready,
-        "availableReplicas": ready,
+        "availableReplicas": available,
         "observedGeneration": latest["metadata"]["generation"],
     });
     if let Some(message) = failure.or_else(|| {
