@@ -34,12 +34,24 @@
 //!   converted by the documented field mapping, with field selectors and
 //!   watches on both versions.
 //! - **Controllers** ([`controllers`]) run: Deployments own ReplicaSets
-//!   (`pod-template-hash`, revisions) that own Pods, and roll by
-//!   `maxSurge`/`maxUnavailable` or Recreate, reporting status and
-//!   conditions as the real controller; Pods become ready after a delay (or
-//!   when a test says so); Services get EndpointSlices of their pods with
+//!   (`pod-template-hash`, revisions, the Deployment's annotations such as
+//!   `kubernetes.io/change-cause` for `kubectl rollout history`) that own
+//!   Pods, and roll by `maxSurge`/`maxUnavailable` or Recreate, reporting
+//!   status and conditions as the real controller; Pods become ready after
+//!   a delay (or when a test says so) and available after
+//!   `minReadySeconds`; Services get EndpointSlices of their pods with
 //!   `ready`/`serving`/`terminating` conditions.
 //!   Invariants registered by a test are checked after every change.
+//! - **Graceful deletion** of Pods ([`termination`]): a deleted pod stays,
+//!   terminating, for its grace period (the request's, else
+//!   `terminationGracePeriodSeconds`), out of its Service's ready endpoints
+//!   and not counted by its ReplicaSet, until the fake's kubelet removes
+//!   it. The default is a real cluster's 30 s; tests end it early with
+//!   [`Options::termination_cap`] or [`FakeKube::finish_terminating`].
+//! - **Server-side printing** ([`tables`]): `meta.k8s.io` Tables for
+//!   `kubectl get` (the real printers' columns, cells and ages, `-o wide`,
+//!   `-w`, `includeObject`), the default Name/Created At table for kinds
+//!   without a printer, plain lists for every other `Accept`.
 //! - **Watches** start from a resourceVersion (410 Gone once it has been
 //!   compacted away), send bookmarks when asked, and a watcher that lags
 //!   behind its bounded buffer has its watch ended, never an event dropped.
@@ -854,7 +866,8 @@ impl FakeKube {
     }
 
     /// Marks every pod of a Deployment's current template ready now (the
-    /// kubelet), and waits until the Deployment reports it.
+    /// kubelet), and waits until the Deployment reports it (not for
+    /// `minReadySeconds`: such pods become available that much later).
     pub fn make_ready(&self, ns: &str, name: &str) -> Option<Value> {
         controllers::make_ready(self, ns, name)
     }
