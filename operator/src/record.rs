@@ -7,7 +7,7 @@
 //!   cumulative), the window's p50 and p99 (bucket upper bounds, as the
 //!   experiment report reads them), the canary weight and phase, and the
 //!   sequential gate's evidence against and for the canary per check with
-//!   its thresholds (`ln` of the likelihood ratios, as the gate keeps them).
+//!   its thresholds (likelihood ratios, as the gate reports them).
 //! - **Decisions**: every change of phase or weight, with the machine's
 //!   reason, the evidence of each check at that moment and the check that
 //!   decided it (see [`deciding_check`]).
@@ -110,7 +110,7 @@ pub struct ArmSample {
     pub p99: Option<f64>,
 }
 
-/// A check's state after a scrape: the gate's evidence (log likelihood
+/// A check's state after a scrape: the gate's evidence (likelihood
 /// ratios) with the thresholds it must reach, or a plain measured value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckSample {
@@ -251,7 +251,8 @@ pub fn check_samples(analysis: &Analysis) -> Vec<CheckSample> {
 /// failing check whose evidence against went furthest past its threshold
 /// (or the first failing one); for an advance or promotion, the check that
 /// was proven last (its evidence for the canary nearest its threshold),
-/// since the step waited for it.
+/// since the step waited for it. An experiment concludes on time, and a
+/// start or a person's command is no check's doing: none is named.
 pub fn deciding_check(kind: &str, checks: &[CheckSample]) -> Option<String> {
     let ratio = |v: Option<f64>, t: Option<f64>| match (v, t) {
         (Some(v), Some(t)) if t > 0.0 => v / t,
@@ -266,12 +267,17 @@ pub fn deciding_check(kind: &str, checks: &[CheckSample]) -> Option<String> {
                     .total_cmp(&ratio(b.against, b.against_threshold))
             })
             .map(|c| c.check.clone()),
-        "advance" | "promote" | "conclude" => checks
+        // A passing check without evidence (a threshold check, or latency
+        // still warming up) is named only when no check has evidence.
+        "advance" | "promote" => checks
             .iter()
             .filter(|c| c.outcome == Outcome::Pass)
             .min_by(|a, b| {
-                ratio(a.for_canary, a.for_threshold)
-                    .total_cmp(&ratio(b.for_canary, b.for_threshold))
+                let key = |c: &CheckSample| match c.for_canary {
+                    Some(_) => ratio(c.for_canary, c.for_threshold),
+                    None => f64::INFINITY,
+                };
+                key(a).total_cmp(&key(b))
             })
             .map(|c| c.check.clone()),
         _ => None,

@@ -9,7 +9,8 @@
 //! - **Plots** (server-side SVG, by hand): the weight over time with its
 //!   steps; each arm's failure rate per scrape with its 95% Wilson interval
 //!   (as [`crate::report::wilson`]); p50 and p99 of both arms; per check the
-//!   evidence against and for the canary with their thresholds. Every
+//!   evidence against and for the canary with their thresholds (a log
+//!   axis: likelihood ratios grow exponentially). Every
 //!   decision is a numbered vertical mark on the plots, and the list below
 //!   explains each in a sentence naming the check and the evidence that
 //!   decided ([`explain`]).
@@ -39,7 +40,7 @@ svg{max-width:100%;height:auto;background:#fff}
 .canary{stroke:#a34700;fill:#a34700}.primary{stroke:#1f5fa8;fill:#1f5fa8}
 .weight{stroke:#2d6a2d;fill:#2d6a2d}.against{stroke:#b0002a;fill:#b0002a}.for{stroke:#1d6b50;fill:#1d6b50}
 .p99{stroke-dasharray:6 3}.thr{stroke-dasharray:2 3;stroke-width:1.5;fill:none}
-polyline{fill:none;stroke-width:2}.band{stroke:none;opacity:.18}
+polyline{fill:none!important;stroke-width:2}.band{stroke:none;opacity:.18}
 .mark{stroke:#6b2fa0;stroke-width:1.5;stroke-dasharray:4 2}.marklbl{fill:#6b2fa0;font-size:11px;font-weight:700}
 .scroll{max-height:14em;overflow:auto;border:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}th,td{padding:.15em .6em;text-align:right;border-bottom:1px solid #eee}
@@ -57,6 +58,8 @@ const LEFT: f64 = 58.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 30.0;
+/// The bottom of a log axis: 10^-2.
+const LOG_FLOOR: f64 = -2.0;
 
 /// A point drawn, with the numbers behind it.
 #[derive(Clone, Debug)]
@@ -154,22 +157,47 @@ fn chart(
     thresholds: &[Threshold],
     decisions: &[Decision],
     t_max: f64,
+    log: bool,
 ) -> Markup {
     let t_max = t_max.max(1.0);
-    let y_max = nice_top(
-        series
-            .iter()
-            .flat_map(|s| {
-                s.points
-                    .iter()
-                    .map(|p| p.high.unwrap_or(p.value).max(p.value))
-            })
-            .chain(thresholds.iter().map(|t| t.value))
-            .fold(0.0, f64::max)
-            * 1.05,
-    );
+    let top = series
+        .iter()
+        .flat_map(|s| {
+            s.points
+                .iter()
+                .map(|p| p.high.unwrap_or(p.value).max(p.value))
+        })
+        .chain(thresholds.iter().map(|t| t.value))
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    // A log axis (the evidence, which grows exponentially) runs from
+    // 10^LOG_FLOOR to the power of ten above the largest value.
+    let (y_lo, y_hi) = if log {
+        (LOG_FLOOR, top.max(10.0).log10().ceil())
+    } else {
+        (0.0, nice_top(top * 1.05))
+    };
+    let scale = move |v: f64| {
+        if log {
+            v.max(10f64.powf(LOG_FLOOR)).log10()
+        } else {
+            v
+        }
+    };
     let x = |t: f64| LEFT + (t / t_max) * (W - LEFT - RIGHT);
-    let y = |v: f64| TOP + (1.0 - (v / y_max).clamp(0.0, 1.0)) * (H - TOP - BOTTOM);
+    let y = |v: f64| {
+        TOP + (1.0 - ((scale(v) - y_lo) / (y_hi - y_lo)).clamp(0.0, 1.0)) * (H - TOP - BOTTOM)
+    };
+    let ticks: Vec<f64> = if log {
+        let (lo, hi) = (y_lo as i32, y_hi as i32);
+        let step = ((hi - lo) / 5).max(1);
+        (lo..=hi)
+            .step_by(step as usize)
+            .map(|e| 10f64.powi(e))
+            .collect()
+    } else {
+        (0..=4).map(|i| y_hi * f64::from(i) / 4.0).collect()
+    };
     let base = H - BOTTOM;
     let title_id = format!("{id}-title");
     // Rows of the table: every time any series has a point.
@@ -195,8 +223,7 @@ fn chart(
             }
             svg viewBox=(format!("0 0 {W} {H}")) width=(W) height=(H) role="img" aria-labelledby=(title_id) {
                 title { (title) ", " (y_label) " over time; the numbers are in the table below" }
-                @for i in 0..=4 {
-                    @let v = y_max * f64::from(i) / 4.0;
+                @for v in ticks.iter().copied() {
                     line.grid x1=(LEFT) x2=(W - RIGHT) y1=(y(v)) y2=(y(v)) {}
                     text.lbl x=(LEFT - 4.0) y=(y(v) + 4.0) text-anchor="end" { (fmt(v)) }
                 }
@@ -434,7 +461,7 @@ fn evidence_chart(r: &ReleaseRecord, check: &str, n: usize) -> Markup {
     chart(
         &format!("evidence-{n}"),
         &format!("Evidence on check {check}"),
-        "log likelihood ratio",
+        "likelihood ratio (log scale)",
         fmt_num,
         &[
             Series {
@@ -453,6 +480,7 @@ fn evidence_chart(r: &ReleaseRecord, check: &str, n: usize) -> Markup {
         &thresholds,
         &r.decisions,
         t_max(r),
+        true,
     )
 }
 
@@ -593,16 +621,16 @@ pub fn release_body(r: &ReleaseRecord) -> Markup {
         }
         h2 { "Traffic" }
         (chart("weight", "Canary weight (%)", "percent of requests", |v| format!("{}%", fmt_num(v)),
-            &[weight_series(r)], &[], &r.decisions, tm))
+            &[weight_series(r)], &[], &r.decisions, tm, false))
         (chart("failure-rate", "Failure rate per scrape, with 95% Wilson intervals", "failures per request", fmt_pct,
-            &[rate_series(&r.scrapes, true), rate_series(&r.scrapes, false)], &[], &r.decisions, tm))
+            &[rate_series(&r.scrapes, true), rate_series(&r.scrapes, false)], &[], &r.decisions, tm, false))
         (chart("latency", "Latency per scrape: p50 and p99 (bucket upper bounds)", "seconds", fmt_ms,
-            &latency_series(&r.scrapes), &[], &r.decisions, tm))
+            &latency_series(&r.scrapes), &[], &r.decisions, tm, false))
         h2 { "Evidence" }
         @if checks.is_empty() {
             p { "This release was judged without the sequential gate: no evidence curves." }
         }
-        p { "The evidence is the log of the likelihood ratio the gate keeps per check: it rolls the canary back when the evidence against it reaches its threshold, and counts the check as shown no worse when the evidence for it reaches its own." }
+        p { "The evidence is the likelihood ratio the sequential gate keeps per check (drawn on a log scale): it rolls the canary back when the evidence against it reaches its threshold, and counts the check as shown no worse when the evidence for it reaches its own." }
         @for (n, c) in checks.iter().enumerate() {
             (evidence_chart(r, c, n))
         }
@@ -618,7 +646,7 @@ pub fn release_body(r: &ReleaseRecord) -> Markup {
             h2 { "Experiment report" }
             table data-table="experiment" {
                 thead { tr { th.l scope="col" { "arm" } th scope="col" { "requests" } th scope="col" { "failures" } th scope="col" { "failure rate (95% interval)" }
-                    @for q in &rep.canary.latency { th scope="col" { "p" (fmt_num(q.q * 100.0)) } } } }
+                    @for q in &rep.canary.latency { th scope="col" { "p" (format!("{:.0}", q.q * 100.0)) } } } }
                 tbody {
                     @for (name, arm) in [("canary", &rep.canary), ("primary", &rep.stable)] {
                         tr data-arm=(name) data-requests=(arm.requests) data-failures=(arm.failures) {
