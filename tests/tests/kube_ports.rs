@@ -45,9 +45,17 @@ struct Cluster {
     /// Container ports of the proxy pod -> 127.0.0.1 ports.
     proxy_ports: BTreeMap<u16, u16>,
     proxy: Option<ProxyHandle>,
+    /// The proxy Deployment's listener layout the running proxy was
+    /// started with, and whether a rollout onto a new one has begun.
+    proxy_layout: String,
+    rolling: bool,
 }
 
-fn context(fake: &FakeKube, clock: &Arc<AtomicU64>) -> Arc<Context> {
+/// `admin`: the 127.0.0.1 port of the real proxy's admin listener, whose
+/// `/metrics` the operator then reads as it reads a proxy pod's (the
+/// digest served, and whether the last reload was refused); `None`: the
+/// replicas report the ConfigMap as it is now.
+fn context(fake: &FakeKube, clock: &Arc<AtomicU64>, admin: Option<u16>) -> Arc<Context> {
     let mut ctx = Context::new(
         fake.operator_client(),
         "test-operator",
@@ -76,6 +84,24 @@ fn context(fake: &FakeKube, clock: &Arc<AtomicU64>) -> Arc<Context> {
         }))
     });
     ctx.poll = Duration::from_millis(10);
+    if let Some(admin) = admin {
+        ctx.proxy_digests = Some(Arc::new(move |_ns: String, app: String| {
+            Box::pin(async move {
+                let url = format!("http://127.0.0.1:{admin}/metrics");
+                // No proxy pod yet: no ready replica.
+                let Ok((_, _, body)) = get(&url).await else {
+                    return Ok(Vec::new());
+                };
+                let digest = op::objects::replica_digest(&String::from_utf8_lossy(&body))
+                    .unwrap_or_else(|| Err(format!("{url} reports no digest")));
+                Ok(vec![ReplicaConfig {
+                    pod: format!("{app}-sluice-a"),
+                    digest,
+                }])
+            })
+        }));
+        return Arc::new(ctx);
+    }
     // The proxy replicas report the ConfigMap they serve as it is now.
     let fake = fake.clone();
     ctx.proxy_digests = Some(Arc::new(move |ns: String, app: String| {
@@ -97,7 +123,22 @@ fn context(fake: &FakeKube, clock: &Arc<AtomicU64>) -> Arc<Context> {
 
 impl Cluster {
     async fn new() -> Self {
-        let fake = FakeKube::start().await;
+        Self::with_probe(false).await
+    }
+
+    /// `real_probe`: the operator asks the real proxy's metrics which
+    /// config it serves (see [`context`]).
+    async fn with_probe(real_probe: bool) -> Self {
+        // TLS (client certificates) when a person's kubectl takes part.
+        let fake = if real_probe {
+            FakeKube::start_with(sluice_tests::fake_kube::Options {
+                tls: true,
+                ..Default::default()
+            })
+            .await
+        } else {
+            FakeKube::start().await
+        };
         fake.install_operator_rbac();
         fake.put(
             "api/v1",
@@ -140,11 +181,11 @@ impl Cluster {
             );
         }
         let clock = Arc::new(AtomicU64::new(1_000_000));
-        let ctx = context(&fake, &clock);
-        let proxy_ports = [9898u16, 6379, 9901]
+        let proxy_ports: BTreeMap<u16, u16> = [9898u16, 6379, 9901]
             .into_iter()
             .map(|p| (p, free_port()))
             .collect();
+        let ctx = context(&fake, &clock, real_probe.then(|| proxy_ports[&9901]));
         Self {
             fake,
             ctx,
@@ -152,6 +193,8 @@ impl Cluster {
             pods,
             proxy_ports,
             proxy: None,
+            proxy_layout: String::new(),
+            rolling: false,
         }
     }
 
@@ -245,18 +288,55 @@ impl Cluster {
             return;
         }
         let config = self.proxy_config();
+        let text = self
+            .fake
+            .get("api/v1", "configmaps", NS, "app-sluice")
+            .unwrap()["data"]["routes.yaml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let layout = self
+            .fake
+            .get(APPS, "deployments", NS, "app-sluice")
+            .unwrap()["spec"]["template"]["metadata"]["annotations"]["sluice.dev/listener-layout"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if self.proxy.is_some() && layout != self.proxy_layout {
+            if self.rolling {
+                // The Deployment controller replaces the pod: the new one
+                // reads the ConfigMap as it is now.
+                self.proxy.take().unwrap().shutdown().await;
+                self.rolling = false;
+            } else {
+                // The rollout takes a moment; the old pod meanwhile sees
+                // the ConfigMap change like any other.
+                self.rolling = true;
+            }
+        }
         match &self.proxy {
             Some(p) => {
-                p.store
-                    .replace(config)
-                    .expect("the proxy accepts the update");
+                if p.store.load().config == config {
+                    p.store.metrics().set_config_digest(&digest(&text));
+                    return;
+                }
+                match p.store.replace(config) {
+                    Ok(_) => p.store.metrics().set_config_digest(&digest(&text)),
+                    // A refused reload: the proxy keeps the config it had
+                    // (the operator must see that in its metrics).
+                    Err(e) => assert!(
+                        self.rolling,
+                        "the proxy refused an update while no rollout was due: {e}"
+                    ),
+                }
             }
             None => {
-                self.proxy = Some(
-                    sluice_proxy::start(config, sluice_proxy::StartOptions::default())
-                        .await
-                        .expect("the proxy starts on the operator's config"),
-                );
+                let p = sluice_proxy::start(config, sluice_proxy::StartOptions::default())
+                    .await
+                    .expect("the proxy starts on the operator's config");
+                p.store.metrics().set_config_digest(&digest(&text));
+                self.proxy = Some(p);
+                self.proxy_layout = layout;
             }
         }
     }
@@ -423,4 +503,108 @@ async fn an_http_port_and_a_raw_tcp_port_both_work_through_takeover_release_and_
     assert_eq!(svc["spec"]["selector"], json!({"app": "app"}));
     assert_eq!(svc["spec"]["ports"][1]["port"], 6379);
     assert_eq!(c.both_ports_work("removed").await, "v2");
+}
+
+/// `kubectl -n shop ARGS...` against the fake, as a person types it.
+fn kubectl(fake: &FakeKube, args: &[&str]) {
+    let dir = TempDir::new("kube-ports");
+    let kubeconfig = dir.path.join("kubeconfig");
+    fake.kubeconfig(&kubeconfig);
+    let out = std::process::Command::new(sluice_tests::kubectl())
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["-n", NS])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Making a TCP port HTTP mid-release moves it from `tcp_listeners` to
+/// `listeners`, which a running proxy refuses to reload: the operator
+/// writes the new layout to the ConfigMap, rolls the proxy pods (their
+/// template carries the layout's digest), says so with a Warning Event
+/// while an old pod refuses it, and later weights reach the new pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_which_ports_are_http_rolls_the_proxy_pods_and_later_weights_reach_them() {
+    let mut c = Cluster::with_probe(true).await;
+    c.drive("take-over", |c| {
+        c.status().is_some_and(|s| s.phase == "Initialized")
+    })
+    .await;
+    assert_eq!(c.both_ports_work("taken over").await, "v1");
+    let layout = |c: &Cluster| {
+        c.fake.get(APPS, "deployments", NS, "app-sluice").unwrap()["spec"]["template"]["metadata"]
+            ["annotations"]["sluice.dev/listener-layout"]
+            .as_str()
+            .expect("the proxy's pod template carries its listener layout")
+            .to_string()
+    };
+    let before = layout(&c);
+    c.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2", "ports": [
+            {"name": "http", "containerPort": 9898}, {"name": "redis", "containerPort": 6379}]}]}}}}),
+    );
+    c.drive("a canary step", |c| {
+        c.status()
+            .is_some_and(|s| s.phase == "Progressing" && s.canary_weight >= 20.0)
+    })
+    .await;
+    assert!(
+        c.proxy
+            .as_ref()
+            .unwrap()
+            .store
+            .load()
+            .config
+            .listeners
+            .is_empty()
+    );
+
+    kubectl(
+        &c.fake,
+        &[
+            "annotate",
+            "deploy",
+            "app",
+            "sluice.dev/http-ports=http,redis",
+        ],
+    );
+    c.drive("the next weight served by the proxy", |c| {
+        c.proxy
+            .as_ref()
+            .is_some_and(|p| p.store.load().config.routes[0].canary_weight >= 50.0)
+    })
+    .await;
+    assert_ne!(layout(&c), before, "the proxy pods were rolled");
+    let served = c.proxy.as_ref().unwrap().store.load().config.clone();
+    assert_eq!(served.listeners.len(), 1, "{served:?}");
+    assert!(served.tcp_listeners.is_empty(), "{served:?}");
+    let refused: Vec<String> = c
+        .fake
+        .names("apis/events.k8s.io/v1", "events", NS)
+        .into_iter()
+        .filter_map(|n| c.fake.get("apis/events.k8s.io/v1", "events", NS, &n))
+        .filter(|e| e["reason"] == "ProxyConfigRefused")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|n| n.contains("app-sluice-a") && n.contains("refused config")),
+        "a Warning Event names the replica that refused the new layout: {refused:?}"
+    );
+    // The new pod serves the weight the release is at.
+    let status = c.status().unwrap();
+    assert_eq!(
+        served.routes[0].canary_weight, status.canary_weight,
+        "{status:?}"
+    );
 }

@@ -581,8 +581,8 @@ pub struct ProxiedPort {
     pub container_port: i32,
     /// A named `targetPort`: the proxy's container declares the same name.
     pub target_name: Option<String>,
-    /// `appProtocol: kubernetes.io/h2c` or `grpc` (or a `grpc`/`h2c` port
-    /// name): the route speaks HTTP/2 to the upstreams.
+    /// The route speaks HTTP/2 to the upstreams (see
+    /// [`super::ports::is_http2`]).
     pub http2: bool,
     /// An HTTP port (a route); else forwarded as plain TCP to the stable
     /// (see [`super::ports`]).
@@ -655,12 +655,7 @@ pub fn proxied_ports(
                 ));
             }
         };
-        let app_protocol = p["appProtocol"].as_str().unwrap_or_default();
-        let http2 = matches!(app_protocol, "kubernetes.io/h2c" | "grpc" | "h2c")
-            || name == "grpc"
-            || name.starts_with("grpc-")
-            || name == "h2c"
-            || name.starts_with("h2c-");
+        let http2 = super::ports::is_http2(p);
         let http = super::ports::is_http(p, service_port == main, http_ports);
         if service_port == main && !http {
             return Err(format!(
@@ -1007,7 +1002,7 @@ pub fn proxy_deployment_for(
             "template": {
                 "metadata": {
                     "labels": pod_labels,
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": admin.to_string(), "prometheus.io/path": "/metrics"},
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": admin.to_string(), "prometheus.io/path": "/metrics", LISTENER_LAYOUT: listener_layout(ports)},
                 },
                 "spec": {
                     "serviceAccountName": proxy_name(app),
@@ -1039,6 +1034,63 @@ pub fn proxy_deployment_for(
             },
         },
     })
+}
+
+/// How a replica whose last config reload was refused is reported (a
+/// [`ReplicaConfig`] error): this, then the digest it still serves.
+pub const REFUSED: &str = "refused its last config reload and serves ";
+
+/// Whether a proxy's metrics say its last config reload was refused
+/// (`sluice_config_last_reload_successful 0`): the ConfigMap holds a
+/// config it would not take (a listener change needs new pods), and it
+/// keeps serving the one before.
+pub fn reload_refused(metrics: &str) -> bool {
+    metrics.lines().any(|l| {
+        l.strip_prefix("sluice_config_last_reload_successful")
+            .is_some_and(|rest| rest.trim() == "0")
+    })
+}
+
+/// What a proxy's metrics text says about the config it serves, as a
+/// [`super::ReplicaConfig`] digest: the digest, or [`REFUSED`] and the
+/// digest when its last reload was refused; `None` when it reports none.
+pub fn replica_digest(metrics: &str) -> Option<Result<String, String>> {
+    let digest = super::proxy::served_digest(metrics)?;
+    Some(if reload_refused(metrics) {
+        Err(format!("{REFUSED}{digest}"))
+    } else {
+        Ok(digest)
+    })
+}
+
+/// Pod-template annotation of the proxy: [`listener_layout`]. The proxy
+/// refuses a config reload that adds, removes or moves a listener (it
+/// needs a restart), so a change of which ports are HTTP, HTTP/2 or plain
+/// TCP (`sluice.dev/http-ports`, a port's `appProtocol` or name) changes
+/// this annotation, and the Deployment rolls its pods onto the new layout.
+pub const LISTENER_LAYOUT: &str = "sluice.dev/listener-layout";
+
+/// A digest of the proxy's listener layout: each proxied port's container
+/// port and kind (`http`, `h2` or `tcp`), in order (the first port is the
+/// main listener). The first 16 hex digits of a SHA-256.
+pub fn listener_layout(ports: &[ProxiedPort]) -> String {
+    let text = ports
+        .iter()
+        .map(|p| {
+            let kind = match (p.http, p.http2) {
+                (false, _) => "tcp",
+                (true, true) => "h2",
+                (true, false) => "http",
+            };
+            format!("{}/{kind}", p.container_port)
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// At most one proxy replica is disrupted voluntarily (node drains) at a time.

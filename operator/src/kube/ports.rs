@@ -36,8 +36,12 @@
 //! Event naming the port, and nothing is created or changed (move such a
 //! port to a Service of its own).
 //!
-//! HTTP ports with `appProtocol` `grpc`, `h2c` or `kubernetes.io/h2c` (or
-//! named `grpc*`/`h2c*`) speak HTTP/2 to the upstreams.
+//! Which HTTP ports speak HTTP/2 (h2c, prior knowledge) to the upstreams,
+//! one table ([`is_http2`]), case ignored: `appProtocol` `grpc`, `h2c`,
+//! `http2` or `kubernetes.io/h2c`; without an `appProtocol`, a name whose
+//! protocol part is `grpc`, `h2c` or `http2` (`grpc`, `grpc-api`, `h2c-1`,
+//! `http2`), except `grpc-web` (browsers' gRPC over HTTP/1.1). Everything
+//! else (`http`, `web`, `grpc-web`, `kubernetes.io/ws`) is HTTP/1.1.
 
 use serde_json::Value;
 
@@ -59,6 +63,29 @@ pub const HTTP_NAME_PROTOCOLS: &[&str] = &["http", "http2", "grpc", "h2c", "web"
 
 /// Name prefixes that are TCP even on the analysed port.
 pub const TCP_NAME_PROTOCOLS: &[&str] = &["https", "tls", "tcp"];
+
+/// `appProtocol` values that speak HTTP/2 with prior knowledge.
+pub const HTTP2_APP_PROTOCOLS: &[&str] = &["grpc", "h2c", "http2", "kubernetes.io/h2c"];
+
+/// Name protocol parts (up to the first `-`) that speak HTTP/2; a name
+/// starting `grpc-web` does not.
+pub const HTTP2_NAME_PROTOCOLS: &[&str] = &["grpc", "h2c", "http2"];
+
+/// Whether an HTTP port of a Service (its JSON) speaks HTTP/2 to the
+/// upstreams, by the table in the module doc. An `appProtocol` decides
+/// alone when given; else the name does.
+pub fn is_http2(port: &Value) -> bool {
+    if let Some(app_protocol) = port["appProtocol"].as_str() {
+        let app_protocol = app_protocol.to_ascii_lowercase();
+        return HTTP2_APP_PROTOCOLS.contains(&app_protocol.as_str());
+    }
+    let name = port["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let protocol = name.split('-').next().unwrap_or_default();
+    HTTP2_NAME_PROTOCOLS.contains(&protocol) && name != "grpc-web" && !name.starts_with("grpc-web-")
+}
 
 /// Parses `sluice.dev/http-ports`: Service port names or numbers, comma
 /// separated, at least one, none twice.
@@ -213,6 +240,48 @@ mod tests {
         // Not a protocol prefix: "httpd", "webhook", "grpcx".
         for name in ["httpd", "webhook", "grpcx", "metrics", "postgres", "redis"] {
             assert!(!http(json!({"name": name, "port": 81}), false), "{name}");
+        }
+    }
+
+    #[test]
+    fn one_table_says_which_ports_speak_http2() {
+        for p in [
+            "grpc",
+            "GRPC",
+            "h2c",
+            "http2",
+            "kubernetes.io/h2c",
+            "Kubernetes.io/H2C",
+        ] {
+            assert!(is_http2(&json!({"name": "web", "appProtocol": p})), "{p}");
+        }
+        for p in ["grpc-web", "http", "kubernetes.io/ws", "HTTP", "tcp"] {
+            // The appProtocol decides, even against a gRPC-looking name.
+            assert!(!is_http2(&json!({"name": "grpc", "appProtocol": p})), "{p}");
+        }
+        for name in [
+            "grpc", "GRPC", "grpc-api", "h2c", "h2c-1", "http2", "http2-x",
+        ] {
+            assert!(is_http2(&json!({"name": name})), "{name}");
+        }
+        for name in [
+            "grpc-web",
+            "grpc-web-ui",
+            "http",
+            "web",
+            "http-api",
+            "grpcx",
+            "h2",
+            "",
+        ] {
+            assert!(!is_http2(&json!({"name": name})), "{name}");
+        }
+        // Every HTTP/2 port is an HTTP port by the same tables.
+        for p in HTTP2_APP_PROTOCOLS {
+            assert!(HTTP_APP_PROTOCOLS.contains(p), "{p}");
+        }
+        for p in HTTP2_NAME_PROTOCOLS {
+            assert!(HTTP_NAME_PROTOCOLS.contains(p), "{p}");
         }
     }
 

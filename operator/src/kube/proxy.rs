@@ -38,8 +38,8 @@ pub(super) async fn scrape_proxy_digests(
             Some(admin) => {
                 let url = format!("{admin}/metrics");
                 match http.get(&url, Duration::from_secs(2)).await {
-                    Ok(answer) => served_digest(&answer.text())
-                        .ok_or_else(|| format!("{url} reports no sluice_config_source")),
+                    Ok(answer) => replica_digest(&answer.text())
+                        .unwrap_or_else(|| Err(format!("{url} reports no sluice_config_source"))),
                     Err(e) => Err(format!("{url}: {e}")),
                 }
             }
@@ -117,6 +117,62 @@ pub fn served_digest(metrics: &str) -> Option<String> {
     })
 }
 
+/// The replicas that refused config `want` and serve another: one line
+/// for a Warning Event, or `None` when none did.
+pub fn refused_by(want: &str, replicas: &[ReplicaConfig]) -> Option<String> {
+    let refused: Vec<String> = replicas
+        .iter()
+        .filter_map(|r| {
+            let served = r.digest.as_ref().err()?.strip_prefix(REFUSED)?;
+            (served != want).then(|| format!("{} (serves {served})", r.pod))
+        })
+        .collect();
+    (!refused.is_empty()).then(|| {
+        format!(
+            "proxy replica(s) {} refused config {want} and keep serving the one before; their log says why (a listener change needs new proxy pods: the operator rolls them when the ports' layout changes)",
+            refused.join(", ")
+        )
+    })
+}
+
+/// Publishes a Warning Event `ProxyConfigRefused` when a ready proxy
+/// replica refused the config in the proxy's ConfigMap: weights written
+/// after it do not reach that replica. A probe that fails is only logged
+/// (the release's own checks wait on the replicas anyway).
+pub(super) async fn report_refused(ctx: &Context, d: &Deployment, ns: &str, app: &str) {
+    let Some(probe) = &ctx.proxy_digests else {
+        return;
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let text = match cms.get_opt(&proxy_name(app)).await {
+        Ok(cm) => cm
+            .and_then(|cm| cm.data)
+            .and_then(|d| d.get(sluice_proxy::kube_source::CONFIG_KEY).cloned()),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read the proxy's ConfigMap");
+            None
+        }
+    };
+    let Some(text) = text else { return };
+    let want = sluice_proxy::kube_source::digest(&text);
+    match probe(ns.to_string(), app.to_string()).await {
+        Ok(replicas) => {
+            if let Some(note) = refused_by(&want, &replicas) {
+                tracing::warn!(namespace = ns, app, "{note}");
+                super::api::publish(
+                    ctx,
+                    d,
+                    kube::runtime::events::EventType::Warning,
+                    "ProxyConfigRefused",
+                    note,
+                )
+                .await;
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot ask the proxy replicas"),
+    }
+}
+
 /// Whether every ready proxy replica serves the config now in the proxy's
 /// ConfigMap (at least one replica, all agreeing): the data plane has
 /// what the operator wrote, and nothing is scaled down before. `Ok(None)`
@@ -157,6 +213,10 @@ pub fn config_lag(want: &str, replicas: &[ReplicaConfig]) -> Option<String> {
     replicas.iter().find_map(|r| match &r.digest {
         Ok(d) if d == want => None,
         Ok(d) => Some(format!("proxy {} serves config {d}, not {want} yet", r.pod)),
+        Err(e) if e.strip_prefix(REFUSED) == Some(want) => None,
+        Err(e) if e.starts_with(REFUSED) => {
+            Some(format!("proxy {} {e}, not {want}: its log says why", r.pod))
+        }
         Err(e) => Some(format!(
             "cannot ask proxy {} which config it serves: {e}",
             r.pod
@@ -240,10 +300,56 @@ pub(super) async fn ensure_proxy(
                         .await?
                 }
             }
+            // New pods read the ConfigMap when they start: it gets the new
+            // listener layout first, or they would start on the old one and
+            // refuse the next weight.
+            relayout_config(ctx, ns, app, ports, &owner).await?;
             apply::<Deployment>(&ctx.client, ns, &desired).await?;
             apply_owned::<PodDisruptionBudget>(&ctx.client, ns, &proxy_pdb(app, &owner), &uid)
                 .await?;
         }
+    }
+    Ok(())
+}
+
+/// Rewrites the proxy's ConfigMap for `ports` (which ports are HTTP,
+/// HTTP/2 or TCP), keeping the weight and route settings it holds, when
+/// its listeners differ. Nothing when there is no ConfigMap yet, or it is
+/// not one the operator can read (the release writes it anew).
+async fn relayout_config(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    ports: &[ProxiedPort],
+    owner: &Value,
+) -> Result<(), Error> {
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(text) = cms
+        .get_opt(&proxy_name(app))
+        .await?
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(sluice_proxy::kube_source::CONFIG_KEY).cloned())
+    else {
+        return Ok(());
+    };
+    let Ok((current, _)) = sluice_proxy::Config::from_yaml_lenient(&text) else {
+        return Ok(());
+    };
+    let Some(main) = current.routes.first() else {
+        return Ok(());
+    };
+    let bp = (main.canary_weight * 100.0).round().clamp(0.0, 10_000.0) as u32;
+    let traffic = Traffic {
+        affinity: main.affinity.clone(),
+        mirror: main.mirror.clone(),
+    };
+    let route = RouteSettings {
+        canary_match: main.canary_match.clone(),
+        timeouts: main.timeouts.clone(),
+    };
+    let desired = proxy_configmap_for(app, ns, ports, bp, owner, &traffic, &route);
+    if desired["data"][sluice_proxy::kube_source::CONFIG_KEY].as_str() != Some(text.as_str()) {
+        apply::<ConfigMap>(&ctx.client, ns, &desired).await?;
     }
     Ok(())
 }
@@ -325,4 +431,43 @@ pub(super) async fn proxy_targets(
         .into_iter()
         .filter_map(|p| p.admin)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(pod: &str, digest: Result<&str, String>) -> ReplicaConfig {
+        ReplicaConfig {
+            pod: pod.into(),
+            digest: digest.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_refused_reload_is_told_apart_from_a_lag() {
+        let ok = "sluice_config_source{sha256=\"aa\"} 1\nsluice_config_last_reload_successful 1\n";
+        let refused =
+            "sluice_config_source{sha256=\"aa\"} 1\nsluice_config_last_reload_successful 0\n";
+        assert!(!reload_refused(ok));
+        assert!(reload_refused(refused));
+        let replicas = [
+            replica("p-a", Ok("bb")),
+            replica("p-b", Err(format!("{REFUSED}aa"))),
+        ];
+        let note = refused_by("bb", &replicas).expect("p-b refused");
+        assert!(note.contains("p-b (serves aa)"), "{note}");
+        assert!(!note.contains("p-a"), "{note}");
+        let lag = config_lag("bb", &replicas).expect("p-b lags");
+        assert!(
+            lag.contains("proxy p-b refused its last config reload and serves aa, not bb"),
+            "{lag}"
+        );
+        // A refusal of an older version, while serving the wanted one: no lag, no warning.
+        let fine = [replica("p-b", Err(format!("{REFUSED}bb")))];
+        assert_eq!(refused_by("bb", &fine), None);
+        assert_eq!(config_lag("bb", &fine), None);
+        // A plain lag is no refusal.
+        assert_eq!(refused_by("bb", &[replica("p-a", Ok("aa"))]), None);
+    }
 }
