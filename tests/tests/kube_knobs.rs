@@ -706,3 +706,104 @@ async fn a_new_revision_during_the_scale_down_delay_is_released_as_usual() {
         "app:3"
     );
 }
+
+/// `canary-scale: proportional` scales first and moves the weight only
+/// once the canary runs that many ready pods (a jump to 50% never lands
+/// on the two pods of 20%); the user's HPA has its bounds before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proportional_canary_gets_its_weight_only_once_its_new_pods_are_ready() {
+    let w = World::new(10, json!({"sluice.dev/canary-scale": "proportional"})).await;
+    w.fake.put(
+        HPAS,
+        "horizontalpodautoscalers",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+            "minReplicas": 4, "maxReplicas": 10,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        }}),
+    );
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.step(0).await;
+    assert_eq!((w.weight(), w.replicas("app")), (20.0, 2));
+    // The cluster stops making pods ready: the step to 50% scales to 5
+    // pods, and the weight waits for them.
+    let mut waited = 0;
+    for _ in 0..30 {
+        w.advance(10);
+        w.tick().await;
+        if w.replicas("app") == 5 {
+            waited += 1;
+            assert_eq!(
+                w.weight(),
+                20.0,
+                "the weight moved before the 5 pods were ready"
+            );
+            let hpa = w
+                .fake
+                .get(HPAS, "horizontalpodautoscalers", NS, "app")
+                .unwrap();
+            assert_eq!(
+                (
+                    hpa["spec"]["minReplicas"].as_i64(),
+                    hpa["spec"]["maxReplicas"].as_i64()
+                ),
+                (Some(2), Some(5)),
+                "the HPA's bounds are the 50% ones"
+            );
+            if waited == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(waited, 3, "never scaled to 5: {:?}", w.status());
+    // Ready now: the weight follows.
+    w.fake.make_ready(NS, "app");
+    w.tick().await;
+    assert_eq!(w.weight(), 50.0);
+}
+
+/// Removing `sluice.dev/canary` mid-release of a proportional canary with
+/// the user's HPA: the HPA gets its own bounds back before the Deployment
+/// is scaled up to the primary's count, so it does not scale it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn letting_go_mid_release_puts_the_hpa_bounds_back_before_scaling() {
+    let w = World::new(10, json!({"sluice.dev/canary-scale": "proportional"})).await;
+    w.fake.put(
+        HPAS,
+        "horizontalpodautoscalers",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+            "minReplicas": 4, "maxReplicas": 10,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        }}),
+    );
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.step(0).await;
+    let bounds = || {
+        let hpa = w
+            .fake
+            .get(HPAS, "horizontalpodautoscalers", NS, "app")
+            .unwrap();
+        (
+            hpa["spec"]["minReplicas"].as_i64().unwrap(),
+            hpa["spec"]["maxReplicas"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!((w.replicas("app"), bounds()), (2, (1, 2)));
+    w.kubectl(&["annotate", "deploy", "app", "sluice.dev/canary-"]);
+    for _ in 0..5 {
+        w.tick().await;
+        if w.replicas("app") == 10 {
+            break;
+        }
+        w.fake.make_ready(NS, "app");
+    }
+    assert_eq!(w.replicas("app"), 10, "scaled back to the primary's count");
+    assert_eq!(bounds(), (4, 10), "the user's bounds were back first");
+}

@@ -203,6 +203,31 @@ pub(super) async fn sync_hpas(
     d: &Value,
     canary: Option<(CanaryScale, u32)>,
 ) -> Result<(), Error> {
+    sync_hpas_with(ctx, ns, app, d, canary, false).await
+}
+
+/// Scales the bounds of the user's HPA on `app` for a proportional
+/// release at `bp` (the canary's weight, or its mirrored share if larger),
+/// before the canary itself is scaled.
+pub(super) async fn scale_hpa_bounds(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    d: &Value,
+    scaling: CanaryScale,
+    bp: u32,
+) -> Result<(), Error> {
+    sync_hpas_with(ctx, ns, app, d, Some((scaling, bp)), true).await
+}
+
+async fn sync_hpas_with(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    d: &Value,
+    canary: Option<(CanaryScale, u32)>,
+    exact: bool,
+) -> Result<(), Error> {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     let owner = owner_reference(d);
     for hpa in hpas.list(&ListParams::default()).await?.items {
@@ -220,7 +245,11 @@ pub(super) async fn sync_hpas(
         let name = hpa.name_any();
         let (min, max) = bounds(&user);
         match canary {
-            Some((scaling, bp)) => {
+            // The release's routing action sets the bounds before each
+            // scale ([`super::release`]); a reconcile only brings an HPA
+            // not scaled yet (created or restored mid-release) in line,
+            // so the two never disagree (a mirrored share counts there).
+            Some((scaling, bp)) if original.is_none() || exact => {
                 let want = (scaling.replicas(min, bp), scaling.replicas(max, bp));
                 if bounds(&to_value(&hpa)?) != want || original.is_none() {
                     merge_patch::<HorizontalPodAutoscaler>(
@@ -235,6 +264,7 @@ pub(super) async fn sync_hpas(
                     .await?;
                 }
             }
+            Some(_) => {}
             None if original.is_some() => put_bounds_back(ctx, ns, &name, min, max).await?,
             None => {}
         }

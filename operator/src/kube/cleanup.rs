@@ -66,6 +66,9 @@ pub(super) async fn cleanup(
         .and_then(KubeStatus::from_primary)
         .unwrap_or_default();
     if !deleting && let Some(p) = &primary {
+        // The user's HPA gets its own bounds back before the Deployment is
+        // scaled, or it would scale it back to a proportional release's.
+        restore_hpa_bounds(ctx, ns, app).await?;
         let replicas = p
             .spec
             .as_ref()

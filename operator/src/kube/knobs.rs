@@ -105,11 +105,19 @@ pub enum CanaryScale {
     /// As many as the primary (Flagger's behaviour).
     #[default]
     Full,
-    /// `ceil(primary replicas × weight / 100)`, at least 1, set at each
-    /// weight change. A user's HPA aimed at the app (it scales the
-    /// canary during a release) has its bounds scaled the same way for the
-    /// release, and put back after; its twin on `app-primary` keeps the
-    /// user's bounds (see `sync_hpas`).
+    /// `ceil(primary replicas × share / 100)`, at least 1, where the share
+    /// is the larger of the weight and the mirrored percent (a blue/green
+    /// copy at weight 0 runs on as many pods as it copies). At each weight
+    /// change the user's HPA aimed at the app (it scales the canary during
+    /// a release) gets its bounds scaled the same way first, then the
+    /// canary is scaled, and the weight moves only once the canary's
+    /// Deployment has rolled out at the new count (until then the step is
+    /// retried, its status message saying how many pods are ready). The
+    /// HPA's bounds are put back after the release, and before the app's
+    /// Deployment is scaled when Sluice lets go; the HPA's twin on
+    /// `app-primary` keeps the user's bounds (see `sync_hpas`). A/B rules
+    /// (`sluice.dev/match`) at weight 0 run on one pod: use `full` when
+    /// they match much traffic.
     Proportional,
 }
 

@@ -14,12 +14,13 @@ use serde_json::Value;
 
 use super::annotations::{MetricsSource, Settings};
 use super::api::{publish, rfc3339, save_status, scale, sluice_post, to_value};
+use super::bootstrap::scale_hpa_bounds;
 use super::commands::{clear_command, read_command};
 use super::drift::settle_idle_canary;
 use super::inputs::{config_data, copy_configs};
 use super::knobs::CanaryScale;
 use super::objects::*;
-use super::proxy::{at_rest, proxies_lag, proxy_targets, set_weight, settle_route};
+use super::proxy::{at_rest, proxies_lag, proxy_targets, report_refused, set_weight, settle_route};
 use super::services::{point_canary, proxy_serves};
 use super::{Context, Error, KubeStatus, without_config_hash};
 use crate::http::HttpClient;
@@ -84,13 +85,26 @@ pub(super) async fn apply_routing(
             .unwrap_or(1)
             .max(1),
     );
+    // A proportional canary runs for the larger of its weight and its
+    // mirrored share (a blue/green copy at weight 0 is not put on one pod).
+    let scaled_bp = |bp: u32| {
+        let mirrored = traffic.mirror.as_ref().map_or(0, |m| {
+            (m.percent * 100.0).round().clamp(0.0, 10_000.0) as u32
+        });
+        bp.max(mirrored)
+    };
     match action {
         MachineAction::Initialize => {
+            if settings.canary_scale == CanaryScale::Proportional {
+                scale_hpa_bounds(ctx, ns, app, dv, settings.canary_scale, scaled_bp(0)).await?;
+            }
             scale(
                 ctx,
                 ns,
                 app,
-                settings.canary_scale.replicas(primary_replicas, 0),
+                settings
+                    .canary_scale
+                    .replicas(primary_replicas, scaled_bp(0)),
             )
             .await?;
             if traffic.mirror.is_some() || !settings.route.canary_match.is_empty() {
@@ -102,13 +116,24 @@ pub(super) async fn apply_routing(
         }
         MachineAction::SetWeight(bp) => {
             if settings.canary_scale == CanaryScale::Proportional {
-                scale(
-                    ctx,
-                    ns,
-                    app,
-                    settings.canary_scale.replicas(primary_replicas, *bp),
-                )
-                .await?;
+                // The user's HPA gets the new bounds first (it would undo
+                // the scale), then the canary is scaled, and the weight
+                // moves only once the canary runs that many ready pods:
+                // until then the action stays unconfirmed and is retried.
+                scale_hpa_bounds(ctx, ns, app, dv, settings.canary_scale, scaled_bp(*bp)).await?;
+                let want = settings
+                    .canary_scale
+                    .replicas(primary_replicas, scaled_bp(*bp));
+                scale(ctx, ns, app, want).await?;
+                let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+                let user = to_value(&deployments.get(app).await?)?;
+                if user["spec"]["replicas"].as_i64() != Some(want) || !rolled_out(&user) {
+                    return Err(Error::Other(format!(
+                        "canary {app} is scaled to {want} pods for {}% and {} of them are ready; the weight moves once all are",
+                        f64::from(*bp) / 100.0,
+                        user["status"]["availableReplicas"].as_i64().unwrap_or(0)
+                    )));
+                }
             }
             if *bp > 0 {
                 point_canary(ctx, ns, app, dv, owner).await?;
@@ -232,6 +257,10 @@ pub(super) async fn release_tick(
             .as_ref()
             .is_some_and(|m| !m.phase.is_terminal());
     let retrying = command == Some(Command::Retry);
+    if active {
+        // Weights reach a replica only if it takes the config.
+        report_refused(ctx, d, ns, app).await;
+    }
     if !active && !retrying {
         if raw_command.is_some() {
             clear_command(ctx, ns, app).await?;
