@@ -66,6 +66,9 @@ pub const PROXY_RESOURCES: &str = "sluice.dev/proxy-resources";
 pub const PROXY_AUTOSCALE: &str = "sluice.dev/proxy-autoscale";
 pub const CANARY_SCALE: &str = "sluice.dev/canary-scale";
 pub const ROLLBACK_WINDOW: &str = "sluice.dev/rollback-window";
+/// The largest `sluice.dev/rollback-window` accepted: the status keeps at
+/// most this many revisions besides the primary's.
+pub const MAX_ROLLBACK_WINDOW: usize = 20;
 pub const ABORT_SCALE_DOWN_DELAY: &str = "sluice.dev/abort-scale-down-delay";
 /// How many releases' records `<app>-sluice-releases` keeps.
 pub const KEEP_RELEASES: &str = "sluice.dev/keep-releases";
@@ -606,7 +609,7 @@ pub fn parse(
                 .trim()
                 .parse::<usize>()
                 .ok()
-                .filter(|n| *n <= 20)
+                .filter(|n| *n <= MAX_ROLLBACK_WINDOW)
                 .ok_or_else(|| {
                     err(
                         ROLLBACK_WINDOW,

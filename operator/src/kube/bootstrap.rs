@@ -177,7 +177,7 @@ pub(super) async fn bootstrap(
     // The first primary is a promoted revision too: a revert to it later
     // is inside the rollback window.
     let mut status = status;
-    status.remember_promoted(revision, &d["spec"]["template"], settings.rollback_window);
+    status.remember_promoted(revision, settings.rollback_window);
     primary["metadata"]["annotations"] =
         json!({annotations::STATUS: serde_json::to_string(&status)?});
     apply::<Deployment>(c, ns, &primary).await?;

@@ -169,14 +169,19 @@ pub struct KubeStatus {
 }
 
 /// A promoted revision, remembered for `sluice.dev/rollback-window`.
+///
+/// Only the revision's identity is kept: the revision hash already covers
+/// the pod template and the config it references, so it is all matching
+/// needs, and the `sluice.dev/status` annotation stays small (at most
+/// 21 short entries for the largest window, 20, far below the 256 KiB
+/// annotation limit) and unchanged between promotions. Statuses written
+/// by earlier versions also stored each pod template; that field is read
+/// and dropped.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotedRevision {
     /// The revision hash (pod template and the config it references).
     pub revision: String,
-    /// The user's pod template, defaults stripped, without Sluice's config
-    /// hash.
-    pub template: Value,
 }
 
 impl KubeStatus {
@@ -190,7 +195,7 @@ impl KubeStatus {
     /// Records a promoted revision (newest first), keeping the primary's
     /// and `window` before it (`sluice.dev/rollback-window`); nothing when
     /// the window is off.
-    pub fn remember_promoted(&mut self, revision: &str, template: &Value, window: usize) {
+    pub fn remember_promoted(&mut self, revision: &str, window: usize) {
         if window == 0 {
             self.promoted.clear();
             return;
@@ -200,10 +205,10 @@ impl KubeStatus {
             0,
             PromotedRevision {
                 revision: revision.to_string(),
-                template: without_config_hash(&strip_defaults(template)),
             },
         );
-        self.promoted.truncate(window + 1);
+        self.promoted
+            .truncate(window.min(annotations::MAX_ROLLBACK_WINDOW) + 1);
     }
 }
 
@@ -569,4 +574,49 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         &mut status,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_status_with_templates_is_read_and_written_without_them() {
+        // A status as an earlier version wrote it: every pod template kept.
+        let mut old = serde_json::to_value(KubeStatus::default()).expect("serialises");
+        old["promoted"] = serde_json::json!([
+            {"revision":"b","template":{"spec":{"containers":[{"name":"app","image":"app:2"}]}}},
+            {"revision":"a","template":{"spec":{"containers":[{"name":"app","image":"app:1"}]}}}]);
+        let s: KubeStatus = serde_json::from_value(old).expect("an old status is read");
+        assert_eq!(
+            s.promoted
+                .iter()
+                .map(|p| p.revision.as_str())
+                .collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+        let written = serde_json::to_string(&s).expect("serialises");
+        assert!(!written.contains("template"), "{written}");
+        assert!(!written.contains("app:1"), "{written}");
+    }
+
+    #[test]
+    fn the_remembered_revisions_are_capped() {
+        let mut s = KubeStatus::default();
+        for i in 0..100 {
+            s.remember_promoted(&format!("rev{i}"), 3);
+        }
+        assert_eq!(s.promoted.len(), 4, "the primary's and 3 before it");
+        assert_eq!(s.promoted[0].revision, "rev99");
+        for i in 0..100 {
+            s.remember_promoted(&format!("r{i}"), usize::MAX);
+        }
+        assert_eq!(
+            s.promoted.len(),
+            annotations::MAX_ROLLBACK_WINDOW + 1,
+            "never more than the largest window the parser accepts"
+        );
+        s.remember_promoted("x", 0);
+        assert!(s.promoted.is_empty(), "window off forgets them");
+    }
 }

@@ -466,11 +466,7 @@ pub(super) async fn release_tick(
             .release_ended(ns, app, "failed", now - status.release_started_at);
     }
     if newly(Phase::Succeeded) {
-        let template = status
-            .promoting_template
-            .clone()
-            .unwrap_or_else(|| dv["spec"]["template"].clone());
-        status.remember_promoted(&m.revision, &template, settings.rollback_window);
+        status.remember_promoted(&m.revision, settings.rollback_window);
         status.primary_revision = m.revision.clone();
         status.promoting_template = None;
         ctx.metrics
