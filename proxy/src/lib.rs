@@ -468,7 +468,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
             (addrs, task)
         }
     };
-    let tcp_listeners = tcp::TcpListeners::new(metrics.tcp.clone(), capacity.clone());
+    let tcp_listeners = tcp::TcpListeners::new(metrics.tcp.clone(), valid.max_tcp_connections);
     if let Err(e) = store.attach_tcp(tcp_listeners.clone()) {
         let _ = stop.send(true);
         return Err(StartError::Bind {

@@ -1,8 +1,10 @@
 //! The proxy's plain TCP listeners (`tcp_listeners`), over real sockets on
 //! 127.0.0.1: bytes through unchanged both ways, half-close, backpressure
 //! on large transfers, a refused upstream, the idle timeout, the
-//! `sluice_tcp_*` metrics, hot reload adding and removing a listener, and
-//! bad configs refused naming the field.
+//! `sluice_tcp_*` metrics, hot reload adding and removing a listener, bad
+//! configs refused naming the field, TCP's own connection cap
+//! (`limits.max_tcp_connections`, apart from HTTP's `max_connections`) and
+//! TCP served on threads of its own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -107,8 +109,7 @@ async fn bytes_go_through_unchanged_and_are_counted() {
         m.sum("sluice_tcp_active_connections", &[("listener", "raw")]),
         0.0
     );
-    // A TCP connection is a client connection like any other, and the
-    // HTTP route still answers on its own listener.
+    // The HTTP route still answers on its own listener.
     let (status, _, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
     assert_eq!(status, 200);
     proxy.shutdown().await;
@@ -564,4 +565,139 @@ async fn shutdown_closes_open_connections_after_the_drain_timeout() {
         },
     )
     .await;
+}
+
+/// TCP connections have their own cap: at `limits.max_tcp_connections`
+/// the next one is closed without a byte and counted `rejected`, while
+/// HTTP clients still get in (TCP does not take `max_connections`' places);
+/// a closed TCP connection gives its place back. A cap of 0 is refused
+/// naming the field.
+#[tokio::test]
+async fn the_tcp_cap_refuses_the_next_connection_and_leaves_http_its_places() {
+    let http = backend("stable").await;
+    let echo = start_tcp_echo().await;
+    let text = format!(
+        "limits:\n  max_connections: 2\n  max_tcp_connections: 2\n{}",
+        config(&http, &tcp_item("raw", "127.0.0.1:0", echo, ""))
+    );
+    let proxy = start_proxy(&text).await;
+    let addr = addr_of(&proxy, "raw");
+    let mut open = Vec::new();
+    for i in 0..2u8 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&[i; 3]).await.unwrap();
+        assert_eq!(read_n(&mut s, 3).await, [i; 3], "connection {i} forwarded");
+        open.push(s);
+    }
+    // The third: accepted by the kernel, then closed by the proxy at once.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let _ = third.write_all(b"hello").await;
+    let (closed, got) = closed_within(&mut third, Duration::from_secs(5)).await;
+    assert!(closed, "the connection over the cap is closed");
+    assert!(got.is_empty(), "nothing forwarded over the cap: {got:?}");
+    let upstream = echo.to_string();
+    let outcome = |m: &Scrape, o: &str| {
+        m.sum(
+            "sluice_tcp_connections_total",
+            &[
+                ("listener", "raw"),
+                ("upstream", upstream.as_str()),
+                ("outcome", o),
+            ],
+        )
+    };
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(outcome(&m, "rejected"), 1.0);
+    assert_eq!(
+        m.sum("sluice_tcp_active_connections", &[("listener", "raw")]),
+        2.0
+    );
+    assert_eq!(
+        m.sum("sluice_connections_rejected_total", &[]),
+        0.0,
+        "a TCP refusal is not an HTTP client's"
+    );
+    // Both TCP places are taken; HTTP's max_connections (2) is all HTTP's.
+    for _ in 0..3 {
+        let (status, _, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+        assert_eq!(status, 200, "HTTP is accepted while TCP is at its cap");
+    }
+    // A TCP connection that ends gives its place back.
+    let mut first = open.remove(0);
+    first.shutdown().await.unwrap();
+    let (closed, _) = closed_within(&mut first, Duration::from_secs(5)).await;
+    assert!(closed);
+    eventually(
+        "the closed connection to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin_addr).await;
+            (outcome(&m, "closed") == 1.0).then_some(())
+        },
+    )
+    .await;
+    let mut again = TcpStream::connect(addr).await.unwrap();
+    again.write_all(b"back").await.unwrap();
+    assert_eq!(read_n(&mut again, 4).await, b"back");
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(outcome(&m, "rejected"), 1.0, "no more refusals");
+    drop((open, again));
+    proxy.shutdown().await;
+
+    let dir = TempDir::new("tcp-cap");
+    let file = dir.path.join("zero.yaml");
+    std::fs::write(
+        &file,
+        "listen: 127.0.0.1:18080\nlimits: { max_tcp_connections: 0 }\nroutes:\n  - { name: web, stable: 'http://127.0.0.1:1' }\n",
+    )
+    .unwrap();
+    let (code, stderr) = proxy_check(&file);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("limits.max_tcp_connections: must be at least 1"),
+        "{stderr}"
+    );
+}
+
+/// TCP listeners run on threads of their own: with the runtime that
+/// started the proxy (the binary's admin runtime) blocked, bytes still go
+/// through a TCP listener (to an echo on a plain thread). Were TCP served
+/// on that runtime, nothing would move until it was free again.
+#[tokio::test(flavor = "current_thread")]
+async fn tcp_is_forwarded_while_the_starting_runtime_is_busy() {
+    use std::io::{Read, Write};
+    let http = backend("stable").await;
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in echo.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy_with(&http, &tcp_item("raw", "127.0.0.1:0", echo_addr, "")).await;
+    let addr = addr_of(&proxy, "raw");
+    // From here the test's own (single-threaded) runtime is blocked.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let payload = payload.clone();
+        std::thread::spawn(move || w.write_all(&payload))
+    };
+    let mut got = vec![0u8; payload.len()];
+    s.read_exact(&mut got)
+        .expect("the bytes come back while the starting runtime is blocked");
+    writer.join().unwrap().unwrap();
+    assert_eq!(got, payload);
+    drop(s);
+    proxy.shutdown().await;
 }

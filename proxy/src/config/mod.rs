@@ -184,6 +184,12 @@ pub struct Limits {
     /// it is closed at once and counted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections of the plain TCP listeners (`tcp_listeners`, all
+    /// of them), counted apart from `max_connections` so idle TCP
+    /// connections never take the places of HTTP clients; over it, a TCP
+    /// connection is closed at once (`outcome="rejected"`).
+    #[serde(default = "default_max_tcp_connections")]
+    pub max_tcp_connections: usize,
     /// Requests in flight per route; more are answered 503 and counted.
     #[serde(default = "default_max_requests_in_flight")]
     pub max_requests_in_flight: usize,
@@ -204,6 +210,7 @@ impl Default for Limits {
             idle_timeout: default_idle_timeout(),
             h2_keepalive: default_h2_keepalive(),
             max_connections: default_max_connections(),
+            max_tcp_connections: default_max_tcp_connections(),
             max_requests_in_flight: default_max_requests_in_flight(),
             max_request_body: None,
             h2_max_streams: default_h2_max_streams(),
@@ -217,6 +224,10 @@ fn default_header_read_timeout() -> String {
 
 fn default_max_connections() -> usize {
     10_000
+}
+
+fn default_max_tcp_connections() -> usize {
+    1_000
 }
 
 fn default_max_requests_in_flight() -> usize {

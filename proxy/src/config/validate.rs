@@ -146,6 +146,9 @@ pub struct ValidConfig {
     /// See [`Forwarding`].
     pub trusted_hops: u32,
     pub max_connections: usize,
+    /// Open plain TCP connections (all `tcp_listeners`), apart from
+    /// `max_connections`.
+    pub max_tcp_connections: usize,
     pub max_requests_in_flight: usize,
     /// Bytes; None: no limit.
     pub max_request_body: Option<u64>,
@@ -256,6 +259,7 @@ impl Config {
             idle_timeout: limits.idle_timeout.expect("checked"),
             trusted_hops: self.forwarding.trusted_hops,
             max_connections: self.limits.max_connections,
+            max_tcp_connections: self.limits.max_tcp_connections,
             max_requests_in_flight: self.limits.max_requests_in_flight,
             max_request_body: limits.max_request_body,
             h2_max_streams: self.limits.h2_max_streams,
@@ -300,6 +304,10 @@ impl Config {
         };
         for (field, value) in [
             ("limits.max_connections", self.limits.max_connections),
+            (
+                "limits.max_tcp_connections",
+                self.limits.max_tcp_connections,
+            ),
             (
                 "limits.max_requests_in_flight",
                 self.limits.max_requests_in_flight,

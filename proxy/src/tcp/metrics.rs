@@ -34,7 +34,7 @@ pub enum Outcome {
     /// `sluice_tcp_upstream_errors_total` for why); the client's
     /// connection was closed without a byte.
     ConnectError,
-    /// `limits.max_connections` client connections were open already.
+    /// `limits.max_tcp_connections` TCP connections were open already.
     Rejected,
     /// Still open when the proxy's drain timeout ran out at shutdown.
     Shutdown,

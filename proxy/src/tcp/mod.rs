@@ -28,14 +28,20 @@
 //!   A reset or failed write on either side ends the connection
 //!   (`outcome="reset"`).
 //! - **Backpressure.** Each direction has one bounded buffer
-//!   ([`BUFFER_BYTES`]); a side that does not read stops the proxy reading
+//!   ([`BUFFER_BYTES`], 16 KiB: 32 KiB per connection); a side that does not read stops the proxy reading
 //!   from the other, so memory never grows with a slow peer
 //!   (`tokio::io::copy_bidirectional_with_sizes`).
 //! - **Idle timeout.** A connection with no byte in either direction for
 //!   `timeouts.idle` is closed on both sides (`outcome="idle_timeout"`).
-//! - **Limits.** A TCP connection takes a place of `limits.max_connections`
-//!   like any client connection; over it, it is closed at once
-//!   (`outcome="rejected"`, and `sluice_connections_rejected_total`).
+//! - **Limits.** TCP connections have their own cap,
+//!   `limits.max_tcp_connections` (default 1000, at least 1, for all TCP
+//!   listeners together; read at start like every limit), apart from the
+//!   HTTP clients' `limits.max_connections`: idle TCP connections (a
+//!   connection pool, say) never take the places of HTTP clients, nor HTTP
+//!   clients theirs. Over it, a TCP connection is closed at once without a
+//!   byte (`outcome="rejected"`). TCP connections are not counted in
+//!   `sluice_connections_*` (those are the HTTP clients'); they have
+//!   `sluice_tcp_active_connections`.
 //! - **Reload.** Unlike HTTP `listeners` (fixed at start), TCP listeners are
 //!   added, removed and changed by any reload. A new address is bound
 //!   *before* the new config is swapped in: if it cannot be bound the whole
@@ -47,15 +53,17 @@
 //! - **Shutdown.** The listeners stop accepting; open connections get the
 //!   proxy's drain timeout to finish, then are closed
 //!   (`outcome="shutdown"`).
-//! - TCP listeners are served on the runtime that started the proxy (in
-//!   the binary, the thread of the admin listener), not on the HTTP
-//!   serving threads.
+//! - **Their own threads.** TCP listeners and their connections run on a
+//!   small multi-threaded runtime of their own ([`TCP_THREADS`] threads
+//!   named `sluice-tcp`), neither on the HTTP serving threads nor on the
+//!   admin runtime: heavy TCP traffic cannot delay `/readyz`, `/metrics`
+//!   or the config watch, and is not delayed by them.
 
 pub mod metrics;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,11 +75,14 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{ConfigErrors, FieldError, ValidTcpListener};
-use crate::conn::{Capacity, Connections, Entered};
+use crate::conn::{Connections, Entered};
 use metrics::{ConnectErrorKind, ListenerMetrics, Outcome, TcpMetrics};
 
 /// The buffer of each direction of a connection.
-pub const BUFFER_BYTES: usize = 64 * 1024;
+pub const BUFFER_BYTES: usize = 16 * 1024;
+
+/// Worker threads of the TCP listeners' own runtime.
+pub const TCP_THREADS: usize = 2;
 
 /// What a listener's new connections are served with; replaced whole on
 /// a reload that changes it.
@@ -106,6 +117,44 @@ struct Shared {
 pub struct TcpListeners {
     running: Mutex<Vec<Running>>,
     shared: Arc<Shared>,
+    /// The runtime every listener and connection runs on; shut down (in
+    /// the background, so this may be dropped inside another runtime)
+    /// when the listeners are dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for TcpListeners {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The cap of open TCP connections (`limits.max_tcp_connections`).
+struct Capacity {
+    open: AtomicUsize,
+    max: usize,
+}
+
+/// One place of [`Capacity`], given back when dropped.
+struct Place(Arc<Capacity>);
+
+impl Capacity {
+    fn try_open(self: &Arc<Self>) -> Option<Place> {
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(self.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A reload's listeners, with every new address already bound; see
@@ -135,18 +184,29 @@ pub struct BindError {
 // === impl TcpListeners ===
 
 impl TcpListeners {
-    /// No listener yet; they will be served on the current runtime. See
-    /// [`crate::Store::attach_tcp`].
-    pub fn new(metrics: TcpMetrics, capacity: Arc<Capacity>) -> Arc<Self> {
+    /// No listener yet, and at most `max_connections` open connections
+    /// for all of them; they will be served on a runtime of their own
+    /// ([`TCP_THREADS`] threads). See [`crate::Store::attach_tcp`].
+    pub fn new(metrics: TcpMetrics, max_connections: usize) -> Arc<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(TCP_THREADS)
+            .thread_name("sluice-tcp")
+            .enable_all()
+            .build()
+            .expect("the TCP listeners' runtime");
         Arc::new(Self {
             running: Mutex::new(Vec::new()),
             shared: Arc::new(Shared {
                 metrics,
-                capacity,
+                capacity: Arc::new(Capacity {
+                    open: AtomicUsize::new(0),
+                    max: max_connections,
+                }),
                 connections: Connections::default(),
                 cut: watch::channel(false).0,
-                runtime: tokio::runtime::Handle::current(),
+                runtime: runtime.handle().clone(),
             }),
+            runtime: Some(runtime),
         })
     }
 
@@ -300,14 +360,15 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let settings = settings.load_full();
-                    let Some(opened) = shared.capacity.try_open() else {
+                    let Some(place) = shared.capacity.try_open() else {
+                        tracing::debug!(listener = %settings.listener.name, %peer, "tcp connection over limits.max_tcp_connections; closed");
                         settings.metrics.record_outcome(Outcome::Rejected);
                         drop(stream);
                         continue;
                     };
-                    let entered = shared.connections.enter(Some(opened));
+                    let entered = shared.connections.enter(None);
                     let cut = shared.cut.subscribe();
-                    tokio::spawn(serve_connection(stream, peer, settings, entered, cut));
+                    tokio::spawn(serve_connection(stream, peer, settings, (entered, place), cut));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
@@ -334,7 +395,7 @@ async fn serve_connection(
     client: TcpStream,
     peer: SocketAddr,
     settings: Arc<Settings>,
-    _entered: Entered,
+    _entered: (Entered, Place),
     mut cut: watch::Receiver<bool>,
 ) {
     settings.metrics.active.inc();
