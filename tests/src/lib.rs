@@ -4,6 +4,7 @@
 //! upgrade echo, a gRPC-framed HTTP/2 server).
 
 pub mod fake_kube;
+pub mod gateway_crds;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

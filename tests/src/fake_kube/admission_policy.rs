@@ -498,7 +498,7 @@ fn base_context(attrs: &Attributes<'_>) -> Context<'static> {
     ctx
 }
 
-fn run(expr: &str, ctx: &Context<'_>) -> Result<Cel, String> {
+pub(super) fn run(expr: &str, ctx: &Context<'_>) -> Result<Cel, String> {
     // Compiled once per thread: a policy's expressions run on every write.
     thread_local! {
         static PROGRAMS: std::cell::RefCell<std::collections::HashMap<String, Arc<Program>>> =
@@ -571,7 +571,7 @@ pub fn to_cel(v: &Value) -> Cel {
 
 /// The interpreter's standard functions plus the Kubernetes libraries
 /// the module doc lists.
-fn kubernetes_context() -> Context<'static> {
+pub(super) fn kubernetes_context() -> Context<'static> {
     let mut ctx = Context::default();
     ctx.add_function("size", size);
     ctx.add_function("double", double);

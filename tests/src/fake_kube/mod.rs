@@ -59,6 +59,7 @@
 pub mod admission_policy;
 pub mod apply;
 pub mod controllers;
+pub mod crd;
 pub mod events;
 pub mod merge;
 pub mod openapi;
@@ -101,6 +102,8 @@ pub struct KindInfo {
     pub short: &'static [&'static str],
     /// Only `create` (reviews).
     pub create_only: bool,
+    /// The CustomResourceDefinition version this kind is ([`crd`]).
+    pub crd: Option<&'static crd::Crd>,
 }
 
 impl KindInfo {
@@ -120,6 +123,24 @@ impl KindInfo {
         }
     }
 
+    /// Where objects of this resource are stored: Events of
+    /// `events.k8s.io/v1` as `v1` Events, custom resources in their CRD's
+    /// storage version.
+    pub fn storage_prefix(&self) -> String {
+        match self.crd {
+            Some(c) => format!("apis/{}/{}", self.group, c.storage_version),
+            None => events::storage_prefix(&self.prefix(), self.plural).to_string(),
+        }
+    }
+
+    /// Whether this resource has a `status` subresource.
+    pub fn has_status(&self) -> bool {
+        match self.crd {
+            Some(c) => c.status,
+            None => STATUS_SUBRESOURCES.contains(&self.plural),
+        }
+    }
+
     fn group_label(&self) -> String {
         if self.group.is_empty() {
             self.plural.to_string()
@@ -131,7 +152,7 @@ impl KindInfo {
 
 macro_rules! kind {
     ($plural:literal, $singular:literal, $kind:literal, $group:literal, $version:literal, $ns:literal, [$($short:literal),*]) => {
-        KindInfo { plural: $plural, singular: $singular, kind: $kind, group: $group, version: $version, namespaced: $ns, short: &[$($short),*], create_only: false }
+        KindInfo { plural: $plural, singular: $singular, kind: $kind, group: $group, version: $version, namespaced: $ns, short: &[$($short),*], create_only: false, crd: None }
     };
 }
 
@@ -294,7 +315,17 @@ pub const KINDS: &[KindInfo] = &[
         namespaced: false,
         short: &[],
         create_only: true,
+        crd: None,
     },
+    kind!(
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        "apiextensions.k8s.io",
+        "v1",
+        false,
+        ["crd", "crds"]
+    ),
 ];
 
 pub fn kind_info(prefix: &str, plural: &str) -> Option<&'static KindInfo> {
@@ -307,6 +338,15 @@ fn kind_by_name(api_version: &str, kind: &str) -> Option<&'static KindInfo> {
     KINDS
         .iter()
         .find(|k| k.kind == kind && k.api_version() == api_version)
+}
+
+/// A built-in kind, else one of `crds`.
+fn kind_in(crds: &[&'static KindInfo], prefix: &str, plural: &str) -> Option<&'static KindInfo> {
+    kind_info(prefix, plural).or_else(|| {
+        crds.iter()
+            .copied()
+            .find(|k| k.plural == plural && k.prefix() == prefix)
+    })
 }
 
 // === responses ===
@@ -531,6 +571,9 @@ struct Inner {
     orphans: Mutex<BTreeMap<Key, std::time::Instant>>,
     /// The CA of the serving certificate (PEM), when serving HTTPS.
     ca_pem: Option<String>,
+    /// The kinds the stored CustomResourceDefinitions make ([`crd`]).
+    /// Locked after `store` when both are held.
+    crds: Mutex<Vec<&'static KindInfo>>,
 }
 
 /// A running fake API server.
@@ -565,6 +608,7 @@ impl FakeKube {
             pod_born: Mutex::new(BTreeMap::new()),
             orphans: Mutex::new(BTreeMap::new()),
             ca_pem: None,
+            crds: Mutex::new(Vec::new()),
         });
         let mut fake = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -712,6 +756,11 @@ impl FakeKube {
 
     // === direct access for tests ===
 
+    /// The kind served at (prefix, plural): built in, or a CRD's.
+    pub fn kind_at(&self, prefix: &str, plural: &str) -> Option<&'static KindInfo> {
+        kind_in(&self.inner.crds.lock().expect("crds"), prefix, plural)
+    }
+
     fn key(prefix: &str, plural: &str, ns: &str, name: &str) -> Key {
         (
             (
@@ -819,7 +868,7 @@ impl FakeKube {
             let key = Self::key(prefix, plural, ns, &name);
             let existing = store.objects.get(&key).cloned();
             let mut object = object;
-            if let Some(info) = kind_info(prefix, plural) {
+            if let Some(info) = self.kind_at(prefix, plural) {
                 defaults(&mut store, info, &mut object, existing.as_ref());
             }
             self.commit(&mut store, prefix, plural, ns, object, existing.as_ref())
@@ -914,7 +963,8 @@ impl FakeKube {
         if !object["metadata"].is_object() {
             object["metadata"] = json!({});
         }
-        if let Some(info) = kind_info(prefix, plural) {
+        let info = self.kind_at(prefix, plural);
+        if let Some(info) = info {
             object["apiVersion"] = json!(info.api_version());
             object["kind"] = json!(info.kind);
         }
@@ -936,7 +986,24 @@ impl FakeKube {
                     meta.insert("deletionTimestamp".into(), ts.clone());
                 }
                 let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-                let changed = old.get("spec") != object.get("spec");
+                // A custom resource's generation counts every change but
+                // to metadata (and to status, when status is a subresource).
+                let changed = match info.and_then(|i| i.crd) {
+                    Some(c) => {
+                        let strip = |o: &Value| {
+                            let mut o = o.clone();
+                            if let Some(m) = o.as_object_mut() {
+                                m.remove("metadata");
+                                if c.status {
+                                    m.remove("status");
+                                }
+                            }
+                            o
+                        };
+                        strip(old) != strip(&object)
+                    }
+                    None => old.get("spec") != object.get("spec"),
+                };
                 object["metadata"]["generation"] =
                     json!(if changed { generation + 1 } else { generation });
             }
@@ -952,6 +1019,12 @@ impl FakeKube {
         }
         let key = Self::key(prefix, plural, ns, &name);
         store.objects.insert(key, object.clone());
+        if prefix == crd::PREFIX && plural == crd::PLURAL {
+            let kinds = crd::kinds_of(&object);
+            let mut crds = self.inner.crds.lock().expect("crds");
+            crds.retain(|k| k.crd.is_none_or(|c| c.name != name));
+            crds.extend(kinds);
+        }
         let event_type = if existing.is_some() {
             "MODIFIED"
         } else {
@@ -1028,6 +1101,14 @@ impl FakeKube {
         let Some(mut object) = store.objects.remove(key) else {
             return;
         };
+        if key.0.0 == crd::PREFIX && key.0.1 == crd::PLURAL {
+            let name = &key.2;
+            self.inner
+                .crds
+                .lock()
+                .expect("crds")
+                .retain(|k| k.crd.is_none_or(|c| c.name != *name));
+        }
         store.rv += 1;
         object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
         self.emit(store, key.0.clone(), &key.1, "DELETED", object);
@@ -1049,6 +1130,23 @@ impl FakeKube {
             return Some(held);
         }
         let object = store.objects.get(key)?.clone();
+        if key.0.0 == crd::PREFIX && key.0.1 == crd::PLURAL {
+            // The CRD's cleanup: every object of it goes first.
+            let group = object["spec"]["group"].as_str().unwrap_or_default();
+            let plural = object["spec"]["names"]["plural"]
+                .as_str()
+                .unwrap_or_default();
+            let prefix = format!("apis/{group}/");
+            let doomed: Vec<Key> = store
+                .objects
+                .keys()
+                .filter(|((p, pl), _, _)| p.starts_with(&prefix) && pl == plural)
+                .cloned()
+                .collect();
+            for k in doomed {
+                self.remove(store, &k);
+            }
+        }
         let finalizers = object["metadata"]["finalizers"]
             .as_array()
             .map(Vec::len)
@@ -1105,7 +1203,12 @@ fn default_field(object: &mut Value, key: &str, value: Value) {
 
 /// What the API server fills in that the client left out.
 fn defaults(store: &mut Store, info: &KindInfo, object: &mut Value, old: Option<&Value>) {
+    if let Some(c) = info.crd {
+        crd::default(object, &c.schema);
+        return;
+    }
     match info.kind {
+        "CustomResourceDefinition" => crd::default_crd(object),
         "Deployment" => {
             let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {
                 return;
@@ -1396,7 +1499,7 @@ enum Route {
     UnknownResource(String),
 }
 
-fn parse_path(path: &str, addr: SocketAddr) -> Option<Route> {
+fn parse_path(path: &str, addr: SocketAddr, crds: &[&'static KindInfo]) -> Option<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
         ["version"] => {
@@ -1410,9 +1513,15 @@ fn parse_path(path: &str, addr: SocketAddr) -> Option<Route> {
                 "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": addr.to_string()}],
             })));
         }
-        ["apis"] => return Some(Route::Discovery(group_list())),
-        ["api", v] => return Some(Route::Discovery(resource_list("", v))),
-        ["apis", g, v] => return Some(Route::Discovery(resource_list(g, v))),
+        ["apis"] => return Some(Route::Discovery(group_list(crds))),
+        ["api", v] => return Some(Route::Discovery(resource_list("", v, crds))),
+        ["apis", g, v] => {
+            let list = resource_list(g, v, crds);
+            if list["resources"].as_array().is_none_or(Vec::is_empty) {
+                return None;
+            }
+            return Some(Route::Discovery(list));
+        }
         _ => {}
     }
     let (prefix, rest) = match *parts.first()? {
@@ -1429,7 +1538,7 @@ fn parse_path(path: &str, addr: SocketAddr) -> Option<Route> {
         (None, rest)
     };
     let plural = *rest.first()?;
-    let Some(info) = kind_info(&prefix, plural) else {
+    let Some(info) = kind_in(crds, &prefix, plural) else {
         return Some(Route::UnknownResource(format!("{prefix}/{plural}")));
     };
     Some(Route::Resource(Target {
@@ -1448,28 +1557,36 @@ pub(crate) const STATUS_SUBRESOURCES: &[&str] = &[
     "services",
     "pods",
     "poddisruptionbudgets",
+    "customresourcedefinitions",
 ];
 
-fn group_list() -> Value {
-    let mut groups: Vec<(&str, &str)> = KINDS
-        .iter()
-        .filter(|k| !k.group.is_empty())
-        .map(|k| (k.group, k.version))
-        .collect();
-    groups.dedup();
-    groups.sort();
-    groups.dedup();
+fn group_list(crds: &[&'static KindInfo]) -> Value {
+    // (group, versions in order, preferred): a CRD's preferred version is
+    // its storage version.
+    let mut groups: Vec<(&str, Vec<&str>, &str)> = Vec::new();
+    for k in KINDS.iter().chain(crds.iter().copied()) {
+        if k.group.is_empty() {
+            continue;
+        }
+        let preferred = k.crd.map(|c| c.storage_version).unwrap_or(k.version);
+        match groups.iter_mut().find(|(g, _, _)| *g == k.group) {
+            Some((_, versions, _)) if versions.contains(&k.version) => {}
+            Some((_, versions, _)) => versions.push(k.version),
+            None => groups.push((k.group, vec![k.version], preferred)),
+        }
+    }
+    groups.sort_by_key(|(g, _, _)| *g);
     json!({
         "kind": "APIGroupList", "apiVersion": "v1",
-        "groups": groups.iter().map(|(g, v)| json!({
+        "groups": groups.iter().map(|(g, versions, p)| json!({
             "name": g,
-            "versions": [{"groupVersion": format!("{g}/{v}"), "version": v}],
-            "preferredVersion": {"groupVersion": format!("{g}/{v}"), "version": v},
+            "versions": versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect::<Vec<_>>(),
+            "preferredVersion": {"groupVersion": format!("{g}/{p}"), "version": p},
         })).collect::<Vec<_>>(),
     })
 }
 
-fn resource_list(group: &str, version: &str) -> Value {
+fn resource_list(group: &str, version: &str, crds: &[&'static KindInfo]) -> Value {
     let gv = if group.is_empty() {
         version.to_string()
     } else {
@@ -1478,6 +1595,7 @@ fn resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
     for k in KINDS
         .iter()
+        .chain(crds.iter().copied())
         .filter(|k| k.group == group && k.version == version)
     {
         let verbs = if k.create_only {
@@ -1494,11 +1612,22 @@ fn resource_list(group: &str, version: &str) -> Value {
                 "watch"
             ])
         };
-        resources.push(json!({
+        let mut resource = json!({
             "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
             "kind": k.kind, "verbs": verbs, "shortNames": k.short,
-        }));
-        if STATUS_SUBRESOURCES.contains(&k.plural) {
+        });
+        if let Some(c) = k.crd {
+            resource["categories"] = json!(c.categories);
+        }
+        resources.push(resource);
+        if k.crd.is_some_and(|c| c.scale.is_some()) {
+            resources.push(json!({
+                "name": format!("{}/scale", k.plural), "singularName": "", "namespaced": k.namespaced,
+                "group": "autoscaling", "version": "v1", "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
+        if k.has_status() {
             resources.push(json!({
                 "name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced,
                 "kind": k.kind, "verbs": ["get", "patch", "update"],
@@ -1664,12 +1793,13 @@ impl FakeKube {
                 Err(resp) => return resp,
             }
         };
+        let crds = self.inner.crds.lock().expect("crds").clone();
         if method == Method::GET
-            && let Some(resp) = openapi::serve(&path, &q, &headers)
+            && let Some(resp) = openapi::serve(&path, &q, &headers, &crds)
         {
             return resp;
         }
-        let target = match parse_path(&path, self.addr) {
+        let target = match parse_path(&path, self.addr, &crds) {
             Some(Route::Resource(t)) => t,
             Some(Route::Discovery(body)) => return respond(StatusCode::OK, &body),
             Some(Route::UnknownResource(_)) | None if path.starts_with("/openapi") => {
@@ -1813,7 +1943,22 @@ impl FakeKube {
         }
         let ns = target.namespace.clone().unwrap_or_default();
         match target.subresource.as_deref() {
-            None | Some("status") => {}
+            None => {}
+            Some("status") if target.info.crd.is_none_or(|c| c.status) => {}
+            Some("scale") if target.info.crd.is_some_and(|c| c.scale.is_some()) => {
+                let response = self.scale(
+                    &target,
+                    &ns,
+                    &method,
+                    &q,
+                    &headers,
+                    &content_type,
+                    &body,
+                    &user,
+                );
+                self.inner.changed.notify_one();
+                return response;
+            }
             Some("scale") if target.info.plural == "deployments" && target.name.is_some() => {
                 let response = self.scale(
                     &target,
@@ -1859,20 +2004,11 @@ impl FakeKube {
             "list" => self.list(&target, &q, table),
             "get" => {
                 let name = target.name.as_deref().expect("get has a name");
-                match (
-                    self.get(&target.info.prefix(), target.info.plural, &ns, name),
-                    table,
-                ) {
+                let stored = self.get(&target.info.storage_prefix(), target.info.plural, &ns, name);
+                match (stored.clone().map(|o| served_as(target.info, o)), table) {
                     (Some(o), None) => respond(StatusCode::OK, &o),
                     (Some(o), Some(t)) => {
-                        let stored = self
-                            .get(
-                                events::storage_prefix(&target.info.prefix(), target.info.plural),
-                                target.info.plural,
-                                &ns,
-                                name,
-                            )
-                            .unwrap_or_else(|| o.clone());
+                        let stored = stored.unwrap_or_else(|| o.clone());
                         let rv = o["metadata"]["resourceVersion"].clone();
                         respond(
                             StatusCode::OK,
@@ -1927,10 +2063,37 @@ impl FakeKube {
     ) -> Response<FakeBody> {
         let info = target.info;
         let name = target.name.as_deref().expect("scale has a name");
-        let Some(current) = self.get(&info.prefix(), info.plural, ns, name) else {
+        let Some(current) = self.get(&info.storage_prefix(), info.plural, ns, name) else {
             return not_found(info, name);
         };
+        let current = served_as(info, current);
+        // A custom resource's scale reads and writes the CRD's paths.
+        let paths = info.crd.and_then(|c| c.scale.clone());
+        let path_of = |key: &str, default: &str| -> String {
+            paths
+                .as_ref()
+                .and_then(|p| p[key].as_str())
+                .unwrap_or(default)
+                .to_string()
+        };
+        let spec_path = path_of("specReplicasPath", ".spec.replicas");
+        let status_path = path_of("statusReplicasPath", ".status.replicas");
+        let selector_path = path_of("labelSelectorPath", "");
         let scale_of = |d: &Value| {
+            if paths.is_some() {
+                let at = |p: &str| crd::json_path(d, p).cloned().unwrap_or(Value::Null);
+                return json!({
+                    "apiVersion": "autoscaling/v1", "kind": "Scale",
+                    "metadata": {
+                        "name": d["metadata"]["name"], "namespace": d["metadata"]["namespace"],
+                        "uid": d["metadata"]["uid"], "resourceVersion": d["metadata"]["resourceVersion"],
+                        "creationTimestamp": d["metadata"]["creationTimestamp"],
+                    },
+                    "spec": {"replicas": at(&spec_path).as_i64().unwrap_or(0)},
+                    "status": {"replicas": at(&status_path).as_i64().unwrap_or(0),
+                               "selector": if selector_path.is_empty() { json!("") } else { json!(at(&selector_path).as_str().unwrap_or_default()) }},
+                });
+            }
             let selector = d["spec"]["selector"]["matchLabels"]
                 .as_object()
                 .map(|m| {
@@ -2021,7 +2184,11 @@ impl FakeKube {
             name: target.name.clone(),
             subresource: None,
         };
-        let patch = json!({"spec": {"replicas": replicas}}).to_string();
+        let mut patch = json!(replicas);
+        for part in spec_path.trim_start_matches('.').split('.').rev() {
+            patch = json!({ part: patch });
+        }
+        let patch = patch.to_string();
         let response = self.write(
             &write_target,
             ns,
@@ -2035,8 +2202,8 @@ impl FakeKube {
         if !response.status().is_success() {
             return response;
         }
-        match self.get(&info.prefix(), info.plural, ns, name) {
-            Some(d) => respond(StatusCode::OK, &scale_of(&d)),
+        match self.get(&info.storage_prefix(), info.plural, ns, name) {
+            Some(d) => respond(StatusCode::OK, &scale_of(&served_as(info, d))),
             None => not_found(info, name),
         }
     }
@@ -2056,9 +2223,16 @@ impl FakeKube {
     ) -> Response<FakeBody> {
         let info = target.info;
         let events_view = events::is_events_view(&info.prefix(), info.plural);
-        let prefix = events::storage_prefix(&info.prefix(), info.plural).to_string();
+        let prefix = info.storage_prefix();
         let is_apply = content_type == "application/apply-patch+yaml";
-        let allowed_types: &[&str] = if *method == Method::PATCH {
+        let allowed_types: &[&str] = if *method == Method::PATCH && info.crd.is_some() {
+            // Custom resources have no patch strategies.
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
+        } else if *method == Method::PATCH {
             &[
                 "application/json-patch+json",
                 "application/merge-patch+json",
@@ -2090,7 +2264,10 @@ impl FakeKube {
             );
         }
         let manager = manager_of(q, headers);
-        let root = schema::Schema::get().kind(&info.api_version(), info.kind);
+        let root = match info.crd {
+            Some(c) => c.nodes.root(),
+            None => schema::Schema::get().kind(&info.api_version(), info.kind),
+        };
         let mut store = self.inner.store.lock().expect("store");
         let name = match (method, &target.name) {
             (&Method::POST, _) => match patch["metadata"]["name"].as_str() {
@@ -2118,6 +2295,7 @@ impl FakeKube {
         // Writes through events.k8s.io/v1 see and make that version's form.
         let existing = match &stored_existing {
             Some(e) if events_view => Some(events::to_events(e)),
+            Some(e) if info.crd.is_some() => Some(served_as(info, e.clone())),
             other => other.clone(),
         };
         // The namespace in the body must be the request's.
@@ -2175,7 +2353,7 @@ impl FakeKube {
                     let mut updated = old.clone();
                     updated["status"] = o["status"].clone();
                     o = updated;
-                } else if old.get("status").is_some() {
+                } else if old.get("status").is_some() && info.crd.is_none_or(|c| c.status) {
                     o["status"] = old["status"].clone();
                 }
                 o
@@ -2274,7 +2452,7 @@ impl FakeKube {
                         if let Some(r) = root {
                             let strict =
                                 q.get("fieldValidation").map(String::as_str) == Some("Strict");
-                            validate::decode(&mut applied, r, "", !strict, &mut problems);
+                            decode_as(info, r, &mut applied, !strict, &mut problems);
                             if let Some(resp) = decode_failure(info, &problems, strict) {
                                 return resp;
                             }
@@ -2338,7 +2516,10 @@ impl FakeKube {
                         let mut updated = old.clone();
                         updated["status"] = o["status"].clone();
                         o = updated;
-                    } else if let Some(s) = old.get("status") {
+                    } else if let Some(s) = old
+                        .get("status")
+                        .filter(|_| info.crd.is_none_or(|c| c.status))
+                    {
                         o["status"] = s.clone();
                     }
                 }
@@ -2351,7 +2532,7 @@ impl FakeKube {
         if let Some(r) = root {
             let strict = q.get("fieldValidation").map(String::as_str) == Some("Strict");
             let mut problems = Vec::new();
-            validate::decode(&mut object, r, "", !strict, &mut problems);
+            decode_as(info, r, &mut object, !strict, &mut problems);
             if let Some(resp) = decode_failure(info, &problems, strict) {
                 return resp;
             }
@@ -2401,7 +2582,14 @@ impl FakeKube {
         }
         object["apiVersion"] = json!(info.api_version());
         object["kind"] = json!(info.kind);
-        let causes = validate::validate(info.kind, &object, existing.as_ref());
+        let mut causes = validate::validate(info.kind, &object, existing.as_ref());
+        if let Some(c) = info.crd {
+            crd::validate(&object, &c.schema, "", existing.as_ref(), &mut causes);
+        }
+        if info.kind == "CustomResourceDefinition" && info.crd.is_none() {
+            causes.extend(crd::check(&object, existing.as_ref()));
+            object["status"] = crd::status_of(&object, existing.as_ref(), &now);
+        }
         if !causes.is_empty() {
             return self.invalid(info, &name, causes);
         }
@@ -2708,7 +2896,7 @@ impl FakeKube {
                 ),
             );
         }
-        let key = Self::key(&target.info.prefix(), target.info.plural, ns, name);
+        let key = Self::key(&target.info.storage_prefix(), target.info.plural, ns, name);
         let mut store = self.inner.store.lock().expect("store");
         let Some(current) = store.objects.get(&key).cloned() else {
             drop(store);
@@ -2864,7 +3052,7 @@ impl FakeKube {
         let labels = q.get("labelSelector").map(String::as_str);
         let fields = stored_field_selector(target.info, q.get("fieldSelector"));
         let fields = fields.as_deref();
-        let storage = events::storage_prefix(&target.info.prefix(), target.info.plural).to_string();
+        let storage = target.info.storage_prefix();
         let items: Vec<(Value, Value)> = store
             .objects
             .iter()
@@ -2922,10 +3110,7 @@ impl FakeKube {
         let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
         let labels = q.get("labelSelector").cloned();
         let fields = stored_field_selector(target.info, q.get("fieldSelector"));
-        let kind = (
-            events::storage_prefix(&target.info.prefix(), target.info.plural).to_string(),
-            target.info.plural.to_string(),
-        );
+        let kind = (target.info.storage_prefix(), target.info.plural.to_string());
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<Value>(self.inner.options.watch_buffer.max(1));
         {
@@ -3051,6 +3236,15 @@ impl FakeKube {
 fn served_as(info: &KindInfo, object: Value) -> Value {
     if events::is_events_view(&info.prefix(), info.plural) {
         events::to_events(&object)
+    } else if let Some(c) = info.crd {
+        // Conversion `None`: only the apiVersion changes; defaults are
+        // applied on read as well.
+        let mut object = object;
+        if object.is_object() {
+            object["apiVersion"] = json!(info.api_version());
+            crd::default(&mut object, &c.schema);
+        }
+        object
     } else {
         object
     }
@@ -3068,6 +3262,34 @@ fn stored_field_selector(info: &KindInfo, selector: Option<&String>) -> Option<S
 
 fn store_view(store: &Store) -> View<'_> {
     View { store }
+}
+
+/// Decoding a write: against the built-in schema, or for a custom
+/// resource its metadata as `ObjectMeta` and the rest pruned by its CRD's
+/// schema ([`crd::prune`]).
+fn decode_as(
+    info: &KindInfo,
+    root: schema::Node<'_>,
+    value: &mut Value,
+    drop_unknown: bool,
+    problems: &mut Vec<validate::DecodeProblem>,
+) {
+    let Some(c) = info.crd else {
+        validate::decode(value, root, "", drop_unknown, problems);
+        return;
+    };
+    if let Some(meta) = root.field("metadata")
+        && let Some(m) = value.get_mut("metadata")
+    {
+        validate::decode(m, meta, "metadata", drop_unknown, problems);
+    }
+    let mut unknown = Vec::new();
+    crd::prune(value, &c.schema, "", true, &mut unknown);
+    problems.extend(
+        unknown
+            .into_iter()
+            .map(validate::DecodeProblem::UnknownField),
+    );
 }
 
 fn decode_failure(

@@ -40,7 +40,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha512};
 
 use super::schema::Schema;
-use super::{FakeBody, KINDS, KindInfo, STATUS_SUBRESOURCES, status_error};
+use super::{FakeBody, KINDS, KindInfo, status_error};
 
 /// The documents, built once per process from the schema and [`KINDS`].
 struct Documents {
@@ -97,6 +97,7 @@ pub(super) fn serve(
     path: &str,
     query: &BTreeMap<String, String>,
     headers: &HeaderMap,
+    crds: &[&'static KindInfo],
 ) -> Option<Response<FakeBody>> {
     let rest = path.strip_prefix("/openapi/v3")?;
     let accept = headers
@@ -118,15 +119,40 @@ pub(super) fn serve(
     }
     let docs = documents();
     let gv = rest.trim_matches('/');
-    if gv.is_empty() {
-        return Some(document(
-            &docs.root,
-            &docs.root_etag,
-            headers,
-            "no-cache, private",
-        ));
+    // The CustomResourceDefinitions' group-versions, built per request.
+    let mut custom: BTreeMap<String, (String, Bytes)> = BTreeMap::new();
+    let mut gvs: Vec<(&str, &str)> = crds.iter().map(|k| (k.group, k.version)).collect();
+    gvs.sort();
+    gvs.dedup();
+    for (group, version) in gvs {
+        let kinds: Vec<&KindInfo> = crds
+            .iter()
+            .copied()
+            .filter(|k| k.group == group && k.version == version)
+            .collect();
+        let doc = serde_json::to_vec(&custom_document(group, version, &kinds))
+            .expect("documents serialise");
+        custom.insert(kinds[0].prefix(), (hash_of(&doc), Bytes::from(doc)));
     }
-    let (hash, doc) = docs.by_gv.get(gv)?;
+    if gv.is_empty() {
+        if custom.is_empty() {
+            return Some(document(
+                &docs.root,
+                &docs.root_etag,
+                headers,
+                "no-cache, private",
+            ));
+        }
+        let mut root: Value = serde_json::from_slice(&docs.root).expect("root is JSON");
+        for (gv_path, (hash, _)) in &custom {
+            root["paths"][gv_path] =
+                json!({"serverRelativeURL": format!("/openapi/v3/{gv_path}?hash={hash}")});
+        }
+        let root = Bytes::from(serde_json::to_vec(&root).expect("root serialises"));
+        let etag = format!("\"{}\"", hash_of(&root));
+        return Some(document(&root, &etag, headers, "no-cache, private"));
+    }
+    let (hash, doc) = docs.by_gv.get(gv).or_else(|| custom.get(gv))?;
     let etag = format!("\"{hash}\"");
     match query.get("hash") {
         Some(asked) if asked != hash => Some(
@@ -211,6 +237,67 @@ fn group_version_document(group: &str, version: &str, kinds: &[&KindInfo]) -> Va
     json!({
         "openapi": "3.0.0",
         "info": {"title": title, "version": format!("{version} (sluice fake, 1.35 schema)")},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"BearerToken": {"type": "apiKey", "description": "Bearer Token authentication", "name": "authorization", "in": "header"}},
+        },
+    })
+}
+
+/// A CustomResourceDefinition group-version's document: each kind's schema
+/// from its CRD (`x-kubernetes-group-version-kind` on it), its list, and
+/// the built-in definitions they refer to.
+fn custom_document(group: &str, version: &str, kinds: &[&KindInfo]) -> Value {
+    let schema = Schema::get();
+    let mut wanted: Vec<String> = vec![
+        format!("{META}.Status"),
+        format!("{META}.DeleteOptions"),
+        format!("{META}.Patch"),
+        format!("{META}.WatchEvent"),
+        format!("{META}.ObjectMeta"),
+        format!("{META}.ListMeta"),
+    ];
+    let mut paths = Map::new();
+    let mut components = Map::new();
+    for info in kinds {
+        let Some(c) = info.crd else { continue };
+        let def = super::crd::definition_name(info);
+        components.insert(def.clone(), super::crd::definition(info, c));
+        components.insert(
+            format!("{def}List"),
+            json!({
+                "type": "object",
+                "description": format!("{}List is a list of {}", info.kind, info.kind),
+                "required": ["items"],
+                "properties": {
+                    "apiVersion": {"type": "string"},
+                    "kind": {"type": "string"},
+                    "items": {"type": "array", "items": schema_ref(&def)},
+                    "metadata": {"allOf": [schema_ref(&format!("{META}.ListMeta"))]},
+                },
+                "x-kubernetes-group-version-kind": [{"group": info.group, "version": info.version, "kind": format!("{}List", info.kind)}],
+            }),
+        );
+        if c.scale.is_some() {
+            wanted.push("io.k8s.api.autoscaling.v1.Scale".into());
+        }
+        resource_paths(info, &def, &mut paths);
+    }
+    let mut seen = BTreeSet::new();
+    while let Some(name) = wanted.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let Some(def) = schema.definitions().get(&name) else {
+            continue;
+        };
+        collect_refs(def, &mut wanted);
+        components.insert(name.clone(), convert(&name, def));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": format!("Kubernetes CRD Swagger {group}"), "version": version},
         "paths": paths,
         "components": {
             "schemas": components,
@@ -504,12 +591,19 @@ fn resource_paths(info: &KindInfo, def: &str, paths: &mut Map<String, Value>) {
     }
     let write_body =
         |def: &str| json!({"content": {"*/*": {"schema": schema_ref(def)}}, "required": true});
-    let patch_body = json!({"content": {
+    let mut patch_body = json!({"content": {
         "application/apply-patch+yaml": {"schema": schema_ref(&format!("{META}.Patch"))},
         "application/json-patch+json": {"schema": schema_ref(&format!("{META}.Patch"))},
         "application/merge-patch+json": {"schema": schema_ref(&format!("{META}.Patch"))},
         "application/strategic-merge-patch+json": {"schema": schema_ref(&format!("{META}.Patch"))},
     }, "required": true});
+    if info.crd.is_some() {
+        // Custom resources take no strategic merge patch; kubectl reads
+        // this to send a JSON merge patch instead.
+        if let Some(c) = patch_body["content"].as_object_mut() {
+            c.remove("application/strategic-merge-patch+json");
+        }
+    }
     let mut coll = Map::new();
     coll.insert(
         "parameters".into(),
@@ -614,13 +708,13 @@ fn resource_paths(info: &KindInfo, def: &str, paths: &mut Map<String, Value>) {
     };
     let item = format!("{collection}/{{name}}");
     paths.insert(item.clone(), item_ops("", def, &gvk, true));
-    if STATUS_SUBRESOURCES.contains(&info.plural) {
+    if info.has_status() {
         paths.insert(
             format!("{item}/status"),
             item_ops("Status", def, &gvk, false),
         );
     }
-    if info.plural == "deployments" {
+    if info.plural == "deployments" || info.crd.is_some_and(|c| c.scale.is_some()) {
         let scale = json!({"group": "autoscaling", "version": "v1", "kind": "Scale"});
         paths.insert(
             format!("{item}/scale"),

@@ -26,6 +26,9 @@ pub struct Schema {
     defs: BTreeMap<String, Value>,
     /// (group, version, kind) -> definition name.
     by_gvk: BTreeMap<(String, String, String), String>,
+    /// Where `$ref`s not defined here are resolved: a CustomResourceDefinition's
+    /// schema refers to the built-in `ObjectMeta`.
+    fallback: Option<&'static Schema>,
 }
 
 /// A node of the schema: a resolved definition or inline schema.
@@ -103,7 +106,11 @@ impl Schema {
                     by_gvk.entry(key).or_insert_with(|| name.clone());
                 }
             }
-            Schema { defs, by_gvk }
+            Schema {
+                defs,
+                by_gvk,
+                fallback: None,
+            }
         })
     }
 
@@ -119,6 +126,24 @@ impl Schema {
         Some(Node {
             schema: self,
             value: self.defs.get(name)?,
+        })
+    }
+
+    /// A schema of one definition, `root` (a CustomResourceDefinition's
+    /// `openAPIV3Schema`), whose `$ref`s resolve in the built-in schema.
+    pub fn of_root(root: Value) -> Schema {
+        Schema {
+            defs: BTreeMap::from([("root".to_string(), root)]),
+            by_gvk: BTreeMap::new(),
+            fallback: Some(Schema::get()),
+        }
+    }
+
+    /// The root node of a schema made by [`Schema::of_root`].
+    pub fn root(&self) -> Option<Node<'_>> {
+        Some(Node {
+            schema: self,
+            value: self.defs.get("root")?,
         })
     }
 
@@ -143,7 +168,11 @@ impl Schema {
             match value.get("$ref").and_then(Value::as_str) {
                 Some(r) => {
                     let name = r.rsplit('/').next().unwrap_or(r);
-                    match self.defs.get(name) {
+                    match self
+                        .defs
+                        .get(name)
+                        .or_else(|| self.fallback.and_then(|f| f.defs.get(name)))
+                    {
                         Some(v) => value = v,
                         None => return value,
                     }

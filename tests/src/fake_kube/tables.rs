@@ -196,6 +196,9 @@ fn age_column() -> Value {
 
 /// The column definitions of a kind's printer.
 pub fn columns(info: &KindInfo) -> Vec<Value> {
+    if let Some(c) = info.crd {
+        return super::crd::columns(c);
+    }
     let s = |name: &str, priority: i32, doc: &str| column(name, "string", "", priority, doc);
     let i = |name: &str, doc: &str| column(name, "integer", "", 0, doc);
     match (info.group, info.plural) {
@@ -569,6 +572,9 @@ fn int(v: &Value) -> i64 {
 
 /// The cells of one object's row (every column, the wide ones included).
 pub fn cells(info: &KindInfo, o: &Value) -> Vec<Value> {
+    if let Some(c) = info.crd {
+        return super::crd::cells(c, o);
+    }
     let name = json!(o["metadata"]["name"]);
     let spec = &o["spec"];
     let status = &o["status"];
