@@ -421,7 +421,7 @@ async fn handle(
     let mut interim = |status: StatusCode, fields: &dyn Fields| {
         let mut head = Response::new(());
         *head.status_mut() = status;
-        copy_passed_fields(fields, true, head.headers_mut());
+        copy_passed_fields(fields, true, None, head.headers_mut());
         let _ = respond
             .lock()
             .expect("the stream's lock")
@@ -451,16 +451,31 @@ async fn handle(
 }
 
 /// The fields of a response head as a client gets them (see
-/// `crate::answer`): less the hop-by-hop and framing ones.
-fn copy_passed_fields(fields: &dyn Fields, has_connection: bool, into: &mut HeaderMap) {
+/// `crate::answer`): less the hop-by-hop and framing ones. `raw`: the
+/// bytes the fields lie in (an HTTP/1.1 backend's head), copied once so
+/// that every value is a slice of that copy rather than an allocation of
+/// its own.
+fn copy_passed_fields(
+    fields: &dyn Fields,
+    has_connection: bool,
+    raw: Option<&[u8]>,
+    into: &mut HeaderMap,
+) {
+    let shared = raw.map(Bytes::copy_from_slice);
+    let within = |value: &[u8]| {
+        let raw = raw?;
+        let start = (value.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+        (start + value.len() <= raw.len()).then_some(start..start + value.len())
+    };
     crate::answer::each_passed_field(fields, has_connection, &mut |kind, name, value| {
         if kind == ResponseField::ContentLength {
             return;
         }
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(name),
-            HeaderValue::from_bytes(value),
-        ) {
+        let value = match (&shared, within(value)) {
+            (Some(shared), Some(range)) => HeaderValue::from_maybe_shared(shared.slice(range)),
+            _ => HeaderValue::from_bytes(value),
+        };
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), value) {
             into.append(name, value);
         }
     });
@@ -512,7 +527,7 @@ fn passed_response(passed: Passed, head_request: bool) -> Response<AnswerBody> {
     let mut resp = Response::new(());
     *resp.status_mut() = head.status();
     let headers = resp.headers_mut();
-    copy_passed_fields(&head, head.has_connection(), headers);
+    copy_passed_fields(&head, head.has_connection(), head.raw(), headers);
     if head_request && let Some(n) = head.declared_length() {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }
