@@ -807,3 +807,81 @@ async fn letting_go_mid_release_puts_the_hpa_bounds_back_before_scaling() {
     assert_eq!(w.replicas("app"), 10, "scaled back to the primary's count");
     assert_eq!(bounds(), (4, 10), "the user's bounds were back first");
 }
+
+/// The pods of Deployment `app` (not the proxy's) running `image`.
+fn pods_of(w: &World, image: &str) -> Vec<Value> {
+    w.fake
+        .names("api/v1", "pods", NS)
+        .into_iter()
+        .filter_map(|n| w.fake.get("api/v1", "pods", NS, &n))
+        .filter(|p| {
+            p["spec"]["containers"][0]["image"] == image
+                && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .collect()
+}
+
+/// The `pod-template-hash` of the ReplicaSet of `app` running `image`.
+fn replica_set_hash(w: &World, image: &str) -> Value {
+    w.fake
+        .names(APPS, "replicasets", NS)
+        .into_iter()
+        .filter_map(|n| w.fake.get(APPS, "replicasets", NS, &n))
+        .find(|rs| {
+            rs["metadata"]["ownerReferences"][0]["name"] == "app"
+                && rs["spec"]["template"]["spec"]["containers"][0]["image"] == image
+        })
+        .unwrap_or_else(|| panic!("a ReplicaSet of app runs {image}"))["metadata"]["labels"]
+        ["pod-template-hash"]
+        .clone()
+}
+
+/// A rolled-back canary kept up by `abort-scale-down-delay` still has pods
+/// (here the newest pod of all: one replaced after a `kubectl delete pod`)
+/// when the next revision starts: the canary Service selects the
+/// ReplicaSet running the Deployment's current template, never the old
+/// revision's pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_service_selects_the_current_replica_set_not_the_newest_pod() {
+    let w = World::new(
+        3,
+        json!({"sluice.dev/abort-scale-down-delay": "10m", "sluice.dev/match": "[{header: x-canary, value: \"1\"}]"}),
+    )
+    .await
+    .bootstrapped()
+    .await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail, Outcome::Fail]);
+    w.until("Failed", 20).await;
+    assert_eq!(w.replicas("app"), 3, "the failed canary is kept up");
+    let hash_v2 = replica_set_hash(&w, "app:2");
+
+    w.set_image("app:3");
+    // Whole seconds later (creation times have second precision), one of
+    // app:2's pods is deleted and replaced: the newest pod is app:2's.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let old = pods_of(&w, "app:2");
+    assert!(!old.is_empty(), "app:2 still runs while app:3 rolls out");
+    let name = old[0]["metadata"]["name"].as_str().unwrap().to_string();
+    w.kubectl(&["delete", "pod", &name, "--wait=false"]);
+    let hash_v3 = replica_set_hash(&w, "app:3");
+    assert_ne!(hash_v2, hash_v3);
+    w.tick().await;
+    assert_eq!(w.status().phase, "Initializing", "{:?}", w.status());
+    let selected = |w: &World| {
+        w.fake.get("api/v1", "services", NS, "app-canary").unwrap()["spec"]["selector"]
+            ["pod-template-hash"]
+            .clone()
+    };
+    assert_eq!(
+        selected(&w),
+        hash_v3,
+        "A/B traffic goes to app:3's pods from Initialize on (app:2's is {hash_v2})"
+    );
+    w.until("Progressing", 20).await;
+    assert_eq!(selected(&w), hash_v3);
+}

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
@@ -108,6 +109,16 @@ pub(super) const TEMPLATE_HASH: &str = "pod-template-hash";
 /// the Service's original selector plus their `pod-template-hash` (the
 /// proxy's pods carry the original labels too, and must never be canary
 /// endpoints).
+///
+/// The hash is the one of the ReplicaSet the Deployment owns whose pod
+/// template is the Deployment's current template, as Kubernetes' own
+/// Deployment controller finds its "new" ReplicaSet: the newest pod could
+/// belong to an older revision still up (a rolled-back canary kept by
+/// `sluice.dev/abort-scale-down-delay`, or pods of a rollout in progress).
+/// When the Deployment owns ReplicaSets but none has its template yet, the
+/// Service is left alone and the action retried. Only when no ReplicaSet
+/// of the Deployment is visible at all does it fall back to the newest
+/// pod's hash.
 pub(super) async fn point_canary(
     ctx: &Context,
     ns: &str,
@@ -124,22 +135,9 @@ pub(super) async fn point_canary(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let proxy = proxy_pod_labels(app);
-    let newest = pods
-        .list(&ListParams::default().labels(&deployment_selector))
-        .await?
-        .items
-        .into_iter()
-        .filter(|p| {
-            let labels = p.labels();
-            !proxy.iter().all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
-    let Some(hash) = newest.and_then(|p| p.labels().get(TEMPLATE_HASH).cloned()) else {
-        return Err(Error::Other(format!(
-            "no pod of {app} carries a {TEMPLATE_HASH} label yet; the canary Service is pointed once there is"
-        )));
+    let hash = match current_template_hash(ctx, ns, app, dv, &deployment_selector).await? {
+        Some(hash) => hash,
+        None => newest_pod_hash(&pods, app, &deployment_selector).await?,
     };
     selector.insert(TEMPLATE_HASH.into(), hash);
     let original = original_service(&service);
@@ -149,4 +147,89 @@ pub(super) async fn point_canary(
         &service_copy(&original, &canary_service_name(app), &selector, owner, app),
     )
     .await
+}
+
+/// The `pod-template-hash` of the ReplicaSet of Deployment `dv` that runs
+/// its current pod template; None when the Deployment owns no ReplicaSet
+/// visible here, an error when it owns some but none runs that template
+/// yet.
+async fn current_template_hash(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    deployment_selector: &str,
+) -> Result<Option<String>, Error> {
+    let uid = dv["metadata"]["uid"].as_str().unwrap_or_default();
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
+    let owned: Vec<Value> = replica_sets
+        .list(&ListParams::default().labels(deployment_selector))
+        .await?
+        .items
+        .iter()
+        .map(to_value)
+        .collect::<Result<_, _>>()?;
+    let owned: Vec<&Value> = owned
+        .iter()
+        .filter(|rs| {
+            rs["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| {
+                    o["kind"] == "Deployment"
+                        && o["controller"] == true
+                        && (o["uid"].as_str() == Some(uid) || uid.is_empty() && o["name"] == app)
+                })
+        })
+        .collect();
+    if owned.is_empty() {
+        return Ok(None);
+    }
+    let want = canonical_json(&strip_defaults(&dv["spec"]["template"]));
+    let current = owned.iter().find(|rs| {
+        let mut template = rs["spec"]["template"].clone();
+        if let Some(labels) = template["metadata"]["labels"].as_object_mut() {
+            labels.remove(TEMPLATE_HASH);
+        }
+        canonical_json(&strip_defaults(&template)) == want
+    });
+    match current.and_then(|rs| {
+        rs["metadata"]["labels"][TEMPLATE_HASH]
+            .as_str()
+            .or_else(|| rs["spec"]["template"]["metadata"]["labels"][TEMPLATE_HASH].as_str())
+    }) {
+        Some(hash) => Ok(Some(hash.to_string())),
+        None => Err(Error::Other(format!(
+            "no ReplicaSet of {app} runs its current pod template (with a {TEMPLATE_HASH} label) yet; the canary Service is pointed once one does"
+        ))),
+    }
+}
+
+/// The `pod-template-hash` of the newest of the user's pods (not the
+/// proxy's), for a cluster that shows no ReplicaSets.
+async fn newest_pod_hash(
+    pods: &Api<Pod>,
+    app: &str,
+    deployment_selector: &str,
+) -> Result<String, Error> {
+    let proxy = proxy_pod_labels(app);
+    let newest = pods
+        .list(&ListParams::default().labels(deployment_selector))
+        .await?
+        .items
+        .into_iter()
+        .filter(|p| {
+            let labels = p.labels();
+            !proxy.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0));
+    newest
+        .and_then(|p| p.labels().get(TEMPLATE_HASH).cloned())
+        .ok_or_else(|| {
+            Error::Other(format!(
+                "no pod of {app} carries a {TEMPLATE_HASH} label yet; the canary Service is pointed once there is"
+            ))
+        })
 }
