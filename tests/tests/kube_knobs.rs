@@ -885,3 +885,44 @@ async fn the_canary_service_selects_the_current_replica_set_not_the_newest_pod()
     w.until("Progressing", 20).await;
     assert_eq!(selected(&w), hash_v3);
 }
+
+/// A revert to a revision promoted before, in the middle of a release with
+/// canary weight and A/B rules: the route is at rest (weight 0, no rule)
+/// from the tick that decides it, not only once the primary has rolled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_mid_release_puts_the_route_at_rest_at_once() {
+    let w = World::new(
+        3,
+        json!({"sluice.dev/rollback-window": "2", "sluice.dev/match": "[{header: x-canary, value: \"1\"}]"}),
+    )
+    .await
+    .bootstrapped()
+    .await;
+    w.set_image("app:2");
+    w.until("Succeeded", 40).await;
+    w.set_image("app:3");
+    w.until("Progressing", 10).await;
+    assert_eq!(w.weight(), 20.0);
+    assert_eq!(w.config().routes[0].canary_match.len(), 1);
+
+    // Back to app:1 (promoted before app:2, the primary's) mid-release.
+    w.set_image("app:1");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Promoting", "{:?}", w.status());
+    assert!(
+        w.reasons().iter().any(|(r, _)| r == "RollbackWindow"),
+        "{:?}",
+        w.reasons()
+    );
+    assert_eq!(w.weight(), 0.0, "no canary weight while the primary rolls");
+    assert!(
+        w.config().routes[0].canary_match.is_empty(),
+        "no A/B rule while the primary rolls"
+    );
+    w.until("Succeeded", 20).await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:1"
+    );
+    assert_eq!(w.replicas("app"), 0);
+}

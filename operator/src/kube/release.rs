@@ -516,6 +516,26 @@ pub(super) async fn release_tick(
     // 3. Carry it out.
     let mut failed = None;
     for action in &t.actions {
+        if reverted && *action == MachineAction::Promote {
+            // A revert mid-release: the release it replaces had canary
+            // weight and A/B rules; nothing goes to the canary (which now
+            // runs the reverted revision) while the primary is rolled back.
+            let at_rest_first = set_weight(
+                ctx,
+                ns,
+                app,
+                ports,
+                0,
+                &owner,
+                &at_rest(&plan.traffic),
+                &settings.route.at_rest(),
+            )
+            .await;
+            if let Err(e) = at_rest_first {
+                failed = Some((action.clone(), e));
+                break;
+            }
+        }
         if action.is_routing() {
             let applied = apply_routing(
                 ctx, ns, app, dv, primary, ports, &owner, status, action, settings,
