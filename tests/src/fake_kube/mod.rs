@@ -2527,6 +2527,14 @@ impl FakeKube {
             }
             _ => unreachable!("verbs are matched above"),
         };
+        // A custom resource with a status subresource starts without one
+        // (the create's status is dropped, as the real server's strategy).
+        if existing.is_none()
+            && info.crd.is_some_and(|c| c.status)
+            && let Some(o) = object.as_object_mut()
+        {
+            o.remove("status");
+        }
         // Decoding against the schema: types, unknown fields.
         let mut warnings = Vec::new();
         if let Some(r) = root {
