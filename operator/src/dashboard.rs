@@ -168,8 +168,8 @@ impl Source {
 
 struct Shared {
     source: Source,
-    /// session id -> its action token.
-    sessions: Mutex<HashMap<String, String>>,
+    /// session id -> its action token and when it was made.
+    sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
     /// The `Host` values this dashboard answers to.
     hosts: Vec<String>,
 }
@@ -195,16 +195,29 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// Sessions kept at most; past it the oldest-made is forgotten (its
+/// confirmation page must be opened again).
+const MAX_SESSIONS: usize = 1000;
+
 /// The session of this request (made if there is none): (id, token, new).
+/// Only the confirmation page needs one.
 fn session(app: &App, headers: &HeaderMap) -> (String, String, bool) {
     let mut sessions = app.sessions.lock().expect("sessions lock");
     if let Some(id) = cookie(headers, SESSION_COOKIE)
-        && let Some(token) = sessions.get(&id)
+        && let Some((token, _)) = sessions.get(&id)
     {
         return (id, token.clone(), false);
     }
+    if sessions.len() >= MAX_SESSIONS
+        && let Some(oldest) = sessions
+            .iter()
+            .min_by_key(|(_, (_, made))| *made)
+            .map(|(id, _)| id.clone())
+    {
+        sessions.remove(&oldest);
+    }
     let (id, token) = (random_hex(), random_hex());
-    sessions.insert(id.clone(), token.clone());
+    sessions.insert(id.clone(), (token.clone(), std::time::Instant::now()));
     (id, token, true)
 }
 
@@ -445,14 +458,16 @@ struct ActionForm {
     action: String,
 }
 
-/// Why a state-changing request is not from this dashboard's own page.
-fn cross_site(app: &App, headers: &HeaderMap) -> Option<String> {
+/// Why a state-changing request is not from this dashboard's own page:
+/// its `Origin` must be this dashboard as the browser addressed it (the
+/// `Host`, already checked by [`host_refused`]); without an `Origin`,
+/// `Sec-Fetch-Site` (when sent) must say same-origin.
+fn cross_site(headers: &HeaderMap) -> Option<String> {
     let header_str = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    let host = header_str(header::HOST).unwrap_or_default();
     match header_str(header::ORIGIN) {
-        Some(origin) => {
-            let ok = app.hosts.iter().any(|h| origin == format!("http://{h}"));
-            (!ok).then(|| format!("the request came from {origin}, not from this dashboard"))
-        }
+        Some(origin) => (origin != format!("http://{host}"))
+            .then(|| format!("the request came from {origin}, not from this dashboard")),
         None => match header_str(axum::http::HeaderName::from_static("sec-fetch-site")) {
             Some("same-origin") | None => None,
             Some(other) => Some(format!("the request is {other}, not from this dashboard")),
@@ -460,13 +475,22 @@ fn cross_site(app: &App, headers: &HeaderMap) -> Option<String> {
     }
 }
 
+/// A request addressed to another name than the dashboard's (DNS
+/// rebinding: a hostile name resolving to 127.0.0.1). A dashboard bound
+/// to every address (`0.0.0.0`) cannot know its names and accepts any.
 fn host_refused(app: &App, headers: &HeaderMap) -> Option<Response> {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok())?;
+    if app.hosts.is_empty() {
+        return None;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     (!app.hosts.iter().any(|h| h == host)).then(|| {
         error_page(
             StatusCode::FORBIDDEN,
             "Refused",
-            &format!("this dashboard does not answer to host {host}"),
+            &format!("this dashboard does not answer to host `{host}`"),
         )
     })
 }
@@ -480,7 +504,7 @@ async fn act(
     if let Some(r) = host_refused(&app, &headers) {
         return r;
     }
-    if let Some(why) = cross_site(&app, &headers) {
+    if let Some(why) = cross_site(&headers) {
         return error_page(
             StatusCode::FORBIDDEN,
             "Refused",
@@ -492,7 +516,7 @@ async fn act(
             .lock()
             .expect("sessions lock")
             .get(&sid)
-            .cloned()
+            .map(|(token, _)| token.clone())
     });
     match (expected, form.token) {
         (Some(want), Some(got)) if want == got => {}
@@ -546,6 +570,9 @@ pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::
     let mut hosts = vec![addr.to_string()];
     if addr.ip().is_loopback() {
         hosts.push(format!("localhost:{}", addr.port()));
+    }
+    if addr.ip().is_unspecified() {
+        hosts.clear();
     }
     let app: App = Arc::new(Shared {
         source,

@@ -532,16 +532,29 @@ pub fn explain(d: &Decision) -> String {
             rates(&mut s, c);
         }
         Some(c) => {
-            s.push_str(&format!(
-                ": check {} decided (the last shown no worse)",
-                c.check
-            ));
+            s.push_str(&format!(": check {} decided", c.check));
             if let (Some(v), Some(th)) = (c.for_canary, c.for_threshold) {
-                s.push_str(&format!(
-                    ", its evidence for the canary {} against its threshold {}",
-                    fmt_num(v),
-                    fmt_num(th)
-                ));
+                if v >= th {
+                    s.push_str(&format!(
+                        ", its evidence for the canary {} past its threshold {} (shown no worse)",
+                        fmt_num(v),
+                        fmt_num(th)
+                    ));
+                } else {
+                    s.push_str(&format!(
+                        ", its evidence for the canary {} under its threshold {} (passing, not yet shown no worse",
+                        fmt_num(v),
+                        fmt_num(th)
+                    ));
+                    if let (Some(a), Some(at)) = (c.against, c.against_threshold) {
+                        s.push_str(&format!(
+                            "; evidence against {} of the {} that rolls back",
+                            fmt_num(a),
+                            fmt_num(at)
+                        ));
+                    }
+                    s.push(')');
+                }
             } else if let Some(v) = c.value {
                 s.push_str(&format!(
                     ", its value {} within {}",
@@ -791,6 +804,29 @@ mod tests {
         );
         assert!(
             text.contains("canary 2.50% of requests, primary 0.10%"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_advance_says_whether_the_deciding_check_was_shown_no_worse() {
+        let mut d = record().decisions[0].clone();
+        d.kind = "advance".into();
+        d.to = Phase::Progressing;
+        d.evidence[0].outcome = Outcome::Pass;
+        d.evidence[0].for_canary = Some(0.98);
+        let text = explain(&d);
+        assert!(text.starts_with("Advanced at 20s"), "{text}");
+        assert!(
+            text.contains("check errors decided, its evidence for the canary 0.9800 under its threshold 3.00 (passing, not yet shown no worse; evidence against 4.00 of the 4.09 that rolls back)"),
+            "{text}"
+        );
+        d.evidence[0].for_canary = Some(25.0);
+        let text = explain(&d);
+        assert!(
+            text.contains(
+                "its evidence for the canary 25.00 past its threshold 3.00 (shown no worse)"
+            ),
             "{text}"
         );
     }
