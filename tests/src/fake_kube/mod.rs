@@ -52,6 +52,15 @@
 //!   `kubectl get` (the real printers' columns, cells and ages, `-o wide`,
 //!   `-w`, `includeObject`), the default Name/Created At table for kinds
 //!   without a printer, plain lists for every other `Accept`.
+//! - **CustomResourceDefinitions** ([`crd`]): a CRD written through
+//!   `apiextensions.k8s.io/v1` is checked (structural schema, names,
+//!   one storage version), gets `NamesAccepted`/`Established`, and each
+//!   served version becomes a resource like the built-in ones ([`KindInfo`]
+//!   with `crd` set, kept in the fake's CRD registry): discovery, RBAC,
+//!   watches, tables, OpenAPI, `status`/`scale`. Custom resources are pruned,
+//!   defaulted and validated by the CRD's schema; they are stored in the
+//!   storage version, so the direct-access helpers ([`FakeKube::get`],
+//!   [`FakeKube::names`]) take the storage version's prefix.
 //! - **Watches** start from a resourceVersion (410 Gone once it has been
 //!   compacted away), send bookmarks when asked, and a watcher that lags
 //!   behind its bounded buffer has its watch ended, never an event dropped.
