@@ -1782,10 +1782,14 @@ async fn the_shipped_rbac_is_exactly_what_the_operator_uses() {
     // Demanded by the API server, not called: granting the proxy's Role
     // (get/list/watch on one ConfigMap) needs them held (escalation
     // prevention); blockOwnerDeletion needs update on the owner's finalizers.
-    let demanded: [(&str, &str, &str); 3] = [
+    // Listing pods is what the proxy's config probe and the `proxy` metrics
+    // provider do, both replaced in this world by the stand-ins `World`
+    // installs (the proxy pods have no process behind them here).
+    let demanded: [(&str, &str, &str); 4] = [
         ("", "configmaps", "list"),
         ("", "configmaps", "watch"),
         ("apps", "deployments/finalizers", "update"),
+        ("", "pods", "list"),
     ];
     let unused: Vec<_> = granted
         .iter()
