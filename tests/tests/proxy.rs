@@ -1314,35 +1314,8 @@ async fn an_http2_backend_answering_before_the_request_body_ends_is_relayed_whol
     let backend = h2_early_backend(seen.clone()).await;
     let routes = format!("  - {{ name: web, protocol: http2, stable: 'http://{backend}' }}\n");
     let proxy = start_proxy(&proxy_yaml(&routes)).await;
-    const SENT: usize = 1024 * 1024;
     for (path, status) in [("/413", "413"), ("/reset", "200")] {
-        let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut read, mut write) = stream.into_split();
-        let head = format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {SENT}\r\n\r\n");
-        let writer = tokio::spawn(async move {
-            write.write_all(head.as_bytes()).await.unwrap();
-            let chunk = vec![b'x'; 16 * 1024];
-            for _ in 0..SENT / chunk.len() {
-                if write.write_all(&chunk).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let read_all = async {
-            loop {
-                match read.read(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                    Err(e) => panic!("{path}: reading failed after {} bytes: {e}", got.len()),
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), read_all)
-            .await
-            .unwrap_or_else(|_| panic!("{path}: the connection was not closed after the answer"));
-        writer.abort();
+        let got = post_while_reading(proxy.addr, path).await;
         let end = got
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -1377,5 +1350,92 @@ async fn an_http2_backend_answering_before_the_request_body_ends_is_relayed_whol
     assert!(
         seen.contains(&"reset by the backend".to_string()),
         "{seen:?}"
+    );
+}
+
+/// Sends `POST {path}` with a 1 MiB body to `proxy` from a raw HTTP/1.1
+/// client that keeps writing its body while it reads the answer; the
+/// whole connection's bytes once the proxy closed it.
+async fn post_while_reading(proxy: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    const SENT: usize = 1024 * 1024;
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {SENT}\r\n\r\n");
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..SENT / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    // A client slow to read: the answer's end is still unread when the
+    // proxy is done with the connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read_all = async {
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("{path}: reading failed after {} bytes: {e}", got.len()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_all)
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the connection was not closed after the answer"));
+    writer.abort();
+    got
+}
+
+/// The same with an HTTP/1.1 backend that answers 413 with a large body
+/// without reading the request's, and closes: the client, still sending
+/// its body, gets the whole answer before its connection closes (the
+/// proxy reads and drops the rest of the body for a while rather than
+/// closing a socket with unread bytes, which resets it).
+#[tokio::test]
+async fn an_http11_backend_answering_413_early_is_relayed_whole_to_a_client_still_sending() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_head(&mut conn, &mut buf).await.is_none() {
+                    return;
+                }
+                let head = format!(
+                    "HTTP/1.1 413 Payload Too Large\r\nContent-Length: {EARLY_ANSWER}\r\nConnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(&early_answer()).await;
+                // Lingers itself, so the proxy gets all of it.
+                let _ = conn.shutdown().await;
+                let mut sink = vec![0u8; 64 * 1024];
+                while let Ok(Ok(1..)) =
+                    tokio::time::timeout(Duration::from_secs(2), conn.read(&mut sink)).await
+                {
+                }
+            });
+        }
+    });
+    let routes = format!("  - {{ name: web, stable: 'http://{backend}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let got = post_while_reading(proxy.addr, "/upload").await;
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&got)))
+        + 4;
+    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 413 "), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(got.len() - end, EARLY_ANSWER, "the answer was cut");
+    assert!(
+        got[end..] == early_answer()[..],
+        "the answer's bytes differ"
     );
 }
