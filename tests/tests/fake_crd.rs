@@ -873,9 +873,20 @@ async fn a_small_crd_covers_the_schema_edge_cases() {
         "{err}"
     );
     // Serving v2 as well: both versions list the object.
-    let both = WIDGETS.replace("    served: false\n", "    served: true\n");
+    // ... and a new default in v1: applied on read to the stored object.
+    let both = WIDGETS.replace("    served: false\n", "    served: true\n").replace(
+        "              size: {type: string, enum: [S, M, L]}\n",
+        "              size: {type: string, enum: [S, M, L]}\n              color: {type: string, default: blue}\n",
+    );
     c.ok(&["apply", "-f", &c.file("both.yaml", &both)]);
     let v2 = c.json(&["widgets.v2.example.com", "w"]);
     assert_eq!(v2["apiVersion"], "example.com/v2");
     assert_eq!(v2["spec"]["replicas"], 3);
+    assert!(v2["spec"].get("color").is_none(), "{v2}");
+    assert_eq!(c.json(&["widget", "w"])["spec"]["color"], "blue");
+    let stored = c
+        .fake
+        .get("apis/example.com/v1", "widgets", "default", "w")
+        .unwrap();
+    assert!(stored["spec"].get("color").is_none(), "{stored}");
 }
