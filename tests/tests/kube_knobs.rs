@@ -444,6 +444,28 @@ async fn the_proxy_deployment_takes_its_replicas_resources_and_an_hpa_it_does_no
     );
     assert_eq!(proxy["spec"]["replicas"], 5, "the HPA's count is kept");
 
+    // The HPA deleted by a person (the proxy's spec unchanged) is back on
+    // the next reconcile.
+    w.kubectl(&["delete", "hpa", "app-sluice"]);
+    assert!(
+        w.fake
+            .get(HPAS, "horizontalpodautoscalers", NS, "app-sluice")
+            .is_none()
+    );
+    w.tick().await;
+    let hpa = w
+        .fake
+        .get(HPAS, "horizontalpodautoscalers", NS, "app-sluice")
+        .expect("the deleted HPA is created again");
+    assert_eq!(
+        (
+            hpa["spec"]["minReplicas"].clone(),
+            hpa["spec"]["maxReplicas"].clone()
+        ),
+        (json!(2), json!(6))
+    );
+    assert_eq!(w.replicas("app-sluice"), 5, "the count is still the HPA's");
+
     // Without the annotation the HPA goes and the default count is back.
     w.kubectl(&[
         "annotate",
@@ -925,4 +947,150 @@ async fn a_revert_mid_release_puts_the_route_at_rest_at_once() {
         "app:1"
     );
     assert_eq!(w.replicas("app"), 0);
+}
+
+/// A revert to the revision the primary runs in the middle of a release
+/// (no rollback window set: it always applies) ends the release at once:
+/// the route at rest, no analysis, a `RevertedToStable` Event, the canary
+/// kept up per `abort-scale-down-delay` (removing the delay scales it down
+/// at once); the revision reverted away from is not held as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revert_to_the_stable_mid_release_ends_it_at_once_without_analysis() {
+    let w = World::new(
+        3,
+        json!({"sluice.dev/abort-scale-down-delay": "10m", "sluice.dev/match": "[{header: x-canary, value: \"1\"}]"}),
+    )
+    .await
+    .bootstrapped()
+    .await;
+    let stable = w.status().primary_revision.clone();
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    assert_eq!(w.weight(), 20.0);
+    assert_eq!(w.config().routes[0].canary_match.len(), 1);
+    let releasing = w.status().revision.clone();
+
+    // Back to app:1, the primary's. Any analysis would fail.
+    w.script.lock().unwrap().extend([Outcome::Fail; 10]);
+    let analyses_before = w.analyses.load(Ordering::SeqCst);
+    w.set_image("app:1");
+    w.tick().await;
+    let s = w.status();
+    assert_eq!(s.phase, "Failed", "{s:?}");
+    assert_eq!(s.revision, releasing, "the release that ended is app:2's");
+    assert_eq!(s.primary_revision, stable);
+    assert_eq!(s.failed_revision, None, "app:2 was not found bad");
+    assert!(
+        s.message.contains("reverted to the stable revision"),
+        "{s:?}"
+    );
+    assert_eq!(w.weight(), 0.0, "out of the traffic at once");
+    assert!(w.config().routes[0].canary_match.is_empty(), "no A/B rule");
+    let reverted: Vec<_> = w
+        .reasons()
+        .into_iter()
+        .filter(|(r, _)| r == "RevertedToStable")
+        .collect();
+    assert_eq!(reverted.len(), 1, "{:?}", w.reasons());
+    assert!(reverted[0].1.contains(&stable), "{reverted:?}");
+    assert!(
+        !w.reasons().iter().any(|(r, _)| r == "RolledBack"),
+        "not evented as a failed analysis: {:?}",
+        w.reasons()
+    );
+    assert_eq!(w.replicas("app"), 3, "kept up for its delay");
+    assert!(w.status().scale_down_at.is_some());
+
+    // Later ticks: nothing is released (the stable against itself) and
+    // nothing analysed.
+    for _ in 0..5 {
+        w.step(10).await;
+        assert_eq!(w.status().phase, "Failed", "{:?}", w.status());
+        assert_eq!(w.weight(), 0.0);
+    }
+    assert_eq!(
+        w.analyses.load(Ordering::SeqCst),
+        analyses_before,
+        "no analysis ran"
+    );
+    assert_eq!(w.replicas("app"), 3, "the delay is not over");
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:1"
+    );
+
+    // The delay removed: the pending scale-down is due at once.
+    w.kubectl(&[
+        "annotate",
+        "deployment",
+        "app",
+        "sluice.dev/abort-scale-down-delay-",
+    ]);
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 0);
+    assert_eq!(w.status().scale_down_at, None);
+    let note = w
+        .reasons()
+        .into_iter()
+        .find(|(r, _)| r == "ScaledDown")
+        .expect("a ScaledDown Event")
+        .1;
+    assert!(note.contains("revert"), "{note}");
+
+    // app:2 again is a new release, not held as failed.
+    w.script.lock().unwrap().clear();
+    w.set_image("app:2");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Initializing", "{:?}", w.status());
+    w.until("Succeeded", 40).await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
+    );
+}
+
+/// An experiment's canary kept up by `abort-scale-down-delay` is worded
+/// as an experiment's when it goes, and a shortened delay brings its
+/// scale-down forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concluded_experiments_canary_goes_when_its_shortened_delay_ends() {
+    let w = World::new(
+        3,
+        json!({"sluice.dev/strategy": "experiment", "sluice.dev/experiment-duration": "30s", "sluice.dev/steps": "25", "sluice.dev/abort-scale-down-delay": "1h"}),
+    )
+    .await
+    .bootstrapped()
+    .await;
+    w.set_image("app:2");
+    w.until("Concluded", 20).await;
+    let ended = w.status().machine.unwrap().last_transition_at;
+    assert_eq!(w.weight(), 0.0);
+    assert_eq!(w.replicas("app"), 3, "kept up for its delay");
+    assert_eq!(w.status().scale_down_at, Some(ended + 3600.0));
+
+    // Shortened to 2m, 1m after the end: due 1m later, not in an hour.
+    w.advance(60);
+    w.kubectl(&[
+        "annotate",
+        "--overwrite",
+        "deployment",
+        "app",
+        "sluice.dev/abort-scale-down-delay=2m",
+    ]);
+    let action = w.tick().await;
+    assert_eq!(w.status().scale_down_at, Some(ended + 120.0));
+    assert_eq!(w.replicas("app"), 3);
+    let wait = ended + 120.0 - (w.ctx.now)();
+    assert_eq!(action, Action::requeue(Duration::from_secs_f64(wait)));
+    w.advance(wait as u64);
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 0);
+    let note = w
+        .reasons()
+        .into_iter()
+        .find(|(r, _)| r == "ScaledDown")
+        .expect("a ScaledDown Event")
+        .1;
+    assert!(note.contains("experiment"), "{note}");
+    assert!(!note.contains("rolled-back"), "{note}");
 }

@@ -272,7 +272,23 @@ pub(super) async fn ensure_proxy(
     desired["metadata"]["annotations"] = json!({SPEC_HASH: hash});
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     match deployments.get_opt(&proxy_name(app)).await? {
-        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => {}
+        Some(current) if current.annotations().get(SPEC_HASH) == Some(&hash) => {
+            // The hash is on the Deployment: an HPA deleted since (by a
+            // person, a GitOps prune) is seen only by looking for it, and
+            // is created again.
+            if let Some(autoscale) = &settings.autoscale {
+                let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
+                if hpas.get_opt(&proxy_name(app)).await?.is_none() {
+                    apply_owned::<HorizontalPodAutoscaler>(
+                        &ctx.client,
+                        ns,
+                        &proxy_hpa(app, &owner, autoscale),
+                        &uid,
+                    )
+                    .await?;
+                }
+            }
+        }
         Some(current) if !is_ours(&to_value(&current)?, &uid) => {
             return Err(Error::Foreign(format!(
                 "Deployment {ns}/{} exists and is not Sluice's; Sluice does not overwrite or delete it: rename or remove it",

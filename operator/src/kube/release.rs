@@ -261,27 +261,51 @@ pub(super) async fn release_tick(
         // Weights reach a replica only if it takes the config.
         report_refused(ctx, d, ns, app).await;
     }
+    // The Deployment reverted to the revision the primary runs while a
+    // release of another revision is under way (before its promotion):
+    // the release ends at once, as rolled back, without analysis
+    // ([`revert_to_stable`]).
+    let to_stable = active
+        && !status.primary_revision.is_empty()
+        && revision == status.primary_revision
+        && status.machine.as_ref().is_some_and(|m| {
+            m.revision != revision
+                && (m.phase.is_terminal()
+                    || matches!(
+                        m.phase,
+                        Phase::Initializing
+                            | Phase::Initialized
+                            | Phase::Progressing
+                            | Phase::WaitingPromotion
+                    ))
+        });
     if !active && !retrying {
         if raw_command.is_some() {
             clear_command(ctx, ns, app).await?;
         }
         let idle = revision == status.primary_revision
             || status.failed_revision.as_deref() == Some(revision);
-        if let Some(due) = status.scale_down_at
-            && (ctx.now)() >= due
-        {
-            // The rolled-back canary's delay is over.
-            scale_down_canary(ctx, ns, app).await?;
-            status.scale_down_at = None;
-            save_status(ctx, ns, app, status).await?;
-            publish(
-                ctx,
-                d,
-                EventType::Normal,
-                "ScaledDown",
-                format!("the rolled-back canary {app} was kept up for its abort-scale-down-delay; scaled to 0"),
-            )
-            .await;
+        if let Some(due) = scale_down_due(status, settings) {
+            if status.scale_down_at != Some(due) {
+                // The delay was changed meanwhile: it counts from the end
+                // of the release.
+                status.scale_down_at = Some(due);
+                save_status(ctx, ns, app, status).await?;
+            }
+            if (ctx.now)() >= due {
+                // The kept-up canary's delay is over.
+                scale_down_canary(ctx, ns, app).await?;
+                status.scale_down_at = None;
+                save_status(ctx, ns, app, status).await?;
+                publish(
+                    ctx,
+                    d,
+                    EventType::Normal,
+                    "ScaledDown",
+                    scaled_down_note(status, app),
+                )
+                .await;
+            }
         }
         if idle {
             settle_route(ctx, ns, app, ports, &owner, &plan.traffic, &settings.route).await?;
@@ -312,10 +336,15 @@ pub(super) async fn release_tick(
     }
     let now = (ctx.now)();
     let phase = status.machine.as_ref().filter(|_| active).map(|m| m.phase);
-    let previous = status
-        .machine
-        .clone()
-        .filter(|m| !m.phase.is_terminal() || m.unconfirmed.is_some() || m.revision == revision);
+    // A terminal release of this revision holds it (a concluded
+    // experiment is not run again), except a release ended by a revert to
+    // the stable: that revision was never judged, and comes back as a new
+    // release.
+    let previous = status.machine.clone().filter(|m| {
+        !m.phase.is_terminal()
+            || m.unconfirmed.is_some()
+            || (m.revision == revision && (retrying || !ended_by_revert(status, m)))
+    });
     // The first tick of this process for a running release: the time no
     // operator ran it is not held against it, and the provider takes a
     // fresh baseline instead of judging a window it did not see.
@@ -355,6 +384,7 @@ pub(super) async fn release_tick(
         status.last_analysis_at = now;
     }
     let measuring = phase.is_some_and(Phase::measures)
+        && !to_stable
         && !pending
         && now - status.last_analysis_at >= plan.tick_interval().as_secs_f64();
     let analysing = measuring && phase.is_some_and(Phase::analyses);
@@ -379,15 +409,20 @@ pub(super) async fn release_tick(
     let at_last_step = previous
         .as_ref()
         .is_some_and(|m| m.step + 1 == plan.steps_bp.len());
-    let gates = collect_gates(
-        &http,
-        plan,
-        phase,
-        analysis.as_ref(),
-        at_last_step,
-        &payload,
-    )
-    .await;
+    // No gate webhook is asked about a release that ends by a revert.
+    let gates = if to_stable {
+        machine::Gates::default()
+    } else {
+        collect_gates(
+            &http,
+            plan,
+            phase,
+            analysis.as_ref(),
+            at_last_step,
+            &payload,
+        )
+        .await
+    };
     let target_ready = match phase {
         Some(Phase::Initializing) => {
             let user = to_value(d)?;
@@ -415,7 +450,12 @@ pub(super) async fn release_tick(
         command,
         paused_for,
     };
-    let mut t = machine::step(plan, previous.as_ref(), &obs);
+    let mut t = match previous.as_ref() {
+        Some(m) if to_stable => revert_to_stable(m, revision, now),
+        _ => machine::step(plan, previous.as_ref(), &obs),
+    };
+    // The tick that decides the return to the stable (not a re-issue).
+    let reverted_to_stable = to_stable && previous.as_ref().is_some_and(|m| !m.phase.is_terminal());
     let fresh_start = t.actions.contains(&MachineAction::Initialize)
         && previous
             .as_ref()
@@ -461,7 +501,11 @@ pub(super) async fn release_tick(
         status.promoting_template = Some(dv["spec"]["template"].clone());
     }
     if newly(Phase::Failed) {
-        status.failed_revision = Some(m.revision.clone());
+        if !reverted_to_stable {
+            // A revision reverted away from was not found bad: released
+            // again as usual if it comes back.
+            status.failed_revision = Some(m.revision.clone());
+        }
         ctx.metrics
             .release_ended(ns, app, "failed", now - status.release_started_at);
     }
@@ -512,6 +556,16 @@ pub(super) async fn release_tick(
     // 2. The command is consumed only once its effect is on record.
     if raw_command.is_some() {
         clear_command(ctx, ns, app).await?;
+    }
+    if reverted_to_stable {
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "RevertedToStable",
+            t.status.message.clone(),
+        )
+        .await;
     }
     // 3. Carry it out.
     let mut failed = None;
@@ -651,6 +705,80 @@ fn until_scale_down(status: &KubeStatus, now: f64, otherwise: Duration) -> Durat
         Some(due) => Duration::from_secs_f64((due - now).clamp(0.05, otherwise.as_secs_f64())),
         None => otherwise,
     }
+}
+
+/// The end of a release because the Deployment was reverted to the
+/// revision the primary runs (`stable`) before the release's revision was
+/// promoted: nothing is left to release or analyse, so the release ends
+/// at once as rolled back (phase `Failed`, the route at rest, the canary
+/// scaled down per `abort-scale-down-delay`), for every
+/// `rollback-window` (as Argo Rollouts' return to the stable revision;
+/// Flagger would analyse the stable against itself). A release already
+/// ended (a rollback not yet carried out) has its action re-issued.
+fn revert_to_stable(current: &machine::Status, stable: &str, now: f64) -> machine::Transition {
+    let mut s = current.clone();
+    if let Some(pending) = s.unconfirmed.clone().filter(|_| s.phase.is_terminal()) {
+        return machine::Transition {
+            status: s,
+            actions: vec![pending],
+            next: NextTick::Soon,
+        };
+    }
+    s.message = format!(
+        "rolled back: the Deployment was reverted to the stable revision {stable} during the release of {} ({}); the canary was taken out of the traffic at once, without analysis",
+        s.revision,
+        s.phase.as_str()
+    );
+    s.phase = Phase::Failed;
+    s.canary_weight_bp = 0;
+    s.last_transition_at = now;
+    s.queued_revision = None;
+    s.unconfirmed = Some(MachineAction::Rollback);
+    machine::Transition {
+        status: s,
+        actions: vec![
+            MachineAction::Rollback,
+            MachineAction::Notify(crate::plan::WebhookKind::PostRollout),
+        ],
+        next: NextTick::Idle,
+    }
+}
+
+/// Whether `m` is a release ended by a revert to the stable (a rolled-back
+/// release whose revision is not the one recorded as failed).
+fn ended_by_revert(status: &KubeStatus, m: &machine::Status) -> bool {
+    m.phase == Phase::Failed && status.failed_revision.as_deref() != Some(m.revision.as_str())
+}
+
+/// When a canary kept up by `abort-scale-down-delay` is due to be scaled
+/// down, with the delay as set now counted from the end of its release:
+/// shortening the delay brings a pending scale-down forward, removing it
+/// makes it due at once, lengthening it pushes it back.
+fn scale_down_due(status: &KubeStatus, settings: &Settings) -> Option<f64> {
+    let recorded = status.scale_down_at?;
+    let ended_at = status
+        .machine
+        .as_ref()
+        .filter(|m| m.phase.is_terminal())
+        .map(|m| m.last_transition_at);
+    Some(match ended_at {
+        Some(at) => at + settings.abort_scale_down_delay.as_secs_f64(),
+        None => recorded,
+    })
+}
+
+/// The `ScaledDown` Event's note, worded for how the release ended.
+fn scaled_down_note(status: &KubeStatus, app: &str) -> String {
+    let what = match status.machine.as_ref() {
+        Some(m) if m.phase == Phase::Concluded => {
+            format!("the concluded experiment's canary {app}")
+        }
+        Some(m) if ended_by_revert(status, m) => {
+            format!("the canary {app} of the release ended by a revert to the stable revision")
+        }
+        _ => format!("the rolled-back canary {app}"),
+    };
+    format!("{what} was kept up for its abort-scale-down-delay; scaled to 0")
 }
 
 /// Whether `revision` is one of the last `window` revisions promoted
