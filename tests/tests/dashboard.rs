@@ -565,3 +565,67 @@ async fn a_dashboard_port_in_use_exits_2_naming_it() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let mut demo = std::process::Command::new(bin("sluice"))
+        .args([
+            "demo",
+            "--scenario",
+            "errors",
+            "--output",
+            "plain",
+            "--dashboard",
+            &addr.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://{addr}");
+    // The scenario rolls back; the dashboard stays up after it.
+    let path = eventually(
+        "the demo's release is rolled back",
+        Duration::from_secs(120),
+        || async {
+            let (_, _, body) = get(&format!("{base}/")).await.ok()?;
+            let body = String::from_utf8_lossy(&body).into_owned();
+            if !body.contains("rolled back") {
+                return None;
+            }
+            let at = body.find("data-release=\"")? + "data-release=\"".len();
+            Some(body[at..at + body[at..].find('"')?].to_string())
+        },
+    )
+    .await;
+    assert!(path.starts_with("/releases/_/errors/"), "{path}");
+    let mut b = Browser::start(&[]).await;
+    b.open(&format!("{base}{path}")).await;
+    let text = b.text().await;
+    assert!(text.contains("Rolled back at"), "{text}");
+    assert!(text.contains("check errors decided"), "{text}");
+    // No buttons on an ended release.
+    assert_eq!(
+        b.eval("document.querySelectorAll('[data-action]').length")
+            .await,
+        0
+    );
+    // DNS rebinding: a page of another name that resolves here is refused.
+    let (_, out, _) = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Host: evil.example",
+        &format!("{base}/"),
+    ]);
+    assert!(out.ends_with("\n403"), "{out}");
+    assert!(
+        out.contains("does not answer to host `evil.example`"),
+        "{out}"
+    );
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
