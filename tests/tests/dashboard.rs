@@ -629,3 +629,63 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_and_resumed_release_keeps_one_record() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let r = Release::new(Faults {
+        error_rate: 0.01,
+        ..Faults::default()
+    })
+    .await;
+    let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
+    let first = Rollout::start(&r.args(&[]));
+    // Interrupted once the first step is on record.
+    loop {
+        let event = first
+            .events
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a tick");
+        if event["canary_weight"].as_f64() == Some(20.0) && event["phase"] == "Progressing" {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = Command::new("kill")
+        .args(["-INT", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, _) = first.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, 130);
+    let before = r.records();
+    assert_eq!(before.len(), 1);
+    assert!(
+        before[0].get("outcome").is_none(),
+        "not ended: {}",
+        before[0]["phase"]
+    );
+    let scrapes_before = before[0]["scrapes"].as_array().unwrap().len();
+    // The same command resumes the release and its record.
+    let (code, events) = Rollout::start(&r.args(&[]))
+        .wait(Duration::from_secs(200))
+        .await;
+    load.stop();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    let after = r.records();
+    assert_eq!(after.len(), 1, "one release, one record");
+    assert_eq!(after[0]["started_at"], before[0]["started_at"]);
+    assert_eq!(after[0]["outcome"], "promoted");
+    assert!(after[0]["scrapes"].as_array().unwrap().len() > scrapes_before);
+    let kinds: Vec<&str> = after[0]["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "advance").count(),
+        2,
+        "{kinds:?}"
+    );
+}
