@@ -44,6 +44,7 @@ pub mod downstream;
 pub mod fields;
 pub mod file_watch;
 pub mod forward;
+pub mod gateway;
 pub mod grpc;
 pub mod http1;
 pub mod kube_source;

@@ -28,6 +28,19 @@ struct Cli {
     /// Kubernetes API (in-cluster or kubeconfig credentials) and follow it.
     #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "config")]
     kube_configmap: Option<String>,
+    /// Serve the Gateway API: the Gateways of this controller's
+    /// GatewayClasses and their HTTPRoutes (see docs/gateway-api.md).
+    #[arg(long, conflicts_with_all = ["config", "kube_configmap"])]
+    gateway_api: bool,
+    /// The GatewayClass `controllerName` served with `--gateway-api`.
+    #[arg(long, default_value = sluice_proxy::gateway::DEFAULT_CONTROLLER, requires = "gateway_api")]
+    gateway_controller_name: String,
+    /// The address the Gateways' listener ports are bound on.
+    #[arg(long, default_value = "0.0.0.0", requires = "gateway_api")]
+    gateway_bind: String,
+    /// The admin listener (metrics, health) with `--gateway-api`.
+    #[arg(long, default_value = "0.0.0.0:9901", requires = "gateway_api")]
+    gateway_admin_listen: String,
     /// Serving threads, each with its own runtime, listener (SO_REUSEPORT)
     /// and upstream pools (default: one per core).
     #[arg(long)]
@@ -63,6 +76,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     if let Some(reference) = cli.kube_configmap.clone() {
         return run_from_configmap(&cli, &reference);
+    }
+    if cli.gateway_api {
+        return run_gateway(&cli);
     }
     let Some(path) = cli.config.clone() else {
         eprintln!("error: --config FILE is required (or use `sluice-proxy check FILE`)");
@@ -179,6 +195,48 @@ fn run_from_configmap(cli: &Cli, reference: &str) -> ExitCode {
                 Ok(()) => "the ConfigMap follower stopped".to_string(),
                 Err(e) => format!("the ConfigMap follower failed: {e}"),
             }),
+        };
+        follower.abort();
+        finish(handle, drain_delay, failure).await
+    })
+}
+
+fn run_gateway(cli: &Cli) -> ExitCode {
+    let options = sluice_proxy::gateway::Options {
+        controller: cli.gateway_controller_name.clone(),
+        bind: cli.gateway_bind.clone(),
+        admin_listen: cli.gateway_admin_listen.clone(),
+    };
+    let (drain_timeout, drain_delay, threads) = (cli.drain_timeout, cli.drain_delay, workers(cli));
+    runtime().block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: --gateway-api: no Kubernetes credentials (in-cluster or kubeconfig): {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut gateway = match sluice_proxy::gateway::Gateway::connect(client, options).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let config = gateway.initial_config().await;
+        let options = sluice_proxy::StartOptions { watch_file: None, drain_timeout, threads: Some(threads) };
+        let mut handle = match sluice_proxy::start(config, options).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: --gateway-api: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let mut follower = gateway.follow(handle.store.clone());
+        let failure = tokio::select! {
+            _ = wait_for_signal() => None,
+            why = handle.watcher_stopped() => Some(why),
+            _ = &mut follower => Some("the Gateway API follower stopped".to_string()),
         };
         follower.abort();
         finish(handle, drain_delay, failure).await

@@ -534,7 +534,8 @@ fn parse_addr(text: &str, path: &str, errs: &mut Collector) -> Option<SocketAddr
 
 fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<ValidRoute> {
     let before = errs.0.len();
-    if !valid_route_name(&route.name) {
+    // `NS/NAME/RULE_INDEX`: a route made of an HTTPRoute's rule (`--gateway-api`).
+    if !valid_route_name(&route.name) && !crate::gateway::translate::is_route_name(&route.name) {
         errs.push(
             format!("{at}.name"),
             format!(
