@@ -344,7 +344,14 @@ async fn release(
         p { a href=(format!("{base}/report")) download { "Download the report (HTML)" } " · " a href=(format!("{base}/record.json")) { "the record (JSON)" } }
         @let acts = actions(&r, kube);
         @if !acts.is_empty() {
-            div.actions { @for a in acts { a href=(format!("{base}/confirm?action={a}")) role="button" data-action=(a) { button tabindex="-1" { (a) } } } }
+            // Each button opens the confirmation page (a GET form: no
+            // script, reachable by keyboard); only that page acts.
+            div.actions { @for a in acts {
+                form method="get" action=(format!("{base}/confirm")) style="display:inline" {
+                    input type="hidden" name="action" value=(a);
+                    button type="submit" data-action=(a) { (a) "…" }
+                }
+            } }
         }
         @if !r.ended() { p.live { "Live: this page follows the release every 2 s." } }
         div id="live" data-src=(format!("{base}/body")) data-ended=(r.ended()) { (live_body(&r)) }
