@@ -384,3 +384,49 @@ async fn unsupported_filter_and_missing_backend_are_refused_in_status() {
     })
     .await;
 }
+
+/// The shipped install (`kubectl apply -k deploy/gateway`) goes onto a
+/// cluster with the Gateway API CRDs as a user would apply it: kubectl's
+/// default validation, so every field of every object (the GatewayClass
+/// against its CRD's schema, the rest against Kubernetes 1.35) is checked
+/// strictly by the API server, and the GatewayClass names the controller
+/// `sluice-proxy --gateway-api` serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_gateway_install_applies_with_default_validation() {
+    let w = World::start().await;
+    w.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: sluice-system}\n");
+    let dir = workspace_root().join("deploy/gateway");
+    let (ok, out, err) = w.kubectl(&["apply", "-k", &dir.display().to_string()]);
+    assert!(ok, "kubectl apply -k deploy/gateway failed: {err}\n{out}");
+    assert!(
+        !err.contains("Warning"),
+        "the API server warned about the shipped objects: {err}"
+    );
+    let classes = w.get("gatewayclasses");
+    let names: Vec<_> = classes["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| {
+            (
+                c["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                c["spec"]["controllerName"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        names.iter().any(|(_, c)| c == "sluice.dev/gateway"),
+        "no GatewayClass for sluice.dev/gateway in deploy/gateway: {names:?}"
+    );
+    let (ok, out, err) = w.kubectl(&["get", "deployments", "-n", "sluice-system", "-o", "json"]);
+    assert!(ok, "kubectl get deployments: {err}");
+    let deployments: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        deployments["items"].as_array().map(Vec::len),
+        Some(1),
+        "deploy/gateway ships one proxy Deployment: {deployments}"
+    );
+}
