@@ -74,6 +74,10 @@ pub const ABORT_SCALE_DOWN_DELAY: &str = "sluice.dev/abort-scale-down-delay";
 pub const KEEP_RELEASES: &str = "sluice.dev/keep-releases";
 /// Which Service ports are HTTP (see [`super::ports`]).
 pub const HTTP_PORTS: &str = "sluice.dev/http-ports";
+/// `proxy` (default) or `gateway-api`: who moves the traffic.
+pub const ROUTER: &str = "sluice.dev/router";
+/// With `router: gateway-api`: the HTTPRoute (same namespace) to release through.
+pub const HTTPROUTE: &str = "sluice.dev/httproute";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
 pub const KNOWN: &[&str] = &[
@@ -129,6 +133,8 @@ pub const KNOWN: &[&str] = &[
     ABORT_SCALE_DOWN_DELAY,
     KEEP_RELEASES,
     HTTP_PORTS,
+    ROUTER,
+    HTTPROUTE,
 ];
 
 /// How often the operator reads the proxies under the sequential gate,
@@ -178,6 +184,18 @@ pub enum PortRef {
     Number(i32),
 }
 
+/// Who moves an app's traffic (`sluice.dev/router`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Router {
+    /// Sluice's own proxy takes over Service `app` (the default).
+    #[default]
+    Proxy,
+    /// The weights of this HTTPRoute's backendRefs, served by any Gateway
+    /// API implementation (see [`super::gateway`]); Service `app` is left
+    /// alone.
+    GatewayApi { httproute: String },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricsSource {
     Prometheus,
@@ -209,6 +227,8 @@ pub struct Settings {
     /// `sluice.dev/http-ports`: exactly these Service ports are HTTP
     /// (None: guessed, see [`super::ports`]).
     pub http_ports: Option<Vec<PortRef>>,
+    /// `sluice.dev/router` with `sluice.dev/httproute`.
+    pub router: Router,
 }
 
 /// Whether the Deployment opted in.
@@ -569,7 +589,9 @@ pub fn parse(
             )),
         }
     };
+    let router = router_of(annotations)?;
     Ok(Settings {
+        router,
         plan,
         port,
         metrics,
@@ -808,6 +830,13 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
         "webhook `x`: url:",
     ),
     (WEBHOOKS, "Hooks", "not a ConfigMap name"),
+    (ROUTER, "istio", "proxy, gateway-api"),
+    (ROUTER, "gateway-api", "needs sluice.dev/httproute"),
+    (
+        HTTPROUTE,
+        "web",
+        "only used with sluice.dev/router: gateway-api",
+    ),
     (MATCH, "x-canary=1", "not a list of rules"),
     (
         MATCH,
@@ -879,6 +908,91 @@ fn is_dns_label(v: &str) -> bool {
         && v.len() <= 253
         && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// `sluice.dev/router` and `sluice.dev/httproute`. The Gateway API router
+/// moves only weights: the proxy's own routing knobs (A/B matches,
+/// mirroring, affinity, timeouts, the proxy's size) have no meaning there
+/// and are refused rather than silently ignored.
+fn router_of(annotations: &BTreeMap<String, String>) -> Result<Router, AnnotationError> {
+    let get = |k: &str| annotations.get(k).map(String::as_str);
+    let err = |annotation: &str, value: &str, problem: &str, allowed: &str| AnnotationError {
+        annotation: annotation.to_string(),
+        value: value.to_string(),
+        problem: problem.to_string(),
+        allowed: allowed.to_string(),
+    };
+    let route = get(HTTPROUTE);
+    match get(ROUTER) {
+        None | Some("proxy") => match route {
+            Some(v) => Err(err(
+                HTTPROUTE,
+                v,
+                "only used with sluice.dev/router: gateway-api",
+                "no sluice.dev/httproute with the proxy router",
+            )),
+            None => Ok(Router::Proxy),
+        },
+        Some("gateway-api") => {
+            let Some(name) = route else {
+                return Err(err(
+                    ROUTER,
+                    "gateway-api",
+                    "needs sluice.dev/httproute naming the HTTPRoute to release through",
+                    "gateway-api with sluice.dev/httproute: NAME",
+                ));
+            };
+            if !is_dns_subdomain(name) {
+                return Err(err(
+                    HTTPROUTE,
+                    name,
+                    "not an HTTPRoute name",
+                    "a DNS-1123 subdomain (lower case letters, digits, '-', '.'; at most 253) in the Deployment's namespace",
+                ));
+            }
+            for key in [
+                MATCH,
+                MIRROR,
+                AFFINITY_COOKIE,
+                AFFINITY_HEADER,
+                REQUEST_TIMEOUT,
+                CONNECT_TIMEOUT,
+                IDLE_TIMEOUT,
+                UPSTREAM_IDLE_TIMEOUT,
+                PROXY_REPLICAS,
+                PROXY_RESOURCES,
+                PROXY_AUTOSCALE,
+            ] {
+                if let Some(v) = get(key) {
+                    return Err(err(
+                        key,
+                        v,
+                        "a setting of the Sluice proxy, not supported with sluice.dev/router: gateway-api (the HTTPRoute's own rules and filters do this)",
+                        "remove it, or use sluice.dev/router: proxy",
+                    ));
+                }
+            }
+            Ok(Router::GatewayApi {
+                httproute: name.to_string(),
+            })
+        }
+        Some(other) => Err(err(ROUTER, other, "unknown router", "proxy, gateway-api")),
+    }
+}
+
+/// A DNS-1123 subdomain: dot-separated labels of `[a-z0-9-]`, each
+/// starting and ending alphanumeric, 253 characters at most.
+fn is_dns_subdomain(v: &str) -> bool {
+    v.len() <= 253
+        && v.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 #[cfg(test)]
@@ -1023,6 +1137,72 @@ mod tests {
                 Duration::from_secs(30)
             )
         );
+    }
+
+    #[test]
+    fn the_gateway_api_router_needs_a_route_name_and_refuses_the_proxys_knobs() {
+        let ok = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (ROUTER, "gateway-api"),
+                (HTTPROUTE, "shop.web-1"),
+            ]),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.router,
+            Router::GatewayApi {
+                httproute: "shop.web-1".into()
+            }
+        );
+        let proxy = parse(&ann(&[(CANARY, "enabled"), (ROUTER, "proxy")]), false).unwrap();
+        assert_eq!(proxy.router, Router::Proxy);
+        // (extra annotations beside router: gateway-api, the one named, what it says)
+        let gateway = [(ROUTER, "gateway-api")];
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let table: &[Case<'_>] = &[
+            (&[(HTTPROUTE, "Web")], HTTPROUTE, "not an HTTPRoute name"),
+            (&[(HTTPROUTE, "web_1")], HTTPROUTE, "not an HTTPRoute name"),
+            (&[(HTTPROUTE, "-web")], HTTPROUTE, "not an HTTPRoute name"),
+            (&[(HTTPROUTE, "web..a")], HTTPROUTE, "not an HTTPRoute name"),
+            (&[(HTTPROUTE, "")], HTTPROUTE, "not an HTTPRoute name"),
+            (&[], ROUTER, "needs sluice.dev/httproute"),
+            (
+                &[(HTTPROUTE, "web"), (MATCH, "[{header: x, value: y}]")],
+                MATCH,
+                "not supported with sluice.dev/router: gateway-api",
+            ),
+            (
+                &[(HTTPROUTE, "web"), (MIRROR, "10")],
+                MIRROR,
+                "not supported with sluice.dev/router: gateway-api",
+            ),
+            (
+                &[(HTTPROUTE, "web"), (PROXY_REPLICAS, "3")],
+                PROXY_REPLICAS,
+                "not supported with sluice.dev/router: gateway-api",
+            ),
+        ];
+        for (extra, named, needle) in table {
+            let mut set = vec![(CANARY, "enabled")];
+            set.extend(gateway);
+            set.extend(extra.iter().copied());
+            let e = parse(&ann(&set), false).unwrap_err();
+            assert_eq!(&e.annotation, named, "{set:?}: {e}");
+            assert!(e.to_string().contains(needle), "{set:?}: {e}");
+        }
+        let long = "a".repeat(64);
+        let e = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (ROUTER, "gateway-api"),
+                (HTTPROUTE, &long),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.annotation, HTTPROUTE, "a label of 64 characters");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
-use super::annotations::{self, Settings};
+use super::annotations::{self, Router, Settings};
 use super::api::{add_finalizer, apply, ensure_ours, merge_patch, rfc3339, to_value};
 use super::inputs::{config_data, copy_configs};
 use super::knobs::CanaryScale;
@@ -124,35 +124,38 @@ pub(super) async fn bootstrap(
         ),
     )
     .await?;
-    // The admin token is made once: re-applying would change it under the
-    // running proxies.
-    let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
-    if secrets.get_opt(&admin_secret_name(app)).await?.is_none() {
-        apply::<Secret>(c, ns, &admin_secret(app, &random_token(), &owner)).await?;
-    }
-    for (kind, object) in proxy_rbac(app, &owner) {
-        match kind.as_str() {
-            "serviceaccounts" => apply::<ServiceAccount>(c, ns, &object).await?,
-            "roles" => apply::<Role>(c, ns, &object).await?,
-            _ => apply::<RoleBinding>(c, ns, &object).await?,
+    // The Gateway API router moves an HTTPRoute's weights: no proxy.
+    if settings.router == Router::Proxy {
+        // The admin token is made once: re-applying would change it under the
+        // running proxies.
+        let secrets: Api<Secret> = Api::namespaced(c.clone(), ns);
+        if secrets.get_opt(&admin_secret_name(app)).await?.is_none() {
+            apply::<Secret>(c, ns, &admin_secret(app, &random_token(), &owner)).await?;
         }
-    }
-    apply::<ConfigMap>(
-        c,
-        ns,
-        &proxy_configmap_for(
-            app,
+        for (kind, object) in proxy_rbac(app, &owner) {
+            match kind.as_str() {
+                "serviceaccounts" => apply::<ServiceAccount>(c, ns, &object).await?,
+                "roles" => apply::<Role>(c, ns, &object).await?,
+                _ => apply::<RoleBinding>(c, ns, &object).await?,
+            }
+        }
+        apply::<ConfigMap>(
+            c,
             ns,
-            ports,
-            0,
-            &owner,
-            &at_rest(&settings.plan.traffic),
-            &settings.route.at_rest(),
-        ),
-    )
-    .await?;
-    ensure_proxy(ctx, ns, app, d, ports, &selector, &settings.proxy).await?;
-    apply::<Service>(c, ns, &proxy_admin_service(app, &owner)).await?;
+            &proxy_configmap_for(
+                app,
+                ns,
+                ports,
+                0,
+                &owner,
+                &at_rest(&settings.plan.traffic),
+                &settings.route.at_rest(),
+            ),
+        )
+        .await?;
+        ensure_proxy(ctx, ns, app, d, ports, &selector, &settings.proxy).await?;
+        apply::<Service>(c, ns, &proxy_admin_service(app, &owner)).await?;
+    }
     let (cm_data, secret_data) = config_data(ctx, ns, &d["spec"]["template"]).await?;
     let mut primary = primary_deployment(d, replicas, &owner, &config_hash(&cm_data, &secret_data));
     let status = KubeStatus {

@@ -112,6 +112,11 @@ pub(super) async fn cleanup(
             return Ok(Action::requeue(ctx.poll));
         }
     }
+    if let Some(route) = &status.httproute {
+        // The Gateway API router: the route's rules go back to Service
+        // `app` before `app-primary` and `app-canary` go.
+        super::gateway::restore_route(ctx, ns, app, route).await?;
+    }
     restore_hpa_bounds(ctx, ns, app).await?;
     let c = &ctx.client;
     delete_owned::<Deployment>(c, ns, &proxy_name(app), &uid).await?;

@@ -19,7 +19,9 @@
 //! - [`bootstrap`]: the first reconcile creates everything Sluice needs;
 //!   traffic does not move yet.
 //! - [`takeover`]: Service `app` is pointed at the proxy, the user's
-//!   Deployment scaled to 0.
+//!   Deployment scaled to 0 (with `sluice.dev/router: gateway-api`,
+//!   [`gateway`] points the HTTPRoute at `app-primary` instead, and moves
+//!   its weights in every later phase).
 //! - [`release`]: one tick of the state machine per reconcile, and its
 //!   routing actions.
 //! - [`commands`]: `sluice.dev/command` (approve, promote-full, abort, retry).
@@ -50,6 +52,7 @@ mod bootstrap;
 mod cleanup;
 mod commands;
 mod drift;
+pub mod gateway;
 mod inputs;
 pub mod ports;
 mod proxy;
@@ -77,7 +80,7 @@ use crate::analysis::CheckResult;
 use crate::http::HttpClient;
 use crate::machine;
 use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
-use annotations::{MetricsSource, Settings};
+use annotations::{MetricsSource, Router, Settings};
 use api::{add_finalizer, publish, to_value};
 use bootstrap::{bootstrap, sync_hpas};
 use cleanup::{cleanup, managed};
@@ -166,6 +169,10 @@ pub struct KubeStatus {
     /// `sluice.dev/abort-scale-down-delay`, is scaled to 0 (wall clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_at: Option<f64>,
+    /// With `sluice.dev/router: gateway-api`: the HTTPRoute taken over,
+    /// given back when Sluice lets the app go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub httproute: Option<String>,
 }
 
 /// A promoted revision, remembered for `sluice.dev/rollback-window`.
@@ -516,6 +523,19 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     }
     let (revision, _) = revision_of(&ctx, &ns, &dv).await?;
     let Some(primary) = primaries.get_opt(&primary_name(&name)).await? else {
+        if let Router::GatewayApi { httproute } = &settings.router
+            && let Some(problem) = gateway::route_problem(&ctx, &ns, &name, httproute).await?
+        {
+            publish(
+                &ctx,
+                &d,
+                EventType::Warning,
+                "RouteUnsupported",
+                format!("{problem}; nothing was created or changed"),
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
         bootstrap(
             &ctx,
             &d,
@@ -542,19 +562,41 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     let mut status = KubeStatus::from_primary(&primary).unwrap_or_default();
     status.observed_generation = d.metadata.generation.unwrap_or(0);
     if !status.bootstrapped {
+        if let Router::GatewayApi { httproute } = &settings.router {
+            return gateway::take_over(&ctx, &d, &ns, &name, httproute, &primary, status).await;
+        }
         return take_over(&ctx, &d, &ns, &name, &primary, &service_value, status).await;
     }
-    restore_routing(&ctx, &d, &ns, &name, &service_value).await?;
-    ensure_proxy(
-        &ctx,
-        &ns,
-        &name,
-        &dv,
-        &ports,
-        &original_selector(&service_value),
-        &settings.proxy,
-    )
-    .await?;
+    match &settings.router {
+        Router::Proxy => {
+            restore_routing(&ctx, &d, &ns, &name, &service_value).await?;
+            ensure_proxy(
+                &ctx,
+                &ns,
+                &name,
+                &dv,
+                &ports,
+                &original_selector(&service_value),
+                &settings.proxy,
+            )
+            .await?;
+        }
+        Router::GatewayApi { httproute } => {
+            // The weight in force (a decision not yet carried out is the
+            // release's to apply, not drift).
+            let in_force = match status.machine.as_ref() {
+                Some(m) if m.unconfirmed.is_some() => None,
+                // Finalise has put the weight at rest; the machine clears
+                // its own at Succeeded.
+                Some(m) if m.phase == machine::Phase::Finalising => Some(0),
+                Some(m) if !m.phase.is_terminal() => Some(m.canary_weight_bp),
+                _ => Some(0),
+            };
+            if let Some(bp) = in_force {
+                gateway::repair_route(&ctx, &d, &ns, &name, httproute, bp).await?;
+            }
+        }
+    }
     // A proportional release scales the bounds of the canary's HPA too.
     let releasing = status.machine.as_ref().filter(|m| !m.phase.is_terminal());
     let canary_bounds = releasing

@@ -12,15 +12,16 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use serde_json::Value;
 
-use super::annotations::{MetricsSource, Settings};
+use super::annotations::{MetricsSource, Router, Settings};
 use super::api::{publish, rfc3339, save_status, scale, sluice_post, to_value};
 use super::bootstrap::scale_hpa_bounds;
 use super::commands::{clear_command, read_command};
 use super::drift::settle_idle_canary;
+use super::gateway::{set_weight, settle_route};
 use super::inputs::{config_data, copy_configs};
 use super::knobs::CanaryScale;
 use super::objects::*;
-use super::proxy::{at_rest, proxies_lag, proxy_targets, report_refused, set_weight, settle_route};
+use super::proxy::{at_rest, proxies_lag, proxy_targets, report_refused};
 use super::services::{point_canary, proxy_serves};
 use super::{Context, Error, KubeStatus, without_config_hash};
 use crate::http::HttpClient;
@@ -112,7 +113,18 @@ pub(super) async fn apply_routing(
                 // from the start.
                 point_canary(ctx, ns, app, dv, owner).await?;
             }
-            set_weight(ctx, ns, app, ports, 0, owner, traffic, &settings.route).await
+            set_weight(
+                ctx,
+                ns,
+                app,
+                ports,
+                0,
+                owner,
+                traffic,
+                &settings.route,
+                &settings.router,
+            )
+            .await
         }
         MachineAction::SetWeight(bp) => {
             if settings.canary_scale == CanaryScale::Proportional {
@@ -138,7 +150,18 @@ pub(super) async fn apply_routing(
             if *bp > 0 {
                 point_canary(ctx, ns, app, dv, owner).await?;
             }
-            set_weight(ctx, ns, app, ports, *bp, owner, traffic, &settings.route).await
+            set_weight(
+                ctx,
+                ns,
+                app,
+                ports,
+                *bp,
+                owner,
+                traffic,
+                &settings.route,
+                &settings.router,
+            )
+            .await
         }
         MachineAction::Promote => {
             // The template recorded when promotion was decided: a revision
@@ -179,13 +202,14 @@ pub(super) async fn apply_routing(
                 owner,
                 &at_rest(traffic),
                 &settings.route.at_rest(),
+                &settings.router,
             )
             .await?;
             if *action == MachineAction::Rollback && !settings.abort_scale_down_delay.is_zero() {
                 // Kept up for people to look at; scaled down when due.
                 return Ok(());
             }
-            scale_down_canary(ctx, ns, app).await
+            scale_down_canary(ctx, ns, app, &settings.router).await
         }
         MachineAction::Notify(_) | MachineAction::Event(..) => Ok(()),
     }
@@ -193,7 +217,17 @@ pub(super) async fn apply_routing(
 
 /// Scales the user's Deployment (the canary) to 0, once nothing can reach
 /// it any more.
-async fn scale_down_canary(ctx: &Context, ns: &str, app: &str) -> Result<(), Error> {
+async fn scale_down_canary(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    router: &Router,
+) -> Result<(), Error> {
+    if *router != Router::Proxy {
+        // Service `app` was never taken over: the route's weight (written
+        // before this) is all that reaches the canary.
+        return scale(ctx, ns, app, 0).await;
+    }
     // Never scale the user's Deployment to 0 while its Service
     // might route to it directly (drift not yet restored).
     if !proxy_serves(ctx, ns, app).await? {
@@ -257,7 +291,7 @@ pub(super) async fn release_tick(
             .as_ref()
             .is_some_and(|m| !m.phase.is_terminal());
     let retrying = command == Some(Command::Retry);
-    if active {
+    if active && settings.router == Router::Proxy {
         // Weights reach a replica only if it takes the config.
         report_refused(ctx, d, ns, app).await;
     }
@@ -294,7 +328,7 @@ pub(super) async fn release_tick(
             }
             if (ctx.now)() >= due {
                 // The kept-up canary's delay is over.
-                scale_down_canary(ctx, ns, app).await?;
+                scale_down_canary(ctx, ns, app, &settings.router).await?;
                 status.scale_down_at = None;
                 save_status(ctx, ns, app, status).await?;
                 publish(
@@ -308,7 +342,17 @@ pub(super) async fn release_tick(
             }
         }
         if idle {
-            settle_route(ctx, ns, app, ports, &owner, &plan.traffic, &settings.route).await?;
+            settle_route(
+                ctx,
+                ns,
+                app,
+                ports,
+                &owner,
+                &plan.traffic,
+                &settings.route,
+                &settings.router,
+            )
+            .await?;
             if status.scale_down_at.is_none() {
                 settle_idle_canary(ctx, d, ns, app).await?;
             }
@@ -583,6 +627,7 @@ pub(super) async fn release_tick(
                 &owner,
                 &at_rest(&plan.traffic),
                 &settings.route.at_rest(),
+                &settings.router,
             )
             .await;
             if let Err(e) = at_rest_first {
