@@ -22,10 +22,13 @@ use crate::fields::Fields;
 use crate::http1::framing::{Decoded, Decoder, Framing};
 use crate::metrics::ClientErrorKind;
 
-/// Bytes asked of the socket per read: 8 KiB, so a head and a small body
-/// sent together (a 4 KiB POST) come in one read, not two. An idle
-/// keep-alive connection keeps this much room.
-pub(super) const READ_SIZE: usize = 8192;
+/// Bytes asked of the socket per read.
+pub(super) const READ_SIZE: usize = 4096;
+/// Bytes asked per head read once the connection has sent a request with
+/// a body: a head and a small body sent together (a 4 KiB POST) then come
+/// in one read, not two. Connections that send only bodiless requests
+/// keep the smaller room while idle.
+pub(super) const BODY_READ_SIZE: usize = 8192;
 /// Bytes asked per read while a long request body streams.
 const LARGE_READ: usize = 64 * 1024;
 

@@ -65,7 +65,7 @@ use crate::forward::{Client, Exchange, Outcome};
 use crate::http1::framing::Framing;
 use crate::http1::head::{FieldsOf, HeadError, RequestLine, Span};
 use crate::route::{BodyKind, ClientRequest, Routed, Summary, Target};
-use inbound::{Inbound, READ_SIZE};
+use inbound::{BODY_READ_SIZE, Inbound, READ_SIZE};
 use write::{Next, Reply, Writer};
 
 /// Serves one client connection (plain or TLS) whose first bytes,
@@ -90,6 +90,7 @@ pub async fn serve<S>(
             interim: Vec::new(),
         }),
         unread_body: false,
+        read_size: READ_SIZE,
         out: Vec::new(),
         head_bytes: Vec::new(),
         head_spans: Vec::new(),
@@ -136,6 +137,9 @@ struct Conn<S> {
     inbound: Mutex<Inbound<S>>,
     /// The connection closes with a request body not read to its end.
     unread_body: bool,
+    /// Bytes asked per head read ([`BODY_READ_SIZE`] once a request had a
+    /// body).
+    read_size: usize,
     /// The answer being written.
     out: Vec<u8>,
     /// The request head's bytes and where its fields lie (reused).
@@ -267,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
             self.out = Vec::new();
         }
         let inbound = self.inbound.get_mut().expect("inbound lock");
-        if inbound.buf.is_empty() && inbound.buf.capacity() > KEEP {
+        if inbound.buf.is_empty() && inbound.buf.capacity() > 2 * BODY_READ_SIZE {
             inbound.buf = BytesMut::new();
         }
     }
@@ -281,6 +285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         limits: ConnLimits,
         mut drain: Pin<&mut impl Future>,
     ) -> Read {
+        let read_size = self.read_size;
         let inbound = self.inbound.get_mut().expect("inbound lock");
         let mut head_started = (!inbound.buf.is_empty()).then(Instant::now);
         let mut spans = std::mem::take(&mut self.head_spans);
@@ -326,8 +331,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 None => Instant::now() + limits.idle_timeout,
             };
             let idle = inbound.buf.is_empty();
+            if idle && inbound.buf.capacity() < read_size {
+                // The whole room for the head, not what a request before
+                // left of it (an empty buffer takes it back in place).
+                inbound.buf.reserve(read_size);
+            }
             let read = std::future::poll_fn(|cx| {
-                crate::conn::poll_fill(&mut inbound.io, &mut inbound.buf, READ_SIZE, cx)
+                crate::conn::poll_fill(&mut inbound.io, &mut inbound.buf, read_size, cx)
             });
             tokio::select! {
                 biased;
@@ -387,6 +397,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         // A body not read cannot be told from a next request.
         let unread_body = framing != Framing::Empty;
+        if unread_body {
+            self.read_size = BODY_READ_SIZE;
+        }
         if let Err(refusal) = crate::route::check(&req) {
             self.unread_body = unread_body;
             reply.close |= unread_body || refusal.status == StatusCode::BAD_REQUEST;
