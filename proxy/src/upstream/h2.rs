@@ -15,8 +15,11 @@
 //! the answer is relayed: resetting it at once would cut the answer too.
 //! Its sender ([`Rest`]) is held by the response body and dropped with it,
 //! which ends the request body in an error, so the backend gets a reset
-//! stream (`CANCEL`), never a request cut short that looks whole. A
-//! backend that waits for the rest of the body before it ends its answer
+//! stream (`CANCEL`), never a request cut short that looks whole. (hyper
+//! polls the body only while the stream has window: a backend that
+//! neither reads the rest nor resets the stream keeps it until it does,
+//! or until the connection closes, `timeouts.upstream_idle` after its
+//! last exchange.) A backend that waits for the rest of the body before it ends its answer
 //! gets no more of it (it times out like with an HTTP/1.1 backend); an
 //! HTTP/2 client's body, hyper's own, streams both ways at once.
 
