@@ -19,9 +19,10 @@
 //! polls the body only while the stream has window: a backend that
 //! neither reads the rest nor resets the stream keeps it until it does,
 //! or until the connection closes, `timeouts.upstream_idle` after its
-//! last exchange.) A backend that waits for the rest of the body before it ends its answer
-//! gets no more of it (it times out like with an HTTP/1.1 backend); an
-//! HTTP/2 client's body, hyper's own, streams both ways at once.
+//! last exchange.) A backend that waits for the rest of the body before
+//! it ends its answer gets no more of it (it times out like with an
+//! HTTP/1.1 backend); an HTTP/2 client's body, hyper's own, streams both
+//! ways at once.
 
 use std::pin::Pin;
 use std::sync::Arc;
