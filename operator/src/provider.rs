@@ -11,6 +11,10 @@
 //!   query is evaluated at that instant. A window shorter than
 //!   `window_floor` (too few scrapes for `rate()`) is not judged yet: the
 //!   tick is Inconclusive and the next one judges the longer window.
+//!   Which series it reads is a [`MetricsTemplate`] (annotation
+//!   `sluice.dev/metrics-template`): `proxy` (the default, Sluice's proxy's
+//!   own `sluice_requests_total`), `envoy-gateway`, `istio`, or a custom
+//!   template from a ConfigMap; see [`SeriesTemplate`].
 //! - [`Provider::Scripted`] asks a function for each tick's analysis (for tests
 //!   of the drivers, where the real providers are not the subject).
 //!
@@ -419,6 +423,8 @@ pub struct PrometheusProvider {
     /// series it scrapes there, and two apps of the same name in different
     /// namespaces must not mix.
     namespace: Option<String>,
+    /// Which series hold the route's traffic (None: the proxy's own).
+    template: Option<Box<RenderedTemplate>>,
     /// The smallest range used in `rate()`/`increase()`.
     pub window_floor: Duration,
     /// Wall-clock end of the last judged window (or of the last reset).
@@ -436,6 +442,7 @@ impl PrometheusProvider {
             base: base.trim_end_matches('/').to_string(),
             route: route.to_string(),
             namespace: None,
+            template: None,
             window_floor: Duration::from_secs(30),
             last_end: None,
             last_values: None,
@@ -446,6 +453,39 @@ impl PrometheusProvider {
     pub fn in_namespace(mut self, namespace: &str) -> Self {
         self.namespace = Some(namespace.to_string());
         self
+    }
+
+    /// Reads the route's traffic from the series `template` names (filled
+    /// for `vars`) instead of the proxy's own. [`MetricsTemplate::Proxy`]
+    /// keeps the proxy's.
+    pub fn with_template(mut self, template: &MetricsTemplate, vars: &TemplateVars) -> Self {
+        self.template = match template {
+            MetricsTemplate::Proxy => None,
+            other => other.series().map(|t| Box::new(t.render(vars))),
+        };
+        self
+    }
+
+    /// The instant queries whose samples make a window under a series
+    /// template: (arm, kind, PromQL), the primary's first.
+    pub fn series_queries(&self) -> Vec<(TemplateArm, SeriesKind, String)> {
+        let Some(t) = &self.template else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (arm, value) in [
+            (TemplateArm::Primary, &t.primary),
+            (TemplateArm::Canary, &t.canary),
+        ] {
+            for kind in [
+                SeriesKind::Requests,
+                SeriesKind::Failures,
+                SeriesKind::Buckets,
+            ] {
+                out.push((arm, kind, t.selector(kind, value)));
+            }
+        }
+        out
     }
 
     /// The label matchers of this route's series: `route="…"` and, in
@@ -590,6 +630,20 @@ impl PrometheusProvider {
     /// (Unix seconds): each series' latest sample then, with all its labels
     /// (so every proxy replica is its own series).
     async fn counters_at(&self, at: f64) -> Result<Vec<crate::scrape::Sample>, String> {
+        if self.template.is_some() {
+            let mut samples = Vec::new();
+            for (arm, kind, promql) in self.series_queries() {
+                for (mut labels, value) in self.vector_at(&promql, at).await? {
+                    labels.insert(ARM_LABEL.into(), arm.as_str().into());
+                    samples.push(crate::scrape::Sample {
+                        name: kind.as_str().to_string(),
+                        labels,
+                        value,
+                    });
+                }
+            }
+            return Ok(samples);
+        }
         let m = self.matchers();
         let mut samples = Vec::new();
         for name in [
@@ -648,11 +702,21 @@ impl PrometheusProvider {
             let key = crate::counters::series_key(sample);
             if start.is_some() {
                 let delta = crate::counters::counter_delta(before.get(&key).copied(), sample.value);
-                crate::counters::add_sample(&mut window, sample, delta.max(0.0));
+                match &self.template {
+                    Some(t) => add_templated(&mut window, t, sample, delta.max(0.0)),
+                    None => crate::counters::add_sample(&mut window, sample, delta.max(0.0)),
+                }
             }
             values.insert(key, sample.value);
         }
         window.finish();
+        if self.template.is_some() {
+            // Two counters read at one instant may disagree by a request in
+            // flight: failures stay a subset of requests.
+            for arm in [&mut window.stable, &mut window.canary] {
+                arm.failures = arm.failures.min(arm.requests);
+            }
+        }
         window.seconds = start.map(|t| now - t).unwrap_or(0.0);
         let mut queries = Vec::new();
         for check in &plan.queries {
@@ -682,6 +746,9 @@ impl PrometheusProvider {
             Err(reason) => return all_inconclusive(plan, &reason),
         };
         let at = Some(now);
+        if let Some(t) = self.template.clone() {
+            return self.analyse_templated(plan, &t, now, &w).await;
+        }
         let selector = format!(
             "{},backend=\"canary\",decision=~\"weight|affinity\"",
             self.matchers()
@@ -733,6 +800,433 @@ impl PrometheusProvider {
     }
 }
 
+impl PrometheusProvider {
+    /// The threshold gate's checks under a series template: the canary
+    /// arm's requests, its failure share and its duration quantiles over
+    /// the window, by `increase()`/`rate()` as the proxy's series are.
+    async fn analyse_templated(
+        &mut self,
+        plan: &Plan,
+        t: &RenderedTemplate,
+        now: f64,
+        w: &str,
+    ) -> Analysis {
+        let at = Some(now);
+        let requests_sel = t.selector(SeriesKind::Requests, &t.canary);
+        let failures_sel = t.selector(SeriesKind::Failures, &t.canary);
+        let buckets_sel = t.selector(SeriesKind::Buckets, &t.canary);
+        let requests = self
+            .query_at(&format!("sum(increase({requests_sel}[{w}]))"), at)
+            .await;
+        if let Err(reason) = &requests
+            && reason.starts_with("prometheus unreachable")
+        {
+            return all_inconclusive(plan, reason);
+        }
+        self.last_end = Some(now);
+        let success = self
+            .query_at(
+                &format!(
+                    "100 * (1 - (sum(rate({failures_sel}[{w}])) or vector(0)) / sum(rate({requests_sel}[{w}])))"
+                ),
+                at,
+            )
+            .await;
+        let mut latencies = Vec::new();
+        for check in &plan.latency {
+            latencies.push(
+                self.query_at(
+                    &format!(
+                        "histogram_quantile({}, sum by (le) (rate({buckets_sel}[{w}]))){}",
+                        check.quantile,
+                        t.duration_unit.to_seconds_suffix()
+                    ),
+                    at,
+                )
+                .await
+                .map(LatencyReading::from),
+            );
+        }
+        let mut queries = Vec::new();
+        for check in &plan.queries {
+            if crate::external::is_external(check) {
+                queries.push(Err("read outside Prometheus".to_string()));
+                continue;
+            }
+            queries.push(self.query_at(&self.render(&check.query, w), at).await);
+        }
+        let canary_requests = match requests {
+            Ok(v) => Some(v.max(0.0).round() as u64),
+            Err(reason) if reason.starts_with("no data") => Some(0),
+            Err(_) => None,
+        };
+        judge(plan, canary_requests, success, latencies, queries)
+    }
+}
+
+// === metrics templates ===
+
+/// The label the provider adds to a templated sample: which arm's query
+/// returned it (so a series' identity includes its arm).
+const ARM_LABEL: &str = "__sluice_arm";
+
+/// Which series the Prometheus provider reads a route's traffic from
+/// (annotation `sluice.dev/metrics-template`).
+///
+/// - `proxy` (default): Sluice's proxy's `sluice_requests_total` and
+///   `sluice_request_duration_seconds_bucket`, by `route` and `backend`.
+/// - `envoy-gateway`: Envoy's cluster statistics as Envoy's
+///   `/stats/prometheus` exposes them: requests
+///   `envoy_cluster_upstream_rq_total`, failures
+///   `envoy_cluster_upstream_rq_xx{envoy_response_code_class="5"}`,
+///   durations `envoy_cluster_upstream_rq_time_bucket` (milliseconds). The
+///   arms are told apart by `envoy_cluster_name`. Envoy Gateway names a
+///   rule's cluster `httproute/NS/NAME/rule/N`, and when it gives each
+///   backendRef a cluster of its own (it does when a backendRef of the
+///   rule has filters) `httproute/NS/NAME/rule/N/backend/I`, `I` the
+///   backendRef's index. Sluice writes every managed rule as exactly two
+///   backendRefs, `app-primary` first and `app-canary` second, so the
+///   primary is `…/rule/N/backend/0` and the canary `…/rule/N/backend/1`,
+///   over every managed rule `N`. A rule served by one shared cluster (no
+///   `/backend/I`) cannot be split by arm from Envoy's statistics: the gate
+///   sees no traffic of either arm and stays Inconclusive (give the app's
+///   backendRef a filter, e.g. a `ResponseHeaderModifier`, which Sluice
+///   keeps on both copies). Needs `sluice.dev/router: gateway-api`.
+/// - `istio`: the destination sidecars' `istio_requests_total` and
+///   `istio_request_duration_milliseconds_bucket`, `reporter="destination"`
+///   in the app's namespace; the arms are the destination Services
+///   `destination_service_name="app-primary"` and `"app-canary"` (the pods
+///   of both need sidecars); failures are `response_code=~"5.."`.
+/// - `configmap:NAME/KEY`: a [`SeriesTemplate`] in YAML under KEY of the
+///   ConfigMap NAME in the Deployment's namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetricsTemplate {
+    Proxy,
+    EnvoyGateway,
+    Istio,
+    /// Not read yet: the ConfigMap's name and key.
+    ConfigMap {
+        name: String,
+        key: String,
+    },
+    /// Read from a ConfigMap.
+    Custom(SeriesTemplate),
+}
+
+impl MetricsTemplate {
+    pub const ALLOWED: &'static str = "proxy, envoy-gateway, istio, or configmap:NAME/KEY (a ConfigMap in the Deployment's namespace and its key)";
+
+    /// Parses the annotation's value; Err says what is wrong with it.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "proxy" => Ok(MetricsTemplate::Proxy),
+            "envoy-gateway" => Ok(MetricsTemplate::EnvoyGateway),
+            "istio" => Ok(MetricsTemplate::Istio),
+            v => {
+                let Some(rest) = v.strip_prefix("configmap:") else {
+                    return Err("unknown template".into());
+                };
+                let Some((name, key)) = rest.split_once('/') else {
+                    return Err("a ConfigMap template needs NAME/KEY".into());
+                };
+                if !is_dns_label(name) {
+                    return Err(format!("`{name}` is not a ConfigMap name"));
+                }
+                if key.is_empty()
+                    || key.len() > 253
+                    || !key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(format!("`{key}` is not a ConfigMap key"));
+                }
+                Ok(MetricsTemplate::ConfigMap {
+                    name: name.to_string(),
+                    key: key.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The series template (None for the proxy's own series and for a
+    /// ConfigMap not read yet).
+    pub fn series(&self) -> Option<SeriesTemplate> {
+        match self {
+            MetricsTemplate::Proxy | MetricsTemplate::ConfigMap { .. } => None,
+            MetricsTemplate::EnvoyGateway => Some(SeriesTemplate {
+                requests: "envoy_cluster_upstream_rq_total".into(),
+                failures: "envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\"}".into(),
+                duration: "envoy_cluster_upstream_rq_time_bucket".into(),
+                duration_unit: DurationUnit::Milliseconds,
+                arm_label: "envoy_cluster_name".into(),
+                primary: "httproute/{{namespace}}/{{httproute}}/rule/[0-9]+/backend/0".into(),
+                canary: "httproute/{{namespace}}/{{httproute}}/rule/[0-9]+/backend/1".into(),
+            }),
+            MetricsTemplate::Istio => {
+                let m = "reporter=\"destination\",destination_service_namespace=\"{{namespace}}\"";
+                Some(SeriesTemplate {
+                    requests: format!("istio_requests_total{{{m}}}"),
+                    failures: format!("istio_requests_total{{{m},response_code=~\"5..\"}}"),
+                    duration: format!("istio_request_duration_milliseconds_bucket{{{m}}}"),
+                    duration_unit: DurationUnit::Milliseconds,
+                    arm_label: "destination_service_name".into(),
+                    primary: "{{primary}}".into(),
+                    canary: "{{canary}}".into(),
+                })
+            }
+            MetricsTemplate::Custom(t) => Some(t.clone()),
+        }
+    }
+}
+
+fn is_dns_label(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !v.starts_with('-')
+        && !v.ends_with('-')
+}
+
+/// A custom metrics template, the YAML under a ConfigMap key:
+///
+/// ```yaml
+/// # Series selectors: a metric name, optionally with PromQL label matchers.
+/// requests: http_requests_total{job="web",namespace="{{namespace}}"}
+/// failures: http_requests_total{job="web",namespace="{{namespace}}",code=~"5.."}
+/// duration: http_request_duration_seconds_bucket{job="web",namespace="{{namespace}}"}
+/// durationUnit: seconds          # or milliseconds (the histogram's `le` unit)
+/// armLabel: service              # the label that tells the arms apart
+/// primary: "{{primary}}"         # its value (a PromQL regex, fully matched)
+/// canary: "{{canary}}"           #   for each arm
+/// ```
+///
+/// `requests` counts every request, `failures` the failed ones among them
+/// (a counter too, a subset of `requests`), `duration` is a cumulative
+/// histogram's `_bucket` series. In every field `{{namespace}}` is the
+/// Deployment's namespace, `{{app}}` its name, `{{primary}}` and
+/// `{{canary}}` the Services `app-primary` and `app-canary`, and
+/// `{{httproute}}` the `sluice.dev/httproute` (empty without one).
+/// Unknown keys are refused.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeriesTemplate {
+    pub requests: String,
+    pub failures: String,
+    pub duration: String,
+    #[serde(default)]
+    pub duration_unit: DurationUnit,
+    pub arm_label: String,
+    pub primary: String,
+    pub canary: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurationUnit {
+    #[default]
+    Seconds,
+    Milliseconds,
+}
+
+impl DurationUnit {
+    fn divisor(self) -> f64 {
+        match self {
+            DurationUnit::Seconds => 1.0,
+            DurationUnit::Milliseconds => 1000.0,
+        }
+    }
+
+    fn to_seconds_suffix(self) -> &'static str {
+        match self {
+            DurationUnit::Seconds => "",
+            DurationUnit::Milliseconds => " / 1000",
+        }
+    }
+}
+
+/// What a template's placeholders are filled with.
+#[derive(Clone, Debug, Default)]
+pub struct TemplateVars {
+    pub namespace: String,
+    pub app: String,
+    pub httproute: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateArm {
+    Primary,
+    Canary,
+}
+
+impl TemplateArm {
+    fn as_str(self) -> &'static str {
+        match self {
+            TemplateArm::Primary => "primary",
+            TemplateArm::Canary => "canary",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeriesKind {
+    Requests,
+    Failures,
+    Buckets,
+}
+
+impl SeriesKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SeriesKind::Requests => "requests",
+            SeriesKind::Failures => "failures",
+            SeriesKind::Buckets => "buckets",
+        }
+    }
+}
+
+impl SeriesTemplate {
+    /// Parses the YAML of a ConfigMap template; `origin` names where it is
+    /// in errors. Every selector must be a metric name with, optionally,
+    /// `{label matchers}`.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, String> {
+        let t: SeriesTemplate =
+            serde_yaml_ng::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        for (field, value) in [
+            ("requests", &t.requests),
+            ("failures", &t.failures),
+            ("duration", &t.duration),
+        ] {
+            split_selector(value).map_err(|e| format!("{origin}: {field}: {e}"))?;
+        }
+        let label_ok = |l: &str| {
+            l.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if !label_ok(&t.arm_label) {
+            return Err(format!(
+                "{origin}: armLabel: `{}` is not a Prometheus label name",
+                t.arm_label
+            ));
+        }
+        for (field, value) in [("primary", &t.primary), ("canary", &t.canary)] {
+            if value.trim().is_empty() || value.contains(['"', '\n']) {
+                return Err(format!(
+                    "{origin}: {field}: `{value}` must be a non-empty label value regex without quotes"
+                ));
+            }
+        }
+        if t.primary == t.canary {
+            return Err(format!(
+                "{origin}: primary and canary are both `{}`: the arms must differ",
+                t.primary
+            ));
+        }
+        Ok(t)
+    }
+
+    /// The template with its placeholders filled.
+    pub fn render(&self, vars: &TemplateVars) -> RenderedTemplate {
+        // Filled into PromQL regexes and strings: a `.` (the only regex
+        // character a Kubernetes name can hold) is matched literally.
+        let esc = |v: &str| v.replace('.', "\\\\.");
+        let fill = |text: &str| {
+            text.replace("{{namespace}}", &esc(&vars.namespace))
+                .replace("{{app}}", &esc(&vars.app))
+                .replace("{{primary}}", &esc(&format!("{}-primary", vars.app)))
+                .replace("{{canary}}", &esc(&format!("{}-canary", vars.app)))
+                .replace("{{httproute}}", &esc(&vars.httproute))
+        };
+        let sel = |text: &str| {
+            let (name, matchers) = split_selector(text).unwrap_or((text.trim(), ""));
+            (name.to_string(), fill(matchers))
+        };
+        RenderedTemplate {
+            requests: sel(&self.requests),
+            failures: sel(&self.failures),
+            duration: sel(&self.duration),
+            duration_unit: self.duration_unit,
+            arm_label: self.arm_label.clone(),
+            primary: fill(&self.primary),
+            canary: fill(&self.canary),
+        }
+    }
+}
+
+/// `name{matchers}` as (name, matchers without braces).
+fn split_selector(text: &str) -> Result<(&str, &str), String> {
+    let text = text.trim();
+    let (name, matchers) = match text.split_once('{') {
+        None => (text, ""),
+        Some((name, rest)) => match rest.strip_suffix('}') {
+            Some(m) => (name.trim(), m.trim()),
+            None => return Err(format!("`{text}`: the label matchers must end with `}}`")),
+        },
+    };
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+    if !ok {
+        return Err(format!("`{text}` does not start with a metric name"));
+    }
+    Ok((name, matchers.trim_end_matches(',')))
+}
+
+/// A [`SeriesTemplate`] filled for one release.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedTemplate {
+    requests: (String, String),
+    failures: (String, String),
+    duration: (String, String),
+    duration_unit: DurationUnit,
+    arm_label: String,
+    primary: String,
+    canary: String,
+}
+
+impl RenderedTemplate {
+    /// The selector of one kind of series of the arm whose label value
+    /// matches `arm`.
+    fn selector(&self, kind: SeriesKind, arm: &str) -> String {
+        let (name, matchers) = match kind {
+            SeriesKind::Requests => &self.requests,
+            SeriesKind::Failures => &self.failures,
+            SeriesKind::Buckets => &self.duration,
+        };
+        let sep = if matchers.is_empty() { "" } else { "," };
+        format!("{name}{{{matchers}{sep}{}=~\"{arm}\"}}", self.arm_label)
+    }
+}
+
+/// Adds one templated sample's increase to its arm of the window.
+fn add_templated(window: &mut Window, t: &RenderedTemplate, s: &crate::scrape::Sample, delta: f64) {
+    let arm = match s.labels.get(ARM_LABEL).map(String::as_str) {
+        Some("primary") => &mut window.stable,
+        Some("canary") => &mut window.canary,
+        _ => return,
+    };
+    match s.name.as_str() {
+        "requests" => arm.requests += delta,
+        "failures" => arm.failures += delta,
+        "buckets" => {
+            if let Some(le) = s
+                .labels
+                .get("le")
+                .and_then(|l| crate::counters::parse_le(l))
+            {
+                arm.add_bucket(le / t.duration_unit.divisor(), delta);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn parse_prom_float(text: &str) -> Option<f64> {
     match text {
         "NaN" => Some(f64::NAN),
@@ -777,6 +1271,185 @@ mod tests {
         );
         let a = judge(&plan, Some(100), Ok(100.0), vec![Ok(0.1.into())], vec![]);
         assert_eq!(a.verdict(), Outcome::Pass);
+    }
+
+    fn vars() -> TemplateVars {
+        TemplateVars {
+            namespace: "shop".into(),
+            app: "web".into(),
+            httproute: "web.v1".into(),
+        }
+    }
+
+    fn queries(t: &MetricsTemplate) -> Vec<String> {
+        PrometheusProvider::new("http://127.0.0.1:9090", "web")
+            .in_namespace("shop")
+            .with_template(t, &vars())
+            .series_queries()
+            .into_iter()
+            .map(|(_, _, q)| q)
+            .collect()
+    }
+
+    #[test]
+    fn the_proxy_template_keeps_the_proxys_own_series() {
+        assert!(queries(&MetricsTemplate::Proxy).is_empty());
+        assert_eq!(
+            MetricsTemplate::parse("proxy").unwrap(),
+            MetricsTemplate::Proxy
+        );
+    }
+
+    #[test]
+    fn envoy_gateway_queries_tell_the_arms_apart_by_per_backend_cluster() {
+        let c = |i: u32| {
+            format!("envoy_cluster_name=~\"httproute/shop/web\\\\.v1/rule/[0-9]+/backend/{i}\"")
+        };
+        assert_eq!(
+            queries(&MetricsTemplate::parse("envoy-gateway").unwrap()),
+            vec![
+                format!("envoy_cluster_upstream_rq_total{{{}}}", c(0)),
+                format!(
+                    "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",{}}}",
+                    c(0)
+                ),
+                format!("envoy_cluster_upstream_rq_time_bucket{{{}}}", c(0)),
+                format!("envoy_cluster_upstream_rq_total{{{}}}", c(1)),
+                format!(
+                    "envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",{}}}",
+                    c(1)
+                ),
+                format!("envoy_cluster_upstream_rq_time_bucket{{{}}}", c(1)),
+            ]
+        );
+    }
+
+    #[test]
+    fn istio_queries_read_the_destination_services() {
+        let m = "reporter=\"destination\",destination_service_namespace=\"shop\"";
+        let q = queries(&MetricsTemplate::Istio);
+        assert_eq!(
+            q[0],
+            format!("istio_requests_total{{{m},destination_service_name=~\"web-primary\"}}")
+        );
+        assert_eq!(
+            q[4],
+            format!(
+                "istio_requests_total{{{m},response_code=~\"5..\",destination_service_name=~\"web-canary\"}}"
+            )
+        );
+        assert_eq!(
+            q[5],
+            format!(
+                "istio_request_duration_milliseconds_bucket{{{m},destination_service_name=~\"web-canary\"}}"
+            )
+        );
+    }
+
+    #[test]
+    fn a_custom_template_names_its_series_label_and_arms() {
+        let text = "requests: http_requests_total{job=\"api\",namespace=\"{{namespace}}\"}\n\
+                    failures: http_requests_total{job=\"api\",code=~\"5..\"}\n\
+                    duration: http_request_duration_seconds_bucket\n\
+                    armLabel: service\n\
+                    primary: \"{{primary}}\"\n\
+                    canary: \"{{app}}-(canary|next)\"\n";
+        let t = SeriesTemplate::parse(text, "cm").unwrap();
+        assert_eq!(t.duration_unit, DurationUnit::Seconds);
+        assert_eq!(
+            queries(&MetricsTemplate::Custom(t)),
+            vec![
+                "http_requests_total{job=\"api\",namespace=\"shop\",service=~\"web-primary\"}",
+                "http_requests_total{job=\"api\",code=~\"5..\",service=~\"web-primary\"}",
+                "http_request_duration_seconds_bucket{service=~\"web-primary\"}",
+                "http_requests_total{job=\"api\",namespace=\"shop\",service=~\"web-(canary|next)\"}",
+                "http_requests_total{job=\"api\",code=~\"5..\",service=~\"web-(canary|next)\"}",
+                "http_request_duration_seconds_bucket{service=~\"web-(canary|next)\"}",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_custom_templates_are_refused_saying_where() {
+        let base = "requests: a_total\nfailures: a_total{code=\"500\"}\nduration: a_bucket\narmLabel: svc\nprimary: p\ncanary: c\n";
+        assert!(SeriesTemplate::parse(base, "cm").is_ok());
+        for (text, want) in [
+            (
+                base.replace("armLabel: svc", "armLabel: 9svc"),
+                "cm: armLabel: `9svc` is not a Prometheus label name",
+            ),
+            (
+                base.replace("requests: a_total", "requests: 'a_total{x=\"1\"'"),
+                "cm: requests: ",
+            ),
+            (
+                base.replace("duration: a_bucket", "duration: '{le=\"1\"}'"),
+                "cm: duration: `{le=\"1\"}` does not start with a metric name",
+            ),
+            (
+                base.replace("canary: c", "canary: p"),
+                "the arms must differ",
+            ),
+            (
+                base.replace("canary: c", "canary: c\ncolour: red"),
+                "unknown field `colour`",
+            ),
+            (base.replace("canary: c\n", ""), "missing field `canary`"),
+            (
+                format!("{base}durationUnit: minutes\n"),
+                "unknown variant `minutes`",
+            ),
+        ] {
+            let e = SeriesTemplate::parse(&text, "cm").unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        for (value, want) in [
+            ("linkerd", "unknown template"),
+            ("configmap:t", "needs NAME/KEY"),
+            ("configmap:T/k", "`T` is not a ConfigMap name"),
+            ("configmap:t/a/b", "`a/b` is not a ConfigMap key"),
+            ("configmap:t/", "`` is not a ConfigMap key"),
+        ] {
+            assert!(
+                MetricsTemplate::parse(value).unwrap_err().contains(want),
+                "{value}"
+            );
+        }
+        assert_eq!(
+            MetricsTemplate::parse("configmap:tpl/envoy.yaml").unwrap(),
+            MetricsTemplate::ConfigMap {
+                name: "tpl".into(),
+                key: "envoy.yaml".into()
+            }
+        );
+    }
+
+    #[test]
+    fn templated_samples_fill_their_arm_in_seconds() {
+        let t = MetricsTemplate::EnvoyGateway
+            .series()
+            .unwrap()
+            .render(&vars());
+        let sample = |kind: &str, arm: &str, le: Option<&str>| crate::scrape::Sample {
+            name: kind.into(),
+            labels: [(ARM_LABEL.to_string(), arm.to_string())]
+                .into_iter()
+                .chain(le.map(|l| ("le".to_string(), l.to_string())))
+                .collect(),
+            value: 0.0,
+        };
+        let mut w = Window::default();
+        add_templated(&mut w, &t, &sample("requests", "canary", None), 10.0);
+        add_templated(&mut w, &t, &sample("failures", "canary", None), 2.0);
+        add_templated(&mut w, &t, &sample("requests", "primary", None), 90.0);
+        add_templated(&mut w, &t, &sample("buckets", "canary", Some("250")), 8.0);
+        add_templated(&mut w, &t, &sample("buckets", "canary", Some("+Inf")), 10.0);
+        add_templated(&mut w, &t, &sample("requests", "other", None), 5.0);
+        w.finish();
+        assert_eq!((w.canary.requests, w.canary.failures), (10.0, 2.0));
+        assert_eq!((w.stable.requests, w.stable.failures), (90.0, 0.0));
+        assert_eq!(w.canary.buckets, vec![(0.25, 8.0), (f64::INFINITY, 10.0)]);
+        assert_eq!(w.canary.slower_than(0.25), Some(2.0));
     }
 
     #[test]

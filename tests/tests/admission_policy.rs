@@ -493,6 +493,18 @@ fn candidates(key: &str) -> Vec<&'static str> {
         ],
         "mirror-methods" => vec!["GET,HEAD", "get", "GET,FOO", "", ",", " POST , PUT "],
         "metrics" => vec!["proxy", "prometheus", "datadog", " proxy"],
+        "metrics-template" => vec![
+            "proxy",
+            "envoy-gateway",
+            "istio",
+            "configmap:tpl/template.yaml",
+            "configmap:tpl",
+            "configmap:Tpl/x",
+            "configmap:tpl/a/b",
+            "configmap:-tpl/x",
+            "linkerd",
+            "",
+        ],
         "port" => vec![
             "http",
             "8080",

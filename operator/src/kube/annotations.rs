@@ -78,6 +78,9 @@ pub const HTTP_PORTS: &str = "sluice.dev/http-ports";
 pub const ROUTER: &str = "sluice.dev/router";
 /// With `router: gateway-api`: the HTTPRoute (same namespace) to release through.
 pub const HTTPROUTE: &str = "sluice.dev/httproute";
+/// With `metrics: prometheus`: which series hold the traffic
+/// ([`crate::provider::MetricsTemplate`]).
+pub const METRICS_TEMPLATE: &str = "sluice.dev/metrics-template";
 
 /// Every annotation Sluice reads, for "unknown annotation" errors.
 pub const KNOWN: &[&str] = &[
@@ -135,6 +138,7 @@ pub const KNOWN: &[&str] = &[
     HTTP_PORTS,
     ROUTER,
     HTTPROUTE,
+    METRICS_TEMPLATE,
 ];
 
 /// How often the operator reads the proxies under the sequential gate,
@@ -207,6 +211,9 @@ pub struct Settings {
     pub plan: Plan,
     pub port: Option<PortRef>,
     pub metrics: MetricsSource,
+    /// `sluice.dev/metrics-template`: the series the prometheus provider
+    /// reads (a ConfigMap's is read by the reconciler into `Custom`).
+    pub metrics_template: crate::provider::MetricsTemplate,
     pub checks_configmap: Option<String>,
     pub webhooks_configmap: Option<String>,
     /// `sluice.dev/access`: the Secret with this app's outbound access.
@@ -590,11 +597,46 @@ pub fn parse(
         }
     };
     let router = router_of(annotations)?;
+    let metrics_template = match get(METRICS_TEMPLATE) {
+        None => crate::provider::MetricsTemplate::Proxy,
+        Some(v) => {
+            let t = crate::provider::MetricsTemplate::parse(v).map_err(|e| {
+                err(
+                    METRICS_TEMPLATE,
+                    v,
+                    e,
+                    crate::provider::MetricsTemplate::ALLOWED,
+                )
+            })?;
+            // Only the prometheus provider reads templates: said outright,
+            // not left to the operator's --prometheus-url default.
+            if get(METRICS) != Some("prometheus") {
+                return Err(err(
+                    METRICS_TEMPLATE,
+                    v,
+                    "only used with sluice.dev/metrics: prometheus".into(),
+                    "sluice.dev/metrics: prometheus beside it, or no template",
+                ));
+            }
+            if t == crate::provider::MetricsTemplate::EnvoyGateway
+                && !matches!(router, Router::GatewayApi { .. })
+            {
+                return Err(err(
+                    METRICS_TEMPLATE,
+                    v,
+                    "Envoy Gateway names its clusters after the HTTPRoute: needs sluice.dev/router: gateway-api".into(),
+                    "envoy-gateway with sluice.dev/router: gateway-api and sluice.dev/httproute, or another template",
+                ));
+            }
+            t
+        }
+    };
     Ok(Settings {
         router,
         plan,
         port,
         metrics,
+        metrics_template,
         checks_configmap,
         webhooks_configmap,
         http_ports: get(HTTP_PORTS)
@@ -831,6 +873,18 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
     ),
     (WEBHOOKS, "Hooks", "not a ConfigMap name"),
     (ROUTER, "istio", "proxy, gateway-api"),
+    (METRICS_TEMPLATE, "linkerd", "unknown template"),
+    (METRICS_TEMPLATE, "configmap:tpl", "needs NAME/KEY"),
+    (
+        METRICS_TEMPLATE,
+        "configmap:Tpl/t.yaml",
+        "not a ConfigMap name",
+    ),
+    (
+        METRICS_TEMPLATE,
+        "istio",
+        "only used with sluice.dev/metrics: prometheus",
+    ),
     (ROUTER, "gateway-api", "needs sluice.dev/httproute"),
     (
         HTTPROUTE,
@@ -1052,6 +1106,65 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_metrics_template_needs_prometheus_and_envoy_gateway_the_gateway_router() {
+        use crate::provider::MetricsTemplate;
+        let prom = [(CANARY, "enabled"), (METRICS, "prometheus")];
+        assert_eq!(
+            parse(&ann(&prom), true).unwrap().metrics_template,
+            MetricsTemplate::Proxy
+        );
+        let with = |extra: &[(&str, &str)]| {
+            let mut a = ann(&prom);
+            a.extend(ann(extra));
+            parse(&a, true)
+        };
+        assert_eq!(
+            with(&[(METRICS_TEMPLATE, "istio")])
+                .unwrap()
+                .metrics_template,
+            MetricsTemplate::Istio
+        );
+        assert_eq!(
+            with(&[(METRICS_TEMPLATE, "configmap:tpl/t.yaml")])
+                .unwrap()
+                .metrics_template,
+            MetricsTemplate::ConfigMap {
+                name: "tpl".into(),
+                key: "t.yaml".into()
+            }
+        );
+        let gw = [
+            (METRICS_TEMPLATE, "envoy-gateway"),
+            (ROUTER, "gateway-api"),
+            (HTTPROUTE, "web"),
+        ];
+        assert_eq!(
+            with(&gw).unwrap().metrics_template,
+            MetricsTemplate::EnvoyGateway
+        );
+        let e = with(&[(METRICS_TEMPLATE, "envoy-gateway")]).unwrap_err();
+        assert_eq!(e.annotation, METRICS_TEMPLATE);
+        assert!(
+            e.to_string()
+                .contains("needs sluice.dev/router: gateway-api"),
+            "{e}"
+        );
+        // Without the explicit provider, even where prometheus is the default.
+        let e = parse(
+            &ann(&[(CANARY, "enabled"), (METRICS_TEMPLATE, "istio")]),
+            true,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("only used with sluice.dev/metrics: prometheus"),
+            "{e}"
+        );
+        let e = with(&[(METRICS_TEMPLATE, "configmap:tpl")]).unwrap_err();
+        assert!(e.to_string().contains("configmap:NAME/KEY"), "{e}");
     }
 
     #[test]

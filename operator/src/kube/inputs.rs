@@ -154,6 +154,17 @@ pub(super) async fn load_extras(
             ));
         }
     }
+    if let crate::provider::MetricsTemplate::ConfigMap { name, key } = &settings.metrics_template {
+        let text = configmap_key(&cms, name, key, annotations::METRICS_TEMPLATE).await?;
+        settings.metrics_template =
+            crate::provider::MetricsTemplate::Custom(crate::provider::SeriesTemplate::parse(
+                &text,
+                &format!(
+                    "annotation {}: ConfigMap {name} key {key}",
+                    annotations::METRICS_TEMPLATE
+                ),
+            )?);
+    }
     if let Some(name) = &settings.webhooks_configmap {
         let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;
         settings.plan.webhooks = crate::plan::parse_webhooks(

@@ -346,7 +346,19 @@ fn default_provider(
     let route = route_name(app);
     match (settings.metrics, prometheus) {
         (MetricsSource::Prometheus, Some(url)) => {
-            Provider::Prometheus(PrometheusProvider::new(url, &route).in_namespace(ns))
+            let vars = crate::provider::TemplateVars {
+                namespace: ns.to_string(),
+                app: app.to_string(),
+                httproute: match &settings.router {
+                    annotations::Router::GatewayApi { httproute } => httproute.clone(),
+                    annotations::Router::Proxy => String::new(),
+                },
+            };
+            Provider::Prometheus(
+                PrometheusProvider::new(url, &route)
+                    .in_namespace(ns)
+                    .with_template(&settings.metrics_template, &vars),
+            )
         }
         _ => Provider::Proxy(ProxyProvider::new(
             &format!("http://{}.{ns}.svc:{PROXY_ADMIN_PORT}", proxy_name(app)),
