@@ -11,6 +11,16 @@
 //! cluster) read the same traffic: 100% success for the healthy one, about
 //! 95% (a Fail under 99%) for the failing one.
 //!
+//! A whole release through `sluice.dev/router: gateway-api` with
+//! `sluice.dev/metrics: prometheus` and `sluice.dev/metrics-template:
+//! envoy-gateway`, on the fake API server: the operator moves the
+//! HTTPRoute's weights (10%, 50%), a stand-in for Envoy Gateway's
+//! translation makes them Envoy's split (a runtime percent set through
+//! Envoy's admin `/runtime_modify`), and the operator's Prometheus provider
+//! (kube::default_provider's, with a 2 s window) reads Envoy's series: the
+//! healthy canary is promoted (`Succeeded`), the one failing 5% is rolled
+//! back (`Failed`, "worse than the primary").
+//!
 //! And through the operator on the fake API server: a
 //! `sluice.dev/metrics-template: configmap:NAME/KEY` is read from the
 //! ConfigMap into the release's provider, and a template it cannot use (a
@@ -583,5 +593,323 @@ mod configmap {
             w.warnings()
         );
         assert_eq!(w.fake.get(APPS, "deployments", NS, "app-primary"), None);
+    }
+}
+
+// === a release through the Gateway API router, judged on Envoy's series ===
+
+mod release {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Api;
+    use serde_json::json;
+    use sluice_operator::kube::annotations::Router;
+    use sluice_operator::kube::{self as op, Context, KubeStatus};
+    use sluice_operator::provider::{PrometheusProvider, Provider, TemplateVars};
+    use sluice_tests::fake_kube::{FakeKube, Options};
+    use sluice_tests::*;
+
+    const NS: &str = "shop";
+    const APPS: &str = "apis/apps/v1";
+    const ROUTES: &str = "apis/gateway.networking.k8s.io/v1";
+
+    /// Envoy standing in for Envoy Gateway's data plane: per-backendRef
+    /// clusters named as Envoy Gateway names them, the canary's share of
+    /// the traffic a runtime value (a percent) the test's stand-in
+    /// controller sets from the HTTPRoute's weights through the admin API.
+    async fn start_envoy(dir: &TempDir, primary: &str, canary: &str) -> (String, String, Killed) {
+        let (listen, admin) = (free_port(), free_port());
+        let cluster = |name: &str, addr: &str| {
+            let (host, port) = addr.rsplit_once(':').unwrap();
+            json!({
+                "name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {
+                        "address": host, "port_value": port.parse::<u16>().unwrap()}}}}]}]}
+            })
+        };
+        let (p, c) = (
+            "httproute/shop/web/rule/0/backend/0",
+            "httproute/shop/web/rule/0/backend/1",
+        );
+        let config = json!({
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "stats_flush_interval": "1s",
+            "layered_runtime": {"layers": [
+                {"name": "static", "static_layer": {}},
+                {"name": "admin", "admin_layer": {}}
+            ]},
+            "static_resources": {
+                "listeners": [{
+                    "name": "http",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "http",
+                            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                                {"match": {"prefix": "/", "runtime_fraction": {
+                                    "default_value": {"numerator": 0, "denominator": "HUNDRED"},
+                                    "runtime_key": "sluice.canary_percent"}},
+                                 "route": {"cluster": c}},
+                                {"match": {"prefix": "/"}, "route": {"cluster": p}}
+                            ]}]},
+                            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+                        }
+                    }]}]
+                }],
+                "clusters": [cluster(p, primary), cluster(c, canary)]
+            }
+        });
+        let path = dir.path.join("envoy-runtime.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let child = Killed(
+            std::process::Command::new(super::envoy_binary())
+                .arg("-c")
+                .arg(&path)
+                .args([
+                    "--concurrency",
+                    "1",
+                    "--log-level",
+                    "error",
+                    "--use-dynamic-base-id",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn envoy"),
+        );
+        let admin = format!("127.0.0.1:{admin}");
+        wait_until_ok(
+            "envoy to be ready",
+            &format!("http://{admin}/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+        (format!("http://127.0.0.1:{listen}/"), admin, child)
+    }
+
+    use super::Killed;
+
+    /// The phase the release ends in, and its last message.
+    async fn release_through_the_route(canary_error_rate: f64) -> (String, String) {
+        let dir = TempDir::new("gateway-metrics-release");
+        let primary = backend("web-primary").await;
+        let canary = if canary_error_rate > 0.0 {
+            failing_backend("web-canary", canary_error_rate, 11).await
+        } else {
+            backend("web-canary").await
+        };
+        let (url, admin, _envoy) =
+            start_envoy(&dir, &primary.addr.to_string(), &canary.addr.to_string()).await;
+        let (prom_url, _prometheus) = super::start_prometheus(&dir, &admin).await;
+        let (control, load) = steady_load(&url, 300.0);
+
+        let fake = FakeKube::start_with(Options {
+            tls: true,
+            ..Options::default()
+        })
+        .await;
+        fake.install_operator_rbac();
+        let clock = Arc::new(AtomicU64::new(1_000_000));
+        let mut ctx = Context::new(
+            fake.operator_client(),
+            "test-operator",
+            Some(prom_url.clone()),
+            "sluice-proxy:test".into(),
+        );
+        let c = clock.clone();
+        ctx.now = Arc::new(move || c.load(Ordering::SeqCst) as f64);
+        // The operator's own provider (kube::default_provider), with a
+        // Prometheus window of 2 s instead of 30 s.
+        let prom = prom_url.clone();
+        ctx.make_provider = Arc::new(move |settings, ns, app| {
+            let httproute = match &settings.router {
+                Router::GatewayApi { httproute } => httproute.clone(),
+                Router::Proxy => String::new(),
+            };
+            let mut p = PrometheusProvider::new(&prom, &format!("{ns}-{app}"))
+                .in_namespace(ns)
+                .with_template(
+                    &settings.metrics_template,
+                    &TemplateVars {
+                        namespace: ns.into(),
+                        app: app.into(),
+                        httproute,
+                    },
+                );
+            p.window_floor = Duration::from_secs(2);
+            Provider::Prometheus(p)
+        });
+        ctx.poll = Duration::from_millis(10);
+        ctx.proxy_digests = None;
+        let ctx = Arc::new(ctx);
+        let crds = dir.path.join("gateway-crds.yaml");
+        std::fs::write(&crds, gateway_crds::yaml()).unwrap();
+        let kubeconfig = dir.path.join("kubeconfig");
+        fake.kubeconfig(&kubeconfig);
+        let out = output_within(
+            std::process::Command::new(kubectl())
+                .env("KUBECONFIG", &kubeconfig)
+                .args(["apply", "-f", &crds.display().to_string()]),
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fake.put(
+            ROUTES,
+            "httproutes",
+            NS,
+            json!({"metadata": {"name": "web"},
+                   "spec": {"parentRefs": [{"name": "eg"}],
+                            "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+        );
+        fake.put(
+            "api/v1",
+            "services",
+            NS,
+            json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}}),
+        );
+        fake.put(
+            APPS,
+            "deployments",
+            NS,
+            json!({
+                "metadata": {"name": "web", "annotations": {
+                    "sluice.dev/canary": "enabled", "sluice.dev/steps": "10,50",
+                    "sluice.dev/interval": "10s", "sluice.dev/baseline": "10s",
+                    "sluice.dev/failure-floor": "1", "sluice.dev/latency-bound": "1s",
+                    "sluice.dev/warmup": "0s", "sluice.dev/min-requests": "50",
+                    "sluice.dev/router": "gateway-api", "sluice.dev/httproute": "web",
+                    "sluice.dev/metrics": "prometheus",
+                    "sluice.dev/metrics-template": "envoy-gateway",
+                }},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 9898}]}]},
+                    },
+                },
+            }),
+        );
+        let phase = || -> Option<String> {
+            let d = fake.get(APPS, "deployments", NS, "web-primary")?;
+            let s = KubeStatus::from_primary(&serde_json::from_value(d).unwrap())?;
+            Some(format!("{}\u{1}{}", s.phase, s.message))
+        };
+        let mut last_bp = -1;
+        let mut released = false;
+        let mut ended = None;
+        for _ in 0..150 {
+            for d in ["web", "web-primary"] {
+                if fake.get(APPS, "deployments", NS, d).is_some() {
+                    fake.make_ready(NS, d);
+                }
+            }
+            clock.fetch_add(5, Ordering::SeqCst);
+            let api: Api<Deployment> = Api::namespaced(fake.client(), NS);
+            let d = api.get("web").await.unwrap();
+            op::reconcile(Arc::new(d), ctx.clone()).await.unwrap();
+            // The stand-in for Envoy Gateway: the route's weights become
+            // Envoy's split.
+            if let Some(route) = fake.get(ROUTES, "httproutes", NS, "web") {
+                let refs = route["spec"]["rules"][0]["backendRefs"].clone();
+                let bp = refs
+                    .as_array()
+                    .and_then(|r| r.iter().find(|b| b["name"] == "web-canary"))
+                    .and_then(|b| b["weight"].as_i64())
+                    .unwrap_or(0);
+                if bp != last_bp {
+                    // Envoy reads an integer runtime value as a percent.
+                    assert_eq!(bp % 100, 0, "steps of whole percents: {bp}");
+                    let status = post(&format!(
+                        "http://{admin}/runtime_modify?sluice.canary_percent={}",
+                        bp / 100
+                    ))
+                    .await;
+                    assert!(status.is_success(), "runtime_modify answered {status}");
+                    last_bp = bp;
+                }
+            }
+            let p = phase().unwrap_or_default();
+            if p.starts_with("Initialized") && !released {
+                fake.merge_into(
+                    APPS,
+                    "deployments",
+                    NS,
+                    "web",
+                    json!({"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web:2", "ports": [{"containerPort": 9898}]}]}}}}),
+                );
+                released = true;
+            }
+            if released && (p.starts_with("Succeeded") || p.starts_with("Failed")) {
+                ended = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+        control.stop();
+        let report = load.await.unwrap();
+        let (to_primary, to_canary) = (
+            report
+                .header_counts
+                .get("web-primary")
+                .copied()
+                .unwrap_or(0),
+            report.header_counts.get("web-canary").copied().unwrap_or(0),
+        );
+        assert!(
+            to_canary > 100 && to_primary > to_canary,
+            "both arms got traffic through Envoy, the primary most: {:?}",
+            report.header_counts
+        );
+        let ended = ended.unwrap_or_else(|| {
+            panic!(
+                "the release never ended: {:?}",
+                fake.get(APPS, "deployments", NS, "web-primary")
+                    .map(|d| d["metadata"]["annotations"]["sluice.dev/status"].clone())
+            )
+        });
+        let (phase, message) = ended.split_once('\u{1}').unwrap();
+        (phase.to_string(), message.to_string())
+    }
+
+    /// POSTs to Envoy's admin: its status.
+    async fn post(url: &str) -> http::StatusCode {
+        let req = http::Request::post(url)
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap();
+        h1_client()
+            .request(req)
+            .await
+            .expect("envoy admin")
+            .status()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_through_the_route_is_promoted_on_envoys_series_when_healthy() {
+        let (phase, message) = release_through_the_route(0.0).await;
+        assert_eq!(phase, "Succeeded", "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_release_through_the_route_is_rolled_back_on_envoys_series_when_the_canary_fails_5_percent()
+     {
+        let (phase, message) = release_through_the_route(0.05).await;
+        assert_eq!(phase, "Failed", "{message}");
+        assert!(
+            message.contains("worse than the primary") && message.contains("failures"),
+            "{message}"
+        );
     }
 }
