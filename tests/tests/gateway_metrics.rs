@@ -17,7 +17,7 @@
 //! HTTPRoute's weights (10%, 50%), a stand-in for Envoy Gateway's
 //! translation makes them Envoy's split (a runtime percent set through
 //! Envoy's admin `/runtime_modify`), and the operator's Prometheus provider
-//! (kube::default_provider's, with a 2 s window) reads Envoy's series: the
+//! (kube::prometheus_provider, with a 2 s window) reads Envoy's series: the
 //! healthy canary is promoted (`Succeeded`), the one failing 5% is rolled
 //! back (`Failed`, "worse than the primary").
 //!
@@ -606,9 +606,8 @@ mod release {
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::Api;
     use serde_json::json;
-    use sluice_operator::kube::annotations::Router;
     use sluice_operator::kube::{self as op, Context, KubeStatus};
-    use sluice_operator::provider::{PrometheusProvider, Provider, TemplateVars};
+    use sluice_operator::provider::Provider;
     use sluice_tests::fake_kube::{FakeKube, Options};
     use sluice_tests::*;
 
@@ -725,24 +724,11 @@ mod release {
         );
         let c = clock.clone();
         ctx.now = Arc::new(move || c.load(Ordering::SeqCst) as f64);
-        // The operator's own provider (kube::default_provider), with a
-        // Prometheus window of 2 s instead of 30 s.
+        // The operator's own Prometheus provider, with a window of 2 s
+        // instead of 30 s.
         let prom = prom_url.clone();
         ctx.make_provider = Arc::new(move |settings, ns, app| {
-            let httproute = match &settings.router {
-                Router::GatewayApi { httproute } => httproute.clone(),
-                Router::Proxy => String::new(),
-            };
-            let mut p = PrometheusProvider::new(&prom, &format!("{ns}-{app}"))
-                .in_namespace(ns)
-                .with_template(
-                    &settings.metrics_template,
-                    &TemplateVars {
-                        namespace: ns.into(),
-                        app: app.into(),
-                        httproute,
-                    },
-                );
+            let mut p = op::prometheus_provider(settings, ns, app, &prom);
             p.window_floor = Duration::from_secs(2);
             Provider::Prometheus(p)
         });

@@ -346,25 +346,34 @@ fn default_provider(
     let route = route_name(app);
     match (settings.metrics, prometheus) {
         (MetricsSource::Prometheus, Some(url)) => {
-            let vars = crate::provider::TemplateVars {
-                namespace: ns.to_string(),
-                app: app.to_string(),
-                httproute: match &settings.router {
-                    annotations::Router::GatewayApi { httproute } => httproute.clone(),
-                    annotations::Router::Proxy => String::new(),
-                },
-            };
-            Provider::Prometheus(
-                PrometheusProvider::new(url, &route)
-                    .in_namespace(ns)
-                    .with_template(&settings.metrics_template, &vars),
-            )
+            Provider::Prometheus(prometheus_provider(settings, ns, app, url))
         }
         _ => Provider::Proxy(ProxyProvider::new(
             &format!("http://{}.{ns}.svc:{PROXY_ADMIN_PORT}", proxy_name(app)),
             &route,
         )),
     }
+}
+
+/// The Prometheus provider of an app: its route's series in its namespace,
+/// or the series its `sluice.dev/metrics-template` names.
+pub fn prometheus_provider(
+    settings: &Settings,
+    ns: &str,
+    app: &str,
+    url: &str,
+) -> PrometheusProvider {
+    let vars = crate::provider::TemplateVars {
+        namespace: ns.to_string(),
+        app: app.to_string(),
+        httproute: match &settings.router {
+            Router::GatewayApi { httproute } => httproute.clone(),
+            Router::Proxy => String::new(),
+        },
+    };
+    PrometheusProvider::new(url, &route_name(app))
+        .in_namespace(ns)
+        .with_template(&settings.metrics_template, &vars)
 }
 
 /// Runs the controller until the stream ends (or the future is dropped).
