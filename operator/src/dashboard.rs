@@ -18,7 +18,28 @@
 //!   `Host` that is not the address it listens on (DNS rebinding) is
 //!   refused with 403 and nothing is done.
 //! - **Confirmation.** A button leads to a page that says what will happen
-//!   and asks again; only its form acts.
+//!   and asks again; only its form acts. The form names the release it was
+//!   shown for (its id in the URL, its revision in the form); the action is
+//!   refused with 409 unless that release is still the app's live (newest)
+//!   release, its revision unchanged, and the action one it allows now
+//!   (promote/abort while it runs, retry on Kubernetes after a rollback).
+//! - **Not framed, not sniffed.** Every response carries `X-Frame-Options:
+//!   DENY`, a `Content-Security-Policy` (`frame-ancestors 'none'`, nothing
+//!   loaded from elsewhere, the one inline script allowed by its SHA-256
+//!   hash), `X-Content-Type-Options: nosniff`, `Referrer-Policy:
+//!   no-referrer` and `Cache-Control: no-store`, so another page (even one
+//!   on another port of 127.0.0.1, which browsers count as same-site)
+//!   cannot frame the confirmation page and trick a click. The
+//!   confirmation page also refuses a request whose `Sec-Fetch-Site` is
+//!   neither `same-origin` nor `none` (typed or bookmarked), and any page
+//!   refuses a `cross-site` request that is not a top-level navigation.
+//! - **Loopback by default.** `--dashboard` refuses an address that is not
+//!   loopback unless `--dashboard-allow-remote` is given ([`check_address`]):
+//!   the dashboard has no login of its own, so anyone who can reach the
+//!   port can read every release and, through the confirmation page, act.
+//!   Even then the `Host` check stays on: loopback names, IP literals (no
+//!   DNS rebinding through a literal) and the bound address are answered,
+//!   other names refused.
 //! - **Works without JavaScript.** Every page is server-rendered. The only
 //!   script, small and inline, polls the release's body every 2 s while it
 //!   runs and swaps it in (live updates); without it the page is a snapshot.
@@ -104,7 +125,14 @@ impl Source {
     }
 
     /// Carries out `action` on the release of `app`; the text to show.
-    async fn act(&self, ns: &str, app: &str, action: &str) -> Result<String, String> {
+    /// On Kubernetes the live status must still be of `revision`.
+    async fn act(
+        &self,
+        ns: &str,
+        app: &str,
+        action: &str,
+        revision: &str,
+    ) -> Result<String, String> {
         match self {
             Source::Local(l) => {
                 let Some(path) = &l.control_socket else {
@@ -138,6 +166,15 @@ impl Source {
                     client: p.client.clone(),
                     namespace: ns.to_string(),
                 };
+                // The release may have moved on since the page was drawn.
+                let live = p.release(app).await.map_err(|e| e.to_string())?;
+                let live_rev = live.status.as_ref().map(|s| s.revision.as_str());
+                if live_rev != Some(revision) {
+                    return Err(format!(
+                        "Nothing was done: {app}'s live release is now of revision {}, not {revision}",
+                        live_rev.unwrap_or("(none)")
+                    ));
+                }
                 let r = match action {
                     "promote" => p.promote(app, true).await,
                     "abort" => p.abort(app).await,
@@ -170,8 +207,10 @@ struct Shared {
     source: Source,
     /// session id -> its action token and when it was made.
     sessions: Mutex<HashMap<String, (String, std::time::Instant)>>,
-    /// The `Host` values this dashboard answers to.
+    /// The `Host` names this dashboard answers to (besides IP literals
+    /// with its port).
     hosts: Vec<String>,
+    port: u16,
 }
 
 type App = Arc<Shared>;
@@ -431,6 +470,18 @@ async fn confirm(
     if let Some(r) = host_refused(&app, &headers) {
         return r;
     }
+    match headers.get(SEC_FETCH_SITE).and_then(|v| v.to_str().ok()) {
+        None | Some("same-origin") | Some("none") => {}
+        Some(other) => {
+            return error_page(
+                StatusCode::FORBIDDEN,
+                "Refused",
+                &format!(
+                    "Refused: the confirmation page was opened from another site ({other}); open it from this dashboard's release page."
+                ),
+            );
+        }
+    }
     let (sid, token, new) = session(&app, &headers);
     if what_it_does(&q.action).is_empty() {
         return error_page(
@@ -451,6 +502,7 @@ async fn confirm(
         form method="post" action=(format!("{base}/action")) {
             input type="hidden" name="token" value=(token);
             input type="hidden" name="action" value=(q.action);
+            input type="hidden" name="revision" value=(r.revision);
             button type="submit" data-confirm=(q.action) { "Yes, " (q.action) }
             " " a href=(base) { "Cancel" }
         }
@@ -463,6 +515,8 @@ async fn confirm(
 struct ActionForm {
     token: Option<String>,
     action: String,
+    /// The revision the confirmation page showed.
+    revision: Option<String>,
 }
 
 /// Why a state-changing request is not from this dashboard's own page:
@@ -473,6 +527,14 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
     let header_str = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
     let host = header_str(header::HOST).unwrap_or_default();
     match header_str(header::ORIGIN) {
+        // `Referrer-Policy: no-referrer` makes a browser send `Origin:
+        // null` with its own form posts; then `Sec-Fetch-Site` must say
+        // same-origin (a browser that sends neither is refused).
+        Some("null") => match header_str(SEC_FETCH_SITE) {
+            Some("same-origin") => None,
+            Some(other) => Some(format!("the request is {other}, not from this dashboard")),
+            None => Some("the request names no origin (Origin: null)".to_string()),
+        },
         Some(origin) => (origin != format!("http://{host}"))
             .then(|| format!("the request came from {origin}, not from this dashboard")),
         None => match header_str(axum::http::HeaderName::from_static("sec-fetch-site")) {
@@ -486,20 +548,103 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
 /// rebinding: a hostile name resolving to 127.0.0.1). A dashboard bound
 /// to every address (`0.0.0.0`) cannot know its names and accepts any.
 fn host_refused(app: &App, headers: &HeaderMap) -> Option<Response> {
-    if app.hosts.is_empty() {
-        return None;
+    let header_str = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    // A page of another site may link here (a navigation), but not fetch,
+    // embed or script this dashboard's pages.
+    if header_str(SEC_FETCH_SITE) == Some("cross-site")
+        && header_str(axum::http::HeaderName::from_static("sec-fetch-mode")) != Some("navigate")
+    {
+        return Some(error_page(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "Refused: a cross-site request that is not a navigation.",
+        ));
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    (!app.hosts.iter().any(|h| h == host)).then(|| {
+    let host = header_str(header::HOST).unwrap_or_default();
+    (!host_allowed(&app.hosts, app.port, host)).then(|| {
         error_page(
             StatusCode::FORBIDDEN,
             "Refused",
             &format!("this dashboard does not answer to host `{host}`"),
         )
     })
+}
+
+const SEC_FETCH_SITE: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("sec-fetch-site");
+
+/// Whether `host` (a `Host` header) names this dashboard: one of `names`,
+/// or any IP literal with this port (a literal cannot be rebound to
+/// another address by DNS).
+fn host_allowed(names: &[String], port: u16, host: &str) -> bool {
+    if names.iter().any(|h| h == host) {
+        return true;
+    }
+    host.parse::<SocketAddr>().is_ok_and(|a| a.port() == port)
+}
+
+/// Refuses an address that is not loopback unless `allow_remote`; the
+/// caller exits 2 with the text. When allowed, the caller warns.
+pub fn check_address(addr: SocketAddr, allow_remote: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    Err(format!(
+        "{addr} is not a loopback address: the dashboard has no login, so anyone who can reach it could read every release and promote or abort it; use 127.0.0.1:PORT (and an SSH tunnel), or add --dashboard-allow-remote if every host that can reach {addr} is trusted"
+    ))
+}
+
+/// The warning printed when a dashboard listens beyond loopback.
+pub fn remote_warning(addr: SocketAddr) -> String {
+    format!(
+        "WARNING: the dashboard listens on {addr}, beyond loopback, WITHOUT authentication: anyone who can reach this port can read every release and promote or abort it"
+    )
+}
+
+/// The live-update script's CSP source: `'sha256-<base64>'`.
+fn live_js_hash() -> &'static str {
+    static HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        use base64::Engine;
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(LIVE_JS.as_bytes());
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    });
+    &HASH
+}
+
+/// The security headers every response carries (see the module docs).
+async fn security_headers(mut resp: Response) -> Response {
+    let csp = format!(
+        "frame-ancestors 'none'; default-src 'none'; style-src 'unsafe-inline'; script-src {}; connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'",
+        live_js_hash()
+    );
+    let h = resp.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Compares two tokens in time independent of where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 async fn act(
@@ -525,8 +670,8 @@ async fn act(
             .get(&sid)
             .map(|(token, _)| token.clone())
     });
-    match (expected, form.token) {
-        (Some(want), Some(got)) if want == got => {}
+    match (expected, form.token.as_deref()) {
+        (Some(want), Some(got)) if same_token(&want, got) => {}
         _ => {
             return error_page(
                 StatusCode::FORBIDDEN,
@@ -540,7 +685,10 @@ async fn act(
         Ok(None) => return not_found(&format!("There is no release {id} of {name} in {ns}.")),
         Err(e) => return error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
     };
-    match app.source.act(&ns, &r.app, &form.action).await {
+    if let Err(why) = still_live(&app, &r, &form).await {
+        return conflict(&r, &form.action, &why);
+    }
+    match app.source.act(&ns, &r.app, &form.action, &r.revision).await {
         Ok(_) => Redirect::to(&href(&r)).into_response(),
         Err(e) => {
             let back = href(&r);
@@ -556,6 +704,66 @@ async fn act(
                 .into_response()
         }
     }
+}
+
+/// Why `form` may not act on `r` now: `r` must be its app's newest
+/// release, with the revision the confirmation page showed, and allow the
+/// action.
+async fn still_live(app: &App, r: &ReleaseRecord, form: &ActionForm) -> Result<(), String> {
+    if form.revision.as_deref() != Some(r.revision.as_str()) {
+        return Err(format!(
+            "the confirmation was for revision {}, but this release is of revision {}",
+            form.revision.as_deref().unwrap_or("(none)"),
+            r.revision
+        ));
+    }
+    let all = app.source.records().await?;
+    let newest = all
+        .iter()
+        .filter(|o| ns_of(o) == ns_of(r) && o.app == r.app)
+        .max_by(|a, b| a.started_at.total_cmp(&b.started_at));
+    if let Some(n) = newest
+        && id_of(n) != id_of(r)
+    {
+        return Err(format!(
+            "this release is no longer the live one: {} has a newer release (revision {}, {})",
+            r.app,
+            n.revision,
+            n.phase.as_str()
+        ));
+    }
+    let kube = matches!(app.source, Source::Kube(_));
+    let allowed = actions(r, kube);
+    if !allowed.contains(&form.action.as_str()) {
+        return Err(format!(
+            "`{}` is not possible on this release now (it is {}{}); possible: {}",
+            form.action,
+            r.phase.as_str(),
+            r.outcome
+                .as_deref()
+                .map(|o| format!(", {o}"))
+                .unwrap_or_default(),
+            if allowed.is_empty() {
+                "nothing".to_string()
+            } else {
+                allowed.join(", ")
+            }
+        ));
+    }
+    Ok(())
+}
+
+fn conflict(r: &ReleaseRecord, action: &str, why: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Html(page(
+            &format!("{action} was not done"),
+            nav(),
+            html! { p data-error="conflict" { "Nothing was done: " (why) "." } p { a href=(href(r)) { "Back to the release" } } },
+            None,
+        )),
+    )
+        .into_response()
 }
 
 async fn fallback() -> Response {
@@ -574,17 +782,12 @@ pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
-    let mut hosts = vec![addr.to_string()];
-    if addr.ip().is_loopback() {
-        hosts.push(format!("localhost:{}", addr.port()));
-    }
-    if addr.ip().is_unspecified() {
-        hosts.clear();
-    }
+    let hosts = vec![addr.to_string(), format!("localhost:{}", addr.port())];
     let app: App = Arc::new(Shared {
         source,
         sessions: Mutex::new(HashMap::new()),
         hosts,
+        port: addr.port(),
     });
     let router = Router::new()
         .route("/", get(list))
@@ -595,6 +798,7 @@ pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::
         .route("/releases/{ns}/{app}/{id}/confirm", get(confirm))
         .route("/releases/{ns}/{app}/{id}/action", post(act))
         .fallback(fallback)
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(app);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {

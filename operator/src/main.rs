@@ -495,6 +495,9 @@ struct RolloutArgs {
     /// Serve the web dashboard on this address while the release runs, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
+    /// Let --dashboard listen beyond loopback (it has no login: anyone who can reach it can act).
+    #[arg(long, requires = "dashboard")]
+    dashboard_allow_remote: bool,
 }
 
 #[derive(clap::Args)]
@@ -527,6 +530,9 @@ struct DemoArgs {
     /// scenarios until Ctrl-C.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
+    /// Let --dashboard listen beyond loopback (it has no login: anyone who can reach it can act).
+    #[arg(long, requires = "dashboard")]
+    dashboard_allow_remote: bool,
 }
 
 fn main() -> ExitCode {
@@ -584,10 +590,15 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         Err(e) => return usage(e),
     };
     let dashboard_listener = match args.dashboard {
-        Some(addr) => match sluice_operator::dashboard::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => return usage(format!("--dashboard: {e}")),
-        },
+        Some(addr) => {
+            match sluice_operator::dashboard::check_address(addr, args.dashboard_allow_remote) {
+                Err(e) => return usage(format!("--dashboard: {e}")),
+                Ok(()) => match sluice_operator::dashboard::bind(addr).await {
+                    Ok(l) => Some(l),
+                    Err(e) => return usage(format!("--dashboard: {e}")),
+                },
+            }
+        }
         None => None,
     };
     if plan
@@ -712,10 +723,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             store.put(r);
         }
         store.follow(record_rx.clone());
-        eprintln!(
-            "dashboard on http://{}",
-            listener.local_addr().expect("bound")
-        );
+        let bound = listener.local_addr().expect("bound");
+        if !bound.ip().is_loopback() {
+            eprintln!("{}", sluice_operator::dashboard::remote_warning(bound));
+        }
+        eprintln!("dashboard on http://{bound}");
         AbortOnDrop(sluice_operator::dashboard::serve(
             listener,
             sluice_operator::dashboard::Source::Local(store),
@@ -876,6 +888,13 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
     }
     let mut dashboard = None;
     if let Some(addr) = args.dashboard {
+        if let Err(e) = sluice_operator::dashboard::check_address(addr, args.dashboard_allow_remote)
+        {
+            return usage(format!("--dashboard: {e}"));
+        }
+        if !addr.ip().is_loopback() {
+            eprintln!("{}", sluice_operator::dashboard::remote_warning(addr));
+        }
         let listener = match sluice_operator::dashboard::bind(addr).await {
             Ok(l) => l,
             Err(e) => return usage(format!("--dashboard: {e}")),

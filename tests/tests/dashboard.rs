@@ -567,6 +567,81 @@ async fn a_dashboard_port_in_use_exits_2_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dashboard_beyond_loopback_is_refused_without_the_explicit_opt_in() {
+    for addr in ["0.0.0.0:3999", "[::]:3999"] {
+        let (code, stderr) = rollout_refusal(&["--dashboard", addr]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("--dashboard: {addr} is not a loopback address"))
+                && stderr.contains("--dashboard-allow-remote"),
+            "{stderr}"
+        );
+        let out = Command::new(bin("sluice"))
+            .args(["demo", "--scenario", "healthy", "--dashboard", addr])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("is not a loopback address"), "{stderr}");
+    }
+    // With the opt-in it listens, warns, and still refuses a foreign name.
+    let port = free_port();
+    let mut demo = Command::new(bin("sluice"))
+        .args([
+            "demo",
+            "--scenario",
+            "healthy",
+            "--output",
+            "plain",
+            "--dashboard",
+            &format!("0.0.0.0:{port}"),
+            "--dashboard-allow-remote",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(
+        "the remote dashboard answers",
+        Duration::from_secs(30),
+        || async {
+            let (status, _, _) = get(&format!("{base}/")).await.ok()?;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let (_, out, _) = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Host: evil.example",
+        &format!("{base}/"),
+    ]);
+    assert!(out.ends_with("\n403"), "{out}");
+    let (_, out, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("Host: localhost:{port}"),
+        &format!("{base}/"),
+    ]);
+    assert_eq!(out, "200");
+    let _ = demo.kill();
+    let out = demo.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("WARNING: the dashboard listens on 0.0.0.0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("WITHOUT authentication"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
@@ -626,6 +701,90 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
         out.contains("does not answer to host `evil.example`"),
         "{out}"
     );
+
+    // Every page says it may not be framed, sniffed or cached.
+    let (_, out, _) = curl(&["-s", "-D", "-", "-o", "/dev/null", &format!("{base}{path}")]);
+    let out = out.to_ascii_lowercase();
+    for h in [
+        "x-frame-options: deny",
+        "content-security-policy: frame-ancestors 'none'; default-src 'none';",
+        "script-src 'sha256-",
+        "x-content-type-options: nosniff",
+        "referrer-policy: no-referrer",
+        "cache-control: no-store",
+    ] {
+        assert!(out.contains(h), "{h} missing: {out}");
+    }
+    // The confirmation page opened from another site is refused.
+    let (_, out, _) = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Sec-Fetch-Site: same-site",
+        &format!("{base}{path}/confirm?action=abort"),
+    ]);
+    assert!(
+        out.ends_with("\n403") && out.contains("from another site"),
+        "{out}"
+    );
+
+    // Clickjacking: a page on another 127.0.0.1 port (same-site) framing
+    // the confirmation page does not get it drawn.
+    let framed = format!("{base}{path}/confirm?action=abort");
+    let framed_again = framed.clone();
+    let evil = serve_http(move |_req| {
+        let html =
+            format!("<!doctype html><iframe id=f src='{framed}' width=600 height=400></iframe>");
+        async move {
+            http::Response::builder()
+                .header("content-type", "text/html")
+                .body(http_body_util::Full::new(bytes::Bytes::from(html)))
+                .unwrap()
+        }
+    })
+    .await;
+    b.open(&format!("http://{evil}/")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tree = b.call("Page.getFrameTree", serde_json::json!({})).await;
+    let child = &tree["frameTree"]["childFrames"][0]["frame"];
+    assert!(child.is_object(), "the iframe is in the tree: {tree}");
+    // A blocked frame is Chromium's error page, never the dashboard's.
+    assert_eq!(
+        (child["url"].as_str(), child["unreachableUrl"].as_str()),
+        (
+            Some("chrome-error://chromewebdata/"),
+            Some(framed_again.as_str())
+        ),
+        "the confirmation page was drawn in a frame: {child}"
+    );
+
+    // Confirming an action the ended release does not allow (with a valid
+    // session and token) is refused with 409 and nothing happens.
+    b.open(&format!("{base}{path}/confirm?action=abort")).await;
+    let before = b.text().await;
+    assert!(before.contains("Yes, abort"), "{before}");
+    b.eval("document.querySelector('[data-confirm]').click()")
+        .await;
+    let mut after = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = b.text().await;
+        if after.contains("Nothing was done") {
+            break;
+        }
+    }
+    assert!(
+        after.contains("Nothing was done: `abort` is not possible on this release now"),
+        "{after}"
+    );
+    assert_eq!(
+        b.eval("document.querySelector('[data-error]').dataset.error")
+            .await,
+        "conflict"
+    );
+    let (_, _, listed) = get(&format!("{base}/")).await.unwrap();
+    assert!(String::from_utf8_lossy(&listed).contains("rolled back"));
     let _ = demo.kill();
     let _ = demo.wait();
 }

@@ -165,9 +165,9 @@ impl Browser {
         panic!("{url} did not load");
     }
 
-    /// The page's text.
+    /// The page's text (empty while a navigation has no body yet).
     pub async fn text(&mut self) -> String {
-        self.eval("document.body.innerText")
+        self.eval("document.body ? document.body.innerText : ''")
             .await
             .as_str()
             .unwrap_or("")
