@@ -326,6 +326,27 @@ async fn the_release_record_configmap_is_written_and_kubectl_sluice_report_rende
     let (code, _, err) = w.kubectl_sluice(&admin, &["-n", NS, "report", "ghost"]);
     assert_eq!(code, 2);
     assert!(err.contains("no canaried Deployment `ghost`"), "{err}");
+
+    // A records ConfigMap someone else wrote (no owner reference to the
+    // Deployment) is not believed: refused, naming it.
+    let mut forged = w.records_configmap();
+    forged["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    forged["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    w.fake.put("api/v1", "configmaps", NS, forged);
+    let (code, _, err) = w.kubectl_sluice(&admin, &["-n", NS, "report", "app"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "ConfigMap {NS}/app-sluice-releases is not Sluice's"
+        )),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -155,7 +155,12 @@ impl Plugin {
     }
 
     /// The release records of `name` (oldest first), from the ConfigMap
-    /// `<name>-sluice-releases` the operator keeps.
+    /// `<name>-sluice-releases` the operator keeps. Only a ConfigMap the
+    /// operator made is believed: it must carry the managed-by label and
+    /// an owner reference to the Deployment's uid (as the operator's own
+    /// `is_ours`); anyone else's ConfigMap of that name is refused, naming
+    /// it. Each record's namespace and app are the ConfigMap's namespace
+    /// and its owner Deployment, whatever the record's text says.
     pub async fn records(
         &self,
         name: &str,
@@ -166,15 +171,42 @@ impl Plugin {
         let Some(cm) = cms.get_opt(&cm_name).await? else {
             return Ok(Vec::new());
         };
-        crate::record::from_configmap_data(&cm.data.unwrap_or_default())
-            .map_err(|e| PluginError::Usage(format!("ConfigMap {}/{cm_name}: {e}", self.namespace)))
+        let Some(deployment) = self.deployments().get_opt(name).await? else {
+            return Ok(Vec::new());
+        };
+        let uid = deployment.metadata.uid.unwrap_or_default();
+        let object = serde_json::to_value(&cm).unwrap_or_default();
+        if uid.is_empty() || !super::objects::is_ours(&object, &uid) {
+            return Err(PluginError::Usage(format!(
+                "ConfigMap {}/{cm_name} is not Sluice's (it lacks the label {}=sluice or an owner reference to Deployment {name}); its records are not shown",
+                self.namespace,
+                super::objects::MANAGED_BY
+            )));
+        }
+        let mut all =
+            crate::record::from_configmap_data(&cm.data.unwrap_or_default()).map_err(|e| {
+                PluginError::Usage(format!("ConfigMap {}/{cm_name}: {e}", self.namespace))
+            })?;
+        for r in &mut all {
+            r.namespace = Some(self.namespace.clone());
+            r.app = name.to_string();
+        }
+        Ok(all)
     }
 
     /// Every release record of every canaried Deployment in the namespace.
+    /// A records ConfigMap that cannot be believed or read is skipped (and
+    /// named in the warning log) rather than hiding every other release.
     pub async fn all_records(&self) -> Result<Vec<crate::record::ReleaseRecord>, PluginError> {
         let mut all = Vec::new();
         for r in self.releases().await? {
-            all.extend(self.records(&r.name).await?);
+            match self.records(&r.name).await {
+                Ok(records) => all.extend(records),
+                Err(PluginError::Usage(why)) => {
+                    tracing::warn!("skipped: {why}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(all)
     }
