@@ -548,13 +548,29 @@ impl RecordFile {
     }
 
     /// Saves `record` (replacing the one of the same start, else added).
+    /// A file that cannot be read is not overwritten (that would wipe the
+    /// history in it): the error names it. The file is the owner's only
+    /// (mode 0600): records name revisions and endpoints.
     pub fn save(&self, record: &ReleaseRecord) -> Result<(), String> {
-        let mut all = self.load().unwrap_or_default();
+        let mut all = self
+            .load()
+            .map_err(|e| format!("not writing the release record over what is there: {e}"))?;
         upsert(&mut all, record.clone(), DEFAULT_KEEP);
         let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, records_to_json(&all))
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&tmp)?;
+            #[cfg(unix)]
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f.write_all(records_to_json(&all).as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", self.path.display()))
     }
 }
 
@@ -821,6 +837,31 @@ mod tests {
         assert!(size < 180 * 1024, "a 30-minute record is {size} bytes");
         let ten = records_to_json(&vec![r; 3]);
         assert!(ten.len() < 1024 * 1024 * 6 / 10, "{} bytes", ten.len());
+    }
+
+    #[test]
+    fn a_record_file_is_private_and_an_unreadable_one_is_not_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sluice-record-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = RecordFile::beside(&dir.join("control.sock"));
+        let _ = std::fs::remove_file(&file.path);
+        let plan = crate::demo::demo_plan();
+        let rec = ReleaseRecord::new(None, "web", "v2", &plan, 1.0);
+        file.save(&rec).unwrap();
+        let mode = std::fs::metadata(&file.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(file.load().unwrap().len(), 1);
+        // A file that cannot be read keeps what it has.
+        std::fs::write(&file.path, "{\"version\":1,\"releases\":[{\"oops\"").unwrap();
+        let err = file.save(&rec).unwrap_err();
+        assert!(err.contains("not writing the release record"), "{err}");
+        assert!(err.contains(&file.path.display().to_string()), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&file.path).unwrap(),
+            "{\"version\":1,\"releases\":[{\"oops\""
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

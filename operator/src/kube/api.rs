@@ -370,8 +370,11 @@ pub(super) async fn keep_record(
         Ok(Some(cm)) => match record::from_configmap_data(&cm.data.unwrap_or_default()) {
             Ok(all) => all,
             Err(e) => {
-                tracing::warn!(configmap = %name, namespace = %ns, error = %e, "release records unreadable; starting the list afresh");
-                Vec::new()
+                // Writing now would wipe the history that could not be
+                // read; it is kept as it is until someone repairs or
+                // removes it.
+                tracing::warn!(configmap = %name, namespace = %ns, error = %e, "release records unreadable; not writing the record (the ConfigMap is kept as it is: repair or delete it)");
+                return;
             }
         },
         Ok(None) => Vec::new(),
