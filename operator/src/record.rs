@@ -349,6 +349,8 @@ impl ReleaseRecord {
                 "release record version {version} is not the version {RECORD_VERSION} this Sluice reads"
             ));
         }
+        let mut nodes = 0usize;
+        check_limits(&v, "record", &mut nodes)?;
         serde_json::from_value(v).map_err(|e| format!("not a release record: {e}"))
     }
 
@@ -511,6 +513,67 @@ fn analysis_sample(analysis: Option<&Analysis>) -> ArmSample {
         requests,
         failures,
         ..ArmSample::default()
+    }
+}
+
+/// Limits a record read back must keep (the writer stays far inside
+/// them): a hostile or corrupt record must not make a page of hundreds of
+/// megabytes. Strings, lists by name, and all values together.
+const MAX_STRING: usize = 256 * 1024;
+const MAX_CHECKS: usize = 64;
+const MAX_DECISIONS: usize = 2 * MAX_SCRAPES;
+const MAX_EVENTS: usize = 2000;
+const MAX_LIST: usize = 4096;
+const MAX_VALUES: usize = 1_000_000;
+
+fn list_limit(key: &str) -> usize {
+    match key {
+        "scrapes" => MAX_SCRAPES,
+        "checks" | "evidence" => MAX_CHECKS,
+        "decisions" => MAX_DECISIONS,
+        "events" => MAX_EVENTS,
+        _ => MAX_LIST,
+    }
+}
+
+/// Refuses a record past the limits, naming where (`record.scrapes[3].checks`).
+fn check_limits(v: &serde_json::Value, at: &str, nodes: &mut usize) -> Result<(), String> {
+    *nodes += 1;
+    if *nodes > MAX_VALUES {
+        return Err(format!(
+            "the release record holds more than {MAX_VALUES} values; refused"
+        ));
+    }
+    match v {
+        serde_json::Value::String(s) if s.len() > MAX_STRING => Err(format!(
+            "{at} is a string of {} bytes, more than the {MAX_STRING} a record may hold",
+            s.len()
+        )),
+        serde_json::Value::Array(items) => {
+            let key = at.rsplit('.').next().unwrap_or(at);
+            let key = key.split('[').next().unwrap_or(key);
+            let limit = list_limit(key);
+            if items.len() > limit {
+                return Err(format!(
+                    "{at} has {} entries, more than the {limit} a record may hold",
+                    items.len()
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                check_limits(item, &format!("{at}[{i}]"), nodes)?;
+            }
+            Ok(())
+        }
+        serde_json::Value::Object(map) => {
+            for (k, item) in map {
+                if k.len() > MAX_STRING {
+                    return Err(format!("{at} has a key of {} bytes", k.len()));
+                }
+                check_limits(item, &format!("{at}.{k}"), nodes)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -837,6 +900,38 @@ mod tests {
         assert!(size < 180 * 1024, "a 30-minute record is {size} bytes");
         let ten = records_to_json(&vec![r; 3]);
         assert!(ten.len() < 1024 * 1024 * 6 / 10, "{} bytes", ten.len());
+    }
+
+    #[test]
+    fn a_record_past_the_limits_is_refused_naming_where() {
+        let plan = crate::demo::demo_plan();
+        let rec = ReleaseRecord::new(None, "web", "v2", &plan, 1.0);
+        let mut v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        assert!(ReleaseRecord::from_json(&v.to_string()).is_ok());
+        v["decisions"] = serde_json::Value::Array(
+            (0..MAX_DECISIONS + 1)
+                .map(|_| serde_json::json!({}))
+                .collect(),
+        );
+        let err = ReleaseRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            err.contains(&format!(
+                "record.decisions has {} entries",
+                MAX_DECISIONS + 1
+            )),
+            "{err}"
+        );
+        v["decisions"] = serde_json::json!([]);
+        v["message"] = serde_json::Value::String("x".repeat(MAX_STRING + 1));
+        let err = ReleaseRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(err.contains("record.message is a string of"), "{err}");
+        v["message"] = serde_json::json!("");
+        v["scrapes"] = serde_json::json!([{"checks": (0..MAX_CHECKS + 1).collect::<Vec<_>>()}]);
+        let err = ReleaseRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            err.contains("record.scrapes[0].checks has 65 entries"),
+            "{err}"
+        );
     }
 
     #[test]
