@@ -237,7 +237,12 @@ fn chart(
                     line class=(format!("{} thr", th.class)) x1=(LEFT) x2=(W - RIGHT) y1=(y(th.value)) y2=(y(th.value))
                         data-threshold=(th.label) data-value=(th.value) {}
                 }
-                @for (n, d) in decisions.iter().enumerate() {
+                @if decisions.len() > MAX_MARKS {
+                    text.marklbl x=(LEFT + 4.0) y=(base - 4.0) data-marks-capped=(decisions.len()) {
+                        "the first " (MAX_MARKS) " of " (decisions.len()) " decisions are marked"
+                    }
+                }
+                @for (n, d) in decisions.iter().enumerate().take(MAX_MARKS) {
                     line.mark x1=(x(d.t)) x2=(x(d.t)) y1=(TOP) y2=(base) data-decision=(n + 1) data-t=(d.t) {}
                     text.marklbl x=(x(d.t) + 3.0) y=(TOP + 10.0) { (n + 1) }
                 }
@@ -331,6 +336,11 @@ fn t_max(r: &ReleaseRecord) -> f64 {
         .fold(0.0, f64::max);
     last.max(1.0)
 }
+
+/// Decision marks drawn per chart at most: past it the chart would be a
+/// solid block of lines (and a hostile record a huge page); the list below
+/// the plots still holds every decision.
+const MAX_MARKS: usize = 200;
 
 /// The weight over time: each scrape's weight, and each decision's new one.
 fn weight_series(r: &ReleaseRecord) -> Series {
@@ -829,6 +839,23 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_chart_marks_at_most_max_marks_decisions_and_the_list_keeps_all() {
+        let mut r = record();
+        let d = r.decisions[0].clone();
+        r.decisions = vec![d; MAX_MARKS + 50];
+        let html = report(&r);
+        let marks = html.matches("<line class=\"mark\"").count();
+        let charts = html.matches("data-marks-capped=").count();
+        assert_eq!(charts, 4, "four charts with decision marks");
+        assert_eq!(marks, charts * MAX_MARKS, "each chart capped");
+        assert!(html.contains(&format!(
+            "the first {MAX_MARKS} of {} decisions are marked",
+            MAX_MARKS + 50
+        )));
+        assert_eq!(html.matches("<li data-decision=").count(), MAX_MARKS + 50);
     }
 
     #[test]
