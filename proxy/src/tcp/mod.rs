@@ -110,17 +110,17 @@ struct Shared {
     /// Flipped when the drain timeout has run out: connections still open
     /// are closed.
     cut: watch::Sender<bool>,
-    runtime: tokio::runtime::Handle,
 }
 
 /// The TCP listeners of a proxy, reconciled with each config.
 pub struct TcpListeners {
     running: Mutex<Vec<Running>>,
     shared: Arc<Shared>,
-    /// The runtime every listener and connection runs on; shut down (in
-    /// the background, so this may be dropped inside another runtime)
-    /// when the listeners are dropped.
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The runtime every listener and connection runs on, started with
+    /// the first listener (a proxy without TCP listeners starts no thread
+    /// for them); shut down (in the background, so this may be dropped
+    /// inside another runtime) when the listeners are dropped.
+    runtime: std::sync::OnceLock<tokio::runtime::Runtime>,
 }
 
 impl Drop for TcpListeners {
@@ -188,12 +188,6 @@ impl TcpListeners {
     /// for all of them; they will be served on a runtime of their own
     /// ([`TCP_THREADS`] threads). See [`crate::Store::attach_tcp`].
     pub fn new(metrics: TcpMetrics, max_connections: usize) -> Arc<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(TCP_THREADS)
-            .thread_name("sluice-tcp")
-            .enable_all()
-            .build()
-            .expect("the TCP listeners' runtime");
         Arc::new(Self {
             running: Mutex::new(Vec::new()),
             shared: Arc::new(Shared {
@@ -204,9 +198,20 @@ impl TcpListeners {
                 }),
                 connections: Connections::default(),
                 cut: watch::channel(false).0,
-                runtime: runtime.handle().clone(),
             }),
-            runtime: Some(runtime),
+            runtime: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The listeners' runtime, started on first use.
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(TCP_THREADS)
+                .thread_name("sluice-tcp")
+                .enable_all()
+                .build()
+                .expect("the TCP listeners' runtime")
         })
     }
 
@@ -312,8 +317,7 @@ impl TcpListeners {
         tracing::info!(listener = %running.name, addr = %bound, "tcp listener serving");
         let shared = self.shared.clone();
         let settings = running.settings.clone();
-        self.shared
-            .runtime
+        self.runtime()
             .spawn(accept_loop(socket, settings, shared, stop_rx));
         running
     }
