@@ -10,7 +10,20 @@
 //!   hosts the release's control socket, on Kubernetes the user's own
 //!   client (their kubeconfig and RBAC: a refusal is shown as Kubernetes
 //!   worded it). The dashboard holds no credentials of its own.
-//! - **No cross-site actions.** A browser session gets a random session
+//! - **Login by the printed URL.** The command prints
+//!   `http://ADDR/?login=TOKEN` (256 random bits, made at start, valid
+//!   while the dashboard runs, like Jupyter's). Opening it is the only way
+//!   to a session: it sets the session cookie and redirects to `/`,
+//!   dropping the token from the address bar (and history). A browser
+//!   already logged in keeps its session; another browser opening the URL
+//!   gets its own (once per browser). Without a session *every* page,
+//!   reading included, answers 401 saying to open the printed URL: the
+//!   releases are the owner's (read with their kubeconfig), and another
+//!   local user or process has no business reading them either. A wrong
+//!   token, or the token on another path, is a 401 too and sets nothing.
+//!   The cookie is `sluice_session_<port>`: browsers share cookies across
+//!   the ports of a host, so two dashboards must not use one name.
+//! - **No cross-site actions.** A session has a random session
 //!   cookie (`HttpOnly`, `SameSite=Strict`) and a random token bound to it;
 //!   an action is a POST from the confirmation page carrying that token. A
 //!   POST without the session, with another token, with an `Origin` (or,
@@ -35,8 +48,8 @@
 //!   refuses a `cross-site` request that is not a top-level navigation.
 //! - **Loopback by default.** `--dashboard` refuses an address that is not
 //!   loopback unless `--dashboard-allow-remote` is given ([`check_address`]):
-//!   the dashboard has no login of its own, so anyone who can reach the
-//!   port can read every release and, through the confirmation page, act.
+//!   the dashboard speaks plain HTTP, so anyone who can see its traffic
+//!   can take the login token or a session cookie, read and act.
 //!   Even then the `Host` check stays on: loopback names, IP literals (no
 //!   DNS rebinding through a literal) and the bound address are answered,
 //!   other names refused.
@@ -211,6 +224,10 @@ struct Shared {
     /// with its port).
     hosts: Vec<String>,
     port: u16,
+    /// The login token in the URL the command printed (256 random bits).
+    login: String,
+    /// `sluice_session_<port>`: browsers share cookies across ports.
+    cookie_name: String,
 }
 
 type App = Arc<Shared>;
@@ -220,8 +237,6 @@ fn random_hex() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-const SESSION_COOKIE: &str = "sluice_session";
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -238,15 +253,17 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// confirmation page must be opened again).
 const MAX_SESSIONS: usize = 1000;
 
-/// The session of this request (made if there is none): (id, token, new).
-/// Only the confirmation page needs one.
-fn session(app: &App, headers: &HeaderMap) -> (String, String, bool) {
+/// The session of this request, if its cookie names one: (id, token).
+fn session(app: &App, headers: &HeaderMap) -> Option<(String, String)> {
+    let id = cookie(headers, &app.cookie_name)?;
+    let sessions = app.sessions.lock().expect("sessions lock");
+    let (token, _) = sessions.get(&id)?;
+    Some((id, token.clone()))
+}
+
+/// A new session (made by the login URL): (id, token).
+fn new_session(app: &App) -> (String, String) {
     let mut sessions = app.sessions.lock().expect("sessions lock");
-    if let Some(id) = cookie(headers, SESSION_COOKIE)
-        && let Some((token, _)) = sessions.get(&id)
-    {
-        return (id, token.clone(), false);
-    }
     if sessions.len() >= MAX_SESSIONS
         && let Some(oldest) = sessions
             .iter()
@@ -257,18 +274,58 @@ fn session(app: &App, headers: &HeaderMap) -> (String, String, bool) {
     }
     let (id, token) = (random_hex(), random_hex());
     sessions.insert(id.clone(), (token.clone(), std::time::Instant::now()));
-    (id, token, true)
+    (id, token)
 }
 
-fn with_session(mut resp: Response, id: &str, new: bool) -> Response {
-    if new
-        && let Ok(v) = HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict"
-        ))
-    {
-        resp.headers_mut().insert(header::SET_COOKIE, v);
+const OPEN_THE_PRINTED_URL: &str = "This dashboard answers only a browser that opened the URL its command printed at start (http://127.0.0.1:PORT/?login=…, from `sluice rollout --dashboard`, `sluice demo --dashboard` or `kubectl sluice dashboard`). Open that URL; it logs this browser in.";
+
+/// Every request passes here first: the `Host` check, then the login
+/// exchange (`/?login=TOKEN`: a session cookie and a redirect to `/` that
+/// drops the token from the address bar), then the session check: any
+/// other request without this dashboard's session is answered 401.
+async fn require_session(
+    State(app): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(r) = host_refused(&app, req.headers()) {
+        return r;
     }
-    resp
+    let login = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "login")
+            .map(|(_, v)| v.to_string())
+    });
+    if let Some(login) = login {
+        if req.uri().path() != "/" || !same_token(&login, &app.login) {
+            return error_page(
+                StatusCode::UNAUTHORIZED,
+                "Not logged in",
+                &format!("This login token is not this dashboard's. {OPEN_THE_PRINTED_URL}"),
+            );
+        }
+        let mut resp = Redirect::to("/").into_response();
+        // A browser already logged in keeps its session.
+        if session(&app, req.headers()).is_none() {
+            let (id, _) = new_session(&app);
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{}={id}; Path=/; HttpOnly; SameSite=Strict",
+                app.cookie_name
+            )) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+        }
+        return resp;
+    }
+    if session(&app, req.headers()).is_none() {
+        return error_page(
+            StatusCode::UNAUTHORIZED,
+            "Not logged in",
+            OPEN_THE_PRINTED_URL,
+        );
+    }
+    next.run(req).await
 }
 
 fn nav() -> Markup {
@@ -309,7 +366,6 @@ async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Some(r) = host_refused(&app, &headers) {
         return r;
     }
-    let (sid, _, new) = session(&app, &headers);
     let mut all = match app.source.records().await {
         Ok(all) => all,
         Err(e) => return error_page(StatusCode::BAD_GATEWAY, "Cannot read the releases", &e),
@@ -338,8 +394,7 @@ async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
             } }
         }
     };
-    let resp = Html(page("Sluice releases", nav(), body, None)).into_response();
-    with_session(resp, &sid, new)
+    Html(page("Sluice releases", nav(), body, None)).into_response()
 }
 
 /// Polls the body while the release runs and swaps it in.
@@ -371,7 +426,6 @@ async fn release(
     if let Some(r) = host_refused(&app, &headers) {
         return r;
     }
-    let (sid, _, new) = session(&app, &headers);
     let r = match app.source.find(&ns, &name, &id).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(&format!("There is no release {id} of {name} in {ns}.")),
@@ -396,8 +450,7 @@ async fn release(
         div id="live" data-src=(format!("{base}/body")) data-ended=(r.ended()) { (live_body(&r)) }
     };
     let title = format!("Release of {} ({})", release_name(&r), r.revision);
-    let resp = Html(page(&title, nav(), body, Some(LIVE_JS))).into_response();
-    with_session(resp, &sid, new)
+    Html(page(&title, nav(), body, Some(LIVE_JS))).into_response()
 }
 
 async fn body(
@@ -482,7 +535,13 @@ async fn confirm(
             );
         }
     }
-    let (sid, token, new) = session(&app, &headers);
+    let Some((_, token)) = session(&app, &headers) else {
+        return error_page(
+            StatusCode::UNAUTHORIZED,
+            "Not logged in",
+            OPEN_THE_PRINTED_URL,
+        );
+    };
     if what_it_does(&q.action).is_empty() {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -507,8 +566,7 @@ async fn confirm(
             " " a href=(base) { "Cancel" }
         }
     };
-    let resp = Html(page(&format!("Confirm: {}", q.action), nav(), body, None)).into_response();
-    with_session(resp, &sid, new)
+    Html(page(&format!("Confirm: {}", q.action), nav(), body, None)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -590,14 +648,14 @@ pub fn check_address(addr: SocketAddr, allow_remote: bool) -> Result<(), String>
         return Ok(());
     }
     Err(format!(
-        "{addr} is not a loopback address: the dashboard has no login, so anyone who can reach it could read every release and promote or abort it; use 127.0.0.1:PORT (and an SSH tunnel), or add --dashboard-allow-remote if every host that can reach {addr} is trusted"
+        "{addr} is not a loopback address: the dashboard speaks plain HTTP, so anyone who can see its traffic could take the login token or session and read every release and promote or abort it; use 127.0.0.1:PORT (and an SSH tunnel), or add --dashboard-allow-remote if every host that can reach {addr} is trusted"
     ))
 }
 
 /// The warning printed when a dashboard listens beyond loopback.
 pub fn remote_warning(addr: SocketAddr) -> String {
     format!(
-        "WARNING: the dashboard listens on {addr}, beyond loopback, WITHOUT authentication: anyone who can reach this port can read every release and promote or abort it"
+        "WARNING: the dashboard listens on {addr}, beyond loopback, over plain HTTP WITHOUT encryption: anyone who can see its traffic can take the login token or session and read every release and promote or abort it"
     )
 }
 
@@ -663,13 +721,7 @@ async fn act(
             &format!("Refused: {why}."),
         );
     }
-    let expected = cookie(&headers, SESSION_COOKIE).and_then(|sid| {
-        app.sessions
-            .lock()
-            .expect("sessions lock")
-            .get(&sid)
-            .map(|(token, _)| token.clone())
-    });
+    let expected = session(&app, &headers).map(|(_, token)| token);
     match (expected, form.token.as_deref()) {
         (Some(want), Some(got)) if same_token(&want, got) => {}
         _ => {
@@ -777,8 +829,16 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
-/// Serves the dashboard on `listener` until the task is dropped.
-pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::JoinHandle<()> {
+/// A running dashboard: its task and the login URL to print.
+pub struct Served {
+    pub task: tokio::task::JoinHandle<()>,
+    /// `http://ADDR/?login=TOKEN`: the one URL that logs a browser in.
+    pub url: String,
+}
+
+/// Serves the dashboard on `listener` until the task is dropped; the
+/// caller prints [`Served::url`].
+pub fn serve(listener: tokio::net::TcpListener, source: Source) -> Served {
     let addr = listener
         .local_addr()
         .expect("a bound listener has an address");
@@ -788,7 +848,10 @@ pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::
         sessions: Mutex::new(HashMap::new()),
         hosts,
         port: addr.port(),
+        login: random_hex(),
+        cookie_name: format!("sluice_session_{}", addr.port()),
     });
+    let url = format!("http://{addr}/?login={}", app.login);
     let router = Router::new()
         .route("/", get(list))
         .route("/releases/{ns}/{app}/{id}", get(release))
@@ -798,11 +861,16 @@ pub fn serve(listener: tokio::net::TcpListener, source: Source) -> tokio::task::
         .route("/releases/{ns}/{app}/{id}/confirm", get(confirm))
         .route("/releases/{ns}/{app}/{id}/action", post(act))
         .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_session,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::warn!(error = %e, "the dashboard stopped");
         }
-    })
+    });
+    Served { task, url }
 }

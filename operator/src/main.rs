@@ -495,7 +495,7 @@ struct RolloutArgs {
     /// Serve the web dashboard on this address while the release runs, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
-    /// Let --dashboard listen beyond loopback (it has no login: anyone who can reach it can act).
+    /// Let --dashboard listen beyond loopback (plain HTTP: anyone who can see its traffic can take the login token and act).
     #[arg(long, requires = "dashboard")]
     dashboard_allow_remote: bool,
 }
@@ -530,7 +530,7 @@ struct DemoArgs {
     /// scenarios until Ctrl-C.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<SocketAddr>,
-    /// Let --dashboard listen beyond loopback (it has no login: anyone who can reach it can act).
+    /// Let --dashboard listen beyond loopback (plain HTTP: anyone who can see its traffic can take the login token and act).
     #[arg(long, requires = "dashboard")]
     dashboard_allow_remote: bool,
 }
@@ -727,11 +727,13 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         if !bound.ip().is_loopback() {
             eprintln!("{}", sluice_operator::dashboard::remote_warning(bound));
         }
-        eprintln!("dashboard on http://{bound}");
-        AbortOnDrop(sluice_operator::dashboard::serve(
+        let served = sluice_operator::dashboard::serve(
             listener,
             sluice_operator::dashboard::Source::Local(store),
-        ))
+        );
+        // The login URL: only a browser that opens it gets a session.
+        eprintln!("dashboard on {}", served.url);
+        AbortOnDrop(served.task)
     });
     let notifier = sluice_operator::notify::Notifier::start(
         notify_channels,
@@ -901,14 +903,13 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         };
         let store = sluice_operator::dashboard::LocalSource::default();
         options.dashboard = Some(store.clone());
-        eprintln!(
-            "dashboard on http://{}",
-            listener.local_addr().expect("bound")
-        );
-        dashboard = Some(AbortOnDrop(sluice_operator::dashboard::serve(
+        let served = sluice_operator::dashboard::serve(
             listener,
             sluice_operator::dashboard::Source::Local(store),
-        )));
+        );
+        // The login URL: only a browser that opens it gets a session.
+        eprintln!("dashboard on {}", served.url);
+        dashboard = Some(AbortOnDrop(served.task));
     }
     let mode = output_mode(args.output);
     let started = std::time::Instant::now();

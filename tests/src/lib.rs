@@ -938,6 +938,9 @@ pub struct Rollout {
     pub events: std::sync::mpsc::Receiver<serde_json::Value>,
     /// The thread forwarding stdout lines; it ends at the child's EOF.
     reader: Option<std::thread::JoinHandle<()>>,
+    /// The dashboard login URL (`http://…/?login=…`) the child printed on
+    /// stderr, once it has (its stderr is passed on line by line).
+    login_url: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Rollout {
@@ -947,10 +950,21 @@ impl Rollout {
             .args(args)
             .args(["--output", "json"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn sluice rollout");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let login_url = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let found = login_url.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                if let Some(url) = line.strip_prefix("dashboard on ") {
+                    *found.lock().expect("login url lock") = Some(url.trim().to_string());
+                }
+            }
+        });
         let (tx, events) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -965,6 +979,22 @@ impl Rollout {
             child,
             events,
             reader: Some(reader),
+            login_url,
+        }
+    }
+
+    /// The dashboard login URL the child printed (waits up to 30 s).
+    pub async fn login_url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(url) = self.login_url.lock().expect("login url lock").clone() {
+                return url;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice rollout printed no `dashboard on URL` within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

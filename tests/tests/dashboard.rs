@@ -23,6 +23,80 @@ use sluice_tests::*;
 mod dashboard_browser;
 use dashboard_browser::{Browser, num, open_offline, points};
 
+/// Opens the login URL a dashboard printed as a fresh client would:
+/// 303 to `/` with the session cookie (named for the port); returns
+/// `name=value`.
+async fn login(url: &str) -> String {
+    let (status, headers, body) = get(url).await.unwrap();
+    assert_eq!(status, 303, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(headers["location"], "/", "the redirect drops the token");
+    let port = url.split(':').nth(2).unwrap().split('/').next().unwrap();
+    let cookie = headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with(&format!("sluice_session_{port}="))
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// One GET with `cookie` (`name=value`).
+async fn get_as(url: &str, cookie: &str) -> (http::StatusCode, http::HeaderMap, String) {
+    let req = http::Request::get(url)
+        .header("cookie", cookie)
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, headers, body) = send(&h1_client(), req).await.unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Spawns `sluice ARGS` with stderr read into the returned text as it
+/// comes (to find the login URL it prints).
+fn spawn_sluice(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin("sluice"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let into = text.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut t = into.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    (child, text)
+}
+
+/// The login URL in `stderr` (`dashboard on URL`), once printed.
+async fn printed_url(stderr: &std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    eventually(
+        "the dashboard prints its login URL",
+        Duration::from_secs(30),
+        || async {
+            let t = stderr.lock().unwrap().clone();
+            let at = t.find("dashboard on ")? + "dashboard on ".len();
+            let url = t[at..].lines().next()?.trim().to_string();
+            url.contains("/?login=").then_some(url)
+        },
+    )
+    .await
+}
+
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // === a real release with its dashboard ===
@@ -131,16 +205,15 @@ impl Release {
     }
 
     /// The release page's path, once the dashboard lists it.
-    async fn release_path(&self) -> String {
+    async fn release_path(&self, cookie: &str) -> String {
         eventually(
             "the dashboard lists the release",
             Duration::from_secs(30),
             || async {
-                let (status, _, body) = get(&self.url("/")).await.ok()?;
+                let (status, _, body) = get_as(&self.url("/"), cookie).await;
                 if status != 200 {
                     return None;
                 }
-                let body = String::from_utf8_lossy(&body).into_owned();
                 let at = body.find("data-release=\"")? + "data-release=\"".len();
                 Some(body[at..at + body[at..].find('"')?].to_string())
             },
@@ -236,10 +309,68 @@ async fn a_promoted_release_is_drawn_live_as_recorded_and_cannot_be_promoted_cro
     .await;
     let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
     let rollout = Rollout::start(&r.args(&[]));
-    let path = r.release_path().await;
+    let login_url = rollout.login_url().await;
+    assert!(
+        login_url.starts_with(&format!("http://{}/?login=", r.dashboard)),
+        "{login_url}"
+    );
+    let token = login_url.split("?login=").nth(1).unwrap();
+    assert!(
+        token.len() == 64 && token.bytes().all(|c| c.is_ascii_hexdigit()),
+        "256 random bits: {token}"
+    );
+    let cookie = login(&login_url).await;
+    let path = r.release_path(&cookie).await;
+
+    // Without the login URL nobody gets a session: every page is 401,
+    // saying to open the printed URL, and no cookie is handed out.
+    for p in [
+        "/".to_string(),
+        path.clone(),
+        format!("{path}/confirm?action=promote"),
+    ] {
+        let (status, headers, body) = get(&r.url(&p)).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 401, "{p}: {body}");
+        assert!(
+            body.contains("opened the URL its command printed"),
+            "{body}"
+        );
+        assert!(!headers.contains_key("set-cookie"), "{p}");
+    }
+    // A wrong token, or the right one on another page, logs nobody in.
+    for p in [
+        "/?login=0000000000000000000000000000000000000000000000000000000000000000".to_string(),
+        format!("{path}?login={token}"),
+    ] {
+        let (status, headers, _) = get(&r.url(&p)).await.unwrap();
+        assert_eq!(status, 401, "{p}");
+        assert!(!headers.contains_key("set-cookie"), "{p}");
+    }
+    // A cookie of another port's dashboard name is not this one's session.
+    let other = cookie.replacen(
+        &format!("sluice_session_{}", r.dashboard.port()),
+        "sluice_session_1",
+        1,
+    );
+    assert_eq!(get_as(&r.url("/"), &other).await.0, 401);
+    // Once per browser: a browser already logged in keeps its session (no
+    // new cookie); another browser opening the same URL gets its own.
+    let (status, headers, _) = get_as(&login_url, &cookie).await;
+    assert_eq!(status, 303);
+    assert!(!headers.contains_key("set-cookie"));
+    let second = login(&login_url).await;
+    assert_ne!(second, cookie);
+    assert_eq!(get_as(&r.url("/"), &second).await.0, 200);
+    assert_eq!(get_as(&r.url("/"), &cookie).await.0, 200);
 
     // The open page follows the release by itself (its poll, no reload).
     let mut b = Browser::start(&[]).await;
+    b.open(&login_url).await;
+    assert!(
+        b.eval("location.search").await == "",
+        "the redirect dropped the token from the address bar"
+    );
     b.open(&r.url(&path)).await;
     let scrapes_shown = "Number(document.querySelector('[data-field=scrapes]').textContent)";
     let first = b.eval(scrapes_shown).await.as_f64().unwrap();
@@ -299,20 +430,29 @@ async fn a_promoted_release_is_drawn_live_as_recorded_and_cannot_be_promoted_cro
         "{refused}"
     );
     // With the dashboard's own session and token but a foreign Origin: refused too.
-    let (_, headers, body) = get(&r.url(&format!("{path}/confirm?action=promote")))
-        .await
-        .unwrap();
-    let cookie = headers["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    let (_, _, body) = get_as(&r.url(&format!("{path}/confirm?action=promote")), &cookie).await;
     let at = body.find("name=\"token\" value=\"").unwrap() + "name=\"token\" value=\"".len();
     let token = body[at..at + 64].to_string();
     let form = format!("action=promote&token={token}");
+    // With this session's token, from the dashboard's own origin, but
+    // without the session cookie (a client that never logged in): 401.
+    let (_, out, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Origin: http://{}", r.dashboard),
+        "-H",
+        "Sec-Fetch-Site: same-origin",
+        "--data",
+        &format!("{form}&revision=x"),
+        &target,
+    ]);
+    assert_eq!(out, "401");
     let (code, out, _) = curl(&[
         "-s",
         "-o",
@@ -359,6 +499,8 @@ async fn a_promoted_release_is_drawn_live_as_recorded_and_cannot_be_promoted_cro
         "/dev/null",
         "-w",
         "%{http_code}",
+        "-H",
+        &format!("Cookie: {cookie}"),
         &r.url("/releases/_/web/nope"),
     ]);
     assert_eq!(out, "404");
@@ -607,7 +749,7 @@ async fn a_dashboard_beyond_loopback_is_refused_without_the_explicit_opt_in() {
         Duration::from_secs(30),
         || async {
             let (status, _, _) = get(&format!("{base}/")).await.ok()?;
-            (status == 200).then_some(())
+            (status == 401).then_some(())
         },
     )
     .await;
@@ -630,7 +772,7 @@ async fn a_dashboard_beyond_loopback_is_refused_without_the_explicit_opt_in() {
         &format!("Host: localhost:{port}"),
         &format!("{base}/"),
     ]);
-    assert_eq!(out, "200");
+    assert_eq!(out, "401", "answered, but only with a session");
     let _ = demo.kill();
     let out = demo.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -638,35 +780,31 @@ async fn a_dashboard_beyond_loopback_is_refused_without_the_explicit_opt_in() {
         stderr.contains("WARNING: the dashboard listens on 0.0.0.0"),
         "{stderr}"
     );
-    assert!(stderr.contains("WITHOUT authentication"), "{stderr}");
+    assert!(stderr.contains("WITHOUT encryption"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let mut demo = std::process::Command::new(bin("sluice"))
-        .args([
-            "demo",
-            "--scenario",
-            "errors",
-            "--output",
-            "plain",
-            "--dashboard",
-            &addr.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut demo, stderr) = spawn_sluice(&[
+        "demo",
+        "--scenario",
+        "errors",
+        "--output",
+        "plain",
+        "--dashboard",
+        &addr.to_string(),
+    ]);
     let base = format!("http://{addr}");
+    let login_url = printed_url(&stderr).await;
+    let cookie = login(&login_url).await;
     // The scenario rolls back; the dashboard stays up after it.
     let path = eventually(
         "the demo's release is rolled back",
         Duration::from_secs(120),
         || async {
-            let (_, _, body) = get(&format!("{base}/")).await.ok()?;
-            let body = String::from_utf8_lossy(&body).into_owned();
+            let (_, _, body) = get_as(&format!("{base}/"), &cookie).await;
             if !body.contains("rolled back") {
                 return None;
             }
@@ -677,6 +815,7 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     .await;
     assert!(path.starts_with("/releases/_/errors/"), "{path}");
     let mut b = Browser::start(&[]).await;
+    b.open(&login_url).await;
     b.open(&format!("{base}{path}")).await;
     let text = b.text().await;
     assert!(text.contains("Rolled back at"), "{text}");
@@ -703,7 +842,16 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     );
 
     // Every page says it may not be framed, sniffed or cached.
-    let (_, out, _) = curl(&["-s", "-D", "-", "-o", "/dev/null", &format!("{base}{path}")]);
+    let (_, out, _) = curl(&[
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        &format!("Cookie: {cookie}"),
+        &format!("{base}{path}"),
+    ]);
     let out = out.to_ascii_lowercase();
     for h in [
         "x-frame-options: deny",
@@ -722,6 +870,8 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
         "\n%{http_code}",
         "-H",
         "Sec-Fetch-Site: same-site",
+        "-H",
+        &format!("Cookie: {cookie}"),
         &format!("{base}{path}/confirm?action=abort"),
     ]);
     assert!(
@@ -783,8 +933,8 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
             .await,
         "conflict"
     );
-    let (_, _, listed) = get(&format!("{base}/")).await.unwrap();
-    assert!(String::from_utf8_lossy(&listed).contains("rolled back"));
+    let (_, _, listed) = get_as(&format!("{base}/"), &cookie).await;
+    assert!(listed.contains("rolled back"));
     let _ = demo.kill();
     let _ = demo.wait();
 }

@@ -381,17 +381,35 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
     let mut child = Command::new(bin("kubectl-sluice"))
         .args(["-n", NS, "dashboard", "--port", &port.to_string()])
         .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    wait_until_ok(
-        "kubectl sluice dashboard",
-        &format!("{base}/"),
+    // Its first line is the login URL (the only way to a session).
+    let stdout = child.stdout.take().unwrap();
+    let first = tokio::time::timeout(
         Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .unwrap();
+            line
+        }),
     )
-    .await;
+    .await
+    .expect("kubectl sluice dashboard prints its URL within 20 s")
+    .unwrap();
+    let at = first
+        .find(&format!("{base}/?login="))
+        .unwrap_or_else(|| panic!("the printed line names the login URL: {first}"));
+    let login_url = first[at..].split_whitespace().next().unwrap().to_string();
+    // Without it: 401, saying to open the printed URL.
+    let (status, _, body) = get(&format!("{base}/")).await.unwrap();
+    assert_eq!(status, 401);
+    assert!(String::from_utf8_lossy(&body).contains("opened the URL its command printed"));
     // A second dashboard on the same port: exit 2, naming it.
     let (code, _, err) = w.kubectl_sluice(
         &kubeconfig,
@@ -401,7 +419,7 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 
     let mut b = Browser::start(&[]).await;
-    b.open(&format!("{base}/")).await;
+    b.open(&login_url).await;
     let row = b
         .eval("document.querySelector('tr[data-release]').dataset.release")
         .await;

@@ -258,20 +258,23 @@ async fn run(cli: Cli) -> ExitCode {
                 let listener = sluice_operator::dashboard::bind(addr)
                     .await
                     .map_err(|e| PluginError::Usage(format!("--port: {e}")))?;
-                println!(
-                    "Sluice dashboard on http://{addr} (namespace {}); Ctrl-C to stop",
-                    p.namespace
-                );
                 let plugin = std::sync::Arc::new(Plugin {
                     client: p.client.clone(),
                     namespace: p.namespace.clone(),
                 });
-                let task = sluice_operator::dashboard::serve(
+                let served = sluice_operator::dashboard::serve(
                     listener,
                     sluice_operator::dashboard::Source::Kube(plugin),
                 );
+                // The login URL: only a browser that opens it gets a
+                // session, so another local user cannot act with this
+                // user's kubeconfig.
+                println!(
+                    "Sluice dashboard on {} (namespace {}); Ctrl-C to stop",
+                    served.url, p.namespace
+                );
                 let _ = tokio::signal::ctrl_c().await;
-                task.abort();
+                served.task.abort();
                 Ok(ExitCode::SUCCESS)
             }
             Command::Get {
