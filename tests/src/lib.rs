@@ -1279,6 +1279,36 @@ pub fn kubectl() -> PathBuf {
     })
 }
 
+/// `kubectl ARGS` against the cluster `kubeconfig` names, with `home` as
+/// HOME so kubectl's discovery cache stays in the test's directory.
+pub fn kubectl_command(
+    kubeconfig: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+) -> Command {
+    let mut c = Command::new(kubectl());
+    c.env("KUBECONFIG", kubeconfig).env("HOME", home).args(args);
+    c
+}
+
+/// Runs [`kubectl_command`] to its end, within 60 s: (succeeded, stdout,
+/// stderr).
+pub fn kubectl_in(
+    kubeconfig: &std::path::Path,
+    home: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let out = output_within(
+        &mut kubectl_command(kubeconfig, home, args),
+        Duration::from_secs(60),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs curl with `args`; returns (exit code, stdout, stderr).
 pub fn curl(args: &[&str]) -> (i32, String, String) {
     let binary = which("curl").unwrap_or_else(|| {

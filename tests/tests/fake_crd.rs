@@ -41,21 +41,12 @@ impl Cluster {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(kubectl());
-        c.env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.dir.path)
-            .args(args);
-        c
+        kubectl_command(&self.kubeconfig, &self.dir.path, args)
     }
 
     /// kubectl ARGS: (succeeded, stdout, stderr).
     fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.command(args).output().expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        kubectl_in(&self.kubeconfig, &self.dir.path, args)
     }
 
     fn ok(&self, args: &[&str]) -> String {

@@ -66,17 +66,7 @@ impl World {
     }
 
     fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(kubectl())
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", &self.dir.path)
-            .args(args)
-            .output()
-            .expect("run kubectl");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        kubectl_in(&self.kubeconfig, &self.dir.path, args)
     }
 
     fn apply(&self, yaml: &str) {

@@ -147,17 +147,7 @@ impl World {
         if !kubeconfig.exists() {
             self.fake.kubeconfig(&kubeconfig);
         }
-        let out = sluice_tests::output_within(
-            std::process::Command::new(sluice_tests::kubectl())
-                .env("KUBECONFIG", &kubeconfig)
-                .args(args),
-            std::time::Duration::from_secs(60),
-        );
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        sluice_tests::kubectl_in(&kubeconfig, &self.dir.path, args)
     }
 
     fn ok(&self, args: &[&str]) -> String {
