@@ -129,6 +129,18 @@ impl Connections {
     /// left, or `timeout`.
     pub async fn drain(&self, timeout: Duration) {
         let _ = self.draining.send(true);
+        if !self.settle(timeout).await {
+            tracing::warn!(
+                left = self.live.count.load(Ordering::SeqCst),
+                "drain timeout reached; closing the remaining connections"
+            );
+        }
+    }
+}
+
+impl Connections {
+    /// Waits until no connection is left, or `timeout`; true when none is.
+    pub async fn settle(&self, timeout: Duration) -> bool {
         let none_left = async {
             loop {
                 let notified = self.live.none.notified();
@@ -138,12 +150,7 @@ impl Connections {
                 notified.await;
             }
         };
-        if tokio::time::timeout(timeout, none_left).await.is_err() {
-            tracing::warn!(
-                left = self.live.count.load(Ordering::SeqCst),
-                "drain timeout reached; closing the remaining connections"
-            );
-        }
+        tokio::time::timeout(timeout, none_left).await.is_ok()
     }
 }
 

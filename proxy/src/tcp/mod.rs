@@ -340,8 +340,15 @@ impl TcpListeners {
         }
         self.shared.connections.drain(drain_timeout).await;
         let _ = self.shared.cut.send(true);
+        // The cut connections' tasks run on this module's runtime, which
+        // is dropped with the listeners: give them a moment to close and
+        // count themselves (`outcome="shutdown"`) before it can go.
+        self.shared.connections.settle(CUT_SETTLE).await;
     }
 }
+
+/// How long [`TcpListeners::shutdown`] waits for cut connections to end.
+const CUT_SETTLE: Duration = Duration::from_secs(2);
 
 // === accept ===
 
