@@ -166,6 +166,34 @@ const NOT_TRAILERS: [&[u8]; 16] = [
     b"forwarded",
 ];
 
+/// Whether a route's header modifier may not touch the field `name`
+/// (any case): the proxy owns it, setting it itself (`Host`, forwarding
+/// fields, `X-Sluice-*`) or framing the message and the connection by it
+/// (`Content-Length`, `Transfer-Encoding`, hop-by-hop fields, `Proxy-*`,
+/// `Trailer`).
+pub fn proxy_owned_field(name: &[u8]) -> bool {
+    const OWNED: [&[u8]; 10] = [
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"upgrade",
+        b"trailer",
+        b"forwarded",
+        b"x-real-ip",
+    ];
+    let starts = |prefix: &[u8]| {
+        name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    OWNED.iter().any(|n| n.eq_ignore_ascii_case(name))
+        || starts(b"proxy-")
+        || starts(b"x-forwarded-")
+        || starts(PROXY_PREFIX)
+        || name.first() == Some(&b':')
+}
+
 /// Whether a client's trailer field named `name` goes on to a backend
 /// (see the module docs); `keep_underscores`: the route keeps names with
 /// `_`.

@@ -761,6 +761,9 @@ pub fn proxy_config_for(
             name,
             hosts: Vec::new(),
             path_prefix: "/".into(),
+            matches: Vec::new(),
+            request_headers: None,
+            response_headers: None,
             protocol: if p.http2 {
                 sluice_proxy::config::Protocol::Http2
             } else {

@@ -266,8 +266,23 @@ pub struct RouteConfig {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// The shorthand for one match on a path prefix; set `matches`
+    /// instead for more (the two are mutually exclusive unless this is
+    /// the default `/`).
     #[serde(default = "default_path_prefix")]
     pub path_prefix: String,
+    /// Alternatives (OR): a request that satisfies any one belongs to the
+    /// route. Empty: one match, on `path_prefix`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    /// Changes to the request fields sent to the backend (both arms,
+    /// retries and mirror copies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderModifier>,
+    /// Changes to the fields of the backend's answer head the client gets
+    /// (never to the proxy's own answers, nor to trailers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderModifier>,
     #[serde(default)]
     pub protocol: Protocol,
     pub stable: String,
@@ -302,6 +317,54 @@ pub struct RouteConfig {
     /// Where a request goes that the canary provably never started on.
     #[serde(default, skip_serializing_if = "Failover::is_default")]
     pub failover: Failover,
+}
+
+/// One alternative of a route's `matches`: every condition set must hold.
+///
+/// - `path_prefix` / `path_exact`: at most one; neither means the prefix
+///   `/`. A prefix is a plain string prefix of the normalised path (as
+///   the top-level `path_prefix`); an exact path equals it.
+/// - `methods`: the request's method is one of these (upper-case tokens).
+/// - `headers`: every one holds: some field of that name (any case) has
+///   exactly that value (case-sensitive).
+/// - `query`: every one holds: the first parameter of that name (case-
+///   sensitive) has exactly that value, both compared after percent-
+///   decoding (`+` is not a space: RFC 3986 queries, not HTML forms).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<NameValue>,
+}
+
+/// A header field or query parameter: its name and value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NameValue {
+    pub name: String,
+    pub value: String,
+}
+
+/// Changes to a message's header fields, applied in this order: `remove`
+/// drops every field of each name, `set` replaces every field of its name
+/// with one, `add` appends a field (keeping those already there). A name
+/// may not be both set and removed, nor set twice; the fields the proxy
+/// owns (framing, hop-by-hop, forwarding, `Host`, `X-Sluice-*`) cannot be
+/// touched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderModifier {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 /// A route's failover (`failover`). `stable` (the default): a request the
@@ -1045,6 +1108,132 @@ routes:
                 && err.contains("unknown variant `allow`, expected `drop` or `keep`"),
             "{err}"
         );
+    }
+
+    const MATCHES: &str = r#"
+listen: 127.0.0.1:1
+routes:
+  - name: shop
+    hosts: [shop.example]
+    matches:
+      - path_prefix: /api
+        methods: [GET, POST]
+        headers: [{name: x-env, value: beta}]
+        query: [{name: v, value: "2"}]
+      - path_exact: /api/login
+    request_headers:
+      set: [{name: x-a, value: "1"}]
+      add: [{name: x-b, value: "2"}]
+      remove: [x-c]
+    response_headers:
+      set: [{name: x-d, value: "3"}]
+    stable: http://127.0.0.1:2
+"#;
+
+    #[test]
+    fn matches_and_modifiers_parse_validate_and_serialize_back() {
+        let config = Config::from_yaml(MATCHES).unwrap();
+        let valid = config.validate().unwrap();
+        let route = &valid.routes[0];
+        assert_eq!(route.matches.len(), 2);
+        assert_eq!(
+            route.matches[0].methods,
+            [http::Method::GET, http::Method::POST]
+        );
+        assert_eq!(route.matches[1].path, PathMatch::Exact("/api/login".into()));
+        assert_eq!(route.request_headers.as_ref().unwrap().remove[0], "x-c");
+        assert_eq!(route.response_headers.as_ref().unwrap().set.len(), 1);
+        assert_eq!(Config::from_yaml(&config.to_yaml()).unwrap(), config);
+        // A route without them serializes as before.
+        let plain = Config::from_yaml(EXAMPLE).unwrap().to_yaml();
+        for field in ["matches", "request_headers", "response_headers"] {
+            assert!(!plain.contains(field), "{plain}");
+        }
+        let valid = Config::from_yaml(EXAMPLE).unwrap().validate().unwrap();
+        assert_eq!(
+            valid.routes[0].matches,
+            [ValidRouteMatch::prefix("/")],
+            "a route without matches has one on its path_prefix"
+        );
+    }
+
+    fn errors_of(yaml: &str) -> String {
+        Config::from_yaml(yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn every_bad_match_and_modifier_is_named_by_its_path() {
+        let text = r#"
+listen: 127.0.0.1:1
+routes:
+  - name: a
+    path_prefix: /x
+    matches:
+      - { path_prefix: api }
+      - { path_prefix: /a, path_exact: /a }
+      - { path_exact: "/a b" }
+      - { methods: [get, "G T", CONNECT] }
+      - headers: [{name: "x env", value: a}, {name: x-ok, value: " padded"}]
+      - query: [{name: "", value: a}, {name: "a&b", value: "x"}]
+    request_headers:
+      set: [{name: content-length, value: "1"}, {name: x-a, value: "1"}, {name: x-a, value: "2"}, {name: x-b, value: "1"}]
+      add: [{name: x-forwarded-for, value: "1"}, {name: proxy-authorization, value: "1"}, {name: x-c, value: "bad\nvalue"}]
+      remove: [X-Sluice-Mirror, x-b, "bad name", Host]
+    response_headers:
+      remove: [transfer-encoding, connection]
+    stable: http://127.0.0.1:2
+"#;
+        let errors = errors_of(text);
+        for expected in [
+            "routes[0].path_prefix: `/x` and routes[0].matches are mutually exclusive",
+            "routes[0].matches[0].path_prefix: `api` must start with '/'",
+            "routes[0].matches[1]: set either `path_prefix` or `path_exact`, not both",
+            "routes[0].matches[2].path_exact: `/a b` holds a space",
+            "routes[0].matches[3].methods[0]: `get` must be upper case (`GET`)",
+            "routes[0].matches[3].methods[1]: `G T` is not a method",
+            "routes[0].matches[3].methods[2]: `CONNECT` never reaches a route",
+            "routes[0].matches[4].headers[0].name: `x env` is not a header field name",
+            "routes[0].matches[4].headers[1].value: \" padded\" starts or ends with a space",
+            "routes[0].matches[5].query[0].name: must not be empty",
+            "routes[0].matches[5].query[1].name: `a&b` holds `&`",
+            "routes[0].request_headers.set[0].name: `content-length` is a field the proxy sets",
+            "routes[0].request_headers.set[2].name: `x-a` is already set by routes[0].request_headers.set[1]",
+            "routes[0].request_headers.set[3].name: `x-b` is also removed by routes[0].request_headers.remove[1]",
+            "routes[0].request_headers.add[0].name: `x-forwarded-for` is a field the proxy sets",
+            "routes[0].request_headers.add[1].name: `proxy-authorization` is a field the proxy sets",
+            "routes[0].request_headers.add[2].value: \"bad\\nvalue\" holds a control character",
+            "routes[0].request_headers.remove[0]: `x-sluice-mirror` is a field the proxy sets",
+            "routes[0].request_headers.remove[2]: `bad name` is not a header field name",
+            "routes[0].request_headers.remove[3]: `host` is a field the proxy sets",
+            "routes[0].response_headers.remove[0]: `transfer-encoding` is a field the proxy sets",
+            "routes[0].response_headers.remove[1]: `connection` is a field the proxy sets",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn identical_hosts_and_match_on_two_routes_are_refused() {
+        let errors = errors_of(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, hosts: [x.example], matches: [{path_prefix: /api, methods: [GET, POST], headers: [{name: X-Env, value: b}]}], stable: 'http://h:1' }\n  - { name: b, hosts: [x.example], matches: [{path_exact: /api}, {path_prefix: /api, methods: [POST, GET], headers: [{name: x-env, value: b}]}], stable: 'http://h:2' }\n  - { name: c, hosts: [x.example], path_prefix: /api/v2, stable: 'http://h:3' }\n  - { name: d, hosts: [x.example], matches: [{path_prefix: /api/v2}], stable: 'http://h:4' }\n",
+        );
+        assert!(
+            errors.contains("routes[1].matches[1]: an earlier route or match already has the same hosts and conditions"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("routes[3].matches[0]: an earlier route"),
+            "{errors}"
+        );
+        assert!(!errors.contains("routes[1].matches[0]"), "{errors}");
+        assert!(!errors.contains("routes[2]"), "{errors}");
     }
 
     #[test]

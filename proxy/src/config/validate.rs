@@ -47,7 +47,13 @@ pub struct ValidRoute {
     /// 0 for `listen`, 1 + i for `listeners[i]`.
     pub listener: usize,
     pub hosts: Vec<String>,
+    /// The top-level `path_prefix` (`/` when the route has `matches`).
     pub path_prefix: String,
+    /// The route's matches, never empty: one on `path_prefix` when the
+    /// config gave none.
+    pub matches: Vec<ValidRouteMatch>,
+    pub request_headers: Option<ValidHeaderModifier>,
+    pub response_headers: Option<ValidHeaderModifier>,
     pub protocol: Protocol,
     pub stable: UpstreamUrl,
     pub canary: Option<UpstreamUrl>,
@@ -69,6 +75,100 @@ pub struct ValidRoute {
     /// A request the canary provably never started on goes to the stable
     /// (see [`Failover`]).
     pub failover: bool,
+}
+
+/// How a match compares the (normalised) path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+/// One of a route's matches after validation (see [`RouteMatch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ValidRouteMatch {
+    pub path: PathMatch,
+    /// Empty: any method.
+    pub methods: Vec<http::Method>,
+    /// Names lower-cased; values compared as bytes.
+    pub headers: Vec<(http::HeaderName, String)>,
+    /// Names and values as written; compared with the percent-decoded
+    /// first parameter of that name.
+    pub query: Vec<(String, String)>,
+}
+
+impl ValidRouteMatch {
+    /// A match on a path prefix alone: what a route without `matches` has.
+    pub fn prefix(path_prefix: &str) -> Self {
+        Self {
+            path: PathMatch::Prefix(path_prefix.to_string()),
+            methods: Vec::new(),
+            headers: Vec::new(),
+            query: Vec::new(),
+        }
+    }
+
+    /// Whether it has conditions besides a path prefix.
+    pub fn has_conditions(&self) -> bool {
+        !matches!(self.path, PathMatch::Prefix(_))
+            || !self.methods.is_empty()
+            || !self.headers.is_empty()
+            || !self.query.is_empty()
+    }
+
+    /// The same match whatever the order its conditions were written in
+    /// (to find duplicates).
+    fn canonical(&self) -> Self {
+        let mut c = self.clone();
+        c.methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        c.methods.dedup();
+        c.headers
+            .sort_by(|a, b| (a.0.as_str(), &a.1).cmp(&(b.0.as_str(), &b.1)));
+        c.headers.dedup();
+        c.query.sort();
+        c.query.dedup();
+        c
+    }
+}
+
+/// A header modifier after validation (see [`HeaderModifier`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ValidHeaderModifier {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl ValidHeaderModifier {
+    /// Whether `name` (lower case) is one the modifier removes or sets,
+    /// so a field of that name from the message is not passed on.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        self.remove
+            .iter()
+            .any(|n| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+            || self
+                .set
+                .iter()
+                .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// The fields it writes: `set`'s then `add`'s.
+    pub fn written(&self) -> impl Iterator<Item = &(http::HeaderName, http::HeaderValue)> {
+        self.set.iter().chain(self.add.iter())
+    }
+
+    /// Applies it to a header map: remove, set, add.
+    pub fn apply(&self, map: &mut http::HeaderMap) {
+        for name in &self.remove {
+            map.remove(name);
+        }
+        for (name, value) in &self.set {
+            map.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            map.append(name.clone(), value.clone());
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -503,14 +603,26 @@ impl Config {
                 valid.listener = listener;
                 let mut hosts = valid.hosts.clone();
                 hosts.sort();
-                if !selectors.insert((listener, hosts, valid.path_prefix.clone())) {
-                    errs.push(
-                        format!("{at}.path_prefix"),
-                        format!(
-                            "an earlier route already has the same hosts and path_prefix `{}`",
-                            valid.path_prefix
-                        ),
-                    );
+                hosts.dedup();
+                for (j, m) in valid.matches.iter().enumerate() {
+                    if selectors.insert((listener, hosts.clone(), m.canonical())) {
+                        continue;
+                    }
+                    if route.matches.is_empty() {
+                        errs.push(
+                            format!("{at}.path_prefix"),
+                            format!(
+                                "an earlier route already has the same hosts and path_prefix `{}`",
+                                valid.path_prefix
+                            ),
+                        );
+                    } else {
+                        errs.push(
+                            format!("{at}.matches[{j}]"),
+                            "an earlier route or match already has the same hosts and conditions; \
+                             one of them could never be chosen",
+                        );
+                    }
                 }
                 routes.push(valid);
             }
@@ -561,6 +673,32 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             format!("`{}` must start with '/'", route.path_prefix),
         );
     }
+    if !route.matches.is_empty() && route.path_prefix != "/" {
+        errs.push(
+            format!("{at}.path_prefix"),
+            format!(
+                "`{}` and {at}.matches are mutually exclusive; write the prefix in each match (matches[].path_prefix)",
+                route.path_prefix
+            ),
+        );
+    }
+    let mut route_matches: Vec<ValidRouteMatch> = route
+        .matches
+        .iter()
+        .enumerate()
+        .filter_map(|(j, m)| validate_route_match(m, &format!("{at}.matches[{j}]"), errs))
+        .collect();
+    if route.matches.is_empty() {
+        route_matches.push(ValidRouteMatch::prefix(&route.path_prefix));
+    }
+    let request_headers = route
+        .request_headers
+        .as_ref()
+        .and_then(|m| validate_header_modifier(m, &format!("{at}.request_headers"), errs));
+    let response_headers = route
+        .response_headers
+        .as_ref()
+        .and_then(|m| validate_header_modifier(m, &format!("{at}.response_headers"), errs));
     let stable = match UpstreamUrl::parse(&route.stable) {
         Ok(u) => Some(u),
         Err(e) => {
@@ -700,6 +838,9 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         listener: 0,
         hosts,
         path_prefix: route.path_prefix.clone(),
+        matches: route_matches,
+        request_headers,
+        response_headers,
         protocol: route.protocol,
         stable: stable?,
         canary,
@@ -877,6 +1018,230 @@ fn positive_duration(text: &str, path: &str, errs: &mut Collector) -> Option<Dur
         Ok(d) => Some(d),
         Err(e) => {
             errs.push(path, e);
+            None
+        }
+    }
+}
+
+/// One of a route's `matches` (see [`RouteMatch`]); `at` is its path.
+fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Option<ValidRouteMatch> {
+    let before = errs.0.len();
+    let check_path = |field: &str, path: &String, errs: &mut Collector| {
+        if !path.starts_with('/') {
+            errs.push(
+                format!("{at}.{field}"),
+                format!("`{path}` must start with '/'"),
+            );
+        } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
+            errs.push(
+                format!("{at}.{field}"),
+                format!("`{path}` holds a space or a character a request path never has (percent-encode it)"),
+            );
+        } else if path.contains('?') || path.contains('#') {
+            errs.push(
+                format!("{at}.{field}"),
+                format!("`{path}` holds `?` or `#`; a path match is on the path alone (use `query` for parameters)"),
+            );
+        }
+    };
+    let path = match (&m.path_prefix, &m.path_exact) {
+        (Some(_), Some(_)) => {
+            errs.push(at, "set either `path_prefix` or `path_exact`, not both");
+            PathMatch::Prefix("/".into())
+        }
+        (Some(prefix), None) => {
+            check_path("path_prefix", prefix, errs);
+            PathMatch::Prefix(prefix.clone())
+        }
+        (None, Some(exact)) => {
+            check_path("path_exact", exact, errs);
+            PathMatch::Exact(exact.clone())
+        }
+        (None, None) => PathMatch::Prefix("/".into()),
+    };
+    let mut methods = Vec::new();
+    for (k, method) in m.methods.iter().enumerate() {
+        let mp = format!("{at}.methods[{k}]");
+        let token = !method.is_empty() && method.bytes().all(is_token_byte);
+        if !token {
+            errs.push(
+                mp,
+                format!("`{method}` is not a method (a token such as GET)"),
+            );
+        } else if method.bytes().any(|b| b.is_ascii_lowercase()) {
+            errs.push(
+                mp,
+                format!(
+                    "`{method}` must be upper case (`{}`): methods are case-sensitive",
+                    method.to_ascii_uppercase()
+                ),
+            );
+        } else if method == "CONNECT" {
+            errs.push(
+                mp,
+                "`CONNECT` never reaches a route: the proxy answers it 405 itself",
+            );
+        } else {
+            methods.push(http::Method::from_bytes(method.as_bytes()).expect("a token"));
+        }
+    }
+    let mut headers = Vec::new();
+    for (k, h) in m.headers.iter().enumerate() {
+        let hp = format!("{at}.headers[{k}]");
+        let name = header_name(&h.name, &format!("{hp}.name"), errs);
+        let value = field_value(&h.value, &format!("{hp}.value"), errs);
+        if let (Some(name), Some(_)) = (name, value) {
+            headers.push((name, h.value.clone()));
+        }
+    }
+    let mut query = Vec::new();
+    for (k, q) in m.query.iter().enumerate() {
+        let qp = format!("{at}.query[{k}]");
+        if q.name.is_empty() {
+            errs.push(format!("{qp}.name"), "must not be empty");
+        } else if q
+            .name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '&' | '=' | '#'))
+        {
+            errs.push(
+                format!("{qp}.name"),
+                format!("`{}` holds `&`, `=`, `#` or a control character; a parameter name (percent-decoded) never does", q.name),
+            );
+        }
+        if q.value
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '&' | '#'))
+        {
+            errs.push(
+                format!("{qp}.value"),
+                format!("`{}` holds `&`, `#` or a control character; write the value percent-decoded, without them", q.value),
+            );
+        }
+        query.push((q.name.clone(), q.value.clone()));
+    }
+    (errs.0.len() == before).then_some(ValidRouteMatch {
+        path,
+        methods,
+        headers,
+        query,
+    })
+}
+
+/// A route's `request_headers` / `response_headers`; `at` is its path.
+fn validate_header_modifier(
+    m: &HeaderModifier,
+    at: &str,
+    errs: &mut Collector,
+) -> Option<ValidHeaderModifier> {
+    let before = errs.0.len();
+    let owned = |name: &http::HeaderName, path: &str, errs: &mut Collector| {
+        if crate::fields::proxy_owned_field(name.as_str().as_bytes()) {
+            errs.push(
+                path,
+                format!(
+                    "`{name}` is a field the proxy sets or frames messages by (Host, Content-Length, \
+                     Transfer-Encoding, Connection, Keep-Alive, TE, Upgrade, Trailer, Proxy-*, \
+                     X-Forwarded-*, Forwarded, X-Real-IP, X-Sluice-*); a route cannot change it"
+                ),
+            );
+            false
+        } else {
+            true
+        }
+    };
+    let pairs = |list: &[NameValue], field: &str, errs: &mut Collector| {
+        let mut out = Vec::new();
+        for (k, nv) in list.iter().enumerate() {
+            let np = format!("{at}.{field}[{k}].name");
+            let name = header_name(&nv.name, &np, errs).filter(|n| owned(n, &np, errs));
+            let value = field_value(&nv.value, &format!("{at}.{field}[{k}].value"), errs);
+            if let (Some(name), Some(value)) = (name, value) {
+                out.push((k, name, value));
+            }
+        }
+        out
+    };
+    let set = pairs(&m.set, "set", errs);
+    let add = pairs(&m.add, "add", errs);
+    let mut remove = Vec::new();
+    for (k, text) in m.remove.iter().enumerate() {
+        let rp = format!("{at}.remove[{k}]");
+        if let Some(name) = header_name(text, &rp, errs).filter(|n| owned(n, &rp, errs)) {
+            remove.push((k, name));
+        }
+    }
+    for (i, (k, name, _)) in set.iter().enumerate() {
+        if let Some((first, _, _)) = set[..i].iter().find(|(_, n, _)| n == name) {
+            errs.push(
+                format!("{at}.set[{k}].name"),
+                format!("`{name}` is already set by {at}.set[{first}]; set a name once"),
+            );
+        }
+        if let Some((r, _)) = remove.iter().find(|(_, n)| n == name) {
+            errs.push(
+                format!("{at}.set[{k}].name"),
+                format!(
+                    "`{name}` is also removed by {at}.remove[{r}]; set it or remove it, not both"
+                ),
+            );
+        }
+    }
+    (errs.0.len() == before).then(|| ValidHeaderModifier {
+        set: set.into_iter().map(|(_, n, v)| (n, v)).collect(),
+        add: add.into_iter().map(|(_, n, v)| (n, v)).collect(),
+        remove: remove.into_iter().map(|(_, n)| n).collect(),
+    })
+}
+
+/// RFC 9110 `tchar`.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn header_name(text: &str, path: &str, errs: &mut Collector) -> Option<http::HeaderName> {
+    if text.is_empty() || !text.bytes().all(is_token_byte) {
+        errs.push(
+            path,
+            format!(
+                "`{text}` is not a header field name (a token: letters, digits and !#$%&'*+-.^_`|~)"
+            ),
+        );
+        return None;
+    }
+    match http::HeaderName::from_bytes(text.as_bytes()) {
+        Ok(name) => Some(name),
+        Err(_) => {
+            errs.push(path, format!("`{text}` is not a header field name"));
+            None
+        }
+    }
+}
+
+/// A field value: visible characters, spaces and tabs inside (no control
+/// characters, no line breaks), none at either end, where parsers strip
+/// them.
+fn field_value(text: &str, path: &str, errs: &mut Collector) -> Option<http::HeaderValue> {
+    if text.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        errs.push(
+            path,
+            format!(
+                "{text:?} holds a control character or line break; a header field value cannot"
+            ),
+        );
+        return None;
+    }
+    if text.starts_with([' ', '\t']) || text.ends_with([' ', '\t']) {
+        errs.push(
+            path,
+            format!("{text:?} starts or ends with a space or tab, which a received field value never does"),
+        );
+        return None;
+    }
+    match http::HeaderValue::from_str(text) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            errs.push(path, format!("{text:?} is not a header field value"));
             None
         }
     }
