@@ -18,6 +18,12 @@
 //!   the authority; `Forwarded` dropped); behind N trusted proxies the
 //!   rightmost N `X-Forwarded-For` entries are kept and the peer appended,
 //!   and the other fields those proxies set are passed on.
+//! - **The route's `request_headers`** change what is left of the
+//!   client's fields before the forwarding fields are added: the fields
+//!   it removes or sets are dropped, then its `set` and `add` fields
+//!   follow. Every head of the request gets them: either arm, a failover
+//!   to the stable, a retry (the same head) and a mirror copy. Trailers
+//!   are not changed.
 //! - **Trailers** a client sends go on less the same fields
 //!   (`crate::fields::trailer_passes`).
 //! - **The body.** The first 16 KiB of an HTTP/1 request body (the whole
@@ -545,6 +551,7 @@ fn each_forwarded_field(
     emit: &mut dyn FnMut(&[u8], &[u8]),
 ) {
     let keep_underscores = routed.route.keep_underscore_headers;
+    let modifier = routed.route.request_headers.as_ref();
     let trusted = routed.trusted_hops > 0;
     let named = connection_named(req);
     let join_cookies = one_cookie && req.version == Version::HTTP_2;
@@ -586,7 +593,9 @@ fn each_forwarded_field(
             None => cookies = Some(value.to_vec()),
         },
         Field::Cookie | Field::Other => {
-            if named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            if named.iter().any(|n| n.eq_ignore_ascii_case(name))
+                || modifier.is_some_and(|m| m.drops(name))
+            {
                 return;
             }
             match crate::fields::client_field(name) {
@@ -596,8 +605,15 @@ fn each_forwarded_field(
             }
         }
     });
-    if let Some(joined) = cookies {
+    if let Some(joined) = cookies
+        && !modifier.is_some_and(|m| m.drops(b"cookie"))
+    {
         emit(b"cookie", &joined);
+    }
+    if let Some(modifier) = modifier {
+        for (name, value) in modifier.written() {
+            emit(name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     forwarding_fields(req, routed, client, &xff, present, emit);
     if let Some((name, value)) = framing {

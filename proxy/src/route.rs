@@ -22,8 +22,9 @@
 //!   one of them (RFC 9110 §7.2); `content-length` fields are equal
 //!   numbers; no field value starts or ends with a space or tab (RFC 9113
 //!   §8.2.1: such a request is malformed). 400.
-//! - No route for the host (port and case ignored) and the normalised
-//!   path: 404.
+//! - No route for the host (port and case ignored), the normalised path
+//!   and the route matches' other conditions (method, fields, query;
+//!   `crate::routing`): 404.
 //!
 //! Then the backend is decided (A/B rules, then affinity, then the exact
 //! weighted split: [`crate::routing::Route::decide`]), and the request
@@ -371,11 +372,17 @@ pub fn route(
         }
     });
     let path = req.target.path();
+    let facts = crate::routing::RequestFacts {
+        method: req.method,
+        path_and_query: req.target.path_and_query(),
+        fields: req.fields,
+    };
     let Some(route) = routing
         .find(
             listener,
             host.as_deref(),
             &crate::routing::normalise_path(path),
+            &facts,
         )
         .cloned()
     else {

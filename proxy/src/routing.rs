@@ -1,16 +1,50 @@
 //! The immutable routing table the request path reads through `ArcSwap`.
 //!
-//! Matching: among routes whose `hosts` contain the request host (or that
-//! have no hosts), the longest `path_prefix` wins; on equal prefixes a route
-//! naming the host beats a route for any host. Prefixes match plain string
-//! prefixes of the path, as in Envoy and nginx `location`.
+//! A route has one or more *matches* (alternatives: a request that
+//! satisfies any one belongs to the route); a route without `matches` in
+//! its config has one, on its `path_prefix`. A match holds when all its
+//! conditions do:
+//! - the listener is the route's, and the route's `hosts` contain the
+//!   request host (port and case ignored; `*.suffix` is one or more labels
+//!   before `.suffix`), or the route has no hosts;
+//! - the normalised path ([`normalise_path`]) starts with the match's
+//!   `path_prefix` (a plain string prefix, as Envoy's and nginx's
+//!   `location`: `/api` also takes `/apis`; write `/api/` plus an exact
+//!   `/api` for whole segments), or equals its `path_exact`;
+//! - the method is one of its `methods` (when it has any);
+//! - for each of its `headers`, some field of that name (any case) has
+//!   exactly that value (case-sensitive);
+//! - for each of its `query` parameters, the *first* parameter of that
+//!   name (case-sensitive) in the query string has exactly that value,
+//!   both compared after percent-decoding (`+` stays `+`).
+//!
+//! **Precedence.** Among the (route, match) pairs that hold, the first in
+//! this order wins (the Gateway API's order, with the place of the host
+//! rule Sluice always had: right after the path):
+//! 1. an exact path beats any prefix;
+//! 2. a longer prefix beats a shorter one;
+//! 3. a route naming the host beats a route for any host;
+//! 4. a match with `methods` beats one without;
+//! 5. more header conditions beat fewer;
+//! 6. more query conditions beat fewer;
+//! 7. then config order (routes, then a route's matches).
+//!
+//! For a table without conditions (no route has `matches` beyond a prefix)
+//! this is what it always was: the longest `path_prefix` wins, a
+//! host-named route before an any-host one, and the lookup is the same
+//! scan of the routes, reading neither the method, the fields nor the
+//! query. The query string is read only when a match whose other
+//! conditions hold has query conditions, and without allocating.
+//! No route matching is the route phase's 404.
 
+use std::cmp::Reverse;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::{
-    Config, Protocol, UpstreamUrl, ValidConfig, ValidMatch, ValidRoute, bp_to_percent,
+    Config, PathMatch, Protocol, UpstreamUrl, ValidConfig, ValidHeaderModifier, ValidMatch,
+    ValidRoute, ValidRouteMatch, bp_to_percent,
 };
 use crate::fields::Fields;
 use prometheus_client::metrics::counter::Counter;
@@ -149,6 +183,12 @@ pub struct Route {
     pub listener: usize,
     pub hosts: Vec<String>,
     pub path_prefix: String,
+    /// The route's matches (never empty; see the module docs).
+    pub matches: Vec<ValidRouteMatch>,
+    /// Changes to the head every backend of the route gets.
+    pub request_headers: Option<ValidHeaderModifier>,
+    /// Changes to the head of the backend's answers the client gets.
+    pub response_headers: Option<ValidHeaderModifier>,
     pub protocol: Protocol,
     pub stable: Backend,
     pub canary: Option<Backend>,
@@ -262,11 +302,48 @@ fn rule_matches(rule: &ValidMatch, fields: &dyn Fields) -> bool {
     }
 }
 
+/// What of a request the matches may look at besides its host and path.
+#[derive(Clone, Copy)]
+pub struct RequestFacts<'a> {
+    pub method: &'a http::Method,
+    /// The target's path and query as sent (the query is read only when
+    /// a match asks).
+    pub path_and_query: &'a str,
+    pub fields: &'a dyn Fields,
+}
+
+impl<'a> RequestFacts<'a> {
+    fn query(&self) -> &'a str {
+        self.path_and_query
+            .split_once('?')
+            .map_or("", |(_, query)| query)
+    }
+}
+
+/// One match of one route, in the order of precedence.
+struct Entry {
+    route: Arc<Route>,
+    /// Index into `route.matches`.
+    at: usize,
+}
+
+impl Entry {
+    fn condition(&self) -> &ValidRouteMatch {
+        &self.route.matches[self.at]
+    }
+}
+
 /// A validated, ready-to-serve routing table and the config it came from.
 pub struct Routing {
     pub config: Config,
     pub valid: ValidConfig,
+    /// Longest prefix first, host-specific before any-host, then config
+    /// order: the lookup order of a table without conditions.
     routes: Vec<Arc<Route>>,
+    /// Every (route, match), in the order of precedence; empty when no
+    /// match has conditions beyond a path prefix (then `routes` is
+    /// searched, as always).
+    entries: Vec<Entry>,
 }
 
 impl Routing {
@@ -287,6 +364,22 @@ impl Routing {
                 Arc::new(build_route(r, &valid, old.map(|o| &**o), pool, metrics))
             })
             .collect();
+        let conditional = routes
+            .iter()
+            .any(|r| r.matches.len() != 1 || r.matches[0].has_conditions());
+        let mut entries = Vec::new();
+        if conditional {
+            for route in &routes {
+                for at in 0..route.matches.len() {
+                    entries.push(Entry {
+                        route: route.clone(),
+                        at,
+                    });
+                }
+            }
+            // A stable sort: config order breaks the remaining ties.
+            entries.sort_by_key(precedence);
+        }
         // Longest prefix first, host-specific before any-host, then config order.
         routes.sort_by(|a, b| {
             b.path_prefix
@@ -298,6 +391,7 @@ impl Routing {
             config,
             valid,
             routes,
+            entries,
         }
     }
 
@@ -316,14 +410,128 @@ impl Routing {
     }
 
     /// The route of `listener` serving `host` (port already stripped, any
-    /// case) and `path`.
-    pub fn find(&self, listener: usize, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        self.routes.iter().find(|r| {
-            r.listener == listener
-                && path.starts_with(r.path_prefix.as_str())
-                && (r.hosts.is_empty()
-                    || host.is_some_and(|h| r.hosts.iter().any(|rh| host_matches(rh, h))))
+    /// case) and the normalised `path`, for a request like `facts` (see
+    /// the module docs for the order).
+    pub fn find(
+        &self,
+        listener: usize,
+        host: Option<&str>,
+        path: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Option<&Arc<Route>> {
+        if self.entries.is_empty() {
+            return self.routes.iter().find(|r| {
+                r.listener == listener
+                    && path.starts_with(r.path_prefix.as_str())
+                    && serves_host(r, host)
+            });
+        }
+        self.entries
+            .iter()
+            .find(|e| {
+                e.route.listener == listener
+                    && condition_holds(e.condition(), path, facts)
+                    && serves_host(&e.route, host)
+            })
+            .map(|e| &e.route)
+    }
+}
+
+fn serves_host(route: &Route, host: Option<&str>) -> bool {
+    route.hosts.is_empty() || host.is_some_and(|h| route.hosts.iter().any(|rh| host_matches(rh, h)))
+}
+
+/// The sort key of a (route, match), lower first: a prefix (not exact)
+/// path, its length (longer first), any host, no methods, the header and
+/// query conditions (more first).
+type Precedence = (
+    bool,
+    Reverse<usize>,
+    bool,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+);
+
+/// The sort key of a (route, match) (see the module docs).
+fn precedence(entry: &Entry) -> Precedence {
+    let m = entry.condition();
+    let (prefix, len) = match &m.path {
+        PathMatch::Exact(p) => (false, p.len()),
+        PathMatch::Prefix(p) => (true, p.len()),
+    };
+    (
+        prefix,
+        Reverse(len),
+        entry.route.hosts.is_empty(),
+        m.methods.is_empty(),
+        Reverse(m.headers.len()),
+        Reverse(m.query.len()),
+    )
+}
+
+/// Whether a match's conditions other than the host hold.
+fn condition_holds(m: &ValidRouteMatch, path: &str, facts: &RequestFacts<'_>) -> bool {
+    let path_holds = match &m.path {
+        PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+        PathMatch::Exact(exact) => path == exact,
+    };
+    path_holds
+        && (m.methods.is_empty() || m.methods.iter().any(|method| method == facts.method))
+        && m.headers.iter().all(|(name, value)| {
+            facts
+                .fields
+                .values(name.as_str(), &mut |v| v == value.as_bytes())
         })
+        && (m.query.is_empty() || {
+            let query = facts.query();
+            m.query
+                .iter()
+                .all(|(name, value)| first_param_is(query, name, value))
+        })
+}
+
+/// Whether the first parameter named `name` in `query` (both percent-
+/// decoded) is there and has the value `value`.
+fn first_param_is(query: &str, name: &str, value: &str) -> bool {
+    for pair in query.split('&') {
+        let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if decoded_eq(n, name) {
+            return decoded_eq(v, value);
+        }
+    }
+    false
+}
+
+/// Whether `encoded`, percent-decoded, is `plain`. A `%` not followed by
+/// two hex digits stands for itself (as browsers and Envoy read it).
+fn decoded_eq(encoded: &str, plain: &str) -> bool {
+    let mut want = plain.bytes();
+    let bytes = encoded.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                i += 3;
+                hex_value(h) << 4 | hex_value(l)
+            }
+            (b, ..) => {
+                i += 1;
+                b
+            }
+        };
+        if want.next() != Some(b) {
+            return false;
+        }
+    }
+    want.next().is_none()
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
     }
 }
 
@@ -415,6 +623,9 @@ fn build_route(
         listener: r.listener,
         hosts: r.hosts.clone(),
         path_prefix: r.path_prefix.clone(),
+        matches: r.matches.clone(),
+        request_headers: r.request_headers.clone(),
+        response_headers: r.response_headers.clone(),
         protocol: r.protocol,
         stable,
         canary,
@@ -525,12 +736,44 @@ mod tests {
         Routing::build(config, valid, None, &pool, &metrics)
     }
 
+    /// A GET of `path` without fields.
+    fn find<'t>(t: &'t Routing, host: Option<&str>, path: &str) -> Option<&'t Arc<Route>> {
+        let fields = HeaderMap::new();
+        t.find(
+            0,
+            host,
+            path,
+            &RequestFacts {
+                method: &http::Method::GET,
+                path_and_query: path,
+                fields: &fields,
+            },
+        )
+    }
+
+    #[test]
+    fn query_values_are_compared_percent_decoded_first_occurrence() {
+        assert!(first_param_is("v=2", "v", "2"));
+        assert!(first_param_is("a=1&v=2&v=3", "v", "2"));
+        assert!(!first_param_is("v=3&v=2", "v", "2"));
+        assert!(first_param_is("%76=%32", "v", "2"));
+        assert!(first_param_is("q=a%20b", "q", "a b"));
+        assert!(!first_param_is("q=a+b", "q", "a b"));
+        assert!(first_param_is("q=100%", "q", "100%"));
+        assert!(first_param_is("q=%e2%82%ac", "q", "€"));
+        assert!(!first_param_is("V=2", "v", "2"), "names are case-sensitive");
+        assert!(first_param_is("flag&v=", "v", ""));
+        assert!(first_param_is("flag", "flag", ""));
+        assert!(!first_param_is("", "v", ""));
+        assert!(!first_param_is("v=22", "v", "2"));
+    }
+
     #[tokio::test]
     async fn longest_prefix_and_host_routing() {
         let t = table(
             "listen: 127.0.0.1:1\nroutes:\n  - { name: root, stable: 'http://127.0.0.1:1' }\n  - { name: api, path_prefix: /api, stable: 'http://127.0.0.1:2' }\n  - { name: api-v2, path_prefix: /api/v2, stable: 'http://127.0.0.1:3' }\n  - { name: shop, hosts: [shop.example], stable: 'http://127.0.0.1:4' }\n  - { name: wild, hosts: ['*.wild.example'], path_prefix: /x, stable: 'http://127.0.0.1:5' }\n",
         );
-        let name = |h: Option<&str>, p: &str| t.find(0, h, p).map(|r| r.name.clone());
+        let name = |h: Option<&str>, p: &str| find(&t, h, p).map(|r| r.name.clone());
         assert_eq!(name(None, "/"), Some("root".into()));
         assert_eq!(name(Some("a"), "/api/v1"), Some("api".into()));
         assert_eq!(name(Some("a"), "/api/v2/x"), Some("api-v2".into()));
@@ -558,7 +801,7 @@ mod tests {
         let t = table(
             "listen: 127.0.0.1:1\nroutes:\n  - name: web\n    stable: http://127.0.0.1:1\n    canary: http://127.0.0.1:2\n    canary_match:\n      - { header: x-canary, value: always }\n      - { cookie: canary, value: always }\n",
         );
-        let route = t.find(0, None, "/").unwrap();
+        let route = find(&t, None, "/").unwrap();
         let mut h = HeaderMap::new();
         assert_eq!(route.decide(&h), SplitDecision::Stable);
         h.insert("cookie", "a=b; canary=always".parse().unwrap());

@@ -445,7 +445,11 @@ async fn handle(
     let gone = std::pin::pin!(gone);
     let outcome = crate::forward::forward(exchange, gone).await;
     match crate::answer::answer(outcome, &routed, None)? {
-        Answer::Passed(passed) => Some(passed_response(passed, head_request)),
+        Answer::Passed(passed) => Some(passed_response(
+            passed,
+            head_request,
+            routed.route.response_headers.as_ref(),
+        )),
         Answer::Local(answer) => Some(local(answer)),
     }
 }
@@ -516,8 +520,13 @@ fn local(answer: Local) -> Response<AnswerBody> {
 }
 
 /// A backend's answer (see `crate::answer`): its fields less the
-/// hop-by-hop and framing ones; a response to HEAD keeps its length.
-fn passed_response(passed: Passed, head_request: bool) -> Response<AnswerBody> {
+/// hop-by-hop and framing ones, changed by the route's `response_headers`
+/// (`modifier`); a response to HEAD keeps its length.
+fn passed_response(
+    passed: Passed,
+    head_request: bool,
+    modifier: Option<&crate::config::ValidHeaderModifier>,
+) -> Response<AnswerBody> {
     let Passed {
         head,
         body,
@@ -528,6 +537,9 @@ fn passed_response(passed: Passed, head_request: bool) -> Response<AnswerBody> {
     *resp.status_mut() = head.status();
     let headers = resp.headers_mut();
     copy_passed_fields(&head, head.has_connection(), head.raw(), headers);
+    if let Some(modifier) = modifier {
+        modifier.apply(headers);
+    }
     if head_request && let Some(n) = head.declared_length() {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
     }

@@ -436,7 +436,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         };
         self.unread_body = !body_read;
         reply.close |= !body_read || entered.is_draining();
-        self.writer().answer(answer, reply).await
+        self.writer()
+            .answer(answer, reply, routed.route.response_headers.as_ref())
+            .await
     }
 
     /// The forward phase for one request, the client's connection lent to

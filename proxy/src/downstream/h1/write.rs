@@ -1,7 +1,9 @@
 //! Writing an answer to an HTTP/1.1 client, and the tunnel after a 101.
 //!
 //! A backend's answer keeps its status and fields in their order (less
-//! what `crate::answer` leaves out), then the proxy's framing: the body's
+//! what `crate::answer` leaves out, and what the route's
+//! `response_headers` remove or set; the fields it sets and adds follow
+//! them), then the proxy's framing: the body's
 //! length when it is known, else chunked (an HTTP/1.0 client gets the
 //! body until the connection closes); none for 1xx, 204 and 304; a
 //! response to HEAD keeps the length a GET would get, once. Then `Date`
@@ -21,6 +23,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
+use crate::config::ValidHeaderModifier;
 use crate::conn::Entered;
 use crate::http1::write;
 use crate::upstream::ResponseHead;
@@ -82,11 +85,17 @@ pub(super) struct Writer<'a, S> {
 }
 
 impl<S: AsyncWrite + Unpin> Writer<'_, S> {
-    /// Writes `answer`; what follows it on the connection.
-    pub async fn answer(self, answer: Answer, reply: Reply) -> Next {
+    /// Writes `answer`; what follows it on the connection. `modifier`:
+    /// the route's `response_headers`, for a backend's answer.
+    pub async fn answer(
+        self,
+        answer: Answer,
+        reply: Reply,
+        modifier: Option<&ValidHeaderModifier>,
+    ) -> Next {
         match answer {
             Answer::Local(local) => self.local(local, reply).await,
-            Answer::Passed(passed) => self.passed(passed, reply).await,
+            Answer::Passed(passed) => self.passed(passed, reply, modifier).await,
         }
     }
 
@@ -110,7 +119,12 @@ impl<S: AsyncWrite + Unpin> Writer<'_, S> {
 
     /// Writes a backend's answer (see the module docs); a 101 becomes a
     /// tunnel.
-    async fn passed(mut self, passed: Passed, mut reply: Reply) -> Next {
+    async fn passed(
+        mut self,
+        passed: Passed,
+        mut reply: Reply,
+        modifier: Option<&ValidHeaderModifier>,
+    ) -> Next {
         let Passed {
             head,
             body,
@@ -136,7 +150,12 @@ impl<S: AsyncWrite + Unpin> Writer<'_, S> {
         reply.close |= length.is_none() && reply.minor == 0 && !no_body;
         let out = self.start_head();
         write::status_line(out, if tunnel.is_some() { 1 } else { reply.minor }, status);
-        let dated = passed_fields(out, &head, reply.head_request && !no_content(status));
+        let dated = passed_fields(
+            out,
+            &head,
+            reply.head_request && !no_content(status),
+            modifier,
+        );
         if let Some(cookie) = set_cookie {
             write::field(out, b"set-cookie", cookie.as_bytes());
         }
@@ -266,12 +285,22 @@ fn no_content(status: StatusCode) -> bool {
     status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
-/// Writes a backend's fields the client gets; `pass_length`: the length
-/// it declared goes on (once: a response to HEAD). Whether it had `Date`.
-fn passed_fields(out: &mut Vec<u8>, head: &ResponseHead, pass_length: bool) -> bool {
+/// Writes a backend's fields the client gets, changed by the route's
+/// `response_headers` (`modifier`: the fields it removes or sets are
+/// dropped, its own follow); `pass_length`: the length it declared goes
+/// on (once: a response to HEAD). Whether it had `Date`.
+fn passed_fields(
+    out: &mut Vec<u8>,
+    head: &ResponseHead,
+    pass_length: bool,
+    modifier: Option<&ValidHeaderModifier>,
+) -> bool {
     let mut length = pass_length.then(|| head.declared_length()).flatten();
     let mut dated = false;
     crate::answer::each_passed_field(head, head.has_connection(), &mut |kind, name, value| {
+        if modifier.is_some_and(|m| m.drops(name)) {
+            return;
+        }
         match kind {
             ResponseField::ContentLength => {
                 if let Some(n) = length.take() {
@@ -286,6 +315,10 @@ fn passed_fields(out: &mut Vec<u8>, head: &ResponseHead, pass_length: bool) -> b
             ResponseField::Other => write::field(out, name, value),
         }
     });
+    for (name, value) in modifier.into_iter().flat_map(|m| m.written()) {
+        dated |= *name == http::header::DATE;
+        write::field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
     dated
 }
 
