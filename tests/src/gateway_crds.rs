@@ -1,6 +1,6 @@
 //! CustomResourceDefinitions for the subset of the Gateway API
 //! (`gateway.networking.k8s.io`) that Sluice uses: `GatewayClass`,
-//! `Gateway` and `HTTPRoute`, generated here rather than copied from
+//! `Gateway`, `HTTPRoute` and `GRPCRoute`, generated here rather than copied from
 //! upstream. They follow the shape of the published standard-channel v1
 //! schema for the fields they carry (names, scopes, short names and
 //! categories; `x-kubernetes-list-type`s, e.g. `backendRefs` is `atomic`
@@ -8,10 +8,19 @@
 //! defaults, e.g. a backendRef's `weight` is 0..1000000 defaulting to 1;
 //! the `status` subresource and printer columns; `HTTPRoute` served as
 //! `v1` (storage) and `v1beta1`). Fields Sluice does not use are left out,
-//! and so are most of the published CEL rules; one is kept per kind where
-//! tests lean on it (a path match's value must start with `/`).
+//! and so are most of the published CEL rules; a few are kept where
+//! tests lean on them (a path match's value must start with `/`; a
+//! GRPCRoute method match names a service or a method, each of the
+//! characters a protobuf name may have).
 //!
-//! [`all`] gives the three CRDs as JSON; [`yaml`] as one YAML stream for
+//! `GRPCRoute` is served as `v1` only (the standard channel's storage
+//! version): hostnames, parentRefs and up to 16 rules of method matches
+//! (`Exact` or `RegularExpression`, `service` and/or `method`), header
+//! matches, the four gRPC filters (`RequestHeaderModifier`,
+//! `ResponseHeaderModifier`, `RequestMirror`, `ExtensionRef`) and
+//! weighted backendRefs, with the same `status.parents` as HTTPRoute.
+//!
+//! [`all`] gives the four CRDs as JSON; [`yaml`] as one YAML stream for
 //! `kubectl apply -f`.
 
 use serde_json::{Value, json};
@@ -140,16 +149,34 @@ fn path_modifier() -> Value {
     )
 }
 
+fn request_mirror() -> Value {
+    object(
+        json!({
+            "backendRef": backend_object_ref(),
+            "percent": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 100},
+        }),
+        &["backendRef"],
+    )
+}
+
+fn extension_ref() -> Value {
+    object(
+        json!({
+            "group": string(None, 253, Some(GROUP_PATTERN)),
+            "kind": string(Some(1), 63, Some(KIND_PATTERN)),
+            "name": string(Some(1), 253, None),
+        }),
+        &["group", "kind", "name"],
+    )
+}
+
 fn filter() -> Value {
     object(
         json!({
             "type": enumerated(&["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect", "URLRewrite", "ExtensionRef"]),
             "requestHeaderModifier": header_modifier(),
             "responseHeaderModifier": header_modifier(),
-            "requestMirror": object(json!({
-                "backendRef": backend_object_ref(),
-                "percent": {"type": "integer", "format": "int32", "minimum": 0, "maximum": 100},
-            }), &["backendRef"]),
+            "requestMirror": request_mirror(),
             "requestRedirect": object(json!({
                 "scheme": enumerated(&["http", "https"]),
                 "hostname": string(Some(1), 253, Some(DNS_SUBDOMAIN)),
@@ -161,14 +188,100 @@ fn filter() -> Value {
                 "hostname": string(Some(1), 253, Some(DNS_SUBDOMAIN)),
                 "path": path_modifier(),
             }), &[]),
-            "extensionRef": object(json!({
-                "group": string(None, 253, Some(GROUP_PATTERN)),
-                "kind": string(Some(1), 63, Some(KIND_PATTERN)),
-                "name": string(Some(1), 253, None),
-            }), &["group", "kind", "name"]),
+            "extensionRef": extension_ref(),
         }),
         &["type"],
     )
+}
+
+/// A GRPCRoute's filter: the HTTPRoute's minus redirects and rewrites.
+fn grpc_filter() -> Value {
+    object(
+        json!({
+            "type": enumerated(&["ResponseHeaderModifier", "RequestHeaderModifier", "RequestMirror", "ExtensionRef"]),
+            "requestHeaderModifier": header_modifier(),
+            "responseHeaderModifier": header_modifier(),
+            "requestMirror": request_mirror(),
+            "extensionRef": extension_ref(),
+        }),
+        &["type"],
+    )
+}
+
+/// `status.parents`, shared by HTTPRoute and GRPCRoute.
+fn route_status() -> Value {
+    object(
+        json!({"parents": list(object(json!({
+            "parentRef": parent_ref(),
+            "controllerName": string(Some(1), 253, None),
+            "conditions": conditions(),
+        }), &["conditions", "controllerName", "parentRef"]), 32, "atomic")}),
+        &["parents"],
+    )
+}
+
+fn weighted_backend_ref(filter: Value) -> Value {
+    let mut backend_ref = backend_object_ref();
+    backend_ref["properties"]["weight"] = json!({
+        "type": "integer", "format": "int32", "minimum": 0, "maximum": 1000000, "default": 1,
+    });
+    backend_ref["properties"]["filters"] = list(filter, 16, "atomic");
+    backend_ref
+}
+
+fn grpc_route_schema() -> Value {
+    let mut method = object(
+        json!({
+            "type": with_default(enumerated(&["Exact", "RegularExpression"]), json!("Exact")),
+            "service": string(None, 1024, None),
+            "method": string(None, 1024, None),
+        }),
+        &[],
+    );
+    method["x-kubernetes-validations"] = json!([
+        {
+            "message": "One or both of 'service' or 'method' must be specified",
+            "rule": "has(self.type) ? has(self.service) || has(self.method) : true",
+        },
+        {
+            "message": "service must only contain valid characters (matching ^(?i)[.]?[a-z_][a-z_0-9]*([.][a-z_][a-z_0-9]*)*$)",
+            "rule": "(!has(self.type) || self.type == 'Exact') && has(self.service) ? self.service.matches('^(?i)[.]?[a-z_][a-z_0-9]*([.][a-z_][a-z_0-9]*)*$') : true",
+        },
+        {
+            "message": "method must only contain valid characters (matching ^[A-Za-z_][A-Za-z_0-9]*$)",
+            "rule": "(!has(self.type) || self.type == 'Exact') && has(self.method) ? self.method.matches('^[A-Za-z_][A-Za-z_0-9]*$') : true",
+        },
+    ]);
+    let header = object(
+        json!({
+            "type": with_default(enumerated(&["Exact", "RegularExpression"]), json!("Exact")),
+            "name": string(Some(1), 256, Some(HEADER_NAME)),
+            "value": string(Some(1), 4096, None),
+        }),
+        &["name", "value"],
+    );
+    let matches = json!({"type": "array", "maxItems": 64, "x-kubernetes-list-type": "atomic", "items": object(json!({
+        "method": method,
+        "headers": map_list(header, 16, "name"),
+    }), &[])});
+    let rule = object(
+        json!({
+            "name": string(Some(1), 253, Some(DNS_SUBDOMAIN)),
+            "matches": matches,
+            "filters": list(grpc_filter(), 16, "atomic"),
+            "backendRefs": list(weighted_backend_ref(grpc_filter()), 16, "atomic"),
+        }),
+        &[],
+    );
+    let spec = object(
+        json!({
+            "parentRefs": list(parent_ref(), 32, "atomic"),
+            "hostnames": list(string(Some(1), 253, Some(HOSTNAME)), 16, "atomic"),
+            "rules": list(rule, 16, "atomic"),
+        }),
+        &[],
+    );
+    object(json!({"spec": spec, "status": route_status()}), &["spec"])
 }
 
 fn http_route_schema() -> Value {
@@ -203,17 +316,12 @@ fn http_route_schema() -> Value {
         }), &[])}),
         json!([{"path": {"type": "PathPrefix", "value": "/"}}]),
     );
-    let mut backend_ref = backend_object_ref();
-    backend_ref["properties"]["weight"] = json!({
-        "type": "integer", "format": "int32", "minimum": 0, "maximum": 1000000, "default": 1,
-    });
-    backend_ref["properties"]["filters"] = list(filter(), 16, "atomic");
     let rule = object(
         json!({
             "name": string(Some(1), 253, Some(DNS_SUBDOMAIN)),
             "matches": matches,
             "filters": list(filter(), 16, "atomic"),
-            "backendRefs": list(backend_ref, 16, "atomic"),
+            "backendRefs": list(weighted_backend_ref(filter()), 16, "atomic"),
             "timeouts": object(json!({
                 "request": {"type": "string", "pattern": DURATION},
                 "backendRequest": {"type": "string", "pattern": DURATION},
@@ -232,15 +340,7 @@ fn http_route_schema() -> Value {
         }),
         &[],
     );
-    let status = object(
-        json!({"parents": list(object(json!({
-            "parentRef": parent_ref(),
-            "controllerName": string(Some(1), 253, None),
-            "conditions": conditions(),
-        }), &["conditions", "controllerName", "parentRef"]), 32, "atomic")}),
-        &["parents"],
-    );
-    object(json!({"spec": spec, "status": status}), &["spec"])
+    object(json!({"spec": spec, "status": route_status()}), &["spec"])
 }
 
 fn gateway_schema() -> Value {
@@ -388,9 +488,24 @@ pub fn http_route() -> Value {
     )
 }
 
-/// GatewayClass, Gateway and HTTPRoute CRDs.
+pub fn grpc_route() -> Value {
+    crd(
+        "grpcroutes",
+        "GRPCRoute",
+        &[],
+        "Namespaced",
+        &["v1"],
+        grpc_route_schema(),
+        json!([
+            {"name": "Hostnames", "type": "string", "jsonPath": ".spec.hostnames"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ]),
+    )
+}
+
+/// GatewayClass, Gateway, HTTPRoute and GRPCRoute CRDs.
 pub fn all() -> Vec<Value> {
-    vec![gateway_class(), gateway(), http_route()]
+    vec![gateway_class(), gateway(), http_route(), grpc_route()]
 }
 
 /// [`all`] as one YAML stream.

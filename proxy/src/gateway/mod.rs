@@ -2,16 +2,22 @@
 //!
 //! The proxy watches (cluster-wide) the `GatewayClass`es whose
 //! `controllerName` is its own (`sluice.dev/gateway` by default), the
-//! `Gateway`s of those classes, the `HTTPRoute`s and the `Service`s, and
+//! `Gateway`s of those classes, the `HTTPRoute`s, the `GRPCRoute`s and the
+//! `Service`s, and
 //! after every change (50 ms later, so a burst is one rebuild) translates
 //! them into its own config ([`translate`]), swaps it in like a reload
 //! (a change of weights is served without a restart), and writes the
 //! statuses through the status subresource: `Accepted` on the classes,
 //! `Accepted`/`Programmed` (and per-listener conditions) on the Gateways,
-//! and its own `status.parents` entries on the HTTPRoutes (entries of
-//! other controllers are kept), each with `observedGeneration`. A status
+//! and its own `status.parents` entries on the HTTPRoutes and GRPCRoutes
+//! (entries of other controllers are kept), each with `observedGeneration`. A status
 //! is written only when it changed, and a condition keeps its
 //! `lastTransitionTime` while its status stays the same.
+//!
+//! GRPCRoutes are read when the API server serves them (Gateway API
+//! v1.1 and later); on a cluster whose CRDs predate GRPCRoute the proxy
+//! logs a warning at start and serves HTTPRoutes alone (install the newer
+//! CRDs, then restart the proxy to serve GRPCRoutes).
 //!
 //! The kube client was in the binary already (`--kube-configmap`), so this
 //! adds no process and no crate; it is idle unless `--gateway-api` is given.
@@ -110,8 +116,18 @@ impl Gateway {
                 "services",
                 ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
             ),
+            (
+                "grpcroutes.gateway.networking.k8s.io",
+                gateway_resource("GRPCRoute", "grpcroutes"),
+            ),
         ] {
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            if resource.kind == "GRPCRoute" && !served(&api).await {
+                tracing::warn!(
+                    "the API server does not serve grpcroutes.gateway.networking.k8s.io (Gateway API CRDs older than v1.1?): GRPCRoutes are not served; install the CRDs and restart the proxy"
+                );
+                continue;
+            }
             let writer = reflector::store::Writer::new(resource.clone());
             let reader = writer.as_reader();
             let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
@@ -173,6 +189,11 @@ impl Gateway {
             gateways: values(1),
             routes: values(2),
             services: values(3),
+            grpc_routes: if self.kinds.len() > GRPC_ROUTES {
+                values(GRPC_ROUTES)
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -289,12 +310,14 @@ impl Gateway {
             }
         }
         let empty = Vec::new();
-        for r in &inputs.routes {
+        let routes = inputs.routes.iter().map(|r| (2, r, &outcome.routes));
+        let grpc_routes = inputs
+            .grpc_routes
+            .iter()
+            .map(|r| (GRPC_ROUTES, r, &outcome.grpc_routes));
+        for (kind, r, statuses) in routes.chain(grpc_routes) {
             let (ns, name) = meta_key(r);
-            let ours = outcome
-                .routes
-                .get(&(ns.clone(), name.clone()))
-                .unwrap_or(&empty);
+            let ours = statuses.get(&(ns.clone(), name.clone())).unwrap_or(&empty);
             let old: Vec<Value> = r["status"]["parents"]
                 .as_array()
                 .cloned()
@@ -322,11 +345,25 @@ impl Gateway {
                 new.push(p);
             }
             if new != old {
-                self.patch_status(2, Some(&ns), &name, json!({"parents": new}))
+                self.patch_status(kind, Some(&ns), &name, json!({"parents": new}))
                     .await;
             }
         }
     }
+}
+
+/// The index of the GRPCRoute watch in `Gateway::kinds` (absent when the
+/// API server does not serve GRPCRoutes).
+const GRPC_ROUTES: usize = 4;
+
+/// Whether the API server serves `api`'s resource (a 404 means its CRD is
+/// not installed; any other answer, even a refusal, is left to the watch
+/// to report).
+async fn served(api: &Api<DynamicObject>) -> bool {
+    !matches!(
+        api.list(&kube::api::ListParams::default().limit(1)).await,
+        Err(kube::Error::Api(e)) if e.code == 404
+    )
 }
 
 fn meta_key(v: &Value) -> (String, String) {
