@@ -170,9 +170,11 @@ const NOT_TRAILERS: [&[u8]; 16] = [
 /// (any case): the proxy owns it, setting it itself (`Host`, forwarding
 /// fields, `X-Sluice-*`) or framing the message and the connection by it
 /// (`Content-Length`, `Transfer-Encoding`, hop-by-hop fields, `Proxy-*`,
-/// `Trailer`).
+/// `Trailer`), or answering it itself (`Expect`, `HTTP2-Settings`).
 pub fn proxy_owned_field(name: &[u8]) -> bool {
-    const OWNED: [&[u8]; 10] = [
+    const OWNED: [&[u8]; 12] = [
+        b"expect",
+        b"http2-settings",
         b"host",
         b"content-length",
         b"transfer-encoding",

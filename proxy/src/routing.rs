@@ -182,6 +182,8 @@ pub struct Route {
     /// The listener it serves (0: `listen`).
     pub listener: usize,
     pub hosts: Vec<String>,
+    /// What a table without conditions routes on: the prefix of the
+    /// route's one match (its `path_prefix`, or its one `matches` entry).
     pub path_prefix: String,
     /// The route's matches (never empty; see the module docs).
     pub matches: Vec<ValidRouteMatch>,
@@ -364,9 +366,7 @@ impl Routing {
                 Arc::new(build_route(r, &valid, old.map(|o| &**o), pool, metrics))
             })
             .collect();
-        let conditional = routes
-            .iter()
-            .any(|r| r.matches.len() != 1 || r.matches[0].has_conditions());
+        let conditional = routes.iter().any(|r| plain_prefix(&r.matches).is_none());
         let mut entries = Vec::new();
         if conditional {
             for route in &routes {
@@ -434,6 +434,14 @@ impl Routing {
                     && serves_host(&e.route, host)
             })
             .map(|e| &e.route)
+    }
+}
+
+/// The prefix of a route whose one match is a path prefix alone.
+fn plain_prefix(matches: &[ValidRouteMatch]) -> Option<&str> {
+    match matches {
+        [only] => only.plain_prefix(),
+        _ => None,
     }
 }
 
@@ -622,7 +630,9 @@ fn build_route(
         name: r.name.clone(),
         listener: r.listener,
         hosts: r.hosts.clone(),
-        path_prefix: r.path_prefix.clone(),
+        path_prefix: plain_prefix(&r.matches)
+            .unwrap_or(&r.path_prefix)
+            .to_string(),
         matches: r.matches.clone(),
         request_headers: r.request_headers.clone(),
         response_headers: r.response_headers.clone(),
@@ -749,6 +759,29 @@ mod tests {
                 fields: &fields,
             },
         )
+    }
+
+    #[tokio::test]
+    async fn only_a_table_with_conditions_builds_the_match_list() {
+        let plain = table(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://127.0.0.1:1' }\n  - { name: b, hosts: [b.example], path_prefix: /b, stable: 'http://127.0.0.1:2' }\n  - { name: c, matches: [{path_prefix: /c}], stable: 'http://127.0.0.1:3' }\n",
+        );
+        assert!(
+            plain.entries.is_empty(),
+            "today's lookup for prefixes alone"
+        );
+        assert_eq!(find(&plain, None, "/c/x").unwrap().name, "c");
+        let conditional = table(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://127.0.0.1:1' }\n  - { name: c, matches: [{path_exact: /c}, {path_prefix: /d}], stable: 'http://127.0.0.1:3' }\n",
+        );
+        let order: Vec<(&str, usize)> = conditional
+            .entries
+            .iter()
+            .map(|e| (e.route.name.as_str(), e.at))
+            .collect();
+        assert_eq!(order, [("c", 0), ("c", 1), ("a", 0)]);
+        assert_eq!(find(&conditional, None, "/c").unwrap().name, "c");
+        assert_eq!(find(&conditional, None, "/c/x").unwrap().name, "a");
     }
 
     #[test]

@@ -108,6 +108,14 @@ impl ValidRouteMatch {
         }
     }
 
+    /// The prefix of a match on a path prefix alone.
+    pub fn plain_prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(prefix) if !self.has_conditions() => Some(prefix),
+            _ => None,
+        }
+    }
+
     /// Whether it has conditions besides a path prefix.
     pub fn has_conditions(&self) -> bool {
         !matches!(self.path, PathMatch::Prefix(_))
@@ -1142,7 +1150,8 @@ fn validate_header_modifier(
                 format!(
                     "`{name}` is a field the proxy sets or frames messages by (Host, Content-Length, \
                      Transfer-Encoding, Connection, Keep-Alive, TE, Upgrade, Trailer, Proxy-*, \
-                     X-Forwarded-*, Forwarded, X-Real-IP, X-Sluice-*); a route cannot change it"
+                     Expect, HTTP2-Settings, X-Forwarded-*, Forwarded, X-Real-IP, X-Sluice-*); \
+                     a route cannot change it"
                 ),
             );
             false
