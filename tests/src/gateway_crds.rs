@@ -377,8 +377,12 @@ fn gateway_schema() -> Value {
             "listeners": map_list(object(json!({
                 "name": string(Some(1), 253, Some(DNS_SUBDOMAIN)),
                 "attachedRoutes": {"type": "integer", "format": "int32"},
+                "supportedKinds": list(object(json!({
+                    "group": string(None, 253, Some(GROUP_PATTERN)),
+                    "kind": string(Some(1), 63, Some(KIND_PATTERN)),
+                }), &["kind"]), 8, "atomic"),
                 "conditions": conditions(),
-            }), &["attachedRoutes", "conditions", "name"]), 64, "name"),
+            }), &["attachedRoutes", "conditions", "name", "supportedKinds"]), 64, "name"),
         }),
         &[],
     );

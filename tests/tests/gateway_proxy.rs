@@ -35,6 +35,28 @@ impl Drop for World {
     }
 }
 
+/// A backend that answers `{"backend": NAME, "headers": {name: [values]}}`
+/// (every request field it got) with answer fields `x-internal: secret`
+/// and `x-kept: yes`.
+async fn header_echo_backend(name: &'static str) -> u16 {
+    serve_http(move |req: Request<hyper::body::Incoming>| async move {
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (n, v) in req.headers() {
+            seen.entry(n.as_str().to_string())
+                .or_default()
+                .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        }
+        let body = serde_json::json!({"backend": name, "headers": seen}).to_string();
+        Response::builder()
+            .header("x-internal", "secret")
+            .header("x-kept", "yes")
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
+    })
+    .await
+    .port()
+}
+
 async fn named_backend(name: &'static str) -> u16 {
     serve_http(
         move |_req| async move { Response::new(Full::new(Bytes::from_static(name.as_bytes()))) },
@@ -135,6 +157,33 @@ impl World {
         (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// `method` `path` with `Host: host` and extra headers: (status,
+    /// answer header fields, body).
+    async fn exchange(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, http::HeaderMap, String) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("host", host);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let (status, fields, body) =
+            send(&h1_client(), req.body(Full::default()).expect("request"))
+                .await
+                .expect("request through the proxy");
+        (
+            status.as_u16(),
+            fields,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
     async fn counts(&self, n: usize, host: &str, path: &str) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for _ in 0..n {
@@ -147,7 +196,13 @@ impl World {
 
     /// This controller's conditions of HTTPRoute `name`'s first parent.
     fn route_conditions(&self, name: &str) -> Option<BTreeMap<String, (String, String, i64)>> {
-        let route = self.get(&format!("httproute/{name}"));
+        self.conditions(&format!("httproute/{name}"))
+    }
+
+    /// This controller's conditions of route `what` (`KIND/NAME`)'s first
+    /// parent, once they are of the route's current generation.
+    fn conditions(&self, what: &str) -> Option<BTreeMap<String, (String, String, i64)>> {
+        let route = self.get(what);
         let generation = route["metadata"]["generation"].as_i64()?;
         let parent = route["status"]["parents"]
             .as_array()?
@@ -418,5 +473,486 @@ async fn the_shipped_gateway_install_applies_with_default_validation() {
         deployments["items"].as_array().map(Vec::len),
         Some(1),
         "deploy/gateway ships one proxy Deployment: {deployments}"
+    );
+}
+
+/// An HTTPRoute with an `Exact` path and a method, two header matches, a
+/// query-parameter match, a `PathPrefix` (whole path elements) and both
+/// header modifiers, applied with kubectl: every request reaches the
+/// backend the route names, the backend sees the modified request fields
+/// and the client the modified answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_matches_and_header_modifiers_are_served_as_written() {
+    let mut w = World::start().await;
+    let login = named_backend("login").await;
+    let beta = named_backend("beta").await;
+    let v2 = named_backend("v2").await;
+    let api = header_echo_backend("api").await;
+    let web = named_backend("web").await;
+    let mut yaml = w.gateway();
+    for (name, port) in [
+        ("login", login),
+        ("beta", beta),
+        ("v2", v2),
+        ("api", api),
+        ("web", web),
+    ] {
+        yaml += &w.service(name, port);
+    }
+    yaml += &http_route(
+        "shop",
+        &format!(
+            "  - matches: [{{path: {{type: Exact, value: /login}}, method: POST}}]
+    backendRefs: [{{name: login, port: {login}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /api}}, headers: [{{name: x-env, value: beta}}, {{name: X-Team, value: a}}]}}]
+    backendRefs: [{{name: beta, port: {beta}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /api}}, queryParams: [{{name: v, value: '2'}}]}}]
+    backendRefs: [{{name: v2, port: {v2}}}]
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{{name: x-env, value: prod}}]
+        add: [{{name: x-added, value: 'yes'}}]
+        remove: [x-debug]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{{name: x-served-by, value: sluice}}]
+        remove: [x-internal]
+    backendRefs: [{{name: api, port: {api}}}]
+  - backendRefs: [{{name: web, port: {web}}}]
+"
+        ),
+    );
+    w.apply(&yaml);
+    w.start_proxy().await;
+    let conds = eventually(
+        "HTTPRoute shop accepted",
+        Duration::from_secs(20),
+        || async {
+            w.route_conditions("shop")
+                .filter(|c| c.contains_key("Accepted"))
+        },
+    )
+    .await;
+    assert_eq!(
+        conds["Accepted"].0,
+        "True",
+        "{}",
+        w.get("httproute/shop")["status"]
+    );
+    assert_eq!(conds["ResolvedRefs"].0, "True", "{conds:?}");
+
+    let host = "shop.example.com";
+    let backend = |r: (u16, http::HeaderMap, String)| {
+        assert_eq!(r.0, 200, "{}", r.2);
+        match serde_json::from_str::<Value>(&r.2) {
+            Ok(v) => v["backend"].as_str().unwrap_or("?").to_string(),
+            Err(_) => r.2,
+        }
+    };
+    // Exact path and method.
+    assert_eq!(
+        backend(w.exchange("POST", host, "/login", &[]).await),
+        "login"
+    );
+    assert_eq!(backend(w.exchange("GET", host, "/login", &[]).await), "web");
+    assert_eq!(
+        backend(w.exchange("POST", host, "/login/x", &[]).await),
+        "web"
+    );
+    // Both header matches are needed (names in any case).
+    let both = [("X-Env", "beta"), ("x-team", "a")];
+    assert_eq!(
+        backend(w.exchange("GET", host, "/api/x", &both).await),
+        "beta"
+    );
+    assert_eq!(
+        backend(w.exchange("GET", host, "/api/x", &both[..1]).await),
+        "api"
+    );
+    assert_eq!(
+        backend(
+            w.exchange("GET", host, "/api/x", &[("x-env", "beta"), ("x-team", "b")])
+                .await
+        ),
+        "api"
+    );
+    // The query parameter (the first occurrence).
+    assert_eq!(
+        backend(w.exchange("GET", host, "/api/x?v=2", &[]).await),
+        "v2"
+    );
+    assert_eq!(
+        backend(w.exchange("GET", host, "/api?a=1&v=2", &[]).await),
+        "v2"
+    );
+    assert_eq!(
+        backend(w.exchange("GET", host, "/api/x?v=3&v=2", &[]).await),
+        "api"
+    );
+    // PathPrefix /api matches whole path elements: /api and /api/..., not /apix.
+    assert_eq!(backend(w.exchange("GET", host, "/api", &[]).await), "api");
+    assert_eq!(backend(w.exchange("GET", host, "/apix", &[]).await), "web");
+
+    // The modifiers: what the backend got, and what the client gets.
+    let (status, answer, body) = w
+        .exchange(
+            "GET",
+            host,
+            "/api/users",
+            &[("x-env", "dev"), ("x-debug", "1"), ("x-added", "client")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).expect("the api backend's JSON");
+    assert_eq!(seen["backend"], "api");
+    assert_eq!(
+        seen["headers"]["x-env"],
+        serde_json::json!(["prod"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["headers"]["x-added"],
+        serde_json::json!(["client", "yes"]),
+        "{seen}"
+    );
+    assert!(seen["headers"].get("x-debug").is_none(), "{seen}");
+    assert_eq!(seen["headers"]["host"], serde_json::json!([host]), "{seen}");
+    assert_eq!(
+        answer.get("x-served-by").map(|v| v.as_bytes()),
+        Some(&b"sluice"[..])
+    );
+    assert!(answer.get("x-internal").is_none(), "{answer:?}");
+    assert_eq!(
+        answer.get("x-kept").map(|v| v.as_bytes()),
+        Some(&b"yes"[..])
+    );
+
+    // Every rule is its own route label.
+    let (_, _, metrics) = get(&format!("http://{}/metrics", w.admin))
+        .await
+        .expect("metrics");
+    let m = Scrape::parse(&String::from_utf8_lossy(&metrics));
+    for (rule, calls) in [(0, 1.0), (1, 1.0), (2, 2.0), (3, 5.0), (4, 3.0)] {
+        assert_eq!(
+            m.sum(
+                "sluice_requests_total",
+                &[("route", &format!("default/shop/{rule}"))]
+            ),
+            calls,
+            "rule {rule}"
+        );
+    }
+}
+
+/// A grpcio helper: `serve NAME...` starts one grpcio server per name
+/// (service `test.Echo`, methods `Who` and `Tagged`, each answering
+/// `{"backend": NAME, "metadata": {...}}` with the request metadata it
+/// got and answer metadata `x-internal: secret`), prints `{NAME: PORT}`
+/// and serves until its stdin closes; `call PORT AUTHORITY METHOD N
+/// [KEY=VALUE...]` makes N unary calls through the proxy and prints each
+/// answer with the answer metadata the client got.
+const GRPC_HELPER: &str = r#"
+import json, sys
+from concurrent import futures
+import grpc
+
+def serve(names):
+    servers, ports = [], {}
+    for name in names:
+        def answer(req, ctx, name=name):
+            md = {k: v for k, v in ctx.invocation_metadata() if isinstance(v, str)}
+            ctx.send_initial_metadata((("x-internal", "secret"),))
+            return json.dumps({"backend": name, "metadata": md}).encode()
+        h = grpc.method_handlers_generic_handler("test.Echo", {
+            "Who": grpc.unary_unary_rpc_method_handler(answer),
+            "Tagged": grpc.unary_unary_rpc_method_handler(answer),
+        })
+        s = grpc.server(futures.ThreadPoolExecutor(4))
+        s.add_generic_rpc_handlers((h,))
+        ports[name] = s.add_insecure_port("127.0.0.1:0")
+        s.start()
+        servers.append(s)
+    print(json.dumps(ports), flush=True)
+    sys.stdin.read()
+    for s in servers:
+        s.stop(0)
+
+def call(port, authority, method, n, pairs):
+    metadata = tuple(tuple(p.split("=", 1)) for p in pairs)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=(("grpc.default_authority", authority),))
+    out = []
+    for _ in range(n):
+        reply, c = channel.unary_unary(method).with_call(b"", timeout=10, metadata=metadata)
+        got = json.loads(reply)
+        got["answer"] = {k: v for k, v in c.initial_metadata() if isinstance(v, str)}
+        out.append(got)
+    channel.close()
+    print(json.dumps(out))
+
+if sys.argv[1] == "serve":
+    serve(sys.argv[2:])
+else:
+    call(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6:])
+"#;
+
+fn python() -> PathBuf {
+    let python = workspace_root().join("target/py-venv/bin/python");
+    assert!(
+        python.is_file()
+            && Command::new(&python)
+                .args(["-c", "import grpc"])
+                .status()
+                .is_ok_and(|s| s.success()),
+        "grpcio is missing: tests/run installs it (python3 -m venv target/py-venv && target/py-venv/bin/pip install grpcio)"
+    );
+    python
+}
+
+/// Real grpcio servers, one per name, stopped on drop.
+struct GrpcServers {
+    child: Child,
+    ports: BTreeMap<String, u16>,
+}
+
+impl GrpcServers {
+    fn start(names: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(python())
+            .args(["-c", GRPC_HELPER, "serve"])
+            .args(names)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the grpcio servers");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the servers' ports");
+        let ports = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the grpcio servers printed {line:?}: {e}"));
+        Self { child, ports }
+    }
+}
+
+impl Drop for GrpcServers {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `n` unary calls of `method` through the proxy with `metadata`: each
+/// answer (`backend`, the `metadata` the server got, the `answer`
+/// metadata the client got).
+fn grpc_calls(port: u16, authority: &str, method: &str, n: usize, metadata: &[&str]) -> Vec<Value> {
+    let out = output_within(
+        Command::new(python())
+            .args([
+                "-c",
+                GRPC_HELPER,
+                "call",
+                &port.to_string(),
+                authority,
+                method,
+                &n.to_string(),
+            ])
+            .args(metadata),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "grpcio calls of {method} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the calls' JSON")
+}
+
+fn by_backend(answers: &[Value]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for a in answers {
+        *counts
+            .entry(a["backend"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// A GRPCRoute applied with kubectl, served to real grpcio servers by a
+/// real proxy: its weights split exactly, a header rule to the canary is
+/// an A/B rule, a method match with a header modifier reaches its
+/// backend with the modified metadata, an HTTPRoute on the same hostname
+/// is served beside it, and the statuses say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcroutes_are_served_to_grpc_backends_with_weights_and_a_header_ab_rule() {
+    let mut w = World::start().await;
+    let grpc = GrpcServers::start(&["stable", "canary"]);
+    let (stable, canary) = (grpc.ports["stable"], grpc.ports["canary"]);
+    let web = named_backend("web").await;
+    let mut yaml = w.gateway();
+    yaml += &w.service("grpc-stable", stable);
+    yaml += &w.service("grpc-canary", canary);
+    yaml += &w.service("web", web);
+    yaml += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo, namespace: default}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [grpc.example.com]
+  rules:
+  - matches: [{{method: {{service: test.Echo}}}}]
+    backendRefs:
+    - {{name: grpc-stable, port: {stable}, weight: 80}}
+    - {{name: grpc-canary, port: {canary}, weight: 20}}
+  - matches: [{{method: {{service: test.Echo}}, headers: [{{name: x-canary, value: always}}]}}]
+    backendRefs: [{{name: grpc-canary, port: {canary}}}]
+  - matches: [{{method: {{service: test.Echo, method: Tagged}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {{set: [{{name: x-tag, value: gateway}}]}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{remove: [x-internal]}}
+    backendRefs: [{{name: grpc-stable, port: {stable}}}]
+---
+"
+    );
+    yaml += &http_route(
+        "grpc",
+        &format!("  - backendRefs: [{{name: web, port: {web}}}]\n"),
+    );
+    w.apply(&yaml);
+    w.start_proxy().await;
+
+    let conds = eventually(
+        "GRPCRoute echo accepted",
+        Duration::from_secs(20),
+        || async {
+            w.conditions("grpcroute/echo")
+                .filter(|c| c.contains_key("Accepted"))
+        },
+    )
+    .await;
+    assert_eq!(
+        conds["Accepted"],
+        ("True".to_string(), "Accepted".to_string(), 1),
+        "{}",
+        w.get("grpcroute/echo")["status"]
+    );
+    assert_eq!(conds["ResolvedRefs"].0, "True", "{conds:?}");
+    eventually(
+        "HTTPRoute grpc accepted",
+        Duration::from_secs(20),
+        || async {
+            w.route_conditions("grpc")
+                .filter(|c| c.get("Accepted").is_some_and(|a| a.0 == "True"))
+        },
+    )
+    .await;
+
+    // Exact weights over 100 calls.
+    let answers = grpc_calls(w.port, "grpc.example.com", "/test.Echo/Who", 100, &[]);
+    let counts = by_backend(&answers);
+    assert_eq!(counts.get("stable"), Some(&80), "{counts:?}");
+    assert_eq!(counts.get("canary"), Some(&20), "{counts:?}");
+    // The header A/B rule: always the canary.
+    let answers = grpc_calls(
+        w.port,
+        "grpc.example.com",
+        "/test.Echo/Who",
+        10,
+        &["x-canary=always"],
+    );
+    assert_eq!(by_backend(&answers).get("canary"), Some(&10), "{answers:?}");
+    // The method match with its modifiers.
+    let answers = grpc_calls(w.port, "grpc.example.com", "/test.Echo/Tagged", 3, &[]);
+    for a in &answers {
+        assert_eq!(a["backend"], "stable", "{a}");
+        assert_eq!(a["metadata"]["x-tag"], "gateway", "{a}");
+        assert!(a["answer"].get("x-internal").is_none(), "{a}");
+    }
+    let answers = grpc_calls(
+        w.port,
+        "grpc.example.com",
+        "/test.Echo/Who",
+        1,
+        &["x-canary=always"],
+    );
+    assert!(answers[0]["metadata"].get("x-tag").is_none(), "{answers:?}");
+    assert_eq!(answers[0]["answer"]["x-internal"], "secret", "{answers:?}");
+    // The HTTPRoute on the same hostname is served beside the GRPCRoute.
+    let (status, body) = w.request("grpc.example.com", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "web"));
+
+    // Metrics: the A/B calls are `decision="match"` on the weighted rule's route.
+    let (_, _, metrics) = get(&format!("http://{}/metrics", w.admin))
+        .await
+        .expect("metrics");
+    let m = Scrape::parse(&String::from_utf8_lossy(&metrics));
+    let count = |backend: &str, decision: &str| {
+        m.sum(
+            "sluice_requests_total",
+            &[
+                ("route", "grpc:default/echo/0"),
+                ("backend", backend),
+                ("decision", decision),
+            ],
+        )
+    };
+    assert_eq!(count("stable", "weight"), 80.0);
+    assert_eq!(count("canary", "weight"), 20.0);
+    assert_eq!(count("canary", "match"), 11.0);
+    assert_eq!(
+        m.sum("sluice_requests_total", &[("route", "grpc:default/echo/2")]),
+        3.0
+    );
+
+    // The Gateway counts both routes on its listener, and is programmed.
+    let gw = w.get("gateway/web");
+    assert_eq!(gw["status"]["listeners"][0]["attachedRoutes"], 2, "{gw}");
+    let kinds = gw["status"]["listeners"][0]["supportedKinds"].to_string();
+    assert!(
+        kinds.contains("GRPCRoute") && kinds.contains("HTTPRoute"),
+        "{kinds}"
+    );
+    let programmed = gw["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(programmed["status"], "True", "{gw}");
+
+    // A method match without a service is refused in status, never half served.
+    w.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: bad, namespace: default}}
+spec:
+  parentRefs: [{{name: web}}]
+  hostnames: [bad.example.com]
+  rules:
+  - backendRefs: [{{name: grpc-stable, port: {stable}}}]
+  - matches: [{{method: {{method: Who}}}}]
+    backendRefs: [{{name: grpc-canary, port: {canary}}}]
+"
+    ));
+    let conds = eventually("GRPCRoute bad refused", Duration::from_secs(20), || async {
+        w.conditions("grpcroute/bad")
+            .filter(|c| c.contains_key("Accepted"))
+    })
+    .await;
+    assert_eq!(conds["Accepted"].0, "False", "{conds:?}");
+    assert_eq!(conds["Accepted"].1, "UnsupportedValue", "{conds:?}");
+    assert!(
+        w.get("grpcroute/bad")["status"]
+            .to_string()
+            .contains("spec.rules[1].matches[0].method: a method match without a service"),
+        "{}",
+        w.get("grpcroute/bad")["status"]
     );
 }
