@@ -453,6 +453,66 @@ async fn a_gitops_reapply_keeps_the_decided_weights_and_a_forced_fight_is_undone
     assert_eq!(w.route()["spec"]["hostnames"], json!(["www.example.com"]));
 }
 
+/// The operator watches the HTTPRoutes it releases through: with the
+/// controller running as `sluice kube` runs it (at rest, where nothing is
+/// due for a minute), a forced GitOps apply that drops Sluice's backendRefs
+/// is undone within seconds, with a `RouteDrift` Warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_apply_is_undone_at_once_by_the_running_controller() {
+    let w = World::new(git_route("shop.example.com"))
+        .await
+        .bootstrapped()
+        .await;
+    assert_eq!(w.canary_bp(), 0, "at rest");
+    let controller = tokio::spawn(op::run(w.ctx.clone(), Some(NS.into())));
+    // The controller's first pass over the Deployment, then quiet.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let drifts = |w: &World| {
+        w.reasons()
+            .iter()
+            .filter(|(r, _)| r == "RouteDrift")
+            .count()
+    };
+    let before = drifts(&w);
+    w.gitops_apply(&git_route("shop.example.com"), true)
+        .expect("a forced apply");
+    sluice_tests::eventually(
+        "the controller to apply its backendRefs again",
+        std::time::Duration::from_secs(10),
+        || {
+            let split = w.split();
+            async move { (split.len() == 2 && split[0].0 == "app-primary").then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(w.canary_bp(), 0);
+    assert!(
+        drifts(&w) > before,
+        "a RouteDrift Warning: {:?}",
+        w.reasons()
+    );
+    // The watch, through the shipped RBAC (the fake answers 403 outside it).
+    let operator = "system:serviceaccount:sluice-system:sluice-operator";
+    let verbs: std::collections::BTreeSet<String> = w
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|(user, a)| user == operator && a.group == gateway_crds::GROUP)
+        .map(|(_, a)| format!("{} {}", a.resource, a.verb))
+        .collect();
+    assert_eq!(
+        verbs.into_iter().collect::<Vec<_>>(),
+        [
+            "httproutes get",
+            "httproutes list",
+            "httproutes patch",
+            "httproutes watch"
+        ]
+    );
+    controller.abort();
+    let _ = controller.await;
+}
+
 /// A route Sluice cannot release through is refused with a Warning Event
 /// naming it and the rule, before anything is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1785,15 +1785,17 @@ async fn the_shipped_rbac_is_exactly_what_the_operator_uses() {
     // Listing pods is what the proxy's config probe and the `proxy` metrics
     // provider do, both replaced in this world by the stand-ins `World`
     // installs (the proxy pods have no process behind them here).
-    // Reading and applying an HTTPRoute is the Gateway API router's, which
-    // this scenario (the proxy router) does not take; kube_gateway.rs checks
-    // that router uses exactly these two.
-    let demanded: [(&str, &str, &str); 6] = [
+    // Reading, watching and applying HTTPRoutes is the Gateway API
+    // router's, which this scenario (the proxy router, no Gateway API CRDs)
+    // does not take; kube_gateway.rs checks that router uses exactly these.
+    let demanded: [(&str, &str, &str); 8] = [
         ("", "configmaps", "list"),
         ("", "configmaps", "watch"),
         ("apps", "deployments/finalizers", "update"),
         ("", "pods", "list"),
         ("gateway.networking.k8s.io", "httproutes", "get"),
+        ("gateway.networking.k8s.io", "httproutes", "list"),
+        ("gateway.networking.k8s.io", "httproutes", "watch"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
     ];
     let unused: Vec<_> = granted

@@ -34,8 +34,10 @@
 //!   HTTPRoute (created once, never re-applied). A re-apply that changes
 //!   only other fields never undoes a decided weight.
 //! - **A fight is repaired**: a write that changes the managed rules'
-//!   backendRefs (a forced apply, an update) is seen at the next reconcile
-//!   (the HTTPRoute is watched): Sluice applies the weights in force again
+//!   backendRefs (a forced apply, an update) reconciles the app at once
+//!   (the operator watches HTTPRoutes it releases through, see
+//!   [`apps_of_route`]; when the Gateway API's CRDs were not installed at
+//!   its start, at the next reconcile): Sluice applies the weights in force again
 //!   and publishes a Warning Event `RouteDrift`, as it does for Service
 //!   drift.
 //! - **The way back**: the first apply records, in the route's annotation
@@ -83,6 +85,84 @@ pub fn http_routes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
         ns,
         &ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
     )
+}
+
+/// The HTTPRoute API (`gateway.networking.k8s.io/v1`) of one namespace, or
+/// of every namespace the operator watches.
+pub fn http_routes_in(client: &kube::Client, ns: Option<&str>) -> Api<DynamicObject> {
+    match ns {
+        Some(ns) => http_routes(client, ns),
+        None => Api::all_with(client.clone(), &http_route_resource()),
+    }
+}
+
+/// HTTPRoute's `ApiResource`, the dynamic type of its watch.
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, "v1", "HTTPRoute"),
+        "httproutes",
+    )
+}
+
+/// Whether the cluster serves HTTPRoutes (the Gateway API's CRDs are
+/// installed), asked once at start: without them the operator does not
+/// watch HTTPRoutes (a watch of a missing resource fails at every retry).
+/// Installing the CRDs later needs a restart of the operator for the watch;
+/// releases through a route work without it, drift then being repaired at
+/// the next reconcile.
+pub async fn http_routes_served(api: &Api<DynamicObject>) -> bool {
+    match api.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::info!(error = %e, "HTTPRoutes are not served (no Gateway API CRDs, or no right to list them): not watching them");
+            false
+        }
+    }
+}
+
+/// The Deployments a change to an HTTPRoute should reconcile: a route
+/// Sluice releases through (it carries [`ORIGINAL_BACKEND_REFS`]) names
+/// `app-primary` and `app-canary` in its managed rules; any write to it (a
+/// GitOps re-apply, a forced fight over the backendRefs) reconciles `app`
+/// at once, so drift is undone in seconds, as for Services.
+pub fn apps_of_route(route: &DynamicObject) -> Vec<(String, String)> {
+    let Some(ns) = route.metadata.namespace.clone() else {
+        return Vec::new();
+    };
+    let annotations = route.metadata.annotations.as_ref();
+    if !annotations.is_some_and(|a| a.contains_key(ORIGINAL_BACKEND_REFS)) {
+        return Vec::new();
+    }
+    let mut apps: Vec<String> = route.data["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|rule| rule["backendRefs"].as_array().into_iter().flatten())
+        .filter_map(|r| r["name"].as_str())
+        .filter_map(|n| {
+            n.strip_suffix("-primary")
+                .or_else(|| n.strip_suffix("-canary"))
+        })
+        .map(str::to_string)
+        .collect();
+    // The recorded originals name the app itself (a forced re-apply from
+    // Git puts those back, without the -primary/-canary copies).
+    if let Some(original) = annotations
+        .and_then(|a| a.get(ORIGINAL_BACKEND_REFS))
+        .and_then(|text| serde_json::from_str::<BTreeMap<String, Value>>(text).ok())
+    {
+        for refs in original.values() {
+            apps.extend(
+                refs.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["name"].as_str().map(str::to_string)),
+            );
+        }
+    }
+    apps.sort();
+    apps.dedup();
+    apps.into_iter().map(|app| (ns.clone(), app)).collect()
 }
 
 /// Whether a backendRef names Service `app`, `app-primary` or

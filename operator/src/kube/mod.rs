@@ -386,22 +386,37 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
+    let routes = gateway::http_routes_in(&ctx.client, namespace.as_deref());
+    let watch_routes = gateway::http_routes_served(&routes).await;
     // A change to a Service Sluice took over (a GitOps re-apply) reconciles
     // its Deployment at once, so drift is undone in seconds.
-    Controller::new(api, watcher::Config::default())
-        .watches(
-            services,
-            watcher::Config::default().labels(""),
-            |svc: Service| {
-                let taken_over = svc
-                    .annotations()
-                    .contains_key(annotations::ORIGINAL_SELECTOR);
-                let ns = svc.namespace();
-                taken_over
-                    .then(|| ns.map(|ns| ObjectRef::new(&svc.name_any()).within(&ns)))
-                    .flatten()
+    let mut controller = Controller::new(api, watcher::Config::default()).watches(
+        services,
+        watcher::Config::default().labels(""),
+        |svc: Service| {
+            let taken_over = svc
+                .annotations()
+                .contains_key(annotations::ORIGINAL_SELECTOR);
+            let ns = svc.namespace();
+            taken_over
+                .then(|| ns.map(|ns| ObjectRef::new(&svc.name_any()).within(&ns)))
+                .flatten()
+        },
+    );
+    // So does a change to an HTTPRoute Sluice releases through.
+    if watch_routes {
+        controller = controller.watches_with(
+            routes,
+            gateway::http_route_resource(),
+            watcher::Config::default(),
+            |route| {
+                gateway::apps_of_route(&route)
+                    .into_iter()
+                    .map(|(ns, app)| ObjectRef::new(&app).within(&ns))
             },
-        )
+        );
+    }
+    controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
