@@ -332,6 +332,33 @@ async fn request_modifiers_reach_both_arms_from_http1_and_http2_clients() {
 }
 
 #[tokio::test]
+async fn a_request_failed_over_to_the_stable_carries_the_modified_request() {
+    let stable = echo_backend("stable").await;
+    // A canary nothing listens on: its connect is refused, the request
+    // goes to the stable (failover) with a head built again.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - name: web\n    stable: 'http://{stable}'\n    canary: 'http://{dead}'\n    canary_weight: 100\n{REQUEST_MODIFIER}"
+    )))
+    .await;
+    for (client, version) in [
+        (h1_client(), Version::HTTP_11),
+        (h2_client(), Version::HTTP_2),
+    ] {
+        let (status, _, echo) = exchange(&client, modified_request(proxy.addr, version)).await;
+        assert_eq!(status, StatusCode::OK, "{version:?}");
+        let echo = echo.unwrap();
+        assert_eq!(echo.backend(), "stable");
+        assert_request_modified(&echo, &format!("{version:?}, failed over"));
+    }
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(m.sum("sluice_failovers_total", &[("route", "web")]), 2.0);
+}
+
+#[tokio::test]
 async fn mirror_copies_carry_the_modified_request() {
     let stable = echo_backend("stable").await;
     let (copies, mut received) = tokio::sync::mpsc::unbounded_channel();

@@ -330,6 +330,8 @@ pub struct RouteConfig {
 /// - `query`: every one holds: the first parameter of that name (case-
 ///   sensitive) has exactly that value, both compared after percent-
 ///   decoding (`+` is not a space: RFC 3986 queries, not HTML forms).
+///   A name appears once in a match (two values could never both be the
+///   first).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1178,7 +1180,7 @@ routes:
       - { path_exact: "/a b" }
       - { methods: [get, "G T", CONNECT] }
       - headers: [{name: "x env", value: a}, {name: x-ok, value: " padded"}]
-      - query: [{name: "", value: a}, {name: "a&b", value: "x"}]
+      - query: [{name: "", value: a}, {name: "a&b", value: "x"}, {name: "a&b", value: "y"}]
     request_headers:
       set: [{name: content-length, value: "1"}, {name: x-a, value: "1"}, {name: x-a, value: "2"}, {name: x-b, value: "1"}]
       add: [{name: x-forwarded-for, value: "1"}, {name: proxy-authorization, value: "1"}, {name: x-c, value: "bad\nvalue"}]
@@ -1199,7 +1201,7 @@ routes:
             "routes[0].matches[4].headers[0].name: `x env` is not a header field name",
             "routes[0].matches[4].headers[1].value: \" padded\" starts or ends with a space",
             "routes[0].matches[5].query[0].name: must not be empty",
-            "routes[0].matches[5].query[1].name: `a&b` holds `&`",
+            "routes[0].matches[5].query[2].name: `a&b` is already a condition of this match",
             "routes[0].request_headers.set[0].name: `content-length` is a field the proxy sets",
             "routes[0].request_headers.set[2].name: `x-a` is already set by routes[0].request_headers.set[1]",
             "routes[0].request_headers.set[3].name: `x-b` is also removed by routes[0].request_headers.remove[1]",

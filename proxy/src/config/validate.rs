@@ -1105,25 +1105,20 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
     let mut query = Vec::new();
     for (k, q) in m.query.iter().enumerate() {
         let qp = format!("{at}.query[{k}]");
+        // Names and values are compared percent-decoded, so any character
+        // can be matched (`&` as `%26`); only an empty name never can.
         if q.name.is_empty() {
             errs.push(format!("{qp}.name"), "must not be empty");
-        } else if q
-            .name
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '&' | '=' | '#'))
+        } else if query
+            .iter()
+            .any(|(name, _): &(String, String)| *name == q.name)
         {
             errs.push(
                 format!("{qp}.name"),
-                format!("`{}` holds `&`, `=`, `#` or a control character; a parameter name (percent-decoded) never does", q.name),
-            );
-        }
-        if q.value
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '&' | '#'))
-        {
-            errs.push(
-                format!("{qp}.value"),
-                format!("`{}` holds `&`, `#` or a control character; write the value percent-decoded, without them", q.value),
+                format!(
+                    "`{}` is already a condition of this match; one value per parameter",
+                    q.name
+                ),
             );
         }
         query.push((q.name.clone(), q.value.clone()));
