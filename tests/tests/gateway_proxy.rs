@@ -955,4 +955,26 @@ spec:
         "{}",
         w.get("grpcroute/bad")["status"]
     );
+
+    // The API server itself refuses a method match that names nothing, or
+    // a service that is not a protobuf name (the CRD's CEL rules).
+    for (method, says) in [
+        (
+            "{type: Exact}",
+            "One or both of 'service' or 'method' must be specified",
+        ),
+        (
+            "{service: 'shop cart'}",
+            "service must only contain valid characters",
+        ),
+    ] {
+        let path = w.dir.path.join("invalid.yaml");
+        std::fs::write(
+            &path,
+            format!("apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: invalid, namespace: default}}\nspec:\n  rules:\n  - matches: [{{method: {method}}}]\n    backendRefs: [{{name: grpc-stable, port: {stable}}}]\n"),
+        )
+        .expect("write manifest");
+        let (ok, _, err) = w.kubectl(&["apply", "-f", &path.display().to_string()]);
+        assert!(!ok && err.contains(says), "{method}: {err}");
+    }
 }
