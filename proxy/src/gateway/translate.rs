@@ -31,8 +31,9 @@
 //!   Between routes the proxy's precedence decides (exact path, longest
 //!   prefix, method, more headers, more query parameters, then the older
 //!   route, as the Gateway API); an identical (hostnames, match) of a
-//!   newer route refuses that route, except the exact half of a prefix,
-//!   which gives way to the older route's.
+//!   newer route refuses that route, except the exact half of a prefix:
+//!   it gives way to an older route's match, and an older route's gives
+//!   way to a newer route's `Exact` path (exact beats prefix).
 //! - **Backends.** One backendRef is the stable; with two, the first is
 //!   the stable and the second the canary, at `weight₂ / (weight₁ +
 //!   weight₂)`, split exactly; the share must be a whole number of basis
@@ -924,6 +925,20 @@ fn route_config(
     serde_json::from_value(r).expect("a route built from known fields")
 }
 
+/// Drops match `m` (the exact half of its `PathPrefix`) from the older
+/// route `older` of `config`, unless it is that route's last match (then
+/// the proxy refuses the newer route as a duplicate).
+fn give_way(config: &mut Config, older: &str, m: &Match) {
+    let Ok(gone) = serde_json::from_value::<crate::config::RouteMatch>(match_json(m)) else {
+        return;
+    };
+    if let Some(route) = config.routes.iter_mut().find(|r| r.name == older)
+        && route.matches.len() > 1
+    {
+        route.matches.retain(|r| *r != gone);
+    }
+}
+
 fn listener_name(port: u16) -> String {
     format!("port-{port}")
 }
@@ -995,8 +1010,9 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
             *kind == RouteKind::Grpc,
         )
     });
-    // (port, sorted hosts, match) of the routes served so far.
-    let mut served: BTreeSet<(u16, Vec<String>, Match)> = BTreeSet::new();
+    // (port, sorted hosts, match) of the routes served so far → the
+    // Sluice route serving it and whether it is the exact half of a prefix.
+    let mut served: BTreeMap<(u16, Vec<String>, Match), (String, bool)> = BTreeMap::new();
     for (kind, route) in routes {
         let (ns, name) = key(route);
         let gen_ = generation(route);
@@ -1195,18 +1211,24 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
                 let mut sorted = hosts.clone();
                 sorted.sort();
                 for plan in plans {
+                    let route_name = kind.route_name(&ns, &name, plan.rule);
                     let mut matches = Vec::new();
                     for m in &plan.matches {
                         let key = (*port, sorted.clone(), m.key());
-                        // The exact half of a prefix gives way to an older route's.
-                        if m.synthetic && served.contains(&key) {
-                            continue;
+                        match served.get(&key) {
+                            // The exact half of a prefix gives way to an older route's match.
+                            Some(_) if m.synthetic => continue,
+                            // An exact path beats an older route's prefix: its exact half goes.
+                            Some((older, true)) => {
+                                give_way(&mut candidate, older, m);
+                            }
+                            _ => {}
                         }
-                        keys.push(key);
+                        keys.push((key, (route_name.clone(), m.synthetic)));
                         matches.push(m);
                     }
                     candidate.routes.push(route_config(
-                        kind.route_name(&ns, &name, plan.rule),
+                        route_name,
                         kind,
                         hosts,
                         listener.as_deref(),
@@ -1718,6 +1740,30 @@ mod tests {
             served(&o, "default/web/0")["matches"],
             json!([{"path_exact": "/api"}])
         );
+    }
+
+    #[test]
+    fn a_newer_exact_path_takes_the_exact_half_of_an_older_prefix() {
+        let mut i = inputs(
+            json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": [{"name": "web", "port": 80}]}]),
+        );
+        i.routes[0]["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        i.routes.push(json!({"metadata": {"namespace": "default", "name": "newer", "generation": 1, "creationTimestamp": "2026-01-02T00:00:00Z"},
+            "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["web.example.com"],
+                "rules": [{"matches": [{"path": {"type": "Exact", "value": "/api"}}], "backendRefs": [{"name": "web-canary", "port": 80}]}]}}));
+        let o = build(&i, &layout());
+        let newer = &o.routes[&("default".to_string(), "newer".to_string())][0]["conditions"][0];
+        assert_eq!(newer["status"], "True", "{o:?}");
+        assert_eq!(accepted(&o)["status"], "True", "{o:?}");
+        assert_eq!(
+            served(&o, "default/web/0")["matches"],
+            json!([{"path_prefix": "/api/"}])
+        );
+        assert_eq!(
+            served(&o, "default/newer/0")["matches"],
+            json!([{"path_exact": "/api"}])
+        );
+        assert!(o.config.validate().is_ok());
     }
 
     #[test]
