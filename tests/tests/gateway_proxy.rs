@@ -978,3 +978,37 @@ spec:
         assert!(!ok && err.contains(says), "{method}: {err}");
     }
 }
+
+/// On a cluster whose Gateway API CRDs predate GRPCRoute, the proxy
+/// starts and serves HTTPRoutes (it reads GRPCRoutes only when the API
+/// server serves them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_grpcroute_crd_httproutes_are_still_served() {
+    let mut w = World::start().await;
+    let (ok, _, err) = w.kubectl(&["delete", "crd", "grpcroutes.gateway.networking.k8s.io"]);
+    assert!(ok, "kubectl delete crd: {err}");
+    let (ok, _, _) = w.kubectl(&["get", "grpcroutes"]);
+    assert!(!ok, "grpcroutes are still served");
+    let stable = named_backend("stable").await;
+    let mut yaml = w.gateway();
+    yaml += &w.service("stable", stable);
+    yaml += &http_route(
+        "old",
+        &format!("  - backendRefs: [{{name: stable, port: {stable}}}]\n"),
+    );
+    w.apply(&yaml);
+    w.start_proxy().await;
+    eventually("route old served", Duration::from_secs(20), || async {
+        (w.request("old.example.com", "/", &[]).await == (200, "stable".to_string())).then_some(())
+    })
+    .await;
+    eventually(
+        "HTTPRoute old accepted",
+        Duration::from_secs(20),
+        || async {
+            w.route_conditions("old")
+                .filter(|c| c.get("Accepted").is_some_and(|a| a.0 == "True"))
+        },
+    )
+    .await;
+}
