@@ -5,12 +5,23 @@ use std::process::Command;
 
 use sluice_tests::*;
 
-/// Each demo puts 1,000 req/s through a debug build: one at a time, so no
-/// scenario is judged on another's CPU starvation.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Each demo puts 1,000 req/s through a debug build, about half of one
+/// core (measured): two at a time on two cores, so that no scenario is
+/// judged on another's CPU starvation.
+static TWO_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `sluice demo ARGS --output json` in one of the two places.
+async fn demo_in_turn(args: Vec<String>) -> (i32, serde_json::Value, String) {
+    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        demo(&args)
+    })
+    .await
+    .unwrap()
+}
 
 fn demo(args: &[&str]) -> (i32, serde_json::Value, String) {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(bin("sluice"))
         .arg("demo")
         .args(args)
@@ -58,7 +69,7 @@ fn outcomes(summary: &serde_json::Value) -> Vec<(String, String, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_demo_scenario_ends_as_expected() {
-    let (code, summary, stderr) = tokio::task::spawn_blocking(|| demo(&[])).await.unwrap();
+    let (code, summary, stderr) = demo_in_turn(vec![]).await;
     assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(
         outcomes(&summary),
@@ -116,18 +127,19 @@ async fn the_demo_runs_on_a_real_prometheus() {
     let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let prometheus = Prometheus::start(&[admin]).await;
     let url = prometheus.url.clone();
-    let (code, summary, stderr) = tokio::task::spawn_blocking(move || {
-        demo(&[
+    let (code, summary, stderr) = demo_in_turn(
+        [
             "--scenario",
             "errors",
             "--prometheus",
             &url,
             "--admin-listen",
             &admin.to_string(),
-        ])
-    })
-    .await
-    .unwrap();
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
     assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(
         outcomes(&summary),
@@ -144,9 +156,7 @@ async fn the_demo_runs_on_a_real_prometheus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blue_green_demo_judges_on_copies_and_no_user_meets_a_bad_release() {
     let (code, summary, stderr) =
-        tokio::task::spawn_blocking(|| demo(&["--strategy", "blue-green"]))
-            .await
-            .unwrap();
+        demo_in_turn(["--strategy", "blue-green"].map(String::from).to_vec()).await;
     assert_eq!(code, 0, "{summary}\n{stderr}");
     assert_eq!(
         outcomes(&summary),
