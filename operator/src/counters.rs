@@ -121,8 +121,9 @@ impl Arm {
 }
 
 /// A route's traffic between two scrapes, by arm. Weighted (and sticky)
-/// traffic in `stable` and `canary`; A/B-rule traffic apart in
-/// `canary_match`, mirrored copies in `canary_mirror`.
+/// traffic in `stable`, `canary` and, on a route with a baseline arm,
+/// `baseline`; A/B-rule traffic apart in `canary_match`, mirrored copies in
+/// `canary_mirror` (the proxy sends neither to the baseline arm).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Window {
     pub stable: Arm,
@@ -130,6 +131,9 @@ pub struct Window {
     pub canary_match: Arm,
     /// The canary's answers to mirrored copies.
     pub canary_mirror: Arm,
+    /// The baseline arm (a fresh copy of the primary's version given the
+    /// canary's share): `backend="baseline"`, weighted or sticky.
+    pub baseline: Arm,
     /// How long the window lasted, in seconds (0: unknown).
     pub seconds: f64,
 }
@@ -142,6 +146,7 @@ impl Window {
             &mut self.canary,
             &mut self.canary_match,
             &mut self.canary_mirror,
+            &mut self.baseline,
         ] {
             arm.finish();
         }
@@ -159,6 +164,7 @@ pub fn arm_of<'a>(
         // user traffic like it: judged with it.
         (Some("stable"), Some("weight" | "affinity") | None) => Some(&mut window.stable),
         (Some("canary"), Some("weight" | "affinity") | None) => Some(&mut window.canary),
+        (Some("baseline"), Some("weight" | "affinity") | None) => Some(&mut window.baseline),
         (Some("canary"), Some("match")) => Some(&mut window.canary_match),
         (Some("canary"), Some("mirror")) => Some(&mut window.canary_mirror),
         _ => None,

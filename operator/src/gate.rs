@@ -111,6 +111,12 @@ pub struct GateSettings {
     /// How long the primary is measured before the first step.
     #[serde(default = "default_baseline", with = "crate::plan::duration_text")]
     pub baseline: Duration,
+    /// The release has a baseline arm (a fresh copy of the primary's version
+    /// given the canary's exact share): the canary is judged against it, not
+    /// against the primary. Set it with [`GateSettings::use_baseline_arm`],
+    /// which also picks the warm-up's default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline_arm: bool,
 }
 
 impl Default for GateSettings {
@@ -126,7 +132,19 @@ impl Default for GateSettings {
             warmup: default_warmup(),
             latency_tolerance: default_latency_tolerance(),
             baseline: default_baseline(),
+            baseline_arm: false,
         }
+    }
+}
+
+/// The warm-up when none is given: 10 s against the primary, none against a
+/// baseline arm (it starts with the canary, so both are cold together and
+/// the comparison cancels it).
+pub fn default_warmup_for(baseline_arm: bool) -> Duration {
+    if baseline_arm {
+        Duration::ZERO
+    } else {
+        default_warmup()
     }
 }
 
@@ -219,6 +237,16 @@ impl GateSettings {
             ));
         }
         Ok(())
+    }
+
+    /// Judges the canary against a baseline arm. Unless the user gave a
+    /// warm-up (`warmup_given`: `--warmup`, `sluice.dev/warmup`), it becomes
+    /// the baseline arm's default, 0 s; an explicit one wins.
+    pub fn use_baseline_arm(&mut self, warmup_given: bool) {
+        self.baseline_arm = true;
+        if !warmup_given {
+            self.warmup = default_warmup_for(true);
+        }
     }
 
     /// How many checks share `α`.

@@ -312,6 +312,7 @@ fn difference(after: &Window, before: &Window) -> Window {
         canary: arm(&after.canary, &before.canary),
         canary_match: arm(&after.canary_match, &before.canary_match),
         canary_mirror: arm(&after.canary_mirror, &before.canary_mirror),
+        baseline: arm(&after.baseline, &before.baseline),
         seconds: 0.0,
     }
 }
