@@ -779,6 +779,7 @@ pub fn proxy_config_for(
                 canary_service_name(app),
                 p.service_port
             )),
+            baseline: None,
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
             canary_match: app_route.canary_match.clone(),
             affinity: traffic.affinity.clone(),

@@ -288,6 +288,15 @@ pub struct RouteConfig {
     pub stable: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
+    /// A *baseline arm*: a fresh copy of the stable's version, started with
+    /// the canary at the canary's size, so the gate can judge the canary
+    /// against a peer of the same age instead of the long-running stable
+    /// (as Kayenta does). Only with `canary`. The weighted split gives it
+    /// the canary's share too: `canary_weight` percent each, the stable the
+    /// rest, so `canary_weight` is at most 50 while it is set. A/B rules and
+    /// mirror copies never go to it. Its metrics carry `backend="baseline"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
     /// Percent of requests for the canary, 0..=100, at most two decimals.
     #[serde(default)]
     pub canary_weight: f64,
@@ -1236,6 +1245,34 @@ routes:
         );
         assert!(!errors.contains("routes[1].matches[0]"), "{errors}");
         assert!(!errors.contains("routes[2]"), "{errors}");
+    }
+
+    #[test]
+    fn a_baseline_arm_needs_a_canary_a_url_and_a_weight_of_at_most_50() {
+        let ok = Config::from_yaml(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1', canary: 'http://h:2', baseline: 'http://h:3', canary_weight: 50 }\n",
+        )
+        .unwrap();
+        let valid = ok.validate().unwrap();
+        assert_eq!(valid.routes[0].baseline.as_ref().unwrap().port, 3);
+        assert_eq!(valid.routes[0].canary_weight_bp, 5000);
+        assert!(ok.to_yaml().contains("baseline: http://h:3"));
+        let plain = Config::from_yaml(EXAMPLE).unwrap();
+        assert!(!plain.to_yaml().contains("baseline"));
+        assert_eq!(plain.validate().unwrap().routes[0].baseline, None);
+        let errors = errors_of(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://h:1', canary: 'http://h:2', baseline: 'http://h:3', canary_weight: 50.01 }\n  - { name: b, path_prefix: /b, stable: 'http://h:1', baseline: 'http://h:3' }\n  - { name: c, path_prefix: /c, stable: 'http://h:1', canary: 'http://h:2', baseline: 'ftp://h:3' }\n",
+        );
+        for expected in [
+            "routes[0].canary_weight: 50.01 is over 50 while routes[0].baseline is set",
+            "routes[1].baseline: needs routes[1].canary to be set",
+            "routes[2].baseline: `ftp://h:3` has scheme `ftp`",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct ValidRoute {
     pub protocol: Protocol,
     pub stable: UpstreamUrl,
     pub canary: Option<UpstreamUrl>,
+    /// The baseline arm (see [`RouteConfig::baseline`]): with it, the
+    /// weighted split gives it `canary_weight_bp` too (so at most 5000).
+    pub baseline: Option<UpstreamUrl>,
     pub canary_weight_bp: u32,
     pub canary_match: Vec<ValidMatch>,
     pub connect_timeout: Duration,
@@ -724,6 +727,22 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             }
         },
     };
+    let baseline = match &route.baseline {
+        None => None,
+        Some(text) => match UpstreamUrl::parse(text) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errs.push(format!("{at}.baseline"), e);
+                None
+            }
+        },
+    };
+    if route.baseline.is_some() && route.canary.is_none() {
+        errs.push(
+            format!("{at}.baseline"),
+            format!("needs {at}.canary to be set (the baseline arm is judged against a canary)"),
+        );
+    }
     let weight = match percent_to_bp(route.canary_weight) {
         Ok(bp) => Some(bp),
         Err(e) => {
@@ -731,6 +750,15 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             None
         }
     };
+    if route.baseline.is_some() && weight.is_some_and(|w| w > WEIGHT_SCALE_BP / 2) {
+        errs.push(
+            format!("{at}.canary_weight"),
+            format!(
+                "{} is over 50 while {at}.baseline is set (the baseline arm gets the canary's share too, so the two together take at most 100)",
+                route.canary_weight
+            ),
+        );
+    }
     if route.canary.is_none() && weight.is_some_and(|w| w > 0) {
         errs.push(
             format!("{at}.canary_weight"),
@@ -809,12 +837,13 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         errs,
     );
     let uses_https = stable.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
-        || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
+        || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
+        || baseline.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
     if let Some(tls) = &route.upstream_tls {
         if !uses_https {
             errs.push(
                 format!("{at}.upstream_tls"),
-                "applies to https:// upstreams only; stable and canary are http://",
+                "applies to https:// upstreams only; stable, canary and baseline are http://",
             );
         }
         if let Some(name) = &tls.server_name
@@ -852,6 +881,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         protocol: route.protocol,
         stable: stable?,
         canary,
+        baseline,
         canary_weight_bp: weight?,
         canary_match: matches,
         connect_timeout: connect_timeout?,
