@@ -6,7 +6,7 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 while serving, 503 while draining |
 //! | `GET /routes` | `{"routes":[...]}` in the config's field names |
-//! | `PUT /routes/{name}` | JSON with any of `stable`, `canary`, `canary_weight`, `canary_match`, `affinity`, `mirror` |
+//! | `PUT /routes/{name}` | JSON with any of `stable`, `canary`, `baseline` (a URL, or null to remove it), `canary_weight`, `canary_match`, `affinity`, `mirror` |
 //!
 //! The routes API (reads and writes) needs `Authorization: Bearer <token>`
 //! whenever `admin.token_file` is set (it must be set when the admin

@@ -23,6 +23,15 @@
 //!   assignment is the same in every proxy and across restarts, and raising
 //!   the weight only moves users from stable to canary. Requests without the
 //!   header take the weighted split.
+//! - **With a baseline arm** (a route's `baseline`), the baseline is a third
+//!   backend a client can be given. A cookie names it as `baseline.<hash>`
+//!   and is honoured while the route still has that baseline address (and
+//!   a release is under way, as above); once the baseline is removed, its
+//!   cookies are treated as absent and overwritten. A hashed header value
+//!   goes to the canary when its bucket is below the weight `w`, to the
+//!   baseline when it is in `w..2w` (the baseline's share of the same
+//!   size), and to the stable otherwise; so as the weight grows, users move
+//!   from stable to baseline and from baseline to canary, never back.
 
 use http::{HeaderName, HeaderValue};
 
@@ -34,13 +43,18 @@ use crate::fields::Fields;
 pub enum Assigned {
     Stable,
     Canary,
+    Baseline,
 }
 
 /// A route's affinity rule, resolved for its current backends.
 #[derive(Debug)]
 pub enum Affinity {
     Cookie(Box<CookieAffinity>),
-    Header(HeaderName),
+    /// The header hashed, and whether the route has a baseline arm.
+    Header {
+        name: HeaderName,
+        baseline: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -48,8 +62,9 @@ pub struct CookieAffinity {
     name: String,
     stable_token: String,
     canary_token: Option<String>,
-    /// `Set-Cookie` values: [stable, canary] × [plain, Secure].
-    set: [[HeaderValue; 2]; 2],
+    baseline_token: Option<String>,
+    /// `Set-Cookie` values: [stable, canary, baseline] × [plain, Secure].
+    set: [[HeaderValue; 2]; 3],
     /// `Set-Cookie` deleting the cookie: [plain, Secure].
     clear: [HeaderValue; 2],
 }
@@ -65,12 +80,17 @@ impl Affinity {
         path: &str,
         stable: &UpstreamUrl,
         canary: Option<&UpstreamUrl>,
+        baseline: Option<&UpstreamUrl>,
     ) -> Self {
         match rule {
-            ValidAffinity::Header { name } => Self::Header(name.clone()),
+            ValidAffinity::Header { name } => Self::Header {
+                name: name.clone(),
+                baseline: baseline.is_some(),
+            },
             ValidAffinity::Cookie { name, max_age } => {
                 let stable_token = token("stable", stable);
                 let canary_token = canary.map(|c| token("canary", c));
+                let baseline_token = baseline.map(|b| token("baseline", b));
                 let set_for = |value: &str| {
                     let mut text = format!("{name}={value}; Path={path}");
                     if value.is_empty() {
@@ -86,11 +106,13 @@ impl Affinity {
                 let set = [
                     set_for(&stable_token),
                     set_for(canary_token.as_deref().unwrap_or("none")),
+                    set_for(baseline_token.as_deref().unwrap_or("none")),
                 ];
                 Self::Cookie(Box::new(CookieAffinity {
                     name: name.clone(),
                     stable_token,
                     canary_token,
+                    baseline_token,
                     set,
                     clear: set_for(""),
                 }))
@@ -102,10 +124,13 @@ impl Affinity {
     /// the weighted split decides it.
     pub fn assigned(&self, fields: &dyn Fields, weight_bp: u32) -> Option<Assigned> {
         match self {
-            Self::Header(name) => {
+            Self::Header { name, baseline } => {
                 let value = fields.first(name.as_str())?;
-                Some(if bucket(value) < weight_bp {
+                let bucket = bucket(value);
+                Some(if bucket < weight_bp {
                     Assigned::Canary
+                } else if *baseline && bucket < 2 * weight_bp {
+                    Assigned::Baseline
                 } else {
                     Assigned::Stable
                 })
@@ -120,6 +145,8 @@ impl Affinity {
                         assigned = Some(Assigned::Stable);
                     } else if c.canary_token.as_deref() == Some(v) {
                         assigned = Some(Assigned::Canary);
+                    } else if c.baseline_token.as_deref() == Some(v) {
+                        assigned = Some(Assigned::Baseline);
                     }
                     assigned.is_some()
                 });
@@ -129,12 +156,12 @@ impl Affinity {
     }
 
     /// The `Set-Cookie` the response to this request carries, if any: the
-    /// backend the weighted split chose (`placed`: Some(is canary)) during
+    /// backend the weighted split chose (`placed`) during
     /// a release, or the deletion of a cookie sent outside one.
     pub fn response_cookie(
         &self,
         request: &dyn Fields,
-        placed: Option<bool>,
+        placed: Option<Assigned>,
         weight_bp: u32,
         secure: bool,
     ) -> Option<&HeaderValue> {
@@ -142,7 +169,14 @@ impl Affinity {
             return None;
         };
         if in_release(c.canary_token.is_some(), weight_bp) {
-            placed.map(|canary| &c.set[usize::from(canary)][usize::from(secure)])
+            placed.map(|backend| {
+                let row = match backend {
+                    Assigned::Stable => 0,
+                    Assigned::Canary => 1,
+                    Assigned::Baseline => 2,
+                };
+                &c.set[row][usize::from(secure)]
+            })
         } else {
             cookies(request, &c.name, &mut |_| true).then(|| &c.clear[usize::from(secure)])
         }
@@ -242,13 +276,17 @@ mod tests {
             name: "app".into(),
             max_age: Some(std::time::Duration::from_secs(3600)),
         };
-        let a = Affinity::new(&rule, "/", &url(1), Some(&url(2)));
+        let a = Affinity::new(&rule, "/", &url(1), Some(&url(2)), None);
         let none = HeaderMap::new();
-        let canary = a.response_cookie(&none, Some(true), 1000, false).unwrap();
+        let canary = a
+            .response_cookie(&none, Some(Assigned::Canary), 1000, false)
+            .unwrap();
         let canary = canary.to_str().unwrap();
         assert!(canary.starts_with("app=canary."), "{canary}");
         assert!(canary.contains("; Max-Age=3600; HttpOnly"), "{canary}");
-        let secure = a.response_cookie(&none, Some(false), 1000, true).unwrap();
+        let secure = a
+            .response_cookie(&none, Some(Assigned::Stable), 1000, true)
+            .unwrap();
         assert!(secure.to_str().unwrap().ends_with("; Secure"));
         let canary_value = canary
             .split(';')
@@ -256,7 +294,9 @@ mod tests {
             .unwrap()
             .strip_prefix("app=")
             .unwrap();
-        let stable_value = a.response_cookie(&none, Some(false), 1000, false).unwrap();
+        let stable_value = a
+            .response_cookie(&none, Some(Assigned::Stable), 1000, false)
+            .unwrap();
         let stable_value = stable_value.to_str().unwrap();
         let stable_value = stable_value
             .split(';')
@@ -277,13 +317,17 @@ mod tests {
         // Weight 100%: the stable has left the route.
         assert_eq!(a.assigned(&with_cookie(stable_value), 10_000), None);
         // A cookie made for another canary address, or garbage.
-        let other = Affinity::new(&rule, "/", &url(1), Some(&url(3)));
+        let other = Affinity::new(&rule, "/", &url(1), Some(&url(3)), None);
         assert_eq!(other.assigned(&with_cookie(canary_value), 1000), None);
         assert_eq!(a.assigned(&with_cookie("canary"), 1000), None);
         assert_eq!(a.assigned(&HeaderMap::new(), 1000), None);
         // Outside a release: nothing set, and a cookie sent is deleted.
-        assert_eq!(a.response_cookie(&none, Some(false), 0, false), None);
-        let cleared = a.response_cookie(&with_cookie(canary_value), Some(false), 0, false);
+        assert_eq!(
+            a.response_cookie(&none, Some(Assigned::Stable), 0, false),
+            None
+        );
+        let cleared =
+            a.response_cookie(&with_cookie(canary_value), Some(Assigned::Stable), 0, false);
         assert_eq!(
             cleared.unwrap().to_str().unwrap(),
             "app=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
@@ -293,8 +337,67 @@ mod tests {
     }
 
     #[test]
+    fn a_baseline_arm_is_a_third_backend_for_cookies_and_hashed_headers() {
+        let rule = ValidAffinity::Cookie {
+            name: "app".into(),
+            max_age: None,
+        };
+        let a = Affinity::new(&rule, "/", &url(1), Some(&url(2)), Some(&url(3)));
+        let none = HeaderMap::new();
+        let set = a
+            .response_cookie(&none, Some(Assigned::Baseline), 1000, false)
+            .unwrap();
+        let value = set.to_str().unwrap().split(';').next().unwrap();
+        let value = value.strip_prefix("app=").unwrap();
+        assert!(value.starts_with("baseline."), "{value}");
+        assert_eq!(
+            a.assigned(&with_cookie(value), 1000),
+            Some(Assigned::Baseline)
+        );
+        // The route's baseline removed (or moved): its cookies lapse.
+        let without = Affinity::new(&rule, "/", &url(1), Some(&url(2)), None);
+        assert_eq!(without.assigned(&with_cookie(value), 1000), None);
+        let moved = Affinity::new(&rule, "/", &url(1), Some(&url(2)), Some(&url(4)));
+        assert_eq!(moved.assigned(&with_cookie(value), 1000), None);
+
+        let header = Affinity::Header {
+            name: HeaderName::from_static("x-user"),
+            baseline: true,
+        };
+        let mut counts = [0u32; 3];
+        for i in 0..10_000 {
+            let mut h = HeaderMap::new();
+            h.insert("x-user", HeaderValue::from_str(&format!("u{i}")).unwrap());
+            let id = format!("u{i}");
+            let b = bucket(id.as_bytes());
+            let got = header.assigned(&h, 2000).unwrap();
+            let want = if b < 2000 {
+                Assigned::Canary
+            } else if b < 4000 {
+                Assigned::Baseline
+            } else {
+                Assigned::Stable
+            };
+            assert_eq!(got, want, "bucket {b}");
+            counts[got as usize] += 1;
+        }
+        for (arm, n) in [
+            ("stable", counts[0]),
+            ("canary", counts[1]),
+            ("baseline", counts[2]),
+        ] {
+            let share = f64::from(n) / 10_000.0;
+            let want = if arm == "stable" { 0.6 } else { 0.2 };
+            assert!((share - want).abs() < 0.03, "{arm}: {share}");
+        }
+    }
+
+    #[test]
     fn a_growing_weight_only_moves_hashed_users_towards_the_canary() {
-        let a = Affinity::Header(HeaderName::from_static("x-user"));
+        let a = Affinity::Header {
+            name: HeaderName::from_static("x-user"),
+            baseline: false,
+        };
         let mut before: Vec<bool> = Vec::new();
         for w in [0u32, 500, 1000, 2500, 5000, 9000, 10_000] {
             let now: Vec<bool> = (0..2000)

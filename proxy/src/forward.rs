@@ -38,10 +38,12 @@
 //!   504 on the backend (`crate::body::Progress::stall`).
 //! - **Mirroring.** A request the stable serves may be picked for a copy
 //!   (`crate::mirror`): the body is copied as it streams, and the copy is
-//!   sent once the stable has answered.
+//!   sent once the stable has answered. Only requests the stable serves
+//!   are copied: never a canary's, nor a baseline arm's.
 //! - **Sending again** follows `crate::upstream`'s rules, from the
 //!   backend's retry budget.
-//! - **Failover.** A request the canary provably never started on (its
+//! - **Failover.** A request the canary (or a baseline arm, alike)
+//!   provably never started on (its
 //!   connect was refused or failed, its connection closed before anything
 //!   of the request was written, or an HTTP/2 canary refused the stream)
 //!   goes to the stable instead, when its route has `failover: stable`
@@ -294,8 +296,8 @@ fn blame_body(result: Attempted, progress: &Progress) -> Attempted {
 fn may_fail_over(routed: &Routed, failure: &Failure, upstream: &Request<'_, '_>) -> bool {
     failure.unstarted
         && routed.route.failover
-        && routed.decision.is_canary()
-        && routed.route.canary.is_some()
+        && ((routed.decision.is_canary() && routed.route.canary.is_some())
+            || (routed.decision.is_baseline() && routed.route.baseline.is_some()))
         && upstream.resendable()
         && routed.route.stable.retry_budget.try_retry()
 }
@@ -314,9 +316,13 @@ pub fn failure_status(kind: UpstreamErrorKind) -> (StatusCode, &'static str) {
 }
 
 /// Whether a request may be copied to the canary: its route mirrors, the
-/// stable serves it, and it is no upgrade.
+/// stable serves it (neither the canary nor a baseline arm), and it is no
+/// upgrade.
 fn wants_copy(req: &ClientRequest<'_>, routed: &Routed) -> bool {
-    routed.route.mirror.is_some() && !routed.decision.is_canary() && req.upgrade.is_none()
+    routed.route.mirror.is_some()
+        && !routed.decision.is_canary()
+        && !routed.decision.is_baseline()
+        && req.upgrade.is_none()
 }
 
 /// The body length the client declared.

@@ -13,6 +13,10 @@
 //! - `decision` is `weight` (chosen by the exact split; stable traffic is
 //!   always `weight`) or `match` (sent to the canary by an A/B rule). The gate
 //!   judges weighted traffic only.
+//! - `backend` is `stable`, `canary`, or `baseline` for a route's baseline
+//!   arm (see [`BackendLabel::Baseline`]), which has every per-backend
+//!   series the canary has, with the same buckets; a route without one
+//!   has no `baseline` series.
 //! - The duration buckets are a fixed log-linear layout
 //!   ([`DURATION_BUCKET_BOUNDS_US`]): every threshold between 1 ms and 30 s
 //!   is within 10% of a bound, and the usual gate values (100 ms, 250 ms,
@@ -110,6 +114,9 @@ fn bucket_index(us: u64) -> usize {
 pub enum BackendLabel {
     Stable,
     Canary,
+    /// A route's baseline arm (`baseline`): its series carry the same
+    /// `decision` labels (weight, affinity) as the canary's.
+    Baseline,
 }
 
 /// Label values are the lower-case names the docs use.
@@ -128,7 +135,7 @@ macro_rules! lower_case_label {
     };
 }
 
-lower_case_label!(BackendLabel { Stable => "stable", Canary => "canary" });
+lower_case_label!(BackendLabel { Stable => "stable", Canary => "canary", Baseline => "baseline" });
 
 /// Whether the upstream did its part, the `classification` label.
 ///

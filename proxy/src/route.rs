@@ -436,7 +436,7 @@ pub fn route(
     let set_cookie = route.affinity.as_ref().and_then(|a| {
         a.response_cookie(
             req.fields,
-            decision.by_weight().then(|| decision.is_canary()),
+            decision.placed(),
             route.split.canary_weight_bp(),
             secure,
         )

@@ -53,7 +53,7 @@ use crate::metrics::{
     BackendLabel, BackendMetrics, ClientErrors, Decision, Metrics, RejectReason, Series,
 };
 use crate::record::Permit;
-use crate::split::SplitState;
+use crate::split::{Arm, SplitState};
 use crate::upstream::{BackendClients, ClientPool, PoolKey};
 
 /// One backend of a route with its pooled client and metric handles.
@@ -168,10 +168,12 @@ impl Backend {
     pub fn series(&self, decision: SplitDecision) -> &Arc<Series> {
         match decision {
             SplitDecision::CanaryByMatch => self.matched.as_ref(),
-            SplitDecision::StableByAffinity | SplitDecision::CanaryByAffinity => {
-                self.affine.as_ref()
-            }
-            SplitDecision::Stable | SplitDecision::CanaryByWeight => None,
+            SplitDecision::StableByAffinity
+            | SplitDecision::CanaryByAffinity
+            | SplitDecision::BaselineByAffinity => self.affine.as_ref(),
+            SplitDecision::Stable
+            | SplitDecision::CanaryByWeight
+            | SplitDecision::BaselineByWeight => None,
         }
         .unwrap_or(&self.weighted)
     }
@@ -194,6 +196,9 @@ pub struct Route {
     pub protocol: Protocol,
     pub stable: Backend,
     pub canary: Option<Backend>,
+    /// The baseline arm (only with a canary): the weighted split gives it
+    /// the canary's share too; A/B rules and mirror copies never go to it.
+    pub baseline: Option<Backend>,
     pub split: Arc<SplitState>,
     pub canary_match: Vec<ValidMatch>,
     pub request_timeout: Duration,
@@ -230,13 +235,39 @@ pub enum SplitDecision {
     CanaryByMatch,
     StableByAffinity,
     CanaryByAffinity,
+    /// By the three-way split of a route with a baseline arm.
+    BaselineByWeight,
+    /// A client's cookie, or its header's hash, names the baseline arm.
+    BaselineByAffinity,
 }
 
 impl SplitDecision {
     /// Whether the weighted split placed the request (a new client, for
     /// cookie affinity).
     pub fn by_weight(self) -> bool {
-        matches!(self, Self::Stable | Self::CanaryByWeight)
+        matches!(
+            self,
+            Self::Stable | Self::CanaryByWeight | Self::BaselineByWeight
+        )
+    }
+
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Self::BaselineByWeight | Self::BaselineByAffinity)
+    }
+
+    /// The backend the weighted split placed the request on (a new
+    /// client, for cookie affinity), or None when a rule or affinity did.
+    pub fn placed(self) -> Option<crate::affinity::Assigned> {
+        use crate::affinity::Assigned;
+        match self {
+            Self::Stable => Some(Assigned::Stable),
+            Self::CanaryByWeight => Some(Assigned::Canary),
+            Self::BaselineByWeight => Some(Assigned::Baseline),
+            Self::CanaryByMatch
+            | Self::StableByAffinity
+            | Self::CanaryByAffinity
+            | Self::BaselineByAffinity => None,
+        }
     }
 
     pub fn is_canary(self) -> bool {
@@ -274,8 +305,18 @@ impl Route {
                 Some(crate::affinity::Assigned::Stable) => {
                     return SplitDecision::StableByAffinity;
                 }
+                Some(crate::affinity::Assigned::Baseline) => {
+                    return SplitDecision::BaselineByAffinity;
+                }
                 None => {}
             }
+        }
+        if self.baseline.is_some() {
+            return match self.split.next_arm() {
+                Arm::Stable => SplitDecision::Stable,
+                Arm::Canary => SplitDecision::CanaryByWeight,
+                Arm::Baseline => SplitDecision::BaselineByWeight,
+            };
         }
         if self.split.next_is_canary() {
             SplitDecision::CanaryByWeight
@@ -287,6 +328,8 @@ impl Route {
     pub fn backend(&self, decision: SplitDecision) -> &Backend {
         if decision.is_canary() {
             self.canary.as_ref().unwrap_or(&self.stable)
+        } else if decision.is_baseline() {
+            self.baseline.as_ref().unwrap_or(&self.stable)
         } else {
             &self.stable
         }
@@ -401,6 +444,7 @@ impl Routing {
             .flat_map(|r| {
                 std::iter::once(r.stable.pool_key.clone())
                     .chain(r.canary.as_ref().map(|c| c.pool_key.clone()))
+                    .chain(r.baseline.as_ref().map(|b| b.pool_key.clone()))
             })
             .collect()
     }
@@ -568,6 +612,7 @@ fn build_backend(
     let old_backend = old.and_then(|o| match label {
         BackendLabel::Stable => Some(&o.stable),
         BackendLabel::Canary => o.canary.as_ref(),
+        BackendLabel::Baseline => o.baseline.as_ref(),
     });
     let retry_budget = old_backend
         .filter(|b| b.pool_key == pool_key)
@@ -599,18 +644,29 @@ fn build_route(
         .canary
         .as_ref()
         .map(|u| build_backend(r, BackendLabel::Canary, u, old, pool, metrics));
+    let baseline = r
+        .baseline
+        .as_ref()
+        .map(|u| build_backend(r, BackendLabel::Baseline, u, old, pool, metrics));
+    // A new weight, canary or baseline starts the count again.
     let split = old
         .filter(|old| {
             old.split.canary_weight_bp() == r.canary_weight_bp
                 && old.canary.as_ref().map(|b| &b.url) == r.canary.as_ref()
+                && old.baseline.as_ref().map(|b| &b.url) == r.baseline.as_ref()
         })
         .map(|old| old.split.clone())
         .unwrap_or_else(|| Arc::new(SplitState::new(r.canary_weight_bp)));
     metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
-    let affinity = r
-        .affinity
-        .as_ref()
-        .map(|a| crate::affinity::Affinity::new(a, &r.path_prefix, &r.stable, r.canary.as_ref()));
+    let affinity = r.affinity.as_ref().map(|a| {
+        crate::affinity::Affinity::new(
+            a,
+            &r.path_prefix,
+            &r.stable,
+            r.canary.as_ref(),
+            r.baseline.as_ref(),
+        )
+    });
     let mirror = r.mirror.as_ref().zip(canary.as_ref()).map(|(m, c)| {
         let to = crate::mirror::MirrorTo {
             route: &r.name,
@@ -639,6 +695,7 @@ fn build_route(
         protocol: r.protocol,
         stable,
         canary,
+        baseline,
         split,
         canary_match: r.canary_match.clone(),
         request_timeout: r.request_timeout,

@@ -180,9 +180,12 @@ impl Store {
         Ok(routing)
     }
 
-    /// Applies an admin patch (any of `stable`, `canary`, `canary_weight`,
-    /// `canary_match`, `affinity`, `mirror`; null removes the last three's
-    /// setting) to one route and swaps the result in.
+    /// Applies an admin patch (any of `stable`, `canary`, `baseline`,
+    /// `canary_weight`, `canary_match`, `affinity`, `mirror`; null removes
+    /// the setting of `canary`, `baseline` and the last three) to one route
+    /// and swaps the result in. The patch is applied whole, then the route
+    /// validated, so one PUT can add a baseline and lower the weight to 50
+    /// or below together.
     pub fn update_route(&self, name: &str, patch: &Value) -> Result<RouteConfig, UpdateError> {
         let current = self.load();
         let mut config = current.config.clone();
@@ -243,7 +246,9 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
         });
     }
     for (i, route) in valid.routes.iter().enumerate() {
-        let urls = std::iter::once(&route.stable).chain(route.canary.as_ref());
+        let urls = std::iter::once(&route.stable)
+            .chain(route.canary.as_ref())
+            .chain(route.baseline.as_ref());
         if let Some(key) = urls.filter_map(|u| route.tls_for(u)).next()
             && let Err(e) = crate::tls::client_config(&key, false)
         {
@@ -261,8 +266,7 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
     }
 }
 
-const PATCH_FIELDS: &str =
-    "a route update may set stable, canary, canary_weight, canary_match, affinity, mirror";
+const PATCH_FIELDS: &str = "a route update may set stable, canary, baseline, canary_weight, canary_match, affinity, mirror";
 
 fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigErrors> {
     let Value::Object(fields) = patch else {
@@ -288,6 +292,11 @@ fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigError
                 Value::Null => route.canary = None,
                 Value::String(s) => route.canary = Some(s.clone()),
                 other => err("canary", format!("{other} is not a string URL or null")),
+            },
+            "baseline" => match value {
+                Value::Null => route.baseline = None,
+                Value::String(s) => route.baseline = Some(s.clone()),
+                other => err("baseline", format!("{other} is not a string URL or null")),
             },
             "canary_weight" => match value.as_f64() {
                 Some(w) => route.canary_weight = w,
