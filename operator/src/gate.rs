@@ -366,6 +366,20 @@ pub struct GateState {
     pub baseline: Arm,
     #[serde(default)]
     pub baseline_seconds: f64,
+    /// The baseline arm's traffic over the release, and at this step
+    /// (releases with a baseline arm).
+    #[serde(default, skip_serializing_if = "arm_is_empty")]
+    pub total_baseline_arm: Arm,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step_baseline_arm_requests: f64,
+}
+
+fn arm_is_empty(arm: &Arm) -> bool {
+    *arm == Arm::default()
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// A blue/green soak's evidence: the new version alone, each bad event
@@ -582,6 +596,7 @@ impl GateState {
         if weight_bp != self.step_weight_bp {
             self.step_weight_bp = weight_bp;
             self.step_canary_requests = 0.0;
+            self.step_baseline_arm_requests = 0.0;
             self.step_canary = Arm::default();
         }
     }
@@ -603,6 +618,34 @@ impl GateState {
                 String::new()
             } else {
                 format!("only {exposure:.0} canary requests at this step (need {min_requests})")
+            },
+            ..CheckResult::default()
+        }
+    }
+
+    /// Whether the baseline arm gets its share: a canary with traffic at
+    /// this step and a baseline arm without any (the route's `baseline` not
+    /// set, or its backend down before answering anything) leaves nothing
+    /// to judge against, so the step waits (inconclusive) instead of
+    /// passing on nothing.
+    fn baseline_arm_check(&self) -> CheckResult {
+        let (canary, baseline) = (self.step_canary_requests, self.step_baseline_arm_requests);
+        let missing = canary > 0.0 && baseline <= 0.0;
+        CheckResult {
+            name: "baseline-arm".into(),
+            outcome: if missing {
+                Outcome::Inconclusive
+            } else {
+                Outcome::Pass
+            },
+            value: Some(baseline),
+            threshold: "the baseline arm gets the canary's share".into(),
+            reason: if missing {
+                format!(
+                    "the baseline arm got no requests at this step while the canary got {canary:.0}: is the route's `baseline` set?"
+                )
+            } else {
+                String::new()
             },
             ..CheckResult::default()
         }
@@ -645,7 +688,16 @@ impl GateState {
         self.total_stable.add(&window.stable);
         self.total_canary.add(&window.canary);
         self.enter_step(weight_bp);
-        let (c, s) = (&window.canary, &window.stable);
+        let against_baseline_arm = settings.baseline_arm && arms == Arms::Weighted;
+        // The arm the canary is judged against: the baseline arm when the
+        // release has one, else the primary.
+        let (c, s) = if against_baseline_arm {
+            self.total_baseline_arm.add(&window.baseline);
+            self.step_baseline_arm_requests += window.baseline.requests;
+            (&window.canary, &window.baseline)
+        } else {
+            (&window.canary, &window.stable)
+        };
         if c.requests > 0.0 && self.canary_since.is_none() {
             self.canary_since = Some(at - seconds);
         }
@@ -665,7 +717,9 @@ impl GateState {
             },
         );
         if settings.latency_bounds.is_empty() && self.latency.is_empty() {
-            self.learn(settings, s);
+            // The bound is learnt from the primary whatever the canary is
+            // judged against: it is the long-running version's p99.
+            self.learn(settings, &window.stable);
         }
         let warm = self
             .canary_since
@@ -719,6 +773,15 @@ impl GateState {
     pub fn analysis(&self, settings: &GateSettings, min_requests: u64, arms: Arms) -> Analysis {
         let tuning = settings.tuning(arms.alpha(settings));
         let mut checks = vec![self.exposure_check(min_requests)];
+        let against_baseline_arm = settings.baseline_arm && arms == Arms::Weighted;
+        let reference = if against_baseline_arm {
+            "baseline arm"
+        } else {
+            "primary"
+        };
+        if against_baseline_arm {
+            checks.push(self.baseline_arm_check());
+        }
         checks.push(sequential_check(
             "errors",
             "failures",
@@ -726,6 +789,7 @@ impl GateState {
             &tuning,
             settings,
             self.clock,
+            reference,
         ));
         let warming = self
             .canary_since
@@ -737,8 +801,15 @@ impl GateState {
             } else {
                 "requests slower than the bound"
             };
-            let mut check =
-                sequential_check(&name, what, &l.evidence, &tuning, settings, self.clock);
+            let mut check = sequential_check(
+                &name,
+                what,
+                &l.evidence,
+                &tuning,
+                settings,
+                self.clock,
+                reference,
+            );
             if let Some(left) = warming.filter(|left| *left > 0.0) {
                 check.reason = format!(
                     "not judged yet: the canary's warm-up ({left:.0}s of {} left)",
@@ -805,6 +876,8 @@ fn report_with(e: &Evidence, t: &Tuning, now: f64) -> EvidenceReport {
     }
 }
 
+/// One check's verdict; `reference` names the arm the canary is judged
+/// against (`primary` or `baseline arm`).
 fn sequential_check(
     name: &str,
     what: &str,
@@ -812,18 +885,19 @@ fn sequential_check(
     t: &Tuning,
     s: &GateSettings,
     now: f64,
+    reference: &str,
 ) -> CheckResult {
     let report = report_with(e, t, now);
     let rates = format!(
-        "canary {} vs primary {}",
+        "canary {} vs {reference} {}",
         pct(report.canary_rate),
         pct(report.primary_rate)
     );
     let times = |rho: f64| {
         if rho == 1.0 {
-            "the primary".to_string()
+            format!("the {reference}")
         } else {
-            format!("{rho}× the primary")
+            format!("{rho}× the {reference}")
         }
     };
     let dispersion = if e.phi() > 1.05 {
@@ -872,7 +946,7 @@ fn sequential_check(
         outcome,
         value: e.observed_ratio(),
         threshold: format!(
-            "ratio to primary: fail at ≥{}× (α), promote when ≤{}× is shown at this weight (β)",
+            "ratio to {reference}: fail at ≥{}× (α), promote when ≤{}× is shown at this weight (β)",
             s.rho0, s.rho_max
         ),
         reason,

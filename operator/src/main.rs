@@ -1033,6 +1033,9 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
             rps,
             primary,
             canary,
+            // A copy of the primary's version: the regression flags are the
+            // canary's alone.
+            baseline: primary,
         };
         let traces = match &args.trace {
             Some(path) => Trace::load(path, first).map_err(|e| flag("trace", e))?,

@@ -13,7 +13,11 @@
 //! scrape dispersion of the trace) and its durations from a lognormal plus
 //! a fixed delay, into the proxy's own histogram buckets. Blue/green
 //! mirrors the primary's requests to the new version, then switches all
-//! traffic to it. The resulting [`Window`]s go through the same code as
+//! traffic to it. With a baseline arm (`--baseline-arm`, canary releases
+//! only) a third arm gets exactly the canary's count of every interval,
+//! drawn from the trace's `baseline` values (the primary's unless the
+//! trace says otherwise), and the gate judges the canary against it.
+//! The resulting [`Window`]s go through the same code as
 //! the proxy provider's windows, or, with the Prometheus provider, through
 //! Prometheus-like sampling of the cumulative counters: a sample every
 //! `--prometheus-scrape` (at a random phase per run), each window the
@@ -237,6 +241,22 @@ fn canary_share(counted: u64, n: u64, weight_bp: u32) -> u64 {
     (after - before) as u64
 }
 
+/// The three-way split of a route with a baseline arm (the proxy's
+/// `SplitState::next_arm`): of `n` more requests, `counted` being those
+/// since the weight was set, the canary's and the baseline arm's counts.
+/// The two together get the two-way share at `2w`, `A = floor(N·2w/W)`
+/// after `N`; the canary `ceil(A/2)` of them, the baseline arm `floor(A/2)`.
+fn canary_and_baseline_shares(counted: u64, n: u64, weight_bp: u32) -> (u64, u64) {
+    let pair = (2 * weight_bp).min(WEIGHT_SCALE_BP);
+    let scale = u128::from(WEIGHT_SCALE_BP);
+    let picked = |requests: u64| (u128::from(requests) * u128::from(pair) / scale) as u64;
+    let (before, after) = (picked(counted), picked(counted + n));
+    (
+        after.div_ceil(2) - before.div_ceil(2),
+        after / 2 - before / 2,
+    )
+}
+
 // === runs ===
 
 /// The route's traffic as a run draws it.
@@ -248,6 +268,8 @@ struct Traffic<'a> {
     split_weight: u32,
     mirror_percent: f64,
     mirror_carry: f64,
+    /// A baseline arm gets the canary's exact share (the release has one).
+    baseline_arm: bool,
 }
 
 impl Traffic<'_> {
@@ -269,12 +291,22 @@ impl Traffic<'_> {
             let exact = seg.rps * (to - from) + self.carry;
             let n = exact.floor() as u64;
             self.carry = exact - n as f64;
-            let n_canary = canary_share(self.split_counted, n, weight_bp);
+            // With a baseline arm the proxy gives it the canary's share:
+            // each gets floor or ceil of N·w/W (weights of at most 50%).
+            let (n_canary, n_baseline) = if self.baseline_arm {
+                canary_and_baseline_shares(self.split_counted, n, weight_bp)
+            } else {
+                (canary_share(self.split_counted, n, weight_bp), 0)
+            };
             self.split_counted += n;
-            let stable = draw_arm(&mut self.rng, n - n_canary, &seg.primary);
+            let stable = draw_arm(&mut self.rng, n - n_canary - n_baseline, &seg.primary);
             let canary = draw_arm(&mut self.rng, n_canary, &seg.canary);
             window.stable.add(&stable);
             window.canary.add(&canary);
+            if self.baseline_arm {
+                let baseline = draw_arm(&mut self.rng, n_baseline, &seg.baseline);
+                window.baseline.add(&baseline);
+            }
             if blue_green && weight_bp == 0 && self.mirror_percent > 0.0 {
                 let exact = (n - n_canary) as f64 * self.mirror_percent / 100.0 + self.mirror_carry;
                 let copies = exact.floor() as u64;
@@ -337,6 +369,7 @@ impl Sampled {
             (&mut self.cumulative.stable, &window.stable),
             (&mut self.cumulative.canary, &window.canary),
             (&mut self.cumulative.canary_mirror, &window.canary_mirror),
+            (&mut self.cumulative.baseline, &window.baseline),
         ] {
             arm.0.add(arm.1);
         }
@@ -390,6 +423,8 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
             .map(|m| m.percent)
             .unwrap_or(0.0),
         mirror_carry: 0.0,
+        baseline_arm: matches!(plan.strategy, Strategy::Canary)
+            && plan.gate.settings().is_some_and(|g| g.baseline_arm),
     };
     let blue_green = matches!(plan.strategy, Strategy::BlueGreen { .. });
     let mut sampled = match sc.provider {
@@ -625,6 +660,13 @@ pub fn table(sc: &Scenario, summary: &Summary) -> String {
         let _ = writeln!(out, "{} req/s", seg.rps);
         let _ = writeln!(out, "primary: {}", arm(&seg.primary));
         let _ = writeln!(out, "canary:  {}", arm(&seg.canary));
+        if plan.gate.settings().is_some_and(|g| g.baseline_arm) {
+            let _ = writeln!(
+                out,
+                "baseline arm: {} (the canary's share)",
+                arm(&seg.baseline)
+            );
+        }
     } else {
         let _ = writeln!(
             out,
@@ -767,6 +809,108 @@ mod tests {
             (m - 8.0).abs() < 0.5 && (v / 7.92 - 8.0).abs() < 1.6,
             "{m} {v}"
         );
+    }
+
+    /// A scenario of 400 req/s, steps 10,25,50 of a minute, 2 s scrapes,
+    /// with the given trace text and a baseline arm or not.
+    fn scenario(trace: &str, baseline_arm: bool, runs: u32) -> Scenario {
+        let mut settings = crate::gate::GateSettings::default();
+        if baseline_arm {
+            settings.use_baseline_arm(false);
+        }
+        let first = Segment {
+            t: 0.0,
+            rps: 400.0,
+            primary: ArmTraffic::default(),
+            canary: ArmTraffic::default(),
+            baseline: ArmTraffic::default(),
+        };
+        Scenario {
+            plan: Plan {
+                steps_bp: vec![1000, 2500, 5000],
+                gate: Gate::Sequential(settings),
+                ..Plan::default()
+            },
+            traces: vec![Trace::parse(trace, "test.jsonl", first).unwrap()],
+            provider: SimProvider::Proxy,
+            runs,
+            seed: 3,
+            horizon: Duration::from_secs(30 * 60),
+        }
+    }
+
+    #[test]
+    fn the_baseline_arm_gets_exactly_the_canarys_count_of_every_window() {
+        let sc = scenario(r#"{"t": 0, "rps": 333}"#, true, 1);
+        let mut traffic = Traffic {
+            trace: &sc.traces[0],
+            rng: rng(1),
+            carry: 0.0,
+            split_counted: 0,
+            split_weight: 0,
+            mirror_percent: 0.0,
+            mirror_carry: 0.0,
+            baseline_arm: true,
+        };
+        let mut t = 0.0;
+        for (weight, windows) in [(1000u32, 7), (2500, 5), (5000, 4), (3333, 9)] {
+            let (mut canary, mut baseline, mut total) = (0.0, 0.0, 0.0);
+            for _ in 0..windows {
+                let w = traffic.draw(t, 1.3, weight, false);
+                t += 1.3;
+                assert!(
+                    (w.baseline.requests - w.canary.requests).abs() <= 1.0,
+                    "at {weight}bp: {} vs {}",
+                    w.baseline.requests,
+                    w.canary.requests
+                );
+                canary += w.canary.requests;
+                baseline += w.baseline.requests;
+                total += w.canary.requests + w.baseline.requests + w.stable.requests;
+                // After any window, since the weight was set: the baseline
+                // arm floor(N·w/W), the canary that or one more.
+                let exact = (total as u64 * u64::from(weight) / 10_000) as f64;
+                assert_eq!(baseline, exact, "at {weight}bp after {total}");
+                assert!(canary == exact || canary == exact + 1.0, "at {weight}bp");
+            }
+        }
+        // Without a baseline arm nothing is drawn for it.
+        traffic.baseline_arm = false;
+        let w = traffic.draw(t, 2.0, 2500, false);
+        assert_eq!(w.baseline, Arm::default());
+        assert!(w.canary.requests > 0.0);
+    }
+
+    #[test]
+    fn a_cold_baseline_arm_cancels_a_cold_canary_and_a_warm_one_does_not() {
+        // Canary 3x slower for its first 10 s; the baseline arm as cold, or not.
+        let both_cold = r#"{"t": 0, "canary": {"median_ms": 60}, "baseline": {"median_ms": 60}}
+{"t": 10, "canary": {"median_ms": 20}, "baseline": {"median_ms": 20}}"#;
+        let canary_cold = r#"{"t": 0, "canary": {"median_ms": 60}}
+{"t": 10, "canary": {"median_ms": 20}}"#;
+        let (summary, runs) = simulate(&scenario(both_cold, true, 40));
+        assert_eq!(summary.rolled_back, 0, "{runs:?}");
+        assert_eq!(summary.promoted, 40);
+        // Against a warm baseline arm, with no warm-up, the cold canary is
+        // judged slower (the same gate, so the comparison can fail).
+        let (summary, _) = simulate(&scenario(canary_cold, true, 40));
+        assert!(summary.rolled_back >= 36, "{summary:?}");
+    }
+
+    #[test]
+    fn a_run_with_a_baseline_arm_is_the_same_alone_or_among_others() {
+        // Each run's draws come from its own (seed, run) state, whatever
+        // else ran, and the extra arm draws from that state too.
+        let sc = scenario(r#"{"t": 0, "canary": {"fail": 0.015}}"#, true, 12);
+        let (_, all) = simulate(&sc);
+        for run in [0u64, 5, 11] {
+            assert_eq!(run_one(&sc, run), all[run as usize]);
+        }
+        let distinct: std::collections::BTreeSet<String> = all
+            .iter()
+            .map(|r| format!("{:?}{}", r.outcome, r.seconds))
+            .collect();
+        assert!(distinct.len() > 1, "every run ended the same: {all:?}");
     }
 
     #[test]

@@ -4,11 +4,16 @@
 //!
 //! From the primary's requests per second `λ`, its rate `p` of each kind of
 //! bad event, the dispersion `φ` and the plan, the evidence's expected
-//! growth per second is computed in closed form: at weight `w`, events
-//! arrive at `k = λ·p·(w·ρ + 1 − w)` per second, the canary's share is
-//! `θ(ρ) = w·ρ / (w·ρ + 1 − w)`, and one alternative `a` against a null
+//! growth per second is computed in closed form: at weight `w`, with the
+//! reference arm (the primary) getting `r = 1 − w` of the traffic, events
+//! arrive at `k = λ·p·(w·ρ + r)` per second, the canary's share is
+//! `θ(ρ) = w·ρ / (w·ρ + r)`, and one alternative `a` against a null
 //! `n` gains `k·[θ·ln(θ_a/θ_n) + (1−θ)·ln((1−θ_a)/(1−θ_n))]/φ` per second,
 //! with variance `k·θ(1−θ)·(ln(θ_a/θ_n) − ln((1−θ_a)/(1−θ_n)))²/φ`.
+//! With a baseline arm the reference gets only the canary's share, `r = w`:
+//! the same canary traffic carries less evidence (at 10% a primary
+//! reference has 9 times the canary's requests, a baseline arm as many),
+//! so decisions take longer and the smallest regression caught is larger.
 //!
 //! - **Time to promotion** of a canary as good as the primary: the steps'
 //!   dwell, then at the last weight the time the pass side's expected
@@ -48,14 +53,22 @@ pub struct Forecast {
     pub max_duration_secs: f64,
 }
 
+/// The share of the route's traffic the canary is judged against at
+/// canary weight `w`: the primary's `1 − w`, or with a baseline arm its
+/// own `w` (the same share as the canary's, taken from the primary).
+fn reference_share(s: &GateSettings, w: f64) -> f64 {
+    if s.baseline_arm { w } else { 1.0 - w }
+}
+
 /// Expected gain and its variance, per second, of alternative `alt`
-/// against `null` when the truth is `truth`, at weight `w`.
-fn growth(rate: f64, w: f64, truth: f64, alt: f64, null: f64, phi: f64) -> (f64, f64) {
-    if w <= 0.0 || w >= 1.0 || rate <= 0.0 {
+/// against `null` when the truth is `truth`, at canary share `w` and
+/// reference share `r`.
+fn growth(rate: f64, (w, r): (f64, f64), truth: f64, alt: f64, null: f64, phi: f64) -> (f64, f64) {
+    if w <= 0.0 || r <= 0.0 || w + r > 1.0 + 1e-12 || rate <= 0.0 {
         return (0.0, 0.0);
     }
-    let theta = |rho: f64| w * rho / (w * rho + 1.0 - w);
-    let k = rate * (w * truth + 1.0 - w);
+    let theta = |rho: f64| w * rho / (w * rho + r);
+    let k = rate * (w * truth + r);
     let (t, ta, tn) = (theta(truth), theta(alt), theta(null));
     let (up, down) = ((ta / tn).ln(), ((1.0 - ta) / (1.0 - tn)).ln());
     let mean = k * (t * up + (1.0 - t) * down) / phi;
@@ -94,7 +107,8 @@ fn promotion_secs(plan: &Plan, s: &GateSettings, rate: f64, phi: f64) -> Option<
     let at_last = PASS_GRID
         .iter()
         .filter_map(|(m, prior)| {
-            let (mean, _) = growth(rate, w, 1.0, s.rho_max * m, s.rho_max, phi);
+            let shares = (w, reference_share(s, w));
+            let (mean, _) = growth(rate, shares, 1.0, s.rho_max * m, s.rho_max, phi);
             (mean > 0.0).then(|| (threshold - prior.ln()) / mean)
         })
         .fold(f64::INFINITY, f64::min);
@@ -111,7 +125,8 @@ fn caught(plan: &Plan, s: &GateSettings, rate: f64, phi: f64, ratio: f64, max: f
         let alt = s.rho0 * m;
         let (mut mean, mut var) = (0.0, 0.0);
         for (w, dwell) in schedule(plan, max) {
-            let (m1, v1) = growth(rate, w, ratio, alt, s.rho0, phi);
+            let shares = (w, reference_share(s, w));
+            let (m1, v1) = growth(rate, shares, ratio, alt, s.rho0, phi);
             mean += m1 * dwell;
             var += v1 * dwell;
         }
@@ -273,6 +288,52 @@ mod tests {
         assert!(b < q && b > 1.0, "{b} vs {q}");
         // Three one-minute steps: no promotion before the last step's dwell.
         assert!(busy_t >= 180.0, "{busy_t}");
+    }
+
+    #[test]
+    fn a_baseline_arm_as_reference_needs_more_time_and_catches_less() {
+        // The same canary traffic against a reference of its own size
+        // (not nine to one at 10%) carries less evidence.
+        let primary = GateSettings::default();
+        let mut arm = GateSettings::default();
+        arm.use_baseline_arm(false);
+        // 100 req/s: the last step's evidence, not the steps' dwell, sets
+        // the time to promotion.
+        let state = baseline(100.0, 0.01, 30.0);
+        let promotion = |plan: &Plan, s: &GateSettings| {
+            forecast(plan, s, &state)
+                .unwrap()
+                .promotion_secs
+                .unwrap_or(f64::INFINITY)
+        };
+        // Ending at 25%: the primary's 75% against the arm's 25%.
+        let quarter = Plan {
+            steps_bp: vec![1000, 2500],
+            ..plan()
+        };
+        let (p, a) = (promotion(&quarter, &primary), promotion(&quarter, &arm));
+        assert!(
+            p < a,
+            "promotion {p}s against the primary, {a}s against the arm"
+        );
+        // Ending at 50%, the arm and the primary's share are the same size.
+        let (p, a) = (promotion(&plan(), &primary), promotion(&plan(), &arm));
+        assert!((p - a).abs() < 1e-9, "{p} vs {a}");
+        // The smaller references of the first steps cost what is caught.
+        let (p, a) = (
+            forecast(&plan(), &primary, &state)
+                .unwrap()
+                .smallest_failure_ratio
+                .unwrap(),
+            forecast(&plan(), &arm, &state)
+                .unwrap()
+                .smallest_failure_ratio
+                .unwrap(),
+        );
+        assert!(
+            p < a,
+            "smallest ratio {p} against the primary, {a} against the arm"
+        );
     }
 
     #[test]

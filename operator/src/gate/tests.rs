@@ -602,4 +602,176 @@ fn a_state_saved_by_the_previous_version_still_loads() {
     assert_eq!(s.incident_allowance, Duration::from_secs(30));
     assert_eq!(s.warmup, Duration::from_secs(10));
     assert_eq!(s.baseline, Duration::from_secs(30));
+    assert!(!s.baseline_arm, "no baseline arm unless set");
+    // And a state without one writes nothing new.
+    let text = serde_json::to_string(&GateSettings::default()).unwrap();
+    assert!(!text.contains("baseline_arm"), "{text}");
+}
+
+// === the baseline arm ===
+
+/// A window of three arms, each `(requests, failures)`, every request
+/// within 10 ms.
+fn three_arms(stable: (f64, f64), canary: (f64, f64), baseline: (f64, f64)) -> Window {
+    let arm = |(requests, failures): (f64, f64)| {
+        let mut a = Arm {
+            requests,
+            failures,
+            ..Arm::default()
+        };
+        a.add_bucket(0.01, requests);
+        a.add_bucket(f64::INFINITY, requests);
+        a.finish();
+        a
+    };
+    Window {
+        stable: arm(stable),
+        canary: arm(canary),
+        baseline: arm(baseline),
+        seconds: 2.0,
+        ..Window::default()
+    }
+}
+
+/// Ten minutes of 2 s windows at 25% (with a baseline arm: 25% each);
+/// the analysis's verdict at the first failure, else at the end.
+fn verdict(s: &GateSettings, w: &Window) -> Outcome {
+    let mut g = GateState::new(s);
+    for _ in 0..300 {
+        g.observe(s, w, 2500, Arms::Weighted);
+        let a = g.analysis(s, 20, Arms::Weighted);
+        if a.verdict() == Outcome::Fail {
+            return Outcome::Fail;
+        }
+    }
+    g.analysis(s, 20, Arms::Weighted).verdict()
+}
+
+fn with_baseline_arm() -> GateSettings {
+    let mut s = settings();
+    s.use_baseline_arm(false);
+    s
+}
+
+#[test]
+fn a_canary_as_bad_as_the_baseline_arm_but_worse_than_the_primary_is_not_rolled_back() {
+    // New pods of either version fail 5% (a bad node pool, cold
+    // dependencies), the long-running primary 1%.
+    let w = three_arms((400.0, 4.0), (200.0, 10.0), (200.0, 10.0));
+    assert_ne!(verdict(&with_baseline_arm(), &w), Outcome::Fail);
+    // Against the primary the same canary is worse: the test can fail.
+    assert_eq!(verdict(&settings(), &w), Outcome::Fail);
+}
+
+#[test]
+fn a_canary_worse_than_the_baseline_arm_but_equal_to_the_primary_is_rolled_back() {
+    // The primary happens to fail 5% (a long-running version's state);
+    // the canary fails 5% where a fresh copy of the primary fails 1%.
+    let w = three_arms((400.0, 20.0), (200.0, 10.0), (200.0, 2.0));
+    assert_eq!(verdict(&with_baseline_arm(), &w), Outcome::Fail);
+    assert_ne!(verdict(&settings(), &w), Outcome::Fail);
+    // The reason names the arm it was judged against.
+    let s = with_baseline_arm();
+    let mut g = GateState::new(&s);
+    for _ in 0..300 {
+        g.observe(&s, &w, 2500, Arms::Weighted);
+    }
+    let a = g.analysis(&s, 20, Arms::Weighted);
+    let errors = a.checks.iter().find(|c| c.name == "errors").unwrap();
+    assert_eq!(errors.outcome, Outcome::Fail);
+    assert!(
+        errors.reason.contains("canary 5.00% vs baseline arm 1.00%"),
+        "{}",
+        errors.reason
+    );
+}
+
+#[test]
+fn a_cold_canary_with_an_equally_cold_baseline_arm_needs_no_warm_up() {
+    // Both new arms three times slower for their first 10 s, then equal;
+    // the bound is the primary's.
+    let fine = [(0.05, 396.0), (0.06, 4.0)];
+    let slow = [(0.05, 0.0), (0.06, 0.0), (0.2, 200.0)];
+    let fine_half = [(0.05, 198.0), (0.06, 2.0)];
+    let run = |s: &GateSettings, slow_baseline: bool| {
+        let mut g = GateState::new(s);
+        let mut worst = Outcome::Pass;
+        for i in 0..60 {
+            let cold = i < 5;
+            let mut w = window(&fine, if cold { &slow } else { &fine_half }, 2.0);
+            let b = if cold && slow_baseline {
+                &slow[..]
+            } else {
+                &fine_half[..]
+            };
+            w.baseline = window(b, &[], 2.0).stable;
+            g.observe(s, &w, 2500, Arms::Weighted);
+            if g.analysis(s, 20, Arms::Weighted).verdict() == Outcome::Fail {
+                worst = Outcome::Fail;
+            }
+        }
+        worst
+    };
+    let mut s = GateSettings {
+        latency_bounds: vec![Duration::from_millis(50)],
+        ..GateSettings::default()
+    };
+    s.use_baseline_arm(false);
+    assert_eq!(s.warmup, Duration::ZERO);
+    assert_eq!(run(&s, true), Outcome::Pass);
+    // A canary cold where the baseline arm is not: judged from its first
+    // request, and it fails.
+    assert_eq!(run(&s, false), Outcome::Fail);
+}
+
+#[test]
+fn the_warm_up_defaults_to_none_with_a_baseline_arm_and_an_explicit_one_wins() {
+    assert_eq!(GateSettings::default().warmup, Duration::from_secs(10));
+    assert!(!GateSettings::default().baseline_arm);
+    let mut s = GateSettings::default();
+    s.use_baseline_arm(false);
+    assert!(s.baseline_arm);
+    assert_eq!(s.warmup, Duration::ZERO);
+    let mut s = GateSettings {
+        warmup: Duration::from_secs(20),
+        ..GateSettings::default()
+    };
+    s.use_baseline_arm(true);
+    assert_eq!(s.warmup, Duration::from_secs(20));
+    // Given as 10 s (the default's value), it still wins.
+    let mut s = GateSettings::default();
+    s.use_baseline_arm(true);
+    assert_eq!(s.warmup, Duration::from_secs(10));
+    // It survives the release's status.
+    let back: GateSettings = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+}
+
+#[test]
+fn a_baseline_arm_without_traffic_keeps_the_step_inconclusive() {
+    let s = with_baseline_arm();
+    let mut g = GateState::new(&s);
+    for _ in 0..100 {
+        g.observe(
+            &s,
+            &three_arms((400.0, 4.0), (200.0, 2.0), (0.0, 0.0)),
+            2500,
+            Arms::Weighted,
+        );
+    }
+    let a = g.analysis(&s, 20, Arms::Weighted);
+    let check = a.checks.iter().find(|c| c.name == "baseline-arm").unwrap();
+    assert_eq!(check.outcome, Outcome::Inconclusive);
+    assert!(check.reason.contains("`baseline`"), "{}", check.reason);
+    assert_eq!(a.promotable, Some(false), "nothing proven against nothing");
+    // Once it gets its share, the check passes.
+    g.observe(
+        &s,
+        &three_arms((400.0, 4.0), (200.0, 2.0), (200.0, 2.0)),
+        2500,
+        Arms::Weighted,
+    );
+    let a = g.analysis(&s, 20, Arms::Weighted);
+    let check = a.checks.iter().find(|c| c.name == "baseline-arm").unwrap();
+    assert_eq!(check.outcome, Outcome::Pass);
 }

@@ -4,7 +4,8 @@
 //! ```json
 //! {"t": 0, "rps": 400,
 //!  "primary": {"fail": 0.01, "clump": 1, "median_ms": 20, "sigma": 0.5, "add_ms": 0},
-//!  "canary":  {"fail": 0.01, "clump": 1, "median_ms": 20, "sigma": 0.5, "add_ms": 0}}
+//!  "canary":  {"fail": 0.01, "clump": 1, "median_ms": 20, "sigma": 0.5, "add_ms": 0},
+//!  "baseline": {"median_ms": 60}}
 //! ```
 //!
 //! Rules:
@@ -20,6 +21,14 @@
 //!   fixed delay added to each; `dispersion`, the variance of each scrape's
 //!   failure count as a multiple of the binomial one (at least 1: the
 //!   failure rate varies from scrape to scrape).
+//! - `baseline` (optional) is the baseline arm (`--baseline-arm`: a fresh
+//!   copy of the primary's version given the canary's share), with the
+//!   same fields. Until a line gives it, it follows the primary's values,
+//!   line by line (it runs the same version); from the first line that
+//!   gives it, it starts from the primary's values of that line with the
+//!   given fields changed, and from then on a field left out keeps its
+//!   previous value, as for the other arms. Without `--baseline-arm` it is
+//!   parsed (and checked) but draws no traffic.
 //! - A field left out keeps its previous value (on the first line: the
 //!   `sluice simulate` flags' values). Any other field, a value of the
 //!   wrong type or out of range, or a line that is not a JSON object, is an
@@ -63,6 +72,8 @@ pub struct Segment {
     pub rps: f64,
     pub primary: ArmTraffic,
     pub canary: ArmTraffic,
+    /// The baseline arm (drawn only with `--baseline-arm`).
+    pub baseline: ArmTraffic,
 }
 
 /// A whole trace: segments in order of `t`.
@@ -118,6 +129,9 @@ impl Trace {
     /// values of fields the first line leaves out.
     pub fn parse(text: &str, file: &str, first: Segment) -> Result<Self, TraceError> {
         let mut current = Segment { t: 0.0, ..first };
+        // Whether a line gave the baseline arm yet (before: it follows the
+        // primary).
+        let mut baseline_given = false;
         let mut segments = Vec::new();
         let mut last_t = f64::NEG_INFINITY;
         for (index, raw) in text.lines().enumerate() {
@@ -137,6 +151,7 @@ impl Trace {
                 return Err(err(None, "a line must be a JSON object".into()));
             };
             let mut next = current;
+            let mut baseline = None;
             for (key, v) in &object {
                 match key.as_str() {
                     "t" => {
@@ -153,13 +168,28 @@ impl Trace {
                         };
                         parse_arm(v, arm, key).map_err(|(field, m)| err(Some(&field), m))?;
                     }
+                    // After the primary's fields of this line (keys come in
+                    // name order), since it starts from them.
+                    "baseline" => baseline = Some(v),
                     other => {
                         return Err(err(
                             Some(other),
-                            "not a trace field; use t, rps, primary, canary".into(),
+                            "not a trace field; use t, rps, primary, canary, baseline".into(),
                         ));
                     }
                 }
+            }
+            match baseline {
+                Some(v) => {
+                    if !baseline_given {
+                        next.baseline = next.primary;
+                        baseline_given = true;
+                    }
+                    parse_arm(v, &mut next.baseline, "baseline")
+                        .map_err(|(field, m)| err(Some(&field), m))?;
+                }
+                None if !baseline_given => next.baseline = next.primary,
+                None => {}
             }
             if !object.contains_key("t") {
                 return Err(err(Some("t"), "every line needs its time `t`".into()));
@@ -275,6 +305,7 @@ mod tests {
             rps: 400.0,
             primary: ArmTraffic::default(),
             canary: ArmTraffic::default(),
+            baseline: ArmTraffic::default(),
         }
     }
 
@@ -297,6 +328,32 @@ mod tests {
         assert_eq!(trace.at(10.0).canary.median_ms, 60.0);
         assert_eq!(trace.next_change(10.0), Some(20.5));
         assert_eq!(trace.next_change(20.5), None);
+    }
+
+    #[test]
+    fn the_baseline_arm_follows_the_primary_until_a_line_gives_it() {
+        let text = r#"{"t": 0, "primary": {"fail": 0.02}}
+{"t": 5, "primary": {"median_ms": 30}}
+{"t": 10, "primary": {"sigma": 0.7}, "baseline": {"median_ms": 60}}
+{"t": 20, "primary": {"fail": 0.04}}
+{"t": 30, "baseline": {"fail": 0.03}}"#;
+        let trace = Trace::parse(text, "b.jsonl", first()).unwrap();
+        let b: Vec<ArmTraffic> = trace.segments.iter().map(|s| s.baseline).collect();
+        // Before any line gives it: the primary's values, line by line.
+        assert_eq!(b[0], trace.segments[0].primary);
+        assert_eq!(b[1], trace.segments[1].primary);
+        assert_eq!(b[1].median_ms, 30.0);
+        // The first line that gives it starts from that line's primary.
+        assert_eq!(b[2].fail, 0.02);
+        assert_eq!(b[2].sigma, 0.7);
+        assert_eq!(b[2].median_ms, 60.0);
+        // Then a field left out keeps its value; the primary no longer leads.
+        assert_eq!(b[3], b[2]);
+        assert_eq!(trace.segments[3].primary.fail, 0.04);
+        assert_eq!(b[4].fail, 0.03);
+        assert_eq!(b[4].median_ms, 60.0);
+        // The canary is untouched by both.
+        assert_eq!(trace.segments[4].canary, ArmTraffic::default());
     }
 
     #[test]
@@ -356,6 +413,54 @@ mod tests {
                 r#"{"t": 0, "canary": 3}"#,
                 1,
                 Some("canary"),
+                "not an object",
+            ),
+            (
+                "{\"t\": 0}\n{\"t\": 3, \"baseline\": {\"fail\": 2}}",
+                2,
+                Some("baseline.fail"),
+                "not in 0..=1",
+            ),
+            (
+                r#"{"t": 0, "baseline": {"warm": 1}}"#,
+                1,
+                Some("baseline.warm"),
+                "not an arm field",
+            ),
+            (
+                r#"{"t": 0, "baseline": {"median_ms": -4}}"#,
+                1,
+                Some("baseline.median_ms"),
+                "not in",
+            ),
+            (
+                r#"{"t": 0, "baseline": {"clump": 1.5}}"#,
+                1,
+                Some("baseline.clump"),
+                "whole number",
+            ),
+            (
+                r#"{"t": 0, "baseline": {"sigma": "wide"}}"#,
+                1,
+                Some("baseline.sigma"),
+                "not a number",
+            ),
+            (
+                r#"{"t": 0, "baseline": {"add_ms": -1}}"#,
+                1,
+                Some("baseline.add_ms"),
+                "not in 0",
+            ),
+            (
+                r#"{"t": 0, "baseline": {"dispersion": 0}}"#,
+                1,
+                Some("baseline.dispersion"),
+                "not in 1",
+            ),
+            (
+                r#"{"t": 0, "baseline": [0.01]}"#,
+                1,
+                Some("baseline"),
                 "not an object",
             ),
             ("{\"t\": 5}\n{\"t\": 2}", 2, Some("t"), "comes before"),
