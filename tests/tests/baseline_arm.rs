@@ -634,3 +634,70 @@ async fn a_reload_without_the_baseline_removes_it() {
         reloads + 1.0
     );
 }
+
+#[tokio::test]
+async fn a_baseline_that_is_down_is_charged_and_its_clients_fail_over_to_the_stable() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let route = |failover: &str| {
+        format!(
+            "  - name: web\n    stable: {}\n    canary: {}\n    baseline: {dead}\n    canary_weight: 50\n    failover: {failover}\n",
+            stable.url(),
+            canary.url()
+        )
+    };
+    // Failover on (the default): at 50% every other request is the
+    // baseline's; its clients get the stable's answer, the baseline the
+    // failure.
+    let proxy = start_proxy(&proxy_yaml(&route("stable"))).await;
+    let url = format!("http://{}/", proxy.addr);
+    let client = h1_client();
+    let mut seen = BTreeMap::<String, u64>::new();
+    for _ in 0..10 {
+        *seen.entry(backend_of(&client, &url).await).or_default() += 1;
+    }
+    assert_eq!(seen.get("canary"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("stable"), Some(&5), "{seen:?}");
+    let m = scrape(proxy.admin_addr).await;
+    let baseline_502 = [
+        ("route", "web"),
+        ("backend", "baseline"),
+        ("code", "502"),
+        ("classification", "failure"),
+        ("decision", "weight"),
+    ];
+    assert_eq!(m.sum("sluice_requests_total", &baseline_502), 5.0);
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[
+                ("route", "web"),
+                ("backend", "baseline"),
+                ("kind", "connect")
+            ]
+        ),
+        5.0
+    );
+    assert_eq!(m.sum("sluice_failovers_total", &[("route", "web")]), 5.0);
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "web"), ("backend", "canary"), ("code", "502")]
+        ),
+        0.0,
+        "the canary is not blamed"
+    );
+
+    // Failover off: the client gets the proxy's 502 naming the baseline.
+    let proxy = start_proxy(&proxy_yaml(&route("off"))).await;
+    let url = format!("http://{}/", proxy.addr);
+    let _ = get(&url).await.unwrap();
+    let (status, _, body) = get(&url).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream baseline"),
+        "{body:?}"
+    );
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(m.sum("sluice_requests_total", &baseline_502), 1.0);
+}

@@ -384,8 +384,8 @@ pub struct HeaderModifier {
 /// stream was refused with `REFUSED_STREAM`) goes to the stable instead,
 /// within the stable's retry budget, when its body can be sent again; the
 /// canary is still charged the failure, so the gate sees it as before,
-/// and `sluice_failovers_total{route}` counts it. `off`: the client gets
-/// the proxy's 502.
+/// and `sluice_failovers_total{route}` counts it. A baseline arm fails
+/// over alike. `off`: the client gets the proxy's 502.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Failover {
@@ -433,6 +433,9 @@ impl UnderscoreHeaders {
 ///   10,000 buckets; bucket < weight (in basis points) means canary. The
 ///   hash is fixed (FNV-1a), so the assignment survives restarts, and a
 ///   growing weight only moves users from stable to canary.
+/// - With a baseline arm (`baseline`), either kind can name it: a cookie
+///   `baseline.<hash>`, or a hashed bucket in `w..2w` (see
+///   [`crate::affinity`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AffinityConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
