@@ -887,6 +887,68 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_baseline_arm_takes_the_canary_share_and_a_change_of_it_restarts_the_count() {
+        let with = "listen: 127.0.0.1:1\nroutes:\n  - { name: web, stable: 'http://127.0.0.1:1', canary: 'http://127.0.0.1:2', baseline: 'http://127.0.0.1:3', canary_weight: 25, canary_match: [{ header: x-canary, value: always }] }\n";
+        let without = "listen: 127.0.0.1:1\nroutes:\n  - { name: web, stable: 'http://127.0.0.1:1', canary: 'http://127.0.0.1:2', canary_weight: 25, canary_match: [{ header: x-canary, value: always }] }\n";
+        let metrics = Metrics::new();
+        let pool = ClientPool::default();
+        let build = |yaml: &str, old: Option<&Routing>| {
+            let config = Config::from_yaml(yaml).unwrap();
+            let valid = config.validate().unwrap();
+            Routing::build(config, valid, old, &pool, &metrics)
+        };
+        let first = build(with, None);
+        let route = first.route_by_name("web").unwrap();
+        let plain = HeaderMap::new();
+        let mut rule = HeaderMap::new();
+        rule.insert("x-canary", "always".parse().unwrap());
+        let mut decisions = Vec::new();
+        for _ in 0..4 {
+            decisions.push(route.decide(&plain));
+            assert_eq!(route.decide(&rule), SplitDecision::CanaryByMatch);
+        }
+        assert_eq!(
+            decisions,
+            [
+                SplitDecision::Stable,
+                SplitDecision::CanaryByWeight,
+                SplitDecision::Stable,
+                SplitDecision::BaselineByWeight
+            ],
+            "the A/B requests in between take no turn"
+        );
+        assert_eq!(
+            route.backend(SplitDecision::BaselineByWeight).label,
+            BackendLabel::Baseline
+        );
+        assert_eq!(route.backend(SplitDecision::BaselineByWeight).url.port, 3);
+        let same = build(with, Some(&first));
+        assert!(Arc::ptr_eq(
+            &same.route_by_name("web").unwrap().split,
+            &route.split
+        ));
+        let removed = build(without, Some(&same));
+        let plain_route = removed.route_by_name("web").unwrap();
+        assert!(!Arc::ptr_eq(&plain_route.split, &route.split));
+        assert!(plain_route.baseline.is_none());
+        let decisions: Vec<SplitDecision> = (0..4).map(|_| plain_route.decide(&plain)).collect();
+        assert_eq!(
+            decisions,
+            [
+                SplitDecision::Stable,
+                SplitDecision::Stable,
+                SplitDecision::Stable,
+                SplitDecision::CanaryByWeight
+            ]
+        );
+        let added = build(with, Some(&removed));
+        assert!(!Arc::ptr_eq(
+            &added.route_by_name("web").unwrap().split,
+            &plain_route.split
+        ));
+    }
+
+    #[tokio::test]
     async fn cookie_and_header_rules_pick_the_canary() {
         let t = table(
             "listen: 127.0.0.1:1\nroutes:\n  - name: web\n    stable: http://127.0.0.1:1\n    canary: http://127.0.0.1:2\n    canary_match:\n      - { header: x-canary, value: always }\n      - { cookie: canary, value: always }\n",
