@@ -19,21 +19,23 @@
 //!   both compared after percent-decoding (`+` stays `+`).
 //!
 //! **Precedence.** Among the (route, match) pairs that hold, the first in
-//! this order wins (the Gateway API's order, with the place of the host
-//! rule Sluice always had: right after the path):
-//! 1. an exact path beats any prefix;
-//! 2. a longer prefix beats a shorter one;
-//! 3. a route naming the host beats a route for any host;
+//! this order wins (the Gateway API's order; the host first, as nginx
+//! picks a server before a location and Envoy a virtual host before a
+//! route):
+//! 1. the route naming the request's host most specifically: an exact
+//!    name, then a wildcard by the length of its suffix (`*.a.example`
+//!    before `*.example`), then a route for any host;
+//! 2. an exact path beats any prefix;
+//! 3. a longer prefix beats a shorter one;
 //! 4. a match with `methods` beats one without;
 //! 5. more header conditions beat fewer;
 //! 6. more query conditions beat fewer;
 //! 7. then config order (routes, then a route's matches).
 //!
 //! For a table without conditions (no route has `matches` beyond a prefix)
-//! this is what it always was: the longest `path_prefix` wins, a
-//! host-named route before an any-host one, and the lookup is the same
-//! scan of the routes, reading neither the method, the fields nor the
-//! query. The query string is read only when a match whose other
+//! the lookup is a scan of the routes by prefix length, reading neither
+//! the method, the fields nor the query; it stops at the first hit when
+//! no route names hosts, or at the first route naming the host exactly. The query string is read only when a match whose other
 //! conditions hold has query conditions, and without allocating.
 //! No route matching is the route phase's 404.
 
@@ -382,13 +384,15 @@ impl Entry {
 pub struct Routing {
     pub config: Config,
     pub valid: ValidConfig,
-    /// Longest prefix first, host-specific before any-host, then config
-    /// order: the lookup order of a table without conditions.
+    /// Longest prefix first, then config order: the lookup order of a
+    /// table without conditions.
     routes: Vec<Arc<Route>>,
     /// Every (route, match), in the order of precedence; empty when no
     /// match has conditions beyond a path prefix (then `routes` is
     /// searched, as always).
     entries: Vec<Entry>,
+    /// Whether any route names hosts (else the first hit is the answer).
+    any_hosts: bool,
 }
 
 impl Routing {
@@ -423,18 +427,16 @@ impl Routing {
             // A stable sort: config order breaks the remaining ties.
             entries.sort_by_key(precedence);
         }
-        // Longest prefix first, host-specific before any-host, then config order.
-        routes.sort_by(|a, b| {
-            b.path_prefix
-                .len()
-                .cmp(&a.path_prefix.len())
-                .then_with(|| a.hosts.is_empty().cmp(&b.hosts.is_empty()))
-        });
+        // Longest prefix first, then config order (the host's rank is
+        // weighed at lookup: [`Routing::find`]).
+        routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+        let any_hosts = routes.iter().any(|r| !r.hosts.is_empty());
         Self {
             config,
             valid,
             routes,
             entries,
+            any_hosts,
         }
     }
 
@@ -456,28 +458,47 @@ impl Routing {
     /// The route of `listener` serving `host` (port already stripped, any
     /// case) and the normalised `path`, for a request like `facts` (see
     /// the module docs for the order).
-    pub fn find(
-        &self,
+    pub fn find<'t>(
+        &'t self,
         listener: usize,
         host: Option<&str>,
         path: &str,
         facts: &RequestFacts<'_>,
-    ) -> Option<&Arc<Route>> {
+    ) -> Option<&'t Arc<Route>> {
+        // The most specific host first (the Gateway API's hostname order,
+        // as nginx picks its server before a location): among the routes
+        // that hold, the best host rank wins, then the table's order. An
+        // exact name is the best rank there is, so the scan stops at the
+        // first one; a table without hosts stops at the first hit.
+        let mut best: Option<(HostRank, &'t Arc<Route>)> = None;
+        let any_hosts = self.any_hosts;
+        let mut consider = |route: &'t Arc<Route>| -> bool {
+            let Some(rank) = host_rank(route, host) else {
+                return false;
+            };
+            if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+                best = Some((rank, route));
+            }
+            rank.is_best() || !any_hosts
+        };
         if self.entries.is_empty() {
-            return self.routes.iter().find(|r| {
-                r.listener == listener
-                    && path.starts_with(r.path_prefix.as_str())
-                    && serves_host(r, host)
-            });
-        }
-        self.entries
-            .iter()
-            .find(|e| {
-                e.route.listener == listener
+            for r in &self.routes {
+                if r.listener == listener && path.starts_with(r.path_prefix.as_str()) && consider(r)
+                {
+                    break;
+                }
+            }
+        } else {
+            for e in &self.entries {
+                if e.route.listener == listener
                     && condition_holds(e.condition(), path, facts)
-                    && serves_host(&e.route, host)
-            })
-            .map(|e| &e.route)
+                    && consider(&e.route)
+                {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, r)| r)
     }
 }
 
@@ -489,21 +510,45 @@ fn plain_prefix(matches: &[ValidRouteMatch]) -> Option<&str> {
     }
 }
 
-fn serves_host(route: &Route, host: Option<&str>) -> bool {
-    route.hosts.is_empty() || host.is_some_and(|h| route.hosts.iter().any(|rh| host_matches(rh, h)))
+/// How specifically a route names a request's host, higher first: an
+/// exact name, then a wildcard by the length of what it names (the
+/// Gateway API's "characters in a matching non-wildcard hostname, then in
+/// a matching hostname"), then a route for any host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum HostRank {
+    AnyHost,
+    Wildcard(usize),
+    Exact,
+}
+
+impl HostRank {
+    fn is_best(self) -> bool {
+        self == HostRank::Exact
+    }
+}
+
+/// The rank of `route` for `host`, or None when it does not serve it.
+fn host_rank(route: &Route, host: Option<&str>) -> Option<HostRank> {
+    if route.hosts.is_empty() {
+        return Some(HostRank::AnyHost);
+    }
+    let host = host?;
+    route
+        .hosts
+        .iter()
+        .filter(|pattern| host_matches(pattern, host))
+        .map(|pattern| match pattern.strip_prefix("*.") {
+            Some(suffix) => HostRank::Wildcard(suffix.len()),
+            None => HostRank::Exact,
+        })
+        .max()
 }
 
 /// The sort key of a (route, match), lower first: a prefix (not exact)
-/// path, its length (longer first), any host, no methods, the header and
-/// query conditions (more first).
-type Precedence = (
-    bool,
-    Reverse<usize>,
-    bool,
-    bool,
-    Reverse<usize>,
-    Reverse<usize>,
-);
+/// path, its length (longer first), no methods, the header and query
+/// conditions (more first). The host's rank comes before all of these,
+/// at lookup.
+type Precedence = (bool, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>);
 
 /// The sort key of a (route, match) (see the module docs).
 fn precedence(entry: &Entry) -> Precedence {
@@ -515,7 +560,6 @@ fn precedence(entry: &Entry) -> Precedence {
     (
         prefix,
         Reverse(len),
-        entry.route.hosts.is_empty(),
         m.methods.is_empty(),
         Reverse(m.headers.len()),
         Reverse(m.query.len()),
@@ -872,6 +916,9 @@ mod tests {
         assert_eq!(name(Some("a.wild.example"), "/x"), Some("wild".into()));
         assert_eq!(name(Some("wild.example"), "/x"), Some("root".into()));
         assert_eq!(name(Some("a.b.wild.example"), "/x"), Some("wild".into()));
+        // The host first: a route naming it beats a longer any-host prefix.
+        assert_eq!(name(Some("shop.example"), "/api/v2/x"), Some("shop".into()));
+        assert_eq!(name(Some("SHOP.example"), "/api"), Some("shop".into()));
         for not_a_name in [
             "a@x.wild.example",
             "a@wild.example",
@@ -884,6 +931,30 @@ mod tests {
                 "{not_a_name}"
             );
         }
+    }
+
+    /// The Gateway API's hostname order: an exact name, then the longer
+    /// wildcard, then any host, before the path; then the longest prefix.
+    #[tokio::test]
+    async fn the_most_specific_host_wins_before_the_path() {
+        let t = table(
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: wild-api, hosts: ['*.example.com'], path_prefix: /api, stable: 'http://127.0.0.1:1' }\n  - { name: foo, hosts: [foo.example.com], stable: 'http://127.0.0.1:2' }\n  - { name: wild-w, hosts: ['*.example.com'], path_prefix: /w, stable: 'http://127.0.0.1:3' }\n  - { name: foo-w, hosts: [foo.example.com], path_prefix: /w, stable: 'http://127.0.0.1:4' }\n  - { name: deep, hosts: ['*.b.example.com'], stable: 'http://127.0.0.1:5' }\n  - { name: any, path_prefix: /api/v1, stable: 'http://127.0.0.1:6' }\n",
+        );
+        let name = |h: Option<&str>, p: &str| find(&t, h, p).map(|r| r.name.clone());
+        assert_eq!(name(Some("foo.example.com"), "/api"), Some("foo".into()));
+        assert_eq!(name(Some("foo.example.com"), "/w/x"), Some("foo-w".into()));
+        assert_eq!(
+            name(Some("bar.example.com"), "/api"),
+            Some("wild-api".into())
+        );
+        assert_eq!(name(Some("bar.example.com"), "/w"), Some("wild-w".into()));
+        assert_eq!(name(Some("a.b.example.com"), "/api"), Some("deep".into()));
+        assert_eq!(name(Some("other.org"), "/api/v1/x"), Some("any".into()));
+        assert_eq!(name(Some("bar.example.com"), "/x"), None, "no route holds");
+        assert_eq!(
+            name(Some("bar.example.com"), "/api/v1"),
+            Some("wild-api".into())
+        );
     }
 
     #[tokio::test]

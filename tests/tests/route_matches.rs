@@ -251,10 +251,13 @@ async fn more_conditions_win_in_the_gateway_api_order_then_config_order() {
         ("GET", "/?k=1", None, &ab[..], "by-query"),
         // A method condition beats any number of header conditions.
         ("PATCH", "/?k=1", None, &ab[..], "by-method"),
-        // A route naming the host beats an any-host route's conditions...
+        // A route naming the host beats an any-host route's conditions,
+        // and its longer prefix too (the host first, as the Gateway API
+        // orders hostnames)...
         ("PATCH", "/?k=1", Some("shop.example"), &ab[..], "shop"),
-        // ... and a longer prefix beats a route naming the host.
-        ("PATCH", "/deep?k=1", Some("shop.example"), &ab[..], "deep"),
+        ("PATCH", "/deep?k=1", Some("shop.example"), &ab[..], "shop"),
+        // ... and among any-host routes a longer prefix beats a method.
+        ("PATCH", "/deep?k=1", None, &ab[..], "deep"),
         // Equal precedence: the earlier route.
         (
             "GET",
