@@ -429,7 +429,7 @@ impl Routing {
         }
         // Longest prefix first, then config order (the host's rank is
         // weighed at lookup: [`Routing::find`]).
-        routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         let any_hosts = routes.iter().any(|r| !r.hosts.is_empty());
         Self {
             config,
