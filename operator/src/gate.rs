@@ -704,7 +704,8 @@ impl GateState {
         self.step_canary_requests += c.requests;
         self.step_canary.add(c);
         let tuning = settings.tuning(arms.alpha(settings));
-        self.errors.observe(
+        let primary = &window.stable;
+        self.errors.observe_against(
             &tuning,
             at,
             seconds,
@@ -715,6 +716,7 @@ impl GateState {
                 stable_requests: s.requests,
                 stable_events: s.failures,
             },
+            (primary.requests, primary.failures),
         );
         if settings.latency_bounds.is_empty() && self.latency.is_empty() {
             // The bound is learnt from the primary whatever the canary is
@@ -726,11 +728,12 @@ impl GateState {
             .is_some_and(|since| at - since > settings.warmup.as_secs_f64() + 1e-9);
         for l in &mut self.latency {
             let counts = l.counts(c, s);
+            let own = (total(primary), primary.slower_than(l.bound).unwrap_or(0.0));
             if warm {
-                l.evidence.observe(&tuning, at, seconds, weight_bp, counts);
-            } else {
                 l.evidence
-                    .observe_primary(counts.stable_requests, counts.stable_events);
+                    .observe_against(&tuning, at, seconds, weight_bp, counts, own);
+            } else {
+                l.evidence.observe_primary(own.0, own.1);
             }
         }
     }

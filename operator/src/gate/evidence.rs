@@ -27,6 +27,9 @@
 //!    both arms alike cancel in the two-arm test, so the split (not the
 //!    primary) says how much the comparison is over-dispersed. Failures
 //!    that come in clumps of `c` give `φ ≈ c`: a clump counts as one.
+//!    When the canary is judged against a baseline arm
+//!    ([`Evidence::observe_against`]), the split is canary against that
+//!    arm, and the prior still comes from the primary's own counts.
 //! 2. **The fail side** is an e-detector: a mixture over [`FAIL_GRID`]
 //!    (`ρ₀` times 1.25 … 30) restarted at the canary's first request
 //!    (weight ½), at every weight change and every [`RESTART_EVERY`]
@@ -531,14 +534,35 @@ impl Evidence {
     /// Adds one scrape that ends at `at` (seconds on the gate's clock) and
     /// lasted `seconds`, taken while the canary weight was `weight_bp`.
     pub fn observe(&mut self, t: &Tuning, at: f64, seconds: f64, weight_bp: u32, c: Counts) {
+        let primary = (c.stable_requests, c.stable_events);
+        self.observe_against(t, at, seconds, weight_bp, c, primary);
+    }
+
+    /// [`Evidence::observe`] when the canary is judged against another arm
+    /// than the primary (a baseline arm, in `c`'s `stable_*`): `primary`,
+    /// the primary's own `(requests, events)` of the scrape, keeps teaching
+    /// the primary's dispersion prior, as before the canary started (a
+    /// baseline arm starting cold is a trend, not dispersion); the split
+    /// between the two judged arms teaches the rest.
+    pub fn observe_against(
+        &mut self,
+        t: &Tuning,
+        at: f64,
+        seconds: f64,
+        weight_bp: u32,
+        c: Counts,
+        primary: (f64, f64),
+    ) {
         let c = c.sane();
+        let (primary_requests, primary_events) =
+            (primary.0.max(0.0), primary.1.clamp(0.0, primary.0.max(0.0)));
         let seconds = seconds.max(1e-3);
         let began = at - seconds;
         // φ is fixed before this scrape is seen.
         let phi = self.phi();
         if c.canary_requests <= 0.0 && self.canary_since.is_none() {
             self.dispersion
-                .observe_primary(c.stable_events, c.stable_requests);
+                .observe_primary(primary_events, primary_requests);
             return;
         }
         self.canary_requests += c.canary_requests;
@@ -613,7 +637,7 @@ impl Evidence {
         self.pass.add(&pass, f64::INFINITY, false);
         self.floor.add(&floor, f64::INFINITY, false);
         self.dispersion
-            .observe_primary(c.stable_events, c.stable_requests);
+            .observe_primary(primary_events, primary_requests);
         self.dispersion
             .observe_split(c.canary_events, c.stable_events, weight_bp);
         while self

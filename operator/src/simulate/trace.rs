@@ -114,6 +114,36 @@ impl Trace {
         }
     }
 
+    /// The flags' traffic with a cold start (`--cold-start 10s:3`): for
+    /// its first `seconds` the canary's durations are `factor` times
+    /// longer (median and fixed delay), then as the flags say. A fresh pod
+    /// of either version starts cold, so the baseline arm, a copy of the
+    /// primary started with the canary, is exactly as cold; the primary,
+    /// long running, is not.
+    pub fn cold_start(first: Segment, seconds: f64, factor: f64) -> Self {
+        let cold = |a: ArmTraffic| ArmTraffic {
+            median_ms: a.median_ms * factor,
+            add_ms: a.add_ms * factor,
+            ..a
+        };
+        let start = Segment {
+            t: 0.0,
+            canary: cold(first.canary),
+            baseline: cold(first.baseline),
+            ..first
+        };
+        Self {
+            source: "flags".into(),
+            segments: vec![
+                start,
+                Segment {
+                    t: seconds,
+                    ..first
+                },
+            ],
+        }
+    }
+
     /// The traffic at `t` (seconds since the canary's first request).
     pub fn at(&self, t: f64) -> &Segment {
         let i = self.segments.partition_point(|s| s.t <= t + 1e-9);
@@ -354,6 +384,25 @@ mod tests {
         assert_eq!(b[4].median_ms, 60.0);
         // The canary is untouched by both.
         assert_eq!(trace.segments[4].canary, ArmTraffic::default());
+    }
+
+    #[test]
+    fn a_cold_start_slows_both_new_arms_and_not_the_primary() {
+        let flags = Segment {
+            canary: ArmTraffic {
+                add_ms: 5.0,
+                ..ArmTraffic::default()
+            },
+            ..first()
+        };
+        let trace = Trace::cold_start(flags, 10.0, 3.0);
+        let cold = trace.at(9.9);
+        assert_eq!((cold.canary.median_ms, cold.canary.add_ms), (60.0, 15.0));
+        assert_eq!(cold.baseline.median_ms, 60.0);
+        assert_eq!(cold.primary, flags.primary);
+        let warm = trace.at(10.0);
+        assert_eq!(*warm, Segment { t: 10.0, ..flags });
+        assert_eq!(trace.next_change(0.0), Some(10.0));
     }
 
     #[test]
