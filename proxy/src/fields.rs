@@ -171,7 +171,23 @@ const NOT_TRAILERS: [&[u8]; 16] = [
 /// fields, `X-Sluice-*`) or framing the message and the connection by it
 /// (`Content-Length`, `Transfer-Encoding`, hop-by-hop fields, `Proxy-*`,
 /// `Trailer`), or answering it itself (`Expect`, `HTTP2-Settings`).
+/// Their underscore spellings (`X_Forwarded_For`, `Content_Length`,
+/// `x_sluice_*`) too: the proxy drops those from clients
+/// ([`client_field`]) as backends behind CGI-style servers read them as
+/// the dashed names, so a route may not send them either.
 pub fn proxy_owned_field(name: &[u8]) -> bool {
+    if name.contains(&b'_') {
+        let dashed: Vec<u8> = name
+            .iter()
+            .map(|&b| if b == b'_' { b'-' } else { b })
+            .collect();
+        return client_field(name) == ClientField::Reserved || dashed_owned(&dashed);
+    }
+    dashed_owned(name)
+}
+
+/// [`proxy_owned_field`] for a name spelled with `-`.
+fn dashed_owned(name: &[u8]) -> bool {
     const OWNED: [&[u8]; 12] = [
         b"expect",
         b"http2-settings",

@@ -252,7 +252,7 @@ pub async fn forward(
         .record_now();
     }
     route.failovers.inc();
-    let stable = &route.stable;
+    let stable = route.stable();
     upstream.head = upstream_head(req, routed, stable, client, false).0;
     upstream.rewind();
     let in_flight = InFlight::new(
@@ -299,7 +299,7 @@ fn may_fail_over(routed: &Routed, failure: &Failure, upstream: &Request<'_, '_>)
         && ((routed.decision.is_canary() && routed.route.canary.is_some())
             || (routed.decision.is_baseline() && routed.route.baseline.is_some()))
         && upstream.resendable()
-        && routed.route.stable.retry_budget.try_retry()
+        && routed.route.stable().retry_budget.try_retry()
 }
 
 /// The status the proxy answers for a backend failure of `kind`, and

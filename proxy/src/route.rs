@@ -377,14 +377,14 @@ pub fn route(
         path_and_query: req.target.path_and_query(),
         fields: req.fields,
     };
-    let Some(route) = routing
-        .find(
+    let Some((route, at)) = routing
+        .find_match(
             listener,
             host.as_deref(),
             &crate::routing::normalise_path(path),
             &facts,
         )
-        .cloned()
+        .map(|(route, at)| (route.clone(), at))
     else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
@@ -396,7 +396,11 @@ pub fn route(
     };
     let trusted_hops = routing.valid.trusted_hops;
     drop(routing);
-    let decision = route.decide(req.fields);
+    if let Some(direct) = &route.direct_response {
+        // The proxy's own answer, counted as its 404 is: on no backend.
+        return Err(Refusal::new(direct.status, direct.body.clone()));
+    }
+    let decision = route.decide(at, req.fields);
     let refuse = |status: StatusCode, rejected: &Counter, text: String| {
         rejected.inc();
         let backend = route.backend(decision);

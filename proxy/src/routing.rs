@@ -196,7 +196,11 @@ pub struct Route {
     /// Changes to the head of the backend's answers the client gets.
     pub response_headers: Option<ValidHeaderModifier>,
     pub protocol: Protocol,
-    pub stable: Backend,
+    /// None only for a route with `direct_response` (see [`Route::stable`]).
+    stable_backend: Option<Backend>,
+    /// The proxy's own answer to every request of the route: the route
+    /// phase answers it, and the request never reaches a backend.
+    pub direct_response: Option<crate::config::ValidDirectResponse>,
     pub canary: Option<Backend>,
     /// The baseline arm (only with a canary): the weighted split gives it
     /// the canary's share too; A/B rules and mirror copies never go to it.
@@ -281,16 +285,30 @@ impl SplitDecision {
 }
 
 impl Route {
+    /// The stable backend. Every route has one but a direct-response
+    /// route, which the route phase answers itself: no request of it ever
+    /// reaches the phases that pick a backend.
+    pub fn stable(&self) -> &Backend {
+        self.stable_backend
+            .as_ref()
+            .expect("a direct-response route is answered in the route phase, without a backend")
+    }
+
     /// A place for one more request in flight, or None at the limit.
     pub fn admit(&self) -> Option<Permit> {
         Permit::take(&self.in_flight, self.max_in_flight)
     }
 
-    /// Chooses the backend: A/B rules first, then session affinity (neither
-    /// counted toward the weight), then the exact weighted split.
-    pub fn decide(&self, headers: &dyn Fields) -> SplitDecision {
+    /// Chooses the backend for a request that won the route's match `at`:
+    /// that match's `backend: canary` first, then A/B rules, then session
+    /// affinity (none of them counted toward the weight), then the exact
+    /// weighted split.
+    pub fn decide(&self, at: usize, headers: &dyn Fields) -> SplitDecision {
         if self.canary.is_none() {
             return SplitDecision::Stable;
+        }
+        if self.matches.get(at).is_some_and(|m| m.to_canary) {
+            return SplitDecision::CanaryByMatch;
         }
         if self
             .canary_match
@@ -328,12 +346,12 @@ impl Route {
     }
 
     pub fn backend(&self, decision: SplitDecision) -> &Backend {
-        if decision.is_canary() {
-            self.canary.as_ref().unwrap_or(&self.stable)
-        } else if decision.is_baseline() {
-            self.baseline.as_ref().unwrap_or(&self.stable)
+        if let Some(canary) = self.canary.as_ref().filter(|_| decision.is_canary()) {
+            canary
+        } else if let Some(baseline) = self.baseline.as_ref().filter(|_| decision.is_baseline()) {
+            baseline
         } else {
-            &self.stable
+            self.stable()
         }
     }
 }
@@ -444,7 +462,9 @@ impl Routing {
         self.routes
             .iter()
             .flat_map(|r| {
-                std::iter::once(r.stable.pool_key.clone())
+                r.stable_backend
+                    .iter()
+                    .map(|b| b.pool_key.clone())
                     .chain(r.canary.as_ref().map(|c| c.pool_key.clone()))
                     .chain(r.baseline.as_ref().map(|b| b.pool_key.clone()))
             })
@@ -465,25 +485,40 @@ impl Routing {
         path: &str,
         facts: &RequestFacts<'_>,
     ) -> Option<&'t Arc<Route>> {
+        self.find_match(listener, host, path, facts)
+            .map(|(route, _)| route)
+    }
+
+    /// [`Routing::find`], with the winning match of the route (an index
+    /// into its `matches`).
+    pub fn find_match<'t>(
+        &'t self,
+        listener: usize,
+        host: Option<&str>,
+        path: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Option<(&'t Arc<Route>, usize)> {
         // The most specific host first (the Gateway API's hostname order,
         // as nginx picks its server before a location): among the routes
         // that hold, the best host rank wins, then the table's order. An
         // exact name is the best rank there is, so the scan stops at the
         // first one; a table without hosts stops at the first hit.
-        let mut best: Option<(HostRank, &'t Arc<Route>)> = None;
+        let mut best: Option<(HostRank, &'t Arc<Route>, usize)> = None;
         let any_hosts = self.any_hosts;
-        let mut consider = |route: &'t Arc<Route>| -> bool {
+        let mut consider = |route: &'t Arc<Route>, at: usize| -> bool {
             let Some(rank) = host_rank(route, host) else {
                 return false;
             };
-            if best.as_ref().is_none_or(|(b, _)| rank > *b) {
-                best = Some((rank, route));
+            if best.as_ref().is_none_or(|(b, ..)| rank > *b) {
+                best = Some((rank, route, at));
             }
             rank.is_best() || !any_hosts
         };
         if self.entries.is_empty() {
             for r in &self.routes {
-                if r.listener == listener && path.starts_with(r.path_prefix.as_str()) && consider(r)
+                if r.listener == listener
+                    && path.starts_with(r.path_prefix.as_str())
+                    && consider(r, 0)
                 {
                     break;
                 }
@@ -492,13 +527,13 @@ impl Routing {
             for e in &self.entries {
                 if e.route.listener == listener
                     && condition_holds(e.condition(), path, facts)
-                    && consider(&e.route)
+                    && consider(&e.route, e.at)
                 {
                     break;
                 }
             }
         }
-        best.map(|(_, r)| r)
+        best.map(|(_, r, at)| (r, at))
     }
 }
 
@@ -555,7 +590,7 @@ fn precedence(entry: &Entry) -> Precedence {
     let m = entry.condition();
     let (prefix, len) = match &m.path {
         PathMatch::Exact(p) => (false, p.len()),
-        PathMatch::Prefix(p) => (true, p.len()),
+        PathMatch::Prefix(p) | PathMatch::Segments(p) => (true, p.len()),
     };
     (
         prefix,
@@ -568,16 +603,16 @@ fn precedence(entry: &Entry) -> Precedence {
 
 /// Whether a match's conditions other than the host hold.
 fn condition_holds(m: &ValidRouteMatch, path: &str, facts: &RequestFacts<'_>) -> bool {
-    let path_holds = match &m.path {
-        PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
-        PathMatch::Exact(exact) => path == exact,
-    };
-    path_holds
+    m.path.holds(path)
         && (m.methods.is_empty() || m.methods.iter().any(|method| method == facts.method))
         && m.headers.iter().all(|(name, value)| {
-            facts
-                .fields
-                .values(name.as_str(), &mut |v| v == value.as_bytes())
+            if *name == http::header::COOKIE {
+                cookie_fields_are(facts.fields, value.as_bytes())
+            } else {
+                facts
+                    .fields
+                    .values(name.as_str(), &mut |v| v == value.as_bytes())
+            }
         })
         && (m.query.is_empty() || {
             let query = facts.query();
@@ -585,6 +620,33 @@ fn condition_holds(m: &ValidRouteMatch, path: &str, facts: &RequestFacts<'_>) ->
                 .iter()
                 .all(|(name, value)| first_param_is(query, name, value))
         })
+}
+
+/// Whether the request's `Cookie` fields, joined with `; ` (as RFC 9113
+/// §8.2.3 rejoins the crumbs an HTTP/2 client may split them into), are
+/// `value`: the same answer for an HTTP/1.1 client's one field and an
+/// HTTP/2 client's several.
+fn cookie_fields_are(fields: &dyn Fields, value: &[u8]) -> bool {
+    let mut rest = value;
+    let mut first = true;
+    let mut seen = false;
+    let mut differs = false;
+    fields.values("cookie", &mut |crumb| {
+        if !first {
+            match rest.strip_prefix(b"; ") {
+                Some(after) => rest = after,
+                None => differs = true,
+            }
+        }
+        first = false;
+        seen = true;
+        match rest.strip_prefix(crumb) {
+            Some(after) if !differs => rest = after,
+            _ => differs = true,
+        }
+        differs
+    });
+    seen && !differs && rest.is_empty()
 }
 
 /// Whether the first parameter named `name` in `query` (both percent-
@@ -648,13 +710,14 @@ fn build_backend(
         idle_timeout: r.upstream_idle_timeout,
         tls: r.tls_for(url),
     };
-    let has_rules = label == BackendLabel::Canary && !r.canary_match.is_empty();
+    let has_rules = label == BackendLabel::Canary
+        && (!r.canary_match.is_empty() || r.matches.iter().any(|m| m.to_canary));
     let affine = r
         .affinity
         .is_some()
         .then(|| metrics.series(&r.name, label, Decision::Affinity));
     let old_backend = old.and_then(|o| match label {
-        BackendLabel::Stable => Some(&o.stable),
+        BackendLabel::Stable => o.stable_backend.as_ref(),
         BackendLabel::Canary => o.canary.as_ref(),
         BackendLabel::Baseline => o.baseline.as_ref(),
     });
@@ -683,7 +746,10 @@ fn build_route(
     pool: &ClientPool,
     metrics: &Metrics,
 ) -> Route {
-    let stable = build_backend(r, BackendLabel::Stable, &r.stable, old, pool, metrics);
+    let stable_backend = r
+        .stable
+        .as_ref()
+        .map(|u| build_backend(r, BackendLabel::Stable, u, old, pool, metrics));
     let canary = r
         .canary
         .as_ref()
@@ -702,15 +768,20 @@ fn build_route(
         .map(|old| old.split.clone())
         .unwrap_or_else(|| Arc::new(SplitState::new(r.canary_weight_bp)));
     metrics.set_canary_weight(&r.name, bp_to_percent(r.canary_weight_bp));
-    let affinity = r.affinity.as_ref().map(|a| {
-        crate::affinity::Affinity::new(
-            a,
-            &r.path_prefix,
-            &r.stable,
-            r.canary.as_ref(),
-            r.baseline.as_ref(),
-        )
-    });
+    // Validation allows affinity only on a route with a stable backend.
+    let affinity = r
+        .affinity
+        .as_ref()
+        .zip(r.stable.as_ref())
+        .map(|(a, stable)| {
+            crate::affinity::Affinity::new(
+                a,
+                &r.path_prefix,
+                stable,
+                r.canary.as_ref(),
+                r.baseline.as_ref(),
+            )
+        });
     let mirror = r.mirror.as_ref().zip(canary.as_ref()).map(|(m, c)| {
         let to = crate::mirror::MirrorTo {
             route: &r.name,
@@ -737,7 +808,8 @@ fn build_route(
         request_headers: r.request_headers.clone(),
         response_headers: r.response_headers.clone(),
         protocol: r.protocol,
-        stable,
+        stable_backend,
+        direct_response: r.direct_response.clone(),
         canary,
         baseline,
         split,
@@ -975,8 +1047,8 @@ mod tests {
         rule.insert("x-canary", "always".parse().unwrap());
         let mut decisions = Vec::new();
         for _ in 0..4 {
-            decisions.push(route.decide(&plain));
-            assert_eq!(route.decide(&rule), SplitDecision::CanaryByMatch);
+            decisions.push(route.decide(0, &plain));
+            assert_eq!(route.decide(0, &rule), SplitDecision::CanaryByMatch);
         }
         assert_eq!(
             decisions,
@@ -1002,7 +1074,7 @@ mod tests {
         let plain_route = removed.route_by_name("web").unwrap();
         assert!(!Arc::ptr_eq(&plain_route.split, &route.split));
         assert!(plain_route.baseline.is_none());
-        let decisions: Vec<SplitDecision> = (0..4).map(|_| plain_route.decide(&plain)).collect();
+        let decisions: Vec<SplitDecision> = (0..4).map(|_| plain_route.decide(0, &plain)).collect();
         assert_eq!(
             decisions,
             [
@@ -1026,13 +1098,13 @@ mod tests {
         );
         let route = find(&t, None, "/").unwrap();
         let mut h = HeaderMap::new();
-        assert_eq!(route.decide(&h), SplitDecision::Stable);
+        assert_eq!(route.decide(0, &h), SplitDecision::Stable);
         h.insert("cookie", "a=b; canary=always".parse().unwrap());
-        assert_eq!(route.decide(&h), SplitDecision::CanaryByMatch);
+        assert_eq!(route.decide(0, &h), SplitDecision::CanaryByMatch);
         let mut h = HeaderMap::new();
         h.insert("x-canary", "always".parse().unwrap());
-        assert_eq!(route.decide(&h), SplitDecision::CanaryByMatch);
+        assert_eq!(route.decide(0, &h), SplitDecision::CanaryByMatch);
         h.insert("x-canary", "never".parse().unwrap());
-        assert_eq!(route.decide(&h), SplitDecision::Stable);
+        assert_eq!(route.decide(0, &h), SplitDecision::Stable);
     }
 }

@@ -246,7 +246,9 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
         });
     }
     for (i, route) in valid.routes.iter().enumerate() {
-        let urls = std::iter::once(&route.stable)
+        let urls = route
+            .stable
+            .iter()
             .chain(route.canary.as_ref())
             .chain(route.baseline.as_ref());
         if let Some(key) = urls.filter_map(|u| route.tls_for(u)).next()

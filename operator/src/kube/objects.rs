@@ -790,6 +790,7 @@ pub fn proxy_config_for(
             listener,
             underscore_headers: Default::default(),
             failover: Default::default(),
+            direct_response: None,
         }
     };
     let mut routes = Vec::new();

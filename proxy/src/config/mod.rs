@@ -285,7 +285,16 @@ pub struct RouteConfig {
     pub response_headers: Option<HeaderModifier>,
     #[serde(default)]
     pub protocol: Protocol,
+    /// The stable backend's URL; empty (left out) only for a route with
+    /// `direct_response`: exactly one of the two is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stable: String,
+    /// The proxy answers the route's requests itself, with this status and
+    /// body, and no backend (instead of `stable`; such a route has no
+    /// canary, baseline, mirror or affinity). Counted as the proxy's own
+    /// answers are (as its 404): in no backend's series.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
     /// A *baseline arm*: a fresh copy of the stable's version, started with
@@ -330,9 +339,12 @@ pub struct RouteConfig {
 
 /// One alternative of a route's `matches`: every condition set must hold.
 ///
-/// - `path_prefix` / `path_exact`: at most one; neither means the prefix
-///   `/`. A prefix is a plain string prefix of the normalised path (as
-///   the top-level `path_prefix`); an exact path equals it.
+/// - `path_prefix` / `path_exact` / `path_segments`: at most one; none
+///   means the prefix `/`. A prefix is a plain string prefix of the
+///   normalised path (as the top-level `path_prefix`); an exact path
+///   equals it; `path_segments: /api` holds for `/api` and `/api/…`,
+///   never `/apix` (a trailing `/` in the value changes nothing), and
+///   ranks as a prefix of its length without that `/`.
 /// - `methods`: the request's method is one of these (upper-case tokens).
 /// - `headers`: every one holds: some field of that name (any case) has
 ///   exactly that value (case-sensitive).
@@ -341,18 +353,45 @@ pub struct RouteConfig {
 ///   decoding (`+` is not a space: RFC 3986 queries, not HTML forms).
 ///   A name appears once in a match (two values could never both be the
 ///   first).
+/// - `backend: canary`: a request this match wins goes to the route's
+///   canary as an A/B request (`decision="match"`), taking no turn from
+///   the split; only on a route with a canary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_segments: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<NameValue>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query: Vec<NameValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<MatchBackend>,
+}
+
+/// Where a match sends the requests it wins, instead of the route's
+/// usual decision (A/B rules, affinity, the split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchBackend {
+    /// The route's canary, as an A/B request.
+    Canary,
+}
+
+/// A route's answer made by the proxy itself (see
+/// [`RouteConfig::direct_response`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectResponse {
+    /// 200..=599.
+    pub status: u16,
+    /// The answer's body (`text/plain`); empty when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// A header field or query parameter: its name and value.
@@ -1205,7 +1244,7 @@ routes:
         for expected in [
             "routes[0].path_prefix: `/x` and routes[0].matches are mutually exclusive",
             "routes[0].matches[0].path_prefix: `api` must start with '/'",
-            "routes[0].matches[1]: set either `path_prefix` or `path_exact`, not both",
+            "routes[0].matches[1]: set one of `path_prefix`, `path_exact` and `path_segments`, not more",
             "routes[0].matches[2].path_exact: `/a b` holds a space",
             "routes[0].matches[3].methods[0]: `get` must be upper case (`GET`)",
             "routes[0].matches[3].methods[1]: `G T` is not a method",
@@ -1327,5 +1366,82 @@ routes:
             "{err}"
         );
         assert!(err.contains("routes[1].path_prefix"), "{err}");
+    }
+
+    #[test]
+    fn path_segments_backend_canary_and_direct_response_parse_and_serialize_back() {
+        let text = "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    matches:\n      - { path_segments: /api/ }\n      - { path_segments: / }\n      - { path_segments: /b, headers: [{name: x-canary, value: always}], backend: canary }\n    stable: http://h:1\n    canary: http://h:2\n  - name: gone\n    path_prefix: /gone\n    direct_response: { status: 500 }\n  - name: teapot\n    path_prefix: /tea\n    direct_response: { status: 418, body: short and stout }\n";
+        let config = Config::from_yaml(text).unwrap();
+        let valid = config.validate().unwrap();
+        let m = &valid.routes[0].matches;
+        assert_eq!(m[0].path, PathMatch::Segments("/api".into()));
+        assert_eq!(m[1].path, PathMatch::Prefix("/".into()));
+        assert!(m[2].to_canary && !m[0].to_canary);
+        assert!(m[0].path.holds("/api") && m[0].path.holds("/api/x"));
+        assert!(!m[0].path.holds("/apix") && !m[0].path.holds("/ap"));
+        let gone = &valid.routes[1];
+        assert!(gone.stable.is_none());
+        let direct = gone.direct_response.as_ref().unwrap();
+        assert_eq!((direct.status.as_u16(), direct.body.as_str()), (500, ""));
+        assert_eq!(
+            valid.routes[2].direct_response.as_ref().unwrap().body,
+            "short and stout"
+        );
+        let yaml = config.to_yaml();
+        assert!(!yaml.contains("stable: ''"), "{yaml}");
+        assert_eq!(Config::from_yaml(&yaml).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_path_segments_backend_and_direct_response_are_named_by_their_path() {
+        let errors = errors_of(
+            "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    matches:\n      - { path_segments: api }\n      - { path_segments: /a, path_prefix: /a }\n      - { path_exact: /b, backend: canary }\n      - { headers: [{name: Host, value: a.example}] }\n    stable: http://h:1\n  - { name: b, path_prefix: /b }\n  - { name: c, path_prefix: /c, stable: 'http://h:1', direct_response: {status: 500} }\n  - { name: d, path_prefix: /d, direct_response: {status: 101} }\n  - { name: e, path_prefix: /e, direct_response: {status: 204, body: x} }\n  - { name: f, path_prefix: /f, direct_response: {status: 503}, canary: 'http://h:2', canary_weight: 5, affinity: {cookie: s}, mirror: {percent: 5} }\n",
+        );
+        for expected in [
+            "routes[0].matches[0].path_segments: `api` must start with '/'",
+            "routes[0].matches[1]: set one of `path_prefix`, `path_exact` and `path_segments`, not more",
+            "routes[0].matches[2].backend: `canary` needs routes[0].canary to be set",
+            "routes[0].matches[3].headers[0].name: `Host`: match the request's host with the route's `hosts`",
+            "routes[1].stable: is required (the backend's URL), unless routes[1].direct_response is set",
+            "routes[2].stable: and routes[2].direct_response are mutually exclusive",
+            "routes[3].direct_response.status: 101 is not a final status (200-599)",
+            "routes[4].direct_response.body: a 204 answer has no body",
+            "routes[5].canary: needs a backend; routes[5].direct_response answers without one",
+            "routes[5].affinity: needs a backend",
+            "routes[5].mirror: needs a backend",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+    }
+
+    #[test]
+    fn modifiers_refuse_the_underscore_spellings_of_proxy_owned_fields() {
+        let errors = errors_of(
+            "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h:1\n    request_headers:\n      set: [{name: X_Forwarded_For, value: '1'}, {name: Content_Length, value: '1'}, {name: x_ok, value: '1'}]\n      add: [{name: Transfer_Encoding, value: chunked}, {name: x_sluice_route, value: x}]\n      remove: [proxy_authorization, Expect_]\n    response_headers:\n      remove: [x_real_ip]\n",
+        );
+        for expected in [
+            "routes[0].request_headers.set[0].name: `x_forwarded_for` is a field the proxy sets",
+            "routes[0].request_headers.set[1].name: `content_length` is a field the proxy sets",
+            "routes[0].request_headers.add[0].name: `transfer_encoding` is a field the proxy sets",
+            "routes[0].request_headers.add[1].name: `x_sluice_route` is a field the proxy sets",
+            "routes[0].request_headers.remove[0]: `proxy_authorization` is a field the proxy sets",
+            "routes[0].response_headers.remove[0]: `x_real_ip` is a field the proxy sets",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+        assert!(
+            !errors.contains("set[2]"),
+            "x_ok is no proxy field: {errors}"
+        );
+        assert!(
+            !errors.contains("remove[1]"),
+            "expect_ is not expect: {errors}"
+        );
     }
 }

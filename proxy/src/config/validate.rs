@@ -55,7 +55,10 @@ pub struct ValidRoute {
     pub request_headers: Option<ValidHeaderModifier>,
     pub response_headers: Option<ValidHeaderModifier>,
     pub protocol: Protocol,
-    pub stable: UpstreamUrl,
+    /// None only for a route with `direct_response`.
+    pub stable: Option<UpstreamUrl>,
+    /// The proxy's own answer to the route's requests (then no backend).
+    pub direct_response: Option<ValidDirectResponse>,
     pub canary: Option<UpstreamUrl>,
     /// The baseline arm (see [`RouteConfig::baseline`]): with it, the
     /// weighted split gives it `canary_weight_bp` too (so at most 5000).
@@ -80,11 +83,34 @@ pub struct ValidRoute {
     pub failover: bool,
 }
 
+/// A route's `direct_response` after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidDirectResponse {
+    pub status: http::StatusCode,
+    pub body: String,
+}
+
 /// How a match compares the (normalised) path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
+    /// Whole segments: the path is this or starts with this plus `/`.
+    /// Held without a trailing `/` (never `/` itself: that is `Prefix`).
+    Segments(String),
+}
+
+impl PathMatch {
+    /// Whether the normalised `path` holds.
+    pub fn holds(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Segments(segments) => path
+                .strip_prefix(segments.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+        }
+    }
 }
 
 /// One of a route's matches after validation (see [`RouteMatch`]).
@@ -98,6 +124,9 @@ pub struct ValidRouteMatch {
     /// Names and values as written; compared with the percent-decoded
     /// first parameter of that name.
     pub query: Vec<(String, String)>,
+    /// `backend: canary`: a request this match wins goes to the canary as
+    /// an A/B request.
+    pub to_canary: bool,
 }
 
 impl ValidRouteMatch {
@@ -108,6 +137,7 @@ impl ValidRouteMatch {
             methods: Vec::new(),
             headers: Vec::new(),
             query: Vec::new(),
+            to_canary: false,
         }
     }
 
@@ -125,6 +155,7 @@ impl ValidRouteMatch {
             || !self.methods.is_empty()
             || !self.headers.is_empty()
             || !self.query.is_empty()
+            || self.to_canary
     }
 
     /// The same match whatever the order its conditions were written in
@@ -138,6 +169,9 @@ impl ValidRouteMatch {
         c.headers.dedup();
         c.query.sort();
         c.query.dedup();
+        // Where it sends requests is no condition: a second match with
+        // the same conditions never wins whichever backend it names.
+        c.to_canary = false;
         c
     }
 }
@@ -710,13 +744,44 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         .response_headers
         .as_ref()
         .and_then(|m| validate_header_modifier(m, &format!("{at}.response_headers"), errs));
-    let stable = match UpstreamUrl::parse(&route.stable) {
-        Ok(u) => Some(u),
-        Err(e) => {
-            errs.push(format!("{at}.stable"), e);
+    let stable = match (&route.direct_response, route.stable.as_str()) {
+        (None, "") => {
+            errs.push(
+                format!("{at}.stable"),
+                format!("is required (the backend's URL), unless {at}.direct_response is set"),
+            );
             None
         }
+        (Some(_), "") => None,
+        (Some(_), _) => {
+            errs.push(
+                format!("{at}.stable"),
+                format!(
+                    "and {at}.direct_response are mutually exclusive: the proxy answers a direct-response route itself"
+                ),
+            );
+            None
+        }
+        (None, text) => match UpstreamUrl::parse(text) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errs.push(format!("{at}.stable"), e);
+                None
+            }
+        },
     };
+    let direct_response = route
+        .direct_response
+        .as_ref()
+        .and_then(|d| validate_direct_response(route, d, at, errs));
+    for (j, m) in route.matches.iter().enumerate() {
+        if m.backend == Some(MatchBackend::Canary) && route.canary.is_none() {
+            errs.push(
+                format!("{at}.matches[{j}].backend"),
+                format!("`canary` needs {at}.canary to be set"),
+            );
+        }
+    }
     let canary = match &route.canary {
         None => None,
         Some(text) => match UpstreamUrl::parse(text) {
@@ -879,7 +944,8 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         request_headers,
         response_headers,
         protocol: route.protocol,
-        stable: stable?,
+        stable,
+        direct_response,
         canary,
         baseline,
         canary_weight_bp: weight?,
@@ -1082,20 +1148,30 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
             );
         }
     };
-    let path = match (&m.path_prefix, &m.path_exact) {
-        (Some(_), Some(_)) => {
-            errs.push(at, "set either `path_prefix` or `path_exact`, not both");
-            PathMatch::Prefix("/".into())
-        }
-        (Some(prefix), None) => {
+    let path = match (&m.path_prefix, &m.path_exact, &m.path_segments) {
+        (Some(prefix), None, None) => {
             check_path("path_prefix", prefix, errs);
             PathMatch::Prefix(prefix.clone())
         }
-        (None, Some(exact)) => {
+        (None, Some(exact), None) => {
             check_path("path_exact", exact, errs);
             PathMatch::Exact(exact.clone())
         }
-        (None, None) => PathMatch::Prefix("/".into()),
+        (None, None, Some(segments)) => {
+            check_path("path_segments", segments, errs);
+            match segments.trim_end_matches('/') {
+                "" => PathMatch::Prefix("/".into()),
+                whole => PathMatch::Segments(whole.to_string()),
+            }
+        }
+        (None, None, None) => PathMatch::Prefix("/".into()),
+        _ => {
+            errs.push(
+                at,
+                "set one of `path_prefix`, `path_exact` and `path_segments`, not more",
+            );
+            PathMatch::Prefix("/".into())
+        }
     };
     let mut methods = Vec::new();
     for (k, method) in m.methods.iter().enumerate() {
@@ -1126,7 +1202,18 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
     let mut headers = Vec::new();
     for (k, h) in m.headers.iter().enumerate() {
         let hp = format!("{at}.headers[{k}]");
-        let name = header_name(&h.name, &format!("{hp}.name"), errs);
+        let name = header_name(&h.name, &format!("{hp}.name"), errs).filter(|n| {
+            // An HTTP/2 client sends its host as `:authority`, not Host:
+            // a match on the field would hold for one protocol only.
+            let host = *n == http::header::HOST;
+            if host {
+                errs.push(
+                    format!("{hp}.name"),
+                    format!("`{}`: match the request's host with the route's `hosts`, not a header condition", h.name),
+                );
+            }
+            !host
+        });
         let value = field_value(&h.value, &format!("{hp}.value"), errs);
         if let (Some(name), Some(_)) = (name, value) {
             headers.push((name, h.value.clone()));
@@ -1158,6 +1245,61 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
         methods,
         headers,
         query,
+        to_canary: m.backend == Some(MatchBackend::Canary),
+    })
+}
+
+/// A route's `direct_response`: a status a final answer may have, a body
+/// only where the status allows one, and none of the settings that need
+/// a backend.
+fn validate_direct_response(
+    route: &RouteConfig,
+    d: &DirectResponse,
+    at: &str,
+    errs: &mut Collector,
+) -> Option<ValidDirectResponse> {
+    let before = errs.0.len();
+    let dp = format!("{at}.direct_response");
+    let status = http::StatusCode::from_u16(d.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()));
+    if status.is_none() {
+        errs.push(
+            format!("{dp}.status"),
+            format!(
+                "{} is not a final status (200-599); the proxy answers with it",
+                d.status
+            ),
+        );
+    }
+    if let Some(s) = status
+        && (s == http::StatusCode::NO_CONTENT || s == http::StatusCode::NOT_MODIFIED)
+        && d.body.as_ref().is_some_and(|b| !b.is_empty())
+    {
+        errs.push(
+            format!("{dp}.body"),
+            format!("a {} answer has no body", s.as_u16()),
+        );
+    }
+    let needs_backend = [
+        ("canary", route.canary.is_some()),
+        ("baseline", route.baseline.is_some()),
+        ("mirror", route.mirror.is_some()),
+        ("affinity", route.affinity.is_some()),
+        ("canary_match", !route.canary_match.is_empty()),
+        ("upstream_tls", route.upstream_tls.is_some()),
+    ];
+    for (field, set) in needs_backend {
+        if set {
+            errs.push(
+                format!("{at}.{field}"),
+                format!("needs a backend; {dp} answers without one (remove one of the two)"),
+            );
+        }
+    }
+    (errs.0.len() == before).then(|| ValidDirectResponse {
+        status: status.expect("checked above"),
+        body: d.body.clone().unwrap_or_default(),
     })
 }
 
