@@ -75,6 +75,17 @@ struct SimulateArgs {
     /// Both arms' failures come in clumps of this many requests.
     #[arg(long, default_value_t = 1)]
     clump: u32,
+    /// A baseline arm: a fresh copy of the primary's version that gets the
+    /// canary's exact share and that the canary is judged against (warm-up 0s
+    /// unless --warmup is given). It draws the primary's traffic, or a trace's
+    /// `baseline` values. Canary releases with weights of at most 50.
+    #[arg(long)]
+    baseline_arm: bool,
+    /// A cold start, DURATION:FACTOR (e.g. `10s:3`): for its first DURATION the
+    /// canary's durations are FACTOR times longer, and so are the baseline
+    /// arm's (a fresh pod of either version starts cold); the primary's are not.
+    #[arg(long, conflicts_with = "trace")]
+    cold_start: Option<String>,
     /// Replay this traffic instead of the flags above: a JSON-lines file, or a
     /// directory of *.jsonl files (run r uses the r-th, cycling).
     #[arg(long)]
@@ -229,9 +240,10 @@ struct PlanArgs {
     #[arg(long, default_value = "30s")]
     incident_allowance: String,
     /// Sequential gate: the canary's first seconds of traffic, when its latency
-    /// is not judged (cold caches, JIT).
-    #[arg(long, default_value = "10s")]
-    warmup: String,
+    /// is not judged (cold caches, JIT); default 10s, or 0s with a baseline arm
+    /// (which starts as cold as the canary).
+    #[arg(long)]
+    warmup: Option<String>,
     /// Sequential gate: how much slower than the primary the canary may be and
     /// still be no worse, e.g. 10%.
     #[arg(long, default_value = "10%")]
@@ -379,7 +391,9 @@ impl PlanArgs {
                     plan::parse_bounds(bounds).map_err(|e| flag("latency-bound", e))?;
             }
             settings.incident_allowance = duration("incident-allowance", &self.incident_allowance)?;
-            settings.warmup = duration("warmup", &self.warmup)?;
+            if let Some(warmup) = &self.warmup {
+                settings.warmup = duration("warmup", warmup)?;
+            }
             settings.baseline = duration("baseline", &self.baseline)?;
             settings.latency_tolerance =
                 plan::parse_percent(self.latency_tolerance.trim().trim_end_matches('%'))
@@ -978,7 +992,23 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
     use sluice_operator::simulate::{ArmTraffic, Scenario, Segment, SimProvider, Trace, simulate};
     let flag = |name: &str, e: String| format!("--{name}: {e}");
     let parsed = (|| -> Result<Scenario, String> {
-        let plan = args.plan.plan()?;
+        let mut plan = args.plan.plan()?;
+        if args.baseline_arm {
+            if !matches!(plan.strategy, plan::Strategy::Canary) {
+                return Err(
+                    "--baseline-arm: only a canary release has one (it shares the canary's weight); use --strategy canary".into(),
+                );
+            }
+            if let Some(over) = plan.steps_bp.iter().find(|bp| **bp > 5000) {
+                return Err(format!(
+                    "--baseline-arm: the baseline arm gets the canary's share too, so every weight must be at most 50, and --steps has {}",
+                    sluice_proxy::config::bp_to_percent(*over)
+                ));
+            }
+            if let plan::Gate::Sequential(settings) = &mut plan.gate {
+                settings.use_baseline_arm(args.plan.warmup.is_some());
+            }
+        }
         let rps = plan::parse_number(&args.rps)
             .ok()
             .filter(|r| *r >= 0.0)
@@ -1037,9 +1067,14 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
             // canary's alone.
             baseline: primary,
         };
-        let traces = match &args.trace {
-            Some(path) => Trace::load(path, first).map_err(|e| flag("trace", e))?,
-            None => vec![Trace::constant(first)],
+        let traces = match (&args.trace, &args.cold_start) {
+            (Some(path), _) => Trace::load(path, first).map_err(|e| flag("trace", e))?,
+            (None, Some(text)) => {
+                let (seconds, factor) =
+                    parse_cold_start(text).map_err(|e| flag("cold-start", e))?;
+                vec![Trace::cold_start(first, seconds, factor)]
+            }
+            (None, None) => vec![Trace::constant(first)],
         };
         let duration = |name: &str, text: &str| {
             sluice_proxy::config::parse_duration(text).map_err(|e| flag(name, e))
@@ -1096,6 +1131,20 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
         println!("{}", sluice_operator::simulate::table(&scenario, &summary));
     }
     ExitCode::SUCCESS
+}
+
+/// `10s:3`: a cold start's length and how many times slower it is.
+fn parse_cold_start(text: &str) -> Result<(f64, f64), String> {
+    let (length, factor) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not DURATION:FACTOR, e.g. 10s:3"))?;
+    let length = sluice_proxy::config::parse_duration(length.trim())
+        .map_err(|e| format!("`{text}`: {e}"))?;
+    let factor = plan::parse_number(factor.trim().trim_end_matches('x'))
+        .ok()
+        .filter(|f| f.is_finite() && *f >= 1.0 && *f <= 1000.0)
+        .ok_or_else(|| format!("`{text}`: the factor must be a number from 1 to 1000"))?;
+    Ok((length.as_secs_f64(), factor))
 }
 
 /// `20ms~0.5` (a lognormal's median and sigma) or `20ms` (fixed).

@@ -480,7 +480,42 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         json(&["--canary-errors", "2%", "--seed", "7"])["summary"],
         json(&["--canary-errors", "2%", "--seed", "7"])["summary"]
     );
+    // A cold canary against a baseline arm exactly as cold (no warm-up):
+    // promoted; the same cold canary against a warm primary with the
+    // warm-up turned off: rolled back.
+    let cold_arm = json(&["--baseline-arm", "--cold-start", "10s:3"]);
+    assert_eq!(cold_arm["summary"]["promoted"], 40, "{cold_arm}");
+    let cold_alone = json(&["--cold-start", "10s:3", "--warmup", "0s"]);
+    assert!(
+        cold_alone["summary"]["rolled_back"].as_u64().unwrap() >= 30,
+        "{cold_alone}"
+    );
+    // And +50 ms is caught against the baseline arm as against the primary.
+    let slow = json(&["--baseline-arm", "--canary-delay", "+50ms"]);
+    assert_eq!(slow["summary"]["rolled_back"], 40, "{slow}");
+    let trace = std::env::temp_dir().join(format!("sluice-bad-arm-{}.jsonl", std::process::id()));
+    std::fs::write(
+        &trace,
+        "{\"t\": 0}\n{\"t\": 5, \"baseline\": {\"fail\": 2}}\n",
+    )
+    .unwrap();
+    let trace_arg = trace.display().to_string();
+    let out = run(&["--baseline-arm", "--trace", &trace_arg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{trace_arg}:2: `baseline.fail`")),
+        "{stderr}"
+    );
+    std::fs::remove_file(&trace).unwrap();
     for (args, flag) in [
+        (vec!["--baseline-arm", "--steps", "10,60"], "--baseline-arm"),
+        (
+            vec!["--baseline-arm", "--strategy", "blue-green"],
+            "--baseline-arm",
+        ),
+        (vec!["--cold-start", "10s"], "--cold-start"),
+        (vec!["--cold-start", "10s:0.5"], "--cold-start"),
         (vec!["--canary-errors", "120%"], "--canary-errors"),
         (vec!["--rps=-1"], "--rps"),
         (vec!["--durations", "20ms~9"], "--durations"),
