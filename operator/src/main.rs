@@ -480,6 +480,13 @@ struct RolloutArgs {
     /// The new revision's upstream, e.g. http://127.0.0.1:9002.
     #[arg(long)]
     canary: String,
+    /// A fresh copy of the stable's version, started with the canary, e.g.
+    /// http://127.0.0.1:9003: the route gives it the canary's exact share at every
+    /// step and the gate judges the canary against it instead of the stable (no
+    /// warm-up needed). Removed from the route when the release ends. Every
+    /// weight must then be at most 50.
+    #[arg(long, value_name = "URL")]
+    baseline_arm: Option<String>,
     /// File holding the admin bearer token.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -590,10 +597,15 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     {
         return usage(e);
     }
-    let plan = match args.plan.plan() {
+    let mut plan = match args.plan.plan() {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
+    if let Some(url) = &args.baseline_arm
+        && let Err(e) = check_baseline_arm(url, &args, &mut plan)
+    {
+        return usage(format!("--baseline-arm: {e}"));
+    }
     if let Some(file) = &args.report
         && let Err(e) = sluice_operator::report_html::check_writable(file)
     {
@@ -637,8 +649,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             Err(e) => return usage(format!("--token-file: cannot read {}: {e}", path.display())),
         },
     };
-    let router = ProxyAdminRouter::new(&args.admin, &args.route, &args.canary, token)
+    let mut router = ProxyAdminRouter::new(&args.admin, &args.route, &args.canary, token)
         .with_traffic(plan.traffic.clone());
+    if let Some(url) = &args.baseline_arm {
+        router = router.with_baseline_arm(url);
+    }
     match router.current().await {
         Ok(_) => {}
         Err(RouterError::Refused { status: 404, .. }) => {
@@ -770,11 +785,12 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
                 ))
                 .unwrap_or_else(|| "before its first step".into());
             eprintln!(
-                "interrupted: the release was {at}, and route `{}` keeps its current weights. Its state is saved in {}. Run the same `sluice rollout` command again to resume from there (the time until then does not count toward the progress deadline); or send all traffic to stable with `PUT {}/routes/{} {{\"canary_weight\": 0}}`.",
+                "interrupted: the release was {at}, and route `{}` keeps its current weights. Its state is saved in {}. Run the same `sluice rollout` command again to resume from there (the time until then does not count toward the progress deadline); or send all traffic to stable with `PUT {}/routes/{} {{\"canary_weight\": 0{}}}`.",
                 args.route,
                 state.path.display(),
                 args.admin.trim_end_matches('/'),
-                args.route
+                args.route,
+                if args.baseline_arm.is_some() { ", \"baseline\": null" } else { "" }
             );
             return ExitCode::from(130);
         }
@@ -801,6 +817,38 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         eprintln!("{}", status.message);
         ExitCode::from(1)
     }
+}
+
+/// What `--baseline-arm URL` needs, checked before anything changes: an
+/// upstream URL other than the canary's, and a plan whose every weight is at
+/// most 50 (the baseline gets the canary's share too, so a weight above 50
+/// would give the two more than the whole route). A blue/green switch goes to
+/// 100 at once, so it has no baseline arm. Under the sequential gate the
+/// canary is then judged against the baseline arm, with no warm-up unless
+/// `--warmup` gives one; the threshold gate judges the canary alone, so the
+/// baseline arm only shares its traffic there.
+fn check_baseline_arm(url: &str, args: &RolloutArgs, plan: &mut Plan) -> Result<(), String> {
+    sluice_proxy::config::UpstreamUrl::parse(url).map_err(|e| e.to_string())?;
+    if url.trim_end_matches('/') == args.canary.trim_end_matches('/') {
+        return Err(format!(
+            "`{url}` is the canary (--canary); the baseline arm is a fresh copy of the stable's version"
+        ));
+    }
+    if matches!(plan.strategy, plan::Strategy::BlueGreen { .. }) {
+        return Err(
+            "--strategy blue-green switches all traffic at once; a baseline arm shares the canary's weight, so it needs weights of at most 50 (use --strategy canary)".into(),
+        );
+    }
+    if let Some(over) = plan.steps_bp.iter().find(|bp| **bp > 5000) {
+        return Err(format!(
+            "the baseline arm gets the canary's share too, so every weight must be at most 50, and --steps has {}",
+            sluice_proxy::config::bp_to_percent(*over)
+        ));
+    }
+    if let plan::Gate::Sequential(settings) = &mut plan.gate {
+        settings.use_baseline_arm(args.plan.warmup.is_some());
+    }
+    Ok(())
 }
 
 /// Whether a saved release can be resumed against the route as it is now:
@@ -842,6 +890,16 @@ async fn resumable(
     if (weight - expected).abs() > 1e-9 {
         return Err(format!(
             "the route's canary weight is now {weight}%, not the {expected}% the release had set"
+        ));
+    }
+    let baseline = route["baseline"].as_str();
+    if saved.status.canary_weight_bp > 0 && baseline != args.baseline_arm.as_deref() {
+        return Err(format!(
+            "the route's baseline arm is now {}, not {}",
+            baseline.unwrap_or("none"),
+            args.baseline_arm
+                .as_deref()
+                .unwrap_or("none (no --baseline-arm)")
         ));
     }
     Ok(())

@@ -1,6 +1,24 @@
 //! Routers move traffic. [`ProxyAdminRouter`] drives a running
 //! `sluice-proxy` through its admin API (plain hosts, the demo); the
 //! Kubernetes driver has its own that rewrites the proxy's ConfigMap.
+//!
+//! # The baseline arm (`sluice rollout --baseline-arm URL`)
+//!
+//! A baseline arm is a fresh copy of the stable's version that the user
+//! starts with the canary; the proxy gives it the canary's exact share
+//! (route field `baseline`), and the gate judges the canary against it.
+//! The router owns its place on the route for the length of a release:
+//!
+//! - `initialize` sets `baseline` with the canary (weight 0). A route
+//!   left with a baseline by an earlier run loses it when this release
+//!   has none, so no traffic goes to an arm nobody judges.
+//! - every weight applies to both: the proxy splits `canary_weight` to
+//!   each, so nothing more is written per step.
+//! - `promote` removes it in the same write that makes the canary the
+//!   stable (the old version must not keep the canary's share once the
+//!   new one is stable), and `finalise` and `rollback` (an abort too)
+//!   remove it with the canary's weight.
+//! - `ready` waits for the baseline to accept connections too.
 
 use std::future::Future;
 use std::time::Duration;
@@ -43,6 +61,18 @@ pub trait Router {
     fn ready(&self) -> impl Future<Output = bool> + Send;
 }
 
+/// Whether the upstream at `url` accepts a TCP connection within 2 s.
+async fn accepts(url: &str) -> bool {
+    let Ok(url) = UpstreamUrl::parse(url) else {
+        return false;
+    };
+    let connect = tokio::net::TcpStream::connect((url.host.as_str(), url.port));
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), connect).await,
+        Ok(Ok(_))
+    )
+}
+
 fn has_rules(route: &serde_json::Value) -> bool {
     route["canary_match"]
         .as_array()
@@ -59,6 +89,8 @@ pub struct ProxyAdminRouter {
     token: Option<String>,
     /// Affinity and mirroring the release sets on the route.
     traffic: crate::plan::Traffic,
+    /// The baseline arm's upstream, for the length of the release.
+    baseline_arm: Option<String>,
 }
 
 impl ProxyAdminRouter {
@@ -70,7 +102,28 @@ impl ProxyAdminRouter {
             canary_url: canary_url.to_string(),
             token,
             traffic: crate::plan::Traffic::default(),
+            baseline_arm: None,
         }
+    }
+
+    /// Gives the release a baseline arm at `url` (see the module doc).
+    pub fn with_baseline_arm(mut self, url: &str) -> Self {
+        self.baseline_arm = Some(url.to_string());
+        self
+    }
+
+    /// The baseline arm's upstream, if the release has one.
+    pub fn baseline_arm(&self) -> Option<&str> {
+        self.baseline_arm.as_deref()
+    }
+
+    /// `patch` plus `baseline: null` when this release has a baseline arm
+    /// (a proxy without the field is never sent it otherwise).
+    fn without_baseline(&self, mut patch: serde_json::Value) -> serde_json::Value {
+        if self.baseline_arm.is_some() {
+            patch["baseline"] = serde_json::Value::Null;
+        }
+        patch
     }
 
     /// Sets `traffic` on the route when the release starts. Mirroring
@@ -147,6 +200,19 @@ impl Router for ProxyAdminRouter {
         if let Some(m) = &self.traffic.mirror {
             patch["mirror"] = json!(m);
         }
+        match &self.baseline_arm {
+            Some(url) => patch["baseline"] = json!(url),
+            None => {
+                if self
+                    .current()
+                    .await?
+                    .get("baseline")
+                    .is_some_and(|b| !b.is_null())
+                {
+                    patch["baseline"] = serde_json::Value::Null;
+                }
+            }
+        }
         self.put(patch).await
     }
 
@@ -156,7 +222,8 @@ impl Router for ProxyAdminRouter {
     }
 
     async fn promote(&self) -> Result<(), RouterError> {
-        self.put(json!({ "stable": self.canary_url })).await
+        self.put(self.without_baseline(json!({ "stable": self.canary_url })))
+            .await
     }
 
     /// Without A/B rules the canary is removed. A route with rules keeps
@@ -165,10 +232,15 @@ impl Router for ProxyAdminRouter {
     /// next release points the slot at its canary.
     async fn finalise(&self) -> Result<(), RouterError> {
         if has_rules(&self.current().await?) {
-            self.put(self.ending(json!({ "canary_weight": 0 }))).await
-        } else {
-            self.put(json!({ "canary_weight": 0, "canary": null, "mirror": null }))
+            self.put(self.without_baseline(self.ending(json!({ "canary_weight": 0 }))))
                 .await
+        } else {
+            self.put(
+                self.without_baseline(
+                    json!({ "canary_weight": 0, "canary": null, "mirror": null }),
+                ),
+            )
+            .await
         }
     }
 
@@ -179,22 +251,22 @@ impl Router for ProxyAdminRouter {
         let route = self.current().await?;
         if has_rules(&route) {
             let stable = route["stable"].clone();
-            self.put(self.ending(json!({ "canary_weight": 0, "canary": stable })))
-                .await
+            self.put(
+                self.without_baseline(self.ending(json!({ "canary_weight": 0, "canary": stable }))),
+            )
+            .await
         } else {
-            self.put(self.ending(json!({ "canary_weight": 0 }))).await
+            self.put(self.without_baseline(self.ending(json!({ "canary_weight": 0 }))))
+                .await
         }
     }
 
-    /// The canary accepts TCP connections.
+    /// The canary (and the baseline arm, if any) accepts TCP connections.
     async fn ready(&self) -> bool {
-        let Ok(url) = UpstreamUrl::parse(&self.canary_url) else {
-            return false;
-        };
-        let connect = tokio::net::TcpStream::connect((url.host.as_str(), url.port));
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), connect).await,
-            Ok(Ok(_))
-        )
+        accepts(&self.canary_url).await
+            && match &self.baseline_arm {
+                Some(url) => accepts(url).await,
+                None => true,
+            }
     }
 }
