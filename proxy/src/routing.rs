@@ -831,15 +831,27 @@ fn build_route(
     }
 }
 
-/// The path a request is routed on, normalised as nginx does: percent-
-/// decoding is left alone, runs of `/` become one, and `.` and `..`
-/// segments are resolved (never above the root). So `//admin` and
-/// `/public/../admin` are routed as `/admin`, the path the upstream
-/// will serve; the request itself is forwarded as the client sent it.
+/// The path a request is routed on, normalised as Envoy's
+/// `normalize_path` and nginx do:
+/// 1. percent-escapes of unreserved characters (RFC 3986 §2.3: letters,
+///    digits, `-`, `.`, `_`, `~`) are decoded, as RFC 3986 §6.2.2.2 says
+///    they mean the same path: `/ap%69` is `/api`, `%2e%2e` is `..`;
+///    every other escape stays as sent (`%2F` is never a separator, `%25`
+///    never a `%`), so no path is decoded twice;
+/// 2. runs of `/` become one;
+/// 3. `.` and `..` segments are resolved (never above the root).
+///
+/// So `//admin`, `/public/../admin` and `/x/%2e%2e/ad%6din` are routed as
+/// `/admin`. `;` is an ordinary character (`/admin;x` is not `/admin`),
+/// as it is to Envoy and nginx. The request itself is forwarded as the
+/// client sent it: the route chosen is the one that owns the path a
+/// decoding backend serves, and the backend sees the exact target.
 pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let decoded = decode_unreserved(path);
+    let path = decoded.as_ref();
     let needs = path.contains("//") || path.split('/').any(|seg| seg == "." || seg == "..");
     if !needs {
-        return std::borrow::Cow::Borrowed(path);
+        return decoded;
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path.split('/').collect();
@@ -865,6 +877,46 @@ pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
         normal.push('/');
     }
     std::borrow::Cow::Owned(normal)
+}
+
+/// The unreserved character `%hl` stands for, if it stands for one.
+fn unreserved_escape(h: u8, l: u8) -> Option<u8> {
+    if !(h.is_ascii_hexdigit() && l.is_ascii_hexdigit()) {
+        return None;
+    }
+    let b = hex_value(h) << 4 | hex_value(l);
+    (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')).then_some(b)
+}
+
+/// `path` with its escapes of unreserved characters decoded (borrowed
+/// when it has none: the common case costs one scan for `%`).
+fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let any = bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && unreserved_escape(w[1], w[2]).is_some());
+    if !any {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if unreserved_escape(h, l).is_some() => {
+                out.push(unreserved_escape(h, l).expect("checked"));
+                i += 3;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII replaced ASCII escapes: still UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(out).expect("ASCII for ASCII"))
 }
 
 /// Whether `host` is `pattern`'s host; `*.suffix` is one DNS label or
@@ -906,6 +958,16 @@ mod tests {
             ("/a/.", "/a/"),
             ("/a/", "/a/"),
             ("/..", "/"),
+            ("/ap%69", "/api"),
+            ("/%2e%2e/api", "/api"),
+            ("/x/%2E%2e/api", "/api"),
+            ("/%61%7A%30%2D%5F%7e", "/az0-_~"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/a%2fb/%2e%2e", "/"),
+            ("/%25%36%39", "/%2569"),
+            ("/a%2", "/a%2"),
+            ("/a%zz", "/a%zz"),
+            ("/admin;x", "/admin;x"),
         ] {
             assert_eq!(normalise_path(raw), normal, "{raw}");
         }

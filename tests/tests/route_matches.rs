@@ -506,7 +506,7 @@ fn every_bad_match_or_modifier_is_refused_naming_its_field() {
         ),
         (
             "    matches: [{path_exact: /a, path_prefix: /a}]\n",
-            "routes[0].matches[0]: set either `path_prefix` or `path_exact`, not both",
+            "routes[0].matches[0]: set one of `path_prefix`, `path_exact` and `path_segments`, not more",
         ),
         (
             "    path_prefix: /x\n    matches: [{path_exact: /a}]\n",
@@ -573,6 +573,58 @@ fn every_bad_match_or_modifier_is_refused_naming_its_field() {
             "routes[1].matches[1]: an earlier route or match already has the same hosts and conditions",
         ),
         (
+            "    matches: [{path_segments: /a, path_exact: /a}]\n",
+            "routes[0].matches[0]: set one of `path_prefix`, `path_exact` and `path_segments`, not more",
+        ),
+        (
+            "    matches: [{path_segments: a/}]\n",
+            "routes[0].matches[0].path_segments: `a/` must start with '/'",
+        ),
+        (
+            "    matches: [{headers: [{name: x-canary, value: always}], backend: canary}]\n",
+            "routes[0].matches[0].backend: `canary` needs routes[0].canary to be set",
+        ),
+        (
+            "    matches: [{backend: stable}]\n",
+            "routes[0].matches[0].backend",
+        ),
+        (
+            "    matches: [{headers: [{name: HOST, value: a.example}]}]\n",
+            "routes[0].matches[0].headers[0].name: `HOST`: match the request's host with the route's `hosts`",
+        ),
+        (
+            "    direct_response: {status: 500}\n",
+            "routes[0].stable: and routes[0].direct_response are mutually exclusive",
+        ),
+        (
+            "  - { name: gone, path_prefix: /gone }\n",
+            "routes[1].stable: is required (the backend's URL), unless routes[1].direct_response is set",
+        ),
+        (
+            "  - { name: gone, path_prefix: /gone, direct_response: {status: 99} }\n",
+            "routes[1].direct_response.status: 99 is not a final status (200-599)",
+        ),
+        (
+            "  - { name: gone, path_prefix: /gone, direct_response: {status: 500}, canary: 'http://127.0.0.1:3' }\n",
+            "routes[1].canary: needs a backend; routes[1].direct_response answers without one",
+        ),
+        (
+            "    request_headers: {set: [{name: X_Forwarded_For, value: b}]}\n",
+            "routes[0].request_headers.set[0].name: `x_forwarded_for` is a field the proxy sets",
+        ),
+        (
+            "    request_headers: {add: [{name: Transfer_Encoding, value: chunked}]}\n",
+            "routes[0].request_headers.add[0].name: `transfer_encoding` is a field the proxy sets",
+        ),
+        (
+            "    response_headers: {set: [{name: Content_Length, value: '1'}]}\n",
+            "routes[0].response_headers.set[0].name: `content_length` is a field the proxy sets",
+        ),
+        (
+            "    request_headers: {remove: [x_sluice_mirror]}\n",
+            "routes[0].request_headers.remove[0]: `x_sluice_mirror` is a field the proxy sets",
+        ),
+        (
             "    matches: [{path_prefix: /a, methods: [GET]}]\n    unknown_thing: 1\n",
             "routes[0].unknown_thing: unknown field",
         ),
@@ -588,6 +640,10 @@ fn every_bad_match_or_modifier_is_refused_naming_its_field() {
         "    matches: [{path_exact: /a, methods: [GET], headers: [{name: x-a, value: b}], query: [{name: v, value: '2'}]}]\n    request_headers: {set: [{name: x-a, value: b}], add: [{name: x-a, value: c}], remove: [x-b]}\n    response_headers: {set: [{name: cache-control, value: no-store}]}\n",
     );
     assert_eq!(code, Some(0), "a good config passes: {errors}");
+    let (code, errors) = check_route(
+        "    canary: http://127.0.0.1:3\n    matches: [{path_segments: /api/}, {path_segments: /api, headers: [{name: cookie, value: beta=1}], backend: canary}]\n    request_headers: {set: [{name: x_ok, value: b}]}\n  - { name: gone, path_prefix: /gone, direct_response: {status: 500} }\n",
+    );
+    assert_eq!(code, Some(0), "the new fields pass: {errors}");
 }
 
 #[tokio::test]
@@ -651,4 +707,267 @@ async fn a_reload_with_bad_matches_keeps_the_running_table() {
     )
     .await;
     assert_eq!(backend_of("POST", "/login").await, "main");
+}
+
+/// The status and, for a backend's answer, the backend and the target it
+/// received, for `method target` with `fields` from a client of `version`.
+async fn sent(
+    proxy: &ProxyHandle,
+    version: Version,
+    method: &str,
+    target: &str,
+    fields: &[(&str, &str)],
+) -> (StatusCode, Option<(String, String)>) {
+    let client = if version == Version::HTTP_2 {
+        h2_client()
+    } else {
+        h1_client()
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{target}", proxy.addr))
+        .version(version);
+    for (name, value) in fields {
+        req = req.header(*name, *value);
+    }
+    let (status, _, echo) = exchange(&client, req.body(Full::default()).unwrap()).await;
+    let echo = echo.map(|e| {
+        (
+            e.backend().to_string(),
+            e.0["target"].as_str().unwrap().to_string(),
+        )
+    });
+    (status, echo)
+}
+
+const VERSIONS: [Version; 2] = [Version::HTTP_11, Version::HTTP_2];
+
+#[tokio::test]
+async fn a_real_exact_path_beats_a_segment_prefix_with_more_conditions() {
+    // Review finding 1: a prefix with a header or a method never takes a
+    // path an exact match names; whole segments never take `/apix`.
+    let b = backends(&["exact", "seg-header", "seg-get", "docs"]).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: exact, matches: [{{path_exact: /api}}], stable: 'http://{}' }}\n  - {{ name: seg-header, matches: [{{path_segments: /api, headers: [{{name: x-v, value: '1'}}]}}], stable: 'http://{}' }}\n  - {{ name: seg-get, matches: [{{path_segments: /api, methods: [GET]}}], stable: 'http://{}' }}\n  - {{ name: docs, matches: [{{path_segments: /docs/}}], stable: 'http://{}' }}\n",
+        b[0], b[1], b[2], b[3]
+    )))
+    .await;
+    for version in VERSIONS {
+        for (method, target, fields, expected) in [
+            ("GET", "/api", &[][..], Some("exact")),
+            ("POST", "/api", &[("x-v", "1")][..], Some("exact")),
+            ("GET", "/api", &[("x-v", "1")][..], Some("exact")),
+            ("GET", "/api/", &[][..], Some("seg-get")),
+            ("GET", "/api/x", &[][..], Some("seg-get")),
+            ("POST", "/api/x", &[("x-v", "1")][..], Some("seg-header")),
+            // A header condition and a method: the method wins.
+            ("GET", "/api/x", &[("x-v", "1")][..], Some("seg-get")),
+            ("GET", "/apix", &[][..], None),
+            ("POST", "/api/x", &[][..], None),
+            // `/docs/` is the same as `/docs`: the segment itself too.
+            ("GET", "/docs", &[][..], Some("docs")),
+            ("GET", "/docs/a", &[][..], Some("docs")),
+            ("GET", "/docsx", &[][..], None),
+        ] {
+            let (status, echo) = sent(&proxy, version, method, target, fields).await;
+            let how = format!("{version:?} {method} {target} {fields:?}");
+            match expected {
+                Some(name) => {
+                    assert_eq!(status, StatusCode::OK, "{how}");
+                    assert_eq!(echo.unwrap().0, name, "{how}");
+                }
+                None => assert_eq!(status, StatusCode::NOT_FOUND, "{how}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_match_to_the_canary_ranks_by_its_own_conditions_and_takes_no_turn_from_the_split() {
+    // Review finding 3: an A/B match keeps its header in the precedence.
+    let b = backends(&["stable", "canary", "team"]).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - name: web\n    matches:\n      - {{ path_prefix: / }}\n      - {{ headers: [{{name: x-canary, value: always}}], backend: canary }}\n    stable: 'http://{}'\n    canary: 'http://{}'\n    canary_weight: 50\n  - {{ name: team, matches: [{{headers: [{{name: x-team, value: a}}]}}], stable: 'http://{}' }}\n",
+        b[0], b[1], b[2]
+    )))
+    .await;
+    let canary = [("x-canary", "always")];
+    // One header each: the earlier route's match, to the canary.
+    let (_, echo) = sent(
+        &proxy,
+        Version::HTTP_11,
+        "GET",
+        "/",
+        &[("x-canary", "always"), ("x-team", "a")],
+    )
+    .await;
+    assert_eq!(echo.unwrap().0, "canary");
+    let (_, echo) = sent(&proxy, Version::HTTP_2, "GET", "/", &[("x-team", "a")]).await;
+    assert_eq!(echo.unwrap().0, "team");
+    // Four weighted requests between matched ones: the exact split still
+    // gives the canary two of the four, and each match goes to it.
+    let mut weighted = Vec::new();
+    for i in 0..4 {
+        let version = VERSIONS[i % 2];
+        let (_, echo) = sent(&proxy, version, "GET", "/", &canary).await;
+        assert_eq!(echo.unwrap().0, "canary", "matched request {i}");
+        let (_, echo) = sent(&proxy, version, "GET", "/", &[]).await;
+        weighted.push(echo.unwrap().0);
+    }
+    assert_eq!(
+        weighted.iter().filter(|b| *b == "canary").count(),
+        2,
+        "{weighted:?}"
+    );
+    let m = scrape(proxy.admin_addr).await;
+    let count = |backend: &str, decision: &str| {
+        m.sum(
+            "sluice_requests_total",
+            &[
+                ("route", "web"),
+                ("backend", backend),
+                ("decision", decision),
+            ],
+        )
+    };
+    assert_eq!(count("canary", "match"), 5.0);
+    assert_eq!(count("canary", "weight"), 2.0);
+    assert_eq!(count("stable", "weight"), 2.0);
+}
+
+#[tokio::test]
+async fn a_direct_response_is_the_proxys_own_answer_from_both_protocols() {
+    let b = backends(&["web"]).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: web, stable: 'http://{}' }}\n  - {{ name: gone, path_prefix: /gone, direct_response: {{status: 500}} }}\n  - name: teapot\n    matches: [{{path_exact: /tea, methods: [POST]}}]\n    direct_response: {{status: 418, body: \"short and stout\\n\"}}\n",
+        b[0]
+    )))
+    .await;
+    for (client, version) in [
+        (h1_client(), Version::HTTP_11),
+        (h2_client(), Version::HTTP_2),
+    ] {
+        for (method, target, status, body) in [
+            ("GET", "/gone", StatusCode::INTERNAL_SERVER_ERROR, ""),
+            (
+                "GET",
+                "/gone/deeper?x=1",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "",
+            ),
+            ("POST", "/tea", StatusCode::IM_A_TEAPOT, "short and stout\n"),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(format!("http://{}{target}", proxy.addr))
+                .version(version)
+                .body(Full::default())
+                .unwrap();
+            let (got, headers, answer) = send(&client, req).await.unwrap();
+            let how = format!("{version:?} {method} {target}");
+            assert_eq!(got, status, "{how}");
+            assert_eq!(answer, body, "{how}");
+            assert!(
+                headers.get("x-backend").is_none(),
+                "{how}: a backend answered"
+            );
+        }
+        // Not the direct route's match: the backend.
+        let (status, echo) = sent(&proxy, version, "GET", "/tea", &[]).await;
+        assert_eq!((status, echo.unwrap().0.as_str()), (StatusCode::OK, "web"));
+    }
+    // As the 404: on no backend's series; the backend got only its own.
+    let m = scrape(proxy.admin_addr).await;
+    for route in ["gone", "teapot"] {
+        assert_eq!(
+            m.matching("sluice_requests_total", &[("route", route)])
+                .count(),
+            0,
+            "{route} has series"
+        );
+    }
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "web"), ("code", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(m.sum("sluice_requests_total", &[("route", "web")]), 2.0);
+}
+
+#[tokio::test]
+async fn escaped_unreserved_characters_and_dot_segments_route_as_the_decoded_path() {
+    // Review finding 9: `/ap%69` is `/api` to a decoding backend, so it
+    // must meet `/api`'s route (and its method limit), not the default.
+    let b = backends(&["api", "admin", "main"]).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: api, matches: [{{path_segments: /api, methods: [GET]}}], stable: 'http://{}' }}\n  - {{ name: admin, matches: [{{path_exact: /admin}}], stable: 'http://{}' }}\n  - {{ name: main, stable: 'http://{}' }}\n",
+        b[0], b[1], b[2]
+    )))
+    .await;
+    for version in VERSIONS {
+        for (method, target, expected) in [
+            ("GET", "/ap%69", "api"),
+            ("GET", "/%61%50%69", "main"),
+            ("GET", "/%61p%69/v1", "api"),
+            ("GET", "/%2e%2e/api", "api"),
+            ("GET", "/x/%2E%2e/api/v1", "api"),
+            ("GET", "/x/%2e/../api", "api"),
+            ("POST", "/ap%69", "main"),
+            // `%2F` is no separator: `/api%2Fx` is one segment.
+            ("GET", "/api%2Fx", "main"),
+            ("GET", "/api%2F..%2Fadmin", "main"),
+            ("GET", "/adm%69n", "admin"),
+            // `;` is an ordinary character, as to Envoy and nginx.
+            ("GET", "/admin;x", "main"),
+        ] {
+            let how = format!("{version:?} {method} {target}");
+            let (status, echo) = sent(&proxy, version, method, target, &[]).await;
+            assert_eq!(status, StatusCode::OK, "{how}");
+            let (backend, received) = echo.unwrap();
+            assert_eq!(backend, expected, "{how}");
+            // Forwarded as sent: the routing decodes, the target does not change.
+            assert_eq!(received, target, "{how}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_match_compares_the_joined_fields_the_same_for_both_protocols() {
+    // Review finding 10: an HTTP/2 client may split its cookies into
+    // fields of their own; an HTTP/1.1 client sends one.
+    let b = backends(&["beta", "main"]).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - name: beta\n    matches: [{{headers: [{{name: Cookie, value: 'a=1; beta=1'}}]}}]\n    stable: 'http://{}'\n  - {{ name: main, stable: 'http://{}' }}\n",
+        b[0], b[1]
+    )))
+    .await;
+    for (version, fields, expected) in [
+        (Version::HTTP_11, &[("cookie", "a=1; beta=1")][..], "beta"),
+        (Version::HTTP_2, &[("cookie", "a=1; beta=1")][..], "beta"),
+        (
+            Version::HTTP_2,
+            &[("cookie", "a=1"), ("cookie", "beta=1")][..],
+            "beta",
+        ),
+        (
+            Version::HTTP_2,
+            &[("cookie", "beta=1"), ("cookie", "a=1")][..],
+            "main",
+        ),
+        (Version::HTTP_2, &[("cookie", "a=1")][..], "main"),
+        (
+            Version::HTTP_2,
+            &[("cookie", "a=1"), ("cookie", "beta=1"), ("cookie", "c=2")][..],
+            "main",
+        ),
+        (Version::HTTP_11, &[("cookie", "beta=1")][..], "main"),
+        (Version::HTTP_11, &[("cookie", "a=1; beta=12")][..], "main"),
+        (Version::HTTP_11, &[][..], "main"),
+    ] {
+        let (status, echo) = sent(&proxy, version, "GET", "/", fields).await;
+        assert_eq!(status, StatusCode::OK, "{version:?} {fields:?}");
+        assert_eq!(echo.unwrap().0, expected, "{version:?} {fields:?}");
+    }
 }
