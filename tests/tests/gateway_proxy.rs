@@ -396,14 +396,17 @@ async fn unsupported_filter_and_missing_backend_are_refused_in_status() {
     assert_eq!(conds["ResolvedRefs"].0, "False", "{conds:?}");
     assert_eq!(conds["ResolvedRefs"].1, "BackendNotFound", "{conds:?}");
 
-    // The good route is served; neither refused route is served, not even half.
+    // The good route is served; the refused route is not, not even half.
     eventually("route fine served", Duration::from_secs(20), || async {
         (w.request("fine.example.com", "/", &[]).await == (200, "canary".to_string())).then_some(())
     })
     .await;
     assert_eq!(w.request("rewrite.example.com", "/", &[]).await.0, 404);
     assert_eq!(w.request("rewrite.example.com", "/v2/x", &[]).await.0, 404);
-    assert_eq!(w.request("missing.example.com", "/", &[]).await.0, 404);
+    // A rule whose backendRef does not resolve is answered 500 by the
+    // proxy (the Gateway API's answer), not passed to a less specific route.
+    let (status, body) = w.request("missing.example.com", "/", &[]).await;
+    assert_eq!((status, body.as_str()), (500, ""));
 
     // Creating the missing Service resolves the route, without a restart.
     w.apply(&w.service("nowhere", 80));
@@ -425,9 +428,189 @@ async fn unsupported_filter_and_missing_backend_are_refused_in_status() {
         )
     );
     eventually("route missing served", Duration::from_secs(20), || async {
-        (w.request("missing.example.com", "/", &[("x", "y")]).await.0 != 404).then_some(())
+        (w.request("missing.example.com", "/", &[("x", "y")]).await == (200, "stable".to_string()))
+            .then_some(())
     })
     .await;
+}
+
+/// The cold review's reproductions (findings 1, 2, 3, 6, 7), applied with
+/// kubectl and served by the real proxy: an `Exact` path beats a newer
+/// route's `PathPrefix` with conditions, and the prefix is whole
+/// segments; an A/B rule keeps its own header in the precedence and is
+/// counted `decision="match"`; a route on two listeners of one port
+/// serves both hostnames; a newer route with an identical match is
+/// served with its other matches; a rule with a missing Service is
+/// answered 500 while the route's other rule is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_reproductions_are_served_as_the_gateway_api_says() {
+    let mut w = World::start().await;
+    let mut ports = BTreeMap::new();
+    let mut yaml = w.gateway();
+    for name in ["a", "b", "c", "stable", "canary", "team"] {
+        let port = named_backend(name).await;
+        ports.insert(name, port);
+        yaml += &w.service(name, port);
+    }
+    let p = |name: &str| ports[name];
+    // A second Gateway of the class, two listeners on the same port.
+    yaml += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: multi, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: foo, port: {0}, protocol: HTTP, hostname: foo.test}}\n  - {{name: bar, port: {0}, protocol: HTTP, hostname: bar.test}}\n---\n",
+        w.port
+    );
+    // Finding 1 (g/1.json). Created in one apply (one second): the names
+    // order them, `exact` before `prefixhdr`.
+    yaml += &http_route(
+        "exact",
+        &format!(
+            "  - matches: [{{path: {{type: Exact, value: /api}}}}]\n    backendRefs: [{{name: a, port: {}}}]\n",
+            p("a")
+        ),
+    );
+    yaml += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: prefixhdr, namespace: default}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [exact.example.com]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /api}}, headers: [{{name: x-v, value: '1'}}]}}]\n    backendRefs: [{{name: b, port: {}}}]\n  - matches: [{{path: {{type: PathPrefix, value: /api}}, method: GET}}]\n    backendRefs: [{{name: c, port: {}}}]\n---\n",
+        p("b"),
+        p("c")
+    );
+    // Finding 3 (g/10.json).
+    yaml += &http_route(
+        "ab",
+        &format!(
+            "  - backendRefs:\n    - {{name: stable, port: {0}, weight: 90}}\n    - {{name: canary, port: {1}, weight: 10}}\n  - matches: [{{headers: [{{name: x-canary, value: always}}]}}]\n    backendRefs: [{{name: canary, port: {1}}}]\n  - matches: [{{headers: [{{name: x-team, value: a}}]}}]\n    backendRefs: [{{name: team, port: {2}}}]\n",
+            p("stable"),
+            p("canary"),
+            p("team")
+        ),
+    );
+    // Finding 2 (g/5.json).
+    yaml += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: both, namespace: default}}\nspec:\n  parentRefs: [{{name: multi, sectionName: foo}}, {{name: multi, sectionName: bar}}]\n  rules:\n  - backendRefs: [{{name: a, port: {}}}]\n---\n",
+        p("a")
+    );
+    // Finding 6 (g/8.json): r1 before r2.
+    yaml += &format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r1, namespace: default}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [tie.example.com]\n  rules:\n  - backendRefs: [{{name: a, port: {}}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r2, namespace: default}}\nspec:\n  parentRefs: [{{name: web}}]\n  hostnames: [tie.example.com]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}, {{path: {{type: PathPrefix, value: /special}}}}]\n    backendRefs: [{{name: b, port: {}}}]\n---\n",
+        p("a"),
+        p("b")
+    );
+    // Finding 7 (partially-invalid-via-reference-grant's shape).
+    yaml += &http_route(
+        "partial",
+        &format!(
+            "  - backendRefs: [{{name: a, port: {}}}]\n  - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]\n    backendRefs: [{{name: nowhere, port: 80}}]\n",
+            p("a")
+        ),
+    );
+    w.apply(&yaml);
+    w.start_proxy().await;
+    for name in ["exact", "prefixhdr", "ab", "r1", "r2", "partial"] {
+        eventually(
+            &format!("HTTPRoute {name} accepted"),
+            Duration::from_secs(20),
+            || async {
+                w.route_conditions(name)
+                    .filter(|c| c.get("Accepted").is_some_and(|a| a.0 == "True"))
+            },
+        )
+        .await;
+    }
+
+    // Finding 1: the exact path wins over the prefix with conditions.
+    let (status, _, body) = w.exchange("GET", "exact.example.com", "/api", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    let (status, _, body) = w
+        .exchange("POST", "exact.example.com", "/api", &[("x-v", "1")])
+        .await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    let (status, _, body) = w.exchange("GET", "exact.example.com", "/api/x", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "c"));
+    let (status, _, body) = w
+        .exchange("POST", "exact.example.com", "/api/x", &[("x-v", "1")])
+        .await;
+    assert_eq!((status, body.as_str()), (200, "b"));
+    let (status, _, _) = w.exchange("GET", "exact.example.com", "/apix", &[]).await;
+    assert_eq!(status, 404, "a PathPrefix is whole path elements");
+
+    // Finding 3: one header each, the earlier rule (the A/B one) wins.
+    for _ in 0..10 {
+        let (status, body) = w
+            .request(
+                "ab.example.com",
+                "/",
+                &[("x-canary", "always"), ("x-team", "a")],
+            )
+            .await;
+        assert_eq!((status, body.as_str()), (200, "canary"));
+    }
+    let (status, body) = w.request("ab.example.com", "/", &[("x-team", "a")]).await;
+    assert_eq!((status, body.as_str()), (200, "team"));
+    let counts = w.counts(100, "ab.example.com", "/").await;
+    assert_eq!(counts.get("canary"), Some(&10), "{counts:?}");
+    let m = scrape(w.admin).await;
+    let count = |backend: &str, decision: &str| {
+        m.sum(
+            "sluice_requests_total",
+            &[
+                ("route", "default/ab/0"),
+                ("backend", backend),
+                ("decision", decision),
+            ],
+        )
+    };
+    assert_eq!(count("canary", "match"), 10.0);
+    assert_eq!(count("canary", "weight"), 10.0);
+    assert_eq!(count("stable", "weight"), 90.0);
+
+    // Finding 2: both listeners' hostnames served, both parents accepted.
+    for host in ["foo.test", "bar.test"] {
+        let (status, body) = w.request(host, "/", &[]).await;
+        assert_eq!((status, body.as_str()), (200, "a"), "{host}");
+    }
+    let both = w.get("httproute/both");
+    let parents = both["status"]["parents"].as_array().expect("parents");
+    assert_eq!(parents.len(), 2, "{both}");
+    for parent in parents {
+        assert_eq!(parent["conditions"][0]["status"], "True", "{parent}");
+    }
+    let multi = w.get("gateway/multi");
+    assert_eq!(
+        multi["status"]["listeners"][0]["attachedRoutes"], 1,
+        "{multi}"
+    );
+    assert_eq!(
+        multi["status"]["listeners"][1]["attachedRoutes"], 1,
+        "{multi}"
+    );
+
+    // Finding 6: r1 keeps `/`, r2 is served with `/special`.
+    assert_eq!(
+        w.request("tie.example.com", "/x", &[]).await,
+        (200, "a".to_string())
+    );
+    assert_eq!(
+        w.request("tie.example.com", "/special/x", &[]).await,
+        (200, "b".to_string())
+    );
+    let r2 = w.get("httproute/r2");
+    assert!(
+        r2["status"]
+            .to_string()
+            .contains("1 of its matches are also an older route's"),
+        "{r2}"
+    );
+
+    // Finding 7: the valid rule served, the invalid one answered 500.
+    assert_eq!(
+        w.request("partial.example.com", "/", &[]).await,
+        (200, "a".to_string())
+    );
+    assert_eq!(
+        w.request("partial.example.com", "/v2/x", &[]).await,
+        (500, String::new())
+    );
+    let conds = w.route_conditions("partial").expect("status");
+    assert_eq!(conds["ResolvedRefs"].0, "False", "{conds:?}");
+    assert_eq!(conds["ResolvedRefs"].1, "BackendNotFound", "{conds:?}");
 }
 
 /// The shipped install (`kubectl apply -k deploy/gateway`) goes onto a
@@ -843,15 +1026,27 @@ spec:
         w.get("grpcroute/echo")["status"]
     );
     assert_eq!(conds["ResolvedRefs"].0, "True", "{conds:?}");
-    eventually(
-        "HTTPRoute grpc accepted",
+    // The HTTPRoute on the GRPCRoute's hostname: the GRPCRoute spec
+    // accepts only the older of the two (created in the same second here,
+    // so `default/echo` before `default/grpc`).
+    let conds = eventually(
+        "HTTPRoute grpc refused",
         Duration::from_secs(20),
         || async {
             w.route_conditions("grpc")
-                .filter(|c| c.get("Accepted").is_some_and(|a| a.0 == "True"))
+                .filter(|c| c.contains_key("Accepted"))
         },
     )
     .await;
+    assert_eq!(conds["Accepted"].0, "False", "{conds:?}");
+    assert_eq!(conds["Accepted"].1, "Conflicted", "{conds:?}");
+    assert!(
+        w.get("httproute/grpc")["status"]
+            .to_string()
+            .contains("the GRPCRoute default/echo is older"),
+        "{}",
+        w.get("httproute/grpc")["status"]
+    );
 
     // Exact weights over 100 calls.
     let answers = grpc_calls(w.port, "grpc.example.com", "/test.Echo/Who", 100, &[]);
@@ -883,9 +1078,9 @@ spec:
     );
     assert!(answers[0]["metadata"].get("x-tag").is_none(), "{answers:?}");
     assert_eq!(answers[0]["answer"]["x-internal"], "secret", "{answers:?}");
-    // The HTTPRoute on the same hostname is served beside the GRPCRoute.
-    let (status, body) = w.request("grpc.example.com", "/", &[]).await;
-    assert_eq!((status, body.as_str()), (200, "web"));
+    // The refused HTTPRoute is not served: `/` is no gRPC method.
+    let (status, _) = w.request("grpc.example.com", "/", &[]).await;
+    assert_eq!(status, 404);
 
     // Metrics: the A/B calls are `decision="match"` on the weighted rule's route.
     let (_, _, metrics) = get(&format!("http://{}/metrics", w.admin))
@@ -910,9 +1105,9 @@ spec:
         3.0
     );
 
-    // The Gateway counts both routes on its listener, and is programmed.
+    // The Gateway counts the served route on its listener, and is programmed.
     let gw = w.get("gateway/web");
-    assert_eq!(gw["status"]["listeners"][0]["attachedRoutes"], 2, "{gw}");
+    assert_eq!(gw["status"]["listeners"][0]["attachedRoutes"], 1, "{gw}");
     let kinds = gw["status"]["listeners"][0]["supportedKinds"].to_string();
     assert!(
         kinds.contains("GRPCRoute") && kinds.contains("HTTPRoute"),
