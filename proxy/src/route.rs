@@ -25,6 +25,8 @@
 //! - No route for the host (port and case ignored), the normalised path
 //!   and the route matches' other conditions (method, fields, query;
 //!   `crate::routing`): 404.
+//! - A route with `direct_response`: its status and body, from here,
+//!   without a backend; like the 404, counted in no backend's series.
 //!
 //! Then the backend is decided (A/B rules, then affinity, then the exact
 //! weighted split: [`crate::routing::Route::decide`]), and the request

@@ -10,10 +10,13 @@
 //! - the normalised path ([`normalise_path`]) starts with the match's
 //!   `path_prefix` (a plain string prefix, as Envoy's and nginx's
 //!   `location`: `/api` also takes `/apis`; write `/api/` plus an exact
-//!   `/api` for whole segments), or equals its `path_exact`;
+//!   `/api` for whole segments), or equals its `path_exact`, or is its
+//!   `path_segments` or starts with it plus `/` (never `/apix`);
 //! - the method is one of its `methods` (when it has any);
 //! - for each of its `headers`, some field of that name (any case) has
-//!   exactly that value (case-sensitive);
+//!   exactly that value (case-sensitive); for `cookie`, the request's
+//!   cookie fields joined with `; ` have it (HTTP/2 clients may split
+//!   them, HTTP/1.1 clients send one: the same answer for both);
 //! - for each of its `query` parameters, the *first* parameter of that
 //!   name (case-sensitive) in the query string has exactly that value,
 //!   both compared after percent-decoding (`+` stays `+`).
@@ -26,7 +29,8 @@
 //!    name, then a wildcard by the length of its suffix (`*.a.example`
 //!    before `*.example`), then a route for any host;
 //! 2. an exact path beats any prefix;
-//! 3. a longer prefix beats a shorter one;
+//! 3. a longer prefix beats a shorter one (`path_segments` is a prefix
+//!    of its length, without a trailing `/`);
 //! 4. a match with `methods` beats one without;
 //! 5. more header conditions beat fewer;
 //! 6. more query conditions beat fewer;
@@ -37,7 +41,13 @@
 //! the method, the fields nor the query; it stops at the first hit when
 //! no route names hosts, or at the first route naming the host exactly. The query string is read only when a match whose other
 //! conditions hold has query conditions, and without allocating.
-//! No route matching is the route phase's 404.
+//! No route matching is the route phase's 404; a route with
+//! `direct_response` is answered there too, without a backend.
+//!
+//! The winning match decides the backend first: one with `backend:
+//! canary` sends the request to the canary as an A/B request
+//! ([`Route::decide`]), so an A/B condition ranks by its own headers
+//! like any other match; a route without such matches decides as before.
 
 use std::cmp::Reverse;
 use std::sync::Arc;
