@@ -232,8 +232,22 @@ impl Gateway {
             loop {
                 self.changed.notified().await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                // On the blocking pool: the runtime that runs the watches
+                // also answers /healthz and /readyz.
                 let inputs = self.inputs();
-                let outcome = translate::build(&inputs, &layout);
+                let layout = layout.clone();
+                let built = tokio::task::spawn_blocking(move || {
+                    let outcome = translate::build(&inputs, &layout);
+                    (inputs, outcome)
+                })
+                .await;
+                let (inputs, outcome) = match built {
+                    Ok(built) => built,
+                    Err(e) => {
+                        tracing::error!(error = %e, "translating the Gateway API objects failed; the last good config keeps serving");
+                        continue;
+                    }
+                };
                 if store.load().config != outcome.config {
                     match store.replace(outcome.config.clone()) {
                         Ok(_) => tracing::info!(
