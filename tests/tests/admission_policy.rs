@@ -564,6 +564,7 @@ fn candidates(key: &str) -> Vec<&'static str> {
             "min=1,max=5,cpu=0",
         ],
         "canary-scale" => vec!["full", "proportional", "half", " full"],
+        "baseline-arm" => vec!["true", "true", "false", "yes", "True", " true", ""],
         "http-ports" => vec![
             "http,8080",
             "http",

@@ -49,6 +49,10 @@ pub const INCIDENT_ALLOWANCE: &str = "sluice.dev/incident-allowance";
 pub const WARMUP: &str = "sluice.dev/warmup";
 pub const LATENCY_TOLERANCE: &str = "sluice.dev/latency-tolerance";
 pub const BASELINE: &str = "sluice.dev/baseline";
+/// `"true"`: each release runs a baseline arm, a fresh copy of the
+/// primary's version at the canary's size given the canary's exact share,
+/// and the canary is judged against it (see [`baseline_arm_of`]).
+pub const BASELINE_ARM: &str = "sluice.dev/baseline-arm";
 /// A Secret in the app's namespace whose `access.yaml` gives this app's
 /// outbound calls their CA and credentials (see `crate::http`).
 pub const ACCESS: &str = "sluice.dev/access";
@@ -123,6 +127,7 @@ pub const KNOWN: &[&str] = &[
     WARMUP,
     LATENCY_TOLERANCE,
     BASELINE,
+    BASELINE_ARM,
     MATCH,
     REQUEST_TIMEOUT,
     CONNECT_TIMEOUT,
@@ -631,6 +636,13 @@ pub fn parse(
             t
         }
     };
+    let mut route = route_settings(annotations)?;
+    if baseline_arm_of(annotations, &plan, &router)? {
+        route.baseline_arm = true;
+        if let plan::Gate::Sequential(settings) = &mut plan.gate {
+            settings.use_baseline_arm(get(WARMUP).is_some());
+        }
+    }
     Ok(Settings {
         router,
         plan,
@@ -653,7 +665,7 @@ pub fn parse(
             .transpose()?,
         access_secret: secret_of(ACCESS)?,
         notify_secret: secret_of(NOTIFY)?,
-        route: route_settings(annotations)?,
+        route,
         proxy: proxy_settings(annotations)?,
         canary_scale: match get(CANARY_SCALE) {
             None | Some("full") => CanaryScale::Full,
@@ -760,6 +772,7 @@ fn route_settings(
     if let Err(e) = knobs::validate_route(&RouteSettings {
         canary_match: Vec::new(),
         timeouts: route.timeouts.clone(),
+        baseline_arm: false,
     }) {
         let annotation = [
             ("timeouts.request", REQUEST_TIMEOUT),
@@ -859,6 +872,7 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
     (WARMUP, "soon", "a duration"),
     (LATENCY_TOLERANCE, "150%", "0..=100"),
     (BASELINE, "-5s", "a duration"),
+    (BASELINE_ARM, "yes", "not true or false"),
     (LATENCY, "p99<=270ms", "not a bound"),
     ("sluice.dev/stepz", "10", "unknown annotation"),
     (
@@ -968,6 +982,55 @@ fn is_dns_label(v: &str) -> bool {
 /// moves only weights: the proxy's own routing knobs (A/B matches,
 /// mirroring, affinity, timeouts, the proxy's size) have no meaning there
 /// and are refused rather than silently ignored.
+/// `sluice.dev/baseline-arm`: `"true"` or `"false"` (the default). A
+/// baseline arm shares the canary's weight on the Sluice proxy's routes,
+/// so it needs the proxy router (an HTTPRoute splits between two
+/// backends), a plan whose every weight is at most 50 (the canary's share
+/// and the baseline's together are at most the whole), and a strategy
+/// that moves by steps (a blue/green switch goes to 100 at once). Under
+/// the sequential gate the canary is then judged against the baseline arm,
+/// with no warm-up unless `sluice.dev/warmup` gives one.
+fn baseline_arm_of(
+    annotations: &BTreeMap<String, String>,
+    plan: &Plan,
+    router: &Router,
+) -> Result<bool, AnnotationError> {
+    const ALLOWED: &str = "true or false; true needs weights of at most 50, the proxy router and the canary or experiment strategy";
+    let Some(v) = annotations.get(BASELINE_ARM) else {
+        return Ok(false);
+    };
+    let refused = |problem: String| {
+        Err(AnnotationError {
+            annotation: BASELINE_ARM.to_string(),
+            value: v.clone(),
+            problem,
+            allowed: ALLOWED.to_string(),
+        })
+    };
+    match v.as_str() {
+        "false" => return Ok(false),
+        "true" => {}
+        _ => return refused("not true or false".into()),
+    }
+    if matches!(router, Router::GatewayApi { .. }) {
+        return refused(format!(
+            "the baseline arm is a third backend of the Sluice proxy's routes; with {ROUTER}: gateway-api the HTTPRoute splits the traffic"
+        ));
+    }
+    if matches!(plan.strategy, plan::Strategy::BlueGreen { .. }) {
+        return refused(format!(
+            "{STRATEGY}: blue-green switches all traffic at once; the baseline arm shares the canary's weight, so it needs steps of at most 50"
+        ));
+    }
+    if let Some(over) = plan.steps_bp.iter().find(|bp| **bp > 5000) {
+        return refused(format!(
+            "the baseline arm gets the canary's share too, so every weight must be at most 50, and {STEPS} has {}",
+            sluice_proxy::config::bp_to_percent(*over)
+        ));
+    }
+    Ok(true)
+}
+
 fn router_of(annotations: &BTreeMap<String, String>) -> Result<Router, AnnotationError> {
     let get = |k: &str| annotations.get(k).map(String::as_str);
     let err = |annotation: &str, value: &str, problem: &str, allowed: &str| AnnotationError {
@@ -1165,6 +1228,57 @@ mod tests {
         );
         let e = with(&[(METRICS_TEMPLATE, "configmap:tpl")]).unwrap_err();
         assert!(e.to_string().contains("configmap:NAME/KEY"), "{e}");
+    }
+
+    #[test]
+    fn a_baseline_arm_is_judged_against_with_no_warmup_and_refused_where_it_cannot_share() {
+        let on = |extra: &[(&str, &str)]| {
+            let mut pairs = vec![(CANARY, "enabled"), (BASELINE_ARM, "true")];
+            pairs.extend_from_slice(extra);
+            parse(&ann(&pairs), false)
+        };
+        let s = on(&[]).unwrap();
+        assert!(s.route.baseline_arm);
+        let g = s.plan.gate.settings().unwrap();
+        assert!(g.baseline_arm);
+        assert_eq!(g.warmup, Duration::ZERO, "no warm-up by default");
+        let g = on(&[(WARMUP, "3s")]).unwrap();
+        assert_eq!(
+            g.plan.gate.settings().unwrap().warmup,
+            Duration::from_secs(3)
+        );
+        // Off: as without the annotation.
+        let off = parse(&ann(&[(CANARY, "enabled"), (BASELINE_ARM, "false")]), false).unwrap();
+        assert!(!off.route.baseline_arm);
+        let g = off.plan.gate.settings().unwrap();
+        assert!(!g.baseline_arm);
+        assert_eq!(g.warmup, Duration::from_secs(10));
+        // An experiment at its default 50% shares; a threshold gate too.
+        assert!(on(&[(STRATEGY, "experiment")]).unwrap().route.baseline_arm);
+        assert!(on(&[(GATE, "threshold")]).unwrap().route.baseline_arm);
+        for (extra, says) in [
+            (
+                vec![(STEPS, "10,50,60")],
+                "every weight must be at most 50, and sluice.dev/steps has 60",
+            ),
+            (
+                vec![(STRATEGY, "blue-green")],
+                "blue-green switches all traffic at once",
+            ),
+            (
+                vec![(ROUTER, "gateway-api"), (HTTPROUTE, "web")],
+                "with sluice.dev/router: gateway-api the HTTPRoute splits",
+            ),
+        ] {
+            let e = on(&extra).unwrap_err();
+            assert_eq!(e.annotation, BASELINE_ARM, "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        for bad in ["yes", "True", " true", ""] {
+            let e = parse(&ann(&[(CANARY, "enabled"), (BASELINE_ARM, bad)]), false).unwrap_err();
+            assert_eq!(e.annotation, BASELINE_ARM);
+            assert!(e.to_string().contains("not true or false"), "{e}");
+        }
     }
 
     #[test]

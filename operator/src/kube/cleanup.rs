@@ -121,6 +121,7 @@ pub(super) async fn cleanup(
     let c = &ctx.client;
     delete_owned::<Deployment>(c, ns, &proxy_name(app), &uid).await?;
     delete_owned::<Deployment>(c, ns, &primary_name(app), &uid).await?;
+    super::baseline::remove_baseline(ctx, ns, app, &uid).await?;
     for svc in [primary_name(app), canary_service_name(app), proxy_name(app)] {
         delete_owned::<Service>(c, ns, &svc, &uid).await?;
     }

@@ -50,15 +50,20 @@ pub struct RouteSettings {
     /// A/B rules; written only while a release runs ([`Self::at_rest`]).
     pub canary_match: Vec<MatchRule>,
     pub timeouts: Timeouts,
+    /// `sluice.dev/baseline-arm`: the routes' `baseline` points at Service
+    /// `app-baseline`; written only while a release runs ([`Self::at_rest`]).
+    pub baseline_arm: bool,
 }
 
 impl RouteSettings {
     /// Between releases, and once a release is promoted or rolled back:
-    /// no A/B rule sends anything to the canary.
+    /// no A/B rule sends anything to the canary, and no route has a
+    /// baseline arm.
     pub fn at_rest(&self) -> Self {
         Self {
             canary_match: Vec::new(),
             timeouts: self.timeouts.clone(),
+            baseline_arm: false,
         }
     }
 }

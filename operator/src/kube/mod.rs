@@ -28,6 +28,9 @@
 //! - [`drift`]: a re-apply of the user's manifests is undone.
 //! - [`cleanup`]: the annotation removed or the Deployment deleted.
 //!
+//! [`baseline`] runs the baseline arm of a release
+//! (`sluice.dev/baseline-arm`) for [`release`] and [`cleanup`].
+//!
 //! Phases share helper modules, which never call a phase: [`api`] (writes,
 //! Events, finalizer, status), [`inputs`] (what the annotations reference,
 //! the revision), [`proxy`] (the proxy's Deployment, pods and config),
@@ -48,6 +51,7 @@ pub mod objects;
 pub mod plugin;
 
 mod api;
+mod baseline;
 mod bootstrap;
 mod cleanup;
 mod commands;
@@ -169,6 +173,11 @@ pub struct KubeStatus {
     /// `sluice.dev/abort-scale-down-delay`, is scaled to 0 (wall clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down_at: Option<f64>,
+    /// The release under way runs a baseline arm (`sluice.dev/baseline-arm`,
+    /// as it was when the release started: a change mid-release applies
+    /// from the next release).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub baseline_arm: bool,
     /// With `sluice.dev/router: gateway-api`: the HTTPRoute taken over,
     /// given back when Sluice lets the app go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -499,6 +508,19 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
     };
+    if settings.route.baseline_arm
+        && let Err(problem) = check_baseline_names(&name, &selector_of(&to_value(&*d)?))
+    {
+        publish(
+            &ctx,
+            &d,
+            EventType::Warning,
+            "Unsupported",
+            format!("{problem}; nothing was created or changed"),
+        )
+        .await;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
     if let Err(e) = load_extras(&ctx, &ns, &name, &mut settings).await {
         publish(
             &ctx,

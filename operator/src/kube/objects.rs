@@ -380,6 +380,79 @@ pub fn canary_service_name(name: &str) -> String {
     format!("{name}-canary")
 }
 
+/// Suffix of the baseline arm's Deployment, Service and pod label values
+/// (`sluice.dev/baseline-arm`).
+pub const BASELINE_SUFFIX: &str = "-baseline";
+
+/// The baseline arm's Deployment and Service: `app-baseline`.
+pub fn baseline_name(name: &str) -> String {
+    format!("{name}{BASELINE_SUFFIX}")
+}
+
+/// Selector labels with `-baseline` values: the baseline arm's pods carry
+/// these instead of the primary's, so Service `app-primary` never selects
+/// them and Service `app-baseline` selects nothing else.
+pub fn baseline_labels(selector: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    selector
+        .iter()
+        .map(|(k, v)| (k.clone(), format!("{v}{BASELINE_SUFFIX}")))
+        .collect()
+}
+
+/// [`check_names`] for the baseline arm's longer suffix (`-baseline`).
+pub fn check_baseline_names(app: &str, selector: &BTreeMap<String, String>) -> Result<(), String> {
+    let longest = baseline_name(app);
+    if longest.len() > 63 {
+        return Err(format!(
+            "the baseline arm's Service name {longest} would be {} characters; Kubernetes allows 63 (a DNS-1035 label), so with sluice.dev/baseline-arm the Deployment name may have at most {} characters",
+            longest.len(),
+            63 - BASELINE_SUFFIX.len()
+        ));
+    }
+    for (k, v) in selector {
+        let value = format!("{v}{BASELINE_SUFFIX}");
+        if value.len() > 63 {
+            return Err(format!(
+                "the selector label {k}={v} becomes {k}={value} on the baseline arm {longest}, {} characters; label values may have at most 63",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The baseline arm's Deployment: the PRIMARY's pod template (the stable
+/// version, with the primary's config copies) under the baseline's own
+/// selector labels, at `replicas` (the canary's count during a release,
+/// 0 between releases). `user` is the user's Deployment (its selector),
+/// `primary` the running `app-primary`.
+pub fn baseline_deployment(user: &Value, primary: &Value, replicas: i64, owner: &Value) -> Value {
+    let name = user["metadata"]["name"].as_str().unwrap_or_default();
+    let selector = selector_of(user);
+    let mut template = primary["spec"]["template"].clone();
+    if !template["metadata"]["labels"].is_object() {
+        template["metadata"]["labels"] = json!({});
+    }
+    for (k, v) in baseline_labels(&selector) {
+        template["metadata"]["labels"][k] = json!(v);
+    }
+    let mut spec = primary["spec"].clone();
+    if let Some(o) = spec.as_object_mut() {
+        // The primary's own rollout settings stay; nothing Sluice or an HPA
+        // set on it for the primary's sake (paused, revision history) matters.
+        o.remove("paused");
+    }
+    spec["replicas"] = json!(replicas);
+    spec["selector"] = json!({"matchLabels": baseline_labels(&selector)});
+    spec["template"] = template;
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": baseline_name(name), "labels": managed_labels(name), "ownerReferences": [owner]},
+        "spec": spec,
+    })
+}
+
 pub fn proxy_name(name: &str) -> String {
     format!("{name}-sluice")
 }
@@ -716,7 +789,9 @@ fn port_route_name(app: &str, p: &ProxiedPort) -> String {
 
 /// The proxy's config: one route per Service port (the main port on
 /// `listen`, the others on their own listeners), stable on `app-primary`,
-/// canary on `app-canary`, all at the same weight. `version` identifies
+/// canary on `app-canary`, all at the same weight (and, while a release
+/// with a baseline arm runs, baseline on `app-baseline`: every HTTP route
+/// gives it the canary's share). `version` identifies
 /// the config (its replicas report it back).
 pub fn proxy_config(
     app: &str,
@@ -779,7 +854,13 @@ pub fn proxy_config_for(
                 canary_service_name(app),
                 p.service_port
             )),
-            baseline: None,
+            baseline: app_route.baseline_arm.then(|| {
+                format!(
+                    "http://{}.{namespace}.svc:{}",
+                    baseline_name(app),
+                    p.service_port
+                )
+            }),
             canary_weight: sluice_proxy::config::bp_to_percent(canary_weight_bp),
             canary_match: app_route.canary_match.clone(),
             affinity: traffic.affinity.clone(),

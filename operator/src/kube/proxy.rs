@@ -362,6 +362,7 @@ async fn relayout_config(
     let route = RouteSettings {
         canary_match: main.canary_match.clone(),
         timeouts: main.timeouts.clone(),
+        baseline_arm: main.baseline.is_some(),
     };
     let desired = proxy_configmap_for(app, ns, ports, bp, owner, &traffic, &route);
     if desired["data"][sluice_proxy::kube_source::CONFIG_KEY].as_str() != Some(text.as_str()) {

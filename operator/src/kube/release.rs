@@ -14,6 +14,9 @@ use serde_json::Value;
 
 use super::annotations::{MetricsSource, Router, Settings};
 use super::api::{publish, rfc3339, save_status, scale, sluice_post, to_value};
+use super::baseline::{
+    baseline_ready, follow_canary, scale_down_baseline, settle_idle_baseline, start_baseline,
+};
 use super::bootstrap::scale_hpa_bounds;
 use super::commands::{clear_command, read_command};
 use super::drift::settle_idle_canary;
@@ -64,6 +67,9 @@ impl Drop for Borrowed<'_> {
 /// the canary's replicas follow each weight. With an
 /// `abort-scale-down-delay` a rollback leaves the canary's pods up (out of
 /// the traffic); the caller records when they go ([`scale_down_due`]).
+/// With `sluice.dev/baseline-arm` the baseline arm starts with the canary
+/// at its size and follows it, and is scaled down when the release ends
+/// (see [`super::baseline`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn apply_routing(
     ctx: &Context,
@@ -99,15 +105,13 @@ pub(super) async fn apply_routing(
             if settings.canary_scale == CanaryScale::Proportional {
                 scale_hpa_bounds(ctx, ns, app, dv, settings.canary_scale, scaled_bp(0)).await?;
             }
-            scale(
-                ctx,
-                ns,
-                app,
-                settings
-                    .canary_scale
-                    .replicas(primary_replicas, scaled_bp(0)),
-            )
-            .await?;
+            let canary_replicas = settings
+                .canary_scale
+                .replicas(primary_replicas, scaled_bp(0));
+            scale(ctx, ns, app, canary_replicas).await?;
+            if settings.route.baseline_arm {
+                start_baseline(ctx, ns, app, dv, canary_replicas).await?;
+            }
             if traffic.mirror.is_some() || !settings.route.canary_match.is_empty() {
                 // Copies (blue/green) and A/B matches go to the canary
                 // from the start.
@@ -137,6 +141,9 @@ pub(super) async fn apply_routing(
                     .canary_scale
                     .replicas(primary_replicas, scaled_bp(*bp));
                 scale(ctx, ns, app, want).await?;
+                if settings.route.baseline_arm {
+                    follow_canary(ctx, ns, app, want).await?;
+                }
                 let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
                 let user = to_value(&deployments.get(app).await?)?;
                 if user["spec"]["replicas"].as_i64() != Some(want) || !rolled_out(&user) {
@@ -205,6 +212,9 @@ pub(super) async fn apply_routing(
                 &settings.router,
             )
             .await?;
+            // The route no longer names the baseline arm: it goes (a
+            // no-op without one).
+            scale_down_baseline(ctx, ns, app).await?;
             if *action == MachineAction::Rollback && !settings.abort_scale_down_delay.is_zero() {
                 // Kept up for people to look at; scaled down when due.
                 return Ok(());
@@ -266,8 +276,27 @@ pub(super) async fn release_tick(
     settings: &Settings,
     status: &mut KubeStatus,
 ) -> Result<Action, Error> {
-    let plan = &settings.plan;
     let key = format!("{ns}/{app}");
+    let release_running = status
+        .machine
+        .as_ref()
+        .is_some_and(|m| !m.phase.is_terminal() || m.unconfirmed.is_some());
+    // The baseline arm is decided when a release starts: a release under
+    // way keeps what it started with (a route never names an arm that was
+    // not started, and a started one is not left behind).
+    let kept;
+    let settings = if release_running && settings.route.baseline_arm != status.baseline_arm {
+        let mut s = settings.clone();
+        s.route.baseline_arm = status.baseline_arm;
+        if let crate::plan::Gate::Sequential(g) = &mut s.plan.gate {
+            g.baseline_arm = status.baseline_arm;
+        }
+        kept = s;
+        &kept
+    } else {
+        settings
+    };
+    let plan = &settings.plan;
     // The URLs an app's annotations give (webhooks, web and Datadog
     // checks, chat channels) get the app's own access
     // (`sluice.dev/access`) and never the operator's: an app team must not
@@ -294,6 +323,20 @@ pub(super) async fn release_tick(
     if active && settings.router == Router::Proxy {
         // Weights reach a replica only if it takes the config.
         report_refused(ctx, d, ns, app).await;
+    }
+    if settings.route.baseline_arm
+        && !pending
+        && status.machine.as_ref().is_some_and(|m| {
+            matches!(
+                m.phase,
+                Phase::Initialized | Phase::Progressing | Phase::WaitingPromotion
+            )
+        })
+    {
+        // The canary's size can change mid-release (its HPA): the
+        // baseline arm keeps the same.
+        let canary_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        follow_canary(ctx, ns, app, i64::from(canary_replicas)).await?;
     }
     // The Deployment reverted to the revision the primary runs while a
     // release of another revision is under way (before its promotion):
@@ -353,6 +396,7 @@ pub(super) async fn release_tick(
                 &settings.router,
             )
             .await?;
+            settle_idle_baseline(ctx, ns, app, dv, settings.route.baseline_arm).await?;
             if status.scale_down_at.is_none() {
                 settle_idle_canary(ctx, d, ns, app).await?;
             }
@@ -470,7 +514,9 @@ pub(super) async fn release_tick(
     let target_ready = match phase {
         Some(Phase::Initializing) => {
             let user = to_value(d)?;
-            user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1 && rolled_out(&user)
+            user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1
+                && rolled_out(&user)
+                && (!settings.route.baseline_arm || baseline_ready(ctx, ns, app).await?)
         }
         Some(Phase::Promoting) => {
             let source = status
@@ -536,6 +582,9 @@ pub(super) async fn release_tick(
     }
     let m = &t.status;
     let newly = |p: Phase| m.phase == p && previous.as_ref().is_none_or(|old| old.phase != p);
+    if t.actions.contains(&MachineAction::Initialize) && !pending {
+        status.baseline_arm = settings.route.baseline_arm;
+    }
     if (t.actions.contains(&MachineAction::Initialize) && !pending) || reverted {
         status.release_started_at = now;
         // A new release replaces a rolled-back canary kept up.
