@@ -1414,13 +1414,16 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
                 let mut made = Vec::new();
                 let mut plans_made = Vec::new();
                 let mut taken = 0;
+                let mut keepers: BTreeSet<&str> = BTreeSet::new();
                 for plan in plans {
                     let mut matches: Vec<Match> = Vec::new();
                     for m in &plan.matches {
-                        if served.contains_key(&(port, sorted.clone(), m.key())) {
-                            taken += 1;
-                        } else {
-                            matches.push(m.clone());
+                        match served.get(&(port, sorted.clone(), m.key())) {
+                            Some(older) => {
+                                taken += 1;
+                                keepers.insert(older);
+                            }
+                            None => matches.push(m.clone()),
                         }
                     }
                     if matches.is_empty() {
@@ -1444,7 +1447,8 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
                         let message = match taken {
                             0 => "served by sluice-proxy".to_string(),
                             n => format!(
-                                "served by sluice-proxy; {n} of its matches are also an older route's (the same hostnames and conditions), which keeps them"
+                                "served by sluice-proxy; {n} of its matches are also an older route's (the same hostnames and conditions), which keeps them: {}",
+                                keepers.into_iter().collect::<Vec<_>>().join(", ")
                             ),
                         };
                         Ok((message, plans_made, alone.routes))
@@ -2116,7 +2120,9 @@ mod tests {
         let newer = &o.routes[&("default".to_string(), "newer".to_string())][0]["conditions"][0];
         assert_eq!(newer["status"], "True", "{o:?}");
         assert!(
-            newer["message"].as_str().unwrap().contains("older route"),
+            newer["message"].as_str().unwrap().contains(
+                "older route's (the same hostnames and conditions), which keeps them: default/web/0"
+            ),
             "{newer}"
         );
         assert_eq!(
@@ -2502,6 +2508,30 @@ mod tests {
         assert!(r.get("canary").is_none(), "{r}");
         let parent = &o.routes[&("default".to_string(), "web".to_string())][0];
         assert_eq!(parent["conditions"][1]["reason"], "BackendNotFound");
+    }
+
+    #[test]
+    fn an_invalid_mirror_backend_drops_the_mirror_and_is_reported() {
+        let o = build(
+            &inputs(json!([{
+                "filters": [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "nope", "port": 80}}}],
+                "backendRefs": [{"name": "web", "port": 80}]}])),
+            &layout(),
+        );
+        let parent = &o.routes[&("default".to_string(), "web".to_string())][0];
+        assert_eq!(parent["conditions"][0]["status"], "True", "{parent}");
+        assert_eq!(parent["conditions"][1]["reason"], "BackendNotFound");
+        assert!(
+            parent["conditions"][1]["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.rules[0].filters[0].requestMirror.backendRef"),
+            "{parent}"
+        );
+        let r = served(&o, "default/web/0");
+        assert_eq!(r["stable"], "http://10.0.0.1:80");
+        assert!(r.get("mirror").is_none(), "{r}");
+        assert!(r.get("canary").is_none(), "{r}");
     }
 
     /// Review finding 8: only the first header match, query parameter
