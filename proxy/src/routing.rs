@@ -1009,11 +1009,17 @@ mod tests {
     #[tokio::test]
     async fn only_a_table_with_conditions_builds_the_match_list() {
         let plain = table(
-            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://127.0.0.1:1' }\n  - { name: b, hosts: [b.example], path_prefix: /b, stable: 'http://127.0.0.1:2' }\n  - { name: c, matches: [{path_prefix: /c}], stable: 'http://127.0.0.1:3' }\n",
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://127.0.0.1:1' }\n  - { name: b, hosts: [b.example], path_prefix: /b, stable: 'http://127.0.0.1:2' }\n  - { name: c, matches: [{path_prefix: /c}], stable: 'http://127.0.0.1:3' }\n  - { name: gone, path_prefix: /gone, direct_response: {status: 500} }\n",
         );
         assert!(
             plain.entries.is_empty(),
-            "today's lookup for prefixes alone"
+            "today's lookup for prefixes alone (a direct response is no condition)"
+        );
+        assert!(
+            find(&plain, None, "/gone/x")
+                .unwrap()
+                .direct_response
+                .is_some()
         );
         assert_eq!(find(&plain, None, "/c/x").unwrap().name, "c");
         let conditional = table(
@@ -1027,6 +1033,28 @@ mod tests {
         assert_eq!(order, [("c", 0), ("c", 1), ("a", 0)]);
         assert_eq!(find(&conditional, None, "/c").unwrap().name, "c");
         assert_eq!(find(&conditional, None, "/c/x").unwrap().name, "a");
+    }
+
+    #[test]
+    fn cookie_conditions_compare_the_fields_joined() {
+        let crumbs = |values: &[&str]| {
+            let mut map = HeaderMap::new();
+            for v in values {
+                map.append("cookie", v.parse().unwrap());
+            }
+            map
+        };
+        assert!(cookie_fields_are(&crumbs(&["a=1; b=2"]), b"a=1; b=2"));
+        assert!(cookie_fields_are(&crumbs(&["a=1", "b=2"]), b"a=1; b=2"));
+        assert!(!cookie_fields_are(&crumbs(&["b=2", "a=1"]), b"a=1; b=2"));
+        assert!(!cookie_fields_are(
+            &crumbs(&["a=1", "b=2", "c=3"]),
+            b"a=1; b=2"
+        ));
+        assert!(!cookie_fields_are(&crumbs(&["a=1"]), b"a=1; b=2"));
+        assert!(!cookie_fields_are(&crumbs(&["a=1", "b=2"]), b"a=1;b=2"));
+        assert!(!cookie_fields_are(&crumbs(&[]), b""));
+        assert!(cookie_fields_are(&crumbs(&[""]), b""));
     }
 
     #[test]

@@ -419,8 +419,11 @@ async fn annotating_creates_exactly_the_objects_and_moves_traffic_only_when_read
     let config =
         sluice_proxy::Config::from_yaml(cm["data"]["routes.yaml"].as_str().unwrap()).unwrap();
     let valid = config.validate().unwrap();
-    assert_eq!(valid.routes[0].stable.host, "app-primary.shop.svc");
-    assert_eq!(valid.routes[0].stable.port, 80);
+    assert_eq!(
+        valid.routes[0].stable.as_ref().unwrap().host,
+        "app-primary.shop.svc"
+    );
+    assert_eq!(valid.routes[0].stable.as_ref().unwrap().port, 80);
 }
 
 #[tokio::test]

@@ -856,6 +856,7 @@ async fn a_direct_response_is_the_proxys_own_answer_from_both_protocols() {
                 "",
             ),
             ("POST", "/tea", StatusCode::IM_A_TEAPOT, "short and stout\n"),
+            ("HEAD", "/gone", StatusCode::INTERNAL_SERVER_ERROR, ""),
         ] {
             let req = Request::builder()
                 .method(method)
