@@ -729,12 +729,14 @@ fn read_rule(
         }
     }
     let mut mirror = None;
+    let mut mirror_written = false;
     let mut request_headers = None;
     let mut response_headers = None;
     for (j, f) in rule["filters"].as_array().into_iter().flatten().enumerate() {
         let fat = format!("{at}.filters[{j}]");
         match str_at(f, "/type") {
-            "RequestMirror" if mirror.is_none() => {
+            "RequestMirror" if !mirror_written => {
+                mirror_written = true;
                 let bat = format!("{fat}.requestMirror.backendRef");
                 let percent = f["requestMirror"]["percent"].as_u64().unwrap_or(100);
                 match backend_of(&f["requestMirror"]["backendRef"], ns, &bat)? {
@@ -746,8 +748,6 @@ fn read_rule(
                     },
                     Err(issue) => issues.push(issue),
                 }
-                // A second RequestMirror is refused below either way.
-                mirror.get_or_insert((Backend::default(), 0, usize::MAX));
             }
             "RequestMirror" => {
                 return Err(unsupported(format!(
@@ -780,7 +780,6 @@ fn read_rule(
             }
         }
     }
-    let mirror = mirror.filter(|m| m.2 != usize::MAX);
     let refs = rule["backendRefs"].as_array().cloned().unwrap_or_default();
     if refs.is_empty() {
         return Err(unsupported(format!(
@@ -830,14 +829,14 @@ fn read_rule(
         (None, Some(t)) => Some((t.to_string(), "request")),
         (None, None) => None,
     };
+    if mirror_written && refs.len() == 2 {
+        return Err(unsupported(format!(
+            "{at}.filters: RequestMirror is supported by sluice-proxy on a rule with one backendRef"
+        )));
+    }
     let target = if invalid || backends.is_empty() {
         Target::Error500
     } else {
-        if mirror.is_some() && backends.len() == 2 {
-            return Err(unsupported(format!(
-                "{at}.filters: RequestMirror is supported by sluice-proxy on a rule with one backendRef"
-            )));
-        }
         let canary_bp = canary_bp(&backends, &at)?;
         let mut backends = backends.into_iter();
         Target::Backends {
