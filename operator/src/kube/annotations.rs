@@ -637,7 +637,7 @@ pub fn parse(
         }
     };
     let mut route = route_settings(annotations)?;
-    if baseline_arm_of(annotations, &plan, &router)? {
+    if baseline_arm_of(annotations, &plan, &router, &metrics_template)? {
         route.baseline_arm = true;
         if let plan::Gate::Sequential(settings) = &mut plan.gate {
             settings.use_baseline_arm(get(WARMUP).is_some());
@@ -987,15 +987,18 @@ fn is_dns_label(v: &str) -> bool {
 /// so it needs the proxy router (an HTTPRoute splits between two
 /// backends), a plan whose every weight is at most 50 (the canary's share
 /// and the baseline's together are at most the whole), and a strategy
-/// that moves by steps (a blue/green switch goes to 100 at once). Under
+/// that moves by steps (a blue/green switch goes to 100 at once), and the
+/// proxy's own series (`sluice.dev/metrics-template` other than `proxy`
+/// names two arms only). Under
 /// the sequential gate the canary is then judged against the baseline arm,
 /// with no warm-up unless `sluice.dev/warmup` gives one.
 fn baseline_arm_of(
     annotations: &BTreeMap<String, String>,
     plan: &Plan,
     router: &Router,
+    template: &crate::provider::MetricsTemplate,
 ) -> Result<bool, AnnotationError> {
-    const ALLOWED: &str = "true or false; true needs weights of at most 50, the proxy router and the canary or experiment strategy";
+    const ALLOWED: &str = "true or false; true needs weights of at most 50, the proxy router, the canary or experiment strategy and the proxy's own series";
     let Some(v) = annotations.get(BASELINE_ARM) else {
         return Ok(false);
     };
@@ -1020,6 +1023,11 @@ fn baseline_arm_of(
     if matches!(plan.strategy, plan::Strategy::BlueGreen { .. }) {
         return refused(format!(
             "{STRATEGY}: blue-green switches all traffic at once; the baseline arm shares the canary's weight, so it needs steps of at most 50"
+        ));
+    }
+    if *template != crate::provider::MetricsTemplate::Proxy {
+        return refused(format!(
+            "the baseline arm is read from the Sluice proxy's own series (backend=\"baseline\"); a {METRICS_TEMPLATE} other than `proxy` has no such arm"
         ));
     }
     if let Some(over) = plan.steps_bp.iter().find(|bp| **bp > 5000) {
@@ -1274,6 +1282,21 @@ mod tests {
             assert_eq!(e.annotation, BASELINE_ARM, "{e}");
             assert!(e.to_string().contains(says), "{e}");
         }
+        let e = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (BASELINE_ARM, "true"),
+                (METRICS, "prometheus"),
+                (METRICS_TEMPLATE, "istio"),
+            ]),
+            true,
+        )
+        .unwrap_err();
+        assert_eq!(e.annotation, BASELINE_ARM);
+        assert!(
+            e.to_string().contains("other than `proxy` has no such arm"),
+            "{e}"
+        );
         for bad in ["yes", "True", " true", ""] {
             let e = parse(&ann(&[(CANARY, "enabled"), (BASELINE_ARM, bad)]), false).unwrap_err();
             assert_eq!(e.annotation, BASELINE_ARM);
