@@ -899,8 +899,9 @@ fn unreserved_escape(h: u8, l: u8) -> Option<u8> {
 }
 
 /// `path` with its escapes of unreserved characters decoded (borrowed
-/// when it has none: the common case costs one scan for `%`).
-fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
+/// when it has none: the common case costs one scan for `%`). Config
+/// paths are read so too, so `path_prefix: /%7Eme` still meets `/~me`.
+pub fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
     if !path.contains('%') {
         return std::borrow::Cow::Borrowed(path);
     }

@@ -901,10 +901,10 @@ async fn a_direct_response_is_the_proxys_own_answer_from_both_protocols() {
 async fn escaped_unreserved_characters_and_dot_segments_route_as_the_decoded_path() {
     // Review finding 9: `/ap%69` is `/api` to a decoding backend, so it
     // must meet `/api`'s route (and its method limit), not the default.
-    let b = backends(&["api", "admin", "main"]).await;
+    let b = backends(&["api", "admin", "main", "home"]).await;
     let proxy = start_proxy(&proxy_yaml(&format!(
-        "  - {{ name: api, matches: [{{path_segments: /api, methods: [GET]}}], stable: 'http://{}' }}\n  - {{ name: admin, matches: [{{path_exact: /admin}}], stable: 'http://{}' }}\n  - {{ name: main, stable: 'http://{}' }}\n",
-        b[0], b[1], b[2]
+        "  - {{ name: api, matches: [{{path_segments: /api, methods: [GET]}}], stable: 'http://{}' }}\n  - {{ name: admin, matches: [{{path_exact: /admin}}], stable: 'http://{}' }}\n  - {{ name: main, stable: 'http://{}' }}\n  - {{ name: home, path_prefix: /%7Eme, stable: 'http://{}' }}\n",
+        b[0], b[1], b[2], b[3]
     )))
     .await;
     for version in VERSIONS {
@@ -922,6 +922,9 @@ async fn escaped_unreserved_characters_and_dot_segments_route_as_the_decoded_pat
             ("GET", "/adm%69n", "admin"),
             // `;` is an ordinary character, as to Envoy and nginx.
             ("GET", "/admin;x", "main"),
+            // A config path is read the same way.
+            ("GET", "/~me/x", "home"),
+            ("GET", "/%7eme", "home"),
         ] {
             let how = format!("{version:?} {method} {target}");
             let (status, echo) = sent(&proxy, version, method, target, &[]).await;

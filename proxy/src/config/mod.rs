@@ -1389,6 +1389,21 @@ routes:
         );
         let yaml = config.to_yaml();
         assert!(!yaml.contains("stable: ''"), "{yaml}");
+        // Config paths are read as request paths are: escapes of
+        // unreserved characters decoded, others kept.
+        let escaped = Config::from_yaml("listen: 127.0.0.1:1\nroutes:\n  - { name: a, path_prefix: /%7Eme, stable: 'http://h:1' }\n  - { name: b, matches: [{path_exact: /%61%2F}, {path_segments: /%41/}], stable: 'http://h:2' }\n").unwrap().validate().unwrap();
+        assert_eq!(
+            escaped.routes[0].matches[0].path,
+            PathMatch::Prefix("/~me".into())
+        );
+        assert_eq!(
+            escaped.routes[1].matches[0].path,
+            PathMatch::Exact("/a%2F".into())
+        );
+        assert_eq!(
+            escaped.routes[1].matches[1].path,
+            PathMatch::Segments("/A".into())
+        );
         assert_eq!(Config::from_yaml(&yaml).unwrap(), config);
     }
 

@@ -734,7 +734,9 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         .filter_map(|(j, m)| validate_route_match(m, &format!("{at}.matches[{j}]"), errs))
         .collect();
     if route.matches.is_empty() {
-        route_matches.push(ValidRouteMatch::prefix(&route.path_prefix));
+        route_matches.push(ValidRouteMatch::prefix(&crate::routing::decode_unreserved(
+            &route.path_prefix,
+        )));
     }
     let request_headers = route
         .request_headers
@@ -1151,15 +1153,16 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
     let path = match (&m.path_prefix, &m.path_exact, &m.path_segments) {
         (Some(prefix), None, None) => {
             check_path("path_prefix", prefix, errs);
-            PathMatch::Prefix(prefix.clone())
+            PathMatch::Prefix(crate::routing::decode_unreserved(prefix).into_owned())
         }
         (None, Some(exact), None) => {
             check_path("path_exact", exact, errs);
-            PathMatch::Exact(exact.clone())
+            PathMatch::Exact(crate::routing::decode_unreserved(exact).into_owned())
         }
         (None, None, Some(segments)) => {
             check_path("path_segments", segments, errs);
-            match segments.trim_end_matches('/') {
+            // As requests' paths are routed: `%7E` and `~` are one path.
+            match crate::routing::decode_unreserved(segments).trim_end_matches('/') {
                 "" => PathMatch::Prefix("/".into()),
                 whole => PathMatch::Segments(whole.to_string()),
             }
