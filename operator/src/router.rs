@@ -59,6 +59,11 @@ pub trait Router {
     fn rollback(&self) -> impl Future<Output = Result<(), RouterError>> + Send;
     /// Whether the canary (or the promotion) is ready.
     fn ready(&self) -> impl Future<Output = bool> + Send;
+    /// When not [`Self::ready`] although the canary is: what else the
+    /// release waits for (a baseline arm), for people.
+    fn also_waiting_for(&self) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
 }
 
 /// Whether the upstream at `url` accepts a TCP connection within 2 s.
@@ -259,6 +264,12 @@ impl Router for ProxyAdminRouter {
             self.put(self.without_baseline(self.ending(json!({ "canary_weight": 0 }))))
                 .await
         }
+    }
+
+    async fn also_waiting_for(&self) -> Option<String> {
+        let url = self.baseline_arm.as_deref()?;
+        (accepts(&self.canary_url).await && !accepts(url).await)
+            .then(|| format!("the baseline arm {url} to accept connections"))
     }
 
     /// The canary (and the baseline arm, if any) accepts TCP connections.

@@ -385,6 +385,15 @@ impl<R: Router> Driver<R> {
                 paused_for: std::mem::take(&mut paused_for),
             };
             let mut t = step(&self.plan, status.as_ref(), &obs);
+            if !target_ready
+                && t.status.phase == Phase::Initializing
+                && let Some(what) = self.router.also_waiting_for().await
+            {
+                t.status.message = t
+                    .status
+                    .message
+                    .replace("the canary to become ready", &what);
+            }
             if !t.actions.contains(&Action::Initialize) {
                 // The evidence belongs to this release; a new one starts without.
                 t.status.gate = gate;

@@ -357,3 +357,33 @@ async fn a_plan_the_baseline_arm_cannot_share_is_refused_before_anything_changes
     assert_eq!(r.route().await, before, "the route was not touched");
     assert_eq!(r.baseline.stats().requests, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_waits_at_weight_0_until_its_baseline_arm_accepts_connections() {
+    let r = Release::new(Faults::default(), Faults::default()).await;
+    // Nothing listens there (yet).
+    let absent = format!("http://127.0.0.1:{}", free_port());
+    let rollout = Rollout::start(&r.args(&["--baseline-arm", &absent]));
+    let waiting = format!("waiting for the baseline arm {absent} to accept connections");
+    let seen = eventually(
+        "the release says what it waits for",
+        Duration::from_secs(30),
+        || {
+            let events: Vec<serde_json::Value> = rollout.events.try_iter().collect();
+            let found = events
+                .iter()
+                .find(|e| e["message"].as_str().is_some_and(|m| m.contains(&waiting)))
+                .cloned();
+            async move { found }
+        },
+    )
+    .await;
+    assert_eq!(seen["phase"], "Initializing", "{seen}");
+    let route = r.route().await;
+    assert_eq!(route["baseline"], absent.as_str(), "{route}");
+    assert_eq!(
+        route["canary_weight"], 0.0,
+        "no weight while the arm is down: {route}"
+    );
+    drop(rollout);
+}

@@ -316,7 +316,9 @@ async fn the_baseline_arm_runs_the_primarys_template_at_the_canarys_size_only_du
     let status = w.status();
     assert_eq!(status.phase, "Initializing", "{status:?}");
     assert!(
-        status.message.contains("wait") || status.message.contains("ready"),
+        status
+            .message
+            .contains("waiting for the baseline arm app-baseline to become ready"),
         "{status:?}"
     );
     let baseline = w

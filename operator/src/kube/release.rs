@@ -511,12 +511,17 @@ pub(super) async fn release_tick(
         )
         .await
     };
+    // The canary is ready and the baseline arm (if any) is not.
+    let mut arm_not_ready = false;
     let target_ready = match phase {
         Some(Phase::Initializing) => {
             let user = to_value(d)?;
-            user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1
-                && rolled_out(&user)
-                && (!settings.route.baseline_arm || baseline_ready(ctx, ns, app).await?)
+            let canary_ready =
+                user["spec"]["replicas"].as_i64().unwrap_or(0) >= 1 && rolled_out(&user);
+            arm_not_ready = canary_ready
+                && settings.route.baseline_arm
+                && !baseline_ready(ctx, ns, app).await?;
+            canary_ready && !arm_not_ready
         }
         Some(Phase::Promoting) => {
             let source = status
@@ -544,6 +549,16 @@ pub(super) async fn release_tick(
         Some(m) if to_stable => revert_to_stable(m, revision, now),
         _ => machine::step(plan, previous.as_ref(), &obs),
     };
+    if arm_not_ready && t.status.phase == Phase::Initializing {
+        // The machine waits on "the canary"; here it is the baseline arm.
+        t.status.message = t.status.message.replace(
+            "waiting for the canary to become ready",
+            &format!(
+                "waiting for the baseline arm {} to become ready",
+                baseline_name(app)
+            ),
+        );
+    }
     // The tick that decides the return to the stable (not a re-issue).
     let reverted_to_stable = to_stable && previous.as_ref().is_some_and(|m| !m.phase.is_terminal());
     let fresh_start = t.actions.contains(&MachineAction::Initialize)
