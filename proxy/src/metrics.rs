@@ -251,6 +251,12 @@ impl ClientErrorKind {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectResponseLabels {
+    pub route: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientErrorLabels {
     pub route: String,
     pub kind: ClientErrorKind,
@@ -519,6 +525,8 @@ pub struct Metrics {
     mirror_skipped: Family<MirrorSkipLabels, Counter>,
     client_errors: Family<ClientErrorLabels, Counter>,
     failovers: Family<RouteLabels, Counter>,
+    unrouted: Counter,
+    direct_responses: Family<DirectResponseLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
     /// The plain TCP listeners' families (`sluice_tcp_*`).
@@ -600,6 +608,18 @@ impl Metrics {
             "Requests the canary provably never started on (connect refused, closed before the request was written, REFUSED_STREAM) that went to the stable instead; the canary is still charged the failure",
             failovers.clone(),
         );
+        let unrouted = Counter::default();
+        registry.register(
+            "unrouted_requests",
+            "Requests no route held for (host, path and the matches' conditions), answered 404 by the proxy itself",
+            unrouted.clone(),
+        );
+        let direct_responses = Family::<DirectResponseLabels, Counter>::default();
+        registry.register(
+            "direct_responses",
+            "Requests of a route with direct_response, answered by the proxy itself (no backend), by status code",
+            direct_responses.clone(),
+        );
         let connections_rejected = Counter::default();
         registry.register(
             "connections_rejected",
@@ -636,6 +656,8 @@ impl Metrics {
             mirror_skipped,
             client_errors,
             failovers,
+            unrouted,
+            direct_responses,
             connections_rejected,
             open_connections,
             tcp,
@@ -673,6 +695,21 @@ impl Metrics {
     }
 
     /// The failover counter of `route` (made at once, so it is exposed at 0).
+    /// `sluice_unrouted_requests_total`.
+    pub fn unrouted(&self) -> Counter {
+        self.unrouted.clone()
+    }
+
+    /// `sluice_direct_responses_total{route, code}`.
+    pub fn direct_responses(&self, route: &str, code: u16) -> Counter {
+        self.direct_responses
+            .get_or_create(&DirectResponseLabels {
+                route: route.to_string(),
+                code,
+            })
+            .clone()
+    }
+
     pub fn failovers(&self, route: &str) -> Counter {
         self.failovers
             .get_or_create(&RouteLabels {

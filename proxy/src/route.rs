@@ -26,7 +26,9 @@
 //!   and the route matches' other conditions (method, fields, query;
 //!   `crate::routing`): 404.
 //! - A route with `direct_response`: its status and body, from here,
-//!   without a backend; like the 404, counted in no backend's series.
+//!   without a backend; counted in no backend's series, but in
+//!   `sluice_direct_responses_total{route, code}` (the 404 in
+//!   `sluice_unrouted_requests_total`).
 //!
 //! Then the backend is decided (A/B rules, then affinity, then the exact
 //! weighted split: [`crate::routing::Route::decide`]), and the request
@@ -388,6 +390,7 @@ pub fn route(
         )
         .map(|(route, at)| (route.clone(), at))
     else {
+        routing.unrouted.inc();
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -399,7 +402,11 @@ pub fn route(
     let trusted_hops = routing.valid.trusted_hops;
     drop(routing);
     if let Some(direct) = &route.direct_response {
-        // The proxy's own answer, counted as its 404 is: on no backend.
+        // The proxy's own answer, on no backend's series:
+        // `sluice_direct_responses_total` only.
+        if let Some(counter) = &route.direct_responses {
+            counter.inc();
+        }
         return Err(Refusal::new(direct.status, direct.body.clone()));
     }
     let decision = route.decide(at, req.fields);

@@ -211,6 +211,8 @@ pub struct Route {
     /// The proxy's own answer to every request of the route: the route
     /// phase answers it, and the request never reaches a backend.
     pub direct_response: Option<crate::config::ValidDirectResponse>,
+    /// `sluice_direct_responses_total` of this route's direct response.
+    pub direct_responses: Option<Counter>,
     pub canary: Option<Backend>,
     /// The baseline arm (only with a canary): the weighted split gives it
     /// the canary's share too; A/B rules and mirror copies never go to it.
@@ -421,6 +423,8 @@ pub struct Routing {
     entries: Vec<Entry>,
     /// Whether any route names hosts (else the first hit is the answer).
     any_hosts: bool,
+    /// `sluice_unrouted_requests_total`.
+    pub unrouted: Counter,
 }
 
 impl Routing {
@@ -465,6 +469,7 @@ impl Routing {
             routes,
             entries,
             any_hosts,
+            unrouted: metrics.unrouted(),
         }
     }
 
@@ -820,6 +825,10 @@ fn build_route(
         protocol: r.protocol,
         stable_backend,
         direct_response: r.direct_response.clone(),
+        direct_responses: r
+            .direct_response
+            .as_ref()
+            .map(|d| metrics.direct_responses(&r.name, d.status.as_u16())),
         canary,
         baseline,
         split,

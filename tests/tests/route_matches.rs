@@ -895,6 +895,44 @@ async fn a_direct_response_is_the_proxys_own_answer_from_both_protocols() {
         2.0
     );
     assert_eq!(m.sum("sluice_requests_total", &[("route", "web")]), 2.0);
+    // Counted as the proxy's own answers: 3 per protocol on `gone`, 1 on
+    // `teapot`; nothing unrouted yet.
+    assert_eq!(
+        m.sum(
+            "sluice_direct_responses_total",
+            &[("route", "gone"), ("code", "500")]
+        ),
+        6.0
+    );
+    assert_eq!(
+        m.sum(
+            "sluice_direct_responses_total",
+            &[("route", "teapot"), ("code", "418")]
+        ),
+        2.0
+    );
+    assert_eq!(m.sum("sluice_unrouted_requests_total", &[]), 0.0);
+}
+
+/// A request no route holds for is the proxy's 404, counted in
+/// `sluice_unrouted_requests_total` and on no route's series.
+#[tokio::test]
+async fn an_unrouted_request_is_counted_apart() {
+    let b = backends(&["web"]).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: web, hosts: [web.example], stable: 'http://{}' }}\n",
+        b[0]
+    )))
+    .await;
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        // The authority is 127.0.0.1:PORT, which the route does not name.
+        let (status, echo) = sent(&proxy, version, "GET", "/x", &[]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{version:?}");
+        assert!(echo.is_none());
+    }
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(m.sum("sluice_unrouted_requests_total", &[]), 2.0);
+    assert_eq!(m.sum("sluice_requests_total", &[]), 0.0);
 }
 
 #[tokio::test]
