@@ -385,6 +385,15 @@ async fn the_baseline_arm_runs_the_primarys_template_at_the_canarys_size_only_du
     );
     w.step(&["app", "app-primary", "app-baseline"], 0).await;
     assert_eq!(w.replicas("app-baseline"), 5);
+    // Deleted mid-release (a GitOps prune): started again.
+    w.fake.delete(APPS, "deployments", NS, "app-baseline");
+    w.step(&["app", "app-primary"], 0).await;
+    let again = w.deployment("app-baseline").expect("started again");
+    assert_eq!(again["spec"]["replicas"], 5);
+    assert_eq!(
+        again["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:1"
+    );
 
     w.until("Succeeded", 20).await;
     // Promoted: no route names it, and it runs no pods.

@@ -16,7 +16,7 @@
 //!   `Initializing` only once the baseline arm is rolled out too, so the
 //!   first weighted request finds it ready. While the release runs, the
 //!   baseline arm follows the canary's replica count (proportional
-//!   scaling, an HPA on the canary).
+//!   scaling, an HPA on the canary), and is started again if deleted.
 //! - When the release ends (promoted, rolled back, aborted) the route
 //!   loses its `baseline` with the canary's weight, and the baseline arm
 //!   is scaled to 0 once every proxy replica serves that config (a kept-up
@@ -93,19 +93,20 @@ pub(super) async fn baseline_ready(ctx: &Context, ns: &str, app: &str) -> Result
 }
 
 /// While a release runs, the baseline arm runs as many pods as the canary
-/// (`canary_replicas`, at least 1). Nothing when it already does, or when
-/// there is no baseline arm (yet).
+/// (`canary_replicas`, at least 1). Nothing when it already does; one
+/// deleted mid-release (by a person, a GitOps prune) is started again.
 pub(super) async fn follow_canary(
     ctx: &Context,
     ns: &str,
     app: &str,
+    dv: &Value,
     canary_replicas: i64,
 ) -> Result<(), Error> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(b) = deployments.get_opt(&baseline_name(app)).await? else {
-        return Ok(());
-    };
     let want = canary_replicas.max(1);
+    let Some(b) = deployments.get_opt(&baseline_name(app)).await? else {
+        return start_baseline(ctx, ns, app, dv, want).await;
+    };
     if b.spec.as_ref().and_then(|s| s.replicas).map(i64::from) != Some(want) {
         scale(ctx, ns, &baseline_name(app), want).await?;
     }

@@ -142,7 +142,7 @@ pub(super) async fn apply_routing(
                     .replicas(primary_replicas, scaled_bp(*bp));
                 scale(ctx, ns, app, want).await?;
                 if settings.route.baseline_arm {
-                    follow_canary(ctx, ns, app, want).await?;
+                    follow_canary(ctx, ns, app, dv, want).await?;
                 }
                 let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
                 let user = to_value(&deployments.get(app).await?)?;
@@ -336,7 +336,7 @@ pub(super) async fn release_tick(
         // The canary's size can change mid-release (its HPA): the
         // baseline arm keeps the same.
         let canary_replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        follow_canary(ctx, ns, app, i64::from(canary_replicas)).await?;
+        follow_canary(ctx, ns, app, dv, i64::from(canary_replicas)).await?;
     }
     // The Deployment reverted to the revision the primary runs while a
     // release of another revision is under way (before its promotion):
