@@ -581,3 +581,26 @@ async fn a_bad_baseline_arm_is_refused_at_apply_and_as_a_warning_event() {
     let (ok, out) = kubectl(&["apply", "-f", &file.display().to_string()]);
     assert!(ok, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_the_arm_on_mid_release_applies_from_the_next_release() {
+    let w = World::new(2, json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    let (ok, out) = w.kubectl(&["annotate", "deploy", "app", "sluice.dev/baseline-arm=true"]);
+    assert!(ok, "{out}");
+    // The release under way keeps running without one: no route names
+    // an arm that was never started.
+    w.until("Succeeded", 20).await;
+    assert!(w.deployment("app-baseline").is_none());
+    assert!(w.config().routes[0].baseline.is_none());
+    // The next release has one.
+    w.set_image("app:3");
+    w.until("Progressing", 10).await;
+    assert_eq!(w.replicas("app-baseline"), 2);
+    assert_eq!(
+        w.config().routes[0].baseline.as_deref(),
+        Some("http://app-baseline.shop.svc:80")
+    );
+    assert!(w.status().baseline_arm);
+}

@@ -289,7 +289,16 @@ pub(super) async fn release_tick(
         let mut s = settings.clone();
         s.route.baseline_arm = status.baseline_arm;
         if let crate::plan::Gate::Sequential(g) = &mut s.plan.gate {
-            g.baseline_arm = status.baseline_arm;
+            let warmup_given =
+                kube::ResourceExt::annotations(d).contains_key(super::annotations::WARMUP);
+            if status.baseline_arm {
+                g.use_baseline_arm(warmup_given);
+            } else {
+                g.baseline_arm = false;
+                if !warmup_given {
+                    g.warmup = crate::gate::default_warmup_for(false);
+                }
+            }
         }
         kept = s;
         &kept
