@@ -112,9 +112,11 @@ pub struct GateSettings {
     #[serde(default = "default_baseline", with = "crate::plan::duration_text")]
     pub baseline: Duration,
     /// The release has a baseline arm (a fresh copy of the primary's version
-    /// given the canary's exact share): the canary is judged against it, not
-    /// against the primary. Set it with [`GateSettings::use_baseline_arm`],
-    /// which also picks the warm-up's default.
+    /// given the canary's exact share): the canary's latency is judged
+    /// against it, not against the primary, and its failures against the
+    /// old version's whole weighted traffic (primary plus baseline arm).
+    /// Set it with [`GateSettings::use_baseline_arm`], which also picks the
+    /// warm-up's default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub baseline_arm: bool,
 }
@@ -689,14 +691,24 @@ impl GateState {
         self.total_canary.add(&window.canary);
         self.enter_step(weight_bp);
         let against_baseline_arm = settings.baseline_arm && arms == Arms::Weighted;
-        // The arm the canary is judged against: the baseline arm when the
-        // release has one, else the primary.
-        let (c, s) = if against_baseline_arm {
+        // The arms the canary is judged against. Latency: the baseline arm
+        // when the release has one (as fresh as the canary, so a cold
+        // start cancels), else the primary. Failures: the old version's
+        // whole weighted traffic, the primary plus the baseline arm (a
+        // reference as large as without an arm, so no power is lost where
+        // pod age is not the question).
+        let old_version;
+        let (c, s, s_failures) = if against_baseline_arm {
             self.total_baseline_arm.add(&window.baseline);
             self.step_baseline_arm_requests += window.baseline.requests;
-            (&window.canary, &window.baseline)
+            old_version = Arm {
+                requests: window.stable.requests + window.baseline.requests,
+                failures: window.stable.failures + window.baseline.failures,
+                ..Arm::default()
+            };
+            (&window.canary, &window.baseline, &old_version)
         } else {
-            (&window.canary, &window.stable)
+            (&window.canary, &window.stable, &window.stable)
         };
         if c.requests > 0.0 && self.canary_since.is_none() {
             self.canary_since = Some(at - seconds);
@@ -713,8 +725,8 @@ impl GateState {
             Counts {
                 canary_requests: c.requests,
                 canary_events: c.failures,
-                stable_requests: s.requests,
-                stable_events: s.failures,
+                stable_requests: s_failures.requests,
+                stable_events: s_failures.failures,
             },
             (primary.requests, primary.failures),
         );
@@ -792,7 +804,11 @@ impl GateState {
             &tuning,
             settings,
             self.clock,
-            reference,
+            if against_baseline_arm {
+                "primary and baseline arm"
+            } else {
+                reference
+            },
         ));
         let warming = self
             .canary_since
@@ -835,10 +851,15 @@ impl GateState {
                 ..CheckResult::default()
             });
         }
+        // Nothing is proven at a step where the baseline arm, which the
+        // latency checks compare with, got no traffic.
         let promotable = checks
             .iter()
             .filter_map(|c| c.evidence.as_ref())
-            .all(|e| e.proven);
+            .all(|e| e.proven)
+            && checks
+                .iter()
+                .all(|c| c.name != "baseline-arm" || c.outcome == Outcome::Pass);
         Analysis {
             canary_requests: Some(self.step_canary_requests.round() as u64),
             checks,

@@ -653,37 +653,111 @@ fn with_baseline_arm() -> GateSettings {
     s
 }
 
-#[test]
-fn a_canary_as_bad_as_the_baseline_arm_but_worse_than_the_primary_is_not_rolled_back() {
-    // New pods of either version fail 5% (a bad node pool, cold
-    // dependencies), the long-running primary 1%.
-    let w = three_arms((400.0, 4.0), (200.0, 10.0), (200.0, 10.0));
-    assert_ne!(verdict(&with_baseline_arm(), &w), Outcome::Fail);
-    // Against the primary the same canary is worse: the test can fail.
-    assert_eq!(verdict(&settings(), &w), Outcome::Fail);
+/// A window of three arms, each `(requests, slow)`, no failures: the fast
+/// ones within 10 ms, the slow ones over 500 ms.
+fn three_latencies(stable: (f64, f64), canary: (f64, f64), baseline: (f64, f64)) -> Window {
+    let arm = |(requests, slow): (f64, f64)| {
+        let mut a = Arm {
+            requests,
+            failures: 0.0,
+            ..Arm::default()
+        };
+        // Bounds 50 ms and the next one, 60 ms (the canary's bound with
+        // the 10% latency tolerance); the slow requests over both.
+        for le in [0.01, 0.05, 0.06, 0.5] {
+            a.add_bucket(le, requests - slow);
+        }
+        a.add_bucket(f64::INFINITY, requests);
+        a.finish();
+        a
+    };
+    Window {
+        stable: arm(stable),
+        canary: arm(canary),
+        baseline: arm(baseline),
+        seconds: 2.0,
+        ..Window::default()
+    }
+}
+
+fn with_a_50ms_bound(mut s: GateSettings) -> GateSettings {
+    s.latency_bounds = vec![Duration::from_millis(50)];
+    s
 }
 
 #[test]
-fn a_canary_worse_than_the_baseline_arm_but_equal_to_the_primary_is_rolled_back() {
-    // The primary happens to fail 5% (a long-running version's state);
-    // the canary fails 5% where a fresh copy of the primary fails 1%.
-    let w = three_arms((400.0, 20.0), (200.0, 10.0), (200.0, 2.0));
-    assert_eq!(verdict(&with_baseline_arm(), &w), Outcome::Fail);
-    assert_ne!(verdict(&settings(), &w), Outcome::Fail);
+fn a_canary_as_slow_as_the_baseline_arm_but_slower_than_the_primary_is_not_rolled_back() {
+    // New pods of either version are slower (a colder node pool, cold
+    // caches): 5% over the bound where the long-running primary has 1%.
+    let w = three_latencies((400.0, 4.0), (200.0, 10.0), (200.0, 10.0));
+    assert_ne!(
+        verdict(&with_a_50ms_bound(with_baseline_arm()), &w),
+        Outcome::Fail
+    );
+    // Against the primary the same canary is slower: the test can fail.
+    let mut against_primary = with_a_50ms_bound(settings());
+    against_primary.warmup = Duration::ZERO;
+    assert_eq!(verdict(&against_primary, &w), Outcome::Fail);
+}
+
+#[test]
+fn a_canary_slower_than_the_baseline_arm_but_as_slow_as_the_primary_is_rolled_back() {
+    // The primary happens to be slow (a long-running version's state);
+    // the canary is as slow where a fresh copy of the primary is not.
+    let w = three_latencies((400.0, 20.0), (200.0, 10.0), (200.0, 2.0));
+    let s = with_a_50ms_bound(with_baseline_arm());
+    assert_eq!(verdict(&s, &w), Outcome::Fail);
+    let mut against_primary = with_a_50ms_bound(settings());
+    against_primary.warmup = Duration::ZERO;
+    assert_ne!(verdict(&against_primary, &w), Outcome::Fail);
     // The reason names the arm it was judged against.
-    let s = with_baseline_arm();
     let mut g = GateState::new(&s);
     for _ in 0..300 {
         g.observe(&s, &w, 2500, Arms::Weighted);
     }
     let a = g.analysis(&s, 20, Arms::Weighted);
+    let slow = a
+        .checks
+        .iter()
+        .find(|c| c.name.starts_with("latency"))
+        .unwrap();
+    assert_eq!(slow.outcome, Outcome::Fail);
+    assert!(slow.reason.contains("vs baseline arm"), "{}", slow.reason);
+}
+
+#[test]
+fn with_a_baseline_arm_failures_are_judged_against_the_whole_old_version() {
+    // The canary fails 8%, the primary and the baseline arm 1%: caught as
+    // fast as against the primary alone (the reference is the old
+    // version's whole weighted traffic, not the arm's small share).
+    let w = three_arms((400.0, 4.0), (200.0, 16.0), (200.0, 2.0));
+    let first_fail = |s: &GateSettings| {
+        let mut g = GateState::new(s);
+        (1..=300)
+            .find(|_| {
+                g.observe(s, &w, 2500, Arms::Weighted);
+                g.analysis(s, 20, Arms::Weighted).verdict() == Outcome::Fail
+            })
+            .expect("rolled back")
+    };
+    let s = with_baseline_arm();
+    assert!(first_fail(&s) <= first_fail(&settings()));
+    let mut g = GateState::new(&s);
+    for _ in 0..5 {
+        g.observe(&s, &w, 2500, Arms::Weighted);
+    }
+    let a = g.analysis(&s, 20, Arms::Weighted);
     let errors = a.checks.iter().find(|c| c.name == "errors").unwrap();
-    assert_eq!(errors.outcome, Outcome::Fail);
     assert!(
-        errors.reason.contains("canary 5.00% vs baseline arm 1.00%"),
+        errors.reason.contains("vs primary and baseline arm"),
         "{}",
         errors.reason
     );
+    // New pods of both versions failing alike are not cancelled for
+    // failures (they are for latency): a canary failing 5% where the
+    // primary fails 1% is rolled back even when the arm fails 5% too.
+    let both_new = three_arms((400.0, 4.0), (200.0, 10.0), (200.0, 10.0));
+    assert_eq!(verdict(&s, &both_new), Outcome::Fail);
 }
 
 #[test]
