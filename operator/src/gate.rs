@@ -701,11 +701,9 @@ impl GateState {
         let (c, s, s_failures) = if against_baseline_arm {
             self.total_baseline_arm.add(&window.baseline);
             self.step_baseline_arm_requests += window.baseline.requests;
-            old_version = Arm {
-                requests: window.stable.requests + window.baseline.requests,
-                failures: window.stable.failures + window.baseline.failures,
-                ..Arm::default()
-            };
+            let mut merged = window.stable.clone();
+            merged.add(&window.baseline);
+            old_version = merged;
             (&window.canary, &window.baseline, &old_version)
         } else {
             (&window.canary, &window.stable, &window.stable)
@@ -728,12 +726,19 @@ impl GateState {
                 stable_requests: s_failures.requests,
                 stable_events: s_failures.failures,
             },
-            (primary.requests, primary.failures),
+            // The failures' reference learns its dispersion from its own
+            // counts: with a baseline arm, the old version's whole traffic
+            // (at a step of 50% that is the arm alone, whose pods may be
+            // burstier than the primary's).
+            (s_failures.requests, s_failures.failures),
         );
         if settings.latency_bounds.is_empty() && self.latency.is_empty() {
-            // The bound is learnt from the primary whatever the canary is
-            // judged against: it is the long-running version's p99.
-            self.learn(settings, &window.stable);
+            // The bound is learnt from the old version whatever the canary
+            // is judged against: its p99, from the primary's traffic (and
+            // the baseline arm's, which is the same version: without it a
+            // release that reaches 50% before 500 requests of the primary
+            // would never learn one).
+            self.learn(settings, s_failures);
         }
         let warm = self
             .canary_since

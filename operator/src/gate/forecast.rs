@@ -53,11 +53,23 @@ pub struct Forecast {
     pub max_duration_secs: f64,
 }
 
+/// What a check judges: failures or latency.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    Failures,
+    Latency,
+}
+
 /// The share of the route's traffic the canary is judged against at
-/// canary weight `w`: the primary's `1 − w`, or with a baseline arm its
-/// own `w` (the same share as the canary's, taken from the primary).
-fn reference_share(s: &GateSettings, w: f64) -> f64 {
-    if s.baseline_arm { w } else { 1.0 - w }
+/// canary weight `w`: the old version's `1 − w` (the primary, plus the
+/// baseline arm when there is one), except latency with a baseline arm,
+/// judged against the arm's own `w`.
+fn reference_share(s: &GateSettings, w: f64, judged: Judged) -> f64 {
+    if s.baseline_arm && judged == Judged::Latency {
+        w
+    } else {
+        1.0 - w
+    }
 }
 
 /// Expected gain and its variance, per second, of alternative `alt`
@@ -101,13 +113,19 @@ fn schedule(plan: &Plan, max: f64) -> Vec<(f64, f64)> {
 
 /// Seconds until a canary as good as the primary is shown no worse, for
 /// events at `rate` per second of route traffic.
-fn promotion_secs(plan: &Plan, s: &GateSettings, rate: f64, phi: f64) -> Option<f64> {
+fn promotion_secs(
+    plan: &Plan,
+    s: &GateSettings,
+    rate: f64,
+    phi: f64,
+    judged: Judged,
+) -> Option<f64> {
     let w = f64::from(*plan.steps_bp.last()?) / 10_000.0;
     let threshold = s.pass_threshold() + std::f64::consts::LN_2;
     let at_last = PASS_GRID
         .iter()
         .filter_map(|(m, prior)| {
-            let shares = (w, reference_share(s, w));
+            let shares = (w, reference_share(s, w, judged));
             let (mean, _) = growth(rate, shares, 1.0, s.rho_max * m, s.rho_max, phi);
             (mean > 0.0).then(|| (threshold - prior.ln()) / mean)
         })
@@ -119,13 +137,19 @@ fn promotion_secs(plan: &Plan, s: &GateSettings, rate: f64, phi: f64) -> Option<
 
 /// Whether a canary `ratio` times worse is caught with 95% probability
 /// within `max` seconds.
-fn caught(plan: &Plan, s: &GateSettings, rate: f64, phi: f64, ratio: f64, max: f64) -> bool {
+fn caught(
+    plan: &Plan,
+    s: &GateSettings,
+    (rate, phi, judged): (f64, f64, Judged),
+    ratio: f64,
+    max: f64,
+) -> bool {
     let threshold = s.fail_threshold() + 2f64.ln() + (FAIL_GRID.len() as f64).ln();
     FAIL_GRID.iter().any(|m| {
         let alt = s.rho0 * m;
         let (mut mean, mut var) = (0.0, 0.0);
         for (w, dwell) in schedule(plan, max) {
-            let shares = (w, reference_share(s, w));
+            let shares = (w, reference_share(s, w, judged));
             let (m1, v1) = growth(rate, shares, ratio, alt, s.rho0, phi);
             mean += m1 * dwell;
             var += v1 * dwell;
@@ -136,15 +160,22 @@ fn caught(plan: &Plan, s: &GateSettings, rate: f64, phi: f64, ratio: f64, max: f
 
 /// The least ratio (between 1 and 1000) caught in time, by bisection on
 /// a log scale.
-fn smallest_ratio(plan: &Plan, s: &GateSettings, rate: f64, phi: f64) -> Option<f64> {
+fn smallest_ratio(
+    plan: &Plan,
+    s: &GateSettings,
+    rate: f64,
+    phi: f64,
+    judged: Judged,
+) -> Option<f64> {
     let max = plan.max_duration.as_secs_f64();
-    if !caught(plan, s, rate, phi, 1000.0, max) {
+    let how = (rate, phi, judged);
+    if !caught(plan, s, how, 1000.0, max) {
         return None;
     }
     let (mut lo, mut hi) = (s.rho0.max(1.0), 1000.0f64);
     for _ in 0..40 {
         let mid = (lo * hi).sqrt();
-        if caught(plan, s, rate, phi, mid, max) {
+        if caught(plan, s, how, mid, max) {
             hi = mid;
         } else {
             lo = mid;
@@ -171,9 +202,9 @@ pub fn forecast(plan: &Plan, s: &GateSettings, gate: &GateState) -> Option<Forec
     });
     // Without a bound yet, slow requests are about 1% (the p99's bucket).
     let slow = slow_share.unwrap_or(0.01);
-    let promotion = [failure_rate, slow]
+    let promotion = [(failure_rate, Judged::Failures), (slow, Judged::Latency)]
         .iter()
-        .map(|p| promotion_secs(plan, s, rps * p, phi))
+        .map(|(p, judged)| promotion_secs(plan, s, rps * p, phi, *judged))
         .try_fold(0.0f64, |acc, t| t.map(|t| acc.max(t)));
     Some(Forecast {
         rps,
@@ -182,8 +213,8 @@ pub fn forecast(plan: &Plan, s: &GateSettings, gate: &GateState) -> Option<Forec
         slow_share,
         dispersion: phi,
         promotion_secs: promotion,
-        smallest_failure_ratio: smallest_ratio(plan, s, rps * failure_rate, phi),
-        smallest_latency_ratio: smallest_ratio(plan, s, rps * slow, phi),
+        smallest_failure_ratio: smallest_ratio(plan, s, rps * failure_rate, phi, Judged::Failures),
+        smallest_latency_ratio: smallest_ratio(plan, s, rps * slow, phi, Judged::Latency),
         max_duration_secs: plan.max_duration.as_secs_f64(),
     })
 }
@@ -291,49 +322,47 @@ mod tests {
     }
 
     #[test]
-    fn a_baseline_arm_as_reference_needs_more_time_and_catches_less() {
-        // The same canary traffic against a reference of its own size
-        // (not nine to one at 10%) carries less evidence.
+    fn a_baseline_arm_costs_latency_evidence_and_not_failure_evidence() {
+        // Latency is judged against the arm, a reference of the canary's
+        // own size (not nine to one at 10%): it carries less evidence.
+        // Failures are judged against primary + arm, the old version's
+        // whole traffic: as without an arm.
         let primary = GateSettings::default();
         let mut arm = GateSettings::default();
         arm.use_baseline_arm(false);
-        // 100 req/s: the last step's evidence, not the steps' dwell, sets
-        // the time to promotion.
         let state = baseline(100.0, 0.01, 30.0);
-        let promotion = |plan: &Plan, s: &GateSettings| {
-            forecast(plan, s, &state)
-                .unwrap()
-                .promotion_secs
-                .unwrap_or(f64::INFINITY)
-        };
-        // Ending at 25%: the primary's 75% against the arm's 25%.
+        let f = |plan: &Plan, s: &GateSettings| forecast(plan, s, &state).unwrap();
         let quarter = Plan {
             steps_bp: vec![1000, 2500],
             ..plan()
         };
-        let (p, a) = (promotion(&quarter, &primary), promotion(&quarter, &arm));
+        // Ending at 25%: the latency check's 25% against the primary's 75%.
+        let (p, a) = (f(&quarter, &primary), f(&quarter, &arm));
         assert!(
-            p < a,
-            "promotion {p}s against the primary, {a}s against the arm"
+            p.promotion_secs.unwrap() < a.promotion_secs.unwrap_or(f64::INFINITY),
+            "promotion {:?}s against the primary, {:?}s with the arm",
+            p.promotion_secs,
+            a.promotion_secs
         );
         // Ending at 50%, the arm and the primary's share are the same size.
-        let (p, a) = (promotion(&plan(), &primary), promotion(&plan(), &arm));
-        assert!((p - a).abs() < 1e-9, "{p} vs {a}");
-        // The smaller references of the first steps cost what is caught.
-        let (p, a) = (
-            forecast(&plan(), &primary, &state)
-                .unwrap()
-                .smallest_failure_ratio
-                .unwrap(),
-            forecast(&plan(), &arm, &state)
-                .unwrap()
-                .smallest_failure_ratio
-                .unwrap(),
+        let (p, a) = (f(&plan(), &primary), f(&plan(), &arm));
+        let (pp, ap) = (p.promotion_secs.unwrap(), a.promotion_secs.unwrap());
+        assert!((pp - ap).abs() < 1e-9, "{pp} vs {ap}");
+        // The smaller latency reference of the first steps costs what is
+        // caught; the failure reference costs nothing.
+        let (pl, al) = (
+            p.smallest_latency_ratio.unwrap(),
+            a.smallest_latency_ratio.unwrap(),
         );
         assert!(
-            p < a,
-            "smallest ratio {p} against the primary, {a} against the arm"
+            pl < al,
+            "latency: {pl} against the primary, {al} against the arm"
         );
+        let (pf, af) = (
+            p.smallest_failure_ratio.unwrap(),
+            a.smallest_failure_ratio.unwrap(),
+        );
+        assert!((pf - af).abs() < 1e-9, "failures: {pf} vs {af}");
     }
 
     #[test]

@@ -653,8 +653,7 @@ fn with_baseline_arm() -> GateSettings {
     s
 }
 
-/// A window of three arms, each `(requests, slow)`, no failures: the fast
-/// ones within 10 ms, the slow ones over 500 ms.
+/// A window of three arms, each `(requests, slow)`, no failures.
 fn three_latencies(stable: (f64, f64), canary: (f64, f64), baseline: (f64, f64)) -> Window {
     let arm = |(requests, slow): (f64, f64)| {
         let mut a = Arm {
@@ -662,10 +661,19 @@ fn three_latencies(stable: (f64, f64), canary: (f64, f64), baseline: (f64, f64))
             failures: 0.0,
             ..Arm::default()
         };
-        // Bounds 50 ms and the next one, 60 ms (the canary's bound with
-        // the 10% latency tolerance); the slow requests over both.
-        for le in [0.01, 0.05, 0.06, 0.5] {
-            a.add_bucket(le, requests - slow);
+        // Every bucket bound the proxy has (so any bound and the
+        // canary's, one bound up with the 10% latency tolerance, are
+        // there): the fast requests between 5 and 10 ms, the slow ones
+        // over 500 ms.
+        for le in sluice_proxy::metrics::duration_bounds_secs() {
+            let within = if le < 0.01 - 1e-12 {
+                0.0
+            } else if le < 0.5 {
+                requests - slow
+            } else {
+                requests
+            };
+            a.add_bucket(le, within);
         }
         a.add_bucket(f64::INFINITY, requests);
         a.finish();
@@ -848,4 +856,32 @@ fn a_baseline_arm_without_traffic_keeps_the_step_inconclusive() {
     let a = g.analysis(&s, 20, Arms::Weighted);
     let check = a.checks.iter().find(|c| c.name == "baseline-arm").unwrap();
     assert_eq!(check.outcome, Outcome::Pass);
+}
+
+#[test]
+fn with_a_baseline_arm_the_latency_bound_is_learnt_from_the_arm_too() {
+    // A release that reaches 50% before the primary served 500 requests:
+    // at 50% the primary gets nothing and the arm the canary's share. The
+    // bound is learnt from the old version's traffic, the arm's included,
+    // so a canary slow on half its requests is still caught.
+    let mut s = GateSettings::default();
+    s.use_baseline_arm(false);
+    let w = three_latencies((0.0, 0.0), (20.0, 10.0), (20.0, 0.0));
+    let mut g = GateState::new(&s);
+    let caught = (1..=300).find(|_| {
+        g.observe(&s, &w, 5000, Arms::Weighted);
+        g.analysis(&s, 20, Arms::Weighted).verdict() == Outcome::Fail
+    });
+    assert!(
+        caught.is_some(),
+        "never judged: {:?}",
+        g.analysis(&s, 20, Arms::Weighted)
+    );
+    let a = g.analysis(&s, 20, Arms::Weighted);
+    assert!(
+        a.checks
+            .iter()
+            .any(|c| c.name.starts_with("latency") && c.outcome == Outcome::Fail),
+        "{a:?}"
+    );
 }
