@@ -136,9 +136,7 @@ impl Connections {
             );
         }
     }
-}
 
-impl Connections {
     /// Waits until no connection is left, or `timeout`; true when none is.
     pub async fn settle(&self, timeout: Duration) -> bool {
         let none_left = async {

@@ -14,10 +14,6 @@ use std::time::Duration;
 
 use sluice_tests::*;
 
-/// Each release puts 400 req/s through a debug build: two at a time, as in
-/// `gate.rs`, so no release is judged on another's CPU starvation.
-static AT_MOST_TWO: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
 fn one_percent(faults: Faults) -> Faults {
     Faults {
         error_rate: 0.01,
@@ -194,7 +190,7 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_baseline_arm_gets_the_canarys_exact_share_and_leaves_the_route_at_promotion() {
-    let _two = AT_MOST_TWO.acquire().await.unwrap();
+    let _two = release_slot().await;
     let r = Release::new(
         one_percent(Faults::default()),
         one_percent(Faults::default()),
@@ -255,7 +251,7 @@ async fn the_baseline_arm_gets_the_canarys_exact_share_and_leaves_the_route_at_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_worse_than_the_baseline_arm_is_rolled_back_and_the_arm_leaves_the_route() {
-    let _two = AT_MOST_TWO.acquire().await.unwrap();
+    let _two = release_slot().await;
     let worse = Faults {
         error_rate: 0.08,
         ..Faults::default()
@@ -285,7 +281,7 @@ async fn a_canary_worse_than_the_baseline_arm_is_rolled_back_and_the_arm_leaves_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_canary_beside_an_equally_cold_baseline_arm_is_promoted_without_a_warmup() {
-    let _two = AT_MOST_TWO.acquire().await.unwrap();
+    let _two = release_slot().await;
     // Requests over 250 ms are slow: a cold pod's 300 ms answers are.
     let bound = ["--latency-bound", "250ms"];
     // The control: judged against the warm primary with no warm-up, the

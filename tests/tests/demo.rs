@@ -5,14 +5,10 @@ use std::process::Command;
 
 use sluice_tests::*;
 
-/// Each demo puts 1,000 req/s through a debug build, about half of one
-/// core (measured): two at a time on two cores, so that no scenario is
-/// judged on another's CPU starvation.
-static TWO_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
-/// Runs `sluice demo ARGS --output json` in one of the two places.
+/// Runs `sluice demo ARGS --output json` in a [`release_slot`]: each demo
+/// puts 1,000 req/s through a debug build, about half of one core.
 async fn demo_in_turn(args: Vec<String>) -> (i32, serde_json::Value, String) {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         demo(&args)

@@ -11,16 +11,6 @@ use std::time::Duration;
 
 use sluice_tests::*;
 
-/// These releases each put 400 req/s through a debug build on two cores
-/// (about a fifth of one core each, measured): two at a time, so that no
-/// release is judged on another's CPU starvation and the file still takes
-/// half the wall time of one at a time.
-static AT_MOST_TWO: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
-async fn two_at_a_time() -> tokio::sync::SemaphorePermit<'static> {
-    AT_MOST_TWO.acquire().await.expect("never closed")
-}
-
 struct Release {
     stable: BackendHandle,
     canary: BackendHandle,
@@ -160,7 +150,7 @@ fn evidence(events: &[serde_json::Value], check: &str) -> serde_json::Value {
 }
 
 async fn healthy_canary_is_promoted(with_prometheus: bool) {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let r = Release::new(one_percent(Faults::default()), with_prometheus).await;
     let (code, events, report) = r.run().await;
     assert_eq!(code, 0, "{}", last_message(&events));
@@ -174,7 +164,7 @@ async fn healthy_canary_is_promoted(with_prometheus: bool) {
 }
 
 async fn worse_canary_is_rolled_back_on_evidence(canary: Faults, check: &str) {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let r = Release::new(canary, false).await;
     let (code, events, _) = r.run().await;
     assert_eq!(code, 1, "{}", last_message(&events));
@@ -221,7 +211,7 @@ async fn a_canary_failing_twice_as_often_as_the_primary_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_failing_8_percent_is_rolled_back_within_its_first_step() {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let r = Release::new(
         Faults {
             error_rate: 0.08,
@@ -263,7 +253,7 @@ async fn a_canary_400ms_slower_is_rolled_back_on_latency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slowdown_of_both_arms_mid_release_is_not_held_against_the_canary() {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let r = Release::new(one_percent(Faults::default()), false).await;
     let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
     let rollout = Rollout::start(&r.args());
@@ -320,7 +310,7 @@ fn bursty(seed_faults: Faults) -> Faults {
 /// the gate learns the dispersion from the baseline, so it gets 20 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_canary_is_promoted_when_both_arms_fail_in_bursts() {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let r = Release::with(bursty(Faults::default()), bursty(Faults::default()), false).await;
     let mut args = r.args();
     let baseline = args.iter().position(|a| a == "--baseline").unwrap();
@@ -342,7 +332,7 @@ async fn a_healthy_canary_is_promoted_when_both_arms_fail_in_bursts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_slow_only_while_cold_is_promoted() {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let cold = Faults {
         warmup: Some(sluice_loadtest::backend::Warmup {
             duration: Duration::from_secs(4),
@@ -371,7 +361,7 @@ async fn a_canary_slow_only_while_cold_is_promoted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_release_too_quiet_to_decide_is_held_then_promoted_by_a_person() {
-    let _serial = two_at_a_time().await;
+    let _slot = release_slot().await;
     let r = Release::new(one_percent(Faults::default()), false).await;
     let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 5.0);
     let mut args = r.args();

@@ -7,11 +7,6 @@ use std::time::Duration;
 
 use sluice_tests::*;
 
-/// Each release puts 300 req/s through a debug build, a small share of
-/// one core: two at a time on two cores, so that no release is judged on
-/// another's CPU starvation.
-static TWO_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
-
 struct Release {
     stable: BackendHandle,
     canary: BackendHandle,
@@ -106,7 +101,7 @@ fn weights(events: &[serde_json::Value]) -> Vec<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_healthy_blue_green_release_is_judged_on_mirrored_traffic_switches_in_one_step_and_soaks()
 {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     let r = Release::new().await;
     let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
     let (code, events) = Rollout::start(&r.args(&[
@@ -150,7 +145,7 @@ async fn a_healthy_blue_green_release_is_judged_on_mirrored_traffic_switches_in_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blue_green_release_failing_in_its_soak_switches_back_at_once() {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     let r = Release::new().await;
     let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
     let rollout = Rollout::start(&r.args(&[
@@ -254,7 +249,7 @@ async fn experiment(r: &Release, extra: &[&str]) -> (i32, Vec<serde_json::Value>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_experiment_reports_both_arms_and_ends_on_stable() {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     let r = Release::new().await;
     // Judged on requests over 100 ms: the 20 ms difference is reported,
     // not held against the canary.
@@ -294,7 +289,7 @@ async fn an_experiment_reports_both_arms_and_ends_on_stable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_shown_worse_ends_an_experiment_early_with_its_report() {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     let r = Release::new().await;
     // Judged on the primary's own p99 bound, 20 ms more is worse.
     let (code, events) = experiment(&r, &[]).await;
@@ -369,7 +364,7 @@ async fn unknown_strategies_and_bad_route_settings_are_usage_errors_and_change_n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blue_green_release_is_judged_on_mirrored_traffic_through_prometheus() {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     let r = Release::new().await;
     let prometheus = Prometheus::start(&[r.proxy.admin_addr]).await;
     prometheus.wait_for_targets_up(1).await;
@@ -409,7 +404,7 @@ async fn a_blue_green_release_is_judged_on_mirrored_traffic_through_prometheus()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_experiment_on_a_b_rules_alone_compares_the_testers_with_everyone_else() {
-    let _slot = TWO_AT_A_TIME.acquire().await.expect("never closed");
+    let _slot = release_slot().await;
     let stable = failing_backend("stable", 0.01, 31).await;
     let canary = failing_backend("canary", 0.01, 32).await;
     let proxy = start_proxy(&proxy_yaml(&format!(

@@ -79,12 +79,7 @@ pub const TOTAL_WEIGHT: u32 = 10_000;
 
 /// The namespaced HTTPRoute API (`gateway.networking.k8s.io/v1`).
 pub fn http_routes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk(GROUP, "v1", "HTTPRoute");
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk_with_plural(&gvk, "httproutes"),
-    )
+    Api::namespaced_with(client.clone(), ns, &http_route_resource())
 }
 
 /// The HTTPRoute API (`gateway.networking.k8s.io/v1`) of one namespace, or
