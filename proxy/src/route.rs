@@ -404,10 +404,11 @@ pub fn route(
     if let Some(direct) = &route.direct_response {
         // The proxy's own answer, on no backend's series:
         // `sluice_direct_responses_total` only.
-        if let Some(counter) = &route.direct_responses {
-            counter.inc();
-        }
-        return Err(Refusal::new(direct.status, direct.body.clone()));
+        direct.counted.inc();
+        return Err(Refusal::new(
+            direct.answer.status,
+            direct.answer.body.clone(),
+        ));
     }
     let decision = route.decide(at, req.fields);
     let refuse = |status: StatusCode, rejected: &Counter, text: String| {

@@ -85,6 +85,12 @@ pub struct Backend {
     pub retry_budget: Arc<RetryBudget>,
 }
 
+/// A route's `direct_response` with its `sluice_direct_responses_total`.
+pub struct DirectResponse {
+    pub answer: crate::config::ValidDirectResponse,
+    pub counted: Counter,
+}
+
 /// How many retries a backend may still make: at most 20% of its
 /// requests plus 10, over the last 10 to 20 seconds (two windows of 10 s),
 /// as Linkerd's budget. A backend's budget outlives reloads that keep it.
@@ -210,9 +216,7 @@ pub struct Route {
     stable_backend: Option<Backend>,
     /// The proxy's own answer to every request of the route: the route
     /// phase answers it, and the request never reaches a backend.
-    pub direct_response: Option<crate::config::ValidDirectResponse>,
-    /// `sluice_direct_responses_total` of this route's direct response.
-    pub direct_responses: Option<Counter>,
+    pub direct_response: Option<DirectResponse>,
     pub canary: Option<Backend>,
     /// The baseline arm (only with a canary): the weighted split gives it
     /// the canary's share too; A/B rules and mirror copies never go to it.
@@ -824,11 +828,10 @@ fn build_route(
         response_headers: r.response_headers.clone(),
         protocol: r.protocol,
         stable_backend,
-        direct_response: r.direct_response.clone(),
-        direct_responses: r
-            .direct_response
-            .as_ref()
-            .map(|d| metrics.direct_responses(&r.name, d.status.as_u16())),
+        direct_response: r.direct_response.as_ref().map(|d| DirectResponse {
+            counted: metrics.direct_responses(&r.name, d.status.as_u16()),
+            answer: d.clone(),
+        }),
         canary,
         baseline,
         split,
