@@ -28,6 +28,18 @@ use tokio::net::TcpListener;
 pub use sluice_loadtest::{BackendHandle, BackendOptions, Faults, Latency};
 pub use sluice_proxy::ProxyHandle;
 
+// === load ===
+
+/// A place among the releases of one test file that put steady load
+/// through debug builds (each a fifth to a half of one core, measured:
+/// 300–1,000 req/s): two at a time on two cores, so that no release is
+/// judged on another's CPU starvation. Hold the permit for the release.
+/// Each test file is its own process, so the two places are per file.
+pub async fn release_slot() -> tokio::sync::SemaphorePermit<'static> {
+    static RELEASES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    RELEASES.acquire().await.expect("never closed")
+}
+
 // === polling ===
 
 /// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
@@ -354,6 +366,19 @@ pub struct ChildProxy {
 }
 
 impl ChildProxy {
+    /// Writes `text` as its config file and waits until the proxy has
+    /// refused `failures` reloads in all (`sluice_config_reloads_total`
+    /// with `result="failure"`); `what` names the wait in a timeout.
+    pub async fn write_refused_config(&self, text: &str, failures: f64, what: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
+        eventually(what, Duration::from_secs(10), || async {
+            let m = scrape(self.admin).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == failures)
+                .then_some(())
+        })
+        .await;
+    }
+
     /// Writes `routes_yaml` into a config and starts the binary on it.
     pub async fn start(routes_yaml: &str, extra_args: &[&str]) -> Self {
         Self::start_with(routes_yaml, "", "", extra_args).await

@@ -430,35 +430,25 @@ async fn bad_config_file_is_rejected_and_the_last_good_table_keeps_serving() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let proxy = ChildProxy::start(&split_route(&stable, &canary, 0.0), &[]).await;
     let original = std::fs::read_to_string(&proxy.config_path).unwrap();
-    std::fs::write(
-        &proxy.config_path,
-        original.replace("canary_weight: 0", "canary_weight: 150"),
-    )
-    .unwrap();
-    eventually(
-        "the bad reload to be counted",
-        Duration::from_secs(10),
-        || async {
-            let m = scrape(proxy.admin).await;
-            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 1.0).then_some(())
-        },
-    )
-    .await;
+    proxy
+        .write_refused_config(
+            &original.replace("canary_weight: 0", "canary_weight: 150"),
+            1.0,
+            "the bad reload to be counted",
+        )
+        .await;
     let (status, headers, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
     assert_eq!(
         (status, headers["x-backend"].to_str().unwrap()),
         (StatusCode::OK, "stable")
     );
-    std::fs::write(&proxy.config_path, "routes: [ this is not yaml").unwrap();
-    eventually(
-        "the unparsable reload to be counted",
-        Duration::from_secs(10),
-        || async {
-            let m = scrape(proxy.admin).await;
-            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 2.0).then_some(())
-        },
-    )
-    .await;
+    proxy
+        .write_refused_config(
+            "routes: [ this is not yaml",
+            2.0,
+            "the unparsable reload to be counted",
+        )
+        .await;
     // A duration too large for any timer is an error that names the field
     // (it once panicked the parser and killed the watcher, so every later
     // change was silently ignored).
@@ -466,16 +456,9 @@ async fn bad_config_file_is_rejected_and_the_last_good_table_keeps_serving() {
         "canary_weight: 0",
         "canary_weight: 50\n    timeouts: { connect: 99999999999999999999h }",
     );
-    std::fs::write(&proxy.config_path, &overflow).unwrap();
-    eventually(
-        "the overflowing reload to be counted",
-        Duration::from_secs(10),
-        || async {
-            let m = scrape(proxy.admin).await;
-            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 3.0).then_some(())
-        },
-    )
-    .await;
+    proxy
+        .write_refused_config(&overflow, 3.0, "the overflowing reload to be counted")
+        .await;
     let (code, stderr) = proxy_check(&proxy.config_path);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(

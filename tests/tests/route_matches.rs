@@ -672,20 +672,13 @@ async fn a_reload_with_bad_matches_keeps_the_running_table() {
     assert_eq!(backend_of("POST", "/login").await, "login");
     assert_eq!(backend_of("GET", "/login").await, "main");
     let original = std::fs::read_to_string(&proxy.config_path).unwrap();
-    std::fs::write(
-        &proxy.config_path,
-        original.replace("methods: [POST]", "methods: [post]"),
-    )
-    .unwrap();
-    eventually(
-        "the bad reload to be counted",
-        Duration::from_secs(10),
-        || async {
-            let m = scrape(proxy.admin).await;
-            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) == 1.0).then_some(())
-        },
-    )
-    .await;
+    proxy
+        .write_refused_config(
+            &original.replace("methods: [POST]", "methods: [post]"),
+            1.0,
+            "the bad reload to be counted",
+        )
+        .await;
     let (code, errors) = proxy_check(&proxy.config_path);
     assert_eq!(code, Some(2));
     assert!(
