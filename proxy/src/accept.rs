@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ValidConfig;
-use crate::conn::{ConnLimits, Connections, Entered, Rewind};
+use crate::conn::{ConnLimits, Connections, Entered, Rewind, stopped};
 use crate::downstream::ProxyState;
 use crate::forward::Client;
 
@@ -89,11 +89,6 @@ pub async fn run_listener(
         .tunnels
         .drain(deadline.saturating_duration_since(tokio::time::Instant::now()))
         .await;
-}
-
-/// Resolves once the stop flag is set (or its sender is gone).
-pub async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// One accepted connection on a TLS listener: the handshake, then its

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::accept::stopped;
+use crate::conn::stopped;
 use crate::conn::{Activity, ConnLimits, Connections, Tracked, supervise};
 use crate::downstream::ProxyState;
 use crate::store::UpdateError;

@@ -39,6 +39,11 @@ pub fn check_every(timeout: Duration) -> Duration {
     (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
+/// Resolves once the stop flag is set (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
 /// The client connections open in the whole process, against
 /// `limits.max_connections`.
 pub struct Capacity {

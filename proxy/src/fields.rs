@@ -33,6 +33,9 @@
 //!   proxy's own HTTP/1.1 codec parsed, or an `http::HeaderMap`.
 //! - **Lengths.** A `Content-Length` is one or more equal decimal numbers
 //!   (`5`, `5, 5`, two fields of `5`); anything else is not a length.
+//! - **Paths.** An escape of an unreserved character (`%7E`, `%61`) means
+//!   that character ([`decode_unreserved`]): the routing reads a request's
+//!   path so, and the config's path matches are read the same way.
 
 /// A message's header fields, whatever holds them.
 pub trait Fields: Sync {
@@ -472,6 +475,58 @@ impl LengthReader {
             Some(e) => Err(e),
             None => Ok(self.length.map(|n| (n, self.repeated))),
         }
+    }
+}
+
+// === request targets ===
+
+/// The unreserved character `%hl` stands for, if it stands for one.
+fn unreserved_escape(h: u8, l: u8) -> Option<u8> {
+    if !(h.is_ascii_hexdigit() && l.is_ascii_hexdigit()) {
+        return None;
+    }
+    let b = hex_value(h) << 4 | hex_value(l);
+    (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')).then_some(b)
+}
+
+/// `path` with its escapes of unreserved characters decoded (borrowed
+/// when it has none: the common case costs one scan for `%`). Config
+/// paths are read so too, so `path_prefix: /%7Eme` still meets `/~me`.
+pub fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let any = bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && unreserved_escape(w[1], w[2]).is_some());
+    if !any {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if unreserved_escape(h, l).is_some() => {
+                out.push(unreserved_escape(h, l).expect("checked"));
+                i += 3;
+            }
+            (b, ..) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII replaced ASCII escapes: still UTF-8.
+    std::borrow::Cow::Owned(String::from_utf8(out).expect("ASCII for ASCII"))
+}
+
+/// The value of the hex digit `digit` (one of `0-9a-fA-F`).
+pub fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        _ => digit - b'A' + 10,
     }
 }
 

@@ -7,8 +7,12 @@
 //!
 //! # Structure
 //!
-//! A request moves through named phases, one way, each a module that only
-//! looks down (at the phases before it and at the modules below them):
+//! A request moves through named phases, one way, each in its own module.
+//! The connection's side (`accept`, then `downstream`) drives them; a later
+//! phase reads an earlier one's result (`forward` takes `route`'s decision,
+//! `answer` takes `forward`'s outcome), never the other way round, and the
+//! record phase sits below them all. The exact import order is the table
+//! under [Layers](#layers).
 //!
 //! ```text
 //! accept        listener, TLS, HTTP/2 or HTTP/1.1, connection limits    accept, conn
@@ -27,11 +31,42 @@
 //! phase as a [`forward::Outcome`]. Below the phases: the routing table
 //! ([`routing`], replaced whole by [`store`] on every valid reload, from
 //! [`config`], the file format, and its validation), the rules on fields
-//! ([`fields`]), the HTTP/1.1 codec without I/O ([`http1`]), the request
-//! body on its way upstream ([`body`]), connection supervision ([`conn`]),
-//! TLS ([`tls`]) and the metric families ([`metrics`]). The admin listener
-//! ([`admin`]) and the Kubernetes ConfigMap source ([`kube_source`]) sit
-//! beside the request path.
+//! and paths ([`fields`]), the HTTP/1.1 codec without I/O ([`http1`]), the
+//! request body on its way upstream ([`body`]), connection supervision
+//! ([`conn`]), TLS ([`tls`]) and the metric families ([`metrics`], the
+//! plain TCP listeners' too). The admin listener ([`admin`]), the plain TCP
+//! listeners ([`tcp`]), the Kubernetes ConfigMap source ([`kube_source`])
+//! and the Gateway API translation ([`gateway`]) sit beside the request
+//! path.
+//!
+//! # Layers
+//!
+//! Every module imports only modules of the lines below its own: never one
+//! of its own line, never one above, so there is no import circle. Where a
+//! lower module must act on a higher one it defines a trait the higher one
+//! implements: the store reloads the TCP listeners through
+//! [`store::TcpLayout`].
+//!
+//! ```text
+//! accept admin                    | the listeners: HTTP (plain, TLS) and the admin API
+//! downstream                      | read heads, write answers: HTTP/1.1 and HTTP/2 clients
+//! answer                          | the client's answer, streamed back
+//! forward                         | to a backend: retries, failover, mirror copy
+//! route tcp gateway kube_source   | route and decide; TCP listeners; config sources
+//! store                           | the routing table in force, reloads
+//! routing                         | the routing table: routes, matches, backends
+//! mirror                          | mirror copies
+//! upstream                        | backend connections: the own HTTP/1.1 codec, HTTP/2
+//! affinity record split tls       | sticky backends, the record phase, the exact split, TLS
+//! body config conn http1          | request bodies, the config format, connections, the codec
+//! grpc metrics                    | gRPC status rules, metric families
+//! fields file_watch reuse worker  | field rules, file watching, buffers, thread slots
+//! ```
+//!
+//! `proxy/tests/layers.rs` checks both: it reads every file of `src/` (its
+//! code, not its comments, strings or `#[cfg(test)]` items) for
+//! `crate::module` paths, and fails naming the modules and files of any
+//! import circle, and any import that does not go down this table.
 
 pub mod accept;
 pub mod admin;
@@ -470,7 +505,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         }
     };
     let tcp_listeners = tcp::TcpListeners::new(metrics.tcp.clone(), valid.max_tcp_connections);
-    if let Err(e) = store.attach_tcp(tcp_listeners.clone()) {
+    if let Err(e) = store.attach_tcp(tcp_listeners.clone(), |l| tcp_listeners.start(l)) {
         let _ = stop.send(true);
         return Err(StartError::Bind {
             what: "tcp_listeners",

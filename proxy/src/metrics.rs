@@ -25,6 +25,9 @@
 //! - Every series always shows `code="200",classification="success"` and
 //!   `code="500",classification="failure"` (at 0 until used), so a sum over
 //!   either classification is never an empty vector in PromQL.
+//! - The plain TCP listeners' families (`sluice_tcp_*`) are in [`tcp`].
+
+pub mod tcp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -530,7 +533,7 @@ pub struct Metrics {
     connections_rejected: Counter,
     open_connections: Gauge,
     /// The plain TCP listeners' families (`sluice_tcp_*`).
-    pub tcp: crate::tcp::metrics::TcpMetrics,
+    pub tcp: tcp::TcpMetrics,
 }
 
 impl Metrics {
@@ -639,8 +642,7 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Sluice proxy build", build_info);
-        let tcp =
-            crate::tcp::metrics::TcpMetrics::register(registry.sub_registry_with_prefix("tcp"));
+        let tcp = tcp::TcpMetrics::register(registry.sub_registry_with_prefix("tcp"));
         Arc::new(Self {
             registry,
             traffic,

@@ -58,7 +58,7 @@ use crate::config::{
     Config, PathMatch, Protocol, UpstreamUrl, ValidConfig, ValidHeaderModifier, ValidMatch,
     ValidRoute, ValidRouteMatch, bp_to_percent,
 };
-use crate::fields::Fields;
+use crate::fields::{Fields, decode_unreserved, hex_value};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::{
@@ -704,14 +704,6 @@ fn decoded_eq(encoded: &str, plain: &str) -> bool {
     want.next().is_none()
 }
 
-fn hex_value(digit: u8) -> u8 {
-    match digit {
-        b'0'..=b'9' => digit - b'0',
-        b'a'..=b'f' => digit - b'a' + 10,
-        _ => digit - b'A' + 10,
-    }
-}
-
 /// One backend of route `r`, its retry budget kept from `old` (the
 /// route's previous version) when the backend is the same.
 fn build_backend(
@@ -899,47 +891,6 @@ pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
         normal.push('/');
     }
     std::borrow::Cow::Owned(normal)
-}
-
-/// The unreserved character `%hl` stands for, if it stands for one.
-fn unreserved_escape(h: u8, l: u8) -> Option<u8> {
-    if !(h.is_ascii_hexdigit() && l.is_ascii_hexdigit()) {
-        return None;
-    }
-    let b = hex_value(h) << 4 | hex_value(l);
-    (b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')).then_some(b)
-}
-
-/// `path` with its escapes of unreserved characters decoded (borrowed
-/// when it has none: the common case costs one scan for `%`). Config
-/// paths are read so too, so `path_prefix: /%7Eme` still meets `/~me`.
-pub fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains('%') {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let bytes = path.as_bytes();
-    let any = bytes
-        .windows(3)
-        .any(|w| w[0] == b'%' && unreserved_escape(w[1], w[2]).is_some());
-    if !any {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if unreserved_escape(h, l).is_some() => {
-                out.push(unreserved_escape(h, l).expect("checked"));
-                i += 3;
-            }
-            (b, ..) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    // Only ASCII replaced ASCII escapes: still UTF-8.
-    std::borrow::Cow::Owned(String::from_utf8(out).expect("ASCII for ASCII"))
 }
 
 /// Whether `host` is `pattern`'s host; `*.suffix` is one DNS label or

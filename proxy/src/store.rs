@@ -10,7 +10,9 @@
 //! change on a reload; such a reload is rejected and names the field, so
 //! nothing is ever half applied. `tcp_listeners` can: their new addresses
 //! are bound before the swap, and a reload whose address cannot be bound is
-//! rejected naming it (see [`crate::tcp`]).
+//! rejected naming it (see [`crate::tcp`]). The store knows those
+//! listeners only as a [`TcpLayout`], which `crate::tcp` implements: the
+//! store sits below the listeners and never imports them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde_json::Value;
 
-use crate::config::{AffinityConfig, Config, ConfigErrors, MatchRule, MirrorConfig, RouteConfig};
+use crate::config::{
+    AffinityConfig, Config, ConfigErrors, MatchRule, MirrorConfig, RouteConfig, ValidTcpListener,
+};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::routing::Routing;
 use crate::upstream::ClientPool;
@@ -31,8 +35,25 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// The plain TCP listeners, reconciled with every replaced config
     /// (set once the proxy serves; see [`crate::tcp`]).
-    tcp: std::sync::OnceLock<Arc<crate::tcp::TcpListeners>>,
+    tcp: std::sync::OnceLock<Arc<dyn TcpLayout>>,
 }
+
+/// The plain TCP listeners as a reload sees them (implemented by
+/// `crate::tcp::TcpListeners`): a layout to bring in step with each new
+/// config, in two steps around the swap of the routing table.
+pub trait TcpLayout: Send + Sync {
+    /// Binds what `listeners` needs that is not bound yet, changing
+    /// nothing that serves; errors name `tcp_listeners[i].listen`. The
+    /// returned step, run once the new table is in, makes `listeners`
+    /// the ones serving.
+    fn stage(&self, listeners: &[ValidTcpListener]) -> Result<Staged<'_>, ConfigErrors>;
+
+    /// The listeners serving now: (name, bound address).
+    fn bound(&self) -> Vec<(String, std::net::SocketAddr)>;
+}
+
+/// The second step of [`TcpLayout::stage`]: serve what was bound.
+pub type Staged<'a> = Box<dyn FnOnce() + 'a>;
 
 /// Why an admin route update was refused.
 #[derive(Debug, thiserror::Error)]
@@ -73,23 +94,25 @@ impl Store {
         &self.metrics
     }
 
-    /// Serves the current config's TCP listeners on `tcp`, and makes every
-    /// later replacement reconcile them with its config.
-    pub fn attach_tcp(
+    /// Serves the current config's TCP listeners with `start` (the first
+    /// binding; its error is the caller's to report), and makes every later
+    /// replacement reconcile `layout` with its config.
+    pub fn attach_tcp<E>(
         &self,
-        tcp: Arc<crate::tcp::TcpListeners>,
-    ) -> Result<(), crate::tcp::BindError> {
+        layout: Arc<dyn TcpLayout>,
+        start: impl FnOnce(&[ValidTcpListener]) -> Result<(), E>,
+    ) -> Result<(), E> {
         // Under the write lock: no reload can slip between the first
         // binding and the hook.
         let _guard = self.write_lock.lock().expect("store lock");
-        tcp.start(&self.load().valid.tcp_listeners)?;
-        let _ = self.tcp.set(tcp);
+        start(&self.load().valid.tcp_listeners)?;
+        let _ = self.tcp.set(layout);
         Ok(())
     }
 
     /// The plain TCP listeners serving now: (name, bound address).
     pub fn tcp_listener_addrs(&self) -> Vec<(String, std::net::SocketAddr)> {
-        self.tcp.get().map(|t| t.addrs()).unwrap_or_default()
+        self.tcp.get().map(|t| t.bound()).unwrap_or_default()
     }
 
     /// The table in force now.
@@ -162,7 +185,7 @@ impl Store {
         // New TCP addresses are bound before the swap, so a port that is
         // taken refuses the reload instead of half applying it.
         let tcp = match self.tcp.get() {
-            Some(tcp) => Some((tcp, tcp.prepare(&valid.tcp_listeners)?)),
+            Some(tcp) => Some(tcp.stage(&valid.tcp_listeners)?),
             None => None,
         };
         let routing = Arc::new(Routing::build(
@@ -173,8 +196,8 @@ impl Store {
             &self.metrics,
         ));
         self.routing.store(routing.clone());
-        if let Some((tcp, prepared)) = tcp {
-            tcp.commit(prepared);
+        if let Some(serve_staged) = tcp {
+            serve_staged();
         }
         self.pool.retain(&routing.pool_keys());
         Ok(routing)

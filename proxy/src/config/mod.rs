@@ -915,6 +915,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn gateway_route_names() {
+        assert!(is_gateway_route_name("default/web/0"));
+        assert!(is_gateway_route_name("team-a/web.v2/15"));
+        assert!(!is_gateway_route_name("default/web"));
+        assert!(!is_gateway_route_name("Default/web/0"));
+        assert!(!is_gateway_route_name("a/b/c/1"));
+        assert!(is_gateway_route_name("grpc:default/echo/0"));
+        assert!(!is_gateway_route_name("grpc:default/echo"));
+        assert!(!is_gateway_route_name("http:default/echo/0"));
+    }
+
+    #[test]
     fn mirroring_needs_a_canary_and_affinity_one_kind() {
         let errors = Config::from_yaml(
             "listen: 127.0.0.1:1\nroutes:\n  - name: web\n    stable: http://127.0.0.1:2\n    mirror: { percent: 5 }\n    affinity: {}\n",

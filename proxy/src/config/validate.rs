@@ -30,6 +30,35 @@ fn valid_route_name(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// The prefix of the Sluice route names made of GRPCRoutes, so that a
+/// GRPCRoute and an HTTPRoute of one name never share a route (or its
+/// metrics): `grpc:NS/NAME/INDEX`. (`:` is in no Kubernetes name.)
+pub const GRPC_NAME_PREFIX: &str = "grpc:";
+
+/// Whether `name` is a route name the Gateway API controller
+/// ([`crate::gateway`]) writes, `NS/NAME/INDEX`
+/// (an HTTPRoute's rule) or `grpc:NS/NAME/INDEX` (a GRPCRoute's).
+pub fn is_gateway_route_name(name: &str) -> bool {
+    let name = name.strip_prefix(GRPC_NAME_PREFIX).unwrap_or(name);
+    let mut parts = name.split('/');
+    let (Some(ns), Some(n), Some(i), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let dns = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    dns(ns, 63)
+        && dns(n, 253)
+        && !i.is_empty()
+        && i.len() <= 2
+        && i.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
@@ -692,7 +721,7 @@ fn parse_addr(text: &str, path: &str, errs: &mut Collector) -> Option<SocketAddr
 fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<ValidRoute> {
     let before = errs.0.len();
     // `NS/NAME/RULE_INDEX`: a route made of an HTTPRoute's rule (`--gateway-api`).
-    if !valid_route_name(&route.name) && !crate::gateway::translate::is_route_name(&route.name) {
+    if !valid_route_name(&route.name) && !is_gateway_route_name(&route.name) {
         errs.push(
             format!("{at}.name"),
             format!(
@@ -734,7 +763,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         .filter_map(|(j, m)| validate_route_match(m, &format!("{at}.matches[{j}]"), errs))
         .collect();
     if route.matches.is_empty() {
-        route_matches.push(ValidRouteMatch::prefix(&crate::routing::decode_unreserved(
+        route_matches.push(ValidRouteMatch::prefix(&crate::fields::decode_unreserved(
             &route.path_prefix,
         )));
     }
@@ -1153,16 +1182,16 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
     let path = match (&m.path_prefix, &m.path_exact, &m.path_segments) {
         (Some(prefix), None, None) => {
             check_path("path_prefix", prefix, errs);
-            PathMatch::Prefix(crate::routing::decode_unreserved(prefix).into_owned())
+            PathMatch::Prefix(crate::fields::decode_unreserved(prefix).into_owned())
         }
         (None, Some(exact), None) => {
             check_path("path_exact", exact, errs);
-            PathMatch::Exact(crate::routing::decode_unreserved(exact).into_owned())
+            PathMatch::Exact(crate::fields::decode_unreserved(exact).into_owned())
         }
         (None, None, Some(segments)) => {
             check_path("path_segments", segments, errs);
             // As requests' paths are routed: `%7E` and `~` are one path.
-            match crate::routing::decode_unreserved(segments).trim_end_matches('/') {
+            match crate::fields::decode_unreserved(segments).trim_end_matches('/') {
                 "" => PathMatch::Prefix("/".into()),
                 whole => PathMatch::Segments(whole.to_string()),
             }

@@ -89,7 +89,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, GRPC_NAME_PREFIX, RouteConfig};
 
 pub const GROUP: &str = "gateway.networking.k8s.io";
 
@@ -140,34 +140,6 @@ pub fn wanted_ports(inputs: &Inputs) -> BTreeSet<u16> {
         .filter(|l| l.protocol == "HTTP")
         .map(|l| l.port)
         .collect()
-}
-
-/// The prefix of the Sluice route names made of GRPCRoutes, so that a
-/// GRPCRoute and an HTTPRoute of one name never share a route (or its
-/// metrics): `grpc:NS/NAME/INDEX`. (`:` is in no Kubernetes name.)
-pub const GRPC_NAME_PREFIX: &str = "grpc:";
-
-/// Whether `name` is a route name this controller writes, `NS/NAME/INDEX`
-/// (an HTTPRoute's rule) or `grpc:NS/NAME/INDEX` (a GRPCRoute's).
-pub fn is_route_name(name: &str) -> bool {
-    let name = name.strip_prefix(GRPC_NAME_PREFIX).unwrap_or(name);
-    let mut parts = name.split('/');
-    let (Some(ns), Some(n), Some(i), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return false;
-    };
-    let dns = |s: &str, max: usize| {
-        !s.is_empty()
-            && s.len() <= max
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    dns(ns, 63)
-        && dns(n, 253)
-        && !i.is_empty()
-        && i.len() <= 2
-        && i.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
@@ -1981,17 +1953,6 @@ mod tests {
         assert_eq!(intersect("*.example.com", "example.com"), None);
     }
 
-    #[test]
-    fn route_names() {
-        assert!(is_route_name("default/web/0"));
-        assert!(is_route_name("team-a/web.v2/15"));
-        assert!(!is_route_name("default/web"));
-        assert!(!is_route_name("Default/web/0"));
-        assert!(!is_route_name("a/b/c/1"));
-        assert!(is_route_name("grpc:default/echo/0"));
-        assert!(!is_route_name("grpc:default/echo"));
-        assert!(!is_route_name("http:default/echo/0"));
-    }
     #[test]
     fn weighted_rule_and_ab_rule_make_one_route() {
         let o = build(

@@ -59,8 +59,6 @@
 //!   admin runtime: heavy TCP traffic cannot delay `/readyz`, `/metrics`
 //!   or the config watch, and is not delayed by them.
 
-pub mod metrics;
-
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -76,7 +74,7 @@ use tokio::sync::watch;
 
 use crate::config::{ConfigErrors, FieldError, ValidTcpListener};
 use crate::conn::{Connections, Entered};
-use metrics::{ConnectErrorKind, ListenerMetrics, Outcome, TcpMetrics};
+use crate::metrics::tcp::{ConnectErrorKind, ListenerMetrics, Outcome, TcpMetrics};
 
 /// The buffer of each direction of a connection.
 pub const BUFFER_BYTES: usize = 16 * 1024;
@@ -179,6 +177,24 @@ pub struct BindError {
     pub index: usize,
     pub addr: SocketAddr,
     pub source: std::io::Error,
+}
+
+// === impl TcpLayout for TcpListeners ===
+
+/// How a reload of the store reaches the listeners (the store sits below
+/// this module and knows them only by this trait).
+impl crate::store::TcpLayout for TcpListeners {
+    fn stage(
+        &self,
+        listeners: &[ValidTcpListener],
+    ) -> Result<crate::store::Staged<'_>, ConfigErrors> {
+        let prepared = self.prepare(listeners)?;
+        Ok(Box::new(move || self.commit(prepared)))
+    }
+
+    fn bound(&self) -> Vec<(String, SocketAddr)> {
+        self.addrs()
+    }
 }
 
 // === impl TcpListeners ===
@@ -367,7 +383,7 @@ async fn accept_loop(
     };
     loop {
         tokio::select! {
-            _ = crate::accept::stopped(&mut stop) => break,
+            _ = crate::conn::stopped(&mut stop) => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let settings = settings.load_full();
@@ -413,7 +429,7 @@ async fn serve_connection(
     let _active = Active(settings.metrics.active.clone());
     let outcome = tokio::select! {
         outcome = forward(client, &settings) => outcome,
-        _ = crate::accept::stopped(&mut cut) => Outcome::Shutdown,
+        _ = crate::conn::stopped(&mut cut) => Outcome::Shutdown,
     };
     tracing::debug!(listener = %settings.listener.name, %peer, outcome = outcome.as_str(), "tcp connection ended");
     settings.metrics.record_outcome(outcome);
