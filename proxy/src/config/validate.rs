@@ -720,16 +720,101 @@ fn parse_addr(text: &str, path: &str, errs: &mut Collector) -> Option<SocketAddr
 
 fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<ValidRoute> {
     let before = errs.0.len();
-    // `NS/NAME/RULE_INDEX`: a route made of an HTTPRoute's rule (`--gateway-api`).
-    if !valid_route_name(&route.name) && !is_gateway_route_name(&route.name) {
+    check_route_name(&route.name, at, errs);
+    let hosts = validate_hosts(route, at, errs);
+    let route_matches = validate_route_matches(route, at, errs);
+    let request_headers = route
+        .request_headers
+        .as_ref()
+        .and_then(|m| validate_header_modifier(m, &format!("{at}.request_headers"), errs));
+    let response_headers = route
+        .response_headers
+        .as_ref()
+        .and_then(|m| validate_header_modifier(m, &format!("{at}.response_headers"), errs));
+    let stable = validate_stable(route, at, errs);
+    let direct_response = route
+        .direct_response
+        .as_ref()
+        .and_then(|d| validate_direct_response(route, d, at, errs));
+    for (j, m) in route.matches.iter().enumerate() {
+        if m.backend == Some(MatchBackend::Canary) && route.canary.is_none() {
+            errs.push(
+                format!("{at}.matches[{j}].backend"),
+                format!("`canary` needs {at}.canary to be set"),
+            );
+        }
+    }
+    let canary = optional_upstream(route.canary.as_deref(), &format!("{at}.canary"), errs);
+    let baseline = optional_upstream(route.baseline.as_deref(), &format!("{at}.baseline"), errs);
+    let weight = validate_canary_weight(route, at, errs);
+    let canary_match = validate_canary_match(route, at, errs);
+    let affinity = route
+        .affinity
+        .as_ref()
+        .and_then(|a| validate_affinity(a, Some(&route.path_prefix), at, errs));
+    let mirror = route
+        .mirror
+        .as_ref()
+        .and_then(|m| validate_mirror(m, at, errs));
+    if route.canary.is_none() && route.mirror.is_some() {
+        errs.push(
+            format!("{at}.mirror"),
+            format!("needs {at}.canary to be set (the copies go to the canary)"),
+        );
+    }
+    let timeouts = validate_route_timeouts(&route.timeouts, at, errs);
+    let uses_https = [&stable, &canary, &baseline]
+        .into_iter()
+        .any(|u| u.as_ref().is_some_and(|u| u.scheme == Scheme::Https));
+    check_upstream_tls(route.upstream_tls.as_ref(), uses_https, at, errs);
+    let grpc_failure_codes = validate_grpc_failure_codes(route, at, errs);
+    if errs.0.len() > before {
+        return None;
+    }
+    let timeouts = timeouts?;
+    Some(ValidRoute {
+        name: route.name.clone(),
+        listener: 0,
+        hosts,
+        path_prefix: route.path_prefix.clone(),
+        matches: route_matches,
+        request_headers,
+        response_headers,
+        protocol: route.protocol,
+        stable,
+        direct_response,
+        canary,
+        baseline,
+        canary_weight_bp: weight?,
+        canary_match,
+        connect_timeout: timeouts.connect,
+        upstream_idle_timeout: timeouts.upstream_idle,
+        request_timeout: timeouts.request,
+        body_idle_timeout: timeouts.body_idle,
+        upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
+        grpc_failure_codes,
+        affinity,
+        mirror,
+        keep_underscore_headers: route.underscore_headers == UnderscoreHeaders::Keep,
+        failover: route.failover == Failover::Stable,
+    })
+}
+
+/// A route's name: a plain one, or `NS/NAME/RULE_INDEX`, a route made of
+/// an HTTPRoute's rule (`--gateway-api`).
+fn check_route_name(name: &str, at: &str, errs: &mut Collector) {
+    if !valid_route_name(name) && !is_gateway_route_name(name) {
         errs.push(
             format!("{at}.name"),
             format!(
-                "`{}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'",
-                route.name
+                "`{name}` must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
             ),
         );
     }
+}
+
+/// A route's hosts, trimmed and in lower case.
+fn validate_hosts(route: &RouteConfig, at: &str, errs: &mut Collector) -> Vec<String> {
     let mut hosts = Vec::new();
     for (j, host) in route.hosts.iter().enumerate() {
         let h = host.trim().to_ascii_lowercase();
@@ -741,6 +826,16 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         }
         hosts.push(h);
     }
+    hosts
+}
+
+/// A route's path matches: its `matches`, or else one made of its
+/// `path_prefix` (the two are mutually exclusive).
+fn validate_route_matches(
+    route: &RouteConfig,
+    at: &str,
+    errs: &mut Collector,
+) -> Vec<ValidRouteMatch> {
     if !route.path_prefix.starts_with('/') {
         errs.push(
             format!("{at}.path_prefix"),
@@ -767,15 +862,13 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             &route.path_prefix,
         )));
     }
-    let request_headers = route
-        .request_headers
-        .as_ref()
-        .and_then(|m| validate_header_modifier(m, &format!("{at}.request_headers"), errs));
-    let response_headers = route
-        .response_headers
-        .as_ref()
-        .and_then(|m| validate_header_modifier(m, &format!("{at}.response_headers"), errs));
-    let stable = match (&route.direct_response, route.stable.as_str()) {
+    route_matches
+}
+
+/// A route's `stable` URL: required, unless the route answers itself
+/// (`direct_response`), which excludes it.
+fn validate_stable(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<UpstreamUrl> {
+    match (&route.direct_response, route.stable.as_str()) {
         (None, "") => {
             errs.push(
                 format!("{at}.stable"),
@@ -800,39 +893,23 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
                 None
             }
         },
-    };
-    let direct_response = route
-        .direct_response
-        .as_ref()
-        .and_then(|d| validate_direct_response(route, d, at, errs));
-    for (j, m) in route.matches.iter().enumerate() {
-        if m.backend == Some(MatchBackend::Canary) && route.canary.is_none() {
-            errs.push(
-                format!("{at}.matches[{j}].backend"),
-                format!("`canary` needs {at}.canary to be set"),
-            );
+    }
+}
+
+/// An optional upstream URL (`canary`, `baseline`) at `path`.
+fn optional_upstream(text: Option<&str>, path: &str, errs: &mut Collector) -> Option<UpstreamUrl> {
+    match UpstreamUrl::parse(text?) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            errs.push(path, e);
+            None
         }
     }
-    let canary = match &route.canary {
-        None => None,
-        Some(text) => match UpstreamUrl::parse(text) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                errs.push(format!("{at}.canary"), e);
-                None
-            }
-        },
-    };
-    let baseline = match &route.baseline {
-        None => None,
-        Some(text) => match UpstreamUrl::parse(text) {
-            Ok(u) => Some(u),
-            Err(e) => {
-                errs.push(format!("{at}.baseline"), e);
-                None
-            }
-        },
-    };
+}
+
+/// A route's `canary_weight` in basis points, and the rules between the
+/// weight, the canary, the baseline and the A/B rules.
+fn validate_canary_weight(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option<u32> {
     if route.baseline.is_some() && route.canary.is_none() {
         errs.push(
             format!("{at}.baseline"),
@@ -870,6 +947,11 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             format!("rules need {at}.canary to be set"),
         );
     }
+    weight
+}
+
+/// A route's A/B rules (`canary_match`): each one header or one cookie.
+fn validate_canary_match(route: &RouteConfig, at: &str, errs: &mut Collector) -> Vec<ValidMatch> {
     let mut matches = Vec::new();
     for (j, rule) in route.canary_match.iter().enumerate() {
         let mp = format!("{at}.canary_match[{j}]");
@@ -901,57 +983,69 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
             (None, None) => errs.push(&mp, "set one of `header` or `cookie`"),
         }
     }
-    let affinity = route
-        .affinity
-        .as_ref()
-        .and_then(|a| validate_affinity(a, Some(&route.path_prefix), at, errs));
-    let mirror = route
-        .mirror
-        .as_ref()
-        .and_then(|m| validate_mirror(m, at, errs));
-    if route.canary.is_none() && route.mirror.is_some() {
-        errs.push(
-            format!("{at}.mirror"),
-            format!("needs {at}.canary to be set (the copies go to the canary)"),
-        );
-    }
-    let connect_timeout = positive_duration(
-        &route.timeouts.connect,
-        &format!("{at}.timeouts.connect"),
-        errs,
-    );
-    let request_timeout = positive_duration(
-        &route.timeouts.request,
-        &format!("{at}.timeouts.request"),
-        errs,
-    );
-    let body_idle_timeout =
-        positive_duration(&route.timeouts.idle, &format!("{at}.timeouts.idle"), errs);
-    let upstream_idle_timeout = positive_duration(
-        &route.timeouts.upstream_idle,
+    matches
+}
+
+/// A route's timeouts, each positive.
+struct RouteTimeouts {
+    connect: Duration,
+    request: Duration,
+    body_idle: Duration,
+    upstream_idle: Duration,
+}
+
+/// `timeouts` parsed; every bad one is reported before `None` is returned.
+fn validate_route_timeouts(
+    timeouts: &Timeouts,
+    at: &str,
+    errs: &mut Collector,
+) -> Option<RouteTimeouts> {
+    let connect = positive_duration(&timeouts.connect, &format!("{at}.timeouts.connect"), errs);
+    let request = positive_duration(&timeouts.request, &format!("{at}.timeouts.request"), errs);
+    let body_idle = positive_duration(&timeouts.idle, &format!("{at}.timeouts.idle"), errs);
+    let upstream_idle = positive_duration(
+        &timeouts.upstream_idle,
         &format!("{at}.timeouts.upstream_idle"),
         errs,
     );
-    let uses_https = stable.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
-        || canary.as_ref().is_some_and(|u| u.scheme == Scheme::Https)
-        || baseline.as_ref().is_some_and(|u| u.scheme == Scheme::Https);
-    if let Some(tls) = &route.upstream_tls {
-        if !uses_https {
-            errs.push(
-                format!("{at}.upstream_tls"),
-                "applies to https:// upstreams only; stable, canary and baseline are http://",
-            );
-        }
-        if let Some(name) = &tls.server_name
-            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
-        {
-            errs.push(
-                format!("{at}.upstream_tls.server_name"),
-                format!("`{name}` is not a DNS name or IP address"),
-            );
-        }
+    Some(RouteTimeouts {
+        connect: connect?,
+        request: request?,
+        body_idle: body_idle?,
+        upstream_idle: upstream_idle?,
+    })
+}
+
+/// `upstream_tls` applies to `https://` upstreams only, and names its
+/// server by a DNS name or an IP address.
+fn check_upstream_tls(tls: Option<&UpstreamTls>, uses_https: bool, at: &str, errs: &mut Collector) {
+    let Some(tls) = tls else {
+        return;
+    };
+    if !uses_https {
+        errs.push(
+            format!("{at}.upstream_tls"),
+            "applies to https:// upstreams only; stable, canary and baseline are http://",
+        );
     }
-    let grpc_failure_codes = match &route.grpc_failure_codes {
+    if let Some(name) = &tls.server_name
+        && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        errs.push(
+            format!("{at}.upstream_tls.server_name"),
+            format!("`{name}` is not a DNS name or IP address"),
+        );
+    }
+}
+
+/// The gRPC status codes a route counts as failures (the default set
+/// unless `grpc_failure_codes` names them).
+fn validate_grpc_failure_codes(
+    route: &RouteConfig,
+    at: &str,
+    errs: &mut Collector,
+) -> crate::grpc::Codes {
+    match &route.grpc_failure_codes {
         None => crate::grpc::Codes::default(),
         Some(list) => match crate::grpc::Codes::resolve(list) {
             Ok(codes) => codes,
@@ -962,36 +1056,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
                 crate::grpc::Codes::default()
             }
         },
-    };
-    if errs.0.len() > before {
-        return None;
     }
-    Some(ValidRoute {
-        name: route.name.clone(),
-        listener: 0,
-        hosts,
-        path_prefix: route.path_prefix.clone(),
-        matches: route_matches,
-        request_headers,
-        response_headers,
-        protocol: route.protocol,
-        stable,
-        direct_response,
-        canary,
-        baseline,
-        canary_weight_bp: weight?,
-        canary_match: matches,
-        connect_timeout: connect_timeout?,
-        upstream_idle_timeout: upstream_idle_timeout?,
-        request_timeout: request_timeout?,
-        body_idle_timeout: body_idle_timeout?,
-        upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
-        grpc_failure_codes,
-        affinity,
-        mirror,
-        keep_underscore_headers: route.underscore_headers == UnderscoreHeaders::Keep,
-        failover: route.failover == Failover::Stable,
-    })
 }
 
 /// Checks route settings on their own (for control planes that bring
