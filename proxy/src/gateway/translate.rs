@@ -1147,19 +1147,55 @@ struct Owner {
 /// the end: linear in the number of routes.
 pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
     let base = base_config(layout);
-    let mut config = base.clone();
-    let first_port = layout.ports.iter().next().copied();
     let classes = our_classes(inputs);
-    let mut outcome = Outcome {
+    let gateways: BTreeMap<(String, String), &Value> = inputs
+        .gateways
+        .iter()
+        .filter(|g| classes.contains(str_at(g, "/spec/gatewayClassName")))
+        .map(|g| (key(g), g))
+        .collect();
+    let mut translation = Translation {
+        inputs,
+        layout,
+        first_port: layout.ports.iter().next().copied(),
+        services: inputs.services.iter().map(|s| (key(s), s)).collect(),
         config: base.clone(),
-        classes: BTreeMap::new(),
-        gateways: BTreeMap::new(),
-        routes: BTreeMap::new(),
-        grpc_routes: BTreeMap::new(),
+        served: BTreeMap::new(),
+        kinds_served: Vec::new(),
+        owners: Vec::new(),
+        outcome: Outcome {
+            config: base.clone(),
+            classes: class_statuses(inputs),
+            gateways: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            grpc_routes: BTreeMap::new(),
+        },
+        base,
     };
-    for c in &inputs.classes {
-        if str_at(c, "/spec/controllerName") == inputs.controller {
-            outcome.classes.insert(
+    for (kind, route) in routes_oldest_first(inputs) {
+        translation.add_route(kind, route, &gateways);
+    }
+    let refused = translation.check_whole_config();
+    let attached = attached_counts(&translation.owners, &refused);
+    let mut outcome = translation.outcome;
+    for ((ns, name), g) in &gateways {
+        outcome.gateways.insert(
+            (ns.clone(), name.clone()),
+            gateway_status(g, (ns, name), &attached, layout),
+        );
+    }
+    outcome.config = translation.config;
+    outcome
+}
+
+/// The conditions of every GatewayClass this controller serves.
+fn class_statuses(inputs: &Inputs) -> BTreeMap<String, Vec<Value>> {
+    inputs
+        .classes
+        .iter()
+        .filter(|c| str_at(c, "/spec/controllerName") == inputs.controller)
+        .map(|c| {
+            (
                 str_at(c, "/metadata/name").to_string(),
                 vec![condition(
                     "Accepted",
@@ -1168,20 +1204,15 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
                     "served by sluice-proxy",
                     generation(c),
                 )],
-            );
-        }
-    }
-    let gateways: BTreeMap<(String, String), &Value> = inputs
-        .gateways
-        .iter()
-        .filter(|g| classes.contains(str_at(g, "/spec/gatewayClassName")))
-        .map(|g| (key(g), g))
-        .collect();
-    let services: BTreeMap<(String, String), &Value> =
-        inputs.services.iter().map(|s| (key(s), s)).collect();
-    // Oldest first, then by namespace/name (the Gateway API's order): on
-    // an identical match the older route keeps it, and config order
-    // breaks the proxy's remaining ties the same way.
+            )
+        })
+        .collect()
+}
+
+/// Every HTTPRoute and GRPCRoute, oldest first, then by namespace/name
+/// (the Gateway API's order): on an identical match the older route keeps
+/// it, and config order breaks the proxy's remaining ties the same way.
+fn routes_oldest_first(inputs: &Inputs) -> Vec<(RouteKind, &Value)> {
     let mut routes: Vec<(RouteKind, &Value)> = inputs
         .routes
         .iter()
@@ -1195,58 +1226,220 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
             *kind == RouteKind::Grpc,
         )
     });
-    // (port, sorted hosts, match) served so far → the route serving it.
-    let mut served: BTreeMap<(u16, Vec<String>, MatchKey), String> = BTreeMap::new();
-    // (port, hosts, kind, "NS/NAME") of the routes served so far.
-    let mut kinds_served: Vec<(u16, Vec<String>, RouteKind, String)> = Vec::new();
-    let mut owners: Vec<Owner> = Vec::new();
-    for (kind, route) in routes {
+    routes
+}
+
+/// A route's `spec.hostnames`.
+fn route_hostnames(route: &Value) -> Vec<String> {
+    route
+        .pointer("/spec/hostnames")
+        .and_then(Value::as_array)
+        .map(|h| {
+            h.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `ResolvedRefs` condition of a route planned as `planned`.
+fn resolved_condition(
+    planned: &Result<(Vec<Plan>, Vec<RefIssue>), Refusal>,
+    generation: i64,
+) -> Value {
+    match planned {
+        Ok((_, issues)) if !issues.is_empty() => {
+            let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
+            condition(
+                "ResolvedRefs",
+                false,
+                issues[0].reason,
+                &format!(
+                    "{} (a rule whose backendRef does not resolve is answered 500)",
+                    messages.join("; ")
+                ),
+                generation,
+            )
+        }
+        Ok(_) => condition(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "every backendRef resolved",
+            generation,
+        ),
+        Err(_) => condition(
+            "ResolvedRefs",
+            true,
+            "ResolvedRefs",
+            "not checked: the route is not accepted",
+            generation,
+        ),
+    }
+}
+
+/// The Gateway a parentRef of a route in namespace `ns` names, if it is
+/// one of this controller's (other parents are not ours to answer).
+fn our_gateway<'g>(
+    parent: &Value,
+    ns: &str,
+    gateways: &BTreeMap<(String, String), &'g Value>,
+) -> Option<((String, String), &'g Value)> {
+    let group = parent["group"].as_str().unwrap_or(GROUP);
+    let parent_kind = parent["kind"].as_str().unwrap_or("Gateway");
+    let gw_ns = match str_at(parent, "/namespace") {
+        "" => ns,
+        n => n,
+    };
+    let gw_key = (gw_ns.to_string(), str_at(parent, "/name").to_string());
+    if group != GROUP || parent_kind != "Gateway" {
+        return None;
+    }
+    let gateway = gateways.get(&gw_key)?;
+    Some((gw_key, *gateway))
+}
+
+/// Where parentRef `parent` (entry `index` of `status.parents`) attaches a
+/// route with hostnames `route_hosts` on `gateway`, or why it does not.
+fn attach(
+    parent: &Value,
+    index: usize,
+    (gw_key, gateway): ((String, String), &Value),
+    same_namespace: bool,
+    route_hosts: &[String],
+) -> Result<Attachment, Refusal> {
+    let refuse = |reason: &'static str, message: &str| Refusal {
+        reason,
+        message: message.to_string(),
+    };
+    // The listeners this parentRef selects.
+    let section = parent["sectionName"].as_str();
+    let port = parent["port"].as_u64();
+    let selected: Vec<Listener> = listeners(gateway)
+        .into_iter()
+        .filter(|l| section.is_none_or(|s| s == l.name))
+        .filter(|l| port.is_none_or(|p| p == l.port as u64))
+        .collect();
+    if selected.is_empty() {
+        return Err(refuse(
+            "NoMatchingParent",
+            "no listener of the Gateway has this sectionName and port",
+        ));
+    }
+    let allowed: Vec<&Listener> = selected
+        .iter()
+        .filter(|l| l.protocol == "HTTP")
+        .filter(|l| l.from == "All" || (l.from == "Same" && same_namespace))
+        .collect();
+    if allowed.is_empty() {
+        return Err(refuse(
+            "NotAllowedByListeners",
+            "no selected HTTP listener allows routes from this namespace (allowedRoutes.namespaces.from Same or All; Selector is not supported by sluice-proxy)",
+        ));
+    }
+    // (listener, hosts) pairs.
+    let mut targets = Vec::new();
+    for l in &allowed {
+        let hosts: Option<Vec<String>> = match (&l.hostname, route_hosts.is_empty()) {
+            (None, _) => Some(route_hosts.to_vec()),
+            (Some(h), true) => Some(vec![h.clone()]),
+            (Some(h), false) => {
+                let both: Vec<String> =
+                    route_hosts.iter().filter_map(|r| intersect(h, r)).collect();
+                (!both.is_empty()).then_some(both)
+            }
+        };
+        if let Some(hosts) = hosts {
+            targets.push((*l, hosts));
+        }
+    }
+    if targets.is_empty() {
+        return Err(refuse(
+            "NoMatchingListenerHostname",
+            "no hostname of the route matches a selected listener's hostname",
+        ));
+    }
+    let ports: BTreeSet<u16> = targets.iter().map(|(l, _)| l.port).collect();
+    if ports.len() > 1 {
+        let ports: Vec<u16> = ports.into_iter().collect();
+        return Err(refuse(
+            "UnsupportedValue",
+            &format!(
+                "the parentRef selects listeners on ports {ports:?}; sluice-proxy serves a route on one port (its metrics are labelled by the route's name): select one with sectionName or port"
+            ),
+        ));
+    }
+    let mut hosts = Some(Vec::new());
+    for (_, h) in &targets {
+        add_hosts(&mut hosts, h);
+    }
+    Ok(Attachment {
+        parent: index,
+        gateway: gw_key,
+        port: targets[0].0.port,
+        hosts,
+        listeners: targets.iter().map(|(l, _)| l.name.clone()).collect(),
+    })
+}
+
+/// What becomes of a route on the port its parentRefs attach it to.
+enum PortDecision {
+    Served(Served),
+    /// Accepted, not served yet: the proxy does not listen on the port.
+    NotListening(String),
+    Refused(Refusal),
+}
+
+/// One Gateway API route on its way to Sluice routes: who it is and where
+/// its parentRefs attach it.
+struct RouteAt<'r> {
+    kind: RouteKind,
+    ns: &'r str,
+    name: &'r str,
+    generation: i64,
+    port: u16,
+    /// The union of the hostnames of its parentRefs on `port`.
+    hosts: Vec<String>,
+    /// `hosts` sorted without repeats (the key of a served match).
+    sorted_hosts: Vec<String>,
+}
+
+/// The translation's state while the routes are added, oldest first.
+struct Translation<'i> {
+    inputs: &'i Inputs,
+    layout: &'i Layout,
+    base: Config,
+    first_port: Option<u16>,
+    services: BTreeMap<(String, String), &'i Value>,
+    config: Config,
+    /// (port, sorted hosts, match) served so far → the route serving it.
+    served: BTreeMap<(u16, Vec<String>, MatchKey), String>,
+    /// (port, hosts, kind, "NS/NAME") of the routes served so far.
+    kinds_served: Vec<(u16, Vec<String>, RouteKind, String)>,
+    owners: Vec<Owner>,
+    outcome: Outcome,
+}
+
+impl Translation<'_> {
+    /// Adds one route: its Sluice routes if it is served, and its
+    /// `status.parents` entries for this controller's Gateways.
+    fn add_route(
+        &mut self,
+        kind: RouteKind,
+        route: &Value,
+        gateways: &BTreeMap<(String, String), &Value>,
+    ) {
         let (ns, name) = key(route);
         let gen_ = generation(route);
-        let planned = plan_route(route, kind, &services);
-        let route_hosts: Vec<String> = route
-            .pointer("/spec/hostnames")
-            .and_then(Value::as_array)
-            .map(|h| {
-                h.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let resolved_cond = match &planned {
-            Ok((_, issues)) if !issues.is_empty() => {
-                let messages: Vec<&str> = issues.iter().map(|i| i.message.as_str()).collect();
-                condition(
-                    "ResolvedRefs",
-                    false,
-                    issues[0].reason,
-                    &format!(
-                        "{} (a rule whose backendRef does not resolve is answered 500)",
-                        messages.join("; ")
-                    ),
-                    gen_,
-                )
-            }
-            Ok(_) => condition(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "every backendRef resolved",
-                gen_,
-            ),
-            Err(_) => condition(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "not checked: the route is not accepted",
-                gen_,
-            ),
-        };
+        let planned = plan_route(route, kind, &self.services);
+        let route_hosts = route_hostnames(route);
+        let resolved_cond = resolved_condition(&planned, gen_);
+        let controller = &self.inputs.controller;
         let status = |parent: &Value, accepted: Value| {
             json!({
                 "parentRef": parent,
-                "controllerName": inputs.controller,
+                "controllerName": controller,
                 "conditions": [accepted, resolved_cond.clone()],
             })
         };
@@ -1259,95 +1452,25 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
             .into_iter()
             .flatten()
         {
-            let group = match parent["group"].as_str() {
-                None => GROUP,
-                Some(g) => g,
-            };
-            let parent_kind = parent["kind"].as_str().unwrap_or("Gateway");
-            let gw_ns = match str_at(parent, "/namespace") {
-                "" => ns.as_str(),
-                n => n,
-            };
-            let gw_key = (gw_ns.to_string(), str_at(parent, "/name").to_string());
-            if group != GROUP || parent_kind != "Gateway" {
+            let Some(gateway) = our_gateway(parent, &ns, gateways) else {
                 continue;
-            }
-            let Some(gateway) = gateways.get(&gw_key) else {
-                continue;
-            };
-            let refuse = |reason: &str, message: &str| {
-                status(parent, condition("Accepted", false, reason, message, gen_))
             };
             parent_refs.push(parent);
-            if let Err(r) = &planned {
-                parents.push(refuse(r.reason, &r.message));
-                continue;
-            }
-            // The listeners this parentRef selects.
-            let section = parent["sectionName"].as_str();
-            let port = parent["port"].as_u64();
-            let selected: Vec<Listener> = listeners(gateway)
-                .into_iter()
-                .filter(|l| section.is_none_or(|s| s == l.name))
-                .filter(|l| port.is_none_or(|p| p == l.port as u64))
-                .collect();
-            if selected.is_empty() {
-                parents.push(refuse(
-                    "NoMatchingParent",
-                    "no listener of the Gateway has this sectionName and port",
-                ));
-                continue;
-            }
-            let allowed: Vec<&Listener> = selected
-                .iter()
-                .filter(|l| l.protocol == "HTTP")
-                .filter(|l| l.from == "All" || (l.from == "Same" && gw_ns == ns))
-                .collect();
-            if allowed.is_empty() {
-                parents.push(refuse("NotAllowedByListeners", "no selected HTTP listener allows routes from this namespace (allowedRoutes.namespaces.from Same or All; Selector is not supported by sluice-proxy)"));
-                continue;
-            }
-            // (listener, hosts) pairs.
-            let mut targets = Vec::new();
-            for l in &allowed {
-                let hosts: Option<Vec<String>> = match (&l.hostname, route_hosts.is_empty()) {
-                    (None, _) => Some(route_hosts.clone()),
-                    (Some(h), true) => Some(vec![h.clone()]),
-                    (Some(h), false) => {
-                        let both: Vec<String> =
-                            route_hosts.iter().filter_map(|r| intersect(h, r)).collect();
-                        (!both.is_empty()).then_some(both)
-                    }
-                };
-                if let Some(hosts) = hosts {
-                    targets.push((*l, hosts));
+            let same_namespace = gateway.0.0 == ns;
+            let attached = match &planned {
+                Err(r) => Err(r.clone()),
+                Ok(_) => attach(parent, parents.len(), gateway, same_namespace, &route_hosts),
+            };
+            match attached {
+                Ok(a) => {
+                    attachments.push(a);
+                    parents.push(Value::Null);
                 }
+                Err(r) => parents.push(status(
+                    parent,
+                    condition("Accepted", false, r.reason, &r.message, gen_),
+                )),
             }
-            if targets.is_empty() {
-                parents.push(refuse(
-                    "NoMatchingListenerHostname",
-                    "no hostname of the route matches a selected listener's hostname",
-                ));
-                continue;
-            }
-            let ports: BTreeSet<u16> = targets.iter().map(|(l, _)| l.port).collect();
-            if ports.len() > 1 {
-                let ports: Vec<u16> = ports.into_iter().collect();
-                parents.push(refuse("UnsupportedValue", &format!("the parentRef selects listeners on ports {ports:?}; sluice-proxy serves a route on one port (its metrics are labelled by the route's name): select one with sectionName or port")));
-                continue;
-            }
-            let mut hosts = Some(Vec::new());
-            for (_, h) in &targets {
-                add_hosts(&mut hosts, h);
-            }
-            attachments.push(Attachment {
-                parent: parents.len(),
-                gateway: gw_key,
-                port: targets[0].0.port,
-                hosts,
-                listeners: targets.iter().map(|(l, _)| l.name.clone()).collect(),
-            });
-            parents.push(Value::Null);
         }
         // Every parentRef on one port makes one Sluice route per rule, on
         // the union of their hostnames; a parentRef on another port is
@@ -1359,124 +1482,20 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
                 add_hosts(&mut hosts, a.hosts.as_deref().unwrap_or(&[]));
             }
             let hosts = hosts.unwrap_or_default();
-            let mut sorted = hosts.clone();
-            sorted.sort();
-            sorted.dedup();
-            let accepted: Result<Served, (&str, String)> = if !layout.ports.contains(&port) {
-                Err((
-                    "",
-                    format!(
-                        "accepted; not served: sluice-proxy does not listen on port {port} yet (listeners are fixed at start; restart the proxy)"
-                    ),
-                ))
-            } else if let Some((_, _, other_kind, other)) = kinds_served
-                .iter()
-                .find(|(p, h, k, _)| *p == port && *k != kind && hosts_overlap(h, &hosts))
-            {
-                Err((
-                    "Conflicted",
-                    format!(
-                        "the {} {other} is older and serves a hostname of this route on port {port}; an HTTPRoute and a GRPCRoute may not share a hostname on a listener, so only the older is accepted",
-                        other_kind.kind()
-                    ),
-                ))
-            } else {
-                let listener = (Some(port) != first_port).then(|| listener_name(port));
-                let mut made = Vec::new();
-                let mut plans_made = Vec::new();
-                let mut taken = 0;
-                let mut keepers: BTreeSet<&str> = BTreeSet::new();
-                for plan in plans {
-                    let mut matches: Vec<Match> = Vec::new();
-                    for m in &plan.matches {
-                        match served.get(&(port, sorted.clone(), m.key())) {
-                            Some(older) => {
-                                taken += 1;
-                                keepers.insert(older);
-                            }
-                            None => matches.push(m.clone()),
-                        }
-                    }
-                    if matches.is_empty() {
-                        continue;
-                    }
-                    let refs: Vec<&Match> = matches.iter().collect();
-                    made.push(route_config(
-                        kind.route_name(&ns, &name, plan.rule),
-                        kind,
-                        &hosts,
-                        listener.as_deref(),
-                        plan,
-                        &refs,
-                    ));
-                    plans_made.push((plan.clone(), matches));
-                }
-                let mut alone = base.clone();
-                alone.routes = made;
-                match alone.validate() {
-                    Ok(_) => {
-                        let message = match taken {
-                            0 => "served by sluice-proxy".to_string(),
-                            n => format!(
-                                "served by sluice-proxy; {n} of its matches are also an older route's (the same hostnames and conditions), which keeps them: {}",
-                                keepers.into_iter().collect::<Vec<_>>().join(", ")
-                            ),
-                        };
-                        Ok((message, plans_made, alone.routes))
-                    }
-                    Err(errors) => {
-                        let said: Vec<String> = errors
-                            .0
-                            .iter()
-                            .map(|e| describe_error(kind, &e.path, &e.message, &plans_made))
-                            .collect();
-                        Err((
-                            "UnsupportedValue",
-                            format!(
-                                "sluice-proxy cannot serve this {}: {}",
-                                kind.kind(),
-                                said.join("; ")
-                            ),
-                        ))
-                    }
-                }
+            let mut sorted_hosts = hosts.clone();
+            sorted_hosts.sort();
+            sorted_hosts.dedup();
+            let at = RouteAt {
+                kind,
+                ns: &ns,
+                name: &name,
+                generation: gen_,
+                port,
+                hosts,
+                sorted_hosts,
             };
-            let accepted_cond = match accepted {
-                Ok((message, plans_made, made)) => {
-                    for (plan, ms) in &plans_made {
-                        let route_name = kind.route_name(&ns, &name, plan.rule);
-                        for m in ms {
-                            served.insert((port, sorted.clone(), m.key()), route_name.clone());
-                        }
-                    }
-                    kinds_served.push((port, hosts.clone(), kind, format!("{ns}/{name}")));
-                    let start = config.routes.len();
-                    config.routes.extend(made);
-                    owners.push(Owner {
-                        kind,
-                        key: (ns.clone(), name.clone()),
-                        routes: start..config.routes.len(),
-                        plans: plans_made,
-                        parents: attachments
-                            .iter()
-                            .filter(|a| a.port == port)
-                            .map(|a| a.parent)
-                            .collect(),
-                        attached: attachments
-                            .iter()
-                            .filter(|a| a.port == port)
-                            .flat_map(|a| {
-                                a.listeners.iter().map(|l| (a.gateway.clone(), l.clone()))
-                            })
-                            .collect(),
-                        generation: gen_,
-                    });
-                    condition("Accepted", true, "Accepted", &message, gen_)
-                }
-                // Accepted, not served yet (the port is not bound).
-                Err(("", message)) => condition("Accepted", true, "Accepted", &message, gen_),
-                Err((reason, message)) => condition("Accepted", false, reason, &message, gen_),
-            };
+            let decision = self.decide(&at, plans);
+            let accepted_cond = self.record(&at, decision, &attachments);
             for a in &attachments {
                 let parent = parent_refs[a.parent];
                 parents[a.parent] = if a.port == port {
@@ -1499,90 +1518,250 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
         }
         if !parents.is_empty() {
             match kind {
-                RouteKind::Http => outcome.routes.insert((ns, name), parents),
-                RouteKind::Grpc => outcome.grpc_routes.insert((ns, name), parents),
+                RouteKind::Http => self.outcome.routes.insert((ns, name), parents),
+                RouteKind::Grpc => self.outcome.grpc_routes.insert((ns, name), parents),
             };
         }
     }
-    // The whole config, once. Every route passed alone and no match is
-    // served twice, so this holds unless the proxy checks something
-    // across routes that the translation does not know; then the route
-    // an error names is refused and the rest checked again.
-    let mut refused: BTreeSet<usize> = BTreeSet::new();
-    loop {
-        let candidate = Config {
-            routes: owners
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !refused.contains(i))
-                .flat_map(|(_, o)| config.routes[o.routes.clone()].iter().cloned())
-                .collect(),
-            ..base.clone()
-        };
-        let errors = match candidate.validate() {
-            Ok(_) => {
-                config = candidate;
-                break;
-            }
-            Err(errors) => errors,
-        };
-        let live: Vec<usize> = (0..owners.len()).filter(|i| !refused.contains(i)).collect();
-        let mut offsets = Vec::new();
-        let mut at = 0;
-        for &i in &live {
-            offsets.push((at..at + owners[i].routes.len(), i));
-            at += owners[i].routes.len();
+
+    /// Whether route `at`, planned as `plans`, is served on its port.
+    fn decide(&self, at: &RouteAt<'_>, plans: &[Plan]) -> PortDecision {
+        let port = at.port;
+        if !self.layout.ports.contains(&port) {
+            return PortDecision::NotListening(format!(
+                "accepted; not served: sluice-proxy does not listen on port {port} yet (listeners are fixed at start; restart the proxy)"
+            ));
         }
-        let mut progress = false;
-        for e in &errors.0 {
-            let Some((n, rest)) = e
-                .path
-                .strip_prefix("routes[")
-                .and_then(|s| s.split_once(']'))
-                .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)))
-            else {
-                continue;
-            };
-            let Some((range, i)) = offsets.iter().find(|(r, _)| r.contains(&n)) else {
-                continue;
-            };
-            let o = &owners[*i];
-            let rest = rest.strip_prefix('.').unwrap_or(rest);
-            let local = format!(
-                "routes[{}]{}{rest}",
-                n - range.start,
-                if rest.is_empty() { "" } else { "." }
-            );
-            let message = format!(
-                "sluice-proxy cannot serve this {} beside the older routes: {}",
-                o.kind.kind(),
-                describe_error(o.kind, &local, &e.message, &o.plans)
-            );
-            if let Some(statuses) = match o.kind {
-                RouteKind::Http => outcome.routes.get_mut(&o.key),
-                RouteKind::Grpc => outcome.grpc_routes.get_mut(&o.key),
-            } {
-                for &p in &o.parents {
-                    if let Some(s) = statuses.get_mut(p) {
-                        s["conditions"][0] = condition(
-                            "Accepted",
-                            false,
-                            "UnsupportedValue",
-                            &message,
-                            o.generation,
-                        );
+        if let Some((_, _, other_kind, other)) = self
+            .kinds_served
+            .iter()
+            .find(|(p, h, k, _)| *p == port && *k != at.kind && hosts_overlap(h, &at.hosts))
+        {
+            return PortDecision::Refused(Refusal {
+                reason: "Conflicted",
+                message: format!(
+                    "the {} {other} is older and serves a hostname of this route on port {port}; an HTTPRoute and a GRPCRoute may not share a hostname on a listener, so only the older is accepted",
+                    other_kind.kind()
+                ),
+            });
+        }
+        self.make_routes(at, plans)
+    }
+
+    /// The Sluice routes of `at`'s rules, without the matches an older
+    /// route serves already, checked alone.
+    fn make_routes(&self, at: &RouteAt<'_>, plans: &[Plan]) -> PortDecision {
+        let kind = at.kind;
+        let listener = (Some(at.port) != self.first_port).then(|| listener_name(at.port));
+        let mut made = Vec::new();
+        let mut plans_made = Vec::new();
+        let mut taken = 0;
+        let mut keepers: BTreeSet<&str> = BTreeSet::new();
+        for plan in plans {
+            let mut matches: Vec<Match> = Vec::new();
+            for m in &plan.matches {
+                match self
+                    .served
+                    .get(&(at.port, at.sorted_hosts.clone(), m.key()))
+                {
+                    Some(older) => {
+                        taken += 1;
+                        keepers.insert(older);
                     }
+                    None => matches.push(m.clone()),
                 }
             }
-            progress |= refused.insert(*i);
+            if matches.is_empty() {
+                continue;
+            }
+            let refs: Vec<&Match> = matches.iter().collect();
+            made.push(route_config(
+                kind.route_name(at.ns, at.name, plan.rule),
+                kind,
+                &at.hosts,
+                listener.as_deref(),
+                plan,
+                &refs,
+            ));
+            plans_made.push((plan.clone(), matches));
         }
-        if !progress {
-            tracing::error!(%errors, "the config made of the Gateway API objects is refused by the proxy and no route can be blamed");
-            config = base.clone();
-            break;
+        let mut alone = self.base.clone();
+        alone.routes = made;
+        match alone.validate() {
+            Ok(_) => {
+                let message = match taken {
+                    0 => "served by sluice-proxy".to_string(),
+                    n => format!(
+                        "served by sluice-proxy; {n} of its matches are also an older route's (the same hostnames and conditions), which keeps them: {}",
+                        keepers.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                PortDecision::Served((message, plans_made, alone.routes))
+            }
+            Err(errors) => {
+                let said: Vec<String> = errors
+                    .0
+                    .iter()
+                    .map(|e| describe_error(kind, &e.path, &e.message, &plans_made))
+                    .collect();
+                PortDecision::Refused(Refusal {
+                    reason: "UnsupportedValue",
+                    message: format!(
+                        "sluice-proxy cannot serve this {}: {}",
+                        kind.kind(),
+                        said.join("; ")
+                    ),
+                })
+            }
         }
     }
-    // Attached route counts per (gateway, listener name).
+
+    /// Takes `decision` on route `at` in: a served route's matches, hosts
+    /// and Sluice routes are recorded. Its `Accepted` condition.
+    fn record(
+        &mut self,
+        at: &RouteAt<'_>,
+        decision: PortDecision,
+        attachments: &[Attachment],
+    ) -> Value {
+        let (kind, port, gen_) = (at.kind, at.port, at.generation);
+        let (message, plans_made, made) = match decision {
+            PortDecision::Served(served) => served,
+            PortDecision::NotListening(message) => {
+                return condition("Accepted", true, "Accepted", &message, gen_);
+            }
+            PortDecision::Refused(r) => {
+                return condition("Accepted", false, r.reason, &r.message, gen_);
+            }
+        };
+        for (plan, ms) in &plans_made {
+            let route_name = kind.route_name(at.ns, at.name, plan.rule);
+            for m in ms {
+                self.served
+                    .insert((port, at.sorted_hosts.clone(), m.key()), route_name.clone());
+            }
+        }
+        self.kinds_served.push((
+            port,
+            at.hosts.clone(),
+            kind,
+            format!("{}/{}", at.ns, at.name),
+        ));
+        let start = self.config.routes.len();
+        self.config.routes.extend(made);
+        let on_port = || attachments.iter().filter(move |a| a.port == port);
+        self.owners.push(Owner {
+            kind,
+            key: (at.ns.to_string(), at.name.to_string()),
+            routes: start..self.config.routes.len(),
+            plans: plans_made,
+            parents: on_port().map(|a| a.parent).collect(),
+            attached: on_port()
+                .flat_map(|a| a.listeners.iter().map(|l| (a.gateway.clone(), l.clone())))
+                .collect(),
+            generation: gen_,
+        });
+        condition("Accepted", true, "Accepted", &message, gen_)
+    }
+
+    /// Checks the whole config, once. Every route passed alone and no
+    /// match is served twice, so this holds unless the proxy checks
+    /// something across routes that the translation does not know; then
+    /// the route an error names is refused (its statuses say why) and the
+    /// rest checked again. The owners refused.
+    fn check_whole_config(&mut self) -> BTreeSet<usize> {
+        let mut refused: BTreeSet<usize> = BTreeSet::new();
+        loop {
+            let candidate = Config {
+                routes: self
+                    .owners
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !refused.contains(i))
+                    .flat_map(|(_, o)| self.config.routes[o.routes.clone()].iter().cloned())
+                    .collect(),
+                ..self.base.clone()
+            };
+            let errors = match candidate.validate() {
+                Ok(_) => {
+                    self.config = candidate;
+                    return refused;
+                }
+                Err(errors) => errors,
+            };
+            // Where each live owner's Sluice routes are in `candidate`.
+            let mut offsets = Vec::new();
+            let mut at = 0;
+            for i in (0..self.owners.len()).filter(|i| !refused.contains(i)) {
+                offsets.push((at..at + self.owners[i].routes.len(), i));
+                at += self.owners[i].routes.len();
+            }
+            let mut progress = false;
+            for e in &errors.0 {
+                if let Some(i) = self.refuse_blamed(e, &offsets) {
+                    progress |= refused.insert(i);
+                }
+            }
+            if !progress {
+                tracing::error!(%errors, "the config made of the Gateway API objects is refused by the proxy and no route can be blamed");
+                self.config = self.base.clone();
+                return refused;
+            }
+        }
+    }
+
+    /// The owner that whole-config error `e` names (`offsets`: the range
+    /// of each checked owner's routes), its statuses now saying why it is
+    /// refused.
+    fn refuse_blamed(
+        &mut self,
+        e: &crate::config::FieldError,
+        offsets: &[(std::ops::Range<usize>, usize)],
+    ) -> Option<usize> {
+        let (n, rest) = e
+            .path
+            .strip_prefix("routes[")
+            .and_then(|s| s.split_once(']'))
+            .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)))?;
+        let (range, i) = offsets.iter().find(|(r, _)| r.contains(&n))?;
+        let o = &self.owners[*i];
+        let rest = rest.strip_prefix('.').unwrap_or(rest);
+        let local = format!(
+            "routes[{}]{}{rest}",
+            n - range.start,
+            if rest.is_empty() { "" } else { "." }
+        );
+        let message = format!(
+            "sluice-proxy cannot serve this {} beside the older routes: {}",
+            o.kind.kind(),
+            describe_error(o.kind, &local, &e.message, &o.plans)
+        );
+        if let Some(statuses) = match o.kind {
+            RouteKind::Http => self.outcome.routes.get_mut(&o.key),
+            RouteKind::Grpc => self.outcome.grpc_routes.get_mut(&o.key),
+        } {
+            for &p in &o.parents {
+                if let Some(s) = statuses.get_mut(p) {
+                    s["conditions"][0] = condition(
+                        "Accepted",
+                        false,
+                        "UnsupportedValue",
+                        &message,
+                        o.generation,
+                    );
+                }
+            }
+        }
+        Some(*i)
+    }
+}
+
+/// Attached route counts per (gateway namespace, gateway name, listener
+/// name), of the owners not `refused`.
+fn attached_counts(
+    owners: &[Owner],
+    refused: &BTreeSet<usize>,
+) -> BTreeMap<(String, String, String), i64> {
     let mut attached: BTreeMap<(String, String, String), i64> = BTreeMap::new();
     for (i, o) in owners.iter().enumerate() {
         if refused.contains(&i) {
@@ -1594,70 +1773,72 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
                 .or_default() += 1;
         }
     }
+    attached
+}
 
-    for ((ns, name), g) in &gateways {
-        let gen_ = generation(g);
-        let mut all_programmed = true;
-        let ls: Vec<Value> = listeners(g)
-            .iter()
-            .map(|l| {
-                let count = attached
-                    .get(&(ns.clone(), name.clone(), l.name.clone()))
-                    .copied()
-                    .unwrap_or(0);
-                let (accepted, programmed) = if l.protocol != "HTTP" {
-                    all_programmed = false;
-                    (
-                        condition("Accepted", false, "UnsupportedProtocol", &format!("protocol {} is not supported by sluice-proxy (HTTP only)", l.protocol), gen_),
-                        condition("Programmed", false, "Invalid", "not served", gen_),
-                    )
-                } else if !layout.ports.contains(&l.port) {
-                    all_programmed = false;
-                    (
-                        condition("Accepted", true, "Accepted", "accepted", gen_),
-                        condition("Programmed", false, "Pending", &format!("sluice-proxy does not listen on port {} yet: listeners are fixed at start, restart the proxy", l.port), gen_),
-                    )
-                } else {
-                    (
-                        condition("Accepted", true, "Accepted", "accepted", gen_),
-                        condition("Programmed", true, "Programmed", &format!("served on {}:{}", layout.bind, l.port), gen_),
-                    )
-                };
-                json!({
-                    "name": l.name,
-                    "attachedRoutes": count,
-                    "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}],
-                    "conditions": [accepted, programmed, condition("ResolvedRefs", true, "ResolvedRefs", "no references", gen_)],
-                })
-            })
-            .collect();
-        let programmed = if all_programmed {
-            condition(
-                "Programmed",
-                true,
-                "Programmed",
-                "every listener is served by sluice-proxy",
-                gen_,
-            )
-        } else {
-            condition(
-                "Programmed",
-                false,
-                "Pending",
-                "a listener is not served; see status.listeners",
-                gen_,
-            )
-        };
-        outcome.gateways.insert(
-            (ns.clone(), name.clone()),
+/// The status of Gateway `g` (`ns/name`): its conditions and listeners.
+fn gateway_status(
+    g: &Value,
+    (ns, name): (&str, &str),
+    attached: &BTreeMap<(String, String, String), i64>,
+    layout: &Layout,
+) -> Value {
+    let gen_ = generation(g);
+    let mut all_programmed = true;
+    let ls: Vec<Value> = listeners(g)
+        .iter()
+        .map(|l| {
+            let count = attached
+                .get(&(ns.to_string(), name.to_string(), l.name.clone()))
+                .copied()
+                .unwrap_or(0);
+            let (accepted, programmed) = if l.protocol != "HTTP" {
+                all_programmed = false;
+                (
+                    condition("Accepted", false, "UnsupportedProtocol", &format!("protocol {} is not supported by sluice-proxy (HTTP only)", l.protocol), gen_),
+                    condition("Programmed", false, "Invalid", "not served", gen_),
+                )
+            } else if !layout.ports.contains(&l.port) {
+                all_programmed = false;
+                (
+                    condition("Accepted", true, "Accepted", "accepted", gen_),
+                    condition("Programmed", false, "Pending", &format!("sluice-proxy does not listen on port {} yet: listeners are fixed at start, restart the proxy", l.port), gen_),
+                )
+            } else {
+                (
+                    condition("Accepted", true, "Accepted", "accepted", gen_),
+                    condition("Programmed", true, "Programmed", &format!("served on {}:{}", layout.bind, l.port), gen_),
+                )
+            };
             json!({
-                "conditions": [condition("Accepted", true, "Accepted", "accepted by sluice-proxy", gen_), programmed],
-                "listeners": ls,
-            }),
-        );
-    }
-    outcome.config = config;
-    outcome
+                "name": l.name,
+                "attachedRoutes": count,
+                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}],
+                "conditions": [accepted, programmed, condition("ResolvedRefs", true, "ResolvedRefs", "no references", gen_)],
+            })
+        })
+        .collect();
+    let programmed = if all_programmed {
+        condition(
+            "Programmed",
+            true,
+            "Programmed",
+            "every listener is served by sluice-proxy",
+            gen_,
+        )
+    } else {
+        condition(
+            "Programmed",
+            false,
+            "Pending",
+            "a listener is not served; see status.listeners",
+            gen_,
+        )
+    };
+    json!({
+        "conditions": [condition("Accepted", true, "Accepted", "accepted by sluice-proxy", gen_), programmed],
+        "listeners": ls,
+    })
 }
 
 fn add_hosts(all: &mut Option<Vec<String>>, hosts: &[String]) {
@@ -1766,6 +1947,43 @@ mod tests {
 
     fn accepted(o: &Outcome) -> &Value {
         &o.routes[&("default".to_string(), "web".to_string())][0]["conditions"][0]
+    }
+
+    #[test]
+    fn a_route_the_whole_config_refuses_is_refused_alone_and_named() {
+        // `/%7Eme` is `/~me` to the proxy (an escaped unreserved character),
+        // not to the Gateway API: each route passes alone, the two together
+        // do not. The newer one is refused, the routes around it served.
+        let exact = |path: &str| {
+            json!([{"matches": [{"path": {"type": "Exact", "value": path}}],
+            "backendRefs": [{"name": "web", "port": 80}]}])
+        };
+        let mut i = inputs(exact("/~me"));
+        for (name, created, path) in [
+            ("escaped", "2024-01-01T00:00:00Z", "/%7Eme"),
+            ("later", "2024-01-02T00:00:00Z", "/other"),
+        ] {
+            i.routes.push(json!({"metadata": {"namespace": "default", "name": name, "generation": 5,
+                "creationTimestamp": created},
+                "spec": {"parentRefs": [{"name": "gw"}], "hostnames": ["web.example.com", "other.test"],
+                    "rules": exact(path)}}));
+        }
+        let o = build(&i, &layout());
+        assert_eq!(names(&o), ["default/web/0", "default/later/0"], "{o:?}");
+        assert!(o.config.validate().is_ok());
+        assert_eq!(accepted(&o)["status"], "True", "{o:?}");
+        let status =
+            |name: &str| &o.routes[&("default".to_string(), name.to_string())][0]["conditions"][0];
+        assert_eq!(status("later")["status"], "True", "{o:?}");
+        let refused = status("escaped");
+        assert_eq!(refused["status"], "False", "{refused}");
+        assert_eq!(refused["reason"], "UnsupportedValue", "{refused}");
+        let message = refused["message"].as_str().expect("a message");
+        assert!(
+            message.starts_with("sluice-proxy cannot serve this HTTPRoute beside the older routes: spec.rules[0].matches[0]"),
+            "{message}"
+        );
+        assert!(message.contains("same hosts and conditions"), "{message}");
     }
 
     #[test]
