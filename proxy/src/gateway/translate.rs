@@ -671,6 +671,48 @@ fn read_rule(
     issues: &mut Vec<RefIssue>,
 ) -> Result<Plan, Refusal> {
     let at = format!("spec.rules[{i}]");
+    let matches = read_matches(kind, i, rule, &at)?;
+    let filters = read_filters(rule, &at, ns, services, issues)?;
+    let backends = read_backends(rule, &at, ns, services, issues)?;
+    let timeout = match (
+        rule.pointer("/timeouts/backendRequest")
+            .and_then(Value::as_str),
+        rule.pointer("/timeouts/request").and_then(Value::as_str),
+    ) {
+        (Some(t), _) => Some((t.to_string(), "backendRequest")),
+        (None, Some(t)) => Some((t.to_string(), "request")),
+        (None, None) => None,
+    };
+    if filters.mirror_written && backends.written == 2 {
+        return Err(unsupported(format!(
+            "{at}.filters: RequestMirror is supported by sluice-proxy on a rule with one backendRef"
+        )));
+    }
+    let target = if backends.invalid || backends.resolved.is_empty() {
+        Target::Error500
+    } else {
+        let canary_bp = canary_bp(&backends.resolved, &at)?;
+        let mut resolved = backends.resolved.into_iter();
+        Target::Backends {
+            stable: resolved.next().expect("one backend at least"),
+            canary: resolved.next(),
+            canary_bp,
+        }
+    };
+    Ok(Plan {
+        rule: i,
+        matches,
+        target,
+        mirror: filters.mirror,
+        timeout,
+        request_headers: filters.request_headers,
+        response_headers: filters.response_headers,
+    })
+}
+
+/// The matches of rule `i` (at `at`), without repeats; a rule without
+/// matches has one that matches every request.
+fn read_matches(kind: RouteKind, i: usize, rule: &Value, at: &str) -> Result<Vec<Match>, Refusal> {
     let default_matches = vec![json!({})];
     let raw = rule["matches"]
         .as_array()
@@ -700,20 +742,44 @@ fn read_rule(
             matches.push(m);
         }
     }
-    let mut mirror = None;
-    let mut mirror_written = false;
-    let mut request_headers = None;
-    let mut response_headers = None;
+    Ok(matches)
+}
+
+/// A rule's filters, read.
+struct RuleFilters {
+    /// The mirrored Service and percent, and the filter's index (`None`
+    /// also when its backendRef does not resolve).
+    mirror: Option<(Backend, u64, usize)>,
+    /// Whether the rule has a `RequestMirror` filter at all.
+    mirror_written: bool,
+    request_headers: Option<Modifier>,
+    response_headers: Option<Modifier>,
+}
+
+/// The filters of the rule at `at`: one of each supported type at most.
+fn read_filters(
+    rule: &Value,
+    at: &str,
+    ns: &str,
+    services: &BTreeMap<(String, String), &Value>,
+    issues: &mut Vec<RefIssue>,
+) -> Result<RuleFilters, Refusal> {
+    let mut read = RuleFilters {
+        mirror: None,
+        mirror_written: false,
+        request_headers: None,
+        response_headers: None,
+    };
     for (j, f) in rule["filters"].as_array().into_iter().flatten().enumerate() {
         let fat = format!("{at}.filters[{j}]");
         match str_at(f, "/type") {
-            "RequestMirror" if !mirror_written => {
-                mirror_written = true;
+            "RequestMirror" if !read.mirror_written => {
+                read.mirror_written = true;
                 let bat = format!("{fat}.requestMirror.backendRef");
                 let percent = f["requestMirror"]["percent"].as_u64().unwrap_or(100);
                 match backend_of(&f["requestMirror"]["backendRef"], ns, &bat)? {
                     Ok(mut b) => match resolve(&mut b, &bat, services) {
-                        Ok(()) => mirror = Some((b, percent, j)),
+                        Ok(()) => read.mirror = Some((b, percent, j)),
                         // A mirror copy changes no answer: the rule is
                         // served without it, and the status says why.
                         Err(issue) => issues.push(issue),
@@ -726,15 +792,15 @@ fn read_rule(
                     "{fat}.type: sluice-proxy mirrors a route to one Service; a second RequestMirror is not supported"
                 )));
             }
-            "RequestHeaderModifier" if request_headers.is_none() => {
-                request_headers = Some(modifier_of(
+            "RequestHeaderModifier" if read.request_headers.is_none() => {
+                read.request_headers = Some(modifier_of(
                     &f["requestHeaderModifier"],
                     j,
                     &format!("{fat}.requestHeaderModifier"),
                 )?);
             }
-            "ResponseHeaderModifier" if response_headers.is_none() => {
-                response_headers = Some(modifier_of(
+            "ResponseHeaderModifier" if read.response_headers.is_none() => {
+                read.response_headers = Some(modifier_of(
                     &f["responseHeaderModifier"],
                     j,
                     &format!("{fat}.responseHeaderModifier"),
@@ -752,6 +818,29 @@ fn read_rule(
             }
         }
     }
+    Ok(read)
+}
+
+/// A rule's backendRefs, read and resolved.
+struct RuleBackends {
+    /// How many backendRefs the rule has (one or two).
+    written: usize,
+    /// The ones that resolved, in order.
+    resolved: Vec<Backend>,
+    /// Whether one of non-zero weight did not resolve (its issue is in
+    /// the route's issues).
+    invalid: bool,
+}
+
+/// The backendRefs of the rule at `at`: one or two, without filters, not
+/// one alone of weight 0.
+fn read_backends(
+    rule: &Value,
+    at: &str,
+    ns: &str,
+    services: &BTreeMap<(String, String), &Value>,
+    issues: &mut Vec<RefIssue>,
+) -> Result<RuleBackends, Refusal> {
     let refs = rule["backendRefs"].as_array().cloned().unwrap_or_default();
     if refs.is_empty() {
         return Err(unsupported(format!(
@@ -764,8 +853,11 @@ fn read_rule(
             refs.len()
         )));
     }
-    let mut backends = Vec::new();
-    let mut invalid = false;
+    let mut backends = RuleBackends {
+        written: refs.len(),
+        resolved: Vec::new(),
+        invalid: false,
+    };
     for (j, r) in refs.iter().enumerate() {
         let bat = format!("{at}.backendRefs[{j}]");
         if r["filters"].as_array().is_some_and(|f| !f.is_empty()) {
@@ -779,11 +871,11 @@ fn read_rule(
             Ok(b)
         });
         match resolved {
-            Ok(b) => backends.push(b),
+            Ok(b) => backends.resolved.push(b),
             Err(issue) => {
                 issues.push(issue);
                 // An invalid backendRef of weight 0 gets no request.
-                invalid |= weight > 0;
+                backends.invalid |= weight > 0;
             }
         }
     }
@@ -792,40 +884,7 @@ fn read_rule(
             "{at}.backendRefs[0].weight: 0 sends no request anywhere"
         )));
     }
-    let timeout = match (
-        rule.pointer("/timeouts/backendRequest")
-            .and_then(Value::as_str),
-        rule.pointer("/timeouts/request").and_then(Value::as_str),
-    ) {
-        (Some(t), _) => Some((t.to_string(), "backendRequest")),
-        (None, Some(t)) => Some((t.to_string(), "request")),
-        (None, None) => None,
-    };
-    if mirror_written && refs.len() == 2 {
-        return Err(unsupported(format!(
-            "{at}.filters: RequestMirror is supported by sluice-proxy on a rule with one backendRef"
-        )));
-    }
-    let target = if invalid || backends.is_empty() {
-        Target::Error500
-    } else {
-        let canary_bp = canary_bp(&backends, &at)?;
-        let mut backends = backends.into_iter();
-        Target::Backends {
-            stable: backends.next().expect("one backend at least"),
-            canary: backends.next(),
-            canary_bp,
-        }
-    };
-    Ok(Plan {
-        rule: i,
-        matches,
-        target,
-        mirror,
-        timeout,
-        request_headers,
-        response_headers,
-    })
+    Ok(backends)
 }
 
 /// The canary share of a rule's two backends in basis points.
