@@ -340,27 +340,11 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
     let routing = store.load();
     let valid = routing.valid.clone();
     drop(routing);
-    let bind_error = |source| StartError::Bind {
-        what: "listen",
-        addr: valid.listen,
-        source,
-    };
     let all_addrs: Vec<SocketAddr> = std::iter::once(valid.listen)
         .chain(valid.listeners.iter().map(|(_, a)| *a))
         .collect();
     let listeners = if threads == 0 {
-        let mut bound = Vec::new();
-        for (i, addr) in all_addrs.iter().enumerate() {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    what: if i == 0 { "listen" } else { "listeners" },
-                    addr: *addr,
-                    source,
-                })?;
-            bound.push(l);
-        }
-        Some(bound)
+        Some(bind_all(&all_addrs).await?)
     } else {
         None
     };
@@ -381,128 +365,30 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         })?),
         None => None,
     };
-    let draining = Arc::new(AtomicBool::new(false));
-    let capacity = conn::Capacity::new(valid.max_connections, metrics.clone());
-    let tunnels = Arc::new(conn::Connections::default());
-    let state_for = |listener: usize| {
-        Arc::new(downstream::ProxyState {
-            store: store.clone(),
-            draining: draining.clone(),
-            listener,
-            scheme: if terminator.is_some() && listener == 0 {
-                "https"
-            } else {
-                "http"
-            },
-            capacity: capacity.clone(),
-            tunnels: tunnels.clone(),
-        })
-    };
-    let states: Vec<Arc<downstream::ProxyState>> = (0..all_addrs.len()).map(state_for).collect();
-    let state = Arc::new(downstream::ProxyState {
+    let shared = SharedState {
         store: store.clone(),
-        draining: draining.clone(),
-        listener: 0,
-        scheme: if terminator.is_some() {
-            "https"
-        } else {
-            "http"
-        },
-        capacity: capacity.clone(),
-        tunnels,
-    });
-    let (stop, stop_rx) = watch::channel(false);
-    let watcher = match &options.watch_file {
-        Some(path) => Some(
-            store::watch_file(path.clone(), store.clone()).map_err(|source| StartError::Watch {
-                path: path.clone(),
-                source,
-            })?,
-        ),
-        None => None,
+        draining: Arc::new(AtomicBool::new(false)),
+        capacity: conn::Capacity::new(valid.max_connections, metrics.clone()),
+        tunnels: Arc::new(conn::Connections::default()),
+        tls: terminator.is_some(),
     };
-    let cert_watcher = match &terminator {
-        Some(t) => Some(
-            t.watch(metrics.clone())
-                .map_err(|source| StartError::Watch {
-                    path: t.tls.cert_file.clone(),
-                    source,
-                })?,
-        ),
-        None => None,
+    let states: Vec<Arc<downstream::ProxyState>> =
+        (0..all_addrs.len()).map(|l| shared.state_for(l)).collect();
+    let state = shared.state_for(0);
+    let (stop, stop_rx) = watch::channel(false);
+    let (watcher, cert_watcher) = start_watchers(&options, &store, terminator.as_ref(), &metrics)?;
+    let serve_on = ServeOn {
+        states,
+        valid: &valid,
+        tls: terminator.as_ref(),
+        stop: &stop_rx,
+        drain_timeout: options.drain_timeout,
     };
     let (bound_addrs, data_plane) = match listeners {
-        Some(listeners) => {
-            let mut bound = Vec::new();
-            let mut tasks = Vec::new();
-            for (i, (listener, state)) in listeners.into_iter().zip(states).enumerate() {
-                bound.push(listener.local_addr().map_err(bind_error)?);
-                let tls = (i == 0).then(|| terminator.clone()).flatten();
-                tasks.push(tokio::spawn(accept::run_listener(
-                    listener,
-                    serving(state, &valid, tls),
-                    stop_rx.clone(),
-                    options.drain_timeout,
-                )));
-            }
-            let task = tokio::spawn(async move {
-                for t in tasks {
-                    let _ = t.await;
-                }
-            });
-            (bound, task)
-        }
-        None => {
-            // The serving threads share each port with SO_REUSEPORT, which
-            // would also let a second proxy on the same port silently take
-            // part of the traffic with its own weights. A plain bind first
-            // fails when anything already listens there.
-            for (i, addr) in all_addrs.iter().enumerate() {
-                if addr.port() != 0
-                    && let Err(source) = std::net::TcpListener::bind(addr)
-                {
-                    let _ = stop.send(true);
-                    return Err(StartError::Bind {
-                        what: if i == 0 { "listen" } else { "listeners" },
-                        addr: *addr,
-                        source: std::io::Error::new(
-                            source.kind(),
-                            format!(
-                                "{source} (is another sluice-proxy or server already listening there?)"
-                            ),
-                        ),
-                    });
-                }
-            }
-            let mut addrs = all_addrs.clone();
-            let mut handles = Vec::with_capacity(threads);
-            for slot in 1..=threads {
-                let worker = Worker {
-                    slot,
-                    states: states.clone(),
-                    valid: valid.clone(),
-                    tls: terminator.clone(),
-                    stop: stop_rx.clone(),
-                    drain_timeout: options.drain_timeout,
-                };
-                // The first thread learns the ports (config port 0); the others share them.
-                let (bound, handle) = match spawn_worker(worker, addrs.clone()) {
-                    Ok(x) => x,
-                    Err(source) => {
-                        let _ = stop.send(true);
-                        return Err(bind_error(source));
-                    }
-                };
-                addrs = bound;
-                handles.push(handle);
-            }
-            let task = tokio::task::spawn_blocking(move || {
-                for h in handles {
-                    let _ = h.join();
-                }
-            });
-            (addrs, task)
-        }
+        Some(listeners) => serve_in_process(serve_on, listeners)?,
+        None => serve_on_threads(serve_on, &all_addrs, threads).inspect_err(|_| {
+            let _ = stop.send(true);
+        })?,
     };
     let tcp_listeners = tcp::TcpListeners::new(metrics.tcp.clone(), valid.max_tcp_connections);
     if let Err(e) = store.attach_tcp(tcp_listeners.clone(), |l| tcp_listeners.start(l)) {
@@ -539,4 +425,181 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         tcp: tcp_listeners,
         drain_timeout: options.drain_timeout,
     })
+}
+
+/// Binds every data-plane address (`listen`, then `listeners`) on the
+/// caller's runtime.
+async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut bound = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: if i == 0 { "listen" } else { "listeners" },
+                addr: *addr,
+                source,
+            })?;
+        bound.push(l);
+    }
+    Ok(bound)
+}
+
+/// What every listener's [`downstream::ProxyState`] shares.
+struct SharedState {
+    store: Arc<Store>,
+    draining: Arc<AtomicBool>,
+    capacity: Arc<conn::Capacity>,
+    tunnels: Arc<conn::Connections>,
+    /// Whether the main listener terminates TLS.
+    tls: bool,
+}
+
+impl SharedState {
+    /// The state of listener `listener` (0: `listen`).
+    fn state_for(&self, listener: usize) -> Arc<downstream::ProxyState> {
+        Arc::new(downstream::ProxyState {
+            store: self.store.clone(),
+            draining: self.draining.clone(),
+            listener,
+            scheme: if self.tls && listener == 0 {
+                "https"
+            } else {
+                "http"
+            },
+            capacity: self.capacity.clone(),
+            tunnels: self.tunnels.clone(),
+        })
+    }
+}
+
+/// The config file's watcher (with `--watch`) and the certificates'
+/// (with TLS).
+type Watchers = (
+    Option<tokio::task::JoinHandle<()>>,
+    Option<tokio::task::JoinHandle<()>>,
+);
+
+fn start_watchers(
+    options: &StartOptions,
+    store: &Arc<Store>,
+    terminator: Option<&Arc<tls::Terminator>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Watchers, StartError> {
+    let watcher = match &options.watch_file {
+        Some(path) => Some(
+            store::watch_file(path.clone(), store.clone()).map_err(|source| StartError::Watch {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let cert_watcher = match terminator {
+        Some(t) => Some(
+            t.watch(metrics.clone())
+                .map_err(|source| StartError::Watch {
+                    path: t.tls.cert_file.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    Ok((watcher, cert_watcher))
+}
+
+/// What the data plane serves with, whichever runtime it runs on.
+struct ServeOn<'a> {
+    /// One state per listener, in listener order.
+    states: Vec<Arc<downstream::ProxyState>>,
+    valid: &'a config::ValidConfig,
+    tls: Option<&'a Arc<tls::Terminator>>,
+    stop: &'a watch::Receiver<bool>,
+    drain_timeout: Duration,
+}
+
+/// The data plane: its bound addresses, and the task that ends when every
+/// listener has stopped.
+type DataPlane = (Vec<SocketAddr>, tokio::task::JoinHandle<()>);
+
+/// Serves `listeners` on the caller's runtime.
+fn serve_in_process(on: ServeOn<'_>, listeners: Vec<TcpListener>) -> Result<DataPlane, StartError> {
+    let mut bound = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, (listener, state)) in listeners.into_iter().zip(on.states).enumerate() {
+        bound.push(listener.local_addr().map_err(|source| StartError::Bind {
+            what: "listen",
+            addr: on.valid.listen,
+            source,
+        })?);
+        let tls = (i == 0).then(|| on.tls.cloned()).flatten();
+        tasks.push(tokio::spawn(accept::run_listener(
+            listener,
+            serving(state, on.valid, tls),
+            on.stop.clone(),
+            on.drain_timeout,
+        )));
+    }
+    let task = tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    Ok((bound, task))
+}
+
+/// Serves `addrs` on `threads` dedicated threads sharing each port
+/// (`SO_REUSEPORT`). On an error some threads may serve already: the
+/// caller stops them.
+fn serve_on_threads(
+    on: ServeOn<'_>,
+    all_addrs: &[SocketAddr],
+    threads: usize,
+) -> Result<DataPlane, StartError> {
+    // The serving threads share each port with SO_REUSEPORT, which
+    // would also let a second proxy on the same port silently take
+    // part of the traffic with its own weights. A plain bind first
+    // fails when anything already listens there.
+    for (i, addr) in all_addrs.iter().enumerate() {
+        if addr.port() != 0
+            && let Err(source) = std::net::TcpListener::bind(addr)
+        {
+            return Err(StartError::Bind {
+                what: if i == 0 { "listen" } else { "listeners" },
+                addr: *addr,
+                source: std::io::Error::new(
+                    source.kind(),
+                    format!(
+                        "{source} (is another sluice-proxy or server already listening there?)"
+                    ),
+                ),
+            });
+        }
+    }
+    let mut addrs = all_addrs.to_vec();
+    let mut handles = Vec::with_capacity(threads);
+    for slot in 1..=threads {
+        let worker = Worker {
+            slot,
+            states: on.states.clone(),
+            valid: on.valid.clone(),
+            tls: on.tls.cloned(),
+            stop: on.stop.clone(),
+            drain_timeout: on.drain_timeout,
+        };
+        // The first thread learns the ports (config port 0); the others share them.
+        let (bound, handle) =
+            spawn_worker(worker, addrs.clone()).map_err(|source| StartError::Bind {
+                what: "listen",
+                addr: on.valid.listen,
+                source,
+            })?;
+        addrs = bound;
+        handles.push(handle);
+    }
+    let task = tokio::task::spawn_blocking(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+    });
+    Ok((addrs, task))
 }
