@@ -66,7 +66,10 @@
 //! `proxy/tests/layers.rs` checks both: it reads every file of `src/` (its
 //! code, not its comments, strings or `#[cfg(test)]` items) for
 //! `crate::module` paths, and fails naming the modules and files of any
-//! import circle, and any import that does not go down this table.
+//! import circle, and any import that does not go down this table. The
+//! same test holds every function of the request path's modules (the
+//! phases and what they call per request) to 120 lines at most: a longer
+//! one is split into named steps.
 
 pub mod accept;
 pub mod admin;

@@ -1,6 +1,6 @@
-//! The proxy's modules form layers without an import circle, and the
-//! layer table in the crate's `//!` docs (src/lib.rs, "# Layers") is the
-//! true one.
+//! The proxy's modules form layers without an import circle, the layer
+//! table in the crate's `//!` docs (src/lib.rs, "# Layers") is the true
+//! one, and no function on the request path is over 120 lines.
 //!
 //! How the imports are read: every `.rs` file under `src/` belongs to its
 //! top-level module (`src/tcp/mod.rs` and `src/metrics/tcp.rs` to `tcp` and
@@ -481,6 +481,111 @@ fn every_import_goes_down_the_documented_layers() {
     );
 }
 
+/// The modules a request passes through (the `# Layers` table's phases
+/// and what they call per request).
+const REQUEST_PATH: [&str; 15] = [
+    "accept",
+    "downstream",
+    "answer",
+    "forward",
+    "route",
+    "routing",
+    "mirror",
+    "upstream",
+    "affinity",
+    "record",
+    "split",
+    "body",
+    "conn",
+    "http1",
+    "fields",
+];
+
+/// The longest a function on the request path may be, in lines from its
+/// `fn` to its closing brace.
+const MAX_FUNCTION_LINES: usize = 120;
+
+/// Every function of `code` (comments, strings and test items removed):
+/// its name, first line (1-based) and length in lines. A function inside
+/// another is counted in both.
+fn functions(code: &str) -> Vec<(String, usize, usize)> {
+    let bytes = code.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("fn ").map(|k| from + k) {
+        from = at + 3;
+        if at > 0 && is_ident_byte(bytes[at - 1]) {
+            continue;
+        }
+        let Some(name) = leading_ident(&code[from..]) else {
+            continue;
+        };
+        // The body starts at the first `{` unless a `;` ends a declaration
+        // first (a trait's method without a default).
+        let Some(open) = code[from..].find(['{', ';']).map(|k| from + k) else {
+            continue;
+        };
+        if bytes[open] == b';' {
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut close = code.len();
+        for (k, &b) in bytes.iter().enumerate().skip(open) {
+            match b {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = k;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let first = code[..at].matches('\n').count() + 1;
+        let last = code[..close].matches('\n').count() + 1;
+        found.push((name.to_string(), first, last - first + 1));
+    }
+    found
+}
+
+#[test]
+fn no_function_on_the_request_path_is_over_120_lines() {
+    let src = src_dir();
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut checked = 0;
+    let mut long = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let top = rel.components().next().expect("a file name");
+        let top = top.as_os_str().to_string_lossy();
+        if !REQUEST_PATH.contains(&top.strip_suffix(".rs").unwrap_or(&top)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("a source file");
+        for (name, line, lines) in functions(&without_test_items(&code_only(&text))) {
+            checked += 1;
+            if lines > MAX_FUNCTION_LINES {
+                long.push(format!(
+                    "src/{}:{line}: fn {name} is {lines} lines",
+                    rel.display()
+                ));
+            }
+        }
+    }
+    assert!(
+        checked > 100,
+        "only {checked} functions found on the request path"
+    );
+    assert!(
+        long.is_empty(),
+        "functions on the request path over {MAX_FUNCTION_LINES} lines (split them into named steps):\n  {}",
+        long.join("\n  ")
+    );
+}
+
 #[test]
 fn the_reader_sees_code_not_comments_strings_or_test_items() {
     let src = r##"
@@ -513,4 +618,9 @@ struct After(crate::delta::D);
     assert_eq!(map.get("Errors").map(String::as_str), Some("config"));
     assert_eq!(map.get("Config").map(String::as_str), Some("config"));
     assert_eq!(map.get("Metrics").map(String::as_str), Some("metrics"));
+    let code = "fn short() {\n    x();\n}\ntrait T {\n    fn declared(&self);\n}\nfn longer(a: u8) -> u8 {\n    let f = |b| { b };\n\n    f(a)\n}\n";
+    assert_eq!(
+        functions(code),
+        [("short".to_string(), 1, 3), ("longer".to_string(), 7, 5)]
+    );
 }
