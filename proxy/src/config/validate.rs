@@ -1226,35 +1226,33 @@ fn positive_duration(text: &str, path: &str, errs: &mut Collector) -> Option<Dur
 /// One of a route's `matches` (see [`RouteMatch`]); `at` is its path.
 fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Option<ValidRouteMatch> {
     let before = errs.0.len();
-    let check_path = |field: &str, path: &String, errs: &mut Collector| {
-        if !path.starts_with('/') {
-            errs.push(
-                format!("{at}.{field}"),
-                format!("`{path}` must start with '/'"),
-            );
-        } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
-            errs.push(
-                format!("{at}.{field}"),
-                format!("`{path}` holds a space or a character a request path never has (percent-encode it)"),
-            );
-        } else if path.contains('?') || path.contains('#') {
-            errs.push(
-                format!("{at}.{field}"),
-                format!("`{path}` holds `?` or `#`; a path match is on the path alone (use `query` for parameters)"),
-            );
-        }
-    };
-    let path = match (&m.path_prefix, &m.path_exact, &m.path_segments) {
+    let path = validate_match_path(m, at, errs);
+    let methods = validate_methods(m, at, errs);
+    let headers = validate_header_conditions(m, at, errs);
+    let query = validate_query_conditions(m, at, errs);
+    (errs.0.len() == before).then_some(ValidRouteMatch {
+        path,
+        methods,
+        headers,
+        query,
+        to_canary: m.backend == Some(MatchBackend::Canary),
+    })
+}
+
+/// A match's path: at most one of `path_prefix`, `path_exact` and
+/// `path_segments` (none: every path), read as requests' paths are.
+fn validate_match_path(m: &RouteMatch, at: &str, errs: &mut Collector) -> PathMatch {
+    match (&m.path_prefix, &m.path_exact, &m.path_segments) {
         (Some(prefix), None, None) => {
-            check_path("path_prefix", prefix, errs);
+            check_match_path("path_prefix", prefix, at, errs);
             PathMatch::Prefix(crate::fields::decode_unreserved(prefix).into_owned())
         }
         (None, Some(exact), None) => {
-            check_path("path_exact", exact, errs);
+            check_match_path("path_exact", exact, at, errs);
             PathMatch::Exact(crate::fields::decode_unreserved(exact).into_owned())
         }
         (None, None, Some(segments)) => {
-            check_path("path_segments", segments, errs);
+            check_match_path("path_segments", segments, at, errs);
             // As requests' paths are routed: `%7E` and `~` are one path.
             match crate::fields::decode_unreserved(segments).trim_end_matches('/') {
                 "" => PathMatch::Prefix("/".into()),
@@ -1269,7 +1267,34 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
             );
             PathMatch::Prefix("/".into())
         }
-    };
+    }
+}
+
+/// A path of a match (`field` at `at`): absolute, printable, without
+/// query or fragment.
+fn check_match_path(field: &str, path: &str, at: &str, errs: &mut Collector) {
+    if !path.starts_with('/') {
+        errs.push(
+            format!("{at}.{field}"),
+            format!("`{path}` must start with '/'"),
+        );
+    } else if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        errs.push(
+            format!("{at}.{field}"),
+            format!(
+                "`{path}` holds a space or a character a request path never has (percent-encode it)"
+            ),
+        );
+    } else if path.contains('?') || path.contains('#') {
+        errs.push(
+            format!("{at}.{field}"),
+            format!("`{path}` holds `?` or `#`; a path match is on the path alone (use `query` for parameters)"),
+        );
+    }
+}
+
+/// A match's `methods`: upper-case tokens, not `CONNECT`.
+fn validate_methods(m: &RouteMatch, at: &str, errs: &mut Collector) -> Vec<http::Method> {
     let mut methods = Vec::new();
     for (k, method) in m.methods.iter().enumerate() {
         let mp = format!("{at}.methods[{k}]");
@@ -1296,6 +1321,15 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
             methods.push(http::Method::from_bytes(method.as_bytes()).expect("a token"));
         }
     }
+    methods
+}
+
+/// A match's header conditions: a field name (not Host) and a value.
+fn validate_header_conditions(
+    m: &RouteMatch,
+    at: &str,
+    errs: &mut Collector,
+) -> Vec<(http::HeaderName, String)> {
     let mut headers = Vec::new();
     for (k, h) in m.headers.iter().enumerate() {
         let hp = format!("{at}.headers[{k}]");
@@ -1316,6 +1350,15 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
             headers.push((name, h.value.clone()));
         }
     }
+    headers
+}
+
+/// A match's query conditions: a non-empty name, once each.
+fn validate_query_conditions(
+    m: &RouteMatch,
+    at: &str,
+    errs: &mut Collector,
+) -> Vec<(String, String)> {
     let mut query = Vec::new();
     for (k, q) in m.query.iter().enumerate() {
         let qp = format!("{at}.query[{k}]");
@@ -1337,13 +1380,7 @@ fn validate_route_match(m: &RouteMatch, at: &str, errs: &mut Collector) -> Optio
         }
         query.push((q.name.clone(), q.value.clone()));
     }
-    (errs.0.len() == before).then_some(ValidRouteMatch {
-        path,
-        methods,
-        headers,
-        query,
-        to_canary: m.backend == Some(MatchBackend::Canary),
-    })
+    query
 }
 
 /// A route's `direct_response`: a status a final answer may have, a body
