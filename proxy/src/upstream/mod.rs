@@ -320,7 +320,10 @@ impl Upstream {
         if let Some(conn) = (!fresh).then(|| self.checkout(slot, now)).flatten() {
             return Ok((slot_index, conn, true));
         }
-        let io = self.dial().await.map_err(connect_failure)?;
+        // Boxed: a connect (and TLS handshake) is rare next to the pooled
+        // connection's reuse, and kept inline its state (over 1 KiB) would
+        // be part of, and copied with, every request's.
+        let io = Box::pin(self.dial()).await.map_err(connect_failure)?;
         Ok((slot_index, h1::Conn::new(io), false))
     }
 
