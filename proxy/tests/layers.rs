@@ -12,10 +12,9 @@
 //! (`crate::Metrics`) is an edge to that module; anything else lib.rs
 //! defines itself (`crate::BoxError`, a type alias) is no module and no
 //! edge. `src/main.rs` is the binary's own crate root, not a module of this
-//! one, and is left out. The same graph as `/work/scratch/s5/circles.py`
-//! builds, read with a small lexer instead of regular expressions, so a
-//! nested `crate::{a::{b, c}, d}` or a `"crate::x"` in a string is read
-//! right.
+//! one, and is left out. The code is read with a small lexer rather than
+//! regular expressions, so a nested `crate::{a::{b, c}, d}` or a
+//! `"crate::x"` in a string is read right.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
