@@ -135,6 +135,18 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// A data-plane address that could not be bound: `listen` (index 0)
+    /// or one of `listeners`.
+    fn data_plane_bind(index: usize, addr: SocketAddr, source: std::io::Error) -> Self {
+        StartError::Bind {
+            what: if index == 0 { "listen" } else { "listeners" },
+            addr,
+            source,
+        }
+    }
+}
+
 /// How to run a proxy besides its config.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -437,11 +449,7 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     for (i, addr) in addrs.iter().enumerate() {
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind {
-                what: if i == 0 { "listen" } else { "listeners" },
-                addr: *addr,
-                source,
-            })?;
+            .map_err(|source| StartError::data_plane_bind(i, *addr, source))?;
         bound.push(l);
     }
     Ok(bound)
@@ -566,16 +574,16 @@ fn serve_on_threads(
         if addr.port() != 0
             && let Err(source) = std::net::TcpListener::bind(addr)
         {
-            return Err(StartError::Bind {
-                what: if i == 0 { "listen" } else { "listeners" },
-                addr: *addr,
-                source: std::io::Error::new(
+            return Err(StartError::data_plane_bind(
+                i,
+                *addr,
+                std::io::Error::new(
                     source.kind(),
                     format!(
                         "{source} (is another sluice-proxy or server already listening there?)"
                     ),
                 ),
-            });
+            ));
         }
     }
     let mut addrs = all_addrs.to_vec();
