@@ -696,7 +696,6 @@ impl Metrics {
             .clone()
     }
 
-    /// The failover counter of `route` (made at once, so it is exposed at 0).
     /// `sluice_unrouted_requests_total`.
     pub fn unrouted(&self) -> Counter {
         self.unrouted.clone()
@@ -712,6 +711,7 @@ impl Metrics {
             .clone()
     }
 
+    /// The failover counter of `route` (made at once, so it is exposed at 0).
     pub fn failovers(&self, route: &str) -> Counter {
         self.failovers
             .get_or_create(&RouteLabels {
