@@ -506,13 +506,17 @@ pub fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-            (b'%', Some(&h), Some(&l)) if unreserved_escape(h, l).is_some() => {
-                out.push(unreserved_escape(h, l).expect("checked"));
+        let escaped = match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) => unreserved_escape(h, l),
+            _ => None,
+        };
+        match escaped {
+            Some(b) => {
+                out.push(b);
                 i += 3;
             }
-            (b, ..) => {
-                out.push(b);
+            None => {
+                out.push(bytes[i]);
                 i += 1;
             }
         }
