@@ -624,6 +624,16 @@ fn three_arms(stable: (f64, f64), canary: (f64, f64), baseline: (f64, f64)) -> W
         a.finish();
         a
     };
+    arms_window(arm, stable, canary, baseline)
+}
+
+/// A 2 s window of the three arms `arm` makes from each pair.
+fn arms_window(
+    arm: impl Fn((f64, f64)) -> Arm,
+    stable: (f64, f64),
+    canary: (f64, f64),
+    baseline: (f64, f64),
+) -> Window {
     Window {
         stable: arm(stable),
         canary: arm(canary),
@@ -679,13 +689,7 @@ fn three_latencies(stable: (f64, f64), canary: (f64, f64), baseline: (f64, f64))
         a.finish();
         a
     };
-    Window {
-        stable: arm(stable),
-        canary: arm(canary),
-        baseline: arm(baseline),
-        seconds: 2.0,
-        ..Window::default()
-    }
+    arms_window(arm, stable, canary, baseline)
 }
 
 fn with_a_50ms_bound(mut s: GateSettings) -> GateSettings {
