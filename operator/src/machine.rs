@@ -190,6 +190,10 @@ pub struct Observation {
     /// Initializing: the canary can take traffic. Promoting/Finalising: the
     /// promotion (or clean-up) is complete.
     pub target_ready: bool,
+    /// Initializing, not ready although the canary is: what else the
+    /// release waits for (a baseline arm), as the status message names it
+    /// after "waiting for"; None: the canary.
+    pub waiting_for: Option<String>,
     pub analysis: Option<Analysis>,
     pub gates: Gates,
     pub command: Option<Command>,
@@ -372,14 +376,14 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
                     "measuring the primary before the first step ({measured:.0}s of {}){}",
                     sluice_proxy::config::format_duration(plan.baseline()),
                     if obs.target_ready {
-                        ""
+                        String::new()
                     } else {
-                        "; waiting for the canary to become ready"
+                        format!("; {}", waiting_message(obs))
                     }
                 );
                 Transition::hold(s, NextTick::Interval)
             } else {
-                s.message = "waiting for the canary to become ready".into();
+                s.message = waiting_message(obs);
                 Transition::hold(s, NextTick::Soon)
             }
         }
@@ -579,6 +583,15 @@ fn start(obs: &Observation, message: String, mut actions: Vec<Action>) -> Transi
     };
     actions.push(Action::Initialize);
     Transition::new(status, actions, NextTick::Soon)
+}
+
+/// "waiting for" what keeps an Initializing release from its first step.
+fn waiting_message(obs: &Observation) -> String {
+    let what = obs
+        .waiting_for
+        .as_deref()
+        .unwrap_or("the canary to become ready");
+    format!("waiting for {what}")
 }
 
 fn transition(s: &mut Status, phase: Phase, now: f64, message: String) {

@@ -375,25 +375,22 @@ impl<R: Router> Driver<R> {
                 Some(Phase::Initializing) => self.router.ready().await,
                 _ => true,
             };
+            let waiting_for = if target_ready {
+                None
+            } else {
+                self.router.also_waiting_for().await
+            };
             let obs = Observation {
                 now,
                 revision: self.revision.clone(),
                 target_ready,
+                waiting_for,
                 analysis: analysis.clone(),
                 gates,
                 command,
                 paused_for: std::mem::take(&mut paused_for),
             };
             let mut t = step(&self.plan, status.as_ref(), &obs);
-            if !target_ready
-                && t.status.phase == Phase::Initializing
-                && let Some(what) = self.router.also_waiting_for().await
-            {
-                t.status.message = t
-                    .status
-                    .message
-                    .replace("the canary to become ready", &what);
-            }
             if !t.actions.contains(&Action::Initialize) {
                 // The evidence belongs to this release; a new one starts without.
                 t.status.gate = gate;

@@ -549,6 +549,8 @@ pub(super) async fn release_tick(
         now,
         revision: revision.to_string(),
         target_ready,
+        waiting_for: arm_not_ready
+            .then(|| format!("the baseline arm {} to become ready", baseline_name(app))),
         analysis: analysis.clone(),
         gates,
         command,
@@ -558,16 +560,6 @@ pub(super) async fn release_tick(
         Some(m) if to_stable => revert_to_stable(m, revision, now),
         _ => machine::step(plan, previous.as_ref(), &obs),
     };
-    if arm_not_ready && t.status.phase == Phase::Initializing {
-        // The machine waits on "the canary"; here it is the baseline arm.
-        t.status.message = t.status.message.replace(
-            "waiting for the canary to become ready",
-            &format!(
-                "waiting for the baseline arm {} to become ready",
-                baseline_name(app)
-            ),
-        );
-    }
     // The tick that decides the return to the stable (not a re-issue).
     let reverted_to_stable = to_stable && previous.as_ref().is_some_and(|m| !m.phase.is_terminal());
     let fresh_start = t.actions.contains(&MachineAction::Initialize)
