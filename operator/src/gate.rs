@@ -245,9 +245,15 @@ impl GateSettings {
     /// warm-up (`warmup_given`: `--warmup`, `sluice.dev/warmup`), it becomes
     /// the baseline arm's default, 0 s; an explicit one wins.
     pub fn use_baseline_arm(&mut self, warmup_given: bool) {
-        self.baseline_arm = true;
+        self.set_baseline_arm(true, warmup_given);
+    }
+
+    /// Judges the canary against a baseline arm (`on`) or the primary,
+    /// with that choice's default warm-up unless the user gave one.
+    pub fn set_baseline_arm(&mut self, on: bool, warmup_given: bool) {
+        self.baseline_arm = on;
         if !warmup_given {
-            self.warmup = default_warmup_for(true);
+            self.warmup = default_warmup_for(on);
         }
     }
 

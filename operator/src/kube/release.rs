@@ -291,14 +291,7 @@ pub(super) async fn release_tick(
         if let crate::plan::Gate::Sequential(g) = &mut s.plan.gate {
             let warmup_given =
                 kube::ResourceExt::annotations(d).contains_key(super::annotations::WARMUP);
-            if status.baseline_arm {
-                g.use_baseline_arm(warmup_given);
-            } else {
-                g.baseline_arm = false;
-                if !warmup_given {
-                    g.warmup = crate::gate::default_warmup_for(false);
-                }
-            }
+            g.set_baseline_arm(status.baseline_arm, warmup_given);
         }
         kept = s;
         &kept
