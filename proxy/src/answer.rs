@@ -238,22 +238,36 @@ pub fn each_passed_field<'h>(
     connection: bool,
     emit: &mut dyn FnMut(ResponseField, &'h [u8], &'h [u8]),
 ) {
-    let mut named: Vec<&[u8]> = Vec::new();
+    // The names `Connection` lists: the first few on the stack (one
+    // answer in many names any), the rest, if ever, on the heap.
+    let mut first: [&[u8]; 4] = [&[]; 4];
+    let mut count = 0;
+    let mut more: Vec<&[u8]> = Vec::new();
     if connection {
         head.values("connection", &mut |value| {
-            named.extend(
-                value
-                    .split(|&b| b == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .filter(|t| !t.is_empty()),
-            );
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.is_empty() {
+                    continue;
+                }
+                if let Some(slot) = first.get_mut(count) {
+                    *slot = token;
+                    count += 1;
+                } else {
+                    more.push(token);
+                }
+            }
             false
         });
     }
+    let named = &first[..count];
     head.each(&mut |name, value| {
         let kind = response_field(name);
         let dropped = kind == ResponseField::HopByHop
-            || (kind == ResponseField::Other && named.iter().any(|n| n.eq_ignore_ascii_case(name)));
+            || (kind == ResponseField::Other
+                && named
+                    .iter()
+                    .chain(&more)
+                    .any(|n| n.eq_ignore_ascii_case(name)));
         if !dropped {
             emit(kind, name, value);
         }
@@ -311,5 +325,27 @@ mod tests {
         passed.sort();
         assert_eq!(passed, ["content-length", "x-kept"]);
         assert!(says_close(&h));
+    }
+
+    #[test]
+    fn every_name_connection_lists_is_dropped_however_many() {
+        let mut h = http::HeaderMap::new();
+        let mut add = |name: &'static str, value: &'static str| {
+            h.append(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        };
+        // Seven names over two lines, with empty list elements.
+        add("connection", "x-a, ,x-b,X-C");
+        add("connection", "x-d,,x-e, x-f , x-g");
+        for name in ["x-a", "x-b", "x-c", "x-d", "x-e", "x-f", "x-g", "x-kept"] {
+            add(name, "1");
+        }
+        let mut passed = Vec::new();
+        each_passed_field(&h, true, &mut |_, name, _| {
+            passed.push(String::from_utf8_lossy(name).into_owned())
+        });
+        assert_eq!(passed, ["x-kept"]);
     }
 }

@@ -6,7 +6,10 @@
 //! - trailers from an HTTP/1.1 backend lose the fields HTTP/2 forbids
 //!   instead of resetting the stream;
 //! - an upload whose backend stopped reading does not hold up the other
-//!   streams' bodies on the connection.
+//!   streams' bodies on the connection;
+//! - an HTTP/1.1 backend's head reaches the client without the fields its
+//!   `Connection` names (however many), with its values intact and a
+//!   `content-length` that says the body's length (a HEAD's too).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -170,6 +173,96 @@ async fn trailers_lose_the_fields_http2_forbids_and_the_answer_arrives() {
         trailers.get("keep-alive").is_none() && trailers.get("te").is_none(),
         "{trailers:?}"
     );
+}
+
+/// A backend that answers every request with `head` and, unless it was a
+/// HEAD, `body`; it keeps the connection for more.
+async fn fixed_backend(head: &'static str, body: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let mut seen = Vec::new();
+                    if !read_until(&mut socket, &mut seen, |s| {
+                        s.windows(4).any(|w| w == b"\r\n\r\n")
+                    })
+                    .await
+                    {
+                        return;
+                    }
+                    let mut answer = head.as_bytes().to_vec();
+                    if !seen.starts_with(b"HEAD ") {
+                        answer.extend_from_slice(body);
+                    }
+                    if socket.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    backend
+}
+
+#[tokio::test]
+async fn a_backends_head_reaches_an_http2_client_less_what_connection_names() {
+    let backend = fixed_backend(
+        "HTTP/1.1 200 OK\r\nServer: raw/1\r\nConnection: x-a, x-b,, X-C, x-d, x-e\r\n\
+         X-A: 1\r\nx-b: 2\r\nx-c: 3\r\nx-d: 4\r\nx-e: 5\r\nKeep-Alive: timeout=5\r\n\
+         Content-Length: 11\r\nX-Kept: one\r\nx-kept: two\r\nContent-Type: text/plain\r\n\r\n",
+        b"hello world",
+    )
+    .await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: h, stable: 'http://{backend}' }}\n"),
+        &[],
+    )
+    .await;
+    let mut client = h2_connect(proxy.addr).await;
+    for method in [http::Method::GET, http::Method::HEAD, http::Method::GET] {
+        let req = http::Request::builder()
+            .method(method.clone())
+            .uri("http://a/x")
+            .body(())
+            .unwrap();
+        let (answer, _) = client.send_request(req, true).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        let headers = answer.headers().clone();
+        for gone in [
+            "x-a",
+            "x-b",
+            "x-c",
+            "x-d",
+            "x-e",
+            "keep-alive",
+            "connection",
+        ] {
+            assert!(headers.get(gone).is_none(), "{method} {gone}: {headers:?}");
+        }
+        let kept: Vec<_> = headers.get_all("x-kept").iter().collect();
+        assert_eq!(kept, ["one", "two"], "{method}");
+        assert_eq!(headers["server"], "raw/1");
+        assert_eq!(headers["content-type"], "text/plain");
+        assert_eq!(headers["content-length"], "11", "{method}");
+        assert!(headers.contains_key("date"));
+        let mut body = answer.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = body.data().await {
+            got.extend_from_slice(&data.expect("no reset"));
+        }
+        let want: &[u8] = if method == http::Method::HEAD {
+            b""
+        } else {
+            b"hello world"
+        };
+        assert_eq!(got, want, "{method}");
+    }
 }
 
 /// A backend that, for `/stall`, reads the head and then nothing (its

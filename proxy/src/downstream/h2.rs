@@ -46,6 +46,7 @@ use crate::conn::{Activity, ConnLimits, Entered, RequestGuard, supervise};
 use crate::fields::Fields;
 use crate::forward::{Client, Exchange};
 use crate::route::{BodyKind, ClientRequest, Summary, Target};
+use crate::upstream::ResponseHead;
 
 /// Flow-control windows for clients' request bodies: a stream may have
 /// 512 KiB in flight, the connection 4 MiB, so an upload whose backend
@@ -458,38 +459,53 @@ async fn handle(
 }
 
 /// The fields of a response head as a client gets them (see
-/// `crate::answer`): less the hop-by-hop and framing ones. `raw`: the
-/// bytes the fields lie in (an HTTP/1.1 backend's head), copied once so
-/// that every value is a slice of that copy rather than an allocation of
-/// its own.
+/// `crate::answer`): less the hop-by-hop and framing ones. `shared`: the
+/// bytes the fields lie in (an HTTP/1.1 backend's head), so that every
+/// value is a slice of them rather than an allocation of its own. Gives
+/// the head's `content-length` value, as such a slice, when it is a
+/// plain number (the answer's length may reuse it).
 fn copy_passed_fields(
     fields: &dyn Fields,
     has_connection: bool,
-    raw: Option<&[u8]>,
+    shared: Option<&Bytes>,
     into: &mut HeaderMap,
-) {
-    let shared = raw.map(Bytes::copy_from_slice);
-    let within = |value: &[u8]| {
-        let raw = raw?;
-        let start = (value.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
-        (start + value.len() <= raw.len()).then_some(start..start + value.len())
+) -> Option<HeaderValue> {
+    let slice = |value: &[u8]| {
+        let shared = shared?;
+        let start = (value.as_ptr() as usize).checked_sub(shared.as_ptr() as usize)?;
+        (start + value.len() <= shared.len()).then(|| shared.slice(start..start + value.len()))
     };
+    let mut length = None;
     crate::answer::each_passed_field(fields, has_connection, &mut |kind, name, value| {
         if kind == ResponseField::ContentLength {
+            if is_plain_number(value) {
+                length = slice(value).map(HeaderValue::from_maybe_shared);
+            }
             return;
         }
-        let value = match (&shared, within(value)) {
-            (Some(shared), Some(range)) => HeaderValue::from_maybe_shared(shared.slice(range)),
-            _ => HeaderValue::from_bytes(value),
+        let value = match slice(value) {
+            Some(bytes) => HeaderValue::from_maybe_shared(bytes),
+            None => HeaderValue::from_bytes(value),
         };
         if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(name), value) {
             into.append(name, value);
         }
     });
+    length.and_then(Result::ok)
 }
 
-/// `date`, and the length of a body whose length is known.
-fn finish_head(headers: &mut HeaderMap, body: &AnswerBody) {
+/// Digits with no leading zero (or a lone `0`): a length as written by
+/// `HeaderValue::from(n)`, so either can stand for the other.
+fn is_plain_number(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 19
+        && value.iter().all(u8::is_ascii_digit)
+        && (value[0] != b'0' || value.len() == 1)
+}
+
+/// `date`, and the length of a body whose length is known: `written`, the
+/// backend's own `content-length` value, when it says the same length.
+fn finish_head(headers: &mut HeaderMap, body: &AnswerBody, written: Option<HeaderValue>) {
     headers
         .entry(http::header::DATE)
         .or_insert_with(crate::http1::write::date_value);
@@ -498,7 +514,15 @@ fn finish_head(headers: &mut HeaderMap, body: &AnswerBody) {
     {
         headers
             .entry(http::header::CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(n));
+            .or_insert_with(|| length_value(n, written));
+    }
+}
+
+/// `n` as a `content-length` value: `written` when it says `n`.
+fn length_value(n: u64, written: Option<HeaderValue>) -> HeaderValue {
+    match written {
+        Some(v) if v.to_str().ok().and_then(|s| s.parse().ok()) == Some(n) => v,
+        _ => HeaderValue::from(n),
     }
 }
 
@@ -515,7 +539,7 @@ fn local(answer: Local) -> Response<AnswerBody> {
             HeaderValue::from_static(crate::answer::ALLOWED),
         );
     }
-    finish_head(&mut headers, &answer.body);
+    finish_head(&mut headers, &answer.body, None);
     let mut resp = Response::new(answer.body);
     *resp.status_mut() = answer.status;
     *resp.headers_mut() = headers;
@@ -536,20 +560,66 @@ fn passed_response(
         set_cookie,
         ..
     } = passed;
+    let status = head.status();
+    let declared = head.declared_length();
     let mut resp = Response::new(());
-    *resp.status_mut() = head.status();
+    *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    copy_passed_fields(&head, head.has_connection(), head.raw(), headers);
+    let written = match head {
+        // The head's bytes become the values' shared storage: moved, not
+        // copied, and back on this thread's shelf once the values are
+        // gone.
+        ResponseHead::H1(h) => {
+            let spans = h.spans;
+            let shared = Bytes::from_owner(h.bytes);
+            let fields = crate::http1::head::FieldsOf::new(&shared, &spans);
+            copy_passed_fields(&fields, h.connection, Some(&shared), headers)
+        }
+        ResponseHead::H2(p) => {
+            let has_connection = p.headers.contains_key(http::header::CONNECTION);
+            copy_passed_fields(&p.headers, has_connection, None, headers)
+        }
+    };
     if let Some(modifier) = modifier {
         modifier.apply(headers);
     }
-    if head_request && let Some(n) = head.declared_length() {
-        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    if head_request && let Some(n) = declared {
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            length_value(n, written.clone()),
+        );
     }
     if let Some(cookie) = set_cookie {
         headers.append(http::header::SET_COOKIE, cookie);
     }
-    finish_head(headers, &body);
+    finish_head(headers, &body, written);
     let (parts, ()) = resp.into_parts();
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backend_length_is_reused_only_when_it_says_the_same_number() {
+        for (value, plain) in [
+            (&b"0"[..], true),
+            (b"18", true),
+            (b"18446744073709551615", false),
+            (b"1844674407370955161", true),
+            (b"018", false),
+            (b"00", false),
+            (b"", false),
+            (b"1 8", false),
+            (b"+18", false),
+            (b"18 ", false),
+        ] {
+            assert_eq!(is_plain_number(value), plain, "{value:?}");
+        }
+        let written = HeaderValue::from_static("18");
+        assert_eq!(length_value(18, Some(written.clone())), "18");
+        assert_eq!(length_value(19, Some(written)), "19");
+        assert_eq!(length_value(7, None), "7");
+    }
 }
