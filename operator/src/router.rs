@@ -57,13 +57,20 @@ pub trait Router {
     fn finalise(&self) -> impl Future<Output = Result<(), RouterError>> + Send;
     /// Weight 0, stable untouched.
     fn rollback(&self) -> impl Future<Output = Result<(), RouterError>> + Send;
-    /// Whether the canary (or the promotion) is ready.
-    fn ready(&self) -> impl Future<Output = bool> + Send;
-    /// When not [`Self::ready`] although the canary is: what else the
-    /// release waits for (a baseline arm), for people.
-    fn also_waiting_for(&self) -> impl Future<Output = Option<String>> + Send {
-        async { None }
-    }
+    /// Whether the canary (or the promotion) is ready, and if not, what
+    /// else it waits for.
+    fn ready(&self) -> impl Future<Output = Readiness> + Send;
+}
+
+/// Whether a release's target can take traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Not yet. `besides_canary`: what the release waits for once the
+    /// canary is there (a baseline arm), for people.
+    Waiting {
+        besides_canary: Option<String>,
+    },
 }
 
 /// Whether the upstream at `url` accepts a TCP connection within 2 s.
@@ -266,18 +273,19 @@ impl Router for ProxyAdminRouter {
         }
     }
 
-    async fn also_waiting_for(&self) -> Option<String> {
-        let url = self.baseline_arm.as_deref()?;
-        (accepts(&self.canary_url).await && !accepts(url).await)
-            .then(|| format!("the baseline arm {url} to accept connections"))
-    }
-
-    /// The canary (and the baseline arm, if any) accepts TCP connections.
-    async fn ready(&self) -> bool {
-        accepts(&self.canary_url).await
-            && match &self.baseline_arm {
-                Some(url) => accepts(url).await,
-                None => true,
-            }
+    /// The canary, then the baseline arm (if any), accept TCP
+    /// connections: one connect each per check.
+    async fn ready(&self) -> Readiness {
+        if !accepts(&self.canary_url).await {
+            return Readiness::Waiting {
+                besides_canary: None,
+            };
+        }
+        match &self.baseline_arm {
+            Some(url) if !accepts(url).await => Readiness::Waiting {
+                besides_canary: Some(format!("the baseline arm {url} to accept connections")),
+            },
+            _ => Readiness::Ready,
+        }
     }
 }

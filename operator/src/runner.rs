@@ -29,7 +29,7 @@ use crate::machine::{
 };
 use crate::plan::{Plan, WebhookKind};
 use crate::provider::Provider;
-use crate::router::{Router, RouterError};
+use crate::router::{Readiness, Router, RouterError};
 use crate::webhook::{WebhookPayload, rollback_requested, run_gate};
 
 /// One tick, as shown in the live view and printed by `--output json`.
@@ -371,14 +371,13 @@ impl<R: Router> Driver<R> {
                 &payload,
             )
             .await;
-            let target_ready = match phase {
+            let readiness = match phase {
                 Some(Phase::Initializing) => self.router.ready().await,
-                _ => true,
+                _ => Readiness::Ready,
             };
-            let waiting_for = if target_ready {
-                None
-            } else {
-                self.router.also_waiting_for().await
+            let (target_ready, waiting_for) = match readiness {
+                Readiness::Ready => (true, None),
+                Readiness::Waiting { besides_canary } => (false, besides_canary),
             };
             let obs = Observation {
                 now,

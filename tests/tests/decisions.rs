@@ -14,7 +14,7 @@ use sluice_operator::analysis::{Analysis, CheckResult, Outcome};
 use sluice_operator::machine::Phase;
 use sluice_operator::plan::Plan;
 use sluice_operator::provider::Provider;
-use sluice_operator::router::{ProxyAdminRouter, Router, RouterError};
+use sluice_operator::router::{ProxyAdminRouter, Readiness, Router, RouterError};
 use sluice_operator::runner::{Driver, TickReport};
 use sluice_tests::*;
 
@@ -48,7 +48,7 @@ impl Router for FlakyRouter {
         }
         self.inner.rollback().await
     }
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Readiness {
         self.inner.ready().await
     }
 }
