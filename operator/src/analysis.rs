@@ -179,6 +179,10 @@ pub struct Analysis {
     /// pass side, while a step may advance on exposure without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promotable: Option<bool>,
+    /// What the canary was judged against, for people, when not the
+    /// primary: a release with a baseline arm says "the baseline arm".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub against: Option<String>,
 }
 
 /// Requests an A/B rule (`canary_match`) sent to the canary in a window.
@@ -239,6 +243,12 @@ impl Analysis {
     }
 
     /// A one-line account of why the tick ended as it did.
+    /// What the canary was judged against: "the primary" unless
+    /// [`Self::against`] says otherwise.
+    pub fn reference(&self) -> &str {
+        self.against.as_deref().unwrap_or("the primary")
+    }
+
     pub fn summary(&self) -> String {
         let notable: Vec<String> = self
             .checks

@@ -680,6 +680,7 @@ impl GateState {
             checks,
             ab: None,
             promotable: None,
+            against: None,
         }
     }
 
@@ -876,6 +877,7 @@ impl GateState {
             checks,
             ab: None,
             promotable: Some(promotable),
+            against: against_baseline_arm.then(|| "the baseline arm".to_string()),
         }
     }
 }

@@ -31,7 +31,8 @@
 //!   decisive failure (its fail side) rolls back at once; a step advances
 //!   once it has lasted `interval` with enough canary requests and nothing
 //!   failed; promotion also needs the gate's pass side (the canary shown no
-//!   worse than the primary), and a release not shown so within
+//!   worse than the primary, or than its baseline arm when the release has
+//!   one: the messages name which), and a release not shown so within
 //!   `max_duration` rolls back.
 //! - `Promoting` -> `Finalising` -> `Succeeded` as the target confirms each.
 //! - Rollback always ends at weight 0 with phase `Failed`.
@@ -504,11 +505,15 @@ fn reissue(plan: &Plan, mut s: Status, obs: &Observation, pending: Action) -> Tr
             .is_some_and(Analysis::decisive_failure)
         {
             let why = obs.analysis.as_ref().map(Analysis::summary);
+            let reference = obs
+                .analysis
+                .as_ref()
+                .map_or("the primary", Analysis::reference);
             return rollback(
                 s,
                 obs.now,
                 format!(
-                    "the canary is worse than the primary: {}",
+                    "the canary is worse than {reference}: {}",
                     why.unwrap_or_default()
                 ),
             );
@@ -670,7 +675,7 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
         return rollback(
             s,
             obs.now,
-            format!("the canary is worse than the primary: {why}"),
+            format!("the canary is worse than {}: {why}", analysis.reference()),
         );
     }
     let at_last_step = s.step + 1 >= plan.steps_bp.len();
@@ -755,8 +760,9 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             // This tick passed with the weight at the last step.
             if !analysis.promotes() {
                 s.message = format!(
-                    "at the last step ({}%); promotion waits until the canary is shown no worse than the primary at this weight. Still missing: {}",
+                    "at the last step ({}%); promotion waits until the canary is shown no worse than {} at this weight. Still missing: {}",
                     pct(s.canary_weight_bp),
+                    analysis.reference(),
                     analysis.missing()
                 );
                 return Transition::hold(s, NextTick::Interval);
@@ -798,7 +804,8 @@ fn undecided(
                 )
             } else {
                 format!(
-                    "promoted undecided (--when-undecided promote): not shown to be no worse than the primary within {max}: {}",
+                    "promoted undecided (--when-undecided promote): not shown to be no worse than {} within {max}: {}",
+                    analysis.reference(),
                     analysis.missing()
                 )
             };
@@ -818,7 +825,8 @@ fn undecided(
             s.clone(),
             obs.now,
             format!(
-                "not shown to be no worse than the primary within the maximum release duration ({max}): {}",
+                "not shown to be no worse than {} within the maximum release duration ({max}): {}",
+                analysis.reference(),
                 analysis.missing()
             ),
         )),
@@ -826,7 +834,8 @@ fn undecided(
             if closed_gate(plan, s, obs).is_none() && analysis.verdict() == Outcome::Pass =>
         {
             let message = format!(
-                "promoted undecided (--when-undecided promote): not shown to be no worse than the primary within {max}: {}",
+                "promoted undecided (--when-undecided promote): not shown to be no worse than {} within {max}: {}",
+                analysis.reference(),
                 analysis.missing()
             );
             let mut t = promote(s.clone(), obs.now);
@@ -839,7 +848,8 @@ fn undecided(
         crate::plan::Undecided::Hold | crate::plan::Undecided::Promote => {
             s.undecided = true;
             let message = format!(
-                "undecided after {max}: nothing failed, but the canary is not yet shown no worse than the primary; waiting for a person (`sluice promote` or `sluice abort`; `kubectl sluice promote` or `abort`). Still missing: {}",
+                "undecided after {max}: nothing failed, but the canary is not yet shown no worse than {}; waiting for a person (`sluice promote` or `sluice abort`; `kubectl sluice promote` or `abort`). Still missing: {}",
+                analysis.reference(),
                 analysis.missing()
             );
             transition(s, Phase::WaitingPromotion, obs.now, message.clone());
@@ -1008,7 +1018,10 @@ fn experiment(
             s,
             obs.now,
             analysis,
-            format!("experiment stopped early: the canary is worse than the primary: {why}"),
+            format!(
+                "experiment stopped early: the canary is worse than {}: {why}",
+                analysis.reference()
+            ),
             format!(
                 "experiment stopped early: failure limit {} reached: {why}",
                 plan.failure_limit

@@ -259,6 +259,7 @@ pub fn judge(
         checks,
         ab: None,
         promotable: None,
+        against: None,
     }
 }
 

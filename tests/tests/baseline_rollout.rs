@@ -258,7 +258,10 @@ async fn a_canary_worse_than_the_baseline_arm_is_rolled_back_and_the_arm_leaves_
     };
     let r = Release::new(worse, one_percent(Faults::default())).await;
     let (code, events, samples, _) = run(&r, r.args(&[])).await;
-    assert_eq!(code, 1, "{}", last_message(&events));
+    let message = last_message(&events);
+    assert_eq!(code, 1, "{message}");
+    // The reason names what the canary was judged against.
+    assert!(message.contains("worse than the baseline arm"), "{message}");
     assert!(
         samples.iter().any(|s| s.1.is_some()),
         "the baseline arm was on the route during the release"
