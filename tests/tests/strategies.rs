@@ -41,7 +41,7 @@ impl Visitor {
         if let Some(c) = &self.cookie {
             req = req.header(header::COOKIE, c.as_str());
         }
-        let (_, headers, _) = send(&self.client, req.body(Full::default()).unwrap())
+        let (status, headers, body) = send(&self.client, req.body(Full::default()).unwrap())
             .await
             .expect("request through the proxy");
         for set in headers.get_all(header::SET_COOKIE) {
@@ -54,7 +54,10 @@ impl Visitor {
         }
         headers
             .get("x-backend")
-            .expect("the backend names itself")
+            .unwrap_or_else(|| {
+                let body = String::from_utf8_lossy(&body);
+                panic!("the backend names itself; the answer was {status} {headers:?} {body}")
+            })
             .to_str()
             .unwrap()
             .to_string()
