@@ -64,12 +64,6 @@ impl<T: Shelved> Deref for Reused<T> {
     }
 }
 
-impl<T: Shelved + AsRef<[u8]>> AsRef<[u8]> for Reused<T> {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_ref()
-    }
-}
-
 impl<T: Shelved> DerefMut for Reused<T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.0

@@ -566,13 +566,14 @@ fn passed_response(
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     let written = match head {
-        // The head's bytes become the values' shared storage: moved, not
-        // copied, and back on this thread's shelf once the values are
-        // gone.
+        // The values are slices of one exact-size copy of the head. Not
+        // of the head's own buffer: the client connection's HPACK table
+        // keeps values it indexes (a `date`, a request id) as long as the
+        // connection lives, and a shelf buffer's room (up to 16 KiB) would
+        // be kept with them, for each such answer.
         ResponseHead::H1(h) => {
-            let spans = h.spans;
-            let shared = Bytes::from_owner(h.bytes);
-            let fields = crate::http1::head::FieldsOf::new(&shared, &spans);
+            let shared = Bytes::copy_from_slice(&h.bytes);
+            let fields = crate::http1::head::FieldsOf::new(&shared, &h.spans);
             copy_passed_fields(&fields, h.connection, Some(&shared), headers)
         }
         ResponseHead::H2(p) => {
@@ -617,8 +618,10 @@ mod tests {
         ] {
             assert_eq!(is_plain_number(value), plain, "{value:?}");
         }
+        // Reused: the very bytes the backend wrote, not a new value.
         let written = HeaderValue::from_static("18");
-        assert_eq!(length_value(18, Some(written.clone())), "18");
+        let reused = length_value(18, Some(written.clone()));
+        assert_eq!(reused.as_bytes().as_ptr(), written.as_bytes().as_ptr());
         assert_eq!(length_value(19, Some(written)), "19");
         assert_eq!(length_value(7, None), "7");
     }

@@ -193,14 +193,6 @@ impl ResponseHead {
         }
     }
 
-    /// The bytes an HTTP/1.1 head's fields lie in.
-    pub fn raw(&self) -> Option<&[u8]> {
-        match self {
-            ResponseHead::H1(h) => Some(&h.bytes),
-            ResponseHead::H2(_) => None,
-        }
-    }
-
     /// The length the head declared (HTTP/1.1; a HEAD answer passes it on).
     pub fn declared_length(&self) -> Option<u64> {
         match self {
