@@ -21,8 +21,12 @@
 //! - **Evaluation**: `object`, `oldObject` (null on CREATE), `request`
 //!   (operation, name, namespace, userInfo, kind, resource, subResource,
 //!   dryRun), `namespaceObject`, `params` (null) and `variables` (each
-//!   evaluated in order, later ones may use earlier ones; one that errs
-//!   errs every expression that reads it, as lazy evaluation would).
+//!   evaluated in order, later ones may use earlier ones). A variable that
+//!   errs errs an expression only when its evaluation reaches the read, as
+//!   the real server's lazy variables do: `!a || variables.v` with `a`
+//!   false never reads `v` (`||`, `&&` and `?:` short-circuit left to
+//!   right; unlike cel-go, an erring left operand of `||` errs even when
+//!   the right one is true).
 //! - **Decisions**: a validation that is not `true` denies with the first
 //!   of: its `messageExpression` (trimmed; dropped when it errs, is not a
 //!   string, is empty, holds a newline or is over 5 KiB), its `message`,
@@ -142,18 +146,14 @@ pub fn evaluate(policy: &Value, attrs: &Attributes<'_>) -> Option<Vec<Denial>> {
     for v in spec["variables"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or_default().to_string();
         let expr = v["expression"].as_str().unwrap_or_default();
-        if let Some(e) = reads_broken(expr, &broken) {
-            broken.insert(name, e);
-            continue;
-        }
         let mut ctx = base.new_inner_scope();
         ctx.add_variable_from_value("variables", variables_value(&variables));
-        match run(expr, &ctx) {
+        match run_lazily(expr, &ctx, &broken) {
             Ok(value) => {
                 variables.insert(name, value);
             }
             Err(e) => {
-                broken.insert(name, format!("expression '{expr}' resulted in error: {e}"));
+                broken.insert(name, e);
             }
         }
     }
@@ -162,19 +162,13 @@ pub fn evaluate(policy: &Value, attrs: &Attributes<'_>) -> Option<Vec<Denial>> {
     let mut denials = Vec::new();
     for v in spec["validations"].as_array().into_iter().flatten() {
         let expr = v["expression"].as_str().unwrap_or_default();
-        let outcome = match reads_broken(expr, &broken) {
-            Some(e) => Err(e),
-            None => {
-                run(expr, &ctx).map_err(|e| format!("expression '{expr}' resulted in error: {e}"))
-            }
-        };
+        let outcome = run_lazily(expr, &ctx, &broken);
         match outcome {
             Ok(Cel::Bool(true)) => {}
             Ok(_) => {
                 let from_expression = v["messageExpression"]
                     .as_str()
-                    .filter(|m| reads_broken(m, &broken).is_none())
-                    .and_then(|m| run(m, &ctx).ok())
+                    .and_then(|m| run_lazily(m, &ctx, &broken).ok())
                     .and_then(|m| match m {
                         Cel::String(s) => Some(s.trim().to_string()),
                         _ => None,
@@ -515,17 +509,52 @@ pub(super) fn run(expr: &str, ctx: &Context<'_>) -> Result<Cel, String> {
     program.execute(ctx).map_err(|e| e.to_string())
 }
 
-/// The error of a broken variable an expression reads, if any.
-fn reads_broken(expr: &str, broken: &BTreeMap<String, String>) -> Option<String> {
-    broken.iter().find_map(|(name, e)| {
+/// A read of a variable whose expression erred, as the expressions are
+/// run: a call of this function, which errs naming the variable.
+const BROKEN_READ: &str = "__fake_kube_broken_variable";
+
+/// Runs `expr` where the variables in `broken` erred: each read of one
+/// (`variables.NAME`) becomes a call that errs, so evaluation errs only
+/// if it reaches the read. The error is then the variable's own.
+fn run_lazily(
+    expr: &str,
+    ctx: &Context<'_>,
+    broken: &BTreeMap<String, String>,
+) -> Result<Cel, String> {
+    let rewritten = broken.keys().fold(expr.to_string(), |text, name| {
         let needle = format!("variables.{name}");
-        expr.match_indices(&needle)
-            .any(|(i, _)| {
-                !expr[i + needle.len()..]
-                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-            })
-            .then(|| e.clone())
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find(&needle) {
+            let after = &rest[i + needle.len()..];
+            let whole = !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let before_ok = !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            out.push_str(&rest[..i]);
+            if whole && before_ok {
+                out.push_str(&format!("{BROKEN_READ}('{name}')"));
+            } else {
+                out.push_str(&needle);
+            }
+            rest = after;
+        }
+        out.push_str(rest);
+        out
+    });
+    run(&rewritten, ctx).map_err(|e| {
+        broken
+            .iter()
+            .find(|(name, _)| e.contains(&broken_read_error(name)))
+            .map(|(_, message)| message.clone())
+            .unwrap_or_else(|| format!("expression '{expr}' resulted in error: {e}"))
     })
+}
+
+fn broken_read_error(name: &str) -> String {
+    format!("reads the erring variable '{name}'")
+}
+
+fn broken_read(ftx: &FunctionContext<'_>, name: Arc<String>) -> CelResult {
+    Err(ftx.error(broken_read_error(&name)))
 }
 
 fn variables_value(vars: &BTreeMap<String, Cel>) -> Cel {
@@ -574,6 +603,7 @@ pub fn to_cel(v: &Value) -> Cel {
 pub(super) fn kubernetes_context() -> Context<'static> {
     let mut ctx = Context::default();
     ctx.add_function("size", size);
+    ctx.add_function(BROKEN_READ, broken_read);
     ctx.add_function("double", double);
     ctx.add_function("trim", trim);
     ctx.add_function("lowerAscii", lower_ascii);
@@ -905,5 +935,52 @@ mod tests {
             assert_eq!(eval(expr), Ok(Cel::Bool(want)), "{expr}");
         }
         assert!(eval("'ab'.substring(3)").is_err());
+    }
+
+    #[test]
+    fn an_erring_variable_errs_only_the_expressions_that_reach_it() {
+        let policy = json!({"spec": {
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": ["apps"], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["deployments"]}]},
+            "variables": [
+                {"name": "on", "expression": "false"},
+                {"name": "big", "expression": "double('1e400')"},
+                {"name": "bigger", "expression": "variables.big * 2.0"},
+                {"name": "big2", "expression": "1.0"}
+            ],
+            "validations": [
+                {"expression": "!variables.on || variables.big > 1.0", "message": "never"},
+                {"expression": "variables.on ? variables.bigger > 1.0 : true", "message": "never"},
+                {"expression": "variables.big2 == 1.0", "message": "a name that starts like big"},
+                {"expression": "variables.bigger > 1.0", "message": "reached"}
+            ]
+        }});
+        let object = json!({"metadata": {"name": "web"}});
+        let attrs = Attributes {
+            operation: "CREATE",
+            group: "apps",
+            version: "v1",
+            kind: "Deployment",
+            resource: "deployments",
+            subresource: "",
+            namespace: "default",
+            name: "web",
+            object: &object,
+            old_object: None,
+            namespace_object: None,
+            user: None,
+            dry_run: false,
+        };
+        let denials = evaluate(&policy, &attrs).expect("the policy matches");
+        assert_eq!(denials.len(), 1, "{denials:?}");
+        // The read reached errs with the error of the variable that first
+        // erred, through the variable that read it.
+        assert!(denials[0].error, "{denials:?}");
+        assert!(
+            denials[0].message.contains("double('1e400')")
+                && denials[0].message.contains("out of a double's range"),
+            "{denials:?}"
+        );
     }
 }
