@@ -67,9 +67,15 @@ pub struct TickReport {
     pub report: Option<crate::report::ExperimentReport>,
 }
 
-/// The route settings of a plan, for people: `mirror 100%, affinity cookie app`.
+/// The route settings of a plan, for people: `mirror 100%, affinity
+/// cookie app`, and `baseline arm` when the canary is judged against one.
 pub fn traffic_text(plan: &Plan) -> String {
     let mut parts = Vec::new();
+    if let crate::plan::Gate::Sequential(g) = &plan.gate
+        && g.baseline_arm
+    {
+        parts.push("baseline arm".to_string());
+    }
     if let Some(m) = &plan.traffic.mirror {
         parts.push(format!("mirror {}%", m.percent));
     }

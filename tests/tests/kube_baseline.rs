@@ -366,6 +366,9 @@ async fn the_baseline_arm_runs_the_primarys_template_at_the_canarys_size_only_du
     // real proxy gives the baseline arm exactly the canary's share.
     w.until("Progressing", 10).await;
     assert_eq!(w.config().routes[0].canary_weight, 20.0);
+    // People see the arm: `kubectl sluice describe` prints this beside
+    // the strategy.
+    assert_eq!(w.status().traffic, "baseline arm");
     let (stable, canary, baseline_backend) = (
         backend("stable").await,
         backend("canary").await,
