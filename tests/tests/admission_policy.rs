@@ -72,22 +72,7 @@ fn deployment(name: &str, annotations: &BTreeMap<String, String>) -> Value {
 /// The policy's denials for a Deployment created with `annotations`.
 fn denials(policy: &Value, annotations: &BTreeMap<String, String>) -> Vec<String> {
     let object = deployment("web", annotations);
-    let attrs = Attributes {
-        operation: "CREATE",
-        group: "apps",
-        version: "v1",
-        kind: "Deployment",
-        resource: "deployments",
-        subresource: "",
-        namespace: "default",
-        name: "web",
-        object: &object,
-        old_object: None,
-        namespace_object: None,
-        user: None,
-        dry_run: false,
-    };
-    admission_policy::evaluate(policy, &attrs)
+    admission_policy::evaluate(policy, &Attributes::deployment_created("web", &object))
         .expect("the policy matches Deployments")
         .into_iter()
         .map(|d| {

@@ -36,21 +36,33 @@ async fn read_until(
     true
 }
 
+/// A proxy with one route (`route`: its fields after the name, as YAML
+/// flow mapping entries) and an HTTP/2 client connected to it.
+async fn proxy_with(route: &str) -> (ChildProxy, h2::client::SendRequest<Bytes>) {
+    let proxy = ChildProxy::start(&format!("  - {{ name: r, {route} }}\n"), &[]).await;
+    let client = h2_connect(proxy.addr).await;
+    (proxy, client)
+}
+
+/// Sends `req`, ending the stream, and waits up to 5 s for the answer's
+/// head.
+async fn answer_to(
+    client: &mut h2::client::SendRequest<Bytes>,
+    req: http::Request<()>,
+) -> http::Response<h2::RecvStream> {
+    let (answer, _) = client.send_request(req, true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_head_the_proxy_answers_itself_has_no_body() {
     let dead = free_port();
-    let proxy = ChildProxy::start(
-        &format!("  - {{ name: dead, stable: 'http://127.0.0.1:{dead}' }}\n"),
-        &[],
-    )
-    .await;
-    let mut client = h2_connect(proxy.addr).await;
+    let (_proxy, mut client) = proxy_with(&format!("stable: 'http://127.0.0.1:{dead}'")).await;
     let req = http::Request::head("http://a/x").body(()).unwrap();
-    let (answer, _) = client.send_request(req, true).unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = answer_to(&mut client, req).await;
     assert_eq!(answer.status(), http::StatusCode::BAD_GATEWAY);
     let mut body = answer.into_body();
     assert!(
@@ -95,18 +107,10 @@ async fn a_backends_reset_code_reaches_an_http2_client() {
         h2::Reason::ENHANCE_YOUR_CALM,
     ] {
         let backend = resetting_backend(reason).await;
-        let proxy = ChildProxy::start(
-            &format!("  - {{ name: g, stable: 'http://{backend}', protocol: http2 }}\n"),
-            &[],
-        )
-        .await;
-        let mut client = h2_connect(proxy.addr).await;
+        let (_proxy, mut client) =
+            proxy_with(&format!("stable: 'http://{backend}', protocol: http2")).await;
         let req = http::Request::get("http://a/x").body(()).unwrap();
-        let (answer, _) = client.send_request(req, true).unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
-            .await
-            .unwrap()
-            .unwrap();
+        let answer = answer_to(&mut client, req).await;
         let mut body = answer.into_body();
         let mut error = None;
         while let Some(frame) = tokio::time::timeout(Duration::from_secs(5), body.data())
@@ -125,42 +129,18 @@ async fn a_backends_reset_code_reaches_an_http2_client() {
 
 #[tokio::test]
 async fn trailers_lose_the_fields_http2_forbids_and_the_answer_arrives() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                if !read_until(&mut socket, &mut seen, |s| {
-                    s.windows(4).any(|w| w == b"\r\n\r\n")
-                })
-                .await
-                {
-                    return;
-                }
-                let _ = socket
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\nkeep-alive: timeout=5\r\nte: gzip\r\n\r\n",
-                    )
-                    .await;
-            });
-        }
-    });
-    let proxy = ChildProxy::start(
-        &format!("  - {{ name: t, stable: 'http://{backend}' }}\n"),
-        &[],
+    let backend = fixed_backend(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-checksum\r\n\r\n5\r\nhello\r\n0\r\nx-checksum: 42\r\nkeep-alive: timeout=5\r\nte: gzip\r\n\r\n"
+            .to_string(),
+        b"",
     )
     .await;
-    let mut client = h2_connect(proxy.addr).await;
+    let (_proxy, mut client) = proxy_with(&format!("stable: 'http://{backend}'")).await;
     let req = http::Request::get("http://a/x")
         .header("te", "trailers")
         .body(())
         .unwrap();
-    let (answer, _) = client.send_request(req, true).unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = answer_to(&mut client, req).await;
     let mut body = answer.into_body();
     let mut got = Vec::new();
     while let Some(data) = body.data().await {
@@ -227,23 +207,14 @@ async fn a_backends_head_reaches_an_http2_client(length: &str) {
         b"hello world",
     )
     .await;
-    let proxy = ChildProxy::start(
-        &format!("  - {{ name: h, stable: 'http://{backend}' }}\n"),
-        &[],
-    )
-    .await;
-    let mut client = h2_connect(proxy.addr).await;
+    let (_proxy, mut client) = proxy_with(&format!("stable: 'http://{backend}'")).await;
     for method in [http::Method::GET, http::Method::HEAD, http::Method::GET] {
         let req = http::Request::builder()
             .method(method.clone())
             .uri("http://a/x")
             .body(())
             .unwrap();
-        let (answer, _) = client.send_request(req, true).unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
-            .await
-            .unwrap()
-            .unwrap();
+        let answer = answer_to(&mut client, req).await;
         assert_eq!(answer.status(), http::StatusCode::OK);
         let headers = answer.headers().clone();
         for gone in [
@@ -314,12 +285,10 @@ async fn stalling_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_stalled_upload_does_not_hold_up_other_streams_bodies() {
     let backend = stalling_backend().await;
-    let proxy = ChildProxy::start(
-        &format!("  - {{ name: s, stable: 'http://{backend}', timeouts: {{ idle: 30s }} }}\n"),
-        &[],
-    )
+    let (_proxy, mut client) = proxy_with(&format!(
+        "stable: 'http://{backend}', timeouts: {{ idle: 30s }}"
+    ))
     .await;
-    let mut client = h2_connect(proxy.addr).await;
     // Stream A: 16 MiB to a backend that reads none of it, sent as far as
     // flow control lets it go.
     let req = http::Request::post("http://a/stall").body(()).unwrap();

@@ -92,6 +92,28 @@ pub struct Attributes<'a> {
     pub dry_run: bool,
 }
 
+impl<'a> Attributes<'a> {
+    /// The creation of Deployment `name` (`object`) in `default` by
+    /// nobody in particular: what in-process policy checks evaluate.
+    pub fn deployment_created(name: &'a str, object: &'a Value) -> Self {
+        Self {
+            operation: "CREATE",
+            group: "apps",
+            version: "v1",
+            kind: "Deployment",
+            resource: "deployments",
+            subresource: "",
+            namespace: "default",
+            name,
+            object,
+            old_object: None,
+            namespace_object: None,
+            user: None,
+            dry_run: false,
+        }
+    }
+}
+
 /// One validation that did not pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Denial {
@@ -957,22 +979,8 @@ mod tests {
             ]
         }});
         let object = json!({"metadata": {"name": "web"}});
-        let attrs = Attributes {
-            operation: "CREATE",
-            group: "apps",
-            version: "v1",
-            kind: "Deployment",
-            resource: "deployments",
-            subresource: "",
-            namespace: "default",
-            name: "web",
-            object: &object,
-            old_object: None,
-            namespace_object: None,
-            user: None,
-            dry_run: false,
-        };
-        let denials = evaluate(&policy, &attrs).expect("the policy matches");
+        let denials = evaluate(&policy, &Attributes::deployment_created("web", &object))
+            .expect("the policy matches");
         assert_eq!(denials.len(), 1, "{denials:?}");
         // The read reached errs with the error of the variable that first
         // erred, through the variable that read it.
