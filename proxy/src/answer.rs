@@ -22,7 +22,7 @@
 
 use http::{HeaderValue, StatusCode};
 
-use crate::fields::{Fields, has_token};
+use crate::fields::{ConnectionNames, Fields, has_token};
 use crate::forward::Outcome;
 use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
 use crate::record::{GrpcJudge, MeteredBody, Recorder};
@@ -238,36 +238,17 @@ pub fn each_passed_field<'h>(
     connection: bool,
     emit: &mut dyn FnMut(ResponseField, &'h [u8], &'h [u8]),
 ) {
-    // The names `Connection` lists: the first few on the stack (one
-    // answer in many names any), the rest, if ever, on the heap.
-    let mut first: [&[u8]; 4] = [&[]; 4];
-    let mut count = 0;
-    let mut more: Vec<&[u8]> = Vec::new();
+    let mut named = ConnectionNames::default();
     if connection {
         head.values("connection", &mut |value| {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.is_empty() {
-                    continue;
-                }
-                if let Some(slot) = first.get_mut(count) {
-                    *slot = token;
-                    count += 1;
-                } else {
-                    more.push(token);
-                }
-            }
+            named.add_list(value, |_| false);
             false
         });
     }
-    let named = &first[..count];
     head.each(&mut |name, value| {
         let kind = response_field(name);
-        let dropped = kind == ResponseField::HopByHop
-            || (kind == ResponseField::Other
-                && named
-                    .iter()
-                    .chain(&more)
-                    .any(|n| n.eq_ignore_ascii_case(name)));
+        let dropped =
+            kind == ResponseField::HopByHop || (kind == ResponseField::Other && named.lists(name));
         if !dropped {
             emit(kind, name, value);
         }

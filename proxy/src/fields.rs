@@ -85,6 +85,42 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// The field names `Connection` fields list (a message's own hop-by-hop
+/// fields, not passed on): the first few inline, since one message in
+/// many names any, the rest, if ever, on the heap.
+#[derive(Default)]
+pub struct ConnectionNames<'a> {
+    first: [&'a [u8]; 4],
+    count: usize,
+    more: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionNames<'a> {
+    /// Adds the names of one `Connection` value, a comma-separated list,
+    /// but those `skip` says (and empty members).
+    pub fn add_list(&mut self, value: &'a [u8], skip: impl Fn(&[u8]) -> bool) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if token.is_empty() || skip(token) {
+                continue;
+            }
+            if let Some(slot) = self.first.get_mut(self.count) {
+                *slot = token;
+                self.count += 1;
+            } else {
+                self.more.push(token);
+            }
+        }
+    }
+
+    /// Whether `name` is listed (any case).
+    pub fn lists(&self, name: &[u8]) -> bool {
+        self.first[..self.count]
+            .iter()
+            .chain(&self.more)
+            .any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
 /// What the request paths do with a client's header field, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientField {

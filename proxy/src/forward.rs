@@ -69,7 +69,7 @@ use http::{HeaderValue, Method, StatusCode, Version};
 
 use crate::body::{Progress, Stall, UpstreamBody};
 use crate::config::Protocol;
-use crate::fields::ClientField;
+use crate::fields::{ClientField, ConnectionNames};
 use crate::metrics::{ClientErrorKind, UpstreamErrorKind};
 use crate::mirror::CopyHead;
 use crate::record::{InFlight, Recorder};
@@ -523,20 +523,14 @@ fn classify(name: &[u8]) -> Field {
 
 /// The field names the client's `Connection` lists (its own hop-by-hop
 /// fields), but the tokens the proxy reads itself.
-fn connection_named<'a>(req: &ClientRequest<'a>) -> Vec<&'a [u8]> {
-    let mut named = Vec::new();
+fn connection_named<'a>(req: &ClientRequest<'a>) -> ConnectionNames<'a> {
+    let mut named = ConnectionNames::default();
     req.summary.each_connection(req.fields, &mut |value| {
-        named.extend(
-            value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|t| {
-                    !t.is_empty()
-                        && !t.eq_ignore_ascii_case(b"close")
-                        && !t.eq_ignore_ascii_case(b"keep-alive")
-                        && !t.eq_ignore_ascii_case(b"upgrade")
-                }),
-        );
+        named.add_list(value, |t| {
+            t.eq_ignore_ascii_case(b"close")
+                || t.eq_ignore_ascii_case(b"keep-alive")
+                || t.eq_ignore_ascii_case(b"upgrade")
+        });
     });
     named
 }
@@ -599,9 +593,7 @@ fn each_forwarded_field(
             None => cookies = Some(value.to_vec()),
         },
         Field::Cookie | Field::Other => {
-            if named.iter().any(|n| n.eq_ignore_ascii_case(name))
-                || modifier.is_some_and(|m| m.drops(name))
-            {
+            if named.lists(name) || modifier.is_some_and(|m| m.drops(name)) {
                 return;
             }
             match crate::fields::client_field(name) {
