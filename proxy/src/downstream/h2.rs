@@ -562,6 +562,7 @@ fn passed_response(
     } = passed;
     let status = head.status();
     let declared = head.declared_length();
+    let has_connection = head.has_connection();
     let mut resp = Response::new(());
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
@@ -574,12 +575,9 @@ fn passed_response(
         ResponseHead::H1(h) => {
             let shared = Bytes::copy_from_slice(&h.bytes);
             let fields = crate::http1::head::FieldsOf::new(&shared, &h.spans);
-            copy_passed_fields(&fields, h.connection, Some(&shared), headers)
+            copy_passed_fields(&fields, has_connection, Some(&shared), headers)
         }
-        ResponseHead::H2(p) => {
-            let has_connection = p.headers.contains_key(http::header::CONNECTION);
-            copy_passed_fields(&p.headers, has_connection, None, headers)
-        }
+        ResponseHead::H2(p) => copy_passed_fields(&p.headers, has_connection, None, headers),
     };
     if let Some(modifier) = modifier {
         modifier.apply(headers);
