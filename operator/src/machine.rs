@@ -499,22 +499,14 @@ fn reissue(plan: &Plan, mut s: Status, obs: &Observation, pending: Action) -> Tr
         if obs.gates.rollback_requested {
             return rollback(s, obs.now, "a rollback webhook asked for it".into());
         }
-        if obs
-            .analysis
-            .as_ref()
-            .is_some_and(Analysis::decisive_failure)
-        {
-            let why = obs.analysis.as_ref().map(Analysis::summary);
-            let reference = obs
-                .analysis
-                .as_ref()
-                .map_or("the primary", Analysis::reference);
+        if let Some(a) = obs.analysis.as_ref().filter(|a| a.decisive_failure()) {
             return rollback(
                 s,
                 obs.now,
                 format!(
-                    "the canary is worse than {reference}: {}",
-                    why.unwrap_or_default()
+                    "the canary is worse than {}: {}",
+                    a.reference(),
+                    a.summary()
                 ),
             );
         }
