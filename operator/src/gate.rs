@@ -806,8 +806,13 @@ impl GateState {
         } else {
             "primary"
         };
+        // Nothing is proven at a step where the baseline arm, which the
+        // checks compare with, got no traffic.
+        let mut baseline_arm_served = true;
         if against_baseline_arm {
-            checks.push(self.baseline_arm_check());
+            let check = self.baseline_arm_check();
+            baseline_arm_served = check.outcome == Outcome::Pass;
+            checks.push(check);
         }
         checks.push(sequential_check(
             "errors",
@@ -863,15 +868,11 @@ impl GateState {
                 ..CheckResult::default()
             });
         }
-        // Nothing is proven at a step where the baseline arm, which the
-        // latency checks compare with, got no traffic.
-        let promotable = checks
-            .iter()
-            .filter_map(|c| c.evidence.as_ref())
-            .all(|e| e.proven)
+        let promotable = baseline_arm_served
             && checks
                 .iter()
-                .all(|c| c.name != "baseline-arm" || c.outcome == Outcome::Pass);
+                .filter_map(|c| c.evidence.as_ref())
+                .all(|e| e.proven);
         Analysis {
             canary_requests: Some(self.step_canary_requests.round() as u64),
             checks,
