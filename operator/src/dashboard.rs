@@ -73,7 +73,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::record::{ReleaseRecord, data_key};
-use crate::report_html::{fmt_t, page, release_body, release_name};
+use crate::report_html::{fmt_t, page, release_body, release_name, strategy_text};
 
 /// Where releases come from and where actions go.
 #[derive(Clone)]
@@ -385,7 +385,7 @@ async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
                     td.l { (r.namespace.as_deref().unwrap_or("-")) }
                     td.l { a href=(href(r)) { (r.app) } }
                     td.l { code { (r.revision) } }
-                    td.l { (r.strategy) }
+                    td.l data-field="strategy" { (strategy_text(r)) }
                     td.l data-field="phase" { (r.phase.as_str()) }
                     td data-field="weight" { (r.weight) "%" }
                     td { (age(r)) }

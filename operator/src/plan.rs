@@ -681,6 +681,33 @@ impl Default for Plan {
 }
 
 impl Plan {
+    /// The route settings of the plan, for people: `mirror 100%, affinity
+    /// cookie app`, and `baseline arm` when the canary is judged against
+    /// one; `-` when none.
+    pub fn traffic_text(&self) -> String {
+        let mut parts = Vec::new();
+        if let Gate::Sequential(g) = &self.gate
+            && g.baseline_arm
+        {
+            parts.push("baseline arm".to_string());
+        }
+        if let Some(m) = &self.traffic.mirror {
+            parts.push(format!("mirror {}%", m.percent));
+        }
+        if let Some(a) = &self.traffic.affinity {
+            match (&a.cookie, &a.header) {
+                (Some(c), _) => parts.push(format!("affinity cookie {c}")),
+                (_, Some(h)) => parts.push(format!("affinity header {h}")),
+                _ => {}
+            }
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
     /// Flagger's plan: the threshold gate with its usual ceilings.
     pub fn threshold() -> Self {
         Self {

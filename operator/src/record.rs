@@ -56,6 +56,11 @@ pub struct ReleaseRecord {
     pub revision: String,
     /// `canary`, `blue-green` or `experiment`.
     pub strategy: String,
+    /// The release's route settings, for people (`baseline arm`, `mirror
+    /// 100%`, `affinity cookie app`; `-`: none). Empty in records written
+    /// before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traffic: String,
     /// The plan's weights in percent.
     pub steps: Vec<f64>,
     /// Wall-clock seconds (Unix) when the release started.
@@ -320,6 +325,7 @@ impl ReleaseRecord {
             app: app.to_string(),
             revision: revision.to_string(),
             strategy: plan.strategy.name().to_string(),
+            traffic: plan.traffic_text(),
             steps: plan
                 .steps_bp
                 .iter()

@@ -617,6 +617,15 @@ pub fn fmt_wall(secs: f64) -> String {
         .unwrap_or_default()
 }
 
+/// The strategy with the release's route settings beside it, as
+/// `kubectl sluice describe` prints it: `canary (baseline arm)`.
+pub fn strategy_text(r: &ReleaseRecord) -> String {
+    match r.traffic.as_str() {
+        "" | "-" => r.strategy.clone(),
+        traffic => format!("{} ({traffic})", r.strategy),
+    }
+}
+
 /// The body of a release: facts, plots with their tables, the decisions
 /// explained, the events and an experiment's report.
 pub fn release_body(r: &ReleaseRecord) -> Markup {
@@ -626,7 +635,7 @@ pub fn release_body(r: &ReleaseRecord) -> Markup {
         dl.facts {
             dt { "Release" } dd data-field="release" { (release_name(r)) }
             dt { "Revision" } dd data-field="revision" { code { (r.revision) } }
-            dt { "Strategy" } dd data-field="strategy" { (r.strategy) }
+            dt { "Strategy" } dd data-field="strategy" { (strategy_text(r)) }
             dt { "Steps" } dd { (r.steps.iter().map(|s| format!("{}%", fmt_num(*s))).collect::<Vec<_>>().join(", ")) }
             dt { "Started" } dd { (fmt_wall(r.started_at)) }
             dt { "Phase" } dd data-field="phase" { (r.phase.as_str()) }
@@ -801,6 +810,28 @@ mod tests {
             evidence: vec![c],
         });
         r
+    }
+
+    #[test]
+    fn the_strategy_names_the_releases_baseline_arm_and_old_records_read_as_before() {
+        let mut plan = crate::demo::demo_plan();
+        if let crate::plan::Gate::Sequential(g) = &mut plan.gate {
+            g.baseline_arm = true;
+        }
+        let r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
+        assert_eq!(r.traffic, "baseline arm");
+        let html = report(&r);
+        assert!(
+            html.contains(r#"data-field="strategy">canary (baseline arm)</dd>"#),
+            "{html}"
+        );
+        // A record written before the field was kept reads as it did.
+        let mut old: serde_json::Value = serde_json::from_str(&record().to_json()).unwrap();
+        assert_eq!(old["traffic"], "-", "the demo's plan sets no route option");
+        old.as_object_mut().unwrap().remove("traffic");
+        let old = ReleaseRecord::from_json(&old.to_string()).unwrap();
+        assert_eq!(old.traffic, "");
+        assert!(report(&old).contains(r#"data-field="strategy">canary</dd>"#));
     }
 
     #[test]

@@ -67,32 +67,6 @@ pub struct TickReport {
     pub report: Option<crate::report::ExperimentReport>,
 }
 
-/// The route settings of a plan, for people: `mirror 100%, affinity
-/// cookie app`, and `baseline arm` when the canary is judged against one.
-pub fn traffic_text(plan: &Plan) -> String {
-    let mut parts = Vec::new();
-    if let crate::plan::Gate::Sequential(g) = &plan.gate
-        && g.baseline_arm
-    {
-        parts.push("baseline arm".to_string());
-    }
-    if let Some(m) = &plan.traffic.mirror {
-        parts.push(format!("mirror {}%", m.percent));
-    }
-    if let Some(a) = &plan.traffic.affinity {
-        match (&a.cookie, &a.header) {
-            (Some(c), _) => parts.push(format!("affinity cookie {c}")),
-            (_, Some(h)) => parts.push(format!("affinity header {h}")),
-            _ => {}
-        }
-    }
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(", ")
-    }
-}
-
 /// The experiment report for a tick that ended an experiment, if this one did.
 pub fn experiment_report(
     plan: &Plan,
@@ -578,7 +552,7 @@ impl<R: Router> Driver<R> {
             unconfirmed: s.unconfirmed.as_ref().map(|a| format!("{a:?}")),
             message,
             strategy: self.plan.strategy.name(),
-            traffic: traffic_text(&self.plan),
+            traffic: self.plan.traffic_text(),
             report: None,
         }
     }

@@ -33,6 +33,7 @@ fn status_at(
         "phase": phase, "canaryWeight": weight, "failedChecks": 1, "revision": "abc123", "primaryRevision": "0ld",
         "failedRevision": failed_revision, "lastTransition": "2026-11-26T10:00:00Z", "message": format!("{phase} for the test"),
         "originalReplicas": 2, "bootstrapped": true, "steps": [20.0, 50.0], "step": step,
+        "strategy": "canary", "traffic": "baseline arm, affinity cookie app",
         "lastChecks": [
             {"name": "success-rate", "outcome": "pass", "value": 99.7, "threshold": ">= 99%", "reason": ""},
             {"name": "p99", "outcome": "fail", "value": 0.61, "threshold": "<= 0.5s", "reason": "610ms is above the limit"},
@@ -133,6 +134,26 @@ async fn get_lists_canaried_deployments_and_shows_one_in_detail() {
     );
     assert!(
         lines[2].starts_with("web ") && lines[2].contains("Pending"),
+        "{out}"
+    );
+    // The TRAFFIC column: what `describe` prints beside the strategy, in
+    // a column as wide as its widest cell, so the next one lines up.
+    let column = |line: &str, text: &str| {
+        line.find(text)
+            .unwrap_or_else(|| panic!("{text:?} in {line:?}:\n{out}"))
+    };
+    let traffic = column(lines[0], "TRAFFIC");
+    assert_eq!(
+        column(lines[1], "baseline arm, affinity cookie app"),
+        traffic,
+        "{out}"
+    );
+    assert_eq!(&lines[2][traffic..=traffic], "-", "{out}");
+    let checks = column(lines[0], "LAST CHECKS");
+    assert_eq!(column(lines[1], "success-rate"), checks, "{out}");
+    assert_eq!(
+        checks,
+        traffic + "baseline arm, affinity cookie app".len() + 3,
         "{out}"
     );
     assert!(!out.contains("plain"), "not canaried: {out}");

@@ -348,29 +348,31 @@ impl Plugin {
     }
 }
 
-/// The table of `kubectl sluice get`.
-/// The releases as a table; `namespaces`: with a NAMESPACE column first,
-/// as `kubectl get -A` prints.
+/// The table of `kubectl sluice get`: the releases, with a NAMESPACE
+/// column first when `namespaces` (as `kubectl get -A` prints). TRAFFIC is
+/// what `describe` prints beside the strategy (`baseline arm`, `mirror
+/// 100%`, `affinity cookie app`, or `-`). Columns are as wide as their
+/// widest cell, three spaces apart, as kubectl's are.
 pub fn table(releases: &[Release], namespaces: bool) -> String {
-    let mut out = String::new();
-    if namespaces {
-        let _ = write!(out, "{:<20} ", "NAMESPACE");
-    }
-    let _ = writeln!(
-        out,
-        "{:<24} {:<11} {:<17} {:<24} {:<18} {:<40} {:>5}",
-        "NAME", "STRATEGY", "PHASE", "WEIGHT", "STEPS", "LAST CHECKS", "AGE"
-    );
+    let mut rows: Vec<Vec<String>> = vec![
+        [
+            "NAME",
+            "STRATEGY",
+            "PHASE",
+            "WEIGHT",
+            "STEPS",
+            "TRAFFIC",
+            "LAST CHECKS",
+            "AGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for r in releases {
-        let (strategy, phase, weight, steps, checks) = match &r.status {
-            None => (
-                "-".into(),
-                "Pending".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ),
-            Some(s) => (
+        let mut row = vec![r.name.clone()];
+        match &r.status {
+            None => row.extend(["-", "Pending", "-", "-", "-", "-"].map(String::from)),
+            Some(s) => row.extend([
                 strategy_of(s),
                 s.phase.clone(),
                 format!(
@@ -379,17 +381,40 @@ pub fn table(releases: &[Release], namespaces: bool) -> String {
                     s.canary_weight
                 ),
                 steps_text(s),
+                if s.traffic.is_empty() {
+                    "-".into()
+                } else {
+                    s.traffic.clone()
+                },
                 checks_text(s, false),
-            ),
-        };
-        if namespaces {
-            let _ = write!(out, "{:<20} ", r.namespace);
+            ]),
         }
-        let _ = writeln!(
-            out,
-            "{:<24} {:<11} {:<17} {:<24} {:<18} {:<40} {:>5}",
-            r.name, strategy, phase, weight, steps, checks, r.age
-        );
+        row.push(r.age.clone());
+        rows.push(row);
+    }
+    if namespaces {
+        rows[0].insert(0, "NAMESPACE".into());
+        for (row, r) in rows[1..].iter_mut().zip(releases) {
+            row.insert(0, r.namespace.clone());
+        }
+    }
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == columns {
+                // AGE, right-aligned as kubectl's is.
+                let _ = write!(line, "{cell:>w$}", w = widths[i]);
+            } else {
+                let _ = write!(line, "{cell:<w$}   ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }

@@ -907,7 +907,7 @@ pub(super) fn record_machine(
     plan: &crate::plan::Plan,
 ) {
     status.strategy = plan.strategy.name().to_string();
-    status.traffic = crate::runner::traffic_text(plan);
+    status.traffic = plan.traffic_text();
     status.phase = m.phase.as_str().to_string();
     status.canary_weight = f64::from(m.canary_weight_bp) / 100.0;
     status.failed_checks = m.failed_checks;
