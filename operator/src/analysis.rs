@@ -5,8 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -293,21 +291,18 @@ impl Analysis {
 
 /// The gate on traffic volume that precedes every other check: below
 /// `min_requests`, the other checks would judge noise.
-pub fn request_volume_check(plan: &Plan, canary_requests: Option<u64>) -> CheckResult {
-    let threshold = format!(">= {}", plan.min_requests);
+pub fn request_volume_check(min_requests: u64, canary_requests: Option<u64>) -> CheckResult {
+    let threshold = format!(">= {min_requests}");
     match canary_requests {
         None => {
             CheckResult::inconclusive("requests", threshold, "the canary request count is unknown")
         }
-        Some(n) if n < plan.min_requests => CheckResult {
+        Some(n) if n < min_requests => CheckResult {
             name: "requests".into(),
             outcome: Outcome::Inconclusive,
             value: Some(n as f64),
             threshold,
-            reason: format!(
-                "only {n} canary requests this tick (need {})",
-                plan.min_requests
-            ),
+            reason: format!("only {n} canary requests this tick (need {min_requests})"),
             ..CheckResult::default()
         },
         Some(n) => CheckResult {

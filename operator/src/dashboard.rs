@@ -359,7 +359,7 @@ fn error_page(status: StatusCode, title: &str, text: &str) -> Response {
 }
 
 fn age(r: &ReleaseRecord) -> String {
-    fmt_t(crate::runner::wall_clock() - r.started_at)
+    fmt_t(crate::clock::wall_clock() - r.started_at)
 }
 
 async fn list(State(app): State<App>, headers: HeaderMap) -> Response {

@@ -98,18 +98,18 @@ pub struct GateSettings {
     /// An excursion of one arm shorter than this never rolls back on its own.
     #[serde(
         default = "default_incident_allowance",
-        with = "crate::plan::duration_text"
+        with = "crate::clock::duration_text"
     )]
     pub incident_allowance: Duration,
     /// The canary's first seconds of traffic, when its latency is not evidence.
-    #[serde(default = "default_warmup", with = "crate::plan::duration_text")]
+    #[serde(default = "default_warmup", with = "crate::clock::duration_text")]
     pub warmup: Duration,
     /// How much slower than the primary the canary may be and still be "no
     /// worse", as a fraction (0.1: 10%).
     #[serde(default = "default_latency_tolerance")]
     pub latency_tolerance: f64,
     /// How long the primary is measured before the first step.
-    #[serde(default = "default_baseline", with = "crate::plan::duration_text")]
+    #[serde(default = "default_baseline", with = "crate::clock::duration_text")]
     pub baseline: Duration,
     /// The release has a baseline arm (a fresh copy of the primary's version
     /// given the canary's exact share): the canary's latency is judged
@@ -214,8 +214,7 @@ impl GateSettings {
             ));
         }
         for b in &self.latency_bounds {
-            crate::plan::check_bucket_bound(*b)
-                .map_err(|e| format!("{}: {e}", name("latency_bounds")))?;
+            check_bucket_bound(*b).map_err(|e| format!("{}: {e}", name("latency_bounds")))?;
         }
         for (field, value) in [
             ("incident_allowance", self.incident_allowance),
@@ -470,16 +469,6 @@ pub enum Arms {
 }
 
 impl Arms {
-    pub fn of(strategy: &crate::plan::Strategy, weight_bp: u32) -> Self {
-        use crate::plan::Strategy;
-        match strategy {
-            Strategy::Canary => Arms::Weighted,
-            Strategy::BlueGreen { .. } if weight_bp == 0 => Arms::Mirror,
-            Strategy::BlueGreen { .. } => Arms::Soak,
-            Strategy::Experiment { .. } => Arms::AllCanary,
-        }
-    }
-
     /// The window as the gate judges it in this mode.
     pub fn select(self, mut window: Window) -> Window {
         match self {
@@ -1025,6 +1014,28 @@ fn soak_check(name: &str, what: &str, arm: &OneArm, threshold: f64) -> CheckResu
 fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.2}%", v * 100.0))
         .unwrap_or_else(|| "-".into())
+}
+
+/// A latency gate must be a bound of the proxy's duration histogram, so it
+/// is decided by counts at that bound, never by interpolating inside a
+/// bucket (which is wrong both ways).
+pub fn check_bucket_bound(max: Duration) -> Result<(), String> {
+    use sluice_proxy::metrics::{is_duration_bound, nearest_duration_bounds};
+    if is_duration_bound(max) {
+        return Ok(());
+    }
+    let (below, above) = nearest_duration_bounds(max);
+    let nearest: Vec<String> = [below, above]
+        .into_iter()
+        .flatten()
+        .map(sluice_proxy::config::format_duration)
+        .collect();
+    Err(format!(
+        "{} is not a bound of the proxy's latency buckets, so it could only be judged by interpolation; use the nearest bound{}: {} (bounds run 1ms..30s at 1, 1.2, 1.4, 1.6, 1.8, 2, 2.25, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9 per decade)",
+        sluice_proxy::config::format_duration(max),
+        if nearest.len() > 1 { "s" } else { "" },
+        nearest.join(" or ")
+    ))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! The binary `sluice` is a thin wrapper over this library.
 
 pub mod analysis;
+pub mod clock;
 pub mod control;
 pub mod counters;
 pub mod dashboard;

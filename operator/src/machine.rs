@@ -354,7 +354,7 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
             let baseline_done = measured + 1e-6 >= baseline;
             if obs.target_ready && baseline_done {
                 let forecast = plan.gate.settings().and_then(|settings| {
-                    crate::gate::forecast::forecast(plan, settings, s.gate.as_ref()?)
+                    crate::gate::forecast::forecast(plan.schedule(), settings, s.gate.as_ref()?)
                 });
                 let mut actions = Vec::new();
                 let message = match forecast {

@@ -10,13 +10,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_operator::clock::wall_clock;
 use sluice_operator::control::{self, ControlSocket};
 use sluice_operator::demo::{self, DemoOptions, Scenario};
 use sluice_operator::machine::Phase;
 use sluice_operator::plan::{self, Approval, Plan, Webhook, WebhookKind};
 use sluice_operator::provider::{PrometheusProvider, Provider, ProxyProvider};
 use sluice_operator::router::{ProxyAdminRouter, RouterError};
-use sluice_operator::runner::{Driver, SavedRelease, StateFile, wall_clock};
+use sluice_operator::runner::{Driver, SavedRelease, StateFile};
 use sluice_operator::view::{OutputMode, View};
 
 #[derive(Parser)]

@@ -301,28 +301,13 @@ mod timeout_text {
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        super::duration_text::serialize(d, s)
+        crate::clock::duration_text::serialize(d, s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         sluice_proxy::config::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("timeout: {e}")))
-    }
-}
-
-/// Serde for durations written as text (`5s`).
-pub mod duration_text {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&sluice_proxy::config::format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        sluice_proxy::config::parse_duration(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -441,7 +426,7 @@ pub enum Strategy {
     /// once; a clean soak promotes.
     BlueGreen {
         iterations: u32,
-        #[serde(with = "duration_text")]
+        #[serde(with = "crate::clock::duration_text")]
         soak: Duration,
     },
     /// Both versions serve side by side at the first step's weight (and
@@ -449,13 +434,24 @@ pub enum Strategy {
     /// statistics; a report ends it and the route returns to stable. No
     /// promotion. A canary the gate shows to be worse ends it early.
     Experiment {
-        #[serde(with = "duration_text")]
+        #[serde(with = "crate::clock::duration_text")]
         duration: Duration,
     },
 }
 
 impl Strategy {
     pub const NAMES: &'static str = "canary, blue-green, experiment";
+
+    /// What the gate compares at `weight_bp` under this strategy.
+    pub fn arms(&self, weight_bp: u32) -> crate::gate::Arms {
+        use crate::gate::Arms;
+        match self {
+            Strategy::Canary => Arms::Weighted,
+            Strategy::BlueGreen { .. } if weight_bp == 0 => Arms::Mirror,
+            Strategy::BlueGreen { .. } => Arms::Soak,
+            Strategy::Experiment { .. } => Arms::AllCanary,
+        }
+    }
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -623,22 +619,22 @@ pub struct Plan {
     pub steps_bp: Vec<u32>,
     /// Threshold gate: the analysis tick. Sequential gate: the least time a
     /// step lasts before the weight may advance.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub interval: Duration,
     pub failure_limit: u32,
     /// Threshold gate: canary requests a tick needs. Sequential gate:
     /// canary requests a step needs before the weight may advance.
     pub min_requests: u64,
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub progress_deadline: Duration,
     pub gate: Gate,
     /// Sequential gate: how often the proxy is scraped and the evidence
     /// updated (independent of `interval`).
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub scrape_interval: Duration,
     /// Sequential gate: roll back when the canary is not shown to be no
     /// worse than the primary within this long.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::clock::duration_text")]
     pub max_duration: Duration,
     /// Minimum percent of canary answers classified `success` (a ceiling
     /// under the sequential gate; the threshold gate's main check).
@@ -681,6 +677,15 @@ impl Default for Plan {
 }
 
 impl Plan {
+    /// The weights and timing a forecast reads.
+    pub fn schedule(&self) -> crate::gate::forecast::Schedule<'_> {
+        crate::gate::forecast::Schedule {
+            steps_bp: &self.steps_bp,
+            interval: self.interval,
+            max_duration: self.max_duration,
+        }
+    }
+
     /// The route settings of the plan, for people: `mirror 100%, affinity
     /// cookie app`, and `baseline arm` when the canary is judged against
     /// one; `-` when none.
@@ -832,7 +837,7 @@ pub fn parse_latency(text: &str) -> Result<Vec<LatencyCheck>, String> {
             ));
         }
         let max = parse_duration(max.trim()).map_err(|e| format!("`{part}`: {e}"))?;
-        check_bucket_bound(max).map_err(|e| format!("`{part}`: {e}"))?;
+        crate::gate::check_bucket_bound(max).map_err(|e| format!("`{part}`: {e}"))?;
         checks.push(LatencyCheck {
             quantile: percentile / 100.0,
             max,
@@ -842,28 +847,6 @@ pub fn parse_latency(text: &str) -> Result<Vec<LatencyCheck>, String> {
         return Err("give at least one check like p99<=500ms".into());
     }
     Ok(checks)
-}
-
-/// A latency gate must be a bound of the proxy's duration histogram, so it
-/// is decided by counts at that bound, never by interpolating inside a
-/// bucket (which is wrong both ways).
-pub fn check_bucket_bound(max: Duration) -> Result<(), String> {
-    use sluice_proxy::metrics::{is_duration_bound, nearest_duration_bounds};
-    if is_duration_bound(max) {
-        return Ok(());
-    }
-    let (below, above) = nearest_duration_bounds(max);
-    let nearest: Vec<String> = [below, above]
-        .into_iter()
-        .flatten()
-        .map(format_duration)
-        .collect();
-    Err(format!(
-        "{} is not a bound of the proxy's latency buckets, so it could only be judged by interpolation; use the nearest bound{}: {} (bounds run 1ms..30s at 1, 1.2, 1.4, 1.6, 1.8, 2, 2.25, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9 per decade)",
-        format_duration(max),
-        if nearest.len() > 1 { "s" } else { "" },
-        nearest.join(" or ")
-    ))
 }
 
 /// A plain number (`0.01`, `1.5`).
@@ -880,7 +863,7 @@ pub fn parse_bounds(text: &str) -> Result<Vec<Duration>, String> {
     let mut bounds = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let d = parse_duration(part).map_err(|e| format!("`{part}`: {e}"))?;
-        check_bucket_bound(d).map_err(|e| format!("`{part}`: {e}"))?;
+        crate::gate::check_bucket_bound(d).map_err(|e| format!("`{part}`: {e}"))?;
         bounds.push(d);
     }
     if bounds.is_empty() {

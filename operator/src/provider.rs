@@ -157,7 +157,7 @@ pub fn judge_sequential(
         state.observe_baseline(settings, &window);
         return all_inconclusive(plan, "measuring the primary before the first step");
     }
-    let arms = crate::gate::Arms::of(&plan.strategy, weight_bp);
+    let arms = plan.strategy.arms(weight_bp);
     let window = arms.select(window);
     let mut analysis = if arms == crate::gate::Arms::Soak {
         state.observe_soak(settings, &window, weight_bp);
@@ -221,7 +221,7 @@ pub fn judge(
     latencies: Vec<Result<LatencyReading, String>>,
     queries: Vec<Result<f64, String>>,
 ) -> Analysis {
-    let volume = request_volume_check(plan, canary_requests);
+    let volume = request_volume_check(plan.min_requests, canary_requests);
     let too_few = volume.outcome != Outcome::Pass;
     let mut checks = vec![volume.clone()];
     let mut push = |check: CheckResult| {
@@ -500,7 +500,7 @@ impl PrometheusProvider {
 
     /// The next window starts now.
     pub fn reset(&mut self) {
-        self.last_end = Some(crate::runner::wall_clock());
+        self.last_end = Some(crate::clock::wall_clock());
         self.last_values = None;
     }
 
@@ -613,7 +613,7 @@ impl PrometheusProvider {
     /// The next window to judge: its end (now) and its range for PromQL, or
     /// why it is too short yet.
     fn span(&self, plan: &Plan) -> Result<(f64, String), String> {
-        let now = crate::runner::wall_clock();
+        let now = crate::clock::wall_clock();
         let floor = self.window_floor.as_secs_f64();
         let start = self
             .last_end

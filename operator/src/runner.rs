@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::analysis::{AbTraffic, CheckResult, Outcome};
+use crate::clock::wall_clock;
 use crate::http::HttpClient;
 use crate::machine::{
     Action, Command, Gates, Level, NextTick, Observation, Phase, Status, confirm, step,
@@ -80,14 +81,6 @@ pub fn experiment_report(
     let settings = plan.gate.settings()?;
     let gate = after.gate.clone().unwrap_or_default();
     Some(crate::report::experiment(&gate, settings))
-}
-
-/// Seconds since the Unix epoch: statuses outlive the process.
-pub fn wall_clock() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 /// Runs the webhooks the current phase needs and reports them as gates.

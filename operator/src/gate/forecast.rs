@@ -27,11 +27,20 @@
 //! the distribution on traffic you describe.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::{FAIL_GRID, GateSettings, GateState, PASS_GRID};
-use crate::plan::Plan;
+
+/// What of a release's plan a forecast reads: its weights and their
+/// timing (`Plan::schedule`).
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule<'a> {
+    pub steps_bp: &'a [u32],
+    pub interval: Duration,
+    pub max_duration: Duration,
+}
 
 /// The forecast of one release, from its baseline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,7 +99,7 @@ fn growth(rate: f64, (w, r): (f64, f64), truth: f64, alt: f64, null: f64, phi: f
 
 /// The weights a release passes through and how long it stays at each
 /// (the last until `max`).
-fn schedule(plan: &Plan, max: f64) -> Vec<(f64, f64)> {
+fn schedule(plan: Schedule<'_>, max: f64) -> Vec<(f64, f64)> {
     let steps: Vec<f64> = plan
         .steps_bp
         .iter()
@@ -114,7 +123,7 @@ fn schedule(plan: &Plan, max: f64) -> Vec<(f64, f64)> {
 /// Seconds until a canary as good as the primary is shown no worse, for
 /// events at `rate` per second of route traffic.
 fn promotion_secs(
-    plan: &Plan,
+    plan: Schedule<'_>,
     s: &GateSettings,
     rate: f64,
     phi: f64,
@@ -138,7 +147,7 @@ fn promotion_secs(
 /// Whether a canary `ratio` times worse is caught with 95% probability
 /// within `max` seconds.
 fn caught(
-    plan: &Plan,
+    plan: Schedule<'_>,
     s: &GateSettings,
     (rate, phi, judged): (f64, f64, Judged),
     ratio: f64,
@@ -161,7 +170,7 @@ fn caught(
 /// The least ratio (between 1 and 1000) caught in time, by bisection on
 /// a log scale.
 fn smallest_ratio(
-    plan: &Plan,
+    plan: Schedule<'_>,
     s: &GateSettings,
     rate: f64,
     phi: f64,
@@ -186,7 +195,7 @@ fn smallest_ratio(
 
 /// The forecast from a gate state whose baseline has been measured (None
 /// without baseline traffic).
-pub fn forecast(plan: &Plan, s: &GateSettings, gate: &GateState) -> Option<Forecast> {
+pub fn forecast(plan: Schedule<'_>, s: &GateSettings, gate: &GateState) -> Option<Forecast> {
     let b = &gate.baseline;
     if gate.baseline_seconds <= 0.0 || b.requests <= 0.0 {
         return None;
@@ -283,6 +292,7 @@ impl fmt::Display for Forecast {
 mod tests {
     use super::*;
     use crate::counters::Arm;
+    use crate::plan::Plan;
 
     fn baseline(rps: f64, failure_rate: f64, seconds: f64) -> GateState {
         let requests = rps * seconds;
@@ -308,8 +318,8 @@ mod tests {
     #[test]
     fn more_traffic_decides_sooner_and_catches_smaller_regressions() {
         let s = GateSettings::default();
-        let busy = forecast(&plan(), &s, &baseline(400.0, 0.01, 30.0)).unwrap();
-        let quiet = forecast(&plan(), &s, &baseline(40.0, 0.01, 30.0)).unwrap();
+        let busy = forecast(plan().schedule(), &s, &baseline(400.0, 0.01, 30.0)).unwrap();
+        let quiet = forecast(plan().schedule(), &s, &baseline(40.0, 0.01, 30.0)).unwrap();
         let (busy_t, quiet_t) = (busy.promotion_secs.unwrap(), quiet.promotion_secs.unwrap());
         assert!(busy_t < quiet_t, "{busy_t} vs {quiet_t}");
         let (b, q) = (
@@ -331,7 +341,7 @@ mod tests {
         let mut arm = GateSettings::default();
         arm.use_baseline_arm(false);
         let state = baseline(100.0, 0.01, 30.0);
-        let f = |plan: &Plan, s: &GateSettings| forecast(plan, s, &state).unwrap();
+        let f = |plan: &Plan, s: &GateSettings| forecast(plan.schedule(), s, &state).unwrap();
         let quarter = Plan {
             steps_bp: vec![1000, 2500],
             ..plan()
@@ -368,7 +378,7 @@ mod tests {
     #[test]
     fn five_requests_a_second_is_undecided_within_half_an_hour() {
         let s = GateSettings::default();
-        let f = forecast(&plan(), &s, &baseline(5.0, 0.01, 30.0)).unwrap();
+        let f = forecast(plan().schedule(), &s, &baseline(5.0, 0.01, 30.0)).unwrap();
         assert_eq!(f.promotion_secs, None);
         let text = f.to_string();
         assert!(text.contains("not expected to be shown no worse"), "{text}");
@@ -378,7 +388,11 @@ mod tests {
     #[test]
     fn no_baseline_no_forecast() {
         assert_eq!(
-            forecast(&plan(), &GateSettings::default(), &GateState::default()),
+            forecast(
+                plan().schedule(),
+                &GateSettings::default(),
+                &GateState::default()
+            ),
             None
         );
     }
