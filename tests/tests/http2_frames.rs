@@ -1,0 +1,442 @@
+//! The proxy's HTTP/2 server against crafted frames, written byte by byte
+//! here rather than by an HTTP/2 library (which would refuse to send most
+//! of them): the attacks HTTP/2 servers have fallen to, and requests RFC
+//! 9113 calls malformed.
+//! - **Rapid reset** (CVE-2023-44487): streams opened and reset at once,
+//!   over and over, end the connection with GOAWAY `ENHANCE_YOUR_CALM`
+//!   long before the client is done, and few of them reach a backend.
+//! - **CONTINUATION flood** (2024): a header block that never ends ends the
+//!   connection after a bounded amount, and the proxy's memory stays small.
+//! - **Malformed requests** (an upper-case or connection-specific field,
+//!   `te` other than `trailers`, a pseudo-field after a regular one, a NUL,
+//!   CR or LF in a value, a space in a name) are refused with RST_STREAM or
+//!   GOAWAY `PROTOCOL_ERROR` and never reach a backend; after a refused
+//!   stream the connection keeps serving.
+//! - **Streams over `limits.h2_max_streams`** from a client that ignores
+//!   the setting are refused with `REFUSED_STREAM` and never reach a
+//!   backend.
+//!
+//! After each attack a new connection is served.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sluice_loadtest::{BackendOptions, Faults, Latency};
+use sluice_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+const PROTOCOL_ERROR: u32 = 1;
+const REFUSED_STREAM: u32 = 7;
+const CANCEL: u32 = 8;
+const ENHANCE_YOUR_CALM: u32 = 11;
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The error code of a RST_STREAM or GOAWAY.
+    fn code(&self) -> u32 {
+        let at = if self.kind == GOAWAY { 4 } else { 0 };
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+    }
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+/// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
+fn integer(first: u8, n: u32, mut value: usize, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A field as an HPACK literal that is never indexed, with a literal name
+/// (RFC 7541 §6.2.3), so that each block stands alone.
+fn literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(0x10);
+    integer(0, 7, name.len(), out);
+    out.extend(name);
+    integer(0, 7, value.len(), out);
+    out.extend(value);
+}
+
+/// `GET http://127.0.0.1/` from the static table, then `extra`.
+fn request_block(extra: &[(&[u8], &[u8])]) -> Vec<u8> {
+    // :method GET, :scheme http, :path /
+    let mut block = vec![0x82, 0x86, 0x84];
+    literal(b":authority", b"127.0.0.1", &mut block);
+    for (name, value) in extra {
+        literal(name, value, &mut block);
+    }
+    block
+}
+
+/// A raw HTTP/2 connection: the preface and an empty SETTINGS sent, and
+/// never an ACK or a window update from this side.
+struct Raw {
+    socket: TcpStream,
+    read: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Self {
+        let mut socket = TcpStream::connect(addr)
+            .await
+            .expect("connect to the proxy");
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        socket.write_all(&hello).await.expect("send the preface");
+        Self {
+            socket,
+            read: Vec::new(),
+        }
+    }
+
+    /// Sends `bytes`; false when the proxy closed the connection first.
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        self.socket.write_all(bytes).await.is_ok()
+    }
+
+    /// The frames that come within `wait`, or until the proxy closes, or
+    /// until `done` holds for one.
+    async fn frames_until(&mut self, wait: Duration, done: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+        let deadline = Instant::now() + wait;
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            while self.read.len() >= 9 {
+                let len =
+                    u32::from_be_bytes([0, self.read[0], self.read[1], self.read[2]]) as usize;
+                if self.read.len() < 9 + len {
+                    break;
+                }
+                let f = Frame {
+                    kind: self.read[3],
+                    flags: self.read[4],
+                    stream: u32::from_be_bytes(self.read[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                    payload: self.read[9..9 + len].to_vec(),
+                };
+                self.read.drain(..9 + len);
+                let stop = done(&f);
+                frames.push(f);
+                if stop {
+                    return frames;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.socket.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => self.read.extend_from_slice(&buf[..n]),
+                _ => return frames,
+            }
+        }
+    }
+}
+
+fn is_goaway(f: &Frame) -> bool {
+    f.kind == GOAWAY
+}
+
+/// A proxy in front of two backends that answer after `latency`.
+async fn proxy_before(latency: Duration, top: &str) -> (ChildProxy, BackendHandle, BackendHandle) {
+    let start = |name: &str| {
+        sluice_loadtest::start_backend(BackendOptions {
+            faults: Faults {
+                latency: if latency.is_zero() {
+                    Latency::None
+                } else {
+                    Latency::Fixed(latency)
+                },
+                ..Faults::default()
+            },
+            ..BackendOptions::new(name)
+        })
+    };
+    let stable = start("stable").await.expect("start a backend");
+    let canary = start("canary").await.expect("start a backend");
+    let proxy = ChildProxy::start_with(
+        &format!(
+            "  - {{ name: web, stable: '{}', canary: '{}', canary_weight: 10 }}\n",
+            stable.url(),
+            canary.url()
+        ),
+        "",
+        top,
+        &[],
+    )
+    .await;
+    (proxy, stable, canary)
+}
+
+/// A new connection gets a whole answer to a plain GET: after an attack
+/// the proxy still serves.
+async fn still_serves(addr: SocketAddr) {
+    let mut c = Raw::connect(addr).await;
+    assert!(
+        c.send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request_block(&[])
+        ))
+        .await
+    );
+    let frames = c
+        .frames_until(Duration::from_secs(10), |f| {
+            f.stream == 1 && f.kind == DATA && f.flags & END_STREAM != 0
+        })
+        .await;
+    let head = frames
+        .iter()
+        .find(|f| f.kind == HEADERS && f.stream == 1)
+        .unwrap_or_else(|| panic!("no answer on a new connection: {frames:?}"));
+    // `:status 200` is entry 8 of HPACK's static table.
+    assert_eq!(head.payload.first(), Some(&0x88), "{frames:?}");
+}
+
+/// The requests the proxy counted on the backends, by any status.
+async fn requests_counted(admin: SocketAddr) -> f64 {
+    scrape(admin)
+        .await
+        .sum("sluice_requests_total", &[("route", "web")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_resets_end_the_connection_and_reach_few_backends() {
+    // The backends answer after 50 ms, so a stream reset 5 ms after it
+    // opened is still waiting: each one that the proxy takes costs a
+    // backend a request.
+    let (proxy, _stable, _canary) = proxy_before(Duration::from_millis(50), "").await;
+    let mut c = Raw::connect(proxy.addr).await;
+    let (batch, batches) = (50u32, 40u32);
+    let mut opened = 0;
+    for b in 0..batches {
+        let ids: Vec<u32> = (0..batch).map(|k| 1 + 2 * (b * batch + k)).collect();
+        let heads: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| frame(HEADERS, END_HEADERS | END_STREAM, *id, &request_block(&[])))
+            .collect();
+        if !c.send(&heads).await {
+            break;
+        }
+        opened += batch;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let resets: Vec<u8> = ids
+            .iter()
+            .flat_map(|id| frame(RST_STREAM, 0, *id, &CANCEL.to_be_bytes()))
+            .collect();
+        if !c.send(&resets).await {
+            break;
+        }
+    }
+    let frames = c.frames_until(Duration::from_secs(5), is_goaway).await;
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .unwrap_or_else(|| panic!("no GOAWAY after {opened} opened and reset streams"));
+    assert_eq!(goaway.code(), ENHANCE_YOUR_CALM, "{goaway:?}");
+    // Give the streams the proxy did take time to end and be counted.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counted = requests_counted(proxy.admin).await;
+    println!(
+        "rapid reset: {opened} of {} streams opened before the proxy closed; {counted} reached a backend",
+        batch * batches
+    );
+    // At most a quarter of what the attacker sent (50 in runs here).
+    assert!(
+        counted <= f64::from(batch * batches) / 4.0,
+        "{counted} of the reset streams reached a backend"
+    );
+    still_serves(proxy.addr).await;
+}
+
+/// The proxy's resident memory, from /proc.
+fn rss_kib(proxy: &ChildProxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id()))
+        .expect("read the proxy's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_block_that_never_ends_is_cut_off() {
+    let (proxy, stable, canary) = proxy_before(Duration::ZERO, "").await;
+    let before = rss_kib(&proxy);
+    let mut c = Raw::connect(proxy.addr).await;
+    assert!(
+        c.send(&frame(HEADERS, END_STREAM, 1, &request_block(&[])))
+            .await
+    );
+    // CONTINUATION frames of one 4 KiB field each, up to 32 MiB.
+    let mut field = Vec::new();
+    literal(b"x-flood", &[b'v'; 4000], &mut field);
+    let one = frame(CONTINUATION, 0, 1, &field);
+    let mut sent = 0usize;
+    while sent < 32 << 20 && c.send(&one).await {
+        sent += one.len();
+    }
+    let frames = c.frames_until(Duration::from_secs(5), is_goaway).await;
+    let after = rss_kib(&proxy);
+    println!(
+        "CONTINUATION flood: {} KiB taken before the proxy closed; RSS {before} -> {after} KiB",
+        sent / 1024
+    );
+    assert!(sent < 32 << 20, "the proxy took a 32 MiB header block");
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .unwrap_or_else(|| panic!("no GOAWAY after {sent} bytes of header block: {frames:?}"));
+    assert_ne!(goaway.code(), 0, "{goaway:?}");
+    assert!(
+        after < before + 16 * 1024,
+        "the proxy grew from {before} to {after} KiB"
+    );
+    assert_eq!(stable.stats().requests + canary.stats().requests, 0);
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_and_never_reach_a_backend() {
+    let (proxy, stable, canary) = proxy_before(Duration::ZERO, "").await;
+    let bad: [(&str, Vec<u8>); 9] = [
+        ("an upper-case name", request_block(&[(b"X-Up", b"1")])),
+        ("connection", request_block(&[(b"connection", b"close")])),
+        ("keep-alive", request_block(&[(b"keep-alive", b"5")])),
+        ("upgrade", request_block(&[(b"upgrade", b"websocket")])),
+        ("te: gzip", request_block(&[(b"te", b"gzip")])),
+        (
+            "a pseudo-field after a regular one",
+            request_block(&[(b"x-a", b"1"), (b":path", b"/x")]),
+        ),
+        ("a NUL in a value", request_block(&[(b"x-a", b"a\0b")])),
+        ("CR LF in a value", request_block(&[(b"x-a", b"a\r\nb")])),
+        ("a space in a name", request_block(&[(b"x a", b"1")])),
+    ];
+    let mut good = 0;
+    for (what, block) in bad {
+        let mut c = Raw::connect(proxy.addr).await;
+        assert!(
+            c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+                .await
+        );
+        let frames = c
+            .frames_until(Duration::from_secs(5), |f| {
+                (f.kind == RST_STREAM && f.stream == 1) || f.kind == GOAWAY || f.kind == HEADERS
+            })
+            .await;
+        let refusal = frames
+            .iter()
+            .find(|f| f.kind == RST_STREAM || f.kind == GOAWAY)
+            .unwrap_or_else(|| panic!("{what}: not refused: {frames:?}"));
+        assert_eq!(refusal.code(), PROTOCOL_ERROR, "{what}: {refusal:?}");
+        // A refused stream leaves the connection serving.
+        if refusal.kind == RST_STREAM {
+            good += 1;
+            assert!(
+                c.send(&frame(
+                    HEADERS,
+                    END_HEADERS | END_STREAM,
+                    3,
+                    &request_block(&[])
+                ))
+                .await
+            );
+            let frames = c
+                .frames_until(Duration::from_secs(5), |f| {
+                    f.kind == HEADERS && f.stream == 3
+                })
+                .await;
+            assert!(
+                frames.iter().any(|f| f.kind == HEADERS && f.stream == 3),
+                "{what}: the next stream was not answered: {frames:?}"
+            );
+        }
+    }
+    // Only the good requests reached a backend: the stream after each
+    // RST_STREAM.
+    assert_eq!(stable.stats().requests + canary.stats().requests, good);
+    let counted = requests_counted(proxy.admin).await;
+    assert_eq!(counted, good as f64, "the proxy counted {counted}");
+    still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_limit_are_refused_and_never_reach_a_backend() {
+    let (proxy, stable, canary) =
+        proxy_before(Duration::from_millis(300), "limits:\n  h2_max_streams: 4\n").await;
+    let mut c = Raw::connect(proxy.addr).await;
+    // The proxy's SETTINGS first, so that the limit is in force; then ten
+    // streams at once, as a client that ignores it would open them.
+    let settings = c
+        .frames_until(Duration::from_secs(5), |f| f.kind == SETTINGS)
+        .await;
+    assert!(settings.iter().any(|f| f.kind == SETTINGS), "{settings:?}");
+    let heads: Vec<u8> = (0..10u32)
+        .flat_map(|k| {
+            frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                1 + 2 * k,
+                &request_block(&[]),
+            )
+        })
+        .collect();
+    assert!(c.send(&heads).await);
+    // Until every stream ended: refused, or answered to its end.
+    let ended = std::cell::Cell::new(0);
+    let frames = c
+        .frames_until(Duration::from_secs(10), |f| {
+            if f.kind == RST_STREAM || (f.kind != SETTINGS && f.flags & END_STREAM != 0) {
+                ended.set(ended.get() + 1);
+            }
+            ended.get() == 10
+        })
+        .await;
+    let refused: Vec<u32> = frames
+        .iter()
+        .filter(|f| f.kind == RST_STREAM && f.code() == REFUSED_STREAM)
+        .map(|f| f.stream)
+        .collect();
+    let answered: Vec<u32> = frames
+        .iter()
+        .filter(|f| f.kind == HEADERS)
+        .map(|f| f.stream)
+        .collect();
+    assert_eq!(refused.len(), 6, "{frames:?}");
+    assert_eq!(answered.len(), 4, "{frames:?}");
+    assert_eq!(stable.stats().requests + canary.stats().requests, 4);
+    still_serves(proxy.addr).await;
+}
