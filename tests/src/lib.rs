@@ -602,6 +602,48 @@ async fn read_chunks<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// The length an [`endless_backend`] declares: more than any test reads.
+pub const ENDLESS_LENGTH: u64 = 1 << 30;
+
+/// A raw HTTP/1.1 backend that answers every request 200 with a body of
+/// [`ENDLESS_LENGTH`] bytes and writes it as fast as it is taken, until
+/// the connection fails: a backend that always has more of its answer
+/// ready. Its address.
+pub async fn endless_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {ENDLESS_LENGTH}\r\n\r\n"
+                );
+                if socket.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = ENDLESS_LENGTH;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    if socket.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// An HTTP/2 backend on raw h2 (prior knowledge) that resets its first
 /// `refused` streams with `REFUSED_STREAM` (it promises it did no work:
 /// `usize::MAX` refuses all) and answers the rest 200 with

@@ -667,6 +667,64 @@ async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() 
     assert_eq!(m.sum("sluice_requests_total", &[("code", "504")]), 0.0);
 }
 
+/// Reads what the proxy sends until it closes or fails, for at most
+/// `within`: the bytes read, and whether the connection ended in time.
+async fn drain_within(raw: &mut tokio::net::TcpStream, within: Duration) -> (u64, bool) {
+    let deadline = Instant::now() + within;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, raw.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got += n as u64,
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// A client that takes no byte of its answer for the route's
+/// `timeouts.idle` loses its connection (nginx's `send_timeout`), and the
+/// backend, which did its part, is counted with the status it sent. The
+/// backend always has more ready, so without the limit the client would
+/// hold the connection as long as it liked, and get the rest on reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_none_of_its_answer_loses_the_connection() {
+    let endless = endless_backend().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: 'http://{endless}', timeouts: {{ idle: 1s }} }}\n"),
+        &[],
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small window, so that little of the answer waits in the kernel.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut raw = socket.connect(proxy.addr).await.unwrap();
+    raw.write_all(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (got, ended) = drain_within(&mut raw, Duration::from_secs(10)).await;
+    println!("read {got} bytes after 4 s of reading nothing; the connection ended: {ended}");
+    assert!(
+        ended && got < ENDLESS_LENGTH / 16,
+        "the proxy kept sending: {got} bytes, ended {ended}"
+    );
+    let counted = || async {
+        scrape(proxy.admin).await.sum(
+            "sluice_requests_total",
+            &[("code", "200"), ("classification", "success")],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counted().await != 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted().await, 1.0);
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
+}
+
 /// A request whose backend cannot be reached (no byte was written) is tried
 /// once more, whatever its method, within a budget of 20% of the backend's
 /// requests plus 10.

@@ -15,6 +15,8 @@
 //! - **Streams over `limits.h2_max_streams`** from a client that ignores
 //!   the setting are refused with `REFUSED_STREAM` and never reach a
 //!   backend.
+//! - **A client that gives an answer no window** for the route's
+//!   `timeouts.idle` gets the stream reset with `CANCEL`.
 //!
 //! After each attack a new connection is served.
 
@@ -111,11 +113,22 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_with(addr, &[]).await
+    }
+
+    /// With these SETTINGS (identifier, value).
+    async fn connect_with(addr: SocketAddr, settings: &[(u16, u32)]) -> Self {
         let mut socket = TcpStream::connect(addr)
             .await
             .expect("connect to the proxy");
         let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        hello.extend(frame(SETTINGS, 0, 0, &[]));
+        let settings: Vec<u8> = settings
+            .iter()
+            .flat_map(|(id, value)| {
+                [id.to_be_bytes().to_vec(), value.to_be_bytes().to_vec()].concat()
+            })
+            .collect();
+        hello.extend(frame(SETTINGS, 0, 0, &settings));
         socket.write_all(&hello).await.expect("send the preface");
         Self {
             socket,
@@ -439,4 +452,42 @@ async fn streams_over_the_limit_are_refused_and_never_reach_a_backend() {
     assert_eq!(answered.len(), 4, "{frames:?}");
     assert_eq!(stable.stats().requests + canary.stats().requests, 4);
     still_serves(proxy.addr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_gives_its_answer_no_window_gets_the_stream_reset() {
+    let endless = endless_backend().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: web, stable: 'http://{endless}', timeouts: {{ idle: 1s }} }}\n"),
+        &[],
+    )
+    .await;
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: no stream may get a byte of DATA.
+    let mut c = Raw::connect_with(proxy.addr, &[(0x4, 0)]).await;
+    let opened = Instant::now();
+    assert!(
+        c.send(&frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &request_block(&[])
+        ))
+        .await
+    );
+    let frames = c
+        .frames_until(Duration::from_secs(8), |f| f.kind == RST_STREAM)
+        .await;
+    let waited = opened.elapsed();
+    println!("the stream was reset after {waited:?}: {frames:?}");
+    assert!(
+        frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "{frames:?}"
+    );
+    let reset = frames
+        .iter()
+        .find(|f| f.kind == RST_STREAM)
+        .unwrap_or_else(|| panic!("no RST_STREAM within 8 s: {frames:?}"));
+    assert_eq!((reset.stream, reset.code()), (1, CANCEL), "{reset:?}");
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    assert!(!frames.iter().any(|f| f.kind == DATA), "{frames:?}");
 }

@@ -27,6 +27,12 @@
 //!   client as they come, before the final answer.
 //! - Answers carry `date`, and the `content-length` of a body whose length
 //!   is known.
+//! - A client that gives an answer's stream no window for the stall limit
+//!   (the route's `timeouts.idle`; `limits.idle_timeout` for the proxy's
+//!   own answers) gets the stream reset (`CANCEL`), as an HTTP/1.1 client
+//!   that takes no byte of its answer loses its connection: a client that
+//!   never reads cannot hold a backend's answer for ever. The backend did
+//!   its part, so the request counts with the status it sent.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -99,7 +105,7 @@ pub async fn serve<I>(
     let peer = client.addr;
     let conn = Box::pin(Connection {
         phase: Phase::Handshake(settings.builder.handshake(io)),
-        shared: Arc::new((state, client)),
+        shared: Arc::new((state, client, limits.idle_timeout)),
         activity: activity.clone(),
         keepalive: settings.keepalive.map(KeepAlive::new),
         closing: false,
@@ -119,7 +125,7 @@ pub async fn serve<I>(
 /// spawns a task for each, until the connection ends.
 struct Connection<I> {
     phase: Phase<I>,
-    shared: Arc<(Arc<ProxyState>, Client)>,
+    shared: Arc<(Arc<ProxyState>, Client, Duration)>,
     activity: Arc<Activity>,
     keepalive: Option<KeepAlive>,
     /// A graceful shutdown was asked for (perhaps before the handshake
@@ -252,15 +258,15 @@ impl KeepAlive {
 
 /// One stream, in a task of its own: the phases, then its answer.
 async fn stream(
-    shared: Arc<(Arc<ProxyState>, Client)>,
+    shared: Arc<(Arc<ProxyState>, Client, Duration)>,
     req: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     guard: RequestGuard,
 ) {
-    let (state, client) = &*shared;
+    let (state, client, idle) = &*shared;
     let head_request = req.method() == Method::HEAD;
     let respond = Mutex::new(respond);
-    let Some(response) = handle(state, req, client, &respond).await else {
+    let Some((response, stall)) = handle(state, req, client, &respond).await else {
         return;
     };
     let mut respond = respond.into_inner().expect("the stream's lock");
@@ -272,7 +278,7 @@ async fn stream(
         return;
     };
     if !end {
-        pipe(body, send).await;
+        pipe(body, send, stall.unwrap_or(*idle)).await;
     }
     drop(guard);
 }
@@ -284,7 +290,7 @@ async fn stream(
 /// client stops it (dropping the body records it). Capacity is asked for
 /// only with a frame in hand, so a body that waits pins none of the
 /// connection's window.
-async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>) {
+async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>, stall: Duration) {
     loop {
         let frame = std::future::poll_fn(|cx| {
             if send.poll_reset(cx).is_ready() {
@@ -321,7 +327,7 @@ async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>) {
         let end = body.is_end_stream();
         if !data.is_empty() {
             send.reserve_capacity(1);
-            let room = std::future::poll_fn(|cx| {
+            let mut room = std::future::poll_fn(|cx| {
                 if send.poll_reset(cx).is_ready() {
                     return Poll::Ready(false);
                 }
@@ -333,7 +339,24 @@ async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>) {
                 }
                 Poll::Ready(true)
             });
-            if !room.await {
+            // The stall limit's timer only for a client that gives no
+            // room at once.
+            let room =
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut room).poll(cx))).await {
+                    Poll::Ready(room) => room,
+                    Poll::Pending => match tokio::time::timeout(stall, room).await {
+                        Ok(room) => room,
+                        Err(_) => {
+                            tracing::debug!(
+                                ?stall,
+                                "the client gave its answer no window; resetting the stream"
+                            );
+                            send.send_reset(h2::Reason::CANCEL);
+                            return;
+                        }
+                    },
+                };
+            if !room {
                 return;
             }
         }
@@ -372,14 +395,15 @@ fn drop_connection_fields(trailers: &mut HeaderMap) {
     }
 }
 
-/// Serves one stream's phases: its answer, or None when the client reset
+/// Serves one stream's phases: its answer, with the route's stall limit
+/// for a backend's (see the module docs), or None when the client reset
 /// the stream before there was one.
 async fn handle(
     state: &ProxyState,
     req: Request<h2::RecvStream>,
     client: &Client,
     respond: &Mutex<h2::server::SendResponse<Bytes>>,
-) -> Option<Response<AnswerBody>> {
+) -> Option<(Response<AnswerBody>, Option<Duration>)> {
     let start = Instant::now();
     let (parts, recv) = req.into_parts();
     let target = match (parts.uri.scheme_str(), parts.uri.authority()) {
@@ -413,12 +437,12 @@ async fn handle(
     };
     let head_request = parts.method == Method::HEAD;
     if let Err(refusal) = crate::route::check(&req) {
-        return Some(local(crate::answer::refused(refusal)));
+        return Some((local(crate::answer::refused(refusal)), None));
     }
     let secure = state.scheme == "https";
     let routed = match crate::route::route(&state.store, state.listener, &req, secure, start) {
         Ok(routed) => routed,
-        Err(refusal) => return Some(local(crate::answer::refused(refusal))),
+        Err(refusal) => return Some((local(crate::answer::refused(refusal)), None)),
     };
     let incoming = H2Incoming::new(recv, declared);
     let (body, progress) = UpstreamBody::h2(incoming, routed.route.max_body);
@@ -449,12 +473,11 @@ async fn handle(
     let gone = std::pin::pin!(gone);
     let outcome = crate::forward::forward(exchange, gone).await;
     match crate::answer::answer(outcome, &routed, None)? {
-        Answer::Passed(passed) => Some(passed_response(
-            passed,
-            head_request,
-            routed.route.response_headers.as_ref(),
+        Answer::Passed(passed) => Some((
+            passed_response(passed, head_request, routed.route.response_headers.as_ref()),
+            Some(routed.route.body_idle_timeout),
         )),
-        Answer::Local(answer) => Some(local(answer)),
+        Answer::Local(answer) => Some((local(answer), None)),
     }
 }
 

@@ -95,13 +95,15 @@ pub async fn serve<S>(
         head_bytes: Vec::new(),
         head_spans: Vec::new(),
         timer: Box::pin(crate::conn::far_off()),
+        stall: limits.idle_timeout,
         client,
         max_head,
     };
     match conn.run(&state, &entered, limits, opened).await {
         Next::Close => {
             let inbound = conn.inbound.get_mut().expect("inbound lock");
-            let _ = inbound.io.shutdown().await;
+            // Bounded: a TLS close_notify waits on a client that reads.
+            let _ = tokio::time::timeout(LINGER, inbound.io.shutdown()).await;
             if conn.unread_body && !inbound.read_closed {
                 linger(&mut inbound.io).await;
             }
@@ -145,8 +147,12 @@ struct Conn<S> {
     /// The request head's bytes and where its fields lie (reused).
     head_bytes: Vec<u8>,
     head_spans: Vec<Span>,
-    /// The request timeout's timer (see [`crate::conn::until`]).
+    /// The request timeout's timer (see [`crate::conn::until`]), and the
+    /// answers' stall limit's.
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// How long a client may take no byte of the proxy's own answer
+    /// (`limits.idle_timeout`; see `write`).
+    stall: std::time::Duration,
     client: Client,
     max_head: usize,
 }
@@ -217,7 +223,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
     fn writer(&mut self) -> Writer<'_, S> {
         let inbound = self.inbound.get_mut().expect("inbound lock");
         Writer {
-            io: &mut inbound.io,
+            io: write::Taking {
+                io: &mut inbound.io,
+                timer: self.timer.as_mut(),
+                stall: self.stall,
+                deadline: None,
+            },
             out: &mut self.out,
             interim: &mut inbound.interim,
         }
@@ -437,7 +448,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
         self.unread_body = !body_read;
         reply.close |= !body_read || entered.is_draining();
         self.writer()
-            .answer(answer, reply, routed.route.response_headers.as_ref())
+            .answer(
+                answer,
+                reply,
+                routed.route.response_headers.as_ref(),
+                routed.route.body_idle_timeout,
+            )
             .await
     }
 

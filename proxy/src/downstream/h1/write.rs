@@ -12,10 +12,18 @@
 //! (`TE: trailers`). The body is gathered up to 16 KiB and written
 //! whenever the backend has nothing more ready, so a small answer is one
 //! write and a large one streams.
+//!
+//! A client that takes no byte of its answer for the stall limit (the
+//! route's `timeouts.idle`; the listener's `limits.idle_timeout` for the
+//! proxy's own answers) loses its connection, as nginx's `send_timeout`
+//! does: a client that never reads cannot hold a connection and a
+//! backend's answer for ever. The backend did its part, so the request
+//! counts with the status it sent.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
@@ -79,23 +87,91 @@ impl Reply {
 /// gathered in, and the informational heads not written yet (they go
 /// first).
 pub(super) struct Writer<'a, S> {
-    pub io: &'a mut S,
+    pub io: Taking<'a, S>,
     pub out: &'a mut Vec<u8>,
     pub interim: &'a mut Vec<u8>,
+}
+
+/// The client's connection as an answer is written to it: a write (or
+/// flush) that takes no byte for `stall` fails with `TimedOut`. The
+/// timer is the connection's (see [`crate::conn::until`]), set only when a
+/// write has to wait, so an answer the client takes at once reads no clock.
+pub(super) struct Taking<'a, S> {
+    pub io: &'a mut S,
+    pub timer: Pin<&'a mut tokio::time::Sleep>,
+    pub stall: Duration,
+    /// When the write waiting now fails, if one waits.
+    pub deadline: Option<tokio::time::Instant>,
+}
+
+impl<S> Taking<'_, S> {
+    /// After a write had to wait: Ready(TimedOut) once it has waited
+    /// `stall` without a byte taken.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let stall = self.stall;
+        let at = *self
+            .deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + stall);
+        if self.timer.deadline() != at {
+            self.timer.as_mut().reset(at);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no byte of its answer for {stall:?}"),
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Taking<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut *self.io).poll_write(cx, buf) {
+            Poll::Pending => self.stalled(cx).map(Err),
+            ready => {
+                self.deadline = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Pin::new(&mut *self.io).poll_flush(cx) {
+            Poll::Pending => self.stalled(cx).map(Err),
+            ready => {
+                self.deadline = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Writer<'_, S> {
     /// Writes `answer`; what follows it on the connection. `modifier`:
     /// the route's `response_headers`, for a backend's answer.
+    /// `stall`: the route's `timeouts.idle`, for a backend's answer.
     pub async fn answer(
-        self,
+        mut self,
         answer: Answer,
         reply: Reply,
         modifier: Option<&ValidHeaderModifier>,
+        stall: Duration,
     ) -> Next {
         match answer {
             Answer::Local(local) => self.local(local, reply).await,
-            Answer::Passed(passed) => self.passed(passed, reply, modifier).await,
+            Answer::Passed(passed) => {
+                self.io.stall = stall;
+                self.passed(passed, reply, modifier).await
+            }
         }
     }
 
@@ -220,7 +296,7 @@ impl<S: AsyncWrite + Unpin> Writer<'_, S> {
         chunked: bool,
         wants_trailers: bool,
     ) -> std::io::Result<()> {
-        let (io, out) = (&mut *self.io, &mut *self.out);
+        let (io, out) = (&mut self.io, &mut *self.out);
         let mut ended = false;
         loop {
             let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
