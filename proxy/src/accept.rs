@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ValidConfig;
-use crate::conn::{ConnLimits, Connections, Entered, Rewind, stopped};
+use crate::conn::{ConnLimits, Connections, Counted, Entered, Rewind, Sent, stopped};
 use crate::downstream::ProxyState;
 use crate::forward::Client;
 
@@ -103,7 +103,12 @@ async fn serve_tls(
     let opened = Instant::now();
     let acceptor = terminator.acceptor();
     let limits = serving.limits;
-    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+    match tokio::time::timeout(
+        limits.header_read_timeout,
+        acceptor.accept(Counted::new(stream)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => {
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             dispatch(tls, peer, serving, entered, opened, h2).await;
@@ -122,7 +127,7 @@ async fn dispatch<S>(
     opened: Instant,
     h2: bool,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Sent + Unpin + Send + 'static,
 {
     let state = serving.state.clone();
     let client = Client::new(peer, state.scheme);

@@ -238,6 +238,95 @@ impl Drop for RequestGuard {
     }
 }
 
+/// How many bytes a client connection has written to its socket, where a
+/// write can make progress without saying so: a TLS stream's flush writes
+/// records until the socket is full and then says only `Pending`. None
+/// where every write says what it took (a plain TCP stream).
+pub trait Sent {
+    fn sent(&self) -> Option<u64>;
+}
+
+impl Sent for tokio::net::TcpStream {
+    fn sent(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<T: Sent> Sent for tokio_rustls::server::TlsStream<T> {
+    fn sent(&self) -> Option<u64> {
+        self.get_ref().0.sent()
+    }
+}
+
+/// A socket that counts the bytes written to it (see [`Sent`]): what a
+/// TLS stream is layered on.
+pub struct Counted<T> {
+    inner: T,
+    sent: u64,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T) -> Self {
+        Self { inner, sent: 0 }
+    }
+}
+
+impl<T> Sent for Counted<T> {
+    fn sent(&self) -> Option<u64> {
+        Some(self.sent)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            this.sent += n as u64;
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written {
+            this.sent += n as u64;
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 /// A client connection with bytes already read from it (the first bytes
 /// the proxy looked at to tell HTTP/2 from HTTP/1.1) put back in front.
 pub struct Rewind<T> {
@@ -344,7 +433,10 @@ pub fn far_off() -> tokio::time::Sleep {
 /// request waiting on it, and deadlines of consecutive requests only
 /// grow, so a request costs a comparison, not a timer of its own (which
 /// tokio inserts into and removes from its wheel each time); the timer
-/// fires about once per timeout, whatever the request rate.
+/// fires about once per timeout, whatever the request rate. (An HTTP/1.1
+/// answer's stall limit moves it too, to a deadline of its own, when a
+/// write to the client waits: a later deadline here is then found earlier
+/// or later, and either is handled.)
 pub async fn until(mut timer: Pin<&mut tokio::time::Sleep>, at: tokio::time::Instant) {
     loop {
         if timer.deadline() > at {

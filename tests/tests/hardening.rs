@@ -669,7 +669,10 @@ async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() 
 
 /// Reads what the proxy sends until it closes or fails, for at most
 /// `within`: the bytes read, and whether the connection ended in time.
-async fn drain_within(raw: &mut tokio::net::TcpStream, within: Duration) -> (u64, bool) {
+async fn drain_within(
+    raw: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> (u64, bool) {
     let deadline = Instant::now() + within;
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
@@ -723,6 +726,38 @@ async fn a_client_that_takes_none_of_its_answer_loses_the_connection() {
     assert_eq!(counted().await, 1.0);
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
+}
+
+/// The same over TLS, where a flush writes records until the socket is
+/// full and says only that it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
+    let endless = endless_backend().await;
+    let dir = TempDir::new("hardening-tls-stall");
+    let ca = TestCa::new("sluice hardening CA");
+    let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost"]);
+    let proxy = ChildProxy::start_with(
+        &format!("  - {{ name: web, stable: 'http://{endless}', timeouts: {{ idle: 1s }} }}\n"),
+        "",
+        &format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    )
+    .await;
+    let mut tls = tls_connect(&ca.cert_pem, proxy.addr).await;
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (got, ended) = drain_within(&mut tls, Duration::from_secs(10)).await;
+    println!("TLS: read {got} bytes after 4 s of reading nothing; the connection ended: {ended}");
+    assert!(
+        ended && got < ENDLESS_LENGTH / 16,
+        "the proxy kept sending: {got} bytes, ended {ended}"
+    );
 }
 
 /// A request whose backend cannot be reached (no byte was written) is tried

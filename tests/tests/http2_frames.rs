@@ -33,6 +33,7 @@ const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
 
 const END_STREAM: u8 = 0x1;
@@ -462,9 +463,9 @@ async fn a_client_that_gives_its_answer_no_window_gets_the_stream_reset() {
         &[],
     )
     .await;
-    // SETTINGS_INITIAL_WINDOW_SIZE 0: no stream may get a byte of DATA.
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: no stream gets a byte of DATA but
+    // by the window this client gives it.
     let mut c = Raw::connect_with(proxy.addr, &[(0x4, 0)]).await;
-    let opened = Instant::now();
     assert!(
         c.send(&frame(
             HEADERS,
@@ -474,20 +475,57 @@ async fn a_client_that_gives_its_answer_no_window_gets_the_stream_reset() {
         ))
         .await
     );
-    let frames = c
-        .frames_until(Duration::from_secs(8), |f| f.kind == RST_STREAM)
-        .await;
-    let waited = opened.elapsed();
-    println!("the stream was reset after {waited:?}: {frames:?}");
+    // A slow reader: 1 KiB of window every 300 ms for 3 s. Each backend
+    // frame is far larger, so a limit that waited for a whole frame to be
+    // taken would cut this client; it takes bytes within every second.
+    let mut frames = Vec::new();
+    for _ in 0..10 {
+        frames.extend(
+            c.frames_until(Duration::from_millis(300), |f| f.kind == RST_STREAM)
+                .await,
+        );
+        assert!(
+            !frames
+                .iter()
+                .any(|f| f.kind == RST_STREAM || f.kind == GOAWAY),
+            "a client that reads slowly was cut: {frames:?}"
+        );
+        assert!(
+            c.send(&frame(WINDOW_UPDATE, 0, 1, &1024u32.to_be_bytes()))
+                .await
+        );
+    }
+    let slow: usize = frames
+        .iter()
+        .filter(|f| f.kind == DATA && f.stream == 1)
+        .map(|f| f.payload.len())
+        .sum();
     assert!(
         frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
         "{frames:?}"
     );
+    assert!(slow >= 8 * 1024, "only {slow} bytes came in the slow phase");
+    // Then no more window: the stream is reset after the limit.
+    let stopped = Instant::now();
+    let frames = c
+        .frames_until(Duration::from_secs(8), |f| f.kind == RST_STREAM)
+        .await;
+    let waited = stopped.elapsed();
+    println!("{slow} bytes taken slowly; reset {waited:?} after the last window update");
     let reset = frames
         .iter()
         .find(|f| f.kind == RST_STREAM)
         .unwrap_or_else(|| panic!("no RST_STREAM within 8 s: {frames:?}"));
     assert_eq!((reset.stream, reset.code()), (1, CANCEL), "{reset:?}");
-    assert!(waited >= Duration::from_millis(900), "{waited:?}");
-    assert!(!frames.iter().any(|f| f.kind == DATA), "{frames:?}");
+    assert!(waited >= Duration::from_millis(600), "{waited:?}");
+    // The backend did its part: its 200, a success, no upstream error.
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("code", "200"), ("classification", "success")]
+        ),
+        1.0
+    );
+    assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
 }

@@ -284,9 +284,9 @@ async fn stream(
 }
 
 /// Streams an answer's body to the client under flow control: a frame
-/// read from the backend is sent once the stream has room (the `h2` crate
-/// buffers it up to the send buffer's size, then gives no room, so the
-/// backend is read no faster than the client takes it); a reset by the
+/// read from the backend is sent as the stream gets window for it (see
+/// [`send_within_window`]), and the next frame is read only then, so the
+/// backend is read no faster than the client takes it; a reset by the
 /// client stops it (dropping the body records it). Capacity is asked for
 /// only with a frame in hand, so a body that waits pins none of the
 /// connection's window.
@@ -325,9 +325,32 @@ async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>, stall: Dura
             },
         };
         let end = body.is_end_stream();
-        if !data.is_empty() {
-            send.reserve_capacity(1);
-            let mut room = std::future::poll_fn(|cx| {
+        if !send_within_window(&mut send, data, end, stall).await || end {
+            return;
+        }
+    }
+}
+
+/// Sends `data` (and the stream's end after it, when `end`) a part at a
+/// time as the client gives the stream window, so none of it waits in the
+/// `h2` crate's buffer beyond the window, and a client that takes any of
+/// it in time restarts the stall limit. False when the stream ended:
+/// reset by the client, or by the proxy (`CANCEL`) when the client gave
+/// no window for `stall` (see the module docs). The limit's timer is made
+/// only when the client gives no window at once.
+async fn send_within_window(
+    send: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+    stall: Duration,
+) -> bool {
+    if data.is_empty() {
+        return send.send_data(data, end).is_ok();
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        if send.capacity() == 0 {
+            let room = std::future::poll_fn(|cx| {
                 if send.poll_reset(cx).is_ready() {
                     return Poll::Ready(false);
                 }
@@ -339,31 +362,25 @@ async fn pipe(mut body: AnswerBody, mut send: h2::SendStream<Bytes>, stall: Dura
                 }
                 Poll::Ready(true)
             });
-            // The stall limit's timer only for a client that gives no
-            // room at once.
-            let room =
-                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut room).poll(cx))).await {
-                    Poll::Ready(room) => room,
-                    Poll::Pending => match tokio::time::timeout(stall, room).await {
-                        Ok(room) => room,
-                        Err(_) => {
-                            tracing::debug!(
-                                ?stall,
-                                "the client gave its answer no window; resetting the stream"
-                            );
-                            send.send_reset(h2::Reason::CANCEL);
-                            return;
-                        }
-                    },
-                };
-            if !room {
-                return;
+            match tokio::time::timeout(stall, room).await {
+                Ok(true) => {}
+                Ok(false) => return false,
+                Err(_) => {
+                    tracing::debug!(
+                        ?stall,
+                        "the client gave its answer no window; resetting the stream"
+                    );
+                    send.send_reset(h2::Reason::CANCEL);
+                    return false;
+                }
             }
         }
-        if send.send_data(data, end).is_err() || end {
-            return;
+        let part = data.split_to(send.capacity().min(data.len()));
+        if send.send_data(part, end && data.is_empty()).is_err() {
+            return false;
         }
     }
+    true
 }
 
 /// The reset code for a backend's answer that broke: the backend's own

@@ -79,7 +79,7 @@ pub async fn serve<S>(
     limits: ConnLimits,
     opened: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send + 'static,
 {
     let max_head = state.store.peek().valid.max_header_bytes;
     let mut conn = Conn {
@@ -218,7 +218,7 @@ enum Read {
     Refused(StatusCode, &'static str),
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
+impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
     /// Where this connection's answers are written.
     fn writer(&mut self) -> Writer<'_, S> {
         let inbound = self.inbound.get_mut().expect("inbound lock");
@@ -227,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Conn<S> {
                 io: &mut inbound.io,
                 timer: self.timer.as_mut(),
                 stall: self.stall,
-                deadline: None,
+                waiting: None,
             },
             out: &mut self.out,
             interim: &mut inbound.interim,

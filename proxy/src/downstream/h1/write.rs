@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
 use crate::config::ValidHeaderModifier;
-use crate::conn::Entered;
+use crate::conn::{Entered, Sent};
 use crate::http1::write;
 use crate::upstream::ResponseHead;
 use crate::upstream::h1::Conn as UpstreamConn;
@@ -93,61 +93,89 @@ pub(super) struct Writer<'a, S> {
 }
 
 /// The client's connection as an answer is written to it: a write (or
-/// flush) that takes no byte for `stall` fails with `TimedOut`. The
-/// timer is the connection's (see [`crate::conn::until`]), set only when a
-/// write has to wait, so an answer the client takes at once reads no clock.
+/// flush) that takes no byte for `stall` fails with `TimedOut`. A byte
+/// taken is a write that says so, or one the socket's count shows (a TLS
+/// flush, see [`Sent`]). The timer is the connection's (see
+/// [`crate::conn::until`]), set only when a write waits (a full socket,
+/// or the task's scheduling budget spent), so an answer the client takes
+/// at once reads no clock.
 pub(super) struct Taking<'a, S> {
     pub io: &'a mut S,
     pub timer: Pin<&'a mut tokio::time::Sleep>,
     pub stall: Duration,
-    /// When the write waiting now fails, if one waits.
-    pub deadline: Option<tokio::time::Instant>,
+    /// While a write waits: when it fails, and the socket's count then.
+    pub waiting: Option<(tokio::time::Instant, Option<u64>)>,
 }
 
-impl<S> Taking<'_, S> {
+impl<S: Sent> Taking<'_, S> {
     /// After a write had to wait: Ready(TimedOut) once it has waited
     /// `stall` without a byte taken.
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
-        let stall = self.stall;
-        let at = *self
-            .deadline
-            .get_or_insert_with(|| tokio::time::Instant::now() + stall);
+        let sent = self.io.sent();
+        let at = match self.waiting {
+            Some((at, seen)) if seen == sent => at,
+            // The first wait, or bytes went out meanwhile.
+            _ => {
+                let at = tokio::time::Instant::now() + self.stall;
+                self.waiting = Some((at, sent));
+                at
+            }
+        };
         if self.timer.deadline() != at {
             self.timer.as_mut().reset(at);
         }
         match self.timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("the client took no byte of its answer for {stall:?}"),
+                format!("the client took no byte of its answer for {:?}", self.stall),
             )),
             Poll::Pending => Poll::Pending,
         }
     }
+
+    /// What a write or flush came to: Pending is checked against the
+    /// stall limit, anything else ends the wait.
+    fn took<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Pending => self.stalled(cx).map(Err),
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Taking<'_, S> {
+impl<S: AsyncWrite + Sent + Unpin> AsyncWrite for Taking<'_, S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match Pin::new(&mut *self.io).poll_write(cx, buf) {
-            Poll::Pending => self.stalled(cx).map(Err),
-            ready => {
-                self.deadline = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut *self.io).poll_write(cx, buf);
+        self.took(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut *self.io).poll_write_vectored(cx, bufs);
+        self.took(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut *self.io).poll_flush(cx) {
-            Poll::Pending => self.stalled(cx).map(Err),
-            ready => {
-                self.deadline = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut *self.io).poll_flush(cx);
+        self.took(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -155,7 +183,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Taking<'_, S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Writer<'_, S> {
+impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
     /// Writes `answer`; what follows it on the connection. `modifier`:
     /// the route's `response_headers`, for a backend's answer.
     /// `stall`: the route's `timeouts.idle`, for a backend's answer.
@@ -274,6 +302,11 @@ impl<S: AsyncWrite + Unpin> Writer<'_, S> {
             Some(body) => self.write_body(body, chunked, reply.wants_trailers).await,
             None => self.flush_out().await,
         };
+        if let Err(e) = &written
+            && e.kind() == std::io::ErrorKind::TimedOut
+        {
+            tracing::debug!(error = %e, "closing the connection");
+        }
         match written {
             Ok(()) if !reply.close => Next::KeepAlive,
             _ => Next::Close,
