@@ -758,6 +758,20 @@ async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
         ended && got < ENDLESS_LENGTH / 16,
         "the proxy kept sending: {got} bytes, ended {ended}"
     );
+    // (A slow TLS reader whose flush makes progress is not cut: the
+    // proxy's unit test `progress_the_socket_counts_restarts_the_stall_limit`,
+    // as the kernel's buffers make it unsteady end to end.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let counted = || async {
+        scrape(proxy.admin).await.sum(
+            "sluice_requests_total",
+            &[("code", "200"), ("classification", "success")],
+        )
+    };
+    while counted().await != 1.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counted().await, 1.0);
 }
 
 /// A request whose backend cannot be reached (no byte was written) is tried

