@@ -271,6 +271,16 @@ impl<T> Counted<T> {
     }
 }
 
+impl<T> Counted<T> {
+    /// Counts what a write took.
+    fn count(&mut self, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = written {
+            self.sent += n as u64;
+        }
+        written
+    }
+}
+
 impl<T> Sent for Counted<T> {
     fn sent(&self) -> Option<u64> {
         Some(self.sent)
@@ -295,10 +305,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written {
-            this.sent += n as u64;
-        }
-        written
+        this.count(written)
     }
 
     fn poll_write_vectored(
@@ -308,10 +315,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written {
-            this.sent += n as u64;
-        }
-        written
+        this.count(written)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -105,7 +105,11 @@ pub async fn serve<I>(
     let peer = client.addr;
     let conn = Box::pin(Connection {
         phase: Phase::Handshake(settings.builder.handshake(io)),
-        shared: Arc::new((state, client, limits.idle_timeout)),
+        shared: Arc::new(Shared {
+            state,
+            client,
+            idle: limits.idle_timeout,
+        }),
         activity: activity.clone(),
         keepalive: settings.keepalive.map(KeepAlive::new),
         closing: false,
@@ -121,11 +125,20 @@ pub async fn serve<I>(
     .await;
 }
 
+/// What a connection's streams share.
+struct Shared {
+    state: Arc<ProxyState>,
+    client: Client,
+    /// The stall limit of the proxy's own answers (`limits.idle_timeout`;
+    /// see the module docs).
+    idle: Duration,
+}
+
 /// One client connection, as a future that accepts its streams and
 /// spawns a task for each, until the connection ends.
 struct Connection<I> {
     phase: Phase<I>,
-    shared: Arc<(Arc<ProxyState>, Client, Duration)>,
+    shared: Arc<Shared>,
     activity: Arc<Activity>,
     keepalive: Option<KeepAlive>,
     /// A graceful shutdown was asked for (perhaps before the handshake
@@ -177,7 +190,7 @@ where
             if let Some(keepalive) = &mut this.keepalive
                 && keepalive.poll_timed_out(cx)
             {
-                tracing::debug!(peer = %this.shared.1.addr, "keep-alive PING unanswered; closing");
+                tracing::debug!(peer = %this.shared.client.addr, "keep-alive PING unanswered; closing");
                 conn.abrupt_shutdown(h2::Reason::NO_ERROR);
             }
             match ready!(conn.poll_accept(cx)) {
@@ -258,12 +271,16 @@ impl KeepAlive {
 
 /// One stream, in a task of its own: the phases, then its answer.
 async fn stream(
-    shared: Arc<(Arc<ProxyState>, Client, Duration)>,
+    shared: Arc<Shared>,
     req: Request<h2::RecvStream>,
     respond: h2::server::SendResponse<Bytes>,
     guard: RequestGuard,
 ) {
-    let (state, client, idle) = &*shared;
+    let Shared {
+        state,
+        client,
+        idle,
+    } = &*shared;
     let head_request = req.method() == Method::HEAD;
     let respond = Mutex::new(respond);
     let Some((response, stall)) = handle(state, req, client, &respond).await else {
