@@ -381,11 +381,7 @@ pub fn table(releases: &[Release], namespaces: bool) -> String {
                     s.canary_weight
                 ),
                 steps_text(s),
-                if s.traffic.is_empty() {
-                    "-".into()
-                } else {
-                    s.traffic.clone()
-                },
+                traffic_of(s).to_string(),
                 checks_text(s, false),
             ]),
         }
@@ -426,6 +422,16 @@ fn strategy_of(s: &KubeStatus) -> String {
         "canary".into()
     } else {
         s.strategy.clone()
+    }
+}
+
+/// The release's route settings, for people (`-` for statuses written
+/// before they were kept).
+fn traffic_of(s: &KubeStatus) -> &str {
+    if s.traffic.is_empty() {
+        "-"
+    } else {
+        &s.traffic
     }
 }
 
@@ -498,12 +504,7 @@ pub fn detail(r: &Release) -> String {
         }
         Some(s) => {
             let _ = writeln!(out, "  phase     {}   since {}", s.phase, s.last_transition);
-            let traffic = if s.traffic.is_empty() {
-                "-"
-            } else {
-                s.traffic.as_str()
-            };
-            let _ = writeln!(out, "  strategy  {} ({traffic})", strategy_of(s));
+            let _ = writeln!(out, "  strategy  {} ({})", strategy_of(s), traffic_of(s));
             let _ = writeln!(
                 out,
                 "  weight    {} {}%",
