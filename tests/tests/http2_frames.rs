@@ -105,6 +105,17 @@ fn request_block(extra: &[(&[u8], &[u8])]) -> Vec<u8> {
     block
 }
 
+/// A request on `stream` with this header block, whole: one HEADERS frame
+/// that ends the stream.
+fn request(stream: u32, block: &[u8]) -> Vec<u8> {
+    frame(HEADERS, END_HEADERS | END_STREAM, stream, block)
+}
+
+/// A plain `GET http://127.0.0.1/` on `stream`.
+fn get(stream: u32) -> Vec<u8> {
+    request(stream, &request_block(&[]))
+}
+
 /// A raw HTTP/2 connection: the preface and an empty SETTINGS sent, and
 /// never an ACK or a window update from this side.
 struct Raw {
@@ -216,15 +227,7 @@ async fn proxy_before(latency: Duration, top: &str) -> (ChildProxy, BackendHandl
 /// the proxy still serves.
 async fn still_serves(addr: SocketAddr) {
     let mut c = Raw::connect(addr).await;
-    assert!(
-        c.send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request_block(&[])
-        ))
-        .await
-    );
+    assert!(c.send(&get(1)).await);
     let frames = c
         .frames_until(Duration::from_secs(10), |f| {
             f.stream == 1 && f.kind == DATA && f.flags & END_STREAM != 0
@@ -256,10 +259,7 @@ async fn rapid_resets_end_the_connection_and_reach_few_backends() {
     let mut opened = 0;
     for b in 0..batches {
         let ids: Vec<u32> = (0..batch).map(|k| 1 + 2 * (b * batch + k)).collect();
-        let heads: Vec<u8> = ids
-            .iter()
-            .flat_map(|id| frame(HEADERS, END_HEADERS | END_STREAM, *id, &request_block(&[])))
-            .collect();
+        let heads: Vec<u8> = ids.iter().flat_map(|id| get(*id)).collect();
         if !c.send(&heads).await {
             break;
         }
@@ -362,10 +362,7 @@ async fn malformed_requests_are_refused_and_never_reach_a_backend() {
     let mut good = 0;
     for (what, block) in bad {
         let mut c = Raw::connect(proxy.addr).await;
-        assert!(
-            c.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
-                .await
-        );
+        assert!(c.send(&request(1, &block)).await);
         let frames = c
             .frames_until(Duration::from_secs(5), |f| {
                 (f.kind == RST_STREAM && f.stream == 1) || f.kind == GOAWAY || f.kind == HEADERS
@@ -379,15 +376,7 @@ async fn malformed_requests_are_refused_and_never_reach_a_backend() {
         // A refused stream leaves the connection serving.
         if refusal.kind == RST_STREAM {
             good += 1;
-            assert!(
-                c.send(&frame(
-                    HEADERS,
-                    END_HEADERS | END_STREAM,
-                    3,
-                    &request_block(&[])
-                ))
-                .await
-            );
+            assert!(c.send(&get(3)).await);
             let frames = c
                 .frames_until(Duration::from_secs(5), |f| {
                     f.kind == HEADERS && f.stream == 3
@@ -418,16 +407,7 @@ async fn streams_over_the_limit_are_refused_and_never_reach_a_backend() {
         .frames_until(Duration::from_secs(5), |f| f.kind == SETTINGS)
         .await;
     assert!(settings.iter().any(|f| f.kind == SETTINGS), "{settings:?}");
-    let heads: Vec<u8> = (0..10u32)
-        .flat_map(|k| {
-            frame(
-                HEADERS,
-                END_HEADERS | END_STREAM,
-                1 + 2 * k,
-                &request_block(&[]),
-            )
-        })
-        .collect();
+    let heads: Vec<u8> = (0..10u32).flat_map(|k| get(1 + 2 * k)).collect();
     assert!(c.send(&heads).await);
     // Until every stream ended: refused, or answered to its end.
     let ended = std::cell::Cell::new(0);
@@ -466,15 +446,7 @@ async fn a_client_that_gives_its_answer_no_window_gets_the_stream_reset() {
     // SETTINGS_INITIAL_WINDOW_SIZE 0: no stream gets a byte of DATA but
     // by the window this client gives it.
     let mut c = Raw::connect_with(proxy.addr, &[(0x4, 0)]).await;
-    assert!(
-        c.send(&frame(
-            HEADERS,
-            END_HEADERS | END_STREAM,
-            1,
-            &request_block(&[])
-        ))
-        .await
-    );
+    assert!(c.send(&get(1)).await);
     // A slow reader: 1 KiB of window every 300 ms for 3 s. Each backend
     // frame is far larger, so a limit that waited for a whole frame to be
     // taken would cut this client; it takes bytes within every second.
