@@ -225,6 +225,9 @@ pub struct Route {
     pub canary_match: Vec<ValidMatch>,
     pub request_timeout: Duration,
     pub body_idle_timeout: Duration,
+    /// `timeouts.tunnel_idle`: an upgraded connection (WebSocket) moving
+    /// no byte either way this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub grpc_failure_codes: crate::grpc::Codes,
     /// Requests in flight on this route (kept across reloads by name).
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
@@ -830,6 +833,7 @@ fn build_route(
         canary_match: r.canary_match.clone(),
         request_timeout: r.request_timeout,
         body_idle_timeout: r.body_idle_timeout,
+        tunnel_idle_timeout: r.tunnel_idle_timeout,
         grpc_failure_codes: r.grpc_failure_codes,
         in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),
         max_in_flight: valid.max_requests_in_flight,

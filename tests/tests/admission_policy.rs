@@ -420,6 +420,7 @@ fn candidates(key: &str) -> Vec<&'static str> {
         | "connect-timeout"
         | "idle-timeout"
         | "upstream-idle-timeout"
+        | "tunnel-idle-timeout"
         | "abort-scale-down-delay" => durations.to_vec(),
         "when-undecided" => vec!["hold", "promote", "rollback", " hold ", "wait"],
         "steps" => vec![

@@ -891,6 +891,70 @@ async fn websocket_tunnels_get_the_drain_timeout_then_are_cut() {
     );
 }
 
+/// `timeouts.tunnel_idle`: a WebSocket tunnel that moves no byte either
+/// way for it is closed on both sides and gives its place back, while one
+/// that keeps talking (for three times the limit) is never cut.
+#[tokio::test]
+async fn a_silent_websocket_tunnel_is_closed_after_tunnel_idle_and_a_talking_one_is_not() {
+    const IDLE: Duration = Duration::from_millis(600);
+    let echo = start_echo().await;
+    let routes = format!(
+        "  - {{ name: ws, stable: 'http://{echo}', timeouts: {{ tunnel_idle: {}ms }} }}\n",
+        IDLE.as_millis()
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let mut silent = open_tunnel(proxy.addr).await;
+    let silent_since = Instant::now();
+    let mut talking = open_tunnel(proxy.addr).await;
+    let open = scrape(proxy.admin_addr)
+        .await
+        .sum("sluice_open_connections", &[]);
+    assert_eq!(open, 2.0, "both tunnels count as open connections");
+    let talker = tokio::spawn(async move {
+        let until = Instant::now() + IDLE * 3;
+        let mut messages = 0;
+        while Instant::now() < until {
+            tokio::time::sleep(IDLE / 3).await;
+            let message = format!("message {messages}");
+            assert!(
+                tunnel_echoes(&mut talking, message.as_bytes()).await,
+                "a tunnel that talked every {:?} was cut after {messages} messages",
+                IDLE / 3
+            );
+            messages += 1;
+        }
+        talking
+    });
+    let (closed, seen) = closed_within(&mut silent, IDLE * 5).await;
+    let after = silent_since.elapsed();
+    assert!(
+        closed,
+        "a silent tunnel outlived tunnel_idle by {:?}",
+        IDLE * 4
+    );
+    assert!(seen.is_empty(), "the silent tunnel got bytes: {seen:?}");
+    assert!(
+        after >= IDLE,
+        "the silent tunnel was closed {after:?} after its last byte, before tunnel_idle ({IDLE:?})"
+    );
+    let mut talking = talker.await.expect("the talking tunnel");
+    assert!(
+        tunnel_echoes(&mut talking, b"still open").await,
+        "the talking tunnel was cut"
+    );
+    eventually(
+        "the closed tunnel to give its place back",
+        Duration::from_secs(5),
+        || async {
+            let open = scrape(proxy.admin_addr)
+                .await
+                .sum("sluice_open_connections", &[]);
+            (open == 1.0).then_some(())
+        },
+    )
+    .await;
+}
+
 /// An HTTP/1.1 upstream written on raw sockets, to misbehave precisely:
 /// it answers the first request of each connection, then closes the
 /// connection on the second without answering (a server closing a

@@ -65,6 +65,7 @@ pub const REQUEST_TIMEOUT: &str = "sluice.dev/request-timeout";
 pub const CONNECT_TIMEOUT: &str = "sluice.dev/connect-timeout";
 pub const IDLE_TIMEOUT: &str = "sluice.dev/idle-timeout";
 pub const UPSTREAM_IDLE_TIMEOUT: &str = "sluice.dev/upstream-idle-timeout";
+pub const TUNNEL_IDLE_TIMEOUT: &str = "sluice.dev/tunnel-idle-timeout";
 pub const PROXY_REPLICAS: &str = "sluice.dev/proxy-replicas";
 pub const PROXY_RESOURCES: &str = "sluice.dev/proxy-resources";
 pub const PROXY_AUTOSCALE: &str = "sluice.dev/proxy-autoscale";
@@ -133,6 +134,7 @@ pub const KNOWN: &[&str] = &[
     CONNECT_TIMEOUT,
     IDLE_TIMEOUT,
     UPSTREAM_IDLE_TIMEOUT,
+    TUNNEL_IDLE_TIMEOUT,
     PROXY_REPLICAS,
     PROXY_RESOURCES,
     PROXY_AUTOSCALE,
@@ -763,6 +765,7 @@ fn route_settings(
         (CONNECT_TIMEOUT, &mut route.timeouts.connect),
         (IDLE_TIMEOUT, &mut route.timeouts.idle),
         (UPSTREAM_IDLE_TIMEOUT, &mut route.timeouts.upstream_idle),
+        (TUNNEL_IDLE_TIMEOUT, &mut route.timeouts.tunnel_idle),
     ] {
         if let Some(v) = annotations.get(annotation) {
             *field = v.trim().to_string();
@@ -779,6 +782,7 @@ fn route_settings(
             ("timeouts.connect", CONNECT_TIMEOUT),
             ("timeouts.idle", IDLE_TIMEOUT),
             ("timeouts.upstream_idle", UPSTREAM_IDLE_TIMEOUT),
+            ("timeouts.tunnel_idle", TUNNEL_IDLE_TIMEOUT),
         ]
         .into_iter()
         .find(|(field, _)| e.starts_with(&format!("{field}:")))
@@ -928,6 +932,7 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
     (CONNECT_TIMEOUT, "0ms", "must be greater than 0"),
     (IDLE_TIMEOUT, "1x", "unknown unit `x`"),
     (UPSTREAM_IDLE_TIMEOUT, "", "empty duration"),
+    (TUNNEL_IDLE_TIMEOUT, "0s", "must be greater than 0"),
     (PROXY_REPLICAS, "0", "1..=100"),
     (PROXY_REPLICAS, "two", "1..=100"),
     (
@@ -1084,6 +1089,7 @@ fn router_of(annotations: &BTreeMap<String, String>) -> Result<Router, Annotatio
                 CONNECT_TIMEOUT,
                 IDLE_TIMEOUT,
                 UPSTREAM_IDLE_TIMEOUT,
+                TUNNEL_IDLE_TIMEOUT,
                 PROXY_REPLICAS,
                 PROXY_RESOURCES,
                 PROXY_AUTOSCALE,

@@ -549,6 +549,10 @@ pub struct Timeouts {
     /// is closing.
     #[serde(default = "default_upstream_idle_timeout")]
     pub upstream_idle: String,
+    /// Longest time an upgraded connection (a WebSocket after its 101)
+    /// may move no byte either way before the proxy closes both sides.
+    #[serde(default = "default_tunnel_idle_timeout")]
+    pub tunnel_idle: String,
 }
 
 impl Default for Timeouts {
@@ -558,6 +562,7 @@ impl Default for Timeouts {
             request: default_request_timeout(),
             idle: default_body_idle_timeout(),
             upstream_idle: default_upstream_idle_timeout(),
+            tunnel_idle: default_tunnel_idle_timeout(),
         }
     }
 }
@@ -572,6 +577,13 @@ fn default_request_timeout() -> String {
 
 fn default_upstream_idle_timeout() -> String {
     "4s".to_string()
+}
+
+/// An hour, as the plain TCP listeners' `idle`: long enough for any
+/// WebSocket that pings now and then, short enough that a tunnel whose
+/// peers vanished without a FIN does not hold its two sockets for ever.
+fn default_tunnel_idle_timeout() -> String {
+    "1h".to_string()
 }
 
 fn default_body_idle_timeout() -> String {
@@ -1092,6 +1104,10 @@ routes:
         assert_eq!(valid.routes[0].canary_weight_bp, 1000);
         assert_eq!(valid.routes[0].canary_match.len(), 2);
         assert_eq!(valid.routes[0].request_timeout, Duration::from_secs(30));
+        assert_eq!(
+            valid.routes[0].tunnel_idle_timeout,
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]
@@ -1106,7 +1122,7 @@ routes:
     stable: http://127.0.0.1:1
     canary: http://127.0.0.1:2
     canary_weight: 33.333
-    timeouts: { connect: 5, request: 0s }
+    timeouts: { connect: 5, request: 0s, tunnel_idle: forever }
     grpc_failure_codes: [INTERNAL, BROKEN, 14]
 "#;
         let errs = Config::from_yaml(text).unwrap().validate().unwrap_err();
@@ -1119,6 +1135,7 @@ routes:
             "routes[1].canary_weight: 33.333 has more than two decimals",
             "routes[1].timeouts.connect: `5` has no unit",
             "routes[1].timeouts.request: must be greater than 0",
+            "routes[1].timeouts.tunnel_idle: `forever`",
             "routes[1].grpc_failure_codes[1]: `BROKEN` is not a gRPC status code; use one of OK, CANCELLED,",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

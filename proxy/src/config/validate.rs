@@ -100,6 +100,8 @@ pub struct ValidRoute {
     pub request_timeout: Duration,
     /// Longest pause between request body chunks.
     pub body_idle_timeout: Duration,
+    /// An upgraded connection moving no byte this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub upstream_tls: UpstreamTls,
     pub grpc_failure_codes: crate::grpc::Codes,
     pub affinity: Option<ValidAffinity>,
@@ -791,6 +793,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         upstream_idle_timeout: timeouts.upstream_idle,
         request_timeout: timeouts.request,
         body_idle_timeout: timeouts.body_idle,
+        tunnel_idle_timeout: timeouts.tunnel_idle,
         upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
         grpc_failure_codes,
         affinity,
@@ -992,6 +995,7 @@ struct RouteTimeouts {
     request: Duration,
     body_idle: Duration,
     upstream_idle: Duration,
+    tunnel_idle: Duration,
 }
 
 /// `timeouts` parsed; every bad one is reported before `None` is returned.
@@ -1008,11 +1012,17 @@ fn validate_route_timeouts(
         &format!("{at}.timeouts.upstream_idle"),
         errs,
     );
+    let tunnel_idle = positive_duration(
+        &timeouts.tunnel_idle,
+        &format!("{at}.timeouts.tunnel_idle"),
+        errs,
+    );
     Some(RouteTimeouts {
         connect: connect?,
         request: request?,
         body_idle: body_idle?,
         upstream_idle: upstream_idle?,
+        tunnel_idle: tunnel_idle?,
     })
 }
 

@@ -60,20 +60,17 @@
 //!   or the config watch, and is not delayed by them.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{ConfigErrors, FieldError, ValidTcpListener};
-use crate::conn::{Connections, Entered};
+use crate::conn::{Connections, Entered, LastActivity, Watched};
 use crate::metrics::tcp::{ConnectErrorKind, ListenerMetrics, Outcome, TcpMetrics};
 
 /// The buffer of each direction of a connection.
@@ -447,17 +444,18 @@ async fn forward(client: TcpStream, settings: &Settings) -> Outcome {
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let activity = Arc::new(LastActivity::new());
-    let mut client = Metered {
-        io: client,
-        written: settings.metrics.to_client.clone(),
-        activity: activity.clone(),
-    };
-    let mut upstream = Metered {
-        io: upstream,
-        written: settings.metrics.to_upstream.clone(),
-        activity: activity.clone(),
-    };
+    let activity = LastActivity::new();
+    let written = |counter: &Counter| Some(counter.clone());
+    let mut client = Watched::new(
+        client,
+        activity.clone(),
+        written(&settings.metrics.to_client),
+    );
+    let mut upstream = Watched::new(
+        upstream,
+        activity.clone(),
+        written(&settings.metrics.to_upstream),
+    );
     let copy = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
         &mut upstream,
@@ -503,90 +501,6 @@ async fn connect(l: &ValidTcpListener) -> Result<TcpStream, (ConnectErrorKind, S
             ConnectErrorKind::Timeout,
             format!("no connection within {:?}", l.connect_timeout),
         )),
-    }
-}
-
-// === impl LastActivity ===
-
-/// When a byte last moved on a connection, in milliseconds since it began.
-struct LastActivity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl LastActivity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Resolves once nothing moved for `idle`.
-    async fn idle_for(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline.into()).await;
-        }
-    }
-}
-
-// === impl Metered ===
-
-/// A stream that counts the bytes written to it and notes every byte
-/// moved in either direction as activity.
-struct Metered {
-    io: TcpStream,
-    written: Counter,
-    activity: Arc<LastActivity>,
-}
-
-impl AsyncRead for Metered {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl AsyncWrite for Metered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = polled
-            && n > 0
-        {
-            self.written.inc_by(n as u64);
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -39,8 +39,9 @@
 //! - **Upgrades.** A request that asks to upgrade (WebSocket; never `h2c`,
 //!   which would let a backend speak HTTP/2 past the routing) and gets a
 //!   101 for a protocol it offered becomes a tunnel: bytes are copied both
-//!   ways until either side closes. Tunnels count as open connections and
-//!   get the drain timeout.
+//!   ways until either side closes, or no byte moved either way for the
+//!   route's `timeouts.tunnel_idle` (then both sides are closed). Tunnels
+//!   count as open connections and get the drain timeout.
 //! - **Informational answers** (103 Early Hints) reach HTTP/1.1 clients as
 //!   they come, ahead of the final one; HTTP/1.0 clients may not get them
 //!   (RFC 9110 §15.2).
@@ -108,13 +109,13 @@ pub async fn serve<S>(
                 linger(&mut inbound.io).await;
             }
         }
-        Next::Tunnel(upstream) => {
+        Next::Tunnel(upstream, idle) => {
             // The tunnel still holds the client's connection: it counts as
             // open and a drain waits for it.
             drop(entered);
             let held = state.tunnels.enter(Some(state.capacity.carry_on()));
             let inbound = conn.inbound.into_inner().expect("inbound lock");
-            write::tunnel(inbound.io, inbound.buf, upstream, held).await;
+            write::tunnel(inbound.io, inbound.buf, upstream, idle, held).await;
         }
         Next::KeepAlive => {}
     }
@@ -447,14 +448,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
         };
         self.unread_body = !body_read;
         reply.close |= !body_read || entered.is_draining();
-        self.writer()
-            .answer(
-                answer,
-                reply,
-                routed.route.response_headers.as_ref(),
-                routed.route.body_idle_timeout,
-            )
-            .await
+        self.writer().answer(answer, reply, &routed.route).await
     }
 
     /// The forward phase for one request, the client's connection lent to

@@ -32,8 +32,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
 use crate::config::ValidHeaderModifier;
-use crate::conn::{Entered, Sent};
+use crate::conn::{Entered, LastActivity, Sent, Watched};
 use crate::http1::write;
+use crate::routing::Route;
 use crate::upstream::ResponseHead;
 use crate::upstream::h1::Conn as UpstreamConn;
 
@@ -51,8 +52,9 @@ enum Step {
 pub(super) enum Next {
     KeepAlive,
     Close,
-    /// The request was upgraded: a tunnel to this backend connection.
-    Tunnel(Box<UpstreamConn>),
+    /// The request was upgraded: a tunnel to this backend connection,
+    /// closed when no byte moved for the route's `timeouts.tunnel_idle`.
+    Tunnel(Box<UpstreamConn>, Duration),
 }
 
 /// How an answer is written.
@@ -184,21 +186,15 @@ impl<S: AsyncWrite + Sent + Unpin> AsyncWrite for Taking<'_, S> {
 }
 
 impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
-    /// Writes `answer`; what follows it on the connection. `modifier`:
-    /// the route's `response_headers`, for a backend's answer.
-    /// `stall`: the route's `timeouts.idle`, for a backend's answer.
-    pub async fn answer(
-        mut self,
-        answer: Answer,
-        reply: Reply,
-        modifier: Option<&ValidHeaderModifier>,
-        stall: Duration,
-    ) -> Next {
+    /// Writes `answer`; what follows it on the connection. A backend's
+    /// answer gets `route`'s `response_headers`, its `timeouts.idle` as the
+    /// stall limit, and its `timeouts.tunnel_idle` for a tunnel.
+    pub async fn answer(mut self, answer: Answer, reply: Reply, route: &Route) -> Next {
         match answer {
             Answer::Local(local) => self.local(local, reply).await,
             Answer::Passed(passed) => {
-                self.io.stall = stall;
-                self.passed(passed, reply, modifier).await
+                self.io.stall = route.body_idle_timeout;
+                self.passed(passed, reply, route).await
             }
         }
     }
@@ -223,12 +219,8 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
 
     /// Writes a backend's answer (see the module docs); a 101 becomes a
     /// tunnel.
-    async fn passed(
-        mut self,
-        passed: Passed,
-        mut reply: Reply,
-        modifier: Option<&ValidHeaderModifier>,
-    ) -> Next {
+    async fn passed(mut self, passed: Passed, mut reply: Reply, route: &Route) -> Next {
+        let modifier = route.response_headers.as_ref();
         let Passed {
             head,
             body,
@@ -279,7 +271,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
         if let Some(upstream) = tunnel {
             drop(body);
             return match self.flush_out().await {
-                Ok(()) => Next::Tunnel(upstream),
+                Ok(()) => Next::Tunnel(upstream, route.tunnel_idle_timeout),
                 Err(_) => Next::Close,
             };
         }
@@ -446,25 +438,35 @@ fn end_head(out: &mut Vec<u8>, dated: bool, reply: &Reply, framed: bool) {
 }
 
 /// Copies bytes both ways between an upgraded client connection and its
-/// backend until either closes (or the drain cuts it, with `held`): first
-/// what each side sent past the 101 (`client_rest`, and what the backend
+/// backend until either closes, no byte moved either way for `idle` (then
+/// both sides are closed), or the drain cuts it (with `held`): first what
+/// each side sent past the 101 (`client_rest`, and what the backend
 /// connection had buffered).
 pub(super) async fn tunnel<S>(
-    mut client: S,
+    client: S,
     client_rest: BytesMut,
     upstream: Box<UpstreamConn>,
+    idle: Duration,
     _held: Entered,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut upstream, upstream_rest) = (*upstream).into_parts();
+    let (upstream, upstream_rest) = (*upstream).into_parts();
+    let activity = LastActivity::new();
+    let mut client = Watched::new(client, activity.clone(), None);
+    let mut upstream = Watched::new(upstream, activity.clone(), None);
     let started = async {
         upstream.write_all(&client_rest).await?;
         client.write_all(&upstream_rest).await?;
         tokio::io::copy_bidirectional(&mut client, &mut upstream).await
     };
-    if let Err(e) = started.await {
-        tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+    tokio::select! {
+        copied = started => if let Err(e) = copied {
+            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+        },
+        () = activity.idle_for(idle) => {
+            tracing::debug!(?idle, "upgraded tunnel idle; closing both sides");
+        }
     }
 }
 
