@@ -391,31 +391,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 }
 
-/// When a byte last moved on a connection, in milliseconds since it began:
+/// When a byte last moved on a connection, in nanoseconds since it began:
 /// what [`Watched`] streams note and an idle limit reads.
 pub struct LastActivity {
     start: Instant,
-    last_ms: AtomicU64,
+    last_ns: AtomicU64,
 }
 
 impl LastActivity {
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
         })
     }
 
     fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+        // Nanoseconds (a u64 holds 584 years of them), so the limit never
+        // fires before `idle` has fully passed.
+        let ns = self.start.elapsed().as_nanos() as u64;
+        self.last_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Resolves once nothing moved for `idle`: one timer, moved on only
     /// when it fires early, whatever the traffic.
     pub async fn idle_for(&self, idle: Duration) {
         loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let last = self.start + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed));
             let deadline = last + idle;
             if Instant::now() >= deadline {
                 return;
@@ -427,11 +429,14 @@ impl LastActivity {
 
 /// A stream that notes every byte moved either way as activity (the idle
 /// limit of a plain TCP connection or of a tunnel after a 101), and counts
-/// the bytes written to it when given a counter.
+/// the bytes written to it when given a counter. Bytes a TLS stream sends
+/// while its write or flush still says `Pending` count too (see [`Sent`]).
 pub struct Watched<S> {
     io: S,
     activity: Arc<LastActivity>,
     written: Option<prometheus_client::metrics::counter::Counter>,
+    /// What [`Sent`] said last.
+    sent: u64,
 }
 
 impl<S> Watched<S> {
@@ -444,11 +449,27 @@ impl<S> Watched<S> {
             io,
             activity,
             written,
+            sent: 0,
         }
+    }
+}
+
+impl<S: Sent> Watched<S> {
+    /// Notes bytes that left the socket under the stream, whatever the
+    /// write or flush said.
+    fn noted<T>(&mut self, polled: Poll<T>) -> Poll<T> {
+        if let Some(sent) = self.io.sent()
+            && sent != self.sent
+        {
+            self.sent = sent;
+            self.activity.touch();
+        }
+        polled
     }
 
     /// Notes what a write took.
-    fn wrote(&self, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+    fn wrote(&mut self, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        let polled = self.noted(polled);
         if let Poll::Ready(Ok(n)) = polled
             && n > 0
         {
@@ -476,7 +497,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: AsyncWrite + Sent + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -500,7 +521,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.noted(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

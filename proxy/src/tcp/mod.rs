@@ -463,6 +463,8 @@ async fn forward(client: TcpStream, settings: &Settings) -> Outcome {
         BUFFER_BYTES,
     );
     tokio::select! {
+        // The copy first: bytes already waiting count before the limit.
+        biased;
         result = copy => match result {
             Ok(_) => Outcome::Closed,
             Err(e) => {

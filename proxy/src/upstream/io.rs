@@ -53,6 +53,15 @@ pub async fn dial(
     }
 }
 
+/// A backend's connection says nothing of bytes a TLS flush sent (see
+/// `crate::conn::Sent`): backends are expected to read what they asked
+/// for.
+impl crate::conn::Sent for UpstreamIo {
+    fn sent(&self) -> Option<u64> {
+        None
+    }
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(
         self: Pin<&mut Self>,

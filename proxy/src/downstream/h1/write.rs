@@ -449,7 +449,7 @@ pub(super) async fn tunnel<S>(
     idle: Duration,
     _held: Entered,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Sent + Unpin,
 {
     let (upstream, upstream_rest) = (*upstream).into_parts();
     let activity = LastActivity::new();
@@ -461,6 +461,8 @@ pub(super) async fn tunnel<S>(
         tokio::io::copy_bidirectional(&mut client, &mut upstream).await
     };
     tokio::select! {
+        // The copy first: bytes already waiting count before the limit.
+        biased;
         copied = started => if let Err(e) = copied {
             tracing::debug!(error = %e, "upgraded tunnel closed with an error");
         },
@@ -545,6 +547,37 @@ mod tests {
         assert!(
             waited >= Duration::from_millis(700),
             "cut after {waited:?}, while bytes still went out"
+        );
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+
+    /// A tunnel's idle limit counts the same progress: bytes that leave
+    /// through the socket while a flush waits are activity.
+    #[tokio::test]
+    async fn progress_the_socket_counts_keeps_a_tunnel_from_idling() {
+        let socket = Trickle::default();
+        let (sent, waker) = (socket.sent.clone(), socket.waker.clone());
+        let trickle = tokio::spawn(async move {
+            for _ in 0..12 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                sent.fetch_add(100, Ordering::SeqCst);
+                if let Some(w) = waker.lock().unwrap().take() {
+                    w.wake();
+                }
+            }
+        });
+        let activity = LastActivity::new();
+        let mut watched = Watched::new(socket, activity.clone(), None);
+        let start = std::time::Instant::now();
+        tokio::select! {
+            _ = watched.flush() => panic!("the socket never takes a flush"),
+            () = activity.idle_for(Duration::from_millis(200)) => {}
+        }
+        let waited = start.elapsed();
+        trickle.await.unwrap();
+        assert!(
+            waited >= Duration::from_millis(700),
+            "idle after {waited:?}, while bytes still went out"
         );
         assert!(waited < Duration::from_secs(5), "{waited:?}");
     }
