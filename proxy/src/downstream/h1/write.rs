@@ -488,6 +488,22 @@ mod tests {
         waker: Arc<Mutex<Option<Waker>>>,
     }
 
+    impl Trickle {
+        /// 12 times 50 ms of bytes going out (600 ms), then none.
+        fn trickle(&self) -> tokio::task::JoinHandle<()> {
+            let (sent, waker) = (self.sent.clone(), self.waker.clone());
+            tokio::spawn(async move {
+                for _ in 0..12 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    sent.fetch_add(100, Ordering::SeqCst);
+                    if let Some(w) = waker.lock().unwrap().take() {
+                        w.wake();
+                    }
+                }
+            })
+        }
+    }
+
     impl Sent for Trickle {
         fn sent(&self) -> Option<u64> {
             Some(self.sent.load(Ordering::SeqCst))
@@ -519,17 +535,7 @@ mod tests {
     #[tokio::test]
     async fn progress_the_socket_counts_restarts_the_stall_limit() {
         let mut socket = Trickle::default();
-        let (sent, waker) = (socket.sent.clone(), socket.waker.clone());
-        // 12 times 50 ms of bytes going out, then none.
-        let trickle = tokio::spawn(async move {
-            for _ in 0..12 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                sent.fetch_add(100, Ordering::SeqCst);
-                if let Some(w) = waker.lock().unwrap().take() {
-                    w.wake();
-                }
-            }
-        });
+        let trickle = socket.trickle();
         let mut timer = Box::pin(crate::conn::far_off());
         let mut taking = Taking {
             io: &mut socket,
@@ -556,16 +562,7 @@ mod tests {
     #[tokio::test]
     async fn progress_the_socket_counts_keeps_a_tunnel_from_idling() {
         let socket = Trickle::default();
-        let (sent, waker) = (socket.sent.clone(), socket.waker.clone());
-        let trickle = tokio::spawn(async move {
-            for _ in 0..12 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                sent.fetch_add(100, Ordering::SeqCst);
-                if let Some(w) = waker.lock().unwrap().take() {
-                    w.wake();
-                }
-            }
-        });
+        let trickle = socket.trickle();
         let activity = LastActivity::new();
         let mut watched = Watched::new(socket, activity.clone(), None);
         let start = std::time::Instant::now();
