@@ -253,6 +253,46 @@ impl ClientErrorKind {
     ];
 }
 
+/// How an upgraded connection (a WebSocket tunnel after a 101) ended; the
+/// `outcome` label of `sluice_tunnels_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The client or the backend closed its side, and the other side got
+    /// everything that was sent before.
+    Closed,
+    /// Reading or writing either side failed (a reset, a broken pipe).
+    Error,
+    /// No byte moved either way for the route's `timeouts.tunnel_idle`:
+    /// the proxy closed both sides.
+    IdleTimeout,
+}
+
+lower_case_label!(TunnelEnd {
+    Closed => "closed",
+    Error => "error",
+    IdleTimeout => "idle_timeout",
+});
+
+impl TunnelEnd {
+    pub const ALL: [TunnelEnd; 3] = [TunnelEnd::Closed, TunnelEnd::Error, TunnelEnd::IdleTimeout];
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelLabels {
+    pub route: String,
+    pub outcome: TunnelEnd,
+}
+
+/// The tunnel counters of one route, one per [`TunnelEnd`].
+#[derive(Clone, Debug)]
+pub struct Tunnels(Arc<[Counter; 3]>);
+
+impl Tunnels {
+    pub fn record(&self, end: TunnelEnd) {
+        self.0[end as usize].inc();
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectResponseLabels {
     pub route: String,
@@ -528,6 +568,7 @@ pub struct Metrics {
     mirror_skipped: Family<MirrorSkipLabels, Counter>,
     client_errors: Family<ClientErrorLabels, Counter>,
     failovers: Family<RouteLabels, Counter>,
+    tunnels: Family<TunnelLabels, Counter>,
     unrouted: Counter,
     direct_responses: Family<DirectResponseLabels, Counter>,
     connections_rejected: Counter,
@@ -611,6 +652,12 @@ impl Metrics {
             "Requests the canary provably never started on (connect refused, closed before the request was written, REFUSED_STREAM) that went to the stable instead; the canary is still charged the failure",
             failovers.clone(),
         );
+        let tunnels = Family::<TunnelLabels, Counter>::default();
+        registry.register(
+            "tunnels",
+            "Upgraded connections (WebSocket tunnels after a 101) of HTTP routes, counted when they end, by outcome: closed, error, idle_timeout",
+            tunnels.clone(),
+        );
         let unrouted = Counter::default();
         registry.register(
             "unrouted_requests",
@@ -658,6 +705,7 @@ impl Metrics {
             mirror_skipped,
             client_errors,
             failovers,
+            tunnels,
             unrouted,
             direct_responses,
             connections_rejected,
@@ -718,6 +766,19 @@ impl Metrics {
                 route: route.to_string(),
             })
             .clone()
+    }
+
+    /// The tunnel counters of `route`, one per outcome (made at once, so
+    /// they are exposed at 0).
+    pub fn tunnels(&self, route: &str) -> Tunnels {
+        Tunnels(Arc::new(TunnelEnd::ALL.map(|outcome| {
+            self.tunnels
+                .get_or_create(&TunnelLabels {
+                    route: route.to_string(),
+                    outcome,
+                })
+                .clone()
+        })))
     }
 
     /// The client-error counters of `route`, one per kind (made at once,

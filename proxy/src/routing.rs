@@ -245,6 +245,8 @@ pub struct Route {
     pub failover: bool,
     /// Requests that went to the stable so.
     pub failovers: Counter,
+    /// Upgraded connections (WebSocket) that ended, by how.
+    pub tunnels: crate::metrics::Tunnels,
     /// Requests refused at `limits.max_requests_in_flight`.
     pub rejected_in_flight: Counter,
     /// Requests refused for a body over `limits.max_request_body`.
@@ -844,6 +846,7 @@ fn build_route(
         keep_underscore_headers: r.keep_underscore_headers,
         failover: r.failover,
         failovers: metrics.failovers(&r.name),
+        tunnels: metrics.tunnels(&r.name),
         rejected_in_flight: metrics.rejected(&r.name, RejectReason::MaxRequestsInFlight),
         rejected_too_large: metrics.rejected(&r.name, RejectReason::BodyTooLarge),
     }

@@ -953,6 +953,25 @@ async fn a_silent_websocket_tunnel_is_closed_after_tunnel_idle_and_a_talking_one
         },
     )
     .await;
+    // Each ended tunnel is counted once, by how it ended.
+    let tunnels = |outcome| async move {
+        scrape(proxy.admin_addr).await.sum(
+            "sluice_tunnels_total",
+            &[("route", "ws"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(tunnels("idle_timeout").await, 1.0, "the silent tunnel");
+    assert_eq!(tunnels("closed").await, 0.0, "the talking tunnel is open");
+    assert_eq!(tunnels("error").await, 0.0);
+    drop(talking);
+    eventually(
+        "the tunnel its client closed to count as closed",
+        Duration::from_secs(5),
+        || async { (tunnels("closed").await == 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(tunnels("idle_timeout").await, 1.0);
+    assert_eq!(tunnels("error").await, 0.0);
 }
 
 /// An HTTP/1.1 upstream written on raw sockets, to misbehave precisely:

@@ -109,13 +109,13 @@ pub async fn serve<S>(
                 linger(&mut inbound.io).await;
             }
         }
-        Next::Tunnel(upstream, idle) => {
+        Next::Tunnel(upstream, idle, ended) => {
             // The tunnel still holds the client's connection: it counts as
             // open and a drain waits for it.
             drop(entered);
             let held = state.tunnels.enter(Some(state.capacity.carry_on()));
             let inbound = conn.inbound.into_inner().expect("inbound lock");
-            write::tunnel(inbound.io, inbound.buf, upstream, idle, held).await;
+            write::tunnel(inbound.io, inbound.buf, upstream, idle, ended, held).await;
         }
         Next::KeepAlive => {}
     }

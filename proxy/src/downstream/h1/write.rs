@@ -34,6 +34,7 @@ use crate::answer::{Answer, AnswerBody, Local, Passed, ResponseField};
 use crate::config::ValidHeaderModifier;
 use crate::conn::{Entered, LastActivity, Sent, Watched};
 use crate::http1::write;
+use crate::metrics::{TunnelEnd, Tunnels};
 use crate::routing::Route;
 use crate::upstream::ResponseHead;
 use crate::upstream::h1::Conn as UpstreamConn;
@@ -53,8 +54,9 @@ pub(super) enum Next {
     KeepAlive,
     Close,
     /// The request was upgraded: a tunnel to this backend connection,
-    /// closed when no byte moved for the route's `timeouts.tunnel_idle`.
-    Tunnel(Box<UpstreamConn>, Duration),
+    /// closed when no byte moved for the route's `timeouts.tunnel_idle`,
+    /// and counted on the route's tunnel counters when it ends.
+    Tunnel(Box<UpstreamConn>, Duration, Tunnels),
 }
 
 /// How an answer is written.
@@ -271,7 +273,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
         if let Some(upstream) = tunnel {
             drop(body);
             return match self.flush_out().await {
-                Ok(()) => Next::Tunnel(upstream, route.tunnel_idle_timeout),
+                Ok(()) => Next::Tunnel(upstream, route.tunnel_idle_timeout, route.tunnels.clone()),
                 Err(_) => Next::Close,
             };
         }
@@ -441,12 +443,14 @@ fn end_head(out: &mut Vec<u8>, dated: bool, reply: &Reply, framed: bool) {
 /// backend until either closes, no byte moved either way for `idle` (then
 /// both sides are closed), or the drain cuts it (with `held`): first what
 /// each side sent past the 101 (`client_rest`, and what the backend
-/// connection had buffered).
+/// connection had buffered). How it ended is counted on `ended`; a tunnel
+/// the drain cuts is not counted (the process is ending).
 pub(super) async fn tunnel<S>(
     client: S,
     client_rest: BytesMut,
     upstream: Box<UpstreamConn>,
     idle: Duration,
+    ended: Tunnels,
     _held: Entered,
 ) where
     S: AsyncRead + AsyncWrite + Sent + Unpin,
@@ -463,11 +467,16 @@ pub(super) async fn tunnel<S>(
     tokio::select! {
         // The copy first: bytes already waiting count before the limit.
         biased;
-        copied = started => if let Err(e) = copied {
-            tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+        copied = started => match copied {
+            Ok(_) => ended.record(TunnelEnd::Closed),
+            Err(e) => {
+                tracing::debug!(error = %e, "upgraded tunnel closed with an error");
+                ended.record(TunnelEnd::Error);
+            }
         },
         () = activity.idle_for(idle) => {
             tracing::debug!(?idle, "upgraded tunnel idle; closing both sides");
+            ended.record(TunnelEnd::IdleTimeout);
         }
     }
 }
