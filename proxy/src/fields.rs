@@ -183,10 +183,9 @@ pub fn client_field(name: &[u8]) -> ClientField {
     }
 }
 
-/// Fields a client's trailer section never passes on: hop-by-hop, framing,
-/// routing and forwarding fields, which only the head may carry and the
-/// proxy sets itself.
-const NOT_TRAILERS: [&[u8]; 16] = [
+/// Fields only a head may carry, which no trailer section passes on, a
+/// client's or a backend's: hop-by-hop, framing and routing fields.
+const HEAD_ONLY: [&[u8]; 10] = [
     b"host",
     b"connection",
     b"keep-alive",
@@ -197,6 +196,11 @@ const NOT_TRAILERS: [&[u8]; 16] = [
     b"trailer",
     b"http2-settings",
     b"content-length",
+];
+
+/// What a client's trailer section does not pass on either: `Expect` and
+/// the forwarding fields, which the proxy sets itself.
+const NOT_CLIENT_TRAILERS: [&[u8]; 6] = [
     b"expect",
     b"x-forwarded-for",
     b"x-forwarded-proto",
@@ -255,7 +259,11 @@ fn dashed_owned(name: &[u8]) -> bool {
 /// (see the module docs); `keep_underscores`: the route keeps names with
 /// `_`.
 pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
-    if NOT_TRAILERS.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+    if !answer_trailer_passes(name)
+        || NOT_CLIENT_TRAILERS
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name))
+    {
         return false;
     }
     match client_field(name) {
@@ -263,6 +271,13 @@ pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
         ClientField::Underscored => keep_underscores,
         ClientField::Reserved => false,
     }
+}
+
+/// Whether a backend's trailer field named `name` goes on to the client:
+/// not one only a head may carry (RFC 9110 §6.5.1: framing, routing and
+/// hop-by-hop fields), nor a pseudo-field.
+pub fn answer_trailer_passes(name: &[u8]) -> bool {
+    name.first() != Some(&b':') && !HEAD_ONLY.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// Whether `value` is `uri-host [ ":" port ]` (RFC 3986): a registered
@@ -595,6 +610,29 @@ mod tests {
         }
         assert!(!trailer_passes(b"x_custom", false));
         assert!(trailer_passes(b"x_custom", true));
+        // A backend's trailers lose only what a head alone may carry.
+        for name in [
+            "X-Sum",
+            "grpc-status",
+            "X-Forwarded-For",
+            "x_custom",
+            "Expect",
+        ] {
+            assert!(answer_trailer_passes(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Transfer-Encoding",
+            "Content-Length",
+            "Host",
+            "Trailer",
+            "Upgrade",
+            ":status",
+        ] {
+            assert!(!answer_trailer_passes(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

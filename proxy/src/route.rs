@@ -256,6 +256,19 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
     check_target(&req.target)?;
     check_hosts(req)?;
     if req.version == Version::HTTP_2 {
+        // As an HTTP/1.1 target is (`crate::http1::head`): `:path` may
+        // carry any byte HPACK can, and an HTTP/1.1 backend must get
+        // visible ASCII in its request line.
+        if !req
+            .target
+            .path_and_query()
+            .bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
+        {
+            return Err(Refusal::bad(
+                "sluice: the request target has a byte that is not visible ASCII, or a fragment\n",
+            ));
+        }
         if crate::fields::content_length_in(req.fields).is_err() {
             return Err(Refusal::bad(
                 "sluice: the request's content-length fields are not one number\n",

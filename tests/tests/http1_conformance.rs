@@ -96,6 +96,9 @@ fn answer_for(last: &str) -> &'static [u8] {
         "coding-not-last" => {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
         }
+        "coding-on-1.0" => {
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        }
         "obs-fold" => b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
         "bare-cr" => b"HTTP/1.1 200 OK\r\nX-A: a\rX-B: b\r\nContent-Length: 2\r\n\r\nok",
         "bare-lf" => b"HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\nok",
@@ -138,7 +141,25 @@ async fn probe(proxy: &ChildProxy, request: &[u8]) -> String {
 async fn every_ambiguous_request_is_400_closed_and_never_reaches_a_backend() {
     let (proxy, own, ab) = setup().await;
     for route in ["own", "ab"] {
-        let ambiguous: [(&str, String, &str); 14] = [
+        let ambiguous: [(&str, String, &str); 17] = [
+            (
+                "a fragment in the target",
+                format!("GET /{route}#/../elsewhere HTTP/1.1\r\nHost: a\r\n\r\n"),
+                "400",
+            ),
+            (
+                "a fragment in an absolute target",
+                format!("GET http://a/{route}#x HTTP/1.1\r\nHost: a\r\n\r\n"),
+                "400",
+            ),
+            (
+                "a chunk extension longer than a chunk line may be, in one piece",
+                format!(
+                    "POST /{route} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;{}\r\nabc\r\n0\r\n\r\n",
+                    "e".repeat(8000)
+                ),
+                "400",
+            ),
             (
                 "two Content-Lengths that differ",
                 format!(
@@ -254,6 +275,7 @@ async fn every_ambiguous_response_is_502_and_its_connection_dropped() {
         "differing-lengths",
         "length-and-coding",
         "coding-not-last",
+        "coding-on-1.0",
         "obs-fold",
         "bare-cr",
         "bare-lf",

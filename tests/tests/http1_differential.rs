@@ -171,7 +171,9 @@ fn start_line(line: &[u8], request: bool) -> Option<(&[u8], &[u8], u8)> {
     let ok = !method.is_empty()
         && method.iter().all(|&b| is_tchar(b))
         && !target.is_empty()
-        && target.iter().all(|b| (0x21..=0x7e).contains(b));
+        && target.iter().all(|b| (0x21..=0x7e).contains(b))
+        // RFC 9112 §3.2: no form of request target has a fragment.
+        && !target.contains(&b'#');
     ok.then_some((method, target, minor))
 }
 
@@ -512,6 +514,10 @@ fn model_response(bytes: &[u8], head: bool) -> Verdict {
     let Ok(declared) = length(&fields) else {
         return Verdict::Refused(502);
     };
+    // RFC 9112 §6.1: Transfer-Encoding on HTTP/1.0 is faulty framing.
+    if minor == 0 && values(&fields, "transfer-encoding").next().is_some() {
+        return Verdict::Refused(502);
+    }
     let coding = coding(&fields);
     if coding.is_some() && declared.is_some() {
         return Verdict::Refused(502);
@@ -640,7 +646,7 @@ fn codec_response(
         Err(_) => return Verdict::Refused(502),
     };
     let fields = FieldsOf::new(bytes, &spans);
-    let Ok(framed) = framing::response(&fields, line.status, head_request) else {
+    let Ok(framed) = framing::response(&fields, line.status, head_request, line.minor) else {
         return Verdict::Refused(502);
     };
     let decoder = Decoder::new(framed.framing, false);
@@ -822,7 +828,7 @@ fn mutate(dice: &mut Dice, mut bytes: Vec<u8>) -> Vec<u8> {
         let at = at.min(bytes.len());
         bytes.splice(at..at, what.iter().copied());
     };
-    match dice.below(14) {
+    match dice.below(15) {
         0 => insert(&mut bytes, in_head, b"\n"),
         1 => insert(&mut bytes, in_head, b"\r"),
         2 => insert(&mut bytes, in_head, b"\0"),
@@ -872,6 +878,11 @@ fn mutate(dice: &mut Dice, mut bytes: Vec<u8>) -> Vec<u8> {
         }
         11 => insert(&mut bytes, anywhere, &[dice.next() as u8]),
         12 => bytes.truncate(anywhere),
+        13 => {
+            // A fragment in a request's target (or a reason phrase).
+            let at = bytes.iter().position(|&b| b == b' ').map_or(0, |i| i + 2);
+            insert(&mut bytes, at, b"#frag");
+        }
         _ => {
             // Each line end a bare LF: a whole message in LFs only.
             bytes = String::from_utf8_lossy(&bytes)
@@ -990,7 +1001,8 @@ fn what_the_writers_write_the_model_reads_back() {
             .collect();
         let body: Vec<u8> = frames.concat();
         let mut trailers = Vec::new();
-        if dice.chance(50) {
+        // HTTP/1.0 has no chunked coding.
+        if minor == 0 || dice.chance(50) {
             write::content_length(&mut out, body.len() as u64);
             fields.push((
                 b"content-length".to_vec(),

@@ -396,6 +396,53 @@ async fn malformed_requests_are_refused_and_never_reach_a_backend() {
     still_serves(proxy.addr).await;
 }
 
+/// The answer's head, or the reset, on stream 1 of a request with this
+/// header block.
+async fn answer_head(addr: SocketAddr, block: &[u8]) -> Frame {
+    let mut c = Raw::connect(addr).await;
+    assert!(c.send(&request(1, block)).await);
+    let ends = |f: &Frame| (f.kind == HEADERS || f.kind == RST_STREAM) && f.stream == 1;
+    let frames = c.frames_until(Duration::from_secs(5), ends).await;
+    frames.into_iter().find(ends).expect("an answer or a reset")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_an_http1_backend_could_not_read_is_400_and_options_asterisk_is_200() {
+    let (proxy, stable, canary) = proxy_before(Duration::ZERO, "").await;
+    // :method GET, :scheme http, then :path and :authority as literals.
+    let with_path = |path: &[u8]| {
+        let mut block = vec![0x82, 0x86];
+        literal(b":path", path, &mut block);
+        literal(b":authority", b"127.0.0.1", &mut block);
+        block
+    };
+    // UTF-8 and control bytes: an HTTP/1.1 request line may carry none,
+    // and an HTTP/1.1 client's is refused for them. Refused here too: a
+    // 400, or the stream reset (PROTOCOL_ERROR) where the `h2` crate
+    // refuses the path itself.
+    for path in [&b"/caf\xc3\xa9"[..], b"/a\x7fb", b"/a\x01b", b"/a b"] {
+        let head = answer_head(proxy.addr, &with_path(path)).await;
+        // `:status 400` is entry 12 of HPACK's static table.
+        let refused = (head.kind == HEADERS && head.payload.first() == Some(&0x8c))
+            || (head.kind == RST_STREAM && head.code() == PROTOCOL_ERROR);
+        assert!(refused, "{path:?}: {head:?}");
+    }
+    // `OPTIONS *` (RFC 9113 §8.3.1), answered by the proxy as over HTTP/1.1.
+    let mut block = Vec::new();
+    literal(b":method", b"OPTIONS", &mut block);
+    block.push(0x86);
+    literal(b":path", b"*", &mut block);
+    literal(b":authority", b"127.0.0.1", &mut block);
+    let head = answer_head(proxy.addr, &block).await;
+    assert_eq!(head.payload.first(), Some(&0x88), "{head:?}");
+    assert_eq!(
+        stable.stats().requests + canary.stats().requests,
+        0,
+        "a refused request, or one the proxy answers, reached a backend"
+    );
+    still_serves(proxy.addr).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_the_limit_are_refused_and_never_reach_a_backend() {
     let (proxy, stable, canary) =

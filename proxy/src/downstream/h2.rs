@@ -419,17 +419,17 @@ fn reset_reason(error: &(dyn std::error::Error + 'static)) -> h2::Reason {
     h2::Reason::INTERNAL_ERROR
 }
 
-/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2) from trailers an
-/// HTTP/1.1 backend sent: the peer would reset the stream for them.
+/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2) and the others
+/// only a head may carry (see `crate::fields::answer_trailer_passes`)
+/// from a backend's trailers: the peer would reset the stream for some,
+/// and read the others as a head's.
 fn drop_connection_fields(trailers: &mut HeaderMap) {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ] {
+    let dropped: Vec<http::HeaderName> = trailers
+        .keys()
+        .filter(|name| !crate::fields::answer_trailer_passes(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in dropped {
         trailers.remove(name);
     }
 }
@@ -446,6 +446,12 @@ async fn handle(
     let start = Instant::now();
     let (parts, recv) = req.into_parts();
     let target = match (parts.uri.scheme_str(), parts.uri.authority()) {
+        // `OPTIONS *` (RFC 9113 §8.3.1), answered as on HTTP/1.1.
+        _ if parts.method == Method::OPTIONS
+            && parts.uri.path_and_query().map(|p| p.as_str()) == Some("*") =>
+        {
+            Target::Asterisk
+        }
         (Some(scheme), Some(authority)) => Target::Absolute {
             scheme,
             authority: authority.as_str(),

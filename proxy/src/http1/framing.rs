@@ -11,7 +11,8 @@
 //! 4. Neither: no body.
 //!
 //! Responses (a defect is a 502 and the connection is dropped):
-//! 1. `Transfer-Encoding` and `Content-Length` together: refused.
+//! 1. `Transfer-Encoding` and `Content-Length` together, or
+//!    `Transfer-Encoding` on HTTP/1.0 (§6.1): refused.
 //! 2. `Content-Length` must be a length (checked on every response, HEAD,
 //!    204 and 304 too: a HEAD answer passes its length on).
 //! 3. A response to HEAD, and every 1xx, 204 and 304, ends at its head.
@@ -110,21 +111,27 @@ pub fn response(
     fields: &dyn Fields,
     status: StatusCode,
     head_request: bool,
+    minor: u8,
 ) -> Result<ResponseFraming, &'static str> {
     let mut read = FramingFields::default();
     fields.each(&mut |name, value| {
         read.push(name, value);
     });
-    response_of(&read, status, head_request)
+    response_of(&read, status, head_request, minor)
 }
 
-/// [`response`], from framing fields already read.
+/// [`response`], from framing fields already read; `minor`: the
+/// response's HTTP/1.`minor`.
 pub fn response_of(
     read: &FramingFields,
     status: StatusCode,
     head_request: bool,
+    minor: u8,
 ) -> Result<ResponseFraming, &'static str> {
     let coding = read.coding();
+    if minor == 0 && coding != TransferCoding::Absent {
+        return Err("an HTTP/1.0 response has a Transfer-Encoding");
+    }
     let declared = match read.length() {
         Ok(length) => length.map(|(n, _)| n),
         Err(LengthError::NotANumber) => {
@@ -317,7 +324,8 @@ impl Decoder {
     /// starts; None when it is not complete yet.
     fn line_end(&self, buf: &[u8]) -> Result<Option<(usize, usize)>, DecodeError> {
         let Some(lf) = memchr::memchr(b'\n', buf) else {
-            if buf.len() > MAX_CHUNK_LINE {
+            // Room for the line and its CR.
+            if buf.len() > MAX_CHUNK_LINE + 1 {
                 return Err(DecodeError("a chunk-size line is too long"));
             }
             // A CR not followed by LF is refused at once, not waited on.
@@ -326,13 +334,18 @@ impl Decoder {
             }
             return Ok(None);
         };
-        if lf > 0 && buf[lf - 1] == b'\r' {
-            Ok(Some((lf - 1, lf + 1)))
+        let end = if lf > 0 && buf[lf - 1] == b'\r' {
+            lf - 1
         } else if self.strict {
-            Err(DecodeError("a chunk-size line ends in a bare LF"))
+            return Err(DecodeError("a chunk-size line ends in a bare LF"));
         } else {
-            Ok(Some((lf, lf + 1)))
+            lf
+        };
+        // The same limit whether the line came in pieces or in one read.
+        if end > MAX_CHUNK_LINE {
+            return Err(DecodeError("a chunk-size line is too long"));
         }
+        Ok(Some((end, lf + 1)))
     }
 
     /// The line end after a chunk's data: its length, None when not all
@@ -490,8 +503,29 @@ mod tests {
     #[test]
     fn response_framing_follows_rfc_9112() {
         let framing = |text: &str, status: u16, head| {
-            response(&headers(text), StatusCode::from_u16(status).unwrap(), head)
+            response(
+                &headers(text),
+                StatusCode::from_u16(status).unwrap(),
+                head,
+                1,
+            )
         };
+        // HTTP/1.0 has no Transfer-Encoding (§6.1): a response with one is
+        // refused, whatever its coding or status.
+        for (text, status, head) in [
+            ("transfer-encoding: chunked", 200, false),
+            ("transfer-encoding: chunked", 204, false),
+            ("transfer-encoding: gzip", 200, true),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert!(response(&headers(text), status, head, 0).is_err(), "{text}");
+        }
+        assert_eq!(
+            response(&headers("content-length: 5"), StatusCode::OK, false, 0)
+                .unwrap()
+                .framing,
+            Framing::Length(5)
+        );
         assert_eq!(
             framing("content-length: 5, 5", 200, true),
             Ok(ResponseFraming {
@@ -572,6 +606,36 @@ mod tests {
         }
         let long = format!("{}\r\n", "1".repeat(MAX_CHUNK_LINE + 10));
         assert!(decode_all(Framing::Chunked, false, long.as_bytes()).is_err());
+        // A long extension, its line whole in one read, is as long a line.
+        let extended = |len: usize| format!("3;{}\r\nabc\r\n0\r\n\r\n", "a".repeat(len - 2));
+        assert!(decode_all(Framing::Chunked, true, extended(MAX_CHUNK_LINE).as_bytes()).is_ok());
+        assert!(
+            decode_all(
+                Framing::Chunked,
+                true,
+                extended(MAX_CHUNK_LINE + 1).as_bytes()
+            )
+            .is_err()
+        );
+        assert!(decode_all(Framing::Chunked, true, extended(8000).as_bytes()).is_err());
+        // And the same lines a byte at a time: the same verdicts.
+        let in_pieces = |input: &[u8]| {
+            let mut decoder = Decoder::new(Framing::Chunked, true);
+            let mut buf = BytesMut::new();
+            for &b in input {
+                buf.extend_from_slice(&[b]);
+                loop {
+                    match decoder.decode(&mut buf)? {
+                        Decoded::End | Decoded::Trailers(_) => return Ok(()),
+                        Decoded::More => break,
+                        Decoded::Data(_) => {}
+                    }
+                }
+            }
+            decoder.at_eof().map(|_| ())
+        };
+        assert!(in_pieces(extended(MAX_CHUNK_LINE).as_bytes()).is_ok());
+        assert!(in_pieces(extended(MAX_CHUNK_LINE + 1).as_bytes()).is_err());
     }
 
     #[test]

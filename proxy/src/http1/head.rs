@@ -152,6 +152,14 @@ pub fn parse_request(
                     "the request target has a byte that is not visible ASCII",
                 ));
             }
+            // A fragment is the client's own (RFC 9112 §3.2 has none in a
+            // target); routed with it, `/admin#/../x` would pass a path
+            // rule as `/x` and reach a backend that reads `/admin`.
+            if memchr::memchr(b'#', target).is_some() {
+                return Err(HeadError::Malformed(
+                    "the request target has a fragment (`#`)",
+                ));
+            }
             record_spans(buf, req.headers, spans);
             Ok(Some(RequestLine {
                 method,

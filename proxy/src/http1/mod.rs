@@ -13,18 +13,20 @@
 //!   control character but HTAB in a field value, no whitespace between a
 //!   field name and its colon, no obs-fold (a line that starts with
 //!   whitespace), a request line of exactly `METHOD SP target SP
-//!   HTTP/1.x`, a target of visible ASCII. A head over its limit or
+//!   HTTP/1.x`, a target of visible ASCII with no fragment (`#`). A head
+//!   over its limit or
 //!   [`head::MAX_FIELDS`] fields is too large (431 for a request).
 //! - **Framing** ([`framing`], RFC 9112 §6): `Transfer-Encoding` and
 //!   `Content-Length` together, two `Content-Length` values that differ, a
-//!   `Content-Length` that is not a decimal number, a request
-//!   `Transfer-Encoding` on HTTP/1.0 or one that does not end in
+//!   `Content-Length` that is not a decimal number, a `Transfer-Encoding`
+//!   on HTTP/1.0 (request or response), a request's that does not end in
 //!   `chunked` (a list that ends in `chunked` after other codings is 501:
 //!   the proxy decodes none). A response coded other than `chunked` alone
 //!   would have to be undone before the proxy re-frames it.
 //! - **Chunked bodies** ([`framing::Decoder`]): a chunk size that is not
 //!   1 to 16 hex digits (`zz`, `0x5`, `-1`, 18 digits), chunk data not
-//!   followed by its line end, a chunk line over 4 KiB, a malformed
+//!   followed by its line end, a chunk line (size and extensions) over
+//!   4 KiB whether it comes in one read or many, a malformed
 //!   trailer section. A request's chunk lines end in CRLF; a response's
 //!   may end in a bare LF, which nginx and HAProxy accept too (refusing it
 //!   would cut bodies those peers deliver).

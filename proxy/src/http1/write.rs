@@ -48,11 +48,16 @@ pub fn chunk_size_line(out: &mut Vec<u8>, size: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The last chunk, the trailer fields (if any) and the blank line.
+/// The last chunk, the trailer fields (if any) and the blank line. A
+/// field only a head may carry (`Content-Length`, `Host`, hop-by-hop
+/// fields; see [`crate::fields::answer_trailer_passes`]) is left out.
 pub fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        field(out, name.as_str().as_bytes(), value.as_bytes());
+        let name = name.as_str().as_bytes();
+        if crate::fields::answer_trailer_passes(name) {
+            field(out, name, value.as_bytes());
+        }
     }
     out.extend_from_slice(b"\r\n");
 }

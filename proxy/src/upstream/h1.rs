@@ -288,8 +288,9 @@ impl Conn {
                 grpc = value.starts_with(b"application/grpc");
             }
         }
-        let framing = crate::http1::framing::response_of(&read, line.status, head_request)
-            .map_err(protocol)?;
+        let framing =
+            crate::http1::framing::response_of(&read, line.status, head_request, line.minor)
+                .map_err(protocol)?;
         let reusable =
             line.minor == 1 && request_sent && framing.framing != Framing::UntilClose && !close;
         let body = Body1::new(self, framing.framing, reusable);
