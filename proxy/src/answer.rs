@@ -247,8 +247,10 @@ pub fn each_passed_field<'h>(
     }
     head.each(&mut |name, value| {
         let kind = response_field(name);
-        let dropped =
-            kind == ResponseField::HopByHop || (kind == ResponseField::Other && named.lists(name));
+        // A `Date` the `Connection` names goes too (the proxy then dates
+        // the answer itself); a `Content-Length` stays, as the framing.
+        let dropped = kind == ResponseField::HopByHop
+            || (matches!(kind, ResponseField::Other | ResponseField::Date) && named.lists(name));
         if !dropped {
             emit(kind, name, value);
         }
@@ -287,8 +289,9 @@ mod tests {
     fn hop_by_hop_fields_and_those_connection_names_are_not_passed_on() {
         let mut h = http::HeaderMap::new();
         for (name, value) in [
-            ("connection", "close, x-secret"),
+            ("connection", "close, x-secret, date, content-length"),
             ("x-secret", "1"),
+            ("date", "Sat, 05 Dec 2026 17:00:00 GMT"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
             ("content-length", "5"),

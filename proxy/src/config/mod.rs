@@ -833,10 +833,23 @@ impl UpstreamUrl {
         if host.is_empty() {
             return Err(format!("`{text}` has no host"));
         }
-        let port = authority.port_u16().unwrap_or(match scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        });
+        // `http` reads a port over 65535 as none at all (which would be
+        // the scheme's default): the port's text is read here instead.
+        let written = authority.as_str();
+        let port_text = match written.rfind(']') {
+            Some(end) => written[end + 1..].strip_prefix(':'),
+            None => written.rsplit_once(':').map(|(_, port)| port),
+        };
+        let port = match port_text {
+            None => match scheme {
+                Scheme::Http => 80,
+                Scheme::Https => 443,
+            },
+            Some(port) => match port.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(format!("`{text}`: `{port}` is not a port (1-65535)")),
+            },
+        };
         Ok(Self {
             scheme,
             host: host.to_string(),
@@ -1140,6 +1153,36 @@ routes:
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn an_upstream_port_is_1_to_65535_or_the_schemes_default() {
+        for (text, port) in [
+            ("http://h", 80),
+            ("https://h", 443),
+            ("http://h:1", 1),
+            ("http://h:65535", 65535),
+            ("http://[::1]:8080", 8080),
+        ] {
+            assert_eq!(UpstreamUrl::parse(text).unwrap().port, port, "{text}");
+        }
+        for (text, port) in [
+            ("http://h:0", "0"),
+            ("http://h:65536", "65536"),
+            ("http://127.0.0.1:99999", "99999"),
+            ("https://h:123456789012", "123456789012"),
+        ] {
+            let err = UpstreamUrl::parse(text).unwrap_err();
+            assert_eq!(err, format!("`{text}`: `{port}` is not a port (1-65535)"));
+        }
+        let text =
+            "listen: 127.0.0.1:1\nroutes:\n  - { name: a, stable: 'http://127.0.0.1:99999' }\n";
+        let errs = Config::from_yaml(text).unwrap().validate().unwrap_err();
+        assert!(
+            errs.to_string()
+                .contains("routes[0].stable: `http://127.0.0.1:99999`: `99999` is not a port"),
+            "{errs}"
+        );
     }
 
     #[test]
