@@ -78,7 +78,7 @@ impl Store {
         threads: usize,
     ) -> Result<Arc<Self>, ConfigErrors> {
         let valid = config.validate()?;
-        check_files(&valid)?;
+        check_files(&valid, None)?;
         let pool = ClientPool::new(threads);
         let routing = Routing::build(config, valid, None, &pool, &metrics);
         Ok(Arc::new(Self {
@@ -181,7 +181,7 @@ impl Store {
                 "changing the listener's TLS settings needs a restart (the certificate files themselves are watched)",
             ));
         }
-        check_files(&valid)?;
+        check_files(&valid, Some(&current.valid))?;
         // New TCP addresses are bound before the swap, so a port that is
         // taken refuses the reload instead of half applying it.
         let tcp = match self.tcp.get() {
@@ -247,11 +247,21 @@ fn read_token(path: &Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// Checks every file a config names: the admin token, the listener's
-/// certificate and key (and that they match), upstream CA bundles.
-pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigErrors> {
+/// Checks the files a config names: the admin token, the listener's
+/// certificate and key (and that they match), upstream CA bundles. On a
+/// change (`before`: the config in force), only the files it brings in:
+/// a file already in use is read on its own (the token at each admin
+/// request, the certificate by its watcher), so a certificate rotation
+/// half done on disk never blocks a route change, a rollback least of
+/// all.
+pub fn check_files(
+    valid: &crate::config::ValidConfig,
+    before: Option<&crate::config::ValidConfig>,
+) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
-    if let Some(p) = &valid.admin_token_file
+    let token_is_new = before.is_none_or(|b| b.admin_token_file != valid.admin_token_file);
+    if token_is_new
+        && let Some(p) = &valid.admin_token_file
         && let Err(e) = read_token(p)
     {
         errors.push(crate::config::FieldError {
@@ -259,7 +269,10 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
             message: e,
         });
     }
-    if let Some(tls) = &valid.tls
+    // A change may not touch the listener's TLS settings (see
+    // `replace_locked`): its files are checked once, at the start.
+    if before.is_none()
+        && let Some(tls) = &valid.tls
         && let Err(e) = crate::tls::server_config(tls)
     {
         let (path, message) = e.split_once(": ").unwrap_or(("tls", e.as_str()));
@@ -274,7 +287,9 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
             .iter()
             .chain(route.canary.as_ref())
             .chain(route.baseline.as_ref());
-        if let Some(key) = urls.filter_map(|u| route.tls_for(u)).next()
+        if let Some(key) = urls
+            .filter_map(|u| route.tls_for(u))
+            .find(|key| !before.is_some_and(|b| uses_upstream_tls(b, key)))
             && let Err(e) = crate::tls::client_config(&key, false)
         {
             let message = e.split_once(": ").map(|(_, m)| m.to_string()).unwrap_or(e);
@@ -289,6 +304,21 @@ pub fn check_files(valid: &crate::config::ValidConfig) -> Result<(), ConfigError
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Whether some route of `valid` verifies an upstream with `key`.
+fn uses_upstream_tls(
+    valid: &crate::config::ValidConfig,
+    key: &crate::config::UpstreamTlsKey,
+) -> bool {
+    valid.routes.iter().any(|route| {
+        route
+            .stable
+            .iter()
+            .chain(route.canary.as_ref())
+            .chain(route.baseline.as_ref())
+            .any(|u| route.tls_for(u).as_ref() == Some(key))
+    })
 }
 
 const PATCH_FIELDS: &str = "a route update may set stable, canary, baseline, canary_weight, canary_match, affinity, mirror";

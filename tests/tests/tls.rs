@@ -180,6 +180,16 @@ async fn a_rotated_certificate_serves_new_connections_and_keeps_open_ones() {
     ])
     .await;
     assert_eq!(code, 0, "after a mismatched key: {err}");
+    // A rotation half done on disk does not block a route change: an
+    // emergency rollback goes through, and takes effect.
+    let (status, body) = put_json(
+        &format!("http://{}/routes/web", t.proxy.admin_addr),
+        serde_json::json!({ "canary_weight": 0 }),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["canary_weight"], 0.0, "{body}");
 }
 
 /// A minimal HTTP/1.1-over-TLS client holding one connection open.
