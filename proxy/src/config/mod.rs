@@ -1505,6 +1505,53 @@ routes:
     }
 
     #[test]
+    fn a_star_in_a_host_is_only_a_whole_first_label() {
+        let errors = errors_of(
+            "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h:1\n    hosts: ['*', 'x.*', 'a.*.test', '*a.test', '*.ok.test', 'Plain.Test']\n",
+        );
+        for expected in [
+            "routes[0].hosts[0]: `*` is not a host pattern; leave `hosts` out",
+            "routes[0].hosts[1]: `x.*`: `*` may only be a whole first label",
+            "routes[0].hosts[2]: `a.*.test`: `*` may only be a whole first label",
+            "routes[0].hosts[3]: `*a.test`: `*` may only be a whole first label",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+        assert!(
+            !errors.contains("hosts[4]") && !errors.contains("hosts[5]"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn ab_rules_that_could_never_match_or_match_one_protocol_only_are_named() {
+        let errors = errors_of(
+            "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h:1\n    canary: http://h:2\n    canary_match:\n      - { header: host, value: ab.test }\n      - { header: x-env, value: \"a\\r\\nb\" }\n      - { header: x-env, value: ' lead' }\n      - { header: 'x env', value: a }\n      - { cookie: 'a,b', value: x }\n      - { cookie: ü, value: x }\n      - { cookie: group, value: 'a b' }\n      - { header: x-ok, value: beta }\n      - { cookie: group, value: beta }\n",
+        );
+        for expected in [
+            "routes[0].canary_match[0].header: `host`: a request's host is not an A/B rule",
+            "routes[0].canary_match[1].value: \"a\\r\\nb\" holds a control character",
+            "routes[0].canary_match[2].value: \" lead\" starts or ends with a space",
+            "routes[0].canary_match[3].header: `x env` is not a header field name",
+            "routes[0].canary_match[4].cookie: `a,b` is not a cookie name",
+            "routes[0].canary_match[5].cookie: `ü` is not a cookie name",
+            "routes[0].canary_match[6].value: \"a b\" is not a cookie value",
+        ] {
+            assert!(
+                errors.contains(expected),
+                "missing {expected:?} in:\n{errors}"
+            );
+        }
+        assert!(
+            !errors.contains("canary_match[7]") && !errors.contains("canary_match[8]"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn modifiers_refuse_the_underscore_spellings_of_proxy_owned_fields() {
         let errors = errors_of(
             "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h:1\n    request_headers:\n      set: [{name: X_Forwarded_For, value: '1'}, {name: Content_Length, value: '1'}, {name: x_ok, value: '1'}]\n      add: [{name: Transfer_Encoding, value: chunked}, {name: x_sluice_route, value: x}]\n      remove: [proxy_authorization, Expect_]\n    response_headers:\n      remove: [x_real_ip]\n",

@@ -64,7 +64,7 @@ fn valid_host(host: &str) -> bool {
         && host.len() <= 253
         && host
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'*')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 // === validated form ===
@@ -821,7 +821,21 @@ fn validate_hosts(route: &RouteConfig, at: &str, errs: &mut Collector) -> Vec<St
     let mut hosts = Vec::new();
     for (j, host) in route.hosts.iter().enumerate() {
         let h = host.trim().to_ascii_lowercase();
-        if !valid_host(&h) {
+        // `*` only as a whole first label (`*.example.com`: any one or
+        // more labels before it); anywhere else it would match only a Host
+        // that holds a `*` itself.
+        let name = h.strip_prefix("*.").unwrap_or(&h);
+        if h == "*" {
+            errs.push(
+                format!("{at}.hosts[{j}]"),
+                "`*` is not a host pattern; leave `hosts` out to match every host",
+            );
+        } else if name.contains('*') {
+            errs.push(
+                format!("{at}.hosts[{j}]"),
+                format!("`{host}`: `*` may only be a whole first label, as in `*.example.com`"),
+            );
+        } else if !valid_host(name) {
             errs.push(
                 format!("{at}.hosts[{j}]"),
                 format!("`{host}` is not a host name"),
@@ -953,29 +967,60 @@ fn validate_canary_weight(route: &RouteConfig, at: &str, errs: &mut Collector) -
     weight
 }
 
-/// A route's A/B rules (`canary_match`): each one header or one cookie.
+/// A route's A/B rules (`canary_match`): each one header or one cookie,
+/// held to the rules of `matches` (a field name and value a request can
+/// carry, no `host`; a cookie name that is a token and a value with no
+/// `;`, space or control character), so that no rule is accepted that
+/// could never match, or match over one protocol only.
 fn validate_canary_match(route: &RouteConfig, at: &str, errs: &mut Collector) -> Vec<ValidMatch> {
     let mut matches = Vec::new();
     for (j, rule) in route.canary_match.iter().enumerate() {
         let mp = format!("{at}.canary_match[{j}]");
         match (&rule.header, &rule.cookie) {
-            (Some(h), None) => match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(name) => matches.push(ValidMatch::Header {
-                    name,
-                    value: rule.value.clone(),
-                }),
-                Err(_) => errs.push(
-                    format!("{mp}.header"),
-                    format!("`{h}` is not a header name"),
-                ),
-            },
+            (Some(h), None) => {
+                let name = header_name(h, &format!("{mp}.header"), errs).filter(|n| {
+                    // As in `matches`: an HTTP/2 client sends its host as
+                    // `:authority`, so a rule on Host would hold for
+                    // HTTP/1.1 clients only.
+                    let host = *n == http::header::HOST;
+                    if host {
+                        errs.push(
+                            format!("{mp}.header"),
+                            format!("`{h}`: a request's host is not an A/B rule; give the canary its own route with `hosts`"),
+                        );
+                    }
+                    !host
+                });
+                let value = field_value(&rule.value, &format!("{mp}.value"), errs);
+                if let (Some(name), Some(_)) = (name, value) {
+                    matches.push(ValidMatch::Header {
+                        name,
+                        value: rule.value.clone(),
+                    });
+                }
+            }
             (None, Some(c)) => {
-                if c.is_empty() || c.contains([';', '=', ' ']) {
+                let name_ok = valid_cookie_name(c);
+                if !name_ok {
                     errs.push(
                         format!("{mp}.cookie"),
-                        format!("`{c}` is not a cookie name"),
+                        format!("`{c}` is not a cookie name (a token: letters, digits and !#$%&'*+-.^_`|~)"),
                     );
-                } else {
+                }
+                let value_ok = rule
+                    .value
+                    .bytes()
+                    .all(|b| (0x21..=0x7e).contains(&b) && b != b';' && b != b',');
+                if !value_ok {
+                    errs.push(
+                        format!("{mp}.value"),
+                        format!(
+                            "{:?} is not a cookie value (visible characters but `;` and `,`)",
+                            rule.value
+                        ),
+                    );
+                }
+                if name_ok && value_ok {
                     matches.push(ValidMatch::Cookie {
                         name: c.clone(),
                         value: rule.value.clone(),
