@@ -98,7 +98,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
-    match (req.method(), path.as_str()) {
+    // HEAD is GET without the body (which hyper leaves out), as load
+    // balancers' health checks expect.
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(Full::new(Bytes::from(state.store.metrics().encode())));
             resp.headers_mut().insert(
@@ -146,12 +152,12 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
             let name = p["/routes/".len()..].to_string();
             put_route(state, req, &name).await
         }
-        (_, "/metrics" | "/healthz" | "/readyz" | "/version" | "/routes") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not allowed on {path}", req.method()),
+        (_, "/metrics" | "/healthz" | "/readyz" | "/version" | "/routes") => not_allowed(
+            "GET, HEAD",
+            format!("{} is not allowed on {path}; use GET", req.method()),
         ),
-        (_, p) if p.starts_with("/routes/") => error(
-            StatusCode::METHOD_NOT_ALLOWED,
+        (_, p) if p.starts_with("/routes/") => not_allowed(
+            "GET, HEAD, PUT",
             format!("{} is not allowed on {path}; use GET or PUT", req.method()),
         ),
         _ => error(
@@ -159,6 +165,14 @@ async fn admin(state: Arc<ProxyState>, req: Request<Incoming>) -> Response<Full<
             format!("no admin endpoint {path}; try /metrics, /healthz, /readyz, /version, /routes"),
         ),
     }
+}
+
+/// 405, with the methods the resource has (RFC 9110 §15.5.6).
+fn not_allowed(allow: &'static str, message: String) -> Response<Full<Bytes>> {
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, message);
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    resp
 }
 
 /// With `admin.token_file` set, the routes API (reads too: they show
@@ -173,8 +187,10 @@ fn unauthorized(state: &ProxyState, req: &Request<Incoming>) -> Option<Response<
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
+                // The scheme's name is case-insensitive (RFC 9110 §11.1).
+                .and_then(|v| v.trim_start().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
             (!presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))).then(|| {
                 error(
                     StatusCode::UNAUTHORIZED,
@@ -197,11 +213,27 @@ async fn put_route(
     if let Some(refused) = unauthorized(&state, &req) {
         return refused;
     }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is over {MAX_ADMIN_BODY} bytes; a route update is a small JSON object"
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        return too_large();
+    }
     let body = match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
     {
         Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,

@@ -223,7 +223,13 @@ impl Store {
             .iter()
             .position(|r| r.name == name)
             .expect("route found above");
-        let routing = self.replace(config).map_err(UpdateError::Invalid)?;
+        // Not a reload: the reload metrics speak of the config's source
+        // (the file, the ConfigMap, the Gateway API), which an admin
+        // update leaves as it was.
+        let routing = {
+            let _guard = self.write_lock.lock().expect("store lock");
+            self.replace_locked(config).map_err(UpdateError::Invalid)?
+        };
         Ok(routing.config.routes[index].clone())
     }
 

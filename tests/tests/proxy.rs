@@ -395,12 +395,57 @@ async fn bad_admin_requests_get_clear_errors_and_change_nothing() {
     let routes: serde_json::Value = serde_json::from_slice(&routes).unwrap();
     assert_eq!(routes["routes"][0]["canary_weight"], 10.0);
     assert_eq!(routes["routes"][0]["canary"], canary.url());
+    // A refused admin update is no reload: the reload metrics speak of the
+    // config file, which is as good as it was.
     let m = scrape(proxy.admin_addr).await;
     assert_eq!(
         m.sum("sluice_config_reloads_total", &[("result", "failure")]),
-        4.0
+        0.0
     );
+    assert_eq!(m.sum("sluice_config_last_reload_successful", &[]), 1.0);
     assert_eq!(m.sum("sluice_route_canary_weight", &[]), 10.0);
+    // A body over the limit is 413, said at once from its length.
+    let (status, _, body) = send(
+        &h1_client(),
+        Request::put(&admin)
+            .body(Full::new(Bytes::from(vec![b' '; 1024 * 1024 + 1])))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(String::from_utf8_lossy(&body).contains("over 1048576 bytes"));
+    // A method a resource does not have is 405 with the ones it has; HEAD
+    // is GET without the body.
+    for (method, path, allow) in [
+        (http::Method::POST, "/routes/web", "GET, HEAD, PUT"),
+        (http::Method::DELETE, "/routes", "GET, HEAD"),
+        (http::Method::PUT, "/healthz", "GET, HEAD"),
+    ] {
+        let (status, headers, _) = send(
+            &h1_client(),
+            Request::builder()
+                .method(method.clone())
+                .uri(format!("http://{}{path}", proxy.admin_addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        assert_eq!(headers["allow"], allow, "{method} {path}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics", "/routes"] {
+        let (status, _, body) = send(
+            &h1_client(),
+            Request::head(format!("http://{}{path}", proxy.admin_addr))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!((status, body.len()), (StatusCode::OK, 0), "HEAD {path}");
+    }
 }
 
 #[tokio::test]
@@ -423,6 +468,17 @@ async fn admin_writes_need_the_token_when_one_is_configured() {
     let (status, body) = put_json(&admin, json!({"canary_weight": 5}), Some("s3cret")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["canary_weight"], 5.0);
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let (status, _, _) = send(
+        &h1_client(),
+        Request::get(format!("http://{}/routes", proxy.admin_addr))
+            .header("authorization", "bearer s3cret")
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]
