@@ -282,13 +282,20 @@ fn check(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// SIGTERM or SIGINT. SIGHUP never stops the proxy (by default it would
+/// kill it on the spot, with no drain): with `--config` it re-reads the
+/// file (see `sluice_proxy::store::watch_file`), else it is only logged.
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => tracing::info!("SIGHUP received; the proxy keeps running (it re-reads a --config file; SIGTERM stops it)"),
+        }
     }
 }
 

@@ -404,7 +404,11 @@ pub fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
 ///
 /// The parent directory is watched, not the file, so editors that write a new
 /// file and rename it, and Kubernetes' symlink swaps, are seen too. A later
-/// file reload replaces any change made through the admin API.
+/// file reload replaces any change made through the admin API. SIGHUP
+/// re-reads and applies the file even when its text is as it was (as
+/// `nginx -s reload` does): the way to put the file back in force over
+/// admin changes without editing it. A file that cannot be read (deleted,
+/// a dangling symlink) is logged, and the last good config keeps serving.
 pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::task::JoinHandle<()>> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -422,14 +426,40 @@ pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::tas
     let mut last_text = std::fs::read_to_string(&path).ok();
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
-        while rx.recv().await.is_some() {
-            // Let a burst of events (write, chmod, rename) settle first.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            while rx.try_recv().is_ok() {}
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            let forced = tokio::select! {
+                event = rx.recv() => match event {
+                    Some(()) => false,
+                    None => break,
+                },
+                Some(()) = async {
+                    match &mut hangups {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
             };
-            if last_text.as_deref() == Some(text.as_str()) {
+            if forced {
+                tracing::info!(file = %path.display(), "SIGHUP: re-reading the config file");
+            } else {
+                // Let a burst of events (write, chmod, rename) settle first.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            while rx.try_recv().is_ok() {}
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    tracing::warn!(
+                        file = %path.display(),
+                        error = %e,
+                        "cannot read the config file; the last good config keeps serving"
+                    );
+                    continue;
+                }
+            };
+            if !forced && last_text.as_deref() == Some(text.as_str()) {
                 continue;
             }
             last_text = Some(text.clone());

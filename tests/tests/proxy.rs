@@ -482,6 +482,52 @@ async fn admin_writes_need_the_token_when_one_is_configured() {
 }
 
 #[tokio::test]
+async fn sighup_puts_the_file_back_in_force_and_never_stops_the_proxy() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let mut proxy = ChildProxy::start(&split_route(&stable, &canary, 0.0), &[]).await;
+    let weight = |admin| async move {
+        scrape(admin)
+            .await
+            .sum("sluice_route_canary_weight", &[("route", "web")])
+    };
+    // An emergency change through the admin API.
+    let (status, _) = put_json(
+        &format!("http://{}/routes/web", proxy.admin),
+        json!({ "canary_weight": 100 }),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(weight(proxy.admin).await, 100.0);
+    // SIGHUP applies the file again, although its text did not change.
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(hup.success());
+    eventually(
+        "SIGHUP to put the file's weight back",
+        Duration::from_secs(10),
+        || async { (weight(proxy.admin).await == 0.0).then_some(()) },
+    )
+    .await;
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the proxy"
+    );
+    let (status, headers, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
+    assert_eq!(
+        (status, headers["x-backend"].to_str().unwrap()),
+        (StatusCode::OK, "stable")
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn bad_config_file_is_rejected_and_the_last_good_table_keeps_serving() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let proxy = ChildProxy::start(&split_route(&stable, &canary, 0.0), &[]).await;
