@@ -838,6 +838,13 @@ impl Metrics {
             .set(percent);
     }
 
+    /// Removes the canary weight of a route that is gone.
+    pub fn forget_canary_weight(&self, route: &str) {
+        self.canary_weight.remove(&RouteLabels {
+            route: route.to_string(),
+        });
+    }
+
     /// The series of (route, backend, decision), made on first use and kept
     /// for the life of the process.
     pub fn series(&self, route: &str, backend: BackendLabel, decision: Decision) -> Arc<Series> {

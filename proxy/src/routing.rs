@@ -454,6 +454,16 @@ impl Routing {
                 Arc::new(build_route(r, &valid, old.map(|o| &**o), pool, metrics))
             })
             .collect();
+        // A route gone is no longer at any weight: its gauge goes too (a
+        // dashboard or gate would read the last weight for ever). Its
+        // counters stay, as counters do until the process restarts.
+        for gone in previous
+            .into_iter()
+            .flat_map(|p| &p.valid.routes)
+            .filter(|old| !valid.routes.iter().any(|r| r.name == old.name))
+        {
+            metrics.forget_canary_weight(&gone.name);
+        }
         let conditional = routes.iter().any(|r| plain_prefix(&r.matches).is_none());
         let mut entries = Vec::new();
         if conditional {

@@ -363,12 +363,16 @@ fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigError
                 Some(w) => route.canary_weight = w,
                 None => err("canary_weight", format!("{value} is not a number")),
             },
-            "canary_match" => {
-                match crate::config::strict_from_json::<Vec<MatchRule>>(value.clone()) {
+            "canary_match" => match value {
+                Value::Null => route.canary_match.clear(),
+                _ => match crate::config::strict_from_json::<Vec<MatchRule>>(value.clone()) {
                     Ok(rules) => route.canary_match = rules,
-                    Err(e) => err("canary_match", e.to_string()),
-                }
-            }
+                    Err(e) => err(
+                        "canary_match",
+                        format!("{e} (a list of rules; [] or null removes them)"),
+                    ),
+                },
+            },
             "affinity" => match value {
                 Value::Null => route.affinity = None,
                 _ => match crate::config::strict_from_json::<AffinityConfig>(value.clone()) {

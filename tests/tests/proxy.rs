@@ -446,6 +446,23 @@ async fn bad_admin_requests_get_clear_errors_and_change_nothing() {
         .unwrap();
         assert_eq!((status, body.len()), (StatusCode::OK, 0), "HEAD {path}");
     }
+    // null removes the A/B rules, as it removes the other optional settings.
+    let (status, body) = put_json(
+        &admin,
+        json!({ "canary_match": [{ "header": "x-canary", "value": "always" }] }),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["canary_match"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(1))
+    );
+    let (status, body) = put_json(&admin, json!({ "canary_match": null }), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["canary_match"].as_array().is_none_or(Vec::is_empty),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -525,6 +542,42 @@ async fn sighup_puts_the_file_back_in_force_and_never_stops_the_proxy() {
         m.sum("sluice_config_reloads_total", &[("result", "success")]),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_route_removed_by_a_reload_loses_its_weight_gauge() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let gone = format!(
+        "  - {{ name: gone, path_prefix: /gone, stable: '{}', canary: '{}', canary_weight: 50 }}\n",
+        stable.url(),
+        canary.url()
+    );
+    let proxy = ChildProxy::start(
+        &format!("{}{gone}", split_route(&stable, &canary, 5.0)),
+        &[],
+    )
+    .await;
+    let weights = |admin| async move {
+        let m = scrape(admin).await;
+        let gone = m
+            .matching("sluice_route_canary_weight", &[("route", "gone")])
+            .count();
+        (
+            m.sum("sluice_route_canary_weight", &[("route", "web")]),
+            gone,
+        )
+    };
+    assert_eq!(weights(proxy.admin).await, (5.0, 1));
+    let original = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let without = original.replace(&gone, "");
+    assert_ne!(without, original);
+    std::fs::write(&proxy.config_path, without).unwrap();
+    eventually(
+        "the removed route's weight to go from /metrics",
+        Duration::from_secs(10),
+        || async { (weights(proxy.admin).await == (5.0, 0)).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]
