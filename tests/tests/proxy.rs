@@ -1036,7 +1036,17 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     );
     let late = tokio::spawn({
         let url = url.clone();
-        async move { get(&url).await.map(|(s, _, _)| s) }
+        async move {
+            get(&url).await.map(|(s, headers, _)| {
+                // Each answer while draining closes its connection, so
+                // the client moves to a new one before the listener closes.
+                assert_eq!(
+                    headers.get("connection").map(|v| v.as_bytes()),
+                    Some(&b"close"[..])
+                );
+                s
+            })
+        }
     });
     for r in in_flight {
         assert_eq!(

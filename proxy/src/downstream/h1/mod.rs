@@ -447,7 +447,10 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
             return Next::Close;
         };
         self.unread_body = !body_read;
-        reply.close |= !body_read || entered.is_draining();
+        // Draining (from SIGTERM on, through `--drain-delay`): each answer
+        // closes its connection, so clients move to new ones, which the
+        // load balancer sends elsewhere, before the listeners close.
+        reply.close |= !body_read || entered.is_draining() || state.is_draining();
         self.writer().answer(answer, reply, &routed.route).await
     }
 
