@@ -128,6 +128,36 @@ async fn a_backends_reset_code_reaches_an_http2_client() {
 }
 
 #[tokio::test]
+async fn an_http2_client_gets_goaway_as_soon_as_the_drain_starts() {
+    let stable = sluice_tests::backend("stable").await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: r, stable: '{}' }}\n", stable.url()),
+        &["--drain-delay", "4s", "--drain-timeout", "5s"],
+    )
+    .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let get = || http::Request::get("http://a/x").body(()).unwrap();
+    assert_eq!(answer_to(&mut client, get()).await.status(), 200);
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A request during the drain delay is served, and the connection is
+    // told to go (GOAWAY) then closed, well before the listener closes.
+    assert_eq!(answer_to(&mut client, get()).await.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection stayed open into the drain delay"
+    );
+    assert!(
+        client.clone().ready().await.is_err(),
+        "the client may still open streams on a connection going away"
+    );
+}
+
+#[tokio::test]
 async fn trailers_lose_the_fields_only_a_head_may_carry_and_the_answer_arrives() {
     // Hop-by-hop fields (which HTTP/2 forbids), and framing and routing
     // fields (RFC 9110 §6.5.1), in a backend's trailer section.

@@ -8,7 +8,9 @@
 //!   head within `limits.header_read_timeout`, GOAWAY after
 //!   `limits.idle_timeout` without a stream, at most `limits.h2_max_streams`
 //!   streams at once, keep-alive PINGs every `limits.h2_keepalive` (a
-//!   connection whose PING is not answered within 20 s is closed).
+//!   connection whose PING is not answered within 20 s is closed), and
+//!   GOAWAY at its first frame once a drain has begun (SIGTERM, before
+//!   the listeners close).
 //! - Windows of 512 KiB per stream and 4 MiB per connection (see
 //!   [`STREAM_WINDOW`]), frames of 16 KiB, at most 400 KiB of an answer
 //!   buffered per stream before the proxy stops reading it from the
@@ -187,6 +189,14 @@ where
                 }
                 Phase::Serving(conn) => conn,
             };
+            // Draining (from SIGTERM on, through `--drain-delay`): GOAWAY,
+            // so the client finishes its streams here and opens new ones
+            // on a new connection, which the load balancer sends
+            // elsewhere, before the listeners close.
+            if !this.closing && this.shared.state.is_draining() {
+                this.closing = true;
+                conn.graceful_shutdown();
+            }
             if let Some(keepalive) = &mut this.keepalive
                 && keepalive.poll_timed_out(cx)
             {
