@@ -25,6 +25,8 @@ pub fn default_socket(route: &str) -> PathBuf {
 pub enum ControlError {
     #[error("another `sluice rollout` is already driving this route (socket {0} answers)")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket; give --control-socket a path of its own")]
+    NotASocket(PathBuf),
     #[error("cannot listen on {path}: {source}")]
     Bind {
         path: PathBuf,
@@ -60,7 +62,13 @@ impl ControlSocket {
         commands: mpsc::UnboundedSender<Command>,
         status: watch::Receiver<Option<Status>>,
     ) -> Result<Self, ControlError> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket left by a rollout that ended is taken over;
+            // any other file there is the user's, and stays.
+            if !meta.file_type().is_socket() {
+                return Err(ControlError::NotASocket(path.to_path_buf()));
+            }
             if UnixStream::connect(path).await.is_ok() {
                 return Err(ControlError::InUse(path.to_path_buf()));
             }
@@ -124,8 +132,31 @@ impl ControlSocket {
     }
 }
 
-/// Sends one request to a running rollout and returns its JSON answer.
+/// How long `sluice promote` / `abort` wait for a rollout's answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends one request to a running rollout and returns its JSON answer;
+/// a rollout that does not answer within [`ANSWER_TIMEOUT`] is an error.
 pub async fn request(path: &Path, what: &str) -> Result<serde_json::Value, ControlError> {
+    request_within(path, what, ANSWER_TIMEOUT).await
+}
+
+async fn request_within(
+    path: &Path,
+    what: &str,
+    limit: std::time::Duration,
+) -> Result<serde_json::Value, ControlError> {
+    tokio::time::timeout(limit, request_once(path, what))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ControlError::Refused(format!(
+                "no answer from {} within {limit:?} (is the rollout stuck?)",
+                path.display()
+            )))
+        })
+}
+
+async fn request_once(path: &Path, what: &str) -> Result<serde_json::Value, ControlError> {
     let stream = UnixStream::connect(path)
         .await
         .map_err(|source| ControlError::NotRunning {
@@ -150,5 +181,55 @@ pub async fn request(path: &Path, what: &str) -> Result<serde_json::Value, Contr
         Err(ControlError::Refused(
             value["error"].as_str().unwrap_or("refused").to_string(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_removed() {
+        let dir = scratch("file");
+        let path = dir.join("precious.txt");
+        std::fs::write(&path, "precious data").unwrap();
+        let (commands, _keep) = mpsc::unbounded_channel();
+        let (_status_tx, status) = watch::channel(None);
+        let err = ControlSocket::bind(&path, commands, status)
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ControlError::NotASocket(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious data");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_rollout_that_never_answers_is_an_error_in_time() {
+        let dir = scratch("silent");
+        let path = dir.join("silent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = request_within(&path, "status", std::time::Duration::from_millis(300))
+            .await
+            .expect_err("no answer");
+        assert!(err.to_string().contains("no answer"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod external;
 pub mod gate;
 pub mod http;
+pub mod input;
 pub mod kube;
 pub mod machine;
 pub mod notify;

@@ -352,12 +352,9 @@ impl PlanArgs {
             webhooks.push(Webhook::new(kind, url));
         }
         if let Some(path) = &self.webhooks_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                flag(
-                    "webhooks-file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let text =
+                sluice_operator::input::read_text(path, sluice_operator::input::MAX_SETTINGS_BYTES)
+                    .map_err(|e| flag("webhooks-file", e))?;
             webhooks.extend(
                 sluice_operator::plan::parse_webhooks(&text, &path.display().to_string())
                     .map_err(|e| flag("webhooks-file", e))?,
@@ -366,12 +363,11 @@ impl PlanArgs {
         let queries = match &self.checks_file {
             None => Vec::new(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    flag(
-                        "checks-file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
+                let text = sluice_operator::input::read_text(
+                    path,
+                    sluice_operator::input::MAX_SETTINGS_BYTES,
+                )
+                .map_err(|e| flag("checks-file", e))?;
                 plan::parse_checks(&text, &path.display().to_string())
                     .map_err(|e| flag("checks-file", e))?
             }
@@ -561,9 +557,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only on a terminal: a file or a log collector gets plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
@@ -1068,10 +1066,16 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
                 settings.use_baseline_arm(args.plan.warmup.is_some());
             }
         }
+        // The bound a trace's `rps` has (`simulate::trace`).
         let rps = plan::parse_number(&args.rps)
             .ok()
-            .filter(|r| *r >= 0.0)
-            .ok_or_else(|| flag("rps", format!("`{}` is not a rate of 0 or more", args.rps)))?;
+            .filter(|r| (0.0..=1e7).contains(r))
+            .ok_or_else(|| {
+                flag(
+                    "rps",
+                    format!("`{}` is not a rate in 0..=10000000 per second", args.rps),
+                )
+            })?;
         let (median_ms, sigma) =
             parse_durations(&args.durations).map_err(|e| flag("durations", e))?;
         let delay = sluice_proxy::config::parse_duration(args.canary_delay.trim_start_matches('+'))

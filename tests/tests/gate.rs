@@ -508,6 +508,7 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         (vec!["--cold-start", "10s:0.5"], "--cold-start"),
         (vec!["--canary-errors", "120%"], "--canary-errors"),
         (vec!["--rps=-1"], "--rps"),
+        (vec!["--rps", "1e18"], "--rps"),
         (vec!["--durations", "20ms~9"], "--durations"),
         (vec!["--dispersion", "0.5"], "--dispersion"),
         (vec!["--trace", "/nonexistent/trace.jsonl"], "--trace"),

@@ -545,6 +545,47 @@ async fn sighup_puts_the_file_back_in_force_and_never_stops_the_proxy() {
 }
 
 #[tokio::test]
+async fn logs_to_a_pipe_carry_no_terminal_colour_codes() {
+    let dir = TempDir::new("plain-logs");
+    let config = dir.path.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{}\nadmin:\n  listen: 127.0.0.1:{}\nroutes:\n  - {{ name: web, stable: 'http://127.0.0.1:{}' }}\n",
+            free_port(),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(bin("sluice-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The start-up line, read from the pipe.
+    let stderr = child.stderr.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut line).unwrap();
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .expect("a log line in time")
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(line.contains("serving"), "{line:?}");
+    assert!(
+        !line.contains('\u{1b}'),
+        "colour codes in a piped log: {line:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_route_removed_by_a_reload_loses_its_weight_gauge() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let gone = format!(

@@ -923,7 +923,7 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
     (
         MATCH,
         "- {header: x-a, value: \"1\"}\n- {header: \"bad header\", value: x}\n",
-        "rule 2.header: `bad header` is not a header name",
+        "rule 2.header: `bad header` is not a header field name",
     ),
     (MATCH, "[{header: a, cookie: b, value: x}]", "not both"),
     (MATCH, "[]", "an empty list"),

@@ -185,7 +185,8 @@ impl Trace {
             for (key, v) in &object {
                 match key.as_str() {
                     "t" => {
-                        next.t = number(v, 0.0, f64::MAX).map_err(|m| err(Some("t"), m))?;
+                        // Up to about 30,000 years, in seconds.
+                        next.t = number(v, 0.0, 1e12).map_err(|m| err(Some("t"), m))?;
                     }
                     "rps" => {
                         next.rps = number(v, 0.0, 1e7).map_err(|m| err(Some("rps"), m))?;
@@ -224,10 +225,12 @@ impl Trace {
             if !object.contains_key("t") {
                 return Err(err(Some("t"), "every line needs its time `t`".into()));
             }
-            if next.t < last_t {
+            // Equal times too: the later line would silently replace the
+            // earlier one.
+            if next.t <= last_t {
                 return Err(err(
                     Some("t"),
-                    format!("{} comes before the previous line's {last_t}", next.t),
+                    format!("{} is not after the previous line's {last_t}", next.t),
                 ));
             }
             last_t = next.t;
@@ -271,8 +274,7 @@ impl Trace {
         files
             .iter()
             .map(|file| {
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+                let text = crate::input::read_text(file, crate::input::MAX_TRACE_BYTES)?;
                 Trace::parse(&text, &file.display().to_string(), first).map_err(|e| e.to_string())
             })
             .collect()
@@ -512,7 +514,19 @@ mod tests {
                 Some("baseline"),
                 "not an object",
             ),
-            ("{\"t\": 5}\n{\"t\": 2}", 2, Some("t"), "comes before"),
+            ("{\"t\": 5}\n{\"t\": 2}", 2, Some("t"), "not after"),
+            (
+                "{\"t\": 60, \"canary\": {\"fail\": 0.08}}\n{\"t\": 60}",
+                2,
+                Some("t"),
+                "60 is not after the previous line's 60",
+            ),
+            (
+                r#"{"t": -1}"#,
+                1,
+                Some("t"),
+                "-1 is not in 0..=1000000000000",
+            ),
             (r#"{"rps": 5}"#, 1, Some("t"), "needs its time"),
             ("{\"t\": 0}\n[1, 2]", 2, None, "must be a JSON object"),
             ("{\"t\": 0}\n\n{\"t\": 1,", 3, None, "not JSON"),
