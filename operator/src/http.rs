@@ -434,8 +434,20 @@ pub fn shown_url(url: &str) -> String {
 /// check, not a prefix).
 pub fn is_http_url(url: &str) -> bool {
     url.parse::<http::Uri>().is_ok_and(|u| {
-        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some_and(|h| !h.is_empty())
+            && u.authority().is_some_and(|a| port_ok(a.as_str()))
     })
+}
+
+/// Whether an authority's port, if it has one, is 1-65535 (`http` reads
+/// a larger one as no port at all).
+fn port_ok(authority: &str) -> bool {
+    let port = match authority.rfind(']') {
+        Some(end) => authority[end + 1..].strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, port)| port),
+    };
+    port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 #[derive(Clone)]

@@ -91,9 +91,12 @@ impl QueryCheck {
         }
     }
 
-    /// What is missing or wrong for its provider.
+    /// What is missing or wrong for its provider, or in its bounds.
     pub fn check(&self) -> Result<(), String> {
         let at = format!("check `{}`", self.name);
+        if self.name.trim().is_empty() {
+            return Err("a check: name: empty (every check needs a name)".into());
+        }
         match self.provider {
             QueryProvider::Prometheus | QueryProvider::Datadog if self.query.trim().is_empty() => {
                 return Err(format!("{at}: query: empty"));
@@ -123,6 +126,22 @@ impl QueryCheck {
                 "{at}: address: `{a}` is not an http:// or https:// URL"
             ));
         }
+        for (field, bound) in [("min", self.min), ("max", self.max)] {
+            if bound.is_some_and(|b| !b.is_finite()) {
+                return Err(format!("{at}: {field}: not a finite number"));
+            }
+        }
+        match (self.min, self.max) {
+            (None, None) => {
+                return Err(format!(
+                    "{at}: set min, max or both (a check with neither always passes)"
+                ));
+            }
+            (Some(a), Some(b)) if a > b => {
+                return Err(format!("{at}: min {a} is above max {b}: no value can pass"));
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -132,8 +151,14 @@ impl QueryCheck {
 pub fn parse_checks(text: &str, what: &str) -> Result<Vec<QueryCheck>, String> {
     let checks: Vec<QueryCheck> =
         serde_yaml_ng::from_str(text).map_err(|e| format!("{what}: {e}"))?;
-    for check in &checks {
+    for (i, check) in checks.iter().enumerate() {
         check.check().map_err(|e| format!("{what}: {e}"))?;
+        if checks[..i].iter().any(|c| c.name == check.name) {
+            return Err(format!(
+                "{what}: check `{}`: name: used twice (reports and events tell checks by name)",
+                check.name
+            ));
+        }
     }
     Ok(checks)
 }
@@ -275,6 +300,9 @@ impl Webhook {
         }
         if self.retries > 10 {
             return Err(format!("{at}: retries: {} is above 10", self.retries));
+        }
+        if self.timeout.is_zero() {
+            return Err(format!("{at}: timeout: 0s (every call would fail at once)"));
         }
         Ok(())
     }
@@ -886,6 +914,31 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn webhooks_that_could_never_be_called_are_refused_naming_the_field() {
+        for (yaml, expected) in [
+            (
+                "- name: a\n  url: http://127.0.0.1:99999/\n",
+                "webhook `a`: url:",
+            ),
+            (
+                "- name: a\n  url: http://127.0.0.1:0/\n",
+                "webhook `a`: url:",
+            ),
+            (
+                "- name: a\n  url: http://h/\n  timeout: 0s\n",
+                "webhook `a`: timeout: 0s",
+            ),
+            ("- name: a\n  url: ftp://h/\n", "webhook `a`: url:"),
+        ] {
+            let err = parse_webhooks(yaml, "hooks.yaml").unwrap_err();
+            assert!(err.contains(expected), "{yaml}: {err}");
+        }
+        let ok = parse_webhooks("- name: a\n  url: http://[::1]:8080/x\n", "hooks.yaml").unwrap();
+        assert_eq!(ok.len(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -268,6 +268,27 @@ async fn bad_checks_are_refused_naming_the_check_and_field() {
             "- name: c\n  provider: web\n  url: http://a/\n  jsonpath: $.x\n",
             "unknown field `jsonpath`",
         ),
+        // Bounds no value can pass, or that every value passes.
+        (
+            "- name: c\n  query: up\n  min: 5\n  max: 1\n",
+            "check `c`: min 5 is above max 1",
+        ),
+        (
+            "- name: c\n  query: up\n  max: .nan\n",
+            "check `c`: max: not a finite number",
+        ),
+        (
+            "- name: c\n  query: up\n",
+            "check `c`: set min, max or both",
+        ),
+        (
+            "- name: c\n  query: up\n  max: 1\n- name: c\n  query: down\n  max: 1\n",
+            "check `c`: name: used twice",
+        ),
+        (
+            "- name: c\n  provider: web\n  url: http://127.0.0.1:99999/\n  json_path: $.x\n  max: 1\n",
+            "check `c`: url:",
+        ),
     ] {
         let (code, stderr) =
             rollout_refusal(&["--checks-file", &write(&dir.path, "checks.yaml", yaml)]);
