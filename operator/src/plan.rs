@@ -760,6 +760,18 @@ impl Plan {
     /// (its weight). `flag` names a setting as the caller's user wrote it.
     pub fn apply_strategy(&mut self, flag: impl Fn(&str) -> String) -> Result<(), String> {
         match self.strategy {
+            // The sequential gate weighs the canary against the primary's
+            // traffic, which a step of 100 leaves none of: the release
+            // would hold there, undecided, until its deadline.
+            Strategy::Canary
+                if self.is_sequential() && self.steps_bp.last() == Some(&WEIGHT_SCALE_BP) =>
+            {
+                Err(format!(
+                    "{}: a last step of 100 leaves the primary no traffic for the sequential gate to compare with; end below 100 (promotion moves the rest), or use {} blue-green",
+                    flag("steps"),
+                    flag("strategy")
+                ))
+            }
             Strategy::Canary => Ok(()),
             Strategy::BlueGreen { .. } | Strategy::Experiment { .. } if !self.is_sequential() => {
                 Err(format!(

@@ -509,6 +509,7 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         (vec!["--canary-errors", "120%"], "--canary-errors"),
         (vec!["--rps=-1"], "--rps"),
         (vec!["--rps", "1e18"], "--rps"),
+        (vec!["--steps", "10,50,100"], "a last step of 100"),
         (vec!["--durations", "20ms~9"], "--durations"),
         (vec!["--dispersion", "0.5"], "--dispersion"),
         (vec!["--trace", "/nonexistent/trace.jsonl"], "--trace"),
