@@ -1187,7 +1187,7 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
                 "summary": summary,
                 "rollback_rate": summary.rollback_rate(),
                 "runs": runs,
-                "seconds": started.elapsed().as_secs_f64(),
+                "wall_seconds": started.elapsed().as_secs_f64(),
             })
         );
     } else {
