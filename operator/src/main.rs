@@ -653,8 +653,8 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     if let Some(url) = &args.baseline_arm {
         router = router.with_baseline_arm(url);
     }
-    match router.current().await {
-        Ok(_) => {}
+    let current = match router.current().await {
+        Ok(route) => route,
         Err(RouterError::Refused { status: 404, .. }) => {
             return usage(format!(
                 "--route: the proxy at {} has no route named `{}`",
@@ -670,7 +670,7 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             eprintln!("error: --admin: the proxy is unreachable: {e}");
             return ExitCode::from(3);
         }
-    }
+    };
     let provider = match &args.prometheus {
         Some(url) => {
             if !is_http_url(url) {
@@ -703,6 +703,27 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             ));
         }
     };
+    // A new release of the version already serving compares the stable
+    // with itself (a release resumed after its promotion is told apart
+    // by its saved state).
+    let same = |a: &str, b: &str| {
+        let parse = sluice_proxy::config::UpstreamUrl::parse;
+        matches!((parse(a), parse(b)), (Ok(a), Ok(b)) if a == b)
+    };
+    let stable = current["stable"].as_str().unwrap_or_default();
+    if saved.is_none() && same(&args.canary, stable) {
+        return usage(format!(
+            "--canary: `{}` is the route's stable already; give the new version's URL",
+            args.canary
+        ));
+    }
+    if let Some(arm) = &args.baseline_arm
+        && same(arm, stable)
+    {
+        return usage(format!(
+            "--baseline-arm: `{arm}` is the route's stable; the baseline arm is a fresh copy of the stable version, started with the canary"
+        ));
+    }
     let resume = match saved {
         Some(saved) => match resumable(&saved, &args, &router).await {
             Ok(()) => {

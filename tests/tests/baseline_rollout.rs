@@ -326,7 +326,16 @@ async fn a_plan_the_baseline_arm_cannot_share_is_refused_before_anything_changes
     let r = Release::new(Faults::default(), Faults::default()).await;
     let before = r.route().await;
     let canary = r.canary.url();
+    let stable = r.stable.url();
     for (extra, expected) in [
+        (
+            vec!["--baseline-arm", stable.as_str()],
+            "is the route's stable; the baseline arm is a fresh copy",
+        ),
+        (
+            vec!["--canary", stable.as_str()],
+            "is the route's stable already",
+        ),
         (
             vec!["--steps", "20,60"],
             "--baseline-arm: the baseline arm gets the canary's share too, so every weight must be at most 50, and --steps has 60",

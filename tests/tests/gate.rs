@@ -468,7 +468,10 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
     // Deterministic for a seed: everything but the wall-clock time taken.
     let seeded = || {
         let mut out = json(&["--canary-errors", "2%", "--seed", "7"]);
-        out.as_object_mut().unwrap().remove("wall_seconds").expect("wall_seconds");
+        out.as_object_mut()
+            .unwrap()
+            .remove("wall_seconds")
+            .expect("wall_seconds");
         out
     };
     assert_eq!(seeded(), seeded());
