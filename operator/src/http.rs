@@ -443,11 +443,7 @@ pub fn is_http_url(url: &str) -> bool {
 /// Whether an authority's port, if it has one, is 1-65535 (`http` reads
 /// a larger one as no port at all).
 fn port_ok(authority: &str) -> bool {
-    let port = match authority.rfind(']') {
-        Some(end) => authority[end + 1..].strip_prefix(':'),
-        None => authority.rsplit_once(':').map(|(_, port)| port),
-    };
-    port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+    sluice_proxy::config::port_text(authority).is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 #[derive(Clone)]

@@ -413,6 +413,12 @@ impl PlanArgs {
         if scrape_interval < Duration::from_millis(100) {
             return Err("--scrape-interval: must be at least 100ms".into());
         }
+        if scrape_interval > interval {
+            return Err(format!(
+                "--scrape-interval: {} is longer than --interval {}; the gate would read less than once a step",
+                self.scrape_interval, self.interval
+            ));
+        }
         let strategy = plan::Strategy::parse(
             &self.strategy,
             &self.iterations,
@@ -439,15 +445,31 @@ impl PlanArgs {
             None if experiment => vec![5000],
             None => plan::parse_steps("10,20,30,40,50").map_err(|e| flag("steps", e))?,
         };
+        // Deadlines shorter than a step's interval end every release before
+        // its first analysis.
+        let progress_deadline = duration("progress-deadline", &self.progress_deadline)?;
+        if progress_deadline < interval {
+            return Err(format!(
+                "--progress-deadline: {} is shorter than --interval {}; every release would end before its first analysis",
+                self.progress_deadline, self.interval
+            ));
+        }
+        let max_duration = duration("max-duration", &self.max_duration)?;
+        if max_duration < interval {
+            return Err(format!(
+                "--max-duration: {} is shorter than --interval {}; nothing could be decided in it",
+                self.max_duration, self.interval
+            ));
+        }
         let mut plan = Plan {
             steps_bp,
             interval,
             failure_limit: self.failure_limit,
             min_requests: self.min_requests,
-            progress_deadline: duration("progress-deadline", &self.progress_deadline)?,
+            progress_deadline,
             gate,
             scrape_interval,
-            max_duration: duration("max-duration", &self.max_duration)?,
+            max_duration,
             success_rate_min,
             latency,
             queries,
@@ -1171,6 +1193,13 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
                 if scrape < Duration::from_secs(1) {
                     return Err("--prometheus-scrape: must be at least 1s".into());
                 }
+                // `rate()` needs two samples in its window.
+                if window < scrape * 2 {
+                    return Err(format!(
+                        "--prometheus-window: {} holds fewer than two scrapes of --prometheus-scrape {}; rate() would read nothing",
+                        args.prometheus_window, args.prometheus_scrape
+                    ));
+                }
                 SimProvider::Prometheus {
                     scrape_secs: scrape.as_secs_f64(),
                     window_secs: window.as_secs_f64(),
@@ -1181,6 +1210,14 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
             Some(h) => duration("horizon", h)?,
             None => plan.max_duration + Duration::from_secs(60),
         };
+        // A shorter horizon cuts runs the gate has not finished with, and
+        // they would read as held.
+        if horizon < plan.max_duration {
+            return Err(format!(
+                "--horizon: {horizon:?} is shorter than --max-duration {:?}; runs would be cut before the gate's own deadline",
+                plan.max_duration
+            ));
+        }
         Ok(Scenario {
             plan,
             traces,

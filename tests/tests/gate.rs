@@ -515,6 +515,20 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         (vec!["--rps=-1"], "--rps"),
         (vec!["--rps", "1e18"], "--rps"),
         (vec!["--steps", "10,50,100"], "a last step of 100"),
+        (
+            vec!["--scrape-interval", "2h"],
+            "--scrape-interval: 2h is longer than --interval",
+        ),
+        (vec!["--max-duration", "0s"], "--max-duration"),
+        (
+            vec!["--progress-deadline", "1s"],
+            "--progress-deadline: 1s is shorter than --interval",
+        ),
+        (vec!["--horizon", "1s"], "--horizon"),
+        (
+            vec!["--provider", "prometheus", "--prometheus-window", "10s"],
+            "--prometheus-window: 10s holds fewer than two scrapes",
+        ),
         (vec!["--durations", "20ms~9"], "--durations"),
         (vec!["--dispersion", "0.5"], "--dispersion"),
         (vec!["--trace", "/nonexistent/trace.jsonl"], "--trace"),

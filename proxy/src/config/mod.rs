@@ -784,6 +784,15 @@ pub fn bp_to_percent(bp: u32) -> f64 {
     f64::from(bp) / 100.0
 }
 
+/// The text of an authority's port (`h:99999` gives `99999`, `[::1]`
+/// none), as written: `http` reads a port over 65535 as no port at all.
+pub fn port_text(authority: &str) -> Option<&str> {
+    match authority.rfind(']') {
+        Some(end) => authority[end + 1..].strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, port)| port),
+    }
+}
+
 /// A parsed upstream address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamUrl {
@@ -835,12 +844,7 @@ impl UpstreamUrl {
         }
         // `http` reads a port over 65535 as none at all (which would be
         // the scheme's default): the port's text is read here instead.
-        let written = authority.as_str();
-        let port_text = match written.rfind(']') {
-            Some(end) => written[end + 1..].strip_prefix(':'),
-            None => written.rsplit_once(':').map(|(_, port)| port),
-        };
-        let port = match port_text {
+        let port = match port_text(authority.as_str()) {
             None => match scheme {
                 Scheme::Http => 80,
                 Scheme::Https => 443,
