@@ -273,6 +273,22 @@ pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
     }
 }
 
+/// What is wrong with a request target's bytes, if anything, for an
+/// HTTP/1.1 request line (an HTTP/1.1 client's, or the one an HTTP/2
+/// `:path` becomes): a byte that is not visible ASCII, or a fragment
+/// (`#`), which no form of request target has (RFC 9112 §3.2); routed with
+/// it, `/admin#/../x` would pass a path rule as `/x` and reach a backend
+/// that reads `/admin`.
+pub fn target_defect(target: &[u8]) -> Option<&'static str> {
+    if !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        Some("the request target has a byte that is not visible ASCII")
+    } else if target.contains(&b'#') {
+        Some("the request target has a fragment (`#`)")
+    } else {
+        None
+    }
+}
+
 /// Whether a backend's trailer field named `name` goes on to the client:
 /// not one only a head may carry (RFC 9110 §6.5.1: framing, routing and
 /// hop-by-hop fields), nor a pseudo-field.

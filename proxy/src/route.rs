@@ -259,14 +259,10 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
         // As an HTTP/1.1 target is (`crate::http1::head`): `:path` may
         // carry any byte HPACK can, and an HTTP/1.1 backend must get
         // visible ASCII in its request line.
-        if !req
-            .target
-            .path_and_query()
-            .bytes()
-            .all(|b| (0x21..=0x7e).contains(&b) && b != b'#')
-        {
-            return Err(Refusal::bad(
-                "sluice: the request target has a byte that is not visible ASCII, or a fragment\n",
+        if let Some(defect) = crate::fields::target_defect(req.target.path_and_query().as_bytes()) {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!("sluice: {defect}\n"),
             ));
         }
         if crate::fields::content_length_in(req.fields).is_err() {

@@ -128,14 +128,19 @@ impl Store {
 
     /// Validates `config` and swaps it in, or changes nothing.
     pub fn replace(&self, config: Config) -> Result<Arc<Routing>, ConfigErrors> {
-        let _guard = self.write_lock.lock().expect("store lock");
-        let result = self.replace_locked(config);
+        let result = self.apply(config);
         self.metrics.record_reload(if result.is_ok() {
             ReloadResult::Success
         } else {
             ReloadResult::Failure
         });
         result
+    }
+
+    /// [`Store::replace`] without counting a reload.
+    fn apply(&self, config: Config) -> Result<Arc<Routing>, ConfigErrors> {
+        let _guard = self.write_lock.lock().expect("store lock");
+        self.replace_locked(config)
     }
 
     fn replace_locked(&self, config: Config) -> Result<Arc<Routing>, ConfigErrors> {
@@ -226,10 +231,7 @@ impl Store {
         // Not a reload: the reload metrics speak of the config's source
         // (the file, the ConfigMap, the Gateway API), which an admin
         // update leaves as it was.
-        let routing = {
-            let _guard = self.write_lock.lock().expect("store lock");
-            self.replace_locked(config).map_err(UpdateError::Invalid)?
-        };
+        let routing = self.apply(config).map_err(UpdateError::Invalid)?;
         Ok(routing.config.routes[index].clone())
     }
 
@@ -288,13 +290,8 @@ pub fn check_files(
         });
     }
     for (i, route) in valid.routes.iter().enumerate() {
-        let urls = route
-            .stable
-            .iter()
-            .chain(route.canary.as_ref())
-            .chain(route.baseline.as_ref());
-        if let Some(key) = urls
-            .filter_map(|u| route.tls_for(u))
+        if let Some(key) = route
+            .upstream_tls_keys()
             .find(|key| !before.is_some_and(|b| uses_upstream_tls(b, key)))
             && let Err(e) = crate::tls::client_config(&key, false)
         {
@@ -317,14 +314,10 @@ fn uses_upstream_tls(
     valid: &crate::config::ValidConfig,
     key: &crate::config::UpstreamTlsKey,
 ) -> bool {
-    valid.routes.iter().any(|route| {
-        route
-            .stable
-            .iter()
-            .chain(route.canary.as_ref())
-            .chain(route.baseline.as_ref())
-            .any(|u| route.tls_for(u).as_ref() == Some(key))
-    })
+    valid
+        .routes
+        .iter()
+        .any(|route| route.upstream_tls_keys().any(|k| k == *key))
 }
 
 const PATCH_FIELDS: &str = "a route update may set stable, canary, baseline, canary_weight, canary_match, affinity, mirror";

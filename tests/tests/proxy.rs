@@ -517,11 +517,7 @@ async fn sighup_puts_the_file_back_in_force_and_never_stops_the_proxy() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(weight(proxy.admin).await, 100.0);
     // SIGHUP applies the file again, although its text did not change.
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &proxy.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(hup.success());
+    proxy.signal("HUP");
     eventually(
         "SIGHUP to put the file's weight back",
         Duration::from_secs(10),

@@ -293,6 +293,15 @@ impl ValidRoute {
                 .unwrap_or_else(|| url.host.clone()),
         })
     }
+
+    /// The TLS settings of each https upstream (stable, canary, baseline).
+    pub fn upstream_tls_keys(&self) -> impl Iterator<Item = UpstreamTlsKey> + '_ {
+        self.stable
+            .iter()
+            .chain(self.canary.as_ref())
+            .chain(self.baseline.as_ref())
+            .filter_map(|u| self.tls_for(u))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

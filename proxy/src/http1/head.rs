@@ -147,18 +147,8 @@ pub fn parse_request(
             let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
                 .map_err(|_| HeadError::Malformed("the method is not a token"))?;
             let target = req.path.unwrap_or_default().as_bytes();
-            if !target.iter().all(|&b| (0x21..=0x7e).contains(&b)) {
-                return Err(HeadError::Malformed(
-                    "the request target has a byte that is not visible ASCII",
-                ));
-            }
-            // A fragment is the client's own (RFC 9112 §3.2 has none in a
-            // target); routed with it, `/admin#/../x` would pass a path
-            // rule as `/x` and reach a backend that reads `/admin`.
-            if memchr::memchr(b'#', target).is_some() {
-                return Err(HeadError::Malformed(
-                    "the request target has a fragment (`#`)",
-                ));
+            if let Some(defect) = crate::fields::target_defect(target) {
+                return Err(HeadError::Malformed(defect));
             }
             record_spans(buf, req.headers, spans);
             Ok(Some(RequestLine {
