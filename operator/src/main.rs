@@ -666,10 +666,13 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     }
     let token = match &args.token_file {
         None => None,
-        Some(path) => match std::fs::read_to_string(path) {
+        Some(path) => match sluice_operator::input::read_text(
+            path,
+            sluice_operator::input::MAX_SETTINGS_BYTES,
+        ) {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
             Ok(_) => return usage(format!("--token-file: {} is empty", path.display())),
-            Err(e) => return usage(format!("--token-file: cannot read {}: {e}", path.display())),
+            Err(e) => return usage(format!("--token-file: {e}")),
         },
     };
     let mut router = ProxyAdminRouter::new(&args.admin, &args.route, &args.canary, token)
