@@ -6,7 +6,7 @@
 //! - [`h1`]: every HTTP/1.1 (and 1.0) connection, plain or TLS, with the
 //!   proxy's own codec (`crate::http1`), in the connection's own task.
 //! - [`h2`]: HTTP/2 connections (prior knowledge, or ALPN `h2` over TLS),
-//!   on the `h2` crate, each stream in a task of its own.
+//!   on the `h2` crate, each stream a future polled in the connection's task.
 
 pub mod h1;
 pub mod h2;
