@@ -189,7 +189,8 @@ pub struct Activity {
     start: Instant,
     requests: AtomicU64,
     in_flight: AtomicUsize,
-    /// Milliseconds after `start` of the last request start or end.
+    /// Milliseconds after `start` of the last request's end (a start needs
+    /// no time: the connection is not idle while a request is in flight).
     last: AtomicU64,
 }
 
@@ -212,7 +213,6 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> RequestGuard {
         self.requests.fetch_add(1, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.last.store(self.now_ms(), Ordering::SeqCst);
         RequestGuard(self.clone())
     }
 
