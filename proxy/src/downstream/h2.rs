@@ -120,7 +120,6 @@ pub async fn serve<I>(
         keepalive: settings.keepalive.map(KeepAlive::new),
         closing: false,
         streams: FuturesUnordered::new(),
-        ended: None,
     });
     supervise(
         conn,
@@ -162,8 +161,6 @@ struct Connection<I> {
     /// by the panic hook, as a task's would be), so that the connection's
     /// other streams go on.
     streams: FuturesUnordered<CatchUnwind<AssertUnwindSafe<Served>>>,
-    /// How the connection ended, once it has; its streams still finish.
-    ended: Option<Result<(), h2::Error>>,
 }
 
 /// One stream's future (see [`stream`]), boxed once, whole: pushing it
@@ -173,6 +170,9 @@ type Served = Pin<Box<dyn Future<Output = ()> + Send>>;
 enum Phase<I> {
     Handshake(h2::server::Handshake<I, Bytes>),
     Serving(h2::server::Connection<I, Bytes>),
+    /// The connection has ended (how, until it is reported); its streams
+    /// may still be finishing.
+    Ended(Option<Result<(), h2::Error>>),
 }
 
 impl<I> Connection<I>
@@ -196,59 +196,62 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let conn = loop {
-            match &mut this.phase {
-                Phase::Handshake(handshake) => {
-                    let mut conn = ready!(Pin::new(handshake).poll(cx))?;
-                    if this.closing {
-                        conn.graceful_shutdown();
-                    }
-                    if let Some(keepalive) = &mut this.keepalive {
-                        keepalive.pings = conn.ping_pong();
-                    }
-                    this.phase = Phase::Serving(conn);
-                }
-                Phase::Serving(conn) => break conn,
+        if let Phase::Handshake(handshake) = &mut this.phase {
+            let mut conn = ready!(Pin::new(handshake).poll(cx))?;
+            if this.closing {
+                conn.graceful_shutdown();
             }
-        };
-        // Draining (from SIGTERM on, through `--drain-delay`): GOAWAY, so
-        // the client finishes its streams here and opens new ones on a new
-        // connection, which the load balancer sends elsewhere, before the
-        // listeners close.
-        if !this.closing && this.shared.state.is_draining() {
-            this.closing = true;
-            conn.graceful_shutdown();
+            if let Some(keepalive) = &mut this.keepalive {
+                keepalive.pings = conn.ping_pong();
+            }
+            this.phase = Phase::Serving(conn);
         }
-        if let Some(keepalive) = &mut this.keepalive
-            && keepalive.poll_timed_out(cx)
-        {
-            tracing::debug!(peer = %this.shared.client.addr, "keep-alive PING unanswered; closing");
-            conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-        }
-        while this.ended.is_none() {
-            match conn.poll_accept(cx) {
-                Poll::Ready(Some(Ok((req, respond)))) => {
-                    let guard = this.activity.begin();
-                    let served: Served = Box::pin(stream(this.shared.clone(), req, respond, guard));
-                    this.streams.push(AssertUnwindSafe(served).catch_unwind());
+        if let Phase::Serving(conn) = &mut this.phase {
+            // Draining (from SIGTERM on, through `--drain-delay`): GOAWAY,
+            // so the client finishes its streams here and opens new ones on
+            // a new connection, which the load balancer sends elsewhere,
+            // before the listeners close.
+            if !this.closing && this.shared.state.is_draining() {
+                this.closing = true;
+                conn.graceful_shutdown();
+            }
+            if let Some(keepalive) = &mut this.keepalive
+                && keepalive.poll_timed_out(cx)
+            {
+                tracing::debug!(peer = %this.shared.client.addr, "keep-alive PING unanswered; closing");
+                conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+            }
+            let ended = loop {
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        let guard = this.activity.begin();
+                        let served: Served =
+                            Box::pin(stream(this.shared.clone(), req, respond, guard));
+                        this.streams.push(AssertUnwindSafe(served).catch_unwind());
+                    }
+                    Poll::Ready(Some(Err(e))) => break Some(Err(e)),
+                    Poll::Ready(None) => break Some(Ok(())),
+                    Poll::Pending => break None,
                 }
-                Poll::Ready(Some(Err(e))) => this.ended = Some(Err(e)),
-                Poll::Ready(None) => this.ended = Some(Ok(())),
-                Poll::Pending => break,
+            };
+            if let Some(ended) = ended {
+                // The `h2` connection is dropped at once: that fails and
+                // wakes every stream still in flight (not all of its errors
+                // do so on their own: a failed write does not), so each sees
+                // the end as a reset and records it, and the socket closes
+                // now rather than with the last stream.
+                this.phase = Phase::Ended(Some(ended));
+                this.keepalive = None;
             }
         }
         // The frames the streams queue now go out when the `h2` connection
         // is polled again: it wakes this task for that.
         while let Poll::Ready(Some(_)) = this.streams.poll_next_unpin(cx) {}
-        // A connection that ended (the client's reset, an error, or its
-        // close after GOAWAY) still lets its streams finish: they see the
-        // end as a reset and record it.
-        match this.ended.take() {
-            Some(ended) if this.streams.is_empty() => Poll::Ready(ended),
-            ended => {
-                this.ended = ended;
-                Poll::Pending
+        match &mut this.phase {
+            Phase::Ended(ended) if this.streams.is_empty() => {
+                Poll::Ready(ended.take().unwrap_or(Ok(())))
             }
+            _ => Poll::Pending,
         }
     }
 }
