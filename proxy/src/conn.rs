@@ -189,8 +189,9 @@ pub struct Activity {
     start: Instant,
     requests: AtomicU64,
     in_flight: AtomicUsize,
-    /// Milliseconds after `start` of the last request's end (a start needs
-    /// no time: the connection is not idle while a request is in flight).
+    /// Milliseconds after `start` of the end of the last request in
+    /// flight (the others' ends and every start need no time: the
+    /// connection is not idle while a request is in flight).
     last: AtomicU64,
 }
 
@@ -233,7 +234,11 @@ pub struct RequestGuard(Arc<Activity>);
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let a = &self.0;
-        a.last.store(a.now_ms(), Ordering::SeqCst);
+        // Only the last request in flight needs the time: while another
+        // is, the connection is not idle, and that one's end stores it.
+        if a.in_flight.load(Ordering::SeqCst) == 1 {
+            a.last.store(a.now_ms(), Ordering::SeqCst);
+        }
         a.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -565,9 +570,12 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
+/// How far off [`far_off`] is.
+pub const FAR_OFF: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A sleep far off, for [`until`]: the first deadline moves it.
 pub fn far_off() -> tokio::time::Sleep {
-    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))
+    tokio::time::sleep(FAR_OFF)
 }
 
 /// Resolves once `at` has passed, on `timer`: a sleep a connection's
@@ -682,4 +690,38 @@ pub(crate) fn poll_fill<S: AsyncRead + Unpin>(
     let read = tokio::io::AsyncReadExt::read_buf(io, buf);
     tokio::pin!(read);
     std::future::Future::poll(read, cx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection is idle from the end of its last request in flight,
+    /// whichever of its requests ends last, and never while one is.
+    #[test]
+    fn idleness_counts_from_the_end_of_the_last_request_in_flight() {
+        for last_begun_ends_last in [true, false] {
+            let activity = Activity::new();
+            let first = activity.begin();
+            let second = activity.begin();
+            std::thread::sleep(Duration::from_millis(60));
+            let (early, late) = if last_begun_ends_last {
+                (first, second)
+            } else {
+                (second, first)
+            };
+            drop(early);
+            assert_eq!(activity.idle_for(), Duration::ZERO, "one still in flight");
+            std::thread::sleep(Duration::from_millis(60));
+            assert_eq!(activity.idle_for(), Duration::ZERO, "one still in flight");
+            drop(late);
+            let idle = activity.idle_for();
+            assert!(
+                idle < Duration::from_millis(50),
+                "idle for {idle:?} just after the last request ended (last begun ends last: {last_begun_ends_last})"
+            );
+            std::thread::sleep(Duration::from_millis(60));
+            assert!(activity.idle_for() >= Duration::from_millis(50));
+        }
+    }
 }

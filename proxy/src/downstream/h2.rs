@@ -115,6 +115,7 @@ pub async fn serve<I>(
             state,
             client,
             idle: limits.idle_timeout,
+            far: tokio::time::Instant::now() + crate::conn::FAR_OFF,
         }),
         activity: activity.clone(),
         keepalive: settings.keepalive.map(KeepAlive::new),
@@ -139,6 +140,9 @@ struct Shared {
     /// The stall limit of the proxy's own answers (`limits.idle_timeout`;
     /// see the module docs).
     idle: Duration,
+    /// A deadline far off (a year after the connection began), where each
+    /// stream's timer starts: the first deadline moves it.
+    far: tokio::time::Instant,
 }
 
 /// One client connection, as a future that accepts its streams and serves
@@ -326,10 +330,11 @@ async fn stream(
         state,
         client,
         idle,
+        far,
     } = &*shared;
     let head_request = req.method() == Method::HEAD;
     let respond = Mutex::new(respond);
-    let Some((response, stall)) = handle(state, req, client, &respond).await else {
+    let Some((response, stall)) = handle(state, req, client, *far, &respond).await else {
         return;
     };
     let mut respond = respond.into_inner().expect("the stream's lock");
@@ -487,6 +492,7 @@ async fn handle(
     state: &ProxyState,
     req: Request<h2::RecvStream>,
     client: &Client,
+    far: tokio::time::Instant,
     respond: &Mutex<h2::server::SendResponse<Bytes>>,
 ) -> Option<(Response<AnswerBody>, Option<Duration>)> {
     let start = Instant::now();
@@ -546,8 +552,9 @@ async fn handle(
             .expect("the stream's lock")
             .send_informational(head);
     };
-    // Streams run at once: each has a timer of its own.
-    let timer = std::pin::pin!(crate::conn::far_off());
+    // Streams run at once: each has a timer of its own, first set far off
+    // (from the connection's start: no clock read per stream).
+    let timer = std::pin::pin!(tokio::time::sleep_until(far));
     let exchange = Exchange {
         routed: &routed,
         req: &req,
