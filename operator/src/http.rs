@@ -44,7 +44,14 @@ pub enum HttpError {
     Timeout { url: String, timeout: Duration },
     #[error("{url}: `{url}` is not a valid http:// or https:// URL")]
     BadUrl { url: String },
+    #[error("{url}: the answer is larger than {} MiB; not read", MAX_ANSWER_BYTES / (1024 * 1024))]
+    TooLarge { url: String },
 }
+
+/// The largest answer body read (a webhook's, a metrics provider's, the
+/// proxy admin API's): past it the answer is an error, so an endpoint that
+/// answers without end cannot take the control plane's memory.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 /// A value that must never be shown: it prints as `<redacted>`.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,8 +61,8 @@ impl Secret {
     /// The first line of `path`, trimmed (a trailing newline is not part
     /// of a token). `what` names the setting in the error.
     pub fn from_file(what: &str, path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))?;
+        let text = crate::input::read_text(path, crate::input::MAX_SETTINGS_BYTES)
+            .map_err(|e| format!("{what}: {e}"))?;
         let value = text.lines().next().unwrap_or_default().trim().to_string();
         if value.is_empty() {
             return Err(format!("{what}: {} is empty", path.display()));
@@ -162,12 +169,11 @@ static ACCESS: OnceLock<Arc<Vec<Endpoint>>> = OnceLock::new();
 /// the field.
 pub fn install_access_file(path: &Path) -> Result<(), String> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--access-file: cannot read {shown}: {e}"))?;
+    let text = crate::input::read_text(path, crate::input::MAX_SETTINGS_BYTES)
+        .map_err(|e| format!("--access-file: {e}"))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let endpoints = parse_access(&text, &format!("--access-file: {shown}"), &|file: &str| {
-        let path = base.join(file);
-        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        crate::input::read_bytes(&base.join(file), crate::input::MAX_SETTINGS_BYTES)
     })?;
     install(endpoints, "--access-file")
 }
@@ -530,9 +536,6 @@ impl HttpClient {
         if let Some(t) = token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
         let mut req = match body {
             Some((content_type, bytes)) => req
                 .header(header::CONTENT_TYPE, content_type)
@@ -540,6 +543,13 @@ impl HttpClient {
             None => req.body(Full::default()),
         }
         .map_err(|_| bad())?;
+        // The caller's fields replace the defaults of the same name (a
+        // webhook's own `Content-Type`), never join them.
+        for (name, value) in headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            let value = http::HeaderValue::from_str(value).map_err(|_| bad())?;
+            req.headers_mut().insert(name, value);
+        }
         if let Some(e) = endpoint {
             // An explicit token (the proxy admin's) is never replaced.
             let explicit = req.headers().get(header::AUTHORIZATION).cloned();
@@ -558,13 +568,20 @@ impl HttpClient {
                     reason: error_chain(&e),
                 })?;
             let status = resp.status();
-            let body = resp
-                .into_body()
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| HttpError::Unreachable {
-                    url: url.to_string(),
-                    reason: error_chain(&e),
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        HttpError::TooLarge {
+                            url: url.to_string(),
+                        }
+                    } else {
+                        HttpError::Unreachable {
+                            url: url.to_string(),
+                            reason: error_chain(&*e),
+                        }
+                    }
                 })?
                 .to_bytes();
             Ok(Answer { status, body })
@@ -718,5 +735,92 @@ mod tests {
         assert!(headers[header::AUTHORIZATION].is_sensitive());
         assert_eq!(headers["x-api-key"], "k3y");
         assert!(headers["x-api-key"].is_sensitive());
+    }
+
+    /// A server on 127.0.0.1 that reads one request head, hands it over,
+    /// and writes `answer_head` then `body_bytes` zero bytes (as far as the
+    /// client takes them).
+    async fn one_shot(
+        answer_head: String,
+        body_bytes: usize,
+    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            let _ = socket.write_all(answer_head.as_bytes()).await;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = body_bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if socket.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_an_error_not_all_the_memory() {
+        let too_big = MAX_ANSWER_BYTES + 1;
+        for framing in [format!("Content-Length: {too_big}"), String::new()] {
+            let head = format!("HTTP/1.1 200 OK\r\n{framing}\r\nConnection: close\r\n\r\n");
+            let (url, _) = one_shot(head, too_big).await;
+            let err = HttpClient::plain()
+                .get(&url, Duration::from_secs(20))
+                .await
+                .err()
+                .expect("an answer over the limit is refused");
+            assert!(
+                matches!(err, HttpError::TooLarge { .. }),
+                "{framing}: {err}"
+            );
+            assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
+        }
+        // At the limit it is read.
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {MAX_ANSWER_BYTES}\r\n\r\n");
+        let (url, _) = one_shot(head, MAX_ANSWER_BYTES).await;
+        let answer = HttpClient::plain()
+            .get(&url, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(answer.body.len(), MAX_ANSWER_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_callers_field_replaces_the_default_of_the_same_name() {
+        let (url, head) = one_shot("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into(), 0).await;
+        HttpClient::plain()
+            .post_json_with(
+                Method::POST,
+                &url,
+                &serde_json::json!({"name": "web"}),
+                None,
+                &[("Content-Type", "text/plain"), ("X-Team", "payments")],
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        let head = head.await.unwrap().to_ascii_lowercase();
+        let types: Vec<&str> = head
+            .lines()
+            .filter(|l| l.starts_with("content-type:"))
+            .collect();
+        assert_eq!(types, ["content-type: text/plain"], "{head}");
+        assert!(head.contains("x-team: payments"), "{head}");
     }
 }

@@ -13,9 +13,9 @@ pub const MAX_TRACE_BYTES: u64 = 256 * 1024 * 1024;
 /// The largest settings file read (webhooks, checks, tokens).
 pub const MAX_SETTINGS_BYTES: u64 = 1024 * 1024;
 
-/// The text of `path`, at most `limit` bytes of UTF-8, less a leading
-/// byte-order mark. The error names the file and says what is wrong.
-pub fn read_text(path: &Path, limit: u64) -> Result<String, String> {
+/// The bytes of `path`, at most `limit` of them (a certificate, a key).
+/// The error names the file and says what is wrong.
+pub fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
@@ -24,11 +24,27 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() as u64 > limit {
         return Err(format!(
-            "{} is larger than {} MiB; is it the file you meant?",
+            "{} is larger than {}; is it the file you meant?",
             path.display(),
-            limit / (1024 * 1024)
+            shown_size(limit)
         ));
     }
+    Ok(bytes)
+}
+
+/// A size limit as people read it.
+fn shown_size(limit: u64) -> String {
+    if limit >= 1024 * 1024 {
+        format!("{} MiB", limit / (1024 * 1024))
+    } else {
+        format!("{limit} bytes")
+    }
+}
+
+/// The text of `path`, at most `limit` bytes of UTF-8, less a leading
+/// byte-order mark. The error names the file and says what is wrong.
+pub fn read_text(path: &Path, limit: u64) -> Result<String, String> {
+    let bytes = read_bytes(path, limit)?;
     let text = String::from_utf8(bytes)
         .map_err(|e| format!("{} is not UTF-8 text: {e}", path.display()))?;
     Ok(match text.strip_prefix('\u{feff}') {

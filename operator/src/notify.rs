@@ -383,6 +383,12 @@ async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), S
             }
             Err(crate::http::HttpError::Unreachable { reason, .. }) => last = reason,
             Err(crate::http::HttpError::BadUrl { .. }) => last = "not a valid URL".into(),
+            Err(crate::http::HttpError::TooLarge { .. }) => {
+                last = format!(
+                    "answered with a body over {} MiB",
+                    crate::http::MAX_ANSWER_BYTES / (1024 * 1024)
+                )
+            }
         }
     }
     Err(last)
