@@ -67,7 +67,8 @@ impl CheckResult {
         }
     }
 
-    /// Judges `value` against optional bounds; NaN and infinities are inconclusive.
+    /// Judges `value` against optional bounds: an infinity past a bound
+    /// fails; NaN, and an infinity no bound limits, are inconclusive.
     pub fn bounded(name: &str, value: f64, min: Option<f64>, max: Option<f64>, unit: &str) -> Self {
         let threshold = match (min, max) {
             (Some(lo), Some(hi)) => format!("{lo}{unit}..={hi}{unit}"),
@@ -75,11 +76,15 @@ impl CheckResult {
             (None, Some(hi)) => format!("<= {hi}{unit}"),
             (None, None) => "any".to_string(),
         };
-        if !value.is_finite() {
-            return Self::inconclusive(name, threshold, format!("the value is {value}"));
-        }
         let low = min.is_some_and(|lo| value < lo);
         let high = max.is_some_and(|hi| value > hi);
+        // An infinity past a bound fails it (Prometheus's `+Inf` for a
+        // quantile beyond the largest bucket is a slow canary); NaN, or an
+        // infinity on the side no bound limits (a division by zero), says
+        // nothing.
+        if value.is_nan() || (value.is_infinite() && !low && !high) {
+            return Self::inconclusive(name, threshold, format!("the value is {value}"));
+        }
         let (outcome, reason) = if low {
             (
                 Outcome::Fail,
@@ -156,7 +161,9 @@ fn rate(v: Option<f64>) -> String {
 }
 
 fn fmt_value(v: f64, unit: &str) -> String {
-    if unit == "s" {
+    if v.is_infinite() {
+        format!("{}Inf", if v > 0.0 { "+" } else { "-" })
+    } else if unit == "s" {
         format!("{:.0}ms", v * 1000.0)
     } else {
         format!("{v:.2}{unit}")
@@ -319,6 +326,41 @@ pub fn request_volume_check(min_requests: u64, canary_requests: Option<u64>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Prometheus answers `+Inf` for a quantile beyond the largest bucket:
+    /// past a bound, an infinity fails it; where no bound limits it, or as
+    /// NaN, it says nothing.
+    #[test]
+    fn an_infinity_past_a_bound_fails_it() {
+        let judged = |v: f64, min: Option<f64>, max: Option<f64>| {
+            CheckResult::bounded("c", v, min, max, "").outcome
+        };
+        assert_eq!(judged(f64::INFINITY, None, Some(0.5)), Outcome::Fail);
+        assert_eq!(judged(f64::NEG_INFINITY, Some(99.0), None), Outcome::Fail);
+        assert_eq!(judged(f64::INFINITY, Some(1.0), Some(5.0)), Outcome::Fail);
+        assert_eq!(
+            judged(f64::INFINITY, Some(99.0), None),
+            Outcome::Inconclusive
+        );
+        assert_eq!(
+            judged(f64::NEG_INFINITY, None, Some(0.5)),
+            Outcome::Inconclusive
+        );
+        assert_eq!(
+            judged(f64::NAN, Some(1.0), Some(5.0)),
+            Outcome::Inconclusive
+        );
+        let slow = CheckResult::latency(
+            "p99",
+            LatencyReading {
+                value: f64::INFINITY,
+                within: None,
+            },
+            0.5,
+        );
+        assert_eq!(slow.outcome, Outcome::Fail);
+        assert_eq!(slow.reason, "+Inf is above the limit <= 0.5s");
+    }
 
     #[test]
     fn verdict_prefers_fail_then_inconclusive() {

@@ -588,13 +588,18 @@ impl PrometheusProvider {
         let value = match data["resultType"].as_str() {
             Some("vector") => {
                 let result = data["result"].as_array().cloned().unwrap_or_default();
-                if result.is_empty() {
-                    return Err("no data (empty result)".into());
+                match result.as_slice() {
+                    [] => return Err("no data (empty result)".into()),
+                    [one] => one["value"][1].as_str().and_then(parse_prom_float),
+                    // Summing them, or taking one, would judge a number
+                    // nobody asked for.
+                    many => {
+                        return Err(format!(
+                            "the query gave {} series; a check needs one number: aggregate them (sum, max, avg)",
+                            many.len()
+                        ));
+                    }
                 }
-                result
-                    .iter()
-                    .map(|r| r["value"][1].as_str().and_then(parse_prom_float))
-                    .try_fold(0.0, |acc, v| v.map(|v| acc + v))
             }
             Some("scalar") => data["result"][1].as_str().and_then(parse_prom_float),
             other => {
@@ -1463,5 +1468,63 @@ mod tests {
             ),
             "rate(x{route=\"web\",backend=\"canary\"}[30s])"
         );
+    }
+
+    /// A Prometheus on 127.0.0.1 that answers every query with `result`
+    /// (a vector), for `answers` connections.
+    async fn prometheus_answering(result: &'static str, answers: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            for _ in 0..answers {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!(
+                    r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    /// A check's query that gives several series is not summed into a
+    /// number nobody asked for (99.9 and 40 are not 139.9): it says why.
+    #[tokio::test]
+    async fn a_query_with_several_series_is_no_number() {
+        let two = r#"[{"metric":{"pod":"a"},"value":[1,"99.9"]},{"metric":{"pod":"b"},"value":[1,"40"]}]"#;
+        let url = prometheus_answering(two, 1).await;
+        let err = PrometheusProvider::new(&url, "web")
+            .query("success_by_pod")
+            .await
+            .unwrap_err();
+        assert!(err.contains("the query gave 2 series"), "{err}");
+        assert!(err.contains("aggregate"), "{err}");
+        let one = r#"[{"metric":{},"value":[1,"99.9"]}]"#;
+        let url = prometheus_answering(one, 1).await;
+        let value = PrometheusProvider::new(&url, "web")
+            .query("sum(x)")
+            .await
+            .unwrap();
+        assert_eq!(value, 99.9);
+        let inf = r#"[{"metric":{},"value":[1,"+Inf"]}]"#;
+        let url = prometheus_answering(inf, 1).await;
+        let value = PrometheusProvider::new(&url, "web")
+            .query("q")
+            .await
+            .unwrap();
+        assert_eq!(value, f64::INFINITY);
     }
 }
