@@ -181,6 +181,27 @@ pub struct Gates {
     pub confirm_promotion: Option<bool>,
     /// A rollback webhook answered 2xx: abort the release.
     pub rollback_requested: bool,
+    /// Why each webhook that did not pass failed, by kind (`rollout`):
+    /// `load-test: answered 500 Internal Server Error`.
+    pub failures: Vec<(WebhookKind, String)>,
+}
+
+impl Gates {
+    /// ": " and why the hooks of `kind` failed, for a status message; empty
+    /// when none did.
+    pub fn why(&self, kind: WebhookKind) -> String {
+        let texts: Vec<&str> = self
+            .failures
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, why)| why.as_str())
+            .collect();
+        if texts.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", texts.join("; "))
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -396,9 +417,10 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
                 return rollback(s, obs.now, "a rollback webhook asked for it".into());
             }
             if obs.gates.confirm_rollout == Some(false) {
-                s.message =
-                    "waiting for the confirm-rollout webhooks to answer 2xx (no traffic to the canary yet)"
-                        .into();
+                s.message = format!(
+                    "waiting for the confirm-rollout webhooks to answer 2xx (no traffic to the canary yet){}",
+                    obs.gates.why(WebhookKind::ConfirmRollout)
+                );
                 return Transition::hold(s, NextTick::Interval);
             }
             if obs.gates.pre_rollout == Some(false) {
@@ -407,12 +429,17 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
                     return rollback(
                         s,
                         obs.now,
-                        "pre-rollout webhooks failed; failure limit reached".into(),
+                        format!(
+                            "pre-rollout webhooks failed; failure limit reached{}",
+                            obs.gates.why(WebhookKind::PreRollout)
+                        ),
                     );
                 }
                 s.message = format!(
-                    "pre-rollout webhooks failed ({} of {} failures allowed)",
-                    s.failed_checks, plan.failure_limit
+                    "pre-rollout webhooks failed ({} of {} failures allowed){}",
+                    s.failed_checks,
+                    plan.failure_limit,
+                    obs.gates.why(WebhookKind::PreRollout)
                 );
                 return Transition::hold(s, NextTick::Interval);
             }
@@ -651,7 +678,10 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     let mut why = analysis.summary();
     if obs.gates.rollout == Some(false) && verdict != Outcome::Fail {
         verdict = Outcome::Fail;
-        why = "a rollout webhook failed".into();
+        why = format!(
+            "a rollout webhook failed{}",
+            obs.gates.why(WebhookKind::Rollout)
+        );
     }
     match plan.strategy {
         Strategy::Canary => {}
@@ -730,9 +760,10 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             if s.step + 1 < plan.steps_bp.len() && obs.gates.confirm_traffic_increase == Some(false)
             {
                 s.message = format!(
-                    "step {} passed; holding at {}% until the confirm-traffic-increase webhooks answer 2xx ({why})",
+                    "step {} passed; holding at {}% until the confirm-traffic-increase webhooks answer 2xx ({why}){}",
                     s.step + 1,
-                    pct(s.canary_weight_bp)
+                    pct(s.canary_weight_bp),
+                    obs.gates.why(WebhookKind::ConfirmTrafficIncrease)
                 );
                 return Transition::hold(s, NextTick::Interval);
             }
@@ -1061,9 +1092,10 @@ fn closed_gate(plan: &Plan, s: &Status, obs: &Observation) -> Option<String> {
     match (manual_ok, hooks_ok) {
         (true, true) => None,
         (false, _) => Some("all steps passed; waiting for `sluice promote`".into()),
-        (true, false) => {
-            Some("all steps passed; confirm-promotion webhooks have not approved".into())
-        }
+        (true, false) => Some(format!(
+            "all steps passed; confirm-promotion webhooks have not approved{}",
+            obs.gates.why(WebhookKind::ConfirmPromotion)
+        )),
     }
 }
 

@@ -31,7 +31,7 @@ use crate::machine::{
 use crate::plan::{Plan, WebhookKind};
 use crate::provider::Provider;
 use crate::router::{Readiness, Router, RouterError};
-use crate::webhook::{WebhookPayload, rollback_requested, run_gate};
+use crate::webhook::{WebhookPayload, run_gate};
 
 /// One tick, as shown in the live view and printed by `--output json`.
 #[derive(Clone, Debug, Serialize)]
@@ -98,35 +98,45 @@ pub async fn collect_gates(
 ) -> Gates {
     let analysing = analysis.is_some();
     let mut gates = Gates::default();
+    let run = async |kind: WebhookKind, gates: &mut Gates| {
+        let (passed, results) = run_gate(http, plan, kind, payload).await?;
+        for r in results.iter().filter(|r| !r.passed) {
+            // A rollback hook's 4xx is its normal "no"; one that cannot be
+            // reached, or fails, is a kill switch that would not work.
+            if kind == WebhookKind::Rollback && r.detail.starts_with("answered 4") {
+                continue;
+            }
+            tracing::warn!(release = %payload.name, hook = %r.hook, url = %r.url, detail = %r.detail, "{} webhook did not pass", kind.as_str());
+            gates.failures.push((kind, r.why()));
+        }
+        Some((passed, results))
+    };
     if phase == Some(Phase::Initialized) {
-        gates.confirm_rollout = run_gate(http, plan, WebhookKind::ConfirmRollout, payload)
+        gates.confirm_rollout = run(WebhookKind::ConfirmRollout, &mut gates)
             .await
             .map(|g| g.0);
         if gates.confirm_rollout != Some(false) {
-            gates.pre_rollout = run_gate(http, plan, WebhookKind::PreRollout, payload)
-                .await
-                .map(|g| g.0);
+            gates.pre_rollout = run(WebhookKind::PreRollout, &mut gates).await.map(|g| g.0);
         }
     }
     if !at_last_step && analysis.is_some_and(|a| a.verdict() == crate::analysis::Outcome::Pass) {
-        gates.confirm_traffic_increase =
-            run_gate(http, plan, WebhookKind::ConfirmTrafficIncrease, payload)
-                .await
-                .map(|g| g.0);
-    }
-    if analysing {
-        gates.rollout = run_gate(http, plan, WebhookKind::Rollout, payload)
+        gates.confirm_traffic_increase = run(WebhookKind::ConfirmTrafficIncrease, &mut gates)
             .await
             .map(|g| g.0);
+    }
+    if analysing {
+        gates.rollout = run(WebhookKind::Rollout, &mut gates).await.map(|g| g.0);
     }
     if matches!(
         phase,
         Some(Phase::Initialized | Phase::Progressing | Phase::WaitingPromotion)
     ) {
-        gates.rollback_requested = rollback_requested(http, plan, payload).await;
+        gates.rollback_requested = run(WebhookKind::Rollback, &mut gates)
+            .await
+            .is_some_and(|(_, results)| results.iter().any(|r| r.passed));
     }
     if phase == Some(Phase::WaitingPromotion) || (analysing && at_last_step) {
-        gates.confirm_promotion = run_gate(http, plan, WebhookKind::ConfirmPromotion, payload)
+        gates.confirm_promotion = run(WebhookKind::ConfirmPromotion, &mut gates)
             .await
             .map(|g| g.0);
     }

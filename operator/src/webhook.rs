@@ -31,9 +31,20 @@ pub struct WebhookPayload {
 /// Result of one webhook call.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HookResult {
+    /// The hook's name, or its URL (shown without secrets) when it has none.
+    pub hook: String,
     pub url: String,
     pub passed: bool,
     pub detail: String,
+}
+
+impl HookResult {
+    /// Which hook, and what it did: `load-test: answered 500 Internal
+    /// Server Error`.
+    pub fn why(&self) -> String {
+        let detail = self.detail.strip_prefix(&format!("{}: ", self.url));
+        format!("{}: {}", self.hook, detail.unwrap_or(&self.detail))
+    }
 }
 
 /// Runs every webhook of `kind`; None when none is configured.
@@ -120,8 +131,14 @@ async fn call(
             Err(e) => (false, e.to_string()),
         };
         if passed || attempt >= hook.retries {
+            let url = crate::http::shown_url(&hook.url);
             return HookResult {
-                url: crate::http::shown_url(&hook.url),
+                hook: if hook.name.is_empty() {
+                    url.clone()
+                } else {
+                    hook.name.clone()
+                },
+                url,
                 passed,
                 detail,
             };
@@ -129,17 +146,5 @@ async fn call(
         attempt += 1;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(5));
-    }
-}
-
-/// For `rollback` webhooks: a 2xx from any of them asks for a rollback.
-pub async fn rollback_requested(
-    client: &HttpClient,
-    plan: &Plan,
-    payload: &WebhookPayload,
-) -> bool {
-    match run_gate(client, plan, WebhookKind::Rollback, payload).await {
-        None => false,
-        Some((_, results)) => results.iter().any(|r| r.passed),
     }
 }

@@ -472,6 +472,12 @@ async fn confirm_promotion_webhook_holds_the_release(source: Source) {
         assert_ne!(e["phase"], "Failed", "{e}");
         if e["phase"] == "WaitingPromotion" {
             waiting_ticks += 1;
+            // It says which hook holds it, and how.
+            let message = e["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("http://{hook}/confirm: answered 500")),
+                "{message}"
+            );
         }
     }
     assert_eq!(
@@ -665,11 +671,12 @@ async fn a_rollback_webhook_answering_2xx_aborts_and_a_failing_pre_rollout_never
         events.iter().all(|e| e["canary_weight"] == 0.0),
         "traffic moved before pre-rollout passed"
     );
+    // It says which hook failed, and how.
+    let last = events.last().unwrap()["message"].as_str().unwrap();
+    assert!(last.contains("pre-rollout"), "{last}");
     assert!(
-        events.last().unwrap()["message"]
-            .as_str()
-            .unwrap()
-            .contains("pre-rollout")
+        last.contains(&format!("http://{hook}/check: answered 500")),
+        "{last}"
     );
     assert_eq!(
         calls.load(Ordering::SeqCst),
