@@ -151,6 +151,10 @@ pub struct Status {
     /// waits for a person (`--when-undecided hold`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub undecided: bool,
+    /// When a failure was last counted toward the limit (see
+    /// [`tally_failure`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_counted_at: Option<f64>,
 }
 
 /// What a human asked for through `sluice promote` / `sluice abort` /
@@ -424,7 +428,7 @@ pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transit
                 return Transition::hold(s, NextTick::Interval);
             }
             if obs.gates.pre_rollout == Some(false) {
-                s.failed_checks += 1;
+                tally_failure(plan, &mut s, obs.now);
                 if s.failed_checks >= plan.failure_limit {
                     return rollback(
                         s,
@@ -538,7 +542,7 @@ fn reissue(plan: &Plan, mut s: Status, obs: &Observation, pending: Action) -> Tr
             );
         }
         if obs.analysis.as_ref().map(Analysis::verdict) == Some(Outcome::Fail) {
-            s.failed_checks += 1;
+            tally_failure(plan, &mut s, obs.now);
             if s.failed_checks >= plan.failure_limit {
                 let why = obs.analysis.as_ref().map(Analysis::summary);
                 return rollback(
@@ -604,6 +608,7 @@ fn start(obs: &Observation, message: String, mut actions: Vec<Action>) -> Transi
         step_started_at: obs.now,
         gate: None,
         undecided: false,
+        failure_counted_at: None,
     };
     actions.push(Action::Initialize);
     Transition::new(status, actions, NextTick::Soon)
@@ -714,7 +719,7 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     }
     match verdict {
         Outcome::Fail => {
-            s.failed_checks += 1;
+            tally_failure(plan, &mut s, obs.now);
             if s.failed_checks >= plan.failure_limit {
                 return rollback(
                     s,
@@ -817,8 +822,14 @@ fn undecided(
     if s.undecided {
         // Already waiting for a person: an approval decides, on a tick
         // that passed (nothing failed, nothing inconclusive).
-        let policy = plan.when_undecided == crate::plan::Undecided::Promote
-            && closed_gate(plan, s, obs).is_none();
+        // A person's word stands in for the evidence, not for the
+        // confirm-promotion webhooks: those must still approve.
+        let closed = closed_gate(plan, s, obs);
+        let policy = plan.when_undecided == crate::plan::Undecided::Promote && closed.is_none();
+        if let (true, Some(why)) = (s.approved, &closed) {
+            s.message = format!("approved while undecided; {why}");
+            return Some(Transition::hold(s.clone(), NextTick::Interval));
+        }
         if (s.approved || policy) && analysis.verdict() == Outcome::Pass {
             let message = if s.approved {
                 format!(
@@ -1018,11 +1029,28 @@ fn count_failure(
     if analysis.decisive_failure() {
         return ControlFlow::Break(rollback(s, now, worse));
     }
-    s.failed_checks += 1;
+    tally_failure(plan, &mut s, now);
     if s.failed_checks >= plan.failure_limit {
         return ControlFlow::Break(rollback(s, now, at_limit));
     }
     ControlFlow::Continue(s)
+}
+
+/// Counts a failed check or webhook toward the failure limit. The
+/// sequential gate ticks on every scrape, so there at most one failure is
+/// counted per `interval`, as Flagger counts one per analysis interval: a
+/// check or hook that fails for three scrapes in a row is one failure, not
+/// three. (Its own decisive failures roll back at once, as before.)
+fn tally_failure(plan: &Plan, s: &mut Status, now: f64) {
+    if plan.is_sequential() {
+        if let Some(at) = s.failure_counted_at
+            && now - at + 1e-6 < plan.interval.as_secs_f64()
+        {
+            return;
+        }
+        s.failure_counted_at = Some(now);
+    }
+    s.failed_checks += 1;
 }
 
 /// An experiment: both versions side by side for `duration`, then back on

@@ -416,6 +416,7 @@ mod tests {
             step_started_at: 0.0,
             gate: None,
             undecided: false,
+            failure_counted_at: None,
         }
     }
 

@@ -770,6 +770,7 @@ mod tests {
             step_started_at: 0.0,
             gate,
             undecided: false,
+            failure_counted_at: None,
         }
     }
 

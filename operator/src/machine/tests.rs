@@ -731,7 +731,11 @@ fn properties_hold_against_an_independent_model() {
                             );
                             assert!(
                                 !with_confirm_hook || o.gates.confirm_promotion == Some(true),
-                                "case {case}: promoted past a closed confirm-promotion gate"
+                                "case {case}: promoted past a closed confirm-promotion gate: {:?} {:?} prev {:?} cmd {:?}",
+                                t.status.message,
+                                p.strategy,
+                                status.as_ref().map(|s| (&s.phase, &s.message, s.approved)),
+                                o.command
                             );
                             assert!(!o.gates.rollback_requested);
                         }
@@ -995,4 +999,51 @@ fn confirm_traffic_increase_holds_the_weight_of_a_passing_step() {
     o.gates.confirm_traffic_increase = Some(true);
     let t = drive(&p, Some(&s), &o);
     assert!(t.status.canary_weight_bp > weight, "{}", t.status.message);
+}
+
+/// The sequential gate ticks on every scrape; a check or webhook that fails
+/// on every one counts once per `interval` toward the failure limit, as
+/// Flagger counts one per analysis interval, not once per scrape.
+#[test]
+fn under_the_sequential_gate_failures_count_once_per_interval() {
+    let p = Plan {
+        failure_limit: 3,
+        ..sequential_plan()
+    };
+    assert_eq!(p.interval, Duration::from_secs(10));
+    let mut s = started_at_zero(&p);
+    // Failing every 2 s scrape for 25 s: counted at 2, 12 and 22 s.
+    let mut counted = Vec::new();
+    for tick in 1..=12 {
+        let now = 2.0 * f64::from(tick);
+        let mut o = obs(now, "r1", Some(Outcome::Pass));
+        o.gates.rollout = Some(false);
+        let t = drive(&p, Some(&s), &o);
+        if t.status.failed_checks > s.failed_checks {
+            counted.push(now);
+        }
+        s = t.status;
+        if s.phase == Phase::Failed {
+            break;
+        }
+    }
+    assert_eq!(counted, vec![2.0, 12.0, 22.0], "{}", s.message);
+    assert_eq!(s.phase, Phase::Failed, "{}", s.message);
+    assert!(
+        s.message.contains("failure limit 3 reached"),
+        "{}",
+        s.message
+    );
+    // The threshold gate ticks once per interval: each failure counts.
+    let p = Plan {
+        failure_limit: 3,
+        ..plan()
+    };
+    let mut s = started(&p);
+    for tick in 1..=3 {
+        let mut o = obs(f64::from(tick), "r1", Some(Outcome::Pass));
+        o.gates.rollout = Some(false);
+        s = drive(&p, Some(&s), &o).status;
+    }
+    assert_eq!(s.phase, Phase::Failed, "{}", s.message);
 }
