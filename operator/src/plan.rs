@@ -116,15 +116,51 @@ impl QueryCheck {
                 let path = self.json_path.as_deref().unwrap_or_default();
                 serde_json_path::JsonPath::parse(path)
                     .map_err(|e| format!("{at}: json_path: `{path}` is not a JSONPath: {e}"))?;
+                if let Some(body) = &self.body {
+                    if self.method.as_deref() != Some("POST") {
+                        return Err(format!(
+                            "{at}: body: only a POST sends one; add `method: POST`"
+                        ));
+                    }
+                    serde_json::from_str::<serde_json::Value>(body)
+                        .map_err(|e| format!("{at}: body: not JSON: {e}"))?;
+                }
             }
             _ => {}
         }
-        if let Some(a) = &self.address
-            && !(a.starts_with("http://") || a.starts_with("https://"))
+        // A field of another provider would be ignored without a word.
+        let given = [
+            ("query", !self.query.trim().is_empty()),
+            ("url", self.url.is_some()),
+            ("method", self.method.is_some()),
+            ("body", self.body.is_some()),
+            ("json_path", self.json_path.is_some()),
+            ("address", self.address.is_some()),
+        ];
+        let (provider, own): (&str, &[&str]) = match self.provider {
+            QueryProvider::Prometheus => ("prometheus", &["query"]),
+            QueryProvider::Web => ("web", &["url", "method", "body", "json_path"]),
+            QueryProvider::Datadog => ("datadog", &["query", "address"]),
+        };
+        if let Some((field, _)) = given
+            .iter()
+            .find(|(field, set)| *set && !own.contains(field))
         {
             return Err(format!(
-                "{at}: address: `{a}` is not an http:// or https:// URL"
+                "{at}: {field}: not a field of provider {provider} (its fields: {})",
+                own.join(", ")
             ));
+        }
+        if let Some(a) = &self.address
+            && !crate::http::is_http_url(a)
+        {
+            return Err(format!(
+                "{at}: address: `{}` is not an http:// or https:// URL",
+                crate::http::shown_url(a)
+            ));
+        }
+        if self.provider == QueryProvider::Prometheus {
+            check_placeholders(&self.query).map_err(|e| format!("{at}: query: {e}"))?;
         }
         for (field, bound) in [("min", self.min), ("max", self.max)] {
             if bound.is_some_and(|b| !b.is_finite()) {
@@ -144,6 +180,31 @@ impl QueryCheck {
         }
         Ok(())
     }
+}
+
+/// The placeholders a PromQL check may hold (see
+/// `PrometheusProvider::render`).
+const PLACEHOLDERS: [&str; 4] = ["{{route}}", "{{namespace}}", "{{backend}}", "{{interval}}"];
+
+/// A `{{...}}` that is none of [`PLACEHOLDERS`] (a typo would reach
+/// Prometheus as it is written).
+fn check_placeholders(query: &str) -> Result<(), String> {
+    let mut rest = query;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start..];
+        let Some(end) = after.find("}}") else {
+            return Ok(());
+        };
+        let found = &after[..end + 2];
+        if !PLACEHOLDERS.contains(&found) {
+            return Err(format!(
+                "`{found}` is not a placeholder (they are {})",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
 }
 
 /// Reads a list of custom checks (YAML); `what` names the source in

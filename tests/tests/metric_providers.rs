@@ -289,6 +289,37 @@ async fn bad_checks_are_refused_naming_the_check_and_field() {
             "- name: c\n  provider: web\n  url: http://127.0.0.1:99999/\n  json_path: $.x\n  max: 1\n",
             "check `c`: url:",
         ),
+        // A body is JSON, and only a POST sends one.
+        (
+            "- name: c\n  provider: web\n  url: http://a/\n  method: POST\n  body: '{x'\n  json_path: $.x\n  max: 1\n",
+            "check `c`: body: not JSON",
+        ),
+        (
+            "- name: c\n  provider: web\n  url: http://a/\n  body: '{}'\n  json_path: $.x\n  max: 1\n",
+            "check `c`: body: only a POST sends one",
+        ),
+        // A field of another provider would be ignored.
+        (
+            "- name: c\n  query: up\n  url: http://a/\n  max: 1\n",
+            "check `c`: url: not a field of provider prometheus",
+        ),
+        (
+            "- name: c\n  provider: web\n  url: http://a/\n  query: up\n  json_path: $.x\n  max: 1\n",
+            "check `c`: query: not a field of provider web",
+        ),
+        (
+            "- name: c\n  provider: datadog\n  query: avg:x\n  json_path: $.x\n  max: 1\n",
+            "check `c`: json_path: not a field of provider datadog",
+        ),
+        (
+            "- name: c\n  provider: datadog\n  query: avg:x\n  address: 'http://'\n  max: 1\n",
+            "check `c`: address:",
+        ),
+        // A misspelt placeholder would reach Prometheus as written.
+        (
+            "- name: c\n  query: 'up{route=\"{{rout}}\"}'\n  max: 1\n",
+            "check `c`: query: `{{rout}}` is not a placeholder",
+        ),
     ] {
         let (code, stderr) =
             rollout_refusal(&["--checks-file", &write(&dir.path, "checks.yaml", yaml)]);
