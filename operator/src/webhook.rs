@@ -125,12 +125,21 @@ async fn call(
         let result = client
             .post_json_with(Method::POST, &hook.url, &body, None, &headers, hook.timeout)
             .await;
-        let (passed, detail) = match result {
-            Ok(answer) if answer.status.is_success() => (true, answer.status.to_string()),
-            Ok(answer) => (false, format!("answered {}", answer.status)),
-            Err(e) => (false, e.to_string()),
+        // A 4xx other than 429 is the hook's answer (a confirm hook's
+        // "not yet", a rollback hook's "no"): asked again it says the same,
+        // so only unreachable hooks, timeouts, 5xx and 429 are retried, as
+        // Flagger does.
+        let (passed, final_answer, detail) = match result {
+            Ok(answer) if answer.status.is_success() => (true, true, answer.status.to_string()),
+            Ok(answer) => (
+                false,
+                answer.status.is_client_error()
+                    && answer.status != http::StatusCode::TOO_MANY_REQUESTS,
+                format!("answered {}", answer.status),
+            ),
+            Err(e) => (false, false, e.to_string()),
         };
-        if passed || attempt >= hook.retries {
+        if passed || final_answer || attempt >= hook.retries {
             let url = crate::http::shown_url(&hook.url);
             return HookResult {
                 hook: if hook.name.is_empty() {
@@ -146,5 +155,77 @@ async fn call(
         attempt += 1;
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A hook on 127.0.0.1 answering `status` to every call, counting them.
+    async fn hook_answering(status: u16) -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then the JSON body (the payload ends with `}`).
+                while !(seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.ends_with(b"}")) {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, calls)
+    }
+
+    /// A 4xx (but 429) is the hook's answer and is not asked again; an
+    /// unreachable hook, a 5xx or a 429 is retried `retries` times.
+    #[tokio::test]
+    async fn only_failures_that_may_pass_on_a_second_call_are_retried() {
+        for (status, calls_made) in [(403, 1), (404, 1), (429, 3), (500, 3), (503, 3)] {
+            let (url, calls) = hook_answering(status).await;
+            let yaml =
+                format!("- {{name: gate, type: confirm-rollout, url: '{url}', retries: 2}}\n");
+            let plan = Plan {
+                webhooks: crate::plan::parse_webhooks(&yaml, "test").unwrap(),
+                ..Plan::default()
+            };
+            let payload = WebhookPayload {
+                name: "web".into(),
+                namespace: None,
+                kind: "",
+                phase: "Initialized",
+                canary_weight: 0.0,
+                revision: "r1".into(),
+            };
+            let client = HttpClient::plain();
+            let (passed, results) = run_gate(&client, &plan, WebhookKind::ConfirmRollout, &payload)
+                .await
+                .unwrap();
+            assert!(!passed);
+            assert_eq!(calls.load(Ordering::SeqCst), calls_made, "{status}");
+            let why = results[0].why();
+            assert!(
+                why.starts_with(&format!("gate: answered {status}")),
+                "{why}"
+            );
+        }
     }
 }
