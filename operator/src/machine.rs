@@ -310,6 +310,34 @@ pub fn confirm(status: &mut Status) {
 }
 
 /// The whole machine.
+/// Adds to `t` (the step from `current`) an event for each start and
+/// weight change the driver is to carry out for the first time (not a
+/// re-issue), and for each failure counted, as Flagger records them, so
+/// that `event` webhooks and Kubernetes Events see the release's course,
+/// not only its end. Drivers call it on every step's transition.
+pub fn with_course_events(current: Option<&Status>, mut t: Transition) -> Transition {
+    let pending = current.and_then(|c| c.unconfirmed.as_ref());
+    let mut events = Vec::new();
+    for action in &t.actions {
+        if matches!(action, Action::Initialize | Action::SetWeight(_)) && pending != Some(action) {
+            events.push(Action::Event(Level::Normal, t.status.message.clone()));
+        }
+    }
+    if let Some(c) = current
+        && c.revision == t.status.revision
+        && t.status.failed_checks > c.failed_checks
+        && !t.status.phase.is_terminal()
+    {
+        events.push(Action::Event(Level::Warning, t.status.message.clone()));
+    }
+    for event in events {
+        if !t.actions.contains(&event) {
+            t.actions.push(event);
+        }
+    }
+    t
+}
+
 pub fn step(plan: &Plan, current: Option<&Status>, obs: &Observation) -> Transition {
     let Some(current) = current else {
         return start(obs, "release started".to_string(), Vec::new());

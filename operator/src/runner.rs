@@ -372,7 +372,10 @@ impl<R: Router> Driver<R> {
                 command,
                 paused_for: std::mem::take(&mut paused_for),
             };
-            let mut t = step(&self.plan, status.as_ref(), &obs);
+            let mut t = crate::machine::with_course_events(
+                status.as_ref(),
+                step(&self.plan, status.as_ref(), &obs),
+            );
             if !t.actions.contains(&Action::Initialize) {
                 // The evidence belongs to this release; a new one starts without.
                 t.status.gate = gate;

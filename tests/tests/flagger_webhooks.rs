@@ -262,7 +262,18 @@ async fn a_release_driven_by_flagger_style_webhooks_and_a_loadtester() {
 
     // Every event went to the event webhook with Flagger's metadata.
     let events_seen = events_seen.lock().unwrap().clone();
-    assert!(!events_seen.is_empty());
+    // The release's course, as Flagger sends it: its start, each weight
+    // change, and its end.
+    let messages: Vec<&str> = events_seen
+        .iter()
+        .filter_map(|e| e["metadata"]["eventMessage"].as_str())
+        .collect();
+    for expected in ["started", "advancing to", "promot"] {
+        assert!(
+            messages.iter().any(|m| m.contains(expected)),
+            "no event saying `{expected}`: {messages:?}"
+        );
+    }
     for e in &events_seen {
         assert_eq!(e["kind"], "event");
         assert!(

@@ -551,7 +551,10 @@ pub(super) async fn release_tick(
     };
     let mut t = match previous.as_ref() {
         Some(m) if to_stable => revert_to_stable(m, revision, now),
-        _ => machine::step(plan, previous.as_ref(), &obs),
+        _ => machine::with_course_events(
+            previous.as_ref(),
+            machine::step(plan, previous.as_ref(), &obs),
+        ),
     };
     // The tick that decides the return to the stable (not a re-issue).
     let reverted_to_stable = to_stable && previous.as_ref().is_some_and(|m| !m.phase.is_terminal());
