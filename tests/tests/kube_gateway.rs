@@ -451,6 +451,23 @@ async fn a_gitops_reapply_keeps_the_decided_weights_and_a_forced_fight_is_undone
         w.reasons()
     );
     assert_eq!(w.route()["spec"]["hostnames"], json!(["www.example.com"]));
+
+    // Deleted and made anew from Git (`kubectl replace --force`, a GitOps
+    // tool's delete and create): no record of Sluice's is left on it, and
+    // its rule sends everything to the app's Service (the canary's pods).
+    // Sluice applies its weights again all the same.
+    let path = w.file(
+        "route.yaml",
+        &serde_yaml_ng::to_string(&git_route("www.example.com")).unwrap(),
+    );
+    w.ok(&["replace", "--force", "-f", &path]);
+    assert_eq!(w.split(), vec![("app".to_string(), 1)]);
+    w.tick().await;
+    assert_eq!(
+        w.canary_bp(),
+        2000,
+        "Sluice applied its weights to the new route"
+    );
 }
 
 /// The operator watches the HTTPRoutes it releases through: with the

@@ -326,7 +326,10 @@ pub(super) async fn set_route_weight(
 
 /// Drift repair: the route carries the weight in force again after
 /// another writer changed the managed rules' backendRefs, with a Warning
-/// Event. A route Sluice has not written yet is left to the release.
+/// Event. A route recreated without Sluice's record (`kubectl replace
+/// --force`, a GitOps tool's delete and create) is repaired too, its
+/// backendRefs recorded afresh: left alone it would send every request to
+/// the app's Service, which selects only the canary's pods.
 pub(super) async fn repair_route(
     ctx: &Context,
     d: &Deployment,
@@ -335,10 +338,6 @@ pub(super) async fn repair_route(
     route: &str,
     canary_bp: u32,
 ) -> Result<(), Error> {
-    let live = get_route(ctx, ns, route).await?;
-    if live["metadata"]["annotations"][ORIGINAL_BACKEND_REFS].is_null() {
-        return Ok(());
-    }
     if set_route_weight(ctx, ns, app, route, canary_bp).await? {
         publish(
             ctx,
