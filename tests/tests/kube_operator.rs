@@ -1017,6 +1017,39 @@ async fn an_abort_is_not_lost_when_the_api_refuses_its_rollback() {
     assert_eq!(machine_unconfirmed(&w), None);
 }
 
+/// An annotation made invalid mid-release keeps the running state: the
+/// release goes on with the last valid annotations, says so in a Warning,
+/// and `kubectl sluice abort` still rolls it back.
+#[tokio::test]
+async fn an_annotation_made_invalid_mid_release_keeps_the_release_and_abort_works() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    assert_eq!(w.weight(), 20.0);
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/interval": "2s"}}}),
+    );
+    w.tick().await;
+    let warned = w.events().into_iter().any(|(kind, reason, note)| {
+        kind == "Warning"
+            && reason == "InvalidAnnotation"
+            && note.contains("sluice.dev/interval")
+            && note.contains("last valid annotations")
+    });
+    assert!(warned, "{:?}", w.events());
+    w.command("abort");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Failed", "{:?}", w.status());
+    for _ in 0..3 {
+        w.tick().await;
+    }
+    assert_eq!(w.weight(), 0.0, "the abort rolled the release back");
+}
+
 #[tokio::test]
 async fn operator_downtime_does_not_count_toward_the_progress_deadline() {
     let mut w = World::new(json!({"sluice.dev/progress-deadline": "30s"}))

@@ -296,6 +296,9 @@ pub struct Context {
     /// Each app's own chat channels (`sluice.dev/notify`), by `ns/app`,
     /// with a digest of the Secret's data they were made from.
     pub app_notifiers: std::sync::Mutex<HashMap<String, (String, crate::notify::Notifier)>>,
+    /// Each app's last valid annotations, by `ns/app`: a release in
+    /// progress goes on with them while its annotations are invalid.
+    pub last_valid: std::sync::Mutex<HashMap<String, annotations::Settings>>,
 }
 
 impl Context {
@@ -342,6 +345,7 @@ impl Context {
             notifier: crate::notify::Notifier::none(),
             app_http: Default::default(),
             app_notifiers: Default::default(),
+            last_valid: Default::default(),
         }
     }
 }
@@ -494,18 +498,47 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         .await;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
+    let key = format!("{ns}/{name}");
     let mut settings = match annotations::parse(d.annotations(), ctx.prometheus_url.is_some()) {
-        Ok(s) => s,
+        Ok(s) => {
+            let mut last = ctx.last_valid.lock().expect("the settings lock");
+            last.insert(key, s.clone());
+            s
+        }
         Err(e) => {
+            // The running state is kept: a release under way goes on with
+            // the annotations it had (so `kubectl sluice abort` still
+            // works); nothing new starts on invalid ones.
+            let last = ctx
+                .last_valid
+                .lock()
+                .expect("the settings lock")
+                .get(&key)
+                .cloned();
+            let last = match last {
+                Some(last) if managed(&ctx, &d, &ns, &name).await? => Some(last),
+                _ => None,
+            };
+            let Some(last) = last else {
+                publish(
+                    &ctx,
+                    &d,
+                    EventType::Warning,
+                    "InvalidAnnotation",
+                    format!("{e}; nothing was created or changed"),
+                )
+                .await;
+                return Ok(Action::requeue(Duration::from_secs(300)));
+            };
             publish(
                 &ctx,
                 &d,
                 EventType::Warning,
                 "InvalidAnnotation",
-                format!("{e}; nothing was created or changed"),
+                format!("{e}; Sluice goes on with the last valid annotations until it is fixed"),
             )
             .await;
-            return Ok(Action::requeue(Duration::from_secs(300)));
+            last
         }
     };
     if settings.route.baseline_arm
