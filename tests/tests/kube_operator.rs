@@ -2071,6 +2071,30 @@ async fn a_match_expressions_selector_is_refused_with_an_event() {
     );
 }
 
+/// The running controller sees a change to a Deployment it made for an app
+/// at once: a deleted `app-primary` (the stable's pods) is made again within
+/// seconds, not at the next periodic reconcile (a minute at rest, five
+/// after a failure), during which the Service had no endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_primary_is_seen_at_once_by_the_running_controller() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    let controller = tokio::spawn(op::run(w.ctx.clone(), Some(NS.into())));
+    // The controller's first pass over the Deployment, then quiet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    w.fake.delete(APPS, "deployments", NS, "app-primary");
+    eventually(
+        "the controller to make app-primary again",
+        Duration::from_secs(10),
+        || {
+            let made = w.fake.get(APPS, "deployments", NS, "app-primary").is_some();
+            async move { made.then_some(()) }
+        },
+    )
+    .await;
+    controller.abort();
+    let _ = controller.await;
+}
+
 /// A user who deletes `app-primary` gets it back from the next reconcile,
 /// built from the Service's recorded original selector and ports, not from
 /// the Service as taken over (which selects the proxy).

@@ -399,11 +399,12 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
+    let made: Api<Deployment> = api.clone();
     let routes = gateway::http_routes_in(&ctx.client, namespace.as_deref());
     let watch_routes = gateway::http_routes_served(&routes).await;
     // A change to a Service Sluice took over (a GitOps re-apply) reconciles
     // its Deployment at once, so drift is undone in seconds.
-    let mut controller = Controller::new(api, watcher::Config::default()).watches(
+    let controller = Controller::new(api, watcher::Config::default()).watches(
         services,
         watcher::Config::default().labels(""),
         |svc: Service| {
@@ -414,6 +415,17 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
             taken_over
                 .then(|| ns.map(|ns| ObjectRef::new(&svc.name_any()).within(&ns)))
                 .flatten()
+        },
+    );
+    // So does a change to a Deployment Sluice made for an app (its
+    // primary, proxy or baseline arm): one deleted or scaled by hand is
+    // seen at once, not at the next periodic reconcile.
+    let mut controller = controller.watches(
+        made,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=sluice"),
+        |made: Deployment| {
+            let app = made.labels().get("sluice.dev/release")?.clone();
+            Some(ObjectRef::new(&app).within(&made.namespace()?))
         },
     );
     // So does a change to an HTTPRoute Sluice releases through.
