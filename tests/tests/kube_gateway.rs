@@ -470,6 +470,44 @@ async fn a_gitops_reapply_keeps_the_decided_weights_and_a_forced_fight_is_undone
     );
 }
 
+/// A route deleted mid-release is a Warning Event where users look, and
+/// the release holds; once the route is back it gets the weight in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_deleted_mid_release_is_a_warning_and_the_release_holds_until_it_is_back() {
+    let w = World::new(git_route("shop.example.com"))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    for _ in 0..10 {
+        if w.canary_bp() == 2000 {
+            break;
+        }
+        w.step().await;
+    }
+    assert_eq!(w.canary_bp(), 2000);
+    w.ok(&["-n", NS, "delete", "httproute", "web"]);
+    w.tick().await;
+    assert!(
+        w.reasons().iter().any(|(r, note)| r == "RouteNotFound"
+            && note.contains("HTTPRoute")
+            && note.contains("not found")),
+        "{:?}",
+        w.reasons()
+    );
+    let path = w.file(
+        "route.yaml",
+        &serde_yaml_ng::to_string(&git_route("shop.example.com")).unwrap(),
+    );
+    w.ok(&["apply", "-f", &path]);
+    w.tick().await;
+    assert_eq!(
+        w.canary_bp(),
+        2000,
+        "the weight in force, on the route made anew"
+    );
+}
+
 /// The operator watches the HTTPRoutes it releases through: with the
 /// controller running as `sluice kube` runs it (at rest, where nothing is
 /// due for a minute), a forced GitOps apply that drops Sluice's backendRefs

@@ -685,6 +685,23 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
             .await?;
         }
         Router::GatewayApi { httproute } => {
+            // A route deleted under a managed app: said where a user looks
+            // (kubectl describe, kubectl get events), not only in the log.
+            if gateway::http_routes(&ctx.client, &ns)
+                .get_opt(httproute)
+                .await?
+                .is_none()
+            {
+                publish(
+                    &ctx,
+                    &d,
+                    EventType::Warning,
+                    "RouteNotFound",
+                    format!("HTTPRoute {ns}/{httproute} (sluice.dev/httproute) not found: Sluice cannot move the app's traffic until it is back; the release holds"),
+                )
+                .await;
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
             // The weight in force (a decision not yet carried out is the
             // release's to apply, not drift).
             let in_force = match status.machine.as_ref() {
