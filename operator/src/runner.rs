@@ -345,15 +345,41 @@ impl<R: Router> Driver<R> {
             let at_last_step = status
                 .as_ref()
                 .is_some_and(|s| s.step + 1 == self.plan.steps_bp.len());
-            let gates = collect_gates(
-                &http,
-                &self.plan,
-                phase,
-                analysis.as_ref(),
-                at_last_step,
-                &payload,
-            )
-            .await;
+            // An abort, or one that arrives while the webhooks run (a slow
+            // hook, its retries), acts at once: the release rolls back
+            // without waiting for their answers, which no longer matter. Any
+            // other command waits for them (its decision needs them).
+            let (gates, command) = {
+                let gates = || {
+                    collect_gates(
+                        &http,
+                        &self.plan,
+                        phase,
+                        analysis.as_ref(),
+                        at_last_step,
+                        &payload,
+                    )
+                };
+                match (command, self.commands.as_mut()) {
+                    (Some(Command::Abort), _) => (Gates::default(), Some(Command::Abort)),
+                    (None, Some(commands)) => {
+                        let mut asked = std::pin::pin!(gates());
+                        tokio::select! {
+                            g = &mut asked => (g, None),
+                            c = commands.recv() => match c {
+                                Some(Command::Abort) => (Gates::default(), Some(Command::Abort)),
+                                other => {
+                                    if other.is_none() {
+                                        self.commands = None;
+                                    }
+                                    (asked.await, other)
+                                }
+                            },
+                        }
+                    }
+                    (command, _) => (gates().await, command),
+                }
+            };
             let readiness = match phase {
                 Some(Phase::Initializing) => self.router.ready().await,
                 _ => Readiness::Ready,

@@ -493,6 +493,46 @@ async fn confirm_promotion_webhook_holds_the_release(source: Source) {
     assert_eq!(s.route().await["stable"], s.canary.url());
 }
 
+/// `sluice abort` acts at once, even while a slow webhook is being asked
+/// (here a rollback hook that takes 8 s to say no on every tick).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abort_does_not_wait_for_a_slow_webhook() {
+    let s = Setup::new(Source::Proxy, Faults::default()).await;
+    let slow = serve_http(|_req| async {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut resp = http::Response::new(Full::new(Bytes::from_static(b"{}")));
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        resp
+    })
+    .await;
+    let (load, _report) = steady_load(&format!("http://{}/", s.proxy.addr), 200.0);
+    let socket = s.dir.path.join("control.sock").display().to_string();
+    let rollout = Rollout::start(&s.args(&["--webhook", &format!("rollback=http://{slow}/stop")]));
+    // Past the first tick's hook call: the next one is under way.
+    loop {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ticks keep coming");
+        assert_ne!(e["phase"], "Failed", "{e}");
+        if e["phase"] == "Progressing" {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    let out = sluice(["abort", "web", "--control-socket", &socket]);
+    assert_exit(&out, 0);
+    let (code, events) = rollout.wait(Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    load.stop();
+    assert_eq!(code, 1, "phases: {:?}", phases(&events));
+    assert!(
+        took < Duration::from_secs(5),
+        "the abort waited {took:?} for the webhook"
+    );
+    assert_eq!(s.route().await["canary_weight"], 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
     let s = Setup::new(Source::Proxy, Faults::default()).await;
