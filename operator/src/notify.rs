@@ -205,7 +205,9 @@ impl Note {
     /// The payload for `service`, as its incoming webhooks document it.
     pub fn payload(&self, service: Service) -> Value {
         match service {
-            Service::Slack => json!({ "text": self.text() }),
+            // Slack reads `<`, `>` and `&` as markup (links, mentions):
+            // escaped as its API asks, `<= 500ms` shows as written.
+            Service::Slack => json!({ "text": slack_escape(&self.text()) }),
             Service::Discord => {
                 json!({ "username": "Sluice", "content": truncate(&self.text(), 2000) })
             }
@@ -233,6 +235,14 @@ impl Note {
             }),
         }
     }
+}
+
+/// Text for a Slack message: `&`, `<` and `>` as the entities Slack's
+/// API asks for.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -418,6 +428,34 @@ mod tests {
             undecided: false,
             failure_counted_at: None,
         }
+    }
+
+    /// Slack reads `<`, `>` and `&` as markup; the other services get the
+    /// text as it is.
+    #[test]
+    fn slack_text_is_escaped_and_the_others_are_not() {
+        let note = Note {
+            kind: NoteKind::RolledBack,
+            name: "web".into(),
+            namespace: None,
+            phase: "Failed",
+            canary_weight: 0.0,
+            revision: "r2".into(),
+            message: "p99: 900ms is above the limit <= 500ms & rising".into(),
+        };
+        let slack = note.payload(Service::Slack)["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            slack.ends_with("p99: 900ms is above the limit &lt;= 500ms &amp; rising"),
+            "{slack}"
+        );
+        let teams = note.payload(Service::Teams);
+        assert_eq!(
+            teams["text"],
+            "p99: 900ms is above the limit <= 500ms & rising"
+        );
     }
 
     #[test]
