@@ -119,13 +119,18 @@ pub async fn collect_gates(
             gates.pre_rollout = run(WebhookKind::PreRollout, &mut gates).await.map(|g| g.0);
         }
     }
-    if !at_last_step && analysis.is_some_and(|a| a.verdict() == crate::analysis::Outcome::Pass) {
+    if analysing {
+        gates.rollout = run(WebhookKind::Rollout, &mut gates).await.map(|g| g.0);
+    }
+    // As Flagger: asked only when the tick passed, the rollout hooks
+    // included, so it never approves a step that then fails.
+    if !at_last_step
+        && gates.rollout != Some(false)
+        && analysis.is_some_and(|a| a.verdict() == crate::analysis::Outcome::Pass)
+    {
         gates.confirm_traffic_increase = run(WebhookKind::ConfirmTrafficIncrease, &mut gates)
             .await
             .map(|g| g.0);
-    }
-    if analysing {
-        gates.rollout = run(WebhookKind::Rollout, &mut gates).await.map(|g| g.0);
     }
     if matches!(
         phase,
