@@ -3173,3 +3173,334 @@ async fn min_ready_seconds_delays_availability_and_history_shows_change_causes()
         "{history}"
     );
 }
+
+/// A ConfigMap's manifest (kubectl's generators would send protobuf).
+fn configmap_file(api: &ApiServer, name: &str) -> String {
+    api.file(
+        &format!("{name}.yaml"),
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  a: b\n"),
+    )
+}
+
+/// The list's resourceVersion: the store's, which any write moves.
+fn store_version(api: &ApiServer) -> String {
+    let list: Value =
+        serde_json::from_str(&api.ok(&["get", "--raw", "/api/v1/configmaps"])).unwrap();
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list has a resourceVersion")
+        .to_string()
+}
+
+/// `--dry-run=server` and `kubectl diff` (`dryRun=All`): the server
+/// validates, admits and answers with the object it would store, but
+/// stores nothing: no object is created, changed or deleted, and the
+/// resourceVersion does not move.
+#[test]
+fn kubectl_server_dry_runs_and_diff_change_nothing() {
+    let api = ApiServer::start("50ms");
+    let cm = |name: &str, value: &str| {
+        api.file(
+            &format!("{name}-{value}.yaml"),
+            &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{value}'\n"),
+        )
+    };
+    api.ok(&["apply", "-f", &cm("base", "1")]);
+    let before = api.json(&["configmap", "base"]);
+    let version = store_version(&api);
+
+    let out = api.ok(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &cm("fresh", "1"),
+        "-o",
+        "json",
+    ]);
+    let would: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(would["metadata"]["name"], "fresh", "{would}");
+    assert!(would["metadata"]["uid"].is_string(), "{would}");
+    let (ok, _, err) = api.kubectl(&["get", "configmap", "fresh"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+
+    let out = api.ok(&[
+        "apply",
+        "--dry-run=server",
+        "-f",
+        &cm("base", "2"),
+        "-o",
+        "json",
+    ]);
+    let would: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(would["data"]["v"], "2", "the answer is the changed object");
+    assert_eq!(
+        would["metadata"]["resourceVersion"], before["metadata"]["resourceVersion"],
+        "{would}"
+    );
+    api.ok(&[
+        "patch",
+        "configmap",
+        "base",
+        "--dry-run=server",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"v":"3"}}"#,
+    ]);
+    api.ok(&["create", "-f", &cm("created", "1"), "--dry-run=server"]);
+    let out = api.ok(&["delete", "configmap", "base", "--dry-run=server"]);
+    assert!(out.contains("server dry run"), "{out}");
+    // kubectl diff asks for a dry-run patch and shows the difference.
+    let (ok, out, err) = api.kubectl(&["diff", "-f", &cm("base", "4")]);
+    assert!(!ok && out.contains("+  v: \"4\""), "{out} {err}");
+    // Validation still runs.
+    let bad = api.file(
+        "bad.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n",
+    );
+    let (ok, _, err) = api.kubectl(&["create", "-f", &bad, "--dry-run=server"]);
+    assert!(
+        !ok && err.contains("is invalid: metadata.name: Invalid value: \"Bad_Name\""),
+        "{err}"
+    );
+
+    assert_eq!(api.json(&["configmap", "base"]), before, "base unchanged");
+    let (ok, _, err) = api.kubectl(&["get", "configmap", "created"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+    assert_eq!(store_version(&api), version, "nothing was written");
+    // The next real write is the next version, as if no dry run happened.
+    api.ok(&["apply", "-f", &cm("base", "5")]);
+    let after: u64 = store_version(&api).parse().unwrap();
+    assert_eq!(after, version.parse::<u64>().unwrap() + 1);
+}
+
+/// Selectors a real API server cannot parse, or fields it cannot select
+/// by, are 400 BadRequest with its message, never an empty list.
+#[test]
+fn kubectl_get_with_a_bad_selector_is_a_bad_request() {
+    let api = ApiServer::start("50ms");
+    api.ok(&["create", "-f", &configmap_file(&api, "web")]);
+    api.ok(&["label", "configmap", "web", "tier=front"]);
+    let refused = |args: &[&str], wanted: &str| {
+        let mut all = vec!["get", "configmaps"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = api.kubectl(&all);
+        assert!(!ok, "{args:?} was served: {out}");
+        assert!(
+            err.contains("BadRequest") && err.contains(wanted),
+            "{args:?}: {err}"
+        );
+    };
+    refused(
+        &["-l", "tier=("],
+        "unable to parse requirement: found '(', expected: identifier",
+    );
+    refused(
+        &["-l", "Tier In (a)"],
+        "unable to parse requirement: found 'In', expected: in, notin",
+    );
+    refused(&["-l", "tier=front,"], "expected: identifier after ','");
+    refused(
+        &["--field-selector", "foo=bar"],
+        "field label \"foo\" not supported for \"ConfigMap\"",
+    );
+    refused(
+        &["--field-selector", "status.phase=Running"],
+        "field label \"status.phase\" not supported for \"ConfigMap\"",
+    );
+    refused(
+        &["--field-selector", "metadata.name"],
+        "can't understand 'metadata.name'",
+    );
+    // Watches check them too.
+    refused(&["-w", "-l", "tier=("], "unable to parse requirement");
+    let (ok, _, err) = api.kubectl(&["get", "deployments", "--field-selector", "spec.replicas=1"]);
+    assert!(
+        !ok && err.contains("\"spec.replicas\" is not a known field selector"),
+        "{err}"
+    );
+    // What a real server takes, it serves.
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["configmaps"];
+        all.extend_from_slice(args);
+        api.json(&all)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&["-l", "tier in (front,back),!gone"]), ["web"]);
+    assert_eq!(names(&["-l", "tier notin (front)"]), Vec::<String>::new());
+    assert_eq!(names(&["--field-selector", "metadata.name==web"]), ["web"]);
+    assert_eq!(
+        names(&["--field-selector", "metadata.namespace!=default"]),
+        Vec::<String>::new()
+    );
+    let (ok, _, err) = api.kubectl(&["get", "pods", "--field-selector", "status.phase=Running"]);
+    assert!(ok, "pods are selectable by phase: {err}");
+}
+
+/// Reads `kubectl get -w --output-watch-events -o json` events.
+fn watch_events(mut child: Child) -> (Child, std::sync::mpsc::Receiver<Value>) {
+    let mut stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for e in serde_json::Deserializer::from_reader(&mut stdout).into_iter::<Value>() {
+            let Ok(e) = e else { return };
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// A watch with a label selector: an object relabelled out of the
+/// selection is DELETED for it, relabelled back in is ADDED, as the API
+/// server's watch cache converts them; changes outside it are not seen.
+#[test]
+fn a_selected_watch_sees_objects_leave_and_enter_the_selection() {
+    let api = ApiServer::start("50ms");
+    api.ok(&["create", "-f", &configmap_file(&api, "web")]);
+    api.ok(&["label", "configmap", "web", "tier=front"]);
+    let version = store_version(&api);
+    let child = api
+        .command(&[
+            "get",
+            "configmaps",
+            "-l",
+            "tier=front",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kubectl get -w");
+    let (mut child, rx) = watch_events(child);
+    let next = || {
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a watch event within 10 s");
+        (
+            e["type"].as_str().unwrap().to_string(),
+            e["object"]["metadata"]["labels"]["tier"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    assert_eq!(next(), ("ADDED".into(), "front".into()));
+    api.ok(&["label", "configmap", "web", "tier=back", "--overwrite"]);
+    assert_eq!(next(), ("DELETED".into(), "back".into()), "left");
+    api.ok(&["annotate", "configmap", "web", "unseen=1"]);
+    api.ok(&["label", "configmap", "web", "tier=front", "--overwrite"]);
+    assert_eq!(next(), ("ADDED".into(), "front".into()), "entered");
+    api.ok(&["annotate", "configmap", "web", "seen=1"]);
+    assert_eq!(next(), ("MODIFIED".into(), "front".into()));
+    let _ = child.kill();
+    let _ = child.wait();
+    // A watch resumed from before the changes replays them the same way.
+    let child = api
+        .command(&[
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/default/configmaps?watch=true&labelSelector=tier%3Dfront&resourceVersion={version}&timeoutSeconds=2"
+            ),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kubectl get --raw");
+    let (mut child, rx) = watch_events(child);
+    let types: Vec<String> = rx
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(types, ["DELETED", "ADDED", "MODIFIED"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// DELETE with preconditions (`kubectl delete --raw` with DeleteOptions):
+/// a resourceVersion that is not the object's is 409 Conflict, as a uid.
+#[test]
+fn a_delete_whose_resource_version_precondition_fails_is_a_conflict() {
+    let api = ApiServer::start("50ms");
+    api.ok(&["create", "-f", &configmap_file(&api, "web")]);
+    let live = api.json(&["configmap", "web"]);
+    let rv = live["metadata"]["resourceVersion"].as_str().unwrap();
+    let options = |rv: &str| {
+        api.file(
+            &format!("options-{rv}.json"),
+            &json!({"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": rv}})
+                .to_string(),
+        )
+    };
+    let path = "/api/v1/namespaces/default/configmaps/web";
+    let (ok, _, err) = api.kubectl(&["delete", "--raw", path, "-f", &options("1")]);
+    assert!(!ok, "deleted despite a stale resourceVersion");
+    assert!(
+        err.contains(&format!(
+            "Precondition failed: ResourceVersion in precondition: 1, ResourceVersion in object meta: {rv}"
+        )),
+        "{err}"
+    );
+    assert_eq!(api.json(&["configmap", "web"]), live, "still there");
+    api.ok(&["delete", "--raw", path, "-f", &options(rv)]);
+    let (ok, _, err) = api.kubectl(&["get", "configmap", "web"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+/// An object its finalizers hold is marked as deleting as the API server
+/// does (`markAsDeleting`: a grace period of zero, a new generation), and
+/// takes no new finalizer while it is; removing the last one removes it.
+#[test]
+fn a_deleting_object_takes_no_new_finalizers() {
+    let api = ApiServer::start("50ms");
+    let file = api.file(
+        "held.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/a]\ndata:\n  v: '1'\n",
+    );
+    api.ok(&["create", "-f", &file]);
+    let generation = api.json(&["configmap", "held"])["metadata"]["generation"]
+        .as_i64()
+        .unwrap();
+    api.ok(&["delete", "configmap", "held", "--wait=false"]);
+    let held = api.json(&["configmap", "held"]);
+    assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
+    assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], 0, "{held}");
+    assert_eq!(held["metadata"]["generation"], generation + 1, "{held}");
+    let (ok, _, err) = api.kubectl(&[
+        "patch",
+        "configmap",
+        "held",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/a","example.com/b"]}}"#,
+    ]);
+    assert!(!ok, "a new finalizer was added to a deleting object");
+    assert!(
+        err.contains("is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"example.com/b\"}"),
+        "{err}"
+    );
+    // Other changes are still taken; the delete finishes with the last
+    // finalizer.
+    api.ok(&["label", "configmap", "held", "still=here"]);
+    api.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    let (ok, _, err) = api.kubectl(&["get", "configmap", "held"]);
+    assert!(!ok && err.contains("NotFound"), "{err}");
+}

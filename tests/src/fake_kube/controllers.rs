@@ -170,7 +170,7 @@ fn collect_garbage(fake: &FakeKube, store: &mut Store) {
             store.rv += 1;
             owner["metadata"]["resourceVersion"] = json!(store.rv.to_string());
             store.objects.insert(key.clone(), owner.clone());
-            fake.emit(store, key.0.clone(), &key.1, "MODIFIED", owner);
+            fake.emit(store, key.0.clone(), &key.1, "MODIFIED", owner, None);
         }
     }
     let orphans: Vec<Key> = store

@@ -75,6 +75,7 @@ pub mod openapi;
 mod protobuf;
 pub mod rbac;
 pub mod schema;
+pub mod selector;
 pub mod tables;
 pub mod termination;
 pub mod validate;
@@ -424,6 +425,30 @@ pub struct WatchEvent {
     pub namespace: String,
     pub event_type: &'static str,
     pub object: Value,
+    /// The object before a MODIFIED event, when known: a watch with a
+    /// selector sees an object leave it (DELETED) or enter it (ADDED).
+    pub old: Option<Value>,
+}
+
+impl WatchEvent {
+    /// This event as a watch with these selectors sees it, if at all
+    /// (the apiserver cacher's `convertToWatchEvent`).
+    fn seen_as(&self, labels: Option<&str>, fields: Option<&str>) -> Option<&'static str> {
+        let now = selected(labels, fields, &self.object);
+        if self.event_type != "MODIFIED" {
+            return now.then_some(self.event_type);
+        }
+        let before = self
+            .old
+            .as_ref()
+            .map_or(now, |o| selected(labels, fields, o));
+        match (before, now) {
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        }
+    }
 }
 
 /// A write request the server took: method, path and body.
@@ -964,10 +989,53 @@ impl FakeKube {
         prefix: &str,
         plural: &str,
         ns: &str,
-        mut object: Value,
+        object: Value,
         existing: Option<&Value>,
     ) -> Value {
         store.rv += 1;
+        let object = self.stamp(store, prefix, plural, ns, object, existing, false);
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let key = Self::key(prefix, plural, ns, &name);
+        store.objects.insert(key, object.clone());
+        if prefix == crd::PREFIX && plural == crd::PLURAL {
+            let kinds = crd::kinds_of(&object);
+            let mut crds = self.inner.crds.lock().expect("crds");
+            crds.retain(|k| k.crd.is_none_or(|c| c.name != name));
+            crds.extend(kinds);
+        }
+        let event_type = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.emit(
+            store,
+            (prefix.to_string(), plural.to_string()),
+            ns,
+            event_type,
+            object.clone(),
+            existing.cloned(),
+        );
+        object
+    }
+
+    /// An object as it is stored: apiVersion and kind, system metadata,
+    /// generation. A dry run (`dry_run`) stamps it as the real server's
+    /// dry run does, without a new resourceVersion and using no uid up.
+    #[allow(clippy::too_many_arguments)]
+    fn stamp(
+        &self,
+        store: &mut Store,
+        prefix: &str,
+        plural: &str,
+        ns: &str,
+        mut object: Value,
+        existing: Option<&Value>,
+        dry_run: bool,
+    ) -> Value {
         let rv = store.rv;
         if !object["metadata"].is_object() {
             object["metadata"] = json!({});
@@ -977,12 +1045,21 @@ impl FakeKube {
             object["apiVersion"] = json!(info.api_version());
             object["kind"] = json!(info.kind);
         }
-        let name = object["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
         let meta = object["metadata"].as_object_mut().expect("metadata object");
-        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        match existing {
+            _ if !dry_run => {
+                meta.insert("resourceVersion".into(), json!(rv.to_string()));
+            }
+            Some(old) => {
+                meta.insert(
+                    "resourceVersion".into(),
+                    old["metadata"]["resourceVersion"].clone(),
+                );
+            }
+            None => {
+                meta.remove("resourceVersion");
+            }
+        }
         if !ns.is_empty() {
             meta.insert("namespace".into(), json!(ns));
         }
@@ -991,8 +1068,10 @@ impl FakeKube {
                 for k in ["uid", "creationTimestamp"] {
                     meta.insert(k.into(), old["metadata"][k].clone());
                 }
-                if let Some(ts) = old["metadata"].get("deletionTimestamp") {
-                    meta.insert("deletionTimestamp".into(), ts.clone());
+                for k in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                    if let Some(v) = old["metadata"].get(k) {
+                        meta.insert(k.into(), v.clone());
+                    }
                 }
                 let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
                 // A custom resource's generation counts every change but
@@ -1017,35 +1096,20 @@ impl FakeKube {
                     json!(if changed { generation + 1 } else { generation });
             }
             None => {
-                store.uid += 1;
+                let uid = if dry_run {
+                    store.uid + 1
+                } else {
+                    store.uid += 1;
+                    store.uid
+                };
                 meta.insert(
                     "uid".into(),
-                    json!(format!("00000000-0000-0000-0000-{:012}", store.uid)),
+                    json!(format!("00000000-0000-0000-0000-{uid:012}")),
                 );
                 meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
                 meta.insert("generation".into(), json!(1));
             }
         }
-        let key = Self::key(prefix, plural, ns, &name);
-        store.objects.insert(key, object.clone());
-        if prefix == crd::PREFIX && plural == crd::PLURAL {
-            let kinds = crd::kinds_of(&object);
-            let mut crds = self.inner.crds.lock().expect("crds");
-            crds.retain(|k| k.crd.is_none_or(|c| c.name != name));
-            crds.extend(kinds);
-        }
-        let event_type = if existing.is_some() {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        self.emit(
-            store,
-            (prefix.to_string(), plural.to_string()),
-            ns,
-            event_type,
-            object.clone(),
-        );
         object
     }
 
@@ -1056,6 +1120,7 @@ impl FakeKube {
         ns: &str,
         event_type: &'static str,
         object: Value,
+        old: Option<Value>,
     ) {
         let event = WatchEvent {
             rv: store.rv,
@@ -1063,6 +1128,7 @@ impl FakeKube {
             namespace: ns.to_string(),
             event_type,
             object,
+            old,
         };
         store.history.push_back(event.clone());
         while store.history.len() > self.inner.options.history {
@@ -1074,13 +1140,14 @@ impl FakeKube {
         // re-lists, rather than silently missing an event.
         let mut watchers = self.inner.watchers.lock().expect("watchers");
         watchers.retain(|w| {
-            if w.kind != event.kind
-                || w.namespace.as_ref().is_some_and(|n| *n != event.namespace)
-                || !selected(w.labels.as_deref(), w.fields.as_deref(), &event.object)
-            {
+            let seen = event.seen_as(w.labels.as_deref(), w.fields.as_deref());
+            let Some(event_type) = seen.filter(|_| {
+                w.kind == event.kind && w.namespace.as_ref().is_none_or(|n| *n == event.namespace)
+            }) else {
                 return !w.tx.is_closed();
-            }
-            let line = json!({"type": event.event_type, "object": served_as(w.view, event.object.clone())});
+            };
+            let line =
+                json!({"type": event_type, "object": served_as(w.view, event.object.clone())});
             w.tx.try_send(line).is_ok()
         });
         drop(watchers);
@@ -1120,7 +1187,7 @@ impl FakeKube {
         }
         store.rv += 1;
         object["metadata"]["resourceVersion"] = json!(store.rv.to_string());
-        self.emit(store, key.0.clone(), &key.1, "DELETED", object);
+        self.emit(store, key.0.clone(), &key.1, "DELETED", object, None);
         self.inner.changed.notify_one();
     }
 
@@ -1163,11 +1230,11 @@ impl FakeKube {
         if finalizers > 0 {
             if object["metadata"].get("deletionTimestamp").is_none() {
                 let mut held = object.clone();
-                held["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                mark_as_deleting(&mut held);
                 store.rv += 1;
                 held["metadata"]["resourceVersion"] = json!(store.rv.to_string());
                 store.objects.insert(key.clone(), held.clone());
-                self.emit(store, key.0.clone(), &key.1, "MODIFIED", held.clone());
+                self.emit(store, key.0.clone(), &key.1, "MODIFIED", held.clone(), None);
                 return Some(held);
             }
             return Some(object);
@@ -1182,6 +1249,19 @@ impl FakeKube {
         }
         policy_of(store).allows(user, attrs)
     }
+}
+
+/// The API server's `markAsDeleting`: an object its finalizers hold gets
+/// a deletionTimestamp, a grace period of zero and a new generation.
+fn mark_as_deleting(object: &mut Value) {
+    if object["metadata"].get("deletionTimestamp").is_none()
+        && let Some(g) = object["metadata"]["generation"].as_i64()
+        && g > 0
+    {
+        object["metadata"]["generation"] = json!(g + 1);
+    }
+    object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+    object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
 }
 
 fn policy_of(store: &Store) -> rbac::Policy<'_> {
@@ -1413,67 +1493,42 @@ pub fn owned_by(object: &Value, uid: &str) -> bool {
         .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
 }
 
+/// Whether `labels` match a label selector (one that does not parse
+/// matches nothing: requests with one are refused before this).
 pub fn labels_match(selector: &str, labels: &Value) -> bool {
-    let get = |k: &str| labels.get(k).and_then(Value::as_str);
-    let mut terms = Vec::new();
-    let mut depth = 0;
-    let mut start = 0;
-    for (i, c) in selector.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                terms.push(&selector[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    terms.push(&selector[start..]);
-    terms
-        .into_iter()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .all(|term| {
-            let set = |s: &str| -> Vec<String> {
-                s.trim()
-                    .trim_matches(|c| c == '(' || c == ')')
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .collect()
-            };
-            if let Some((k, s)) = term.split_once(" notin ") {
-                get(k.trim()).is_none_or(|v| !set(s).iter().any(|x| x == v))
-            } else if let Some((k, s)) = term.split_once(" in ") {
-                get(k.trim()).is_some_and(|v| set(s).iter().any(|x| x == v))
-            } else if let Some((k, v)) = term.split_once("!=") {
-                get(k.trim()) != Some(v.trim())
-            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                get(k.trim()) == Some(v.trim())
-            } else if let Some(k) = term.strip_prefix('!') {
-                get(k.trim()).is_none()
-            } else {
-                get(term).is_some()
-            }
-        })
+    selector::LabelSelector::parse(selector).is_ok_and(|s| s.matches(labels))
 }
 
 fn fields_match(selector: &str, object: &Value) -> bool {
-    selector.split(',').filter(|t| !t.is_empty()).all(|term| {
-        let (k, v, negate) = match term.split_once("!=") {
-            Some((k, v)) => (k, v, true),
-            None => match term.split_once("==").or_else(|| term.split_once('=')) {
-                Some((k, v)) => (k, v, false),
-                None => return true,
-            },
-        };
+    let Ok(terms) = selector::parse_fields(selector) else {
+        return false;
+    };
+    terms.iter().all(|(k, v, negate)| {
         let actual = if object["kind"] == "Event" {
             events::field_value(object, k)
         } else {
             object.pointer(&format!("/{}", k.replace('.', "/")))
         };
-        (actual.and_then(Value::as_str) == Some(v)) != negate
+        (actual.and_then(Value::as_str).unwrap_or("") == v) != *negate
     })
+}
+
+/// A list's or watch's selectors as the API server checks them: 400
+/// BadRequest with the parser's message, or an unsupported field label.
+fn check_selectors(
+    info: &KindInfo,
+    labels: Option<&String>,
+    fields: Option<&String>,
+) -> Result<(), String> {
+    if let Some(l) = labels {
+        selector::LabelSelector::parse(l)?;
+    }
+    if let Some(f) = stored_field_selector(info, fields) {
+        for (field, _, _) in selector::parse_fields(&f)? {
+            selector::check_field(info.kind, &field)?;
+        }
+    }
+    Ok(())
 }
 
 fn selected(labels: Option<&str>, fields: Option<&str>, object: &Value) -> bool {
@@ -1918,7 +1973,27 @@ impl FakeKube {
                 );
             }
         }
-        if method != Method::GET {
+        // kubectl sends a delete's dryRun in its DeleteOptions body.
+        let body_dry_run = method == Method::DELETE
+            && serde_json::from_slice::<Value>(&body).is_ok_and(|o| {
+                o["dryRun"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x == "All"))
+            });
+        let dry_run = match q.get("dryRun").map(String::as_str) {
+            None => body_dry_run,
+            Some("All") => true,
+            Some(other) => {
+                return status_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("dryRun: Unsupported value: \"{other}\": supported values: \"All\""),
+                );
+            }
+        };
+        // A dry run is not a write: nothing is recorded, nothing can fail
+        // in storage.
+        if method != Method::GET && !dry_run {
             let mut store = self.inner.store.lock().expect("store");
             store.writes.push(WriteRecord {
                 method: method.to_string(),
@@ -1992,6 +2067,12 @@ impl FakeKube {
                     ),
                 );
             }
+        }
+        if matches!(verb, "list" | "watch")
+            && let Err(message) =
+                check_selectors(target.info, q.get("labelSelector"), q.get("fieldSelector"))
+        {
+            return status_error(StatusCode::BAD_REQUEST, "BadRequest", message);
         }
         // Server-side printing (`kubectl get`): a Table when asked for one.
         let table = if method == Method::GET {
@@ -2210,6 +2291,12 @@ impl FakeKube {
         );
         if !response.status().is_success() {
             return response;
+        }
+        if q.get("dryRun").is_some_and(|d| d == "All") {
+            // Nothing was stored: the answer is the scale it would have.
+            let mut would = scale;
+            would["spec"]["replicas"] = json!(replicas);
+            return respond(StatusCode::OK, &would);
         }
         match self.get(&info.storage_prefix(), info.plural, ns, name) {
             Some(d) => respond(StatusCode::OK, &scale_of(&served_as(info, d))),
@@ -2577,6 +2664,7 @@ impl FakeKube {
                 }
             }
         }
+        let next_ip = store.next_ip;
         defaults(&mut store, info, &mut object, existing.as_ref());
         // Admission: owner references need rights on the owner's finalizers.
         if let Some(resp) =
@@ -2600,6 +2688,36 @@ impl FakeKube {
         object["apiVersion"] = json!(info.api_version());
         object["kind"] = json!(info.kind);
         let mut causes = validate::validate(info.kind, &object, existing.as_ref());
+        // ValidateObjectMetaUpdate: an object being deleted takes no new
+        // finalizers.
+        if let Some(old) = existing.as_ref()
+            && old["metadata"].get("deletionTimestamp").is_some()
+        {
+            let had: Vec<&Value> = old["metadata"]["finalizers"]
+                .as_array()
+                .map(|f| f.iter().collect())
+                .unwrap_or_default();
+            let mut extra: Vec<&str> = object["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| !had.contains(f))
+                .filter_map(Value::as_str)
+                .collect();
+            extra.sort_unstable();
+            extra.dedup();
+            if !extra.is_empty() {
+                let listed: Vec<String> = extra.iter().map(|f| format!("{f:?}")).collect();
+                causes.push(validate::Cause {
+                    reason: "FieldValueForbidden",
+                    field: "metadata.finalizers".into(),
+                    message: format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                        listed.join(", ")
+                    ),
+                });
+            }
+        }
         if let Some(c) = info.crd {
             crd::validate(&object, &c.schema, "", existing.as_ref(), &mut causes);
         }
@@ -2669,16 +2787,33 @@ impl FakeKube {
         if events_view {
             object = events::to_core(&object);
         }
-        let stored = self.commit(
-            &mut store,
-            &prefix,
-            info.plural,
-            ns,
-            object,
-            stored_existing.as_ref(),
-        );
+        let dry_run = q.get("dryRun").is_some_and(|d| d == "All");
+        let stored = if dry_run {
+            // Validated and admitted, but neither stored nor watched; an IP
+            // it was given is not taken either.
+            let stamped = self.stamp(
+                &mut store,
+                &prefix,
+                info.plural,
+                ns,
+                object,
+                stored_existing.as_ref(),
+                true,
+            );
+            store.next_ip = next_ip;
+            stamped
+        } else {
+            self.commit(
+                &mut store,
+                &prefix,
+                info.plural,
+                ns,
+                object,
+                stored_existing.as_ref(),
+            )
+        };
         let stored = served_as(info, stored);
-        if deleting && finalizers == 0 {
+        if deleting && finalizers == 0 && !dry_run {
             self.remove(&mut store, &key);
         }
         let mut resp = respond(code, &stored);
@@ -2936,6 +3071,74 @@ impl FakeKube {
                 ),
             );
         }
+        let rv = current["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(want) = options["preconditions"]["resourceVersion"].as_str()
+            && want != rv
+        {
+            drop(store);
+            return status_error(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}",
+                    target.info.group_label()
+                ),
+            );
+        }
+        let grace = match options["gracePeriodSeconds"]
+            .as_i64()
+            .map(Ok)
+            .or_else(|| q.get("gracePeriodSeconds").map(|g| g.parse::<i64>()))
+        {
+            None => None,
+            Some(Ok(g)) if g >= 0 => Some(g),
+            Some(_) => {
+                drop(store);
+                return status_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: gracePeriodSeconds: Invalid value: must be a non-negative integer".into(),
+                );
+            }
+        };
+        let dry_run = q.get("dryRun").is_some_and(|d| d == "All")
+            || options["dryRun"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x == "All"));
+        if dry_run {
+            // What the delete would answer, with nothing deleted or marked.
+            let mut answer = current.clone();
+            let foreground =
+                policy == "Foreground" && store.objects.values().any(|o| owned_by(o, &uid));
+            let pod_grace = if target.info.kind == "Pod" && target.info.crd.is_none() {
+                termination::grace_period(&current, grace)
+            } else {
+                0
+            };
+            if foreground {
+                let mut f = answer["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if !f.contains(&json!(FOREGROUND)) {
+                    f.push(json!(FOREGROUND));
+                }
+                answer["metadata"]["finalizers"] = json!(f);
+            }
+            let held = answer["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
+            if pod_grace > 0 && current["metadata"].get("deletionTimestamp").is_none() {
+                answer["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                answer["metadata"]["deletionGracePeriodSeconds"] = json!(pod_grace);
+            } else if held && current["metadata"].get("deletionTimestamp").is_none() {
+                mark_as_deleting(&mut answer);
+            }
+            return respond(StatusCode::OK, &served_as(target.info, answer));
+        }
         match policy.as_str() {
             "Orphan" => {
                 let dependents: Vec<Key> = store
@@ -2958,7 +3161,7 @@ impl FakeKube {
                     store.rv += 1;
                     o["metadata"]["resourceVersion"] = json!(store.rv.to_string());
                     store.objects.insert(dk.clone(), o.clone());
-                    self.emit(&mut store, dk.0.clone(), &dk.1, "MODIFIED", o);
+                    self.emit(&mut store, dk.0.clone(), &dk.1, "MODIFIED", o, None);
                 }
             }
             "Foreground" if store.objects.values().any(|o| owned_by(o, &uid)) => {
@@ -2973,33 +3176,24 @@ impl FakeKube {
                     held["metadata"]["finalizers"] = json!(f);
                 }
                 if held["metadata"].get("deletionTimestamp").is_none() {
-                    held["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                    mark_as_deleting(&mut held);
                 }
                 store.rv += 1;
                 held["metadata"]["resourceVersion"] = json!(store.rv.to_string());
                 store.objects.insert(key.clone(), held.clone());
-                self.emit(&mut store, key.0.clone(), &key.1, "MODIFIED", held.clone());
+                self.emit(
+                    &mut store,
+                    key.0.clone(),
+                    &key.1,
+                    "MODIFIED",
+                    held.clone(),
+                    None,
+                );
                 self.inner.changed.notify_one();
                 return respond(StatusCode::OK, &held);
             }
             _ => {}
         }
-        let grace = match options["gracePeriodSeconds"]
-            .as_i64()
-            .map(Ok)
-            .or_else(|| q.get("gracePeriodSeconds").map(|g| g.parse::<i64>()))
-        {
-            None => None,
-            Some(Ok(g)) if g >= 0 => Some(g),
-            Some(_) => {
-                drop(store);
-                return status_error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    "DeleteOptions.meta.k8s.io \"\" is invalid: gracePeriodSeconds: Invalid value: must be a non-negative integer".into(),
-                );
-            }
-        };
         let gone = self
             .delete_key_with(&mut store, &key, grace)
             .expect("present above");
@@ -3159,9 +3353,10 @@ impl FakeKube {
                 Some(rv) => {
                     for e in store.history.iter().filter(|e| e.rv > rv && e.kind == kind) {
                         if target.namespace.as_ref().is_none_or(|n| *n == e.namespace)
-                            && selected(labels.as_deref(), fields.as_deref(), &e.object)
+                            && let Some(event_type) =
+                                e.seen_as(labels.as_deref(), fields.as_deref())
                         {
-                            pending.push(json!({"type": e.event_type, "object": served_as(target.info, e.object.clone())}));
+                            pending.push(json!({"type": event_type, "object": served_as(target.info, e.object.clone())}));
                         }
                     }
                 }

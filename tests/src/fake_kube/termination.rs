@@ -92,7 +92,7 @@ pub(super) fn begin(
     store.rv += 1;
     held["metadata"]["resourceVersion"] = json!(store.rv.to_string());
     store.objects.insert(key.clone(), held.clone());
-    fake.emit(store, key.0.clone(), &key.1, "MODIFIED", held.clone());
+    fake.emit(store, key.0.clone(), &key.1, "MODIFIED", held.clone(), None);
     fake.inner.changed.notify_one();
     Some(held)
 }
@@ -148,7 +148,7 @@ pub(super) fn end(fake: &FakeKube, store: &mut Store, key: &Key) -> Option<Value
         store.rv += 1;
         pod["metadata"]["resourceVersion"] = json!(store.rv.to_string());
         store.objects.insert(key.clone(), pod.clone());
-        fake.emit(store, key.0.clone(), &key.1, "MODIFIED", pod.clone());
+        fake.emit(store, key.0.clone(), &key.1, "MODIFIED", pod.clone(), None);
         return Some(pod);
     }
     fake.remove(store, key);
