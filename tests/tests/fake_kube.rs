@@ -309,8 +309,11 @@ spec:
     loop {
         let live = api.json(&["deployment", "nginx-deployment"]);
         let s = &live["status"];
+        // Rolled out as `kubectl rollout status` reads it: the old pods
+        // gone too (`replicas` counts every pod of every ReplicaSet).
         if s["readyReplicas"] == 2
             && s["updatedReplicas"] == 2
+            && s["replicas"] == 2
             && s["observedGeneration"] == live["metadata"]["generation"]
         {
             break;
@@ -3503,4 +3506,60 @@ fn a_deleting_object_takes_no_new_finalizers() {
     ]);
     let (ok, _, err) = api.kubectl(&["get", "configmap", "held"]);
     assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+/// `kubectl create configmap|secret|deployment|namespace|service` send the
+/// object in protobuf, as kubectl's generators do for built-in kinds; the
+/// server reads it as a real one does, and stores what was asked.
+#[test]
+fn kubectl_create_generators_work_as_against_a_real_server() {
+    let api = ApiServer::start("50ms");
+    api.ok(&["create", "namespace", "shop"]);
+    api.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+        "--from-literal=level=3",
+    ]);
+    let cm = api.json(&["configmap", "settings"]);
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"mode": "fast", "level": "3"}),
+        "{cm}"
+    );
+    api.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=password=hunter2",
+    ]);
+    let secret = api.json(&["secret", "creds"]);
+    assert_eq!(secret["data"]["password"], "aHVudGVyMg==", "{secret}");
+    assert_eq!(secret["type"], "Opaque", "{secret}");
+    api.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.27",
+        "--port=8080",
+        "--replicas=3",
+    ]);
+    let d = api.json(&["deployment", "web"]);
+    assert_eq!(d["spec"]["replicas"], 3, "{d}");
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["app"], "web", "{d}");
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.27", "{d}");
+    assert_eq!(container["ports"][0]["containerPort"], 8080, "{d}");
+    api.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let svc = api.json(&["service", "web"]);
+    assert_eq!(
+        svc["spec"]["ports"][0],
+        serde_json::json!({"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080}),
+        "{svc}"
+    );
+    // Refused as a real server refuses it, and nothing is stored.
+    let (ok, _, err) = api.kubectl(&["create", "deployment", "Bad_Name", "--image=x"]);
+    assert!(!ok && err.contains("Invalid"), "{err}");
 }

@@ -2318,6 +2318,27 @@ impl FakeKube {
         user: &User,
     ) -> Response<FakeBody> {
         let info = target.info;
+        // `kubectl create configmap` and its kin send built-in kinds in
+        // protobuf, as a real server accepts them.
+        let converted;
+        let (content_type, body) =
+            if *method == Method::POST && content_type == "application/vnd.kubernetes.protobuf" {
+                match protobuf::object(body) {
+                    Ok(object) => {
+                        converted = serde_json::to_vec(&object).expect("JSON");
+                        ("application/json", converted.as_slice())
+                    }
+                    Err(e) => {
+                        return status_error(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            "UnsupportedMediaType",
+                            e,
+                        );
+                    }
+                }
+            } else {
+                (content_type, body)
+            };
         let events_view = events::is_events_view(&info.prefix(), info.plural);
         let prefix = info.storage_prefix();
         let is_apply = content_type == "application/apply-patch+yaml";

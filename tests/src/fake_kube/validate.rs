@@ -656,11 +656,13 @@ fn service(s: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {
             None | Some("") if ports.len() > 1 => out.push(Cause::required(&format!("{f}.name"))),
             None | Some("") => {}
             Some(n) => {
-                if !is_dns1035_label(n) {
+                // A port name is a DNS-1123 label (`80-8080`, as `kubectl
+                // create service` names them), not a DNS-1035 one.
+                if !is_dns1123_label(n) {
                     out.push(Cause::invalid(
                         &format!("{f}.name"),
                         &p["name"],
-                        DNS1035_LABEL,
+                        DNS1123_LABEL,
                     ));
                 }
                 if names.contains(&n) {
