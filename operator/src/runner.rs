@@ -83,11 +83,33 @@ pub fn experiment_report(
     Some(crate::report::experiment(&gate, settings))
 }
 
+/// When each kind of webhook was last asked, in which phase of which
+/// revision, and what it answered (see [`collect_gates`]).
+#[derive(Clone, Debug, Default)]
+pub struct HookPacing(Vec<Asked>);
+
+/// One kind's last asking: kind, phase, revision, when (seconds), answer.
+type Asked = (
+    WebhookKind,
+    Option<Phase>,
+    String,
+    f64,
+    Option<(bool, Vec<crate::webhook::HookResult>)>,
+);
+
 /// Runs the webhooks the current phase needs and reports them as gates.
 /// Rollback webhooks are polled on every tick of a release that has not
 /// started promoting, as Flagger does; `confirm-traffic-increase` ones only
 /// when the tick's analysis passed before the last step (the weight would
 /// go up).
+///
+/// Under the sequential gate, which ticks on every scrape, each kind is
+/// asked at most once per `interval` within a phase of a revision, as
+/// Flagger asks once per analysis interval (a load-test hook would
+/// otherwise start a load test every scrape); between askings its last
+/// answer stands (a failure in it counts once an interval anyway, see
+/// `crate::machine`).
+#[allow(clippy::too_many_arguments)] // one tick's inputs, each used once
 pub async fn collect_gates(
     http: &HttpClient,
     plan: &Plan,
@@ -95,18 +117,41 @@ pub async fn collect_gates(
     analysis: Option<&crate::analysis::Analysis>,
     at_last_step: bool,
     payload: &WebhookPayload,
+    pacing: &mut HookPacing,
+    now: f64,
 ) -> Gates {
     let analysing = analysis.is_some();
     let mut gates = Gates::default();
-    let run = async |kind: WebhookKind, gates: &mut Gates| {
-        let (passed, results) = run_gate(http, plan, kind, payload).await?;
+    let interval = plan.interval.as_secs_f64();
+    let mut run = async |kind: WebhookKind, gates: &mut Gates| {
+        let slot = pacing
+            .0
+            .iter()
+            .position(|a| a.0 == kind && a.1 == phase && a.2 == payload.revision);
+        let (answer, fresh) = match slot.map(|i| &pacing.0[i]) {
+            Some(asked) if plan.is_sequential() && now - asked.3 + 1e-6 < interval => {
+                (asked.4.clone(), false)
+            }
+            _ => {
+                let answer = run_gate(http, plan, kind, payload).await;
+                let asked = (kind, phase, payload.revision.clone(), now, answer.clone());
+                match slot {
+                    Some(i) => pacing.0[i] = asked,
+                    None => pacing.0.push(asked),
+                }
+                (answer, true)
+            }
+        };
+        let (passed, results) = answer?;
         for r in results.iter().filter(|r| !r.passed) {
             // A rollback hook's 4xx is its normal "no"; one that cannot be
             // reached, or fails, is a kill switch that would not work.
             if kind == WebhookKind::Rollback && r.detail.starts_with("answered 4") {
                 continue;
             }
-            tracing::warn!(release = %payload.name, hook = %r.hook, url = %r.url, detail = %r.detail, "{} webhook did not pass", kind.as_str());
+            if fresh {
+                tracing::warn!(release = %payload.name, hook = %r.hook, url = %r.url, detail = %r.detail, "{} webhook did not pass", kind.as_str());
+            }
             gates.failures.push((kind, r.why()));
         }
         Some((passed, results))
@@ -227,6 +272,8 @@ pub struct Driver<R: Router> {
     /// state file), and who watches it (the dashboard, `--report`).
     pub records: Option<crate::record::RecordFile>,
     pub record_out: Option<watch::Sender<Option<crate::record::ReleaseRecord>>>,
+    /// When each kind of webhook was last asked (see [`collect_gates`]).
+    hook_pacing: HookPacing,
 }
 
 impl<R: Router> Driver<R> {
@@ -245,6 +292,7 @@ impl<R: Router> Driver<R> {
             notifier: crate::notify::Notifier::none(),
             records: None,
             record_out: None,
+            hook_pacing: HookPacing::default(),
         }
     }
 
@@ -354,21 +402,22 @@ impl<R: Router> Driver<R> {
             // hook, its retries), acts at once: the release rolls back
             // without waiting for their answers, which no longer matter. Any
             // other command waits for them (its decision needs them).
-            let (gates, command) = {
-                let gates = || {
-                    collect_gates(
-                        &http,
-                        &self.plan,
-                        phase,
-                        analysis.as_ref(),
-                        at_last_step,
-                        &payload,
-                    )
-                };
+            let (gates, command) = if command == Some(Command::Abort) {
+                (Gates::default(), command)
+            } else {
+                let asked = collect_gates(
+                    &http,
+                    &self.plan,
+                    phase,
+                    analysis.as_ref(),
+                    at_last_step,
+                    &payload,
+                    &mut self.hook_pacing,
+                    now,
+                );
                 match (command, self.commands.as_mut()) {
-                    (Some(Command::Abort), _) => (Gates::default(), Some(Command::Abort)),
                     (None, Some(commands)) => {
-                        let mut asked = std::pin::pin!(gates());
+                        let mut asked = std::pin::pin!(asked);
                         tokio::select! {
                             g = &mut asked => (g, None),
                             c = commands.recv() => match c {
@@ -382,7 +431,7 @@ impl<R: Router> Driver<R> {
                             },
                         }
                     }
-                    (command, _) => (gates().await, command),
+                    (command, _) => (asked.await, command),
                 }
             };
             let readiness = match phase {
@@ -591,6 +640,93 @@ impl<R: Router> Driver<R> {
             strategy: self.plan.strategy.name(),
             traffic: self.plan.traffic_text(),
             report: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A hook on 127.0.0.1 answering 500 to every call, counting them.
+    async fn failing_hook() -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !(seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.ends_with(b"}")) {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 500 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (url, calls)
+    }
+
+    /// Under the sequential gate (a tick per scrape) a rollout hook is
+    /// asked once per interval, its answer standing in between; under the
+    /// threshold gate (a tick per interval) on every tick.
+    #[tokio::test]
+    async fn under_the_sequential_gate_hooks_are_asked_once_per_interval() {
+        for (sequential, asked) in [(true, 3), (false, 11)] {
+            let (url, calls) = failing_hook().await;
+            let mut plan = if sequential {
+                Plan::default()
+            } else {
+                Plan::threshold()
+            };
+            assert_eq!(plan.is_sequential(), sequential);
+            plan.interval = Duration::from_secs(10);
+            plan.webhooks =
+                crate::plan::parse_webhooks(&format!("- {{type: rollout, url: '{url}'}}\n"), "t")
+                    .unwrap();
+            let payload = WebhookPayload {
+                name: "web".into(),
+                namespace: None,
+                kind: "",
+                phase: "Progressing",
+                canary_weight: 10.0,
+                revision: "r1".into(),
+            };
+            let analysis = crate::analysis::Analysis::default();
+            let mut pacing = HookPacing::default();
+            // A scrape every 2 s for 20 s: asked at 0, 10 and 20 s.
+            for tick in 0..=10 {
+                let gates = collect_gates(
+                    &HttpClient::plain(),
+                    &plan,
+                    Some(Phase::Progressing),
+                    Some(&analysis),
+                    false,
+                    &payload,
+                    &mut pacing,
+                    2.0 * f64::from(tick),
+                )
+                .await;
+                assert_eq!(gates.rollout, Some(false), "tick {tick}");
+                assert!(gates.why(WebhookKind::Rollout).contains("answered 500"));
+            }
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                asked,
+                "sequential: {sequential}"
+            );
         }
     }
 }

@@ -299,6 +299,9 @@ pub struct Context {
     /// Each app's last valid annotations, by `ns/app`: a release in
     /// progress goes on with them while its annotations are invalid.
     pub last_valid: std::sync::Mutex<HashMap<String, annotations::Settings>>,
+    /// When each app's webhooks were last asked, by `ns/app` (see
+    /// `crate::runner::collect_gates`).
+    pub hook_pacing: std::sync::Mutex<HashMap<String, crate::runner::HookPacing>>,
 }
 
 impl Context {
@@ -346,6 +349,7 @@ impl Context {
             app_http: Default::default(),
             app_notifiers: Default::default(),
             last_valid: Default::default(),
+            hook_pacing: Default::default(),
         }
     }
 }

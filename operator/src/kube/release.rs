@@ -503,15 +503,29 @@ pub(super) async fn release_tick(
     let gates = if to_stable {
         machine::Gates::default()
     } else {
-        collect_gates(
+        let key = format!("{ns}/{app}");
+        let mut pacing = ctx
+            .hook_pacing
+            .lock()
+            .expect("the pacing lock")
+            .remove(&key)
+            .unwrap_or_default();
+        let gates = collect_gates(
             &http,
             plan,
             phase,
             analysis.as_ref(),
             at_last_step,
             &payload,
+            &mut pacing,
+            now,
         )
-        .await
+        .await;
+        ctx.hook_pacing
+            .lock()
+            .expect("the pacing lock")
+            .insert(key, pacing);
+        gates
     };
     // The canary is ready and the baseline arm (if any) is not.
     let mut arm_not_ready = false;
