@@ -17,7 +17,7 @@
 //! ```text
 //! accept        listener, TLS, HTTP/2 or HTTP/1.1, connection limits    accept, conn
 //!   -> read head   HTTP/1.1: the own codec, in the connection's task      downstream::h1, http1
-//!                  HTTP/2: the h2 crate, a task per stream                 downstream::h2
+//!                  HTTP/2: the h2 crate, streams in the connection's task downstream::h2
 //!   -> route       checks, route, A/B rules, affinity, exact split        route (routing, split, affinity)
 //!   -> forward     upstream head, body, timeouts, retries, mirror copy    forward (upstream, mirror, body)
 //!                  HTTP/1.1 backends: the own codec; HTTP/2: hyper        upstream::h1, upstream::h2
