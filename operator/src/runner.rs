@@ -647,37 +647,7 @@ impl<R: Router> Driver<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A hook on 127.0.0.1 answering 500 to every call, counting them.
-    async fn failing_hook() -> (String, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        tokio::spawn(async move {
-            for _ in 0..50 {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !(seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.ends_with(b"}")) {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                let _ = socket
-                    .write_all(b"HTTP/1.1 500 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .await;
-            }
-        });
-        (url, calls)
-    }
+    use std::sync::atomic::Ordering;
 
     /// Under the sequential gate (a tick per scrape) a rollout hook is
     /// asked once per interval, its answer standing in between; under the
@@ -685,7 +655,7 @@ mod tests {
     #[tokio::test]
     async fn under_the_sequential_gate_hooks_are_asked_once_per_interval() {
         for (sequential, asked) in [(true, 3), (false, 11)] {
-            let (url, calls) = failing_hook().await;
+            let (url, calls) = crate::webhook::tests::hook_answering(500).await;
             let mut plan = if sequential {
                 Plan::default()
             } else {

@@ -159,13 +159,13 @@ async fn call(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A hook on 127.0.0.1 answering `status` to every call, counting them.
-    async fn hook_answering(status: u16) -> (String, Arc<AtomicUsize>) {
+    pub(crate) async fn hook_answering(status: u16) -> (String, Arc<AtomicUsize>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());

@@ -8,6 +8,8 @@
 
 use serde_json::{Value, json};
 
+use super::base64;
+
 /// Reads a varint at `*i`.
 fn varint(buf: &[u8], i: &mut usize) -> Result<u64, String> {
     let mut v = 0u64;
@@ -24,30 +26,13 @@ fn varint(buf: &[u8], i: &mut usize) -> Result<u64, String> {
 
 /// The length-delimited fields of a message: (field number, bytes).
 fn fields(buf: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < buf.len() {
-        let key = varint(buf, &mut i)?;
-        let (number, wire) = (key >> 3, key & 7);
-        match wire {
-            0 => {
-                varint(buf, &mut i)?;
-            }
-            1 => i += 8,
-            2 => {
-                let len = varint(buf, &mut i)? as usize;
-                let end = i
-                    .checked_add(len)
-                    .filter(|e| *e <= buf.len())
-                    .ok_or("truncated field")?;
-                out.push((number, &buf[i..end]));
-                i = end;
-            }
-            5 => i += 4,
-            other => return Err(format!("unsupported wire type {other}")),
-        }
-    }
-    Ok(out)
+    Ok(wire_fields(buf)?
+        .into_iter()
+        .filter_map(|(number, wire)| match wire {
+            Wire::Bytes(b) => Some((number, b)),
+            Wire::Varint(_) => None,
+        })
+        .collect())
 }
 
 fn field<'a>(fs: &[(u64, &'a [u8])], n: u64) -> Option<&'a [u8]> {
@@ -238,27 +223,6 @@ fn wire_fields(buf: &[u8]) -> Result<Vec<(u64, Wire<'_>)>, String> {
     Ok(out)
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for k in 0..4 {
-            if k <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * k) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// A map entry (key 1, value 2) as its key and raw value.
 fn entry(bytes: &[u8]) -> Result<(String, &[u8]), String> {
     let fs = fields(bytes)?;
@@ -374,6 +338,8 @@ pub fn object(body: &[u8]) -> Result<Value, String> {
 mod tests {
     use super::base64;
 
+    /// The server's base64 (a Secret's data, read from protobuf too) is
+    /// RFC 4648's.
     #[test]
     fn base64_as_rfc_4648() {
         for (raw, encoded) in [
