@@ -210,6 +210,7 @@ async fn kubectl_apply_refuses_each_bad_annotation_of_the_operators_tests_naming
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let dir = TempDir::new("admission-policy");
     let kubeconfig = dir.path.join("config");
     fake.kubeconfig(&kubeconfig);

@@ -59,6 +59,7 @@ fn verdict(outcome: Outcome) -> Analysis {
 impl World {
     async fn new(annotations: Value) -> Self {
         let fake = FakeKube::start().await;
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         fake.put(
             "api/v1",

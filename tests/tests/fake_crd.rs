@@ -30,6 +30,7 @@ impl Cluster {
             ..Options::default()
         })
         .await;
+        fake.create_namespace("shop");
         let dir = TempDir::new("fake-crd");
         let kubeconfig = dir.path.join("config");
         fake.kubeconfig(&kubeconfig);

@@ -785,6 +785,109 @@ fn kubectl_default_validation_is_the_servers_strict_decoding() {
     );
 }
 
+/// Namespaces as a cluster has them: the four system ones from the start
+/// (not deletable), content only in a namespace that exists and is not
+/// going away, and a deleted namespace takes its content with it.
+/// `kubectl get all` lists the `all` category.
+#[test]
+fn namespaces_hold_their_content_and_go_with_it() {
+    let api = ApiServer::start("100ms");
+    let names = api.ok(&["get", "namespaces", "-o", "name"]);
+    for ns in ["default", "kube-node-lease", "kube-public", "kube-system"] {
+        assert!(names.contains(&format!("namespace/{ns}")), "{names}");
+    }
+    let (gone, _, err) = api.kubectl(&["delete", "namespace", "default"]);
+    assert!(
+        !gone
+            && err.contains(
+                r#"namespaces "default" is forbidden: this namespace may not be deleted"#
+            ),
+        "{err}"
+    );
+    let (made, _, err) =
+        api.kubectl(&["create", "deployment", "web", "--image=nginx", "-n", "lab"]);
+    assert!(
+        !made && err.contains(r#"namespaces "lab" not found"#),
+        "{err}"
+    );
+    api.ok(&["create", "namespace", "lab"]);
+    let label = api.ok(&[
+        "get",
+        "namespace",
+        "lab",
+        "-o",
+        "jsonpath={.metadata.labels.kubernetes\\.io/metadata\\.name} {.status.phase}",
+    ]);
+    assert_eq!(label, "lab Active");
+    api.ok(&["create", "deployment", "web", "--image=nginx", "-n", "lab"]);
+    api.ok(&["expose", "deployment", "web", "--port", "80", "-n", "lab"]);
+    api.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "lab",
+        "--timeout=20s",
+    ]);
+    let all = api.ok(&["get", "all", "-n", "lab", "-o", "name"]);
+    for kind in [
+        "pod/web-",
+        "service/web",
+        "deployment.apps/web",
+        "replicaset.apps/web-",
+    ] {
+        assert!(all.contains(kind), "kubectl get all lacks {kind}: {all}");
+    }
+    // A finalizer holds one object, and so the namespace, in Terminating.
+    api.ok(&["create", "configmap", "held", "-n", "lab"]);
+    api.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "lab",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    api.ok(&["delete", "namespace", "lab", "--wait=false"]);
+    let phase = api.ok(&["get", "namespace", "lab", "-o", "jsonpath={.status.phase}"]);
+    assert_eq!(phase, "Terminating");
+    let (made, _, err) = api.kubectl(&["create", "configmap", "late", "-n", "lab"]);
+    assert!(
+        !made
+            && err.contains(
+                "unable to create new content in namespace lab because it is being terminated"
+            ),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = api.ok(&["get", "all,configmaps", "-n", "lab", "-o", "name"]);
+        if left.trim() == "configmap/held" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the namespace's content stays: {left}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    api.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "-n",
+        "lab",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    api.ok(&["wait", "--for=delete", "namespace/lab", "--timeout=10s"]);
+    let (found, _, err) = api.kubectl(&["get", "namespace", "lab"]);
+    assert!(!found && err.contains("NotFound"), "{err}");
+}
+
 /// `kubectl auth can-i --as` answers from the shipped RBAC (the operator's
 /// ClusterRole and leader Role) and from a namespaced Role with
 /// resourceNames; a forbidden request carries the API's message.
@@ -853,6 +956,13 @@ fn kubectl_auth_can_i_follows_the_shipped_rbac() {
     ] {
         assert_eq!(can(OPERATOR, &args), expected, "operator: can-i {args:?}");
     }
+    // Nothing can be made in a namespace that does not exist.
+    let (made, _, err) = api.kubectl(&["create", "configmap", "early", "-n", "shop"]);
+    assert!(
+        !made && err.contains(r#"namespaces "shop" not found"#),
+        "{err}"
+    );
+    api.ok(&["create", "namespace", "shop"]);
     let rbac = api.file(
         "proxy-rbac.yaml",
         "apiVersion: v1
@@ -978,6 +1088,7 @@ fn web_deployment(name: &str) -> Value {
 #[tokio::test]
 async fn bad_input_gets_the_api_status_codes_and_bodies() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     // Malformed JSON: 400.
     let (code, body, _) = call(
         &fake,
@@ -1107,6 +1218,7 @@ async fn admission_refuses_escalation_unowned_finalizers_and_privileged_pods() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     fake.install_operator_rbac();
     let operator = fake.service_account_token("sluice-system", "sluice-operator");
     let roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles";
@@ -1274,6 +1386,7 @@ async fn admission_refuses_escalation_unowned_finalizers_and_privileged_pods() {
 #[tokio::test]
 async fn invalid_objects_are_refused_with_every_cause_and_its_field() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     let invalid = |body: &Value| -> Vec<(String, String)> {
         assert_status(body, 422, "Invalid");
         body["details"]["causes"]
@@ -1448,6 +1561,7 @@ async fn a_watch_from_a_compacted_version_is_gone_and_a_recent_one_replays() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let first = fake.put(
         "api/v1",
         "configmaps",
@@ -1563,6 +1677,7 @@ async fn bookmarks_come_to_watchers_that_ask_and_only_to_them() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let o = fake.put(
         "api/v1",
         "configmaps",
@@ -1605,6 +1720,7 @@ async fn a_lagging_watcher_is_cut_off_never_given_a_gap() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let o = fake.put(
         "api/v1",
         "configmaps",
@@ -1667,6 +1783,7 @@ async fn a_lagging_watcher_is_cut_off_never_given_a_gap() {
 #[tokio::test]
 async fn random_patches_never_break_the_server() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     let (code, _, _) = call(
         &fake,
         "POST",
@@ -1843,6 +1960,7 @@ async fn a_rolling_update_keeps_ready_endpoints_and_the_invariant_catches_an_out
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let (code, _, _) = call(
         &fake,
         "POST",
@@ -1950,6 +2068,7 @@ async fn recorder_events_are_the_core_events_kubectl_shows() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let dir = TempDir::new("fake-events");
     let kubeconfig = dir.path.join("kubeconfig");
     fake.kubeconfig(&kubeconfig);
@@ -2120,6 +2239,7 @@ async fn rolling_updates_follow_max_surge_and_max_unavailable() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let dir = TempDir::new("fake-rollout");
     let kubeconfig = dir.path.join("kubeconfig");
     fake.kubeconfig(&kubeconfig);
@@ -2440,6 +2560,7 @@ async fn kubectl_get_prints_the_servers_tables() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let dir = TempDir::new("fake-tables");
     let kubeconfig = dir.path.join("kubeconfig");
     fake.kubeconfig(&kubeconfig);
@@ -2680,6 +2801,7 @@ const AS_TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application
 #[tokio::test]
 async fn tables_on_the_wire_follow_the_meta_api() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     let (code, _, _) = call(
         &fake,
         "POST",
@@ -2870,6 +2992,7 @@ async fn kubectl_delete_pod_terminates_gracefully() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let dir = TempDir::new("fake-terminating");
     let kubeconfig = dir.path.join("kubeconfig");
     fake.kubeconfig(&kubeconfig);
@@ -3050,6 +3173,7 @@ async fn min_ready_seconds_delays_availability_and_history_shows_change_causes()
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let dir = TempDir::new("fake-min-ready");
     let kubeconfig = dir.path.join("kubeconfig");
     fake.kubeconfig(&kubeconfig);

@@ -391,6 +391,7 @@ mod configmap {
                 ..Options::default()
             })
             .await;
+            fake.create_namespace("shop");
             fake.install_operator_rbac();
             let dir = TempDir::new("gateway-metrics-kube");
             let clock = Arc::new(AtomicU64::new(1_000_000));
@@ -714,6 +715,7 @@ mod release {
             ..Options::default()
         })
         .await;
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         let clock = Arc::new(AtomicU64::new(1_000_000));
         let mut ctx = Context::new(

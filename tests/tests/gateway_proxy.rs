@@ -72,6 +72,7 @@ impl World {
             ..Options::default()
         })
         .await;
+        fake.create_namespace("shop");
         let dir = TempDir::new("gateway-proxy");
         let kubeconfig = dir.path.join("config");
         fake.kubeconfig(&kubeconfig);

@@ -53,6 +53,7 @@ impl World {
             ..Options::default()
         })
         .await;
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         fake.put(
             "api/v1",
@@ -509,6 +510,7 @@ async fn a_bad_baseline_arm_is_refused_at_apply_and_as_a_warning_event() {
         ..Options::default()
     })
     .await;
+    fake.create_namespace("shop");
     let kubeconfig = w.dir.path.join("policy-kubeconfig");
     fake.kubeconfig(&kubeconfig);
     let kubectl = |args: &[&str]| {

@@ -20,6 +20,7 @@ impl Drop for Killed {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_kube_bootstraps_an_annotated_deployment_and_serves_metrics() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     fake.install_operator_rbac();
     let dir = TempDir::new("kube-bin");
     let kubeconfig = dir.path.join("config");
@@ -177,6 +178,7 @@ fn sha256_prefix(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_proxy_serves_from_a_configmap_and_follows_it() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     // The proxy runs as its own ServiceAccount, with the Role the operator
     // makes for it: read its one ConfigMap, nothing else.
     let owner = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "app", "uid": "u1"});
@@ -325,6 +327,7 @@ async fn sluice_kube_reads_its_access_secret_under_its_rbac_and_never_shows_it()
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let token_value = "prom-bearer-9c8b7a";
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     fake.install_operator_rbac();
     let dir = TempDir::new("kube-access");
     let kubeconfig = dir.path.join("config");

@@ -56,6 +56,7 @@ impl World {
             ..Options::default()
         })
         .await;
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         let dir = TempDir::new("kube-gateway");
         let clock = Arc::new(AtomicU64::new(1_000_000));

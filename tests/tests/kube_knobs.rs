@@ -46,6 +46,7 @@ impl World {
             ..Options::default()
         })
         .await;
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         fake.put(
             "api/v1",

@@ -121,6 +121,7 @@ impl World {
 
     async fn with(annotations: Value, options: Options) -> Self {
         let fake = FakeKube::start_with(options).await;
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         fake.put(
             "api/v1",
@@ -734,6 +735,7 @@ async fn the_controller_runs_under_a_lease_and_a_second_replica_waits() {
 #[tokio::test]
 async fn a_leader_whose_renewals_hang_stops_before_another_takes_over() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     fake.install_operator_rbac();
     let cfg = op::leader::LeaderConfig {
         retry_period: Duration::from_millis(100),

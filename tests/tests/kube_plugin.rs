@@ -54,6 +54,7 @@ fn spec(name: &str, replicas: i64) -> Value {
 impl Plugin {
     async fn new() -> Self {
         let fake = FakeKube::start().await;
+        fake.create_namespace("shop");
         let dir = TempDir::new("kubectl");
         let kubeconfig = dir.path.join("config");
         fake.kubeconfig(&kubeconfig);

@@ -139,6 +139,7 @@ impl Cluster {
         } else {
             FakeKube::start().await
         };
+        fake.create_namespace("shop");
         fake.install_operator_rbac();
         fake.put(
             "api/v1",

@@ -56,6 +56,7 @@ async fn route_weight(proxy: &ProxyHandle) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_follows_its_configmap_and_keeps_the_last_good_table() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     fake.put(
         "api/v1",
@@ -99,6 +100,7 @@ async fn the_proxy_follows_its_configmap_and_keeps_the_last_good_table() {
 #[tokio::test]
 async fn a_missing_configmap_is_a_clear_start_error() {
     let fake = FakeKube::start().await;
+    fake.create_namespace("shop");
     let err = sluice_proxy::kube_source::fetch(fake.client(), "shop", "nope")
         .await
         .unwrap_err();

@@ -91,6 +91,7 @@ fn is_ready(pod: &Value) -> bool {
 pub fn reconcile(fake: &FakeKube) {
     let mut store = fake.inner.store.lock().expect("store");
     collect_garbage(fake, &mut store);
+    namespaces(fake, &mut store);
     kubelet(fake, &mut store);
     termination::kubelet(fake, &mut store);
     let mut progress = Vec::new();
@@ -206,6 +207,37 @@ fn collect_garbage(fake: &FakeKube, store: &mut Store) {
 /// (their `lastTransitionTime` kept while the status stays, so
 /// `minReadySeconds` counts from when the pod became ready) and one
 /// running container status per container.
+/// The namespace controller: a namespace being deleted has everything in
+/// it deleted (finalizers and grace periods still hold each object), and
+/// goes once it is empty.
+fn namespaces(fake: &FakeKube, store: &mut Store) {
+    let terminating: Vec<(Key, String)> = all_of(store, CORE, "namespaces")
+        .into_iter()
+        .filter(|(_, n)| n["metadata"].get("deletionTimestamp").is_some())
+        .map(|(k, _)| {
+            let name = k.2.clone();
+            (k, name)
+        })
+        .collect();
+    for (key, name) in terminating {
+        let inside: Vec<(Key, bool)> = store
+            .objects
+            .iter()
+            .filter(|(k, _)| k.1 == name)
+            .map(|(k, o)| (k.clone(), o["metadata"].get("deletionTimestamp").is_some()))
+            .collect();
+        if inside.is_empty() {
+            fake.remove(store, &key);
+            continue;
+        }
+        for (k, deleting) in inside {
+            if !deleting {
+                fake.delete_key(store, &k);
+            }
+        }
+    }
+}
+
 fn set_ready(pod: &mut Value, ready: bool) {
     let status = if ready { "True" } else { "False" };
     let since = pod["status"]["conditions"]

@@ -22,6 +22,15 @@
 //!   `managedFields`; deletion honours finalizers and `propagationPolicy`
 //!   (Background: dependents garbage-collected afterwards; Orphan: they lose
 //!   the owner reference; Foreground: the owner waits for them).
+//! - **Namespaces** as a cluster has them: `default`, `kube-node-lease`,
+//!   `kube-public` and `kube-system` from the start, none deletable (403).
+//!   Content is made only in a namespace that exists (404 otherwise) and is
+//!   not being deleted (403). A deleted namespace is `Terminating` while its
+//!   namespace controller deletes what is in it (finalizers still hold), and
+//!   goes once it is empty. Tests set the scene with
+//!   [`FakeKube::create_namespace`]. Discovery puts pods, services,
+//!   deployments, replicasets and horizontalpodautoscalers in the `all`
+//!   category, so `kubectl get all` works.
 //! - **Subresources**: `status` for the kinds that have one, and a
 //!   Deployment's `scale` (autoscaling/v1 Scale), as `kubectl scale` uses.
 //! - **OpenAPI v3** ([`openapi`]): `/openapi/v3` and one document per
@@ -416,6 +425,46 @@ fn not_found(info: &KindInfo, name: &str) -> Response<FakeBody> {
     )
 }
 
+/// The namespaces a new cluster has; they cannot be deleted (but for
+/// `kube-node-lease`, which the real server also protects only in part,
+/// all four are protected here).
+pub const SYSTEM_NAMESPACES: [&str; 4] =
+    ["default", "kube-node-lease", "kube-public", "kube-system"];
+
+/// Why a namespaced object may not be created in `ns`, as the
+/// NamespaceLifecycle admission plugin answers: the namespace does not
+/// exist (404), or it is being deleted (403).
+fn namespace_refusal(
+    store: &Store,
+    info: &KindInfo,
+    ns: &str,
+    name: &str,
+) -> Option<Response<FakeBody>> {
+    let namespace = store
+        .objects
+        .get(&FakeKube::key("api/v1", "namespaces", "", ns));
+    match namespace {
+        None => Some(respond(
+            StatusCode::NOT_FOUND,
+            &status_body(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("namespaces \"{ns}\" not found"),
+                json!({"name": ns, "kind": "namespaces"}),
+            ),
+        )),
+        Some(n) if n["metadata"].get("deletionTimestamp").is_some() => Some(status_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                info.group_label()
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
 // === the store ===
 
 #[derive(Clone, Debug)]
@@ -669,8 +718,27 @@ impl FakeKube {
             })
             .await;
         }
+        for name in SYSTEM_NAMESPACES {
+            fake.put(
+                "api/v1",
+                "namespaces",
+                "",
+                json!({"metadata": {"name": name}}),
+            );
+        }
         tokio::spawn(controllers::run(fake.clone()));
         fake
+    }
+
+    /// Creates a namespace, as `kubectl create namespace` would: objects
+    /// can be made in a namespace only once it exists.
+    pub fn create_namespace(&self, name: &str) -> Value {
+        self.put(
+            "api/v1",
+            "namespaces",
+            "",
+            json!({"metadata": {"name": name}}),
+        )
     }
 
     // === identities ===
@@ -732,8 +800,15 @@ impl FakeKube {
         self.client_as(User::service_account(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT))
     }
 
-    /// Loads the ClusterRole and ClusterRoleBinding of `deploy/operator/rbac.yaml`.
+    /// Loads the ClusterRole and ClusterRoleBinding of `deploy/operator/rbac.yaml`,
+    /// and makes the operator's namespace (`deploy/operator/namespace.yaml`).
     pub fn install_operator_rbac(&self) {
+        if self
+            .get("api/v1", "namespaces", "", OPERATOR_NAMESPACE)
+            .is_none()
+        {
+            self.create_namespace(OPERATOR_NAMESPACE);
+        }
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .expect("workspace")
@@ -1206,6 +1281,21 @@ impl FakeKube {
             return Some(held);
         }
         let object = store.objects.get(key)?.clone();
+        if key.0 == ("api/v1".to_string(), "namespaces".to_string()) {
+            // Terminating: the namespace controller (`controllers`) deletes
+            // what is in it, then the namespace.
+            if object["metadata"].get("deletionTimestamp").is_some() {
+                return Some(object);
+            }
+            let mut held = object;
+            mark_as_deleting(&mut held);
+            held["status"]["phase"] = json!("Terminating");
+            store.rv += 1;
+            held["metadata"]["resourceVersion"] = json!(store.rv.to_string());
+            store.objects.insert(key.clone(), held.clone());
+            self.emit(store, key.0.clone(), &key.1, "MODIFIED", held.clone(), None);
+            return Some(held);
+        }
         if key.0.0 == crd::PREFIX && key.0.1 == crd::PLURAL {
             // The CRD's cleanup: every object of it goes first.
             let group = object["spec"]["group"].as_str().unwrap_or_default();
@@ -1298,6 +1388,20 @@ fn defaults(store: &mut Store, info: &KindInfo, object: &mut Value, old: Option<
     }
     match info.kind {
         "CustomResourceDefinition" => crd::default_crd(object),
+        "Namespace" => {
+            let name = object["metadata"]["name"].clone();
+            if !object["metadata"]["labels"].is_object() {
+                object["metadata"]["labels"] = json!({});
+            }
+            object["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if !object["spec"].is_object() {
+                object["spec"] = json!({});
+            }
+            default_field(&mut object["spec"], "finalizers", json!(["kubernetes"]));
+            if old.is_none() {
+                object["status"] = json!({"phase": "Active"});
+            }
+        }
         "Deployment" => {
             let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {
                 return;
@@ -1650,6 +1754,16 @@ fn group_list(crds: &[&'static KindInfo]) -> Value {
     })
 }
 
+/// The built-in kinds in the `all` category (`kubectl get all`), as the
+/// real server lists them.
+const ALL_CATEGORY: [(&str, &str); 5] = [
+    ("", "pods"),
+    ("", "services"),
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("autoscaling", "horizontalpodautoscalers"),
+];
+
 fn resource_list(group: &str, version: &str, crds: &[&'static KindInfo]) -> Value {
     let gv = if group.is_empty() {
         version.to_string()
@@ -1682,6 +1796,8 @@ fn resource_list(group: &str, version: &str, crds: &[&'static KindInfo]) -> Valu
         });
         if let Some(c) = k.crd {
             resource["categories"] = json!(c.categories);
+        } else if ALL_CATEGORY.contains(&(k.group, k.plural)) {
+            resource["categories"] = json!(["all"]);
         }
         resources.push(resource);
         if k.crd.is_some_and(|c| c.scale.is_some()) {
@@ -2440,6 +2556,15 @@ impl FakeKube {
                 ),
             );
         }
+        // New content needs a namespace that exists and is not going away
+        // (the NamespaceLifecycle admission plugin).
+        if info.namespaced
+            && existing.is_none()
+            && (*method == Method::POST || is_apply)
+            && let Some(refusal) = namespace_refusal(&store, info, ns, &name)
+        {
+            return refusal;
+        }
         let now = now_rfc3339();
         let mut object = match (method, &existing) {
             (&Method::POST, Some(_)) => {
@@ -3079,34 +3204,31 @@ impl FakeKube {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        if let Some(want) = options["preconditions"]["uid"].as_str()
-            && want != uid
-        {
-            drop(store);
-            return status_error(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {want}, UID in object meta: {uid}",
-                    target.info.group_label()
-                ),
-            );
+        for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
+            let have = current["metadata"][field].as_str().unwrap_or_default();
+            if let Some(want) = options["preconditions"][field].as_str()
+                && want != have
+            {
+                drop(store);
+                return status_error(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: {label} in precondition: {want}, {label} in object meta: {have}",
+                        target.info.group_label()
+                    ),
+                );
+            }
         }
-        let rv = current["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if let Some(want) = options["preconditions"]["resourceVersion"].as_str()
-            && want != rv
+        if target.info.kind == "Namespace"
+            && target.info.crd.is_none()
+            && SYSTEM_NAMESPACES.contains(&name)
         {
             drop(store);
             return status_error(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}",
-                    target.info.group_label()
-                ),
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
             );
         }
         let grace = match options["gracePeriodSeconds"]
