@@ -316,10 +316,60 @@ struct PlanArgs {
     /// Methods mirrored, comma-separated (default: the idempotent ones).
     #[arg(long)]
     mirror_methods: Option<String>,
+    /// The flags given on the command line (not defaulted), by clap id:
+    /// a flag of another gate or strategy is refused, not ignored.
+    #[arg(skip)]
+    given: Vec<String>,
 }
 
+/// Flags that only the sequential gate reads.
+const SEQUENTIAL_ONLY: [&str; 13] = [
+    "scrape_interval",
+    "alpha",
+    "beta",
+    "rho0",
+    "rho_max",
+    "failure_floor",
+    "latency_bound",
+    "max_duration",
+    "when_undecided",
+    "incident_allowance",
+    "warmup",
+    "latency_tolerance",
+    "baseline",
+];
+
 impl PlanArgs {
+    /// A flag given for another gate or strategy than the one chosen: it
+    /// would be ignored, so it is refused, naming what reads it.
+    fn misplaced_flag(&self) -> Result<(), String> {
+        let given = |id: &str| self.given.iter().any(|g| g == id);
+        let refuse = |id: &str, reader: &str, chosen: &str| {
+            Err(format!(
+                "--{} applies to {reader}, not to {chosen}; it would be ignored",
+                id.replace('_', "-")
+            ))
+        };
+        if self.gate == "threshold"
+            && let Some(id) = SEQUENTIAL_ONLY.iter().find(|id| given(id))
+        {
+            return refuse(id, "the sequential gate", "--gate threshold");
+        }
+        let strategy = format!("--strategy {}", self.strategy);
+        for (id, reader, owner) in [
+            ("iterations", "--strategy blue-green", "blue-green"),
+            ("soak", "--strategy blue-green", "blue-green"),
+            ("experiment_duration", "--strategy experiment", "experiment"),
+        ] {
+            if given(id) && self.strategy != owner {
+                return refuse(id, reader, &strategy);
+            }
+        }
+        Ok(())
+    }
+
     fn plan(&self) -> Result<Plan, String> {
+        self.misplaced_flag()?;
         let flag = |name: &str, e: String| format!("--{name}: {e}");
         let duration = |name: &str, text: &str| {
             sluice_proxy::config::parse_duration(text).map_err(|e| flag(name, e))
@@ -392,10 +442,9 @@ impl PlanArgs {
                 settings.warmup = duration("warmup", warmup)?;
             }
             settings.baseline = duration("baseline", &self.baseline)?;
-            settings.latency_tolerance =
-                plan::parse_percent(self.latency_tolerance.trim().trim_end_matches('%'))
-                    .map_err(|e| flag("latency-tolerance", e))?
-                    / 100.0;
+            settings.latency_tolerance = plan::parse_percent(&self.latency_tolerance)
+                .map_err(|e| flag("latency-tolerance", e))?
+                / 100.0;
             settings.validate(|field| format!("--{}", field.replace('_', "-")))?;
         }
         let sequential = matches!(gate, plan::Gate::Sequential(_));
@@ -578,7 +627,23 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some((_, sub)) = matches.subcommand() {
+        let given: Vec<String> = sub
+            .ids()
+            .filter(|id| {
+                sub.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|id| id.as_str().to_string())
+            .collect();
+        match &mut cli.command {
+            Command::Rollout(args) => args.plan.given = given,
+            Command::Simulate(args) => args.plan.given = given,
+            _ => {}
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     // Colours only on a terminal: a file or a log collector gets plain text.

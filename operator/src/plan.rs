@@ -651,12 +651,7 @@ impl Traffic {
         let percent = match t.mirror {
             None if blue_green => Some(100.0),
             None => None,
-            Some(text) => Some(
-                text.trim()
-                    .trim_end_matches('%')
-                    .parse::<f64>()
-                    .map_err(|_| ("mirror".to_string(), format!("`{text}` is not a percent")))?,
-            ),
+            Some(text) => Some(parse_percent(text).map_err(|e| ("mirror".to_string(), e))?),
         };
         let mirror = match percent {
             None => {
@@ -889,12 +884,13 @@ impl Plan {
 
 // === parsers shared by flags and annotations ===
 
-/// `10,25,50` -> basis points; each in (0, 100], strictly increasing.
+/// `10,25,50` (or `10%,25%,50%`) -> basis points; each in (0, 100],
+/// strictly increasing.
 pub fn parse_steps(text: &str) -> Result<Vec<u32>, String> {
     let mut steps = Vec::new();
     for part in text.split(',') {
         let p = part.trim();
-        let percent: f64 = p.parse().map_err(|_| {
+        let percent: f64 = p.strip_suffix('%').unwrap_or(p).parse().map_err(|_| {
             format!("`{p}` is not a number (write weights in percent, e.g. 10,25,50)")
         })?;
         let bp = percent_to_bp(percent)?;
@@ -974,9 +970,13 @@ pub fn parse_bounds(text: &str) -> Result<Vec<Duration>, String> {
 }
 
 /// A percent in 0..=100, e.g. a success-rate minimum.
+/// A percent in 0..=100, written with or without its sign (`99.5`,
+/// `99.5%`): every percent flag and annotation takes both.
 pub fn parse_percent(text: &str) -> Result<f64, String> {
-    let v: f64 = text
-        .trim()
+    let t = text.trim();
+    let v: f64 = t
+        .strip_suffix('%')
+        .unwrap_or(t)
         .parse()
         .map_err(|_| format!("`{text}` is not a number"))?;
     if !(0.0..=100.0).contains(&v) {
@@ -987,6 +987,27 @@ pub fn parse_percent(text: &str) -> Result<f64, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn percents_are_taken_with_or_without_their_sign() {
+        for (text, expected) in [
+            ("1", 1.0),
+            ("1%", 1.0),
+            (" 99.5% ", 99.5),
+            ("0%", 0.0),
+            ("100", 100.0),
+        ] {
+            assert_eq!(super::parse_percent(text), Ok(expected), "{text}");
+        }
+        for bad in ["1%%", "%", "", "101%", "-1", "NaN", "inf%", "1 %x"] {
+            assert!(super::parse_percent(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            super::parse_steps("10%,25%, 50"),
+            Ok(vec![1000, 2500, 5000])
+        );
+        assert!(super::parse_steps("10%%").is_err());
+    }
 
     #[test]
     fn webhooks_that_could_never_be_called_are_refused_naming_the_field() {

@@ -536,6 +536,24 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         (vec!["--alpha", "0.9"], "--alpha"),
         (vec!["--latency-bound", "270ms"], "--latency-bound"),
         (vec!["--gate", "magic"], "--gate"),
+        // A flag the chosen gate or strategy does not read is refused, not ignored.
+        (
+            vec!["--gate", "threshold", "--alpha", "0.05"],
+            "--alpha applies to the sequential gate, not to --gate threshold",
+        ),
+        (
+            vec!["--gate", "threshold", "--latency-tolerance", "20%"],
+            "--latency-tolerance applies to the sequential gate",
+        ),
+        (
+            vec!["--soak", "1m"],
+            "--soak applies to --strategy blue-green, not to --strategy canary",
+        ),
+        (
+            vec!["--strategy", "blue-green", "--experiment-duration", "5m"],
+            "--experiment-duration applies to --strategy experiment",
+        ),
+        (vec!["--failure-floor", "1%%"], "--failure-floor"),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

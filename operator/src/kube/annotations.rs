@@ -368,7 +368,7 @@ pub fn parse(
             settings.baseline = d;
         }
         if let Some(v) = get(LATENCY_TOLERANCE) {
-            settings.latency_tolerance = plan::parse_percent(v.trim().trim_end_matches('%'))
+            settings.latency_tolerance = plan::parse_percent(v)
                 .map_err(|e| err(LATENCY_TOLERANCE, v, e, "a percent, e.g. 10%"))?
                 / 100.0;
         }
