@@ -2097,6 +2097,62 @@ async fn a_deleted_primary_is_seen_at_once_by_the_running_controller() {
     let _ = controller.await;
 }
 
+/// The Service applied a moment after its annotated Deployment (as
+/// `kubectl apply -f dir/` may order them) is fronted as soon as it comes,
+/// not at a later periodic look, and the wait is no Warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_made_after_its_deployment_is_fronted_at_once_without_a_warning() {
+    let w = World::new(json!({})).await;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    w.clock.store(wall, Ordering::SeqCst);
+    let service = w.fake.delete("api/v1", "services", NS, "app").unwrap();
+    let controller = tokio::spawn(op::run(w.ctx.clone(), Some(NS.into())));
+    eventually(
+        "the controller to wait for the Service",
+        Duration::from_secs(10),
+        || {
+            let waiting = w
+                .events()
+                .iter()
+                .any(|(t, r, _)| t == "Normal" && r == "WaitingForService");
+            async move { waiting.then_some(()) }
+        },
+    )
+    .await;
+    assert!(w.fake.get(APPS, "deployments", NS, "app-primary").is_none());
+    // Between looks (every 5 s while waiting): what follows comes from the
+    // Service's arrival, or from the next look at least 4 s later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let made_at = std::time::Instant::now();
+    w.fake.put(
+        "api/v1",
+        "services",
+        NS,
+        json!({"metadata": {"name": "app"}, "spec": service["spec"].clone()}),
+    );
+    eventually(
+        "the controller to front the Service",
+        Duration::from_secs(10),
+        || {
+            let made = w.fake.get(APPS, "deployments", NS, "app-primary").is_some();
+            async move { made.then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        made_at.elapsed() < Duration::from_millis(3500),
+        "fronted {:?} after the Service came: at a later look, not at once",
+        made_at.elapsed()
+    );
+    controller.abort();
+    let _ = controller.await;
+    let events = w.events();
+    assert!(!events.iter().any(|(t, _, _)| t == "Warning"), "{events:?}");
+}
+
 /// A user who deletes `app-primary` gets it back from the next reconcile,
 /// built from the Service's recorded original selector and ports, not from
 /// the Service as taken over (which selects the proxy).

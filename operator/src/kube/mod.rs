@@ -406,19 +406,16 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     let made: Api<Deployment> = api.clone();
     let routes = gateway::http_routes_in(&ctx.client, namespace.as_deref());
     let watch_routes = gateway::http_routes_served(&routes).await;
-    // A change to a Service Sluice took over (a GitOps re-apply) reconciles
-    // its Deployment at once, so drift is undone in seconds.
+    // A change to a Service reconciles the Deployment of its name, if
+    // there is one: one Sluice took over (a GitOps re-apply) has drift
+    // undone in seconds, and one made after its annotated Deployment is
+    // fronted at once (a Deployment that is not Sluice's is left as it is).
     let controller = Controller::new(api, watcher::Config::default()).watches(
         services,
         watcher::Config::default().labels(""),
         |svc: Service| {
-            let taken_over = svc
-                .annotations()
-                .contains_key(annotations::ORIGINAL_SELECTOR);
-            let ns = svc.namespace();
-            taken_over
-                .then(|| ns.map(|ns| ObjectRef::new(&svc.name_any()).within(&ns)))
-                .flatten()
+            svc.namespace()
+                .map(|ns| ObjectRef::new(&svc.name_any()).within(&ns))
         },
     );
     // So does a change to a Deployment Sluice made for an app (its
@@ -583,15 +580,23 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(service) = services.get_opt(&name).await? else {
+        // Applied together, the Service may come a moment after its
+        // Deployment (the controller sees it come and acts at once).
+        let age = d
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| (ctx.now)() - t.0.as_second() as f64);
+        let (kind, reason, requeue) = service_missing(age);
         publish(
             &ctx,
             &d,
-            EventType::Warning,
-            "ServiceNotFound",
+            kind,
+            reason,
             format!("Service {name} not found in {ns}: Sluice fronts the Service named like the Deployment"),
         )
         .await;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        return Ok(Action::requeue(requeue));
     };
     let service_value = to_value(&service)?;
     let original = original_service(&service_value);
@@ -742,9 +747,57 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     .await
 }
 
+/// How long a Deployment may wait for its Service before that is a
+/// Warning: `kubectl apply` of a directory, or two applies in a row, makes
+/// the Service moments after the Deployment.
+pub const SERVICE_GRACE: Duration = Duration::from_secs(30);
+
+/// The Event and the next look for an annotated Deployment whose Service
+/// is missing, by the Deployment's age in seconds: while it is young a
+/// Normal `WaitingForService` and another look in 5 s; after that (or with
+/// no age known, or one the clocks make absurd) a Warning
+/// `ServiceNotFound` and a look every 30 s. The
+/// Service's arrival reconciles at once either way (the controller watches
+/// Services).
+pub fn service_missing(age: Option<f64>) -> (EventType, &'static str, Duration) {
+    match age {
+        // A little below 0: the operator's clock a moment behind the API
+        // server's.
+        Some(a) if (-10.0..SERVICE_GRACE.as_secs_f64()).contains(&a) => (
+            EventType::Normal,
+            "WaitingForService",
+            Duration::from_secs(5),
+        ),
+        _ => (
+            EventType::Warning,
+            "ServiceNotFound",
+            Duration::from_secs(30),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_service_is_a_warning_only_once_the_deployment_is_not_new() {
+        for (age, reason) in [
+            (Some(0.0), "WaitingForService"),
+            (Some(29.0), "WaitingForService"),
+            (Some(-3.0), "WaitingForService"),
+            (Some(30.0), "ServiceNotFound"),
+            (Some(3600.0), "ServiceNotFound"),
+            (Some(-3600.0), "ServiceNotFound"),
+            (None, "ServiceNotFound"),
+        ] {
+            let (kind, got, requeue) = service_missing(age);
+            assert_eq!(got, reason, "{age:?}");
+            let warning = matches!(kind, EventType::Warning);
+            assert_eq!(warning, reason == "ServiceNotFound", "{age:?}");
+            assert!(requeue <= Duration::from_secs(30), "{age:?}");
+        }
+    }
 
     #[test]
     fn an_old_status_with_templates_is_read_and_written_without_them() {
