@@ -14,7 +14,7 @@ use serde::Serialize;
 use sluice_loadtest::{BackendOptions, Faults, LoadControl, LoadOptions, start_backend};
 
 use crate::gate::GateSettings;
-use crate::machine::Phase;
+use crate::machine::{Phase, Status};
 use crate::plan::{Gate, Plan};
 use crate::provider::{PrometheusProvider, Provider, ProxyProvider};
 use crate::router::ProxyAdminRouter;
@@ -306,7 +306,7 @@ pub async fn run_scenario(
     }
     let started = Instant::now();
     let mut last_evidence = Vec::new();
-    let status = driver
+    let ended = driver
         .run(|tick: &TickReport| {
             let evidence: Vec<_> = tick
                 .checks
@@ -332,6 +332,15 @@ pub async fn run_scenario(
             on_tick(tick)
         })
         .await;
+    // The demo's own proxy takes every change; a stop is a fault of the
+    // demo, told as the run's message.
+    let status = match ended.stopped {
+        Some(why) => Status {
+            message: why,
+            ..ended.status
+        },
+        None => ended.status,
+    };
     let seconds = started.elapsed().as_secs_f64();
     control.stop();
     let report = load_task

@@ -884,7 +884,7 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     );
     driver.notifier = notifier.clone();
     let mut view = View::new(output_mode(args.output));
-    let status = tokio::select! {
+    let ended = tokio::select! {
         s = driver.run(|tick| view.show(tick)) => s,
         _ = tokio::signal::ctrl_c() => {
             let saved = state.load().ok().flatten();
@@ -918,6 +918,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             },
             None => eprintln!("error: --report: the release recorded nothing to report"),
         }
+    }
+    let status = ended.status;
+    if let Some(why) = ended.stopped {
+        eprintln!("{why}");
+        return ExitCode::from(4);
     }
     if status.phase == Phase::Succeeded {
         eprintln!("promoted: {}", status.message);

@@ -43,6 +43,15 @@ pub enum RouterError {
     Other(String),
 }
 
+impl RouterError {
+    /// A refusal that asking again will not change: a 4xx answer, but for
+    /// 408 (timeout), 425 (too early) and 429 (too many requests).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, RouterError::Refused { status, .. }
+            if (400..500).contains(status) && ![408, 425, 429].contains(status))
+    }
+}
+
 /// What a driver needs from the thing that routes traffic.
 pub trait Router {
     /// Point the canary at the new revision, weight 0.

@@ -249,6 +249,21 @@ impl StateFile {
 
 // === impl Driver ===
 
+/// How a release run ended: its last status, and why it stopped early, if
+/// it did (the decision saved, not carried out).
+#[derive(Debug)]
+pub struct Ended {
+    pub status: Status,
+    pub stopped: Option<String>,
+}
+
+/// Refusals in a row by the proxy's admin API (a 4xx other than 408, 425
+/// and 429: a wrong token, a route that is gone, a change the proxy's
+/// validation refuses) after which a run stops rather than retry for ever.
+/// A refusal can be passing (a route being re-created, a token file being
+/// rotated), so one or two are retried, with the usual backoff.
+pub const REFUSALS_BEFORE_STOP: u32 = 3;
+
 /// Everything one release needs.
 pub struct Driver<R: Router> {
     pub name: String,
@@ -344,8 +359,10 @@ impl<R: Router> Driver<R> {
     }
 
     /// Runs the release to its end (Succeeded or Failed, with its routing
-    /// applied) and returns the final status.
-    pub async fn run(mut self, mut report: impl FnMut(&TickReport)) -> Status {
+    /// applied) and returns the final status; or stops early, the decision
+    /// saved, when the proxy keeps refusing to carry it out (see
+    /// [`REFUSALS_BEFORE_STOP`]).
+    pub async fn run(mut self, mut report: impl FnMut(&TickReport)) -> Ended {
         let started = Instant::now();
         let http = HttpClient::default();
         let (mut status, mut paused_for) = match self.resume.take() {
@@ -359,6 +376,7 @@ impl<R: Router> Driver<R> {
         let mut record = self.resumed_record(status.as_ref());
         let mut next = NextTick::Now;
         let mut failures_in_a_row = 0u32;
+        let mut refusals_in_a_row = 0u32;
         loop {
             let wait = match next {
                 NextTick::Now => Duration::ZERO,
@@ -369,7 +387,10 @@ impl<R: Router> Driver<R> {
                         if let Some(state) = &self.state {
                             state.remove();
                         }
-                        return status.expect("checked above");
+                        return Ended {
+                            status: status.expect("checked above"),
+                            stopped: None,
+                        };
                     }
                     self.poll
                 }
@@ -488,6 +509,7 @@ impl<R: Router> Driver<R> {
             match self.apply(&t.actions, &http, &after).await {
                 Ok(events) => {
                     failures_in_a_row = 0;
+                    refusals_in_a_row = 0;
                     if t.status.unconfirmed.is_some() {
                         confirm(&mut t.status);
                         self.save(&t.status);
@@ -499,6 +521,29 @@ impl<R: Router> Driver<R> {
                 }
                 Err((action, e)) => {
                     failures_in_a_row += 1;
+                    refusals_in_a_row = if e.is_refusal() {
+                        refusals_in_a_row + 1
+                    } else {
+                        0
+                    };
+                    if refusals_in_a_row >= REFUSALS_BEFORE_STOP {
+                        let why = format!(
+                            "stopped: the proxy refused {action} {refusals_in_a_row} times in a row ({e}), which retrying cannot mend; the decision ({}) is saved{}: fix the proxy or the flags and run the same command again to carry it out",
+                            t.status.message,
+                            self.state
+                                .as_ref()
+                                .map(|st| format!(" in {}", st.path.display()))
+                                .unwrap_or_default()
+                        );
+                        tracing::error!(release = %self.name, "{why}");
+                        let tick =
+                            self.tick_report(&t.status, analysis.as_ref(), why.clone(), started);
+                        report(&tick);
+                        return Ended {
+                            status: t.status,
+                            stopped: Some(why),
+                        };
+                    }
                     tracing::warn!(release = %self.name, %action, error = %e, "could not apply; retrying");
                     message = format!(
                         "could not apply {action}: {e}; retrying (the decision stands: {})",

@@ -101,12 +101,14 @@ async fn a_rollback_the_router_refuses_is_kept_and_applied_once_it_can_be() {
     let mut driver = Driver::new("web", &canary.url(), plan, router, provider);
     driver.poll = Duration::from_millis(20);
     let mut ticks: Vec<TickReport> = Vec::new();
-    let status = tokio::time::timeout(
+    let ended = tokio::time::timeout(
         Duration::from_secs(30),
         driver.run(|t| ticks.push(t.clone())),
     )
     .await
     .expect("the release ends");
+    assert_eq!(ended.stopped, None, "unreachable is retried, not a stop");
+    let status = ended.status;
     assert_eq!(status.phase, Phase::Failed);
     assert_eq!(status.unconfirmed, None, "the rollback was confirmed");
     let decided = ticks
@@ -138,6 +140,67 @@ async fn a_rollback_the_router_refuses_is_kept_and_applied_once_it_can_be() {
         let (_, h, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
         assert_eq!(h["x-backend"], "stable");
     }
+}
+
+/// A proxy that refuses the release's next change (its route is gone from
+/// the proxy's config mid-release: 404) is asked three times, then the run
+/// stops with the decision saved and why, rather than retry for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_proxy_keeps_refusing_stops_the_run_after_three_tries() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let route = |name: &str| format!("  - {{ name: {name}, stable: '{}' }}\n", stable.url());
+    let proxy = ChildProxy::start(&route("web"), &[]).await;
+    let admin = format!("http://{}", proxy.admin);
+    let router = ProxyAdminRouter::new(&admin, "web", &canary.url(), None);
+    let plan = Plan {
+        steps_bp: vec![2000, 5000, 8000],
+        interval: Duration::from_millis(300),
+        progress_deadline: Duration::from_secs(30),
+        gate: sluice_operator::plan::Gate::Sequential(sluice_operator::gate::GateSettings {
+            baseline: Duration::ZERO,
+            ..Default::default()
+        }),
+        ..Plan::default()
+    };
+    let mut driver = Driver::new("web", &canary.url(), plan, router, scripted(Vec::new()));
+    driver.poll = Duration::from_millis(20);
+    let mut ticks: Vec<TickReport> = Vec::new();
+    // Once the first step is on the proxy, the route leaves its config.
+    let config = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let renamed = config.replace("name: web,", "name: shop,");
+    let take_away = async {
+        eventually(
+            "the first step on the proxy",
+            Duration::from_secs(10),
+            || async {
+                let (_, _, body) = get(&format!("{admin}/routes/web")).await.ok()?;
+                let route: serde_json::Value = serde_json::from_slice(&body).ok()?;
+                (route["canary_weight"] == 20.0).then_some(())
+            },
+        )
+        .await;
+        std::fs::write(&proxy.config_path, &renamed).unwrap();
+    };
+    let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(driver.run(|t| ticks.push(t.clone())), take_away)
+    })
+    .await
+    .expect("the run ends");
+    let why = ended.stopped.expect("the run stopped");
+    assert!(
+        why.contains("refused SetWeight(5000) 3 times in a row")
+            && why.contains("404")
+            && why.contains("no route named `web`"),
+        "{why}"
+    );
+    let retried = ticks
+        .iter()
+        .filter(|t| t.message.starts_with("could not apply SetWeight(5000)"))
+        .count();
+    assert_eq!(retried, 2, "two refusals retried before the stop");
+    assert_eq!(ticks.last().unwrap().message, why);
+    // The decision was the next step; the proxy never took it.
+    assert_eq!(ended.status.canary_weight_bp, 5000);
 }
 
 struct AbSetup {
