@@ -379,8 +379,9 @@ pub fn parse_webhooks(text: &str, what: &str) -> Result<Vec<Webhook>, String> {
     Ok(hooks)
 }
 
+/// A hook's `timeout` when none is given: Flagger's, 10 s.
 fn default_webhook_timeout() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(10)
 }
 
 /// A webhook's `timeout`, as [`duration_text`] with the field named in
