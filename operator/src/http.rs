@@ -672,6 +672,56 @@ pub fn encode_query_value(value: &str) -> String {
     out
 }
 
+/// A 127.0.0.1 HTTP/1.1 server for unit tests of the clients here (hooks,
+/// checks, Prometheus): it serves up to `connections` connections, one
+/// request each, read whole (the head, then its `Content-Length` of
+/// body), and answers each with the bytes `answer` makes of it (then
+/// closes). Gives its address (`http://127.0.0.1:PORT`) and every request
+/// read so far.
+#[cfg(test)]
+pub(crate) async fn test_server(
+    connections: usize,
+    answer: impl Fn(&[u8]) -> Vec<u8> + Send + 'static,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    tokio::spawn(async move {
+        for _ in 0..connections {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let reply = answer(&request);
+            kept.lock().expect("requests").push(request);
+            let _ = socket.write_all(&reply).await;
+        }
+    });
+    (url, seen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -737,41 +787,18 @@ mod tests {
         assert!(headers["x-api-key"].is_sensitive());
     }
 
-    /// A server on 127.0.0.1 that reads one request head, hands it over,
-    /// and writes `answer_head` then `body_bytes` zero bytes (as far as the
-    /// client takes them).
+    /// One answer: `answer_head`, then `body_bytes` zero bytes.
     async fn one_shot(
         answer_head: String,
         body_bytes: usize,
-    ) -> (String, tokio::sync::oneshot::Receiver<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                if n == 0 {
-                    return;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
-            let _ = socket.write_all(answer_head.as_bytes()).await;
-            let chunk = vec![0u8; 64 * 1024];
-            let mut left = body_bytes;
-            while left > 0 {
-                let n = left.min(chunk.len());
-                if socket.write_all(&chunk[..n]).await.is_err() {
-                    return;
-                }
-                left -= n;
-            }
-        });
-        (url, rx)
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+        let (url, seen) = super::test_server(1, move |_| {
+            let mut answer = answer_head.clone().into_bytes();
+            answer.resize(answer.len() + body_bytes, 0);
+            answer
+        })
+        .await;
+        (format!("{url}/hook"), seen)
     }
 
     #[tokio::test]
@@ -815,7 +842,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let head = head.await.unwrap().to_ascii_lowercase();
+        let head = String::from_utf8_lossy(&head.lock().unwrap()[0]).to_ascii_lowercase();
         let types: Vec<&str> = head
             .lines()
             .filter(|l| l.starts_with("content-type:"))

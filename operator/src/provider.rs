@@ -1473,30 +1473,17 @@ mod tests {
     /// A Prometheus on 127.0.0.1 that answers every query with `result`
     /// (a vector), for `answers` connections.
     async fn prometheus_answering(result: &'static str, answers: usize) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            for _ in 0..answers {
-                let (mut socket, _) = listener.accept().await.unwrap();
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let body = format!(
-                    r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#
-                );
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            }
-        });
+        let (url, _) = crate::http::test_server(answers, move |_| {
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":{result}}}}}"#
+            );
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .await;
         url
     }
 

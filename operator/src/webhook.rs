@@ -166,33 +166,15 @@ pub(crate) mod tests {
 
     /// A hook on 127.0.0.1 answering `status` to every call, counting them.
     pub(crate) async fn hook_answering(status: u16) -> (String, Arc<AtomicUsize>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        tokio::spawn(async move {
-            for _ in 0..20 {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                // The head, then the JSON body (the payload ends with `}`).
-                while !(seen.windows(4).any(|w| w == b"\r\n\r\n") && seen.ends_with(b"}")) {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                counted.fetch_add(1, Ordering::SeqCst);
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-            }
-        });
-        (url, calls)
+        let (url, _) = crate::http::test_server(20, move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .into_bytes()
+        })
+        .await;
+        (format!("{url}/hook"), calls)
     }
 
     /// A 4xx (but 429) is the hook's answer and is not asked again; an
