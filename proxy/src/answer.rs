@@ -146,7 +146,7 @@ pub fn answer(outcome: Outcome, routed: &Routed, offered: Option<&[u8]>) -> Opti
                     ),
                 ),
                 // Not an answer anyone reads: the client is gone.
-                ClientErrorKind::LeftBeforeSent => (
+                ClientErrorKind::LeftBeforeSent | ClientErrorKind::Protocol => (
                     StatusCode::BAD_REQUEST,
                     "sluice: the client went away\n".to_string(),
                 ),

@@ -143,6 +143,9 @@ pub struct Exchange<'r, 'b> {
     pub timer: Pin<&'r mut tokio::time::Sleep>,
 }
 
+/// The watch for a client gone (see [`forward`]).
+pub type Gone<'g> = dyn Future<Output = Option<ClientErrorKind>> + Send + 'g;
+
 /// What stopped an attempt before its answer.
 enum Stop {
     /// No response head within the request timeout after the body.
@@ -151,17 +154,16 @@ enum Stop {
     ClientStalled,
     /// The backend stopped taking the request body too long.
     BackendStalled,
-    /// The client went away.
-    Gone,
+    /// The client went away, by its fault or not (see [`forward`]).
+    Gone(Option<ClientErrorKind>),
 }
 
 /// Sends the request (see the module docs). `gone` resolves when the
 /// client has gone away (never, for a protocol that drops the request
-/// instead).
-pub async fn forward(
-    exchange: Exchange<'_, '_>,
-    gone: Pin<&mut (dyn Future<Output = ()> + Send + '_)>,
-) -> Outcome {
+/// instead): with the client's fault, when it was one (it broke the
+/// protocol), or None (it left: a 499 on the backend, once the request
+/// reached it).
+pub async fn forward(exchange: Exchange<'_, '_>, gone: Pin<&mut Gone<'_>>) -> Outcome {
     let Exchange {
         routed,
         req,
@@ -363,7 +365,7 @@ struct Waits<'w, 'g, S> {
     /// Resolves when the client or the backend held the body up too long.
     stalled: Pin<&'w mut S>,
     /// Resolves when the client has gone away.
-    gone: Pin<&'w mut (dyn Future<Output = ()> + Send + 'g)>,
+    gone: Pin<&'w mut Gone<'g>>,
 }
 
 /// One attempt at a backend: the read-ahead (when `read_ahead`), then the
@@ -388,7 +390,7 @@ async fn attempt<S: Future<Output = Stall>>(
                 return Ok(Err(SendFailure::Body(e)));
             },
             stall = stalled.as_mut() => return Err(stalled_stop(stall)),
-            () = gone.as_mut() => return Err(Stop::Gone),
+            fault = gone.as_mut() => return Err(Stop::Gone(fault)),
         }
     }
     backend.retry_budget.note_request(routed.start);
@@ -411,7 +413,7 @@ async fn attempt<S: Future<Output = Stall>>(
         answer = sent => Ok(answer),
         () = response_due => Err(Stop::TimedOut),
         stall = stalled => Err(stalled_stop(stall)),
-        () = gone => Err(Stop::Gone),
+        fault = gone => Err(Stop::Gone(fault)),
     }
 }
 
@@ -470,8 +472,12 @@ fn outcome(
                 detail: String::new(),
             }
         }
-        Err(Stop::Gone) => {
-            drop(in_flight);
+        Err(Stop::Gone(fault)) => {
+            match fault {
+                Some(kind) => in_flight.client_failed(&route.client_errors, kind),
+                // A 499 once the request reached the backend.
+                None => drop(in_flight),
+            }
             Outcome::Gone
         }
     }

@@ -235,6 +235,11 @@ pub enum ClientErrorKind {
     /// The client went away before anything of its request was written
     /// to the backend (which is not charged a 499 for it).
     LeftBeforeSent,
+    /// The client broke HTTP/2's rules (on its stream, or on another stream
+    /// of its connection, which then closed): the proxy reset the stream or
+    /// closed the connection while the request waited for its backend, which
+    /// is not charged a 499 for it.
+    Protocol,
 }
 
 lower_case_label!(ClientErrorKind {
@@ -242,14 +247,16 @@ lower_case_label!(ClientErrorKind {
     IncompleteBody => "incomplete_body",
     BodyTimeout => "body_timeout",
     LeftBeforeSent => "left_before_sent",
+    Protocol => "protocol",
 });
 
 impl ClientErrorKind {
-    pub const ALL: [ClientErrorKind; 4] = [
+    pub const ALL: [ClientErrorKind; 5] = [
         ClientErrorKind::MalformedBody,
         ClientErrorKind::IncompleteBody,
         ClientErrorKind::BodyTimeout,
         ClientErrorKind::LeftBeforeSent,
+        ClientErrorKind::Protocol,
     ];
 }
 
@@ -882,7 +889,7 @@ impl Metrics {
 /// Pre-resolved `sluice_client_errors_total` handles of one route, one
 /// per [`ClientErrorKind`] (shared: a request with a body holds them).
 #[derive(Clone, Debug)]
-pub struct ClientErrors(Arc<[Counter; 4]>);
+pub struct ClientErrors(Arc<[Counter; ClientErrorKind::ALL.len()]>);
 
 impl ClientErrors {
     pub fn record(&self, kind: ClientErrorKind) {

@@ -550,3 +550,104 @@ async fn a_client_that_gives_its_answer_no_window_gets_the_stream_reset() {
     );
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
 }
+
+/// A POST of `length` bytes on `stream` that waits for `100 Continue`: its
+/// head only, the body to follow.
+fn expecting_post(stream: u32, length: usize) -> Vec<u8> {
+    // :method POST, :scheme http, :path /
+    let mut block = vec![0x83, 0x86, 0x84];
+    literal(b":authority", b"127.0.0.1", &mut block);
+    literal(b"content-length", length.to_string().as_bytes(), &mut block);
+    literal(b"expect", b"100-continue", &mut block);
+    frame(HEADERS, END_HEADERS, stream, &block)
+}
+
+/// An HTTP/2 client that sent `expect: 100-continue` gets a `100` head
+/// before it sends its body, as an HTTP/1.1 client gets `100 Continue`
+/// (RFC 9110 §10.1.1): the proxy does not forward the expectation, so it
+/// must answer it. Without it the client waits out its own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_expects_100_continue_gets_it_before_its_body() {
+    let (proxy, _stable, _canary) = proxy_before(Duration::ZERO, "").await;
+    let mut c = Raw::connect(proxy.addr).await;
+    assert!(c.send(&expecting_post(1, 5)).await);
+    let interim = c
+        .frames_until(Duration::from_secs(5), |f| {
+            f.kind == HEADERS && f.stream == 1
+        })
+        .await
+        .into_iter()
+        .find(|f| f.kind == HEADERS && f.stream == 1)
+        .expect("a head before the body was sent");
+    // Not the final answer: no end of stream, and not `:status 200` (0x88).
+    assert_eq!(interim.flags & END_STREAM, 0, "{interim:?}");
+    assert_ne!(interim.payload.first(), Some(&0x88), "{interim:?}");
+    assert!(c.send(&frame(DATA, END_STREAM, 1, b"hello")).await);
+    let frames = c
+        .frames_until(Duration::from_secs(5), |f| {
+            f.kind == HEADERS && f.stream == 1
+        })
+        .await;
+    let last = frames
+        .iter()
+        .find(|f| f.kind == HEADERS && f.stream == 1)
+        .unwrap_or_else(|| panic!("no final answer: {frames:?}"));
+    assert_eq!(last.payload.first(), Some(&0x88), "{frames:?}");
+    // Without the expectation no interim head comes: the first is the answer.
+    let mut plain = Raw::connect(proxy.addr).await;
+    let mut block = vec![0x83, 0x86, 0x84];
+    literal(b":authority", b"127.0.0.1", &mut block);
+    literal(b"content-length", b"5", &mut block);
+    assert!(plain.send(&frame(HEADERS, END_HEADERS, 1, &block)).await);
+    assert!(plain.send(&frame(DATA, END_STREAM, 1, b"hello")).await);
+    let frames = plain
+        .frames_until(Duration::from_secs(5), |f| {
+            f.kind == HEADERS && f.stream == 1
+        })
+        .await;
+    let first = frames
+        .iter()
+        .find(|f| f.kind == HEADERS)
+        .expect("an answer");
+    assert_eq!(first.payload.first(), Some(&0x88), "{frames:?}");
+}
+
+/// A stream that ends in a protocol error while its request waits for the
+/// backend (the client resets it with `PROTOCOL_ERROR`, as a client does
+/// that finds the stream broken; the proxy's own HTTP/2 library resets or
+/// closes with such codes when the client breaks the rules) is the client's
+/// fault, `sluice_client_errors_total{kind="protocol"}`, never a 499 on the
+/// backend it waited for; a client that lets go (`CANCEL`) is the 499.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_ends_in_a_protocol_error_is_not_a_499_on_the_backend() {
+    let (proxy, _stable, _canary) = proxy_before(Duration::from_millis(1500), "").await;
+    for (code, fault, left) in [(PROTOCOL_ERROR, 1.0, 0.0), (CANCEL, 1.0, 1.0)] {
+        let mut c = Raw::connect(proxy.addr).await;
+        assert!(c.send(&get(1)).await);
+        // At its backend (which answers after 1.5 s) by now.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(c.send(&frame(RST_STREAM, 0, 1, &code.to_be_bytes())).await);
+        eventually(
+            &format!("reset {code}: counted"),
+            Duration::from_secs(5),
+            || async {
+                let m = scrape(proxy.admin).await;
+                let faults = m.sum(
+                    "sluice_client_errors_total",
+                    &[("route", "web"), ("kind", "protocol")],
+                );
+                let gone = m.sum(
+                    "sluice_requests_total",
+                    &[("route", "web"), ("code", "499")],
+                );
+                (faults == fault && gone == left).then_some(())
+            },
+        )
+        .await;
+    }
+    // Nothing else was counted: not the answers that came after the resets.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_requests_total", &[("route", "web")]), 1.0);
+    still_serves(proxy.addr).await;
+}

@@ -456,6 +456,22 @@ async fn send_within_window(
     true
 }
 
+/// A reset or GOAWAY code that says the protocol broke, rather than that
+/// the client let a stream go (`CANCEL`, `NO_ERROR`, `REFUSED_STREAM`,
+/// `INTERNAL_ERROR`).
+fn is_protocol_error(reason: h2::Reason) -> bool {
+    [
+        h2::Reason::PROTOCOL_ERROR,
+        h2::Reason::FLOW_CONTROL_ERROR,
+        h2::Reason::SETTINGS_TIMEOUT,
+        h2::Reason::STREAM_CLOSED,
+        h2::Reason::FRAME_SIZE_ERROR,
+        h2::Reason::COMPRESSION_ERROR,
+        h2::Reason::ENHANCE_YOUR_CALM,
+    ]
+    .contains(&reason)
+}
+
 /// The reset code for a backend's answer that broke: the backend's own
 /// (an HTTP/2 backend's RST_STREAM: CANCEL, REFUSED_STREAM,
 /// ENHANCE_YOUR_CALM reach gRPC clients as such), else INTERNAL_ERROR.
@@ -541,7 +557,14 @@ async fn handle(
         Ok(routed) => routed,
         Err(refusal) => return Some((local(crate::answer::refused(refusal)), None)),
     };
-    let incoming = H2Incoming::new(recv, declared);
+    let mut incoming = H2Incoming::new(recv, declared);
+    // `expect: 100-continue`: `100 Continue` when the body is first read
+    // (sent by `gone` below, which the stream's task polls).
+    let expecting = (req.summary.expect_continue && body_kind != BodyKind::None)
+        .then(|| Arc::new(crate::body::Continue::default()));
+    if let Some(expecting) = &expecting {
+        incoming = incoming.expecting(expecting.clone());
+    }
     let (body, progress) = UpstreamBody::h2(incoming, routed.route.max_body);
     let mut interim = |status: StatusCode, fields: &dyn Fields| {
         let mut head = Response::new(());
@@ -566,7 +589,26 @@ async fn handle(
     };
     let gone = std::future::poll_fn(|cx| {
         let mut respond = respond.lock().expect("the stream's lock");
-        respond.poll_reset(cx).map(|_| ())
+        if let Some(expecting) = &expecting
+            && expecting.poll_asked(cx)
+        {
+            let mut head = Response::new(());
+            *head.status_mut() = StatusCode::CONTINUE;
+            let _ = respond.send_informational(head);
+        }
+        respond.poll_reset(cx).map(|reset| match reset {
+            // The stream (or its connection) ended with a protocol error:
+            // the `h2` crate found the client breaking HTTP/2's rules (a
+            // malformed frame, a flow-control overflow, a rapid reset), or
+            // the client says so. The client's fault, not a 499 on the
+            // backend (see `crate::forward::forward`).
+            Ok(reason) if is_protocol_error(reason) => {
+                Some(crate::metrics::ClientErrorKind::Protocol)
+            }
+            // The client let go (CANCEL, NO_ERROR, ...), or its connection
+            // is gone.
+            _ => None,
+        })
     });
     let gone = std::pin::pin!(gone);
     let outcome = crate::forward::forward(exchange, gone).await;

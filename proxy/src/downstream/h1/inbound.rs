@@ -169,12 +169,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientBody for BodyReader<'_, S> 
 /// gone: `read_closed` is set, and the requests already read are
 /// answered. A lone request's client that closes is gone (a 499): nothing
 /// on the wire tells a half-close from a close, and nginx reads it so too.
+/// Never the client's fault (None; see `crate::forward::forward`).
 pub(super) async fn gone<S: AsyncRead + Unpin>(
     inbound: &Mutex<Inbound<S>>,
     progress: &Progress,
     limit: usize,
     pipelined: bool,
-) {
+) -> Option<ClientErrorKind> {
     progress.sent().await;
     std::future::poll_fn(|cx| {
         let mut inbound = inbound.lock().expect("inbound lock");
@@ -186,10 +187,10 @@ pub(super) async fn gone<S: AsyncRead + Unpin>(
                 return Poll::Pending;
             }
             match std::task::ready!(poll_fill(&mut inbound.io, &mut inbound.buf, READ_SIZE, cx)) {
-                Ok(0) if inbound.buf.is_empty() && !pipelined => return Poll::Ready(()),
+                Ok(0) if inbound.buf.is_empty() && !pipelined => return Poll::Ready(None),
                 Ok(0) => inbound.read_closed = true,
                 Ok(_) => {}
-                Err(_) => return Poll::Ready(()),
+                Err(_) => return Poll::Ready(None),
             }
         }
     })
