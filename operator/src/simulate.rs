@@ -320,6 +320,22 @@ impl Traffic<'_> {
     }
 }
 
+impl Traffic<'_> {
+    /// A window of `seconds` of the trace's first line, before the canary
+    /// has any traffic (the baseline): no change of the trace applies yet.
+    fn draw_first(&mut self, seconds: f64) -> Window {
+        let first = *self.trace.at(0.0);
+        let exact = first.rps * seconds + self.carry;
+        let n = exact.floor() as u64;
+        self.carry = exact - n as f64;
+        Window {
+            seconds,
+            stable: draw_arm(&mut self.rng, n, &first.primary),
+            ..Window::default()
+        }
+    }
+}
+
 /// Subtracts cumulative arms (Prometheus samples) `before` from `after`.
 fn difference(after: &Window, before: &Window) -> Window {
     let arm = |a: &Arm, b: &Arm| {
@@ -442,6 +458,7 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
         }),
     };
     let dt = plan.tick_interval().as_secs_f64();
+    let mirrors = blue_green && traffic.mirror_percent > 0.0;
     let limit = sc.horizon.as_secs_f64() + plan.baseline().as_secs_f64();
     let mut now = 0.0;
     let mut status: Option<Status> = None;
@@ -506,12 +523,17 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
             // The provider starts a new window at a weight change.
             p.last_end = Some(now);
         }
-        if first_canary_at.is_none() && !baseline && weight > 0 {
+        // The canary's first request: its first share of the split, or of
+        // the stable's traffic mirrored to it (blue/green).
+        if first_canary_at.is_none() && !baseline && (weight > 0 || mirrors) {
             first_canary_at = Some(now);
         }
-        // Trace time: seconds since the canary's first request.
-        let trace_t = now - first_canary_at.unwrap_or(now);
-        let drawn = traffic.draw(trace_t, dt, if baseline { 0 } else { weight }, blue_green);
+        let drawn = match first_canary_at {
+            // Trace time: seconds since the canary's first request.
+            Some(first) => traffic.draw(now - first, dt, weight, blue_green),
+            // The baseline, before it: the trace's first line throughout.
+            None => traffic.draw_first(dt),
+        };
         let began = now;
         now += dt;
         let window = match sampled.as_mut() {

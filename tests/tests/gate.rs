@@ -420,6 +420,65 @@ async fn a_release_too_quiet_to_decide_is_held_then_promoted_by_a_person() {
     assert_eq!(r.route().await["stable"], r.canary.url());
 }
 
+/// A trace's clock starts at the canary's first request, mirrored ones
+/// included: a blue/green release sees a regression that starts 20 s into
+/// its mirrored traffic while it is still mirrored (the allowance for an
+/// incident after it), and the baseline before the canary's first request
+/// uses the trace's first line throughout (a second line 1 s in does not
+/// leak into it).
+#[test]
+fn simulate_replays_a_trace_from_the_canarys_first_request() {
+    let dir = TempDir::new("sim-clock");
+    let write = |name: &str, text: &str| {
+        let path = dir.path.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let simulate = |trace: &str, extra: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new(bin("sluice"))
+            .args(["simulate", "--trace", trace, "--runs", "20", "--json"])
+            .args(["--interval", "10s", "--scrape-interval", "1s"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let regressed = write(
+        "mirrored.jsonl",
+        "{\"t\": 0}\n{\"t\": 20, \"canary\": {\"fail\": 0.08}}\n",
+    );
+    let out = simulate(
+        &regressed,
+        &["--strategy", "blue-green", "--iterations", "5"],
+    );
+    assert_eq!(out["summary"]["rolled_back"], 20, "{out}");
+    for run in out["runs"].as_array().unwrap() {
+        let at = run["seconds"].as_f64().unwrap();
+        assert!((20.0..=20.0 + 30.0 + 15.0).contains(&at), "{run}");
+        assert!(
+            run["reason"]
+                .as_str()
+                .unwrap()
+                .contains("on mirrored traffic"),
+            "{run}"
+        );
+    }
+    let blip = write(
+        "blip.jsonl",
+        "{\"t\": 0}\n{\"t\": 1, \"primary\": {\"median_ms\": 2000}, \"canary\": {\"median_ms\": 2000}}\n{\"t\": 2, \"primary\": {\"median_ms\": 20}, \"canary\": {\"median_ms\": 20, \"add_ms\": 50}}\n",
+    );
+    let out = simulate(&blip, &["--steps", "10,25,50"]);
+    assert_eq!(
+        out["summary"]["rolled_back"], 20,
+        "a canary 50 ms slower: {out}"
+    );
+}
+
 #[test]
 fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
     let run = |args: &[&str]| {

@@ -11,8 +11,8 @@
 //! Rules:
 //! - `t` is seconds since the canary's first request (the baseline before
 //!   it, and any time before the first line, uses the first line's values).
-//!   Lines come in order of `t`; two lines with the same `t` are applied in
-//!   turn.
+//!   Lines come in strictly increasing `t` (two lines with the same `t`
+//!   are refused: one would silently replace the other).
 //! - `rps`: the route's requests per second, split between the arms by the
 //!   release's weight of the moment, exactly as the proxy splits.
 //! - Per arm: `fail`, each request's failure probability (0..=1); `clump`,
@@ -31,8 +31,9 @@
 //!   parsed (and checked) but draws no traffic.
 //! - A field left out keeps its previous value (on the first line: the
 //!   `sluice simulate` flags' values). Any other field, a value of the
-//!   wrong type or out of range, or a line that is not a JSON object, is an
-//!   error naming the file, the line and the field.
+//!   wrong type or out of range, a field given twice in one object, or a
+//!   line that is not a JSON object, is an error naming the file, the line
+//!   and the field.
 //! - Blank lines are skipped.
 
 use std::fmt;
@@ -152,7 +153,8 @@ impl Trace {
 
     /// The next time after `t` the traffic changes.
     pub fn next_change(&self, t: f64) -> Option<f64> {
-        self.segments.iter().map(|s| s.t).find(|s| *s > t + 1e-9)
+        let i = self.segments.partition_point(|s| s.t <= t + 1e-9);
+        self.segments.get(i).map(|s| s.t)
     }
 
     /// Parses `text` (the contents of `file`), with `first` giving the
@@ -175,8 +177,17 @@ impl Trace {
             if raw.trim().is_empty() {
                 continue;
             }
-            let value: Value =
-                serde_json::from_str(raw).map_err(|e| err(None, format!("not JSON: {e}")))?;
+            let value: Value = serde_json::from_str(raw).map_err(|e| {
+                // serde's own "at line 1" is of this one line: the column
+                // is what it adds.
+                err(None, format!("not JSON (column {}): {e}", e.column()))
+            })?;
+            if let Some(twice) = repeated_key(raw) {
+                return Err(err(
+                    Some(&twice),
+                    "given twice in one object (the later would silently win)".into(),
+                ));
+            }
             let Value::Object(object) = value else {
                 return Err(err(None, "a line must be a JSON object".into()));
             };
@@ -288,6 +299,69 @@ fn number(v: &Value, lo: f64, hi: f64) -> Result<f64, String> {
         return Err(format!("{n} is not in {lo}..={hi}"));
     }
     Ok(n)
+}
+
+/// The first key that an object of this JSON text (already parsed, so
+/// well formed) gives twice, as `outer.inner` for a nested one.
+fn repeated_key(text: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    /// Walks a value; `path` names where it is.
+    struct Walk<'p>(&'p str);
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = Option<String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            let mut found = None;
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.0.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.0)
+                };
+                let inner = map.next_value_seed(Walk(&path))?;
+                if found.is_none() {
+                    found = if seen.insert(key) { inner } else { Some(path) };
+                }
+            }
+            Ok(found)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(inner) = seq.next_element_seed(Walk(self.0))? {
+                found = found.or(inner);
+            }
+            Ok(found)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    let mut d = serde_json::Deserializer::from_str(text);
+    Walk("").deserialize(&mut d).ok().flatten()
 }
 
 fn parse_arm(v: &Value, arm: &mut ArmTraffic, name: &str) -> Result<(), (String, String)> {
@@ -477,6 +551,24 @@ mod tests {
                 1,
                 Some("baseline.warm"),
                 "not an arm field",
+            ),
+            (
+                "{\"t\": 0}\n{\"t\": 5, \"t\": 100}",
+                2,
+                Some("t"),
+                "given twice",
+            ),
+            (
+                r#"{"t": 0, "canary": {"fail": 0.08}, "canary": {"median_ms": 60}}"#,
+                1,
+                Some("canary"),
+                "given twice",
+            ),
+            (
+                r#"{"t": 0, "primary": {"fail": 0.01, "clump": 2, "fail": 0.02}}"#,
+                1,
+                Some("primary.fail"),
+                "given twice",
             ),
             (
                 r#"{"t": 0, "baseline": {"median_ms": -4}}"#,
