@@ -596,12 +596,15 @@ impl HostRank {
     }
 }
 
-/// The rank of `route` for `host`, or None when it does not serve it.
+/// The rank of `route` for `host`, or None when it does not serve it. A
+/// host written fully qualified (`shop.example.`, one trailing dot) is the
+/// same host, as DNS and nginx read it.
 fn host_rank(route: &Route, host: Option<&str>) -> Option<HostRank> {
     if route.hosts.is_empty() {
         return Some(HostRank::AnyHost);
     }
     let host = host?;
+    let host = host.strip_suffix('.').unwrap_or(host);
     route
         .hosts
         .iter()
@@ -934,6 +937,24 @@ fn host_matches(pattern: &str, host: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderMap;
+
+    #[tokio::test]
+    async fn a_host_with_its_trailing_dot_is_the_same_host() {
+        let t = table(
+            "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nroutes:\n  - { name: exact, hosts: [secure.example], stable: 'http://127.0.0.1:1' }\n  - { name: wild, hosts: ['*.wild.example'], stable: 'http://127.0.0.1:1' }\n  - { name: any, stable: 'http://127.0.0.1:1' }\n",
+        );
+        let name = |host: &str| find(&t, Some(host), "/").map(|r| r.name.clone());
+        for (host, route) in [
+            ("secure.example", "exact"),
+            ("secure.example.", "exact"),
+            ("secure.example..", "any"),
+            ("a.wild.example.", "wild"),
+            ("a.wild.example", "wild"),
+            ("wild.example.", "any"),
+        ] {
+            assert_eq!(name(host).as_deref(), Some(route), "{host}");
+        }
+    }
 
     #[test]
     fn paths_are_normalised_for_routing_as_nginx_does() {
