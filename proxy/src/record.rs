@@ -228,6 +228,8 @@ enum End {
     Complete,
     /// The upstream reset or closed before the end.
     UpstreamFailed,
+    /// The upstream's body broke HTTP/1.1's framing.
+    UpstreamMalformed,
     /// The client went away (the body was dropped unfinished).
     ClientLeft,
 }
@@ -240,7 +242,7 @@ impl Recorder {
     }
 
     fn finish(self, end: End) {
-        if end == End::UpstreamFailed {
+        if matches!(end, End::UpstreamFailed | End::UpstreamMalformed) {
             if self
                 .body
                 .as_ref()
@@ -248,11 +250,16 @@ impl Recorder {
             {
                 return;
             }
-            self.errors.record_upstream_error(UpstreamErrorKind::Reset);
+            self.errors
+                .record_upstream_error(if end == End::UpstreamMalformed {
+                    UpstreamErrorKind::Protocol
+                } else {
+                    UpstreamErrorKind::Reset
+                });
         }
         let failed = self.code >= 500
             || match end {
-                End::UpstreamFailed => true,
+                End::UpstreamFailed | End::UpstreamMalformed => true,
                 // The upstream had answered; the client chose to leave.
                 End::ClientLeft => false,
                 // A gRPC stream that ends without a status is UNKNOWN to clients.
@@ -336,7 +343,19 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
         };
         match &polled {
             Poll::Ready(None) => self.finish(End::Complete),
-            Poll::Ready(Some(Err(_))) => self.finish(End::UpstreamFailed),
+            Poll::Ready(Some(Err(e))) => {
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
+                let mut malformed = false;
+                while let Some(c) = cause {
+                    malformed |= c.is::<crate::upstream::h1::MalformedBody>();
+                    cause = c.source();
+                }
+                self.finish(if malformed {
+                    End::UpstreamMalformed
+                } else {
+                    End::UpstreamFailed
+                });
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(judge) = self.recorder.as_mut().and_then(|r| r.grpc.as_mut())

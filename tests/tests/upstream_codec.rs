@@ -363,7 +363,7 @@ async fn malformed_responses_are_502_and_never_passed_on() {
 
 /// A body cut short by the backend, or a chunk size that is not hex: the
 /// client gets the head, then its response ends in an error, and it counts
-/// as a failure and a reset.
+/// as a failure, and as a reset or a protocol error (the misframed one).
 #[tokio::test]
 async fn a_body_cut_short_or_misframed_fails_the_response_and_is_counted() {
     let backend = scripted_backend().await;
@@ -388,7 +388,9 @@ async fn a_body_cut_short_or_misframed_fails_the_response_and_is_counted() {
     }
     let m = eventually("both failures recorded", Duration::from_secs(5), || async {
         let m = scrape(proxy.admin).await;
-        (m.sum("sluice_upstream_errors_total", &[("kind", "reset")]) == 2.0).then_some(m)
+        (m.sum("sluice_upstream_errors_total", &[("kind", "reset")]) == 1.0
+            && m.sum("sluice_upstream_errors_total", &[("kind", "protocol")]) == 1.0)
+            .then_some(m)
     })
     .await;
     assert_eq!(

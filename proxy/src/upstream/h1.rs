@@ -534,7 +534,7 @@ pub struct Body1 {
     reusable: bool,
     spare: Option<Box<Conn>>,
     /// A failure to report on the next poll (see [`Body1::fail`]).
-    failure: Option<String>,
+    failure: Option<BoxError>,
 }
 
 impl Body1 {
@@ -585,14 +585,22 @@ impl Body1 {
     fn fail(
         &mut self,
         cx: &mut Context<'_>,
-        message: String,
+        failure: BoxError,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.conn = None;
-        self.failure = Some(message);
+        self.failure = Some(failure);
         cx.waker().wake_by_ref();
         Poll::Pending
     }
 }
+
+/// A backend's response body that breaks HTTP/1.1's framing after its
+/// head went out (a chunk size that is not one): counted as
+/// `sluice_upstream_errors_total{kind="protocol"}`, as a malformed head is,
+/// not as a reset.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedBody(String);
 
 impl Body for Body1 {
     type Data = Bytes;
@@ -604,7 +612,7 @@ impl Body for Body1 {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         if let Some(failure) = this.failure.take() {
-            return Poll::Ready(Some(Err(failure.into())));
+            return Poll::Ready(Some(Err(failure)));
         }
         loop {
             let Some(conn) = this.conn.as_mut() else {
@@ -625,7 +633,10 @@ impl Body for Body1 {
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Err(e) => return this.fail(cx, format!("the response body is malformed: {e}")),
+                Err(e) => {
+                    let malformed = MalformedBody(format!("the response body is malformed: {e}"));
+                    return this.fail(cx, Box::new(malformed));
+                }
                 Ok(Decoded::More) => {}
             }
             // A long body with a length is read in large pieces: fewer
@@ -643,12 +654,12 @@ impl Body for Body1 {
                         return Poll::Ready(None);
                     }
                     Err(e) => {
-                        return this.fail(cx, format!("reading the response body: {e}"));
+                        return this.fail(cx, format!("reading the response body: {e}").into());
                     }
                 },
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    return this.fail(cx, format!("reading the response body: {e}"));
+                    return this.fail(cx, format!("reading the response body: {e}").into());
                 }
             }
         }
