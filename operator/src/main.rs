@@ -369,7 +369,6 @@ impl PlanArgs {
     }
 
     fn plan(&self) -> Result<Plan, String> {
-        self.misplaced_flag()?;
         let flag = |name: &str, e: String| format!("--{name}: {e}");
         let duration = |name: &str, text: &str| {
             sluice_proxy::config::parse_duration(text).map_err(|e| flag(name, e))
@@ -535,6 +534,8 @@ impl PlanArgs {
             },
         };
         plan.apply_strategy(|name| format!("--{name}"))?;
+        // Last: a wrong value or a gate the strategy cannot take says more.
+        self.misplaced_flag()?;
         Ok(plan)
     }
 }
@@ -1261,7 +1262,19 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
             sluice_proxy::config::parse_duration(text).map_err(|e| flag(name, e))
         };
         let provider = match args.provider {
-            SimProviderArg::Proxy => SimProvider::Proxy,
+            SimProviderArg::Proxy => {
+                // Flags only the Prometheus provider reads: refused, not ignored.
+                if let Some(id) = ["prometheus_scrape", "prometheus_window"]
+                    .iter()
+                    .find(|id| args.plan.given.iter().any(|g| g == *id))
+                {
+                    return Err(format!(
+                        "--{} applies to --provider prometheus, not to --provider proxy; it would be ignored",
+                        id.replace('_', "-")
+                    ));
+                }
+                SimProvider::Proxy
+            }
             SimProviderArg::Prometheus => {
                 let scrape = duration("prometheus-scrape", &args.prometheus_scrape)?;
                 let window = duration("prometheus-window", &args.prometheus_window)?;
@@ -1308,11 +1321,17 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
     };
     let started = std::time::Instant::now();
     let (summary, runs) = simulate(&scenario);
-    if args.json {
-        println!(
+    let steps: Vec<String> = scenario
+        .plan
+        .steps_bp
+        .iter()
+        .map(|bp| sluice_proxy::config::bp_to_percent(*bp).to_string())
+        .collect();
+    let text = if args.json {
+        format!(
             "{}",
             serde_json::json!({
-                "steps": args.plan.steps.as_deref().unwrap_or("10,20,30,40,50"),
+                "steps": steps.join(","),
                 "gate": args.plan.gate,
                 "provider": scenario.provider,
                 "traces": scenario.traces.iter().map(|t| t.source.clone()).collect::<Vec<_>>(),
@@ -1322,11 +1341,21 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
                 "runs": runs,
                 "wall_seconds": started.elapsed().as_secs_f64(),
             })
-        );
+        )
     } else {
-        println!("{}", sluice_operator::simulate::table(&scenario, &summary));
+        sluice_operator::simulate::table(&scenario, &summary)
+    };
+    // A reader that stops early (`| head`) is no error of the simulation.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the result: {e}");
+            ExitCode::from(1)
+        }
     }
-    ExitCode::SUCCESS
 }
 
 /// `10s:3`: a cold start's length and how many times slower it is.

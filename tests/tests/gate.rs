@@ -613,6 +613,10 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
             "--experiment-duration applies to --strategy experiment",
         ),
         (vec!["--failure-floor", "1%%"], "--failure-floor"),
+        (
+            vec!["--prometheus-window", "60s"],
+            "--prometheus-window applies to --provider prometheus",
+        ),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
