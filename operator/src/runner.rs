@@ -257,11 +257,19 @@ pub struct Ended {
     pub stopped: Option<String>,
 }
 
+/// Whether these actions take the canary back (a rollback).
+fn actions_roll_back(actions: &[Action]) -> bool {
+    actions.contains(&Action::Rollback)
+}
+
 /// Refusals in a row by the proxy's admin API (a 4xx other than 408, 425
 /// and 429: a wrong token, a route that is gone, a change the proxy's
 /// validation refuses) after which a run stops rather than retry for ever.
 /// A refusal can be passing (a route being re-created, a token file being
-/// rotated), so one or two are retried, with the usual backoff.
+/// rotated), so one or two are retried, with the usual backoff. A change
+/// forward refused that often is given up for a rollback; a rollback
+/// refused that often stops the run (exit 4), saying how to take the canary
+/// out by hand.
 pub const REFUSALS_BEFORE_STOP: u32 = 3;
 
 /// Everything one release needs.
@@ -377,6 +385,8 @@ impl<R: Router> Driver<R> {
         let mut next = NextTick::Now;
         let mut failures_in_a_row = 0u32;
         let mut refusals_in_a_row = 0u32;
+        // Why the next tick rolls back (a change the proxy kept refusing).
+        let mut forced_rollback: Option<String> = None;
         loop {
             let wait = match next {
                 NextTick::Now => Duration::ZERO,
@@ -397,6 +407,12 @@ impl<R: Router> Driver<R> {
             };
             let wait = wait.min(Duration::from_secs(5).max(self.plan.tick_interval()));
             let (command, full_interval) = self.wait(wait).await;
+            let forced = forced_rollback.take();
+            let command = if forced.is_some() {
+                Some(Command::Abort)
+            } else {
+                command
+            };
             let full_interval = full_interval && next == NextTick::Interval;
             let phase = status.as_ref().map(|s| s.phase);
             let now = wall_clock();
@@ -477,6 +493,9 @@ impl<R: Router> Driver<R> {
                 status.as_ref(),
                 step(&self.plan, status.as_ref(), &obs),
             );
+            if let Some(why) = forced {
+                t.status.message = why;
+            }
             if !t.actions.contains(&Action::Initialize) {
                 // The evidence belongs to this release; a new one starts without.
                 t.status.gate = gate;
@@ -526,9 +545,19 @@ impl<R: Router> Driver<R> {
                     } else {
                         0
                     };
-                    if refusals_in_a_row >= REFUSALS_BEFORE_STOP {
+                    let rolling_back = actions_roll_back(&t.actions);
+                    if refusals_in_a_row >= REFUSALS_BEFORE_STOP && !rolling_back {
+                        // A change forward the proxy will not take: the
+                        // canary is taken back rather than left where it is.
+                        forced_rollback = Some(format!(
+                            "rolled back: the proxy refused {action} {refusals_in_a_row} times in a row ({e})"
+                        ));
+                        refusals_in_a_row = 0;
+                    } else if refusals_in_a_row >= REFUSALS_BEFORE_STOP {
                         let why = format!(
-                            "stopped: the proxy refused {action} {refusals_in_a_row} times in a row ({e}), which retrying cannot mend; the decision ({}) is saved{}: fix the proxy or the flags and run the same command again to carry it out",
+                            "stopped: the proxy refused {action} {refusals_in_a_row} times in a row ({e}), which retrying cannot mend. Route `{}` keeps its weights; send all its traffic to stable through the proxy's admin API (PUT /routes/{} with {{\"canary_weight\": 0}}), or fix the proxy and run the same command again to carry out the decision ({}), saved{}",
+                            self.name,
+                            self.name,
                             t.status.message,
                             self.state
                                 .as_ref()

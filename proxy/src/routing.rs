@@ -917,6 +917,8 @@ pub fn normalise_path(path: &str) -> std::borrow::Cow<'_, str> {
 /// more before `.suffix`, so `a@x.example` (user info, refused before
 /// routing anyway) is never a name under `x.example`.
 fn host_matches(pattern: &str, host: &str) -> bool {
+    // A pattern written fully qualified is the same name too.
+    let pattern = pattern.strip_suffix('.').unwrap_or(pattern);
     if let Some(suffix) = pattern.strip_prefix("*.") {
         let host = host.as_bytes();
         let Some(labels_end) = host.len().checked_sub(suffix.len() + 1) else {
@@ -941,7 +943,7 @@ mod tests {
     #[tokio::test]
     async fn a_host_with_its_trailing_dot_is_the_same_host() {
         let t = table(
-            "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nroutes:\n  - { name: exact, hosts: [secure.example], stable: 'http://127.0.0.1:1' }\n  - { name: wild, hosts: ['*.wild.example'], stable: 'http://127.0.0.1:1' }\n  - { name: any, stable: 'http://127.0.0.1:1' }\n",
+            "listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\nroutes:\n  - { name: exact, hosts: [secure.example], stable: 'http://127.0.0.1:1' }\n  - { name: dotted, hosts: [dotted.example.], stable: 'http://127.0.0.1:1' }\n  - { name: wild, hosts: ['*.wild.example'], stable: 'http://127.0.0.1:1' }\n  - { name: any, stable: 'http://127.0.0.1:1' }\n",
         );
         let name = |host: &str| find(&t, Some(host), "/").map(|r| r.name.clone());
         for (host, route) in [
@@ -951,6 +953,8 @@ mod tests {
             ("a.wild.example.", "wild"),
             ("a.wild.example", "wild"),
             ("wild.example.", "any"),
+            ("dotted.example", "dotted"),
+            ("dotted.example.", "dotted"),
         ] {
             assert_eq!(name(host).as_deref(), Some(route), "{host}");
         }

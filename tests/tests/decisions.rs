@@ -143,10 +143,12 @@ async fn a_rollback_the_router_refuses_is_kept_and_applied_once_it_can_be() {
 }
 
 /// A proxy that refuses the release's next change (its route is gone from
-/// the proxy's config mid-release: 404) is asked three times, then the run
-/// stops with the decision saved and why, rather than retry for ever.
+/// the proxy's config mid-release: 404) is asked three times; then the
+/// release is rolled back instead, and when the proxy refuses that three
+/// times too, the run stops with the decision saved and how to take the
+/// canary out by hand, rather than retry for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_the_proxy_keeps_refusing_stops_the_run_after_three_tries() {
+async fn a_change_the_proxy_keeps_refusing_is_rolled_back_then_stops_the_run() {
     let (stable, canary) = (backend("stable").await, backend("canary").await);
     let route = |name: &str| format!("  - {{ name: {name}, stable: '{}' }}\n", stable.url());
     let proxy = ChildProxy::start(&route("web"), &[]).await;
@@ -181,26 +183,37 @@ async fn a_change_the_proxy_keeps_refusing_stops_the_run_after_three_tries() {
         .await;
         std::fs::write(&proxy.config_path, &renamed).unwrap();
     };
-    let (ended, ()) = tokio::time::timeout(Duration::from_secs(30), async {
+    let (ended, ()) = tokio::time::timeout(Duration::from_secs(60), async {
         tokio::join!(driver.run(|t| ticks.push(t.clone())), take_away)
     })
     .await
     .expect("the run ends");
-    let why = ended.stopped.expect("the run stopped");
+    // The first tick that rolls back says why (its rollback was refused too).
+    let gave_up = ticks
+        .iter()
+        .position(|t| t.phase == Phase::Failed)
+        .unwrap_or_else(|| panic!("no rollback for the refused step: {ticks:?}"));
     assert!(
-        why.contains("refused SetWeight(5000) 3 times in a row")
-            && why.contains("404")
-            && why.contains("no route named `web`"),
-        "{why}"
+        ticks[gave_up]
+            .message
+            .contains("rolled back: the proxy refused SetWeight(5000) 3 times in a row"),
+        "{:?}",
+        ticks[gave_up]
     );
-    let retried = ticks
+    let retried = ticks[..gave_up]
         .iter()
         .filter(|t| t.message.starts_with("could not apply SetWeight(5000)"))
         .count();
-    assert_eq!(retried, 2, "two refusals retried before the stop");
+    assert_eq!(retried, 3, "three refusals before the rollback");
+    let why = ended.stopped.expect("the run stopped");
+    assert!(
+        why.contains("refused Rollback 3 times in a row")
+            && why.contains("no route named `web`")
+            && why.contains("PUT /routes/web"),
+        "{why}"
+    );
     assert_eq!(ticks.last().unwrap().message, why);
-    // The decision was the next step; the proxy never took it.
-    assert_eq!(ended.status.canary_weight_bp, 5000);
+    assert_eq!(ended.status.phase, Phase::Failed);
 }
 
 struct AbSetup {

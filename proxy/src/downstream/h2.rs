@@ -458,13 +458,14 @@ async fn send_within_window(
 
 /// A reset or GOAWAY code that says the protocol broke, rather than that
 /// the client let a stream go (`CANCEL`, `NO_ERROR`, `REFUSED_STREAM`,
-/// `INTERNAL_ERROR`).
+/// `INTERNAL_ERROR`, and `STREAM_CLOSED`, which libcurl sends when its
+/// timeout ends a request: a canary that hangs until such clients give up
+/// must still count).
 fn is_protocol_error(reason: h2::Reason) -> bool {
     [
         h2::Reason::PROTOCOL_ERROR,
         h2::Reason::FLOW_CONTROL_ERROR,
         h2::Reason::SETTINGS_TIMEOUT,
-        h2::Reason::STREAM_CLOSED,
         h2::Reason::FRAME_SIZE_ERROR,
         h2::Reason::COMPRESSION_ERROR,
         h2::Reason::ENHANCE_YOUR_CALM,

@@ -227,7 +227,15 @@ fn namespaces(fake: &FakeKube, store: &mut Store) {
             .map(|(k, o)| (k.clone(), o["metadata"].get("deletionTimestamp").is_some()))
             .collect();
         if inside.is_empty() {
-            fake.remove(store, &key);
+            // Its own finalizers (not the spec's `kubernetes`) still hold it.
+            let held = store.objects.get(&key).is_some_and(|n| {
+                n["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| !f.is_empty())
+            });
+            if !held {
+                fake.remove(store, &key);
+            }
             continue;
         }
         for (k, deleting) in inside {

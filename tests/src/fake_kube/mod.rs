@@ -2557,10 +2557,12 @@ impl FakeKube {
             );
         }
         // New content needs a namespace that exists and is not going away
-        // (the NamespaceLifecycle admission plugin).
+        // (the NamespaceLifecycle admission plugin). Admission comes after
+        // authorization: an apply that creates is checked below, once its
+        // `create` is allowed.
         if info.namespaced
             && existing.is_none()
-            && (*method == Method::POST || is_apply)
+            && *method == Method::POST
             && let Some(refusal) = namespace_refusal(&store, info, ns, &name)
         {
             return refusal;
@@ -2635,6 +2637,12 @@ impl FakeKube {
                 );
             }
             (&Method::PATCH, _) => {
+                if existing.is_none()
+                    && info.namespaced
+                    && let Some(refusal) = namespace_refusal(&store, info, ns, &name)
+                {
+                    return refusal;
+                }
                 if existing.is_none() {
                     store.requests.push((
                         user.name.clone(),
