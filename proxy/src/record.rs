@@ -347,7 +347,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
                 let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**e);
                 let mut malformed = false;
                 while let Some(c) = cause {
-                    malformed |= c.is::<crate::upstream::h1::MalformedBody>();
+                    malformed |= c.is::<crate::http1::MalformedBody>();
                     cause = c.source();
                 }
                 self.finish(if malformed {

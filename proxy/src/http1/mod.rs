@@ -37,3 +37,11 @@
 pub mod framing;
 pub mod head;
 pub mod write;
+
+/// A backend's response body that breaks HTTP/1.1's framing after its
+/// head went out (a chunk size that is not one): counted as
+/// `sluice_upstream_errors_total{kind="protocol"}`, as a malformed head is,
+/// not as a reset.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedBody(pub String);

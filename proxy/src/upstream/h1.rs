@@ -594,14 +594,6 @@ impl Body1 {
     }
 }
 
-/// A backend's response body that breaks HTTP/1.1's framing after its
-/// head went out (a chunk size that is not one): counted as
-/// `sluice_upstream_errors_total{kind="protocol"}`, as a malformed head is,
-/// not as a reset.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct MalformedBody(String);
-
 impl Body for Body1 {
     type Data = Bytes;
     type Error = BoxError;
@@ -634,7 +626,8 @@ impl Body for Body1 {
                     return Poll::Ready(None);
                 }
                 Err(e) => {
-                    let malformed = MalformedBody(format!("the response body is malformed: {e}"));
+                    let malformed =
+                        crate::http1::MalformedBody(format!("the response body is malformed: {e}"));
                     return this.fail(cx, Box::new(malformed));
                 }
                 Ok(Decoded::More) => {}
