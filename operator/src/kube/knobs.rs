@@ -145,11 +145,9 @@ pub fn parse_autoscale(text: &str) -> Result<Autoscale, String> {
         let (key, value) = part
             .split_once('=')
             .ok_or_else(|| format!("`{part}` is not key=value"))?;
-        let value = value.trim();
         let number = value
-            .strip_suffix('%')
-            .filter(|_| key.trim() == "cpu")
-            .unwrap_or(value)
+            .trim()
+            .trim_end_matches('%')
             .parse::<i32>()
             .map_err(|_| format!("{key}: `{value}` is not a whole number"))?;
         let slot = match key.trim() {
