@@ -257,11 +257,6 @@ pub struct Ended {
     pub stopped: Option<String>,
 }
 
-/// Whether these actions take the canary back (a rollback).
-fn actions_roll_back(actions: &[Action]) -> bool {
-    actions.contains(&Action::Rollback)
-}
-
 /// Refusals in a row by the proxy's admin API (a 4xx other than 408, 425
 /// and 429: a wrong token, a route that is gone, a change the proxy's
 /// validation refuses) after which a run stops rather than retry for ever.
@@ -545,7 +540,7 @@ impl<R: Router> Driver<R> {
                     } else {
                         0
                     };
-                    let rolling_back = actions_roll_back(&t.actions);
+                    let rolling_back = t.actions.contains(&Action::Rollback);
                     if refusals_in_a_row >= REFUSALS_BEFORE_STOP && !rolling_back {
                         // A change forward the proxy will not take: the
                         // canary is taken back rather than left where it is.

@@ -839,17 +839,21 @@ fn namespaces_hold_their_content_and_go_with_it() {
         assert!(all.contains(kind), "kubectl get all lacks {kind}: {all}");
     }
     // A finalizer holds one object, and so the namespace, in Terminating.
+    let finalizers = |list: &str| {
+        let patch = format!(r#"{{"metadata":{{"finalizers":{list}}}}}"#);
+        api.ok(&[
+            "patch",
+            "configmap",
+            "held",
+            "-n",
+            "lab",
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    };
     api.ok(&["create", "configmap", "held", "-n", "lab"]);
-    api.ok(&[
-        "patch",
-        "configmap",
-        "held",
-        "-n",
-        "lab",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
-    ]);
+    finalizers(r#"["example.com/hold"]"#);
     api.ok(&["delete", "namespace", "lab", "--wait=false"]);
     let phase = api.ok(&["get", "namespace", "lab", "-o", "jsonpath={.status.phase}"]);
     assert_eq!(phase, "Terminating");
@@ -873,16 +877,7 @@ fn namespaces_hold_their_content_and_go_with_it() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    api.ok(&[
-        "patch",
-        "configmap",
-        "held",
-        "-n",
-        "lab",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
-    ]);
+    finalizers("null");
     api.ok(&["wait", "--for=delete", "namespace/lab", "--timeout=10s"]);
     let (found, _, err) = api.kubectl(&["get", "namespace", "lab"]);
     assert!(!found && err.contains("NotFound"), "{err}");
