@@ -518,17 +518,17 @@ impl GateState {
     /// Adds one window taken before the canary gets traffic: the primary
     /// alone, for the baseline (its traffic, dispersion and latency bound).
     pub fn observe_baseline(&mut self, settings: &GateSettings, window: &Window) {
-        let (_, seconds) = self.advance(window);
+        let (at, seconds) = self.advance(window);
         let s = &window.stable;
         self.baseline.add(s);
         self.baseline_seconds += seconds;
-        self.errors.observe_primary(s.requests, s.failures);
+        self.errors.observe_primary(at, s.requests, s.failures);
         if settings.latency_bounds.is_empty() && self.latency.is_empty() {
             self.learn(settings, s);
         }
         for l in &mut self.latency {
             let slow = s.slower_than(l.bound).unwrap_or(0.0);
-            l.evidence.observe_primary(total(s), slow);
+            l.evidence.observe_primary(at, total(s), slow);
         }
     }
 
@@ -746,7 +746,7 @@ impl GateState {
                 l.evidence
                     .observe_against(&tuning, at, seconds, weight_bp, counts, own);
             } else {
-                l.evidence.observe_primary(own.0, own.1);
+                l.evidence.observe_primary(at, own.0, own.1);
             }
         }
     }

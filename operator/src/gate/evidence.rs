@@ -9,7 +9,7 @@
 //! against a null `ρ_n` is `ℓ = e_c·ln(θ_a/θ_n) + e_s·ln((1−θ_a)/(1−θ_n))`.
 //! Whatever both arms share (an upstream incident, a traffic spike) cancels.
 //!
-//! Real traffic is not Poisson, so the ratios are used with four rules,
+//! Real traffic is not Poisson, so the ratios are used with five rules,
 //! each of which keeps the evidence an e-process (see the proof below):
 //!
 //! 1. **Dispersion.** Each `ℓ` is divided by `φ ≥ 1`, the over-dispersion
@@ -69,6 +69,20 @@
 //!    under `--failure-floor`); the check is shown no worse when the average
 //!    reaches `1/β`. Scrapes in which the *primary* jumps (its incident makes
 //!    the canary look good) add no positive pass evidence.
+//! 5. **The primary's own level.** A scrape in which the primary (the arm
+//!    the canary is compared with) fails significantly more than [`JUMP`]
+//!    times its own usual rate (the *level*: its other scrapes over the
+//!    last [`LEVEL_SPAN`], leaving out the newest [`REFERENCE_LAG`], from
+//!    the baseline on; significant at [`LEVEL_P`]) adds no positive pass
+//!    evidence, and neither do its neighbours: the scrape after it, and
+//!    the one before it if the primary was above the level there at all
+//!    (that scrape's positive part is taken back). During an incident of
+//!    its own the primary is not a fair reference, and a canary worse than
+//!    the primary's usual rate must not look good next to it. Rule 4 sees
+//!    only large jumps of the split; this one sees the primary's rise
+//!    against its own past, and the partial scrapes at an incident's
+//!    edges. Such scrapes stay out of the level, so a rise that lasts
+//!    longer than [`LEVEL_SPAN`] empties it and becomes the new level.
 //!
 //! **Why the promises hold.** Each scrape multiplies every alternative's
 //! running product by a factor `X = exp(ℓ/φ)`. Under the null (the canary
@@ -79,7 +93,8 @@
 //! over-dispersed by `φ_true ≤ φ` in the quasi-binomial sense (clumps of
 //! `φ_true` events), `exp(ℓ/φ_true)` is the likelihood ratio of the clump
 //! counts, so `E[X] ≤ 1` again. Every other rule only replaces a factor
-//! by a smaller one (a cap, `min(X, 1)` during a hold) or gives the
+//! by a smaller one (a cap, `min(X, 1)` during a hold or, on the pass
+//! side, for a scrape rule 5 sets aside, even one scrape late) or gives the
 //! set-aside factors back (which restores the capped product, whether the
 //! hold ends as a regression or as a run of high scrapes): the evidence is
 //! never above the plain product, which is a nonnegative
@@ -115,6 +130,16 @@ pub const JUMP: f64 = 1.5;
 pub const PRIMARY_JUMP: f64 = 3.0;
 /// How significant a jump (and its continuation) must be.
 pub const JUMP_P: f64 = 0.05;
+/// Seconds of the primary's scrapes its level is taken from (rule 5).
+pub const LEVEL_SPAN: f64 = 300.0;
+/// The level's scrapes are kept summed in buckets of this many seconds.
+pub const LEVEL_BUCKET: f64 = 10.0;
+/// A level with fewer events than this is not used.
+pub const LEVEL_MIN_EVENTS: f64 = 5.0;
+/// How significant a rise of the primary above [`JUMP`] times its level
+/// must be (rule 5): an incident's, not the ordinary burstiness of its
+/// events, which at low traffic would starve promotion.
+pub const LEVEL_P: f64 = 0.001;
 /// How significant a hold's scrapes together must be against [`JUMP`]
 /// times the reference for the hold to be an incident when it ends within
 /// the allowance. A hold that never gets there was a run of high scrapes
@@ -461,6 +486,18 @@ pub struct Evidence {
     /// it in, as an incident's partial first scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above: Option<(Kept, Vec<f64>)>,
+    /// The primary's usual rate (rule 5): its scrapes that were not
+    /// significantly above it, as `[bucket start, requests, events]`.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub level: VecDeque<[f64; 3]>,
+    /// The last scrape's pass-side ratios when the primary was above its
+    /// level there: taken back if this one finds it significantly above
+    /// (rule 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_pass: Option<Vec<f64>>,
+    /// The last scrape found the primary above its level.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub elevated_before: bool,
 }
 
 /// The exponent of the restarts' weights: the k-th weighs `∝ (k+1)^-1.1`,
@@ -522,13 +559,47 @@ impl Evidence {
         self.dispersion.phi()
     }
 
-    /// A scrape of the primary alone (before the canary gets traffic):
-    /// it teaches the dispersion.
-    pub fn observe_primary(&mut self, requests: f64, events: f64) {
+    /// A scrape of the primary alone (before the canary gets traffic), that
+    /// ends at `at` (seconds on the gate's clock): it teaches the
+    /// dispersion and the primary's level (rule 5).
+    pub fn observe_primary(&mut self, at: f64, requests: f64, events: f64) {
         if requests > 0.0 {
-            self.dispersion
-                .observe_primary(events.clamp(0.0, requests), requests);
+            let events = events.clamp(0.0, requests);
+            self.dispersion.observe_primary(events, requests);
+            self.add_to_level(at, requests, events);
         }
+    }
+
+    /// Adds a scrape of the compared arm to its level, and drops buckets
+    /// older than [`LEVEL_SPAN`].
+    fn add_to_level(&mut self, at: f64, requests: f64, events: f64) {
+        let start = (at / LEVEL_BUCKET).floor() * LEVEL_BUCKET;
+        match self.level.back_mut() {
+            Some(last) if last[0] == start => {
+                last[1] += requests;
+                last[2] += events;
+            }
+            _ => self.level.push_back([start, requests, events]),
+        }
+        while self
+            .level
+            .front()
+            .is_some_and(|b| at - b[0] > LEVEL_SPAN + LEVEL_BUCKET)
+        {
+            self.level.pop_front();
+        }
+    }
+
+    /// The compared arm's usual events per request at `now`: its level's
+    /// buckets that ended [`REFERENCE_LAG`] ago or earlier (None with
+    /// fewer than [`LEVEL_MIN_EVENTS`] events there).
+    fn level_rate(&self, now: f64) -> Option<f64> {
+        let (requests, events) = self
+            .level
+            .iter()
+            .filter(|b| b[0] + LEVEL_BUCKET <= now - REFERENCE_LAG)
+            .fold((0.0, 0.0), |(n, e), b| (n + b[1], e + b[2]));
+        (events >= LEVEL_MIN_EVENTS && requests > 0.0).then(|| events / requests)
     }
 
     /// Adds one scrape that ends at `at` (seconds on the gate's clock) and
@@ -563,6 +634,9 @@ impl Evidence {
         if c.canary_requests <= 0.0 && self.canary_since.is_none() {
             self.dispersion
                 .observe_primary(primary_events, primary_requests);
+            if c.stable_requests > 0.0 {
+                self.add_to_level(at, c.stable_requests, c.stable_events);
+            }
             return;
         }
         self.canary_requests += c.canary_requests;
@@ -582,6 +656,7 @@ impl Evidence {
             self.restart(began);
         }
         if weight_bp != self.pass_weight_bp {
+            self.pending_pass = None;
             self.pass = Component::new(PASS_GRID.len(), 1.0, began);
             self.floor = Component::new(FLOOR_GRID.len(), 1.0, began);
             self.pass_weight_bp = weight_bp;
@@ -600,6 +675,21 @@ impl Evidence {
         };
         let fail = ratios(t.rho0, &mut FAIL_GRID.iter().map(|m| m * t.rho0));
         let mut pass = ratios(t.rho_max, &mut PASS_GRID.iter().map(|m| m.0 * t.rho_max));
+        // Rule 5: the primary significantly above its own level.
+        let level = self.level_rate(began);
+        let above_level = level.is_some_and(|p| c.stable_events > JUMP * p * c.stable_requests);
+        let elevated = level.is_some_and(|p| {
+            above_level
+                && c.stable_events >= 2.0
+                && binomial_upper_tail(
+                    c.stable_requests / phi,
+                    c.stable_events / phi,
+                    (JUMP * p).min(1.0),
+                ) < LEVEL_P
+        });
+        if !elevated && c.stable_requests > 0.0 {
+            self.add_to_level(at, c.stable_requests, c.stable_events);
+        }
         let floor: Vec<f64> = FLOOR_GRID
             .iter()
             .map(|m| {
@@ -631,10 +721,25 @@ impl Evidence {
             let threshold = t.fail_threshold - comp.weight.ln();
             comp.add(&fail, SCRAPE_CAP * threshold, hold);
         }
-        if look.down {
+        // Rule 5: a scrape's positive pass evidence counts only when
+        // neither it nor a neighbour found the primary significantly above
+        // its level (an incident's partial edges); a scrape with the
+        // primary above the level at all waits for the next one to say.
+        if look.down || elevated || self.elevated_before {
             pass.iter_mut().for_each(|r| *r = r.min(0.0));
         }
+        if let Some(previous) = self.pending_pass.take()
+            && elevated
+        {
+            for (sum, r) in self.pass.sums.iter_mut().zip(&previous) {
+                *sum -= r.max(0.0);
+            }
+        }
         self.pass.add(&pass, f64::INFINITY, false);
+        if above_level && !elevated {
+            self.pending_pass = Some(pass);
+        }
+        self.elevated_before = elevated;
         self.floor.add(&floor, f64::INFINITY, false);
         self.dispersion
             .observe_primary(primary_events, primary_requests);

@@ -321,6 +321,62 @@ fn promotion_needs_evidence_from_the_current_weight() {
     );
 }
 
+/// The share of `runs` releases shown no worse at 50% (ten minutes at 10%
+/// and 25% before it, equal arms), the canary failing at `p_c` there and
+/// the primary at 10× its 1% for 20 s from 30 s into the step, with one
+/// partial scrape at 3× on either side.
+fn shown_no_worse_through_a_primary_incident(seed: u64, p_c: f64) -> f64 {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let runs = 200;
+    let mut proven = 0;
+    for _ in 0..runs {
+        let mut e = Evidence::new();
+        let mut at = 0.0;
+        for w in [1000u32, 2500] {
+            for _ in 0..150 {
+                at += 2.0;
+                let c = scrape(&mut rng, 400.0, f64::from(w) / 1e4, 0.01, 0.01, 1);
+                e.observe(&t, at, 2.0, w, c);
+            }
+        }
+        let mut shown = false;
+        for i in 0..150 {
+            let p_s = match i {
+                15..25 => 0.10,
+                14 | 25 => 0.03,
+                _ => 0.01,
+            };
+            at += 2.0;
+            e.observe(&t, at, 2.0, 5000, scrape(&mut rng, 400.0, 0.5, p_s, p_c, 1));
+            shown |= e.pass_statistic() >= t.pass_threshold;
+        }
+        proven += usize::from(shown);
+    }
+    proven as f64 / runs as f64
+}
+
+#[test]
+fn a_primary_incident_lends_a_worse_canary_no_pass_evidence() {
+    let s = settings();
+    // 1.5× worse (ρ_max) than the primary's usual rate: the primary's own
+    // incident makes it look good, and must not get it promoted.
+    let worse = shown_no_worse_through_a_primary_incident(54, 0.015);
+    assert!(
+        worse <= s.beta,
+        "seed 54: {:.1}% of canaries 1.5× worse than the primary's level were shown no worse",
+        worse * 100.0
+    );
+    // An equal canary is still shown no worse, from the scrapes around it.
+    let equal = shown_no_worse_through_a_primary_incident(55, 0.01);
+    assert!(
+        equal >= 0.95,
+        "seed 55: only {:.1}% of equal canaries were shown no worse",
+        equal * 100.0
+    );
+}
+
 #[test]
 fn restart_weights_share_half_and_decay_slowly() {
     // The weights decay like k^-1.1: a long tail, normalised to ½ in all.
