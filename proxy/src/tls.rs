@@ -68,12 +68,31 @@ pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<Certi
     })?;
     CertifiedKey::from_der(certs, key, &provider())
         .map(Arc::new)
-        .map_err(|e| {
-            format!(
+        .map_err(|e| match e {
+            // The leaf could not be read as an X.509 certificate (the key's
+            // public half is compared with the certificate's).
+            rustls::Error::InvalidCertificate(e) => {
+                let hint = if format!("{e:?}").contains("UnsupportedCertVersion") {
+                    " (an X.509 version 1 certificate: only version 3 is accepted; \
+                     openssl makes v3 with `req -x509` or with `-extfile`)"
+                } else {
+                    ""
+                };
+                format!(
+                    "tls.cert_file: {} is not a certificate the proxy can use: {e}{hint}",
+                    cert_file.display()
+                )
+            }
+            rustls::Error::InconsistentKeys(_) => format!(
                 "tls.key_file: {} does not belong to the certificate in {}: {e}",
                 key_file.display(),
                 cert_file.display()
-            )
+            ),
+            e => format!(
+                "tls.key_file: {} is not a key the proxy can use with the certificate in {}: {e}",
+                key_file.display(),
+                cert_file.display()
+            ),
         })
 }
 

@@ -318,6 +318,14 @@ async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
     let (_, other_key, _) = ca.write_leaf(&dir.path, "other", &["localhost"]);
     let garbage = dir.path.join("garbage.crt");
     std::fs::write(&garbage, "not a certificate").unwrap();
+    // PEM, but its DER (SEQUENCE { INTEGER 0 }) is no X.509 certificate:
+    // the certificate is at fault, not the key.
+    let not_x509 = dir.path.join("not-x509.crt");
+    std::fs::write(
+        &not_x509,
+        "-----BEGIN CERTIFICATE-----\nMAMCAQA=\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let cases = [
         (
             dir.path.join("missing.crt"),
@@ -326,6 +334,11 @@ async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
         ),
         (garbage.clone(), key.clone(), "tls.cert_file"),
         (cert.clone(), other_key.clone(), "tls.key_file"),
+        (
+            not_x509.clone(),
+            key.clone(),
+            "tls.cert_file: {not_x509} is not a certificate the proxy can use",
+        ),
     ];
     for (c, k, expected) in cases {
         let file = dir.path.join("sluice.yaml");
@@ -340,8 +353,9 @@ async fn check_reports_missing_unreadable_and_mismatched_certificate_files() {
         .unwrap();
         let (code, stderr) = proxy_check(&file);
         assert_eq!(code, Some(2), "{stderr}");
+        let expected = expected.replace("{not_x509}", &not_x509.display().to_string());
         assert!(
-            stderr.contains(expected),
+            stderr.contains(&expected),
             "expected {expected:?} in {stderr}"
         );
     }
