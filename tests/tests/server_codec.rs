@@ -297,12 +297,11 @@ async fn pipelined_requests_are_answered_in_order_across_a_hand_over() {
 async fn requests_it_does_not_serve_get_the_general_paths_answers() {
     let backend = raw_backend().await;
     let proxy = proxy_for(&backend, "").await;
-    // HTTP/1.0: served (by hyper, which answers in the client's version)
-    // and closed.
+    // HTTP/1.0: served, answered as HTTP/1.1 (RFC 9110 §6.2) and closed.
     let (closed, text) =
         answer_to_the_end(&proxy, b"GET /length HTTP/1.0\r\nHost: a\r\n\r\n").await;
     assert!(
-        closed && text.starts_with("HTTP/1.0 200 OK\r\n") && text.ends_with("hello"),
+        closed && text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("hello"),
         "{text}"
     );
     // Two Host fields, or none on HTTP/1.1: 400, never forwarded.

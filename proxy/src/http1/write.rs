@@ -4,13 +4,12 @@ use std::time::SystemTime;
 
 use http::{HeaderMap, StatusCode};
 
-/// `HTTP/1.x code reason` and its line end.
-pub fn status_line(out: &mut Vec<u8>, minor: u8, status: StatusCode) {
-    out.extend_from_slice(if minor == 0 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
+/// `HTTP/1.1 code reason` and its line end. Always 1.1, an HTTP/1.0
+/// client's answers too: a server sends the highest minor version it
+/// conforms to (RFC 9110 §6.2), as nginx and HAProxy do; what the answer
+/// may use (chunked coding, keep-alive) still follows the client's version.
+pub fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -134,8 +133,8 @@ mod tests {
     #[test]
     fn status_lines_name_the_version_and_reason() {
         let mut out = Vec::new();
-        status_line(&mut out, 1, StatusCode::BAD_GATEWAY);
-        status_line(&mut out, 0, StatusCode::from_u16(299).unwrap());
-        assert_eq!(out, b"HTTP/1.1 502 Bad Gateway\r\nHTTP/1.0 299 \r\n");
+        status_line(&mut out, StatusCode::BAD_GATEWAY);
+        status_line(&mut out, StatusCode::from_u16(299).unwrap());
+        assert_eq!(out, b"HTTP/1.1 502 Bad Gateway\r\nHTTP/1.1 299 \r\n");
     }
 }

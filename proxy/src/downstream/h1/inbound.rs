@@ -218,7 +218,7 @@ pub(super) fn interim<S: AsyncWrite + Unpin>(
     if inbound.interim.len() > MAX_HELD_INTERIM {
         return;
     }
-    crate::http1::write::status_line(&mut inbound.interim, 1, status);
+    crate::http1::write::status_line(&mut inbound.interim, status);
     crate::answer::each_passed_field(fields, true, &mut |kind, name, value| {
         if kind != ResponseField::ContentLength {
             crate::http1::write::field(&mut inbound.interim, name, value);

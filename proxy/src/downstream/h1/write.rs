@@ -207,7 +207,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
     pub async fn local(mut self, local: Local, mut reply: Reply) -> Next {
         reply.close |= local.close;
         let out = self.start_head();
-        write::status_line(out, reply.minor, local.status);
+        write::status_line(out, local.status);
         write::field(out, b"content-type", b"text/plain; charset=utf-8");
         if local.allow {
             write::field(out, b"allow", crate::answer::ALLOWED.as_bytes());
@@ -247,7 +247,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
         let chunked = length.is_none() && reply.minor == 1;
         reply.close |= length.is_none() && reply.minor == 0 && !no_body;
         let out = self.start_head();
-        write::status_line(out, if tunnel.is_some() { 1 } else { reply.minor }, status);
+        write::status_line(out, status);
         let dated = passed_fields(
             out,
             &head,
