@@ -42,6 +42,7 @@
 
 pub mod evidence;
 pub mod forecast;
+pub mod level;
 pub mod special;
 
 use std::time::Duration;

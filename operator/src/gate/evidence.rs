@@ -69,20 +69,21 @@
 //!    under `--failure-floor`); the check is shown no worse when the average
 //!    reaches `1/β`. Scrapes in which the *primary* jumps (its incident makes
 //!    the canary look good) add no positive pass evidence.
-//! 5. **The primary's own level.** A scrape in which the primary (the arm
-//!    the canary is compared with) fails significantly more than [`JUMP`]
-//!    times its own usual rate (the *level*: its other scrapes over the
-//!    last [`LEVEL_SPAN`], leaving out the newest [`REFERENCE_LAG`], from
-//!    the baseline on; significant at [`LEVEL_P`]) adds no positive pass
-//!    evidence, and neither do its neighbours: the scrape after it, and
-//!    the one before it if the primary was above the level there at all
-//!    (that scrape's positive part is taken back). During an incident of
-//!    its own the primary is not a fair reference, and a canary worse than
-//!    the primary's usual rate must not look good next to it. Rule 4 sees
-//!    only large jumps of the split; this one sees the primary's rise
-//!    against its own past, and the partial scrapes at an incident's
-//!    edges. Such scrapes stay out of the level, so a rise that lasts
-//!    longer than [`LEVEL_SPAN`] empties it and becomes the new level.
+//! 5. **The primary's own level** ([`crate::gate::level`]). While the
+//!    primary alone (the arm the canary is compared with) fails well above
+//!    its own usual rate, a CUSUM over its scrapes finds it *elevated*;
+//!    such scrapes and the one after add no positive pass evidence, and
+//!    the run of scrapes just before, with the primary above its level,
+//!    has its positive pass evidence taken back. During an incident of its
+//!    own the primary is not a fair reference: a canary worse than the
+//!    primary's usual rate must not look good next to it. A rise both arms
+//!    share is not the primary's alone (the canary rose too) and the
+//!    comparison cancels it. Rule 4 sees only large jumps of the split in
+//!    one scrape; this rule sees moderate rises, ramps and the partial
+//!    scrapes at an incident's edges. A rise that lasts longer than the
+//!    level's span becomes the primary's new level. At very low traffic
+//!    (under half an expected failure of the primary per scrape) it does
+//!    not look.
 //!
 //! **Why the promises hold.** Each scrape multiplies every alternative's
 //! running product by a factor `X = exp(ℓ/φ)`. Under the null (the canary
@@ -110,6 +111,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use crate::gate::level::Level;
+
 /// Fail-side alternatives, as multiples of `ρ₀`.
 pub const FAIL_GRID: [f64; 7] = [1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
 /// Pass-side alternatives as multiples of `ρ_max`, with their prior
@@ -130,16 +133,6 @@ pub const JUMP: f64 = 1.5;
 pub const PRIMARY_JUMP: f64 = 3.0;
 /// How significant a jump (and its continuation) must be.
 pub const JUMP_P: f64 = 0.05;
-/// Seconds of the primary's scrapes its level is taken from (rule 5).
-pub const LEVEL_SPAN: f64 = 300.0;
-/// The level's scrapes are kept summed in buckets of this many seconds.
-pub const LEVEL_BUCKET: f64 = 10.0;
-/// A level with fewer events than this is not used.
-pub const LEVEL_MIN_EVENTS: f64 = 5.0;
-/// How significant a rise of the primary above [`JUMP`] times its level
-/// must be (rule 5): an incident's, not the ordinary burstiness of its
-/// events, which at low traffic would starve promotion.
-pub const LEVEL_P: f64 = 0.001;
 /// How significant a hold's scrapes together must be against [`JUMP`]
 /// times the reference for the hold to be an incident when it ends within
 /// the allowance. A hold that never gets there was a run of high scrapes
@@ -486,18 +479,9 @@ pub struct Evidence {
     /// it in, as an incident's partial first scrape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub above: Option<(Kept, Vec<f64>)>,
-    /// The primary's usual rate (rule 5): its scrapes that were not
-    /// significantly above it, as `[bucket start, requests, events]`.
-    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
-    pub level: VecDeque<[f64; 3]>,
-    /// The last scrape's pass-side ratios when the primary was above its
-    /// level there: taken back if this one finds it significantly above
-    /// (rule 5).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_pass: Option<Vec<f64>>,
-    /// The last scrape found the primary above its level.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub elevated_before: bool,
+    /// The primary's own level and its rises (rule 5).
+    #[serde(default)]
+    pub level: Level,
 }
 
 /// The exponent of the restarts' weights: the k-th weighs `∝ (k+1)^-1.1`,
@@ -535,7 +519,7 @@ fn floor_log_prior(_: usize) -> f64 {
 
 /// `P(X ≥ x)` for `X ~ Binomial(n, p)`, continuous in `n` and `x` (used
 /// with counts divided by `φ`).
-fn binomial_upper_tail(n: f64, x: f64, p: f64) -> f64 {
+pub(crate) fn binomial_upper_tail(n: f64, x: f64, p: f64) -> f64 {
     if x <= 0.0 {
         return 1.0;
     }
@@ -566,40 +550,15 @@ impl Evidence {
         if requests > 0.0 {
             let events = events.clamp(0.0, requests);
             self.dispersion.observe_primary(events, requests);
-            self.add_to_level(at, requests, events);
+            self.level.add(
+                at,
+                &Counts {
+                    stable_requests: requests,
+                    stable_events: events,
+                    ..Counts::default()
+                },
+            );
         }
-    }
-
-    /// Adds a scrape of the compared arm to its level, and drops buckets
-    /// older than [`LEVEL_SPAN`].
-    fn add_to_level(&mut self, at: f64, requests: f64, events: f64) {
-        let start = (at / LEVEL_BUCKET).floor() * LEVEL_BUCKET;
-        match self.level.back_mut() {
-            Some(last) if last[0] == start => {
-                last[1] += requests;
-                last[2] += events;
-            }
-            _ => self.level.push_back([start, requests, events]),
-        }
-        while self
-            .level
-            .front()
-            .is_some_and(|b| at - b[0] > LEVEL_SPAN + LEVEL_BUCKET)
-        {
-            self.level.pop_front();
-        }
-    }
-
-    /// The compared arm's usual events per request at `now`: its level's
-    /// buckets that ended [`REFERENCE_LAG`] ago or earlier (None with
-    /// fewer than [`LEVEL_MIN_EVENTS`] events there).
-    fn level_rate(&self, now: f64) -> Option<f64> {
-        let (requests, events) = self
-            .level
-            .iter()
-            .filter(|b| b[0] + LEVEL_BUCKET <= now - REFERENCE_LAG)
-            .fold((0.0, 0.0), |(n, e), b| (n + b[1], e + b[2]));
-        (events >= LEVEL_MIN_EVENTS && requests > 0.0).then(|| events / requests)
     }
 
     /// Adds one scrape that ends at `at` (seconds on the gate's clock) and
@@ -635,7 +594,7 @@ impl Evidence {
             self.dispersion
                 .observe_primary(primary_events, primary_requests);
             if c.stable_requests > 0.0 {
-                self.add_to_level(at, c.stable_requests, c.stable_events);
+                self.level.add(at, &c);
             }
             return;
         }
@@ -656,7 +615,7 @@ impl Evidence {
             self.restart(began);
         }
         if weight_bp != self.pass_weight_bp {
-            self.pending_pass = None;
+            self.level.restart_pass();
             self.pass = Component::new(PASS_GRID.len(), 1.0, began);
             self.floor = Component::new(FLOOR_GRID.len(), 1.0, began);
             self.pass_weight_bp = weight_bp;
@@ -675,21 +634,14 @@ impl Evidence {
         };
         let fail = ratios(t.rho0, &mut FAIL_GRID.iter().map(|m| m * t.rho0));
         let mut pass = ratios(t.rho_max, &mut PASS_GRID.iter().map(|m| m.0 * t.rho_max));
-        // Rule 5: the primary significantly above its own level.
-        let level = self.level_rate(began);
-        let above_level = level.is_some_and(|p| c.stable_events > JUMP * p * c.stable_requests);
-        let elevated = level.is_some_and(|p| {
-            above_level
-                && c.stable_events >= 2.0
-                && binomial_upper_tail(
-                    c.stable_requests / phi,
-                    c.stable_events / phi,
-                    (JUMP * p).min(1.0),
-                ) < LEVEL_P
-        });
-        if !elevated && c.stable_requests > 0.0 {
-            self.add_to_level(at, c.stable_requests, c.stable_events);
-        }
+        let rise = if two_arms {
+            self.level.look(began, at, &c, phi)
+        } else {
+            if c.stable_requests > 0.0 {
+                self.level.add(at, &c);
+            }
+            crate::gate::level::Rise::default()
+        };
         let floor: Vec<f64> = FLOOR_GRID
             .iter()
             .map(|m| {
@@ -721,25 +673,9 @@ impl Evidence {
             let threshold = t.fail_threshold - comp.weight.ln();
             comp.add(&fail, SCRAPE_CAP * threshold, hold);
         }
-        // Rule 5: a scrape's positive pass evidence counts only when
-        // neither it nor a neighbour found the primary significantly above
-        // its level (an incident's partial edges); a scrape with the
-        // primary above the level at all waits for the next one to say.
-        if look.down || elevated || self.elevated_before {
-            pass.iter_mut().for_each(|r| *r = r.min(0.0));
-        }
-        if let Some(previous) = self.pending_pass.take()
-            && elevated
-        {
-            for (sum, r) in self.pass.sums.iter_mut().zip(&previous) {
-                *sum -= r.max(0.0);
-            }
-        }
+        self.level
+            .filter_pass(rise, look.down, &mut pass, &mut self.pass.sums);
         self.pass.add(&pass, f64::INFINITY, false);
-        if above_level && !elevated {
-            self.pending_pass = Some(pass);
-        }
-        self.elevated_before = elevated;
         self.floor.add(&floor, f64::INFINITY, false);
         self.dispersion
             .observe_primary(primary_events, primary_requests);
