@@ -314,7 +314,14 @@ impl LatencyEvidence {
             bound,
             canary_bound: settings.canary_bound(bound),
             learnt,
-            evidence: Evidence::new(),
+            evidence: Evidence {
+                // Rule 5 is for failures only (see `gate::level`).
+                level: level::Level {
+                    off: true,
+                    ..level::Level::default()
+                },
+                ..Evidence::new()
+            },
         }
     }
 

@@ -634,14 +634,7 @@ impl Evidence {
         };
         let fail = ratios(t.rho0, &mut FAIL_GRID.iter().map(|m| m * t.rho0));
         let mut pass = ratios(t.rho_max, &mut PASS_GRID.iter().map(|m| m.0 * t.rho_max));
-        let rise = if two_arms {
-            self.level.look(began, at, &c, phi)
-        } else {
-            if c.stable_requests > 0.0 {
-                self.level.add(at, &c);
-            }
-            crate::gate::level::Rise::default()
-        };
+        let rise = self.level.look(began, &c, phi);
         let floor: Vec<f64> = FLOOR_GRID
             .iter()
             .map(|m| {
@@ -663,6 +656,7 @@ impl Evidence {
         let previous = self.above.take();
         let starts = look.up && self.hold.is_none();
         let hold = self.track_hold(t, look, Kept { at, counts: c }, seconds);
+        self.level.settle(at, &c, rise, hold || self.hold.is_some());
         if starts && let Some((kept, ratios)) = previous {
             self.take_into_hold(t, kept, &ratios);
         }

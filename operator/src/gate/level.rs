@@ -20,11 +20,16 @@
 //!   dependency both arms call, a traffic mix that changed for both) by the
 //!   canary, over the run's scrapes together: a shared rise gives the
 //!   canary its usual ratio to the primary's rate of each scrape. Only a
-//!   scrape after which the
-//!   canary's events in the run are significantly fewer than that (at
-//!   `JUMP_P`) moves the CUSUM up or is elevated (any scrape may move it
-//!   down): a rise of both arms never starts a run, the two-arm comparison
-//!   cancels it, and its scrapes join the level.
+//!   scrape after which the canary's events in the run are significantly
+//!   fewer than that (at [`OWN_P`]) moves the CUSUM up or is elevated (any
+//!   scrape may move it down); a run in which the canary has at least that
+//!   many ends: a rise of both arms, which the two-arm comparison cancels.
+//!   The ratio is learnt only from scrapes in no run and in no hold of the
+//!   canary's (a rise learnt into it would read as shared; a canary's
+//!   incident would inflate it).
+//! - Latency checks leave the rule off: the canary's slow requests are
+//!   counted over a higher bound than the primary's, so a slowdown of both
+//!   arms would read as the primary's own.
 //! - **The pass side** gets no positive evidence from an elevated scrape
 //!   nor from the one after it; the positive evidence of the last
 //!   [`TAKE_BACK`] scrapes of the run before it is taken back when the run
@@ -42,7 +47,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::evidence::{Counts, JUMP_P, REFERENCE_LAG, binomial_upper_tail};
+use super::evidence::{Counts, REFERENCE_LAG, binomial_upper_tail};
 
 /// Seconds of the primary's scrapes its level is taken from.
 pub const LEVEL_SPAN: f64 = 300.0;
@@ -57,6 +62,9 @@ pub const LEVEL_MIN_EVENTS: f64 = 5.0;
 /// in `tests/bench/gate-power` the 20 req/s rows were promoted 8 points
 /// less often, and the blue/green row at 20 req/s held 9% instead of 1%.
 pub const MIN_EXPECTED: f64 = 0.5;
+/// How significant the canary's shortfall must be for a rise to be the
+/// primary's own.
+pub const OWN_P: f64 = 0.01;
 /// The rise the CUSUM looks for, as a multiple of the primary's level.
 pub const RISE: f64 = 2.0;
 /// The CUSUM stops at this many times its threshold, so that it falls
@@ -99,6 +107,12 @@ pub struct Level {
     /// The last scrape was elevated.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub elevated: bool,
+    /// The rule does not apply (a latency check: the canary's slow
+    /// requests are counted over a higher bound than the primary's, so a
+    /// slowdown of both arms lifts the primary's count more and would read
+    /// as the primary's own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub off: bool,
 }
 
 /// The levels one scrape is judged against ([`Level::rates`]).
@@ -143,13 +157,14 @@ impl Level {
     /// Adds a scrape (the primary's counts, and the canary's if it had
     /// traffic) that ended at `at`, and expires old buckets.
     pub fn add(&mut self, at: f64, c: &Counts) {
+        if self.off {
+            return;
+        }
         add_to(&mut self.buckets, at, [c.stable_requests, c.stable_events]);
         self.add_ratio(at, c);
     }
 
-    /// Adds a scrape to the canary's ratio alone (every scrape with
-    /// canary traffic counts there, an elevated one too: leaving out the
-    /// scrapes in which the canary looked low would bias the ratio up).
+    /// Adds a scrape to the canary's ratio.
     fn add_ratio(&mut self, at: f64, c: &Counts) {
         if c.canary_requests > 0.0 {
             add_to(&mut self.ratio, at, [c.canary_events, predicted(c)]);
@@ -188,16 +203,32 @@ impl Level {
     }
 
     /// Looks at one scrape that began at `began` (counts divided by `phi`
-    /// in the CUSUM), then adds it to the level unless it is elevated.
-    pub fn look(&mut self, began: f64, at: f64, c: &Counts, phi: f64) -> Rise {
+    /// in the CUSUM); [`Level::settle`] then files it.
+    pub fn look(&mut self, began: f64, c: &Counts, phi: f64) -> Rise {
         self.expire(began);
-        let rise = self.judge(began, c, phi);
+        if self.off || c.canary_requests <= 0.0 {
+            self.end_run();
+            return Rise::default();
+        }
+        self.judge(began, c, phi)
+    }
+
+    /// Files a scrape after [`Level::look`]: into the primary's level
+    /// unless it was elevated, and into the canary's ratio only when it was
+    /// in no rise of the primary's and in no hold of the canary's
+    /// (`held`): a rise learnt into the ratio would read as shared, and a
+    /// canary's incident would inflate it.
+    pub fn settle(&mut self, at: f64, c: &Counts, rise: Rise, held: bool) {
+        if self.off {
+            return;
+        }
         if !rise.elevated && c.stable_requests > 0.0 {
-            self.add(at, c);
-        } else {
+            add_to(&mut self.buckets, at, [c.stable_requests, c.stable_events]);
+        }
+        if !rise.above && !held {
             self.add_ratio(at, c);
         }
-        rise
+        self.expire(at);
     }
 
     fn judge(&mut self, began: f64, c: &Counts, phi: f64) -> Rise {
@@ -223,11 +254,16 @@ impl Level {
         run[2] += rates.ratio * predicted(c);
         // The primary's own rise: the canary's events in the run are
         // significantly fewer than that.
+        if run[1] >= run[2] {
+            // The canary rose with it: a rise of both arms.
+            self.end_run();
+            return Rise::default();
+        }
         let own = c.stable_events > expected
             && run[0] > 0.0
             && 1.0
                 - binomial_upper_tail(run[0] / phi, run[1] / phi + 1.0, (run[2] / run[0]).min(1.0))
-                < JUMP_P;
+                < OWN_P;
         // A scrape that is no sign of the primary's own rise can still
         // end one.
         let step = if own { llr } else { llr.min(0.0) };
