@@ -991,3 +991,52 @@ fn a_rise_both_arms_share_does_not_hold_back_promotion() {
          minutes at 50% while both arms failed 10%"
     );
 }
+
+#[test]
+fn a_canary_incident_does_not_make_a_later_shared_rise_look_like_the_primarys() {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let runs = 200;
+    let mut shown = 0;
+    for seed in 0..runs {
+        let mut rng = SmallRng::seed_from_u64(2000 + seed);
+        let mut e = Evidence::new();
+        let mut at = 0.0;
+        for _ in 0..15 {
+            at += 2.0;
+            let c = scrape(&mut rng, 400.0, 0.0, 0.01, 0.01, 1);
+            e.observe_primary(at, c.stable_requests, c.stable_events);
+        }
+        // An equal canary; at 25% it has an incident of its own (10× for
+        // 20 s), then both arms go to 3× for good, from 60 s before 50%.
+        let steps = [1000u32, 2500]
+            .into_iter()
+            .flat_map(|w| std::iter::repeat_n(w, 30))
+            .chain(std::iter::repeat_n(5000, 60));
+        for (i, w) in steps.enumerate() {
+            let (p_s, p_c) = match i {
+                35..45 => (0.01, 0.1),
+                45..50 => (0.01, 0.01),
+                50.. => (0.03, 0.03),
+                _ => (0.01, 0.01),
+            };
+            at += 2.0;
+            e.observe(
+                &t,
+                at,
+                2.0,
+                w,
+                scrape(&mut rng, 400.0, f64::from(w) / 1e4, p_s, p_c, 1),
+            );
+            if w == 5000 && e.pass_statistic() >= t.pass_threshold {
+                shown += 1;
+                break;
+            }
+        }
+    }
+    assert!(
+        shown as f64 / runs as f64 >= 0.95,
+        "seeds 2000-2199: only {shown} of {runs} equal canaries were shown no worse within two \
+         minutes at 50% after an incident of their own and a rise of both arms"
+    );
+}
