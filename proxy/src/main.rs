@@ -68,15 +68,25 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     sluice_proxy::config::parse_duration(s)
 }
 
-/// mimalloc (v3, without transparent huge pages) rather than glibc's
-/// malloc: 3-5% more HTTP/2 requests per CPU-second, where a stream's
-/// frames, head and state are many short-lived allocations
-/// (`docs/benchmarks.md`). With huge pages its first arena alone kept
-/// 10 MiB resident in an idle proxy; without them it adds about 0.6 MiB.
+/// mimalloc (v3) rather than glibc's malloc: 2-4% more HTTP/2 requests
+/// per CPU-second, where a stream's frames, head and state are many
+/// short-lived allocations (`docs/benchmarks.md`, "Idle memory"). Built
+/// not to ask for transparent huge pages (`no_thp`), and `main` turns them
+/// off for the process (below): backed by huge pages, its arenas kept
+/// 10 MiB resident in an idle proxy, against 0.6 MiB without them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // On a host whose transparent huge pages are `always`, the kernel backs
+    // the allocator's arenas with them whether it asks or not. This comes
+    // after the runtime's first allocations (at most one huge page);
+    // `MIMALLOC_ALLOW_THP=0` in the environment turns them off before those
+    // too (the container image sets it).
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("note: transparent huge pages stay on for this process: {e}");
+    }
     let cli = Cli::parse();
     if let Some(Command::Check { file }) = &cli.command {
         return check(file);
