@@ -80,7 +80,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // On a host whose transparent huge pages are `always`, the kernel backs
     // the allocator's arenas with them whether it asks or not. This comes
-    // after the runtime's first allocations (at most one huge page);
+    // after the runtime's first allocations (two huge pages, measured);
     // `MIMALLOC_ALLOW_THP=0` in the environment turns them off before those
     // too (the container image sets it).
     #[cfg(target_os = "linux")]

@@ -154,22 +154,11 @@ pub struct Rise {
 }
 
 impl Level {
-    /// Adds a scrape (the primary's counts, and the canary's if it had
-    /// traffic) that ended at `at`, and expires old buckets.
+    /// Adds a scrape the gate does not judge (the baseline's; the
+    /// primary's counts, and the canary's if it had traffic) that ended at
+    /// `at`: filed as one in no rise and no hold.
     pub fn add(&mut self, at: f64, c: &Counts) {
-        if self.off {
-            return;
-        }
-        add_to(&mut self.buckets, at, [c.stable_requests, c.stable_events]);
-        self.add_ratio(at, c);
-    }
-
-    /// Adds a scrape to the canary's ratio.
-    fn add_ratio(&mut self, at: f64, c: &Counts) {
-        if c.canary_requests > 0.0 {
-            add_to(&mut self.ratio, at, [c.canary_events, predicted(c)]);
-        }
-        self.expire(at);
+        self.settle(at, c, Rise::default(), false);
     }
 
     fn expire(&mut self, now: f64) {
@@ -225,15 +214,14 @@ impl Level {
         if !rise.elevated && c.stable_requests > 0.0 {
             add_to(&mut self.buckets, at, [c.stable_requests, c.stable_events]);
         }
-        if !rise.above && !held {
-            self.add_ratio(at, c);
+        if !rise.above && !held && c.canary_requests > 0.0 {
+            add_to(&mut self.ratio, at, [c.canary_events, predicted(c)]);
         }
         self.expire(at);
     }
 
     fn judge(&mut self, began: f64, c: &Counts, phi: f64) -> Rise {
-        let level = self.rates(began);
-        let Some(rates) = level.filter(|_| c.stable_requests > 0.0) else {
+        let Some(rates) = self.rates(began).filter(|_| c.stable_requests > 0.0) else {
             self.end_run();
             return Rise::default();
         };
