@@ -325,6 +325,15 @@ lower_case_label!(RejectReason {
 });
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: u16,
+}
+
+/// The answers a request refused before routing can get (see
+/// [`Metrics::record_unreadable`]).
+pub const UNREADABLE_CODES: [u16; 4] = [400, 431, 501, 505];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub route: String,
     pub backend: BackendLabel,
@@ -577,6 +586,7 @@ pub struct Metrics {
     failovers: Family<RouteLabels, Counter>,
     tunnels: Family<TunnelLabels, Counter>,
     unrouted: Counter,
+    unreadable: Family<CodeLabels, Counter>,
     direct_responses: Family<DirectResponseLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
@@ -671,6 +681,15 @@ impl Metrics {
             "Requests no route held for (host, path and the matches' conditions), answered 404 by the proxy itself",
             unrouted.clone(),
         );
+        let unreadable = Family::<CodeLabels, Counter>::default();
+        for code in UNREADABLE_CODES {
+            drop(unreadable.get_or_create(&CodeLabels { code }));
+        }
+        registry.register(
+            "unreadable_requests",
+            "HTTP/1.x requests refused before routing, their connection closed, by the proxy's answer: 400 (a malformed or ambiguous head or framing), 431 (a head over limits.max_header_bytes or 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1); no route or backend is charged",
+            unreadable.clone(),
+        );
         let direct_responses = Family::<DirectResponseLabels, Counter>::default();
         registry.register(
             "direct_responses",
@@ -716,6 +735,7 @@ impl Metrics {
             unrouted,
             direct_responses,
             connections_rejected,
+            unreadable,
             open_connections,
             tcp,
         })
@@ -810,6 +830,12 @@ impl Metrics {
                 reason,
             })
             .clone()
+    }
+
+    /// A request refused before routing, answered `code` (one of
+    /// [`UNREADABLE_CODES`]): it reached no route, so only this counts it.
+    pub fn record_unreadable(&self, code: u16) {
+        self.unreadable.get_or_create(&CodeLabels { code }).inc();
     }
 
     /// A client connection closed at once (limits.max_connections).

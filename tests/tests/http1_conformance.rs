@@ -105,6 +105,8 @@ fn answer_for(last: &str) -> &'static [u8] {
         "nul" => b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok",
         "space-before-colon" => b"HTTP/1.1 200 OK\r\nX-A : a\r\nContent-Length: 2\r\n\r\nok",
         "status-600" => b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nok",
+        "later-minor" => b"HTTP/1.4 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "major-2" => b"HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
         "bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nmore\r\n0\r\n\r\n",
         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     }
@@ -140,8 +142,19 @@ async fn probe(proxy: &ChildProxy, request: &[u8]) -> String {
 #[tokio::test]
 async fn every_ambiguous_request_is_400_closed_and_never_reaches_a_backend() {
     let (proxy, own, ab) = setup().await;
+    let mut answered = std::collections::BTreeMap::new();
     for route in ["own", "ab"] {
-        let ambiguous: [(&str, String, &str); 17] = [
+        let ambiguous: [(&str, String, &str); 19] = [
+            (
+                "an HTTP major version other than 1",
+                format!("GET /{route} HTTP/2.0\r\nHost: a\r\n\r\n"),
+                "505",
+            ),
+            (
+                "a version with two minor digits",
+                format!("GET /{route} HTTP/1.10\r\nHost: a\r\n\r\n"),
+                "400",
+            ),
             (
                 "a fragment in the target",
                 format!("GET /{route}#/../elsewhere HTTP/1.1\r\nHost: a\r\n\r\n"),
@@ -251,6 +264,16 @@ async fn every_ambiguous_request_is_400_closed_and_never_reaches_a_backend() {
                 text.starts_with(&format!("HTTP/1.1 {status} ")),
                 "{route}, {what}: {text:?}"
             );
+            // A defect in a chunked body shows only once the request was
+            // routed: the route's client errors count it.
+            let in_the_body = [
+                "a chunk extension longer than a chunk line may be, in one piece",
+                "an invalid chunk size",
+                "a chunk line ending in a bare LF",
+            ];
+            if !in_the_body.contains(&what) {
+                *answered.entry(status).or_insert(0.0) += 1.0;
+            }
         }
     }
     assert_eq!(
@@ -266,6 +289,48 @@ async fn every_ambiguous_request_is_400_closed_and_never_reaches_a_backend() {
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_requests_total", &[]), 0.0);
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
+    assert_eq!(m.sum("sluice_client_errors_total", &[]), 6.0);
+    // Refused before routing: counted by the answer given, and only there.
+    for code in ["400", "431", "501", "505"] {
+        assert_eq!(
+            m.sum("sluice_unreadable_requests_total", &[("code", code)]),
+            answered.get(code).copied().unwrap_or(0.0),
+            "{code}"
+        );
+    }
+}
+
+/// RFC 9110 §2.5: a later minor version of HTTP/1 is read as 1.1, both a
+/// client's request and a backend's response; the backend is sent
+/// HTTP/1.1, and the client answered in it.
+#[tokio::test]
+async fn a_later_minor_version_is_served_as_http_1_1() {
+    let (proxy, own, ab) = setup().await;
+    for (route, backend) in [("own", &own), ("ab", &ab)] {
+        let text = probe(
+            &proxy,
+            format!("GET /{route}/later-minor HTTP/1.3\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\nok"),
+            "{route}: {text:?}"
+        );
+        let sent = backend.connections.lock().unwrap()[0]
+            .lock()
+            .unwrap()
+            .0
+            .clone();
+        assert!(
+            sent.starts_with(format!("GET /{route}/later-minor HTTP/1.1\r\n").as_bytes()),
+            "{route}: {:?}",
+            String::from_utf8_lossy(&sent)
+        );
+    }
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 2.0);
+    assert_eq!(m.sum("sluice_unreadable_requests_total", &[]), 0.0);
 }
 
 #[tokio::test]
@@ -282,6 +347,7 @@ async fn every_ambiguous_response_is_502_and_its_connection_dropped() {
         "nul",
         "space-before-colon",
         "status-600",
+        "major-2",
     ];
     for (route, backend) in [("own", &own), ("ab", &ab)] {
         for defect in defects {

@@ -5,7 +5,7 @@
 //! opinion on every head the model accepts. Both read the same generated
 //! and mutated requests and responses, whole and cut into random pieces,
 //! and must agree on every one: the same method, target, version, fields,
-//! body and trailers, or the same refusal (400, 431, 501; or, for a
+//! body and trailers, or the same refusal (400, 431, 501, 505; or, for a
 //! response, 502). The writers (status lines, fields, chunk framing) are
 //! checked by the model reading what they wrote.
 //!
@@ -124,6 +124,9 @@ fn read_head(bytes: &[u8], limit: usize, request: bool) -> HeadRead<'_> {
         } else {
             field_line(line).is_ok()
         };
+        if !valid && request && lines.is_empty() && other_major(line) {
+            return HeadRead::Not(Verdict::Refused(505));
+        }
         if !valid {
             return HeadRead::Not(Verdict::Refused(refuse));
         }
@@ -134,17 +137,43 @@ fn read_head(bytes: &[u8], limit: usize, request: bool) -> HeadRead<'_> {
     }
 }
 
+/// The minor version of an `HTTP/1.x` version (RFC 9112 §2.3: `HTTP/`
+/// DIGIT `.` DIGIT), later minor versions read as 1 (RFC 9110 §2.5: as
+/// the highest minor version the recipient implements).
+fn minor_of(version: &[u8]) -> Option<u8> {
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', d] if d.is_ascii_digit() => {
+            Some((*d > b'0') as u8)
+        }
+        _ => None,
+    }
+}
+
+/// A request line whose only fault is an HTTP major version of 2 to 9
+/// (RFC 9110 §15.6.6: 505 HTTP Version Not Supported).
+fn other_major(line: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let [method, target, version] = parts[..] else {
+        return false;
+    };
+    let mut as_1_1 = Vec::new();
+    for (i, part) in [method, target, b"HTTP/1.1"].iter().enumerate() {
+        if i > 0 {
+            as_1_1.push(b' ');
+        }
+        as_1_1.extend_from_slice(part);
+    }
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', b'2'..=b'9', b'.', d] if d.is_ascii_digit())
+        && start_line(&as_1_1, true).is_some()
+}
+
 /// A request line (`METHOD SP target SP HTTP/1.x`: the method, the
 /// target, the minor version) or a status line (`HTTP/1.x SP code [SP
 /// reason]`: the code as text, an empty target, the minor version).
 fn start_line(line: &[u8], request: bool) -> Option<(&[u8], &[u8], u8)> {
     if !request {
         let (version, rest) = line.split_at_checked(8)?;
-        let minor = match version {
-            b"HTTP/1.1" => 1,
-            b"HTTP/1.0" => 0,
-            _ => return None,
-        };
+        let minor = minor_of(version)?;
         let [b' ', a, b, c, reason @ ..] = rest else {
             return None;
         };
@@ -156,18 +185,16 @@ fn start_line(line: &[u8], request: bool) -> Option<(&[u8], &[u8], u8)> {
                 .all(|&x| x == b'\t' || (0x20..0x7f).contains(&x) || x >= 0x80),
             _ => false,
         };
-        let ok = code.iter().all(u8::is_ascii_digit) && code[0] != b'0' && reason_ok;
+        // RFC 9110 §15: a status code is 100 to 599.
+        let ok =
+            code.iter().all(u8::is_ascii_digit) && (b'1'..=b'5').contains(&code[0]) && reason_ok;
         return ok.then_some((&line[9..12], &[][..], minor));
     }
     let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
     let [method, target, version] = parts[..] else {
         return None;
     };
-    let minor = match version {
-        b"HTTP/1.1" => 1,
-        b"HTTP/1.0" => 0,
-        _ => return None,
-    };
+    let minor = minor_of(version)?;
     let ok = !method.is_empty()
         && method.iter().all(|&b| is_tchar(b))
         && !target.is_empty()
@@ -183,7 +210,7 @@ fn line_prefix_ok(start: bool, partial: &[u8], request: bool) -> bool {
     // A CR last is the start of its CRLF: the line before it is whole.
     if let Some((b'\r', line)) = partial.split_last() {
         return if start {
-            start_line(line, request).is_some()
+            start_line(line, request).is_some() || (request && other_major(line))
         } else {
             line.is_empty() || field_line(line).is_ok()
         };
@@ -200,9 +227,8 @@ fn line_prefix_ok(start: bool, partial: &[u8], request: bool) -> bool {
         };
     }
     if !request {
-        let shape = b"HTTP/1.x 999 ";
+        let shape = b"HTTP/1.9 999 ";
         return partial.iter().zip(shape).all(|(&b, &s)| match s {
-            b'x' => b == b'0' || b == b'1',
             b'9' => b.is_ascii_digit(),
             _ => b == s,
         }) && (partial.len() <= shape.len()
@@ -211,7 +237,19 @@ fn line_prefix_ok(start: bool, partial: &[u8], request: bool) -> bool {
                 .all(|&x| x == b'\t' || (0x20..0x7f).contains(&x) || x >= 0x80));
     }
     let parts: Vec<&[u8]> = partial.split(|&b| b == b' ').collect();
-    let version_ok = |v: &[u8]| b"HTTP/1.1".starts_with(v) || b"HTTP/1.0".starts_with(v);
+    // `HTTP/` DIGIT `.` DIGIT so far, its major 1 to 9 (2 to 9 are
+    // answered 505 once the line is whole).
+    let version_ok = |v: &[u8]| {
+        v.len() <= 8
+            && v.iter()
+                .zip(b"HTTP/9.9")
+                .enumerate()
+                .all(|(i, (&b, &s))| match (i, s) {
+                    (5, _) => (b'1'..=b'9').contains(&b),
+                    (_, b'9') => b.is_ascii_digit(),
+                    _ => b == s,
+                })
+    };
     match parts[..] {
         [method] => method.iter().all(|&b| is_tchar(b)),
         [method, target] => {
@@ -607,6 +645,7 @@ fn codec_request(bytes: &[u8], cuts: &mut dyn Iterator<Item = usize>) -> Verdict
             Ok(None) => {}
             Err(HeadError::TooLarge) => return Verdict::Refused(431),
             Err(HeadError::Malformed(_)) => return Verdict::Refused(400),
+            Err(HeadError::Version) => return Verdict::Refused(505),
         }
     };
     let fields = FieldsOf::new(bytes, &spans);
@@ -671,6 +710,29 @@ fn codec_response(
 /// `httparse`'s reading of a head the model accepted: its fields must be
 /// the model's.
 fn httparse_agrees(bytes: &[u8], model: &Message, request: bool) -> bool {
+    // `httparse` reads HTTP/1.0 and 1.1 only: a later minor version is
+    // shown to it as 1.1, as the model reads it.
+    let mut bytes = bytes.to_vec();
+    let skipped = bytes
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(0);
+    let line_end = skipped
+        + bytes[skipped..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(0);
+    let version_at = if request {
+        line_end.saturating_sub(8)
+    } else {
+        skipped
+    };
+    if let [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor, ..] = &mut bytes[version_at..]
+        && (b'2'..=b'9').contains(minor)
+    {
+        *minor = b'1';
+    }
+    let bytes = &bytes[..];
     let mut room = vec![httparse::EMPTY_HEADER; MAX_FIELDS];
     let fields = if request {
         let mut req = httparse::Request::new(&mut room);
@@ -737,6 +799,18 @@ const TOKEN: &[u8] =
 const VALUE: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789 -=;,./:\"()\t\x80\xff";
 const PATH: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-._~/%?=&:@!$'()*+,;";
 
+/// An HTTP version: mostly 1.1, some 1.0, and now and then a later minor
+/// (read as 1.1) or another major version (a request's is answered 505,
+/// a response's 502).
+fn version(dice: &mut Dice) -> String {
+    match dice.below(100) {
+        0..=84 => "HTTP/1.1".into(),
+        85..=94 => "HTTP/1.0".into(),
+        95..=97 => format!("HTTP/1.{}", 2 + dice.below(8)),
+        _ => format!("HTTP/{}.{}", 2 + dice.below(8), dice.below(10)),
+    }
+}
+
 /// A well-formed message: a start line, fields, and a body framed by a
 /// length, chunked (with extensions and trailers), or (a response) not.
 fn generate(dice: &mut Dice, request: bool) -> Vec<u8> {
@@ -746,19 +820,11 @@ fn generate(dice: &mut Dice, request: bool) -> Vec<u8> {
             "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "X-CUSTOM",
         ]);
         let target = format!("/{}", String::from_utf8(dice.bytes(0, 30, PATH)).unwrap());
-        let version = if dice.chance(90) {
-            "HTTP/1.1"
-        } else {
-            "HTTP/1.0"
-        };
+        let version = version(dice);
         out.extend_from_slice(format!("{method} {target} {version}\r\n").as_bytes());
     } else {
         let code = dice.pick(&[200, 201, 204, 299, 304, 404, 500, 103]);
-        let version = if dice.chance(90) {
-            "HTTP/1.1"
-        } else {
-            "HTTP/1.0"
-        };
+        let version = version(dice);
         out.extend_from_slice(format!("{version} {code} Reason\r\n").as_bytes());
     }
     for _ in 0..dice.below(8) {

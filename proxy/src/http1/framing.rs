@@ -377,7 +377,7 @@ impl Decoder {
             Err(HeadError::TooLarge) => {
                 return Err(DecodeError("the trailer section is too large"));
             }
-            Err(HeadError::Malformed(_)) => {
+            Err(HeadError::Malformed(_) | HeadError::Version) => {
                 return Err(DecodeError("the trailer section is malformed"));
             }
         };

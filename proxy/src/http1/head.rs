@@ -91,6 +91,9 @@ pub enum HeadError {
     TooLarge,
     /// Not a well-formed head: what is wrong with it.
     Malformed(&'static str),
+    /// A request line of an HTTP major version other than 1
+    /// (`HTTP/2.0` to `HTTP/9.9`): answered 505.
+    Version,
 }
 
 impl std::fmt::Display for HeadError {
@@ -98,6 +101,7 @@ impl std::fmt::Display for HeadError {
         match self {
             HeadError::TooLarge => f.write_str("the head is too large"),
             HeadError::Malformed(what) => f.write_str(what),
+            HeadError::Version => f.write_str("the HTTP major version is not 1"),
         }
     }
 }
@@ -108,7 +112,7 @@ pub struct RequestLine {
     pub method: Method,
     /// Where the request target lies in the buffer.
     pub target: (usize, usize),
-    /// HTTP/1.`minor` (0 or 1).
+    /// HTTP/1.`minor` (0 or 1: a later minor version is read as 1).
     pub minor: u8,
     /// Bytes of the head, its blank line included.
     pub len: usize,
@@ -137,23 +141,63 @@ pub fn parse_request(
     spans: &mut Vec<Span>,
 ) -> Result<Option<RequestLine>, HeadError> {
     let window = &buf[..buf.len().min(max_len)];
+    match parse_request_in(window, max_len, spans) {
+        // RFC 9110 §2.5: a message of a later minor version of a major
+        // version the recipient implements is processed as its highest
+        // minor version. `httparse` reads only 1.0 and 1.1: the head is
+        // read again with the minor digit taken as 1 (one copy, for such
+        // requests alone; the positions are the same in both).
+        Err(HeadError::Malformed(why)) if why == NOT_1_0_OR_1_1 => {
+            match other_version(window) {
+                OtherVersion::LaterMinor(at) => {
+                    let mut read_as = window.to_vec();
+                    read_as[at] = b'1';
+                    parse_request_in(&read_as, max_len, spans)
+                }
+                // 505 for a line that is well-formed but for its major
+                // version: the line alone is read again as HTTP/1.1.
+                OtherVersion::Major { at, end } => {
+                    let mut probe = window[..end].to_vec();
+                    probe[at..at + 3].copy_from_slice(b"1.1");
+                    probe.extend_from_slice(b"\r\n");
+                    match parse_request_in(&probe, probe.len(), &mut Vec::new()) {
+                        Err(other) => Err(other),
+                        Ok(_) => Err(HeadError::Version),
+                    }
+                }
+                OtherVersion::Incomplete if window.len() >= max_len => Err(HeadError::TooLarge),
+                OtherVersion::Incomplete => Ok(None),
+                OtherVersion::Neither => Err(HeadError::Malformed(why)),
+            }
+        }
+        parsed => parsed,
+    }
+}
+
+/// [`parse_request`] of `window` (the buffer's first `max_len` bytes at
+/// most), as `httparse` reads it.
+fn parse_request_in(
+    window: &[u8],
+    max_len: usize,
+    spans: &mut Vec<Span>,
+) -> Result<Option<RequestLine>, HeadError> {
     let mut room = field_room();
     let mut req = httparse::Request::new(&mut []);
     match httparse::ParserConfig::default()
         .parse_request_with_uninit_headers(&mut req, window, &mut room)
     {
         Ok(httparse::Status::Complete(len)) => {
-            check_line_ends(&buf[..len])?;
+            check_line_ends(&window[..len])?;
             let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
                 .map_err(|_| HeadError::Malformed("the method is not a token"))?;
             let target = req.path.unwrap_or_default().as_bytes();
             if let Some(defect) = crate::fields::target_defect(target) {
                 return Err(HeadError::Malformed(defect));
             }
-            record_spans(buf, req.headers, spans);
+            record_spans(window, req.headers, spans);
             Ok(Some(RequestLine {
                 method,
-                target: offset_in(buf, target),
+                target: offset_in(window, target),
                 minor: req.version.unwrap_or_default(),
                 len,
             }))
@@ -164,25 +208,119 @@ pub fn parse_request(
     }
 }
 
+/// The shape of an HTTP version: `HTTP/` DIGIT `.` DIGIT (RFC 9112 §2.3).
+const VERSION: &[u8] = b"HTTP/1.1";
+
+/// What a request line's version is when `httparse` did not read it.
+#[derive(Debug, PartialEq, Eq)]
+enum OtherVersion {
+    /// `HTTP/1.2` to `HTTP/1.9`: where its minor digit is.
+    LaterMinor(usize),
+    /// `HTTP/2.0` to `HTTP/9.9`: where its major digit is, and where the
+    /// line ends (after its LF).
+    Major { at: usize, end: usize },
+    /// The line has not ended, and what has come of the version can
+    /// still be one of the above.
+    Incomplete,
+    /// Anything else: the head is malformed, as `httparse` said.
+    Neither,
+}
+
+/// The version of the request line at the start of `window` (the part
+/// after its last space, where a well-formed line has it).
+fn other_version(window: &[u8]) -> OtherVersion {
+    // RFC 9112 §2.2: empty lines before the request line are skipped
+    // (as `httparse` does).
+    let whole = window;
+    let mut window = window;
+    while let Some(rest) = window.strip_prefix(b"\r\n") {
+        window = rest;
+    }
+    let (line, end) = match memchr::memchr(b'\n', window) {
+        Some(lf) => match window[..lf].strip_suffix(b"\r") {
+            Some(line) => (line, Some(offset_in(whole, window).0 + lf + 1)),
+            None => return OtherVersion::Neither,
+        },
+        None => (window.strip_suffix(b"\r").unwrap_or(window), None),
+    };
+    let ended = end.is_some();
+    let Some(space) = memchr::memrchr(b' ', line) else {
+        return OtherVersion::Neither;
+    };
+    let version = &line[space + 1..];
+    let shaped = |v: &[u8]| {
+        v.len() <= VERSION.len()
+            && v.iter().zip(VERSION).all(|(&b, &shape)| {
+                if shape.is_ascii_digit() {
+                    b.is_ascii_digit()
+                } else {
+                    b == shape
+                }
+            })
+    };
+    if !shaped(version) {
+        return OtherVersion::Neither;
+    }
+    if version.len() < VERSION.len() {
+        return if ended {
+            OtherVersion::Neither
+        } else {
+            OtherVersion::Incomplete
+        };
+    }
+    match (version[5], version[7]) {
+        (b'1', b'2'..=b'9') => OtherVersion::LaterMinor(offset_in(whole, version).0 + 7),
+        // Only a whole line says the version is all there is of it.
+        (b'2'..=b'9', _) if let Some(end) = end => OtherVersion::Major {
+            at: offset_in(whole, version).0 + 5,
+            end,
+        },
+        (b'2'..=b'9', _) => OtherVersion::Incomplete,
+        _ => OtherVersion::Neither,
+    }
+}
+
 /// Parses the response head at the start of `buf` (at most
 /// [`MAX_RESPONSE_HEAD`] bytes), its fields' positions into `spans`.
 /// None: not complete yet.
 pub fn parse_response(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<StatusLine>, HeadError> {
     let window = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
+    match parse_response_in(window, spans) {
+        // A later minor version is read as 1.1, as a request's is (see
+        // [`parse_request`]); a status line starts with its version.
+        Err(HeadError::Malformed(why))
+            if why == NOT_1_0_OR_1_1
+                && window.len() >= VERSION.len()
+                && window[..7] == VERSION[..7]
+                && (b'2'..=b'9').contains(&window[7]) =>
+        {
+            let mut read_as = window.to_vec();
+            read_as[7] = b'1';
+            parse_response_in(&read_as, spans)
+        }
+        parsed => parsed,
+    }
+}
+
+/// [`parse_response`] of `window`, as `httparse` reads it.
+fn parse_response_in(
+    window: &[u8],
+    spans: &mut Vec<Span>,
+) -> Result<Option<StatusLine>, HeadError> {
     let mut room = field_room();
     let mut resp = httparse::Response::new(&mut []);
     match httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut resp, window, &mut room)
     {
         Ok(httparse::Status::Complete(len)) => {
-            check_line_ends(&buf[..len])?;
+            check_line_ends(&window[..len])?;
             let code = resp.code.unwrap_or_default();
             // RFC 9110 §15: a status code is 100 to 599.
             let status = StatusCode::from_u16(code)
                 .ok()
                 .filter(|s| s.as_u16() <= 599)
                 .ok_or(HeadError::Malformed("the status code is not 100 to 599"))?;
-            record_spans(buf, resp.headers, spans);
+            record_spans(window, resp.headers, spans);
             Ok(Some(StatusLine {
                 status,
                 minor: resp.version.unwrap_or_default(),
@@ -223,6 +361,9 @@ pub fn parse_trailers(
     }
 }
 
+/// `httparse`'s version error: a version neither 1.0 nor 1.1.
+const NOT_1_0_OR_1_1: &str = "the HTTP version is not HTTP/1.x";
+
 /// What an `httparse` error says of the head.
 fn refused(e: httparse::Error) -> HeadError {
     HeadError::Malformed(match e {
@@ -238,7 +379,7 @@ fn refused(e: httparse::Error) -> HeadError {
         httparse::Error::Token => {
             "the request line is not `METHOD SP target SP HTTP/1.x` (one space apart)"
         }
-        httparse::Error::Version => "the HTTP version is not HTTP/1.0 or HTTP/1.1",
+        httparse::Error::Version => NOT_1_0_OR_1_1,
     })
 }
 
@@ -308,7 +449,15 @@ mod tests {
             ("space before colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n"),
             ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\n y\r\n\r\n"),
             ("two spaces", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+            ("HTTP/1.10", b"GET / HTTP/1.10\r\nHost: x\r\n\r\n"),
+            ("HTTP/0.9", b"GET / HTTP/0.9\r\nHost: x\r\n\r\n"),
+            ("HTTPS/1.2", b"GET / HTTPS/1.2\r\nHost: x\r\n\r\n"),
+            ("HTTP/1.2, bare LF", b"GET / HTTP/1.2\nHost: x\r\n\r\n"),
+            (
+                "HTTP/1.2, then a bare LF",
+                b"GET / HTTP/1.2\r\nHost: x\nY: z\r\n\r\n",
+            ),
+            ("HTTP/2.0 cut short", b"GET / HTTP/2.\r\nHost: x\r\n\r\n"),
             (
                 "non-ASCII target",
                 b"GET /\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -320,6 +469,61 @@ mod tests {
                 request(bytes)
             );
         }
+    }
+
+    #[test]
+    fn a_later_minor_version_is_read_as_1_1_and_another_major_is_its_own_error() {
+        let bytes = b"PUT /v HTTP/1.7\r\nHost: x\r\n\r\n";
+        let mut spans = Vec::new();
+        let line = parse_request(bytes, 1024, &mut spans).unwrap().unwrap();
+        assert_eq!(line.method, Method::PUT);
+        assert_eq!(&bytes[line.target.0..line.target.1], b"/v");
+        assert_eq!((line.minor, line.len), (1, bytes.len()));
+        let fields: Vec<_> = FieldsOf::new(bytes, &spans).iter().collect();
+        assert_eq!(fields, [(&b"Host"[..], &b"x"[..])]);
+        let bytes = b"\r\nGET / HTTP/1.2\r\n\r\n";
+        let line = request(bytes).unwrap().unwrap();
+        assert_eq!((line.target, line.minor), ((6, 7), 1));
+        // Not complete yet: more is waited for, whatever the version.
+        for partial in [
+            &b"GET / HTTP/1.2"[..],
+            b"GET / HTTP/1.2\r",
+            b"GET / HTTP/1.2\r\nHost: x\r\n",
+            b"GET / HTTP/2",
+            b"GET / HTTP/3.0\r",
+            b"\r\n\r\nGET / HTTP/1.3\r\n",
+        ] {
+            assert_eq!(request(partial), Ok(None), "{partial:?}");
+        }
+        // Once the line is whole, its major version is known.
+        for major in [
+            &b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"[..],
+            b"GET / HTTP/9.1\r\n",
+            b"\r\nGET / HTTP/3.0\r\n",
+        ] {
+            assert_eq!(request(major), Err(HeadError::Version), "{major:?}");
+        }
+        // A line with another fault is malformed, whatever its version.
+        for bad in [&b"GET /#f HTTP/2.0\r\n"[..], b"GET  / HTTP/2.0\r\n"] {
+            assert!(
+                matches!(request(bad), Err(HeadError::Malformed(_))),
+                "{bad:?}"
+            );
+        }
+        // Waiting for the line's end stops at the head's limit.
+        let long = format!("GET /{} HTTP/1.2", "a".repeat(40));
+        assert_eq!(
+            parse_request(long.as_bytes(), long.len(), &mut Vec::new()),
+            Err(HeadError::TooLarge)
+        );
+        let line = parse_response(b"HTTP/1.3 204 No\r\nA: b\r\n\r\n", &mut spans)
+            .unwrap()
+            .unwrap();
+        assert_eq!((line.status, line.minor), (StatusCode::NO_CONTENT, 1));
+        assert!(matches!(
+            parse_response(b"HTTP/2.0 200 OK\r\n\r\n", &mut spans),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -470,7 +470,7 @@ impl Conn {
                         "the response head is larger than 64 KiB or has too many fields",
                     ));
                 }
-                Err(HeadError::Malformed(what)) => {
+                Err(what @ (HeadError::Malformed(_) | HeadError::Version)) => {
                     return Err(protocol(format!("malformed response head: {what}")));
                 }
             };

@@ -257,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                 Read::Head(head) => Head { pipelined, ..head },
                 Read::Closed => return Next::Close,
                 Read::Refused(status, why) => {
+                    state.store.metrics().record_unreadable(status.as_u16());
                     let local = crate::answer::unreadable(status, why);
                     let _ = self.writer().local(local, Reply::closing()).await;
                     return Next::Close;
@@ -330,6 +331,12 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                     Err(HeadError::Malformed(why)) => {
                         return Read::Refused(StatusCode::BAD_REQUEST, why);
                     }
+                    Err(HeadError::Version) => {
+                        return Read::Refused(
+                            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                            "HTTP/1.x is served here (and HTTP/2 with its preface or ALPN), not this request line's major version",
+                        );
+                    }
                 }
             }
             if inbound.read_closed {
@@ -384,6 +391,10 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
         let framing = match crate::http1::framing::request(&fields, line.minor) {
             Ok(framing) => framing,
             Err(refused) => {
+                state
+                    .store
+                    .metrics()
+                    .record_unreadable(refused.status.as_u16());
                 let local = crate::answer::unreadable(refused.status, refused.reason);
                 return self.writer().local(local, Reply::closing()).await;
             }
