@@ -330,8 +330,8 @@ pub struct CodeLabels {
 }
 
 /// The answers a request refused before routing can get (see
-/// [`Metrics::record_unreadable`]).
-pub const UNREADABLE_CODES: [u16; 4] = [400, 431, 501, 505];
+/// [`Metrics::record_refused`]).
+pub const REFUSED_CODES: [u16; 5] = [400, 405, 431, 501, 505];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
@@ -586,7 +586,7 @@ pub struct Metrics {
     failovers: Family<RouteLabels, Counter>,
     tunnels: Family<TunnelLabels, Counter>,
     unrouted: Counter,
-    unreadable: Family<CodeLabels, Counter>,
+    refused: Family<CodeLabels, Counter>,
     direct_responses: Family<DirectResponseLabels, Counter>,
     connections_rejected: Counter,
     open_connections: Gauge,
@@ -681,14 +681,14 @@ impl Metrics {
             "Requests no route held for (host, path and the matches' conditions), answered 404 by the proxy itself",
             unrouted.clone(),
         );
-        let unreadable = Family::<CodeLabels, Counter>::default();
-        for code in UNREADABLE_CODES {
-            drop(unreadable.get_or_create(&CodeLabels { code }));
+        let refused = Family::<CodeLabels, Counter>::default();
+        for code in REFUSED_CODES {
+            drop(refused.get_or_create(&CodeLabels { code }));
         }
         registry.register(
-            "unreadable_requests",
-            "HTTP/1.x requests refused before routing, their connection closed, by the proxy's answer: 400 (a malformed or ambiguous head or framing), 431 (a head over limits.max_header_bytes or 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1); no route or backend is charged",
-            unreadable.clone(),
+            "refused_requests",
+            "Requests the proxy refused before routing, by its answer: 400 (a malformed or ambiguous HTTP/1.x head or framing; a missing, repeated or malformed Host; a method or target it does not forward), 405 (CONNECT), 431 (an HTTP/1.x head over limits.max_header_bytes or 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1 in a request line); no route or backend is charged",
+            refused.clone(),
         );
         let direct_responses = Family::<DirectResponseLabels, Counter>::default();
         registry.register(
@@ -735,7 +735,7 @@ impl Metrics {
             unrouted,
             direct_responses,
             connections_rejected,
-            unreadable,
+            refused,
             open_connections,
             tcp,
         })
@@ -833,9 +833,13 @@ impl Metrics {
     }
 
     /// A request refused before routing, answered `code` (one of
-    /// [`UNREADABLE_CODES`]): it reached no route, so only this counts it.
-    pub fn record_unreadable(&self, code: u16) {
-        self.unreadable.get_or_create(&CodeLabels { code }).inc();
+    /// [`REFUSED_CODES`]): it reached no route, so only this counts it.
+    pub fn record_refused(&self, code: u16) {
+        debug_assert!(
+            REFUSED_CODES.contains(&code),
+            "{code} is not a refusal's code"
+        );
+        self.refused.get_or_create(&CodeLabels { code }).inc();
     }
 
     /// A client connection closed at once (limits.max_connections).

@@ -144,7 +144,12 @@ async fn every_ambiguous_request_is_400_closed_and_never_reaches_a_backend() {
     let (proxy, own, ab) = setup().await;
     let mut answered = std::collections::BTreeMap::new();
     for route in ["own", "ab"] {
-        let ambiguous: [(&str, String, &str); 19] = [
+        let ambiguous: [(&str, String, &str); 20] = [
+            (
+                "two Host fields",
+                format!("GET /{route} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+                "400",
+            ),
             (
                 "an HTTP major version other than 1",
                 format!("GET /{route} HTTP/2.0\r\nHost: a\r\n\r\n"),
@@ -291,9 +296,9 @@ async fn every_ambiguous_request_is_400_closed_and_never_reaches_a_backend() {
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
     assert_eq!(m.sum("sluice_client_errors_total", &[]), 6.0);
     // Refused before routing: counted by the answer given, and only there.
-    for code in ["400", "431", "501", "505"] {
+    for code in ["400", "405", "431", "501", "505"] {
         assert_eq!(
-            m.sum("sluice_unreadable_requests_total", &[("code", code)]),
+            m.sum("sluice_refused_requests_total", &[("code", code)]),
             answered.get(code).copied().unwrap_or(0.0),
             "{code}"
         );
@@ -330,7 +335,7 @@ async fn a_later_minor_version_is_served_as_http_1_1() {
     }
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 2.0);
-    assert_eq!(m.sum("sluice_unreadable_requests_total", &[]), 0.0);
+    assert_eq!(m.sum("sluice_refused_requests_total", &[]), 0.0);
 }
 
 #[tokio::test]

@@ -551,6 +551,12 @@ async fn handle(
     };
     let head_request = parts.method == Method::HEAD;
     if let Err(refusal) = crate::route::check(&req) {
+        if !refusal.status.is_success() {
+            state
+                .store
+                .metrics()
+                .record_refused(refusal.status.as_u16());
+        }
         return Some((local(crate::answer::refused(refusal)), None));
     }
     let secure = state.scheme == "https";

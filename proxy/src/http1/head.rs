@@ -91,8 +91,8 @@ pub enum HeadError {
     TooLarge,
     /// Not a well-formed head: what is wrong with it.
     Malformed(&'static str),
-    /// A request line of an HTTP major version other than 1
-    /// (`HTTP/2.0` to `HTTP/9.9`): answered 505.
+    /// A request line, well-formed otherwise, of HTTP major version 2 to
+    /// 9 (`HTTP/2.0` to `HTTP/9.9`): answered 505.
     Version,
 }
 
@@ -101,7 +101,7 @@ impl std::fmt::Display for HeadError {
         match self {
             HeadError::TooLarge => f.write_str("the head is too large"),
             HeadError::Malformed(what) => f.write_str(what),
-            HeadError::Version => f.write_str("the HTTP major version is not 1"),
+            HeadError::Version => f.write_str("the HTTP major version is 2 to 9"),
         }
     }
 }
@@ -145,8 +145,9 @@ pub fn parse_request(
         // RFC 9110 §2.5: a message of a later minor version of a major
         // version the recipient implements is processed as its highest
         // minor version. `httparse` reads only 1.0 and 1.1: the head is
-        // read again with the minor digit taken as 1 (one copy, for such
-        // requests alone; the positions are the same in both).
+        // read again from a copy with the minor digit taken as 1 (a copy
+        // per attempt, for such requests alone; the positions are the
+        // same in both).
         Err(HeadError::Malformed(why)) if why == NOT_1_0_OR_1_1 => {
             match other_version(window) {
                 OtherVersion::LaterMinor(at) => {
@@ -208,8 +209,24 @@ fn parse_request_in(
     }
 }
 
-/// The shape of an HTTP version: `HTTP/` DIGIT `.` DIGIT (RFC 9112 §2.3).
-const VERSION: &[u8] = b"HTTP/1.1";
+/// An HTTP version's shape: `HTTP/` DIGIT `.` DIGIT (RFC 9112 §2.3), of
+/// major version 1 to 9 (`9` stands for any digit of that range, `D`
+/// for any digit).
+const VERSION_SHAPE: &[u8] = b"HTTP/9.D";
+
+/// Whether `version` is all or the start of a version of
+/// [`VERSION_SHAPE`].
+fn version_so_far(version: &[u8]) -> bool {
+    version.len() <= VERSION_SHAPE.len()
+        && version
+            .iter()
+            .zip(VERSION_SHAPE)
+            .all(|(&b, &shape)| match shape {
+                b'9' => (b'1'..=b'9').contains(&b),
+                b'D' => b.is_ascii_digit(),
+                _ => b == shape,
+            })
+}
 
 /// What a request line's version is when `httparse` did not read it.
 #[derive(Debug, PartialEq, Eq)]
@@ -219,15 +236,16 @@ enum OtherVersion {
     /// `HTTP/2.0` to `HTTP/9.9`: where its major digit is, and where the
     /// line ends (after its LF).
     Major { at: usize, end: usize },
-    /// The line has not ended, and what has come of the version can
-    /// still be one of the above.
+    /// The line has not ended, and what has come of it can still be a
+    /// line of one of the above.
     Incomplete,
     /// Anything else: the head is malformed, as `httparse` said.
     Neither,
 }
 
-/// The version of the request line at the start of `window` (the part
-/// after its last space, where a well-formed line has it).
+/// The version of the request line at the start of `window`: its third
+/// part (`METHOD SP target SP version`; `httparse` has read the first two,
+/// and the line has no other space or CR).
 fn other_version(window: &[u8]) -> OtherVersion {
     // RFC 9112 §2.2: empty lines before the request line are skipped
     // (as `httparse` does).
@@ -243,39 +261,29 @@ fn other_version(window: &[u8]) -> OtherVersion {
         },
         None => (window.strip_suffix(b"\r").unwrap_or(window), None),
     };
-    let ended = end.is_some();
-    let Some(space) = memchr::memrchr(b' ', line) else {
-        return OtherVersion::Neither;
-    };
-    let version = &line[space + 1..];
-    let shaped = |v: &[u8]| {
-        v.len() <= VERSION.len()
-            && v.iter().zip(VERSION).all(|(&b, &shape)| {
-                if shape.is_ascii_digit() {
-                    b.is_ascii_digit()
-                } else {
-                    b == shape
-                }
-            })
-    };
-    if !shaped(version) {
+    if memchr::memchr(b'\r', line).is_some() {
         return OtherVersion::Neither;
     }
-    if version.len() < VERSION.len() {
-        return if ended {
-            OtherVersion::Neither
-        } else {
-            OtherVersion::Incomplete
-        };
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(_), Some(_), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return OtherVersion::Neither;
+    };
+    if !version_so_far(version) {
+        return OtherVersion::Neither;
     }
-    match (version[5], version[7]) {
-        (b'1', b'2'..=b'9') => OtherVersion::LaterMinor(offset_in(whole, version).0 + 7),
+    let Some(end) = end else {
         // Only a whole line says the version is all there is of it.
-        (b'2'..=b'9', _) if let Some(end) = end => OtherVersion::Major {
-            at: offset_in(whole, version).0 + 5,
-            end,
-        },
-        (b'2'..=b'9', _) => OtherVersion::Incomplete,
+        return OtherVersion::Incomplete;
+    };
+    if version.len() < VERSION_SHAPE.len() {
+        return OtherVersion::Neither;
+    }
+    let at = offset_in(whole, version).0;
+    match (version[5], version[7]) {
+        (b'1', b'2'..=b'9') => OtherVersion::LaterMinor(at + 7),
+        (b'2'..=b'9', _) => OtherVersion::Major { at: at + 5, end },
         _ => OtherVersion::Neither,
     }
 }
@@ -287,16 +295,21 @@ pub fn parse_response(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Status
     let window = &buf[..buf.len().min(MAX_RESPONSE_HEAD)];
     match parse_response_in(window, spans) {
         // A later minor version is read as 1.1, as a request's is (see
-        // [`parse_request`]); a status line starts with its version.
-        Err(HeadError::Malformed(why))
-            if why == NOT_1_0_OR_1_1
-                && window.len() >= VERSION.len()
-                && window[..7] == VERSION[..7]
-                && (b'2'..=b'9').contains(&window[7]) =>
-        {
-            let mut read_as = window.to_vec();
-            read_as[7] = b'1';
-            parse_response_in(&read_as, spans)
+        // [`parse_request`]); a status line starts with its version, after
+        // any empty lines (skipped, as `httparse` does).
+        Err(HeadError::Malformed(why)) if why == NOT_1_0_OR_1_1 => {
+            let mut at = 0;
+            while window[at..].starts_with(b"\r\n") {
+                at += 2;
+            }
+            match window.get(at..at + VERSION_SHAPE.len()) {
+                Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9']) => {
+                    let mut read_as = window.to_vec();
+                    read_as[at + 7] = b'1';
+                    parse_response_in(&read_as, spans)
+                }
+                _ => Err(HeadError::Malformed(why)),
+            }
         }
         parsed => parsed,
     }
@@ -503,13 +516,28 @@ mod tests {
         ] {
             assert_eq!(request(major), Err(HeadError::Version), "{major:?}");
         }
-        // A line with another fault is malformed, whatever its version.
-        for bad in [&b"GET /#f HTTP/2.0\r\n"[..], b"GET  / HTTP/2.0\r\n"] {
+        // A line with another fault is malformed, whatever its version,
+        // and at once when no more bytes can mend it.
+        for bad in [
+            &b"GET /#f HTTP/2.0\r\n"[..],
+            b"GET  / HTTP/2.0\r\n",
+            b"GET / HTTP/1.5\r ",
+            b"GET / HTTP/2\r ",
+            b"GET / HTTP/1.5 ",
+            b"GET / HTTP/0",
+            b"GET / HTTP/0.",
+            b"GET / HTTP/1.5 x",
+        ] {
             assert!(
                 matches!(request(bad), Err(HeadError::Malformed(_))),
                 "{bad:?}"
             );
         }
+        let spaces = format!("GET / HTTP/1.5{}", " ".repeat(200));
+        assert!(matches!(
+            parse_request(spaces.as_bytes(), 100, &mut Vec::new()),
+            Err(HeadError::Malformed(_))
+        ));
         // Waiting for the line's end stops at the head's limit.
         let long = format!("GET /{} HTTP/1.2", "a".repeat(40));
         assert_eq!(
@@ -520,6 +548,10 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((line.status, line.minor), (StatusCode::NO_CONTENT, 1));
+        let line = parse_response(b"\r\nHTTP/1.2 200 OK\r\n\r\n", &mut spans)
+            .unwrap()
+            .unwrap();
+        assert_eq!((line.status, line.minor), (StatusCode::OK, 1));
         assert!(matches!(
             parse_response(b"HTTP/2.0 200 OK\r\n\r\n", &mut spans),
             Err(HeadError::Malformed(_))

@@ -257,7 +257,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                 Read::Head(head) => Head { pipelined, ..head },
                 Read::Closed => return Next::Close,
                 Read::Refused(status, why) => {
-                    state.store.metrics().record_unreadable(status.as_u16());
+                    state.store.metrics().record_refused(status.as_u16());
                     let local = crate::answer::unreadable(status, why);
                     let _ = self.writer().local(local, Reply::closing()).await;
                     return Next::Close;
@@ -394,7 +394,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                 state
                     .store
                     .metrics()
-                    .record_unreadable(refused.status.as_u16());
+                    .record_refused(refused.status.as_u16());
                 let local = crate::answer::unreadable(refused.status, refused.reason);
                 return self.writer().local(local, Reply::closing()).await;
             }
@@ -424,6 +424,12 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
             self.read_size = BODY_READ_SIZE;
         }
         if let Err(refusal) = crate::route::check(&req) {
+            if !refusal.status.is_success() {
+                state
+                    .store
+                    .metrics()
+                    .record_refused(refusal.status.as_u16());
+            }
             self.unread_body = unread_body;
             reply.close |= unread_body || refusal.status == StatusCode::BAD_REQUEST;
             return self
