@@ -617,12 +617,28 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
         text.starts_with("http/1.1 200") && text.contains("allow: get"),
         "{text}"
     );
+    // A method that is not upper-case, over HTTP/2: refused before routing.
+    let req = http::Request::builder()
+        .method(http::Method::from_bytes(b"fetch").unwrap())
+        .uri(format!("http://{}/admin", proxy.addr))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    let (status, _, _) = send(&h2_client(), req).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let m = scrape(proxy.admin).await;
     assert_eq!(
         m.sum("sluice_requests_total", &[("route", "rest")]),
         0.0,
         "OPTIONS * or CONNECT was forwarded"
     );
+    // The refusals count by their answer; OPTIONS * is none.
+    for (code, count) in [("400", 1.0), ("405", 1.0), ("200", 0.0)] {
+        assert_eq!(
+            m.sum("sluice_refused_requests_total", &[("code", code)]),
+            count,
+            "{code}"
+        );
+    }
 }
 
 /// The request timeout starts when the request body has been sent: an

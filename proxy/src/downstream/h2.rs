@@ -550,13 +550,7 @@ async fn handle(
         upgrade: None,
     };
     let head_request = parts.method == Method::HEAD;
-    if let Err(refusal) = crate::route::check(&req) {
-        if !refusal.status.is_success() {
-            state
-                .store
-                .metrics()
-                .record_refused(refusal.status.as_u16());
-        }
+    if let Err(refusal) = state.check(&req) {
         return Some((local(crate::answer::refused(refusal)), None));
     }
     let secure = state.scheme == "https";

@@ -39,4 +39,18 @@ impl ProxyState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// [`crate::route::check`], a refusal counted in
+    /// `sluice_refused_requests_total` (an `OPTIONS *` answered 200 is no
+    /// refusal).
+    pub fn check(
+        &self,
+        req: &crate::route::ClientRequest<'_>,
+    ) -> Result<(), crate::route::Refusal> {
+        crate::route::check(req).inspect_err(|refusal| {
+            if !refusal.status.is_success() {
+                self.store.metrics().record_refused(refusal.status.as_u16());
+            }
+        })
+    }
 }

@@ -423,13 +423,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
         if unread_body {
             self.read_size = BODY_READ_SIZE;
         }
-        if let Err(refusal) = crate::route::check(&req) {
-            if !refusal.status.is_success() {
-                state
-                    .store
-                    .metrics()
-                    .record_refused(refusal.status.as_u16());
-            }
+        if let Err(refusal) = state.check(&req) {
             self.unread_body = unread_body;
             reply.close |= unread_body || refusal.status == StatusCode::BAD_REQUEST;
             return self
