@@ -156,13 +156,7 @@ fn other_major(line: &[u8]) -> bool {
     let [method, target, version] = parts[..] else {
         return false;
     };
-    let mut as_1_1 = Vec::new();
-    for (i, part) in [method, target, b"HTTP/1.1"].iter().enumerate() {
-        if i > 0 {
-            as_1_1.push(b' ');
-        }
-        as_1_1.extend_from_slice(part);
-    }
+    let as_1_1 = [method, target, b"HTTP/1.1"].join(&b' ');
     matches!(version, [b'H', b'T', b'T', b'P', b'/', b'2'..=b'9', b'.', d] if d.is_ascii_digit())
         && start_line(&as_1_1, true).is_some()
 }

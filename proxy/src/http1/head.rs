@@ -151,9 +151,7 @@ pub fn parse_request(
         Err(HeadError::Malformed(why)) if why == NOT_1_0_OR_1_1 => {
             match other_version(window) {
                 OtherVersion::LaterMinor(at) => {
-                    let mut read_as = window.to_vec();
-                    read_as[at] = b'1';
-                    parse_request_in(&read_as, max_len, spans)
+                    parse_request_in(&as_minor_1(window, at), max_len, spans)
                 }
                 // 505 for a line that is well-formed but for its major
                 // version: the line alone is read again as HTTP/1.1.
@@ -228,6 +226,31 @@ fn version_so_far(version: &[u8]) -> bool {
             })
 }
 
+/// Where a head's start line begins: after any empty lines (RFC 9112
+/// §2.2: skipped, as `httparse` does).
+fn start_of_line(window: &[u8]) -> usize {
+    let mut at = 0;
+    while window[at..].starts_with(b"\r\n") {
+        at += 2;
+    }
+    at
+}
+
+/// Whether `version` is `HTTP/1.2` to `HTTP/1.9`, read as 1.1.
+fn is_later_minor(version: &[u8]) -> bool {
+    matches!(
+        version,
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9']
+    )
+}
+
+/// A copy of `window` with the minor version digit at `at` set to 1.
+fn as_minor_1(window: &[u8], at: usize) -> Vec<u8> {
+    let mut copy = window.to_vec();
+    copy[at] = b'1';
+    copy
+}
+
 /// What a request line's version is when `httparse` did not read it.
 #[derive(Debug, PartialEq, Eq)]
 enum OtherVersion {
@@ -246,17 +269,12 @@ enum OtherVersion {
 /// The version of the request line at the start of `window`: its third
 /// part (`METHOD SP target SP version`; `httparse` has read the first two,
 /// and the line has no other space or CR).
-fn other_version(window: &[u8]) -> OtherVersion {
-    // RFC 9112 §2.2: empty lines before the request line are skipped
-    // (as `httparse` does).
-    let whole = window;
-    let mut window = window;
-    while let Some(rest) = window.strip_prefix(b"\r\n") {
-        window = rest;
-    }
+fn other_version(whole: &[u8]) -> OtherVersion {
+    let start = start_of_line(whole);
+    let window = &whole[start..];
     let (line, end) = match memchr::memchr(b'\n', window) {
         Some(lf) => match window[..lf].strip_suffix(b"\r") {
-            Some(line) => (line, Some(offset_in(whole, window).0 + lf + 1)),
+            Some(line) => (line, Some(start + lf + 1)),
             None => return OtherVersion::Neither,
         },
         None => (window.strip_suffix(b"\r").unwrap_or(window), None),
@@ -281,10 +299,12 @@ fn other_version(window: &[u8]) -> OtherVersion {
         return OtherVersion::Neither;
     }
     let at = offset_in(whole, version).0;
-    match (version[5], version[7]) {
-        (b'1', b'2'..=b'9') => OtherVersion::LaterMinor(at + 7),
-        (b'2'..=b'9', _) => OtherVersion::Major { at: at + 5, end },
-        _ => OtherVersion::Neither,
+    if is_later_minor(version) {
+        OtherVersion::LaterMinor(at + 7)
+    } else if version[5] != b'1' {
+        OtherVersion::Major { at: at + 5, end }
+    } else {
+        OtherVersion::Neither
     }
 }
 
@@ -298,15 +318,10 @@ pub fn parse_response(buf: &[u8], spans: &mut Vec<Span>) -> Result<Option<Status
         // [`parse_request`]); a status line starts with its version, after
         // any empty lines (skipped, as `httparse` does).
         Err(HeadError::Malformed(why)) if why == NOT_1_0_OR_1_1 => {
-            let mut at = 0;
-            while window[at..].starts_with(b"\r\n") {
-                at += 2;
-            }
+            let at = start_of_line(window);
             match window.get(at..at + VERSION_SHAPE.len()) {
-                Some([b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9']) => {
-                    let mut read_as = window.to_vec();
-                    read_as[at + 7] = b'1';
-                    parse_response_in(&read_as, spans)
+                Some(version) if is_later_minor(version) => {
+                    parse_response_in(&as_minor_1(window, at + 7), spans)
                 }
                 _ => Err(HeadError::Malformed(why)),
             }

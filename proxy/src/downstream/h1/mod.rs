@@ -256,12 +256,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
             {
                 Read::Head(head) => Head { pipelined, ..head },
                 Read::Closed => return Next::Close,
-                Read::Refused(status, why) => {
-                    state.store.metrics().record_refused(status.as_u16());
-                    let local = crate::answer::unreadable(status, why);
-                    let _ = self.writer().local(local, Reply::closing()).await;
-                    return Next::Close;
-                }
+                Read::Refused(status, why) => return self.refuse(state, status, why).await,
             };
             let next = self.serve_one(state, entered, &head).await;
             self.head_bytes = head.bytes;
@@ -274,6 +269,15 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                 other => return other,
             }
         }
+    }
+
+    /// Answers a request that could not be read as one (its head or its
+    /// framing) and closes the connection; counted in
+    /// `sluice_refused_requests_total`.
+    async fn refuse(&mut self, state: &ProxyState, status: StatusCode, why: &str) -> Next {
+        state.store.metrics().record_refused(status.as_u16());
+        let local = crate::answer::unreadable(status, why);
+        self.writer().local(local, Reply::closing()).await
     }
 
     /// Lets go of buffer room a large exchange left, so an idle
@@ -390,14 +394,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
         };
         let framing = match crate::http1::framing::request(&fields, line.minor) {
             Ok(framing) => framing,
-            Err(refused) => {
-                state
-                    .store
-                    .metrics()
-                    .record_refused(refused.status.as_u16());
-                let local = crate::answer::unreadable(refused.status, refused.reason);
-                return self.writer().local(local, Reply::closing()).await;
-            }
+            Err(refused) => return self.refuse(state, refused.status, refused.reason).await,
         };
         // Checked to be visible ASCII by the parser.
         let target = std::str::from_utf8(&head.bytes[line.target.0..line.target.1]).unwrap_or("");
