@@ -21,7 +21,9 @@
 //!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
 //!   one of them (RFC 9110 §7.2); `content-length` fields are equal
 //!   numbers; no field value starts or ends with a space or tab (RFC 9113
-//!   §8.2.1: such a request is malformed). 400.
+//!   §8.2.1: such a request is malformed). 400. An HTTP/2 request with
+//!   more than 128 fields (a client's cookie crumbs counted as the one
+//!   field an HTTP/1.1 backend gets) is 431, as an HTTP/1.x head is.
 //! - No route for the host (port and case ignored), the normalised path
 //!   and the route matches' other conditions (method, fields, query;
 //!   `crate::routing`): 404.
@@ -270,14 +272,24 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
                 "sluice: the request's content-length fields are not one number\n",
             ));
         }
-        let mut padded = false;
-        req.fields.each(&mut |_, value| {
+        let (mut padded, mut fields, mut cookies) = (false, 0usize, 0usize);
+        req.fields.each(&mut |name, value| {
             padded |= matches!(value.first().zip(value.last()), Some((a, z))
                 if matches!(a, b' ' | b'\t') || matches!(z, b' ' | b'\t'));
+            fields += 1;
+            cookies += usize::from(name.eq_ignore_ascii_case(b"cookie"));
         });
         if padded {
             return Err(Refusal::bad(
                 "sluice: a field value starts or ends with a space or tab\n",
+            ));
+        }
+        // The HTTP/1.x bound, on the fields a backend would get: a
+        // client's cookie crumbs (RFC 9113 §8.2.3) go on as one field.
+        if fields - cookies.saturating_sub(1) > crate::http1::head::MAX_FIELDS {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "sluice: the request has more than 128 fields\n",
             ));
         }
     }

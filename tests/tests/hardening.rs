@@ -530,7 +530,7 @@ async fn request_bodies_over_the_limit_are_answered_413() {
 /// `Trailer` field is not hop-by-hop); cookies from an HTTP/2 client reach
 /// an HTTP/1.1 upstream as one field; paths with `//` or dot-segments are
 /// routed as normalised (as nginx does); CONNECT and `OPTIONS *` get
-/// deliberate answers.
+/// deliberate answers; HTTP/2 requests have HTTP/1.x's field bound.
 #[tokio::test]
 async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
     // An HTTP/1.1 upstream that answers with a trailer and reports the
@@ -625,6 +625,37 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
         .unwrap();
     let (status, _, _) = send(&h2_client(), req).await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // HTTP/2 has the HTTP/1.x bound of 128 fields (431), on the fields a
+    // backend gets: 60 cookie crumbs go on as one field, so 80 others and
+    // them pass, and 129 others do not.
+    let mut req = http::Request::get(format!("http://{}/admin", proxy.addr));
+    for i in 0..80 {
+        req = req.header(format!("x-f{i}"), "1");
+    }
+    for i in 0..60 {
+        req = req.header(http::header::COOKIE, format!("c{i}=1"));
+    }
+    let req = req.body(http_body_util::Full::default()).unwrap();
+    let (status, _, body) = send(&h2_client(), req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        String::from_utf8_lossy(&body).ends_with("c58=1; c59=1"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let mut req = http::Request::get(format!("http://{}/admin", proxy.addr));
+    for i in 0..129 {
+        req = req.header(format!("x-f{i}"), "1");
+    }
+    let req = req.body(http_body_util::Full::default()).unwrap();
+    let (status, _, body) = send(&h2_client(), req).await.unwrap();
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // The proxy's answer, not the backend's (whose own bound is 100).
+    assert!(
+        String::from_utf8_lossy(&body).contains("more than 128 fields"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let m = scrape(proxy.admin).await;
     assert_eq!(
         m.sum("sluice_requests_total", &[("route", "rest")]),
@@ -632,7 +663,7 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
         "OPTIONS * or CONNECT was forwarded"
     );
     // The refusals count by their answer; OPTIONS * is none.
-    for (code, count) in [("400", 1.0), ("405", 1.0), ("200", 0.0)] {
+    for (code, count) in [("400", 1.0), ("405", 1.0), ("431", 1.0), ("200", 0.0)] {
         assert_eq!(
             m.sum("sluice_refused_requests_total", &[("code", code)]),
             count,
