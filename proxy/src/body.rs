@@ -380,10 +380,21 @@ impl<'a> UpstreamBody<'a> {
             Source::Client(reader) => reader.poll_frame(cx),
             Source::H2(incoming) => Pin::new(incoming).poll_frame(cx).map(|polled| {
                 polled.map(|frame| {
-                    frame.map_err(|e| ClientFault {
+                    let frame = frame.map_err(|e| ClientFault {
                         kind: client_fault_kind(&e),
                         detail: innermost_cause(&e),
-                    })
+                    })?;
+                    // HTTP/1.x's bound on a trailer section, as on a head.
+                    if frame
+                        .trailers_ref()
+                        .is_some_and(|t| t.len() > crate::http1::head::MAX_FIELDS)
+                    {
+                        return Err(ClientFault {
+                            kind: ClientErrorKind::MalformedBody,
+                            detail: "the trailer section has more than 128 fields".into(),
+                        });
+                    }
+                    Ok(frame)
                 })
             }),
         };

@@ -25,7 +25,8 @@
 //!   to the stable, a retry (the same head) and a mirror copy. Trailers
 //!   are not changed.
 //! - **Trailers** a client sends go on less the same fields
-//!   (`crate::fields::trailer_passes`).
+//!   (`crate::fields::trailer_passes`); a section of more than 128 fields
+//!   fails the body as malformed, over either protocol.
 //! - **The body.** The first 16 KiB of an HTTP/1 request body (the whole
 //!   of most) are read before the backend is contacted, so a body that
 //!   breaks there never reaches it, and a body read whole can be sent

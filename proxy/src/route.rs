@@ -284,8 +284,11 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
                 "sluice: a field value starts or ends with a space or tab\n",
             ));
         }
-        // The HTTP/1.x bound, on the fields a backend would get: a
-        // client's cookie crumbs (RFC 9113 §8.2.3) go on as one field.
+        // The HTTP/1.x bound (`crate::http1::head::MAX_FIELDS`), on the
+        // field lines a client sent, not its pseudo-header fields (as an
+        // HTTP/1.x head's request line is not counted), and with its
+        // cookie crumbs (RFC 9113 §8.2.3) as one field: an HTTP/1.1
+        // backend gets them joined.
         if fields - cookies.saturating_sub(1) > crate::http1::head::MAX_FIELDS {
             return Err(Refusal::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -596,6 +599,45 @@ mod tests {
                 &[("content-length", "5"), ("content-length", "7")]
             ),
             Some(400)
+        );
+    }
+
+    /// An HTTP/2 request has HTTP/1.x's bound of 128 fields: 128 pass and
+    /// 129 do not, repeated names counted each time, a client's cookie
+    /// crumbs together as one.
+    #[test]
+    fn http2_requests_have_the_http1_field_bound() {
+        let v2 = Version::HTTP_2;
+        let named = |n: usize, prefix: &str| -> Vec<(String, &'static str)> {
+            (0..n).map(|i| (format!("{prefix}{i}"), "1")).collect()
+        };
+        let fields_of = |lists: &[Vec<(String, &'static str)>]| -> Option<u16> {
+            let all: Vec<(&str, &str)> = lists
+                .iter()
+                .flatten()
+                .map(|(n, v)| (n.as_str(), *v))
+                .collect();
+            checked(Method::GET, v2, "http://a/x", &all)
+        };
+        let same = |n: usize, name: &str| -> Vec<(String, &'static str)> {
+            (0..n).map(|_| (name.to_string(), "1")).collect()
+        };
+        assert_eq!(fields_of(&[named(128, "x-f")]), None);
+        assert_eq!(fields_of(&[named(129, "x-f")]), Some(431));
+        assert_eq!(fields_of(&[same(129, "x-same")]), Some(431));
+        assert_eq!(fields_of(&[named(127, "x-f"), same(50, "cookie")]), None);
+        assert_eq!(
+            fields_of(&[named(128, "x-f"), same(1, "cookie")]),
+            Some(431)
+        );
+        // HTTP/1.x heads are bounded by their parser, not here.
+        let many: Vec<(String, &'static str)> = named(200, "x-f");
+        let all: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+        let mut with_host = vec![("host", "a")];
+        with_host.extend(all);
+        assert_eq!(
+            checked(Method::GET, Version::HTTP_11, "/x", &with_host),
+            None
         );
     }
 }

@@ -17,6 +17,8 @@
 //!   backend.
 //! - **A client that gives an answer no window** for the route's
 //!   `timeouts.idle` gets the stream reset with `CANCEL`.
+//! - **A trailer section over 128 fields** is a malformed body, the
+//!   client's fault, as over HTTP/1.1.
 //!
 //! After each attack a new connection is served.
 
@@ -649,5 +651,62 @@ async fn a_stream_that_ends_in_a_protocol_error_is_not_a_499_on_the_backend() {
     tokio::time::sleep(Duration::from_millis(1700)).await;
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_requests_total", &[("route", "web")]), 1.0);
+    still_serves(proxy.addr).await;
+}
+
+/// A request whose trailer section has more than 128 fields (HTTP/1.x's
+/// bound on a head and on a trailer section) is the client's fault over
+/// HTTP/2 too: a malformed body, never an error on the backend; 128 pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailer_section_over_128_fields_is_a_malformed_body() {
+    let (proxy, _stable, _canary) = proxy_before(Duration::ZERO, "").await;
+    // :method POST, :scheme http, :path /, then :authority.
+    let mut head = vec![0x83, 0x86, 0x84];
+    literal(b":authority", b"127.0.0.1", &mut head);
+    for (fields, malformed) in [(128, 0.0), (129, 1.0)] {
+        let mut trailers = Vec::new();
+        for i in 0..fields {
+            literal(format!("x-t{i}").as_bytes(), b"1", &mut trailers);
+        }
+        let mut c = Raw::connect(proxy.addr).await;
+        let mut bytes = frame(HEADERS, END_HEADERS, 1, &head);
+        bytes.extend(frame(DATA, 0, 1, b"hello"));
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &trailers));
+        assert!(c.send(&bytes).await);
+        let ends = |f: &Frame| (f.kind == HEADERS || f.kind == RST_STREAM) && f.stream == 1;
+        let frames = c.frames_until(Duration::from_secs(5), ends).await;
+        let answer = frames
+            .iter()
+            .find(|f| ends(f))
+            .unwrap_or_else(|| panic!("{fields} trailer fields: no answer: {frames:?}"));
+        if malformed == 0.0 {
+            // `:status 200` is entry 8 of HPACK's static table.
+            assert_eq!(answer.payload.first(), Some(&0x88), "{fields}: {answer:?}");
+        } else {
+            // `:status 400` is entry 12, or the stream is reset.
+            let refused = (answer.kind == HEADERS && answer.payload.first() == Some(&0x8c))
+                || answer.kind == RST_STREAM;
+            assert!(refused, "{fields}: {answer:?}");
+        }
+        eventually(
+            &format!("{fields} trailer fields: counted"),
+            Duration::from_secs(5),
+            || async {
+                let m = scrape(proxy.admin).await;
+                let faults = m.sum(
+                    "sluice_client_errors_total",
+                    &[("route", "web"), ("kind", "malformed_body")],
+                );
+                (faults == malformed).then_some(())
+            },
+        )
+        .await;
+    }
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("route", "web")]),
+        0.0,
+        "a client's trailers were charged to the backend"
+    );
     still_serves(proxy.addr).await;
 }
