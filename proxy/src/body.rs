@@ -387,7 +387,7 @@ impl<'a> UpstreamBody<'a> {
                     // HTTP/1.x's bound on a trailer section, as on a head.
                     if frame
                         .trailers_ref()
-                        .is_some_and(|t| t.len() > crate::http1::head::MAX_FIELDS)
+                        .is_some_and(|t| t.len() > crate::fields::MAX_FIELDS)
                     {
                         return Err(ClientFault {
                             kind: ClientErrorKind::MalformedBody,

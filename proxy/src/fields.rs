@@ -134,6 +134,11 @@ pub enum ClientField {
     Underscored,
 }
 
+/// The most fields a client's request head or trailer section may have,
+/// over either protocol (431 for a head, a malformed body for trailers),
+/// and an HTTP/1.x backend's response head or trailers (502).
+pub const MAX_FIELDS: usize = 128;
+
 /// The proxy's own field namespace.
 const PROXY_PREFIX: &[u8] = b"x-sluice-";
 

@@ -284,12 +284,12 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
                 "sluice: a field value starts or ends with a space or tab\n",
             ));
         }
-        // The HTTP/1.x bound (`crate::http1::head::MAX_FIELDS`), on the
+        // The HTTP/1.x bound (`crate::fields::MAX_FIELDS`), on the
         // field lines a client sent, not its pseudo-header fields (as an
         // HTTP/1.x head's request line is not counted), and with its
         // cookie crumbs (RFC 9113 §8.2.3) as one field: an HTTP/1.1
         // backend gets them joined.
-        if fields - cookies.saturating_sub(1) > crate::http1::head::MAX_FIELDS {
+        if fields - cookies.saturating_sub(1) > crate::fields::MAX_FIELDS {
             return Err(Refusal::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "sluice: the request has more than 128 fields\n",

@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 use crate::fields::Fields;
 
 /// The most header fields a head (or trailer section) may have.
-pub const MAX_FIELDS: usize = 128;
+pub const MAX_FIELDS: usize = crate::fields::MAX_FIELDS;
 /// The largest response head (and trailer section) read.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
