@@ -391,7 +391,10 @@ impl<'a> UpstreamBody<'a> {
                     {
                         return Err(ClientFault {
                             kind: ClientErrorKind::MalformedBody,
-                            detail: "the trailer section has more than 128 fields".into(),
+                            detail: format!(
+                                "the trailer section has more than {} fields",
+                                crate::fields::MAX_FIELDS
+                            ),
                         });
                     }
                     Ok(frame)

@@ -628,27 +628,24 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
     // HTTP/2 has the HTTP/1.x bound of 128 fields (431), on the fields a
     // backend gets: 60 cookie crumbs go on as one field, so 80 others and
     // them pass, and 129 others do not.
-    let mut req = http::Request::get(format!("http://{}/admin", proxy.addr));
-    for i in 0..80 {
-        req = req.header(format!("x-f{i}"), "1");
-    }
-    for i in 0..60 {
-        req = req.header(http::header::COOKIE, format!("c{i}=1"));
-    }
-    let req = req.body(http_body_util::Full::default()).unwrap();
-    let (status, _, body) = send(&h2_client(), req).await.unwrap();
+    let crowded = |fields: usize, cookies: usize| {
+        let mut req = http::Request::get(format!("http://{}/admin", proxy.addr));
+        for i in 0..fields {
+            req = req.header(format!("x-f{i}"), "1");
+        }
+        for i in 0..cookies {
+            req = req.header(http::header::COOKIE, format!("c{i}=1"));
+        }
+        req.body(http_body_util::Full::default()).unwrap()
+    };
+    let (status, _, body) = send(&h2_client(), crowded(80, 60)).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(
         String::from_utf8_lossy(&body).ends_with("c58=1; c59=1"),
         "{}",
         String::from_utf8_lossy(&body)
     );
-    let mut req = http::Request::get(format!("http://{}/admin", proxy.addr));
-    for i in 0..129 {
-        req = req.header(format!("x-f{i}"), "1");
-    }
-    let req = req.body(http_body_util::Full::default()).unwrap();
-    let (status, _, body) = send(&h2_client(), req).await.unwrap();
+    let (status, _, body) = send(&h2_client(), crowded(129, 0)).await.unwrap();
     assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     // The proxy's answer, not the backend's (whose own bound is 100).
     assert!(
