@@ -62,6 +62,11 @@ pub trait ClientBody: Send {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientFault>>>;
     fn is_end_stream(&self) -> bool;
     fn size_hint(&self) -> SizeHint;
+    /// Whether the reader took bytes from the client since it was last
+    /// asked, though they made no frame yet (a chunk-size line, a trailer
+    /// section on its way): the client is sending, so its pause has not
+    /// begun.
+    fn took_bytes(&mut self) -> bool;
 }
 
 /// Where the body comes from.
@@ -403,6 +408,11 @@ impl<'a> UpstreamBody<'a> {
         };
         let Poll::Ready(polled) = polled else {
             if let Some(p) = &self.progress {
+                if let Source::Client(reader) = &mut self.source
+                    && reader.took_bytes()
+                {
+                    p.client_answered();
+                }
                 p.wait_on_client();
             }
             return Poll::Pending;
@@ -757,6 +767,10 @@ mod tests {
 
         fn size_hint(&self) -> SizeHint {
             SizeHint::default()
+        }
+
+        fn took_bytes(&mut self) -> bool {
+            false
         }
     }
 

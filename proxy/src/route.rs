@@ -16,8 +16,8 @@
 //!   OPTIONS only. 400 otherwise: a backend never gets `GET ?a=1` or
 //!   `Host: a@other-host` (the rules on hosts are `crate::fields`').
 //! - HTTP/1 (RFC 9112 §3.2): one Host field, a host and optional port; an
-//!   HTTP/1.1 request whose target names no authority needs one (HTTP/1.0
-//!   may leave it out). HTTP/2: a Host field, when sent, is one valid host
+//!   HTTP/1.1 request needs one even when its absolute-form target names
+//!   the authority, which then replaces it (HTTP/1.0 may leave Host out). HTTP/2: a Host field, when sent, is one valid host
 //!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
 //!   one of them (RFC 9110 §7.2); `content-length` fields are equal
 //!   numbers; no field value starts or ends with a space or tab (RFC 9113
@@ -357,7 +357,10 @@ fn check_hosts(req: &ClientRequest<'_>) -> Result<(), Refusal> {
                 "sluice: the Host header field differs from :authority\n",
             ))
         }
-        None if req.version == Version::HTTP_11 && target_authority.is_none() => Err(Refusal::bad(
+        // RFC 9112 §3.2: a 400 for any HTTP/1.1 request without Host, even
+        // one whose absolute-form target names the authority (nginx's
+        // answer too).
+        None if req.version == Version::HTTP_11 => Err(Refusal::bad(
             "sluice: an HTTP/1.1 request needs a Host header field\n",
         )),
         // RFC 9110 §7.2: a client sends its authority as `:authority` or
@@ -571,10 +574,13 @@ mod tests {
         assert_eq!(checked(Method::GET, v11, "/x", &[("host", "a")]), None);
         assert_eq!(checked(Method::GET, v11, "/x", &[]), Some(400));
         assert_eq!(checked(Method::GET, Version::HTTP_10, "/x", &[]), None);
-        assert_eq!(checked(Method::GET, v11, "http://a@b/x", &[]), Some(400));
-        assert_eq!(checked(Method::GET, v11, "ftp://b/x", &[]), Some(400));
-        assert_eq!(checked(Method::GET, v11, "http://b:8o/x", &[]), Some(400));
-        assert_eq!(checked(Method::GET, v11, "http://b/x", &[]), None);
+        let host = [("host", "a")];
+        assert_eq!(checked(Method::GET, v11, "http://a@b/x", &host), Some(400));
+        assert_eq!(checked(Method::GET, v11, "ftp://b/x", &host), Some(400));
+        assert_eq!(checked(Method::GET, v11, "http://b:8o/x", &host), Some(400));
+        assert_eq!(checked(Method::GET, v11, "http://b/x", &host), None);
+        // RFC 9112 §3.2: Host is needed even when the target names one.
+        assert_eq!(checked(Method::GET, v11, "http://b/x", &[]), Some(400));
         assert_eq!(checked(Method::GET, v11, "*", &[("host", "a")]), Some(400));
         assert_eq!(
             checked(Method::OPTIONS, v11, "*", &[("host", "a")]),

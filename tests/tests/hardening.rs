@@ -672,7 +672,8 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
 /// The request timeout starts when the request body has been sent: an
 /// upload slower than the timeout is not a 504 charged to the backend. A
 /// client that pauses its body longer than `timeouts.idle` gets 408, and
-/// that is not an upstream error either.
+/// that is not an upstream error either; a client still sending bytes
+/// (a slow trailer section) has not paused.
 #[tokio::test]
 async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() {
     let echo = body_reader().await;
@@ -697,6 +698,26 @@ async fn slow_uploads_are_not_charged_to_the_backend_and_stalled_ones_get_408() 
     let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(&seen);
     assert!(text.starts_with("HTTP/1.1 200"), "a slow upload: {text}");
+
+    // A chunked upload whose last chunk line and trailer section come in
+    // 6 pieces over 2.4 s: bytes keep coming, though none makes a data
+    // frame, so the client has not paused.
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(
+        b"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    for piece in ["0\r\nX-", "Sum", "mary: ", "4", "2\r\n", "\r\n"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        raw.write_all(piece.as_bytes()).await.unwrap();
+    }
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "a slow trailer section: {text}"
+    );
 
     // 10 bytes of 100, then silence.
     let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -1178,10 +1199,11 @@ fn echoed(response: &str) -> serde_json::Value {
 }
 
 /// RFC 9112 §3.2: an HTTP/1 request with two Host fields, a Host that is
-/// not a host and port, or (on HTTP/1.1) no Host and no authority in its
-/// target is answered 400 by the proxy and never forwarded, so a backend
-/// cannot read a different Host than the one the proxy routed by. HTTP/1.0
-/// may leave Host out, and an absolute-form target supplies the authority.
+/// not a host and port, or (on HTTP/1.1) no Host, even with an
+/// absolute-form target, is answered 400 by the proxy and never
+/// forwarded, so a backend cannot read a different Host than the one the
+/// proxy routed by. HTTP/1.0 may leave Host out, and an absolute-form
+/// target's authority replaces the Host sent.
 #[tokio::test]
 async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() {
     let (echo, proxy) = echo_proxy().await;
@@ -1192,7 +1214,7 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
         assert!(closed, "the proxy kept the connection open after: {seen:?}");
         String::from_utf8_lossy(&seen).to_string()
     };
-    let refused: [(&[u8], &str); 5] = [
+    let refused: [(&[u8], &str); 6] = [
         (
             b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
             "more than one Host",
@@ -1203,6 +1225,10 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
         ),
         (
             b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "needs a Host",
+        ),
+        (
+            b"GET http://app.example/abs HTTP/1.1\r\nConnection: close\r\n\r\n",
             "needs a Host",
         ),
         (
@@ -1235,9 +1261,11 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
     let text = exchange(b"GET /old HTTP/1.0\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(echoed(&text)["headers"]["host"], echo.to_string());
-    // Absolute form without Host: the target's authority is the Host.
-    let text =
-        exchange(b"GET http://app.example:8080/abs HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    // Absolute form: the target's authority replaces the Host sent.
+    let text = exchange(
+        b"GET http://app.example:8080/abs HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert_eq!(echoed(&text)["headers"]["host"], "app.example:8080");
     // An IPv6 literal with a port is a Host.

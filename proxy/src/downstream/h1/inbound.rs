@@ -71,6 +71,8 @@ pub(super) struct BodyReader<'c, S> {
     decoder: Decoder,
     /// What is left to write of `100 Continue`.
     continue_left: &'static [u8],
+    /// Bytes were read since [`ClientBody::took_bytes`] last asked.
+    took: bool,
 }
 
 impl<'c, S> BodyReader<'c, S> {
@@ -85,6 +87,7 @@ impl<'c, S> BodyReader<'c, S> {
             inbound,
             decoder,
             continue_left,
+            took: false,
         }
     }
 }
@@ -138,7 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientBody for BodyReader<'_, S> 
                         "the connection closed before the end of the body",
                     ))));
                 }
-                Ok(_) => {}
+                Ok(_) => self.took = true,
                 Err(e) => {
                     return Poll::Ready(Some(Err(fault(
                         ClientErrorKind::IncompleteBody,
@@ -158,6 +161,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientBody for BodyReader<'_, S> 
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+    fn took_bytes(&mut self) -> bool {
+        std::mem::take(&mut self.took)
     }
 }
 
