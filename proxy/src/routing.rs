@@ -984,6 +984,9 @@ mod tests {
             ("/a%2", "/a%2"),
             ("/a%zz", "/a%zz"),
             ("/admin;x", "/admin;x"),
+            // `\` is no separator (docs/proxy.md).
+            ("/pub\\..\\admin", "/pub\\..\\admin"),
+            ("/pub/..\\admin", "/pub/..\\admin"),
         ] {
             assert_eq!(normalise_path(raw), normal, "{raw}");
         }
