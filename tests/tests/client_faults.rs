@@ -863,6 +863,47 @@ async fn a_half_close_after_pipelined_requests_gets_every_answer() {
     }
 }
 
+/// A chunked request whose body is empty (`0` and the blank line, read
+/// ahead whole with the head) reaches the backend with its last chunk,
+/// with or without `Expect: 100-continue`: the backend reads a whole
+/// request and answers, and the connection's next request is read as one.
+/// (Without the last chunk the backend
+/// waits for the rest of the body: a 504 charged to it, or, from one that
+/// answers early, the next request read as chunk data.)
+#[tokio::test]
+async fn an_empty_chunked_body_reaches_the_backend_with_its_last_chunk() {
+    let s = Setup::new(", timeouts: { request: 2s }").await;
+    for route in ROUTES {
+        for (round, expect) in ["", "Expect: 100-continue\r\n"].into_iter().enumerate() {
+            let requests = format!(
+                "POST /{route}/empty HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n{expect}\r\n0\r\n\r\nGET /{route}/next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            );
+            let text = s.probe(requests.as_bytes(), false).await;
+            assert_eq!(
+                text.matches("HTTP/1.1 200 OK").count(),
+                2,
+                "{route} {expect:?}: {text}"
+            );
+            let received = s.backend(route).received();
+            assert!(
+                received.contains("\r\n\r\n0\r\n\r\nGET "),
+                "{route} {expect:?}: the backend got {received:?}"
+            );
+            let read: usize = s
+                .backend(route)
+                .connections
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.lock().unwrap().requests)
+                .sum();
+            assert_eq!(read, 2 * (round + 1), "{route} {expect:?}: requests read");
+        }
+    }
+    let m = scrape(s.proxy.admin).await;
+    assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
+}
+
 /// Chunk lines that end in a bare LF are accepted, as nginx and HAProxy
 /// do: the client gets the whole body, never a hang.
 #[tokio::test]

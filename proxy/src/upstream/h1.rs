@@ -233,8 +233,20 @@ impl Conn {
     ) -> Result<Exchanged, SendError> {
         self.out.clear();
         self.out.extend_from_slice(head);
+        // A body that has already ended (read ahead whole, or empty) is
+        // not polled again; a chunked one still owes its last chunk, or
+        // the backend would wait for the rest of a request that is whole.
+        let body = match body {
+            Some(done) if done.body.is_end_stream() => {
+                if done.chunked {
+                    crate::http1::write::last_chunk(&mut self.out, None);
+                }
+                None
+            }
+            body => body,
+        };
         let mut sending = Sending {
-            body: body.filter(|b| !b.body.is_end_stream()),
+            body,
             big: None,
             wrote_any: false,
             written,
