@@ -78,6 +78,14 @@ impl Fields for http::HeaderMap {
     }
 }
 
+/// Methods whose requests carry a body as a rule: one without is sent
+/// with `content-length: 0` (RFC 9110 §8.6), as nginx and hyper do, and
+/// so is its mirror copy.
+pub fn expects_body(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
 /// Whether the comma-separated list `value` has `token` (any case).
 pub fn has_token(value: &[u8], token: &str) -> bool {
     value
@@ -597,6 +605,29 @@ pub fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8(out).expect("ASCII for ASCII"))
 }
 
+/// `target` (a path and query) with every byte RFC 3986 does not allow
+/// in one percent-encoded (`"`, `<`, `>`, `\\`, `^`, `` ` ``, `{`, `|`,
+/// `}`, and any byte past ASCII): an HTTP/1.1 client may send them, and an
+/// HTTP/1.1 backend gets them as sent, but an HTTP/2 `:path` is a URI's
+/// (RFC 9113 §8.3.1), so an HTTP/2 backend gets them escaped, which
+/// means the same to it (RFC 3986 §2.1), as browsers send them. `%` stays
+/// as sent: nothing is escaped twice. Borrowed when there is none.
+pub fn escape_non_uri(target: &str) -> std::borrow::Cow<'_, str> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b);
+    if target.bytes().all(allowed) {
+        return std::borrow::Cow::Borrowed(target);
+    }
+    let mut out = String::with_capacity(target.len() + 8);
+    for b in target.bytes() {
+        if allowed(b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The value of the hex digit `digit` (one of `0-9a-fA-F`).
 pub fn hex_value(digit: u8) -> u8 {
     match digit {
@@ -609,6 +640,36 @@ pub fn hex_value(digit: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_target_byte_an_http2_path_may_not_carry_is_escaped() {
+        // Every byte from `!` to `~` (the visible ASCII an HTTP/1.1 target
+        // may have), in a path and in a query, gives a path the `http`
+        // crate takes as an HTTP/2 `:path`.
+        for b in b'!'..=b'~' {
+            if b == b'#' {
+                continue; // refused before routing
+            }
+            let c = b as char;
+            for target in [format!("/a{c}b"), format!("/a?q={c}")] {
+                let escaped = escape_non_uri(&target);
+                assert!(
+                    http::uri::PathAndQuery::try_from(escaped.as_ref()).is_ok(),
+                    "{target} as {escaped}"
+                );
+            }
+        }
+        assert_eq!(
+            escape_non_uri("/a<b>?q=\"1\"|{}"),
+            "/a%3Cb%3E?q=%221%22%7C%7B%7D"
+        );
+        assert_eq!(escape_non_uri("/a\\b^`"), "/a%5Cb%5E%60");
+        assert_eq!(escape_non_uri("/caf\u{e9}"), "/caf%C3%A9");
+        assert!(matches!(
+            escape_non_uri("/a%2F;b=c?x=[1]&y=@"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn trailers_pass_unless_a_head_would_drop_them_or_only_a_head_may_carry_them() {

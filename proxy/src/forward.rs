@@ -66,7 +66,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, StatusCode, Version};
+use http::{HeaderValue, StatusCode, Version};
 
 use crate::body::{Progress, Stall, UpstreamBody};
 use crate::config::Protocol;
@@ -708,7 +708,9 @@ fn h1_head(
     let framing: Option<(&[u8], &[u8])> = match req.body {
         BodyKind::Length(n) => Some((b"content-length", crate::http1::write::itoa(n, &mut length))),
         BodyKind::Streamed => Some((b"transfer-encoding", b"chunked")),
-        BodyKind::None if expects_body(req.method) => Some((b"content-length", b"0")),
+        BodyKind::None if crate::fields::expects_body(req.method) => {
+            Some((b"content-length", b"0"))
+        }
         BodyKind::None => None,
     };
     let mut head = h1_fields(req, routed, backend, client, framing);
@@ -763,12 +765,6 @@ fn h1_fields(
     out
 }
 
-/// Methods whose requests carry a body as a rule: one without is sent
-/// with `content-length: 0`, as nginx and hyper do.
-fn expects_body(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-}
-
 fn h2_head(
     req: &ClientRequest<'_>,
     routed: &Routed,
@@ -788,8 +784,10 @@ fn h2_head(
     parts.uri = http::Uri::builder()
         .scheme(scheme)
         .authority(backend.url.authority().as_str())
-        .path_and_query(req.target.path_and_query())
+        .path_and_query(crate::fields::escape_non_uri(req.target.path_and_query()).as_ref())
         .build()
+        // Not reached: the scheme and authority are the backend URL's, and
+        // an escaped target is a path and query.
         .unwrap_or_else(|_| http::Uri::from_static("/"));
     let headers = &mut parts.headers;
     // No Host: the fields go after `:authority`, which is the backend's.

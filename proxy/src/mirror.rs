@@ -179,12 +179,14 @@ impl Drop for PendingCopy {
     }
 }
 
-/// The copy's head, marked as a copy, with its whole body's length.
-fn copy_head(target: &Target, head: CopyHead, length: usize) -> Head {
+/// The copy's head, marked as a copy, with its whole body's length (a
+/// bodiless POST's `0` too, as its original had).
+fn copy_head(target: &Target, head: CopyHead, method: &Method, length: usize) -> Head {
+    let declare = length > 0 || crate::fields::expects_body(method);
     match head {
         CopyHead::H1(mut bytes) => {
             crate::http1::write::field(&mut bytes, MIRROR_HEADER.as_bytes(), b"1");
-            if length > 0 {
+            if declare {
                 crate::http1::write::content_length(&mut bytes, length as u64);
             }
             bytes.extend_from_slice(b"\r\n");
@@ -204,7 +206,7 @@ fn copy_head(target: &Target, head: CopyHead, length: usize) -> Head {
             parts
                 .headers
                 .insert(MIRROR_HEADER, HeaderValue::from_static("1"));
-            if length > 0 {
+            if declare {
                 parts
                     .headers
                     .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -233,10 +235,11 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
     };
     let start = Instant::now();
     let length = bytes.as_ref().map_or(0, |b| b.len());
-    let (method, head) = match &head {
-        CopyHead::H1(bytes) => (method_of(bytes), copy_head(target, head, length)),
-        CopyHead::H2(parts) => (parts.method.clone(), copy_head(target, head, length)),
+    let method = match &head {
+        CopyHead::H1(bytes) => method_of(bytes),
+        CopyHead::H2(parts) => parts.method.clone(),
     };
+    let head = copy_head(target, head, &method, length);
     let mut ignore = |_: http::StatusCode, _: &dyn crate::fields::Fields| {};
     // A copy is recorded from its own outcome, not from what was written.
     let written = std::sync::atomic::AtomicBool::new(false);

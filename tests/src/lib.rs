@@ -804,6 +804,7 @@ async fn echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let body = serde_json::json!({
         "method": req.method().as_str(),
         "path": req.uri().path(),
+        "query": req.uri().query(),
         "version": format!("{:?}", req.version()),
         "headers": headers,
     });

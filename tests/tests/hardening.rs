@@ -1275,6 +1275,43 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
     assert_eq!(m.sum("sluice_requests_total", &[("route", "echo")]), 3.0);
 }
 
+/// An HTTP/1.1 target may carry bytes a URI may not (`<`, `"`, `|`, `{`,
+/// `` ` ``, `\\`, `^`): an HTTP/2 backend gets them percent-encoded in
+/// `:path`, which means the same (RFC 3986 §2.1), never a 502 charged to
+/// it for a path it was never sent.
+#[tokio::test]
+async fn targets_with_bytes_no_uri_may_carry_reach_an_http2_backend_escaped() {
+    let echo = start_echo().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: h2, protocol: http2, stable: 'http://{echo}' }}\n"),
+        &[],
+    )
+    .await;
+    for (target, path, query) in [
+        ("/a<b>", "/a%3Cb%3E", None),
+        ("/x?q=\"1\"|{}", "/x", Some("q=%221%22%7C%7B%7D")),
+        ("/a`b\\c^d?e>f", "/a%60b%5Cc%5Ed", Some("e%3Ef")),
+        ("/plain?a=1&b=%2F", "/plain", Some("a=1&b=%2F")),
+    ] {
+        let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        raw.write_all(
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&seen).to_string();
+        assert!(text.starts_with("HTTP/1.1 200"), "{target}: {text}");
+        let echoed = echoed(&text);
+        assert_eq!(echoed["version"], "HTTP/2.0", "{target}");
+        assert_eq!(echoed["path"], path, "{target}");
+        assert_eq!(echoed["query"].as_str(), query, "{target}");
+    }
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
+    assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 4.0);
+}
+
 /// An upgrade that offers h2c, alone or in a list, is not passed on: a
 /// backend that took it would speak HTTP/2 with the client through a
 /// tunnel, past the proxy's routing and metrics (h2c smuggling). The

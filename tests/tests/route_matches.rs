@@ -11,6 +11,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use sluice_tests::*;
+use tokio::io::AsyncWriteExt;
 
 /// A backend named `name` answering every request with a JSON echo of
 /// what it received (method, path and query, version, every field in
@@ -395,6 +396,48 @@ async fn mirror_copies_carry_the_modified_request() {
     assert_eq!(values("x-set"), ["new"]);
     assert_eq!(values("x-add"), ["one", "two"]);
     assert!(values("x-drop").is_empty() && values("cookie").is_empty());
+}
+
+/// A bodiless POST's copy says `content-length: 0`, as the request the
+/// stable got does (RFC 9110 §8.6): a backend that wants a length (411)
+/// answers the copy as it answers the original.
+#[tokio::test]
+async fn a_bodiless_posts_copy_declares_its_length_as_the_original_does() {
+    let (heads, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = move |arm: &'static str| {
+        let heads = heads.clone();
+        move |req: Request<hyper::body::Incoming>| {
+            let heads = heads.clone();
+            async move {
+                let length = req.headers().get("content-length").cloned();
+                let _ = heads.send((arm, length));
+                Response::new(Full::new(Bytes::new()))
+            }
+        }
+    };
+    let stable = serve_http(recorder("stable")).await;
+    let canary = serve_http(recorder("canary")).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - name: web\n    stable: 'http://{stable}'\n    canary: 'http://{canary}'\n    canary_weight: 0\n    mirror: {{ percent: 100, methods: [POST] }}\n"
+    )))
+    .await;
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    raw.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, answer) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let head = tokio::time::timeout(Duration::from_secs(10), received.recv())
+            .await
+            .expect("both requests within 10 s")
+            .unwrap();
+        seen.push(head);
+    }
+    seen.sort_by_key(|(arm, _)| *arm);
+    let zero = Some(http::HeaderValue::from_static("0"));
+    assert_eq!(seen, [("canary", zero.clone()), ("stable", zero)]);
 }
 
 #[tokio::test]
