@@ -8,7 +8,8 @@
 //!   proxy reference, docs/proxy.md, invites backends to treat as free of side effects): a client's
 //!   is always dropped. A name with `_` is dropped unless the route keeps
 //!   such names ([`ClientField::Underscored`]); the underscore spellings of
-//!   the fields the proxy sets or frames by are dropped even then
+//!   the fields the proxy sets or frames by, and of the whole
+//!   `X-Forwarded-*` family, are dropped even then
 //!   ([`ClientField::Reserved`]), since a backend that maps names
 //!   CGI-style reads `X_Forwarded_For` as `X-Forwarded-For`.
 //! - **Request trailers** ([`trailer_passes`]) lose what a head would:
@@ -150,6 +151,17 @@ pub const MAX_FIELDS: usize = 128;
 /// The proxy's own field namespace.
 const PROXY_PREFIX: &[u8] = b"x-sluice-";
 
+/// The forwarding fields' family: the proxy sets `X-Forwarded-For`,
+/// `-Proto` and `-Host`, and passes on the others (`-Ssl`, `-Port`,
+/// `-Prefix`, …) only from trusted proxies (`forwarding.trusted_hops`).
+const FORWARDED_PREFIX: &[u8] = b"x-forwarded-";
+
+/// Whether `name` (any case) is of the `X-Forwarded-*` family.
+pub fn is_forwarded_family(name: &[u8]) -> bool {
+    name.len() >= FORWARDED_PREFIX.len()
+        && name[..FORWARDED_PREFIX.len()].eq_ignore_ascii_case(FORWARDED_PREFIX)
+}
+
 /// Fields whose underscore spellings are never passed on: what the proxy
 /// sets (forwarding), frames by, or treats as hop-by-hop.
 const RESERVED_SPELLINGS: [&[u8]; 14] = [
@@ -180,7 +192,7 @@ pub fn client_field(name: &[u8]) -> ClientField {
     };
     let spelled =
         |known: &[u8]| name.len() >= known.len() && (0..known.len()).all(|i| dashed(i) == known[i]);
-    if spelled(PROXY_PREFIX) {
+    if spelled(PROXY_PREFIX) || (underscored && spelled(FORWARDED_PREFIX)) {
         return ClientField::Reserved;
     }
     if !underscored {
@@ -212,15 +224,9 @@ const HEAD_ONLY: [&[u8]; 10] = [
 ];
 
 /// What a client's trailer section does not pass on either: `Expect` and
-/// the forwarding fields, which the proxy sets itself.
-const NOT_CLIENT_TRAILERS: [&[u8]; 6] = [
-    b"expect",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"x-real-ip",
-    b"forwarded",
-];
+/// the forwarding fields (the `X-Forwarded-*` family too), which only a
+/// head may carry, set by the proxy or a trusted one.
+const NOT_CLIENT_TRAILERS: [&[u8]; 3] = [b"expect", b"x-real-ip", b"forwarded"];
 
 /// Whether a route's header modifier may not touch the field `name`
 /// (any case): the proxy owns it, setting it itself (`Host`, forwarding
@@ -263,7 +269,7 @@ fn dashed_owned(name: &[u8]) -> bool {
     };
     OWNED.iter().any(|n| n.eq_ignore_ascii_case(name))
         || starts(b"proxy-")
-        || starts(b"x-forwarded-")
+        || is_forwarded_family(name)
         || starts(PROXY_PREFIX)
         || name.first() == Some(&b':')
 }
@@ -273,6 +279,7 @@ fn dashed_owned(name: &[u8]) -> bool {
 /// `_`.
 pub fn trailer_passes(name: &[u8], keep_underscores: bool) -> bool {
     if !answer_trailer_passes(name)
+        || is_forwarded_family(name)
         || NOT_CLIENT_TRAILERS
             .iter()
             .any(|n| n.eq_ignore_ascii_case(name))
@@ -685,8 +692,11 @@ mod tests {
             "Host",
             "Trailer",
             "X-Forwarded-For",
+            "X-Forwarded-Ssl",
+            "x-forwarded-prefix",
             "Forwarded",
             "X_Forwarded_For",
+            "X_Forwarded_Port",
         ] {
             assert!(!trailer_passes(name.as_bytes(), true), "{name}");
         }

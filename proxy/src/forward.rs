@@ -522,10 +522,17 @@ fn classify(name: &[u8]) -> Field {
         (b"cookie", Field::Cookie),
         (b"http2-settings", Field::HopByHop),
     ];
-    TABLE
+    match TABLE
         .iter()
         .find(|(known, _)| known.eq_ignore_ascii_case(name))
-        .map_or(Field::Other, |&(_, kind)| kind)
+    {
+        Some(&(_, kind)) => kind,
+        // The rest of the family (`X-Forwarded-Ssl`, `-Port`, `-Prefix`,
+        // …): a backend's framework may read them as its scheme, port or
+        // path prefix, so only a trusted proxy's pass.
+        None if crate::fields::is_forwarded_family(name) => Field::Forwarding,
+        None => Field::Other,
+    }
 }
 
 /// The field names the client's `Connection` lists (its own hop-by-hop

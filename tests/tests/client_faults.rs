@@ -447,11 +447,12 @@ async fn a_body_paused_too_long_is_408_and_the_clients_fault() {
 /// `X-Sluice-*` (the proxy's own fields: `X-Sluice-Mirror` marks its
 /// mirror copies) never reaches a backend from a client, and neither do
 /// names with `_` unless the route keeps them; the underscore spellings
-/// of the forwarding fields never do.
+/// of the forwarding fields never do, and no `X-Forwarded-*` field the
+/// proxy does not set reaches one from an untrusted client.
 #[tokio::test]
 async fn the_proxys_fields_and_underscore_names_from_clients_never_reach_a_backend() {
     let s = Setup::new("").await;
-    let fields = "X-Sluice-Mirror: 1\r\nx-sluice-anything: x\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nMy_Header: 1\r\nAccept: */*\r\n";
+    let fields = "X-Sluice-Mirror: 1\r\nx-sluice-anything: x\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nMy_Header: 1\r\nAccept: */*\r\nX-Forwarded-Ssl: on\r\nx-forwarded-PREFIX: /admin\r\nX_Forwarded_Port: 443\r\n";
     let requests = |route: &str| {
         [
             format!("GET /{route}/echo HTTP/1.1\r\nHost: a\r\n{fields}Connection: close\r\n\r\n"),
@@ -471,6 +472,9 @@ async fn the_proxys_fields_and_underscore_names_from_clients_never_reach_a_backe
                 "x-sluice-anything",
                 "x_forwarded_for",
                 "x_real_ip",
+                "x-forwarded-ssl",
+                "x-forwarded-prefix",
+                "x_forwarded_port",
             ] {
                 assert!(
                     !got.contains(gone),

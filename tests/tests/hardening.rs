@@ -335,8 +335,10 @@ async fn an_idle_proxy_does_not_reread_its_config() {
 }
 
 /// Forwarding headers from clients are not trusted by default: the
-/// upstream sees what the proxy saw. Behind N trusted proxies
-/// (`forwarding.trusted_hops`), the rightmost N hops are kept.
+/// upstream sees what the proxy saw, and none of the rest of the
+/// `X-Forwarded-*` family. Behind N trusted proxies
+/// (`forwarding.trusted_hops`), the rightmost N hops are kept, and the
+/// other fields those proxies set pass.
 #[tokio::test]
 async fn forwarding_headers_are_trusted_only_as_configured() {
     let echo = start_echo().await;
@@ -350,6 +352,8 @@ async fn forwarding_headers_are_trusted_only_as_configured() {
             .header("x-forwarded-host", "admin.internal")
             .header("forwarded", "for=1.2.3.4;proto=https")
             .header("x-real-ip", "1.2.3.4")
+            .header("x-forwarded-ssl", "on")
+            .header("x-forwarded-prefix", "/shop")
             .body(http_body_util::Full::default())
             .unwrap()
     };
@@ -366,6 +370,8 @@ async fn forwarding_headers_are_trusted_only_as_configured() {
     assert_eq!(h["x-forwarded-host"], "shop.example", "{h}");
     assert_eq!(h["x-real-ip"], "127.0.0.1", "{h}");
     assert!(h.get("forwarded").is_none(), "{h}");
+    assert!(h.get("x-forwarded-ssl").is_none(), "{h}");
+    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
 
     let behind_one =
         ChildProxy::start_with(&route, "", "forwarding:\n  trusted_hops: 1\n", &[]).await;
@@ -376,6 +382,8 @@ async fn forwarding_headers_are_trusted_only_as_configured() {
     assert_eq!(h["x-forwarded-proto"], "https", "{h}");
     assert_eq!(h["x-forwarded-host"], "admin.internal", "{h}");
     assert_eq!(h["forwarded"], "for=1.2.3.4;proto=https", "{h}");
+    assert_eq!(h["x-forwarded-ssl"], "on", "{h}");
+    assert_eq!(h["x-forwarded-prefix"], "/shop", "{h}");
 }
 
 /// `limits.max_connections`: a connection over the limit is closed at once
