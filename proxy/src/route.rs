@@ -138,8 +138,9 @@ pub struct Summary<'a> {
     /// The first Connection field, and how many there are.
     pub connection: Option<&'a [u8]>,
     pub connections: usize,
-    /// The first Upgrade field.
+    /// The first Upgrade field, and how many there are.
     pub upgrade: Option<&'a [u8]>,
+    pub upgrades: usize,
     /// `Expect: 100-continue`.
     pub expect_continue: bool,
     /// `TE: trailers`.
@@ -161,6 +162,7 @@ impl<'a> Summary<'a> {
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => {
                 s.upgrade.get_or_insert(value);
+                s.upgrades += 1;
             }
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 s.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");

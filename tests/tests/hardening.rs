@@ -1322,12 +1322,19 @@ async fn targets_with_bytes_no_uri_may_carry_reach_an_http2_backend_escaped() {
 
 /// An upgrade that offers h2c, alone or in a list, is not passed on: a
 /// backend that took it would speak HTTP/2 with the client through a
-/// tunnel, past the proxy's routing and metrics (h2c smuggling). The
-/// request goes on as a plain one; a websocket upgrade still tunnels.
+/// tunnel, past the proxy's routing and metrics (h2c smuggling). Nor is an
+/// offer in several Upgrade lines. The request goes on as a plain one; a
+/// websocket upgrade still tunnels.
 #[tokio::test]
 async fn an_upgrade_offering_h2c_is_forwarded_as_a_plain_request() {
     let (_, proxy) = echo_proxy().await;
-    for offer in ["h2c", "websocket, h2c", "H2C , websocket"] {
+    for offer in [
+        "h2c",
+        "websocket, h2c",
+        "H2C , websocket",
+        "foo\r\nUpgrade: websocket",
+        "websocket\r\nUpgrade: h2c",
+    ] {
         let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
         let head = format!(
             "GET / HTTP/1.1\r\nHost: web\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {offer}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"

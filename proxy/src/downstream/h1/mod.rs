@@ -195,10 +195,16 @@ impl<'a> Facts<'a> {
         });
         // An upgrade offering h2c is not passed on: a backend that took it
         // would speak HTTP/2 with the client through the tunnel, past the
-        // routing. The request goes on as a plain one.
-        let upgrade = summary
-            .upgrade
-            .filter(|offer| minor == 1 && upgrade_token && !crate::fields::has_token(offer, "h2c"));
+        // routing. Nor is one offered in several Upgrade lines (a list the
+        // proxy would have to join to check and pass on whole; a proxy may
+        // decline any upgrade, RFC 9110 §7.8). The request goes on as a
+        // plain one.
+        let upgrade = summary.upgrade.filter(|offer| {
+            minor == 1
+                && upgrade_token
+                && summary.upgrades == 1
+                && !crate::fields::has_token(offer, "h2c")
+        });
         Self {
             close: close || (minor == 0 && !keep_alive),
             keep_alive: minor == 0 && keep_alive,
