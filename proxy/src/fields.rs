@@ -743,6 +743,9 @@ mod tests {
             "content_length",
             "Transfer_Encoding",
             "HOST_",
+            // The whole X-Forwarded-* family.
+            "x_forwarded_for_app",
+            "X_Forwarded_Ssl",
         ] {
             let expected = if name == "HOST_" {
                 ClientField::Underscored
@@ -751,7 +754,7 @@ mod tests {
             };
             assert_eq!(client_field(name.as_bytes()), expected, "{name}");
         }
-        for name in ["my_header", "x_forwarded_for_app", "_"] {
+        for name in ["my_header", "x_forwarded", "_"] {
             assert_eq!(
                 client_field(name.as_bytes()),
                 ClientField::Underscored,
