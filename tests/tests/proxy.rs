@@ -1488,6 +1488,61 @@ fn early_answer() -> Bytes {
         .into()
 }
 
+/// A request with no body reaches an HTTP/2 backend as one HEADERS frame
+/// that ends the stream, from an HTTP/1.1 client as from an HTTP/2 one,
+/// not as HEADERS and then an empty DATA frame: a request a backend can
+/// answer at once, in one frame less. A POST with a body still streams it.
+#[tokio::test]
+async fn a_bodiless_request_ends_its_http2_stream_with_its_head() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    // Whether the stream had ended when its head came.
+                    let ended = req.body().is_end_stream();
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {ended}", req.method()));
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        let head = http::Response::builder().status(200).body(()).unwrap();
+                        let _ = respond.send_response(head, true);
+                    });
+                }
+            });
+        }
+    });
+    let routes = format!("  - {{ name: web, protocol: http2, stable: 'http://{backend}' }}\n");
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let url = format!("http://{}/", proxy.addr);
+    for client in [h1_client(), h2_client()] {
+        let post = Request::post(&url)
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        assert_eq!(send(&client, post).await.unwrap().0, StatusCode::OK);
+        let get = Request::get(&url).body(Full::default()).unwrap();
+        assert_eq!(send(&client, get).await.unwrap().0, StatusCode::OK);
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["POST false", "GET true", "POST false", "GET true"],
+        "whether each request's HEADERS ended its stream"
+    );
+}
+
 /// An HTTP/1.1 client whose request body (1 MiB, far past the backend's
 /// windows) is still on its way when an HTTP/2 backend answers gets the
 /// whole answer (413 or 200, then `RST_STREAM(NO_ERROR)`), then its

@@ -448,7 +448,14 @@ impl Upstream {
         // not hand back a request it sent).
         let parts = copy_parts(parts);
         let idempotent = is_idempotent(&req.method);
-        let body = req.body.take().unwrap_or_else(UpstreamBody::empty);
+        // A body with nothing left to send (none, or read and sent whole)
+        // goes as hyper's own empty one: the head then ends the stream
+        // (END_STREAM on HEADERS), not an empty DATA frame after it.
+        let body = req
+            .body
+            .take()
+            .filter(|body| !body.is_end_stream())
+            .unwrap_or_else(UpstreamBody::empty);
         // Handed to hyper: it may write the head at any time now.
         req.written.store(true, Ordering::SeqCst);
         let mut rest = None;
