@@ -612,27 +612,43 @@ pub fn decode_unreserved(path: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8(out).expect("ASCII for ASCII"))
 }
 
-/// `target` (a path and query) with every byte RFC 3986 does not allow
-/// in one percent-encoded (`"`, `<`, `>`, `\\`, `^`, `` ` ``, `{`, `|`,
-/// `}`, and any byte past ASCII): an HTTP/1.1 client may send them, and an
-/// HTTP/1.1 backend gets them as sent, but an HTTP/2 `:path` is a URI's
-/// (RFC 9113 §8.3.1), so an HTTP/2 backend gets them escaped, which
-/// means the same to it (RFC 3986 §2.1), as browsers send them. `%` stays
-/// as sent: nothing is escaped twice. Borrowed when there is none.
-pub fn escape_non_uri(target: &str) -> std::borrow::Cow<'_, str> {
-    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b);
-    if target.bytes().all(allowed) {
-        return std::borrow::Cow::Borrowed(target);
-    }
+/// The longest `:path` an HTTP/2 backend is sent: the `http` library's
+/// bound on a path and query.
+pub const MAX_H2_PATH: usize = 65534;
+
+/// The `:path` an HTTP/2 backend gets for `target`, an HTTP/1.1 client's
+/// path and query (or an HTTP/2 client's `:path`): as sent when it is a
+/// path the `http` library takes, which is nearly always. Else `"`, `<`,
+/// `>` and `` ` `` are percent-encoded (an HTTP/1.1 client may send them
+/// raw, and an HTTP/1.1 backend gets them as sent; escaped they mean the
+/// same, RFC 3986 §2.1), and failing that every byte RFC 3986 does not
+/// allow. `%` stays as sent: nothing is escaped twice. None: not even
+/// escaped is it one (longer than [`MAX_H2_PATH`]).
+pub fn h2_path(target: &str) -> Option<http::uri::PathAndQuery> {
+    let take = |t: &str| http::uri::PathAndQuery::try_from(t).ok();
+    let rfc3986 = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%[]".contains(&b);
+    take(target)
+        .or_else(|| take(&escape(target, |b| !b"\"<>`".contains(&b))))
+        .or_else(|| take(&escape(target, rfc3986)))
+}
+
+/// Whether `target` is too long to reach an HTTP/2 backend ([`h2_path`]):
+/// a target of up to a third of [`MAX_H2_PATH`] never is, escaped or not.
+pub fn too_long_for_h2(target: &str) -> bool {
+    target.len() > MAX_H2_PATH / 3 && h2_path(target).is_none()
+}
+
+/// `target` with every byte that is not `kept` percent-encoded.
+fn escape(target: &str, kept: impl Fn(u8) -> bool) -> String {
     let mut out = String::with_capacity(target.len() + 8);
     for b in target.bytes() {
-        if allowed(b) {
+        if kept(b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    std::borrow::Cow::Owned(out)
+    out
 }
 
 /// The value of the hex digit `digit` (one of `0-9a-fA-F`).
@@ -651,31 +667,34 @@ mod tests {
     #[test]
     fn every_target_byte_an_http2_path_may_not_carry_is_escaped() {
         // Every byte from `!` to `~` (the visible ASCII an HTTP/1.1 target
-        // may have), in a path and in a query, gives a path the `http`
-        // crate takes as an HTTP/2 `:path`.
+        // may have), in a path and in a query, gives an HTTP/2 `:path`;
+        // those the library takes go as sent.
         for b in b'!'..=b'~' {
             if b == b'#' {
                 continue; // refused before routing
             }
             let c = b as char;
             for target in [format!("/a{c}b"), format!("/a?q={c}")] {
-                let escaped = escape_non_uri(&target);
-                assert!(
-                    http::uri::PathAndQuery::try_from(escaped.as_ref()).is_ok(),
-                    "{target} as {escaped}"
-                );
+                let path = h2_path(&target).unwrap_or_else(|| panic!("{target}"));
+                let sent = path.as_str() == target;
+                let escaped = path.as_str() == target.replace(c, &format!("%{b:02X}"));
+                assert!(sent || escaped, "{target} as {path}");
             }
         }
-        assert_eq!(
-            escape_non_uri("/a<b>?q=\"1\"|{}"),
-            "/a%3Cb%3E?q=%221%22%7C%7B%7D"
-        );
-        assert_eq!(escape_non_uri("/a\\b^`"), "/a%5Cb%5E%60");
-        assert_eq!(escape_non_uri("/caf\u{e9}"), "/caf%C3%A9");
-        assert!(matches!(
-            escape_non_uri("/a%2F;b=c?x=[1]&y=@"),
-            std::borrow::Cow::Borrowed(_)
-        ));
+        let path = |t: &str| h2_path(t).unwrap().as_str().to_string();
+        // As sent: what the library takes, JSON in a path among it.
+        assert_eq!(path("/api/{id}|x?f={\"a\":1}"), "/api/{id}|x?f={%22a%22:1}");
+        assert_eq!(path("/api/{id}|\\^"), "/api/{id}|\\^");
+        assert_eq!(path("/a<b>`?q=\"1\"<"), "/a%3Cb%3E%60?q=%221%22%3C");
+        assert_eq!(path("/a%2F;b=c?x=[1]&y=@"), "/a%2F;b=c?x=[1]&y=@");
+        // Escaped, a target up to a third of the bound always goes.
+        let third = format!("/{}", "<".repeat(MAX_H2_PATH / 3 - 1));
+        assert!(!too_long_for_h2(&third) && h2_path(&third).is_some());
+        let over = format!("/{}", "<".repeat(MAX_H2_PATH / 3 + 1));
+        assert!(too_long_for_h2(&over) && h2_path(&over).is_none());
+        let long = format!("/{}", "a".repeat(MAX_H2_PATH - 1));
+        assert!(!too_long_for_h2(&long));
+        assert!(too_long_for_h2(&format!("{long}a")));
     }
 
     #[test]

@@ -589,7 +589,9 @@ fn each_forwarded_field(
                 .map(<[u8]>::trim_ascii)
                 .filter(|e| !e.is_empty()),
         ),
-        Field::Forwarding if trusted => {
+        // A trusted proxy's, unless the `Connection` it came with names
+        // it (hop-by-hop).
+        Field::Forwarding if trusted && !named.lists(name) => {
             for (i, known) in [&b"x-forwarded-proto"[..], b"x-forwarded-host", b"x-real-ip"]
                 .iter()
                 .enumerate()
@@ -788,13 +790,15 @@ fn h2_head(
     // `:authority` is the backend's (an h2 request may not carry a Host
     // that differs from it, RFC 9113 §8.3.1); the client's is in
     // X-Forwarded-Host.
+    // The route phase refused a target with no `:path` (too long).
+    let path = crate::fields::h2_path(req.target.path_and_query())
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     parts.uri = http::Uri::builder()
         .scheme(scheme)
         .authority(backend.url.authority().as_str())
-        .path_and_query(crate::fields::escape_non_uri(req.target.path_and_query()).as_ref())
+        .path_and_query(path)
         .build()
-        // Not reached: the scheme and authority are the backend URL's, and
-        // an escaped target is a path and query.
+        // Not reached: the scheme and authority are the backend URL's.
         .unwrap_or_else(|_| http::Uri::from_static("/"));
     let headers = &mut parts.headers;
     // No Host: the fields go after `:authority`, which is the backend's.

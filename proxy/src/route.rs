@@ -433,6 +433,17 @@ pub fn route(
     };
     let trusted_hops = routing.valid.trusted_hops;
     drop(routing);
+    if route.protocol == crate::config::Protocol::Http2
+        && crate::fields::too_long_for_h2(req.target.path_and_query())
+    {
+        return Err(Refusal::new(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "sluice: the request target is longer than an HTTP/2 backend's path may be ({} bytes, escaped)\n",
+                crate::fields::MAX_H2_PATH
+            ),
+        ));
+    }
     if let Some(direct) = &route.direct_response {
         // The proxy's own answer, on no backend's series:
         // `sluice_direct_responses_total` only.

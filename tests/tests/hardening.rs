@@ -384,6 +384,19 @@ async fn forwarding_headers_are_trusted_only_as_configured() {
     assert_eq!(h["forwarded"], "for=1.2.3.4;proto=https", "{h}");
     assert_eq!(h["x-forwarded-ssl"], "on", "{h}");
     assert_eq!(h["x-forwarded-prefix"], "/shop", "{h}");
+    // A field the `Connection` names is hop-by-hop, a forwarding one too.
+    let mut raw = tokio::net::TcpStream::connect(behind_one.addr)
+        .await
+        .unwrap();
+    raw.write_all(
+        b"GET / HTTP/1.1\r\nHost: shop.example\r\nConnection: close, X-Forwarded-Prefix\r\nX-Forwarded-Prefix: /x\r\nX-Forwarded-Ssl: on\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (_, answer) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let h = echoed(&String::from_utf8_lossy(&answer))["headers"].clone();
+    assert!(h.get("x-forwarded-prefix").is_none(), "{h}");
+    assert_eq!(h["x-forwarded-ssl"], "on", "{h}");
 }
 
 /// `limits.max_connections`: a connection over the limit is closed at once
@@ -1283,10 +1296,11 @@ async fn ambiguous_invalid_or_missing_host_fields_are_400_and_never_forwarded() 
     assert_eq!(m.sum("sluice_requests_total", &[("route", "echo")]), 3.0);
 }
 
-/// An HTTP/1.1 target may carry bytes a URI may not (`<`, `"`, `|`, `{`,
-/// `` ` ``, `\\`, `^`): an HTTP/2 backend gets them percent-encoded in
-/// `:path`, which means the same (RFC 3986 §2.1), never a 502 charged to
-/// it for a path it was never sent.
+/// An HTTP/1.1 target may carry bytes a URI may not: an HTTP/2 backend
+/// gets those its `:path` cannot carry (`<`, `>`, `` ` ``, `"` in a query)
+/// percent-encoded, which means the same (RFC 3986 §2.1), and the rest as
+/// sent; never a 502 charged to it for a path it was never sent. One too
+/// long for a `:path` once escaped is the client's 414.
 #[tokio::test]
 async fn targets_with_bytes_no_uri_may_carry_reach_an_http2_backend_escaped() {
     let echo = start_echo().await;
@@ -1297,8 +1311,9 @@ async fn targets_with_bytes_no_uri_may_carry_reach_an_http2_backend_escaped() {
     .await;
     for (target, path, query) in [
         ("/a<b>", "/a%3Cb%3E", None),
-        ("/x?q=\"1\"|{}", "/x", Some("q=%221%22%7C%7B%7D")),
-        ("/a`b\\c^d?e>f", "/a%60b%5Cc%5Ed", Some("e%3Ef")),
+        ("/x?q=\"1\"|{}", "/x", Some("q=%221%22|{}")),
+        ("/a`b\\c^d?e>f", "/a%60b\\c^d", Some("e%3Ef")),
+        ("/api/{id}|x", "/api/{id}|x", None),
         ("/plain?a=1&b=%2F", "/plain", Some("a=1&b=%2F")),
     ] {
         let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -1315,9 +1330,19 @@ async fn targets_with_bytes_no_uri_may_carry_reach_an_http2_backend_escaped() {
         assert_eq!(echoed["path"], path, "{target}");
         assert_eq!(echoed["query"].as_str(), query, "{target}");
     }
+    let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "<".repeat(21_845)
+    );
+    raw.write_all(long.as_bytes()).await.unwrap();
+    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(text.starts_with("HTTP/1.1 414"), "a long target: {text}");
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
-    assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 4.0);
+    assert_eq!(m.sum("sluice_requests_total", &[]), 5.0);
+    assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 5.0);
 }
 
 /// An upgrade that offers h2c, alone or in a list, is not passed on: a
