@@ -331,7 +331,7 @@ pub struct CodeLabels {
 
 /// The answers a request refused before routing can get (see
 /// [`Metrics::record_refused`]).
-pub const REFUSED_CODES: [u16; 5] = [400, 405, 431, 501, 505];
+pub const REFUSED_CODES: [u16; 6] = [400, 405, 414, 431, 501, 505];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
@@ -687,7 +687,7 @@ impl Metrics {
         }
         registry.register(
             "refused_requests",
-            "Requests the proxy refused before routing, by its answer: 400 (a malformed or ambiguous HTTP/1.x head or framing; a missing, repeated or malformed Host; a method or target it does not forward), 405 (CONNECT), 431 (an HTTP/1.x head over limits.max_header_bytes or 128 fields, an HTTP/2 request over 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1 in a request line); no route or backend is charged",
+            "Requests the proxy refused before routing, by its answer: 400 (a malformed or ambiguous HTTP/1.x head or framing; a missing, repeated or malformed Host; a method or target it does not forward), 405 (CONNECT), 414 (a target too long for an HTTP/2 backend's :path), 431 (an HTTP/1.x head over limits.max_header_bytes or 128 fields, an HTTP/2 request over 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1 in a request line); no route or backend is charged",
             refused.clone(),
         );
         let direct_responses = Family::<DirectResponseLabels, Counter>::default();

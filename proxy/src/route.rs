@@ -27,6 +27,9 @@
 //! - No route for the host (port and case ignored), the normalised path
 //!   and the route matches' other conditions (method, fields, query;
 //!   `crate::routing`): 404.
+//! - A target too long for a `protocol: http2` route's `:path` once
+//!   escaped (`crate::fields::h2_path`): 414, in
+//!   `sluice_refused_requests_total` and no backend's series.
 //! - A route with `direct_response`: its status and body, from here,
 //!   without a backend; counted in no backend's series, but in
 //!   `sluice_direct_responses_total{route, code}` (the 404 in
@@ -389,6 +392,27 @@ pub struct Routed {
     pub set_cookie: Option<HeaderValue>,
 }
 
+/// A target an HTTP/2 route cannot send (too long for a `:path` once
+/// escaped, `crate::fields::h2_path`) is the client's 414: no backend is
+/// charged for a request it could not be sent.
+fn check_sendable(store: &Store, route: &Route, req: &ClientRequest<'_>) -> Result<(), Refusal> {
+    if route.protocol == crate::config::Protocol::Http2
+        && crate::fields::too_long_for_h2(req.target.path_and_query())
+    {
+        store
+            .metrics()
+            .record_refused(StatusCode::URI_TOO_LONG.as_u16());
+        return Err(Refusal::new(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "sluice: the request target is longer than an HTTP/2 backend's path may be ({} bytes, escaped)\n",
+                crate::fields::MAX_H2_PATH
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Finds the route of a checked request on `listener` and decides its
 /// backend (see the module docs).
 pub fn route(
@@ -433,17 +457,7 @@ pub fn route(
     };
     let trusted_hops = routing.valid.trusted_hops;
     drop(routing);
-    if route.protocol == crate::config::Protocol::Http2
-        && crate::fields::too_long_for_h2(req.target.path_and_query())
-    {
-        return Err(Refusal::new(
-            StatusCode::URI_TOO_LONG,
-            format!(
-                "sluice: the request target is longer than an HTTP/2 backend's path may be ({} bytes, escaped)\n",
-                crate::fields::MAX_H2_PATH
-            ),
-        ));
-    }
+    check_sendable(store, &route, req)?;
     if let Some(direct) = &route.direct_response {
         // The proxy's own answer, on no backend's series:
         // `sluice_direct_responses_total` only.

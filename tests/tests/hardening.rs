@@ -1343,6 +1343,10 @@ async fn targets_with_bytes_no_uri_may_carry_reach_an_http2_backend_escaped() {
     assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 0.0);
     assert_eq!(m.sum("sluice_requests_total", &[]), 5.0);
     assert_eq!(m.sum("sluice_requests_total", &[("code", "200")]), 5.0);
+    assert_eq!(
+        m.sum("sluice_refused_requests_total", &[("code", "414")]),
+        1.0
+    );
 }
 
 /// An upgrade that offers h2c, alone or in a list, is not passed on: a
