@@ -335,6 +335,31 @@ impl<'a> UpstreamBody<'a> {
         !self.touched
     }
 
+    /// A copy of a body read ahead whole, from where it stands, to hand
+    /// to a sender that takes its body away (hyper's HTTP/2 client): this
+    /// one stays, to be sent again if the backend refuses the stream.
+    /// None for a body not read ahead whole. The copy has no tee or
+    /// progress of its own: both ended when the body was read.
+    pub fn copy_whole(&self) -> Option<UpstreamBody<'static>> {
+        self.whole.then(|| UpstreamBody {
+            source: Source::Full(None),
+            ahead: self
+                .ahead
+                .iter()
+                .skip(self.sent_ahead)
+                .map(clone_frame)
+                .collect(),
+            whole: true,
+            sent_ahead: 0,
+            ended: true,
+            touched: false,
+            tee: None,
+            left: None,
+            keep_underscores: self.keep_underscores,
+            progress: None,
+        })
+    }
+
     /// Starts the body over (see [`UpstreamBody::can_resend`]).
     pub fn rewind(&mut self) {
         self.sent_ahead = 0;

@@ -641,8 +641,9 @@ pub async fn endless_backend() -> SocketAddr {
 
 /// An HTTP/2 backend on raw h2 (prior knowledge) that resets its first
 /// `refused` streams with `REFUSED_STREAM` (it promises it did no work:
-/// `usize::MAX` refuses all) and answers the rest 200 with
-/// `x-backend: name`; its address, and how many streams it saw.
+/// `usize::MAX` refuses all) and answers the rest, once it has read their
+/// bodies, 200 with `x-backend: name` and the body it read; its address,
+/// and how many streams it saw.
 pub async fn h2_refusing_backend(
     name: &'static str,
     refused: usize,
@@ -659,16 +660,26 @@ pub async fn h2_refusing_backend(
                 let Ok(mut conn) = h2::server::handshake(socket).await else {
                     return;
                 };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
                     if streams.fetch_add(1, Ordering::SeqCst) < refused {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
-                    } else {
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut read = Vec::new();
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                            read.extend_from_slice(&data);
+                        }
                         let answer = Response::builder()
                             .header("x-backend", name)
                             .body(())
                             .unwrap();
-                        let _ = respond.send_response(answer, true);
-                    }
+                        if let Ok(mut sending) = respond.send_response(answer, read.is_empty()) {
+                            let _ = sending.send_data(Bytes::from(read), true);
+                        }
+                    });
                 }
             });
         }

@@ -1187,10 +1187,20 @@ async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
         2,
         "refused once, then served"
     );
+    // A POST whose body was read ahead whole is sent again too, whole.
+    streams.store(0, Ordering::SeqCst);
+    let post = http::Request::post(&url)
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"payload",
+        )))
+        .unwrap();
+    let (status, _, body) = send(&h1_client(), post).await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"payload"[..]));
+    assert_eq!(streams.load(Ordering::SeqCst), 2, "refused, then served");
     let m = scrape(proxy.admin).await;
     assert_eq!(
         m.sum("sluice_upstream_retries_total", &[("route", "grpc")]),
-        1.0
+        2.0
     );
     assert_eq!(
         m.sum("sluice_upstream_errors_total", &[("route", "grpc")]),

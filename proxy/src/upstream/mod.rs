@@ -448,18 +448,28 @@ impl Upstream {
         // not hand back a request it sent).
         let parts = copy_parts(parts);
         let idempotent = is_idempotent(&req.method);
-        // A body with nothing left to send (none, or read and sent whole)
-        // goes as hyper's own empty one: the head then ends the stream
-        // (END_STREAM on HEADERS), not an empty DATA frame after it.
-        let body = req
-            .body
-            .take()
-            .filter(|body| !body.is_end_stream())
-            .unwrap_or_else(UpstreamBody::empty);
+        // hyper takes the body away: one read ahead whole goes as a copy,
+        // so that it can be sent again (a stream the backend refuses is
+        // retried, or failed over). A body with nothing left to send
+        // (none, or read and sent whole) goes as hyper's own empty one:
+        // the head then ends the stream (END_STREAM on HEADERS), not an
+        // empty DATA frame after it.
+        let unsent = |body: &UpstreamBody<'_>| !body.is_end_stream();
+        let body = match req.body.as_ref().and_then(UpstreamBody::copy_whole) {
+            Some(copy) => Ok(Some(copy)
+                .filter(unsent)
+                .unwrap_or_else(UpstreamBody::empty)),
+            None => req
+                .body
+                .take()
+                .filter(unsent)
+                .unwrap_or_else(UpstreamBody::empty)
+                .into_static(),
+        };
         // Handed to hyper: it may write the head at any time now.
         req.written.store(true, Ordering::SeqCst);
         let mut rest = None;
-        let result = match body.into_static() {
+        let result = match body {
             Ok(body) => {
                 let request = http::Request::from_parts(parts, h2::H2Body::Direct(body));
                 h2::send(conn, request).await
