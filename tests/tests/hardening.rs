@@ -1161,13 +1161,15 @@ async fn a_closed_keep_alive_connection_is_retried_for_a_get_and_never_for_a_pos
         m.sum("sluice_upstream_retries_total", &[("route", "web")]),
         1.0
     );
+    // Closed before an answer: a reset, not a malformed message.
     assert_eq!(
         m.sum(
             "sluice_upstream_errors_total",
-            &[("route", "web"), ("kind", "protocol")]
+            &[("route", "web"), ("kind", "reset")]
         ),
         1.0
     );
+    assert_eq!(m.sum("sluice_upstream_errors_total", &[]), 1.0);
 }
 
 #[tokio::test]

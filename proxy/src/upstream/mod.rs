@@ -378,22 +378,26 @@ impl Upstream {
                 req.written,
             )
             .await;
-        let failure = |error: BoxError, unstarted| Failure {
-            kind: UpstreamErrorKind::Protocol,
+        let failure = |kind, error: BoxError, unstarted| Failure {
+            kind,
             error,
             unstarted,
         };
+        // A connection closed or reset before an answer is `reset` (as one
+        // cut during the answer is); a message that breaks HTTP/1.1 is
+        // `protocol`.
+        let reset = UpstreamErrorKind::Reset;
         match exchanged {
             Ok(exchanged) => Ok(self.h1_response(slot, exchanged, now)),
-            Err(h1::SendError::Unwritten(e)) => Err(Missed::Unsent(failure(e.into(), true))),
+            Err(h1::SendError::Unwritten(e)) => Err(Missed::Unsent(failure(reset, e.into(), true))),
             // The stale keep-alive race.
             Err(h1::SendError::ClosedUnanswered(e)) => Err(Missed::Sent {
-                failure: failure(e.into(), false),
+                failure: failure(reset, e.into(), false),
                 retry: reused && bodiless && !req.upgrade && is_idempotent(&req.method),
             }),
             Err(h1::SendError::Body(e)) => Err(Missed::Body(e)),
             Err(e @ h1::SendError::Protocol(_)) => Err(Missed::Sent {
-                failure: failure(e.into(), false),
+                failure: failure(UpstreamErrorKind::Protocol, e.into(), false),
                 retry: false,
             }),
         }
