@@ -192,10 +192,16 @@ fn unauthorized(state: &ProxyState, req: &Request<Incoming>) -> Option<Response<
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim());
             (!presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()))).then(|| {
-                error(
+                let mut resp = error(
                     StatusCode::UNAUTHORIZED,
                     "the routes API needs the header `Authorization: Bearer <token>` with the token in admin.token_file",
-                )
+                );
+                // RFC 9110 §11.6.1: a 401 names the scheme it wants.
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+                );
+                resp
             })
         }
         Err(e) => Some(error(

@@ -215,8 +215,16 @@ async fn the_routes_api_needs_the_token_for_reads_too() {
     };
     for path in ["/routes", "/routes/web"] {
         for auth in [None, Some("Bearer wrong"), Some("s3cret-token-for-tests")] {
-            let (status, _, body) = send(&client, admin(path, auth)).await.unwrap();
+            let (status, headers, body) = send(&client, admin(path, auth)).await.unwrap();
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} with {auth:?}");
+            // RFC 9110 §11.6.1: the 401 names the scheme it wants.
+            assert!(
+                headers
+                    .get(http::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("Bearer ")),
+                "{path} with {auth:?}: {headers:?}"
+            );
             assert!(
                 !String::from_utf8_lossy(&body).contains(&upstream.url()),
                 "{path} leaks the upstream to {auth:?}"
