@@ -388,6 +388,24 @@ async fn bad_admin_requests_get_clear_errors_and_change_nothing() {
     .unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&body).contains("not JSON"));
+    // A key given twice, at the top or inside, is refused, not the last
+    // one taken.
+    for twice in [
+        &br#"{"canary_weight": 20, "canary_weight": 30}"#[..],
+        br#"{"canary_match": [{"header": "x-a", "header": "x-b", "value": "1"}]}"#,
+    ] {
+        let (status, _, body) = send(
+            &h1_client(),
+            Request::put(&admin)
+                .body(Full::new(Bytes::from_static(twice)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains("is given twice"), "{text}");
+    }
     // The table is untouched.
     let (_, _, routes) = get(&format!("http://{}/routes", proxy.admin_addr))
         .await
