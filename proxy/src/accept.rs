@@ -1,8 +1,10 @@
 //! Phase 1 of every request: its connection is accepted, counted against
 //! `limits.max_connections`, given TLS (on the main listener, when
-//! configured), and handed to the protocol it speaks: HTTP/2 when the
-//! client said so in the TLS handshake (ALPN `h2`) or sent the HTTP/2
-//! connection preface, else HTTP/1.1 ([`crate::downstream`]). The TLS
+//! configured), and handed to the protocol it speaks: over TLS, HTTP/2
+//! when the client said so in the handshake (ALPN `h2`; RFC 9113 §3.3:
+//! HTTP/2 over TLS is negotiated so, never sniffed), else HTTP/1.1; over
+//! plain TCP, HTTP/2 when it sends the HTTP/2 connection preface (prior
+//! knowledge), else HTTP/1.1 ([`crate::downstream`]). The TLS
 //! handshake and the first bytes must come within
 //! `limits.header_read_timeout`. On shutdown the listener stops accepting
 //! and the connections drain (`crate::conn`).
@@ -67,7 +69,7 @@ pub async fn run_listener(
                     if let Some(terminator) = serving.tls.clone() {
                         tokio::spawn(serve_tls(stream, peer, terminator, serving, entered));
                     } else {
-                        tokio::spawn(dispatch(stream, peer, serving, entered, Instant::now(), false));
+                        tokio::spawn(dispatch(stream, peer, serving, entered, Instant::now(), Speaks::Either));
                     }
                 }
                 Err(e) => {
@@ -110,27 +112,43 @@ async fn serve_tls(
     .await
     {
         Ok(Ok(tls)) => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            dispatch(tls, peer, serving, entered, opened, h2).await;
+            let speaks = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Speaks::Http2,
+                _ => Speaks::Http1,
+            };
+            dispatch(tls, peer, serving, entered, opened, speaks).await;
         }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
 }
 
-/// Hands a connection to HTTP/2 (`h2`, or its preface first) or HTTP/1.1.
+/// What a connection speaks, as far as its handshake says.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    /// TLS with ALPN `h2`.
+    Http2,
+    /// TLS without it: HTTP/1.1 only (an HTTP/2 preface is then a request
+    /// line of HTTP/2.0, answered 505).
+    Http1,
+    /// Plain TCP: HTTP/2 with its preface first, or HTTP/1.1.
+    Either,
+}
+
+/// Hands a connection to HTTP/2 or HTTP/1.1 (see [`Speaks`]).
 async fn dispatch<S>(
     mut io: S,
     peer: SocketAddr,
     serving: Arc<Serving>,
     entered: Entered,
     opened: Instant,
-    h2: bool,
+    speaks: Speaks,
 ) where
     S: AsyncRead + AsyncWrite + Sent + Unpin + Send + 'static,
 {
     let state = serving.state.clone();
     let client = Client::new(peer, state.scheme);
+    let h2 = speaks == Speaks::Http2;
     let first = if h2 {
         Some(BytesMut::new())
     } else {
@@ -140,7 +158,7 @@ async fn dispatch<S>(
     let Some(first) = first else {
         return;
     };
-    if h2 || first.starts_with(H2_PREFACE) {
+    if h2 || (speaks == Speaks::Either && first.starts_with(H2_PREFACE)) {
         let io = Rewind::new(io, first.freeze());
         // Boxed: an HTTP/1.1 connection's task keeps no room for it.
         let serve =

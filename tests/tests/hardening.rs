@@ -866,6 +866,40 @@ async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
     an_answer_left_unread_is_cut("TLS", tls, &proxy).await;
 }
 
+/// Over TLS, HTTP/2 is what the handshake negotiates (ALPN `h2`, RFC 9113
+/// §3.3), never what the first bytes look like: a client that negotiated
+/// nothing and sends HTTP/2's preface is speaking HTTP/1.1, with a request
+/// line of `HTTP/2.0` (505).
+#[tokio::test]
+async fn over_tls_http2_needs_alpn_not_a_preface() {
+    let dir = TempDir::new("hardening-tls-alpn");
+    let ca = TestCa::new("sluice hardening CA");
+    let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost"]);
+    let proxy = ChildProxy::start_with(
+        &format!(
+            "  - {{ name: web, stable: '{}' }}\n",
+            backend("stable").await.url()
+        ),
+        "",
+        &format!(
+            "tls:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+        &[],
+    )
+    .await;
+    let mut tls = tls_connect(&ca.cert_pem, proxy.addr).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    // The preface, then an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (_, seen) = closed_within(&mut tls, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 505"), "{text:?}");
+}
+
 /// A request whose backend cannot be reached (no byte was written) is tried
 /// once more, whatever its method, within a budget of 20% of the backend's
 /// requests plus 10.
