@@ -303,7 +303,8 @@ async fn every_framing_of_a_response_body_is_read_and_reuse_follows_the_rules() 
     assert_eq!(m.sum("sluice_requests_total", &[("route", "codec")]), 17.0);
 }
 
-/// Trailers of a chunked response reach an HTTP/2 client as trailers.
+/// Trailers of a chunked response reach an HTTP/2 client as trailers, and
+/// an HTTP/1.1 client that takes them.
 #[tokio::test]
 async fn trailers_of_a_chunked_response_reach_the_client() {
     let backend = scripted_backend().await;
@@ -321,6 +322,27 @@ async fn trailers_of_a_chunked_response_reach_the_client() {
     let trailers = collected.trailers().cloned().expect("trailers");
     assert_eq!(trailers["x-checksum"], "1f2e");
     assert_eq!(&collected.to_bytes()[..], b"body");
+    // An HTTP/1.1 client gets them when it said it takes them (`TE:
+    // trailers`), with the `Trailer` field that announces them; one that
+    // did not gets neither.
+    for (te, trailers) in [("TE: trailers\r\n", true), ("", false)] {
+        let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /trailers HTTP/1.1\r\nHost: a\r\n{te}Connection: close\r\n\r\n");
+        raw.write_all(request.as_bytes()).await.unwrap();
+        let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert_eq!(
+            text.contains("\r\ntrailer: x-checksum"),
+            trailers,
+            "{te:?}: {text}"
+        );
+        assert_eq!(
+            text.contains("\r\nx-checksum: 1f2e"),
+            trailers,
+            "{te:?}: {text}"
+        );
+    }
 }
 
 /// Malformed, ambiguous or oversized response heads are 502 of kind

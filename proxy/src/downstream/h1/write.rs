@@ -252,6 +252,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
             out,
             &head,
             reply.head_request && !no_content(status),
+            chunked && reply.wants_trailers && !no_body,
             modifier,
         );
         if let Some(cookie) = set_cookie {
@@ -396,6 +397,7 @@ fn passed_fields(
     out: &mut Vec<u8>,
     head: &ResponseHead,
     pass_length: bool,
+    trailers: bool,
     modifier: Option<&ValidHeaderModifier>,
 ) -> bool {
     let mut length = pass_length.then(|| head.declared_length()).flatten();
@@ -415,6 +417,8 @@ fn passed_fields(
                 write::field(out, name, value);
             }
             ResponseField::HopByHop => {}
+            // `Trailer` announces trailers: none come to this client.
+            ResponseField::Other if !trailers && name.eq_ignore_ascii_case(b"trailer") => {}
             ResponseField::Other => write::field(out, name, value),
         }
     });
