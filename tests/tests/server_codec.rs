@@ -207,7 +207,8 @@ async fn response_heads_and_bodies_are_framed_for_the_client() {
         ),
         (
             "GET /chunked",
-            "HTTP/1.1 200 OK\r\nTrailer: X-Sum\r\ntransfer-encoding: chunked\r\ndate: <date>\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            // No `TE: trailers`: neither the trailers nor `Trailer`.
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ndate: <date>\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
             "0\r\n\r\n",
         ),
         (
