@@ -1252,6 +1252,61 @@ async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
     );
 }
 
+/// A POST whose body an HTTP/2 backend read before it failed the stream
+/// (`INTERNAL_ERROR`, not `REFUSED_STREAM`) may have been acted on: it is
+/// never sent again, neither retried nor failed over to the stable,
+/// though its body was read ahead whole and could be.
+#[tokio::test]
+async fn a_post_an_http2_backend_read_then_failed_is_never_sent_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing = listener.local_addr().unwrap();
+    let streams = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                    });
+                }
+            });
+        }
+    });
+    let (stable, stable_streams) = h2_refusing_backend("stable", 0).await;
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - {{ name: alone, path_prefix: /alone, protocol: http2, stable: 'http://{failing}' }}\n  - {{ name: split, protocol: http2, stable: 'http://{stable}', canary: 'http://{failing}', canary_weight: 100 }}\n"
+        ),
+        &[],
+    )
+    .await;
+    for path in ["/alone/charge", "/split/charge"] {
+        let post = http::Request::post(format!("http://{}{path}", proxy.addr))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"charge the card",
+            )))
+            .unwrap();
+        let (status, _, _) = send(&h1_client(), post).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{path}");
+    }
+    assert_eq!(streams.load(Ordering::SeqCst), 2, "one stream per POST");
+    assert_eq!(stable_streams.load(Ordering::SeqCst), 0, "failed over");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.sum("sluice_upstream_retries_total", &[]), 0.0);
+    assert_eq!(m.sum("sluice_failovers_total", &[]), 0.0);
+}
+
 /// A proxy with one route, `echo`, to an echo backend; and the backend's
 /// address.
 async fn echo_proxy() -> (SocketAddr, ChildProxy) {

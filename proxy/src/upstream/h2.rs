@@ -2,10 +2,12 @@
 //! backend and serving thread, driven by its own task on that thread.
 //!
 //! hyper's client polls a request body from that task, so the body must
-//! own its source: an HTTP/2 client's body (hyper's own) or one held whole
-//! is handed over as it is; a body the own HTTP/1.1 downstream reads from
-//! its client's connection is pumped to it, frame by frame, through a
-//! small channel, by the request's task.
+//! own its source: an HTTP/2 client's body (hyper's own) is handed over
+//! as it is; one read ahead whole goes as a copy of its frames (so that a
+//! refused stream can be sent again, with the length hyper then declares);
+//! the rest of a body the own HTTP/1.1 downstream reads from its client's
+//! connection is pumped to it, frame by frame, through a small channel, by
+//! the request's task.
 //!
 //! **An answer before the body's end** (RFC 9113 §8.1: a 413, or a whole
 //! answer then `RST_STREAM(NO_ERROR)`): the pump stops at the answer's

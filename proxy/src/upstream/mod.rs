@@ -126,7 +126,9 @@ pub enum Head {
 pub struct Request<'s, 'b> {
     pub method: Method,
     pub head: Head,
-    /// None once handed to hyper's HTTP/2 client.
+    /// None once handed to hyper's HTTP/2 client, unless it was read
+    /// ahead whole: hyper then gets a copy, and this stays to be sent
+    /// again (see [`UpstreamBody::copy_whole`]).
     pub body: Option<UpstreamBody<'b>>,
     /// The request had a body to send.
     pub has_body: bool,

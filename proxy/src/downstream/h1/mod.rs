@@ -344,7 +344,7 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                     Err(HeadError::Version) => {
                         return Read::Refused(
                             StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                            "HTTP/1.x is served here (and HTTP/2 with its preface or ALPN), not this request line's major version",
+                            "HTTP/1.x is served here (and HTTP/2: with ALPN `h2` over TLS, with its preface over plain TCP), not this request line's major version",
                         );
                     }
                 }
