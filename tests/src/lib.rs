@@ -639,6 +639,44 @@ pub async fn endless_backend() -> SocketAddr {
     addr
 }
 
+/// A backend on raw h2 (prior knowledge): each request stream, as its
+/// connection accepts it, is handed to `stream` (so what the call does
+/// before its future runs happens in the streams' order), and the future
+/// it gives is spawned. Its address.
+pub async fn serve_h2<F, Fut>(stream: F) -> SocketAddr
+where
+    F: Fn(Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(stream(req, respond));
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads an HTTP/2 request body until it ends (or fails), giving its
+/// window back as it goes; the bytes read.
+pub async fn read_h2_body(body: &mut h2::RecvStream) -> Vec<u8> {
+    let mut read = Vec::new();
+    while let Some(Ok(data)) = body.data().await {
+        let _ = body.flow_control().release_capacity(data.len());
+        read.extend_from_slice(&data);
+    }
+    read
+}
+
 /// An HTTP/2 backend on raw h2 (prior knowledge) that resets its first
 /// `refused` streams with `REFUSED_STREAM` (it promises it did no work:
 /// `usize::MAX` refuses all) and answers the rest, once it has read their
@@ -649,41 +687,26 @@ pub async fn h2_refusing_backend(
     refused: usize,
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let streams = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = streams.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let streams = streams.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    if streams.fetch_add(1, Ordering::SeqCst) < refused {
-                        respond.send_reset(h2::Reason::REFUSED_STREAM);
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        let mut body = req.into_body();
-                        let mut read = Vec::new();
-                        while let Some(Ok(data)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(data.len());
-                            read.extend_from_slice(&data);
-                        }
-                        let answer = Response::builder()
-                            .header("x-backend", name)
-                            .body(())
-                            .unwrap();
-                        if let Ok(mut sending) = respond.send_response(answer, read.is_empty()) {
-                            let _ = sending.send_data(Bytes::from(read), true);
-                        }
-                    });
-                }
-            });
+    let addr = serve_h2(move |req, mut respond| {
+        let refuse = streams.fetch_add(1, Ordering::SeqCst) < refused;
+        async move {
+            if refuse {
+                respond.send_reset(h2::Reason::REFUSED_STREAM);
+                return;
+            }
+            let read = read_h2_body(&mut req.into_body()).await;
+            let answer = Response::builder()
+                .header("x-backend", name)
+                .body(())
+                .unwrap();
+            if let Ok(mut sending) = respond.send_response(answer, read.is_empty()) {
+                let _ = sending.send_data(Bytes::from(read), true);
+            }
         }
-    });
+    })
+    .await;
     (addr, counted)
 }
 

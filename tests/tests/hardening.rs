@@ -841,18 +841,15 @@ async fn a_client_that_takes_none_of_its_answer_loses_the_connection() {
     an_answer_left_unread_is_cut("plain", raw, &proxy).await;
 }
 
-/// The same over TLS, where a flush writes records until the socket is
-/// full and says only that it waits. (A slow TLS reader whose flush makes
-/// progress is not cut: the proxy's unit test
-/// `progress_the_socket_counts_restarts_the_stall_limit`, as the kernel's
-/// buffers make it unsteady end to end.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
-    let dir = TempDir::new("hardening-tls-stall");
+/// A proxy with `routes` whose listener speaks TLS, with a certificate for
+/// `localhost` from a CA of its own; the CA, and the directory that holds
+/// the files (kept while the proxy runs).
+async fn tls_proxy(routes: &str) -> (ChildProxy, TestCa, TempDir) {
+    let dir = TempDir::new("hardening-tls");
     let ca = TestCa::new("sluice hardening CA");
     let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost"]);
     let proxy = ChildProxy::start_with(
-        &endless_route(endless_backend().await),
+        routes,
         "",
         &format!(
             "tls:\n  cert_file: {}\n  key_file: {}\n",
@@ -862,6 +859,17 @@ async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
         &[],
     )
     .await;
+    (proxy, ca, dir)
+}
+
+/// The same over TLS, where a flush writes records until the socket is
+/// full and says only that it waits. (A slow TLS reader whose flush makes
+/// progress is not cut: the proxy's unit test
+/// `progress_the_socket_counts_restarts_the_stall_limit`, as the kernel's
+/// buffers make it unsteady end to end.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
+    let (proxy, ca, _dir) = tls_proxy(&endless_route(endless_backend().await)).await;
     let tls = tls_connect(&ca.cert_pem, proxy.addr).await;
     an_answer_left_unread_is_cut("TLS", tls, &proxy).await;
 }
@@ -872,22 +880,11 @@ async fn a_tls_client_that_takes_none_of_its_answer_loses_the_connection() {
 /// line of `HTTP/2.0` (505).
 #[tokio::test]
 async fn over_tls_http2_needs_alpn_not_a_preface() {
-    let dir = TempDir::new("hardening-tls-alpn");
-    let ca = TestCa::new("sluice hardening CA");
-    let (cert, key, _) = ca.write_leaf(&dir.path, "server", &["localhost"]);
-    let proxy = ChildProxy::start_with(
-        &format!(
-            "  - {{ name: web, stable: '{}' }}\n",
-            backend("stable").await.url()
-        ),
-        "",
-        &format!(
-            "tls:\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ),
-        &[],
-    )
+    let stable = backend("stable").await;
+    let (proxy, ca, _dir) = tls_proxy(&format!(
+        "  - {{ name: web, stable: '{}' }}\n",
+        stable.url()
+    ))
     .await;
     let mut tls = tls_connect(&ca.cert_pem, proxy.addr).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
@@ -1259,30 +1256,16 @@ async fn a_refused_http2_stream_is_retried_on_a_fresh_connection() {
 #[tokio::test]
 async fn a_post_an_http2_backend_read_then_failed_is_never_sent_again() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let failing = listener.local_addr().unwrap();
     let streams = std::sync::Arc::new(AtomicUsize::new(0));
     let seen = streams.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        let mut body = req.into_body();
-                        while let Some(Ok(data)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(data.len());
-                        }
-                        respond.send_reset(h2::Reason::INTERNAL_ERROR);
-                    });
-                }
-            });
+    let failing = serve_h2(move |req, mut respond| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            read_h2_body(&mut req.into_body()).await;
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
         }
-    });
+    })
+    .await;
     let (stable, stable_streams) = h2_refusing_backend("stable", 0).await;
     let proxy = ChildProxy::start(
         &format!(

@@ -1426,75 +1426,63 @@ async fn pooled_upstream_connections_survive_every_kind_of_response_end() {
 /// stream go without ending it: never a cut body that looks whole) or
 /// `ended after N bytes`.
 async fn h2_early_backend(seen: Arc<std::sync::Mutex<Vec<String>>>) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
+    serve_h2(move |req, mut respond| {
+        let seen = seen.clone();
+        async move {
+            let reset = req.uri().path() == "/reset";
+            let (head, mut body) = req.into_parts();
+            drop(head);
+            // The body is read (and its window given back) all
+            // along, as the answer goes out.
+            let reader_seen = seen.clone();
+            let reader = tokio::spawn(async move {
+                let mut got = 0;
+                let end = loop {
+                    match body.data().await {
+                        Some(Ok(data)) => {
+                            got += data.len();
+                            let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        Some(Err(_)) => break "reset".to_string(),
+                        None => break format!("ended after {got} bytes"),
+                    }
                 };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let seen = seen.clone();
-                    tokio::spawn(async move {
-                        let reset = req.uri().path() == "/reset";
-                        let (head, mut body) = req.into_parts();
-                        drop(head);
-                        // The body is read (and its window given back) all
-                        // along, as the answer goes out.
-                        let reader_seen = seen.clone();
-                        let reader = tokio::spawn(async move {
-                            let mut got = 0;
-                            let end = loop {
-                                match body.data().await {
-                                    Some(Ok(data)) => {
-                                        got += data.len();
-                                        let _ = body.flow_control().release_capacity(data.len());
-                                    }
-                                    Some(Err(_)) => break "reset".to_string(),
-                                    None => break format!("ended after {got} bytes"),
-                                }
-                            };
-                            if !reset {
-                                reader_seen.lock().unwrap().push(end);
-                            }
-                        });
-                        let status = if reset { 200 } else { 413 };
-                        let head = http::Response::builder()
-                            .status(status)
-                            .header("content-length", EARLY_ANSWER)
-                            .body(())
-                            .unwrap();
-                        let mut sending = respond.send_response(head, false).unwrap();
-                        // The head first, its body a moment later (a stream
-                        // reset meanwhile would cut it).
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        // Within the proxy's windows (so all of it goes out
-                        // now, none of it queued when a reset clears the
-                        // queue).
-                        sending.reserve_capacity(EARLY_ANSWER);
-                        while sending.capacity() < EARLY_ANSWER {
-                            let more = std::future::poll_fn(|cx| sending.poll_capacity(cx)).await;
-                            if !matches!(more, Some(Ok(_))) {
-                                seen.lock().unwrap().push("the answer was cut".into());
-                                return;
-                            }
-                        }
-                        sending.send_data(early_answer(), true).unwrap();
-                        if reset {
-                            // Time for the connection to write it out.
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            sending.send_reset(h2::Reason::NO_ERROR);
-                            seen.lock().unwrap().push("reset by the backend".into());
-                            reader.abort();
-                        }
-                    });
+                if !reset {
+                    reader_seen.lock().unwrap().push(end);
                 }
             });
+            let status = if reset { 200 } else { 413 };
+            let head = http::Response::builder()
+                .status(status)
+                .header("content-length", EARLY_ANSWER)
+                .body(())
+                .unwrap();
+            let mut sending = respond.send_response(head, false).unwrap();
+            // The head first, its body a moment later (a stream
+            // reset meanwhile would cut it).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Within the proxy's windows (so all of it goes out
+            // now, none of it queued when a reset clears the
+            // queue).
+            sending.reserve_capacity(EARLY_ANSWER);
+            while sending.capacity() < EARLY_ANSWER {
+                let more = std::future::poll_fn(|cx| sending.poll_capacity(cx)).await;
+                if !matches!(more, Some(Ok(_))) {
+                    seen.lock().unwrap().push("the answer was cut".into());
+                    return;
+                }
+            }
+            sending.send_data(early_answer(), true).unwrap();
+            if reset {
+                // Time for the connection to write it out.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                sending.send_reset(h2::Reason::NO_ERROR);
+                seen.lock().unwrap().push("reset by the backend".into());
+                reader.abort();
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 const EARLY_ANSWER: usize = 300 * 1024;
@@ -1513,35 +1501,21 @@ fn early_answer() -> Bytes {
 #[tokio::test]
 async fn a_bodiless_request_ends_its_http2_stream_with_its_head() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let record = record.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else {
-                    return;
-                };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    // Whether the stream had ended when its head came.
-                    let ended = req.body().is_end_stream();
-                    record
-                        .lock()
-                        .unwrap()
-                        .push(format!("{} {ended}", req.method()));
-                    tokio::spawn(async move {
-                        let mut body = req.into_body();
-                        while let Some(Ok(data)) = body.data().await {
-                            let _ = body.flow_control().release_capacity(data.len());
-                        }
-                        let head = http::Response::builder().status(200).body(()).unwrap();
-                        let _ = respond.send_response(head, true);
-                    });
-                }
-            });
+    let backend = serve_h2(move |req, mut respond| {
+        // Whether the stream had ended when its head came.
+        let ended = req.body().is_end_stream();
+        record
+            .lock()
+            .unwrap()
+            .push(format!("{} {ended}", req.method()));
+        async move {
+            read_h2_body(&mut req.into_body()).await;
+            let head = http::Response::builder().status(200).body(()).unwrap();
+            let _ = respond.send_response(head, true);
         }
-    });
+    })
+    .await;
     let routes = format!("  - {{ name: web, protocol: http2, stable: 'http://{backend}' }}\n");
     let proxy = start_proxy(&proxy_yaml(&routes)).await;
     let url = format!("http://{}/", proxy.addr);
