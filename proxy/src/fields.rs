@@ -163,11 +163,9 @@ pub fn is_forwarded_family(name: &[u8]) -> bool {
 }
 
 /// Fields whose underscore spellings are never passed on: what the proxy
-/// sets (forwarding), frames by, or treats as hop-by-hop.
-const RESERVED_SPELLINGS: [&[u8]; 14] = [
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
+/// sets (forwarding; the `X-Forwarded-*` family is reserved whole, by
+/// [`FORWARDED_PREFIX`]), frames by, or treats as hop-by-hop.
+const RESERVED_SPELLINGS: [&[u8]; 11] = [
     b"x-real-ip",
     b"forwarded",
     b"host",

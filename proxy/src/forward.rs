@@ -504,7 +504,9 @@ enum Field {
 }
 
 fn classify(name: &[u8]) -> Field {
-    const TABLE: [(&[u8], Field); 16] = [
+    // The rest of the `X-Forwarded-*` family (`-Proto`, `-Host`, `-Ssl`,
+    // …) is `Forwarding` by its prefix, below.
+    const TABLE: [(&[u8], Field); 14] = [
         (b"host", Field::Host),
         (b"connection", Field::HopByHop),
         (b"keep-alive", Field::HopByHop),
@@ -515,8 +517,6 @@ fn classify(name: &[u8]) -> Field {
         (b"content-length", Field::Framing),
         (b"expect", Field::Expect),
         (b"x-forwarded-for", Field::Xff),
-        (b"x-forwarded-proto", Field::Forwarding),
-        (b"x-forwarded-host", Field::Forwarding),
         (b"x-real-ip", Field::Forwarding),
         (b"forwarded", Field::Forwarding),
         (b"cookie", Field::Cookie),
@@ -527,9 +527,10 @@ fn classify(name: &[u8]) -> Field {
         .find(|(known, _)| known.eq_ignore_ascii_case(name))
     {
         Some(&(_, kind)) => kind,
-        // The rest of the family (`X-Forwarded-Ssl`, `-Port`, `-Prefix`,
-        // …): a backend's framework may read them as its scheme, port or
-        // path prefix, so only a trusted proxy's pass.
+        // The rest of the family (`-Proto` and `-Host`, which the proxy
+        // sets, and `-Ssl`, `-Port`, `-Prefix`, …, which a backend's
+        // framework may read as its scheme, port or path prefix): only a
+        // trusted proxy's pass.
         None if crate::fields::is_forwarded_family(name) => Field::Forwarding,
         None => Field::Other,
     }
@@ -787,12 +788,12 @@ fn h2_head(
         crate::config::Scheme::Http => "http",
         crate::config::Scheme::Https => "https",
     };
-    // `:authority` is the backend's (an h2 request may not carry a Host
-    // that differs from it, RFC 9113 §8.3.1); the client's is in
-    // X-Forwarded-Host.
     // The route phase refused a target with no `:path` (too long).
     let path = crate::fields::h2_path(req.target.path_and_query())
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    // `:authority` is the backend's (an h2 request may not carry a Host
+    // that differs from it, RFC 9113 §8.3.1); the client's is in
+    // X-Forwarded-Host.
     parts.uri = http::Uri::builder()
         .scheme(scheme)
         .authority(backend.url.authority().as_str())

@@ -17,7 +17,8 @@
 //!   `Host: a@other-host` (the rules on hosts are `crate::fields`').
 //! - HTTP/1 (RFC 9112 §3.2): one Host field, a host and optional port; an
 //!   HTTP/1.1 request needs one even when its absolute-form target names
-//!   the authority, which then replaces it (HTTP/1.0 may leave Host out). HTTP/2: a Host field, when sent, is one valid host
+//!   the authority, which then replaces it (HTTP/1.0 may leave Host out).
+//!   HTTP/2: a Host field, when sent, is one valid host
 //!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
 //!   one of them (RFC 9110 §7.2); `content-length` fields are equal
 //!   numbers; no field value starts or ends with a space or tab (RFC 9113
