@@ -1290,6 +1290,130 @@ async fn a_post_an_http2_backend_read_then_failed_is_never_sent_again() {
     assert_eq!(m.sum("sluice_failovers_total", &[]), 0.0);
 }
 
+/// An HTTP/2 backend whose first `turn_away` connections answer the
+/// first stream they see with GOAWAY naming `last` as the last stream
+/// processed (0: the stream was not, RFC 9113 §6.8), then close; later
+/// connections echo each request's body (as [`h2_refusing_backend`]).
+/// Its address, and how many streams it turned away.
+async fn h2_goaway_backend(
+    turn_away: usize,
+    last: u32,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (echo, _) = h2_refusing_backend("echo", 0).await;
+    let turned = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = turned.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut connections = 0;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            connections += 1;
+            if connections > turn_away {
+                // Later connections go to the echo backend, byte for byte.
+                let mut to = tokio::net::TcpStream::connect(echo).await.unwrap();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut socket, &mut to).await;
+                });
+                continue;
+            }
+            let turned = turned.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if socket.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                // Frames until the first HEADERS (type 1).
+                loop {
+                    let mut head = [0u8; 9];
+                    if socket.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                    let mut payload = vec![0u8; len];
+                    if socket.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    if head[3] == 1 {
+                        break;
+                    }
+                }
+                turned.fetch_add(1, Ordering::SeqCst);
+                // SETTINGS (empty), then GOAWAY: `last`, NO_ERROR.
+                let mut frames = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
+                frames.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0]);
+                frames.extend_from_slice(&last.to_be_bytes());
+                frames.extend_from_slice(&[0, 0, 0, 0]);
+                let _ = socket.write_all(&frames).await;
+                let _ = socket.shutdown().await;
+                // Read on until the proxy closes, so the close is clean.
+                let mut sink = [0u8; 1024];
+                while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, counted)
+}
+
+/// A stream an HTTP/2 backend turns away with GOAWAY, unprocessed (above
+/// the GOAWAY's last stream identifier), promises no work was done, as
+/// `REFUSED_STREAM` does: a POST is sent again on a fresh connection, and
+/// as a canary's it fails over to the stable, its body whole both times.
+/// A POST on a stream the GOAWAY counts as processed, cut by the close
+/// that follows, may have been acted on: it is never sent again.
+#[tokio::test]
+async fn a_post_an_http2_backend_turned_away_with_goaway_is_sent_again() {
+    use std::sync::atomic::Ordering;
+    let (once, turned_once) = h2_goaway_backend(1, 0).await;
+    let (always, turned_always) = h2_goaway_backend(usize::MAX, 0).await;
+    let (processed, turned_processed) = h2_goaway_backend(usize::MAX, i32::MAX as u32).await;
+    let (stable, stable_streams) = h2_refusing_backend("stable", 0).await;
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - {{ name: alone, path_prefix: /alone, protocol: http2, stable: 'http://{once}' }}\n  - {{ name: processed, path_prefix: /processed, protocol: http2, stable: 'http://{stable}', canary: 'http://{processed}', canary_weight: 100 }}\n  - {{ name: split, protocol: http2, stable: 'http://{stable}', canary: 'http://{always}', canary_weight: 100 }}\n"
+        ),
+        &[],
+    )
+    .await;
+    for path in ["/alone/order", "/split/order"] {
+        let post = http::Request::post(format!("http://{}{path}", proxy.addr))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                b"one order",
+            )))
+            .unwrap();
+        let (status, _, body) = send(&h1_client(), post).await.unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"one order"[..]),
+            "{path}"
+        );
+    }
+    let post = http::Request::post(format!("http://{}/processed/order", proxy.addr))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"one order",
+        )))
+        .unwrap();
+    let (status, _, _) = send(&h1_client(), post).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "cut after the GOAWAY");
+    assert_eq!(turned_once.load(Ordering::SeqCst), 1, "turned away once");
+    assert!(
+        turned_always.load(Ordering::SeqCst) >= 1,
+        "the canary's GOAWAY"
+    );
+    assert_eq!(turned_processed.load(Ordering::SeqCst), 1, "never resent");
+    assert_eq!(stable_streams.load(Ordering::SeqCst), 1, "failed over once");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_upstream_retries_total", &[("route", "alone")]),
+        1.0
+    );
+    assert_eq!(m.sum("sluice_failovers_total", &[("route", "split")]), 1.0);
+    assert_eq!(
+        m.sum("sluice_failovers_total", &[("route", "processed")]),
+        0.0
+    );
+}
+
 /// A proxy with one route, `echo`, to an echo backend; and the backend's
 /// address.
 async fn echo_proxy() -> (SocketAddr, ChildProxy) {

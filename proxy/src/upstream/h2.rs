@@ -251,8 +251,8 @@ pub(super) enum Miss {
     /// hyper handed the request back: it never left.
     Unsent(hyper::Error),
     /// The request may have reached the backend; `refused`: reset with
-    /// `REFUSED_STREAM`, `cut`: cut by the backend's GOAWAY (see
-    /// [`turned_away`]).
+    /// `REFUSED_STREAM`, `cut`: turned away by the backend's GOAWAY
+    /// unprocessed (see [`turned_away`]).
     Sent {
         error: hyper::Error,
         refused: bool,
@@ -291,10 +291,14 @@ pub(super) async fn send(
     }
 }
 
-/// How an HTTP/2 backend turned a stream away: reset with
-/// `REFUSED_STREAM` (it promises it did no work, RFC 9113 §8.7: safe to
-/// send anywhere again), or cut by the backend's GOAWAY (which may have
-/// come after the stream was processed: sent again only when idempotent).
+/// How an HTTP/2 backend turned a stream away, both times with a promise
+/// that it did no work (so the request is safe to send anywhere again,
+/// whatever its method): reset with `REFUSED_STREAM` (RFC 9113 §8.7), or
+/// cut by the backend's GOAWAY. The `h2` library gives a stream the
+/// backend's GOAWAY error only when its identifier is above the GOAWAY's
+/// last stream identifier (which RFC 9113 §6.8 says was not processed) or
+/// when the stream could not be opened after the GOAWAY; a stream at or
+/// below it that the connection's close cut is a broken pipe, never resent.
 fn turned_away(error: &hyper::Error) -> (bool, bool) {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
     while let Some(s) = source {

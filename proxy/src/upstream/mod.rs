@@ -26,8 +26,10 @@
 //! on a fresh connection, when it provably never reached the backend: the
 //! connect failed (refused, timed out, TLS), the connection was found
 //! closed before anything of the request was written, or an HTTP/2 backend
-//! refused the stream (`REFUSED_STREAM`, which promises it did no work; an
-//! idempotent request cut by the backend's GOAWAY too). A bodiless
+//! refused the stream (`REFUSED_STREAM`, which promises it did no work) or
+//! turned it away with GOAWAY (a stream above the GOAWAY's last stream
+//! identifier, which RFC 9113 §6.8 says was not processed, or one the
+//! connection could no longer open after it). A bodiless
 //! idempotent request is also sent again when a reused HTTP/1.1
 //! connection closed before any byte of the response came: the stale
 //! keep-alive race, where the server closed the connection as the request
@@ -453,7 +455,6 @@ impl Upstream {
         // The head again, for a stream the backend turns away (hyper does
         // not hand back a request it sent).
         let parts = copy_parts(parts);
-        let idempotent = is_idempotent(&req.method);
         // hyper takes the body away: one read ahead whole goes as a copy,
         // so that it can be sent again (a stream the backend refuses is
         // retried, or failed over). A body with nothing left to send
@@ -522,9 +523,9 @@ impl Upstream {
                 refused,
                 cut,
             } => Missed::Sent {
-                retry: refused || (cut && idempotent),
+                retry: refused || cut,
                 failure: Failure {
-                    unstarted: refused,
+                    unstarted: refused || cut,
                     ..protocol_failure(error.into())
                 },
             },
