@@ -1288,16 +1288,21 @@ async fn a_post_an_http2_backend_read_then_failed_is_never_sent_again() {
     let m = scrape(proxy.admin).await;
     assert_eq!(m.sum("sluice_upstream_retries_total", &[]), 0.0);
     assert_eq!(m.sum("sluice_failovers_total", &[]), 0.0);
+    // The backend reset the stream: `reset`, not `protocol`.
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("kind", "reset")]),
+        2.0
+    );
 }
 
 /// An HTTP/2 backend whose first `turn_away` connections answer the
-/// first stream they see with GOAWAY naming `last` as the last stream
-/// processed (0: the stream was not, RFC 9113 §6.8), then close; later
-/// connections echo each request's body (as [`h2_refusing_backend`]).
-/// Its address, and how many streams it turned away.
-async fn h2_goaway_backend(
+/// first stream they see with SETTINGS and then `answer` (raw frames),
+/// then close; later connections echo each request's body (as
+/// [`h2_refusing_backend`]). Its address, and how many streams it turned
+/// away.
+async fn h2_raw_backend(
     turn_away: usize,
-    last: u32,
+    answer: Vec<u8>,
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (echo, _) = h2_refusing_backend("echo", 0).await;
@@ -1318,6 +1323,7 @@ async fn h2_goaway_backend(
                 continue;
             }
             let turned = turned.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut preface = [0u8; 24];
                 if socket.read_exact(&mut preface).await.is_err() {
@@ -1339,11 +1345,8 @@ async fn h2_goaway_backend(
                     }
                 }
                 turned.fetch_add(1, Ordering::SeqCst);
-                // SETTINGS (empty), then GOAWAY: `last`, NO_ERROR.
                 let mut frames = vec![0, 0, 0, 4, 0, 0, 0, 0, 0];
-                frames.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0]);
-                frames.extend_from_slice(&last.to_be_bytes());
-                frames.extend_from_slice(&[0, 0, 0, 0]);
+                frames.extend_from_slice(&answer);
                 let _ = socket.write_all(&frames).await;
                 let _ = socket.shutdown().await;
                 // Read on until the proxy closes, so the close is clean.
@@ -1355,6 +1358,15 @@ async fn h2_goaway_backend(
     (addr, counted)
 }
 
+/// A GOAWAY frame naming `last` as the last stream processed (0: none,
+/// RFC 9113 §6.8), `NO_ERROR`.
+fn goaway(last: u32) -> Vec<u8> {
+    let mut frame = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(&last.to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame
+}
+
 /// A stream an HTTP/2 backend turns away with GOAWAY, unprocessed (above
 /// the GOAWAY's last stream identifier), promises no work was done, as
 /// `REFUSED_STREAM` does: a POST is sent again on a fresh connection, and
@@ -1364,9 +1376,9 @@ async fn h2_goaway_backend(
 #[tokio::test]
 async fn a_post_an_http2_backend_turned_away_with_goaway_is_sent_again() {
     use std::sync::atomic::Ordering;
-    let (once, turned_once) = h2_goaway_backend(1, 0).await;
-    let (always, turned_always) = h2_goaway_backend(usize::MAX, 0).await;
-    let (processed, turned_processed) = h2_goaway_backend(usize::MAX, i32::MAX as u32).await;
+    let (once, turned_once) = h2_raw_backend(1, goaway(0)).await;
+    let (always, turned_always) = h2_raw_backend(usize::MAX, goaway(0)).await;
+    let (processed, turned_processed) = h2_raw_backend(usize::MAX, goaway(i32::MAX as u32)).await;
     let (stable, stable_streams) = h2_refusing_backend("stable", 0).await;
     let proxy = ChildProxy::start(
         &format!(
@@ -1411,6 +1423,53 @@ async fn a_post_an_http2_backend_turned_away_with_goaway_is_sent_again() {
     assert_eq!(
         m.sum("sluice_failovers_total", &[("route", "processed")]),
         0.0
+    );
+    // Turned away or cut, the canary was closed on: `reset`.
+    for route in ["split", "processed"] {
+        assert_eq!(
+            m.sum(
+                "sluice_upstream_errors_total",
+                &[("route", route), ("kind", "reset")]
+            ),
+            1.0,
+            "{route}: {:?}",
+            m.0.iter()
+                .filter(|s| s.name == "sluice_upstream_errors_total")
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("kind", "protocol")]),
+        0.0
+    );
+}
+
+/// An answer that breaks HTTP/2's rules (a HEADERS frame without
+/// `:status`, which the proxy's HTTP/2 library refuses) is the backend's
+/// `protocol` error, a 502; a stream the backend resets is `reset` (see
+/// the INTERNAL_ERROR test above).
+#[tokio::test]
+async fn an_http2_answer_without_status_is_a_protocol_error() {
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: `x: y` only.
+    let block = [0x00, 0x01, b'x', 0x01, b'y'];
+    let mut answer = vec![0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1];
+    answer.extend_from_slice(&block);
+    let (backend, streams) = h2_raw_backend(usize::MAX, answer).await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: odd, protocol: http2, stable: 'http://{backend}' }}\n"),
+        &[],
+    )
+    .await;
+    let (status, _, body) = get(&format!("http://{}/x", proxy.addr)).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "odd"), ("kind", "protocol")]
+        ),
+        1.0
     );
 }
 

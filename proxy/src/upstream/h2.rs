@@ -41,6 +41,7 @@ use super::idle::IdleMark;
 use super::io::UpstreamIo;
 use crate::BoxError;
 use crate::body::UpstreamBody;
+use crate::metrics::UpstreamErrorKind;
 
 /// An HTTP/2 connection of one serving thread.
 #[derive(Clone)]
@@ -250,14 +251,9 @@ where
 pub(super) enum Miss {
     /// hyper handed the request back: it never left.
     Unsent(hyper::Error),
-    /// The request may have reached the backend; `refused`: reset with
-    /// `REFUSED_STREAM`, `cut`: turned away by the backend's GOAWAY
-    /// unprocessed (see [`turned_away`]).
-    Sent {
-        error: hyper::Error,
-        refused: bool,
-        cut: bool,
-    },
+    /// The request may have reached the backend; how it was turned away
+    /// or cut (see [`Turned`]).
+    Sent { error: hyper::Error, turned: Turned },
     /// The request body failed while it was pumped.
     Body(BoxError),
 }
@@ -281,34 +277,56 @@ pub(super) async fn send(
             if handed_back {
                 return Err(Miss::Unsent(error));
             }
-            let (refused, cut) = turned_away(&error);
-            Err(Miss::Sent {
-                error,
-                refused,
-                cut,
-            })
+            let turned = Turned::of(&error);
+            Err(Miss::Sent { error, turned })
         }
     }
 }
 
-/// How an HTTP/2 backend turned a stream away, both times with a promise
-/// that it did no work (so the request is safe to send anywhere again,
-/// whatever its method): reset with `REFUSED_STREAM` (RFC 9113 §8.7), or
-/// cut by the backend's GOAWAY. The `h2` library gives a stream the
-/// backend's GOAWAY error only when its identifier is above the GOAWAY's
-/// last stream identifier (which RFC 9113 §6.8 says was not processed) or
-/// when the stream could not be opened after the GOAWAY; a stream at or
-/// below it that the connection's close cut is a broken pipe, never resent.
-fn turned_away(error: &hyper::Error) -> (bool, bool) {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return (
-                h2.reason() == Some(h2::Reason::REFUSED_STREAM),
-                h2.is_go_away() && h2.is_remote(),
-            );
+/// How an HTTP/2 backend turned a stream away or cut it.
+pub(super) struct Turned {
+    /// Reset with `REFUSED_STREAM`, which promises the backend did no
+    /// work (RFC 9113 §8.7): safe to send anywhere again.
+    pub refused: bool,
+    /// Cut by the backend's GOAWAY, which promises the same. The `h2`
+    /// library gives a stream the backend's GOAWAY error only when its
+    /// identifier is above the GOAWAY's last stream identifier (which RFC
+    /// 9113 §6.8 says was not processed) or when it could not be opened
+    /// after the GOAWAY; a stream at or below it that the connection's
+    /// close cut is a broken pipe, never resent.
+    pub cut: bool,
+    /// The backend reset the stream or closed the connection (`reset`);
+    /// otherwise the exchange broke HTTP/2's rules (`protocol`).
+    pub kind: UpstreamErrorKind,
+}
+
+impl Turned {
+    fn of(error: &hyper::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> =
+            std::error::Error::source(error);
+        let (mut h2, mut io) = (None, false);
+        while let Some(s) = source {
+            if let Some(e) = s.downcast_ref::<h2::Error>() {
+                h2 = Some(e);
+                break;
+            }
+            io |= s.is::<std::io::Error>();
+            source = s.source();
         }
-        source = s.source();
+        // The backend's RST_STREAM or GOAWAY, or the connection's end
+        // (hyper gives an I/O error of `h2`'s as its own).
+        let closed = match h2 {
+            Some(h2) => h2.is_remote() || h2.is_io(),
+            None => io || error.is_canceled() || error.is_closed() || error.is_incomplete_message(),
+        };
+        Self {
+            refused: h2.is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM)),
+            cut: h2.is_some_and(|h2| h2.is_go_away() && h2.is_remote()),
+            kind: if closed {
+                UpstreamErrorKind::Reset
+            } else {
+                UpstreamErrorKind::Protocol
+            },
+        }
     }
-    (false, false)
 }

@@ -518,15 +518,12 @@ impl Upstream {
                 unstarted: true,
                 ..protocol_failure(error.into())
             }),
-            h2::Miss::Sent {
-                error,
-                refused,
-                cut,
-            } => Missed::Sent {
-                retry: refused || cut,
+            h2::Miss::Sent { error, turned } => Missed::Sent {
+                retry: turned.refused || turned.cut,
                 failure: Failure {
-                    unstarted: refused || cut,
-                    ..protocol_failure(error.into())
+                    kind: turned.kind,
+                    error: error.into(),
+                    unstarted: turned.refused || turned.cut,
                 },
             },
             h2::Miss::Body(e) => Missed::Body(e),
