@@ -152,18 +152,10 @@ fn the_policys_annotation_names_are_the_operators() {
     );
     let mut written = literals(variable(&policy, "operatorWritten"));
     written.sort();
-    let mut want: Vec<String> = [
-        annotations::STATUS,
-        annotations::COMMAND,
-        annotations::ORIGINAL_SELECTOR,
-        annotations::ORIGINAL_TARGET_PORT,
-        annotations::ORIGINAL_PORTS,
-        annotations::PHASE,
-        annotations::MESSAGE,
-    ]
-    .iter()
-    .map(|k| k.to_string())
-    .collect();
+    let mut want: Vec<String> = annotations::OPERATOR_WRITTEN
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
     want.sort();
     assert_eq!(written, want, "annotations the operator writes itself");
     // Every known annotation has a validation that names it.

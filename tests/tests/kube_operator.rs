@@ -486,6 +486,44 @@ async fn a_new_image_is_released_step_by_step_and_promoted() {
     );
 }
 
+/// With the shipped admission policy installed (deploy/operator/
+/// admission-policy.yaml), the operator's own writes are admitted: the
+/// take-over (the proxy Deployment with its spec hash), a release to
+/// promotion and the phase and status it mirrors on the user's Deployment.
+#[tokio::test]
+async fn the_shipped_admission_policy_admits_everything_the_operator_writes() {
+    let w = World::new(json!({})).await;
+    let text = std::fs::read_to_string(
+        sluice_tests::workspace_root().join("deploy/operator/admission-policy.yaml"),
+    )
+    .expect("read the policy");
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let doc: serde_yaml_ng::Value = serde::Deserialize::deserialize(doc).expect("YAML");
+        let doc = serde_json::to_value(doc).expect("JSON");
+        let plural = match doc["kind"].as_str() {
+            Some("ValidatingAdmissionPolicy") => "validatingadmissionpolicies",
+            Some("ValidatingAdmissionPolicyBinding") => "validatingadmissionpolicybindings",
+            other => panic!("a document of kind {other:?} in the policy file"),
+        };
+        w.fake
+            .put("apis/admissionregistration.k8s.io/v1", plural, "", doc);
+    }
+    let w = w.bootstrapped().await;
+    let mut deployments = w.fake.names(APPS, "deployments", NS);
+    deployments.sort();
+    assert_eq!(deployments, ["app", "app-primary", "app-sluice"]);
+    w.set_image("app:2");
+    w.until("Succeeded", 20).await;
+    assert_eq!(
+        w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "app:2"
+    );
+    assert_eq!(
+        w.deployment("app")["metadata"]["annotations"]["sluice.dev/phase"],
+        "Succeeded"
+    );
+}
+
 #[tokio::test]
 async fn failing_analysis_rolls_back_and_the_same_revision_does_not_restart() {
     let w = World::new(json!({})).await.bootstrapped().await;

@@ -174,6 +174,14 @@ impl Counts {
         canary / stable
     }
 
+    /// The canary's own failures per request in these (summed reference)
+    /// counts, with the same pseudo-events as [`Counts::reference_ratio`]:
+    /// a young reference says little of the canary's own level.
+    fn reference_canary_rate(&self) -> f64 {
+        let share = self.canary_requests / (self.canary_requests + self.stable_requests);
+        ((self.canary_events + REFERENCE_PRIOR_EVENTS * share) / self.canary_requests).min(1.0)
+    }
+
     fn plus(self, other: &Counts) -> Self {
         Self {
             canary_requests: self.canary_requests + other.canary_requests,
@@ -776,12 +784,23 @@ impl Evidence {
         // the primary, but it is judged, not held.
         let own_rate_can_rise =
             JUMP * (reference.canary_events + 1.0) / (reference.canary_requests + 1.0) < 1.0;
+        // And it did rise: a share that jumps only because the primary's
+        // events fell by chance (which moves the share of a canary failing
+        // far more than the primary most) is no incident of the canary's.
+        let own_rate_rose = || {
+            binomial_upper_tail(
+                c.canary_requests / phi,
+                ec,
+                reference.reference_canary_rate(),
+            ) < JUMP_P
+        };
         let up = if self.hold.is_some() {
             binomial_upper_tail(k, ec, c.theta(high)) < JUMP_P
         } else {
             c.canary_events >= 2.0
                 && own_rate_can_rise
                 && binomial_upper_tail(k, ec, c.theta(JUMP * high)) < JUMP_P
+                && own_rate_rose()
         };
         // The primary's own jumps matter to the pass side only when large
         // (an incident there makes a bad canary look good); the ordinary

@@ -168,6 +168,22 @@ pub const FINALIZER: &str = "sluice.dev/cleanup";
 /// health checks, which see only the object they track).
 pub const PHASE: &str = "sluice.dev/phase";
 pub const MESSAGE: &str = "sluice.dev/message";
+/// On the proxy Deployment the operator makes: a digest of what it wants
+/// there, so an unchanged one is not written again.
+pub const SPEC_HASH: &str = "sluice.dev/spec-hash";
+/// Every annotation Sluice writes on Deployments itself (the user's and
+/// its own proxy's): never refused as unknown, by the parser or by the
+/// shipped admission policy (a test keeps its list equal to this one).
+pub const OPERATOR_WRITTEN: &[&str] = &[
+    STATUS,
+    COMMAND,
+    ORIGINAL_SELECTOR,
+    ORIGINAL_TARGET_PORT,
+    ORIGINAL_PORTS,
+    PHASE,
+    MESSAGE,
+    SPEC_HASH,
+];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnnotationError {
@@ -282,16 +298,7 @@ pub fn parse(
     for (key, value) in annotations {
         if key.starts_with(PREFIX)
             && !KNOWN.contains(&key.as_str())
-            && ![
-                STATUS,
-                COMMAND,
-                ORIGINAL_SELECTOR,
-                ORIGINAL_TARGET_PORT,
-                ORIGINAL_PORTS,
-                PHASE,
-                MESSAGE,
-            ]
-            .contains(&key.as_str())
+            && !OPERATOR_WRITTEN.contains(&key.as_str())
         {
             return Err(err(
                 key,

@@ -14,6 +14,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use sha2::Digest;
 
+use super::annotations::SPEC_HASH;
 use super::api::{apply, apply_owned, delete_owned, to_value};
 use super::knobs::{ProxySettings, RouteSettings};
 use super::objects::*;
@@ -372,7 +373,6 @@ async fn relayout_config(
 }
 
 /// Annotation on the proxy Deployment: the hash of the spec Sluice applied.
-pub(super) const SPEC_HASH: &str = "sluice.dev/spec-hash";
 
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn set_weight(
