@@ -634,6 +634,61 @@ async fn an_invalid_annotation_is_a_warning_event_and_nothing_is_created_or_chan
     assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
 }
 
+/// Only removing `sluice.dev/canary` lets go of an app: a value other
+/// than `enabled` (`Enabled`, `true`) is an invalid annotation like any
+/// other, a Warning Event, and the release under way goes on; the
+/// primary, the proxy and the Service's selection stay.
+#[tokio::test]
+async fn a_misspelt_canary_annotation_mid_release_keeps_the_release() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    let weight = w.weight();
+    for value in ["Enabled", "true"] {
+        w.fake.merge_into(
+            APPS,
+            "deployments",
+            NS,
+            "app",
+            json!({"metadata": {"annotations": {"sluice.dev/canary": value}}}),
+        );
+        w.tick().await;
+        let events = w.events();
+        assert!(
+            events.iter().any(|(kind, reason, note)| kind == "Warning"
+                && reason == "InvalidAnnotation"
+                && note.contains(&format!("sluice.dev/canary: `{value}`"))),
+            "{events:?}"
+        );
+        let mut deployments = w.fake.names(APPS, "deployments", NS);
+        deployments.sort();
+        assert_eq!(deployments, ["app", "app-primary", "app-sluice"], "{value}");
+        assert_eq!(w.status().phase, "Progressing", "{value}");
+        assert_eq!(w.weight(), weight, "{value}");
+        assert_eq!(
+            w.deployment("app-primary")["spec"]["template"]["spec"]["containers"][0]["image"],
+            "app:1",
+            "{value}"
+        );
+    }
+    // Each value had an Event of its own (a new message is a new Event);
+    // the same message again is counted in its Event's series.
+    w.tick().await;
+    let invalid: Vec<Value> = w
+        .fake
+        .names("apis/events.k8s.io/v1", "events", NS)
+        .into_iter()
+        .filter_map(|n| w.fake.get("apis/events.k8s.io/v1", "events", NS, &n))
+        .filter(|e| e["reason"] == "InvalidAnnotation")
+        .collect();
+    assert_eq!(invalid.len(), 2, "{invalid:#?}");
+    let repeated = invalid
+        .iter()
+        .find(|e| e["note"].as_str().unwrap_or_default().contains("`true`"))
+        .expect("the Event of `true`");
+    assert_eq!(repeated["series"]["count"], 2, "{repeated}");
+}
+
 #[tokio::test]
 async fn removing_the_annotation_restores_the_service_and_replicas() {
     let w = World::new(json!({})).await.bootstrapped().await;
@@ -1724,16 +1779,19 @@ async fn gitops_re_applies_never_leave_the_service_without_endpoints() {
     assert_eq!(selector(), json!({"app": "app"}));
     w.tick().await;
     assert_eq!(selector(), proxy_selector, "restored");
-    // Both drifts are on one Event (a series of 2, as Kubernetes counts
-    // repeats of an event).
-    let drift = w
-        .fake
-        .names("apis/events.k8s.io/v1", "events", NS)
+    // Each drift is on an Event of its own, whose note says who made it.
+    let drifts: Vec<String> = w
+        .events()
         .into_iter()
-        .filter_map(|n| w.fake.get("apis/events.k8s.io/v1", "events", NS, &n))
-        .find(|e| e["reason"] == "ServiceDrift")
-        .expect("a ServiceDrift event");
-    assert_eq!(drift["series"]["count"], 2, "{drift}");
+        .filter(|(_, reason, _)| reason == "ServiceDrift")
+        .map(|(_, _, note)| note)
+        .collect();
+    assert_eq!(drifts.len(), 2, "{drifts:#?}");
+    assert!(
+        drifts[0].contains(r#"select {"app":"app","app.kubernetes.io/name""#)
+            && drifts[1].contains(r#"select {"app":"app"} "#),
+        "{drifts:#?}"
+    );
     drive(&|w| w.status().phase == "Succeeded").await;
     assert_eq!(w.primary_image(), "app:2");
     assert_eq!(w.replicas("app"), 0);

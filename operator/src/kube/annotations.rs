@@ -261,9 +261,14 @@ pub struct Settings {
     pub router: Router,
 }
 
-/// Whether the Deployment opted in.
+/// Whether the Deployment opted in: `sluice.dev/canary` is there. Only
+/// `enabled` is valid, and any other value (`Enabled`, `true`) is an
+/// invalid annotation like any other, a Warning Event with the running
+/// state kept, so that a typo never lets go of a release under way (which
+/// would hand all traffic to a canary never judged). Only removing the
+/// annotation opts out.
 pub fn enabled(annotations: &BTreeMap<String, String>) -> bool {
-    annotations.get(CANARY).map(String::as_str) == Some("enabled")
+    annotations.contains_key(CANARY)
 }
 
 /// Reads every `sluice.dev/*` annotation; the first bad one is the error.

@@ -9,6 +9,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use super::objects::{MANAGED_BY, is_ours, primary_name};
 use super::{Context, Error, FIELD_MANAGER, KubeStatus, annotations};
@@ -159,11 +160,27 @@ pub(super) async fn publish(
     reason: &str,
     note: String,
 ) {
+    let note: String = note.chars().take(1000).collect();
+    // The recorder counts an Event again (a series: `x2`) when its type,
+    // reason and action repeat, and keeps the first one's note. A digest
+    // of the note in the action makes a new message a new Event, as
+    // core/v1's recorders do (Flagger's among them), so `kubectl describe`
+    // never shows an old message for a new problem; the same message
+    // again is still counted in its series.
+    let digest = sha2::Sha256::digest(note.as_bytes());
+    let action = format!(
+        "Reconcile-{}",
+        digest
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
     let event = Event {
         type_: level,
         reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
+        note: Some(note),
+        action,
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &d.object_ref(&())).await {

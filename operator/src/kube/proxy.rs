@@ -372,8 +372,6 @@ async fn relayout_config(
     Ok(())
 }
 
-/// Annotation on the proxy Deployment: the hash of the spec Sluice applied.
-
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn set_weight(
     ctx: &Context,
