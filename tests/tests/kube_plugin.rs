@@ -262,6 +262,17 @@ async fn promote_and_abort_set_the_command_the_operator_consumes() {
     assert_eq!(code, 0);
     assert!(out.contains("rollback requested"));
     assert_eq!(p.command_annotation(), "abort");
+    // An abort not yet taken up is never replaced by a later command.
+    let (code, _, err) = p.run(&["promote", "app"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("already has the command `abort` waiting")
+            && err.contains("sluice.dev/command-"),
+        "{err}"
+    );
+    assert_eq!(p.command_annotation(), "abort");
+    let (code, _, err) = p.run(&["abort", "app"]).await;
+    assert_eq!((code, p.command_annotation()), (0, json!("abort")), "{err}");
     // Error paths: nothing to promote or abort.
     let (code, _, err) = p.run(&["promote", "web"]).await;
     assert_eq!(code, 2);

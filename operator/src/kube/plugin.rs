@@ -236,16 +236,50 @@ impl Plugin {
         }
     }
 
+    /// Leaves `command` for the operator on the primary. A command still
+    /// waiting there is never silently replaced: the same one again is a
+    /// no-op, `abort` (the safe way out) replaces any other, the two
+    /// promotions (`approve`, `promote-full`) replace each other, and any
+    /// other change is refused while one waits (an `abort` is never undone
+    /// by a later promote). The write is conditional on the version read,
+    /// so two people's commands never cross unseen.
     async fn command(&self, name: &str, command: &str) -> Result<(), PluginError> {
-        let patch = json!({"metadata": {"annotations": {annotations::COMMAND: command}}});
-        self.deployments()
-            .patch(
-                &primary_name(name),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
-        Ok(())
+        const PROMOTIONS: [&str; 2] = ["approve", "promote-full"];
+        let primary = primary_name(name);
+        let current = self.deployments().get(&primary).await?;
+        let pending = current.annotations().get(annotations::COMMAND);
+        match pending.map(String::as_str) {
+            Some(p) if p == command => return Ok(()),
+            Some(p)
+                if command != "abort"
+                    && !(PROMOTIONS.contains(&p) && PROMOTIONS.contains(&command)) =>
+            {
+                return Err(PluginError::Usage(format!(
+                    "{name} already has the command `{p}` waiting for the operator (annotation {} on Deployment {}/{primary}); it is carried out first. Run this again once it is taken up, or remove it with: kubectl -n {} annotate deploy {primary} {}-",
+                    annotations::COMMAND,
+                    self.namespace,
+                    self.namespace,
+                    annotations::COMMAND
+                )));
+            }
+            _ => {}
+        }
+        let patch = json!({"metadata": {
+            "resourceVersion": current.resource_version(),
+            "annotations": {annotations::COMMAND: command},
+        }});
+        match self
+            .deployments()
+            .patch(&primary, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(PluginError::Usage(format!(
+                "Deployment {}/{primary} changed while the command was written (another command, or the operator taking one up); run it again",
+                self.namespace
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn promote(&self, name: &str, full: bool) -> Result<String, PluginError> {
