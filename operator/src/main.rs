@@ -680,6 +680,47 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// How `sluice rollout` was told to stop: Ctrl-C, or SIGTERM (systemd, a
+/// CI job's timeout, `kill`). Either way the release's state is kept and
+/// the same command resumes it.
+#[derive(Clone, Copy)]
+enum StopSignal {
+    Interrupt,
+    Terminate,
+}
+
+impl StopSignal {
+    fn what(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "interrupted",
+            StopSignal::Terminate => "terminated (SIGTERM)",
+        }
+    }
+
+    /// 128 + the signal's number, as a shell reports a process it killed.
+    fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        }
+    }
+}
+
+async fn stop_signal() -> StopSignal {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGTERM; only Ctrl-C stops the release cleanly");
+            let _ = tokio::signal::ctrl_c().await;
+            return StopSignal::Interrupt;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => StopSignal::Interrupt,
+        _ = term.recv() => StopSignal::Terminate,
+    }
+}
+
 async fn rollout(args: RolloutArgs) -> ExitCode {
     if let Some(path) = &args.access_file
         && let Err(e) = sluice_operator::http::install_access_file(path)
@@ -846,6 +887,7 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage(format!("--control-socket: {e}")),
     };
+    let mirrors = plan.traffic.mirror.is_some();
     let mut driver = Driver::new(&args.route, &args.canary, plan, router, provider);
     driver.commands = Some(commands_rx);
     driver.status_out = Some(status_tx);
@@ -887,7 +929,7 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     let mut view = View::new(output_mode(args.output));
     let ended = tokio::select! {
         s = driver.run(|tick| view.show(tick)) => s,
-        _ = tokio::signal::ctrl_c() => {
+        signal = stop_signal() => {
             let saved = state.load().ok().flatten();
             let at = saved
                 .as_ref()
@@ -898,14 +940,16 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
                 ))
                 .unwrap_or_else(|| "before its first step".into());
             eprintln!(
-                "interrupted: the release was {at}, and route `{}` keeps its current weights. Its state is saved in {}. Run the same `sluice rollout` command again to resume from there (the time until then does not count toward the progress deadline); or send all traffic to stable with `PUT {}/routes/{} {{\"canary_weight\": 0{}}}`.",
+                "{}: the release was {at}, and route `{}` keeps its current weights. Its state is saved in {}. Run the same `sluice rollout` command again to resume from there (the time until then does not count toward the progress deadline); or send all traffic to stable with `PUT {}/routes/{} {{\"canary_weight\": 0{}{}}}`.",
+                signal.what(),
                 args.route,
                 state.path.display(),
                 args.admin.trim_end_matches('/'),
                 args.route,
-                if args.baseline_arm.is_some() { ", \"baseline\": null" } else { "" }
+                if args.baseline_arm.is_some() { ", \"baseline\": null" } else { "" },
+                if mirrors { ", \"mirror\": null" } else { "" }
             );
-            return ExitCode::from(130);
+            return ExitCode::from(signal.exit_code());
         }
     };
     // The last notes (promoted, rolled back) go out before the process ends.

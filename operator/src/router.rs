@@ -221,16 +221,21 @@ impl Router for ProxyAdminRouter {
         if let Some(m) = &self.traffic.mirror {
             patch["mirror"] = json!(m);
         }
-        match &self.baseline_arm {
-            Some(url) => patch["baseline"] = json!(url),
-            None => {
-                if self
-                    .current()
-                    .await?
-                    .get("baseline")
-                    .is_some_and(|b| !b.is_null())
-                {
-                    patch["baseline"] = serde_json::Value::Null;
+        if let Some(url) = &self.baseline_arm {
+            patch["baseline"] = json!(url);
+        }
+        // A baseline arm or a mirror this release does not ask for (left
+        // by an earlier release that was stopped before its end, or set by
+        // hand) is taken off: the release's canary gets exactly the traffic
+        // its plan says.
+        if self.baseline_arm.is_none() || self.traffic.mirror.is_none() {
+            let current = self.current().await?;
+            for (field, wanted) in [
+                ("baseline", self.baseline_arm.is_some()),
+                ("mirror", self.traffic.mirror.is_some()),
+            ] {
+                if !wanted && current.get(field).is_some_and(|v| !v.is_null()) {
+                    patch[field] = serde_json::Value::Null;
                 }
             }
         }

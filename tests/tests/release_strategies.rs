@@ -143,6 +143,52 @@ async fn a_healthy_blue_green_release_is_judged_on_mirrored_traffic_switches_in_
     assert!(report.server_errors() * 100 <= report.requests * 3);
 }
 
+/// A mirror left on the route (by a blue/green release stopped before its
+/// end, or by hand) is taken off when a canary release that does not
+/// mirror starts: while the canary has weight, it gets its share and no
+/// copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_release_takes_off_a_mirror_it_did_not_ask_for() {
+    let _slot = release_slot().await;
+    let r = Release::new().await;
+    let admin = r.proxy.admin_addr;
+    let (status, body) = put_json(
+        &format!("http://{admin}/routes/web"),
+        serde_json::json!({"canary": r.canary.url(), "mirror": {"percent": 100}}),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watching = done.clone();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !watching.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok((_, _, body)) = get(&format!("http://{admin}/routes/web")).await {
+                let route: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                if route["canary_weight"].as_f64().unwrap_or(0.0) > 0.0 {
+                    seen.push(route);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    });
+    let (code, events) = Rollout::start(&r.args(&["--steps", "50"]))
+        .wait(Duration::from_secs(150))
+        .await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.stop();
+    let seen = watcher.await.unwrap();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert!(!seen.is_empty(), "the route was never seen at weight");
+    assert!(
+        seen.iter().all(|route| route["mirror"].is_null()),
+        "a mirror while the canary had weight: {seen:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blue_green_release_failing_in_its_soak_switches_back_at_once() {
     let _slot = release_slot().await;
