@@ -43,7 +43,9 @@
 //!    above [`JUMP`] times its own recent level (the *reference*: its
 //!    ratio to the primary over the last [`REFERENCE_SPAN`], leaving out
 //!    the newest [`REFERENCE_LAG`]), when its own rate there leaves room
-//!    for such a rise, starts a *hold*: its positive evidence
+//!    for such a rise and the reference does not already show it worse
+//!    than `ρ_max` (at [`WORSE_BEFORE_P`]: only a canary healthy before
+//!    an excursion is protected from it), starts a *hold*: its positive evidence
 //!    is set aside, not added. The hold goes on while the canary stays
 //!    significantly above the reference (one quiet scrape is forgiven once
 //!    the hold has three). If it lasts longer than the incident allowance
@@ -143,6 +145,9 @@ pub const REFERENCE_SPAN: f64 = 120.0;
 /// …leaving out the newest this many (unless there is nothing older), so
 /// an incident's own first scrapes never become its reference.
 pub const REFERENCE_LAG: f64 = 12.0;
+/// How significant the canary's excess over `ρ_max` in its reference must
+/// be for it to count as not healthy before a jump (no hold then).
+pub const WORSE_BEFORE_P: f64 = 0.001;
 /// Pseudo-events that pull a short reference toward "as the primary".
 pub const REFERENCE_PRIOR_EVENTS: f64 = 10.0;
 /// Events per bin of the dispersion estimate.
@@ -172,14 +177,6 @@ impl Counts {
         let stable =
             (self.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / self.stable_requests;
         canary / stable
-    }
-
-    /// The canary's own failures per request in these (summed reference)
-    /// counts, with the same pseudo-events as [`Counts::reference_ratio`]:
-    /// a young reference says little of the canary's own level.
-    fn reference_canary_rate(&self) -> f64 {
-        let share = self.canary_requests / (self.canary_requests + self.stable_requests);
-        ((self.canary_events + REFERENCE_PRIOR_EVENTS * share) / self.canary_requests).min(1.0)
     }
 
     fn plus(self, other: &Counts) -> Self {
@@ -784,23 +781,24 @@ impl Evidence {
         // the primary, but it is judged, not held.
         let own_rate_can_rise =
             JUMP * (reference.canary_events + 1.0) / (reference.canary_requests + 1.0) < 1.0;
-        // And it did rise: a share that jumps only because the primary's
-        // events fell by chance (which moves the share of a canary failing
-        // far more than the primary most) is no incident of the canary's.
-        let own_rate_rose = || {
-            binomial_upper_tail(
-                c.canary_requests / phi,
-                ec,
-                reference.reference_canary_rate(),
-            ) < JUMP_P
-        };
+        // An excursion is forgiven only to a canary that was healthy before
+        // it (rule 3): one whose reference already shows it worse than
+        // `ρ_max` (at [`WORSE_BEFORE_P`]) has nothing a hold would protect,
+        // and a jump of its share (its own noise, or the primary's events
+        // falling by chance, which moves the share of a canary failing far
+        // more than the primary most) is judged at once.
+        let healthy_before = binomial_upper_tail(
+            reference.events() / phi,
+            reference.canary_events / phi,
+            reference.theta(t.rho_max),
+        ) >= WORSE_BEFORE_P;
         let up = if self.hold.is_some() {
             binomial_upper_tail(k, ec, c.theta(high)) < JUMP_P
         } else {
             c.canary_events >= 2.0
                 && own_rate_can_rise
+                && healthy_before
                 && binomial_upper_tail(k, ec, c.theta(JUMP * high)) < JUMP_P
-                && own_rate_rose()
         };
         // The primary's own jumps matter to the pass side only when large
         // (an incident there makes a bad canary look good); the ordinary

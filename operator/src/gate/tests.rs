@@ -180,6 +180,30 @@ fn a_canary_failing_from_its_first_request_is_rolled_back_in_seconds() {
     assert!(times[100] <= 6.0, "seed 31: median {}", times[100]);
 }
 
+/// A canary whose first scrapes already show it far worse than the
+/// primary is judged at once, never held as a possible incident: a jump of
+/// its share (its own noise, or the primary's events falling by chance,
+/// which moves the share of a canary failing most requests far more than
+/// the primary) is no excursion of a healthy canary.
+#[test]
+fn a_canary_already_far_worse_is_never_held_for_a_jump() {
+    let t = settings().tuning(0.01);
+    for (seed, p_c) in [(41, 0.5), (42, 0.3)] {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut times = Vec::new();
+        for _ in 0..500 {
+            let scrapes = release(&mut rng, 0.01, p_c, 1).into_iter();
+            times.push(first_failure(&t, scrapes).expect("caught"));
+        }
+        let slowest = times.iter().cloned().fold(0.0, f64::max);
+        assert!(
+            slowest <= 8.0,
+            "seed {seed}, canary {p_c}: held for {slowest} s in {} of 500",
+            times.iter().filter(|t| **t > 8.0).count()
+        );
+    }
+}
+
 /// A healthy stretch at 50%, then the canary at `factor` times its rate
 /// for `seconds`, then healthy again (or until the end, for a regression).
 fn excursion(rng: &mut SmallRng, factor: f64, from: usize, seconds: usize) -> Vec<(u32, Counts)> {
