@@ -365,6 +365,14 @@ impl PlanArgs {
                 return refuse(id, reader, &strategy);
             }
         }
+        // A blue/green release has one step, the switch to 100%.
+        if given("steps") && self.strategy == "blue-green" {
+            return refuse(
+                "steps",
+                "--strategy canary and experiment (blue-green switches all at once)",
+                &strategy,
+            );
+        }
         Ok(())
     }
 

@@ -389,6 +389,10 @@ async fn unknown_strategies_and_bad_route_settings_are_usage_errors_and_change_n
             "--soak",
         ),
         (
+            vec!["--strategy", "blue-green", "--steps", "10,20"],
+            "--steps applies to --strategy canary and experiment",
+        ),
+        (
             vec!["--strategy", "experiment", "--steps", "10,20"],
             "--steps: an experiment runs at one weight",
         ),
