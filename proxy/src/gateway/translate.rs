@@ -43,8 +43,9 @@
 //!   `Accepted: False`, reason `Conflicted` (the GRPCRoute spec).
 //! - **Backends.** One backendRef is the stable; with two, the first is
 //!   the stable and the second the canary, at `weight₂ / (weight₁ +
-//!   weight₂)`, split exactly; the share must be a whole number of basis
-//!   points (0.01 %). More than two backendRefs are refused: Sluice splits
+//!   weight₂)` rounded to the nearest basis point (0.01 %, the proxy's
+//!   unit), then split exactly; every weight 0 makes the rule answer 500.
+//!   More than two backendRefs are refused: Sluice splits
 //!   a stable and a canary, the pair a progressive release moves.
 //! - **Invalid backendRefs.** A backendRef that is not a core Service
 //!   (`InvalidKind`), in another namespace (`RefNotPermitted`: ReferenceGrants
@@ -688,10 +689,14 @@ fn read_rule(
             "{at}.filters: RequestMirror is supported by sluice-proxy on a rule with one backendRef"
         )));
     }
-    let target = if backends.invalid || backends.resolved.is_empty() {
+    // Every weight 0 sends the rule's requests nowhere: the rule answers
+    // 500, as for a rule whose backendRefs are all invalid, rather than
+    // letting them fall through to a less specific route.
+    let all_zero = !backends.resolved.is_empty() && backends.resolved.iter().all(|b| b.weight == 0);
+    let target = if backends.invalid || backends.resolved.is_empty() || all_zero {
         Target::Error500
     } else {
-        let canary_bp = canary_bp(&backends.resolved, &at)?;
+        let canary_bp = canary_bp(&backends.resolved);
         let mut resolved = backends.resolved.into_iter();
         Target::Backends {
             stable: resolved.next().expect("one backend at least"),
@@ -879,30 +884,23 @@ fn read_backends(
             }
         }
     }
-    if refs.len() == 1 && refs[0]["weight"].as_u64() == Some(0) {
-        return Err(unsupported(format!(
-            "{at}.backendRefs[0].weight: 0 sends no request anywhere"
-        )));
-    }
     Ok(backends)
 }
 
-/// The canary share of a rule's two backends in basis points.
-fn canary_bp(backends: &[Backend], at: &str) -> Result<u32, Refusal> {
+/// The canary share of a rule's two backends in basis points: the
+/// proxy's unit, so a share between two (weights 1:2, 33.333… %) is
+/// rounded to the nearest (33.33 %), within the "epsilon from the exact
+/// proportion" the Gateway API allows; the split is then exact at that
+/// share. Both weights 0 are handled by the caller (500).
+fn canary_bp(backends: &[Backend]) -> u32 {
     let [stable, canary] = backends else {
-        return Ok(0);
+        return 0;
     };
     let total = stable.weight + canary.weight;
     if total == 0 {
-        return Err(unsupported(format!("{at}.backendRefs: every weight is 0")));
+        return 0;
     }
-    if (canary.weight * 10_000) % total != 0 {
-        return Err(unsupported(format!(
-            "{at}.backendRefs: weights {}:{} give the second backend a share that is not a whole number of 0.01 %, which sluice-proxy cannot split exactly",
-            stable.weight, canary.weight
-        )));
-    }
-    Ok((canary.weight * 10_000 / total) as u32)
+    ((canary.weight * 10_000 + total / 2) / total) as u32
 }
 
 /// Reads one route's rules into plans (and the backendRefs that do not
@@ -2162,10 +2160,6 @@ mod tests {
                 "spec.rules[0].matches[0].queryParams[1].type: RegularExpression",
             ),
             (
-                json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 1}, {"name": "web-canary", "port": 80, "weight": 2}]}]),
-                "spec.rules[0].backendRefs: weights 1:2",
-            ),
-            (
                 json!([{"backendRefs": [{"name": "web", "port": 80}, {"name": "web-canary", "port": 80}, {"name": "web-beta", "port": 80}]}]),
                 "spec.rules[0].backendRefs: sluice-proxy splits a rule between a stable and a canary, at most two backends, not 3",
             ),
@@ -2745,6 +2739,48 @@ mod tests {
         assert!(r.get("canary").is_none(), "{r}");
         let parent = &o.routes[&("default".to_string(), "web".to_string())][0];
         assert_eq!(parent["conditions"][1]["reason"], "BackendNotFound");
+        // Every weight 0 sends the rule's requests nowhere: 500, accepted,
+        // with one backendRef or two.
+        for refs in [
+            json!([{"name": "web", "port": 80, "weight": 0}]),
+            json!([{"name": "web", "port": 80, "weight": 0}, {"name": "web-canary", "port": 80, "weight": 0}]),
+        ] {
+            let o = build(&inputs(json!([{ "backendRefs": refs.clone() }])), &layout());
+            let r = served(&o, "default/web/0");
+            assert_eq!(r["direct_response"], json!({"status": 500}), "{refs}: {r}");
+            let parent = &o.routes[&("default".to_string(), "web".to_string())][0];
+            assert_eq!(
+                parent["conditions"][0]["status"], "True",
+                "{refs}: {parent}"
+            );
+            assert!(o.config.validate().is_ok(), "{refs}");
+        }
+    }
+
+    /// Weights whose share is not a whole number of 0.01 % (the proxy's
+    /// unit) are rounded to the nearest: 1:2 is 66.67 % to the second
+    /// backendRef, 2:1 33.33 %, 1:6 14.29 %; the route is accepted.
+    #[test]
+    fn weights_between_two_basis_points_are_rounded_to_the_nearest() {
+        for (stable, canary, want) in [
+            (1, 2, 66.67),
+            (2, 1, 33.33),
+            (1, 6, 85.71),
+            (6, 1, 14.29),
+            (9, 1, 10.0),
+        ] {
+            let o = build(
+                &inputs(
+                    json!([{"backendRefs": [{"name": "web", "port": 80, "weight": stable}, {"name": "web-canary", "port": 80, "weight": canary}]}]),
+                ),
+                &layout(),
+            );
+            let r = served(&o, "default/web/0");
+            assert_eq!(r["canary_weight"], json!(want), "{stable}:{canary}: {r}");
+            let parent = &o.routes[&("default".to_string(), "web".to_string())][0];
+            assert_eq!(parent["conditions"][0]["status"], "True", "{parent}");
+            assert!(o.config.validate().is_ok());
+        }
     }
 
     #[test]
