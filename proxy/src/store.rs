@@ -405,7 +405,8 @@ pub fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
 /// re-reads and applies the file even when its text is as it was (as
 /// `nginx -s reload` does): the way to put the file back in force over
 /// admin changes without editing it. A file that cannot be read (deleted,
-/// a dangling symlink) is logged, and the last good config keeps serving.
+/// a dangling symlink, not UTF-8) is a failed reload, counted and logged
+/// once for each new reason, and the last good config keeps serving.
 pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::task::JoinHandle<()>> {
     use notify::{RecursiveMode, Watcher};
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -421,6 +422,8 @@ pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::tas
         .unwrap_or_else(|| PathBuf::from("."));
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let mut last_text = std::fs::read_to_string(&path).ok();
+    // Why the file could not be read the last time, if it could not.
+    let mut unreadable: Option<String> = None;
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
         let mut hangups =
@@ -446,13 +449,24 @@ pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::tas
             }
             while rx.try_recv().is_ok() {}
             let text = match std::fs::read_to_string(&path) {
-                Ok(text) => text,
+                Ok(text) => {
+                    unreadable = None;
+                    text
+                }
                 Err(e) => {
-                    tracing::warn!(
-                        file = %path.display(),
-                        error = %e,
-                        "cannot read the config file; the last good config keeps serving"
-                    );
+                    // One failed reload per new reason, logged once: every
+                    // event of the directory (the proxy's own log may be
+                    // written there) reads the file again.
+                    let reason = e.to_string();
+                    if forced || unreadable.as_deref() != Some(reason.as_str()) {
+                        store.metrics.record_reload(ReloadResult::Failure);
+                        tracing::warn!(
+                            file = %path.display(),
+                            error = %e,
+                            "cannot read the config file; the last good config keeps serving"
+                        );
+                        unreadable = Some(reason);
+                    }
                     continue;
                 }
             };

@@ -558,6 +558,83 @@ async fn sighup_puts_the_file_back_in_force_and_never_stops_the_proxy() {
     );
 }
 
+/// A config file that cannot be read (not UTF-8, deleted) is one failed
+/// reload, counted and logged once, not once per event of its directory
+/// (where the proxy's own log may be written: each warning was such an
+/// event, and the next warning followed); the last good config serves on,
+/// and a good file is applied again.
+#[tokio::test]
+async fn an_unreadable_config_file_is_one_failed_reload_logged_once() {
+    let dir = TempDir::new("unreadable-config");
+    let config = dir.path.join("sluice.yaml");
+    let log = dir.path.join("proxy.log");
+    let upstream = backend("stable").await;
+    let (listen, admin) = (free_port(), free_port());
+    let good = |weight: u32| {
+        format!(
+            "listen: 127.0.0.1:{listen}\nadmin:\n  listen: 127.0.0.1:{admin}\nroutes:\n  - {{ name: web, stable: '{}', canary: '{}', canary_weight: {weight} }}\n",
+            upstream.url(),
+            upstream.url()
+        )
+    };
+    std::fs::write(&config, good(0)).unwrap();
+    let mut child = std::process::Command::new(bin("sluice-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::fs::File::create(dir.path.join("proxy.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let failures = || async move {
+        scrape(admin)
+            .await
+            .sum("sluice_config_reloads_total", &[("result", "failure")])
+    };
+    eventually("the proxy to serve", Duration::from_secs(10), || async {
+        get(&format!("http://{admin}/metrics")).await.ok()
+    })
+    .await;
+    let warnings = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("cannot read the config file")
+            .count()
+    };
+    for (broken, what) in [
+        (Some(&b"listen: 127.0.0.1:1\n\xff\xfe\n"[..]), "not UTF-8"),
+        (None, "deleted"),
+    ] {
+        let before = failures().await;
+        match broken {
+            Some(bytes) => std::fs::write(&config, bytes).unwrap(),
+            None => std::fs::remove_file(&config).unwrap(),
+        }
+        eventually(
+            &format!("{what}: a failed reload"),
+            Duration::from_secs(10),
+            || async { (failures().await == before + 1.0).then_some(()) },
+        )
+        .await;
+        let logged = warnings();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(failures().await, before + 1.0, "{what}: counted once");
+        assert_eq!(warnings(), logged, "{what}: logged once");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: the proxy stopped"
+        );
+    }
+    std::fs::write(&config, good(30)).unwrap();
+    eventually("the good file applied", Duration::from_secs(10), || async {
+        let m = scrape(admin).await;
+        (m.sum("sluice_route_canary_weight", &[("route", "web")]) == 30.0).then_some(())
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[tokio::test]
 async fn logs_to_a_pipe_carry_no_terminal_colour_codes() {
     let dir = TempDir::new("plain-logs");
