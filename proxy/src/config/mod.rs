@@ -1402,6 +1402,19 @@ routes:
     }
 
     #[test]
+    fn the_admin_api_needs_an_address_of_its_own() {
+        let err = errors_of("listen: 127.0.0.1:18080\nadmin: { listen: 127.0.0.1:18080 }\n");
+        assert!(
+            err.starts_with("admin.listen: 127.0.0.1:18080 is the address of listen too"),
+            "{err}"
+        );
+        // Ephemeral ports (0) are two different ports.
+        let cfg =
+            Config::from_yaml("listen: 127.0.0.1:0\nadmin: { listen: 127.0.0.1:0 }\n").unwrap();
+        assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
     fn durations_parse_and_format() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));

@@ -427,6 +427,15 @@ impl Config {
                 format!("required when admin.listen ({addr}) is not a loopback address"),
             );
         }
+        if let (Some(data), Some(admin)) = (listen, admin_listen)
+            && data.port() != 0
+            && data == admin
+        {
+            errs.push(
+                "admin.listen",
+                format!("{admin} is the address of listen too; the admin API needs an address of its own"),
+            );
+        }
         let limits = self.validate_limits(&mut errs);
         let listeners = self.validate_listeners(listen, admin_listen, &mut errs);
         let routes = self.validate_routes(&mut errs);
