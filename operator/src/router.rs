@@ -69,6 +69,17 @@ pub trait Router {
     /// Whether the canary (or the promotion) is ready, and if not, what
     /// else it waits for.
     fn ready(&self) -> impl Future<Output = Readiness> + Send;
+    /// Puts this release's canary at `canary_weight_bp` back on the route
+    /// when the route no longer has them (the proxy restarted from its
+    /// file, someone changed the route): what was found instead, or None
+    /// when the route was as the release left it.
+    fn restore(
+        &self,
+        canary_weight_bp: u32,
+    ) -> impl Future<Output = Result<Option<String>, RouterError>> + Send {
+        let _ = canary_weight_bp;
+        async { Ok(None) }
+    }
 }
 
 /// Whether a release's target can take traffic.
@@ -285,6 +296,49 @@ impl Router for ProxyAdminRouter {
             self.put(self.without_baseline(self.ending(json!({ "canary_weight": 0 }))))
                 .await
         }
+    }
+
+    async fn restore(&self, canary_weight_bp: u32) -> Result<Option<String>, RouterError> {
+        let route = self.current().await?;
+        let same_url = |field: &str, want: &str| {
+            route[field]
+                .as_str()
+                .is_some_and(|have| have.trim_end_matches('/') == want.trim_end_matches('/'))
+        };
+        let weight = route["canary_weight"].as_f64().unwrap_or(0.0);
+        let weight_bp = (weight * 100.0).round() as u32;
+        let baseline_kept = self
+            .baseline_arm
+            .as_deref()
+            .is_none_or(|url| same_url("baseline", url));
+        if same_url("canary", &self.canary_url) && weight_bp == canary_weight_bp && baseline_kept {
+            return Ok(None);
+        }
+        let found = format!(
+            "route `{}` had canary {} at {weight}%{}",
+            self.route,
+            route["canary"].as_str().unwrap_or("none"),
+            if baseline_kept {
+                ""
+            } else {
+                " without the baseline arm"
+            }
+        );
+        let mut patch = json!({
+            "canary": self.canary_url,
+            "canary_weight": bp_to_percent(canary_weight_bp),
+        });
+        if let Some(a) = &self.traffic.affinity {
+            patch["affinity"] = json!(a);
+        }
+        if let Some(m) = &self.traffic.mirror {
+            patch["mirror"] = json!(m);
+        }
+        if let Some(url) = &self.baseline_arm {
+            patch["baseline"] = json!(url);
+        }
+        self.put(patch).await?;
+        Ok(Some(found))
     }
 
     /// The canary, then the baseline arm (if any), accept TCP

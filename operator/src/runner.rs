@@ -415,6 +415,27 @@ impl<R: Router> Driver<R> {
             let pending = status.as_ref().is_some_and(|s| s.unconfirmed.is_some());
             let measuring = phase.is_some_and(Phase::measures) && full_interval && !pending;
             let analysing = measuring && phase.is_some_and(Phase::analyses);
+            // While the canary is judged, the route must carry it at the
+            // release's weight: one the proxy lost (a restart from its
+            // file) or someone changed is set back before the metrics are
+            // read, and the tick says so.
+            let restored = match status.as_ref().filter(|_| analysing) {
+                Some(s) => match self.router.restore(s.canary_weight_bp).await {
+                    Ok(found) => found.map(|found| {
+                        let why = format!(
+                            "{found}, not this release's {}% (the proxy restarted from its file, or someone changed the route): set back",
+                            f64::from(s.canary_weight_bp) / 100.0
+                        );
+                        tracing::warn!(release = %self.name, "{why}");
+                        why
+                    }),
+                    Err(e) => {
+                        tracing::warn!(release = %self.name, error = %e, "could not read the route to check its weights");
+                        None
+                    }
+                },
+                None => None,
+            };
             let mut gate = status.as_ref().and_then(|s| s.gate.clone());
             let analysis = if measuring {
                 let weight = status.as_ref().map(|s| s.canary_weight_bp).unwrap_or(0);
@@ -575,6 +596,9 @@ impl<R: Router> Driver<R> {
                     );
                     next = NextTick::Soon;
                 }
+            }
+            if let Some(why) = restored {
+                message = format!("{why}; {message}");
             }
             self.notifier
                 .observe(&self.name, None, status.as_ref(), &t.status);

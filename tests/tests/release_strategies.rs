@@ -189,6 +189,44 @@ async fn a_canary_release_takes_off_a_mirror_it_did_not_ask_for() {
     );
 }
 
+/// A route that loses the release's canary and weight mid-release (the
+/// proxy restarted from its file, or someone changed it) is set back at
+/// the next tick, which says so, and the release goes on to promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_that_lost_the_release_is_set_back_at_the_next_tick() {
+    let _slot = release_slot().await;
+    let r = Release::new().await;
+    let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let rollout = Rollout::start(&r.args(&["--steps", "30,60"]));
+    loop {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ticks");
+        if e["canary_weight"] == 30.0 {
+            break;
+        }
+    }
+    // What a restart from the file does: no canary, weight 0.
+    let (status, body) = put_json(
+        &format!("http://{}/routes/web", r.proxy.admin_addr),
+        serde_json::json!({"canary_weight": 0, "canary": null}),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    let (code, events) = rollout.wait(Duration::from_secs(120)).await;
+    load.stop();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("had canary none at 0%") && m.contains("set back"))),
+        "no tick said the route was set back: {events:?}"
+    );
+    assert_eq!(r.route().await["stable"], r.canary.url());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blue_green_release_failing_in_its_soak_switches_back_at_once() {
     let _slot = release_slot().await;
