@@ -3682,3 +3682,30 @@ fn kubectl_create_generators_work_as_against_a_real_server() {
     let (ok, _, err) = api.kubectl(&["create", "deployment", "Bad_Name", "--image=x"]);
     assert!(!ok && err.contains("Invalid"), "{err}");
 }
+
+/// The install the docs give, `kubectl apply -k deploy/operator`, goes
+/// through against the fake-apiserver binary, which starts with the
+/// operator's RBAC in place: a Role or ClusterRole carries no `subjects`
+/// (a real server never has the field there, and kubectl's strict
+/// decoding refuses it), and applying the same objects again changes
+/// nothing.
+#[test]
+fn the_operator_install_applies_over_the_preloaded_rbac() {
+    let api = ApiServer::start("0s");
+    let dir = workspace_root().join("deploy/operator");
+    let dir = dir.to_str().expect("a UTF-8 path");
+    for kind in ["roles", "clusterroles"] {
+        let list = api.json(&[kind, "-A"]);
+        for item in list["items"].as_array().expect("items") {
+            assert!(
+                item.get("subjects").is_none(),
+                "{kind} with subjects: {item}"
+            );
+        }
+    }
+    let (ok, out, err) = api.kubectl(&["apply", "-k", dir]);
+    assert!(ok, "kubectl apply -k deploy/operator: {err}\n{out}");
+    let (ok, out, err) = api.kubectl(&["apply", "-k", dir]);
+    assert!(ok, "again: {err}");
+    assert!(!out.contains("configured"), "a second apply changed: {out}");
+}

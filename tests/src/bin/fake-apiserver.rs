@@ -63,6 +63,14 @@ fn main() -> ExitCode {
             other => return usage(&format!("unknown argument `{other}`")),
         }
     }
+    // The API schema is read at the first request that needs it: a server
+    // without it would start, then fail kubectl's first command.
+    if let Err(e) = sluice_tests::fake_kube::schema::find_definitions() {
+        eprintln!(
+            "fake-apiserver: the Kubernetes 1.35 API schema is missing ({e}): install kubernetes-validate into target/py-venv (python3 -m venv target/py-venv && target/py-venv/bin/pip install kubernetes-validate; tests/run does this), or set SLUICE_K8S_SCHEMA to its _definitions.json"
+        );
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async move {
         let fake = FakeKube::start_with(Options {

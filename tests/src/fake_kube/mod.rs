@@ -821,7 +821,13 @@ impl FakeKube {
                 continue;
             }
             // As kustomize does with the install's namespace.
-            for subject in v["subjects"].as_array_mut().into_iter().flatten() {
+            // (`get_mut`: indexing would add `subjects: null` to a Role.)
+            for subject in v
+                .get_mut("subjects")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 if subject["kind"] == "ServiceAccount" && subject["namespace"].is_null() {
                     subject["namespace"] = json!(OPERATOR_NAMESPACE);
                 }

@@ -46,9 +46,16 @@ pub enum ListType {
     Map(Vec<String>),
 }
 
-fn find_definitions() -> Result<PathBuf, String> {
+/// Where the schema's `_definitions.json` is: `SLUICE_K8S_SCHEMA`, or the
+/// one kubernetes-validate installed in `target/py-venv`.
+pub fn find_definitions() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("SLUICE_K8S_SCHEMA") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("SLUICE_K8S_SCHEMA={} is not a file", p.display()))
+        };
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
