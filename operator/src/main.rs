@@ -804,6 +804,16 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             ));
         }
         Err(RouterError::Refused {
+            status: 401 | 403,
+            message,
+            ..
+        }) => {
+            return usage(format!(
+                "--token-file: the proxy at {} refused the admin token ({message}); give the file holding the token of its admin.token_file",
+                args.admin
+            ));
+        }
+        Err(RouterError::Refused {
             status, message, ..
         }) => {
             return usage(format!("--admin: the proxy answered {status}: {message}"));

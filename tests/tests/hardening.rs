@@ -239,6 +239,28 @@ async fn the_routes_api_needs_the_token_for_reads_too() {
         let (status, _, _) = send(&client, admin(path, None)).await.unwrap();
         assert_eq!(status, StatusCode::OK, "{path} stays open");
     }
+    // `sluice rollout` with a wrong token names --token-file, not --admin.
+    let dir = TempDir::new("wrong-token");
+    let wrong = dir.path.join("token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let out = std::process::Command::new(bin("sluice"))
+        .args(["rollout", "--admin", &format!("http://{}", proxy.admin)])
+        .args([
+            "--route",
+            "web",
+            "--canary",
+            "http://127.0.0.1:9",
+            "--token-file",
+        ])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--token-file: the proxy at") && stderr.contains("refused the admin token"),
+        "{stderr}"
+    );
 }
 
 /// A second proxy on a port the first already serves refuses to start
