@@ -640,7 +640,7 @@ async fn an_invalid_annotation_is_a_warning_event_and_nothing_is_created_or_chan
 /// primary, the proxy and the Service's selection stay.
 #[tokio::test]
 async fn a_misspelt_canary_annotation_mid_release_keeps_the_release() {
-    let w = World::new(json!({})).await.bootstrapped().await;
+    let mut w = World::new(json!({})).await.bootstrapped().await;
     w.set_image("app:2");
     w.until("Progressing", 10).await;
     let weight = w.weight();
@@ -687,6 +687,26 @@ async fn a_misspelt_canary_annotation_mid_release_keeps_the_release() {
         .find(|e| e["note"].as_str().unwrap_or_default().contains("`true`"))
         .expect("the Event of `true`");
     assert_eq!(repeated["series"]["count"], 2, "{repeated}");
+    // A new operator process (no earlier valid annotations in memory) goes
+    // on with the release too, and reads its commands.
+    w.ctx = context(&w.fake, &w.clock, &w.script, &w.proxy_answer);
+    w.command("abort");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Failed", "the abort after a restart");
+    assert_eq!(w.weight(), 0.0);
+}
+
+/// A Deployment Sluice does not manage is taken on only with
+/// `sluice.dev/canary: enabled`; another value (`false`) changes nothing
+/// and says nothing, as before it was opted in.
+#[tokio::test]
+async fn a_deployment_with_canary_false_is_left_alone() {
+    let w = World::new(json!({"sluice.dev/canary": "false"})).await;
+    let writes_before = w.fake.writes().len();
+    w.tick().await;
+    assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+    assert!(w.events().is_empty(), "{:?}", w.events());
+    assert_eq!(w.fake.writes().len(), writes_before);
 }
 
 #[tokio::test]
@@ -1042,6 +1062,47 @@ async fn manual_approval_holds_until_the_approve_command() {
             .get("sluice.dev/command")
             .is_none(),
         "the command is consumed"
+    );
+}
+
+/// A command left while the operator carries out the one it read (an
+/// abort over the approve it is promoting on) is not erased when the
+/// operator clears the command it read: it stays for the next reconcile.
+#[tokio::test]
+async fn a_command_left_while_another_is_carried_out_is_never_erased() {
+    let w = World::new(json!({"sluice.dev/approval": "manual"}))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    w.until("WaitingPromotion", 20).await;
+    w.command("approve");
+    // The operator's writes to the proxy's ConfigMap hang for a while, and
+    // a person asks for an abort meanwhile.
+    w.fake.hang(
+        "system:serviceaccount:sluice-system:sluice-operator",
+        "configmaps",
+        "app-sluice",
+        Duration::from_millis(1500),
+    );
+    let fake = w.fake.clone();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        fake.merge_into(
+            APPS,
+            "deployments",
+            NS,
+            "app-primary",
+            json!({"metadata": {"annotations": {"sluice.dev/command": "abort"}}}),
+        );
+    });
+    w.advance(10);
+    w.tick().await;
+    late.await.unwrap();
+    assert_eq!(
+        w.deployment("app-primary")["metadata"]["annotations"]["sluice.dev/command"],
+        "abort",
+        "the abort left meanwhile was erased"
     );
 }
 

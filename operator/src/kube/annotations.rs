@@ -261,14 +261,31 @@ pub struct Settings {
     pub router: Router,
 }
 
-/// Whether the Deployment opted in: `sluice.dev/canary` is there. Only
-/// `enabled` is valid, and any other value (`Enabled`, `true`) is an
-/// invalid annotation like any other, a Warning Event with the running
-/// state kept, so that a typo never lets go of a release under way (which
-/// would hand all traffic to a canary never judged). Only removing the
-/// annotation opts out.
+/// Whether the Deployment opted in: `sluice.dev/canary: enabled`.
 pub fn enabled(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.get(CANARY).map(String::as_str) == Some("enabled")
+}
+
+/// Whether `sluice.dev/canary` is there at all. For an app Sluice already
+/// manages, any value other than `enabled` (`Enabled`, `true`) is an
+/// invalid annotation like any other, a Warning Event with the release
+/// going on as if it were `enabled`, so that a typo never lets go of a
+/// release under way (which would hand all traffic to a canary never
+/// judged). Only removing the annotation opts out. A Deployment Sluice
+/// does not manage is taken on only with `enabled`.
+pub fn present(annotations: &BTreeMap<String, String>) -> bool {
     annotations.contains_key(CANARY)
+}
+
+/// [`parse`] with `sluice.dev/canary` read as `enabled`: the settings an
+/// app Sluice manages goes on with while that one annotation is invalid.
+pub fn parse_as_enabled(
+    annotations: &BTreeMap<String, String>,
+    have_prometheus: bool,
+) -> Result<Settings, AnnotationError> {
+    let mut a = annotations.clone();
+    a.insert(CANARY.to_string(), "enabled".to_string());
+    parse(&a, have_prometheus)
 }
 
 /// Reads every `sluice.dev/*` annotation; the first bad one is the error.

@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use serde_json::json;
 
-use super::api::{merge_patch, publish};
+use super::api::{json_patch, publish};
 use super::objects::primary_name;
 use super::{Context, Error, KubeStatus, annotations};
 use crate::machine::Command;
@@ -55,12 +55,29 @@ pub(super) fn take_command(primary: &Deployment) -> Option<String> {
     primary.annotations().get(annotations::COMMAND).cloned()
 }
 
-pub(super) async fn clear_command(ctx: &Context, ns: &str, app: &str) -> Result<(), Error> {
-    merge_patch::<Deployment>(
-        &ctx.client,
-        ns,
-        &primary_name(app),
-        json!({"metadata": {"annotations": {annotations::COMMAND: null}}}),
-    )
-    .await
+/// Clears the command `read` (its text, as read when the reconcile began)
+/// with a JSON patch that tests it first: a newer command a person left
+/// meanwhile (an abort over a waiting approve) fails the test (422), stays,
+/// and is read at the next reconcile, never silently erased.
+pub(super) async fn clear_command(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    read: &str,
+) -> Result<(), Error> {
+    let path = format!(
+        "/metadata/annotations/{}",
+        annotations::COMMAND.replace('~', "~0").replace('/', "~1")
+    );
+    let ops = vec![
+        json!({"op": "test", "path": path, "value": read}),
+        json!({"op": "remove", "path": path}),
+    ];
+    match json_patch(ctx, ns, &primary_name(app), ops).await {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
+            tracing::info!(%ns, %app, "a newer command came while `{read}` was carried out; it is read next");
+            Ok(())
+        }
+        other => other,
+    }
 }

@@ -480,10 +480,15 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         }
         return Ok(Action::await_change());
     }
-    if !annotations::enabled(d.annotations()) {
+    if !annotations::present(d.annotations()) {
         if managed(&ctx, &d, &ns, &name).await? {
             return cleanup(&ctx, &d, &ns, &name, false).await;
         }
+        return Ok(Action::await_change());
+    }
+    // Another value than `enabled` keeps an app Sluice manages (an invalid
+    // annotation, below) and takes on no new one.
+    if !annotations::enabled(d.annotations()) && !managed(&ctx, &d, &ns, &name).await? {
         return Ok(Action::await_change());
     }
     let selector_problem = {
@@ -522,12 +527,22 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
             // The running state is kept: a release under way goes on with
             // the annotations it had (so `kubectl sluice abort` still
             // works); nothing new starts on invalid ones.
-            let last = ctx
-                .last_valid
-                .lock()
-                .expect("the settings lock")
-                .get(&key)
-                .cloned();
+            // Only the opt-in's value is wrong: the app goes on with the
+            // rest of its annotations, also after an operator restart
+            // (when no earlier valid set is in memory).
+            let as_enabled = (e.annotation == annotations::CANARY)
+                .then(|| {
+                    annotations::parse_as_enabled(d.annotations(), ctx.prometheus_url.is_some())
+                        .ok()
+                })
+                .flatten();
+            let last = as_enabled.or_else(|| {
+                ctx.last_valid
+                    .lock()
+                    .expect("the settings lock")
+                    .get(&key)
+                    .cloned()
+            });
             let last = match last {
                 Some(last) if managed(&ctx, &d, &ns, &name).await? => Some(last),
                 _ => None,

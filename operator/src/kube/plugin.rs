@@ -115,7 +115,16 @@ impl Plugin {
     async fn list(&self, api: Api<Deployment>) -> Result<Vec<Release>, PluginError> {
         let all = api.list(&ListParams::default()).await?.items;
         let mut out = Vec::new();
-        for d in all.iter().filter(|d| annotations::enabled(d.annotations())) {
+        // Opted in, or managed already (a primary) with a mistyped value.
+        let managed = |d: &Deployment| {
+            all.iter().any(|p| {
+                p.name_any() == primary_name(&d.name_any()) && p.namespace() == d.namespace()
+            })
+        };
+        for d in all.iter().filter(|d| {
+            annotations::enabled(d.annotations())
+                || (annotations::present(d.annotations()) && managed(d))
+        }) {
             let name = d.name_any();
             let namespace = d.namespace().unwrap_or_default();
             let primary = all.iter().find(|p| {

@@ -359,8 +359,8 @@ pub(super) async fn release_tick(
                     ))
         });
     if !active && !retrying {
-        if raw_command.is_some() {
-            clear_command(ctx, ns, app).await?;
+        if let Some(read) = &raw_command {
+            clear_command(ctx, ns, app, read).await?;
         }
         let idle = revision == status.primary_revision
             || status.failed_revision.as_deref() == Some(revision);
@@ -673,8 +673,8 @@ pub(super) async fn release_tick(
     // 1. The decision is saved before anything is carried out.
     save_status(ctx, ns, app, status).await?;
     // 2. The command is consumed only once its effect is on record.
-    if raw_command.is_some() {
-        clear_command(ctx, ns, app).await?;
+    if let Some(read) = &raw_command {
+        clear_command(ctx, ns, app, read).await?;
     }
     if reverted_to_stable {
         publish(
