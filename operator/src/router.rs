@@ -69,17 +69,31 @@ pub trait Router {
     /// Whether the canary (or the promotion) is ready, and if not, what
     /// else it waits for.
     fn ready(&self) -> impl Future<Output = Readiness> + Send;
-    /// Puts this release's canary at `canary_weight_bp` back on the route
-    /// when the route no longer has them (the proxy restarted from its
-    /// file, someone changed the route): what was found instead, or None
-    /// when the route was as the release left it.
+    /// Checks the route still carries this release's canary at
+    /// `canary_weight_bp`, and puts the canary back when it does not (see
+    /// [`RouteCheck`]).
     fn restore(
         &self,
         canary_weight_bp: u32,
-    ) -> impl Future<Output = Result<Option<String>, RouterError>> + Send {
+    ) -> impl Future<Output = Result<RouteCheck, RouterError>> + Send {
         let _ = canary_weight_bp;
-        async { Ok(None) }
+        async { Ok(RouteCheck::AsLeft) }
     }
+}
+
+/// What [`Router::restore`] found on the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteCheck {
+    /// The release's canary (and baseline arm) at the release's weight.
+    AsLeft,
+    /// Another canary or none, or no baseline arm: what a proxy that
+    /// restarted from its file has. Set back to the release's (canary,
+    /// weight, baseline arm, affinity, mirror); what was found.
+    SetBack(String),
+    /// The release's canary at another weight: a person's change (an
+    /// emergency weight 0 through the admin API), which is never undone
+    /// here; what was found.
+    Changed(String),
 }
 
 /// Whether a release's target can take traffic.
@@ -298,7 +312,7 @@ impl Router for ProxyAdminRouter {
         }
     }
 
-    async fn restore(&self, canary_weight_bp: u32) -> Result<Option<String>, RouterError> {
+    async fn restore(&self, canary_weight_bp: u32) -> Result<RouteCheck, RouterError> {
         let route = self.current().await?;
         let same_url = |field: &str, want: &str| {
             route[field]
@@ -311,8 +325,12 @@ impl Router for ProxyAdminRouter {
             .baseline_arm
             .as_deref()
             .is_none_or(|url| same_url("baseline", url));
-        if same_url("canary", &self.canary_url) && weight_bp == canary_weight_bp && baseline_kept {
-            return Ok(None);
+        if same_url("canary", &self.canary_url) && baseline_kept {
+            return Ok(if weight_bp == canary_weight_bp {
+                RouteCheck::AsLeft
+            } else {
+                RouteCheck::Changed(format!("route `{}` is at {weight}%", self.route))
+            });
         }
         let found = format!(
             "route `{}` had canary {} at {weight}%{}",
@@ -338,7 +356,7 @@ impl Router for ProxyAdminRouter {
             patch["baseline"] = json!(url);
         }
         self.put(patch).await?;
-        Ok(Some(found))
+        Ok(RouteCheck::SetBack(found))
     }
 
     /// The canary, then the baseline arm (if any), accept TCP

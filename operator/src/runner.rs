@@ -30,7 +30,7 @@ use crate::machine::{
 };
 use crate::plan::{Plan, WebhookKind};
 use crate::provider::Provider;
-use crate::router::{Readiness, Router, RouterError};
+use crate::router::{Readiness, RouteCheck, Router, RouterError};
 use crate::webhook::{WebhookPayload, run_gate};
 
 /// One tick, as shown in the live view and printed by `--output json`.
@@ -421,14 +421,22 @@ impl<R: Router> Driver<R> {
             // read, and the tick says so.
             let restored = match status.as_ref().filter(|_| analysing) {
                 Some(s) => match self.router.restore(s.canary_weight_bp).await {
-                    Ok(found) => found.map(|found| {
-                        let why = format!(
-                            "{found}, not this release's {}% (the proxy restarted from its file, or someone changed the route): set back",
-                            f64::from(s.canary_weight_bp) / 100.0
-                        );
-                        tracing::warn!(release = %self.name, "{why}");
+                    Ok(check) => {
+                        let ours = f64::from(s.canary_weight_bp) / 100.0;
+                        let why = match check {
+                            RouteCheck::AsLeft => None,
+                            RouteCheck::SetBack(found) => Some(format!(
+                                "{found}, not this release's {ours}% (the proxy restarted from its file, or someone replaced the canary): set back"
+                            )),
+                            RouteCheck::Changed(found) => Some(format!(
+                                "{found}, not this release's {ours}%: someone changed the weight, and it is left as it is (`sluice abort` ends a release)"
+                            )),
+                        };
+                        if let Some(why) = &why {
+                            tracing::warn!(release = %self.name, "{why}");
+                        }
                         why
-                    }),
+                    }
                     Err(e) => {
                         tracing::warn!(release = %self.name, error = %e, "could not read the route to check its weights");
                         None

@@ -189,21 +189,46 @@ async fn a_canary_release_takes_off_a_mirror_it_did_not_ask_for() {
     );
 }
 
-/// A route that loses the release's canary and weight mid-release (the
-/// proxy restarted from its file, or someone changed it) is set back at
-/// the next tick, which says so, and the release goes on to promotion.
+/// A route that loses the release's canary mid-release (the proxy
+/// restarted from its file) is set back at the next tick, which says so,
+/// and the release goes on to promotion. A weight a person changed (the
+/// release's canary kept) is said, never undone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_route_that_lost_the_release_is_set_back_at_the_next_tick() {
     let _slot = release_slot().await;
     let r = Release::new().await;
     let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
     let rollout = Rollout::start(&r.args(&["--steps", "30,60"]));
+    let mut seen = Vec::new();
     loop {
         let e = rollout
             .events
             .recv_timeout(Duration::from_secs(30))
             .expect("ticks");
-        if e["canary_weight"] == 30.0 {
+        let at_30 = e["canary_weight"] == 30.0;
+        seen.push(e);
+        if at_30 {
+            break;
+        }
+    }
+    // A person's change of the weight alone.
+    let (status, body) = put_json(
+        &format!("http://{}/routes/web", r.proxy.admin_addr),
+        serde_json::json!({"canary_weight": 10}),
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{body}");
+    loop {
+        let e = rollout
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ticks");
+        let said = e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("is at 10%") && m.contains("left as it is"));
+        seen.push(e);
+        if said {
             break;
         }
     }
@@ -219,7 +244,7 @@ async fn a_route_that_lost_the_release_is_set_back_at_the_next_tick() {
     load.stop();
     assert_eq!(code, 0, "{}", last_message(&events));
     assert!(
-        events.iter().any(|e| e["message"]
+        seen.iter().chain(&events).any(|e| e["message"]
             .as_str()
             .is_some_and(|m| m.contains("had canary none at 0%") && m.contains("set back"))),
         "no tick said the route was set back: {events:?}"
