@@ -458,6 +458,9 @@ pub fn watch_file(path: PathBuf, store: Arc<Store>) -> notify::Result<tokio::tas
                     // event of the directory (the proxy's own log may be
                     // written there) reads the file again.
                     let reason = e.to_string();
+                    // Whatever text comes back next is applied, even the
+                    // last good one (whose success then shows again).
+                    last_text = None;
                     if forced || unreadable.as_deref() != Some(reason.as_str()) {
                         store.metrics.record_reload(ReloadResult::Failure);
                         tracing::warn!(

@@ -625,6 +625,21 @@ async fn an_unreadable_config_file_is_one_failed_reload_logged_once() {
             "{what}: the proxy stopped"
         );
     }
+    // The last good text back: applied again, a success.
+    let successes = scrape(admin)
+        .await
+        .sum("sluice_config_reloads_total", &[("result", "success")]);
+    std::fs::write(&config, good(0)).unwrap();
+    eventually(
+        "the last good text applied again",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(admin).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "success")]) == successes + 1.0)
+                .then_some(())
+        },
+    )
+    .await;
     std::fs::write(&config, good(30)).unwrap();
     eventually("the good file applied", Duration::from_secs(10), || async {
         let m = scrape(admin).await;

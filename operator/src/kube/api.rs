@@ -160,7 +160,13 @@ pub(super) async fn publish(
     reason: &str,
     note: String,
 ) {
-    let note: String = note.chars().take(1000).collect();
+    // The API server takes a note of at most 1,024 bytes: cut at a
+    // character's boundary below that.
+    let mut end = note.len().min(1024);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    let note = note[..end].to_string();
     // The recorder counts an Event again (a series: `x2`) when its type,
     // reason and action repeat, and keeps the first one's note. A digest
     // of the note in the action makes a new message a new Event, as

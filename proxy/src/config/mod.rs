@@ -1405,7 +1405,12 @@ routes:
     fn the_admin_api_needs_an_address_of_its_own() {
         let err = errors_of("listen: 127.0.0.1:18080\nadmin: { listen: 127.0.0.1:18080 }\n");
         assert!(
-            err.starts_with("admin.listen: 127.0.0.1:18080 is the address of listen too"),
+            err.starts_with("admin.listen: 127.0.0.1:18080 takes the port of listen"),
+            "{err}"
+        );
+        let err = errors_of("listen: 0.0.0.0:18080\nadmin: { listen: 127.0.0.1:18080 }\n");
+        assert!(
+            err.starts_with("admin.listen: 127.0.0.1:18080 takes the port"),
             "{err}"
         );
         // Ephemeral ports (0) are two different ports.

@@ -427,13 +427,18 @@ impl Config {
                 format!("required when admin.listen ({addr}) is not a loopback address"),
             );
         }
+        // The same port on the same address, or on a wildcard (0.0.0.0,
+        // [::]) that takes in the other.
         if let (Some(data), Some(admin)) = (listen, admin_listen)
             && data.port() != 0
-            && data == admin
+            && data.port() == admin.port()
+            && (data.ip() == admin.ip()
+                || data.ip().is_unspecified()
+                || admin.ip().is_unspecified())
         {
             errs.push(
                 "admin.listen",
-                format!("{admin} is the address of listen too; the admin API needs an address of its own"),
+                format!("{admin} takes the port of listen ({data}); the admin API needs an address of its own"),
             );
         }
         let limits = self.validate_limits(&mut errs);

@@ -322,7 +322,11 @@ impl Turned {
         Self {
             refused: h2.is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM)),
             cut: h2.is_some_and(|h2| h2.is_go_away() && h2.is_remote()),
-            kind: if closed {
+            // A backend that stopped answering keep-alive PINGs is a
+            // timeout, not a broken rule.
+            kind: if error.is_timeout() {
+                UpstreamErrorKind::Timeout
+            } else if closed {
                 UpstreamErrorKind::Reset
             } else {
                 UpstreamErrorKind::Protocol
