@@ -656,10 +656,17 @@ impl Traffic {
         };
         let mirror = match percent {
             None => {
-                if t.mirror_max_body.is_some() || t.mirror_methods.is_some() {
+                // Named by the setting that was given, not the missing one.
+                let given = [
+                    ("mirror-methods", t.mirror_methods),
+                    ("mirror-max-body", t.mirror_max_body),
+                ]
+                .into_iter()
+                .find(|(_, v)| v.is_some());
+                if let Some((name, _)) = given {
                     return Err((
-                        "mirror".into(),
-                        "mirror-max-body and mirror-methods need a mirror percent".into(),
+                        name.into(),
+                        "mirror-max-body and mirror-methods need a mirror percent (mirror)".into(),
                     ));
                 }
                 None

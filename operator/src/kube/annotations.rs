@@ -1503,6 +1503,27 @@ mod tests {
         }
     }
 
+    /// A mirror setting without a mirror percent is named by the setting
+    /// given (with its value), not by the missing `sluice.dev/mirror`; so
+    /// lint can set it aside and go on to the next problem.
+    #[test]
+    fn a_mirror_setting_without_a_mirror_names_itself() {
+        let problems = lint(
+            &ann(&[
+                (CANARY, "enabled"),
+                (MIRROR_METHODS, "GET"),
+                (STEPS, "50,10"),
+            ]),
+            false,
+        );
+        let named: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.annotation.as_str(), p.value.as_str()))
+            .collect();
+        assert!(named.contains(&(MIRROR_METHODS, "GET")), "{problems:?}");
+        assert!(named.iter().any(|(a, _)| *a == STEPS), "{problems:?}");
+    }
+
     #[test]
     fn webhooks_are_flaggers_list_inline_or_a_configmap_name() {
         let inline = "- name: load-test\n  url: http://flagger-loadtester.test/\n  timeout: 5s\n  metadata:\n    cmd: \"hey -z 1m http://podinfo-canary:9898/\"\n- name: gate\n  type: confirm-traffic-increase\n  url: https://gate.test/\n  retries: 2\n";
