@@ -543,7 +543,17 @@ pub fn parse(
         "gate" => format!("annotation {GATE}"),
         _ => format!("annotation {STRATEGY}"),
     })
-    .map_err(|e| named_error(e, plan::Strategy::NAMES))?;
+    .map_err(|e| {
+        // What is allowed depends on the annotation the problem names.
+        let allowed = if e.starts_with(&format!("annotation {STEPS}")) {
+            "rising weights under 100, e.g. 10,25,50 (one step for an experiment; blue-green switches at once)"
+        } else if e.starts_with(&format!("annotation {GATE}")) {
+            "sequential, threshold"
+        } else {
+            plan::Strategy::NAMES
+        };
+        named_error(e, allowed)
+    })?;
     let metrics = match get(METRICS) {
         None if have_prometheus => MetricsSource::Prometheus,
         None => MetricsSource::Proxy,
@@ -1522,6 +1532,26 @@ mod tests {
             .collect();
         assert!(named.contains(&(MIRROR_METHODS, "GET")), "{problems:?}");
         assert!(named.iter().any(|(a, _)| *a == STEPS), "{problems:?}");
+    }
+
+    /// A plan the strategy cannot run names what each annotation allows,
+    /// not the list of strategies under `sluice.dev/steps`.
+    #[test]
+    fn a_last_step_of_100_says_what_steps_allow() {
+        let e = parse(&ann(&[(CANARY, "enabled"), (STEPS, "100")]), false).unwrap_err();
+        assert_eq!(e.annotation, STEPS);
+        assert!(e.allowed.starts_with("rising weights under 100"), "{e}");
+        let e = parse(
+            &ann(&[
+                (CANARY, "enabled"),
+                (STRATEGY, "experiment"),
+                (STEPS, "10,20"),
+            ]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.annotation, STEPS, "{e}");
+        assert!(!e.allowed.contains("blue-green, experiment"), "{e}");
     }
 
     #[test]
