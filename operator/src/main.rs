@@ -1285,8 +1285,11 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
         if args.clump == 0 {
             return Err("--clump: must be at least 1".into());
         }
-        if args.runs == 0 {
-            return Err("--runs: must be at least 1".into());
+        if !(1..=1_000_000).contains(&args.runs) {
+            return Err(format!(
+                "--runs: {} is not in 1..=1000000 (a million releases take minutes; split a larger study by --seed)",
+                args.runs
+            ));
         }
         let primary = ArmTraffic {
             fail: parse_rate(&args.primary_errors).map_err(|e| flag("primary-errors", e))?,

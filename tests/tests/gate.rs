@@ -573,6 +573,8 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         (vec!["--canary-errors", "120%"], "--canary-errors"),
         (vec!["--rps=-1"], "--rps"),
         (vec!["--rps", "1e18"], "--rps"),
+        (vec!["--runs", "0"], "--runs"),
+        (vec!["--runs", "1000000000"], "--runs"),
         (vec!["--steps", "10,50,100"], "a last step of 100"),
         (
             vec!["--scrape-interval", "2h"],

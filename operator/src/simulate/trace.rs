@@ -96,7 +96,12 @@ pub struct TraceError {
 
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)?;
+        // Line 0: the whole file (an empty one), no line of it.
+        if self.line == 0 {
+            write!(f, "{}", self.file)?;
+        } else {
+            write!(f, "{}:{}", self.file, self.line)?;
+        }
         if let Some(field) = &self.field {
             write!(f, ": `{field}`")?;
         }
@@ -635,7 +640,7 @@ mod tests {
             );
         }
         let e = Trace::parse("\n\n", "empty.jsonl", first()).unwrap_err();
-        assert!(e.to_string().contains("no lines"), "{e}");
+        assert_eq!(e.to_string(), "empty.jsonl: the trace has no lines");
     }
 
     #[test]
