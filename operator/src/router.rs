@@ -189,6 +189,25 @@ impl ProxyAdminRouter {
         patch
     }
 
+    /// What this release puts on the route: its canary at
+    /// `canary_weight_bp`, with its affinity, mirror and baseline arm.
+    fn release_patch(&self, canary_weight_bp: u32) -> serde_json::Value {
+        let mut patch = json!({
+            "canary": self.canary_url,
+            "canary_weight": bp_to_percent(canary_weight_bp),
+        });
+        if let Some(a) = &self.traffic.affinity {
+            patch["affinity"] = json!(a);
+        }
+        if let Some(m) = &self.traffic.mirror {
+            patch["mirror"] = json!(m);
+        }
+        if let Some(url) = &self.baseline_arm {
+            patch["baseline"] = json!(url);
+        }
+        patch
+    }
+
     fn route_url(&self) -> String {
         format!("{}/routes/{}", self.admin, self.route)
     }
@@ -239,16 +258,7 @@ impl ProxyAdminRouter {
 
 impl Router for ProxyAdminRouter {
     async fn initialize(&self) -> Result<(), RouterError> {
-        let mut patch = json!({ "canary": self.canary_url, "canary_weight": 0 });
-        if let Some(a) = &self.traffic.affinity {
-            patch["affinity"] = json!(a);
-        }
-        if let Some(m) = &self.traffic.mirror {
-            patch["mirror"] = json!(m);
-        }
-        if let Some(url) = &self.baseline_arm {
-            patch["baseline"] = json!(url);
-        }
+        let mut patch = self.release_patch(0);
         // A baseline arm or a mirror this release does not ask for (left
         // by an earlier release that was stopped before its end, or set by
         // hand) is taken off: the release's canary gets exactly the traffic
@@ -342,20 +352,7 @@ impl Router for ProxyAdminRouter {
                 " without the baseline arm"
             }
         );
-        let mut patch = json!({
-            "canary": self.canary_url,
-            "canary_weight": bp_to_percent(canary_weight_bp),
-        });
-        if let Some(a) = &self.traffic.affinity {
-            patch["affinity"] = json!(a);
-        }
-        if let Some(m) = &self.traffic.mirror {
-            patch["mirror"] = json!(m);
-        }
-        if let Some(url) = &self.baseline_arm {
-            patch["baseline"] = json!(url);
-        }
-        self.put(patch).await?;
+        self.put(self.release_patch(canary_weight_bp)).await?;
         Ok(RouteCheck::SetBack(found))
     }
 

@@ -1095,6 +1095,38 @@ impl Rollout {
         }
     }
 
+    /// Reads ticks (each within 30 s) until one meets `done`; every tick
+    /// read, that one last. `each` sees every tick first (an assertion
+    /// that must hold all along).
+    pub fn until(
+        &self,
+        each: impl Fn(&serde_json::Value),
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut seen = Vec::new();
+        loop {
+            let e = self
+                .events
+                .recv_timeout(Duration::from_secs(30))
+                .expect("ticks");
+            each(&e);
+            let stop = done(&e);
+            seen.push(e);
+            if stop {
+                return seen;
+            }
+        }
+    }
+
+    /// Sends the child `signal` (`INT`, `TERM`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Waits for the exit code; gives up after `limit`. The events returned
     /// are every line the child printed: the reader thread has reached EOF.
     pub async fn wait(mut self, limit: Duration) -> (i32, Vec<serde_json::Value>) {

@@ -960,11 +960,7 @@ async fn an_interrupted_and_resumed_release_keeps_one_record() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = Command::new("kill")
-        .args(["-INT", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    first.signal("INT");
     let (code, _) = first.wait(Duration::from_secs(30)).await;
     assert_eq!(code, 130);
     let before = r.records();

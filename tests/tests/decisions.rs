@@ -369,20 +369,8 @@ async fn an_interrupted_rollout_resumes_at_its_step_when_run_again() {
     let deadline = args.iter().position(|a| a == "10s").unwrap();
     args[deadline] = "60s".into();
     let first = Rollout::start(&args);
-    loop {
-        let e = first
-            .events
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ticks");
-        if e["canary_weight"] == 40.0 {
-            break;
-        }
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    first.until(|_| {}, |e| e["canary_weight"] == 40.0);
+    first.signal("INT");
     let (code, _) = first.wait(Duration::from_secs(10)).await;
     assert_eq!(code, 130, "an interrupted rollout exits 130");
     assert_eq!(
@@ -394,21 +382,11 @@ async fn an_interrupted_rollout_resumes_at_its_step_when_run_again() {
     // Stopped again, by SIGTERM (systemd, a CI job's timeout), it is the
     // same: 143, the weight kept, the state saved.
     let second = Rollout::start(&args);
-    loop {
-        let e = second
-            .events
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ticks");
-        assert_ne!(e["phase"], "Initializing", "resumed: {e}");
-        if e["canary_weight"] == 60.0 {
-            break;
-        }
-    }
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &second.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    second.until(
+        |e| assert_ne!(e["phase"], "Initializing", "resumed: {e}"),
+        |e| e["canary_weight"] == 60.0,
+    );
+    second.signal("TERM");
     let (code, _) = second.wait(Duration::from_secs(10)).await;
     assert_eq!(code, 143, "a terminated rollout exits 143");
     assert_eq!(s.route().await["canary_weight"], 60.0);

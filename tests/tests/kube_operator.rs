@@ -1031,14 +1031,21 @@ async fn a_release_too_quiet_to_decide_states_its_plan_then_waits_for_a_person()
     assert_eq!(w.primary_image(), "app:2");
 }
 
-#[tokio::test]
-async fn manual_approval_holds_until_the_approve_command() {
+/// A release of `app:2` under `sluice.dev/approval: manual`, held at its
+/// last step for a person's approval.
+async fn waiting_for_approval() -> World {
     let w = World::new(json!({"sluice.dev/approval": "manual"}))
         .await
         .bootstrapped()
         .await;
     w.set_image("app:2");
     w.until("WaitingPromotion", 20).await;
+    w
+}
+
+#[tokio::test]
+async fn manual_approval_holds_until_the_approve_command() {
+    let w = waiting_for_approval().await;
     for _ in 0..3 {
         w.advance(10);
         w.tick().await;
@@ -1070,12 +1077,7 @@ async fn manual_approval_holds_until_the_approve_command() {
 /// operator clears the command it read: it stays for the next reconcile.
 #[tokio::test]
 async fn a_command_left_while_another_is_carried_out_is_never_erased() {
-    let w = World::new(json!({"sluice.dev/approval": "manual"}))
-        .await
-        .bootstrapped()
-        .await;
-    w.set_image("app:2");
-    w.until("WaitingPromotion", 20).await;
+    let w = waiting_for_approval().await;
     w.command("approve");
     // The operator's writes to the proxy's ConfigMap hang for a while, and
     // a person asks for an abort meanwhile.

@@ -199,18 +199,7 @@ async fn a_route_that_lost_the_release_is_set_back_at_the_next_tick() {
     let r = Release::new().await;
     let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
     let rollout = Rollout::start(&r.args(&["--steps", "30,60"]));
-    let mut seen = Vec::new();
-    loop {
-        let e = rollout
-            .events
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ticks");
-        let at_30 = e["canary_weight"] == 30.0;
-        seen.push(e);
-        if at_30 {
-            break;
-        }
-    }
+    let mut seen = rollout.until(|_| {}, |e| e["canary_weight"] == 30.0);
     // A person's change of the weight alone.
     let (status, body) = put_json(
         &format!("http://{}/routes/web", r.proxy.admin_addr),
@@ -219,19 +208,14 @@ async fn a_route_that_lost_the_release_is_set_back_at_the_next_tick() {
     )
     .await;
     assert!(status.is_success(), "{body}");
-    loop {
-        let e = rollout
-            .events
-            .recv_timeout(Duration::from_secs(30))
-            .expect("ticks");
-        let said = e["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("is at 10%") && m.contains("left as it is"));
-        seen.push(e);
-        if said {
-            break;
-        }
-    }
+    seen.extend(rollout.until(
+        |_| {},
+        |e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("is at 10%") && m.contains("left as it is"))
+        },
+    ));
     // What a restart from the file does: no canary, weight 0.
     let (status, body) = put_json(
         &format!("http://{}/routes/web", r.proxy.admin_addr),
