@@ -1842,7 +1842,13 @@ fn gateway_status(
 ) -> Value {
     let gen_ = generation(g);
     let mut all_programmed = true;
-    let ls: Vec<Value> = listeners(g)
+    let all = listeners(g);
+    let unsupported: Vec<&str> = all
+        .iter()
+        .filter(|l| l.protocol != "HTTP")
+        .map(|l| l.name.as_str())
+        .collect();
+    let ls: Vec<Value> = all
         .iter()
         .map(|l| {
             let count = attached
@@ -1892,8 +1898,28 @@ fn gateway_status(
             gen_,
         )
     };
+    // The spec's `ListenersNotValid`: with `Accepted` True while some
+    // listener is served, False when none can be.
+    let accepted = if unsupported.is_empty() {
+        condition(
+            "Accepted",
+            true,
+            "Accepted",
+            "accepted by sluice-proxy",
+            gen_,
+        )
+    } else {
+        let some_served = unsupported.len() < all.len();
+        let message = format!(
+            "listener{} {} cannot be served (sluice-proxy serves HTTP only){}",
+            if unsupported.len() == 1 { "" } else { "s" },
+            unsupported.join(", "),
+            if some_served { "; the others are" } else { "" }
+        );
+        condition("Accepted", some_served, "ListenersNotValid", &message, gen_)
+    };
     json!({
-        "conditions": [condition("Accepted", true, "Accepted", "accepted by sluice-proxy", gen_), programmed],
+        "conditions": [accepted, programmed],
         "listeners": ls,
     })
 }
@@ -2583,6 +2609,51 @@ mod tests {
         assert_eq!(listener["attachedRoutes"], 2);
         assert!(listener["supportedKinds"].to_string().contains("GRPCRoute"));
         assert!(o.config.validate().is_ok());
+    }
+
+    /// A listener of a protocol sluice-proxy does not serve makes the
+    /// Gateway's `Accepted` say `ListenersNotValid`: True while another
+    /// listener is served, False when none is.
+    #[test]
+    fn a_gateway_with_an_unserved_listener_says_listeners_not_valid() {
+        let mut i = inputs(json!([{"backendRefs": [{"name": "web", "port": 80}]}]));
+        let gateway_accepted = |i: &Inputs| {
+            let o = build(i, &layout());
+            o.gateways[&("default".to_string(), "gw".to_string())]["conditions"][0].clone()
+        };
+        let ok = gateway_accepted(&i);
+        assert_eq!(
+            (ok["status"].as_str(), ok["reason"].as_str()),
+            (Some("True"), Some("Accepted"))
+        );
+        i.gateways[0]["spec"]["listeners"] = json!([
+            {"name": "web", "port": 8080, "protocol": "HTTP"},
+            {"name": "secure", "port": 8443, "protocol": "HTTPS"},
+        ]);
+        let partly = gateway_accepted(&i);
+        assert_eq!(partly["status"], "True", "{partly}");
+        assert_eq!(partly["reason"], "ListenersNotValid");
+        assert!(
+            partly["message"]
+                .as_str()
+                .unwrap()
+                .contains("listener secure cannot be served"),
+            "{partly}"
+        );
+        i.gateways[0]["spec"]["listeners"] = json!([
+            {"name": "secure", "port": 8443, "protocol": "HTTPS"},
+            {"name": "tcp", "port": 9000, "protocol": "TCP"},
+        ]);
+        let none = gateway_accepted(&i);
+        assert_eq!(none["status"], "False", "{none}");
+        assert_eq!(none["reason"], "ListenersNotValid");
+        assert!(
+            none["message"]
+                .as_str()
+                .unwrap()
+                .contains("listeners secure, tcp"),
+            "{none}"
+        );
     }
 
     /// Review finding 2 (g/5.json): one route, two listeners of one port
