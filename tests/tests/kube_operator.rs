@@ -752,6 +752,70 @@ async fn removing_the_annotation_restores_the_service_and_replicas() {
         left.get("sluice.dev/phase").is_none() && left.get("sluice.dev/message").is_none(),
         "{left}"
     );
+    let said: Vec<_> = w
+        .events()
+        .into_iter()
+        .filter(|(_, reason, _)| reason.starts_with("Released"))
+        .map(|(kind, reason, _)| (kind, reason))
+        .collect();
+    assert_eq!(
+        said,
+        [("Normal".to_string(), "Released".to_string())],
+        "the promoted spec serves: nothing to warn of"
+    );
+}
+
+/// After a rollback the user's Deployment still holds the rolled-back
+/// spec. Removing the annotation hands traffic back to it: Sluice lets go
+/// as asked, but says so once, in a Warning naming both revisions.
+#[tokio::test]
+async fn removing_the_annotation_after_a_rollback_warns_that_the_rolled_back_spec_will_serve() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    let promoted = w.status().primary_revision.clone();
+    assert!(!promoted.is_empty());
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.command("abort");
+    for _ in 0..4 {
+        w.tick().await;
+    }
+    let status = w.status();
+    assert_eq!(status.phase, "Failed", "{status:?}");
+    let rolled_back = status
+        .failed_revision
+        .clone()
+        .expect("a rolled-back revision");
+    assert_eq!(
+        w.replicas("app"),
+        0,
+        "the rolled-back canary is scaled down"
+    );
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 3, "letting go goes on");
+    w.fake.make_ready(NS, "app");
+    for _ in 0..3 {
+        w.tick().await;
+    }
+    assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+    let warnings: Vec<_> = w
+        .events()
+        .into_iter()
+        .filter(|(kind, reason, _)| kind == "Warning" && reason == "ReleasedUnpromoted")
+        .map(|(_, _, note)| note)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{:?}", w.events());
+    let note = &warnings[0];
+    assert!(
+        note.contains(&rolled_back) && note.contains(&promoted) && note.contains("rolled back"),
+        "{note}"
+    );
 }
 
 #[tokio::test]

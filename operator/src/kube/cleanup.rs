@@ -78,6 +78,7 @@ pub(super) async fn cleanup(
             .max(status.original_replicas);
         let user = to_value(d)?;
         if user["spec"]["replicas"].as_i64() != Some(replicas) {
+            warn_if_unpromoted(ctx, d, ns, app, &user, &status, replicas).await?;
             scale(ctx, ns, app, replicas).await?;
             return Ok(Action::requeue(ctx.poll));
         }
@@ -158,16 +159,70 @@ pub(super) async fn cleanup(
         .lock()
         .expect("providers lock")
         .remove(&format!("{ns}/{app}"));
+    // Its hook pacing, and its queue of background webhook calls (whose
+    // task ends once the calls queued so far are sent).
+    ctx.hook_pacing
+        .lock()
+        .expect("the pacing lock")
+        .remove(&format!("{ns}/{app}"));
     ctx.metrics.forget(ns, app);
     if !deleting {
+        // Worded for both routers: under the Gateway API router the
+        // HTTPRoute, not Service `app`, was what Sluice had changed.
         publish(
             ctx,
             d,
             EventType::Normal,
             "Released",
-            format!("Sluice no longer manages {app}; Service {app} selects its original pods"),
+            format!("Sluice no longer manages {app}; its traffic goes to {app}'s own pods again"),
         )
         .await;
     }
     Ok(Action::await_change())
+}
+
+/// When Sluice lets go, `app`'s own pods serve again, with `app`'s own
+/// spec. After a rollback, or in the middle of a release, that spec is a
+/// revision Sluice did not promote: the one it rolled back, or one it was
+/// still judging. Letting go is what was asked, so it goes on, but says
+/// so, once, as `app` is scaled up: a Warning naming both revisions and
+/// how to keep the primary's.
+async fn warn_if_unpromoted(
+    ctx: &Context,
+    d: &Deployment,
+    ns: &str,
+    app: &str,
+    user: &serde_json::Value,
+    status: &KubeStatus,
+    replicas: i64,
+) -> Result<(), Error> {
+    if !status.bootstrapped || status.primary_revision.is_empty() {
+        return Ok(());
+    }
+    let (revision, _) = super::inputs::revision_of(ctx, ns, user).await?;
+    if revision == status.primary_revision {
+        return Ok(());
+    }
+    let judged = if status.failed_revision.as_deref() == Some(revision.as_str()) {
+        "which Sluice rolled back".to_string()
+    } else if status.revision == revision && !status.phase.is_empty() {
+        format!(
+            "which Sluice had not promoted (its release was {})",
+            status.phase
+        )
+    } else {
+        "which Sluice never released".to_string()
+    };
+    publish(
+        ctx,
+        d,
+        EventType::Warning,
+        "ReleasedUnpromoted",
+        format!(
+            "sluice.dev/canary was removed: {app} is scaled to {replicas} and its pods will serve its own spec, revision {revision}, {judged}; the primary's revision {primary} stops serving once they are ready. To keep serving {primary}, put {app}'s spec back to it",
+            primary = status.primary_revision
+        ),
+    )
+    .await;
+    Ok(())
 }
