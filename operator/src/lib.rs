@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod external;
 pub mod gate;
+pub mod hook_queue;
 pub mod http;
 pub mod input;
 pub mod kube;

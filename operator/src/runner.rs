@@ -84,9 +84,10 @@ pub fn experiment_report(
 }
 
 /// When each kind of webhook was last asked, in which phase of which
-/// revision, and what it answered (see [`collect_gates`]).
+/// revision, and what it answered (see [`collect_gates`]); and the queue
+/// of the release's calls that never gate (see [`crate::hook_queue`]).
 #[derive(Clone, Debug, Default)]
-pub struct HookPacing(Vec<Asked>);
+pub struct HookPacing(Vec<Asked>, pub crate::hook_queue::HookQueue);
 
 /// One kind's last asking: kind, phase, revision, when (seconds), answer.
 type Asked = (
@@ -108,7 +109,15 @@ type Asked = (
 /// Flagger asks once per analysis interval (a load-test hook would
 /// otherwise start a load test every scrape); between askings its last
 /// answer stands (a failure in it counts once an interval anyway, see
-/// `crate::machine`).
+/// `crate::machine`). A confirmation (`confirm-rollout`,
+/// `confirm-traffic-increase`, `confirm-promotion`) is paced only while it
+/// says no: its yes is never reused, so the step or promotion it allows is
+/// taken on an answer given at that tick, as Flagger asks at the moment it
+/// decides (a change freeze that starts a minute after a yes holds it).
+///
+/// A tick whose analysis already fails decisively asks nothing: the
+/// rollback it decides needs no answer, and waits for none (a slow
+/// load-test hook, its retries).
 #[allow(clippy::too_many_arguments)] // one tick's inputs, each used once
 pub async fn collect_gates(
     http: &HttpClient,
@@ -122,6 +131,9 @@ pub async fn collect_gates(
 ) -> Gates {
     let analysing = analysis.is_some();
     let mut gates = Gates::default();
+    if analysis.is_some_and(crate::analysis::Analysis::decisive_failure) {
+        return gates;
+    }
     let interval = plan.interval.as_secs_f64();
     let mut run = async |kind: WebhookKind, gates: &mut Gates| {
         let slot = pacing
@@ -129,7 +141,11 @@ pub async fn collect_gates(
             .iter()
             .position(|a| a.0 == kind && a.1 == phase && a.2 == payload.revision);
         let (answer, fresh) = match slot.map(|i| &pacing.0[i]) {
-            Some(asked) if plan.is_sequential() && now - asked.3 + 1e-6 < interval => {
+            Some(asked)
+                if plan.is_sequential()
+                    && now - asked.3 + 1e-6 < interval
+                    && !(kind.confirms() && asked.4.as_ref().is_some_and(|a| a.0)) =>
+            {
                 (asked.4.clone(), false)
             }
             _ => {
@@ -292,6 +308,8 @@ pub struct Driver<R: Router> {
     pub record_out: Option<watch::Sender<Option<crate::record::ReleaseRecord>>>,
     /// When each kind of webhook was last asked (see [`collect_gates`]).
     hook_pacing: HookPacing,
+    /// The `event` and `post-rollout` calls, sent in the background.
+    hooks: crate::hook_queue::HookQueue,
 }
 
 impl<R: Router> Driver<R> {
@@ -311,6 +329,7 @@ impl<R: Router> Driver<R> {
             records: None,
             record_out: None,
             hook_pacing: HookPacing::default(),
+            hooks: crate::hook_queue::HookQueue::default(),
         }
     }
 
@@ -365,7 +384,15 @@ impl<R: Router> Driver<R> {
     /// applied) and returns the final status; or stops early, the decision
     /// saved, when the proxy keeps refusing to carry it out (see
     /// [`REFUSALS_BEFORE_STOP`]).
-    pub async fn run(mut self, mut report: impl FnMut(&TickReport)) -> Ended {
+    pub async fn run(self, report: impl FnMut(&TickReport)) -> Ended {
+        let hooks = self.hooks.clone();
+        let ended = self.run_release(report).await;
+        // The `post-rollout` hooks run before the process may exit.
+        hooks.flush(crate::hook_queue::FLUSH).await;
+        ended
+    }
+
+    async fn run_release(mut self, mut report: impl FnMut(&TickReport)) -> Ended {
         let started = Instant::now();
         let http = HttpClient::default();
         let (mut status, mut paused_for) = match self.resume.take() {
@@ -666,11 +693,8 @@ impl<R: Router> Driver<R> {
                 Action::Finalise => self.router.finalise().await,
                 Action::Rollback => self.router.rollback().await,
                 Action::Notify(kind) => {
-                    if let Some((ok, results)) = run_gate(http, &self.plan, *kind, payload).await
-                        && !ok
-                    {
-                        tracing::warn!(release = %self.name, ?results, "{} webhooks failed", kind.as_str());
-                    }
+                    let call = crate::hook_queue::Call::Notify(*kind);
+                    self.hooks.send(http, &self.plan, call, payload);
                     Ok(())
                 }
                 Action::Event(level, text) => {
@@ -678,14 +702,11 @@ impl<R: Router> Driver<R> {
                         Level::Warning => tracing::warn!(release = %self.name, "{text}"),
                         Level::Normal => tracing::info!(release = %self.name, "{text}"),
                     }
-                    crate::webhook::send_event(
-                        http,
-                        &self.plan,
-                        payload,
-                        *level == Level::Warning,
-                        text,
-                    )
-                    .await;
+                    let call = crate::hook_queue::Call::Event {
+                        warning: *level == Level::Warning,
+                        message: text.clone(),
+                    };
+                    self.hooks.send(http, &self.plan, call, payload);
                     events.push(text.clone());
                     Ok(())
                 }
@@ -799,5 +820,97 @@ mod tests {
                 "sequential: {sequential}"
             );
         }
+    }
+
+    fn payload() -> WebhookPayload {
+        WebhookPayload {
+            name: "web".into(),
+            namespace: None,
+            kind: "",
+            phase: "Progressing",
+            canary_weight: 50.0,
+            revision: "r1".into(),
+        }
+    }
+
+    /// A confirmation's no is paced (asked once per interval), but its yes
+    /// is never reused: every tick that would promote asks again, so a
+    /// yes given before a change freeze began cannot promote after it.
+    #[tokio::test]
+    async fn a_confirmations_yes_is_asked_afresh_and_its_no_is_paced() {
+        for (status, asked) in [(200, 11), (500, 3)] {
+            let (url, calls) = crate::webhook::tests::hook_answering(status).await;
+            let mut plan = Plan::default();
+            plan.interval = Duration::from_secs(10);
+            plan.webhooks = crate::plan::parse_webhooks(
+                &format!("- {{type: confirm-promotion, url: '{url}'}}\n"),
+                "t",
+            )
+            .unwrap();
+            let mut pacing = HookPacing::default();
+            for tick in 0..=10 {
+                let gates = collect_gates(
+                    &HttpClient::plain(),
+                    &plan,
+                    Some(Phase::WaitingPromotion),
+                    None,
+                    true,
+                    &payload(),
+                    &mut pacing,
+                    2.0 * f64::from(tick),
+                )
+                .await;
+                assert_eq!(gates.confirm_promotion, Some(status == 200), "tick {tick}");
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), asked, "answering {status}");
+        }
+    }
+
+    /// A tick whose analysis fails decisively asks no hook: the rollback
+    /// it decides waits for no load test.
+    #[tokio::test]
+    async fn a_decisive_failure_asks_no_webhook() {
+        let (url, calls) = crate::webhook::tests::hook_answering(200).await;
+        let mut plan = Plan::default();
+        plan.webhooks = crate::plan::parse_webhooks(
+            &format!("- {{type: rollout, url: '{url}'}}\n- {{type: rollback, url: '{url}'}}\n"),
+            "t",
+        )
+        .unwrap();
+        let mut analysis = crate::analysis::Analysis::default();
+        analysis.checks.push(crate::analysis::CheckResult {
+            name: "errors".into(),
+            outcome: crate::analysis::Outcome::Fail,
+            decisive: true,
+            ..Default::default()
+        });
+        let mut pacing = HookPacing::default();
+        let gates = collect_gates(
+            &HttpClient::plain(),
+            &plan,
+            Some(Phase::Progressing),
+            Some(&analysis),
+            false,
+            &payload(),
+            &mut pacing,
+            0.0,
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!((gates.rollout, gates.rollback_requested), (None, false));
+        // The same tick without the failure asks both.
+        analysis.checks[0].decisive = false;
+        collect_gates(
+            &HttpClient::plain(),
+            &plan,
+            Some(Phase::Progressing),
+            Some(&analysis),
+            false,
+            &payload(),
+            &mut pacing,
+            0.0,
+        )
+        .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -295,6 +295,144 @@ async fn a_release_driven_by_flagger_style_webhooks_and_a_loadtester() {
     }
 }
 
+/// `event` and `post-rollout` hooks never gate, so a slow endpoint never
+/// holds the release: with a hook that keeps every call unanswered, the
+/// release still steps and is promoted; the calls then go out in order
+/// before `sluice rollout` exits, `post-rollout` among them.
+#[tokio::test]
+async fn a_hung_event_hook_never_holds_the_release_and_its_calls_keep_their_order() {
+    let dir = TempDir::new("hung-event-hook");
+    let stable = sluice_loadtest::start_backend(BackendOptions::new("stable"))
+        .await
+        .unwrap();
+    let canary = sluice_loadtest::start_backend(BackendOptions::new("canary"))
+        .await
+        .unwrap();
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: web, stable: '{}' }}\n",
+        stable.url()
+    )))
+    .await;
+    // Every call is held until `answer` is set (at most 60 s).
+    let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen: Seen = Arc::default();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (held, log, count) = (answer.clone(), seen.clone(), answered.clone());
+    let hook = serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let (held, log, count) = (held.clone(), log.clone(), count.clone());
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            log.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            for _ in 0..600 {
+                if held.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            http::Response::builder()
+                .status(200)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap()
+        }
+    })
+    .await;
+    let file = dir.path.join("webhooks.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "- {{name: announce, type: event, url: 'http://{hook}/', timeout: 60s}}\n\
+             - {{name: after, type: post-rollout, url: 'http://{hook}/', timeout: 60s}}\n"
+        ),
+    )
+    .unwrap();
+    let admin = format!("http://{}", proxy.admin_addr);
+    let args: Vec<String> = [
+        "rollout",
+        "--admin",
+        &admin,
+        "--route",
+        "web",
+        "--canary",
+        &canary.url(),
+        "--steps",
+        "20,50",
+        "--interval",
+        "1s",
+        "--gate",
+        "threshold",
+        "--min-requests",
+        "5",
+        "--webhooks-file",
+        &file.display().to_string(),
+        "--control-socket",
+        &dir.path.join("control.sock").display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Traffic for the analysis: at most 3,000 requests, until the end.
+    let (stop, target) = (answer.clone(), format!("http://{}/", proxy.addr));
+    let load = tokio::spawn(async move {
+        for _ in 0..3000 {
+            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let _ = get(&target).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let run = tokio::task::spawn_blocking(move || {
+        output_within(
+            Command::new(bin("sluice")).args(args),
+            Duration::from_secs(120),
+        )
+    });
+    // The release is promoted (the canary's URL is the route's stable)
+    // while the hook has answered nothing.
+    let mut promoted = false;
+    for _ in 0..300 {
+        let (_, _, body) = get(&format!("{admin}/routes/web")).await.unwrap();
+        let route: Value = serde_json::from_slice(&body).unwrap();
+        if route["stable"].as_str() == Some(canary.url().as_str()) {
+            promoted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answered_by_then = answered.load(std::sync::atomic::Ordering::SeqCst);
+    answer.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = run.await.unwrap();
+    load.await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(promoted, "the release was held by its event hook: {stderr}");
+    assert_eq!(answered_by_then, 0, "the hook was answering: {stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let seen = seen.lock().unwrap().clone();
+    let kinds: Vec<&str> = seen.iter().filter_map(|p| p["kind"].as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "post-rollout").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().all(|k| ["event", "post-rollout"].contains(k)),
+        "{kinds:?}"
+    );
+    let messages: Vec<&str> = seen
+        .iter()
+        .filter_map(|p| p["metadata"]["eventMessage"].as_str())
+        .collect();
+    let started = messages.iter().position(|m| m.contains("started"));
+    let promoting = messages.iter().position(|m| m.contains("promot"));
+    assert!(
+        started.is_some() && promoting.is_some() && started < promoting,
+        "events out of order: {messages:?}"
+    );
+}
+
 /// Bad webhook lists are refused at start naming the file and the field.
 #[tokio::test]
 async fn bad_webhook_lists_are_refused_naming_the_field() {

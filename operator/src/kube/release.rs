@@ -31,7 +31,7 @@ use crate::http::HttpClient;
 use crate::machine::{self, Action as MachineAction, Command, Level, NextTick, Observation, Phase};
 use crate::provider::Provider;
 use crate::runner::collect_gates;
-use crate::webhook::{WebhookPayload, run_gate};
+use crate::webhook::WebhookPayload;
 
 /// Puts a release's metric provider back into the context when dropped, so
 /// an early return (an API error) never loses its baseline.
@@ -499,8 +499,12 @@ pub(super) async fn release_tick(
     let at_last_step = previous
         .as_ref()
         .is_some_and(|m| m.step + 1 == plan.steps_bp.len());
-    // No gate webhook is asked about a release that ends by a revert.
-    let gates = if to_stable {
+    // No gate webhook is asked about a release that ends by a revert, nor
+    // on the tick that finds a new revision: the release restarts at weight
+    // 0 first, and its hooks are asked in its own phases (the old phase's
+    // hooks would be asked about a revision whose release has not begun).
+    let new_revision = previous.as_ref().is_some_and(|m| m.revision != revision);
+    let gates = if to_stable || new_revision {
         machine::Gates::default()
     } else {
         let key = format!("{ns}/{app}");
@@ -688,6 +692,15 @@ pub(super) async fn release_tick(
     }
     // 3. Carry it out.
     let mut failed = None;
+    // The app's `event` and `post-rollout` calls go out in the background.
+    let hooks = ctx
+        .hook_pacing
+        .lock()
+        .expect("the pacing lock")
+        .entry(format!("{ns}/{app}"))
+        .or_default()
+        .1
+        .clone();
     for action in &t.actions {
         if reverted && *action == MachineAction::Promote {
             // A revert mid-release: the release it replaces had canary
@@ -738,7 +751,7 @@ pub(super) async fn release_tick(
                     canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
                     ..payload.clone()
                 };
-                let _ = run_gate(&http, plan, *kind, &after).await;
+                hooks.send(&http, plan, crate::hook_queue::Call::Notify(*kind), &after);
             }
             MachineAction::Event(level, text) => {
                 let (ty, reason) = match level {
@@ -759,8 +772,11 @@ pub(super) async fn release_tick(
                     canary_weight: f64::from(t.status.canary_weight_bp) / 100.0,
                     ..payload.clone()
                 };
-                crate::webhook::send_event(&http, plan, &after, *level == Level::Warning, text)
-                    .await;
+                let call = crate::hook_queue::Call::Event {
+                    warning: *level == Level::Warning,
+                    message: text.clone(),
+                };
+                hooks.send(&http, plan, call, &after);
             }
             _ => {}
         }
