@@ -1216,6 +1216,56 @@ async fn a_rollback_decided_while_the_api_refuses_writes_is_kept_and_applied_onc
     assert_eq!(w.replicas("app"), 0, "the canary is scaled down");
 }
 
+/// The tick that finds a new revision mid-release asks no webhook of the
+/// old phase about it (a rollback hook, a load test, a confirmation would
+/// hear of a revision whose release has not begun): the release restarts
+/// at weight 0, and its hooks are asked in its own phases.
+#[tokio::test]
+async fn a_new_revision_mid_release_asks_no_hook_of_the_old_phase() {
+    let seen: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let log = seen.clone();
+    let hook = sluice_tests::serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            log.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            // A rollback hook's "no".
+            http::Response::builder()
+                .status(403)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap()
+        }
+    })
+    .await;
+    let webhooks = format!("- name: kill-switch\n  type: rollback\n  url: http://{hook}/\n");
+    let w = World::new(json!({"sluice.dev/webhooks": webhooks}))
+        .await
+        .bootstrapped()
+        .await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    let asked = seen.lock().unwrap().len();
+    assert!(
+        asked > 0,
+        "the rollback hook is asked while the release runs"
+    );
+    w.set_image("app:3");
+    w.tick().await;
+    let status = w.status();
+    assert_eq!(status.phase, "Initializing", "{status:?}");
+    assert_eq!(w.weight(), 0.0);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|p| p["checksum"] != status.revision.as_str()),
+        "a hook heard of the new revision before its release began: {:?}",
+        &seen[asked..]
+    );
+}
+
 #[tokio::test]
 async fn an_abort_is_not_lost_when_the_api_refuses_its_rollback() {
     let w = World::new(json!({})).await.bootstrapped().await;
