@@ -134,6 +134,9 @@ pub async fn collect_gates(
     if analysis.is_some_and(crate::analysis::Analysis::decisive_failure) {
         return gates;
     }
+    // What was asked about an earlier revision no longer matters (one
+    // entry per kind and phase is kept, however many revisions come).
+    pacing.0.retain(|asked| asked.2 == payload.revision);
     let interval = plan.interval.as_secs_f64();
     let mut run = async |kind: WebhookKind, gates: &mut Gates| {
         let slot = pacing
@@ -864,6 +867,37 @@ mod tests {
             }
             assert_eq!(calls.load(Ordering::SeqCst), asked, "answering {status}");
         }
+    }
+
+    /// The pacing keeps only the current revision's askings: a long-lived
+    /// operator sees revisions without end.
+    #[tokio::test]
+    async fn pacing_forgets_earlier_revisions() {
+        let (url, _) = crate::webhook::tests::hook_answering(403).await;
+        let mut plan = Plan::default();
+        plan.webhooks =
+            crate::plan::parse_webhooks(&format!("- {{type: rollback, url: '{url}'}}\n"), "t")
+                .unwrap();
+        let mut pacing = HookPacing::default();
+        for (i, revision) in ["r1", "r2", "r3"].iter().enumerate() {
+            let payload = WebhookPayload {
+                revision: revision.to_string(),
+                ..payload()
+            };
+            collect_gates(
+                &HttpClient::plain(),
+                &plan,
+                Some(Phase::Progressing),
+                None,
+                false,
+                &payload,
+                &mut pacing,
+                i as f64,
+            )
+            .await;
+        }
+        assert_eq!(pacing.0.len(), 1, "{:?}", pacing.0);
+        assert_eq!(pacing.0[0].2, "r3");
     }
 
     /// A tick whose analysis fails decisively asks no hook: the rollback
