@@ -415,16 +415,24 @@ fn covers(at: &http::Uri, url: &http::Uri) -> bool {
                 && (base.ends_with('/') || path[base.len()..].starts_with('/')))
 }
 
-/// `url` as it may be shown: user info as `***@` and a query as `?***`
-/// (either may hold a credential: `https://u:p@h/`, `?api_key=…`). Text
-/// without a scheme is read as starting with an authority.
+/// `url` as it may be shown: user info as `***@` and a query or fragment
+/// as `?***` (either may hold a credential: `https://u:p@h/`,
+/// `?api_key=…`). Text without a scheme is read as starting with an
+/// authority.
+///
+/// A password may hold a `/`, `?` or `#` written raw (`https://u:pa/ss@h/`),
+/// which ends the authority early for a parser: so an `@` past the end of
+/// the authority means anything before it may be a password, and only the
+/// scheme is shown (`https://***`). An `@` in a path or query costs that
+/// URL its host in messages, never a secret.
 pub fn shown_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
+        Some((scheme, rest)) if is_scheme(scheme) => (format!("{scheme}://"), rest),
+        _ => (String::new(), url),
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = match rest[..end].rfind('@') {
+    let authority = match rest.rfind('@') {
+        Some(at) if at >= end => return format!("{scheme}***"),
         Some(at) => format!("***@{}", &rest[at + 1..end]),
         None => rest[..end].to_string(),
     };
@@ -434,6 +442,14 @@ pub fn shown_url(url: &str) -> String {
         None => tail.to_string(),
     };
     format!("{scheme}{authority}{tail}")
+}
+
+/// Whether `text` is a URL scheme (RFC 3986 §3.1: a letter, then letters,
+/// digits, `+`, `-` or `.`).
+fn is_scheme(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Whether `url` is an `http://` or `https://` URL with a host (a parsed
@@ -748,19 +764,56 @@ mod tests {
     #[test]
     fn user_info_in_a_url_is_never_shown() {
         assert_eq!(
-            shown_url("https://u:p4ss@h.example:9/x?a=b@c"),
+            shown_url("https://u:p4ss@h.example:9/x?a=b"),
             "https://***@h.example:9/x?***"
         );
-        assert_eq!(shown_url("http://h.example/a@b"), "http://h.example/a@b");
         assert_eq!(
             shown_url("http://h.example/m?api_key=QS3CR3T"),
             "http://h.example/m?***"
         );
+        assert_eq!(
+            shown_url("http://h.example/a#frag"),
+            "http://h.example/a?***"
+        );
         assert_eq!(shown_url("u:p4ss@h:9090"), "***@h:9090");
+        assert_eq!(shown_url("http://h.example/path"), "http://h.example/path");
         let e = HttpError::BadUrl {
             url: shown_url("ftp://u:p4ss@h"),
         };
         assert!(!e.to_string().contains("p4ss"), "{e}");
+    }
+
+    /// A password written with a raw `/`, `?` or `#` ends the authority
+    /// early for a parser; an `@` after that end hides all but the scheme.
+    #[test]
+    fn a_password_holding_a_slash_question_mark_or_hash_is_never_shown() {
+        for (url, shown) in [
+            ("https://svc:pa/ss@hooks.example/x", "https://***"),
+            ("https://svc:p#ss@h/", "https://***"),
+            ("https://svc:p?ss@h/", "https://***"),
+            ("https://svc:12/ss@h/", "https://***"),
+            ("https://u:p@ss@h.example/x", "https://***@h.example/x"),
+            ("svc:pa/ss@h:9090", "***"),
+            // An `@` in a path or query could be the end of a password.
+            ("http://h.example/a@b", "http://***"),
+            ("https://u:p4ss@h.example:9/x?a=b@c", "https://***"),
+        ] {
+            assert_eq!(shown_url(url), shown, "{url}");
+        }
+        // Whatever the text, no part of the password shows.
+        for password in ["pa/ss", "p#ss", "p?ss", "p@ss", "p/s?s#s"] {
+            for url in [
+                format!("https://svc:{password}@hooks.example/x"),
+                format!("http://svc:{password}@h"),
+                format!("svc:{password}@h:1"),
+            ] {
+                let shown = shown_url(&url);
+                assert!(
+                    !shown.contains("svc:") && !shown.contains("ss"),
+                    "{url}: {shown}"
+                );
+            }
+        }
     }
 
     #[test]
