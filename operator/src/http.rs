@@ -61,11 +61,11 @@ impl Secret {
     /// The first line of `path`, trimmed (a trailing newline is not part
     /// of a token). `what` names the setting in the error.
     pub fn from_file(what: &str, path: &Path) -> Result<Self, String> {
-        let text = crate::input::read_text(path, crate::input::MAX_SETTINGS_BYTES)
+        let text = crate::input::read_secret_text(path, crate::input::MAX_SETTINGS_BYTES)
             .map_err(|e| format!("{what}: {e}"))?;
         let value = text.lines().next().unwrap_or_default().trim().to_string();
         if value.is_empty() {
-            return Err(format!("{what}: {} is empty", path.display()));
+            return Err(format!("{what}: the file it names is empty"));
         }
         Ok(Self(value))
     }
@@ -173,7 +173,7 @@ pub fn install_access_file(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("--access-file: {e}"))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let endpoints = parse_access(&text, &format!("--access-file: {shown}"), &|file: &str| {
-        crate::input::read_bytes(&base.join(file), crate::input::MAX_SETTINGS_BYTES)
+        crate::input::read_secret_file(&base.join(file), crate::input::MAX_SETTINGS_BYTES)
     })?;
     install(endpoints, "--access-file")
 }
@@ -206,9 +206,10 @@ pub fn parse_access_data(
     let text =
         std::str::from_utf8(text).map_err(|_| format!("{what}: access.yaml is not UTF-8"))?;
     let endpoints = parse_access(text, &format!("{what} key access.yaml"), &|key: &str| {
-        data.get(key)
-            .cloned()
-            .ok_or_else(|| format!("the Secret has no key {key}"))
+        // Never the name: it may be the secret, written in place of a key.
+        data.get(key).cloned().ok_or_else(|| {
+            "names no key of the Secret; is the secret itself written there? Give the name of a key holding it".to_string()
+        })
     })?;
     Ok(Access(Arc::new(endpoints)))
 }
@@ -220,7 +221,9 @@ fn install(endpoints: Vec<Endpoint>, what: &str) -> Result<(), String> {
 }
 
 /// A value read with `read` (a file, or a Secret's key): its first line,
-/// trimmed; `what` names the field in errors.
+/// trimmed; `what` names the field in errors. `read`'s errors never name
+/// what they could not find: a secret pasted in place of a file's name
+/// would be shown.
 fn secret_from(
     read: &dyn Fn(&str) -> Result<Vec<u8>, String>,
     what: &str,
@@ -813,6 +816,25 @@ mod tests {
                     "{url}: {shown}"
                 );
             }
+        }
+    }
+
+    /// A token pasted into a Secret's access list where a key's name goes
+    /// is not shown in the error (which becomes a Warning Event).
+    #[test]
+    fn a_secret_written_in_place_of_a_key_is_not_shown() {
+        const TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.pasted-token";
+        let mut data = std::collections::BTreeMap::new();
+        for field in [
+            format!("bearer_token_file: {TOKEN}"),
+            format!("basic_auth: {{ username: u, password_file: {TOKEN} }}"),
+            format!("headers: {{ X-Api-Key: {TOKEN} }}"),
+        ] {
+            let yaml = format!("- url: https://a.example/\n  {field}\n");
+            data.insert("access.yaml".to_string(), yaml.into_bytes());
+            let err = parse_access_data(&data, "Secret app-access").err().unwrap();
+            assert!(err.contains("names no key of the Secret"), "{err}");
+            assert!(!err.contains(TOKEN), "{err}");
         }
     }
 

@@ -32,6 +32,40 @@ pub fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The bytes of a file whose name a setting gives where a secret may have
+/// been pasted by mistake (`bearer_token_file: eyJ…`, `--token-file`):
+/// like [`read_bytes`], but no error names the file, so a secret written
+/// in place of its path never reaches a terminal, a log or an Event.
+pub fn read_secret_file(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let unreadable = |e: std::io::Error| {
+        format!(
+            "cannot read the file it names ({e}); is the secret itself written there? Give the path of a file holding it"
+        )
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "the file it names is larger than {}; is it the file you meant?",
+            shown_size(limit)
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_secret_file`] as UTF-8 text, less a leading byte-order mark.
+pub fn read_secret_text(path: &Path, limit: u64) -> Result<String, String> {
+    let text = String::from_utf8(read_secret_file(path, limit)?)
+        .map_err(|_| "the file it names is not UTF-8 text".to_string())?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
+}
+
 /// A size limit as people read it.
 fn shown_size(limit: u64) -> String {
     if limit >= 1024 * 1024 {
@@ -80,5 +114,23 @@ mod tests {
                 .contains("cannot read")
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A secret pasted where a file's name goes is never echoed.
+    #[test]
+    fn a_secret_files_errors_never_name_it() {
+        let pasted = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0";
+        for err in [
+            read_secret_file(Path::new(pasted), 100).unwrap_err(),
+            read_secret_text(Path::new(pasted), 100).unwrap_err(),
+        ] {
+            assert!(err.starts_with("cannot read the file it names"), "{err}");
+            assert!(!err.contains(pasted), "{err}");
+        }
+        assert!(
+            read_secret_text(Path::new("/dev/zero"), 64)
+                .unwrap_err()
+                .contains("larger than 64 bytes")
+        );
     }
 }

@@ -781,12 +781,13 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     }
     let token = match &args.token_file {
         None => None,
-        Some(path) => match sluice_operator::input::read_text(
+        // Never named in an error: the token itself may be given by mistake.
+        Some(path) => match sluice_operator::input::read_secret_text(
             path,
             sluice_operator::input::MAX_SETTINGS_BYTES,
         ) {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            Ok(_) => return usage(format!("--token-file: {} is empty", path.display())),
+            Ok(_) => return usage("--token-file: the file it names is empty"),
             Err(e) => return usage(format!("--token-file: {e}")),
         },
     };

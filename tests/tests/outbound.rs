@@ -225,7 +225,8 @@ async fn a_release_is_gated_on_prometheus_and_a_webhook_behind_https_with_creden
 }
 
 /// Bad access files: each refused at start (exit 2) with an error naming
-/// the file, the entry and the field, before anything is changed.
+/// the file, the entry and the field, before anything is changed. A secret
+/// written where a file's name goes is never echoed.
 #[tokio::test]
 async fn bad_access_files_are_refused_naming_the_entry_and_field() {
     let dir = TempDir::new("outbound-bad");
@@ -298,6 +299,18 @@ async fn bad_access_files_are_refused_naming_the_entry_and_field() {
             "bearer_token_file: holds a byte",
         ),
         (
+            "a token written in place of its file's name",
+            format!("- url: https://a.example/\n  bearer_token_file: {TOKEN}\n"),
+            "entry 0: bearer_token_file: cannot read the file it names",
+        ),
+        (
+            "a password written in place of its file's name",
+            format!(
+                "- url: https://a.example/\n  basic_auth: {{ username: u, password_file: {TOKEN} }}\n"
+            ),
+            "entry 0: basic_auth.password_file: cannot read the file it names",
+        ),
+        (
             "two ways to set Authorization",
             format!(
                 "- url: https://a.example/\n  bearer_token_file: {s}\n  basic_auth: {{ username: u, password_file: {s} }}\n",
@@ -320,4 +333,12 @@ async fn bad_access_files_are_refused_naming_the_entry_and_field() {
             "{what}: the secret was printed: {stderr}"
         );
     }
+    // The proxy admin's token given in place of its file's name.
+    let (code, stderr) = rollout_refusal(&["--token-file", TOKEN]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--token-file: cannot read the file it names"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(TOKEN), "the token was printed: {stderr}");
 }
