@@ -275,6 +275,12 @@ fn parse_access(
                 shown_url(&entry.url)
             ));
         }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(format!(
+                "{at}: url: `{}` holds user info, which an entry does not use; give basic_auth with a password_file",
+                shown_url(&entry.url)
+            ));
+        }
         if entry.bearer_token_file.is_some() && entry.basic_auth.is_some() {
             return Err(format!(
                 "{at}: bearer_token_file and basic_auth both set the Authorization header; give one"
@@ -455,6 +461,49 @@ fn is_scheme(text: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
+/// `uri` without its user info (`https://user:pass@host/`), and that user
+/// info as Basic auth credentials, percent-decoded as Go's `net/url` reads
+/// it: user up to the first `:`, password after. hyper would drop it
+/// without a word. None: what is left is not a URI.
+fn take_user_info(uri: http::Uri) -> Option<(http::Uri, Option<Credentials>)> {
+    let Some((info, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return Some((uri, None));
+    };
+    let (user, password) = info.split_once(':').unwrap_or((info, ""));
+    let credentials = Credentials {
+        basic: Some((percent_decode(user), Secret(percent_decode(password)))),
+        ..Credentials::default()
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.authority = Some(host.parse().ok()?);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Some((http::Uri::from_parts(parts).ok()?, Some(credentials)))
+}
+
+/// `%XX` escapes decoded (a malformed one is kept as written); bytes that
+/// are not UTF-8 come out as U+FFFD.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether `url` is an `http://` or `https://` URL with a host (a parsed
 /// check, not a prefix).
 pub fn is_http_url(url: &str) -> bool {
@@ -543,6 +592,7 @@ impl HttpClient {
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(bad());
         }
+        let (uri, user_info) = take_user_info(uri).ok_or_else(bad)?;
         // The longest path wins; of equal ones, the first (an app's own).
         let endpoint = self
             .endpoints
@@ -576,6 +626,13 @@ impl HttpClient {
             if let Some(v) = explicit {
                 req.headers_mut().insert(header::AUTHORIZATION, v);
             }
+        }
+        // As Go's net/http (Flagger's): the URL's user info is Basic auth
+        // unless the call has an Authorization header already.
+        if let Some(basic) = user_info
+            && !req.headers().contains_key(header::AUTHORIZATION)
+        {
+            basic.apply(req.headers_mut());
         }
         let url = &shown_url(url);
         let exchange = async {
@@ -860,6 +917,55 @@ mod tests {
         assert!(headers[header::AUTHORIZATION].is_sensitive());
         assert_eq!(headers["x-api-key"], "k3y");
         assert!(headers["x-api-key"].is_sensitive());
+    }
+
+    /// `https://user:pass@host/` sends Basic auth, as Go's net/http does
+    /// (Flagger's webhooks), percent-decoded; the user info is not in the
+    /// Host header. An Authorization the call has already wins.
+    #[tokio::test]
+    async fn user_info_in_a_url_goes_out_as_basic_auth() {
+        use base64::Engine;
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string();
+        let (url, heads) = one_shot(ok.clone(), 0).await;
+        let with_user = url.replacen("http://", "http://svc:pa%2Fss%40w0rd@", 1);
+        HttpClient::plain()
+            .get(&with_user, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let head = String::from_utf8_lossy(&heads.lock().unwrap()[0]).to_ascii_lowercase();
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode("svc:pa/ss@w0rd")
+            .to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("authorization: basic {expected}\r\n")),
+            "{head}"
+        );
+        let host = url.trim_start_matches("http://").trim_end_matches("/hook");
+        assert!(head.contains(&format!("host: {host}\r\n")), "{head}");
+        assert!(!head.contains("svc"), "{head}");
+        // An explicit token is not replaced by the URL's user info.
+        let (url, heads) = one_shot(ok, 0).await;
+        let with_user = url.replacen("http://", "http://svc:pw@", 1);
+        HttpClient::plain()
+            .get_with(&with_user, Some("t0ken"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let head = String::from_utf8_lossy(&heads.lock().unwrap()[0]).to_ascii_lowercase();
+        assert!(head.contains("authorization: bearer t0ken\r\n"), "{head}");
+    }
+
+    /// An access entry's URL with user info is refused, pointing to
+    /// basic_auth, and the password is not shown.
+    #[test]
+    fn an_access_entry_with_user_info_is_refused() {
+        let mut data = std::collections::BTreeMap::new();
+        data.insert(
+            "access.yaml".to_string(),
+            b"- url: https://svc:hunter2@a.example/\n".to_vec(),
+        );
+        let err = parse_access_data(&data, "Secret app-access").err().unwrap();
+        assert!(err.contains("give basic_auth"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     /// One answer: `answer_head`, then `body_bytes` zero bytes.
