@@ -1548,7 +1548,7 @@ async fn run_kube(args: KubeArgs) -> ExitCode {
     ctx.notifier = sluice_operator::notify::Notifier::start(
         notify_channels,
         args.notify.notify_steps,
-        Some(ctx.metrics.notifications_failed.clone()),
+        Some(ctx.metrics.notifications.clone()),
         sluice_operator::http::HttpClient::default(),
     );
     let ctx = std::sync::Arc::new(ctx);

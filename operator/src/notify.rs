@@ -8,19 +8,33 @@
 //! promoted, rolled back (with the reason and the evidence), held for lack
 //! of evidence (undecided).
 //!
-//! A decision never waits for a notification: notes go on a bounded queue
-//! (64; more are dropped and counted) to one task per process that sends
-//! them in order, at most one a second per channel (chat services limit
-//! incoming webhooks), each tried three times with pauses of 0.5 s and
-//! 1 s. A note that still fails is counted (`failed`, by service: the
-//! operator exports it as `sluice_notifications_failed_total`) and logged,
-//! once per channel until one succeeds again.
+//! The rules of delivery:
+//!
+//! - A decision never waits for a notification: each channel has its own
+//!   bounded queue (64 notes) and its own task, which sends them in order.
+//!   A note that finds its channel's queue full is dropped for that channel
+//!   and counted (`dropped`, by service: the operator exports it as
+//!   `sluice_notifications_dropped_total`), with one log line until that
+//!   queue takes a note again.
+//! - One channel never holds up another: a channel that does not answer
+//!   (5 s a try) or that is paced only delays its own queue.
+//! - At most one note a second per channel (chat services limit incoming
+//!   webhooks).
+//! - Each note is tried up to three times, with pauses of 0.5 s and 1 s,
+//!   when the channel cannot be reached, does not answer in time, or
+//!   answers 5xx or 429. Any other 4xx is the service's answer (a revoked
+//!   URL, a payload it refuses): asked again it says the same, so it is not
+//!   asked again.
+//! - A note that still fails is counted (`failed`, by service:
+//!   `sluice_notifications_failed_total`) and logged, once per channel
+//!   until one succeeds again.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::{Value, json};
@@ -252,88 +266,121 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
+/// The label of the notification counters: the channel's service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+/// What the operator counts about notifications, by service.
+#[derive(Clone, Default)]
+pub struct NotifyCounters {
+    /// Notes that could not be sent after their tries.
+    pub failed: Family<ServiceLabels, Counter>,
+    /// Notes never sent because their channel's queue was full.
+    pub dropped: Family<ServiceLabels, Counter>,
+}
+
+impl NotifyCounters {
+    fn count(family: &Family<ServiceLabels, Counter>, service: Service) {
+        family
+            .get_or_create(&ServiceLabels {
+                service: service.as_str().to_string(),
+            })
+            .inc();
+    }
+}
+
+/// One channel's queue, as [`Notifier::observe`] sees it.
+struct Queue {
+    service: Service,
+    tx: tokio::sync::mpsc::Sender<Note>,
+    /// A full queue was logged (once, until it takes a note again).
+    warned_full: std::sync::atomic::AtomicBool,
+}
+
 /// Sends notes to the channels in the background (see the module docs).
 #[derive(Clone)]
 pub struct Notifier {
-    tx: Option<tokio::sync::mpsc::Sender<Note>>,
+    queues: Arc<Vec<Queue>>,
     pub steps: bool,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-    worker: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    counters: Option<NotifyCounters>,
+    /// The client the channels are called with; [`Notifier::set_http`]
+    /// replaces it (an app's access Secret changed).
+    http: Arc<std::sync::Mutex<HttpClient>>,
+    workers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
+
+/// How many notes wait for one channel; one more is dropped.
+const QUEUE: usize = 64;
 
 impl Notifier {
     /// Nothing to notify.
     pub fn none() -> Self {
         Self {
-            tx: None,
+            queues: Arc::default(),
             steps: false,
-            dropped: Arc::default(),
-            worker: Arc::default(),
+            counters: None,
+            http: Arc::new(std::sync::Mutex::new(HttpClient::plain())),
+            workers: Arc::default(),
         }
     }
 
-    /// Starts the sending task (on the current runtime). `failed` counts
-    /// notes that could not be sent, by service.
+    /// Starts one sending task per channel (on the current runtime).
+    /// `counters` counts the notes that failed or were dropped, by service.
     pub fn start(
         channels: Vec<Channel>,
         steps: bool,
-        failed: Option<Family<Vec<(String, String)>, Counter>>,
+        counters: Option<NotifyCounters>,
         http: HttpClient,
     ) -> Self {
         if channels.is_empty() {
             return Self::none();
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Note>(64);
-        let worker = tokio::spawn(async move {
-            let mut last_sent: Vec<Option<tokio::time::Instant>> = vec![None; channels.len()];
-            let mut warned = vec![false; channels.len()];
-            while let Some(note) = rx.recv().await {
-                for (i, channel) in channels.iter().enumerate() {
-                    if let Some(at) = last_sent[i] {
-                        tokio::time::sleep_until(at + Duration::from_secs(1)).await;
-                    }
-                    let sent = send(&http, channel, &note).await;
-                    last_sent[i] = Some(tokio::time::Instant::now());
-                    match sent {
-                        Ok(()) => warned[i] = false,
-                        Err(e) => {
-                            if let Some(f) = &failed {
-                                f.get_or_create(&vec![(
-                                    "service".to_string(),
-                                    channel.service.as_str().to_string(),
-                                )])
-                                .inc();
-                            }
-                            if !warned[i] {
-                                warned[i] = true;
-                                tracing::warn!(service = channel.service.as_str(), error = %e, "a notification could not be sent (further failures on this channel are counted, not logged, until one succeeds)");
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            tx: Some(tx),
-            steps,
-            dropped: Arc::default(),
-            worker: Arc::new(std::sync::Mutex::new(Some(worker))),
+        let http = Arc::new(std::sync::Mutex::new(http));
+        let mut queues = Vec::new();
+        let mut workers = Vec::new();
+        for channel in channels {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Note>(QUEUE);
+            queues.push(Queue {
+                service: channel.service,
+                tx,
+                warned_full: Default::default(),
+            });
+            workers.push(tokio::spawn(deliver(
+                channel,
+                rx,
+                http.clone(),
+                counters.clone(),
+            )));
         }
+        Self {
+            queues: Arc::new(queues),
+            steps,
+            counters,
+            http,
+            workers: Arc::new(std::sync::Mutex::new(workers)),
+        }
+    }
+
+    /// Calls the channels with `http` from the next note on.
+    pub fn set_http(&self, http: HttpClient) {
+        *self.http.lock().expect("the notifier's client") = http;
     }
 
     /// Waits up to `limit` for the notes queued so far to be sent, once
     /// every other clone is gone (a process about to exit).
     pub async fn flush(mut self, limit: Duration) {
-        self.tx = None;
-        let worker = self.worker.lock().expect("the worker's lock").take();
-        if let Some(worker) = worker
-            && tokio::time::timeout(limit, worker).await.is_err()
-        {
+        self.queues = Arc::default();
+        let workers = std::mem::take(&mut *self.workers.lock().expect("the workers' lock"));
+        let all = futures::future::join_all(workers);
+        if tokio::time::timeout(limit, all).await.is_err() {
             tracing::warn!(?limit, "notifications still unsent at exit");
         }
     }
 
-    /// Queues a note for the change from `before` to `after`, if it is one.
+    /// Queues a note for the change from `before` to `after`, if it is one,
+    /// on every channel.
     pub fn observe(
         &self,
         name: &str,
@@ -341,7 +388,9 @@ impl Notifier {
         before: Option<&Status>,
         after: &Status,
     ) {
-        let Some(tx) = &self.tx else { return };
+        if self.queues.is_empty() {
+            return;
+        }
         let Some(kind) = classify(before, after, self.steps) else {
             return;
         };
@@ -354,18 +403,59 @@ impl Notifier {
             revision: after.revision.clone(),
             message: after.message.clone(),
         };
-        if tx.try_send(note).is_err() {
-            let n = self
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n == 0 {
-                tracing::warn!("the notification queue is full; notes are dropped");
+        use std::sync::atomic::Ordering;
+        for queue in self.queues.iter() {
+            match queue.tx.try_send(note.clone()) {
+                Ok(()) => queue.warned_full.store(false, Ordering::Relaxed),
+                Err(_) => {
+                    if let Some(c) = &self.counters {
+                        NotifyCounters::count(&c.dropped, queue.service);
+                    }
+                    if !queue.warned_full.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            service = queue.service.as_str(),
+                            "a notification channel's queue is full ({QUEUE} notes): notes are dropped for it, and counted"
+                        );
+                    }
+                }
             }
         }
     }
 }
 
-/// One note to one channel, tried three times.
+/// One channel's task: its notes in order, at most one a second.
+async fn deliver(
+    channel: Channel,
+    mut rx: tokio::sync::mpsc::Receiver<Note>,
+    http: Arc<std::sync::Mutex<HttpClient>>,
+    counters: Option<NotifyCounters>,
+) {
+    let mut last_sent: Option<tokio::time::Instant> = None;
+    let mut warned = false;
+    while let Some(note) = rx.recv().await {
+        if let Some(at) = last_sent {
+            tokio::time::sleep_until(at + Duration::from_secs(1)).await;
+        }
+        let client = http.lock().expect("the notifier's client").clone();
+        let sent = send(&client, &channel, &note).await;
+        last_sent = Some(tokio::time::Instant::now());
+        match sent {
+            Ok(()) => warned = false,
+            Err(e) => {
+                if let Some(c) = &counters {
+                    NotifyCounters::count(&c.failed, channel.service);
+                }
+                if !warned {
+                    warned = true;
+                    tracing::warn!(service = channel.service.as_str(), error = %e, "a notification could not be sent (further failures on this channel are counted, not logged, until one succeeds)");
+                }
+            }
+        }
+    }
+}
+
+/// One note to one channel, tried up to three times (see the module docs
+/// for which failures are tried again).
 async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), String> {
     let body = note.payload(channel.service);
     let mut pause = Duration::from_millis(500);
@@ -386,6 +476,12 @@ async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), S
             .await
         {
             Ok(answer) if answer.status.is_success() => return Ok(()),
+            Ok(answer)
+                if answer.status.is_client_error()
+                    && answer.status != http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                return Err(format!("answered {}", answer.status));
+            }
             Ok(answer) => last = format!("answered {}", answer.status),
             // The error names the URL, which is the secret: say only why.
             Err(crate::http::HttpError::Timeout { timeout, .. }) => {
@@ -428,6 +524,128 @@ mod tests {
             undecided: false,
             failure_counted_at: None,
         }
+    }
+
+    /// Three notes, each a different change of a release.
+    fn three_notes(notifier: &Notifier) {
+        let progressing = status(Phase::Progressing, 1000);
+        notifier.observe("web", None, None, &status(Phase::Initializing, 0));
+        notifier.observe("web", None, Some(&progressing), &status(Phase::Failed, 0));
+        notifier.observe(
+            "web",
+            None,
+            Some(&status(Phase::Finalising, 0)),
+            &status(Phase::Succeeded, 0),
+        );
+    }
+
+    /// A channel on 127.0.0.1 that accepts connections and never answers;
+    /// how many it has accepted.
+    async fn dead_channel() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/dead", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        (url, accepted)
+    }
+
+    /// Polls `done` every 20 ms, for at most 30 s; whether it came true.
+    async fn within_30s(done: impl Fn() -> bool) -> bool {
+        for _ in 0..1500 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    fn requests_to(seen: &std::sync::Mutex<Vec<Vec<u8>>>) -> usize {
+        seen.lock().unwrap().len()
+    }
+
+    /// A channel that never answers holds up no other: all three notes
+    /// reach the live channel before the dead one's first try has even
+    /// timed out (it would be tried again then: a second connection).
+    #[tokio::test]
+    async fn a_dead_channel_does_not_hold_up_the_others() {
+        let (dead, accepted) = dead_channel().await;
+        let (live, seen) = crate::http::test_server(10, |_| {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        })
+        .await;
+        let channels = vec![
+            Channel::from_url(Service::Webhook, &dead, "dead").unwrap(),
+            Channel::from_url(Service::Webhook, &format!("{live}/live"), "live").unwrap(),
+        ];
+        let notifier = Notifier::start(channels, false, None, HttpClient::plain());
+        three_notes(&notifier);
+        use std::sync::atomic::Ordering;
+        within_30s(|| requests_to(&seen) == 3 || accepted.load(Ordering::SeqCst) >= 2).await;
+        assert_eq!(
+            requests_to(&seen),
+            3,
+            "the live channel waited for the dead one"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A 4xx other than 429 is the service's answer and is not asked
+    /// again; a 429 or a 5xx is tried three times.
+    #[tokio::test]
+    async fn a_refusal_is_not_tried_again_and_a_429_is() {
+        for (status, tries) in [(404, 1), (410, 1), (429, 3), (503, 3)] {
+            let (url, seen) = crate::http::test_server(10, move |_| {
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .into_bytes()
+            })
+            .await;
+            let channel = Channel::from_url(Service::Webhook, &url, "test").unwrap();
+            let notifier = Notifier::start(vec![channel], false, None, HttpClient::plain());
+            three_notes(&notifier);
+            // The second note's first try comes once the first's are over.
+            let second = |seen: &std::sync::Mutex<Vec<Vec<u8>>>| {
+                seen.lock()
+                    .unwrap()
+                    .iter()
+                    .position(|r| String::from_utf8_lossy(r).contains("rolled back"))
+            };
+            assert!(within_30s(|| second(&seen).is_some()).await, "{status}");
+            assert_eq!(second(&seen), Some(tries), "{status}");
+        }
+    }
+
+    /// A note that finds its channel's queue full is dropped for that
+    /// channel and counted by service.
+    #[tokio::test]
+    async fn a_full_queue_drops_notes_and_counts_them() {
+        let (dead, _) = dead_channel().await;
+        let counters = NotifyCounters::default();
+        let channel = Channel::from_url(Service::Slack, &dead, "dead").unwrap();
+        let notifier = Notifier::start(
+            vec![channel],
+            false,
+            Some(counters.clone()),
+            HttpClient::plain(),
+        );
+        for _ in 0..24 {
+            three_notes(&notifier);
+        }
+        let dropped = counters
+            .dropped
+            .get_or_create(&ServiceLabels {
+                service: "slack".into(),
+            })
+            .get();
+        // 72 notes: 64 wait, one may be in flight already.
+        assert!((7..=8).contains(&dropped), "{dropped}");
     }
 
     /// Slack reads `<`, `>` and `&` as markup; the other services get the

@@ -102,7 +102,7 @@ pub(super) async fn load_secrets(
                 let notifier = crate::notify::Notifier::start(
                     channels,
                     steps,
-                    Some(ctx.metrics.notifications_failed.clone()),
+                    Some(ctx.metrics.notifications.clone()),
                     HttpClient::plain(),
                 );
                 ctx.app_notifiers

@@ -1,6 +1,8 @@
 //! Operator metrics: `sluice_canary_weight`, `sluice_canary_phase`,
 //! `sluice_canary_releases_total{result}`, `sluice_canary_duration_seconds`,
-//! each labelled with the Deployment's `namespace` and `name`.
+//! each labelled with the Deployment's `namespace` and `name`; and
+//! `sluice_notifications_failed_total` and
+//! `sluice_notifications_dropped_total`, by chat `service`.
 //!
 //! `sluice_canary_phase` is [`Phase::code`]: every phase of the state
 //! machine has its own non-negative number, stable across releases (alert
@@ -47,8 +49,9 @@ pub struct OperatorMetrics {
     phase: Family<ReleaseLabels, Gauge>,
     releases: Family<ResultLabels, Counter>,
     duration: Family<ReleaseLabels, Histogram, fn() -> Histogram>,
-    /// Notifications that could not be sent, by `service`.
-    pub notifications_failed: Family<Vec<(String, String)>, Counter>,
+    /// Notifications that could not be sent, or were dropped for a full
+    /// queue, by `service`.
+    pub notifications: crate::notify::NotifyCounters,
 }
 
 /// Every phase of [`Phase`], in declaration order.
@@ -145,11 +148,16 @@ impl OperatorMetrics {
             Unit::Seconds,
             duration.clone(),
         );
-        let notifications_failed = Family::<Vec<(String, String)>, Counter>::default();
+        let notifications = crate::notify::NotifyCounters::default();
         registry.register(
             "notifications_failed",
             "Chat notifications that could not be sent after their retries, by service",
-            notifications_failed.clone(),
+            notifications.failed.clone(),
+        );
+        registry.register(
+            "notifications_dropped",
+            "Chat notifications never sent because their channel's queue (64) was full, by service",
+            notifications.dropped.clone(),
         );
         Arc::new(Self {
             registry,
@@ -157,7 +165,7 @@ impl OperatorMetrics {
             phase,
             releases,
             duration,
-            notifications_failed,
+            notifications,
         })
     }
 
