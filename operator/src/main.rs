@@ -1457,8 +1457,8 @@ fn parse_durations(text: &str) -> Result<(f64, f64), String> {
 
 #[derive(clap::Args)]
 struct NotifyArgs {
-    /// Chat notifications as SERVICE=FILE (slack, teams, discord or webhook; the file holds the
-    /// incoming-webhook URL); repeatable.
+    /// Chat notifications as SERVICE=FILE (slack, teams, discord, rocket, gchat or webhook; the
+    /// file holds the incoming-webhook URL); repeatable.
     #[arg(long = "notify")]
     notify: Vec<String>,
     /// Notify every weight step too (default: start, waiting, promoted, rolled back, undecided).

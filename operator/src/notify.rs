@@ -1,5 +1,5 @@
-//! Chat notifications: Slack, Microsoft Teams, Discord and a generic JSON
-//! webhook, each a URL read from a file (it is a credential: it prints as
+//! Chat notifications: Slack, Microsoft Teams, Discord, Rocket.Chat, Google
+//! Chat and a generic JSON webhook, each a URL read from a file (it is a credential: it prints as
 //! `<redacted>`).
 //!
 //! What is sent, from the change between a release's status before and
@@ -51,19 +51,27 @@ pub enum Service {
     Teams,
     /// Discord webhook: `{"content": …}`.
     Discord,
+    /// Rocket.Chat incoming webhook: `{"text": …}`.
+    Rocket,
+    /// Google Chat incoming webhook: `{"text": …}`.
+    GoogleChat,
     /// Any JSON endpoint: Sluice's own fields.
     Webhook,
 }
 
 impl Service {
+    /// A service by name: Sluice's, or Flagger's `AlertProvider` type
+    /// (`msteams`, `rocket`, `gchat`), so a Flagger user's keys work.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "slack" => Ok(Self::Slack),
-            "teams" => Ok(Self::Teams),
+            "teams" | "msteams" => Ok(Self::Teams),
             "discord" => Ok(Self::Discord),
+            "rocket" => Ok(Self::Rocket),
+            "gchat" => Ok(Self::GoogleChat),
             "webhook" => Ok(Self::Webhook),
             other => Err(format!(
-                "`{other}` is not a notification service; use slack, teams, discord or webhook"
+                "`{other}` is not a notification service; use slack, teams (or msteams), discord, rocket, gchat or webhook"
             )),
         }
     }
@@ -73,6 +81,8 @@ impl Service {
             Self::Slack => "slack",
             Self::Teams => "teams",
             Self::Discord => "discord",
+            Self::Rocket => "rocket",
+            Self::GoogleChat => "gchat",
             Self::Webhook => "webhook",
         }
     }
@@ -225,6 +235,9 @@ impl Note {
             Service::Discord => {
                 json!({ "username": "Sluice", "content": truncate(&self.text(), 2000) })
             }
+            Service::Rocket => json!({ "alias": "Sluice", "text": self.text() }),
+            // Google Chat takes at most 4,096 characters of text.
+            Service::GoogleChat => json!({ "text": truncate(&self.text(), 4096) }),
             Service::Teams => json!({
                 "@type": "MessageCard",
                 "@context": "https://schema.org/extensions",
@@ -673,6 +686,38 @@ mod tests {
         assert_eq!(
             teams["text"],
             "p99: 900ms is above the limit <= 500ms & rising"
+        );
+    }
+
+    /// Flagger's `AlertProvider` types name the same services, with the
+    /// payloads their incoming webhooks document.
+    #[test]
+    fn flaggers_service_names_are_accepted() {
+        assert_eq!(Service::parse("msteams"), Ok(Service::Teams));
+        assert_eq!(Service::parse("rocket"), Ok(Service::Rocket));
+        assert_eq!(Service::parse("gchat"), Ok(Service::GoogleChat));
+        assert!(Service::parse("hipchat").unwrap_err().contains("gchat"));
+        let note = Note {
+            kind: NoteKind::Promoted,
+            name: "web".into(),
+            namespace: Some("shop".into()),
+            phase: "Succeeded",
+            canary_weight: 0.0,
+            revision: "r2".into(),
+            message: "x".repeat(5000),
+        };
+        let text = note.payload(Service::GoogleChat)["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(text.starts_with("Sluice: shop/web promoted"), "{text}");
+        assert_eq!(text.chars().count(), 4096);
+        let rocket = note.payload(Service::Rocket);
+        assert!(
+            rocket["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("Sluice: shop/web promoted")
         );
     }
 
