@@ -2765,3 +2765,48 @@ async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel(
         "a secret value shows in the Events or the status"
     );
 }
+
+/// An app's chat channel is called with the app's access
+/// (`sluice.dev/access`), as its webhooks are: here a `webhook` channel on
+/// an https endpoint with the app's CA that wants basic auth.
+#[tokio::test]
+async fn an_apps_chat_channel_is_called_with_its_access() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    const PASSWORD: &str = "app-notes-pass-9c1d";
+    let ca = sluice_tests::TestCa::new("app notes CA");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let channel = sluice_tests::BasicAuthEndpoint::start(&cert, &key, "notes", PASSWORD).await;
+    let access = format!(
+        "- url: https://localhost:{}/\n  ca_file: ca.pem\n  basic_auth: {{ username: notes, password_file: password }}\n",
+        channel.addr.port()
+    );
+    let w = World::new(json!({
+        "sluice.dev/access": "app-access",
+        "sluice.dev/notify": "app-notify",
+    }))
+    .await;
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-access"}, "data": {"access.yaml": b64(&access), "ca.pem": b64(&ca.cert_pem), "password": b64(PASSWORD)}}),
+    );
+    let url = format!("https://localhost:{}/notes", channel.addr.port());
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-notify"}, "data": {"webhook": b64(&url)}}),
+    );
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Succeeded", 20).await;
+    eventually(
+        "the channel to get a note with the app's credentials",
+        Duration::from_secs(15),
+        || async { (channel.allowed() >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(channel.refused(), 0, "a note went without the credentials");
+}

@@ -103,12 +103,12 @@ pub(super) async fn load_secrets(
                     channels,
                     steps,
                     Some(ctx.metrics.notifications.clone()),
-                    HttpClient::plain(),
+                    app_http(ctx, &key),
                 );
                 ctx.app_notifiers
                     .lock()
                     .expect("app_notifiers lock")
-                    .insert(key, (digest, notifier));
+                    .insert(key.clone(), (digest, notifier));
             }
         }
         None => {
@@ -118,7 +118,28 @@ pub(super) async fn load_secrets(
                 .remove(&key);
         }
     }
+    // The app's channels are called with its access, as its other calls
+    // are (a changed access Secret reaches a running notifier too).
+    if let Some((_, notifier)) = ctx
+        .app_notifiers
+        .lock()
+        .expect("app_notifiers lock")
+        .get(&key)
+    {
+        notifier.set_http(app_http(ctx, &key));
+    }
     Ok(())
+}
+
+/// The client of the URLs an app's annotations give: its own access, never
+/// the operator's.
+fn app_http(ctx: &Context, key: &str) -> HttpClient {
+    ctx.app_http
+        .lock()
+        .expect("app_http lock")
+        .get(key)
+        .cloned()
+        .unwrap_or_else(HttpClient::plain)
 }
 
 /// Reads the checks and webhooks ConfigMaps and the Secrets named by the
