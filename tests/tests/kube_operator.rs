@@ -2766,6 +2766,148 @@ async fn an_apps_own_secrets_give_its_webhooks_credentials_and_its_chat_channel(
     );
 }
 
+/// An app's Secrets going bad while its release runs: the access Secret
+/// deleted (a rotation), the notify Secret given a key that names no
+/// service and a key that holds no URL. Each problem is one Warning Event
+/// (not one a reconcile), no value shows, and the release goes on: its
+/// webhook still gets the access last read, its good channel still gets
+/// notes, and an abort rolls it back. After an operator restart with the
+/// access Secret still gone, an abort is carried out as well.
+#[tokio::test]
+async fn a_bad_or_missing_app_secret_is_reported_once_and_the_release_goes_on() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    const PASSWORD: &str = "app-hook-pass-71aa";
+    let ca = sluice_tests::TestCa::new("app secrets CA");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let hook = sluice_tests::BasicAuthEndpoint::start(&cert, &key, "sluice", PASSWORD).await;
+    let notes: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let log = notes.clone();
+    let slack = sluice_tests::serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            log.lock()
+                .unwrap()
+                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()))
+        }
+    })
+    .await;
+    let slack_url = format!("http://{slack}/services/T1/B1/app-slack-s3cr3t");
+    let webhooks = format!(
+        "- name: smoke\n  url: https://localhost:{}/smoke\n",
+        hook.addr.port()
+    );
+    let mut w = World::new(json!({
+        "sluice.dev/steps": "10,20,30,40,50",
+        "sluice.dev/webhooks": webhooks,
+        "sluice.dev/access": "app-access",
+        "sluice.dev/notify": "app-notify",
+    }))
+    .await;
+    let access = format!(
+        "- url: https://localhost:{}/\n  ca_file: ca.pem\n  basic_auth: {{ username: sluice, password_file: password }}\n",
+        hook.addr.port()
+    );
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-access"}, "data": {"access.yaml": b64(&access), "ca.pem": b64(&ca.cert_pem), "password": b64(PASSWORD)}}),
+    );
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-notify"}, "data": {"slack": b64(&slack_url)}}),
+    );
+    w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until_weight(10.0, 20).await;
+
+    // Mid-release: the access Secret is deleted, the notify Secret gets a
+    // key Sluice has no service for and one whose value is no URL.
+    w.fake.delete("api/v1", "secrets", NS, "app-access");
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-notify"}, "data": {
+            "slack": b64(&slack_url),
+            "hipchat": b64("https://hipchat.example/hook"),
+            "discord": b64("discord.example/no-scheme"),
+        }}),
+    );
+    let allowed = hook.allowed();
+    w.until_weight(30.0, 20).await;
+    assert!(
+        hook.allowed() > allowed && hook.refused() == 0,
+        "the webhook did not keep the access last read: {} allowed, {} refused",
+        hook.allowed(),
+        hook.refused()
+    );
+    let warnings = |w: &World, about: &str| {
+        w.events()
+            .into_iter()
+            .filter(|(kind, reason, note)| {
+                kind == "Warning" && reason == "InvalidConfig" && note.contains(about)
+            })
+            .map(|(_, _, note)| note)
+            .collect::<Vec<_>>()
+    };
+    for (about, meanwhile) in [
+        ("no Secret app-access", "go on with the access last read"),
+        ("key hipchat", "that channel is left out"),
+        ("key discord", "that channel is left out"),
+    ] {
+        let said = warnings(&w, about);
+        assert_eq!(said.len(), 1, "{about}: {said:?}");
+        assert!(said[0].contains(meanwhile), "{}", said[0]);
+    }
+    w.command("abort");
+    w.until("Failed", 10).await;
+    let rolled_back = eventually(
+        "the Slack note of the rollback",
+        Duration::from_secs(10),
+        || {
+            let notes = notes.clone();
+            async move {
+                notes
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|n| {
+                        n["text"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("rolled back"))
+                    })
+                    .then_some(())
+            }
+        },
+    );
+    rolled_back.await;
+    let shown = format!("{:?}", w.events());
+    assert!(
+        !shown.contains(PASSWORD) && !shown.contains("app-slack-s3cr3t"),
+        "a secret value shows in the Events"
+    );
+
+    // The operator restarts with the access Secret still gone: nothing of
+    // it in memory. A new release runs, and an abort is carried out.
+    w.ctx = context(&w.fake, &w.clock, &w.script, &w.proxy_answer);
+    w.set_image("app:3");
+    w.until("Progressing", 10).await;
+    let said = warnings(&w, "no Secret app-access");
+    assert!(
+        said.iter().any(|n| n.contains("without its credentials")),
+        "{said:?}"
+    );
+    w.command("abort");
+    w.until("Failed", 10).await;
+}
+
 /// An app's chat channel is called with the app's access
 /// (`sluice.dev/access`), as its webhooks are: here a `webhook` channel on
 /// an https endpoint with the app's CA that wants basic auth.

@@ -39,96 +39,196 @@ pub(super) async fn secret_data(
     }
 }
 
+/// What an app's access and notify Secrets last gave, by `ns/app`, so that
+/// a Secret that goes bad while the app runs (deleted and made again in a
+/// rotation, a key Sluice does not know, a URL that does not parse) leaves
+/// the app with its last valid settings instead of stopping its reconcile,
+/// and so that a Secret that did not change is not read into a new client
+/// (new TLS handshakes, no kept connections) on every reconcile.
+#[derive(Default)]
+pub struct AppSecrets {
+    /// The access Secret's data digest last read, and its problem if it
+    /// did not parse (its client, if one was ever made, is in
+    /// `Context::app_http`).
+    access: Option<(String, Option<SecretProblem>)>,
+    /// The notify Secret's data digest last read, and the problems of its
+    /// keys.
+    notify: Option<(String, Vec<SecretProblem>)>,
+    /// Each notify key's last valid channel.
+    channels: BTreeMap<String, crate::notify::Channel>,
+    /// The problems last reported as Warning Events: each is reported
+    /// once, until it is gone.
+    reported: std::collections::BTreeSet<SecretProblem>,
+}
+
+/// What is wrong with an app's Secret, and what Sluice does meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct SecretProblem {
+    pub problem: String,
+    pub meanwhile: &'static str,
+}
+
+impl SecretProblem {
+    fn new(problem: String, meanwhile: &'static str) -> Self {
+        Self { problem, meanwhile }
+    }
+}
+
+impl std::fmt::Display for SecretProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.problem, self.meanwhile)
+    }
+}
+
+/// A digest of a Secret's data (keys and values).
+fn data_digest(data: &BTreeMap<String, Vec<u8>>) -> String {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for (k, v) in data {
+        digest.update(k.as_bytes());
+        digest.update([0]);
+        digest.update(v);
+        digest.update([0]);
+    }
+    format!("{:x}", digest.finalize())
+}
+
 /// Reads an app's access and notification Secrets (`sluice.dev/access`,
-/// `sluice.dev/notify`) into the context. The values are credentials:
-/// errors name the Secret and key, never a value.
+/// `sluice.dev/notify`) into the context, and returns what is wrong with
+/// them, each problem with what Sluice does meanwhile. A problem never
+/// stops the app's reconcile (an abort or a rollback must always be
+/// carried out):
+///
+/// - the access Secret missing, unreadable or not a valid list: the app's
+///   calls go on with the access last read from it; with none read by this
+///   process, without it (never with the operator's), so an endpoint that
+///   wants its credentials refuses: a check is Inconclusive, a hook's
+///   refusal is its answer;
+/// - the notify Secret missing or unreadable: the channels last read go
+///   on; a key that is not a service or holds no http(s) URL: that
+///   channel goes on with its last valid URL, or is left out, and the
+///   other keys are used.
+///
+/// The values are credentials: errors name the Secret and key, never a
+/// value.
 pub(super) async fn load_secrets(
     ctx: &Context,
     ns: &str,
     app: &str,
     settings: &Settings,
-) -> Result<(), String> {
+) -> Vec<SecretProblem> {
     let key = format!("{ns}/{app}");
+    let mut problems = Vec::new();
+    let mut state = ctx
+        .app_secrets
+        .lock()
+        .expect("app_secrets lock")
+        .remove(&key)
+        .unwrap_or_default();
     match &settings.access_secret {
         Some(name) => {
-            let data = secret_data(ctx, ns, name, annotations::ACCESS).await?;
-            let access = crate::http::parse_access_data(
-                &data,
-                &format!("annotation {}: Secret {name}", annotations::ACCESS),
-            )?;
-            let http = HttpClient::plain().with_access(&access);
-            ctx.app_http
+            let had = ctx
+                .app_http
                 .lock()
                 .expect("app_http lock")
-                .insert(key.clone(), http);
+                .contains_key(&key);
+            let meanwhile = if had {
+                "the app's calls go on with the access last read from it until it is fixed"
+            } else {
+                "the app's webhooks, checks and channels are called without its credentials (never the operator's) until it is fixed: an endpoint that wants them refuses"
+            };
+            match secret_data(ctx, ns, name, annotations::ACCESS).await {
+                Err(e) => problems.push(SecretProblem::new(e, meanwhile)),
+                Ok(data) => {
+                    let digest = data_digest(&data);
+                    let problem = match &state.access {
+                        Some((d, problem)) if *d == digest => problem.clone(),
+                        _ => {
+                            let read = crate::http::parse_access_data(
+                                &data,
+                                &format!("annotation {}: Secret {name}", annotations::ACCESS),
+                            );
+                            let problem = match read {
+                                Ok(access) => {
+                                    let http = HttpClient::plain().with_access(&access);
+                                    ctx.app_http
+                                        .lock()
+                                        .expect("app_http lock")
+                                        .insert(key.clone(), http);
+                                    None
+                                }
+                                Err(e) => Some(SecretProblem::new(e, meanwhile)),
+                            };
+                            state.access = Some((digest, problem.clone()));
+                            problem
+                        }
+                    };
+                    problems.extend(problem);
+                }
+            }
         }
         None => {
             ctx.app_http.lock().expect("app_http lock").remove(&key);
+            state.access = None;
         }
     }
+    // The app's channels are called with its access, as its other calls
+    // are (a changed access Secret reaches a running notifier too).
+    let http = app_http(ctx, &key);
     match &settings.notify_secret {
-        Some(name) => {
-            let data = secret_data(ctx, ns, name, annotations::NOTIFY).await?;
-            use sha2::Digest;
-            let mut digest = sha2::Sha256::new();
-            for (k, v) in &data {
-                digest.update(k.as_bytes());
-                digest.update([0]);
-                digest.update(v);
-                digest.update([0]);
-            }
-            let digest = format!("{:x}", digest.finalize());
-            let same = ctx
-                .app_notifiers
-                .lock()
-                .expect("app_notifiers lock")
-                .get(&key)
-                .is_some_and(|(d, _)| *d == digest);
-            if !same {
-                let mut channels = Vec::new();
-                let steps = data.get("steps").is_some_and(|v| v.trim_ascii() == b"true");
-                for (k, v) in data.iter().filter(|(k, _)| *k != "steps") {
-                    let what = format!("annotation {}: Secret {name} key {k}", annotations::NOTIFY);
-                    let service =
-                        crate::notify::Service::parse(k).map_err(|e| format!("{what}: {e}"))?;
-                    let url =
-                        String::from_utf8(v.clone()).map_err(|_| format!("{what}: not UTF-8"))?;
-                    channels.push(crate::notify::Channel::from_url(
-                        service,
-                        url.trim(),
-                        &what,
-                    )?);
-                }
-                let notifier = crate::notify::Notifier::start(
-                    channels,
-                    steps,
-                    Some(ctx.metrics.notifications.clone()),
-                    app_http(ctx, &key),
-                );
-                ctx.app_notifiers
+        Some(name) => match secret_data(ctx, ns, name, annotations::NOTIFY).await {
+            Err(e) => {
+                let had = ctx
+                    .app_notifiers
                     .lock()
                     .expect("app_notifiers lock")
-                    .insert(key.clone(), (digest, notifier));
+                    .contains_key(&key);
+                problems.push(SecretProblem::new(
+                    e,
+                    if had {
+                        "the app's channels go on as last read until it is fixed"
+                    } else {
+                        "the app has no channels of its own until it is fixed"
+                    },
+                ));
             }
-        }
+            Ok(data) => {
+                let digest = data_digest(&data);
+                match &state.notify {
+                    Some((d, key_problems)) if *d == digest => {
+                        problems.extend(key_problems.iter().cloned());
+                    }
+                    _ => {
+                        let key_problems =
+                            start_notifier(ctx, &key, name, &data, &digest, &mut state, &http);
+                        problems.extend(key_problems.iter().cloned());
+                        state.notify = Some((digest, key_problems));
+                    }
+                }
+            }
+        },
         None => {
             ctx.app_notifiers
                 .lock()
                 .expect("app_notifiers lock")
                 .remove(&key);
+            state.notify = None;
+            state.channels.clear();
         }
     }
-    // The app's channels are called with its access, as its other calls
-    // are (a changed access Secret reaches a running notifier too).
     if let Some((_, notifier)) = ctx
         .app_notifiers
         .lock()
         .expect("app_notifiers lock")
         .get(&key)
     {
-        notifier.set_http(app_http(ctx, &key));
+        notifier.set_http(http);
     }
-    Ok(())
+    ctx.app_secrets
+        .lock()
+        .expect("app_secrets lock")
+        .insert(key, state);
+    problems
 }
 
 /// The client of the URLs an app's annotations give: its own access, never
@@ -142,15 +242,95 @@ fn app_http(ctx: &Context, key: &str) -> HttpClient {
         .unwrap_or_else(HttpClient::plain)
 }
 
-/// Reads the checks and webhooks ConfigMaps and the Secrets named by the
-/// annotations.
-pub(super) async fn load_extras(
+/// Starts the notifier of the notify Secret `name`'s `data` (in place of
+/// the app's last one): a key that is not a service or holds no http(s)
+/// URL goes on with its last valid channel, or is left out. Its problems.
+fn start_notifier(
+    ctx: &Context,
+    key: &str,
+    name: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+    digest: &str,
+    state: &mut AppSecrets,
+    http: &HttpClient,
+) -> Vec<SecretProblem> {
+    let mut problems = Vec::new();
+    let mut channels = BTreeMap::new();
+    let steps = data.get("steps").is_some_and(|v| v.trim_ascii() == b"true");
+    for (k, v) in data.iter().filter(|(k, _)| *k != "steps") {
+        let what = format!("annotation {}: Secret {name} key {k}", annotations::NOTIFY);
+        let channel = crate::notify::Service::parse(k)
+            .map_err(|e| format!("{what}: {e}"))
+            .and_then(|service| {
+                let url = std::str::from_utf8(v).map_err(|_| format!("{what}: not UTF-8"))?;
+                crate::notify::Channel::from_url(service, url.trim(), &what)
+            });
+        match (channel, state.channels.get(k)) {
+            (Ok(channel), _) => {
+                channels.insert(k.clone(), channel);
+            }
+            (Err(e), Some(last)) => {
+                problems.push(SecretProblem::new(
+                    e,
+                    "that channel goes on with its last valid URL until it is fixed",
+                ));
+                channels.insert(k.clone(), last.clone());
+            }
+            (Err(e), None) => problems.push(SecretProblem::new(
+                e,
+                "that channel is left out until it is fixed, and the others are used",
+            )),
+        }
+    }
+    let notifier = crate::notify::Notifier::start(
+        channels.values().cloned().collect(),
+        steps,
+        Some(ctx.metrics.notifications.clone()),
+        http.clone(),
+    );
+    state.channels = channels;
+    ctx.app_notifiers
+        .lock()
+        .expect("app_notifiers lock")
+        .insert(key.to_string(), (digest.to_string(), notifier));
+    problems
+}
+
+/// Publishes each of an app's Secret `problems` as a Warning Event once,
+/// until it is gone (then it is reported again should it come back).
+pub(super) async fn report_secret_problems(
+    ctx: &Context,
+    d: &k8s_openapi::api::apps::v1::Deployment,
+    key: &str,
+    problems: Vec<SecretProblem>,
+) {
+    let fresh: Vec<SecretProblem> = {
+        let mut all = ctx.app_secrets.lock().expect("app_secrets lock");
+        let state = all.entry(key.to_string()).or_default();
+        let now: std::collections::BTreeSet<SecretProblem> = problems.into_iter().collect();
+        let fresh = now.difference(&state.reported).cloned().collect();
+        state.reported = now;
+        fresh
+    };
+    for problem in fresh {
+        super::api::publish(
+            ctx,
+            d,
+            kube::runtime::events::EventType::Warning,
+            "InvalidConfig",
+            problem.to_string(),
+        )
+        .await;
+    }
+}
+
+/// Reads the checks and webhooks ConfigMaps and the metrics template the
+/// annotations name.
+pub(super) async fn load_configmaps(
     ctx: &Context,
     ns: &str,
-    app: &str,
     settings: &mut Settings,
 ) -> Result<(), String> {
-    load_secrets(ctx, ns, app, settings).await?;
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     if let Some(name) = &settings.checks_configmap {
         let text = configmap_key(&cms, name, "checks.yaml", annotations::CHECKS).await?;

@@ -89,7 +89,7 @@ use api::{add_finalizer, publish, to_value};
 use bootstrap::{bootstrap, sync_hpas};
 use cleanup::{cleanup, managed};
 use drift::restore_routing;
-use inputs::{load_extras, resolve_port, revision_of};
+use inputs::{load_configmaps, load_secrets, report_secret_problems, resolve_port, revision_of};
 use objects::*;
 pub use proxy::{config_lag, served_digest};
 use proxy::{ensure_proxy, scrape_proxy_digests};
@@ -296,6 +296,9 @@ pub struct Context {
     /// Each app's own chat channels (`sluice.dev/notify`), by `ns/app`,
     /// with a digest of the Secret's data they were made from.
     pub app_notifiers: std::sync::Mutex<HashMap<String, (String, crate::notify::Notifier)>>,
+    /// What each app's access and notify Secrets last gave, and the
+    /// problems reported about them, by `ns/app`.
+    pub(crate) app_secrets: std::sync::Mutex<HashMap<String, inputs::AppSecrets>>,
     /// Each app's last valid annotations, by `ns/app`: a release in
     /// progress goes on with them while its annotations are invalid.
     pub last_valid: std::sync::Mutex<HashMap<String, annotations::Settings>>,
@@ -348,6 +351,7 @@ impl Context {
             notifier: crate::notify::Notifier::none(),
             app_http: Default::default(),
             app_notifiers: Default::default(),
+            app_secrets: Default::default(),
             last_valid: Default::default(),
             hook_pacing: Default::default(),
         }
@@ -520,7 +524,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     let mut settings = match annotations::parse(d.annotations(), ctx.prometheus_url.is_some()) {
         Ok(s) => {
             let mut last = ctx.last_valid.lock().expect("the settings lock");
-            last.insert(key, s.clone());
+            last.insert(key.clone(), s.clone());
             s
         }
         Err(e) => {
@@ -582,7 +586,10 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         .await;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    if let Err(e) = load_extras(&ctx, &ns, &name, &mut settings).await {
+    // A Secret's problem never stops a managed app (see `load_secrets`);
+    // it only keeps a new one from being taken on, below.
+    let secret_problems = load_secrets(&ctx, &ns, &name, &settings).await;
+    if let Err(e) = load_configmaps(&ctx, &ns, &mut settings).await {
         publish(
             &ctx,
             &d,
@@ -650,6 +657,20 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     }
     let (revision, _) = revision_of(&ctx, &ns, &dv).await?;
     let Some(primary) = primaries.get_opt(&primary_name(&name)).await? else {
+        // Nothing is taken on before its Secrets are right.
+        if !secret_problems.is_empty() {
+            for p in secret_problems {
+                publish(
+                    &ctx,
+                    &d,
+                    EventType::Warning,
+                    "InvalidConfig",
+                    format!("{}; nothing was created or changed", p.problem),
+                )
+                .await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
         if let Router::GatewayApi { httproute } = &settings.router
             && let Some(problem) = gateway::route_problem(&ctx, &ns, &name, httproute).await?
         {
@@ -677,6 +698,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         .await?;
         return Ok(Action::requeue(ctx.poll));
     };
+    report_secret_problems(&ctx, &d, &key, secret_problems).await;
     if !is_ours(&to_value(&primary)?, &d.uid().unwrap_or_default()) {
         return Err(Error::Foreign(format!(
             "Deployment {ns}/{} exists and is not Sluice's (a Flagger primary or the user's own?); Sluice does not overwrite or delete it: rename or remove it",
