@@ -15,8 +15,16 @@
 //! A value outside its bounds fails the check; a call that fails, an
 //! answer that is not JSON or a path that matches nothing makes it
 //! Inconclusive with the reason, as a PromQL check's would.
+//!
+//! Each is asked at most once per analysis interval ([`Readings`]), as
+//! Flagger asks its metric providers once an interval, although the
+//! sequential gate ticks on every scrape (2 s or 5 s): the last reading
+//! stands in between. Otherwise a check would cost Datadog 720 to 1,800
+//! queries an hour (and its rate limit's 429s), and a `POST` with side
+//! effects would fire every scrape. A weight change or a new release
+//! ([`Readings::clear`], called by the provider's reset) asks again.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::Value;
@@ -33,18 +41,70 @@ pub fn is_external(check: &QueryCheck) -> bool {
     check.provider != QueryProvider::Prometheus
 }
 
-/// Reads every external check of `plan` and puts its result in
-/// `analysis` in place of what the provider put there (a check that was
-/// not judged because the canary had too little traffic stays not judged).
-/// `window`: the span a Datadog query covers.
-pub async fn overlay(plan: &Plan, analysis: &mut Analysis, window: Duration, http: &HttpClient) {
+/// The last reading of each external check: when it was taken and what
+/// it gave (see the module docs).
+#[derive(Debug, Default)]
+pub struct Readings(Vec<(QueryCheck, Instant, Result<f64, String>)>);
+
+impl Readings {
+    /// The last reading of `check` if it still stands at `now`: taken
+    /// less than `plan.interval` before, less half a tick, so that timer
+    /// jitter never stretches the pace to two intervals (under the
+    /// threshold gate, which ticks once an interval, every tick asks).
+    fn standing(
+        &self,
+        check: &QueryCheck,
+        plan: &Plan,
+        now: Instant,
+    ) -> Option<Result<f64, String>> {
+        let slack = plan.tick_interval() / 2;
+        self.0
+            .iter()
+            .find(|(c, _, _)| c == check)
+            .filter(|(_, at, _)| now.saturating_duration_since(*at) + slack < plan.interval)
+            .map(|(_, _, value)| value.clone())
+    }
+
+    fn keep(&mut self, check: &QueryCheck, at: Instant, value: Result<f64, String>) {
+        self.0.retain(|(c, _, _)| c != check);
+        self.0.push((check.clone(), at, value));
+    }
+
+    /// Forgets every reading: the next tick asks every check again.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Reads every external check of `plan` (or takes its standing reading,
+/// see [`Readings`]) and puts its result in `analysis` in place of what
+/// the provider put there (a check that was not judged because the canary
+/// had too little traffic stays not judged). `window`: the span a Datadog
+/// query covers.
+pub async fn overlay(
+    plan: &Plan,
+    analysis: &mut Analysis,
+    window: Duration,
+    http: &HttpClient,
+    readings: &mut Readings,
+    now: Instant,
+) {
     let checks: Vec<&QueryCheck> = plan.queries.iter().filter(|c| is_external(c)).collect();
     if checks.is_empty() {
         return;
     }
+    readings.0.retain(|(c, _, _)| checks.contains(&c));
     for check in checks {
         let threshold = check.threshold();
-        let fresh = match evaluate(http, check, window).await {
+        let value = match readings.standing(check, plan, now) {
+            Some(value) => value,
+            None => {
+                let value = evaluate(http, check, window).await;
+                readings.keep(check, now, value.clone());
+                value
+            }
+        };
+        let fresh = match value {
             Ok(v) => CheckResult::bounded(&check.name, v, check.min, check.max, ""),
             Err(reason) => CheckResult::inconclusive(&check.name, threshold, reason),
         };
@@ -201,6 +261,47 @@ async fn datadog(http: &HttpClient, check: &QueryCheck, window: Duration) -> Res
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Under the sequential gate (a tick every 2 s, an interval of 60 s) a
+    /// reading stands until an interval less half a tick has passed; under
+    /// the threshold gate (a tick an interval) never past the tick.
+    #[test]
+    fn a_reading_stands_for_one_interval() {
+        let check = crate::plan::parse_checks(
+            "- {name: conv, provider: web, url: 'http://h/x', json_path: '$.v', min: 1}\n",
+            "test",
+        )
+        .unwrap()
+        .remove(0);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut readings = Readings::default();
+        readings.keep(&check, t0, Ok(2.0));
+        let sequential = Plan::default();
+        assert!(sequential.is_sequential());
+        assert_eq!(sequential.interval, Duration::from_secs(60));
+        assert_eq!(sequential.tick_interval(), Duration::from_secs(2));
+        for s in [0, 2, 30, 58] {
+            assert_eq!(
+                readings.standing(&check, &sequential, at(s)),
+                Some(Ok(2.0)),
+                "{s}"
+            );
+        }
+        assert_eq!(readings.standing(&check, &sequential, at(59)), None);
+        assert_eq!(readings.standing(&check, &sequential, at(60)), None);
+        let threshold = Plan {
+            gate: crate::plan::Gate::Threshold,
+            ..Plan::default()
+        };
+        assert_eq!(readings.standing(&check, &threshold, at(30)), None);
+        // Another check, or the same name changed, is asked anew.
+        let mut changed = check.clone();
+        changed.url = Some("http://h/y".into());
+        assert_eq!(readings.standing(&changed, &sequential, at(2)), None);
+        readings.clear();
+        assert_eq!(readings.standing(&check, &sequential, at(2)), None);
+    }
 
     #[test]
     fn a_json_path_must_match_one_number() {

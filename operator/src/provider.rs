@@ -72,13 +72,35 @@ impl Provider {
         }
     }
 
-    /// Starts a fresh measurement window (after the weight changed).
+    /// Starts a fresh measurement window (after the weight changed, or as
+    /// a release starts): the web and Datadog checks are asked again too.
     pub async fn reset(&mut self) {
         match self {
-            Provider::Proxy(p) => p.reset().await,
-            Provider::Prometheus(p) => p.reset(),
+            Provider::Proxy(p) => {
+                p.readings.clear();
+                p.reset().await
+            }
+            Provider::Prometheus(p) => {
+                p.readings.clear();
+                p.reset()
+            }
             Provider::Scripted(_) | Provider::Windows(_) => {}
         }
+    }
+
+    /// Puts the web and Datadog checks' results in `analysis`, each asked
+    /// at most once an interval (see `crate::external`). The test
+    /// providers keep no readings: theirs are asked every tick.
+    async fn overlay_external(&mut self, plan: &Plan, analysis: &mut Analysis) {
+        let http = self.checks_http();
+        let mut unkept = crate::external::Readings::default();
+        let readings = match self {
+            Provider::Proxy(p) => &mut p.readings,
+            Provider::Prometheus(p) => &mut p.readings,
+            Provider::Scripted(_) | Provider::Windows(_) => &mut unkept,
+        };
+        let now = std::time::Instant::now();
+        crate::external::overlay(plan, analysis, plan.interval, &http, readings, now).await;
     }
 
     pub async fn analyse(&mut self, plan: &Plan) -> Analysis {
@@ -88,8 +110,7 @@ impl Provider {
             Provider::Scripted(next) => return next(),
             Provider::Windows(next) => analyse_window(plan, &next(0)),
         };
-        let http = self.checks_http();
-        crate::external::overlay(plan, &mut analysis, plan.interval, &http).await;
+        self.overlay_external(plan, &mut analysis).await;
         analysis
     }
 
@@ -128,8 +149,7 @@ impl Provider {
         let mut analysis =
             judge_sequential(plan, settings, gate, window, weight_bp, baseline, queries);
         if !baseline {
-            let http = self.checks_http();
-            crate::external::overlay(plan, &mut analysis, plan.interval, &http).await;
+            self.overlay_external(plan, &mut analysis).await;
         }
         analysis
     }
@@ -294,6 +314,8 @@ pub struct ProxyProvider {
     counters: Counters,
     /// When the counters were last read (a window's length).
     last_read: Option<std::time::Instant>,
+    /// The web and Datadog checks' last readings (asked once an interval).
+    readings: crate::external::Readings,
 }
 
 impl ProxyProvider {
@@ -305,6 +327,7 @@ impl ProxyProvider {
             metrics_urls: vec![format!("{}/metrics", admin.trim_end_matches('/'))],
             counters: Counters::new(route),
             last_read: None,
+            readings: Default::default(),
         }
     }
 
@@ -433,6 +456,8 @@ pub struct PrometheusProvider {
     /// The raw counter values, per series, at `last_end`: the next window
     /// is the difference from these.
     last_values: Option<std::collections::HashMap<String, f64>>,
+    /// The web and Datadog checks' last readings (asked once an interval).
+    readings: crate::external::Readings,
 }
 
 impl PrometheusProvider {
@@ -447,6 +472,7 @@ impl PrometheusProvider {
             window_floor: Duration::from_secs(30),
             last_end: None,
             last_values: None,
+            readings: Default::default(),
         }
     }
 
@@ -1513,5 +1539,44 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(value, f64::INFINITY);
+    }
+
+    /// Under the sequential gate the provider ticks on every scrape, but a
+    /// web check (here a POST, which may have side effects) is called once
+    /// an interval: five scrapes in a row make one call, and each tick
+    /// judges its value. A weight change (the provider's reset) asks again.
+    #[tokio::test]
+    async fn a_web_check_is_called_once_an_interval_not_every_scrape() {
+        let empty = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let (admin, _) = crate::http::test_server(20, move |_| empty.as_bytes().to_vec()).await;
+        let (web, calls) = crate::http::test_server(20, |_| {
+            let body = r#"{"v": 0.5}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .await;
+        let yaml = format!(
+            "- {{name: conv, provider: web, method: POST, body: '{{}}', url: '{web}/conv', json_path: '$.v', min: 0.2}}\n"
+        );
+        let plan = Plan {
+            queries: crate::plan::parse_checks(&yaml, "test").unwrap(),
+            ..Plan::default()
+        };
+        assert!(plan.is_sequential() && plan.interval >= Duration::from_secs(60));
+        let mut provider = Provider::Proxy(ProxyProvider::new(&admin, "web"));
+        let mut gate = None;
+        let calls_made = || calls.lock().unwrap().len();
+        for scrape in 0..5 {
+            let analysis = provider.tick(&plan, &mut gate, 1000, false).await;
+            let check = analysis.checks.iter().find(|c| c.name == "conv");
+            assert_eq!(check.and_then(|c| c.value), Some(0.5), "scrape {scrape}");
+        }
+        assert_eq!(calls_made(), 1, "the web check was called every scrape");
+        provider.reset().await;
+        provider.tick(&plan, &mut gate, 2000, false).await;
+        assert_eq!(calls_made(), 2, "a new step did not ask again");
     }
 }
