@@ -6,9 +6,15 @@
 //!
 //! Up to [`DEPTH`] calls wait; a call that finds the queue full is dropped,
 //! and the first drop (and then every one after a call went out again) is
-//! logged, with the count so far. `sluice rollout` waits for the queue at
-//! its end (up to [`FLUSH`]), so that `post-rollout` hooks run before the
-//! process exits; the operator's queues live as long as it does.
+//! logged, with the count so far. An event's `metadata.timestamp` is when
+//! it happened, not when its call went out.
+//!
+//! `sluice rollout` waits for the queue once the release has ended (up to
+//! [`FLUSH`], a Ctrl-C cuts it short), and sends `post-rollout` itself,
+//! before that and never queued: at the end of a release nothing waits on
+//! it. The operator queues `post-rollout` too, on a queue of its own, so it
+//! never waits behind a slow `event` endpoint; the operator's queues live
+//! as long as it does (a restart loses what is still queued).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,15 +31,19 @@ use crate::webhook::WebhookPayload;
 pub const DEPTH: usize = 64;
 
 /// How long `sluice rollout` waits at its end for the calls still queued.
-pub const FLUSH: Duration = Duration::from_secs(60);
+pub const FLUSH: Duration = Duration::from_secs(10);
 
 /// What one queued call sends.
 #[derive(Clone, Debug)]
 pub enum Call {
     /// Every hook of a kind that never gates (`post-rollout`).
     Notify(WebhookKind),
-    /// Every `event` hook, with the event's text.
-    Event { warning: bool, message: String },
+    /// Every `event` hook, with the event's text and when it happened.
+    Event {
+        warning: bool,
+        message: String,
+        at: std::time::SystemTime,
+    },
 }
 
 struct Job {
@@ -47,7 +57,8 @@ struct Job {
 /// sending task starts with the first call.
 #[derive(Clone, Debug, Default)]
 pub struct HookQueue {
-    inner: Arc<Mutex<Option<Running>>>,
+    /// The `event` calls, and the others (`post-rollout`), each in order.
+    inner: Arc<Mutex<[Option<Running>; 2]>>,
     dropped: Arc<AtomicU64>,
     /// Whether the next drop is logged.
     warn_next: Arc<AtomicBool>,
@@ -76,7 +87,8 @@ impl HookQueue {
             payload: payload.clone(),
         };
         let mut inner = self.inner.lock().expect("the hook queue's lock");
-        let running = inner.get_or_insert_with(|| self.start());
+        let lane = usize::from(kind != WebhookKind::Event);
+        let running = inner[lane].get_or_insert_with(|| self.start());
         if running.tx.try_send(job).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if self.warn_next.swap(false, Ordering::Relaxed) {
@@ -106,16 +118,16 @@ impl HookQueue {
     /// Waits up to `limit` for the calls queued so far (a process about to
     /// exit); those still queued then are logged and given up.
     pub async fn flush(&self, limit: Duration) {
-        let running = self.inner.lock().expect("the hook queue's lock").take();
-        let Some(Running { tx, worker }) = running else {
-            return;
-        };
-        drop(tx);
-        if tokio::time::timeout(limit, worker).await.is_err() {
-            tracing::warn!(
-                ?limit,
-                "event or post-rollout webhook calls still unsent at exit"
-            );
+        let lanes = std::mem::take(&mut *self.inner.lock().expect("the hook queue's lock"));
+        let deadline = tokio::time::Instant::now() + limit;
+        for Running { tx, worker } in lanes.into_iter().flatten() {
+            drop(tx);
+            if tokio::time::timeout_at(deadline, worker).await.is_err() {
+                tracing::warn!(
+                    ?limit,
+                    "webhook calls still unsent at exit (a slow endpoint)"
+                );
+            }
         }
     }
 }
@@ -131,8 +143,17 @@ async fn run(job: &Job) {
                 }
             }
         }
-        Call::Event { warning, message } => {
-            crate::webhook::send_event(&job.http, &job.plan, &job.payload, *warning, message).await;
+        Call::Event {
+            warning,
+            message,
+            at,
+        } => {
+            let event = crate::webhook::Event {
+                warning: *warning,
+                message,
+                at: *at,
+            };
+            crate::webhook::send_event(&job.http, &job.plan, &job.payload, &event).await;
         }
     }
 }
@@ -144,7 +165,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A hook that takes `delay` to answer each call, counting the calls
-    /// it answered and recording each body's `eventMessage`.
+    /// it answered and recording each body's `eventMessage` and
+    /// `timestamp`.
     async fn slow_hook(delay: Duration) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -173,12 +195,17 @@ mod tests {
                 };
                 let Some(body) = body else { continue };
                 tokio::time::sleep(delay).await;
-                s.lock().unwrap().push(
-                    body["metadata"]["eventMessage"]
+                let field = |name: &str| {
+                    body["metadata"][name]
                         .as_str()
                         .unwrap_or_default()
-                        .to_string(),
-                );
+                        .to_string()
+                };
+                s.lock().unwrap().push(format!(
+                    "{} at {}",
+                    field("eventMessage"),
+                    field("timestamp")
+                ));
                 a.fetch_add(1, Ordering::SeqCst);
                 let _ = conn
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -200,7 +227,7 @@ mod tests {
     }
 
     /// Sending never waits for a slow endpoint; the calls go out in order,
-    /// and `flush` waits for them.
+    /// each with the time of its event, and `flush` waits for them.
     #[tokio::test]
     async fn a_slow_event_hook_never_delays_the_sender_and_its_events_keep_their_order() {
         let (url, answered, seen) = slow_hook(Duration::from_millis(300)).await;
@@ -217,14 +244,57 @@ mod tests {
             let call = Call::Event {
                 warning: false,
                 message: format!("event {i}"),
+                // When each happened, not when its call goes out.
+                at: std::time::UNIX_EPOCH + Duration::from_secs(1000 + i),
             };
             queue.send(&HttpClient::plain(), &plan, call, &payload());
         }
         assert_eq!(answered.load(Ordering::SeqCst), 0, "nothing was waited for");
         queue.flush(Duration::from_secs(10)).await;
         assert_eq!(answered.load(Ordering::SeqCst), 3);
-        assert_eq!(*seen.lock().unwrap(), ["event 0", "event 1", "event 2"]);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "event 0 at 1000000",
+                "event 1 at 1001000",
+                "event 2 at 1002000"
+            ]
+        );
         assert_eq!(queue.dropped(), 0);
+    }
+
+    /// `post-rollout` has a lane of its own: it never waits behind a hung
+    /// `event` endpoint.
+    #[tokio::test]
+    async fn post_rollout_never_waits_behind_a_hung_event_hook() {
+        let (hung, _, _) = slow_hook(Duration::from_secs(30)).await;
+        let (fast, calls) = crate::webhook::tests::hook_answering(200).await;
+        let plan = Plan {
+            webhooks: crate::plan::parse_webhooks(
+                &format!(
+                    "- {{type: event, url: '{hung}', timeout: 60s}}\n- {{type: post-rollout, url: '{fast}'}}\n"
+                ),
+                "t",
+            )
+            .unwrap(),
+            ..Plan::default()
+        };
+        let queue = HookQueue::default();
+        let event = Call::Event {
+            warning: true,
+            message: "rolled back".into(),
+            at: std::time::SystemTime::now(),
+        };
+        queue.send(&HttpClient::plain(), &plan, event, &payload());
+        let post = Call::Notify(WebhookKind::PostRollout);
+        queue.send(&HttpClient::plain(), &plan, post, &payload());
+        for _ in 0..100 {
+            if calls.load(Ordering::SeqCst) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("post-rollout waited behind the hung event hook");
     }
 
     /// A queue full behind a hung endpoint drops, and counts, what no
@@ -258,6 +328,9 @@ mod tests {
             Call::Notify(WebhookKind::PostRollout),
             &payload(),
         );
-        assert!(none.inner.lock().unwrap().is_none(), "no task for no hook");
+        assert!(
+            none.inner.lock().unwrap().iter().all(Option::is_none),
+            "no task for no hook"
+        );
     }
 }

@@ -638,9 +638,9 @@ fn start(obs: &Observation, message: String, mut actions: Vec<Action>) -> Transi
         undecided: false,
         failure_counted_at: None,
     };
-    // The route goes to the new revision at weight 0 before anything is
-    // said (a slow event webhook must not leave it serving the old weight).
-    actions.insert(0, Action::Initialize);
+    // The events come first: should `Initialize` fail, they are still said
+    // (event webhooks are queued, so they hold nothing up).
+    actions.push(Action::Initialize);
     Transition::new(status, actions, NextTick::Soon)
 }
 

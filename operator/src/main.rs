@@ -945,6 +945,7 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         sluice_operator::http::HttpClient::default(),
     );
     driver.notifier = notifier.clone();
+    let hooks = driver.hooks();
     let mut view = View::new(output_mode(args.output));
     let ended = tokio::select! {
         s = driver.run(|tick| view.show(tick)) => s,
@@ -971,8 +972,10 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             return ExitCode::from(signal.exit_code());
         }
     };
-    // The last notes (promoted, rolled back) go out before the process ends.
+    // The last notes (promoted, rolled back) and the last event webhook
+    // calls go out before the process ends.
     notifier.flush(Duration::from_secs(10)).await;
+    hooks.flush(sluice_operator::hook_queue::FLUSH).await;
     if let Some(file) = &args.report {
         let record = record_rx.borrow().clone();
         match record {

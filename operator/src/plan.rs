@@ -276,16 +276,6 @@ impl WebhookKind {
         }
     }
 
-    /// A confirmation: its yes allows a step the release takes at once.
-    pub fn confirms(self) -> bool {
-        matches!(
-            self,
-            WebhookKind::ConfirmRollout
-                | WebhookKind::ConfirmTrafficIncrease
-                | WebhookKind::ConfirmPromotion
-        )
-    }
-
     pub fn parse(text: &str) -> Result<Self, String> {
         Self::ALL
             .into_iter()

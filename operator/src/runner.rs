@@ -109,11 +109,11 @@ type Asked = (
 /// Flagger asks once per analysis interval (a load-test hook would
 /// otherwise start a load test every scrape); between askings its last
 /// answer stands (a failure in it counts once an interval anyway, see
-/// `crate::machine`). A confirmation (`confirm-rollout`,
-/// `confirm-traffic-increase`, `confirm-promotion`) is paced only while it
-/// says no: its yes is never reused, so the step or promotion it allows is
-/// taken on an answer given at that tick, as Flagger asks at the moment it
-/// decides (a change freeze that starts a minute after a yes holds it).
+/// `crate::machine`). That holds for a confirmation's yes too: a step or a
+/// promotion may be taken on a yes up to one interval old (Flagger asks on
+/// the tick that acts; asking on every scrape instead would call a
+/// chat-ops or audit hook thirty times a minute while a step waits out its
+/// interval or a release waits for `sluice promote`).
 ///
 /// A tick whose analysis already fails decisively asks nothing: the
 /// rollback it decides needs no answer, and waits for none (a slow
@@ -144,11 +144,7 @@ pub async fn collect_gates(
             .iter()
             .position(|a| a.0 == kind && a.1 == phase && a.2 == payload.revision);
         let (answer, fresh) = match slot.map(|i| &pacing.0[i]) {
-            Some(asked)
-                if plan.is_sequential()
-                    && now - asked.3 + 1e-6 < interval
-                    && !(kind.confirms() && asked.4.as_ref().is_some_and(|a| a.0)) =>
-            {
+            Some(asked) if plan.is_sequential() && now - asked.3 + 1e-6 < interval => {
                 (asked.4.clone(), false)
             }
             _ => {
@@ -336,6 +332,14 @@ impl<R: Router> Driver<R> {
         }
     }
 
+    /// The queue of the release's `event` webhook calls: the caller
+    /// flushes it once the release has ended (see [`HookQueue::flush`]).
+    ///
+    /// [`HookQueue::flush`]: crate::hook_queue::HookQueue::flush
+    pub fn hooks(&self) -> crate::hook_queue::HookQueue {
+        self.hooks.clone()
+    }
+
     /// The record to continue: the saved one of this revision if the
     /// release is resumed, else none (a new one starts with the release).
     fn resumed_record(&self, status: Option<&Status>) -> Option<crate::record::ReleaseRecord> {
@@ -387,15 +391,7 @@ impl<R: Router> Driver<R> {
     /// applied) and returns the final status; or stops early, the decision
     /// saved, when the proxy keeps refusing to carry it out (see
     /// [`REFUSALS_BEFORE_STOP`]).
-    pub async fn run(self, report: impl FnMut(&TickReport)) -> Ended {
-        let hooks = self.hooks.clone();
-        let ended = self.run_release(report).await;
-        // The `post-rollout` hooks run before the process may exit.
-        hooks.flush(crate::hook_queue::FLUSH).await;
-        ended
-    }
-
-    async fn run_release(mut self, mut report: impl FnMut(&TickReport)) -> Ended {
+    pub async fn run(mut self, mut report: impl FnMut(&TickReport)) -> Ended {
         let started = Instant::now();
         let http = HttpClient::default();
         let (mut status, mut paused_for) = match self.resume.take() {
@@ -695,9 +691,13 @@ impl<R: Router> Driver<R> {
                 Action::Promote => self.router.promote().await,
                 Action::Finalise => self.router.finalise().await,
                 Action::Rollback => self.router.rollback().await,
+                // `post-rollout`: at the end of the release, so nothing
+                // waits on it but the process's exit; sent before it.
                 Action::Notify(kind) => {
-                    let call = crate::hook_queue::Call::Notify(*kind);
-                    self.hooks.send(http, &self.plan, call, payload);
+                    if let Some((false, results)) = run_gate(http, &self.plan, *kind, payload).await
+                    {
+                        tracing::warn!(release = %self.name, ?results, "{} webhooks failed", kind.as_str());
+                    }
                     Ok(())
                 }
                 Action::Event(level, text) => {
@@ -708,6 +708,7 @@ impl<R: Router> Driver<R> {
                     let call = crate::hook_queue::Call::Event {
                         warning: *level == Level::Warning,
                         message: text.clone(),
+                        at: std::time::SystemTime::now(),
                     };
                     self.hooks.send(http, &self.plan, call, payload);
                     events.push(text.clone());
@@ -833,39 +834,6 @@ mod tests {
             phase: "Progressing",
             canary_weight: 50.0,
             revision: "r1".into(),
-        }
-    }
-
-    /// A confirmation's no is paced (asked once per interval), but its yes
-    /// is never reused: every tick that would promote asks again, so a
-    /// yes given before a change freeze began cannot promote after it.
-    #[tokio::test]
-    async fn a_confirmations_yes_is_asked_afresh_and_its_no_is_paced() {
-        for (status, asked) in [(200, 11), (500, 3)] {
-            let (url, calls) = crate::webhook::tests::hook_answering(status).await;
-            let mut plan = Plan::default();
-            plan.interval = Duration::from_secs(10);
-            plan.webhooks = crate::plan::parse_webhooks(
-                &format!("- {{type: confirm-promotion, url: '{url}'}}\n"),
-                "t",
-            )
-            .unwrap();
-            let mut pacing = HookPacing::default();
-            for tick in 0..=10 {
-                let gates = collect_gates(
-                    &HttpClient::plain(),
-                    &plan,
-                    Some(Phase::WaitingPromotion),
-                    None,
-                    true,
-                    &payload(),
-                    &mut pacing,
-                    2.0 * f64::from(tick),
-                )
-                .await;
-                assert_eq!(gates.confirm_promotion, Some(status == 200), "tick {tick}");
-            }
-            assert_eq!(calls.load(Ordering::SeqCst), asked, "answering {status}");
         }
     }
 

@@ -65,22 +65,30 @@ pub async fn run_gate(
     Some((results.iter().all(|r| r.passed), results))
 }
 
+/// One event of a release, for the `event` webhooks.
+pub struct Event<'a> {
+    pub warning: bool,
+    pub message: &'a str,
+    /// When it happened (its `metadata.timestamp`).
+    pub at: std::time::SystemTime,
+}
+
 /// Sends an event to every `event` webhook (see the module docs); failures
 /// are logged, never returned.
 pub async fn send_event(
     client: &HttpClient,
     plan: &Plan,
     payload: &WebhookPayload,
-    warning: bool,
-    message: &str,
+    event: &Event<'_>,
 ) {
-    let timestamp = std::time::SystemTime::now()
+    let timestamp = event
+        .at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis())
         .to_string();
     let extra = [
-        ("eventMessage", message),
-        ("eventType", if warning { "Warning" } else { "Normal" }),
+        ("eventMessage", event.message),
+        ("eventType", if event.warning { "Warning" } else { "Normal" }),
         ("timestamp", timestamp.as_str()),
     ];
     for hook in plan.webhooks_of(WebhookKind::Event) {

@@ -804,6 +804,45 @@ async fn removing_the_annotation_after_a_rollback_warns_that_the_rolled_back_spe
         w.tick().await;
     }
     assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+    let note = the_released_unpromoted_warning(&w);
+    assert!(
+        note.contains(&rolled_back) && note.contains(&promoted) && note.contains("rolled back"),
+        "{note}"
+    );
+}
+
+/// The same mid-release: the canary already runs the primary's replicas
+/// (`canary-scale: full`), so nothing is scaled, and the unjudged spec
+/// takes all traffic when the Service is handed back; said once.
+#[tokio::test]
+async fn removing_the_annotation_mid_release_warns_that_the_unjudged_spec_will_serve() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    let promoted = w.status().primary_revision.clone();
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    let judged = w.status().revision.clone();
+    assert_ne!(judged, promoted);
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/canary": null}}}),
+    );
+    for _ in 0..4 {
+        w.fake.make_ready(NS, "app");
+        w.tick().await;
+    }
+    assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"]);
+    let note = the_released_unpromoted_warning(&w);
+    assert!(
+        note.contains(&judged) && note.contains(&promoted) && note.contains("had not promoted"),
+        "{note}"
+    );
+}
+
+/// The note of the one `ReleasedUnpromoted` Warning there must be.
+fn the_released_unpromoted_warning(w: &World) -> String {
     let warnings: Vec<_> = w
         .events()
         .into_iter()
@@ -811,11 +850,7 @@ async fn removing_the_annotation_after_a_rollback_warns_that_the_rolled_back_spe
         .map(|(_, _, note)| note)
         .collect();
     assert_eq!(warnings.len(), 1, "{:?}", w.events());
-    let note = &warnings[0];
-    assert!(
-        note.contains(&rolled_back) && note.contains(&promoted) && note.contains("rolled back"),
-        "{note}"
-    );
+    warnings[0].clone()
 }
 
 #[tokio::test]

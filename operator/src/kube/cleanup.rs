@@ -78,7 +78,6 @@ pub(super) async fn cleanup(
             .max(status.original_replicas);
         let user = to_value(d)?;
         if user["spec"]["replicas"].as_i64() != Some(replicas) {
-            warn_if_unpromoted(ctx, d, ns, app, &user, &status, replicas).await?;
             scale(ctx, ns, app, replicas).await?;
             return Ok(Action::requeue(ctx.poll));
         }
@@ -100,6 +99,7 @@ pub(super) async fn cleanup(
                 .replace(app, &sluice_post(), &serde_json::from_value(restored)?)
                 .await?;
             if !deleting {
+                warn_if_unpromoted(ctx, d, ns, app, &status).await?;
                 unmirror_phase(ctx, d, ns, app).await?;
                 // The proxy goes only once the Service's own pods are its
                 // ready endpoints.
@@ -117,6 +117,9 @@ pub(super) async fn cleanup(
         // The Gateway API router: the route's rules go back to Service
         // `app` before `app-primary` and `app-canary` go.
         super::gateway::restore_route(ctx, ns, app, route).await?;
+        if !deleting {
+            warn_if_unpromoted(ctx, d, ns, app, &status).await?;
+        }
     }
     restore_hpa_bounds(ctx, ns, app).await?;
     let c = &ctx.client;
@@ -185,21 +188,20 @@ pub(super) async fn cleanup(
 /// spec. After a rollback, or in the middle of a release, that spec is a
 /// revision Sluice did not promote: the one it rolled back, or one it was
 /// still judging. Letting go is what was asked, so it goes on, but says
-/// so, once, as `app` is scaled up: a Warning naming both revisions and
-/// how to keep the primary's.
+/// so, once, as traffic is handed over (Service `app` restored, or the
+/// HTTPRoute): a Warning naming both revisions and how to keep the
+/// primary's.
 async fn warn_if_unpromoted(
     ctx: &Context,
     d: &Deployment,
     ns: &str,
     app: &str,
-    user: &serde_json::Value,
     status: &KubeStatus,
-    replicas: i64,
 ) -> Result<(), Error> {
     if !status.bootstrapped || status.primary_revision.is_empty() {
         return Ok(());
     }
-    let (revision, _) = super::inputs::revision_of(ctx, ns, user).await?;
+    let (revision, _) = super::inputs::revision_of(ctx, ns, &to_value(d)?).await?;
     if revision == status.primary_revision {
         return Ok(());
     }
@@ -219,7 +221,7 @@ async fn warn_if_unpromoted(
         EventType::Warning,
         "ReleasedUnpromoted",
         format!(
-            "sluice.dev/canary was removed: {app} is scaled to {replicas} and its pods will serve its own spec, revision {revision}, {judged}; the primary's revision {primary} stops serving once they are ready. To keep serving {primary}, put {app}'s spec back to it",
+            "sluice.dev/canary was removed: {app}'s own pods serve again, with its own spec, revision {revision}, {judged}, in place of the primary's revision {primary}. To serve {primary} again, put {app}'s spec back to it",
             primary = status.primary_revision
         ),
     )

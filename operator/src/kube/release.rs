@@ -775,6 +775,7 @@ pub(super) async fn release_tick(
                 let call = crate::hook_queue::Call::Event {
                     warning: *level == Level::Warning,
                     message: text.clone(),
+                    at: std::time::SystemTime::now(),
                 };
                 hooks.send(&http, plan, call, &after);
             }

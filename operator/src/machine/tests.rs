@@ -355,27 +355,6 @@ fn failed_revision_does_not_restart_until_it_changes_or_is_retried() {
     assert_eq!(t.status.revision, "r2");
 }
 
-/// A new revision mid-release restarts at weight 0 before anything is
-/// said: `Initialize` comes first, so an event webhook (however slow)
-/// never leaves the unjudged revision serving the old weight.
-#[test]
-fn a_new_revision_mid_release_initializes_before_its_events() {
-    let p = plan();
-    let mut s = started(&p);
-    s = drive(&p, Some(&s), &obs(1.0, "r1", Some(Outcome::Pass))).status;
-    assert_eq!(s.phase, Phase::Progressing);
-    let t = drive(&p, Some(&s), &obs(2.0, "r2", None));
-    assert_eq!(t.status.revision, "r2");
-    assert_eq!(t.actions[0], Action::Initialize, "{:?}", t.actions);
-    assert!(
-        t.actions
-            .iter()
-            .any(|a| matches!(a, Action::Event(_, text) if text.contains("new revision r2"))),
-        "{:?}",
-        t.actions
-    );
-}
-
 #[test]
 fn approval_is_recorded_and_the_next_passing_tick_promotes() {
     let p = Plan {
