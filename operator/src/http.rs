@@ -44,8 +44,14 @@ pub enum HttpError {
     Timeout { url: String, timeout: Duration },
     #[error("{url}: `{url}` is not a valid http:// or https:// URL")]
     BadUrl { url: String },
+    /// `status`: what the endpoint answered before its body ran over (a
+    /// caller that uses no body, a webhook's, judges by it).
     #[error("{url}: the answer is larger than {} MiB; not read", MAX_ANSWER_BYTES / (1024 * 1024))]
-    TooLarge { url: String },
+    TooLarge { url: String, status: StatusCode },
+    /// A header field the caller gives (a webhook's `headers`) that HTTP
+    /// does not allow; its value is never shown (it may be a credential).
+    #[error("{url}: the header `{name}` has a name or value HTTP does not allow")]
+    BadHeader { url: String, name: String },
 }
 
 /// The largest answer body read (a webhook's, a metrics provider's, the
@@ -615,8 +621,12 @@ impl HttpClient {
         // The caller's fields replace the defaults of the same name (a
         // webhook's own `Content-Type`), never join them.
         for (name, value) in headers {
-            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
-            let value = http::HeaderValue::from_str(value).map_err(|_| bad())?;
+            let bad_header = || HttpError::BadHeader {
+                url: shown_url(url),
+                name: name.escape_debug().to_string(),
+            };
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad_header())?;
+            let value = http::HeaderValue::from_str(value).map_err(|_| bad_header())?;
             req.headers_mut().insert(name, value);
         }
         if let Some(e) = endpoint {
@@ -651,6 +661,7 @@ impl HttpClient {
                     if e.is::<http_body_util::LengthLimitError>() {
                         HttpError::TooLarge {
                             url: url.to_string(),
+                            status,
                         }
                     } else {
                         HttpError::Unreachable {
@@ -994,7 +1005,7 @@ mod tests {
                 .err()
                 .expect("an answer over the limit is refused");
             assert!(
-                matches!(err, HttpError::TooLarge { .. }),
+                matches!(err, HttpError::TooLarge { status, .. } if status == StatusCode::OK),
                 "{framing}: {err}"
             );
             assert!(err.to_string().contains("larger than 16 MiB"), "{err}");
@@ -1007,6 +1018,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.body.len(), MAX_ANSWER_BYTES);
+    }
+
+    /// A header the caller gives that HTTP does not allow is said to be
+    /// one, by name, and its value is not shown; the URL is fine.
+    #[tokio::test]
+    async fn a_bad_header_is_named_not_called_a_bad_url() {
+        for (name, value) in [("X Team", "payments"), ("X-Key", "s3cr3t\nvalue")] {
+            let err = HttpClient::plain()
+                .post_json_with(
+                    Method::POST,
+                    "http://127.0.0.1:1/hook",
+                    &serde_json::json!({}),
+                    None,
+                    &[(name, value)],
+                    Duration::from_secs(5),
+                )
+                .await
+                .err()
+                .expect("refused");
+            let shown = err.to_string();
+            assert!(matches!(err, HttpError::BadHeader { .. }), "{shown}");
+            assert!(shown.contains(&format!("the header `{name}`")), "{shown}");
+            assert!(!shown.contains("not a valid http"), "{shown}");
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
     }
 
     #[tokio::test]

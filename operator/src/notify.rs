@@ -478,7 +478,7 @@ async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), S
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
-        match http
+        let answered = match http
             .send_json(
                 Method::POST,
                 channel.url.expose_for_request(),
@@ -488,26 +488,28 @@ async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), S
             )
             .await
         {
-            Ok(answer) if answer.status.is_success() => return Ok(()),
-            Ok(answer)
-                if answer.status.is_client_error()
-                    && answer.status != http::StatusCode::TOO_MANY_REQUESTS =>
+            Ok(answer) => Ok(answer.status),
+            // The body is never used: one too long to read changes nothing.
+            Err(crate::http::HttpError::TooLarge { status, .. }) => Ok(status),
+            Err(e) => Err(e),
+        };
+        match answered {
+            Ok(status) if status.is_success() => return Ok(()),
+            Ok(status)
+                if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS =>
             {
-                return Err(format!("answered {}", answer.status));
+                return Err(format!("answered {status}"));
             }
-            Ok(answer) => last = format!("answered {}", answer.status),
+            Ok(status) => last = format!("answered {status}"),
             // The error names the URL, which is the secret: say only why.
             Err(crate::http::HttpError::Timeout { timeout, .. }) => {
                 last = format!("no answer within {timeout:?}")
             }
             Err(crate::http::HttpError::Unreachable { reason, .. }) => last = reason,
             Err(crate::http::HttpError::BadUrl { .. }) => last = "not a valid URL".into(),
-            Err(crate::http::HttpError::TooLarge { .. }) => {
-                last = format!(
-                    "answered with a body over {} MiB",
-                    crate::http::MAX_ANSWER_BYTES / (1024 * 1024)
-                )
-            }
+            Err(
+                crate::http::HttpError::BadHeader { .. } | crate::http::HttpError::TooLarge { .. },
+            ) => last = "could not be sent".into(),
         }
     }
     Err(last)

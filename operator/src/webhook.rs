@@ -137,13 +137,19 @@ async fn call(
         // "not yet", a rollback hook's "no"): asked again it says the same,
         // so only unreachable hooks, timeouts, 5xx and 429 are retried, as
         // Flagger does.
+        // A hook's body is never used: one too long to read changes
+        // nothing, the status is the answer.
+        let result = match result {
+            Ok(answer) => Ok(answer.status),
+            Err(crate::http::HttpError::TooLarge { status, .. }) => Ok(status),
+            Err(e) => Err(e),
+        };
         let (passed, final_answer, detail) = match result {
-            Ok(answer) if answer.status.is_success() => (true, true, answer.status.to_string()),
-            Ok(answer) => (
+            Ok(status) if status.is_success() => (true, true, status.to_string()),
+            Ok(status) => (
                 false,
-                answer.status.is_client_error()
-                    && answer.status != http::StatusCode::TOO_MANY_REQUESTS,
-                format!("answered {}", answer.status),
+                status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS,
+                format!("answered {status}"),
             ),
             Err(e) => (false, false, e.to_string()),
         };
@@ -183,6 +189,46 @@ pub(crate) mod tests {
         })
         .await;
         (format!("{url}/hook"), calls)
+    }
+
+    /// A hook that answers 2xx with a body too long to read passes: its
+    /// body is never used. One that answers 500 so is still a failure.
+    #[tokio::test]
+    async fn a_long_body_does_not_change_a_hooks_answer() {
+        let too_big = crate::http::MAX_ANSWER_BYTES + 1;
+        for (status, passes) in [(200, true), (500, false)] {
+            let (url, _) = crate::http::test_server(1, move |_| {
+                let mut answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {too_big}\r\nConnection: close\r\n\r\n"
+                )
+                .into_bytes();
+                answer.resize(answer.len() + too_big, b'x');
+                answer
+            })
+            .await;
+            let yaml = format!("- {{name: gate, type: confirm-rollout, url: '{url}/hook'}}\n");
+            let plan = Plan {
+                webhooks: crate::plan::parse_webhooks(&yaml, "test").unwrap(),
+                ..Plan::default()
+            };
+            let payload = WebhookPayload {
+                name: "web".into(),
+                namespace: None,
+                kind: "",
+                phase: "Initialized",
+                canary_weight: 0.0,
+                revision: "r1".into(),
+            };
+            let (passed, results) = run_gate(
+                &HttpClient::plain(),
+                &plan,
+                WebhookKind::ConfirmRollout,
+                &payload,
+            )
+            .await
+            .unwrap();
+            assert_eq!(passed, passes, "{status}: {}", results[0].why());
+        }
     }
 
     /// A 4xx (but 429) is the hook's answer and is not asked again; an
