@@ -88,7 +88,10 @@ pub async fn send_event(
         .to_string();
     let extra = [
         ("eventMessage", event.message),
-        ("eventType", if event.warning { "Warning" } else { "Normal" }),
+        (
+            "eventType",
+            if event.warning { "Warning" } else { "Normal" },
+        ),
         ("timestamp", timestamp.as_str()),
     ];
     for hook in plan.webhooks_of(WebhookKind::Event) {
