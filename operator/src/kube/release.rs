@@ -277,6 +277,7 @@ pub(super) async fn release_tick(
     status: &mut KubeStatus,
 ) -> Result<Action, Error> {
     let key = format!("{ns}/{app}");
+    let saved = status.clone();
     let release_running = status
         .machine
         .as_ref()
@@ -674,8 +675,20 @@ pub(super) async fn release_tick(
         report.as_ref(),
     )
     .await;
-    // 1. The decision is saved before anything is carried out.
-    save_status(ctx, ns, app, status).await?;
+    // 1. The decision is saved before anything is carried out. A
+    // reconcile that changed nothing but the time saves nothing (within a
+    // tick interval of the last save): the primary, where the status is
+    // kept, is watched, so each save sets off a reconcile, and saving the
+    // time alone made that a loop of about twenty writes a second for the
+    // whole release.
+    let unchanged = KubeStatus {
+        last_tick_at: saved.last_tick_at,
+        ..status.clone()
+    } == saved
+        && now - saved.last_tick_at < plan.tick_interval().as_secs_f64();
+    if !unchanged {
+        save_status(ctx, ns, app, status).await?;
+    }
     // 2. The command is consumed only once its effect is on record.
     if let Some(read) = &raw_command {
         clear_command(ctx, ns, app, read).await?;
