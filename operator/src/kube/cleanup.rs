@@ -163,11 +163,22 @@ pub(super) async fn cleanup(
         .expect("providers lock")
         .remove(&format!("{ns}/{app}"));
     // Its hook pacing, and its queue of background webhook calls (whose
-    // task ends once the calls queued so far are sent).
+    // task ends once the calls queued so far are sent); its client, chat
+    // channels and the Secrets last read for them.
+    let key = format!("{ns}/{app}");
     ctx.hook_pacing
         .lock()
         .expect("the pacing lock")
-        .remove(&format!("{ns}/{app}"));
+        .remove(&key);
+    ctx.app_http.lock().expect("the app_http lock").remove(&key);
+    ctx.app_notifiers
+        .lock()
+        .expect("the app_notifiers lock")
+        .remove(&key);
+    ctx.app_secrets
+        .lock()
+        .expect("the app_secrets lock")
+        .remove(&key);
     ctx.metrics.forget(ns, app);
     if !deleting {
         // Worded for both routers: under the Gateway API router the
