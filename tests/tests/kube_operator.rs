@@ -1301,6 +1301,47 @@ async fn a_new_revision_mid_release_asks_no_hook_of_the_old_phase() {
     );
 }
 
+/// A ConfigMap an app's annotations name (here its webhooks) made invalid
+/// mid-release keeps the running state, as an invalid annotation does: a
+/// Warning says so, the release goes on with what was last read, and an
+/// abort rolls it back.
+#[tokio::test]
+async fn a_configmap_made_invalid_mid_release_keeps_the_release_and_abort_works() {
+    let hooks =
+        |text: &str| json!({"metadata": {"name": "hooks"}, "data": {"webhooks.yaml": text}});
+    let w = World::new(json!({"sluice.dev/webhooks": "hooks"})).await;
+    w.fake.put(
+        "api/v1",
+        "configmaps",
+        NS,
+        hooks("- {name: announce, type: event, url: 'http://127.0.0.1:9/'}\n"),
+    );
+    let w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.fake.put(
+        "api/v1",
+        "configmaps",
+        NS,
+        hooks("- {name: announce, type: nope}\n"),
+    );
+    w.tick().await;
+    let warned = w.events().into_iter().any(|(kind, reason, note)| {
+        kind == "Warning"
+            && reason == "InvalidConfig"
+            && note.contains("ConfigMap hooks")
+            && note.contains("goes on with the checks and webhooks last read")
+    });
+    assert!(warned, "{:?}", w.events());
+    w.command("abort");
+    w.tick().await;
+    assert_eq!(w.status().phase, "Failed", "{:?}", w.status());
+    for _ in 0..3 {
+        w.tick().await;
+    }
+    assert_eq!(w.weight(), 0.0, "the abort rolled the release back");
+}
+
 #[tokio::test]
 async fn an_abort_is_not_lost_when_the_api_refuses_its_rollback() {
     let w = World::new(json!({})).await.bootstrapped().await;

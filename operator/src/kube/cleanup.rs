@@ -179,6 +179,10 @@ pub(super) async fn cleanup(
         .lock()
         .expect("the app_secrets lock")
         .remove(&key);
+    ctx.last_loaded
+        .lock()
+        .expect("the loaded settings lock")
+        .remove(&key);
     ctx.metrics.forget(ns, app);
     if !deleting {
         // Worded for both routers: under the Gateway API router the
