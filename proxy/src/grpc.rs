@@ -6,6 +6,10 @@
 //! says which statuses are the server's fault; the default is `UNKNOWN,
 //! DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS`, the
 //! codes that speak of the server rather than the caller's request.
+//!
+//! gRPC-Web is not judged by these rules: its status is a frame inside the
+//! body, which the proxy streams through unread, so a gRPC-Web call is
+//! judged by its HTTP status ([`is_grpc_content_type`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -102,11 +106,30 @@ impl Codes {
     }
 }
 
-/// Whether a response is a gRPC one (`content-type: application/grpc...`).
+/// Whether a response is a gRPC one whose status comes in HTTP trailers
+/// (see [`is_grpc_content_type`]).
 pub fn is_grpc(fields: &dyn Fields) -> bool {
     fields
         .first("content-type")
-        .is_some_and(|v| v.starts_with(b"application/grpc"))
+        .is_some_and(is_grpc_content_type)
+}
+
+/// Whether a `content-type` value is gRPC's: `application/grpc`, alone or
+/// with a `+format` suffix or parameters (`application/grpc+proto`).
+///
+/// gRPC-Web (`application/grpc-web`, `-web+proto`, `-web-text`) is not: it
+/// carries its `grpc-status` inside the body, in a trailer frame, not in
+/// HTTP trailers, so read as gRPC every call of it would end "without a
+/// status" and count as `UNKNOWN`, a failure. Its calls are judged by
+/// their HTTP status, as plain HTTP is.
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value.len() >= GRPC.len()
+        && value[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(
+            value.get(GRPC.len()),
+            None | Some(b'+' | b';' | b' ' | b'\t')
+        )
 }
 
 /// The `grpc-status` of a header block, if it has one. A value that is not a
@@ -165,6 +188,30 @@ mod tests {
                 "DATA_LOSS"
             ]
         );
+    }
+
+    #[test]
+    fn grpc_web_is_not_judged_by_grpc_status() {
+        for grpc in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc+json",
+            "application/grpc; charset=utf-8",
+            "Application/GRPC+proto",
+        ] {
+            assert!(is_grpc_content_type(grpc.as_bytes()), "{grpc}");
+        }
+        for other in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "application/grpc-web-text",
+            "application/grpc-web-text+proto",
+            "application/grpcx",
+            "application/json",
+            "",
+        ] {
+            assert!(!is_grpc_content_type(other.as_bytes()), "{other}");
+        }
     }
 
     #[test]

@@ -297,7 +297,7 @@ impl Conn {
                 connection = true;
                 close |= crate::fields::has_token(value, "close");
             } else if name.eq_ignore_ascii_case(b"content-type") {
-                grpc = value.starts_with(b"application/grpc");
+                grpc = crate::grpc::is_grpc_content_type(value);
             }
         }
         let framing =

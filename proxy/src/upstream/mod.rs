@@ -189,7 +189,8 @@ impl ResponseHead {
         }
     }
 
-    /// Whether it is a gRPC response (`content-type: application/grpc…`).
+    /// Whether it is a gRPC response (`content-type: application/grpc…`,
+    /// not gRPC-Web: see [`crate::grpc::is_grpc_content_type`]).
     pub fn is_grpc(&self) -> bool {
         match self {
             ResponseHead::H1(h) => h.grpc,
