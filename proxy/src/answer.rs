@@ -17,7 +17,8 @@
 //!   504 (it timed out), counted on the backend that failed; 400 or 408
 //!   for a client that broke its own body (counted apart, and the
 //!   connection closes: what follows cannot be read as framed); 413 and
-//!   503 for the proxy's limits; 404 and the refusals of the route phase.
+//!   503 for the proxy's limits (the 503 on no backend's series); 404 and
+//!   the refusals of the route phase.
 //!   None names an address: the log and the metrics name the backend.
 
 use http::{HeaderValue, StatusCode};

@@ -142,7 +142,7 @@ lower_case_label!(BackendLabel { Stable => "stable", Canary => "canary", Baselin
 
 /// Whether the upstream did its part, the `classification` label.
 ///
-/// Failure is: a 5xx the client got (the proxy's own 502/503/504 too); an
+/// Failure is: a 5xx the client got (the proxy's own 502/504 too); an
 /// upstream that reset or closed before the response ended; a gRPC response
 /// whose `grpc-status` is in the route's failure set; a client that gave up
 /// while still waiting for the upstream's response head (`code="499"`).

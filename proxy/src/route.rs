@@ -38,17 +38,22 @@
 //!
 //! Then the backend is decided (A/B rules, then affinity, then the exact
 //! weighted split: [`crate::routing::Route::decide`]), and the request
-//! takes a place among its route's requests in flight (503 at the limit)
-//! and has its declared length checked against `limits.max_request_body`
-//! (413); both refusals count on the backend chosen, as the client got
-//! them.
+//! takes a place among its route's requests in flight and has its declared
+//! length checked against `limits.max_request_body` (413, counted on the
+//! backend chosen, as the client got it).
+//!
+//! A request the route has no place for is answered 503 before any backend
+//! is chosen: it is the proxy's own refusal, counted in
+//! `sluice_rejected_total{reason="max_requests_in_flight"}` only, on no
+//! backend's series (charged to the arm the split would have picked, a
+//! slow stable filling the places would make a healthy canary fail the
+//! gate), and it takes no turn from the split.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderValue, Method, StatusCode, Version};
-use prometheus_client::metrics::counter::Counter;
 
 use crate::fields::Fields;
 use crate::record::{Permit, Recorder};
@@ -211,7 +216,8 @@ pub struct Refusal {
     pub text: Cow<'static, str>,
     /// The answer names the methods the proxy forwards (`Allow`).
     pub allow: bool,
-    /// Counts the answer on the backend chosen (a limit the proxy enforced).
+    /// Counts the answer on the backend chosen (a declared body over
+    /// `limits.max_request_body`).
     pub recorder: Option<Recorder>,
 }
 
@@ -468,42 +474,36 @@ pub fn route(
             direct.answer.body.clone(),
         ));
     }
-    let decision = route.decide(at, req.fields);
-    let refuse = |status: StatusCode, rejected: &Counter, text: String| {
-        rejected.inc();
-        let backend = route.backend(decision);
-        let recorder = Recorder {
-            series: backend.series(decision).clone(),
-            errors: backend.metrics.clone(),
-            code: status.as_u16(),
-            start,
-            grpc: None,
-            permit: None,
-            body: None,
-        };
-        Refusal {
-            recorder: Some(recorder),
-            ..Refusal::new(status, text)
-        }
-    };
     let Some(permit) = route.admit() else {
-        return Err(refuse(
+        // The proxy's own refusal: on no backend's series (see the module docs).
+        route.rejected_in_flight.inc();
+        return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            &route.rejected_in_flight,
             format!(
                 "sluice: route {} has {} requests in flight, its limit\n",
                 route.name, route.max_in_flight
             ),
         ));
     };
+    let decision = route.decide(at, req.fields);
     if let (Some(max), BodyKind::Length(n)) = (route.max_body, req.body)
         && n > max
     {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &route.rejected_too_large,
-            too_large_text(max),
-        ));
+        route.rejected_too_large.inc();
+        let backend = route.backend(decision);
+        let recorder = Recorder {
+            series: backend.series(decision).clone(),
+            errors: backend.metrics.clone(),
+            code: StatusCode::PAYLOAD_TOO_LARGE.as_u16(),
+            start,
+            grpc: None,
+            permit: None,
+            body: None,
+        };
+        return Err(Refusal {
+            recorder: Some(recorder),
+            ..Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, too_large_text(max))
+        });
     }
     let set_cookie = route.affinity.as_ref().and_then(|a| {
         a.response_cookie(
