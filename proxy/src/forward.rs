@@ -53,8 +53,10 @@
 //!   canary is still charged the failure (its 502 or 504 and its upstream
 //!   error are recorded as if the client had got them), so the gate sees
 //!   a crashing canary exactly as before; the client gets the stable's
-//!   answer, counted on the stable; `sluice_failovers_total{route}` counts
-//!   it.
+//!   answer, counted on the stable with the decision that sent it to the
+//!   canary (an A/B request stays `decision="match"`, never joining the
+//!   stable's weighted traffic the gate compares with; a sticky one stays
+//!   `affinity`); `sluice_failovers_total{route}` counts it.
 //!
 //! The outcome ([`Outcome`]) is what the answer phase turns into the
 //! client's answer; every request leaves here with exactly one thing that
@@ -258,8 +260,10 @@ pub async fn forward(exchange: Exchange<'_, '_>, gone: Pin<&mut Gone<'_>>) -> Ou
     let stable = route.stable();
     upstream.head = upstream_head(req, routed, stable, client, false).0;
     upstream.rewind();
+    // Counted as what it was (A/B, affinity or weighted traffic), so an A/B
+    // request never joins the weighted stable series the gate compares with.
     let in_flight = InFlight::new(
-        stable.weighted.clone(),
+        stable.series(routed.decision).clone(),
         routed.start,
         &written,
         &route.client_errors,

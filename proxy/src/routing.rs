@@ -76,7 +76,8 @@ pub struct Backend {
     pub metrics: BackendMetrics,
     /// Requests chosen by the weighted split (all stable traffic).
     pub weighted: Arc<Series>,
-    /// Requests sent here by an A/B rule (canaries of routes with rules).
+    /// Requests sent here by an A/B rule (canaries of routes with rules),
+    /// and the stable's share of them: A/B requests that failed over to it.
     pub matched: Option<Arc<Series>>,
     /// Requests sent here by session affinity (routes with `affinity`).
     pub affine: Option<Arc<Series>>,
@@ -739,7 +740,10 @@ fn build_backend(
         idle_timeout: r.upstream_idle_timeout,
         tls: r.tls_for(url),
     };
-    let has_rules = label == BackendLabel::Canary
+    // The stable counts A/B requests the canary never started and that
+    // failed over to it (`decision="match"`, never weighted traffic).
+    let has_rules = (label == BackendLabel::Canary
+        || (label == BackendLabel::Stable && r.failover))
         && (!r.canary_match.is_empty() || r.matches.iter().any(|m| m.to_canary));
     let affine = r
         .affinity
