@@ -523,7 +523,9 @@ pub fn is_http_url(url: &str) -> bool {
 /// Whether an authority's port, if it has one, is 1-65535 (`http` reads
 /// a larger one as no port at all).
 fn port_ok(authority: &str) -> bool {
-    sluice_proxy::config::port_text(authority).is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+    // User info (`user:pass@`) is not the port's.
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    sluice_proxy::config::port_text(host_port).is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 #[derive(Clone)]
@@ -852,6 +854,17 @@ mod tests {
             url: shown_url("ftp://u:p4ss@h"),
         };
         assert!(!e.to_string().contains("p4ss"), "{e}");
+    }
+
+    /// A URL with user info and no port is an http URL (the user info's
+    /// `:` is not a port's); a bad port is still refused.
+    #[test]
+    fn user_info_without_a_port_is_a_url() {
+        assert!(is_http_url("https://user:pass@hooks.example/x"));
+        assert!(is_http_url("http://user@hooks.example/"));
+        assert!(is_http_url("https://user:pass@hooks.example:8443/x"));
+        assert!(!is_http_url("https://user:pass@hooks.example:99999/x"));
+        assert!(!is_http_url("https://user:pass@hooks.example:0/x"));
     }
 
     /// A password written with a raw `/`, `?` or `#` ends the authority

@@ -354,7 +354,11 @@ impl ProxyProvider {
                 .await
                 .map_err(|e| format!("proxy metrics unreachable: {e}"))?;
             if !answer.status.is_success() {
-                return Err(format!("proxy metrics at {url} answered {}", answer.status));
+                return Err(format!(
+                    "proxy metrics at {} answered {}",
+                    crate::http::shown_url(url),
+                    answer.status
+                ));
             }
             scrapes.push((url.clone(), Scrape::parse(&answer.text()).0));
         }
@@ -564,7 +568,10 @@ impl PrometheusProvider {
                     crate::http::HttpError::Unreachable { reason, .. } => reason,
                     other => other.to_string(),
                 };
-                format!("prometheus unreachable at {}: {why}", self.base)
+                format!(
+                    "prometheus unreachable at {}: {why}",
+                    crate::http::shown_url(&self.base)
+                )
             })?;
         let body: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| {
             format!(
@@ -1271,6 +1278,19 @@ fn parse_prom_float(text: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Prometheus URL's user info (its Basic auth) is never in a
+    /// failed query's reason, which reaches statuses, Events and notes.
+    #[tokio::test]
+    async fn an_unreachable_prometheus_is_named_without_its_password() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let p = PrometheusProvider::new(&format!("http://sluice:S3cretPw@127.0.0.1:{port}"), "web");
+        let e = p.fetch("up", None).await.unwrap_err();
+        assert!(e.contains("prometheus unreachable"), "{e}");
+        assert!(!e.contains("S3cretPw"), "{e}");
+    }
 
     #[test]
     fn too_few_requests_make_every_check_inconclusive() {
