@@ -22,7 +22,9 @@
 //! stands in between. Otherwise a check would cost Datadog 720 to 1,800
 //! queries an hour (and its rate limit's 429s), and a `POST` with side
 //! effects would fire every scrape. A weight change or a new release
-//! ([`Readings::clear`], called by the provider's reset) asks again.
+//! ([`Readings::clear`], called by the provider's reset) asks again, and
+//! the intervals count from it, so the tick that ends a step's interval
+//! (the one that decides the step) reads afresh.
 
 use std::time::{Duration, Instant};
 
@@ -42,15 +44,23 @@ pub fn is_external(check: &QueryCheck) -> bool {
 }
 
 /// The last reading of each external check: when it was taken and what
-/// it gave (see the module docs).
+/// it gave (see the module docs); and when the weight last changed.
 #[derive(Debug, Default)]
-pub struct Readings(Vec<(QueryCheck, Instant, Result<f64, String>)>);
+pub struct Readings {
+    taken: Vec<(QueryCheck, Instant, Result<f64, String>)>,
+    since: Option<Instant>,
+}
 
 impl Readings {
-    /// The last reading of `check` if it still stands at `now`: taken
-    /// less than `plan.interval` before, less half a tick, so that timer
-    /// jitter never stretches the pace to two intervals (under the
-    /// threshold gate, which ticks once an interval, every tick asks).
+    /// The last reading of `check` if it still stands at `now`: taken in
+    /// the same analysis interval as `now`, the intervals counted from the
+    /// last weight change (less half a tick, so that timer jitter never
+    /// stretches the pace to two intervals). So the tick that ends a
+    /// step's interval, which decides whether the weight goes up, reads
+    /// afresh, never on the reading of the step's first seconds. Before
+    /// any change, a reading stands less than an interval, less half a
+    /// tick. Under the threshold gate, which ticks once an interval, every
+    /// tick asks.
     fn standing(
         &self,
         check: &QueryCheck,
@@ -58,21 +68,34 @@ impl Readings {
         now: Instant,
     ) -> Option<Result<f64, String>> {
         let slack = plan.tick_interval() / 2;
-        self.0
+        let interval = plan.interval.as_secs_f64().max(1e-3);
+        let slot = |t: Instant| {
+            self.since.map(|since| {
+                ((t.saturating_duration_since(since) + slack).as_secs_f64() / interval).floor()
+            })
+        };
+        self.taken
             .iter()
             .find(|(c, _, _)| c == check)
             .filter(|(_, at, _)| now.saturating_duration_since(*at) + slack < plan.interval)
+            .filter(|(_, at, _)| slot(*at) == slot(now))
             .map(|(_, _, value)| value.clone())
     }
 
     fn keep(&mut self, check: &QueryCheck, at: Instant, value: Result<f64, String>) {
-        self.0.retain(|(c, _, _)| c != check);
-        self.0.push((check.clone(), at, value));
+        self.taken.retain(|(c, _, _)| c != check);
+        self.taken.push((check.clone(), at, value));
     }
 
-    /// Forgets every reading: the next tick asks every check again.
+    /// Forgets every reading (a weight change, a new release): the next
+    /// tick asks every check again, and intervals count from now.
     pub fn clear(&mut self) {
-        self.0.clear();
+        self.clear_at(Instant::now());
+    }
+
+    fn clear_at(&mut self, now: Instant) {
+        self.taken.clear();
+        self.since = Some(now);
     }
 }
 
@@ -93,7 +116,7 @@ pub async fn overlay(
     if checks.is_empty() {
         return;
     }
-    readings.0.retain(|(c, _, _)| checks.contains(&c));
+    readings.taken.retain(|(c, _, _)| checks.contains(&c));
     for check in checks {
         let threshold = check.threshold();
         let value = match readings.standing(check, plan, now) {
@@ -301,6 +324,40 @@ mod tests {
         assert_eq!(readings.standing(&changed, &sequential, at(2)), None);
         readings.clear();
         assert_eq!(readings.standing(&check, &sequential, at(2)), None);
+    }
+
+    /// After a weight change (at 0) the first reading comes a tick later
+    /// (at 2 s); the tick that ends the step's interval (at 60 s) reads
+    /// afresh rather than judge the step on its first seconds.
+    #[test]
+    fn the_tick_that_ends_a_steps_interval_reads_afresh() {
+        let check = crate::plan::parse_checks(
+            "- {name: conv, provider: web, url: 'http://h/x', json_path: '$.v', min: 1}\n",
+            "test",
+        )
+        .unwrap()
+        .remove(0);
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let plan = Plan::default();
+        let mut readings = Readings::default();
+        readings.clear_at(at(0.0));
+        readings.keep(&check, at(2.0), Ok(2.0));
+        for s in [2.0, 30.0, 56.0] {
+            assert_eq!(
+                readings.standing(&check, &plan, at(s)),
+                Some(Ok(2.0)),
+                "{s}"
+            );
+        }
+        // Half a tick early (a late-applied weight change) is a new
+        // interval too.
+        assert_eq!(readings.standing(&check, &plan, at(59.5)), None);
+        assert_eq!(readings.standing(&check, &plan, at(60.0)), None);
+        // Read again at 60 s, it stands through the next interval.
+        readings.keep(&check, at(60.0), Ok(3.0));
+        assert_eq!(readings.standing(&check, &plan, at(100.0)), Some(Ok(3.0)));
+        assert_eq!(readings.standing(&check, &plan, at(119.0)), None);
     }
 
     #[test]
