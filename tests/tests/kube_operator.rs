@@ -1330,7 +1330,7 @@ async fn a_configmap_made_invalid_mid_release_keeps_the_release_and_abort_works(
         kind == "Warning"
             && reason == "InvalidConfig"
             && note.contains("ConfigMap hooks")
-            && note.contains("goes on with the checks and webhooks last read")
+            && note.contains("goes on with what it last read from it")
     });
     assert!(warned, "{:?}", w.events());
     w.command("abort");
@@ -1340,6 +1340,31 @@ async fn a_configmap_made_invalid_mid_release_keeps_the_release_and_abort_works(
         w.tick().await;
     }
     assert_eq!(w.weight(), 0.0, "the abort rolled the release back");
+}
+
+/// A change to the user's Deployment mid-release that is not a new
+/// revision (its annotations, `kubectl scale`) is on record at once: the
+/// status says which generation it reflects (`kubectl sluice status`
+/// trusts the phase only then), though nothing else changed and no tick
+/// was due.
+#[tokio::test]
+async fn a_new_generation_mid_release_is_saved_at_once() {
+    let w = World::new(json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Progressing", 10).await;
+    w.tick().await;
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"team": "shop"}}, "spec": {"minReadySeconds": 1}}),
+    );
+    let generation = w.deployment("app")["metadata"]["generation"]
+        .as_i64()
+        .unwrap();
+    w.tick().await;
+    assert_eq!(w.status().observed_generation, generation);
 }
 
 #[tokio::test]

@@ -324,59 +324,119 @@ pub(super) async fn report_secret_problems(
     }
 }
 
+/// What an app's annotations said before its ConfigMaps were read, and
+/// the settings as completed from them: kept per app (see
+/// [`load_configmaps`]).
+pub(super) type Loaded = (Settings, Settings);
+
 /// Reads the checks and webhooks ConfigMaps and the metrics template the
-/// annotations name.
+/// annotations name, each on its own, and gives the problems found. A
+/// source that cannot be read (missing, invalid) takes what `last` read
+/// from the same ConfigMap, if it did; the second value says whether
+/// every problem was covered so.
 pub(super) async fn load_configmaps(
     ctx: &Context,
     ns: &str,
     settings: &mut Settings,
-) -> Result<(), String> {
+    last: Option<&Loaded>,
+) -> (Vec<String>, bool) {
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    if let Some(name) = &settings.checks_configmap {
-        let text = configmap_key(&cms, name, "checks.yaml", annotations::CHECKS).await?;
-        settings.plan.queries = crate::plan::parse_checks(
-            &text,
-            &format!(
-                "annotation {}: ConfigMap {name} key checks.yaml",
-                annotations::CHECKS
-            ),
-        )?;
-        if settings.metrics != annotations::MetricsSource::Prometheus
-            && let Some(c) = settings
-                .plan
-                .queries
-                .iter()
-                .find(|c| !crate::external::is_external(c))
-        {
-            return Err(format!(
-                "annotation {}: ConfigMap {name}: check `{}` is PromQL and needs the prometheus provider (set sluice.dev/metrics: prometheus and run the operator with --prometheus-url), or give it provider: web or datadog",
-                annotations::CHECKS,
-                c.name
-            ));
+    let annotated = settings.clone();
+    let mut problems = Vec::new();
+    let mut covered = true;
+    if let Some(name) = &annotated.checks_configmap {
+        match read_checks(&cms, name, &annotated).await {
+            Ok(queries) => settings.plan.queries = queries,
+            Err(e) => {
+                problems.push(e);
+                match last {
+                    Some((was, loaded)) if was.checks_configmap == annotated.checks_configmap => {
+                        settings.plan.queries = loaded.plan.queries.clone();
+                    }
+                    _ => covered = false,
+                }
+            }
         }
     }
-    if let crate::provider::MetricsTemplate::ConfigMap { name, key } = &settings.metrics_template {
-        let text = configmap_key(&cms, name, key, annotations::METRICS_TEMPLATE).await?;
-        settings.metrics_template =
-            crate::provider::MetricsTemplate::Custom(crate::provider::SeriesTemplate::parse(
+    if let crate::provider::MetricsTemplate::ConfigMap { name, key } = &annotated.metrics_template {
+        let read = async {
+            let text = configmap_key(&cms, name, key, annotations::METRICS_TEMPLATE).await?;
+            crate::provider::SeriesTemplate::parse(
                 &text,
                 &format!(
                     "annotation {}: ConfigMap {name} key {key}",
                     annotations::METRICS_TEMPLATE
                 ),
-            )?);
+            )
+        };
+        match read.await {
+            Ok(template) => {
+                settings.metrics_template = crate::provider::MetricsTemplate::Custom(template);
+            }
+            Err(e) => {
+                problems.push(e);
+                match last {
+                    Some((was, loaded)) if was.metrics_template == annotated.metrics_template => {
+                        settings.metrics_template = loaded.metrics_template.clone();
+                    }
+                    _ => covered = false,
+                }
+            }
+        }
     }
-    if let Some(name) = &settings.webhooks_configmap {
-        let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;
-        settings.plan.webhooks = crate::plan::parse_webhooks(
-            &text,
-            &format!(
-                "annotation {}: ConfigMap {name} key webhooks.yaml",
-                annotations::WEBHOOKS
-            ),
-        )?;
+    if let Some(name) = &annotated.webhooks_configmap {
+        let read = async {
+            let text = configmap_key(&cms, name, "webhooks.yaml", annotations::WEBHOOKS).await?;
+            crate::plan::parse_webhooks(
+                &text,
+                &format!(
+                    "annotation {}: ConfigMap {name} key webhooks.yaml",
+                    annotations::WEBHOOKS
+                ),
+            )
+        };
+        match read.await {
+            Ok(webhooks) => settings.plan.webhooks = webhooks,
+            Err(e) => {
+                problems.push(e);
+                match last {
+                    Some((was, loaded))
+                        if was.webhooks_configmap == annotated.webhooks_configmap =>
+                    {
+                        settings.plan.webhooks = loaded.plan.webhooks.clone();
+                    }
+                    _ => covered = false,
+                }
+            }
+        }
     }
-    Ok(())
+    (problems, covered)
+}
+
+/// The checks of ConfigMap `name`, as `settings` can run them.
+async fn read_checks(
+    cms: &Api<ConfigMap>,
+    name: &str,
+    settings: &Settings,
+) -> Result<Vec<crate::plan::QueryCheck>, String> {
+    let text = configmap_key(cms, name, "checks.yaml", annotations::CHECKS).await?;
+    let queries = crate::plan::parse_checks(
+        &text,
+        &format!(
+            "annotation {}: ConfigMap {name} key checks.yaml",
+            annotations::CHECKS
+        ),
+    )?;
+    if settings.metrics != annotations::MetricsSource::Prometheus
+        && let Some(c) = queries.iter().find(|c| !crate::external::is_external(c))
+    {
+        return Err(format!(
+            "annotation {}: ConfigMap {name}: check `{}` is PromQL and needs the prometheus provider (set sluice.dev/metrics: prometheus and run the operator with --prometheus-url), or give it provider: web or datadog",
+            annotations::CHECKS,
+            c.name
+        ));
+    }
+    Ok(queries)
 }
 
 pub(super) async fn configmap_key(

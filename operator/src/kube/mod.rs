@@ -305,7 +305,7 @@ pub struct Context {
     /// Each app's settings as last completed from its ConfigMaps (checks,
     /// metrics template, webhooks): what a managed app goes on with while
     /// one of them is missing or invalid.
-    pub last_loaded: std::sync::Mutex<HashMap<String, annotations::Settings>>,
+    pub(crate) last_loaded: std::sync::Mutex<HashMap<String, inputs::Loaded>>,
     /// When each app's webhooks were last asked, by `ns/app` (see
     /// `crate::runner::collect_gates`).
     pub hook_pacing: std::sync::Mutex<HashMap<String, crate::runner::HookPacing>>,
@@ -594,54 +594,45 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     // A Secret's problem never stops a managed app (see `load_secrets`);
     // it only keeps a new one from being taken on, below.
     let secret_problems = load_secrets(&ctx, &ns, &name, &settings).await;
-    match load_configmaps(&ctx, &ns, &mut settings).await {
-        Ok(()) => {
-            let mut loaded = ctx.last_loaded.lock().expect("the loaded settings lock");
-            loaded.insert(key.clone(), settings.clone());
-        }
-        Err(e) => {
-            // A ConfigMap's problem (deleted, invalid) keeps the running
-            // state, as an annotation's does: a managed app goes on with the
-            // checks, template and webhooks last read from them, so its
-            // analysis, rollback and abort go on; nothing new is taken on.
-            // With none read by this process (after a restart) the app
-            // waits: going on without its checks could promote what they
-            // would have stopped.
-            let last = ctx
-                .last_loaded
-                .lock()
-                .expect("the loaded settings lock")
-                .get(&key)
-                .cloned();
-            let last = match last {
-                Some(last) if managed(&ctx, &d, &ns, &name).await? => Some(last),
-                _ => None,
-            };
-            let Some(last) = last else {
-                publish(
-                    &ctx,
-                    &d,
-                    EventType::Warning,
-                    "InvalidConfig",
-                    format!("{e}; nothing was created or changed"),
-                )
-                .await;
-                return Ok(Action::requeue(Duration::from_secs(60)));
-            };
-            settings.plan.queries = last.plan.queries;
-            settings.plan.webhooks = last.plan.webhooks;
-            settings.metrics_template = last.metrics_template;
+    let annotated = settings.clone();
+    let last = ctx
+        .last_loaded
+        .lock()
+        .expect("the loaded settings lock")
+        .get(&key)
+        .cloned();
+    let (problems, covered) = load_configmaps(&ctx, &ns, &mut settings, last.as_ref()).await;
+    if problems.is_empty() {
+        let mut loaded = ctx.last_loaded.lock().expect("the loaded settings lock");
+        loaded.insert(key.clone(), (annotated, settings.clone()));
+    } else {
+        // A ConfigMap's problem (deleted, invalid) keeps the running
+        // state, as an annotation's does: a managed app goes on with what
+        // was last read from that same ConfigMap (the others are read
+        // afresh), so its analysis, rollback and abort go on; nothing new
+        // is taken on. With nothing read from it by this process (after a
+        // restart, or a ConfigMap newly named) the app waits: going on
+        // without the checks it names could promote what they would stop.
+        let problem = problems.join("; ");
+        if !(covered && managed(&ctx, &d, &ns, &name).await?) {
             publish(
                 &ctx,
                 &d,
                 EventType::Warning,
                 "InvalidConfig",
-                format!(
-                    "{e}; Sluice goes on with the checks and webhooks last read until it is fixed"
-                ),
+                format!("{problem}; nothing was created or changed"),
             )
             .await;
+            return Ok(Action::requeue(Duration::from_secs(60)));
         }
+        publish(
+            &ctx,
+            &d,
+            EventType::Warning,
+            "InvalidConfig",
+            format!("{problem}; Sluice goes on with what it last read from it until it is fixed"),
+        )
+        .await;
     }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(service) = services.get_opt(&name).await? else {
