@@ -277,7 +277,9 @@ pub(super) async fn release_tick(
     status: &mut KubeStatus,
 ) -> Result<Action, Error> {
     let key = format!("{ns}/{app}");
-    let saved = status.clone();
+    // What is on record (the caller may already have changed `status`,
+    // e.g. its observed generation: a change to save).
+    let saved = KubeStatus::from_primary(primary).unwrap_or_default();
     let release_running = status
         .machine
         .as_ref()
