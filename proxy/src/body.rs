@@ -20,6 +20,8 @@
 //!   ([`UpstreamBody::read_ahead`]), so one that breaks early never
 //!   reaches a backend; what was read goes first, and a body read ahead
 //!   whole can be sent again (a retry or a failover to another backend).
+//!   An HTTP/2 client's body is read ahead only as far as it has already
+//!   come ([`UpstreamBody::read_arrived`]): it never waits.
 //! - A [`Tee`] copies the body as it streams, for a mirrored request.
 //! - The client's trailers go on filtered as its head is
 //!   (`crate::fields::trailer_passes`).
@@ -322,6 +324,35 @@ impl<'a> UpstreamBody<'a> {
                 }
                 Some(Err(e)) => return Err(e),
                 None => {}
+            }
+        }
+        self.whole = self.ended;
+        Ok(())
+    }
+
+    /// Reads ahead what of the body has already come, without waiting for
+    /// more, until it ends or `limit` bytes have come: an HTTP/2 client's
+    /// body, which must not be held back (a client may wait for the
+    /// answer's head before it sends more), but which, when it came whole
+    /// with its head, can then be sent again. Err: the body failed.
+    pub async fn read_arrived(&mut self, limit: usize) -> Result<(), BoxError> {
+        let mut gathered = 0;
+        while gathered < limit && !self.ended {
+            match std::future::poll_fn(|cx| Poll::Ready(self.poll_source(cx))).await {
+                Poll::Ready(Some(Ok(frame))) => {
+                    gathered += frame.data_ref().map_or(0, Bytes::len);
+                    self.ahead.push_back(frame);
+                }
+                Poll::Ready(Some(Err(e))) => return Err(e),
+                Poll::Ready(None) => {}
+                Poll::Pending => {
+                    // Nothing is asked of the client yet: the exchange
+                    // asks, and starts the client's clock, as it streams.
+                    if let Some(p) = &self.progress {
+                        p.client_answered();
+                    }
+                    break;
+                }
             }
         }
         self.whole = self.ended;

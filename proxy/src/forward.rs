@@ -31,7 +31,10 @@
 //!   of most) are read before the backend is contacted, so a body that
 //!   breaks there never reaches it, and a body read whole can be sent
 //!   again. HTTP/2 bodies stream at once: a client may wait for the
-//!   response head before it sends (gRPC's bidirectional streams).
+//!   response head before it sends (gRPC's bidirectional streams); only
+//!   what has already come of one (up to 16 KiB) is read first, without
+//!   waiting, so a body that came whole with its head (a unary gRPC call)
+//!   can be sent again too.
 //! - **Time.** `timeouts.request` runs from the end of the request body to
 //!   the response head (504); a client that keeps the proxy waiting for
 //!   its body longer than `timeouts.idle` gets 408 (its fault, not the
@@ -226,7 +229,11 @@ pub async fn forward(exchange: Exchange<'_, '_>, gone: Pin<&mut Gone<'_>>) -> Ou
         }
     };
     tokio::pin!(stalled);
-    let read_ahead_first = req.version != Version::HTTP_2 && !progress.is_sent();
+    let read_ahead_first = match req.version {
+        _ if progress.is_sent() => ReadAhead::No,
+        Version::HTTP_2 => ReadAhead::Arrived,
+        _ => ReadAhead::Wait,
+    };
     let waits = Waits {
         progress: &progress,
         timer: timer.as_mut(),
@@ -275,7 +282,7 @@ pub async fn forward(exchange: Exchange<'_, '_>, gone: Pin<&mut Gone<'_>>) -> Ou
         stalled: stalled.as_mut(),
         gone: gone.as_mut(),
     };
-    let result = attempt(stable, &mut upstream, routed, false, waits).await;
+    let result = attempt(stable, &mut upstream, routed, ReadAhead::No, waits).await;
     let result = blame_body(result, &progress);
     outcome(result, in_flight, stable, routed, &progress)
 }
@@ -373,14 +380,24 @@ struct Waits<'w, 'g, S> {
     gone: Pin<&'w mut Gone<'g>>,
 }
 
-/// One attempt at a backend: the read-ahead (when `read_ahead`), then the
-/// exchange, against the request timeout, a stalled client and a client
-/// gone.
+/// How much of the request body an attempt reads before it contacts the
+/// backend (see the module docs).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadAhead {
+    /// Up to [`READ_AHEAD_BYTES`], waiting for it (HTTP/1).
+    Wait,
+    /// Up to [`READ_AHEAD_BYTES`] of what has already come (HTTP/2).
+    Arrived,
+    No,
+}
+
+/// One attempt at a backend: the read-ahead, then the exchange, against
+/// the request timeout, a stalled client and a client gone.
 async fn attempt<S: Future<Output = Stall>>(
     backend: &Backend,
     upstream: &mut Request<'_, '_>,
     routed: &Routed,
-    read_ahead: bool,
+    read_ahead: ReadAhead,
     waits: Waits<'_, '_, S>,
 ) -> Attempted {
     let Waits {
@@ -389,13 +406,18 @@ async fn attempt<S: Future<Output = Stall>>(
         mut stalled,
         mut gone,
     } = waits;
-    if read_ahead && let Some(body) = upstream.body.as_mut() {
-        tokio::select! {
-            read = body.read_ahead(READ_AHEAD_BYTES) => if let Err(e) = read {
-                return Ok(Err(SendFailure::Body(e)));
+    if let Some(body) = upstream.body.as_mut() {
+        let read = match read_ahead {
+            ReadAhead::Wait => tokio::select! {
+                read = body.read_ahead(READ_AHEAD_BYTES) => read,
+                stall = stalled.as_mut() => return Err(stalled_stop(stall)),
+                fault = gone.as_mut() => return Err(Stop::Gone(fault)),
             },
-            stall = stalled.as_mut() => return Err(stalled_stop(stall)),
-            fault = gone.as_mut() => return Err(Stop::Gone(fault)),
+            ReadAhead::Arrived => body.read_arrived(READ_AHEAD_BYTES).await,
+            ReadAhead::No => Ok(()),
+        };
+        if let Err(e) = read {
+            return Ok(Err(SendFailure::Body(e)));
         }
     }
     backend.retry_budget.note_request(routed.start);
