@@ -3053,3 +3053,59 @@ async fn an_apps_chat_channel_is_called_with_its_access() {
     .await;
     assert_eq!(channel.refused(), 0, "a note went without the credentials");
 }
+
+/// What was read from an app's access Secret never stands in for another
+/// Secret the annotation now names: moved to a Secret that is missing,
+/// the app's calls go without the old credentials (an endpoint that wants
+/// them refuses), not on with them.
+#[tokio::test]
+async fn the_access_of_a_secret_no_longer_named_is_not_used() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    const PASSWORD: &str = "moved-hook-pass-90bc";
+    let ca = sluice_tests::TestCa::new("moved access CA");
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let hook = sluice_tests::BasicAuthEndpoint::start(&cert, &key, "sluice", PASSWORD).await;
+    let webhooks = format!(
+        "- name: smoke\n  url: https://localhost:{}/smoke\n",
+        hook.addr.port()
+    );
+    let mut w = World::new(json!({
+        "sluice.dev/steps": "10,20,30,40,50",
+        "sluice.dev/webhooks": webhooks,
+        "sluice.dev/access": "app-access",
+    }))
+    .await;
+    let access = format!(
+        "- url: https://localhost:{}/\n  ca_file: ca.pem\n  basic_auth: {{ username: sluice, password_file: password }}\n",
+        hook.addr.port()
+    );
+    w.fake.put(
+        "api/v1",
+        "secrets",
+        NS,
+        json!({"metadata": {"name": "app-access"}, "data": {"access.yaml": b64(&access), "ca.pem": b64(&ca.cert_pem), "password": b64(PASSWORD)}}),
+    );
+    w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until_weight(10.0, 20).await;
+    w.until_weight(20.0, 20).await;
+    assert!(hook.allowed() > 0, "the hook got the app's credentials");
+    w.fake.merge_into(
+        APPS,
+        "deployments",
+        NS,
+        "app",
+        json!({"metadata": {"annotations": {"sluice.dev/access": "other-access"}}}),
+    );
+    let allowed = hook.allowed();
+    for _ in 0..6 {
+        w.advance(10);
+        w.tick().await;
+    }
+    assert_eq!(
+        hook.allowed(),
+        allowed,
+        "the old Secret's credentials were still used"
+    );
+}

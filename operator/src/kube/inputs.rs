@@ -59,6 +59,9 @@ pub struct AppSecrets {
     /// The problems last reported as Warning Events: each is reported
     /// once, until it is gone.
     reported: std::collections::BTreeSet<SecretProblem>,
+    /// The Secrets the above were read from (access, notify): what was
+    /// read from one never stands in for another the annotations now name.
+    names: (Option<String>, Option<String>),
 }
 
 /// What is wrong with an app's Secret, and what Sluice does meanwhile.
@@ -125,6 +128,24 @@ pub(super) async fn load_secrets(
         .expect("app_secrets lock")
         .remove(&key)
         .unwrap_or_default();
+    // Another Secret named: nothing read from the last one stands in for
+    // it (the user moved away from it on purpose).
+    if state.names.0 != settings.access_secret {
+        ctx.app_http.lock().expect("app_http lock").remove(&key);
+        state.access = None;
+    }
+    if state.names.1 != settings.notify_secret {
+        ctx.app_notifiers
+            .lock()
+            .expect("app_notifiers lock")
+            .remove(&key);
+        state.notify = None;
+        state.channels.clear();
+    }
+    state.names = (
+        settings.access_secret.clone(),
+        settings.notify_secret.clone(),
+    );
     match &settings.access_secret {
         Some(name) => {
             let had = ctx
