@@ -162,27 +162,7 @@ pub(super) async fn cleanup(
         .lock()
         .expect("providers lock")
         .remove(&format!("{ns}/{app}"));
-    // Its hook pacing, and its queue of background webhook calls (whose
-    // task ends once the calls queued so far are sent); its client, chat
-    // channels and the Secrets last read for them.
-    let key = format!("{ns}/{app}");
-    ctx.hook_pacing
-        .lock()
-        .expect("the pacing lock")
-        .remove(&key);
-    ctx.app_http.lock().expect("the app_http lock").remove(&key);
-    ctx.app_notifiers
-        .lock()
-        .expect("the app_notifiers lock")
-        .remove(&key);
-    ctx.app_secrets
-        .lock()
-        .expect("the app_secrets lock")
-        .remove(&key);
-    ctx.last_loaded
-        .lock()
-        .expect("the loaded settings lock")
-        .remove(&key);
+    forget(ctx, ns, app);
     ctx.metrics.forget(ns, app);
     if !deleting {
         // Worded for both routers: under the Gateway API router the
@@ -242,4 +222,30 @@ async fn warn_if_unpromoted(
     )
     .await;
     Ok(())
+}
+
+/// Forgets what the operator keeps in memory for app `ns/app`: its hook
+/// pacing and queue of background webhook calls (whose tasks end once the
+/// calls queued so far are sent), its client, chat channels, last-read
+/// Secrets and ConfigMaps. When Sluice lets the app go, or it stops being
+/// a candidate before it was taken on.
+pub(super) fn forget(ctx: &Context, ns: &str, app: &str) {
+    let key = format!("{ns}/{app}");
+    ctx.hook_pacing
+        .lock()
+        .expect("the pacing lock")
+        .remove(&key);
+    ctx.app_http.lock().expect("the app_http lock").remove(&key);
+    ctx.app_notifiers
+        .lock()
+        .expect("the app_notifiers lock")
+        .remove(&key);
+    ctx.app_secrets
+        .lock()
+        .expect("the app_secrets lock")
+        .remove(&key);
+    ctx.last_loaded
+        .lock()
+        .expect("the loaded settings lock")
+        .remove(&key);
 }

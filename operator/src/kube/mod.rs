@@ -493,6 +493,8 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
         if managed(&ctx, &d, &ns, &name).await? {
             return cleanup(&ctx, &d, &ns, &name, false).await;
         }
+        // Never taken on: what its Secrets gave goes too.
+        cleanup::forget(&ctx, &ns, &name);
         return Ok(Action::await_change());
     }
     // Another value than `enabled` keeps an app Sluice manages (an invalid
