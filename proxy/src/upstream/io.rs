@@ -1,4 +1,6 @@
-//! A connection to a backend, plain or TLS, and how it is dialled.
+//! A connection to a backend, plain or TLS, and how it is dialled; why a
+//! backend's TLS handshakes fail, logged at warn now and then
+//! ([`TlsWarnings`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -50,6 +52,63 @@ pub async fn dial(
                 .map_err(ConnectError::Tls)?;
             Ok(UpstreamIo::Tls(Box::new(stream)))
         }
+    }
+}
+
+/// How often one backend's TLS handshake failure of one reason is logged.
+pub const TLS_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// The most reasons one backend remembers (a backend that fails in more
+/// ways than this at once is logged more often, never less).
+const TLS_REASONS_KEPT: usize = 16;
+
+/// Logs why a backend's TLS handshakes fail, at warn: the metric says only
+/// `kind="tls"`, and an operator needs the reason (an unknown issuer, an
+/// expired certificate, a name mismatch, no agreed ALPN protocol) at the
+/// default level. At most once per reason per [`TLS_WARN_EVERY`], with how
+/// many failures of that reason went unlogged since, so a backend failing
+/// every handshake does not flood the log.
+#[derive(Default)]
+pub struct TlsWarnings {
+    /// Per reason: when it was last logged, and the failures since.
+    logged: std::sync::Mutex<Vec<(String, std::time::Instant, u64)>>,
+}
+
+impl TlsWarnings {
+    /// Notes a failed dial of `upstream`; logs it when its reason is due.
+    pub fn note(&self, upstream: &str, error: &ConnectError) {
+        let reason = match error {
+            ConnectError::Tls(e) => e.to_string(),
+            ConnectError::TlsTimeout => "the handshake timed out".to_string(),
+            ConnectError::Tcp(_) | ConnectError::TcpTimeout => return,
+        };
+        let now = std::time::Instant::now();
+        let unlogged = {
+            let mut logged = self.logged.lock().expect("tls warnings lock");
+            match logged.iter_mut().find(|(r, ..)| *r == reason) {
+                Some((_, at, count)) if now.duration_since(*at) < TLS_WARN_EVERY => {
+                    *count += 1;
+                    return;
+                }
+                Some((_, at, count)) => {
+                    *at = now;
+                    std::mem::take(count)
+                }
+                None => {
+                    if logged.len() == TLS_REASONS_KEPT {
+                        logged.remove(0);
+                    }
+                    logged.push((reason.clone(), now, 0));
+                    0
+                }
+            }
+        };
+        tracing::warn!(
+            upstream,
+            %reason,
+            unlogged_since_last = unlogged,
+            "TLS handshake with the upstream failed (counted as kind=\"tls\"); logged at most once a minute per upstream and reason"
+        );
     }
 }
 

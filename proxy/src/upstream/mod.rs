@@ -245,6 +245,8 @@ pub struct Response {
 pub struct Upstream {
     key: PoolKey,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// Why its TLS handshakes fail, logged now and then.
+    tls_warnings: io::TlsWarnings,
     slots: Box<[Slot]>,
 }
 
@@ -284,6 +286,7 @@ impl Upstream {
         Self {
             key: key.clone(),
             tls,
+            tls_warnings: io::TlsWarnings::default(),
             slots: (0..slots).map(|_| Slot::default()).collect(),
         }
     }
@@ -296,13 +299,20 @@ impl Upstream {
     /// A TCP (and TLS) connection to the backend.
     async fn dial(&self) -> Result<UpstreamIo, ConnectError> {
         let url = &self.key.url;
-        io::dial(
+        let dialled = io::dial(
             &url.host,
             url.port,
             self.key.connect_timeout,
             self.tls.as_ref(),
         )
-        .await
+        .await;
+        if let Err(e) = &dialled
+            && self.tls.is_some()
+        {
+            self.tls_warnings
+                .note(&format!("{}:{}", url.host, url.port), e);
+        }
+        dialled
     }
 
     /// An HTTP/1.1 connection of this thread's slot (the slot's index, the
