@@ -81,3 +81,47 @@ async fn an_ab_request_failed_over_to_the_stable_is_not_weighted_stable_traffic(
         0.0
     );
 }
+
+/// A sticky request (header affinity) that failed over stays
+/// `decision="affinity"` on the stable, as the canary's share of it was.
+#[tokio::test]
+async fn a_sticky_request_failed_over_to_the_stable_keeps_its_affinity_decision() {
+    let stable = backend("stable").await;
+    let dead = free_port();
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - name: web\n    stable: {}\n    canary: http://127.0.0.1:{dead}\n    canary_weight: 100\n    affinity: {{ header: x-user }}\n",
+        stable.url()
+    )))
+    .await;
+    let client = h1_client();
+    for i in 0..3 {
+        let req = Request::get(format!("http://{}/{i}", proxy.addr))
+            .header("x-user", format!("user-{i}"))
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let (status, headers, _) = send(&client, req).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["x-backend"], "stable");
+    }
+    let m = eventually(
+        "the three failovers to be counted",
+        Duration::from_secs(3),
+        || async {
+            let m = scrape(proxy.admin_addr).await;
+            (m.sum("sluice_failovers_total", &[("route", "web")]) == 3.0).then_some(m)
+        },
+    )
+    .await;
+    let stable_by = |decision: &str| {
+        m.sum(
+            "sluice_requests_total",
+            &[
+                ("route", "web"),
+                ("backend", "stable"),
+                ("decision", decision),
+            ],
+        )
+    };
+    assert_eq!(stable_by("affinity"), 3.0);
+    assert_eq!(stable_by("weight"), 0.0);
+}
