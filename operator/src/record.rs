@@ -70,7 +70,9 @@ pub struct ReleaseRecord {
     /// The latest phase and weight (percent).
     pub phase: Phase,
     pub weight: f64,
-    /// `promoted`, `rolled back` or `concluded` once it ended.
+    /// `promoted`, `rolled back` or `concluded` once it ended, or
+    /// `superseded by the release of revision X` when a newer release of
+    /// the app started before it ended (see [`upsert`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// The latest message of the machine.
@@ -357,6 +359,7 @@ impl ReleaseRecord {
         }
         let mut nodes = 0usize;
         check_limits(&v, "record", &mut nodes)?;
+        check_names(&v)?;
         serde_json::from_value(v).map_err(|e| format!("not a release record: {e}"))
     }
 
@@ -364,9 +367,27 @@ impl ReleaseRecord {
         serde_json::to_string(self).expect("a record serializes")
     }
 
-    /// Whether the release has ended.
+    /// Whether the release has ended (superseded included).
     pub fn ended(&self) -> bool {
         self.outcome.is_some()
+    }
+
+    /// Ends a release that a newer one of the same app replaced before it
+    /// ended: its outcome names the newer release's revision, and an event
+    /// at the newer one's start says so. Its phase stays the last it had.
+    fn supersede(&mut self, newer: &ReleaseRecord) {
+        let outcome = format!("superseded by the release of revision {}", newer.revision);
+        self.events.push(RecordEvent {
+            t: self.at(newer.started_at),
+            warning: false,
+            text: format!(
+                "{outcome}, started before this one ended (it was {} at {}%)",
+                self.phase.as_str(),
+                self.weight
+            ),
+        });
+        self.updated_at = self.updated_at.max(newer.started_at);
+        self.outcome = Some(outcome);
     }
 
     /// Seconds since the release started at wall-clock `now`.
@@ -532,6 +553,33 @@ const MAX_EVENTS: usize = 2000;
 const MAX_LIST: usize = 4096;
 const MAX_VALUES: usize = 1_000_000;
 
+/// Distinct check names a record may hold in all: a plan has a few checks,
+/// and each name is one evidence plot on the page.
+const MAX_CHECK_NAMES: usize = 64;
+
+/// Refuses a record naming more than [`MAX_CHECK_NAMES`] checks across its
+/// scrapes and decisions (each scrape's list is bounded, but a hostile
+/// record could name new checks in every one).
+fn check_names(v: &serde_json::Value) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    let lists = [("scrapes", "checks"), ("decisions", "evidence")];
+    for (outer, inner) in lists {
+        for item in v[outer].as_array().into_iter().flatten() {
+            for c in item[inner].as_array().into_iter().flatten() {
+                if let Some(name) = c["check"].as_str() {
+                    names.insert(name);
+                }
+                if names.len() > MAX_CHECK_NAMES {
+                    return Err(format!(
+                        "the release record names more than {MAX_CHECK_NAMES} distinct checks (record.{outer}[].{inner}[].check); refused"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn list_limit(key: &str) -> usize {
     match key {
         "scrapes" => MAX_SCRAPES,
@@ -644,8 +692,20 @@ impl RecordFile {
 }
 
 /// Puts `record` in `all` (replacing one with the same revision and start),
-/// keeping the newest `keep`.
+/// keeping the newest `keep`. An app has one release at a time: every
+/// record of the same app (and namespace) that started before `record` and
+/// has not ended is ended as superseded by it (a new revision pushed
+/// mid-release, or a plain host's release interrupted and started afresh),
+/// so it is never shown running beside the live one.
 pub fn upsert(all: &mut Vec<ReleaseRecord>, record: ReleaseRecord, keep: usize) {
+    for older in all.iter_mut().filter(|o| {
+        o.namespace == record.namespace
+            && o.app == record.app
+            && !o.ended()
+            && o.started_at < record.started_at
+    }) {
+        older.supersede(&record);
+    }
     match all
         .iter_mut()
         .find(|r| r.started_at == record.started_at && r.revision == record.revision)
@@ -983,6 +1043,88 @@ mod tests {
         let starts: Vec<f64> = all.iter().map(|r| r.started_at).collect();
         assert_eq!(starts, vec![2.0, 3.0, 4.0]);
         assert_eq!(all[2].message, "updated");
+    }
+
+    #[test]
+    fn a_newer_release_of_the_app_ends_its_older_open_ones_as_superseded() {
+        let plan = crate::demo::demo_plan();
+        let mut all = Vec::new();
+        let mut done = ReleaseRecord::new(Some("shop"), "web", "v1", &plan, 10.0);
+        done.outcome = Some("promoted".into());
+        upsert(&mut all, done, 10);
+        let mut interrupted = ReleaseRecord::new(Some("shop"), "web", "v2", &plan, 20.0);
+        interrupted.phase = Phase::Progressing;
+        interrupted.weight = 20.0;
+        upsert(&mut all, interrupted, 10);
+        upsert(
+            &mut all,
+            ReleaseRecord::new(Some("shop"), "api", "v9", &plan, 25.0),
+            10,
+        );
+        upsert(
+            &mut all,
+            ReleaseRecord::new(Some("other"), "web", "v9", &plan, 26.0),
+            10,
+        );
+        upsert(
+            &mut all,
+            ReleaseRecord::new(Some("shop"), "web", "v3", &plan, 30.0),
+            10,
+        );
+        let outcome = |ns: &str, app: &str, start: f64| {
+            all.iter()
+                .find(|r| {
+                    r.namespace.as_deref() == Some(ns) && r.app == app && r.started_at == start
+                })
+                .unwrap()
+                .outcome
+                .clone()
+        };
+        assert_eq!(outcome("shop", "web", 10.0).as_deref(), Some("promoted"));
+        assert_eq!(
+            outcome("shop", "web", 20.0).as_deref(),
+            Some("superseded by the release of revision v3")
+        );
+        // Another app, or the same name in another namespace, is not this one.
+        assert_eq!(outcome("shop", "api", 25.0), None);
+        assert_eq!(outcome("other", "web", 26.0), None);
+        assert_eq!(outcome("shop", "web", 30.0), None);
+        let old = all.iter().find(|r| r.started_at == 20.0).unwrap();
+        assert!(old.ended());
+        assert_eq!(old.events.last().unwrap().t, 10.0);
+        assert!(
+            old.events
+                .last()
+                .unwrap()
+                .text
+                .contains("it was Progressing at 20%"),
+            "{:?}",
+            old.events
+        );
+        // Read back, it is still ended.
+        let back = records_from_json(&records_to_json(&all)).unwrap();
+        assert!(back.iter().find(|r| r.started_at == 20.0).unwrap().ended());
+    }
+
+    #[test]
+    fn a_record_naming_too_many_distinct_checks_is_refused() {
+        let plan = crate::demo::demo_plan();
+        let rec = ReleaseRecord::new(None, "web", "v2", &plan, 1.0);
+        let mut v: serde_json::Value = serde_json::from_str(&rec.to_json()).unwrap();
+        let scrape = |names: std::ops::Range<usize>| {
+            serde_json::json!({"t": 1.0, "weight": 10.0, "phase": "Progressing",
+                "canary": {"requests": 1, "failures": 0}, "primary": {"requests": 1, "failures": 0},
+                "checks": names.map(|n| serde_json::json!({"check": format!("c{n}"), "outcome": "pass", "against": 1.0})).collect::<Vec<_>>()})
+        };
+        // Each scrape within its own limit; 64 names in all are fine.
+        v["scrapes"] = serde_json::json!([scrape(0..40), scrape(24..64)]);
+        ReleaseRecord::from_json(&v.to_string()).unwrap();
+        v["scrapes"] = serde_json::json!([scrape(0..40), scrape(25..65)]);
+        let err = ReleaseRecord::from_json(&v.to_string()).unwrap_err();
+        assert!(
+            err.contains("more than 64 distinct checks (record.scrapes[].checks[].check)"),
+            "{err}"
+        );
     }
 
     #[test]

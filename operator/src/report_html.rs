@@ -49,7 +49,9 @@ th{background:#f4f4f4;position:sticky;top:0}td.l,th.l{text-align:left}
 ol.decisions li{margin:.3em 0}.warning{color:#a30000;font-weight:600}
 .outcome-promoted{color:#1d6b50}.outcome-rolled{color:#a30000}
 button{font:inherit;padding:.3em .9em;margin-right:.5em}
-@media print{nav,.actions,.live{display:none}.scroll{max-height:none;overflow:visible;border:0}body{max-width:none}}
+.notice{background:#eef6ee;border-left:4px solid #2d6a2d;padding:.3em .6em}.stale{color:#a30000;font-weight:600}
+.sr{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
+@media print{nav,.actions,.live,.notice{display:none}.scroll{max-height:none;overflow:visible;border:0}body{max-width:none}}
 "#;
 
 const W: f64 = 720.0;
@@ -113,7 +115,8 @@ pub fn fmt_t(t: f64) -> String {
     }
 }
 
-fn fmt_num(v: f64) -> String {
+/// A number as the report prints it: 0, `1234`, `12.34`, `0.1234`.
+pub fn fmt_num(v: f64) -> String {
     if v == 0.0 {
         "0".into()
     } else if v.abs() >= 100.0 {
@@ -158,6 +161,7 @@ fn chart(
     decisions: &[Decision],
     t_max: f64,
     log: bool,
+    max_marks: usize,
 ) -> Markup {
     let t_max = t_max.max(1.0);
     let top = series
@@ -237,12 +241,12 @@ fn chart(
                     line class=(format!("{} thr", th.class)) x1=(LEFT) x2=(W - RIGHT) y1=(y(th.value)) y2=(y(th.value))
                         data-threshold=(th.label) data-value=(th.value) {}
                 }
-                @if decisions.len() > MAX_MARKS {
+                @if decisions.len() > max_marks {
                     text.marklbl x=(LEFT + 4.0) y=(base - 4.0) data-marks-capped=(decisions.len()) {
-                        "the first " (MAX_MARKS) " of " (decisions.len()) " decisions are marked"
+                        "the first " (max_marks) " of " (decisions.len()) " decisions are marked"
                     }
                 }
-                @for (n, d) in decisions.iter().enumerate().take(MAX_MARKS) {
+                @for (n, d) in decisions.iter().enumerate().take(max_marks) {
                     line.mark x1=(x(d.t)) x2=(x(d.t)) y1=(TOP) y2=(base) data-decision=(n + 1) data-t=(d.t) {}
                     text.marklbl x=(x(d.t) + 3.0) y=(TOP + 10.0) { (n + 1) }
                 }
@@ -342,6 +346,15 @@ fn t_max(r: &ReleaseRecord) -> f64 {
 /// the plots still holds every decision.
 const MAX_MARKS: usize = 200;
 
+/// Decision marks drawn on the whole page at most, shared out evenly
+/// among its charts (three, plus one per check with evidence).
+const MAX_MARKS_TOTAL: usize = 1000;
+
+/// The marks each of `charts` charts may draw.
+fn marks_per_chart(charts: usize) -> usize {
+    MAX_MARKS.min(MAX_MARKS_TOTAL / charts.max(1))
+}
+
 /// The weight over time: each scrape's weight, and each decision's new one.
 fn weight_series(r: &ReleaseRecord) -> Series {
     let mut points: Vec<Point> = r
@@ -427,10 +440,11 @@ fn latency_series(scrapes: &[Scrape]) -> Vec<Series> {
 
 /// The names of the checks with evidence, in the order first seen.
 fn evidence_checks(r: &ReleaseRecord) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
     let mut names: Vec<String> = Vec::new();
     for s in &r.scrapes {
         for c in &s.checks {
-            if c.against.is_some() && !names.contains(&c.check) {
+            if c.against.is_some() && seen.insert(c.check.as_str()) {
                 names.push(c.check.clone());
             }
         }
@@ -438,7 +452,7 @@ fn evidence_checks(r: &ReleaseRecord) -> Vec<String> {
     names
 }
 
-fn evidence_chart(r: &ReleaseRecord, check: &str, n: usize) -> Markup {
+fn evidence_chart(r: &ReleaseRecord, check: &str, n: usize, max_marks: usize) -> Markup {
     let samples: Vec<(f64, &CheckSample)> = r
         .scrapes
         .iter()
@@ -491,6 +505,7 @@ fn evidence_chart(r: &ReleaseRecord, check: &str, n: usize) -> Markup {
         &r.decisions,
         t_max(r),
         true,
+        max_marks,
     )
 }
 
@@ -631,6 +646,7 @@ pub fn strategy_text(r: &ReleaseRecord) -> String {
 pub fn release_body(r: &ReleaseRecord) -> Markup {
     let tm = t_max(r);
     let checks = evidence_checks(r);
+    let marks = marks_per_chart(3 + checks.len());
     html! {
         dl.facts {
             dt { "Release" } dd data-field="release" { (release_name(r)) }
@@ -653,18 +669,18 @@ pub fn release_body(r: &ReleaseRecord) -> Markup {
         }
         h2 { "Traffic" }
         (chart("weight", "Canary weight (%)", "percent of requests", |v| format!("{}%", fmt_num(v)),
-            &[weight_series(r)], &[], &r.decisions, tm, false))
+            &[weight_series(r)], &[], &r.decisions, tm, false, marks))
         (chart("failure-rate", "Failure rate per scrape, with 95% Wilson intervals", "failures per request", fmt_pct,
-            &[rate_series(&r.scrapes, true), rate_series(&r.scrapes, false)], &[], &r.decisions, tm, false))
+            &[rate_series(&r.scrapes, true), rate_series(&r.scrapes, false)], &[], &r.decisions, tm, false, marks))
         (chart("latency", "Latency per scrape: p50 and p99 (bucket upper bounds)", "seconds", fmt_ms,
-            &latency_series(&r.scrapes), &[], &r.decisions, tm, false))
+            &latency_series(&r.scrapes), &[], &r.decisions, tm, false, marks))
         h2 { "Evidence" }
         @if checks.is_empty() {
             p { "This release was judged without the sequential gate: no evidence curves." }
         }
         p { "The evidence is the likelihood ratio the sequential gate keeps per check (drawn on a log scale): it rolls the canary back when the evidence against it reaches its threshold, and counts the check as shown no worse when the evidence for it reaches its own." }
         @for (n, c) in checks.iter().enumerate() {
-            (evidence_chart(r, c, n))
+            (evidence_chart(r, c, n, marks))
         }
         h2 { "Events" }
         @if r.events.is_empty() { p { "No events." } }
@@ -887,6 +903,28 @@ mod tests {
             MAX_MARKS + 50
         )));
         assert_eq!(html.matches("<li data-decision=").count(), MAX_MARKS + 50);
+    }
+
+    #[test]
+    fn the_marks_on_a_whole_page_are_capped_however_many_checks_have_evidence() {
+        let mut r = record();
+        let scrape = r.scrapes[0].clone();
+        r.scrapes = (0..64)
+            .map(|n| {
+                let mut s = scrape.clone();
+                s.t = f64::from(n);
+                s.checks[0].check = format!("check-{n}");
+                s
+            })
+            .collect();
+        let d = r.decisions[0].clone();
+        r.decisions = vec![d; 300];
+        let html = report(&r);
+        assert_eq!(html.matches("data-plot=\"evidence-").count(), 64);
+        let marks = html.matches("<line class=\"mark\"").count();
+        assert!(marks <= MAX_MARKS_TOTAL, "{marks} marks");
+        assert_eq!(marks, 67 * (MAX_MARKS_TOTAL / 67), "shared out evenly");
+        assert_eq!(html.matches("<li data-decision=").count(), 300);
     }
 
     #[test]

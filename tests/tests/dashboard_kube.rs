@@ -328,6 +328,46 @@ async fn the_release_record_configmap_is_written_and_kubectl_sluice_report_rende
     assert_eq!(code, 2);
     assert!(err.contains("no canaried Deployment `ghost`"), "{err}");
 
+    // A new revision pushed mid-release supersedes the running one: its
+    // record ends, naming the new revision, and its report says so.
+    w.set_image("app:4");
+    w.until("Progressing").await;
+    let superseded = w.records().last().unwrap()["revision"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    w.set_image("app:5");
+    for _ in 0..10 {
+        if w.records().last().unwrap()["revision"] != superseded.as_str() {
+            break;
+        }
+        w.fake.make_ready(NS, "app");
+        w.clock.fetch_add(10, Ordering::SeqCst);
+        w.tick().await;
+    }
+    let records = w.records();
+    assert_eq!(records.len(), 2, "sluice.dev/keep-releases: 2");
+    let newest = records[1]["revision"].as_str().unwrap();
+    assert_ne!(newest, superseded);
+    assert_eq!(records[0]["revision"], superseded.as_str());
+    assert_eq!(
+        records[0]["outcome"],
+        format!("superseded by the release of revision {newest}"),
+        "{}",
+        records[0]
+    );
+    assert!(records[1].get("outcome").is_none(), "the new one runs");
+    let (code, html, err) = w.kubectl_sluice(
+        &admin,
+        &["-n", NS, "report", "app", "--revision", &superseded],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        html.contains(&format!("superseded by the release of revision {newest}")),
+        "the report says so"
+    );
+    assert!(!html.contains(">running<"), "not running");
+
     // A records ConfigMap someone else wrote (no owner reference to the
     // Deployment) is not believed: refused, naming it.
     let mut forged = w.records_configmap();

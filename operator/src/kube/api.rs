@@ -367,8 +367,9 @@ pub(super) async fn json_patch(
 /// `<app>-sluice-releases` (owned by the user's Deployment, so it goes with
 /// it; kept when Sluice lets go of the app, as history). The newest
 /// `keep` releases stay (`sluice.dev/keep-releases`), within the object's
-/// size limit. A record that cannot be written is a warning: the release
-/// itself goes on.
+/// size limit. A fresh release ends the app's older releases still open as
+/// superseded ([`crate::record::upsert`]). A record that cannot be written
+/// is a warning: the release itself goes on.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn keep_record(
     ctx: &Context,
@@ -406,11 +407,13 @@ pub(super) async fn keep_record(
             return;
         }
     };
+    // A record dated after this tick is none the operator wrote (a
+    // hostile or hand-edited one): it is never continued.
     let current = (!fresh)
         .then(|| {
             all.iter()
                 .rev()
-                .find(|r| r.revision == after.revision && !r.ended())
+                .find(|r| r.revision == after.revision && !r.ended() && r.started_at <= now + 0.05)
                 .cloned()
         })
         .flatten();
