@@ -1,17 +1,29 @@
 //! How `sluice promote` and `sluice abort` reach a running `sluice rollout`:
 //! a Unix socket, by default `$XDG_RUNTIME_DIR/sluice-<route>.sock` (or
 //! `/tmp/sluice-<route>.sock`), only reachable by local users the file mode
-//! allows. One line per request (`promote`, `abort`, `status`), one JSON line
-//! back: `{"ok":true,"phase":"WaitingPromotion"}` or `{"ok":false,"error":..}`.
-
+//! allows. One line per request, one JSON line back:
+//! `{"ok":true,"phase":"Progressing","message":"..."}` or
+//! `{"ok":false,"error":"..."}`.
+//!
+//! - Requests: `promote` (approve: the next passing tick at the last step
+//!   promotes), `promote-full` (promote now, skipping the remaining steps
+//!   and the analysis: `sluice promote --full`), `abort`, `status`.
+//! - A request may also be a JSON object naming the release it is meant
+//!   for: `{"request":"abort","route":"web","revision":"http://..."}` (the
+//!   dashboard sends these). One that names another route or revision than
+//!   the release this process drives is refused and nothing is done: a
+//!   socket path given to several routes' rollouts over time must never
+//!   steer a release the asker did not see.
+//! - A command the release cannot act on in its phase is refused saying
+//!   why ([`Command::refused_in`]), never accepted and silently dropped.
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::machine::{Command, Status};
+use crate::machine::{Command, Phase, Status};
 
 pub fn default_socket(route: &str) -> PathBuf {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
@@ -39,8 +51,20 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    /// The rollout answered no, saying why.
     #[error("{0}")]
     Refused(String),
+    /// The rollout did not answer (in time, or with a line that is an answer).
+    #[error("{0}")]
+    NoAnswer(String),
+}
+
+/// The release a socket steers: its route, and whether it is an
+/// experiment (which never promotes).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub route: String,
+    pub experiment: bool,
 }
 
 /// The listening side, removed from the file system on drop.
@@ -59,6 +83,7 @@ impl Drop for ControlSocket {
 impl ControlSocket {
     pub async fn bind(
         path: &Path,
+        target: Target,
         commands: mpsc::UnboundedSender<Command>,
         status: watch::Receiver<Option<Status>>,
     ) -> Result<Self, ControlError> {
@@ -82,45 +107,20 @@ impl ControlSocket {
             while let Ok((stream, _)) = listener.accept().await {
                 let commands = commands.clone();
                 let status = status.clone();
+                let target = target.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
                     if BufReader::new(read).read_line(&mut line).await.is_err() {
                         return;
                     }
-                    let phase = || {
-                        status
-                            .borrow()
-                            .as_ref()
-                            .map(|s| s.phase.as_str())
-                            .unwrap_or("Initializing")
-                    };
-                    let reply = match line.trim() {
-                        "promote" | "abort" => {
-                            let cmd = if line.trim() == "promote" {
-                                Command::Approve
-                            } else {
-                                Command::Abort
-                            };
-                            let terminal = status
-                                .borrow()
-                                .as_ref()
-                                .is_some_and(|s| s.phase.is_terminal());
-                            if terminal {
-                                json!({"ok": false, "error": format!("the release has already ended ({})", phase())})
-                            } else if commands.send(cmd).is_ok() {
-                                json!({"ok": true, "phase": phase()})
-                            } else {
-                                json!({"ok": false, "error": "the release is shutting down"})
-                            }
-                        }
-                        "status" => {
-                            json!({"ok": true, "phase": phase(), "status": *status.borrow()})
-                        }
-                        other => {
-                            json!({"ok": false, "error": format!("unknown request `{other}`; use promote, abort or status")})
-                        }
-                    };
+                    let current = status.borrow().clone();
+                    let (mut reply, command) = answer(&line, &target, current.as_ref());
+                    if let Some(cmd) = command
+                        && commands.send(cmd).is_err()
+                    {
+                        reply = json!({"ok": false, "error": "the release is shutting down"});
+                    }
                     let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
                 });
             }
@@ -130,6 +130,74 @@ impl ControlSocket {
             task,
         })
     }
+}
+
+/// The answer to one request line, and the command to pass to the
+/// release when it is accepted.
+fn answer(line: &str, target: &Target, status: Option<&Status>) -> (Value, Option<Command>) {
+    let refuse = |why: String| (json!({"ok": false, "error": why}), None);
+    let phase = status.map(|s| s.phase).unwrap_or(Phase::Initializing);
+    let line = line.trim();
+    let (request, route, revision) = if line.starts_with('{') {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return refuse(format!("`{line}` is not a request"));
+        };
+        let text = |k: &str| v[k].as_str().map(str::to_string);
+        (
+            text("request").unwrap_or_default(),
+            text("route"),
+            text("revision"),
+        )
+    } else {
+        (line.to_string(), None, None)
+    };
+    if let Some(route) = route
+        && route != target.route
+    {
+        return refuse(format!(
+            "nothing was done: this socket steers the release on route `{}`, not `{route}`",
+            target.route
+        ));
+    }
+    let live_revision = status.map(|s| s.revision.as_str());
+    if let Some(revision) = revision
+        && live_revision != Some(revision.as_str())
+    {
+        return refuse(format!(
+            "nothing was done: the release on route `{}` is of revision {}, not {revision}",
+            target.route,
+            live_revision.unwrap_or("(not started yet)")
+        ));
+    }
+    let (cmd, what) = match request.as_str() {
+        "status" => {
+            return (
+                json!({"ok": true, "phase": phase.as_str(), "status": status}),
+                None,
+            );
+        }
+        "promote" => (
+            Command::Approve,
+            "promotion approved; it promotes on a passing tick once every step has passed",
+        ),
+        "promote-full" => (
+            Command::PromoteNow,
+            "promotion requested now, skipping the remaining steps and the analysis",
+        ),
+        "abort" => (Command::Abort, "rollback requested"),
+        other => {
+            return refuse(format!(
+                "unknown request `{other}`; use promote, promote-full, abort or status"
+            ));
+        }
+    };
+    if let Some(why) = cmd.refused_in(phase, target.experiment) {
+        return refuse(format!("nothing was done: {why}"));
+    }
+    (
+        json!({"ok": true, "phase": phase.as_str(), "message": what}),
+        Some(cmd),
+    )
 }
 
 /// How long `sluice promote` / `abort` wait for a rollout's answer.
@@ -149,7 +217,7 @@ async fn request_within(
     tokio::time::timeout(limit, request_once(path, what))
         .await
         .unwrap_or_else(|_| {
-            Err(ControlError::Refused(format!(
+            Err(ControlError::NoAnswer(format!(
                 "no answer from {} within {limit:?} (is the rollout stuck?)",
                 path.display()
             )))
@@ -167,14 +235,16 @@ async fn request_once(path: &Path, what: &str) -> Result<serde_json::Value, Cont
     write
         .write_all(format!("{what}\n").as_bytes())
         .await
-        .map_err(|e| ControlError::Refused(e.to_string()))?;
+        .map_err(|e| ControlError::NoAnswer(format!("cannot send to {}: {e}", path.display())))?;
     let mut line = String::new();
     BufReader::new(read)
         .read_line(&mut line)
         .await
-        .map_err(|e| ControlError::Refused(e.to_string()))?;
+        .map_err(|e| {
+            ControlError::NoAnswer(format!("cannot read the answer of {}: {e}", path.display()))
+        })?;
     let value: serde_json::Value = serde_json::from_str(&line)
-        .map_err(|e| ControlError::Refused(format!("bad answer `{line}`: {e}")))?;
+        .map_err(|e| ControlError::NoAnswer(format!("bad answer `{line}`: {e}")))?;
     if value["ok"] == true {
         Ok(value)
     } else {
@@ -196,6 +266,108 @@ mod tests {
         dir
     }
 
+    fn target(route: &str) -> Target {
+        Target {
+            route: route.into(),
+            experiment: false,
+        }
+    }
+
+    fn status(phase: Phase, revision: &str) -> Status {
+        Status {
+            phase,
+            revision: revision.into(),
+            step: 0,
+            canary_weight_bp: 2000,
+            passed_steps: 0,
+            failed_checks: 0,
+            approved: false,
+            started_at: 0.0,
+            last_progress_at: 0.0,
+            last_transition_at: 0.0,
+            message: String::new(),
+            unconfirmed: None,
+            queued_revision: None,
+            step_started_at: 0.0,
+            gate: None,
+            undecided: false,
+            failure_counted_at: None,
+        }
+    }
+
+    /// A request naming another route or revision than the release this
+    /// socket steers is refused and passes nothing on; `promote-full`
+    /// (plain or named) becomes a promotion now, `promote` an approval.
+    #[tokio::test]
+    async fn a_request_for_another_release_does_nothing_and_promote_full_promotes_now() {
+        let dir = scratch("target");
+        let path = dir.join("control.sock");
+        let (commands, mut received) = mpsc::unbounded_channel();
+        let (_status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
+        let _socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
+            .await
+            .unwrap();
+        let named = |request: &str, route: &str, revision: &str| {
+            json!({"request": request, "route": route, "revision": revision}).to_string()
+        };
+        for (line, why) in [
+            (named("abort", "web", "http://v2"), "route `api`, not `web`"),
+            (
+                named("abort", "api", "http://v1"),
+                "of revision http://v2, not http://v1",
+            ),
+        ] {
+            let err = request(&path, &line).await.expect_err(&line);
+            assert!(
+                matches!(&err, ControlError::Refused(e) if e.contains(why) && e.starts_with("nothing was done")),
+                "{line}: {err}"
+            );
+            assert!(received.try_recv().is_err(), "{line} passed a command on");
+        }
+        let ok = request(&path, &named("promote-full", "api", "http://v2"))
+            .await
+            .unwrap();
+        assert_eq!(ok["phase"], "Progressing");
+        assert!(ok["message"].as_str().unwrap().contains("now"), "{ok}");
+        assert_eq!(received.recv().await, Some(Command::PromoteNow));
+        request(&path, "promote-full").await.unwrap();
+        assert_eq!(received.recv().await, Some(Command::PromoteNow));
+        request(&path, "promote").await.unwrap();
+        assert_eq!(received.recv().await, Some(Command::Approve));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A command the release cannot act on in its phase is refused saying
+    /// why, never accepted and dropped.
+    #[test]
+    fn a_command_the_phase_cannot_take_is_refused_saying_why() {
+        let web = target("web");
+        for (phase, line, why) in [
+            (Phase::Succeeded, "abort", "already ended (Succeeded)"),
+            (Phase::Promoting, "abort", "promotion is already under way"),
+            (Phase::Initializing, "promote-full", "no traffic yet"),
+        ] {
+            let (reply, cmd) = answer(line, &web, Some(&status(phase, "v2")));
+            assert_eq!(reply["ok"], false, "{line} in {phase:?}");
+            assert!(reply["error"].as_str().unwrap().contains(why), "{reply}");
+            assert_eq!(cmd, None);
+        }
+        let experiment = Target {
+            experiment: true,
+            ..web
+        };
+        let (reply, cmd) = answer(
+            "promote-full",
+            &experiment,
+            Some(&status(Phase::Progressing, "v2")),
+        );
+        assert!(
+            reply["error"].as_str().unwrap().contains("never promotes"),
+            "{reply}"
+        );
+        assert_eq!(cmd, None);
+    }
+
     #[tokio::test]
     async fn a_file_that_is_not_a_socket_is_never_removed() {
         let dir = scratch("file");
@@ -203,7 +375,7 @@ mod tests {
         std::fs::write(&path, "precious data").unwrap();
         let (commands, _keep) = mpsc::unbounded_channel();
         let (_status_tx, status) = watch::channel(None);
-        let err = ControlSocket::bind(&path, commands, status)
+        let err = ControlSocket::bind(&path, target("web"), commands, status)
             .await
             .err()
             .expect("refused");

@@ -173,6 +173,50 @@ pub enum Command {
     Retry,
 }
 
+impl Command {
+    /// Why this command would change nothing the release does in `phase`
+    /// (`None`: [`step`] acts on it), in words for the person who asked.
+    /// The control socket and the dashboard refuse such a command rather
+    /// than accept one the machine would drop. `experiment`: the release
+    /// is an experiment, which never promotes.
+    ///
+    /// - `Approve`: before promotion begins (Initializing up to
+    ///   WaitingPromotion); it is recorded and acted on by a passing tick.
+    /// - `Abort`: before promotion begins; a promotion under way finishes.
+    /// - `PromoteNow`: while the canary is judged (Progressing,
+    ///   WaitingPromotion), never for an experiment.
+    /// - `Retry`: a rolled-back release (Failed).
+    pub fn refused_in(self, phase: Phase, experiment: bool) -> Option<String> {
+        let before_promotion = matches!(
+            phase,
+            Phase::Initializing | Phase::Initialized | Phase::Progressing | Phase::WaitingPromotion
+        );
+        let ended = || format!("the release has already ended ({})", phase.as_str());
+        match self {
+            Command::Retry if phase == Phase::Failed => None,
+            Command::Retry => Some(format!(
+                "retry applies to a rolled-back release, and this one is {}",
+                phase.as_str()
+            )),
+            _ if phase.is_terminal() => Some(ended()),
+            Command::Approve | Command::Abort if before_promotion => None,
+            Command::PromoteNow if experiment => Some(
+                "an experiment never promotes; it ends on stable when its time is up (abort ends it now)"
+                    .into(),
+            ),
+            Command::PromoteNow if phase.analyses() => None,
+            Command::PromoteNow if before_promotion => Some(format!(
+                "the canary has no traffic yet ({}); promote now applies from the first step",
+                phase.as_str()
+            )),
+            _ => Some(format!(
+                "the promotion is already under way ({})",
+                phase.as_str()
+            )),
+        }
+    }
+}
+
 /// Results of the webhooks the driver ran for this tick (None: none configured or not run).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Gates {
@@ -685,8 +729,18 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     if obs.command == Some(Command::PromoteNow)
         && matches!(plan.strategy, Strategy::Experiment { .. })
     {
-        s.message = "an experiment never promotes; it ends on stable when its time is up (abort ends it now)".into();
-        return Transition::hold(s, NextTick::Interval);
+        // Said, and otherwise a tick like any other: its analysis still
+        // counts (a failure still ends the experiment).
+        let plain = Observation {
+            command: None,
+            ..obs.clone()
+        };
+        let mut t = analyse(plan, s, &plain);
+        t.actions.push(Action::Event(
+            Level::Normal,
+            "promote --full ignored: an experiment never promotes; it ends on stable when its time is up (abort ends it now)".into(),
+        ));
+        return t;
     }
     if obs.command == Some(Command::PromoteNow) {
         let message = format!(

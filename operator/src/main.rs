@@ -35,8 +35,9 @@ struct Cli {
 enum Command {
     /// Release a canary through a running sluice-proxy (plain hosts).
     Rollout(Box<RolloutArgs>),
-    /// Approve a release waiting for manual promotion.
-    Promote(ControlArgs),
+    /// Approve a release waiting for manual promotion (or held undecided); with --full,
+    /// promote now, skipping the remaining steps and the analysis.
+    Promote(PromoteArgs),
     /// Roll a running release back now.
     Abort(ControlArgs),
     /// Show the whole loop on this machine: backends, proxy, load and releases.
@@ -609,6 +610,16 @@ struct ControlArgs {
 }
 
 #[derive(clap::Args)]
+struct PromoteArgs {
+    #[command(flatten)]
+    control: ControlArgs,
+    /// Promote now: skip the remaining steps and the analysis and send all traffic to the
+    /// new revision (a human override, evented as one), as `kubectl sluice promote --full`.
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(clap::Args)]
 struct DemoArgs {
     /// Which scenario to run, or all of them.
     #[arg(long, default_value = "all", value_parser = [
@@ -665,7 +676,10 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Rollout(args) => rollout(*args).await,
-            Command::Promote(args) => control_request(args, "promote").await,
+            Command::Promote(args) => {
+                let what = if args.full { "promote-full" } else { "promote" };
+                control_request(args.control, what).await
+            }
             Command::Abort(args) => control_request(args, "abort").await,
             Command::Demo(args) => run_demo(args).await,
             Command::Kube(args) => run_kube(args).await,
@@ -902,7 +916,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         },
         None => None,
     };
-    let _socket = match ControlSocket::bind(&socket_path, commands_tx, status_rx).await {
+    let target = control::Target {
+        route: args.route.clone(),
+        experiment: matches!(plan.strategy, plan::Strategy::Experiment { .. }),
+    };
+    let _socket = match ControlSocket::bind(&socket_path, target, commands_tx, status_rx).await {
         Ok(s) => s,
         Err(e) => return usage(format!("--control-socket: {e}")),
     };
@@ -1096,9 +1114,10 @@ async fn control_request(args: ControlArgs, what: &str) -> ExitCode {
     match control::request(&path, what).await {
         Ok(answer) => {
             println!(
-                "{what}: sent to release `{}` (phase {})",
+                "{what}: sent to release `{}` (phase {}): {}",
                 args.route,
-                answer["phase"].as_str().unwrap_or("?")
+                answer["phase"].as_str().unwrap_or("?"),
+                answer["message"].as_str().unwrap_or("accepted")
             );
             ExitCode::SUCCESS
         }

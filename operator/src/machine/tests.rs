@@ -1047,3 +1047,82 @@ fn under_the_sequential_gate_failures_count_once_per_interval() {
     }
     assert_eq!(s.phase, Phase::Failed, "{}", s.message);
 }
+
+/// `Command::refused_in` agrees with `step`: a command it refuses in a
+/// phase changes nothing the release does there (phase, weight, routing
+/// and webhook actions; an event may say it was ignored), in every status
+/// a seeded random walk of four plans reaches. (It found that promote
+/// --full on an experiment skipped that tick's analysis.)
+#[test]
+fn a_command_refused_in_a_phase_changes_nothing_there() {
+    let manual = Plan {
+        approval: Approval::Manual,
+        ..plan()
+    };
+    let commands = [
+        Command::Approve,
+        Command::Abort,
+        Command::PromoteNow,
+        Command::Retry,
+    ];
+    let mut gen_rng = sluice_loadtest::Rng::new(0xc0de);
+    let mut rng = move || gen_rng.next_u64();
+    let mut refusals = 0;
+    for (p, experiment) in [
+        (plan(), false),
+        (sequential_plan(), false),
+        (manual, false),
+        (experiment_plan(), true),
+    ] {
+        for _walk in 0..200 {
+            let mut s: Option<Status> = None;
+            for tick in 0..40 {
+                let now = f64::from(tick) * 5.0;
+                let analysis = match rng() % 4 {
+                    0 => None,
+                    1 => Some(Outcome::Fail),
+                    2 => Some(Outcome::Inconclusive),
+                    _ => Some(Outcome::Pass),
+                };
+                let mut o = obs(now, "r1", analysis);
+                o.target_ready = rng() % 5 != 0;
+                if let Some(current) = &s {
+                    for c in commands {
+                        if c.refused_in(current.phase, experiment).is_none() {
+                            continue;
+                        }
+                        refusals += 1;
+                        let mut with = o.clone();
+                        with.command = Some(c);
+                        let (a, b) = (step(&p, Some(current), &o), step(&p, Some(current), &with));
+                        // Events may say the command was ignored.
+                        let acts = |t: &Transition| {
+                            t.actions
+                                .iter()
+                                .filter(|a| !matches!(a, Action::Event(..)))
+                                .cloned()
+                                .collect::<Vec<_>>()
+                        };
+                        assert_eq!(
+                            (a.status.phase, a.status.canary_weight_bp, acts(&a)),
+                            (b.status.phase, b.status.canary_weight_bp, acts(&b)),
+                            "{c:?} refused in {:?} changed the release",
+                            current.phase
+                        );
+                    }
+                }
+                o.command = match rng() % 8 {
+                    0 => Some(commands[(rng() % 4) as usize]),
+                    _ => None,
+                };
+                let mut t = step(&p, s.as_ref(), &o);
+                // Now and then the router does not confirm at once.
+                if rng() % 4 != 0 {
+                    confirm(&mut t.status);
+                }
+                s = Some(t.status);
+            }
+        }
+    }
+    assert!(refusals > 1000, "the walk reached few refusals: {refusals}");
+}
