@@ -1,5 +1,12 @@
 //! How a release is shown: a live block redrawn in place on a terminal, one
 //! plain line per tick otherwise, or one JSON object per tick.
+//!
+//! The live block is redrawn by moving the cursor up over the rows it took
+//! and clearing below. A line wider than the terminal would wrap onto a
+//! second row the move does not count, leaving debris at every redraw, so
+//! each line is cut to the terminal's width (asked of the terminal at each
+//! redraw, so a resize is followed; `COLUMNS` when stdout is no terminal).
+//! The plain and JSON outputs keep every character.
 
 use std::io::Write;
 
@@ -15,6 +22,7 @@ pub enum OutputMode {
 
 pub struct View {
     mode: OutputMode,
+    /// Terminal rows the last live block took (each line is cut to one).
     drawn_lines: usize,
 }
 
@@ -43,20 +51,50 @@ impl View {
                 }
             }
             OutputMode::Live => {
-                if self.drawn_lines > 0 {
-                    // Move up over the previous block and clear it.
-                    let _ = write!(out, "\x1b[{}A\x1b[J", self.drawn_lines);
-                }
                 let mut block = live_block(tick);
                 if let Some(r) = &tick.report {
                     block.push_str(&r.to_string());
                 }
-                self.drawn_lines = block.lines().count();
-                let _ = write!(out, "{block}");
+                let frame = self.frame(&block, terminal_width());
+                let _ = write!(out, "{frame}");
             }
         }
         let _ = out.flush();
     }
+
+    /// What redraws the live block as `block`: up over the previous one,
+    /// clear, then each line cut to `width` columns (when known), so that
+    /// every line takes exactly one row and the next move up is exact.
+    fn frame(&mut self, block: &str, width: Option<usize>) -> String {
+        let mut out = String::new();
+        if self.drawn_lines > 0 {
+            // Move up over the previous block and clear it.
+            out.push_str(&format!("\x1b[{}A\x1b[J", self.drawn_lines));
+        }
+        let mut rows = 0;
+        for line in block.lines() {
+            match width {
+                // One column spare: a line filling the last column leaves
+                // some terminals wrapping at once.
+                Some(w) => out.extend(line.chars().take(w.saturating_sub(1).max(1))),
+                None => out.push_str(line),
+            }
+            out.push('\n');
+            rows += 1;
+        }
+        self.drawn_lines = rows;
+        out
+    }
+}
+
+/// The terminal's width in columns: asked of stdout's terminal, else
+/// `COLUMNS`, else unknown (lines are not cut).
+fn terminal_width() -> Option<usize> {
+    rustix::termios::tcgetwinsize(std::io::stdout())
+        .ok()
+        .map(|w| usize::from(w.ws_col))
+        .filter(|w| *w > 0)
+        .or_else(|| std::env::var("COLUMNS").ok()?.trim().parse().ok())
 }
 
 /// A likelihood ratio for people: plain below a million, powers of ten above.
@@ -190,6 +228,26 @@ fn live_block(t: &TickReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every line of a redraw takes one row of a 30-column terminal, so
+    /// the next redraw moves up over exactly the rows drawn (a wrapped line
+    /// took two and left debris).
+    #[test]
+    fn a_redraw_moves_up_over_exactly_the_rows_drawn_however_long_the_lines() {
+        let mut view = View::new(OutputMode::Live);
+        let long = format!("  decision  {}\n", "a long message ".repeat(10));
+        let block = format!("release web\n{long}  phase     Progressing\n");
+        let first = view.frame(&block, Some(30));
+        for line in first.lines() {
+            assert!(line.chars().count() < 30, "{line:?} wraps on 30 columns");
+        }
+        assert_eq!(first.lines().count(), 3);
+        let second = view.frame(&block, Some(30));
+        assert!(second.starts_with("\x1b[3A\x1b[J"), "{second:?}");
+        // Unknown width: nothing is cut.
+        let mut plain = View::new(OutputMode::Live);
+        assert!(plain.frame(&block, None).contains(&long));
+    }
 
     #[test]
     fn weight_bar_fills_in_proportion() {
