@@ -688,15 +688,6 @@ fn main() -> ExitCode {
     })
 }
 
-/// Stops a background task (the dashboard) when the command ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 fn usage(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::from(2)
@@ -933,11 +924,8 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
     driver.records = Some(sluice_operator::record::RecordFile::beside(&socket_path));
     let (record_tx, record_rx) = tokio::sync::watch::channel(None);
     driver.record_out = Some(record_tx);
-    let _dashboard = dashboard_listener.map(|listener| {
-        let store = sluice_operator::dashboard::LocalSource {
-            control_socket: Some(socket_path.clone()),
-            ..Default::default()
-        };
+    let dashboard = dashboard_listener.map(|listener| {
+        let store = sluice_operator::dashboard::LocalSource::new(Some(socket_path.clone()));
         // Earlier releases of the route, then this one as it runs.
         let records = sluice_operator::record::RecordFile::beside(&socket_path);
         for r in records.load().unwrap_or_default() {
@@ -950,11 +938,11 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         }
         let served = sluice_operator::dashboard::serve(
             listener,
-            sluice_operator::dashboard::Source::Local(store),
+            sluice_operator::dashboard::Source::Local(store.clone()),
         );
         // The login URL: only a browser that opens it gets a session.
         eprintln!("dashboard on {}", served.url);
-        AbortOnDrop(served.task)
+        (served, store)
     });
     let notifier = sluice_operator::notify::Notifier::start(
         notify_channels,
@@ -1003,6 +991,14 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
             },
             None => eprintln!("error: --report: the release recorded nothing to report"),
         }
+    }
+    // Pages open on the release are shown its end before the dashboard goes.
+    if let Some((served, store)) = &dashboard
+        && let Some(href) = store.driving_href()
+    {
+        served
+            .linger(&href, sluice_operator::dashboard::LINGER)
+            .await;
     }
     let status = ended.status;
     if let Some(why) = ended.stopped {
@@ -1176,7 +1172,8 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
             Ok(l) => l,
             Err(e) => return usage(format!("--dashboard: {e}")),
         };
-        let store = sluice_operator::dashboard::LocalSource::default();
+        // No control socket: the demo's releases are shown, not steered.
+        let store = sluice_operator::dashboard::LocalSource::new(None);
         options.dashboard = Some(store.clone());
         let served = sluice_operator::dashboard::serve(
             listener,
@@ -1184,7 +1181,7 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
         );
         // The login URL: only a browser that opens it gets a session.
         eprintln!("dashboard on {}", served.url);
-        dashboard = Some(AbortOnDrop(served.task));
+        dashboard = Some(served);
     }
     let mode = output_mode(args.output);
     let started = std::time::Instant::now();

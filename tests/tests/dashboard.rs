@@ -129,8 +129,9 @@ impl Release {
         })
         .await
         .unwrap();
+        // Two routes: `api` for a second rollout beside the same socket.
         let proxy = start_proxy(&proxy_yaml(&format!(
-            "  - {{ name: web, stable: '{}' }}\n",
+            "  - {{ name: web, stable: '{0}' }}\n  - {{ name: api, path_prefix: /api, stable: '{0}' }}\n",
             stable.url()
         )))
         .await;
@@ -220,6 +221,48 @@ impl Release {
         )
         .await
     }
+}
+
+/// `args` with `flag`'s value replaced (clap refuses a flag given twice).
+fn set_arg(args: &mut [String], flag: &str, value: &str) {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("{flag} is in the arguments"))
+        + 1;
+    args[at] = value.to_string();
+}
+
+/// The path of the listed release of `app`, once the list has it.
+async fn listed(base: &str, cookie: &str, app: &str) -> String {
+    eventually(
+        &format!("the dashboard lists a release of {app}"),
+        Duration::from_secs(30),
+        || async {
+            let (status, _, body) = get_as(&format!("{base}/"), cookie).await;
+            if status != 200 {
+                return None;
+            }
+            let prefix = format!("data-release=\"/releases/_/{app}/");
+            let at = body.find(&prefix)? + "data-release=\"".len();
+            Some(body[at..at + body[at..].find('"')?].to_string())
+        },
+    )
+    .await
+}
+
+/// Polls `expression` in the page until it is true (at most 30 s).
+async fn until_true(b: &mut Browser, what: &str, expression: &str) {
+    for _ in 0..300 {
+        if b.eval(expression).await == true {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what}: `{expression}` never held; the page says: {}",
+        b.text().await
+    );
 }
 
 fn img(name: &str) -> PathBuf {
@@ -559,6 +602,259 @@ async fn a_promoted_release_is_drawn_live_as_recorded_and_cannot_be_promoted_cro
     );
     offline.screenshot(&img("release-promoted.png")).await;
     drop(r.stable);
+}
+
+/// Promote on a plain host's dashboard promotes now, as its page says: a
+/// release held 60 s at its first step is promoted at once. The page then
+/// says what was asked and answered, keeps a scrolled table where it was
+/// across updates, announces the end, and shows it (no buttons, no "Live")
+/// although the rollout exits right after: it serves until the open page
+/// has been shown the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_on_the_dashboard_promotes_now_and_the_open_page_shows_the_end() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let r = Release::new(Faults {
+        error_rate: 0.01,
+        ..Faults::default()
+    })
+    .await;
+    let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
+    let mut args = r.args(&[]);
+    set_arg(&mut args, "--interval", "60s");
+    set_arg(&mut args, "--progress-deadline", "120s");
+    let rollout = Rollout::start(&args);
+    let login_url = rollout.login_url().await;
+    rollout.until(
+        |e| assert_ne!(e["phase"], "Failed", "{e}"),
+        |e| e["phase"] == "Progressing" && e["canary_weight"] == 20.0,
+    );
+    let mut b = Browser::start(&[]).await;
+    b.open(&login_url).await;
+    let cookie = login(&login_url).await;
+    let path = r.release_path(&cookie).await;
+    b.open(&r.url(&path)).await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('[data-action]').length")
+            .await,
+        2,
+        "promote and abort: {}",
+        b.text().await
+    );
+
+    // A table scrolled by the reader stays where it was as the page updates.
+    let table = "document.querySelector('figure[data-plot=failure-rate] .scroll')";
+    until_true(
+        &mut b,
+        "the failure-rate table grows past its box",
+        &format!("{table}.scrollHeight > {table}.clientHeight + 60"),
+    )
+    .await;
+    b.eval(&format!("{table}.scrollTop = 40")).await;
+    let scrapes_shown = "Number(document.querySelector('[data-field=scrapes]').textContent)";
+    let first = num(&b.eval(scrapes_shown).await);
+    until_true(
+        &mut b,
+        "the page gains two scrapes",
+        &format!("{scrapes_shown} >= {}", first + 2.0),
+    )
+    .await;
+    assert_eq!(
+        num(&b.eval(&format!("{table}.scrollTop")).await),
+        40.0,
+        "the update kept the table's scroll position"
+    );
+
+    // Promote, confirm.
+    b.eval("document.querySelector('[data-action=promote]').click()")
+        .await;
+    until_true(
+        &mut b,
+        "the confirmation page",
+        "!!document.querySelector('[data-confirm=promote]')",
+    )
+    .await;
+    assert!(
+        b.text()
+            .await
+            .contains("Promote now: skip the remaining steps")
+    );
+    b.eval("document.querySelector('[data-confirm=promote]').click()")
+        .await;
+    until_true(
+        &mut b,
+        "back on the release page, saying what was asked and answered",
+        "!!document.querySelector('[data-notice=action]')",
+    )
+    .await;
+    let notice = b
+        .eval("document.querySelector('[data-notice=action]').textContent")
+        .await;
+    assert!(
+        notice.as_str().unwrap().starts_with("You asked to promote now. The rollout answered: promotion requested now, skipping the remaining steps and the analysis"),
+        "{notice}"
+    );
+    b.eval("window.__same_document = true").await;
+
+    let (code, events) = rollout.wait(Duration::from_secs(60)).await;
+    load.stop();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("promoted by a user override (promote --full) at 20%")),
+        "promoted now, at the first step: {}",
+        last_message(&events)
+    );
+    let records = r.records();
+    assert_eq!(records.last().unwrap()["outcome"], "promoted");
+
+    // The open page was shown the end before the dashboard went.
+    until_true(
+        &mut b,
+        "the page shows the end",
+        "document.querySelector('#live [data-field=outcome]').textContent === 'promoted'",
+    )
+    .await;
+    assert_eq!(
+        b.eval("window.__same_document").await,
+        true,
+        "no reload: the page's own poll"
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('[data-action]').length")
+            .await,
+        0,
+        "no buttons on an ended release"
+    );
+    let text = b.text().await;
+    assert!(!text.contains("Live: this page follows"), "{text}");
+    let announced = b
+        .eval("document.getElementById('announce').textContent")
+        .await;
+    assert!(
+        announced.as_str().unwrap().contains("promoted"),
+        "the end is announced: {announced}"
+    );
+}
+
+/// A record left open by an interrupted release of another route, kept
+/// beside the same control socket, is shown without buttons and cannot be
+/// steered from the dashboard of the rollout now using that socket (it
+/// would have aborted this one); `sluice promote --full` promotes now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_routes_open_record_beside_the_socket_cannot_steer_this_release() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let r = Release::new(Faults {
+        error_rate: 0.01,
+        ..Faults::default()
+    })
+    .await;
+    let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 200.0);
+    let (load_api, _) = steady_load(&format!("http://{}/api", r.proxy.addr), 200.0);
+    let mut args = r.args(&[]);
+    set_arg(&mut args, "--interval", "60s");
+    set_arg(&mut args, "--progress-deadline", "120s");
+    let web = Rollout::start(&args);
+    web.until(
+        |e| assert_ne!(e["phase"], "Failed", "{e}"),
+        |e| e["phase"] == "Progressing",
+    );
+    web.signal("INT");
+    assert_eq!(web.wait(Duration::from_secs(30)).await.0, 130);
+
+    set_arg(&mut args, "--route", "api");
+    let api = Rollout::start(&args);
+    let login_url = api.login_url().await;
+    let cookie = login(&login_url).await;
+    let base = format!("http://{}", r.dashboard);
+    let web_path = listed(&base, &cookie, "web").await;
+    let api_path = listed(&base, &cookie, "api").await;
+    let (_, _, page) = get_as(&r.url(&web_path), &cookie).await;
+    assert!(page.contains("Progressing"), "web's record is open: {page}");
+    assert!(
+        !page.contains("data-action"),
+        "no buttons on web's record: {page}"
+    );
+    let (status, _, page) =
+        get_as(&r.url(&format!("{web_path}/confirm?action=abort")), &cookie).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(
+        page.contains("not the one this `sluice rollout` drives"),
+        "{page}"
+    );
+
+    // With a valid token (from api's own page), an abort posted for web's
+    // record does nothing.
+    let (status, _, page) =
+        get_as(&r.url(&format!("{api_path}/confirm?action=abort")), &cookie).await;
+    assert_eq!(status, 200, "{page}");
+    let at = page.find("name=\"token\" value=\"").unwrap() + "name=\"token\" value=\"".len();
+    let token = &page[at..at + 64];
+    let (_, out, _) = curl(&[
+        "-s",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        "POST",
+        "-H",
+        &format!("Cookie: {cookie}"),
+        "-H",
+        &format!("Origin: {base}"),
+        "--data-urlencode",
+        "action=abort",
+        "--data-urlencode",
+        &format!("token={token}"),
+        "--data-urlencode",
+        &format!("revision={}", r.canary.url()),
+        &r.url(&format!("{web_path}/action")),
+    ]);
+    assert!(out.ends_with("\n409"), "{out}");
+    assert!(out.contains("Nothing was done"), "{out}");
+
+    // api's release goes on, and promote --full ends it now.
+    api.until(
+        |e| assert_ne!(e["phase"], "Failed", "api was stopped: {e}"),
+        |e| e["phase"] == "Progressing",
+    );
+    let out = Command::new(bin("sluice"))
+        .args(["promote", "api", "--full", "--control-socket"])
+        .arg(r.socket())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("promotion requested now"), "{stdout}");
+    let (code, events) = api.wait(Duration::from_secs(60)).await;
+    load.stop();
+    load_api.stop();
+    assert_eq!(code, 0, "{}", last_message(&events));
+    assert!(
+        events
+            .iter()
+            .all(|e| !e["message"].as_str().unwrap_or("").contains("aborted")),
+        "{}",
+        last_message(&events)
+    );
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("promoted by a user override (promote --full)")),
+        "{}",
+        last_message(&events)
+    );
+    let records = r.records();
+    let web_record = records.iter().find(|x| x["app"] == "web").unwrap();
+    assert!(
+        web_record.get("outcome").is_none(),
+        "web was not touched: {web_record}"
+    );
 }
 
 /// As the report prints numbers.
@@ -909,30 +1205,15 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
         "the confirmation page was drawn in a frame: {child}"
     );
 
-    // Confirming an action the ended release does not allow (with a valid
-    // session and token) is refused with 409 and nothing happens.
-    b.open(&format!("{base}{path}/confirm?action=abort")).await;
-    let before = b.text().await;
-    assert!(before.contains("Yes, abort"), "{before}");
-    b.eval("document.querySelector('[data-confirm]').click()")
-        .await;
-    let mut after = String::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        after = b.text().await;
-        if after.contains("Nothing was done") {
-            break;
-        }
-    }
+    // No confirmation is offered for an action the release cannot take:
+    // 409, saying why, and no form.
+    let (status, _, body) = get_as(&format!("{base}{path}/confirm?action=abort"), &cookie).await;
+    assert_eq!(status, 409, "{body}");
     assert!(
-        after.contains("Nothing was done: `abort` is not possible on this release now"),
-        "{after}"
+        body.contains("Nothing can be done: this dashboard has no control socket"),
+        "{body}"
     );
-    assert_eq!(
-        b.eval("document.querySelector('[data-error]').dataset.error")
-            .await,
-        "conflict"
-    );
+    assert!(!body.contains("data-confirm"), "{body}");
     let (_, _, listed) = get_as(&format!("{base}/"), &cookie).await;
     assert!(listed.contains("rolled back"));
     let _ = demo.kill();
@@ -949,6 +1230,7 @@ async fn an_interrupted_and_resumed_release_keeps_one_record() {
     .await;
     let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
     let first = Rollout::start(&r.args(&[]));
+    let login_url = first.login_url().await;
     // Interrupted once the first step is on record.
     loop {
         let event = first
@@ -959,10 +1241,28 @@ async fn an_interrupted_and_resumed_release_keeps_one_record() {
             break;
         }
     }
+    // A page open on it while it runs.
+    let mut b = Browser::start(&[]).await;
+    b.open(&login_url).await;
+    let cookie = login(&login_url).await;
+    b.open(&r.url(&r.release_path(&cookie).await)).await;
+    assert!(b.text().await.contains("Live: this page follows"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     first.signal("INT");
     let (code, _) = first.wait(Duration::from_secs(30)).await;
     assert_eq!(code, 130);
+    // The page no longer claims to be live: it says it lost the connection.
+    until_true(
+        &mut b,
+        "the open page says the connection is lost",
+        "document.body.innerText.includes('Connection lost at')",
+    )
+    .await;
+    let text = b.text().await;
+    assert!(
+        text.contains("; this may be out of date.") && !text.contains("Live: this page follows"),
+        "{text}"
+    );
     let before = r.records();
     assert_eq!(before.len(), 1);
     assert!(

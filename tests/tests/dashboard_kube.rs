@@ -418,17 +418,31 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
         groups: vec!["system:authenticated".into()],
     });
     let kubeconfig = w.kubeconfig(Some(&token));
+    // A record dated in the future, of the live revision, added to the
+    // ConfigMap (by hand or by a hostile writer): it wins nothing.
+    let mut forged = w.records().last().unwrap().clone();
+    forged["started_at"] = json!(9_999_999_999.0);
+    forged["updated_at"] = json!(9_999_999_999.0);
+    w.fake.merge_into(
+        "api/v1",
+        "configmaps",
+        NS,
+        "app-sluice-releases",
+        json!({"data": {"release-9999999999.0.json": forged.to_string()}}),
+    );
     let port = free_port();
-    let mut child = Command::new(bin("kubectl-sluice"))
-        .args(["-n", NS, "dashboard", "--port", &port.to_string()])
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin("kubectl-sluice"))
+            .args(["-n", NS, "dashboard", "--port", &port.to_string()])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     // Its first line is the login URL (the only way to a session).
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     let first = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::task::spawn_blocking(move || {
@@ -461,13 +475,76 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
 
     let mut b = Browser::start(&[]).await;
     b.open(&login_url).await;
-    let row = b
-        .eval("document.querySelector('tr[data-release]').dataset.release")
+    let rows = b
+        .eval(
+            "Array.from(document.querySelectorAll('tr[data-release]')).map(r => r.dataset.release)",
+        )
         .await;
-    let path = row.as_str().unwrap().to_string();
+    let rows: Vec<String> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0].contains("9999999999.0"), "{rows:?}");
+    let path = rows[1].clone();
     assert!(path.starts_with("/releases/shop/app/"), "{path}");
     let text = b.text().await;
     assert!(text.contains("Progressing"), "{text}");
+    // The future-dated record is not the live release: no buttons.
+    b.open(&format!("{base}{}", rows[0])).await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('[data-action]').length")
+            .await,
+        0
+    );
+
+    // The open page of the live release reads only its own app (no list
+    // of the namespace's Deployments per poll), and a poll that brings
+    // nothing new leaves the page as it is.
+    b.open(&format!("{base}{path}")).await;
+    assert_eq!(
+        b.eval("document.querySelectorAll('[data-action]').length")
+            .await,
+        2,
+        "promote and abort: {}",
+        b.text().await
+    );
+    b.eval("document.querySelector('#live dl.facts').dataset.mark = 'kept'")
+        .await;
+    let by_viewer = |verb: &str, resource: &str| {
+        w.fake
+            .requests()
+            .iter()
+            .filter(|(user, a)| user == "viewer" && a.verb == verb && a.resource == resource)
+            .count()
+    };
+    let (lists, reads) = (
+        by_viewer("list", "deployments"),
+        by_viewer("get", "configmaps"),
+    );
+    for _ in 0..100 {
+        if by_viewer("get", "configmaps") >= reads + 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        by_viewer("get", "configmaps") >= reads + 3,
+        "the page polls"
+    );
+    assert_eq!(
+        by_viewer("list", "deployments"),
+        lists,
+        "a poll lists no Deployments"
+    );
+    assert_eq!(
+        b.eval("(document.querySelector('#live dl.facts') || {dataset: {}}).dataset.mark")
+            .await,
+        "kept",
+        "an unchanged body is not swapped in again"
+    );
     // Promote, confirm: the user's own credentials are refused.
     b.open(&format!("{base}{path}")).await;
     b.eval("document.querySelector('[data-action=promote]').click()")
@@ -499,10 +576,42 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
             .get("sluice.dev/command")
             .is_none()
     );
+    // A confirmation shown while the release ran is refused (409) once it
+    // has ended: the live status is read again just before the patch.
+    b.open(&format!("{base}{path}/confirm?action=abort")).await;
+    assert!(b.text().await.contains("Abort: roll back now"));
+    w.script
+        .lock()
+        .unwrap()
+        .extend([Outcome::Fail, Outcome::Fail]);
+    w.until("Failed").await;
+    b.eval("document.querySelector('[data-confirm=abort]').click()")
+        .await;
+    let mut shown = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shown = b.text().await;
+        if shown.contains("Nothing was done") {
+            break;
+        }
+    }
+    assert!(
+        shown.contains("Nothing was done: the release has already ended (rolled back)"),
+        "{shown}"
+    );
     // An unknown release is a 404 page.
     b.open(&format!("{base}/releases/shop/app/release-0000000000.0"))
         .await;
     assert!(b.text().await.contains("There is no release"));
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+/// The dashboard child, stopped when the test ends, also by a failed
+/// assertion (it would hold the test's output open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

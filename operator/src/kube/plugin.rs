@@ -203,6 +203,13 @@ impl Plugin {
         Ok(all)
     }
 
+    /// The status Sluice keeps for `name` (on `<name>-primary`), read with
+    /// one GET; none before the operator took the app on.
+    pub async fn live_status(&self, name: &str) -> Result<Option<KubeStatus>, PluginError> {
+        let primary = self.deployments().get_opt(&primary_name(name)).await?;
+        Ok(primary.as_ref().and_then(KubeStatus::from_primary))
+    }
+
     /// Every release record of every canaried Deployment in the namespace.
     /// A records ConfigMap that cannot be believed or read is skipped (and
     /// named in the warning log) rather than hiding every other release.
