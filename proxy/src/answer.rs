@@ -112,9 +112,9 @@ pub fn answer(outcome: Outcome, routed: &Routed, offered: Option<&[u8]>) -> Opti
                 tracing::debug!(route = %route.name, "101 to a protocol the request did not offer");
                 return Some(Answer::Local(failed(UpstreamErrorKind::Protocol, recorder)));
             }
-            let grpc = response.head.is_grpc().then(|| GrpcJudge {
+            let grpc = response.head.grpc_judged().map(|status| GrpcJudge {
                 failure_codes: route.grpc_failure_codes,
-                status: crate::grpc::status(&response.head),
+                status,
             });
             let recorder = Recorder {
                 code: status.as_u16(),

@@ -7,9 +7,10 @@
 //! DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS`, the
 //! codes that speak of the server rather than the caller's request.
 //!
-//! gRPC-Web is not judged by these rules: its status is a frame inside the
-//! body, which the proxy streams through unread, so a gRPC-Web call is
-//! judged by its HTTP status ([`is_grpc_content_type`]).
+//! gRPC-Web is judged by these rules only when its response head carries
+//! a `grpc-status` (a trailers-only answer): otherwise its status is a
+//! frame inside the body, which the proxy streams through unread, and the
+//! call is judged by its HTTP status ([`is_grpc_content_type`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -132,6 +133,13 @@ pub fn is_grpc_content_type(value: &[u8]) -> bool {
         )
 }
 
+/// Whether a `content-type` value is gRPC-Web's (`application/grpc-web`,
+/// `-web+proto`, `-web-text`, ...).
+pub fn is_grpc_web_content_type(value: &[u8]) -> bool {
+    const GRPC_WEB: &[u8] = b"application/grpc-web";
+    value.len() >= GRPC_WEB.len() && value[..GRPC_WEB.len()].eq_ignore_ascii_case(GRPC_WEB)
+}
+
 /// The `grpc-status` of a header block, if it has one. A value that is not a
 /// number counts as `UNKNOWN`, as clients read it.
 pub fn status(fields: &dyn Fields) -> Option<u32> {
@@ -211,6 +219,11 @@ mod tests {
             "",
         ] {
             assert!(!is_grpc_content_type(other.as_bytes()), "{other}");
+            assert_eq!(
+                is_grpc_web_content_type(other.as_bytes()),
+                other.starts_with("application/grpc-web"),
+                "{other}"
+            );
         }
     }
 

@@ -275,9 +275,9 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         Ok(Ok(response)) => response,
     };
     let code = response.head.status().as_u16();
-    let grpc = crate::grpc::is_grpc(&response.head).then(|| GrpcJudge {
+    let grpc = response.head.grpc_judged().map(|status| GrpcJudge {
         failure_codes: target.grpc_failure_codes,
-        status: crate::grpc::status(&response.head),
+        status,
     });
     let recorder = Recorder {
         series: target.series.clone(),

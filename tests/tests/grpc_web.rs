@@ -21,7 +21,9 @@ fn grpc_web_ok_body() -> Bytes {
 }
 
 /// Answers 200 with the `content-type` the request asks for in `x-ct`:
-/// a gRPC-Web body whose in-body trailer says OK.
+/// a gRPC-Web body whose in-body trailer says OK; or, asked for a head
+/// status in `x-head-status`, a trailers-only answer: that `grpc-status`
+/// in the head and no body.
 async fn grpc_web_backend() -> std::net::SocketAddr {
     serve_http(|req: Request<hyper::body::Incoming>| async move {
         let content_type = req
@@ -29,10 +31,17 @@ async fn grpc_web_backend() -> std::net::SocketAddr {
             .get("x-ct")
             .cloned()
             .unwrap_or_else(|| http::HeaderValue::from_static("application/grpc-web+proto"));
-        Response::builder()
-            .header("content-type", content_type)
-            .body(Full::new(grpc_web_ok_body()))
-            .unwrap()
+        match req.headers().get("x-head-status").cloned() {
+            Some(status) => Response::builder()
+                .header("content-type", content_type)
+                .header("grpc-status", status)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+            None => Response::builder()
+                .header("content-type", content_type)
+                .body(Full::new(grpc_web_ok_body()))
+                .unwrap(),
+        }
     })
     .await
 }
@@ -120,6 +129,35 @@ async fn successful_grpc_web_calls_count_as_successes_on_both_arms() {
                 &[("route", "web"), ("classification", "failure")],
             ) == 1.0)
                 .then_some(())
+        },
+    )
+    .await;
+
+    // A trailers-only gRPC-Web answer carries its status in the head, and
+    // is judged by it: UNAVAILABLE is a failure, OK is not.
+    for (http2, status) in [(false, "14"), (true, "14"), (false, "0"), (true, "0")] {
+        let client = if http2 { h2_client() } else { h1_client() };
+        let req = Request::post(&url)
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-head-status", status)
+            .body(Full::new(grpc_frame(b"hi")))
+            .unwrap();
+        let (code, headers, _) = send(&client, req).await.unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(headers["grpc-status"], status);
+    }
+    eventually(
+        "the two trailers-only UNAVAILABLE gRPC-Web answers to count as failures",
+        Duration::from_secs(3),
+        || async {
+            let m = scrape(proxy.admin_addr).await;
+            let count = |class| {
+                m.sum(
+                    "sluice_requests_total",
+                    &[("route", "web"), ("classification", class)],
+                )
+            };
+            (count("failure") == 3.0 && count("success") == 10.0).then_some(())
         },
     )
     .await;

@@ -117,6 +117,8 @@ pub struct ResponseHead {
     pub connection: bool,
     /// Its `content-type` is gRPC's.
     pub grpc: bool,
+    /// Its `content-type` is gRPC-Web's.
+    pub grpc_web: bool,
 }
 
 impl ResponseHead {
@@ -280,6 +282,7 @@ impl Conn {
                 framing,
                 connection: true,
                 grpc: false,
+                grpc_web: false,
             };
             return Ok(Exchanged {
                 head,
@@ -288,7 +291,8 @@ impl Conn {
         }
         // One pass over the fields for everything read of them here.
         let mut read = crate::fields::FramingFields::default();
-        let (mut connection, mut close, mut grpc) = (false, false, false);
+        let (mut connection, mut close) = (false, false);
+        let (mut grpc, mut grpc_web) = (false, false);
         for (name, value) in fields.iter() {
             if read.push(name, value) {
                 continue;
@@ -298,6 +302,7 @@ impl Conn {
                 close |= crate::fields::has_token(value, "close");
             } else if name.eq_ignore_ascii_case(b"content-type") {
                 grpc = crate::grpc::is_grpc_content_type(value);
+                grpc_web = crate::grpc::is_grpc_web_content_type(value);
             }
         }
         let framing =
@@ -315,6 +320,7 @@ impl Conn {
                 framing,
                 connection,
                 grpc,
+                grpc_web,
             },
             answered: Answered::Body(body),
         })

@@ -198,6 +198,27 @@ impl ResponseHead {
         }
     }
 
+    /// Whether it is judged by gRPC's status rules, and the `grpc-status`
+    /// its head carries: a gRPC response always; a gRPC-Web one only when
+    /// its head carries a status (a trailers-only answer), its status
+    /// being otherwise a frame inside the body (see `crate::grpc`).
+    pub fn grpc_judged(&self) -> Option<Option<u32>> {
+        let web = match self {
+            ResponseHead::H1(h) => h.grpc_web,
+            ResponseHead::H2(p) => p
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| crate::grpc::is_grpc_web_content_type(v.as_bytes())),
+        };
+        if self.is_grpc() {
+            Some(crate::grpc::status(self))
+        } else if web {
+            crate::grpc::status(self).map(Some)
+        } else {
+            None
+        }
+    }
+
     /// The length the head declared (HTTP/1.1; a HEAD answer passes it on).
     pub fn declared_length(&self) -> Option<u64> {
         match self {
