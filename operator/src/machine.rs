@@ -599,6 +599,16 @@ fn reissue(plan: &Plan, mut s: Status, obs: &Observation, pending: Action) -> Tr
         if obs.command == Some(Command::Abort) {
             return rollback(s, obs.now, "aborted by a user".into());
         }
+        // Accepted while a weight change waits to be confirmed (a
+        // proportional canary's pods still rolling out): it replaces it,
+        // as an abort does, rather than be taken and dropped.
+        if obs.command == Some(Command::PromoteNow)
+            && matches!(pending, Action::SetWeight(_))
+            && !matches!(plan.strategy, Strategy::Experiment { .. })
+        {
+            s.unconfirmed = None;
+            return promote_now(s, obs.now);
+        }
         if obs.gates.rollback_requested {
             return rollback(s, obs.now, "a rollback webhook asked for it".into());
         }
@@ -743,14 +753,7 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
         return t;
     }
     if obs.command == Some(Command::PromoteNow) {
-        let message = format!(
-            "promoted by a user override (promote --full) at {}%, skipping the remaining steps and the analysis",
-            pct(s.canary_weight_bp)
-        );
-        let mut t = promote(s, obs.now);
-        t.status.message = message.clone();
-        t.actions.push(Action::Event(Level::Warning, message));
-        return t;
+        return promote_now(s, obs.now);
     }
     if obs.gates.rollback_requested {
         return rollback(s, obs.now, "a rollback webhook asked for it".into());
@@ -1209,6 +1212,18 @@ fn closed_gate(plan: &Plan, s: &Status, obs: &Observation) -> Option<String> {
             obs.gates.why(WebhookKind::ConfirmPromotion)
         )),
     }
+}
+
+/// `promote --full`: promotion at once, whatever the analysis says.
+fn promote_now(s: Status, now: f64) -> Transition {
+    let message = format!(
+        "promoted by a user override (promote --full) at {}%, skipping the remaining steps and the analysis",
+        pct(s.canary_weight_bp)
+    );
+    let mut t = promote(s, now);
+    t.status.message = message.clone();
+    t.actions.push(Action::Event(Level::Warning, message));
+    t
 }
 
 fn promote(mut s: Status, now: f64) -> Transition {

@@ -749,9 +749,12 @@ fn properties_hold_against_an_independent_model() {
                     _ => {}
                 }
                 if model.pending.is_some() && !is_reissue {
-                    // Only a rollback or a new release may replace a pending action.
+                    // Only a rollback, a new release or a person's
+                    // promote --full may replace a pending action.
                     assert!(
-                        matches!(action, Action::Rollback | Action::Initialize),
+                        matches!(action, Action::Rollback | Action::Initialize)
+                            || (*action == Action::Promote
+                                && o.command == Some(Command::PromoteNow)),
                         "case {case}: {:?} replaced pending {:?}",
                         action,
                         model.pending
@@ -1125,4 +1128,25 @@ fn a_command_refused_in_a_phase_changes_nothing_there() {
         }
     }
     assert!(refusals > 1000, "the walk reached few refusals: {refusals}");
+}
+
+/// `promote --full` accepted while a step's weight change is still
+/// unconfirmed (a proportional canary's pods rolling out) promotes, as
+/// an abort then rolls back, rather than be taken and dropped.
+#[test]
+fn promote_now_replaces_a_weight_change_still_unconfirmed() {
+    let p = plan();
+    let s = started(&p);
+    let t = step(&p, Some(&s), &obs(1.0, "r1", Some(Outcome::Pass)));
+    assert!(
+        matches!(t.status.unconfirmed, Some(Action::SetWeight(_))),
+        "{:?}",
+        t.status
+    );
+    let mut o = obs(2.0, "r1", None);
+    o.command = Some(Command::PromoteNow);
+    assert_eq!(Command::PromoteNow.refused_in(t.status.phase, false), None);
+    let t = step(&p, Some(&t.status), &o);
+    assert_eq!(t.status.phase, Phase::Promoting, "{:?}", t.status);
+    assert_eq!(t.actions[0], Action::Promote);
 }
