@@ -289,6 +289,41 @@ async fn promote_and_abort_set_the_command_the_operator_consumes() {
     assert!(err.contains("canaried here: app, web"), "{err}");
 }
 
+/// A release held in `Initialized` by its confirm-rollout webhooks (its
+/// state machine under way) can be aborted; `Initialized` between
+/// releases (taken over, nothing released) has nothing to abort.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_ends_a_release_waiting_for_its_confirm_rollout() {
+    use sluice_operator::machine::{self, Observation, Phase};
+    let p = Plugin::new().await;
+    let plan = sluice_operator::plan::Plan::default();
+    let obs = Observation {
+        revision: "abc123".into(),
+        target_ready: true,
+        ..Observation::default()
+    };
+    let mut t = machine::step(&plan, None, &obs);
+    machine::confirm(&mut t.status);
+    // Past its baseline, waiting for the confirm-rollout webhooks.
+    t.status.phase = Phase::Initialized;
+    let mut waiting: Value = serde_json::from_str(&status("Initialized", 0.0, 0, None)).unwrap();
+    waiting["machine"] = serde_json::to_value(&t.status).unwrap();
+    p.fake.put(
+        APPS,
+        "deployments",
+        "default",
+        json!({"metadata": {"name": "app-primary", "annotations": {"sluice.dev/status": waiting.to_string()}}, "spec": spec("app-primary", 2)}),
+    );
+    let (code, out, err) = p.run(&["abort", "app"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("rollback requested"), "{out}");
+    assert_eq!(p.command_annotation(), "abort");
+    p.set_status("Initialized", 0.0, 0, None);
+    let (code, _, err) = p.run(&["abort", "app"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no release in progress"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_needs_a_rolled_back_revision() {
     let p = Plugin::new().await;

@@ -327,7 +327,17 @@ impl Plugin {
             .as_ref()
             .map(|s| s.phase.clone())
             .unwrap_or_default();
-        if ["Succeeded", "Failed", "Initialized", ""].contains(&phase.as_str()) {
+        // `Initialized` is also a release waiting for its confirm-rollout
+        // webhooks (its machine under way), which an abort ends; between
+        // releases (taken over, nothing released yet) there is none.
+        let releasing = r
+            .status
+            .as_ref()
+            .and_then(|s| s.machine.as_ref())
+            .is_some_and(|m| !m.phase.is_terminal());
+        if ["Succeeded", "Failed", ""].contains(&phase.as_str())
+            || (phase == "Initialized" && !releasing)
+        {
             return Err(PluginError::Usage(format!(
                 "{name} has no release in progress (phase {})",
                 if phase.is_empty() { "-" } else { &phase }
