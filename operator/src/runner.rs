@@ -550,7 +550,13 @@ impl<R: Router> Driver<R> {
                 // The evidence belongs to this release; a new one starts without.
                 t.status.gate = gate;
             }
-            if t.actions.contains(&Action::Initialize) || record.is_none() {
+            // A new record for a new release: not for an `Initialize` that
+            // is issued again (the proxy refused it, or a resumed release
+            // was stopped mid-apply), which is the same release.
+            let reissued = status.as_ref().is_some_and(|s| {
+                s.unconfirmed == Some(Action::Initialize) && s.revision == t.status.revision
+            });
+            if (t.actions.contains(&Action::Initialize) && !reissued) || record.is_none() {
                 record = Some(crate::record::ReleaseRecord::new(
                     None,
                     &self.name,

@@ -24,10 +24,16 @@ struct FlakyRouter {
     inner: ProxyAdminRouter,
     rollback_failures: AtomicU32,
     rollback_calls: AtomicU32,
+    initialize_failures: AtomicU32,
 }
 
 impl Router for FlakyRouter {
     async fn initialize(&self) -> Result<(), RouterError> {
+        let left = self.initialize_failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.initialize_failures.store(left - 1, Ordering::SeqCst);
+            return Err(RouterError::Other("injected: admin API unreachable".into()));
+        }
         self.inner.initialize().await
     }
     async fn set_weight(&self, bp: u32) -> Result<(), RouterError> {
@@ -82,6 +88,7 @@ async fn a_rollback_the_router_refuses_is_kept_and_applied_once_it_can_be() {
         inner: ProxyAdminRouter::new(&admin, "web", &canary.url(), None),
         rollback_failures: AtomicU32::new(4),
         rollback_calls: AtomicU32::new(0),
+        initialize_failures: AtomicU32::new(0),
     };
     let plan = Plan {
         steps_bp: vec![2000, 5000, 8000],
@@ -140,6 +147,54 @@ async fn a_rollback_the_router_refuses_is_kept_and_applied_once_it_can_be() {
         let (_, h, _) = get(&format!("http://{}/", proxy.addr)).await.unwrap();
         assert_eq!(h["x-backend"], "stable");
     }
+}
+
+/// An `Initialize` the proxy refuses, issued again until it lands, is the
+/// same release: one record, not one a retry with the earlier ones closed
+/// as superseded by their own revision.
+#[tokio::test]
+async fn an_initialize_issued_again_keeps_one_release_record() {
+    let (stable, canary) = (backend("stable").await, backend("canary").await);
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: web, stable: '{}' }}\n",
+        stable.url()
+    )))
+    .await;
+    let admin = format!("http://{}", proxy.admin_addr);
+    let router = FlakyRouter {
+        inner: ProxyAdminRouter::new(&admin, "web", &canary.url(), None),
+        rollback_failures: AtomicU32::new(0),
+        rollback_calls: AtomicU32::new(0),
+        initialize_failures: AtomicU32::new(3),
+    };
+    let plan = Plan {
+        steps_bp: vec![5000],
+        interval: Duration::from_millis(100),
+        progress_deadline: Duration::from_secs(30),
+        gate: sluice_operator::plan::Gate::Sequential(sluice_operator::gate::GateSettings {
+            baseline: Duration::ZERO,
+            ..Default::default()
+        }),
+        ..Plan::default()
+    };
+    let dir = TempDir::new("initialize-again");
+    let records = sluice_operator::record::RecordFile::beside(&dir.path.join("control.sock"));
+    let mut driver = Driver::new("web", &canary.url(), plan, router, scripted(Vec::new()));
+    driver.poll = Duration::from_millis(20);
+    driver.records = Some(sluice_operator::record::RecordFile::beside(
+        &dir.path.join("control.sock"),
+    ));
+    let ended = tokio::time::timeout(Duration::from_secs(30), driver.run(|_| {}))
+        .await
+        .expect("the release ends");
+    assert_eq!(ended.status.phase, Phase::Succeeded, "{:?}", ended.status);
+    let kept = records.load().unwrap();
+    assert_eq!(
+        kept.len(),
+        1,
+        "{:?}",
+        kept.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>()
+    );
 }
 
 /// A proxy that refuses the release's next change (its route is gone from
