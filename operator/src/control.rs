@@ -103,11 +103,36 @@ impl ControlSocket {
             path: path.to_path_buf(),
             source,
         })?;
+        // Only this user may steer the release: the socket is made 0600
+        // (whatever the umask, e.g. in a shared /tmp), and a peer of
+        // another user (root aside) is refused.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let bind_error = |source| ControlError::Bind {
+                path: path.to_path_buf(),
+                source,
+            };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(bind_error)?;
+        }
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).map(|m| m.uid()).ok()
+        };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let commands = commands.clone();
                 let status = status.clone();
                 let target = target.clone();
+                let peer = stream.peer_cred().ok().map(|c| c.uid());
+                if !matches!((peer, owner), (Some(p), Some(o)) if p == o || p == 0) {
+                    let mut stream = stream;
+                    let refusal = json!({"ok": false, "error": "the control socket answers only the user running the release"});
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(format!("{refusal}\n").as_bytes()).await;
+                    });
+                    continue;
+                }
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut line = String::new();
@@ -293,6 +318,24 @@ mod tests {
             undecided: false,
             failure_counted_at: None,
         }
+    }
+
+    /// The socket is its user's alone, whatever the umask: mode 0600.
+    #[tokio::test]
+    async fn the_socket_is_made_for_its_user_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("mode");
+        let path = dir.join("control.sock");
+        let (commands, _received) = mpsc::unbounded_channel();
+        let (_status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
+        let _socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        // Its user is answered.
+        let answer = request(&path, "status").await.unwrap();
+        assert!(answer.to_string().contains("Progressing"), "{answer}");
     }
 
     /// A request naming another route or revision than the release this
