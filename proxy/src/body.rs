@@ -335,14 +335,24 @@ impl<'a> UpstreamBody<'a> {
     /// body, which must not be held back (a client may wait for the
     /// answer's head before it sends more), but which, when it came whole
     /// with its head, can then be sent again. Err: the body failed.
+    ///
+    /// What came is copied into one buffer: however many frames a client
+    /// splits it into (16,384 frames of one byte), a stream holds its bytes
+    /// and no more, and no read buffer of the connection's. Once `limit` is
+    /// reached one more frame already there is taken, so that an empty
+    /// `END_STREAM` frame or trailers after exactly `limit` bytes still
+    /// make the body whole: at most `limit` plus a frame (16 KiB) is held.
     pub async fn read_arrived(&mut self, limit: usize) -> Result<(), BoxError> {
-        let mut gathered = 0;
-        while gathered < limit && !self.ended {
+        let mut data = bytes::BytesMut::new();
+        let mut trailers = Vec::new();
+        let mut last = false;
+        while !self.ended && !last {
+            last = data.len() >= limit;
             match std::future::poll_fn(|cx| Poll::Ready(self.poll_source(cx))).await {
-                Poll::Ready(Some(Ok(frame))) => {
-                    gathered += frame.data_ref().map_or(0, Bytes::len);
-                    self.ahead.push_back(frame);
-                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(chunk) => data.extend_from_slice(&chunk),
+                    Err(frame) => trailers.push(frame),
+                },
                 Poll::Ready(Some(Err(e))) => return Err(e),
                 Poll::Ready(None) => {}
                 Poll::Pending => {
@@ -355,6 +365,10 @@ impl<'a> UpstreamBody<'a> {
                 }
             }
         }
+        if !data.is_empty() {
+            self.ahead.push_back(Frame::data(data.freeze()));
+        }
+        self.ahead.extend(trailers);
         self.whole = self.ended;
         Ok(())
     }
@@ -555,15 +569,34 @@ pub fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// not a valid body (a length that disagrees with its `content-length`,
 /// for which the proxy resets the stream).
 fn client_fault_kind(error: &h2::Error) -> ClientErrorKind {
-    if error.reason() == Some(h2::Reason::PROTOCOL_ERROR) && !error.is_remote() {
-        ClientErrorKind::MalformedBody
-    } else {
-        ClientErrorKind::IncompleteBody
+    match error.reason() {
+        Some(h2::Reason::PROTOCOL_ERROR) if !error.is_remote() => ClientErrorKind::MalformedBody,
+        // The client broke HTTP/2's rules (a flow-control overflow, its
+        // own PROTOCOL_ERROR), seen first while its body was read ahead.
+        Some(reason) if is_protocol_error(reason) => ClientErrorKind::Protocol,
+        _ => ClientErrorKind::IncompleteBody,
     }
 }
 
+/// A reset or GOAWAY code that says the protocol broke, rather than that
+/// the client let a stream go (`CANCEL`, `NO_ERROR`, `REFUSED_STREAM`,
+/// `INTERNAL_ERROR`, and `STREAM_CLOSED`, which libcurl sends when its
+/// timeout ends a request: a canary that hangs until such clients give up
+/// must still count).
+pub(crate) fn is_protocol_error(reason: h2::Reason) -> bool {
+    [
+        h2::Reason::PROTOCOL_ERROR,
+        h2::Reason::FLOW_CONTROL_ERROR,
+        h2::Reason::SETTINGS_TIMEOUT,
+        h2::Reason::FRAME_SIZE_ERROR,
+        h2::Reason::COMPRESSION_ERROR,
+        h2::Reason::ENHANCE_YOUR_CALM,
+    ]
+    .contains(&reason)
+}
+
 /// An HTTP/2 client's request body as the request path reads it: data as
-/// it comes (the client gets its window back as it is handed on), then
+/// it comes (the client gets its window back as it is read), then
 /// trailers.
 pub struct H2Incoming {
     recv: h2::RecvStream,

@@ -19,6 +19,16 @@ async fn post_whole(
     path: &str,
     body: &'static [u8],
 ) -> (StatusCode, String, Vec<u8>) {
+    post_frames(addr, path, vec![Bytes::from_static(body)]).await
+}
+
+/// As [`post_whole`], the body in DATA frames of `frames` (the last one
+/// ends the stream).
+async fn post_frames(
+    addr: std::net::SocketAddr,
+    path: &str,
+    frames: Vec<Bytes>,
+) -> (StatusCode, String, Vec<u8>) {
     let mut client = h2_connect(addr).await;
     let req = Request::builder()
         .method(Method::POST)
@@ -26,7 +36,10 @@ async fn post_whole(
         .body(())
         .unwrap();
     let (answer, mut sending) = client.send_request(req, false).unwrap();
-    sending.send_data(Bytes::from_static(body), true).unwrap();
+    let last = frames.len() - 1;
+    for (i, frame) in frames.into_iter().enumerate() {
+        sending.send_data(frame, i == last).unwrap();
+    }
     let answer = tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .expect("an answer within 5 s")
@@ -90,6 +103,40 @@ async fn a_whole_http2_body_is_resent_after_refused_stream() {
             ]
         ),
         1.0
+    );
+}
+
+/// A body that came whole however it was framed is sent again whole:
+/// 16 KiB and then an empty frame that ends the stream; or a thousand
+/// frames of one byte (read ahead into one buffer).
+#[tokio::test]
+async fn a_whole_http2_body_in_odd_frames_is_resent_whole() {
+    let (stable, _) = h2_refusing_backend("stable", 0).await;
+    let (dead_canary, _) = h2_refusing_backend("canary", usize::MAX).await;
+    let proxy = start_proxy(&proxy_yaml(&format!(
+        "  - {{ name: failover, stable: 'http://{stable}', canary: 'http://{dead_canary}', canary_weight: 100, protocol: http2 }}\n"
+    )))
+    .await;
+    let full = Bytes::from(vec![b'x'; 16 * 1024]);
+    let (status, backend, body) = post_frames(
+        proxy.addr,
+        "/at-the-limit",
+        vec![full.clone(), Bytes::new()],
+    )
+    .await;
+    assert_eq!((status, backend.as_str()), (StatusCode::OK, "stable"));
+    assert_eq!(body, full);
+    let bytes: Vec<Bytes> = (0..1000u32)
+        .map(|i| Bytes::from(vec![b'a' + (i % 26) as u8]))
+        .collect();
+    let expected: Vec<u8> = bytes.iter().flat_map(|b| b.to_vec()).collect();
+    let (status, backend, body) = post_frames(proxy.addr, "/tiny-frames", bytes).await;
+    assert_eq!((status, backend.as_str()), (StatusCode::OK, "stable"));
+    assert_eq!(body, expected);
+    let m = scrape(proxy.admin_addr).await;
+    assert_eq!(
+        m.sum("sluice_failovers_total", &[("route", "failover")]),
+        2.0
     );
 }
 

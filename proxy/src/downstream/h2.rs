@@ -19,9 +19,12 @@
 //!   included; a backend's reset code reaches the client; trailers lose
 //!   the fields HTTP/2 forbids. The `h2` crate bounds resets (rapid reset)
 //!   and header blocks (CONTINUATION floods) itself.
-//! - A body streams to the backend at once, never read ahead (a client may
+//! - A body streams to the backend at once, never waited for (a client may
 //!   wait for the response head before it sends: gRPC's bidirectional
-//!   streams); the client gets window back as the proxy hands data on.
+//!   streams). What of it came with its head, up to 16 KiB, is read ahead
+//!   into one buffer first, so that a body that came whole can be sent
+//!   again (`crate::body`); the client gets window back as the proxy reads
+//!   its data.
 //! - A client that resets its stream while it waits is counted as 499 on
 //!   the backend it waited for, as an HTTP/1.1 client that goes away; one
 //!   that resets it while the answer streams stops the answer.
@@ -65,7 +68,9 @@ use crate::upstream::ResponseHead;
 /// stopped reading holds back at most an eighth of the connection's window
 /// and the other streams' bodies keep flowing (with equal windows one
 /// stalled upload stopped every body on the connection). At most 4 MiB
-/// per connection is held for bodies the backends have not taken.
+/// per connection is held for bodies the backends have not taken, plus
+/// what was read ahead: at most 32 KiB a stream, in one buffer, until the
+/// answer's head (`limits.h2_max_streams` of them).
 const STREAM_WINDOW: u32 = 512 * 1024;
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
@@ -456,23 +461,6 @@ async fn send_within_window(
     true
 }
 
-/// A reset or GOAWAY code that says the protocol broke, rather than that
-/// the client let a stream go (`CANCEL`, `NO_ERROR`, `REFUSED_STREAM`,
-/// `INTERNAL_ERROR`, and `STREAM_CLOSED`, which libcurl sends when its
-/// timeout ends a request: a canary that hangs until such clients give up
-/// must still count).
-fn is_protocol_error(reason: h2::Reason) -> bool {
-    [
-        h2::Reason::PROTOCOL_ERROR,
-        h2::Reason::FLOW_CONTROL_ERROR,
-        h2::Reason::SETTINGS_TIMEOUT,
-        h2::Reason::FRAME_SIZE_ERROR,
-        h2::Reason::COMPRESSION_ERROR,
-        h2::Reason::ENHANCE_YOUR_CALM,
-    ]
-    .contains(&reason)
-}
-
 /// The reset code for a backend's answer that broke: the backend's own
 /// (an HTTP/2 backend's RST_STREAM: CANCEL, REFUSED_STREAM,
 /// ENHANCE_YOUR_CALM reach gRPC clients as such), else INTERNAL_ERROR.
@@ -603,7 +591,7 @@ async fn handle(
             // malformed frame, a flow-control overflow, a rapid reset), or
             // the client says so. The client's fault, not a 499 on the
             // backend (see `crate::forward::forward`).
-            Ok(reason) if is_protocol_error(reason) => {
+            Ok(reason) if crate::body::is_protocol_error(reason) => {
                 Some(crate::metrics::ClientErrorKind::Protocol)
             }
             // The client let go (CANCEL, NO_ERROR, ...), or its connection
