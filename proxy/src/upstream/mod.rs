@@ -542,7 +542,18 @@ impl Upstream {
                 result
             }
         };
-        if matches!(result, Err(h2::Miss::Unsent(_))) {
+        // Nothing reached the backend, or what did it promised not to have
+        // worked on (a refused stream, one above a GOAWAY's last): a client
+        // that leaves now, while the request is tried again or fails over,
+        // left before anything was sent (never a 499 on a backend).
+        if matches!(
+            &result,
+            Err(h2::Miss::Unsent(_))
+                | Err(h2::Miss::Sent {
+                    turned: h2::Turned { refused: true, .. } | h2::Turned { cut: true, .. },
+                    ..
+                })
+        ) {
             req.written.store(false, Ordering::SeqCst);
         }
         let (response, guard) = result.map_err(|miss| match miss {
