@@ -417,7 +417,7 @@ async fn sluice_kube_reads_its_access_secret_under_its_rbac_and_never_shows_it()
     for (secret, expected) in [
         (
             "sluice-system/half",
-            "--access-secret sluice-system/half key access.yaml: entry 0: bearer_token_file: the Secret has no key token",
+            "--access-secret sluice-system/half key access.yaml: entry 0: bearer_token_file: names no key of the Secret",
         ),
         (
             "sluice-system/nope",
