@@ -285,17 +285,22 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A web check, as a plan reads one.
+    fn web_check() -> QueryCheck {
+        crate::plan::parse_checks(
+            "- {name: conv, provider: web, url: 'http://h/x', json_path: '$.v', min: 1}\n",
+            "test",
+        )
+        .unwrap()
+        .remove(0)
+    }
+
     /// Under the sequential gate (a tick every 2 s, an interval of 60 s) a
     /// reading stands until an interval less half a tick has passed; under
     /// the threshold gate (a tick an interval) never past the tick.
     #[test]
     fn a_reading_stands_for_one_interval() {
-        let check = crate::plan::parse_checks(
-            "- {name: conv, provider: web, url: 'http://h/x', json_path: '$.v', min: 1}\n",
-            "test",
-        )
-        .unwrap()
-        .remove(0);
+        let check = web_check();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut readings = Readings::default();
@@ -331,12 +336,7 @@ mod tests {
     /// afresh rather than judge the step on its first seconds.
     #[test]
     fn the_tick_that_ends_a_steps_interval_reads_afresh() {
-        let check = crate::plan::parse_checks(
-            "- {name: conv, provider: web, url: 'http://h/x', json_path: '$.v', min: 1}\n",
-            "test",
-        )
-        .unwrap()
-        .remove(0);
+        let check = web_check();
         let t0 = Instant::now();
         let at = |s: f64| t0 + Duration::from_secs_f64(s);
         let plan = Plan::default();

@@ -223,6 +223,23 @@ impl World {
             .collect()
     }
 
+    /// A Warning `reason` whose note holds every one of `needles` was
+    /// published, and the release still obeys an abort: it is rolled back
+    /// to weight 0.
+    async fn warned_then_aborts(&self, reason: &str, needles: &[&str]) {
+        let warned = self.events().into_iter().any(|(kind, r, note)| {
+            kind == "Warning" && r == reason && needles.iter().all(|n| note.contains(n))
+        });
+        assert!(warned, "{:?}", self.events());
+        self.command("abort");
+        self.tick().await;
+        assert_eq!(self.status().phase, "Failed", "{:?}", self.status());
+        for _ in 0..3 {
+            self.tick().await;
+        }
+        assert_eq!(self.weight(), 0.0, "the abort rolled the release back");
+    }
+
     /// The note of the one Event there is, which must be a Warning
     /// `InvalidAnnotation`.
     fn the_invalid_annotation_event(&self) -> String {
@@ -1326,20 +1343,11 @@ async fn a_configmap_made_invalid_mid_release_keeps_the_release_and_abort_works(
         hooks("- {name: announce, type: nope}\n"),
     );
     w.tick().await;
-    let warned = w.events().into_iter().any(|(kind, reason, note)| {
-        kind == "Warning"
-            && reason == "InvalidConfig"
-            && note.contains("ConfigMap hooks")
-            && note.contains("goes on with what it last read from it")
-    });
-    assert!(warned, "{:?}", w.events());
-    w.command("abort");
-    w.tick().await;
-    assert_eq!(w.status().phase, "Failed", "{:?}", w.status());
-    for _ in 0..3 {
-        w.tick().await;
-    }
-    assert_eq!(w.weight(), 0.0, "the abort rolled the release back");
+    w.warned_then_aborts(
+        "InvalidConfig",
+        &["ConfigMap hooks", "goes on with what it last read from it"],
+    )
+    .await;
 }
 
 /// A change to the user's Deployment mid-release that is not a new
@@ -1407,20 +1415,11 @@ async fn an_annotation_made_invalid_mid_release_keeps_the_release_and_abort_work
         json!({"metadata": {"annotations": {"sluice.dev/interval": "2s"}}}),
     );
     w.tick().await;
-    let warned = w.events().into_iter().any(|(kind, reason, note)| {
-        kind == "Warning"
-            && reason == "InvalidAnnotation"
-            && note.contains("sluice.dev/interval")
-            && note.contains("last valid annotations")
-    });
-    assert!(warned, "{:?}", w.events());
-    w.command("abort");
-    w.tick().await;
-    assert_eq!(w.status().phase, "Failed", "{:?}", w.status());
-    for _ in 0..3 {
-        w.tick().await;
-    }
-    assert_eq!(w.weight(), 0.0, "the abort rolled the release back");
+    w.warned_then_aborts(
+        "InvalidAnnotation",
+        &["sluice.dev/interval", "last valid annotations"],
+    )
+    .await;
 }
 
 #[tokio::test]
