@@ -6,7 +6,11 @@
 //! second row the move does not count, leaving debris at every redraw, so
 //! each line is cut to the terminal's width (asked of the terminal at each
 //! redraw, so a resize is followed; `COLUMNS` when stdout is no terminal).
-//! The plain and JSON outputs keep every character.
+//! The cut counts display columns, not characters (`unicode-width`): a wide
+//! CJK character or emoji takes two columns, a combining mark none, so a
+//! revision or message in any script still fits one row; a control
+//! character is counted as one column and a tab as eight, never fewer than
+//! a terminal draws. The plain and JSON outputs keep every character.
 
 use std::io::Write;
 
@@ -76,7 +80,7 @@ impl View {
             match width {
                 // One column spare: a line filling the last column leaves
                 // some terminals wrapping at once.
-                Some(w) => out.extend(line.chars().take(w.saturating_sub(1).max(1))),
+                Some(w) => out.push_str(cut_to_columns(line, w.saturating_sub(1).max(1))),
                 None => out.push_str(line),
             }
             out.push('\n');
@@ -85,6 +89,24 @@ impl View {
         self.drawn_lines = rows;
         out
     }
+}
+
+/// The longest start of `line` that takes at most `columns` terminal
+/// columns.
+fn cut_to_columns(line: &str, columns: usize) -> &str {
+    use unicode_width::UnicodeWidthChar;
+    let mut used = 0;
+    for (at, c) in line.char_indices() {
+        let width = match c {
+            '\t' => 8,
+            c => c.width().unwrap_or(1),
+        };
+        used += width;
+        if used > columns {
+            return &line[..at];
+        }
+    }
+    line
 }
 
 /// The terminal's width in columns: asked of stdout's terminal, else
@@ -247,6 +269,36 @@ mod tests {
         // Unknown width: nothing is cut.
         let mut plain = View::new(OutputMode::Live);
         assert!(plain.frame(&block, None).contains(&long));
+    }
+
+    /// Wide characters (CJK, emoji) take two columns each: a line of them
+    /// is cut by the columns it takes, not by its count of characters,
+    /// so it still fits one row; combining marks take none.
+    #[test]
+    fn a_line_of_wide_characters_is_cut_by_the_columns_it_takes() {
+        use unicode_width::UnicodeWidthStr;
+        let mut view = View::new(OutputMode::Live);
+        let block = format!(
+            "  revision  {}\n  message   {}\n  name      {}\n",
+            "版本".repeat(20),
+            "🚀".repeat(20),
+            "e\u{301}".repeat(40)
+        );
+        let frame = view.frame(&block, Some(30));
+        assert_eq!(frame.lines().count(), 3);
+        for line in frame.lines() {
+            assert!(
+                line.width() <= 29,
+                "{line:?} takes {} columns",
+                line.width()
+            );
+        }
+        // As much as fits is kept: 12 columns of label, then 8 wide
+        // characters (16 columns) of the 29; 17 e's with their accents.
+        let lines: Vec<&str> = frame.lines().collect();
+        assert_eq!(lines[0], format!("  revision  {}", "版本".repeat(4)));
+        assert_eq!(lines[1], format!("  message   {}", "🚀".repeat(8)));
+        assert_eq!(lines[2], format!("  name      {}", "e\u{301}".repeat(17)));
     }
 
     #[test]
