@@ -26,6 +26,14 @@
 //! scrapes keeps its first scrapes and thins the rest, so the record never
 //! outgrows the object; decisions and events are never dropped.
 //!
+//! A record holds at most [`MAX_CHECK_NAMES`] distinct checks (each is one
+//! evidence plot on the page), and a reader refuses one that names more.
+//! The writer keeps to it too, so a plan with more custom checks never
+//! writes a record that would then make every page and report of its app
+//! fail to read: the first [`MAX_CHECK_NAMES`] checks recorded are kept in
+//! every scrape and decision, the rest left out, and the record says so
+//! once, in an event (warning) naming what was left out, also logged.
+//!
 //! Serialised as JSON with `version` ([`RECORD_VERSION`]); a reader refuses
 //! a newer version by name rather than misreading it.
 
@@ -417,11 +425,12 @@ impl ReleaseRecord {
             (_, Some(g)) => old_gate.is_none_or(|o| o.scrapes != g.scrapes),
             (_, None) => analysis.is_some(),
         };
+        let recorded = analysis.map(|a| self.recordable(t, check_samples(a)));
         if scraped {
             // The rates are kept with decisions only: they are the
             // arms' counts summed, and a third of a scrape's size.
-            let checks = analysis
-                .map(check_samples)
+            let checks = recorded
+                .clone()
                 .unwrap_or_default()
                 .into_iter()
                 .map(|c| CheckSample {
@@ -455,8 +464,7 @@ impl ReleaseRecord {
             }
         }
         if let Some(kind) = decision_kind(before, after) {
-            let evidence = analysis
-                .map(check_samples)
+            let evidence = recorded
                 .or_else(|| self.scrapes.last().map(|s| s.checks.clone()))
                 .unwrap_or_default();
             self.decisions.push(Decision {
@@ -484,6 +492,54 @@ impl ReleaseRecord {
             self.report = Some(r.clone());
         }
         scraped || sizes != (self.scrapes.len(), self.events.len(), self.decisions.len())
+    }
+
+    /// `checks` as this record may hold them: only checks among the
+    /// first [`MAX_CHECK_NAMES`] distinct ones it records, at most
+    /// [`MAX_CHECKS`] in one list. The first time any is left out, a
+    /// warning event (and a log line) names them.
+    fn recordable(&mut self, t: f64, checks: Vec<CheckSample>) -> Vec<CheckSample> {
+        let mut names: std::collections::HashSet<String> = self
+            .scrapes
+            .iter()
+            .flat_map(|s| &s.checks)
+            .chain(self.decisions.iter().flat_map(|d| &d.evidence))
+            .map(|c| c.check.clone())
+            .collect();
+        let mut kept = Vec::with_capacity(checks.len().min(MAX_CHECKS));
+        let mut left_out: Vec<String> = Vec::new();
+        for c in checks {
+            let known = names.contains(&c.check);
+            if kept.len() < MAX_CHECKS && (known || names.len() < MAX_CHECK_NAMES) {
+                names.insert(c.check.clone());
+                kept.push(c);
+            } else if !left_out.contains(&c.check) {
+                left_out.push(c.check);
+            }
+        }
+        let said = self.events.iter().any(|e| e.text.starts_with(LEFT_OUT));
+        if !left_out.is_empty() && !said {
+            const NAMED: usize = 10;
+            let mut list = left_out
+                .iter()
+                .take(NAMED)
+                .map(|n| format!("`{}`", n.chars().take(200).collect::<String>()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if left_out.len() > NAMED {
+                list.push_str(&format!(" and {} more", left_out.len() - NAMED));
+            }
+            let text = format!(
+                "{LEFT_OUT}: it keeps the first {MAX_CHECK_NAMES} distinct checks, and this release has more; left out: {list} (they are still judged; only the record does not show them)"
+            );
+            tracing::warn!(app = %self.app, revision = %self.revision, "{text}");
+            self.events.push(RecordEvent {
+                t,
+                warning: true,
+                text,
+            });
+        }
+        kept
     }
 
     fn gate_scrape(
@@ -554,8 +610,12 @@ const MAX_LIST: usize = 4096;
 const MAX_VALUES: usize = 1_000_000;
 
 /// Distinct check names a record may hold in all: a plan has a few checks,
-/// and each name is one evidence plot on the page.
-const MAX_CHECK_NAMES: usize = 64;
+/// and each name is one evidence plot on the page. The writer keeps to it
+/// (see [`ReleaseRecord::recordable`]).
+pub const MAX_CHECK_NAMES: usize = 64;
+
+/// How the event saying checks were left out of a record begins.
+const LEFT_OUT: &str = "some checks are left out of this release's record";
 
 /// Refuses a record naming more than [`MAX_CHECK_NAMES`] checks across its
 /// scrapes and decisions (each scrape's list is bounded, but a hostile
@@ -1155,5 +1215,83 @@ mod tests {
         }
         assert_eq!(to_configmap_data(&all, 10).len(), 10);
         assert_eq!(to_configmap_data(&all, 3).len(), 3);
+    }
+
+    /// A release with more custom checks than a record may hold writes a
+    /// record that reads back (and does not spoil the other records kept
+    /// with it, in the file or the ConfigMap): the first 64 checks in every
+    /// scrape and decision, and one warning event naming what was left out.
+    #[test]
+    fn a_release_with_more_checks_than_a_record_holds_writes_a_readable_record() {
+        let plan = crate::demo::demo_plan();
+        let many = |fail: bool| {
+            let mut a = analysis(fail);
+            for i in 0..70 {
+                let mut c = a.checks[1].clone();
+                c.name = format!("custom-{i:02}");
+                a.checks.push(c);
+            }
+            a
+        };
+        let mut r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
+        let mut before = status(Phase::Progressing, 500, Some(gate_at(0, 0.0, 0.0)));
+        for i in 1..=3u64 {
+            let after = status(
+                Phase::Progressing,
+                500 * i as u32,
+                Some(gate_at(i, 100.0, 1900.0)),
+            );
+            r.observe(
+                5.0 * i as f64,
+                Some(&before),
+                &after,
+                Some(&many(false)),
+                &[],
+                None,
+            );
+            before = after;
+        }
+        let after = status(Phase::Failed, 0, Some(gate_at(4, 200.0, 3800.0)));
+        r.observe(20.0, Some(&before), &after, Some(&many(true)), &[], None);
+
+        let back = ReleaseRecord::from_json(&r.to_json()).expect("the record reads back");
+        assert_eq!(back, r);
+        assert_eq!(r.scrapes.len(), 4);
+        for s in &r.scrapes {
+            assert_eq!(s.checks.len(), MAX_CHECK_NAMES);
+            assert_eq!(
+                s.checks[0].check, "errors",
+                "the plan's own checks come first"
+            );
+        }
+        let rollback = r.decisions.last().unwrap();
+        assert_eq!(rollback.kind, "rollback");
+        assert_eq!(rollback.check.as_deref(), Some("errors"));
+        assert_eq!(rollback.evidence.len(), MAX_CHECK_NAMES);
+        // 2 + 70 checks, 64 kept: custom-62 to custom-69 left out, said once.
+        let said: Vec<&RecordEvent> = r
+            .events
+            .iter()
+            .filter(|e| e.text.starts_with(LEFT_OUT))
+            .collect();
+        assert_eq!(said.len(), 1, "{:?}", r.events);
+        assert!(said[0].warning);
+        assert!(
+            said[0].text.contains("left out: `custom-62`, `custom-63`")
+                && said[0].text.contains("`custom-69`")
+                && !said[0].text.contains("`custom-61`"),
+            "{}",
+            said[0].text
+        );
+        // Kept with another release, the file's list and the ConfigMap read.
+        let other = ReleaseRecord::new(None, "web", "v1", &plan, -100.0);
+        let all = vec![other, r];
+        assert_eq!(records_from_json(&records_to_json(&all)).unwrap().len(), 2);
+        assert_eq!(
+            from_configmap_data(&to_configmap_data(&all, 10))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }
