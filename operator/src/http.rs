@@ -125,8 +125,26 @@ struct BasicAuthFile {
 #[derive(Clone, Debug, Default)]
 struct Credentials {
     bearer: Option<Secret>,
-    basic: Option<(String, Secret)>,
+    basic: Option<BasicPair>,
     headers: Vec<(HeaderName, Secret)>,
+}
+
+/// Basic auth's `user:password`, as the bytes that are base64-encoded:
+/// a URL's user info may percent-encode bytes that are not UTF-8 (`%FF`),
+/// and Go's net/http (so Flagger) sends those bytes as they are.
+#[derive(Clone)]
+struct BasicPair(Vec<u8>);
+
+impl BasicPair {
+    fn new(user: &[u8], password: &[u8]) -> Self {
+        Self([user, b":", password].concat())
+    }
+}
+
+impl std::fmt::Debug for BasicPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Credentials {
@@ -143,9 +161,8 @@ impl Credentials {
                 format!("Bearer {}", token.expose_for_request()),
             );
         }
-        if let Some((user, password)) = &self.basic {
+        if let Some(BasicPair(pair)) = &self.basic {
             use base64::Engine;
-            let pair = format!("{user}:{}", password.expose_for_request());
             let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
             set(header::AUTHORIZATION, format!("Basic {encoded}"));
         }
@@ -324,7 +341,10 @@ fn parse_access(
                         "{at}: basic_auth: holds a byte a header value may not"
                     ));
                 }
-                Some((b.username, password))
+                Some(BasicPair::new(
+                    b.username.as_bytes(),
+                    password.expose_for_request().as_bytes(),
+                ))
             }
             None => None,
         };
@@ -468,16 +488,20 @@ fn is_scheme(text: &str) -> bool {
 }
 
 /// `uri` without its user info (`https://user:pass@host/`), and that user
-/// info as Basic auth credentials, percent-decoded as Go's `net/url` reads
-/// it: user up to the first `:`, password after. hyper would drop it
-/// without a word. None: what is left is not a URI.
+/// info as Basic auth credentials, percent-decoded to bytes as Go's
+/// `net/url` reads it (a `%FF` stays the byte 0xFF, never U+FFFD): user up
+/// to the first `:`, password after. hyper would drop it without a word.
+/// None: what is left is not a URI.
 fn take_user_info(uri: http::Uri) -> Option<(http::Uri, Option<Credentials>)> {
     let Some((info, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
         return Some((uri, None));
     };
     let (user, password) = info.split_once(':').unwrap_or((info, ""));
     let credentials = Credentials {
-        basic: Some((percent_decode(user), Secret(percent_decode(password)))),
+        basic: Some(BasicPair::new(
+            &percent_decode(user),
+            &percent_decode(password),
+        )),
         ..Credentials::default()
     };
     let mut parts = uri.clone().into_parts();
@@ -488,9 +512,9 @@ fn take_user_info(uri: http::Uri) -> Option<(http::Uri, Option<Credentials>)> {
     Some((http::Uri::from_parts(parts).ok()?, Some(credentials)))
 }
 
-/// `%XX` escapes decoded (a malformed one is kept as written); bytes that
-/// are not UTF-8 come out as U+FFFD.
-fn percent_decode(text: &str) -> String {
+/// `%XX` escapes decoded to the bytes they stand for, UTF-8 or not (a
+/// malformed one is kept as written).
+fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -507,7 +531,7 @@ fn percent_decode(text: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Whether `url` is an `http://` or `https://` URL with a host (a parsed
@@ -923,7 +947,7 @@ mod tests {
     fn secrets_print_redacted_and_go_out_as_sensitive_headers() {
         let credentials = Credentials {
             bearer: None,
-            basic: Some(("Aladdin".into(), Secret("open sesame".into()))),
+            basic: Some(BasicPair::new(b"Aladdin", b"open sesame")),
             headers: vec![(HeaderName::from_static("x-api-key"), Secret("k3y".into()))],
         };
         let shown = format!("{credentials:?}");
@@ -976,6 +1000,25 @@ mod tests {
             .unwrap();
         let head = String::from_utf8_lossy(&heads.lock().unwrap()[0]).to_ascii_lowercase();
         assert!(head.contains("authorization: bearer t0ken\r\n"), "{head}");
+    }
+
+    /// A percent-escape that is no UTF-8 (`%FF`, `%C3` alone) goes out as
+    /// the byte it stands for, as Go's net/http sends it, never as U+FFFD:
+    /// `svc:p\xFFw\xC3` is `c3ZjOnD/d8M=`.
+    #[tokio::test]
+    async fn user_info_bytes_that_are_not_utf8_go_out_as_they_are() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_string();
+        let (url, heads) = one_shot(ok, 0).await;
+        let with_user = url.replacen("http://", "http://svc:p%FFw%C3@", 1);
+        HttpClient::plain()
+            .get(&with_user, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let head = String::from_utf8_lossy(&heads.lock().unwrap()[0]).to_string();
+        let sent = head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("authorization:"));
+        assert_eq!(sent, Some("authorization: Basic c3ZjOnD/d8M="), "{head}");
     }
 
     /// An access entry's URL with user info is refused, pointing to
