@@ -123,7 +123,8 @@ pub fn answer(outcome: Outcome, routed: &Routed, offered: Option<&[u8]>) -> Opti
             };
             Answer::Passed(Passed {
                 head: response.head,
-                body: MeteredBody::new(response.body, Some(recorder)),
+                body: MeteredBody::new(response.body, Some(recorder))
+                    .stall_limit(route.answer_idle_timeout),
                 set_cookie: routed.set_cookie.clone(),
                 tunnel: response.upgraded,
             })

@@ -22,6 +22,14 @@
 //!   as a `body_too_large` rejection, nothing on the backend), or is
 //!   dropped unfinished (the client left: counted as what it was, the
 //!   upstream had answered).
+//! - A backend that pauses its answer's body longer than the route's
+//!   `timeouts.answer_idle` ([`MeteredBody::stall_limit`]) has the body
+//!   cut there, as a failure and an upstream error of kind `timeout` on
+//!   it: the client's connection closes (HTTP/1.1) or its stream is
+//!   reset (HTTP/2), instead of both waiting for as long as the backend
+//!   holds its socket open. Only the time the proxy waits on the backend
+//!   counts: the limit starts at the first wait after a part of the body
+//!   came, so a slow client's reading is never charged to the backend.
 //! - [`Permit`] is a request's place among its route's requests in flight,
 //!   given back when its answer is recorded.
 //!
@@ -33,7 +41,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -230,6 +238,8 @@ enum End {
     UpstreamFailed,
     /// The upstream's body broke HTTP/1.1's framing.
     UpstreamMalformed,
+    /// The upstream paused its body longer than the route allows.
+    UpstreamStalled,
     /// The client went away (the body was dropped unfinished).
     ClientLeft,
 }
@@ -242,7 +252,10 @@ impl Recorder {
     }
 
     fn finish(self, end: End) {
-        if matches!(end, End::UpstreamFailed | End::UpstreamMalformed) {
+        if matches!(
+            end,
+            End::UpstreamFailed | End::UpstreamMalformed | End::UpstreamStalled
+        ) {
             if self
                 .body
                 .as_ref()
@@ -250,16 +263,15 @@ impl Recorder {
             {
                 return;
             }
-            self.errors
-                .record_upstream_error(if end == End::UpstreamMalformed {
-                    UpstreamErrorKind::Protocol
-                } else {
-                    UpstreamErrorKind::Reset
-                });
+            self.errors.record_upstream_error(match end {
+                End::UpstreamMalformed => UpstreamErrorKind::Protocol,
+                End::UpstreamStalled => UpstreamErrorKind::Timeout,
+                _ => UpstreamErrorKind::Reset,
+            });
         }
         let failed = self.code >= 500
             || match end {
-                End::UpstreamFailed | End::UpstreamMalformed => true,
+                End::UpstreamFailed | End::UpstreamMalformed | End::UpstreamStalled => true,
                 // The upstream had answered; the client chose to leave.
                 End::ClientLeft => false,
                 // A gRPC stream that ends without a status is UNKNOWN to clients.
@@ -282,7 +294,24 @@ impl Recorder {
 pub struct MeteredBody<B> {
     inner: Inner<B>,
     recorder: Option<Recorder>,
+    /// The backend's longest pause in the body (see the module docs).
+    stall: Option<Stall>,
 }
+
+/// The watch on a backend's pauses in its answer's body.
+struct Stall {
+    limit: Duration,
+    /// Armed at the first wait after a part came (boxed: made only for a
+    /// body that makes the proxy wait at all).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the timer runs from the current wait.
+    armed: bool,
+}
+
+/// A backend paused its answer's body longer than `timeouts.answer_idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent no part of its answer's body for {0:?}")]
+pub struct AnswerStalled(pub Duration);
 
 /// The bodies the proxy answers with (an enum, not a boxed trait object:
 /// no allocation per response).
@@ -306,13 +335,28 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> MeteredBody<B> {
     }
 
     fn from_inner(inner: Inner<B>, recorder: Option<Recorder>) -> Self {
-        let mut this = Self { inner, recorder };
+        let mut this = Self {
+            inner,
+            recorder,
+            stall: None,
+        };
         // An empty body may never be polled; record now so the count is
         // visible as soon as the client has the response.
         if this.is_end_stream() {
             this.finish(End::Complete);
         }
         this
+    }
+
+    /// Cuts the body when the backend pauses it longer than `limit` (see
+    /// the module docs).
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.stall = Some(Stall {
+            limit,
+            timer: None,
+            armed: false,
+        });
+        self
     }
 
     /// The recorder's code (the status the client gets), once set.
@@ -341,6 +385,16 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Text(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         };
+        if let Some(stall) = &mut self.stall {
+            if polled.is_ready() {
+                stall.armed = false;
+            } else if stall.expired(cx) {
+                let limit = stall.limit;
+                self.finish(End::UpstreamStalled);
+                self.stall = None;
+                return Poll::Ready(Some(Err(AnswerStalled(limit).into())));
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.finish(End::Complete),
             Poll::Ready(Some(Err(e))) => {
@@ -384,6 +438,24 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Text(b) => b.size_hint(),
         }
+    }
+}
+
+impl Stall {
+    /// Called while the body waits: arms the timer at the wait's start,
+    /// and whether it has run out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let deadline = tokio::time::Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
     }
 }
 

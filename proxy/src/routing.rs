@@ -226,6 +226,9 @@ pub struct Route {
     pub canary_match: Vec<ValidMatch>,
     pub request_timeout: Duration,
     pub body_idle_timeout: Duration,
+    /// `timeouts.answer_idle`: a backend's longest pause in its answer's
+    /// body (see `crate::record`).
+    pub answer_idle_timeout: Duration,
     /// `timeouts.tunnel_idle`: an upgraded connection (WebSocket) moving
     /// no byte either way this long is closed.
     pub tunnel_idle_timeout: Duration,
@@ -852,6 +855,7 @@ fn build_route(
         canary_match: r.canary_match.clone(),
         request_timeout: r.request_timeout,
         body_idle_timeout: r.body_idle_timeout,
+        answer_idle_timeout: r.answer_idle_timeout,
         tunnel_idle_timeout: r.tunnel_idle_timeout,
         grpc_failure_codes: r.grpc_failure_codes,
         in_flight: old.map(|o| o.in_flight.clone()).unwrap_or_default(),

@@ -519,3 +519,167 @@ async fn an_http2_request_without_an_authority_is_400() {
     }
     assert_eq!(*count.lock().unwrap(), 2);
 }
+
+/// A backend that answers by its path: `/stall` sends its head and 10 of
+/// 1,000 bytes, then nothing; `/drip` sends a chunk every 300 ms, eight
+/// in all; `/big` sends 4 MiB at once.
+async fn answering_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, _)) = read_request(&mut stream, &mut buf).await {
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_string();
+                    let sent = if path.ends_with("/stall") {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                            .await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                        return;
+                    } else if path.ends_with("/drip") {
+                        let mut sent = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                            .await;
+                        for _ in 0..8 {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            sent = sent.and(stream.write_all(b"1\r\nx\r\n").await);
+                        }
+                        sent.and(stream.write_all(b"0\r\n\r\n").await)
+                    } else {
+                        let mut answer =
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 4194304\r\n\r\n".to_vec();
+                        answer.resize(answer.len() + (4 << 20), b'b');
+                        stream.write_all(&answer).await
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that stops in the middle of its answer's body has it cut
+/// after `timeouts.answer_idle`: the HTTP/1.1 client's connection closes
+/// and the HTTP/2 client's stream is reset, each counted as a failure and
+/// an upstream `timeout` on the backend. A backend that sends parts more
+/// often than that, and a client that reads its answer slowly (the proxy
+/// waits on it, not on the backend), are not cut.
+#[tokio::test]
+async fn a_backend_that_stalls_in_its_answers_body_is_cut_and_charged() {
+    let backend = answering_backend().await;
+    let proxy = ChildProxy::start(&route(backend, ", timeouts: { answer_idle: 500ms }"), &[]).await;
+
+    let mut h1 = TcpStream::connect(proxy.addr).await.unwrap();
+    h1.write_all(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), h1.read_to_end(&mut got)).await;
+    assert!(
+        closed.is_ok(),
+        "the HTTP/1.1 client still waits 5 s into a stalled answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200 ") && text.ends_with("0123456789"),
+        "{text:?}"
+    );
+
+    let mut h2 = h2_connect(proxy.addr).await;
+    let (answer, _) = h2
+        .send_request(http::Request::get("http://a/stall").body(()).unwrap(), true)
+        .unwrap();
+    let mut body = answer.await.unwrap().into_body();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut got = 0;
+        loop {
+            match body.data().await {
+                Some(Ok(data)) => got += data.len(),
+                Some(Err(e)) => return Err((got, e)),
+                None => return Ok(got),
+            }
+        }
+    })
+    .await
+    .expect("the HTTP/2 client still waits 5 s into a stalled answer");
+    assert!(
+        ended.as_ref().is_err_and(|(got, _)| *got == 10),
+        "the stalled answer's stream was not reset after its 10 bytes: {ended:?}"
+    );
+
+    let m = eventually(
+        "both stalled answers to be counted on the backend",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let timeouts = m.sum(
+                "sluice_upstream_errors_total",
+                &[("route", "r"), ("kind", "timeout")],
+            );
+            (timeouts == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[
+                ("route", "r"),
+                ("code", "200"),
+                ("classification", "failure")
+            ]
+        ),
+        2.0
+    );
+
+    // A drip with pauses shorter than the limit, and a big answer read
+    // only after three limits' time, come whole and count as successes.
+    let (status, _, drip) = get(&format!("http://{}/drip", proxy.addr)).await.unwrap();
+    assert_eq!((status.as_u16(), drip.len()), (200, 8));
+    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut big = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut big))
+        .await
+        .expect("the big answer in time")
+        .unwrap();
+    assert!(
+        big.ends_with(&[b'b'; 1024]) && big.len() > 4 << 20,
+        "{}",
+        big.len()
+    );
+    let m = eventually(
+        "the drip and the big answer to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let ok = m.sum(
+                "sluice_requests_total",
+                &[
+                    ("route", "r"),
+                    ("code", "200"),
+                    ("classification", "success"),
+                ],
+            );
+            (ok == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "r"), ("kind", "timeout")]
+        ),
+        2.0,
+        "a paced or slowly read answer was cut"
+    );
+}

@@ -520,10 +520,12 @@ async fn the_request_timeout_reaches_the_route_and_a_slow_backend_gets_a_504_at_
         "app",
         "sluice.dev/request-timeout=3s",
         "sluice.dev/tunnel-idle-timeout=90s",
+        "sluice.dev/answer-idle-timeout=2m",
     ]);
     w.tick().await;
     assert_eq!(w.config().routes[0].timeouts.request, "3s");
     assert_eq!(w.config().routes[0].timeouts.tunnel_idle, "90s");
+    assert_eq!(w.config().routes[0].timeouts.answer_idle, "2m");
     assert_eq!(w.weight(), 0.0);
     let proxy = serve(&w.config(), &slow, &canary).await;
     let (status, headers, _) = sluice_tests::get(&format!("http://{}/", proxy.addr))

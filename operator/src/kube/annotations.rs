@@ -66,6 +66,7 @@ pub const CONNECT_TIMEOUT: &str = "sluice.dev/connect-timeout";
 pub const IDLE_TIMEOUT: &str = "sluice.dev/idle-timeout";
 pub const UPSTREAM_IDLE_TIMEOUT: &str = "sluice.dev/upstream-idle-timeout";
 pub const TUNNEL_IDLE_TIMEOUT: &str = "sluice.dev/tunnel-idle-timeout";
+pub const ANSWER_IDLE_TIMEOUT: &str = "sluice.dev/answer-idle-timeout";
 pub const PROXY_REPLICAS: &str = "sluice.dev/proxy-replicas";
 pub const PROXY_RESOURCES: &str = "sluice.dev/proxy-resources";
 pub const PROXY_AUTOSCALE: &str = "sluice.dev/proxy-autoscale";
@@ -135,6 +136,7 @@ pub const KNOWN: &[&str] = &[
     IDLE_TIMEOUT,
     UPSTREAM_IDLE_TIMEOUT,
     TUNNEL_IDLE_TIMEOUT,
+    ANSWER_IDLE_TIMEOUT,
     PROXY_REPLICAS,
     PROXY_RESOURCES,
     PROXY_AUTOSCALE,
@@ -805,6 +807,7 @@ fn route_settings(
         (IDLE_TIMEOUT, &mut route.timeouts.idle),
         (UPSTREAM_IDLE_TIMEOUT, &mut route.timeouts.upstream_idle),
         (TUNNEL_IDLE_TIMEOUT, &mut route.timeouts.tunnel_idle),
+        (ANSWER_IDLE_TIMEOUT, &mut route.timeouts.answer_idle),
     ] {
         if let Some(v) = annotations.get(annotation) {
             *field = v.trim().to_string();
@@ -822,6 +825,7 @@ fn route_settings(
             ("timeouts.idle", IDLE_TIMEOUT),
             ("timeouts.upstream_idle", UPSTREAM_IDLE_TIMEOUT),
             ("timeouts.tunnel_idle", TUNNEL_IDLE_TIMEOUT),
+            ("timeouts.answer_idle", ANSWER_IDLE_TIMEOUT),
         ]
         .into_iter()
         .find(|(field, _)| e.starts_with(&format!("{field}:")))
@@ -972,6 +976,7 @@ pub const BAD_VALUE_CASES: &[(&str, &str, &str)] = &[
     (IDLE_TIMEOUT, "1x", "unknown unit `x`"),
     (UPSTREAM_IDLE_TIMEOUT, "", "empty duration"),
     (TUNNEL_IDLE_TIMEOUT, "0s", "must be greater than 0"),
+    (ANSWER_IDLE_TIMEOUT, "2 minutes", "unknown unit ` minutes`"),
     (PROXY_REPLICAS, "0", "1..=100"),
     (PROXY_REPLICAS, "two", "1..=100"),
     (
@@ -1129,6 +1134,7 @@ fn router_of(annotations: &BTreeMap<String, String>) -> Result<Router, Annotatio
                 IDLE_TIMEOUT,
                 UPSTREAM_IDLE_TIMEOUT,
                 TUNNEL_IDLE_TIMEOUT,
+                ANSWER_IDLE_TIMEOUT,
                 PROXY_REPLICAS,
                 PROXY_RESOURCES,
                 PROXY_AUTOSCALE,

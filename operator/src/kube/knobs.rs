@@ -10,11 +10,12 @@
 //!   rolled back; between releases no rule is written, so nothing reaches
 //!   the canary. The rules are checked by the proxy's own validator.
 //! - `sluice.dev/request-timeout`, `connect-timeout`, `idle-timeout`,
-//!   `upstream-idle-timeout`, `tunnel-idle-timeout`: the route's
-//!   `timeouts.request`, `.connect`, `.idle`, `.upstream_idle` and
-//!   `.tunnel_idle` on every route of the app, checked as the proxy checks
-//!   them (a duration above 0). Defaults are the proxy's (30s, 1s, 60s, 4s,
-//!   1h). They apply between releases too.
+//!   `upstream-idle-timeout`, `tunnel-idle-timeout`,
+//!   `answer-idle-timeout`: the route's `timeouts.request`, `.connect`,
+//!   `.idle`, `.upstream_idle`, `.tunnel_idle` and `.answer_idle` on every
+//!   route of the app, checked as the proxy checks them (a duration above
+//!   0). Defaults are the proxy's (30s, 1s, 60s, 4s, 1h, 5m). They apply
+//!   between releases too.
 //! - `sluice.dev/proxy-replicas` (default 2): the proxy Deployment's
 //!   replicas, 1..=100.
 //! - `sluice.dev/proxy-resources`: the proxy container's `resources`, as

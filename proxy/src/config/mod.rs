@@ -543,6 +543,12 @@ pub struct Timeouts {
     /// a longer one is answered 408.
     #[serde(default = "default_body_idle_timeout")]
     pub idle: String,
+    /// Longest pause a backend may make in its answer's body, once its
+    /// head has come; a longer one cuts the answer, as a `timeout` on the
+    /// backend. Long enough for streams that send now and then (gRPC
+    /// server streams, server-sent events with keep-alives).
+    #[serde(default = "default_answer_idle_timeout")]
+    pub answer_idle: String,
     /// How long an idle pooled upstream connection is kept: below the
     /// keep-alive of common servers (Node 5 s), so the proxy closes it
     /// before the server does and never sends on a connection the server
@@ -561,6 +567,7 @@ impl Default for Timeouts {
             connect: default_connect_timeout(),
             request: default_request_timeout(),
             idle: default_body_idle_timeout(),
+            answer_idle: default_answer_idle_timeout(),
             upstream_idle: default_upstream_idle_timeout(),
             tunnel_idle: default_tunnel_idle_timeout(),
         }
@@ -584,6 +591,13 @@ fn default_upstream_idle_timeout() -> String {
 /// peers vanished without a FIN does not hold its two sockets for ever.
 fn default_tunnel_idle_timeout() -> String {
     "1h".to_string()
+}
+
+/// Five minutes, as Envoy's stream idle timeout: a stream that sends
+/// less often than that is rare, and a backend that hangs mid-answer
+/// holds its client no longer.
+fn default_answer_idle_timeout() -> String {
+    "5m".to_string()
 }
 
 fn default_body_idle_timeout() -> String {

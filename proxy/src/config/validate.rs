@@ -100,6 +100,9 @@ pub struct ValidRoute {
     pub request_timeout: Duration,
     /// Longest pause between request body chunks.
     pub body_idle_timeout: Duration,
+    /// `timeouts.answer_idle`: the backend's longest pause in its answer's
+    /// body.
+    pub answer_idle_timeout: Duration,
     /// An upgraded connection moving no byte this long is closed.
     pub tunnel_idle_timeout: Duration,
     pub upstream_tls: UpstreamTls,
@@ -816,6 +819,7 @@ fn validate_route(route: &RouteConfig, at: &str, errs: &mut Collector) -> Option
         upstream_idle_timeout: timeouts.upstream_idle,
         request_timeout: timeouts.request,
         body_idle_timeout: timeouts.body_idle,
+        answer_idle_timeout: timeouts.answer_idle,
         tunnel_idle_timeout: timeouts.tunnel_idle,
         upstream_tls: route.upstream_tls.clone().unwrap_or_default(),
         grpc_failure_codes,
@@ -1062,6 +1066,7 @@ struct RouteTimeouts {
     connect: Duration,
     request: Duration,
     body_idle: Duration,
+    answer_idle: Duration,
     upstream_idle: Duration,
     tunnel_idle: Duration,
 }
@@ -1075,6 +1080,11 @@ fn validate_route_timeouts(
     let connect = positive_duration(&timeouts.connect, &format!("{at}.timeouts.connect"), errs);
     let request = positive_duration(&timeouts.request, &format!("{at}.timeouts.request"), errs);
     let body_idle = positive_duration(&timeouts.idle, &format!("{at}.timeouts.idle"), errs);
+    let answer_idle = positive_duration(
+        &timeouts.answer_idle,
+        &format!("{at}.timeouts.answer_idle"),
+        errs,
+    );
     let upstream_idle = positive_duration(
         &timeouts.upstream_idle,
         &format!("{at}.timeouts.upstream_idle"),
@@ -1089,6 +1099,7 @@ fn validate_route_timeouts(
         connect: connect?,
         request: request?,
         body_idle: body_idle?,
+        answer_idle: answer_idle?,
         upstream_idle: upstream_idle?,
         tunnel_idle: tunnel_idle?,
     })
