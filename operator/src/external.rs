@@ -25,6 +25,15 @@
 //! ([`Readings::clear`], called by the provider's reset) asks again, and
 //! the intervals count from it, so the tick that ends a step's interval
 //! (the one that decides the step) reads afresh.
+//!
+//! Only a reading that gave a number stands for its interval. A failed
+//! one (the endpoint unreachable, a 5xx, an answer without the number) is
+//! asked again at the next tick, then after 2, 4, 8… ticks while it keeps
+//! failing (never longer than the interval, and a new interval asks
+//! anyway), so one transient error does not leave the check Inconclusive
+//! for a whole interval, and a dead endpoint is not asked every tick. The
+//! count of failures starts over with a reading that succeeds, a weight
+//! change or a new release.
 
 use std::time::{Duration, Instant};
 
@@ -43,12 +52,21 @@ pub fn is_external(check: &QueryCheck) -> bool {
     check.provider != QueryProvider::Prometheus
 }
 
-/// The last reading of each external check: when it was taken and what
-/// it gave (see the module docs); and when the weight last changed.
+/// The last reading of each external check (see the module docs); and
+/// when the weight last changed.
 #[derive(Debug, Default)]
 pub struct Readings {
-    taken: Vec<(QueryCheck, Instant, Result<f64, String>)>,
+    taken: Vec<Reading>,
     since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Reading {
+    check: QueryCheck,
+    at: Instant,
+    value: Result<f64, String>,
+    /// Failed readings in a row, this one included (0 when it succeeded).
+    failures: u32,
 }
 
 impl Readings {
@@ -60,7 +78,9 @@ impl Readings {
     /// afresh, never on the reading of the step's first seconds. Before
     /// any change, a reading stands less than an interval, less half a
     /// tick. Under the threshold gate, which ticks once an interval, every
-    /// tick asks.
+    /// tick asks. A failed reading stands only for its backoff: a tick
+    /// after the first failure in a row, doubled with each further one,
+    /// at most the interval (less half a tick, as above).
     fn standing(
         &self,
         check: &QueryCheck,
@@ -74,17 +94,38 @@ impl Readings {
                 ((t.saturating_duration_since(since) + slack).as_secs_f64() / interval).floor()
             })
         };
+        let stands_for = |r: &Reading| match r.failures {
+            0 => plan.interval,
+            n => plan
+                .tick_interval()
+                .saturating_mul(1 << (n - 1).min(16))
+                .min(plan.interval),
+        };
         self.taken
             .iter()
-            .find(|(c, _, _)| c == check)
-            .filter(|(_, at, _)| now.saturating_duration_since(*at) + slack < plan.interval)
-            .filter(|(_, at, _)| slot(*at) == slot(now))
-            .map(|(_, _, value)| value.clone())
+            .find(|r| r.check == *check)
+            .filter(|r| now.saturating_duration_since(r.at) + slack < stands_for(r))
+            .filter(|r| slot(r.at) == slot(now))
+            .map(|r| r.value.clone())
     }
 
     fn keep(&mut self, check: &QueryCheck, at: Instant, value: Result<f64, String>) {
-        self.taken.retain(|(c, _, _)| c != check);
-        self.taken.push((check.clone(), at, value));
+        let failed_before = self
+            .taken
+            .iter()
+            .find(|r| r.check == *check)
+            .map_or(0, |r| r.failures);
+        self.taken.retain(|r| r.check != *check);
+        let failures = match value {
+            Ok(_) => 0,
+            Err(_) => failed_before.saturating_add(1),
+        };
+        self.taken.push(Reading {
+            check: check.clone(),
+            at,
+            value,
+            failures,
+        });
     }
 
     /// Forgets every reading (a weight change, a new release): the next
@@ -116,7 +157,7 @@ pub async fn overlay(
     if checks.is_empty() {
         return;
     }
-    readings.taken.retain(|(c, _, _)| checks.contains(&c));
+    readings.taken.retain(|r| checks.contains(&&r.check));
     for check in checks {
         let threshold = check.threshold();
         let value = match readings.standing(check, plan, now) {
@@ -358,6 +399,85 @@ mod tests {
         readings.keep(&check, at(60.0), Ok(3.0));
         assert_eq!(readings.standing(&check, &plan, at(100.0)), Some(Ok(3.0)));
         assert_eq!(readings.standing(&check, &plan, at(119.0)), None);
+    }
+
+    /// A failed reading is asked again at the next tick (2 s), then after
+    /// 2, 4, 8… ticks while it keeps failing, never past the interval; a
+    /// reading that succeeds stands for the interval again.
+    #[test]
+    fn a_failed_reading_is_asked_again_at_the_next_tick_then_backs_off() {
+        let check = web_check();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let plan = Plan::default();
+        let mut readings = Readings::default();
+        readings.clear_at(at(0));
+        let down = || Err::<f64, String>("answered 503".into());
+        // Each failure, and the ticks it stands for before the next ask.
+        let mut asked = Vec::new();
+        for s in (2..60).step_by(2) {
+            if readings.standing(&check, &plan, at(s)).is_none() {
+                asked.push(s);
+                readings.keep(&check, at(s), down());
+            }
+        }
+        assert_eq!(asked, [2, 4, 8, 16, 32]);
+        // The new interval asks at once; a success then stands for it.
+        assert_eq!(readings.standing(&check, &plan, at(60)), None);
+        readings.keep(&check, at(60), Ok(2.0));
+        assert_eq!(readings.standing(&check, &plan, at(100)), Some(Ok(2.0)));
+        // A failure after a success is asked again a tick later.
+        readings.keep(&check, at(120), down());
+        assert_eq!(readings.standing(&check, &plan, at(120)), Some(down()));
+        assert_eq!(readings.standing(&check, &plan, at(122)), None);
+    }
+
+    /// A web check whose endpoint fails once: the next tick reads it
+    /// again and the check passes, rather than stay Inconclusive for the
+    /// interval; after that the passing reading stands (no third call).
+    #[tokio::test]
+    async fn one_failed_call_does_not_leave_a_check_inconclusive_for_an_interval() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let (url, _) = crate::http::test_server(10, move |_| {
+            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"v\": 2}"
+                    .to_vec(),
+            }
+        })
+        .await;
+        let mut check = web_check();
+        check.url = Some(format!("{url}/x"));
+        let plan = Plan {
+            queries: vec![check],
+            ..Plan::default()
+        };
+        let t0 = Instant::now();
+        let mut readings = Readings::default();
+        readings.clear_at(t0);
+        let mut outcomes = Vec::new();
+        for s in [2, 4, 6] {
+            let mut analysis = Analysis::default();
+            let now = t0 + Duration::from_secs(s);
+            let http = HttpClient::plain();
+            overlay(
+                &plan,
+                &mut analysis,
+                plan.interval,
+                &http,
+                &mut readings,
+                now,
+            )
+            .await;
+            outcomes.push(analysis.checks[0].outcome);
+        }
+        use crate::analysis::Outcome;
+        assert_eq!(
+            outcomes,
+            [Outcome::Inconclusive, Outcome::Pass, Outcome::Pass]
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
