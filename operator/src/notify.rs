@@ -76,6 +76,26 @@ impl Service {
         }
     }
 
+    /// The service of a well-known incoming-webhook host (Slack's, Teams',
+    /// Discord's, Google Chat's), for a Flagger `AlertProvider` Secret's
+    /// `address`, whose service is the provider's `spec.type`, which Sluice
+    /// does not read. None: another host (Rocket.Chat is self-hosted).
+    pub fn of_address(url: &str) -> Option<Self> {
+        let host = url.parse::<http::Uri>().ok()?.host()?.to_ascii_lowercase();
+        let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+        if host == "hooks.slack.com" {
+            Some(Self::Slack)
+        } else if under("discord.com") || under("discordapp.com") {
+            Some(Self::Discord)
+        } else if under("webhook.office.com") || host == "outlook.office.com" {
+            Some(Self::Teams)
+        } else if host == "chat.googleapis.com" {
+            Some(Self::GoogleChat)
+        } else {
+            None
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Slack => "slack",
@@ -93,6 +113,8 @@ impl Service {
 pub struct Channel {
     pub service: Service,
     url: Secret,
+    /// Sent as `Authorization: Bearer` (a Flagger Secret's `token`).
+    token: Option<Secret>,
 }
 
 impl Channel {
@@ -127,7 +149,15 @@ impl Channel {
         Ok(Self {
             service,
             url: Secret::from_value(url),
+            token: None,
         })
+    }
+
+    /// The channel, its notes sent with `Authorization: Bearer <token>`
+    /// (as Flagger sends an `AlertProvider` Secret's `token`).
+    pub fn with_token(mut self, token: Secret) -> Self {
+        self.token = Some(token);
+        self
     }
 }
 
@@ -483,7 +513,7 @@ async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), S
                 Method::POST,
                 channel.url.expose_for_request(),
                 &body,
-                None,
+                channel.token.as_ref().map(Secret::expose_for_request),
                 Duration::from_secs(5),
             )
             .await
@@ -661,6 +691,27 @@ mod tests {
             .get();
         // 72 notes: 64 wait, one may be in flight already.
         assert!((7..=8).contains(&dropped), "{dropped}");
+    }
+
+    /// A channel with a token (a Flagger Secret's `token`) sends it as
+    /// `Authorization: Bearer`, as Flagger does.
+    #[tokio::test]
+    async fn a_channels_token_goes_out_as_a_bearer_token() {
+        let (url, seen) = crate::http::test_server(1, |_| {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        })
+        .await;
+        let channel = Channel::from_url(Service::Slack, &url, "test")
+            .unwrap()
+            .with_token(Secret::from_value("xoxb-t0ken"));
+        let notifier = Notifier::start(vec![channel], false, None, HttpClient::plain());
+        three_notes(&notifier);
+        assert!(within_30s(|| requests_to(&seen) == 1).await);
+        let head = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
+        assert!(
+            head.contains("authorization: bearer xoxb-t0ken\r\n"),
+            "{head}"
+        );
     }
 
     /// Slack reads `<`, `>` and `&` as markup; the other services get the

@@ -57,7 +57,9 @@ pub const BASELINE_ARM: &str = "sluice.dev/baseline-arm";
 /// outbound calls their CA and credentials (see `crate::http`).
 pub const ACCESS: &str = "sluice.dev/access";
 /// A Secret in the app's namespace whose keys `slack`, `teams`, `discord`,
-/// `webhook` hold chat incoming-webhook URLs for this app's releases.
+/// `rocket`, `gchat`, `webhook` hold chat incoming-webhook URLs for this
+/// app's releases, or a Flagger AlertProvider Secret's `address` (see
+/// `inputs::read_channels`).
 pub const NOTIFY: &str = "sluice.dev/notify";
 /// Per-app knobs ([`super::knobs`]).
 pub const MATCH: &str = "sluice.dev/match";

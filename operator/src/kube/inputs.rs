@@ -275,18 +275,89 @@ fn start_notifier(
     state: &mut AppSecrets,
     http: &HttpClient,
 ) -> Vec<SecretProblem> {
+    let (channels, steps, problems) = read_channels(name, data, &state.channels);
+    let notifier = crate::notify::Notifier::start(
+        channels.values().cloned().collect(),
+        steps,
+        Some(ctx.metrics.notifications.clone()),
+        http.clone(),
+    );
+    state.channels = channels;
+    ctx.app_notifiers
+        .lock()
+        .expect("app_notifiers lock")
+        .insert(key.to_string(), (digest.to_string(), notifier));
+    problems
+}
+
+/// The channels of the notify Secret `name`'s `data`, by key, whether it
+/// asks for every weight step, and its problems; `last`: each key's last
+/// valid channel, which a key gone bad keeps.
+///
+/// The keys: a service's name (`slack`, `teams` or `msteams`, `discord`,
+/// `rocket`, `gchat`, `webhook`) holding its URL; `steps: "true"`; and
+/// those of a Flagger `AlertProvider` Secret, so one can be named as it
+/// is: `address`, the URL, its service the key `type` (the provider's
+/// `spec.type`, which lives on the AlertProvider, not in its Secret) or,
+/// without one, told from a well-known host (Slack's, Teams', Discord's,
+/// Google Chat's); and `token`, sent with it as `Authorization: Bearer`,
+/// as Flagger does.
+fn read_channels(
+    name: &str,
+    data: &BTreeMap<String, Vec<u8>>,
+    last: &BTreeMap<String, crate::notify::Channel>,
+) -> (
+    BTreeMap<String, crate::notify::Channel>,
+    bool,
+    Vec<SecretProblem>,
+) {
+    use crate::notify::{Channel, Service};
+    let what = |k: &str| format!("annotation {}: Secret {name} key {k}", annotations::NOTIFY);
+    fn utf8(what: String, v: &[u8]) -> Result<&str, String> {
+        std::str::from_utf8(v)
+            .map(str::trim)
+            .map_err(|_| format!("{what}: not UTF-8"))
+    }
+    let text = |k: &str, v| utf8(what(k), v);
     let mut problems = Vec::new();
     let mut channels = BTreeMap::new();
     let steps = data.get("steps").is_some_and(|v| v.trim_ascii() == b"true");
-    for (k, v) in data.iter().filter(|(k, _)| *k != "steps") {
-        let what = format!("annotation {}: Secret {name} key {k}", annotations::NOTIFY);
-        let channel = crate::notify::Service::parse(k)
-            .map_err(|e| format!("{what}: {e}"))
-            .and_then(|service| {
-                let url = std::str::from_utf8(v).map_err(|_| format!("{what}: not UTF-8"))?;
-                crate::notify::Channel::from_url(service, url.trim(), &what)
-            });
-        match (channel, state.channels.get(k)) {
+    let flagger = |k: &str| matches!(k, "type" | "token");
+    for (k, v) in data.iter().filter(|(k, _)| *k != "steps" && !flagger(k)) {
+        let channel = if k == "address" {
+            let address = |url: &str| {
+                let service = match data.get("type") {
+                    Some(t) => Service::parse(text("type", t)?)
+                        .map_err(|e| format!("{}: {e}", what("type")))?,
+                    None => Service::of_address(url).ok_or_else(|| {
+                        format!(
+                            "{}: its service is not told by the URL's host; add a key `type` naming it (slack, msteams, discord, rocket, gchat or webhook), as the AlertProvider's spec.type does",
+                            what(k)
+                        )
+                    })?,
+                };
+                let channel = Channel::from_url(service, url, &what(k))?;
+                match data.get("token") {
+                    None => Ok(channel),
+                    Some(t) => {
+                        let token = text("token", t)?;
+                        if http::HeaderValue::from_str(token).is_err() || token.is_empty() {
+                            return Err(format!(
+                                "{}: empty, or holds a byte a header value may not",
+                                what("token")
+                            ));
+                        }
+                        Ok(channel.with_token(crate::http::Secret::from_value(token)))
+                    }
+                }
+            };
+            text(k, v).and_then(address)
+        } else {
+            Service::parse(k)
+                .map_err(|e| format!("{}: {e}", what(k)))
+                .and_then(|service| Channel::from_url(service, text(k, v)?, &what(k)))
+        };
+        match (channel, last.get(k)) {
             (Ok(channel), _) => {
                 channels.insert(k.clone(), channel);
             }
@@ -303,18 +374,18 @@ fn start_notifier(
             )),
         }
     }
-    let notifier = crate::notify::Notifier::start(
-        channels.values().cloned().collect(),
-        steps,
-        Some(ctx.metrics.notifications.clone()),
-        http.clone(),
-    );
-    state.channels = channels;
-    ctx.app_notifiers
-        .lock()
-        .expect("app_notifiers lock")
-        .insert(key.to_string(), (digest.to_string(), notifier));
-    problems
+    if !data.contains_key("address") {
+        for k in data.keys().filter(|k| flagger(k)) {
+            problems.push(SecretProblem::new(
+                format!(
+                    "{}: goes with a key `address` (as in a Flagger AlertProvider Secret), which the Secret does not have",
+                    what(k)
+                ),
+                "it is not used",
+            ));
+        }
+    }
+    (channels, steps, problems)
 }
 
 /// Publishes each of an app's Secret `problems` as a Warning Event once,
@@ -596,4 +667,86 @@ pub(super) async fn copy_configs(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::Service;
+
+    fn secret(keys: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        keys.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    /// A Flagger `AlertProvider` Secret named as it is: its `address` is a
+    /// channel, its service told by `type` or by a well-known host; the
+    /// `token` goes with it; nothing is reported.
+    #[test]
+    fn a_flagger_alert_provider_secrets_address_is_a_channel() {
+        for (keys, service) in [
+            (
+                &[("address", "https://hooks.slack.com/services/T1/B1/x")][..],
+                Service::Slack,
+            ),
+            (
+                &[("address", "https://acme.webhook.office.com/webhookb2/x")][..],
+                Service::Teams,
+            ),
+            (
+                &[
+                    ("address", "https://chat.acme.example/hooks/abc"),
+                    ("type", "rocket"),
+                    ("token", "t0ken"),
+                ][..],
+                Service::Rocket,
+            ),
+            (
+                &[
+                    ("address", "https://hooks.slack.com/services/T1/B1/x"),
+                    ("type", "msteams"),
+                ][..],
+                Service::Teams,
+            ),
+        ] {
+            let (channels, steps, problems) =
+                read_channels("alerts", &secret(keys), &BTreeMap::new());
+            assert_eq!(problems, [], "{keys:?}");
+            assert!(!steps);
+            let services: Vec<_> = channels
+                .iter()
+                .map(|(k, c)| (k.as_str(), c.service))
+                .collect();
+            assert_eq!(services, [("address", service)], "{keys:?}");
+        }
+    }
+
+    /// An `address` whose service neither `type` nor its host tells is
+    /// left out with a problem that says to add `type`; a `type` or
+    /// `token` without an `address` is reported as not used.
+    #[test]
+    fn an_address_of_an_unknown_service_asks_for_its_type() {
+        let (channels, _, problems) = read_channels(
+            "alerts",
+            &secret(&[("address", "https://chat.acme.example/hooks/abc")]),
+            &BTreeMap::new(),
+        );
+        assert!(channels.is_empty());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].problem.contains("key address") && problems[0].problem.contains("`type`"),
+            "{}",
+            problems[0]
+        );
+        assert!(!problems[0].to_string().contains("acme"), "{}", problems[0]);
+        let (channels, _, problems) = read_channels(
+            "alerts",
+            &secret(&[("slack", "https://hooks.slack.com/x"), ("token", "t")]),
+            &BTreeMap::new(),
+        );
+        assert_eq!(channels.len(), 1);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].problem.contains("key token"), "{}", problems[0]);
+    }
 }
