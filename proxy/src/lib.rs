@@ -380,6 +380,9 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         })?),
         None => None,
     };
+    if let Some(t) = &terminator {
+        metrics.set_tls_expiry(t.not_after());
+    }
     let shared = SharedState {
         store: store.clone(),
         draining: Arc::new(AtomicBool::new(false)),

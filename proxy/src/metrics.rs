@@ -577,6 +577,8 @@ pub struct Metrics {
     canary_weight: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     reloads: Family<ReloadLabels, Counter>,
     last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
+    tls_last_reload_ok: Gauge<i64, std::sync::atomic::AtomicI64>,
+    tls_expiry: Gauge<i64, std::sync::atomic::AtomicI64>,
     config_source: Family<DigestLabels, Gauge>,
     config_digest: std::sync::Mutex<Option<String>>,
     rejected: Family<RejectLabels, Counter>,
@@ -632,6 +634,19 @@ impl Metrics {
             "config_last_reload_successful",
             "1 when the last configuration reload succeeded (or none was tried), 0 while the last one was rejected",
             last_reload_ok.clone(),
+        );
+        let tls_last_reload_ok = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        tls_last_reload_ok.set(1);
+        registry.register(
+            "tls_last_reload_successful",
+            "1 when the last change of the listener's certificate files was taken (or none was seen), 0 while the last one was rejected",
+            tls_last_reload_ok.clone(),
+        );
+        let tls_expiry = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the listener's served certificate stops being valid, in Unix seconds (0 without TLS)",
+            tls_expiry.clone(),
         );
         let config_source = Family::<DigestLabels, Gauge>::default();
         registry.register(
@@ -724,6 +739,8 @@ impl Metrics {
             canary_weight,
             reloads,
             last_reload_ok,
+            tls_last_reload_ok,
+            tls_expiry,
             config_source,
             config_digest: std::sync::Mutex::new(None),
             rejected,
@@ -861,10 +878,28 @@ impl Metrics {
         self.config_digest.lock().expect("digest").clone()
     }
 
+    /// A reload of the config's source (the file, a ConfigMap, the
+    /// Gateway API).
     pub fn record_reload(&self, result: ReloadResult) {
         self.reloads.get_or_create(&ReloadLabels { result }).inc();
         self.last_reload_ok
             .set(i64::from(result == ReloadResult::Success));
+    }
+
+    /// A change of the listener's certificate files, taken or not; `served`
+    /// is when the certificate now served stops being valid. Counted with
+    /// the config's reloads, and shown apart from them, so neither masks
+    /// the other's failure.
+    pub fn record_tls_reload(&self, result: ReloadResult, served: Option<i64>) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+        self.tls_last_reload_ok
+            .set(i64::from(result == ReloadResult::Success));
+        self.set_tls_expiry(served);
+    }
+
+    /// When the listener's served certificate stops being valid.
+    pub fn set_tls_expiry(&self, served: Option<i64>) {
+        self.tls_expiry.set(served.unwrap_or(0));
     }
 
     pub fn set_canary_weight(&self, route: &str, percent: f64) {

@@ -4,7 +4,15 @@
 //!   and with `client_ca_file` requires client certificates (mTLS). The
 //!   certificate, key and client CA files are watched; a valid new set is
 //!   used for new connections (open ones keep theirs), an unreadable or
-//!   mismatched set is logged and the old one keeps serving.
+//!   mismatched set is logged and the old one keeps serving. So is a new
+//!   certificate outside its validity period (expired, or not valid yet)
+//!   while the one serving is inside its own: clients would refuse it, and
+//!   the old one may still serve for days. When both are outside, the new
+//!   one is taken, with a warning, as it is at start. The served
+//!   certificate's end of validity is exported
+//!   (`sluice_tls_certificate_expiry_timestamp_seconds`), and whether the
+//!   files' last change was taken (`sluice_tls_last_reload_successful`),
+//!   apart from the config's own reloads.
 //! - Origination: `https://` upstreams are verified against `ca_file` (or the
 //!   system roots); there is no way to switch verification off.
 
@@ -107,7 +115,65 @@ impl ResolvesServerCert for FixedCert {
 
 /// Builds the listener's TLS configuration from the files named in `tls`.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
+    served_config(tls).map(|(config, _)| config)
+}
+
+/// A certificate's validity period, in Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// The leaf's, when its DER can be read (rustls has checked it is a
+    /// certificate already; None only for one x509-parser cannot read).
+    fn of(leaf: &CertificateDer<'_>) -> Option<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let validity = cert.validity();
+        Some(Self {
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+        })
+    }
+
+    fn holds_at(&self, now: i64) -> bool {
+        (self.not_before..=self.not_after).contains(&now)
+    }
+
+    /// What is wrong at `now`, for a log line (None: valid).
+    fn problem_at(&self, now: i64) -> Option<String> {
+        let date = |secs: i64| {
+            httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+            )
+        };
+        if now > self.not_after {
+            Some(format!(
+                "the certificate expired on {}",
+                date(self.not_after)
+            ))
+        } else if now < self.not_before {
+            Some(format!(
+                "the certificate is not valid before {}",
+                date(self.not_before)
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// [`server_config`] and the leaf certificate's validity.
+fn served_config(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Option<Validity>), String> {
     let key = load_certified_key(&tls.cert_file, &tls.key_file)?;
+    let validity = key.end_entity_cert().ok().and_then(Validity::of);
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(VERSIONS)
         .map_err(|e| format!("tls: {e}"))?;
@@ -123,31 +189,57 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     };
     let mut config = builder.with_cert_resolver(Arc::new(FixedCert(key)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), validity))
 }
 
 /// The listener's current TLS configuration, replaced when its files change.
 pub struct Terminator {
     pub tls: TlsConfig,
     current: ArcSwap<ServerConfig>,
+    /// The served leaf's validity.
+    validity: std::sync::Mutex<Option<Validity>>,
 }
 
 impl Terminator {
+    /// The listener's TLS from `tls`'s files; a certificate outside its
+    /// validity period is served, with a warning (see the module docs).
     pub fn new(tls: TlsConfig) -> Result<Arc<Self>, String> {
-        let config = server_config(&tls)?;
+        let (config, validity) = served_config(&tls)?;
+        if let Some(problem) = validity.and_then(|v| v.problem_at(unix_now())) {
+            tracing::warn!(file = %tls.cert_file.display(), "{problem}; it is served, and clients that check dates will refuse it");
+        }
         Ok(Arc::new(Self {
             tls,
             current: ArcSwap::new(config),
+            validity: std::sync::Mutex::new(validity),
         }))
+    }
+
+    /// When the served certificate stops being valid, in Unix seconds.
+    pub fn not_after(&self) -> Option<i64> {
+        self.validity.lock().expect("validity").map(|v| v.not_after)
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current.load_full())
     }
 
-    /// Re-reads the files; on error the old configuration stays.
+    /// Re-reads the files; on error the old configuration stays (see the
+    /// module docs for a certificate outside its validity period).
     pub fn reload(&self) -> Result<(), String> {
-        let config = server_config(&self.tls)?;
+        let (config, validity) = served_config(&self.tls)?;
+        let now = unix_now();
+        let mut served = self.validity.lock().expect("validity");
+        if let Some(problem) = validity.and_then(|v| v.problem_at(now)) {
+            if served.is_some_and(|s| s.holds_at(now)) {
+                return Err(format!(
+                    "tls.cert_file: {}: {problem}, and the one serving is still valid",
+                    self.tls.cert_file.display()
+                ));
+            }
+            tracing::warn!(file = %self.tls.cert_file.display(), "{problem}; it is served, as the one it replaces is not valid either");
+        }
+        *served = validity;
         self.current.store(config);
         Ok(())
     }
@@ -159,7 +251,8 @@ impl Terminator {
     }
 
     /// Watches the certificate files and reloads on change.
-    /// Outcomes count in `sluice_config_reloads_total`.
+    /// Outcomes count in `sluice_config_reloads_total` and show in
+    /// `sluice_tls_last_reload_successful`.
     pub fn watch(
         self: &Arc<Self>,
         metrics: Arc<crate::Metrics>,
@@ -209,11 +302,17 @@ impl Terminator {
                 last = now;
                 match this.reload() {
                     Ok(()) => {
-                        metrics.record_reload(crate::metrics::ReloadResult::Success);
+                        metrics.record_tls_reload(
+                            crate::metrics::ReloadResult::Success,
+                            this.not_after(),
+                        );
                         tracing::info!("TLS certificate reloaded; new connections use it");
                     }
                     Err(e) => {
-                        metrics.record_reload(crate::metrics::ReloadResult::Failure);
+                        metrics.record_tls_reload(
+                            crate::metrics::ReloadResult::Failure,
+                            this.not_after(),
+                        );
                         tracing::error!(error = %e, "TLS files rejected; the previous certificate keeps serving");
                     }
                 }

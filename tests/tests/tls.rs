@@ -416,3 +416,138 @@ async fn an_unusable_upstream_ca_fails_closed() {
         "{refused}"
     );
 }
+
+/// A new certificate that has expired, or is not valid yet, is refused
+/// while the one serving is valid: the old one keeps serving, and the
+/// refusal shows in `sluice_tls_last_reload_successful`, not in the
+/// config's own `sluice_config_last_reload_successful`. A valid one is
+/// taken, and the served certificate's end of validity is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_refused_while_the_served_one_is_valid() {
+    let stable = backend("stable").await;
+    let t = TlsProxy::start(
+        &format!("  - {{ name: web, stable: '{}' }}\n", stable.url()),
+        None,
+    )
+    .await;
+    let m = scrape(t.proxy.admin_addr).await;
+    // rcgen's default validity ends in 4096.
+    let far = m.sum("sluice_tls_certificate_expiry_timestamp_seconds", &[]);
+    assert!(far > 6e10, "the served certificate's expiry: {far}");
+    let ca = t.ca_file();
+    let url = t.url("/");
+    let served_by_first = || {
+        let (ca, url) = (ca.clone(), url.clone());
+        async move {
+            let (code, _, err) = curl_async(vec!["-s".into(), "--cacert".into(), ca, url]).await;
+            assert_eq!(code, 0, "the valid certificate stopped serving: {err}");
+        }
+    };
+
+    for (what, dates) in [
+        ("expired", ((2020, 1, 1), (2021, 1, 1))),
+        ("not yet valid", ((4000, 1, 1), (4001, 1, 1))),
+    ] {
+        let failures = scrape(t.proxy.admin_addr)
+            .await
+            .sum("sluice_config_reloads_total", &[("result", "failure")]);
+        let (cert, key) = t.ca.leaf_dated(&["localhost", "127.0.0.1"], Some(dates));
+        std::fs::write(t.dir.path.join("server.key"), key).unwrap();
+        std::fs::write(t.dir.path.join("server.crt"), cert).unwrap();
+        let m = eventually(
+            &format!("the {what} certificate to be refused"),
+            Duration::from_secs(10),
+            || async {
+                let m = scrape(t.proxy.admin_addr).await;
+                (m.sum("sluice_config_reloads_total", &[("result", "failure")]) > failures)
+                    .then_some(m)
+            },
+        )
+        .await;
+        assert_eq!(
+            m.sum("sluice_tls_last_reload_successful", &[]),
+            0.0,
+            "{what}"
+        );
+        assert_eq!(
+            m.sum("sluice_config_last_reload_successful", &[]),
+            1.0,
+            "{what}"
+        );
+        assert_eq!(
+            m.sum("sluice_tls_certificate_expiry_timestamp_seconds", &[]),
+            far,
+            "{what}"
+        );
+        served_by_first().await;
+    }
+
+    let (cert, key) = t.ca.leaf_dated(
+        &["localhost", "127.0.0.1"],
+        Some(((2020, 1, 1), (3000, 1, 1))),
+    );
+    std::fs::write(t.dir.path.join("server.key"), key).unwrap();
+    std::fs::write(t.dir.path.join("server.crt"), cert).unwrap();
+    let m = eventually(
+        "the valid certificate to be taken",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(t.proxy.admin_addr).await;
+            (m.sum("sluice_tls_last_reload_successful", &[]) == 1.0).then_some(m)
+        },
+    )
+    .await;
+    // 3000-01-01T00:00:00Z.
+    assert_eq!(
+        m.sum("sluice_tls_certificate_expiry_timestamp_seconds", &[]),
+        32_503_680_000.0
+    );
+    served_by_first().await;
+}
+
+/// An upstream's `ca_file` is read again when a configuration is applied
+/// (here an admin update; a file change or SIGHUP does the same): new
+/// contents verify new connections, and contents that no longer parse
+/// leave the last good CA verifying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_upstream_ca_file_is_read_when_a_config_is_applied() {
+    let dir = TempDir::new("upstream-ca-reload");
+    let upstream_ca = TestCa::new("upstream CA");
+    let (cert, key) = upstream_ca.leaf(&["web.internal"]);
+    let upstream = start_https_backend("secure", &cert, &key).await;
+    let ca_file = dir.path.join("upstream-ca.crt");
+    std::fs::write(&ca_file, TestCa::new("old CA").cert_pem).unwrap();
+    let routes = format!(
+        "  - name: web\n    stable: https://{upstream}\n    timeouts: {{ upstream_idle: 100ms }}\n    upstream_tls: {{ ca_file: {}, server_name: web.internal }}\n",
+        ca_file.display(),
+    );
+    let proxy = start_proxy(&proxy_yaml(&routes)).await;
+    let url = format!("http://{}/", proxy.addr);
+    let apply = || async {
+        let (status, body) = put_json(
+            &format!("http://{}/routes/web", proxy.admin_addr),
+            serde_json::json!({ "canary_weight": 0 }),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    };
+    assert_eq!(get(&url).await.unwrap().0, StatusCode::BAD_GATEWAY);
+
+    std::fs::write(&ca_file, &upstream_ca.cert_pem).unwrap();
+    apply().await;
+    let (status, headers, _) = get(&url).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "the new CA file was not read");
+    assert_eq!(headers["x-backend"], "secure");
+
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    apply().await;
+    // Past `upstream_idle`, the next request needs a new handshake.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, _, _) = get(&url).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a broken CA file replaced the good one"
+    );
+}

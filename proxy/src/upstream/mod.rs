@@ -266,6 +266,9 @@ pub struct Response {
 pub struct Upstream {
     key: PoolKey,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    /// The `ca_file`'s bytes its verification was built from (None: no
+    /// `ca_file`, or it could not be read).
+    ca: Option<Vec<u8>>,
     /// Why its TLS handshakes fail, logged now and then.
     tls_warnings: io::TlsWarnings,
     slots: Box<[Slot]>,
@@ -292,24 +295,54 @@ struct H1Pool {
 
 impl Upstream {
     fn new(key: &PoolKey, slots: usize) -> Self {
-        let tls = key.tls.as_ref().map(|t| {
-            let config = crate::tls::client_config(t, key.protocol == Protocol::Http2)
-                .unwrap_or_else(|e| {
-                    // Checked before the table was built; a file broken since
-                    // then makes every handshake fail (502, kind="tls"): fail
-                    // closed.
-                    tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
-                    crate::tls::fail_closed_config(key.protocol == Protocol::Http2)
-                });
+        Self::build(key, slots).unwrap_or_else(|(e, ca)| {
+            // Checked before the table was built; a file broken since then
+            // makes every handshake fail (502, kind="tls"): fail closed.
+            tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
+            let config = crate::tls::fail_closed_config(key.protocol == Protocol::Http2);
+            Self::with_tls(key, slots, Some(config), ca)
+        })
+    }
+
+    /// The upstream for `key`, or why its TLS settings are unusable (with
+    /// the `ca_file`'s bytes as read).
+    fn build(key: &PoolKey, slots: usize) -> Result<Self, (String, Option<Vec<u8>>)> {
+        let ca = ca_bytes(key);
+        let config = match &key.tls {
+            Some(t) => Some(
+                crate::tls::client_config(t, key.protocol == Protocol::Http2)
+                    .map_err(|e| (e, ca.clone()))?,
+            ),
+            None => None,
+        };
+        Ok(Self::with_tls(key, slots, config, ca))
+    }
+
+    fn with_tls(
+        key: &PoolKey,
+        slots: usize,
+        config: Option<Arc<rustls::ClientConfig>>,
+        ca: Option<Vec<u8>>,
+    ) -> Self {
+        let tls = key.tls.as_ref().zip(config).map(|(t, config)| {
             let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
             (tokio_rustls::TlsConnector::from(config), name)
         });
         Self {
             key: key.clone(),
             tls,
+            ca,
             tls_warnings: io::TlsWarnings::default(),
             slots: (0..slots).map(|_| Slot::default()).collect(),
         }
+    }
+
+    /// Whether its `ca_file` now holds other bytes than it was built from.
+    fn ca_changed(&self) -> bool {
+        self.key
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.ca_file.is_some() && ca_bytes(&self.key) != self.ca)
     }
 
     fn slot(&self) -> (usize, &Slot) {
@@ -804,6 +837,12 @@ impl BackendClients {
     }
 }
 
+/// The bytes of `key`'s `ca_file`, when it names one that can be read.
+fn ca_bytes(key: &PoolKey) -> Option<Vec<u8>> {
+    let path = key.tls.as_ref()?.ca_file.as_ref()?;
+    std::fs::read(path).ok()
+}
+
 /// Upstreams by [`PoolKey`], shared across routing tables.
 pub struct ClientPool {
     slots: usize,
@@ -825,9 +864,27 @@ impl ClientPool {
         }
     }
 
-    /// The upstream for `key`, reusing the existing one (and its connections).
+    /// The upstream for `key`, reusing the existing one (and its
+    /// connections) unless its `ca_file` changed: a valid new CA makes a
+    /// new upstream (new connections verify with it; open ones finish
+    /// with the old table), and one that no longer parses is logged while
+    /// the last good CA keeps verifying. So the CA is read again whenever
+    /// a configuration is applied: a file change, SIGHUP, an admin update.
     pub fn get(&self, key: &PoolKey) -> BackendClients {
         let mut map = self.clients.lock().expect("pool lock");
+        if let Some(existing) = map.get(key)
+            && existing.0.ca_changed()
+        {
+            match Upstream::build(key, self.slots) {
+                Ok(fresh) => {
+                    tracing::info!(host = %key.url.host, port = key.url.port, "the upstream's ca_file changed; new connections verify with it");
+                    map.insert(key.clone(), BackendClients(Arc::new(fresh)));
+                }
+                Err((e, _)) => {
+                    tracing::error!(host = %key.url.host, port = key.url.port, error = %e, "the upstream's ca_file changed and cannot be used; the last good one keeps verifying");
+                }
+            }
+        }
         map.entry(key.clone())
             .or_insert_with(|| BackendClients(Arc::new(Upstream::new(key, self.slots))))
             .clone()
