@@ -14,8 +14,20 @@
 //!   the release this process drives is refused and nothing is done: a
 //!   socket path given to several routes' rollouts over time must never
 //!   steer a release the asker did not see.
+//!   `sluice promote` and `sluice abort` send these too ([`command`]): the
+//!   route they were given and the revision of the release (`--revision`,
+//!   else the one the socket's release says it is of just before), so a
+//!   socket given with `--control-socket` that drives another route, or a
+//!   release that changed between the two requests, does nothing. The
+//!   bare one-word requests stay accepted: the socket's protocol
+//!   (docs/rollout.md) promises them to scripts, and a bare request steers
+//!   only what the socket's own release is.
 //! - A command the release cannot act on in its phase is refused saying
 //!   why ([`Command::refused_in`]), never accepted and silently dropped.
+//! - A release resumed from its state file (the rollout restarted
+//!   mid-release) is answered with its saved phase, weight and revision
+//!   from the start, never as `Initializing` until its first tick: the
+//!   rollout seeds the status the socket reads with it before binding.
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -225,6 +237,36 @@ fn answer(line: &str, target: &Target, status: Option<&Status>) -> (Value, Optio
     )
 }
 
+/// What `sluice promote` / `sluice abort` send: request `what` named with
+/// `route` and the release's revision, as the dashboard names them, so a
+/// socket steering another release refuses it and does nothing. The
+/// revision is `revision` when given, else the one the socket's release
+/// answers a `status` (also naming `route`) with just before; a release
+/// that has not ticked yet has none to name, and the request names the
+/// route alone. Returns the answer and the revision named.
+pub async fn command(
+    path: &Path,
+    route: &str,
+    revision: Option<&str>,
+    what: &str,
+) -> Result<(Value, Option<String>), ControlError> {
+    let revision = match revision {
+        Some(r) => Some(r.to_string()),
+        None => {
+            let status = json!({"request": "status", "route": route}).to_string();
+            request(path, &status).await?["status"]["revision"]
+                .as_str()
+                .map(str::to_string)
+        }
+    };
+    let mut named = json!({"request": what, "route": route});
+    if let Some(r) = &revision {
+        named["revision"] = json!(r);
+    }
+    let answer = request(path, &named.to_string()).await?;
+    Ok((answer, revision))
+}
+
 /// How long `sluice promote` / `abort` wait for a rollout's answer.
 const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -377,6 +419,40 @@ mod tests {
         assert_eq!(received.recv().await, Some(Command::PromoteNow));
         request(&path, "promote").await.unwrap();
         assert_eq!(received.recv().await, Some(Command::Approve));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What the CLI sends names the route it was given and the release's
+    /// revision: a socket driving another route, or a release of another
+    /// revision than the one asked for, does nothing; the socket's own
+    /// release takes it.
+    #[tokio::test]
+    async fn the_cli_names_its_route_and_revision_so_another_release_is_not_steered() {
+        let dir = scratch("cli");
+        let path = dir.join("control.sock");
+        let (commands, mut received) = mpsc::unbounded_channel();
+        let (_status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
+        let _socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
+            .await
+            .unwrap();
+        let err = command(&path, "web", None, "abort")
+            .await
+            .expect_err("another route");
+        assert!(
+            err.to_string().contains(
+                "nothing was done: this socket steers the release on route `api`, not `web`"
+            ),
+            "{err}"
+        );
+        let err = command(&path, "api", Some("http://v1"), "promote-full")
+            .await
+            .expect_err("another revision");
+        assert!(err.to_string().contains("not http://v1"), "{err}");
+        assert!(received.try_recv().is_err(), "a command was passed on");
+        let (answer, revision) = command(&path, "api", None, "abort").await.unwrap();
+        assert_eq!(revision.as_deref(), Some("http://v2"));
+        assert_eq!(answer["message"], "rollback requested");
+        assert_eq!(received.recv().await, Some(Command::Abort));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

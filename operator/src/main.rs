@@ -603,10 +603,15 @@ struct RolloutArgs {
 
 #[derive(clap::Args)]
 struct ControlArgs {
-    /// The route whose release to act on.
+    /// The route whose release to act on; a control socket driving another route refuses the
+    /// request and nothing is done.
     route: String,
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Act only if the running release is of this revision (its `--canary` URL); by default,
+    /// the revision the release says it is of just before.
+    #[arg(long, value_name = "CANARY_URL")]
+    revision: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -907,6 +912,9 @@ async fn rollout(args: RolloutArgs) -> ExitCode {
         },
         None => None,
     };
+    // A resumed release is answered with its saved phase and weight from
+    // the start, not as `Initializing` until its first tick.
+    status_tx.send_replace(resume.as_ref().map(|(status, _)| status.clone()));
     let target = control::Target {
         route: args.route.clone(),
         experiment: matches!(plan.strategy, plan::Strategy::Experiment { .. }),
@@ -1107,11 +1115,16 @@ async fn control_request(args: ControlArgs, what: &str) -> ExitCode {
     let path = args
         .control_socket
         .unwrap_or_else(|| control::default_socket(&args.route));
-    match control::request(&path, what).await {
-        Ok(answer) => {
+    // Named with its route and revision, as the dashboard's requests are:
+    // a socket driving another release refuses it (see `control`).
+    match control::command(&path, &args.route, args.revision.as_deref(), what).await {
+        Ok((answer, revision)) => {
             println!(
-                "{what}: sent to release `{}` (phase {}): {}",
+                "{what}: sent to release `{}`{} (phase {}): {}",
                 args.route,
+                revision
+                    .map(|r| format!(" of revision {r}"))
+                    .unwrap_or_default(),
                 answer["phase"].as_str().unwrap_or("?"),
                 answer["message"].as_str().unwrap_or("accepted")
             );

@@ -549,8 +549,45 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         }
         assert_ne!(e["phase"], "Failed", "{e}");
     }
+    // The CLI names the route and revision it means: a socket driving
+    // another route's release, or a release of another revision than
+    // the one named, does nothing (exit 1, saying why).
+    let out = sluice(["promote", "other", "--control-socket", &socket]);
+    assert_exit(&out, 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "nothing was done: this socket steers the release on route `web`, not `other`"
+        ),
+        "{err}"
+    );
+    let wrong = format!("{}/older", s.canary.url());
+    let out = sluice([
+        "abort",
+        "web",
+        "--revision",
+        &wrong,
+        "--control-socket",
+        &socket,
+    ]);
+    assert_exit(&out, 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("not {wrong}")), "{err}");
+    let e = rollout
+        .events
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the release goes on");
+    assert_eq!(e["phase"], "WaitingPromotion", "{e}");
     let out = sluice(["promote", "web", "--control-socket", &socket]);
     assert_exit(&out, 0);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!(
+            "sent to release `web` of revision {}",
+            s.canary.url()
+        )),
+        "{said}"
+    );
     let (code, _) = rollout.wait(Duration::from_secs(30)).await;
     assert_eq!(code, 0);
     // With no release running, promote says so (exit 3).
@@ -587,6 +624,111 @@ async fn manual_approval_waits_for_sluice_promote_and_abort_rolls_back() {
         "abort keeps the promoted stable"
     );
     assert_eq!(route["canary_weight"], 0.0);
+}
+
+/// A rollout restarted mid-release answers its control socket with the
+/// saved phase and weight from the moment the socket is up, not as
+/// `Initializing` until its first tick (here held up for 5 s by a proxy
+/// admin whose `/metrics` does not answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_release_answers_its_socket_with_the_saved_phase_from_the_start() {
+    use sluice_operator::machine::{Phase, Status};
+    use sluice_operator::runner::{SavedRelease, StateFile};
+    let canary = format!("http://127.0.0.1:{}", free_port());
+    let route = serde_json::json!({
+        "name": "web",
+        "stable": format!("http://127.0.0.1:{}", free_port()),
+        "canary": canary,
+        "canary_weight": 20.0,
+    })
+    .to_string();
+    let admin = serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let route = route.clone();
+        async move {
+            match req.uri().path() {
+                "/routes/web" => http::Response::new(Full::new(Bytes::from(route))),
+                "/metrics" => {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    http::Response::new(Full::new(Bytes::new()))
+                }
+                _ => http::Response::builder()
+                    .status(404)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            }
+        }
+    })
+    .await;
+    let dir = TempDir::new("resumed-socket");
+    let socket = dir.path.join("control.sock");
+    let saved = Status {
+        phase: Phase::Progressing,
+        revision: canary.clone(),
+        step: 0,
+        canary_weight_bp: 2000,
+        passed_steps: 0,
+        failed_checks: 1,
+        approved: false,
+        started_at: 0.0,
+        last_progress_at: 0.0,
+        last_transition_at: 0.0,
+        message: "advanced to 20%".into(),
+        unconfirmed: None,
+        queued_revision: None,
+        step_started_at: 0.0,
+        gate: None,
+        undecided: false,
+        failure_counted_at: None,
+    };
+    StateFile::beside(&socket)
+        .save(&SavedRelease {
+            route: "web".into(),
+            revision: canary.clone(),
+            saved_at: sluice_operator::clock::wall_clock(),
+            status: saved,
+        })
+        .unwrap();
+    let rollout = Rollout::start(&[
+        "--admin".to_string(),
+        format!("http://{admin}"),
+        "--route".into(),
+        "web".into(),
+        "--canary".into(),
+        canary.clone(),
+        "--gate".into(),
+        "threshold".into(),
+        "--control-socket".into(),
+        socket.display().to_string(),
+    ]);
+    // The first answer the socket gives.
+    let path = socket.as_path();
+    let answer = eventually(
+        "the resumed rollout's socket answers",
+        Duration::from_secs(20),
+        || async move { sluice_operator::control::request(path, "status").await.ok() },
+    )
+    .await;
+    assert!(
+        rollout.events.try_recv().is_err(),
+        "no tick yet: the first is held up by /metrics"
+    );
+    assert_eq!(answer["phase"], "Progressing", "{answer}");
+    assert_eq!(answer["status"]["canary_weight_bp"], 2000, "{answer}");
+    assert_eq!(answer["status"]["revision"], canary.as_str(), "{answer}");
+    // And the CLI names that revision.
+    let out = sluice([
+        "abort",
+        "web",
+        "--control-socket",
+        &socket.display().to_string(),
+    ]);
+    assert_exit(&out, 0);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("of revision {canary} (phase Progressing)")),
+        "{said}"
+    );
+    drop(rollout);
 }
 
 #[test]
