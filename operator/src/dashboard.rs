@@ -75,9 +75,13 @@
 //!   runs and swaps it in (live updates), only when it changed (a digest
 //!   of the body in a response header), keeping each table's scroll
 //!   position; it announces a change of phase, weight or outcome in a
-//!   polite live region, and when a poll fails it says "Connection lost at
-//!   HH:MM:SS; this may be out of date" instead of claiming to be live
-//!   (and keeps trying every 5 s). The buttons and the live notice are in
+//!   polite live region. When a poll fails it says so instead of claiming
+//!   to be live, and keeps trying every 5 s: "Connection lost at HH:MM:SS;
+//!   this may be out of date" when no answer came, "The dashboard answered
+//!   502 (its words) at HH:MM:SS; …" when the answer was not a 2xx (a
+//!   session gone, a release no longer found, Kubernetes unreachable). The
+//!   first poll that succeeds again puts the live notice back and says
+//!   "Connection restored at HH:MM:SS" (also in the live region). The buttons and the live notice are in
 //!   the swapped body, so they go when the release ends. Without the
 //!   script the page is a snapshot.
 //! - **The end is shown.** `sluice rollout --dashboard` keeps serving for
@@ -731,19 +735,30 @@ async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
 
 /// Polls the body while the release runs; swaps it in only when its digest
 /// changed, keeping each table's scroll position, and announces a change
-/// of phase, weight or outcome. A failed poll says the connection was lost
-/// (and tries again every 5 s) instead of claiming to be live.
+/// of phase, weight or outcome. A poll that fails says so instead of
+/// claiming to be live, and tries again every 5 s: "Connection lost" when
+/// no answer came (the network, or the dashboard gone), "The dashboard
+/// answered 502 (its words)" when an answer came that is not a 2xx. The
+/// first poll that succeeds again swaps the body in (the live notice
+/// back) and says "Connection restored at HH:MM:SS", on the page and in
+/// the live region.
 const LIVE_JS: &str = r#"(function(){var m=document.getElementById('live');if(!m)return;var say=document.getElementById('announce');
 function ended(){var e=m.querySelector('[data-ended]');return !!e&&e.dataset.ended==='true'}
 function field(n){var e=m.querySelector('[data-field="'+n+'"]');return e?e.textContent.trim():''}
 function summary(){var s='Phase '+field('phase')+', weight '+field('weight'),o=field('outcome');return o&&o!=='running'?s+', '+o:s}
-function lost(){var t='Connection lost at '+new Date().toTimeString().slice(0,8)+'; this may be out of date.',n=m.querySelector('.live');
-if(n){n.textContent=t;n.className='live stale'}if(say&&!m.dataset.stale)say.textContent=t;m.dataset.stale=t;setTimeout(tick,5000)}
-function tick(){fetch(m.dataset.src,{credentials:'same-origin'}).then(function(r){if(!r.ok)throw new Error('HTTP '+r.status);
-var d=r.headers.get('x-body-digest');return r.text().then(function(t){return[t,d]})}).then(function(a){var stale=m.dataset.stale;delete m.dataset.stale;
-if(stale||a[1]!==m.dataset.digest){var before=summary(),tops=[].map.call(m.querySelectorAll('.scroll'),function(e){return e.scrollTop});
-m.innerHTML=a[0];m.dataset.digest=a[1];[].forEach.call(m.querySelectorAll('.scroll'),function(e,i){if(tops[i])e.scrollTop=tops[i]});
-var after=summary();if(say&&after!==before)say.textContent=after}if(!ended())setTimeout(tick,2000)},lost)}
+function at(){return new Date().toTimeString().slice(0,8)}
+function notice(t,c){var n=m.querySelector('.live');if(n){n.textContent=t;n.className=c}}
+function stale(kind,t){notice(t,'live stale');if(say&&m.dataset.stale!==kind)say.textContent=t;m.dataset.stale=kind;setTimeout(tick,5000)}
+function lost(){stale('lost','Connection lost at '+at()+'; this may be out of date.')}
+function answered(r){var tell=function(w){stale('http '+r.status,'The dashboard answered '+r.status+(w?' ('+w+')':'')+' at '+at()+'; this may be out of date.')};
+return r.text().then(function(t){var e=new DOMParser().parseFromString(t,'text/html').querySelector('[data-error]');tell(e?e.textContent.trim().slice(0,300):'')},function(){tell('')})}
+function show(t,d){var was=m.dataset.stale;delete m.dataset.stale;
+if(was||d!==m.dataset.digest){var before=summary(),tops=[].map.call(m.querySelectorAll('.scroll'),function(e){return e.scrollTop});
+m.innerHTML=t;m.dataset.digest=d;[].forEach.call(m.querySelectorAll('.scroll'),function(e,i){if(tops[i])e.scrollTop=tops[i]});
+var after=summary();if(was){var back='Connection restored at '+at()+'.';notice(back+' Live: this page follows the release every 2 s.','live');if(say)say.textContent=back+' '+after}
+else if(say&&after!==before)say.textContent=after}if(!ended())setTimeout(tick,2000)}
+function tick(){fetch(m.dataset.src,{credentials:'same-origin'}).then(function(r){if(!r.ok)return answered(r);
+var d=r.headers.get('x-body-digest');return r.text().then(function(t){show(t,d)})}).catch(lost)}
 if(!ended())setTimeout(tick,2000)})();"#;
 
 /// The swapped part of a release page: its buttons, the live notice and

@@ -1220,6 +1220,100 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     let _ = demo.wait();
 }
 
+/// An open release page tells an error the dashboard answered (its status
+/// and words) from a lost connection (no answer), and when polls succeed
+/// again says the connection is restored and is live again. The page's
+/// own `fetch` is made to answer 502, then to fail, then given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_page_tells_an_error_answer_from_a_lost_connection_and_says_when_it_is_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let r = Release::new(Faults {
+        error_rate: 0.01,
+        ..Faults::default()
+    })
+    .await;
+    let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 200.0);
+    let rollout = Rollout::start(&r.args(&["--approve", "manual"]));
+    let login_url = rollout.login_url().await;
+    let mut b = Browser::start(&[]).await;
+    b.open(&login_url).await;
+    let cookie = login(&login_url).await;
+    b.open(&r.url(&r.release_path(&cookie).await)).await;
+    assert!(b.text().await.contains("Live: this page follows"));
+    let announced = "document.getElementById('announce').textContent";
+
+    b.eval(
+        "window.realFetch = window.fetch; window.fetch = function () { return Promise.resolve(new Response('<p data-error=\"502\">Cannot read the releases: the API server is down</p>', {status: 502})) }; true",
+    )
+    .await;
+    until_true(
+        &mut b,
+        "the page says what the dashboard answered",
+        "document.body.innerText.includes('The dashboard answered 502 (Cannot read the releases: the API server is down) at ')",
+    )
+    .await;
+    let text = b.text().await;
+    assert!(
+        !text.contains("Connection lost") && !text.contains("Live: this page follows"),
+        "{text}"
+    );
+    assert!(
+        b.eval(announced)
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("The dashboard answered 502"),
+        "the live region is told too"
+    );
+
+    b.eval("window.fetch = function () { return Promise.reject(new TypeError('Failed to fetch')) }; true")
+        .await;
+    until_true(
+        &mut b,
+        "the page says the connection is lost",
+        "document.body.innerText.includes('Connection lost at ')",
+    )
+    .await;
+    assert!(!b.text().await.contains("The dashboard answered"));
+
+    b.eval("window.fetch = window.realFetch; true").await;
+    until_true(
+        &mut b,
+        "the page says the connection is back",
+        "document.body.innerText.includes('Connection restored at ')",
+    )
+    .await;
+    let text = b.text().await;
+    assert!(
+        text.contains("Live: this page follows the release every 2 s.")
+            && !text.contains("Connection lost")
+            && !text.contains("out of date"),
+        "{text}"
+    );
+    let said = b.eval(announced).await;
+    assert!(
+        said.as_str()
+            .unwrap()
+            .starts_with("Connection restored at "),
+        "{said}"
+    );
+
+    let out = Command::new(bin("sluice"))
+        .args(["abort", "web", "--control-socket"])
+        .arg(r.socket())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _) = rollout.wait(Duration::from_secs(60)).await;
+    load.stop();
+    assert_eq!(code, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_and_resumed_release_keeps_one_record() {
     let _serial = ONE_AT_A_TIME.lock().await;
