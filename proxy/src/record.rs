@@ -301,11 +301,13 @@ pub struct MeteredBody<B> {
 /// The watch on a backend's pauses in its answer's body.
 struct Stall {
     limit: Duration,
-    /// Armed at the first wait after a part came (boxed: made only for a
-    /// body that makes the proxy wait at all).
+    /// When the current wait runs out (None: not waiting). Set at the
+    /// first wait after a part came.
+    deadline: Option<tokio::time::Instant>,
+    /// Made at the body's first wait (boxed: only for a body that makes
+    /// the proxy wait at all), and moved only when it wakes before the
+    /// current deadline: a wait costs a clock read, not a timer update.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Whether the timer runs from the current wait.
-    armed: bool,
 }
 
 /// A backend paused its answer's body longer than `timeouts.answer_idle`.
@@ -354,7 +356,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> MeteredBody<B> {
         self.stall = Some(Stall {
             limit,
             timer: None,
-            armed: false,
+            deadline: None,
         });
         self
     }
@@ -387,7 +389,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
         };
         if let Some(stall) = &mut self.stall {
             if polled.is_ready() {
-                stall.armed = false;
+                stall.deadline = None;
             } else if stall.expired(cx) {
                 let limit = stall.limit;
                 self.finish(End::UpstreamStalled);
@@ -445,17 +447,21 @@ impl Stall {
     /// Called while the body waits: arms the timer at the wait's start,
     /// and whether it has run out.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.armed {
-            let deadline = tokio::time::Instant::now() + self.limit;
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        let limit = self.limit;
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + limit);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // A timer set for an earlier wait wakes early: set it again.
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() >= deadline {
+                return true;
             }
-            self.armed = true;
+            timer.as_mut().reset(deadline);
         }
-        self.timer
-            .as_mut()
-            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+        false
     }
 }
 
