@@ -19,6 +19,7 @@ pub mod input;
 pub mod kube;
 pub mod machine;
 pub mod notify;
+pub mod ordered_queue;
 pub mod plan;
 pub mod provider;
 pub mod record;

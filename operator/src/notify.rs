@@ -28,9 +28,20 @@
 //! - A note that still fails is counted (`failed`, by service:
 //!   `sluice_notifications_failed_total`) and logged, once per channel
 //!   until one succeeds again.
+//! - A channel's URL is rotated (a changed notify Secret, often because
+//!   the old URL leaked): the old URL gets nothing more. The notes queued
+//!   for that key, and the one being tried, go to the new URL from their
+//!   next try, in order ([`Notifier::update`]): the team still hears of
+//!   the release, where it now listens. A key removed from the Secret, or
+//!   a Secret no longer named, retires its channel: what it still holds
+//!   is dropped, counted as `dropped`, and a try under way is cut short.
+//!   A notifier merely let go of (its app forgotten) still sends what it
+//!   holds.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Method;
@@ -41,6 +52,7 @@ use serde_json::{Value, json};
 
 use crate::http::{HttpClient, Secret};
 use crate::machine::{Phase, Status};
+use crate::ordered_queue::{Handler, OrderedQueue};
 
 /// The chat service a channel posts to, which decides the payload's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,7 +332,8 @@ pub struct ServiceLabels {
 pub struct NotifyCounters {
     /// Notes that could not be sent after their tries.
     pub failed: Family<ServiceLabels, Counter>,
-    /// Notes never sent because their channel's queue was full.
+    /// Notes never sent because their channel's queue was full, or
+    /// because their channel was removed while they waited.
     pub dropped: Family<ServiceLabels, Counter>,
 }
 
@@ -334,24 +347,30 @@ impl NotifyCounters {
     }
 }
 
-/// One channel's queue, as [`Notifier::observe`] sees it.
-struct Queue {
-    service: Service,
-    tx: tokio::sync::mpsc::Sender<Note>,
+/// One channel's lane: its queue, and where its notes go.
+struct Lane {
+    /// What the channel came from: the notify Secret's key, or the
+    /// `--notify` flag's place.
+    key: String,
+    /// Where the lane's notes go, read at every try: a new URL for the
+    /// same key reaches the notes already queued.
+    channel: Arc<Mutex<Channel>>,
+    queue: OrderedQueue<Note>,
+    /// Set when the lane's key is gone: what it still holds is dropped.
+    retired: tokio::sync::watch::Sender<bool>,
     /// A full queue was logged (once, until it takes a note again).
-    warned_full: std::sync::atomic::AtomicBool,
+    warned_full: AtomicBool,
 }
 
 /// Sends notes to the channels in the background (see the module docs).
 #[derive(Clone)]
 pub struct Notifier {
-    queues: Arc<Vec<Queue>>,
-    pub steps: bool,
+    lanes: Arc<Mutex<Vec<Lane>>>,
+    steps: Arc<AtomicBool>,
     counters: Option<NotifyCounters>,
     /// The client the channels are called with; [`Notifier::set_http`]
     /// replaces it (an app's access Secret changed).
-    http: Arc<std::sync::Mutex<HttpClient>>,
-    workers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    http: Arc<Mutex<HttpClient>>,
 }
 
 /// How many notes wait for one channel; one more is dropped.
@@ -360,12 +379,15 @@ const QUEUE: usize = 64;
 impl Notifier {
     /// Nothing to notify.
     pub fn none() -> Self {
+        Self::empty(false, None, HttpClient::plain())
+    }
+
+    fn empty(steps: bool, counters: Option<NotifyCounters>, http: HttpClient) -> Self {
         Self {
-            queues: Arc::default(),
-            steps: false,
-            counters: None,
-            http: Arc::new(std::sync::Mutex::new(HttpClient::plain())),
-            workers: Arc::default(),
+            lanes: Arc::default(),
+            steps: Arc::new(AtomicBool::new(steps)),
+            counters,
+            http: Arc::new(Mutex::new(http)),
         }
     }
 
@@ -377,33 +399,71 @@ impl Notifier {
         counters: Option<NotifyCounters>,
         http: HttpClient,
     ) -> Self {
-        if channels.is_empty() {
-            return Self::none();
-        }
-        let http = Arc::new(std::sync::Mutex::new(http));
-        let mut queues = Vec::new();
-        let mut workers = Vec::new();
-        for channel in channels {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Note>(QUEUE);
-            queues.push(Queue {
-                service: channel.service,
-                tx,
-                warned_full: Default::default(),
-            });
-            workers.push(tokio::spawn(deliver(
+        let notifier = Self::empty(steps, counters, http);
+        let keyed = channels
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (i.to_string(), c))
+            .collect();
+        notifier.update(keyed, steps);
+        notifier
+    }
+
+    /// A notifier for channels by key (a notify Secret's), started empty;
+    /// [`Notifier::update`] gives it its channels.
+    pub fn keyed(counters: Option<NotifyCounters>, http: HttpClient) -> Self {
+        Self::empty(false, counters, http)
+    }
+
+    /// Makes `channels` (by key) the notifier's, as a changed notify
+    /// Secret gives them. A key already here keeps its queue, and its
+    /// notes, queued or being tried, go to the channel's new URL (and
+    /// service) from their next try: a rotated URL, often rotated because
+    /// the old one leaked, gets nothing more. A key no longer here is
+    /// retired: what its queue still holds is dropped and counted as
+    /// `dropped`, and a try under way is cut short. A new key gets a new
+    /// queue and task.
+    pub fn update(&self, channels: BTreeMap<String, Channel>, steps: bool) {
+        self.steps.store(steps, Ordering::Relaxed);
+        let mut lanes = self.lanes.lock().expect("the notifier's lanes");
+        lanes.retain(|lane| match channels.get(&lane.key) {
+            Some(channel) => {
+                *lane.channel.lock().expect("a lane's channel") = channel.clone();
+                true
+            }
+            None => {
+                lane.retired.send_replace(true);
+                false
+            }
+        });
+        for (key, channel) in channels {
+            if lanes.iter().any(|lane| lane.key == key) {
+                continue;
+            }
+            let channel = Arc::new(Mutex::new(channel));
+            let (retired, watching) = tokio::sync::watch::channel(false);
+            let sender = Sender {
+                channel: channel.clone(),
+                http: self.http.clone(),
+                counters: self.counters.clone(),
+                retired: watching,
+                last_sent: None,
+                warned: false,
+            };
+            lanes.push(Lane {
+                key,
                 channel,
-                rx,
-                http.clone(),
-                counters.clone(),
-            )));
+                queue: OrderedQueue::start(QUEUE, sender),
+                retired,
+                warned_full: AtomicBool::new(false),
+            });
         }
-        Self {
-            queues: Arc::new(queues),
-            steps,
-            counters,
-            http,
-            workers: Arc::new(std::sync::Mutex::new(workers)),
-        }
+    }
+
+    /// Retires every channel (the app's notify Secret is no longer
+    /// named): what their queues hold is dropped and counted, never sent.
+    pub fn retire(&self) {
+        self.update(BTreeMap::new(), self.steps.load(Ordering::Relaxed));
     }
 
     /// Calls the channels with `http` from the next note on.
@@ -411,13 +471,13 @@ impl Notifier {
         *self.http.lock().expect("the notifier's client") = http;
     }
 
-    /// Waits up to `limit` for the notes queued so far to be sent, once
-    /// every other clone is gone (a process about to exit).
-    pub async fn flush(mut self, limit: Duration) {
-        self.queues = Arc::default();
-        let workers = std::mem::take(&mut *self.workers.lock().expect("the workers' lock"));
-        let all = futures::future::join_all(workers);
-        if tokio::time::timeout(limit, all).await.is_err() {
+    /// Waits up to `limit` for the notes queued so far to be sent (a
+    /// process about to exit); no clone queues any more after it.
+    pub async fn flush(self, limit: Duration) {
+        let lanes = std::mem::take(&mut *self.lanes.lock().expect("the notifier's lanes"));
+        let deadline = tokio::time::Instant::now() + limit;
+        let all = futures::future::join_all(lanes.into_iter().map(|l| l.queue.finish(deadline)));
+        if all.await.contains(&false) {
             tracing::warn!(?limit, "notifications still unsent at exit");
         }
     }
@@ -431,10 +491,11 @@ impl Notifier {
         before: Option<&Status>,
         after: &Status,
     ) {
-        if self.queues.is_empty() {
+        let lanes = self.lanes.lock().expect("the notifier's lanes");
+        if lanes.is_empty() {
             return;
         }
-        let Some(kind) = classify(before, after, self.steps) else {
+        let Some(kind) = classify(before, after, self.steps.load(Ordering::Relaxed)) else {
             return;
         };
         let note = Note {
@@ -446,61 +507,88 @@ impl Notifier {
             revision: after.revision.clone(),
             message: after.message.clone(),
         };
-        use std::sync::atomic::Ordering;
-        for queue in self.queues.iter() {
-            match queue.tx.try_send(note.clone()) {
-                Ok(()) => queue.warned_full.store(false, Ordering::Relaxed),
-                Err(_) => {
-                    if let Some(c) = &self.counters {
-                        NotifyCounters::count(&c.dropped, queue.service);
-                    }
-                    if !queue.warned_full.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            service = queue.service.as_str(),
-                            "a notification channel's queue is full ({QUEUE} notes): notes are dropped for it, and counted"
-                        );
-                    }
+        for lane in lanes.iter() {
+            if lane.queue.push(note.clone()) {
+                lane.warned_full.store(false, Ordering::Relaxed);
+                continue;
+            }
+            let service = lane.channel.lock().expect("a lane's channel").service;
+            if let Some(c) = &self.counters {
+                NotifyCounters::count(&c.dropped, service);
+            }
+            if !lane.warned_full.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    service = service.as_str(),
+                    "a notification channel's queue is full ({QUEUE} notes): notes are dropped for it, and counted"
+                );
+            }
+        }
+    }
+}
+
+/// One channel's task: its notes in order, at most one a second, each to
+/// where the channel points when it is tried.
+struct Sender {
+    channel: Arc<Mutex<Channel>>,
+    http: Arc<Mutex<HttpClient>>,
+    counters: Option<NotifyCounters>,
+    retired: tokio::sync::watch::Receiver<bool>,
+    last_sent: Option<tokio::time::Instant>,
+    /// A failure was logged (once, until a note gets through).
+    warned: bool,
+}
+
+impl Handler<Note> for Sender {
+    async fn handle(&mut self, note: Note) {
+        let mut retired = self.retired.clone();
+        let sent = async {
+            if let Some(at) = self.last_sent {
+                tokio::time::sleep_until(at + Duration::from_secs(1)).await;
+            }
+            let client = self.http.lock().expect("the notifier's client").clone();
+            send(&client, &self.channel, &note).await
+        };
+        let sent = tokio::select! {
+            biased;
+            _ = retired_for_good(&mut retired) => None,
+            sent = sent => Some(sent),
+        };
+        let service = self.channel.lock().expect("a lane's channel").service;
+        if sent.is_some() {
+            self.last_sent = Some(tokio::time::Instant::now());
+        }
+        match sent {
+            None => {
+                if let Some(c) = &self.counters {
+                    NotifyCounters::count(&c.dropped, service);
+                }
+            }
+            Some(Ok(())) => self.warned = false,
+            Some(Err(e)) => {
+                if let Some(c) = &self.counters {
+                    NotifyCounters::count(&c.failed, service);
+                }
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(service = service.as_str(), error = %e, "a notification could not be sent (further failures on this channel are counted, not logged, until one succeeds)");
                 }
             }
         }
     }
 }
 
-/// One channel's task: its notes in order, at most one a second.
-async fn deliver(
-    channel: Channel,
-    mut rx: tokio::sync::mpsc::Receiver<Note>,
-    http: Arc<std::sync::Mutex<HttpClient>>,
-    counters: Option<NotifyCounters>,
-) {
-    let mut last_sent: Option<tokio::time::Instant> = None;
-    let mut warned = false;
-    while let Some(note) = rx.recv().await {
-        if let Some(at) = last_sent {
-            tokio::time::sleep_until(at + Duration::from_secs(1)).await;
-        }
-        let client = http.lock().expect("the notifier's client").clone();
-        let sent = send(&client, &channel, &note).await;
-        last_sent = Some(tokio::time::Instant::now());
-        match sent {
-            Ok(()) => warned = false,
-            Err(e) => {
-                if let Some(c) = &counters {
-                    NotifyCounters::count(&c.failed, channel.service);
-                }
-                if !warned {
-                    warned = true;
-                    tracing::warn!(service = channel.service.as_str(), error = %e, "a notification could not be sent (further failures on this channel are counted, not logged, until one succeeds)");
-                }
-            }
-        }
+/// Resolves once the lane is retired; never if its notifier is merely
+/// gone (dropped, or flushed at exit): then its notes are still sent.
+async fn retired_for_good(retired: &mut tokio::sync::watch::Receiver<bool>) {
+    if retired.wait_for(|r| *r).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
 /// One note to one channel, tried up to three times (see the module docs
 /// for which failures are tried again).
-async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), String> {
-    let body = note.payload(channel.service);
+/// Each try reads the channel anew (its URL may have been rotated).
+async fn send(http: &HttpClient, channel: &Mutex<Channel>, note: &Note) -> Result<(), String> {
     let mut pause = Duration::from_millis(500);
     let mut last = String::new();
     for attempt in 0..3 {
@@ -508,6 +596,8 @@ async fn send(http: &HttpClient, channel: &Channel, note: &Note) -> Result<(), S
             tokio::time::sleep(pause).await;
             pause *= 2;
         }
+        let channel = channel.lock().expect("a lane's channel").clone();
+        let body = note.payload(channel.service);
         let answered = match http
             .send_json(
                 Method::POST,
@@ -640,6 +730,84 @@ mod tests {
             "the live channel waited for the dead one"
         );
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// A notify Secret's URL rotated (its old one leaked): the notes
+    /// already queued for that key go to the new URL, in order, and the
+    /// old one gets nothing more.
+    #[tokio::test]
+    async fn a_rotated_url_gets_nothing_more_and_the_queued_notes_go_to_the_new_one() {
+        let answer = |_: &[u8]| {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        };
+        let (old, seen_old) = crate::http::test_server(10, answer).await;
+        let (new, seen_new) = crate::http::test_server(10, answer).await;
+        let channel = |url: &str| Channel::from_url(Service::Webhook, url, "test").unwrap();
+        let notifier = Notifier::keyed(None, HttpClient::plain());
+        notifier.update(BTreeMap::from([("webhook".into(), channel(&old))]), false);
+        three_notes(&notifier);
+        // Before the channel's task has tried any (this runtime has one
+        // thread, and nothing here has yielded to it yet).
+        notifier.update(BTreeMap::from([("webhook".into(), channel(&new))]), false);
+        assert!(within_30s(|| requests_to(&seen_new) == 3).await);
+        let events: Vec<String> = seen_new
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let text = String::from_utf8_lossy(r).to_string();
+                let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+                serde_json::from_str::<Value>(&body).unwrap()["event"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(events, ["release started", "rolled back", "promoted"]);
+        assert_eq!(requests_to(&seen_old), 0, "the old URL got a note");
+    }
+
+    /// A channel whose key is gone from the notify Secret (or a Secret no
+    /// longer named) is sent nothing more: its queued notes are dropped
+    /// and counted.
+    #[tokio::test]
+    async fn a_removed_channels_queued_notes_are_dropped_and_counted() {
+        let (url, seen) = crate::http::test_server(10, |_| {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+        })
+        .await;
+        let counters = NotifyCounters::default();
+        for retire in [false, true] {
+            let notifier = Notifier::keyed(Some(counters.clone()), HttpClient::plain());
+            let channel = Channel::from_url(Service::Slack, &url, "test").unwrap();
+            notifier.update(BTreeMap::from([("slack".into(), channel)]), false);
+            three_notes(&notifier);
+            if retire {
+                notifier.retire();
+            } else {
+                notifier.update(BTreeMap::new(), false);
+            }
+        }
+        let dropped = || {
+            counters
+                .dropped
+                .get_or_create(&ServiceLabels {
+                    service: "slack".into(),
+                })
+                .get()
+        };
+        assert!(within_30s(|| dropped() == 6).await, "{}", dropped());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(requests_to(&seen), 0, "a removed channel got a note");
+        // A notifier merely let go of (its app forgotten) still sends what
+        // it holds.
+        let notifier = Notifier::keyed(Some(counters.clone()), HttpClient::plain());
+        let channel = Channel::from_url(Service::Slack, &url, "test").unwrap();
+        notifier.update(BTreeMap::from([("slack".into(), channel)]), false);
+        three_notes(&notifier);
+        drop(notifier);
+        assert!(within_30s(|| requests_to(&seen) == 3).await);
+        assert_eq!(dropped(), 6);
     }
 
     /// A 4xx other than 429 is the service's answer and is not asked

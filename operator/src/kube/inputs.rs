@@ -135,10 +135,7 @@ pub(super) async fn load_secrets(
         state.access = None;
     }
     if state.names.1 != settings.notify_secret {
-        ctx.app_notifiers
-            .lock()
-            .expect("app_notifiers lock")
-            .remove(&key);
+        retire_notifier(ctx, &key);
         state.notify = None;
         state.channels.clear();
     }
@@ -229,10 +226,7 @@ pub(super) async fn load_secrets(
             }
         },
         None => {
-            ctx.app_notifiers
-                .lock()
-                .expect("app_notifiers lock")
-                .remove(&key);
+            retire_notifier(ctx, &key);
             state.notify = None;
             state.channels.clear();
         }
@@ -263,9 +257,12 @@ fn app_http(ctx: &Context, key: &str) -> HttpClient {
         .unwrap_or_else(HttpClient::plain)
 }
 
-/// Starts the notifier of the notify Secret `name`'s `data` (in place of
-/// the app's last one): a key that is not a service or holds no http(s)
-/// URL goes on with its last valid channel, or is left out. Its problems.
+/// Gives the app's notifier the channels of the notify Secret `name`'s
+/// `data` (starting it if the app has none): a key that is not a service
+/// or holds no http(s) URL goes on with its last valid channel, or is
+/// left out. A key whose URL changed sends what its queue holds to the new
+/// URL; a key that is gone drops it (see [`crate::notify::Notifier::update`]).
+/// Its problems.
 fn start_notifier(
     ctx: &Context,
     key: &str,
@@ -276,18 +273,31 @@ fn start_notifier(
     http: &HttpClient,
 ) -> Vec<SecretProblem> {
     let (channels, steps, problems) = read_channels(name, data, &state.channels);
-    let notifier = crate::notify::Notifier::start(
-        channels.values().cloned().collect(),
-        steps,
-        Some(ctx.metrics.notifications.clone()),
-        http.clone(),
-    );
+    let mut notifiers = ctx.app_notifiers.lock().expect("app_notifiers lock");
+    let (read, notifier) = notifiers.entry(key.to_string()).or_insert_with(|| {
+        (
+            String::new(),
+            crate::notify::Notifier::keyed(Some(ctx.metrics.notifications.clone()), http.clone()),
+        )
+    });
+    notifier.update(channels.clone(), steps);
+    *read = digest.to_string();
     state.channels = channels;
-    ctx.app_notifiers
+    problems
+}
+
+/// Stops the app's notifier, if it has one, for good (its notify Secret is
+/// no longer named): the notes it still holds are dropped and counted,
+/// never sent to the URLs of a Secret the user moved away from.
+fn retire_notifier(ctx: &Context, key: &str) {
+    let gone = ctx
+        .app_notifiers
         .lock()
         .expect("app_notifiers lock")
-        .insert(key.to_string(), (digest.to_string(), notifier));
-    problems
+        .remove(key);
+    if let Some((_, notifier)) = gone {
+        notifier.retire();
+    }
 }
 
 /// The channels of the notify Secret `name`'s `data`, by key, whether it
