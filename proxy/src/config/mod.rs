@@ -889,17 +889,30 @@ impl Config {
     /// Parses YAML text. Type errors carry serde's field path.
     /// Parses YAML strictly: a field no part of the config knows is an
     /// error naming its path (a typo, or a field of a newer Sluice).
+    ///
+    /// Each unknown field's error says where it is (`at line L column C`,
+    /// where its value starts). YAML merge keys (`<<: *anchor`) are applied
+    /// first, as Kubernetes' YAML reader does; an unknown field that came
+    /// in through one has no line (it is written under its anchor), and in
+    /// a file with one a type error names its field but no line.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigErrors> {
-        let (config, unknown) = Self::from_yaml_lenient(text)?;
+        let (config, unknown) = Self::read_yaml(text)?;
         if unknown.is_empty() {
             return Ok(config);
         }
         Err(ConfigErrors(
             unknown
                 .into_iter()
-                .map(|path| FieldError {
-                    path,
-                    message: "unknown field (a typo, or a field of a newer Sluice)".into(),
+                .map(|(path, segments)| {
+                    let at = yaml_locate::line_of(text, &segments)
+                        .map(|(line, column)| format!(" at line {line} column {column}"))
+                        .unwrap_or_default();
+                    FieldError {
+                        path,
+                        message: format!(
+                            "unknown field{at} (a typo, or a field of a newer Sluice)"
+                        ),
+                    }
                 })
                 .collect(),
         ))
@@ -910,15 +923,201 @@ impl Config {
     /// operator one version ahead (a new optional field) never stops an
     /// older proxy's updates. The caller logs what was ignored.
     pub fn from_yaml_lenient(text: &str) -> Result<(Self, Vec<String>), ConfigErrors> {
-        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let (config, unknown) = Self::read_yaml(text)?;
+        Ok((config, unknown.into_iter().map(|(path, _)| path).collect()))
+    }
+
+    /// The config and its unknown fields (their paths as shown, and as
+    /// keys and indexes), merge keys applied.
+    fn read_yaml(text: &str) -> Result<(Self, UnknownFields), ConfigErrors> {
         let mut unknown = Vec::new();
-        let config = serde_ignored::deserialize(de, |path| unknown.push(field_path(&path)))
-            .map_err(|e: serde_yaml_ng::Error| ConfigErrors::single("", e.to_string()))?;
+        let mut seen = |path: serde_ignored::Path<'_>| {
+            unknown.push((field_path(&path), yaml_locate::steps(&path)));
+        };
+        let to_errors = |e: serde_yaml_ng::Error| ConfigErrors::single("", e.to_string());
+        let config = if yaml_locate::has_merge_key(text) {
+            let mut value: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(text).map_err(to_errors)?;
+            value.apply_merge().map_err(to_errors)?;
+            serde_ignored::deserialize(value, &mut seen).map_err(to_errors)?
+        } else {
+            serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(text), &mut seen)
+                .map_err(to_errors)?
+        };
         Ok((config, unknown))
     }
 
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).expect("config serializes")
+    }
+}
+
+/// Unknown fields: each one's path as shown, and as keys and indexes.
+type UnknownFields = Vec<(String, Vec<yaml_locate::Step>)>;
+
+/// Where a field is in a YAML text, for errors that serde gives no place.
+mod yaml_locate {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// One step of a path: a mapping's key or a sequence's index.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Step {
+        Key(String),
+        Index(usize),
+    }
+
+    /// serde_ignored's path as steps (an `Option`'s or a newtype's content
+    /// is no step).
+    pub fn steps(path: &serde_ignored::Path<'_>) -> Vec<Step> {
+        use serde_ignored::Path;
+        match path {
+            Path::Root => Vec::new(),
+            Path::Seq { parent, index } => {
+                let mut out = steps(parent);
+                out.push(Step::Index(*index));
+                out
+            }
+            Path::Map { parent, key } => {
+                let mut out = steps(parent);
+                out.push(Step::Key(key.clone()));
+                out
+            }
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => steps(parent),
+        }
+    }
+
+    /// Whether the text has a YAML merge key (`<<`) anywhere.
+    pub fn has_merge_key(text: &str) -> bool {
+        fn walk(v: &serde_yaml_ng::Value) -> bool {
+            match v {
+                serde_yaml_ng::Value::Mapping(m) => {
+                    m.iter().any(|(k, v)| k.as_str() == Some("<<") || walk(v))
+                }
+                serde_yaml_ng::Value::Sequence(s) => s.iter().any(walk),
+                serde_yaml_ng::Value::Tagged(t) => walk(&t.value),
+                _ => false,
+            }
+        }
+        text.contains("<<")
+            && serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_ok_and(|v| walk(&v))
+    }
+
+    /// The line and column (from 1) where the value at `steps` starts.
+    /// The YAML is walked again, and stopped there by an error, which the
+    /// YAML reader marks with the place it has reached.
+    pub fn line_of(text: &str, steps: &[Step]) -> Option<(usize, usize)> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        match (Walk { steps }).deserialize(de) {
+            Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| (l.line(), l.column())),
+            _ => None,
+        }
+    }
+
+    const FOUND: &str = "sluice: found";
+
+    struct Walk<'s> {
+        steps: &'s [Step],
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl Walk<'_> {
+        /// A scalar: the place sought when the steps end here, else the
+        /// path goes no further.
+        fn scalar<E: serde::de::Error>(self) -> Result<(), E> {
+            if self.steps.is_empty() {
+                Err(E::custom(FOUND))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a mapping or a sequence")
+        }
+
+        // At the end of the steps, the value's first event stops the walk
+        // (the reader marks the error with that event's place).
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+            self.scalar()
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            if self.steps.is_empty() {
+                return Err(serde::de::Error::custom(FOUND));
+            }
+            while let Some(key) = map.next_key::<serde_yaml_ng::Value>()? {
+                let matches = match (&self.steps[0], &key) {
+                    (Step::Key(want), serde_yaml_ng::Value::String(k)) => want == k,
+                    (Step::Key(want), other) => {
+                        serde_yaml_ng::to_string(other).is_ok_and(|k| k.trim_end() == want.as_str())
+                    }
+                    (Step::Index(_), _) => false,
+                };
+                if matches {
+                    return map.next_value_seed(Walk {
+                        steps: &self.steps[1..],
+                    });
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            if self.steps.is_empty() {
+                return Err(serde::de::Error::custom(FOUND));
+            }
+            let mut i = 0;
+            loop {
+                if self.steps[0] == Step::Index(i) {
+                    seq.next_element_seed(Walk {
+                        steps: &self.steps[1..],
+                    })?;
+                    return Ok(());
+                }
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
     }
 }
 
@@ -1218,6 +1417,38 @@ routes:
             .to_string();
         assert!(
             err.contains("routes[0].timeouts.connct: unknown field"),
+            "{err}"
+        );
+    }
+
+    /// Every unknown field is named with the line and column of its value.
+    #[test]
+    fn unknown_fields_say_where_they_are() {
+        let text = "listen: 127.0.0.1:1\nroutes:\n  - name: a\n    stable: http://h\n    canary_weigth: 10\n    timeouts: { conect: 1s }\n  - name: b\n    path_prefix: /b\n    stable: http://h\n    mirror:\n      percent: 5\n      max_bodyy: 1KiB\n";
+        let err = Config::from_yaml(text).unwrap_err().to_string();
+        for wanted in [
+            "routes[0].canary_weigth: unknown field at line 5 column 20 ",
+            "routes[0].timeouts.conect: unknown field at line 6 column 25 ",
+            "routes[1].mirror.max_bodyy: unknown field at line 12 column 18 ",
+        ] {
+            assert!(err.contains(wanted), "{wanted} in {err}");
+        }
+    }
+
+    /// YAML merge keys are applied, as Kubernetes' YAML reader applies
+    /// them; an unknown field still says where it is.
+    #[test]
+    fn merge_keys_are_applied() {
+        let text = "listen: 127.0.0.1:1\nroutes:\n  - &web\n    name: a\n    stable: http://h\n    timeouts: { connect: 3s }\n  - <<: *web\n    name: b\n    path_prefix: /b\n";
+        let config = Config::from_yaml(text).unwrap();
+        assert_eq!(config.routes[1].name, "b");
+        assert_eq!(config.routes[1].timeouts.connect, "3s");
+        assert_eq!(config.routes[1].stable, config.routes[0].stable);
+        let err = Config::from_yaml(&format!("{text}    retriez: 2\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("routes[1].retriez: unknown field at line 10 column 14 "),
             "{err}"
         );
     }
