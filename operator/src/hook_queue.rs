@@ -4,6 +4,9 @@
 //! a routing action. Each release has one queue, sent in order by one task,
 //! so a receiver sees its events as they happened.
 //!
+//! Each lane is a [`crate::ordered_queue::OrderedQueue`], the mechanism
+//! the chat notifications' channels use too.
+//!
 //! Up to [`DEPTH`] calls wait; a call that finds the queue full is dropped,
 //! and the first drop (and then every one after a call went out again) is
 //! logged, with the count so far. An event's `metadata.timestamp` is when
@@ -20,10 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
 use crate::http::HttpClient;
+use crate::ordered_queue::{Handler, OrderedQueue};
 use crate::plan::{Plan, WebhookKind};
 use crate::webhook::WebhookPayload;
 
@@ -58,16 +59,22 @@ struct Job {
 #[derive(Clone, Debug, Default)]
 pub struct HookQueue {
     /// The `event` calls, and the others (`post-rollout`), each in order.
-    inner: Arc<Mutex<[Option<Running>; 2]>>,
+    inner: Arc<Mutex<[Option<OrderedQueue<Job>>; 2]>>,
     dropped: Arc<AtomicU64>,
     /// Whether the next drop is logged.
     warn_next: Arc<AtomicBool>,
 }
 
-#[derive(Debug)]
-struct Running {
-    tx: mpsc::Sender<Job>,
-    worker: JoinHandle<()>,
+/// A lane's task: each call in turn; after each, the next drop is logged.
+struct Caller {
+    warn_next: Arc<AtomicBool>,
+}
+
+impl Handler<Job> for Caller {
+    async fn handle(&mut self, job: Job) {
+        run(&job).await;
+        self.warn_next.store(true, Ordering::Relaxed);
+    }
 }
 
 impl HookQueue {
@@ -88,8 +95,8 @@ impl HookQueue {
         };
         let mut inner = self.inner.lock().expect("the hook queue's lock");
         let lane = usize::from(kind != WebhookKind::Event);
-        let running = inner[lane].get_or_insert_with(|| self.start());
-        if running.tx.try_send(job).is_err() {
+        let queue = inner[lane].get_or_insert_with(|| self.start());
+        if !queue.push(job) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if self.warn_next.swap(false, Ordering::Relaxed) {
                 tracing::warn!(release = %payload.name, dropped = n, "{} webhook calls are still queued behind a slow endpoint: this {} call is dropped (further drops are counted, not logged, until the queue moves again)", DEPTH, kind.as_str());
@@ -97,17 +104,12 @@ impl HookQueue {
         }
     }
 
-    fn start(&self) -> Running {
+    fn start(&self) -> OrderedQueue<Job> {
         self.warn_next.store(true, Ordering::Relaxed);
-        let (tx, mut rx) = mpsc::channel::<Job>(DEPTH);
-        let warn_next = self.warn_next.clone();
-        let worker = tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                run(&job).await;
-                warn_next.store(true, Ordering::Relaxed);
-            }
-        });
-        Running { tx, worker }
+        let caller = Caller {
+            warn_next: self.warn_next.clone(),
+        };
+        OrderedQueue::start(DEPTH, caller)
     }
 
     /// Calls dropped because the queue was full.
@@ -120,9 +122,8 @@ impl HookQueue {
     pub async fn flush(&self, limit: Duration) {
         let lanes = std::mem::take(&mut *self.inner.lock().expect("the hook queue's lock"));
         let deadline = tokio::time::Instant::now() + limit;
-        for Running { tx, worker } in lanes.into_iter().flatten() {
-            drop(tx);
-            if tokio::time::timeout_at(deadline, worker).await.is_err() {
+        for queue in lanes.into_iter().flatten() {
+            if !queue.finish(deadline).await {
                 tracing::warn!(
                     ?limit,
                     "webhook calls still unsent at exit (a slow endpoint)"
