@@ -3053,6 +3053,92 @@ async fn an_apps_chat_channel_is_called_with_its_access() {
     assert_eq!(channel.refused(), 0, "a note went without the credentials");
 }
 
+/// An app's notify Secret gets a new Slack URL mid-release (the old one
+/// leaked). The old URL, which never answers, was being sent the "release
+/// started" note: it gets no further try of it, nor any later note; that
+/// note and the rollback's go to the new URL.
+#[tokio::test]
+async fn a_rotated_notify_url_gets_nothing_more_and_its_queued_notes_go_to_the_new_one() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let old = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old_url = format!(
+        "http://{}/services/T1/B1/old-s3cr3t",
+        old.local_addr().unwrap()
+    );
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = old.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let notes: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = notes.clone();
+    let new = sluice_tests::serve_http(move |req: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let note: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            log.lock()
+                .unwrap()
+                .push(note["text"].as_str().unwrap_or_default().to_string());
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()))
+        }
+    })
+    .await;
+    let new_url = format!("http://{new}/services/T1/B1/new-s3cr3t");
+    let mut w = World::new(json!({
+        "sluice.dev/steps": "10,20,30,40,50",
+        "sluice.dev/notify": "app-notify",
+    }))
+    .await;
+    let notify =
+        |url: &str| json!({"metadata": {"name": "app-notify"}, "data": {"slack": b64(url)}});
+    w.fake.put("api/v1", "secrets", NS, notify(&old_url));
+    w = w.bootstrapped().await;
+    w.set_image("app:2");
+    w.until_weight(10.0, 20).await;
+    let conns = connections.clone();
+    eventually(
+        "the old URL to be tried with the first note",
+        Duration::from_secs(10),
+        || {
+            let conns = conns.clone();
+            async move { (conns.load(Ordering::SeqCst) >= 1).then_some(()) }
+        },
+    )
+    .await;
+    w.fake.put("api/v1", "secrets", NS, notify(&new_url));
+    let tried_before = connections.load(Ordering::SeqCst);
+    w.until_weight(20.0, 20).await;
+    w.command("abort");
+    w.until("Failed", 10).await;
+    let seen = eventually(
+        "the new URL to get the started and the rollback notes",
+        Duration::from_secs(30),
+        || {
+            let notes = notes.clone();
+            async move {
+                let seen = notes.lock().unwrap().clone();
+                (seen.iter().any(|n| n.contains("release started"))
+                    && seen.iter().any(|n| n.contains("rolled back")))
+                .then_some(seen)
+            }
+        },
+    )
+    .await;
+    assert!(seen[0].contains("release started"), "{seen:?}");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        tried_before,
+        "the old URL was tried again after its rotation"
+    );
+}
+
 /// What was read from an app's access Secret never stands in for another
 /// Secret the annotation now names: moved to a Secret that is missing,
 /// the app's calls go without the old credentials (an endpoint that wants
