@@ -49,8 +49,8 @@ pub struct OperatorMetrics {
     phase: Family<ReleaseLabels, Gauge>,
     releases: Family<ResultLabels, Counter>,
     duration: Family<ReleaseLabels, Histogram, fn() -> Histogram>,
-    /// Notifications that could not be sent, or were dropped for a full
-    /// queue, by `service`.
+    /// Notifications that could not be sent, or were dropped (a full
+    /// queue, a channel removed from its notify Secret), by `service`.
     pub notifications: crate::notify::NotifyCounters,
 }
 
@@ -156,7 +156,7 @@ impl OperatorMetrics {
         );
         registry.register(
             "notifications_dropped",
-            "Chat notifications never sent because their channel's queue (64) was full, by service",
+            "Chat notifications never sent because their channel's queue (64) was full, or their channel was removed from its notify Secret while they waited, by service",
             notifications.dropped.clone(),
         );
         Arc::new(Self {
