@@ -3579,8 +3579,9 @@ fn a_delete_whose_resource_version_precondition_fails_is_a_conflict() {
 }
 
 /// An object its finalizers hold is marked as deleting as the API server
-/// does (`markAsDeleting`: a grace period of zero, a new generation), and
-/// takes no new finalizer while it is; removing the last one removes it.
+/// does (`markAsDeleting`: a grace period of zero, a new generation for a
+/// kind that has one, none for a ConfigMap), and takes no new finalizer
+/// while it is; removing the last one removes it.
 #[test]
 fn a_deleting_object_takes_no_new_finalizers() {
     let api = ApiServer::start("50ms");
@@ -3589,14 +3590,25 @@ fn a_deleting_object_takes_no_new_finalizers() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/a]\ndata:\n  v: '1'\n",
     );
     api.ok(&["create", "-f", &file]);
-    let generation = api.json(&["configmap", "held"])["metadata"]["generation"]
-        .as_i64()
-        .unwrap();
+    api.ok(&["create", "deployment", "kept", "--image=nginx"]);
+    api.ok(&[
+        "patch",
+        "deployment",
+        "kept",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/a"]}}"#,
+    ]);
     api.ok(&["delete", "configmap", "held", "--wait=false"]);
+    api.ok(&["delete", "deployment", "kept", "--wait=false"]);
     let held = api.json(&["configmap", "held"]);
     assert!(held["metadata"]["deletionTimestamp"].is_string(), "{held}");
     assert_eq!(held["metadata"]["deletionGracePeriodSeconds"], 0, "{held}");
-    assert_eq!(held["metadata"]["generation"], generation + 1, "{held}");
+    assert!(held["metadata"].get("generation").is_none(), "{held}");
+    let kept = api.json(&["deployment", "kept"]);
+    assert!(kept["metadata"]["deletionTimestamp"].is_string(), "{kept}");
+    assert_eq!(kept["metadata"]["generation"], 2, "{kept}");
     let (ok, _, err) = api.kubectl(&[
         "patch",
         "configmap",
@@ -3625,6 +3637,66 @@ fn a_deleting_object_takes_no_new_finalizers() {
     ]);
     let (ok, _, err) = api.kubectl(&["get", "configmap", "held"]);
     assert!(!ok && err.contains("NotFound"), "{err}");
+}
+
+/// `metadata.generation` is kept only by the kinds whose API server
+/// strategy keeps one (a spec its controllers observe): a Deployment starts
+/// at 1 and counts spec changes, while a ConfigMap, Secret, Role,
+/// RoleBinding or ServiceAccount has none, on create or after any update,
+/// and an update cannot give it one.
+#[test]
+fn only_kinds_with_a_spec_have_a_generation() {
+    let api = ApiServer::start("50ms");
+    let manifests = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\ndata:\n  v: '1'\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata:\n  name: plain\nstringData:\n  v: '1'\n---\n\
+         apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: plain\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: plain\n\
+         rules:\n- apiGroups: ['']\n  resources: [configmaps]\n  verbs: [get]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: plain\n\
+         roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: plain\n\
+         subjects:\n- kind: ServiceAccount\n  name: plain\n";
+    api.ok(&["apply", "-f", &api.file("plain.yaml", manifests)]);
+    api.ok(&["create", "deployment", "web", "--image=nginx"]);
+    let kinds = [
+        "configmap",
+        "secret",
+        "serviceaccount",
+        "role",
+        "rolebinding",
+    ];
+    for kind in kinds {
+        let object = api.json(&[kind, "plain"]);
+        assert!(object["metadata"].get("generation").is_none(), "{object}");
+    }
+    assert_eq!(
+        api.json(&["deployment", "web"])["metadata"]["generation"],
+        1
+    );
+    // Changes, by label, by apply and by a patch that tries to set one.
+    for kind in kinds {
+        api.ok(&["label", kind, "plain", "changed=yes"]);
+        api.ok(&[
+            "patch",
+            kind,
+            "plain",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"generation":7}}"#,
+        ]);
+    }
+    let changed = api.file("changed.yaml", &manifests.replace("'1'", "'2'"));
+    api.ok(&["apply", "-f", &changed]);
+    for kind in kinds {
+        let object = api.json(&[kind, "plain"]);
+        assert!(object["metadata"].get("generation").is_none(), "{object}");
+        assert_eq!(object["metadata"]["labels"]["changed"], "yes", "{object}");
+    }
+    api.ok(&["set", "image", "deployment/web", "nginx=nginx:2"]);
+    assert_eq!(
+        api.json(&["deployment", "web"])["metadata"]["generation"],
+        2
+    );
 }
 
 /// `kubectl create configmap|secret|deployment|namespace|service` send the

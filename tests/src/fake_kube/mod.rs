@@ -18,7 +18,8 @@
 //!   Validation and immutability are 422s with the API's causes
 //!   ([`validate`]). Defaulting fills what the API server fills in a
 //!   Deployment's pod template.
-//! - **Objects** get uids, resourceVersions, generations, creation times,
+//! - **Objects** get uids, resourceVersions, creation times, generations
+//!   (only the kinds a real server gives one: [`KindInfo::has_generation`]),
 //!   `managedFields`; deletion honours finalizers and `propagationPolicy`
 //!   (Background: dependents garbage-collected afterwards; Orphan: they lose
 //!   the owner reference; Foreground: the owner waits for them).
@@ -150,6 +151,30 @@ impl KindInfo {
             Some(c) => format!("apis/{}/{}", self.group, c.storage_version),
             None => events::storage_prefix(&self.prefix(), self.plural).to_string(),
         }
+    }
+
+    /// Whether the API server keeps `metadata.generation` for this resource:
+    /// only the kinds whose registry strategy sets it (Kubernetes 1.35):
+    /// those with a spec the controllers observe (Pods, Deployments,
+    /// ReplicaSets, PodDisruptionBudgets, EndpointSlices, admission
+    /// policies and their bindings, CRDs) and every custom resource. A
+    /// ConfigMap, Secret, ServiceAccount, Service, Namespace, Event, Lease,
+    /// Role or binding has none (HorizontalPodAutoscalers only from 1.37,
+    /// behind `HPAGeneration`): the field is absent, not `1`, and an update
+    /// cannot set it (the generic `BeforeUpdate` keeps the stored value).
+    pub fn has_generation(&self) -> bool {
+        self.crd.is_some()
+            || matches!(
+                self.plural,
+                "pods"
+                    | "deployments"
+                    | "replicasets"
+                    | "poddisruptionbudgets"
+                    | "endpointslices"
+                    | "validatingadmissionpolicies"
+                    | "validatingadmissionpolicybindings"
+                    | "customresourcedefinitions"
+            )
     }
 
     /// Whether this resource has a `status` subresource.
@@ -1154,7 +1179,22 @@ impl FakeKube {
                         meta.insert(k.into(), v.clone());
                     }
                 }
-                let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                // A request cannot set the generation; a kind without one
+                // keeps whatever its object was created with (nothing,
+                // unless the creator wrote one).
+                let stored = old["metadata"].get("generation").cloned();
+                if !info.is_some_and(|i| i.has_generation()) {
+                    match stored {
+                        Some(g) => object["metadata"]["generation"] = g,
+                        None => {
+                            if let Some(m) = object["metadata"].as_object_mut() {
+                                m.remove("generation");
+                            }
+                        }
+                    }
+                    return object;
+                }
+                let generation = stored.and_then(|g| g.as_i64()).unwrap_or(1);
                 // A custom resource's generation counts every change but
                 // to metadata (and to status, when status is a subresource).
                 let changed = match info.and_then(|i| i.crd) {
@@ -1188,7 +1228,11 @@ impl FakeKube {
                     json!(format!("00000000-0000-0000-0000-{uid:012}")),
                 );
                 meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-                meta.insert("generation".into(), json!(1));
+                // A kind with a generation starts at 1 whatever the
+                // creator wrote; one without keeps what it was given.
+                if info.is_some_and(|i| i.has_generation()) {
+                    meta.insert("generation".into(), json!(1));
+                }
             }
         }
         object
