@@ -882,3 +882,98 @@ async fn a_small_crd_covers_the_schema_edge_cases() {
         .unwrap();
     assert!(stored["spec"].get("color").is_none(), "{stored}");
 }
+
+/// A CRD shaped like the Gateway API's `Gateway.spec.addresses` item:
+/// `type` defaults to `IPAddress`, and a `oneOf` of value validations
+/// (no `type` of their own, as structural schemas require there) says an
+/// `IPAddress` value must be an IPv4 or IPv6 address, anything else is
+/// free.
+const ADDRESSES: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: listeners.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: listeners, singular: listener, kind: Listener, listKind: ListenerList}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              addresses:
+                type: array
+                maxItems: 16
+                items:
+                  type: object
+                  properties:
+                    type: {type: string, default: IPAddress, maxLength: 253}
+                    value: {type: string, maxLength: 253}
+                  oneOf:
+                  - properties:
+                      type: {enum: [IPAddress]}
+                      value:
+                        anyOf:
+                        - format: ipv4
+                        - format: ipv6
+                  - properties:
+                      type:
+                        not: {enum: [IPAddress]}
+"#;
+
+/// The upstream Gateway API CRDs use `oneOf`/`anyOf`/`not` value
+/// validations whose schemas carry no `type`, which a real API server
+/// requires (and a `type` there is refused); and it evaluates them on the
+/// defaulted object, so an address that omits `type` is an `IPAddress`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_value_validations_are_structural_and_run_after_defaulting() {
+    let c = Cluster::start().await;
+    let typed = ADDRESSES.replace(
+        "                      type: {enum: [IPAddress]}",
+        "                      type: {type: string, enum: [IPAddress]}",
+    );
+    let err = c.refused(&["apply", "-f", &c.file("typed.yaml", &typed)]);
+    assert!(
+        err.contains("spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[addresses].items.oneOf[0].properties[type].type: Forbidden: must be empty to be structural"),
+        "{err}"
+    );
+    let incomplete = ADDRESSES.replace(
+        "                        not: {enum: [IPAddress]}",
+        "                        not: {enum: [IPAddress]}\n                      port: {minimum: 1}",
+    );
+    let err = c.refused(&["apply", "-f", &c.file("incomplete.yaml", &incomplete)]);
+    assert!(
+        err.contains("items.properties[port]: Required value: because it is defined in spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[addresses].items.oneOf[1].properties[port]"),
+        "{err}"
+    );
+    c.ok(&["apply", "-f", &c.file("listeners.yaml", ADDRESSES)]);
+
+    let listener = |name: &str, addresses: &str| {
+        format!(
+            "apiVersion: example.com/v1\nkind: Listener\nmetadata:\n  name: {name}\nspec:\n  addresses: {addresses}\n"
+        )
+    };
+    let plain = listener("plain", r#"[{value: "10.0.0.1"}, {value: "fd00::1"}]"#);
+    c.ok(&["apply", "-f", &c.file("plain.yaml", &plain)]);
+    let stored = c.json(&["listener", "plain"]);
+    assert_eq!(
+        stored["spec"]["addresses"],
+        json!([{"type": "IPAddress", "value": "10.0.0.1"}, {"type": "IPAddress", "value": "fd00::1"}]),
+        "{stored}"
+    );
+    let named = listener("named", r#"[{type: Hostname, value: "gw.example.com"}]"#);
+    c.ok(&["apply", "-f", &c.file("named.yaml", &named)]);
+    let bad = listener("bad", r#"[{value: "10.0.0.1"}, {value: "gw.example.com"}]"#);
+    let err = c.refused(&["apply", "-f", &c.file("bad.yaml", &bad)]);
+    assert!(
+        err.contains(r#"spec.addresses[1]: Invalid value: "object": spec.addresses[1] in body must validate one and only one schema (oneOf). Found none valid"#),
+        "{err}"
+    );
+    assert!(!err.contains("spec.addresses[0]"), "{err}");
+}

@@ -8,7 +8,9 @@
 //!   every field and array item and at the root, `object` at the root,
 //!   `items` on arrays, no `properties` next to `additionalProperties`,
 //!   map lists with their keys, `x-kubernetes-validations` rules that
-//!   compile). A version that was once a storage version (it is in
+//!   compile; under `allOf`/`anyOf`/`oneOf`/`not` the opposite: no `type`,
+//!   `default`, `description`, `nullable`, `additionalProperties` or
+//!   `x-kubernetes-*`, and only fields the structural part declares). A version that was once a storage version (it is in
 //!   `status.storedVersions`) cannot be removed from `spec.versions`.
 //!   Conversion is `None` only: the fake cannot call a conversion webhook,
 //!   so `strategy: Webhook` is refused naming the field. Defaults:
@@ -32,7 +34,8 @@
 //!   schema is validated with the real server's messages (types, `enum`,
 //!   `required`, `minimum`/`maximum` and their exclusive forms,
 //!   `minLength`/`maxLength`, `pattern`, `minItems`/`maxItems`, unique
-//!   items of `set` and `map` lists, simple `format`s) and
+//!   items of `set` and `map` lists, simple `format`s, `allOf`, `anyOf`,
+//!   `oneOf` and `not` on the defaulted value) and
 //!   `x-kubernetes-validations` rules run through the fake's CEL
 //!   interpreter ([`super::admission_policy`]) with `self` and, on updates,
 //!   `oldSelf` (a rule that reads `oldSelf` is a transition rule and only
@@ -407,7 +410,6 @@ enum Place {
     Root,
     Property,
     Item,
-    Other,
 }
 
 /// The structural-schema rules, with the real server's messages.
@@ -417,18 +419,15 @@ fn structural(s: &Value, path: &str, place: Place, out: &mut Vec<Cause>) {
     let preserve = s["x-kubernetes-preserve-unknown-fields"] == true;
     if ty.is_none_or(str::is_empty) && !int_or_string && !(preserve && place != Place::Root) {
         let why = match place {
-            Place::Root => Some("must not be empty at the root"),
-            Place::Property => Some("must not be empty for specified object fields"),
-            Place::Item => Some("must not be empty for specified array items"),
-            Place::Other => None,
+            Place::Root => "must not be empty at the root",
+            Place::Property => "must not be empty for specified object fields",
+            Place::Item => "must not be empty for specified array items",
         };
-        if let Some(why) = why {
-            out.push(cause(
-                "FieldValueRequired",
-                format!("{path}.type"),
-                format!("Required value: {why}"),
-            ));
-        }
+        out.push(cause(
+            "FieldValueRequired",
+            format!("{path}.type"),
+            format!("Required value: {why}"),
+        ));
     }
     if place == Place::Root
         && let Some(t) = ty.filter(|t| *t != "object")
@@ -524,9 +523,164 @@ fn structural(s: &Value, path: &str, place: Place, out: &mut Vec<Cause>) {
             out,
         );
     }
+    for (key, branch) in value_validations(s) {
+        let branch_path = format!("{path}.{key}");
+        nested_value_validation(branch, &branch_path, out);
+        completeness(branch, s, path, &branch_path, out);
+    }
+}
+
+/// The value-validation branches of a schema node: each `allOf`, `anyOf`
+/// and `oneOf` entry and the `not`, named as in a field path.
+fn value_validations(s: &Value) -> Vec<(String, &Value)> {
+    let mut out = Vec::new();
     for key in ["allOf", "anyOf", "oneOf"] {
         for (i, child) in s[key].as_array().into_iter().flatten().enumerate() {
-            structural(child, &format!("{path}.{key}[{i}]"), Place::Other, out);
+            out.push((format!("{key}[{i}]"), child));
+        }
+    }
+    if s["not"].is_object() {
+        out.push(("not".into(), &s["not"]));
+    }
+    out
+}
+
+/// The structural rules for a schema under `allOf`/`anyOf`/`oneOf`/`not`
+/// (the apiextensions server's `validateNestedValueValidation`): it only
+/// constrains values, so it carries no `type`, `default`, `description`,
+/// `nullable`, `additionalProperties` or `x-kubernetes-*` of its own (they
+/// belong to the structural part next to it) and says nothing of
+/// `metadata`. A missing `type` is what it should be, not an error.
+fn nested_value_validation(s: &Value, path: &str, out: &mut Vec<Cause>) {
+    let forbidden: [(&str, bool, &str); 14] = [
+        (
+            "type",
+            s.get("type").is_some(),
+            "must be empty to be structural",
+        ),
+        (
+            "additionalProperties",
+            s.get("additionalProperties").is_some(),
+            "must be undefined to be structural",
+        ),
+        (
+            "default",
+            s.get("default").is_some(),
+            "must be undefined to be structural",
+        ),
+        (
+            "title",
+            s.get("title").is_some(),
+            "must be empty to be structural",
+        ),
+        (
+            "description",
+            s.get("description").is_some(),
+            "must be empty to be structural",
+        ),
+        (
+            "nullable",
+            s["nullable"] == true,
+            "must be false to be structural",
+        ),
+        (
+            "externalDocs",
+            s.get("externalDocs").is_some(),
+            "must be undefined to be structural",
+        ),
+        (
+            "x-kubernetes-preserve-unknown-fields",
+            s["x-kubernetes-preserve-unknown-fields"] == true,
+            "must be false to be structural",
+        ),
+        (
+            "x-kubernetes-embedded-resource",
+            s["x-kubernetes-embedded-resource"] == true,
+            "must be false to be structural",
+        ),
+        (
+            "x-kubernetes-int-or-string",
+            s["x-kubernetes-int-or-string"] == true,
+            "must be false to be structural",
+        ),
+        (
+            "x-kubernetes-list-map-keys",
+            s.get("x-kubernetes-list-map-keys").is_some(),
+            "must be empty to be structural",
+        ),
+        (
+            "x-kubernetes-list-type",
+            s.get("x-kubernetes-list-type").is_some(),
+            "must be undefined to be structural",
+        ),
+        (
+            "x-kubernetes-map-type",
+            s.get("x-kubernetes-map-type").is_some(),
+            "must be undefined to be structural",
+        ),
+        (
+            "x-kubernetes-validations",
+            s.get("x-kubernetes-validations").is_some(),
+            "must be empty to be structural",
+        ),
+    ];
+    for (key, present, why) in forbidden {
+        if present {
+            out.push(cause(
+                "FieldValueForbidden",
+                format!("{path}.{key}"),
+                format!("Forbidden: {why}"),
+            ));
+        }
+    }
+    if s["properties"].get("metadata").is_some() {
+        out.push(cause(
+            "FieldValueForbidden",
+            format!("{path}.properties[metadata]"),
+            "Forbidden: must not be specified in a nested context".into(),
+        ));
+    }
+    for (k, child) in s["properties"].as_object().into_iter().flatten() {
+        nested_value_validation(child, &format!("{path}.properties[{k}]"), out);
+    }
+    if s["items"].is_object() {
+        nested_value_validation(&s["items"], &format!("{path}.items"), out);
+    }
+    for (key, branch) in value_validations(s) {
+        nested_value_validation(branch, &format!("{path}.{key}"), out);
+    }
+}
+
+/// Every field or item a value validation names must be in the
+/// structural schema beside it (`validateStructuralCompleteness`).
+fn completeness(v: &Value, s: &Value, s_path: &str, v_path: &str, out: &mut Vec<Cause>) {
+    for (key, branch) in value_validations(v) {
+        completeness(branch, s, s_path, &format!("{v_path}.{key}"), out);
+    }
+    if v["items"].is_object() {
+        let (sp, vp) = (format!("{s_path}.items"), format!("{v_path}.items"));
+        if s["items"].is_object() {
+            completeness(&v["items"], &s["items"], &sp, &vp, out);
+        } else {
+            out.push(cause(
+                "FieldValueRequired",
+                sp,
+                format!("Required value: because it is defined in {vp}"),
+            ));
+        }
+    }
+    for (k, child) in v["properties"].as_object().into_iter().flatten() {
+        let (sp, vp) = (
+            format!("{s_path}.properties[{k}]"),
+            format!("{v_path}.properties[{k}]"),
+        );
+        match s["properties"].get(k) {
+            Some(structural) => completeness(child, structural, &sp, &vp, out),
+            None => out.push(cause(
+                "FieldValueRequired",
+                sp,
+                format!("Required value: because it is defined in {vp}"),
+            )),
         }
     }
 }
@@ -884,7 +1038,54 @@ pub fn validate(v: &Value, s: &Value, path: &str, old: Option<&Value>, out: &mut
         }
         _ => {}
     }
+    junctors(v, s, path, out);
     rules(v, s, path, old, out);
+}
+
+/// `allOf`, `anyOf`, `oneOf` and `not`, evaluated on the value as it is
+/// after defaulting (as the real server's schema validator sees it): a
+/// branch holds when validating `v` against it finds nothing. So the
+/// Gateway API's `addresses` item, `oneOf: [{type: enum [IPAddress]},
+/// {type: not enum [IPAddress]}]`, takes an address that omits `type`:
+/// the structural `default: IPAddress` has filled it before the `oneOf`
+/// is asked. Only the junctor's own line is reported (the branches'
+/// findings are how it decided), with the validator's wording.
+fn junctors(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
+    let holds = |branch: &Value| {
+        let mut found = Vec::new();
+        validate(v, branch, path, None, &mut found);
+        found.is_empty()
+    };
+    let shown_path = if path.is_empty() { "<root>" } else { path };
+    let mut fail = |what: String| {
+        out.push(cause(
+            "FieldValueInvalid",
+            path.into(),
+            format!("Invalid value: {}: {shown_path} in body {what}", shown(v)),
+        ))
+    };
+    if let Some(all) = s["allOf"].as_array()
+        && !all.iter().all(holds)
+    {
+        fail("must validate all the schemas (allOf)".into());
+    }
+    if let Some(any) = s["anyOf"].as_array()
+        && !any.iter().any(holds)
+    {
+        fail("must validate at least one schema (anyOf)".into());
+    }
+    if let Some(one) = s["oneOf"].as_array() {
+        match one.iter().filter(|b| holds(b)).count() {
+            1 => {}
+            0 => fail("must validate one and only one schema (oneOf). Found none valid".into()),
+            n => fail(format!(
+                "must validate one and only one schema (oneOf). Found {n} valid alternatives"
+            )),
+        }
+    }
+    if s["not"].is_object() && holds(&s["not"]) {
+        fail("must not validate the schema (not)".into());
+    }
 }
 
 /// `x-kubernetes-validations` on this node.
@@ -953,6 +1154,8 @@ fn format_problem(format: &str, s: &str) -> Option<&'static str> {
                 })
         }
         "uri" => s.contains("://"),
+        "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
+        "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
         _ => true,
     };
     (!ok).then_some("invalid format")
