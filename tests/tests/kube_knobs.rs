@@ -707,6 +707,34 @@ async fn an_aborted_canary_stays_up_without_traffic_until_its_delay_ends() {
         "{:?}",
         w.reasons()
     );
+    // The pods the operator kept up were its own doing, not drift.
+    w.tick().await;
+    assert!(
+        !w.reasons().iter().any(|(r, _)| r == "DeploymentDrift"),
+        "{:?}",
+        w.reasons()
+    );
+    // Someone else's scale is, and the Event names who made it.
+    w.kubectl(&[
+        "patch",
+        "deployment",
+        "app",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    w.tick().await;
+    assert_eq!(w.replicas("app"), 0);
+    let drift = w
+        .reasons()
+        .into_iter()
+        .find(|(r, _)| r == "DeploymentDrift")
+        .expect("a DeploymentDrift Event");
+    assert!(
+        drift
+            .1
+            .contains("app was scaled to 2 by kubectl-patch outside a release"),
+        "{drift:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use super::annotations;
 use super::api::{publish, scale, sluice_post};
 use super::objects::*;
 use super::services::{original_service, points_at_proxy, proxy_serves};
-use super::{Context, Error};
+use super::{Context, Error, FIELD_MANAGER};
 
 /// Puts Service `app` back through the proxy when something changed it. A
 /// `kubectl apply` of the original manifest merges the user's selector into
@@ -78,6 +78,13 @@ pub(super) async fn restore_routing(
 /// Between releases the user's Deployment (the canary) runs no pods. A
 /// re-apply of its manifest scales it back up; it is scaled down again,
 /// only once Service `app` is served by the proxy.
+///
+/// Only someone else's scale is drift. Who set `spec.replicas` last is read
+/// from `managedFields` (a write that changes a field takes it over): when
+/// every owner is Sluice's field manager, the pods are the operator's own
+/// (a canary it scaled up, read before its own scale-down reached the
+/// cache), scaled to 0 without a `DeploymentDrift` Event; otherwise the
+/// Event names the field managers that scaled it.
 pub(super) async fn settle_idle_canary(
     ctx: &Context,
     d: &Deployment,
@@ -89,16 +96,44 @@ pub(super) async fn settle_idle_canary(
         return Ok(());
     }
     scale(ctx, ns, app, 0).await?;
-    publish(
-        ctx,
-        d,
-        EventType::Normal,
-        "DeploymentDrift",
-        format!(
-            "{app} was scaled to {replicas} outside a release (a re-apply of its manifest?); between releases it runs no pods (the primary {} serves), so it is scaled to 0 again",
-            primary_name(app)
-        ),
-    )
-    .await;
+    let managers = replicas_managers(d);
+    let others: Vec<&str> = managers
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != FIELD_MANAGER)
+        .collect();
+    if managers.is_empty() || !others.is_empty() {
+        let by = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", others.join(", "))
+        };
+        publish(
+            ctx,
+            d,
+            EventType::Normal,
+            "DeploymentDrift",
+            format!(
+                "{app} was scaled to {replicas}{by} outside a release (a re-apply of its manifest?); between releases it runs no pods (the primary {} serves), so it is scaled to 0 again",
+                primary_name(app)
+            ),
+        )
+        .await;
+    }
     Ok(())
+}
+
+/// The field managers that own a Deployment's `spec.replicas`.
+fn replicas_managers(d: &Deployment) -> Vec<String> {
+    d.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:spec"]["f:replicas"].is_object())
+        })
+        .filter_map(|e| e.manager.clone())
+        .collect()
 }

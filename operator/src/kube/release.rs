@@ -367,6 +367,9 @@ pub(super) async fn release_tick(
         }
         let idle = revision == status.primary_revision
             || status.failed_revision.as_deref() == Some(revision);
+        // The kept-up canary scaled down in this very call: `d`, read
+        // before, still shows its pods, which are no drift.
+        let mut scaled_down_now = false;
         if let Some(due) = scale_down_due(status, settings) {
             if status.scale_down_at != Some(due) {
                 // The delay was changed meanwhile: it counts from the end
@@ -377,6 +380,7 @@ pub(super) async fn release_tick(
             if (ctx.now)() >= due {
                 // The kept-up canary's delay is over.
                 scale_down_canary(ctx, ns, app, &settings.router).await?;
+                scaled_down_now = true;
                 status.scale_down_at = None;
                 save_status(ctx, ns, app, status).await?;
                 publish(
@@ -402,7 +406,7 @@ pub(super) async fn release_tick(
             )
             .await?;
             settle_idle_baseline(ctx, ns, app, dv, settings.route.baseline_arm).await?;
-            if status.scale_down_at.is_none() {
+            if status.scale_down_at.is_none() && !scaled_down_now {
                 settle_idle_canary(ctx, d, ns, app).await?;
             }
             // A new generation with nothing to release (replicas, a
