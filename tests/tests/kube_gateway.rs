@@ -380,6 +380,20 @@ async fn a_release_moves_the_httproutes_weights_promotes_and_rolls_back() {
         "{route}"
     );
     assert_eq!(w.deployment("app").unwrap()["spec"]["replicas"], 3);
+    // The note says what was handed back: the route, never Service app,
+    // which this router did not touch.
+    let released: Vec<String> = w
+        .reasons()
+        .into_iter()
+        .filter(|(r, _)| r == "Released")
+        .map(|(_, note)| note)
+        .collect();
+    assert_eq!(released.len(), 1, "{:?}", w.reasons());
+    assert!(
+        released[0].contains("its traffic goes to app's own pods again")
+            && !released[0].contains("Service"),
+        "{released:?}"
+    );
     // All of it through the shipped RBAC, which grants exactly what the
     // router uses on routes.
     let operator = "system:serviceaccount:sluice-system:sluice-operator";
