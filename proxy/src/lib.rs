@@ -286,6 +286,8 @@ pub struct ProxyHandle {
     admin: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
     cert_watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Looks at the upstream `ca_file`s in use now and then.
+    ca_poller: tokio::task::JoinHandle<()>,
     tcp: Arc<tcp::TcpListeners>,
     drain_timeout: Duration,
 }
@@ -344,6 +346,7 @@ impl ProxyHandle {
         for w in [self.watcher, self.cert_watcher].into_iter().flatten() {
             w.abort();
         }
+        self.ca_poller.abort();
     }
 }
 
@@ -428,6 +431,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         admin_stop_rx,
     ));
     tracing::info!(%addr, %admin_addr, routes = valid.routes.len(), "sluice-proxy serving");
+    let ca_poller = tokio::spawn(store::poll_upstream_cas(store.clone()));
     Ok(ProxyHandle {
         addr,
         listener_addrs,
@@ -440,6 +444,7 @@ pub async fn start(config: Config, options: StartOptions) -> Result<ProxyHandle,
         admin,
         watcher,
         cert_watcher,
+        ca_poller,
         tcp: tcp_listeners,
         drain_timeout: options.drain_timeout,
     })

@@ -63,6 +63,8 @@ struct Target {
     series: Arc<Series>,
     grpc_failure_codes: crate::grpc::Codes,
     request_timeout: Duration,
+    /// A copy's answer may pause no longer than this (see [`send_copy`]).
+    answer_stall: Duration,
     too_large: Counter,
     queue_full: Counter,
     incomplete: Counter,
@@ -76,6 +78,7 @@ pub struct MirrorTo<'a> {
     pub url: &'a UpstreamUrl,
     pub grpc_failure_codes: crate::grpc::Codes,
     pub request_timeout: Duration,
+    pub answer_idle_timeout: Duration,
 }
 
 impl Mirror {
@@ -107,6 +110,7 @@ impl Mirror {
                 series,
                 grpc_failure_codes: to.grpc_failure_codes,
                 request_timeout: to.request_timeout,
+                answer_stall: to.answer_idle_timeout.min(to.request_timeout),
                 too_large: metrics.mirror_skipped(to.route, MirrorSkip::BodyTooLarge),
                 queue_full: metrics.mirror_skipped(to.route, MirrorSkip::QueueFull),
                 incomplete: metrics.mirror_skipped(to.route, MirrorSkip::Incomplete),
@@ -288,10 +292,14 @@ async fn send_copy(target: &Target, head: CopyHead, body: CopyBody) {
         permit: None,
         body: None,
     };
-    let mut body = MeteredBody::new(response.body, Some(recorder));
-    // Read to the end (the recorder counts it there), within the request
-    // timeout.
-    let _ = tokio::time::timeout(target.request_timeout, async {
+    let mut body = MeteredBody::new(response.body, Some(recorder)).stall_limit(target.answer_stall);
+    // Read to the end (the recorder counts it there). A copy's backend
+    // that pauses its answer longer than the route's `answer_idle`, or
+    // than its request timeout if shorter (a copy waits for no client),
+    // is cut there and counted as a timeout; an answer that keeps coming
+    // is read for at most ten request timeouts, then dropped and counted
+    // with its status.
+    let _ = tokio::time::timeout(target.request_timeout * 10, async {
         while let Some(frame) = body.frame().await {
             if frame.is_err() {
                 break;

@@ -29,7 +29,11 @@
 //!   reset (HTTP/2), instead of both waiting for as long as the backend
 //!   holds its socket open. Only the time the proxy waits on the backend
 //!   counts: the limit starts at the first wait after a part of the body
-//!   came, so a slow client's reading is never charged to the backend.
+//!   came, so a slow client's reading is never charged to the backend;
+//!   and while the request's body is still on its way (an HTTP/2 stream
+//!   whose answer began first: a gRPC bidirectional stream, whose server
+//!   may wait for the client's next message), the answer's pauses are not
+//!   judged at all.
 //! - [`Permit`] is a request's place among its route's requests in flight,
 //!   given back when its answer is recorded.
 //!
@@ -387,8 +391,15 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Text(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         };
+        let uploading = || {
+            self.recorder
+                .as_ref()
+                .and_then(|r| r.body.as_ref())
+                .is_some_and(|w| !w.progress.is_sent())
+        };
+        let uploading = polled.is_pending() && self.stall.is_some() && uploading();
         if let Some(stall) = &mut self.stall {
-            if polled.is_ready() {
+            if polled.is_ready() || uploading {
                 stall.deadline = None;
             } else if stall.expired(cx) {
                 let limit = stall.limit;

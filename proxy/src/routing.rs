@@ -826,6 +826,7 @@ fn build_route(
             url: &c.url,
             grpc_failure_codes: r.grpc_failure_codes,
             request_timeout: r.request_timeout,
+            answer_idle_timeout: r.answer_idle_timeout,
         };
         let kept = old
             .and_then(|o| o.mirror.as_ref())

@@ -208,6 +208,21 @@ impl Store {
         Ok(routing)
     }
 
+    /// Builds the table again, as it is, when an upstream `ca_file` in use
+    /// holds new bytes (see [`ClientPool::get`]), so a rotated CA reaches
+    /// new connections without a reload. Not a reload: nothing is
+    /// counted.
+    pub fn refresh_upstream_cas(&self) {
+        if !self.pool.cas_changed() {
+            return;
+        }
+        let _guard = self.write_lock.lock().expect("store lock");
+        let current = self.routing.load_full();
+        if let Err(errors) = self.replace_locked(current.config.clone()) {
+            tracing::error!(%errors, "rebuilding the table for a changed upstream ca_file failed; it keeps serving");
+        }
+    }
+
     /// Applies an admin patch (any of `stable`, `canary`, `baseline`,
     /// `canary_weight`, `canary_match`, `affinity`, `mirror`; null removes
     /// the setting of `canary`, `baseline` and the last three) to one route
@@ -395,6 +410,21 @@ pub fn read_config_file(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::single("", format!("cannot read {}: {e}", path.display())))?;
     Config::from_yaml(&text)
+}
+
+/// How often the upstream `ca_file`s in use are read, for
+/// [`Store::refresh_upstream_cas`].
+pub const CA_POLL_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads the upstream `ca_file`s in use every [`CA_POLL_EVERY`] and
+/// applies what changed (see [`Store::refresh_upstream_cas`]).
+pub async fn poll_upstream_cas(store: Arc<Store>) {
+    let mut ticks = tokio::time::interval(CA_POLL_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        store.refresh_upstream_cas();
+    }
 }
 
 /// Watches `path` and replaces the table whenever its content changes.

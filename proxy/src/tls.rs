@@ -51,8 +51,16 @@ fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 fn read_roots(path: &Path, field: &str) -> Result<RootCertStore, String> {
+    roots_of(read_certs(path, field)?, path, field)
+}
+
+fn roots_of(
+    certs: Vec<CertificateDer<'static>>,
+    path: &Path,
+    field: &str,
+) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
-    for cert in read_certs(path, field)? {
+    for cert in certs {
         roots.add(cert).map_err(|e| {
             format!(
                 "{field}: {} holds an unusable CA certificate: {e}",
@@ -192,6 +200,21 @@ fn served_config(tls: &TlsConfig) -> Result<(Arc<ServerConfig>, Option<Validity>
     Ok((Arc::new(config), validity))
 }
 
+/// Why a change of the listener's files was not taken.
+#[derive(Debug)]
+pub struct Refused {
+    pub message: String,
+    /// When the new certificate, refused only because it is not valid
+    /// yet, becomes valid (Unix seconds): the files are read again then.
+    pub valid_from: Option<i64>,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The listener's current TLS configuration, replaced when its files change.
 pub struct Terminator {
     pub tls: TlsConfig,
@@ -226,18 +249,33 @@ impl Terminator {
 
     /// Re-reads the files; on error the old configuration stays (see the
     /// module docs for a certificate outside its validity period).
-    pub fn reload(&self) -> Result<(), String> {
-        let (config, validity) = served_config(&self.tls)?;
+    pub fn reload(&self) -> Result<(), Refused> {
+        let (config, validity) = served_config(&self.tls).map_err(|message| Refused {
+            message,
+            valid_from: None,
+        })?;
         let now = unix_now();
         let mut served = self.validity.lock().expect("validity");
-        if let Some(problem) = validity.and_then(|v| v.problem_at(now)) {
-            if served.is_some_and(|s| s.holds_at(now)) {
-                return Err(format!(
-                    "tls.cert_file: {}: {problem}, and the one serving is still valid",
-                    self.tls.cert_file.display()
-                ));
+        if let Some(new) = validity
+            && let Some(problem) = new.problem_at(now)
+        {
+            match *served {
+                Some(s) if s.holds_at(now) => {
+                    return Err(Refused {
+                        message: format!(
+                            "tls.cert_file: {}: {problem}, and the one serving is still valid",
+                            self.tls.cert_file.display()
+                        ),
+                        valid_from: (new.not_before > now).then_some(new.not_before),
+                    });
+                }
+                Some(_) => {
+                    tracing::warn!(file = %self.tls.cert_file.display(), "{problem}; it is served, as the one it replaces is not valid either");
+                }
+                None => {
+                    tracing::warn!(file = %self.tls.cert_file.display(), "{problem}; it is served, as the dates of the one it replaces could not be read");
+                }
             }
-            tracing::warn!(file = %self.tls.cert_file.display(), "{problem}; it is served, as the one it replaces is not valid either");
         }
         *served = validity;
         self.current.store(config);
@@ -291,15 +329,26 @@ impl Terminator {
         let mut last = read_all(&files);
         Ok(tokio::spawn(async move {
             let _watcher = watcher;
-            while rx.recv().await.is_some() {
+            // When to read the files again though nothing changed: a
+            // certificate refused only because it is not valid yet.
+            let mut retry: Option<tokio::time::Instant> = None;
+            loop {
+                let again = tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(()) => false,
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(retry.unwrap_or_else(tokio::time::Instant::now)), if retry.is_some() => true,
+                };
                 // Writers replace cert and key one after the other: let both land.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while rx.try_recv().is_ok() {}
                 let now = read_all(&files);
-                if now == last {
+                if now == last && !again {
                     continue;
                 }
                 last = now;
+                retry = None;
                 match this.reload() {
                     Ok(()) => {
                         metrics.record_tls_reload(
@@ -314,6 +363,12 @@ impl Terminator {
                             this.not_after(),
                         );
                         tracing::error!(error = %e, "TLS files rejected; the previous certificate keeps serving");
+                        if let Some(from) = e.valid_from {
+                            // At most a day: a date far ahead is looked at again then.
+                            let wait =
+                                u64::try_from(from - unix_now()).unwrap_or(0).min(86_400) + 1;
+                            retry = Some(tokio::time::Instant::now() + Duration::from_secs(wait));
+                        }
                     }
                 }
             }
@@ -325,9 +380,38 @@ impl Terminator {
 
 /// A rustls client configuration for an upstream, with ALPN for its protocol.
 pub fn client_config(key: &UpstreamTlsKey, http2: bool) -> Result<Arc<ClientConfig>, String> {
-    let roots = match &key.ca_file {
-        Some(path) => read_roots(path, "upstream_tls.ca_file")?,
-        None => {
+    let ca =
+        match &key.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                format!("upstream_tls.ca_file: cannot read {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+    client_config_from(key, ca.as_deref(), http2)
+}
+
+/// [`client_config`] with the `ca_file`'s bytes already read (`ca` is
+/// None without a `ca_file`: the system roots).
+pub fn client_config_from(
+    key: &UpstreamTlsKey,
+    ca: Option<&[u8]>,
+    http2: bool,
+) -> Result<Arc<ClientConfig>, String> {
+    const FIELD: &str = "upstream_tls.ca_file";
+    let roots = match (&key.ca_file, ca) {
+        (Some(path), Some(bytes)) => {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(bytes)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{FIELD}: {} is not PEM certificates: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{FIELD}: {} holds no certificate", path.display()));
+            }
+            roots_of(certs, path, FIELD)?
+        }
+        (Some(path), None) => {
+            return Err(format!("{FIELD}: cannot read {}", path.display()));
+        }
+        (None, _) => {
             let mut roots = RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             for cert in found.certs {

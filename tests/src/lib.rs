@@ -1231,9 +1231,6 @@ pub struct TestCa {
     pub cert_pem: String,
 }
 
-/// A date: (year, month, day).
-pub type Ymd = (i32, u8, u8);
-
 impl TestCa {
     pub fn new(name: &str) -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -1259,14 +1256,18 @@ impl TestCa {
         self.leaf_dated(names, None)
     }
 
-    /// [`TestCa::leaf`], valid only from and until the given dates when
+    /// [`TestCa::leaf`], valid only from and until the given times when
     /// `dates` is set.
-    pub fn leaf_dated(&self, names: &[&str], dates: Option<(Ymd, Ymd)>) -> (String, String) {
+    pub fn leaf_dated(
+        &self,
+        names: &[&str],
+        dates: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).expect("leaf params");
-        if let Some(((y0, m0, d0), (y1, m1, d1))) = dates {
-            params.not_before = rcgen::date_time_ymd(y0, m0, d0);
-            params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        if let Some((from, until)) = dates {
+            params.not_before = from;
+            params.not_after = until;
         }
         params
             .distinguished_name

@@ -683,3 +683,192 @@ async fn a_backend_that_stalls_in_its_answers_body_is_cut_and_charged() {
         "a paced or slowly read answer was cut"
     );
 }
+
+/// While an HTTP/2 client still sends its body after the answer began
+/// (a bidirectional stream, whose server waits for the client's next
+/// message), the answer's pauses are the client's pacing: not cut by
+/// `timeouts.answer_idle`, and counted as the success it is.
+#[tokio::test]
+async fn an_answer_waiting_on_a_bidirectional_streams_client_is_not_cut() {
+    let backend = h2_backend().await;
+    let proxy = ChildProxy::start(
+        &route(
+            backend,
+            ", protocol: http2, timeouts: { answer_idle: 300ms, idle: 10s }",
+        ),
+        &[],
+    )
+    .await;
+    let mut client = h2_connect(proxy.addr).await;
+    let req = http::Request::post("http://a/early").body(()).unwrap();
+    let (answer, mut send) = client.send_request(req, false).unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+        .await
+        .expect("the head in time")
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    // Six messages, 200 ms apart: 1.2 s with no part of the answer.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send.send_data(Bytes::from_static(b"message"), false)
+            .unwrap();
+    }
+    send.send_data(Bytes::new(), true).unwrap();
+    let mut body = answer.into_body();
+    let mut got = Vec::new();
+    while let Some(data) = tokio::time::timeout(Duration::from_secs(5), body.data())
+        .await
+        .expect("the answer's end in time")
+    {
+        got.extend_from_slice(&data.expect("the answer was cut"));
+    }
+    assert_eq!(got, b"done");
+    let m = eventually(
+        "the stream to be counted",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            (m.sum("sluice_requests_total", &[("route", "r")]) == 1.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "r"), ("classification", "success")]
+        ),
+        1.0
+    );
+}
+
+/// A mirrored copy whose backend stalls in its answer's body is cut after
+/// `timeouts.answer_idle` too, and counted as a failure and a timeout on
+/// the canary under `decision="mirror"`: a blue/green release judged on
+/// copies does not pass a canary that hangs mid-answer.
+#[tokio::test]
+async fn a_mirrored_copy_that_stalls_in_its_answer_is_a_failure() {
+    let (stable, canary) = (answering_backend().await, answering_backend().await);
+    let proxy = ChildProxy::start(
+        &format!(
+            "  - {{ name: r, stable: 'http://{stable}', canary: 'http://{canary}', canary_weight: 0, mirror: {{ percent: 100 }}, timeouts: {{ answer_idle: 500ms }} }}\n"
+        ),
+        &[],
+    )
+    .await;
+    let mut h1 = TcpStream::connect(proxy.addr).await.unwrap();
+    h1.write_all(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), h1.read_to_end(&mut got)).await;
+    let m = eventually(
+        "the copy's stall to be counted on the canary",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let copies = m.sum(
+                "sluice_requests_total",
+                &[
+                    ("route", "r"),
+                    ("backend", "canary"),
+                    ("decision", "mirror"),
+                    ("classification", "failure"),
+                ],
+            );
+            (copies == 1.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_upstream_errors_total",
+            &[("route", "r"), ("backend", "canary"), ("kind", "timeout")]
+        ),
+        1.0
+    );
+}
+
+/// An HTTP/2 backend: `/big` answers 32 MiB (as its stream's window
+/// allows), `/tick` a part every 200 ms, six in all.
+async fn h2_streaming_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let big = req.uri().path().ends_with("/big");
+                        let Ok(mut send) = respond.send_response(http::Response::new(()), false)
+                        else {
+                            return;
+                        };
+                        if big {
+                            let piece = Bytes::from(vec![b'b'; 16 << 10]);
+                            for _ in 0..2048 {
+                                send.reserve_capacity(piece.len());
+                                loop {
+                                    match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                                        Some(Ok(n)) if n >= piece.len() => break,
+                                        Some(Ok(_)) => continue,
+                                        _ => return,
+                                    }
+                                }
+                                if send.send_data(piece.clone(), false).is_err() {
+                                    return;
+                                }
+                            }
+                            let _ = send.send_data(Bytes::new(), true);
+                        } else {
+                            for i in 0..6 {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                let _ = send.send_data(Bytes::from_static(b"tick"), i == 5);
+                            }
+                        }
+                    });
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Clients that stop reading big answers from an HTTP/2 backend hold only
+/// their own streams' windows: another answer on the same backend
+/// connection keeps coming, and is not cut by `timeouts.answer_idle` as a
+/// stall of the backend's.
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_other_answers_from_an_http2_backend() {
+    let backend = h2_streaming_backend().await;
+    let proxy = ChildProxy::start(
+        &route(backend, ", protocol: http2, timeouts: { answer_idle: 1s }"),
+        &["--workers", "1"],
+    )
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    // Time for the proxy to fill what the kernel and the windows hold.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, body) = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&format!("http://{}/tick", proxy.addr)),
+    )
+    .await
+    .expect("the ticking answer in time")
+    .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 24, "the ticking answer was cut");
+    drop(stalled);
+}

@@ -444,9 +444,10 @@ async fn an_expired_certificate_is_refused_while_the_served_one_is_valid() {
         }
     };
 
+    let ymd = rcgen::date_time_ymd;
     for (what, dates) in [
-        ("expired", ((2020, 1, 1), (2021, 1, 1))),
-        ("not yet valid", ((4000, 1, 1), (4001, 1, 1))),
+        ("expired", (ymd(2020, 1, 1), ymd(2021, 1, 1))),
+        ("not yet valid", (ymd(4000, 1, 1), ymd(4001, 1, 1))),
     ] {
         let failures = scrape(t.proxy.admin_addr)
             .await
@@ -482,14 +483,28 @@ async fn an_expired_certificate_is_refused_while_the_served_one_is_valid() {
         served_by_first().await;
     }
 
-    let (cert, key) = t.ca.leaf_dated(
-        &["localhost", "127.0.0.1"],
-        Some(((2020, 1, 1), (3000, 1, 1))),
-    );
+    // Valid in three seconds: refused now, taken then, with no change to
+    // the files in between.
+    let failures = scrape(t.proxy.admin_addr)
+        .await
+        .sum("sluice_config_reloads_total", &[("result", "failure")]);
+    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let (cert, key) =
+        t.ca.leaf_dated(&["localhost", "127.0.0.1"], Some((soon, ymd(3000, 1, 1))));
     std::fs::write(t.dir.path.join("server.key"), key).unwrap();
     std::fs::write(t.dir.path.join("server.crt"), cert).unwrap();
+    eventually(
+        "the certificate valid in 3 s to be refused first",
+        Duration::from_secs(3),
+        || async {
+            let m = scrape(t.proxy.admin_addr).await;
+            (m.sum("sluice_config_reloads_total", &[("result", "failure")]) > failures)
+                .then_some(())
+        },
+    )
+    .await;
     let m = eventually(
-        "the valid certificate to be taken",
+        "the certificate to be taken once it is valid",
         Duration::from_secs(10),
         || async {
             let m = scrape(t.proxy.admin_addr).await;
@@ -505,16 +520,18 @@ async fn an_expired_certificate_is_refused_while_the_served_one_is_valid() {
     served_by_first().await;
 }
 
-/// An upstream's `ca_file` is read again when a configuration is applied
-/// (here an admin update; a file change or SIGHUP does the same): new
+/// An upstream's `ca_file` is read again when it changes (it is looked at
+/// every few seconds) and whenever a configuration is applied: new
 /// contents verify new connections, and contents that no longer parse
-/// leave the last good CA verifying.
+/// leave the last good CA verifying, also for an upstream added after
+/// they broke.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_upstream_ca_file_is_read_when_a_config_is_applied() {
+async fn a_changed_upstream_ca_file_is_read_again_and_a_broken_one_keeps_the_last_good() {
     let dir = TempDir::new("upstream-ca-reload");
     let upstream_ca = TestCa::new("upstream CA");
     let (cert, key) = upstream_ca.leaf(&["web.internal"]);
     let upstream = start_https_backend("secure", &cert, &key).await;
+    let other = start_https_backend("secure-2", &cert, &key).await;
     let ca_file = dir.path.join("upstream-ca.crt");
     std::fs::write(&ca_file, TestCa::new("old CA").cert_pem).unwrap();
     let routes = format!(
@@ -523,31 +540,35 @@ async fn a_changed_upstream_ca_file_is_read_when_a_config_is_applied() {
     );
     let proxy = start_proxy(&proxy_yaml(&routes)).await;
     let url = format!("http://{}/", proxy.addr);
-    let apply = || async {
-        let (status, body) = put_json(
-            &format!("http://{}/routes/web", proxy.admin_addr),
-            serde_json::json!({ "canary_weight": 0 }),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    };
     assert_eq!(get(&url).await.unwrap().0, StatusCode::BAD_GATEWAY);
 
+    // No reload, no admin update: the new file is seen by itself.
     std::fs::write(&ca_file, &upstream_ca.cert_pem).unwrap();
-    apply().await;
-    let (status, headers, _) = get(&url).await.unwrap();
-    assert_eq!(status, StatusCode::OK, "the new CA file was not read");
-    assert_eq!(headers["x-backend"], "secure");
+    eventually(
+        "the rotated CA file to verify new connections",
+        Duration::from_secs(15),
+        || async { (get(&url).await.unwrap().0 == StatusCode::OK).then_some(()) },
+    )
+    .await;
 
+    // Broken, and seen broken; then a canary of the same TLS setting is
+    // added: it verifies with the last good CA too.
     std::fs::write(&ca_file, "not a certificate").unwrap();
-    apply().await;
-    // Past `upstream_idle`, the next request needs a new handshake.
+    tokio::time::sleep(sluice_proxy::store::CA_POLL_EVERY + Duration::from_secs(1)).await;
+    let (status, body) = put_json(
+        &format!("http://{}/routes/web", proxy.admin_addr),
+        serde_json::json!({ "canary": format!("https://{other}"), "canary_weight": 100 }),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Past `upstream_idle`, every request needs a new handshake.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let (status, _, _) = get(&url).await.unwrap();
+    let (status, headers, _) = get(&url).await.unwrap();
     assert_eq!(
         status,
         StatusCode::OK,
         "a broken CA file replaced the good one"
     );
+    assert_eq!(headers["x-backend"], "secure-2");
 }

@@ -188,6 +188,16 @@ impl H2Conn {
     }
 }
 
+/// Flow-control windows for backends' answers: a stream may have 512 KiB
+/// in flight (as clients' bodies do), the connection 16 MiB. An answer is read from the backend
+/// only as fast as its client takes it, so a client that stops reading
+/// holds its stream's window; with hyper's defaults (2 MiB a stream, 5
+/// MiB the connection) three such clients held the whole connection's
+/// window, and every other answer on it stopped (and, past
+/// `timeouts.answer_idle`, was charged to the backend). Now it takes 32.
+const STREAM_WINDOW: u32 = 512 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// A new HTTP/2 connection over `io`, driven by a task of its own on this
 /// thread, closed after `idle_timeout` without a stream.
 pub(super) async fn handshake(
@@ -197,6 +207,8 @@ pub(super) async fn handshake(
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let (sender, conn) = builder.handshake(TokioIo::new(io)).await?;
     let streams = Arc::new(Streams {

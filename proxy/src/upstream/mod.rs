@@ -266,9 +266,6 @@ pub struct Response {
 pub struct Upstream {
     key: PoolKey,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    /// The `ca_file`'s bytes its verification was built from (None: no
-    /// `ca_file`, or it could not be read).
-    ca: Option<Vec<u8>>,
     /// Why its TLS handshakes fail, logged now and then.
     tls_warnings: io::TlsWarnings,
     slots: Box<[Slot]>,
@@ -294,36 +291,8 @@ struct H1Pool {
 }
 
 impl Upstream {
-    fn new(key: &PoolKey, slots: usize) -> Self {
-        Self::build(key, slots).unwrap_or_else(|(e, ca)| {
-            // Checked before the table was built; a file broken since then
-            // makes every handshake fail (502, kind="tls"): fail closed.
-            tracing::error!(error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
-            let config = crate::tls::fail_closed_config(key.protocol == Protocol::Http2);
-            Self::with_tls(key, slots, Some(config), ca)
-        })
-    }
-
-    /// The upstream for `key`, or why its TLS settings are unusable (with
-    /// the `ca_file`'s bytes as read).
-    fn build(key: &PoolKey, slots: usize) -> Result<Self, (String, Option<Vec<u8>>)> {
-        let ca = ca_bytes(key);
-        let config = match &key.tls {
-            Some(t) => Some(
-                crate::tls::client_config(t, key.protocol == Protocol::Http2)
-                    .map_err(|e| (e, ca.clone()))?,
-            ),
-            None => None,
-        };
-        Ok(Self::with_tls(key, slots, config, ca))
-    }
-
-    fn with_tls(
-        key: &PoolKey,
-        slots: usize,
-        config: Option<Arc<rustls::ClientConfig>>,
-        ca: Option<Vec<u8>>,
-    ) -> Self {
+    /// The upstream for `key`, verifying with `config` (https upstreams).
+    fn new(key: &PoolKey, slots: usize, config: Option<Arc<rustls::ClientConfig>>) -> Self {
         let tls = key.tls.as_ref().zip(config).map(|(t, config)| {
             let name = ServerName::try_from(t.server_name.clone()).expect("validated server name");
             (tokio_rustls::TlsConnector::from(config), name)
@@ -331,18 +300,18 @@ impl Upstream {
         Self {
             key: key.clone(),
             tls,
-            ca,
             tls_warnings: io::TlsWarnings::default(),
             slots: (0..slots).map(|_| Slot::default()).collect(),
         }
     }
 
-    /// Whether its `ca_file` now holds other bytes than it was built from.
-    fn ca_changed(&self) -> bool {
-        self.key
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.ca_file.is_some() && ca_bytes(&self.key) != self.ca)
+    /// Whether it verifies with `config`.
+    fn verifies_with(&self, config: Option<&Arc<rustls::ClientConfig>>) -> bool {
+        match (&self.tls, config) {
+            (Some((connector, _)), Some(config)) => Arc::ptr_eq(connector.config(), config),
+            (None, None) => true,
+            _ => false,
+        }
     }
 
     fn slot(&self) -> (usize, &Slot) {
@@ -837,16 +806,27 @@ impl BackendClients {
     }
 }
 
-/// The bytes of `key`'s `ca_file`, when it names one that can be read.
-fn ca_bytes(key: &PoolKey) -> Option<Vec<u8>> {
-    let path = key.tls.as_ref()?.ca_file.as_ref()?;
-    std::fs::read(path).ok()
-}
-
-/// Upstreams by [`PoolKey`], shared across routing tables.
+/// Upstreams by [`PoolKey`], shared across routing tables, and the TLS
+/// verification of each upstream TLS setting.
 pub struct ClientPool {
     slots: usize,
-    clients: Mutex<HashMap<PoolKey, BackendClients>>,
+    clients: Mutex<Pools>,
+}
+
+#[derive(Default)]
+struct Pools {
+    upstreams: HashMap<PoolKey, BackendClients>,
+    /// By TLS setting and whether ALPN offers `h2`.
+    tls: HashMap<(UpstreamTlsKey, bool), Verification>,
+}
+
+/// How upstreams of one TLS setting are verified.
+struct Verification {
+    /// The last good configuration (or, when there never was one, one
+    /// that trusts nothing: fail closed).
+    config: Arc<rustls::ClientConfig>,
+    /// The `ca_file`'s bytes when last read (None: none, or unreadable).
+    seen: Option<Vec<u8>>,
 }
 
 impl Default for ClientPool {
@@ -855,44 +835,107 @@ impl Default for ClientPool {
     }
 }
 
+fn read_ca(tls: &UpstreamTlsKey) -> Option<Vec<u8>> {
+    std::fs::read(tls.ca_file.as_ref()?).ok()
+}
+
+impl Pools {
+    /// The configuration upstreams of `tls` verify with: built again when
+    /// the `ca_file`'s bytes changed since last read; when they no longer
+    /// build, the last good one (see [`ClientPool::get`]).
+    fn verification(&mut self, tls: &UpstreamTlsKey, http2: bool) -> Arc<rustls::ClientConfig> {
+        let bytes = read_ca(tls);
+        let key = (tls.clone(), http2);
+        if let Some(known) = self.tls.get(&key)
+            && (tls.ca_file.is_none() || known.seen == bytes)
+        {
+            return known.config.clone();
+        }
+        let built = crate::tls::client_config_from(tls, bytes.as_deref(), http2);
+        let server = tls.server_name.as_str();
+        let config = match (built, self.tls.get(&key)) {
+            (Ok(config), known) => {
+                if known.is_some() {
+                    tracing::info!(
+                        server,
+                        "an upstream ca_file changed; new connections verify with it"
+                    );
+                }
+                config
+            }
+            (Err(e), Some(known)) => {
+                tracing::error!(server, error = %e, "an upstream ca_file changed and cannot be used; the last good one keeps verifying");
+                known.config.clone()
+            }
+            (Err(e), None) => {
+                // Checked before the table was built; a file broken since
+                // then makes every handshake fail (502, kind="tls").
+                tracing::error!(server, error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
+                crate::tls::fail_closed_config(http2)
+            }
+        };
+        self.tls.insert(
+            key,
+            Verification {
+                config: config.clone(),
+                seen: bytes,
+            },
+        );
+        config
+    }
+}
+
 impl ClientPool {
     /// A pool for `threads` dedicated serving threads (0: the caller's runtime only).
     pub fn new(threads: usize) -> Self {
         Self {
             slots: threads + 1,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::default(),
         }
     }
 
     /// The upstream for `key`, reusing the existing one (and its
-    /// connections) unless its `ca_file` changed: a valid new CA makes a
-    /// new upstream (new connections verify with it; open ones finish
-    /// with the old table), and one that no longer parses is logged while
-    /// the last good CA keeps verifying. So the CA is read again whenever
-    /// a configuration is applied: a file change, SIGHUP, an admin update.
+    /// connections) unless its verification changed. An upstream
+    /// `ca_file` is read again at every call (every configuration applied)
+    /// and by [`ClientPool::cas_changed`]: new contents that build make new
+    /// upstreams (new connections verify with them; open ones finish with
+    /// the old table), and contents that no longer build leave the last
+    /// good configuration of that TLS setting verifying, for every
+    /// upstream of it, old or new.
     pub fn get(&self, key: &PoolKey) -> BackendClients {
-        let mut map = self.clients.lock().expect("pool lock");
-        if let Some(existing) = map.get(key)
-            && existing.0.ca_changed()
+        let mut pools = self.clients.lock().expect("pool lock");
+        let config = key
+            .tls
+            .as_ref()
+            .map(|t| pools.verification(t, key.protocol == Protocol::Http2));
+        if let Some(existing) = pools.upstreams.get(key)
+            && existing.0.verifies_with(config.as_ref())
         {
-            match Upstream::build(key, self.slots) {
-                Ok(fresh) => {
-                    tracing::info!(host = %key.url.host, port = key.url.port, "the upstream's ca_file changed; new connections verify with it");
-                    map.insert(key.clone(), BackendClients(Arc::new(fresh)));
-                }
-                Err((e, _)) => {
-                    tracing::error!(host = %key.url.host, port = key.url.port, error = %e, "the upstream's ca_file changed and cannot be used; the last good one keeps verifying");
-                }
-            }
+            return existing.clone();
         }
-        map.entry(key.clone())
-            .or_insert_with(|| BackendClients(Arc::new(Upstream::new(key, self.slots))))
-            .clone()
+        let fresh = BackendClients(Arc::new(Upstream::new(key, self.slots, config)));
+        pools.upstreams.insert(key.clone(), fresh.clone());
+        fresh
     }
 
-    /// Drops upstreams no longer used by the current table.
+    /// Whether some upstream `ca_file` in use now holds other bytes than
+    /// when it was last read.
+    pub fn cas_changed(&self) -> bool {
+        let pools = self.clients.lock().expect("pool lock");
+        pools
+            .tls
+            .iter()
+            .any(|((tls, _), known)| tls.ca_file.is_some() && read_ca(tls) != known.seen)
+    }
+
+    /// Drops upstreams (and TLS settings) no longer used by the current
+    /// table.
     pub fn retain(&self, keep: &[PoolKey]) {
-        let mut map = self.clients.lock().expect("pool lock");
-        map.retain(|k, _| keep.contains(k));
+        let mut pools = self.clients.lock().expect("pool lock");
+        pools.upstreams.retain(|k, _| keep.contains(k));
+        pools.tls.retain(|(tls, http2), _| {
+            keep.iter()
+                .any(|k| k.tls.as_ref() == Some(tls) && (k.protocol == Protocol::Http2) == *http2)
+        });
     }
 }
