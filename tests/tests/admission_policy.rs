@@ -260,6 +260,26 @@ async fn kubectl_apply_refuses_each_bad_annotation_of_the_operators_tests_naming
     }
     assert!(checked >= 30, "only {checked} cases refused at apply");
     println!("{checked} cases refused at apply, {left_to_operator} left to the operator");
+    // A setting only the sequential gate reads, with the threshold gate
+    // (which would ignore it, so an out-of-range alpha went unseen): refused
+    // at apply as the operator and `sluice rollout --gate threshold` do.
+    let threshold: BTreeMap<String, String> = [
+        (CANARY, "enabled"),
+        ("sluice.dev/gate", "threshold"),
+        ("sluice.dev/alpha", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let operator = annotations::parse(&threshold, true).expect_err("the operator refuses it");
+    assert_eq!(operator.annotation, "sluice.dev/alpha");
+    let (ok, out) = apply("threshold-alpha", &threshold);
+    assert!(
+        !ok && out.contains(
+            "denied request: annotation sluice.dev/alpha is invalid with sluice.dev/gate: threshold"
+        ),
+        "{out}"
+    );
     // Good annotations pass, and so do the operator's own later writes.
     let good: BTreeMap<String, String> = [
         (CANARY, "enabled"),

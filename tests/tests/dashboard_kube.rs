@@ -67,7 +67,7 @@ impl World {
             NS,
             json!({"metadata": {"name": "app"}, "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": 9898}]}}),
         );
-        let mut ann = json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "20,50", "sluice.dev/interval": "10s", "sluice.dev/failure-limit": "1", "sluice.dev/baseline": "0s", "sluice.dev/gate": "threshold", "sluice.dev/success-rate": "99"});
+        let mut ann = json!({"sluice.dev/canary": "enabled", "sluice.dev/steps": "20,50", "sluice.dev/interval": "10s", "sluice.dev/failure-limit": "1", "sluice.dev/gate": "threshold", "sluice.dev/success-rate": "99"});
         sluice_tests::fake_kube::merge(&mut ann, &annotations);
         fake.put(
             APPS,

@@ -465,7 +465,7 @@ mod configmap {
                 json!({
                     "metadata": {"name": "app", "annotations": {
                         "sluice.dev/canary": "enabled", "sluice.dev/steps": "50",
-                        "sluice.dev/interval": "10s", "sluice.dev/baseline": "0s",
+                        "sluice.dev/interval": "10s",
                         "sluice.dev/gate": "threshold",
                         "sluice.dev/router": "gateway-api", "sluice.dev/httproute": "web",
                         "sluice.dev/metrics": "prometheus",

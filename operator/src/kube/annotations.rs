@@ -189,6 +189,25 @@ pub const OPERATOR_WRITTEN: &[&str] = &[
     SPEC_HASH,
 ];
 
+/// The annotations only the sequential gate reads (the flags
+/// `sluice rollout` refuses with `--gate threshold`); the shipped admission
+/// policy refuses them with `sluice.dev/gate: threshold` too.
+pub const SEQUENTIAL_ONLY: [&str; 13] = [
+    SCRAPE_INTERVAL,
+    ALPHA,
+    BETA,
+    RHO0,
+    RHO_MAX,
+    FAILURE_FLOOR,
+    LATENCY_BOUND,
+    MAX_DURATION,
+    WHEN_UNDECIDED,
+    INCIDENT_ALLOWANCE,
+    WARMUP,
+    LATENCY_TOLERANCE,
+    BASELINE,
+];
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnnotationError {
     pub annotation: String,
@@ -358,6 +377,23 @@ pub fn parse(
     };
     if let Some(v) = get(GATE) {
         plan.gate = plan::Gate::parse(v).map_err(|e| err(GATE, v, e, "sequential, threshold"))?;
+    }
+    // What only the sequential gate reads is refused with the threshold
+    // gate, as `sluice rollout --gate threshold` refuses the same flags: it
+    // would be ignored (so an out-of-range `alpha` passed unseen).
+    if !matches!(plan.gate, plan::Gate::Sequential(_))
+        && let Some(key) = SEQUENTIAL_ONLY
+            .iter()
+            .find(|k| annotations.contains_key(**k))
+    {
+        return Err(err(
+            key,
+            get(key).unwrap_or_default(),
+            format!(
+                "applies to the sequential gate, not to {GATE}: threshold; it would be ignored"
+            ),
+            &format!("drop it, or drop {GATE}: threshold"),
+        ));
     }
     if let plan::Gate::Sequential(settings) = &mut plan.gate {
         let number = |k: &str, allowed: &str| -> Result<Option<f64>, AnnotationError> {
@@ -1230,6 +1266,35 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// `sluice rollout --gate threshold --alpha 2` is refused (the threshold
+    /// gate would ignore it); so is the annotation, whatever its value, for
+    /// every setting only the sequential gate reads.
+    #[test]
+    fn the_sequential_gates_settings_are_refused_with_the_threshold_gate() {
+        let e = parse(
+            &ann(&[(CANARY, "enabled"), (GATE, "threshold"), (ALPHA, "2")]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e.annotation, ALPHA);
+        assert_eq!(
+            e.to_string(),
+            "annotation sluice.dev/alpha: `2` is invalid: applies to the sequential gate, not to sluice.dev/gate: threshold; it would be ignored (allowed: drop it, or drop sluice.dev/gate: threshold)"
+        );
+        for key in SEQUENTIAL_ONLY {
+            let e = parse(
+                &ann(&[(CANARY, "enabled"), (GATE, "threshold"), (key, "1")]),
+                false,
+            )
+            .unwrap_err();
+            assert_eq!(e.annotation, key);
+        }
+        // With the sequential gate the value is checked as before.
+        let e = parse(&ann(&[(CANARY, "enabled"), (ALPHA, "2")]), false).unwrap_err();
+        assert_eq!(e.annotation, ALPHA);
+        assert!(parse(&ann(&[(CANARY, "enabled"), (ALPHA, "0.02")]), false).is_ok());
     }
 
     #[test]
