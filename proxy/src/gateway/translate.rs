@@ -13,6 +13,12 @@
 //!   `matches` the rule's matches (alternatives). A parentRef selecting
 //!   listeners of two ports is refused, and so is a parentRef on another
 //!   port than the route's first: a route name is one port.
+//! - **Attachment and `attachedRoutes`.** A route attaches to the HTTP and
+//!   HTTPS listeners its parentRefs select and whose `allowedRoutes` admit
+//!   it; only HTTP listeners are served. A listener's `attachedRoutes`
+//!   counts each route accepted on it once, served or not (an HTTPS
+//!   listener, a port the proxy does not listen on yet), whatever the
+//!   listener's own conditions, as the Gateway API asks.
 //! - **Matches.** HTTPRoute: path `Exact` → `path_exact`; `PathPrefix /p`
 //!   (or `/p/`) → `path_segments /p`, the Gateway API's element-wise
 //!   prefix (`/p` and `/p/x`, never `/px`), ranked by the proxy as a
@@ -1176,9 +1182,38 @@ struct Attachment {
     /// The index of its entry in the route's `status.parents`.
     parent: usize,
     gateway: (String, String),
-    port: u16,
+    /// The port of the HTTP listeners it is served on; `None` when it
+    /// attaches only to listeners sluice-proxy does not serve (HTTPS).
+    port: Option<u16>,
     hosts: Option<Vec<String>>,
+    /// The HTTP listeners it is served on.
     listeners: Vec<String>,
+    /// The HTTPS listeners it attaches to without being served there.
+    unserved: Vec<String>,
+}
+
+impl Attachment {
+    /// Every listener it is attached to (the Gateway's `attachedRoutes`
+    /// count, served or not).
+    fn all_listeners(&self) -> impl Iterator<Item = ((String, String), String)> + '_ {
+        self.listeners
+            .iter()
+            .chain(&self.unserved)
+            .map(|l| (self.gateway.clone(), l.clone()))
+    }
+}
+
+/// A route, by kind and namespace/name.
+type RouteId = (&'static str, String, String);
+
+/// The listener protocols whose routes are HTTPRoutes and GRPCRoutes.
+/// Only `HTTP` is served: sluice-proxy does not terminate a Gateway
+/// listener's TLS (its `certificateRefs`), so an `HTTPS` listener is
+/// `Accepted: False` (`UnsupportedProtocol`), but routes still attach to
+/// it and are counted in its `attachedRoutes`, as the spec asks of a
+/// listener whatever its own conditions.
+fn takes_http_routes(protocol: &str) -> bool {
+    matches!(protocol, "HTTP" | "HTTPS")
 }
 
 /// A route accepted on a port: the status message, the plans served
@@ -1220,6 +1255,7 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
         served: BTreeMap::new(),
         kinds_served: Vec::new(),
         owners: Vec::new(),
+        unserved_attached: BTreeSet::new(),
         outcome: Outcome {
             config: base.clone(),
             classes: class_statuses(inputs),
@@ -1233,7 +1269,12 @@ pub fn build(inputs: &Inputs, layout: &Layout) -> Outcome {
         translation.add_route(kind, route, &gateways);
     }
     let refused = translation.check_whole_config();
-    let attached = attached_counts(&translation.owners, &refused);
+    let mut attached = attached_counts(&translation.owners, &refused);
+    for (_, (gw_ns, gw_name), listener) in &translation.unserved_attached {
+        *attached
+            .entry((gw_ns.clone(), gw_name.clone(), listener.clone()))
+            .or_default() += 1;
+    }
     let mut outcome = translation.outcome;
     for ((ns, name), g) in &gateways {
         outcome.gateways.insert(
@@ -1386,13 +1427,13 @@ fn attach(
     }
     let allowed: Vec<&Listener> = selected
         .iter()
-        .filter(|l| l.protocol == "HTTP")
+        .filter(|l| takes_http_routes(&l.protocol))
         .filter(|l| l.from == "All" || (l.from == "Same" && same_namespace))
         .collect();
     if allowed.is_empty() {
         return Err(refuse(
             "NotAllowedByListeners",
-            "no selected HTTP listener allows routes from this namespace (allowedRoutes.namespaces.from Same or All; Selector is not supported by sluice-proxy)",
+            "no selected HTTP or HTTPS listener allows routes from this namespace (allowedRoutes.namespaces.from Same or All; Selector is not supported by sluice-proxy)",
         ));
     }
     // (listener, hosts) pairs.
@@ -1417,6 +1458,10 @@ fn attach(
             "no hostname of the route matches a selected listener's hostname",
         ));
     }
+    // Attached to HTTPS listeners, served on the HTTP ones only.
+    let (targets, unserved): (Vec<_>, Vec<_>) =
+        targets.into_iter().partition(|(l, _)| l.protocol == "HTTP");
+    let unserved: Vec<String> = unserved.iter().map(|(l, _)| l.name.clone()).collect();
     let ports: BTreeSet<u16> = targets.iter().map(|(l, _)| l.port).collect();
     if ports.len() > 1 {
         let ports: Vec<u16> = ports.into_iter().collect();
@@ -1434,9 +1479,10 @@ fn attach(
     Ok(Attachment {
         parent: index,
         gateway: gw_key,
-        port: targets[0].0.port,
+        port: targets.first().map(|(l, _)| l.port),
         hosts,
         listeners: targets.iter().map(|(l, _)| l.name.clone()).collect(),
+        unserved,
     })
 }
 
@@ -1475,6 +1521,11 @@ struct Translation<'i> {
     /// (port, hosts, kind, "NS/NAME") of the routes served so far.
     kinds_served: Vec<(u16, Vec<String>, RouteKind, String)>,
     owners: Vec<Owner>,
+    /// (gateway, listener) of each accepted attachment that is not served
+    /// (an HTTPS listener, a port the proxy does not listen on yet): not an
+    /// owner of Sluice routes, but counted in `attachedRoutes`.
+    /// The route is in the key: a route counts once per listener.
+    unserved_attached: BTreeSet<(RouteId, (String, String), String)>,
     outcome: Outcome,
 }
 
@@ -1532,10 +1583,10 @@ impl Translation<'_> {
         // Every parentRef on one port makes one Sluice route per rule, on
         // the union of their hostnames; a parentRef on another port is
         // refused (a route name is one port).
-        if let (Some(first), Ok((plans, _))) = (attachments.first(), &planned) {
-            let port = first.port;
+        let first_port = attachments.iter().find_map(|a| a.port);
+        if let (Some(port), Ok((plans, _))) = (first_port, &planned) {
             let mut hosts = Some(Vec::new());
-            for a in attachments.iter().filter(|a| a.port == port) {
+            for a in attachments.iter().filter(|a| a.port == Some(port)) {
                 add_hosts(&mut hosts, a.hosts.as_deref().unwrap_or(&[]));
             }
             let hosts = hosts.unwrap_or_default();
@@ -1553,9 +1604,9 @@ impl Translation<'_> {
             };
             let decision = self.decide(&at, plans);
             let accepted_cond = self.record(&at, decision, &attachments);
-            for a in &attachments {
+            for a in attachments.iter().filter(|a| a.port.is_some()) {
                 let parent = parent_refs[a.parent];
-                parents[a.parent] = if a.port == port {
+                parents[a.parent] = if a.port == Some(port) {
                     status(parent, accepted_cond.clone())
                 } else {
                     status(
@@ -1571,6 +1622,25 @@ impl Translation<'_> {
                         ),
                     )
                 };
+            }
+        }
+        // A parentRef attached only to listeners sluice-proxy does not
+        // serve: accepted there (the spec counts it on the listener), and
+        // said to be unserved.
+        if planned.is_ok() {
+            for a in attachments.iter().filter(|a| a.port.is_none()) {
+                let message = format!(
+                    "attached to listener{} {} (HTTPS); not served: sluice-proxy serves HTTP listeners only",
+                    if a.unserved.len() == 1 { "" } else { "s" },
+                    a.unserved.join(", ")
+                );
+                parents[a.parent] = status(
+                    parent_refs[a.parent],
+                    condition("Accepted", true, "Accepted", &message, gen_),
+                );
+                let id = (kind.kind(), ns.clone(), name.clone());
+                self.unserved_attached
+                    .extend(a.all_listeners().map(|(g, l)| (id.clone(), g, l)));
             }
         }
         if !parents.is_empty() {
@@ -1685,6 +1755,15 @@ impl Translation<'_> {
         let (message, plans_made, made) = match decision {
             PortDecision::Served(served) => served,
             PortDecision::NotListening(message) => {
+                // Accepted, so counted on its listeners, though not served.
+                let id = (kind.kind(), at.ns.to_string(), at.name.to_string());
+                self.unserved_attached.extend(
+                    attachments
+                        .iter()
+                        .filter(|a| a.port == Some(port))
+                        .flat_map(Attachment::all_listeners)
+                        .map(|(g, l)| (id.clone(), g, l)),
+                );
                 return condition("Accepted", true, "Accepted", &message, gen_);
             }
             PortDecision::Refused(r) => {
@@ -1706,15 +1785,19 @@ impl Translation<'_> {
         ));
         let start = self.config.routes.len();
         self.config.routes.extend(made);
-        let on_port = || attachments.iter().filter(move |a| a.port == port);
+        let on_port = || attachments.iter().filter(move |a| a.port == Some(port));
         self.owners.push(Owner {
             kind,
             key: (at.ns.to_string(), at.name.to_string()),
             routes: start..self.config.routes.len(),
             plans: plans_made,
             parents: on_port().map(|a| a.parent).collect(),
+            // A set: a route counts once per listener, however many of
+            // its parentRefs select it.
             attached: on_port()
-                .flat_map(|a| a.listeners.iter().map(|l| (a.gateway.clone(), l.clone())))
+                .flat_map(Attachment::all_listeners)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
                 .collect(),
             generation: gen_,
         });
@@ -1873,10 +1956,17 @@ fn gateway_status(
                     condition("Programmed", true, "Programmed", &format!("served on {}:{}", layout.bind, l.port), gen_),
                 )
             };
+            // A TCP, TLS or UDP listener takes none of the route kinds
+            // sluice-proxy serves.
+            let kinds = if takes_http_routes(&l.protocol) {
+                json!([{"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}])
+            } else {
+                json!([])
+            };
             json!({
                 "name": l.name,
                 "attachedRoutes": count,
-                "supportedKinds": [{"group": GROUP, "kind": "HTTPRoute"}, {"group": GROUP, "kind": "GRPCRoute"}],
+                "supportedKinds": kinds,
                 "conditions": [accepted, programmed, condition("ResolvedRefs", true, "ResolvedRefs", "no references", gen_)],
             })
         })
@@ -2654,6 +2744,67 @@ mod tests {
                 .contains("listeners secure, tcp"),
             "{none}"
         );
+    }
+
+    /// Routes attach to a listener by their parentRefs and its
+    /// allowedRoutes alone, whatever the listener's own conditions: an
+    /// HTTPS listener (not served: sluice-proxy does not terminate a
+    /// Gateway's TLS) and one on a port the proxy does not listen on yet
+    /// count the routes attached to them, which are `Accepted` and say they
+    /// are not served; a TCP listener takes neither route kind.
+    #[test]
+    fn routes_attached_to_unserved_listeners_are_counted_there() {
+        let mut i = inputs(json!([{"backendRefs": [{"name": "web", "port": 80}]}]));
+        let gw = ("default".to_string(), "gw".to_string());
+        let listener = |o: &Outcome, n: usize| o.gateways[&gw]["listeners"][n].clone();
+        // HTTPS only.
+        i.gateways[0]["spec"]["listeners"] =
+            json!([{"name": "secure", "port": 8443, "protocol": "HTTPS"}]);
+        let o = build(&i, &layout());
+        let c = accepted(&o);
+        assert_eq!(c["status"], "True", "{c}");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("attached to listener secure (HTTPS); not served"),
+            "{c}"
+        );
+        assert!(names(&o).is_empty(), "nothing served");
+        let secure = listener(&o, 0);
+        assert_eq!(secure["attachedRoutes"], 1, "{secure}");
+        assert_eq!(secure["conditions"][0]["reason"], "UnsupportedProtocol");
+        let g = &o.gateways[&gw]["conditions"][0];
+        assert_eq!(
+            (g["status"].as_str(), g["reason"].as_str()),
+            (Some("False"), Some("ListenersNotValid"))
+        );
+        // HTTP and HTTPS: served on the HTTP listener, counted on both.
+        i.gateways[0]["spec"]["listeners"] = json!([
+            {"name": "web", "port": 8080, "protocol": "HTTP"},
+            {"name": "secure", "port": 8443, "protocol": "HTTPS"},
+            {"name": "tcp", "port": 9000, "protocol": "TCP"},
+        ]);
+        let o = build(&i, &layout());
+        assert_eq!(accepted(&o)["status"], "True");
+        assert_eq!(accepted(&o)["message"], "served by sluice-proxy");
+        assert_eq!(names(&o), ["default/web/0"]);
+        assert_eq!(listener(&o, 0)["attachedRoutes"], 1);
+        assert_eq!(listener(&o, 1)["attachedRoutes"], 1);
+        assert_eq!(listener(&o, 2)["attachedRoutes"], 0);
+        assert_eq!(listener(&o, 2)["supportedKinds"], json!([]));
+        // By sectionName, to the TCP listener: not allowed there.
+        i.routes[0]["spec"]["parentRefs"] = json!([{"name": "gw", "sectionName": "tcp"}]);
+        let o = build(&i, &layout());
+        assert_eq!(accepted(&o)["reason"], "NotAllowedByListeners");
+        // An HTTP listener on a port the proxy does not listen on yet.
+        i.routes[0]["spec"]["parentRefs"] = json!([{"name": "gw"}]);
+        i.gateways[0]["spec"]["listeners"] =
+            json!([{"name": "later", "port": 8081, "protocol": "HTTP"}]);
+        let o = build(&i, &layout());
+        assert_eq!(accepted(&o)["status"], "True");
+        assert!(names(&o).is_empty());
+        assert_eq!(listener(&o, 0)["attachedRoutes"], 1);
     }
 
     /// Review finding 2 (g/5.json): one route, two listeners of one port
