@@ -29,11 +29,13 @@
 //!   reset (HTTP/2), instead of both waiting for as long as the backend
 //!   holds its socket open. Only the time the proxy waits on the backend
 //!   counts: the limit starts at the first wait after a part of the body
-//!   came, so a slow client's reading is never charged to the backend;
-//!   and while the request's body is still on its way (an HTTP/2 stream
-//!   whose answer began first: a gRPC bidirectional stream, whose server
-//!   may wait for the client's next message), the answer's pauses are not
-//!   judged at all.
+//!   came, so a slow client's reading is never charged to the backend.
+//!   While the request's body is still on its way (an answer that began
+//!   first: a gRPC bidirectional stream, whose server may wait for the
+//!   client's next message), a pause past the limit is the client's
+//!   pacing, and judged again a limit later, unless the backend has taken
+//!   nothing of the body for the limit either: then both ways are stuck
+//!   on it, and the answer is cut.
 //! - [`Permit`] is a request's place among its route's requests in flight,
 //!   given back when its answer is recorded.
 //!
@@ -365,6 +367,20 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> MeteredBody<B> {
         self
     }
 
+    /// Whether the request's body is still on its way and the backend has
+    /// taken some of it within `limit`, or waits on the client for more:
+    /// then the answer's pause is the client's pacing (see the module
+    /// docs), not the backend's stall.
+    fn upload_paced_by_client(&self, limit: Duration) -> bool {
+        self.recorder
+            .as_ref()
+            .and_then(|r| r.body.as_ref())
+            .is_some_and(|w| {
+                !w.progress.is_sent()
+                    && w.progress.stall(limit) != Some(crate::body::Stall::Backend)
+            })
+    }
+
     /// The recorder's code (the status the client gets), once set.
     pub fn set_code(&mut self, code: u16) {
         if let Some(r) = &mut self.recorder {
@@ -391,18 +407,22 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Body for MeteredBody<B> {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Text(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
         };
-        let uploading = || {
-            self.recorder
-                .as_ref()
-                .and_then(|r| r.body.as_ref())
-                .is_some_and(|w| !w.progress.is_sent())
-        };
-        let uploading = polled.is_pending() && self.stall.is_some() && uploading();
-        if let Some(stall) = &mut self.stall {
-            if polled.is_ready() || uploading {
+        let expired = match &mut self.stall {
+            Some(stall) if polled.is_ready() => {
                 stall.deadline = None;
-            } else if stall.expired(cx) {
-                let limit = stall.limit;
+                None
+            }
+            Some(stall) => stall.expired(cx).then_some(stall.limit),
+            None => None,
+        };
+        if let Some(limit) = expired {
+            if self.upload_paced_by_client(limit) {
+                // Judged again a limit from now.
+                if let Some(stall) = &mut self.stall {
+                    stall.deadline = None;
+                    let _ = stall.expired(cx);
+                }
+            } else {
                 self.finish(End::UpstreamStalled);
                 self.stall = None;
                 return Poll::Ready(Some(Err(AnswerStalled(limit).into())));

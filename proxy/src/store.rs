@@ -423,7 +423,9 @@ pub async fn poll_upstream_cas(store: Arc<Store>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        store.refresh_upstream_cas();
+        // File reads (a slow mount) stay off the serving threads.
+        let store = store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.refresh_upstream_cas()).await;
     }
 }
 

@@ -364,9 +364,10 @@ impl Terminator {
                         );
                         tracing::error!(error = %e, "TLS files rejected; the previous certificate keeps serving");
                         if let Some(from) = e.valid_from {
-                            // At most a day: a date far ahead is looked at again then.
-                            let wait =
-                                u64::try_from(from - unix_now()).unwrap_or(0).min(86_400) + 1;
+                            // At most an hour (the wall clock may be set
+                            // meanwhile): a date further ahead is looked
+                            // at again then.
+                            let wait = u64::try_from(from - unix_now()).unwrap_or(0).min(3_600) + 1;
                             retry = Some(tokio::time::Instant::now() + Duration::from_secs(wait));
                         }
                     }

@@ -100,7 +100,9 @@ async fn a_client_gone_before_its_request_was_written_charges_no_backend() {
 }
 
 /// An HTTP/2 backend that answers `/early` with its head at once, then
-/// reads the request body, and everything else once the body is read.
+/// reads the request body, and everything else once the body is read;
+/// `/early-silent` sends nothing after the body ends, and `/early-deaf`
+/// never reads the body.
 async fn h2_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -112,14 +114,23 @@ async fn h2_backend() -> SocketAddr {
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
                     tokio::spawn(async move {
-                        let early = req.uri().path().ends_with("/early");
+                        let path = req.uri().path().to_string();
+                        let early = path.contains("/early");
                         let mut body = req.into_body();
                         let mut sending = None;
                         if early {
                             sending = respond.send_response(http::Response::new(()), false).ok();
                         }
+                        if path.ends_with("/early-deaf") {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
                         while let Some(Ok(data)) = body.data().await {
                             let _ = body.flow_control().release_capacity(data.len());
+                        }
+                        if path.ends_with("/early-silent") {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
                         }
                         let sending = match sending {
                             Some(s) => Some(s),
@@ -785,6 +796,80 @@ async fn a_mirrored_copy_that_stalls_in_its_answer_is_a_failure() {
             &[("route", "r"), ("backend", "canary"), ("kind", "timeout")]
         ),
         1.0
+    );
+}
+
+/// After a bidirectional stream's client has sent its last message, or
+/// while its backend takes none of them, the backend's silence in the
+/// answer is the backend's: the stream is cut after `timeouts.answer_idle`
+/// and counted as a failure and a timeout on it.
+#[tokio::test]
+async fn a_bidirectional_streams_backend_silent_after_the_upload_or_deaf_to_it_is_cut() {
+    let backend = h2_backend().await;
+    let proxy = ChildProxy::start(
+        &route(
+            backend,
+            ", protocol: http2, timeouts: { answer_idle: 300ms, idle: 10s }",
+        ),
+        &[],
+    )
+    .await;
+    let mut client = h2_connect(proxy.addr).await;
+    for (path, body) in [
+        // Three messages, 200 ms apart, then the end: silence after it.
+        ("/early-silent", Bytes::from_static(b"message")),
+        // A body far past the backend's window, which it never reads.
+        ("/early-deaf", Bytes::from(vec![b'x'; 256 << 10])),
+    ] {
+        let req = http::Request::post(format!("http://a{path}"))
+            .body(())
+            .unwrap();
+        let (answer, mut send) = client.send_request(req, false).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("the head in time")
+            .unwrap();
+        let sender = tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                send.reserve_capacity(body.len());
+                if send.send_data(body.clone(), false).is_err() {
+                    return;
+                }
+            }
+            let _ = send.send_data(Bytes::new(), true);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let mut body = answer.into_body();
+        let ended = tokio::time::timeout(Duration::from_secs(5), body.data())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: still waiting 5 s into a silent answer"));
+        assert!(
+            matches!(ended, Some(Err(_))),
+            "{path}: the answer was not reset: {ended:?}"
+        );
+        sender.abort();
+        client = client.ready().await.unwrap();
+    }
+    let m = eventually(
+        "both streams to be counted as the backend's timeouts",
+        Duration::from_secs(5),
+        || async {
+            let m = scrape(proxy.admin).await;
+            let timeouts = m.sum(
+                "sluice_upstream_errors_total",
+                &[("route", "r"), ("kind", "timeout")],
+            );
+            (timeouts == 2.0).then_some(m)
+        },
+    )
+    .await;
+    assert_eq!(
+        m.sum(
+            "sluice_requests_total",
+            &[("route", "r"), ("classification", "failure")]
+        ),
+        2.0
     );
 }
 

@@ -903,8 +903,12 @@ impl Config {
         Err(ConfigErrors(
             unknown
                 .into_iter()
-                .map(|(path, segments)| {
-                    let at = yaml_locate::line_of(text, &segments)
+                .enumerate()
+                .map(|(i, (path, segments))| {
+                    // Each place is a walk of the text: the first ones only.
+                    let at = (i < LOCATED)
+                        .then(|| yaml_locate::line_of(text, &segments))
+                        .flatten()
                         .map(|(line, column)| format!(" at line {line} column {column}"))
                         .unwrap_or_default();
                     FieldError {
@@ -935,11 +939,22 @@ impl Config {
             unknown.push((field_path(&path), yaml_locate::steps(&path)));
         };
         let to_errors = |e: serde_yaml_ng::Error| ConfigErrors::single("", e.to_string());
-        let config = if yaml_locate::has_merge_key(text) {
-            let mut value: serde_yaml_ng::Value =
-                serde_yaml_ng::from_str(text).map_err(to_errors)?;
-            value.apply_merge().map_err(to_errors)?;
-            serde_ignored::deserialize(value, &mut seen).map_err(to_errors)?
+        let config = if let Some(value) = yaml_locate::merged(text).map_err(to_errors)? {
+            // Read again as text, as any file is (the same scalars take the
+            // same types, and errors name their field); its lines are the
+            // merged text's, not the file's, so they are left out.
+            let merged = serde_yaml_ng::to_string(&value).map_err(to_errors)?;
+            serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(&merged), &mut seen)
+                .map_err(|e: serde_yaml_ng::Error| {
+                    let mut text = e.to_string();
+                    if let Some(at) = e.location() {
+                        let place = format!(" at line {} column {}", at.line(), at.column());
+                        if text.ends_with(&place) {
+                            text.truncate(text.len() - place.len());
+                        }
+                    }
+                    ConfigErrors::single("", text)
+                })?
         } else {
             serde_ignored::deserialize(serde_yaml_ng::Deserializer::from_str(text), &mut seen)
                 .map_err(to_errors)?
@@ -951,6 +966,10 @@ impl Config {
         serde_yaml_ng::to_string(self).expect("config serializes")
     }
 }
+
+/// How many unknown fields are given their line (each is a walk of the
+/// whole text).
+const LOCATED: usize = 20;
 
 /// Unknown fields: each one's path as shown, and as keys and indexes.
 type UnknownFields = Vec<(String, Vec<yaml_locate::Step>)>;
@@ -989,7 +1008,22 @@ mod yaml_locate {
     }
 
     /// Whether the text has a YAML merge key (`<<`) anywhere.
-    pub fn has_merge_key(text: &str) -> bool {
+    /// The text's document with its merge keys applied, when it has one
+    /// (an error: the text has `<<` and is no YAML document, such as one
+    /// with a key twice; said as such, not as a `<<` that is no field).
+    pub fn merged(text: &str) -> Result<Option<serde_yaml_ng::Value>, serde_yaml_ng::Error> {
+        if !text.contains("<<") {
+            return Ok(None);
+        }
+        let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text)?;
+        if !has_merge_key(&value) {
+            return Ok(None);
+        }
+        value.apply_merge()?;
+        Ok(Some(value))
+    }
+
+    fn has_merge_key(value: &serde_yaml_ng::Value) -> bool {
         fn walk(v: &serde_yaml_ng::Value) -> bool {
             match v {
                 serde_yaml_ng::Value::Mapping(m) => {
@@ -1000,8 +1034,7 @@ mod yaml_locate {
                 _ => false,
             }
         }
-        text.contains("<<")
-            && serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text).is_ok_and(|v| walk(&v))
+        walk(value)
     }
 
     /// The line and column (from 1) where the value at `steps` starts.
@@ -1451,6 +1484,25 @@ routes:
             err.contains("routes[1].retriez: unknown field at line 10 column 14 "),
             "{err}"
         );
+        // Scalars take the types they take in any file, and a type error
+        // names its field (its line would be the merged text's: left out).
+        let config = Config::from_yaml(&format!(
+            "{text}  - {{ name: 123, stable: http://h, path_prefix: /c }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.routes[2].name, "123");
+        let err = Config::from_yaml(&format!("{text}    canary_weight: lots\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("routes[1].canary_weight: invalid type") && !err.contains(" at line "),
+            "{err}"
+        );
+        // A key given twice is said to be, not hidden behind the merge.
+        let err = Config::from_yaml(&format!("{text}    name: c\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("duplicate entry"), "{err}");
     }
 
     /// A config written by an operator one version ahead, with fields this

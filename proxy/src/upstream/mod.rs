@@ -816,17 +816,20 @@ pub struct ClientPool {
 #[derive(Default)]
 struct Pools {
     upstreams: HashMap<PoolKey, BackendClients>,
-    /// By TLS setting and whether ALPN offers `h2`.
-    tls: HashMap<(UpstreamTlsKey, bool), Verification>,
+    /// By TLS setting.
+    tls: HashMap<UpstreamTlsKey, Verification>,
 }
 
 /// How upstreams of one TLS setting are verified.
+#[derive(Default)]
 struct Verification {
-    /// The last good configuration (or, when there never was one, one
-    /// that trusts nothing: fail closed).
-    config: Arc<rustls::ClientConfig>,
     /// The `ca_file`'s bytes when last read (None: none, or unreadable).
     seen: Option<Vec<u8>>,
+    /// The bytes the configurations are built from: the last good ones
+    /// (the outer None: there never were any, so they fail closed).
+    good: Option<Option<Vec<u8>>>,
+    /// The configurations, without and with ALPN `h2`, once asked for.
+    configs: [Option<Arc<rustls::ClientConfig>>; 2],
 }
 
 impl Default for ClientPool {
@@ -840,48 +843,52 @@ fn read_ca(tls: &UpstreamTlsKey) -> Option<Vec<u8>> {
 }
 
 impl Pools {
-    /// The configuration upstreams of `tls` verify with: built again when
-    /// the `ca_file`'s bytes changed since last read; when they no longer
-    /// build, the last good one (see [`ClientPool::get`]).
+    /// The configuration upstreams of `tls` verify with. The `ca_file` is
+    /// read, and when its bytes changed since, checked: bytes that build
+    /// are the new good ones (the configurations are built again); bytes
+    /// that do not leave the last good ones, for every upstream of the
+    /// setting, with or without `h2` (see [`ClientPool::get`]).
     fn verification(&mut self, tls: &UpstreamTlsKey, http2: bool) -> Arc<rustls::ClientConfig> {
         let bytes = read_ca(tls);
-        let key = (tls.clone(), http2);
-        if let Some(known) = self.tls.get(&key)
-            && (tls.ca_file.is_none() || known.seen == bytes)
-        {
-            return known.config.clone();
-        }
-        let built = crate::tls::client_config_from(tls, bytes.as_deref(), http2);
-        let server = tls.server_name.as_str();
-        let config = match (built, self.tls.get(&key)) {
-            (Ok(config), known) => {
-                if known.is_some() {
-                    tracing::info!(
-                        server,
-                        "an upstream ca_file changed; new connections verify with it"
-                    );
+        let fresh = !self.tls.contains_key(tls);
+        let v = self.tls.entry(tls.clone()).or_default();
+        if fresh || (tls.ca_file.is_some() && v.seen != bytes) {
+            v.seen.clone_from(&bytes);
+            let server = tls.server_name.as_str();
+            if v.good.as_ref() == Some(&bytes) {
+                // The good bytes again (after a bad read): nothing to build.
+            } else {
+                match crate::tls::client_config_from(tls, bytes.as_deref(), false) {
+                    Ok(_) => {
+                        if v.good.is_some() {
+                            tracing::info!(
+                                server,
+                                "an upstream ca_file changed; new connections verify with it"
+                            );
+                        }
+                        v.good = Some(bytes);
+                        v.configs = [None, None];
+                    }
+                    Err(e) if v.good.is_some() => {
+                        tracing::error!(server, error = %e, "an upstream ca_file changed and cannot be used; the last good one keeps verifying");
+                    }
+                    Err(e) => {
+                        // Checked before the table was built; a file broken
+                        // since then makes every handshake fail (502,
+                        // kind="tls").
+                        tracing::error!(server, error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
+                    }
                 }
-                config
             }
-            (Err(e), Some(known)) => {
-                tracing::error!(server, error = %e, "an upstream ca_file changed and cannot be used; the last good one keeps verifying");
-                known.config.clone()
-            }
-            (Err(e), None) => {
-                // Checked before the table was built; a file broken since
-                // then makes every handshake fail (502, kind="tls").
-                tracing::error!(server, error = %e, "upstream TLS settings unusable; every handshake to this upstream fails");
-                crate::tls::fail_closed_config(http2)
-            }
-        };
-        self.tls.insert(
-            key,
-            Verification {
-                config: config.clone(),
-                seen: bytes,
-            },
-        );
-        config
+        }
+        let good = v.good.clone();
+        v.configs[usize::from(http2)]
+            .get_or_insert_with(|| match good {
+                Some(bytes) => crate::tls::client_config_from(tls, bytes.as_deref(), http2)
+                    .unwrap_or_else(|_| crate::tls::fail_closed_config(http2)),
+                None => crate::tls::fail_closed_config(http2),
+            })
+            .clone()
     }
 }
 
@@ -925,7 +932,7 @@ impl ClientPool {
         pools
             .tls
             .iter()
-            .any(|((tls, _), known)| tls.ca_file.is_some() && read_ca(tls) != known.seen)
+            .any(|(tls, known)| tls.ca_file.is_some() && read_ca(tls) != known.seen)
     }
 
     /// Drops upstreams (and TLS settings) no longer used by the current
@@ -933,9 +940,57 @@ impl ClientPool {
     pub fn retain(&self, keep: &[PoolKey]) {
         let mut pools = self.clients.lock().expect("pool lock");
         pools.upstreams.retain(|k, _| keep.contains(k));
-        pools.tls.retain(|(tls, http2), _| {
-            keep.iter()
-                .any(|k| k.tls.as_ref() == Some(tls) && (k.protocol == Protocol::Http2) == *http2)
-        });
+        pools
+            .tls
+            .retain(|tls, _| keep.iter().any(|k| k.tls.as_ref() == Some(tls)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed CA certificate (made with openssl for this test).
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBozCCAUmgAwIBAgIUF8eSd/UUm/5IoLXNYX8fxhBfDikwCgYIKoZIzj0EAwIw\nHjEcMBoGA1UEAwwTc2x1aWNlIHVuaXQgdGVzdCBDQTAgFw0yNjEyMDYyMzAwMDda\nGA8yMTI2MTExMjIzMDAwN1owHjEcMBoGA1UEAwwTc2x1aWNlIHVuaXQgdGVzdCBD\nQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABC+i3/Bo9oq91lc6Y+3UMlUkuZVF\nDu0hOVzvii56Z4azm67n45zSNRLZJnype8q6fsNk8QOJ5NE3v38kqJXafMqjYzBh\nMB0GA1UdDgQWBBQDKwOwS/UkligwW3ttTDeodf6QbTAfBgNVHSMEGDAWgBQDKwOw\nS/UkligwW3ttTDeodf6QbTAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIC\nBDAKBggqhkjOPQQDAgNIADBFAiEA7bw30dFZQ6y7jh4c7jiycio1ww+CjfO6Hsy/\nEPgCbZICIB6/YnR6KiDDyIeeFuTKpupXfrU56FUzO/lI6t1DH1q+\n-----END CERTIFICATE-----\n";
+
+    /// A CA file that cannot be read for a moment and then holds the same
+    /// bytes again keeps its configurations (and so its upstreams and
+    /// their connections); one that no longer parses keeps the last good
+    /// one for both protocols, a protocol not asked for before included.
+    #[test]
+    fn a_ca_file_read_badly_once_or_broken_keeps_the_last_good_verification() {
+        let dir = std::env::temp_dir().join(format!("sluice-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.crt");
+        std::fs::write(&file, CA).unwrap();
+        let tls = UpstreamTlsKey {
+            ca_file: Some(file.clone()),
+            server_name: "web.internal".into(),
+        };
+        let mut pools = Pools::default();
+        let good = pools.verification(&tls, false);
+        std::fs::remove_file(&file).unwrap();
+        assert!(Arc::ptr_eq(&good, &pools.verification(&tls, false)));
+        std::fs::write(&file, CA).unwrap();
+        assert!(
+            Arc::ptr_eq(&good, &pools.verification(&tls, false)),
+            "the same bytes again built a new configuration"
+        );
+        std::fs::write(&file, "not a certificate").unwrap();
+        assert!(Arc::ptr_eq(&good, &pools.verification(&tls, false)));
+        let h2 = pools.verification(&tls, true);
+        assert_eq!(h2.alpn_protocols, [b"h2".to_vec()]);
+        let fail_closed = crate::tls::fail_closed_config(true);
+        assert_eq!(
+            format!("{fail_closed:?}"),
+            format!("{:?}", crate::tls::fail_closed_config(true))
+        );
+        // The configurations differ only in their roots.
+        assert_ne!(
+            format!("{h2:?}"),
+            format!("{fail_closed:?}"),
+            "the h2 configuration of a broken file failed closed"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
