@@ -3641,7 +3641,7 @@ fn a_deleting_object_takes_no_new_finalizers() {
 
 /// `metadata.generation` is kept only by the kinds whose API server
 /// strategy keeps one (a spec its controllers observe): a Deployment starts
-/// at 1 and counts spec changes, while a ConfigMap, Secret, Role,
+/// at 1 and counts changes of its spec and annotations, while a ConfigMap, Secret, Role,
 /// RoleBinding or ServiceAccount has none, on create or after any update,
 /// and an update cannot give it one.
 #[test]
@@ -3693,10 +3693,17 @@ fn only_kinds_with_a_spec_have_a_generation() {
         assert_eq!(object["metadata"]["labels"]["changed"], "yes", "{object}");
     }
     api.ok(&["set", "image", "deployment/web", "nginx=nginx:2"]);
-    assert_eq!(
-        api.json(&["deployment", "web"])["metadata"]["generation"],
-        2
-    );
+    let generation = || api.json(&["deployment", "web"])["metadata"]["generation"].clone();
+    assert_eq!(generation(), 2);
+    // A Deployment's annotations are copied to its ReplicaSets, so a
+    // change of them is a new generation too; a label is not.
+    api.ok(&["label", "deployment", "web", "team=a"]);
+    assert_eq!(generation(), 2);
+    api.ok(&["annotate", "deployment", "web", "note=x"]);
+    assert_eq!(generation(), 3);
+    api.ok(&["annotate", "configmap", "plain", "note=x"]);
+    let plain = api.json(&["configmap", "plain"]);
+    assert!(plain["metadata"].get("generation").is_none(), "{plain}");
 }
 
 /// `kubectl create configmap|secret|deployment|namespace|service` send the

@@ -1211,6 +1211,19 @@ impl FakeKube {
                         };
                         strip(old) != strip(&object)
                     }
+                    // A Deployment's annotations count too: the
+                    // controller copies them to its ReplicaSets
+                    // (`deploymentStrategy.PrepareForUpdate`).
+                    None if plural == "deployments" => {
+                        // (No annotations and none at all are one.)
+                        let notes = |o: &Value| {
+                            o["metadata"]["annotations"]
+                                .as_object()
+                                .filter(|m| !m.is_empty())
+                                .cloned()
+                        };
+                        old.get("spec") != object.get("spec") || notes(old) != notes(&object)
+                    }
                     None => old.get("spec") != object.get("spec"),
                 };
                 object["metadata"]["generation"] =
