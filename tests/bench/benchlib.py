@@ -15,13 +15,22 @@ import sys
 import time
 
 
+_GIVEN = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A TCP port on 127.0.0.1 that nothing listens on now, and that this
+    script was not given before (the kernel may hand out a port again once
+    the socket that found it is closed: two listeners of one config then
+    asked for the same one)."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_port(port, seconds=10.0, why=None):
