@@ -1979,6 +1979,15 @@ fn gateway_status(
             "every listener is served by sluice-proxy",
             gen_,
         )
+    } else if !all.is_empty() && unsupported.len() == all.len() {
+        // No listener ever can be: nothing is pending.
+        condition(
+            "Programmed",
+            false,
+            "Invalid",
+            "no listener can be served by sluice-proxy (HTTP only); see status.listeners",
+            gen_,
+        )
     } else {
         condition(
             "Programmed",
@@ -2743,6 +2752,20 @@ mod tests {
                 .unwrap()
                 .contains("listeners secure, tcp"),
             "{none}"
+        );
+        // And its `Programmed` is Invalid, not Pending: nothing will come.
+        let o = build(&i, &layout());
+        let programmed = &o.gateways[&("default".to_string(), "gw".to_string())]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Programmed")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (programmed["status"].as_str(), programmed["reason"].as_str()),
+            (Some("False"), Some("Invalid")),
+            "{programmed}"
         );
     }
 
