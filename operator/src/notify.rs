@@ -24,7 +24,14 @@
 //!   when the channel cannot be reached, does not answer in time, or
 //!   answers 5xx or 429. Any other 4xx is the service's answer (a revoked
 //!   URL, a payload it refuses): asked again it says the same, so it is not
-//!   asked again.
+//!   asked again. So is a Slack answer of `200 {"ok": false, ...}`, the way
+//!   Slack's Web API refuses (a bad token, a channel the app is not in):
+//!   it is a failed note, not a sent one.
+//! - Slack's Web API (`chat.postMessage`, a Flagger Secret's `token`): the
+//!   token goes as `Authorization: Bearer` and the payload names the
+//!   channel and the name to post as ([`Channel::with_slack_token`]). No
+//!   other service is ever sent a token: Flagger gives it to its Slack
+//!   notifier alone.
 //! - A note that still fails is counted (`failed`, by service:
 //!   `sluice_notifications_failed_total`) and logged, once per channel
 //!   until one succeeds again.
@@ -82,20 +89,24 @@ impl Service {
             "rocket" => Ok(Self::Rocket),
             "gchat" => Ok(Self::GoogleChat),
             "webhook" => Ok(Self::Webhook),
-            other => Err(format!(
-                "`{other}` is not a notification service; use slack, teams (or msteams), discord, rocket, gchat or webhook"
-            )),
+            // Never echoed: the text may be a Secret's value (a URL pasted
+            // under `type`) or the URL part of a `--notify` flag.
+            _ => Err(
+                "not a notification service; use slack, teams (or msteams), discord, rocket, gchat or webhook"
+                    .into(),
+            ),
         }
     }
 
-    /// The service of a well-known incoming-webhook host (Slack's, Teams',
-    /// Discord's, Google Chat's), for a Flagger `AlertProvider` Secret's
-    /// `address`, whose service is the provider's `spec.type`, which Sluice
-    /// does not read. None: another host (Rocket.Chat is self-hosted).
+    /// The service of a well-known host (Slack's, `hooks.slack.com` or its
+    /// Web API's `slack.com`; Teams', Discord's, Google Chat's), for a
+    /// Flagger `AlertProvider` Secret's `address`, whose service is the
+    /// provider's `spec.type`, which Sluice does not read. None: another
+    /// host (Rocket.Chat is self-hosted).
     pub fn of_address(url: &str) -> Option<Self> {
         let host = url.parse::<http::Uri>().ok()?.host()?.to_ascii_lowercase();
         let under = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
-        if host == "hooks.slack.com" {
+        if under("slack.com") {
             Some(Self::Slack)
         } else if under("discord.com") || under("discordapp.com") {
             Some(Self::Discord)
@@ -125,9 +136,28 @@ impl Service {
 pub struct Channel {
     pub service: Service,
     url: Secret,
-    /// Sent as `Authorization: Bearer` (a Flagger Secret's `token`).
-    token: Option<Secret>,
+    /// A Slack channel posting through Slack's Web API rather than an
+    /// incoming webhook (a Flagger Secret's `token`).
+    slack_api: Option<SlackApi>,
 }
+
+/// What a note to Slack's Web API (`chat.postMessage`) needs besides the
+/// text: the token, sent as `Authorization: Bearer`, and the channel and
+/// the name to post as, which the payload must give (an incoming webhook
+/// posts where it was made for, so it needs neither).
+#[derive(Clone, Debug)]
+struct SlackApi {
+    token: Secret,
+    channel: String,
+    username: String,
+}
+
+/// The name notes are posted as, where a service takes one.
+pub const USERNAME: &str = "Sluice";
+
+/// The Slack channel a token's notes go to when the Secret names none
+/// (Flagger's default).
+pub const SLACK_CHANNEL: &str = "general";
 
 impl Channel {
     /// `SERVICE=FILE`, the file holding the URL (`what` names the flag).
@@ -161,15 +191,54 @@ impl Channel {
         Ok(Self {
             service,
             url: Secret::from_value(url),
-            token: None,
+            slack_api: None,
         })
     }
 
-    /// The channel, its notes sent with `Authorization: Bearer <token>`
-    /// (as Flagger sends an `AlertProvider` Secret's `token`).
-    pub fn with_token(mut self, token: Secret) -> Self {
-        self.token = Some(token);
-        self
+    /// The Slack channel, posting through Slack's Web API
+    /// (`https://slack.com/api/chat.postMessage`), as Flagger does with an
+    /// `AlertProvider` Secret's `token`: the token goes as
+    /// `Authorization: Bearer`, and the payload names `channel` and
+    /// `username`. Only Slack's notes carry a token (Flagger gives it to
+    /// its Slack notifier alone): for another service this is an error.
+    pub fn with_slack_token(
+        mut self,
+        token: Secret,
+        channel: &str,
+        username: &str,
+    ) -> Result<Self, String> {
+        if self.service != Service::Slack {
+            return Err(format!(
+                "a token is sent with Slack's notes only, not {}'s",
+                self.service.as_str()
+            ));
+        }
+        self.slack_api = Some(SlackApi {
+            token,
+            channel: channel.to_string(),
+            username: username.to_string(),
+        });
+        Ok(self)
+    }
+
+    /// What a note to this channel posts: the service's payload, and for
+    /// Slack's Web API the channel and the name to post as.
+    fn payload(&self, note: &Note) -> Value {
+        let mut body = note.payload(self.service);
+        if let Some(api) = &self.slack_api {
+            body["channel"] = json!(api.channel);
+            body["username"] = json!(api.username);
+        }
+        body
+    }
+
+    /// The bearer token its notes carry: a Slack Web API token, never
+    /// another service's.
+    fn token(&self) -> Option<&str> {
+        self.slack_api
+            .as_ref()
+            .filter(|_| self.service == Service::Slack)
+            .map(|api| api.token.expose_for_request())
     }
 }
 
@@ -275,9 +344,9 @@ impl Note {
             // escaped as its API asks, `<= 500ms` shows as written.
             Service::Slack => json!({ "text": slack_escape(&self.text()) }),
             Service::Discord => {
-                json!({ "username": "Sluice", "content": truncate(&self.text(), 2000) })
+                json!({ "username": USERNAME, "content": truncate(&self.text(), 2000) })
             }
-            Service::Rocket => json!({ "alias": "Sluice", "text": self.text() }),
+            Service::Rocket => json!({ "alias": USERNAME, "text": self.text() }),
             // Google Chat takes at most 4,096 characters of text.
             Service::GoogleChat => json!({ "text": truncate(&self.text(), 4096) }),
             Service::Teams => json!({
@@ -585,6 +654,26 @@ async fn retired_for_good(retired: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
+/// What Slack's Web API says when it refuses a note: it answers 200 with
+/// `{"ok": false, "error": "channel_not_found"}` (a bad token, a channel
+/// the app is not in, ...); its incoming webhooks answer `ok` as text,
+/// and a refusal with a 4xx. None: the note was taken. Slack's error is
+/// one of its documented codes; anything else is not repeated.
+fn slack_refusal(service: Service, body: &[u8]) -> Option<String> {
+    if service != Service::Slack {
+        return None;
+    }
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    if answer["ok"] != Value::Bool(false) {
+        return None;
+    }
+    let code = answer["error"]
+        .as_str()
+        .filter(|e| e.len() <= 64 && e.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .unwrap_or("no error code");
+    Some(format!("Slack answered ok: false ({code})"))
+}
+
 /// One note to one channel, tried up to three times (see the module docs
 /// for which failures are tried again).
 /// Each try reads the channel anew (its URL may have been rotated).
@@ -597,30 +686,38 @@ async fn send(http: &HttpClient, channel: &Mutex<Channel>, note: &Note) -> Resul
             pause *= 2;
         }
         let channel = channel.lock().expect("a lane's channel").clone();
-        let body = note.payload(channel.service);
+        let body = channel.payload(note);
         let answered = match http
             .send_json(
                 Method::POST,
                 channel.url.expose_for_request(),
                 &body,
-                channel.token.as_ref().map(Secret::expose_for_request),
+                channel.token(),
                 Duration::from_secs(5),
             )
             .await
         {
-            Ok(answer) => Ok(answer.status),
-            // The body is never used: one too long to read changes nothing.
-            Err(crate::http::HttpError::TooLarge { status, .. }) => Ok(status),
+            Ok(answer) => Ok((answer.status, Some(answer.body))),
+            // Too long to read: no Slack Web API answer is; the status is
+            // the answer.
+            Err(crate::http::HttpError::TooLarge { status, .. }) => Ok((status, None)),
             Err(e) => Err(e),
         };
         match answered {
-            Ok(status) if status.is_success() => return Ok(()),
-            Ok(status)
+            Ok((status, body)) if status.is_success() => {
+                return match body.and_then(|b| slack_refusal(channel.service, &b)) {
+                    // Asked again it says the same (a bad token, an
+                    // unknown channel), as a 4xx does.
+                    Some(why) => Err(why),
+                    None => Ok(()),
+                };
+            }
+            Ok((status, _))
                 if status.is_client_error() && status != http::StatusCode::TOO_MANY_REQUESTS =>
             {
                 return Err(format!("answered {status}"));
             }
-            Ok(status) => last = format!("answered {status}"),
+            Ok((status, _)) => last = format!("answered {status}"),
             // The error names the URL, which is the secret: say only why.
             Err(crate::http::HttpError::Timeout { timeout, .. }) => {
                 last = format!("no answer within {timeout:?}")
@@ -861,25 +958,111 @@ mod tests {
         assert!((7..=8).contains(&dropped), "{dropped}");
     }
 
-    /// A channel with a token (a Flagger Secret's `token`) sends it as
-    /// `Authorization: Bearer`, as Flagger does.
+    /// A Slack channel with a token (a Flagger Secret's `token`) posts
+    /// through Slack's Web API: the token as `Authorization: Bearer`, the
+    /// channel and the name to post as in the payload. No other service
+    /// takes a token.
     #[tokio::test]
-    async fn a_channels_token_goes_out_as_a_bearer_token() {
+    async fn a_slack_token_goes_out_as_a_bearer_token_with_the_channel() {
         let (url, seen) = crate::http::test_server(1, |_| {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+            let body = r#"{"ok":true,"channel":"C1","ts":"1.2"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        })
+        .await;
+        let token = || Secret::from_value("xoxb-t0ken");
+        let channel = Channel::from_url(Service::Slack, &url, "test")
+            .unwrap()
+            .with_slack_token(token(), "deploys", USERNAME)
+            .unwrap();
+        let counters = NotifyCounters::default();
+        let notifier = Notifier::start(
+            vec![channel],
+            false,
+            Some(counters.clone()),
+            HttpClient::plain(),
+        );
+        three_notes(&notifier);
+        assert!(within_30s(|| requests_to(&seen) == 1).await);
+        let request = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_string();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(
+            format!("{head}\r\n")
+                .to_ascii_lowercase()
+                .contains("\r\nauthorization: bearer xoxb-t0ken\r\n"),
+            "{head}"
+        );
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["channel"], "deploys");
+        assert_eq!(body["username"], "Sluice");
+        assert!(body["text"].as_str().unwrap().contains("release started"));
+        let failed = counters
+            .failed
+            .get_or_create(&ServiceLabels {
+                service: "slack".into(),
+            })
+            .get();
+        assert_eq!(failed, 0);
+        for service in [Service::Teams, Service::Discord, Service::Rocket] {
+            let channel = Channel::from_url(service, &url, "test").unwrap();
+            assert!(
+                channel
+                    .with_slack_token(token(), "general", USERNAME)
+                    .is_err()
+            );
+        }
+    }
+
+    /// Slack's Web API refuses with `200 {"ok": false}`: the note failed,
+    /// is counted and logged as failed, and is not asked again (it would
+    /// say the same).
+    #[tokio::test]
+    async fn a_slack_ok_false_answer_is_a_failed_note() {
+        let (url, seen) = crate::http::test_server(10, |_| {
+            let body = r#"{"ok":false,"error":"invalid_auth"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
         })
         .await;
         let channel = Channel::from_url(Service::Slack, &url, "test")
             .unwrap()
-            .with_token(Secret::from_value("xoxb-t0ken"));
-        let notifier = Notifier::start(vec![channel], false, None, HttpClient::plain());
-        three_notes(&notifier);
-        assert!(within_30s(|| requests_to(&seen) == 1).await);
-        let head = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
-        assert!(
-            head.contains("authorization: bearer xoxb-t0ken\r\n"),
-            "{head}"
+            .with_slack_token(Secret::from_value("xoxb-revoked"), "general", USERNAME)
+            .unwrap();
+        let counters = NotifyCounters::default();
+        let notifier = Notifier::start(
+            vec![channel],
+            false,
+            Some(counters.clone()),
+            HttpClient::plain(),
         );
+        three_notes(&notifier);
+        let failed = || {
+            counters
+                .failed
+                .get_or_create(&ServiceLabels {
+                    service: "slack".into(),
+                })
+                .get()
+        };
+        assert!(within_30s(|| failed() == 3).await, "{}", failed());
+        assert_eq!(requests_to(&seen), 3, "a refusal was asked again");
+        assert_eq!(
+            slack_refusal(
+                Service::Slack,
+                br#"{"ok":false,"error":"channel_not_found"}"#
+            ),
+            Some("Slack answered ok: false (channel_not_found)".into())
+        );
+        // Only Slack's answers are read so; an incoming webhook's `ok` is
+        // a success.
+        assert_eq!(slack_refusal(Service::Slack, b"ok"), None);
+        assert_eq!(slack_refusal(Service::Webhook, br#"{"ok":false}"#), None);
     }
 
     /// Slack reads `<`, `>` and `&` as markup; the other services get the
@@ -918,6 +1101,17 @@ mod tests {
         assert_eq!(Service::parse("rocket"), Ok(Service::Rocket));
         assert_eq!(Service::parse("gchat"), Ok(Service::GoogleChat));
         assert!(Service::parse("hipchat").unwrap_err().contains("gchat"));
+        // Never echoed: it may be a URL pasted in the wrong place.
+        let pasted = Service::parse("https://hooks.slack.com/services/T1/B1/s3cret").unwrap_err();
+        assert!(!pasted.contains("s3cret"), "{pasted}");
+        assert_eq!(
+            Service::of_address("https://slack.com/api/chat.postMessage"),
+            Some(Service::Slack)
+        );
+        assert_eq!(
+            Service::of_address("https://slack.com.evil.example/x"),
+            None
+        );
         let note = Note {
             kind: NoteKind::Promoted,
             name: "web".into(),

@@ -54,7 +54,7 @@ pub struct AppSecrets {
     /// The notify Secret's data digest last read, and the problems of its
     /// keys.
     notify: Option<(String, Vec<SecretProblem>)>,
-    /// Each notify key's last valid channel.
+    /// The channels the notify Secret last gave, by key.
     channels: BTreeMap<String, crate::notify::Channel>,
     /// The problems last reported as Warning Events: each is reported
     /// once, until it is gone.
@@ -109,8 +109,8 @@ fn data_digest(data: &BTreeMap<String, Vec<u8>>) -> String {
 ///   refusal is its answer;
 /// - the notify Secret missing or unreadable: the channels last read go
 ///   on; a key that is not a service or holds no http(s) URL: that
-///   channel goes on with its last valid URL, or is left out, and the
-///   other keys are used.
+///   channel is left out (stopped, if it was there: never kept on its old
+///   URL), and the other keys are used (see [`read_channels`]).
 ///
 /// The values are credentials: errors name the Secret and key, never a
 /// value.
@@ -259,10 +259,10 @@ fn app_http(ctx: &Context, key: &str) -> HttpClient {
 
 /// Gives the app's notifier the channels of the notify Secret `name`'s
 /// `data` (starting it if the app has none): a key that is not a service
-/// or holds no http(s) URL goes on with its last valid channel, or is
-/// left out. A key whose URL changed sends what its queue holds to the new
-/// URL; a key that is gone drops it (see [`crate::notify::Notifier::update`]).
-/// Its problems.
+/// or holds no http(s) URL is left out. A key whose URL changed sends what
+/// its queue holds to the new URL; a key that is gone, or now gives no
+/// channel, drops it (see [`crate::notify::Notifier::update`]). Its
+/// problems.
 fn start_notifier(
     ctx: &Context,
     key: &str,
@@ -301,8 +301,8 @@ fn retire_notifier(ctx: &Context, key: &str) {
 }
 
 /// The channels of the notify Secret `name`'s `data`, by key, whether it
-/// asks for every weight step, and its problems; `last`: each key's last
-/// valid channel, which a key gone bad keeps.
+/// asks for every weight step, and its problems; `last`: the channels the
+/// Secret gave before, by key.
 ///
 /// The keys: a service's name (`slack`, `teams` or `msteams`, `discord`,
 /// `rocket`, `gchat`, `webhook`) holding its URL; `steps: "true"`; and
@@ -310,8 +310,21 @@ fn retire_notifier(ctx: &Context, key: &str) {
 /// is: `address`, the URL, its service the key `type` (the provider's
 /// `spec.type`, which lives on the AlertProvider, not in its Secret) or,
 /// without one, told from a well-known host (Slack's, Teams', Discord's,
-/// Google Chat's); and `token`, sent with it as `Authorization: Bearer`,
-/// as Flagger does.
+/// Google Chat's); and `token`, which Flagger sends with Slack's notes
+/// only, for Slack's Web API (`https://slack.com/api/chat.postMessage`):
+/// with it the notes name the Slack channel (key `channel`, else
+/// `general`, as Flagger's default) and the name to post as (key
+/// `username`, else `Sluice`). A `token`, `channel` or `username` that
+/// would not be sent (another service, or no token) is reported as not
+/// used; the address is used without it.
+///
+/// A key whose value gives no channel (not UTF-8, no http(s) URL, an
+/// unknown `type`...) is left out; if it gave one before, that channel
+/// is retired (what its queue holds is dropped and counted): a value
+/// changed to a bad one never leaves its notes going to the old URL, which
+/// a rotation often means to abandon (it leaked). The reading is a pure
+/// function of the values, so a value unchanged gives the same channel
+/// again: nothing older ever stands in for it.
 fn read_channels(
     name: &str,
     data: &BTreeMap<String, Vec<u8>>,
@@ -332,10 +345,13 @@ fn read_channels(
     let mut problems = Vec::new();
     let mut channels = BTreeMap::new();
     let steps = data.get("steps").is_some_and(|v| v.trim_ascii() == b"true");
-    let flagger = |k: &str| matches!(k, "type" | "token");
+    let flagger = |k: &str| matches!(k, "type" | "token" | "channel" | "username");
+    // The Flagger keys that go with `address` but would not be sent.
+    type NotSent = Vec<(&'static str, &'static str)>;
+    let mut unused: Vec<(&str, &'static str)> = Vec::new();
     for (k, v) in data.iter().filter(|(k, _)| *k != "steps" && !flagger(k)) {
         let channel = if k == "address" {
-            let address = |url: &str| {
+            let address = |url: &str| -> Result<(Channel, NotSent), String> {
                 let service = match data.get("type") {
                     Some(t) => Service::parse(text("type", t)?)
                         .map_err(|e| format!("{}: {e}", what("type")))?,
@@ -347,38 +363,66 @@ fn read_channels(
                     })?,
                 };
                 let channel = Channel::from_url(service, url, &what(k))?;
-                match data.get("token") {
-                    None => Ok(channel),
-                    Some(t) => {
-                        let token = text("token", t)?;
-                        if http::HeaderValue::from_str(token).is_err() || token.is_empty() {
-                            return Err(format!(
-                                "{}: empty, or holds a byte a header value may not",
-                                what("token")
-                            ));
-                        }
-                        Ok(channel.with_token(crate::http::Secret::from_value(token)))
+                let mut unused = Vec::new();
+                let Some(token) = data.get("token") else {
+                    for k in ["channel", "username"]
+                        .into_iter()
+                        .filter(|k| data.contains_key(*k))
+                    {
+                        unused.push((k, "is sent only with a key `token` (Slack's Web API takes a channel and a name to post as; an incoming webhook posts where it was made for)"));
                     }
+                    return Ok((channel, unused));
+                };
+                if service != Service::Slack {
+                    for k in ["token", "channel", "username"]
+                        .into_iter()
+                        .filter(|k| data.contains_key(*k))
+                    {
+                        unused.push((k, "is sent with Slack's notes only (for Slack's Web API, as Flagger sends it), and `address` is not a Slack channel"));
+                    }
+                    return Ok((channel, unused));
                 }
+                let token = text("token", token)?;
+                if http::HeaderValue::from_str(token).is_err() || token.is_empty() {
+                    return Err(format!(
+                        "{}: empty, or holds a byte a header value may not",
+                        what("token")
+                    ));
+                }
+                let named = |key: &str, default: &str| -> Result<String, String> {
+                    match data.get(key) {
+                        None => Ok(default.to_string()),
+                        Some(v) => match text(key, v)? {
+                            "" => Err(format!("{}: empty", what(key))),
+                            given => Ok(given.to_string()),
+                        },
+                    }
+                };
+                let channel = channel.with_slack_token(
+                    crate::http::Secret::from_value(token),
+                    &named("channel", crate::notify::SLACK_CHANNEL)?,
+                    &named("username", crate::notify::USERNAME)?,
+                )?;
+                Ok((channel, unused))
             };
-            text(k, v).and_then(address)
+            text(k, v).and_then(address).map(|(channel, not_sent)| {
+                unused.extend(not_sent);
+                channel
+            })
         } else {
             Service::parse(k)
-                .map_err(|e| format!("{}: {e}", what(k)))
+                .map_err(|e| format!("{}: `{k}` is {e}", what(k)))
                 .and_then(|service| Channel::from_url(service, text(k, v)?, &what(k)))
         };
-        match (channel, last.get(k)) {
-            (Ok(channel), _) => {
+        match channel {
+            Ok(channel) => {
                 channels.insert(k.clone(), channel);
             }
-            (Err(e), Some(last)) => {
-                problems.push(SecretProblem::new(
-                    e,
-                    "that channel goes on with its last valid URL until it is fixed",
-                ));
-                channels.insert(k.clone(), last.clone());
-            }
-            (Err(e), None) => problems.push(SecretProblem::new(
+            Err(e) if last.contains_key(k) => problems.push(SecretProblem::new(
+                e,
+                "that channel is stopped until it is fixed: the notes it held are dropped (counted in sluice_notifications_dropped_total), and nothing more goes to its old URL",
+            )),
+            Err(e) => problems.push(SecretProblem::new(
                 e,
                 "that channel is left out until it is fixed, and the others are used",
             )),
@@ -386,14 +430,17 @@ fn read_channels(
     }
     if !data.contains_key("address") {
         for k in data.keys().filter(|k| flagger(k)) {
-            problems.push(SecretProblem::new(
-                format!(
-                    "{}: goes with a key `address` (as in a Flagger AlertProvider Secret), which the Secret does not have",
-                    what(k)
-                ),
-                "it is not used",
+            unused.push((
+                k.as_str(),
+                "goes with a key `address` (as in a Flagger AlertProvider Secret), which the Secret does not have",
             ));
         }
+    }
+    for (k, why) in unused {
+        problems.push(SecretProblem::new(
+            format!("{}: {why}", what(k)),
+            "it is not used",
+        ));
     }
     (channels, steps, problems)
 }
@@ -708,9 +755,16 @@ mod tests {
                 &[
                     ("address", "https://chat.acme.example/hooks/abc"),
                     ("type", "rocket"),
-                    ("token", "t0ken"),
                 ][..],
                 Service::Rocket,
+            ),
+            (
+                &[
+                    ("address", "https://slack.com/api/chat.postMessage"),
+                    ("token", "xoxb-t0ken"),
+                    ("channel", "deploys"),
+                ][..],
+                Service::Slack,
             ),
             (
                 &[
@@ -758,5 +812,80 @@ mod tests {
         assert_eq!(channels.len(), 1);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].problem.contains("key token"), "{}", problems[0]);
+    }
+
+    /// Flagger sends a Secret's `token` with Slack's notes only: next to
+    /// another service's address it (and `channel`, `username`) is
+    /// reported as not used, and the address is used without it; so are
+    /// `channel` and `username` next to a Slack address without a token.
+    #[test]
+    fn a_token_is_for_slack_only_and_is_reported_unused_elsewhere() {
+        for keys in [
+            &[
+                ("address", "https://chat.acme.example/hooks/abc"),
+                ("type", "rocket"),
+                ("token", "t0ken"),
+            ][..],
+            &[
+                ("address", "https://discord.com/api/webhooks/1/x"),
+                ("token", "t0ken"),
+                ("channel", "deploys"),
+            ][..],
+            &[
+                ("address", "https://hooks.slack.com/services/T1/B1/x"),
+                ("channel", "deploys"),
+            ][..],
+        ] {
+            let (channels, _, problems) = read_channels("alerts", &secret(keys), &BTreeMap::new());
+            assert_eq!(channels.len(), 1, "{keys:?}");
+            let unused: Vec<&str> = keys[1..]
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| *k != "type")
+                .collect();
+            assert_eq!(problems.len(), unused.len(), "{keys:?}: {problems:?}");
+            for (problem, key) in problems.iter().zip(unused) {
+                assert!(
+                    problem.problem.contains(&format!("key {key}:"))
+                        && problem.meanwhile == "it is not used",
+                    "{problem}"
+                );
+                assert!(!problem.to_string().contains("t0ken"), "{problem}");
+            }
+        }
+    }
+
+    /// A key whose value changed to one that gives no channel (a mistyped
+    /// URL, an unknown `type`, a bad `token`) is not kept on its old URL:
+    /// the channel is gone from the set (its notifier lane is retired,
+    /// its queue dropped and counted) and the Warning says so, never
+    /// echoing the value.
+    #[test]
+    fn a_value_changed_to_a_bad_one_stops_its_channel() {
+        let good = secret(&[
+            ("slack", "https://hooks.slack.com/services/T1/B1/old"),
+            ("address", "https://slack.com/api/chat.postMessage"),
+            ("token", "xoxb-old"),
+        ]);
+        let (last, _, problems) = read_channels("alerts", &good, &BTreeMap::new());
+        assert_eq!(problems, []);
+        assert_eq!(last.len(), 2);
+        for (changed, key) in [
+            (("slack", "hooks.slack.com/services/T1/B1/new"), "slack"),
+            (
+                ("type", "https://hooks.slack.com/services/T1/B1/new"),
+                "address",
+            ),
+            (("token", "xoxb-new\n2"), "address"),
+        ] {
+            let mut data = good.clone();
+            data.insert(changed.0.to_string(), changed.1.as_bytes().to_vec());
+            let (channels, _, problems) = read_channels("alerts", &data, &last);
+            assert!(!channels.contains_key(key), "{changed:?} kept {key}");
+            assert_eq!(channels.len(), 1, "{changed:?}");
+            assert_eq!(problems.len(), 1, "{changed:?}: {problems:?}");
+            let said = problems[0].to_string();
+            assert!(said.contains("dropped") && !said.contains("new"), "{said}");
+        }
     }
 }
