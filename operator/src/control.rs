@@ -22,6 +22,11 @@
 //!   bare one-word requests stay accepted: the socket's protocol
 //!   (docs/rollout.md) promises them to scripts, and a bare request steers
 //!   only what the socket's own release is.
+//!   A named request's fields are `request`, `route` and `revision`, each
+//!   a string: any other field, or a name that is not a string
+//!   (`"route": 5`), is refused, never read as no name. A revision names
+//!   the release's when it is the same upstream URL once parsed
+//!   (`http://h:1/` and `http://h:1` are one).
 //! - A command the release cannot act on in its phase is refused saying
 //!   why ([`Command::refused_in`]), never accepted and silently dropped.
 //! - A release resumed from its state file (the rollout restarted
@@ -176,15 +181,31 @@ fn answer(line: &str, target: &Target, status: Option<&Status>) -> (Value, Optio
     let phase = status.map(|s| s.phase).unwrap_or(Phase::Initializing);
     let line = line.trim();
     let (request, route, revision) = if line.starts_with('{') {
-        let Ok(v) = serde_json::from_str::<Value>(line) else {
+        let Ok(Value::Object(mut v)) = serde_json::from_str::<Value>(line) else {
             return refuse(format!("`{line}` is not a request"));
         };
-        let text = |k: &str| v[k].as_str().map(str::to_string);
-        (
-            text("request").unwrap_or_default(),
-            text("route"),
-            text("revision"),
-        )
+        // A name that is not a string would otherwise read as no name, and
+        // a misspelt key be ignored: either way an asker who meant one
+        // release would steer whichever the socket drives.
+        if let Some(k) = v
+            .keys()
+            .find(|k| !matches!(k.as_str(), "request" | "route" | "revision"))
+        {
+            return refuse(format!(
+                "nothing was done: `{k}` is not a field of a request (they are request, route and revision)"
+            ));
+        }
+        let mut text = |k: &str| match v.remove(k) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(format!("nothing was done: `{k}` must be a string")),
+        };
+        match (text("request"), text("route"), text("revision")) {
+            (Ok(request), Ok(route), Ok(revision)) => {
+                (request.unwrap_or_default(), route, revision)
+            }
+            (Err(e), ..) | (_, Err(e), _) | (.., Err(e)) => return refuse(e),
+        }
     } else {
         (line.to_string(), None, None)
     };
@@ -198,7 +219,7 @@ fn answer(line: &str, target: &Target, status: Option<&Status>) -> (Value, Optio
     }
     let live_revision = status.map(|s| s.revision.as_str());
     if let Some(revision) = revision
-        && live_revision != Some(revision.as_str())
+        && !live_revision.is_some_and(|live| same_revision(live, &revision))
     {
         return refuse(format!(
             "nothing was done: the release on route `{}` is of revision {}, not {revision}",
@@ -235,6 +256,14 @@ fn answer(line: &str, target: &Target, status: Option<&Status>) -> (Value, Optio
         json!({"ok": true, "phase": phase.as_str(), "message": what}),
         Some(cmd),
     )
+}
+
+/// Whether a request's `revision` names the release's: the same text, or
+/// the same upstream once parsed (`http://h:1/` is `http://h:1`), as the
+/// rollout compares upstream URLs elsewhere.
+fn same_revision(live: &str, asked: &str) -> bool {
+    let parse = sluice_proxy::config::UpstreamUrl::parse;
+    live == asked || matches!((parse(live), parse(asked)), (Ok(a), Ok(b)) if a == b)
 }
 
 /// What `sluice promote` / `sluice abort` send: request `what` named with
@@ -420,6 +449,33 @@ mod tests {
         request(&path, "promote").await.unwrap();
         assert_eq!(received.recv().await, Some(Command::Approve));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A named request with a name that is not a string, or a field that
+    /// is not one of a request's, is refused rather than read as unnamed;
+    /// a revision written another way for the same upstream is the same.
+    #[test]
+    fn a_malformed_named_request_is_refused_and_a_revision_is_compared_as_a_url() {
+        let api = target("api");
+        let live = status(Phase::Progressing, "http://h:1");
+        for line in [
+            r#"{"request":"abort","route":5}"#,
+            r#"{"request":"abort","route":"api","revision":null}"#,
+            r#"{"request":"abort","route":"api","revison":"http://other:1"}"#,
+            r#"{"request":["abort"]}"#,
+            r#"["abort"]"#,
+        ] {
+            let (reply, cmd) = answer(line, &api, Some(&live));
+            assert_eq!(reply["ok"], false, "{line}: {reply}");
+            assert_eq!(cmd, None, "{line}");
+        }
+        for revision in ["http://h:1/", "http://h:1"] {
+            let line = json!({"request": "abort", "route": "api", "revision": revision});
+            let (reply, cmd) = answer(&line.to_string(), &api, Some(&live));
+            assert_eq!(cmd, Some(Command::Abort), "{revision}: {reply}");
+        }
+        let other = json!({"request": "abort", "route": "api", "revision": "http://h:2/"});
+        assert_eq!(answer(&other.to_string(), &api, Some(&live)).1, None);
     }
 
     /// What the CLI sends names the route it was given and the release's
