@@ -93,10 +93,17 @@ impl QueryCheck {
 
     /// What is missing or wrong for its provider, or in its bounds.
     pub fn check(&self) -> Result<(), String> {
-        let at = format!("check `{}`", self.name);
         if self.name.trim().is_empty() {
             return Err("a check: name: empty (every check needs a name)".into());
         }
+        let length = self.name.chars().count();
+        if length > MAX_CHECK_NAME {
+            let start: String = self.name.chars().take(40).collect();
+            return Err(format!(
+                "check `{start}…`: name: {length} characters, more than the {MAX_CHECK_NAME} a check's name may have (it names the check in events, reports and the release record)"
+            ));
+        }
+        let at = format!("check `{}`", self.name);
         match self.provider {
             QueryProvider::Prometheus | QueryProvider::Datadog if self.query.trim().is_empty() => {
                 return Err(format!("{at}: query: empty"));
@@ -181,6 +188,12 @@ impl QueryCheck {
         Ok(())
     }
 }
+
+/// The longest name a custom check may have, in characters: a name is in
+/// every event, report line and release record entry about the check,
+/// and a record must always be readable back (its reader refuses strings
+/// past its own limit).
+pub const MAX_CHECK_NAME: usize = 253;
 
 /// The placeholders a PromQL check may hold (see
 /// `PrometheusProvider::render`).
@@ -1046,6 +1059,28 @@ mod tests {
         assert!(parse_steps("0,10").unwrap_err().contains("above 0"));
         assert!(parse_steps("10,abc").unwrap_err().contains("`abc`"));
         assert!(parse_steps("150").unwrap_err().contains("0..=100"));
+    }
+
+    /// A check's name longer than a record may keep is refused when the
+    /// checks are read, naming the check by its start (never the whole).
+    #[test]
+    fn a_check_name_longer_than_253_characters_is_refused() {
+        let yaml = |name: &str| format!("- {{name: '{name}', query: 'up', min: 1}}\n");
+        let longest = "é".repeat(MAX_CHECK_NAME);
+        assert_eq!(
+            parse_checks(&yaml(&longest), "checks.yaml").unwrap()[0].name,
+            longest
+        );
+        let long = format!("{}{}", "a".repeat(40), "b".repeat(MAX_CHECK_NAME));
+        let err = parse_checks(&yaml(&long), "checks.yaml").unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "checks.yaml: check `{}…`: name: 293 characters",
+                "a".repeat(40)
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("bb"), "{err}");
     }
 
     #[test]

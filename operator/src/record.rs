@@ -30,9 +30,14 @@
 //! evidence plot on the page), and a reader refuses one that names more.
 //! The writer keeps to it too, so a plan with more custom checks never
 //! writes a record that would then make every page and report of its app
-//! fail to read: the first [`MAX_CHECK_NAMES`] checks recorded are kept in
-//! every scrape and decision, the rest left out, and the record says so
-//! once, in an event (warning) naming what was left out, also logged.
+//! fail to read: the checks that explain a decision are kept first (the
+//! deciding check, chosen from every check judged, then the failing
+//! ones), and passing checks leave [`RESERVED_NAMES`] names free for
+//! checks that fail later; the rest are left out, and the record says so
+//! once, in an event (warning) naming what was left out, also logged. A
+//! decision names its deciding check even should its evidence not fit.
+//! Check names are at most [`crate::plan::MAX_CHECK_NAME`] characters (the
+//! plan refuses longer ones), far inside what a reader accepts.
 //!
 //! Serialised as JSON with `version` ([`RECORD_VERSION`]); a reader refuses
 //! a newer version by name rather than misreading it.
@@ -425,7 +430,13 @@ impl ReleaseRecord {
             (_, Some(g)) => old_gate.is_none_or(|o| o.scrapes != g.scrapes),
             (_, None) => analysis.is_some(),
         };
-        let recorded = analysis.map(|a| self.recordable(t, check_samples(a)));
+        let decided = decision_kind(before, after);
+        let samples = analysis.map(check_samples);
+        // From every check judged, before any is left out of the record.
+        let deciding = decided
+            .zip(samples.as_ref())
+            .and_then(|(k, s)| deciding_check(k, s));
+        let recorded = samples.map(|s| self.recordable(t, s, deciding.as_deref()));
         if scraped {
             // The rates are kept with decisions only: they are the
             // arms' counts summed, and a third of a scrape's size.
@@ -463,7 +474,7 @@ impl ReleaseRecord {
                 });
             }
         }
-        if let Some(kind) = decision_kind(before, after) {
+        if let Some(kind) = decided {
             let evidence = recorded
                 .or_else(|| self.scrapes.last().map(|s| s.checks.clone()))
                 .unwrap_or_default();
@@ -474,7 +485,7 @@ impl ReleaseRecord {
                 weight: f64::from(after.canary_weight_bp) / 100.0,
                 kind: kind.to_string(),
                 reason: after.message.clone(),
-                check: deciding_check(kind, &evidence),
+                check: deciding.or_else(|| deciding_check(kind, &evidence)),
                 evidence,
             });
         }
@@ -494,11 +505,21 @@ impl ReleaseRecord {
         scraped || sizes != (self.scrapes.len(), self.events.len(), self.decisions.len())
     }
 
-    /// `checks` as this record may hold them: only checks among the
-    /// first [`MAX_CHECK_NAMES`] distinct ones it records, at most
-    /// [`MAX_CHECKS`] in one list. The first time any is left out, a
-    /// warning event (and a log line) names them.
-    fn recordable(&mut self, t: f64, checks: Vec<CheckSample>) -> Vec<CheckSample> {
+    /// `checks` as this record may hold them: at most [`MAX_CHECKS`] in
+    /// one list, naming at most [`MAX_CHECK_NAMES`] distinct checks across
+    /// the record. The checks that explain a decision are kept first: the
+    /// deciding one (`deciding`, chosen from every check judged), then
+    /// the failing ones, then the rest in the plan's order; a passing
+    /// check takes a name not yet recorded only while [`RESERVED_NAMES`]
+    /// names are still free, so a check that fails late in a release
+    /// still finds room. The list keeps the plan's order. The first time
+    /// any is left out, a warning event (and a log line) names them.
+    fn recordable(
+        &mut self,
+        t: f64,
+        checks: Vec<CheckSample>,
+        deciding: Option<&str>,
+    ) -> Vec<CheckSample> {
         let mut names: std::collections::HashSet<String> = self
             .scrapes
             .iter()
@@ -506,17 +527,39 @@ impl ReleaseRecord {
             .chain(self.decisions.iter().flat_map(|d| &d.evidence))
             .map(|c| c.check.clone())
             .collect();
-        let mut kept = Vec::with_capacity(checks.len().min(MAX_CHECKS));
+        let rank = |c: &CheckSample| {
+            if Some(c.check.as_str()) == deciding {
+                0
+            } else if c.outcome == Outcome::Fail {
+                1
+            } else {
+                2
+            }
+        };
+        let mut order: Vec<usize> = (0..checks.len()).collect();
+        order.sort_by_key(|&i| rank(&checks[i]));
+        let mut keep = vec![false; checks.len()];
+        let mut taken = 0;
         let mut left_out: Vec<String> = Vec::new();
-        for c in checks {
-            let known = names.contains(&c.check);
-            if kept.len() < MAX_CHECKS && (known || names.len() < MAX_CHECK_NAMES) {
+        for i in order {
+            let c = &checks[i];
+            let room = match rank(c) {
+                2 => MAX_CHECK_NAMES - RESERVED_NAMES,
+                _ => MAX_CHECK_NAMES,
+            };
+            if taken < MAX_CHECKS && (names.contains(&c.check) || names.len() < room) {
                 names.insert(c.check.clone());
-                kept.push(c);
+                keep[i] = true;
+                taken += 1;
             } else if !left_out.contains(&c.check) {
-                left_out.push(c.check);
+                left_out.push(c.check.clone());
             }
         }
+        let kept: Vec<CheckSample> = checks
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(c, k)| k.then_some(c))
+            .collect();
         let said = self.events.iter().any(|e| e.text.starts_with(LEFT_OUT));
         if !left_out.is_empty() && !said {
             const NAMED: usize = 10;
@@ -530,7 +573,7 @@ impl ReleaseRecord {
                 list.push_str(&format!(" and {} more", left_out.len() - NAMED));
             }
             let text = format!(
-                "{LEFT_OUT}: it keeps the first {MAX_CHECK_NAMES} distinct checks, and this release has more; left out: {list} (they are still judged; only the record does not show them)"
+                "{LEFT_OUT}: it holds at most {MAX_CHECK_NAMES} distinct checks, failing ones and the deciding one first, and this release has more; left out: {list} (they are still judged; only the record does not show them)"
             );
             tracing::warn!(app = %self.app, revision = %self.revision, "{text}");
             self.events.push(RecordEvent {
@@ -613,6 +656,11 @@ const MAX_VALUES: usize = 1_000_000;
 /// and each name is one evidence plot on the page. The writer keeps to it
 /// (see [`ReleaseRecord::recordable`]).
 pub const MAX_CHECK_NAMES: usize = 64;
+
+/// Of [`MAX_CHECK_NAMES`], the names a passing check may not take: kept
+/// for checks that fail, or decide, after the passing ones have filled
+/// the rest.
+const RESERVED_NAMES: usize = 8;
 
 /// How the event saying checks were left out of a record begins.
 const LEFT_OUT: &str = "some checks are left out of this release's record";
@@ -1219,8 +1267,9 @@ mod tests {
 
     /// A release with more custom checks than a record may hold writes a
     /// record that reads back (and does not spoil the other records kept
-    /// with it, in the file or the ConfigMap): the first 64 checks in every
-    /// scrape and decision, and one warning event naming what was left out.
+    /// with it, in the file or the ConfigMap): passing checks fill the 64
+    /// names but the reserved 8, in the plan's order, the failing one is
+    /// kept, and one warning event names what was left out.
     #[test]
     fn a_release_with_more_checks_than_a_record_holds_writes_a_readable_record() {
         let plan = crate::demo::demo_plan();
@@ -1257,8 +1306,9 @@ mod tests {
         let back = ReleaseRecord::from_json(&r.to_json()).expect("the record reads back");
         assert_eq!(back, r);
         assert_eq!(r.scrapes.len(), 4);
+        let passing_room = MAX_CHECK_NAMES - RESERVED_NAMES;
         for s in &r.scrapes {
-            assert_eq!(s.checks.len(), MAX_CHECK_NAMES);
+            assert_eq!(s.checks.len(), passing_room);
             assert_eq!(
                 s.checks[0].check, "errors",
                 "the plan's own checks come first"
@@ -1267,8 +1317,8 @@ mod tests {
         let rollback = r.decisions.last().unwrap();
         assert_eq!(rollback.kind, "rollback");
         assert_eq!(rollback.check.as_deref(), Some("errors"));
-        assert_eq!(rollback.evidence.len(), MAX_CHECK_NAMES);
-        // 2 + 70 checks, 64 kept: custom-62 to custom-69 left out, said once.
+        assert_eq!(rollback.evidence.len(), passing_room);
+        // 2 + 70 checks, 56 kept: custom-54 to custom-69 left out, said once.
         let said: Vec<&RecordEvent> = r
             .events
             .iter()
@@ -1277,9 +1327,9 @@ mod tests {
         assert_eq!(said.len(), 1, "{:?}", r.events);
         assert!(said[0].warning);
         assert!(
-            said[0].text.contains("left out: `custom-62`, `custom-63`")
-                && said[0].text.contains("`custom-69`")
-                && !said[0].text.contains("`custom-61`"),
+            said[0].text.contains("left out: `custom-54`, `custom-55`")
+                && said[0].text.contains("and 6 more")
+                && !said[0].text.contains("`custom-53`"),
             "{}",
             said[0].text
         );
@@ -1293,5 +1343,67 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    /// With more checks than a record holds, a rollback decided by a check
+    /// past the 64th keeps its attribution and that check's evidence: the
+    /// deciding check is chosen from every check judged, and failing
+    /// checks are kept before passing ones, which are left out instead.
+    #[test]
+    fn a_rollback_decided_by_a_check_past_the_64th_names_it_and_keeps_its_evidence() {
+        let plan = crate::demo::demo_plan();
+        let many = |failing: &[usize]| {
+            let mut a = analysis(false);
+            for i in 0..90 {
+                let mut c = a.checks[1].clone();
+                c.name = format!("custom-{i:02}");
+                if failing.contains(&i) {
+                    c.outcome = Outcome::Fail;
+                    c.evidence.as_mut().unwrap().fail = 5.0 + i as f64;
+                }
+                a.checks.push(c);
+            }
+            a
+        };
+        let mut r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
+        let mut before = status(Phase::Progressing, 500, Some(gate_at(0, 0.0, 0.0)));
+        for i in 1..=2u64 {
+            let after = status(
+                Phase::Progressing,
+                500 * i as u32,
+                Some(gate_at(i, 100.0, 1900.0)),
+            );
+            r.observe(
+                5.0 * i as f64,
+                Some(&before),
+                &after,
+                Some(&many(&[])),
+                &[],
+                None,
+            );
+            before = after;
+        }
+        // custom-88 goes furthest past its threshold; custom-70 fails too.
+        let after = status(Phase::Failed, 0, Some(gate_at(3, 200.0, 3800.0)));
+        r.observe(
+            15.0,
+            Some(&before),
+            &after,
+            Some(&many(&[70, 88])),
+            &[],
+            None,
+        );
+        let rollback = r.decisions.last().unwrap();
+        assert_eq!(rollback.kind, "rollback");
+        assert_eq!(rollback.check.as_deref(), Some("custom-88"));
+        let kept: Vec<&str> = rollback.evidence.iter().map(|c| c.check.as_str()).collect();
+        assert!(
+            kept.contains(&"custom-88") && kept.contains(&"custom-70"),
+            "{kept:?}"
+        );
+        assert!(kept.len() <= MAX_CHECKS, "{}", kept.len());
+        assert_eq!(kept[0], "errors", "the plan's order is kept");
+        let back = ReleaseRecord::from_json(&r.to_json()).expect("the record reads back");
+        assert_eq!(back, r);
     }
 }
