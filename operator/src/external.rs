@@ -28,12 +28,16 @@
 //!
 //! Only a reading that gave a number stands for its interval. A failed
 //! one (the endpoint unreachable, a 5xx, an answer without the number) is
-//! asked again at the next tick, then after 2, 4, 8… ticks while it keeps
-//! failing (never longer than the interval, and a new interval asks
-//! anyway), so one transient error does not leave the check Inconclusive
-//! for a whole interval, and a dead endpoint is not asked every tick. The
-//! count of failures starts over with a reading that succeeds, a weight
-//! change or a new release.
+//! asked again after a pause of a tick or the request's timeout (10 s),
+//! whichever is longer, then after twice, four times… that pause while
+//! it keeps failing (never longer than the interval, and a new interval
+//! asks anyway), so one transient error does not leave the check
+//! Inconclusive for a whole interval, and an endpoint that hangs does not
+//! hold up nearly every tick for its timeout (a tick waits for its
+//! readings). A 429's `Retry-After` is not read (the client does not
+//! give its answers' headers); the pause is the same. The count of failures
+//! starts over with a reading that succeeds, a weight change or a new
+//! release.
 
 use std::time::{Duration, Instant};
 
@@ -78,9 +82,10 @@ impl Readings {
     /// afresh, never on the reading of the step's first seconds. Before
     /// any change, a reading stands less than an interval, less half a
     /// tick. Under the threshold gate, which ticks once an interval, every
-    /// tick asks. A failed reading stands only for its backoff: a tick
-    /// after the first failure in a row, doubled with each further one,
-    /// at most the interval (less half a tick, as above).
+    /// tick asks. A failed reading stands only for its backoff: a tick or
+    /// the request timeout, whichever is longer, after the first failure
+    /// in a row, doubled with each further one, at most the interval (less
+    /// half a tick, as above).
     fn standing(
         &self,
         check: &QueryCheck,
@@ -94,10 +99,10 @@ impl Readings {
                 ((t.saturating_duration_since(since) + slack).as_secs_f64() / interval).floor()
             })
         };
+        let pause = plan.tick_interval().max(TIMEOUT);
         let stands_for = |r: &Reading| match r.failures {
             0 => plan.interval,
-            n => plan
-                .tick_interval()
+            n => pause
                 .saturating_mul(1 << (n - 1).min(16))
                 .min(plan.interval),
         };
@@ -401,11 +406,13 @@ mod tests {
         assert_eq!(readings.standing(&check, &plan, at(119.0)), None);
     }
 
-    /// A failed reading is asked again at the next tick (2 s), then after
-    /// 2, 4, 8… ticks while it keeps failing, never past the interval; a
-    /// reading that succeeds stands for the interval again.
+    /// A failed reading is asked again after the request timeout (10 s,
+    /// longer than the 2 s tick: an endpoint that hangs must not hold up
+    /// nearly every tick), then after 20, 40… s while it keeps failing,
+    /// never past the interval; a reading that succeeds stands for the
+    /// interval again.
     #[test]
-    fn a_failed_reading_is_asked_again_at_the_next_tick_then_backs_off() {
+    fn a_failed_reading_waits_the_longer_of_a_tick_and_the_timeout_then_backs_off() {
         let check = web_check();
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
@@ -421,19 +428,30 @@ mod tests {
                 readings.keep(&check, at(s), down());
             }
         }
-        assert_eq!(asked, [2, 4, 8, 16, 32]);
+        assert_eq!(asked, [2, 12, 32]);
         // The new interval asks at once; a success then stands for it.
         assert_eq!(readings.standing(&check, &plan, at(60)), None);
         readings.keep(&check, at(60), Ok(2.0));
         assert_eq!(readings.standing(&check, &plan, at(100)), Some(Ok(2.0)));
-        // A failure after a success is asked again a tick later.
+        // A failure after a success is asked again a timeout later.
         readings.keep(&check, at(120), down());
-        assert_eq!(readings.standing(&check, &plan, at(120)), Some(down()));
-        assert_eq!(readings.standing(&check, &plan, at(122)), None);
+        assert_eq!(readings.standing(&check, &plan, at(128)), Some(down()));
+        assert_eq!(readings.standing(&check, &plan, at(130)), None);
+        // A tick longer than the timeout: the next tick asks again.
+        let slow_ticks = Plan {
+            gate: crate::plan::Gate::Threshold,
+            interval: Duration::from_secs(30),
+            ..Plan::default()
+        };
+        assert_eq!(slow_ticks.tick_interval(), Duration::from_secs(30));
+        readings.clear_at(at(200));
+        readings.keep(&check, at(200), down());
+        assert_eq!(readings.standing(&check, &slow_ticks, at(230)), None);
     }
 
-    /// A web check whose endpoint fails once: the next tick reads it
-    /// again and the check passes, rather than stay Inconclusive for the
+    /// A web check whose endpoint fails once: it is read again once the
+    /// request timeout (10 s) has passed, not at the very next tick (2 s),
+    /// and the check passes, rather than stay Inconclusive for the
     /// interval; after that the passing reading stands (no third call).
     #[tokio::test]
     async fn one_failed_call_does_not_leave_a_check_inconclusive_for_an_interval() {
@@ -457,7 +475,7 @@ mod tests {
         let mut readings = Readings::default();
         readings.clear_at(t0);
         let mut outcomes = Vec::new();
-        for s in [2, 4, 6] {
+        for s in [2, 4, 12, 14] {
             let mut analysis = Analysis::default();
             let now = t0 + Duration::from_secs(s);
             let http = HttpClient::plain();
@@ -475,7 +493,12 @@ mod tests {
         use crate::analysis::Outcome;
         assert_eq!(
             outcomes,
-            [Outcome::Inconclusive, Outcome::Pass, Outcome::Pass]
+            [
+                Outcome::Inconclusive,
+                Outcome::Inconclusive,
+                Outcome::Pass,
+                Outcome::Pass
+            ]
         );
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
