@@ -9,7 +9,8 @@
 //!   order they were pushed, so a receiver sees them as they happened.
 //! - [`OrderedQueue::finish`] closes the queue and waits, up to a deadline,
 //!   for what it holds (a process about to exit); what is left then is
-//!   given up with the task.
+//!   given up: the task is aborted, the item in its hands cut short at
+//!   its next await, and nothing more is handled.
 
 use std::future::Future;
 
@@ -56,10 +57,16 @@ impl<T: Send + 'static> OrderedQueue<T> {
     }
 
     /// Closes the queue and waits until `deadline` for the items it holds
-    /// to be handled; whether they all were.
+    /// to be handled; whether they all were. At the deadline the task is
+    /// aborted (a dropped handle would leave it running, detached).
     pub async fn finish(self, deadline: tokio::time::Instant) -> bool {
         drop(self.tx);
-        tokio::time::timeout_at(deadline, self.worker).await.is_ok()
+        let mut worker = self.worker;
+        if tokio::time::timeout_at(deadline, &mut worker).await.is_ok() {
+            return true;
+        }
+        worker.abort();
+        false
     }
 }
 
@@ -95,14 +102,18 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), expected);
     }
 
-    /// `finish` gives up at its deadline, saying so.
+    /// `finish` gives up at its deadline, saying so, and stops the task:
+    /// neither the item in its hands nor the ones waiting are handled
+    /// after it.
     #[tokio::test]
-    async fn finish_gives_up_at_its_deadline() {
+    async fn finish_gives_up_at_its_deadline_and_stops_the_task() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let queue = OrderedQueue::start(4, Slow(seen.clone(), Duration::from_secs(30)));
+        let queue = OrderedQueue::start(4, Slow(seen.clone(), Duration::from_millis(200)));
         assert!(queue.push(1));
+        assert!(queue.push(2));
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
         assert!(!queue.finish(deadline).await);
-        assert!(seen.lock().unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(*seen.lock().unwrap(), [0u32; 0], "handled after finish");
     }
 }
