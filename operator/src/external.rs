@@ -34,8 +34,8 @@
 //! asks anyway), so one transient error does not leave the check
 //! Inconclusive for a whole interval, and an endpoint that hangs does not
 //! hold up nearly every tick for its timeout (a tick waits for its
-//! readings). A 429's `Retry-After` is not read (the client does not
-//! give its answers' headers); the pause is the same. The count of failures
+//! readings). A 429 with a `Retry-After` in seconds is asked again no
+//! sooner than it says, within the same bound. The count of failures
 //! starts over with a reading that succeeds, a weight change or a new
 //! release.
 
@@ -71,6 +71,9 @@ struct Reading {
     value: Result<f64, String>,
     /// Failed readings in a row, this one included (0 when it succeeded).
     failures: u32,
+    /// How long the endpoint asked to be left alone (a 429's
+    /// `Retry-After`); zero when it did not.
+    retry_after: Duration,
 }
 
 impl Readings {
@@ -84,8 +87,8 @@ impl Readings {
     /// tick. Under the threshold gate, which ticks once an interval, every
     /// tick asks. A failed reading stands only for its backoff: a tick or
     /// the request timeout, whichever is longer, after the first failure
-    /// in a row, doubled with each further one, at most the interval (less
-    /// half a tick, as above).
+    /// in a row, doubled with each further one, or a 429's `Retry-After`
+    /// if longer, at most the interval (less half a tick, as above).
     fn standing(
         &self,
         check: &QueryCheck,
@@ -104,6 +107,7 @@ impl Readings {
             0 => plan.interval,
             n => pause
                 .saturating_mul(1 << (n - 1).min(16))
+                .max(r.retry_after)
                 .min(plan.interval),
         };
         self.taken
@@ -114,7 +118,20 @@ impl Readings {
             .map(|r| r.value.clone())
     }
 
+    #[cfg(test)]
     fn keep(&mut self, check: &QueryCheck, at: Instant, value: Result<f64, String>) {
+        self.keep_paced(check, at, value, None);
+    }
+
+    /// Keeps `value`, read at `at`, as `check`'s reading (counting a
+    /// failure in a row), with the pause a 429 asked for.
+    fn keep_paced(
+        &mut self,
+        check: &QueryCheck,
+        at: Instant,
+        value: Result<f64, String>,
+        retry_after: Option<Duration>,
+    ) {
         let failed_before = self
             .taken
             .iter()
@@ -130,6 +147,7 @@ impl Readings {
             at,
             value,
             failures,
+            retry_after: retry_after.unwrap_or_default(),
         });
     }
 
@@ -168,8 +186,9 @@ pub async fn overlay(
         let value = match readings.standing(check, plan, now) {
             Some(value) => value,
             None => {
-                let value = evaluate(http, check, window).await;
-                readings.keep(check, now, value.clone());
+                let mut retry_after = None;
+                let value = evaluate(http, check, window, &mut retry_after).await;
+                readings.keep_paced(check, now, value.clone(), retry_after);
                 value
             }
         };
@@ -187,22 +206,28 @@ pub async fn overlay(
     }
 }
 
-/// The number `check` reads now.
+/// The number `check` reads now; `retry_after`: set to a 429's
+/// `Retry-After`, if it gave one.
 pub async fn evaluate(
     http: &HttpClient,
     check: &QueryCheck,
     window: Duration,
+    retry_after: &mut Option<Duration>,
 ) -> Result<f64, String> {
     match check.provider {
-        QueryProvider::Web => web(http, check).await,
-        QueryProvider::Datadog => datadog(http, check, window).await,
+        QueryProvider::Web => web(http, check, retry_after).await,
+        QueryProvider::Datadog => datadog(http, check, window, retry_after).await,
         QueryProvider::Prometheus => {
             Err("a PromQL check is read by the prometheus provider".into())
         }
     }
 }
 
-async fn web(http: &HttpClient, check: &QueryCheck) -> Result<f64, String> {
+async fn web(
+    http: &HttpClient,
+    check: &QueryCheck,
+    retry_after: &mut Option<Duration>,
+) -> Result<f64, String> {
     let url = check.url.as_deref().unwrap_or_default();
     let path = check.json_path.as_deref().unwrap_or("$");
     let answer = match check.method.as_deref() {
@@ -219,6 +244,7 @@ async fn web(http: &HttpClient, check: &QueryCheck) -> Result<f64, String> {
         _ => http.get(url, TIMEOUT).await,
     }
     .map_err(|e| e.to_string())?;
+    *retry_after = told_to_wait(&answer);
     if !answer.status.is_success() {
         return Err(format!(
             "{} answered {}",
@@ -278,7 +304,19 @@ fn as_number(v: &Value) -> Option<f64> {
     }
 }
 
-async fn datadog(http: &HttpClient, check: &QueryCheck, window: Duration) -> Result<f64, String> {
+/// A 429's `Retry-After`.
+fn told_to_wait(answer: &crate::http::Answer) -> Option<Duration> {
+    answer
+        .retry_after
+        .filter(|_| answer.status == http::StatusCode::TOO_MANY_REQUESTS)
+}
+
+async fn datadog(
+    http: &HttpClient,
+    check: &QueryCheck,
+    window: Duration,
+    retry_after: &mut Option<Duration>,
+) -> Result<f64, String> {
     let base = check
         .address
         .as_deref()
@@ -293,6 +331,7 @@ async fn datadog(http: &HttpClient, check: &QueryCheck, window: Duration) -> Res
         crate::http::encode_query_value(&check.query)
     );
     let answer = http.get(&url, TIMEOUT).await.map_err(|e| e.to_string())?;
+    *retry_after = told_to_wait(&answer);
     let json: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     if !answer.status.is_success() {
         let why = json["errors"]
@@ -499,6 +538,53 @@ mod tests {
                 Outcome::Pass,
                 Outcome::Pass
             ]
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A 429 with `Retry-After: 30` is not asked again before 30 s have
+    /// passed, though the timeout's pause (10 s) has.
+    #[tokio::test]
+    async fn a_429s_retry_after_is_honoured() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let (url, _) = crate::http::test_server(10, move |_| {
+            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => b"HTTP/1.1 429 X\r\nRetry-After: 30\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"v\": 2}"
+                    .to_vec(),
+            }
+        })
+        .await;
+        let mut check = web_check();
+        check.url = Some(format!("{url}/x"));
+        let plan = Plan {
+            queries: vec![check],
+            ..Plan::default()
+        };
+        let t0 = Instant::now();
+        let mut readings = Readings::default();
+        readings.clear_at(t0);
+        let mut outcomes = Vec::new();
+        for s in [2, 12, 32] {
+            let mut analysis = Analysis::default();
+            let http = HttpClient::plain();
+            let now = t0 + Duration::from_secs(s);
+            overlay(
+                &plan,
+                &mut analysis,
+                plan.interval,
+                &http,
+                &mut readings,
+                now,
+            )
+            .await;
+            outcomes.push(analysis.checks[0].outcome);
+        }
+        use crate::analysis::Outcome;
+        assert_eq!(
+            outcomes,
+            [Outcome::Inconclusive, Outcome::Inconclusive, Outcome::Pass]
         );
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }

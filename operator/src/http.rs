@@ -599,6 +599,8 @@ impl Default for HttpClient {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Bytes,
+    /// Its `Retry-After`, when given in seconds (a date is not read).
+    pub retry_after: Option<Duration>,
 }
 
 impl Answer {
@@ -680,6 +682,12 @@ impl HttpClient {
                     reason: error_chain(&e),
                 })?;
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -697,7 +705,11 @@ impl HttpClient {
                     }
                 })?
                 .to_bytes();
-            Ok(Answer { status, body })
+            Ok(Answer {
+                status,
+                body,
+                retry_after,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
