@@ -24,6 +24,22 @@ use sluice_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The proxy's metrics once `name{labels}` sums to `value`; the test
+/// fails after 5 s saying it waited for `what`.
+async fn counted(
+    admin: SocketAddr,
+    what: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    value: f64,
+) -> Scrape {
+    eventually(what, Duration::from_secs(5), || async {
+        let m = scrape(admin).await;
+        (m.sum(name, labels) == value).then_some(m)
+    })
+    .await
+}
+
 /// A route `r` on every path to `backend`, with more settings `extra`
 /// (`, key: value`).
 fn route(backend: SocketAddr, extra: &str) -> String {
@@ -79,17 +95,12 @@ async fn a_client_gone_before_its_request_was_written_charges_no_backend() {
     // Dropping the only handle on the stream resets it (CANCEL).
     drop(answer);
 
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "both requests to be counted as clients that left",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let left = m.sum(
-                "sluice_client_errors_total",
-                &[("route", "r"), ("kind", "left_before_sent")],
-            );
-            (left == 2.0).then_some(m)
-        },
+        "sluice_client_errors_total",
+        &[("route", "r"), ("kind", "left_before_sent")],
+        2.0,
     )
     .await;
     assert_eq!(
@@ -198,17 +209,12 @@ async fn an_http2_body_past_the_cap_is_never_charged_to_the_backend() {
     .expect("the answer's end in time");
     assert!(read.is_err(), "the answer was not cut: {read:?}");
 
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "both bodies to be counted as too large",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let rejected = m.sum(
-                "sluice_rejected_total",
-                &[("route", "r"), ("reason", "body_too_large")],
-            );
-            (rejected == 2.0).then_some(m)
-        },
+        "sluice_rejected_total",
+        &[("route", "r"), ("reason", "body_too_large")],
+        2.0,
     )
     .await;
     assert_eq!(
@@ -280,21 +286,16 @@ async fn a_backend_that_stops_reading_the_body_is_not_the_clients_fault() {
     sender.abort();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 504 "), "answer: {text:?}");
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "the backend's timeout to be counted",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let failed = m.sum(
-                "sluice_requests_total",
-                &[
-                    ("route", "r"),
-                    ("code", "504"),
-                    ("classification", "failure"),
-                ],
-            );
-            (failed == 1.0).then_some(m)
-        },
+        "sluice_requests_total",
+        &[
+            ("route", "r"),
+            ("code", "504"),
+            ("classification", "failure"),
+        ],
+        1.0,
     )
     .await;
     assert_eq!(
@@ -624,17 +625,12 @@ async fn a_backend_that_stalls_in_its_answers_body_is_cut_and_charged() {
         "the stalled answer's stream was not reset after its 10 bytes: {ended:?}"
     );
 
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "both stalled answers to be counted on the backend",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let timeouts = m.sum(
-                "sluice_upstream_errors_total",
-                &[("route", "r"), ("kind", "timeout")],
-            );
-            (timeouts == 2.0).then_some(m)
-        },
+        "sluice_upstream_errors_total",
+        &[("route", "r"), ("kind", "timeout")],
+        2.0,
     )
     .await;
     assert_eq!(
@@ -668,21 +664,16 @@ async fn a_backend_that_stalls_in_its_answers_body_is_cut_and_charged() {
         "{}",
         big.len()
     );
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "the drip and the big answer to be counted",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let ok = m.sum(
-                "sluice_requests_total",
-                &[
-                    ("route", "r"),
-                    ("code", "200"),
-                    ("classification", "success"),
-                ],
-            );
-            (ok == 2.0).then_some(m)
-        },
+        "sluice_requests_total",
+        &[
+            ("route", "r"),
+            ("code", "200"),
+            ("classification", "success"),
+        ],
+        2.0,
     )
     .await;
     assert_eq!(
@@ -734,13 +725,12 @@ async fn an_answer_waiting_on_a_bidirectional_streams_client_is_not_cut() {
         got.extend_from_slice(&data.expect("the answer was cut"));
     }
     assert_eq!(got, b"done");
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "the stream to be counted",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            (m.sum("sluice_requests_total", &[("route", "r")]) == 1.0).then_some(m)
-        },
+        "sluice_requests_total",
+        &[("route", "r")],
+        1.0,
     )
     .await;
     assert_eq!(
@@ -772,22 +762,17 @@ async fn a_mirrored_copy_that_stalls_in_its_answer_is_a_failure() {
         .unwrap();
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), h1.read_to_end(&mut got)).await;
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "the copy's stall to be counted on the canary",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let copies = m.sum(
-                "sluice_requests_total",
-                &[
-                    ("route", "r"),
-                    ("backend", "canary"),
-                    ("decision", "mirror"),
-                    ("classification", "failure"),
-                ],
-            );
-            (copies == 1.0).then_some(m)
-        },
+        "sluice_requests_total",
+        &[
+            ("route", "r"),
+            ("backend", "canary"),
+            ("decision", "mirror"),
+            ("classification", "failure"),
+        ],
+        1.0,
     )
     .await;
     assert_eq!(
@@ -851,17 +836,12 @@ async fn a_bidirectional_streams_backend_silent_after_the_upload_or_deaf_to_it_i
         sender.abort();
         client = client.ready().await.unwrap();
     }
-    let m = eventually(
+    let m = counted(
+        proxy.admin,
         "both streams to be counted as the backend's timeouts",
-        Duration::from_secs(5),
-        || async {
-            let m = scrape(proxy.admin).await;
-            let timeouts = m.sum(
-                "sluice_upstream_errors_total",
-                &[("route", "r"), ("kind", "timeout")],
-            );
-            (timeouts == 2.0).then_some(m)
-        },
+        "sluice_upstream_errors_total",
+        &[("route", "r"), ("kind", "timeout")],
+        2.0,
     )
     .await;
     assert_eq!(
