@@ -250,6 +250,17 @@ enum End {
     ClientLeft,
 }
 
+impl End {
+    /// The upstream broke the body off: its fault, unless the request's
+    /// body had failed first.
+    fn upstream_broke(self) -> bool {
+        matches!(
+            self,
+            End::UpstreamFailed | End::UpstreamMalformed | End::UpstreamStalled
+        )
+    }
+}
+
 impl Recorder {
     /// Records an answer that has no body to wait for (the proxy's own,
     /// or one the client will never get: a failover's first attempt).
@@ -258,10 +269,7 @@ impl Recorder {
     }
 
     fn finish(self, end: End) {
-        if matches!(
-            end,
-            End::UpstreamFailed | End::UpstreamMalformed | End::UpstreamStalled
-        ) {
+        if end.upstream_broke() {
             if self
                 .body
                 .as_ref()
@@ -275,17 +283,15 @@ impl Recorder {
                 _ => UpstreamErrorKind::Reset,
             });
         }
+        // A client that left chose to (the upstream had answered); a gRPC
+        // stream that ends without a status is UNKNOWN to clients.
         let failed = self.code >= 500
-            || match end {
-                End::UpstreamFailed | End::UpstreamMalformed | End::UpstreamStalled => true,
-                // The upstream had answered; the client chose to leave.
-                End::ClientLeft => false,
-                // A gRPC stream that ends without a status is UNKNOWN to clients.
-                End::Complete => self.grpc.is_some_and(|g| {
+            || end.upstream_broke()
+            || (end == End::Complete
+                && self.grpc.is_some_and(|g| {
                     g.failure_codes
                         .contains(g.status.unwrap_or(crate::grpc::UNKNOWN))
-                }),
-            };
+                }));
         let class = if failed {
             Classification::Failure
         } else {
