@@ -369,6 +369,25 @@ mod tests {
         }
     }
 
+    /// A socket steering route `api`'s release of `http://v2`
+    /// (Progressing), bound in scratch directory `name`: its path, what it
+    /// passes on, and what keeps it open.
+    async fn api_socket(
+        name: &str,
+    ) -> (
+        PathBuf,
+        mpsc::UnboundedReceiver<Command>,
+        (ControlSocket, watch::Sender<Option<Status>>),
+    ) {
+        let path = scratch(name).join("control.sock");
+        let (commands, received) = mpsc::unbounded_channel();
+        let (status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
+        let socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
+            .await
+            .unwrap();
+        (path, received, (socket, status_tx))
+    }
+
     fn status(phase: Phase, revision: &str) -> Status {
         Status {
             phase,
@@ -395,13 +414,7 @@ mod tests {
     #[tokio::test]
     async fn the_socket_is_made_for_its_user_alone() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("mode");
-        let path = dir.join("control.sock");
-        let (commands, _received) = mpsc::unbounded_channel();
-        let (_status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
-        let _socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
-            .await
-            .unwrap();
+        let (path, _received, _socket) = api_socket("mode").await;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
         // Its user is answered.
@@ -414,13 +427,7 @@ mod tests {
     /// (plain or named) becomes a promotion now, `promote` an approval.
     #[tokio::test]
     async fn a_request_for_another_release_does_nothing_and_promote_full_promotes_now() {
-        let dir = scratch("target");
-        let path = dir.join("control.sock");
-        let (commands, mut received) = mpsc::unbounded_channel();
-        let (_status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
-        let _socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
-            .await
-            .unwrap();
+        let (path, mut received, _socket) = api_socket("target").await;
         let named = |request: &str, route: &str, revision: &str| {
             json!({"request": request, "route": route, "revision": revision}).to_string()
         };
@@ -448,7 +455,7 @@ mod tests {
         assert_eq!(received.recv().await, Some(Command::PromoteNow));
         request(&path, "promote").await.unwrap();
         assert_eq!(received.recv().await, Some(Command::Approve));
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     /// A named request with a name that is not a string, or a field that
@@ -484,13 +491,7 @@ mod tests {
     /// release takes it.
     #[tokio::test]
     async fn the_cli_names_its_route_and_revision_so_another_release_is_not_steered() {
-        let dir = scratch("cli");
-        let path = dir.join("control.sock");
-        let (commands, mut received) = mpsc::unbounded_channel();
-        let (_status_tx, status_rx) = watch::channel(Some(status(Phase::Progressing, "http://v2")));
-        let _socket = ControlSocket::bind(&path, target("api"), commands, status_rx)
-            .await
-            .unwrap();
+        let (path, mut received, _socket) = api_socket("cli").await;
         let err = command(&path, "web", None, "abort")
             .await
             .expect_err("another route");
@@ -509,7 +510,7 @@ mod tests {
         assert_eq!(revision.as_deref(), Some("http://v2"));
         assert_eq!(answer["message"], "rollback requested");
         assert_eq!(received.recv().await, Some(Command::Abort));
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     /// A command the release cannot act on in its phase is refused saying
