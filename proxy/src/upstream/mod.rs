@@ -925,14 +925,28 @@ impl ClientPool {
         fresh
     }
 
-    /// Whether some upstream `ca_file` in use now holds other bytes than
-    /// when it was last read.
+    /// Whether the table should be built again for its upstreams' CAs:
+    /// some upstream `ca_file` in use now holds other bytes than when it
+    /// was last read, or some upstream verifies with another configuration
+    /// than its TLS setting's current one. The second happens when a file
+    /// changes while one table is built: each pool key reads it, so keys
+    /// of one setting read before the change keep the old contents, and
+    /// the file then holds the bytes last seen.
     pub fn cas_changed(&self) -> bool {
         let pools = self.clients.lock().expect("pool lock");
-        pools
+        let file_changed = pools
             .tls
             .iter()
-            .any(|(tls, known)| tls.ca_file.is_some() && read_ca(tls) != known.seen)
+            .any(|(tls, known)| tls.ca_file.is_some() && read_ca(tls) != known.seen);
+        file_changed
+            || pools.upstreams.iter().any(|(key, upstream)| {
+                let Some(known) = key.tls.as_ref().and_then(|tls| pools.tls.get(tls)) else {
+                    return false;
+                };
+                known.configs[usize::from(key.protocol == Protocol::Http2)]
+                    .as_ref()
+                    .is_some_and(|current| !upstream.0.verifies_with(Some(current)))
+            })
     }
 
     /// Drops upstreams (and TLS settings) no longer used by the current
@@ -991,6 +1005,46 @@ mod tests {
             format!("{fail_closed:?}"),
             "the h2 configuration of a broken file failed closed"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A CA file that changes while a table is built, between two pool
+    /// keys of one TLS setting, leaves the first key verifying with the
+    /// old contents; the next poll says so, and the next build gives that
+    /// key the new contents.
+    #[test]
+    fn a_ca_file_changed_within_one_build_is_caught_by_the_next_poll() {
+        let dir = std::env::temp_dir().join(format!("sluice-ca-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.crt");
+        std::fs::write(&file, CA).unwrap();
+        let tls = UpstreamTlsKey {
+            ca_file: Some(file.clone()),
+            server_name: "web.internal".into(),
+        };
+        let key = |port| PoolKey {
+            url: crate::config::UpstreamUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
+            protocol: Protocol::Http1,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+            tls: Some(tls.clone()),
+        };
+        let (first, second) = (key(9001), key(9002));
+        let pool = ClientPool::new(0);
+        let old = pool.get(&first);
+        // The same certificate with other line breaks: other bytes that
+        // still build.
+        std::fs::write(&file, CA.replace('\n', "\r\n")).unwrap();
+        let new = pool.get(&second);
+        assert!(
+            pool.cas_changed(),
+            "a key left on the old contents of its CA file went unnoticed"
+        );
+        let rebuilt = pool.get(&first);
+        assert!(!Arc::ptr_eq(&old.0, &rebuilt.0));
+        let config = |clients: &BackendClients| clients.0.tls.as_ref().unwrap().0.config().clone();
+        assert!(Arc::ptr_eq(&config(&rebuilt), &config(&new)));
+        assert!(!pool.cas_changed());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
