@@ -34,8 +34,9 @@
 //! asks anyway), so one transient error does not leave the check
 //! Inconclusive for a whole interval, and an endpoint that hangs does not
 //! hold up nearly every tick for its timeout (a tick waits for its
-//! readings). A 429 with a `Retry-After` in seconds is asked again no
-//! sooner than it says, within the same bound. The count of failures
+//! readings). A 429 with a `Retry-After` (seconds or an HTTP-date; a date
+//! already past asks for no wait) is asked again no sooner than it says,
+//! within the same bound. The count of failures
 //! starts over with a reading that succeeds, a weight change or a new
 //! release.
 
@@ -567,6 +568,60 @@ mod tests {
         readings.clear_at(t0);
         let mut outcomes = Vec::new();
         for s in [2, 12, 32] {
+            let mut analysis = Analysis::default();
+            let http = HttpClient::plain();
+            let now = t0 + Duration::from_secs(s);
+            overlay(
+                &plan,
+                &mut analysis,
+                plan.interval,
+                &http,
+                &mut readings,
+                now,
+            )
+            .await;
+            outcomes.push(analysis.checks[0].outcome);
+        }
+        use crate::analysis::Outcome;
+        assert_eq!(
+            outcomes,
+            [Outcome::Inconclusive, Outcome::Inconclusive, Outcome::Pass]
+        );
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A 429 whose `Retry-After` is an HTTP-date 31 s ahead is not asked
+    /// again before that date, though the timeout's pause (10 s) has
+    /// passed.
+    #[tokio::test]
+    async fn a_429s_retry_after_date_is_honoured() {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let (url, _) = crate::http::test_server(10, move |_| {
+            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => {
+                    let date = httpdate::fmt_http_date(
+                        std::time::SystemTime::now() + Duration::from_secs(31),
+                    );
+                    format!("HTTP/1.1 429 X\r\nRetry-After: {date}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .into_bytes()
+                }
+                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"v\": 2}"
+                    .to_vec(),
+            }
+        })
+        .await;
+        let mut check = web_check();
+        check.url = Some(format!("{url}/x"));
+        let plan = Plan {
+            queries: vec![check],
+            ..Plan::default()
+        };
+        let t0 = Instant::now();
+        let mut readings = Readings::default();
+        readings.clear_at(t0);
+        let mut outcomes = Vec::new();
+        for s in [2, 12, 34] {
             let mut analysis = Analysis::default();
             let http = HttpClient::plain();
             let now = t0 + Duration::from_secs(s);

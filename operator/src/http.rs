@@ -599,8 +599,23 @@ impl Default for HttpClient {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Bytes,
-    /// Its `Retry-After`, when given in seconds (a date is not read).
+    /// Its `Retry-After`, as the time to wait from when it was read (see
+    /// [`retry_after`]).
     pub retry_after: Option<Duration>,
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3) as the time to wait from
+/// `now`: delay-seconds, or an HTTP-date in any of the three forms a
+/// recipient must accept (IMF-fixdate `Wed, 21 Oct 2015 07:28:00 GMT`, and
+/// the obsolete RFC 850 and asctime forms). A date already past is no
+/// wait; anything else is `None`. The caller caps the wait.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 impl Answer {
@@ -686,8 +701,7 @@ impl HttpClient {
                 .headers()
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| retry_after(v, std::time::SystemTime::now()));
             let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -850,6 +864,30 @@ pub(crate) async fn test_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9110 §10.2.3: delay-seconds or an HTTP-date, the date in any
+    /// of the three forms of §5.6.7 (the same instant here, 30 s after
+    /// `now`); a date already past is no wait.
+    #[test]
+    fn a_retry_after_is_read_as_seconds_or_as_a_date_in_each_form() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:07 GMT").unwrap();
+        let wait = |v: &str| retry_after(v, now);
+        let thirty = Some(Duration::from_secs(30));
+        assert_eq!(wait("30"), thirty);
+        assert_eq!(wait(" 30 "), thirty);
+        assert_eq!(wait("Sun, 06 Nov 1994 08:49:37 GMT"), thirty);
+        assert_eq!(wait("Sunday, 06-Nov-94 08:49:37 GMT"), thirty);
+        assert_eq!(wait("Sun Nov  6 08:49:37 1994"), thirty);
+        assert_eq!(
+            wait("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::from_secs(661_300_733))
+        );
+        assert_eq!(wait("Sun, 06 Nov 1994 08:48:07 GMT"), Some(Duration::ZERO));
+        assert_eq!(wait("Sun, 06 Nov 1994 08:49:07 GMT"), Some(Duration::ZERO));
+        for bad in ["", "-1", "1.5", "soon", "06 Nov 1994 08:49:37 GMT"] {
+            assert_eq!(wait(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn an_entry_covers_its_own_host_and_path_only() {
