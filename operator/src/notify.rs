@@ -803,6 +803,69 @@ mod tests {
         seen.lock().unwrap().len()
     }
 
+    /// A notifier of `channel` alone, counting into the counters it
+    /// returns.
+    fn counted(channel: Channel) -> (Notifier, NotifyCounters) {
+        let counters = NotifyCounters::default();
+        let notifier = Notifier::start(
+            vec![channel],
+            false,
+            Some(counters.clone()),
+            HttpClient::plain(),
+        );
+        (notifier, counters)
+    }
+
+    /// A counter's value for Slack.
+    fn slack_count(family: &Family<ServiceLabels, Counter>) -> u64 {
+        family
+            .get_or_create(&ServiceLabels {
+                service: "slack".into(),
+            })
+            .get()
+    }
+
+    /// A stand-in for Slack's Web API that answers each of its first
+    /// `connections` posts 200 with the JSON `answer`, and a Slack channel
+    /// with `token` posting to `slack_channel` there, sent [`three_notes`].
+    struct SlackApi {
+        url: String,
+        seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+        counters: NotifyCounters,
+        /// Held as long as the test holds this, as a release holds its own.
+        _notifier: Notifier,
+    }
+
+    impl SlackApi {
+        async fn sent_three_notes(
+            connections: usize,
+            answer: &'static str,
+            token: Secret,
+            slack_channel: &str,
+        ) -> Self {
+            let (url, seen) = crate::http::test_server(connections, move |_| {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .into_bytes()
+            })
+            .await;
+            let channel = Channel::from_url(Service::Slack, &url, "test")
+                .unwrap()
+                .with_slack_token(token, slack_channel, USERNAME)
+                .unwrap();
+            let (notifier, counters) = counted(channel);
+            three_notes(&notifier);
+            Self {
+                url,
+                seen,
+                counters,
+                _notifier: notifier,
+            }
+        }
+    }
+
     /// A channel that never answers holds up no other: all three notes
     /// reach the live channel before the dead one's first try has even
     /// timed out (it would be tried again then: a second connection).
@@ -885,14 +948,7 @@ mod tests {
                 notifier.update(BTreeMap::new(), false);
             }
         }
-        let dropped = || {
-            counters
-                .dropped
-                .get_or_create(&ServiceLabels {
-                    service: "slack".into(),
-                })
-                .get()
-        };
+        let dropped = || slack_count(&counters.dropped);
         assert!(within_30s(|| dropped() == 6).await, "{}", dropped());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(requests_to(&seen), 0, "a removed channel got a note");
@@ -937,23 +993,12 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_notes_and_counts_them() {
         let (dead, _) = dead_channel().await;
-        let counters = NotifyCounters::default();
         let channel = Channel::from_url(Service::Slack, &dead, "dead").unwrap();
-        let notifier = Notifier::start(
-            vec![channel],
-            false,
-            Some(counters.clone()),
-            HttpClient::plain(),
-        );
+        let (notifier, counters) = counted(channel);
         for _ in 0..24 {
             three_notes(&notifier);
         }
-        let dropped = counters
-            .dropped
-            .get_or_create(&ServiceLabels {
-                service: "slack".into(),
-            })
-            .get();
+        let dropped = slack_count(&counters.dropped);
         // 72 notes: 64 wait, one may be in flight already.
         assert!((7..=8).contains(&dropped), "{dropped}");
     }
@@ -964,29 +1009,16 @@ mod tests {
     /// takes a token.
     #[tokio::test]
     async fn a_slack_token_goes_out_as_a_bearer_token_with_the_channel() {
-        let (url, seen) = crate::http::test_server(1, |_| {
-            let body = r#"{"ok":true,"channel":"C1","ts":"1.2"}"#;
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes()
-        })
-        .await;
         let token = || Secret::from_value("xoxb-t0ken");
-        let channel = Channel::from_url(Service::Slack, &url, "test")
-            .unwrap()
-            .with_slack_token(token(), "deploys", USERNAME)
-            .unwrap();
-        let counters = NotifyCounters::default();
-        let notifier = Notifier::start(
-            vec![channel],
-            false,
-            Some(counters.clone()),
-            HttpClient::plain(),
-        );
-        three_notes(&notifier);
-        assert!(within_30s(|| requests_to(&seen) == 1).await);
+        let slack = SlackApi::sent_three_notes(
+            1,
+            r#"{"ok":true,"channel":"C1","ts":"1.2"}"#,
+            token(),
+            "deploys",
+        )
+        .await;
+        let (url, seen, counters) = (&slack.url, &slack.seen, &slack.counters);
+        assert!(within_30s(|| requests_to(seen) == 1).await);
         let request = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_string();
         let (head, body) = request.split_once("\r\n\r\n").unwrap();
         assert!(
@@ -999,15 +1031,9 @@ mod tests {
         assert_eq!(body["channel"], "deploys");
         assert_eq!(body["username"], "Sluice");
         assert!(body["text"].as_str().unwrap().contains("release started"));
-        let failed = counters
-            .failed
-            .get_or_create(&ServiceLabels {
-                service: "slack".into(),
-            })
-            .get();
-        assert_eq!(failed, 0);
+        assert_eq!(slack_count(&counters.failed), 0);
         for service in [Service::Teams, Service::Discord, Service::Rocket] {
-            let channel = Channel::from_url(service, &url, "test").unwrap();
+            let channel = Channel::from_url(service, url, "test").unwrap();
             assert!(
                 channel
                     .with_slack_token(token(), "general", USERNAME)
@@ -1021,37 +1047,16 @@ mod tests {
     /// say the same).
     #[tokio::test]
     async fn a_slack_ok_false_answer_is_a_failed_note() {
-        let (url, seen) = crate::http::test_server(10, |_| {
-            let body = r#"{"ok":false,"error":"invalid_auth"}"#;
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes()
-        })
+        let slack = SlackApi::sent_three_notes(
+            10,
+            r#"{"ok":false,"error":"invalid_auth"}"#,
+            Secret::from_value("xoxb-revoked"),
+            "general",
+        )
         .await;
-        let channel = Channel::from_url(Service::Slack, &url, "test")
-            .unwrap()
-            .with_slack_token(Secret::from_value("xoxb-revoked"), "general", USERNAME)
-            .unwrap();
-        let counters = NotifyCounters::default();
-        let notifier = Notifier::start(
-            vec![channel],
-            false,
-            Some(counters.clone()),
-            HttpClient::plain(),
-        );
-        three_notes(&notifier);
-        let failed = || {
-            counters
-                .failed
-                .get_or_create(&ServiceLabels {
-                    service: "slack".into(),
-                })
-                .get()
-        };
+        let failed = || slack_count(&slack.counters.failed);
         assert!(within_30s(|| failed() == 3).await, "{}", failed());
-        assert_eq!(requests_to(&seen), 3, "a refusal was asked again");
+        assert_eq!(requests_to(&slack.seen), 3, "a refusal was asked again");
         assert_eq!(
             slack_refusal(
                 Service::Slack,
