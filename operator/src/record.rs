@@ -981,6 +981,62 @@ mod tests {
         g
     }
 
+    /// `a` and `count` more checks named `custom-00`, `custom-01`, ...,
+    /// each a copy of its second; those numbered in `failing` fail, each
+    /// further past its threshold the higher its number.
+    fn with_custom_checks(mut a: Analysis, count: usize, failing: &[usize]) -> Analysis {
+        for i in 0..count {
+            let mut c = a.checks[1].clone();
+            c.name = format!("custom-{i:02}");
+            if failing.contains(&i) {
+                c.outcome = Outcome::Fail;
+                c.evidence.as_mut().unwrap().fail = 5.0 + i as f64;
+            }
+            a.checks.push(c);
+        }
+        a
+    }
+
+    /// The record of a release of v2 that advances `steps` times, 5 s
+    /// apart, with `passing` analysed at each, and is rolled back at the
+    /// next scrape on `failing`.
+    fn rolled_back(
+        plan: &Plan,
+        steps: u64,
+        passing: &Analysis,
+        failing: &Analysis,
+    ) -> ReleaseRecord {
+        let mut r = ReleaseRecord::new(None, "web", "v2", plan, 0.0);
+        let mut before = status(Phase::Progressing, 500, Some(gate_at(0, 0.0, 0.0)));
+        for i in 1..=steps {
+            let after = status(
+                Phase::Progressing,
+                500 * i as u32,
+                Some(gate_at(i, 100.0, 1900.0)),
+            );
+            r.observe(
+                5.0 * i as f64,
+                Some(&before),
+                &after,
+                Some(passing),
+                &[],
+                None,
+            );
+            before = after;
+        }
+        let end = steps + 1;
+        let after = status(Phase::Failed, 0, Some(gate_at(end, 200.0, 3800.0)));
+        r.observe(
+            5.0 * end as f64,
+            Some(&before),
+            &after,
+            Some(failing),
+            &[],
+            None,
+        );
+        r
+    }
+
     #[test]
     fn a_scrape_records_each_arms_window_not_the_totals() {
         let plan = crate::demo::demo_plan();
@@ -1273,35 +1329,12 @@ mod tests {
     #[test]
     fn a_release_with_more_checks_than_a_record_holds_writes_a_readable_record() {
         let plan = crate::demo::demo_plan();
-        let many = |fail: bool| {
-            let mut a = analysis(fail);
-            for i in 0..70 {
-                let mut c = a.checks[1].clone();
-                c.name = format!("custom-{i:02}");
-                a.checks.push(c);
-            }
-            a
-        };
-        let mut r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
-        let mut before = status(Phase::Progressing, 500, Some(gate_at(0, 0.0, 0.0)));
-        for i in 1..=3u64 {
-            let after = status(
-                Phase::Progressing,
-                500 * i as u32,
-                Some(gate_at(i, 100.0, 1900.0)),
-            );
-            r.observe(
-                5.0 * i as f64,
-                Some(&before),
-                &after,
-                Some(&many(false)),
-                &[],
-                None,
-            );
-            before = after;
-        }
-        let after = status(Phase::Failed, 0, Some(gate_at(4, 200.0, 3800.0)));
-        r.observe(20.0, Some(&before), &after, Some(&many(true)), &[], None);
+        let r = rolled_back(
+            &plan,
+            3,
+            &with_custom_checks(analysis(false), 70, &[]),
+            &with_custom_checks(analysis(true), 70, &[]),
+        );
 
         let back = ReleaseRecord::from_json(&r.to_json()).expect("the record reads back");
         assert_eq!(back, r);
@@ -1352,46 +1385,12 @@ mod tests {
     #[test]
     fn a_rollback_decided_by_a_check_past_the_64th_names_it_and_keeps_its_evidence() {
         let plan = crate::demo::demo_plan();
-        let many = |failing: &[usize]| {
-            let mut a = analysis(false);
-            for i in 0..90 {
-                let mut c = a.checks[1].clone();
-                c.name = format!("custom-{i:02}");
-                if failing.contains(&i) {
-                    c.outcome = Outcome::Fail;
-                    c.evidence.as_mut().unwrap().fail = 5.0 + i as f64;
-                }
-                a.checks.push(c);
-            }
-            a
-        };
-        let mut r = ReleaseRecord::new(None, "web", "v2", &plan, 0.0);
-        let mut before = status(Phase::Progressing, 500, Some(gate_at(0, 0.0, 0.0)));
-        for i in 1..=2u64 {
-            let after = status(
-                Phase::Progressing,
-                500 * i as u32,
-                Some(gate_at(i, 100.0, 1900.0)),
-            );
-            r.observe(
-                5.0 * i as f64,
-                Some(&before),
-                &after,
-                Some(&many(&[])),
-                &[],
-                None,
-            );
-            before = after;
-        }
         // custom-88 goes furthest past its threshold; custom-70 fails too.
-        let after = status(Phase::Failed, 0, Some(gate_at(3, 200.0, 3800.0)));
-        r.observe(
-            15.0,
-            Some(&before),
-            &after,
-            Some(&many(&[70, 88])),
-            &[],
-            None,
+        let r = rolled_back(
+            &plan,
+            2,
+            &with_custom_checks(analysis(false), 90, &[]),
+            &with_custom_checks(analysis(false), 90, &[70, 88]),
         );
         let rollback = r.decisions.last().unwrap();
         assert_eq!(rollback.kind, "rollback");
