@@ -737,6 +737,79 @@ async fn an_aborted_canary_stays_up_without_traffic_until_its_delay_ends() {
     );
 }
 
+/// A finished release, the annotation removed (cleanup scales the user's
+/// Deployment back up, as field manager `sluice`), then the annotation
+/// put back for a new release: the take-over scales it to 0 again. A
+/// reconcile that still reads the cleanup's 3 replicas (a cache behind
+/// the take-over's scale) sees the operator's own scale: no
+/// `DeploymentDrift`. A `kubectl scale` afterwards is someone else's
+/// (field manager `kubectl`), and the Event names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_own_scales_across_cleanup_and_a_new_take_over_are_no_drift() {
+    let w = World::new(3, json!({})).await.bootstrapped().await;
+    w.set_image("app:2");
+    w.until("Succeeded", 40).await;
+    assert_eq!(w.replicas("app"), 0);
+
+    w.kubectl(&["annotate", "deployment", "app", "sluice.dev/canary-"]);
+    for _ in 0..10 {
+        if w.fake.names(APPS, "deployments", NS) == ["app"] {
+            break;
+        }
+        w.step(1).await;
+    }
+    assert_eq!(w.fake.names(APPS, "deployments", NS), ["app"], "cleaned up");
+    assert_eq!(w.replicas("app"), 3, "the replicas back");
+
+    w.kubectl(&["annotate", "deployment", "app", "sluice.dev/canary=enabled"]);
+    // The Deployment as read before the tick that took it over (3
+    // replicas, as the cleanup left them): what the operator's cache may
+    // still hold after its own scale to 0.
+    let deployments: Api<Deployment> = Api::namespaced(w.fake.client(), NS);
+    let mut read_before = deployments.get("app").await.unwrap();
+    for _ in 0..10 {
+        if w.fake
+            .get(APPS, "deployments", NS, "app-primary")
+            .is_some_and(|_| w.status().phase == "Initialized")
+        {
+            break;
+        }
+        w.fake.make_ready(NS, "app-sluice");
+        read_before = deployments.get("app").await.unwrap();
+        w.step(1).await;
+    }
+    assert_eq!(w.status().phase, "Initialized", "{:?}", w.status());
+    assert_eq!(read_before.spec.as_ref().unwrap().replicas, Some(3));
+    op::reconcile(Arc::new(read_before), w.ctx.clone())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        w.step(10).await;
+    }
+    assert_eq!(w.replicas("app"), 0);
+    assert!(
+        !w.reasons().iter().any(|(r, _)| r == "DeploymentDrift"),
+        "{:?}",
+        w.reasons()
+    );
+
+    w.kubectl(&["scale", "deployment", "app", "--replicas=2"]);
+    assert_eq!(w.replicas("app"), 2);
+    w.step(10).await;
+    assert_eq!(w.replicas("app"), 0);
+    let drift = w
+        .reasons()
+        .into_iter()
+        .find(|(r, _)| r == "DeploymentDrift")
+        .expect("a DeploymentDrift Event");
+    assert!(
+        drift
+            .1
+            .contains("app was scaled to 2 by kubectl outside a release"),
+        "{drift:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_revision_during_the_scale_down_delay_is_released_as_usual() {
     let w = World::new(3, json!({"sluice.dev/abort-scale-down-delay": "10m"}))
