@@ -176,16 +176,39 @@ pub async fn start_proxy(yaml: &str) -> ProxyHandle {
 }
 
 /// A port that was free a moment ago, for child processes that need a
-/// fixed port before they start.
+/// fixed port before they start (and in-process servers that must come
+/// back on the same port).
 ///
 /// Taken from below the kernel's ephemeral range
-/// (`net.ipv4.ip_local_port_range`), never twice in one test process: a
-/// port from `bind(0)` is released before the child binds it, and in that
-/// window any outgoing connection of the busy test machine may take it as
-/// its source port (the child then fails with "Address already in use").
+/// (`net.ipv4.ip_local_port_range`): a port from `bind(0)` is released
+/// before the child binds it, and in that window any outgoing connection
+/// of the busy test machine may take it as its source port (the child
+/// then fails with "Address already in use"). Below that range only an
+/// explicit bind takes a port, and a pick is reserved until this process
+/// ends, against the other test processes too ([`free_port_from`]).
 pub fn free_port() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    free_port_from(std::process::id().wrapping_mul(7919) ^ nanos)
+}
+
+/// [`free_port`], trying the range from `start` (modulo its length) on.
+///
+/// A port is handed out once per machine while its process lives: its
+/// pick takes an exclusive `flock` on `$TMPDIR/sluice-test-ports/<port>`
+/// and keeps it until the process ends (the kernel lets go of it however
+/// the process ends, so no reservation outlives its owner), and a port
+/// another process holds is passed over. The test binaries that run at
+/// once (two `cargo test` runs on one machine) each pick ports long
+/// before they bind them (a proxy started after a take-over, a child
+/// process): a check by binding alone let two of them pick the same port
+/// in that window, and the later bind failed. Where the directory cannot
+/// be used, a pick is checked by binding only.
+pub fn free_port_from(start: u32) -> u16 {
     use std::sync::Mutex;
-    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static HANDED_OUT: Mutex<Vec<(u16, Option<std::fs::File>)>> = Mutex::new(Vec::new());
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
@@ -196,23 +219,42 @@ pub fn free_port() -> u16 {
         (ephemeral_low.saturating_add(1), u16::MAX)
     };
     let span = u32::from(high - low);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let start = (std::process::id().wrapping_mul(7919) ^ nanos) % span;
     for i in 0..span {
-        let port = low + ((start + i) % span) as u16;
-        if handed.contains(&port) {
+        let port = low + ((start % span + i) % span) as u16;
+        if handed.iter().any(|(p, _)| *p == port) {
             continue;
         }
+        let Ok(reservation) = reserve_port(port) else {
+            continue;
+        };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            handed.push(port);
+            handed.push((port, reservation));
             return port;
         }
     }
     panic!("no free TCP port on 127.0.0.1 between {low} and {high}");
+}
+
+/// An exclusive lock on `port`'s file in the machine's directory of
+/// reservations (see [`free_port_from`]): `Err` when another process
+/// holds it, `Ok(None)` when the directory cannot be used.
+fn reserve_port(port: u16) -> Result<Option<std::fs::File>, ()> {
+    let dir = std::env::temp_dir().join("sluice-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return Ok(None);
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(()),
+        Err(std::fs::TryLockError::Error(_)) => Ok(None),
+    }
 }
 
 // === child processes ===

@@ -609,3 +609,37 @@ async fn changing_which_ports_are_http_rolls_the_proxy_pods_and_later_weights_re
         "{status:?}"
     );
 }
+
+/// The proxy's ports above are picked at the start and bound only after
+/// the take-over, seconds later; another test process picking meanwhile
+/// must not be handed the same port. Two processes scanning from the same
+/// start (this test, and this binary run again as a child for this test
+/// alone) get different ports.
+#[test]
+fn two_test_processes_are_never_handed_the_same_port() {
+    const CHILD: &str = "SLUICE_TEST_FREE_PORT_FROM";
+    if let Ok(start) = std::env::var(CHILD) {
+        println!("picked {}", free_port_from(start.parse().unwrap()));
+        return;
+    }
+    let start = std::process::id();
+    let mine = free_port_from(start);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "two_test_processes_are_never_handed_the_same_port",
+            "--exact",
+            "--nocapture",
+        ])
+        .env(CHILD, start.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let theirs: u16 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("picked "))
+        .unwrap_or_else(|| panic!("the child picked no port: {text}"))
+        .parse()
+        .unwrap();
+    assert_ne!(theirs, mine, "both processes were handed port {mine}");
+}
