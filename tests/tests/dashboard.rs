@@ -207,19 +207,8 @@ impl Release {
 
     /// The release page's path, once the dashboard lists it.
     async fn release_path(&self, cookie: &str) -> String {
-        eventually(
-            "the dashboard lists the release",
-            Duration::from_secs(30),
-            || async {
-                let (status, _, body) = get_as(&self.url("/"), cookie).await;
-                if status != 200 {
-                    return None;
-                }
-                let at = body.find("data-release=\"")? + "data-release=\"".len();
-                Some(body[at..at + body[at..].find('"')?].to_string())
-            },
-        )
-        .await
+        let what = "the dashboard lists the release";
+        listed_path(&self.url(""), cookie, what, Duration::from_secs(30), "", "").await
     }
 }
 
@@ -235,29 +224,38 @@ fn set_arg(args: &mut [String], flag: &str, value: &str) {
 
 /// The path of the listed release of `app`, once the list has it.
 async fn listed(base: &str, cookie: &str, app: &str) -> String {
-    eventually(
-        &format!("the dashboard lists a release of {app}"),
-        Duration::from_secs(30),
-        || async {
-            let (status, _, body) = get_as(&format!("{base}/"), cookie).await;
-            if status != 200 {
-                return None;
-            }
-            let prefix = format!("data-release=\"/releases/_/{app}/");
-            let at = body.find(&prefix)? + "data-release=\"".len();
-            Some(body[at..at + body[at..].find('"')?].to_string())
-        },
-    )
+    let what = format!("the dashboard lists a release of {app}");
+    let prefix = format!("/releases/_/{app}/");
+    listed_path(base, cookie, &what, Duration::from_secs(30), &prefix, "").await
+}
+
+/// The path of the first release the dashboard at `base` lists whose
+/// path starts with `path_prefix`, once its list page (a 200) has one and
+/// says `says`; panics naming `what` after `within`.
+async fn listed_path(
+    base: &str,
+    cookie: &str,
+    what: &str,
+    within: Duration,
+    path_prefix: &str,
+    says: &str,
+) -> String {
+    eventually(what, within, || async {
+        let (status, _, body) = get_as(&format!("{base}/"), cookie).await;
+        if status != 200 || !body.contains(says) {
+            return None;
+        }
+        let at = body.find(&format!("data-release=\"{path_prefix}"))? + "data-release=\"".len();
+        Some(body[at..at + body[at..].find('"')?].to_string())
+    })
     .await
 }
 
 /// Polls `expression` in the page until it is true (at most 30 s).
 async fn until_true(b: &mut Browser, what: &str, expression: &str) {
-    for _ in 0..300 {
-        if b.eval(expression).await == true {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let shown = b.poll(expression, Duration::from_secs(30), |v| *v == true);
+    if shown.await == true {
+        return;
     }
     panic!(
         "{what}: `{expression}` never held; the page says: {}",
@@ -418,14 +416,13 @@ async fn a_promoted_release_is_drawn_live_as_recorded_and_cannot_be_promoted_cro
     let scrapes_shown = "Number(document.querySelector('[data-field=scrapes]').textContent)";
     let first = b.eval(scrapes_shown).await.as_f64().unwrap();
     b.eval("window.__same_document = true").await;
-    let mut later = first;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        later = b.eval(scrapes_shown).await.as_f64().unwrap();
-        if later >= first + 2.0 {
-            break;
-        }
-    }
+    let later = b
+        .poll(scrapes_shown, Duration::from_secs(30), |v| {
+            v.as_f64().unwrap() >= first + 2.0
+        })
+        .await
+        .as_f64()
+        .unwrap();
     assert!(
         later >= first + 2.0,
         "the open page stayed at {first} scrapes"
@@ -460,14 +457,9 @@ async fn a_promoted_release_is_drawn_live_as_recorded_and_cannot_be_promoted_cro
     .await;
     // The browser has a session with the dashboard (it opened the page).
     b.open(&format!("http://{evil}/")).await;
-    let mut refused = String::new();
-    for _ in 0..100 {
-        refused = b.text().await;
-        if refused.contains("Refused") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = b
+        .text_once_it_says("Refused", Duration::from_secs(10))
+        .await;
     assert!(
         refused.contains("not from this dashboard") || refused.contains("token"),
         "{refused}"
@@ -1096,17 +1088,14 @@ async fn the_demo_serves_its_release_and_refuses_a_foreign_host_name() {
     let login_url = printed_url(&stderr).await;
     let cookie = login(&login_url).await;
     // The scenario rolls back; the dashboard stays up after it.
-    let path = eventually(
-        "the demo's release is rolled back",
+    let what = "the demo's release is rolled back";
+    let path = listed_path(
+        &base,
+        &cookie,
+        what,
         Duration::from_secs(120),
-        || async {
-            let (_, _, body) = get_as(&format!("{base}/"), &cookie).await;
-            if !body.contains("rolled back") {
-                return None;
-            }
-            let at = body.find("data-release=\"")? + "data-release=\"".len();
-            Some(body[at..at + body[at..].find('"')?].to_string())
-        },
+        "",
+        "rolled back",
     )
     .await;
     assert!(path.starts_with("/releases/_/errors/"), "{path}");

@@ -556,14 +556,9 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
     );
     b.eval("document.querySelector('[data-confirm=promote]').click()")
         .await;
-    let mut shown = String::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        shown = b.text().await;
-        if shown.contains("refused") {
-            break;
-        }
-    }
+    let shown = b
+        .text_once_it_says("refused", Duration::from_secs(10))
+        .await;
     assert!(shown.contains("Kubernetes refused"), "{shown}");
     assert!(
         shown.contains("forbidden") && shown.contains("viewer"),
@@ -587,14 +582,9 @@ async fn a_promote_forbidden_by_rbac_shows_kubernetes_refusal_in_the_dashboard()
     w.until("Failed").await;
     b.eval("document.querySelector('[data-confirm=abort]').click()")
         .await;
-    let mut shown = String::new();
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        shown = b.text().await;
-        if shown.contains("Nothing was done") {
-            break;
-        }
-    }
+    let shown = b
+        .text_once_it_says("Nothing was done", Duration::from_secs(10))
+        .await;
     assert!(
         shown.contains("Nothing was done: the release has already ended (rolled back)"),
         "{shown}"

@@ -42,6 +42,10 @@ fn chromium_command(profile: &Path) -> Command {
     c
 }
 
+/// The page's text, as a script sees it (empty while a navigation has no
+/// body yet).
+const PAGE_TEXT: &str = "document.body ? document.body.innerText : ''";
+
 /// A headless Chromium and one page's DevTools connection.
 pub struct Browser {
     child: Child,
@@ -167,11 +171,40 @@ impl Browser {
 
     /// The page's text (empty while a navigation has no body yet).
     pub async fn text(&mut self) -> String {
-        self.eval("document.body ? document.body.innerText : ''")
+        self.eval(PAGE_TEXT)
             .await
             .as_str()
             .unwrap_or("")
             .to_string()
+    }
+
+    /// Evaluates `expression` every 100 ms until `done` holds of its value
+    /// or `within` has passed; the value it had last.
+    pub async fn poll(
+        &mut self,
+        expression: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let value = self.eval(expression).await;
+            if done(&value) || std::time::Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The page's text once it contains `wanted`, or as it is when
+    /// `within` has passed.
+    pub async fn text_once_it_says(&mut self, wanted: &str, within: Duration) -> String {
+        let text = self
+            .poll(PAGE_TEXT, within, |v| {
+                v.as_str().is_some_and(|t| t.contains(wanted))
+            })
+            .await;
+        text.as_str().unwrap_or("").to_string()
     }
 
     /// A PNG of the whole page.
