@@ -5,13 +5,14 @@
 //! cases (structural schemas, preserve-unknown-fields, transition rules,
 //! the scale subresource, removing a served version).
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
+use sluice_tests::fake_kube::kubectl::Kubectl;
 use sluice_tests::fake_kube::{FakeKube, Options, User};
 use sluice_tests::*;
 
@@ -41,40 +42,6 @@ impl Cluster {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        kubectl_command(&self.kubeconfig, &self.dir.path, args)
-    }
-
-    /// kubectl ARGS: (succeeded, stdout, stderr).
-    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        kubectl_in(&self.kubeconfig, &self.dir.path, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.kubectl(args);
-        assert!(ok, "kubectl {args:?} failed: {err}");
-        out
-    }
-
-    fn refused(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.kubectl(args);
-        assert!(!ok, "kubectl {args:?} succeeded: {out}");
-        err
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.path.join(name);
-        std::fs::write(&path, text).expect("write manifest");
-        path.display().to_string()
-    }
-
-    fn json(&self, what: &[&str]) -> Value {
-        let mut args = vec!["get"];
-        args.extend_from_slice(what);
-        args.extend_from_slice(&["-o", "json"]);
-        serde_json::from_str(&self.ok(&args)).expect("kubectl prints JSON")
-    }
-
     fn install_gateway_api(&self) {
         let crds = self.file("gateway-crds.yaml", &gateway_crds::yaml());
         let out = self.ok(&["apply", "-f", &crds]);
@@ -86,6 +53,16 @@ impl Cluster {
                 "{out}"
             );
         }
+    }
+}
+
+impl Kubectl for Cluster {
+    fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir.path
     }
 }
 

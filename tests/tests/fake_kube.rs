@@ -5,11 +5,12 @@
 //! documented status codes and Status bodies.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use sluice_tests::fake_kube::kubectl::Kubectl;
 use sluice_tests::fake_kube::{self, FakeKube, Options};
 use sluice_tests::*;
 
@@ -201,34 +202,15 @@ impl ApiServer {
             kubeconfig,
         }
     }
+}
 
-    fn command(&self, args: &[&str]) -> Command {
-        kubectl_command(&self.kubeconfig, &self.dir.path, args)
+impl Kubectl for ApiServer {
+    fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
     }
 
-    /// kubectl ARGS: (succeeded, stdout, stderr).
-    fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
-        kubectl_in(&self.kubeconfig, &self.dir.path, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.kubectl(args);
-        assert!(ok, "kubectl {args:?} failed: {err}");
-        out
-    }
-
-    /// Writes `yaml` to a file and returns its path.
-    fn file(&self, name: &str, yaml: &str) -> String {
-        let path = self.dir.path.join(name);
-        std::fs::write(&path, yaml).expect("write manifest");
-        path.display().to_string()
-    }
-
-    fn json(&self, what: &[&str]) -> Value {
-        let mut args = vec!["get"];
-        args.extend_from_slice(what);
-        args.extend_from_slice(&["-o", "json"]);
-        serde_json::from_str(&self.ok(&args)).expect("kubectl prints JSON")
+    fn dir(&self) -> &Path {
+        &self.dir.path
     }
 }
 

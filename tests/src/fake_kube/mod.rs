@@ -80,6 +80,7 @@ pub mod apply;
 pub mod controllers;
 pub mod crd;
 pub mod events;
+pub mod kubectl;
 pub mod merge;
 pub mod openapi;
 mod protobuf;
