@@ -209,9 +209,10 @@ impl Store {
     }
 
     /// Builds the table again, as it is, when an upstream `ca_file` in use
-    /// holds new bytes (see [`ClientPool::get`]), so a rotated CA reaches
-    /// new connections without a reload. Not a reload: nothing is
-    /// counted.
+    /// holds new bytes, or some upstream still verifies with contents read
+    /// before its file changed in the middle of a build (see
+    /// [`ClientPool::cas_changed`]), so a rotated CA reaches new
+    /// connections without a reload. Not a reload: nothing is counted.
     pub fn refresh_upstream_cas(&self) {
         if !self.pool.cas_changed() {
             return;

@@ -943,9 +943,11 @@ impl ClientPool {
                 let Some(known) = key.tls.as_ref().and_then(|tls| pools.tls.get(tls)) else {
                     return false;
                 };
+                // A slot emptied since this upstream was made (new contents
+                // empty both, whichever protocol read them) is stale too.
                 known.configs[usize::from(key.protocol == Protocol::Http2)]
                     .as_ref()
-                    .is_some_and(|current| !upstream.0.verifies_with(Some(current)))
+                    .is_none_or(|current| !upstream.0.verifies_with(Some(current)))
             })
     }
 
@@ -1029,22 +1031,31 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             tls: Some(tls.clone()),
         };
-        let (first, second) = (key(9001), key(9002));
-        let pool = ClientPool::new(0);
-        let old = pool.get(&first);
+        let config = |clients: &BackendClients| clients.0.tls.as_ref().unwrap().0.config().clone();
         // The same certificate with other line breaks: other bytes that
         // still build.
-        std::fs::write(&file, CA.replace('\n', "\r\n")).unwrap();
-        let new = pool.get(&second);
-        assert!(
-            pool.cas_changed(),
-            "a key left on the old contents of its CA file went unnoticed"
-        );
-        let rebuilt = pool.get(&first);
-        assert!(!Arc::ptr_eq(&old.0, &rebuilt.0));
-        let config = |clients: &BackendClients| clients.0.tls.as_ref().unwrap().0.config().clone();
-        assert!(Arc::ptr_eq(&config(&rebuilt), &config(&new)));
-        assert!(!pool.cas_changed());
+        let contents = [CA.to_string(), CA.replace('\n', "\r\n")];
+        // The second key of the same protocol, then of the other one (which
+        // keeps a configuration of its own).
+        for (i, protocol) in [Protocol::Http1, Protocol::Http2].into_iter().enumerate() {
+            std::fs::write(&file, &contents[i % 2]).unwrap();
+            let (first, mut second) = (key(9001), key(9002));
+            second.protocol = protocol;
+            let pool = ClientPool::new(0);
+            let old = pool.get(&first);
+            std::fs::write(&file, &contents[(i + 1) % 2]).unwrap();
+            let new = pool.get(&second);
+            assert!(
+                pool.cas_changed(),
+                "a key left on the old contents of its CA file went unnoticed ({protocol:?})"
+            );
+            let rebuilt = pool.get(&first);
+            assert!(!Arc::ptr_eq(&old.0, &rebuilt.0));
+            assert!(!pool.cas_changed());
+            if protocol == Protocol::Http1 {
+                assert!(Arc::ptr_eq(&config(&rebuilt), &config(&new)));
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
