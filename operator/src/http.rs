@@ -605,17 +605,31 @@ pub struct Answer {
 }
 
 /// A `Retry-After` value (RFC 9110 §10.2.3) as the time to wait from
-/// `now`: delay-seconds, or an HTTP-date in any of the three forms a
-/// recipient must accept (IMF-fixdate `Wed, 21 Oct 2015 07:28:00 GMT`, and
-/// the obsolete RFC 850 and asctime forms). A date already past is no
-/// wait; anything else is `None`. The caller caps the wait.
+/// `now`: delay-seconds (digits only; more than a `u64` holds is the
+/// longest wait, which the caller caps), or an HTTP-date in any of the
+/// three forms a recipient must accept (IMF-fixdate `Wed, 21 Oct 2015
+/// 07:28:00 GMT`, and the obsolete RFC 850 and asctime forms). A date
+/// already past is no wait; anything else is `None`. The caller caps the
+/// wait.
 pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or_default())
+}
+
+/// The wait an answer's `Retry-After` asks for. A date is read against the
+/// answer's own `Date` when it has one (the server's clock on both sides,
+/// so a clock of ours that is off does not stretch or shorten the wait),
+/// else against ours.
+fn retry_after_of(headers: &http::HeaderMap) -> Option<Duration> {
+    let field = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = field(header::DATE)
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .unwrap_or_else(std::time::SystemTime::now);
+    retry_after(field(header::RETRY_AFTER)?, now)
 }
 
 impl Answer {
@@ -697,11 +711,7 @@ impl HttpClient {
                     reason: error_chain(&e),
                 })?;
             let status = resp.status();
-            let retry_after = resp
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| retry_after(v, std::time::SystemTime::now()));
+            let retry_after = retry_after_of(resp.headers());
             let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
@@ -884,9 +894,35 @@ mod tests {
         );
         assert_eq!(wait("Sun, 06 Nov 1994 08:48:07 GMT"), Some(Duration::ZERO));
         assert_eq!(wait("Sun, 06 Nov 1994 08:49:07 GMT"), Some(Duration::ZERO));
-        for bad in ["", "-1", "1.5", "soon", "06 Nov 1994 08:49:37 GMT"] {
+        assert_eq!(
+            wait("99999999999999999999999"),
+            Some(Duration::from_secs(u64::MAX)),
+            "more seconds than a u64 holds was no wait at all"
+        );
+        for bad in ["", "-1", "+30", "1.5", "soon", "06 Nov 1994 08:49:37 GMT"] {
             assert_eq!(wait(bad), None, "{bad:?}");
         }
+    }
+
+    /// A date is read against the answer's own `Date`: a server whose
+    /// clock is a day off from ours still gets the 30 s it asked for.
+    #[test]
+    fn a_retry_after_date_is_read_against_the_answers_own_date() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::RETRY_AFTER,
+            "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_of(&headers), Some(Duration::ZERO));
+        headers.insert(
+            header::DATE,
+            "Sun, 06 Nov 1994 08:49:07 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_of(&headers), Some(Duration::from_secs(30)));
+        headers.insert(header::DATE, "yesterday".parse().unwrap());
+        assert_eq!(retry_after_of(&headers), Some(Duration::ZERO));
+        headers.insert(header::RETRY_AFTER, "12".parse().unwrap());
+        assert_eq!(retry_after_of(&headers), Some(Duration::from_secs(12)));
     }
 
     #[test]
