@@ -489,17 +489,18 @@ mod tests {
         assert_eq!(readings.standing(&check, &slow_ticks, at(230)), None);
     }
 
-    /// A web check whose endpoint fails once: it is read again once the
-    /// request timeout (10 s) has passed, not at the very next tick (2 s),
-    /// and the check passes, rather than stay Inconclusive for the
-    /// interval; after that the passing reading stands (no third call).
-    #[tokio::test]
-    async fn one_failed_call_does_not_leave_a_check_inconclusive_for_an_interval() {
+    /// A web check's outcome at each of `ticks` (seconds after its
+    /// readings began), its endpoint answering `first()` to the first call
+    /// and `{"v": 2}` (a pass) to every other; and how many calls it got.
+    async fn outcomes_at(
+        first: impl Fn() -> Vec<u8> + Send + 'static,
+        ticks: &[u64],
+    ) -> (Vec<crate::analysis::Outcome>, usize) {
         let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = calls.clone();
         let (url, _) = crate::http::test_server(10, move |_| {
             match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-                0 => b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                0 => first(),
                 _ => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"v\": 2}"
                     .to_vec(),
             }
@@ -515,10 +516,10 @@ mod tests {
         let mut readings = Readings::default();
         readings.clear_at(t0);
         let mut outcomes = Vec::new();
-        for s in [2, 4, 12, 14] {
+        for &s in ticks {
             let mut analysis = Analysis::default();
-            let now = t0 + Duration::from_secs(s);
             let http = HttpClient::plain();
+            let now = t0 + Duration::from_secs(s);
             overlay(
                 &plan,
                 &mut analysis,
@@ -530,6 +531,20 @@ mod tests {
             .await;
             outcomes.push(analysis.checks[0].outcome);
         }
+        (outcomes, calls.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// A web check whose endpoint fails once: it is read again once the
+    /// request timeout (10 s) has passed, not at the very next tick (2 s),
+    /// and the check passes, rather than stay Inconclusive for the
+    /// interval; after that the passing reading stands (no third call).
+    #[tokio::test]
+    async fn one_failed_call_does_not_leave_a_check_inconclusive_for_an_interval() {
+        let (outcomes, calls) = outcomes_at(
+            || b"HTTP/1.1 503 X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            &[2, 4, 12, 14],
+        )
+        .await;
         use crate::analysis::Outcome;
         assert_eq!(
             outcomes,
@@ -540,54 +555,24 @@ mod tests {
                 Outcome::Pass
             ]
         );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(calls, 2);
     }
 
     /// A 429 with `Retry-After: 30` is not asked again before 30 s have
     /// passed, though the timeout's pause (10 s) has.
     #[tokio::test]
     async fn a_429s_retry_after_is_honoured() {
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
-        let (url, _) = crate::http::test_server(10, move |_| {
-            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-                0 => b"HTTP/1.1 429 X\r\nRetry-After: 30\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
-                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"v\": 2}"
-                    .to_vec(),
-            }
-        })
+        let (outcomes, calls) = outcomes_at(
+            || b"HTTP/1.1 429 X\r\nRetry-After: 30\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+            &[2, 12, 32],
+        )
         .await;
-        let mut check = web_check();
-        check.url = Some(format!("{url}/x"));
-        let plan = Plan {
-            queries: vec![check],
-            ..Plan::default()
-        };
-        let t0 = Instant::now();
-        let mut readings = Readings::default();
-        readings.clear_at(t0);
-        let mut outcomes = Vec::new();
-        for s in [2, 12, 32] {
-            let mut analysis = Analysis::default();
-            let http = HttpClient::plain();
-            let now = t0 + Duration::from_secs(s);
-            overlay(
-                &plan,
-                &mut analysis,
-                plan.interval,
-                &http,
-                &mut readings,
-                now,
-            )
-            .await;
-            outcomes.push(analysis.checks[0].outcome);
-        }
         use crate::analysis::Outcome;
         assert_eq!(
             outcomes,
             [Outcome::Inconclusive, Outcome::Inconclusive, Outcome::Pass]
         );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(calls, 2);
     }
 
     /// A 429 whose `Retry-After` is an HTTP-date 31 s ahead is not asked
@@ -595,53 +580,22 @@ mod tests {
     /// passed.
     #[tokio::test]
     async fn a_429s_retry_after_date_is_honoured() {
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
-        let (url, _) = crate::http::test_server(10, move |_| {
-            match counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-                0 => {
-                    let date = httpdate::fmt_http_date(
-                        std::time::SystemTime::now() + Duration::from_secs(31),
-                    );
-                    format!("HTTP/1.1 429 X\r\nRetry-After: {date}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                        .into_bytes()
-                }
-                _ => b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n{\"v\": 2}"
-                    .to_vec(),
-            }
-        })
+        let (outcomes, calls) = outcomes_at(
+            || {
+                let date =
+                    httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(31));
+                format!("HTTP/1.1 429 X\r\nRetry-After: {date}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .into_bytes()
+            },
+            &[2, 12, 34],
+        )
         .await;
-        let mut check = web_check();
-        check.url = Some(format!("{url}/x"));
-        let plan = Plan {
-            queries: vec![check],
-            ..Plan::default()
-        };
-        let t0 = Instant::now();
-        let mut readings = Readings::default();
-        readings.clear_at(t0);
-        let mut outcomes = Vec::new();
-        for s in [2, 12, 34] {
-            let mut analysis = Analysis::default();
-            let http = HttpClient::plain();
-            let now = t0 + Duration::from_secs(s);
-            overlay(
-                &plan,
-                &mut analysis,
-                plan.interval,
-                &http,
-                &mut readings,
-                now,
-            )
-            .await;
-            outcomes.push(analysis.checks[0].outcome);
-        }
         use crate::analysis::Outcome;
         assert_eq!(
             outcomes,
             [Outcome::Inconclusive, Outcome::Inconclusive, Outcome::Pass]
         );
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(calls, 2);
     }
 
     #[test]
