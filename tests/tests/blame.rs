@@ -686,12 +686,9 @@ async fn a_backend_that_stalls_in_its_answers_body_is_cut_and_charged() {
     );
 }
 
-/// While an HTTP/2 client still sends its body after the answer began
-/// (a bidirectional stream, whose server waits for the client's next
-/// message), the answer's pauses are the client's pacing: not cut by
-/// `timeouts.answer_idle`, and counted as the success it is.
-#[tokio::test]
-async fn an_answer_waiting_on_a_bidirectional_streams_client_is_not_cut() {
+/// A proxy whose route stalls past 300 ms in an answer (`timeouts.answer_idle`)
+/// to an HTTP/2 backend (see [`h2_backend`]), and an HTTP/2 client of it.
+async fn bidirectional_proxy() -> (ChildProxy, h2::client::SendRequest<Bytes>) {
     let backend = h2_backend().await;
     let proxy = ChildProxy::start(
         &route(
@@ -701,13 +698,35 @@ async fn an_answer_waiting_on_a_bidirectional_streams_client_is_not_cut() {
         &[],
     )
     .await;
-    let mut client = h2_connect(proxy.addr).await;
-    let req = http::Request::post("http://a/early").body(()).unwrap();
-    let (answer, mut send) = client.send_request(req, false).unwrap();
+    let client = h2_connect(proxy.addr).await;
+    (proxy, client)
+}
+
+/// A POST to `path` whose body is still to come, and its answer's head
+/// (within 5 s), with the stream to send the body on.
+async fn early_answer(
+    client: &mut h2::client::SendRequest<Bytes>,
+    path: &str,
+) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+    let req = http::Request::post(format!("http://a{path}"))
+        .body(())
+        .unwrap();
+    let (answer, send) = client.send_request(req, false).unwrap();
     let answer = tokio::time::timeout(Duration::from_secs(5), answer)
         .await
         .expect("the head in time")
         .unwrap();
+    (answer, send)
+}
+
+/// While an HTTP/2 client still sends its body after the answer began
+/// (a bidirectional stream, whose server waits for the client's next
+/// message), the answer's pauses are the client's pacing: not cut by
+/// `timeouts.answer_idle`, and counted as the success it is.
+#[tokio::test]
+async fn an_answer_waiting_on_a_bidirectional_streams_client_is_not_cut() {
+    let (proxy, mut client) = bidirectional_proxy().await;
+    let (answer, mut send) = early_answer(&mut client, "/early").await;
     assert_eq!(answer.status(), 200);
     // Six messages, 200 ms apart: 1.2 s with no part of the answer.
     for _ in 0..6 {
@@ -790,30 +809,14 @@ async fn a_mirrored_copy_that_stalls_in_its_answer_is_a_failure() {
 /// and counted as a failure and a timeout on it.
 #[tokio::test]
 async fn a_bidirectional_streams_backend_silent_after_the_upload_or_deaf_to_it_is_cut() {
-    let backend = h2_backend().await;
-    let proxy = ChildProxy::start(
-        &route(
-            backend,
-            ", protocol: http2, timeouts: { answer_idle: 300ms, idle: 10s }",
-        ),
-        &[],
-    )
-    .await;
-    let mut client = h2_connect(proxy.addr).await;
+    let (proxy, mut client) = bidirectional_proxy().await;
     for (path, body) in [
         // Three messages, 200 ms apart, then the end: silence after it.
         ("/early-silent", Bytes::from_static(b"message")),
         // A body far past the backend's window, which it never reads.
         ("/early-deaf", Bytes::from(vec![b'x'; 256 << 10])),
     ] {
-        let req = http::Request::post(format!("http://a{path}"))
-            .body(())
-            .unwrap();
-        let (answer, mut send) = client.send_request(req, false).unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), answer)
-            .await
-            .expect("the head in time")
-            .unwrap();
+        let (answer, mut send) = early_answer(&mut client, path).await;
         let sender = tokio::spawn(async move {
             for _ in 0..3 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
