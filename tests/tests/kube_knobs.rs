@@ -187,6 +187,14 @@ impl World {
             .collect()
     }
 
+    /// The note of the `DeploymentDrift` Event, if there is one.
+    fn drift(&self) -> Option<String> {
+        self.reasons()
+            .into_iter()
+            .find(|(r, _)| r == "DeploymentDrift")
+            .map(|(_, note)| note)
+    }
+
     /// `kubectl -n shop ARGS...`, as a person types it.
     fn kubectl(&self, args: &[&str]) {
         let kubeconfig = self.dir.path.join("kubeconfig");
@@ -709,11 +717,7 @@ async fn an_aborted_canary_stays_up_without_traffic_until_its_delay_ends() {
     );
     // The pods the operator kept up were its own doing, not drift.
     w.tick().await;
-    assert!(
-        !w.reasons().iter().any(|(r, _)| r == "DeploymentDrift"),
-        "{:?}",
-        w.reasons()
-    );
+    assert_eq!(w.drift(), None, "{:?}", w.reasons());
     // Someone else's scale is, and the Event names who made it.
     w.kubectl(&[
         "patch",
@@ -724,15 +728,9 @@ async fn an_aborted_canary_stays_up_without_traffic_until_its_delay_ends() {
     ]);
     w.tick().await;
     assert_eq!(w.replicas("app"), 0);
-    let drift = w
-        .reasons()
-        .into_iter()
-        .find(|(r, _)| r == "DeploymentDrift")
-        .expect("a DeploymentDrift Event");
+    let drift = w.drift().expect("a DeploymentDrift Event");
     assert!(
-        drift
-            .1
-            .contains("app was scaled to 2 by kubectl-patch outside a release"),
+        drift.contains("app was scaled to 2 by kubectl-patch outside a release"),
         "{drift:?}"
     );
 }
@@ -787,25 +785,15 @@ async fn the_operators_own_scales_across_cleanup_and_a_new_take_over_are_no_drif
         w.step(10).await;
     }
     assert_eq!(w.replicas("app"), 0);
-    assert!(
-        !w.reasons().iter().any(|(r, _)| r == "DeploymentDrift"),
-        "{:?}",
-        w.reasons()
-    );
+    assert_eq!(w.drift(), None, "{:?}", w.reasons());
 
     w.kubectl(&["scale", "deployment", "app", "--replicas=2"]);
     assert_eq!(w.replicas("app"), 2);
     w.step(10).await;
     assert_eq!(w.replicas("app"), 0);
-    let drift = w
-        .reasons()
-        .into_iter()
-        .find(|(r, _)| r == "DeploymentDrift")
-        .expect("a DeploymentDrift Event");
+    let drift = w.drift().expect("a DeploymentDrift Event");
     assert!(
-        drift
-            .1
-            .contains("app was scaled to 2 by kubectl outside a release"),
+        drift.contains("app was scaled to 2 by kubectl outside a release"),
         "{drift:?}"
     );
 }
