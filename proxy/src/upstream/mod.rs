@@ -969,13 +969,10 @@ mod tests {
     /// A self-signed CA certificate (made with openssl for this test).
     const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBozCCAUmgAwIBAgIUF8eSd/UUm/5IoLXNYX8fxhBfDikwCgYIKoZIzj0EAwIw\nHjEcMBoGA1UEAwwTc2x1aWNlIHVuaXQgdGVzdCBDQTAgFw0yNjEyMDYyMzAwMDda\nGA8yMTI2MTExMjIzMDAwN1owHjEcMBoGA1UEAwwTc2x1aWNlIHVuaXQgdGVzdCBD\nQTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABC+i3/Bo9oq91lc6Y+3UMlUkuZVF\nDu0hOVzvii56Z4azm67n45zSNRLZJnype8q6fsNk8QOJ5NE3v38kqJXafMqjYzBh\nMB0GA1UdDgQWBBQDKwOwS/UkligwW3ttTDeodf6QbTAfBgNVHSMEGDAWgBQDKwOw\nS/UkligwW3ttTDeodf6QbTAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIC\nBDAKBggqhkjOPQQDAgNIADBFAiEA7bw30dFZQ6y7jh4c7jiycio1ww+CjfO6Hsy/\nEPgCbZICIB6/YnR6KiDDyIeeFuTKpupXfrU56FUzO/lI6t1DH1q+\n-----END CERTIFICATE-----\n";
 
-    /// A CA file that cannot be read for a moment and then holds the same
-    /// bytes again keeps its configurations (and so its upstreams and
-    /// their connections); one that no longer parses keeps the last good
-    /// one for both protocols, a protocol not asked for before included.
-    #[test]
-    fn a_ca_file_read_badly_once_or_broken_keeps_the_last_good_verification() {
-        let dir = std::env::temp_dir().join(format!("sluice-ca-{}", std::process::id()));
+    /// A TLS setting whose `ca_file` holds [`CA`], in a directory of its
+    /// own (`name` and the process id): the directory, the file, the setting.
+    fn ca_setting(name: &str) -> (std::path::PathBuf, std::path::PathBuf, UpstreamTlsKey) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("ca.crt");
         std::fs::write(&file, CA).unwrap();
@@ -983,6 +980,16 @@ mod tests {
             ca_file: Some(file.clone()),
             server_name: "web.internal".into(),
         };
+        (dir, file, tls)
+    }
+
+    /// A CA file that cannot be read for a moment and then holds the same
+    /// bytes again keeps its configurations (and so its upstreams and
+    /// their connections); one that no longer parses keeps the last good
+    /// one for both protocols, a protocol not asked for before included.
+    #[test]
+    fn a_ca_file_read_badly_once_or_broken_keeps_the_last_good_verification() {
+        let (dir, file, tls) = ca_setting("sluice-ca");
         let mut pools = Pools::default();
         let good = pools.verification(&tls, false);
         std::fs::remove_file(&file).unwrap();
@@ -1016,14 +1023,7 @@ mod tests {
     /// key the new contents.
     #[test]
     fn a_ca_file_changed_within_one_build_is_caught_by_the_next_poll() {
-        let dir = std::env::temp_dir().join(format!("sluice-ca-race-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("ca.crt");
-        std::fs::write(&file, CA).unwrap();
-        let tls = UpstreamTlsKey {
-            ca_file: Some(file.clone()),
-            server_name: "web.internal".into(),
-        };
+        let (dir, file, tls) = ca_setting("sluice-ca-race");
         let key = |port| PoolKey {
             url: crate::config::UpstreamUrl::parse(&format!("https://127.0.0.1:{port}")).unwrap(),
             protocol: Protocol::Http1,
