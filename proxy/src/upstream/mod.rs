@@ -858,8 +858,9 @@ impl Pools {
             if v.good.as_ref() == Some(&bytes) {
                 // The good bytes again (after a bad read): nothing to build.
             } else {
+                // Built without `h2` to check the bytes, and kept as such.
                 match crate::tls::client_config_from(tls, bytes.as_deref(), false) {
-                    Ok(_) => {
+                    Ok(built) => {
                         if v.good.is_some() {
                             tracing::info!(
                                 server,
@@ -867,7 +868,7 @@ impl Pools {
                             );
                         }
                         v.good = Some(bytes);
-                        v.configs = [None, None];
+                        v.configs = [Some(built), None];
                     }
                     Err(e) if v.good.is_some() => {
                         tracing::error!(server, error = %e, "an upstream ca_file changed and cannot be used; the last good one keeps verifying");
@@ -944,7 +945,8 @@ impl ClientPool {
                     return false;
                 };
                 // A slot emptied since this upstream was made (new contents
-                // empty both, whichever protocol read them) is stale too.
+                // empty the `h2` one, whichever protocol read them) is
+                // stale too.
                 known.configs[usize::from(key.protocol == Protocol::Http2)]
                     .as_ref()
                     .is_none_or(|current| !upstream.0.verifies_with(Some(current)))
