@@ -144,7 +144,7 @@ async fn dispatch<S>(
     opened: Instant,
     speaks: Speaks,
 ) where
-    S: AsyncRead + AsyncWrite + Sent + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Sent + crate::conn::Reset + Unpin + Send + 'static,
 {
     let state = serving.state.clone();
     let client = Client::new(peer, state.scheme);

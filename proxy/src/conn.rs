@@ -263,6 +263,36 @@ impl<T: Sent> Sent for tokio_rustls::server::TlsStream<T> {
     }
 }
 
+/// A client connection that can end with a reset (RST) instead of a close
+/// (FIN): what an answer delimited by the connection's end must get when
+/// it broke off, since a close would tell the client it had all of it.
+pub trait Reset {
+    /// Makes the coming drop of the socket a reset (`SO_LINGER` of zero,
+    /// which never blocks). Shutting the socket down would still send a
+    /// FIN first: the socket is to be dropped, not shut down.
+    fn reset_on_close(&self);
+}
+
+impl Reset for tokio::net::TcpStream {
+    fn reset_on_close(&self) {
+        if let Err(e) = self.set_zero_linger() {
+            tracing::debug!(error = %e, "cannot set SO_LINGER to reset the connection");
+        }
+    }
+}
+
+impl<T: Reset> Reset for tokio_rustls::server::TlsStream<T> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl<T: Reset> Reset for Counted<T> {
+    fn reset_on_close(&self) {
+        self.inner.reset_on_close();
+    }
+}
+
 /// A socket that counts the bytes written to it (see [`Sent`]): what a
 /// TLS stream is layered on.
 pub struct Counted<T> {

@@ -752,7 +752,12 @@ fn h1_head(
     let mut head = h1_fields(req, routed, backend, client, framing);
     if let Some(offered) = req.upgrade {
         crate::http1::write::field(&mut head, b"upgrade", offered);
-        crate::http1::write::field(&mut head, b"connection", b"upgrade");
+        let connection: &[u8] = if req.summary.trailers {
+            b"upgrade, te"
+        } else {
+            b"upgrade"
+        };
+        crate::http1::write::field(&mut head, b"connection", connection);
     }
     head.extend_from_slice(b"\r\n");
     // A copy's body is whole: its head gets its own length (`crate::mirror`).
@@ -795,8 +800,13 @@ fn h1_fields(
         framing,
         &mut |name, value| write::field(&mut out, name, value),
     );
+    // TE is hop-by-hop: whoever sends it names it in Connection (RFC 9110
+    // §10.1.4); an upgrade's Connection names both (`h1_head`).
     if req.summary.trailers {
         write::field(&mut out, b"te", b"trailers");
+        if req.upgrade.is_none() {
+            write::field(&mut out, b"connection", b"te");
+        }
     }
     out
 }
@@ -815,7 +825,7 @@ fn h2_head(
         crate::config::Scheme::Https => "https",
     };
     // The route phase refused a target with no `:path` (too long).
-    let path = crate::fields::h2_path(req.target.path_and_query())
+    let path = crate::fields::h2_path(&req.target.path_and_query())
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     // `:authority` is the backend's (an h2 request may not carry a Host
     // that differs from it, RFC 9113 §8.3.1); the client's is in

@@ -702,7 +702,7 @@ impl Metrics {
         }
         registry.register(
             "refused_requests",
-            "Requests the proxy refused before routing, by its answer: 400 (a malformed or ambiguous HTTP/1.x head or framing; a missing, repeated or malformed Host; a method or target it does not forward), 405 (CONNECT), 414 (a target too long for an HTTP/2 backend's :path), 431 (an HTTP/1.x head over limits.max_header_bytes or 128 fields, an HTTP/2 request over 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1 in a request line); no route or backend is charged",
+            "Requests the proxy refused before routing, by its answer: 400 (a malformed or ambiguous HTTP/1.x head or framing; a missing, repeated or malformed Host; a method or target it does not forward), 405 (CONNECT), 414 (an HTTP/1.x request line over limits.max_header_bytes, a target too long for an HTTP/2 backend's :path), 431 (an HTTP/1.x head over limits.max_header_bytes or 128 fields, an HTTP/2 request over 128 fields), 501 (a transfer coding other than chunked), 505 (an HTTP major version other than 1 in a request line); no route or backend is charged",
             refused.clone(),
         );
         let direct_responses = Family::<DirectResponseLabels, Counter>::default();

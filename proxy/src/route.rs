@@ -6,14 +6,17 @@
 //! HTTP/2 server). Requests refused here are never forwarded; the answer
 //! says why ([`Refusal`]):
 //! - `CONNECT` is 405 and `OPTIONS *` 200, both with `Allow`: a reverse
-//!   proxy answers them itself.
+//!   proxy answers them itself. So is `OPTIONS http://host` (an absolute
+//!   target with an empty path), which is `OPTIONS *` for that host (RFC
+//!   9112 §3.2.4), once its target and Host pass the checks below.
 //! - A method is upper-case letters, `-` and `_` (nginx's rule): `get` is
 //!   a method of its own to the RFC, but a backend that compares methods
 //!   without case would read it as `GET`. 400.
 //! - The target is origin-form (`/…`), or an `http`/`https` absolute URI
 //!   whose authority is a host and optional port and whose path starts
-//!   with `/` (HTTP/2: `:scheme`, `:authority`, `:path` alike); `*` is for
-//!   OPTIONS only. 400 otherwise: a backend never gets `GET ?a=1` or
+//!   with `/` or is empty (then it is `/`, RFC 9110 §4.2.3: `http://a?q`
+//!   reaches the backend as `/?q`) (HTTP/2: `:scheme`, `:authority`,
+//!   `:path` alike); `*` is for OPTIONS only. 400 otherwise: a backend never gets `GET ?a=1` or
 //!   `Host: a@other-host` (the rules on hosts are `crate::fields`').
 //! - HTTP/1 (RFC 9112 §3.2): one Host field, a host and optional port; an
 //!   HTTP/1.1 request needs one even when its absolute-form target names
@@ -21,7 +24,8 @@
 //!   HTTP/2: a Host field, when sent, is one valid host
 //!   that agrees with `:authority` (RFC 9113 §8.3.1), and a request has
 //!   one of them (RFC 9110 §7.2); `content-length` fields are equal
-//!   numbers; no field value starts or ends with a space or tab (RFC 9113
+//!   numbers (a list in one field, `3, 3`, which HTTP/1.1 takes as one
+//!   length, is reset by the `h2` library before it gets here); no field value starts or ends with a space or tab (RFC 9113
 //!   §8.2.1: such a request is malformed). 400. An HTTP/2 request with
 //!   more than 128 fields (a client's cookie crumbs counted as the one
 //!   field an HTTP/1.1 backend gets) is 431, as an HTTP/1.x head is.
@@ -97,19 +101,35 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// The path and query a backend gets (`/` for none).
-    pub fn path_and_query(&self) -> &'a str {
+    /// The path and query a backend gets: an absolute target's empty path
+    /// is `/` (RFC 9110 §4.2.3), its query kept (`http://a?q` is `/?q`);
+    /// `/` for a target with no path.
+    pub fn path_and_query(&self) -> Cow<'a, str> {
         match self {
-            Target::Origin(p) => p,
-            Target::Absolute { path_and_query, .. } if !path_and_query.is_empty() => path_and_query,
-            _ => "/",
+            Target::Origin(p) => Cow::Borrowed(p),
+            Target::Absolute { path_and_query, .. } if path_and_query.starts_with('/') => {
+                Cow::Borrowed(path_and_query)
+            }
+            Target::Absolute { path_and_query, .. } if !path_and_query.is_empty() => {
+                Cow::Owned(format!("/{path_and_query}"))
+            }
+            _ => Cow::Borrowed("/"),
         }
     }
 
-    /// The path alone.
+    /// The path alone (`/` for an empty one).
     pub fn path(&self) -> &'a str {
-        let pq = self.path_and_query();
-        pq.split_once('?').map_or(pq, |(path, _)| path)
+        let pq = match self {
+            Target::Origin(p)
+            | Target::Absolute {
+                path_and_query: p, ..
+            } => *p,
+            _ => "/",
+        };
+        match pq.split_once('?').map_or(pq, |(path, _)| path) {
+            "" => "/",
+            path => path,
+        }
     }
 }
 
@@ -261,13 +281,19 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
             )
         });
     }
-    if *req.method == Method::OPTIONS && req.target == Target::Asterisk {
+    let whole_server =
+        matches!(req.target, Target::Absolute { path_and_query, .. } if path_and_query.is_empty());
+    if *req.method == Method::OPTIONS && whole_server {
+        check_target(&req.target, req.version)?;
+        check_hosts(req)?;
+    }
+    if *req.method == Method::OPTIONS && (req.target == Target::Asterisk || whole_server) {
         return Err(Refusal {
             allow: true,
             ..Refusal::new(StatusCode::OK, "")
         });
     }
-    check_target(&req.target)?;
+    check_target(&req.target, req.version)?;
     check_hosts(req)?;
     if req.version == Version::HTTP_2 {
         // As an HTTP/1.1 target is (`crate::http1::head`): `:path` may
@@ -314,7 +340,7 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn check_target(target: &Target<'_>) -> Result<(), Refusal> {
+fn check_target(target: &Target<'_>, version: Version) -> Result<(), Refusal> {
     match target {
         Target::Origin(_) => Ok(()),
         Target::Absolute {
@@ -332,7 +358,12 @@ fn check_target(target: &Target<'_>) -> Result<(), Refusal> {
                     "sluice: the request target's authority is not a host and optional port\n",
                 ));
             }
-            if !path_and_query.starts_with('/') {
+            // An HTTP/1.x target's empty path stands for `/` (see
+            // `Target::path_and_query`); an HTTP/2 `:path` of an `http(s)`
+            // URI is never empty (RFC 9113 §8.3.1).
+            let empty_path = version != Version::HTTP_2
+                && (path_and_query.is_empty() || path_and_query.starts_with('?'));
+            if !(empty_path || path_and_query.starts_with('/')) {
                 return Err(Refusal::bad(
                     "sluice: the request target's path does not start with `/`\n",
                 ));
@@ -404,7 +435,7 @@ pub struct Routed {
 /// charged for a request it could not be sent.
 fn check_sendable(store: &Store, route: &Route, req: &ClientRequest<'_>) -> Result<(), Refusal> {
     if route.protocol == crate::config::Protocol::Http2
-        && crate::fields::too_long_for_h2(req.target.path_and_query())
+        && crate::fields::too_long_for_h2(&req.target.path_and_query())
     {
         store
             .metrics()
@@ -439,9 +470,10 @@ pub fn route(
         }
     });
     let path = req.target.path();
+    let path_and_query = req.target.path_and_query();
     let facts = crate::routing::RequestFacts {
         method: req.method,
-        path_and_query: req.target.path_and_query(),
+        path_and_query: &path_and_query,
         fields: req.fields,
     };
     let Some((route, at)) = routing
@@ -567,6 +599,12 @@ mod tests {
             }
         );
         assert_eq!(Target::parse("http://a.example").path_and_query(), "/");
+        assert_eq!(Target::parse("http://a.example").path(), "/");
+        assert_eq!(
+            Target::parse("http://a.example?q=1").path_and_query(),
+            "/?q=1"
+        );
+        assert_eq!(Target::parse("http://a.example?q=1").path(), "/");
         assert_eq!(Target::parse("example.com:443"), Target::Other);
         assert_eq!(Target::parse("/a/b?c=d").path(), "/a/b");
     }
@@ -613,6 +651,22 @@ mod tests {
         assert_eq!(
             checked(Method::OPTIONS, v11, "*", &[("host", "a")]),
             Some(200)
+        );
+        // An empty path is `/`; for OPTIONS it is `*` (RFC 9112 §3.2.4),
+        // once its authority and Host pass.
+        assert_eq!(checked(Method::GET, v11, "http://b", &host), None);
+        assert_eq!(checked(Method::GET, v11, "http://b?q=1", &host), None);
+        assert_eq!(checked(Method::OPTIONS, v11, "http://b", &host), Some(200));
+        assert_eq!(checked(Method::OPTIONS, v11, "http://b?q", &host), None);
+        assert_eq!(
+            checked(Method::OPTIONS, v11, "http://a@b", &host),
+            Some(400)
+        );
+        assert_eq!(checked(Method::OPTIONS, v11, "http://b", &[]), Some(400));
+        // Not so for HTTP/2, whose `:path` is never empty for http(s).
+        assert_eq!(
+            checked(Method::GET, Version::HTTP_2, "http://b?q=1", &[]),
+            Some(400)
         );
         assert_eq!(checked(Method::CONNECT, v11, "a:443", &[]), Some(405));
         assert_eq!(

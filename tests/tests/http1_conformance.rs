@@ -48,6 +48,12 @@ impl RawBackend {
         all.iter().map(|c| c.lock().unwrap().0.len()).sum()
     }
 
+    /// The bytes each connection received so far.
+    fn each_received(&self) -> Vec<Vec<u8>> {
+        let all = self.connections.lock().unwrap();
+        all.iter().map(|c| c.lock().unwrap().0.clone()).collect()
+    }
+
     fn connections(&self) -> usize {
         self.connections.lock().unwrap().len()
     }
@@ -435,4 +441,195 @@ async fn an_invalid_chunk_size_in_a_response_cuts_the_answer_and_drops_the_conne
         m.sum("sluice_upstream_errors_total", &[("kind", "reset")]),
         0.0
     );
+}
+
+/// What came back on `stream` until it ended, and how: `Ok(())` for a
+/// close (FIN), the error for a reset.
+async fn read_to_end_or_reset(stream: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Err(_) => panic!("the proxy kept the connection open after {seen:?}"),
+            Ok(Ok(0)) => return (seen, Ok(())),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return (seen, Err(e)),
+        }
+    }
+}
+
+/// An HTTP/1.0 client reads an answer of unknown length to the
+/// connection's end, so a close would tell it the answer was whole: when
+/// the backend's answer breaks off, the proxy resets the connection
+/// instead. An HTTP/1.1 client of the same answer sees the cut by the
+/// missing last chunk, and its connection closes as before.
+#[tokio::test]
+async fn an_answer_read_to_the_close_that_breaks_off_ends_in_a_reset() {
+    let (proxy, _, _) = setup().await;
+    for route in ["own", "ab"] {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream
+            .write_all(format!("GET /{route}/bad-chunk HTTP/1.0\r\nHost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let (bytes, end) = read_to_end_or_reset(&mut stream).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{route}: {text:?}");
+        assert!(
+            !text.contains("transfer-encoding") && !text.contains("content-length"),
+            "{route}: an HTTP/1.0 client's answer of unknown length has no framing: {text:?}"
+        );
+        assert_eq!(
+            end.as_ref().map_err(std::io::Error::kind),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{route}: the cut answer ended as if whole: {text:?}"
+        );
+    }
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /own/bad-chunk HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, end) = read_to_end_or_reset(&mut stream).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 200 ") && text.contains("transfer-encoding: chunked"),
+        "{text:?}"
+    );
+    assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
+    assert!(end.is_ok(), "a chunked answer's cut closes: {end:?}");
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_upstream_errors_total", &[("kind", "protocol")]),
+        3.0
+    );
+}
+
+/// RFC 9110 §4.2.3 and RFC 9112 §3.2.4: an absolute-form target with an
+/// empty path asks for `/` (its query kept), and `OPTIONS` of one asks
+/// about the server as a whole, as `OPTIONS *` does (which the proxy
+/// answers itself). Its authority is still checked.
+#[tokio::test]
+async fn an_absolute_target_with_an_empty_path_is_for_the_root() {
+    let backend = RawBackend::start().await;
+    let proxy = ChildProxy::start(
+        &format!("  - {{ name: all, stable: 'http://{}' }}\n", backend.addr),
+        &[],
+    )
+    .await;
+    for (target, line) in [
+        ("http://b.test", "GET / HTTP/1.1\r\n"),
+        ("http://b.test?x=1", "GET /?x=1 HTTP/1.1\r\n"),
+        ("HTTP://b.test:80", "GET / HTTP/1.1\r\n"),
+    ] {
+        let before = backend.each_received();
+        let text = probe(
+            &proxy,
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 200 "), "{target}: {text:?}");
+        // What the backend received since, on whichever connection.
+        let sent: Vec<u8> = backend
+            .each_received()
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, bytes)| bytes[before.get(i).map_or(0, Vec::len)..].to_vec())
+            .collect();
+        let sent = String::from_utf8_lossy(&sent).to_ascii_lowercase();
+        assert!(
+            sent.starts_with(&line.to_ascii_lowercase()),
+            "{target}: {sent:?}"
+        );
+        let authority = target
+            .split("://")
+            .nth(1)
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap();
+        assert!(
+            sent.contains(&format!("\r\nhost: {}\r\n", authority.to_ascii_lowercase())),
+            "{target}: the target's authority replaces Host: {sent:?}"
+        );
+    }
+    let received = backend.received();
+    let text = probe(
+        &proxy,
+        b"OPTIONS http://b.test HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 ") && text.to_ascii_lowercase().contains("\r\nallow: "),
+        "{text:?}"
+    );
+    let text = probe(
+        &proxy,
+        b"OPTIONS http://u@b.test HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+    assert_eq!(
+        backend.received(),
+        received,
+        "an OPTIONS reached the backend"
+    );
+}
+
+/// RFC 9112 §3: a request line longer than the head may be is the
+/// target's fault, 414; a head too large in its fields stays 431. Both
+/// are refused before routing, counted by code, and reach no backend.
+#[tokio::test]
+async fn a_request_line_over_the_head_limit_is_414() {
+    let (proxy, own, _) = setup().await;
+    let long = "a".repeat(65_600);
+    let text = probe(
+        &proxy,
+        format!("GET /own/{long} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 414 "),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert!(text.contains("request line"), "{text:?}");
+    let text = probe(
+        &proxy,
+        format!("GET /own/x HTTP/1.1\r\nHost: a\r\nX-Long: {long}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        text.starts_with("HTTP/1.1 431 "),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    assert_eq!(own.received(), 0);
+    let m = scrape(proxy.admin).await;
+    assert_eq!(
+        m.sum("sluice_refused_requests_total", &[("code", "414")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum("sluice_refused_requests_total", &[("code", "431")]),
+        1.0
+    );
+}
+
+/// RFC 9110 §10.1.4: `TE` is hop-by-hop, and whoever sends it must name
+/// it in `Connection`. A client's `TE: trailers` reaches an HTTP/1.1
+/// backend with `Connection: te`.
+#[tokio::test]
+async fn te_trailers_goes_to_a_backend_with_its_connection_option() {
+    let (proxy, own, _) = setup().await;
+    let text = probe(
+        &proxy,
+        b"GET /own/x HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
+    let sent = own.connections.lock().unwrap()[0].lock().unwrap().0.clone();
+    let sent = String::from_utf8_lossy(&sent).to_ascii_lowercase();
+    assert!(sent.contains("\r\nte: trailers\r\n"), "{sent:?}");
+    assert!(sent.contains("\r\nconnection: te\r\n"), "{sent:?}");
 }

@@ -6,7 +6,8 @@
 //!
 //! - **Heads.** A head must be complete within `limits.header_read_timeout`
 //!   of the connection's start (the first) or of its first byte (later
-//!   ones), and fit `limits.max_header_bytes` and 128 fields (else 431). A
+//!   ones), and fit `limits.max_header_bytes` and 128 fields (else 431;
+//!   414 when the request line alone does not fit). A
 //!   malformed head (the rules are `crate::http1`'s) is answered 400, and
 //!   a request framed ambiguously 400 (501 for a transfer coding the proxy
 //!   does not decode); the connection then closes and nothing reaches a
@@ -80,7 +81,7 @@ pub async fn serve<S>(
     limits: ConnLimits,
     opened: Instant,
 ) where
-    S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + crate::conn::Sent + crate::conn::Reset + Unpin + Send + 'static,
 {
     let max_head = state.store.peek().valid.max_header_bytes;
     let mut conn = Conn {
@@ -108,6 +109,12 @@ pub async fn serve<S>(
             if conn.unread_body && !inbound.read_closed {
                 linger(&mut inbound.io).await;
             }
+        }
+        Next::Reset => {
+            // Dropped at the end of this function, not shut down: a
+            // shutdown would send a FIN before the reset.
+            let inbound = conn.inbound.get_mut().expect("inbound lock");
+            crate::conn::Reset::reset_on_close(&inbound.io);
         }
         Next::Tunnel(upstream, idle, ended) => {
             // The tunnel still holds the client's connection: it counts as
@@ -332,6 +339,17 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
                         });
                     }
                     Ok(None) => {}
+                    // The request line alone over the limit is the
+                    // target's fault (RFC 9112 §3: 414), as nginx has it.
+                    Err(HeadError::TooLarge)
+                        if !inbound.buf[..inbound.buf.len().min(self.max_head)]
+                            .contains(&b'\n') =>
+                    {
+                        return Read::Refused(
+                            StatusCode::URI_TOO_LONG,
+                            "the request line is longer than limits.max_header_bytes",
+                        );
+                    }
                     Err(HeadError::TooLarge) => {
                         return Read::Refused(
                             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

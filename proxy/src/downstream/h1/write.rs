@@ -42,6 +42,21 @@ use crate::upstream::h1::Conn as UpstreamConn;
 /// Answer bytes gathered before a write.
 const GATHER: usize = 16 * 1024;
 
+/// Why an answer was not written whole.
+enum Unwritten {
+    /// The client's connection failed (or took no byte for the stall
+    /// limit: `TimedOut`).
+    Client(std::io::Error),
+    /// The answer's body broke off.
+    Cut,
+}
+
+impl From<std::io::Error> for Unwritten {
+    fn from(e: std::io::Error) -> Self {
+        Unwritten::Client(e)
+    }
+}
+
 /// What comes of polling an answer's body.
 enum Step {
     /// Nothing ready: write what is gathered.
@@ -53,6 +68,12 @@ enum Step {
 pub(super) enum Next {
     KeepAlive,
     Close,
+    /// The answer broke off where only the connection's end delimits it
+    /// (no length, not chunked: an HTTP/1.0 client's): the connection is
+    /// reset, not closed, so the client cannot take what came for all of
+    /// it. A chunked answer shows the cut by its missing last chunk, one
+    /// with a length by its short body; those connections close.
+    Reset,
     /// The request was upgraded: a tunnel to this backend connection,
     /// closed when no byte moved for the route's `timeouts.tunnel_idle`,
     /// and counted on the route's tunnel counters when it ends.
@@ -216,7 +237,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
         write::content_length(out, length);
         end_head(out, false, &reply, true);
         let body = (!reply.head_request).then_some(local.body);
-        self.send(body, false, &reply).await
+        self.send(body, false, false, &reply).await
     }
 
     /// Writes a backend's answer (see the module docs); a 101 becomes a
@@ -279,7 +300,8 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
             };
         }
         let body = (!no_body).then_some(body);
-        self.send(body, chunked, &reply).await
+        let until_close = length.is_none() && !chunked;
+        self.send(body, chunked, until_close, &reply).await
     }
 
     /// The answer's buffer, with the informational heads that could not
@@ -291,20 +313,30 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
     }
 
     /// Writes the head gathered in `out` and `body` after it; what
-    /// follows on the connection.
-    async fn send(mut self, body: Option<AnswerBody>, chunked: bool, reply: &Reply) -> Next {
+    /// follows on the connection. `until_close`: the body is delimited by
+    /// the connection's end.
+    async fn send(
+        mut self,
+        body: Option<AnswerBody>,
+        chunked: bool,
+        until_close: bool,
+        reply: &Reply,
+    ) -> Next {
         let written = match body {
             Some(body) => self.write_body(body, chunked, reply.wants_trailers).await,
-            None => self.flush_out().await,
+            None => self.flush_out().await.map_err(Unwritten::Client),
         };
-        if let Err(e) = &written
-            && e.kind() == std::io::ErrorKind::TimedOut
-        {
-            tracing::debug!(error = %e, "closing the connection");
-        }
         match written {
             Ok(()) if !reply.close => Next::KeepAlive,
-            _ => Next::Close,
+            Ok(()) => Next::Close,
+            Err(Unwritten::Cut) if until_close => Next::Reset,
+            Err(Unwritten::Cut) => Next::Close,
+            Err(Unwritten::Client(e)) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    tracing::debug!(error = %e, "closing the connection");
+                }
+                Next::Close
+            }
         }
     }
 
@@ -323,7 +355,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
         mut body: AnswerBody,
         chunked: bool,
         wants_trailers: bool,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), Unwritten> {
         let (io, out) = (&mut self.io, &mut *self.out);
         let mut ended = false;
         loop {
@@ -341,10 +373,12 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
                     continue;
                 }
                 Step::Frame(None) => break,
-                Step::Frame(Some(Err(e))) => {
-                    // What came is sent; the cut shows as a closed connection.
+                Step::Frame(Some(Err(_))) => {
+                    // What came is sent; the cut shows as the connection's
+                    // end (see `Next::Reset`).
                     let _ = io.write_all(out).await;
-                    return Err(std::io::Error::other(e));
+                    let _ = io.flush().await;
+                    return Err(Unwritten::Cut);
                 }
                 Step::Frame(Some(Ok(frame))) => frame,
             };
@@ -381,7 +415,7 @@ impl<S: AsyncWrite + Sent + Unpin> Writer<'_, S> {
         }
         io.write_all(out).await?;
         out.clear();
-        io.flush().await
+        Ok(io.flush().await?)
     }
 }
 
