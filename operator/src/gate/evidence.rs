@@ -42,7 +42,8 @@
 //! 3. **Incidents.** A scrape in which the canary's share is significantly
 //!    above [`JUMP`] times its own recent level (the *reference*: its
 //!    ratio to the primary over the last [`REFERENCE_SPAN`], leaving out
-//!    the newest [`REFERENCE_LAG`]), when its own rate there leaves room
+//!    the newest [`REFERENCE_LAG`], each scrape taken at its own weight:
+//!    [`pooled_ratio`]), when its own rate there leaves room
 //!    for such a rise and the reference does not already show it worse
 //!    than `ρ_max` (at [`WORSE_BEFORE_P`]: only a canary healthy before
 //!    an excursion is protected from it), starts a *hold*: its positive evidence
@@ -168,17 +169,49 @@ pub struct Counts {
     pub stable_events: f64,
 }
 
-impl Counts {
-    /// The canary's ratio to the primary in these (summed reference)
-    /// counts, pulled toward 1 by a few pseudo-events.
-    fn reference_ratio(&self) -> f64 {
-        let share = self.canary_requests / (self.canary_requests + self.stable_requests);
-        let canary = (self.canary_events + REFERENCE_PRIOR_EVENTS * share) / self.canary_requests;
-        let stable =
-            (self.stable_events + REFERENCE_PRIOR_EVENTS * (1.0 - share)) / self.stable_requests;
-        canary / stable
-    }
+/// The canary's expected share of the events of several scrapes together
+/// at a ratio `rho`: each scrape's `θ(ρ)` weighed by its events. Summing
+/// the scrapes' counts first would be wrong whenever the split's weight
+/// changed among them: a spell of failures that both arms share at the
+/// higher weight puts more of the canary's requests than of the primary's
+/// in it, and the summed counts show a canary worse than the primary that
+/// was never worse in any one scrape (Simpson's paradox).
+fn pooled_share<'a>(scrapes: impl Iterator<Item = &'a Counts> + Clone, rho: f64) -> Option<f64> {
+    let events: f64 = scrapes.clone().map(Counts::events).sum();
+    (events > 0.0).then(|| scrapes.map(|c| c.events() * c.theta(rho)).sum::<f64>() / events)
+}
 
+/// The canary's ratio to the primary over several scrapes: the `ρ` at
+/// which its expected share of their events ([`pooled_share`], scrape by
+/// scrape) is the share it had, pulled toward 1 by
+/// [`REFERENCE_PRIOR_EVENTS`] pseudo-events split as the requests were. At
+/// one weight throughout this is the ratio of the arms' summed rates.
+fn pooled_ratio(scrapes: &[Counts]) -> f64 {
+    let sum = scrapes.iter().fold(Counts::default(), |acc, c| acc.plus(c));
+    let share = sum.canary_requests / (sum.canary_requests + sum.stable_requests);
+    let prior = Counts {
+        canary_requests: share,
+        canary_events: REFERENCE_PRIOR_EVENTS * share,
+        stable_requests: 1.0 - share,
+        stable_events: REFERENCE_PRIOR_EVENTS * (1.0 - share),
+    };
+    let all = || scrapes.iter().chain(std::iter::once(&prior));
+    let observed = sum.canary_events + prior.canary_events;
+    let expected = |rho: f64| all().map(|c| c.events() * c.theta(rho)).sum::<f64>();
+    // `expected` rises with `ρ`: bisection on `ln ρ`.
+    let (mut low, mut high) = (-30.0_f64, 30.0_f64);
+    for _ in 0..80 {
+        let mid = 0.5 * (low + high);
+        if expected(mid.exp()) < observed {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    (0.5 * (low + high)).exp()
+}
+
+impl Counts {
     fn plus(self, other: &Counts) -> Self {
         Self {
             canary_requests: self.canary_requests + other.canary_requests,
@@ -705,30 +738,28 @@ impl Evidence {
         }
     }
 
-    /// The kept scrapes the reference is taken from, summed (None before
-    /// any with traffic in both arms).
-    fn reference_counts(&self, now: f64) -> Option<Counts> {
-        let sum = |lag: f64| {
-            self.reference
-                .iter()
-                .filter(|k| now - k.at >= lag)
-                .fold(Counts::default(), |acc, k| acc.plus(&k.counts))
-        };
-        let mut s = sum(REFERENCE_LAG);
+    /// The kept scrapes the reference is taken from, and their sum (None
+    /// before any with traffic in both arms).
+    fn reference_counts(&self, now: f64) -> Option<(Vec<Counts>, Counts)> {
+        let sum = |scrapes: &[Counts]| scrapes.iter().fold(Counts::default(), |acc, c| acc.plus(c));
+        let mut scrapes: Vec<Counts> = self
+            .reference
+            .iter()
+            .filter(|k| now - k.at >= REFERENCE_LAG)
+            .map(|k| k.counts)
+            .collect();
+        let mut s = sum(&scrapes);
         if s.events() < 1.0 || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
             // A young reference: its older half, so the newest scrapes
             // (perhaps an incident's start) are never all of it.
             let keep = self.reference.len().div_ceil(2);
-            s = self
-                .reference
-                .iter()
-                .take(keep)
-                .fold(Counts::default(), |acc, k| acc.plus(&k.counts));
+            scrapes = self.reference.iter().take(keep).map(|k| k.counts).collect();
+            s = sum(&scrapes);
         }
         if self.reference.is_empty() || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
             return None;
         }
-        Some(s)
+        Some((scrapes, s))
     }
 
     /// Puts a scrape already counted (the one before a hold began, above
@@ -765,10 +796,10 @@ impl Evidence {
 
     /// What this scrape shows against the canary's reference.
     fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> Look {
-        let Some(reference) = self.reference_counts(began) else {
+        let Some((scrapes, reference)) = self.reference_counts(began) else {
             return Look::default();
         };
-        let r = reference.reference_ratio();
+        let r = pooled_ratio(&scrapes);
         let (k, ec, es) = (
             c.events() / phi,
             c.canary_events / phi,
@@ -790,7 +821,7 @@ impl Evidence {
         let healthy_before = binomial_upper_tail(
             reference.events() / phi,
             reference.canary_events / phi,
-            reference.theta(t.rho_max),
+            pooled_share(scrapes.iter(), t.rho_max).unwrap_or_else(|| reference.theta(t.rho_max)),
         ) >= WORSE_BEFORE_P;
         let up = if self.hold.is_some() {
             binomial_upper_tail(k, ec, c.theta(high)) < JUMP_P
@@ -808,11 +839,12 @@ impl Evidence {
         let above = c.canary_events > k * phi * c.theta(high) && c.canary_events >= 1.0;
         let strong = up && {
             let held = self.hold.iter().flat_map(|h| &h.scrapes);
-            let all = held.fold(*c, |acc, kept| acc.plus(&kept.counts));
+            let all = held.clone().fold(*c, |acc, kept| acc.plus(&kept.counts));
+            let each = held.map(|kept| &kept.counts).chain(std::iter::once(c));
             binomial_upper_tail(
                 all.events() / phi,
                 all.canary_events / phi,
-                all.theta(JUMP * high),
+                pooled_share(each, JUMP * high).unwrap_or_else(|| all.theta(JUMP * high)),
             ) < INCIDENT_P
         };
         Look {
