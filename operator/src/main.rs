@@ -52,30 +52,30 @@ enum Command {
 #[derive(clap::Args)]
 struct SimulateArgs {
     /// Requests per second on the route, both arms together.
-    #[arg(long, default_value = "400")]
+    #[arg(long, allow_hyphen_values = true, default_value = "400")]
     rps: String,
     /// The primary's failure rate: `1%` or a fraction like `0.01`.
-    #[arg(long, default_value = "1%")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1%")]
     primary_errors: String,
     /// The canary's failure rate.
-    #[arg(long, default_value = "1%")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1%")]
     canary_errors: String,
     /// Both arms' durations: a lognormal `MEDIAN~SIGMA` (e.g. `20ms~0.5`),
     /// or a fixed duration (`20ms`).
-    #[arg(long, default_value = "20ms~0.5")]
+    #[arg(long, allow_hyphen_values = true, default_value = "20ms~0.5")]
     durations: String,
     /// Delay the canary adds to every request, e.g. `+50ms`.
-    #[arg(long, default_value = "+0ms")]
+    #[arg(long, allow_hyphen_values = true, default_value = "+0ms")]
     canary_delay: String,
     /// The canary's durations as a multiple of the primary's, e.g. `1.05`.
-    #[arg(long, default_value = "1")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1")]
     canary_slower: String,
     /// Both arms' failure counts vary from scrape to scrape with this many
     /// times the binomial variance (1: none).
-    #[arg(long, default_value = "1")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1")]
     dispersion: String,
     /// Both arms' failures come in clumps of this many requests.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1)]
     clump: u32,
     /// A baseline arm: a fresh copy of the primary's version that gets the
     /// canary's exact share and that the canary is judged against (warm-up 0s
@@ -86,30 +86,30 @@ struct SimulateArgs {
     /// A cold start, DURATION:FACTOR (e.g. `10s:3`): for its first DURATION the
     /// canary's durations are FACTOR times longer, and so are the baseline
     /// arm's (a fresh pod of either version starts cold); the primary's are not.
-    #[arg(long, conflicts_with = "trace")]
+    #[arg(long, allow_hyphen_values = true, conflicts_with = "trace")]
     cold_start: Option<String>,
     /// Replay this traffic instead of the flags above: a JSON-lines file, or a
     /// directory of *.jsonl files (run r uses the r-th, cycling).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     trace: Option<PathBuf>,
     /// Where the gate reads: `proxy` (its counters every scrape) or `prometheus`.
     #[arg(long, value_enum, default_value = "proxy")]
     provider: SimProviderArg,
     /// With --provider prometheus: how often Prometheus scrapes the proxy.
-    #[arg(long, default_value = "15s")]
+    #[arg(long, allow_hyphen_values = true, default_value = "15s")]
     prometheus_scrape: String,
     /// With --provider prometheus: the shortest window judged.
-    #[arg(long, default_value = "30s")]
+    #[arg(long, allow_hyphen_values = true, default_value = "30s")]
     prometheus_window: String,
     /// How long a run may go on (default: the maximum duration plus a minute);
     /// a release still running then counts as held.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     horizon: Option<String>,
     /// Releases to simulate.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1000)]
     runs: u32,
     /// Seed: the same seed gives the same runs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 1)]
     seed: u64,
     /// Print one JSON object (every run's outcome and the summary) instead of a table.
     #[arg(long)]
@@ -199,91 +199,91 @@ fn output_mode(o: Option<Output>) -> OutputMode {
 struct PlanArgs {
     /// Canary weights in percent, e.g. 10,25,50 (default 10,20,30,40,50); an experiment's one
     /// weight (default 50; 0 to use only the route's A/B rules).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     steps: Option<String>,
     /// How the canary is judged: `sequential` (against the primary, continuously; the default)
     /// or `threshold` (its own numbers against fixed thresholds every interval, as Flagger).
     #[arg(long, default_value = "sequential", value_parser = ["sequential", "threshold"])]
     gate: String,
     /// Threshold gate: the analysis tick. Sequential gate: the least time a step lasts.
-    #[arg(long, default_value = "1m")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1m")]
     interval: String,
     /// Sequential gate: how often the proxy's counters are read and the evidence updated.
-    #[arg(long, default_value = "2s")]
+    #[arg(long, allow_hyphen_values = true, default_value = "2s")]
     scrape_interval: String,
     /// Sequential gate: chance of rolling back a canary no worse than the primary.
-    #[arg(long, default_value = "0.01")]
+    #[arg(long, allow_hyphen_values = true, default_value = "0.01")]
     alpha: String,
     /// Sequential gate: chance of promoting a canary rho-max times worse than the primary.
-    #[arg(long, default_value = "0.05")]
+    #[arg(long, allow_hyphen_values = true, default_value = "0.05")]
     beta: String,
     /// Sequential gate: the ratio to the primary's failure rate still counted as no worse.
-    #[arg(long, default_value = "1.0")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1.0")]
     rho0: String,
     /// Sequential gate: a canary this many times worse than the primary is never promoted.
-    #[arg(long, default_value = "1.5")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1.5")]
     rho_max: String,
     /// Sequential gate: a canary failure rate under this percent is fine whatever the primary does.
-    #[arg(long, default_value = "0.1")]
+    #[arg(long, allow_hyphen_values = true, default_value = "0.1")]
     failure_floor: String,
     /// Sequential gate: latency bounds (bucket bounds) compared with the primary, e.g. 300ms,1s;
     /// default: the bound just above the primary's p99, learnt at the start.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     latency_bound: Option<String>,
     /// Sequential gate: how long a release may take to show the canary no worse
     /// (then --when-undecided applies).
-    #[arg(long, default_value = "30m")]
+    #[arg(long, allow_hyphen_values = true, default_value = "30m")]
     max_duration: String,
     /// Sequential gate: what happens when nothing is decided within --max-duration.
     #[arg(long, value_enum, default_value = "hold")]
     when_undecided: UndecidedArg,
     /// Sequential gate: an excursion of one arm shorter than this (an incident)
     /// never rolls back a release that was healthy before it.
-    #[arg(long, default_value = "30s")]
+    #[arg(long, allow_hyphen_values = true, default_value = "30s")]
     incident_allowance: String,
     /// Sequential gate: the canary's first seconds of traffic, when its latency
     /// is not judged (cold caches, JIT); default 10s, or 0s with a baseline arm
     /// (which starts as cold as the canary).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     warmup: Option<String>,
     /// Sequential gate: how much slower than the primary the canary may be and
     /// still be no worse, e.g. 10%.
-    #[arg(long, default_value = "10%")]
+    #[arg(long, allow_hyphen_values = true, default_value = "10%")]
     latency_tolerance: String,
     /// Sequential gate: how long the primary is measured before the first step.
-    #[arg(long, default_value = "30s")]
+    #[arg(long, allow_hyphen_values = true, default_value = "30s")]
     baseline: String,
     /// Failed ticks (of threshold checks and ceilings) before rollback.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 3)]
     failure_limit: u32,
     /// Minimum percent of canary answers classified success (threshold gate default 99;
     /// under the sequential gate a ceiling, off unless given).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     success_rate: Option<String>,
     /// Latency gates, e.g. 'p95<=500ms,p99<=1s' (threshold gate default p99<=500ms;
     /// under the sequential gate ceilings, off unless given).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     latency: Option<String>,
     /// Threshold gate: canary requests a tick needs. Sequential gate: canary requests a step
     /// needs before the weight may advance.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_hyphen_values = true, default_value_t = 20)]
     min_requests: u64,
     /// Roll back when no step passes for this long.
-    #[arg(long, default_value = "10m")]
+    #[arg(long, allow_hyphen_values = true, default_value = "10m")]
     progress_deadline: String,
     /// Webhook as KIND=URL (confirm-rollout, pre-rollout, rollout, confirm-traffic-increase,
     /// confirm-promotion, post-rollout, rollback, event); repeatable.
-    #[arg(long = "webhook")]
+    #[arg(long = "webhook", allow_hyphen_values = true)]
     webhooks: Vec<String>,
     /// YAML list of webhooks as Flagger's analysis.webhooks writes them: [{name, type, url,
     /// timeout, metadata, retries, headers}].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     webhooks_file: Option<PathBuf>,
     /// `manual` holds before promotion until `sluice promote`.
     #[arg(long = "approve", default_value = "auto", value_parser = ["auto", "manual"])]
     approval: String,
     /// YAML list of custom PromQL checks: [{name, query, min, max}] (needs --prometheus).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     checks_file: Option<PathBuf>,
     /// The release's shape: `canary` (steps), `blue-green` (judged on mirrored traffic, then a
     /// switch 0 -> 100 and a soak) or `experiment` (both versions side by side for a fixed time,
@@ -291,31 +291,31 @@ struct PlanArgs {
     #[arg(long, default_value = "canary", value_parser = ["canary", "blue-green", "experiment"])]
     strategy: String,
     /// Blue/green: intervals the new version is judged on mirrored traffic before the switch (at least).
-    #[arg(long, default_value = "1")]
+    #[arg(long, allow_hyphen_values = true, default_value = "1")]
     iterations: String,
     /// Blue/green: how long the new version is watched after the switch before promotion.
-    #[arg(long, default_value = "5m")]
+    #[arg(long, allow_hyphen_values = true, default_value = "5m")]
     soak: String,
     /// Experiment: how long both versions serve side by side.
-    #[arg(long, default_value = "10m")]
+    #[arg(long, allow_hyphen_values = true, default_value = "10m")]
     experiment_duration: String,
     /// Sticky sessions: the cookie that keeps a client on its backend.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     affinity_cookie: Option<String>,
     /// Lifetime of the affinity cookie (a session cookie when unset).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     affinity_max_age: Option<String>,
     /// Sticky sessions by a hash of this request header (e.g. a user id).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     affinity_header: Option<String>,
     /// Percent of the stable's requests copied to the new version (blue-green default 100).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     mirror: Option<String>,
     /// Requests with a larger body are not mirrored.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     mirror_max_body: Option<String>,
     /// Methods mirrored, comma-separated (default: the idempotent ones).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     mirror_methods: Option<String>,
     /// The flags given on the command line (not defaulted), by clap id:
     /// a flag of another gate or strategy is refused, not ignored.
@@ -1250,7 +1250,8 @@ async fn run_demo(args: DemoArgs) -> ExitCode {
 fn parse_rate(text: &str) -> Result<f64, String> {
     let t = text.trim();
     let value = match t.strip_suffix('%') {
-        Some(p) => plan::parse_percent(p)? / 100.0,
+        // One `%` only: `5%%` is not a rate.
+        Some(p) => plan::parse_number(p).map_err(|_| format!("`{text}` is not a number"))? / 100.0,
         None => plan::parse_number(t)?,
     };
     if !(0.0..=1.0).contains(&value) {
@@ -1473,7 +1474,10 @@ fn parse_cold_start(text: &str) -> Result<(f64, f64), String> {
 /// `20ms~0.5` (a lognormal's median and sigma) or `20ms` (fixed).
 fn parse_durations(text: &str) -> Result<(f64, f64), String> {
     let (median, sigma) = match text.split_once('~') {
-        Some((m, s)) => (m, plan::parse_number(s)?),
+        Some((m, s)) => (
+            m,
+            plan::parse_number(s).map_err(|e| format!("`{text}`: the sigma after `~`: {e}"))?,
+        ),
         None => (text, 0.0),
     };
     if !(0.0..=5.0).contains(&sigma) {

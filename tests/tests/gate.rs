@@ -572,6 +572,19 @@ fn simulate_reports_rates_and_times_and_rejects_bad_flags() {
         (vec!["--cold-start", "10s:0.5"], "--cold-start"),
         (vec!["--canary-errors", "120%"], "--canary-errors"),
         (vec!["--rps=-1"], "--rps"),
+        // A negative value is the flag's to refuse, named, not clap's
+        // "unexpected argument".
+        (vec!["--rps", "-5"], "--rps"),
+        (vec!["--canary-errors", "-1%"], "--canary-errors"),
+        (vec!["--warmup", "-1s"], "--warmup"),
+        (vec!["--clump", "-1"], "--clump"),
+        (vec!["--canary-delay", "-50ms"], "--canary-delay"),
+        (vec!["--latency-tolerance", "-5%"], "--latency-tolerance"),
+        (vec!["--canary-errors", "5%%"], "--canary-errors"),
+        (
+            vec!["--durations", "20ms~"],
+            "--durations: `20ms~`: the sigma after `~`",
+        ),
         (vec!["--rps", "1e18"], "--rps"),
         (vec!["--runs", "0"], "--runs"),
         (vec!["--runs", "1000000000"], "--runs"),

@@ -183,9 +183,18 @@ impl Trace {
                 continue;
             }
             let value: Value = serde_json::from_str(raw).map_err(|e| {
-                // serde's own "at line 1" is of this one line: the column
-                // is what it adds.
-                err(None, format!("not JSON (column {}): {e}", e.column()))
+                // serde's own "at line 1 column N" is of this one line: the
+                // column is said once, and the line is the file's.
+                let said = e.to_string();
+                let what = said
+                    .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+                    .unwrap_or(&said);
+                let hint = if e.is_eof() {
+                    "; each line holds one whole JSON object (JSON Lines): an object written across lines is not read"
+                } else {
+                    ""
+                };
+                err(None, format!("not JSON (column {}): {what}{hint}", e.column()))
             })?;
             if let Some(twice) = repeated_key(raw) {
                 return Err(err(
@@ -641,6 +650,17 @@ mod tests {
         }
         let e = Trace::parse("\n\n", "empty.jsonl", first()).unwrap_err();
         assert_eq!(e.to_string(), "empty.jsonl: the trace has no lines");
+        // serde's position is of the one line it read: only the file's
+        // line is said, and an object spread over lines gets a hint.
+        let e = Trace::parse("{\"t\": 0}\n{\"t\": 1,}", "trace.jsonl", first()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "trace.jsonl:2: not JSON (column 9): trailing comma"
+        );
+        let e = Trace::parse("{\"t\": 0,\n \"rps\": 1}", "trace.jsonl", first()).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        assert!(!e.message.contains("at line"), "{e}");
+        assert!(e.message.contains("one whole JSON object"), "{e}");
     }
 
     #[test]
