@@ -177,6 +177,9 @@ pub struct Counts {
 /// in it, and the summed counts show a canary worse than the primary that
 /// was never worse in any one scrape (Simpson's paradox).
 fn pooled_share<'a>(scrapes: impl Iterator<Item = &'a Counts> + Clone, rho: f64) -> Option<f64> {
+    // A scrape without events weighs nothing (and one without requests
+    // has no `θ`: 0/0).
+    let scrapes = scrapes.filter(|c| c.events() > 0.0);
     let events: f64 = scrapes.clone().map(Counts::events).sum();
     (events > 0.0).then(|| scrapes.map(|c| c.events() * c.theta(rho)).sum::<f64>() / events)
 }
@@ -195,7 +198,13 @@ fn pooled_ratio(scrapes: &[Counts]) -> f64 {
         stable_requests: 1.0 - share,
         stable_events: REFERENCE_PRIOR_EVENTS * (1.0 - share),
     };
-    let all = || scrapes.iter().chain(std::iter::once(&prior));
+    // As in `pooled_share`: scrapes without events weigh nothing.
+    let all = || {
+        scrapes
+            .iter()
+            .chain(std::iter::once(&prior))
+            .filter(|c| c.events() > 0.0)
+    };
     let observed = sum.canary_events + prior.canary_events;
     let expected = |rho: f64| all().map(|c| c.events() * c.theta(rho)).sum::<f64>();
     // `expected` rises with `ρ`: bisection on `ln ρ`.

@@ -275,6 +275,28 @@ fn a_shared_incident_across_a_weight_change_leaves_the_canary_healthy_before_its
     }
 }
 
+/// A scrape in which neither arm had a request (a pause in traffic) is
+/// part of the reference like any other: it must not leave the canary
+/// unprotected from its next incident (its `θ` is 0/0).
+#[test]
+fn a_scrape_without_traffic_leaves_incidents_forgiven() {
+    let s = settings();
+    let t = s.tuning(s.alpha);
+    let mut rng = SmallRng::seed_from_u64(43);
+    let mut alarms = 0;
+    for _ in 0..200 {
+        let mut scrapes = excursion(&mut rng, 10.0, 70, 18);
+        scrapes[60].1 = Counts::default();
+        if first_failure(&t, scrapes.into_iter()).is_some() {
+            alarms += 1;
+        }
+    }
+    assert!(
+        alarms <= 2,
+        "seed 43: {alarms} of 200 incidents after a scrape without traffic rolled back"
+    );
+}
+
 #[test]
 fn a_regression_that_outlasts_the_allowance_is_rolled_back_soon_after() {
     let s = settings();
