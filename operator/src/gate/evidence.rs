@@ -184,13 +184,13 @@ fn pooled_share<'a>(scrapes: impl Iterator<Item = &'a Counts> + Clone, rho: f64)
     (events > 0.0).then(|| scrapes.map(|c| c.events() * c.theta(rho)).sum::<f64>() / events)
 }
 
-/// The canary's ratio to the primary over several scrapes: the `ρ` at
-/// which its expected share of their events ([`pooled_share`], scrape by
-/// scrape) is the share it had, pulled toward 1 by
-/// [`REFERENCE_PRIOR_EVENTS`] pseudo-events split as the requests were. At
-/// one weight throughout this is the ratio of the arms' summed rates.
-fn pooled_ratio(scrapes: &[Counts]) -> f64 {
-    let sum = scrapes.iter().fold(Counts::default(), |acc, c| acc.plus(c));
+/// The canary's ratio to the primary over several scrapes (`sum`: their
+/// counts summed): the `ρ` at which its expected share of their events
+/// ([`pooled_share`], scrape by scrape) is the share it had, pulled toward
+/// 1 by [`REFERENCE_PRIOR_EVENTS`] pseudo-events split as the requests
+/// were. At one weight throughout this is the ratio of the arms' summed
+/// rates.
+fn pooled_ratio(scrapes: &[Counts], sum: &Counts) -> f64 {
     let share = sum.canary_requests / (sum.canary_requests + sum.stable_requests);
     let prior = Counts {
         canary_requests: share,
@@ -198,20 +198,14 @@ fn pooled_ratio(scrapes: &[Counts]) -> f64 {
         stable_requests: 1.0 - share,
         stable_events: REFERENCE_PRIOR_EVENTS * (1.0 - share),
     };
-    // As in `pooled_share`: scrapes without events weigh nothing.
-    let all = || {
-        scrapes
-            .iter()
-            .chain(std::iter::once(&prior))
-            .filter(|c| c.events() > 0.0)
-    };
-    let observed = sum.canary_events + prior.canary_events;
-    let expected = |rho: f64| all().map(|c| c.events() * c.theta(rho)).sum::<f64>();
-    // `expected` rises with `ρ`: bisection on `ln ρ`.
+    let had = (sum.canary_events + prior.canary_events) / (sum.events() + prior.events());
+    let all = || scrapes.iter().chain(std::iter::once(&prior));
+    // The expected share rises with `ρ`: bisection on `ln ρ`. The prior
+    // has events, so there is always a share.
     let (mut low, mut high) = (-30.0_f64, 30.0_f64);
     for _ in 0..80 {
         let mid = 0.5 * (low + high);
-        if expected(mid.exp()) < observed {
+        if pooled_share(all(), mid.exp()).unwrap_or(had) < had {
             low = mid;
         } else {
             high = mid;
@@ -808,7 +802,7 @@ impl Evidence {
         let Some((scrapes, reference)) = self.reference_counts(began) else {
             return Look::default();
         };
-        let r = pooled_ratio(&scrapes);
+        let r = pooled_ratio(&scrapes, &reference);
         let (k, ec, es) = (
             c.events() / phi,
             c.canary_events / phi,
