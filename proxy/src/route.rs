@@ -281,20 +281,23 @@ pub fn check(req: &ClientRequest<'_>) -> Result<(), Refusal> {
             )
         });
     }
-    let whole_server =
-        matches!(req.target, Target::Absolute { path_and_query, .. } if path_and_query.is_empty());
-    if *req.method == Method::OPTIONS && whole_server {
-        check_target(&req.target, req.version)?;
-        check_hosts(req)?;
-    }
-    if *req.method == Method::OPTIONS && (req.target == Target::Asterisk || whole_server) {
-        return Err(Refusal {
+    let options = || {
+        Err(Refusal {
             allow: true,
             ..Refusal::new(StatusCode::OK, "")
-        });
+        })
+    };
+    if *req.method == Method::OPTIONS && req.target == Target::Asterisk {
+        return options();
     }
     check_target(&req.target, req.version)?;
     check_hosts(req)?;
+    // `OPTIONS http://host`: `OPTIONS *` for that host, once checked.
+    if *req.method == Method::OPTIONS
+        && matches!(req.target, Target::Absolute { path_and_query, .. } if path_and_query.is_empty())
+    {
+        return options();
+    }
     if req.version == Version::HTTP_2 {
         // As an HTTP/1.1 target is (`crate::http1::head`): `:path` may
         // carry any byte HPACK can, and an HTTP/1.1 backend must get

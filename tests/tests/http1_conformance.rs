@@ -328,11 +328,7 @@ async fn a_later_minor_version_is_served_as_http_1_1() {
             text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\nok"),
             "{route}: {text:?}"
         );
-        let sent = backend.connections.lock().unwrap()[0]
-            .lock()
-            .unwrap()
-            .0
-            .clone();
+        let sent = backend.each_received().swap_remove(0);
         assert!(
             sent.starts_with(format!("GET /{route}/later-minor HTTP/1.1\r\n").as_bytes()),
             "{route}: {:?}",
@@ -443,17 +439,19 @@ async fn an_invalid_chunk_size_in_a_response_cuts_the_answer_and_drops_the_conne
     );
 }
 
-/// What came back on `stream` until it ended, and how: `Ok(())` for a
-/// close (FIN), the error for a reset.
-async fn read_to_end_or_reset(stream: &mut TcpStream) -> (Vec<u8>, std::io::Result<()>) {
+/// `request` on a fresh connection; what came back until the connection
+/// ended, and how: `Ok(())` for a close (FIN), the error for a reset.
+async fn until_end(proxy: &ChildProxy, request: &[u8]) -> (String, std::io::Result<()>) {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
             Err(_) => panic!("the proxy kept the connection open after {seen:?}"),
-            Ok(Ok(0)) => return (seen, Ok(())),
+            Ok(Ok(0)) => return (String::from_utf8_lossy(&seen).into_owned(), Ok(())),
             Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
-            Ok(Err(e)) => return (seen, Err(e)),
+            Ok(Err(e)) => return (String::from_utf8_lossy(&seen).into_owned(), Err(e)),
         }
     }
 }
@@ -467,13 +465,11 @@ async fn read_to_end_or_reset(stream: &mut TcpStream) -> (Vec<u8>, std::io::Resu
 async fn an_answer_read_to_the_close_that_breaks_off_ends_in_a_reset() {
     let (proxy, _, _) = setup().await;
     for route in ["own", "ab"] {
-        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-        stream
-            .write_all(format!("GET /{route}/bad-chunk HTTP/1.0\r\nHost: a\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let (bytes, end) = read_to_end_or_reset(&mut stream).await;
-        let text = String::from_utf8_lossy(&bytes);
+        let (text, end) = until_end(
+            &proxy,
+            format!("GET /{route}/bad-chunk HTTP/1.0\r\nHost: a\r\n\r\n").as_bytes(),
+        )
+        .await;
         assert!(text.starts_with("HTTP/1.1 200 "), "{route}: {text:?}");
         assert!(
             !text.contains("transfer-encoding") && !text.contains("content-length"),
@@ -485,13 +481,7 @@ async fn an_answer_read_to_the_close_that_breaks_off_ends_in_a_reset() {
             "{route}: the cut answer ended as if whole: {text:?}"
         );
     }
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /own/bad-chunk HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let (bytes, end) = read_to_end_or_reset(&mut stream).await;
-    let text = String::from_utf8_lossy(&bytes);
+    let (text, end) = until_end(&proxy, b"GET /own/bad-chunk HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(
         text.starts_with("HTTP/1.1 200 ") && text.contains("transfer-encoding: chunked"),
         "{text:?}"
@@ -628,7 +618,7 @@ async fn te_trailers_goes_to_a_backend_with_its_connection_option() {
     )
     .await;
     assert!(text.starts_with("HTTP/1.1 200 "), "{text:?}");
-    let sent = own.connections.lock().unwrap()[0].lock().unwrap().0.clone();
+    let sent = own.each_received().swap_remove(0);
     let sent = String::from_utf8_lossy(&sent).to_ascii_lowercase();
     assert!(sent.contains("\r\nte: trailers\r\n"), "{sent:?}");
     assert!(sent.contains("\r\nconnection: te\r\n"), "{sent:?}");
