@@ -63,7 +63,11 @@
 //!    back, so a moderate regression is not slowed by dropping its worst
 //!    scrapes.
 //!    The first scrape has no reference, so a canary that fails from its
-//!    first request is judged at once.
+//!    first request is judged at once; and a hold that begins on a young
+//!    reference (nothing older than [`REFERENCE_LAG`] had events: the
+//!    canary's first, often partial, scrapes, mostly the prior) lasts at
+//!    most [`YOUNG_ALLOWANCE`], since such a reference cannot tell a jump
+//!    from the canary's own level.
 //! 4. **The pass side** ("the canary is not `ρ_max` times worse") uses only
 //!    the scrapes at the current weight, so a canary worse only at the
 //!    final weight is not promoted on evidence from earlier steps. It is a
@@ -149,6 +153,19 @@ pub const REFERENCE_LAG: f64 = 12.0;
 /// How significant the canary's excess over `ρ_max` in its reference must
 /// be for it to count as not healthy before a jump (no hold then).
 pub const WORSE_BEFORE_P: f64 = 0.001;
+/// Seconds a hold that began on a young reference may last (if the
+/// incident allowance is not shorter). Such a reference is the canary's
+/// first scrape or two, often partial, and mostly the prior's pseudo-events
+/// ("as the primary"): a canary failing from its first request looks like a
+/// healthy one that jumped. Held for the whole allowance, 6% of canaries
+/// 8x worse than the primary were rolled back only after 9 s to 93 s
+/// (`sluice simulate`, 1 s scrapes, 3 s steps), their weight stepping up
+/// meanwhile, instead of within their first step; 1.4% now, none after
+/// 20 s. A short hold still forgives a clump of failures in the first
+/// seconds, as before: a young hold that ends is judged as any other, and
+/// without that forgiveness healthy canaries whose failures come in clumps
+/// of 3 were called worse in 2-2.3% of releases, above the bound.
+pub const YOUNG_ALLOWANCE: f64 = 3.0;
 /// Pseudo-events that pull a short reference toward "as the primary".
 pub const REFERENCE_PRIOR_EVENTS: f64 = 10.0;
 /// Events per bin of the dispersion estimate.
@@ -460,6 +477,8 @@ struct Look {
     above: bool,
     /// The hold's scrapes with this one are a jump at [`INCIDENT_P`].
     strong: bool,
+    /// The reference was young ([`Evidence::reference_counts`]).
+    young: bool,
 }
 
 /// A jump of the canary being held as a possible incident.
@@ -483,6 +502,10 @@ pub struct Hold {
     pub quiet_above: bool,
     /// Its scrapes, which join the reference if it is confirmed.
     pub scrapes: Vec<Kept>,
+    /// It began on a young reference: it lasts at most
+    /// [`YOUNG_ALLOWANCE`].
+    #[serde(default)]
+    pub young: bool,
 }
 
 // === impl Evidence ===
@@ -741,9 +764,11 @@ impl Evidence {
         }
     }
 
-    /// The kept scrapes the reference is taken from, and their sum (None
-    /// before any with traffic in both arms).
-    fn reference_counts(&self, now: f64) -> Option<(Vec<Counts>, Counts)> {
+    /// The kept scrapes the reference is taken from, their sum, and whether
+    /// it is *young* (no scrape older than [`REFERENCE_LAG`] had events, so
+    /// it is the older half of what there is). None before any scrape with
+    /// traffic in both arms.
+    fn reference_counts(&self, now: f64) -> Option<(Vec<Counts>, Counts, bool)> {
         let sum = |scrapes: &[Counts]| scrapes.iter().fold(Counts::default(), |acc, c| acc.plus(c));
         let mut scrapes: Vec<Counts> = self
             .reference
@@ -752,7 +777,8 @@ impl Evidence {
             .map(|k| k.counts)
             .collect();
         let mut s = sum(&scrapes);
-        if s.events() < 1.0 || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
+        let young = s.events() < 1.0 || s.canary_requests <= 0.0 || s.stable_requests <= 0.0;
+        if young {
             // A young reference: its older half, so the newest scrapes
             // (perhaps an incident's start) are never all of it.
             let keep = self.reference.len().div_ceil(2);
@@ -762,7 +788,7 @@ impl Evidence {
         if self.reference.is_empty() || s.canary_requests <= 0.0 || s.stable_requests <= 0.0 {
             return None;
         }
-        Some((scrapes, s))
+        Some((scrapes, s, young))
     }
 
     /// Puts a scrape already counted (the one before a hold began, above
@@ -799,7 +825,7 @@ impl Evidence {
 
     /// What this scrape shows against the canary's reference.
     fn jumps(&self, t: &Tuning, c: &Counts, began: f64, phi: f64) -> Look {
-        let Some((scrapes, reference)) = self.reference_counts(began) else {
+        let Some((scrapes, reference, young)) = self.reference_counts(began) else {
             return Look::default();
         };
         let r = pooled_ratio(&scrapes, &reference);
@@ -855,6 +881,7 @@ impl Evidence {
             down,
             above,
             strong,
+            young,
         }
     }
 
@@ -865,11 +892,8 @@ impl Evidence {
             down,
             above,
             strong,
+            young,
         } = look;
-        // An incident of the allowance covers at most this many scrapes
-        // (its first and last may be partial), and one more may be above
-        // the reference by chance.
-        let most = (t.incident_allowance / seconds).ceil() as u32 + 2;
         let Some(hold) = self.hold.as_mut() else {
             if up {
                 self.hold = Some(Hold {
@@ -880,6 +904,7 @@ impl Evidence {
                     strong,
                     quiet_above: true,
                     scrapes: vec![kept],
+                    young,
                 });
                 return true;
             }
@@ -922,6 +947,15 @@ impl Evidence {
             self.reference.push_back(kept);
             return false;
         }
+        // An incident of the allowance covers at most this many scrapes
+        // (its first and last may be partial), and one more may be above
+        // the reference by chance.
+        let allowance = if hold.young {
+            t.incident_allowance.min(YOUNG_ALLOWANCE)
+        } else {
+            t.incident_allowance
+        };
+        let most = (allowance / seconds).ceil() as u32 + 2;
         if hold.elevated > most {
             hold.confirmed = true;
             let scrapes = std::mem::take(&mut hold.scrapes);
