@@ -127,6 +127,15 @@ impl Browser {
 
     /// Sends one DevTools command and returns its result (events skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        match self.try_call(method, params).await {
+            Ok(result) => result,
+            Err(answer) => panic!("{method}: {answer}"),
+        }
+    }
+
+    /// Sends one DevTools command: its result, or the whole answer when it
+    /// is an error.
+    async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -137,20 +146,35 @@ impl Browser {
                 .unwrap_or_else(|_| panic!("no answer to {method}"));
             let v: Value = serde_json::from_str(&text).expect("DevTools JSON");
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                if v.get("error").is_some() {
+                    return Err(v);
+                }
+                return Ok(v["result"].clone());
             }
         }
     }
 
-    /// A JavaScript expression's value in the page.
+    /// A JavaScript expression's value in the page. An evaluation that a
+    /// navigation cut off (the page reloads itself, or a form was sent) is
+    /// made again in the new page, up to 50 times 100 ms apart.
     pub async fn eval(&mut self, expression: &str) -> Value {
-        let r = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
+        let params = json!({"expression": expression, "returnByValue": true, "awaitPromise": true});
+        let mut tries = 0;
+        let r = loop {
+            match self.try_call("Runtime.evaluate", params.clone()).await {
+                Ok(r) => break r,
+                Err(answer)
+                    if tries < 50
+                        && answer["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("navigated or closed")) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(answer) => panic!("Runtime.evaluate of {expression}: {answer}"),
+            }
+        };
         assert!(r.get("exceptionDetails").is_none(), "{expression}: {r}");
         r["result"]["value"].clone()
     }
