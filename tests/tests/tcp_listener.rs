@@ -476,6 +476,9 @@ async fn a_reload_onto_a_taken_port_is_refused_naming_the_field() {
     let mut s = TcpStream::connect(addr_of(&proxy, "a")).await.unwrap();
     s.write_all(b"ok").await.unwrap();
     assert_eq!(read_n(&mut s, 2).await, b"ok");
+    // Closed first: an open connection would hold shutdown for its drain
+    // timeout (30 s).
+    drop(s);
     proxy.shutdown().await;
 }
 
