@@ -53,6 +53,9 @@ pub struct EvidenceReport {
     /// Seconds a jump of the canary has been held as a possible incident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holding_for: Option<f64>,
+    /// Seconds that hold may last before it counts as a regression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_allowance: Option<f64>,
 }
 
 impl CheckResult {

@@ -908,6 +908,7 @@ fn report_with(e: &Evidence, t: &Tuning, now: f64) -> EvidenceReport {
         primary_rate: (e.stable_requests > 0.0).then(|| e.stable_events / e.stable_requests),
         dispersion: Some(e.phi()),
         holding_for: e.holding_for(now),
+        hold_allowance: e.hold_allowance(t),
     }
 }
 
@@ -943,9 +944,12 @@ fn sequential_check(
     let held = report
         .holding_for
         .map(|secs| {
+            let allowance = report
+                .hold_allowance
+                .map_or(s.incident_allowance, Duration::from_secs_f64);
             format!(
                 "; a jump of the canary is held as a possible incident ({secs:.0}s of {})",
-                sluice_proxy::config::format_duration(s.incident_allowance)
+                sluice_proxy::config::format_duration(allowance)
             )
         })
         .unwrap_or_default();

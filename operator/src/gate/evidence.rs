@@ -551,6 +551,17 @@ pub struct Hold {
     pub young: bool,
 }
 
+impl Hold {
+    /// Seconds it may last before it is a regression.
+    fn allowance(&self, t: &Tuning) -> f64 {
+        if self.young {
+            t.incident_allowance.min(YOUNG_ALLOWANCE)
+        } else {
+            t.incident_allowance
+        }
+    }
+}
+
 // === impl Evidence ===
 
 /// The evidence about one kind of bad event over a release.
@@ -998,11 +1009,7 @@ impl Evidence {
         // An incident of the allowance covers at most this many scrapes
         // (its first and last may be partial), and one more may be above
         // the reference by chance.
-        let allowance = if hold.young {
-            t.incident_allowance.min(YOUNG_ALLOWANCE)
-        } else {
-            t.incident_allowance
-        };
+        let allowance = hold.allowance(t);
         let most = (allowance / seconds).ceil() as u32 + 2;
         if hold.elevated > most {
             hold.confirmed = true;
@@ -1050,6 +1057,15 @@ impl Evidence {
             .as_ref()
             .filter(|h| !h.confirmed)
             .map(|h| now - h.since)
+    }
+
+    /// Seconds the current hold may last before it is a regression (see
+    /// [`YOUNG_ALLOWANCE`]), if one is going on and not yet confirmed.
+    pub fn hold_allowance(&self, t: &Tuning) -> Option<f64> {
+        self.hold
+            .as_ref()
+            .filter(|h| !h.confirmed)
+            .map(|h| h.allowance(t))
     }
 }
 

@@ -1182,3 +1182,67 @@ fn a_canary_failing_from_its_first_request_is_not_held_on_its_first_partial_scra
         "seed {seed}: {late} of {runs} canaries failing 8x from their first request were not caught within 9 s"
     );
 }
+
+/// While a jump of the canary is held, its check's reason names how long
+/// the hold may last: the incident allowance, or `YOUNG_ALLOWANCE` for a
+/// hold that began on a young reference (it once said "of 30s" for a hold
+/// that was to end at 3 s).
+#[test]
+fn a_held_checks_reason_names_the_allowance_of_its_own_hold() {
+    let s = GateSettings {
+        rho_max: 2.0,
+        ..settings()
+    };
+    let t = s.tuning(s.alpha);
+    let seed = 62;
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let one = |rng: &mut SmallRng, weight: f64, p_c: f64| {
+        scrape_of(rng, 1.0, 400.0, weight, 0.01, p_c, 1)
+    };
+    let held_reason = |e: &Evidence, at: f64| {
+        sequential_check("errors", "failures", e, &t, &s, at, "primary").reason
+    };
+    let (mut young, mut settled) = (None, None);
+    for _ in 0..500 {
+        if young.is_some() && settled.is_some() {
+            break;
+        }
+        let mut e = Evidence::new();
+        let mut at = 0.0;
+        for _ in 0..3 {
+            at += 1.0;
+            e.observe(&t, at, 1.0, 0, one(&mut rng, 0.0, 0.0));
+        }
+        // A canary failing 8% from its first request: young holds. Or a
+        // healthy one for 40 s, then 10x for two seconds: an incident on
+        // a settled reference.
+        let bad_from_start = young.is_none();
+        for i in 0..60 {
+            at += 1.0;
+            let p_c = if bad_from_start {
+                0.08
+            } else if (40..42).contains(&i) {
+                0.1
+            } else {
+                0.01
+            };
+            e.observe(&t, at, 1.0, 2000, one(&mut rng, 0.2, p_c));
+            if let Some(hold) = e.hold.as_ref().filter(|h| !h.confirmed) {
+                let slot = if hold.young { &mut young } else { &mut settled };
+                if slot.is_none() {
+                    *slot = Some(held_reason(&e, at));
+                }
+            }
+            if e.fail_statistic() >= t.fail_threshold {
+                break;
+            }
+        }
+    }
+    let young = young.unwrap_or_else(|| panic!("seed {seed}: no young hold in 500 releases"));
+    let settled = settled.unwrap_or_else(|| panic!("seed {seed}: no settled hold in 500 releases"));
+    assert!(
+        young.contains("held as a possible incident") && young.contains(" of 3s)"),
+        "{young}"
+    );
+    assert!(settled.contains(" of 30s)"), "{settled}");
+}
