@@ -142,7 +142,7 @@ impl Release {
 /// baseline counts).
 type Sample = (f64, Option<String>, f64, f64, f64);
 
-/// Runs the release under 400 req/s, sampling the route and the metrics
+/// Runs the release under 800 req/s, sampling the route and the metrics
 /// meanwhile; (exit code, events, samples, load report).
 async fn run(
     r: &Release,
@@ -153,7 +153,7 @@ async fn run(
     Vec<Sample>,
     sluice_loadtest::Report,
 ) {
-    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 400.0);
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 800.0);
     let rollout = Rollout::start(&args);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampling = async {
