@@ -103,7 +103,7 @@ async fn a_healthy_blue_green_release_is_judged_on_mirrored_traffic_switches_in_
 {
     let _slot = release_slot().await;
     let r = Release::new().await;
-    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 600.0);
     let (code, events) = Rollout::start(&r.args(&[
         "--strategy",
         "blue-green",
@@ -159,7 +159,7 @@ async fn a_canary_release_takes_off_a_mirror_it_did_not_ask_for() {
     )
     .await;
     assert!(status.is_success(), "{body}");
-    let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 600.0);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watching = done.clone();
     let watcher = tokio::spawn(async move {
@@ -197,7 +197,7 @@ async fn a_canary_release_takes_off_a_mirror_it_did_not_ask_for() {
 async fn a_route_that_lost_the_release_is_set_back_at_the_next_tick() {
     let _slot = release_slot().await;
     let r = Release::new().await;
-    let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let (load, _report) = steady_load(&format!("http://{}/", r.proxy.addr), 600.0);
     let rollout = Rollout::start(&r.args(&["--steps", "30,60"]));
     let mut seen = rollout.until(|_| {}, |e| e["canary_weight"] == 30.0);
     // A person's change of the weight alone.
@@ -321,7 +321,7 @@ async fn experiment(r: &Release, extra: &[&str]) -> (i32, Vec<serde_json::Value>
         latency: Latency::Fixed(Duration::from_millis(20)),
         ..one_percent()
     });
-    let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let (load, _) = steady_load(&format!("http://{}/", r.proxy.addr), 600.0);
     let mut args = vec![
         "--strategy",
         "experiment",
@@ -465,7 +465,7 @@ async fn a_blue_green_release_is_judged_on_mirrored_traffic_through_prometheus()
     let r = Release::new().await;
     let prometheus = Prometheus::start(&[r.proxy.admin_addr]).await;
     prometheus.wait_for_targets_up(1).await;
-    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 300.0);
+    let (load, report) = steady_load(&format!("http://{}/", r.proxy.addr), 600.0);
     let mut args = r.args(&[
         "--strategy",
         "blue-green",
