@@ -1057,19 +1057,18 @@ impl Evidence {
     /// Seconds the current hold has lasted, if one is going on and not
     /// yet confirmed.
     pub fn holding_for(&self, now: f64) -> Option<f64> {
-        self.hold
-            .as_ref()
-            .filter(|h| !h.confirmed)
-            .map(|h| now - h.since)
+        self.open_hold().map(|h| now - h.since)
     }
 
     /// Seconds the current hold may last before it is a regression (see
     /// [`YOUNG_ALLOWANCE`]), if one is going on and not yet confirmed.
     pub fn hold_allowance(&self, t: &Tuning) -> Option<f64> {
-        self.hold
-            .as_ref()
-            .filter(|h| !h.confirmed)
-            .map(|h| h.allowance(t))
+        self.open_hold().map(|h| h.allowance(t))
+    }
+
+    /// The hold going on, unless it is already confirmed a regression.
+    pub(super) fn open_hold(&self) -> Option<&Hold> {
+        self.hold.as_ref().filter(|h| !h.confirmed)
     }
 }
 

@@ -1227,7 +1227,7 @@ fn a_held_checks_reason_names_the_allowance_of_its_own_hold() {
                 0.01
             };
             e.observe(&t, at, 1.0, 2000, one(&mut rng, 0.2, p_c));
-            if let Some(hold) = e.hold.as_ref().filter(|h| !h.confirmed) {
+            if let Some(hold) = e.open_hold() {
                 let slot = if hold.young { &mut young } else { &mut settled };
                 if slot.is_none() {
                     *slot = Some(held_reason(&e, at));
