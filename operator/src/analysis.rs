@@ -286,6 +286,15 @@ impl Analysis {
             .any(|c| c.decisive && c.outcome == Outcome::Fail)
     }
 
+    /// The first check that holds a jump of the canary as a possible
+    /// incident (the sequential gate's incidents, `docs/gate.md`): while
+    /// one does, the weight neither advances nor promotes.
+    pub fn holding(&self) -> Option<&CheckResult> {
+        self.checks
+            .iter()
+            .find(|c| c.evidence.as_ref().is_some_and(|e| e.holding_for.is_some()))
+    }
+
     /// Whether this tick allows promotion (it must also pass).
     pub fn promotes(&self) -> bool {
         self.verdict() == Outcome::Pass && self.promotable != Some(false)

@@ -848,6 +848,19 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
                 );
                 return Transition::hold(s, NextTick::Interval);
             }
+            // A jump of the canary held as a possible incident: no more
+            // users are sent to it, and it is not promoted, until the hold
+            // ends (forgiven as an excursion, or counted as a regression,
+            // at most the incident allowance later).
+            if let Some(held) = analysis.holding() {
+                s.message = format!(
+                    "holding at {}% while a jump of the canary is held as a possible incident: {}: {}",
+                    pct(s.canary_weight_bp),
+                    held.name,
+                    held.reason
+                );
+                return Transition::hold(s, NextTick::Interval);
+            }
             s.passed_steps = s.passed_steps.max(s.step + 1);
             if s.step + 1 < plan.steps_bp.len() && obs.gates.confirm_traffic_increase == Some(false)
             {

@@ -73,6 +73,9 @@ pub struct RunResult {
     pub outcome: Outcome,
     /// Seconds from the first canary request to the end.
     pub seconds: f64,
+    /// The highest canary weight the release set, in percent: how far a
+    /// canary got before it was rolled back.
+    pub max_weight: f64,
     pub reason: String,
 }
 
@@ -465,10 +468,12 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
     let mut first_canary_at: Option<f64> = None;
     let mut gate: Option<GateState> = None;
     let mut analysis: Option<Analysis> = None;
-    let end = |outcome, now: f64, first: Option<f64>, reason: String| RunResult {
+    let mut max_weight_bp = 0u32;
+    let end = |outcome, now: f64, first: Option<f64>, max_bp: u32, reason: String| RunResult {
         run,
         outcome,
         seconds: now - first.unwrap_or(now),
+        max_weight: f64::from(max_bp) / 100.0,
         reason,
     };
     loop {
@@ -486,6 +491,7 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
         }
         let weight_changed = t.actions.iter().any(|a| matches!(a, Action::SetWeight(_)));
         let s = t.status;
+        max_weight_bp = max_weight_bp.max(s.canary_weight_bp);
         match s.phase {
             Phase::Promoting | Phase::Succeeded => {
                 let outcome = if s.message.contains("promoted undecided") {
@@ -493,7 +499,7 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
                 } else {
                     Outcome::Promoted
                 };
-                return end(outcome, now, first_canary_at, s.message);
+                return end(outcome, now, first_canary_at, max_weight_bp, s.message);
             }
             Phase::Failed => {
                 let outcome = if s.message.contains("deadline")
@@ -503,13 +509,27 @@ pub fn run_one(sc: &Scenario, run: u64) -> RunResult {
                 } else {
                     Outcome::RolledBack
                 };
-                return end(outcome, now, first_canary_at, s.message);
+                return end(outcome, now, first_canary_at, max_weight_bp, s.message);
             }
-            Phase::Concluded => return end(Outcome::Concluded, now, first_canary_at, s.message),
+            Phase::Concluded => {
+                return end(
+                    Outcome::Concluded,
+                    now,
+                    first_canary_at,
+                    max_weight_bp,
+                    s.message,
+                );
+            }
             _ => {}
         }
         if now > limit {
-            return end(Outcome::Held, now, first_canary_at, s.message);
+            return end(
+                Outcome::Held,
+                now,
+                first_canary_at,
+                max_weight_bp,
+                s.message,
+            );
         }
         let measures = s.phase.measures();
         let baseline = s.phase == Phase::Initializing;
@@ -917,6 +937,18 @@ mod tests {
         // judged slower (the same gate, so the comparison can fail).
         let (summary, _) = simulate(&scenario(canary_cold, true, 40));
         assert!(summary.rolled_back >= 36, "{summary:?}");
+    }
+
+    #[test]
+    fn a_run_reports_the_highest_weight_it_reached() {
+        // Steps 10, 25, 50: a healthy canary promoted reached the last; one
+        // failing half its requests is rolled back at the first.
+        let (summary, runs) = simulate(&scenario(r#"{"t": 0}"#, false, 4));
+        assert_eq!(summary.promoted, 4, "{runs:?}");
+        assert!(runs.iter().all(|r| r.max_weight == 50.0), "{runs:?}");
+        let (summary, runs) = simulate(&scenario(r#"{"t": 0, "canary": {"fail": 0.5}}"#, false, 4));
+        assert_eq!(summary.rolled_back, 4, "{runs:?}");
+        assert!(runs.iter().all(|r| r.max_weight == 10.0), "{runs:?}");
     }
 
     #[test]

@@ -77,6 +77,50 @@ fn the_sequential_gate_advances_after_the_dwell_and_promotes_only_when_proven() 
     );
 }
 
+/// A sequential-gate tick whose one check holds a jump of the canary as a
+/// possible incident for `secs` seconds (of a 30 s allowance).
+fn held_tick(now: f64, proven: bool, secs: f64) -> Observation {
+    let mut o = gate_tick(now, proven);
+    let check = &mut o.analysis.as_mut().expect("an analysis").checks[0];
+    check.reason =
+        format!("a jump of the canary is held as a possible incident ({secs:.0}s of 30s)");
+    check.evidence = Some(crate::analysis::EvidenceReport {
+        holding_for: Some(secs),
+        hold_allowance: Some(30.0),
+        ..Default::default()
+    });
+    o
+}
+
+#[test]
+fn a_held_jump_of_the_canary_stops_the_weight_from_advancing_and_promoting() {
+    let p = sequential_plan();
+    let s = started(&p);
+    // The dwell is over, but a check holds a jump: the weight stays.
+    let t = drive(&p, Some(&s), &held_tick(10.0, false, 2.0));
+    assert!(!t.actions.iter().any(Action::is_routing), "{:?}", t.actions);
+    assert_eq!(t.status.canary_weight_bp, 1000);
+    assert!(
+        t.status.message.contains("holding at 10%")
+            && t.status.message.contains("possible incident (2s of 30s)"),
+        "{}",
+        t.status.message
+    );
+    let t = drive(&p, Some(&t.status), &held_tick(12.0, false, 4.0));
+    assert_eq!(t.status.canary_weight_bp, 1000);
+    // The hold ended (forgiven): the next passing tick advances.
+    let t = drive(&p, Some(&t.status), &gate_tick(14.0, false));
+    assert_eq!(t.actions, vec![Action::SetWeight(2500)]);
+    // At the last step, proof does not promote while a jump is held.
+    let mut s = t.status;
+    s = drive(&p, Some(&s), &gate_tick(24.0, false)).status;
+    assert_eq!(s.canary_weight_bp, 5000);
+    let t = drive(&p, Some(&s), &held_tick(40.0, true, 2.0));
+    assert_eq!(t.status.phase, Phase::Progressing, "{}", t.status.message);
+    let t = drive(&p, Some(&t.status), &gate_tick(42.0, true));
+    assert_eq!(t.status.phase, Phase::Promoting);
+}
+
 #[test]
 fn an_undecided_release_waits_for_a_person_by_default() {
     let p = sequential_plan();
