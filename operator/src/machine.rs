@@ -850,15 +850,11 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
             }
             // A jump of the canary held as a possible incident: no more
             // users are sent to it, and it is not promoted, until the hold
-            // ends (forgiven as an excursion, or counted as a regression,
-            // at most the incident allowance later).
-            if let Some(held) = analysis.holding() {
-                s.message = format!(
-                    "holding at {}% while a jump of the canary is held as a possible incident: {}: {}",
-                    pct(s.canary_weight_bp),
-                    held.name,
-                    held.reason
-                );
+            // ends (forgiven as an excursion, or counted as a regression
+            // once it has had more elevated scrapes than the incident
+            // allowance holds).
+            if let Some(held) = held(analysis) {
+                s.message = format!("holding at {}% while {held}", pct(s.canary_weight_bp));
                 return Transition::hold(s, NextTick::Interval);
             }
             s.passed_steps = s.passed_steps.max(s.step + 1);
@@ -910,6 +906,18 @@ fn analyse(plan: &Plan, mut s: Status, obs: &Observation) -> Transition {
     }
 }
 
+/// What holds the release while a check holds a jump of the canary as a
+/// possible incident (the sequential gate's incidents): the weight neither
+/// advances nor promotes until the hold ends.
+fn held(analysis: &Analysis) -> Option<String> {
+    analysis.holding().map(|c| {
+        format!(
+            "a jump of the canary is held as a possible incident: {}: {}",
+            c.name, c.reason
+        )
+    })
+}
+
 /// The maximum duration has passed with nothing decided: what
 /// `--when-undecided` says.
 fn undecided(
@@ -931,6 +939,12 @@ fn undecided(
             return Some(Transition::hold(s.clone(), NextTick::Interval));
         }
         if (s.approved || policy) && analysis.verdict() == Outcome::Pass {
+            if let Some(held) = held(analysis) {
+                // Neither a person's word nor the policy promotes during a
+                // possible incident: the hold ends within its allowance.
+                s.message = format!("undecided after {max}; promotion waits while {held}");
+                return Some(Transition::hold(s.clone(), NextTick::Interval));
+            }
             let message = if s.approved {
                 format!(
                     "promoted by a person after the release was undecided for {max} (evidence then: {})",
@@ -965,7 +979,9 @@ fn undecided(
             ),
         )),
         crate::plan::Undecided::Promote
-            if closed_gate(plan, s, obs).is_none() && analysis.verdict() == Outcome::Pass =>
+            if closed_gate(plan, s, obs).is_none()
+                && analysis.verdict() == Outcome::Pass
+                && held(analysis).is_none() =>
         {
             let message = format!(
                 "promoted undecided (--when-undecided promote): not shown to be no worse than {} within {max}: {}",

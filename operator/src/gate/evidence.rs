@@ -67,9 +67,7 @@
 //!    reference (nothing older than [`REFERENCE_LAG`] had events: the
 //!    canary's first, often partial, scrapes, mostly the prior) lasts at
 //!    most [`YOUNG_ALLOWANCE`], since such a reference cannot tell a jump
-//!    from the canary's own level, unless the canary's own rate there is
-//!    already significantly below the held scrapes' ([`YOUNG_JUMP_P`]):
-//!    then it can, and the hold gets the whole allowance.
+//!    from the canary's own level.
 //! 4. **The pass side** ("the canary is not `ρ_max` times worse") uses only
 //!    the scrapes at the current weight, so a canary worse only at the
 //!    final weight is not promoted on evidence from earlier steps. It is a
@@ -162,27 +160,12 @@ pub const WORSE_BEFORE_P: f64 = 0.001;
 /// healthy one that jumped. Held for the whole allowance, 6% of canaries
 /// 8x worse than the primary were rolled back only after 9 s to 93 s
 /// (`sluice simulate`, 1 s scrapes, 3 s steps), their weight stepping up
-/// meanwhile, instead of within their first step; 1.4% with this cut,
-/// none after 20 s (before [`YOUNG_JUMP_P`] gave some young holds the
-/// whole allowance back: 0.25% now). A short hold still forgives a clump
-/// of failures in the first seconds, as before: a young hold that ends is
-/// judged as any other, and
+/// meanwhile, instead of within their first step; 1.4% now, none after
+/// 20 s. A short hold still forgives a clump of failures in the first
+/// seconds, as before: a young hold that ends is judged as any other, and
 /// without that forgiveness healthy canaries whose failures come in clumps
 /// of 3 were called worse in 2-2.3% of releases, above the bound.
 pub const YOUNG_ALLOWANCE: f64 = 3.0;
-/// How significantly a young reference must show the canary's own rate
-/// below that of its held scrapes for a young hold to be given the whole
-/// allowance. The canary's first seconds, though young, can already tell a
-/// jump from its own level when they had requests enough: a healthy canary
-/// whose incident starts 4-12 s in. Cut to [`YOUNG_ALLOWANCE`], such holds
-/// rolled back 1.9% of healthy canaries with incidents in either arm
-/// (`tests/bench/gate-power`, seed 1; bound 1%); with this test, 0.8%. The
-/// price is in canaries bad from their first request whose first seconds
-/// were that lucky: at 8% against 1% (gate-power's plan, seed 1, 2,000
-/// releases) 1.0% took more than 20 s instead of 0.7%, the 99th percentile
-/// 22 s instead of 18 s. At 0.001, 1.4% of the healthy ones were rolled
-/// back; at 0.05, 0.7%, and 2.2% of the bad ones took more than 20 s.
-pub const YOUNG_JUMP_P: f64 = 0.01;
 /// Pseudo-events that pull a short reference toward "as the primary".
 pub const REFERENCE_PRIOR_EVENTS: f64 = 10.0;
 /// Events per bin of the dispersion estimate.
@@ -296,7 +279,7 @@ fn pooled_ratio(scrapes: &[Counts], sum: &Counts) -> f64 {
 }
 
 impl Counts {
-    pub(crate) fn plus(self, other: &Counts) -> Self {
+    fn plus(self, other: &Counts) -> Self {
         Self {
             canary_requests: self.canary_requests + other.canary_requests,
             canary_events: self.canary_events + other.canary_events,
@@ -543,10 +526,6 @@ struct Look {
     strong: bool,
     /// The reference was young ([`Evidence::reference_counts`]).
     young: bool,
-    /// The reference, though young, shows the canary's own rate
-    /// significantly below that of the held scrapes with this one
-    /// ([`YOUNG_JUMP_P`]).
-    grown: bool,
 }
 
 /// A jump of the canary being held as a possible incident.
@@ -960,33 +939,12 @@ impl Evidence {
                 pooled_share(each, JUMP * high).unwrap_or_else(|| all.theta(JUMP * high)),
             ) < INCIDENT_P
         };
-        // A young reference that already tells a jump from the canary's own
-        // level: the canary's own rate (per request, not against the
-        // primary) is significantly lower in the reference than in the
-        // held scrapes with this one. Given the events of both, the
-        // reference's count is binomial with its share of the requests if
-        // the rate was one throughout (a canary bad from its first
-        // request); only a reference that lucky is taken for a jump.
-        let open_young = self.hold.as_ref().is_some_and(|h| h.young && !h.confirmed);
-        let grown = (open_young || (self.hold.is_none() && up && young)) && {
-            let held = self
-                .hold
-                .iter()
-                .flat_map(|h| &h.scrapes)
-                .fold(*c, |acc, kept| acc.plus(&kept.counts));
-            let (e_ref, e_held) = (reference.canary_events / phi, held.canary_events / phi);
-            let requests = reference.canary_requests + held.canary_requests;
-            requests > 0.0
-                && binomial_upper_tail(e_ref + e_held, e_held, held.canary_requests / requests)
-                    < YOUNG_JUMP_P
-        };
         Look {
             up,
             down,
             above,
             strong,
             young,
-            grown,
         }
     }
 
@@ -998,7 +956,6 @@ impl Evidence {
             above,
             strong,
             young,
-            grown,
         } = look;
         let Some(hold) = self.hold.as_mut() else {
             if up {
@@ -1010,7 +967,7 @@ impl Evidence {
                     strong,
                     quiet_above: true,
                     scrapes: vec![kept],
-                    young: young && !grown,
+                    young,
                 });
                 return true;
             }
@@ -1019,9 +976,6 @@ impl Evidence {
             }
             return false;
         };
-        if grown {
-            hold.young = false;
-        }
         if up {
             hold.elevated += 1;
             hold.quiet = 0;

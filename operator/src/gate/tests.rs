@@ -1183,58 +1183,6 @@ fn a_canary_failing_from_its_first_request_is_not_held_on_its_first_partial_scra
     );
 }
 
-/// A healthy canary (1%, as the primary) whose own incident, 10x for 20 s,
-/// starts 6-12 s after its first request: the hold begins on a young
-/// reference (nothing older than `REFERENCE_LAG` had events), which was
-/// cut to `YOUNG_ALLOWANCE`, so the incident was judged as a regression:
-/// 247 of these 300 releases were rolled back. Those first seconds mostly
-/// had requests enough to show the canary's own rate below the held
-/// scrapes' (`YOUNG_JUMP_P`), and the hold now gets the whole allowance:
-/// 25 of 300. The rest are holds of any age at 80 canary requests a
-/// scrape: an incident's first, partial scrape judged before its jump
-/// shows, or a quiet scrape within it that ends the hold early.
-#[test]
-fn an_incident_in_the_canarys_first_seconds_is_forgiven_once_they_show_its_level() {
-    use rand::RngExt;
-    let s = settings();
-    let t = s.tuning(s.alpha);
-    let seed = 63;
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let runs = 300;
-    let mut alarms = 0;
-    for _ in 0..runs {
-        let mut e = Evidence::new();
-        let mut at = 0.0;
-        // Thirty seconds of the primary alone (the baseline).
-        for _ in 0..15 {
-            at += 2.0;
-            e.observe(&t, at, 2.0, 0, scrape(&mut rng, 400.0, 0.0, 0.01, 0.0, 1));
-        }
-        let start = f64::from(rng.random_range(6u32..=12));
-        let mut alarmed = false;
-        // Two minutes at 10%, second by second, in two-second scrapes.
-        for i in 0..60 {
-            let mut c = Counts::default();
-            for second in [2 * i, 2 * i + 1] {
-                let during = (start..start + 20.0).contains(&f64::from(second));
-                let p_c = if during { 0.1 } else { 0.01 };
-                c = c.plus(&scrape_of(&mut rng, 1.0, 400.0, 0.1, 0.01, p_c, 1));
-            }
-            at += 2.0;
-            e.observe(&t, at, 2.0, 1000, c);
-            if e.fail_statistic() >= t.fail_threshold {
-                alarmed = true;
-                break;
-            }
-        }
-        alarms += u32::from(alarmed);
-    }
-    assert!(
-        alarms <= 40,
-        "seed {seed}: {alarms} of {runs} healthy canaries rolled back for an incident in their first seconds"
-    );
-}
-
 /// While a jump of the canary is held, its check's reason names how long
 /// the hold may last: the incident allowance, or `YOUNG_ALLOWANCE` for a
 /// hold that began on a young reference (it once said "of 30s" for a hold

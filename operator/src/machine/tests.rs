@@ -119,6 +119,31 @@ fn a_held_jump_of_the_canary_stops_the_weight_from_advancing_and_promoting() {
     assert_eq!(t.status.phase, Phase::Progressing, "{}", t.status.message);
     let t = drive(&p, Some(&t.status), &gate_tick(42.0, true));
     assert_eq!(t.status.phase, Phase::Promoting);
+    // Undecided at the maximum duration: neither `--when-undecided
+    // promote` nor a person's approval promotes while a jump is held.
+    let promote = Plan {
+        when_undecided: crate::plan::Undecided::Promote,
+        ..p.clone()
+    };
+    let t = drive(&promote, Some(&s), &held_tick(300.0, false, 2.0));
+    assert_ne!(t.status.phase, Phase::Promoting, "{}", t.status.message);
+    let t = drive(&promote, Some(&t.status), &held_tick(302.0, false, 4.0));
+    assert_ne!(t.status.phase, Phase::Promoting, "{}", t.status.message);
+    assert!(
+        t.status.message.contains("possible incident"),
+        "{}",
+        t.status.message
+    );
+    let t = drive(&promote, Some(&t.status), &gate_tick(304.0, false));
+    assert_eq!(t.status.phase, Phase::Promoting, "{}", t.status.message);
+    let waiting = drive(&p, Some(&s), &gate_tick(300.0, false)).status;
+    assert_eq!(waiting.phase, Phase::WaitingPromotion);
+    let mut approve = held_tick(302.0, false, 2.0);
+    approve.command = Some(Command::Approve);
+    let t = drive(&p, Some(&waiting), &approve);
+    assert_ne!(t.status.phase, Phase::Promoting, "{}", t.status.message);
+    let t = drive(&p, Some(&t.status), &gate_tick(304.0, false));
+    assert_eq!(t.status.phase, Phase::Promoting, "{}", t.status.message);
 }
 
 #[test]
