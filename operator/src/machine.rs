@@ -1090,6 +1090,10 @@ fn blue_green(
             );
             return Transition::hold(s, NextTick::Interval);
         }
+        if let Some(held) = held(analysis) {
+            s.message = format!("soaked at 100%; promotion waits while {held}");
+            return Transition::hold(s, NextTick::Interval);
+        }
         return promote(s, obs.now);
     }
     let needed = f64::from(iterations) * plan.interval.as_secs_f64();
@@ -1101,6 +1105,12 @@ fn blue_green(
         s.message = format!(
             "the switch waits until the new version is shown to be no worse than the primary on mirrored traffic: {why}"
         );
+        return Transition::hold(s, NextTick::Interval);
+    }
+    // All traffic moves at once: never during a possible incident of the
+    // new version on the mirrored copies.
+    if let Some(held) = held(analysis) {
+        s.message = format!("the switch waits while {held}");
         return Transition::hold(s, NextTick::Interval);
     }
     if let Some(waiting) = closed_gate(plan, &s, obs) {

@@ -914,6 +914,15 @@ fn blue_green_switches_in_one_step_after_mirrored_evidence_then_soaks_and_promot
         "{}",
         t.status.message
     );
+    // Proven, but a jump of the new version is held as a possible
+    // incident: all traffic does not move during it.
+    let t = drive(&p, Some(&t.status), &held_tick(21.0, true, 2.0));
+    assert!(t.actions.is_empty(), "{:?}", t.actions);
+    assert!(
+        t.status.message.contains("the switch waits while"),
+        "{}",
+        t.status.message
+    );
     // Proven: the switch is one step from 0 to 100%.
     let t = drive(&p, Some(&t.status), &gate_tick(22.0, true));
     assert_eq!(t.actions[0], Action::SetWeight(10_000));
@@ -922,7 +931,15 @@ fn blue_green_switches_in_one_step_after_mirrored_evidence_then_soaks_and_promot
     let t = drive(&p, Some(&t.status), &gate_tick(40.0, false));
     assert_eq!(t.status.phase, Phase::Progressing);
     assert!(t.status.message.contains("soaking"), "{}", t.status.message);
-    let t = drive(&p, Some(&t.status), &gate_tick(52.0, false));
+    // Soaked, but held: no promotion until the hold ends.
+    let held = drive(&p, Some(&t.status), &held_tick(52.0, false, 2.0));
+    assert_eq!(
+        held.status.phase,
+        Phase::Progressing,
+        "{}",
+        held.status.message
+    );
+    let t = drive(&p, Some(&held.status), &gate_tick(54.0, false));
     assert_eq!(t.status.phase, Phase::Promoting);
 }
 
