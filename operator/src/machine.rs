@@ -941,7 +941,8 @@ fn undecided(
         if (s.approved || policy) && analysis.verdict() == Outcome::Pass {
             if let Some(held) = held(analysis) {
                 // Neither a person's word nor the policy promotes during a
-                // possible incident: the hold ends within its allowance.
+                // possible incident: the hold ends, forgiven or counted,
+                // after about its allowance.
                 s.message = format!("undecided after {max}; promotion waits while {held}");
                 return Some(Transition::hold(s.clone(), NextTick::Interval));
             }
@@ -981,7 +982,7 @@ fn undecided(
         crate::plan::Undecided::Promote
             if closed_gate(plan, s, obs).is_none()
                 && analysis.verdict() == Outcome::Pass
-                && held(analysis).is_none() =>
+                && analysis.holding().is_none() =>
         {
             let message = format!(
                 "promoted undecided (--when-undecided promote): not shown to be no worse than {} within {max}: {}",
