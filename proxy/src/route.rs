@@ -6,7 +6,8 @@
 //! HTTP/2 server). Requests refused here are never forwarded; the answer
 //! says why ([`Refusal`]):
 //! - `CONNECT` is 405 and `OPTIONS *` 200, both with `Allow`: a reverse
-//!   proxy answers them itself. So is `OPTIONS http://host` (an absolute
+//!   proxy answers them itself (and after a `CONNECT` an HTTP/1.1
+//!   connection closes: what follows its head is no request). So is `OPTIONS http://host` (an absolute
 //!   target with an empty path), which is `OPTIONS *` for that host (RFC
 //!   9112 §3.2.4), once its target and Host pass the checks below.
 //! - A method is upper-case letters, `-` and `_` (nginx's rule): `get` is

@@ -369,7 +369,8 @@ fn apply_patch(route: &mut RouteConfig, patch: &Value) -> Result<(), ConfigError
                 other => err("baseline", format!("{other} is not a string URL or null")),
             },
             "canary_weight" => match value.as_f64() {
-                Some(w) => route.canary_weight = w,
+                // `-0` is 0 (`-0.0 + 0.0` is `+0.0`): shown as such.
+                Some(w) => route.canary_weight = w + 0.0,
                 None => err("canary_weight", format!("{value} is not a number")),
             },
             "canary_match" => match value {

@@ -645,19 +645,25 @@ async fn trailers_cookies_paths_and_odd_methods_are_handled_deliberately() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(String::from_utf8_lossy(&body), "/admin|a=1; b=2");
 
-    // CONNECT: refused, saying why; OPTIONS *: the methods, not forwarded.
+    // CONNECT: refused, saying why, and the connection closed: what the
+    // client sent after it (here a request meant for the far host, through
+    // the tunnel it hoped for) is never read as a request of its own.
     let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     raw.write_all(
-        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\
+          GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
     )
     .await
     .unwrap();
-    let (_, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
+    let (closed, seen) = closed_within(&mut raw, Duration::from_secs(5)).await;
     let text = String::from_utf8_lossy(&seen).to_lowercase();
+    assert!(closed, "the connection stayed open after CONNECT: {text}");
     assert!(
         text.starts_with("http/1.1 405") && text.contains("allow:"),
         "{text}"
     );
+    assert_eq!(text.matches("http/1.1 ").count(), 1, "{text}");
+    // OPTIONS *: the methods, not forwarded.
     let mut raw = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     raw.write_all(b"OPTIONS * HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
         .await

@@ -481,6 +481,12 @@ async fn bad_admin_requests_get_clear_errors_and_change_nothing() {
         body["canary_match"].as_array().is_none_or(Vec::is_empty),
         "{body}"
     );
+    // `-0` is the weight 0, and shown so.
+    let (status, body) = put_json(&admin, json!({ "canary_weight": -0.0 }), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, routes) = get(&admin).await.unwrap();
+    let routes = String::from_utf8_lossy(&routes);
+    assert!(routes.contains(r#""canary_weight":0.0"#), "{routes}");
 }
 
 #[tokio::test]

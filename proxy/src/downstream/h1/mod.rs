@@ -446,7 +446,12 @@ impl<S: AsyncRead + AsyncWrite + crate::conn::Sent + Unpin + Send> Conn<S> {
         }
         if let Err(refusal) = state.check(&req) {
             self.unread_body = unread_body;
-            reply.close |= unread_body || refusal.status == StatusCode::BAD_REQUEST;
+            // What follows a CONNECT's head may be the tunnel the client
+            // hoped for (a TLS hello, a request for the far host), which
+            // must never be read as a request to this proxy's backends.
+            reply.close |= unread_body
+                || refusal.status == StatusCode::BAD_REQUEST
+                || *req.method == Method::CONNECT;
             return self
                 .writer()
                 .local(crate::answer::refused(refusal), reply)
