@@ -717,6 +717,14 @@ fn passed_response(
     let has_connection = head.has_connection();
     let mut resp = Response::new(());
     *resp.status_mut() = status;
+    // Room for the backend's fields and the two the proxy may add (`date`,
+    // `content-length`, which is taken out and put back): the map is then
+    // allocated once, not grown (and rehashed) past its first 6 entries.
+    let fields = match &head {
+        ResponseHead::H1(h) => h.spans.len(),
+        ResponseHead::H2(p) => p.headers.len(),
+    };
+    *resp.headers_mut() = HeaderMap::with_capacity(fields + 2);
     let headers = resp.headers_mut();
     let written = match head {
         // The values are slices of one exact-size copy of the head. Not
