@@ -11,9 +11,10 @@
 //! - **Baseline.** Before the canary gets traffic, the primary alone is
 //!   measured for `baseline` (default 30 s): its traffic, failure rate,
 //!   how much its counts vary (the dispersion prior) and, without a
-//!   configured latency bound, its p99 (the learnt bound: the bucket bound
-//!   above the p99 of its first [`LEARN_REQUESTS`] requests, at least
-//!   [`MIN_LEARNT_BOUND`]). [`forecast`] then says what the release can
+//!   configured latency bound, its p99 (the learnt bound: the median of
+//!   the p99 bucket bounds of its newest [`LEARN_PARTS`] parts of
+//!   [`LEARN_REQUESTS`] requests when the canary's latency is first judged,
+//!   its warm-up included; at least [`MIN_LEARNT_BOUND`]). [`forecast`] then says what the release can
 //!   decide at this traffic.
 //! - **Latency tolerance.** On a bound `T`, the primary's slow requests are
 //!   those over `T` and the canary's those over `T⁺`, the first bucket bound
@@ -53,8 +54,16 @@ use crate::analysis::{Analysis, CheckResult, EvidenceReport, Outcome};
 use crate::counters::{Arm, Window};
 pub use evidence::{Counts, Evidence, FAIL_GRID, FLOOR_GRID, PASS_GRID, Tuning};
 
-/// Primary requests measured before an automatic latency bound is fixed.
+/// Primary requests in each part of the baseline whose p99 is taken, and
+/// the least measured before an automatic latency bound is fixed.
 pub const LEARN_REQUESTS: f64 = 500.0;
+/// Scrapes of the primary kept while a bound is learnt: the newest (64 s
+/// of 2 s scrapes, more than the default baseline and warm-up), so that a
+/// long baseline keeps the release's saved state small (each scrape keeps
+/// its buckets: a few KiB).
+pub const LEARN_SCRAPES_KEPT: usize = 32;
+/// Parts of [`LEARN_REQUESTS`] a learnt bound is the median of: the newest.
+pub const LEARN_PARTS: usize = 5;
 /// The lowest bound learnt automatically (a bucket bound): below it,
 /// differences are connection set-up and scheduling noise (a canary's pool
 /// is colder than the primary's), not what a release is judged on.
@@ -340,18 +349,59 @@ fn total(arm: &Arm) -> f64 {
     arm.buckets.last().map(|b| b.1).unwrap_or(0.0)
 }
 
+/// The bound the primary's kept scrapes give (see [`GateState::learn`]):
+/// the lower median of the p99 bucket bounds of their newest
+/// [`LEARN_PARTS`] parts of [`LEARN_REQUESTS`] requests, made from the
+/// newest back (older scrapes short of a whole part are left out);
+/// infinite when that p99 lies above every finite bucket. None before
+/// [`LEARN_REQUESTS`] requests.
+fn learnt_bound(scrapes: &[(f64, Arm)]) -> Option<f64> {
+    let p99 = |part: &[(f64, f64)]| {
+        let seen = part.last().map_or(0.0, |b| b.1);
+        part.iter()
+            .find(|(b, c)| b.is_finite() && *c >= 0.99 * seen)
+            .map_or(f64::INFINITY, |b| b.0)
+    };
+    let mut bounds = Vec::new();
+    let mut part: Vec<(f64, f64)> = Vec::new();
+    for (_, arm) in scrapes.iter().rev() {
+        for (le, count) in &arm.buckets {
+            match part.iter_mut().find(|(b, _)| b.to_bits() == le.to_bits()) {
+                Some(slot) => slot.1 += count,
+                None => part.push((*le, *count)),
+            }
+        }
+        part.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if part.last().is_some_and(|b| b.1 >= LEARN_REQUESTS) {
+            bounds.push(p99(&part));
+            part.clear();
+            if bounds.len() == LEARN_PARTS {
+                break;
+            }
+        }
+    }
+    bounds.sort_by(f64::total_cmp);
+    bounds.get(bounds.len().checked_sub(1)? / 2).copied()
+}
+
 /// Everything the gate remembers about a release; kept in its status.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GateState {
     pub errors: Evidence,
     pub latency: Vec<LatencyEvidence>,
-    /// The primary's cumulative buckets while a bound is being learnt.
+    /// The primary's cumulative buckets while a bound is being learnt, as
+    /// the previous version kept them (one sum; now taken in as one scrape
+    /// of [`GateState::learning_scrapes`]).
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
         with = "crate::counters::buckets_text"
     )]
     pub learning: Vec<(f64, f64)>,
+    /// The primary's scrapes while a bound is being learnt (the newest
+    /// [`LEARN_SCRAPES_KEPT`]), each with the time it ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub learning_scrapes: Vec<(f64, Arm)>,
     /// Weight of the step the exposure is counted for, and its canary requests.
     pub step_weight_bp: u32,
     pub step_canary_requests: f64,
@@ -532,7 +582,7 @@ impl GateState {
         self.baseline_seconds += seconds;
         self.errors.observe_primary(at, s.requests, s.failures);
         if settings.latency_bounds.is_empty() && self.latency.is_empty() {
-            self.learn(settings, s);
+            self.learn(settings, s, at);
         }
         for l in &mut self.latency {
             let slow = s.slower_than(l.bound).unwrap_or(0.0);
@@ -742,7 +792,7 @@ impl GateState {
             // the baseline arm's, which is the same version: without it a
             // release that reaches 50% before 500 requests of the primary
             // would never learn one).
-            self.learn(settings, s_failures);
+            self.learn(settings, s_failures, at);
         }
         let warm = self
             .canary_since
@@ -759,37 +809,67 @@ impl GateState {
         }
     }
 
-    /// Gathers the primary's durations until a bound can be fixed: the
-    /// bucket bound just above its p99.
-    fn learn(&mut self, settings: &GateSettings, stable: &Arm) {
-        for (le, count) in &stable.buckets {
-            match self
-                .learning
-                .iter_mut()
-                .find(|(b, _)| b.to_bits() == le.to_bits())
-            {
-                Some(slot) => slot.1 += count,
-                None => self.learning.push((*le, *count)),
-            }
-        }
-        self.learning.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let seen = self.learning.last().map(|b| b.1).unwrap_or(0.0);
-        if seen < LEARN_REQUESTS {
-            return;
-        }
-        let rank = 0.99 * seen;
-        if let Some((bound, _)) = self
-            .learning
-            .iter()
-            .find(|(b, c)| b.is_finite() && *c >= rank)
-        {
-            self.latency.push(LatencyEvidence::new(
-                settings,
-                bound.max(MIN_LEARNT_BOUND),
-                true,
+    /// The first latency bound: fixed, or the one the primary's latest
+    /// seconds give so far (fixed when the canary's latency is first
+    /// judged).
+    pub fn first_latency_bound(&self) -> Option<f64> {
+        self.latency.first().map(|l| l.bound).or_else(|| {
+            learnt_bound(&self.learning_scrapes)
+                .filter(|b| b.is_finite())
+                .map(|b| b.max(MIN_LEARNT_BOUND))
+        })
+    }
+
+    /// Gathers the primary's durations until a bound can be fixed: when the
+    /// canary's latency is first judged (its warm-up over), or later, once
+    /// [`LEARN_REQUESTS`] are in. The bound is the median of the p99
+    /// bucket bounds of the newest [`LEARN_PARTS`] parts of
+    /// [`LEARN_REQUESTS`] requests each (the primary's latest seconds, its
+    /// traffic during the canary's warm-up included), so that a slow moment
+    /// of the primary (a deploy, a pause, a baseline taken while it was
+    /// slow) does not set a bound no canary reaches. The kept scrapes then
+    /// give the bound's evidence the primary's dispersion, as if the bound
+    /// had been known from their start.
+    fn learn(&mut self, settings: &GateSettings, stable: &Arm, at: f64) {
+        if !self.learning.is_empty() {
+            // Saved by the previous version: its sum, as one scrape.
+            let buckets = std::mem::take(&mut self.learning);
+            let requests = buckets.last().map_or(0.0, |b| b.1);
+            self.learning_scrapes.push((
+                at,
+                Arm {
+                    requests,
+                    failures: 0.0,
+                    buckets,
+                },
             ));
         }
-        self.learning.clear();
+        if total(stable) > 0.0 {
+            let mut arm = stable.clone();
+            arm.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            self.learning_scrapes.push((at, arm));
+        }
+        if self.learning_scrapes.len() > LEARN_SCRAPES_KEPT {
+            let extra = self.learning_scrapes.len() - LEARN_SCRAPES_KEPT;
+            self.learning_scrapes.drain(..extra);
+        }
+        let warm = self
+            .canary_since
+            .is_some_and(|since| at - since > settings.warmup.as_secs_f64() + 1e-9);
+        if !warm {
+            return;
+        }
+        let Some(bound) = learnt_bound(&self.learning_scrapes).filter(|b| b.is_finite()) else {
+            return;
+        };
+        let mut l = LatencyEvidence::new(settings, bound.max(MIN_LEARNT_BOUND), true);
+        // The scrapes before this one (which `observe` adds as any other).
+        for (when, arm) in self.learning_scrapes.iter().filter(|(w, _)| *w < at) {
+            let slower = arm.slower_than(l.bound).unwrap_or(0.0);
+            l.evidence.observe_primary(*when, total(arm), slower);
+        }
+        self.latency.push(l);
+        self.learning_scrapes.clear();
     }
 
     /// The checks of the evidence so far. `min_requests` is the canary
@@ -852,15 +932,35 @@ impl GateState {
             checks.push(check);
         }
         if self.latency.is_empty() && settings.latency_bounds.is_empty() {
-            let seen = self.learning.last().map(|b| b.1).unwrap_or(0.0);
+            let seen: f64 = self.learning.last().map_or(0.0, |b| b.1)
+                + self
+                    .learning_scrapes
+                    .iter()
+                    .map(|(_, a)| total(a))
+                    .sum::<f64>();
+            let largest = self
+                .learning_scrapes
+                .iter()
+                .flat_map(|(_, a)| &a.buckets)
+                .map(|b| b.0)
+                .filter(|b| b.is_finite())
+                .fold(0.0, f64::max);
+            let reason = if learnt_bound(&self.learning_scrapes).is_some_and(f64::is_infinite) {
+                format!(
+                    "not judged: the primary's p99 is above its largest finite bucket ({}); set a bound with --latency-bound (annotation sluice.dev/latency-bound)",
+                    sluice_proxy::config::format_duration(Duration::from_secs_f64(largest))
+                )
+            } else {
+                format!(
+                    "not judged yet: measuring the primary's p99 ({seen:.0} of {LEARN_REQUESTS} requests)"
+                )
+            };
             checks.push(CheckResult {
                 name: "latency".into(),
                 outcome: Outcome::Pass,
                 value: None,
                 threshold: "learning the primary's p99".into(),
-                reason: format!(
-                    "not judged yet: measuring the primary's p99 ({seen:.0} of {LEARN_REQUESTS} requests)"
-                ),
+                reason,
                 evidence: Some(EvidenceReport::default()),
                 ..CheckResult::default()
             });

@@ -203,11 +203,10 @@ pub fn forecast(plan: Schedule<'_>, s: &GateSettings, gate: &GateState) -> Optio
     let rps = b.requests / gate.baseline_seconds;
     let failure_rate = (b.failures + 0.5) / (b.requests + 1.0);
     let phi = gate.errors.phi();
-    let latency = gate.latency.first();
-    let latency_bound = latency.map(|l| l.bound);
-    let slow_share = latency.map(|l| {
+    let latency_bound = gate.first_latency_bound();
+    let slow_share = latency_bound.map(|bound| {
         let total = b.buckets.last().map(|x| x.1).unwrap_or(0.0);
-        (b.slower_than(l.bound).unwrap_or(0.0) + 0.5) / (total + 1.0)
+        (b.slower_than(bound).unwrap_or(0.0) + 0.5) / (total + 1.0)
     });
     // Without a bound yet, slow requests are about 1% (the p99's bucket).
     let slow = slow_share.unwrap_or(0.01);

@@ -518,13 +518,135 @@ fn the_learnt_bound_comes_from_the_baseline_and_the_canary_gets_its_tolerance() 
     for _ in 0..10 {
         g.observe_baseline(&s, &window(&[(0.05, 990.0), (0.07, 10.0)], &[], 2.0));
     }
-    assert_eq!(g.latency.len(), 1, "learnt during the baseline");
+    // Learnt during the baseline, fixed when the canary's warm-up is over
+    // (10 s: its sixth scrape of 2 s).
+    assert!(g.latency.is_empty());
+    assert_eq!(g.first_latency_bound(), Some(0.05));
+    for scrape in 1..=6 {
+        assert_eq!(g.latency.is_empty(), scrape < 7, "scrape {scrape}");
+        g.observe(
+            &s,
+            &window(
+                &[(0.05, 891.0), (0.07, 9.0)],
+                &[(0.05, 99.0), (0.07, 1.0)],
+                2.0,
+            ),
+            1000,
+            Arms::Weighted,
+        );
+    }
+    assert_eq!(g.latency.len(), 1);
     let bound = &g.latency[0];
     assert_eq!(bound.bound, 0.05);
     // 10% tolerance: the canary is counted at the next bound, 60 ms.
     assert_eq!(bound.canary_bound, 0.06);
     assert_eq!(g.baseline_seconds, 20.0);
     assert_eq!(g.baseline.requests, 10_000.0);
+    // The baseline's scrapes gave the bound's evidence the primary's
+    // dispersion, as if it had been known from their start.
+    assert!(
+        bound.evidence.dispersion.primary_pairs >= 8.0,
+        "{:?}",
+        bound.evidence.dispersion
+    );
+}
+
+/// A slow moment of the primary at the baseline's start (a deploy, a
+/// pause), or a baseline slow throughout, does not set the bound: a canary
+/// 50 ms slower than a 20 ms primary is judged on the primary's p99 of its
+/// latest seconds, and fails. (The bound was once the first 500 requests'
+/// p99, here 500 ms, which no canary reached: such canaries were promoted.)
+#[test]
+fn a_slow_start_of_the_baseline_does_not_set_the_latency_bound() {
+    let s = GateSettings::default();
+    let slow = [(0.25, 500.0), (0.5, 490.0), (1.0, 10.0)];
+    let usual = [(0.025, 990.0), (0.05, 10.0)];
+    for slow_scrapes in [1, 15] {
+        let mut g = GateState::new(&s);
+        for scrape in 0..15 {
+            let primary: &[(f64, f64)] = if scrape < slow_scrapes { &slow } else { &usual };
+            g.observe_baseline(&s, &window(primary, &[], 2.0));
+        }
+        let at_start = if slow_scrapes == 1 {
+            Some(0.025)
+        } else {
+            Some(0.5)
+        };
+        assert_eq!(g.first_latency_bound(), at_start, "{slow_scrapes}");
+        canary_50ms_slower_fails(&s, g);
+    }
+}
+
+fn canary_50ms_slower_fails(s: &GateSettings, mut g: GateState) {
+    // Every canary request over the bound it is counted at.
+    let counted_at = s.canary_bound(0.025);
+    let mut failed_at = None;
+    for tick in 0..60 {
+        g.observe(
+            s,
+            &window(
+                &[(0.025, 891.0), (0.05, 9.0)],
+                &[(counted_at, 0.0), (0.1, 100.0)],
+                2.0,
+            ),
+            1000,
+            Arms::Weighted,
+        );
+        let analysis = g.analysis(s, 20, Arms::Weighted);
+        if analysis.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+            failed_at = Some(tick);
+            break;
+        }
+    }
+    assert_eq!(g.latency[0].bound, 0.025);
+    assert!(
+        failed_at.is_some(),
+        "a canary 50 ms slower was never failed"
+    );
+}
+
+/// A primary whose p99 lies above every finite bucket gives no bound, and
+/// the check says so and what to set, rather than "measuring".
+#[test]
+fn a_p99_above_the_buckets_is_named_and_a_bound_asked_for() {
+    let s = GateSettings::default();
+    let mut g = GateState::new(&s);
+    // 5% of the primary's requests over 30 s, the largest finite bucket.
+    let arm = |n: f64| Arm {
+        requests: n,
+        failures: 0.0,
+        buckets: vec![(10.0, 0.9 * n), (30.0, 0.95 * n), (f64::INFINITY, n)],
+    };
+    for _ in 0..5 {
+        let baseline = Window {
+            stable: arm(1000.0),
+            seconds: 2.0,
+            ..Window::default()
+        };
+        g.observe_baseline(&s, &baseline);
+    }
+    let both = Window {
+        stable: arm(900.0),
+        canary: arm(100.0),
+        seconds: 2.0,
+        ..Window::default()
+    };
+    g.observe(&s, &both, 1000, Arms::Weighted);
+    assert!(g.latency.is_empty());
+    let analysis = g.analysis(&s, 20, Arms::Weighted);
+    let latency = analysis
+        .checks
+        .iter()
+        .find(|c| c.name == "latency")
+        .expect("a latency check");
+    assert!(
+        latency
+            .reason
+            .contains("above its largest finite bucket (30s)")
+            && latency.reason.contains("--latency-bound"),
+        "{}",
+        latency.reason
+    );
 }
 
 #[test]
