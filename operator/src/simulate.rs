@@ -206,8 +206,15 @@ fn draw_arm(rng: &mut SmallRng, n: u64, a: &ArmTraffic) -> Arm {
             p = (p * g.sample(rng)).min(1.0);
         }
     }
+    // Failures come `clump` at a time: each whole `clump` of requests
+    // fails together with chance `p`, and so does the rest of the window
+    // (fewer than `clump` requests, perhaps all of a quiet window's), so
+    // the mean stays `n·p` and a window shorter than a clump still sees
+    // its failures together, not as lone ones.
     let clump = u64::from(a.clump.max(1));
-    let failures = (binomial(rng, n / clump, p) * clump + binomial(rng, n % clump, p)).min(n);
+    let rest = n % clump;
+    let rest_failed = rest > 0 && rng.random::<f64>() < p;
+    let failures = binomial(rng, n / clump, p) * clump + if rest_failed { rest } else { 0 };
     let mut buckets = Vec::new();
     let (mut left, mut below, mut cumulative) = (n, 0.0, 0u64);
     for bound in duration_bounds_secs() {
@@ -394,8 +401,16 @@ impl Sampled {
         }
         if after > before {
             self.samples.push((now, self.cumulative.clone()));
-            if self.samples.len() > 64 {
-                self.samples.remove(0);
+            // Only the newest sample at or before the last judged window's
+            // end is needed (the next window starts there), however many
+            // scrapes a long window spans.
+            if let Some(end) = self.last_end {
+                let older = self
+                    .samples
+                    .iter()
+                    .filter(|(t, _)| *t <= end + 1e-9)
+                    .count();
+                self.samples.drain(..older.saturating_sub(1));
             }
         }
     }
@@ -842,6 +857,18 @@ mod tests {
             (m - 8.0).abs() < 0.4 && (v / 7.92 - 3.0).abs() < 0.5,
             "{m} {v}"
         );
+        // A window shorter than a clump: its requests fail together.
+        let long_clumps = ArmTraffic {
+            clump: 10,
+            fail: 0.05,
+            ..plain
+        };
+        let xs: Vec<f64> = (0..20_000)
+            .map(|_| draw_arm(&mut rng, 2, &long_clumps).failures)
+            .collect();
+        assert!(xs.iter().all(|x| *x == 0.0 || *x == 2.0), "{xs:?}");
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        assert!((mean - 0.1).abs() < 0.02, "{mean}");
         let dispersed = ArmTraffic {
             dispersion: 8.0,
             ..plain
@@ -851,6 +878,37 @@ mod tests {
             (m - 8.0).abs() < 0.5 && (v / 7.92 - 8.0).abs() < 1.6,
             "{m} {v}"
         );
+    }
+
+    /// A Prometheus window longer than 64 scrapes is the traffic of that
+    /// window, not everything since the first sample (the samples it
+    /// starts from were once dropped after 64, silently).
+    #[test]
+    fn a_prometheus_window_of_many_scrapes_counts_only_its_own_traffic() {
+        let mut sampled = Sampled {
+            scrape: 1.0,
+            floor: 100.0,
+            phase: 0.5,
+            cumulative: Window::default(),
+            samples: Vec::new(),
+            last_end: None,
+        };
+        let mut one = Window::default();
+        one.stable.requests = 1.0;
+        let mut judged = Vec::new();
+        for second in 1..=400 {
+            let now = f64::from(second);
+            sampled.add(&one, now - 1.0, now);
+            if second % 10 == 0
+                && let Some(w) = sampled.window(now)
+            {
+                judged.push(w.stable.requests);
+            }
+        }
+        // The first call only marks the start; then one window of 100 s
+        // (100 scrapes, one request each) every 100 s.
+        assert_eq!(judged, vec![100.0, 100.0, 100.0]);
+        assert!(sampled.samples.len() <= 102, "{}", sampled.samples.len());
     }
 
     /// A scenario of 400 req/s, steps 10,25,50 of a minute, 2 s scrapes,
