@@ -190,7 +190,7 @@ impl Trace {
                     .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
                     .unwrap_or(&said);
                 let hint = if e.is_eof() {
-                    "; each line holds one whole JSON object (JSON Lines): an object written across lines is not read"
+                    "; the line ends before its object does (a missing `}` or `]`?): each line holds one whole JSON object (JSON Lines), so an object written across lines is not read either"
                 } else {
                     ""
                 };
@@ -661,6 +661,15 @@ mod tests {
         assert_eq!(e.line, 1, "{e}");
         assert!(!e.message.contains("at line"), "{e}");
         assert!(e.message.contains("one whole JSON object"), "{e}");
+        // A line cut short gets the same hint, its likelier cause first.
+        let e = Trace::parse(
+            "{\"t\": 0}\n{\"t\": 5, \"canary\": {\"fail\": 0.1}\n",
+            "trace.jsonl",
+            first(),
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("a missing `}`"), "{e}");
     }
 
     #[test]
