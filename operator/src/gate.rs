@@ -57,10 +57,10 @@ pub use evidence::{Counts, Evidence, FAIL_GRID, FLOOR_GRID, PASS_GRID, Tuning};
 /// Primary requests in each part of the baseline whose p99 is taken, and
 /// the least measured before an automatic latency bound is fixed.
 pub const LEARN_REQUESTS: f64 = 500.0;
-/// Scrapes of the primary kept while a bound is learnt: the newest (64 s
-/// of 2 s scrapes, more than the default baseline and warm-up), so that a
-/// long baseline keeps the release's saved state small (each scrape keeps
-/// its buckets: a few KiB).
+/// Scrapes of the primary kept while a bound is learnt (64 s of 2 s
+/// scrapes, more than the default baseline and warm-up); past it the
+/// oldest are merged, so that a long baseline at low traffic keeps the
+/// release's saved state small (each scrape keeps its buckets: a few KiB).
 pub const LEARN_SCRAPES_KEPT: usize = 32;
 /// Parts of [`LEARN_REQUESTS`] a learnt bound is the median of: the newest.
 pub const LEARN_PARTS: usize = 5;
@@ -398,8 +398,8 @@ pub struct GateState {
         with = "crate::counters::buckets_text"
     )]
     pub learning: Vec<(f64, f64)>,
-    /// The primary's scrapes while a bound is being learnt (the newest
-    /// [`LEARN_SCRAPES_KEPT`]), each with the time it ended.
+    /// The primary's scrapes while a bound is being learnt, each with the
+    /// time it ended (at most [`LEARN_SCRAPES_KEPT`]: the oldest merged).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learning_scrapes: Vec<(f64, Arm)>,
     /// Weight of the step the exposure is counted for, and its canary requests.
@@ -849,9 +849,12 @@ impl GateState {
             arm.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
             self.learning_scrapes.push((at, arm));
         }
-        if self.learning_scrapes.len() > LEARN_SCRAPES_KEPT {
-            let extra = self.learning_scrapes.len() - LEARN_SCRAPES_KEPT;
-            self.learning_scrapes.drain(..extra);
+        // Over the limit, the two oldest become one, as one longer scrape:
+        // nothing is lost to the bound, which is taken from the newest.
+        while self.learning_scrapes.len() > LEARN_SCRAPES_KEPT {
+            let (_, oldest) = self.learning_scrapes.remove(0);
+            let next = &mut self.learning_scrapes[0].1;
+            next.add(&oldest);
         }
         let warm = self
             .canary_since

@@ -605,6 +605,31 @@ fn canary_50ms_slower_fails(s: &GateSettings, mut g: GateState) {
     );
 }
 
+/// At low traffic the bound is still fixed, once the primary's requests
+/// add up, and what is kept to learn it stays small. (When the kept scrapes
+/// were only the newest 32, at 5 req/s they never held 500 requests: no
+/// bound, and 99.7% of healthy releases waited for a person.)
+#[test]
+fn at_low_traffic_the_bound_is_learnt_from_merged_scrapes() {
+    let s = GateSettings::default();
+    let mut g = GateState::new(&s);
+    // 5 req/s, 2 s scrapes: 10 requests each, one in ten at 50 ms.
+    for _ in 0..15 {
+        g.observe_baseline(&s, &window(&[(0.025, 9.0), (0.05, 1.0)], &[], 2.0));
+    }
+    for _ in 0..60 {
+        g.observe(
+            &s,
+            &window(&[(0.025, 8.0), (0.05, 1.0)], &[(0.025, 1.0)], 2.0),
+            1000,
+            Arms::Weighted,
+        );
+        assert!(g.learning_scrapes.len() <= LEARN_SCRAPES_KEPT);
+    }
+    assert_eq!(g.latency.len(), 1, "no bound after 650 primary requests");
+    assert_eq!(g.latency[0].bound, 0.05);
+}
+
 /// A primary whose p99 lies above every finite bucket gives no bound, and
 /// the check says so and what to set, rather than "measuring".
 #[test]
