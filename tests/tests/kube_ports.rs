@@ -610,6 +610,65 @@ async fn changing_which_ports_are_http_rolls_the_proxy_pods_and_later_weights_re
     );
 }
 
+/// A port added to the user's Service after the take-over is served by the
+/// proxy and reaches the primary: Service `app-primary` gets the port too
+/// (it once kept the ports it was made with, so the proxy sent the new
+/// port's connections to a port the primary's Service did not have).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_port_added_after_the_takeover_reaches_the_primary() {
+    // TLS to the fake: a person's kubectl takes part.
+    let mut c = Cluster::with_probe(true).await;
+    c.drive("take-over", |c| {
+        c.status().is_some_and(|s| s.phase == "Initialized")
+    })
+    .await;
+    let ports_of = |c: &Cluster, name: &str| -> Vec<i64> {
+        let svc = c.fake.get("api/v1", "services", NS, name).unwrap();
+        let mut ports: Vec<i64> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["port"].as_i64())
+            .collect();
+        ports.sort();
+        ports
+    };
+    let before = ports_of(&c, "app-primary");
+    assert!(!before.contains(&9090), "{before:?}");
+    kubectl(
+        &c.fake,
+        &[
+            "patch",
+            "svc",
+            "app",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/ports/-","value":{"name":"metrics","port":9090,"targetPort":9090}}]"#,
+        ],
+    );
+    // Reconciles only: this harness's proxy pods serve the ports picked
+    // at its start, which the new one is not.
+    for _ in 0..3 {
+        c.clock.fetch_add(10, Ordering::SeqCst);
+        c.tick().await;
+    }
+    assert_eq!(ports_of(&c, "app-primary"), ports_of(&c, "app"));
+    let cm = c
+        .fake
+        .get("api/v1", "configmaps", NS, "app-sluice")
+        .unwrap();
+    let written =
+        sluice_proxy::Config::from_yaml(cm["data"]["routes.yaml"].as_str().unwrap()).unwrap();
+    assert!(
+        written
+            .tcp_listeners
+            .iter()
+            .any(|l| l.upstream == "app-primary.shop.svc:9090"),
+        "{written:?}"
+    );
+}
+
 /// The proxy's ports above are picked at the start and bound only after
 /// the take-over, seconds later; another test process picking meanwhile
 /// must not be handed the same port. Two processes scanning from the same

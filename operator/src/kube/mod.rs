@@ -755,6 +755,7 @@ async fn reconcile_owned(d: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action
     match &settings.router {
         Router::Proxy => {
             restore_routing(&ctx, &d, &ns, &name, &service_value).await?;
+            services::sync_primary_ports(&ctx, &ns, &name, &dv, &service_value).await?;
             ensure_proxy(
                 &ctx,
                 &ns,

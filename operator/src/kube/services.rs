@@ -149,6 +149,64 @@ pub(super) async fn point_canary(
     .await
 }
 
+/// Keeps Service `app-primary`'s ports those of the user's Service (its
+/// original ones): a port added or changed after the take-over is proxied
+/// to the primary on that port, which must exist there too (the
+/// `-primary` Service is otherwise written only when it is made). Written
+/// only when they differ. `app-canary` takes the ports at each release's
+/// start ([`point_canary`]).
+pub(super) async fn sync_primary_ports(
+    ctx: &Context,
+    ns: &str,
+    app: &str,
+    dv: &Value,
+    service: &Value,
+) -> Result<(), Error> {
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(current) = services.get_opt(&primary_name(app)).await? else {
+        return Ok(());
+    };
+    let wanted = service_copy(
+        &original_service(service),
+        &primary_name(app),
+        &primary_labels(&selector_of(dv)),
+        &owner_reference(dv),
+        app,
+    );
+    if port_set(&to_value(&current)?["spec"]["ports"]) == port_set(&wanted["spec"]["ports"]) {
+        return Ok(());
+    }
+    apply::<Service>(&ctx.client, ns, &wanted).await
+}
+
+/// A Service's ports as a sorted set of (name, port, protocol, target
+/// port, app protocol), the API server's defaults filled in (TCP; the
+/// target port is the port).
+fn port_set(ports: &Value) -> Vec<(String, i64, String, String, String)> {
+    let mut set: Vec<_> = ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let port = p["port"].as_i64().unwrap_or(0);
+            let target = match &p["targetPort"] {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                _ => port.to_string(),
+            };
+            (
+                p["name"].as_str().unwrap_or_default().to_string(),
+                port,
+                p["protocol"].as_str().unwrap_or("TCP").to_string(),
+                target,
+                p["appProtocol"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    set.sort();
+    set
+}
+
 /// The `pod-template-hash` of the ReplicaSet of Deployment `dv` that runs
 /// its current pod template; None when the Deployment owns no ReplicaSet
 /// visible here, an error when it owns some but none runs that template
