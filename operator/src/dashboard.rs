@@ -312,7 +312,9 @@ fn kube_refusal(e: PluginError) -> Refusal {
             format!("cannot reach Kubernetes: {other}"),
         ),
         // The plugin's own refusals: the release cannot take it now.
-        PluginError::Usage(text) => Refusal::new(StatusCode::CONFLICT, text),
+        PluginError::Usage(text) | PluginError::Conflict(text) => {
+            Refusal::new(StatusCode::CONFLICT, text)
+        }
         PluginError::NotFound(text) => Refusal::new(StatusCode::NOT_FOUND, text),
     }
 }

@@ -11,10 +11,10 @@
 //! - **Baseline.** Before the canary gets traffic, the primary alone is
 //!   measured for `baseline` (default 30 s): its traffic, failure rate,
 //!   how much its counts vary (the dispersion prior) and, without a
-//!   configured latency bound, its p99 (the learnt bound: the median of
-//!   the p99 bucket bounds of its newest [`LEARN_PARTS`] parts of
-//!   [`LEARN_REQUESTS`] requests when the canary's latency is first judged,
-//!   its warm-up included; at least [`MIN_LEARNT_BOUND`]). [`forecast`] then says what the release can
+//!   configured latency bound, its p99 (the learnt bound: the lower
+//!   median of the p99 bucket bounds of its parts of [`LEARN_REQUESTS`]
+//!   requests from the baseline's start until the canary's latency is
+//!   first judged; at least [`MIN_LEARNT_BOUND`]). [`forecast`] then says what the release can
 //!   decide at this traffic.
 //! - **Latency tolerance.** On a bound `T`, the primary's slow requests are
 //!   those over `T` and the canary's those over `T⁺`, the first bucket bound
@@ -60,10 +60,8 @@ pub const LEARN_REQUESTS: f64 = 500.0;
 /// Scrapes of the primary kept while a bound is learnt (64 s of 2 s
 /// scrapes, more than the default baseline and warm-up); past it the
 /// oldest are merged, so that a long baseline at low traffic keeps the
-/// release's saved state small (each scrape keeps its buckets: a few KiB).
+/// release's saved state small (each scrape keeps its 78 buckets: about 1.2 KB of JSON, 40 KB for the 32).
 pub const LEARN_SCRAPES_KEPT: usize = 32;
-/// Parts of [`LEARN_REQUESTS`] a learnt bound is the median of: the newest.
-pub const LEARN_PARTS: usize = 5;
 /// The lowest bound learnt automatically (a bucket bound): below it,
 /// differences are connection set-up and scheduling noise (a canary's pool
 /// is colder than the primary's), not what a release is judged on.
@@ -350,11 +348,11 @@ fn total(arm: &Arm) -> f64 {
 }
 
 /// The bound the primary's kept scrapes give (see [`GateState::learn`]):
-/// the lower median of the p99 bucket bounds of their newest
-/// [`LEARN_PARTS`] parts of [`LEARN_REQUESTS`] requests, made from the
-/// newest back (older scrapes short of a whole part are left out);
-/// infinite when that p99 lies above every finite bucket. None before
-/// [`LEARN_REQUESTS`] requests.
+/// the lower median of the p99 bucket bounds of their parts of
+/// [`LEARN_REQUESTS`] requests, made from the newest back (the oldest
+/// scrapes, short of a whole part, are left out); infinite when that p99
+/// lies above every finite bucket. None before [`LEARN_REQUESTS`]
+/// requests.
 fn learnt_bound(scrapes: &[(f64, Arm)]) -> Option<f64> {
     let p99 = |part: &[(f64, f64)]| {
         let seen = part.last().map_or(0.0, |b| b.1);
@@ -375,9 +373,6 @@ fn learnt_bound(scrapes: &[(f64, Arm)]) -> Option<f64> {
         if part.last().is_some_and(|b| b.1 >= LEARN_REQUESTS) {
             bounds.push(p99(&part));
             part.clear();
-            if bounds.len() == LEARN_PARTS {
-                break;
-            }
         }
     }
     bounds.sort_by(f64::total_cmp);
@@ -809,9 +804,8 @@ impl GateState {
         }
     }
 
-    /// The first latency bound: fixed, or the one the primary's latest
-    /// seconds give so far (fixed when the canary's latency is first
-    /// judged).
+    /// The first latency bound: fixed, or the one the primary's traffic
+    /// gives so far (fixed when the canary's latency is first judged).
     pub fn first_latency_bound(&self) -> Option<f64> {
         self.latency.first().map(|l| l.bound).or_else(|| {
             learnt_bound(&self.learning_scrapes)
@@ -822,14 +816,15 @@ impl GateState {
 
     /// Gathers the primary's durations until a bound can be fixed: when the
     /// canary's latency is first judged (its warm-up over), or later, once
-    /// [`LEARN_REQUESTS`] are in. The bound is the median of the p99
-    /// bucket bounds of the newest [`LEARN_PARTS`] parts of
-    /// [`LEARN_REQUESTS`] requests each (the primary's latest seconds, its
-    /// traffic during the canary's warm-up included), so that a slow moment
-    /// of the primary (a deploy, a pause, a baseline taken while it was
-    /// slow) does not set a bound no canary reaches. The kept scrapes then
-    /// give the bound's evidence the primary's dispersion, as if the bound
-    /// had been known from their start.
+    /// [`LEARN_REQUESTS`] are in. The bound is the lower median of the p99
+    /// bucket bounds of every part of [`LEARN_REQUESTS`] requests from the
+    /// baseline's start to then (the canary's warm-up included), so that a
+    /// slow spell of the primary shorter than about half of that time (a
+    /// deploy or a pause as the baseline starts, a shared slowdown as the
+    /// canary starts) does not set a bound no canary reaches; a spell
+    /// longer than that does. The kept scrapes then give the bound's
+    /// evidence the primary's dispersion, as if the bound had been known
+    /// from their start (a spell among them reads as dispersion there).
     fn learn(&mut self, settings: &GateSettings, stable: &Arm, at: f64) {
         if !self.learning.is_empty() {
             // Saved by the previous version: its sum, as one scrape.

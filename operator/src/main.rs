@@ -227,7 +227,8 @@ struct PlanArgs {
     #[arg(long, allow_hyphen_values = true, default_value = "0.1")]
     failure_floor: String,
     /// Sequential gate: latency bounds (bucket bounds) compared with the primary, e.g. 300ms,1s;
-    /// default: the bound just above the primary's p99, learnt at the start.
+    /// default: the bound just above the primary's p99, learnt over the baseline and the canary's
+    /// warm-up (the lower median of the p99s of its parts of 500 requests).
     #[arg(long, allow_hyphen_values = true)]
     latency_bound: Option<String>,
     /// Sequential gate: how long a release may take to show the canary no worse

@@ -27,14 +27,47 @@ pub enum PluginError {
     Usage(String),
     #[error("{0}")]
     NotFound(String),
+    /// A conditional write lost to another writer (retried before it is
+    /// said).
+    #[error("{0}")]
+    Conflict(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+}
+
+/// Tries of a command's conditional write (see `Plugin::command`).
+const COMMAND_ATTEMPTS: u32 = 5;
+
+/// Runs `attempt` until it does not lose to another writer, at most
+/// [`COMMAND_ATTEMPTS`] times, 20 ms apart and doubling; a last conflict
+/// is the user's to act on (exit 2).
+async fn retry_on_conflict<F, Fut>(mut attempt: F) -> Result<(), PluginError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), PluginError>>,
+{
+    let mut pause = std::time::Duration::from_millis(20);
+    for _ in 1..COMMAND_ATTEMPTS {
+        match attempt().await {
+            Err(PluginError::Conflict(_)) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            done => return done,
+        }
+    }
+    attempt().await.map_err(|e| match e {
+        PluginError::Conflict(message) => PluginError::Usage(message),
+        other => other,
+    })
 }
 
 impl PluginError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            PluginError::Usage(_) | PluginError::NotFound(_) => ExitCode::from(2),
+            PluginError::Usage(_) | PluginError::NotFound(_) | PluginError::Conflict(_) => {
+                ExitCode::from(2)
+            }
             PluginError::Kube(_) => ExitCode::from(4),
         }
     }
@@ -258,8 +291,16 @@ impl Plugin {
     /// promotions (`approve`, `promote-full`) replace each other, and any
     /// other change is refused while one waits (an `abort` is never undone
     /// by a later promote). The write is conditional on the version read,
-    /// so two people's commands never cross unseen.
+    /// so two people's commands never cross unseen: when the Deployment
+    /// changed meanwhile (the operator saves its status there every tick),
+    /// it is read again and the rules above applied again, up to
+    /// [`COMMAND_ATTEMPTS`] times, as client-go's `RetryOnConflict` does.
     async fn command(&self, name: &str, command: &str) -> Result<(), PluginError> {
+        retry_on_conflict(|| self.command_once(name, command)).await
+    }
+
+    /// One conditional write of [`Self::command`].
+    async fn command_once(&self, name: &str, command: &str) -> Result<(), PluginError> {
         const PROMOTIONS: [&str; 2] = ["approve", "promote-full"];
         let primary = primary_name(name);
         let current = self.deployments().get(&primary).await?;
@@ -290,8 +331,8 @@ impl Plugin {
             .await
         {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 => Err(PluginError::Usage(format!(
-                "Deployment {}/{primary} changed while the command was written (another command, or the operator taking one up); run it again",
+            Err(kube::Error::Api(e)) if e.code == 409 => Err(PluginError::Conflict(format!(
+                "Deployment {}/{primary} kept changing while the command was written ({COMMAND_ATTEMPTS} tries: other commands, or the operator saving its status); run it again",
                 self.namespace
             ))),
             Err(e) => Err(e.into()),
@@ -594,4 +635,63 @@ pub fn detail(r: &Release) -> String {
     }
     let _ = writeln!(out, "  age       {}", r.age);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// A command that loses to the operator's status saves is written
+    /// again: it succeeds once a try does not conflict, and only a
+    /// conflict on every try reaches the user (as a usage error, exit 2).
+    #[tokio::test]
+    async fn a_command_is_written_again_after_a_conflict() {
+        for (conflicts, ends_well) in [
+            (0, true),
+            (2, true),
+            (COMMAND_ATTEMPTS - 1, true),
+            (9, false),
+        ] {
+            let tries = AtomicU32::new(0);
+            let result = retry_on_conflict(|| async {
+                let n = tries.fetch_add(1, Ordering::SeqCst);
+                if n < conflicts {
+                    Err(PluginError::Conflict("changed".into()))
+                } else {
+                    Ok(())
+                }
+            })
+            .await;
+            assert_eq!(
+                result.is_ok(),
+                ends_well,
+                "{conflicts} conflicts: {result:?}"
+            );
+            let expected = if ends_well {
+                conflicts + 1
+            } else {
+                COMMAND_ATTEMPTS
+            };
+            assert_eq!(
+                tries.load(Ordering::SeqCst),
+                expected,
+                "{conflicts} conflicts"
+            );
+            if let Err(e) = result {
+                assert!(matches!(e, PluginError::Usage(_)), "{e:?}");
+                assert!(e.exit_code() == ExitCode::from(2));
+            }
+        }
+        // Other errors are not retried.
+        let tries = AtomicU32::new(0);
+        let result = retry_on_conflict(|| async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(PluginError::NotFound("gone".into()))
+        })
+        .await;
+        assert!(matches!(result, Err(PluginError::NotFound(_))));
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
 }
