@@ -398,6 +398,38 @@ async fn status_exit_codes_follow_the_phase_and_timeout_waits() {
     });
     let (code, out, _) = p.run(&["status", "app"]).await;
     assert_eq!(code, 0, "{out}");
+    // An app the operator refused has no status: its last Warning Event
+    // says why, rather than only "not yet seen".
+    let (code, out, _) = p.run(&["status", "web", "--timeout", "300ms"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.ends_with("not yet seen by the operator\n"), "{out}");
+    for (name, at, note) in [
+        ("web.1", "2026-12-07T10:00:00.000000Z", "an older warning"),
+        (
+            "web.2",
+            "2026-12-07T10:00:05.000000Z",
+            "sluice.dev/port: `x` is not a port of Service default/web",
+        ),
+    ] {
+        // Stored in its core/v1 form, as the API server keeps Events.
+        p.fake.put(
+            "api/v1",
+            "events",
+            "default",
+            json!({"metadata": {"name": name}, "eventTime": at, "type": "Warning",
+                   "reason": "InvalidAnnotation", "message": note, "action": "Reconcile",
+                   "reportingComponent": "sluice.dev/operator", "reportingInstance": "sluice",
+                   "involvedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "default"}}),
+        );
+    }
+    let (code, out, err) = p.run(&["status", "web", "--timeout", "300ms"]).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(
+            "its last Warning Event: InvalidAnnotation: sluice.dev/port: `x` is not a port"
+        ),
+        "{out} {err}"
+    );
     let (code, _, err) = p.run(&["status", "nope"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("nope"));

@@ -402,6 +402,47 @@ impl Plugin {
         ))
     }
 
+    /// The newest Warning Event about Deployment `name`, as `reason: note`
+    /// (None without one, or when Events may not be read).
+    async fn last_warning(&self, name: &str) -> Option<String> {
+        use k8s_openapi::api::events::v1::Event;
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &self.namespace);
+        let only = format!("regarding.kind=Deployment,regarding.name={name},type=Warning");
+        let listed = events
+            .list(&ListParams::default().fields(&only).limit(500))
+            .await
+            .ok()?;
+        let when = |e: &Event| -> String {
+            let v = serde_json::to_value(e).unwrap_or_default();
+            [
+                &v["series"]["lastObservedTime"],
+                &v["eventTime"],
+                &v["deprecatedLastTimestamp"],
+                &v["metadata"]["creationTimestamp"],
+            ]
+            .into_iter()
+            .find_map(|t| t.as_str().map(str::to_string))
+            .unwrap_or_default()
+        };
+        listed
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some("Deployment") && r.name.as_deref() == Some(name)
+                    })
+            })
+            .max_by_key(when)
+            .map(|e| {
+                format!(
+                    "{}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default()
+                )
+            })
+    }
+
     /// 0 succeeded, 1 failed, 3 still in progress when `timeout` runs out
     /// (`None`: wait without limit, as `kubectl rollout status` does).
     ///
@@ -420,7 +461,17 @@ impl Plugin {
             let observed = r.status.as_ref().map_or(0, |s| s.observed_generation);
             let current = observed >= r.generation;
             let (phase, message) = match &r.status {
-                None => ("-".to_string(), "not yet seen by the operator".to_string()),
+                // An app the operator refused (a bad annotation or Service)
+                // never gets a status: its Warning Event says why.
+                None => (
+                    "-".to_string(),
+                    match self.last_warning(name).await {
+                        Some(warning) => format!(
+                            "not yet seen by the operator; its last Warning Event: {warning}"
+                        ),
+                        None => "not yet seen by the operator".to_string(),
+                    },
+                ),
                 Some(s) if !current => (
                     s.phase.clone(),
                     format!(
