@@ -948,9 +948,22 @@ impl GateState {
                     "not judged: the primary's p99 is above its largest finite bucket ({}); set a bound with --latency-bound (annotation sluice.dev/latency-bound)",
                     sluice_proxy::config::format_duration(Duration::from_secs_f64(largest))
                 )
-            } else {
+            } else if let Some(left) = warming.filter(|left| *left > 0.0) {
+                format!(
+                    "not judged yet: the canary's warm-up ({left:.0}s of {} left); the bound is then the primary's p99 ({seen:.0} requests measured)",
+                    sluice_proxy::config::format_duration(settings.warmup)
+                )
+            } else if seen < LEARN_REQUESTS {
                 format!(
                     "not judged yet: measuring the primary's p99 ({seen:.0} of {LEARN_REQUESTS} requests)"
+                )
+            } else if warming.is_some() {
+                format!(
+                    "not judged yet: the canary's warm-up ends; the bound is then the primary's p99 ({seen:.0} requests measured)"
+                )
+            } else {
+                format!(
+                    "not judged yet: measuring the primary's p99 until the canary's first requests ({seen:.0} requests so far)"
                 )
             };
             checks.push(CheckResult {

@@ -534,6 +534,20 @@ fn the_learnt_bound_comes_from_the_baseline_and_the_canary_gets_its_tolerance() 
             1000,
             Arms::Weighted,
         );
+        if scrape < 6 {
+            // The live view says what the latency waits for.
+            let analysis = g.analysis(&s, 20, Arms::Weighted);
+            let latency = analysis
+                .checks
+                .iter()
+                .find(|c| c.name == "latency")
+                .unwrap();
+            assert!(
+                latency.reason.contains("the canary's warm-up"),
+                "{}",
+                latency.reason
+            );
+        }
     }
     assert_eq!(g.latency.len(), 1);
     let bound = &g.latency[0];
