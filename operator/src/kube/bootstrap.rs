@@ -95,18 +95,7 @@ pub(super) async fn bootstrap(
     // points at the proxy: its copies take the recorded original ports.
     let original = original_service(service);
     let selector: BTreeMap<String, String> = string_map(&original["spec"]["selector"]);
-    apply::<Service>(
-        c,
-        ns,
-        &service_copy(
-            &original,
-            &primary_name(app),
-            &primary_labels(&selector_of(d)),
-            &owner,
-            app,
-        ),
-    )
-    .await?;
+    apply::<Service>(c, ns, &primary_service(&original, d, app)).await?;
     // The canary Service selects the user's pods of the release under way
     // (their pod-template-hash, set when the canary is ready): the proxy's
     // pods carry the user's labels too and must never be its endpoints.

@@ -603,6 +603,18 @@ pub fn config_copy(source: &Value, owner: &Value, app: &str) -> Value {
     copy
 }
 
+/// Service `app-primary`: the user's Service as it was before the
+/// take-over (`original`), selecting Deployment `d`'s primary pods.
+pub fn primary_service(original: &Value, d: &Value, app: &str) -> Value {
+    service_copy(
+        original,
+        &primary_name(app),
+        &primary_labels(&selector_of(d)),
+        &owner_reference(d),
+        app,
+    )
+}
+
 /// A Service like the user's, selecting `selector`, under another name.
 pub fn service_copy(
     user_service: &Value,

@@ -166,13 +166,7 @@ pub(super) async fn sync_primary_ports(
     let Some(current) = services.get_opt(&primary_name(app)).await? else {
         return Ok(());
     };
-    let wanted = service_copy(
-        &original_service(service),
-        &primary_name(app),
-        &primary_labels(&selector_of(dv)),
-        &owner_reference(dv),
-        app,
-    );
+    let wanted = primary_service(&original_service(service), dv, app);
     if port_set(&to_value(&current)?["spec"]["ports"]) == port_set(&wanted["spec"]["ports"]) {
         return Ok(());
     }
